@@ -1,0 +1,242 @@
+//! Request and reply bodies. Every field added after the first version is `Option` or
+//! `#[serde(default)]`; no field is ever renamed or reused. Durations are milliseconds.
+
+use crate::ticket::Ticket;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Service names an agent lists in [`Capabilities`].
+pub const SERVICE_CAPABILITIES: &str = "capabilities/v1";
+pub const SERVICE_SCRIPT_V1: &str = "script/v1";
+pub const SERVICE_SCRIPT_V2: &str = "script/v2";
+
+/// The wire name of every message kind (the envelope's `kind` and the AMQP `type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    GetCapabilities,
+    Capabilities,
+    StartScriptV2,
+    GetStatusV2,
+    CancelScriptV2,
+    CompleteScriptV2,
+    StartScriptV1,
+    GetStatusV1,
+    CompleteScriptV1,
+    ScriptStatus,
+    Error,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 11] = [
+        Kind::GetCapabilities,
+        Kind::Capabilities,
+        Kind::StartScriptV2,
+        Kind::GetStatusV2,
+        Kind::CancelScriptV2,
+        Kind::CompleteScriptV2,
+        Kind::StartScriptV1,
+        Kind::GetStatusV1,
+        Kind::CompleteScriptV1,
+        Kind::ScriptStatus,
+        Kind::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::GetCapabilities => "GetCapabilities",
+            Kind::Capabilities => "Capabilities",
+            Kind::StartScriptV2 => "StartScriptV2",
+            Kind::GetStatusV2 => "GetStatusV2",
+            Kind::CancelScriptV2 => "CancelScriptV2",
+            Kind::CompleteScriptV2 => "CompleteScriptV2",
+            Kind::StartScriptV1 => "StartScriptV1",
+            Kind::GetStatusV1 => "GetStatusV1",
+            Kind::CompleteScriptV1 => "CompleteScriptV1",
+            Kind::ScriptStatus => "ScriptStatus",
+            Kind::Error => "Error",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The shell a script runs in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shell {
+    #[default]
+    Sh,
+    Bash,
+    #[serde(other)]
+    Unknown,
+}
+
+impl Shell {
+    pub fn program(self) -> Option<&'static str> {
+        match self {
+            Shell::Sh => Some("sh"),
+            Shell::Bash => Some("bash"),
+            Shell::Unknown => None,
+        }
+    }
+}
+
+/// Whether a script must run alone among the scripts sharing its mutex.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Isolation {
+    /// Runs beside others; holds its mutex (if named) as a reader.
+    #[default]
+    None,
+    /// Runs alone: holds its mutex (default [`DEFAULT_MUTEX`]) as the only writer.
+    Full,
+    #[serde(other)]
+    Unknown,
+}
+
+/// Mutex a full-isolation script takes when it names none.
+pub const DEFAULT_MUTEX: &str = "RunningScript";
+
+/// A file written into the script's workspace before it starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptFile {
+    pub name: String,
+    #[serde(with = "serde_bytes")]
+    pub content: Vec<u8>,
+}
+
+/// What to run; shared by script v1 and v2 starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptSpec {
+    pub script: String,
+    #[serde(default)]
+    pub shell: Shell,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub files: Vec<ScriptFile>,
+    #[serde(default)]
+    pub isolation: Isolation,
+    #[serde(default)]
+    pub mutex_name: Option<String>,
+    /// Longest wait for the isolation mutex, in ms; `None` waits as long as it takes.
+    #[serde(default)]
+    pub mutex_timeout: Option<u64>,
+    /// Longest run time, in ms; `None` runs until the script ends or is cancelled.
+    #[serde(default)]
+    pub execution_timeout: Option<u64>,
+}
+
+impl ScriptSpec {
+    /// The mutex this script takes, if any, and whether it takes it alone.
+    pub fn mutex(&self) -> Option<(&str, bool)> {
+        match (self.isolation, self.mutex_name.as_deref()) {
+            (Isolation::Full, name) => Some((name.unwrap_or(DEFAULT_MUTEX), true)),
+            (_, Some(name)) => Some((name, false)),
+            (_, None) => None,
+        }
+    }
+
+    /// A digest of what the script does, to tell a repeated start from a different command that
+    /// reuses a ticket. Hex SHA-256 of the named msgpack encoding (env is a sorted map).
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let bytes = rmp_serde::to_vec_named(self).expect("a script spec always encodes");
+        hex::encode(sha2::Sha256::digest(bytes))
+    }
+
+    /// Checks what decoding cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.shell == Shell::Unknown {
+            return Err("unknown shell".into());
+        }
+        if self.isolation == Isolation::Unknown {
+            return Err("unknown isolation".into());
+        }
+        for file in &self.files {
+            let name = std::path::Path::new(&file.name);
+            let plain = name.components().count() == 1
+                && matches!(name.components().next(), Some(std::path::Component::Normal(_)));
+            if !plain {
+                return Err(format!("file name {:?} must be a plain name", file.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetCapabilities {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub services: Vec<String>,
+    pub agent_version: String,
+}
+
+impl Capabilities {
+    pub fn supports(&self, service: &str) -> bool {
+        self.services.iter().any(|s| s == service)
+    }
+}
+
+/// Starts a script under a ticket the dispatcher chose. Idempotent: the same ticket never runs
+/// twice, and every copy is answered with the ticket's current status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartScriptV2 {
+    pub ticket: Ticket,
+    #[serde(flatten)]
+    pub spec: ScriptSpec,
+    /// How long, in ms, the agent may hold the reply for first output or completion.
+    #[serde(default)]
+    pub wait_for_output: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetStatusV2 {
+    pub ticket: Ticket,
+    #[serde(default)]
+    pub last_log_sequence: u64,
+    /// How long, in ms, the agent may hold the reply for new output or completion.
+    #[serde(default)]
+    pub wait: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelScriptV2 {
+    pub ticket: Ticket,
+    #[serde(default)]
+    pub last_log_sequence: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompleteScriptV2 {
+    pub ticket: Ticket,
+}
+
+/// Legacy start: the agent makes the ticket, so a repeat runs the script again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartScriptV1 {
+    #[serde(flatten)]
+    pub spec: ScriptSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetStatusV1 {
+    pub ticket: Ticket,
+    #[serde(default)]
+    pub last_log_sequence: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompleteScriptV1 {
+    pub ticket: Ticket,
+}

@@ -1,0 +1,104 @@
+//! Script tickets. The dispatcher makes them (script v2) so that a repeated start names the same
+//! script; the agent makes them only for legacy script v1.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest ticket accepted; keeps store keys and log fields bounded.
+pub const MAX_TICKET_LEN: usize = 128;
+
+/// A script ticket. Tickets compare and hash case-insensitively: the store key is
+/// [`Ticket::store_key`], the ticket in lower case.
+#[derive(Clone, Debug, Serialize, Deserialize, Eq)]
+#[serde(transparent)]
+pub struct Ticket(String);
+
+impl Ticket {
+    /// A new random ticket (UUID v4, hyphenated, lower case).
+    pub fn generate() -> Self {
+        Ticket(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Parses a ticket given by a user or a peer: 1 to 128 characters of `[A-Za-z0-9._-]`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let ticket = Ticket(raw.to_owned());
+        ticket.validate()?;
+        Ok(ticket)
+    }
+
+    /// Checks a ticket decoded from the wire, where [`Ticket::parse`] did not run.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.0.is_empty() || self.0.len() > MAX_TICKET_LEN {
+            return Err(format!("ticket must be 1 to {MAX_TICKET_LEN} characters"));
+        }
+        if !self.0.chars().all(is_name_char) {
+            return Err(format!("ticket {:?} has characters outside [A-Za-z0-9._-]", self.0));
+        }
+        Ok(())
+    }
+
+    /// The ticket normalised to lower case, as it is keyed in the ticket store.
+    pub fn store_key(&self) -> String {
+        self.0.to_ascii_lowercase()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+pub(crate) fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+impl PartialEq for Ticket {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.eq_ignore_ascii_case(&other.0)
+    }
+}
+
+impl std::hash::Hash for Ticket {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.store_key().hash(state)
+    }
+}
+
+impl fmt::Display for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for Ticket {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ticket::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_compare_case_insensitively() {
+        let a = Ticket::parse("AbC-1").unwrap();
+        let b = Ticket::parse("abc-1").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.store_key(), "abc-1");
+    }
+
+    #[test]
+    fn generated_tickets_are_valid_and_distinct() {
+        let a = Ticket::generate();
+        assert!(a.validate().is_ok());
+        assert_ne!(a, Ticket::generate());
+    }
+
+    #[test]
+    fn bad_tickets_are_refused() {
+        assert!(Ticket::parse("").is_err());
+        assert!(Ticket::parse("a b").is_err());
+        assert!(Ticket::parse(&"x".repeat(MAX_TICKET_LEN + 1)).is_err());
+    }
+}

@@ -1,0 +1,53 @@
+//! Broker topology names and protocol limits. Agents declare their own queues at start; the
+//! dispatcher only publishes, so a missing queue shows as an unroutable (returned) publish.
+
+/// Direct exchange every command is published to, routed by agent id or pool name.
+pub const COMMANDS_EXCHANGE: &str = "cuttle.commands";
+/// Dead-letter exchange (fanout) and its queue: poison, expired and rejected messages end here.
+pub const DEAD_EXCHANGE: &str = "cuttle.dead";
+pub const DEAD_QUEUE: &str = "cuttle.dead";
+/// Deliveries of one message before the broker dead-letters it instead of looping.
+pub const DELIVERY_LIMIT: i64 = 5;
+/// RabbitMQ's direct reply-to pseudo queue.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// The AMQP `content_type` of every message.
+pub const CONTENT_TYPE: &str = "application/msgpack";
+
+/// Largest message body either side accepts; checked before decoding.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Longest log line; a longer output line is split into pieces of this size, never dropped.
+pub const MAX_LOG_LINE_BYTES: usize = 64 * 1024;
+/// Log bytes returned by one status reply at most; the rest comes with the next request.
+pub const MAX_STATUS_LOG_BYTES: usize = 4 * 1024 * 1024;
+/// Longest time an agent holds a status request waiting for output.
+pub const MAX_STATUS_WAIT_MS: u64 = 10_000;
+/// Clock skew allowed between dispatcher and agent when checking `not_after`.
+pub const CLOCK_SKEW_ALLOWANCE_MS: u64 = 5_000;
+/// Longest agent id or pool name.
+pub const MAX_NAME_LEN: usize = 100;
+
+/// Queue of one agent.
+pub fn agent_queue(agent_id: &str) -> String {
+    format!("cuttle.agent.{agent_id}")
+}
+
+/// Queue shared by every worker of a pool.
+pub fn pool_queue(pool: &str) -> String {
+    format!("cuttle.pool.{pool}")
+}
+
+/// Routing key for a pool; `:` cannot occur in an agent id, which routes by its bare name.
+pub fn pool_routing_key(pool: &str) -> String {
+    format!("pool:{pool}")
+}
+
+/// Checks an agent id or pool name: 1 to 100 characters of `[A-Za-z0-9._-]`.
+pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!("{what} must be 1 to {MAX_NAME_LEN} characters"));
+    }
+    if !name.chars().all(crate::ticket::is_name_char) {
+        return Err(format!("{what} {name:?} has characters outside [A-Za-z0-9._-]"));
+    }
+    Ok(())
+}

@@ -1,0 +1,586 @@
+//! The `dispatcher` command line: parses arguments, prints events, maps outcomes to exit codes.
+
+use crate::bench;
+use crate::orchestrator::{Event, Orchestrator, Timing};
+use crate::outcome::{exit, Outcome, OutcomeKind};
+use crate::retry::RetryPolicy;
+use crate::route::Route;
+use crate::rpc::{RpcClient, RpcConfig};
+use crate::RpcError;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use contracts::{ErrorKind, Isolation, LogStream, ScriptSpec, Shell, Ticket};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0-255  the script's own exit code (submit, status --follow)
+  2      bad usage, or a script file that cannot be read
+  101    cannot reach the broker
+  102    no such agent: no queue exists for the target
+  103    rejected by the agent (ticket conflict, expired, invalid, unsupported)
+  104    the agent does not know the ticket
+  105    outcome unknown: the agent running the script was lost, or contact was lost for good
+  106    cancelled
+  107    the script ran past --timeout and was killed
+  108    the script timed out waiting for its isolation mutex
+  109    the agent could not run the script (shell did not start, agent failure)
+  110    no answer from the agent before the retry deadline
+With --json the last line is a `result` event that says which of these happened.";
+
+#[derive(Parser, Debug)]
+#[command(name = "dispatcher", version, about = "Cuttle dispatcher: run scripts on remote agents through RabbitMQ, exactly once, over bad networks", after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// RabbitMQ URL.
+    #[arg(long, global = true, env = "CUTTLE_AMQP_URL", default_value = crate::DEFAULT_AMQP_URL, hide_env_values = true)]
+    pub amqp_url: String,
+    /// How long to wait for the broker to accept a connection.
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a script on an agent and stream its output; exits with the script's exit code.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Submit(SubmitArgs),
+    /// Show (or follow) a script started earlier, by its ticket.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Status(StatusArgs),
+    /// Cancel a script by its ticket and wait until it has stopped.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Cancel(TicketArgs),
+    /// Show what an agent supports and its version.
+    Capabilities(CapabilitiesArgs),
+    /// Run many `echo hello` scripts over the whole path and report latency and throughput.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct TargetArgs {
+    /// Agent to run on.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Worker pool to run on (any worker of the pool).
+    #[arg(long)]
+    pub pool: Option<String>,
+}
+
+impl TargetArgs {
+    fn route(&self) -> Result<Route, String> {
+        match (&self.target, &self.pool) {
+            (Some(agent), _) => Route::agent(agent),
+            (_, Some(pool)) => Route::pool(pool),
+            _ => Err("give --target or --pool".into()),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RetryArgs {
+    /// How long to keep repeating a request that got no answer, first attempt included.
+    #[arg(long, default_value = "2m30s", value_parser = humantime::parse_duration)]
+    pub retry_duration: Duration,
+    /// Fail on the first communication error instead of retrying.
+    #[arg(long)]
+    pub no_retries: bool,
+}
+
+impl RetryArgs {
+    fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            enabled: !self.no_retries,
+            duration: self.retry_duration,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ShellArg {
+    Sh,
+    Bash,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum IsolationArg {
+    None,
+    Full,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Script file to run.
+    #[arg(long, conflicts_with = "command")]
+    pub script: Option<PathBuf>,
+    /// The script as words after `--`, e.g. `-- 'echo hi; exit 3'`.
+    #[arg(last = true, required_unless_present = "script")]
+    pub command: Vec<String>,
+    /// Shell that runs the script.
+    #[arg(long, value_enum, default_value_t = ShellArg::Sh)]
+    pub shell: ShellArg,
+    /// Bound on the script's run time on the agent; it is killed past it (exit 107).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// `full` runs the script alone among scripts holding its mutex on the agent.
+    #[arg(long, value_enum, default_value_t = IsolationArg::None)]
+    pub isolation: IsolationArg,
+    /// Isolation mutex name [default with --isolation full: RunningScript].
+    #[arg(long)]
+    pub mutex: Option<String>,
+    /// Longest wait for the isolation mutex (exit 108 past it) [default: wait as long as it takes].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub mutex_timeout: Option<Duration>,
+    /// Environment variable for the script, `NAME=VALUE` (repeatable).
+    #[arg(long = "env", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+    /// Print one JSON event per line instead of the script's output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_env(raw: &str) -> Result<(String, String), String> {
+    let (name, value) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {raw:?}"))?;
+    if name.is_empty() {
+        return Err("empty variable name".into());
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+#[derive(Args, Debug)]
+pub struct TicketArgs {
+    /// The ticket printed by `submit`.
+    pub ticket: Ticket,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+    /// Print JSON events.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub ticket: TicketArgs,
+    /// Keep following the output until the script ends; exit with its exit code.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CapabilitiesArgs {
+    /// Agent id.
+    pub agent: String,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Scripts to run.
+    #[arg(long, default_value_t = 1000)]
+    pub count: usize,
+    /// Scripts in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints events as text (script output to stdout/stderr, notices to stderr) or JSON lines.
+struct Printer {
+    json: bool,
+    /// Whether log lines are printed (not for `cancel`).
+    logs: bool,
+}
+
+impl Printer {
+    fn event(&self, event: Event) {
+        if self.json {
+            let line = match event {
+                Event::Ticket { ticket, target } => {
+                    json!({"event": "ticket", "ticket": ticket, "target": target})
+                }
+                Event::Log(line) if self.logs => {
+                    json!({"event": "log", "seq": line.seq, "stream": stream_name(line.stream), "text": line.text, "at": line.at})
+                }
+                Event::Log(_) => return,
+                Event::Retry { request, notice } => json!({
+                    "event": "retry", "request": request.as_str(), "attempt": notice.attempt,
+                    "delay_ms": notice.delay.as_millis() as u64, "time_left_ms": notice.time_left.as_millis() as u64,
+                    "error": notice.error.to_string(),
+                }),
+                Event::Notice(message) => json!({"event": "notice", "message": message}),
+            };
+            println!("{line}");
+            return;
+        }
+        match event {
+            Event::Ticket { ticket, target } => eprintln!("cuttle: ticket {ticket} on {target}"),
+            Event::Log(line) if !self.logs => drop(line),
+            Event::Log(line) => match line.stream {
+                LogStream::Stdout => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{}", line.text);
+                }
+                LogStream::Stderr => eprintln!("{}", line.text),
+                LogStream::Agent | LogStream::Unknown => eprintln!("cuttle: [agent] {}", line.text),
+            },
+            Event::Retry { request, notice } => eprintln!(
+                "cuttle: {request} attempt {} failed: {}; retrying in {}, {} left",
+                notice.attempt,
+                notice.error,
+                humantime::format_duration(Duration::from_millis(notice.delay.as_millis() as u64)),
+                humantime::format_duration(Duration::from_secs(notice.time_left.as_secs())),
+            ),
+            Event::Notice(message) => eprintln!("cuttle: {message}"),
+        }
+    }
+
+    /// Prints how it ended and gives the exit code.
+    fn outcome(&self, outcome: &Outcome) -> ExitCode {
+        if self.json {
+            println!(
+                "{}",
+                json!({"event": "result", "ticket": outcome.ticket, "target": outcome.target, "outcome": outcome.outcome,
+                       "exit_code": outcome.exit_code, "error": outcome.error})
+            );
+        } else if outcome.outcome != OutcomeKind::Completed {
+            let what = match outcome.outcome {
+                OutcomeKind::Cancelled => "cancelled",
+                OutcomeKind::Unknown => "outcome unknown",
+                _ => "failed",
+            };
+            eprintln!(
+                "cuttle: {what}: {}",
+                outcome.error.as_deref().unwrap_or("no reason given")
+            );
+        }
+        ExitCode::from(outcome.process_exit)
+    }
+}
+
+fn stream_name(stream: LogStream) -> &'static str {
+    match stream {
+        LogStream::Stdout => "stdout",
+        LogStream::Stderr => "stderr",
+        LogStream::Agent => "agent",
+        LogStream::Unknown => "unknown",
+    }
+}
+
+fn usage_error(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("dispatcher: {message}");
+    ExitCode::from(exit::USAGE)
+}
+
+/// Ctrl-C once cancels the script (the token); twice exits at once.
+fn interrupt_on_ctrl_c() -> CancellationToken {
+    let interrupt = CancellationToken::new();
+    let token = interrupt.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln!("cuttle: interrupted; cancelling the script on the agent (Ctrl-C again to leave without waiting)");
+        token.cancel();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("cuttle: left without waiting; the script may still be running");
+            std::process::exit(exit::CANCELLED as i32);
+        }
+    });
+    interrupt
+}
+
+fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
+    let script = match &args.script {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read script file {}: {e}", path.display()))?
+        }
+        None => args.command.join(" "),
+    };
+    if script.trim().is_empty() {
+        return Err("the script is empty".into());
+    }
+    if let Some(mutex) = &args.mutex {
+        contracts::topology::validate_name("mutex name", mutex)?;
+    }
+    Ok(ScriptSpec {
+        script,
+        shell: match args.shell {
+            ShellArg::Sh => Shell::Sh,
+            ShellArg::Bash => Shell::Bash,
+        },
+        args: Vec::new(),
+        env: args.env.iter().cloned().collect(),
+        files: Vec::new(),
+        isolation: match args.isolation {
+            IsolationArg::None => Isolation::None,
+            IsolationArg::Full => Isolation::Full,
+        },
+        mutex_name: args.mutex.clone(),
+        mutex_timeout: args.mutex_timeout.map(|d| d.as_millis() as u64),
+        execution_timeout: args.timeout.map(|d| d.as_millis() as u64),
+    })
+}
+
+/// Runs one parsed command and gives the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let rpc = Arc::new(RpcClient::new(RpcConfig {
+        amqp_url: cli.amqp_url.clone(),
+        connect_timeout: cli.connect_timeout,
+    }));
+    let orchestrator = Orchestrator::new(rpc.clone(), Timing::default());
+    let code = match cli.command {
+        Command::Submit(args) => submit(&orchestrator, args).await,
+        Command::Status(args) => status(&orchestrator, args).await,
+        Command::Cancel(args) => cancel(&orchestrator, args).await,
+        Command::Capabilities(args) => capabilities(&orchestrator, args).await,
+        Command::Bench(args) => bench(&orchestrator, args).await,
+    };
+    rpc.close().await;
+    code
+}
+
+async fn submit(orchestrator: &Orchestrator, args: SubmitArgs) -> ExitCode {
+    let route = match args.target.route() {
+        Ok(route) => route,
+        Err(e) => return usage_error(e),
+    };
+    let spec = match script_spec(&args) {
+        Ok(spec) => spec,
+        Err(e) => return usage_error(e),
+    };
+    let printer = Printer {
+        json: args.json,
+        logs: true,
+    };
+    let interrupt = interrupt_on_ctrl_c();
+    let outcome = orchestrator
+        .submit(&route, spec, args.retry.policy(), &|e| printer.event(e), &interrupt)
+        .await;
+    printer.outcome(&outcome)
+}
+
+async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
+    let t = &args.ticket;
+    let route = match t.target.route() {
+        Ok(route) => route,
+        Err(e) => return usage_error(e),
+    };
+    let printer = Printer {
+        json: t.json,
+        logs: true,
+    };
+    let events = |e| printer.event(e);
+    let status = match orchestrator.status(&route, &t.ticket, t.retry.policy(), &events).await {
+        Ok(status) => status,
+        Err(gave_up) => {
+            return printer.outcome(&Outcome::from_error(
+                Some(t.ticket.clone()),
+                route.name(),
+                &gave_up.error,
+                gave_up.to_string(),
+                false,
+            ))
+        }
+    };
+    let mut follower = crate::follow::LogFollower::after(0);
+    for line in follower.accept(&status) {
+        events(Event::Log(line.clone()));
+    }
+    if args.follow || status.is_complete() {
+        let interrupt = if args.follow {
+            interrupt_on_ctrl_c()
+        } else {
+            CancellationToken::new()
+        };
+        let outcome = orchestrator
+            .follow_to_end(
+                &route,
+                &t.ticket,
+                follower,
+                status,
+                t.retry.policy(),
+                &events,
+                &interrupt,
+            )
+            .await;
+        return printer.outcome(&outcome);
+    }
+    if t.json {
+        println!(
+            "{}",
+            json!({"event": "status", "ticket": t.ticket, "target": route.name(), "state": format!("{:?}", status.state).to_lowercase()})
+        );
+    } else {
+        eprintln!("cuttle: ticket {} is {:?} on {route}", t.ticket, status.state);
+    }
+    ExitCode::SUCCESS
+}
+
+async fn cancel(orchestrator: &Orchestrator, args: TicketArgs) -> ExitCode {
+    let route = match args.target.route() {
+        Ok(route) => route,
+        Err(e) => return usage_error(e),
+    };
+    let printer = Printer {
+        json: args.json,
+        logs: false,
+    };
+    let outcome = orchestrator
+        .cancel(&route, &args.ticket, args.retry.policy(), &|e| printer.event(e))
+        .await;
+    if !args.json && outcome.outcome == OutcomeKind::Completed {
+        eprintln!(
+            "cuttle: the script had already ended with exit code {}",
+            outcome.exit_code.unwrap_or_default()
+        );
+    }
+    printer.outcome(&outcome)
+}
+
+async fn capabilities(orchestrator: &Orchestrator, args: CapabilitiesArgs) -> ExitCode {
+    let route = match Route::agent(&args.agent) {
+        Ok(route) => route,
+        Err(e) => return usage_error(e),
+    };
+    let printer = Printer {
+        json: args.json,
+        logs: false,
+    };
+    match orchestrator
+        .capabilities(&route, args.retry.policy(), &|e| printer.event(e))
+        .await
+    {
+        Ok(caps) => {
+            let v2 = caps.supports(contracts::SERVICE_SCRIPT_V2);
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"agent": args.agent, "protocol": if v2 { "v2" } else { "v1" }, "services": caps.services, "agent_version": caps.agent_version, "retries": v2})
+                );
+            } else {
+                println!(
+                    "agent {}: protocol {}, version {}",
+                    args.agent,
+                    if v2 { "v2" } else { "v1" },
+                    caps.agent_version
+                );
+                println!("services: {}", caps.services.join(", "));
+                println!("retries: {}", if v2 { "on" } else { "off (no script v2)" });
+            }
+            ExitCode::SUCCESS
+        }
+        Err(gave_up) if gave_up.error.agent_error() == Some(ErrorKind::Unsupported) => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"agent": args.agent, "protocol": "v1", "services": [contracts::SERVICE_SCRIPT_V1], "agent_version": null, "retries": false})
+                );
+            } else {
+                println!(
+                    "agent {}: protocol v1 (legacy agent: no capabilities service)",
+                    args.agent
+                );
+                println!("services: {}", contracts::SERVICE_SCRIPT_V1);
+                println!("retries: off; upgrade the agent to turn them on");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(gave_up) => printer.outcome(&Outcome::from_error(
+            None,
+            &args.agent,
+            &gave_up.error,
+            gave_up.to_string(),
+            false,
+        )),
+    }
+}
+
+async fn bench(orchestrator: &Orchestrator, args: BenchArgs) -> ExitCode {
+    let route = match args.target.route() {
+        Ok(route) => route,
+        Err(e) => return usage_error(e),
+    };
+    if args.count == 0 {
+        return usage_error("--count must be at least 1");
+    }
+    // Connect first, so that an unreachable broker is one clear error rather than N.
+    if let Err(gave_up) = orchestrator.capabilities(&route, args.retry.policy(), &|_| {}).await {
+        if !matches!(gave_up.error, RpcError::Agent { .. }) {
+            let printer = Printer {
+                json: false,
+                logs: false,
+            };
+            return printer.outcome(&Outcome::from_error(
+                None,
+                route.name(),
+                &gave_up.error,
+                gave_up.to_string(),
+                false,
+            ));
+        }
+    }
+    let report = bench::run(orchestrator, &route, args.count, args.concurrency, args.retry.policy()).await;
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("report encodes"));
+    } else {
+        println!(
+            "scripts:     {} ({} at a time) on {route}",
+            report.count, report.concurrency
+        );
+        println!(
+            "latency:     p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+            report.p50_ms, report.p90_ms, report.p99_ms
+        );
+        println!("throughput:  {:.1} scripts/s", report.throughput_per_s);
+        println!("errors:      {}", report.errors);
+    }
+    if let Some(error) = &report.first_error {
+        eprintln!("cuttle: first error: {error}");
+    }
+    if report.errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,lapin=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(cli))
+}

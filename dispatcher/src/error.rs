@@ -1,0 +1,69 @@
+//! What can go wrong talking to an agent, and whether trying again may help.
+
+use contracts::{CodecError, ErrorKind, ErrorReply};
+use std::time::Duration;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RpcError {
+    /// The broker could not be reached or refused the connection.
+    #[error("cannot reach the broker: {0}")]
+    Connect(String),
+    /// The connection or channel failed during the call.
+    #[error("lost the broker connection: {0}")]
+    ConnectionLost(String),
+    /// The broker did not confirm the publish (nack or no confirm in time).
+    #[error("the broker did not confirm the request: {0}")]
+    NotConfirmed(String),
+    /// No queue is bound for the target: the agent never started, or the name is wrong.
+    #[error("no agent queue for {target}: is an agent with this id running?")]
+    Unroutable { target: String },
+    /// The request was published but no reply came in time.
+    #[error("no reply from {target} within {}", humantime::format_duration(*after))]
+    NoReply { target: String, after: Duration },
+    /// The agent answered with an error.
+    #[error("{target} refused the request: {} ({:?})", error.message, error.kind)]
+    Agent { target: String, error: ErrorReply },
+    /// A message could not be encoded or decoded.
+    #[error("{0}")]
+    Codec(String),
+    /// The user cancelled while waiting.
+    #[error("cancelled by the user")]
+    Cancelled,
+}
+
+impl RpcError {
+    /// Whether the same request may succeed if repeated.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RpcError::Connect(_)
+            | RpcError::ConnectionLost(_)
+            | RpcError::NotConfirmed(_)
+            | RpcError::NoReply { .. } => true,
+            RpcError::Agent { error, .. } => error.kind.is_transient(),
+            RpcError::Unroutable { .. } | RpcError::Codec(_) | RpcError::Cancelled => false,
+        }
+    }
+
+    /// The agent's error kind, if the agent answered with one.
+    pub fn agent_error(&self) -> Option<ErrorKind> {
+        match self {
+            RpcError::Agent { error, .. } => Some(error.kind),
+            _ => None,
+        }
+    }
+
+    /// Whether the request may have reached the agent (so a non-idempotent request must not be
+    /// repeated). Only failures before the broker accepted the publish are sure not to have.
+    pub fn may_have_reached_agent(&self) -> bool {
+        !matches!(
+            self,
+            RpcError::Connect(_) | RpcError::Unroutable { .. } | RpcError::Codec(_)
+        )
+    }
+}
+
+impl From<CodecError> for RpcError {
+    fn from(error: CodecError) -> Self {
+        RpcError::Codec(error.to_string())
+    }
+}

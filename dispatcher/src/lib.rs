@@ -1,0 +1,34 @@
+//! The Cuttle dispatcher: sends scripts to agents through RabbitMQ under tickets it makes
+//! itself, repeats whatever got no answer until the retry deadline, and follows each script to
+//! its end.
+//!
+//! # Layout
+//! - [`rpc`]: request and reply over the broker (confirms, `mandatory`, direct reply-to).
+//! - [`retry`]: the one retry executor (backoff with full jitter, deadline, last real error).
+//! - [`orchestrator`]: start, follow, cancel and complete a script; [`follow`] keeps its log in
+//!   order without gaps or repeats.
+//! - [`outcome`]: how a submission ended and the exit code that says so.
+//! - [`route`]: agent or pool targets; [`error`]: what can fail and whether to retry.
+//! - [`bench`]: the `dispatcher bench` load generator.
+//! - [`cli`]: the `dispatcher` command line.
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod cli;
+pub mod error;
+pub mod follow;
+pub mod orchestrator;
+pub mod outcome;
+pub mod retry;
+pub mod route;
+pub mod rpc;
+
+pub use error::RpcError;
+pub use orchestrator::{Event, Orchestrator, Timing};
+pub use outcome::{Outcome, OutcomeKind};
+pub use retry::RetryPolicy;
+pub use route::Route;
+pub use rpc::{RpcClient, RpcConfig};
+
+/// The broker URL used when none is configured.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

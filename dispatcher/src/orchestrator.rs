@@ -1,0 +1,350 @@
+//! The script orchestrator: start a script under a ticket of our own, follow its log to the end,
+//! complete it. Every request goes through the retry executor; Ctrl-C (the `interrupt` token)
+//! cancels the script on the agent and follows it until it has stopped.
+
+use crate::error::RpcError;
+use crate::follow::LogFollower;
+use crate::outcome::Outcome;
+use crate::retry::{self, GaveUp, RetryNotice, RetryPolicy};
+use crate::route::Route;
+use crate::rpc::{CallTiming, RpcClient};
+use contracts::*;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// Timing of the requests the orchestrator makes.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// How long one attempt waits for a reply (on top of any wait asked of the agent).
+    pub attempt_timeout: Duration,
+    /// How long the agent may hold a status request for new output.
+    pub status_wait: Duration,
+    /// How long the agent may hold the start reply for first output or the end.
+    pub start_wait: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            attempt_timeout: Duration::from_secs(10),
+            status_wait: Duration::from_secs(5),
+            start_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What happens during a submission, for the user to see.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The ticket chosen for the script, before anything is sent.
+    Ticket {
+        ticket: Ticket,
+        target: String,
+    },
+    Log(LogLine),
+    /// A request failed and will be repeated.
+    Retry {
+        request: Kind,
+        notice: RetryNotice,
+    },
+    /// Something the user should know (one line, lowercase).
+    Notice(String),
+}
+
+/// Where events go. Called from the submission's task; must be quick.
+pub type EventSink<'a> = &'a (dyn Fn(Event) + Send + Sync);
+
+/// Sends requests to agents and follows scripts.
+#[derive(Clone)]
+pub struct Orchestrator {
+    rpc: Arc<RpcClient>,
+    pub timing: Timing,
+}
+
+impl Orchestrator {
+    pub fn new(rpc: Arc<RpcClient>, timing: Timing) -> Self {
+        Orchestrator { rpc, timing }
+    }
+
+    pub fn rpc(&self) -> &Arc<RpcClient> {
+        &self.rpc
+    }
+
+    /// One RPC through the retry executor. `extra_wait` is what the agent may hold the reply.
+    pub async fn request(
+        &self,
+        route: &Route,
+        request: &Request,
+        policy: RetryPolicy,
+        extra_wait: Duration,
+        not_after: Option<SystemTime>,
+        events: EventSink<'_>,
+    ) -> Result<Reply, GaveUp> {
+        let usual = self.timing.attempt_timeout + extra_wait;
+        let kind = request.kind();
+        retry::execute(
+            policy,
+            usual,
+            &CancellationToken::new(),
+            |notice| {
+                events(Event::Retry {
+                    request: kind,
+                    notice: notice.clone(),
+                })
+            },
+            |reply_timeout| {
+                let not_after = not_after.unwrap_or_else(|| SystemTime::now() + reply_timeout);
+                self.rpc.call(
+                    route,
+                    request,
+                    CallTiming {
+                        reply_timeout,
+                        not_after,
+                    },
+                )
+            },
+        )
+        .await
+    }
+
+    /// A script-service request whose reply must be a status.
+    async fn status_request(
+        &self,
+        route: &Route,
+        request: &Request,
+        policy: RetryPolicy,
+        extra_wait: Duration,
+        not_after: Option<SystemTime>,
+        events: EventSink<'_>,
+    ) -> Result<ScriptStatus, GaveUp> {
+        match self
+            .request(route, request, policy, extra_wait, not_after, events)
+            .await?
+        {
+            Reply::ScriptStatus(status) => Ok(status),
+            other => Err(GaveUp {
+                error: RpcError::Codec(format!("expected a script status, got {}", other.kind())),
+                elapsed: Duration::ZERO,
+                attempts: 1,
+            }),
+        }
+    }
+
+    /// Asks an agent what it supports.
+    pub async fn capabilities(
+        &self,
+        route: &Route,
+        policy: RetryPolicy,
+        events: EventSink<'_>,
+    ) -> Result<Capabilities, GaveUp> {
+        let request = Request::GetCapabilities(GetCapabilities {});
+        match self
+            .request(route, &request, policy, Duration::ZERO, None, events)
+            .await?
+        {
+            Reply::Capabilities(capabilities) => Ok(capabilities),
+            other => Err(GaveUp {
+                error: RpcError::Codec(format!("expected capabilities, got {}", other.kind())),
+                elapsed: Duration::ZERO,
+                attempts: 1,
+            }),
+        }
+    }
+
+    /// Runs a script on `route` to its end: start, follow, complete.
+    pub async fn submit(
+        &self,
+        route: &Route,
+        spec: ScriptSpec,
+        policy: RetryPolicy,
+        events: EventSink<'_>,
+        interrupt: &CancellationToken,
+    ) -> Outcome {
+        let ticket = Ticket::generate();
+        events(Event::Ticket {
+            ticket: ticket.clone(),
+            target: route.name().to_owned(),
+        });
+        // The agent must not start the script after we stop trying: a copy stuck in a queue
+        // expires there, and the agent refuses one past this deadline.
+        let not_after = SystemTime::now() + policy.duration.max(self.timing.attempt_timeout);
+        let start = Request::StartScriptV2(StartScriptV2 {
+            ticket: ticket.clone(),
+            spec,
+            wait_for_output: Some(self.timing.start_wait.as_millis() as u64),
+        });
+        let started = tokio::select! {
+            started = self.status_request(route, &start, policy, self.timing.start_wait, Some(not_after), events) => started,
+            _ = interrupt.cancelled() => {
+                // The start may have reached the agent: cancel it there, so it can never run.
+                return self.cancel_and_follow(route, &ticket, LogFollower::after(0), policy, events).await;
+            }
+        };
+        let status = match started {
+            Ok(status) => status,
+            Err(gave_up) => {
+                let started =
+                    gave_up.error.may_have_reached_agent() && !matches!(gave_up.error, RpcError::Agent { .. });
+                if started {
+                    self.best_effort_cancel(route, &ticket, events).await;
+                }
+                return Outcome::from_error(Some(ticket), route.name(), &gave_up.error, gave_up.to_string(), started);
+            }
+        };
+        let mut follower = LogFollower::after(0);
+        emit_logs(&mut follower, &status, events);
+        let outcome = self
+            .follow_to_end(route, &ticket, follower, status, policy, events, interrupt)
+            .await;
+        if outcome.exit_code.is_some() {
+            self.complete(route, &ticket, events).await;
+        }
+        outcome
+    }
+
+    /// Follows a ticket until its script is complete and every line is seen. On `interrupt`
+    /// the script is cancelled and followed until it stops.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn follow_to_end(
+        &self,
+        route: &Route,
+        ticket: &Ticket,
+        mut follower: LogFollower,
+        mut status: ScriptStatus,
+        policy: RetryPolicy,
+        events: EventSink<'_>,
+        interrupt: &CancellationToken,
+    ) -> Outcome {
+        while !follower.has_everything(&status) {
+            let request = Request::GetStatusV2(GetStatusV2 {
+                ticket: ticket.clone(),
+                last_log_sequence: follower.last_seen(),
+                wait: Some(self.timing.status_wait.as_millis() as u64),
+            });
+            let next = tokio::select! {
+                next = self.status_request(route, &request, policy, self.timing.status_wait, None, events) => next,
+                _ = interrupt.cancelled() => {
+                    return self.cancel_and_follow(route, ticket, follower, policy, events).await;
+                }
+            };
+            match next {
+                Ok(next) => {
+                    emit_logs(&mut follower, &next, events);
+                    status = next;
+                }
+                Err(gave_up) => {
+                    self.best_effort_cancel(route, ticket, events).await;
+                    let message =
+                        format!("lost contact with the script: {gave_up}; its outcome is unknown (ticket {ticket})");
+                    return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
+                }
+            }
+        }
+        Outcome::from_exit_code(
+            ticket.clone(),
+            route.name(),
+            status.exit_code.unwrap_or(exit_code::FATAL),
+        )
+    }
+
+    /// Cancels the script and follows it until it has stopped (without further interrupts).
+    async fn cancel_and_follow(
+        &self,
+        route: &Route,
+        ticket: &Ticket,
+        mut follower: LogFollower,
+        policy: RetryPolicy,
+        events: EventSink<'_>,
+    ) -> Outcome {
+        events(Event::Notice(format!("cancelling ticket {ticket} on {route}")));
+        let cancel = Request::CancelScriptV2(CancelScriptV2 {
+            ticket: ticket.clone(),
+            last_log_sequence: follower.last_seen(),
+        });
+        let status = match self
+            .status_request(route, &cancel, policy, Duration::ZERO, None, events)
+            .await
+        {
+            Ok(status) => status,
+            Err(gave_up) => {
+                let message = format!("could not cancel: {gave_up}; the script's outcome is unknown (ticket {ticket})");
+                return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
+            }
+        };
+        emit_logs(&mut follower, &status, events);
+        let outcome = Box::pin(self.follow_to_end(
+            route,
+            ticket,
+            follower,
+            status,
+            policy,
+            events,
+            &CancellationToken::new(),
+        ))
+        .await;
+        if outcome.exit_code.is_some() {
+            self.complete(route, ticket, events).await;
+        }
+        outcome
+    }
+
+    /// Sends one cancel, without retries, after contact was lost: if it gets through, the script
+    /// does not go on unwatched.
+    async fn best_effort_cancel(&self, route: &Route, ticket: &Ticket, events: EventSink<'_>) {
+        let cancel = Request::CancelScriptV2(CancelScriptV2 {
+            ticket: ticket.clone(),
+            last_log_sequence: 0,
+        });
+        if let Err(gave_up) = self
+            .request(route, &cancel, RetryPolicy::once(), Duration::ZERO, None, events)
+            .await
+        {
+            tracing::debug!(ticket = %ticket, error = %gave_up, "best-effort cancel failed");
+        }
+    }
+
+    /// Tells the agent the script's output is no longer needed. Best effort: a failure is only
+    /// a notice, since the agent expires what is never completed.
+    pub async fn complete(&self, route: &Route, ticket: &Ticket, events: EventSink<'_>) {
+        let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
+        let policy = RetryPolicy::new(self.timing.attempt_timeout);
+        if let Err(gave_up) = self
+            .request(route, &complete, policy, Duration::ZERO, None, events)
+            .await
+        {
+            events(Event::Notice(format!(
+                "could not complete ticket {ticket} (the agent cleans it up later): {gave_up}"
+            )));
+        }
+    }
+
+    /// One status of a ticket, with every line from the start.
+    pub async fn status(
+        &self,
+        route: &Route,
+        ticket: &Ticket,
+        policy: RetryPolicy,
+        events: EventSink<'_>,
+    ) -> Result<ScriptStatus, GaveUp> {
+        let request = Request::GetStatusV2(GetStatusV2 {
+            ticket: ticket.clone(),
+            last_log_sequence: 0,
+            wait: None,
+        });
+        self.status_request(route, &request, policy, Duration::ZERO, None, events)
+            .await
+    }
+
+    /// Cancels a ticket and follows it until it has stopped.
+    pub async fn cancel(&self, route: &Route, ticket: &Ticket, policy: RetryPolicy, events: EventSink<'_>) -> Outcome {
+        self.cancel_and_follow(route, ticket, LogFollower::after(0), policy, events)
+            .await
+    }
+}
+
+fn emit_logs(follower: &mut LogFollower, status: &ScriptStatus, events: EventSink<'_>) {
+    for line in follower.accept(status) {
+        events(Event::Log(line.clone()));
+    }
+}

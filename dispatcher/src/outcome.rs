@@ -1,0 +1,159 @@
+//! How a submission ended, and the process exit code that says so. A script's own exit code
+//! (0 to 255) is passed through; outcomes that are not the script's own use 101 to 110.
+
+use crate::error::RpcError;
+use contracts::{exit_code, ErrorKind, Ticket};
+use serde::Serialize;
+
+/// Process exit codes for outcomes that are not the script's own.
+pub mod exit {
+    /// The broker could not be reached.
+    pub const BROKER_UNREACHABLE: u8 = 101;
+    /// No queue exists for the target: no such agent (or pool).
+    pub const NO_SUCH_AGENT: u8 = 102;
+    /// The agent refused the request (conflict, expired, invalid, unsupported).
+    pub const REJECTED: u8 = 103;
+    /// The agent does not know the ticket.
+    pub const UNKNOWN_TICKET: u8 = 104;
+    /// Nobody knows how the script ended (its agent was lost, or contact was lost for good).
+    pub const OUTCOME_UNKNOWN: u8 = 105;
+    /// The script was cancelled.
+    pub const CANCELLED: u8 = 106;
+    /// The script ran past its `--timeout` and was killed.
+    pub const EXECUTION_TIMEOUT: u8 = 107;
+    /// The script gave up waiting for its isolation mutex.
+    pub const MUTEX_TIMEOUT: u8 = 108;
+    /// The agent could not run the script (shell did not start, agent failure).
+    pub const AGENT_FAILED: u8 = 109;
+    /// The request was sent but no answer came before the retry deadline.
+    pub const NO_ANSWER: u8 = 110;
+    /// Bad usage or configuration (clap uses 2 as well).
+    pub const USAGE: u8 = 2;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutcomeKind {
+    /// The script ran to its own end (whatever its exit code).
+    Completed,
+    Cancelled,
+    /// Nobody knows how the script ended.
+    Unknown,
+    /// The script did not run, or did not run to its end, for a reason that is not its own.
+    Failed,
+}
+
+/// The end of one submission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    pub ticket: Option<Ticket>,
+    pub target: String,
+    pub outcome: OutcomeKind,
+    /// The script's exit code, or the agent's negative code for other outcomes.
+    pub exit_code: Option<i32>,
+    /// A one-line reason for anything but a script's own exit.
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub process_exit: u8,
+}
+
+impl Outcome {
+    /// The outcome of a script that reached `Complete` with `code`.
+    pub fn from_exit_code(ticket: Ticket, target: &str, code: i32) -> Outcome {
+        let (outcome, process_exit) = match code {
+            0..=255 => (OutcomeKind::Completed, code as u8),
+            c if c > 255 => (OutcomeKind::Completed, (c & 0xff) as u8),
+            exit_code::CANCELLED => (OutcomeKind::Cancelled, exit::CANCELLED),
+            exit_code::UNKNOWN_RESULT => (OutcomeKind::Unknown, exit::OUTCOME_UNKNOWN),
+            exit_code::UNKNOWN_TICKET => (OutcomeKind::Failed, exit::UNKNOWN_TICKET),
+            exit_code::EXECUTION_TIMEOUT => (OutcomeKind::Failed, exit::EXECUTION_TIMEOUT),
+            exit_code::MUTEX_TIMEOUT => (OutcomeKind::Failed, exit::MUTEX_TIMEOUT),
+            _ => (OutcomeKind::Failed, exit::AGENT_FAILED),
+        };
+        let error = exit_code::describe(code).map(str::to_owned);
+        Outcome {
+            ticket: Some(ticket),
+            target: target.to_owned(),
+            outcome,
+            exit_code: Some(code),
+            error,
+            process_exit,
+        }
+    }
+
+    /// The outcome of a request that failed for good. `started` says whether the script may be
+    /// running (then its outcome is unknown, not failed).
+    pub fn from_error(
+        ticket: Option<Ticket>,
+        target: &str,
+        error: &RpcError,
+        message: String,
+        started: bool,
+    ) -> Outcome {
+        let (outcome, process_exit) = match error {
+            _ if started => (OutcomeKind::Unknown, exit::OUTCOME_UNKNOWN),
+            RpcError::Connect(_) => (OutcomeKind::Failed, exit::BROKER_UNREACHABLE),
+            RpcError::Unroutable { .. } => (OutcomeKind::Failed, exit::NO_SUCH_AGENT),
+            RpcError::Cancelled => (OutcomeKind::Cancelled, exit::CANCELLED),
+            RpcError::Agent { error, .. } if !error.kind.is_transient() || error.kind == ErrorKind::Unsupported => {
+                (OutcomeKind::Failed, exit::REJECTED)
+            }
+            _ => (OutcomeKind::Failed, exit::NO_ANSWER),
+        };
+        Outcome {
+            ticket,
+            target: target.to_owned(),
+            outcome,
+            exit_code: None,
+            error: Some(message),
+            process_exit,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_codes_pass_through_and_agent_codes_map_to_distinct_exits() {
+        let t = Ticket::generate();
+        assert_eq!(Outcome::from_exit_code(t.clone(), "a", 3).process_exit, 3);
+        assert_eq!(
+            Outcome::from_exit_code(t.clone(), "a", 3).outcome,
+            OutcomeKind::Completed
+        );
+        let codes = [
+            exit_code::CANCELLED,
+            exit_code::UNKNOWN_RESULT,
+            exit_code::UNKNOWN_TICKET,
+            exit_code::EXECUTION_TIMEOUT,
+            exit_code::MUTEX_TIMEOUT,
+            exit_code::FATAL,
+        ];
+        let exits: std::collections::HashSet<u8> = codes
+            .iter()
+            .map(|&c| Outcome::from_exit_code(t.clone(), "a", c).process_exit)
+            .collect();
+        assert_eq!(exits.len(), codes.len());
+        assert!(exits.iter().all(|e| (101..=110).contains(e)));
+    }
+
+    #[test]
+    fn errors_after_the_start_leave_the_outcome_unknown() {
+        let lost = RpcError::ConnectionLost("reset".into());
+        assert_eq!(
+            Outcome::from_error(None, "a", &lost, String::new(), true).outcome,
+            OutcomeKind::Unknown
+        );
+        assert_eq!(
+            Outcome::from_error(None, "a", &lost, String::new(), false).process_exit,
+            exit::NO_ANSWER
+        );
+        let unroutable = RpcError::Unroutable { target: "a".into() };
+        assert_eq!(
+            Outcome::from_error(None, "a", &unroutable, String::new(), false).process_exit,
+            exit::NO_SUCH_AGENT
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! Where a request goes: one agent, or any worker of a pool.
+
+use contracts::topology;
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    Agent(String),
+    Pool(String),
+}
+
+impl Route {
+    pub fn agent(id: &str) -> Result<Route, String> {
+        topology::validate_name("agent id", id)?;
+        Ok(Route::Agent(id.to_owned()))
+    }
+
+    pub fn pool(name: &str) -> Result<Route, String> {
+        topology::validate_name("pool name", name)?;
+        Ok(Route::Pool(name.to_owned()))
+    }
+
+    pub fn routing_key(&self) -> String {
+        match self {
+            Route::Agent(id) => id.clone(),
+            Route::Pool(pool) => topology::pool_routing_key(pool),
+        }
+    }
+
+    /// The name put in the envelope's `target`.
+    pub fn name(&self) -> &str {
+        match self {
+            Route::Agent(id) | Route::Pool(id) => id,
+        }
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Route::Agent(id) => write!(f, "agent {id}"),
+            Route::Pool(pool) => write!(f, "pool {pool}"),
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Request and reply over RabbitMQ: publish to `cuttle.commands` with publisher confirms and
+//! `mandatory`, and take the reply from direct reply-to by correlation id. One connection and
+//! channel carry every call in flight; a lost link is rebuilt on the next call.
+
+use crate::error::RpcError;
+use crate::route::Route;
+use contracts::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO};
+use contracts::{unix_millis, Reply, Request};
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::oneshot;
+
+/// Timeout around broker calls that are not the wait for a reply.
+const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Reply>>>>;
+
+/// One live connection and its channel.
+struct Link {
+    connection: Connection,
+    channel: Channel,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+}
+
+impl Link {
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire) && self.connection.status().connected()
+    }
+}
+
+/// Settings of the RPC client.
+#[derive(Clone, Debug)]
+pub struct RpcConfig {
+    pub amqp_url: String,
+    pub connect_timeout: Duration,
+}
+
+/// The dispatcher's RPC client. Cheap to share behind an `Arc`; calls run concurrently.
+pub struct RpcClient {
+    config: RpcConfig,
+    link: tokio::sync::Mutex<Option<Arc<Link>>>,
+}
+
+/// One request's timing: how long to wait for the reply, and when the agent must no longer act
+/// on it (also its AMQP expiration, so a stale copy dies in the queue).
+#[derive(Clone, Copy, Debug)]
+pub struct CallTiming {
+    pub reply_timeout: Duration,
+    pub not_after: SystemTime,
+}
+
+impl RpcClient {
+    /// A client that connects on first use.
+    pub fn new(config: RpcConfig) -> Self {
+        RpcClient {
+            config,
+            link: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A client already connected, failing at once if the broker cannot be reached.
+    pub async fn connect(config: RpcConfig) -> Result<Self, RpcError> {
+        let client = RpcClient::new(config);
+        client.current_link().await?;
+        Ok(client)
+    }
+
+    async fn current_link(&self) -> Result<Arc<Link>, RpcError> {
+        let mut slot = self.link.lock().await;
+        if let Some(link) = slot.as_ref().filter(|l| l.is_alive()) {
+            return Ok(link.clone());
+        }
+        if let Some(old) = slot.take() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), old.connection.close(200, "reconnecting".into())).await;
+        }
+        let link = Arc::new(open_link(&self.config).await?);
+        *slot = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Sends one request and waits for its reply. One attempt: the retry executor decides
+    /// whether to call again.
+    pub async fn call(&self, route: &Route, request: &Request, timing: CallTiming) -> Result<Reply, RpcError> {
+        let link = self.current_link().await?;
+        let now = SystemTime::now();
+        let (header, bytes) = request.encode(route.name(), unix_millis(now), Some(unix_millis(timing.not_after)))?;
+        let expiration = timing
+            .not_after
+            .duration_since(now)
+            .unwrap_or_default()
+            .as_millis()
+            .max(1);
+        let (tx, rx) = oneshot::channel();
+        let correlation_id = header.message_id.clone();
+        link.pending
+            .lock()
+            .expect("pending poisoned")
+            .insert(correlation_id.clone(), tx);
+        let _forget = ForgetOnDrop {
+            pending: &link.pending,
+            correlation_id: &correlation_id,
+        };
+        let properties = BasicProperties::default()
+            .with_reply_to(REPLY_TO.into())
+            .with_correlation_id(correlation_id.as_str().into())
+            .with_type(request.kind().as_str().into())
+            .with_content_type(CONTENT_TYPE.into())
+            .with_delivery_mode(2)
+            .with_expiration(expiration.to_string().into());
+        let publish = link.channel.basic_publish(
+            COMMANDS_EXCHANGE.into(),
+            route.routing_key().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &bytes,
+            properties,
+        );
+        let confirm = match tokio::time::timeout(BROKER_CALL_TIMEOUT, async { publish.await?.await }).await {
+            Err(_) => return Err(self.broken(&link, RpcError::NotConfirmed("no confirm within 10s".into()))),
+            Ok(Err(error)) => return Err(self.broken(&link, RpcError::ConnectionLost(error.to_string()))),
+            Ok(Ok(confirm)) => confirm,
+        };
+        match confirm {
+            Confirmation::Ack(Some(_returned)) => {
+                return Err(RpcError::Unroutable {
+                    target: route.to_string(),
+                })
+            }
+            Confirmation::Nack(_) => return Err(RpcError::NotConfirmed("the broker nacked the publish".into())),
+            Confirmation::Ack(None) | Confirmation::NotRequested => {}
+        }
+        match tokio::time::timeout(timing.reply_timeout, rx).await {
+            Err(_) => Err(RpcError::NoReply {
+                target: route.to_string(),
+                after: timing.reply_timeout,
+            }),
+            Ok(Err(_)) => Err(RpcError::ConnectionLost("the reply channel closed".into())),
+            Ok(Ok(Reply::Error(error))) => Err(RpcError::Agent {
+                target: route.to_string(),
+                error,
+            }),
+            Ok(Ok(reply)) => Ok(reply),
+        }
+    }
+
+    fn broken(&self, link: &Link, error: RpcError) -> RpcError {
+        link.alive.store(false, Ordering::Release);
+        error
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(&self) {
+        if let Some(link) = self.link.lock().await.take() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                link.connection.close(200, "dispatcher done".into()),
+            )
+            .await;
+        }
+    }
+}
+
+/// Removes a call's reply slot however the call ends.
+struct ForgetOnDrop<'a> {
+    pending: &'a Pending,
+    correlation_id: &'a str,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .expect("pending poisoned")
+            .remove(self.correlation_id);
+    }
+}
+
+async fn open_link(config: &RpcConfig) -> Result<Link, RpcError> {
+    let connect = async {
+        let properties = ConnectionProperties::default().with_connection_name("cuttle-dispatcher".into());
+        let connection = Connection::connect(&config.amqp_url, properties).await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        // Direct reply-to: consume the pseudo queue, without acks, on the publishing channel.
+        let consumer = channel
+            .basic_consume(
+                REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>((connection, channel, consumer))
+    };
+    let (connection, channel, mut consumer) = match tokio::time::timeout(config.connect_timeout, connect).await {
+        Err(_) => {
+            return Err(RpcError::Connect(format!(
+                "no answer within {}",
+                humantime::format_duration(config.connect_timeout)
+            )))
+        }
+        Ok(Err(error)) => return Err(RpcError::Connect(error.to_string())),
+        Ok(Ok(parts)) => parts,
+    };
+    let pending: Pending = Arc::default();
+    let alive = Arc::new(AtomicBool::new(true));
+    let (replies, link_alive) = (pending.clone(), alive.clone());
+    tokio::spawn(async move {
+        while let Some(delivery) = consumer.next().await {
+            let Ok(delivery) = delivery else { break };
+            let Some(correlation_id) = delivery.properties.correlation_id().as_ref().map(|c| c.to_string()) else {
+                continue;
+            };
+            let reply = match Reply::decode(&delivery.data) {
+                Ok(reply) => reply,
+                Err(error) => {
+                    tracing::warn!(%error, correlation_id, "undecodable reply");
+                    continue;
+                }
+            };
+            if let Some(waiter) = replies.lock().expect("pending poisoned").remove(&correlation_id) {
+                let _ = waiter.send(reply);
+            }
+        }
+        // Fail the calls waiting on this link; they are repeated on a new one.
+        link_alive.store(false, Ordering::Release);
+        replies.lock().expect("pending poisoned").clear();
+    });
+    Ok(Link {
+        connection,
+        channel,
+        pending,
+        alive,
+    })
+}

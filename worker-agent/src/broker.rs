@@ -1,0 +1,303 @@
+//! The agent's edge to RabbitMQ: declares its topology, consumes its queue, hands each delivery
+//! to the [`Agent`], replies through direct reply-to, and acks. It reconnects by itself after
+//! losing the broker; requests lost meanwhile are repeated by the dispatcher.
+
+use crate::service::Agent;
+use contracts::topology::*;
+use contracts::{unix_millis, CodecError, ErrorReply, Reply, Request};
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Timeout around each broker call; lapin's own calls can otherwise hang on a dead link.
+const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause between reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker call {call} failed: {source}")]
+    Call { call: &'static str, source: lapin::Error },
+    #[error("broker call {call} timed out after {after:?}")]
+    Timeout { call: &'static str, after: Duration },
+    #[error("the broker closed the consumer")]
+    ConsumerClosed,
+}
+
+/// Runs one broker call with a timeout.
+pub async fn call<T>(
+    name: &'static str,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(BrokerError::Call { call: name, source }),
+        Err(_) => Err(BrokerError::Timeout {
+            call: name,
+            after: timeout,
+        }),
+    }
+}
+
+/// Arguments of every command queue: quorum, with a delivery limit and dead-lettering.
+pub fn command_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(DEAD_EXCHANGE.into()),
+    );
+    args
+}
+
+/// Declares the shared exchanges, the dead-letter queue, and one command queue bound to
+/// `routing_key`. Idempotent.
+pub async fn declare_topology(channel: &Channel, queue: &str, routing_key: &str) -> Result<(), BrokerError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let t = BROKER_CALL_TIMEOUT;
+    call(
+        "exchange.declare",
+        t,
+        channel.exchange_declare(
+            COMMANDS_EXCHANGE.into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    call(
+        "exchange.declare",
+        t,
+        channel.exchange_declare(
+            DEAD_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    let queue_options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let mut dead_args = FieldTable::default();
+    dead_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    call(
+        "queue.declare",
+        t,
+        channel.queue_declare(DEAD_QUEUE.into(), queue_options, dead_args),
+    )
+    .await?;
+    call(
+        "queue.bind",
+        t,
+        channel.queue_bind(
+            DEAD_QUEUE.into(),
+            DEAD_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    call(
+        "queue.declare",
+        t,
+        channel.queue_declare(queue.into(), queue_options, command_queue_arguments()),
+    )
+    .await?;
+    call(
+        "queue.bind",
+        t,
+        channel.queue_bind(
+            queue.into(),
+            COMMANDS_EXCHANGE.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Serves the agent's queue until `shutdown`, reconnecting after every loss of the broker.
+pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match consume(&agent, &shutdown).await {
+            Ok(()) => return,
+            Err(error) => {
+                agent.set_ready(false);
+                tracing::warn!(agent = %agent.config().agent_id, %error, retry_in = ?delay, "lost the broker; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+    }
+}
+
+async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(), BrokerError> {
+    let config = agent.config();
+    let properties =
+        ConnectionProperties::default().with_connection_name(format!("cuttle-agent {}", config.agent_id).into());
+    let connection = call(
+        "connect",
+        config.connect_timeout,
+        Connection::connect(&config.amqp_url, properties),
+    )
+    .await?;
+    let channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
+    let queue = agent_queue(&config.agent_id);
+    declare_topology(&channel, &queue, &config.agent_id).await?;
+    call(
+        "basic.qos",
+        BROKER_CALL_TIMEOUT,
+        channel.basic_qos(config.prefetch, BasicQosOptions::default()),
+    )
+    .await?;
+    let mut consumer = call(
+        "basic.consume",
+        BROKER_CALL_TIMEOUT,
+        channel.basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    tracing::info!(agent = %config.agent_id, queue = %queue, "consuming commands");
+    agent.set_ready(true);
+    let handlers = TaskTracker::new();
+    let result = loop {
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            delivery = consumer.next() => delivery,
+        };
+        match delivery {
+            None => break Err(BrokerError::ConsumerClosed),
+            Some(Err(source)) => {
+                break Err(BrokerError::Call {
+                    call: "basic.deliver",
+                    source,
+                })
+            }
+            Some(Ok(delivery)) => {
+                handlers.spawn(handle_delivery(agent.clone(), channel.clone(), delivery));
+            }
+        }
+    };
+    agent.set_ready(false);
+    if result.is_ok() {
+        // Take no more deliveries; those not acked go back to the queue for the next consumer.
+        let _ = call(
+            "basic.cancel",
+            BROKER_CALL_TIMEOUT,
+            channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+        )
+        .await;
+        handlers.close();
+        let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, handlers.wait()).await;
+        let _ = call(
+            "connection.close",
+            BROKER_CALL_TIMEOUT,
+            connection.close(200, "agent stopping".into()),
+        )
+        .await;
+    }
+    result
+}
+
+async fn handle_delivery(agent: Arc<Agent>, channel: Channel, delivery: lapin::message::Delivery) {
+    let config = agent.config();
+    let props = &delivery.properties;
+    let reply_to = props.reply_to().as_ref().map(ShortString::to_string);
+    let correlation_id = props.correlation_id().as_ref().map(ShortString::to_string);
+    let reply = match Request::decode(&delivery.data) {
+        Err(error) => {
+            tracing::warn!(agent = %config.agent_id, kind = ?props.kind().as_ref().map(ShortString::as_str), bytes = delivery.data.len(), %error, "rejecting message");
+            let reply = Reply::Error(ErrorReply::new(error.reply_kind(), error.to_string()));
+            send_reply(&agent, &channel, reply_to, correlation_id, &reply).await;
+            let settled = if matches!(error, CodecError::UnknownKind(_)) {
+                delivery.ack(BasicAckOptions::default()).await
+            } else {
+                // Dead-lettered to cuttle.dead; the reason is in the log line above.
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: false,
+                        ..Default::default()
+                    })
+                    .await
+            };
+            if let Err(error) = settled {
+                tracing::warn!(agent = %config.agent_id, %error, "could not settle rejected delivery");
+            }
+            return;
+        }
+        Ok((header, request)) => {
+            let kind = request.kind();
+            let ticket = request.ticket().map(|t| t.to_string());
+            tracing::debug!(agent = %config.agent_id, %kind, ticket = ?ticket, "request");
+            let reply = agent.handle(&header, request).await;
+            if let Reply::Error(error) = &reply {
+                tracing::info!(agent = %config.agent_id, %kind, ticket = ?ticket, error = %error, "request refused");
+            }
+            reply
+        }
+    };
+    send_reply(&agent, &channel, reply_to, correlation_id, &reply).await;
+    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+        // The broker redelivers; the request is idempotent, so that is harmless.
+        tracing::warn!(agent = %config.agent_id, %error, "could not ack delivery");
+    }
+}
+
+async fn send_reply(
+    agent: &Agent,
+    channel: &Channel,
+    reply_to: Option<String>,
+    correlation_id: Option<String>,
+    reply: &Reply,
+) {
+    let (Some(reply_to), Some(correlation_id)) = (reply_to, correlation_id) else {
+        tracing::debug!(agent = %agent.config().agent_id, "request without reply-to; not answering");
+        return;
+    };
+    let bytes = match reply.encode(&agent.config().agent_id, unix_millis(SystemTime::now())) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::error!(%error, "could not encode reply");
+            return;
+        }
+    };
+    let properties = BasicProperties::default()
+        .with_correlation_id(correlation_id.into())
+        .with_type(reply.kind().as_str().into())
+        .with_content_type(CONTENT_TYPE.into());
+    let publish = channel.basic_publish(
+        "".into(),
+        reply_to.into(),
+        BasicPublishOptions::default(),
+        &bytes,
+        properties,
+    );
+    if let Err(error) = call("basic.publish", BROKER_CALL_TIMEOUT, publish).await {
+        // The dispatcher asks again for what it did not get.
+        tracing::warn!(agent = %agent.config().agent_id, %error, "could not send reply");
+    }
+}

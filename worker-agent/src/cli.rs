@@ -1,0 +1,138 @@
+//! The `worker-agent` command line.
+
+use crate::config::{AgentConfig, Protocol, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "worker-agent",
+    version,
+    about = "Cuttle agent: runs scripts sent through RabbitMQ, each ticket exactly once"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Connect to the broker and the ticket store and serve script commands until stopped
+    /// (SIGINT or SIGTERM).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// This agent's id; its queue is `cuttle.agent.<ID>` ([A-Za-z0-9._-], at most 100).
+    #[arg(long, env = "CUTTLE_AGENT_ID")]
+    pub agent_id: String,
+    /// RabbitMQ URL.
+    #[arg(long, env = "CUTTLE_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
+    pub amqp_url: String,
+    /// Redis URL of the ticket store.
+    #[arg(long, env = "CUTTLE_REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
+    pub redis_url: String,
+    /// Prefix of every Redis key (agents sharing tickets must share it).
+    #[arg(long, env = "CUTTLE_KEY_PREFIX", default_value = "cuttle:")]
+    pub key_prefix: String,
+    /// Directory for script workspaces [default: <tmp>/cuttle-agent/<ID>].
+    #[arg(long, env = "CUTTLE_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Protocol to speak: v2 (capabilities, script v2 and v1) or v1 (a legacy agent: script v1 only).
+    #[arg(long, value_enum, default_value_t = Protocol::V2)]
+    pub protocol: Protocol,
+    /// Requests handled at once (AMQP prefetch).
+    #[arg(long, default_value_t = 512)]
+    pub prefetch: u16,
+    /// Lease of a running ticket: an agent silent this long is reported lost ("unknown result").
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// Least time a completed ticket's tombstone is kept, so a late duplicate start cannot run it.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub tombstone_ttl: Duration,
+    /// How long running scripts may take to finish on SIGTERM before they are cancelled.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl RunArgs {
+    pub fn config(&self) -> Result<AgentConfig, String> {
+        contracts::topology::validate_name("agent id", &self.agent_id)?;
+        let mut config = AgentConfig::new(&self.agent_id);
+        config.amqp_url = self.amqp_url.clone();
+        config.redis_url = self.redis_url.clone();
+        config.key_prefix = self.key_prefix.clone();
+        config.work_dir = self
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("cuttle-agent").join(&self.agent_id));
+        config.protocol = self.protocol;
+        config.prefetch = self.prefetch.max(1);
+        config.lease_ttl = self.lease_ttl.max(Duration::from_secs(1));
+        config.tombstone_ttl = self.tombstone_ttl;
+        Ok(config)
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM, then stops taking work and lets running scripts end
+/// within the drain timeout.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = args.config().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&config.work_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create work dir {}: {e}", config.work_dir.display()))?;
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping: taking no more work");
+        signals.cancel();
+    });
+    tracing::info!(agent = %config.agent_id, protocol = ?config.protocol, work_dir = %config.work_dir.display(), "agent starting");
+    let Some((agent, serving)) = crate::start(config, shutdown).await else {
+        return Ok(());
+    };
+    let _ = serving.await;
+    let running = agent.running();
+    if running > 0 {
+        tracing::info!(running, drain_timeout = ?args.drain_timeout, "waiting for running scripts to finish");
+        let deadline = tokio::time::Instant::now() + args.drain_timeout;
+        while agent.running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    agent.stop_scripts().await;
+    Ok(())
+}
+
+/// Entry point of the binary.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("worker-agent: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The agent's configuration, filled by the CLI from flags and environment, or directly by
+//! tests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// Which protocol generation the agent speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// Capabilities, script v2 (idempotent) and script v1.
+    #[default]
+    V2,
+    /// Only script v1, exactly as agents before resilient communications: every other kind is
+    /// answered `Unsupported`.
+    V1,
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub agent_id: String,
+    pub amqp_url: String,
+    pub redis_url: String,
+    /// Prefix of every Redis key; agents sharing tickets (a pool) must share it.
+    pub key_prefix: String,
+    pub work_dir: PathBuf,
+    pub protocol: Protocol,
+    /// Deliveries in flight at once (AMQP prefetch).
+    pub prefetch: u16,
+    /// How long a running ticket's lease lasts without renewal; an agent dead this long is
+    /// reported as lost.
+    pub lease_ttl: Duration,
+    /// How long a ticket's record and output are kept if it is never completed.
+    pub record_ttl: Duration,
+    /// The least a tombstone is kept after CompleteScript (longer if the command's deadline is).
+    pub tombstone_ttl: Duration,
+    /// Timeout around every broker and store call at start.
+    pub connect_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// A configuration with defaults for everything but the agent id.
+    pub fn new(agent_id: impl Into<String>) -> Self {
+        AgentConfig {
+            agent_id: agent_id.into(),
+            amqp_url: DEFAULT_AMQP_URL.into(),
+            redis_url: DEFAULT_REDIS_URL.into(),
+            key_prefix: "cuttle:".into(),
+            work_dir: std::env::temp_dir().join("cuttle-agent"),
+            protocol: Protocol::V2,
+            prefetch: 512,
+            lease_ttl: Duration::from_secs(15),
+            record_ttl: Duration::from_secs(7 * 24 * 3600),
+            tombstone_ttl: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The Cuttle agent: consumes script commands from its RabbitMQ queue, claims each ticket in the
+//! ticket store so a script never runs twice, runs it, and answers status requests.
+//!
+//! # Layout
+//! - [`config`]: the agent's settings and defaults.
+//! - [`broker`]: the AMQP edge (topology, consumer, replies, reconnection).
+//! - [`service`]: the capabilities, script v2 and script v1 services.
+//! - [`rules`]: the exactly-once decisions, as plain functions (fresh? same command? what state?).
+//! - [`store`]: the Redis ticket store (claim with `SET NX`, compare-and-set, lease, logs).
+//! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
+//!   [`isolation`] its mutexes.
+//! - [`cli`]: the `worker-agent` command line.
+#![forbid(unsafe_code)]
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod isolation;
+pub mod output;
+pub mod rules;
+pub mod runner;
+pub mod service;
+pub mod store;
+
+pub use config::{AgentConfig, Protocol};
+pub use service::Agent;
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Connects to the ticket store, waiting for it (with notices) until `shutdown`.
+pub async fn connect_store(config: &AgentConfig, shutdown: &CancellationToken) -> Option<store::TicketStore> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store::TicketStore::connect(&config.redis_url, &config.key_prefix, config.connect_timeout).await {
+            Ok(store) => return Some(store),
+            Err(error) => {
+                tracing::warn!(agent = %config.agent_id, %error, retry_in = ?delay, "cannot reach the ticket store; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Starts an agent: connects to the store, marks runs lost by an earlier process, and serves its
+/// queue in the background. Cancel `shutdown` to stop taking work; the returned task ends once the
+/// consumer has stopped.
+pub async fn start(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+) -> Option<(Arc<Agent>, tokio::task::JoinHandle<()>)> {
+    let store = connect_store(&config, &shutdown).await?;
+    let agent = Agent::new(config, store);
+    match agent.recover_lost_runs().await {
+        Ok(0) => {}
+        Ok(lost) => {
+            tracing::warn!(agent = %agent.config().agent_id, lost, "runs of an earlier agent process reported as unknown result")
+        }
+        Err(error) => {
+            tracing::warn!(agent = %agent.config().agent_id, %error, "could not check for runs lost by an earlier process")
+        }
+    }
+    let serving = tokio::spawn(broker::serve(agent.clone(), shutdown));
+    Some((agent, serving))
+}

@@ -1,0 +1,290 @@
+//! Runs one claimed script: waits for its isolation mutex, prepares its workspace, starts the
+//! shell in its own process group, streams its output to the log, keeps the ticket's lease alive,
+//! and records how it ended. Cancel and execution timeout kill the whole process group.
+
+use crate::isolation::{IsolationGuard, Mutexes};
+use crate::output::{self, LogSender, Progress};
+use crate::rules::{RecordState, TicketRecord};
+use crate::store::{Release, TicketKeys, TicketStore};
+use contracts::{exit_code, LogStream, ScriptSpec};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How long output is still read after the script's main process ended, for pipes held open by
+/// processes it left behind.
+const PIPE_DRAIN: Duration = Duration::from_secs(2);
+
+/// Everything one run needs.
+pub struct Run {
+    pub store: TicketStore,
+    pub keys: TicketKeys,
+    /// The record as claimed, and its exact stored value (for compare-and-set).
+    pub record: TicketRecord,
+    pub record_raw: String,
+    pub spec: ScriptSpec,
+    pub workspace: PathBuf,
+    pub cancel: CancellationToken,
+    pub progress: watch::Sender<Progress>,
+    pub mutexes: Arc<Mutexes>,
+    pub lease_ttl: Duration,
+    pub record_ttl: Duration,
+}
+
+/// Why a script stopped before its own end.
+enum Interrupted {
+    Cancelled,
+    TimedOut,
+}
+
+impl Run {
+    /// Runs the script to its end and records the outcome. Never fails: every failure becomes
+    /// an exit code in the record and a line in the log.
+    pub async fn execute(mut self) {
+        let ticket = self.keys.ticket.clone();
+        let (log, writer) = output::spawn_writer(
+            self.store.clone(),
+            self.keys.clone(),
+            self.record_ttl,
+            self.progress.clone(),
+        );
+        let lease = self.keep_lease();
+        let exit = self.run_script(&log).await;
+        drop(log);
+        let next_seq = writer.await.unwrap_or(1);
+        lease.cancel();
+        self.finish(exit).await;
+        self.progress.send_modify(|p| {
+            p.next_log_sequence = next_seq;
+            p.complete = true;
+        });
+        tracing::info!(ticket = %ticket, exit_code = exit, "script ended");
+    }
+
+    async fn run_script(&mut self, log: &LogSender) -> i32 {
+        let _guard = match self.take_mutex(log).await {
+            Ok(guard) => guard,
+            Err(code) => return code,
+        };
+        if let Err(error) = self.prepare_workspace().await {
+            log.send(LogStream::Agent, format!("could not prepare the workspace: {error}"));
+            return exit_code::FATAL;
+        }
+        let Some(shell) = self.spec.shell.program() else {
+            log.send(LogStream::Agent, "unknown shell");
+            return exit_code::SHELL_NOT_STARTED;
+        };
+        let mut child = match tokio::process::Command::new(shell)
+            .arg(self.workspace.join("script.sh"))
+            .args(&self.spec.args)
+            .envs(&self.spec.env)
+            .env("CUTTLE_TICKET", &self.keys.ticket)
+            .current_dir(&self.workspace)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(error) => {
+                log.send(LogStream::Agent, format!("could not start {shell}: {error}"));
+                return exit_code::SHELL_NOT_STARTED;
+            }
+        };
+        let pid = child.id();
+        let readers = [
+            tokio::spawn(output::read_lines(
+                child.stdout.take().expect("piped"),
+                LogStream::Stdout,
+                log.clone(),
+            )),
+            tokio::spawn(output::read_lines(
+                child.stderr.take().expect("piped"),
+                LogStream::Stderr,
+                log.clone(),
+            )),
+        ];
+        let timeout = self.spec.execution_timeout.map(Duration::from_millis);
+        let interrupted = tokio::select! {
+            status = child.wait() => Err(status),
+            _ = self.cancel.cancelled() => Ok(Interrupted::Cancelled),
+            _ = sleep_or_forever(timeout) => Ok(Interrupted::TimedOut),
+        };
+        let code = match interrupted {
+            Err(Ok(status)) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+            Err(Err(error)) => {
+                log.send(LogStream::Agent, format!("lost track of the script: {error}"));
+                exit_code::FATAL
+            }
+            Ok(reason) => {
+                kill_group(pid);
+                let _ = child.wait().await;
+                let (code, note) = match reason {
+                    Interrupted::Cancelled => (exit_code::CANCELLED, "script cancelled".to_owned()),
+                    Interrupted::TimedOut => (
+                        exit_code::EXECUTION_TIMEOUT,
+                        format!(
+                            "script ran past its execution timeout of {}",
+                            humantime::format_duration(timeout.unwrap_or_default())
+                        ),
+                    ),
+                };
+                log.send(LogStream::Agent, note);
+                code
+            }
+        };
+        for reader in readers {
+            let abort = reader.abort_handle();
+            if tokio::time::timeout(PIPE_DRAIN, reader).await.is_err() {
+                abort.abort();
+            }
+        }
+        code
+    }
+
+    /// Takes the isolation mutex, telling the log when it has to wait and giving up at the
+    /// mutex timeout or on cancel.
+    async fn take_mutex(&mut self, log: &LogSender) -> Result<Option<IsolationGuard>, i32> {
+        let Some((name, exclusive)) = self.spec.mutex() else {
+            return Ok(None);
+        };
+        let name = name.to_owned();
+        let guard = match self.mutexes.try_acquire(&name, exclusive) {
+            Some(guard) => guard,
+            None => {
+                log.send(LogStream::Agent, format!("waiting for isolation mutex {name:?}"));
+                let timeout = self.spec.mutex_timeout.map(Duration::from_millis);
+                tokio::select! {
+                    guard = self.mutexes.acquire(&name, exclusive) => guard,
+                    _ = self.cancel.cancelled() => {
+                        log.send(LogStream::Agent, "script cancelled while waiting for its isolation mutex");
+                        return Err(exit_code::CANCELLED);
+                    }
+                    _ = sleep_or_forever(timeout) => {
+                        log.send(LogStream::Agent, format!(
+                            "gave up waiting for isolation mutex {name:?} after {}",
+                            humantime::format_duration(timeout.unwrap_or_default())
+                        ));
+                        return Err(exit_code::MUTEX_TIMEOUT);
+                    }
+                }
+            }
+        };
+        if self.record.state == RecordState::Claimed {
+            let running = TicketRecord {
+                state: RecordState::Running,
+                ..self.record.clone()
+            };
+            self.update_record(running, Release::Nothing).await;
+        }
+        Ok(Some(guard))
+    }
+
+    async fn prepare_workspace(&self) -> std::io::Result<()> {
+        tokio::fs::create_dir_all(&self.workspace).await?;
+        for file in &self.spec.files {
+            tokio::fs::write(self.workspace.join(&file.name), &file.content).await?;
+        }
+        tokio::fs::write(self.workspace.join("script.sh"), &self.spec.script).await
+    }
+
+    /// Renews the lease until the returned token is cancelled; a cancel flagged in the store
+    /// (by a worker that is not this one) cancels the run.
+    fn keep_lease(&self) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let (store, keys, owner, ttl, cancel) = (
+            self.store.clone(),
+            self.keys.clone(),
+            self.record.owner.clone(),
+            self.lease_ttl,
+            self.cancel.clone(),
+        );
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ttl / 3);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match store.renew_lease(&keys, &owner, ttl).await {
+                    Ok(renewal) => {
+                        if !renewal.held {
+                            tracing::error!(ticket = %keys.ticket, "lease lost while the script runs; its status will read as unknown result");
+                        }
+                        if renewal.cancel_requested && !cancel.is_cancelled() {
+                            tracing::info!(ticket = %keys.ticket, "cancel requested through the store");
+                            cancel.cancel();
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(ticket = %keys.ticket, %error, "could not renew lease")
+                    }
+                }
+            }
+        });
+        stop
+    }
+
+    async fn finish(&mut self, exit: i32) {
+        let done = self.record.completed(exit);
+        self.update_record(done, Release::Lease).await;
+    }
+
+    /// Writes the next record by compare-and-set, retrying while the store is unreachable.
+    async fn update_record(&mut self, next: TicketRecord, release: Release) {
+        let raw = next.to_json();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self
+                .store
+                .compare_and_set(&self.keys, &self.record_raw, &next, None, release)
+                .await
+            {
+                Ok(true) => break,
+                Ok(false) => {
+                    tracing::error!(ticket = %self.keys.ticket, state = ?next.state, "ticket record changed under its owner; not overwriting it");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(ticket = %self.keys.ticket, %error, "could not update ticket record; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        self.record = next;
+        self.record_raw = raw;
+    }
+}
+
+async fn sleep_or_forever(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Kills the script's whole process group (its shell is the group leader).
+fn kill_group(pid: Option<u32>) {
+    let Some(pid) = pid else { return };
+    let group = nix::unistd::Pid::from_raw(pid as i32);
+    if let Err(error) = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL) {
+        tracing::warn!(pid, %error, "could not kill the script's process group");
+    }
+}
+
+/// Removes a ticket's workspace (after CompleteScript).
+pub async fn remove_workspace(path: &Path) {
+    match tokio::fs::remove_dir_all(path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(path = %path.display(), %error, "could not remove workspace"),
+    }
+}

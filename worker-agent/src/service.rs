@@ -1,0 +1,395 @@
+//! The agent's services: capabilities, script v2 and script v1. Each request is answered from
+//! the ticket store by the rules in [`crate::rules`]; the broker edge only decodes and replies.
+
+use crate::config::{AgentConfig, Protocol};
+use crate::isolation::Mutexes;
+use crate::output::Progress;
+use crate::rules::{self, RecordState, TicketRecord};
+use crate::runner::{self, Run};
+use crate::store::{Claim, Release, StoreError, TicketKeys, TicketStore, TicketView};
+use contracts::topology::MAX_STATUS_WAIT_MS;
+use contracts::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A log position past any real log, to read a ticket without its output.
+const SKIP_LOGS: u64 = i64::MAX as u64 / 2;
+
+/// How often a status request waiting on a run this process does not own looks again.
+const REMOTE_POLL: Duration = Duration::from_millis(200);
+
+/// A run of this process, for cancel and for status requests waiting on its progress.
+struct LocalRun {
+    cancel: CancellationToken,
+    progress: watch::Receiver<Progress>,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    store: TicketStore,
+    /// This process's identity as a ticket owner: the agent id and a fresh instance id.
+    owner: String,
+    runs: Mutex<HashMap<String, LocalRun>>,
+    mutexes: Arc<Mutexes>,
+    tracker: tokio_util::task::TaskTracker,
+    /// Whether the agent is consuming its queue now.
+    ready: watch::Sender<bool>,
+}
+
+fn now_ms() -> u64 {
+    unix_millis(SystemTime::now())
+}
+
+fn unavailable(error: StoreError) -> Reply {
+    Reply::Error(ErrorReply::new(
+        ErrorKind::StoreUnavailable,
+        format!("{error}; nothing was started"),
+    ))
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig, store: TicketStore) -> Arc<Self> {
+        let owner = format!("{}/{}", config.agent_id, uuid::Uuid::new_v4());
+        Arc::new(Agent {
+            config,
+            store,
+            owner,
+            runs: Mutex::default(),
+            mutexes: Arc::default(),
+            tracker: tokio_util::task::TaskTracker::new(),
+            ready: watch::channel(false).0,
+        })
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.send_replace(ready);
+    }
+
+    /// Follows whether the agent is consuming its queue.
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Scripts this process is running now.
+    pub fn running(&self) -> usize {
+        self.runs.lock().expect("runs poisoned").len()
+    }
+
+    /// Cancels every running script and waits for them to record their outcome.
+    pub async fn stop_scripts(&self) {
+        for run in self.runs.lock().expect("runs poisoned").values() {
+            run.cancel.cancel();
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// Whether this agent serves a kind at all; a legacy (v1) agent knows only script v1.
+    pub fn serves(&self, kind: Kind) -> bool {
+        match self.config.protocol {
+            Protocol::V2 => true,
+            Protocol::V1 => matches!(kind, Kind::StartScriptV1 | Kind::GetStatusV1 | Kind::CompleteScriptV1),
+        }
+    }
+
+    /// Marks the runs of an earlier process with this agent id as lost: they can never be
+    /// finished or restarted, so they report unknown result at once instead of after the lease.
+    pub async fn recover_lost_runs(&self) -> Result<usize, StoreError> {
+        let mut lost = 0;
+        for ticket in self.store.running_tickets(&self.config.agent_id).await? {
+            let keys = self.store.keys(&ticket);
+            let view = self.store.read(&keys, SKIP_LOGS).await?;
+            match view.record {
+                Some((record, raw)) if !record.state.is_complete() && record.owner != self.owner => {
+                    let lost_run = record.completed(exit_code::UNKNOWN_RESULT);
+                    self.store
+                        .compare_and_set(&keys, &raw, &lost_run, None, Release::Lease)
+                        .await?;
+                    tracing::warn!(ticket = %ticket, previous_owner = %record.owner, "run lost with an earlier agent process; reporting unknown result");
+                    lost += 1;
+                }
+                _ => self.store.forget_running(&self.config.agent_id, &ticket).await?,
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Serves one decoded request.
+    pub async fn handle(self: &Arc<Self>, header: &Envelope<()>, request: Request) -> Reply {
+        if !self.serves(request.kind()) {
+            return Reply::Error(ErrorReply::new(
+                ErrorKind::Unsupported,
+                format!("unsupported message kind {:?}", header.kind),
+            ));
+        }
+        if let Err(expired) = rules::check_fresh(header.not_after, now_ms()) {
+            return Reply::Error(expired);
+        }
+        match request {
+            Request::GetCapabilities(_) => Reply::Capabilities(Capabilities {
+                services: vec![
+                    SERVICE_CAPABILITIES.into(),
+                    SERVICE_SCRIPT_V1.into(),
+                    SERVICE_SCRIPT_V2.into(),
+                ],
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+            }),
+            Request::StartScriptV2(start) => {
+                self.start(start.ticket, start.spec, header.not_after, start.wait_for_output)
+                    .await
+            }
+            Request::StartScriptV1(start) => self.start(Ticket::generate(), start.spec, None, None).await,
+            Request::GetStatusV2(s) => self.status(&s.ticket, s.last_log_sequence, s.wait).await,
+            Request::GetStatusV1(s) => self.status(&s.ticket, s.last_log_sequence, None).await,
+            Request::CancelScriptV2(c) => self.cancel(&c.ticket, c.last_log_sequence).await,
+            Request::CompleteScriptV2(c) => self.complete(&c.ticket).await,
+            Request::CompleteScriptV1(c) => self.complete(&c.ticket).await,
+        }
+    }
+
+    /// Claims the ticket and runs the script once; any copy after the first gets the ticket's
+    /// status (or a conflict, for a different script under the same ticket).
+    async fn start(
+        self: &Arc<Self>,
+        ticket: Ticket,
+        spec: ScriptSpec,
+        not_after: Option<u64>,
+        wait: Option<u64>,
+    ) -> Reply {
+        let keys = self.store.keys(&ticket.store_key());
+        let digest = spec.digest();
+        let record = TicketRecord {
+            owner: self.owner.clone(),
+            agent_id: self.config.agent_id.clone(),
+            digest: digest.clone(),
+            state: if spec.mutex().is_some() {
+                RecordState::Claimed
+            } else {
+                RecordState::Running
+            },
+            exit_code: None,
+            tombstone: false,
+            not_after,
+            claimed_at: now_ms(),
+        };
+        match self
+            .store
+            .claim(&keys, &record, self.config.record_ttl, self.config.lease_ttl)
+            .await
+        {
+            Err(error) => return unavailable(error),
+            Ok(Claim::Won) => {
+                tracing::info!(ticket = %ticket, agent = %self.config.agent_id, "ticket claimed; starting script");
+                self.launch(keys, record, spec);
+            }
+            Ok(Claim::Existing { record, .. }) => {
+                if let Err(conflict) = rules::check_same_command(&record, &digest) {
+                    tracing::warn!(ticket = %ticket, "start refused: ticket used for a different script");
+                    return Reply::Error(conflict);
+                }
+                tracing::debug!(ticket = %ticket, "duplicate start; answering with status");
+            }
+        }
+        self.status(&ticket, 0, wait).await
+    }
+
+    fn launch(self: &Arc<Self>, keys: TicketKeys, record: TicketRecord, spec: ScriptSpec) {
+        let (progress, watcher) = watch::channel(Progress {
+            next_log_sequence: 1,
+            complete: false,
+        });
+        let cancel = CancellationToken::new();
+        let ticket = keys.ticket.clone();
+        self.runs.lock().expect("runs poisoned").insert(
+            ticket.clone(),
+            LocalRun {
+                cancel: cancel.clone(),
+                progress: watcher,
+            },
+        );
+        let run = Run {
+            store: self.store.clone(),
+            workspace: self.config.work_dir.join(&ticket),
+            record_raw: record.to_json(),
+            keys,
+            record,
+            spec,
+            cancel,
+            progress,
+            mutexes: self.mutexes.clone(),
+            lease_ttl: self.config.lease_ttl,
+            record_ttl: self.config.record_ttl,
+        };
+        let agent = self.clone();
+        self.tracker.spawn(async move {
+            run.execute().await;
+            agent.runs.lock().expect("runs poisoned").remove(&ticket);
+        });
+    }
+
+    /// The ticket's status with the lines after `last_seq`, held up to `wait` ms until there
+    /// is new output or the script ends.
+    async fn status(&self, ticket: &Ticket, last_seq: u64, wait: Option<u64>) -> Reply {
+        let keys = self.store.keys(&ticket.store_key());
+        let wait = Duration::from_millis(wait.unwrap_or(0).min(MAX_STATUS_WAIT_MS));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let status = match self.store.read(&keys, last_seq).await {
+                Ok(view) => status_from(ticket, last_seq, view),
+                Err(error) => return Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, error.to_string())),
+            };
+            let now = tokio::time::Instant::now();
+            if !status.logs.is_empty() || status.is_complete() || now >= deadline {
+                return Reply::ScriptStatus(status);
+            }
+            let local = self
+                .runs
+                .lock()
+                .expect("runs poisoned")
+                .get(&keys.ticket)
+                .map(|r| r.progress.clone());
+            match local {
+                Some(mut progress) => {
+                    let news = progress.wait_for(|p| p.complete || p.next_log_sequence > last_seq + 1);
+                    let _ = tokio::time::timeout_at(deadline, news).await;
+                }
+                None => tokio::time::sleep(REMOTE_POLL.min(deadline - now)).await,
+            }
+        }
+    }
+
+    /// Cancels the script: kills it if this process runs it, flags it for the worker that does,
+    /// or leaves a tombstone if it never started, so a late start cannot run it.
+    async fn cancel(&self, ticket: &Ticket, last_seq: u64) -> Reply {
+        let keys = self.store.keys(&ticket.store_key());
+        let local = self
+            .runs
+            .lock()
+            .expect("runs poisoned")
+            .get(&keys.ticket)
+            .map(|run| run.cancel.clone());
+        if let Some(cancel) = local {
+            tracing::info!(ticket = %ticket, "cancelling script");
+            cancel.cancel();
+            return self.status(ticket, last_seq, None).await;
+        }
+        let result = async {
+            let view = self.store.read(&keys, last_seq).await?;
+            match &view.record {
+                None => {
+                    let now = now_ms();
+                    let tombstone = TicketRecord {
+                        owner: self.owner.clone(),
+                        agent_id: self.config.agent_id.clone(),
+                        digest: String::new(),
+                        state: RecordState::Complete,
+                        exit_code: Some(exit_code::CANCELLED),
+                        tombstone: true,
+                        not_after: None,
+                        claimed_at: now,
+                    };
+                    // The start it stands for may still be in a queue with any deadline: keep it as
+                    // long as an unfinished record.
+                    if self.store.create(&keys, &tombstone, self.config.record_ttl).await? {
+                        tracing::info!(ticket = %ticket, "cancelled before start; tombstone left");
+                    }
+                }
+                Some((record, _)) if !record.state.is_complete() && view.lease_alive => {
+                    tracing::info!(ticket = %ticket, owner = %record.owner, "flagging cancel for the worker running the script");
+                    self.store.request_cancel(&keys, self.config.lease_ttl * 4).await?;
+                }
+                Some(_) => {}
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => self.status(ticket, last_seq, None).await,
+            Err(error) => Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, error.to_string())),
+        }
+    }
+
+    /// Cleans up an ended script: drops its output and workspace, and leaves a tombstone that
+    /// outlives any copy of its start still in a queue. A running script is left alone.
+    async fn complete(&self, ticket: &Ticket) -> Reply {
+        let keys = self.store.keys(&ticket.store_key());
+        let view = match self.store.read(&keys, SKIP_LOGS).await {
+            Ok(view) => view,
+            Err(error) => return Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, error.to_string())),
+        };
+        let Some((record, raw)) = &view.record else {
+            return Reply::ScriptStatus(status_without_logs(ticket, view));
+        };
+        let (state, exit) = rules::reported_state(Some(record), view.lease_alive);
+        if state != ScriptState::Complete || record.tombstone {
+            return Reply::ScriptStatus(status_without_logs(ticket, view));
+        }
+        let tombstone = TicketRecord {
+            tombstone: true,
+            ..record.completed(exit.unwrap_or(exit_code::FATAL))
+        };
+        let ttl = rules::tombstone_ttl_ms(record.not_after, now_ms(), self.config.tombstone_ttl.as_millis() as u64);
+        match self
+            .store
+            .compare_and_set(
+                &keys,
+                raw,
+                &tombstone,
+                Some(Duration::from_millis(ttl)),
+                Release::LeaseAndOutput,
+            )
+            .await
+        {
+            Ok(true) => {
+                runner::remove_workspace(&self.config.work_dir.join(&keys.ticket)).await;
+                tracing::info!(ticket = %ticket, "script completed; output cleaned, tombstone kept");
+            }
+            Ok(false) => {
+                tracing::debug!(ticket = %ticket, "record changed while completing; answering with its status")
+            }
+            Err(error) => return Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, error.to_string())),
+        }
+        match self.store.read(&keys, SKIP_LOGS).await {
+            Ok(view) => Reply::ScriptStatus(status_without_logs(ticket, view)),
+            Err(error) => Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, error.to_string())),
+        }
+    }
+}
+
+/// Builds a status reply from a store view. A completed script whose remaining output did not
+/// fit in this reply reads as running, so the dispatcher asks again and gets every line.
+pub fn status_from(ticket: &Ticket, last_seq: u64, view: TicketView) -> ScriptStatus {
+    let (mut state, mut exit_code) = rules::reported_state(view.record.as_ref().map(|(r, _)| r), view.lease_alive);
+    let next_log_sequence = view.logs.last().map_or(last_seq + 1, |l| l.seq + 1);
+    if state == ScriptState::Complete && next_log_sequence <= view.stored_lines {
+        state = ScriptState::Running;
+        exit_code = None;
+    }
+    ScriptStatus {
+        ticket: ticket.clone(),
+        state,
+        exit_code,
+        logs: view.logs,
+        next_log_sequence,
+    }
+}
+
+/// A status read with [`SKIP_LOGS`]: no lines, positioned after the last stored one.
+fn status_without_logs(ticket: &Ticket, view: TicketView) -> ScriptStatus {
+    let stored = view.stored_lines;
+    status_from(
+        ticket,
+        stored,
+        TicketView {
+            logs: Vec::new(),
+            ..view
+        },
+    )
+}

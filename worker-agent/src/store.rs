@@ -1,0 +1,324 @@
+//! The ticket store in Redis. One record per ticket, created with `SET NX` (the claim) and later
+//! changed only by compare-and-set against the exact value read, so two writers can never both
+//! win. Beside it: the owner's lease (a key with a TTL the owner keeps renewing), the log list,
+//! a cancel flag, and the set of tickets each agent id is running (for recovery after a crash).
+
+use crate::rules::{RecordState, TicketRecord};
+use contracts::topology::MAX_STATUS_LOG_BYTES;
+use contracts::LogLine;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use std::time::Duration;
+
+/// Log lines read from the store in one round trip at most.
+const MAX_LINES_PER_READ: isize = 2_000;
+
+/// The ticket store could not be used. Always transient from the dispatcher's point of view.
+#[derive(Debug, thiserror::Error)]
+#[error("ticket store unavailable: {0}")]
+pub struct StoreError(#[from] redis::RedisError);
+
+/// What claiming a ticket found.
+#[derive(Debug)]
+pub enum Claim {
+    /// This agent owns the ticket now; the lease is held.
+    Won,
+    /// Somebody claimed it before: the record, and whether its owner's lease is alive.
+    Existing {
+        record: TicketRecord,
+        raw: String,
+        lease_alive: bool,
+    },
+}
+
+/// A consistent view of a ticket for a status reply.
+#[derive(Debug)]
+pub struct TicketView {
+    pub record: Option<(TicketRecord, String)>,
+    pub lease_alive: bool,
+    /// Lines after the requested sequence, capped in count and bytes.
+    pub logs: Vec<LogLine>,
+    /// Lines stored in all; more than `logs` reaches when the read was capped.
+    pub stored_lines: u64,
+}
+
+/// What renewing a lease found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LeaseRenewal {
+    pub held: bool,
+    pub cancel_requested: bool,
+}
+
+/// Redis keys of one ticket under the agent's key prefix.
+#[derive(Clone, Debug)]
+pub struct TicketKeys {
+    pub record: String,
+    pub lease: String,
+    pub logs: String,
+    pub cancel: String,
+    /// The normalised ticket, as stored in running sets.
+    pub ticket: String,
+}
+
+const CLAIM: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+  redis.call('SADD', KEYS[3], ARGV[5])
+  return {1, '', 1}
+end
+return {0, redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2])}
+"#;
+
+/// Compare-and-set on the exact record value; on success deletes KEYS[2..] and removes ARGV[5]
+/// from the set ARGV[4] (if named). ARGV[3] is the new TTL in ms, 0 keeps the current one.
+const COMPARE_AND_SET: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+if ARGV[4] ~= '' then redis.call('SREM', ARGV[4], ARGV[5]) end
+return 1
+"#;
+
+const RENEW_LEASE: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, redis.call('EXISTS', KEYS[2])} end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {1, redis.call('EXISTS', KEYS[2])}
+"#;
+
+/// The Redis ticket store of one agent (or of a whole pool, which shares the prefix).
+#[derive(Clone)]
+pub struct TicketStore {
+    con: ConnectionManager,
+    prefix: String,
+    claim: redis::Script,
+    compare_and_set: redis::Script,
+    renew_lease: redis::Script,
+}
+
+impl TicketStore {
+    /// Connects, waiting for Redis no longer than `connect_timeout`; the connection manager
+    /// reconnects by itself afterwards (the command that hit a broken connection still fails).
+    pub async fn connect(url: &str, prefix: &str, connect_timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let con = ConnectionManager::new_with_config(client, config).await?;
+        Ok(TicketStore {
+            con,
+            prefix: prefix.to_owned(),
+            claim: redis::Script::new(CLAIM),
+            compare_and_set: redis::Script::new(COMPARE_AND_SET),
+            renew_lease: redis::Script::new(RENEW_LEASE),
+        })
+    }
+
+    pub fn keys(&self, ticket_key: &str) -> TicketKeys {
+        let p = &self.prefix;
+        TicketKeys {
+            record: format!("{p}ticket:{ticket_key}"),
+            lease: format!("{p}lease:{ticket_key}"),
+            logs: format!("{p}log:{ticket_key}"),
+            cancel: format!("{p}cancel:{ticket_key}"),
+            ticket: ticket_key.to_owned(),
+        }
+    }
+
+    fn running_set(&self, agent_id: &str) -> String {
+        format!("{}agent:{agent_id}:running", self.prefix)
+    }
+
+    /// Claims a ticket: creates its record if none exists (SET NX), and takes the lease.
+    pub async fn claim(
+        &self,
+        keys: &TicketKeys,
+        record: &TicketRecord,
+        record_ttl: Duration,
+        lease_ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let raw = record.to_json();
+        let (won, existing, lease): (i64, Option<String>, Option<i64>) = self
+            .claim
+            .key(&keys.record)
+            .key(&keys.lease)
+            .key(self.running_set(&record.agent_id))
+            .arg(&raw)
+            .arg(&record.owner)
+            .arg(record_ttl.as_millis() as u64)
+            .arg(lease_ttl.as_millis() as u64)
+            .arg(&keys.ticket)
+            .invoke_async(&mut self.con.clone())
+            .await?;
+        if won == 1 {
+            return Ok(Claim::Won);
+        }
+        let raw = existing.unwrap_or_default();
+        Ok(Claim::Existing {
+            record: TicketRecord::from_json(&raw),
+            raw,
+            lease_alive: lease == Some(1),
+        })
+    }
+
+    /// Creates a record only if none exists, with no lease (tombstones for cancel-before-start).
+    pub async fn create(&self, keys: &TicketKeys, record: &TicketRecord, ttl: Duration) -> Result<bool, StoreError> {
+        let opts = redis::SetOptions::default()
+            .conditional_set(redis::ExistenceCheck::NX)
+            .with_expiration(redis::SetExpiry::PX(ttl.as_millis() as u64));
+        let won: bool = self
+            .con
+            .clone()
+            .set_options(&keys.record, record.to_json(), opts)
+            .await?;
+        Ok(won)
+    }
+
+    /// Replaces the record if it still holds exactly `expected`; on success also drops the
+    /// lease and, when `clear_output`, the logs and cancel flag. `ttl` of `None` keeps the TTL.
+    pub async fn compare_and_set(
+        &self,
+        keys: &TicketKeys,
+        expected: &str,
+        new: &TicketRecord,
+        ttl: Option<Duration>,
+        release: Release,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.compare_and_set.key(&keys.record);
+        if release != Release::Nothing {
+            invocation.key(&keys.lease);
+        }
+        if release == Release::LeaseAndOutput {
+            invocation.key(&keys.logs).key(&keys.cancel);
+        }
+        let running_set = if release == Release::Nothing {
+            String::new()
+        } else {
+            self.running_set(&new.agent_id)
+        };
+        let done: i64 = invocation
+            .arg(expected)
+            .arg(new.to_json())
+            .arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64))
+            .arg(running_set)
+            .arg(&keys.ticket)
+            .invoke_async(&mut self.con.clone())
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Reads the record, the lease and the log lines after `after_seq`, in that order, so a
+    /// record read as complete always comes with all of its logs.
+    pub async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, StoreError> {
+        let start = after_seq.min(i64::MAX as u64 / 2) as isize;
+        let (raw, lease, stored_lines, lines): (Option<String>, i64, u64, Vec<Vec<u8>>) = redis::pipe()
+            .get(&keys.record)
+            .exists(&keys.lease)
+            .llen(&keys.logs)
+            .lrange(&keys.logs, start, start + MAX_LINES_PER_READ - 1)
+            .query_async(&mut self.con.clone())
+            .await?;
+        let mut logs = Vec::with_capacity(lines.len());
+        let mut bytes = 0;
+        for line in lines {
+            bytes += line.len();
+            if bytes > MAX_STATUS_LOG_BYTES && !logs.is_empty() {
+                break;
+            }
+            match rmp_serde::from_slice::<LogLine>(&line) {
+                Ok(line) => logs.push(line),
+                Err(error) => {
+                    tracing::error!(key = %keys.logs, %error, "undecodable log line in store");
+                    break;
+                }
+            }
+        }
+        let record = raw.map(|raw| (TicketRecord::from_json(&raw), raw));
+        Ok(TicketView {
+            record,
+            lease_alive: lease == 1,
+            logs,
+            stored_lines,
+        })
+    }
+
+    /// Appends log lines (already numbered, in order) and keeps the list as long as the record.
+    pub async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], ttl: Duration) -> Result<(), StoreError> {
+        let encoded: Vec<Vec<u8>> = lines
+            .iter()
+            .map(|l| rmp_serde::to_vec_named(l).expect("log lines always encode"))
+            .collect();
+        let _: () = redis::pipe()
+            .rpush(&keys.logs, encoded)
+            .ignore()
+            .pexpire(&keys.logs, ttl.as_millis() as i64)
+            .ignore()
+            .query_async(&mut self.con.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Renews the lease if `owner` still holds it, and says whether a cancel was requested.
+    pub async fn renew_lease(&self, keys: &TicketKeys, owner: &str, ttl: Duration) -> Result<LeaseRenewal, StoreError> {
+        let (held, cancel): (i64, i64) = self
+            .renew_lease
+            .key(&keys.lease)
+            .key(&keys.cancel)
+            .arg(owner)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.con.clone())
+            .await?;
+        Ok(LeaseRenewal {
+            held: held == 1,
+            cancel_requested: cancel == 1,
+        })
+    }
+
+    /// Flags a ticket for cancellation, for an owner that is not this process.
+    pub async fn request_cancel(&self, keys: &TicketKeys, ttl: Duration) -> Result<(), StoreError> {
+        let _: () = self
+            .con
+            .clone()
+            .pset_ex(&keys.cancel, 1, ttl.as_millis() as u64)
+            .await?;
+        Ok(())
+    }
+
+    /// Tickets an agent id was running when it last stopped.
+    pub async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.con.clone().smembers(self.running_set(agent_id)).await?)
+    }
+
+    /// Drops a ticket from an agent id's running set.
+    pub async fn forget_running(&self, agent_id: &str, ticket_key: &str) -> Result<(), StoreError> {
+        let _: () = self.con.clone().srem(self.running_set(agent_id), ticket_key).await?;
+        Ok(())
+    }
+
+    /// Answers whether Redis is reachable now.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.con.clone()).await?;
+        Ok(())
+    }
+}
+
+/// What a successful compare-and-set also releases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    Nothing,
+    /// The lease and the running-set entry: the run ended.
+    Lease,
+    /// The lease, running-set entry, logs and cancel flag: the ticket was completed.
+    LeaseAndOutput,
+}
+
+impl RecordState {
+    pub fn is_complete(self) -> bool {
+        self == RecordState::Complete
+    }
+}
