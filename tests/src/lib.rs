@@ -1,1 +1,158 @@
+//! Support for Cuttle's end-to-end tests against the real RabbitMQ and Redis.
+//!
+//! # Layout
+//! - [`TestAgent`]: an agent in this process, with its own id, key prefix and work dir,
+//!   removed (queue and keys) when stopped.
+//! - [`AgentProcess`]: the real `worker-agent` binary, for tests that kill it.
+//! - [`RawBroker`]: publishes arbitrary bytes to an agent and reads replies and dead letters,
+//!   for malformed and hand-made messages.
+//! - [`Markers`]: files scripts append to, to count how often each really ran.
+//! - [`eventually`]: polls a condition until a deadline.
+#![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod raw;
+
+pub use agent::{AgentProcess, TestAgent};
+pub use raw::RawBroker;
+
+use dispatcher::{Orchestrator, RpcClient, RpcConfig, Timing};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn amqp_url() -> String {
+    std::env::var("CUTTLE_AMQP_URL").unwrap_or_else(|_| dispatcher::DEFAULT_AMQP_URL.into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("CUTTLE_REDIS_URL").unwrap_or_else(|_| worker_agent::config::DEFAULT_REDIS_URL.into())
+}
+
+/// A name no other test (or run) uses: `t-<what>-<random>`.
+pub fn unique(what: &str) -> String {
+    format!("t-{what}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A dispatcher orchestrator connected to the test broker.
+pub async fn orchestrator() -> Orchestrator {
+    let rpc = RpcClient::connect(RpcConfig {
+        amqp_url: amqp_url(),
+        connect_timeout: Duration::from_secs(5),
+    })
+    .await
+    .expect("the test broker must be running (see README)");
+    Orchestrator::new(Arc::new(rpc), Timing::default())
+}
+
+/// Path of a workspace binary (`worker-agent`, `dispatcher`), built beside the test binary.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` every 50 ms until it gives `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A directory of marker files: a script appends a line to `$MARKERS/<name>` each time it runs.
+pub struct Markers {
+    pub dir: PathBuf,
+}
+
+impl Markers {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique("markers"));
+        std::fs::create_dir_all(&dir).expect("marker dir");
+        Markers { dir }
+    }
+
+    /// A shell snippet that records one run of `name`.
+    pub fn record(&self, name: &str) -> String {
+        format!("echo run >> '{}'", self.dir.join(name).display())
+    }
+
+    /// How many times `name` ran.
+    pub fn count(&self, name: &str) -> usize {
+        std::fs::read_to_string(self.dir.join(name))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+impl Default for Markers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Markers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A script spec running `script` in `sh`.
+pub fn sh(script: impl Into<String>) -> contracts::ScriptSpec {
+    contracts::ScriptSpec {
+        script: script.into(),
+        ..Default::default()
+    }
+}
+
+/// Submits a script with the default policy and collects its log lines.
+pub async fn submit(
+    orchestrator: &Orchestrator,
+    route: &dispatcher::Route,
+    spec: contracts::ScriptSpec,
+) -> (dispatcher::Outcome, Vec<contracts::LogLine>) {
+    let lines = std::sync::Mutex::new(Vec::new());
+    let events = |event| {
+        if let dispatcher::Event::Log(line) = event {
+            lines.lock().expect("lines").push(line);
+        }
+    };
+    let policy = dispatcher::RetryPolicy::new(Duration::from_secs(30));
+    let outcome = orchestrator
+        .submit(
+            route,
+            spec,
+            policy,
+            &events,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+    (outcome, lines.into_inner().expect("lines"))
+}
+
+/// The text of the lines from one stream.
+pub fn texts(lines: &[contracts::LogLine], stream: contracts::LogStream) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.stream == stream)
+        .map(|l| l.text.clone())
+        .collect()
+}

@@ -1,0 +1,219 @@
+//! Agents for tests: in-process ([`TestAgent`]) or the real binary ([`AgentProcess`]). Each has
+//! its own id (so its own queue), Redis key prefix and work dir, all removed when it stops.
+
+use crate::{amqp_url, binary, eventually, redis_url, unique};
+use contracts::topology::agent_queue;
+use lapin::options::QueueDeleteOptions;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use worker_agent::{Agent, AgentConfig};
+
+/// A configuration for a fresh test agent.
+pub fn test_config(what: &str) -> AgentConfig {
+    let id = unique(what);
+    let mut config = AgentConfig::new(&id);
+    config.amqp_url = amqp_url();
+    config.redis_url = redis_url();
+    config.key_prefix = format!("{id}:");
+    config.work_dir = std::env::temp_dir().join("cuttle-tests").join(&id);
+    config.lease_ttl = Duration::from_secs(3);
+    config
+}
+
+/// An agent running in the test's own runtime.
+pub struct TestAgent {
+    pub config: AgentConfig,
+    pub agent: Arc<Agent>,
+    shutdown: CancellationToken,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl TestAgent {
+    pub async fn start(what: &str) -> TestAgent {
+        TestAgent::start_with(test_config(what)).await
+    }
+
+    /// Starts an agent and waits until it consumes its queue.
+    pub async fn start_with(config: AgentConfig) -> TestAgent {
+        std::fs::create_dir_all(&config.work_dir).expect("work dir");
+        let shutdown = CancellationToken::new();
+        let (agent, serving) = worker_agent::start(config.clone(), shutdown.clone())
+            .await
+            .expect("agent starts");
+        let mut ready = agent.readiness();
+        tokio::time::timeout(Duration::from_secs(15), ready.wait_for(|r| *r))
+            .await
+            .expect("agent ready within 15s")
+            .expect("readiness");
+        TestAgent {
+            config,
+            agent,
+            shutdown,
+            serving,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.config.agent_id
+    }
+
+    pub fn route(&self) -> dispatcher::Route {
+        dispatcher::Route::agent(self.id()).expect("valid id")
+    }
+
+    /// Stops consuming, leaving running scripts and the store as they are (for restart tests).
+    pub async fn stop_consuming(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Stops the agent and its scripts, and removes its queue, keys and work dir.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.serving.await;
+        self.agent.stop_scripts().await;
+        cleanup(&self.config).await;
+    }
+}
+
+/// Removes everything a test agent left: its queue, its Redis keys and its work dir.
+pub async fn cleanup(config: &AgentConfig) {
+    if let Ok(connection) = lapin::Connection::connect(&config.amqp_url, lapin::ConnectionProperties::default()).await {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .queue_delete(agent_queue(&config.agent_id).into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = connection.close(200, "test cleanup".into()).await;
+    }
+    if let Ok(client) = redis::Client::open(config.redis_url.as_str()) {
+        if let Ok(mut con) = client.get_multiplexed_async_connection().await {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}*", config.key_prefix))
+                .query_async(&mut con)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut con).await;
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&config.work_dir);
+}
+
+/// The real `worker-agent` binary, for tests that kill it.
+pub struct AgentProcess {
+    pub config: AgentConfig,
+    child: Option<tokio::process::Child>,
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts the binary with `config` and waits until it answers capabilities.
+    pub async fn start(config: AgentConfig) -> AgentProcess {
+        let log = std::env::temp_dir().join(format!("{}.log", config.agent_id));
+        let child = Self::spawn(&config, &log);
+        let process = AgentProcess {
+            config,
+            child: Some(child),
+            log,
+        };
+        process.wait_ready().await;
+        process
+    }
+
+    fn spawn(config: &AgentConfig, log: &PathBuf) -> tokio::process::Child {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("agent log");
+        tokio::process::Command::new(binary("worker-agent"))
+            .args([
+                "run",
+                "--agent-id",
+                &config.agent_id,
+                "--key-prefix",
+                &config.key_prefix,
+            ])
+            .arg("--work-dir")
+            .arg(&config.work_dir)
+            .args(["--lease-ttl", &format!("{}ms", config.lease_ttl.as_millis())])
+            .args([
+                "--protocol",
+                if config.protocol == worker_agent::Protocol::V1 {
+                    "v1"
+                } else {
+                    "v2"
+                },
+            ])
+            .env("CUTTLE_AMQP_URL", &config.amqp_url)
+            .env("CUTTLE_REDIS_URL", &config.redis_url)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start worker-agent")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    async fn wait_ready(&self) {
+        let log = self.log.clone();
+        eventually(
+            "the agent process to consume its queue",
+            Duration::from_secs(20),
+            || {
+                let log = log.clone();
+                async move {
+                    std::fs::read_to_string(&log)
+                        .ok()
+                        .filter(|s| s.contains("consuming commands"))
+                        .map(|_| ())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Kills the process with SIGKILL, leaving its scripts' state as a crash would.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = child.wait().await.expect("wait for agent");
+        self.child = None;
+        status
+    }
+
+    /// Starts the binary again with the same configuration (after a kill).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill the agent before restarting it");
+        std::fs::write(&self.log, "").expect("truncate agent log");
+        self.child = Some(Self::spawn(&self.config, &self.log));
+        self.wait_ready().await;
+    }
+
+    pub async fn stop(mut self) {
+        self.kill().await;
+        cleanup(&self.config).await;
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -1,0 +1,157 @@
+//! Hand-made messages: publish any bytes to an agent's queue with a reply-to, and read the reply
+//! and the dead letters it caused.
+
+use crate::amqp_url;
+use contracts::topology::{agent_queue, DEAD_EXCHANGE, REPLY_TO};
+use contracts::Reply;
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use std::time::Duration;
+
+pub struct RawBroker {
+    connection: Connection,
+    channel: Channel,
+    replies: Consumer,
+    /// A queue of this test's own, bound to the dead-letter fanout: a copy of every dead letter.
+    dead: Consumer,
+}
+
+/// A message found in the dead-letter exchange.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub correlation_id: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl RawBroker {
+    pub async fn connect() -> RawBroker {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("broker");
+        let channel = connection.create_channel().await.expect("channel");
+        let replies = channel
+            .basic_consume(
+                REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume replies");
+        let dead_queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("dead-letter tap");
+        channel
+            .queue_bind(
+                dead_queue.name().clone(),
+                DEAD_EXCHANGE.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind dead-letter tap");
+        let dead = channel
+            .basic_consume(
+                dead_queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume dead letters");
+        RawBroker {
+            connection,
+            channel,
+            replies,
+            dead,
+        }
+    }
+
+    /// Publishes `body` straight to the agent's queue, with `kind` as AMQP type, and returns the
+    /// correlation id used.
+    pub async fn publish(&self, agent_id: &str, kind: &str, body: &[u8]) -> String {
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let properties = BasicProperties::default()
+            .with_reply_to(REPLY_TO.into())
+            .with_correlation_id(correlation_id.as_str().into())
+            .with_type(kind.into())
+            .with_delivery_mode(2);
+        self.channel
+            .basic_publish(
+                "".into(),
+                agent_queue(agent_id).into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("publish confirm");
+        correlation_id
+    }
+
+    /// Waits for the reply with this correlation id.
+    pub async fn reply(&mut self, correlation_id: &str) -> Reply {
+        let wait = async {
+            while let Some(Ok(delivery)) = self.replies.next().await {
+                if delivery.properties.correlation_id().as_ref().map(|c| c.as_str()) == Some(correlation_id) {
+                    return Reply::decode(&delivery.data).expect("decodable reply");
+                }
+            }
+            panic!("reply consumer closed");
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .expect("a reply within 20s")
+    }
+
+    /// Waits for the dead letter of the message with this correlation id.
+    pub async fn dead_letter(&mut self, correlation_id: &str) -> DeadLetter {
+        let wait =
+            async {
+                while let Some(Ok(delivery)) = self.dead.next().await {
+                    let id = delivery.properties.correlation_id().as_ref().map(|c| c.to_string());
+                    if id.as_deref() != Some(correlation_id) {
+                        continue;
+                    }
+                    let reason = delivery.properties.headers().as_ref().and_then(|h| {
+                        match h.inner().get("x-first-death-reason") {
+                            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+                            _ => None,
+                        }
+                    });
+                    return DeadLetter {
+                        correlation_id: id,
+                        reason,
+                    };
+                }
+                panic!("dead-letter consumer closed");
+            };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .expect("a dead letter within 20s")
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "test done".into()).await;
+    }
+}
