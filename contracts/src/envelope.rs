@@ -193,10 +193,7 @@ impl Reply {
 
 fn decode_header(bytes: &[u8]) -> Result<Envelope<()>, CodecError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(CodecError::TooLarge {
-            size: bytes.len(),
-            limit: MAX_MESSAGE_BYTES,
-        });
+        return Err(CodecError::TooLarge { size: bytes.len(), limit: MAX_MESSAGE_BYTES });
     }
     let header: Envelope<IgnoredAny> = decode(bytes)?;
     Ok(header.with_body(()))

@@ -28,10 +28,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Whether repeating the same request may succeed.
     pub fn is_transient(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::StoreUnavailable | ErrorKind::ShuttingDown | ErrorKind::Internal
-        )
+        matches!(self, ErrorKind::StoreUnavailable | ErrorKind::ShuttingDown | ErrorKind::Internal)
     }
 }
 
@@ -45,10 +42,7 @@ pub struct ErrorReply {
 
 impl ErrorReply {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ErrorReply {
-            kind,
-            message: message.into(),
-        }
+        ErrorReply { kind, message: message.into() }
     }
 }
 

@@ -27,7 +27,5 @@ pub use ticket::Ticket;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.
 pub fn unix_millis(at: std::time::SystemTime) -> u64 {
-    at.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

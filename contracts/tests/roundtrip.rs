@@ -9,10 +9,7 @@ fn start_roundtrips() {
             shell: Shell::Bash,
             args: vec!["a".into()],
             env: [("K".to_string(), "V".to_string())].into(),
-            files: vec![ScriptFile {
-                name: "f".into(),
-                content: vec![1, 2, 3],
-            }],
+            files: vec![ScriptFile { name: "f".into(), content: vec![1, 2, 3] }],
             isolation: Isolation::Full,
             mutex_name: Some("m".into()),
             mutex_timeout: Some(5),
@@ -20,9 +17,7 @@ fn start_roundtrips() {
         },
         wait_for_output: Some(100),
     };
-    let (_, bytes) = Request::StartScriptV2(start.clone())
-        .encode("web-01", 1, Some(2))
-        .unwrap();
+    let (_, bytes) = Request::StartScriptV2(start.clone()).encode("web-01", 1, Some(2)).unwrap();
     let (header, decoded) = Request::decode(&bytes).unwrap();
     assert_eq!(header.target, "web-01");
     assert_eq!(decoded, Request::StartScriptV2(start));

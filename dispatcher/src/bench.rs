@@ -54,30 +54,21 @@ pub async fn run(
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (orchestrator, route, next, latencies, errors) = (
-            orchestrator.clone(),
-            route.clone(),
-            next.clone(),
-            latencies.clone(),
-            errors.clone(),
-        );
+        let (orchestrator, route, next, latencies, errors) =
+            (orchestrator.clone(), route.clone(), next.clone(), latencies.clone(), errors.clone());
         workers.spawn(async move {
             let interrupt = CancellationToken::new();
             while next.fetch_add(1, Ordering::Relaxed) < count {
-                let spec = ScriptSpec {
-                    script: "echo hello".into(),
-                    ..Default::default()
-                };
+                let spec = ScriptSpec { script: "echo hello".into(), ..Default::default() };
                 let t = Instant::now();
                 let outcome = orchestrator.submit(&route, spec, policy, &|_| {}, &interrupt).await;
                 if outcome.outcome == OutcomeKind::Completed && outcome.exit_code == Some(0) {
                     latencies.lock().expect("latencies").push(t.elapsed());
                 } else {
-                    errors.lock().expect("errors").push(
-                        outcome
-                            .error
-                            .unwrap_or_else(|| format!("exit code {:?}", outcome.exit_code)),
-                    );
+                    errors
+                        .lock()
+                        .expect("errors")
+                        .push(outcome.error.unwrap_or_else(|| format!("exit code {:?}", outcome.exit_code)));
                 }
             }
         });

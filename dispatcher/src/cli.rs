@@ -96,10 +96,7 @@ pub struct RetryArgs {
 
 impl RetryArgs {
     fn policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            enabled: !self.no_retries,
-            duration: self.retry_duration,
-        }
+        RetryPolicy { enabled: !self.no_retries, duration: self.retry_duration }
     }
 }
 
@@ -151,9 +148,7 @@ pub struct SubmitArgs {
 }
 
 fn parse_env(raw: &str) -> Result<(String, String), String> {
-    let (name, value) = raw
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=VALUE, got {raw:?}"))?;
+    let (name, value) = raw.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got {raw:?}"))?;
     if name.is_empty() {
         return Err("empty variable name".into());
     }
@@ -273,10 +268,7 @@ impl Printer {
                 OutcomeKind::Unknown => "outcome unknown",
                 _ => "failed",
             };
-            eprintln!(
-                "cuttle: {what}: {}",
-                outcome.error.as_deref().unwrap_or("no reason given")
-            );
+            eprintln!("cuttle: {what}: {}", outcome.error.as_deref().unwrap_or("no reason given"));
         }
         ExitCode::from(outcome.process_exit)
     }
@@ -348,10 +340,8 @@ fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
 
 /// Runs one parsed command and gives the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
-    let rpc = Arc::new(RpcClient::new(RpcConfig {
-        amqp_url: cli.amqp_url.clone(),
-        connect_timeout: cli.connect_timeout,
-    }));
+    let rpc =
+        Arc::new(RpcClient::new(RpcConfig { amqp_url: cli.amqp_url.clone(), connect_timeout: cli.connect_timeout }));
     let orchestrator = Orchestrator::new(rpc.clone(), Timing::default());
     let code = match cli.command {
         Command::Submit(args) => submit(&orchestrator, args).await,
@@ -373,14 +363,9 @@ async fn submit(orchestrator: &Orchestrator, args: SubmitArgs) -> ExitCode {
         Ok(spec) => spec,
         Err(e) => return usage_error(e),
     };
-    let printer = Printer {
-        json: args.json,
-        logs: true,
-    };
+    let printer = Printer { json: args.json, logs: true };
     let interrupt = interrupt_on_ctrl_c();
-    let outcome = orchestrator
-        .submit(&route, spec, args.retry.policy(), &|e| printer.event(e), &interrupt)
-        .await;
+    let outcome = orchestrator.submit(&route, spec, args.retry.policy(), &|e| printer.event(e), &interrupt).await;
     printer.outcome(&outcome)
 }
 
@@ -390,10 +375,7 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
         Ok(route) => route,
         Err(e) => return usage_error(e),
     };
-    let printer = Printer {
-        json: t.json,
-        logs: true,
-    };
+    let printer = Printer { json: t.json, logs: true };
     let events = |e| printer.event(e);
     let status = match orchestrator.status(&route, &t.ticket, t.retry.policy(), &events).await {
         Ok(status) => status,
@@ -412,21 +394,9 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
         events(Event::Log(line.clone()));
     }
     if args.follow || status.is_complete() {
-        let interrupt = if args.follow {
-            interrupt_on_ctrl_c()
-        } else {
-            CancellationToken::new()
-        };
+        let interrupt = if args.follow { interrupt_on_ctrl_c() } else { CancellationToken::new() };
         let outcome = orchestrator
-            .follow_to_end(
-                &route,
-                &t.ticket,
-                follower,
-                status,
-                t.retry.policy(),
-                &events,
-                &interrupt,
-            )
+            .follow_to_end(&route, &t.ticket, follower, status, t.retry.policy(), &events, &interrupt)
             .await;
         return printer.outcome(&outcome);
     }
@@ -446,18 +416,10 @@ async fn cancel(orchestrator: &Orchestrator, args: TicketArgs) -> ExitCode {
         Ok(route) => route,
         Err(e) => return usage_error(e),
     };
-    let printer = Printer {
-        json: args.json,
-        logs: false,
-    };
-    let outcome = orchestrator
-        .cancel(&route, &args.ticket, args.retry.policy(), &|e| printer.event(e))
-        .await;
+    let printer = Printer { json: args.json, logs: false };
+    let outcome = orchestrator.cancel(&route, &args.ticket, args.retry.policy(), &|e| printer.event(e)).await;
     if !args.json && outcome.outcome == OutcomeKind::Completed {
-        eprintln!(
-            "cuttle: the script had already ended with exit code {}",
-            outcome.exit_code.unwrap_or_default()
-        );
+        eprintln!("cuttle: the script had already ended with exit code {}", outcome.exit_code.unwrap_or_default());
     }
     printer.outcome(&outcome)
 }
@@ -467,14 +429,8 @@ async fn capabilities(orchestrator: &Orchestrator, args: CapabilitiesArgs) -> Ex
         Ok(route) => route,
         Err(e) => return usage_error(e),
     };
-    let printer = Printer {
-        json: args.json,
-        logs: false,
-    };
-    match orchestrator
-        .capabilities(&route, args.retry.policy(), &|e| printer.event(e))
-        .await
-    {
+    let printer = Printer { json: args.json, logs: false };
+    match orchestrator.capabilities(&route, args.retry.policy(), &|e| printer.event(e)).await {
         Ok(caps) => {
             let v2 = caps.supports(contracts::SERVICE_SCRIPT_V2);
             if args.json {
@@ -501,22 +457,15 @@ async fn capabilities(orchestrator: &Orchestrator, args: CapabilitiesArgs) -> Ex
                     json!({"agent": args.agent, "protocol": "v1", "services": [contracts::SERVICE_SCRIPT_V1], "agent_version": null, "retries": false})
                 );
             } else {
-                println!(
-                    "agent {}: protocol v1 (legacy agent: no capabilities service)",
-                    args.agent
-                );
+                println!("agent {}: protocol v1 (legacy agent: no capabilities service)", args.agent);
                 println!("services: {}", contracts::SERVICE_SCRIPT_V1);
                 println!("retries: off; upgrade the agent to turn them on");
             }
             ExitCode::SUCCESS
         }
-        Err(gave_up) => printer.outcome(&Outcome::from_error(
-            None,
-            &args.agent,
-            &gave_up.error,
-            gave_up.to_string(),
-            false,
-        )),
+        Err(gave_up) => {
+            printer.outcome(&Outcome::from_error(None, &args.agent, &gave_up.error, gave_up.to_string(), false))
+        }
     }
 }
 
@@ -531,10 +480,7 @@ async fn bench(orchestrator: &Orchestrator, args: BenchArgs) -> ExitCode {
     // Connect first, so that an unreachable broker is one clear error rather than N.
     if let Err(gave_up) = orchestrator.capabilities(&route, args.retry.policy(), &|_| {}).await {
         if !matches!(gave_up.error, RpcError::Agent { .. }) {
-            let printer = Printer {
-                json: false,
-                logs: false,
-            };
+            let printer = Printer { json: false, logs: false };
             return printer.outcome(&Outcome::from_error(
                 None,
                 route.name(),
@@ -548,14 +494,8 @@ async fn bench(orchestrator: &Orchestrator, args: BenchArgs) -> ExitCode {
     if args.json {
         println!("{}", serde_json::to_string(&report).expect("report encodes"));
     } else {
-        println!(
-            "scripts:     {} ({} at a time) on {route}",
-            report.count, report.concurrency
-        );
-        println!(
-            "latency:     p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
-            report.p50_ms, report.p90_ms, report.p99_ms
-        );
+        println!("scripts:     {} ({} at a time) on {route}", report.count, report.concurrency);
+        println!("latency:     p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms", report.p50_ms, report.p90_ms, report.p99_ms);
         println!("throughput:  {:.1} scripts/s", report.throughput_per_s);
         println!("errors:      {}", report.errors);
     }
@@ -578,9 +518,6 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(run(cli))
 }

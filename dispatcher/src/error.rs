@@ -55,10 +55,7 @@ impl RpcError {
     /// Whether the request may have reached the agent (so a non-idempotent request must not be
     /// repeated). Only failures before the broker accepted the publish are sure not to have.
     pub fn may_have_reached_agent(&self) -> bool {
-        !matches!(
-            self,
-            RpcError::Connect(_) | RpcError::Unroutable { .. } | RpcError::Codec(_)
-        )
+        !matches!(self, RpcError::Connect(_) | RpcError::Unroutable { .. } | RpcError::Codec(_))
     }
 }
 

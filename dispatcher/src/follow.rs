@@ -57,12 +57,7 @@ mod tests {
             exit_code: None,
             logs: seqs
                 .iter()
-                .map(|&seq| LogLine {
-                    seq,
-                    stream: LogStream::Stdout,
-                    text: seq.to_string(),
-                    at: 0,
-                })
+                .map(|&seq| LogLine { seq, stream: LogStream::Stdout, text: seq.to_string(), at: 0 })
                 .collect(),
             next_log_sequence: next,
         }
@@ -73,10 +68,7 @@ mod tests {
         let mut f = LogFollower::after(0);
         assert_eq!(f.accept(&status(&[1, 2], 3, ScriptState::Running)).len(), 2);
         assert_eq!(
-            f.accept(&status(&[2, 3], 4, ScriptState::Running))
-                .iter()
-                .map(|l| l.seq)
-                .collect::<Vec<_>>(),
+            f.accept(&status(&[2, 3], 4, ScriptState::Running)).iter().map(|l| l.seq).collect::<Vec<_>>(),
             vec![3]
         );
         assert!(f.accept(&status(&[5], 6, ScriptState::Complete)).is_empty());

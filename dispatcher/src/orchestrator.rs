@@ -87,22 +87,10 @@ impl Orchestrator {
             policy,
             usual,
             &CancellationToken::new(),
-            |notice| {
-                events(Event::Retry {
-                    request: kind,
-                    notice: notice.clone(),
-                })
-            },
+            |notice| events(Event::Retry { request: kind, notice: notice.clone() }),
             |reply_timeout| {
                 let not_after = not_after.unwrap_or_else(|| SystemTime::now() + reply_timeout);
-                self.rpc.call(
-                    route,
-                    request,
-                    CallTiming {
-                        reply_timeout,
-                        not_after,
-                    },
-                )
+                self.rpc.call(route, request, CallTiming { reply_timeout, not_after })
             },
         )
         .await
@@ -118,10 +106,7 @@ impl Orchestrator {
         not_after: Option<SystemTime>,
         events: EventSink<'_>,
     ) -> Result<ScriptStatus, GaveUp> {
-        match self
-            .request(route, request, policy, extra_wait, not_after, events)
-            .await?
-        {
+        match self.request(route, request, policy, extra_wait, not_after, events).await? {
             Reply::ScriptStatus(status) => Ok(status),
             other => Err(GaveUp {
                 error: RpcError::Codec(format!("expected a script status, got {}", other.kind())),
@@ -139,10 +124,7 @@ impl Orchestrator {
         events: EventSink<'_>,
     ) -> Result<Capabilities, GaveUp> {
         let request = Request::GetCapabilities(GetCapabilities {});
-        match self
-            .request(route, &request, policy, Duration::ZERO, None, events)
-            .await?
-        {
+        match self.request(route, &request, policy, Duration::ZERO, None, events).await? {
             Reply::Capabilities(capabilities) => Ok(capabilities),
             other => Err(GaveUp {
                 error: RpcError::Codec(format!("expected capabilities, got {}", other.kind())),
@@ -162,10 +144,7 @@ impl Orchestrator {
         interrupt: &CancellationToken,
     ) -> Outcome {
         let ticket = Ticket::generate();
-        events(Event::Ticket {
-            ticket: ticket.clone(),
-            target: route.name().to_owned(),
-        });
+        events(Event::Ticket { ticket: ticket.clone(), target: route.name().to_owned() });
         // The agent must not start the script after we stop trying: a copy stuck in a queue
         // expires there, and the agent refuses one past this deadline.
         let not_after = SystemTime::now() + policy.duration.max(self.timing.attempt_timeout);
@@ -178,7 +157,9 @@ impl Orchestrator {
             started = self.status_request(route, &start, policy, self.timing.start_wait, Some(not_after), events) => started,
             _ = interrupt.cancelled() => {
                 // The start may have reached the agent: cancel it there, so it can never run.
-                return self.cancel_and_follow(route, &ticket, LogFollower::after(0), policy, events).await;
+                let outcome = self.cancel_and_follow(route, &ticket, LogFollower::after(0), policy, events).await;
+                self.complete_after(route, &ticket, &outcome, policy, events).await;
+                return outcome;
             }
         };
         let status = match started {
@@ -194,13 +175,31 @@ impl Orchestrator {
         };
         let mut follower = LogFollower::after(0);
         emit_logs(&mut follower, &status, events);
-        let outcome = self
-            .follow_to_end(route, &ticket, follower, status, policy, events, interrupt)
-            .await;
-        if outcome.exit_code.is_some() {
-            self.complete(route, &ticket, events).await;
-        }
+        let outcome = self.follow_to_end(route, &ticket, follower, status, policy, events, interrupt).await;
+        self.complete_after(route, &ticket, &outcome, policy, events).await;
         outcome
+    }
+
+    /// Completes a ticket whose end was seen: published (durably, into the agent's queue) but
+    /// not waited for, since nothing the user sees depends on it.
+    async fn complete_after(
+        &self,
+        route: &Route,
+        ticket: &Ticket,
+        outcome: &Outcome,
+        policy: RetryPolicy,
+        events: EventSink<'_>,
+    ) {
+        if outcome.exit_code.is_none() {
+            return;
+        }
+        let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
+        let not_after = SystemTime::now() + policy.duration.max(self.timing.attempt_timeout);
+        if let Err(error) = self.rpc.send(route, &complete, not_after).await {
+            events(Event::Notice(format!(
+                "could not complete ticket {ticket} (the agent cleans it up later): {error}"
+            )));
+        }
     }
 
     /// Follows a ticket until its script is complete and every line is seen. On `interrupt`
@@ -241,11 +240,7 @@ impl Orchestrator {
                 }
             }
         }
-        Outcome::from_exit_code(
-            ticket.clone(),
-            route.name(),
-            status.exit_code.unwrap_or(exit_code::FATAL),
-        )
+        Outcome::from_exit_code(ticket.clone(), route.name(), status.exit_code.unwrap_or(exit_code::FATAL))
     }
 
     /// Cancels the script and follows it until it has stopped (without further interrupts).
@@ -258,14 +253,9 @@ impl Orchestrator {
         events: EventSink<'_>,
     ) -> Outcome {
         events(Event::Notice(format!("cancelling ticket {ticket} on {route}")));
-        let cancel = Request::CancelScriptV2(CancelScriptV2 {
-            ticket: ticket.clone(),
-            last_log_sequence: follower.last_seen(),
-        });
-        let status = match self
-            .status_request(route, &cancel, policy, Duration::ZERO, None, events)
-            .await
-        {
+        let cancel =
+            Request::CancelScriptV2(CancelScriptV2 { ticket: ticket.clone(), last_log_sequence: follower.last_seen() });
+        let status = match self.status_request(route, &cancel, policy, Duration::ZERO, None, events).await {
             Ok(status) => status,
             Err(gave_up) => {
                 let message = format!("could not cancel: {gave_up}; the script's outcome is unknown (ticket {ticket})");
@@ -273,46 +263,25 @@ impl Orchestrator {
             }
         };
         emit_logs(&mut follower, &status, events);
-        let outcome = Box::pin(self.follow_to_end(
-            route,
-            ticket,
-            follower,
-            status,
-            policy,
-            events,
-            &CancellationToken::new(),
-        ))
-        .await;
-        if outcome.exit_code.is_some() {
-            self.complete(route, ticket, events).await;
-        }
-        outcome
+        let uninterrupted = CancellationToken::new();
+        Box::pin(self.follow_to_end(route, ticket, follower, status, policy, events, &uninterrupted)).await
     }
 
     /// Sends one cancel, without retries, after contact was lost: if it gets through, the script
     /// does not go on unwatched.
     async fn best_effort_cancel(&self, route: &Route, ticket: &Ticket, events: EventSink<'_>) {
-        let cancel = Request::CancelScriptV2(CancelScriptV2 {
-            ticket: ticket.clone(),
-            last_log_sequence: 0,
-        });
-        if let Err(gave_up) = self
-            .request(route, &cancel, RetryPolicy::once(), Duration::ZERO, None, events)
-            .await
-        {
+        let cancel = Request::CancelScriptV2(CancelScriptV2 { ticket: ticket.clone(), last_log_sequence: 0 });
+        if let Err(gave_up) = self.request(route, &cancel, RetryPolicy::once(), Duration::ZERO, None, events).await {
             tracing::debug!(ticket = %ticket, error = %gave_up, "best-effort cancel failed");
         }
     }
 
-    /// Tells the agent the script's output is no longer needed. Best effort: a failure is only
-    /// a notice, since the agent expires what is never completed.
+    /// Tells the agent the script's output is no longer needed, and waits for its answer. Best
+    /// effort: a failure is only a notice, since the agent expires what is never completed.
     pub async fn complete(&self, route: &Route, ticket: &Ticket, events: EventSink<'_>) {
         let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
         let policy = RetryPolicy::new(self.timing.attempt_timeout);
-        if let Err(gave_up) = self
-            .request(route, &complete, policy, Duration::ZERO, None, events)
-            .await
-        {
+        if let Err(gave_up) = self.request(route, &complete, policy, Duration::ZERO, None, events).await {
             events(Event::Notice(format!(
                 "could not complete ticket {ticket} (the agent cleans it up later): {gave_up}"
             )));
@@ -327,19 +296,13 @@ impl Orchestrator {
         policy: RetryPolicy,
         events: EventSink<'_>,
     ) -> Result<ScriptStatus, GaveUp> {
-        let request = Request::GetStatusV2(GetStatusV2 {
-            ticket: ticket.clone(),
-            last_log_sequence: 0,
-            wait: None,
-        });
-        self.status_request(route, &request, policy, Duration::ZERO, None, events)
-            .await
+        let request = Request::GetStatusV2(GetStatusV2 { ticket: ticket.clone(), last_log_sequence: 0, wait: None });
+        self.status_request(route, &request, policy, Duration::ZERO, None, events).await
     }
 
     /// Cancels a ticket and follows it until it has stopped.
     pub async fn cancel(&self, route: &Route, ticket: &Ticket, policy: RetryPolicy, events: EventSink<'_>) -> Outcome {
-        self.cancel_and_follow(route, ticket, LogFollower::after(0), policy, events)
-            .await
+        self.cancel_and_follow(route, ticket, LogFollower::after(0), policy, events).await
     }
 }
 

@@ -71,14 +71,7 @@ impl Outcome {
             _ => (OutcomeKind::Failed, exit::AGENT_FAILED),
         };
         let error = exit_code::describe(code).map(str::to_owned);
-        Outcome {
-            ticket: Some(ticket),
-            target: target.to_owned(),
-            outcome,
-            exit_code: Some(code),
-            error,
-            process_exit,
-        }
+        Outcome { ticket: Some(ticket), target: target.to_owned(), outcome, exit_code: Some(code), error, process_exit }
     }
 
     /// The outcome of a request that failed for good. `started` says whether the script may be
@@ -100,14 +93,7 @@ impl Outcome {
             }
             _ => (OutcomeKind::Failed, exit::NO_ANSWER),
         };
-        Outcome {
-            ticket,
-            target: target.to_owned(),
-            outcome,
-            exit_code: None,
-            error: Some(message),
-            process_exit,
-        }
+        Outcome { ticket, target: target.to_owned(), outcome, exit_code: None, error: Some(message), process_exit }
     }
 }
 
@@ -119,10 +105,7 @@ mod tests {
     fn script_codes_pass_through_and_agent_codes_map_to_distinct_exits() {
         let t = Ticket::generate();
         assert_eq!(Outcome::from_exit_code(t.clone(), "a", 3).process_exit, 3);
-        assert_eq!(
-            Outcome::from_exit_code(t.clone(), "a", 3).outcome,
-            OutcomeKind::Completed
-        );
+        assert_eq!(Outcome::from_exit_code(t.clone(), "a", 3).outcome, OutcomeKind::Completed);
         let codes = [
             exit_code::CANCELLED,
             exit_code::UNKNOWN_RESULT,
@@ -131,10 +114,8 @@ mod tests {
             exit_code::MUTEX_TIMEOUT,
             exit_code::FATAL,
         ];
-        let exits: std::collections::HashSet<u8> = codes
-            .iter()
-            .map(|&c| Outcome::from_exit_code(t.clone(), "a", c).process_exit)
-            .collect();
+        let exits: std::collections::HashSet<u8> =
+            codes.iter().map(|&c| Outcome::from_exit_code(t.clone(), "a", c).process_exit).collect();
         assert_eq!(exits.len(), codes.len());
         assert!(exits.iter().all(|e| (101..=110).contains(e)));
     }
@@ -142,18 +123,9 @@ mod tests {
     #[test]
     fn errors_after_the_start_leave_the_outcome_unknown() {
         let lost = RpcError::ConnectionLost("reset".into());
-        assert_eq!(
-            Outcome::from_error(None, "a", &lost, String::new(), true).outcome,
-            OutcomeKind::Unknown
-        );
-        assert_eq!(
-            Outcome::from_error(None, "a", &lost, String::new(), false).process_exit,
-            exit::NO_ANSWER
-        );
+        assert_eq!(Outcome::from_error(None, "a", &lost, String::new(), true).outcome, OutcomeKind::Unknown);
+        assert_eq!(Outcome::from_error(None, "a", &lost, String::new(), false).process_exit, exit::NO_ANSWER);
         let unroutable = RpcError::Unroutable { target: "a".into() };
-        assert_eq!(
-            Outcome::from_error(None, "a", &unroutable, String::new(), false).process_exit,
-            exit::NO_SUCH_AGENT
-        );
+        assert_eq!(Outcome::from_error(None, "a", &unroutable, String::new(), false).process_exit, exit::NO_SUCH_AGENT);
     }
 }

@@ -26,18 +26,12 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     pub const fn new(duration: Duration) -> Self {
-        RetryPolicy {
-            enabled: true,
-            duration,
-        }
+        RetryPolicy { enabled: true, duration }
     }
 
     /// A single attempt, for requests that must not be repeated.
     pub const fn once() -> Self {
-        RetryPolicy {
-            enabled: false,
-            duration: Duration::ZERO,
-        }
+        RetryPolicy { enabled: false, duration: Duration::ZERO }
     }
 }
 
@@ -75,10 +69,7 @@ pub struct FullJitter {
 
 impl FullJitter {
     pub fn new() -> Self {
-        FullJitter {
-            ceiling: INITIAL_DELAY,
-            rng: fastrand::Rng::new(),
-        }
+        FullJitter { ceiling: INITIAL_DELAY, rng: fastrand::Rng::new() }
     }
 }
 
@@ -155,11 +146,7 @@ where
         result = run => result,
         _ = cancel.cancelled() => Err(RpcError::Cancelled),
     };
-    result.map_err(|error| GaveUp {
-        error,
-        elapsed: started.elapsed(),
-        attempts: attempts.load(Ordering::Relaxed),
-    })
+    result.map_err(|error| GaveUp { error, elapsed: started.elapsed(), attempts: attempts.load(Ordering::Relaxed) })
 }
 
 #[cfg(test)]
@@ -185,23 +172,9 @@ mod tests {
         let now = Instant::now();
         let deadline = now + Duration::from_secs(60);
         let policy = RetryPolicy::new(Duration::from_secs(60));
-        let unroutable = RpcError::Unroutable {
-            target: "agent x".into(),
-        };
-        assert_eq!(
-            next_delay(&unroutable, policy, now, deadline, Duration::from_millis(5)),
-            None
-        );
-        assert_eq!(
-            next_delay(
-                &transient(),
-                RetryPolicy::once(),
-                now,
-                deadline,
-                Duration::from_millis(5)
-            ),
-            None
-        );
+        let unroutable = RpcError::Unroutable { target: "agent x".into() };
+        assert_eq!(next_delay(&unroutable, policy, now, deadline, Duration::from_millis(5)), None);
+        assert_eq!(next_delay(&transient(), RetryPolicy::once(), now, deadline, Duration::from_millis(5)), None);
         assert_eq!(
             next_delay(&transient(), policy, now, deadline, Duration::from_millis(5)),
             Some(Duration::from_millis(5))
@@ -217,10 +190,7 @@ mod tests {
             next_delay(&transient(), policy, now, deadline, Duration::from_secs(2)),
             Some(Duration::from_millis(50))
         );
-        assert_eq!(
-            next_delay(&transient(), policy, deadline, deadline, Duration::from_millis(1)),
-            None
-        );
+        assert_eq!(next_delay(&transient(), policy, deadline, deadline, Duration::from_millis(1)), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -246,10 +216,7 @@ mod tests {
         .await;
         let gave_up = result.unwrap_err();
         let elapsed = started.elapsed();
-        assert!(
-            elapsed >= Duration::from_secs(30) && elapsed < Duration::from_secs(32),
-            "{elapsed:?}"
-        );
+        assert!(elapsed >= Duration::from_secs(30) && elapsed < Duration::from_secs(32), "{elapsed:?}");
         assert!(gave_up.attempts > 5);
         assert_eq!(notices, gave_up.attempts - 1);
         let last = calls.load(Ordering::Relaxed) - 1;

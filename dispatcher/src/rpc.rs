@@ -59,10 +59,7 @@ pub struct CallTiming {
 impl RpcClient {
     /// A client that connects on first use.
     pub fn new(config: RpcConfig) -> Self {
-        RpcClient {
-            config,
-            link: tokio::sync::Mutex::new(None),
-        }
+        RpcClient { config, link: tokio::sync::Mutex::new(None) }
     }
 
     /// A client already connected, failing at once if the broker cannot be reached.
@@ -92,22 +89,11 @@ impl RpcClient {
         let link = self.current_link().await?;
         let now = SystemTime::now();
         let (header, bytes) = request.encode(route.name(), unix_millis(now), Some(unix_millis(timing.not_after)))?;
-        let expiration = timing
-            .not_after
-            .duration_since(now)
-            .unwrap_or_default()
-            .as_millis()
-            .max(1);
+        let expiration = timing.not_after.duration_since(now).unwrap_or_default().as_millis().max(1);
         let (tx, rx) = oneshot::channel();
         let correlation_id = header.message_id.clone();
-        link.pending
-            .lock()
-            .expect("pending poisoned")
-            .insert(correlation_id.clone(), tx);
-        let _forget = ForgetOnDrop {
-            pending: &link.pending,
-            correlation_id: &correlation_id,
-        };
+        link.pending.lock().expect("pending poisoned").insert(correlation_id.clone(), tx);
+        let _forget = ForgetOnDrop { pending: &link.pending, correlation_id: &correlation_id };
         let properties = BasicProperties::default()
             .with_reply_to(REPLY_TO.into())
             .with_correlation_id(correlation_id.as_str().into())
@@ -118,10 +104,7 @@ impl RpcClient {
         let publish = link.channel.basic_publish(
             COMMANDS_EXCHANGE.into(),
             route.routing_key().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
+            BasicPublishOptions { mandatory: true, ..Default::default() },
             &bytes,
             properties,
         );
@@ -131,25 +114,41 @@ impl RpcClient {
             Ok(Ok(confirm)) => confirm,
         };
         match confirm {
-            Confirmation::Ack(Some(_returned)) => {
-                return Err(RpcError::Unroutable {
-                    target: route.to_string(),
-                })
-            }
+            Confirmation::Ack(Some(_returned)) => return Err(RpcError::Unroutable { target: route.to_string() }),
             Confirmation::Nack(_) => return Err(RpcError::NotConfirmed("the broker nacked the publish".into())),
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
         }
         match tokio::time::timeout(timing.reply_timeout, rx).await {
-            Err(_) => Err(RpcError::NoReply {
-                target: route.to_string(),
-                after: timing.reply_timeout,
-            }),
+            Err(_) => Err(RpcError::NoReply { target: route.to_string(), after: timing.reply_timeout }),
             Ok(Err(_)) => Err(RpcError::ConnectionLost("the reply channel closed".into())),
-            Ok(Ok(Reply::Error(error))) => Err(RpcError::Agent {
-                target: route.to_string(),
-                error,
-            }),
+            Ok(Ok(Reply::Error(error))) => Err(RpcError::Agent { target: route.to_string(), error }),
             Ok(Ok(reply)) => Ok(reply),
+        }
+    }
+
+    /// Publishes a request that needs no answer (best-effort CompleteScript). Its confirm is
+    /// not awaited here but by [`RpcClient::close`], so it overlaps whatever comes next.
+    pub async fn send(&self, route: &Route, request: &Request, not_after: SystemTime) -> Result<(), RpcError> {
+        let link = self.current_link().await?;
+        let now = SystemTime::now();
+        let (_, bytes) = request.encode(route.name(), unix_millis(now), Some(unix_millis(not_after)))?;
+        let expiration = not_after.duration_since(now).unwrap_or_default().as_millis().max(1);
+        let properties = BasicProperties::default()
+            .with_type(request.kind().as_str().into())
+            .with_content_type(CONTENT_TYPE.into())
+            .with_delivery_mode(2)
+            .with_expiration(expiration.to_string().into());
+        let publish = link.channel.basic_publish(
+            COMMANDS_EXCHANGE.into(),
+            route.routing_key().into(),
+            BasicPublishOptions::default(),
+            &bytes,
+            properties,
+        );
+        match tokio::time::timeout(BROKER_CALL_TIMEOUT, publish).await {
+            Err(_) => Err(self.broken(&link, RpcError::NotConfirmed("publish did not go out within 10s".into()))),
+            Ok(Err(error)) => Err(self.broken(&link, RpcError::ConnectionLost(error.to_string()))),
+            Ok(Ok(_confirm)) => Ok(()),
         }
     }
 
@@ -158,14 +157,14 @@ impl RpcClient {
         error
     }
 
-    /// Closes the connection politely.
+    /// Waits (briefly) for outstanding confirms, then closes the connection politely.
     pub async fn close(&self) {
         if let Some(link) = self.link.lock().await.take() {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                link.connection.close(200, "dispatcher done".into()),
-            )
-            .await;
+            if let Err(error) = tokio::time::timeout(Duration::from_secs(5), link.channel.wait_for_confirms()).await {
+                tracing::warn!(%error, "some requests were not confirmed by the broker before exit");
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), link.connection.close(200, "dispatcher done".into()))
+                .await;
         }
     }
 }
@@ -178,10 +177,7 @@ struct ForgetOnDrop<'a> {
 
 impl Drop for ForgetOnDrop<'_> {
     fn drop(&mut self) {
-        self.pending
-            .lock()
-            .expect("pending poisoned")
-            .remove(self.correlation_id);
+        self.pending.lock().expect("pending poisoned").remove(self.correlation_id);
     }
 }
 
@@ -196,10 +192,7 @@ async fn open_link(config: &RpcConfig) -> Result<Link, RpcError> {
             .basic_consume(
                 REPLY_TO.into(),
                 "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await?;
@@ -239,10 +232,5 @@ async fn open_link(config: &RpcConfig) -> Result<Link, RpcError> {
         link_alive.store(false, Ordering::Release);
         replies.lock().expect("pending poisoned").clear();
     });
-    Ok(Link {
-        connection,
-        channel,
-        pending,
-        alive,
-    })
+    Ok(Link { connection, channel, pending, alive })
 }

@@ -39,20 +39,13 @@ impl TestAgent {
     pub async fn start_with(config: AgentConfig) -> TestAgent {
         std::fs::create_dir_all(&config.work_dir).expect("work dir");
         let shutdown = CancellationToken::new();
-        let (agent, serving) = worker_agent::start(config.clone(), shutdown.clone())
-            .await
-            .expect("agent starts");
+        let (agent, serving) = worker_agent::start(config.clone(), shutdown.clone()).await.expect("agent starts");
         let mut ready = agent.readiness();
         tokio::time::timeout(Duration::from_secs(15), ready.wait_for(|r| *r))
             .await
             .expect("agent ready within 15s")
             .expect("readiness");
-        TestAgent {
-            config,
-            agent,
-            shutdown,
-            serving,
-        }
+        TestAgent { config, agent, shutdown, serving }
     }
 
     pub fn id(&self) -> &str {
@@ -81,9 +74,7 @@ impl TestAgent {
 pub async fn cleanup(config: &AgentConfig) {
     if let Ok(connection) = lapin::Connection::connect(&config.amqp_url, lapin::ConnectionProperties::default()).await {
         if let Ok(channel) = connection.create_channel().await {
-            let _ = channel
-                .queue_delete(agent_queue(&config.agent_id).into(), QueueDeleteOptions::default())
-                .await;
+            let _ = channel.queue_delete(agent_queue(&config.agent_id).into(), QueueDeleteOptions::default()).await;
         }
         let _ = connection.close(200, "test cleanup".into()).await;
     }
@@ -114,40 +105,19 @@ impl AgentProcess {
     pub async fn start(config: AgentConfig) -> AgentProcess {
         let log = std::env::temp_dir().join(format!("{}.log", config.agent_id));
         let child = Self::spawn(&config, &log);
-        let process = AgentProcess {
-            config,
-            child: Some(child),
-            log,
-        };
+        let process = AgentProcess { config, child: Some(child), log };
         process.wait_ready().await;
         process
     }
 
     fn spawn(config: &AgentConfig, log: &PathBuf) -> tokio::process::Child {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("agent log");
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("agent log");
         tokio::process::Command::new(binary("worker-agent"))
-            .args([
-                "run",
-                "--agent-id",
-                &config.agent_id,
-                "--key-prefix",
-                &config.key_prefix,
-            ])
+            .args(["run", "--agent-id", &config.agent_id, "--key-prefix", &config.key_prefix])
             .arg("--work-dir")
             .arg(&config.work_dir)
             .args(["--lease-ttl", &format!("{}ms", config.lease_ttl.as_millis())])
-            .args([
-                "--protocol",
-                if config.protocol == worker_agent::Protocol::V1 {
-                    "v1"
-                } else {
-                    "v2"
-                },
-            ])
+            .args(["--protocol", if config.protocol == worker_agent::Protocol::V1 { "v1" } else { "v2" }])
             .env("CUTTLE_AMQP_URL", &config.amqp_url)
             .env("CUTTLE_REDIS_URL", &config.redis_url)
             .env("RUST_LOG", "info")
@@ -164,19 +134,10 @@ impl AgentProcess {
 
     async fn wait_ready(&self) {
         let log = self.log.clone();
-        eventually(
-            "the agent process to consume its queue",
-            Duration::from_secs(20),
-            || {
-                let log = log.clone();
-                async move {
-                    std::fs::read_to_string(&log)
-                        .ok()
-                        .filter(|s| s.contains("consuming commands"))
-                        .map(|_| ())
-                }
-            },
-        )
+        eventually("the agent process to consume its queue", Duration::from_secs(20), || {
+            let log = log.clone();
+            async move { std::fs::read_to_string(&log).ok().filter(|s| s.contains("consuming commands")).map(|_| ()) }
+        })
         .await;
     }
 

@@ -37,12 +37,9 @@ pub fn unique(what: &str) -> String {
 
 /// A dispatcher orchestrator connected to the test broker.
 pub async fn orchestrator() -> Orchestrator {
-    let rpc = RpcClient::connect(RpcConfig {
-        amqp_url: amqp_url(),
-        connect_timeout: Duration::from_secs(5),
-    })
-    .await
-    .expect("the test broker must be running (see README)");
+    let rpc = RpcClient::connect(RpcConfig { amqp_url: amqp_url(), connect_timeout: Duration::from_secs(5) })
+        .await
+        .expect("the test broker must be running (see README)");
     Orchestrator::new(Arc::new(rpc), Timing::default())
 }
 
@@ -51,11 +48,7 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (`cargo build --bins`)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: build the binaries first (`cargo build --bins`)", path.display());
     path
 }
 
@@ -70,10 +63,7 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -97,9 +87,7 @@ impl Markers {
 
     /// How many times `name` ran.
     pub fn count(&self, name: &str) -> usize {
-        std::fs::read_to_string(self.dir.join(name))
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
+        std::fs::read_to_string(self.dir.join(name)).map(|s| s.lines().count()).unwrap_or(0)
     }
 }
 
@@ -117,10 +105,7 @@ impl Drop for Markers {
 
 /// A script spec running `script` in `sh`.
 pub fn sh(script: impl Into<String>) -> contracts::ScriptSpec {
-    contracts::ScriptSpec {
-        script: script.into(),
-        ..Default::default()
-    }
+    contracts::ScriptSpec { script: script.into(), ..Default::default() }
 }
 
 /// Submits a script with the default policy and collects its log lines.
@@ -136,23 +121,11 @@ pub async fn submit(
         }
     };
     let policy = dispatcher::RetryPolicy::new(Duration::from_secs(30));
-    let outcome = orchestrator
-        .submit(
-            route,
-            spec,
-            policy,
-            &events,
-            &tokio_util::sync::CancellationToken::new(),
-        )
-        .await;
+    let outcome = orchestrator.submit(route, spec, policy, &events, &tokio_util::sync::CancellationToken::new()).await;
     (outcome, lines.into_inner().expect("lines"))
 }
 
 /// The text of the lines from one stream.
 pub fn texts(lines: &[contracts::LogLine], stream: contracts::LogStream) -> Vec<String> {
-    lines
-        .iter()
-        .filter(|l| l.stream == stream)
-        .map(|l| l.text.clone())
-        .collect()
+    lines.iter().filter(|l| l.stream == stream).map(|l| l.text.clone()).collect()
 }

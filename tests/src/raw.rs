@@ -27,18 +27,13 @@ pub struct DeadLetter {
 
 impl RawBroker {
     pub async fn connect() -> RawBroker {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("broker");
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("broker");
         let channel = connection.create_channel().await.expect("channel");
         let replies = channel
             .basic_consume(
                 REPLY_TO.into(),
                 "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await
@@ -46,11 +41,7 @@ impl RawBroker {
         let dead_queue = channel
             .queue_declare(
                 "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await
@@ -69,20 +60,12 @@ impl RawBroker {
             .basic_consume(
                 dead_queue.name().clone(),
                 "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await
             .expect("consume dead letters");
-        RawBroker {
-            connection,
-            channel,
-            replies,
-            dead,
-        }
+        RawBroker { connection, channel, replies, dead }
     }
 
     /// Publishes `body` straight to the agent's queue, with `kind` as AMQP type, and returns the
@@ -95,13 +78,7 @@ impl RawBroker {
             .with_type(kind.into())
             .with_delivery_mode(2);
         self.channel
-            .basic_publish(
-                "".into(),
-                agent_queue(agent_id).into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
+            .basic_publish("".into(), agent_queue(agent_id).into(), BasicPublishOptions::default(), body, properties)
             .await
             .expect("publish")
             .await
@@ -119,36 +96,27 @@ impl RawBroker {
             }
             panic!("reply consumer closed");
         };
-        tokio::time::timeout(Duration::from_secs(20), wait)
-            .await
-            .expect("a reply within 20s")
+        tokio::time::timeout(Duration::from_secs(20), wait).await.expect("a reply within 20s")
     }
 
     /// Waits for the dead letter of the message with this correlation id.
     pub async fn dead_letter(&mut self, correlation_id: &str) -> DeadLetter {
-        let wait =
-            async {
-                while let Some(Ok(delivery)) = self.dead.next().await {
-                    let id = delivery.properties.correlation_id().as_ref().map(|c| c.to_string());
-                    if id.as_deref() != Some(correlation_id) {
-                        continue;
-                    }
-                    let reason = delivery.properties.headers().as_ref().and_then(|h| {
-                        match h.inner().get("x-first-death-reason") {
-                            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
-                            _ => None,
-                        }
-                    });
-                    return DeadLetter {
-                        correlation_id: id,
-                        reason,
-                    };
+        let wait = async {
+            while let Some(Ok(delivery)) = self.dead.next().await {
+                let id = delivery.properties.correlation_id().as_ref().map(|c| c.to_string());
+                if id.as_deref() != Some(correlation_id) {
+                    continue;
                 }
-                panic!("dead-letter consumer closed");
-            };
-        tokio::time::timeout(Duration::from_secs(20), wait)
-            .await
-            .expect("a dead letter within 20s")
+                let reason =
+                    delivery.properties.headers().as_ref().and_then(|h| match h.inner().get("x-first-death-reason") {
+                        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+                        _ => None,
+                    });
+                return DeadLetter { correlation_id: id, reason };
+            }
+            panic!("dead-letter consumer closed");
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait).await.expect("a dead letter within 20s")
     }
 
     pub async fn close(self) {

@@ -16,13 +16,8 @@ fn envelope(kind: &str, body: serde_json::Value) -> Vec<u8> {
 
 async fn still_serving(agent: &TestAgent) {
     let orchestrator = orchestrator().await;
-    let caps = orchestrator
-        .capabilities(
-            &agent.route(),
-            dispatcher::RetryPolicy::new(Duration::from_secs(10)),
-            &|_| {},
-        )
-        .await;
+    let caps =
+        orchestrator.capabilities(&agent.route(), dispatcher::RetryPolicy::new(Duration::from_secs(10)), &|_| {}).await;
     assert!(caps.unwrap().supports(SERVICE_SCRIPT_V2), "the agent keeps serving");
 }
 
@@ -30,9 +25,7 @@ async fn rejected(what: &str, kind: &str, body: &[u8], expected: ErrorKind, dead
     let agent = TestAgent::start(what).await;
     let mut raw = RawBroker::connect().await;
     let id = raw.publish(agent.id(), kind, body).await;
-    let Reply::Error(error) = raw.reply(&id).await else {
-        panic!("expected an error reply")
-    };
+    let Reply::Error(error) = raw.reply(&id).await else { panic!("expected an error reply") };
     assert_eq!(error.kind, expected, "{error}");
     if dead_lettered {
         let dead = raw.dead_letter(&id).await;
@@ -46,14 +39,7 @@ async fn rejected(what: &str, kind: &str, body: &[u8], expected: ErrorKind, dead
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_msgpack_is_refused_as_invalid_and_dead_lettered() {
-    let message = rejected(
-        "malformed",
-        "StartScriptV2",
-        &[0xc1, 0xff, 0x00, 0x93],
-        ErrorKind::Invalid,
-        true,
-    )
-    .await;
+    let message = rejected("malformed", "StartScriptV2", &[0xc1, 0xff, 0x00, 0x93], ErrorKind::Invalid, true).await;
     assert!(message.contains("malformed"), "{message}");
 }
 
@@ -80,10 +66,7 @@ async fn a_message_over_the_size_limit_is_refused_before_decoding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_ticket_is_refused_as_invalid() {
-    let body = envelope(
-        "GetStatusV2",
-        json!({"ticket": "no spaces allowed", "last_log_sequence": 0}),
-    );
+    let body = envelope("GetStatusV2", json!({"ticket": "no spaces allowed", "last_log_sequence": 0}));
     let message = rejected("bad-ticket", "GetStatusV2", &body, ErrorKind::Invalid, true).await;
     assert!(message.contains("ticket"), "{message}");
 }

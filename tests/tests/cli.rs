@@ -7,19 +7,13 @@ use tests::*;
 
 fn dispatcher() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(binary("dispatcher"));
-    command
-        .env("CUTTLE_AMQP_URL", amqp_url())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
+    command.env("CUTTLE_AMQP_URL", amqp_url()).env_remove("RUST_LOG").stdin(Stdio::null());
     command
 }
 
 async fn run(args: &[&str]) -> Output {
     let output = dispatcher().args(args).output();
-    tokio::time::timeout(Duration::from_secs(60), output)
-        .await
-        .expect("dispatcher finishes")
-        .expect("dispatcher runs")
+    tokio::time::timeout(Duration::from_secs(60), output).await.expect("dispatcher finishes").expect("dispatcher runs")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -45,48 +39,26 @@ async fn submit_runs_a_script_file_and_refuses_a_missing_one() {
     let file = markers.dir.join("deploy.sh");
     std::fs::write(&file, "echo from file\nexit 0\n").unwrap();
     let out = run(&["submit", "--target", agent.id(), "--script", file.to_str().unwrap()]).await;
-    assert_eq!(
-        (out.status.code(), text(&out.stdout)),
-        (Some(0), "from file\n".to_string())
-    );
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "from file\n".to_string()));
     let missing = markers.dir.join("missing.sh");
     let out = run(&["submit", "--target", agent.id(), "--script", missing.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("cannot read script file") && stderr.contains("missing.sh"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot read script file") && stderr.contains("missing.sh"), "{stderr}");
     agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_prints_events_with_the_result_last() {
     let agent = TestAgent::start("cli-json").await;
-    let out = run(&[
-        "submit",
-        "--json",
-        "--target",
-        agent.id(),
-        "--",
-        "echo one; echo two >&2; exit 4",
-    ])
-    .await;
+    let out = run(&["submit", "--json", "--target", agent.id(), "--", "echo one; echo two >&2; exit 4"]).await;
     assert_eq!(out.status.code(), Some(4));
-    let events: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
+    let events: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
     let logs: Vec<_> = events.iter().filter(|e| e["event"] == "log").collect();
     assert_eq!(logs.len(), 2);
-    assert_eq!(
-        (logs[0]["text"].as_str(), logs[0]["stream"].as_str()),
-        (Some("one"), Some("stdout"))
-    );
-    assert_eq!(
-        (logs[1]["text"].as_str(), logs[1]["stream"].as_str()),
-        (Some("two"), Some("stderr"))
-    );
+    assert_eq!((logs[0]["text"].as_str(), logs[0]["stream"].as_str()), (Some("one"), Some("stdout")));
+    assert_eq!((logs[1]["text"].as_str(), logs[1]["stream"].as_str()), (Some("two"), Some("stderr")));
     let result = events.last().unwrap();
     assert_eq!(result["event"], "result");
     assert_eq!(result["outcome"], "completed");
@@ -106,11 +78,7 @@ async fn outcomes_that_are_not_the_scripts_own_have_their_own_codes() {
     let nobody = unique("nobody");
     let out = run(&["submit", "--target", &nobody, "--", "echo hi"]).await;
     assert_eq!(out.status.code(), Some(102));
-    assert!(
-        text(&out.stderr).contains(&format!("no agent queue for agent {nobody}")),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains(&format!("no agent queue for agent {nobody}")), "{}", text(&out.stderr));
 
     let out = run(&[
         "--amqp-url",
@@ -126,13 +94,7 @@ async fn outcomes_that_are_not_the_scripts_own_have_their_own_codes() {
     assert_eq!(out.status.code(), Some(101), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("cannot reach the broker"));
 
-    let out = run(&[
-        "status",
-        &contracts::Ticket::generate().to_string(),
-        "--target",
-        agent.id(),
-    ])
-    .await;
+    let out = run(&["status", &contracts::Ticket::generate().to_string(), "--target", agent.id()]).await;
     assert_eq!(out.status.code(), Some(104), "{}", text(&out.stderr));
     agent.stop().await;
 }
@@ -149,32 +111,21 @@ async fn ctrl_c_cancels_the_script_on_the_agent_and_waits_for_it() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    eventually("the script to start", Duration::from_secs(10), || async {
-        (agent.agent.running() == 1).then_some(())
-    })
-    .await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    eventually("the script to start", Duration::from_secs(10), || async { (agent.agent.running() == 1).then_some(()) })
+        .await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap() as i32), nix::sys::signal::Signal::SIGINT)
+        .unwrap();
     let out = tokio::time::timeout(Duration::from_secs(20), async {
         let status = child.wait().await.unwrap();
         let mut stderr = String::new();
-        tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
-            .await
-            .unwrap();
+        tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).await.unwrap();
         (status, stderr)
     })
     .await
     .expect("the dispatcher ends after cancelling");
     assert_eq!(out.0.code(), Some(106), "{}", out.1);
     assert!(out.1.contains("cancelled"), "{}", out.1);
-    assert_eq!(
-        agent.agent.running(),
-        0,
-        "the script stopped before the dispatcher exited"
-    );
+    assert_eq!(agent.agent.running(), 0, "the script stopped before the dispatcher exited");
     assert!(!done.exists());
     agent.stop().await;
 }
@@ -183,44 +134,41 @@ async fn ctrl_c_cancels_the_script_on_the_agent_and_waits_for_it() {
 async fn status_follow_reattaches_and_cancel_stops_a_script() {
     let agent = TestAgent::start("cli-reattach").await;
     let mut submit = dispatcher()
-        .args([
-            "submit",
-            "--json",
-            "--target",
-            agent.id(),
-            "--",
-            "echo first; sleep 1; echo second; sleep 30",
-        ])
+        .args(["submit", "--json", "--target", agent.id(), "--", "echo first; sleep 1; echo second; sleep 30"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut stdout = tokio::io::BufReader::new(submit.stdout.take().unwrap());
     let mut first = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first)
-        .await
-        .unwrap();
+    tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first).await.unwrap();
     let ticket: serde_json::Value = serde_json::from_str(&first).unwrap();
     let ticket = ticket["ticket"].as_str().unwrap().to_owned();
 
-    let follow = tokio::spawn({
-        let (ticket, id) = (ticket.clone(), agent.id().to_owned());
-        async move { run(&["status", &ticket, "--target", &id, "--follow"]).await }
-    });
+    // The ticket is printed before the start is sent: attach once the agent has it.
     eventually("output to reach the agent's log", Duration::from_secs(10), || async {
         let out = run(&["status", &ticket, "--target", agent.id()]).await;
         text(&out.stdout).contains("second").then_some(())
     })
     .await;
+    let mut follow = dispatcher()
+        .args(["status", &ticket, "--target", agent.id(), "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut followed = tokio::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.ends_with("second\n") {
+        let read = tokio::io::AsyncBufReadExt::read_line(&mut followed, &mut seen);
+        assert!(tokio::time::timeout(Duration::from_secs(10), read).await.unwrap().unwrap() > 0, "follow ended early");
+    }
+    assert_eq!(seen, "first\nsecond\n");
     let out = run(&["cancel", &ticket, "--target", agent.id()]).await;
     assert_eq!(out.status.code(), Some(106), "{}", text(&out.stderr));
-    let followed = follow.await.unwrap();
-    assert_eq!(followed.status.code(), Some(106));
-    assert_eq!(text(&followed.stdout), "first\nsecond\n");
-    let submitted = tokio::time::timeout(Duration::from_secs(20), submit.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let followed_exit = tokio::time::timeout(Duration::from_secs(20), follow.wait()).await.unwrap().unwrap();
+    assert_eq!(followed_exit.code(), Some(106));
+    let submitted = tokio::time::timeout(Duration::from_secs(20), submit.wait()).await.unwrap().unwrap();
     assert_eq!(submitted.code(), Some(106));
     agent.stop().await;
 }
@@ -235,25 +183,11 @@ async fn capabilities_and_bench_report_on_an_agent() {
         stdout.contains("protocol v2") && stdout.contains("script/v2") && stdout.contains("retries: on"),
         "{stdout}"
     );
-    let out = run(&[
-        "bench",
-        "--target",
-        agent.id(),
-        "--count",
-        "40",
-        "--concurrency",
-        "4",
-        "--json",
-    ])
-    .await;
+    let out = run(&["bench", "--target", agent.id(), "--count", "40", "--concurrency", "4", "--json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(
-        (
-            report["count"].as_u64(),
-            report["concurrency"].as_u64(),
-            report["errors"].as_u64()
-        ),
+        (report["count"].as_u64(), report["concurrency"].as_u64(), report["errors"].as_u64()),
         (Some(40), Some(4), Some(0))
     );
     for field in ["p50_ms", "p90_ms", "p99_ms", "throughput_per_s"] {

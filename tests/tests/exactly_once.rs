@@ -7,10 +7,7 @@ use std::time::{Duration, SystemTime};
 use tests::*;
 
 fn timing() -> CallTiming {
-    CallTiming {
-        reply_timeout: Duration::from_secs(30),
-        not_after: SystemTime::now() + Duration::from_secs(60),
-    }
+    CallTiming { reply_timeout: Duration::from_secs(30), not_after: SystemTime::now() + Duration::from_secs(60) }
 }
 
 async fn follow_to_end(
@@ -18,15 +15,8 @@ async fn follow_to_end(
     agent: &TestAgent,
     ticket: &Ticket,
 ) -> dispatcher::Outcome {
-    let status = orchestrator
-        .status(
-            &agent.route(),
-            ticket,
-            RetryPolicy::new(Duration::from_secs(30)),
-            &|_| {},
-        )
-        .await
-        .unwrap();
+    let status =
+        orchestrator.status(&agent.route(), ticket, RetryPolicy::new(Duration::from_secs(30)), &|_| {}).await.unwrap();
     let follower = dispatcher::follow::LogFollower::after(0);
     orchestrator
         .follow_to_end(
@@ -131,20 +121,13 @@ async fn the_same_ticket_with_a_different_script_is_a_conflict() {
         spec: sh(markers.record("b")),
         wait_for_output: None,
     });
-    let error = orchestrator
-        .rpc()
-        .call(&agent.route(), &second, timing())
-        .await
-        .unwrap_err();
+    let error = orchestrator.rpc().call(&agent.route(), &second, timing()).await.unwrap_err();
     assert_eq!(error.agent_error(), Some(ErrorKind::TicketConflict), "{error}");
     assert!(!error.is_transient());
     // Differently-cased, the ticket is the same ticket.
     let upper = Ticket::parse(&ticket.as_str().to_uppercase()).unwrap();
-    let third = Request::StartScriptV2(StartScriptV2 {
-        ticket: upper,
-        spec: sh(markers.record("b")),
-        wait_for_output: None,
-    });
+    let third =
+        Request::StartScriptV2(StartScriptV2 { ticket: upper, spec: sh(markers.record("b")), wait_for_output: None });
     assert!(orchestrator.rpc().call(&agent.route(), &third, timing()).await.is_err());
     follow_to_end(&orchestrator, &agent, &ticket).await;
     assert_eq!((markers.count("a"), markers.count("b")), (1, 0));
@@ -160,7 +143,7 @@ async fn an_agent_killed_mid_script_reports_unknown_result_and_never_reruns() {
     let ticket = Ticket::generate();
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),
-        spec: sh(format!("{}; echo started; sleep 2", markers.record("run"))),
+        spec: sh(format!("{}; echo started; sleep 2; {}", markers.record("run"), markers.record("done"))),
         wait_for_output: Some(5000),
     });
     let Reply::ScriptStatus(started) = orchestrator.rpc().call(&route, &start, timing()).await.unwrap() else {
@@ -170,28 +153,20 @@ async fn an_agent_killed_mid_script_reports_unknown_result_and_never_reruns() {
     agent.kill().await;
     agent.restart().await;
     // The same start again after the restart: reported, not re-run.
-    let Reply::ScriptStatus(again) = orchestrator.rpc().call(&route, &start, timing()).await.unwrap() else {
-        panic!()
-    };
+    let Reply::ScriptStatus(again) = orchestrator.rpc().call(&route, &start, timing()).await.unwrap() else { panic!() };
     assert_eq!(again.state, ScriptState::Complete);
     assert_eq!(again.exit_code, Some(exit_code::UNKNOWN_RESULT));
-    let status = orchestrator
-        .status(&route, &ticket, RetryPolicy::new(Duration::from_secs(10)), &|_| {})
-        .await
-        .unwrap();
+    let status =
+        orchestrator.status(&route, &ticket, RetryPolicy::new(Duration::from_secs(10)), &|_| {}).await.unwrap();
     assert_eq!(status.exit_code, Some(exit_code::UNKNOWN_RESULT));
     let unknown = orchestrator
-        .status(
-            &route,
-            &Ticket::generate(),
-            RetryPolicy::new(Duration::from_secs(10)),
-            &|_| {},
-        )
+        .status(&route, &Ticket::generate(), RetryPolicy::new(Duration::from_secs(10)), &|_| {})
         .await
         .unwrap();
     assert_eq!(unknown.exit_code, Some(exit_code::UNKNOWN_TICKET));
-    // The orphaned script may finish on its own; it must not have been started a second time.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The orphaned script finishes on its own; it was never started a second time.
+    eventually("the orphaned script to end", Duration::from_secs(10), || async { (markers.count("done") == 1).then_some(()) })
+        .await;
     assert_eq!(markers.count("run"), 1);
     agent.stop().await;
 }
@@ -217,10 +192,8 @@ async fn a_running_ticket_whose_lease_expired_reports_unknown_result() {
     let status = eventually("the lease to expire", Duration::from_secs(10), || {
         let (orchestrator, ticket, route) = (&orchestrator, &ticket, peer.route());
         async move {
-            let s = orchestrator
-                .status(&route, ticket, RetryPolicy::new(Duration::from_secs(5)), &|_| {})
-                .await
-                .ok()?;
+            let s =
+                orchestrator.status(&route, ticket, RetryPolicy::new(Duration::from_secs(5)), &|_| {}).await.ok()?;
             s.is_complete().then_some(s)
         }
     })
@@ -236,14 +209,8 @@ async fn cancel_before_start_leaves_a_tombstone_so_a_late_start_never_runs() {
     let orchestrator = orchestrator().await;
     let markers = Markers::new();
     let ticket = Ticket::generate();
-    let outcome = orchestrator
-        .cancel(
-            &agent.route(),
-            &ticket,
-            RetryPolicy::new(Duration::from_secs(10)),
-            &|_| {},
-        )
-        .await;
+    let outcome =
+        orchestrator.cancel(&agent.route(), &ticket, RetryPolicy::new(Duration::from_secs(10)), &|_| {}).await;
     assert_eq!(outcome.outcome, OutcomeKind::Cancelled);
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),

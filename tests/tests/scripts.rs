@@ -35,15 +35,7 @@ async fn cancel_kills_the_whole_process_group() {
         let (orchestrator, interrupt, route) = (orchestrator.clone(), interrupt.clone(), route.clone());
         let spec = sh(script_with_child(&pidfile));
         tokio::spawn(async move {
-            orchestrator
-                .submit(
-                    &route,
-                    spec,
-                    RetryPolicy::new(Duration::from_secs(30)),
-                    &|_| {},
-                    &interrupt,
-                )
-                .await
+            orchestrator.submit(&route, spec, RetryPolicy::new(Duration::from_secs(30)), &|_| {}, &interrupt).await
         })
     };
     let child = read_pid(&pidfile).await;
@@ -53,10 +45,8 @@ async fn cancel_kills_the_whole_process_group() {
     assert_eq!(outcome.outcome, OutcomeKind::Cancelled);
     assert_eq!(outcome.exit_code, Some(exit_code::CANCELLED));
     assert_eq!(outcome.process_exit, dispatcher::outcome::exit::CANCELLED);
-    eventually("the background child to die", Duration::from_secs(5), || async {
-        (!pid_alive(child)).then_some(())
-    })
-    .await;
+    eventually("the background child to die", Duration::from_secs(5), || async { (!pid_alive(child)).then_some(()) })
+        .await;
     agent.stop().await;
 }
 
@@ -66,32 +56,22 @@ async fn execution_timeout_kills_the_whole_process_group() {
     let orchestrator = orchestrator().await;
     let markers = Markers::new();
     let pidfile = markers.dir.join("pid");
-    let spec = ScriptSpec {
-        execution_timeout: Some(1000),
-        ..sh(script_with_child(&pidfile))
-    };
+    let spec = ScriptSpec { execution_timeout: Some(1000), ..sh(script_with_child(&pidfile)) };
     let started = Instant::now();
     let (outcome, lines) = submit(&orchestrator, &agent.route(), spec).await;
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(outcome.exit_code, Some(exit_code::EXECUTION_TIMEOUT));
     assert_eq!(outcome.process_exit, dispatcher::outcome::exit::EXECUTION_TIMEOUT);
-    assert!(texts(&lines, LogStream::Agent)
-        .iter()
-        .any(|l| l.contains("execution timeout")));
+    assert!(texts(&lines, LogStream::Agent).iter().any(|l| l.contains("execution timeout")));
     let child = read_pid(&pidfile).await;
-    eventually("the background child to die", Duration::from_secs(5), || async {
-        (!pid_alive(child)).then_some(())
-    })
-    .await;
+    eventually("the background child to die", Duration::from_secs(5), || async { (!pid_alive(child)).then_some(()) })
+        .await;
     agent.stop().await;
 }
 
 /// A script that records its start and end times (ms) in `file`.
 fn timed(file: &std::path::Path, seconds: f32) -> String {
-    format!(
-        "echo start $(date +%s%3N) >> '{0}'; sleep {seconds}; echo end $(date +%s%3N) >> '{0}'",
-        file.display()
-    )
+    format!("echo start $(date +%s%3N) >> '{0}'; sleep {seconds}; echo end $(date +%s%3N) >> '{0}'", file.display())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,10 +82,7 @@ async fn full_isolation_scripts_on_one_mutex_run_one_at_a_time() {
     let runs: Vec<_> = (0..3)
         .map(|i| {
             let file = markers.dir.join(format!("run{i}"));
-            let spec = ScriptSpec {
-                isolation: Isolation::Full,
-                ..sh(timed(&file, 0.4))
-            };
+            let spec = ScriptSpec { isolation: Isolation::Full, ..sh(timed(&file, 0.4)) };
             let (orchestrator, route) = (orchestrator.clone(), agent.route());
             tokio::spawn(async move { submit(&orchestrator, &route, spec).await })
         })
@@ -123,10 +100,7 @@ async fn full_isolation_scripts_on_one_mutex_run_one_at_a_time() {
     let mut spans: Vec<(u64, u64)> = (0..3)
         .map(|i| {
             let text = std::fs::read_to_string(markers.dir.join(format!("run{i}"))).unwrap();
-            let v: Vec<u64> = text
-                .lines()
-                .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
-                .collect();
+            let v: Vec<u64> = text.lines().map(|l| l.split(' ').nth(1).unwrap().parse().unwrap()).collect();
             (v[0], v[1])
         })
         .collect();
@@ -151,19 +125,10 @@ async fn scripts_without_isolation_share_a_named_mutex_as_readers() {
             other.display()
         )
     };
-    let spec_a = ScriptSpec {
-        mutex_name: Some("deploy".into()),
-        ..sh(meet(&a, &b))
-    };
-    let spec_b = ScriptSpec {
-        mutex_name: Some("deploy".into()),
-        ..sh(meet(&b, &a))
-    };
+    let spec_a = ScriptSpec { mutex_name: Some("deploy".into()), ..sh(meet(&a, &b)) };
+    let spec_b = ScriptSpec { mutex_name: Some("deploy".into()), ..sh(meet(&b, &a)) };
     let route = agent.route();
-    let (ra, rb) = tokio::join!(
-        submit(&orchestrator, &route, spec_a),
-        submit(&orchestrator, &route, spec_b)
-    );
+    let (ra, rb) = tokio::join!(submit(&orchestrator, &route, spec_a), submit(&orchestrator, &route, spec_b));
     assert_eq!((ra.0.exit_code, rb.0.exit_code), (Some(0), Some(0)));
     agent.stop().await;
 }
@@ -174,18 +139,13 @@ async fn a_script_waiting_past_its_mutex_timeout_ends_with_the_mutex_timeout_cod
     let orchestrator = orchestrator().await;
     let markers = Markers::new();
     let holder = {
-        let spec = ScriptSpec {
-            isolation: Isolation::Full,
-            mutex_name: Some("db".into()),
-            ..sh("echo holding; sleep 3")
-        };
+        let spec =
+            ScriptSpec { isolation: Isolation::Full, mutex_name: Some("db".into()), ..sh("echo holding; sleep 3") };
         let (orchestrator, route) = (orchestrator.clone(), agent.route());
         tokio::spawn(async move { submit(&orchestrator, &route, spec).await })
     };
-    eventually("the holder to run", Duration::from_secs(10), || async {
-        (agent.agent.running() == 1).then_some(())
-    })
-    .await;
+    eventually("the holder to run", Duration::from_secs(10), || async { (agent.agent.running() == 1).then_some(()) })
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let spec = ScriptSpec {
         isolation: Isolation::Full,
@@ -197,10 +157,7 @@ async fn a_script_waiting_past_its_mutex_timeout_ends_with_the_mutex_timeout_cod
     assert_eq!(outcome.exit_code, Some(exit_code::MUTEX_TIMEOUT));
     assert_eq!(outcome.process_exit, dispatcher::outcome::exit::MUTEX_TIMEOUT);
     let notes = texts(&lines, LogStream::Agent);
-    assert!(
-        notes.iter().any(|l| l.contains("waiting for isolation mutex \"db\"")),
-        "{notes:?}"
-    );
+    assert!(notes.iter().any(|l| l.contains("waiting for isolation mutex \"db\"")), "{notes:?}");
     assert!(notes.iter().any(|l| l.contains("gave up waiting")), "{notes:?}");
     assert_eq!(markers.count("late"), 0);
     assert_eq!(holder.await.unwrap().0.exit_code, Some(0));
@@ -217,10 +174,8 @@ async fn the_delivery_is_acked_once_claimed_not_when_the_script_ends() {
         spec: sh("echo up; sleep 4"),
         wait_for_output: Some(3000),
     });
-    let timing = CallTiming {
-        reply_timeout: Duration::from_secs(20),
-        not_after: SystemTime::now() + Duration::from_secs(60),
-    };
+    let timing =
+        CallTiming { reply_timeout: Duration::from_secs(20), not_after: SystemTime::now() + Duration::from_secs(60) };
     let Reply::ScriptStatus(status) = orchestrator.rpc().call(&agent.route(), &start, timing).await.unwrap() else {
         panic!()
     };
@@ -230,20 +185,12 @@ async fn the_delivery_is_acked_once_claimed_not_when_the_script_ends() {
         let queue = queue.clone();
         async move {
             let out = tokio::process::Command::new("rabbitmqctl")
-                .args([
-                    "list_queues",
-                    "-q",
-                    "--no-table-headers",
-                    "name",
-                    "messages_unacknowledged",
-                ])
+                .args(["list_queues", "-q", "--no-table-headers", "name", "messages_unacknowledged"])
                 .output()
                 .await
                 .ok()?;
             let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let line = text
-                .lines()
-                .find(|l| l.split_whitespace().next() == Some(queue.as_str()))?;
+            let line = text.lines().find(|l| l.split_whitespace().next() == Some(queue.as_str()))?;
             let n: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
             (n == 0).then_some(n)
         }
@@ -264,43 +211,27 @@ async fn a_waiting_status_returns_as_soon_as_there_is_new_output() {
         spec: sh("echo a; sleep 1; echo b; sleep 1"),
         wait_for_output: Some(5000),
     });
-    let timing = CallTiming {
-        reply_timeout: Duration::from_secs(20),
-        not_after: SystemTime::now() + Duration::from_secs(60),
-    };
+    let timing =
+        CallTiming { reply_timeout: Duration::from_secs(20), not_after: SystemTime::now() + Duration::from_secs(60) };
     let Reply::ScriptStatus(first) = orchestrator.rpc().call(&agent.route(), &start, timing).await.unwrap() else {
         panic!()
     };
     assert_eq!(first.logs.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["a"]);
-    let status = Request::GetStatusV2(GetStatusV2 {
-        ticket: ticket.clone(),
-        last_log_sequence: 1,
-        wait: Some(8000),
-    });
+    let status = Request::GetStatusV2(GetStatusV2 { ticket: ticket.clone(), last_log_sequence: 1, wait: Some(8000) });
     let asked = Instant::now();
     let Reply::ScriptStatus(second) = orchestrator.rpc().call(&agent.route(), &status, timing).await.unwrap() else {
         panic!()
     };
     let took = asked.elapsed();
     assert_eq!(second.logs.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["b"]);
-    assert!(
-        took < Duration::from_millis(2500),
-        "returned after {took:?}, not at the end of the wait"
-    );
-    let end = Request::GetStatusV2(GetStatusV2 {
-        ticket: ticket.clone(),
-        last_log_sequence: 2,
-        wait: Some(8000),
-    });
+    assert!(took < Duration::from_millis(2500), "returned after {took:?}, not at the end of the wait");
+    let end = Request::GetStatusV2(GetStatusV2 { ticket: ticket.clone(), last_log_sequence: 2, wait: Some(8000) });
     let asked = Instant::now();
     let Reply::ScriptStatus(third) = orchestrator.rpc().call(&agent.route(), &end, timing).await.unwrap() else {
         panic!()
     };
     assert!(third.is_complete());
-    assert!(
-        asked.elapsed() < Duration::from_millis(2500),
-        "returned at the end of the script"
-    );
+    assert!(asked.elapsed() < Duration::from_millis(2500), "returned at the end of the script");
     agent.stop().await;
 }
 
@@ -326,17 +257,10 @@ async fn lines_of_a_mebibyte_arrive_whole_split_but_never_lost() {
     let (outcome, lines) = submit(&orchestrator, &agent.route(), sh(script)).await;
     assert_eq!(outcome.exit_code, Some(0));
     let all: String = lines.iter().map(|l| l.text.as_str()).collect();
-    let expected = format!(
-        "{}{}{}end",
-        "1".repeat(1 << 20),
-        "2".repeat(1 << 20),
-        "3".repeat(1 << 20)
-    );
+    let expected = format!("{}{}{}end", "1".repeat(1 << 20), "2".repeat(1 << 20), "3".repeat(1 << 20));
     assert_eq!(all.len(), expected.len());
     assert!(all == expected, "the long lines came back altered");
-    assert!(lines
-        .iter()
-        .all(|l| l.text.len() <= contracts::topology::MAX_LOG_LINE_BYTES));
+    assert!(lines.iter().all(|l| l.text.len() <= contracts::topology::MAX_LOG_LINE_BYTES));
     agent.stop().await;
 }
 
@@ -354,14 +278,8 @@ async fn stdout_stderr_and_exit_codes_come_back() {
     assert_eq!(outcome.process_exit, 3);
     assert_eq!(texts(&lines, LogStream::Stdout), ["hi"]);
     assert_eq!(texts(&lines, LogStream::Stderr), ["oops"]);
-    let bash = ScriptSpec {
-        shell: Shell::Bash,
-        ..sh("echo ${BASH_VERSION:+bash}")
-    };
+    let bash = ScriptSpec { shell: Shell::Bash, ..sh("echo ${BASH_VERSION:+bash}") };
     let (outcome, lines) = submit(&orchestrator, &agent.route(), bash).await;
-    assert_eq!(
-        (outcome.exit_code, texts(&lines, LogStream::Stdout)),
-        (Some(0), vec!["bash".to_string()])
-    );
+    assert_eq!((outcome.exit_code, texts(&lines, LogStream::Stdout)), (Some(0), vec!["bash".to_string()]));
     agent.stop().await;
 }

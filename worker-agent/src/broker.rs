@@ -38,10 +38,7 @@ pub async fn call<T>(
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(source)) => Err(BrokerError::Call { call: name, source }),
-        Err(_) => Err(BrokerError::Timeout {
-            call: name,
-            after: timeout,
-        }),
+        Err(_) => Err(BrokerError::Timeout { call: name, after: timeout }),
     }
 }
 
@@ -50,55 +47,31 @@ pub fn command_queue_arguments() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(DEAD_EXCHANGE.into()),
-    );
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_EXCHANGE.into()));
     args
 }
 
 /// Declares the shared exchanges, the dead-letter queue, and one command queue bound to
 /// `routing_key`. Idempotent.
 pub async fn declare_topology(channel: &Channel, queue: &str, routing_key: &str) -> Result<(), BrokerError> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     let t = BROKER_CALL_TIMEOUT;
     call(
         "exchange.declare",
         t,
-        channel.exchange_declare(
-            COMMANDS_EXCHANGE.into(),
-            ExchangeKind::Direct,
-            durable,
-            FieldTable::default(),
-        ),
+        channel.exchange_declare(COMMANDS_EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default()),
     )
     .await?;
     call(
         "exchange.declare",
         t,
-        channel.exchange_declare(
-            DEAD_EXCHANGE.into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        ),
+        channel.exchange_declare(DEAD_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default()),
     )
     .await?;
-    let queue_options = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+    let queue_options = QueueDeclareOptions { durable: true, ..Default::default() };
     let mut dead_args = FieldTable::default();
     dead_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    call(
-        "queue.declare",
-        t,
-        channel.queue_declare(DEAD_QUEUE.into(), queue_options, dead_args),
-    )
-    .await?;
+    call("queue.declare", t, channel.queue_declare(DEAD_QUEUE.into(), queue_options, dead_args)).await?;
     call(
         "queue.bind",
         t,
@@ -111,12 +84,7 @@ pub async fn declare_topology(channel: &Channel, queue: &str, routing_key: &str)
         ),
     )
     .await?;
-    call(
-        "queue.declare",
-        t,
-        channel.queue_declare(queue.into(), queue_options, command_queue_arguments()),
-    )
-    .await?;
+    call("queue.declare", t, channel.queue_declare(queue.into(), queue_options, command_queue_arguments())).await?;
     call(
         "queue.bind",
         t,
@@ -155,30 +123,15 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
     let config = agent.config();
     let properties =
         ConnectionProperties::default().with_connection_name(format!("cuttle-agent {}", config.agent_id).into());
-    let connection = call(
-        "connect",
-        config.connect_timeout,
-        Connection::connect(&config.amqp_url, properties),
-    )
-    .await?;
+    let connection = call("connect", config.connect_timeout, Connection::connect(&config.amqp_url, properties)).await?;
     let channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
     let queue = agent_queue(&config.agent_id);
     declare_topology(&channel, &queue, &config.agent_id).await?;
-    call(
-        "basic.qos",
-        BROKER_CALL_TIMEOUT,
-        channel.basic_qos(config.prefetch, BasicQosOptions::default()),
-    )
-    .await?;
+    call("basic.qos", BROKER_CALL_TIMEOUT, channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
     let mut consumer = call(
         "basic.consume",
         BROKER_CALL_TIMEOUT,
-        channel.basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
+        channel.basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()),
     )
     .await?;
     tracing::info!(agent = %config.agent_id, queue = %queue, "consuming commands");
@@ -191,12 +144,7 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
         };
         match delivery {
             None => break Err(BrokerError::ConsumerClosed),
-            Some(Err(source)) => {
-                break Err(BrokerError::Call {
-                    call: "basic.deliver",
-                    source,
-                })
-            }
+            Some(Err(source)) => break Err(BrokerError::Call { call: "basic.deliver", source }),
             Some(Ok(delivery)) => {
                 handlers.spawn(handle_delivery(agent.clone(), channel.clone(), delivery));
             }
@@ -213,12 +161,7 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
         .await;
         handlers.close();
         let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, handlers.wait()).await;
-        let _ = call(
-            "connection.close",
-            BROKER_CALL_TIMEOUT,
-            connection.close(200, "agent stopping".into()),
-        )
-        .await;
+        let _ = call("connection.close", BROKER_CALL_TIMEOUT, connection.close(200, "agent stopping".into())).await;
     }
     result
 }
@@ -237,12 +180,7 @@ async fn handle_delivery(agent: Arc<Agent>, channel: Channel, delivery: lapin::m
                 delivery.ack(BasicAckOptions::default()).await
             } else {
                 // Dead-lettered to cuttle.dead; the reason is in the log line above.
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: false,
-                        ..Default::default()
-                    })
-                    .await
+                delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await
             };
             if let Err(error) = settled {
                 tracing::warn!(agent = %config.agent_id, %error, "could not settle rejected delivery");
@@ -289,13 +227,7 @@ async fn send_reply(
         .with_correlation_id(correlation_id.into())
         .with_type(reply.kind().as_str().into())
         .with_content_type(CONTENT_TYPE.into());
-    let publish = channel.basic_publish(
-        "".into(),
-        reply_to.into(),
-        BasicPublishOptions::default(),
-        &bytes,
-        properties,
-    );
+    let publish = channel.basic_publish("".into(), reply_to.into(), BasicPublishOptions::default(), &bytes, properties);
     if let Err(error) = call("basic.publish", BROKER_CALL_TIMEOUT, publish).await {
         // The dispatcher asks again for what it did not get.
         tracing::warn!(agent = %agent.config().agent_id, %error, "could not send reply");

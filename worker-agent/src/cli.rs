@@ -65,10 +65,8 @@ impl RunArgs {
         config.amqp_url = self.amqp_url.clone();
         config.redis_url = self.redis_url.clone();
         config.key_prefix = self.key_prefix.clone();
-        config.work_dir = self
-            .work_dir
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("cuttle-agent").join(&self.agent_id));
+        config.work_dir =
+            self.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("cuttle-agent").join(&self.agent_id));
         config.protocol = self.protocol;
         config.prefetch = self.prefetch.max(1);
         config.lease_ttl = self.lease_ttl.max(Duration::from_secs(1));
@@ -119,10 +117,7 @@ pub fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,

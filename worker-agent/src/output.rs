@@ -49,12 +49,7 @@ pub fn spawn_writer(
             let mut item = Some(first);
             while let Some((stream, text)) = item.take() {
                 bytes += text.len();
-                batch.push(LogLine {
-                    seq: next_seq,
-                    stream,
-                    text,
-                    at: unix_millis(SystemTime::now()),
-                });
+                batch.push(LogLine { seq: next_seq, stream, text, at: unix_millis(SystemTime::now()) });
                 next_seq += 1;
                 if batch.len() < BATCH_LINES && bytes < BATCH_BYTES {
                     item = rx.try_recv().ok();
@@ -97,11 +92,7 @@ pub async fn read_lines(mut pipe: impl AsyncRead + Unpin, stream: LogStream, sin
         loop {
             if let Some(pos) = pending[scanned..].iter().position(|b| *b == b'\n') {
                 let end = scanned + pos;
-                let line_end = if end > 0 && pending[end - 1] == b'\r' {
-                    end - 1
-                } else {
-                    end
-                };
+                let line_end = if end > 0 && pending[end - 1] == b'\r' { end - 1 } else { end };
                 sink.send(stream, String::from_utf8_lossy(&pending[..line_end]).into_owned());
                 pending.drain(..=end);
                 scanned = 0;
@@ -157,9 +148,7 @@ mod tests {
         input.push(b'\n');
         let lines = lines_of(input).await;
         assert!(lines.len() > 1);
-        assert!(lines
-            .iter()
-            .all(|l| l.len() <= MAX_LOG_LINE_BYTES && !l.contains('\u{fffd}')));
+        assert!(lines.iter().all(|l| l.len() <= MAX_LOG_LINE_BYTES && !l.contains('\u{fffd}')));
         assert_eq!(lines.concat(), "é".repeat(MAX_LOG_LINE_BYTES));
     }
 }

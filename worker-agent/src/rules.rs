@@ -60,11 +60,7 @@ impl TicketRecord {
 
     /// The same record, ended with `exit_code`.
     pub fn completed(&self, exit_code: i32) -> TicketRecord {
-        TicketRecord {
-            state: RecordState::Complete,
-            exit_code: Some(exit_code),
-            ..self.clone()
-        }
+        TicketRecord { state: RecordState::Complete, exit_code: Some(exit_code), ..self.clone() }
     }
 }
 
@@ -85,10 +81,7 @@ pub fn check_same_command(record: &TicketRecord, digest: &str) -> Result<(), Err
     if record.digest.is_empty() || record.digest == digest {
         return Ok(());
     }
-    Err(ErrorReply::new(
-        ErrorKind::TicketConflict,
-        "ticket already used for a different script; nothing ran",
-    ))
+    Err(ErrorReply::new(ErrorKind::TicketConflict, "ticket already used for a different script; nothing ran"))
 }
 
 /// The state and exit code a ticket reports. A live run whose owner's lease is gone was lost
@@ -106,9 +99,8 @@ pub fn reported_state(record: Option<&TicketRecord>, lease_alive: bool) -> (Scri
 /// How long a tombstone must live: past the command's `not_after` plus skew, and never less
 /// than `minimum`.
 pub fn tombstone_ttl_ms(not_after: Option<u64>, now_ms: u64, minimum_ms: u64) -> u64 {
-    let past_deadline = not_after
-        .map(|d| d.saturating_add(CLOCK_SKEW_ALLOWANCE_MS).saturating_sub(now_ms))
-        .unwrap_or(0);
+    let past_deadline =
+        not_after.map(|d| d.saturating_add(CLOCK_SKEW_ALLOWANCE_MS).saturating_sub(now_ms)).unwrap_or(0);
     past_deadline.max(minimum_ms)
 }
 
@@ -142,27 +134,15 @@ mod tests {
         let r = record(RecordState::Running);
         assert!(check_same_command(&r, "d").is_ok());
         assert_eq!(check_same_command(&r, "e").unwrap_err().kind, ErrorKind::TicketConflict);
-        let cancelled = TicketRecord {
-            digest: String::new(),
-            ..r
-        };
+        let cancelled = TicketRecord { digest: String::new(), ..r };
         assert!(check_same_command(&cancelled, "e").is_ok());
     }
 
     #[test]
     fn states_are_reported_from_record_and_lease() {
-        assert_eq!(
-            reported_state(None, false),
-            (ScriptState::Complete, Some(exit_code::UNKNOWN_TICKET))
-        );
-        assert_eq!(
-            reported_state(Some(&record(RecordState::Claimed)), true),
-            (ScriptState::Pending, None)
-        );
-        assert_eq!(
-            reported_state(Some(&record(RecordState::Running)), true),
-            (ScriptState::Running, None)
-        );
+        assert_eq!(reported_state(None, false), (ScriptState::Complete, Some(exit_code::UNKNOWN_TICKET)));
+        assert_eq!(reported_state(Some(&record(RecordState::Claimed)), true), (ScriptState::Pending, None));
+        assert_eq!(reported_state(Some(&record(RecordState::Running)), true), (ScriptState::Running, None));
         assert_eq!(
             reported_state(Some(&record(RecordState::Running)), false),
             (ScriptState::Complete, Some(exit_code::UNKNOWN_RESULT))
@@ -174,19 +154,13 @@ mod tests {
     #[test]
     fn tombstones_outlive_the_command_deadline() {
         assert_eq!(tombstone_ttl_ms(None, 0, 100), 100);
-        assert_eq!(
-            tombstone_ttl_ms(Some(1_000_000), 0, 100),
-            1_000_000 + CLOCK_SKEW_ALLOWANCE_MS
-        );
+        assert_eq!(tombstone_ttl_ms(Some(1_000_000), 0, 100), 1_000_000 + CLOCK_SKEW_ALLOWANCE_MS);
         assert_eq!(tombstone_ttl_ms(Some(10), 1_000_000, 100), 100);
     }
 
     #[test]
     fn unreadable_records_report_failure_not_a_rerun() {
         let r = TicketRecord::from_json("{not json");
-        assert_eq!(
-            reported_state(Some(&r), false),
-            (ScriptState::Complete, Some(exit_code::FATAL))
-        );
+        assert_eq!(reported_state(Some(&r), false), (ScriptState::Complete, Some(exit_code::FATAL)));
     }
 }

@@ -19,6 +19,11 @@ use tokio_util::sync::CancellationToken;
 /// processes it left behind.
 const PIPE_DRAIN: Duration = Duration::from_secs(2);
 
+/// Scripts up to this size run as `sh -c SCRIPT` (Linux limits one argument to 128 KiB);
+/// larger ones are written to [`SCRIPT_FILE`] in the workspace first.
+const INLINE_SCRIPT_BYTES: usize = 64 * 1024;
+const SCRIPT_FILE: &str = "script.sh";
+
 /// Everything one run needs.
 pub struct Run {
     pub store: TicketStore,
@@ -46,12 +51,8 @@ impl Run {
     /// an exit code in the record and a line in the log.
     pub async fn execute(mut self) {
         let ticket = self.keys.ticket.clone();
-        let (log, writer) = output::spawn_writer(
-            self.store.clone(),
-            self.keys.clone(),
-            self.record_ttl,
-            self.progress.clone(),
-        );
+        let (log, writer) =
+            output::spawn_writer(self.store.clone(), self.keys.clone(), self.record_ttl, self.progress.clone());
         let lease = self.keep_lease();
         let exit = self.run_script(&log).await;
         drop(log);
@@ -78,8 +79,14 @@ impl Run {
             log.send(LogStream::Agent, "unknown shell");
             return exit_code::SHELL_NOT_STARTED;
         };
-        let mut child = match tokio::process::Command::new(shell)
-            .arg(self.workspace.join("script.sh"))
+        let mut command = tokio::process::Command::new(shell);
+        if self.spec.script.len() <= INLINE_SCRIPT_BYTES {
+            // `sh -c SCRIPT sh ARGS...`: $0 is the shell, $1.. the args, as for a script file.
+            command.arg("-c").arg(&self.spec.script).arg(shell);
+        } else {
+            command.arg(self.workspace.join(SCRIPT_FILE));
+        }
+        let mut child = match command
             .args(&self.spec.args)
             .envs(&self.spec.env)
             .env("CUTTLE_TICKET", &self.keys.ticket)
@@ -98,16 +105,8 @@ impl Run {
         };
         let pid = child.id();
         let readers = [
-            tokio::spawn(output::read_lines(
-                child.stdout.take().expect("piped"),
-                LogStream::Stdout,
-                log.clone(),
-            )),
-            tokio::spawn(output::read_lines(
-                child.stderr.take().expect("piped"),
-                LogStream::Stderr,
-                log.clone(),
-            )),
+            tokio::spawn(output::read_lines(child.stdout.take().expect("piped"), LogStream::Stdout, log.clone())),
+            tokio::spawn(output::read_lines(child.stderr.take().expect("piped"), LogStream::Stderr, log.clone())),
         ];
         let timeout = self.spec.execution_timeout.map(Duration::from_millis);
         let interrupted = tokio::select! {
@@ -176,10 +175,7 @@ impl Run {
             }
         };
         if self.record.state == RecordState::Claimed {
-            let running = TicketRecord {
-                state: RecordState::Running,
-                ..self.record.clone()
-            };
+            let running = TicketRecord { state: RecordState::Running, ..self.record.clone() };
             self.update_record(running, Release::Nothing).await;
         }
         Ok(Some(guard))
@@ -190,20 +186,18 @@ impl Run {
         for file in &self.spec.files {
             tokio::fs::write(self.workspace.join(&file.name), &file.content).await?;
         }
-        tokio::fs::write(self.workspace.join("script.sh"), &self.spec.script).await
+        if self.spec.script.len() > INLINE_SCRIPT_BYTES {
+            tokio::fs::write(self.workspace.join(SCRIPT_FILE), &self.spec.script).await?;
+        }
+        Ok(())
     }
 
     /// Renews the lease until the returned token is cancelled; a cancel flagged in the store
     /// (by a worker that is not this one) cancels the run.
     fn keep_lease(&self) -> CancellationToken {
         let stop = CancellationToken::new();
-        let (store, keys, owner, ttl, cancel) = (
-            self.store.clone(),
-            self.keys.clone(),
-            self.record.owner.clone(),
-            self.lease_ttl,
-            self.cancel.clone(),
-        );
+        let (store, keys, owner, ttl, cancel) =
+            (self.store.clone(), self.keys.clone(), self.record.owner.clone(), self.lease_ttl, self.cancel.clone());
         let stopped = stop.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ttl / 3);
@@ -242,11 +236,7 @@ impl Run {
         let raw = next.to_json();
         let mut delay = Duration::from_millis(100);
         loop {
-            match self
-                .store
-                .compare_and_set(&self.keys, &self.record_raw, &next, None, release)
-                .await
-            {
+            match self.store.compare_and_set(&self.keys, &self.record_raw, &next, None, release).await {
                 Ok(true) => break,
                 Ok(false) => {
                     tracing::error!(ticket = %self.keys.ticket, state = ?next.state, "ticket record changed under its owner; not overwriting it");

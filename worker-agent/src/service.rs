@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 /// A log position past any real log, to read a ticket without its output.
 const SKIP_LOGS: u64 = i64::MAX as u64 / 2;
 
+/// How long a waiting status request that got new output still waits for the script's end.
+const LINGER: Duration = Duration::from_millis(20);
+
 /// How often a status request waiting on a run this process does not own looks again.
 const REMOTE_POLL: Duration = Duration::from_millis(200);
 
@@ -44,10 +47,7 @@ fn now_ms() -> u64 {
 }
 
 fn unavailable(error: StoreError) -> Reply {
-    Reply::Error(ErrorReply::new(
-        ErrorKind::StoreUnavailable,
-        format!("{error}; nothing was started"),
-    ))
+    Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, format!("{error}; nothing was started")))
 }
 
 impl Agent {
@@ -109,9 +109,7 @@ impl Agent {
             match view.record {
                 Some((record, raw)) if !record.state.is_complete() && record.owner != self.owner => {
                     let lost_run = record.completed(exit_code::UNKNOWN_RESULT);
-                    self.store
-                        .compare_and_set(&keys, &raw, &lost_run, None, Release::Lease)
-                        .await?;
+                    self.store.compare_and_set(&keys, &raw, &lost_run, None, Release::Lease).await?;
                     tracing::warn!(ticket = %ticket, previous_owner = %record.owner, "run lost with an earlier agent process; reporting unknown result");
                     lost += 1;
                 }
@@ -134,16 +132,11 @@ impl Agent {
         }
         match request {
             Request::GetCapabilities(_) => Reply::Capabilities(Capabilities {
-                services: vec![
-                    SERVICE_CAPABILITIES.into(),
-                    SERVICE_SCRIPT_V1.into(),
-                    SERVICE_SCRIPT_V2.into(),
-                ],
+                services: vec![SERVICE_CAPABILITIES.into(), SERVICE_SCRIPT_V1.into(), SERVICE_SCRIPT_V2.into()],
                 agent_version: env!("CARGO_PKG_VERSION").into(),
             }),
             Request::StartScriptV2(start) => {
-                self.start(start.ticket, start.spec, header.not_after, start.wait_for_output)
-                    .await
+                self.start(start.ticket, start.spec, header.not_after, start.wait_for_output).await
             }
             Request::StartScriptV1(start) => self.start(Ticket::generate(), start.spec, None, None).await,
             Request::GetStatusV2(s) => self.status(&s.ticket, s.last_log_sequence, s.wait).await,
@@ -169,21 +162,13 @@ impl Agent {
             owner: self.owner.clone(),
             agent_id: self.config.agent_id.clone(),
             digest: digest.clone(),
-            state: if spec.mutex().is_some() {
-                RecordState::Claimed
-            } else {
-                RecordState::Running
-            },
+            state: if spec.mutex().is_some() { RecordState::Claimed } else { RecordState::Running },
             exit_code: None,
             tombstone: false,
             not_after,
             claimed_at: now_ms(),
         };
-        match self
-            .store
-            .claim(&keys, &record, self.config.record_ttl, self.config.lease_ttl)
-            .await
-        {
+        match self.store.claim(&keys, &record, self.config.record_ttl, self.config.lease_ttl).await {
             Err(error) => return unavailable(error),
             Ok(Claim::Won) => {
                 tracing::info!(ticket = %ticket, agent = %self.config.agent_id, "ticket claimed; starting script");
@@ -201,19 +186,13 @@ impl Agent {
     }
 
     fn launch(self: &Arc<Self>, keys: TicketKeys, record: TicketRecord, spec: ScriptSpec) {
-        let (progress, watcher) = watch::channel(Progress {
-            next_log_sequence: 1,
-            complete: false,
-        });
+        let (progress, watcher) = watch::channel(Progress { next_log_sequence: 1, complete: false });
         let cancel = CancellationToken::new();
         let ticket = keys.ticket.clone();
-        self.runs.lock().expect("runs poisoned").insert(
-            ticket.clone(),
-            LocalRun {
-                cancel: cancel.clone(),
-                progress: watcher,
-            },
-        );
+        self.runs
+            .lock()
+            .expect("runs poisoned")
+            .insert(ticket.clone(), LocalRun { cancel: cancel.clone(), progress: watcher });
         let run = Run {
             store: self.store.clone(),
             workspace: self.config.work_dir.join(&ticket),
@@ -235,11 +214,17 @@ impl Agent {
     }
 
     /// The ticket's status with the lines after `last_seq`, held up to `wait` ms until there
-    /// is new output or the script ends.
+    /// is new output or the script ends. New output from a run of this process is held a moment
+    /// longer ([`LINGER`]) in case the script is just ending, so a short script is answered
+    /// complete in one reply.
     async fn status(&self, ticket: &Ticket, last_seq: u64, wait: Option<u64>) -> Reply {
         let keys = self.store.keys(&ticket.store_key());
         let wait = Duration::from_millis(wait.unwrap_or(0).min(MAX_STATUS_WAIT_MS));
         let deadline = tokio::time::Instant::now() + wait;
+        if wait > Duration::ZERO {
+            // Nothing to read yet from a run this process only just started.
+            self.wait_for_news(&keys.ticket, last_seq, deadline, true).await;
+        }
         loop {
             let status = match self.store.read(&keys, last_seq).await {
                 Ok(view) => status_from(ticket, last_seq, view),
@@ -249,19 +234,27 @@ impl Agent {
             if !status.logs.is_empty() || status.is_complete() || now >= deadline {
                 return Reply::ScriptStatus(status);
             }
-            let local = self
-                .runs
-                .lock()
-                .expect("runs poisoned")
-                .get(&keys.ticket)
-                .map(|r| r.progress.clone());
-            match local {
-                Some(mut progress) => {
-                    let news = progress.wait_for(|p| p.complete || p.next_log_sequence > last_seq + 1);
-                    let _ = tokio::time::timeout_at(deadline, news).await;
-                }
-                None => tokio::time::sleep(REMOTE_POLL.min(deadline - now)).await,
+            self.wait_for_news(&keys.ticket, last_seq, deadline, false).await;
+        }
+    }
+
+    /// Waits until a run of this process has output after `last_seq` or has ended (then a
+    /// moment more, [`LINGER`], for its end), or, for a run elsewhere, one poll interval.
+    /// `only_fresh` waits only on a run of this process.
+    async fn wait_for_news(&self, ticket_key: &str, last_seq: u64, deadline: tokio::time::Instant, only_fresh: bool) {
+        let local = self.runs.lock().expect("runs poisoned").get(ticket_key).map(|r| r.progress.clone());
+        let Some(mut progress) = local else {
+            if !only_fresh {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                tokio::time::sleep(REMOTE_POLL.min(left)).await;
             }
+            return;
+        };
+        let news = progress.wait_for(|p| p.complete || p.next_log_sequence > last_seq + 1);
+        let ended = tokio::time::timeout_at(deadline, news).await.ok().and_then(Result::ok).map(|p| p.complete);
+        if ended == Some(false) {
+            let linger = deadline.min(tokio::time::Instant::now() + LINGER);
+            let _ = tokio::time::timeout_at(linger, progress.wait_for(|p| p.complete)).await;
         }
     }
 
@@ -269,12 +262,7 @@ impl Agent {
     /// or leaves a tombstone if it never started, so a late start cannot run it.
     async fn cancel(&self, ticket: &Ticket, last_seq: u64) -> Reply {
         let keys = self.store.keys(&ticket.store_key());
-        let local = self
-            .runs
-            .lock()
-            .expect("runs poisoned")
-            .get(&keys.ticket)
-            .map(|run| run.cancel.clone());
+        let local = self.runs.lock().expect("runs poisoned").get(&keys.ticket).map(|run| run.cancel.clone());
         if let Some(cancel) = local {
             tracing::info!(ticket = %ticket, "cancelling script");
             cancel.cancel();
@@ -331,20 +319,11 @@ impl Agent {
         if state != ScriptState::Complete || record.tombstone {
             return Reply::ScriptStatus(status_without_logs(ticket, view));
         }
-        let tombstone = TicketRecord {
-            tombstone: true,
-            ..record.completed(exit.unwrap_or(exit_code::FATAL))
-        };
+        let tombstone = TicketRecord { tombstone: true, ..record.completed(exit.unwrap_or(exit_code::FATAL)) };
         let ttl = rules::tombstone_ttl_ms(record.not_after, now_ms(), self.config.tombstone_ttl.as_millis() as u64);
         match self
             .store
-            .compare_and_set(
-                &keys,
-                raw,
-                &tombstone,
-                Some(Duration::from_millis(ttl)),
-                Release::LeaseAndOutput,
-            )
+            .compare_and_set(&keys, raw, &tombstone, Some(Duration::from_millis(ttl)), Release::LeaseAndOutput)
             .await
         {
             Ok(true) => {
@@ -372,24 +351,11 @@ pub fn status_from(ticket: &Ticket, last_seq: u64, view: TicketView) -> ScriptSt
         state = ScriptState::Running;
         exit_code = None;
     }
-    ScriptStatus {
-        ticket: ticket.clone(),
-        state,
-        exit_code,
-        logs: view.logs,
-        next_log_sequence,
-    }
+    ScriptStatus { ticket: ticket.clone(), state, exit_code, logs: view.logs, next_log_sequence }
 }
 
 /// A status read with [`SKIP_LOGS`]: no lines, positioned after the last stored one.
 fn status_without_logs(ticket: &Ticket, view: TicketView) -> ScriptStatus {
     let stored = view.stored_lines;
-    status_from(
-        ticket,
-        stored,
-        TicketView {
-            logs: Vec::new(),
-            ..view
-        },
-    )
+    status_from(ticket, stored, TicketView { logs: Vec::new(), ..view })
 }

@@ -24,11 +24,7 @@ pub enum Claim {
     /// This agent owns the ticket now; the lease is held.
     Won,
     /// Somebody claimed it before: the record, and whether its owner's lease is alive.
-    Existing {
-        record: TicketRecord,
-        raw: String,
-        lease_alive: bool,
-    },
+    Existing { record: TicketRecord, raw: String, lease_alive: bool },
 }
 
 /// A consistent view of a ticket for a status reply.
@@ -159,11 +155,7 @@ impl TicketStore {
             return Ok(Claim::Won);
         }
         let raw = existing.unwrap_or_default();
-        Ok(Claim::Existing {
-            record: TicketRecord::from_json(&raw),
-            raw,
-            lease_alive: lease == Some(1),
-        })
+        Ok(Claim::Existing { record: TicketRecord::from_json(&raw), raw, lease_alive: lease == Some(1) })
     }
 
     /// Creates a record only if none exists, with no lease (tombstones for cancel-before-start).
@@ -171,11 +163,7 @@ impl TicketStore {
         let opts = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
             .with_expiration(redis::SetExpiry::PX(ttl.as_millis() as u64));
-        let won: bool = self
-            .con
-            .clone()
-            .set_options(&keys.record, record.to_json(), opts)
-            .await?;
+        let won: bool = self.con.clone().set_options(&keys.record, record.to_json(), opts).await?;
         Ok(won)
     }
 
@@ -196,11 +184,7 @@ impl TicketStore {
         if release == Release::LeaseAndOutput {
             invocation.key(&keys.logs).key(&keys.cancel);
         }
-        let running_set = if release == Release::Nothing {
-            String::new()
-        } else {
-            self.running_set(&new.agent_id)
-        };
+        let running_set = if release == Release::Nothing { String::new() } else { self.running_set(&new.agent_id) };
         let done: i64 = invocation
             .arg(expected)
             .arg(new.to_json())
@@ -239,20 +223,13 @@ impl TicketStore {
             }
         }
         let record = raw.map(|raw| (TicketRecord::from_json(&raw), raw));
-        Ok(TicketView {
-            record,
-            lease_alive: lease == 1,
-            logs,
-            stored_lines,
-        })
+        Ok(TicketView { record, lease_alive: lease == 1, logs, stored_lines })
     }
 
     /// Appends log lines (already numbered, in order) and keeps the list as long as the record.
     pub async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], ttl: Duration) -> Result<(), StoreError> {
-        let encoded: Vec<Vec<u8>> = lines
-            .iter()
-            .map(|l| rmp_serde::to_vec_named(l).expect("log lines always encode"))
-            .collect();
+        let encoded: Vec<Vec<u8>> =
+            lines.iter().map(|l| rmp_serde::to_vec_named(l).expect("log lines always encode")).collect();
         let _: () = redis::pipe()
             .rpush(&keys.logs, encoded)
             .ignore()
@@ -273,19 +250,12 @@ impl TicketStore {
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut self.con.clone())
             .await?;
-        Ok(LeaseRenewal {
-            held: held == 1,
-            cancel_requested: cancel == 1,
-        })
+        Ok(LeaseRenewal { held: held == 1, cancel_requested: cancel == 1 })
     }
 
     /// Flags a ticket for cancellation, for an owner that is not this process.
     pub async fn request_cancel(&self, keys: &TicketKeys, ttl: Duration) -> Result<(), StoreError> {
-        let _: () = self
-            .con
-            .clone()
-            .pset_ex(&keys.cancel, 1, ttl.as_millis() as u64)
-            .await?;
+        let _: () = self.con.clone().pset_ex(&keys.cancel, 1, ttl.as_millis() as u64).await?;
         Ok(())
     }
 
