@@ -51,3 +51,37 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// AMQP heartbeat, in seconds, when the URL sets none: a dead connection is noticed within
+/// about two of them, not after the broker's default of a minute.
+pub const DEFAULT_HEARTBEAT_SECS: u32 = 5;
+
+/// The broker URL with a short heartbeat added unless it sets one itself.
+pub fn amqp_url_with_heartbeat(url: &str) -> String {
+    let has_heartbeat = url.split_once('?').is_some_and(|(_, q)| q.split('&').any(|kv| kv.starts_with("heartbeat=")));
+    if has_heartbeat {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}heartbeat={DEFAULT_HEARTBEAT_SECS}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_is_added_only_when_missing() {
+        assert_eq!(amqp_url_with_heartbeat("amqp://h/%2f"), "amqp://h/%2f?heartbeat=5");
+        assert_eq!(amqp_url_with_heartbeat("amqp://h/%2f?frame_max=8192"), "amqp://h/%2f?frame_max=8192&heartbeat=5");
+        assert_eq!(amqp_url_with_heartbeat("amqp://h/%2f?heartbeat=30"), "amqp://h/%2f?heartbeat=30");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("agent id", "web-01").is_ok());
+        assert!(validate_name("agent id", "pool:x").is_err());
+        assert!(validate_name("agent id", "").is_err());
+        assert_ne!(pool_routing_key("web-01"), "web-01");
+    }
+}

@@ -3,6 +3,7 @@
 use crate::bench;
 use crate::orchestrator::{Event, Orchestrator, Timing};
 use crate::outcome::{exit, Outcome, OutcomeKind};
+use crate::policy::{self, Overrides, PolicyConfig, PolicyError, Purpose, Target};
 use crate::retry::RetryPolicy;
 use crate::route::Route;
 use crate::rpc::{RpcClient, RpcConfig};
@@ -86,17 +87,39 @@ impl TargetArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct RetryArgs {
-    /// How long to keep repeating a request that got no answer, first attempt included.
-    #[arg(long, default_value = "2m30s", value_parser = humantime::parse_duration)]
-    pub retry_duration: Duration,
+    /// Machine policies file (TOML): retry durations per purpose, targets and pools mapped to
+    /// policies. Without one, every target gets the built-in `default` (2m30s, retries on).
+    #[arg(long, env = "CUTTLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Policy to use instead of the one the target maps to.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// What the requests are for; picks the policy's retry duration.
+    #[arg(long, value_enum)]
+    pub purpose: Option<Purpose>,
+    /// How long to keep repeating a request that got no answer, first attempt included
+    /// [default: the policy's, 2m30s unless configured].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retry_duration: Option<Duration>,
     /// Fail on the first communication error instead of retrying.
     #[arg(long)]
     pub no_retries: bool,
 }
 
 impl RetryArgs {
-    fn policy(&self) -> RetryPolicy {
-        RetryPolicy { enabled: !self.no_retries, duration: self.retry_duration }
+    /// The retry policy for `route`, from the policies file and this command's overrides.
+    fn policy(&self, route: &Route, default_purpose: Purpose) -> Result<RetryPolicy, PolicyError> {
+        let config = match &self.config {
+            Some(path) => PolicyConfig::load(path)?,
+            None => PolicyConfig::default(),
+        };
+        let target = match route {
+            Route::Agent(id) => Target::Agent(id),
+            Route::Pool(pool) => Target::Pool(pool),
+        };
+        let machine = config.policy_for(self.policy.as_deref(), target)?;
+        let overrides = Overrides { retry_duration: self.retry_duration, no_retries: self.no_retries };
+        Ok(policy::resolve(&machine, self.purpose.unwrap_or(default_purpose), overrides))
     }
 }
 
@@ -363,9 +386,13 @@ async fn submit(orchestrator: &Orchestrator, args: SubmitArgs) -> ExitCode {
         Ok(spec) => spec,
         Err(e) => return usage_error(e),
     };
+    let policy = match args.retry.policy(&route, Purpose::Deployment) {
+        Ok(policy) => policy,
+        Err(e) => return usage_error(e),
+    };
     let printer = Printer { json: args.json, logs: true };
     let interrupt = interrupt_on_ctrl_c();
-    let outcome = orchestrator.submit(&route, spec, args.retry.policy(), &|e| printer.event(e), &interrupt).await;
+    let outcome = orchestrator.submit(&route, spec, policy, &|e| printer.event(e), &interrupt).await;
     printer.outcome(&outcome)
 }
 
@@ -375,9 +402,13 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
         Ok(route) => route,
         Err(e) => return usage_error(e),
     };
+    let policy = match t.retry.policy(&route, Purpose::Deployment) {
+        Ok(policy) => policy,
+        Err(e) => return usage_error(e),
+    };
     let printer = Printer { json: t.json, logs: true };
     let events = |e| printer.event(e);
-    let status = match orchestrator.status(&route, &t.ticket, t.retry.policy(), &events).await {
+    let status = match orchestrator.status(&route, &t.ticket, policy, &events).await {
         Ok(status) => status,
         Err(gave_up) => {
             return printer.outcome(&Outcome::from_error(
@@ -395,9 +426,8 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
     }
     if args.follow || status.is_complete() {
         let interrupt = if args.follow { interrupt_on_ctrl_c() } else { CancellationToken::new() };
-        let outcome = orchestrator
-            .follow_to_end(&route, &t.ticket, follower, status, t.retry.policy(), &events, &interrupt)
-            .await;
+        let outcome =
+            orchestrator.follow_to_end(&route, &t.ticket, follower, status, policy, &events, &interrupt).await;
         return printer.outcome(&outcome);
     }
     if t.json {
@@ -416,8 +446,12 @@ async fn cancel(orchestrator: &Orchestrator, args: TicketArgs) -> ExitCode {
         Ok(route) => route,
         Err(e) => return usage_error(e),
     };
+    let policy = match args.retry.policy(&route, Purpose::Deployment) {
+        Ok(policy) => policy,
+        Err(e) => return usage_error(e),
+    };
     let printer = Printer { json: args.json, logs: false };
-    let outcome = orchestrator.cancel(&route, &args.ticket, args.retry.policy(), &|e| printer.event(e)).await;
+    let outcome = orchestrator.cancel(&route, &args.ticket, policy, &|e| printer.event(e)).await;
     if !args.json && outcome.outcome == OutcomeKind::Completed {
         eprintln!("cuttle: the script had already ended with exit code {}", outcome.exit_code.unwrap_or_default());
     }
@@ -429,8 +463,12 @@ async fn capabilities(orchestrator: &Orchestrator, args: CapabilitiesArgs) -> Ex
         Ok(route) => route,
         Err(e) => return usage_error(e),
     };
+    let policy = match args.retry.policy(&route, Purpose::HealthCheck) {
+        Ok(policy) => policy,
+        Err(e) => return usage_error(e),
+    };
     let printer = Printer { json: args.json, logs: false };
-    match orchestrator.capabilities(&route, args.retry.policy(), &|e| printer.event(e)).await {
+    match orchestrator.capabilities(&route, policy, &|e| printer.event(e)).await {
         Ok(caps) => {
             let v2 = caps.supports(contracts::SERVICE_SCRIPT_V2);
             if args.json {
@@ -477,8 +515,12 @@ async fn bench(orchestrator: &Orchestrator, args: BenchArgs) -> ExitCode {
     if args.count == 0 {
         return usage_error("--count must be at least 1");
     }
+    let policy = match args.retry.policy(&route, Purpose::Deployment) {
+        Ok(policy) => policy,
+        Err(e) => return usage_error(e),
+    };
     // Connect first, so that an unreachable broker is one clear error rather than N.
-    if let Err(gave_up) = orchestrator.capabilities(&route, args.retry.policy(), &|_| {}).await {
+    if let Err(gave_up) = orchestrator.capabilities(&route, policy, &|_| {}).await {
         if !matches!(gave_up.error, RpcError::Agent { .. }) {
             let printer = Printer { json: false, logs: false };
             return printer.outcome(&Outcome::from_error(
@@ -490,7 +532,7 @@ async fn bench(orchestrator: &Orchestrator, args: BenchArgs) -> ExitCode {
             ));
         }
     }
-    let report = bench::run(orchestrator, &route, args.count, args.concurrency, args.retry.policy()).await;
+    let report = bench::run(orchestrator, &route, args.count, args.concurrency, policy).await;
     if args.json {
         println!("{}", serde_json::to_string(&report).expect("report encodes"));
     } else {

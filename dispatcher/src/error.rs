@@ -51,12 +51,6 @@ impl RpcError {
             _ => None,
         }
     }
-
-    /// Whether the request may have reached the agent (so a non-idempotent request must not be
-    /// repeated). Only failures before the broker accepted the publish are sure not to have.
-    pub fn may_have_reached_agent(&self) -> bool {
-        !matches!(self, RpcError::Connect(_) | RpcError::Unroutable { .. } | RpcError::Codec(_))
-    }
 }
 
 impl From<CodecError> for RpcError {

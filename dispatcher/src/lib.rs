@@ -19,6 +19,7 @@ pub mod error;
 pub mod follow;
 pub mod orchestrator;
 pub mod outcome;
+pub mod policy;
 pub mod retry;
 pub mod route;
 pub mod rpc;

@@ -9,6 +9,7 @@ use crate::retry::{self, GaveUp, RetryNotice, RetryPolicy};
 use crate::route::Route;
 use crate::rpc::{CallTiming, RpcClient};
 use contracts::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -81,6 +82,22 @@ impl Orchestrator {
         not_after: Option<SystemTime>,
         events: EventSink<'_>,
     ) -> Result<Reply, GaveUp> {
+        let published = AtomicBool::new(false);
+        self.request_noting_publish(route, request, policy, extra_wait, not_after, events, &published).await
+    }
+
+    /// [`Orchestrator::request`], setting `published` once any attempt may have reached the broker.
+    #[allow(clippy::too_many_arguments)]
+    async fn request_noting_publish(
+        &self,
+        route: &Route,
+        request: &Request,
+        policy: RetryPolicy,
+        extra_wait: Duration,
+        not_after: Option<SystemTime>,
+        events: EventSink<'_>,
+        published: &AtomicBool,
+    ) -> Result<Reply, GaveUp> {
         let usual = self.timing.attempt_timeout + extra_wait;
         let kind = request.kind();
         retry::execute(
@@ -90,7 +107,7 @@ impl Orchestrator {
             |notice| events(Event::Retry { request: kind, notice: notice.clone() }),
             |reply_timeout| {
                 let not_after = not_after.unwrap_or_else(|| SystemTime::now() + reply_timeout);
-                self.rpc.call(route, request, CallTiming { reply_timeout, not_after })
+                self.rpc.call_noting_publish(route, request, CallTiming { reply_timeout, not_after }, published)
             },
         )
         .await
@@ -106,7 +123,24 @@ impl Orchestrator {
         not_after: Option<SystemTime>,
         events: EventSink<'_>,
     ) -> Result<ScriptStatus, GaveUp> {
-        match self.request(route, request, policy, extra_wait, not_after, events).await? {
+        let published = AtomicBool::new(false);
+        self.status_request_noting_publish(route, request, policy, extra_wait, not_after, events, &published).await
+    }
+
+    /// [`Orchestrator::status_request`], setting `published` once any attempt may have reached
+    /// the broker.
+    #[allow(clippy::too_many_arguments)]
+    async fn status_request_noting_publish(
+        &self,
+        route: &Route,
+        request: &Request,
+        policy: RetryPolicy,
+        extra_wait: Duration,
+        not_after: Option<SystemTime>,
+        events: EventSink<'_>,
+        published: &AtomicBool,
+    ) -> Result<ScriptStatus, GaveUp> {
+        match self.request_noting_publish(route, request, policy, extra_wait, not_after, events, published).await? {
             Reply::ScriptStatus(status) => Ok(status),
             other => Err(GaveUp {
                 error: RpcError::Codec(format!("expected a script status, got {}", other.kind())),
@@ -153,9 +187,15 @@ impl Orchestrator {
             spec,
             wait_for_output: Some(self.timing.start_wait.as_millis() as u64),
         });
+        let published = AtomicBool::new(false);
         let started = tokio::select! {
-            started = self.status_request(route, &start, policy, self.timing.start_wait, Some(not_after), events) => started,
+            started = self.status_request_noting_publish(route, &start, policy, self.timing.start_wait, Some(not_after), events, &published) => started,
             _ = interrupt.cancelled() => {
+                if !published.load(Ordering::Acquire) {
+                    events(Event::Notice("the start never reached the broker; nothing to cancel".into()));
+                    let error = RpcError::Cancelled;
+                    return Outcome::from_error(Some(ticket), route.name(), &error, error.to_string(), false);
+                }
                 // The start may have reached the agent: cancel it there, so it can never run.
                 let outcome = self.cancel_and_follow(route, &ticket, LogFollower::after(0), policy, events).await;
                 self.complete_after(route, &ticket, &outcome, policy, events).await;
@@ -165,8 +205,9 @@ impl Orchestrator {
         let status = match started {
             Ok(status) => status,
             Err(gave_up) => {
-                let started =
-                    gave_up.error.may_have_reached_agent() && !matches!(gave_up.error, RpcError::Agent { .. });
+                // Some attempt reached the broker and no answer said it did not start: it may run.
+                let started = published.load(Ordering::Acquire)
+                    && !matches!(gave_up.error, RpcError::Agent { .. } | RpcError::Unroutable { .. });
                 if started {
                     self.best_effort_cancel(route, &ticket, events).await;
                 }

@@ -86,6 +86,17 @@ impl RpcClient {
     /// Sends one request and waits for its reply. One attempt: the retry executor decides
     /// whether to call again.
     pub async fn call(&self, route: &Route, request: &Request, timing: CallTiming) -> Result<Reply, RpcError> {
+        self.call_noting_publish(route, request, timing, &AtomicBool::new(false)).await
+    }
+
+    /// [`RpcClient::call`], setting `published` once the request may have reached the broker.
+    pub async fn call_noting_publish(
+        &self,
+        route: &Route,
+        request: &Request,
+        timing: CallTiming,
+        published: &AtomicBool,
+    ) -> Result<Reply, RpcError> {
         let link = self.current_link().await?;
         let now = SystemTime::now();
         let (header, bytes) = request.encode(route.name(), unix_millis(now), Some(unix_millis(timing.not_after)))?;
@@ -101,6 +112,7 @@ impl RpcClient {
             .with_content_type(CONTENT_TYPE.into())
             .with_delivery_mode(2)
             .with_expiration(expiration.to_string().into());
+        published.store(true, Ordering::Release);
         let publish = link.channel.basic_publish(
             COMMANDS_EXCHANGE.into(),
             route.routing_key().into(),
@@ -119,7 +131,11 @@ impl RpcClient {
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
         }
         match tokio::time::timeout(timing.reply_timeout, rx).await {
-            Err(_) => Err(RpcError::NoReply { target: route.to_string(), after: timing.reply_timeout }),
+            // The link may be dead without knowing it yet (heartbeats take seconds): the next
+            // attempt uses a new one, which costs little.
+            Err(_) => {
+                Err(self.broken(&link, RpcError::NoReply { target: route.to_string(), after: timing.reply_timeout }))
+            }
             Ok(Err(_)) => Err(RpcError::ConnectionLost("the reply channel closed".into())),
             Ok(Ok(Reply::Error(error))) => Err(RpcError::Agent { target: route.to_string(), error }),
             Ok(Ok(reply)) => Ok(reply),
@@ -184,7 +200,8 @@ impl Drop for ForgetOnDrop<'_> {
 async fn open_link(config: &RpcConfig) -> Result<Link, RpcError> {
     let connect = async {
         let properties = ConnectionProperties::default().with_connection_name("cuttle-dispatcher".into());
-        let connection = Connection::connect(&config.amqp_url, properties).await?;
+        let url = contracts::topology::amqp_url_with_heartbeat(&config.amqp_url);
+        let connection = Connection::connect(&url, properties).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         // Direct reply-to: consume the pseudo queue, without acks, on the publishing channel.

@@ -11,7 +11,9 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod proxy;
 pub mod raw;
+pub mod services;
 
 pub use agent::{AgentProcess, TestAgent};
 pub use raw::RawBroker;

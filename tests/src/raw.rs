@@ -123,3 +123,15 @@ impl RawBroker {
         let _ = self.connection.close(200, "test done".into()).await;
     }
 }
+
+/// Messages ready in a queue (not counting those delivered and unacked).
+pub async fn queue_depth(queue: &str) -> u32 {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    let declared = channel
+        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .expect("queue exists");
+    let _ = connection.close(200, "done".into()).await;
+    declared.message_count()
+}

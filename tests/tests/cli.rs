@@ -204,3 +204,57 @@ async fn help_documents_the_exit_codes() {
         assert!(help.contains(code), "exit code {code} missing from --help");
     }
 }
+
+#[tokio::test]
+async fn machine_policies_set_the_retry_duration_and_bad_files_are_named() {
+    let markers = Markers::new();
+    let config = markers.dir.join("policies.toml");
+    std::fs::write(&config, "[policies.quick]\ndeployment = \"2s\"\n\n[targets]\nweb-09 = \"quick\"\n").unwrap();
+    let unreachable = ["--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"];
+    let started = std::time::Instant::now();
+    let out = run(&[
+        &unreachable[..],
+        &["submit", "--json", "--config", config.to_str().unwrap(), "--target", "web-09", "--", "true"],
+    ]
+    .concat())
+    .await;
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(101), "{}", text(&out.stderr));
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(5), "the policy's 2s: took {took:?}");
+    let events: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let retries = events.iter().filter(|e| e["event"] == "retry").count();
+    assert!(retries >= 2, "retries are reported as they happen");
+    assert!(events.iter().all(|e| e["event"] != "retry" || e["time_left_ms"].as_u64().unwrap() <= 2000));
+    let result = events.last().unwrap();
+    assert_eq!(result["outcome"], "failed");
+    assert!(
+        result["error"].as_str().unwrap().contains("connection refused")
+            || result["error"].as_str().unwrap().contains("Connection refused"),
+        "{result}"
+    );
+
+    // --retry-duration overrides the policy; --no-retries fails on the first error.
+    let started = std::time::Instant::now();
+    let out = run(&[
+        &unreachable[..],
+        &["submit", "--config", config.to_str().unwrap(), "--target", "web-09", "--retry-duration", "1s", "--", "true"],
+    ]
+    .concat())
+    .await;
+    assert_eq!(out.status.code(), Some(101));
+    assert!(started.elapsed() < Duration::from_millis(1900));
+    let out = run(&[&unreachable[..], &["submit", "--no-retries", "--target", "web-09", "--", "true"]].concat()).await;
+    assert!(text(&out.stderr).contains("1 attempt"), "{}", text(&out.stderr));
+
+    std::fs::write(&config, "[policies.quick]\ndeployment = \"2s\"\nrunbook = \"soon\"\n").unwrap();
+    let out = run(&["submit", "--config", config.to_str().unwrap(), "--target", "web-09", "--", "true"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("policies.toml:3") && stderr.contains("policies.quick.runbook") && stderr.contains("\"soon\""),
+        "{stderr}"
+    );
+    let out = run(&["submit", "--policy", "nope", "--target", "web-09", "--", "true"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no policy named \"nope\""), "{}", text(&out.stderr));
+}

@@ -165,8 +165,10 @@ async fn an_agent_killed_mid_script_reports_unknown_result_and_never_reruns() {
         .unwrap();
     assert_eq!(unknown.exit_code, Some(exit_code::UNKNOWN_TICKET));
     // The orphaned script finishes on its own; it was never started a second time.
-    eventually("the orphaned script to end", Duration::from_secs(10), || async { (markers.count("done") == 1).then_some(()) })
-        .await;
+    eventually("the orphaned script to end", Duration::from_secs(10), || async {
+        (markers.count("done") == 1).then_some(())
+    })
+    .await;
     assert_eq!(markers.count("run"), 1);
     agent.stop().await;
 }

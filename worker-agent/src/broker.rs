@@ -16,8 +16,9 @@ use tokio_util::task::TaskTracker;
 
 /// Timeout around each broker call; lapin's own calls can otherwise hang on a dead link.
 const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest pause between reconnection attempts.
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// Longest pause between reconnection attempts: short, so a broker that comes back is used
+/// again within about a second.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -111,9 +112,10 @@ pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) {
                 tracing::warn!(agent = %agent.config().agent_id, %error, retry_in = ?delay, "lost the broker; reconnecting");
             }
         }
+        // Full jitter, so a fleet that lost the broker together does not come back in step.
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(delay.mul_f64(fastrand::f64())) => {}
         }
         delay = (delay * 2).min(MAX_RECONNECT_DELAY);
     }
@@ -123,7 +125,8 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
     let config = agent.config();
     let properties =
         ConnectionProperties::default().with_connection_name(format!("cuttle-agent {}", config.agent_id).into());
-    let connection = call("connect", config.connect_timeout, Connection::connect(&config.amqp_url, properties)).await?;
+    let url = amqp_url_with_heartbeat(&config.amqp_url);
+    let connection = call("connect", config.connect_timeout, Connection::connect(&url, properties)).await?;
     let channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
     let queue = agent_queue(&config.agent_id);
     declare_topology(&channel, &queue, &config.agent_id).await?;

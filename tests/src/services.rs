@@ -1,0 +1,138 @@
+//! Private instances of Redis and RabbitMQ for tests that restart them, so tests running beside
+//! them on the shared services are not disturbed.
+
+use crate::{eventually, unique};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; it is released before the service binds it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port()
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+async fn wait_port(what: &str, port: u16, open: bool, timeout: Duration) {
+    eventually(what, timeout, || async move { (port_open(port) == open).then_some(()) }).await;
+}
+
+/// A Redis of the test's own. With `durable`, every write is fsynced to an append-only file,
+/// so a restart keeps the data; without, a restart comes back empty.
+pub struct PrivateRedis {
+    pub port: u16,
+    dir: PathBuf,
+    durable: bool,
+}
+
+impl PrivateRedis {
+    pub async fn start(durable: bool) -> PrivateRedis {
+        let dir = std::env::temp_dir().join(unique("redis"));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let redis = PrivateRedis { port: free_port(), dir, durable };
+        redis.launch().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn launch(&self) {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--daemonize", "yes", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--appendonly", if self.durable { "yes" } else { "no" }, "--appendfsync", "always"]);
+        let status = command.status().expect("redis-server is installed");
+        assert!(status.success(), "redis-server failed to start");
+        wait_port("the private redis to listen", self.port, true, Duration::from_secs(10)).await;
+    }
+
+    /// Stops the server (as a crash would for what was not yet on disk).
+    pub async fn stop(&self) {
+        let _ = Command::new("redis-cli").args(["-p", &self.port.to_string(), "shutdown", "nosave"]).status();
+        wait_port("the private redis to stop", self.port, false, Duration::from_secs(10)).await;
+    }
+
+    pub async fn start_again(&self) {
+        self.launch().await;
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = Command::new("redis-cli").args(["-p", &self.port.to_string(), "shutdown", "nosave"]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A second RabbitMQ node beside the machine's, on ports of its own, for tests that restart the
+/// broker. Its directories belong to the `rabbitmq` user, which the server drops to.
+pub struct PrivateRabbit {
+    pub port: u16,
+    pub node: String,
+    dir: PathBuf,
+}
+
+impl PrivateRabbit {
+    pub async fn start() -> PrivateRabbit {
+        let name = unique("rabbit").replace('-', "_");
+        let dir = PathBuf::from("/tmp").join(&name);
+        for sub in ["mnesia", "log"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("rabbit dirs");
+        }
+        let port = free_port();
+        // The machine's rabbitmq.conf names its own listener; this node gets a config of its own.
+        std::fs::write(dir.join("rabbitmq.conf"), format!("listeners.tcp.local = 127.0.0.1:{port}\n"))
+            .expect("rabbit config");
+        let _ = Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(&dir).status();
+        let rabbit = PrivateRabbit { port, node: format!("{name}@localhost"), dir };
+        rabbit.launch().await;
+        rabbit
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    async fn launch(&self) {
+        let status = Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", self.dir.join("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq.conf"))
+            .status()
+            .expect("rabbitmq-server is installed");
+        assert!(status.success(), "rabbitmq-server failed to start");
+        wait_port("the private rabbitmq to listen", self.port, true, Duration::from_secs(90)).await;
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let status = Command::new("rabbitmqctl").arg("-n").arg(&self.node).args(args).status().expect("rabbitmqctl");
+        assert!(status.success(), "rabbitmqctl {args:?} failed");
+    }
+
+    /// Stops the broker application (every connection drops), then starts it again.
+    pub async fn restart(&self) {
+        self.ctl(&["-q", "stop_app"]);
+        wait_port("the private rabbitmq to stop listening", self.port, false, Duration::from_secs(30)).await;
+        self.ctl(&["-q", "start_app"]);
+        wait_port("the private rabbitmq to listen again", self.port, true, Duration::from_secs(60)).await;
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("-n").arg(&self.node).args(["-q", "stop"]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,304 @@
+//! Faults injected for real between the dispatcher, the agent and RabbitMQ (through
+//! [`FaultProxy`]): every request and every reply lost once, on either link, and the script
+//! still runs exactly once; outages longer than the retry deadline fail in time with the last
+//! real error.
+
+use contracts::*;
+use dispatcher::{Orchestrator, OutcomeKind, RetryPolicy, RpcClient, RpcConfig, Timing};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tests::proxy::{Direction, FaultProxy};
+use tests::*;
+
+/// The dispatcher and an agent, each reaching RabbitMQ through a proxy of its own.
+struct Chaos {
+    dispatcher_link: FaultProxy,
+    agent_link: FaultProxy,
+    agent: TestAgent,
+    orchestrator: Orchestrator,
+    markers: Markers,
+}
+
+/// Short attempt timeouts, so lost replies are noticed quickly.
+fn chaos_timing() -> Timing {
+    Timing {
+        attempt_timeout: Duration::from_secs(3),
+        status_wait: Duration::from_secs(1),
+        start_wait: Duration::from_millis(500),
+    }
+}
+
+impl Chaos {
+    async fn start(what: &str) -> Chaos {
+        let broker = broker_addr();
+        let dispatcher_link = FaultProxy::start(broker).await;
+        let agent_link = FaultProxy::start(broker).await;
+        let mut config = tests::agent::test_config(what);
+        config.amqp_url = url_via(&agent_link);
+        let agent = TestAgent::start_with(config).await;
+        let rpc =
+            RpcClient::new(RpcConfig { amqp_url: url_via(&dispatcher_link), connect_timeout: Duration::from_secs(2) });
+        let orchestrator = Orchestrator::new(Arc::new(rpc), chaos_timing());
+        Chaos { dispatcher_link, agent_link, agent, orchestrator, markers: Markers::new() }
+    }
+
+    fn route(&self) -> dispatcher::Route {
+        self.agent.route()
+    }
+
+    async fn request(&self, request: &Request) -> Reply {
+        let policy = RetryPolicy::new(Duration::from_secs(30));
+        self.orchestrator
+            .request(&self.route(), request, policy, Duration::from_secs(2), None, &|_| {})
+            .await
+            .expect("the request succeeds after retrying")
+    }
+
+    async fn start_script(&self, ticket: &Ticket, script: String) -> ScriptStatus {
+        let start = Request::StartScriptV2(StartScriptV2 {
+            ticket: ticket.clone(),
+            spec: sh(script),
+            wait_for_output: Some(1000),
+        });
+        match self.request(&start).await {
+            Reply::ScriptStatus(status) => status,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    async fn follow(&self, ticket: &Ticket) -> dispatcher::Outcome {
+        let policy = RetryPolicy::new(Duration::from_secs(30));
+        let status = self.orchestrator.status(&self.route(), ticket, policy, &|_| {}).await.unwrap();
+        let follower = dispatcher::follow::LogFollower::after(0);
+        self.orchestrator
+            .follow_to_end(&self.route(), ticket, follower, status, policy, &|_| {}, &Default::default())
+            .await
+    }
+
+    async fn stop(self) {
+        self.agent.stop().await;
+    }
+}
+
+/// host:port of the test broker.
+fn broker_addr() -> std::net::SocketAddr {
+    let url = amqp_url();
+    let authority = url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("127.0.0.1:5672");
+    let host_port = if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:5672") };
+    std::net::ToSocketAddrs::to_socket_addrs(&host_port).expect("broker address").next().expect("resolved")
+}
+
+fn url_via(proxy: &FaultProxy) -> String {
+    let url = amqp_url();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, "%2f"));
+    let credentials = authority.rsplit_once('@').map(|(c, _)| format!("{c}@")).unwrap_or_default();
+    format!("{scheme}://{credentials}127.0.0.1:{}/{path}", proxy.addr().port())
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Rpc {
+    Capabilities,
+    Start,
+    Status,
+    Cancel,
+    Complete,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Link {
+    Dispatcher,
+    Agent,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Lost {
+    Request,
+    Reply,
+}
+
+/// Loses one `rpc` request or reply on `link`, and checks the script still runs exactly once.
+async fn lose_once(rpc: Rpc, link: Link, lost: Lost) {
+    let chaos = Chaos::start(&format!("lost-{rpc:?}-{link:?}-{lost:?}").to_lowercase()).await;
+    let (proxy, direction) = match (link, lost) {
+        (Link::Dispatcher, Lost::Request) => (&chaos.dispatcher_link, Direction::Upstream),
+        (Link::Dispatcher, Lost::Reply) => (&chaos.dispatcher_link, Direction::Downstream),
+        (Link::Agent, Lost::Request) => (&chaos.agent_link, Direction::Downstream),
+        (Link::Agent, Lost::Reply) => (&chaos.agent_link, Direction::Upstream),
+    };
+    // Connect the dispatcher first, so the fault hits the request and not the handshake.
+    let policy = RetryPolicy::new(Duration::from_secs(30));
+    chaos.orchestrator.capabilities(&chaos.route(), policy, &|_| {}).await.expect("capabilities");
+    let ticket = Ticket::generate();
+    let run = chaos.markers.record("run");
+    match rpc {
+        Rpc::Capabilities => {
+            proxy.drop_next_and_reset(direction);
+            let caps = chaos
+                .orchestrator
+                .capabilities(&chaos.route(), policy, &|_| {})
+                .await
+                .expect("capabilities after a loss");
+            assert!(caps.supports(SERVICE_SCRIPT_V2));
+        }
+        Rpc::Start => {
+            proxy.drop_next_and_reset(direction);
+            chaos.start_script(&ticket, format!("{run}; echo done")).await;
+            assert_eq!(chaos.follow(&ticket).await.exit_code, Some(0));
+        }
+        Rpc::Status => {
+            chaos.start_script(&ticket, format!("{run}; sleep 1; echo done")).await;
+            proxy.drop_next_and_reset(direction);
+            let status =
+                Request::GetStatusV2(GetStatusV2 { ticket: ticket.clone(), last_log_sequence: 0, wait: Some(1000) });
+            assert!(matches!(chaos.request(&status).await, Reply::ScriptStatus(_)));
+            assert_eq!(chaos.follow(&ticket).await.exit_code, Some(0));
+        }
+        Rpc::Cancel => {
+            chaos.start_script(&ticket, format!("{run}; echo up; sleep 30")).await;
+            proxy.drop_next_and_reset(direction);
+            let cancel = Request::CancelScriptV2(CancelScriptV2 { ticket: ticket.clone(), last_log_sequence: 0 });
+            assert!(matches!(chaos.request(&cancel).await, Reply::ScriptStatus(_)));
+            let outcome = chaos.follow(&ticket).await;
+            assert_eq!(outcome.exit_code, Some(exit_code::CANCELLED));
+        }
+        Rpc::Complete => {
+            chaos.start_script(&ticket, format!("{run}; echo done")).await;
+            assert_eq!(chaos.follow(&ticket).await.exit_code, Some(0));
+            proxy.drop_next_and_reset(direction);
+            let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
+            let Reply::ScriptStatus(done) = chaos.request(&complete).await else { panic!("expected a status") };
+            assert_eq!(done.exit_code, Some(0));
+            let after = chaos.orchestrator.status(&chaos.route(), &ticket, policy, &|_| {}).await.unwrap();
+            assert!(after.is_complete() && after.logs.is_empty(), "completed: output cleaned, tombstone kept");
+        }
+    }
+    assert!(proxy.resets() >= 1, "the fault was injected");
+    if !matches!(rpc, Rpc::Capabilities) {
+        assert_eq!(chaos.markers.count("run"), 1, "the script ran exactly once");
+    }
+    chaos.stop().await;
+}
+
+macro_rules! lose_once_tests {
+    ($($name:ident: $rpc:ident, $link:ident, $lost:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            lose_once(Rpc::$rpc, Link::$link, Lost::$lost).await;
+        }
+    )*};
+}
+
+lose_once_tests! {
+    capabilities_request_lost_on_dispatcher_link: Capabilities, Dispatcher, Request;
+    capabilities_reply_lost_on_dispatcher_link: Capabilities, Dispatcher, Reply;
+    capabilities_request_lost_on_agent_link: Capabilities, Agent, Request;
+    capabilities_reply_lost_on_agent_link: Capabilities, Agent, Reply;
+    start_request_lost_on_dispatcher_link: Start, Dispatcher, Request;
+    start_reply_lost_on_dispatcher_link: Start, Dispatcher, Reply;
+    start_request_lost_on_agent_link: Start, Agent, Request;
+    start_reply_lost_on_agent_link: Start, Agent, Reply;
+    status_request_lost_on_dispatcher_link: Status, Dispatcher, Request;
+    status_reply_lost_on_dispatcher_link: Status, Dispatcher, Reply;
+    status_request_lost_on_agent_link: Status, Agent, Request;
+    status_reply_lost_on_agent_link: Status, Agent, Reply;
+    cancel_request_lost_on_dispatcher_link: Cancel, Dispatcher, Request;
+    cancel_reply_lost_on_dispatcher_link: Cancel, Dispatcher, Reply;
+    cancel_request_lost_on_agent_link: Cancel, Agent, Request;
+    cancel_reply_lost_on_agent_link: Cancel, Agent, Reply;
+    complete_request_lost_on_dispatcher_link: Complete, Dispatcher, Request;
+    complete_reply_lost_on_dispatcher_link: Complete, Dispatcher, Reply;
+    complete_request_lost_on_agent_link: Complete, Agent, Request;
+    complete_reply_lost_on_agent_link: Complete, Agent, Reply;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_submission_rides_out_resets_of_both_links() {
+    let chaos = Chaos::start("resets").await;
+    let run = chaos.markers.record("run");
+    let script = format!("{run}; for i in $(seq 1 30); do echo line $i; sleep 0.05; done");
+    let submission = {
+        let (orchestrator, route) = (chaos.orchestrator.clone(), chaos.route());
+        tokio::spawn(async move {
+            let lines = std::sync::Mutex::new(Vec::new());
+            let events = |e| {
+                if let dispatcher::Event::Log(l) = e {
+                    lines.lock().unwrap().push(l.text);
+                }
+            };
+            let policy = RetryPolicy::new(Duration::from_secs(60));
+            let outcome = orchestrator.submit(&route, sh(script), policy, &events, &Default::default()).await;
+            (outcome, lines.into_inner().unwrap())
+        })
+    };
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        chaos.dispatcher_link.reset_all();
+        chaos.agent_link.reset_all();
+    }
+    let (outcome, lines) = submission.await.unwrap();
+    assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+    assert_eq!(lines, (1..=30).map(|i| format!("line {i}")).collect::<Vec<_>>(), "every line once, in order");
+    assert_eq!(chaos.markers.count("run"), 1);
+    chaos.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_retry_duration_fails_soon_after_the_deadline_with_the_last_error() {
+    let chaos = Chaos::start("outage").await;
+    chaos.dispatcher_link.outage();
+    let retry_duration = Duration::from_secs(3);
+    let notices = std::sync::atomic::AtomicU32::new(0);
+    let events = |e| {
+        if matches!(e, dispatcher::Event::Retry { .. }) {
+            notices.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    let started = Instant::now();
+    let policy = RetryPolicy::new(retry_duration);
+    let outcome = chaos
+        .orchestrator
+        .submit(&chaos.route(), sh(chaos.markers.record("run")), policy, &events, &Default::default())
+        .await;
+    let took = started.elapsed();
+    assert!(took >= retry_duration && took < retry_duration + Duration::from_secs(2), "gave up after {took:?}");
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:?}");
+    let error = outcome.error.unwrap();
+    assert!(error.contains("cannot reach the broker") && error.contains("gave up after"), "{error}");
+    assert!(notices.into_inner() >= 2, "each retry was reported");
+    assert_eq!(chaos.markers.count("run"), 0);
+
+    let started = Instant::now();
+    let outcome =
+        chaos.orchestrator.submit(&chaos.route(), sh("true"), RetryPolicy::once(), &|_| {}, &Default::default()).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "no retries: the first error ends it");
+    assert!(outcome.error.unwrap().contains("1 attempt"));
+    chaos.dispatcher_link.restore();
+    chaos.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_keeps_running_while_its_agent_is_cut_off_and_no_output_is_lost() {
+    let chaos = Chaos::start("cut-off").await;
+    let ticket = Ticket::generate();
+    let script = format!("{}; for i in $(seq 1 20); do echo line $i; sleep 0.1; done", chaos.markers.record("run"));
+    chaos.start_script(&ticket, script).await;
+    chaos.agent_link.outage();
+    let cut = Instant::now();
+    // Two seconds without the broker: the script runs on and ends meanwhile.
+    eventually("the script to end while cut off", Duration::from_secs(10), || async {
+        (chaos.agent.agent.running() == 0).then_some(())
+    })
+    .await;
+    assert!(cut.elapsed() < Duration::from_secs(5));
+    chaos.agent_link.restore();
+    let mut lines = Vec::new();
+    let policy = RetryPolicy::new(Duration::from_secs(30));
+    let status = chaos.orchestrator.status(&chaos.route(), &ticket, policy, &|_| {}).await.unwrap();
+    lines.extend(status.logs.iter().map(|l| l.text.clone()));
+    assert!(status.is_complete() && status.exit_code == Some(0));
+    assert_eq!(lines, (1..=20).map(|i| format!("line {i}")).collect::<Vec<_>>());
+    assert_eq!(chaos.markers.count("run"), 1);
+    chaos.stop().await;
+}

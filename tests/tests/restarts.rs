@@ -1,0 +1,158 @@
+//! Restarts of the broker, the ticket store and the agent in the middle of runs: nothing runs
+//! twice, and every submission ends with a correct, explained outcome. The broker and Redis
+//! restarted here are private instances, so tests beside these are not disturbed.
+
+use contracts::*;
+use dispatcher::{Orchestrator, OutcomeKind, RetryPolicy, RpcClient, RpcConfig, Timing};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tests::services::{PrivateRabbit, PrivateRedis};
+use tests::*;
+
+fn orchestrator_at(amqp_url: String) -> Orchestrator {
+    let rpc = RpcClient::new(RpcConfig { amqp_url, connect_timeout: Duration::from_secs(2) });
+    Orchestrator::new(Arc::new(rpc), Timing { attempt_timeout: Duration::from_secs(3), ..Timing::default() })
+}
+
+/// Submits in the background, collecting the lines.
+fn submit_in_background(
+    orchestrator: &Orchestrator,
+    route: dispatcher::Route,
+    script: String,
+) -> tokio::task::JoinHandle<(dispatcher::Outcome, Vec<String>)> {
+    let orchestrator = orchestrator.clone();
+    tokio::spawn(async move {
+        let lines = Mutex::new(Vec::new());
+        let events = |e| {
+            if let dispatcher::Event::Log(l) = e {
+                lines.lock().unwrap().push(l.text);
+            }
+        };
+        let policy = RetryPolicy::new(Duration::from_secs(90));
+        let outcome = orchestrator.submit(&route, sh(script), policy, &events, &Default::default()).await;
+        (outcome, lines.into_inner().unwrap())
+    })
+}
+
+fn numbered(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("line {i}")).collect()
+}
+
+fn counting_script(markers: &Markers, lines: usize, pause: f32) -> String {
+    format!("{}; for i in $(seq 1 {lines}); do echo line $i; sleep {pause}; done", markers.record("run"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_run_loses_no_output_and_runs_nothing_twice() {
+    let redis = PrivateRedis::start(true).await;
+    let mut config = tests::agent::test_config("redis-restart");
+    config.redis_url = redis.url();
+    config.lease_ttl = Duration::from_secs(10);
+    let agent = TestAgent::start_with(config).await;
+    let orchestrator = orchestrator_at(amqp_url());
+    let markers = Markers::new();
+    let submission = submit_in_background(&orchestrator, agent.route(), counting_script(&markers, 30, 0.1));
+    eventually("the script to run", Duration::from_secs(10), || async { (agent.agent.running() == 1).then_some(()) })
+        .await;
+    redis.stop().await;
+    // While Redis is down, nothing can be claimed: a new start is refused as transient.
+    let caps = orchestrator.capabilities(&agent.route(), RetryPolicy::new(Duration::from_secs(10)), &|_| {}).await;
+    assert!(caps.is_ok(), "the agent keeps serving what needs no store");
+    redis.start_again().await;
+    let (outcome, lines) = submission.await.unwrap();
+    assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+    assert_eq!(lines, numbered(30), "output buffered during the outage arrives, in order");
+    assert_eq!(markers.count("run"), 1);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_while_redis_is_down_is_retried_and_runs_once_it_is_back() {
+    let redis = PrivateRedis::start(true).await;
+    let mut config = tests::agent::test_config("redis-down");
+    config.redis_url = redis.url();
+    let agent = TestAgent::start_with(config).await;
+    let orchestrator = orchestrator_at(amqp_url());
+    let markers = Markers::new();
+    redis.stop().await;
+    let retries = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let submission = {
+        let (orchestrator, route, retries, script) =
+            (orchestrator.clone(), agent.route(), retries.clone(), format!("{}; echo ran", markers.record("run")));
+        tokio::spawn(async move {
+            let events = |e| {
+                if let dispatcher::Event::Retry { notice, .. } = e {
+                    assert_eq!(notice.error.agent_error(), Some(ErrorKind::StoreUnavailable));
+                    retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            };
+            orchestrator
+                .submit(&route, sh(script), RetryPolicy::new(Duration::from_secs(60)), &events, &Default::default())
+                .await
+        })
+    };
+    eventually("a StoreUnavailable retry", Duration::from_secs(20), || async {
+        (retries.load(std::sync::atomic::Ordering::Relaxed) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(markers.count("run"), 0, "nothing runs without a claim");
+    redis.start_again().await;
+    let outcome = submission.await.unwrap();
+    assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+    assert_eq!(markers.count("run"), 1);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restarted_mid_run_loses_no_output_and_runs_nothing_twice() {
+    let rabbit = PrivateRabbit::start().await;
+    let mut config = tests::agent::test_config("rabbit-restart");
+    config.amqp_url = rabbit.amqp_url();
+    let agent = TestAgent::start_with(config).await;
+    let orchestrator = orchestrator_at(rabbit.amqp_url());
+    let markers = Markers::new();
+    let submission = submit_in_background(&orchestrator, agent.route(), counting_script(&markers, 40, 0.25));
+    eventually("the script to run", Duration::from_secs(10), || async { (agent.agent.running() == 1).then_some(()) })
+        .await;
+    rabbit.restart().await;
+    let (outcome, lines) = submission.await.unwrap();
+    assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+    assert_eq!(lines, numbered(40));
+    assert_eq!(markers.count("run"), 1);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_and_restarted_mid_run_ends_unknown_and_its_queued_work_runs_once() {
+    let mut agent = AgentProcess::start(tests::agent::test_config("agent-restart")).await;
+    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let orchestrator = orchestrator_at(amqp_url());
+    let markers = Markers::new();
+    let running = submit_in_background(&orchestrator, route.clone(), counting_script(&markers, 100, 0.1));
+    eventually("the first script's output", Duration::from_secs(10), || async {
+        let log = std::fs::read_to_string(markers.dir.join("run")).ok()?;
+        (!log.is_empty()).then_some(())
+    })
+    .await;
+    agent.kill().await;
+    // Submitted while the agent is down: it waits in the queue and runs once the agent is back.
+    let queued_markers = Markers::new();
+    let queued =
+        submit_in_background(&orchestrator, route.clone(), format!("{}; echo queued", queued_markers.record("run")));
+    let queue = contracts::topology::agent_queue(&agent.config.agent_id);
+    eventually("the start to wait in the queue", Duration::from_secs(10), || {
+        let queue = queue.clone();
+        async move { (tests::raw::queue_depth(&queue).await >= 1).then_some(()) }
+    })
+    .await;
+    agent.restart().await;
+    let (outcome, _) = running.await.unwrap();
+    assert_eq!(outcome.outcome, OutcomeKind::Unknown, "{outcome:?}");
+    assert_eq!(outcome.exit_code, Some(exit_code::UNKNOWN_RESULT));
+    assert!(outcome.error.unwrap().contains("lost"));
+    let (outcome, lines) = queued.await.unwrap();
+    assert_eq!((outcome.exit_code, lines), (Some(0), vec!["queued".to_string()]));
+    assert_eq!(markers.count("run"), 1);
+    assert_eq!(queued_markers.count("run"), 1);
+    agent.stop().await;
+}
