@@ -16,6 +16,9 @@ pub enum ErrorKind {
     NotAuthorized,
     /// The ticket store could not be reached; nothing ran and nothing was claimed.
     StoreUnavailable,
+    /// The ticket store lost its data after the command was first issued: it may have run
+    /// already, so it is refused rather than risk running it twice.
+    StoreReset,
     /// The agent is stopping and takes no new work.
     ShuttingDown,
     /// The agent failed in an unexpected way while serving the request.

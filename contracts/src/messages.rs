@@ -198,6 +198,10 @@ pub struct StartScriptV2 {
     /// How long, in ms, the agent may hold the reply for first output or completion.
     #[serde(default)]
     pub wait_for_output: Option<u64>,
+    /// Unix ms when the dispatcher first sent this start (every repeat carries the same), so an
+    /// agent whose ticket store lost its data since can refuse it.
+    #[serde(default)]
+    pub first_issued_at: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ fn start_roundtrips() {
             execution_timeout: None,
         },
         wait_for_output: Some(100),
+        first_issued_at: None,
     };
     let (_, bytes) = Request::StartScriptV2(start.clone()).encode("web-01", 1, Some(2)).unwrap();
     let (header, decoded) = Request::decode(&bytes).unwrap();

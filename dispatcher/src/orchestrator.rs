@@ -186,6 +186,7 @@ impl Orchestrator {
             ticket: ticket.clone(),
             spec,
             wait_for_output: Some(self.timing.start_wait.as_millis() as u64),
+            first_issued_at: Some(unix_millis(SystemTime::now())),
         });
         let published = AtomicBool::new(false);
         let started = tokio::select! {

@@ -23,7 +23,8 @@ async fn main() {
     let mut config = tests::agent::test_config("recovery");
     config.amqp_url = url_via(&agent_link);
     let agent = tests::TestAgent::start_with(config).await;
-    let rpc = RpcClient::new(RpcConfig { amqp_url: url_via(&dispatcher_link), connect_timeout: Duration::from_secs(5) });
+    let rpc =
+        RpcClient::new(RpcConfig { amqp_url: url_via(&dispatcher_link), connect_timeout: Duration::from_secs(5) });
     let orchestrator = Orchestrator::new(Arc::new(rpc), Timing::default());
 
     let (lines_tx, mut lines) = mpsc::unbounded_channel::<Instant>();

@@ -41,6 +41,7 @@ async fn the_same_start_delivered_1000_times_at_once_runs_once() {
         ticket: ticket.clone(),
         spec: sh(format!("{}; sleep 0.5", markers.record("run"))),
         wait_for_output: None,
+        first_issued_at: None,
     });
     let route = agent.route();
     let calls = (0..1000).map(|_| orchestrator.rpc().call(&route, &start, timing()));
@@ -67,6 +68,7 @@ async fn a_duplicate_after_complete_does_not_run_again() {
         ticket: ticket.clone(),
         spec: sh(markers.record("run")),
         wait_for_output: Some(2000),
+        first_issued_at: None,
     });
     orchestrator.rpc().call(&agent.route(), &start, timing()).await.unwrap();
     let outcome = follow_to_end(&orchestrator, &agent, &ticket).await;
@@ -91,6 +93,7 @@ async fn a_command_past_its_deadline_is_refused_and_nothing_runs() {
         ticket: Ticket::generate(),
         spec: sh(markers.record("run")),
         wait_for_output: None,
+        first_issued_at: None,
     });
     let past = unix_millis(SystemTime::now() - Duration::from_secs(60));
     let (_, bytes) = start.encode(agent.id(), past - 1000, Some(past)).unwrap();
@@ -114,20 +117,26 @@ async fn the_same_ticket_with_a_different_script_is_a_conflict() {
         ticket: ticket.clone(),
         spec: sh(markers.record("a")),
         wait_for_output: None,
+        first_issued_at: None,
     });
     orchestrator.rpc().call(&agent.route(), &first, timing()).await.unwrap();
     let second = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),
         spec: sh(markers.record("b")),
         wait_for_output: None,
+        first_issued_at: None,
     });
     let error = orchestrator.rpc().call(&agent.route(), &second, timing()).await.unwrap_err();
     assert_eq!(error.agent_error(), Some(ErrorKind::TicketConflict), "{error}");
     assert!(!error.is_transient());
     // Differently-cased, the ticket is the same ticket.
     let upper = Ticket::parse(&ticket.as_str().to_uppercase()).unwrap();
-    let third =
-        Request::StartScriptV2(StartScriptV2 { ticket: upper, spec: sh(markers.record("b")), wait_for_output: None });
+    let third = Request::StartScriptV2(StartScriptV2 {
+        ticket: upper,
+        spec: sh(markers.record("b")),
+        wait_for_output: None,
+        first_issued_at: None,
+    });
     assert!(orchestrator.rpc().call(&agent.route(), &third, timing()).await.is_err());
     follow_to_end(&orchestrator, &agent, &ticket).await;
     assert_eq!((markers.count("a"), markers.count("b")), (1, 0));
@@ -145,6 +154,7 @@ async fn an_agent_killed_mid_script_reports_unknown_result_and_never_reruns() {
         ticket: ticket.clone(),
         spec: sh(format!("{}; echo started; sleep 2; {}", markers.record("run"), markers.record("done"))),
         wait_for_output: Some(5000),
+        first_issued_at: None,
     });
     let Reply::ScriptStatus(started) = orchestrator.rpc().call(&route, &start, timing()).await.unwrap() else {
         panic!()
@@ -184,6 +194,7 @@ async fn a_running_ticket_whose_lease_expired_reports_unknown_result() {
         ticket: ticket.clone(),
         spec: sh("echo up; sleep 30"),
         wait_for_output: Some(5000),
+        first_issued_at: None,
     });
     orchestrator.rpc().call(&route, &start, timing()).await.unwrap();
     agent.kill().await;
@@ -218,6 +229,7 @@ async fn cancel_before_start_leaves_a_tombstone_so_a_late_start_never_runs() {
         ticket: ticket.clone(),
         spec: sh(markers.record("run")),
         wait_for_output: None,
+        first_issued_at: None,
     });
     let Reply::ScriptStatus(status) = orchestrator.rpc().call(&agent.route(), &start, timing()).await.unwrap() else {
         panic!()

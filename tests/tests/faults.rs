@@ -59,6 +59,7 @@ impl Chaos {
             ticket: ticket.clone(),
             spec: sh(script),
             wait_for_output: Some(1000),
+            first_issued_at: None,
         });
         match self.request(&start).await {
             Reply::ScriptStatus(status) => status,

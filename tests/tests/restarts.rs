@@ -156,3 +156,41 @@ async fn an_agent_killed_and_restarted_mid_run_ends_unknown_and_its_queued_work_
     assert_eq!(queued_markers.count("run"), 1);
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_comes_back_empty_starts_issued_before_are_refused_not_rerun() {
+    let redis = PrivateRedis::start(false).await;
+    let mut config = tests::agent::test_config("redis-empty");
+    config.redis_url = redis.url();
+    let agent = TestAgent::start_with(config).await;
+    let orchestrator = orchestrator_at(amqp_url());
+    let markers = Markers::new();
+    let ticket = Ticket::generate();
+    let first_issued_at = unix_millis(std::time::SystemTime::now());
+    let start = Request::StartScriptV2(StartScriptV2 {
+        ticket: ticket.clone(),
+        spec: sh(format!("{}; echo ran", markers.record("run"))),
+        wait_for_output: Some(2000),
+        first_issued_at: Some(first_issued_at),
+    });
+    let policy = RetryPolicy::new(Duration::from_secs(20));
+    let Reply::ScriptStatus(status) =
+        orchestrator.request(&agent.route(), &start, policy, Duration::from_secs(2), None, &|_| {}).await.unwrap()
+    else {
+        panic!("expected a status")
+    };
+    assert!(status.is_complete(), "{status:?}");
+    redis.stop().await;
+    redis.start_again().await; // without its data
+    // A late copy of the same start: the store forgot the ticket, so running it could be a
+    // second run. It is refused, permanently.
+    let asked = std::time::Instant::now();
+    let refused = orchestrator.request(&agent.route(), &start, policy, Duration::from_secs(2), None, &|_| {}).await.unwrap_err();
+    assert_eq!(refused.error.agent_error(), Some(ErrorKind::StoreReset), "{refused}");
+    assert!(asked.elapsed() < Duration::from_secs(10), "the refusal is permanent: retries stop at it");
+    assert_eq!(markers.count("run"), 1);
+    // New work is accepted.
+    let (outcome, lines) = submit(&orchestrator, &agent.route(), sh("echo fresh")).await;
+    assert_eq!((outcome.exit_code, texts(&lines, LogStream::Stdout)), (Some(0), vec!["fresh".to_string()]));
+    agent.stop().await;
+}

@@ -173,6 +173,7 @@ async fn the_delivery_is_acked_once_claimed_not_when_the_script_ends() {
         ticket: ticket.clone(),
         spec: sh("echo up; sleep 4"),
         wait_for_output: Some(3000),
+        first_issued_at: None,
     });
     let timing =
         CallTiming { reply_timeout: Duration::from_secs(20), not_after: SystemTime::now() + Duration::from_secs(60) };
@@ -210,6 +211,7 @@ async fn a_waiting_status_returns_as_soon_as_there_is_new_output() {
         ticket: ticket.clone(),
         spec: sh("echo a; sleep 1; echo b; sleep 1"),
         wait_for_output: Some(5000),
+        first_issued_at: None,
     });
     let timing =
         CallTiming { reply_timeout: Duration::from_secs(20), not_after: SystemTime::now() + Duration::from_secs(60) };

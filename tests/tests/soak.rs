@@ -18,12 +18,18 @@ fn url_via(proxy: &FaultProxy) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_scripts_under_random_link_resets_run_exactly_once() {
     let broker: std::net::SocketAddr = "127.0.0.1:5672".parse().unwrap();
-    let (dispatcher_link, agent_link) = (Arc::new(FaultProxy::start(broker).await), Arc::new(FaultProxy::start(broker).await));
+    let (dispatcher_link, agent_link) =
+        (Arc::new(FaultProxy::start(broker).await), Arc::new(FaultProxy::start(broker).await));
     let mut config = tests::agent::test_config("soak");
     config.amqp_url = url_via(&agent_link);
     let agent = TestAgent::start_with(config).await;
-    let rpc = RpcClient::new(RpcConfig { amqp_url: url_via(&dispatcher_link), connect_timeout: Duration::from_secs(2) });
-    let timing = Timing { attempt_timeout: Duration::from_secs(3), status_wait: Duration::from_secs(1), start_wait: Duration::from_millis(300) };
+    let rpc =
+        RpcClient::new(RpcConfig { amqp_url: url_via(&dispatcher_link), connect_timeout: Duration::from_secs(2) });
+    let timing = Timing {
+        attempt_timeout: Duration::from_secs(3),
+        status_wait: Duration::from_secs(1),
+        start_wait: Duration::from_millis(300),
+    };
     let orchestrator = Orchestrator::new(Arc::new(rpc), timing);
     let markers = Arc::new(Markers::new());
 

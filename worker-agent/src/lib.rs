@@ -55,7 +55,19 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Option<(Arc<Agent>, tokio::task::JoinHandle<()>)> {
     let store = connect_store(&config, &shutdown).await?;
-    let agent = Agent::new(config, store);
+    let epoch = loop {
+        match store.epoch(contracts::unix_millis(std::time::SystemTime::now())).await {
+            Ok(epoch) => break epoch,
+            Err(error) => {
+                tracing::warn!(agent = %config.agent_id, %error, "cannot read the ticket store's epoch; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    let agent = Agent::new(config, store, epoch);
     match agent.recover_lost_runs().await {
         Ok(0) => {}
         Ok(lost) => {

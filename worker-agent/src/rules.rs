@@ -96,6 +96,21 @@ pub fn reported_state(record: Option<&TicketRecord>, lease_alive: bool) -> (Scri
     }
 }
 
+/// Refuses a start first issued before the ticket store's data began (it came back empty since):
+/// the ticket may have been claimed, and run, in the data that was lost.
+pub fn check_issued_since(first_issued_at: Option<u64>, epoch_created_ms: u64) -> Result<(), ErrorReply> {
+    match first_issued_at {
+        Some(issued) if issued < epoch_created_ms => Err(ErrorReply::new(
+            ErrorKind::StoreReset,
+            format!(
+                "the ticket store lost its data {} ms after this command was first issued; refusing rather than risk running it twice",
+                epoch_created_ms - issued
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// How long a tombstone must live: past the command's `not_after` plus skew, and never less
 /// than `minimum`.
 pub fn tombstone_ttl_ms(not_after: Option<u64>, now_ms: u64, minimum_ms: u64) -> u64 {
@@ -149,6 +164,15 @@ mod tests {
         );
         let done = record(RecordState::Running).completed(3);
         assert_eq!(reported_state(Some(&done), false), (ScriptState::Complete, Some(3)));
+    }
+
+    #[test]
+    fn starts_from_before_the_store_lost_its_data_are_refused() {
+        assert!(check_issued_since(Some(2_000), 1_000).is_ok());
+        assert!(check_issued_since(None, 1_000).is_ok());
+        let refused = check_issued_since(Some(999), 1_000).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::StoreReset);
+        assert!(!refused.kind.is_transient());
     }
 
     #[test]

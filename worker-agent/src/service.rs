@@ -6,7 +6,7 @@ use crate::isolation::Mutexes;
 use crate::output::Progress;
 use crate::rules::{self, RecordState, TicketRecord};
 use crate::runner::{self, Run};
-use crate::store::{Claim, Release, StoreError, TicketKeys, TicketStore, TicketView};
+use crate::store::{Claim, Epoch, Release, StoreError, TicketKeys, TicketStore, TicketView};
 use contracts::topology::MAX_STATUS_WAIT_MS;
 use contracts::*;
 use std::collections::HashMap;
@@ -40,6 +40,8 @@ pub struct Agent {
     tracker: tokio_util::task::TaskTracker,
     /// Whether the agent is consuming its queue now.
     ready: watch::Sender<bool>,
+    /// The ticket store's epoch as last seen; a change means it lost its data.
+    epoch: Mutex<Epoch>,
 }
 
 fn now_ms() -> u64 {
@@ -51,7 +53,7 @@ fn unavailable(error: StoreError) -> Reply {
 }
 
 impl Agent {
-    pub fn new(config: AgentConfig, store: TicketStore) -> Arc<Self> {
+    pub fn new(config: AgentConfig, store: TicketStore, epoch: Epoch) -> Arc<Self> {
         let owner = format!("{}/{}", config.agent_id, uuid::Uuid::new_v4());
         Arc::new(Agent {
             config,
@@ -61,6 +63,7 @@ impl Agent {
             mutexes: Arc::default(),
             tracker: tokio_util::task::TaskTracker::new(),
             ready: watch::channel(false).0,
+            epoch: Mutex::new(epoch),
         })
     }
 
@@ -136,9 +139,11 @@ impl Agent {
                 agent_version: env!("CARGO_PKG_VERSION").into(),
             }),
             Request::StartScriptV2(start) => {
-                self.start(start.ticket, start.spec, header.not_after, start.wait_for_output).await
+                let first_issued_at = start.first_issued_at.unwrap_or(header.issued_at);
+                self.start(start.ticket, start.spec, header.not_after, start.wait_for_output, Some(first_issued_at))
+                    .await
             }
-            Request::StartScriptV1(start) => self.start(Ticket::generate(), start.spec, None, None).await,
+            Request::StartScriptV1(start) => self.start(Ticket::generate(), start.spec, None, None, None).await,
             Request::GetStatusV2(s) => self.status(&s.ticket, s.last_log_sequence, s.wait).await,
             Request::GetStatusV1(s) => self.status(&s.ticket, s.last_log_sequence, None).await,
             Request::CancelScriptV2(c) => self.cancel(&c.ticket, c.last_log_sequence).await,
@@ -155,6 +160,7 @@ impl Agent {
         spec: ScriptSpec,
         not_after: Option<u64>,
         wait: Option<u64>,
+        first_issued_at: Option<u64>,
     ) -> Reply {
         let keys = self.store.keys(&ticket.store_key());
         let digest = spec.digest();
@@ -168,8 +174,26 @@ impl Agent {
             not_after,
             claimed_at: now_ms(),
         };
-        match self.store.claim(&keys, &record, self.config.record_ttl, self.config.lease_ttl).await {
+        let claim = loop {
+            let epoch = self.epoch.lock().expect("epoch poisoned").clone();
+            if let Err(refused) = rules::check_issued_since(first_issued_at, epoch.created_ms) {
+                tracing::warn!(ticket = %ticket, "start refused: issued before the ticket store lost its data");
+                return Reply::Error(refused);
+            }
+            match self.store.claim(&keys, &record, self.config.record_ttl, self.config.lease_ttl, &epoch).await {
+                Ok(Claim::EpochChanged) => match self.store.epoch(now_ms()).await {
+                    Ok(current) => {
+                        tracing::warn!(previous = %epoch.value, current = %current.value, "the ticket store lost its data; refusing starts issued before it came back");
+                        *self.epoch.lock().expect("epoch poisoned") = current;
+                    }
+                    Err(error) => return unavailable(error),
+                },
+                other => break other,
+            }
+        };
+        match claim {
             Err(error) => return unavailable(error),
+            Ok(Claim::EpochChanged) => unreachable!("handled above"),
             Ok(Claim::Won) => {
                 tracing::info!(ticket = %ticket, agent = %self.config.agent_id, "ticket claimed; starting script");
                 self.launch(keys, record, spec);

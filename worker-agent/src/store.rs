@@ -21,6 +21,8 @@ pub struct StoreError(#[from] redis::RedisError);
 /// What claiming a ticket found.
 #[derive(Debug)]
 pub enum Claim {
+    /// The store's epoch is not the one given: it lost its data since; nothing was claimed.
+    EpochChanged,
     /// This agent owns the ticket now; the lease is held.
     Won,
     /// Somebody claimed it before: the record, and whether its owner's lease is alive.
@@ -36,6 +38,21 @@ pub struct TicketView {
     pub logs: Vec<LogLine>,
     /// Lines stored in all; more than `logs` reaches when the read was capped.
     pub stored_lines: u64,
+}
+
+/// The life of the store's data: created when the store is first used, and again when it comes
+/// back empty. `value` is `<created ms>-<random>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Epoch {
+    pub value: String,
+    pub created_ms: u64,
+}
+
+impl Epoch {
+    pub fn parse(value: String) -> Epoch {
+        let created_ms = value.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0);
+        Epoch { value, created_ms }
+    }
 }
 
 /// What renewing a lease found.
@@ -56,7 +73,12 @@ pub struct TicketKeys {
     pub ticket: String,
 }
 
+/// KEYS: record, lease, running set, epoch. Refuses ({2}) when the store's epoch is not the one
+/// the agent knows: the store lost its data (or was never initialised) since.
 const CLAIM: &str = r#"
+if redis.call('GET', KEYS[4]) ~= ARGV[6] then
+  return {2, '', 0}
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
   redis.call('SADD', KEYS[3], ARGV[5])
@@ -126,6 +148,20 @@ impl TicketStore {
         }
     }
 
+    fn epoch_key(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+
+    /// The store's epoch, created now if the store has none (new, or restarted empty).
+    pub async fn epoch(&self, now_ms: u64) -> Result<Epoch, StoreError> {
+        let fresh = format!("{now_ms}-{}", uuid::Uuid::new_v4().simple());
+        let opts = redis::SetOptions::default().conditional_set(redis::ExistenceCheck::NX);
+        let mut con = self.con.clone();
+        let _: bool = con.set_options(self.epoch_key(), &fresh, opts).await?;
+        let value: String = con.get(self.epoch_key()).await?;
+        Ok(Epoch::parse(value))
+    }
+
     fn running_set(&self, agent_id: &str) -> String {
         format!("{}agent:{agent_id}:running", self.prefix)
     }
@@ -137,6 +173,7 @@ impl TicketStore {
         record: &TicketRecord,
         record_ttl: Duration,
         lease_ttl: Duration,
+        epoch: &Epoch,
     ) -> Result<Claim, StoreError> {
         let raw = record.to_json();
         let (won, existing, lease): (i64, Option<String>, Option<i64>) = self
@@ -144,15 +181,19 @@ impl TicketStore {
             .key(&keys.record)
             .key(&keys.lease)
             .key(self.running_set(&record.agent_id))
+            .key(self.epoch_key())
             .arg(&raw)
             .arg(&record.owner)
             .arg(record_ttl.as_millis() as u64)
             .arg(lease_ttl.as_millis() as u64)
             .arg(&keys.ticket)
+            .arg(&epoch.value)
             .invoke_async(&mut self.con.clone())
             .await?;
-        if won == 1 {
-            return Ok(Claim::Won);
+        match won {
+            1 => return Ok(Claim::Won),
+            2 => return Ok(Claim::EpochChanged),
+            _ => {}
         }
         let raw = existing.unwrap_or_default();
         Ok(Claim::Existing { record: TicketRecord::from_json(&raw), raw, lease_alive: lease == Some(1) })
