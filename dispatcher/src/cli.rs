@@ -1,6 +1,7 @@
 //! The `dispatcher` command line: parses arguments, prints events, maps outcomes to exit codes.
 
 use crate::bench;
+use crate::negotiate::{AgentKind, ProtocolMode};
 use crate::orchestrator::{Event, Orchestrator, Timing};
 use crate::outcome::{exit, Outcome, OutcomeKind};
 use crate::policy::{self, Overrides, PolicyConfig, PolicyError, Purpose, Target};
@@ -9,7 +10,7 @@ use crate::route::Route;
 use crate::rpc::{RpcClient, RpcConfig};
 use crate::RpcError;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use contracts::{ErrorKind, Isolation, LogStream, ScriptSpec, Shell, Ticket};
+use contracts::{Isolation, LogStream, ScriptSpec, Shell, Ticket};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,6 +41,10 @@ pub struct Cli {
     /// RabbitMQ URL.
     #[arg(long, global = true, env = "CUTTLE_AMQP_URL", default_value = crate::DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: String,
+    /// `v1` speaks only script v1, without capabilities or retries, as dispatchers did before
+    /// resilient communications; `auto` asks each agent what it supports.
+    #[arg(long, global = true, value_enum, default_value_t = ProtocolMode::Auto)]
+    pub protocol: ProtocolMode,
     /// How long to wait for the broker to accept a connection.
     #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
@@ -58,8 +63,11 @@ pub enum Command {
     /// Cancel a script by its ticket and wait until it has stopped.
     #[command(after_help = EXIT_CODES_HELP)]
     Cancel(TicketArgs),
-    /// Show what an agent supports and its version.
+    /// Show what an agent supports, its version, and whether retries will be used.
     Capabilities(CapabilitiesArgs),
+    /// Check several agents: protocol, services, version and retries for each (exit code of the
+    /// last unreachable one, 0 if all answered).
+    Health(HealthArgs),
     /// Run many `echo hello` scripts over the whole path and report latency and throughput.
     Bench(BenchArgs),
 }
@@ -204,6 +212,17 @@ pub struct StatusArgs {
 pub struct CapabilitiesArgs {
     /// Agent id.
     pub agent: String,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    /// Agent ids.
+    #[arg(required = true)]
+    pub agents: Vec<String>,
     #[command(flatten)]
     pub retry: RetryArgs,
     #[arg(long)]
@@ -365,12 +384,13 @@ fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
 pub async fn run(cli: Cli) -> ExitCode {
     let rpc =
         Arc::new(RpcClient::new(RpcConfig { amqp_url: cli.amqp_url.clone(), connect_timeout: cli.connect_timeout }));
-    let orchestrator = Orchestrator::new(rpc.clone(), Timing::default());
+    let orchestrator = Orchestrator::new(rpc.clone(), Timing::default()).with_protocol(cli.protocol);
     let code = match cli.command {
         Command::Submit(args) => submit(&orchestrator, args).await,
         Command::Status(args) => status(&orchestrator, args).await,
         Command::Cancel(args) => cancel(&orchestrator, args).await,
         Command::Capabilities(args) => capabilities(&orchestrator, args).await,
+        Command::Health(args) => health(&orchestrator, args).await,
         Command::Bench(args) => bench(&orchestrator, args).await,
     };
     rpc.close().await;
@@ -426,8 +446,18 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
     }
     if args.follow || status.is_complete() {
         let interrupt = if args.follow { interrupt_on_ctrl_c() } else { CancellationToken::new() };
-        let outcome =
-            orchestrator.follow_to_end(&route, &t.ticket, follower, status, policy, &events, &interrupt).await;
+        let outcome = orchestrator
+            .follow_to_end(
+                &route,
+                &t.ticket,
+                follower,
+                status,
+                policy,
+                orchestrator.status_protocol(),
+                &events,
+                &interrupt,
+            )
+            .await;
         return printer.outcome(&outcome);
     }
     if t.json {
@@ -458,53 +488,64 @@ async fn cancel(orchestrator: &Orchestrator, args: TicketArgs) -> ExitCode {
     printer.outcome(&outcome)
 }
 
-async fn capabilities(orchestrator: &Orchestrator, args: CapabilitiesArgs) -> ExitCode {
-    let route = match Route::agent(&args.agent) {
-        Ok(route) => route,
-        Err(e) => return usage_error(e),
-    };
-    let policy = match args.retry.policy(&route, Purpose::HealthCheck) {
-        Ok(policy) => policy,
-        Err(e) => return usage_error(e),
-    };
-    let printer = Printer { json: args.json, logs: false };
-    match orchestrator.capabilities(&route, policy, &|e| printer.event(e)).await {
-        Ok(caps) => {
+/// One agent's answer to capabilities, as `capabilities` and `health` print it.
+fn describe_agent(agent: &str, kind: &AgentKind) -> (String, serde_json::Value) {
+    let (protocol, services, version) = match kind {
+        AgentKind::Current(caps) => {
             let v2 = caps.supports(contracts::SERVICE_SCRIPT_V2);
-            if args.json {
-                println!(
-                    "{}",
-                    json!({"agent": args.agent, "protocol": if v2 { "v2" } else { "v1" }, "services": caps.services, "agent_version": caps.agent_version, "retries": v2})
-                );
-            } else {
-                println!(
-                    "agent {}: protocol {}, version {}",
-                    args.agent,
-                    if v2 { "v2" } else { "v1" },
-                    caps.agent_version
-                );
-                println!("services: {}", caps.services.join(", "));
-                println!("retries: {}", if v2 { "on" } else { "off (no script v2)" });
-            }
-            ExitCode::SUCCESS
+            (if v2 { "v2" } else { "v1" }, caps.services.clone(), Some(caps.agent_version.clone()))
         }
-        Err(gave_up) if gave_up.error.agent_error() == Some(ErrorKind::Unsupported) => {
-            if args.json {
-                println!(
-                    "{}",
-                    json!({"agent": args.agent, "protocol": "v1", "services": [contracts::SERVICE_SCRIPT_V1], "agent_version": null, "retries": false})
-                );
-            } else {
-                println!("agent {}: protocol v1 (legacy agent: no capabilities service)", args.agent);
-                println!("services: {}", contracts::SERVICE_SCRIPT_V1);
-                println!("retries: off; upgrade the agent to turn them on");
+        AgentKind::Legacy => ("v1", vec![contracts::SERVICE_SCRIPT_V1.to_owned()], None),
+    };
+    let retries = protocol == "v2";
+    let text = format!(
+        "{agent}: protocol {protocol}{}, version {}, services {}; retries {}",
+        if *kind == AgentKind::Legacy { " (legacy agent)" } else { "" },
+        version.as_deref().unwrap_or("unknown"),
+        services.join(", "),
+        if retries { "on" } else { "off (upgrade the agent to turn them on)" },
+    );
+    let json = json!({"agent": agent, "protocol": protocol, "services": services, "agent_version": version, "retries": retries});
+    (text, json)
+}
+
+async fn capabilities(orchestrator: &Orchestrator, args: CapabilitiesArgs) -> ExitCode {
+    health(orchestrator, HealthArgs { agents: vec![args.agent], retry: args.retry, json: args.json }).await
+}
+
+async fn health(orchestrator: &Orchestrator, args: HealthArgs) -> ExitCode {
+    let mut worst = ExitCode::SUCCESS;
+    for agent in &args.agents {
+        let route = match Route::agent(agent) {
+            Ok(route) => route,
+            Err(e) => return usage_error(e),
+        };
+        let policy = match args.retry.policy(&route, Purpose::HealthCheck) {
+            Ok(policy) => policy,
+            Err(e) => return usage_error(e),
+        };
+        let printer = Printer { json: args.json, logs: false };
+        match orchestrator.agent_kind(&route, policy, &|e| printer.event(e)).await {
+            Ok(kind) => {
+                let (text, value) = describe_agent(agent, &kind);
+                if args.json {
+                    println!("{value}");
+                } else {
+                    println!("{text}");
+                }
             }
-            ExitCode::SUCCESS
-        }
-        Err(gave_up) => {
-            printer.outcome(&Outcome::from_error(None, &args.agent, &gave_up.error, gave_up.to_string(), false))
+            Err(gave_up) => {
+                let outcome = Outcome::from_error(None, agent, &gave_up.error, gave_up.to_string(), false);
+                if args.json {
+                    println!("{}", json!({"agent": agent, "error": outcome.error}));
+                } else {
+                    println!("{agent}: unreachable: {}", outcome.error.as_deref().unwrap_or_default());
+                }
+                worst = ExitCode::from(outcome.process_exit);
+            }
         }
     }
+    worst
 }
 
 async fn bench(orchestrator: &Orchestrator, args: BenchArgs) -> ExitCode {

@@ -26,6 +26,9 @@ pub enum RpcError {
     /// A message could not be encoded or decoded.
     #[error("{0}")]
     Codec(String),
+    /// A request that must not be repeated (a legacy agent's start) got no answer.
+    #[error("{0}; not retried: repeating a legacy agent's start could run the script twice")]
+    Unrepeatable(String),
     /// The user cancelled while waiting.
     #[error("cancelled by the user")]
     Cancelled,
@@ -40,7 +43,7 @@ impl RpcError {
             | RpcError::NotConfirmed(_)
             | RpcError::NoReply { .. } => true,
             RpcError::Agent { error, .. } => error.kind.is_transient(),
-            RpcError::Unroutable { .. } | RpcError::Codec(_) | RpcError::Cancelled => false,
+            RpcError::Unroutable { .. } | RpcError::Codec(_) | RpcError::Unrepeatable(_) | RpcError::Cancelled => false,
         }
     }
 

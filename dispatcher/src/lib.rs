@@ -7,6 +7,8 @@
 //! - [`retry`]: the one retry executor (backoff with full jitter, deadline, last real error).
 //! - [`orchestrator`]: start, follow, cancel and complete a script; [`follow`] keeps its log in
 //!   order without gaps or repeats.
+//! - [`negotiate`]: capabilities first, then the newest script service both sides support.
+//! - [`policy`]: machine policies (retry durations per purpose, targets and pools mapped to them).
 //! - [`outcome`]: how a submission ended and the exit code that says so.
 //! - [`route`]: agent or pool targets; [`error`]: what can fail and whether to retry.
 //! - [`bench`]: the `dispatcher bench` load generator.
@@ -17,6 +19,7 @@ pub mod bench;
 pub mod cli;
 pub mod error;
 pub mod follow;
+pub mod negotiate;
 pub mod orchestrator;
 pub mod outcome;
 pub mod policy;

@@ -4,6 +4,7 @@
 
 use crate::error::RpcError;
 use crate::follow::LogFollower;
+use crate::negotiate::{AgentKind, CapabilityCache, ProtocolMode, ScriptProtocol};
 use crate::outcome::Outcome;
 use crate::retry::{self, GaveUp, RetryNotice, RetryPolicy};
 use crate::route::Route;
@@ -56,16 +57,93 @@ pub enum Event {
 /// Where events go. Called from the submission's task; must be quick.
 pub type EventSink<'a> = &'a (dyn Fn(Event) + Send + Sync);
 
+/// How often a legacy (v1) agent is asked for status: it cannot hold the request.
+const V1_POLL: Duration = Duration::from_millis(250);
+
+/// The retry policies of one submission: for the script's requests, and for the capabilities
+/// request that comes first (the machine policy's health-check duration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policies {
+    pub script: RetryPolicy,
+    pub health: RetryPolicy,
+}
+
+impl From<RetryPolicy> for Policies {
+    fn from(policy: RetryPolicy) -> Self {
+        Policies { script: policy, health: policy }
+    }
+}
+
 /// Sends requests to agents and follows scripts.
 #[derive(Clone)]
 pub struct Orchestrator {
     rpc: Arc<RpcClient>,
     pub timing: Timing,
+    /// Negotiate (the default), or speak only script v1 as dispatchers did before.
+    pub protocol: ProtocolMode,
+    capabilities: Arc<CapabilityCache>,
 }
 
 impl Orchestrator {
     pub fn new(rpc: Arc<RpcClient>, timing: Timing) -> Self {
-        Orchestrator { rpc, timing }
+        Orchestrator { rpc, timing, protocol: ProtocolMode::Auto, capabilities: Arc::default() }
+    }
+
+    /// The same orchestrator speaking `protocol`.
+    pub fn with_protocol(mut self, protocol: ProtocolMode) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The status protocol for tickets given by the user (`status --follow`).
+    pub fn status_protocol(&self) -> ScriptProtocol {
+        match self.protocol {
+            ProtocolMode::Auto => ScriptProtocol::V2,
+            ProtocolMode::V1 => ScriptProtocol::V1,
+        }
+    }
+
+    /// What the agent supports, from the cache or by asking it.
+    pub async fn agent_kind(
+        &self,
+        route: &Route,
+        policy: RetryPolicy,
+        events: EventSink<'_>,
+    ) -> Result<AgentKind, GaveUp> {
+        if let Some(kind) = self.capabilities.get(route) {
+            return Ok(kind);
+        }
+        let kind = match self.capabilities(route, policy, events).await {
+            Ok(caps) => AgentKind::Current(caps),
+            Err(gave_up) if gave_up.error.agent_error() == Some(ErrorKind::Unsupported) => AgentKind::Legacy,
+            Err(gave_up) => return Err(gave_up),
+        };
+        self.capabilities.put(route, kind.clone());
+        Ok(kind)
+    }
+
+    /// The script service to use with `route`.
+    async fn script_protocol(
+        &self,
+        route: &Route,
+        policy: RetryPolicy,
+        events: EventSink<'_>,
+    ) -> Result<ScriptProtocol, GaveUp> {
+        if self.protocol == ProtocolMode::V1 {
+            return Ok(ScriptProtocol::V1);
+        }
+        let kind = self.agent_kind(route, policy, events).await?;
+        let protocol = kind.script_protocol().ok_or_else(|| GaveUp {
+            error: RpcError::Codec(format!("{route} supports no script service this dispatcher knows")),
+            elapsed: Duration::ZERO,
+            attempts: 1,
+        })?;
+        if kind == AgentKind::Legacy && self.capabilities.first_warning(route) {
+            events(Event::Notice(format!(
+                "{route} is a legacy agent (script v1 only): retries are off for it, since a repeated start could run a script twice; upgrade the agent to turn them on"
+            )));
+        }
+        Ok(protocol)
     }
 
     pub fn rpc(&self) -> &Arc<RpcClient> {
@@ -168,8 +246,69 @@ impl Orchestrator {
         }
     }
 
-    /// Runs a script on `route` to its end: start, follow, complete.
+    /// Runs a script on `route` to its end: capabilities (cached), start, follow, complete.
     pub async fn submit(
+        &self,
+        route: &Route,
+        spec: ScriptSpec,
+        policies: impl Into<Policies>,
+        events: EventSink<'_>,
+        interrupt: &CancellationToken,
+    ) -> Outcome {
+        let policies = policies.into();
+        match self.script_protocol(route, policies.health, events).await {
+            Ok(ScriptProtocol::V2) => self.submit_v2(route, spec, policies.script, events, interrupt).await,
+            Ok(ScriptProtocol::V1) => self.submit_v1(route, spec, events, interrupt).await,
+            Err(gave_up) => Outcome::from_error(None, route.name(), &gave_up.error, gave_up.to_string(), false),
+        }
+    }
+
+    /// Script v1, the way dispatchers did before resilient communications: the agent makes the
+    /// ticket, and the start is repeated only if it surely never reached the broker.
+    async fn submit_v1(
+        &self,
+        route: &Route,
+        spec: ScriptSpec,
+        events: EventSink<'_>,
+        interrupt: &CancellationToken,
+    ) -> Outcome {
+        let start = Request::StartScriptV1(StartScriptV1 { spec });
+        let published = AtomicBool::new(false);
+        let timing = CallTiming {
+            reply_timeout: self.timing.attempt_timeout,
+            not_after: SystemTime::now() + self.timing.attempt_timeout,
+        };
+        let status = match self.rpc.call_noting_publish(route, &start, timing, &published).await {
+            Ok(Reply::ScriptStatus(status)) => status,
+            Ok(other) => {
+                let error = RpcError::Codec(format!("expected a script status, got {}", other.kind()));
+                return Outcome::from_error(None, route.name(), &error, error.to_string(), false);
+            }
+            Err(error) => {
+                let reached = published.load(Ordering::Acquire) && error.is_transient();
+                let error = if reached { RpcError::Unrepeatable(error.to_string()) } else { error };
+                let message = if reached { format!("{error}; its outcome is unknown") } else { error.to_string() };
+                return Outcome::from_error(None, route.name(), &error, message, reached);
+            }
+        };
+        let ticket = status.ticket.clone();
+        events(Event::Ticket { ticket: ticket.clone(), target: route.name().to_owned() });
+        let mut follower = LogFollower::after(0);
+        emit_logs(&mut follower, &status, events);
+        let outcome = self
+            .follow_to_end(route, &ticket, follower, status, RetryPolicy::once(), ScriptProtocol::V1, events, interrupt)
+            .await;
+        if outcome.exit_code.is_some() {
+            let complete = Request::CompleteScriptV1(CompleteScriptV1 { ticket: ticket.clone() });
+            if let Err(error) = self.rpc.send(route, &complete, SystemTime::now() + self.timing.attempt_timeout).await {
+                events(Event::Notice(format!("could not complete ticket {ticket}: {error}")));
+            }
+        }
+        outcome
+    }
+
+    /// Script v2: a ticket of our own, every request repeated until the deadline.
+    async fn submit_v2(
         &self,
         route: &Route,
         spec: ScriptSpec,
@@ -217,7 +356,8 @@ impl Orchestrator {
         };
         let mut follower = LogFollower::after(0);
         emit_logs(&mut follower, &status, events);
-        let outcome = self.follow_to_end(route, &ticket, follower, status, policy, events, interrupt).await;
+        let outcome =
+            self.follow_to_end(route, &ticket, follower, status, policy, ScriptProtocol::V2, events, interrupt).await;
         self.complete_after(route, &ticket, &outcome, policy, events).await;
         outcome
     }
@@ -254,19 +394,36 @@ impl Orchestrator {
         mut follower: LogFollower,
         mut status: ScriptStatus,
         policy: RetryPolicy,
+        protocol: ScriptProtocol,
         events: EventSink<'_>,
         interrupt: &CancellationToken,
     ) -> Outcome {
         while !follower.has_everything(&status) {
-            let request = Request::GetStatusV2(GetStatusV2 {
-                ticket: ticket.clone(),
-                last_log_sequence: follower.last_seen(),
-                wait: Some(self.timing.status_wait.as_millis() as u64),
-            });
+            let request = match protocol {
+                ScriptProtocol::V2 => Request::GetStatusV2(GetStatusV2 {
+                    ticket: ticket.clone(),
+                    last_log_sequence: follower.last_seen(),
+                    wait: Some(self.timing.status_wait.as_millis() as u64),
+                }),
+                ScriptProtocol::V1 => {
+                    if status.logs.is_empty() {
+                        tokio::time::sleep(V1_POLL).await;
+                    }
+                    Request::GetStatusV1(GetStatusV1 {
+                        ticket: ticket.clone(),
+                        last_log_sequence: follower.last_seen(),
+                    })
+                }
+            };
             let next = tokio::select! {
                 next = self.status_request(route, &request, policy, self.timing.status_wait, None, events) => next,
-                _ = interrupt.cancelled() => {
+                _ = interrupt.cancelled(), if protocol == ScriptProtocol::V2 => {
                     return self.cancel_and_follow(route, ticket, follower, policy, events).await;
+                }
+                _ = interrupt.cancelled(), if protocol == ScriptProtocol::V1 => {
+                    let error = RpcError::Cancelled;
+                    let message = format!("left ticket {ticket} running: a legacy agent's script cannot be cancelled");
+                    return Outcome::from_error(Some(ticket.clone()), route.name(), &error, message, true);
                 }
             };
             match next {
@@ -306,7 +463,17 @@ impl Orchestrator {
         };
         emit_logs(&mut follower, &status, events);
         let uninterrupted = CancellationToken::new();
-        Box::pin(self.follow_to_end(route, ticket, follower, status, policy, events, &uninterrupted)).await
+        Box::pin(self.follow_to_end(
+            route,
+            ticket,
+            follower,
+            status,
+            policy,
+            ScriptProtocol::V2,
+            events,
+            &uninterrupted,
+        ))
+        .await
     }
 
     /// Sends one cancel, without retries, after contact was lost: if it gets through, the script
@@ -338,7 +505,12 @@ impl Orchestrator {
         policy: RetryPolicy,
         events: EventSink<'_>,
     ) -> Result<ScriptStatus, GaveUp> {
-        let request = Request::GetStatusV2(GetStatusV2 { ticket: ticket.clone(), last_log_sequence: 0, wait: None });
+        let request = match self.protocol {
+            ProtocolMode::Auto => {
+                Request::GetStatusV2(GetStatusV2 { ticket: ticket.clone(), last_log_sequence: 0, wait: None })
+            }
+            ProtocolMode::V1 => Request::GetStatusV1(GetStatusV1 { ticket: ticket.clone(), last_log_sequence: 0 }),
+        };
         self.status_request(route, &request, policy, Duration::ZERO, None, events).await
     }
 

@@ -51,7 +51,9 @@ async fn submit_runs_a_script_file_and_refuses_a_missing_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_prints_events_with_the_result_last() {
     let agent = TestAgent::start("cli-json").await;
-    let out = run(&["submit", "--json", "--target", agent.id(), "--", "echo one; echo two >&2; exit 4"]).await;
+    // Two pipes: order across stdout and stderr is the order lines reach the agent.
+    let out =
+        run(&["submit", "--json", "--target", agent.id(), "--", "echo one; sleep 0.2; echo two >&2; exit 4"]).await;
     assert_eq!(out.status.code(), Some(4));
     let events: Vec<serde_json::Value> =
         text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
@@ -180,7 +182,7 @@ async fn capabilities_and_bench_report_on_an_agent() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0));
     assert!(
-        stdout.contains("protocol v2") && stdout.contains("script/v2") && stdout.contains("retries: on"),
+        stdout.contains("protocol v2") && stdout.contains("script/v2") && stdout.contains("retries on"),
         "{stdout}"
     );
     let out = run(&["bench", "--target", agent.id(), "--count", "40", "--concurrency", "4", "--json"]).await;
@@ -209,7 +211,8 @@ async fn help_documents_the_exit_codes() {
 async fn machine_policies_set_the_retry_duration_and_bad_files_are_named() {
     let markers = Markers::new();
     let config = markers.dir.join("policies.toml");
-    std::fs::write(&config, "[policies.quick]\ndeployment = \"2s\"\n\n[targets]\nweb-09 = \"quick\"\n").unwrap();
+    let quick = "[policies.quick]\ndeployment = \"2s\"\nhealth_check = \"2s\"\n\n[targets]\nweb-09 = \"quick\"\n";
+    std::fs::write(&config, quick).unwrap();
     let unreachable = ["--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"];
     let started = std::time::Instant::now();
     let out = run(&[

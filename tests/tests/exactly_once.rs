@@ -25,6 +25,7 @@ async fn follow_to_end(
             follower,
             status,
             RetryPolicy::new(Duration::from_secs(30)),
+            dispatcher::negotiate::ScriptProtocol::V2,
             &|_| {},
             &Default::default(),
         )

@@ -4,6 +4,7 @@
 //! real error.
 
 use contracts::*;
+use dispatcher::negotiate::ScriptProtocol;
 use dispatcher::{Orchestrator, OutcomeKind, RetryPolicy, RpcClient, RpcConfig, Timing};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +73,16 @@ impl Chaos {
         let status = self.orchestrator.status(&self.route(), ticket, policy, &|_| {}).await.unwrap();
         let follower = dispatcher::follow::LogFollower::after(0);
         self.orchestrator
-            .follow_to_end(&self.route(), ticket, follower, status, policy, &|_| {}, &Default::default())
+            .follow_to_end(
+                &self.route(),
+                ticket,
+                follower,
+                status,
+                policy,
+                ScriptProtocol::V2,
+                &|_| {},
+                &Default::default(),
+            )
             .await
     }
 

@@ -182,10 +182,11 @@ async fn when_redis_comes_back_empty_starts_issued_before_are_refused_not_rerun(
     assert!(status.is_complete(), "{status:?}");
     redis.stop().await;
     redis.start_again().await; // without its data
-    // A late copy of the same start: the store forgot the ticket, so running it could be a
-    // second run. It is refused, permanently.
+                               // A late copy of the same start: the store forgot the ticket, so running it could be a
+                               // second run. It is refused, permanently.
     let asked = std::time::Instant::now();
-    let refused = orchestrator.request(&agent.route(), &start, policy, Duration::from_secs(2), None, &|_| {}).await.unwrap_err();
+    let refused =
+        orchestrator.request(&agent.route(), &start, policy, Duration::from_secs(2), None, &|_| {}).await.unwrap_err();
     assert_eq!(refused.error.agent_error(), Some(ErrorKind::StoreReset), "{refused}");
     assert!(asked.elapsed() < Duration::from_secs(10), "the refusal is permanent: retries stop at it");
     assert_eq!(markers.count("run"), 1);

@@ -1,0 +1,192 @@
+//! Golden fixtures pinning the wire format both ways: what this code writes is read by a legacy
+//! reader that knows fewer fields, and what a legacy writer (or a newer one, with fields and
+//! enum values this code does not know) wrote is read by this code.
+//!
+//! `UPDATE_GOLDEN=1 cargo test -p contracts --test golden` rewrites the fixtures of the current
+//! format; do that only for a deliberate, compatible change.
+
+use contracts::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
+}
+
+/// Compares `bytes` with the fixture (or writes it with UPDATE_GOLDEN=1).
+fn pinned(name: &str, bytes: &[u8]) {
+    let path = fixture(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let expected =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert!(expected == bytes, "the wire format of {name} changed; old readers may not read it");
+}
+
+fn current_start() -> Envelope<StartScriptV2> {
+    Envelope {
+        version: PROTOCOL_VERSION,
+        kind: "StartScriptV2".into(),
+        message_id: "00000000-0000-4000-8000-000000000001".into(),
+        target: "web-01".into(),
+        issued_at: 1_795_000_000_000,
+        not_after: Some(1_795_000_150_000),
+        body: StartScriptV2 {
+            ticket: Ticket::parse("4f1c6a1e-0000-4000-8000-00000000abcd").unwrap(),
+            spec: ScriptSpec {
+                script: "echo hi".into(),
+                shell: Shell::Bash,
+                args: vec!["--fast".into()],
+                env: BTreeMap::from([("STAGE".into(), "prod".into())]),
+                files: vec![ScriptFile { name: "app.conf".into(), content: b"k=v".to_vec() }],
+                isolation: Isolation::Full,
+                mutex_name: Some("db".into()),
+                mutex_timeout: Some(30_000),
+                execution_timeout: Some(600_000),
+            },
+            wait_for_output: Some(500),
+            first_issued_at: Some(1_795_000_000_000),
+        },
+    }
+}
+
+/// The first version of the start, as a legacy reader and writer knew it.
+mod legacy {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub struct Envelope<B> {
+        pub version: u16,
+        pub kind: String,
+        pub message_id: String,
+        pub target: String,
+        pub issued_at: u64,
+        pub not_after: Option<u64>,
+        pub body: B,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub struct StartScriptV2 {
+        pub ticket: String,
+        pub script: String,
+        pub shell: String,
+        pub args: Vec<String>,
+        pub env: BTreeMap<String, String>,
+        pub isolation: String,
+        pub mutex_name: Option<String>,
+        pub mutex_timeout: Option<u64>,
+        pub execution_timeout: Option<u64>,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub struct LogLine {
+        pub seq: u64,
+        pub stream: String,
+        pub text: String,
+        pub at: u64,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub struct ScriptStatus {
+        pub ticket: String,
+        pub state: String,
+        pub exit_code: Option<i32>,
+        pub logs: Vec<LogLine>,
+        pub next_log_sequence: u64,
+    }
+}
+
+#[test]
+fn the_current_start_is_pinned() {
+    pinned("start_v2_current.msgpack", &current_start().encode().unwrap());
+}
+
+#[test]
+fn a_legacy_reader_reads_the_current_start_ignoring_fields_it_does_not_know() {
+    let bytes = std::fs::read(fixture("start_v2_current.msgpack")).unwrap();
+    let old: legacy::Envelope<legacy::StartScriptV2> = rmp_serde::from_slice(&bytes).expect("legacy reader");
+    assert_eq!(old.body.script, "echo hi");
+    assert_eq!(old.body.shell, "Bash");
+    assert_eq!(old.body.isolation, "Full");
+    assert_eq!(old.body.execution_timeout, Some(600_000));
+}
+
+fn legacy_start() -> legacy::Envelope<legacy::StartScriptV2> {
+    legacy::Envelope {
+        version: 1,
+        kind: "StartScriptV2".into(),
+        message_id: "00000000-0000-4000-8000-000000000002".into(),
+        target: "web-01".into(),
+        issued_at: 1_700_000_000_000,
+        not_after: None,
+        body: legacy::StartScriptV2 {
+            ticket: "legacy-ticket-1".into(),
+            script: "echo old".into(),
+            shell: "Sh".into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            isolation: "None".into(),
+            mutex_name: None,
+            mutex_timeout: None,
+            execution_timeout: None,
+        },
+    }
+}
+
+#[test]
+fn the_current_reader_reads_a_legacy_start_with_defaults_for_newer_fields() {
+    pinned("start_v2_legacy.msgpack", &rmp_serde::to_vec_named(&legacy_start()).unwrap());
+    let bytes = std::fs::read(fixture("start_v2_legacy.msgpack")).unwrap();
+    let (header, request) = Request::decode(&bytes).expect("current reader");
+    assert_eq!(header.version, 1);
+    let Request::StartScriptV2(start) = request else { panic!("a start") };
+    assert_eq!(start.ticket, Ticket::parse("legacy-ticket-1").unwrap());
+    assert_eq!(start.spec.script, "echo old");
+    assert!(start.spec.files.is_empty());
+    assert_eq!((start.wait_for_output, start.first_issued_at), (None, None));
+}
+
+#[test]
+fn the_current_reader_reads_a_newer_message_with_unknown_fields_and_values() {
+    // A status from a newer agent: an extra envelope field, an extra body field, and enum values
+    // this code does not know.
+    let newer = serde_json::json!({
+        "version": 9, "kind": "ScriptStatus", "message_id": "m", "target": "web-01", "issued_at": 1,
+        "trace_id": "abc",
+        "body": {
+            "ticket": "t-1", "state": "Paused", "exit_code": null, "next_log_sequence": 2, "priority": 5,
+            "logs": [{"seq": 1, "stream": "Debug", "text": "x", "at": 1, "colour": "red"}],
+        },
+    });
+    let bytes = rmp_serde::to_vec_named(&newer).unwrap();
+    pinned("status_future.msgpack", &bytes);
+    let Reply::ScriptStatus(status) = Reply::decode(&bytes).expect("current reader") else { panic!("a status") };
+    assert_eq!(status.state, ScriptState::Unknown);
+    assert_eq!(status.logs[0].stream, LogStream::Unknown);
+    assert_eq!(status.next_log_sequence, 2);
+}
+
+#[test]
+fn a_legacy_reader_reads_the_current_status() {
+    let status = ScriptStatus {
+        ticket: Ticket::parse("t-1").unwrap(),
+        state: ScriptState::Complete,
+        exit_code: Some(exit_code::UNKNOWN_RESULT),
+        logs: vec![LogLine { seq: 1, stream: LogStream::Agent, text: "lost".into(), at: 7 }],
+        next_log_sequence: 2,
+    };
+    let bytes = Reply::ScriptStatus(status).encode("web-01", 1).unwrap();
+    let old: legacy::Envelope<legacy::ScriptStatus> = rmp_serde::from_slice(&bytes).expect("legacy reader");
+    assert_eq!((old.body.state.as_str(), old.body.exit_code), ("Complete", Some(-46)));
+    assert_eq!(old.body.logs[0].text, "lost");
+}
+
+#[test]
+fn a_future_kind_is_reported_as_unknown_not_misread() {
+    let future = serde_json::json!({"version": 9, "kind": "StartScriptV3", "message_id": "m", "target": "x", "issued_at": 1, "body": {}});
+    let error = Request::decode(&rmp_serde::to_vec_named(&future).unwrap()).unwrap_err();
+    assert!(matches!(error, CodecError::UnknownKind(ref k) if k == "StartScriptV3"));
+    assert_eq!(error.reply_kind(), ErrorKind::Unsupported);
+}
