@@ -118,6 +118,8 @@ impl AgentProcess {
             .arg(&config.work_dir)
             .args(["--lease-ttl", &format!("{}ms", config.lease_ttl.as_millis())])
             .args(["--protocol", if config.protocol == worker_agent::Protocol::V1 { "v1" } else { "v2" }])
+            .args(config.pool.iter().flat_map(|pool| ["--pool", pool.as_str()]))
+            .args(config.max_scripts.iter().flat_map(|n| ["--max-scripts".to_string(), n.to_string()]))
             .env("CUTTLE_AMQP_URL", &config.amqp_url)
             .env("CUTTLE_REDIS_URL", &config.redis_url)
             .env("RUST_LOG", "info")

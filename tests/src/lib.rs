@@ -62,7 +62,8 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(value) = check().await {
+        // A check that hangs counts as not yet, and cannot outlive the deadline.
+        if let Ok(Some(value)) = tokio::time::timeout_at(deadline, check()).await {
             return value;
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");

@@ -135,3 +135,11 @@ pub async fn queue_depth(queue: &str) -> u32 {
     let _ = connection.close(200, "done".into()).await;
     declared.message_count()
 }
+
+/// Deletes a queue (a pool's, after its test).
+pub async fn delete_queue(queue: &str) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+    let _ = connection.close(200, "done".into()).await;
+}

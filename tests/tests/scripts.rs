@@ -171,7 +171,7 @@ async fn the_delivery_is_acked_once_claimed_not_when_the_script_ends() {
     let ticket = Ticket::generate();
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),
-        spec: sh("echo up; sleep 4"),
+        spec: sh("echo up; sleep 30"),
         wait_for_output: Some(3000),
         first_issued_at: None,
     });
@@ -182,11 +182,12 @@ async fn the_delivery_is_acked_once_claimed_not_when_the_script_ends() {
     };
     assert_eq!(status.state, ScriptState::Running);
     let queue = contracts::topology::agent_queue(agent.id());
-    let unacked = eventually("the start delivery to be acked", Duration::from_secs(3), || {
+    let unacked = eventually("the start delivery to be acked", Duration::from_secs(20), || {
         let queue = queue.clone();
         async move {
             let out = tokio::process::Command::new("rabbitmqctl")
                 .args(["list_queues", "-q", "--no-table-headers", "name", "messages_unacknowledged"])
+                .kill_on_drop(true)
                 .output()
                 .await
                 .ok()?;

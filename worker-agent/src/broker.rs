@@ -4,7 +4,7 @@
 
 use crate::service::Agent;
 use contracts::topology::*;
-use contracts::{unix_millis, CodecError, ErrorReply, Reply, Request};
+use contracts::{unix_millis, CodecError, ErrorReply, Kind, Reply, Request};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -121,6 +121,13 @@ pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) {
     }
 }
 
+/// Where a delivery came from: the agent's own queue, or its pool's shared one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Own,
+    Pool,
+}
+
 async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(), BrokerError> {
     let config = agent.config();
     let properties =
@@ -131,37 +138,50 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
     let queue = agent_queue(&config.agent_id);
     declare_topology(&channel, &queue, &config.agent_id).await?;
     call("basic.qos", BROKER_CALL_TIMEOUT, channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
-    let mut consumer = call(
-        "basic.consume",
-        BROKER_CALL_TIMEOUT,
-        channel.basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()),
-    )
-    .await?;
+    let mut own = start_consumer(&channel, &queue).await?;
+    // The pool's queue on a channel of its own: a worker with bounded scripts takes one pool
+    // delivery at a time, so while it waits for a free place the rest go to other workers.
+    let mut pool = match &config.pool {
+        None => None,
+        Some(pool) => {
+            let pool_channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
+            let pool_queue = pool_queue(pool);
+            declare_topology(&pool_channel, &pool_queue, &pool_routing_key(pool)).await?;
+            let prefetch = if config.max_scripts.is_some() { 1 } else { config.prefetch };
+            call("basic.qos", BROKER_CALL_TIMEOUT, pool_channel.basic_qos(prefetch, BasicQosOptions::default()))
+                .await?;
+            let consumer = start_consumer(&pool_channel, &pool_queue).await?;
+            tracing::info!(agent = %config.agent_id, queue = %pool_queue, "consuming pool commands");
+            Some((pool_channel, consumer))
+        }
+    };
     tracing::info!(agent = %config.agent_id, queue = %queue, "consuming commands");
     agent.set_ready(true);
     let handlers = TaskTracker::new();
     let result = loop {
-        let delivery = tokio::select! {
+        let (source, delivery) = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            delivery = consumer.next() => delivery,
+            delivery = own.next() => (Source::Own, delivery),
+            delivery = next_pool_delivery(&mut pool) => (Source::Pool, delivery),
         };
         match delivery {
             None => break Err(BrokerError::ConsumerClosed),
             Some(Err(source)) => break Err(BrokerError::Call { call: "basic.deliver", source }),
             Some(Ok(delivery)) => {
-                handlers.spawn(handle_delivery(agent.clone(), channel.clone(), delivery));
+                handlers.spawn(handle_delivery(agent.clone(), channel.clone(), delivery, source, shutdown.clone()));
             }
         }
     };
     agent.set_ready(false);
     if result.is_ok() {
-        // Take no more deliveries; those not acked go back to the queue for the next consumer.
-        let _ = call(
-            "basic.cancel",
-            BROKER_CALL_TIMEOUT,
-            channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
-        )
-        .await;
+        // Take no more deliveries; those not acked go back to the queue for other consumers.
+        let _ =
+            call("basic.cancel", BROKER_CALL_TIMEOUT, channel.basic_cancel(own.tag(), BasicCancelOptions::default()))
+                .await;
+        if let Some((pool_channel, consumer)) = &pool {
+            let cancel = pool_channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+            let _ = call("basic.cancel", BROKER_CALL_TIMEOUT, cancel).await;
+        }
         handlers.close();
         let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, handlers.wait()).await;
         let _ = call("connection.close", BROKER_CALL_TIMEOUT, connection.close(200, "agent stopping".into())).await;
@@ -169,7 +189,27 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
     result
 }
 
-async fn handle_delivery(agent: Arc<Agent>, channel: Channel, delivery: lapin::message::Delivery) {
+async fn start_consumer(channel: &Channel, queue: &str) -> Result<lapin::Consumer, BrokerError> {
+    let consume = channel.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default());
+    call("basic.consume", BROKER_CALL_TIMEOUT, consume).await
+}
+
+async fn next_pool_delivery(
+    pool: &mut Option<(Channel, lapin::Consumer)>,
+) -> Option<lapin::Result<lapin::message::Delivery>> {
+    match pool {
+        Some((_, consumer)) => consumer.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn handle_delivery(
+    agent: Arc<Agent>,
+    channel: Channel,
+    delivery: lapin::message::Delivery,
+    source: Source,
+    shutdown: CancellationToken,
+) {
     let config = agent.config();
     let props = &delivery.properties;
     let reply_to = props.reply_to().as_ref().map(ShortString::to_string);
@@ -193,18 +233,44 @@ async fn handle_delivery(agent: Arc<Agent>, channel: Channel, delivery: lapin::m
         Ok((header, request)) => {
             let kind = request.kind();
             let ticket = request.ticket().map(|t| t.to_string());
-            tracing::debug!(agent = %config.agent_id, %kind, ticket = ?ticket, "request");
-            let reply = agent.handle(&header, request).await;
+            let starts = matches!(kind, Kind::StartScriptV2 | Kind::StartScriptV1);
+            let slot = if starts {
+                tokio::select! {
+                    slot = agent.take_slot() => slot,
+                    _ = shutdown.cancelled() => {
+                        // Never started here: back to the queue, for another worker.
+                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        return;
+                    }
+                }
+            } else {
+                if source == Source::Pool {
+                    // Any worker can answer, and the dispatcher repeats what gets no answer: do
+                    // not hold the pool's delivery slot while serving it.
+                    ack(&agent, &delivery).await;
+                }
+                None
+            };
+            tracing::debug!(agent = %config.agent_id, %kind, ticket = ?ticket, ?source, "request");
+            let reply = agent.handle(&header, request, slot).await;
             if let Reply::Error(error) = &reply {
                 tracing::info!(agent = %config.agent_id, %kind, ticket = ?ticket, error = %error, "request refused");
+            }
+            if !starts && source == Source::Pool {
+                send_reply(&agent, &channel, reply_to, correlation_id, &reply).await;
+                return;
             }
             reply
         }
     };
     send_reply(&agent, &channel, reply_to, correlation_id, &reply).await;
+    ack(&agent, &delivery).await;
+}
+
+async fn ack(agent: &Agent, delivery: &lapin::message::Delivery) {
     if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
         // The broker redelivers; the request is idempotent, so that is harmless.
-        tracing::warn!(agent = %config.agent_id, %error, "could not ack delivery");
+        tracing::warn!(agent = %agent.config().agent_id, %error, "could not ack delivery");
     }
 }
 

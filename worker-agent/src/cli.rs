@@ -24,6 +24,13 @@ pub enum Command {
     Run(RunArgs),
 }
 
+/// Ticket stores the agent can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// Redis at `--redis-url`, shared by every worker of a pool.
+    Redis,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// This agent's id; its queue is `cuttle.agent.<ID>` ([A-Za-z0-9._-], at most 100).
@@ -41,6 +48,19 @@ pub struct RunArgs {
     /// Directory for script workspaces [default: <tmp>/cuttle-agent/<ID>].
     #[arg(long, env = "CUTTLE_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Worker pool to serve as well: its queue `cuttle.pool.<POOL>` is shared by every worker
+    /// of the pool (which must share the ticket store and key prefix).
+    #[arg(long, env = "CUTTLE_POOL")]
+    pub pool: Option<String>,
+    /// Scripts run at once at most; a full worker takes no more pool work [default: no bound].
+    #[arg(long, env = "CUTTLE_MAX_SCRIPTS")]
+    pub max_scripts: Option<usize>,
+    /// Serve HTTP probes here: GET /livez (alive) and /readyz (consuming, store answering).
+    #[arg(long, env = "CUTTLE_HEALTH_ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
+    /// Where tickets are kept: `redis` (shared, the default).
+    #[arg(long, value_enum, default_value_t = StoreKind::Redis)]
+    pub store: StoreKind,
     /// Protocol to speak: v2 (capabilities, script v2 and v1) or v1 (a legacy agent: script v1 only).
     #[arg(long, value_enum, default_value_t = Protocol::V2)]
     pub protocol: Protocol,
@@ -68,6 +88,14 @@ impl RunArgs {
         config.work_dir =
             self.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("cuttle-agent").join(&self.agent_id));
         config.protocol = self.protocol;
+        if let Some(pool) = &self.pool {
+            contracts::topology::validate_name("pool name", pool)?;
+        }
+        config.pool = self.pool.clone();
+        if self.max_scripts == Some(0) {
+            return Err("--max-scripts must be at least 1".into());
+        }
+        config.max_scripts = self.max_scripts;
         config.prefetch = self.prefetch.max(1);
         config.lease_ttl = self.lease_ttl.max(Duration::from_secs(1));
         config.tombstone_ttl = self.tombstone_ttl;
@@ -93,7 +121,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("stopping: taking no more work");
         signals.cancel();
     });
-    tracing::info!(agent = %config.agent_id, protocol = ?config.protocol, work_dir = %config.work_dir.display(), "agent starting");
+    tracing::info!(agent = %config.agent_id, pool = ?config.pool, max_scripts = ?config.max_scripts, protocol = ?config.protocol, work_dir = %config.work_dir.display(), "agent starting");
     let Some((agent, serving)) = crate::start(config, shutdown).await else {
         return Ok(());
     };

@@ -27,6 +27,10 @@ pub struct AgentConfig {
     pub key_prefix: String,
     pub work_dir: PathBuf,
     pub protocol: Protocol,
+    /// Worker pool whose shared queue this agent also consumes (competing consumers).
+    pub pool: Option<String>,
+    /// Scripts this agent runs at once at most; a full agent takes no more pool work.
+    pub max_scripts: Option<usize>,
     /// Deliveries in flight at once (AMQP prefetch).
     pub prefetch: u16,
     /// How long a running ticket's lease lasts without renewal; an agent dead this long is
@@ -50,6 +54,8 @@ impl AgentConfig {
             key_prefix: "cuttle:".into(),
             work_dir: std::env::temp_dir().join("cuttle-agent"),
             protocol: Protocol::V2,
+            pool: None,
+            max_scripts: None,
             prefetch: 512,
             lease_ttl: Duration::from_secs(15),
             record_ttl: Duration::from_secs(7 * 24 * 3600),

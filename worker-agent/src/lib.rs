@@ -9,12 +9,14 @@
 //! - [`store`]: the Redis ticket store (claim with `SET NX`, compare-and-set, lease, logs).
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
 //!   [`isolation`] its mutexes.
+//! - [`health`]: liveness and readiness probes over HTTP.
 //! - [`cli`]: the `worker-agent` command line.
 #![forbid(unsafe_code)]
 
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod isolation;
 pub mod output;
 pub mod rules;

@@ -90,6 +90,7 @@ impl Run {
             .args(&self.spec.args)
             .envs(&self.spec.env)
             .env("CUTTLE_TICKET", &self.keys.ticket)
+            .env("CUTTLE_AGENT_ID", &self.record.agent_id)
             .current_dir(&self.workspace)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

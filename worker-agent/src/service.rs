@@ -12,7 +12,7 @@ use contracts::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// A log position past any real log, to read a ticket without its output.
@@ -42,7 +42,12 @@ pub struct Agent {
     ready: watch::Sender<bool>,
     /// The ticket store's epoch as last seen; a change means it lost its data.
     epoch: Mutex<Epoch>,
+    /// Free places for scripts, when `max_scripts` bounds them.
+    slots: Option<Arc<Semaphore>>,
 }
+
+/// A place for one running script, held until it ends.
+pub type Slot = OwnedSemaphorePermit;
 
 fn now_ms() -> u64 {
     unix_millis(SystemTime::now())
@@ -54,6 +59,7 @@ fn unavailable(error: StoreError) -> Reply {
 
 impl Agent {
     pub fn new(config: AgentConfig, store: TicketStore, epoch: Epoch) -> Arc<Self> {
+        let config_slots = config.max_scripts.map(|n| Arc::new(Semaphore::new(n.max(1))));
         let owner = format!("{}/{}", config.agent_id, uuid::Uuid::new_v4());
         Arc::new(Agent {
             config,
@@ -64,11 +70,16 @@ impl Agent {
             tracker: tokio_util::task::TaskTracker::new(),
             ready: watch::channel(false).0,
             epoch: Mutex::new(epoch),
+            slots: config_slots,
         })
     }
 
     pub fn config(&self) -> &AgentConfig {
         &self.config
+    }
+
+    pub fn store(&self) -> &TicketStore {
+        &self.store
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -92,6 +103,12 @@ impl Agent {
         }
         self.tracker.close();
         self.tracker.wait().await;
+    }
+
+    /// Waits for a place for one more script; `None` when scripts are not bounded.
+    pub async fn take_slot(&self) -> Option<Slot> {
+        let slots = self.slots.clone()?;
+        Some(slots.acquire_owned().await.expect("slots are never closed"))
     }
 
     /// Whether this agent serves a kind at all; a legacy (v1) agent knows only script v1.
@@ -122,8 +139,9 @@ impl Agent {
         Ok(lost)
     }
 
-    /// Serves one decoded request.
-    pub async fn handle(self: &Arc<Self>, header: &Envelope<()>, request: Request) -> Reply {
+    /// Serves one decoded request; a start runs its script in `slot` (taken by the caller when
+    /// scripts are bounded).
+    pub async fn handle(self: &Arc<Self>, header: &Envelope<()>, request: Request, slot: Option<Slot>) -> Reply {
         if !self.serves(request.kind()) {
             return Reply::Error(ErrorReply::new(
                 ErrorKind::Unsupported,
@@ -140,10 +158,10 @@ impl Agent {
             }),
             Request::StartScriptV2(start) => {
                 let first_issued_at = start.first_issued_at.unwrap_or(header.issued_at);
-                self.start(start.ticket, start.spec, header.not_after, start.wait_for_output, Some(first_issued_at))
-                    .await
+                let wait = start.wait_for_output;
+                self.start(start.ticket, start.spec, header.not_after, wait, Some(first_issued_at), slot).await
             }
-            Request::StartScriptV1(start) => self.start(Ticket::generate(), start.spec, None, None, None).await,
+            Request::StartScriptV1(start) => self.start(Ticket::generate(), start.spec, None, None, None, slot).await,
             Request::GetStatusV2(s) => self.status(&s.ticket, s.last_log_sequence, s.wait).await,
             Request::GetStatusV1(s) => self.status(&s.ticket, s.last_log_sequence, None).await,
             Request::CancelScriptV2(c) => self.cancel(&c.ticket, c.last_log_sequence).await,
@@ -161,6 +179,7 @@ impl Agent {
         not_after: Option<u64>,
         wait: Option<u64>,
         first_issued_at: Option<u64>,
+        slot: Option<Slot>,
     ) -> Reply {
         let keys = self.store.keys(&ticket.store_key());
         let digest = spec.digest();
@@ -196,7 +215,7 @@ impl Agent {
             Ok(Claim::EpochChanged) => unreachable!("handled above"),
             Ok(Claim::Won) => {
                 tracing::info!(ticket = %ticket, agent = %self.config.agent_id, "ticket claimed; starting script");
-                self.launch(keys, record, spec);
+                self.launch(keys, record, spec, slot);
             }
             Ok(Claim::Existing { record, .. }) => {
                 if let Err(conflict) = rules::check_same_command(&record, &digest) {
@@ -209,7 +228,7 @@ impl Agent {
         self.status(&ticket, 0, wait).await
     }
 
-    fn launch(self: &Arc<Self>, keys: TicketKeys, record: TicketRecord, spec: ScriptSpec) {
+    fn launch(self: &Arc<Self>, keys: TicketKeys, record: TicketRecord, spec: ScriptSpec, slot: Option<Slot>) {
         let (progress, watcher) = watch::channel(Progress { next_log_sequence: 1, complete: false });
         let cancel = CancellationToken::new();
         let ticket = keys.ticket.clone();
@@ -233,6 +252,7 @@ impl Agent {
         let agent = self.clone();
         self.tracker.spawn(async move {
             run.execute().await;
+            drop(slot);
             agent.runs.lock().expect("runs poisoned").remove(&ticket);
         });
     }

@@ -1,0 +1,194 @@
+//! Worker pools: competing consumers on a shared queue and a shared ticket store, bounded
+//! workers, and draining on SIGTERM. Against the real RabbitMQ and Redis.
+
+use dispatcher::{Orchestrator, Route};
+use std::collections::HashMap;
+use std::time::Duration;
+use tests::*;
+use worker_agent::AgentConfig;
+
+/// Configurations for `n` workers of one fresh pool, sharing a key prefix.
+fn pool_configs(what: &str, n: usize, max_scripts: Option<usize>) -> (String, Vec<AgentConfig>) {
+    let pool = unique(what);
+    let configs = (0..n)
+        .map(|_| {
+            let mut config = tests::agent::test_config(what);
+            config.pool = Some(pool.clone());
+            config.key_prefix = format!("{pool}:");
+            config.max_scripts = max_scripts;
+            config
+        })
+        .collect();
+    (pool, configs)
+}
+
+/// A script that records its run under `name` and which worker ran it.
+fn recorded(markers: &Markers, name: &str, rest: &str) -> String {
+    let who = markers.dir.join(format!("{name}.who"));
+    format!("{}; echo \"$CUTTLE_AGENT_ID\" >> '{}'; {rest}", markers.record(name), who.display())
+}
+
+fn who(markers: &Markers, name: &str) -> Vec<String> {
+    std::fs::read_to_string(markers.dir.join(format!("{name}.who")))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn cleanup_pool(pool: &str) {
+    tests::raw::delete_queue(&contracts::topology::pool_queue(pool)).await;
+}
+
+async fn submit_all(
+    orchestrator: &Orchestrator,
+    route: &Route,
+    scripts: Vec<String>,
+    in_flight: usize,
+) -> Vec<dispatcher::Outcome> {
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(scripts.into_iter().enumerate().collect::<Vec<_>>()));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let (orchestrator, route, queue) = (orchestrator.clone(), route.clone(), queue.clone());
+        workers.spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let Some((i, script)) = queue.lock().unwrap().pop() else { return done };
+                let (outcome, _) = submit(&orchestrator, &route, sh(script)).await;
+                done.push((i, outcome));
+            }
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        outcomes.extend(done.unwrap());
+    }
+    outcomes.sort_by_key(|(i, _)| *i);
+    outcomes.into_iter().map(|(_, o)| o).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_three_runs_a_hundred_scripts_each_once_spread_over_every_worker() {
+    let (pool, configs) = pool_configs("pool3", 3, None);
+    let mut workers = Vec::new();
+    for config in configs {
+        workers.push(TestAgent::start_with(config).await);
+    }
+    let orchestrator = orchestrator().await;
+    let route = Route::pool(&pool).unwrap();
+    let markers = Markers::new();
+    let scripts = (0..100).map(|i| recorded(&markers, &format!("s{i}"), "sleep 0.05; echo done")).collect();
+    let outcomes = submit_all(&orchestrator, &route, scripts, 10).await;
+    assert!(outcomes.iter().all(|o| o.exit_code == Some(0)), "every script completed");
+    let mut runs_per_worker: HashMap<String, usize> = HashMap::new();
+    for i in 0..100 {
+        assert_eq!(markers.count(&format!("s{i}")), 1, "script {i} ran exactly once");
+        for id in who(&markers, &format!("s{i}")) {
+            *runs_per_worker.entry(id).or_default() += 1;
+        }
+    }
+    println!("runs per worker: {runs_per_worker:?}");
+    for worker in &workers {
+        assert!(runs_per_worker.get(worker.id()).copied().unwrap_or(0) > 0, "worker {} ran some", worker.id());
+    }
+    for worker in workers {
+        worker.stop().await;
+    }
+    cleanup_pool(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_worker_takes_no_more_pool_work() {
+    let (pool, configs) = pool_configs("full", 2, Some(1));
+    let mut workers = Vec::new();
+    for config in configs {
+        workers.push(TestAgent::start_with(config).await);
+    }
+    let orchestrator = orchestrator().await;
+    let route = Route::pool(&pool).unwrap();
+    let markers = Markers::new();
+    // Each waits for the other to have started: both succeed only if they run at once, which
+    // with one script per worker means on different workers.
+    let (a, b) = (markers.dir.join("a.started"), markers.dir.join("b.started"));
+    let meet = |me: &std::path::Path, other: &std::path::Path| {
+        format!(
+            "touch '{}'; for i in $(seq 100); do [ -f '{}' ] && exit 0; sleep 0.05; done; exit 1",
+            me.display(),
+            other.display()
+        )
+    };
+    let scripts = vec![recorded(&markers, "a", &meet(&a, &b)), recorded(&markers, "b", &meet(&b, &a))];
+    let outcomes = submit_all(&orchestrator, &route, scripts, 2).await;
+    assert_eq!(outcomes.iter().map(|o| o.exit_code).collect::<Vec<_>>(), vec![Some(0), Some(0)]);
+    assert_ne!(who(&markers, "a"), who(&markers, "b"), "the two ran on different workers");
+    for worker in workers {
+        worker.stop().await;
+    }
+    cleanup_pool(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_running_scripts_finish_and_hands_waiting_work_to_the_pool() {
+    let (pool, mut configs) = pool_configs("drain", 2, Some(1));
+    let mut draining = AgentProcess::start(configs.remove(0)).await;
+    let orchestrator = orchestrator().await;
+    let route = Route::pool(&pool).unwrap();
+    let markers = Markers::new();
+    let first = {
+        let (orchestrator, route, script) =
+            (orchestrator.clone(), route.clone(), recorded(&markers, "first", "sleep 2; echo finished"));
+        tokio::spawn(async move { submit(&orchestrator, &route, sh(script)).await })
+    };
+    eventually("the first script to run", Duration::from_secs(10), || async {
+        (markers.count("first") == 1).then_some(())
+    })
+    .await;
+    // The worker is full: this one waits for it, or in the queue.
+    let second = {
+        let (orchestrator, route, script) =
+            (orchestrator.clone(), route.clone(), recorded(&markers, "second", "echo second"));
+        tokio::spawn(async move { submit(&orchestrator, &route, sh(script)).await })
+    };
+    draining.signal(nix::sys::signal::Signal::SIGTERM);
+    let taker = TestAgent::start_with(configs.remove(0)).await;
+    let exit =
+        tokio::time::timeout(Duration::from_secs(20), draining.wait()).await.expect("the worker exits after draining");
+    assert!(exit.success(), "{exit:?}");
+    let (first, lines) = first.await.unwrap();
+    assert_eq!(first.exit_code, Some(0), "the running script finished inside the grace period: {first:?}");
+    assert_eq!(texts(&lines, contracts::LogStream::Stdout), vec!["finished".to_string()]);
+    let (second, _) = second.await.unwrap();
+    assert_eq!(second.exit_code, Some(0), "{second:?}");
+    assert_eq!(who(&markers, "second"), vec![taker.id().to_string()], "waiting work went to the rest of the pool");
+    assert_eq!((markers.count("first"), markers.count("second")), (1, 1));
+    taker.stop().await;
+    draining.stop().await;
+    cleanup_pool(&pool).await;
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_report_liveness_and_readiness() {
+    let agent = TestAgent::start("probes").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(worker_agent::health::serve(listener, agent.agent.clone()));
+    assert!(http_get(addr, "/livez").await.starts_with("HTTP/1.1 200"));
+    assert!(http_get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+    agent.stop_consuming().await;
+    eventually("readiness to drop once the agent stops consuming", Duration::from_secs(10), || async {
+        http_get(addr, "/readyz").await.starts_with("HTTP/1.1 503").then_some(())
+    })
+    .await;
+    assert!(http_get(addr, "/livez").await.starts_with("HTTP/1.1 200"), "still alive while draining");
+    assert!(http_get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+    agent.stop().await;
+}
