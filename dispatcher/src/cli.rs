@@ -2,7 +2,7 @@
 
 use crate::bench;
 use crate::negotiate::{AgentKind, ProtocolMode};
-use crate::orchestrator::{Event, Orchestrator, Timing};
+use crate::orchestrator::{Event, Orchestrator, Policies, Timing};
 use crate::outcome::{exit, Outcome, OutcomeKind};
 use crate::policy::{self, Overrides, PolicyConfig, PolicyError, Purpose, Target};
 use crate::retry::RetryPolicy;
@@ -75,9 +75,9 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 #[group(required = true, multiple = false)]
 pub struct TargetArgs {
-    /// Agent to run on.
+    /// Agent to run on (`submit` takes several: `--target a --target b`).
     #[arg(long)]
-    pub target: Option<String>,
+    pub target: Vec<String>,
     /// Worker pool to run on (any worker of the pool).
     #[arg(long)]
     pub pool: Option<String>,
@@ -85,11 +85,28 @@ pub struct TargetArgs {
 
 impl TargetArgs {
     fn route(&self) -> Result<Route, String> {
-        match (&self.target, &self.pool) {
-            (Some(agent), _) => Route::agent(agent),
-            (_, Some(pool)) => Route::pool(pool),
+        match (self.target.as_slice(), &self.pool) {
+            ([agent], _) => Route::agent(agent),
+            ([], Some(pool)) => Route::pool(pool),
+            ([_, _, ..], _) => Err("this command takes one --target".into()),
             _ => Err("give --target or --pool".into()),
         }
+    }
+
+    /// Every target given (`submit` fans out over several).
+    fn routes(&self) -> Result<Vec<Route>, String> {
+        if let Some(pool) = &self.pool {
+            return Ok(vec![Route::pool(pool)?]);
+        }
+        let mut routes: Vec<Route> = Vec::new();
+        for agent in &self.target {
+            let route = Route::agent(agent)?;
+            if routes.contains(&route) {
+                return Err(format!("--target {agent} is given twice"));
+            }
+            routes.push(route);
+        }
+        Ok(routes)
     }
 }
 
@@ -115,8 +132,21 @@ pub struct RetryArgs {
 }
 
 impl RetryArgs {
-    /// The retry policy for `route`, from the policies file and this command's overrides.
+    /// The retry policy for `route` and this command's purpose (`--purpose`, else the default).
     fn policy(&self, route: &Route, default_purpose: Purpose) -> Result<RetryPolicy, PolicyError> {
+        self.resolve(route, self.purpose.unwrap_or(default_purpose))
+    }
+
+    /// A submission's policies: the script's, and the health-check one for capabilities.
+    fn policies(&self, route: &Route) -> Result<Policies, PolicyError> {
+        Ok(Policies {
+            script: self.policy(route, Purpose::Deployment)?,
+            health: self.resolve(route, Purpose::HealthCheck)?,
+        })
+    }
+
+    /// The retry policy for `route` and `purpose`, from the policies file and the overrides.
+    fn resolve(&self, route: &Route, purpose: Purpose) -> Result<RetryPolicy, PolicyError> {
         let config = match &self.config {
             Some(path) => PolicyConfig::load(path)?,
             None => PolicyConfig::default(),
@@ -127,7 +157,7 @@ impl RetryArgs {
         };
         let machine = config.policy_for(self.policy.as_deref(), target)?;
         let overrides = Overrides { retry_duration: self.retry_duration, no_retries: self.no_retries };
-        Ok(policy::resolve(&machine, self.purpose.unwrap_or(default_purpose), overrides))
+        Ok(policy::resolve(&machine, purpose, overrides))
     }
 }
 
@@ -173,6 +203,9 @@ pub struct SubmitArgs {
     pub env: Vec<(String, String)>,
     #[command(flatten)]
     pub retry: RetryArgs,
+    /// With several targets: how many run at once.
+    #[arg(long, default_value_t = 10)]
+    pub max_parallel: usize,
     /// Print one JSON event per line instead of the script's output.
     #[arg(long)]
     pub json: bool,
@@ -251,10 +284,68 @@ struct Printer {
     json: bool,
     /// Whether log lines are printed (not for `cancel`).
     logs: bool,
+    /// With several targets: this one's name, put before its lines and in its JSON events.
+    target: Option<String>,
+    /// With several targets on a terminal: the progress bar to keep below the output.
+    progress: Option<Arc<ProgressBar>>,
+}
+
+/// A one-line progress bar on stderr, redrawn after output (only when stderr is a terminal).
+struct ProgressBar {
+    state: std::sync::Mutex<(usize, usize, usize, usize)>, // total, running, done, failed
+}
+
+impl ProgressBar {
+    fn new(total: usize) -> Self {
+        ProgressBar { state: std::sync::Mutex::new((total, 0, 0, 0)) }
+    }
+
+    fn update(&self, change: &crate::fanout::Progress) {
+        let mut state = self.state.lock().expect("progress");
+        match change {
+            crate::fanout::Progress::Started { .. } => state.1 += 1,
+            crate::fanout::Progress::Finished(report) => {
+                state.1 -= 1;
+                state.2 += 1;
+                state.3 += usize::from(crate::fanout::failed(report));
+            }
+        }
+        Self::draw(&state);
+    }
+
+    fn draw(state: &(usize, usize, usize, usize)) {
+        let (total, running, done, failed) = *state;
+        let width = 30;
+        let filled = (done * width).checked_div(total).unwrap_or(width);
+        eprint!(
+            "\r\x1b[K[{}{}] {done}/{total} done, {running} running, {failed} failed",
+            "#".repeat(filled),
+            ".".repeat(width - filled)
+        );
+    }
+
+    /// Runs `print` with the bar cleared, then puts the bar back.
+    fn around(&self, print: impl FnOnce()) {
+        let state = self.state.lock().expect("progress");
+        eprint!("\r\x1b[K");
+        print();
+        Self::draw(&state);
+    }
+
+    fn finish(&self) {
+        eprintln!();
+    }
 }
 
 impl Printer {
     fn event(&self, event: Event) {
+        match &self.progress {
+            Some(bar) => bar.around(|| self.print(event)),
+            None => self.print(event),
+        }
+    }
+
+    fn print(&self, event: Event) {
         if self.json {
             let line = match event {
                 Event::Ticket { ticket, target } => {
@@ -271,28 +362,33 @@ impl Printer {
                 }),
                 Event::Notice(message) => json!({"event": "notice", "message": message}),
             };
+            let mut line = line;
+            if let Some(target) = &self.target {
+                line["target"] = json!(target);
+            }
             println!("{line}");
             return;
         }
+        let prefix = self.target.as_ref().map(|t| format!("[{t}] ")).unwrap_or_default();
         match event {
-            Event::Ticket { ticket, target } => eprintln!("cuttle: ticket {ticket} on {target}"),
+            Event::Ticket { ticket, target } => eprintln!("cuttle: {prefix}ticket {ticket} on {target}"),
             Event::Log(line) if !self.logs => drop(line),
             Event::Log(line) => match line.stream {
                 LogStream::Stdout => {
                     let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "{}", line.text);
+                    let _ = writeln!(out, "{prefix}{}", line.text);
                 }
-                LogStream::Stderr => eprintln!("{}", line.text),
-                LogStream::Agent | LogStream::Unknown => eprintln!("cuttle: [agent] {}", line.text),
+                LogStream::Stderr => eprintln!("{prefix}{}", line.text),
+                LogStream::Agent | LogStream::Unknown => eprintln!("cuttle: {prefix}[agent] {}", line.text),
             },
             Event::Retry { request, notice } => eprintln!(
-                "cuttle: {request} attempt {} failed: {}; retrying in {}, {} left",
+                "cuttle: {prefix}{request} attempt {} failed: {}; retrying in {}, {} left",
                 notice.attempt,
                 notice.error,
                 humantime::format_duration(Duration::from_millis(notice.delay.as_millis() as u64)),
                 humantime::format_duration(Duration::from_secs(notice.time_left.as_secs())),
             ),
-            Event::Notice(message) => eprintln!("cuttle: {message}"),
+            Event::Notice(message) => eprintln!("cuttle: {prefix}{message}"),
         }
     }
 
@@ -398,22 +494,82 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn submit(orchestrator: &Orchestrator, args: SubmitArgs) -> ExitCode {
-    let route = match args.target.route() {
-        Ok(route) => route,
+    let routes = match args.target.routes() {
+        Ok(routes) => routes,
         Err(e) => return usage_error(e),
     };
     let spec = match script_spec(&args) {
         Ok(spec) => spec,
         Err(e) => return usage_error(e),
     };
-    let policy = match args.retry.policy(&route, Purpose::Deployment) {
-        Ok(policy) => policy,
-        Err(e) => return usage_error(e),
-    };
-    let printer = Printer { json: args.json, logs: true };
+    let mut planned = Vec::with_capacity(routes.len());
+    for route in routes {
+        match args.retry.policies(&route) {
+            Ok(policies) => planned.push((route, policies)),
+            Err(e) => return usage_error(e),
+        }
+    }
     let interrupt = interrupt_on_ctrl_c();
-    let outcome = orchestrator.submit(&route, spec, policy, &|e| printer.event(e), &interrupt).await;
-    printer.outcome(&outcome)
+    if let [(route, policies)] = planned.as_slice() {
+        let printer = Printer { json: args.json, logs: true, target: None, progress: None };
+        let outcome = orchestrator.submit(route, spec, *policies, &|e| printer.event(e), &interrupt).await;
+        return printer.outcome(&outcome);
+    }
+    fan_out(orchestrator, planned, spec, args.max_parallel, args.json, &interrupt).await
+}
+
+/// Runs one script on several targets: prefixed output, a progress bar on a terminal, and a
+/// summary table (or, with `--json`, one `result` event per target and a `summary` last).
+async fn fan_out(
+    orchestrator: &Orchestrator,
+    planned: Vec<(Route, Policies)>,
+    spec: ScriptSpec,
+    max_parallel: usize,
+    json: bool,
+    interrupt: &CancellationToken,
+) -> ExitCode {
+    use std::io::IsTerminal;
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| Arc::new(ProgressBar::new(planned.len())));
+    let sink_for = |route: &Route| -> crate::fanout::TargetSink {
+        let printer = Printer { json, logs: true, target: Some(route.name().to_owned()), progress: bar.clone() };
+        Arc::new(move |event| printer.event(event))
+    };
+    let progress: Arc<dyn Fn(crate::fanout::Progress) + Send + Sync> = {
+        let bar = bar.clone();
+        Arc::new(move |change: crate::fanout::Progress| {
+            if let crate::fanout::Progress::Finished(report) = &change {
+                if json {
+                    let printer = Printer { json, logs: false, target: Some(report.target.clone()), progress: None };
+                    printer.outcome(&report.outcome);
+                }
+            }
+            if let Some(bar) = &bar {
+                bar.update(&change);
+            }
+        })
+    };
+    let reports =
+        crate::fanout::submit_many(orchestrator, planned, spec, max_parallel, sink_for, progress, interrupt).await;
+    if let Some(bar) = &bar {
+        bar.finish();
+    }
+    let failed = reports.iter().filter(|r| crate::fanout::failed(r)).count();
+    if json {
+        println!("{}", json!({"event": "summary", "targets": reports.len(), "failed": failed}));
+    } else {
+        eprintln!("{:<24} {:<10} {:>9} {:>10} {:>7}", "TARGET", "OUTCOME", "EXIT CODE", "DURATION", "RETRIES");
+        for r in &reports {
+            let outcome = format!("{:?}", r.outcome.outcome).to_lowercase();
+            let code = r.outcome.exit_code.map_or("-".to_owned(), |c| c.to_string());
+            let duration = format!("{:.1}s", r.duration.as_secs_f64());
+            eprintln!("{:<24} {:<10} {:>9} {:>10} {:>7}", r.target, outcome, code, duration, r.retries);
+            if let (true, Some(error)) = (crate::fanout::failed(r), &r.outcome.error) {
+                eprintln!("  {}: {error}", r.target);
+            }
+        }
+        eprintln!("{} targets, {failed} failed", reports.len());
+    }
+    ExitCode::from(crate::fanout::exit_code(&reports))
 }
 
 async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
@@ -426,7 +582,7 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
         Ok(policy) => policy,
         Err(e) => return usage_error(e),
     };
-    let printer = Printer { json: t.json, logs: true };
+    let printer = Printer { json: t.json, logs: true, target: None, progress: None };
     let events = |e| printer.event(e);
     let status = match orchestrator.status(&route, &t.ticket, policy, &events).await {
         Ok(status) => status,
@@ -480,7 +636,7 @@ async fn cancel(orchestrator: &Orchestrator, args: TicketArgs) -> ExitCode {
         Ok(policy) => policy,
         Err(e) => return usage_error(e),
     };
-    let printer = Printer { json: args.json, logs: false };
+    let printer = Printer { json: args.json, logs: false, target: None, progress: None };
     let outcome = orchestrator.cancel(&route, &args.ticket, policy, &|e| printer.event(e)).await;
     if !args.json && outcome.outcome == OutcomeKind::Completed {
         eprintln!("cuttle: the script had already ended with exit code {}", outcome.exit_code.unwrap_or_default());
@@ -524,7 +680,7 @@ async fn health(orchestrator: &Orchestrator, args: HealthArgs) -> ExitCode {
             Ok(policy) => policy,
             Err(e) => return usage_error(e),
         };
-        let printer = Printer { json: args.json, logs: false };
+        let printer = Printer { json: args.json, logs: false, target: None, progress: None };
         match orchestrator.agent_kind(&route, policy, &|e| printer.event(e)).await {
             Ok(kind) => {
                 let (text, value) = describe_agent(agent, &kind);
@@ -563,7 +719,7 @@ async fn bench(orchestrator: &Orchestrator, args: BenchArgs) -> ExitCode {
     // Connect first, so that an unreachable broker is one clear error rather than N.
     if let Err(gave_up) = orchestrator.capabilities(&route, policy, &|_| {}).await {
         if !matches!(gave_up.error, RpcError::Agent { .. }) {
-            let printer = Printer { json: false, logs: false };
+            let printer = Printer { json: false, logs: false, target: None, progress: None };
             return printer.outcome(&Outcome::from_error(
                 None,
                 route.name(),

@@ -11,6 +11,7 @@
 //! - [`policy`]: machine policies (retry durations per purpose, targets and pools mapped to them).
 //! - [`outcome`]: how a submission ended and the exit code that says so.
 //! - [`route`]: agent or pool targets; [`error`]: what can fail and whether to retry.
+//! - [`fanout`]: one script on many targets, at most N at once, with a report per target.
 //! - [`bench`]: the `dispatcher bench` load generator.
 //! - [`cli`]: the `dispatcher` command line.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@
 pub mod bench;
 pub mod cli;
 pub mod error;
+pub mod fanout;
 pub mod follow;
 pub mod negotiate;
 pub mod orchestrator;
@@ -28,7 +30,7 @@ pub mod route;
 pub mod rpc;
 
 pub use error::RpcError;
-pub use orchestrator::{Event, Orchestrator, Timing};
+pub use orchestrator::{Event, Orchestrator, Policies, Timing};
 pub use outcome::{Outcome, OutcomeKind};
 pub use retry::RetryPolicy;
 pub use route::Route;
