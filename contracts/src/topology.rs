@@ -36,9 +36,21 @@ pub fn pool_queue(pool: &str) -> String {
     format!("cuttle.pool.{pool}")
 }
 
-/// Routing key for a pool; `:` cannot occur in an agent id, which routes by its bare name.
+/// Routing key of a pool's work (starts); `:` cannot occur in an agent id, which routes by its
+/// bare name.
 pub fn pool_routing_key(pool: &str) -> String {
     format!("pool:{pool}")
+}
+
+/// Queue of a pool's other requests (status, cancel, complete, capabilities), which any worker
+/// answers from the shared ticket store. Apart from the work queue so that a worker holding a
+/// start while it waits for room never keeps them waiting.
+pub fn pool_service_queue(pool: &str) -> String {
+    format!("cuttle.pool.{pool}.service")
+}
+
+pub fn pool_service_routing_key(pool: &str) -> String {
+    format!("pool:{pool}:service")
 }
 
 /// Checks an agent id or pool name: 1 to 100 characters of `[A-Za-z0-9._-]`.

@@ -1,6 +1,6 @@
 //! Where a request goes: one agent, or any worker of a pool.
 
-use contracts::topology;
+use contracts::{topology, Kind};
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -20,10 +20,15 @@ impl Route {
         Ok(Route::Pool(name.to_owned()))
     }
 
-    pub fn routing_key(&self) -> String {
+    /// Where a request of `kind` goes: an agent's queue, or for a pool its work queue (starts)
+    /// or its service queue (everything else).
+    pub fn routing_key(&self, kind: Kind) -> String {
         match self {
             Route::Agent(id) => id.clone(),
-            Route::Pool(pool) => topology::pool_routing_key(pool),
+            Route::Pool(pool) if matches!(kind, Kind::StartScriptV2 | Kind::StartScriptV1) => {
+                topology::pool_routing_key(pool)
+            }
+            Route::Pool(pool) => topology::pool_service_routing_key(pool),
         }
     }
 

@@ -115,7 +115,7 @@ impl RpcClient {
         published.store(true, Ordering::Release);
         let publish = link.channel.basic_publish(
             COMMANDS_EXCHANGE.into(),
-            route.routing_key().into(),
+            route.routing_key(request.kind()).into(),
             BasicPublishOptions { mandatory: true, ..Default::default() },
             &bytes,
             properties,
@@ -156,7 +156,7 @@ impl RpcClient {
             .with_expiration(expiration.to_string().into());
         let publish = link.channel.basic_publish(
             COMMANDS_EXCHANGE.into(),
-            route.routing_key().into(),
+            route.routing_key(request.kind()).into(),
             BasicPublishOptions::default(),
             &bytes,
             properties,

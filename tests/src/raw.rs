@@ -124,7 +124,8 @@ impl RawBroker {
     }
 }
 
-/// Messages ready in a queue (not counting those delivered and unacked).
+/// Messages in a queue as its declaration reports them (a quorum queue counts those delivered
+/// and not yet acked too).
 pub async fn queue_depth(queue: &str) -> u32 {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("broker");
     let channel = connection.create_channel().await.expect("channel");
@@ -142,4 +143,18 @@ pub async fn delete_queue(queue: &str) {
     let channel = connection.create_channel().await.expect("channel");
     let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
     let _ = connection.close(200, "done".into()).await;
+}
+
+/// Messages ready and messages delivered but unacked in a queue, from `rabbitmqctl`.
+pub async fn ready_and_unacked(queue: &str) -> Option<(u64, u64)> {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text.lines().find(|l| l.split_whitespace().next() == Some(queue))?;
+    let mut numbers = line.split_whitespace().skip(1).map(|n| n.parse::<u64>().ok());
+    Some((numbers.next()??, numbers.next()??))
 }

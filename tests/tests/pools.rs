@@ -38,6 +38,7 @@ fn who(markers: &Markers, name: &str) -> Vec<String> {
 
 async fn cleanup_pool(pool: &str) {
     tests::raw::delete_queue(&contracts::topology::pool_queue(pool)).await;
+    tests::raw::delete_queue(&contracts::topology::pool_service_queue(pool)).await;
 }
 
 async fn submit_all(
@@ -191,4 +192,48 @@ async fn probes_report_liveness_and_readiness() {
     assert!(http_get(addr, "/livez").await.starts_with("HTTP/1.1 200"), "still alive while draining");
     assert!(http_get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
     agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_leaves_unknown_results_and_its_unclaimed_work_runs_elsewhere_once() {
+    let (pool, mut configs) = pool_configs("sigkill", 2, Some(1));
+    let mut killed = AgentProcess::start(configs.remove(0)).await;
+    let orchestrator = orchestrator().await;
+    let route = Route::pool(&pool).unwrap();
+    let markers = Markers::new();
+    let running = {
+        let (orchestrator, route, script) =
+            (orchestrator.clone(), route.clone(), recorded(&markers, "running", "sleep 20"));
+        tokio::spawn(async move { submit(&orchestrator, &route, sh(script)).await })
+    };
+    eventually("the first script to run", Duration::from_secs(10), || async {
+        (markers.count("running") == 1).then_some(())
+    })
+    .await;
+    // The worker is full: it holds this delivery, unclaimed, waiting for a place.
+    let held = {
+        let (orchestrator, route, script) =
+            (orchestrator.clone(), route.clone(), recorded(&markers, "held", "echo held"));
+        tokio::spawn(async move { submit(&orchestrator, &route, sh(script)).await })
+    };
+    let queue = contracts::topology::pool_queue(&pool);
+    eventually("the worker to hold the second start", Duration::from_secs(20), || {
+        let queue = queue.clone();
+        async move { (tests::raw::ready_and_unacked(&queue).await? == (0, 1)).then_some(()) }
+    })
+    .await;
+    killed.kill().await;
+    eprintln!("{:?} killed", std::time::SystemTime::now());
+    let other = TestAgent::start_with(configs.remove(0)).await;
+    let (outcome, _) = running.await.unwrap();
+    assert_eq!(outcome.exit_code, Some(contracts::exit_code::UNKNOWN_RESULT), "{outcome:?}");
+    assert_eq!(outcome.outcome, dispatcher::OutcomeKind::Unknown);
+    let (outcome, lines) = held.await.unwrap();
+    assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+    assert_eq!(texts(&lines, contracts::LogStream::Stdout), vec!["held".to_string()]);
+    assert_eq!(who(&markers, "held"), vec![other.id().to_string()]);
+    assert_eq!((markers.count("running"), markers.count("held")), (1, 1), "nothing ran twice");
+    other.stop().await;
+    killed.stop().await;
+    cleanup_pool(&pool).await;
 }

@@ -184,18 +184,7 @@ async fn the_delivery_is_acked_once_claimed_not_when_the_script_ends() {
     let queue = contracts::topology::agent_queue(agent.id());
     let unacked = eventually("the start delivery to be acked", Duration::from_secs(20), || {
         let queue = queue.clone();
-        async move {
-            let out = tokio::process::Command::new("rabbitmqctl")
-                .args(["list_queues", "-q", "--no-table-headers", "name", "messages_unacknowledged"])
-                .kill_on_drop(true)
-                .output()
-                .await
-                .ok()?;
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let line = text.lines().find(|l| l.split_whitespace().next() == Some(queue.as_str()))?;
-            let n: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            (n == 0).then_some(n)
-        }
+        async move { tests::raw::ready_and_unacked(&queue).await.map(|(_, unacked)| unacked).filter(|&n| n == 0) }
     })
     .await;
     assert_eq!(unacked, 0);

@@ -139,20 +139,24 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
     declare_topology(&channel, &queue, &config.agent_id).await?;
     call("basic.qos", BROKER_CALL_TIMEOUT, channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
     let mut own = start_consumer(&channel, &queue).await?;
-    // The pool's queue on a channel of its own: a worker with bounded scripts takes one pool
-    // delivery at a time, so while it waits for a free place the rest go to other workers.
-    let mut pool = match &config.pool {
-        None => None,
+    // A pool's work queue (starts) on a channel of its own: a worker with bounded scripts takes
+    // one pool start at a time, so while it waits for room the rest go to other workers. The
+    // pool's other requests come on its service queue, on the agent's main channel.
+    let (mut pool, mut pool_service) = match &config.pool {
+        None => (None, None),
         Some(pool) => {
             let pool_channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
-            let pool_queue = pool_queue(pool);
-            declare_topology(&pool_channel, &pool_queue, &pool_routing_key(pool)).await?;
+            let work_queue = pool_queue(pool);
+            declare_topology(&pool_channel, &work_queue, &pool_routing_key(pool)).await?;
             let prefetch = if config.max_scripts.is_some() { 1 } else { config.prefetch };
             call("basic.qos", BROKER_CALL_TIMEOUT, pool_channel.basic_qos(prefetch, BasicQosOptions::default()))
                 .await?;
-            let consumer = start_consumer(&pool_channel, &pool_queue).await?;
-            tracing::info!(agent = %config.agent_id, queue = %pool_queue, "consuming pool commands");
-            Some((pool_channel, consumer))
+            let work = start_consumer(&pool_channel, &work_queue).await?;
+            let service_queue = pool_service_queue(pool);
+            declare_topology(&channel, &service_queue, &pool_service_routing_key(pool)).await?;
+            let service = start_consumer(&channel, &service_queue).await?;
+            tracing::info!(agent = %config.agent_id, work = %work_queue, service = %service_queue, "consuming pool commands");
+            (Some((pool_channel, work)), Some(service))
         }
     };
     tracing::info!(agent = %config.agent_id, queue = %queue, "consuming commands");
@@ -163,6 +167,7 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
             _ = shutdown.cancelled() => break Ok(()),
             delivery = own.next() => (Source::Own, delivery),
             delivery = next_pool_delivery(&mut pool) => (Source::Pool, delivery),
+            delivery = next_delivery(&mut pool_service) => (Source::Own, delivery),
         };
         match delivery {
             None => break Err(BrokerError::ConsumerClosed),
@@ -178,6 +183,14 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
         let _ =
             call("basic.cancel", BROKER_CALL_TIMEOUT, channel.basic_cancel(own.tag(), BasicCancelOptions::default()))
                 .await;
+        if let Some(service) = &pool_service {
+            let _ = call(
+                "basic.cancel",
+                BROKER_CALL_TIMEOUT,
+                channel.basic_cancel(service.tag(), BasicCancelOptions::default()),
+            )
+            .await;
+        }
         if let Some((pool_channel, consumer)) = &pool {
             let cancel = pool_channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
             let _ = call("basic.cancel", BROKER_CALL_TIMEOUT, cancel).await;
@@ -192,6 +205,13 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
 async fn start_consumer(channel: &Channel, queue: &str) -> Result<lapin::Consumer, BrokerError> {
     let consume = channel.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default());
     call("basic.consume", BROKER_CALL_TIMEOUT, consume).await
+}
+
+async fn next_delivery(consumer: &mut Option<lapin::Consumer>) -> Option<lapin::Result<lapin::message::Delivery>> {
+    match consumer {
+        Some(consumer) => consumer.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_pool_delivery(
@@ -245,8 +265,9 @@ async fn handle_delivery(
                 }
             } else {
                 if source == Source::Pool {
-                    // Any worker can answer, and the dispatcher repeats what gets no answer: do
-                    // not hold the pool's delivery slot while serving it.
+                    // Misrouted to the work queue (dispatchers send these to the service queue):
+                    // any worker can answer, and the dispatcher repeats what gets no answer, so
+                    // do not hold the work queue's one delivery while serving it.
                     ack(&agent, &delivery).await;
                 }
                 None
