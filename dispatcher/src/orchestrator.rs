@@ -201,31 +201,7 @@ impl Orchestrator {
         not_after: Option<SystemTime>,
         events: EventSink<'_>,
     ) -> Result<ScriptStatus, GaveUp> {
-        let published = AtomicBool::new(false);
-        self.status_request_noting_publish(route, request, policy, extra_wait, not_after, events, &published).await
-    }
-
-    /// [`Orchestrator::status_request`], setting `published` once any attempt may have reached
-    /// the broker.
-    #[allow(clippy::too_many_arguments)]
-    async fn status_request_noting_publish(
-        &self,
-        route: &Route,
-        request: &Request,
-        policy: RetryPolicy,
-        extra_wait: Duration,
-        not_after: Option<SystemTime>,
-        events: EventSink<'_>,
-        published: &AtomicBool,
-    ) -> Result<ScriptStatus, GaveUp> {
-        match self.request_noting_publish(route, request, policy, extra_wait, not_after, events, published).await? {
-            Reply::ScriptStatus(status) => Ok(status),
-            other => Err(GaveUp {
-                error: RpcError::Codec(format!("expected a script status, got {}", other.kind())),
-                elapsed: Duration::ZERO,
-                attempts: 1,
-            }),
-        }
+        expect_status(self.request(route, request, policy, extra_wait, not_after, events).await?)
     }
 
     /// Asks an agent what it supports.
@@ -279,11 +255,12 @@ impl Orchestrator {
             not_after: SystemTime::now() + self.timing.attempt_timeout,
         };
         let status = match self.rpc.call_noting_publish(route, &start, timing, &published).await {
-            Ok(Reply::ScriptStatus(status)) => status,
-            Ok(other) => {
-                let error = RpcError::Codec(format!("expected a script status, got {}", other.kind()));
-                return Outcome::from_error(None, route.name(), &error, error.to_string(), false);
-            }
+            Ok(reply) => match expect_status(reply) {
+                Ok(status) => status,
+                Err(gave_up) => {
+                    return Outcome::from_error(None, route.name(), &gave_up.error, gave_up.to_string(), false)
+                }
+            },
             Err(error) => {
                 let reached = published.load(Ordering::Acquire) && error.is_transient();
                 let error = if reached { RpcError::Unrepeatable(error.to_string()) } else { error };
@@ -329,7 +306,7 @@ impl Orchestrator {
         });
         let published = AtomicBool::new(false);
         let started = tokio::select! {
-            started = self.status_request_noting_publish(route, &start, policy, self.timing.start_wait, Some(not_after), events, &published) => started,
+            started = self.request_noting_publish(route, &start, policy, self.timing.start_wait, Some(not_after), events, &published) => started.and_then(expect_status),
             _ = interrupt.cancelled() => {
                 if !published.load(Ordering::Acquire) {
                     events(Event::Notice("the start never reached the broker; nothing to cancel".into()));
@@ -517,6 +494,18 @@ impl Orchestrator {
     /// Cancels a ticket and follows it until it has stopped.
     pub async fn cancel(&self, route: &Route, ticket: &Ticket, policy: RetryPolicy, events: EventSink<'_>) -> Outcome {
         self.cancel_and_follow(route, ticket, LogFollower::after(0), policy, events).await
+    }
+}
+
+/// The status a script-service reply must carry.
+fn expect_status(reply: Reply) -> Result<ScriptStatus, GaveUp> {
+    match reply {
+        Reply::ScriptStatus(status) => Ok(status),
+        other => Err(GaveUp {
+            error: RpcError::Codec(format!("expected a script status, got {}", other.kind())),
+            elapsed: Duration::ZERO,
+            attempts: 1,
+        }),
     }
 }
 

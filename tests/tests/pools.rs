@@ -36,6 +36,16 @@ fn who(markers: &Markers, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Submits `script` on its own task.
+fn submit_in_background(
+    orchestrator: &Orchestrator,
+    route: &Route,
+    script: String,
+) -> tokio::task::JoinHandle<(dispatcher::Outcome, Vec<contracts::LogLine>)> {
+    let (orchestrator, route) = (orchestrator.clone(), route.clone());
+    tokio::spawn(async move { submit(&orchestrator, &route, sh(script)).await })
+}
+
 async fn cleanup_pool(pool: &str) {
     tests::raw::delete_queue(&contracts::topology::pool_queue(pool)).await;
     tests::raw::delete_queue(&contracts::topology::pool_service_queue(pool)).await;
@@ -135,21 +145,13 @@ async fn sigterm_lets_running_scripts_finish_and_hands_waiting_work_to_the_pool(
     let orchestrator = orchestrator().await;
     let route = Route::pool(&pool).unwrap();
     let markers = Markers::new();
-    let first = {
-        let (orchestrator, route, script) =
-            (orchestrator.clone(), route.clone(), recorded(&markers, "first", "sleep 2; echo finished"));
-        tokio::spawn(async move { submit(&orchestrator, &route, sh(script)).await })
-    };
+    let first = submit_in_background(&orchestrator, &route, recorded(&markers, "first", "sleep 2; echo finished"));
     eventually("the first script to run", Duration::from_secs(10), || async {
         (markers.count("first") == 1).then_some(())
     })
     .await;
     // The worker is full: this one waits for it, or in the queue.
-    let second = {
-        let (orchestrator, route, script) =
-            (orchestrator.clone(), route.clone(), recorded(&markers, "second", "echo second"));
-        tokio::spawn(async move { submit(&orchestrator, &route, sh(script)).await })
-    };
+    let second = submit_in_background(&orchestrator, &route, recorded(&markers, "second", "echo second"));
     draining.signal(nix::sys::signal::Signal::SIGTERM);
     let taker = TestAgent::start_with(configs.remove(0)).await;
     let exit =
@@ -201,21 +203,13 @@ async fn a_worker_killed_mid_run_leaves_unknown_results_and_its_unclaimed_work_r
     let orchestrator = orchestrator().await;
     let route = Route::pool(&pool).unwrap();
     let markers = Markers::new();
-    let running = {
-        let (orchestrator, route, script) =
-            (orchestrator.clone(), route.clone(), recorded(&markers, "running", "sleep 20"));
-        tokio::spawn(async move { submit(&orchestrator, &route, sh(script)).await })
-    };
+    let running = submit_in_background(&orchestrator, &route, recorded(&markers, "running", "sleep 20"));
     eventually("the first script to run", Duration::from_secs(10), || async {
         (markers.count("running") == 1).then_some(())
     })
     .await;
     // The worker is full: it holds this delivery, unclaimed, waiting for a place.
-    let held = {
-        let (orchestrator, route, script) =
-            (orchestrator.clone(), route.clone(), recorded(&markers, "held", "echo held"));
-        tokio::spawn(async move { submit(&orchestrator, &route, sh(script)).await })
-    };
+    let held = submit_in_background(&orchestrator, &route, recorded(&markers, "held", "echo held"));
     let queue = contracts::topology::pool_queue(&pool);
     eventually("the worker to hold the second start", Duration::from_secs(20), || {
         let queue = queue.clone();
