@@ -61,17 +61,30 @@ impl TestAgent {
         self.shutdown.cancel();
     }
 
-    /// Stops the agent and its scripts, and removes its queue, keys and work dir.
+    /// Stops the agent and its scripts, and removes its queue, keys and work dir. Bounded, so a
+    /// test that failed to stop cleanly still ends.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let _ = self.serving.await;
-        self.agent.stop_scripts().await;
+        let stopping = async {
+            let _ = self.serving.await;
+            self.agent.stop_scripts().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(30), stopping).await.is_err() {
+            eprintln!("agent {} did not stop within 30s", self.config.agent_id);
+        }
         cleanup(&self.config).await;
     }
 }
 
 /// Removes everything a test agent left: its queue, its Redis keys and its work dir.
 pub async fn cleanup(config: &AgentConfig) {
+    if tokio::time::timeout(Duration::from_secs(15), remove_queue_and_keys(config)).await.is_err() {
+        eprintln!("cleanup of {} timed out", config.agent_id);
+    }
+    let _ = std::fs::remove_dir_all(&config.work_dir);
+}
+
+async fn remove_queue_and_keys(config: &AgentConfig) {
     if let Ok(connection) = lapin::Connection::connect(&config.amqp_url, lapin::ConnectionProperties::default()).await {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel.queue_delete(agent_queue(&config.agent_id).into(), QueueDeleteOptions::default()).await;
@@ -90,7 +103,6 @@ pub async fn cleanup(config: &AgentConfig) {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&config.work_dir);
 }
 
 /// The real `worker-agent` binary, for tests that kill it.
@@ -119,6 +131,7 @@ impl AgentProcess {
             .args(["--lease-ttl", &format!("{}ms", config.lease_ttl.as_millis())])
             .args(["--protocol", if config.protocol == worker_agent::Protocol::V1 { "v1" } else { "v2" }])
             .args(config.pool.iter().flat_map(|pool| ["--pool", pool.as_str()]))
+            .args(["--store", if config.store == worker_agent::StoreKind::Local { "local" } else { "redis" }])
             .args(config.max_scripts.iter().flat_map(|n| ["--max-scripts".to_string(), n.to_string()]))
             .env("CUTTLE_AMQP_URL", &config.amqp_url)
             .env("CUTTLE_REDIS_URL", &config.redis_url)

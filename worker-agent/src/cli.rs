@@ -1,6 +1,6 @@
 //! The `worker-agent` command line.
 
-use crate::config::{AgentConfig, Protocol, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
+use crate::config::{AgentConfig, Protocol, StoreKind, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,13 +22,6 @@ pub enum Command {
     /// Connect to the broker and the ticket store and serve script commands until stopped
     /// (SIGINT or SIGTERM).
     Run(RunArgs),
-}
-
-/// Ticket stores the agent can use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum StoreKind {
-    /// Redis at `--redis-url`, shared by every worker of a pool.
-    Redis,
 }
 
 #[derive(clap::Args, Debug)]
@@ -58,7 +51,8 @@ pub struct RunArgs {
     /// Serve HTTP probes here: GET /livez (alive) and /readyz (consuming, store answering).
     #[arg(long, env = "CUTTLE_HEALTH_ADDR")]
     pub health_addr: Option<std::net::SocketAddr>,
-    /// Where tickets are kept: `redis` (shared, the default).
+    /// Where tickets are kept: `redis` (shared; needed by pools), or `local`, an embedded
+    /// crash-safe database in the work directory for an agent that can reach only the broker.
     #[arg(long, value_enum, default_value_t = StoreKind::Redis)]
     pub store: StoreKind,
     /// Protocol to speak: v2 (capabilities, script v2 and v1) or v1 (a legacy agent: script v1 only).
@@ -91,7 +85,13 @@ impl RunArgs {
         if let Some(pool) = &self.pool {
             contracts::topology::validate_name("pool name", pool)?;
         }
+        if self.pool.is_some() && self.store == StoreKind::Local {
+            return Err(
+                "--store local cannot serve a pool: a pool's workers must share their tickets (use Redis)".into()
+            );
+        }
         config.pool = self.pool.clone();
+        config.store = self.store;
         if self.max_scripts == Some(0) {
             return Err("--max-scripts must be at least 1".into());
         }

@@ -18,6 +18,16 @@ pub enum Protocol {
     V1,
 }
 
+/// Where tickets are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// Redis at `--redis-url`, shared by every worker of a pool.
+    #[default]
+    Redis,
+    /// An embedded database in the work directory, for an agent that can reach only the broker.
+    Local,
+}
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub agent_id: String,
@@ -25,6 +35,7 @@ pub struct AgentConfig {
     pub redis_url: String,
     /// Prefix of every Redis key; agents sharing tickets (a pool) must share it.
     pub key_prefix: String,
+    pub store: StoreKind,
     pub work_dir: PathBuf,
     pub protocol: Protocol,
     /// Worker pool whose shared queue this agent also consumes (competing consumers).
@@ -52,6 +63,7 @@ impl AgentConfig {
             amqp_url: DEFAULT_AMQP_URL.into(),
             redis_url: DEFAULT_REDIS_URL.into(),
             key_prefix: "cuttle:".into(),
+            store: StoreKind::Redis,
             work_dir: std::env::temp_dir().join("cuttle-agent"),
             protocol: Protocol::V2,
             pool: None,

@@ -6,7 +6,8 @@
 //! - [`broker`]: the AMQP edge (topology, consumer, replies, reconnection).
 //! - [`service`]: the capabilities, script v2 and script v1 services.
 //! - [`rules`]: the exactly-once decisions, as plain functions (fresh? same command? what state?).
-//! - [`store`]: the Redis ticket store (claim with `SET NX`, compare-and-set, lease, logs).
+//! - [`store`]: the Redis ticket store (claim with `SET NX`, compare-and-set, lease, logs);
+//!   [`local_store`] the embedded one for agents that reach only the broker.
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
 //!   [`isolation`] its mutexes.
 //! - [`health`]: liveness and readiness probes over HTTP.
@@ -18,24 +19,42 @@ pub mod cli;
 pub mod config;
 pub mod health;
 pub mod isolation;
+pub mod local_store;
 pub mod output;
 pub mod rules;
 pub mod runner;
 pub mod service;
 pub mod store;
 
-pub use config::{AgentConfig, Protocol};
+pub use config::{AgentConfig, Protocol, StoreKind};
 pub use service::Agent;
 
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Connects to the ticket store, waiting for it (with notices) until `shutdown`.
-pub async fn connect_store(config: &AgentConfig, shutdown: &CancellationToken) -> Option<store::TicketStore> {
+/// Where the local ticket store lives in the work directory.
+pub const LOCAL_STORE_FILE: &str = "tickets.redb";
+
+/// Connects to (or opens) the ticket store, waiting for it (with notices) until `shutdown`.
+/// `owner` is this agent process's identity as a ticket owner.
+pub async fn connect_store(
+    config: &AgentConfig,
+    owner: &str,
+    shutdown: &CancellationToken,
+) -> Option<store::TicketStore> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match store::TicketStore::connect(&config.redis_url, &config.key_prefix, config.connect_timeout).await {
+        let opened = match config.store {
+            StoreKind::Redis => {
+                store::RedisStore::connect(&config.redis_url, &config.key_prefix, config.connect_timeout)
+                    .await
+                    .map(store::TicketStore::Redis)
+            }
+            StoreKind::Local => local_store::LocalStore::open(&config.work_dir.join(LOCAL_STORE_FILE), owner)
+                .map(store::TicketStore::Local),
+        };
+        match opened {
             Ok(store) => return Some(store),
             Err(error) => {
                 tracing::warn!(agent = %config.agent_id, %error, retry_in = ?delay, "cannot reach the ticket store; retrying")
@@ -56,7 +75,8 @@ pub async fn start(
     config: AgentConfig,
     shutdown: CancellationToken,
 ) -> Option<(Arc<Agent>, tokio::task::JoinHandle<()>)> {
-    let store = connect_store(&config, &shutdown).await?;
+    let owner = format!("{}/{}", config.agent_id, uuid::Uuid::new_v4());
+    let store = connect_store(&config, &owner, &shutdown).await?;
     let epoch = loop {
         match store.epoch(contracts::unix_millis(std::time::SystemTime::now())).await {
             Ok(epoch) => break epoch,
@@ -69,7 +89,7 @@ pub async fn start(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
-    let agent = Agent::new(config, store, epoch);
+    let agent = Agent::new(config, store, epoch, owner);
     match agent.recover_lost_runs().await {
         Ok(0) => {}
         Ok(lost) => {

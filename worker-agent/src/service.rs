@@ -58,9 +58,9 @@ fn unavailable(error: StoreError) -> Reply {
 }
 
 impl Agent {
-    pub fn new(config: AgentConfig, store: TicketStore, epoch: Epoch) -> Arc<Self> {
+    /// An agent serving with `store`; `owner` is this process's identity as a ticket owner.
+    pub fn new(config: AgentConfig, store: TicketStore, epoch: Epoch, owner: String) -> Arc<Self> {
         let config_slots = config.max_scripts.map(|n| Arc::new(Semaphore::new(n.max(1))));
-        let owner = format!("{}/{}", config.agent_id, uuid::Uuid::new_v4());
         Arc::new(Agent {
             config,
             store,

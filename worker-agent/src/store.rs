@@ -15,8 +15,12 @@ const MAX_LINES_PER_READ: isize = 2_000;
 
 /// The ticket store could not be used. Always transient from the dispatcher's point of view.
 #[derive(Debug, thiserror::Error)]
-#[error("ticket store unavailable: {0}")]
-pub struct StoreError(#[from] redis::RedisError);
+pub enum StoreError {
+    #[error("ticket store unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("local ticket store failed: {0}")]
+    Local(String),
+}
 
 /// What claiming a ticket found.
 #[derive(Debug)]
@@ -73,6 +77,18 @@ pub struct TicketKeys {
     pub ticket: String,
 }
 
+impl TicketKeys {
+    pub fn new(prefix: &str, ticket_key: &str) -> Self {
+        TicketKeys {
+            record: format!("{prefix}ticket:{ticket_key}"),
+            lease: format!("{prefix}lease:{ticket_key}"),
+            logs: format!("{prefix}log:{ticket_key}"),
+            cancel: format!("{prefix}cancel:{ticket_key}"),
+            ticket: ticket_key.to_owned(),
+        }
+    }
+}
+
 /// KEYS: record, lease, running set, epoch. Refuses ({2}) when the store's epoch is not the one
 /// the agent knows: the store lost its data (or was never initialised) since.
 const CLAIM: &str = r#"
@@ -109,7 +125,7 @@ return {1, redis.call('EXISTS', KEYS[2])}
 
 /// The Redis ticket store of one agent (or of a whole pool, which shares the prefix).
 #[derive(Clone)]
-pub struct TicketStore {
+pub struct RedisStore {
     con: ConnectionManager,
     prefix: String,
     claim: redis::Script,
@@ -117,7 +133,7 @@ pub struct TicketStore {
     renew_lease: redis::Script,
 }
 
-impl TicketStore {
+impl RedisStore {
     /// Connects, waiting for Redis no longer than `connect_timeout`; the connection manager
     /// reconnects by itself afterwards (the command that hit a broken connection still fails).
     pub async fn connect(url: &str, prefix: &str, connect_timeout: Duration) -> Result<Self, StoreError> {
@@ -128,7 +144,7 @@ impl TicketStore {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let con = ConnectionManager::new_with_config(client, config).await?;
-        Ok(TicketStore {
+        Ok(RedisStore {
             con,
             prefix: prefix.to_owned(),
             claim: redis::Script::new(CLAIM),
@@ -138,14 +154,7 @@ impl TicketStore {
     }
 
     pub fn keys(&self, ticket_key: &str) -> TicketKeys {
-        let p = &self.prefix;
-        TicketKeys {
-            record: format!("{p}ticket:{ticket_key}"),
-            lease: format!("{p}lease:{ticket_key}"),
-            logs: format!("{p}log:{ticket_key}"),
-            cancel: format!("{p}cancel:{ticket_key}"),
-            ticket: ticket_key.to_owned(),
-        }
+        TicketKeys::new(&self.prefix, ticket_key)
     }
 
     fn epoch_key(&self) -> String {
@@ -331,5 +340,86 @@ pub enum Release {
 impl RecordState {
     pub fn is_complete(self) -> bool {
         self == RecordState::Complete
+    }
+}
+
+/// The ticket store: Redis (shared by a pool), or an embedded database on the agent's own disk.
+#[derive(Clone)]
+pub enum TicketStore {
+    Redis(RedisStore),
+    Local(crate::local_store::LocalStore),
+}
+
+/// Calls the same method on whichever store this is.
+macro_rules! delegate {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            TicketStore::Redis($store) => $call,
+            TicketStore::Local($store) => $call,
+        }
+    };
+}
+
+impl TicketStore {
+    pub fn keys(&self, ticket_key: &str) -> TicketKeys {
+        delegate!(self, s => s.keys(ticket_key))
+    }
+
+    pub async fn epoch(&self, now_ms: u64) -> Result<Epoch, StoreError> {
+        delegate!(self, s => s.epoch(now_ms).await)
+    }
+
+    pub async fn claim(
+        &self,
+        keys: &TicketKeys,
+        record: &TicketRecord,
+        record_ttl: Duration,
+        lease_ttl: Duration,
+        epoch: &Epoch,
+    ) -> Result<Claim, StoreError> {
+        delegate!(self, s => s.claim(keys, record, record_ttl, lease_ttl, epoch).await)
+    }
+
+    pub async fn create(&self, keys: &TicketKeys, record: &TicketRecord, ttl: Duration) -> Result<bool, StoreError> {
+        delegate!(self, s => s.create(keys, record, ttl).await)
+    }
+
+    pub async fn compare_and_set(
+        &self,
+        keys: &TicketKeys,
+        expected: &str,
+        new: &TicketRecord,
+        ttl: Option<Duration>,
+        release: Release,
+    ) -> Result<bool, StoreError> {
+        delegate!(self, s => s.compare_and_set(keys, expected, new, ttl, release).await)
+    }
+
+    pub async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, StoreError> {
+        delegate!(self, s => s.read(keys, after_seq).await)
+    }
+
+    pub async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], ttl: Duration) -> Result<(), StoreError> {
+        delegate!(self, s => s.append_logs(keys, lines, ttl).await)
+    }
+
+    pub async fn renew_lease(&self, keys: &TicketKeys, owner: &str, ttl: Duration) -> Result<LeaseRenewal, StoreError> {
+        delegate!(self, s => s.renew_lease(keys, owner, ttl).await)
+    }
+
+    pub async fn request_cancel(&self, keys: &TicketKeys, ttl: Duration) -> Result<(), StoreError> {
+        delegate!(self, s => s.request_cancel(keys, ttl).await)
+    }
+
+    pub async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, StoreError> {
+        delegate!(self, s => s.running_tickets(agent_id).await)
+    }
+
+    pub async fn forget_running(&self, agent_id: &str, ticket_key: &str) -> Result<(), StoreError> {
+        delegate!(self, s => s.forget_running(agent_id, ticket_key).await)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        delegate!(self, s => s.ping().await)
     }
 }

@@ -1,0 +1,142 @@
+//! Edge agents with `--store local`: the same exactly-once rules without Redis, and a claim that
+//! survives `kill -9` at every step of a ticket's life.
+
+use contracts::*;
+use dispatcher::rpc::CallTiming;
+use dispatcher::RetryPolicy;
+use std::time::{Duration, SystemTime};
+use tests::*;
+use worker_agent::{AgentConfig, StoreKind};
+
+fn edge_config(what: &str) -> AgentConfig {
+    let mut config = tests::agent::test_config(what);
+    config.store = StoreKind::Local;
+    // Nothing may need Redis: point it nowhere.
+    config.redis_url = "redis://127.0.0.1:1".into();
+    config
+}
+
+fn timing() -> CallTiming {
+    CallTiming { reply_timeout: Duration::from_secs(20), not_after: SystemTime::now() + Duration::from_secs(60) }
+}
+
+fn start(ticket: &Ticket, script: String) -> Request {
+    Request::StartScriptV2(StartScriptV2 {
+        ticket: ticket.clone(),
+        spec: sh(script),
+        wait_for_output: Some(2000),
+        first_issued_at: None,
+    })
+}
+
+async fn status_of(
+    orchestrator: &dispatcher::Orchestrator,
+    route: &dispatcher::Route,
+    request: &Request,
+) -> ScriptStatus {
+    let reply = orchestrator.request(
+        route,
+        request,
+        RetryPolicy::new(Duration::from_secs(30)),
+        Duration::from_secs(2),
+        None,
+        &|_| {},
+    );
+    match reply.await.expect("answered") {
+        Reply::ScriptStatus(status) => status,
+        other => panic!("expected a status, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_run_once_without_redis() {
+    let agent = TestAgent::start_with(edge_config("edge-dups")).await;
+    let orchestrator = orchestrator().await;
+    let markers = Markers::new();
+    let ticket = Ticket::generate();
+    let request = start(&ticket, format!("{}; sleep 0.3; echo once", markers.record("run")));
+    let route = agent.route();
+    let replies =
+        futures_util::future::join_all((0..200).map(|_| orchestrator.rpc().call(&route, &request, timing()))).await;
+    assert!(replies.iter().all(|r| matches!(r, Ok(Reply::ScriptStatus(s)) if s.ticket == ticket)));
+    let (outcome, lines) = submit(&orchestrator, &route, sh("echo second script")).await;
+    assert_eq!((outcome.exit_code, texts(&lines, LogStream::Stdout)), (Some(0), vec!["second script".to_string()]));
+    eventually("the first to end", Duration::from_secs(10), || async { (agent.agent.running() == 0).then_some(()) })
+        .await;
+    assert_eq!(markers.count("run"), 1);
+    agent.stop().await;
+}
+
+/// Kills the agent with SIGKILL at `step` of a ticket's life, restarts it, sends the same start
+/// again, and checks it never runs twice and reports what it knows.
+async fn killed_at(step: &str) {
+    let mut agent = AgentProcess::start(edge_config(&format!("edge-kill-{step}"))).await;
+    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let orchestrator = orchestrator().await;
+    let markers = Markers::new();
+    let ticket = Ticket::generate();
+    let script = format!(
+        "{}; echo started; sleep {}; echo finished",
+        markers.record("run"),
+        if step == "running" { 3 } else { 0 }
+    );
+    let request = start(&ticket, script);
+    match step {
+        "queued" => {
+            agent.kill().await;
+            // Published while the agent is down: it waits in the queue.
+            orchestrator.rpc().send(&route, &request, SystemTime::now() + Duration::from_secs(60)).await.unwrap();
+        }
+        "running" => {
+            assert_eq!(status_of(&orchestrator, &route, &request).await.state, ScriptState::Running);
+            agent.kill().await;
+        }
+        "ended" | "completed" => {
+            let status = status_of(&orchestrator, &route, &request).await;
+            assert!(status.is_complete(), "{status:?}");
+            if step == "completed" {
+                let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
+                status_of(&orchestrator, &route, &complete).await;
+            }
+            agent.kill().await;
+        }
+        _ => unreachable!(),
+    }
+    agent.restart().await;
+    let status = eventually("the ticket's end", Duration::from_secs(20), || {
+        let (orchestrator, route, request) = (&orchestrator, &route, &request);
+        async move {
+            let status = status_of(orchestrator, route, request).await;
+            status.is_complete().then_some(status)
+        }
+    })
+    .await;
+    let expected = if step == "running" { exit_code::UNKNOWN_RESULT } else { 0 };
+    assert_eq!(status.exit_code, Some(expected), "after a kill while {step}: {status:?}");
+    if step == "ended" || step == "queued" {
+        let texts: Vec<_> = status.logs.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["started", "finished"], "the output survived the kill");
+    }
+    assert_eq!(markers.count("run"), 1, "never run twice (killed while {step})");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_with_the_start_still_queued() {
+    killed_at("queued").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_run() {
+    killed_at("running").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_script_ended() {
+    killed_at("ended").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_complete() {
+    killed_at("completed").await;
+}

@@ -1,0 +1,325 @@
+//! The ticket store of an agent that can reach only the broker: an embedded, crash-safe database
+//! (redb) in its work directory, with the same exactly-once rules as Redis. Every write commits
+//! durably (fsync) before it returns, so a claim survives a crash or power loss before the
+//! delivery is acked. Only this agent process uses the file, so a run's lease is simply "owned
+//! by this process": a run left by an earlier process is lost, and reported as unknown result.
+
+use crate::rules::TicketRecord;
+use crate::store::{Claim, Epoch, LeaseRenewal, Release, StoreError, TicketKeys, TicketView};
+use contracts::topology::MAX_STATUS_LOG_BYTES;
+use contracts::{unix_millis, LogLine};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Ticket -> (record JSON, expiry in unix ms).
+const RECORDS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("records");
+/// (ticket, sequence) -> log line (msgpack).
+const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
+/// Ticket -> lines stored.
+const LOG_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("log_counts");
+/// Tickets this agent is running (or was, when it stopped).
+const RUNNING: TableDefinition<&str, ()> = TableDefinition::new("running");
+/// Tickets asked to cancel.
+const CANCELS: TableDefinition<&str, ()> = TableDefinition::new("cancels");
+/// "epoch" -> the store's epoch.
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// Log lines read at once at most.
+const MAX_LINES_PER_READ: usize = 2_000;
+
+fn failed(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Local(error.to_string())
+}
+
+fn now_ms() -> u64 {
+    unix_millis(SystemTime::now())
+}
+
+#[derive(Clone)]
+pub struct LocalStore {
+    db: Arc<Database>,
+    /// The owner id of this agent process: its runs are the live ones.
+    owner: Arc<str>,
+}
+
+impl LocalStore {
+    /// Opens (or creates) the store at `path`, for the agent process `owner`.
+    pub fn open(path: &Path, owner: &str) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| failed(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(failed)?;
+        for table in [RUNNING, CANCELS] {
+            txn.open_table(table).map_err(failed)?;
+        }
+        txn.open_table(RECORDS).map_err(failed)?;
+        txn.open_table(LOGS).map_err(failed)?;
+        txn.open_table(LOG_COUNTS).map_err(failed)?;
+        txn.open_table(META).map_err(failed)?;
+        txn.commit().map_err(failed)?;
+        let store = LocalStore { db: Arc::new(db), owner: owner.into() };
+        store.prune_expired()?;
+        Ok(store)
+    }
+
+    /// Drops records past their expiry, with their output.
+    fn prune_expired(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let txn = self.db.begin_write().map_err(failed)?;
+        {
+            let mut records = txn.open_table(RECORDS).map_err(failed)?;
+            let expired: Vec<String> = records
+                .iter()
+                .map_err(failed)?
+                .filter_map(|entry| entry.ok())
+                .filter(|(_, value)| value.value().1 <= now)
+                .map(|(key, _)| key.value().to_owned())
+                .collect();
+            for ticket in &expired {
+                records.remove(ticket.as_str()).map_err(failed)?;
+                drop_output(&txn, ticket)?;
+            }
+        }
+        txn.commit().map_err(failed)
+    }
+
+    pub fn keys(&self, ticket_key: &str) -> TicketKeys {
+        TicketKeys::new("", ticket_key)
+    }
+
+    /// Runs `work` in a write transaction, committed durably, off the async runtime.
+    async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(failed)?;
+            let result = work(&txn)?;
+            txn.commit().map_err(failed)?;
+            Ok(result)
+        })
+        .await
+        .map_err(failed)?
+    }
+
+    async fn read_txn<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || work(&db.begin_read().map_err(failed)?)).await.map_err(failed)?
+    }
+
+    pub async fn epoch(&self, now_ms: u64) -> Result<Epoch, StoreError> {
+        self.write(move |txn| {
+            let mut meta = txn.open_table(META).map_err(failed)?;
+            let existing = meta.get("epoch").map_err(failed)?.map(|v| v.value().to_owned());
+            let value = match existing {
+                Some(value) => value,
+                None => {
+                    let fresh = format!("{now_ms}-{}", uuid::Uuid::new_v4().simple());
+                    meta.insert("epoch", fresh.as_str()).map_err(failed)?;
+                    fresh
+                }
+            };
+            Ok(Epoch::parse(value))
+        })
+        .await
+    }
+
+    pub async fn claim(
+        &self,
+        keys: &TicketKeys,
+        record: &TicketRecord,
+        record_ttl: Duration,
+        _lease_ttl: Duration,
+        epoch: &Epoch,
+    ) -> Result<Claim, StoreError> {
+        let (ticket, raw, epoch, owner) =
+            (keys.ticket.clone(), record.to_json(), epoch.value.clone(), self.owner.clone());
+        let expires = now_ms() + record_ttl.as_millis() as u64;
+        self.write(move |txn| {
+            let meta = txn.open_table(META).map_err(failed)?;
+            if meta.get("epoch").map_err(failed)?.map(|v| v.value().to_owned()).as_deref() != Some(epoch.as_str()) {
+                return Ok(Claim::EpochChanged);
+            }
+            let mut records = txn.open_table(RECORDS).map_err(failed)?;
+            if let Some((existing, _)) = live_record(&records, &ticket)? {
+                let record = TicketRecord::from_json(&existing);
+                let lease_alive = record.owner == *owner;
+                return Ok(Claim::Existing { record, raw: existing, lease_alive });
+            }
+            records.insert(ticket.as_str(), (raw.as_str(), expires)).map_err(failed)?;
+            txn.open_table(RUNNING).map_err(failed)?.insert(ticket.as_str(), ()).map_err(failed)?;
+            Ok(Claim::Won)
+        })
+        .await
+    }
+
+    pub async fn create(&self, keys: &TicketKeys, record: &TicketRecord, ttl: Duration) -> Result<bool, StoreError> {
+        let (ticket, raw) = (keys.ticket.clone(), record.to_json());
+        let expires = now_ms() + ttl.as_millis() as u64;
+        self.write(move |txn| {
+            let mut records = txn.open_table(RECORDS).map_err(failed)?;
+            if live_record(&records, &ticket)?.is_some() {
+                return Ok(false);
+            }
+            records.insert(ticket.as_str(), (raw.as_str(), expires)).map_err(failed)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub async fn compare_and_set(
+        &self,
+        keys: &TicketKeys,
+        expected: &str,
+        new: &TicketRecord,
+        ttl: Option<Duration>,
+        release: Release,
+    ) -> Result<bool, StoreError> {
+        let (ticket, expected, raw) = (keys.ticket.clone(), expected.to_owned(), new.to_json());
+        let new_expiry = ttl.map(|ttl| now_ms() + ttl.as_millis() as u64);
+        self.write(move |txn| {
+            let mut records = txn.open_table(RECORDS).map_err(failed)?;
+            let Some((current, expiry)) = live_record(&records, &ticket)? else { return Ok(false) };
+            if current != expected {
+                return Ok(false);
+            }
+            records.insert(ticket.as_str(), (raw.as_str(), new_expiry.unwrap_or(expiry))).map_err(failed)?;
+            if release != Release::Nothing {
+                txn.open_table(RUNNING).map_err(failed)?.remove(ticket.as_str()).map_err(failed)?;
+            }
+            if release == Release::LeaseAndOutput {
+                drop_output(txn, &ticket)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    pub async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, StoreError> {
+        let (ticket, owner) = (keys.ticket.clone(), self.owner.clone());
+        self.read_txn(move |txn| {
+            let records = txn.open_table(RECORDS).map_err(failed)?;
+            let record = live_record(&records, &ticket)?.map(|(raw, _)| (TicketRecord::from_json(&raw), raw));
+            let running = txn.open_table(RUNNING).map_err(failed)?.get(ticket.as_str()).map_err(failed)?.is_some();
+            let lease_alive = running && record.as_ref().is_some_and(|(r, _)| r.owner == *owner);
+            let stored_lines = txn
+                .open_table(LOG_COUNTS)
+                .map_err(failed)?
+                .get(ticket.as_str())
+                .map_err(failed)?
+                .map_or(0, |v| v.value());
+            let logs_table = txn.open_table(LOGS).map_err(failed)?;
+            let mut logs = Vec::new();
+            let mut bytes = 0;
+            let start = after_seq.saturating_add(1);
+            for entry in logs_table.range((ticket.as_str(), start)..=(ticket.as_str(), u64::MAX)).map_err(failed)? {
+                let (_, value) = entry.map_err(failed)?;
+                bytes += value.value().len();
+                if logs.len() >= MAX_LINES_PER_READ || (bytes > MAX_STATUS_LOG_BYTES && !logs.is_empty()) {
+                    break;
+                }
+                logs.push(rmp_serde::from_slice::<LogLine>(value.value()).map_err(failed)?);
+            }
+            Ok(TicketView { record, lease_alive, logs, stored_lines })
+        })
+        .await
+    }
+
+    pub async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], _ttl: Duration) -> Result<(), StoreError> {
+        let ticket = keys.ticket.clone();
+        let encoded: Vec<(u64, Vec<u8>)> =
+            lines.iter().map(|l| (l.seq, rmp_serde::to_vec_named(l).expect("log lines always encode"))).collect();
+        self.write(move |txn| {
+            let mut logs = txn.open_table(LOGS).map_err(failed)?;
+            let mut last = 0;
+            for (seq, bytes) in &encoded {
+                logs.insert((ticket.as_str(), *seq), bytes.as_slice()).map_err(failed)?;
+                last = last.max(*seq);
+            }
+            let mut counts = txn.open_table(LOG_COUNTS).map_err(failed)?;
+            let stored = counts.get(ticket.as_str()).map_err(failed)?.map_or(0, |v| v.value());
+            counts.insert(ticket.as_str(), stored.max(last)).map_err(failed)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn renew_lease(
+        &self,
+        keys: &TicketKeys,
+        owner: &str,
+        _ttl: Duration,
+    ) -> Result<LeaseRenewal, StoreError> {
+        let ticket = keys.ticket.clone();
+        let held = owner == &*self.owner;
+        self.read_txn(move |txn| {
+            let cancel_requested =
+                txn.open_table(CANCELS).map_err(failed)?.get(ticket.as_str()).map_err(failed)?.is_some();
+            Ok(LeaseRenewal { held, cancel_requested })
+        })
+        .await
+    }
+
+    pub async fn request_cancel(&self, keys: &TicketKeys, _ttl: Duration) -> Result<(), StoreError> {
+        let ticket = keys.ticket.clone();
+        self.write(move |txn| {
+            txn.open_table(CANCELS).map_err(failed)?.insert(ticket.as_str(), ()).map_err(failed)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn running_tickets(&self, _agent_id: &str) -> Result<Vec<String>, StoreError> {
+        self.read_txn(|txn| {
+            let running = txn.open_table(RUNNING).map_err(failed)?;
+            let tickets =
+                running.iter().map_err(failed)?.filter_map(|e| e.ok()).map(|(k, _)| k.value().to_owned()).collect();
+            Ok(tickets)
+        })
+        .await
+    }
+
+    pub async fn forget_running(&self, _agent_id: &str, ticket_key: &str) -> Result<(), StoreError> {
+        let ticket = ticket_key.to_owned();
+        self.write(move |txn| {
+            txn.open_table(RUNNING).map_err(failed)?.remove(ticket.as_str()).map_err(failed)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The record of `ticket` and its expiry, unless it has expired.
+fn live_record(
+    records: &impl ReadableTable<&'static str, (&'static str, u64)>,
+    ticket: &str,
+) -> Result<Option<(String, u64)>, StoreError> {
+    let Some(value) = records.get(ticket).map_err(failed)? else { return Ok(None) };
+    let (raw, expiry) = value.value();
+    Ok((expiry > now_ms()).then(|| (raw.to_owned(), expiry)))
+}
+
+/// Removes a ticket's log lines, their count and its cancel flag.
+fn drop_output(txn: &redb::WriteTransaction, ticket: &str) -> Result<(), StoreError> {
+    let mut logs = txn.open_table(LOGS).map_err(failed)?;
+    let seqs: Vec<u64> = logs
+        .range((ticket, 0)..=(ticket, u64::MAX))
+        .map_err(failed)?
+        .filter_map(|e| e.ok())
+        .map(|(k, _)| k.value().1)
+        .collect();
+    for seq in seqs {
+        logs.remove((ticket, seq)).map_err(failed)?;
+    }
+    txn.open_table(LOG_COUNTS).map_err(failed)?.remove(ticket).map_err(failed)?;
+    txn.open_table(CANCELS).map_err(failed)?.remove(ticket).map_err(failed)?;
+    Ok(())
+}
