@@ -4,7 +4,7 @@ use crate::bench;
 use crate::negotiate::{AgentKind, ProtocolMode};
 use crate::orchestrator::{Event, Orchestrator, Policies, Timing};
 use crate::outcome::{exit, Outcome, OutcomeKind};
-use crate::policy::{self, Overrides, PolicyConfig, PolicyError, Purpose, Target};
+use crate::policy::{self, MachinePolicy, Overrides, PolicyConfig, PolicyError, Purpose, Target};
 use crate::retry::RetryPolicy;
 use crate::route::Route;
 use crate::rpc::{RpcClient, RpcConfig};
@@ -132,32 +132,51 @@ pub struct RetryArgs {
 }
 
 impl RetryArgs {
+    /// The policies file, read once per command (the built-in `default` without one).
+    fn config(&self) -> Result<PolicyConfig, PolicyError> {
+        match &self.config {
+            Some(path) => PolicyConfig::load(path),
+            None => Ok(PolicyConfig::default()),
+        }
+    }
+
     /// The retry policy for `route` and this command's purpose (`--purpose`, else the default).
     fn policy(&self, route: &Route, default_purpose: Purpose) -> Result<RetryPolicy, PolicyError> {
-        self.resolve(route, self.purpose.unwrap_or(default_purpose))
+        self.policy_in(&self.config()?, route, default_purpose)
+    }
+
+    /// [`RetryArgs::policy`] with the policies file already read.
+    fn policy_in(
+        &self,
+        config: &PolicyConfig,
+        route: &Route,
+        default_purpose: Purpose,
+    ) -> Result<RetryPolicy, PolicyError> {
+        Ok(self.resolve(&self.machine(config, route)?, self.purpose.unwrap_or(default_purpose)))
     }
 
     /// A submission's policies: the script's, and the health-check one for capabilities.
-    fn policies(&self, route: &Route) -> Result<Policies, PolicyError> {
+    fn policies(&self, config: &PolicyConfig, route: &Route) -> Result<Policies, PolicyError> {
+        let machine = self.machine(config, route)?;
         Ok(Policies {
-            script: self.policy(route, Purpose::Deployment)?,
-            health: self.resolve(route, Purpose::HealthCheck)?,
+            script: self.resolve(&machine, self.purpose.unwrap_or(Purpose::Deployment)),
+            health: self.resolve(&machine, Purpose::HealthCheck),
         })
     }
 
-    /// The retry policy for `route` and `purpose`, from the policies file and the overrides.
-    fn resolve(&self, route: &Route, purpose: Purpose) -> Result<RetryPolicy, PolicyError> {
-        let config = match &self.config {
-            Some(path) => PolicyConfig::load(path)?,
-            None => PolicyConfig::default(),
-        };
+    /// The machine policy `route` maps to, or the one `--policy` names.
+    fn machine(&self, config: &PolicyConfig, route: &Route) -> Result<MachinePolicy, PolicyError> {
         let target = match route {
             Route::Agent(id) => Target::Agent(id),
             Route::Pool(pool) => Target::Pool(pool),
         };
-        let machine = config.policy_for(self.policy.as_deref(), target)?;
+        config.policy_for(self.policy.as_deref(), target)
+    }
+
+    /// The retry policy for `purpose` under `machine`, with this command's overrides.
+    fn resolve(&self, machine: &MachinePolicy, purpose: Purpose) -> RetryPolicy {
         let overrides = Overrides { retry_duration: self.retry_duration, no_retries: self.no_retries };
-        Ok(policy::resolve(&machine, purpose, overrides))
+        policy::resolve(machine, purpose, overrides)
     }
 }
 
@@ -502,9 +521,13 @@ async fn submit(orchestrator: &Orchestrator, args: SubmitArgs) -> ExitCode {
         Ok(spec) => spec,
         Err(e) => return usage_error(e),
     };
+    let config = match args.retry.config() {
+        Ok(config) => config,
+        Err(e) => return usage_error(e),
+    };
     let mut planned = Vec::with_capacity(routes.len());
     for route in routes {
-        match args.retry.policies(&route) {
+        match args.retry.policies(&config, &route) {
             Ok(policies) => planned.push((route, policies)),
             Err(e) => return usage_error(e),
         }
@@ -670,13 +693,17 @@ async fn capabilities(orchestrator: &Orchestrator, args: CapabilitiesArgs) -> Ex
 }
 
 async fn health(orchestrator: &Orchestrator, args: HealthArgs) -> ExitCode {
+    let config = match args.retry.config() {
+        Ok(config) => config,
+        Err(e) => return usage_error(e),
+    };
     let mut worst = ExitCode::SUCCESS;
     for agent in &args.agents {
         let route = match Route::agent(agent) {
             Ok(route) => route,
             Err(e) => return usage_error(e),
         };
-        let policy = match args.retry.policy(&route, Purpose::HealthCheck) {
+        let policy = match args.retry.policy_in(&config, &route, Purpose::HealthCheck) {
             Ok(policy) => policy,
             Err(e) => return usage_error(e),
         };
