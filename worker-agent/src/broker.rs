@@ -234,6 +234,7 @@ async fn handle_delivery(
     let props = &delivery.properties;
     let reply_to = props.reply_to().as_ref().map(ShortString::to_string);
     let correlation_id = props.correlation_id().as_ref().map(ShortString::to_string);
+    let mut acked_early = false;
     let reply = match Request::decode(&delivery.data) {
         Err(error) => {
             tracing::warn!(agent = %config.agent_id, kind = ?props.kind().as_ref().map(ShortString::as_str), bytes = delivery.data.len(), %error, "rejecting message");
@@ -269,6 +270,7 @@ async fn handle_delivery(
                     // any worker can answer, and the dispatcher repeats what gets no answer, so
                     // do not hold the work queue's one delivery while serving it.
                     ack(&agent, &delivery).await;
+                    acked_early = true;
                 }
                 None
             };
@@ -277,15 +279,13 @@ async fn handle_delivery(
             if let Reply::Error(error) = &reply {
                 tracing::info!(agent = %config.agent_id, %kind, ticket = ?ticket, error = %error, "request refused");
             }
-            if !starts && source == Source::Pool {
-                send_reply(&agent, &channel, reply_to, correlation_id, &reply).await;
-                return;
-            }
             reply
         }
     };
     send_reply(&agent, &channel, reply_to, correlation_id, &reply).await;
-    ack(&agent, &delivery).await;
+    if !acked_early {
+        ack(&agent, &delivery).await;
+    }
 }
 
 async fn ack(agent: &Agent, delivery: &lapin::message::Delivery) {
