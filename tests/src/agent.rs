@@ -1,7 +1,7 @@
 //! Agents for tests: in-process ([`TestAgent`]) or the real binary ([`AgentProcess`]). Each has
 //! its own id (so its own queue), Redis key prefix and work dir, all removed when it stops.
 
-use crate::{amqp_url, binary, eventually, redis_url, unique};
+use crate::{agent_command, amqp_url, eventually, redis_url, unique};
 use contracts::topology::agent_queue;
 use lapin::options::QueueDeleteOptions;
 use std::path::PathBuf;
@@ -113,18 +113,32 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts the binary with `config` and waits until it answers capabilities.
+    /// Starts the binary with `config` (as flags) and waits until it consumes its queue.
     pub async fn start(config: AgentConfig) -> AgentProcess {
-        let log = std::env::temp_dir().join(format!("{}.log", config.agent_id));
-        let child = Self::spawn(&config, &log);
-        let process = AgentProcess { config, child: Some(child), log };
+        let command = Self::command(&config);
+        let process = Self::spawn_command(config, command);
         process.wait_ready().await;
         process
     }
 
-    fn spawn(config: &AgentConfig, log: &PathBuf) -> tokio::process::Child {
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("agent log");
-        tokio::process::Command::new(binary("worker-agent"))
+    /// Starts `command` (from [`agent_command`], with the test's own flags and environment) as
+    /// the agent described by `config` (used to clean up after it), without waiting for it.
+    /// Its stderr goes to [`AgentProcess::log`].
+    pub fn spawn_command(config: AgentConfig, command: tokio::process::Command) -> AgentProcess {
+        let log = std::env::temp_dir().join(format!("{}.log", config.agent_id));
+        let child = Self::spawn(command, &log);
+        AgentProcess { config, child: Some(child), log }
+    }
+
+    /// The log the process wrote so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The command that starts the agent `config` describes, every setting as a flag.
+    pub fn command(config: &AgentConfig) -> tokio::process::Command {
+        let mut command = agent_command();
+        command
             .args(["run", "--agent-id", &config.agent_id, "--key-prefix", &config.key_prefix])
             .arg("--work-dir")
             .arg(&config.work_dir)
@@ -134,8 +148,13 @@ impl AgentProcess {
             .args(["--store", if config.store == worker_agent::StoreKind::Local { "local" } else { "redis" }])
             .args(config.max_scripts.iter().flat_map(|n| ["--max-scripts".to_string(), n.to_string()]))
             .env("CUTTLE_AMQP_URL", &config.amqp_url)
-            .env("CUTTLE_REDIS_URL", &config.redis_url)
-            .env("RUST_LOG", "info")
+            .env("CUTTLE_REDIS_URL", &config.redis_url);
+        command
+    }
+
+    fn spawn(mut command: tokio::process::Command, log: &PathBuf) -> tokio::process::Child {
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("agent log");
+        command
             .stdout(std::process::Stdio::null())
             .stderr(log_file)
             .kill_on_drop(true)
@@ -147,7 +166,8 @@ impl AgentProcess {
         self.child.as_ref().and_then(|c| c.id())
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until the process consumes its queue (it logs so at `info`).
+    pub async fn wait_ready(&self) {
         let log = self.log.clone();
         eventually("the agent process to consume its queue", Duration::from_secs(20), || {
             let log = log.clone();
@@ -183,7 +203,7 @@ impl AgentProcess {
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "kill the agent before restarting it");
         std::fs::write(&self.log, "").expect("truncate agent log");
-        self.child = Some(Self::spawn(&self.config, &self.log));
+        self.child = Some(Self::spawn(Self::command(&self.config), &self.log));
         self.wait_ready().await;
     }
 

@@ -54,6 +54,45 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The real `dispatcher` binary as tests start it: the test broker, no `RUST_LOG` (so the user's
+/// default applies), no stdin. Every test that runs the dispatcher binary builds it here.
+pub fn dispatcher_command() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary("dispatcher"));
+    command.env("CUTTLE_AMQP_URL", amqp_url()).env_remove("RUST_LOG").stdin(std::process::Stdio::null());
+    command.kill_on_drop(true);
+    command
+}
+
+/// The real `worker-agent` binary as tests start it, with nothing but the test broker and Redis
+/// in its environment (`run` and its flags are the caller's).
+pub fn agent_command() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary("worker-agent"));
+    command
+        .env("CUTTLE_AMQP_URL", amqp_url())
+        .env("CUTTLE_REDIS_URL", redis_url())
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// `GET path` on an HTTP server: its status and body, or `None` if it does not answer.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header("host", addr.to_string())
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// Polls `check` every 50 ms until it gives `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

@@ -5,14 +5,8 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 use tests::*;
 
-fn dispatcher() -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(binary("dispatcher"));
-    command.env("CUTTLE_AMQP_URL", amqp_url()).env_remove("RUST_LOG").stdin(Stdio::null());
-    command
-}
-
 async fn run(args: &[&str]) -> Output {
-    let output = dispatcher().args(args).output();
+    let output = dispatcher_command().args(args).output();
     tokio::time::timeout(Duration::from_secs(60), output).await.expect("dispatcher finishes").expect("dispatcher runs")
 }
 
@@ -107,7 +101,7 @@ async fn ctrl_c_cancels_the_script_on_the_agent_and_waits_for_it() {
     let markers = Markers::new();
     let done = markers.dir.join("done");
     let script = format!("echo started; sleep 30; touch '{}'", done.display());
-    let mut child = dispatcher()
+    let mut child = dispatcher_command()
         .args(["submit", "--target", agent.id(), "--", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -135,7 +129,7 @@ async fn ctrl_c_cancels_the_script_on_the_agent_and_waits_for_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_follow_reattaches_and_cancel_stops_a_script() {
     let agent = TestAgent::start("cli-reattach").await;
-    let mut submit = dispatcher()
+    let mut submit = dispatcher_command()
         .args(["submit", "--json", "--target", agent.id(), "--", "echo first; sleep 1; echo second; sleep 30"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -153,7 +147,7 @@ async fn status_follow_reattaches_and_cancel_stops_a_script() {
         text(&out.stdout).contains("second").then_some(())
     })
     .await;
-    let mut follow = dispatcher()
+    let mut follow = dispatcher_command()
         .args(["status", &ticket, "--target", agent.id(), "--follow"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -2,7 +2,6 @@
 //! through the real binaries and broker; and a legacy agent's lost start reply is never retried.
 
 use dispatcher::{Orchestrator, OutcomeKind, RpcClient, RpcConfig, Timing};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use tests::proxy::{Direction, FaultProxy};
@@ -17,8 +16,7 @@ async fn agent(what: &str, protocol: Protocol) -> TestAgent {
 
 /// Runs `dispatcher [--protocol v1] submit` and returns (exit code, stdout, stderr).
 async fn submit(old_dispatcher: bool, agent_id: &str, script: &str) -> (Option<i32>, String, String) {
-    let mut command = tokio::process::Command::new(binary("dispatcher"));
-    command.env("CUTTLE_AMQP_URL", amqp_url()).env_remove("RUST_LOG").stdin(Stdio::null());
+    let mut command = dispatcher_command();
     if old_dispatcher {
         command.args(["--protocol", "v1"]);
     }
@@ -66,12 +64,7 @@ async fn old_dispatcher_with_legacy_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capabilities_and_health_show_legacy_and_current_agents() {
     let (old, new) = (agent("health-old", Protocol::V1).await, agent("health-new", Protocol::V2).await);
-    let out = tokio::process::Command::new(binary("dispatcher"))
-        .env("CUTTLE_AMQP_URL", amqp_url())
-        .args(["health", old.id(), new.id()])
-        .output()
-        .await
-        .unwrap();
+    let out = dispatcher_command().args(["health", old.id(), new.id()]).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     let lines: Vec<&str> = stdout.lines().collect();

@@ -1,7 +1,6 @@
 //! One script on many agents from the CLI: never more than `--max-parallel` at once (measured
 //! from the scripts' own start and end times), every result in the summary.
 
-use std::process::Stdio;
 use std::time::Duration;
 use tests::*;
 
@@ -41,11 +40,7 @@ async fn fan_out_to_twenty_agents_never_runs_more_than_max_parallel_at_once() {
         args.extend(["--target".to_string(), agent.id().to_string()]);
     }
     args.extend(["--".to_string(), script.clone()]);
-    let out = tokio::process::Command::new(binary("dispatcher"))
-        .env("CUTTLE_AMQP_URL", amqp_url())
-        .args(&args)
-        .stdin(Stdio::null())
-        .output();
+    let out = dispatcher_command().args(&args).output();
     let out = tokio::time::timeout(Duration::from_secs(120), out).await.unwrap().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let events: Vec<serde_json::Value> =
@@ -75,12 +70,7 @@ async fn fan_out_to_twenty_agents_never_runs_more_than_max_parallel_at_once() {
         args.extend(["--target".to_string(), agent.id().to_string()]);
     }
     args.extend(["--".to_string(), failing]);
-    let out = tokio::process::Command::new(binary("dispatcher"))
-        .env("CUTTLE_AMQP_URL", amqp_url())
-        .args(&args)
-        .output()
-        .await
-        .unwrap();
+    let out = dispatcher_command().args(&args).output().await.unwrap();
     assert_eq!(out.status.code(), Some(9));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -169,33 +169,6 @@ async fn sigterm_lets_running_scripts_finish_and_hands_waiting_work_to_the_pool(
     cleanup_pool(&pool).await;
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probes_report_liveness_and_readiness() {
-    let agent = TestAgent::start("probes").await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(worker_agent::health::serve(listener, agent.agent.clone()));
-    assert!(http_get(addr, "/livez").await.starts_with("HTTP/1.1 200"));
-    assert!(http_get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
-    agent.stop_consuming().await;
-    eventually("readiness to drop once the agent stops consuming", Duration::from_secs(10), || async {
-        http_get(addr, "/readyz").await.starts_with("HTTP/1.1 503").then_some(())
-    })
-    .await;
-    assert!(http_get(addr, "/livez").await.starts_with("HTTP/1.1 200"), "still alive while draining");
-    assert!(http_get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
-    agent.stop().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_leaves_unknown_results_and_its_unclaimed_work_runs_elsewhere_once() {
     let (pool, mut configs) = pool_configs("sigkill", 2, Some(1));

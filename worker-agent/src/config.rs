@@ -1,6 +1,7 @@
 //! The agent's configuration, filled by the CLI from flags and environment, or directly by
 //! tests.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -53,6 +54,11 @@ pub struct AgentConfig {
     pub tombstone_ttl: Duration,
     /// Timeout around every broker and store call at start.
     pub connect_timeout: Duration,
+    /// Where to serve HTTP probes (`/livez`, `/readyz`), if anywhere.
+    pub health_addr: Option<SocketAddr>,
+    /// How long running scripts may take to end once the agent is told to stop, before they
+    /// are cancelled (their outcome recorded as cancelled).
+    pub drain_timeout: Duration,
 }
 
 impl AgentConfig {
@@ -73,6 +79,8 @@ impl AgentConfig {
             record_ttl: Duration::from_secs(7 * 24 * 3600),
             tombstone_ttl: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(5),
+            health_addr: None,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -1,40 +1,63 @@
-//! Probes for orchestrators: a tiny HTTP endpoint. `GET /livez` answers 200 while the process
-//! serves requests at all; `GET /readyz` answers 200 only while the agent consumes its queue and
-//! the ticket store answers, 503 otherwise.
+//! Probes for orchestrators, served with axum. `GET /livez` answers 200 while the process serves
+//! requests at all (also while it connects and while it drains, so an orchestrator does not kill
+//! it then); `GET /readyz` answers 200 only while the agent consumes its queue and the ticket
+//! store answers, 503 otherwise.
 
 use crate::service::Agent;
-use std::sync::Arc;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-/// Serves probes on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, agent: Arc<Agent>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &agent)).await;
-        });
+/// What the probes look at: the agent, once it has connected to its ticket store.
+#[derive(Clone, Default)]
+pub struct Probes {
+    agent: Arc<OnceLock<Arc<Agent>>>,
+}
+
+impl Probes {
+    /// Probes of an agent that is not connected yet: alive, not ready.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The agent has connected: readiness follows it from now on.
+    pub fn attach(&self, agent: Arc<Agent>) {
+        let _ = self.agent.set(agent);
+    }
+
+    async fn ready(&self) -> bool {
+        match self.agent.get() {
+            Some(agent) => ready(agent).await,
+            None => false,
+        }
     }
 }
 
-async fn answer(mut stream: TcpStream, agent: &Agent) -> std::io::Result<()> {
-    let mut request = [0u8; 1024];
-    let read = stream.read(&mut request).await?;
-    let line = String::from_utf8_lossy(&request[..read]);
-    let path = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, body) = match path {
-        "/livez" => ("200 OK", "alive"),
-        "/readyz" if ready(agent).await => ("200 OK", "ready"),
-        "/readyz" => ("503 Service Unavailable", "not ready: not consuming, or the ticket store does not answer"),
-        _ => ("404 Not Found", "try /livez or /readyz"),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}\n",
-        body.len() + 1
-    );
-    stream.write_all(response.as_bytes()).await
+/// The probe routes.
+pub fn router(probes: Probes) -> Router {
+    Router::new().route("/livez", get(livez)).route("/readyz", get(readyz)).with_state(probes)
+}
+
+async fn livez() -> &'static str {
+    "alive\n"
+}
+
+async fn readyz(State(probes): State<Probes>) -> (StatusCode, &'static str) {
+    if probes.ready().await {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: not consuming, or the ticket store does not answer\n")
+    }
+}
+
+/// Serves probes on `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, probes: Probes, stop: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(probes)).with_graceful_shutdown(stop.cancelled_owned()).await
 }
 
 /// Ready: consuming commands, and the ticket store answers a ping within a second.

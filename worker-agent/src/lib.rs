@@ -10,7 +10,7 @@
 //!   [`local_store`] the embedded one for agents that reach only the broker.
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
 //!   [`isolation`] its mutexes.
-//! - [`health`]: liveness and readiness probes over HTTP.
+//! - [`health`]: liveness and readiness probes over HTTP (axum).
 //! - [`cli`]: the `worker-agent` command line.
 #![forbid(unsafe_code)]
 
@@ -29,9 +29,99 @@ pub mod store;
 pub use config::{AgentConfig, Protocol, StoreKind};
 pub use service::Agent;
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// Why an agent could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot create work dir {path}: {source}")]
+    WorkDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot serve probes on {addr}: {source}")]
+    Probes { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Runs an agent until `shutdown` completes: the one entry point of the `worker-agent` binary
+/// (which passes [`shutdown_signal`]) and of tests that drive the agent as the binary does.
+///
+/// Serves probes at `config.health_addr` from the start (alive at once, ready while consuming),
+/// connects to the ticket store and the broker, and serves commands. On `shutdown` it stops
+/// taking work at once, lets running scripts end within `config.drain_timeout`, then cancels
+/// the rest, each recorded as cancelled, and stops the probes last.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    std::fs::create_dir_all(&config.work_dir)
+        .map_err(|source| RunError::WorkDir { path: config.work_dir.clone(), source })?;
+    let probes = health::Probes::new();
+    let probes_stop = CancellationToken::new();
+    let probes_served = match config.health_addr {
+        None => None,
+        Some(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Probes { addr, source })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tracing::info!(addr = %bound, "serving probes: GET /livez, GET /readyz");
+            Some(tokio::spawn(health::serve(listener, probes.clone(), probes_stop.clone())))
+        }
+    };
+    let drain_timeout = config.drain_timeout;
+    let stop = CancellationToken::new();
+    tokio::pin!(shutdown);
+    let started = tokio::select! {
+        started = start(config, stop.clone()) => started,
+        () = &mut shutdown => None,
+    };
+    if let Some((agent, mut serving)) = started {
+        probes.attach(agent.clone());
+        tokio::select! {
+            _ = &mut serving => {}
+            () = &mut shutdown => {
+                tracing::info!("stopping: taking no more work");
+                stop.cancel();
+                let _ = serving.await;
+            }
+        }
+        drain(&agent, drain_timeout).await;
+    }
+    probes_stop.cancel();
+    if let Some(served) = probes_served {
+        let _ = served.await;
+    }
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Lets running scripts end within `timeout`, then cancels what is left (recorded cancelled).
+async fn drain(agent: &Agent, timeout: Duration) {
+    let running = agent.running();
+    if running > 0 {
+        tracing::info!(running, drain_timeout = ?timeout, "waiting for running scripts to finish");
+        let deadline = tokio::time::Instant::now() + timeout;
+        while agent.running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let left = agent.running();
+        if left > 0 {
+            tracing::warn!(left, "drain timeout passed; cancelling the scripts still running");
+        }
+    }
+    agent.stop_scripts().await;
+}
 
 /// Where the local ticket store lives in the work directory.
 pub const LOCAL_STORE_FILE: &str = "tickets.redb";

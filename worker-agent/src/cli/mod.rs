@@ -4,7 +4,6 @@ use crate::config::{AgentConfig, Protocol, StoreKind, DEFAULT_AMQP_URL, DEFAULT_
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -99,6 +98,8 @@ impl RunArgs {
         config.prefetch = self.prefetch.max(1);
         config.lease_ttl = self.lease_ttl.max(Duration::from_secs(1));
         config.tombstone_ttl = self.tombstone_ttl;
+        config.health_addr = self.health_addr;
+        config.drain_timeout = self.drain_timeout;
         Ok(config)
     }
 }
@@ -107,34 +108,8 @@ impl RunArgs {
 /// within the drain timeout.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config().map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&config.work_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create work dir {}: {e}", config.work_dir.display()))?;
-    let shutdown = CancellationToken::new();
-    let signals = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("stopping: taking no more work");
-        signals.cancel();
-    });
-    tracing::info!(agent = %config.agent_id, pool = ?config.pool, max_scripts = ?config.max_scripts, protocol = ?config.protocol, work_dir = %config.work_dir.display(), "agent starting");
-    let Some((agent, serving)) = crate::start(config, shutdown).await else {
-        return Ok(());
-    };
-    let _ = serving.await;
-    let running = agent.running();
-    if running > 0 {
-        tracing::info!(running, drain_timeout = ?args.drain_timeout, "waiting for running scripts to finish");
-        let deadline = tokio::time::Instant::now() + args.drain_timeout;
-        while agent.running() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    agent.stop_scripts().await;
+    tracing::info!(agent = %config.agent_id, pool = ?config.pool, max_scripts = ?config.max_scripts, protocol = ?config.protocol, store = ?config.store, work_dir = %config.work_dir.display(), "agent starting");
+    crate::run(config, crate::shutdown_signal()).await?;
     Ok(())
 }
 

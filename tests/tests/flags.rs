@@ -1,0 +1,416 @@
+//! Every documented flag and environment variable of both binaries, given to the real binary,
+//! with its effect observed from outside: a flag that is parsed and ignored fails here.
+
+use contracts::topology::{agent_queue, pool_queue, pool_service_queue};
+use std::net::SocketAddr;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+use tests::agent::test_config;
+use tests::*;
+use worker_agent::AgentConfig;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs the dispatcher binary to its end.
+async fn dispatcher(args: &[&str]) -> Output {
+    let output = dispatcher_command().args(args).output();
+    tokio::time::timeout(Duration::from_secs(60), output).await.expect("dispatcher finishes").expect("dispatcher runs")
+}
+
+/// The ticket `submit` printed on stderr (`cuttle: ticket T on A`).
+fn ticket_in(stderr: &str) -> String {
+    let after = stderr.split("ticket ").nth(1).unwrap_or_else(|| panic!("no ticket in {stderr}"));
+    after.split_whitespace().next().expect("ticket").to_owned()
+}
+
+/// An address nothing listens on yet, for probes.
+fn probe_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], tests::services::free_port()))
+}
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.expect("test redis")
+}
+
+/// Milliseconds before `key` expires (-2: no such key, -1: no expiry).
+async fn pttl(key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(&mut redis().await).await.unwrap()
+}
+
+/// `worker-agent run` with only the environment of [`agent_command`].
+fn bare_agent() -> tokio::process::Command {
+    let mut command = agent_command();
+    command.arg("run");
+    command
+}
+
+/// Waits until a probe answers `status` on `path`.
+async fn probe_answers(addr: SocketAddr, path: &str, status: u16) {
+    eventually(&format!("{path} to answer {status}"), Duration::from_secs(20), || async move {
+        http_get(addr, path).await.filter(|(s, _)| *s == status).map(|_| ())
+    })
+    .await;
+}
+
+/// Starts `submit` of `script` (which records its run as `running`) on the agent, and waits
+/// until the script runs.
+async fn submit_running(agent_id: &str, script: &str, markers: &Markers) -> tokio::process::Child {
+    let submit = dispatcher_command()
+        .args(["submit", "--target", agent_id, "--", script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("the script to run", Duration::from_secs(20), || async {
+        (markers.count("running") == 1).then_some(())
+    })
+    .await;
+    submit
+}
+
+/// A script that records its run as `name`, then waits (at most 20 s) for `release` to exist.
+fn held_until(markers: &Markers, name: &str, release: &std::path::Path) -> String {
+    format!(
+        "{}; i=0; while [ ! -e '{}' ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done",
+        markers.record(name),
+        release.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_id_key_prefix_and_work_dir_from_flags_and_from_the_environment() {
+    for from_env in [false, true] {
+        let config = test_config(if from_env { "env-ids" } else { "flag-ids" });
+        let command = if from_env {
+            let mut command = bare_agent();
+            command
+                .env("CUTTLE_AGENT_ID", &config.agent_id)
+                .env("CUTTLE_KEY_PREFIX", &config.key_prefix)
+                .env("CUTTLE_WORK_DIR", &config.work_dir);
+            command
+        } else {
+            AgentProcess::command(&config)
+        };
+        let agent = AgentProcess::spawn_command(config.clone(), command);
+        agent.wait_ready().await;
+        let out = dispatcher(&["submit", "--target", &config.agent_id, "--", "pwd"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let ticket = ticket_in(&text(&out.stderr));
+        let workspace = text(&out.stdout);
+        assert!(
+            workspace.trim().starts_with(config.work_dir.to_str().unwrap()),
+            "the script runs in the work dir {}: {workspace}",
+            config.work_dir.display()
+        );
+        let record = format!("{}ticket:{}", config.key_prefix, ticket.to_lowercase());
+        assert_ne!(pttl(&record).await, -2, "the ticket is kept under the key prefix: {record}");
+        agent.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_and_store_urls_from_the_environment_are_used_and_flags_beat_them() {
+    let unreachable_broker = "amqp://guest:guest@127.0.0.1:1/%2f";
+    let unreachable_store = "redis://127.0.0.1:1";
+
+    // From the environment alone: the agent tries exactly those and says so.
+    let config = test_config("env-urls");
+    let mut command = AgentProcess::command(&config);
+    command.env("CUTTLE_AMQP_URL", unreachable_broker);
+    let broker_down = AgentProcess::spawn_command(config, command);
+    let config = test_config("env-urls");
+    let mut command = AgentProcess::command(&config);
+    command.env("CUTTLE_REDIS_URL", unreachable_store);
+    let store_down = AgentProcess::spawn_command(config, command);
+    eventually("both agents to report what they cannot reach", Duration::from_secs(20), || async {
+        (broker_down.log_text().contains("lost the broker")
+            && store_down.log_text().contains("cannot reach the ticket store"))
+        .then_some(())
+    })
+    .await;
+    assert!(!broker_down.log_text().contains("consuming commands"));
+    assert!(!store_down.log_text().contains("consuming commands"));
+    broker_down.stop().await;
+    store_down.stop().await;
+
+    // Flags come before the environment.
+    let config = test_config("flag-urls");
+    let mut command = AgentProcess::command(&config);
+    command.env("CUTTLE_AMQP_URL", unreachable_broker).env("CUTTLE_REDIS_URL", unreachable_store).args([
+        "--amqp-url",
+        &amqp_url(),
+        "--redis-url",
+        &redis_url(),
+    ]);
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    let out = dispatcher(&["submit", "--target", &config.agent_id, "--", "echo ok"]).await;
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "ok\n".to_string()));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_addr_serves_probes_that_follow_the_agent_through_drain() {
+    let config = test_config("probes");
+    let addr = probe_addr();
+    let mut command = AgentProcess::command(&config);
+    command.args(["--health-addr", &addr.to_string(), "--drain-timeout", "20s"]);
+    let mut agent = AgentProcess::spawn_command(config.clone(), command);
+    probe_answers(addr, "/readyz", 200).await;
+    assert_eq!(http_get(addr, "/livez").await.map(|r| r.0), Some(200));
+    assert_eq!(http_get(addr, "/nope").await.map(|r| r.0), Some(404));
+
+    // A running script holds the drain: not ready (no new work), still alive.
+    let markers = Markers::new();
+    let release = markers.dir.join("release");
+    let submit = submit_running(&config.agent_id, &held_until(&markers, "running", &release), &markers).await;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    probe_answers(addr, "/readyz", 503).await;
+    assert_eq!(http_get(addr, "/livez").await.map(|r| r.0), Some(200), "alive while draining");
+    std::fs::write(&release, "").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), agent.wait()).await.expect("the agent stops");
+    assert_eq!(status.code(), Some(0));
+    assert!(http_get(addr, "/livez").await.is_none(), "probes end with the process");
+    drop(submit);
+    agent.stop().await;
+
+    // From the environment, served before the store answers: alive, not ready.
+    let config = test_config("env-probes");
+    let addr = probe_addr();
+    let mut command = AgentProcess::command(&config);
+    command.env("CUTTLE_HEALTH_ADDR", addr.to_string()).env("CUTTLE_REDIS_URL", "redis://127.0.0.1:1");
+    let agent = AgentProcess::spawn_command(config, command);
+    probe_answers(addr, "/livez", 200).await;
+    assert_eq!(http_get(addr, "/readyz").await.map(|r| r.0), Some(503));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_cancels_what_still_runs_and_the_dispatcher_reports_cancelled() {
+    let config = test_config("drain");
+    let mut command = AgentProcess::command(&config);
+    command.args(["--drain-timeout", "1s"]);
+    let mut agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    let markers = Markers::new();
+    let done = markers.dir.join("done");
+    let script = format!("{}; sleep 30; touch '{}'", markers.record("running"), done.display());
+    let submit = submit_running(&config.agent_id, &script, &markers).await;
+    let stopping = std::time::Instant::now();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(15), agent.wait()).await.expect("the agent stops");
+    assert_eq!(status.code(), Some(0));
+    assert!(stopping.elapsed() < Duration::from_secs(10), "stopped after the 1s drain: {:?}", stopping.elapsed());
+    // The agent comes back; the dispatcher, still asking, hears that the script was cancelled.
+    agent.restart().await;
+    let out = tokio::time::timeout(Duration::from_secs(40), submit.wait_with_output())
+        .await
+        .expect("the dispatcher ends")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(106), "{}", text(&out.stderr));
+    assert!(!done.exists(), "the script was stopped");
+    assert_eq!(markers.count("running"), 1);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_the_agent_like_sigterm() {
+    let config = test_config("sigint");
+    let mut agent = AgentProcess::start(config).await;
+    agent.signal(nix::sys::signal::Signal::SIGINT);
+    let status = tokio::time::timeout(Duration::from_secs(15), agent.wait()).await.expect("the agent stops");
+    assert_eq!(status.code(), Some(0));
+    assert!(agent.log_text().contains("stopping: taking no more work"));
+    agent.stop().await;
+}
+
+async fn cleanup_pool(pool: &str) {
+    tests::raw::delete_queue(&pool_queue(pool)).await;
+    tests::raw::delete_queue(&pool_service_queue(pool)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_from_the_flag_or_the_environment_joins_the_pool() {
+    for from_env in [false, true] {
+        let pool = unique("pool-flag");
+        let mut config = test_config("pool-flag");
+        let mut command = AgentProcess::command(&config);
+        if from_env {
+            command.env("CUTTLE_POOL", &pool);
+        } else {
+            command.args(["--pool", &pool]);
+        }
+        config.pool = Some(pool.clone());
+        let agent = AgentProcess::spawn_command(config, command);
+        agent.wait_ready().await;
+        let out = dispatcher(&["submit", "--pool", &pool, "--", "echo \"$CUTTLE_AGENT_ID\""]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), agent.config.agent_id);
+        agent.stop().await;
+        cleanup_pool(&pool).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_scripts_from_the_flag_or_the_environment_bounds_running_scripts() {
+    for from_env in [false, true] {
+        let config = test_config("max-scripts");
+        let mut command = AgentProcess::command(&config);
+        if from_env {
+            command.env("CUTTLE_MAX_SCRIPTS", "1");
+        } else {
+            command.args(["--max-scripts", "1"]);
+        }
+        let agent = AgentProcess::spawn_command(config.clone(), command);
+        agent.wait_ready().await;
+        let markers = Markers::new();
+        let release = markers.dir.join("release");
+        let first = held_until(&markers, "first", &release);
+        let submit = |script: String| {
+            let id = config.agent_id.clone();
+            tokio::spawn(async move { dispatcher(&["submit", "--target", &id, "--", &script]).await })
+        };
+        let first = submit(first);
+        eventually("the first script to run", Duration::from_secs(20), || async {
+            (markers.count("first") == 1).then_some(())
+        })
+        .await;
+        let second = submit(markers.record("second"));
+        // The second start waits for the only place; give it time to (wrongly) start.
+        let waited = tokio::time::timeout(Duration::from_millis(1500), async {
+            while markers.count("second") == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_err(), "a second script started while the only place was taken");
+        std::fs::write(&release, "").unwrap();
+        assert_eq!(first.await.unwrap().status.code(), Some(0));
+        assert_eq!(second.await.unwrap().status.code(), Some(0));
+        assert_eq!(markers.count("second"), 1);
+        agent.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_local_keeps_tickets_in_the_work_dir_not_in_redis() {
+    let mut config = test_config("store-flag");
+    config.store = worker_agent::StoreKind::Local;
+    let agent = AgentProcess::start(config.clone()).await;
+    let out = dispatcher(&["submit", "--target", &config.agent_id, "--", "echo local"]).await;
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "local\n".to_string()));
+    let ticket = ticket_in(&text(&out.stderr));
+    assert!(config.work_dir.join(worker_agent::LOCAL_STORE_FILE).exists());
+    assert_eq!(pttl(&format!("{}ticket:{}", config.key_prefix, ticket.to_lowercase())).await, -2, "not in Redis");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_v1_makes_a_legacy_agent() {
+    let mut config = test_config("protocol-flag");
+    config.protocol = worker_agent::Protocol::V1;
+    let agent = AgentProcess::start(config.clone()).await;
+    let out = dispatcher(&["capabilities", &config.agent_id]).await;
+    assert!(text(&out.stdout).contains("legacy agent"), "{}", text(&out.stdout));
+    agent.stop().await;
+}
+
+/// The prefetch of the consumer on `queue`, from `rabbitmqctl`.
+async fn consumer_prefetch(queue: &str) -> Option<u64> {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(["list_consumers", "-q", "--no-table-headers", "queue_name", "prefetch_count"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .ok()?;
+    let text = text(&out.stdout);
+    let line = text.lines().find(|l| l.split_whitespace().next() == Some(queue))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_sets_the_consumers_prefetch() {
+    let config = test_config("prefetch");
+    let mut command = AgentProcess::command(&config);
+    command.args(["--prefetch", "7"]);
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    let queue = agent_queue(&config.agent_id);
+    let prefetch = eventually("the consumer to be listed", Duration::from_secs(20), || consumer_prefetch(&queue)).await;
+    assert_eq!(prefetch, 7);
+    agent.stop().await;
+}
+
+/// Starts `script` with `submit --json` on the agent and gives the ticket and the running child.
+async fn submit_json(agent_id: &str, script: &str) -> (String, tokio::process::Child) {
+    let mut child = dispatcher_command()
+        .args(["submit", "--json", "--target", agent_id, "--", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first).await.unwrap();
+    let event: serde_json::Value = serde_json::from_str(&first).unwrap();
+    (event["ticket"].as_str().unwrap().to_owned(), child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_ttl_sets_the_lease_of_a_running_ticket() {
+    let mut config: AgentConfig = test_config("lease-flag");
+    config.lease_ttl = Duration::from_millis(1500);
+    let agent = AgentProcess::start(config.clone()).await;
+    let (ticket, submit) = submit_json(&config.agent_id, "sleep 5").await;
+    let lease = format!("{}lease:{}", config.key_prefix, ticket.to_lowercase());
+    let left = eventually("the lease to be taken", Duration::from_secs(20), || async {
+        let left = pttl(&lease).await;
+        (left > 0).then_some(left)
+    })
+    .await;
+    assert!(left <= 1500, "a lease of --lease-ttl 1500ms, not the default 15s: {left} ms left");
+    drop(submit);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstone_ttl_sets_how_long_a_completed_ticket_is_remembered() {
+    let config = test_config("tombstone-flag");
+    let mut command = AgentProcess::command(&config);
+    command.args(["--tombstone-ttl", "3h"]);
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    let out = dispatcher(&["submit", "--target", &config.agent_id, "--", "true"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let record = format!("{}ticket:{}", config.key_prefix, ticket_in(&text(&out.stderr)).to_lowercase());
+    let hour: i64 = 3600 * 1000;
+    let left = eventually("the tombstone to be written", Duration::from_secs(20), || async {
+        let left = pttl(&record).await;
+        (left > 0 && left <= 3 * hour).then_some(left)
+    })
+    .await;
+    assert!(left > 2 * hour, "kept 3h (the default is 1h): {left} ms");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_sets_what_the_agent_logs() {
+    let config = test_config("rust-log");
+    let addr = probe_addr();
+    let mut command = AgentProcess::command(&config);
+    command.env("RUST_LOG", "warn").args(["--health-addr", &addr.to_string()]);
+    let quiet = AgentProcess::spawn_command(config, command);
+    probe_answers(addr, "/readyz", 200).await;
+    assert!(!quiet.log_text().contains("consuming commands"), "{}", quiet.log_text());
+    quiet.stop().await;
+
+    // Unset, the agent logs at info.
+    let config = test_config("rust-log");
+    let mut command = AgentProcess::command(&config);
+    command.env_remove("RUST_LOG");
+    let chatty = AgentProcess::spawn_command(config, command);
+    chatty.wait_ready().await;
+    chatty.stop().await;
+}
