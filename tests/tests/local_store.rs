@@ -92,8 +92,12 @@ async fn killed_at(step: &str) {
             agent.kill().await;
         }
         "ended" | "completed" => {
-            let status = status_of(&orchestrator, &route, &request).await;
-            assert!(status.is_complete(), "{status:?}");
+            // A start's reply may come before the end is stored (its wait ends at the first output).
+            eventually("the script to end", Duration::from_secs(20), || {
+                let (orchestrator, route, request) = (&orchestrator, &route, &request);
+                async move { status_of(orchestrator, route, request).await.is_complete().then_some(()) }
+            })
+            .await;
             if step == "completed" {
                 let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
                 status_of(&orchestrator, &route, &complete).await;
