@@ -64,6 +64,11 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What either side reports when the broker accepted a TCP connection but the AMQP handshake got
+/// no answer in time: a broker out of file handles accepts sockets and then waits for a handle
+/// before it speaks, silently, with no alarm (measured on RabbitMQ 3.10).
+pub const SILENT_BROKER: &str = "the broker accepted the connection but did not answer: is it out of file descriptors?";
+
 /// AMQP heartbeat, in seconds, when the URL sets none: a dead connection is noticed within
 /// about two of them, not after the broker's default of a minute.
 pub const DEFAULT_HEARTBEAT_SECS: u32 = 5;

@@ -9,9 +9,32 @@ ensure_services
 command -v cargo >/dev/null || { say "cargo is missing: install Rust (https://rustup.rs) first"; exit 1; }
 # The end-to-end tests run the real binaries.
 cargo build --locked --bins
+# Every queue, Redis key prefix and agent id of this run starts with t-<run>- (tests::unique), so
+# what the run left behind can be told from what colleagues' runs on the same broker hold now.
+export CUTTLE_TEST_RUN="r$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --workspace --no-fail-fast "$@"
+  cargo nextest run --locked --workspace --no-fail-fast "$@" || status=$?
 else
   say "cargo-nextest not found; using cargo test"
-  cargo test --locked --workspace --no-fail-fast "$@"
+  cargo test --locked --workspace --no-fail-fast "$@" || status=$?
 fi
+
+# Tests delete the queues and keys they create: a leftover quorum queue holds broker file handles
+# forever, and a few hundred of them stop the broker accepting connections.
+if ! all_queues="$(as_root rabbitmqctl list_queues -q --no-table-headers name 2>/dev/null)"; then
+  say "cannot run rabbitmqctl: not checking for queues left behind"
+else
+  queues="$(grep -E "^cuttle\.(agent|pool)\.t-$CUTTLE_TEST_RUN-" <<<"$all_queues" || true)"
+  if [ -n "$queues" ]; then
+    say "tests left these queues on the broker (delete them, and fix the test that made them):"
+    printf '%s\n' "$queues" >&2
+    status=1
+  fi
+fi
+keys="$(redis-cli --scan --pattern "t-$CUTTLE_TEST_RUN-*" 2>/dev/null | head -20 || true)"
+if [ -n "$keys" ]; then
+  say "warning: tests left these Redis keys (first 20 shown):"
+  printf '%s\n' "$keys" >&2
+fi
+exit "$status"

@@ -4,7 +4,7 @@
 
 use crate::error::RpcError;
 use crate::route::Route;
-use contracts::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO};
+use contracts::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO, SILENT_BROKER};
 use contracts::{unix_millis, Reply, Request};
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -217,10 +217,11 @@ async fn open_link(config: &RpcConfig) -> Result<Link, RpcError> {
     };
     let (connection, channel, mut consumer) = match tokio::time::timeout(config.connect_timeout, connect).await {
         Err(_) => {
-            return Err(RpcError::Connect(format!(
-                "no answer within {}",
-                humantime::format_duration(config.connect_timeout)
-            )))
+            let after = humantime::format_duration(config.connect_timeout);
+            if broker_accepts_tcp(&config.amqp_url, config.connect_timeout).await {
+                return Err(RpcError::Connect(format!("{SILENT_BROKER} (no AMQP answer within {after})")));
+            }
+            return Err(RpcError::Connect(format!("no answer within {after}")));
         }
         Ok(Err(error)) => return Err(RpcError::Connect(error.to_string())),
         Ok(Ok(parts)) => parts,
@@ -250,4 +251,12 @@ async fn open_link(config: &RpcConfig) -> Result<Link, RpcError> {
         replies.lock().expect("pending poisoned").clear();
     });
     Ok(Link { connection, channel, pending, alive })
+}
+
+/// Whether the broker's address accepts a TCP connection now: told apart from a broker that
+/// cannot be reached at all when its AMQP handshake timed out.
+async fn broker_accepts_tcp(amqp_url: &str, timeout: Duration) -> bool {
+    let Ok(uri) = amqp_url.parse::<lapin::uri::AMQPUri>() else { return false };
+    let address = (uri.authority.host.as_str(), uri.authority.port);
+    matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
 }

@@ -147,6 +147,9 @@ impl AgentProcess {
             .args(config.pool.iter().flat_map(|pool| ["--pool", pool.as_str()]))
             .args(["--store", if config.store == worker_agent::StoreKind::Local { "local" } else { "redis" }])
             .args(config.max_scripts.iter().flat_map(|n| ["--max-scripts".to_string(), n.to_string()]))
+            .args(
+                config.queue_expiry.iter().flat_map(|e| ["--queue-expiry".to_string(), format!("{}ms", e.as_millis())]),
+            )
             .env("CUTTLE_AMQP_URL", &config.amqp_url)
             .env("CUTTLE_REDIS_URL", &config.redis_url);
         command

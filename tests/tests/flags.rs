@@ -376,13 +376,15 @@ async fn lease_ttl_sets_the_lease_of_a_running_ticket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tombstone_ttl_sets_how_long_a_completed_ticket_is_remembered() {
+async fn tombstone_ttl_sets_how_long_a_completed_ticket_without_a_deadline_is_remembered() {
     let config = test_config("tombstone-flag");
     let mut command = AgentProcess::command(&config);
     command.args(["--tombstone-ttl", "3h"]);
     let agent = AgentProcess::spawn_command(config.clone(), command);
     agent.wait_ready().await;
-    let out = dispatcher(&["submit", "--target", &config.agent_id, "--", "true"]).await;
+    // Script v1 commands carry no deadline (other tombstones live until their command's deadline:
+    // tests/tests/capacity.rs).
+    let out = dispatcher(&["--protocol", "v1", "submit", "--target", &config.agent_id, "--", "true"]).await;
     assert_eq!(out.status.code(), Some(0));
     let record = format!("{}ticket:{}", config.key_prefix, ticket_in(&text(&out.stderr)).to_lowercase());
     let hour: i64 = 3600 * 1000;

@@ -7,6 +7,7 @@ use contracts::topology::*;
 use contracts::{unix_millis, CodecError, ErrorReply, Kind, Reply, Request};
 use futures_util::StreamExt;
 use lapin::options::*;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub enum BrokerError {
     Timeout { call: &'static str, after: Duration },
     #[error("the broker closed the consumer")]
     ConsumerClosed,
+    #[error("{SILENT_BROKER} (no AMQP answer within {after:?})")]
+    Silent { after: Duration },
 }
 
 /// Runs one broker call with a timeout.
@@ -43,18 +46,40 @@ pub async fn call<T>(
     }
 }
 
-/// Arguments of every command queue: quorum, with a delivery limit and dead-lettering.
-pub fn command_queue_arguments() -> FieldTable {
+/// Arguments of every command queue: quorum, with a delivery limit and dead-lettering, and for
+/// the queue of an ephemeral identity (a pool worker) an expiry once unused (`x-expires`).
+pub fn command_queue_arguments(expires: Option<Duration>) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
     args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_EXCHANGE.into()));
+    if let Some(expires) = expires {
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(expires.as_millis().max(1) as i64));
+    }
     args
 }
 
+/// Whether the broker refused a declare because the queue exists with other arguments.
+fn is_precondition_failed(error: &BrokerError) -> bool {
+    let BrokerError::Call { source, .. } = error else { return false };
+    matches!(source.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
+}
+
 /// Declares the shared exchanges, the dead-letter queue, and one command queue bound to
-/// `routing_key`. Idempotent.
-pub async fn declare_topology(channel: &Channel, queue: &str, routing_key: &str) -> Result<(), BrokerError> {
+/// `routing_key`, with `expires` as its `x-expires`. Idempotent.
+///
+/// A command queue that already exists with other arguments (declared by an earlier version, or
+/// with another `--queue-expiry`) is used as it is: the broker refuses the declare and closes the
+/// channel, so the queue is declared again passively on a new channel, with a notice. Returns
+/// the channel to go on with.
+pub async fn declare_topology(
+    connection: &Connection,
+    channel: Channel,
+    queue: &str,
+    routing_key: &str,
+    expires: Option<Duration>,
+) -> Result<Channel, BrokerError> {
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     let t = BROKER_CALL_TIMEOUT;
     call(
@@ -85,7 +110,18 @@ pub async fn declare_topology(channel: &Channel, queue: &str, routing_key: &str)
         ),
     )
     .await?;
-    call("queue.declare", t, channel.queue_declare(queue.into(), queue_options, command_queue_arguments())).await?;
+    let declare = channel.queue_declare(queue.into(), queue_options, command_queue_arguments(expires));
+    let channel = match call("queue.declare", t, declare).await {
+        Ok(_) => channel,
+        Err(error) if is_precondition_failed(&error) => {
+            tracing::warn!(%queue, %error, wanted_expiry = ?expires, "the queue exists with other arguments; using it as it is (delete it, or set a broker policy, to change them)");
+            let channel = call("channel.open", t, connection.create_channel()).await?;
+            let passive = QueueDeclareOptions { passive: true, ..queue_options };
+            call("queue.declare", t, channel.queue_declare(queue.into(), passive, FieldTable::default())).await?;
+            channel
+        }
+        Err(error) => return Err(error),
+    };
     call(
         "queue.bind",
         t,
@@ -98,7 +134,15 @@ pub async fn declare_topology(channel: &Channel, queue: &str, routing_key: &str)
         ),
     )
     .await?;
-    Ok(())
+    Ok(channel)
+}
+
+/// Whether the broker's address accepts a TCP connection now: told apart from a broker that
+/// cannot be reached at all when its AMQP handshake timed out.
+async fn broker_accepts_tcp(amqp_url: &str, timeout: Duration) -> bool {
+    let Ok(uri) = amqp_url.parse::<lapin::uri::AMQPUri>() else { return false };
+    let address = (uri.authority.host.as_str(), uri.authority.port);
+    matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
 }
 
 /// Serves the agent's queue until `shutdown`, reconnecting after every loss of the broker.
@@ -133,10 +177,15 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
     let properties =
         ConnectionProperties::default().with_connection_name(format!("cuttle-agent {}", config.agent_id).into());
     let url = amqp_url_with_heartbeat(&config.amqp_url);
-    let connection = call("connect", config.connect_timeout, Connection::connect(&url, properties)).await?;
+    let connection = match call("connect", config.connect_timeout, Connection::connect(&url, properties)).await {
+        Err(BrokerError::Timeout { after, .. }) if broker_accepts_tcp(&url, config.connect_timeout).await => {
+            return Err(BrokerError::Silent { after })
+        }
+        connected => connected?,
+    };
     let channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
     let queue = agent_queue(&config.agent_id);
-    declare_topology(&channel, &queue, &config.agent_id).await?;
+    let channel = declare_topology(&connection, channel, &queue, &config.agent_id, config.queue_expiry).await?;
     call("basic.qos", BROKER_CALL_TIMEOUT, channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
     let mut own = start_consumer(&channel, &queue).await?;
     // A pool's work queue (starts) on a channel of its own: a worker with bounded scripts takes
@@ -147,16 +196,19 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
         Some(pool) => {
             let pool_channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
             let work_queue = pool_queue(pool);
-            declare_topology(&pool_channel, &work_queue, &pool_routing_key(pool)).await?;
+            let pool_channel =
+                declare_topology(&connection, pool_channel, &work_queue, &pool_routing_key(pool), None).await?;
             let prefetch = if config.max_scripts.is_some() { 1 } else { config.prefetch };
             call("basic.qos", BROKER_CALL_TIMEOUT, pool_channel.basic_qos(prefetch, BasicQosOptions::default()))
                 .await?;
             let work = start_consumer(&pool_channel, &work_queue).await?;
             let service_queue = pool_service_queue(pool);
-            declare_topology(&channel, &service_queue, &pool_service_routing_key(pool)).await?;
-            let service = start_consumer(&channel, &service_queue).await?;
+            let service_channel =
+                declare_topology(&connection, channel.clone(), &service_queue, &pool_service_routing_key(pool), None)
+                    .await?;
+            let service = start_consumer(&service_channel, &service_queue).await?;
             tracing::info!(agent = %config.agent_id, work = %work_queue, service = %service_queue, "consuming pool commands");
-            (Some((pool_channel, work)), Some(service))
+            (Some((pool_channel, work)), Some((service_channel, service)))
         }
     };
     tracing::info!(agent = %config.agent_id, queue = %queue, "consuming commands");
@@ -166,7 +218,7 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
         let (source, delivery) = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             delivery = own.next() => (Source::Own, delivery),
-            delivery = next_pool_delivery(&mut pool) => (Source::Pool, delivery),
+            delivery = next_delivery(&mut pool) => (Source::Pool, delivery),
             delivery = next_delivery(&mut pool_service) => (Source::Own, delivery),
         };
         match delivery {
@@ -183,15 +235,7 @@ async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(),
         let _ =
             call("basic.cancel", BROKER_CALL_TIMEOUT, channel.basic_cancel(own.tag(), BasicCancelOptions::default()))
                 .await;
-        if let Some(service) = &pool_service {
-            let _ = call(
-                "basic.cancel",
-                BROKER_CALL_TIMEOUT,
-                channel.basic_cancel(service.tag(), BasicCancelOptions::default()),
-            )
-            .await;
-        }
-        if let Some((pool_channel, consumer)) = &pool {
+        for (pool_channel, consumer) in [&pool_service, &pool].into_iter().flatten() {
             let cancel = pool_channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
             let _ = call("basic.cancel", BROKER_CALL_TIMEOUT, cancel).await;
         }
@@ -207,17 +251,11 @@ async fn start_consumer(channel: &Channel, queue: &str) -> Result<lapin::Consume
     call("basic.consume", BROKER_CALL_TIMEOUT, consume).await
 }
 
-async fn next_delivery(consumer: &mut Option<lapin::Consumer>) -> Option<lapin::Result<lapin::message::Delivery>> {
-    match consumer {
-        Some(consumer) => consumer.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_pool_delivery(
-    pool: &mut Option<(Channel, lapin::Consumer)>,
+/// The next delivery of a pool consumer (work or service), or never for an agent without a pool.
+async fn next_delivery(
+    consumer: &mut Option<(Channel, lapin::Consumer)>,
 ) -> Option<lapin::Result<lapin::message::Delivery>> {
-    match pool {
+    match consumer {
         Some((_, consumer)) => consumer.next().await,
         None => std::future::pending().await,
     }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// How long a pool worker's own queue outlives the worker unless `--queue-expiry` says otherwise.
+pub const DEFAULT_POOL_QUEUE_EXPIRY: Duration = Duration::from_secs(600);
 
 /// Which protocol generation the agent speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -50,8 +52,14 @@ pub struct AgentConfig {
     pub lease_ttl: Duration,
     /// How long a ticket's record and output are kept if it is never completed.
     pub record_ttl: Duration,
-    /// The least a tombstone is kept after CompleteScript (longer if the command's deadline is).
+    /// How long a completed ticket's tombstone is kept when its command carried no deadline
+    /// (legacy script v1); otherwise it is kept until the deadline has passed (see
+    /// [`crate::rules::tombstone_ttl_ms`]).
     pub tombstone_ttl: Duration,
+    /// The agent's own queue is deleted by the broker once unused this long (`x-expires`):
+    /// for ephemeral identities such as pool workers named after their pod. `None` keeps it
+    /// forever, so commands for an offline agent wait for it.
+    pub queue_expiry: Option<Duration>,
     /// Timeout around every broker and store call at start.
     pub connect_timeout: Duration,
     /// Where to serve HTTP probes (`/livez`, `/readyz`), if anywhere.
@@ -78,6 +86,7 @@ impl AgentConfig {
             lease_ttl: Duration::from_secs(15),
             record_ttl: Duration::from_secs(7 * 24 * 3600),
             tombstone_ttl: Duration::from_secs(3600),
+            queue_expiry: None,
             connect_timeout: Duration::from_secs(5),
             health_addr: None,
             drain_timeout: Duration::from_secs(30),

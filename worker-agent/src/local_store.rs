@@ -10,6 +10,7 @@ use contracts::topology::MAX_STATUS_LOG_BYTES;
 use contracts::{unix_millis, LogLine};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +30,10 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// Log lines read at once at most.
 const MAX_LINES_PER_READ: usize = 2_000;
 
+/// How often records past their expiry are removed from the file (besides at open): expired
+/// records are never read, but an agent that runs for months must not keep them all.
+const PRUNE_INTERVAL_MS: u64 = 10 * 60 * 1000;
+
 fn failed(error: impl std::fmt::Display) -> StoreError {
     StoreError::Local(error.to_string())
 }
@@ -42,6 +47,8 @@ pub struct LocalStore {
     db: Arc<Database>,
     /// The owner id of this agent process: its runs are the live ones.
     owner: Arc<str>,
+    /// When expired records were last removed (unix ms).
+    pruned_at: Arc<AtomicU64>,
 }
 
 impl LocalStore {
@@ -57,9 +64,27 @@ impl LocalStore {
         txn.open_table(LOG_COUNTS).map_err(failed)?;
         txn.open_table(META).map_err(failed)?;
         txn.commit().map_err(failed)?;
-        let store = LocalStore { db: Arc::new(db), owner: owner.into() };
+        let store = LocalStore { db: Arc::new(db), owner: owner.into(), pruned_at: Arc::new(AtomicU64::new(now_ms())) };
         store.prune_expired()?;
         Ok(store)
+    }
+
+    /// Drops records past their expiry, with their output, if that was last done more than
+    /// [`PRUNE_INTERVAL_MS`] ago; off the async runtime, without waiting for it.
+    fn prune_now_and_then(&self) {
+        let last = self.pruned_at.load(Ordering::Relaxed);
+        let now = now_ms();
+        if now.saturating_sub(last) < PRUNE_INTERVAL_MS
+            || self.pruned_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = store.prune_expired() {
+                tracing::warn!(%error, "could not remove expired tickets from the local store");
+            }
+        });
     }
 
     /// Drops records past their expiry, with their output.
@@ -137,8 +162,9 @@ impl LocalStore {
         epoch: &Epoch,
     ) -> Result<Claim, StoreError> {
         let (ticket, raw, epoch, owner) =
-            (keys.ticket.clone(), record.to_json(), epoch.value.clone(), self.owner.clone());
+            (keys.ticket.clone(), record.encode(), epoch.value.clone(), self.owner.clone());
         let expires = now_ms() + record_ttl.as_millis() as u64;
+        self.prune_now_and_then();
         self.write(move |txn| {
             let meta = txn.open_table(META).map_err(failed)?;
             if meta.get("epoch").map_err(failed)?.map(|v| v.value().to_owned()).as_deref() != Some(epoch.as_str()) {
@@ -146,7 +172,7 @@ impl LocalStore {
             }
             let mut records = txn.open_table(RECORDS).map_err(failed)?;
             if let Some((existing, _)) = live_record(&records, &ticket)? {
-                let record = TicketRecord::from_json(&existing);
+                let record = TicketRecord::decode(&existing);
                 let lease_alive = record.owner == *owner;
                 return Ok(Claim::Existing { record, raw: existing, lease_alive });
             }
@@ -158,7 +184,7 @@ impl LocalStore {
     }
 
     pub async fn create(&self, keys: &TicketKeys, record: &TicketRecord, ttl: Duration) -> Result<bool, StoreError> {
-        let (ticket, raw) = (keys.ticket.clone(), record.to_json());
+        let (ticket, raw) = (keys.ticket.clone(), record.encode());
         let expires = now_ms() + ttl.as_millis() as u64;
         self.write(move |txn| {
             let mut records = txn.open_table(RECORDS).map_err(failed)?;
@@ -179,7 +205,7 @@ impl LocalStore {
         ttl: Option<Duration>,
         release: Release,
     ) -> Result<bool, StoreError> {
-        let (ticket, expected, raw) = (keys.ticket.clone(), expected.to_owned(), new.to_json());
+        let (ticket, expected, raw) = (keys.ticket.clone(), expected.to_owned(), new.encode());
         let new_expiry = ttl.map(|ttl| now_ms() + ttl.as_millis() as u64);
         self.write(move |txn| {
             let mut records = txn.open_table(RECORDS).map_err(failed)?;
@@ -203,7 +229,7 @@ impl LocalStore {
         let (ticket, owner) = (keys.ticket.clone(), self.owner.clone());
         self.read_txn(move |txn| {
             let records = txn.open_table(RECORDS).map_err(failed)?;
-            let record = live_record(&records, &ticket)?.map(|(raw, _)| (TicketRecord::from_json(&raw), raw));
+            let record = live_record(&records, &ticket)?.map(|(raw, _)| (TicketRecord::decode(&raw), raw));
             let running = txn.open_table(RUNNING).map_err(failed)?.get(ticket.as_str()).map_err(failed)?.is_some();
             let lease_alive = running && record.as_ref().is_some_and(|(r, _)| r.owner == *owner);
             let stored_lines = txn
@@ -322,4 +348,61 @@ fn drop_output(txn: &redb::WriteTransaction, ticket: &str) -> Result<(), StoreEr
     txn.open_table(LOG_COUNTS).map_err(failed)?.remove(ticket).map_err(failed)?;
     txn.open_table(CANCELS).map_err(failed)?.remove(ticket).map_err(failed)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::RecordState;
+
+    fn stored_records(store: &LocalStore) -> usize {
+        let txn = store.db.begin_read().unwrap();
+        let records = txn.open_table(RECORDS).unwrap();
+        records.iter().unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn a_tombstone_is_compact_and_leaves_the_file_once_expired() {
+        let dir = std::env::temp_dir().join(format!("cuttle-local-store-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = LocalStore::open(&dir.join("tickets.redb"), "a/1").unwrap();
+        let epoch = store.epoch(now_ms()).await.unwrap();
+        let keys = store.keys("t1");
+        let record = TicketRecord {
+            owner: "a/1".into(),
+            agent_id: "a".into(),
+            digest: "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into(),
+            state: RecordState::Running,
+            exit_code: None,
+            tombstone: false,
+            not_after: Some(now_ms() + 60_000),
+            claimed_at: now_ms(),
+        };
+        let day = Duration::from_secs(86_400);
+        assert!(matches!(store.claim(&keys, &record, day, day, &epoch).await.unwrap(), Claim::Won));
+        let tombstone = TicketRecord { tombstone: true, ..record.completed(0) };
+        let ttl = Some(Duration::from_millis(200));
+        assert!(store
+            .compare_and_set(&keys, &record.encode(), &tombstone, ttl, Release::LeaseAndOutput)
+            .await
+            .unwrap());
+        let (_, raw) = store.read(&keys, 0).await.unwrap().record.expect("tombstone");
+        assert_eq!(raw, "2|t|0|2c26b46b68ffc68ff99b453c1d304134");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.read(&keys, 0).await.unwrap().record.is_some() {
+            assert!(std::time::Instant::now() < deadline, "the tombstone outlived its expiry");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(stored_records(&store), 1, "expired, but not yet removed");
+        // The next claim after the prune interval removes it from the file.
+        store.pruned_at.store(0, Ordering::Relaxed);
+        let other = store.keys("t2");
+        assert!(matches!(store.claim(&other, &record, day, day, &epoch).await.unwrap(), Claim::Won));
+        while stored_records(&store) != 1 || store.read(&other, 0).await.unwrap().record.is_none() {
+            assert!(std::time::Instant::now() < deadline, "the expired tombstone was not removed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -234,7 +234,7 @@ impl Run {
 
     /// Writes the next record by compare-and-set, retrying while the store is unreachable.
     async fn update_record(&mut self, next: TicketRecord, release: Release) {
-        let raw = next.to_json();
+        let raw = next.encode();
         let mut delay = Duration::from_millis(100);
         loop {
             match self.store.compare_and_set(&self.keys, &self.record_raw, &next, None, release).await {

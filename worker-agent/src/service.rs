@@ -239,7 +239,7 @@ impl Agent {
         let run = Run {
             store: self.store.clone(),
             workspace: self.config.work_dir.join(&ticket),
-            record_raw: record.to_json(),
+            record_raw: record.encode(),
             keys,
             record,
             spec,

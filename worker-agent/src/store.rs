@@ -184,7 +184,7 @@ impl RedisStore {
         lease_ttl: Duration,
         epoch: &Epoch,
     ) -> Result<Claim, StoreError> {
-        let raw = record.to_json();
+        let raw = record.encode();
         let (won, existing, lease): (i64, Option<String>, Option<i64>) = self
             .claim
             .key(&keys.record)
@@ -205,7 +205,7 @@ impl RedisStore {
             _ => {}
         }
         let raw = existing.unwrap_or_default();
-        Ok(Claim::Existing { record: TicketRecord::from_json(&raw), raw, lease_alive: lease == Some(1) })
+        Ok(Claim::Existing { record: TicketRecord::decode(&raw), raw, lease_alive: lease == Some(1) })
     }
 
     /// Creates a record only if none exists, with no lease (tombstones for cancel-before-start).
@@ -213,7 +213,7 @@ impl RedisStore {
         let opts = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
             .with_expiration(redis::SetExpiry::PX(ttl.as_millis() as u64));
-        let won: bool = self.con.clone().set_options(&keys.record, record.to_json(), opts).await?;
+        let won: bool = self.con.clone().set_options(&keys.record, record.encode(), opts).await?;
         Ok(won)
     }
 
@@ -237,7 +237,7 @@ impl RedisStore {
         let running_set = if release == Release::Nothing { String::new() } else { self.running_set(&new.agent_id) };
         let done: i64 = invocation
             .arg(expected)
-            .arg(new.to_json())
+            .arg(new.encode())
             .arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64))
             .arg(running_set)
             .arg(&keys.ticket)
@@ -272,7 +272,7 @@ impl RedisStore {
                 }
             }
         }
-        let record = raw.map(|raw| (TicketRecord::from_json(&raw), raw));
+        let record = raw.map(|raw| (TicketRecord::decode(&raw), raw));
         Ok(TicketView { record, lease_alive: lease == 1, logs, stored_lines })
     }
 

@@ -1,6 +1,6 @@
 //! The `worker-agent` command line.
 
-use crate::config::{AgentConfig, Protocol, StoreKind, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
+use crate::config::{AgentConfig, Protocol, StoreKind, DEFAULT_AMQP_URL, DEFAULT_POOL_QUEUE_EXPIRY, DEFAULT_REDIS_URL};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -63,9 +63,16 @@ pub struct RunArgs {
     /// Lease of a running ticket: an agent silent this long is reported lost ("unknown result").
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
-    /// Least time a completed ticket's tombstone is kept, so a late duplicate start cannot run it.
+    /// How long a completed ticket's tombstone is kept when its command has no deadline (legacy
+    /// script v1); other tombstones live until their command's deadline (plus clock skew) has
+    /// passed, after which any late copy is refused as expired.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub tombstone_ttl: Duration,
+    /// The broker deletes this agent's own queue once it has been unused this long (no
+    /// consumer): for ephemeral identities. `0` keeps it forever [default: 10m for a pool
+    /// worker; kept forever for a standalone agent, whose commands wait while it is offline].
+    #[arg(long, env = "CUTTLE_QUEUE_EXPIRY", value_parser = humantime::parse_duration)]
+    pub queue_expiry: Option<Duration>,
     /// How long running scripts may take to finish on SIGTERM before they are cancelled.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -100,6 +107,8 @@ impl RunArgs {
         config.tombstone_ttl = self.tombstone_ttl;
         config.health_addr = self.health_addr;
         config.drain_timeout = self.drain_timeout;
+        let default_expiry = self.pool.is_some().then_some(DEFAULT_POOL_QUEUE_EXPIRY);
+        config.queue_expiry = self.queue_expiry.or(default_expiry).filter(|expiry| !expiry.is_zero());
         Ok(config)
     }
 }
