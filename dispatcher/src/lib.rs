@@ -13,6 +13,7 @@
 //! - [`route`]: agent or pool targets; [`error`]: what can fail and whether to retry.
 //! - [`fanout`]: one script on many targets, at most N at once, with a report per target.
 //! - [`bench`]: the `dispatcher bench` load generator.
+//! - [`service`]: `dispatcher serve`: the HTTP API, the journal and crash-safe resume.
 //! - [`cli`]: the `dispatcher` command line.
 #![forbid(unsafe_code)]
 
@@ -28,9 +29,10 @@ pub mod policy;
 pub mod retry;
 pub mod route;
 pub mod rpc;
+pub mod service;
 
 pub use error::RpcError;
-pub use orchestrator::{Event, Orchestrator, Policies, Timing};
+pub use orchestrator::{Event, Orchestrator, PlannedStart, Policies, Timing};
 pub use outcome::{Outcome, OutcomeKind};
 pub use retry::RetryPolicy;
 pub use route::Route;

@@ -74,6 +74,16 @@ impl From<RetryPolicy> for Policies {
     }
 }
 
+/// A start planned under a ticket chosen (and recorded, by the service) before anything is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedStart {
+    pub ticket: Ticket,
+    /// When the first start was issued (`first_issued_at` on the wire).
+    pub issued_at: SystemTime,
+    /// The agent refuses the start after this, and the dispatcher stops repeating it.
+    pub not_after: SystemTime,
+}
+
 /// Sends requests to agents and follows scripts.
 #[derive(Clone)]
 pub struct Orchestrator {
@@ -293,30 +303,120 @@ impl Orchestrator {
         events: EventSink<'_>,
         interrupt: &CancellationToken,
     ) -> Outcome {
-        let ticket = Ticket::generate();
-        events(Event::Ticket { ticket: ticket.clone(), target: route.name().to_owned() });
+        let plan = self.plan_start(Ticket::generate(), policy);
+        events(Event::Ticket { ticket: plan.ticket.clone(), target: route.name().to_owned() });
+        let outcome = self.start_v2(route, &plan, spec, policy, LogFollower::after(0), events, interrupt).await;
+        self.complete_after(route, &plan.ticket, &outcome, policy, events).await;
+        outcome
+    }
+
+    /// A start of `ticket` under `policy`, from now: the deadline after which the agent refuses it.
+    pub fn plan_start(&self, ticket: Ticket, policy: RetryPolicy) -> PlannedStart {
+        let issued_at = SystemTime::now();
         // The agent must not start the script after we stop trying: a copy stuck in a queue
         // expires there, and the agent refuses one past this deadline.
-        let not_after = SystemTime::now() + policy.duration.max(self.timing.attempt_timeout);
+        PlannedStart { ticket, issued_at, not_after: issued_at + policy.duration.max(self.timing.attempt_timeout) }
+    }
+
+    /// Runs a script under a start planned (and recorded) beforehand and follows it after line
+    /// `last_seen`, without completing it, so the caller can record the outcome first. Called
+    /// again with the same plan after a crash, it never runs the script twice: within the plan's
+    /// deadline the start is repeated (the agent answers a known ticket with its status), past it
+    /// the ticket is only asked for. Script v2 only: a legacy agent makes its own tickets.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_planned(
+        &self,
+        route: &Route,
+        plan: &PlannedStart,
+        spec: ScriptSpec,
+        policies: Policies,
+        last_seen: u64,
+        events: EventSink<'_>,
+        interrupt: &CancellationToken,
+    ) -> Outcome {
+        let ticket = &plan.ticket;
+        match self.script_protocol(route, policies.health, events).await {
+            Ok(ScriptProtocol::V2) => {}
+            Ok(ScriptProtocol::V1) => {
+                let error = RpcError::Agent {
+                    target: route.name().to_owned(),
+                    error: ErrorReply::new(
+                        ErrorKind::Unsupported,
+                        "a legacy agent (script v1) makes its own tickets, so a submission to it cannot be recorded before it starts nor resumed; upgrade the agent",
+                    ),
+                };
+                return Outcome::from_error(Some(ticket.clone()), route.name(), &error, error.to_string(), false);
+            }
+            Err(gave_up) => {
+                return Outcome::from_error(
+                    Some(ticket.clone()),
+                    route.name(),
+                    &gave_up.error,
+                    gave_up.to_string(),
+                    false,
+                )
+            }
+        }
+        let follower = LogFollower::after(last_seen);
+        if SystemTime::now() < plan.not_after {
+            return self.start_v2(route, plan, spec, policies.script, follower, events, interrupt).await;
+        }
+        let request =
+            Request::GetStatusV2(GetStatusV2 { ticket: ticket.clone(), last_log_sequence: last_seen, wait: None });
+        match self.status_request(route, &request, policies.script, Duration::ZERO, None, events).await {
+            Ok(status) => {
+                let mut follower = follower;
+                emit_logs(&mut follower, &status, events);
+                self.follow_to_end(
+                    route,
+                    ticket,
+                    follower,
+                    status,
+                    policies.script,
+                    ScriptProtocol::V2,
+                    events,
+                    interrupt,
+                )
+                .await
+            }
+            Err(gave_up) => {
+                let message =
+                    format!("lost contact with the script: {gave_up}; its outcome is unknown (ticket {ticket})");
+                Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true)
+            }
+        }
+    }
+
+    /// Starts `plan` (repeating the start until the deadline) and follows it to its end.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_v2(
+        &self,
+        route: &Route,
+        plan: &PlannedStart,
+        spec: ScriptSpec,
+        policy: RetryPolicy,
+        mut follower: LogFollower,
+        events: EventSink<'_>,
+        interrupt: &CancellationToken,
+    ) -> Outcome {
+        let ticket = &plan.ticket;
         let start = Request::StartScriptV2(StartScriptV2 {
             ticket: ticket.clone(),
             spec,
             wait_for_output: Some(self.timing.start_wait.as_millis() as u64),
-            first_issued_at: Some(unix_millis(SystemTime::now())),
+            first_issued_at: Some(unix_millis(plan.issued_at)),
         });
         let published = AtomicBool::new(false);
         let started = tokio::select! {
-            started = self.request_noting_publish(route, &start, policy, self.timing.start_wait, Some(not_after), events, &published) => started.and_then(expect_status),
+            started = self.request_noting_publish(route, &start, policy, self.timing.start_wait, Some(plan.not_after), events, &published) => started.and_then(expect_status),
             _ = interrupt.cancelled() => {
                 if !published.load(Ordering::Acquire) {
                     events(Event::Notice("the start never reached the broker; nothing to cancel".into()));
                     let error = RpcError::Cancelled;
-                    return Outcome::from_error(Some(ticket), route.name(), &error, error.to_string(), false);
+                    return Outcome::from_error(Some(ticket.clone()), route.name(), &error, error.to_string(), false);
                 }
                 // The start may have reached the agent: cancel it there, so it can never run.
-                let outcome = self.cancel_and_follow(route, &ticket, LogFollower::after(0), policy, events).await;
-                self.complete_after(route, &ticket, &outcome, policy, events).await;
-                return outcome;
+                return self.cancel_and_follow(route, ticket, follower, policy, events).await;
             }
         };
         let status = match started {
@@ -326,22 +426,24 @@ impl Orchestrator {
                 let started = published.load(Ordering::Acquire)
                     && !matches!(gave_up.error, RpcError::Agent { .. } | RpcError::Unroutable { .. });
                 if started {
-                    self.best_effort_cancel(route, &ticket, events).await;
+                    self.best_effort_cancel(route, ticket, events).await;
                 }
-                return Outcome::from_error(Some(ticket), route.name(), &gave_up.error, gave_up.to_string(), started);
+                return Outcome::from_error(
+                    Some(ticket.clone()),
+                    route.name(),
+                    &gave_up.error,
+                    gave_up.to_string(),
+                    started,
+                );
             }
         };
-        let mut follower = LogFollower::after(0);
         emit_logs(&mut follower, &status, events);
-        let outcome =
-            self.follow_to_end(route, &ticket, follower, status, policy, ScriptProtocol::V2, events, interrupt).await;
-        self.complete_after(route, &ticket, &outcome, policy, events).await;
-        outcome
+        self.follow_to_end(route, ticket, follower, status, policy, ScriptProtocol::V2, events, interrupt).await
     }
 
     /// Completes a ticket whose end was seen: published (durably, into the agent's queue) but
     /// not waited for, since nothing the user sees depends on it.
-    async fn complete_after(
+    pub(crate) async fn complete_after(
         &self,
         route: &Route,
         ticket: &Ticket,

@@ -3,7 +3,7 @@
 
 use crate::error::RpcError;
 use contracts::{exit_code, ErrorKind, Ticket};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Process exit codes for outcomes that are not the script's own.
 pub mod exit {
@@ -31,7 +31,7 @@ pub mod exit {
     pub const USAGE: u8 = 2;
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutcomeKind {
     /// The script ran to its own end (whatever its exit code).

@@ -6,6 +6,8 @@
 //! - [`AgentProcess`]: the real `worker-agent` binary, for tests that kill it.
 //! - [`RawBroker`]: publishes arbitrary bytes to an agent and reads replies and dead letters,
 //!   for malformed and hand-made messages.
+//! - [`ServiceProcess`]: the real `dispatcher serve`, with a journal of its own;
+//!   [`dispatcher_command`] builds every command that runs the `dispatcher` binary.
 //! - [`Markers`]: files scripts append to, to count how often each really ran.
 //! - [`eventually`]: polls a condition until a deadline.
 #![forbid(unsafe_code)]
@@ -13,10 +15,12 @@
 pub mod agent;
 pub mod proxy;
 pub mod raw;
+pub mod service;
 pub mod services;
 
 pub use agent::{AgentProcess, TestAgent};
 pub use raw::RawBroker;
+pub use service::ServiceProcess;
 
 use dispatcher::{Orchestrator, RpcClient, RpcConfig, Timing};
 use std::future::Future;

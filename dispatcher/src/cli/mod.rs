@@ -1,5 +1,7 @@
 //! The `dispatcher` command line: parses arguments, prints events, maps outcomes to exit codes.
 
+mod service;
+
 use crate::bench;
 use crate::negotiate::{AgentKind, ProtocolMode};
 use crate::orchestrator::{Event, Orchestrator, Policies, Timing};
@@ -48,6 +50,13 @@ pub struct Cli {
     /// How long to wait for the broker to accept a connection.
     #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+    /// The service's journal (Redis URL): `serve` records in it; `history`, `status TICKET`
+    /// (without --target) and `submit --detach` use it.
+    #[arg(long, global = true, env = "CUTTLE_JOURNAL_URL", hide_env_values = true)]
+    pub journal: Option<String>,
+    /// Prefix of the journal's Redis keys (several services can share one Redis).
+    #[arg(long, global = true, env = "CUTTLE_JOURNAL_PREFIX", default_value = crate::service::journal::DEFAULT_PREFIX)]
+    pub journal_prefix: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -70,10 +79,15 @@ pub enum Command {
     Health(HealthArgs),
     /// Run many `echo hello` scripts over the whole path and report latency and throughput.
     Bench(BenchArgs),
+    /// Run the HTTP API service: scripts submitted, journaled, followed and resumed after a
+    /// restart (see README "The service").
+    Serve(service::ServeArgs),
+    /// List tickets from the service's journal, newest first.
+    History(service::HistoryArgs),
 }
 
 #[derive(Args, Debug, Clone)]
-#[group(required = true, multiple = false)]
+#[group(multiple = false)]
 pub struct TargetArgs {
     /// Agent to run on (`submit` takes several: `--target a --target b`).
     #[arg(long)]
@@ -97,6 +111,9 @@ impl TargetArgs {
     fn routes(&self) -> Result<Vec<Route>, String> {
         if let Some(pool) = &self.pool {
             return Ok(vec![Route::pool(pool)?]);
+        }
+        if self.target.is_empty() {
+            return Err("give --target or --pool".into());
         }
         let mut routes: Vec<Route> = Vec::new();
         for agent in &self.target {
@@ -228,6 +245,10 @@ pub struct SubmitArgs {
     /// Print one JSON event per line instead of the script's output.
     #[arg(long)]
     pub json: bool,
+    /// Record the submission in the journal (--journal), print its ticket and return: a
+    /// `dispatcher serve` on that journal runs and follows it.
+    #[arg(long)]
+    pub detach: bool,
 }
 
 fn parse_env(raw: &str) -> Result<(String, String), String> {
@@ -259,6 +280,7 @@ pub struct StatusArgs {
     #[arg(long)]
     pub follow: bool,
 }
+// Without --target or --pool, `status` reads the journal (see `service::status_from_journal`).
 
 #[derive(Args, Debug)]
 pub struct CapabilitiesArgs {
@@ -431,7 +453,7 @@ impl Printer {
     }
 }
 
-fn stream_name(stream: LogStream) -> &'static str {
+pub(crate) fn stream_name(stream: LogStream) -> &'static str {
     match stream {
         LogStream::Stdout => "stdout",
         LogStream::Stderr => "stderr",
@@ -500,13 +522,20 @@ pub async fn run(cli: Cli) -> ExitCode {
     let rpc =
         Arc::new(RpcClient::new(RpcConfig { amqp_url: cli.amqp_url.clone(), connect_timeout: cli.connect_timeout }));
     let orchestrator = Orchestrator::new(rpc.clone(), Timing::default()).with_protocol(cli.protocol);
+    let journal = service::JournalOptions { url: cli.journal, prefix: cli.journal_prefix };
     let code = match cli.command {
+        Command::Submit(args) if args.detach => service::submit_detached(&journal, &args).await,
         Command::Submit(args) => submit(&orchestrator, args).await,
+        Command::Status(args) if args.ticket.target.target.is_empty() && args.ticket.target.pool.is_none() => {
+            service::status_from_journal(&journal, &args.ticket.ticket, args.follow, args.ticket.json).await
+        }
         Command::Status(args) => status(&orchestrator, args).await,
         Command::Cancel(args) => cancel(&orchestrator, args).await,
         Command::Capabilities(args) => capabilities(&orchestrator, args).await,
         Command::Health(args) => health(&orchestrator, args).await,
         Command::Bench(args) => bench(&orchestrator, args).await,
+        Command::Serve(args) => service::serve(&orchestrator, &journal, args).await,
+        Command::History(args) => service::history(&journal, args).await,
     };
     rpc.close().await;
     code

@@ -1,0 +1,715 @@
+//! The HTTP API (axum), with its OpenAPI document generated from the same handlers (utoipa), so
+//! the document cannot list a route the service does not serve, nor miss one.
+//!
+//! Every `/v1` route needs `Authorization: Bearer <token>` when the service has API tokens;
+//! `/healthz` and `/openapi.json` never do. Errors are `{"error": "..."}` with a message that
+//! says what to change.
+
+use super::journal::{HistoryQuery, JournalError, Submission, TicketRecord};
+use super::resume::{Followers, PlaceWait};
+use super::tokens::ApiTokens;
+use crate::outcome::OutcomeKind;
+use crate::policy::{self, Overrides, PolicyConfig, Purpose, Target};
+use crate::route::Route;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use contracts::{Isolation, ScriptSpec, Shell, Ticket};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// Most tickets one history request returns.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// What the handlers share.
+pub struct ApiState {
+    pub followers: Arc<Followers>,
+    pub policies: PolicyConfig,
+    pub tokens: Option<ApiTokens>,
+}
+
+type Shared = State<Arc<ApiState>>;
+
+/// An error as the API answers it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong and what to do about it.
+    error: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<JournalError> for ApiError {
+    fn from(error: JournalError) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error}; try again once Redis answers"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.message })).into_response()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ShellName {
+    #[default]
+    Sh,
+    Bash,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationName {
+    #[default]
+    None,
+    Full,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PurposeName {
+    #[default]
+    Deployment,
+    Runbook,
+    HealthCheck,
+}
+
+/// A script to run on one agent, several agents, or any worker of a pool.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// One agent id.
+    target: Option<String>,
+    /// Several agent ids: one ticket each.
+    targets: Option<Vec<String>>,
+    /// A worker pool: any one worker runs the script.
+    pool: Option<String>,
+    /// The script text.
+    script: String,
+    #[serde(default)]
+    shell: ShellName,
+    /// Environment variables for the script.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Longest run time, e.g. `90s`; the script is killed past it.
+    timeout: Option<String>,
+    #[serde(default)]
+    isolation: IsolationName,
+    /// Isolation mutex name (default with `full` isolation: `RunningScript`).
+    mutex: Option<String>,
+    /// Longest wait for the isolation mutex, e.g. `5m`.
+    mutex_timeout: Option<String>,
+    /// Machine policy to use instead of the one the target maps to.
+    policy: Option<String>,
+    #[serde(default)]
+    purpose: PurposeName,
+    /// With several targets: how many run at once (default 10).
+    max_parallel: Option<usize>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    pub tickets: Vec<AcceptedTicket>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AcceptedTicket {
+    pub ticket: String,
+    pub target: String,
+    /// Where to read it.
+    pub url: String,
+}
+
+/// One line of a script's output.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OutputLine {
+    pub seq: u64,
+    /// `stdout`, `stderr` or `agent`.
+    pub stream: String,
+    pub text: String,
+    /// Unix milliseconds when the agent read the line.
+    pub at: u64,
+}
+
+/// A ticket as the journal knows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TicketView {
+    pub ticket: String,
+    pub target: String,
+    /// `agent` or `pool`.
+    pub route: String,
+    /// `queued`, `running` or `finished`.
+    pub state: String,
+    /// `completed`, `cancelled`, `unknown` or `failed`, once finished.
+    pub outcome: Option<String>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub retries: u64,
+    pub cancel_requested: bool,
+    pub who: String,
+    pub policy: String,
+    pub script_digest: String,
+    /// Unix milliseconds.
+    pub submitted_at: u64,
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+    /// Sequence number of the last output line recorded.
+    pub last_seq: u64,
+    /// Output lines after `?after=` (only on `GET /v1/tickets/{ticket}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Vec<OutputLine>>,
+}
+
+impl TicketView {
+    pub fn from_record(record: &TicketRecord) -> Self {
+        let s = &record.submission;
+        let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        TicketView {
+            ticket: s.ticket.to_string(),
+            target: s.target.clone(),
+            route: s.route.clone(),
+            state: record.state.clone(),
+            outcome: record.finished.as_ref().map(|f| outcome_name(f.outcome).to_owned()),
+            exit_code: record.finished.as_ref().and_then(|f| f.exit_code),
+            error: record.finished.as_ref().and_then(|f| f.error.clone()),
+            retries: record.retries,
+            cancel_requested: record.cancel_requested,
+            who: s.who.clone(),
+            policy: s.policy.clone(),
+            script_digest: s.script_digest.clone(),
+            submitted_at: s.submitted_ms,
+            started_at: record.planned.as_ref().map(|p| ms(p.issued_at)),
+            finished_at: record.finished_ms,
+            last_seq: record.last_seq,
+            output: None,
+        }
+    }
+}
+
+pub fn outcome_name(outcome: OutcomeKind) -> &'static str {
+    match outcome {
+        OutcomeKind::Completed => "completed",
+        OutcomeKind::Cancelled => "cancelled",
+        OutcomeKind::Unknown => "unknown",
+        OutcomeKind::Failed => "failed",
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TicketList {
+    pub tickets: Vec<TicketView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentList {
+    /// Per target: `target`, `route`, `reachable`, `protocol`, `services`, `agent_version`,
+    /// `error`, `seen_ms` (when the service last asked).
+    pub agents: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `degraded` when the journal does not answer.
+    pub status: String,
+    pub journal: String,
+    pub replica: String,
+    /// Tickets this replica follows now.
+    pub following: usize,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AfterQuery {
+    /// Only output lines after this sequence number.
+    after: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// Only tickets of this agent or pool.
+    target: Option<String>,
+    /// Only tickets that ended so: `completed`, `cancelled`, `unknown`, `failed`.
+    outcome: Option<String>,
+    /// Only tickets submitted since: a duration ago (`2h`) or unix milliseconds.
+    since: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Cuttle dispatcher service", description = "Run scripts on remote agents exactly once, follow them, and read their history."),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The router and the OpenAPI document it serves at `/openapi.json`.
+pub fn router(state: Arc<ApiState>) -> axum::Router {
+    let v1 = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(submit))
+        .routes(routes!(history))
+        .routes(routes!(ticket))
+        .routes(routes!(events))
+        .routes(routes!(cancel))
+        .routes(routes!(agents))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
+    let (router, mut doc) = OpenApiRouter::new().merge(v1).routes(routes!(healthz)).split_for_parts();
+    doc.paths.paths.entry("/openapi.json".into()).or_insert_with(|| {
+        use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+        let op = OperationBuilder::new()
+            .summary(Some("This document"))
+            .response("200", utoipa::openapi::ResponseBuilder::new().description("The OpenAPI document"))
+            .build();
+        PathItem::new(HttpMethod::Get, op)
+    });
+    let doc = Arc::new(doc);
+    router
+        .route("/openapi.json", axum::routing::get(move || async move { Json(doc.as_ref().clone()) }))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such route; GET /openapi.json lists the routes this service has")
+        })
+        .with_state(state)
+}
+
+/// Requires a known bearer token when the service has tokens; passes on who asked.
+async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
+    let who = match &state.tokens {
+        None => Who("local".into()),
+        Some(tokens) => {
+            let presented = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            match presented.and_then(|token| tokens.name_of(token)) {
+                Some(name) => Who(name.to_owned()),
+                None => {
+                    let message = if presented.is_some() {
+                        "the bearer token is not one of the service's API tokens"
+                    } else {
+                        "this service needs an API token: send `Authorization: Bearer <token>`"
+                    };
+                    return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+                }
+            }
+        }
+    };
+    request.extensions_mut().insert(who);
+    next.run(request).await
+}
+
+/// Who made a request: the API token's name, or `local` on a loopback service without tokens.
+#[derive(Clone, Debug)]
+struct Who(String);
+
+fn parse_duration(what: &str, raw: &Option<String>) -> Result<Option<Duration>, ApiError> {
+    raw.as_deref()
+        .map(|raw| {
+            humantime::parse_duration(raw)
+                .map_err(|e| ApiError::bad_request(format!("{what} {raw:?} is not a duration like 90s or 5m: {e}")))
+        })
+        .transpose()
+}
+
+fn routes_of(request: &SubmitRequest) -> Result<Vec<Route>, ApiError> {
+    let invalid = |e: String| ApiError::bad_request(e);
+    match (&request.target, &request.targets, &request.pool) {
+        (Some(agent), None, None) => Ok(vec![Route::agent(agent).map_err(invalid)?]),
+        (None, Some(agents), None) if !agents.is_empty() => {
+            let mut routes: Vec<Route> = Vec::new();
+            for agent in agents {
+                let route = Route::agent(agent).map_err(invalid)?;
+                if routes.contains(&route) {
+                    return Err(ApiError::bad_request(format!("target {agent} is given twice")));
+                }
+                routes.push(route);
+            }
+            Ok(routes)
+        }
+        (None, None, Some(pool)) => Ok(vec![Route::pool(pool).map_err(invalid)?]),
+        _ => Err(ApiError::bad_request("give exactly one of `target`, `targets` (not empty) or `pool`")),
+    }
+}
+
+fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
+    if request.script.trim().is_empty() {
+        return Err(ApiError::bad_request("the script is empty"));
+    }
+    if let Some(mutex) = &request.mutex {
+        contracts::topology::validate_name("mutex name", mutex).map_err(ApiError::bad_request)?;
+    }
+    Ok(ScriptSpec {
+        script: request.script.clone(),
+        shell: match request.shell {
+            ShellName::Sh => Shell::Sh,
+            ShellName::Bash => Shell::Bash,
+        },
+        args: Vec::new(),
+        env: request.env.clone(),
+        files: Vec::new(),
+        isolation: match request.isolation {
+            IsolationName::None => Isolation::None,
+            IsolationName::Full => Isolation::Full,
+        },
+        mutex_name: request.mutex.clone(),
+        mutex_timeout: parse_duration("mutex_timeout", &request.mutex_timeout)?.map(|d| d.as_millis() as u64),
+        execution_timeout: parse_duration("timeout", &request.timeout)?.map(|d| d.as_millis() as u64),
+    })
+}
+
+/// Runs a script: records one ticket per target, then starts them; answers once recorded.
+#[utoipa::path(post, path = "/v1/scripts", request_body = SubmitRequest, security(("bearer" = [])),
+    responses((status = 202, description = "Recorded and starting", body = Accepted),
+              (status = 400, description = "Invalid request", body = ErrorBody),
+              (status = 401, description = "No or unknown API token", body = ErrorBody),
+              (status = 503, description = "The journal does not answer", body = ErrorBody)))]
+async fn submit(
+    State(state): Shared,
+    axum::Extension(who): axum::Extension<Who>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let request: SubmitRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    let routes = routes_of(&request)?;
+    let spec = spec_of(&request)?;
+    let purpose = match request.purpose {
+        PurposeName::Deployment => Purpose::Deployment,
+        PurposeName::Runbook => Purpose::Runbook,
+        PurposeName::HealthCheck => Purpose::HealthCheck,
+    };
+    let mut planned = Vec::new();
+    for route in routes {
+        let target = match &route {
+            Route::Agent(id) => Target::Agent(id),
+            Route::Pool(pool) => Target::Pool(pool),
+        };
+        let machine = state
+            .policies
+            .policy_for(request.policy.as_deref(), target)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let policies = crate::orchestrator::Policies {
+            script: policy::resolve(&machine, purpose, Overrides::default()),
+            health: policy::resolve(&machine, Purpose::HealthCheck, Overrides::default()),
+        };
+        planned.push(Submission::new(Ticket::generate(), &route, spec.clone(), &machine.name, policies, &who.0));
+    }
+    let followers = &state.followers;
+    // Recorded before anything is sent: from here a restart (or another replica) resumes them.
+    for submission in &planned {
+        followers.journal.submit(submission).await?;
+    }
+    let places = (planned.len() > 1).then(|| Arc::new(Semaphore::new(request.max_parallel.unwrap_or(10).max(1))));
+    let mut tickets = Vec::new();
+    for submission in planned {
+        let ticket = submission.ticket;
+        tracing::info!(ticket = %ticket, target = %submission.target, who = %who.0, "script submitted");
+        if followers.leases.acquire(&ticket).await? {
+            let place: Option<PlaceWait> = places.clone().map(|places| -> PlaceWait {
+                Box::pin(async move { places.acquire_owned().await.expect("never closed") })
+            });
+            followers.follow_new(ticket.clone(), place);
+        }
+        tickets.push(AcceptedTicket {
+            url: format!("/v1/tickets/{ticket}"),
+            ticket: ticket.to_string(),
+            target: submission.target,
+        });
+    }
+    Ok((StatusCode::ACCEPTED, Json(Accepted { tickets })))
+}
+
+fn parse_ticket(raw: &str) -> Result<Ticket, ApiError> {
+    Ticket::parse(raw).map_err(|e| ApiError::bad_request(format!("not a ticket: {e}")))
+}
+
+async fn record_of(state: &ApiState, ticket: &Ticket) -> Result<TicketRecord, ApiError> {
+    let retention = humantime::format_duration(state.followers.journal.retention());
+    state.followers.journal.ticket(ticket).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no ticket {ticket} in the journal (finished tickets are kept for {retention})"),
+        )
+    })
+}
+
+/// A ticket: target, state, outcome, exit code, retries, timings and output.
+#[utoipa::path(get, path = "/v1/tickets/{ticket}", params(("ticket" = String, Path, description = "The ticket"), AfterQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = TicketView), (status = 404, description = "Unknown or expired ticket", body = ErrorBody)))]
+async fn ticket(
+    State(state): Shared,
+    Path(raw): Path<String>,
+    Query(query): Query<AfterQuery>,
+) -> Result<Json<TicketView>, ApiError> {
+    let ticket = parse_ticket(&raw)?;
+    let record = record_of(&state, &ticket).await?;
+    let after = query.after.unwrap_or(0);
+    let mut output = Vec::new();
+    let mut from = "0".to_owned();
+    loop {
+        let page = state.followers.journal.events(&ticket, &from, 1000).await?;
+        let Some(last) = page.last() else { break };
+        from = last.id.clone();
+        for event in page {
+            if event.event["event"] == "log" && event.event["seq"].as_u64().is_some_and(|seq| seq > after) {
+                if let Ok(line) = serde_json::from_value::<OutputLine>(event.event) {
+                    output.push(line);
+                }
+            }
+        }
+    }
+    let mut view = TicketView::from_record(&record);
+    view.output = Some(output);
+    Ok(Json(view))
+}
+
+/// The ticket's events, live, as server-sent events (`ticket`, `log`, `retry`, `notice`, and
+/// `result` last); `Last-Event-ID` resumes after an event.
+#[utoipa::path(get, path = "/v1/tickets/{ticket}/events", params(("ticket" = String, Path, description = "The ticket")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "text/event-stream of JSON events", content_type = "text/event-stream", body = String),
+              (status = 404, description = "Unknown or expired ticket", body = ErrorBody)))]
+async fn events(
+    State(state): Shared,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let ticket = parse_ticket(&raw)?;
+    record_of(&state, &ticket).await?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| id.split_once('-').is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok()))
+        .unwrap_or("0")
+        .to_owned();
+    let journal = state.followers.journal.clone();
+    // A connection of its own: XREAD BLOCK holds it while waiting.
+    let con = journal.connection().await?;
+    struct Reading {
+        con: deadpool_redis::Connection,
+        after: String,
+        pending: std::collections::VecDeque<super::journal::JournalEvent>,
+        done: bool,
+    }
+    let reading = Reading { con, after, pending: Default::default(), done: false };
+    let stream = futures_util::stream::unfold(reading, move |mut r| {
+        let (journal, ticket) = (journal.clone(), ticket.clone());
+        async move {
+            loop {
+                if let Some(event) = r.pending.pop_front() {
+                    let kind = event.event["event"].as_str().unwrap_or("event").to_owned();
+                    r.done = kind == "result";
+                    let sse = SseEvent::default().id(event.id).event(kind).data(event.event.to_string());
+                    return Some((Ok(sse), r));
+                }
+                if r.done {
+                    return None;
+                }
+                match journal.wait_events(&mut r.con, &ticket, &r.after, Duration::from_secs(5)).await {
+                    Ok(events) => {
+                        if let Some(last) = events.last() {
+                            r.after = last.id.clone();
+                        }
+                        r.pending.extend(events);
+                    }
+                    Err(error) => {
+                        tracing::warn!(ticket = %ticket, %error, "event stream ends: the journal does not answer");
+                        return None;
+                    }
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Cancels a running script: whichever replica follows the ticket cancels it on the agent and
+/// follows it until it has stopped.
+#[utoipa::path(post, path = "/v1/tickets/{ticket}/cancel", params(("ticket" = String, Path, description = "The ticket")),
+    security(("bearer" = [])),
+    responses((status = 202, description = "Cancel requested", body = TicketView),
+              (status = 404, description = "Unknown or expired ticket", body = ErrorBody),
+              (status = 409, description = "Already finished", body = ErrorBody)))]
+async fn cancel(State(state): Shared, Path(raw): Path<String>) -> Result<(StatusCode, Json<TicketView>), ApiError> {
+    let ticket = parse_ticket(&raw)?;
+    record_of(&state, &ticket).await?;
+    let record = state
+        .followers
+        .journal
+        .request_cancel(&ticket)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no ticket {ticket} in the journal")))?;
+    if let Some(finished) = &record.finished {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("ticket {ticket} has already finished ({}); nothing to cancel", outcome_name(finished.outcome)),
+        ));
+    }
+    let mut view = TicketView::from_record(&record);
+    view.cancel_requested = true;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+/// History: tickets newest first.
+#[utoipa::path(get, path = "/v1/tickets", params(HistoryParams), security(("bearer" = [])),
+    responses((status = 200, body = TicketList), (status = 400, description = "Invalid filter", body = ErrorBody)))]
+async fn history(
+    State(state): Shared,
+    query: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TicketList>, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let query = history_query(&params)?;
+    let records = state.followers.journal.history(&query).await?;
+    Ok(Json(TicketList { tickets: records.iter().map(TicketView::from_record).collect() }))
+}
+
+fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
+    let outcome = match params.outcome.as_deref() {
+        None => None,
+        Some("completed") => Some(OutcomeKind::Completed),
+        Some("cancelled") => Some(OutcomeKind::Cancelled),
+        Some("unknown") => Some(OutcomeKind::Unknown),
+        Some("failed") => Some(OutcomeKind::Failed),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "outcome {other:?} is none of completed, cancelled, unknown, failed"
+            )))
+        }
+    };
+    let since_ms = match params.since.as_deref() {
+        None => None,
+        Some(raw) => Some(since_millis(raw).map_err(ApiError::bad_request)?),
+    };
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_HISTORY_LIMIT {
+        return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_HISTORY_LIMIT}")));
+    }
+    if let Some(target) = &params.target {
+        contracts::topology::validate_name("target", target).map_err(ApiError::bad_request)?;
+    }
+    Ok(HistoryQuery { target: params.target.clone(), outcome, since_ms, limit })
+}
+
+/// `since` as unix milliseconds: a duration ago (`2h`) or unix milliseconds.
+pub fn since_millis(raw: &str) -> Result<u64, String> {
+    if let Ok(ms) = raw.parse::<u64>() {
+        return Ok(ms);
+    }
+    let ago = humantime::parse_duration(raw)
+        .map_err(|_| format!("since {raw:?} is neither a duration ago (like 2h) nor unix milliseconds"))?;
+    Ok(contracts::unix_millis(SystemTime::now() - ago))
+}
+
+/// The last known capabilities and health of every target the service has run scripts on.
+#[utoipa::path(get, path = "/v1/agents", security(("bearer" = [])), responses((status = 200, body = AgentList)))]
+async fn agents(State(state): Shared) -> Result<Json<AgentList>, ApiError> {
+    Ok(Json(AgentList { agents: state.followers.journal.agents().await? }))
+}
+
+/// Liveness and whether the journal answers (503 when it does not).
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health), (status = 503, body = Health)))]
+async fn healthz(State(state): Shared) -> (StatusCode, Json<Health>) {
+    let followers = &state.followers;
+    let (status, journal) = match followers.journal.ping().await {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+    };
+    let health = Health {
+        status: if status == StatusCode::OK { "ok" } else { "degraded" }.into(),
+        journal,
+        replica: followers.leases.replica.clone(),
+        following: followers.following(),
+    };
+    (status, Json(health))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> Result<SubmitRequest, serde_json::Error> {
+        serde_json::from_value(json)
+    }
+
+    #[test]
+    fn a_request_names_exactly_one_kind_of_target() {
+        let one = request(serde_json::json!({"target": "a", "script": "true"})).unwrap();
+        assert_eq!(routes_of(&one).unwrap(), vec![Route::Agent("a".into())]);
+        let both = request(serde_json::json!({"target": "a", "pool": "p", "script": "true"})).unwrap();
+        assert!(routes_of(&both).unwrap_err().message.contains("exactly one"));
+        let twice = request(serde_json::json!({"targets": ["a", "a"], "script": "true"})).unwrap();
+        assert!(routes_of(&twice).unwrap_err().message.contains("twice"));
+        let bad = request(serde_json::json!({"target": "a b", "script": "true"})).unwrap();
+        assert_eq!(routes_of(&bad).unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_durations_are_refused_with_the_reason() {
+        let typo = request(serde_json::json!({"target": "a", "script": "true", "timout": "5s"})).unwrap_err();
+        assert!(typo.to_string().contains("unknown field `timout`"), "{typo}");
+        let slow = request(serde_json::json!({"target": "a", "script": "true", "timeout": "soon"})).unwrap();
+        assert!(spec_of(&slow).unwrap_err().message.contains("not a duration"));
+        let ok =
+            request(serde_json::json!({"target": "a", "script": "true", "timeout": "2s", "shell": "bash"})).unwrap();
+        let spec = spec_of(&ok).unwrap();
+        assert_eq!((spec.execution_timeout, spec.shell), (Some(2000), Shell::Bash));
+    }
+
+    #[test]
+    fn history_filters_are_checked() {
+        let params = |outcome: Option<&str>, since: Option<&str>, limit| HistoryParams {
+            target: None,
+            outcome: outcome.map(str::to_owned),
+            since: since.map(str::to_owned),
+            limit,
+        };
+        assert!(history_query(&params(Some("won"), None, None)).is_err());
+        assert!(history_query(&params(None, Some("yesterday"), None)).is_err());
+        assert!(history_query(&params(None, None, Some(0))).is_err());
+        let ok = history_query(&params(Some("failed"), Some("1h"), Some(5))).unwrap();
+        assert_eq!((ok.outcome, ok.limit), (Some(OutcomeKind::Failed), 5));
+        let hour_ago = contracts::unix_millis(SystemTime::now()) - 3_600_000;
+        assert!(ok.since_ms.unwrap().abs_diff(hour_ago) < 5_000);
+    }
+}

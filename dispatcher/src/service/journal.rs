@@ -1,0 +1,518 @@
+//! The journal: what the service was asked to run and everything that happened to it, in Redis
+//! (through a deadpool-redis pool), written before the action it records.
+//!
+//! # Keys (all under the journal's prefix, `cuttle:journal:` unless configured)
+//! - `t:<ticket>`: a hash per ticket. `submission` (JSON, written once: target, script, digest,
+//!   policy, who, when), then the fields that change: `state`, `issued_ms`/`not_after_ms` (the
+//!   planned start), `last_seq` (the last log line recorded), `retries`, `cancel_requested`,
+//!   `result` (JSON), `finished_ms`.
+//! - `ev:<ticket>`: a stream of the ticket's events (`ticket`, `log`, `retry`, `notice`, `result`),
+//!   one JSON object in field `e` per entry, as `submit --json` prints them. Server-sent events
+//!   read it with `XREAD BLOCK`.
+//! - `inflight`: the set of tickets not finished yet: what a (re)started replica resumes.
+//! - `history`, `target:<name>`: sorted sets of tickets by submission time.
+//! - `lease:<ticket>`: which replica follows the ticket (see [`super::lease`]).
+//! - `agents`: a hash of the last known capabilities or error of each target.
+//!
+//! A finished ticket's hash and stream expire after the history retention.
+
+use crate::cli::stream_name;
+use crate::orchestrator::{Event, PlannedStart, Policies};
+use crate::outcome::{Outcome, OutcomeKind};
+use crate::retry::RetryPolicy;
+use crate::route::Route;
+use contracts::{unix_millis, LogLine, ScriptSpec, Ticket};
+use deadpool_redis::redis::{self, AsyncCommands, Script};
+use deadpool_redis::{Manager, Pool};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The prefix used when none is configured.
+pub const DEFAULT_PREFIX: &str = "cuttle:journal:";
+
+/// Connections in the pool: every live event stream holds one while it waits.
+const POOL_SIZE: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("the journal is unreachable: {0}")]
+    Unreachable(String),
+    #[error("the journal holds a record it cannot read: {0}")]
+    Corrupt(String),
+    #[error("invalid journal configuration: {0}")]
+    Config(String),
+}
+
+impl From<redis::RedisError> for JournalError {
+    fn from(error: redis::RedisError) -> Self {
+        JournalError::Unreachable(error.to_string())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for JournalError {
+    fn from(error: deadpool_redis::PoolError) -> Self {
+        JournalError::Unreachable(error.to_string())
+    }
+}
+
+pub type JournalResult<T> = Result<T, JournalError>;
+
+/// What was asked: written once, before anything is sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    pub ticket: Ticket,
+    /// The agent id or pool name.
+    pub target: String,
+    /// `agent` or `pool`.
+    pub route: String,
+    pub spec: ScriptSpec,
+    pub script_digest: String,
+    /// The machine policy's name, and its retry durations as resolved at submission.
+    pub policy: String,
+    pub script_retry_ms: u64,
+    pub health_retry_ms: u64,
+    pub retries_enabled: bool,
+    /// Who asked (the API token's name, or the CLI's user).
+    pub who: String,
+    pub submitted_ms: u64,
+}
+
+impl Submission {
+    pub fn new(ticket: Ticket, route: &Route, spec: ScriptSpec, policy: &str, policies: Policies, who: &str) -> Self {
+        Submission {
+            ticket,
+            target: route.name().to_owned(),
+            route: match route {
+                Route::Agent(_) => "agent".into(),
+                Route::Pool(_) => "pool".into(),
+            },
+            script_digest: spec.digest(),
+            spec,
+            policy: policy.to_owned(),
+            script_retry_ms: policies.script.duration.as_millis() as u64,
+            health_retry_ms: policies.health.duration.as_millis() as u64,
+            retries_enabled: policies.script.enabled,
+            who: who.to_owned(),
+            submitted_ms: unix_millis(SystemTime::now()),
+        }
+    }
+
+    pub fn route(&self) -> Result<Route, String> {
+        match self.route.as_str() {
+            "pool" => Route::pool(&self.target),
+            _ => Route::agent(&self.target),
+        }
+    }
+
+    pub fn policies(&self) -> Policies {
+        let policy = |ms| RetryPolicy { enabled: self.retries_enabled, duration: Duration::from_millis(ms) };
+        Policies { script: policy(self.script_retry_ms), health: policy(self.health_retry_ms) }
+    }
+}
+
+/// How a ticket ended, as the journal keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    pub outcome: OutcomeKind,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    /// The exit code `dispatcher submit` would have exited with.
+    #[serde(default)]
+    pub process_exit: u8,
+}
+
+/// A ticket as the journal knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TicketRecord {
+    pub submission: Submission,
+    /// `queued` (recorded, not started), `running`, `finished`.
+    pub state: String,
+    pub planned: Option<PlannedStart>,
+    pub last_seq: u64,
+    pub retries: u64,
+    pub cancel_requested: bool,
+    pub finished: Option<Finished>,
+    pub finished_ms: Option<u64>,
+}
+
+/// One entry of a ticket's event stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JournalEvent {
+    /// The stream entry id (`<ms>-<n>`), for `Last-Event-ID`.
+    pub id: String,
+    pub event: serde_json::Value,
+}
+
+/// Filters of a history query.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryQuery {
+    pub target: Option<String>,
+    pub outcome: Option<OutcomeKind>,
+    pub since_ms: Option<u64>,
+    pub limit: usize,
+}
+
+// Appends a log line only if it is the next one: a repeated or resumed follower can never record
+// a line twice or leave a gap.
+const APPEND_LOG: &str = r#"
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_seq') or '0')
+if tonumber(ARGV[1]) ~= last + 1 then return 0 end
+redis.call('HSET', KEYS[1], 'last_seq', ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[2])
+return 1
+"#;
+
+// Records the end once: the first follower to finish wins; the ticket leaves the in-flight set and
+// its records expire after the retention.
+const FINISH: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') == 'finished' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'finished', 'result', ARGV[1], 'finished_ms', ARGV[2])
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
+redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 1
+"#;
+
+/// The journal in Redis.
+#[derive(Clone)]
+pub struct Journal {
+    pool: Pool,
+    prefix: String,
+    retention: Duration,
+    append_log: Script,
+    finish: Script,
+}
+
+impl Journal {
+    /// A journal at `url` under `prefix`, keeping finished tickets for `retention`. Connects
+    /// lazily; [`Journal::ping`] checks that it answers.
+    pub fn open(url: &str, prefix: &str, retention: Duration) -> JournalResult<Journal> {
+        // XREAD BLOCK holds a reply for seconds: the default half-second response timeout is too short.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        let manager = Manager::new_with_config(url, config).map_err(|e| JournalError::Config(e.to_string()))?;
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .map_err(|e| JournalError::Config(e.to_string()))?;
+        Ok(Journal {
+            pool,
+            prefix: prefix.to_owned(),
+            retention,
+            append_log: Script::new(APPEND_LOG),
+            finish: Script::new(FINISH),
+        })
+    }
+
+    /// How long finished tickets are kept.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(crate) fn key(&self, what: &str) -> String {
+        format!("{}{what}", self.prefix)
+    }
+
+    fn ticket_key(&self, ticket: &Ticket) -> String {
+        self.key(&format!("t:{}", ticket.store_key()))
+    }
+
+    fn events_key(&self, ticket: &Ticket) -> String {
+        self.key(&format!("ev:{}", ticket.store_key()))
+    }
+
+    pub(crate) async fn connection(&self) -> JournalResult<deadpool_redis::Connection> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Whether the journal answers.
+    pub async fn ping(&self) -> JournalResult<()> {
+        let mut con = self.connection().await?;
+        let _: String = redis::cmd("PING").query_async(&mut con).await?;
+        Ok(())
+    }
+
+    /// Records a submission, before anything is sent: the ticket becomes in flight, so a replica
+    /// that finds no lease on it takes it up.
+    pub async fn submit(&self, submission: &Submission) -> JournalResult<()> {
+        let ticket = &submission.ticket;
+        let body = serde_json::to_string(submission).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let event = json!({"event": "ticket", "ticket": ticket, "target": submission.target}).to_string();
+        let mut con = self.connection().await?;
+        redis::pipe()
+            .atomic()
+            .hset_multiple(self.ticket_key(ticket), &[("submission", body.as_str()), ("state", "queued")])
+            .ignore()
+            .xadd(self.events_key(ticket), "*", &[("e", event.as_str())])
+            .ignore()
+            .sadd(self.key("inflight"), ticket.store_key())
+            .ignore()
+            .zadd(self.key("history"), ticket.store_key(), submission.submitted_ms)
+            .ignore()
+            .zadd(self.key(&format!("target:{}", submission.target)), ticket.store_key(), submission.submitted_ms)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the planned start (ticket, deadline), before the start is sent.
+    pub async fn start(&self, plan: &PlannedStart) -> JournalResult<()> {
+        let mut con = self.connection().await?;
+        let _: () = con
+            .hset_multiple(
+                self.ticket_key(&plan.ticket),
+                &[
+                    ("state", "running".to_owned()),
+                    ("issued_ms", unix_millis(plan.issued_at).to_string()),
+                    ("not_after_ms", unix_millis(plan.not_after).to_string()),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records a log line if it is the next one; gives whether it was new.
+    pub async fn log(&self, ticket: &Ticket, line: &LogLine) -> JournalResult<bool> {
+        let event = json!({"event": "log", "seq": line.seq, "stream": stream_name(line.stream), "text": line.text, "at": line.at});
+        let mut con = self.connection().await?;
+        let added: i64 = self
+            .append_log
+            .key(self.ticket_key(ticket))
+            .key(self.events_key(ticket))
+            .arg(line.seq)
+            .arg(event.to_string())
+            .invoke_async(&mut con)
+            .await?;
+        Ok(added == 1)
+    }
+
+    /// Records any other event of a submission (retries are also counted).
+    pub async fn event(&self, ticket: &Ticket, event: &Event) -> JournalResult<()> {
+        let (value, retry) = match event {
+            Event::Log(line) => {
+                self.log(ticket, line).await?;
+                return Ok(());
+            }
+            Event::Ticket { .. } => return Ok(()),
+            Event::Retry { request, notice } => (
+                json!({"event": "retry", "request": request.as_str(), "attempt": notice.attempt,
+                       "delay_ms": notice.delay.as_millis() as u64, "time_left_ms": notice.time_left.as_millis() as u64,
+                       "error": notice.error.to_string()}),
+                true,
+            ),
+            Event::Notice(message) => (json!({"event": "notice", "message": message}), false),
+        };
+        let mut con = self.connection().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().xadd(self.events_key(ticket), "*", &[("e", value.to_string())]).ignore();
+        if retry {
+            pipe.hincr(self.ticket_key(ticket), "retries", 1).ignore();
+        }
+        pipe.query_async::<()>(&mut con).await?;
+        Ok(())
+    }
+
+    /// Records how a ticket ended, before the agent is told to clean up. Gives false if it was
+    /// already recorded (by another replica).
+    pub async fn finish(&self, outcome: &Outcome) -> JournalResult<bool> {
+        let ticket = outcome.ticket.as_ref().expect("a journaled outcome has its ticket");
+        let finished = Finished {
+            outcome: outcome.outcome,
+            exit_code: outcome.exit_code,
+            error: outcome.error.clone(),
+            process_exit: outcome.process_exit,
+        };
+        let event = json!({"event": "result", "ticket": ticket, "target": outcome.target, "outcome": outcome.outcome,
+                           "exit_code": outcome.exit_code, "error": outcome.error});
+        let mut con = self.connection().await?;
+        let recorded: i64 = self
+            .finish
+            .key(self.ticket_key(ticket))
+            .key(self.events_key(ticket))
+            .key(self.key("inflight"))
+            .arg(serde_json::to_string(&finished).map_err(|e| JournalError::Corrupt(e.to_string()))?)
+            .arg(unix_millis(SystemTime::now()))
+            .arg(event.to_string())
+            .arg(ticket.store_key())
+            .arg(self.retention.as_millis() as u64)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(recorded == 1)
+    }
+
+    /// Asks whoever follows the ticket to cancel it. Gives the record as it was, or `None` for an
+    /// unknown ticket.
+    pub async fn request_cancel(&self, ticket: &Ticket) -> JournalResult<Option<TicketRecord>> {
+        let Some(record) = self.ticket(ticket).await? else { return Ok(None) };
+        if record.finished.is_none() {
+            let mut con = self.connection().await?;
+            let _: () = con.hset(self.ticket_key(ticket), "cancel_requested", 1).await?;
+        }
+        Ok(Some(record))
+    }
+
+    /// Whether a cancel was asked for.
+    pub async fn cancel_requested(&self, ticket: &Ticket) -> JournalResult<bool> {
+        let mut con = self.connection().await?;
+        let flag: Option<String> = con.hget(self.ticket_key(ticket), "cancel_requested").await?;
+        Ok(flag.as_deref() == Some("1"))
+    }
+
+    /// A ticket's record, or `None` if the journal does not know it (or no longer).
+    pub async fn ticket(&self, ticket: &Ticket) -> JournalResult<Option<TicketRecord>> {
+        let mut con = self.connection().await?;
+        let fields: HashMap<String, String> = con.hgetall(self.ticket_key(ticket)).await?;
+        record_from(fields)
+    }
+
+    /// A ticket's events after stream entry `after` (`0` for all), at most `count`.
+    pub async fn events(&self, ticket: &Ticket, after: &str, count: usize) -> JournalResult<Vec<JournalEvent>> {
+        let mut con = self.connection().await?;
+        let start = if after == "0" { "-".to_owned() } else { format!("({after}") };
+        let reply: redis::streams::StreamRangeReply =
+            con.xrange_count(self.events_key(ticket), start, "+", count).await?;
+        reply.ids.into_iter().map(journal_event).collect()
+    }
+
+    /// Waits up to `block` for events after `after` on a connection of its own.
+    pub async fn wait_events(
+        &self,
+        con: &mut deadpool_redis::Connection,
+        ticket: &Ticket,
+        after: &str,
+        block: Duration,
+    ) -> JournalResult<Vec<JournalEvent>> {
+        let options = redis::streams::StreamReadOptions::default().block(block.as_millis() as usize).count(500);
+        let reply: Option<redis::streams::StreamReadReply> =
+            con.xread_options(&[self.events_key(ticket)], &[after], &options).await?;
+        let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+        entries.map(journal_event).collect()
+    }
+
+    /// Drops a ticket whose record is gone (expired or deleted) from the in-flight set.
+    pub async fn forget_in_flight(&self, ticket: &Ticket) -> JournalResult<()> {
+        let mut con = self.connection().await?;
+        let _: () = con.srem(self.key("inflight"), ticket.store_key()).await?;
+        Ok(())
+    }
+
+    /// Tickets not finished yet.
+    pub async fn in_flight(&self) -> JournalResult<Vec<Ticket>> {
+        let mut con = self.connection().await?;
+        let members: Vec<String> = con.smembers(self.key("inflight")).await?;
+        Ok(members.iter().filter_map(|m| Ticket::parse(m).ok()).collect())
+    }
+
+    /// Tickets newest first, filtered. Tickets past the retention are dropped from the indexes.
+    pub async fn history(&self, query: &HistoryQuery) -> JournalResult<Vec<TicketRecord>> {
+        const PAGE: isize = 200;
+        let index = match &query.target {
+            Some(target) => self.key(&format!("target:{target}")),
+            None => self.key("history"),
+        };
+        let min = query.since_ms.map_or("-inf".to_owned(), |ms| ms.to_string());
+        let mut con = self.connection().await?;
+        let mut found = Vec::new();
+        let mut offset = 0;
+        while found.len() < query.limit {
+            let tickets: Vec<String> = con.zrevrangebyscore_limit(&index, "+inf", &min, offset, PAGE).await?;
+            if tickets.is_empty() {
+                break;
+            }
+            offset += tickets.len() as isize;
+            let mut pipe = redis::pipe();
+            for ticket in &tickets {
+                pipe.hgetall(self.key(&format!("t:{ticket}")));
+            }
+            let records: Vec<HashMap<String, String>> = pipe.query_async(&mut con).await?;
+            let mut expired = Vec::new();
+            for (ticket, fields) in tickets.iter().zip(records) {
+                match record_from(fields)? {
+                    None => expired.push(ticket.clone()),
+                    Some(r) if query.outcome.is_some_and(|o| r.finished.as_ref().map(|f| f.outcome) != Some(o)) => {}
+                    Some(r) if found.len() < query.limit => found.push(r),
+                    Some(_) => {}
+                }
+            }
+            if !expired.is_empty() {
+                let _: () = con.zrem(&index, &expired).await?;
+                offset -= expired.len() as isize;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Drops tickets submitted before the retention from the history index.
+    pub async fn trim_history(&self) -> JournalResult<()> {
+        let cutoff = unix_millis(SystemTime::now()).saturating_sub(self.retention.as_millis() as u64);
+        let mut con = self.connection().await?;
+        let _: () = con.zrembyscore(self.key("history"), "-inf", cutoff).await?;
+        Ok(())
+    }
+
+    /// Records what a target last answered to capabilities (or why it did not).
+    pub async fn agent_seen(&self, target: &str, value: serde_json::Value) -> JournalResult<()> {
+        let mut con = self.connection().await?;
+        let _: () = con.hset(self.key("agents"), target, value.to_string()).await?;
+        Ok(())
+    }
+
+    /// Every target's last known capabilities, by name.
+    pub async fn agents(&self) -> JournalResult<Vec<serde_json::Value>> {
+        let mut con = self.connection().await?;
+        let all: HashMap<String, String> = con.hgetall(self.key("agents")).await?;
+        let mut agents: Vec<serde_json::Value> = all.values().filter_map(|v| serde_json::from_str(v).ok()).collect();
+        agents.sort_by(|a, b| a["target"].as_str().cmp(&b["target"].as_str()));
+        Ok(agents)
+    }
+}
+
+fn journal_event(entry: redis::streams::StreamId) -> JournalResult<JournalEvent> {
+    let raw: String = entry.get("e").ok_or_else(|| JournalError::Corrupt(format!("event {} has no body", entry.id)))?;
+    let event = serde_json::from_str(&raw).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+    Ok(JournalEvent { id: entry.id, event })
+}
+
+fn millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// A record from a ticket hash's fields (`None` for an empty hash: unknown or expired).
+fn record_from(mut fields: HashMap<String, String>) -> JournalResult<Option<TicketRecord>> {
+    let Some(submission) = fields.remove("submission") else { return Ok(None) };
+    let corrupt = |e: serde_json::Error| JournalError::Corrupt(e.to_string());
+    let submission: Submission = serde_json::from_str(&submission).map_err(corrupt)?;
+    let number = |fields: &HashMap<String, String>, name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+    let planned = match (number(&fields, "issued_ms"), number(&fields, "not_after_ms")) {
+        (Some(issued), Some(not_after)) => Some(PlannedStart {
+            ticket: submission.ticket.clone(),
+            issued_at: millis(issued),
+            not_after: millis(not_after),
+        }),
+        _ => None,
+    };
+    let finished = match fields.get("result") {
+        Some(raw) => Some(serde_json::from_str(raw).map_err(corrupt)?),
+        None => None,
+    };
+    Ok(Some(TicketRecord {
+        state: fields.get("state").cloned().unwrap_or_else(|| "queued".into()),
+        planned,
+        last_seq: number(&fields, "last_seq").unwrap_or(0),
+        retries: number(&fields, "retries").unwrap_or(0),
+        cancel_requested: fields.get("cancel_requested").map(String::as_str) == Some("1"),
+        finished_ms: number(&fields, "finished_ms"),
+        finished,
+        submission,
+    }))
+}

@@ -1,0 +1,78 @@
+//! Leases: which replica follows an in-flight ticket. A replica takes a free lease with
+//! `SET NX PX`, renews it well before it expires, and releases it when it stops following; a
+//! replica that dies stops renewing, and another takes the ticket up once the lease has expired.
+
+use super::journal::{Journal, JournalResult};
+use contracts::Ticket;
+use deadpool_redis::redis::{self, Script};
+use std::time::Duration;
+
+// Renews (or releases) a lease only if this replica still holds it.
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"#;
+
+/// Leases held by one replica.
+#[derive(Clone)]
+pub struct Leases {
+    journal: Journal,
+    /// This replica's id, the value of its leases.
+    pub replica: String,
+    /// How long a lease lasts without renewal: how soon another replica takes over.
+    pub ttl: Duration,
+}
+
+impl Leases {
+    pub fn new(journal: Journal, replica: String, ttl: Duration) -> Self {
+        debug_assert!(ttl >= Duration::from_millis(300), "a lease must outlast a renewal round trip");
+        Leases { journal, replica, ttl }
+    }
+
+    fn key(&self, ticket: &Ticket) -> String {
+        self.journal.key(&format!("lease:{}", ticket.store_key()))
+    }
+
+    /// Takes the ticket's lease if nobody holds it.
+    pub async fn acquire(&self, ticket: &Ticket) -> JournalResult<bool> {
+        let mut con = self.journal.connection().await?;
+        let won: Option<String> = redis::cmd("SET")
+            .arg(self.key(ticket))
+            .arg(&self.replica)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.ttl.as_millis() as u64)
+            .query_async(&mut con)
+            .await?;
+        Ok(won.is_some())
+    }
+
+    /// Extends the lease; false if this replica no longer holds it.
+    pub async fn renew(&self, ticket: &Ticket) -> JournalResult<bool> {
+        let mut con = self.journal.connection().await?;
+        let renewed: i64 = Script::new(RENEW)
+            .key(self.key(ticket))
+            .arg(&self.replica)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Gives the lease up, so another replica may take the ticket at once.
+    pub async fn release(&self, ticket: &Ticket) -> JournalResult<()> {
+        let mut con = self.journal.connection().await?;
+        let _: i64 = Script::new(RELEASE).key(self.key(ticket)).arg(&self.replica).invoke_async(&mut con).await?;
+        Ok(())
+    }
+
+    /// How often a held lease is renewed (and a cancel request looked for).
+    pub fn renew_every(&self) -> Duration {
+        (self.ttl / 3).min(Duration::from_secs(1))
+    }
+}

@@ -1,0 +1,109 @@
+//! `dispatcher serve`: the same orchestration as the CLI behind an HTTP API, recording everything
+//! in a journal (Redis) before doing it, so that a restarted service resumes following every
+//! unfinished ticket, and replicas sharing one journal share the work (DESIGN.md §8).
+//!
+//! # Layout
+//! - [`journal`]: the records in Redis (deadpool-redis), and the history.
+//! - [`lease`]: which replica follows an in-flight ticket.
+//! - [`resume`]: following a ticket from its record: new, resumed or taken over.
+//! - [`api`]: the axum routes and their OpenAPI document; [`tokens`]: API tokens.
+//!
+//! # Why nothing runs twice
+//! Tickets are made here and recorded before the start is sent; the start carries a deadline
+//! (`not_after`) recorded with it. A follower resumed after a crash repeats the same start within
+//! that deadline (the agent answers a known ticket with its status), and past it only asks for
+//! the status. Log lines are recorded only in sequence, so a repeated follower adds none twice.
+
+pub mod api;
+pub mod journal;
+pub mod lease;
+pub mod resume;
+pub mod tokens;
+
+use crate::orchestrator::Orchestrator;
+use crate::policy::PolicyConfig;
+use journal::Journal;
+use lease::Leases;
+use resume::Followers;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokens::ApiTokens;
+use tokio_util::sync::CancellationToken;
+
+/// How `dispatcher serve` runs.
+pub struct ServiceConfig {
+    pub listen: SocketAddr,
+    /// API tokens; without them the service listens on loopback only.
+    pub tokens: Option<ApiTokens>,
+    pub journal: Journal,
+    /// This replica's name in leases.
+    pub replica: String,
+    pub lease_ttl: Duration,
+    pub policies: PolicyConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(
+        "refusing to listen on {0} without --api-tokens: anyone who reaches it could run scripts; give --api-tokens FILE, or listen on a loopback address such as 127.0.0.1:7480"
+    )]
+    OpenWithoutTokens(SocketAddr),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+}
+
+/// A bound service, not yet serving.
+pub struct Service {
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    followers: Arc<Followers>,
+}
+
+impl Service {
+    /// Checks the configuration and the journal, and binds the address.
+    pub async fn bind(
+        config: ServiceConfig,
+        orchestrator: Orchestrator,
+        shutdown: CancellationToken,
+    ) -> Result<Service, ServiceError> {
+        if config.tokens.is_none() && !config.listen.ip().is_loopback() {
+            return Err(ServiceError::OpenWithoutTokens(config.listen));
+        }
+        config.journal.ping().await?;
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.map_err(|e| ServiceError::Listen(config.listen, e))?;
+        let leases = Leases::new(config.journal.clone(), config.replica, config.lease_ttl);
+        let followers = Followers::new(orchestrator, config.journal, leases, shutdown);
+        let state =
+            Arc::new(api::ApiState { followers: followers.clone(), policies: config.policies, tokens: config.tokens });
+        Ok(Service { listener, router: api::router(state), followers })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound")
+    }
+
+    /// Serves until shutdown: resumes what the journal has in flight, then takes up tickets
+    /// that lose their follower. On shutdown, leases are released for other replicas.
+    pub async fn run(self) -> std::io::Result<()> {
+        let followers = self.followers;
+        let resuming = tokio::spawn(followers.clone().resume_loop());
+        let shutdown = followers.shutdown.clone();
+        let stopping = followers.shutdown.clone();
+        let serving = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .into_future();
+        // Live event streams never end by themselves: give them a moment, then stop anyway.
+        let served = tokio::select! {
+            served = serving => served,
+            _ = async { stopping.cancelled().await; tokio::time::sleep(Duration::from_secs(2)).await } => Ok(()),
+        };
+        let _ = resuming.await;
+        followers.stopped().await;
+        served
+    }
+}

@@ -1,0 +1,264 @@
+//! Following tickets from the journal: the one path for a fresh submission, a ticket resumed after
+//! a restart, and a ticket taken over from a replica that died. Whoever holds a ticket's lease
+//! runs (or resumes) it from what the journal says, records every event, records the outcome,
+//! and only then tells the agent to clean up.
+
+use super::journal::{Journal, JournalError, Submission};
+use super::lease::Leases;
+use crate::negotiate::AgentKind;
+use crate::orchestrator::{Event, Orchestrator};
+use crate::outcome::Outcome;
+use contracts::Ticket;
+use serde_json::json;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+
+/// Everything following needs; shared by the API and the resume loop.
+pub struct Followers {
+    pub orchestrator: Orchestrator,
+    pub journal: Journal,
+    pub leases: Leases,
+    /// Tickets this replica follows now.
+    following: Mutex<HashSet<Ticket>>,
+    /// Cancelled when the service stops: followers release their leases for another replica.
+    pub shutdown: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Followers {
+    pub fn new(orchestrator: Orchestrator, journal: Journal, leases: Leases, shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(Followers {
+            orchestrator,
+            journal,
+            leases,
+            following: Mutex::default(),
+            shutdown,
+            tasks: tokio_util::task::TaskTracker::new(),
+        })
+    }
+
+    /// How many tickets this replica follows.
+    pub fn following(&self) -> usize {
+        self.following.lock().expect("following").len()
+    }
+
+    /// Follows a ticket this replica has just recorded and holds the lease of. `place` (for
+    /// `max-parallel`) is waited for before the start.
+    pub fn follow_new(self: &Arc<Self>, ticket: Ticket, place: Option<PlaceWait>) {
+        self.spawn(ticket, place);
+    }
+
+    /// Looks for in-flight tickets nobody follows and takes them up, until shutdown.
+    pub async fn resume_loop(self: Arc<Self>) {
+        let every = (self.leases.ttl / 2).max(Duration::from_millis(200));
+        loop {
+            if let Err(error) = self.resume_free().await {
+                tracing::warn!(%error, "cannot look for tickets to resume");
+            }
+            if let Err(error) = self.journal.trim_history().await {
+                tracing::debug!(%error, "cannot trim the history");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn resume_free(self: &Arc<Self>) -> Result<(), JournalError> {
+        for ticket in self.journal.in_flight().await? {
+            if self.following.lock().expect("following").contains(&ticket) || self.shutdown.is_cancelled() {
+                continue;
+            }
+            if self.leases.acquire(&ticket).await? {
+                tracing::info!(ticket = %ticket, replica = %self.leases.replica, "resuming ticket from the journal");
+                self.spawn(ticket, None);
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn(self: &Arc<Self>, ticket: Ticket, place: Option<PlaceWait>) {
+        if !self.following.lock().expect("following").insert(ticket.clone()) {
+            return;
+        }
+        let followers = self.clone();
+        self.tasks.spawn(async move {
+            let lost = CancellationToken::new();
+            let interrupt = CancellationToken::new();
+            let keeper = tokio::spawn(keep_lease(followers.clone(), ticket.clone(), lost.clone(), interrupt.clone()));
+            let following = followers.follow(&ticket, place, &interrupt);
+            let released = tokio::select! {
+                result = following => {
+                    if let Err(error) = result {
+                        tracing::warn!(ticket = %ticket, %error, "stopped following; another replica (or a restart) resumes it");
+                    }
+                    true
+                }
+                _ = lost.cancelled() => {
+                    tracing::warn!(ticket = %ticket, "lost the lease; another replica follows the ticket now");
+                    false
+                }
+                _ = followers.shutdown.cancelled() => true,
+            };
+            keeper.abort();
+            if released {
+                if let Err(error) = followers.leases.release(&ticket).await {
+                    tracing::debug!(ticket = %ticket, %error, "cannot release the lease; it expires");
+                }
+            }
+            followers.following.lock().expect("following").remove(&ticket);
+        });
+    }
+
+    /// Runs or resumes one ticket from its journal record to its recorded outcome.
+    async fn follow(
+        &self,
+        ticket: &Ticket,
+        place: Option<PlaceWait>,
+        interrupt: &CancellationToken,
+    ) -> Result<(), JournalError> {
+        let Some(record) = self.journal.ticket(ticket).await? else {
+            tracing::warn!(ticket = %ticket, "an in-flight ticket has no record (deleted by hand?); forgetting it");
+            return self.journal.forget_in_flight(ticket).await;
+        };
+        if record.finished.is_some() {
+            return Ok(());
+        }
+        let submission = &record.submission;
+        let _place = match place {
+            Some(wait) => Some(wait.await),
+            None => None,
+        };
+        let route = match submission.route() {
+            Ok(route) => route,
+            Err(error) => return Err(JournalError::Corrupt(error)),
+        };
+        let policies = submission.policies();
+        let (events, writer) = self.event_writer(ticket.clone());
+        let sink = |event: Event| {
+            let _ = events.send(event);
+        };
+        self.record_agent(submission, &route, &sink).await;
+        let plan = match &record.planned {
+            Some(plan) => plan.clone(),
+            None => {
+                let plan = self.orchestrator.plan_start(ticket.clone(), policies.script);
+                self.journal.start(&plan).await?;
+                plan
+            }
+        };
+        if record.cancel_requested {
+            interrupt.cancel();
+        }
+        let outcome = self
+            .orchestrator
+            .run_planned(&route, &plan, submission.spec.clone(), policies, record.last_seq, &sink, interrupt)
+            .await;
+        drop(events);
+        // Every event is recorded before the outcome, and the outcome before the agent forgets.
+        let _ = writer.await;
+        self.record_outcome(&outcome).await?;
+        self.orchestrator.complete_after(&route, ticket, &outcome, policies.script, &|_| {}).await;
+        Ok(())
+    }
+
+    /// The outcome, recorded with retries: giving up would leave the ticket to be resumed, which
+    /// only costs a repeated status request.
+    async fn record_outcome(&self, outcome: &Outcome) -> Result<(), JournalError> {
+        let mut attempt = 0;
+        loop {
+            match self.journal.finish(outcome).await {
+                Ok(_) => return Ok(()),
+                Err(error) if attempt >= 20 => return Err(error),
+                Err(error) => tracing::warn!(%error, "cannot record the outcome yet"),
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Records what the target answered to capabilities, for `GET /v1/agents`.
+    async fn record_agent(
+        &self,
+        submission: &Submission,
+        route: &crate::route::Route,
+        sink: &(dyn Fn(Event) + Sync + Send),
+    ) {
+        let seen_ms = contracts::unix_millis(std::time::SystemTime::now());
+        let value = match self.orchestrator.agent_kind(route, submission.policies().health, sink).await {
+            Ok(AgentKind::Current(caps)) => json!({
+                "target": route.name(), "route": submission.route, "reachable": true, "protocol": if caps.supports(contracts::SERVICE_SCRIPT_V2) { "v2" } else { "v1" },
+                "services": caps.services, "agent_version": caps.agent_version, "seen_ms": seen_ms,
+            }),
+            Ok(AgentKind::Legacy) => json!({
+                "target": route.name(), "route": submission.route, "reachable": true, "protocol": "v1",
+                "services": [contracts::SERVICE_SCRIPT_V1], "agent_version": null, "seen_ms": seen_ms,
+            }),
+            Err(gave_up) => json!({
+                "target": route.name(), "route": submission.route, "reachable": false, "error": gave_up.to_string(), "seen_ms": seen_ms,
+            }),
+        };
+        if let Err(error) = self.journal.agent_seen(route.name(), value).await {
+            tracing::debug!(%error, "cannot record the agent's capabilities");
+        }
+    }
+
+    /// A channel for a submission's events and the task that records them in order. The sink
+    /// is called from the orchestrator and must not wait; lines reach the journal within a round
+    /// trip, and a line lost in a crash is fetched again from the agent on resume (after the
+    /// journal's last line).
+    fn event_writer(&self, ticket: Ticket) -> (mpsc::UnboundedSender<Event>, tokio::task::JoinHandle<()>) {
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Event>();
+        let journal = self.journal.clone();
+        let writer = tokio::spawn(async move {
+            while let Some(event) = receiver.recv().await {
+                let mut delay = Duration::from_millis(50);
+                while let Err(error) = journal.event(&ticket, &event).await {
+                    tracing::warn!(ticket = %ticket, %error, "cannot record an event yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        });
+        (sender, writer)
+    }
+
+    /// Waits for every follower to stop (after shutdown).
+    pub async fn stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// A wait for a place among a request's `max-parallel` running tickets.
+pub type PlaceWait = std::pin::Pin<Box<dyn std::future::Future<Output = OwnedSemaphorePermit> + Send>>;
+
+/// Renews the ticket's lease until the follower stops; cancels `lost` if another replica took it,
+/// and `interrupt` when a cancel is requested through the journal.
+async fn keep_lease(followers: Arc<Followers>, ticket: Ticket, lost: CancellationToken, interrupt: CancellationToken) {
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(followers.leases.renew_every()).await;
+        match followers.leases.renew(&ticket).await {
+            Ok(true) => failures = 0,
+            Ok(false) => return lost.cancel(),
+            Err(error) => {
+                // The journal is out of reach: past the lease's life another replica may take over.
+                failures += 1;
+                tracing::warn!(ticket = %ticket, %error, "cannot renew the lease");
+                if followers.leases.renew_every() * failures >= followers.leases.ttl {
+                    return lost.cancel();
+                }
+                continue;
+            }
+        }
+        if !interrupt.is_cancelled() && followers.journal.cancel_requested(&ticket).await.unwrap_or(false) {
+            tracing::info!(ticket = %ticket, "cancel requested");
+            interrupt.cancel();
+        }
+    }
+}

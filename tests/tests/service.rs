@@ -1,0 +1,414 @@
+//! `dispatcher serve` through the real binary: the HTTP API, the journal and its history, server-sent
+//! events, API tokens, the OpenAPI document, crash-safe resume after SIGKILL, replicas taking over,
+//! and the CLI commands that read the journal.
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tests::service::{http, journal_prefix, remove_journal};
+use tests::*;
+
+async fn post(service: &ServiceProcess, body: Value) -> (u16, Value) {
+    let response = http().post(format!("{}/v1/scripts", service.url)).json(&body).send().await.expect("POST");
+    (response.status().as_u16(), response.json().await.expect("json body"))
+}
+
+async fn get(service: &ServiceProcess, path: &str) -> (u16, Value) {
+    let response = http().get(format!("{}{path}", service.url)).send().await.expect("GET");
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+/// Submits `script` to `target` and gives its ticket.
+async fn submit(service: &ServiceProcess, target: &str, script: &str) -> String {
+    let (status, body) = post(service, json!({"target": target, "script": script})).await;
+    assert_eq!(status, 202, "{body}");
+    body["tickets"][0]["ticket"].as_str().expect("ticket").to_owned()
+}
+
+/// Waits until the ticket has finished (through whichever service answers) and gives its record.
+async fn finished(service: &ServiceProcess, ticket: &str, within: Duration) -> Value {
+    let (http, url) = (http(), format!("{}/v1/tickets/{ticket}", service.url));
+    eventually(&format!("ticket {ticket} to finish"), within, || {
+        let request = http.get(&url).send();
+        async move {
+            let body: Value = request.await.ok()?.json().await.ok()?;
+            (body["state"] == "finished").then_some(body)
+        }
+    })
+    .await
+}
+
+fn output_texts(record: &Value) -> Vec<String> {
+    record["output"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn run_cli(args: &[&str], prefix: &str) -> std::process::Output {
+    let output = dispatcher_command()
+        .args(args)
+        .env("CUTTLE_JOURNAL_URL", redis_url())
+        .env("CUTTLE_JOURNAL_PREFIX", prefix)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), output).await.expect("dispatcher finishes").expect("runs")
+}
+
+/// A script that records its run, prints `first`, waits for the gate file, then prints `second`;
+/// and the gate.
+fn gated_script(markers: &Markers, name: &str, first: &str, second: &str) -> (String, std::path::PathBuf) {
+    let gate = markers.dir.join(format!("{name}.gate"));
+    let script = format!(
+        "{}; echo {first}; while [ ! -e '{}' ]; do sleep 0.05; done; echo {second}",
+        markers.record(name),
+        gate.display()
+    );
+    (script, gate)
+}
+
+/// Waits until the ticket's first output line is in the journal.
+async fn first_line_recorded(service: &ServiceProcess, ticket: &str) {
+    eventually("the first line in the journal", Duration::from_secs(20), || async {
+        let (_, record) = get(service, &format!("/v1/tickets/{ticket}")).await;
+        (record["last_seq"] == 1).then_some(())
+    })
+    .await;
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_submitted_over_http_is_journaled_with_its_output_and_outcome() {
+    let agent = TestAgent::start("svc-api").await;
+    let prefix = journal_prefix("svc-api");
+    let service = ServiceProcess::start(&prefix, &["--replica-id", "replica-one"]).await;
+    let ticket = submit(&service, agent.id(), "echo one; echo two >&2; exit 3").await;
+
+    let record = finished(&service, &ticket, Duration::from_secs(30)).await;
+    assert_eq!((record["outcome"].as_str(), record["exit_code"].as_i64()), (Some("completed"), Some(3)), "{record}");
+    assert_eq!(output_texts(&record), ["one", "two"]);
+    assert_eq!(record["output"][1]["stream"], "stderr");
+    assert_eq!((record["target"].as_str(), record["who"].as_str()), (Some(agent.id()), Some("local")));
+    assert_eq!(record["policy"], "default");
+    let (_, later) = get(&service, &format!("/v1/tickets/{ticket}?after=1")).await;
+    assert_eq!(output_texts(&later), ["two"]);
+
+    // The agent has completed (forgotten) the ticket: the output is the journal's.
+    let (_, history) = get(&service, &format!("/v1/tickets?target={}&outcome=completed", agent.id())).await;
+    assert_eq!(history["tickets"].as_array().unwrap().len(), 1, "{history}");
+    let (_, none) = get(&service, &format!("/v1/tickets?target={}&outcome=failed", agent.id())).await;
+    assert!(none["tickets"].as_array().unwrap().is_empty());
+    let (status, bad) = get(&service, "/v1/tickets?outcome=won").await;
+    assert_eq!(status, 400);
+    assert!(bad["error"].as_str().unwrap().contains("completed, cancelled"), "{bad}");
+
+    let (_, agents) = get(&service, "/v1/agents").await;
+    let known = &agents["agents"][0];
+    assert_eq!((known["target"].as_str(), known["protocol"].as_str()), (Some(agent.id()), Some("v2")), "{agents}");
+    let (status, health) = get(&service, "/healthz").await;
+    assert_eq!(
+        (status, health["journal"].as_str(), health["replica"].as_str()),
+        (200, Some("ok"), Some("replica-one"))
+    );
+
+    let (status, unknown) = get(&service, &format!("/v1/tickets/{}", uuid::Uuid::new_v4())).await;
+    assert_eq!(status, 404);
+    assert!(unknown["error"].as_str().unwrap().contains("kept for 7days"), "{unknown}");
+    let (status, _) = get(&service, "/v1/tickets/not%20a%20ticket").await;
+    assert_eq!(status, 400);
+
+    // The CLI reads the same journal: status exits like submit, history lists the ticket.
+    let out = run_cli(&["status", &ticket], &prefix).await;
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(3), "one\n".to_owned()), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("two"));
+    let out = run_cli(&["history", "--json", "--target", agent.id()], &prefix).await;
+    let listed: Value = serde_json::from_str(text(&out.stdout).lines().next().expect("one line")).unwrap();
+    assert_eq!((listed["ticket"].as_str(), listed["exit_code"].as_i64()), (Some(ticket.as_str()), Some(3)));
+    let out = run_cli(&["history"], &prefix).await;
+    assert!(text(&out.stdout).starts_with("TICKET") && text(&out.stdout).contains(&ticket), "{}", text(&out.stdout));
+
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_bring_each_line_live_then_the_result() {
+    use futures_util::StreamExt;
+    let agent = TestAgent::start("svc-sse").await;
+    let prefix = journal_prefix("svc-sse");
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let markers = Markers::new();
+    // The script waits for the test to see its first line before it prints the second.
+    let (script, gate) = gated_script(&markers, "sse", "first", "second");
+    let ticket = submit(&service, agent.id(), &script).await;
+    let response = http().get(format!("{}/v1/tickets/{ticket}/events", service.url)).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.contains("event: result") {
+        let chunk = tokio::time::timeout_at(deadline.into(), body.next()).await.expect("events in time");
+        seen.push_str(&String::from_utf8_lossy(&chunk.expect("stream open").expect("chunk")));
+        while let Some(end) = seen.find("\n\n") {
+            let frame: String = seen.drain(..end + 2).collect();
+            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
+                let event: Value = serde_json::from_str(data).unwrap();
+                if event["text"] == "first" {
+                    std::fs::write(&gate, "").unwrap();
+                }
+                events.push(event);
+            }
+            if frame.contains("event: result") {
+                seen.push_str("event: result");
+            }
+        }
+    }
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ticket", "log", "log", "result"], "{events:?}");
+    assert_eq!((events[1]["text"].as_str(), events[2]["text"].as_str()), (Some("first"), Some("second")));
+    assert_eq!(events[3]["exit_code"], 0);
+
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_through_the_api_stops_the_script_on_the_agent() {
+    let agent = TestAgent::start("svc-cancel").await;
+    let prefix = journal_prefix("svc-cancel");
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let ticket = submit(&service, agent.id(), "echo started; sleep 60").await;
+    first_line_recorded(&service, &ticket).await;
+    let response = http().post(format!("{}/v1/tickets/{ticket}/cancel", service.url)).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let record = finished(&service, &ticket, Duration::from_secs(30)).await;
+    assert_eq!(record["outcome"], "cancelled", "{record}");
+    let again = http().post(format!("{}/v1/tickets/{ticket}/cancel", service.url)).send().await.unwrap();
+    assert_eq!(again.status().as_u16(), 409);
+    let body: Value = again.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("already finished"), "{body}");
+
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_are_required_and_without_them_only_loopback_is_served() {
+    let prefix = journal_prefix("svc-auth");
+    // No tokens: a non-loopback address is refused, with the reason.
+    let out = dispatcher_command()
+        .args(["serve", "--journal-prefix", &prefix])
+        .env("CUTTLE_LISTEN", "0.0.0.0:0")
+        .env("CUTTLE_JOURNAL_URL", redis_url())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("without --api-tokens"), "{}", text(&out.stderr));
+
+    let markers = Markers::new();
+    let tokens = markers.dir.join("tokens");
+    std::fs::write(&tokens, "# who: token\nrelease-bot 0123456789abcdef0123456789abcdef\n").unwrap();
+    let agent = TestAgent::start("svc-auth").await;
+    let service = ServiceProcess::start(&prefix, &["--api-tokens", tokens.to_str().unwrap()]).await;
+    assert!(!service.log_text().contains("no --api-tokens"));
+    let body = json!({"target": agent.id(), "script": "echo authorised"});
+    let url = format!("{}/v1/scripts", service.url);
+    let anonymous = http().post(&url).json(&body).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let message: Value = anonymous.json().await.unwrap();
+    assert!(message["error"].as_str().unwrap().contains("Authorization: Bearer"), "{message}");
+    let wrong = http().post(&url).bearer_auth("0123456789abcdef0123456789abcdeX").json(&body).send().await.unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    let history = http().get(format!("{}/v1/tickets", service.url)).send().await.unwrap();
+    assert_eq!(history.status().as_u16(), 401);
+    let (status, _) = get(&service, "/healthz").await;
+    assert_eq!(status, 200, "probes need no token");
+
+    let accepted = http().post(&url).bearer_auth("0123456789abcdef0123456789abcdef").json(&body).send().await.unwrap();
+    assert_eq!(accepted.status().as_u16(), 202);
+    let accepted: Value = accepted.json().await.unwrap();
+    let ticket = accepted["tickets"][0]["ticket"].as_str().unwrap();
+    let record: Value = http()
+        .get(format!("{}/v1/tickets/{ticket}", service.url))
+        .bearer_auth("0123456789abcdef0123456789abcdef")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["who"], "release-bot", "the journal says who submitted: {record}");
+
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_exactly_the_routes_served() {
+    let prefix = journal_prefix("svc-openapi");
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let (status, doc) = get(&service, "/openapi.json").await;
+    assert_eq!(status, 200);
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys().filter(|m| ["get", "post"].contains(&m.as_str())) {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+            // Every documented route is served: whatever it answers, it is not "no such route".
+            let url = format!("{}{}", service.url, path.replace("{ticket}", &uuid::Uuid::new_v4().to_string()));
+            let request = if method == "get" { http().get(&url) } else { http().post(&url).json(&json!({})) };
+            let response = request.timeout(Duration::from_secs(5)).send().await.expect("route answers");
+            assert_ne!(response.status().as_u16(), 405, "{method} {path}");
+            if response.status().as_u16() == 404 {
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                assert!(!body["error"].as_str().unwrap_or_default().contains("no such route"), "{method} {path}");
+            }
+        }
+    }
+    documented.sort();
+    assert_eq!(
+        documented,
+        [
+            "GET /healthz",
+            "GET /openapi.json",
+            "GET /v1/agents",
+            "GET /v1/tickets",
+            "GET /v1/tickets/{ticket}",
+            "GET /v1/tickets/{ticket}/events",
+            "POST /v1/scripts",
+            "POST /v1/tickets/{ticket}/cancel",
+        ]
+    );
+    // And what is not documented is not served.
+    let (status, body) = get(&service, "/v1/jobs").await;
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("/openapi.json"));
+
+    service.stop().await;
+    remove_journal(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_killed_mid_run_resumes_its_tickets_and_runs_nothing_twice() {
+    let agent = TestAgent::start("svc-crash").await;
+    let prefix = journal_prefix("svc-crash");
+    let mut service = ServiceProcess::start(&prefix, &[]).await;
+    let markers = Markers::new();
+    let (script, gate) = gated_script(&markers, "crash", "before", "after");
+    let ticket = submit(&service, agent.id(), &format!("{script}; exit 7")).await;
+    first_line_recorded(&service, &ticket).await;
+    service.kill().await;
+    // The script goes on without its follower, and ends while nobody watches.
+    std::fs::write(&gate, "").unwrap();
+    service.restart().await;
+    let record = finished(&service, &ticket, Duration::from_secs(30)).await;
+    assert_eq!((record["outcome"].as_str(), record["exit_code"].as_i64()), (Some("completed"), Some(7)), "{record}");
+    assert_eq!(output_texts(&record), ["before", "after"], "every line once, in order");
+    assert_eq!(markers.count("crash"), 1, "the script ran once");
+    assert!(service.log_text().contains("resuming ticket from the journal"));
+
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_takes_over_the_tickets_of_one_that_was_killed() {
+    let agent = TestAgent::start("svc-replica").await;
+    let prefix = journal_prefix("svc-replica");
+    let mut first = ServiceProcess::start(&prefix, &["--lease-ttl", "2s", "--replica-id", "first"]).await;
+    let second = ServiceProcess::start(&prefix, &["--lease-ttl", "2s", "--replica-id", "second"]).await;
+    let markers = Markers::new();
+    let (script, gate) = gated_script(&markers, "replica", "started", "done");
+    let ticket = submit(&first, agent.id(), &script).await;
+    first_line_recorded(&second, &ticket).await;
+    let (_, health) = get(&first, "/healthz").await;
+    assert_eq!(health["following"], 1, "the replica that took the submission follows it");
+    first.kill().await;
+    let killed = Instant::now();
+    eventually("the other replica to take the ticket over", Duration::from_secs(10), || async {
+        let (_, health) = get(&second, "/healthz").await;
+        (health["following"] == 1).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(5), "took over after {took:?}");
+    std::fs::write(&gate, "").unwrap();
+    let record = finished(&second, &ticket, Duration::from_secs(30)).await;
+    assert_eq!(record["outcome"], "completed", "{record}");
+    assert_eq!(output_texts(&record), ["started", "done"]);
+    assert_eq!(markers.count("replica"), 1);
+
+    first.stop().await;
+    second.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_detach_prints_the_ticket_and_a_service_runs_it() {
+    let agent = TestAgent::start("svc-detach").await;
+    let prefix = journal_prefix("svc-detach");
+    // Recorded with nobody serving: it waits in the journal.
+    let out = run_cli(&["submit", "--detach", "--target", agent.id(), "--", "echo detached; exit 4"], &prefix).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let ticket = text(&out.stdout).trim().to_owned();
+    contracts::Ticket::parse(&ticket).expect("a ticket on stdout");
+    let out = run_cli(&["status", &ticket], &prefix).await;
+    assert!(text(&out.stderr).contains("is queued"), "{}", text(&out.stderr));
+
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let out = run_cli(&["status", &ticket, "--follow", "--json"], &prefix).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let events: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().any(|e| e["text"] == "detached"), "{events:?}");
+    assert_eq!(events.last().unwrap()["event"], "result");
+
+    let out_no_journal = dispatcher_command()
+        .args(["submit", "--detach", "--target", agent.id(), "--", "true"])
+        .env_remove("CUTTLE_JOURNAL_URL")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out_no_journal.status.code(), Some(2));
+    assert!(text(&out_no_journal.stderr).contains("--journal"), "{}", text(&out_no_journal.stderr));
+
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tickets_leave_the_journal_after_the_history_retention() {
+    let agent = TestAgent::start("svc-retention").await;
+    let prefix = journal_prefix("svc-retention");
+    let markers = Markers::new();
+    let policies = markers.dir.join("policies.toml");
+    std::fs::write(&policies, "[policies.patient]\ndeployment = \"1m\"\n").unwrap();
+    let service =
+        ServiceProcess::start(&prefix, &["--history-retention", "2s", "--config", policies.to_str().unwrap()]).await;
+    let (status, body) =
+        post(&service, json!({"target": agent.id(), "script": "echo kept", "policy": "patient"})).await;
+    assert_eq!(status, 202, "{body}");
+    let ticket = body["tickets"][0]["ticket"].as_str().unwrap().to_owned();
+    let record = finished(&service, &ticket, Duration::from_secs(30)).await;
+    assert_eq!(record["policy"], "patient", "the policies file is the service's");
+    let (status, body) = post(&service, json!({"target": agent.id(), "script": "true", "policy": "hasty"})).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("hasty"), "{body}");
+    eventually("the ticket to expire", Duration::from_secs(15), || async {
+        let (status, _) = get(&service, &format!("/v1/tickets/{ticket}")).await;
+        (status == 404).then_some(())
+    })
+    .await;
+    let (_, history) = get(&service, "/v1/tickets").await;
+    assert!(history["tickets"].as_array().unwrap().is_empty(), "{history}");
+
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}
