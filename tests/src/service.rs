@@ -51,9 +51,8 @@ impl ServiceProcess {
         let log = std::fs::OpenOptions::new().append(true).open(&self.log).expect("service log");
         let mut command = dispatcher_command();
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--journal-prefix", &self.prefix])
+            .args(["serve", "--listen", "127.0.0.1:0", "--journal", &redis_url(), "--journal-prefix", &self.prefix])
             .args(&self.args)
-            .env("CUTTLE_JOURNAL_URL", redis_url())
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(log)

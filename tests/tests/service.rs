@@ -122,8 +122,14 @@ async fn a_script_submitted_over_http_is_journaled_with_its_output_and_outcome()
     let out = run_cli(&["history", "--json", "--target", agent.id()], &prefix).await;
     let listed: Value = serde_json::from_str(text(&out.stdout).lines().next().expect("one line")).unwrap();
     assert_eq!((listed["ticket"].as_str(), listed["exit_code"].as_i64()), (Some(ticket.as_str()), Some(3)));
-    let out = run_cli(&["history"], &prefix).await;
+    let out = run_cli(&["history", "--since", "1h", "--limit", "1", "--outcome", "completed"], &prefix).await;
     assert!(text(&out.stdout).starts_with("TICKET") && text(&out.stdout).contains(&ticket), "{}", text(&out.stdout));
+    let out = run_cli(&["history", "--outcome", "failed"], &prefix).await;
+    assert_eq!(text(&out.stdout).lines().count(), 1, "only the header: {}", text(&out.stdout));
+    let out = run_cli(&["history", "--since", "1"], &prefix).await;
+    assert!(text(&out.stdout).contains(&ticket));
+    let out = run_cli(&["history", "--since", &(u64::MAX / 2).to_string()], &prefix).await;
+    assert!(!text(&out.stdout).contains(&ticket), "nothing submitted since the far future");
 
     service.stop().await;
     remove_journal(&prefix).await;

@@ -43,7 +43,7 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     /// File of `NAME TOKEN` lines: requests to /v1 need `Authorization: Bearer TOKEN`, and the
     /// journal records NAME as who submitted. Without it the API is open to local users only.
-    #[arg(long, env = "CUTTLE_API_TOKENS")]
+    #[arg(long)]
     pub api_tokens: Option<PathBuf>,
     /// How long finished tickets (and their output) stay in the journal.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
