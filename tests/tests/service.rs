@@ -302,7 +302,9 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
 async fn a_service_killed_mid_run_resumes_its_tickets_and_runs_nothing_twice() {
     let agent = TestAgent::start("svc-crash").await;
     let prefix = journal_prefix("svc-crash");
-    let mut service = ServiceProcess::start(&prefix, &[]).await;
+    // Restarted under its name, the service takes its own leases back at once: without that it
+    // would wait the whole lease for them to expire.
+    let mut service = ServiceProcess::start(&prefix, &["--replica-id", "crashy", "--lease-ttl", "60s"]).await;
     let markers = Markers::new();
     let (script, gate) = gated_script(&markers, "crash", "before", "after");
     let ticket = submit(&service, agent.id(), &format!("{script}; exit 7")).await;

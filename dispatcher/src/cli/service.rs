@@ -52,7 +52,8 @@ pub struct ServeArgs {
     /// takes over the tickets of one that died.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
-    /// This replica's name in the journal's leases [default: host name and process id].
+    /// This replica's name in the journal's leases [default: host name and process id]. Restarted
+    /// under the same name, a replica resumes its tickets at once rather than after --lease-ttl.
     #[arg(long)]
     pub replica_id: Option<String>,
     /// Machine policies file (TOML), as for `submit`.

@@ -4,8 +4,17 @@
 
 use super::journal::{Journal, JournalResult};
 use contracts::Ticket;
-use deadpool_redis::redis::{self, Script};
+use deadpool_redis::redis::Script;
 use std::time::Duration;
+
+// Takes a free lease, or one this replica's name already holds: a replica restarted under the
+// same `--replica-id` resumes its tickets at once instead of waiting for its old leases to expire.
+const ACQUIRE: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
 
 // Renews (or releases) a lease only if this replica still holds it.
 const RENEW: &str = r#"
@@ -38,18 +47,16 @@ impl Leases {
         self.journal.key(&format!("lease:{}", ticket.store_key()))
     }
 
-    /// Takes the ticket's lease if nobody holds it.
+    /// Takes the ticket's lease if nobody else holds it.
     pub async fn acquire(&self, ticket: &Ticket) -> JournalResult<bool> {
         let mut con = self.journal.connection().await?;
-        let won: Option<String> = redis::cmd("SET")
-            .arg(self.key(ticket))
+        let won: i64 = Script::new(ACQUIRE)
+            .key(self.key(ticket))
             .arg(&self.replica)
-            .arg("NX")
-            .arg("PX")
             .arg(self.ttl.as_millis() as u64)
-            .query_async(&mut con)
+            .invoke_async(&mut con)
             .await?;
-        Ok(won.is_some())
+        Ok(won == 1)
     }
 
     /// Extends the lease; false if this replica no longer holds it.

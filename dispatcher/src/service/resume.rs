@@ -53,7 +53,7 @@ impl Followers {
 
     /// Looks for in-flight tickets nobody follows and takes them up, until shutdown.
     pub async fn resume_loop(self: Arc<Self>) {
-        let every = (self.leases.ttl / 2).max(Duration::from_millis(200));
+        let every = (self.leases.ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(2));
         loop {
             if let Err(error) = self.resume_free().await {
                 tracing::warn!(%error, "cannot look for tickets to resume");
