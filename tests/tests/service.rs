@@ -137,6 +137,36 @@ async fn a_script_submitted_over_http_is_journaled_with_its_output_and_outcome()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_repeated_with_its_idempotency_key_runs_the_script_once() {
+    let agent = TestAgent::start("svc-idem").await;
+    let prefix = journal_prefix("svc-idem");
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let markers = Markers::new();
+    let body = json!({"target": agent.id(), "script": markers.record("idem")});
+    let send = |body: &Value| {
+        http().post(format!("{}/v1/scripts", service.url)).header("Idempotency-Key", "deploy-42").json(body).send()
+    };
+    let first: Value = send(&body).await.unwrap().json().await.unwrap();
+    let ticket = first["tickets"][0]["ticket"].as_str().unwrap().to_owned();
+    finished(&service, &ticket, Duration::from_secs(30)).await;
+    let again = send(&body).await.unwrap();
+    assert_eq!(again.status().as_u16(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["tickets"][0]["ticket"], ticket.as_str(), "the same ticket comes back");
+    let other = send(&json!({"target": agent.id(), "script": "echo something else"})).await.unwrap();
+    assert_eq!(other.status().as_u16(), 409);
+    // A request without a key is a new one.
+    let fresh = submit(&service, agent.id(), &markers.record("idem")).await;
+    assert_ne!(fresh, ticket);
+    finished(&service, &fresh, Duration::from_secs(30)).await;
+    assert_eq!(markers.count("idem"), 2, "once for the keyed request, once for the fresh one");
+
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_bring_each_line_live_then_the_result() {
     use futures_util::StreamExt;
     let agent = TestAgent::start("svc-sse").await;

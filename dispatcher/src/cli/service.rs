@@ -166,6 +166,7 @@ pub async fn submit_detached(journal: &JournalOptions, args: &SubmitArgs) -> Exi
             (Err(e), _) | (_, Err(e)) => return usage_error(e),
         };
         let submission = Submission::new(Ticket::generate(), &route, spec.clone(), &name, policies, &who);
+        // A fresh random ticket: never recorded before.
         if let Err(e) = journal.submit(&submission).await {
             eprintln!("cuttle: {e}");
             return ExitCode::from(exit::BROKER_UNREACHABLE);

@@ -5,7 +5,7 @@
 //! `/healthz` and `/openapi.json` never do. Errors are `{"error": "..."}` with a message that
 //! says what to change.
 
-use super::journal::{HistoryQuery, JournalError, Submission, TicketRecord};
+use super::journal::{HistoryQuery, JournalError, Recorded, Submission, TicketRecord};
 use super::resume::{Followers, PlaceWait};
 use super::tokens::ApiTokens;
 use crate::outcome::OutcomeKind;
@@ -400,17 +400,21 @@ fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
 
 /// Runs a script: records one ticket per target, then starts them; answers once recorded.
 #[utoipa::path(post, path = "/v1/scripts", request_body = SubmitRequest, security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A repeated request with the same key gets the same tickets instead of running again")),
     responses((status = 202, description = "Recorded and starting", body = Accepted),
               (status = 400, description = "Invalid request", body = ErrorBody),
               (status = 401, description = "No or unknown API token", body = ErrorBody),
+              (status = 409, description = "Idempotency-Key used before for another script", body = ErrorBody),
               (status = 503, description = "The journal does not answer", body = ErrorBody)))]
 async fn submit(
     State(state): Shared,
     axum::Extension(who): axum::Extension<Who>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let request: SubmitRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    let idempotency_key = idempotency_key(&headers)?;
     let routes = routes_of(&request)?;
     let spec = spec_of(&request)?;
     let purpose = match request.purpose {
@@ -432,19 +436,35 @@ async fn submit(
             script: policy::resolve(&machine, purpose, Overrides::default()),
             health: policy::resolve(&machine, Purpose::HealthCheck, Overrides::default()),
         };
-        planned.push(Submission::new(Ticket::generate(), &route, spec.clone(), &machine.name, policies, &who.0));
+        let ticket = match &idempotency_key {
+            Some(key) => idempotent_ticket(&who.0, key, &route),
+            None => Ticket::generate(),
+        };
+        planned.push(Submission::new(ticket, &route, spec.clone(), &machine.name, policies, &who.0));
     }
     let followers = &state.followers;
     // Recorded before anything is sent: from here a restart (or another replica) resumes them.
+    let mut new = Vec::with_capacity(planned.len());
     for submission in &planned {
-        followers.journal.submit(submission).await?;
+        new.push(match followers.journal.submit(submission).await? {
+            Recorded::New => true,
+            Recorded::Earlier(earlier) if earlier.script_digest == submission.script_digest => false,
+            Recorded::Earlier(_) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "this Idempotency-Key was used before for a different script; use a new key for a new request",
+                ))
+            }
+        });
     }
     let places = (planned.len() > 1).then(|| Arc::new(Semaphore::new(request.max_parallel.unwrap_or(10).max(1))));
     let mut tickets = Vec::new();
-    for submission in planned {
+    for (submission, new) in planned.into_iter().zip(new) {
         let ticket = submission.ticket;
-        tracing::info!(ticket = %ticket, target = %submission.target, who = %who.0, "script submitted");
-        if followers.leases.acquire(&ticket).await? {
+        if new {
+            tracing::info!(ticket = %ticket, target = %submission.target, who = %who.0, "script submitted");
+        }
+        if new && followers.leases.acquire(&ticket).await? {
             let place: Option<PlaceWait> = places.clone().map(|places| -> PlaceWait {
                 Box::pin(async move { places.acquire_owned().await.expect("never closed") })
             });
@@ -457,6 +477,25 @@ async fn submit(
         });
     }
     Ok((StatusCode::ACCEPTED, Json(Accepted { tickets })))
+}
+
+/// The `Idempotency-Key` header, if given: a repeated request with the same key (and the same
+/// script) gets the same tickets back instead of running the script again.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().ok().filter(|k| (1..=200).contains(&k.len()) && k.chars().all(|c| c.is_ascii_graphic()));
+    key.map(|k| Some(k.to_owned()))
+        .ok_or_else(|| ApiError::bad_request("Idempotency-Key must be 1 to 200 visible ASCII characters"))
+}
+
+/// The ticket of a request with an idempotency key: the same for the same caller, key and target,
+/// so a repeat finds the ticket recorded the first time.
+fn idempotent_ticket(who: &str, key: &str, route: &Route) -> Ticket {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{who}\0{key}\0{route}").as_bytes());
+    let hex = hex::encode(&digest[..16]);
+    let uuid = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
+    Ticket::parse(&uuid).expect("hex digits make a valid ticket")
 }
 
 fn parse_ticket(raw: &str) -> Result<Ticket, ApiError> {
@@ -694,6 +733,17 @@ mod tests {
             request(serde_json::json!({"target": "a", "script": "true", "timeout": "2s", "shell": "bash"})).unwrap();
         let spec = spec_of(&ok).unwrap();
         assert_eq!((spec.execution_timeout, spec.shell), (Some(2000), Shell::Bash));
+    }
+
+    #[test]
+    fn idempotent_tickets_depend_on_who_key_and_target() {
+        let (a, b) = (Route::agent("a").unwrap(), Route::agent("b").unwrap());
+        let ticket = idempotent_ticket("ci", "deploy-42", &a);
+        assert_eq!(ticket, idempotent_ticket("ci", "deploy-42", &a));
+        assert_ne!(ticket, idempotent_ticket("ci", "deploy-42", &b));
+        assert_ne!(ticket, idempotent_ticket("bot", "deploy-42", &a));
+        assert_ne!(ticket, idempotent_ticket("ci", "deploy-43", &a));
+        assert_ne!(idempotent_ticket("ci", "k", &Route::pool("a").unwrap()), idempotent_ticket("ci", "k", &a));
     }
 
     #[test]

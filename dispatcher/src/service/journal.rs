@@ -137,6 +137,14 @@ pub struct TicketRecord {
     pub finished_ms: Option<u64>,
 }
 
+/// What [`Journal::submit`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    /// The ticket was recorded before, with this submission.
+    Earlier(Box<Submission>),
+}
+
 /// One entry of a ticket's event stream.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JournalEvent {
@@ -154,6 +162,18 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
+// Records a submission unless its ticket is known, atomically; gives the earlier submission.
+const SUBMIT: &str = r#"
+local earlier = redis.call('HGET', KEYS[1], 'submission')
+if earlier then return earlier end
+redis.call('HSET', KEYS[1], 'submission', ARGV[1], 'state', 'queued')
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[5], ARGV[4], ARGV[3])
+return false
+"#;
+
 // Appends a log line only if it is the next one: a repeated or resumed follower can never record
 // a line twice or leave a gap.
 const APPEND_LOG: &str = r#"
@@ -164,8 +184,8 @@ redis.call('XADD', KEYS[2], '*', 'e', ARGV[2])
 return 1
 "#;
 
-// Records the end once: the first follower to finish wins; the ticket leaves the in-flight set and
-// its records expire after the retention.
+// Records the end once: the first follower to finish wins; the ticket leaves the in-flight set,
+// its records expire after the retention, and its target's index drops tickets past it.
 const FINISH: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') == 'finished' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'finished', 'result', ARGV[1], 'finished_ms', ARGV[2])
@@ -173,6 +193,7 @@ redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
 redis.call('SREM', KEYS[3], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[6])
 return 1
 "#;
 
@@ -182,6 +203,7 @@ pub struct Journal {
     pool: Pool,
     prefix: String,
     retention: Duration,
+    submit: Script,
     append_log: Script,
     finish: Script,
 }
@@ -204,6 +226,7 @@ impl Journal {
             pool,
             prefix: prefix.to_owned(),
             retention,
+            submit: Script::new(SUBMIT),
             append_log: Script::new(APPEND_LOG),
             finish: Script::new(FINISH),
         })
@@ -242,27 +265,34 @@ impl Journal {
     }
 
     /// Records a submission, before anything is sent: the ticket becomes in flight, so a replica
-    /// that finds no lease on it takes it up.
-    pub async fn submit(&self, submission: &Submission) -> JournalResult<()> {
+    /// that finds no lease on it takes it up. A ticket already recorded is left as it is, and the
+    /// digest of its script given back (a repeated request with the same idempotency key).
+    pub async fn submit(&self, submission: &Submission) -> JournalResult<Recorded> {
         let ticket = &submission.ticket;
         let body = serde_json::to_string(submission).map_err(|e| JournalError::Corrupt(e.to_string()))?;
         let event = json!({"event": "ticket", "ticket": ticket, "target": submission.target}).to_string();
         let mut con = self.connection().await?;
-        redis::pipe()
-            .atomic()
-            .hset_multiple(self.ticket_key(ticket), &[("submission", body.as_str()), ("state", "queued")])
-            .ignore()
-            .xadd(self.events_key(ticket), "*", &[("e", event.as_str())])
-            .ignore()
-            .sadd(self.key("inflight"), ticket.store_key())
-            .ignore()
-            .zadd(self.key("history"), ticket.store_key(), submission.submitted_ms)
-            .ignore()
-            .zadd(self.key(&format!("target:{}", submission.target)), ticket.store_key(), submission.submitted_ms)
-            .ignore()
-            .query_async::<()>(&mut con)
+        let existing: Option<String> = self
+            .submit
+            .key(self.ticket_key(ticket))
+            .key(self.events_key(ticket))
+            .key(self.key("inflight"))
+            .key(self.key("history"))
+            .key(self.key(&format!("target:{}", submission.target)))
+            .arg(body)
+            .arg(event)
+            .arg(ticket.store_key())
+            .arg(submission.submitted_ms)
+            .invoke_async(&mut con)
             .await?;
-        Ok(())
+        Ok(match existing {
+            None => Recorded::New,
+            Some(raw) => {
+                let earlier: Submission =
+                    serde_json::from_str(&raw).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+                Recorded::Earlier(Box::new(earlier))
+            }
+        })
     }
 
     /// Records the planned start (ticket, deadline), before the start is sent.
@@ -340,11 +370,13 @@ impl Journal {
             .key(self.ticket_key(ticket))
             .key(self.events_key(ticket))
             .key(self.key("inflight"))
+            .key(self.key(&format!("target:{}", outcome.target)))
             .arg(serde_json::to_string(&finished).map_err(|e| JournalError::Corrupt(e.to_string()))?)
             .arg(unix_millis(SystemTime::now()))
             .arg(event.to_string())
             .arg(ticket.store_key())
             .arg(self.retention.as_millis() as u64)
+            .arg(self.retention_cutoff_ms())
             .invoke_async(&mut con)
             .await?;
         Ok(recorded == 1)
@@ -454,10 +486,14 @@ impl Journal {
 
     /// Drops tickets submitted before the retention from the history index.
     pub async fn trim_history(&self) -> JournalResult<()> {
-        let cutoff = unix_millis(SystemTime::now()).saturating_sub(self.retention.as_millis() as u64);
         let mut con = self.connection().await?;
-        let _: () = con.zrembyscore(self.key("history"), "-inf", cutoff).await?;
+        let _: () = con.zrembyscore(self.key("history"), "-inf", self.retention_cutoff_ms()).await?;
         Ok(())
+    }
+
+    /// Tickets submitted before this (unix ms) are past the retention.
+    fn retention_cutoff_ms(&self) -> u64 {
+        unix_millis(SystemTime::now()).saturating_sub(self.retention.as_millis() as u64)
     }
 
     /// Records what a target last answered to capabilities (or why it did not).
