@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Everything following needs; shared by the API and the resume loop.
 pub struct Followers {
@@ -211,10 +212,12 @@ impl Followers {
     /// is called from the orchestrator and must not wait; lines reach the journal within a round
     /// trip, and a line lost in a crash is fetched again from the agent on resume (after the
     /// journal's last line).
-    fn event_writer(&self, ticket: Ticket) -> (mpsc::UnboundedSender<Event>, tokio::task::JoinHandle<()>) {
+    /// The writer stops with its follower (a lost lease, a shutdown): what it had not written yet
+    /// is fetched again by whoever resumes the ticket.
+    fn event_writer(&self, ticket: Ticket) -> (mpsc::UnboundedSender<Event>, AbortOnDropHandle<()>) {
         let (sender, mut receiver) = mpsc::unbounded_channel::<Event>();
         let journal = self.journal.clone();
-        let writer = tokio::spawn(async move {
+        let writer = AbortOnDropHandle::new(tokio::spawn(async move {
             while let Some(event) = receiver.recv().await {
                 let mut delay = Duration::from_millis(50);
                 while let Err(error) = journal.event(&ticket, &event).await {
@@ -223,7 +226,7 @@ impl Followers {
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
-        });
+        }));
         (sender, writer)
     }
 
