@@ -1,6 +1,7 @@
 //! Cuttle's wire contract, shared by the dispatcher and the agent. No I/O lives here.
 //!
 //! # Layout
+//! - [`endpoints`]: the broker URLs of a cluster and which one to try next.
 //! - [`envelope`]: the versioned envelope every message travels in, and its msgpack codec
 //!   (named maps, so old and new readers tolerate each other's fields).
 //! - [`messages`]: the request and reply bodies of every service (capabilities, script v1, v2).
@@ -11,6 +12,7 @@
 //! - [`topology`]: exchange, queue and routing names, queue arguments and protocol limits.
 #![forbid(unsafe_code)]
 
+pub mod endpoints;
 pub mod envelope;
 pub mod error;
 pub mod exit_code;
@@ -19,6 +21,7 @@ pub mod status;
 pub mod ticket;
 pub mod topology;
 
+pub use endpoints::AmqpEndpoints;
 pub use envelope::{Envelope, Reply, Request, PROTOCOL_VERSION};
 pub use error::{CodecError, ErrorKind, ErrorReply};
 pub use messages::*;

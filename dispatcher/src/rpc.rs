@@ -5,7 +5,7 @@
 use crate::error::RpcError;
 use crate::route::Route;
 use contracts::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO, SILENT_BROKER};
-use contracts::{unix_millis, Reply, Request};
+use contracts::{unix_millis, AmqpEndpoints, Reply, Request};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -38,6 +38,7 @@ impl Link {
 /// Settings of the RPC client.
 #[derive(Clone, Debug)]
 pub struct RpcConfig {
+    /// One broker URL, or the nodes of one cluster separated by commas ([`AmqpEndpoints`]).
     pub amqp_url: String,
     pub connect_timeout: Duration,
 }
@@ -45,6 +46,8 @@ pub struct RpcConfig {
 /// The dispatcher's RPC client. Cheap to share behind an `Arc`; calls run concurrently.
 pub struct RpcClient {
     config: RpcConfig,
+    /// The broker nodes and the one in use; an unparsable list fails every connect.
+    endpoints: std::sync::Mutex<Result<AmqpEndpoints, String>>,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
 }
 
@@ -59,7 +62,8 @@ pub struct CallTiming {
 impl RpcClient {
     /// A client that connects on first use.
     pub fn new(config: RpcConfig) -> Self {
-        RpcClient { config, link: tokio::sync::Mutex::new(None) }
+        let endpoints = std::sync::Mutex::new(AmqpEndpoints::parse_random_start(&config.amqp_url));
+        RpcClient { config, endpoints, link: tokio::sync::Mutex::new(None) }
     }
 
     /// A client already connected, failing at once if the broker cannot be reached.
@@ -75,10 +79,19 @@ impl RpcClient {
             return Ok(link.clone());
         }
         if let Some(old) = slot.take() {
+            // Lost this node: the next round of connects begins with the next one.
+            if let Ok(endpoints) = self.endpoints.lock().expect("endpoints poisoned").as_mut() {
+                endpoints.lost();
+            }
             let _ =
                 tokio::time::timeout(Duration::from_secs(1), old.connection.close(200, "reconnecting".into())).await;
         }
-        let link = Arc::new(open_link(&self.config).await?);
+        let endpoints = self.endpoints.lock().expect("endpoints poisoned").clone().map_err(RpcError::Connect)?;
+        let (index, link) = open_any_link(&self.config, &endpoints).await?;
+        if let Ok(endpoints) = self.endpoints.lock().expect("endpoints poisoned").as_mut() {
+            endpoints.connected(index);
+        }
+        let link = Arc::new(link);
         *slot = Some(link.clone());
         Ok(link)
     }
@@ -197,10 +210,28 @@ impl Drop for ForgetOnDrop<'_> {
     }
 }
 
-async fn open_link(config: &RpcConfig) -> Result<Link, RpcError> {
+/// Connects to the first node of one round that answers, with its index in the list; the
+/// error of the last node tried when none does.
+async fn open_any_link(config: &RpcConfig, endpoints: &AmqpEndpoints) -> Result<(usize, Link), RpcError> {
+    let mut last_error = None;
+    for (index, url) in endpoints.round() {
+        match open_link(config, &url).await {
+            Ok(link) => return Ok((index, link)),
+            Err(error) => {
+                if endpoints.urls().len() > 1 {
+                    tracing::debug!(node = index + 1, %error, "broker node not reachable; trying the next");
+                }
+                last_error = Some(error);
+            }
+        }
+    }
+    Err(last_error.expect("a list has at least one URL"))
+}
+
+async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError> {
     let connect = async {
         let properties = ConnectionProperties::default().with_connection_name("cuttle-dispatcher".into());
-        let url = contracts::topology::amqp_url_with_heartbeat(&config.amqp_url);
+        let url = contracts::topology::amqp_url_with_heartbeat(amqp_url);
         let connection = Connection::connect(&url, properties).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -218,7 +249,7 @@ async fn open_link(config: &RpcConfig) -> Result<Link, RpcError> {
     let (connection, channel, mut consumer) = match tokio::time::timeout(config.connect_timeout, connect).await {
         Err(_) => {
             let after = humantime::format_duration(config.connect_timeout);
-            if broker_accepts_tcp(&config.amqp_url, config.connect_timeout).await {
+            if broker_accepts_tcp(amqp_url, config.connect_timeout).await {
                 return Err(RpcError::Connect(format!("{SILENT_BROKER} (no AMQP answer within {after})")));
             }
             return Err(RpcError::Connect(format!("no answer within {after}")));

@@ -85,11 +85,16 @@ pub async fn cleanup(config: &AgentConfig) {
 }
 
 async fn remove_queue_and_keys(config: &AgentConfig) {
-    if let Ok(connection) = lapin::Connection::connect(&config.amqp_url, lapin::ConnectionProperties::default()).await {
+    // The first node of a cluster's list that answers.
+    for url in config.amqp_url.split(',') {
+        let Ok(connection) = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await else {
+            continue;
+        };
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel.queue_delete(agent_queue(&config.agent_id).into(), QueueDeleteOptions::default()).await;
         }
         let _ = connection.close(200, "test cleanup".into()).await;
+        break;
     }
     if let Ok(client) = redis::Client::open(config.redis_url.as_str()) {
         if let Ok(mut con) = client.get_multiplexed_async_connection().await {

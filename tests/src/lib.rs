@@ -9,10 +9,12 @@
 //! - [`ServiceProcess`]: the real `dispatcher serve`, with a journal of its own;
 //!   [`dispatcher_command`] builds every command that runs the `dispatcher` binary.
 //! - [`Markers`]: files scripts append to, to count how often each really ran.
+//! - [`cluster`]: a three-node RabbitMQ cluster, and Redis with a replica and Sentinels.
 //! - [`eventually`]: polls a condition until a deadline.
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod cluster;
 pub mod proxy;
 pub mod raw;
 pub mod service;

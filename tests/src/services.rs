@@ -81,6 +81,13 @@ pub struct PrivateRabbit {
 
 impl PrivateRabbit {
     pub async fn start() -> PrivateRabbit {
+        let rabbit = PrivateRabbit::prepare();
+        rabbit.launch().await;
+        rabbit
+    }
+
+    /// A node with its directories and config ready, not yet launched.
+    fn prepare() -> PrivateRabbit {
         let name = unique("rabbit").replace('-', "_");
         let dir = PathBuf::from("/tmp").join(&name);
         for sub in ["mnesia", "log"] {
@@ -90,10 +97,9 @@ impl PrivateRabbit {
         // The machine's rabbitmq.conf names its own listener; this node gets a config of its own.
         std::fs::write(dir.join("rabbitmq.conf"), format!("listeners.tcp.local = 127.0.0.1:{port}\n"))
             .expect("rabbit config");
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("rabbit plugins");
         let _ = Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(&dir).status();
-        let rabbit = PrivateRabbit { port, node: format!("{name}@localhost"), dir };
-        rabbit.launch().await;
-        rabbit
+        PrivateRabbit { port, node: format!("{name}@localhost"), dir }
     }
 
     pub fn amqp_url(&self) -> String {
@@ -116,17 +122,50 @@ impl PrivateRabbit {
         wait_port("the private rabbitmq to listen", self.port, true, Duration::from_secs(90)).await;
     }
 
-    fn ctl(&self, args: &[&str]) {
+    pub(crate) fn ctl(&self, args: &[&str]) {
         let status = Command::new("rabbitmqctl").arg("-n").arg(&self.node).args(args).status().expect("rabbitmqctl");
         assert!(status.success(), "rabbitmqctl {args:?} failed");
     }
 
+    /// `rabbitmqctl` output of a query on this node (empty if the node does not answer).
+    pub(crate) fn query(&self, args: &[&str]) -> String {
+        Command::new("rabbitmqctl")
+            .arg("-n")
+            .arg(&self.node)
+            .args(args)
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
     /// Stops the broker application (every connection drops), then starts it again.
     pub async fn restart(&self) {
+        self.stop_app().await;
+        self.start_app().await;
+    }
+
+    /// Stops the broker application: every connection drops, the Erlang node stays up.
+    pub async fn stop_app(&self) {
         self.ctl(&["-q", "stop_app"]);
         wait_port("the private rabbitmq to stop listening", self.port, false, Duration::from_secs(30)).await;
+    }
+
+    pub async fn start_app(&self) {
         self.ctl(&["-q", "start_app"]);
         wait_port("the private rabbitmq to listen again", self.port, true, Duration::from_secs(60)).await;
+    }
+
+    /// Kills the node's Erlang VM with SIGKILL, as a crashed machine would look.
+    pub async fn kill(&self) {
+        let pid = self.query(&["-q", "eval", "os:getpid()."]);
+        let pid: i32 = pid.trim().trim_matches('"').parse().expect("the node's OS pid");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        wait_port("the killed rabbitmq to stop listening", self.port, false, Duration::from_secs(30)).await;
+    }
+
+    /// Starts the node again after [`PrivateRabbit::kill`]; it rejoins its cluster by itself.
+    pub async fn relaunch(&self) {
+        self.launch().await;
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::service::Agent;
 use contracts::topology::*;
-use contracts::{unix_millis, CodecError, ErrorReply, Kind, Reply, Request};
+use contracts::{unix_millis, AmqpEndpoints, CodecError, ErrorReply, Kind, Reply, Request};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -145,11 +145,19 @@ async fn broker_accepts_tcp(amqp_url: &str, timeout: Duration) -> bool {
     matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
 }
 
-/// Serves the agent's queue until `shutdown`, reconnecting after every loss of the broker.
+/// Serves the agent's queue until `shutdown`, reconnecting after every loss of the broker: to
+/// the next node of the cluster when `amqp_url` lists several.
 pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) {
+    let mut endpoints = match AmqpEndpoints::parse_random_start(&agent.config().amqp_url) {
+        Ok(endpoints) => endpoints,
+        Err(error) => {
+            tracing::error!(agent = %agent.config().agent_id, %error, "cannot serve: bad AMQP URL list");
+            return;
+        }
+    };
     let mut delay = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        match consume(&agent, &shutdown).await {
+        match consume(&agent, &shutdown, &mut endpoints).await {
             Ok(()) => return,
             Err(error) => {
                 agent.set_ready(false);
@@ -172,17 +180,57 @@ enum Source {
     Pool,
 }
 
-async fn consume(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Result<(), BrokerError> {
+/// Connects to the first node of one round that answers, and keeps it as the one in use; the
+/// error of the last node tried when none does.
+async fn connect(agent: &Agent, endpoints: &mut AmqpEndpoints) -> Result<Connection, BrokerError> {
     let config = agent.config();
-    let properties =
-        ConnectionProperties::default().with_connection_name(format!("cuttle-agent {}", config.agent_id).into());
-    let url = amqp_url_with_heartbeat(&config.amqp_url);
-    let connection = match call("connect", config.connect_timeout, Connection::connect(&url, properties)).await {
-        Err(BrokerError::Timeout { after, .. }) if broker_accepts_tcp(&url, config.connect_timeout).await => {
-            return Err(BrokerError::Silent { after })
+    let mut last_error = None;
+    for (index, url) in endpoints.round() {
+        let properties =
+            ConnectionProperties::default().with_connection_name(format!("cuttle-agent {}", config.agent_id).into());
+        let url = amqp_url_with_heartbeat(&url);
+        let connected = match call("connect", config.connect_timeout, Connection::connect(&url, properties)).await {
+            Err(BrokerError::Timeout { after, .. }) if broker_accepts_tcp(&url, config.connect_timeout).await => {
+                Err(BrokerError::Silent { after })
+            }
+            connected => connected,
+        };
+        match connected {
+            Ok(connection) => {
+                endpoints.connected(index);
+                return Ok(connection);
+            }
+            Err(error) => {
+                if endpoints.urls().len() > 1 {
+                    tracing::debug!(agent = %config.agent_id, node = index + 1, %error, "broker node not reachable; trying the next");
+                }
+                last_error = Some(error);
+            }
         }
-        connected => connected?,
-    };
+    }
+    Err(last_error.expect("a list has at least one URL"))
+}
+
+async fn consume(
+    agent: &Arc<Agent>,
+    shutdown: &CancellationToken,
+    endpoints: &mut AmqpEndpoints,
+) -> Result<(), BrokerError> {
+    let connection = connect(agent, endpoints).await?;
+    let result = consume_on(agent, shutdown, &connection).await;
+    if result.is_err() {
+        // Lost this node (or it failed us): the next round begins with the next one.
+        endpoints.lost();
+    }
+    result
+}
+
+async fn consume_on(
+    agent: &Arc<Agent>,
+    shutdown: &CancellationToken,
+    connection: &Connection,
+) -> Result<(), BrokerError> {
+    let config = agent.config();
     let channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
     let queue = agent_queue(&config.agent_id);
     let channel = declare_topology(&connection, channel, &queue, &config.agent_id, config.queue_expiry).await?;

@@ -40,8 +40,9 @@ With --json the last line is a `result` event that says which of these happened.
 #[derive(Parser, Debug)]
 #[command(name = "dispatcher", version, about = "Cuttle dispatcher: run scripts on remote agents through RabbitMQ, exactly once, over bad networks", after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// RabbitMQ URL.
-    #[arg(long, global = true, env = "CUTTLE_AMQP_URL", default_value = crate::DEFAULT_AMQP_URL, hide_env_values = true)]
+    /// RabbitMQ URL; for a cluster, the URL of each node, separated by commas: the dispatcher
+    /// starts at a random one and moves to the next when it loses the one in use.
+    #[arg(long, global = true, env = "CUTTLE_AMQP_URL", default_value = crate::DEFAULT_AMQP_URL, hide_env_values = true, value_parser = contracts::AmqpEndpoints::check_list)]
     pub amqp_url: String,
     /// `v1` speaks only script v1, without capabilities or retries, as dispatchers did before
     /// resilient communications; `auto` asks each agent what it supports.

@@ -28,8 +28,9 @@ pub struct RunArgs {
     /// This agent's id; its queue is `cuttle.agent.<ID>` ([A-Za-z0-9._-], at most 100).
     #[arg(long, env = "CUTTLE_AGENT_ID")]
     pub agent_id: String,
-    /// RabbitMQ URL.
-    #[arg(long, env = "CUTTLE_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
+    /// RabbitMQ URL; for a cluster, the URL of each node, separated by commas: the agent starts
+    /// at a random one and moves to the next when it loses the one in use.
+    #[arg(long, env = "CUTTLE_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, value_parser = contracts::AmqpEndpoints::check_list)]
     pub amqp_url: String,
     /// Redis URL of the ticket store.
     #[arg(long, env = "CUTTLE_REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
