@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use tests::cluster::RabbitCluster;
 use tests::*;
 
-/// Scripts in a batch, and how long each runs (printing a line every 0.2 s).
+/// Scripts in a batch.
 const BATCH: usize = 8;
-const SCRIPT_SECONDS: f32 = 6.0;
 
 fn orchestrator_at(amqp_urls: String) -> Orchestrator {
     let rpc = RpcClient::new(RpcConfig { amqp_url: amqp_urls, connect_timeout: Duration::from_secs(2) });
@@ -52,7 +51,8 @@ fn submit_in_background(
 
 /// Runs a batch through the cluster, applying `fault` once every script is running, and checks
 /// that every script completed with all its output, each exactly once.
-async fn batch_through<F, Fut>(what: &str, fault: F)
+/// Each script runs `script_seconds` (a line every 0.2 s): long enough to span the fault.
+async fn batch_through<F, Fut>(what: &str, script_seconds: f32, fault: F)
 where
     F: FnOnce(Arc<RabbitCluster>, usize) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -68,7 +68,7 @@ where
     // Two dispatchers, each starting at a random node of the list.
     let dispatchers = [orchestrator_at(cluster.amqp_urls()), orchestrator_at(cluster.amqp_urls())];
     let markers = Markers::new();
-    let lines = (SCRIPT_SECONDS / 0.2) as usize;
+    let lines = (script_seconds / 0.2) as usize;
     let submissions: Vec<_> = (0..BATCH)
         .map(|i| submit_in_background(&dispatchers[i % 2], route.clone(), script(&markers, &format!("s{i}"), lines)))
         .collect();
@@ -103,7 +103,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_in_use_stopped_mid_batch_loses_no_script_and_runs_none_twice() {
-    batch_through("RabbitMQ node in use stopped (stop_app)", |cluster, in_use| async move {
+    batch_through("RabbitMQ node in use stopped (stop_app)", 6.0, |cluster, in_use| async move {
         cluster.nodes[in_use].stop_app().await;
     })
     .await;
@@ -111,7 +111,7 @@ async fn the_node_in_use_stopped_mid_batch_loses_no_script_and_runs_none_twice()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_in_use_killed_mid_batch_loses_no_script_and_runs_none_twice() {
-    batch_through("RabbitMQ node in use killed (SIGKILL)", |cluster, in_use| async move {
+    batch_through("RabbitMQ node in use killed (SIGKILL)", 6.0, |cluster, in_use| async move {
         cluster.nodes[in_use].kill().await;
     })
     .await;
@@ -119,7 +119,7 @@ async fn the_node_in_use_killed_mid_batch_loses_no_script_and_runs_none_twice() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_every_node_mid_batch_loses_no_script_and_runs_none_twice() {
-    batch_through("rolling restart of all three RabbitMQ nodes", |cluster, _| async move {
+    batch_through("rolling restart of all three RabbitMQ nodes", 30.0, |cluster, _| async move {
         for node in &cluster.nodes {
             node.restart().await;
         }

@@ -9,6 +9,8 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// How long a pool worker's own queue outlives the worker unless `--queue-expiry` says otherwise.
 pub const DEFAULT_POOL_QUEUE_EXPIRY: Duration = Duration::from_secs(600);
+/// The master name Redis' own Sentinel examples use.
+pub const DEFAULT_REDIS_SERVICE: &str = "mymaster";
 
 /// Which protocol generation the agent speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -36,6 +38,14 @@ pub struct AgentConfig {
     pub agent_id: String,
     pub amqp_url: String,
     pub redis_url: String,
+    /// Redis Sentinels (`host:port`) naming the ticket store's master; empty: `redis_url` is
+    /// the store itself.
+    pub redis_sentinels: Vec<String>,
+    /// The master's name at the Sentinels (their `sentinel monitor <name> ...`).
+    pub redis_service: String,
+    /// Replicas that must acknowledge a claim (Redis `WAIT`) before its script starts; 0 starts
+    /// once the master has it.
+    pub claim_replicas: u32,
     /// Prefix of every Redis key; agents sharing tickets (a pool) must share it.
     pub key_prefix: String,
     pub store: StoreKind,
@@ -70,12 +80,28 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// Where the Redis ticket store is: `redis_url`, or the master the Sentinels name.
+    pub fn redis_target(&self) -> crate::redis_link::RedisTarget {
+        use crate::redis_link::RedisTarget;
+        if self.redis_sentinels.is_empty() {
+            return RedisTarget::Url(self.redis_url.clone());
+        }
+        RedisTarget::Sentinel {
+            sentinels: self.redis_sentinels.clone(),
+            service: self.redis_service.clone(),
+            url: self.redis_url.clone(),
+        }
+    }
+
     /// A configuration with defaults for everything but the agent id.
     pub fn new(agent_id: impl Into<String>) -> Self {
         AgentConfig {
             agent_id: agent_id.into(),
             amqp_url: DEFAULT_AMQP_URL.into(),
             redis_url: DEFAULT_REDIS_URL.into(),
+            redis_sentinels: Vec::new(),
+            redis_service: DEFAULT_REDIS_SERVICE.into(),
+            claim_replicas: 0,
             key_prefix: "cuttle:".into(),
             store: StoreKind::Redis,
             work_dir: std::env::temp_dir().join("cuttle-agent"),

@@ -7,7 +7,8 @@
 //! - [`service`]: the capabilities, script v2 and script v1 services.
 //! - [`rules`]: the exactly-once decisions, as plain functions (fresh? same command? what state?).
 //! - [`store`]: the Redis ticket store (claim with `SET NX`, compare-and-set, lease, logs);
-//!   [`local_store`] the embedded one for agents that reach only the broker.
+//!   [`local_store`] the embedded one for agents that reach only the broker; [`redis_link`] the
+//!   connection to one Redis, or to the master Redis Sentinels name.
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
 //!   [`isolation`] its mutexes.
 //! - [`health`]: liveness and readiness probes over HTTP (axum).
@@ -21,6 +22,7 @@ pub mod health;
 pub mod isolation;
 pub mod local_store;
 pub mod output;
+pub mod redis_link;
 pub mod rules;
 pub mod runner;
 pub mod service;
@@ -137,7 +139,7 @@ pub async fn connect_store(
     loop {
         let opened = match config.store {
             StoreKind::Redis => {
-                store::RedisStore::connect(&config.redis_url, &config.key_prefix, config.connect_timeout)
+                store::RedisStore::connect(&config.redis_target(), &config.key_prefix, config.connect_timeout)
                     .await
                     .map(store::TicketStore::Redis)
             }

@@ -3,10 +3,10 @@
 //! win. Beside it: the owner's lease (a key with a TTL the owner keeps renewing), the log list,
 //! a cancel flag, and the set of tickets each agent id is running (for recovery after a crash).
 
+use crate::redis_link::{RedisLink, RedisTarget};
 use crate::rules::{RecordState, TicketRecord};
 use contracts::topology::MAX_STATUS_LOG_BYTES;
 use contracts::LogLine;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use std::time::Duration;
 
@@ -57,6 +57,15 @@ impl Epoch {
         let created_ms = value.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0);
         Epoch { value, created_ms }
     }
+}
+
+/// Whether a claim reached the replicas.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClaimReplication {
+    /// The claim stands, and this many replicas acknowledged it.
+    Acked(u32),
+    /// The claim is no longer in the store as written: lost with a failed master, or changed.
+    Lost,
 }
 
 /// What renewing a lease found.
@@ -117,6 +126,15 @@ if ARGV[4] ~= '' then redis.call('SREM', ARGV[4], ARGV[5]) end
 return 1
 "#;
 
+/// KEYS: record, lease. Takes the lease again if the record is still exactly ARGV[1] (the claim
+/// as written): a write, so a `WAIT` after it covers the claim. 0 if the claim is gone (lost in
+/// a failover) or changed (cancelled).
+const CONFIRM_CLAIM: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
+
 const RENEW_LEASE: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, redis.call('EXISTS', KEYS[2])} end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -126,30 +144,27 @@ return {1, redis.call('EXISTS', KEYS[2])}
 /// The Redis ticket store of one agent (or of a whole pool, which shares the prefix).
 #[derive(Clone)]
 pub struct RedisStore {
-    con: ConnectionManager,
+    con: RedisLink,
     prefix: String,
     claim: redis::Script,
     compare_and_set: redis::Script,
     renew_lease: redis::Script,
+    confirm_claim: redis::Script,
 }
 
 impl RedisStore {
-    /// Connects, waiting for Redis no longer than `connect_timeout`; the connection manager
-    /// reconnects by itself afterwards (the command that hit a broken connection still fails).
-    pub async fn connect(url: &str, prefix: &str, connect_timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let con = ConnectionManager::new_with_config(client, config).await?;
+    /// Connects, waiting for Redis no longer than `connect_timeout`; the link reconnects by
+    /// itself afterwards, to the new master after a Sentinel failover (the command that hit a
+    /// broken connection still fails).
+    pub async fn connect(target: &RedisTarget, prefix: &str, connect_timeout: Duration) -> Result<Self, StoreError> {
+        let con = RedisLink::connect(target, connect_timeout).await?;
         Ok(RedisStore {
             con,
             prefix: prefix.to_owned(),
             claim: redis::Script::new(CLAIM),
             compare_and_set: redis::Script::new(COMPARE_AND_SET),
             renew_lease: redis::Script::new(RENEW_LEASE),
+            confirm_claim: redis::Script::new(CONFIRM_CLAIM),
         })
     }
 
@@ -206,6 +221,35 @@ impl RedisStore {
         }
         let raw = existing.unwrap_or_default();
         Ok(Claim::Existing { record: TicketRecord::decode(&raw), raw, lease_alive: lease == Some(1) })
+    }
+
+    /// Checks that the claim `raw` still stands and takes its lease again, then waits up to
+    /// `timeout` for `replicas` replicas to hold it (Redis `WAIT`, on the same connection).
+    pub async fn confirm_claim(
+        &self,
+        keys: &TicketKeys,
+        raw: &str,
+        owner: &str,
+        lease_ttl: Duration,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<ClaimReplication, StoreError> {
+        let mut confirm = self.confirm_claim.key(&keys.record);
+        confirm.key(&keys.lease).arg(raw).arg(owner).arg(lease_ttl.as_millis() as u64);
+        // One pipeline: the script and the WAIT after it go over the same connection, so the
+        // WAIT counts replicas that have this write (and so the claim before it).
+        let (_, standing, acked): (String, i64, u32) = redis::pipe()
+            .load_script(&self.confirm_claim)
+            .invoke_script(&confirm)
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis().max(1) as u64)
+            .query_async(&mut self.con.clone())
+            .await?;
+        Ok(match standing {
+            0 => ClaimReplication::Lost,
+            _ => ClaimReplication::Acked(acked),
+        })
     }
 
     /// Creates a record only if none exists, with no lease (tombstones for cancel-before-start).
@@ -382,6 +426,23 @@ impl TicketStore {
 
     pub async fn create(&self, keys: &TicketKeys, record: &TicketRecord, ttl: Duration) -> Result<bool, StoreError> {
         delegate!(self, s => s.create(keys, record, ttl).await)
+    }
+
+    /// See [`RedisStore::confirm_claim`]. The embedded store has no replicas (the agent refuses
+    /// `--claim-replicas` with it), so nothing confirms there.
+    pub async fn confirm_claim(
+        &self,
+        keys: &TicketKeys,
+        raw: &str,
+        owner: &str,
+        lease_ttl: Duration,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<ClaimReplication, StoreError> {
+        match self {
+            TicketStore::Redis(s) => s.confirm_claim(keys, raw, owner, lease_ttl, replicas, timeout).await,
+            TicketStore::Local(_) => Ok(ClaimReplication::Acked(0)),
+        }
     }
 
     pub async fn compare_and_set(

@@ -1,6 +1,8 @@
 //! The `worker-agent` command line.
 
-use crate::config::{AgentConfig, Protocol, StoreKind, DEFAULT_AMQP_URL, DEFAULT_POOL_QUEUE_EXPIRY, DEFAULT_REDIS_URL};
+use crate::config::{
+    AgentConfig, Protocol, StoreKind, DEFAULT_AMQP_URL, DEFAULT_POOL_QUEUE_EXPIRY, DEFAULT_REDIS_SERVICE, DEFAULT_REDIS_URL,
+};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +37,18 @@ pub struct RunArgs {
     /// Redis URL of the ticket store.
     #[arg(long, env = "CUTTLE_REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
     pub redis_url: String,
+    /// Redis Sentinels (`host:port,...`) to ask for the ticket store's master, followed through
+    /// failovers; `--redis-url` then gives only the master's database, user and password.
+    #[arg(long, env = "CUTTLE_REDIS_SENTINELS", value_parser = parse_sentinels)]
+    pub redis_sentinels: Option<Sentinels>,
+    /// The master's name at the Sentinels.
+    #[arg(long, env = "CUTTLE_REDIS_SERVICE", default_value = DEFAULT_REDIS_SERVICE)]
+    pub redis_service: String,
+    /// Replicas that must hold a claim (Redis WAIT, 1s) before its script starts; until then the
+    /// start is answered "store unavailable" and the dispatcher repeats it. 0 starts as soon as
+    /// the master has the claim: a failover right after can lose it and run the script again.
+    #[arg(long, env = "CUTTLE_CLAIM_REPLICAS", default_value_t = 0)]
+    pub claim_replicas: u32,
     /// Prefix of every Redis key (agents sharing tickets must share it).
     #[arg(long, env = "CUTTLE_KEY_PREFIX", default_value = "cuttle:")]
     pub key_prefix: String,
@@ -85,6 +99,12 @@ impl RunArgs {
         let mut config = AgentConfig::new(&self.agent_id);
         config.amqp_url = self.amqp_url.clone();
         config.redis_url = self.redis_url.clone();
+        config.redis_sentinels = self.redis_sentinels.clone().map(|s| s.0).unwrap_or_default();
+        config.redis_service = self.redis_service.clone();
+        if self.claim_replicas > 0 && self.store == StoreKind::Local {
+            return Err("--claim-replicas needs the Redis store: the local store has no replicas".into());
+        }
+        config.claim_replicas = self.claim_replicas;
         config.key_prefix = self.key_prefix.clone();
         config.work_dir =
             self.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("cuttle-agent").join(&self.agent_id));
@@ -112,6 +132,14 @@ impl RunArgs {
         config.queue_expiry = self.queue_expiry.or(default_expiry).filter(|expiry| !expiry.is_zero());
         Ok(config)
     }
+}
+
+/// Redis Sentinel addresses as given on the command line.
+#[derive(Clone, Debug)]
+pub struct Sentinels(pub Vec<String>);
+
+fn parse_sentinels(list: &str) -> Result<Sentinels, String> {
+    crate::redis_link::parse_sentinels(list).map(Sentinels)
 }
 
 /// Runs the agent until SIGINT or SIGTERM, then stops taking work and lets running scripts end

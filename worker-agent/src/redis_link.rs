@@ -1,0 +1,192 @@
+//! The ticket store's connection to Redis: one server at `CUTTLE_REDIS_URL`, or the master that
+//! Redis Sentinels name (`CUTTLE_REDIS_SENTINELS` + `CUTTLE_REDIS_SERVICE`), followed through
+//! failovers.
+//!
+//! redis-rs' Sentinel client finds the master only when a connection is made; a connection open
+//! to a master that is demoted or gone stays there (redis-rs#1438). So [`RedisLink`] keeps one
+//! multiplexed connection to the master it was told of, drops it on any error that says the
+//! link or the role is gone (I/O, timeout, `READONLY` from a demoted master), and asks the
+//! Sentinels again on the next command. The command that hit the error still fails: the store's
+//! callers answer it as transient, and the dispatcher repeats it, as with a single Redis.
+
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Where the ticket store is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server (or a proxy that follows the master for us).
+    Url(String),
+    /// The master of `service` as the Sentinels at `sentinels` (`host:port`) report it. The
+    /// database, user and password for the master come from `url`.
+    Sentinel { sentinels: Vec<String>, service: String, url: String },
+}
+
+/// A connection to the ticket store that survives losing the server (and, with Sentinels, the
+/// master being replaced).
+#[derive(Clone)]
+pub enum RedisLink {
+    Direct(ConnectionManager),
+    Sentinel(SentinelLink),
+}
+
+/// The master named by the Sentinels, and the connection open to it now.
+#[derive(Clone)]
+pub struct SentinelLink {
+    sentinel: Arc<Mutex<SentinelClient>>,
+    current: Arc<Mutex<Option<MultiplexedConnection>>>,
+    config: AsyncConnectionConfig,
+    db: i64,
+}
+
+/// Parses `host:port,host:port` into Sentinel addresses (`redis://host:port`).
+pub fn parse_sentinels(list: &str) -> Result<Vec<String>, String> {
+    let addrs: Vec<String> = list.split(',').map(|a| a.trim().to_owned()).collect();
+    for addr in &addrs {
+        let valid = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid {
+            return Err(format!("sentinel address {addr:?} is not host:port"));
+        }
+    }
+    Ok(addrs)
+}
+
+impl RedisLink {
+    /// Connects, waiting no longer than `connect_timeout` for each server.
+    pub async fn connect(target: &RedisTarget, connect_timeout: Duration) -> RedisResult<RedisLink> {
+        match target {
+            RedisTarget::Url(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(Duration::from_secs(5)))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1));
+                Ok(RedisLink::Direct(ConnectionManager::new_with_config(client, config).await?))
+            }
+            RedisTarget::Sentinel { sentinels, service, url } => {
+                let master_settings = redis::Client::open(url.as_str())?.get_connection_info().redis_settings().clone();
+                let db = master_settings.db();
+                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(master_settings);
+                let addrs: Vec<String> = sentinels.iter().map(|a| format!("redis://{a}")).collect();
+                let sentinel = SentinelClient::build(addrs, service.clone(), Some(node), SentinelServerType::Master)?;
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(Duration::from_secs(5)));
+                let link =
+                    SentinelLink { sentinel: Arc::new(Mutex::new(sentinel)), current: Arc::default(), config, db };
+                link.connection().await?;
+                Ok(RedisLink::Sentinel(link))
+            }
+        }
+    }
+}
+
+impl SentinelLink {
+    /// The connection to the current master, asking the Sentinels which it is when there is none.
+    async fn connection(&self) -> RedisResult<MultiplexedConnection> {
+        let mut current = self.current.lock().await;
+        if let Some(connection) = current.as_ref() {
+            return Ok(connection.clone());
+        }
+        let client = self.sentinel.lock().await.async_get_client().await?;
+        let connection = client.get_multiplexed_async_connection_with_config(&self.config).await?;
+        tracing::info!(master = ?client.get_connection_info().addr(), "connected to the redis master named by the sentinels");
+        *current = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Drops the connection after an error that says the master is gone or is no longer one.
+    async fn after(&self, result: &RedisResult<impl Sized>) {
+        let Err(error) = result else { return };
+        if master_lost(error) {
+            tracing::warn!(%error, "lost the redis master; asking the sentinels again on the next command");
+            *self.current.lock().await = None;
+        }
+    }
+}
+
+/// Whether an error means the connection no longer leads to a writable master.
+fn master_lost(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_unrecoverable_error()
+        || error.code() == Some("READONLY")
+        // A write inside a script on a demoted master fails with the code in its message.
+        || error.to_string().contains("READONLY")
+}
+
+impl ConnectionLike for RedisLink {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisLink::Direct(manager) => manager.req_packed_command(cmd),
+            RedisLink::Sentinel(link) => Box::pin(async move {
+                let mut connection = link.connection().await?;
+                let result = connection.req_packed_command(cmd).await;
+                link.after(&result).await;
+                result
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisLink::Direct(manager) => manager.req_packed_commands(pipeline, offset, count),
+            RedisLink::Sentinel(link) => Box::pin(async move {
+                let mut connection = link.connection().await?;
+                let result = connection.req_packed_commands(pipeline, offset, count).await;
+                link.after(&result).await;
+                result
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisLink::Direct(manager) => manager.get_db(),
+            RedisLink::Sentinel(link) => link.db,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinel_lists_are_host_port_pairs() {
+        assert_eq!(parse_sentinels("a:26379, b:26380").unwrap(), ["a:26379", "b:26380"]);
+        for bad in ["", "a", "a:", ":1", "a:x", "a:1,,b:2", "a:70000"] {
+            assert!(parse_sentinels(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn errors_of_a_gone_or_demoted_master_drop_the_connection() {
+        let readonly = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+            "READONLY",
+            "You can't write against a read only replica.".to_string(),
+        ));
+        assert!(master_lost(&readonly));
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(master_lost(&io));
+        let wrong_type = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "WRONGTYPE",
+            "Operation against a key holding the wrong kind of value".to_string(),
+        ));
+        assert!(!master_lost(&wrong_type));
+    }
+}
