@@ -156,7 +156,19 @@ impl AgentProcess {
                 config.queue_expiry.iter().flat_map(|e| ["--queue-expiry".to_string(), format!("{}ms", e.as_millis())]),
             )
             .env("CUTTLE_AMQP_URL", &config.amqp_url)
-            .env("CUTTLE_REDIS_URL", &config.redis_url);
+            .env("CUTTLE_REDIS_URL", &config.redis_url)
+            .envs(
+                (!config.redis_sentinels.is_empty())
+                    .then(|| {
+                        [
+                            ("CUTTLE_REDIS_SENTINELS", config.redis_sentinels.join(",")),
+                            ("CUTTLE_REDIS_SERVICE", config.redis_service.clone()),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(["--claim-replicas", &config.claim_replicas.to_string()]);
         command
     }
 

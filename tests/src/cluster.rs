@@ -2,8 +2,11 @@
 //! and Sentinels. All on private ports beside the machine's shared services, which they never
 //! touch.
 
-use crate::eventually;
-use crate::services::PrivateRabbit;
+use crate::proxy::FaultProxy;
+use crate::services::{free_port, PrivateRabbit, PrivateRedis};
+use crate::{eventually, unique};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 /// A RabbitMQ cluster of three private nodes on this machine.
@@ -61,4 +64,136 @@ impl RabbitCluster {
         }
         Vec::new()
     }
+}
+
+/// Redis as a replicated store: a master, a replica that replicates through a [`FaultProxy`] (so
+/// a test can hold replication back, as a slow link would), and three Sentinels watching them.
+pub struct ReplicatedRedis {
+    pub master: PrivateRedis,
+    pub replica: PrivateRedis,
+    /// Between the replica and the master: holding it keeps writes from reaching the replica.
+    pub replication: FaultProxy,
+    pub sentinel_ports: Vec<u16>,
+    pub service: String,
+    dir: PathBuf,
+}
+
+impl ReplicatedRedis {
+    /// A master and a replica; with `sentinels`, three Sentinels that fail over one second after
+    /// the master stops answering.
+    pub async fn start(sentinels: bool) -> ReplicatedRedis {
+        let master = PrivateRedis::start(false).await;
+        let replication = FaultProxy::start(([127, 0, 0, 1], master.port).into()).await;
+        let replica =
+            PrivateRedis::start_with(false, &["--replicaof", "127.0.0.1", &replication.addr().port().to_string()])
+                .await;
+        let dir = std::env::temp_dir().join(unique("sentinels"));
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let service = unique("store");
+        let mut redis = ReplicatedRedis { master, replica, replication, sentinel_ports: Vec::new(), service, dir };
+        redis.wait_replica_in_sync().await;
+        if sentinels {
+            for _ in 0..3 {
+                redis.start_sentinel();
+            }
+            redis.wait_sentinels_ready().await;
+        }
+        redis
+    }
+
+    fn start_sentinel(&mut self) {
+        let port = free_port();
+        let file = self.dir.join(format!("sentinel-{port}.conf"));
+        // A long failover timeout: Sentinel would otherwise soon point the replica straight at
+        // the master, around the proxy.
+        let config = format!(
+            "port {port}\nbind 127.0.0.1\ndaemonize yes\ndir {dir}\n\
+             sentinel monitor {svc} 127.0.0.1 {master} 2\n\
+             sentinel down-after-milliseconds {svc} 1000\n\
+             sentinel failover-timeout {svc} 120000\n",
+            dir = self.dir.display(),
+            svc = self.service,
+            master = self.master.port,
+        );
+        std::fs::write(&file, config).expect("sentinel config");
+        let status = Command::new("redis-server").arg(&file).arg("--sentinel").status().expect("redis-server");
+        assert!(status.success(), "sentinel failed to start");
+        self.sentinel_ports.push(port);
+    }
+
+    /// The Sentinels' addresses, as `CUTTLE_REDIS_SENTINELS` takes them.
+    pub fn sentinels(&self) -> String {
+        self.sentinel_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    async fn wait_replica_in_sync(&self) {
+        let master = self.master.port;
+        eventually("the replica to sync with the master", Duration::from_secs(20), || async move {
+            redis_cli(master, &["info", "replication"]).contains("state=online").then_some(())
+        })
+        .await;
+    }
+
+    async fn wait_sentinels_ready(&self) {
+        let ports = self.sentinel_ports.clone();
+        let service = self.service.clone();
+        eventually("the sentinels to know each other and the replica", Duration::from_secs(30), || {
+            let (ports, service) = (ports.clone(), service.clone());
+            async move {
+                ports
+                    .iter()
+                    .all(|&port| {
+                        let others = redis_cli(port, &["sentinel", "sentinels", &service]);
+                        let replicas = redis_cli(port, &["sentinel", "replicas", &service]);
+                        others.matches("runid").count() >= 2 && replicas.contains("slave")
+                    })
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// The port of the master the Sentinels name now.
+    pub fn master_port_by_sentinels(&self) -> Option<u16> {
+        let port = self.sentinel_ports.first()?;
+        let reply = redis_cli(*port, &["sentinel", "get-master-addr-by-name", &self.service]);
+        reply.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// Kills the master with SIGKILL (what was not yet replicated is lost with it), and cuts the
+    /// replication link so nothing held in the proxy reaches the replica afterwards.
+    pub async fn kill_master(&self) {
+        self.master.kill().await;
+        self.replication.outage();
+    }
+
+    /// After a failover: starts the old master again, empty, as a replica of the new one.
+    pub async fn restart_old_master_as_replica(&self) {
+        let replicaof = ["--replicaof", "127.0.0.1", &self.replica.port.to_string()];
+        self.master.start_again_with(&replicaof).await;
+        let new_master = self.replica.port;
+        eventually("the old master to sync as a replica", Duration::from_secs(30), || async move {
+            redis_cli(new_master, &["info", "replication"]).contains("state=online").then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for ReplicatedRedis {
+    fn drop(&mut self) {
+        for port in &self.sentinel_ports {
+            let _ = Command::new("redis-cli").args(["-p", &port.to_string(), "shutdown", "nosave"]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `redis-cli -p PORT ARGS...` output (empty if it cannot connect).
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
 }

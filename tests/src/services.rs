@@ -30,10 +30,15 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub async fn start(durable: bool) -> PrivateRedis {
+        PrivateRedis::start_with(durable, &[]).await
+    }
+
+    /// Starts a Redis with `extra` arguments (`--replicaof HOST PORT`, ...).
+    pub async fn start_with(durable: bool, extra: &[&str]) -> PrivateRedis {
         let dir = std::env::temp_dir().join(unique("redis"));
         std::fs::create_dir_all(&dir).expect("redis dir");
         let redis = PrivateRedis { port: free_port(), dir, durable };
-        redis.launch().await;
+        redis.launch(extra).await;
         redis
     }
 
@@ -41,13 +46,14 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    async fn launch(&self) {
+    async fn launch(&self, extra: &[&str]) {
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--daemonize", "yes", "--save", ""])
             .arg("--dir")
             .arg(&self.dir)
-            .args(["--appendonly", if self.durable { "yes" } else { "no" }, "--appendfsync", "always"]);
+            .args(["--appendonly", if self.durable { "yes" } else { "no" }, "--appendfsync", "always"])
+            .args(extra);
         let status = command.status().expect("redis-server is installed");
         assert!(status.success(), "redis-server failed to start");
         wait_port("the private redis to listen", self.port, true, Duration::from_secs(10)).await;
@@ -59,8 +65,22 @@ impl PrivateRedis {
         wait_port("the private redis to stop", self.port, false, Duration::from_secs(10)).await;
     }
 
+    /// Kills the server with SIGKILL.
+    pub async fn kill(&self) {
+        let info = crate::cluster::redis_cli(self.port, &["info", "server"]);
+        let pid = info.lines().find_map(|l| l.strip_prefix("process_id:")).expect("redis pid").trim();
+        let pid: i32 = pid.parse().expect("numeric pid");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        wait_port("the killed redis to stop", self.port, false, Duration::from_secs(10)).await;
+    }
+
     pub async fn start_again(&self) {
-        self.launch().await;
+        self.launch(&[]).await;
+    }
+
+    /// Starts the server again with `extra` arguments.
+    pub async fn start_again_with(&self, extra: &[&str]) {
+        self.launch(extra).await;
     }
 }
 

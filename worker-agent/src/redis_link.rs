@@ -31,14 +31,13 @@ pub enum RedisTarget {
 #[derive(Clone)]
 pub enum RedisLink {
     Direct(ConnectionManager),
-    Sentinel(SentinelLink),
+    Sentinel(Arc<SentinelLink>),
 }
 
 /// The master named by the Sentinels, and the connection open to it now.
-#[derive(Clone)]
 pub struct SentinelLink {
-    sentinel: Arc<Mutex<SentinelClient>>,
-    current: Arc<Mutex<Option<MultiplexedConnection>>>,
+    sentinel: Mutex<SentinelClient>,
+    current: Mutex<Option<MultiplexedConnection>>,
     config: AsyncConnectionConfig,
     db: i64,
 }
@@ -78,7 +77,7 @@ impl RedisLink {
                     .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(Some(Duration::from_secs(5)));
                 let link =
-                    SentinelLink { sentinel: Arc::new(Mutex::new(sentinel)), current: Arc::default(), config, db };
+                    Arc::new(SentinelLink { sentinel: Mutex::new(sentinel), current: Mutex::default(), config, db });
                 link.connection().await?;
                 Ok(RedisLink::Sentinel(link))
             }

@@ -150,6 +150,13 @@ pub fn check_same_command(record: &TicketRecord, digest: &str) -> Result<(), Err
     Err(ErrorReply::new(ErrorKind::TicketConflict, "ticket already used for a different script; nothing ran"))
 }
 
+/// Whether a start that found `record` should confirm and start it: only the process that
+/// claimed it (`owner`), and only while that process still holds the claim as unconfirmed (not
+/// started). Any other finder answers with the status: a claim is started by its owner or never.
+pub fn claim_awaits_confirmation(record: &TicketRecord, owner: &str, unconfirmed_here: bool) -> bool {
+    unconfirmed_here && record.owner == owner && record.state != RecordState::Complete && !record.tombstone
+}
+
 /// The state and exit code a ticket reports. A live run whose owner's lease is gone was lost
 /// with its agent: reported as unknown result, never run again.
 pub fn reported_state(record: Option<&TicketRecord>, lease_alive: bool) -> (ScriptState, Option<i32>) {
@@ -322,6 +329,17 @@ mod tests {
         let read = TicketRecord::decode(tombstone);
         assert_eq!(reported_state(Some(&read), false), (ScriptState::Complete, Some(3)));
         assert_eq!(check_same_command(&read, "e").unwrap_err().kind, ErrorKind::TicketConflict);
+    }
+
+    #[test]
+    fn only_the_claiming_process_starts_an_unconfirmed_claim() {
+        let claimed = record(RecordState::Running);
+        assert!(claim_awaits_confirmation(&claimed, "a/1", true));
+        assert!(!claim_awaits_confirmation(&claimed, "a/1", false), "started already, or never claimed here");
+        assert!(!claim_awaits_confirmation(&claimed, "a/2", true), "another process's claim");
+        assert!(!claim_awaits_confirmation(&claimed.completed(0), "a/1", true));
+        let cancelled = TicketRecord { tombstone: true, ..claimed };
+        assert!(!claim_awaits_confirmation(&cancelled, "a/1", true));
     }
 
     #[test]

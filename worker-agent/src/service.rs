@@ -6,10 +6,10 @@ use crate::isolation::Mutexes;
 use crate::output::Progress;
 use crate::rules::{self, RecordState, TicketRecord};
 use crate::runner::{self, Run};
-use crate::store::{Claim, Epoch, Release, StoreError, TicketKeys, TicketStore, TicketView};
+use crate::store::{Claim, ClaimReplication, Epoch, Release, StoreError, TicketKeys, TicketStore, TicketView};
 use contracts::topology::MAX_STATUS_WAIT_MS;
 use contracts::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -20,6 +20,10 @@ const SKIP_LOGS: u64 = i64::MAX as u64 / 2;
 
 /// How long a waiting status request that got new output still waits for the script's end.
 const LINGER: Duration = Duration::from_millis(20);
+
+/// How long a claim waits for its replicas (`--claim-replicas`) before the start is answered
+/// transient: well inside the dispatcher's attempt timeout.
+const CLAIM_REPLICA_WAIT: Duration = Duration::from_secs(1);
 
 /// How often a status request waiting on a run this process does not own looks again.
 const REMOTE_POLL: Duration = Duration::from_millis(200);
@@ -44,6 +48,9 @@ pub struct Agent {
     epoch: Mutex<Epoch>,
     /// Free places for scripts, when `max_scripts` bounds them.
     slots: Option<Arc<Semaphore>>,
+    /// Tickets this process claimed whose claim the replicas have not confirmed yet: not
+    /// started, and started only by this process, once, after a repeat confirms them.
+    unconfirmed: Mutex<HashSet<String>>,
 }
 
 /// A place for one running script, held until it ends.
@@ -71,6 +78,7 @@ impl Agent {
             ready: watch::channel(false).0,
             epoch: Mutex::new(epoch),
             slots: config_slots,
+            unconfirmed: Mutex::default(),
         })
     }
 
@@ -213,19 +221,80 @@ impl Agent {
         match claim {
             Err(error) => return unavailable(error),
             Ok(Claim::EpochChanged) => unreachable!("handled above"),
-            Ok(Claim::Won) => {
+            Ok(Claim::Won) if self.config.claim_replicas == 0 => {
                 tracing::info!(ticket = %ticket, agent = %self.config.agent_id, "ticket claimed; starting script");
                 self.launch(keys, record, spec, slot);
             }
-            Ok(Claim::Existing { record, .. }) => {
-                if let Err(conflict) = rules::check_same_command(&record, &digest) {
+            Ok(Claim::Won) => {
+                self.unconfirmed.lock().expect("unconfirmed poisoned").insert(keys.ticket.clone());
+                let raw = record.to_json();
+                if let Err(refused) = self.confirm_and_launch(&ticket, keys, &raw, record, spec, slot).await {
+                    return refused;
+                }
+            }
+            Ok(Claim::Existing { record: existing, raw, .. }) => {
+                if let Err(conflict) = rules::check_same_command(&existing, &digest) {
                     tracing::warn!(ticket = %ticket, "start refused: ticket used for a different script");
                     return Reply::Error(conflict);
                 }
-                tracing::debug!(ticket = %ticket, "duplicate start; answering with status");
+                let unconfirmed = self.unconfirmed.lock().expect("unconfirmed poisoned").contains(&keys.ticket);
+                if rules::claim_awaits_confirmation(&existing, &self.owner, unconfirmed) {
+                    // The repeat of a start whose claim the replicas had not confirmed: confirm
+                    // it now, and start the script only then.
+                    if let Err(refused) = self.confirm_and_launch(&ticket, keys, &raw, existing, spec, slot).await {
+                        return refused;
+                    }
+                } else {
+                    tracing::debug!(ticket = %ticket, "duplicate start; answering with status");
+                }
             }
         }
         self.status(&ticket, 0, wait).await
+    }
+
+    /// Waits for `claim_replicas` replicas to hold this process's claim `raw`, then starts the
+    /// script, once: the claim leaves the unconfirmed set as it starts. Not confirmed in time
+    /// (or the claim lost with a failed master) answers a transient error, so the dispatcher
+    /// repeats the start; nothing started.
+    async fn confirm_and_launch(
+        self: &Arc<Self>,
+        ticket: &Ticket,
+        keys: TicketKeys,
+        raw: &str,
+        record: TicketRecord,
+        spec: ScriptSpec,
+        slot: Option<Slot>,
+    ) -> Result<(), Reply> {
+        let wanted = self.config.claim_replicas;
+        let replication = self
+            .store
+            .confirm_claim(&keys, raw, &self.owner, self.config.lease_ttl, wanted, CLAIM_REPLICA_WAIT)
+            .await
+            .map_err(unavailable)?;
+        match replication {
+            ClaimReplication::Acked(acked) if acked >= wanted => {
+                if self.unconfirmed.lock().expect("unconfirmed poisoned").remove(&keys.ticket) {
+                    tracing::info!(ticket = %ticket, agent = %self.config.agent_id, replicas = acked, "ticket claimed and replicated; starting script");
+                    self.launch(keys, record, spec, slot);
+                }
+                Ok(())
+            }
+            ClaimReplication::Acked(acked) => {
+                tracing::warn!(ticket = %ticket, replicas = acked, wanted, "claim not yet on enough replicas; not starting");
+                Err(Reply::Error(ErrorReply::new(
+                    ErrorKind::StoreUnavailable,
+                    format!("the claim reached {acked} of {wanted} replicas within {CLAIM_REPLICA_WAIT:?}; nothing was started"),
+                )))
+            }
+            ClaimReplication::Lost => {
+                self.unconfirmed.lock().expect("unconfirmed poisoned").remove(&keys.ticket);
+                tracing::warn!(ticket = %ticket, "claim lost from the store (failover?) before it was confirmed; not starting");
+                Err(Reply::Error(ErrorReply::new(
+                    ErrorKind::StoreUnavailable,
+                    "the claim was lost from the ticket store before replicas confirmed it; nothing was started",
+                )))
+            }
+        }
     }
 
     fn launch(self: &Arc<Self>, keys: TicketKeys, record: TicketRecord, spec: ScriptSpec, slot: Option<Slot>) {

@@ -135,6 +135,10 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 "#;
 
+/// Used only with `--claim-replicas`; kept out of [`RedisStore`] to keep it small.
+static CONFIRM_CLAIM_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(CONFIRM_CLAIM));
+
 const RENEW_LEASE: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, redis.call('EXISTS', KEYS[2])} end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -149,7 +153,6 @@ pub struct RedisStore {
     claim: redis::Script,
     compare_and_set: redis::Script,
     renew_lease: redis::Script,
-    confirm_claim: redis::Script,
 }
 
 impl RedisStore {
@@ -164,7 +167,6 @@ impl RedisStore {
             claim: redis::Script::new(CLAIM),
             compare_and_set: redis::Script::new(COMPARE_AND_SET),
             renew_lease: redis::Script::new(RENEW_LEASE),
-            confirm_claim: redis::Script::new(CONFIRM_CLAIM),
         })
     }
 
@@ -234,12 +236,12 @@ impl RedisStore {
         replicas: u32,
         timeout: Duration,
     ) -> Result<ClaimReplication, StoreError> {
-        let mut confirm = self.confirm_claim.key(&keys.record);
+        let mut confirm = CONFIRM_CLAIM_SCRIPT.key(&keys.record);
         confirm.key(&keys.lease).arg(raw).arg(owner).arg(lease_ttl.as_millis() as u64);
         // One pipeline: the script and the WAIT after it go over the same connection, so the
         // WAIT counts replicas that have this write (and so the claim before it).
         let (_, standing, acked): (String, i64, u32) = redis::pipe()
-            .load_script(&self.confirm_claim)
+            .load_script(&CONFIRM_CLAIM_SCRIPT)
             .invoke_script(&confirm)
             .cmd("WAIT")
             .arg(replicas)

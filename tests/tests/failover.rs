@@ -1,0 +1,174 @@
+//! A replicated ticket store: a Redis master, a replica and three Sentinels of the test's own.
+//! The agent follows the master through a failover, and `--claim-replicas` keeps a failover
+//! from running a script twice: replication is asynchronous, so a claim the master had not yet
+//! passed on is lost with it. Replication goes through a proxy the test can hold, so "not yet
+//! passed on" is certain rather than a matter of timing. Tests print the README's failure-table
+//! rows (`--no-capture` shows them).
+
+use contracts::*;
+use dispatcher::retry::GaveUp;
+use dispatcher::{Orchestrator, RetryPolicy, RpcClient, RpcConfig, Timing};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tests::cluster::{redis_cli, ReplicatedRedis};
+use tests::*;
+
+/// Starts sent in each test.
+const SCRIPTS: usize = 4;
+
+fn orchestrator() -> Orchestrator {
+    let rpc = RpcClient::new(RpcConfig { amqp_url: amqp_url(), connect_timeout: Duration::from_secs(2) });
+    Orchestrator::new(Arc::new(rpc), Timing { attempt_timeout: Duration::from_secs(4), ..Timing::default() })
+}
+
+/// The real agent binary on the replicated store, with `--claim-replicas replicas`.
+async fn agent_on(redis: &ReplicatedRedis, replicas: u32, sentinels: bool) -> AgentProcess {
+    let mut config = tests::agent::test_config("failover");
+    if sentinels {
+        config.redis_sentinels = redis.sentinels().split(',').map(str::to_owned).collect();
+        config.redis_service = redis.service.clone();
+    } else {
+        config.redis_url = redis.master.url();
+    }
+    config.claim_replicas = replicas;
+    AgentProcess::start(config).await
+}
+
+fn starts(markers: &Markers) -> Vec<Request> {
+    let issued = unix_millis(SystemTime::now());
+    (0..SCRIPTS)
+        .map(|i| {
+            Request::StartScriptV2(StartScriptV2 {
+                ticket: Ticket::generate(),
+                spec: sh(format!("{}; echo ran", markers.record(&format!("s{i}")))),
+                wait_for_output: Some(2_000),
+                first_issued_at: Some(issued),
+            })
+        })
+        .collect()
+}
+
+/// Sends every start (retrying transient errors for `retry`), all at once. Also says which
+/// starts were refused as "store unavailable" at least once on the way.
+async fn send(
+    orchestrator: &Orchestrator,
+    route: &dispatcher::Route,
+    starts: &[Request],
+    retry: Duration,
+) -> Vec<(Result<Reply, GaveUp>, bool)> {
+    let policy = RetryPolicy::new(retry);
+    let sends = starts.iter().map(|start| async move {
+        let unavailable = AtomicBool::new(false);
+        let events = |event| {
+            if let dispatcher::Event::Retry { notice, .. } = event {
+                if notice.error.agent_error() == Some(ErrorKind::StoreUnavailable) {
+                    unavailable.store(true, Ordering::Relaxed);
+                }
+            }
+        };
+        let reply = orchestrator.request(route, start, policy, Duration::from_secs(2), None, &events).await;
+        (reply, unavailable.into_inner())
+    });
+    futures_util::future::join_all(sends).await
+}
+
+fn runs(markers: &Markers) -> Vec<usize> {
+    (0..SCRIPTS).map(|i| markers.count(&format!("s{i}"))).collect()
+}
+
+/// Claims made while replication is held back, the master killed right after, a replica
+/// promoted by the Sentinels, then the same starts again (a repeat, or a redelivered copy).
+/// Returns how often each script ran and the pause from the kill to the first start answered.
+async fn failover_after_claims(replicas: u32) -> (Vec<usize>, Duration) {
+    let redis = ReplicatedRedis::start(true).await;
+    let agent = agent_on(&redis, replicas, true).await;
+    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let epoch_key = format!("{}epoch", agent.config.key_prefix);
+    let epoch = redis_cli(redis.master.port, &["get", &epoch_key]);
+    let orchestrator = orchestrator();
+    let markers = Markers::new();
+    let starts = starts(&markers);
+    redis.replication.hold();
+    let first = send(&orchestrator, &route, &starts, Duration::from_secs(5)).await;
+    if replicas == 0 {
+        assert!(first.iter().all(|(reply, _)| reply.is_ok()), "{first:?}");
+        eventually("every script to run", Duration::from_secs(10), || async {
+            runs(&markers).iter().all(|&n| n == 1).then_some(())
+        })
+        .await;
+    } else {
+        for (reply, unavailable) in &first {
+            assert!(reply.is_err() && *unavailable, "refused while no replica can confirm the claim: {reply:?}");
+        }
+        assert_eq!(runs(&markers), vec![0; SCRIPTS], "nothing starts before a replica has its claim");
+    }
+    let killed = Instant::now();
+    redis.kill_master().await;
+    eventually("the sentinels to promote the replica", Duration::from_secs(30), || async {
+        (redis.master_port_by_sentinels() == Some(redis.replica.port)).then_some(())
+    })
+    .await;
+    // The old master comes back as a replica of the new one, so claims can be confirmed again.
+    redis.restart_old_master_as_replica().await;
+    let again = send(&orchestrator, &route, &starts, Duration::from_secs(30)).await;
+    let pause = killed.elapsed();
+    for (reply, _) in &again {
+        assert!(matches!(reply, Ok(Reply::ScriptStatus(_))), "the repeated start is answered: {reply:?}");
+    }
+    assert_eq!(redis_cli(redis.replica.port, &["get", &epoch_key]), epoch, "the store epoch survived the failover");
+    let expected = if replicas == 0 { 2 } else { 1 };
+    eventually("the repeated starts to be handled", Duration::from_secs(10), || async {
+        runs(&markers).iter().all(|&n| n == expected).then_some(())
+    })
+    .await;
+    agent.stop().await;
+    (runs(&markers), pause)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_claim_replicas_1_a_failover_right_after_claims_runs_no_script_twice() {
+    let (runs, pause) = failover_after_claims(1).await;
+    assert_eq!(runs, vec![1; SCRIPTS]);
+    eprintln!(
+        "FAILURE-TABLE | Redis master killed right after claims, Sentinel failover (--claim-replicas 1) | scripts run {SCRIPTS} | completed {SCRIPTS} | run twice 0 | longest pause {:.1} s",
+        pause.as_secs_f64()
+    );
+}
+
+/// What `--claim-replicas 0` (the default) risks: the claims were on the master only, the
+/// promoted replica never saw them, and the same starts run every script a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_claim_replicas_0_a_failover_right_after_claims_can_run_each_script_twice() {
+    let (runs, pause) = failover_after_claims(0).await;
+    assert_eq!(runs, vec![2; SCRIPTS]);
+    eprintln!(
+        "FAILURE-TABLE | Redis master killed right after claims, Sentinel failover (--claim-replicas 0) | scripts run {SCRIPTS} | completed {SCRIPTS} | run twice {SCRIPTS} | longest pause {:.1} s",
+        pause.as_secs_f64()
+    );
+}
+
+/// A start whose claim no replica confirmed is answered transient and not started; its repeat
+/// finds the claim, waits for the replica, and starts the script, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_start_confirms_the_earlier_claim_then_runs_it_once() {
+    let redis = ReplicatedRedis::start(false).await;
+    let agent = agent_on(&redis, 1, false).await;
+    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let orchestrator = orchestrator();
+    let markers = Markers::new();
+    let starts = starts(&markers);
+    redis.replication.hold();
+    let first = send(&orchestrator, &route, &starts[..1], Duration::from_secs(5)).await;
+    assert!(first[0].0.is_err() && first[0].1, "refused while replication is held: {:?}", first[0]);
+    assert_eq!(markers.count("s0"), 0);
+    redis.replication.release();
+    let again = send(&orchestrator, &route, &starts[..1], Duration::from_secs(10)).await;
+    assert!(matches!(again[0].0, Ok(Reply::ScriptStatus(_))), "{again:?}");
+    let once_more = send(&orchestrator, &route, &starts[..1], Duration::from_secs(10)).await;
+    assert!(matches!(once_more[0].0, Ok(Reply::ScriptStatus(_))), "{once_more:?}");
+    eventually("the script to run", Duration::from_secs(10), || async { (markers.count("s0") == 1).then_some(()) })
+        .await;
+    assert_eq!(markers.count("s0"), 1);
+    agent.stop().await;
+}
