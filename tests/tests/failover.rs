@@ -172,3 +172,22 @@ async fn a_repeated_start_confirms_the_earlier_claim_then_runs_it_once() {
     assert_eq!(markers.count("s0"), 1);
     agent.stop().await;
 }
+
+/// Bad replicated-store settings stop the agent binary at start, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_refuses_bad_sentinel_lists_and_claim_replicas_without_redis() {
+    for (args, reason) in [
+        (&["--redis-sentinels", "127.0.0.1:26379,,127.0.0.1:26380"][..], "not host:port"),
+        (&["--redis-sentinels", "sentinel-without-port"][..], "not host:port"),
+        (&["--store", "local", "--claim-replicas", "1"][..], "--claim-replicas needs the Redis store"),
+    ] {
+        let out = tokio::process::Command::new(binary("worker-agent"))
+            .args(["run", "--agent-id", &unique("refused")])
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(reason), "{args:?}: {stderr}");
+    }
+}
