@@ -137,7 +137,7 @@ async fn both_binaries_take_a_list_of_urls_and_use_a_node_that_answers() {
     config.amqp_url = list.clone();
     let agent = AgentProcess::start(config).await;
     for _ in 0..3 {
-        let out = tokio::process::Command::new(binary("dispatcher"))
+        let out = dispatcher_command()
             .args(["submit", "--target", &agent.config.agent_id, "--amqp-url", &list, "--", "echo via the list"])
             .env_remove("CUTTLE_AMQP_URL")
             .output()
@@ -146,7 +146,7 @@ async fn both_binaries_take_a_list_of_urls_and_use_a_node_that_answers() {
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "via the list\n");
     }
-    let out = tokio::process::Command::new(binary("dispatcher"))
+    let out = dispatcher_command()
         .args(["capabilities", &agent.config.agent_id])
         .env("CUTTLE_AMQP_URL", format!("{},,{down}", amqp_url()))
         .output()

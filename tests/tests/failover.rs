@@ -181,12 +181,7 @@ async fn the_agent_refuses_bad_sentinel_lists_and_claim_replicas_without_redis()
         (&["--redis-sentinels", "sentinel-without-port"][..], "not host:port"),
         (&["--store", "local", "--claim-replicas", "1"][..], "--claim-replicas needs the Redis store"),
     ] {
-        let out = tokio::process::Command::new(binary("worker-agent"))
-            .args(["run", "--agent-id", &unique("refused")])
-            .args(args)
-            .output()
-            .await
-            .unwrap();
+        let out = agent_command().args(["run", "--agent-id", &unique("refused")]).args(args).output().await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(reason), "{args:?}: {stderr}");
     }
