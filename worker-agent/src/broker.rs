@@ -233,7 +233,7 @@ async fn consume_on(
     let config = agent.config();
     let channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
     let queue = agent_queue(&config.agent_id);
-    let channel = declare_topology(&connection, channel, &queue, &config.agent_id, config.queue_expiry).await?;
+    let channel = declare_topology(connection, channel, &queue, &config.agent_id, config.queue_expiry).await?;
     call("basic.qos", BROKER_CALL_TIMEOUT, channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
     let mut own = start_consumer(&channel, &queue).await?;
     // A pool's work queue (starts) on a channel of its own: a worker with bounded scripts takes
@@ -245,14 +245,14 @@ async fn consume_on(
             let pool_channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
             let work_queue = pool_queue(pool);
             let pool_channel =
-                declare_topology(&connection, pool_channel, &work_queue, &pool_routing_key(pool), None).await?;
+                declare_topology(connection, pool_channel, &work_queue, &pool_routing_key(pool), None).await?;
             let prefetch = if config.max_scripts.is_some() { 1 } else { config.prefetch };
             call("basic.qos", BROKER_CALL_TIMEOUT, pool_channel.basic_qos(prefetch, BasicQosOptions::default()))
                 .await?;
             let work = start_consumer(&pool_channel, &work_queue).await?;
             let service_queue = pool_service_queue(pool);
             let service_channel =
-                declare_topology(&connection, channel.clone(), &service_queue, &pool_service_routing_key(pool), None)
+                declare_topology(connection, channel.clone(), &service_queue, &pool_service_routing_key(pool), None)
                     .await?;
             let service = start_consumer(&service_channel, &service_queue).await?;
             tracing::info!(agent = %config.agent_id, work = %work_queue, service = %service_queue, "consuming pool commands");

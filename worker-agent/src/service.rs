@@ -227,7 +227,7 @@ impl Agent {
             }
             Ok(Claim::Won) => {
                 self.unconfirmed.lock().expect("unconfirmed poisoned").insert(keys.ticket.clone());
-                let raw = record.to_json();
+                let raw = record.encode();
                 if let Err(refused) = self.confirm_and_launch(&ticket, keys, &raw, record, spec, slot).await {
                     return refused;
                 }

@@ -1,7 +1,8 @@
 //! The `worker-agent` command line.
 
 use crate::config::{
-    AgentConfig, Protocol, StoreKind, DEFAULT_AMQP_URL, DEFAULT_POOL_QUEUE_EXPIRY, DEFAULT_REDIS_SERVICE, DEFAULT_REDIS_URL,
+    AgentConfig, Protocol, StoreKind, DEFAULT_AMQP_URL, DEFAULT_POOL_QUEUE_EXPIRY, DEFAULT_REDIS_SERVICE,
+    DEFAULT_REDIS_URL,
 };
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
