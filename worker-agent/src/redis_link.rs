@@ -85,6 +85,27 @@ impl RedisLink {
     }
 }
 
+/// A second connection to the same store, opened on first use, for `WAIT`: Redis holds the
+/// connection that sent a `WAIT` until the replicas answer or it times out, and on the shared,
+/// multiplexed connection that would hold every other command (lease renewals, status reads)
+/// behind it.
+pub struct WaitLink {
+    target: RedisTarget,
+    connect_timeout: Duration,
+    link: tokio::sync::OnceCell<RedisLink>,
+}
+
+impl WaitLink {
+    pub fn new(target: RedisTarget, connect_timeout: Duration) -> WaitLink {
+        WaitLink { target, connect_timeout, link: tokio::sync::OnceCell::new() }
+    }
+
+    /// The connection, opened now if it never was (it reconnects by itself afterwards).
+    pub async fn get(&self) -> RedisResult<RedisLink> {
+        self.link.get_or_try_init(|| RedisLink::connect(&self.target, self.connect_timeout)).await.cloned()
+    }
+}
+
 impl SentinelLink {
     /// The connection to the current master, asking the Sentinels which it is when there is none.
     async fn connection(&self) -> RedisResult<MultiplexedConnection> {

@@ -3,7 +3,7 @@
 //! win. Beside it: the owner's lease (a key with a TTL the owner keeps renewing), the log list,
 //! a cancel flag, and the set of tickets each agent id is running (for recovery after a crash).
 
-use crate::redis_link::{RedisLink, RedisTarget};
+use crate::redis_link::{RedisLink, RedisTarget, WaitLink};
 use crate::rules::{RecordState, TicketRecord};
 use contracts::topology::MAX_STATUS_LOG_BYTES;
 use contracts::LogLine;
@@ -149,6 +149,8 @@ return {1, redis.call('EXISTS', KEYS[2])}
 #[derive(Clone)]
 pub struct RedisStore {
     con: RedisLink,
+    /// Only for claim confirmations (`WAIT`), which hold their connection.
+    wait_con: std::sync::Arc<WaitLink>,
     prefix: String,
     claim: redis::Script,
     compare_and_set: redis::Script,
@@ -163,6 +165,7 @@ impl RedisStore {
         let con = RedisLink::connect(target, connect_timeout).await?;
         Ok(RedisStore {
             con,
+            wait_con: std::sync::Arc::new(WaitLink::new(target.clone(), connect_timeout)),
             prefix: prefix.to_owned(),
             claim: redis::Script::new(CLAIM),
             compare_and_set: redis::Script::new(COMPARE_AND_SET),
@@ -239,14 +242,15 @@ impl RedisStore {
         let mut confirm = CONFIRM_CLAIM_SCRIPT.key(&keys.record);
         confirm.key(&keys.lease).arg(raw).arg(owner).arg(lease_ttl.as_millis() as u64);
         // One pipeline: the script and the WAIT after it go over the same connection, so the
-        // WAIT counts replicas that have this write (and so the claim before it).
+        // WAIT counts replicas that have this write, and so the claim, written before it. That
+        // connection is not the shared one, which WAIT would hold.
         let (_, standing, acked): (String, i64, u32) = redis::pipe()
             .load_script(&CONFIRM_CLAIM_SCRIPT)
             .invoke_script(&confirm)
             .cmd("WAIT")
             .arg(replicas)
             .arg(timeout.as_millis().max(1) as u64)
-            .query_async(&mut self.con.clone())
+            .query_async(&mut self.wait_con.get().await?)
             .await?;
         Ok(match standing {
             0 => ClaimReplication::Lost,
