@@ -11,13 +11,15 @@
 //! - [`policy`]: machine policies (retry durations per purpose, targets and pools mapped to them).
 //! - [`outcome`]: how a submission ended and the exit code that says so.
 //! - [`route`]: agent or pool targets; [`error`]: what can fail and whether to retry.
-//! - [`fanout`]: one script on many targets, at most N at once, with a report per target.
+//! - [`fanout`]: one script on many targets, paced by [`budget`]'s limits (parallelism, error
+//!   budget), with a result per target.
 //! - [`bench`]: the `dispatcher bench` load generator.
 //! - [`service`]: `dispatcher serve`: the HTTP API, the journal and crash-safe resume.
 //! - [`cli`]: the `dispatcher` command line.
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod budget;
 pub mod cli;
 pub mod error;
 pub mod fanout;

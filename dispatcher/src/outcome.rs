@@ -27,6 +27,8 @@ pub mod exit {
     pub const AGENT_FAILED: u8 = 109;
     /// The request was sent but no answer came before the retry deadline.
     pub const NO_ANSWER: u8 = 110;
+    /// A fan-out stopped by its error budget, when no started target's own code says so.
+    pub const NOT_STARTED: u8 = 111;
     /// Bad usage or configuration (clap uses 2 as well).
     pub const USAGE: u8 = 2;
 }

@@ -151,6 +151,26 @@ impl Drop for Markers {
     }
 }
 
+/// The most scripts that were running at the same moment, from the `start NS` / `end NS` lines
+/// (nanosecond clock readings) that scripts append to a file.
+pub fn max_overlap(spans: &str) -> usize {
+    let mut events: Vec<(u128, i32)> = spans
+        .lines()
+        .filter_map(|l| {
+            let (what, ns) = l.split_once(' ')?;
+            Some((ns.trim().parse().ok()?, if what == "start" { 1 } else { -1 }))
+        })
+        .collect();
+    // At the same instant, an end comes before a start.
+    events.sort();
+    let (mut running, mut most) = (0, 0);
+    for (_, delta) in events {
+        running += delta;
+        most = most.max(running);
+    }
+    most as usize
+}
+
 /// A script spec running `script` in `sh`.
 pub fn sh(script: impl Into<String>) -> contracts::ScriptSpec {
     contracts::ScriptSpec { script: script.into(), ..Default::default() }

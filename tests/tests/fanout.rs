@@ -4,25 +4,6 @@
 use std::time::Duration;
 use tests::*;
 
-/// The most scripts that were running at the same moment, from "start NS" / "end NS" lines.
-fn max_overlap(spans: &str) -> usize {
-    let mut events: Vec<(u128, i32)> = spans
-        .lines()
-        .filter_map(|l| {
-            let (what, ns) = l.split_once(' ')?;
-            Some((ns.trim().parse().ok()?, if what == "start" { 1 } else { -1 }))
-        })
-        .collect();
-    // At the same instant, an end comes before a start.
-    events.sort();
-    let (mut running, mut most) = (0, 0);
-    for (_, delta) in events {
-        running += delta;
-        most = most.max(running);
-    }
-    most as usize
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_to_twenty_agents_never_runs_more_than_max_parallel_at_once() {
     let mut agents = Vec::new();

@@ -3,6 +3,8 @@
 mod service;
 
 use crate::bench;
+use crate::budget::{Limits, Share};
+use crate::fanout::{NotStarted, Progress, TargetResult};
 use crate::negotiate::{AgentKind, ProtocolMode};
 use crate::orchestrator::{Event, Orchestrator, Policies, Timing};
 use crate::outcome::{exit, Outcome, OutcomeKind};
@@ -35,6 +37,8 @@ Exit codes:
   108    the script timed out waiting for its isolation mutex
   109    the agent could not run the script (shell did not start, agent failure)
   110    no answer from the agent before the retry deadline
+  111    fan-out: targets were not started because the error budget was spent (only when no
+         started target's own code comes first)
 With --json the last line is a `result` event that says which of these happened.";
 
 #[derive(Parser, Debug)]
@@ -240,9 +244,19 @@ pub struct SubmitArgs {
     pub env: Vec<(String, String)>,
     #[command(flatten)]
     pub retry: RetryArgs,
-    /// With several targets: how many run at once.
-    #[arg(long, default_value_t = 10)]
-    pub max_parallel: usize,
+    /// With several targets: how many run at once, a count or a percentage of the targets
+    /// (rounded up, at least 1).
+    #[arg(long, default_value = "10", value_parser = parse_share)]
+    pub max_parallel: Share,
+    /// With several targets: failures tolerated, a count or a percentage of the targets (rounded
+    /// down); once more have failed, no new target starts, running ones finish, and the rest are
+    /// reported as not started [default: no limit].
+    #[arg(long, value_parser = parse_share)]
+    pub max_errors: Option<Share>,
+    /// Once --max-errors is exceeded, cancel the targets still running instead of letting them
+    /// finish.
+    #[arg(long, requires = "max_errors")]
+    pub abort_on_error: bool,
     /// Print one JSON event per line instead of the script's output.
     #[arg(long)]
     pub json: bool,
@@ -250,6 +264,10 @@ pub struct SubmitArgs {
     /// `dispatcher serve` on that journal runs and follows it.
     #[arg(long)]
     pub detach: bool,
+}
+
+fn parse_share(raw: &str) -> Result<Share, String> {
+    raw.parse().map_err(|e: crate::budget::ShareError| e.to_string())
 }
 
 fn parse_env(raw: &str) -> Result<(String, String), String> {
@@ -342,15 +360,17 @@ impl ProgressBar {
         ProgressBar { state: std::sync::Mutex::new((total, 0, 0, 0)) }
     }
 
-    fn update(&self, change: &crate::fanout::Progress) {
+    fn update(&self, change: &Progress) {
         let mut state = self.state.lock().expect("progress");
         match change {
-            crate::fanout::Progress::Started { .. } => state.1 += 1,
-            crate::fanout::Progress::Finished(report) => {
+            Progress::Started { .. } => state.1 += 1,
+            Progress::Finished(report) => {
                 state.1 -= 1;
                 state.2 += 1;
                 state.3 += usize::from(crate::fanout::failed(report));
             }
+            // Not started: no longer pending, and neither done nor failed.
+            Progress::NotStarted { .. } => state.0 -= 1,
         }
         Self::draw(&state);
     }
@@ -568,7 +588,12 @@ async fn submit(orchestrator: &Orchestrator, args: SubmitArgs) -> ExitCode {
         let outcome = orchestrator.submit(route, spec, *policies, &|e| printer.event(e), &interrupt).await;
         return printer.outcome(&outcome);
     }
-    fan_out(orchestrator, planned, spec, args.max_parallel, args.json, &interrupt).await
+    let limits =
+        Limits { max_parallel: args.max_parallel, max_errors: args.max_errors, abort_on_error: args.abort_on_error };
+    if let Err(e) = limits.validate() {
+        return usage_error(e);
+    }
+    fan_out(orchestrator, planned, spec, limits, args.json, &interrupt).await
 }
 
 /// Runs one script on several targets: prefixed output, a progress bar on a terminal, and a
@@ -577,52 +602,88 @@ async fn fan_out(
     orchestrator: &Orchestrator,
     planned: Vec<(Route, Policies)>,
     spec: ScriptSpec,
-    max_parallel: usize,
+    limits: Limits,
     json: bool,
     interrupt: &CancellationToken,
 ) -> ExitCode {
     use std::io::IsTerminal;
+    let resolved = limits.resolve(planned.len());
+    eprintln!(
+        "cuttle: {} targets, {} at a time{}",
+        planned.len(),
+        resolved.parallel,
+        match resolved.tolerated_failures {
+            None => String::new(),
+            Some(tolerated) => format!(
+                ", no new target once more than {tolerated} failed{}",
+                if limits.abort_on_error { " (running ones cancelled)" } else { "" }
+            ),
+        }
+    );
     let bar = (!json && std::io::stderr().is_terminal()).then(|| Arc::new(ProgressBar::new(planned.len())));
     let sink_for = |route: &Route| -> crate::fanout::TargetSink {
         let printer = Printer { json, logs: true, target: Some(route.name().to_owned()), progress: bar.clone() };
         Arc::new(move |event| printer.event(event))
     };
-    let progress: Arc<dyn Fn(crate::fanout::Progress) + Send + Sync> = {
+    let progress: Arc<dyn Fn(Progress) + Send + Sync> = {
         let bar = bar.clone();
-        Arc::new(move |change: crate::fanout::Progress| {
-            if let crate::fanout::Progress::Finished(report) = &change {
-                if json {
+        Arc::new(move |change: Progress| {
+            match &change {
+                Progress::Finished(report) if json => {
                     let printer = Printer { json, logs: false, target: Some(report.target.clone()), progress: None };
                     printer.outcome(&report.outcome);
                 }
+                Progress::NotStarted { target, reason } if json => {
+                    println!("{}", json!({"event": "skipped", "target": target, "reason": reason}));
+                }
+                _ => {}
             }
             if let Some(bar) = &bar {
                 bar.update(&change);
             }
         })
     };
-    let reports =
-        crate::fanout::submit_many(orchestrator, planned, spec, max_parallel, sink_for, progress, interrupt).await;
+    let results = crate::fanout::submit_many(orchestrator, planned, spec, limits, sink_for, progress, interrupt).await;
     if let Some(bar) = &bar {
         bar.finish();
     }
-    let failed = reports.iter().filter(|r| crate::fanout::failed(r)).count();
+    let failed =
+        results.iter().filter(|r| matches!(r, TargetResult::Ran(report) if crate::fanout::failed(report))).count();
+    let skipped = results.iter().filter(|r| matches!(r, TargetResult::NotStarted { .. })).count();
     if json {
-        println!("{}", json!({"event": "summary", "targets": reports.len(), "failed": failed}));
+        println!("{}", json!({"event": "summary", "targets": results.len(), "failed": failed, "skipped": skipped}));
     } else {
-        eprintln!("{:<24} {:<10} {:>9} {:>10} {:>7}", "TARGET", "OUTCOME", "EXIT CODE", "DURATION", "RETRIES");
-        for r in &reports {
-            let outcome = format!("{:?}", r.outcome.outcome).to_lowercase();
-            let code = r.outcome.exit_code.map_or("-".to_owned(), |c| c.to_string());
-            let duration = format!("{:.1}s", r.duration.as_secs_f64());
-            eprintln!("{:<24} {:<10} {:>9} {:>10} {:>7}", r.target, outcome, code, duration, r.retries);
-            if let (true, Some(error)) = (crate::fanout::failed(r), &r.outcome.error) {
-                eprintln!("  {}: {error}", r.target);
-            }
-        }
-        eprintln!("{} targets, {failed} failed", reports.len());
+        print_summary(&results);
+        let reason = results.iter().find_map(|r| match r {
+            TargetResult::NotStarted { reason: NotStarted::ErrorBudget, .. } => Some(" (error budget spent)"),
+            TargetResult::NotStarted { reason: NotStarted::Interrupted, .. } => Some(" (interrupted)"),
+            TargetResult::Ran(_) => None,
+        });
+        eprintln!("{} targets, {failed} failed, {skipped} not started{}", results.len(), reason.unwrap_or_default());
     }
-    ExitCode::from(crate::fanout::exit_code(&reports))
+    ExitCode::from(crate::fanout::exit_code(&results))
+}
+
+/// The fan-out's summary table on stderr: one row per target, in the order given.
+fn print_summary(results: &[TargetResult]) {
+    eprintln!("{:<24} {:<11} {:>9} {:>10} {:>7}", "TARGET", "OUTCOME", "EXIT CODE", "DURATION", "RETRIES");
+    for result in results {
+        let r = match result {
+            TargetResult::Ran(report) => report,
+            TargetResult::NotStarted { target, reason } => {
+                eprintln!("{:<24} {:<11} {:>9} {:>10} {:>7}", target, "not started", "-", "-", "-");
+                eprintln!("  {target}: {}", reason.describe());
+                continue;
+            }
+        };
+        let outcome = format!("{:?}", r.outcome.outcome).to_lowercase();
+        let code = r.outcome.exit_code.map_or("-".to_owned(), |c| c.to_string());
+        let duration = format!("{:.1}s", r.duration.as_secs_f64());
+        eprintln!("{:<24} {:<11} {:>9} {:>10} {:>7}", r.target, outcome, code, duration, r.retries);
+        if let (true, Some(error)) = (crate::fanout::failed(r), &r.outcome.error) {
+            eprintln!("  {}: {error}", r.target);
+        }
+    }
 }
 
 async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
