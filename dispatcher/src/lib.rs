@@ -13,6 +13,7 @@
 //! - [`route`]: agent or pool targets; [`error`]: what can fail and whether to retry.
 //! - [`fanout`]: one script on many targets, paced by [`budget`]'s limits (parallelism, error
 //!   budget), with a result per target.
+//! - [`inventory`]: the live fleet, from the agents' announcements on the presence stream.
 //! - [`bench`]: the `dispatcher bench` load generator.
 //! - [`service`]: `dispatcher serve`: the HTTP API, the journal and crash-safe resume.
 //! - [`cli`]: the `dispatcher` command line.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod error;
 pub mod fanout;
 pub mod follow;
+pub mod inventory;
 pub mod negotiate;
 pub mod orchestrator;
 pub mod outcome;

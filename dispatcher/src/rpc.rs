@@ -210,6 +210,27 @@ impl Drop for ForgetOnDrop<'_> {
     }
 }
 
+/// Opens a connection of the dispatcher's to the first node of the list that answers (heartbeat
+/// added, each node bounded by the connect timeout), for readers beside the RPC link such as the
+/// inventory.
+pub async fn connect(config: &RpcConfig, name: &str) -> Result<Connection, RpcError> {
+    let endpoints = AmqpEndpoints::parse_random_start(&config.amqp_url).map_err(RpcError::Connect)?;
+    let mut last_error = None;
+    for (_, url) in endpoints.round() {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let url = contracts::topology::amqp_url_with_heartbeat(&url);
+        match tokio::time::timeout(config.connect_timeout, Connection::connect(&url, properties)).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(error)) => last_error = Some(RpcError::Connect(error.to_string())),
+            Err(_) => {
+                let after = humantime::format_duration(config.connect_timeout);
+                last_error = Some(RpcError::Connect(format!("no answer within {after}")));
+            }
+        }
+    }
+    Err(last_error.expect("a list has at least one URL"))
+}
+
 /// Connects to the first node of one round that answers, with its index in the list; the
 /// error of the last node tried when none does.
 async fn open_any_link(config: &RpcConfig, endpoints: &AmqpEndpoints) -> Result<(usize, Link), RpcError> {

@@ -155,6 +155,8 @@ impl AgentProcess {
             .args(
                 config.queue_expiry.iter().flat_map(|e| ["--queue-expiry".to_string(), format!("{}ms", e.as_millis())]),
             )
+            .args(config.labels.iter().flat_map(|(k, v)| ["--label".to_string(), format!("{k}={v}")]))
+            .args(["--announce-interval", &format!("{}ms", config.announce_interval.as_millis())])
             .env("CUTTLE_AMQP_URL", &config.amqp_url)
             .env("CUTTLE_REDIS_URL", &config.redis_url)
             .envs(

@@ -3,6 +3,7 @@
 //! losing the broker; requests lost meanwhile are repeated by the dispatcher.
 
 use crate::service::Agent;
+use crate::Protocol;
 use contracts::topology::*;
 use contracts::{unix_millis, AmqpEndpoints, CodecError, ErrorReply, Kind, Reply, Request};
 use futures_util::StreamExt;
@@ -261,6 +262,11 @@ async fn consume_on(
     };
     tracing::info!(agent = %config.agent_id, queue = %queue, "consuming commands");
     agent.set_ready(true);
+    // A legacy agent behaves as agents did before presence: it does not announce itself.
+    let announcer = match config.protocol {
+        Protocol::V2 => crate::presence::Announcer::start(agent.clone(), &connection).await,
+        Protocol::V1 => None,
+    };
     let handlers = TaskTracker::new();
     let result = loop {
         let (source, delivery) = tokio::select! {
@@ -286,6 +292,9 @@ async fn consume_on(
         for (pool_channel, consumer) in [&pool_service, &pool].into_iter().flatten() {
             let cancel = pool_channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
             let _ = call("basic.cancel", BROKER_CALL_TIMEOUT, cancel).await;
+        }
+        if let Some(announcer) = announcer {
+            announcer.leave(agent).await;
         }
         handlers.close();
         let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, handlers.wait()).await;

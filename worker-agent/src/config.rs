@@ -77,6 +77,10 @@ pub struct AgentConfig {
     /// How long running scripts may take to end once the agent is told to stop, before they
     /// are cancelled (their outcome recorded as cancelled).
     pub drain_timeout: Duration,
+    /// Labels the agent announces (`--label`), by which dispatchers select it.
+    pub labels: contracts::labels::Labels,
+    /// How often the agent announces itself on the presence stream (its heartbeat).
+    pub announce_interval: Duration,
 }
 
 impl AgentConfig {
@@ -116,6 +120,8 @@ impl AgentConfig {
             connect_timeout: Duration::from_secs(5),
             health_addr: None,
             drain_timeout: Duration::from_secs(30),
+            labels: contracts::labels::Labels::new(),
+            announce_interval: Duration::from_millis(contracts::presence::DEFAULT_INTERVAL_MS),
         }
     }
 }

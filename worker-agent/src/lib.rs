@@ -11,6 +11,7 @@
 //!   connection to one Redis, or to the master Redis Sentinels name.
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
 //!   [`isolation`] its mutexes.
+//! - [`presence`]: the agent's announcements of itself (heartbeats) on the presence stream.
 //! - [`health`]: liveness and readiness probes over HTTP (axum).
 //! - [`cli`]: the `worker-agent` command line.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod health;
 pub mod isolation;
 pub mod local_store;
 pub mod output;
+pub mod presence;
 pub mod redis_link;
 pub mod rules;
 pub mod runner;

@@ -114,6 +114,11 @@ impl Agent {
     }
 
     /// Waits for a place for one more script; `None` when scripts are not bounded.
+    /// The services this agent answers, as its capabilities reply and announcements list them.
+    pub fn services(&self) -> Vec<String> {
+        vec![SERVICE_CAPABILITIES.into(), SERVICE_SCRIPT_V1.into(), SERVICE_SCRIPT_V2.into()]
+    }
+
     pub async fn take_slot(&self) -> Option<Slot> {
         let slots = self.slots.clone()?;
         Some(slots.acquire_owned().await.expect("slots are never closed"))
@@ -161,7 +166,7 @@ impl Agent {
         }
         match request {
             Request::GetCapabilities(_) => Reply::Capabilities(Capabilities {
-                services: vec![SERVICE_CAPABILITIES.into(), SERVICE_SCRIPT_V1.into(), SERVICE_SCRIPT_V2.into()],
+                services: self.services(),
                 agent_version: env!("CARGO_PKG_VERSION").into(),
             }),
             Request::StartScriptV2(start) => {

@@ -1,6 +1,7 @@
 //! The `dispatcher` command line: parses arguments, prints events, maps outcomes to exit codes.
 
 mod service;
+mod fleet;
 
 use crate::bench;
 use crate::budget::{Limits, Share};
@@ -89,6 +90,9 @@ pub enum Command {
     Serve(service::ServeArgs),
     /// List tickets from the service's journal, newest first.
     History(service::HistoryArgs),
+    /// List the live agents (from their announcements through the broker): id, pool, labels,
+    /// version, running scripts, last seen.
+    Agents(fleet::AgentsArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -251,12 +255,17 @@ pub struct SubmitArgs {
     /// With several targets: failures tolerated, a count or a percentage of the targets (rounded
     /// down); once more have failed, no new target starts, running ones finish, and the rest are
     /// reported as not started [default: no limit].
-    #[arg(long, value_parser = parse_share)]
+    #[arg(long, value_parser = parse_share, conflicts_with = "detach")]
     pub max_errors: Option<Share>,
     /// Once --max-errors is exceeded, cancel the targets still running instead of letting them
     /// finish.
     #[arg(long, requires = "max_errors")]
     pub abort_on_error: bool,
+    /// Run on the live agents (as they announce themselves now) matching all of these
+    /// comma-separated terms: `key=value`, `key!=value` (`id` and `pool` match the agent's id
+    /// and pool); the list is printed first, and an empty match is refused (exit 102).
+    #[arg(long, group = "TargetArgs", value_parser = fleet::parse_selector, conflicts_with = "detach")]
+    pub select: Option<contracts::labels::Selector>,
     /// Print one JSON event per line instead of the script's output.
     #[arg(long)]
     pub json: bool,
@@ -540,13 +549,13 @@ fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
 
 /// Runs one parsed command and gives the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
-    let rpc =
-        Arc::new(RpcClient::new(RpcConfig { amqp_url: cli.amqp_url.clone(), connect_timeout: cli.connect_timeout }));
+    let rpc_config = RpcConfig { amqp_url: cli.amqp_url.clone(), connect_timeout: cli.connect_timeout };
+    let rpc = Arc::new(RpcClient::new(rpc_config.clone()));
     let orchestrator = Orchestrator::new(rpc.clone(), Timing::default()).with_protocol(cli.protocol);
     let journal = service::JournalOptions { url: cli.journal, prefix: cli.journal_prefix };
     let code = match cli.command {
         Command::Submit(args) if args.detach => service::submit_detached(&journal, &args).await,
-        Command::Submit(args) => submit(&orchestrator, args).await,
+        Command::Submit(args) => submit(&orchestrator, &rpc_config, args).await,
         Command::Status(args) if args.ticket.target.target.is_empty() && args.ticket.target.pool.is_none() => {
             service::status_from_journal(&journal, &args.ticket.ticket, args.follow, args.ticket.json).await
         }
@@ -557,15 +566,22 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Bench(args) => bench(&orchestrator, args).await,
         Command::Serve(args) => service::serve(&orchestrator, &journal, args).await,
         Command::History(args) => service::history(&journal, args).await,
+        Command::Agents(args) => fleet::agents(&rpc_config, args).await,
     };
     rpc.close().await;
     code
 }
 
-async fn submit(orchestrator: &Orchestrator, args: SubmitArgs) -> ExitCode {
-    let routes = match args.target.routes() {
-        Ok(routes) => routes,
-        Err(e) => return usage_error(e),
+async fn submit(orchestrator: &Orchestrator, rpc_config: &RpcConfig, args: SubmitArgs) -> ExitCode {
+    let routes = match &args.select {
+        Some(selector) => match fleet::resolve(rpc_config, selector, args.json).await {
+            Ok(routes) => routes,
+            Err(code) => return code,
+        },
+        None => match args.target.routes() {
+            Ok(routes) => routes,
+            Err(e) => return usage_error(e),
+        },
     };
     let spec = match script_spec(&args) {
         Ok(spec) => spec,

@@ -92,6 +92,19 @@ pub struct RunArgs {
     /// How long running scripts may take to finish on SIGTERM before they are cancelled.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// A label `KEY=VALUE` the agent announces, for `dispatcher agents --select` and `submit
+    /// --select` (repeatable; keys [A-Za-z0-9._/-], values [A-Za-z0-9._-], at most 63
+    /// characters each; `id` and `pool` are reserved). The variable takes `k=v,k2=v2`.
+    #[arg(long = "label", env = "CUTTLE_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// How often the agent announces itself on the broker's presence stream (500ms to 10s); it
+    /// drops out of `dispatcher agents` three intervals after its last announcement.
+    #[arg(long, env = "CUTTLE_ANNOUNCE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub announce_interval: Duration,
+}
+
+fn parse_label(raw: &str) -> Result<(String, String), String> {
+    contracts::labels::parse_label(raw).map_err(|e| e.to_string())
 }
 
 impl RunArgs {
@@ -131,6 +144,13 @@ impl RunArgs {
         config.drain_timeout = self.drain_timeout;
         let default_expiry = self.pool.is_some().then_some(DEFAULT_POOL_QUEUE_EXPIRY);
         config.queue_expiry = self.queue_expiry.or(default_expiry).filter(|expiry| !expiry.is_zero());
+        config.labels = contracts::labels::collect_labels(self.labels.iter().cloned()).map_err(|e| e.to_string())?;
+        let interval_ms = self.announce_interval.as_millis() as u64;
+        let (min, max) = (contracts::presence::MIN_INTERVAL_MS, contracts::presence::MAX_INTERVAL_MS);
+        if !(min..=max).contains(&interval_ms) {
+            return Err(format!("--announce-interval must be between {min}ms and {max}ms"));
+        }
+        config.announce_interval = self.announce_interval;
         Ok(config)
     }
 }
@@ -147,7 +167,7 @@ fn parse_sentinels(list: &str) -> Result<Sentinels, String> {
 /// within the drain timeout.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config().map_err(anyhow::Error::msg)?;
-    tracing::info!(agent = %config.agent_id, pool = ?config.pool, max_scripts = ?config.max_scripts, protocol = ?config.protocol, store = ?config.store, work_dir = %config.work_dir.display(), "agent starting");
+    tracing::info!(agent = %config.agent_id, pool = ?config.pool, max_scripts = ?config.max_scripts, protocol = ?config.protocol, labels = ?config.labels, store = ?config.store, work_dir = %config.work_dir.display(), "agent starting");
     crate::run(config, crate::shutdown_signal()).await?;
     Ok(())
 }
