@@ -190,3 +190,28 @@ fn a_future_kind_is_reported_as_unknown_not_misread() {
     assert!(matches!(error, CodecError::UnknownKind(ref k) if k == "StartScriptV3"));
     assert_eq!(error.reply_kind(), ErrorKind::Unsupported);
 }
+
+#[test]
+fn announcements_are_pinned_and_a_newer_writers_fields_are_ignored() {
+    use contracts::presence::{Announcement, ANNOUNCEMENT_VERSION};
+    let announcement = Announcement {
+        version: ANNOUNCEMENT_VERSION,
+        agent_id: "web-01".into(),
+        pool: Some("web".into()),
+        labels: BTreeMap::from([("env".into(), "prod".into()), ("role".into(), "web".into())]),
+        agent_version: "0.1.0".into(),
+        services: vec!["capabilities/v1".into(), "script/v2".into()],
+        running_scripts: 2,
+        interval_ms: 10_000,
+        at: 1_795_000_000_000,
+        leaving: false,
+    };
+    let bytes = announcement.encode().unwrap();
+    pinned("announcement_v1.msgpack", &bytes);
+    assert_eq!(Announcement::decode(&bytes).unwrap(), announcement);
+    let mut newer = serde_json::to_value(&announcement).unwrap();
+    newer["zone"] = "eu-west".into();
+    newer["version"] = 2.into();
+    let read = Announcement::decode(&rmp_serde::to_vec_named(&newer).unwrap()).expect("current reader");
+    assert_eq!(read.labels, announcement.labels);
+}

@@ -264,7 +264,7 @@ async fn consume_on(
     agent.set_ready(true);
     // A legacy agent behaves as agents did before presence: it does not announce itself.
     let announcer = match config.protocol {
-        Protocol::V2 => crate::presence::Announcer::start(agent.clone(), &connection).await,
+        Protocol::V2 => crate::presence::Announcer::start(agent.clone(), connection).await,
         Protocol::V1 => None,
     };
     let handlers = TaskTracker::new();

@@ -1,7 +1,7 @@
 //! The `dispatcher` command line: parses arguments, prints events, maps outcomes to exit codes.
 
-mod service;
 mod fleet;
+mod service;
 
 use crate::bench;
 use crate::budget::{Limits, Share};
