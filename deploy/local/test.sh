@@ -9,6 +9,16 @@ ensure_services
 command -v cargo >/dev/null || { say "cargo is missing: install Rust (https://rustup.rs) first"; exit 1; }
 # The end-to-end tests run the real binaries.
 cargo build --locked --bins
+
+# Queues of earlier test runs that were killed before they could clean up (no consumer left):
+# a few hundred of them exhaust the broker's file handles, and it then stops accepting connections.
+if leftovers="$(as_root rabbitmqctl list_queues -q --no-table-headers name consumers 2>/dev/null)"; then
+  leftovers="$(awk '$1 ~ /^cuttle\.(agent|pool)\.t-/ && $2 == 0 { print $1 }' <<<"$leftovers")"
+  if [ -n "$leftovers" ]; then
+    say "deleting $(wc -l <<<"$leftovers") queues left by earlier test runs"
+    while read -r queue; do as_root rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true; done <<<"$leftovers"
+  fi
+fi
 # Every queue, Redis key prefix and agent id of this run starts with t-<run>- (tests::unique), so
 # what the run left behind can be told from what colleagues' runs on the same broker hold now.
 export CUTTLE_TEST_RUN="r$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"

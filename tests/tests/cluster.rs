@@ -17,11 +17,13 @@ fn orchestrator_at(amqp_urls: String) -> Orchestrator {
     Orchestrator::new(Arc::new(rpc), Timing { attempt_timeout: Duration::from_secs(3), ..Timing::default() })
 }
 
-/// One submission's result: exit code, lines, and the longest gap between two lines arriving.
+/// One submission's result: exit code, lines, and the longest gap between two lines arriving,
+/// with what else happened (retries, notices, the outcome) to explain a failure.
 struct Finished {
     exit_code: Option<i32>,
     lines: usize,
     longest_gap: Duration,
+    story: String,
 }
 
 fn script(markers: &Markers, name: &str, lines: usize) -> String {
@@ -35,17 +37,20 @@ fn submit_in_background(
 ) -> tokio::task::JoinHandle<Finished> {
     let orchestrator = orchestrator.clone();
     tokio::spawn(async move {
+        let begun = Instant::now();
         let arrivals = Mutex::new(Vec::new());
-        let events = |e| {
-            if let dispatcher::Event::Log(_) = e {
-                arrivals.lock().unwrap().push(Instant::now());
-            }
+        let story = Mutex::new(String::new());
+        let events = |e| match e {
+            dispatcher::Event::Log(_) => arrivals.lock().unwrap().push(Instant::now()),
+            other => story.lock().unwrap().push_str(&format!("{:.1}s {other:?}\n", begun.elapsed().as_secs_f64())),
         };
         let policy = RetryPolicy::new(Duration::from_secs(120));
         let outcome = orchestrator.submit(&route, sh(script), policy, &events, &Default::default()).await;
         let arrivals = arrivals.into_inner().unwrap();
         let longest_gap = arrivals.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
-        Finished { exit_code: outcome.exit_code, lines: arrivals.len(), longest_gap }
+        let mut story = story.into_inner().unwrap();
+        story.push_str(&format!("{:.1}s {outcome:?}", begun.elapsed().as_secs_f64()));
+        Finished { exit_code: outcome.exit_code, lines: arrivals.len(), longest_gap, story }
     })
 }
 
@@ -86,8 +91,10 @@ where
     let mut completed = 0;
     for submission in submissions {
         let finished = submission.await.unwrap();
-        assert_eq!(finished.exit_code, Some(0));
-        assert_eq!(finished.lines, lines, "every line arrives once");
+        let log = agent.log_text();
+        let log_tail = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        assert_eq!(finished.exit_code, Some(0), "{}\nagent log, last lines:\n{log_tail}", finished.story);
+        assert_eq!(finished.lines, lines, "every line arrives once\n{}", finished.story);
         longest_gap = longest_gap.max(finished.longest_gap);
         completed += 1;
     }
