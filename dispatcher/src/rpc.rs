@@ -140,7 +140,12 @@ impl RpcClient {
         };
         match confirm {
             Confirmation::Ack(Some(_returned)) => return Err(RpcError::Unroutable { target: route.to_string() }),
-            Confirmation::Nack(_) => return Err(RpcError::NotConfirmed("the broker nacked the publish".into())),
+            // A channel opened while a quorum queue's leader was on a node just lost can keep its
+            // stale view of the queue and nack every later publish (seen with RabbitMQ 3.10): the
+            // next attempt opens a new link instead of repeating on this one.
+            Confirmation::Nack(_) => {
+                return Err(self.broken(&link, RpcError::NotConfirmed("the broker nacked the publish".into())));
+            }
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
         }
         match tokio::time::timeout(timing.reply_timeout, rx).await {
