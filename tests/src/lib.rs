@@ -69,6 +69,17 @@ pub fn dispatcher_command() -> tokio::process::Command {
     command
 }
 
+/// Runs the `dispatcher` binary ([`dispatcher_command`]) with `args` to its end (at most 60 s).
+pub async fn run_dispatcher(args: &[&str]) -> std::process::Output {
+    let output = dispatcher_command().args(args).output();
+    tokio::time::timeout(Duration::from_secs(60), output).await.expect("dispatcher finishes").expect("dispatcher runs")
+}
+
+/// A process's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// The real `worker-agent` binary as tests start it, with nothing but the test broker and Redis
 /// in its environment (`run` and its flags are the caller's).
 pub fn agent_command() -> tokio::process::Command {
