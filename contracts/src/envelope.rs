@@ -121,7 +121,8 @@ impl Request {
         Ok((header, bytes))
     }
 
-    /// Decodes a request: size first, then the header, then the body its kind names.
+    /// Decodes a request: size and shape first (see [`check_shape`]), then the header, then the
+    /// body its kind names. Tickets are checked as they are decoded ([`crate::Ticket`]).
     pub fn decode(bytes: &[u8]) -> Result<(Envelope<()>, Request), CodecError> {
         let header = decode_header(bytes)?;
         let kind = Kind::parse(&header.kind);
@@ -129,24 +130,19 @@ impl Request {
             Some(Kind::GetCapabilities) => Request::GetCapabilities(body(bytes)?),
             Some(Kind::StartScriptV2) => {
                 let start: StartScriptV2 = body(bytes)?;
-                start.ticket.validate().map_err(CodecError::Invalid)?;
                 start.spec.validate().map_err(CodecError::Invalid)?;
                 Request::StartScriptV2(start)
             }
-            Some(Kind::GetStatusV2) => Request::GetStatusV2(ticketed(bytes, |b: &GetStatusV2| &b.ticket)?),
-            Some(Kind::CancelScriptV2) => Request::CancelScriptV2(ticketed(bytes, |b: &CancelScriptV2| &b.ticket)?),
-            Some(Kind::CompleteScriptV2) => {
-                Request::CompleteScriptV2(ticketed(bytes, |b: &CompleteScriptV2| &b.ticket)?)
-            }
+            Some(Kind::GetStatusV2) => Request::GetStatusV2(body(bytes)?),
+            Some(Kind::CancelScriptV2) => Request::CancelScriptV2(body(bytes)?),
+            Some(Kind::CompleteScriptV2) => Request::CompleteScriptV2(body(bytes)?),
             Some(Kind::StartScriptV1) => {
                 let start: StartScriptV1 = body(bytes)?;
                 start.spec.validate().map_err(CodecError::Invalid)?;
                 Request::StartScriptV1(start)
             }
-            Some(Kind::GetStatusV1) => Request::GetStatusV1(ticketed(bytes, |b: &GetStatusV1| &b.ticket)?),
-            Some(Kind::CompleteScriptV1) => {
-                Request::CompleteScriptV1(ticketed(bytes, |b: &CompleteScriptV1| &b.ticket)?)
-            }
+            Some(Kind::GetStatusV1) => Request::GetStatusV1(body(bytes)?),
+            Some(Kind::CompleteScriptV1) => Request::CompleteScriptV1(body(bytes)?),
             _ => return Err(CodecError::UnknownKind(header.kind)),
         };
         Ok((header, request))
@@ -195,6 +191,7 @@ fn decode_header(bytes: &[u8]) -> Result<Envelope<()>, CodecError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(CodecError::TooLarge { size: bytes.len(), limit: MAX_MESSAGE_BYTES });
     }
+    check_shape(bytes)?;
     let header: Envelope<IgnoredAny> = decode(bytes)?;
     Ok(header.with_body(()))
 }
@@ -203,12 +200,137 @@ fn body<B: DeserializeOwned>(bytes: &[u8]) -> Result<B, CodecError> {
     Ok(decode::<Envelope<B>>(bytes)?.body)
 }
 
-fn ticketed<B: DeserializeOwned>(bytes: &[u8], ticket: impl Fn(&B) -> &crate::Ticket) -> Result<B, CodecError> {
-    let body: B = body(bytes)?;
-    ticket(&body).validate().map_err(CodecError::Invalid)?;
-    Ok(body)
-}
-
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     rmp_serde::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))
+}
+
+/// Most msgpack values (strings, numbers, array and map entries...) in one message.
+/// A value can take one byte on the wire and several dozen once decoded (an empty string in a
+/// `Vec<String>` is 24 bytes): this bound keeps decoding to the message's size plus a few MiB,
+/// while the largest real message (a status reply of 2,000 lines, 9 values each) stays far
+/// below it.
+pub const MAX_VALUES: usize = 65_536;
+/// Deepest nesting of arrays and maps; real messages nest four deep.
+pub const MAX_DEPTH: usize = 16;
+
+/// Walks the msgpack structure without decoding it (no allocation beyond a stack of
+/// [`MAX_DEPTH`]) and refuses a message with more than [`MAX_VALUES`] values or nested deeper
+/// than [`MAX_DEPTH`], or one that claims more entries or bytes than it has.
+pub fn check_shape(bytes: &[u8]) -> Result<(), CodecError> {
+    let mut at = 0usize;
+    let mut values = 0usize;
+    // Values still expected at each open level; one top-level value.
+    let mut open: Vec<u64> = vec![1];
+    let truncated = || CodecError::Malformed("message ends inside a value".into());
+    let read_len = |at: &mut usize, width: usize| -> Result<u64, CodecError> {
+        let end = at.checked_add(width).filter(|end| *end <= bytes.len()).ok_or_else(truncated)?;
+        let len = bytes[*at..end].iter().fold(0u64, |n, b| (n << 8) | u64::from(*b));
+        *at = end;
+        Ok(len)
+    };
+    while let Some(left) = open.last_mut() {
+        if *left == 0 {
+            open.pop();
+            continue;
+        }
+        *left -= 1;
+        values += 1;
+        if values > MAX_VALUES {
+            return Err(CodecError::TooComplex(format!("more than {MAX_VALUES} values")));
+        }
+        let marker = *bytes.get(at).ok_or_else(truncated)?;
+        at += 1;
+        // (payload bytes, entries of a container)
+        let (skip, entries): (u64, u64) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+            0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
+            0xc4 | 0xd9 => (read_len(&mut at, 1)?, 0),
+            0xc5 | 0xda => (read_len(&mut at, 2)?, 0),
+            0xc6 | 0xdb => (read_len(&mut at, 4)?, 0),
+            0xc7 => (read_len(&mut at, 1)? + 1, 0),
+            0xc8 => (read_len(&mut at, 2)? + 1, 0),
+            0xc9 => (read_len(&mut at, 4)? + 1, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (0, read_len(&mut at, 2)?),
+            0xdd => (0, read_len(&mut at, 4)?),
+            0xde => (0, 2 * read_len(&mut at, 2)?),
+            0xdf => (0, 2 * read_len(&mut at, 4)?),
+            0xc1 => return Err(CodecError::Malformed(format!("reserved msgpack marker 0xc1 at byte {}", at - 1))),
+        };
+        let remaining = (bytes.len() - at) as u64;
+        if skip > remaining || entries > remaining {
+            return Err(truncated());
+        }
+        at += skip as usize;
+        if entries > 0 {
+            if open.len() >= MAX_DEPTH {
+                return Err(CodecError::TooComplex(format!("nested deeper than {MAX_DEPTH}")));
+            }
+            open.push(entries);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_messages_pass_the_shape_check() {
+        let start = StartScriptV2 {
+            ticket: crate::Ticket::generate(),
+            spec: ScriptSpec { script: "echo hi".into(), args: vec!["a".into(); 100], ..Default::default() },
+            wait_for_output: Some(1),
+            first_issued_at: None,
+        };
+        let (_, bytes) = Request::StartScriptV2(start.clone()).encode("a", 1, Some(2)).unwrap();
+        assert_eq!(Request::decode(&bytes).unwrap().1, Request::StartScriptV2(start));
+        let logs = (1..=2_000)
+            .map(|seq| crate::LogLine { seq, stream: crate::LogStream::Stdout, text: String::new(), at: 1 })
+            .collect();
+        let status = ScriptStatus {
+            ticket: crate::Ticket::generate(),
+            state: crate::ScriptState::Running,
+            exit_code: None,
+            logs,
+            next_log_sequence: 2_001,
+        };
+        let bytes = Reply::ScriptStatus(status.clone()).encode("a", 1).unwrap();
+        assert_eq!(Reply::decode(&bytes).unwrap(), Reply::ScriptStatus(status));
+    }
+
+    /// One byte per empty string: 16 MiB of them once decoded into 512 MiB.
+    #[test]
+    fn many_tiny_values_are_refused_before_decoding() {
+        let mut value = serde_json::json!({
+            "version": 2, "kind": "StartScriptV2", "message_id": "m", "target": "a", "issued_at": 1,
+            "body": {"ticket": "t", "script": "true"},
+        });
+        value["body"]["args"] = serde_json::json!(vec![""; MAX_VALUES]);
+        let bytes = rmp_serde::to_vec_named(&value).unwrap();
+        let error = Request::decode(&bytes).unwrap_err();
+        assert!(matches!(error, CodecError::TooComplex(_)), "{error}");
+    }
+
+    #[test]
+    fn deep_nesting_and_lying_lengths_are_refused() {
+        let mut deep = vec![0x91u8; MAX_DEPTH + 1];
+        deep.push(0xc0);
+        assert!(matches!(check_shape(&deep), Err(CodecError::TooComplex(_))));
+        // An array32 claiming four billion entries in a few bytes.
+        assert!(matches!(check_shape(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0]), Err(CodecError::Malformed(_))));
+        // A str32 claiming more bytes than there are.
+        assert!(matches!(check_shape(&[0xdb, 0, 0, 1, 0, b'a']), Err(CodecError::Malformed(_))));
+    }
 }

@@ -54,6 +54,8 @@ impl ErrorReply {
 pub enum CodecError {
     #[error("message of {size} bytes is over the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    #[error("message too complex to decode: {0}")]
+    TooComplex(String),
     #[error("malformed message: {0}")]
     Malformed(String),
     #[error("unsupported message kind {0:?}")]

@@ -75,6 +75,7 @@ impl Announcement {
         if bytes.len() > MAX_ANNOUNCEMENT_BYTES {
             return Err(CodecError::TooLarge { size: bytes.len(), limit: MAX_ANNOUNCEMENT_BYTES });
         }
+        crate::envelope::check_shape(bytes)?;
         let announcement: Announcement =
             rmp_serde::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
         crate::topology::validate_name("agent id", &announcement.agent_id).map_err(CodecError::Invalid)?;

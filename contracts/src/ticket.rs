@@ -9,8 +9,12 @@ pub const MAX_TICKET_LEN: usize = 128;
 
 /// A script ticket. Tickets compare and hash case-insensitively: the store key is
 /// [`Ticket::store_key`], the ticket in lower case.
+///
+/// One strict format everywhere, checked whenever a ticket is decoded (from the wire, a store or
+/// a journal) as well as parsed: 1 to 128 characters of `[A-Za-z0-9_-]`. No `.` (so never `.` or
+/// `..`), no `/`, no control characters: a ticket names a workspace directory and store keys.
 #[derive(Clone, Debug, Serialize, Deserialize, Eq)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct Ticket(String);
 
 impl Ticket {
@@ -19,20 +23,20 @@ impl Ticket {
         Ticket(uuid::Uuid::new_v4().to_string())
     }
 
-    /// Parses a ticket given by a user or a peer: 1 to 128 characters of `[A-Za-z0-9._-]`.
+    /// Parses a ticket given by a user or a peer: 1 to 128 characters of `[A-Za-z0-9_-]`.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let ticket = Ticket(raw.to_owned());
         ticket.validate()?;
         Ok(ticket)
     }
 
-    /// Checks a ticket decoded from the wire, where [`Ticket::parse`] did not run.
+    /// Checks the format (done by [`Ticket::parse`] and by decoding).
     pub fn validate(&self) -> Result<(), String> {
         if self.0.is_empty() || self.0.len() > MAX_TICKET_LEN {
             return Err(format!("ticket must be 1 to {MAX_TICKET_LEN} characters"));
         }
-        if !self.0.chars().all(is_name_char) {
-            return Err(format!("ticket {:?} has characters outside [A-Za-z0-9._-]", self.0));
+        if !self.0.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')) {
+            return Err(format!("ticket {:?} has characters outside [A-Za-z0-9_-]", self.0));
         }
         Ok(())
     }
@@ -47,8 +51,19 @@ impl Ticket {
     }
 }
 
-pub(crate) fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+impl TryFrom<String> for Ticket {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        let ticket = Ticket(raw);
+        ticket.validate()?;
+        Ok(ticket)
+    }
+}
+
+impl From<Ticket> for String {
+    fn from(ticket: Ticket) -> String {
+        ticket.0
+    }
 }
 
 impl PartialEq for Ticket {
@@ -100,5 +115,16 @@ mod tests {
         assert!(Ticket::parse("").is_err());
         assert!(Ticket::parse("a b").is_err());
         assert!(Ticket::parse(&"x".repeat(MAX_TICKET_LEN + 1)).is_err());
+        for hostile in [".", "..", "a.b", "../x", "a/b", "a\u{1b}[2J", "a\nb", "a\0"] {
+            assert!(Ticket::parse(hostile).is_err(), "{hostile:?} is refused");
+        }
+    }
+
+    #[test]
+    fn decoding_checks_the_format() {
+        let encoded = rmp_serde::to_vec("..").unwrap();
+        assert!(rmp_serde::from_slice::<Ticket>(&encoded).is_err());
+        let encoded = rmp_serde::to_vec("Ok-1").unwrap();
+        assert_eq!(rmp_serde::from_slice::<Ticket>(&encoded).unwrap(), Ticket::parse("ok-1").unwrap());
     }
 }

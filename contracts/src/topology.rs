@@ -10,6 +10,19 @@ pub const DEAD_QUEUE: &str = "cuttle.dead";
 pub const DELIVERY_LIMIT: i64 = 5;
 /// RabbitMQ's direct reply-to pseudo queue.
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// Checks a request's `reply_to`: only a direct reply-to address, which the broker makes of
+/// [`REPLY_TO`] for the channel that published (`amq.rabbitmq.reply-to.<opaque>`), is answered.
+/// Anything else would let a message make the agent publish into a queue of the sender's
+/// choosing (another agent's commands, say).
+pub fn check_reply_to(reply_to: &str) -> Result<(), String> {
+    let direct = reply_to.strip_prefix(REPLY_TO).and_then(|rest| rest.strip_prefix('.')).is_some_and(|r| !r.is_empty());
+    if direct {
+        Ok(())
+    } else {
+        Err(format!("reply_to {reply_to:?} is not a direct reply-to address ({REPLY_TO}.*)"))
+    }
+}
+
 /// The AMQP `content_type` of every message.
 pub const CONTENT_TYPE: &str = "application/msgpack";
 
@@ -58,10 +71,14 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(format!("{what} must be 1 to {MAX_NAME_LEN} characters"));
     }
-    if !name.chars().all(crate::ticket::is_name_char) {
+    if !name.chars().all(is_name_char) {
         return Err(format!("{what} {name:?} has characters outside [A-Za-z0-9._-]"));
     }
     Ok(())
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
 /// What either side reports when the broker accepted a TCP connection but the AMQP handshake got
@@ -92,6 +109,16 @@ mod tests {
         assert_eq!(amqp_url_with_heartbeat("amqp://h/%2f"), "amqp://h/%2f?heartbeat=5");
         assert_eq!(amqp_url_with_heartbeat("amqp://h/%2f?frame_max=8192"), "amqp://h/%2f?frame_max=8192&heartbeat=5");
         assert_eq!(amqp_url_with_heartbeat("amqp://h/%2f?heartbeat=30"), "amqp://h/%2f?heartbeat=30");
+    }
+
+    #[test]
+    fn only_direct_reply_to_addresses_are_answered() {
+        assert!(check_reply_to("amq.rabbitmq.reply-to.g1h2AA5yZXBseUAyNjA5MDMyNQAAAAAAAAAA.abc").is_ok());
+        for bad in
+            ["amq.rabbitmq.reply-to", "amq.rabbitmq.reply-to.", "cuttle.agent.web-01", "amq.rabbitmq.reply-tox", ""]
+        {
+            assert!(check_reply_to(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

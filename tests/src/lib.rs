@@ -93,6 +93,31 @@ pub fn agent_command() -> tokio::process::Command {
     command
 }
 
+/// Runs `command` with its stdout and stderr on a terminal (a new pseudo-terminal), as a user
+/// at a shell would: its exit status and everything it wrote there (newlines as `\r\n`).
+pub async fn output_on_terminal(mut command: tokio::process::Command) -> (std::process::ExitStatus, Vec<u8>) {
+    let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+    let stderr = pty.slave.try_clone().expect("terminal fd");
+    command.stdout(std::process::Stdio::from(pty.slave)).stderr(std::process::Stdio::from(stderr));
+    let mut child = command.spawn().expect("command starts");
+    // The command holds the terminal's other copies: without them, reading ends with the child.
+    drop(command);
+    let mut master = std::fs::File::from(pty.master);
+    let reader = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // A pty's reader gets EIO once the last writer has gone.
+        while let Ok(n @ 1..) = master.read(&mut chunk) {
+            out.extend_from_slice(&chunk[..n]);
+        }
+        out
+    });
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("ends within 60s").unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("terminal drained").unwrap();
+    (status, out)
+}
+
 /// `GET path` on an HTTP server: its status and body, or `None` if it does not answer.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     use http_body_util::BodyExt;

@@ -71,9 +71,14 @@ impl RawBroker {
     /// Publishes `body` straight to the agent's queue, with `kind` as AMQP type, and returns the
     /// correlation id used.
     pub async fn publish(&self, agent_id: &str, kind: &str, body: &[u8]) -> String {
+        self.publish_replying_to(agent_id, kind, body, REPLY_TO).await
+    }
+
+    /// [`RawBroker::publish`] asking for the reply to go to `reply_to`.
+    pub async fn publish_replying_to(&self, agent_id: &str, kind: &str, body: &[u8], reply_to: &str) -> String {
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let properties = BasicProperties::default()
-            .with_reply_to(REPLY_TO.into())
+            .with_reply_to(reply_to.into())
             .with_correlation_id(correlation_id.as_str().into())
             .with_type(kind.into())
             .with_delivery_mode(2);
@@ -122,6 +127,16 @@ impl RawBroker {
     pub async fn close(self) {
         let _ = self.connection.close(200, "test done".into()).await;
     }
+}
+
+/// A hand-made message: an envelope of `kind` around `body`, written as the dispatcher writes
+/// (a msgpack map), without any of the checks the typed encoder would make.
+pub fn envelope(kind: &str, body: serde_json::Value) -> Vec<u8> {
+    let value = serde_json::json!({
+        "version": 2, "kind": kind, "message_id": "m-1", "target": "x",
+        "issued_at": contracts::unix_millis(std::time::SystemTime::now()), "not_after": null, "body": body,
+    });
+    rmp_serde::to_vec_named(&value).expect("a JSON value encodes")
 }
 
 /// Messages in a queue as its declaration reports them (a quorum queue counts those delivered

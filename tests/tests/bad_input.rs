@@ -4,15 +4,8 @@
 use contracts::*;
 use serde_json::json;
 use std::time::Duration;
+use tests::raw::envelope;
 use tests::*;
-
-fn envelope(kind: &str, body: serde_json::Value) -> Vec<u8> {
-    let value = json!({
-        "version": 2, "kind": kind, "message_id": "m-1", "target": "x",
-        "issued_at": unix_millis(std::time::SystemTime::now()), "not_after": null, "body": body,
-    });
-    rmp_serde::to_vec_named(&value).unwrap()
-}
 
 async fn still_serving(agent: &TestAgent) {
     let orchestrator = orchestrator().await;

@@ -416,3 +416,102 @@ async fn rust_log_sets_what_the_agent_logs() {
     chatty.wait_ready().await;
     chatty.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_env_from_the_flag_or_the_environment_is_all_scripts_get_of_the_agents_environment() {
+    for from_env in [false, true] {
+        let config = test_config(if from_env { "env-pass-env" } else { "flag-pass-env" });
+        let mut command = AgentProcess::command(&config);
+        command.env("AGENT_ONLY_SECRET", "s3cret").env("FOR_SCRIPTS", "shared").env("ALSO_FOR_SCRIPTS", "too");
+        if from_env {
+            command.env("CUTTLE_PASS_ENV", "FOR_SCRIPTS,ALSO_FOR_SCRIPTS");
+        } else {
+            command.args(["--pass-env", "FOR_SCRIPTS", "--pass-env", "ALSO_FOR_SCRIPTS"]);
+        }
+        let agent = AgentProcess::spawn_command(config.clone(), command);
+        agent.wait_ready().await;
+        let out = dispatcher(&["submit", "--target", &config.agent_id, "--env", "MINE=1", "--", "env"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let mut names: Vec<String> =
+            text(&out.stdout).lines().filter_map(|l| l.split_once('=')).map(|(name, _)| name.to_owned()).collect();
+        names.sort();
+        // `sh` itself adds PWD (and dash nothing else); everything else comes from the agent.
+        names.retain(|n| n != "PWD" && n != "OLDPWD" && n != "SHLVL" && n != "_");
+        let mut expected: Vec<String> = ["PATH", "HOME", "USER", "LANG"]
+            .into_iter()
+            .filter(|n| std::env::var_os(n).is_some() || *n == "PATH")
+            .chain(["FOR_SCRIPTS", "ALSO_FOR_SCRIPTS", "MINE", "CUTTLE_TICKET", "CUTTLE_AGENT_ID"])
+            .map(String::from)
+            .collect();
+        expected.sort();
+        assert_eq!(names, expected, "{}", text(&out.stdout));
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("FOR_SCRIPTS=shared") && stdout.contains("ALSO_FOR_SCRIPTS=too"), "{stdout}");
+        assert!(!stdout.contains("s3cret") && !stdout.contains("guest"), "no secret reaches the script: {stdout}");
+        agent.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_dir_of_another_user_or_writable_by_others_is_refused_and_the_default_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let open_to_all = test_config("wd-open");
+    std::fs::create_dir_all(&open_to_all.work_dir).unwrap();
+    std::fs::set_permissions(&open_to_all.work_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let foreign = test_config("wd-foreign");
+    std::fs::create_dir_all(&foreign.work_dir).unwrap();
+    std::fs::set_permissions(&foreign.work_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Tests run as root (they install and start services): give the dir to `nobody`.
+    std::os::unix::fs::chown(&foreign.work_dir, Some(65534), None).expect("root may give a dir away");
+    for (config, refusal) in [(open_to_all, "writable by its group or others"), (foreign, "is owned by uid")] {
+        let mut agent = AgentProcess::spawn_command(config.clone(), AgentProcess::command(&config));
+        let status = tokio::time::timeout(Duration::from_secs(20), agent.wait()).await.expect("the agent exits");
+        assert!(!status.success());
+        assert!(agent.log_text().contains(refusal), "{}", agent.log_text());
+        agent.stop().await;
+    }
+
+    // No --work-dir: private, out of /tmp.
+    let config = test_config("wd-default");
+    let default = worker_agent::workspace::default_work_dir(&config.agent_id);
+    let mut command = bare_agent();
+    command.args(["--agent-id", &config.agent_id, "--key-prefix", &config.key_prefix]);
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    let out = dispatcher(&["submit", "--target", &config.agent_id, "--", "pwd"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).trim().starts_with(default.to_str().unwrap()),
+        "{} in {}",
+        text(&out.stdout),
+        default.display()
+    );
+    assert!(!default.starts_with(std::env::temp_dir()));
+    let mode = std::fs::metadata(&default).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    agent.stop().await;
+    std::fs::remove_dir_all(&default).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_on_a_terminal_shows_control_sequences_escaped_unless_raw() {
+    let agent = TestAgent::start("terminal").await;
+    let script = r"printf '\033]0;pwned\007\033[2Jdone\n'";
+    let submit = |raw: bool| {
+        let mut command = dispatcher_command();
+        command.args(["submit", "--target", agent.id()]).args(raw.then_some("--raw")).args(["--", script]);
+        command
+    };
+    let (status, shown) = output_on_terminal(submit(false)).await;
+    assert!(status.success());
+    let shown_text = text(&shown);
+    assert!(shown_text.contains(r"\x1b]0;pwned\x07\x1b[2Jdone"), "{shown_text:?}");
+    assert!(!shown.contains(&0x1b), "no escape reaches the terminal: {shown_text:?}");
+    let (status, raw) = output_on_terminal(submit(true)).await;
+    assert!(status.success());
+    assert!(text(&raw).contains("\x1b]0;pwned\x07\x1b[2Jdone"), "{:?}", text(&raw));
+    // Not a terminal: passed on as it is.
+    let piped = dispatcher(&["submit", "--target", agent.id(), "--", script]).await;
+    assert_eq!(text(&piped.stdout), "\x1b]0;pwned\x07\x1b[2Jdone\n");
+    agent.stop().await;
+}

@@ -330,6 +330,14 @@ async fn handle_delivery(
     let reply_to = props.reply_to().as_ref().map(ShortString::to_string);
     let correlation_id = props.correlation_id().as_ref().map(ShortString::to_string);
     let mut acked_early = false;
+    if let Some(Err(reason)) = reply_to.as_deref().map(check_reply_to) {
+        // Not answered, not served: dead-lettered with the reason logged.
+        tracing::warn!(agent = %config.agent_id, kind = ?props.kind().as_ref().map(ShortString::as_str), %reason, "rejecting message");
+        if let Err(error) = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await {
+            tracing::warn!(agent = %config.agent_id, %error, "could not settle rejected delivery");
+        }
+        return;
+    }
     let reply = match Request::decode(&delivery.data) {
         Err(error) => {
             tracing::warn!(agent = %config.agent_id, kind = ?props.kind().as_ref().map(ShortString::as_str), bytes = delivery.data.len(), %error, "rejecting message");

@@ -81,6 +81,8 @@ pub struct AgentConfig {
     pub labels: contracts::labels::Labels,
     /// How often the agent announces itself on the presence stream (its heartbeat).
     pub announce_interval: Duration,
+    /// Variables of the agent's environment scripts get besides the minimal set (`--pass-env`).
+    pub pass_env: Vec<String>,
 }
 
 impl AgentConfig {
@@ -99,8 +101,8 @@ impl AgentConfig {
 
     /// A configuration with defaults for everything but the agent id.
     pub fn new(agent_id: impl Into<String>) -> Self {
+        let agent_id = agent_id.into();
         AgentConfig {
-            agent_id: agent_id.into(),
             amqp_url: DEFAULT_AMQP_URL.into(),
             redis_url: DEFAULT_REDIS_URL.into(),
             redis_sentinels: Vec::new(),
@@ -108,7 +110,7 @@ impl AgentConfig {
             claim_replicas: 0,
             key_prefix: "cuttle:".into(),
             store: StoreKind::Redis,
-            work_dir: std::env::temp_dir().join("cuttle-agent"),
+            work_dir: crate::workspace::default_work_dir(&agent_id),
             protocol: Protocol::V2,
             pool: None,
             max_scripts: None,
@@ -122,6 +124,8 @@ impl AgentConfig {
             drain_timeout: Duration::from_secs(30),
             labels: contracts::labels::Labels::new(),
             announce_interval: Duration::from_millis(contracts::presence::DEFAULT_INTERVAL_MS),
+            pass_env: Vec::new(),
+            agent_id,
         }
     }
 }

@@ -10,7 +10,7 @@
 //!   [`local_store`] the embedded one for agents that reach only the broker; [`redis_link`] the
 //!   connection to one Redis, or to the master Redis Sentinels name.
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
-//!   [`isolation`] its mutexes.
+//!   [`isolation`] its mutexes, [`workspace`] the work dir and the scripts' workspaces in it.
 //! - [`presence`]: the agent's announcements of itself (heartbeats) on the presence stream.
 //! - [`health`]: liveness and readiness probes over HTTP (axum).
 //! - [`cli`]: the `worker-agent` command line.
@@ -29,13 +29,13 @@ pub mod rules;
 pub mod runner;
 pub mod service;
 pub mod store;
+pub mod workspace;
 
 pub use config::{AgentConfig, Protocol, StoreKind};
 pub use service::Agent;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -43,8 +43,8 @@ use tokio_util::sync::CancellationToken;
 /// Why an agent could not run at all.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot create work dir {path}: {source}")]
-    WorkDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    WorkDir(#[from] workspace::WorkDirError),
     #[error("cannot serve probes on {addr}: {source}")]
     Probes { addr: SocketAddr, source: std::io::Error },
 }
@@ -57,8 +57,7 @@ pub enum RunError {
 /// taking work at once, lets running scripts end within `config.drain_timeout`, then cancels
 /// the rest, each recorded as cancelled, and stops the probes last.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    std::fs::create_dir_all(&config.work_dir)
-        .map_err(|source| RunError::WorkDir { path: config.work_dir.clone(), source })?;
+    workspace::prepare_work_dir(&config.work_dir)?;
     let probes = health::Probes::new();
     let probes_stop = CancellationToken::new();
     let probes_served = match config.health_addr {

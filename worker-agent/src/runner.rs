@@ -6,9 +6,13 @@ use crate::isolation::{IsolationGuard, Mutexes};
 use crate::output::{self, LogSender, Progress};
 use crate::rules::{RecordState, TicketRecord};
 use crate::store::{Release, TicketKeys, TicketStore};
+use crate::workspace;
 use contracts::{exit_code, LogStream, ScriptSpec};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +42,8 @@ pub struct Run {
     pub mutexes: Arc<Mutexes>,
     pub lease_ttl: Duration,
     pub record_ttl: Duration,
+    /// Variables of the agent's environment passed on to the script (`--pass-env`).
+    pub pass_env: Arc<[String]>,
 }
 
 /// Why a script stopped before its own end.
@@ -79,7 +85,13 @@ impl Run {
             log.send(LogStream::Agent, "unknown shell");
             return exit_code::SHELL_NOT_STARTED;
         };
-        let mut command = tokio::process::Command::new(shell);
+        // From the agent's own PATH: the command's PATH (in its env) is the script's business,
+        // never where its shell comes from.
+        let Some(shell_path) = resolve_program(shell, std::env::var_os("PATH").as_deref()) else {
+            log.send(LogStream::Agent, format!("could not start {shell}: not found on the agent's PATH"));
+            return exit_code::SHELL_NOT_STARTED;
+        };
+        let mut command = tokio::process::Command::new(&shell_path);
         if self.spec.script.len() <= INLINE_SCRIPT_BYTES {
             // `sh -c SCRIPT sh ARGS...`: $0 is the shell, $1.. the args, as for a script file.
             command.arg("-c").arg(&self.spec.script).arg(shell);
@@ -88,9 +100,8 @@ impl Run {
         }
         let mut child = match command
             .args(&self.spec.args)
-            .envs(&self.spec.env)
-            .env("CUTTLE_TICKET", &self.keys.ticket)
-            .env("CUTTLE_AGENT_ID", &self.record.agent_id)
+            .env_clear()
+            .envs(script_environment(&self.pass_env, &self.spec.env, &self.keys.ticket, &self.record.agent_id))
             .current_dir(&self.workspace)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -183,12 +194,12 @@ impl Run {
     }
 
     async fn prepare_workspace(&self) -> std::io::Result<()> {
-        tokio::fs::create_dir_all(&self.workspace).await?;
+        workspace::create_workspace(&self.workspace).await?;
         for file in &self.spec.files {
-            tokio::fs::write(self.workspace.join(&file.name), &file.content).await?;
+            workspace::write_private_file(&self.workspace.join(&file.name), &file.content).await?;
         }
         if self.spec.script.len() > INLINE_SCRIPT_BYTES {
-            tokio::fs::write(self.workspace.join(SCRIPT_FILE), &self.spec.script).await?;
+            workspace::write_private_file(&self.workspace.join(SCRIPT_FILE), self.spec.script.as_bytes()).await?;
         }
         Ok(())
     }
@@ -271,11 +282,71 @@ fn kill_group(pid: Option<u32>) {
     }
 }
 
-/// Removes a ticket's workspace (after CompleteScript).
-pub async fn remove_workspace(path: &Path) {
-    match tokio::fs::remove_dir_all(path).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => tracing::warn!(path = %path.display(), %error, "could not remove workspace"),
+/// Variables of the agent's own environment every script gets (when the agent has them).
+const BASE_ENVIRONMENT: [&str; 4] = ["PATH", "HOME", "USER", "LANG"];
+/// The script's PATH when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A script's whole environment: [`BASE_ENVIRONMENT`] and the variables the operator passes on
+/// (`--pass-env`) from the agent's environment, then the command's own `env`, then
+/// `CUTTLE_TICKET` and `CUTTLE_AGENT_ID`. Nothing else of the agent's environment (its broker and
+/// store URLs with their passwords above all) reaches the script.
+fn script_environment(
+    pass_env: &[String],
+    command_env: &BTreeMap<String, String>,
+    ticket: &str,
+    agent_id: &str,
+) -> BTreeMap<OsString, OsString> {
+    let mut env: BTreeMap<OsString, OsString> = BASE_ENVIRONMENT
+        .iter()
+        .copied()
+        .chain(pass_env.iter().map(String::as_str))
+        .filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)))
+        .collect();
+    env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+    env.extend(command_env.iter().map(|(k, v)| (k.into(), v.into())));
+    env.insert("CUTTLE_TICKET".into(), ticket.into());
+    env.insert("CUTTLE_AGENT_ID".into(), agent_id.into());
+    env
+}
+
+/// The first executable file `name` in the directories of `path` (a PATH value).
+fn resolve_program(name: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    let path = path.unwrap_or(DEFAULT_PATH.as_ref());
+    std::env::split_paths(path).filter(|dir| dir.is_absolute()).map(|dir| dir.join(name)).find(|candidate| {
+        std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_get_a_minimal_environment_and_their_own() {
+        let command_env = BTreeMap::from([("PATH".to_owned(), "/opt/x".to_owned()), ("A".to_owned(), "1".to_owned())]);
+        let env = script_environment(&["CARGO".to_owned()], &command_env, "t-1", "agent-1");
+        let names: Vec<_> = env.keys().map(|k| k.to_string_lossy().into_owned()).collect();
+        assert!(names.iter().all(|n| [
+            "PATH",
+            "HOME",
+            "USER",
+            "LANG",
+            "CARGO",
+            "A",
+            "CUTTLE_TICKET",
+            "CUTTLE_AGENT_ID"
+        ]
+        .contains(&n.as_str())));
+        assert_eq!(env[&OsString::from("PATH")], "/opt/x");
+        assert_eq!(env[&OsString::from("CUTTLE_TICKET")], "t-1");
+        assert!(env.contains_key(&OsString::from("CARGO")), "cargo sets CARGO for tests");
+    }
+
+    #[test]
+    fn the_shell_comes_from_absolute_directories_of_the_path_only() {
+        assert_eq!(resolve_program("sh", Some("/nonexistent:/bin".as_ref())), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(resolve_program("sh", Some(".:bin".as_ref())), None);
+        assert_eq!(resolve_program("no-such-shell-here", None), None);
     }
 }

@@ -5,8 +5,9 @@ use crate::config::{AgentConfig, Protocol};
 use crate::isolation::Mutexes;
 use crate::output::Progress;
 use crate::rules::{self, RecordState, TicketRecord};
-use crate::runner::{self, Run};
+use crate::runner::Run;
 use crate::store::{Claim, ClaimReplication, Epoch, Release, StoreError, TicketKeys, TicketStore, TicketView};
+use crate::workspace;
 use contracts::topology::MAX_STATUS_WAIT_MS;
 use contracts::*;
 use std::collections::{HashMap, HashSet};
@@ -51,6 +52,8 @@ pub struct Agent {
     /// Tickets this process claimed whose claim the replicas have not confirmed yet: not
     /// started, and started only by this process, once, after a repeat confirms them.
     unconfirmed: Mutex<HashSet<String>>,
+    /// `config.pass_env`, shared with every run.
+    pass_env: Arc<[String]>,
 }
 
 /// A place for one running script, held until it ends.
@@ -69,6 +72,7 @@ impl Agent {
     pub fn new(config: AgentConfig, store: TicketStore, epoch: Epoch, owner: String) -> Arc<Self> {
         let config_slots = config.max_scripts.map(|n| Arc::new(Semaphore::new(n.max(1))));
         Arc::new(Agent {
+            pass_env: config.pass_env.clone().into(),
             config,
             store,
             owner,
@@ -303,16 +307,22 @@ impl Agent {
     }
 
     fn launch(self: &Arc<Self>, keys: TicketKeys, record: TicketRecord, spec: ScriptSpec, slot: Option<Slot>) {
+        let ticket = keys.ticket.clone();
+        let Some(workspace) = workspace::workspace_path(&self.config.work_dir, &ticket) else {
+            // Decoding refuses such tickets: this is the last guard before the file system. The
+            // claim reads as unknown result once its lease has run out.
+            tracing::error!(ticket = %ticket, "ticket is not a plain name; not running it");
+            return;
+        };
         let (progress, watcher) = watch::channel(Progress { next_log_sequence: 1, complete: false });
         let cancel = CancellationToken::new();
-        let ticket = keys.ticket.clone();
         self.runs
             .lock()
             .expect("runs poisoned")
             .insert(ticket.clone(), LocalRun { cancel: cancel.clone(), progress: watcher });
         let run = Run {
             store: self.store.clone(),
-            workspace: self.config.work_dir.join(&ticket),
+            workspace,
             record_raw: record.encode(),
             keys,
             record,
@@ -322,6 +332,7 @@ impl Agent {
             mutexes: self.mutexes.clone(),
             lease_ttl: self.config.lease_ttl,
             record_ttl: self.config.record_ttl,
+            pass_env: self.pass_env.clone(),
         };
         let agent = self.clone();
         self.tracker.spawn(async move {
@@ -445,7 +456,9 @@ impl Agent {
             .await
         {
             Ok(true) => {
-                runner::remove_workspace(&self.config.work_dir.join(&keys.ticket)).await;
+                if let Some(workspace) = workspace::workspace_path(&self.config.work_dir, &keys.ticket) {
+                    workspace::remove_workspace(&workspace).await;
+                }
                 tracing::info!(ticket = %ticket, "script completed; output cleaned, tombstone kept");
             }
             Ok(false) => {

@@ -2,6 +2,7 @@
 
 mod fleet;
 mod service;
+mod terminal;
 
 use crate::bench;
 use crate::budget::{Limits, Share};
@@ -63,6 +64,11 @@ pub struct Cli {
     /// Prefix of the journal's Redis keys (several services can share one Redis).
     #[arg(long, global = true, env = "CUTTLE_JOURNAL_PREFIX", default_value = crate::service::journal::DEFAULT_PREFIX)]
     pub journal_prefix: String,
+    /// Pass control characters in script output through to a terminal as they are; without it,
+    /// output printed to a terminal shows them escaped (`\x1b[2J`), so a script cannot drive the
+    /// user's terminal. Output to a file or pipe is always passed on as it is.
+    #[arg(long, global = true)]
+    pub raw: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -447,19 +453,21 @@ impl Printer {
             Event::Log(line) => match line.stream {
                 LogStream::Stdout => {
                     let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "{prefix}{}", line.text);
+                    let _ = writeln!(out, "{prefix}{}", terminal::out(&line.text));
                 }
-                LogStream::Stderr => eprintln!("{prefix}{}", line.text),
-                LogStream::Agent | LogStream::Unknown => eprintln!("cuttle: {prefix}[agent] {}", line.text),
+                LogStream::Stderr => eprintln!("{prefix}{}", terminal::err(&line.text)),
+                LogStream::Agent | LogStream::Unknown => {
+                    eprintln!("cuttle: {prefix}[agent] {}", terminal::err(&line.text))
+                }
             },
             Event::Retry { request, notice } => eprintln!(
                 "cuttle: {prefix}{request} attempt {} failed: {}; retrying in {}, {} left",
                 notice.attempt,
-                notice.error,
+                terminal::err(&notice.error.to_string()),
                 humantime::format_duration(Duration::from_millis(notice.delay.as_millis() as u64)),
                 humantime::format_duration(Duration::from_secs(notice.time_left.as_secs())),
             ),
-            Event::Notice(message) => eprintln!("cuttle: {prefix}{message}"),
+            Event::Notice(message) => eprintln!("cuttle: {prefix}{}", terminal::err(&message)),
         }
     }
 
@@ -477,7 +485,7 @@ impl Printer {
                 OutcomeKind::Unknown => "outcome unknown",
                 _ => "failed",
             };
-            eprintln!("cuttle: {what}: {}", outcome.error.as_deref().unwrap_or("no reason given"));
+            eprintln!("cuttle: {what}: {}", terminal::err(outcome.error.as_deref().unwrap_or("no reason given")));
         }
         ExitCode::from(outcome.process_exit)
     }
@@ -549,6 +557,7 @@ fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
 
 /// Runs one parsed command and gives the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    terminal::set_raw(cli.raw);
     let rpc_config = RpcConfig { amqp_url: cli.amqp_url.clone(), connect_timeout: cli.connect_timeout };
     let rpc = Arc::new(RpcClient::new(rpc_config.clone()));
     let orchestrator = Orchestrator::new(rpc.clone(), Timing::default()).with_protocol(cli.protocol);

@@ -1,7 +1,7 @@
 //! The commands around the service and its journal: `serve`, `history`, `submit --detach`, and
 //! `status TICKET` read from the journal.
 
-use super::{script_spec, usage_error, SubmitArgs};
+use super::{script_spec, terminal, usage_error, SubmitArgs};
 use crate::orchestrator::Orchestrator;
 use crate::outcome::{exit, OutcomeKind};
 use crate::policy::PolicyConfig;
@@ -258,25 +258,28 @@ fn print_events(events: &[JournalEvent], json: bool) -> bool {
             println!("{event}");
         } else {
             match kind {
-                "log" => match event["stream"].as_str() {
-                    Some("stdout") => {
-                        let _ = writeln!(std::io::stdout().lock(), "{}", event["text"].as_str().unwrap_or_default());
+                "log" => {
+                    let text = event["text"].as_str().unwrap_or_default();
+                    match event["stream"].as_str() {
+                        Some("stdout") => {
+                            let _ = writeln!(std::io::stdout().lock(), "{}", terminal::out(text));
+                        }
+                        Some("stderr") => eprintln!("{}", terminal::err(text)),
+                        _ => eprintln!("cuttle: [agent] {}", terminal::err(text)),
                     }
-                    Some("stderr") => eprintln!("{}", event["text"].as_str().unwrap_or_default()),
-                    _ => eprintln!("cuttle: [agent] {}", event["text"].as_str().unwrap_or_default()),
-                },
+                }
                 "retry" => eprintln!(
                     "cuttle: {} failed (attempt {}), retrying: {}",
                     event["request"].as_str().unwrap_or_default(),
                     event["attempt"],
-                    event["error"].as_str().unwrap_or_default()
+                    terminal::err(event["error"].as_str().unwrap_or_default())
                 ),
-                "notice" => eprintln!("cuttle: {}", event["message"].as_str().unwrap_or_default()),
+                "notice" => eprintln!("cuttle: {}", terminal::err(event["message"].as_str().unwrap_or_default())),
                 "result" if event["outcome"] != "completed" => {
                     eprintln!(
                         "cuttle: {}: {}",
                         event["outcome"].as_str().unwrap_or_default(),
-                        event["error"].as_str().unwrap_or("no reason given")
+                        terminal::err(event["error"].as_str().unwrap_or("no reason given"))
                     )
                 }
                 _ => {}

@@ -53,7 +53,9 @@ pub struct RunArgs {
     /// Prefix of every Redis key (agents sharing tickets must share it).
     #[arg(long, env = "CUTTLE_KEY_PREFIX", default_value = "cuttle:")]
     pub key_prefix: String,
-    /// Directory for script workspaces [default: <tmp>/cuttle-agent/<ID>].
+    /// Directory for script workspaces, private to the agent's user: created 0700; one owned by
+    /// another user or writable by group or others is refused [default: /var/lib/cuttle/<ID> as
+    /// root, $XDG_STATE_HOME/cuttle/<ID> (~/.local/state/cuttle/<ID>) otherwise].
     #[arg(long, env = "CUTTLE_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
     /// Worker pool to serve as well: its queue `cuttle.pool.<POOL>` is shared by every worker
@@ -101,6 +103,22 @@ pub struct RunArgs {
     /// drops out of `dispatcher agents` three intervals after its last announcement.
     #[arg(long, env = "CUTTLE_ANNOUNCE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub announce_interval: Duration,
+    /// A variable of the agent's environment that scripts get too (repeatable; the variable takes
+    /// `A,B`). Scripts get only PATH, HOME, USER, LANG, the command's own env, CUTTLE_TICKET and
+    /// CUTTLE_AGENT_ID otherwise: never the agent's broker or store credentials.
+    #[arg(long = "pass-env", env = "CUTTLE_PASS_ENV", value_delimiter = ',')]
+    pub pass_env: Vec<String>,
+}
+
+fn check_variable_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let good = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if good {
+        Ok(())
+    } else {
+        Err(format!("--pass-env {name:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"))
+    }
 }
 
 fn parse_label(raw: &str) -> Result<(String, String), String> {
@@ -120,8 +138,13 @@ impl RunArgs {
         }
         config.claim_replicas = self.claim_replicas;
         config.key_prefix = self.key_prefix.clone();
-        config.work_dir =
-            self.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("cuttle-agent").join(&self.agent_id));
+        if let Some(work_dir) = &self.work_dir {
+            config.work_dir = work_dir.clone();
+        }
+        for name in &self.pass_env {
+            check_variable_name(name)?;
+        }
+        config.pass_env = self.pass_env.clone();
         config.protocol = self.protocol;
         if let Some(pool) = &self.pool {
             contracts::topology::validate_name("pool name", pool)?;

@@ -1,0 +1,144 @@
+//! A hostile message, script or neighbour on the agent's machine: each test makes the attack by
+//! hand, against the real broker and store, and shows it refused (issue "hostile").
+
+use contracts::*;
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+use tests::agent::test_config;
+use tests::raw::envelope;
+use tests::*;
+
+/// Peak resident memory of a process, in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("kB") / 1024
+}
+
+async fn still_serving(agent_id: &str) {
+    let orchestrator = orchestrator().await;
+    let route = dispatcher::Route::agent(agent_id).unwrap();
+    let caps = orchestrator.capabilities(&route, dispatcher::RetryPolicy::new(Duration::from_secs(10)), &|_| {}).await;
+    assert!(caps.unwrap().supports(SERVICE_SCRIPT_V2), "the agent keeps serving");
+}
+
+/// Publishes a hand-made message and expects it refused as invalid and dead-lettered.
+async fn refused_as_invalid(raw: &mut RawBroker, agent_id: &str, kind: &str, body: serde_json::Value) -> String {
+    let id = raw.publish(agent_id, kind, &envelope(kind, body)).await;
+    let Reply::Error(error) = raw.reply(&id).await else { panic!("{kind} must be refused") };
+    assert_eq!(error.kind, ErrorKind::Invalid, "{error}");
+    assert_eq!(raw.dead_letter(&id).await.reason.as_deref(), Some("rejected"));
+    error.message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_that_is_not_a_plain_name_is_refused_and_nothing_beside_the_work_dir_is_touched() {
+    let mut config = test_config("dotdot");
+    let base = config.work_dir.clone();
+    config.work_dir = base.join("work");
+    std::fs::create_dir_all(&base).unwrap();
+    let neighbour = base.join("neighbour");
+    std::fs::write(&neighbour, "still here").unwrap();
+    let agent = TestAgent::start_with(config).await;
+    let markers = Markers::new();
+    let mut raw = RawBroker::connect().await;
+    // Today `..` runs in the work dir's parent, and its CompleteScriptV2 deletes that parent.
+    for ticket in ["..", ".", "a/b", "x\u{1b}[2J", "a.b"] {
+        let start = json!({"ticket": ticket, "script": markers.record("ran")});
+        let message = refused_as_invalid(&mut raw, agent.id(), "StartScriptV2", start).await;
+        assert!(message.contains("ticket"), "{message}");
+        refused_as_invalid(&mut raw, agent.id(), "CompleteScriptV2", json!({"ticket": ticket})).await;
+        refused_as_invalid(&mut raw, agent.id(), "GetStatusV2", json!({"ticket": ticket})).await;
+    }
+    assert_eq!(markers.count("ran"), 0, "nothing ran");
+    assert_eq!(std::fs::read_to_string(&neighbour).unwrap(), "still here");
+    still_serving(agent.id()).await;
+    raw.close().await;
+    agent.stop().await;
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_that_is_not_direct_reply_to_is_refused_and_nothing_is_published_there() {
+    let agent = TestAgent::start("reply-to").await;
+    let markers = Markers::new();
+    // A queue the hostile sender would like the agent to publish into (another agent's, say).
+    let victim = TestAgent::start("victim").await;
+    let victim_queue = contracts::topology::agent_queue(victim.id());
+    let mut raw = RawBroker::connect().await;
+    let start = json!({"ticket": Ticket::generate(), "script": markers.record("ran")});
+    let id =
+        raw.publish_replying_to(agent.id(), "StartScriptV2", &envelope("StartScriptV2", start), &victim_queue).await;
+    assert_eq!(raw.dead_letter(&id).await.reason.as_deref(), Some("rejected"));
+    still_serving(agent.id()).await;
+    assert_eq!(markers.count("ran"), 0, "nothing ran");
+    assert_eq!(tests::raw::queue_depth(&victim_queue).await, 0, "nothing was published to the victim's queue");
+    raw.close().await;
+    agent.stop().await;
+    victim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_comes_from_the_agents_path_never_from_the_commands_env() {
+    let agent = TestAgent::start("shell-path").await;
+    let markers = Markers::new();
+    // A `sh` the command would like to be run by.
+    let planted = markers.dir.join("bin");
+    std::fs::create_dir_all(&planted).unwrap();
+    let fake_sh = planted.join("sh");
+    std::fs::write(&fake_sh, format!("#!/bin/sh\n{}\n", markers.record("planted"))).unwrap();
+    std::fs::set_permissions(&fake_sh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut spec = sh("echo \"path=$PATH\"");
+    spec.env.insert("PATH".into(), planted.display().to_string());
+    let (outcome, lines) = submit(&orchestrator().await, &agent.route(), spec).await;
+    assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+    assert_eq!(
+        texts(&lines, LogStream::Stdout),
+        vec![format!("path={}", planted.display())],
+        "the script has its PATH"
+    );
+    assert_eq!(markers.count("planted"), 0, "the planted shell never ran");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_are_0700_and_the_files_written_into_them_0600() {
+    let agent = TestAgent::start("private-files").await;
+    let mut spec = sh(format!("stat -c '%a %n' . secret.txt script.sh; # {}", "x".repeat(70 * 1024)));
+    spec.files.push(ScriptFile { name: "secret.txt".into(), content: b"token".to_vec() });
+    let (outcome, lines) = submit(&orchestrator().await, &agent.route(), spec).await;
+    assert_eq!(outcome.exit_code, Some(0), "{outcome:?} {lines:?}");
+    assert_eq!(texts(&lines, LogStream::Stdout), vec!["700 .", "600 secret.txt", "600 script.sh"]);
+    agent.stop().await;
+}
+
+/// Empty strings take one byte each on the wire and 24 once decoded: today one message of
+/// 16 MiB of them decodes into more than 512 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_would_decode_into_a_huge_value_is_refused_and_the_agent_stays_small() {
+    let agent = AgentProcess::start(test_config("decode-bomb")).await;
+    let pid = agent.pid().expect("running");
+    let before = peak_rss_mib(pid);
+    let small = envelope("StartScriptV2", json!({"ticket": Ticket::generate(), "script": "true", "args": []}));
+    let at = small.windows(6).position(|w| w == b"\xa4args\x90").expect("the args field") + 5;
+    let count = contracts::topology::MAX_MESSAGE_BYTES - small.len() - 16;
+    let mut bomb = small[..at].to_vec();
+    bomb.push(0xdd);
+    bomb.extend_from_slice(&(count as u32).to_be_bytes());
+    bomb.resize(bomb.len() + count, 0xa0);
+    bomb.extend_from_slice(&small[at + 1..]);
+    assert!(bomb.len() <= contracts::topology::MAX_MESSAGE_BYTES);
+    let mut raw = RawBroker::connect().await;
+    let id = raw.publish(&agent.config.agent_id, "StartScriptV2", &bomb).await;
+    let Reply::Error(error) = raw.reply(&id).await else { panic!("the bomb must be refused") };
+    assert_eq!(error.kind, ErrorKind::Invalid, "{error}");
+    assert!(error.message.contains("too complex"), "{error}");
+    assert_eq!(raw.dead_letter(&id).await.reason.as_deref(), Some("rejected"));
+    still_serving(&agent.config.agent_id).await;
+    let after = peak_rss_mib(pid);
+    eprintln!("agent peak RSS: {before} MiB before, {after} MiB after a {} MiB message", bomb.len() >> 20);
+    assert!(after < 150, "peak RSS {after} MiB after one {} byte message", bomb.len());
+    raw.close().await;
+    agent.stop().await;
+}
