@@ -47,7 +47,7 @@ impl NotStarted {
     pub fn process_exit(self) -> u8 {
         match self {
             NotStarted::ErrorBudget => exit::NOT_STARTED,
-            NotStarted::Interrupted => exit::CANCELLED,
+            NotStarted::Interrupted => exit::NOT_SENT,
         }
     }
 }
@@ -235,7 +235,7 @@ pub async fn submit_many(
 }
 
 /// The exit code of a fan-out: 0 when every target's script completed with 0, else the code of
-/// the first target (in the order given) that did not; a target not started counts as 106
+/// the first target (in the order given) that did not; a target not started counts as 112
 /// (interrupted) or 111 (error budget spent).
 pub fn exit_code(results: &[TargetResult]) -> u8 {
     results.iter().map(TargetResult::process_exit).find(|&code| code != 0).unwrap_or(0)
@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(exit_code(&[ran("a", 0), ran("b", 3), ran("c", 4)]), 3);
         assert!(failed(&report("b", 3)) && !failed(&report("a", 0)));
         let skipped = |reason| TargetResult::NotStarted { target: "z".into(), reason };
-        assert_eq!(exit_code(&[ran("a", 0), skipped(NotStarted::Interrupted)]), exit::CANCELLED);
+        assert_eq!(exit_code(&[ran("a", 0), skipped(NotStarted::Interrupted)]), exit::NOT_SENT);
         assert_eq!(exit_code(&[ran("a", 0), skipped(NotStarted::ErrorBudget)]), exit::NOT_STARTED);
         assert_eq!(exit_code(&[ran("a", 7), skipped(NotStarted::ErrorBudget)]), 7);
     }

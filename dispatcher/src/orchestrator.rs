@@ -60,6 +60,19 @@ pub type EventSink<'a> = &'a (dyn Fn(Event) + Send + Sync);
 /// How often a legacy (v1) agent is asked for status: it cannot hold the request.
 const V1_POLL: Duration = Duration::from_millis(250);
 
+/// How long a user's cancel is repeated when retries are off: it must get through even so.
+pub const CANCEL_REPEAT: Duration = Duration::from_secs(30);
+
+/// The retry policy of a user's cancel: the command's, or [`CANCEL_REPEAT`] when that one does
+/// not retry, since a cancel that does not get through leaves the script running.
+pub fn cancel_policy(policy: RetryPolicy) -> RetryPolicy {
+    if policy.enabled {
+        policy
+    } else {
+        RetryPolicy::new(CANCEL_REPEAT)
+    }
+}
+
 /// The retry policies of one submission: for the script's requests, and for the capabilities
 /// request that comes first (the machine policy's health-check duration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,10 +255,26 @@ impl Orchestrator {
         interrupt: &CancellationToken,
     ) -> Outcome {
         let policies = policies.into();
-        match self.script_protocol(route, policies.health, events).await {
-            Ok(ScriptProtocol::V2) => self.submit_v2(route, spec, policies.script, events, interrupt).await,
-            Ok(ScriptProtocol::V1) => self.submit_v1(route, spec, events, interrupt).await,
-            Err(gave_up) => Outcome::from_error(None, route.name(), &gave_up.error, gave_up.to_string(), false),
+        match self.negotiate(route, policies.health, events, interrupt).await {
+            None => Outcome::not_sent(None, route.name()),
+            Some(Ok(ScriptProtocol::V2)) => self.submit_v2(route, spec, policies.script, events, interrupt).await,
+            Some(Ok(ScriptProtocol::V1)) => self.submit_v1(route, spec, events, interrupt).await,
+            Some(Err(gave_up)) => Outcome::from_error(None, route.name(), &gave_up.error, gave_up.to_string(), false),
+        }
+    }
+
+    /// [`Orchestrator::script_protocol`], or `None` at once on `interrupt`: nothing is sent
+    /// after it (the capabilities request being repeated is dropped).
+    async fn negotiate(
+        &self,
+        route: &Route,
+        policy: RetryPolicy,
+        events: EventSink<'_>,
+        interrupt: &CancellationToken,
+    ) -> Option<Result<ScriptProtocol, GaveUp>> {
+        tokio::select! {
+            protocol = self.script_protocol(route, policy, events) => Some(protocol),
+            _ = interrupt.cancelled() => None,
         }
     }
 
@@ -264,7 +293,11 @@ impl Orchestrator {
             reply_timeout: self.timing.attempt_timeout,
             not_after: SystemTime::now() + self.timing.attempt_timeout,
         };
-        let status = match self.rpc.call_noting_publish(route, &start, timing, &published).await {
+        let call = tokio::select! {
+            call = self.rpc.call_noting_publish(route, &start, timing, &published) => call,
+            _ = interrupt.cancelled(), if !published.load(Ordering::Acquire) => return Outcome::not_sent(None, route.name()),
+        };
+        let status = match call {
             Ok(reply) => match expect_status(reply) {
                 Ok(status) => status,
                 Err(gave_up) => {
@@ -272,10 +305,17 @@ impl Orchestrator {
                 }
             },
             Err(error) => {
-                let reached = published.load(Ordering::Acquire) && error.is_transient();
+                // An agent that answered (even "try again") said the start did not run.
+                let answered = matches!(error, RpcError::Agent { .. });
+                let reached = published.load(Ordering::Acquire) && error.is_transient() && !answered;
                 let error = if reached { RpcError::Unrepeatable(error.to_string()) } else { error };
                 let message = if reached { format!("{error}; its outcome is unknown") } else { error.to_string() };
-                return Outcome::from_error(None, route.name(), &error, message, reached);
+                let mut outcome = Outcome::from_error(None, route.name(), &error, message, reached);
+                if answered {
+                    // Refused, even if only for now: its start is never repeated.
+                    outcome.process_exit = crate::outcome::exit::REJECTED;
+                }
+                return outcome;
             }
         };
         let ticket = status.ticket.clone();
@@ -335,9 +375,10 @@ impl Orchestrator {
         interrupt: &CancellationToken,
     ) -> Outcome {
         let ticket = &plan.ticket;
-        match self.script_protocol(route, policies.health, events).await {
-            Ok(ScriptProtocol::V2) => {}
-            Ok(ScriptProtocol::V1) => {
+        match self.negotiate(route, policies.health, events, interrupt).await {
+            None => return Outcome::not_sent(Some(ticket.clone()), route.name()),
+            Some(Ok(ScriptProtocol::V2)) => {}
+            Some(Ok(ScriptProtocol::V1)) => {
                 let error = RpcError::Agent {
                     target: route.name().to_owned(),
                     error: ErrorReply::new(
@@ -347,7 +388,7 @@ impl Orchestrator {
                 };
                 return Outcome::from_error(Some(ticket.clone()), route.name(), &error, error.to_string(), false);
             }
-            Err(gave_up) => {
+            Some(Err(gave_up)) => {
                 return Outcome::from_error(
                     Some(ticket.clone()),
                     route.name(),
@@ -411,12 +452,12 @@ impl Orchestrator {
             started = self.request_noting_publish(route, &start, policy, self.timing.start_wait, Some(plan.not_after), events, &published) => started.and_then(expect_status),
             _ = interrupt.cancelled() => {
                 if !published.load(Ordering::Acquire) {
-                    events(Event::Notice("the start never reached the broker; nothing to cancel".into()));
-                    let error = RpcError::Cancelled;
-                    return Outcome::from_error(Some(ticket.clone()), route.name(), &error, error.to_string(), false);
+                    return Outcome::not_sent(Some(ticket.clone()), route.name());
                 }
-                // The start may have reached the agent: cancel it there, so it can never run.
-                return self.cancel_and_follow(route, ticket, follower, policy, events).await;
+                // The start may have reached the agent: cancel it there, so it can never run. The
+                // cancel lives in the queue as long as the start could.
+                let cancel = CancelPlan { not_after: plan.not_after, start_sent: true };
+                return self.cancel_and_follow(route, ticket, follower, policy, cancel, events).await;
             }
         };
         let status = match started {
@@ -497,7 +538,8 @@ impl Orchestrator {
             let next = tokio::select! {
                 next = self.status_request(route, &request, policy, self.timing.status_wait, None, events) => next,
                 _ = interrupt.cancelled(), if protocol == ScriptProtocol::V2 => {
-                    return self.cancel_and_follow(route, ticket, follower, policy, events).await;
+                    let cancel = CancelPlan::from_now(policy, self.timing, true);
+                    return self.cancel_and_follow(route, ticket, follower, policy, cancel, events).await;
                 }
                 _ = interrupt.cancelled(), if protocol == ScriptProtocol::V1 => {
                     let error = RpcError::Cancelled;
@@ -521,28 +563,50 @@ impl Orchestrator {
         Outcome::from_exit_code(ticket.clone(), route.name(), status.exit_code.unwrap_or(exit_code::FATAL))
     }
 
-    /// Cancels the script and follows it until it has stopped (without further interrupts).
+    /// Cancels the script and follows it until it has stopped (without further interrupts). The
+    /// cancel is repeated until the agent answers it (see [`cancel_policy`]). When no agent
+    /// consumes the queue, the cancel is left there, behind the start, and the user told so at
+    /// once: the agent stops the script when it returns.
     async fn cancel_and_follow(
         &self,
         route: &Route,
         ticket: &Ticket,
         mut follower: LogFollower,
         policy: RetryPolicy,
+        plan: CancelPlan,
         events: EventSink<'_>,
     ) -> Outcome {
-        events(Event::Notice(format!("cancelling ticket {ticket} on {route}")));
         let cancel =
             Request::CancelScriptV2(CancelScriptV2 { ticket: ticket.clone(), last_log_sequence: follower.last_seen() });
-        let status = match self.status_request(route, &cancel, policy, Duration::ZERO, None, events).await {
-            Ok(status) => status,
-            Err(gave_up) => {
-                let message = format!("could not cancel: {gave_up}; the script's outcome is unknown (ticket {ticket})");
-                return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
-            }
-        };
+        if self.rpc.consumers(route, Kind::CancelScriptV2).await == Some(0) {
+            return match self.rpc.send(route, &cancel, plan.not_after).await {
+                Ok(()) => {
+                    let message =
+                        format!("cancel queued; the agent will stop the script when it returns (ticket {ticket})");
+                    Outcome::from_error(Some(ticket.clone()), route.name(), &RpcError::Cancelled, message, false)
+                }
+                Err(error) => {
+                    let message = format!(
+                        "could not queue the cancel: {error}; the script's outcome is unknown (ticket {ticket})"
+                    );
+                    Outcome::from_error(Some(ticket.clone()), route.name(), &error, message, true)
+                }
+            };
+        }
+        events(Event::Notice(format!("cancelling ticket {ticket} on {route}")));
+        let not_after = Some(plan.not_after);
+        let status =
+            match self.status_request(route, &cancel, cancel_policy(policy), Duration::ZERO, not_after, events).await {
+                Ok(status) => status,
+                Err(gave_up) => {
+                    let message =
+                        format!("could not cancel: {gave_up}; the script's outcome is unknown (ticket {ticket})");
+                    return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
+                }
+            };
         emit_logs(&mut follower, &status, events);
         let uninterrupted = CancellationToken::new();
-        Box::pin(self.follow_to_end(
+        let outcome = Box::pin(self.follow_to_end(
             route,
             ticket,
             follower,
@@ -552,7 +616,8 @@ impl Orchestrator {
             events,
             &uninterrupted,
         ))
-        .await
+        .await;
+        outcome.after_cancel(plan.start_sent)
     }
 
     /// Sends one cancel, without retries, after contact was lost: if it gets through, the script
@@ -593,9 +658,27 @@ impl Orchestrator {
         self.status_request(route, &request, policy, Duration::ZERO, None, events).await
     }
 
-    /// Cancels a ticket and follows it until it has stopped.
+    /// Cancels a ticket (given by the user) and follows it until it has stopped.
     pub async fn cancel(&self, route: &Route, ticket: &Ticket, policy: RetryPolicy, events: EventSink<'_>) -> Outcome {
-        self.cancel_and_follow(route, ticket, LogFollower::after(0), policy, events).await
+        let plan = CancelPlan::from_now(policy, self.timing, false);
+        self.cancel_and_follow(route, ticket, LogFollower::after(0), policy, plan, events).await
+    }
+}
+
+/// What a cancel needs to know of the start it stops.
+#[derive(Clone, Copy, Debug)]
+struct CancelPlan {
+    /// Until when the cancel may act (its expiry in the queue): as long as the start could.
+    not_after: SystemTime,
+    /// Whether this dispatcher sent the start (then a ticket unknown to the agent is a start
+    /// that will never run, see [`Outcome::after_cancel`]).
+    start_sent: bool,
+}
+
+impl CancelPlan {
+    /// A cancel of a start sent under `policy`, as long as such a start lives.
+    fn from_now(policy: RetryPolicy, timing: Timing, start_sent: bool) -> Self {
+        CancelPlan { not_after: SystemTime::now() + policy.duration.max(timing.attempt_timeout), start_sent }
     }
 }
 

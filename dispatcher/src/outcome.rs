@@ -29,6 +29,10 @@ pub mod exit {
     pub const NO_ANSWER: u8 = 110;
     /// A fan-out stopped by its error budget, when no started target's own code says so.
     pub const NOT_STARTED: u8 = 111;
+    /// Interrupted (Ctrl-C) before the script was sent: nothing ran.
+    pub const NOT_SENT: u8 = 112;
+    /// `status --follow` left on Ctrl-C; the script goes on (128 + SIGINT, as shells report).
+    pub const DETACHED: u8 = 130;
     /// Bad usage or configuration (clap uses 2 as well).
     pub const USAGE: u8 = 2;
 }
@@ -97,7 +101,39 @@ impl Outcome {
         };
         Outcome { ticket, target: target.to_owned(), outcome, exit_code: None, error: Some(message), process_exit }
     }
+
+    /// Interrupted before any start could reach the broker: nothing ran, nothing will.
+    pub fn not_sent(ticket: Option<Ticket>, target: &str) -> Outcome {
+        Outcome {
+            ticket,
+            target: target.to_owned(),
+            outcome: OutcomeKind::Cancelled,
+            exit_code: None,
+            error: Some(NOT_SENT_MESSAGE.to_owned()),
+            process_exit: exit::NOT_SENT,
+        }
+    }
+
+    /// How a cancel ended, told from the agent's answer. A ticket the agent does not know had
+    /// its start still on the way when this dispatcher sent one (`start_sent`): the cancel left
+    /// a tombstone, so that start never runs, and the script counts as cancelled. Otherwise it
+    /// is an unknown ticket.
+    pub fn after_cancel(self, start_sent: bool) -> Outcome {
+        if !start_sent || self.exit_code != Some(exit_code::UNKNOWN_TICKET) {
+            return self;
+        }
+        Outcome {
+            outcome: OutcomeKind::Cancelled,
+            exit_code: Some(exit_code::CANCELLED),
+            error: Some("cancelled before the agent started it; nothing ran".into()),
+            process_exit: exit::CANCELLED,
+            ..self
+        }
+    }
 }
+
+/// What the user is told when Ctrl-C came before any start reached the broker.
+pub const NOT_SENT_MESSAGE: &str = "interrupted before the script was sent; nothing ran";
 
 #[cfg(test)]
 mod tests {
@@ -129,5 +165,16 @@ mod tests {
         assert_eq!(Outcome::from_error(None, "a", &lost, String::new(), false).process_exit, exit::NO_ANSWER);
         let unroutable = RpcError::Unroutable { target: "a".into() };
         assert_eq!(Outcome::from_error(None, "a", &unroutable, String::new(), false).process_exit, exit::NO_SUCH_AGENT);
+    }
+
+    #[test]
+    fn an_unknown_ticket_after_a_cancel_is_cancelled_only_when_its_start_was_sent() {
+        let unknown = Outcome::from_exit_code(Ticket::generate(), "a", exit_code::UNKNOWN_TICKET);
+        assert_eq!(unknown.clone().after_cancel(false).process_exit, exit::UNKNOWN_TICKET);
+        let cancelled = unknown.after_cancel(true);
+        assert_eq!((cancelled.outcome, cancelled.process_exit), (OutcomeKind::Cancelled, exit::CANCELLED));
+        let ran = Outcome::from_exit_code(Ticket::generate(), "a", 0);
+        assert_eq!(ran.clone().after_cancel(true), ran);
+        assert_eq!(Outcome::not_sent(None, "a").process_exit, exit::NOT_SENT);
     }
 }

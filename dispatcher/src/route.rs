@@ -32,6 +32,17 @@ impl Route {
         }
     }
 
+    /// The queue requests of `kind` end in (see [`Route::routing_key`]).
+    pub fn queue(&self, kind: Kind) -> String {
+        match self {
+            Route::Agent(id) => topology::agent_queue(id),
+            Route::Pool(pool) if matches!(kind, Kind::StartScriptV2 | Kind::StartScriptV1) => {
+                topology::pool_queue(pool)
+            }
+            Route::Pool(pool) => topology::pool_service_queue(pool),
+        }
+    }
+
     /// The name put in the envelope's `target`.
     pub fn name(&self) -> &str {
         match self {

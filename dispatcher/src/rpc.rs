@@ -5,7 +5,7 @@
 use crate::error::RpcError;
 use crate::route::Route;
 use contracts::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO, SILENT_BROKER};
-use contracts::{unix_millis, AmqpEndpoints, Reply, Request};
+use contracts::{unix_millis, AmqpEndpoints, Kind, Reply, Request};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -184,6 +184,23 @@ impl RpcClient {
             Ok(Err(error)) => Err(self.broken(&link, RpcError::ConnectionLost(error.to_string()))),
             Ok(Ok(_confirm)) => Ok(()),
         }
+    }
+
+    /// How many consumers the queue of `route` for requests of `kind` has now: `Some(0)` when
+    /// no agent is consuming it (stopped, or not started yet). `None` when that cannot be told
+    /// (no such queue, or the broker did not answer), which callers treat as "don't know".
+    pub async fn consumers(&self, route: &Route, kind: Kind) -> Option<u32> {
+        let link = self.current_link().await.ok()?;
+        // A passive declare of a missing queue closes its channel: use one of its own.
+        let channel = tokio::time::timeout(BROKER_CALL_TIMEOUT, link.connection.create_channel()).await.ok()?.ok()?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let declared = tokio::time::timeout(
+            BROKER_CALL_TIMEOUT,
+            channel.queue_declare(route.queue(kind).as_str().into(), passive, FieldTable::default()),
+        )
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), channel.close(200, "done".into())).await;
+        Some(declared.ok()?.ok()?.consumer_count())
     }
 
     fn broken(&self, link: &Link, error: RpcError) -> RpcError {

@@ -80,6 +80,26 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Starts `submit --json` of a long script (`echo started; sleep 30`) on the in-process agent
+/// and waits until it runs: its ticket, and the child (killed when dropped).
+pub async fn submit_running(agent: &TestAgent) -> (String, tokio::process::Child) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = dispatcher_command()
+        .args(["submit", "--json", "--target", agent.id(), "--", "echo started; sleep 30"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dispatcher runs");
+    let mut first = String::new();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
+    stdout.read_line(&mut first).await.expect("the ticket event");
+    let event: serde_json::Value = serde_json::from_str(&first).expect("a JSON event");
+    let ticket = event["ticket"].as_str().expect("a ticket").to_owned();
+    eventually("the script to run", Duration::from_secs(10), || async { (agent.agent.running() == 1).then_some(()) })
+        .await;
+    (ticket, child)
+}
+
 /// The real `worker-agent` binary as tests start it, with nothing but the test broker and Redis
 /// in its environment (`run` and its flags are the caller's).
 pub fn agent_command() -> tokio::process::Command {

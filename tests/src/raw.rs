@@ -139,9 +139,8 @@ pub fn envelope(kind: &str, body: serde_json::Value) -> Vec<u8> {
     rmp_serde::to_vec_named(&value).expect("a JSON value encodes")
 }
 
-/// Messages in a queue as its declaration reports them (a quorum queue counts those delivered
-/// and not yet acked too).
-pub async fn queue_depth(queue: &str) -> u32 {
+/// A queue as a passive declaration reports it.
+async fn declared(queue: &str) -> lapin::Queue {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("broker");
     let channel = connection.create_channel().await.expect("channel");
     let declared = channel
@@ -149,7 +148,18 @@ pub async fn queue_depth(queue: &str) -> u32 {
         .await
         .expect("queue exists");
     let _ = connection.close(200, "done".into()).await;
-    declared.message_count()
+    declared
+}
+
+/// Messages in a queue as its declaration reports them (a quorum queue counts those delivered
+/// and not yet acked too).
+pub async fn queue_depth(queue: &str) -> u32 {
+    declared(queue).await.message_count()
+}
+
+/// Consumers of a queue now.
+pub async fn consumer_count(queue: &str) -> u32 {
+    declared(queue).await.consumer_count()
 }
 
 /// Deletes a queue (a pool's, after its test).

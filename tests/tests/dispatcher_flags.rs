@@ -6,7 +6,6 @@
 //! `--max-errors`, `--abort-on-error`, `--select` in rollouts.rs and presence.rs; `serve`,
 //! `history`, `--detach`, `--journal`, `--journal-prefix` and their variables in service.rs.)
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tests::*;
 
@@ -140,18 +139,7 @@ async fn connect_timeout_bounds_the_wait_for_a_silent_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_of_status_cancel_health_and_capabilities() {
     let agent = TestAgent::start("flag-json").await;
-    let mut submit = dispatcher_command()
-        .args(["submit", "--json", "--target", agent.id(), "--", "echo started; sleep 30"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = tokio::io::BufReader::new(submit.stdout.take().unwrap());
-    let mut first = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first).await.unwrap();
-    let ticket = serde_json::from_str::<serde_json::Value>(&first).unwrap()["ticket"].as_str().unwrap().to_owned();
-    eventually("the script to run", Duration::from_secs(10), || async { (agent.agent.running() == 1).then_some(()) })
-        .await;
+    let (ticket, mut submit) = submit_running(&agent).await;
 
     let out = run_dispatcher(&["status", &ticket, "--target", agent.id(), "--json"]).await;
     let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();

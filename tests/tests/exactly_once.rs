@@ -2,7 +2,7 @@
 
 use contracts::*;
 use dispatcher::rpc::CallTiming;
-use dispatcher::{OutcomeKind, RetryPolicy};
+use dispatcher::RetryPolicy;
 use std::time::{Duration, SystemTime};
 use tests::*;
 
@@ -225,7 +225,8 @@ async fn cancel_before_start_leaves_a_tombstone_so_a_late_start_never_runs() {
     let ticket = Ticket::generate();
     let outcome =
         orchestrator.cancel(&agent.route(), &ticket, RetryPolicy::new(Duration::from_secs(10)), &|_| {}).await;
-    assert_eq!(outcome.outcome, OutcomeKind::Cancelled);
+    // A ticket the agent never saw is unknown (its tombstone only refuses a later start).
+    assert_eq!(outcome.exit_code, Some(exit_code::UNKNOWN_TICKET));
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),
         spec: sh(markers.record("run")),

@@ -5,7 +5,7 @@
 //! by this process": a run left by an earlier process is lost, and reported as unknown result.
 
 use crate::rules::TicketRecord;
-use crate::store::{Claim, Epoch, LeaseRenewal, Release, StoreError, TicketKeys, TicketView};
+use crate::store::{Cancel, Claim, Epoch, LeaseRenewal, Release, StoreError, TicketKeys, TicketView};
 use contracts::topology::MAX_STATUS_LOG_BYTES;
 use contracts::{unix_millis, LogLine};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -183,16 +183,24 @@ impl LocalStore {
         .await
     }
 
-    pub async fn create(&self, keys: &TicketKeys, record: &TicketRecord, ttl: Duration) -> Result<bool, StoreError> {
-        let (ticket, raw) = (keys.ticket.clone(), record.encode());
-        let expires = now_ms() + ttl.as_millis() as u64;
+    /// See [`crate::store::RedisStore::cancel`]: one write transaction, like the claim.
+    pub async fn cancel(
+        &self,
+        keys: &TicketKeys,
+        tombstone: &TicketRecord,
+        record_ttl: Duration,
+        _flag_ttl: Duration,
+    ) -> Result<Cancel, StoreError> {
+        let (ticket, raw) = (keys.ticket.clone(), tombstone.encode());
+        let expires = now_ms() + record_ttl.as_millis() as u64;
         self.write(move |txn| {
             let mut records = txn.open_table(RECORDS).map_err(failed)?;
             if live_record(&records, &ticket)?.is_some() {
-                return Ok(false);
+                txn.open_table(CANCELS).map_err(failed)?.insert(ticket.as_str(), ()).map_err(failed)?;
+                return Ok(Cancel::Flagged);
             }
             records.insert(ticket.as_str(), (raw.as_str(), expires)).map_err(failed)?;
-            Ok(true)
+            Ok(Cancel::Tombstoned)
         })
         .await
     }
@@ -286,15 +294,6 @@ impl LocalStore {
             let cancel_requested =
                 txn.open_table(CANCELS).map_err(failed)?.get(ticket.as_str()).map_err(failed)?.is_some();
             Ok(LeaseRenewal { held, cancel_requested })
-        })
-        .await
-    }
-
-    pub async fn request_cancel(&self, keys: &TicketKeys, _ttl: Duration) -> Result<(), StoreError> {
-        let ticket = keys.ticket.clone();
-        self.write(move |txn| {
-            txn.open_table(CANCELS).map_err(failed)?.insert(ticket.as_str(), ()).map_err(failed)?;
-            Ok(())
         })
         .await
     }

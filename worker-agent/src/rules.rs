@@ -123,6 +123,11 @@ impl TicketRecord {
         }
     }
 
+    /// The tombstone a cancel leaves for a ticket it found no record of: never started here.
+    pub fn cancelled_before_start(&self) -> bool {
+        self.tombstone && self.digest.is_empty() && self.exit_code == Some(exit_code::CANCELLED)
+    }
+
     /// The same record, ended with `exit_code`.
     pub fn completed(&self, exit_code: i32) -> TicketRecord {
         TicketRecord { state: RecordState::Complete, exit_code: Some(exit_code), ..self.clone() }
@@ -162,6 +167,9 @@ pub fn claim_awaits_confirmation(record: &TicketRecord, owner: &str, unconfirmed
 pub fn reported_state(record: Option<&TicketRecord>, lease_alive: bool) -> (ScriptState, Option<i32>) {
     match record {
         None => (ScriptState::Complete, Some(exit_code::UNKNOWN_TICKET)),
+        // Only a cancel ever came for it: still unknown to status and cancel (its tombstone
+        // only makes a late start answer cancelled instead of running).
+        Some(r) if r.cancelled_before_start() => (ScriptState::Complete, Some(exit_code::UNKNOWN_TICKET)),
         Some(r) if r.state == RecordState::Complete => (ScriptState::Complete, r.exit_code),
         Some(_) if !lease_alive => (ScriptState::Complete, Some(exit_code::UNKNOWN_RESULT)),
         Some(r) if r.state == RecordState::Claimed => (ScriptState::Pending, None),
@@ -242,6 +250,15 @@ mod tests {
         );
         let done = record(RecordState::Running).completed(3);
         assert_eq!(reported_state(Some(&done), false), (ScriptState::Complete, Some(3)));
+        let cancel_first = TicketRecord::tombstone(String::new(), Some(exit_code::CANCELLED));
+        assert!(cancel_first.cancelled_before_start() && !done.cancelled_before_start());
+        assert_eq!(
+            reported_state(Some(&cancel_first), false),
+            (ScriptState::Complete, Some(exit_code::UNKNOWN_TICKET))
+        );
+        let cancelled_run =
+            TicketRecord { tombstone: true, ..record(RecordState::Running).completed(exit_code::CANCELLED) };
+        assert_eq!(reported_state(Some(&cancelled_run), false), (ScriptState::Complete, Some(exit_code::CANCELLED)));
     }
 
     #[test]

@@ -91,6 +91,10 @@ impl Run {
             log.send(LogStream::Agent, format!("could not start {shell}: not found on the agent's PATH"));
             return exit_code::SHELL_NOT_STARTED;
         };
+        if self.cancelled_before_spawn().await {
+            log.send(LogStream::Agent, "script cancelled before it started");
+            return exit_code::CANCELLED;
+        }
         let mut command = tokio::process::Command::new(&shell_path);
         if self.spec.script.len() <= INLINE_SCRIPT_BYTES {
             // `sh -c SCRIPT sh ARGS...`: $0 is the shell, $1.. the args, as for a script file.
@@ -191,6 +195,21 @@ impl Run {
             self.update_record(running, Release::Nothing).await;
         }
         Ok(Some(guard))
+    }
+
+    /// Whether a cancel came before the process starts: to this process, or flagged in the store
+    /// by a cancel that came just after the claim (read while renewing the lease).
+    async fn cancelled_before_spawn(&self) -> bool {
+        if self.cancel.is_cancelled() {
+            return true;
+        }
+        match self.store.renew_lease(&self.keys, &self.record.owner, self.lease_ttl).await {
+            Ok(renewal) => renewal.cancel_requested,
+            Err(error) => {
+                tracing::warn!(ticket = %self.keys.ticket, %error, "could not look for a cancel before starting");
+                false
+            }
+        }
     }
 
     async fn prepare_workspace(&self) -> std::io::Result<()> {

@@ -6,7 +6,7 @@ use crate::isolation::Mutexes;
 use crate::output::Progress;
 use crate::rules::{self, RecordState, TicketRecord};
 use crate::runner::Run;
-use crate::store::{Claim, ClaimReplication, Epoch, Release, StoreError, TicketKeys, TicketStore, TicketView};
+use crate::store::{Cancel, Claim, ClaimReplication, Epoch, Release, StoreError, TicketKeys, TicketStore, TicketView};
 use crate::workspace;
 use contracts::topology::MAX_STATUS_WAIT_MS;
 use contracts::*;
@@ -241,6 +241,16 @@ impl Agent {
                     return refused;
                 }
             }
+            Ok(Claim::Existing { record: existing, .. }) if existing.cancelled_before_start() => {
+                tracing::info!(ticket = %ticket, "start refused: the ticket was cancelled before it started");
+                return Reply::ScriptStatus(ScriptStatus {
+                    ticket,
+                    state: ScriptState::Complete,
+                    exit_code: Some(exit_code::CANCELLED),
+                    logs: Vec::new(),
+                    next_log_sequence: 1,
+                });
+            }
             Ok(Claim::Existing { record: existing, raw, .. }) => {
                 if let Err(conflict) = rules::check_same_command(&existing, &digest) {
                     tracing::warn!(ticket = %ticket, "start refused: ticket used for a different script");
@@ -387,50 +397,47 @@ impl Agent {
         }
     }
 
-    /// Cancels the script: kills it if this process runs it, flags it for the worker that does,
-    /// or leaves a tombstone if it never started, so a late start cannot run it.
+    /// Cancels the script: kills it if this process runs it, flags it for the worker that does
+    /// (or for this process's run about to start, which checks the flag before it spawns), or
+    /// leaves a tombstone if no start was claimed yet, so a late start cannot run it. The store
+    /// decides between the last two in one step, against the claim.
     async fn cancel(&self, ticket: &Ticket, last_seq: u64) -> Reply {
         let keys = self.store.keys(&ticket.store_key());
-        let local = self.runs.lock().expect("runs poisoned").get(&keys.ticket).map(|run| run.cancel.clone());
-        if let Some(cancel) = local {
+        if self.cancel_local_run(&keys.ticket) {
             tracing::info!(ticket = %ticket, "cancelling script");
-            cancel.cancel();
             return self.status(ticket, last_seq, None).await;
         }
-        let result = async {
-            let view = self.store.read(&keys, last_seq).await?;
-            match &view.record {
-                None => {
-                    let now = now_ms();
-                    let tombstone = TicketRecord {
-                        owner: self.owner.clone(),
-                        agent_id: self.config.agent_id.clone(),
-                        digest: String::new(),
-                        state: RecordState::Complete,
-                        exit_code: Some(exit_code::CANCELLED),
-                        tombstone: true,
-                        not_after: None,
-                        claimed_at: now,
-                    };
-                    // The start it stands for may still be in a queue with any deadline: keep it as
-                    // long as an unfinished record.
-                    if self.store.create(&keys, &tombstone, self.config.record_ttl).await? {
-                        tracing::info!(ticket = %ticket, "cancelled before start; tombstone left");
-                    }
-                }
-                Some((record, _)) if !record.state.is_complete() && view.lease_alive => {
-                    tracing::info!(ticket = %ticket, owner = %record.owner, "flagging cancel for the worker running the script");
-                    self.store.request_cancel(&keys, self.config.lease_ttl * 4).await?;
-                }
-                Some(_) => {}
+        let tombstone = TicketRecord {
+            owner: self.owner.clone(),
+            agent_id: self.config.agent_id.clone(),
+            digest: String::new(),
+            state: RecordState::Complete,
+            exit_code: Some(exit_code::CANCELLED),
+            tombstone: true,
+            not_after: None,
+            claimed_at: now_ms(),
+        };
+        // The start it stands for may still be in a queue with any deadline: keep the tombstone
+        // as long as an unfinished record.
+        match self.store.cancel(&keys, &tombstone, self.config.record_ttl, self.config.lease_ttl * 4).await {
+            Err(error) => return Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, error.to_string())),
+            Ok(Cancel::Tombstoned) => {
+                tracing::info!(ticket = %ticket, "cancel of a ticket not started here; tombstone left so a late start never runs")
             }
-            Ok::<_, StoreError>(())
+            // A run of this process that began after the first look picks the flag up before
+            // it spawns, or is stopped here.
+            Ok(Cancel::Flagged) if self.cancel_local_run(&keys.ticket) => {
+                tracing::info!(ticket = %ticket, "cancelling script")
+            }
+            Ok(Cancel::Flagged) => tracing::info!(ticket = %ticket, "cancel flagged for the worker running the script"),
         }
-        .await;
-        match result {
-            Ok(()) => self.status(ticket, last_seq, None).await,
-            Err(error) => Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, error.to_string())),
-        }
+        self.status(ticket, last_seq, None).await
+    }
+
+    /// Cancels this process's run of `ticket_key`, if it has one.
+    fn cancel_local_run(&self, ticket_key: &str) -> bool {
+        let runs = self.runs.lock().expect("runs poisoned");
+        runs.get(ticket_key).map(|run| run.cancel.cancel()).is_some()
     }
 
     /// Cleans up an ended script: drops its output and workspace, and leaves a tombstone that

@@ -33,6 +33,17 @@ pub enum Claim {
     Existing { record: TicketRecord, raw: String, lease_alive: bool },
 }
 
+/// What a cancel found, decided in one step against the claim: a cancel the store took before
+/// a claim means that start never runs, and one after it reaches the run.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cancel {
+    /// No record yet (never seen, or its start not claimed yet): a tombstone now stands in its
+    /// place, so a start that comes later never runs.
+    Tombstoned,
+    /// The ticket has a record: its cancel flag is set for whichever process runs it.
+    Flagged,
+}
+
 /// A consistent view of a ticket for a status reply.
 #[derive(Debug)]
 pub struct TicketView {
@@ -138,6 +149,17 @@ return 1
 /// Used only with `--claim-replicas`; kept out of [`RedisStore`] to keep it small.
 static CONFIRM_CLAIM_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(CONFIRM_CLAIM));
+
+/// KEYS: record, cancel flag. Creates the tombstone ARGV[1] (PX ARGV[2]) if the ticket has no
+/// record (0), else sets the cancel flag (PX ARGV[3]) (1): atomic with [`CLAIM`]'s SET NX.
+const CANCEL: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+return 1
+"#;
+
+/// Kept out of [`RedisStore`] to keep it small, like [`CONFIRM_CLAIM_SCRIPT`].
+static CANCEL_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(CANCEL));
 
 const RENEW_LEASE: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, redis.call('EXISTS', KEYS[2])} end
@@ -258,13 +280,24 @@ impl RedisStore {
         })
     }
 
-    /// Creates a record only if none exists, with no lease (tombstones for cancel-before-start).
-    pub async fn create(&self, keys: &TicketKeys, record: &TicketRecord, ttl: Duration) -> Result<bool, StoreError> {
-        let opts = redis::SetOptions::default()
-            .conditional_set(redis::ExistenceCheck::NX)
-            .with_expiration(redis::SetExpiry::PX(ttl.as_millis() as u64));
-        let won: bool = self.con.clone().set_options(&keys.record, record.encode(), opts).await?;
-        Ok(won)
+    /// Cancels a ticket in one step against its claim: the tombstone `tombstone` (kept
+    /// `record_ttl`) if it has no record, else its cancel flag (kept `flag_ttl`).
+    pub async fn cancel(
+        &self,
+        keys: &TicketKeys,
+        tombstone: &TicketRecord,
+        record_ttl: Duration,
+        flag_ttl: Duration,
+    ) -> Result<Cancel, StoreError> {
+        let flagged: i64 = CANCEL_SCRIPT
+            .key(&keys.record)
+            .key(&keys.cancel)
+            .arg(tombstone.encode())
+            .arg(record_ttl.as_millis() as u64)
+            .arg(flag_ttl.as_millis() as u64)
+            .invoke_async(&mut self.con.clone())
+            .await?;
+        Ok(if flagged == 1 { Cancel::Flagged } else { Cancel::Tombstoned })
     }
 
     /// Replaces the record if it still holds exactly `expected`; on success also drops the
@@ -353,12 +386,6 @@ impl RedisStore {
         Ok(LeaseRenewal { held: held == 1, cancel_requested: cancel == 1 })
     }
 
-    /// Flags a ticket for cancellation, for an owner that is not this process.
-    pub async fn request_cancel(&self, keys: &TicketKeys, ttl: Duration) -> Result<(), StoreError> {
-        let _: () = self.con.clone().pset_ex(&keys.cancel, 1, ttl.as_millis() as u64).await?;
-        Ok(())
-    }
-
     /// Tickets an agent id was running when it last stopped.
     pub async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, StoreError> {
         Ok(self.con.clone().smembers(self.running_set(agent_id)).await?)
@@ -430,8 +457,14 @@ impl TicketStore {
         delegate!(self, s => s.claim(keys, record, record_ttl, lease_ttl, epoch).await)
     }
 
-    pub async fn create(&self, keys: &TicketKeys, record: &TicketRecord, ttl: Duration) -> Result<bool, StoreError> {
-        delegate!(self, s => s.create(keys, record, ttl).await)
+    pub async fn cancel(
+        &self,
+        keys: &TicketKeys,
+        tombstone: &TicketRecord,
+        record_ttl: Duration,
+        flag_ttl: Duration,
+    ) -> Result<Cancel, StoreError> {
+        delegate!(self, s => s.cancel(keys, tombstone, record_ttl, flag_ttl).await)
     }
 
     /// See [`RedisStore::confirm_claim`]. The embedded store has no replicas (the agent refuses
@@ -472,10 +505,6 @@ impl TicketStore {
 
     pub async fn renew_lease(&self, keys: &TicketKeys, owner: &str, ttl: Duration) -> Result<LeaseRenewal, StoreError> {
         delegate!(self, s => s.renew_lease(keys, owner, ttl).await)
-    }
-
-    pub async fn request_cancel(&self, keys: &TicketKeys, ttl: Duration) -> Result<(), StoreError> {
-        delegate!(self, s => s.request_cancel(keys, ttl).await)
     }
 
     pub async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, StoreError> {

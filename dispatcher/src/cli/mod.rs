@@ -41,6 +41,8 @@ Exit codes:
   110    no answer from the agent before the retry deadline
   111    fan-out: targets were not started because the error budget was spent (only when no
          started target's own code comes first)
+  112    interrupted (Ctrl-C) before the script was sent: nothing ran
+  130    status --follow: left on Ctrl-C; the script goes on (`cancel` stops it)
 With --json the last line is a `result` event that says which of these happened.";
 
 #[derive(Parser, Debug)]
@@ -310,7 +312,8 @@ pub struct TicketArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub ticket: TicketArgs,
-    /// Keep following the output until the script ends; exit with its exit code.
+    /// Keep following the output until the script ends; exit with its exit code. Ctrl-C leaves
+    /// (exit 130) and the script goes on: `dispatcher cancel` stops it.
     #[arg(long)]
     pub follow: bool,
 }
@@ -513,7 +516,7 @@ fn interrupt_on_ctrl_c() -> CancellationToken {
         if tokio::signal::ctrl_c().await.is_err() {
             return;
         }
-        eprintln!("cuttle: interrupted; cancelling the script on the agent (Ctrl-C again to leave without waiting)");
+        eprintln!("cuttle: interrupted; stopping (Ctrl-C again to leave without waiting)");
         token.cancel();
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!("cuttle: left without waiting; the script may still be running");
@@ -740,20 +743,23 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
         events(Event::Log(line.clone()));
     }
     if args.follow || status.is_complete() {
-        let interrupt = if args.follow { interrupt_on_ctrl_c() } else { CancellationToken::new() };
-        let outcome = orchestrator
-            .follow_to_end(
-                &route,
-                &t.ticket,
-                follower,
-                status,
-                policy,
-                orchestrator.status_protocol(),
-                &events,
-                &interrupt,
-            )
-            .await;
-        return printer.outcome(&outcome);
+        let protocol = orchestrator.status_protocol();
+        let never = CancellationToken::new();
+        let follow = orchestrator.follow_to_end(&route, &t.ticket, follower, status, policy, protocol, &events, &never);
+        if !args.follow {
+            return printer.outcome(&follow.await);
+        }
+        return tokio::select! {
+            outcome = follow => printer.outcome(&outcome),
+            _ = tokio::signal::ctrl_c() => {
+                let stop = match &route {
+                    Route::Agent(id) => format!("--target {id}"),
+                    Route::Pool(pool) => format!("--pool {pool}"),
+                };
+                eprintln!("cuttle: detached from ticket {}; the script goes on (`dispatcher cancel {} {stop}` stops it)", t.ticket, t.ticket);
+                ExitCode::from(exit::DETACHED)
+            }
+        };
     }
     if t.json {
         println!(
