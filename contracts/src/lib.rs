@@ -20,6 +20,7 @@ pub mod error;
 pub mod exit_code;
 pub mod labels;
 pub mod messages;
+pub mod metrics;
 pub mod presence;
 pub mod status;
 pub mod ticket;

@@ -14,7 +14,7 @@
 //! - [`fanout`]: one script on many targets, paced by [`budget`]'s limits (parallelism, error
 //!   budget), with a result per target.
 //! - [`inventory`]: the live fleet, from the agents' announcements on the presence stream.
-//! - [`bench`]: the `dispatcher bench` load generator.
+//! - [`bench`]: the `dispatcher bench` load generator; [`metrics`]: the metric families.
 //! - [`service`]: `dispatcher serve`: the HTTP API, the journal and crash-safe resume.
 //! - [`cli`]: the `dispatcher` command line.
 #![forbid(unsafe_code)]
@@ -26,6 +26,7 @@ pub mod error;
 pub mod fanout;
 pub mod follow;
 pub mod inventory;
+pub mod metrics;
 pub mod negotiate;
 pub mod orchestrator;
 pub mod outcome;

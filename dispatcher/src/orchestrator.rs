@@ -4,6 +4,7 @@
 
 use crate::error::RpcError;
 use crate::follow::LogFollower;
+use crate::metrics::Metrics;
 use crate::negotiate::{AgentKind, CapabilityCache, ProtocolMode, ScriptProtocol};
 use crate::outcome::Outcome;
 use crate::retry::{self, GaveUp, RetryNotice, RetryPolicy};
@@ -105,11 +106,29 @@ pub struct Orchestrator {
     /// Negotiate (the default), or speak only script v1 as dispatchers did before.
     pub protocol: ProtocolMode,
     capabilities: Arc<CapabilityCache>,
+    metrics: Metrics,
 }
 
 impl Orchestrator {
+    /// An orchestrator recording in metrics of its own (see [`Orchestrator::with_metrics`]).
     pub fn new(rpc: Arc<RpcClient>, timing: Timing) -> Self {
-        Orchestrator { rpc, timing, protocol: ProtocolMode::Auto, capabilities: Arc::default() }
+        Orchestrator {
+            rpc,
+            timing,
+            protocol: ProtocolMode::Auto,
+            capabilities: Arc::default(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// The same orchestrator recording its requests in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The same orchestrator speaking `protocol`.
@@ -205,10 +224,17 @@ impl Orchestrator {
             policy,
             usual,
             &CancellationToken::new(),
-            |notice| events(Event::Retry { request: kind, notice: notice.clone() }),
-            |reply_timeout| {
+            |notice| {
+                self.metrics.retry(kind);
+                events(Event::Retry { request: kind, notice: notice.clone() })
+            },
+            |reply_timeout| async move {
                 let not_after = not_after.unwrap_or_else(|| SystemTime::now() + reply_timeout);
-                self.rpc.call_noting_publish(route, request, CallTiming { reply_timeout, not_after }, published)
+                let sent = std::time::Instant::now();
+                let timing = CallTiming { reply_timeout, not_after };
+                let reply = self.rpc.call_noting_publish(route, request, timing, published).await;
+                self.metrics.attempt(kind, sent.elapsed(), reply.as_ref().map(|_| ()));
+                reply
             },
         )
         .await

@@ -3,6 +3,7 @@
 //! channel carry every call in flight; a lost link is rebuilt on the next call.
 
 use crate::error::RpcError;
+use crate::metrics::Metrics;
 use crate::route::Route;
 use contracts::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO, SILENT_BROKER};
 use contracts::{unix_millis, AmqpEndpoints, Kind, Reply, Request};
@@ -49,6 +50,7 @@ pub struct RpcClient {
     /// The broker nodes and the one in use; an unparsable list fails every connect.
     endpoints: std::sync::Mutex<Result<AmqpEndpoints, String>>,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
+    metrics: Metrics,
 }
 
 /// One request's timing: how long to wait for the reply, and when the agent must no longer act
@@ -63,7 +65,13 @@ impl RpcClient {
     /// A client that connects on first use.
     pub fn new(config: RpcConfig) -> Self {
         let endpoints = std::sync::Mutex::new(AmqpEndpoints::parse_random_start(&config.amqp_url));
-        RpcClient { config, endpoints, link: tokio::sync::Mutex::new(None) }
+        RpcClient { config, endpoints, link: tokio::sync::Mutex::new(None), metrics: Metrics::default() }
+    }
+
+    /// The same client counting its reconnections in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A client already connected, failing at once if the broker cannot be reached.
@@ -79,6 +87,7 @@ impl RpcClient {
             return Ok(link.clone());
         }
         if let Some(old) = slot.take() {
+            self.metrics.common.broker_reconnects.inc();
             // Lost this node: the next round of connects begins with the next one.
             if let Ok(endpoints) = self.endpoints.lock().expect("endpoints poisoned").as_mut() {
                 endpoints.lost();

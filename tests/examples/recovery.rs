@@ -11,20 +11,16 @@ use std::time::{Duration, Instant};
 use tests::proxy::FaultProxy;
 use tokio::sync::mpsc;
 
-fn url_via(proxy: &FaultProxy) -> String {
-    format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.addr().port())
-}
-
 #[tokio::main]
 async fn main() {
     let outages: usize = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(20);
     let broker: std::net::SocketAddr = "127.0.0.1:5672".parse().unwrap();
     let (dispatcher_link, agent_link) = (FaultProxy::start(broker).await, FaultProxy::start(broker).await);
     let mut config = tests::agent::test_config("recovery");
-    config.amqp_url = url_via(&agent_link);
+    config.amqp_url = agent_link.amqp_url();
     let agent = tests::TestAgent::start_with(config).await;
     let rpc =
-        RpcClient::new(RpcConfig { amqp_url: url_via(&dispatcher_link), connect_timeout: Duration::from_secs(5) });
+        RpcClient::new(RpcConfig { amqp_url: dispatcher_link.amqp_url(), connect_timeout: Duration::from_secs(5) });
     let orchestrator = Orchestrator::new(Arc::new(rpc), Timing::default());
 
     let (lines_tx, mut lines) = mpsc::unbounded_channel::<Instant>();

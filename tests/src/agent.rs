@@ -39,7 +39,10 @@ impl TestAgent {
     pub async fn start_with(config: AgentConfig) -> TestAgent {
         std::fs::create_dir_all(&config.work_dir).expect("work dir");
         let shutdown = CancellationToken::new();
-        let (agent, serving) = worker_agent::start(config.clone(), shutdown.clone()).await.expect("agent starts");
+        let (agent, serving) =
+            worker_agent::start(config.clone(), worker_agent::metrics::Metrics::default(), shutdown.clone())
+                .await
+                .expect("agent starts");
         let mut ready = agent.readiness();
         tokio::time::timeout(Duration::from_secs(15), ready.wait_for(|r| *r))
             .await

@@ -45,6 +45,15 @@ impl Direction {
     }
 }
 
+/// host:port of the test broker.
+pub fn broker_addr() -> std::net::SocketAddr {
+    let url = crate::amqp_url();
+    let authority = url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("127.0.0.1:5672");
+    let host_port = if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:5672") };
+    std::net::ToSocketAddrs::to_socket_addrs(&host_port).expect("broker address").next().expect("resolved")
+}
+
 /// A TCP proxy on `127.0.0.1` that forwards to one upstream address and injects faults on demand.
 ///
 /// Every method is synchronous and takes effect at once for chunks not yet forwarded. Must be
@@ -141,6 +150,16 @@ impl FaultProxy {
         });
         let listener = tokio::spawn(accept_loop(shared.clone(), listener));
         FaultProxy { shared, addr, listener }
+    }
+
+    /// The test broker's URL with this proxy in its place (same credentials and vhost), when the
+    /// proxy forwards to the test broker.
+    pub fn amqp_url(&self) -> String {
+        let url = crate::amqp_url();
+        let (scheme, rest) = url.split_once("://").expect("a URL");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, "%2f"));
+        let credentials = authority.rsplit_once('@').map(|(c, _)| format!("{c}@")).unwrap_or_default();
+        format!("{scheme}://{credentials}127.0.0.1:{}/{path}", self.addr().port())
     }
 
     /// The address clients connect to.

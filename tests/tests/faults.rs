@@ -8,7 +8,7 @@ use dispatcher::negotiate::ScriptProtocol;
 use dispatcher::{Orchestrator, OutcomeKind, RetryPolicy, RpcClient, RpcConfig, Timing};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tests::proxy::{Direction, FaultProxy};
+use tests::proxy::{broker_addr, Direction, FaultProxy};
 use tests::*;
 
 /// The dispatcher and an agent, each reaching RabbitMQ through a proxy of its own.
@@ -35,10 +35,10 @@ impl Chaos {
         let dispatcher_link = FaultProxy::start(broker).await;
         let agent_link = FaultProxy::start(broker).await;
         let mut config = tests::agent::test_config(what);
-        config.amqp_url = url_via(&agent_link);
+        config.amqp_url = agent_link.amqp_url();
         let agent = TestAgent::start_with(config).await;
         let rpc =
-            RpcClient::new(RpcConfig { amqp_url: url_via(&dispatcher_link), connect_timeout: Duration::from_secs(2) });
+            RpcClient::new(RpcConfig { amqp_url: dispatcher_link.amqp_url(), connect_timeout: Duration::from_secs(2) });
         let orchestrator = Orchestrator::new(Arc::new(rpc), chaos_timing());
         Chaos { dispatcher_link, agent_link, agent, orchestrator, markers: Markers::new() }
     }
@@ -89,23 +89,6 @@ impl Chaos {
     async fn stop(self) {
         self.agent.stop().await;
     }
-}
-
-/// host:port of the test broker.
-fn broker_addr() -> std::net::SocketAddr {
-    let url = amqp_url();
-    let authority = url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
-    let host_port = authority.rsplit('@').next().unwrap_or("127.0.0.1:5672");
-    let host_port = if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:5672") };
-    std::net::ToSocketAddrs::to_socket_addrs(&host_port).expect("broker address").next().expect("resolved")
-}
-
-fn url_via(proxy: &FaultProxy) -> String {
-    let url = amqp_url();
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, "%2f"));
-    let credentials = authority.rsplit_once('@').map(|(c, _)| format!("{c}@")).unwrap_or_default();
-    format!("{scheme}://{credentials}127.0.0.1:{}/{path}", proxy.addr().port())
 }
 
 #[derive(Clone, Copy, Debug)]

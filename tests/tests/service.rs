@@ -316,6 +316,7 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
         documented,
         [
             "GET /healthz",
+            "GET /metrics",
             "GET /openapi.json",
             "GET /v1/agents",
             "GET /v1/tickets",

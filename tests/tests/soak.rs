@@ -11,20 +11,16 @@ use tests::*;
 const SCRIPTS: usize = 500;
 const IN_FLIGHT: usize = 8;
 
-fn url_via(proxy: &FaultProxy) -> String {
-    format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.addr().port())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_scripts_under_random_link_resets_run_exactly_once() {
     let broker: std::net::SocketAddr = "127.0.0.1:5672".parse().unwrap();
     let (dispatcher_link, agent_link) =
         (Arc::new(FaultProxy::start(broker).await), Arc::new(FaultProxy::start(broker).await));
     let mut config = tests::agent::test_config("soak");
-    config.amqp_url = url_via(&agent_link);
+    config.amqp_url = agent_link.amqp_url();
     let agent = TestAgent::start_with(config).await;
     let rpc =
-        RpcClient::new(RpcConfig { amqp_url: url_via(&dispatcher_link), connect_timeout: Duration::from_secs(2) });
+        RpcClient::new(RpcConfig { amqp_url: dispatcher_link.amqp_url(), connect_timeout: Duration::from_secs(2) });
     let timing = Timing {
         attempt_timeout: Duration::from_secs(3),
         status_wait: Duration::from_secs(1),

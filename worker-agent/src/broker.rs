@@ -162,6 +162,7 @@ pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) {
             Ok(()) => return,
             Err(error) => {
                 agent.set_ready(false);
+                agent.metrics().common.broker_reconnects.inc();
                 tracing::warn!(agent = %agent.config().agent_id, %error, retry_in = ?delay, "lost the broker; reconnecting");
             }
         }
@@ -340,6 +341,7 @@ async fn handle_delivery(
     }
     let reply = match Request::decode(&delivery.data) {
         Err(error) => {
+            agent.metrics().common.refusals.refused(error.reply_kind());
             tracing::warn!(agent = %config.agent_id, kind = ?props.kind().as_ref().map(ShortString::as_str), bytes = delivery.data.len(), %error, "rejecting message");
             let reply = Reply::Error(ErrorReply::new(error.reply_kind(), error.to_string()));
             send_reply(&agent, &channel, reply_to, correlation_id, &reply).await;
@@ -378,8 +380,11 @@ async fn handle_delivery(
                 None
             };
             tracing::debug!(agent = %config.agent_id, %kind, ticket = ?ticket, ?source, "request");
+            let handling = std::time::Instant::now();
             let reply = agent.handle(&header, request, slot).await;
+            agent.metrics().request(kind, handling.elapsed());
             if let Reply::Error(error) = &reply {
+                agent.metrics().common.refusals.refused(error.kind);
                 tracing::info!(agent = %config.agent_id, %kind, ticket = ?ticket, error = %error, "request refused");
             }
             reply

@@ -1,11 +1,12 @@
 //! Probes for orchestrators, served with axum. `GET /livez` answers 200 while the process serves
 //! requests at all (also while it connects and while it drains, so an orchestrator does not kill
 //! it then); `GET /readyz` answers 200 only while the agent consumes its queue and the ticket
-//! store answers, 503 otherwise.
+//! store answers, 503 otherwise. `GET /metrics` gives the agent's metrics (Prometheus text).
 
+use crate::metrics::Metrics;
 use crate::service::Agent;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use std::sync::{Arc, OnceLock};
@@ -13,16 +14,18 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// What the probes look at: the agent, once it has connected to its ticket store.
-#[derive(Clone, Default)]
+/// What the probes look at: the agent, once it has connected to its ticket store, and its
+/// metrics from the start.
+#[derive(Clone)]
 pub struct Probes {
     agent: Arc<OnceLock<Arc<Agent>>>,
+    metrics: Metrics,
 }
 
 impl Probes {
     /// Probes of an agent that is not connected yet: alive, not ready.
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(metrics: Metrics) -> Self {
+        Probes { agent: Arc::default(), metrics }
     }
 
     /// The agent has connected: readiness follows it from now on.
@@ -40,7 +43,15 @@ impl Probes {
 
 /// The probe routes.
 pub fn router(probes: Probes) -> Router {
-    Router::new().route("/livez", get(livez)).route("/readyz", get(readyz)).with_state(probes)
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(probes)
+}
+
+async fn metrics(State(probes): State<Probes>) -> ([(header::HeaderName, &'static str); 1], String) {
+    ([(header::CONTENT_TYPE, contracts::metrics::CONTENT_TYPE)], probes.metrics.encode())
 }
 
 async fn livez() -> &'static str {

@@ -12,7 +12,8 @@
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
 //!   [`isolation`] its mutexes, [`workspace`] the work dir and the scripts' workspaces in it.
 //! - [`presence`]: the agent's announcements of itself (heartbeats) on the presence stream.
-//! - [`health`]: liveness and readiness probes over HTTP (axum).
+//! - [`health`]: liveness and readiness probes and metrics over HTTP (axum); [`metrics`] the
+//!   metric families.
 //! - [`cli`]: the `worker-agent` command line.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod health;
 pub mod isolation;
 pub mod local_store;
+pub mod metrics;
 pub mod output;
 pub mod presence;
 pub mod redis_link;
@@ -58,7 +60,8 @@ pub enum RunError {
 /// the rest, each recorded as cancelled, and stops the probes last.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     workspace::prepare_work_dir(&config.work_dir)?;
-    let probes = health::Probes::new();
+    let metrics = metrics::Metrics::default();
+    let probes = health::Probes::new(metrics.clone());
     let probes_stop = CancellationToken::new();
     let probes_served = match config.health_addr {
         None => None,
@@ -66,7 +69,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             let listener =
                 tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Probes { addr, source })?;
             let bound = listener.local_addr().unwrap_or(addr);
-            tracing::info!(addr = %bound, "serving probes: GET /livez, GET /readyz");
+            tracing::info!(addr = %bound, "serving probes and metrics: GET /livez, GET /readyz, GET /metrics");
             Some(tokio::spawn(health::serve(listener, probes.clone(), probes_stop.clone())))
         }
     };
@@ -74,7 +77,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
     let started = tokio::select! {
-        started = start(config, stop.clone()) => started,
+        started = start(config, metrics, stop.clone()) => started,
         () = &mut shutdown => None,
     };
     if let Some((agent, mut serving)) = started {
@@ -130,10 +133,11 @@ async fn drain(agent: &Agent, timeout: Duration) {
 pub const LOCAL_STORE_FILE: &str = "tickets.redb";
 
 /// Connects to (or opens) the ticket store, waiting for it (with notices) until `shutdown`.
-/// `owner` is this agent process's identity as a ticket owner.
+/// `owner` is this agent process's identity as a ticket owner; `metrics` records its operations.
 pub async fn connect_store(
     config: &AgentConfig,
     owner: &str,
+    metrics: &metrics::Metrics,
     shutdown: &CancellationToken,
 ) -> Option<store::TicketStore> {
     let mut delay = Duration::from_millis(200);
@@ -142,13 +146,14 @@ pub async fn connect_store(
             StoreKind::Redis => {
                 store::RedisStore::connect(&config.redis_target(), &config.key_prefix, config.connect_timeout)
                     .await
-                    .map(store::TicketStore::Redis)
+                    .map(store::Backend::Redis)
             }
-            StoreKind::Local => local_store::LocalStore::open(&config.work_dir.join(LOCAL_STORE_FILE), owner)
-                .map(store::TicketStore::Local),
+            StoreKind::Local => {
+                local_store::LocalStore::open(&config.work_dir.join(LOCAL_STORE_FILE), owner).map(store::Backend::Local)
+            }
         };
         match opened {
-            Ok(store) => return Some(store),
+            Ok(backend) => return Some(store::TicketStore::new(backend, metrics.common.store.clone())),
             Err(error) => {
                 tracing::warn!(agent = %config.agent_id, %error, retry_in = ?delay, "cannot reach the ticket store; retrying")
             }
@@ -162,14 +167,15 @@ pub async fn connect_store(
 }
 
 /// Starts an agent: connects to the store, marks runs lost by an earlier process, and serves its
-/// queue in the background. Cancel `shutdown` to stop taking work; the returned task ends once the
-/// consumer has stopped.
+/// queue in the background, recording in `metrics`. Cancel `shutdown` to stop taking work; the
+/// returned task ends once the consumer has stopped.
 pub async fn start(
     config: AgentConfig,
+    metrics: metrics::Metrics,
     shutdown: CancellationToken,
 ) -> Option<(Arc<Agent>, tokio::task::JoinHandle<()>)> {
     let owner = format!("{}/{}", config.agent_id, uuid::Uuid::new_v4());
-    let store = connect_store(&config, &owner, &shutdown).await?;
+    let store = connect_store(&config, &owner, &metrics, &shutdown).await?;
     let epoch = loop {
         match store.epoch(contracts::unix_millis(std::time::SystemTime::now())).await {
             Ok(epoch) => break epoch,
@@ -182,7 +188,7 @@ pub async fn start(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
-    let agent = Agent::new(config, store, epoch, owner);
+    let agent = Agent::new(config, store, epoch, owner, metrics);
     match agent.recover_lost_runs().await {
         Ok(0) => {}
         Ok(lost) => {

@@ -3,6 +3,7 @@
 //! and records how it ended. Cancel and execution timeout kill the whole process group.
 
 use crate::isolation::{IsolationGuard, Mutexes};
+use crate::metrics::Metrics;
 use crate::output::{self, LogSender, Progress};
 use crate::rules::{RecordState, TicketRecord};
 use crate::store::{Release, TicketKeys, TicketStore};
@@ -44,6 +45,7 @@ pub struct Run {
     pub record_ttl: Duration,
     /// Variables of the agent's environment passed on to the script (`--pass-env`).
     pub pass_env: Arc<[String]>,
+    pub metrics: Metrics,
 }
 
 /// Why a script stopped before its own end.
@@ -53,9 +55,9 @@ enum Interrupted {
 }
 
 impl Run {
-    /// Runs the script to its end and records the outcome. Never fails: every failure becomes
-    /// an exit code in the record and a line in the log.
-    pub async fn execute(mut self) {
+    /// Runs the script to its end and records the outcome, which it gives back. Never fails:
+    /// every failure becomes an exit code in the record and a line in the log.
+    pub async fn execute(mut self) -> i32 {
         let ticket = self.keys.ticket.clone();
         let (log, writer) =
             output::spawn_writer(self.store.clone(), self.keys.clone(), self.record_ttl, self.progress.clone());
@@ -70,6 +72,7 @@ impl Run {
             p.complete = true;
         });
         tracing::info!(ticket = %ticket, exit_code = exit, "script ended");
+        exit
     }
 
     async fn run_script(&mut self, log: &LogSender) -> i32 {
@@ -174,20 +177,23 @@ impl Run {
             None => {
                 log.send(LogStream::Agent, format!("waiting for isolation mutex {name:?}"));
                 let timeout = self.spec.mutex_timeout.map(Duration::from_millis);
-                tokio::select! {
-                    guard = self.mutexes.acquire(&name, exclusive) => guard,
+                let waiting = std::time::Instant::now();
+                let waited = tokio::select! {
+                    guard = self.mutexes.acquire(&name, exclusive) => Ok(guard),
                     _ = self.cancel.cancelled() => {
                         log.send(LogStream::Agent, "script cancelled while waiting for its isolation mutex");
-                        return Err(exit_code::CANCELLED);
+                        Err(exit_code::CANCELLED)
                     }
                     _ = sleep_or_forever(timeout) => {
                         log.send(LogStream::Agent, format!(
                             "gave up waiting for isolation mutex {name:?} after {}",
                             humantime::format_duration(timeout.unwrap_or_default())
                         ));
-                        return Err(exit_code::MUTEX_TIMEOUT);
+                        Err(exit_code::MUTEX_TIMEOUT)
                     }
-                }
+                };
+                self.metrics.mutex_waited(waiting.elapsed());
+                waited?
             }
         };
         if self.record.state == RecordState::Claimed {

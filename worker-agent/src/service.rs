@@ -3,6 +3,7 @@
 
 use crate::config::{AgentConfig, Protocol};
 use crate::isolation::Mutexes;
+use crate::metrics::Metrics;
 use crate::output::Progress;
 use crate::rules::{self, RecordState, TicketRecord};
 use crate::runner::Run;
@@ -54,6 +55,7 @@ pub struct Agent {
     unconfirmed: Mutex<HashSet<String>>,
     /// `config.pass_env`, shared with every run.
     pass_env: Arc<[String]>,
+    metrics: Metrics,
 }
 
 /// A place for one running script, held until it ends.
@@ -69,7 +71,7 @@ fn unavailable(error: StoreError) -> Reply {
 
 impl Agent {
     /// An agent serving with `store`; `owner` is this process's identity as a ticket owner.
-    pub fn new(config: AgentConfig, store: TicketStore, epoch: Epoch, owner: String) -> Arc<Self> {
+    pub fn new(config: AgentConfig, store: TicketStore, epoch: Epoch, owner: String, metrics: Metrics) -> Arc<Self> {
         let config_slots = config.max_scripts.map(|n| Arc::new(Semaphore::new(n.max(1))));
         Arc::new(Agent {
             pass_env: config.pass_env.clone().into(),
@@ -83,7 +85,12 @@ impl Agent {
             epoch: Mutex::new(epoch),
             slots: config_slots,
             unconfirmed: Mutex::default(),
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -343,10 +350,13 @@ impl Agent {
             lease_ttl: self.config.lease_ttl,
             record_ttl: self.config.record_ttl,
             pass_env: self.pass_env.clone(),
+            metrics: self.metrics.clone(),
         };
         let agent = self.clone();
+        let counted = self.metrics.common.scripts.start();
         self.tracker.spawn(async move {
-            run.execute().await;
+            let exit = run.execute().await;
+            counted.finish(contracts::metrics::outcome_of_exit(exit));
             drop(slot);
             agent.runs.lock().expect("runs poisoned").remove(&ticket);
         });

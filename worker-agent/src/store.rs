@@ -5,6 +5,7 @@
 
 use crate::redis_link::{RedisLink, RedisTarget, WaitLink};
 use crate::rules::{RecordState, TicketRecord};
+use contracts::metrics::StoreOps;
 use contracts::topology::MAX_STATUS_LOG_BYTES;
 use contracts::LogLine;
 use redis::AsyncCommands;
@@ -420,30 +421,50 @@ impl RecordState {
     }
 }
 
-/// The ticket store: Redis (shared by a pool), or an embedded database on the agent's own disk.
+/// Where tickets are kept: Redis (shared by a pool), or an embedded database on the agent's own
+/// disk.
 #[derive(Clone)]
-pub enum TicketStore {
+pub enum Backend {
     Redis(RedisStore),
     Local(crate::local_store::LocalStore),
 }
 
-/// Calls the same method on whichever store this is.
+/// The ticket store, each operation timed and its failures counted ([`StoreOps`]).
+#[derive(Clone)]
+pub struct TicketStore {
+    backend: Backend,
+    ops: StoreOps,
+}
+
+/// Calls the same method on whichever backend this is, recorded as `operation`.
 macro_rules! delegate {
-    ($self:ident, $store:ident => $call:expr) => {
-        match $self {
-            TicketStore::Redis($store) => $call,
-            TicketStore::Local($store) => $call,
-        }
+    ($self:ident, $operation:literal, $store:ident => $call:expr) => {
+        $self
+            .ops
+            .observe($operation, async {
+                match &$self.backend {
+                    Backend::Redis($store) => $call,
+                    Backend::Local($store) => $call,
+                }
+            })
+            .await
     };
 }
 
 impl TicketStore {
+    pub fn new(backend: Backend, ops: StoreOps) -> Self {
+        TicketStore { backend, ops }
+    }
+
     pub fn keys(&self, ticket_key: &str) -> TicketKeys {
-        delegate!(self, s => s.keys(ticket_key))
+        match &self.backend {
+            Backend::Redis(s) => s.keys(ticket_key),
+            Backend::Local(s) => s.keys(ticket_key),
+        }
     }
 
     pub async fn epoch(&self, now_ms: u64) -> Result<Epoch, StoreError> {
-        delegate!(self, s => s.epoch(now_ms).await)
+        delegate!(self, "epoch", s => s.epoch(now_ms).await)
     }
 
     pub async fn claim(
@@ -454,7 +475,7 @@ impl TicketStore {
         lease_ttl: Duration,
         epoch: &Epoch,
     ) -> Result<Claim, StoreError> {
-        delegate!(self, s => s.claim(keys, record, record_ttl, lease_ttl, epoch).await)
+        delegate!(self, "claim", s => s.claim(keys, record, record_ttl, lease_ttl, epoch).await)
     }
 
     pub async fn cancel(
@@ -464,7 +485,7 @@ impl TicketStore {
         record_ttl: Duration,
         flag_ttl: Duration,
     ) -> Result<Cancel, StoreError> {
-        delegate!(self, s => s.cancel(keys, tombstone, record_ttl, flag_ttl).await)
+        delegate!(self, "cancel", s => s.cancel(keys, tombstone, record_ttl, flag_ttl).await)
     }
 
     /// See [`RedisStore::confirm_claim`]. The embedded store has no replicas (the agent refuses
@@ -478,9 +499,12 @@ impl TicketStore {
         replicas: u32,
         timeout: Duration,
     ) -> Result<ClaimReplication, StoreError> {
-        match self {
-            TicketStore::Redis(s) => s.confirm_claim(keys, raw, owner, lease_ttl, replicas, timeout).await,
-            TicketStore::Local(_) => Ok(ClaimReplication::Acked(0)),
+        match &self.backend {
+            Backend::Redis(s) => {
+                let confirm = s.confirm_claim(keys, raw, owner, lease_ttl, replicas, timeout);
+                self.ops.observe("confirm_claim", confirm).await
+            }
+            Backend::Local(_) => Ok(ClaimReplication::Acked(0)),
         }
     }
 
@@ -492,30 +516,30 @@ impl TicketStore {
         ttl: Option<Duration>,
         release: Release,
     ) -> Result<bool, StoreError> {
-        delegate!(self, s => s.compare_and_set(keys, expected, new, ttl, release).await)
+        delegate!(self, "compare_and_set", s => s.compare_and_set(keys, expected, new, ttl, release).await)
     }
 
     pub async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, StoreError> {
-        delegate!(self, s => s.read(keys, after_seq).await)
+        delegate!(self, "read", s => s.read(keys, after_seq).await)
     }
 
     pub async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], ttl: Duration) -> Result<(), StoreError> {
-        delegate!(self, s => s.append_logs(keys, lines, ttl).await)
+        delegate!(self, "append_logs", s => s.append_logs(keys, lines, ttl).await)
     }
 
     pub async fn renew_lease(&self, keys: &TicketKeys, owner: &str, ttl: Duration) -> Result<LeaseRenewal, StoreError> {
-        delegate!(self, s => s.renew_lease(keys, owner, ttl).await)
+        delegate!(self, "renew_lease", s => s.renew_lease(keys, owner, ttl).await)
     }
 
     pub async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, StoreError> {
-        delegate!(self, s => s.running_tickets(agent_id).await)
+        delegate!(self, "running_tickets", s => s.running_tickets(agent_id).await)
     }
 
     pub async fn forget_running(&self, agent_id: &str, ticket_key: &str) -> Result<(), StoreError> {
-        delegate!(self, s => s.forget_running(agent_id, ticket_key).await)
+        delegate!(self, "forget_running", s => s.forget_running(agent_id, ticket_key).await)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        delegate!(self, s => s.ping().await)
+        delegate!(self, "ping", s => s.ping().await)
     }
 }

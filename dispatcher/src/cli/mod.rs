@@ -562,8 +562,10 @@ fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
 pub async fn run(cli: Cli) -> ExitCode {
     terminal::set_raw(cli.raw);
     let rpc_config = RpcConfig { amqp_url: cli.amqp_url.clone(), connect_timeout: cli.connect_timeout };
-    let rpc = Arc::new(RpcClient::new(rpc_config.clone()));
-    let orchestrator = Orchestrator::new(rpc.clone(), Timing::default()).with_protocol(cli.protocol);
+    let metrics = crate::metrics::Metrics::default();
+    let rpc = Arc::new(RpcClient::new(rpc_config.clone()).with_metrics(metrics.clone()));
+    let orchestrator =
+        Orchestrator::new(rpc.clone(), Timing::default()).with_protocol(cli.protocol).with_metrics(metrics);
     let journal = service::JournalOptions { url: cli.journal, prefix: cli.journal_prefix };
     let code = match cli.command {
         Command::Submit(args) if args.detach => service::submit_detached(&journal, &args).await,

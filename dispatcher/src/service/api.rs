@@ -2,7 +2,7 @@
 //! the document cannot list a route the service does not serve, nor miss one.
 //!
 //! Every `/v1` route needs `Authorization: Bearer <token>` when the service has API tokens;
-//! `/healthz` and `/openapi.json` never do. Errors are `{"error": "..."}` with a message that
+//! `/healthz`, `/metrics` and `/openapi.json` never do. Errors are `{"error": "..."}` with a message that
 //! says what to change.
 
 use super::journal::{HistoryQuery, JournalError, Recorded, Submission, TicketRecord};
@@ -294,7 +294,8 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .routes(routes!(cancel))
         .routes(routes!(agents))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
-    let (router, mut doc) = OpenApiRouter::new().merge(v1).routes(routes!(healthz)).split_for_parts();
+    let (router, mut doc) =
+        OpenApiRouter::new().merge(v1).routes(routes!(healthz)).routes(routes!(metrics)).split_for_parts();
     doc.paths.paths.entry("/openapi.json".into()).or_insert_with(|| {
         use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
         let op = OperationBuilder::new()
@@ -446,7 +447,9 @@ async fn submit(
     // Recorded before anything is sent: from here a restart (or another replica) resumes them.
     let mut new = Vec::with_capacity(planned.len());
     for submission in &planned {
-        new.push(match followers.journal.submit(submission).await? {
+        let recorded =
+            followers.orchestrator.metrics().common.store.observe("submit", followers.journal.submit(submission));
+        new.push(match recorded.await? {
             Recorded::New => true,
             Recorded::Earlier(earlier) if earlier.script_digest == submission.script_digest => false,
             Recorded::Earlier(_) => {
@@ -504,7 +507,8 @@ fn parse_ticket(raw: &str) -> Result<Ticket, ApiError> {
 
 async fn record_of(state: &ApiState, ticket: &Ticket) -> Result<TicketRecord, ApiError> {
     let retention = humantime::format_duration(state.followers.journal.retention());
-    state.followers.journal.ticket(ticket).await?.ok_or_else(|| {
+    let metrics = state.followers.orchestrator.metrics();
+    metrics.common.store.observe("ticket", state.followers.journal.ticket(ticket)).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no ticket {ticket} in the journal (finished tickets are kept for {retention})"),
@@ -684,6 +688,14 @@ pub fn since_millis(raw: &str) -> Result<u64, String> {
 #[utoipa::path(get, path = "/v1/agents", security(("bearer" = [])), responses((status = 200, body = AgentList)))]
 async fn agents(State(state): Shared) -> Result<Json<AgentList>, ApiError> {
     Ok(Json(AgentList { agents: state.followers.journal.agents().await? }))
+}
+
+/// The service's metrics in the Prometheus (OpenMetrics) text format; no token needed: they
+/// hold counts by kind, outcome and reason, never a ticket, target or script.
+#[utoipa::path(get, path = "/metrics",
+    responses((status = 200, description = "Prometheus text", content_type = "application/openmetrics-text", body = String)))]
+async fn metrics(State(state): Shared) -> ([(header::HeaderName, &'static str); 1], String) {
+    ([(header::CONTENT_TYPE, contracts::metrics::CONTENT_TYPE)], state.followers.orchestrator.metrics().encode())
 }
 
 /// Liveness and whether the journal answers (503 when it does not).

@@ -148,13 +148,14 @@ impl Followers {
             Some(plan) => plan.clone(),
             None => {
                 let plan = self.orchestrator.plan_start(ticket.clone(), policies.script);
-                self.journal.start(&plan).await?;
+                self.orchestrator.metrics().common.store.observe("start", self.journal.start(&plan)).await?;
                 plan
             }
         };
         if record.cancel_requested {
             interrupt.cancel();
         }
+        let counted = self.orchestrator.metrics().common.scripts.start();
         let outcome = self
             .orchestrator
             .run_planned(&route, &plan, submission.spec.clone(), policies, record.last_seq, &sink, interrupt)
@@ -163,6 +164,7 @@ impl Followers {
         // Every event is recorded before the outcome, and the outcome before the agent forgets.
         let _ = writer.await;
         self.record_outcome(&outcome).await?;
+        counted.finish(super::api::outcome_name(outcome.outcome));
         self.orchestrator.complete_after(&route, ticket, &outcome, policies.script, &|_| {}).await;
         Ok(())
     }
@@ -172,7 +174,7 @@ impl Followers {
     async fn record_outcome(&self, outcome: &Outcome) -> Result<(), JournalError> {
         let mut attempt = 0;
         loop {
-            match self.journal.finish(outcome).await {
+            match self.orchestrator.metrics().common.store.observe("finish", self.journal.finish(outcome)).await {
                 Ok(_) => return Ok(()),
                 Err(error) if attempt >= 20 => return Err(error),
                 Err(error) => tracing::warn!(%error, "cannot record the outcome yet"),
@@ -217,10 +219,11 @@ impl Followers {
     fn event_writer(&self, ticket: Ticket) -> (mpsc::UnboundedSender<Event>, AbortOnDropHandle<()>) {
         let (sender, mut receiver) = mpsc::unbounded_channel::<Event>();
         let journal = self.journal.clone();
+        let metrics = self.orchestrator.metrics().common.store.clone();
         let writer = AbortOnDropHandle::new(tokio::spawn(async move {
             while let Some(event) = receiver.recv().await {
                 let mut delay = Duration::from_millis(50);
-                while let Err(error) = journal.event(&ticket, &event).await {
+                while let Err(error) = metrics.observe("event", journal.event(&ticket, &event)).await {
                     tracing::warn!(ticket = %ticket, %error, "cannot record an event yet");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));

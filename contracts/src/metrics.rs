@@ -1,0 +1,279 @@
+//! The metric families both binaries expose (Prometheus, through prometheus-client), defined once
+//! so that an agent and the service name and label the same thing the same way. Each binary
+//! registers them (and its own) in a registry of its own and serves it at `GET /metrics`.
+//!
+//! Label values are fixed sets (request kinds, outcomes, reasons, operations), never ticket ids,
+//! agent ids or script text: the number of series stays bounded and nothing a caller sends
+//! reaches the exposition.
+
+use crate::ErrorKind;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use std::future::Future;
+use std::time::Instant;
+
+/// The content type of [`encode`]'s text (OpenMetrics, which Prometheus reads).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry in the text exposition format.
+pub fn encode(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("writing to a String cannot fail");
+    text
+}
+
+/// Buckets for latencies from half a millisecond to about 16 s (doubling).
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `completed`, `cancelled`, `unknown` or `failed`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabel {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The request kind as on the wire (`StartScriptV2`, `GetStatusV2`, ...).
+    pub kind: &'static str,
+}
+
+/// Scripts started, finished by outcome, and running now.
+#[derive(Clone, Default)]
+pub struct Scripts {
+    started: Counter,
+    finished: Family<OutcomeLabel, Counter>,
+    running: Gauge,
+}
+
+impl Scripts {
+    pub fn register(registry: &mut Registry, whose: &str) -> Self {
+        let scripts = Scripts::default();
+        registry.register(
+            "cuttle_scripts_started",
+            format!("Scripts started by this {whose}"),
+            scripts.started.clone(),
+        );
+        registry.register(
+            "cuttle_scripts_finished",
+            format!("Scripts finished by this {whose}, by outcome (completed, cancelled, unknown, failed)"),
+            scripts.finished.clone(),
+        );
+        registry.register(
+            "cuttle_scripts_running",
+            format!("Scripts running on this {whose} now"),
+            scripts.running.clone(),
+        );
+        scripts
+    }
+
+    /// A script starts: counted, and running until the run is finished or dropped.
+    pub fn start(&self) -> ScriptRun {
+        self.started.inc();
+        self.running.inc();
+        ScriptRun { scripts: self.clone(), finished: false }
+    }
+}
+
+/// One running script, as [`Scripts`] counts it.
+pub struct ScriptRun {
+    scripts: Scripts,
+    finished: bool,
+}
+
+impl ScriptRun {
+    /// The script ended with `outcome` (`completed`, `cancelled`, `unknown`, `failed`).
+    pub fn finish(mut self, outcome: &'static str) {
+        self.scripts.finished.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.finished = true;
+        self.scripts.running.dec();
+    }
+}
+
+impl Drop for ScriptRun {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.scripts.running.dec();
+        }
+    }
+}
+
+/// The outcome label of an exit code as the agent records it: the script's own code (0 to 255)
+/// is `completed`, the agent's negative codes say what else happened.
+pub fn outcome_of_exit(code: i32) -> &'static str {
+    match code {
+        0.. => "completed",
+        crate::exit_code::CANCELLED => "cancelled",
+        crate::exit_code::UNKNOWN_RESULT => "unknown",
+        _ => "failed",
+    }
+}
+
+/// Commands refused (answered with an error) by reason.
+#[derive(Clone, Default)]
+pub struct Refusals {
+    refused: Family<ReasonLabel, Counter>,
+}
+
+impl Refusals {
+    pub fn register(registry: &mut Registry, help: &str) -> Self {
+        let refusals = Refusals::default();
+        registry.register("cuttle_commands_refused", help, refusals.refused.clone());
+        refusals
+    }
+
+    pub fn refused(&self, kind: ErrorKind) {
+        self.refused.get_or_create(&ReasonLabel { reason: refusal_reason(kind) }).inc();
+    }
+}
+
+/// The `reason` label of a refusal.
+pub fn refusal_reason(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Unsupported => "unsupported",
+        ErrorKind::TicketConflict => "conflict",
+        ErrorKind::Expired => "expired",
+        ErrorKind::Invalid => "invalid",
+        ErrorKind::NotAuthorized => "not_authorized",
+        ErrorKind::StoreUnavailable => "store_unavailable",
+        ErrorKind::StoreReset => "store_reset",
+        ErrorKind::ShuttingDown => "shutting_down",
+        ErrorKind::Internal => "internal",
+        ErrorKind::Unknown => "unknown",
+    }
+}
+
+/// Calls to a store (the agent's ticket store, the service's journal): latency and errors by
+/// operation.
+#[derive(Clone)]
+pub struct StoreOps {
+    duration: Family<OperationLabel, Histogram>,
+    errors: Family<OperationLabel, Counter>,
+}
+
+impl StoreOps {
+    pub fn register(registry: &mut Registry, store: &str) -> Self {
+        let ops = StoreOps { duration: Family::new_with_constructor(latency_histogram), errors: Family::default() };
+        registry.register_with_unit(
+            "cuttle_store_operation_duration",
+            format!("Time taken by {store} operations, by operation"),
+            Unit::Seconds,
+            ops.duration.clone(),
+        );
+        registry.register(
+            "cuttle_store_errors",
+            format!("Failed {store} operations, by operation"),
+            ops.errors.clone(),
+        );
+        ops
+    }
+
+    /// Runs one store operation, recording its time and whether it failed.
+    pub async fn observe<T, E>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = call.await;
+        let label = OperationLabel { operation };
+        self.duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.errors.get_or_create(&label).inc();
+        }
+        result
+    }
+}
+
+/// The families both binaries have, registered in a new registry that each binary then adds
+/// its own to.
+#[derive(Clone)]
+pub struct Families {
+    pub scripts: Scripts,
+    pub refusals: Refusals,
+    pub store: StoreOps,
+    pub broker_reconnects: Counter,
+}
+
+impl Families {
+    /// `whose` names the process (`agent`), `refusals` describes the refusals counted, `store`
+    /// names the store whose operations are timed.
+    pub fn registry(whose: &str, refusals: &str, store: &str) -> (Registry, Families) {
+        let mut registry = Registry::default();
+        let broker_reconnects = Counter::default();
+        registry.register(
+            "cuttle_broker_reconnects",
+            "Times the broker connection was lost and made again",
+            broker_reconnects.clone(),
+        );
+        let families = Families {
+            scripts: Scripts::register(&mut registry, whose),
+            refusals: Refusals::register(&mut registry, refusals),
+            store: StoreOps::register(&mut registry, store),
+            broker_reconnects,
+        };
+        (registry, families)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_named_and_labelled_by_convention() {
+        let (registry, families) = Families::registry("agent", "Commands refused", "ticket store");
+        let Families { scripts, refusals, store, broker_reconnects: reconnects } = families;
+        scripts.start().finish(outcome_of_exit(3));
+        let dropped = scripts.start();
+        refusals.refused(ErrorKind::Expired);
+        reconnects.inc();
+        let failed: Result<(), ()> = futures_executor(store.observe("claim", async { Err(()) }));
+        assert!(failed.is_err());
+        let text = encode(&registry);
+        assert!(text.contains("cuttle_scripts_started_total 2\n"), "{text}");
+        assert!(text.contains("cuttle_scripts_finished_total{outcome=\"completed\"} 1\n"), "{text}");
+        assert!(text.contains("cuttle_scripts_running 1\n"), "{text}");
+        drop(dropped);
+        assert!(encode(&registry).contains("cuttle_scripts_running 0\n"));
+        assert!(text.contains("cuttle_commands_refused_total{reason=\"expired\"} 1\n"), "{text}");
+        assert!(text.contains("cuttle_store_errors_total{operation=\"claim\"} 1\n"), "{text}");
+        assert!(text.contains("cuttle_store_operation_duration_seconds_count{operation=\"claim\"} 1\n"), "{text}");
+        assert!(text.contains("cuttle_broker_reconnects_total 1\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn exit_codes_map_to_outcomes() {
+        assert_eq!(outcome_of_exit(0), "completed");
+        assert_eq!(outcome_of_exit(255), "completed");
+        assert_eq!(outcome_of_exit(crate::exit_code::CANCELLED), "cancelled");
+        assert_eq!(outcome_of_exit(crate::exit_code::UNKNOWN_RESULT), "unknown");
+        assert_eq!(outcome_of_exit(crate::exit_code::EXECUTION_TIMEOUT), "failed");
+    }
+
+    /// Polls a future that never waits to its end.
+    fn futures_executor<T>(future: impl Future<Output = T>) -> T {
+        let mut future = std::pin::pin!(future);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut context) {
+            std::task::Poll::Ready(value) => value,
+            std::task::Poll::Pending => panic!("the future waited"),
+        }
+    }
+}
