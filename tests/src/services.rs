@@ -97,11 +97,22 @@ pub struct PrivateRabbit {
     pub port: u16,
     pub node: String,
     dir: PathBuf,
+    /// The node's open-file limit (`ulimit -n`), when not the one it inherits.
+    open_files: Option<u64>,
 }
 
 impl PrivateRabbit {
     pub async fn start() -> PrivateRabbit {
         let rabbit = PrivateRabbit::prepare();
+        rabbit.launch().await;
+        rabbit
+    }
+
+    /// A node started with an open-file limit of `limit` (the broker's default is 1,024), for
+    /// measuring how many queues and connections fit under it.
+    pub async fn start_with_open_files(limit: u64) -> PrivateRabbit {
+        let mut rabbit = PrivateRabbit::prepare();
+        rabbit.open_files = Some(limit);
         rabbit.launch().await;
         rabbit
     }
@@ -119,7 +130,7 @@ impl PrivateRabbit {
             .expect("rabbit config");
         std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("rabbit plugins");
         let _ = Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(&dir).status();
-        PrivateRabbit { port, node: format!("{name}@localhost"), dir }
+        PrivateRabbit { port, node: format!("{name}@localhost"), dir, open_files: None }
     }
 
     pub fn amqp_url(&self) -> String {
@@ -127,7 +138,15 @@ impl PrivateRabbit {
     }
 
     async fn launch(&self) {
-        let status = Command::new("rabbitmq-server")
+        let mut command = Command::new("rabbitmq-server");
+        if let Some(limit) = self.open_files {
+            // The server drops to the rabbitmq user through su, whose PAM session resets the
+            // limit; the environment file is read after that.
+            let env_file = self.dir.join("rabbitmq-env.conf");
+            std::fs::write(&env_file, format!("ulimit -n {limit}\n")).expect("rabbit env file");
+            command.env("RABBITMQ_CONF_ENV_FILE", env_file);
+        }
+        let status = command
             .arg("-detached")
             .env("RABBITMQ_NODENAME", &self.node)
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
@@ -148,7 +167,7 @@ impl PrivateRabbit {
     }
 
     /// `rabbitmqctl` output of a query on this node (empty if the node does not answer).
-    pub(crate) fn query(&self, args: &[&str]) -> String {
+    pub fn query(&self, args: &[&str]) -> String {
         Command::new("rabbitmqctl")
             .arg("-n")
             .arg(&self.node)
@@ -175,10 +194,15 @@ impl PrivateRabbit {
         wait_port("the private rabbitmq to listen again", self.port, true, Duration::from_secs(60)).await;
     }
 
+    /// The process id of the node's Erlang VM.
+    pub fn os_pid(&self) -> i32 {
+        let pid = self.query(&["-q", "eval", "os:getpid()."]);
+        pid.trim().trim_matches('"').parse().expect("the node's OS pid")
+    }
+
     /// Kills the node's Erlang VM with SIGKILL, as a crashed machine would look.
     pub async fn kill(&self) {
-        let pid = self.query(&["-q", "eval", "os:getpid()."]);
-        let pid: i32 = pid.trim().trim_matches('"').parse().expect("the node's OS pid");
+        let pid = self.os_pid();
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         wait_port("the killed rabbitmq to stop listening", self.port, false, Duration::from_secs(30)).await;
     }
