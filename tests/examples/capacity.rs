@@ -38,11 +38,7 @@ fn broker_use(pid: i32) -> BrokerUse {
         let line = text.lines().find(|l| l.starts_with(name)).expect("the field");
         line[name.len()..].split_whitespace().next().expect("a value").parse().expect("a number")
     };
-    BrokerUse {
-        handles,
-        handle_limit: field("limits", "Max open files"),
-        memory: field("status", "VmRSS:") * 1024,
-    }
+    BrokerUse { handles, handle_limit: field("limits", "Max open files"), memory: field("status", "VmRSS:") * 1024 }
 }
 
 fn mib(bytes: f64) -> String {
@@ -69,7 +65,10 @@ async fn queues(count: usize) {
         let before = broker_use(pid);
         for i in 0..count {
             let options = QueueDeclareOptions { durable: true, ..Default::default() };
-            channel.queue_declare(format!("cuttle.agent.cap-{i}").into(), options, queue_arguments(kind)).await.unwrap();
+            channel
+                .queue_declare(format!("cuttle.agent.cap-{i}").into(), options, queue_arguments(kind))
+                .await
+                .unwrap();
         }
         // Let the broker settle (queue processes start their files lazily).
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -107,7 +106,8 @@ async fn largest_fleet(open_files: u64) {
     let mut fleet = Vec::new();
     let stopped = loop {
         // Sixteen join at once: a fleet reconnecting joins in parallel too.
-        let joins = (0..16).map(|i| tokio::time::timeout(Duration::from_secs(10), join_as_agent(&url, fleet.len() + i)));
+        let joins =
+            (0..16).map(|i| tokio::time::timeout(Duration::from_secs(10), join_as_agent(&url, fleet.len() + i)));
         let results = futures_util::future::join_all(joins).await;
         let mut failure = None;
         for result in results {
@@ -137,7 +137,9 @@ async fn largest_fleet(open_files: u64) {
         start.handles,
         mib(start.memory as f64),
     );
-    let closes = fleet.iter().map(|(connection, _)| tokio::time::timeout(Duration::from_secs(5), connection.close(200, "done".into())));
+    let closes = fleet
+        .iter()
+        .map(|(connection, _)| tokio::time::timeout(Duration::from_secs(5), connection.close(200, "done".into())));
     futures_util::future::join_all(closes).await;
 }
 
@@ -202,7 +204,8 @@ async fn fanout(agents: usize) {
         .await
         .expect("run dispatcher submit");
     let took = began.elapsed();
-    let completed = String::from_utf8_lossy(&output.stdout).lines().filter(|l| l.contains("\"outcome\":\"completed\"")).count();
+    let completed =
+        String::from_utf8_lossy(&output.stdout).lines().filter(|l| l.contains("\"outcome\":\"completed\"")).count();
     let after = broker_use(pid);
     println!(
         "fan-out of one script to {agents} agents: {:.1} s, {completed} completed (exit {:?}); dispatcher peak memory {}; broker afterwards {} handles and {}",
