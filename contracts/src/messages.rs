@@ -9,6 +9,19 @@ use std::collections::BTreeMap;
 pub const SERVICE_CAPABILITIES: &str = "capabilities/v1";
 pub const SERVICE_SCRIPT_V1: &str = "script/v1";
 pub const SERVICE_SCRIPT_V2: &str = "script/v2";
+/// The agent replaces the values of a start's `secret_env` by [`SECRET_MASK`] in every output line
+/// before the line leaves it. A dispatcher sends secrets only to an agent that lists this.
+pub const SERVICE_SECRET_MASKING: &str = "secret-masking/v1";
+
+/// What a secret value is replaced with in a script's output.
+pub const SECRET_MASK: &str = "********";
+/// Longest secret value; longer ones are refused (the agent holds back this much output while a
+/// secret may be starting).
+pub const MAX_SECRET_BYTES: usize = 16 * 1024;
+/// Largest start a dispatcher sends: script, arguments, environment and files together, encoded.
+/// The rest of the 16 MiB message limit is room for the envelope; larger files go with
+/// `dispatcher upload` first.
+pub const MAX_SCRIPT_SPEC_BYTES: usize = 15 * 1024 * 1024;
 
 /// The wire name of every message kind (the envelope's `kind` and the AMQP `type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -111,6 +124,61 @@ pub struct ScriptFile {
     pub content: Vec<u8>,
 }
 
+/// Environment variables whose values must never be seen: in the script's environment, masked in
+/// its output, never logged. `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(BTreeMap<String, String>);
+
+impl Secrets {
+    pub fn new(values: BTreeMap<String, String>) -> Self {
+        Secrets(values)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Name and value of each secret, for the script's environment and the masker.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    pub fn insert(&mut self, name: String, value: String) -> Option<String> {
+        self.0.insert(name, value)
+    }
+
+    /// Checks what decoding cannot: names usable as variables, values neither empty nor longer
+    /// than [`MAX_SECRET_BYTES`]. Messages name the variable, never its value.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, value) in &self.0 {
+            let plain = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !plain {
+                return Err(format!("secret variable name {name:?} must be [A-Za-z_][A-Za-z0-9_]*"));
+            }
+            if value.is_empty() {
+                return Err(format!("secret {name} is empty"));
+            }
+            if value.len() > MAX_SECRET_BYTES {
+                return Err(format!("secret {name} is longer than {MAX_SECRET_BYTES} bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, SECRET_MASK))).finish()
+    }
+}
+
 /// What to run; shared by script v1 and v2 starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScriptSpec {
@@ -133,6 +201,10 @@ pub struct ScriptSpec {
     /// Longest run time, in ms; `None` runs until the script ends or is cancelled.
     #[serde(default)]
     pub execution_timeout: Option<u64>,
+    /// Variables set like `env` whose values the agent masks in the output. Sent only to agents
+    /// that list [`SERVICE_SECRET_MASKING`]; not part of [`ScriptSpec::digest`].
+    #[serde(default, skip_serializing_if = "Secrets::is_empty")]
+    pub secret_env: Secrets,
 }
 
 impl ScriptSpec {
@@ -146,11 +218,24 @@ impl ScriptSpec {
     }
 
     /// A digest of what the script does, to tell a repeated start from a different command that
-    /// reuses a ticket. Hex SHA-256 of the named msgpack encoding (env is a sorted map).
+    /// reuses a ticket. Hex SHA-256 of the named msgpack encoding (env is a sorted map), without
+    /// the secrets: a digest kept in a store must not let anyone test guesses of a secret.
     pub fn digest(&self) -> String {
         use sha2::Digest;
-        let bytes = rmp_serde::to_vec_named(self).expect("a script spec always encodes");
+        let public = ScriptSpec { secret_env: Secrets::default(), ..self.clone() };
+        let bytes = rmp_serde::to_vec_named(&public).expect("a script spec always encodes");
         hex::encode(sha2::Sha256::digest(bytes))
+    }
+
+    /// Whether the start fits in one command message ([`MAX_SCRIPT_SPEC_BYTES`]).
+    pub fn check_size(&self) -> Result<(), String> {
+        let size = rmp_serde::to_vec_named(self).map(|b| b.len()).unwrap_or(usize::MAX);
+        if size > MAX_SCRIPT_SPEC_BYTES {
+            return Err(format!(
+                "the script with its files, arguments and environment is {size} bytes, over the {MAX_SCRIPT_SPEC_BYTES} bytes one command can carry; send large files with `dispatcher upload` first"
+            ));
+        }
+        Ok(())
     }
 
     /// Checks what decoding cannot.
@@ -161,7 +246,15 @@ impl ScriptSpec {
         if self.isolation == Isolation::Unknown {
             return Err("unknown isolation".into());
         }
+        self.secret_env.validate()?;
+        if let Some(name) = self.secret_env.names().find(|name| self.env.contains_key(*name)) {
+            return Err(format!("{name} is both a variable and a secret"));
+        }
+        let mut names = std::collections::BTreeSet::new();
         for file in &self.files {
+            if !names.insert(file.name.as_str()) {
+                return Err(format!("file name {:?} is given twice", file.name));
+            }
             let name = std::path::Path::new(&file.name);
             let plain = name.components().count() == 1
                 && matches!(name.components().next(), Some(std::path::Component::Normal(_)));

@@ -45,6 +45,7 @@ fn current_start() -> Envelope<StartScriptV2> {
                 mutex_name: Some("db".into()),
                 mutex_timeout: Some(30_000),
                 execution_timeout: Some(600_000),
+                secret_env: Secrets::default(),
             },
             wait_for_output: Some(500),
             first_issued_at: Some(1_795_000_000_000),
@@ -101,6 +102,18 @@ mod legacy {
 #[test]
 fn the_current_start_is_pinned() {
     pinned("start_v2_current.msgpack", &current_start().encode().unwrap());
+}
+
+#[test]
+fn a_start_with_secrets_is_pinned_and_a_legacy_reader_ignores_them() {
+    let mut start = current_start();
+    start.body.spec.secret_env = Secrets::new(BTreeMap::from([("TOKEN".into(), "s3cret".into())]));
+    let bytes = start.encode().unwrap();
+    pinned("start_v2_secrets.msgpack", &bytes);
+    let old: legacy::Envelope<legacy::StartScriptV2> = rmp_serde::from_slice(&bytes).expect("legacy reader");
+    assert_eq!(old.body.env, BTreeMap::from([("STAGE".into(), "prod".into())]), "secrets are not in env");
+    let Request::StartScriptV2(read) = Request::decode(&bytes).unwrap().1 else { panic!("a start") };
+    assert_eq!(read.spec.secret_env, start.body.spec.secret_env);
 }
 
 #[test]

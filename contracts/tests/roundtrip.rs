@@ -14,6 +14,7 @@ fn start_roundtrips() {
             mutex_name: Some("m".into()),
             mutex_timeout: Some(5),
             execution_timeout: None,
+            secret_env: Secrets::new([("TOKEN".to_string(), "s3cret".to_string())].into()),
         },
         wait_for_output: Some(100),
         first_issued_at: None,
@@ -22,4 +23,17 @@ fn start_roundtrips() {
     let (header, decoded) = Request::decode(&bytes).unwrap();
     assert_eq!(header.target, "web-01");
     assert_eq!(decoded, Request::StartScriptV2(start));
+}
+
+#[test]
+fn secrets_are_not_in_the_digest_nor_in_debug() {
+    let plain = ScriptSpec { script: "echo $TOKEN".into(), ..Default::default() };
+    let secret = ScriptSpec { secret_env: Secrets::new([("TOKEN".into(), "s3cret".into())].into()), ..plain.clone() };
+    assert_eq!(plain.digest(), secret.digest());
+    let shown = format!("{secret:?}");
+    assert!(shown.contains("TOKEN") && !shown.contains("s3cret"), "{shown}");
+    let clash = ScriptSpec { env: [("TOKEN".into(), "x".into())].into(), ..secret.clone() };
+    assert!(clash.validate().unwrap_err().contains("both a variable and a secret"));
+    let empty = ScriptSpec { secret_env: Secrets::new([("TOKEN".into(), String::new())].into()), ..plain };
+    assert!(empty.validate().is_err());
 }

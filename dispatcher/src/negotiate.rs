@@ -5,7 +5,7 @@
 //! script.
 
 use crate::route::Route;
-use contracts::{Capabilities, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2};
+use contracts::{Capabilities, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -40,6 +40,11 @@ impl AgentKind {
             AgentKind::Current(caps) if caps.supports(SERVICE_SCRIPT_V1) => Some(ScriptProtocol::V1),
             AgentKind::Current(_) => None,
         }
+    }
+
+    /// Whether the agent masks secrets in output; a legacy agent does not.
+    pub fn masks_secrets(&self) -> bool {
+        matches!(self, AgentKind::Current(caps) if caps.supports(SERVICE_SECRET_MASKING))
     }
 }
 
@@ -108,6 +113,13 @@ mod tests {
         assert_eq!(caps(&[SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2]).script_protocol(), Some(ScriptProtocol::V2));
         assert_eq!(caps(&[SERVICE_SCRIPT_V1]).script_protocol(), Some(ScriptProtocol::V1));
         assert_eq!(caps(&["script/v9"]).script_protocol(), None);
+    }
+
+    #[test]
+    fn only_an_agent_listing_secret_masking_gets_secrets() {
+        assert!(caps(&[SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING]).masks_secrets());
+        assert!(!caps(&[SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2]).masks_secrets(), "an older current agent");
+        assert!(!AgentKind::Legacy.masks_secrets());
     }
 
     #[tokio::test(start_paused = true)]

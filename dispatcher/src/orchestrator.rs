@@ -188,6 +188,38 @@ impl Orchestrator {
         Ok(protocol)
     }
 
+    /// Refuses to send secrets to an agent that cannot mask them (it does not list
+    /// [`SERVICE_SECRET_MASKING`]): it would print them in clear. Nothing is sent then.
+    async fn check_secrets(
+        &self,
+        route: &Route,
+        spec: &ScriptSpec,
+        policy: RetryPolicy,
+        events: EventSink<'_>,
+    ) -> Result<(), GaveUp> {
+        if spec.secret_env.is_empty() {
+            return Ok(());
+        }
+        let masks = match self.protocol {
+            ProtocolMode::V1 => false,
+            ProtocolMode::Auto => self.agent_kind(route, policy, events).await?.masks_secrets(),
+        };
+        if masks {
+            return Ok(());
+        }
+        Err(GaveUp {
+            error: RpcError::Agent {
+                target: route.name().to_owned(),
+                error: ErrorReply::new(
+                    ErrorKind::Unsupported,
+                    format!("{route} is too old to mask secrets (it does not list {SERVICE_SECRET_MASKING}): upgrade it, or pass the value without --secret-env; nothing was sent"),
+                ),
+            },
+            elapsed: Duration::ZERO,
+            attempts: 1,
+        })
+    }
+
     pub fn rpc(&self) -> &Arc<RpcClient> {
         &self.rpc
     }
@@ -281,11 +313,19 @@ impl Orchestrator {
         interrupt: &CancellationToken,
     ) -> Outcome {
         let policies = policies.into();
-        match self.negotiate(route, policies.health, events, interrupt).await {
-            None => Outcome::not_sent(None, route.name()),
-            Some(Ok(ScriptProtocol::V2)) => self.submit_v2(route, spec, policies.script, events, interrupt).await,
-            Some(Ok(ScriptProtocol::V1)) => self.submit_v1(route, spec, events, interrupt).await,
-            Some(Err(gave_up)) => Outcome::from_error(None, route.name(), &gave_up.error, gave_up.to_string(), false),
+        let protocol = match self.negotiate(route, policies.health, events, interrupt).await {
+            None => return Outcome::not_sent(None, route.name()),
+            Some(Err(gave_up)) => {
+                return Outcome::from_error(None, route.name(), &gave_up.error, gave_up.to_string(), false)
+            }
+            Some(Ok(protocol)) => protocol,
+        };
+        if let Err(gave_up) = self.check_secrets(route, &spec, policies.health, events).await {
+            return Outcome::from_error(None, route.name(), &gave_up.error, gave_up.error.to_string(), false);
+        }
+        match protocol {
+            ScriptProtocol::V2 => self.submit_v2(route, spec, policies.script, events, interrupt).await,
+            ScriptProtocol::V1 => self.submit_v1(route, spec, events, interrupt).await,
         }
     }
 
@@ -401,6 +441,10 @@ impl Orchestrator {
         interrupt: &CancellationToken,
     ) -> Outcome {
         let ticket = &plan.ticket;
+        if let Err(gave_up) = self.check_secrets(route, &spec, policies.health, events).await {
+            let message = gave_up.error.to_string();
+            return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, false);
+        }
         match self.negotiate(route, policies.health, events, interrupt).await {
             None => return Outcome::not_sent(Some(ticket.clone()), route.name()),
             Some(Ok(ScriptProtocol::V2)) => {}

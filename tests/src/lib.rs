@@ -253,3 +253,48 @@ pub async fn submit(
 pub fn texts(lines: &[contracts::LogLine], stream: contracts::LogStream) -> Vec<String> {
     lines.iter().filter(|l| l.stream == stream).map(|l| l.text.clone()).collect()
 }
+
+/// Everything Redis holds under `prefix` (every value of every key, whatever its type), as text,
+/// for tests that check what is (not) stored.
+pub async fn redis_text(prefix: &str) -> String {
+    let mut con = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut con).await.unwrap();
+    let mut text = String::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut con).await.unwrap();
+        let command = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(&key).clone(),
+            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).clone(),
+            "hash" => redis::cmd("HGETALL").arg(&key).clone(),
+            "set" => redis::cmd("SMEMBERS").arg(&key).clone(),
+            "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).clone(),
+            "stream" => redis::cmd("XRANGE").arg(&key).arg("-").arg("+").clone(),
+            _ => continue,
+        };
+        let value: redis::Value = command.query_async(&mut con).await.unwrap_or(redis::Value::Nil);
+        text.push_str(&key);
+        flatten(&value, &mut text);
+        text.push('\n');
+    }
+    text
+}
+
+/// The bytes of every string in a reply, lossily as text, each after a space.
+fn flatten(value: &redis::Value, text: &mut String) {
+    match value {
+        redis::Value::BulkString(bytes) => {
+            text.push(' ');
+            text.push_str(&String::from_utf8_lossy(bytes));
+        }
+        redis::Value::SimpleString(s) => {
+            text.push(' ');
+            text.push_str(s);
+        }
+        redis::Value::Array(items) | redis::Value::Set(items) => items.iter().for_each(|v| flatten(v, text)),
+        redis::Value::Map(pairs) => pairs.iter().for_each(|(k, v)| {
+            flatten(k, text);
+            flatten(v, text);
+        }),
+        _ => {}
+    }
+}

@@ -10,7 +10,8 @@
 //!   [`local_store`] the embedded one for agents that reach only the broker; [`redis_link`] the
 //!   connection to one Redis, or to the master Redis Sentinels name.
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
-//!   [`isolation`] its mutexes, [`workspace`] the work dir and the scripts' workspaces in it.
+//!   [`isolation`] its mutexes, [`mask`] the masking of its secrets in the output,
+//!   [`workspace`] the work dir and the scripts' workspaces in it.
 //! - [`presence`]: the agent's announcements of itself (heartbeats) on the presence stream.
 //! - [`health`]: liveness and readiness probes and metrics over HTTP (axum); [`metrics`] the
 //!   metric families.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod health;
 pub mod isolation;
 pub mod local_store;
+pub mod mask;
 pub mod metrics;
 pub mod output;
 pub mod presence;

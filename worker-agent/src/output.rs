@@ -1,7 +1,10 @@
 //! A script's output: lines read from its pipes (long lines split at a character boundary,
 //! never dropped), numbered in arrival order, and written to the store in batches by one writer.
 //! While the store is unreachable the writer keeps the lines and retries, so nothing is lost.
+//! Secrets are masked ([`crate::mask`]) in the byte stream of each pipe, before it is cut into
+//! lines, and in every line sent, so no line holding one reaches the store.
 
+use crate::mask::Masker;
 use crate::store::{TicketKeys, TicketStore};
 use contracts::topology::MAX_LOG_LINE_BYTES;
 use contracts::{unix_millis, LogLine, LogStream};
@@ -21,20 +24,26 @@ pub struct Progress {
     pub complete: bool,
 }
 
-/// Where output lines go; cheap to clone, one per pipe.
+/// Where output lines go; cheap to clone, one per pipe. Every line is masked on its way.
 #[derive(Clone)]
-pub struct LogSender(mpsc::UnboundedSender<(LogStream, String)>);
+pub struct LogSender {
+    lines: mpsc::UnboundedSender<(LogStream, String)>,
+    masker: Masker,
+}
 
 impl LogSender {
     pub fn send(&self, stream: LogStream, text: impl Into<String>) {
+        let text = text.into();
+        let text = if self.masker.is_empty() { text } else { self.masker.mask(&text) };
         // The writer outlives every sender; a failed send means the run is being torn down.
-        let _ = self.0.send((stream, text.into()));
+        let _ = self.lines.send((stream, text));
     }
 }
 
-/// Starts the writer of one ticket's log. It ends, returning the next sequence number, once
-/// every [`LogSender`] is dropped and all lines are stored.
+/// Starts the writer of one ticket's log, masking what `masker` names. It ends, returning the
+/// next sequence number, once every [`LogSender`] is dropped and all lines are stored.
 pub fn spawn_writer(
+    masker: Masker,
     store: TicketStore,
     keys: TicketKeys,
     ttl: Duration,
@@ -61,7 +70,7 @@ pub fn spawn_writer(
         }
         next_seq
     });
-    (LogSender(tx), task)
+    (LogSender { lines: tx, masker }, task)
 }
 
 async fn store_batch(store: &TicketStore, keys: &TicketKeys, batch: &[LogLine], ttl: Duration) {
@@ -78,37 +87,55 @@ async fn store_batch(store: &TicketStore, keys: &TicketKeys, batch: &[LogLine], 
     }
 }
 
-/// Reads a pipe to its end, sending each line (without its newline) to `sink`.
+/// Reads a pipe to its end, masking secrets in its bytes, and sends each line (without its
+/// newline) to `sink`.
 pub async fn read_lines(mut pipe: impl AsyncRead + Unpin, stream: LogStream, sink: LogSender) {
-    let mut pending: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let mut masking = sink.masker.stream();
+    let mut lines = LineCutter { pending: Vec::with_capacity(8 * 1024), scanned: 0, stream, sink };
     let mut chunk = vec![0u8; 64 * 1024];
-    let mut scanned = 0;
     loop {
         let read = match pipe.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        pending.extend_from_slice(&chunk[..read]);
+        lines.push(&masking.push(&chunk[..read]));
+    }
+    lines.push(&masking.finish());
+    if !lines.pending.is_empty() {
+        lines.sink.send(stream, String::from_utf8_lossy(&lines.pending).into_owned());
+    }
+}
+
+/// Cuts a byte stream into lines: at newlines, and at [`MAX_LOG_LINE_BYTES`].
+struct LineCutter {
+    pending: Vec<u8>,
+    /// How much of `pending` holds no newline.
+    scanned: usize,
+    stream: LogStream,
+    sink: LogSender,
+}
+
+impl LineCutter {
+    fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        let pending = &mut self.pending;
         loop {
-            if let Some(pos) = pending[scanned..].iter().position(|b| *b == b'\n') {
-                let end = scanned + pos;
+            if let Some(pos) = pending[self.scanned..].iter().position(|b| *b == b'\n') {
+                let end = self.scanned + pos;
                 let line_end = if end > 0 && pending[end - 1] == b'\r' { end - 1 } else { end };
-                sink.send(stream, String::from_utf8_lossy(&pending[..line_end]).into_owned());
+                self.sink.send(self.stream, String::from_utf8_lossy(&pending[..line_end]).into_owned());
                 pending.drain(..=end);
-                scanned = 0;
+                self.scanned = 0;
             } else if pending.len() >= MAX_LOG_LINE_BYTES {
                 let cut = char_boundary(&pending[..MAX_LOG_LINE_BYTES]);
-                sink.send(stream, String::from_utf8_lossy(&pending[..cut]).into_owned());
+                self.sink.send(self.stream, String::from_utf8_lossy(&pending[..cut]).into_owned());
                 pending.drain(..cut);
-                scanned = 0;
+                self.scanned = 0;
             } else {
-                scanned = pending.len();
-                break;
+                self.scanned = pending.len();
+                return;
             }
         }
-    }
-    if !pending.is_empty() {
-        sink.send(stream, String::from_utf8_lossy(&pending).into_owned());
     }
 }
 
@@ -129,7 +156,7 @@ mod tests {
 
     async fn lines_of(input: Vec<u8>) -> Vec<String> {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        read_lines(&input[..], LogStream::Stdout, LogSender(tx)).await;
+        read_lines(&input[..], LogStream::Stdout, LogSender { lines: tx, masker: Masker::default() }).await;
         let mut out = Vec::new();
         while let Ok((_, line)) = rx.try_recv() {
             out.push(line);

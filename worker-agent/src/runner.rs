@@ -59,8 +59,9 @@ impl Run {
     /// every failure becomes an exit code in the record and a line in the log.
     pub async fn execute(mut self) -> i32 {
         let ticket = self.keys.ticket.clone();
+        let masker = crate::mask::Masker::new(self.spec.secret_env.iter().map(|(_, value)| value));
         let (log, writer) =
-            output::spawn_writer(self.store.clone(), self.keys.clone(), self.record_ttl, self.progress.clone());
+            output::spawn_writer(masker, self.store.clone(), self.keys.clone(), self.record_ttl, self.progress.clone());
         let lease = self.keep_lease();
         let exit = self.run_script(&log).await;
         drop(log);
@@ -109,6 +110,7 @@ impl Run {
             .args(&self.spec.args)
             .env_clear()
             .envs(script_environment(&self.pass_env, &self.spec.env, &self.keys.ticket, &self.record.agent_id))
+            .envs(self.spec.secret_env.iter())
             .current_dir(&self.workspace)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -127,7 +127,12 @@ impl Agent {
     /// Waits for a place for one more script; `None` when scripts are not bounded.
     /// The services this agent answers, as its capabilities reply and announcements list them.
     pub fn services(&self) -> Vec<String> {
-        vec![SERVICE_CAPABILITIES.into(), SERVICE_SCRIPT_V1.into(), SERVICE_SCRIPT_V2.into()]
+        vec![
+            SERVICE_CAPABILITIES.into(),
+            SERVICE_SCRIPT_V1.into(),
+            SERVICE_SCRIPT_V2.into(),
+            SERVICE_SECRET_MASKING.into(),
+        ]
     }
 
     pub async fn take_slot(&self) -> Option<Slot> {

@@ -79,7 +79,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a script on an agent and stream its output; exits with the script's exit code.
     #[command(after_help = EXIT_CODES_HELP)]
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Show (or follow) a script started earlier, by its ticket.
     #[command(after_help = EXIT_CODES_HELP)]
     Status(StatusArgs),
@@ -254,6 +254,23 @@ pub struct SubmitArgs {
     /// Environment variable for the script, `NAME=VALUE` (repeatable).
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+    /// A file put into the script's workspace before it starts, `LOCAL[:NAME]` (repeatable;
+    /// NAME defaults to LOCAL's file name). Script, files, arguments and environment together
+    /// must fit in one command (15 MiB); send larger files with `dispatcher upload` first.
+    #[arg(long = "file", value_name = "LOCAL[:NAME]", value_parser = parse_file_arg)]
+    pub files: Vec<FileArg>,
+    /// An argument for the script, its `$1`, `$2`, ... in the order given (repeatable).
+    #[arg(long = "arg", value_name = "VALUE", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// A secret environment variable, `NAME=VALUE` (repeatable): set for the script, replaced by
+    /// `********` in every output line by the agent, never logged nor journaled. Other users of
+    /// this machine may see a command line: prefer --secret-env-file.
+    #[arg(long = "secret-env", value_name = "NAME=VALUE", value_parser = parse_secret, conflicts_with = "detach")]
+    pub secret_env: Vec<SecretArg>,
+    /// A file of secret environment variables, one `NAME=VALUE` per line (blank lines and lines
+    /// starting with `#` are skipped), treated as --secret-env (repeatable).
+    #[arg(long = "secret-env-file", value_name = "FILE", conflicts_with = "detach")]
+    pub secret_env_file: Vec<PathBuf>,
     #[command(flatten)]
     pub retry: RetryArgs,
     /// With several targets: how many run at once, a count or a percentage of the targets
@@ -285,6 +302,89 @@ pub struct SubmitArgs {
 
 fn parse_share(raw: &str) -> Result<Share, String> {
     raw.parse().map_err(|e: crate::budget::ShareError| e.to_string())
+}
+
+/// `--file LOCAL[:NAME]`.
+#[derive(Clone, Debug)]
+pub struct FileArg {
+    pub local: PathBuf,
+    pub name: String,
+}
+
+fn parse_file_arg(raw: &str) -> Result<FileArg, String> {
+    // A colon followed by a plain name renames; any other colon belongs to the path.
+    let (local, name) = match raw.rsplit_once(':') {
+        Some((local, name)) if !local.is_empty() && !name.is_empty() && !name.contains('/') => {
+            (PathBuf::from(local), name.to_owned())
+        }
+        _ => {
+            let local = PathBuf::from(raw);
+            let name = local.file_name().ok_or_else(|| format!("{raw:?} names no file"))?;
+            (local.clone(), name.to_string_lossy().into_owned())
+        }
+    };
+    Ok(FileArg { local, name })
+}
+
+/// `--secret-env NAME=VALUE`; `Debug` shows the name only.
+#[derive(Clone)]
+pub struct SecretArg(String, String);
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.0, contracts::SECRET_MASK)
+    }
+}
+
+fn parse_secret(raw: &str) -> Result<SecretArg, String> {
+    // Never echo the value in an error.
+    let (name, value) = raw.split_once('=').ok_or("expected NAME=VALUE")?;
+    Ok(SecretArg(name.to_owned(), value.to_owned()))
+}
+
+/// The secrets of `--secret-env` and `--secret-env-file`; a name given twice is refused.
+fn secrets_of(args: &SubmitArgs) -> Result<contracts::Secrets, String> {
+    let mut given: Vec<(String, String, String)> =
+        args.secret_env.iter().map(|SecretArg(k, v)| (k.clone(), v.clone(), "--secret-env".to_owned())).collect();
+    for path in &args.secret_env_file {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim_start();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (name, value) = line
+                .split_once('=')
+                .ok_or_else(|| format!("{} line {}: expected NAME=VALUE", path.display(), number + 1))?;
+            given.push((name.trim().to_owned(), value.to_owned(), path.display().to_string()));
+        }
+    }
+    let mut secrets = contracts::Secrets::default();
+    for (name, value, from) in given {
+        if secrets.insert(name.clone(), value).is_some() {
+            return Err(format!("secret {name} is given twice (again in {from})"));
+        }
+    }
+    Ok(secrets)
+}
+
+fn files_of(args: &SubmitArgs) -> Result<Vec<contracts::ScriptFile>, String> {
+    let mut files = Vec::with_capacity(args.files.len());
+    for file in &args.files {
+        let size = std::fs::metadata(&file.local).map(|m| m.len()).unwrap_or(0);
+        if size > contracts::MAX_SCRIPT_SPEC_BYTES as u64 {
+            return Err(format!(
+                "{} is {size} bytes, over the {} bytes one command can carry; send it with `dispatcher upload` first",
+                file.local.display(),
+                contracts::MAX_SCRIPT_SPEC_BYTES
+            ));
+        }
+        let content =
+            std::fs::read(&file.local).map_err(|e| format!("cannot read file {}: {e}", file.local.display()))?;
+        files.push(contracts::ScriptFile { name: file.name.clone(), content });
+    }
+    Ok(files)
 }
 
 fn parse_env(raw: &str) -> Result<(String, String), String> {
@@ -539,15 +639,15 @@ fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
     if let Some(mutex) = &args.mutex {
         contracts::topology::validate_name("mutex name", mutex)?;
     }
-    Ok(ScriptSpec {
+    let spec = ScriptSpec {
         script,
         shell: match args.shell {
             ShellArg::Sh => Shell::Sh,
             ShellArg::Bash => Shell::Bash,
         },
-        args: Vec::new(),
+        args: args.args.clone(),
         env: args.env.iter().cloned().collect(),
-        files: Vec::new(),
+        files: files_of(args)?,
         isolation: match args.isolation {
             IsolationArg::None => Isolation::None,
             IsolationArg::Full => Isolation::Full,
@@ -555,7 +655,11 @@ fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
         mutex_name: args.mutex.clone(),
         mutex_timeout: args.mutex_timeout.map(|d| d.as_millis() as u64),
         execution_timeout: args.timeout.map(|d| d.as_millis() as u64),
-    })
+        secret_env: secrets_of(args)?,
+    };
+    spec.validate()?;
+    spec.check_size()?;
+    Ok(spec)
 }
 
 /// Runs one parsed command and gives the process exit code.
@@ -569,7 +673,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let journal = service::JournalOptions { url: cli.journal, prefix: cli.journal_prefix };
     let code = match cli.command {
         Command::Submit(args) if args.detach => service::submit_detached(&journal, &args).await,
-        Command::Submit(args) => submit(&orchestrator, &rpc_config, args).await,
+        Command::Submit(args) => submit(&orchestrator, &rpc_config, *args).await,
         Command::Status(args) if args.ticket.target.target.is_empty() && args.ticket.target.pool.is_none() => {
             service::status_from_journal(&journal, &args.ticket.ticket, args.follow, args.ticket.json).await
         }

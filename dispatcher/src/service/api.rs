@@ -118,6 +118,18 @@ pub struct SubmitRequest {
     /// Environment variables for the script.
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// Arguments for the script: its `$1`, `$2`, ...
+    #[serde(default)]
+    args: Vec<String>,
+    /// Files put into the script's workspace before it starts. Script, files, arguments and
+    /// environment together must fit in one command (15 MiB).
+    #[serde(default)]
+    files: Vec<FileBody>,
+    /// Secret environment variables: set for the script, masked (`********`) in its output by the
+    /// agent, never journaled (kept in this replica's memory only until the ticket ends).
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
+    secret_env: contracts::Secrets,
     /// Longest run time, e.g. `90s`; the script is killed past it.
     timeout: Option<String>,
     #[serde(default)]
@@ -132,6 +144,16 @@ pub struct SubmitRequest {
     purpose: PurposeName,
     /// With several targets: how many run at once (default 10).
     max_parallel: Option<usize>,
+}
+
+/// A file for the script's workspace.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileBody {
+    /// A plain file name (no directories).
+    name: String,
+    /// The content, base64 (standard alphabet, padded).
+    content_base64: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -380,15 +402,23 @@ fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
     if let Some(mutex) = &request.mutex {
         contracts::topology::validate_name("mutex name", mutex).map_err(ApiError::bad_request)?;
     }
-    Ok(ScriptSpec {
+    let mut files = Vec::with_capacity(request.files.len());
+    for file in &request.files {
+        use base64::Engine;
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(&file.content_base64)
+            .map_err(|e| ApiError::bad_request(format!("file {:?}: content_base64 is not base64: {e}", file.name)))?;
+        files.push(contracts::ScriptFile { name: file.name.clone(), content });
+    }
+    let spec = ScriptSpec {
         script: request.script.clone(),
         shell: match request.shell {
             ShellName::Sh => Shell::Sh,
             ShellName::Bash => Shell::Bash,
         },
-        args: Vec::new(),
+        args: request.args.clone(),
         env: request.env.clone(),
-        files: Vec::new(),
+        files,
         isolation: match request.isolation {
             IsolationName::None => Isolation::None,
             IsolationName::Full => Isolation::Full,
@@ -396,7 +426,11 @@ fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
         mutex_name: request.mutex.clone(),
         mutex_timeout: parse_duration("mutex_timeout", &request.mutex_timeout)?.map(|d| d.as_millis() as u64),
         execution_timeout: parse_duration("timeout", &request.timeout)?.map(|d| d.as_millis() as u64),
-    })
+        secret_env: request.secret_env.clone(),
+    };
+    spec.validate().map_err(ApiError::bad_request)?;
+    spec.check_size().map_err(ApiError::bad_request)?;
+    Ok(spec)
 }
 
 /// Runs a script: records one ticket per target, then starts them; answers once recorded.
@@ -471,7 +505,7 @@ async fn submit(
             let place: Option<PlaceWait> = places.clone().map(|places| -> PlaceWait {
                 Box::pin(async move { places.acquire_owned().await.expect("never closed") })
             });
-            followers.follow_new(ticket.clone(), place);
+            followers.follow_new(ticket.clone(), place, spec.secret_env.clone());
         }
         tickets.push(AcceptedTicket {
             url: format!("/v1/tickets/{ticket}"),

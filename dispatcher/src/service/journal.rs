@@ -67,7 +67,12 @@ pub struct Submission {
     pub target: String,
     /// `agent` or `pool`.
     pub route: String,
+    /// The script, without its secrets' values: those are never journaled.
     pub spec: ScriptSpec,
+    /// The names of its secrets (`secret_env`), whose values only the replica that took the
+    /// submission holds, in memory.
+    #[serde(default)]
+    pub secret_names: Vec<String>,
     pub script_digest: String,
     /// The machine policy's name, and its retry durations as resolved at submission.
     pub policy: String,
@@ -89,7 +94,8 @@ impl Submission {
                 Route::Pool(_) => "pool".into(),
             },
             script_digest: spec.digest(),
-            spec,
+            secret_names: spec.secret_env.names().map(str::to_owned).collect(),
+            spec: ScriptSpec { secret_env: Default::default(), ..spec },
             policy: policy.to_owned(),
             script_retry_ms: policies.script.duration.as_millis() as u64,
             health_retry_ms: policies.health.duration.as_millis() as u64,

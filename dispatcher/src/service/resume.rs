@@ -8,9 +8,9 @@ use super::lease::Leases;
 use crate::negotiate::AgentKind;
 use crate::orchestrator::{Event, Orchestrator};
 use crate::outcome::Outcome;
-use contracts::Ticket;
+use contracts::{Secrets, Ticket};
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -24,6 +24,9 @@ pub struct Followers {
     pub leases: Leases,
     /// Tickets this replica follows now.
     following: Mutex<HashSet<Ticket>>,
+    /// The secrets of submissions this replica took, until their outcome is recorded: never
+    /// journaled, so lost with the process.
+    secrets: Mutex<HashMap<Ticket, Secrets>>,
     /// Cancelled when the service stops: followers release their leases for another replica.
     pub shutdown: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
@@ -36,6 +39,7 @@ impl Followers {
             journal,
             leases,
             following: Mutex::default(),
+            secrets: Mutex::default(),
             shutdown,
             tasks: tokio_util::task::TaskTracker::new(),
         })
@@ -47,8 +51,12 @@ impl Followers {
     }
 
     /// Follows a ticket this replica has just recorded and holds the lease of. `place` (for
-    /// `max-parallel`) is waited for before the start.
-    pub fn follow_new(self: &Arc<Self>, ticket: Ticket, place: Option<PlaceWait>) {
+    /// `max-parallel`) is waited for before the start; `secrets` are the script's, which the
+    /// journal does not hold.
+    pub fn follow_new(self: &Arc<Self>, ticket: Ticket, place: Option<PlaceWait>, secrets: Secrets) {
+        if !secrets.is_empty() {
+            self.secrets.lock().expect("secrets").insert(ticket.clone(), secrets);
+        }
         self.spawn(ticket, place);
     }
 
@@ -144,7 +152,7 @@ impl Followers {
             let _ = events.send(event);
         };
         self.record_agent(submission, &route, &sink).await;
-        let plan = match &record.planned {
+        let mut plan = match &record.planned {
             Some(plan) => plan.clone(),
             None => {
                 let plan = self.orchestrator.plan_start(ticket.clone(), policies.script);
@@ -152,19 +160,30 @@ impl Followers {
                 plan
             }
         };
+        let mut spec = submission.spec.clone();
+        if !submission.secret_names.is_empty() {
+            match self.secrets.lock().expect("secrets").get(ticket) {
+                Some(secrets) => spec.secret_env = secrets.clone(),
+                None => {
+                    // Never started without its secrets: only followed, as a start past its
+                    // deadline is, in case it reached the agent before.
+                    sink(Event::Notice("the script's secrets were held only by the replica that took it, which is gone: it is not started again, only followed".into()));
+                    plan.not_after = std::time::UNIX_EPOCH;
+                }
+            }
+        }
         if record.cancel_requested {
             interrupt.cancel();
         }
         let counted = self.orchestrator.metrics().common.scripts.start();
-        let outcome = self
-            .orchestrator
-            .run_planned(&route, &plan, submission.spec.clone(), policies, record.last_seq, &sink, interrupt)
-            .await;
+        let outcome =
+            self.orchestrator.run_planned(&route, &plan, spec, policies, record.last_seq, &sink, interrupt).await;
         drop(events);
         // Every event is recorded before the outcome, and the outcome before the agent forgets.
         let _ = writer.await;
         self.record_outcome(&outcome).await?;
         counted.finish(super::api::outcome_name(outcome.outcome));
+        self.secrets.lock().expect("secrets").remove(ticket);
         self.orchestrator.complete_after(&route, ticket, &outcome, policies.script, &|_| {}).await;
         Ok(())
     }
