@@ -8,6 +8,9 @@ pub enum RpcError {
     /// The broker could not be reached or refused the connection.
     #[error("cannot reach the broker: {0}")]
     Connect(String),
+    /// The broker refused us for good: wrong credentials, a missing vhost, no permission.
+    #[error("the broker refused the connection: {0}")]
+    Refused(String),
     /// The connection or channel failed during the call.
     #[error("lost the broker connection: {0}")]
     ConnectionLost(String),
@@ -18,7 +21,7 @@ pub enum RpcError {
     #[error("no agent queue for {target}: is an agent with this id running?")]
     Unroutable { target: String },
     /// The request was published but no reply came in time.
-    #[error("no reply from {target} within {}", humantime::format_duration(*after))]
+    #[error("no reply from {target} within {}", crate::retry::short(*after))]
     NoReply { target: String, after: Duration },
     /// The agent answered with an error.
     #[error("{target} refused the request: {} ({:?})", error.message, error.kind)]
@@ -43,7 +46,11 @@ impl RpcError {
             | RpcError::NotConfirmed(_)
             | RpcError::NoReply { .. } => true,
             RpcError::Agent { error, .. } => error.kind.is_transient(),
-            RpcError::Unroutable { .. } | RpcError::Codec(_) | RpcError::Unrepeatable(_) | RpcError::Cancelled => false,
+            RpcError::Refused(_)
+            | RpcError::Unroutable { .. }
+            | RpcError::Codec(_)
+            | RpcError::Unrepeatable(_)
+            | RpcError::Cancelled => false,
         }
     }
 

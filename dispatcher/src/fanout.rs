@@ -178,6 +178,8 @@ pub async fn submit_many(
     let cancel_running = interrupt.child_token();
     let mut results: Vec<Option<TargetResult>> = vec![None; routes.len()];
     let mut runs = tokio::task::JoinSet::new();
+    // Which target each run is, so a run that panicked still gets its result.
+    let mut run_targets = std::collections::HashMap::new();
     loop {
         if interrupt.is_cancelled() {
             rollout.interrupt();
@@ -188,7 +190,8 @@ pub async fn submit_many(
                 let (orchestrator, spec, progress, cancel) =
                     (orchestrator.clone(), spec.clone(), progress.clone(), cancel_running.clone());
                 let sink = sink_for(&route);
-                runs.spawn(async move {
+                let target = route.name().to_owned();
+                let run = runs.spawn(async move {
                     progress(Progress::Started { target: route.name().to_owned() });
                     let retries = AtomicU32::new(0);
                     let events = |event: Event| {
@@ -206,13 +209,23 @@ pub async fn submit_many(
                         retries: retries.into_inner(),
                     };
                     progress(Progress::Finished(report.clone()));
-                    (index, report)
+                    report
                 });
+                run_targets.insert(run.id(), (index, target));
             }
             Step::Wait => {
                 tokio::select! {
-                    done = runs.join_next() => {
-                        let (index, report) = done.expect("a target is running").expect("a target's run panicked");
+                    done = runs.join_next_with_id() => {
+                        let (id, report) = match done.expect("a target is running") {
+                            Ok((id, report)) => (id, report),
+                            Err(error) => {
+                                let id = error.id();
+                                let report = lost_run(&run_targets[&id].1, error);
+                                progress(Progress::Finished(report.clone()));
+                                (id, report)
+                            }
+                        };
+                        let (index, _) = run_targets.remove(&id).expect("every run has a target");
                         if rollout.finished(failed(&report)) && limits.abort_on_error {
                             cancel_running.cancel();
                         }
@@ -232,6 +245,22 @@ pub async fn submit_many(
         }
     }
     results.into_iter().map(|result| result.expect("every target has a result")).collect()
+}
+
+/// The result of a target whose run failed inside the dispatcher (a panic): the other targets
+/// keep theirs, and this one's script may have started, so its outcome is unknown.
+pub fn lost_run(target: &str, error: tokio::task::JoinError) -> TargetReport {
+    let why = match error.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into()),
+        Err(error) => error.to_string(),
+    };
+    let message = format!("the dispatcher failed while running this target ({why}); its outcome is unknown");
+    let outcome = Outcome::from_error(None, target, &crate::RpcError::Codec(why), message, true);
+    TargetReport { target: target.to_owned(), outcome, duration: Duration::ZERO, retries: 0 }
 }
 
 /// The exit code of a fan-out: 0 when every target's script completed with 0, else the code of
@@ -265,6 +294,22 @@ mod tests {
             duration: Duration::ZERO,
             retries: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn a_run_that_panicked_is_reported_unknown_and_the_others_keep_their_results() {
+        let mut runs = tokio::task::JoinSet::new();
+        let ok = runs.spawn(async { report("a", 0) }).id();
+        let bad = runs.spawn(async { panic!("boom") }).id();
+        let mut results = std::collections::HashMap::new();
+        while let Some(done) = runs.join_next_with_id().await {
+            let (id, report) = done.unwrap_or_else(|error| (error.id(), lost_run("b", error)));
+            results.insert(id, report);
+        }
+        assert_eq!(results[&ok].outcome.process_exit, 0);
+        let lost = &results[&bad];
+        assert_eq!((lost.outcome.outcome, lost.outcome.process_exit), (OutcomeKind::Unknown, exit::OUTCOME_UNKNOWN));
+        assert!(lost.outcome.error.as_deref().unwrap().contains("boom"), "{:?}", lost.outcome.error);
     }
 
     #[test]

@@ -77,7 +77,9 @@ impl Metrics {
                 "refused"
             }
             Err(RpcError::NoReply { .. }) => "no_reply",
-            Err(RpcError::Connect(_) | RpcError::ConnectionLost(_) | RpcError::NotConfirmed(_)) => "broker",
+            Err(
+                RpcError::Connect(_) | RpcError::Refused(_) | RpcError::ConnectionLost(_) | RpcError::NotConfirmed(_),
+            ) => "broker",
             Err(RpcError::Unroutable { .. }) => "unroutable",
             Err(RpcError::Codec(_) | RpcError::Unrepeatable(_) | RpcError::Cancelled) => "other",
         };

@@ -155,6 +155,14 @@ impl Orchestrator {
         if let Some(kind) = self.capabilities.get(route) {
             return Ok(kind);
         }
+        if self.rpc.consumers(route, Kind::GetCapabilities).await == Some(0) {
+            let wait = if policy.enabled { policy.duration } else { self.timing.attempt_timeout };
+            events(Event::Notice(format!(
+                "no agent is consuming {}; waiting up to {}",
+                route.queue(Kind::GetCapabilities),
+                crate::retry::short(wait)
+            )));
+        }
         let kind = match self.capabilities(route, policy, events).await {
             Ok(caps) => AgentKind::Current(caps),
             Err(gave_up) if gave_up.error.agent_error() == Some(ErrorKind::Unsupported) => AgentKind::Legacy,

@@ -33,6 +33,9 @@ pub mod exit {
     pub const NOT_SENT: u8 = 112;
     /// `status --follow` left on Ctrl-C; the script goes on (128 + SIGINT, as shells report).
     pub const DETACHED: u8 = 130;
+    /// Standard output was closed (`dispatcher ... --json | head -1`): left quietly, as a
+    /// program killed by SIGPIPE (128 + 13).
+    pub const STDOUT_CLOSED: u8 = 141;
     /// Bad usage or configuration (clap uses 2 as well).
     pub const USAGE: u8 = 2;
 }
@@ -91,7 +94,7 @@ impl Outcome {
     ) -> Outcome {
         let (outcome, process_exit) = match error {
             _ if started => (OutcomeKind::Unknown, exit::OUTCOME_UNKNOWN),
-            RpcError::Connect(_) => (OutcomeKind::Failed, exit::BROKER_UNREACHABLE),
+            RpcError::Connect(_) | RpcError::Refused(_) => (OutcomeKind::Failed, exit::BROKER_UNREACHABLE),
             RpcError::Unroutable { .. } => (OutcomeKind::Failed, exit::NO_SUCH_AGENT),
             RpcError::Cancelled => (OutcomeKind::Cancelled, exit::CANCELLED),
             RpcError::Agent { error, .. } if !error.kind.is_transient() || error.kind == ErrorKind::Unsupported => {

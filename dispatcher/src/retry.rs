@@ -47,12 +47,31 @@ pub struct RetryNotice {
 
 /// The RPC failed for good.
 #[derive(Clone, Debug, thiserror::Error)]
-#[error("{error} (gave up after {} and {attempts} attempt{})", humantime::format_duration(round(*elapsed)), if *attempts == 1 { "" } else { "s" })]
+#[error("{error} (gave up after {} and {attempts} attempt{})", short(round(*elapsed)), if *attempts == 1 { "" } else { "s" })]
 pub struct GaveUp {
     /// The last error an attempt really got.
     pub error: RpcError,
     pub elapsed: Duration,
     pub attempts: u32,
+}
+
+/// A duration as users write them: `2m30s`, `1h5s`, `1.5s`, `300ms` (no spaces, tenths of a
+/// second below ten seconds, whole seconds above).
+pub fn short(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
+    if d < Duration::from_secs(10) {
+        let tenths = d.as_millis() / 100;
+        return if tenths.is_multiple_of(10) {
+            format!("{}s", tenths / 10)
+        } else {
+            format!("{}.{}s", tenths / 10, tenths % 10)
+        };
+    }
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    [(h, "h"), (m, "m"), (s, "s")].iter().filter(|(n, _)| *n > 0).map(|(n, unit)| format!("{n}{unit}")).collect()
 }
 
 fn round(d: Duration) -> Duration {
@@ -155,6 +174,16 @@ mod tests {
 
     fn transient() -> RpcError {
         RpcError::ConnectionLost("reset".into())
+    }
+
+    #[test]
+    fn durations_read_as_users_write_them() {
+        let cases =
+            [(150_000, "2m30s"), (3_605_000, "1h5s"), (1_500, "1.5s"), (2_000, "2s"), (300, "300ms"), (0, "0ms")];
+        for (ms, text) in cases {
+            assert_eq!(short(Duration::from_millis(ms)), text);
+        }
+        assert_eq!(short(Duration::from_millis(59_900)), "59s");
     }
 
     #[test]

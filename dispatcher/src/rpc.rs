@@ -92,8 +92,11 @@ impl RpcClient {
             if let Ok(endpoints) = self.endpoints.lock().expect("endpoints poisoned").as_mut() {
                 endpoints.lost();
             }
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), old.connection.close(200, "reconnecting".into())).await;
+            // Not waited for: a dead link's close only times out, and the next call is waiting.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), old.connection.close(200, "reconnecting".into()))
+                    .await;
+            });
         }
         let endpoints = self.endpoints.lock().expect("endpoints poisoned").clone().map_err(RpcError::Connect)?;
         let (index, link) = open_any_link(&self.config, &endpoints).await?;
@@ -252,9 +255,9 @@ pub async fn connect(config: &RpcConfig, name: &str) -> Result<Connection, RpcEr
         let url = contracts::topology::amqp_url_with_heartbeat(&url);
         match tokio::time::timeout(config.connect_timeout, Connection::connect(&url, properties)).await {
             Ok(Ok(connection)) => return Ok(connection),
-            Ok(Err(error)) => last_error = Some(RpcError::Connect(error.to_string())),
+            Ok(Err(error)) => last_error = Some(connect_error(&error)),
             Err(_) => {
-                let after = humantime::format_duration(config.connect_timeout);
+                let after = crate::retry::short(config.connect_timeout);
                 last_error = Some(RpcError::Connect(format!("no answer within {after}")));
             }
         }
@@ -300,13 +303,13 @@ async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError>
     };
     let (connection, channel, mut consumer) = match tokio::time::timeout(config.connect_timeout, connect).await {
         Err(_) => {
-            let after = humantime::format_duration(config.connect_timeout);
+            let after = crate::retry::short(config.connect_timeout);
             if broker_accepts_tcp(amqp_url, config.connect_timeout).await {
                 return Err(RpcError::Connect(format!("{SILENT_BROKER} (no AMQP answer within {after})")));
             }
             return Err(RpcError::Connect(format!("no answer within {after}")));
         }
-        Ok(Err(error)) => return Err(RpcError::Connect(error.to_string())),
+        Ok(Err(error)) => return Err(connect_error(&error)),
         Ok(Ok(parts)) => parts,
     };
     let pending: Pending = Arc::default();
@@ -334,6 +337,30 @@ async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError>
         replies.lock().expect("pending poisoned").clear();
     });
     Ok(Link { connection, channel, pending, alive })
+}
+
+/// What failed to connect, in one short line. The broker refusing us (credentials, vhost,
+/// permissions) is permanent: repeating cannot help, so it is not retried.
+fn connect_error(error: &lapin::Error) -> RpcError {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => match refusal_hint(amqp.get_id()) {
+            Some(hint) => RpcError::Refused(format!("{} ({hint})", amqp.get_message())),
+            None => RpcError::Connect(amqp.get_message().to_string()),
+        },
+        lapin::ErrorKind::IOError(io) => RpcError::Connect(io.kind().to_string()),
+        _ => RpcError::Connect(error.to_string()),
+    }
+}
+
+/// What to check when the broker closes the connection with `code` while we connect; `None`
+/// for codes that are not a refusal.
+pub fn refusal_hint(code: u16) -> Option<&'static str> {
+    match code {
+        403 => Some("check the user and password of the broker URL"),
+        530 => Some("check the vhost of the broker URL, and that the user may use it"),
+        402 => Some("check the broker URL's vhost"),
+        _ => None,
+    }
 }
 
 /// Whether the broker's address accepts a TCP connection now: told apart from a broker that

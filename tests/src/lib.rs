@@ -100,6 +100,19 @@ pub async fn submit_running(agent: &TestAgent) -> (String, tokio::process::Child
     (ticket, child)
 }
 
+/// An agent's queue with nobody consuming it: an agent declared it and stopped consuming (its
+/// `stop` removes the queue).
+pub async fn queue_without_agent(what: &str) -> TestAgent {
+    let agent = TestAgent::start(what).await;
+    agent.stop_consuming().await;
+    let queue = contracts::topology::agent_queue(agent.id());
+    eventually("the agent to stop consuming", Duration::from_secs(20), || async {
+        (raw::consumer_count(&queue).await == 0).then_some(())
+    })
+    .await;
+    agent
+}
+
 /// The real `worker-agent` binary as tests start it, with nothing but the test broker and Redis
 /// in its environment (`run` and its flags are the caller's).
 pub fn agent_command() -> tokio::process::Command {

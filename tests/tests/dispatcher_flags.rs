@@ -178,5 +178,6 @@ async fn rust_log_lets_the_dispatchers_logs_through_and_nothing_leaks_without_it
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("DEBUG"), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains('\x1b'), "no colours when stderr is not a terminal");
     agent.stop().await;
 }

@@ -12,7 +12,7 @@ use lapin::types::FieldTable;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 use tests::proxy::FaultProxy;
-use tests::raw::{consumer_count, queue_depth};
+use tests::raw::queue_depth;
 use tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
@@ -36,18 +36,6 @@ async fn ended(mut child: tokio::process::Child, within: Duration) -> (Option<i3
 
 fn spawn_dispatcher(args: &[&str]) -> tokio::process::Child {
     dispatcher_command().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-}
-
-/// An agent's queue with nobody consuming it: the agent declared it and stopped.
-async fn queue_without_agent(what: &str) -> TestAgent {
-    let agent = TestAgent::start(what).await;
-    agent.stop_consuming().await;
-    let queue = agent_queue(agent.id());
-    eventually("the agent to stop consuming", Duration::from_secs(20), || async {
-        (consumer_count(&queue).await == 0).then_some(())
-    })
-    .await;
-    agent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,7 +55,7 @@ pub async fn agents(rpc: &RpcConfig, args: AgentsArgs) -> ExitCode {
     let live = inventory.select(args.select.as_ref(), now);
     if args.json {
         for agent in &live {
-            println!("{}", describe_json(agent, now));
+            outln!("{}", describe_json(agent, now));
         }
         return ExitCode::SUCCESS;
     }
@@ -63,10 +63,10 @@ pub async fn agents(rpc: &RpcConfig, args: AgentsArgs) -> ExitCode {
         eprintln!("cuttle: no live agents{}", args.select.map(|s| format!(" match {s}")).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
-    println!("{:<28} {:<16} {:<9} {:>7} {:>9}  LABELS", "ID", "POOL", "VERSION", "RUNNING", "LAST SEEN");
+    outln!("{:<28} {:<16} {:<9} {:>7} {:>9}  LABELS", "ID", "POOL", "VERSION", "RUNNING", "LAST SEEN");
     for agent in live {
         let labels: Vec<String> = agent.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
+        outln!(
             "{:<28} {:<16} {:<9} {:>7} {:>9}  {}",
             agent.agent_id,
             agent.pool.as_deref().unwrap_or("-"),
@@ -101,7 +101,7 @@ pub async fn resolve(rpc: &RpcConfig, selector: &Selector, json: bool) -> Result
     let ids: Vec<&str> = matching.iter().map(|a| a.agent_id.as_str()).collect();
     eprintln!("cuttle: --select {selector} matches {} live agents: {}", ids.len(), ids.join(", "));
     if json {
-        println!("{}", json!({"event": "selected", "select": selector.to_string(), "targets": ids}));
+        outln!("{}", json!({"event": "selected", "select": selector.to_string(), "targets": ids}));
     }
     ids.iter().map(|id| Route::agent(id).map_err(usage_error)).collect()
 }

@@ -1,5 +1,12 @@
 //! The `dispatcher` command line: parses arguments, prints events, maps outcomes to exit codes.
 
+/// `println!` for the dispatcher's stdout: see [`print_line`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::print_line(format_args!($($arg)*))
+    };
+}
+
 mod fleet;
 mod service;
 mod terminal;
@@ -88,8 +95,9 @@ pub enum Command {
     Cancel(TicketArgs),
     /// Show what an agent supports, its version, and whether retries will be used.
     Capabilities(CapabilitiesArgs),
-    /// Check several agents: protocol, services, version and retries for each (exit code of the
-    /// last unreachable one, 0 if all answered).
+    /// Check several agents at once: protocol, services, version and retries for each (exit code
+    /// of the last unreachable one, 0 if all answered); an agent not consuming its queue is down
+    /// at once unless --wait.
     Health(HealthArgs),
     /// Run many `echo hello` scripts over the whole path and report latency and throughput.
     Bench(BenchArgs),
@@ -427,6 +435,10 @@ pub struct CapabilitiesArgs {
     pub retry: RetryArgs,
     #[arg(long)]
     pub json: bool,
+    /// Wait for an agent that is not consuming its queue (up to the retry duration) instead of
+    /// reporting it down at once.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Args, Debug)]
@@ -438,6 +450,10 @@ pub struct HealthArgs {
     pub retry: RetryArgs,
     #[arg(long)]
     pub json: bool,
+    /// Wait for agents that are not consuming their queue (up to the retry duration) instead of
+    /// reporting them down at once.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Args, Debug)]
@@ -546,7 +562,7 @@ impl Printer {
             if let Some(target) = &self.target {
                 line["target"] = json!(target);
             }
-            println!("{line}");
+            outln!("{line}");
             return;
         }
         let prefix = self.target.as_ref().map(|t| format!("[{t}] ")).unwrap_or_default();
@@ -554,21 +570,17 @@ impl Printer {
             Event::Ticket { ticket, target } => eprintln!("cuttle: {prefix}ticket {ticket} on {target}"),
             Event::Log(line) if !self.logs => drop(line),
             Event::Log(line) => match line.stream {
-                LogStream::Stdout => {
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "{prefix}{}", terminal::out(&line.text));
-                }
+                LogStream::Stdout => outln!("{prefix}{}", terminal::out(&line.text)),
                 LogStream::Stderr => eprintln!("{prefix}{}", terminal::err(&line.text)),
                 LogStream::Agent | LogStream::Unknown => {
                     eprintln!("cuttle: {prefix}[agent] {}", terminal::err(&line.text))
                 }
             },
             Event::Retry { request, notice } => eprintln!(
-                "cuttle: {prefix}{request} attempt {} failed: {}; retrying in {}, {} left",
+                "cuttle: {prefix}{request} attempt {} failed: {}; retrying, {} left",
                 notice.attempt,
                 terminal::err(&notice.error.to_string()),
-                humantime::format_duration(Duration::from_millis(notice.delay.as_millis() as u64)),
-                humantime::format_duration(Duration::from_secs(notice.time_left.as_secs())),
+                crate::retry::short(Duration::from_secs(notice.time_left.as_secs())),
             ),
             Event::Notice(message) => eprintln!("cuttle: {prefix}{}", terminal::err(&message)),
         }
@@ -577,7 +589,7 @@ impl Printer {
     /// Prints how it ended and gives the exit code.
     fn outcome(&self, outcome: &Outcome) -> ExitCode {
         if self.json {
-            println!(
+            outln!(
                 "{}",
                 json!({"event": "result", "ticket": outcome.ticket, "target": outcome.target, "outcome": outcome.outcome,
                        "exit_code": outcome.exit_code, "error": outcome.error})
@@ -603,8 +615,19 @@ pub(crate) fn stream_name(stream: LogStream) -> &'static str {
     }
 }
 
+/// Writes one line to stdout. Once stdout is closed (`dispatcher ... --json | head -1`), the
+/// dispatcher leaves at once and quietly, as a program killed by SIGPIPE would (exit 141).
+pub(crate) fn print_line(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(exit::STDOUT_CLOSED.into());
+        }
+    }
+}
+
 fn usage_error(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("dispatcher: {message}");
+    eprintln!("cuttle: {message}");
     ExitCode::from(exit::USAGE)
 }
 
@@ -768,7 +791,7 @@ async fn fan_out(
                     printer.outcome(&report.outcome);
                 }
                 Progress::NotStarted { target, reason } if json => {
-                    println!("{}", json!({"event": "skipped", "target": target, "reason": reason}));
+                    outln!("{}", json!({"event": "skipped", "target": target, "reason": reason}));
                 }
                 _ => {}
             }
@@ -785,7 +808,7 @@ async fn fan_out(
         results.iter().filter(|r| matches!(r, TargetResult::Ran(report) if crate::fanout::failed(report))).count();
     let skipped = results.iter().filter(|r| matches!(r, TargetResult::NotStarted { .. })).count();
     if json {
-        println!("{}", json!({"event": "summary", "targets": results.len(), "failed": failed, "skipped": skipped}));
+        outln!("{}", json!({"event": "summary", "targets": results.len(), "failed": failed, "skipped": skipped}));
     } else {
         print_summary(&results);
         let reason = results.iter().find_map(|r| match r {
@@ -868,7 +891,7 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
         };
     }
     if t.json {
-        println!(
+        outln!(
             "{}",
             json!({"event": "status", "ticket": t.ticket, "target": route.name(), "state": format!("{:?}", status.state).to_lowercase()})
         );
@@ -917,42 +940,62 @@ fn describe_agent(agent: &str, kind: &AgentKind) -> (String, serde_json::Value) 
 }
 
 async fn capabilities(orchestrator: &Orchestrator, args: CapabilitiesArgs) -> ExitCode {
-    health(orchestrator, HealthArgs { agents: vec![args.agent], retry: args.retry, json: args.json }).await
+    let args = HealthArgs { agents: vec![args.agent], retry: args.retry, json: args.json, wait: args.wait };
+    health(orchestrator, args).await
 }
 
+/// Asks every agent at once; prints one line each, in the order given. An agent whose queue
+/// nobody consumes is down at once (without `--wait`).
 async fn health(orchestrator: &Orchestrator, args: HealthArgs) -> ExitCode {
     let config = match args.retry.config() {
         Ok(config) => config,
         Err(e) => return usage_error(e),
     };
-    let mut worst = ExitCode::SUCCESS;
+    let mut checks = Vec::with_capacity(args.agents.len());
     for agent in &args.agents {
         let route = match Route::agent(agent) {
             Ok(route) => route,
             Err(e) => return usage_error(e),
         };
-        let policy = match args.retry.policy_in(&config, &route, Purpose::HealthCheck) {
-            Ok(policy) => policy,
+        match args.retry.policy_in(&config, &route, Purpose::HealthCheck) {
+            Ok(policy) => checks.push((route, policy)),
             Err(e) => return usage_error(e),
-        };
-        let printer = Printer { json: args.json, logs: false, target: None, progress: None };
-        match orchestrator.agent_kind(&route, policy, &|e| printer.event(e)).await {
+        }
+    }
+    let several = checks.len() > 1;
+    let answers = futures_util::future::join_all(checks.iter().map(|(route, policy)| async move {
+        let agent = route.name();
+        let printer =
+            Printer { json: args.json, logs: false, target: several.then(|| agent.to_owned()), progress: None };
+        if !args.wait && orchestrator.rpc().consumers(route, contracts::Kind::GetCapabilities).await == Some(0) {
+            let queue = route.queue(contracts::Kind::GetCapabilities);
+            return Err((format!("down: no agent is consuming {queue} (--wait waits for it)"), exit::NO_ANSWER));
+        }
+        orchestrator.agent_kind(route, *policy, &|e| printer.event(e)).await.map_err(|gave_up| {
+            let outcome = Outcome::from_error(None, agent, &gave_up.error, gave_up.to_string(), false);
+            (format!("unreachable: {}", outcome.error.unwrap_or_default()), outcome.process_exit)
+        })
+    }))
+    .await;
+    let mut worst = ExitCode::SUCCESS;
+    for ((route, _), answer) in checks.iter().zip(answers) {
+        let agent = route.name();
+        match answer {
             Ok(kind) => {
                 let (text, value) = describe_agent(agent, &kind);
                 if args.json {
-                    println!("{value}");
+                    outln!("{value}");
                 } else {
-                    println!("{text}");
+                    outln!("{text}");
                 }
             }
-            Err(gave_up) => {
-                let outcome = Outcome::from_error(None, agent, &gave_up.error, gave_up.to_string(), false);
+            Err((error, code)) => {
                 if args.json {
-                    println!("{}", json!({"agent": agent, "error": outcome.error}));
+                    outln!("{}", json!({"agent": agent, "error": error}));
                 } else {
-                    println!("{agent}: unreachable: {}", outcome.error.as_deref().unwrap_or_default());
+                    outln!("{agent}: {error}");
                 }
-                worst = ExitCode::from(outcome.process_exit);
+                worst = ExitCode::from(code);
             }
         }
     }
@@ -986,12 +1029,12 @@ async fn bench(orchestrator: &Orchestrator, args: BenchArgs) -> ExitCode {
     }
     let report = bench::run(orchestrator, &route, args.count, args.concurrency, policy).await;
     if args.json {
-        println!("{}", serde_json::to_string(&report).expect("report encodes"));
+        outln!("{}", serde_json::to_string(&report).expect("report encodes"));
     } else {
-        println!("scripts:     {} ({} at a time) on {route}", report.count, report.concurrency);
-        println!("latency:     p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms", report.p50_ms, report.p90_ms, report.p99_ms);
-        println!("throughput:  {:.1} scripts/s", report.throughput_per_s);
-        println!("errors:      {}", report.errors);
+        outln!("scripts:     {} ({} at a time) on {route}", report.count, report.concurrency);
+        outln!("latency:     p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms", report.p50_ms, report.p90_ms, report.p99_ms);
+        outln!("throughput:  {:.1} scripts/s", report.throughput_per_s);
+        outln!("errors:      {}", report.errors);
     }
     if let Some(error) = &report.first_error {
         eprintln!("cuttle: first error: {error}");
@@ -1005,13 +1048,41 @@ async fn bench(orchestrator: &Orchestrator, args: BenchArgs) -> ExitCode {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    use std::io::IsTerminal;
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,lapin=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let colours = std::io::stderr().is_terminal();
+    match tracing_subscriber::EnvFilter::try_from_default_env() {
+        // Asked for: full log lines, the libraries' (lapin, redis...) too if the filter says so.
+        Ok(filter) => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colours).with_writer(std::io::stderr).init()
+        }
+        // Not asked for: only the dispatcher's own warnings, as one `cuttle:` line each.
+        Err(_) => tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("dispatcher=warn"))
+            .event_format(PlainLine)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(run(cli))
+}
+
+/// A log line as the user sees it without `RUST_LOG`: `cuttle: warn: message field=value`.
+struct PlainLine;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PlainLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "cuttle: {}: ", event.metadata().level().as_str().to_lowercase())?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }

@@ -172,9 +172,9 @@ pub async fn submit_detached(journal: &JournalOptions, args: &SubmitArgs) -> Exi
             return ExitCode::from(exit::BROKER_UNREACHABLE);
         }
         if args.json {
-            println!("{}", json!({"event": "ticket", "ticket": submission.ticket, "target": submission.target}));
+            outln!("{}", json!({"event": "ticket", "ticket": submission.ticket, "target": submission.target}));
         } else {
-            println!("{}", submission.ticket);
+            outln!("{}", submission.ticket);
             eprintln!(
                 "cuttle: ticket {} on {route} recorded; a `dispatcher serve` on this journal runs it",
                 submission.ticket
@@ -243,7 +243,7 @@ pub async fn status_from_journal(journal: &JournalOptions, ticket: &Ticket, foll
     // Not finished (without --follow): say where it stands.
     let view = TicketView::from_record(&record);
     if json {
-        println!("{}", json!({"event": "status", "ticket": view.ticket, "target": view.target, "state": view.state}));
+        outln!("{}", json!({"event": "status", "ticket": view.ticket, "target": view.target, "state": view.state}));
     } else {
         eprintln!("cuttle: ticket {} is {} on {}", view.ticket, view.state, view.target);
     }
@@ -255,7 +255,7 @@ fn print_events(events: &[JournalEvent], json: bool) -> bool {
     for JournalEvent { event, .. } in events {
         let kind = event["event"].as_str().unwrap_or_default();
         if json {
-            println!("{event}");
+            outln!("{event}");
         } else {
             match kind {
                 "log" => {
@@ -318,17 +318,17 @@ pub async fn history(journal: &JournalOptions, args: HistoryArgs) -> ExitCode {
         }
     };
     if !args.json {
-        println!("{:<36} {:<24} {:<9} {:<10} {:>9} {:>8}", "TICKET", "TARGET", "STATE", "OUTCOME", "EXIT CODE", "AGE");
+        outln!("{:<36} {:<24} {:<9} {:<10} {:>9} {:>8}", "TICKET", "TARGET", "STATE", "OUTCOME", "EXIT CODE", "AGE");
     }
     let now = contracts::unix_millis(std::time::SystemTime::now());
     for record in &records {
         let view = TicketView::from_record(record);
         if args.json {
-            println!("{}", serde_json::to_string(&view).expect("view encodes"));
+            outln!("{}", serde_json::to_string(&view).expect("view encodes"));
             continue;
         }
         let age = humantime::format_duration(Duration::from_secs(now.saturating_sub(view.submitted_at) / 1000));
-        println!(
+        outln!(
             "{:<36} {:<24} {:<9} {:<10} {:>9} {:>8}",
             view.ticket,
             view.target,

@@ -1,0 +1,122 @@
+//! What the dispatcher tells a user who waits, or who cannot get in, through the binary: an
+//! agent nobody serves, health checks at once, a broker that refuses us, short retry lines, and
+//! a closed stdout.
+
+use contracts::topology::agent_queue;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tests::*;
+use tokio::io::AsyncBufReadExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_nobody_serves_is_named_at_once_with_how_long_we_wait() {
+    let agent = queue_without_agent("wait-notice").await;
+    let mut child = dispatcher_command()
+        .args(["submit", "--target", agent.id(), "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = Instant::now();
+    let first = tokio::time::timeout(Duration::from_secs(10), stderr.next_line()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first, format!("cuttle: no agent is consuming {}; waiting up to 2m30s", agent_queue(agent.id())));
+    assert!(started.elapsed() < Duration::from_secs(3), "at once: {:?}", started.elapsed());
+    drop(child);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_asks_every_agent_at_once_and_reports_one_nobody_serves_as_down() {
+    let live = TestAgent::start("health-live").await;
+    let gone = [queue_without_agent("health-gone").await, queue_without_agent("health-gone").await];
+    let started = Instant::now();
+    let out = run_dispatcher(&["health", live.id(), gone[0].id()]).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "at once: {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(110), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with(&format!("{}: protocol v2", live.id())), "{lines:?}");
+    let down = format!("{}: down: no agent is consuming {}", gone[0].id(), agent_queue(gone[0].id()));
+    assert!(lines[1].starts_with(&down), "{lines:?}");
+
+    // --wait waits, for every agent at the same time.
+    let started = Instant::now();
+    let out = run_dispatcher(&["health", gone[0].id(), gone[1].id(), "--wait", "--retry-duration", "2s"]).await;
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(110), "{}", text(&out.stderr));
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(4), "2s, not 2 × 2s: {took:?}");
+    assert_eq!(text(&out.stdout).matches("unreachable: no reply").count(), 2, "{}", text(&out.stdout));
+    let out = run_dispatcher(&["capabilities", gone[1].id()]).await;
+    assert_eq!(out.status.code(), Some(110));
+    assert!(text(&out.stdout).contains("down: no agent is consuming"), "{}", text(&out.stdout));
+    live.stop().await;
+    for agent in gone {
+        agent.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_broker_that_refuses_us_is_one_clear_line_and_exit_101_at_once() {
+    let cases = [
+        ("amqp://nobody:wrong@127.0.0.1:5672/%2f", "ACCESS_REFUSED", "check the user and password"),
+        ("amqp://guest:guest@127.0.0.1:5672/t-no-such-vhost", "vhost t-no-such-vhost not found", "check the vhost"),
+    ];
+    for (url, what, hint) in cases {
+        let started = Instant::now();
+        let out = run_dispatcher(&["--amqp-url", url, "submit", "--target", "t-anyone", "--", "true"]).await;
+        assert!(started.elapsed() < Duration::from_secs(5), "not retried for 2m30s: {:?}", started.elapsed());
+        assert_eq!(out.status.code(), Some(101), "{}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {stderr}");
+        assert!(lines[0].starts_with("cuttle: failed: the broker refused the connection: "), "{stderr}");
+        assert!(lines[0].contains(what) && lines[0].contains(hint), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn retry_notices_are_one_short_plain_line_per_attempt() {
+    let out = run_dispatcher(&[
+        "--amqp-url",
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+        "capabilities",
+        "t-anyone",
+        "--retry-duration",
+        "1500ms",
+    ])
+    .await;
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains('\x1b'), "no colours off a terminal: {stderr:?}");
+    let notices: Vec<&str> = stderr.lines().filter(|l| l.contains(" attempt ")).collect();
+    assert!(notices.len() >= 2, "{stderr}");
+    for (n, line) in notices.iter().enumerate() {
+        let expected = format!(
+            "cuttle: GetCapabilities attempt {} failed: cannot reach the broker: connection refused; retrying, ",
+            n + 1
+        );
+        assert!(line.starts_with(&expected) && line.ends_with(" left"), "{line}");
+    }
+    assert!(stderr.lines().all(|l| l.starts_with("cuttle: ")), "one prefix, nothing else: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_dispatcher_quietly() {
+    let agent = TestAgent::start("closed-stdout").await;
+    let mut child = dispatcher_command()
+        .args(["submit", "--json", "--target", agent.id(), "--", "echo one; sleep 0.5; echo two"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head -1`: one line read, then the pipe is closed.
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).await.unwrap();
+    assert!(first.contains("\"ticket\""), "{first}");
+    drop(stdout);
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+    agent.stop().await;
+}
