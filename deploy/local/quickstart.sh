@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source deploy/local/services.sh
+check_toolchain
 ensure_services
 
-command -v cargo >/dev/null || { say "cargo is missing: install Rust (https://rustup.rs) first"; exit 1; }
 say "building (release)"
 cargo build --locked --release --bins --quiet
 

@@ -6,6 +6,32 @@ set -euo pipefail
 
 say() { printf 'cuttle: %s\n' "$*" >&2; }
 
+# The services this run started, with how to stop each (said once they are up).
+started=()
+
+# Rust of the workspace's rust-version (Cargo.toml) and a C compiler (some dependencies build C
+# code): checked first, each with the command that fixes it.
+check_toolchain() {
+  local want have
+  want="$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' Cargo.toml | head -n 1)"
+  if ! command -v cargo >/dev/null || ! command -v rustc >/dev/null; then
+    say "Rust is missing (this workspace needs $want or newer): install it with"
+    say "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y && . \"\$HOME/.cargo/env\""
+    return 1
+  fi
+  have="$(rustc --version | sed -n 's/^rustc \([0-9][0-9.]*\).*/\1/p')"
+  if [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n 1)" != "$want" ]; then
+    say "rustc $have is older than this workspace's rust-version $want: update it with"
+    say "  rustup update stable    (or install $want or newer from https://rustup.rs)"
+    return 1
+  fi
+  if ! command -v cc >/dev/null && ! command -v gcc >/dev/null && ! command -v clang >/dev/null; then
+    say "no C compiler found (cc, gcc or clang), which building the dependencies needs: install one with"
+    say "  sudo apt-get install -y build-essential    (Debian, Ubuntu; or your distribution's gcc)"
+    return 1
+  fi
+}
+
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
     say "need root to run: $*"; return 1; fi
@@ -32,20 +58,43 @@ ensure_redis() {
   say "starting Redis on 127.0.0.1:6379"
   as_root redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
   wait_port 6379 Redis 20
+  started+=("Redis (stop it: redis-cli -p 6379 shutdown nosave)")
 }
 
 ensure_rabbitmq() {
   if port_open 5672; then return 0; fi
   command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
   say "starting RabbitMQ on 127.0.0.1:5672 (this takes a few seconds)"
-  as_root rabbitmq-server -detached >/dev/null 2>&1 || true
-  wait_port 5672 RabbitMQ 90
+  local out
+  out="$(mktemp -t cuttle-rabbitmq.XXXXXX)"
+  as_root rabbitmq-server -detached >"$out" 2>&1 || true
+  if ! wait_port 5672 RabbitMQ 90; then
+    say "RabbitMQ's own words:"
+    cat "$out" >&2
+    local log
+    for log in /var/log/rabbitmq/*.log; do
+      [ -r "$log" ] || continue
+      say "the end of $log:"
+      tail -n 20 "$log" >&2
+    done
+    rm -f "$out"
+    return 1
+  fi
+  rm -f "$out"
   as_root rabbitmqctl -q await_startup >/dev/null 2>&1 || true
+  started+=("RabbitMQ (stop it: rabbitmqctl stop)")
 }
 
 ensure_services() {
   ensure_redis
   ensure_rabbitmq
+  if [ "${#started[@]}" -eq 0 ]; then
+    say "RabbitMQ and Redis were already answering; nothing started"
+  else
+    say "started for this run, still running afterwards:"
+    local service
+    for service in "${started[@]}"; do say "  $service"; done
+  fi
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

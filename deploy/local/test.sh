@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source deploy/local/services.sh
+check_toolchain
 ensure_services
 
-command -v cargo >/dev/null || { say "cargo is missing: install Rust (https://rustup.rs) first"; exit 1; }
 # The end-to-end tests run the real binaries.
 cargo build --locked --bins
 
@@ -22,13 +22,14 @@ fi
 # Every queue, Redis key prefix and agent id of this run starts with t-<run>- (tests::unique), so
 # what the run left behind can be told from what colleagues' runs on the same broker hold now.
 export CUTTLE_TEST_RUN="r$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
-status=0
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --workspace --no-fail-fast "$@" || status=$?
-else
-  say "cargo-nextest not found; using cargo test"
-  cargo test --locked --workspace --no-fail-fast "$@" || status=$?
+# nextest runs the tests: it ends a hung test (.config/nextest.toml) and takes the README's filter
+# expressions (`-E 'test(cancel)'`), which `cargo test` would not.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "cargo-nextest not found; installing it (cargo install --locked cargo-nextest)"
+  cargo install --locked cargo-nextest || { say "could not install cargo-nextest: install it by hand with the command above"; exit 1; }
 fi
+status=0
+cargo nextest run --locked --workspace --no-fail-fast "$@" || status=$?
 
 # Tests delete the queues and keys they create: a leftover quorum queue holds broker file handles
 # forever, and a few hundred of them stop the broker accepting connections.
