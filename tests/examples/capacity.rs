@@ -173,17 +173,23 @@ async fn fanout(agents: usize) {
     let redis = PrivateRedis::start(false).await;
     let idle = broker_use(pid);
     let began = Instant::now();
-    let fleet: Vec<AgentProcess> = (0..agents)
-        .map(|_| {
-            let mut config = tests::agent::test_config("cap");
-            config.amqp_url = rabbit.amqp_url();
-            config.redis_url = redis.url();
-            let command = AgentProcess::command(&config);
-            AgentProcess::spawn_command(config, command)
-        })
-        .collect();
-    for agent in &fleet {
-        agent.wait_ready().await;
+    let mut fleet: Vec<AgentProcess> = Vec::new();
+    // Fifty at a time: each waits for its queue within a deadline, and starting 500 processes at
+    // once on two cores takes longer than that.
+    while fleet.len() < agents {
+        let batch: Vec<AgentProcess> = (fleet.len()..agents.min(fleet.len() + 50))
+            .map(|_| {
+                let mut config = tests::agent::test_config("cap");
+                config.amqp_url = rabbit.amqp_url();
+                config.redis_url = redis.url();
+                let command = AgentProcess::command(&config);
+                AgentProcess::spawn_command(config, command)
+            })
+            .collect();
+        for agent in &batch {
+            agent.wait_ready().await;
+        }
+        fleet.extend(batch);
     }
     let connected = broker_use(pid);
     println!(
@@ -194,10 +200,11 @@ async fn fanout(agents: usize) {
         connected.handles,
         mib(connected.memory as f64)
     );
-    let targets = fleet.iter().map(|a| a.config.agent_id.as_str()).collect::<Vec<_>>().join(",");
+    let targets = fleet.iter().flat_map(|a| ["--target", a.config.agent_id.as_str()]);
     let began = Instant::now();
     let output = dispatcher_command()
-        .args(["submit", "--json", "--max-parallel", &agents.to_string(), "--target", &targets])
+        .args(["submit", "--json", "--max-parallel", &agents.to_string()])
+        .args(targets)
         .args(["--", "echo ok"])
         .env("CUTTLE_AMQP_URL", rabbit.amqp_url())
         .output()
