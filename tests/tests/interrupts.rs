@@ -320,6 +320,8 @@ async fn ctrl_c_in_a_fan_out_starts_none_of_the_targets_still_waiting() {
     let (code, stderr) = ended(child, Duration::from_secs(20)).await;
     assert_eq!(code, Some(106), "the first target was cancelled: {stderr}");
     assert!(stderr.contains("2 not started (interrupted)"), "{stderr}");
+    let row = stderr.lines().find(|l| l.starts_with(agents[0].id())).expect("a summary row");
+    assert_eq!(row.split_whitespace().take(3).collect::<Vec<_>>(), [agents[0].id(), "cancelled", "106"], "{row}");
     assert_eq!((markers.count(agents[1].id()), markers.count(agents[2].id())), (0, 0));
     for agent in agents {
         agent.stop().await;

@@ -120,3 +120,17 @@ async fn a_closed_stdout_ends_the_dispatcher_quietly() {
     assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_finished_ticket_says_how_it_ended() {
+    let agent = TestAgent::start("status-ended").await;
+    let out = run_dispatcher(&["submit", "--target", agent.id(), "--", "echo done; exit 3"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    let ticket = stderr.split("ticket ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let out = run_dispatcher(&["status", &ticket, "--target", agent.id()]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let expected = format!("cuttle: ticket {ticket} on agent {} completed with exit code 3", agent.id());
+    assert!(text(&out.stderr).contains(&expected), "{}", text(&out.stderr));
+    agent.stop().await;
+}

@@ -635,18 +635,25 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
 fn interrupt_on_ctrl_c() -> CancellationToken {
     let interrupt = CancellationToken::new();
     let token = interrupt.clone();
+    let mut sigint = sigint();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_err() {
+        if sigint.recv().await.is_none() {
             return;
         }
         eprintln!("cuttle: interrupted; stopping (Ctrl-C again to leave without waiting)");
         token.cancel();
-        if tokio::signal::ctrl_c().await.is_ok() {
+        if sigint.recv().await.is_some() {
             eprintln!("cuttle: left without waiting; the script may still be running");
             std::process::exit(exit::CANCELLED as i32);
         }
     });
     interrupt
+}
+
+/// Ctrl-C (SIGINT), listened for from now on: a Ctrl-C that comes before the first wait on it
+/// is kept, never left to its default (ending the process).
+fn sigint() -> tokio::signal::unix::Signal {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("a SIGINT handler")
 }
 
 fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
@@ -834,7 +841,8 @@ fn print_summary(results: &[TargetResult]) {
             }
         };
         let outcome = format!("{:?}", r.outcome.outcome).to_lowercase();
-        let code = r.outcome.exit_code.map_or("-".to_owned(), |c| c.to_string());
+        // The process exit code it stands for, never the agent's negative wire code.
+        let code = r.outcome.process_exit;
         let duration = format!("{:.1}s", r.duration.as_secs_f64());
         eprintln!("{:<24} {:<11} {:>9} {:>10} {:>7}", r.target, outcome, code, duration, r.retries);
         if let (true, Some(error)) = (crate::fanout::failed(r), &r.outcome.error) {
@@ -845,6 +853,8 @@ fn print_summary(results: &[TargetResult]) {
 
 async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
     let t = &args.ticket;
+    // Following: Ctrl-C detaches, from before the first line is shown.
+    let mut ctrl_c = args.follow.then(sigint);
     let route = match t.target.route() {
         Ok(route) => route,
         Err(e) => return usage_error(e),
@@ -876,11 +886,16 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
         let never = CancellationToken::new();
         let follow = orchestrator.follow_to_end(&route, &t.ticket, follower, status, policy, protocol, &events, &never);
         if !args.follow {
-            return printer.outcome(&follow.await);
+            let outcome = follow.await;
+            if !t.json && outcome.outcome == OutcomeKind::Completed {
+                let code = outcome.exit_code.unwrap_or_default();
+                eprintln!("cuttle: ticket {} on {route} completed with exit code {code}", t.ticket);
+            }
+            return printer.outcome(&outcome);
         }
         return tokio::select! {
             outcome = follow => printer.outcome(&outcome),
-            _ = tokio::signal::ctrl_c() => {
+            _ = async { ctrl_c.as_mut().expect("a handler while following").recv().await } => {
                 let stop = match &route {
                     Route::Agent(id) => format!("--target {id}"),
                     Route::Pool(pool) => format!("--pool {pool}"),
