@@ -208,6 +208,26 @@ impl PolicyConfig {
         })
     }
 
+    /// Every policy in force by name, the built-in `default` included when the file has none.
+    pub fn policies(&self) -> Vec<MachinePolicy> {
+        let mut policies: Vec<MachinePolicy> = self.policies.values().cloned().collect();
+        if !self.policies.contains_key(DEFAULT_POLICY) {
+            policies.insert(0, MachinePolicy::builtin_default());
+        }
+        policies
+    }
+
+    /// Agent ids and pools mapped to a policy: `(section, name, policy)`, targets first.
+    pub fn mappings(&self) -> impl Iterator<Item = (&'static str, &str, &str)> {
+        let targets = self.targets.iter().map(|(k, v)| ("target", k.as_str(), v.as_str()));
+        targets.chain(self.pools.iter().map(|(k, v)| ("pool", k.as_str(), v.as_str())))
+    }
+
+    /// The file the policies came from, if any.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
     fn policy(&self, name: &str) -> Option<MachinePolicy> {
         match self.policies.get(name) {
             Some(policy) => Some(policy.clone()),

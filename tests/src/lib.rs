@@ -10,10 +10,12 @@
 //!   [`dispatcher_command`] builds every command that runs the `dispatcher` binary.
 //! - [`Markers`]: files scripts append to, to count how often each really ran.
 //! - [`cluster`]: a three-node RabbitMQ cluster, and Redis with a replica and Sentinels.
+//! - [`browser`]: headless chromium through chromedriver, for the web view.
 //! - [`eventually`]: polls a condition until a deadline.
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod browser;
 pub mod cluster;
 pub mod proxy;
 pub mod raw;

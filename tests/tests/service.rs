@@ -284,6 +284,36 @@ async fn api_tokens_are_required_and_without_them_only_loopback_is_served() {
         .unwrap();
     assert_eq!(record["who"], "release-bot", "the journal says who submitted: {record}");
 
+    // The web view: pages need a login; its cookie reads, but never submits.
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let page = no_redirects.get(format!("{}/tickets/{ticket}", service.url)).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 303);
+    assert_eq!(page.headers()["location"], format!("/login?next=/tickets/{ticket}"));
+    let login_with = |token: &str| {
+        let form = format!("token={token}&next=%2F%2Fevil.example%2F");
+        let request = no_redirects.post(format!("{}/login", service.url));
+        request.header("content-type", "application/x-www-form-urlencoded").body(form).send()
+    };
+    let refused = login_with("0123456789abcdef0123456789abcdeX").await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    assert!(refused.headers().get("set-cookie").is_none());
+    let login = login_with("0123456789abcdef0123456789abcdef").await.unwrap();
+    assert_eq!(
+        (login.status().as_u16(), &login.headers()["location"]),
+        (303, &"/".parse().unwrap()),
+        "no open redirect"
+    );
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let with_cookie = |request: reqwest::RequestBuilder| request.header("cookie", cookie.clone()).send();
+    let page = with_cookie(no_redirects.get(format!("{}/tickets/{ticket}", service.url))).await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+    assert!(page.text().await.unwrap().contains(ticket));
+    let listed = with_cookie(http().get(format!("{}/v1/tickets", service.url))).await.unwrap();
+    assert_eq!(listed.status().as_u16(), 200, "the cookie reads the API");
+    let forged = with_cookie(http().post(&url).json(&body)).await.unwrap();
+    assert_eq!(forged.status().as_u16(), 401, "a cookie alone cannot submit a script");
+
     service.stop().await;
     remove_journal(&prefix).await;
     agent.stop().await;

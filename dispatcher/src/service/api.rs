@@ -44,8 +44,8 @@ type Shared = State<Arc<ApiState>>;
 /// An error as the API answers it.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    message: String,
+    pub(super) status: StatusCode,
+    pub(super) message: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -276,13 +276,13 @@ pub struct AfterQuery {
 #[serde(deny_unknown_fields)]
 pub struct HistoryParams {
     /// Only tickets of this agent or pool.
-    target: Option<String>,
+    pub target: Option<String>,
     /// Only tickets that ended so: `completed`, `cancelled`, `unknown`, `failed`.
-    outcome: Option<String>,
+    pub outcome: Option<String>,
     /// Only tickets submitted since: a duration ago (`2h`) or unix milliseconds.
-    since: Option<String>,
+    pub since: Option<String>,
     /// At most this many, newest first (default 100, at most 1000).
-    limit: Option<usize>,
+    pub limit: Option<usize>,
 }
 
 #[derive(OpenApi)]
@@ -329,6 +329,7 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
     let doc = Arc::new(doc);
     router
         .route("/openapi.json", axum::routing::get(move || async move { Json(doc.as_ref().clone()) }))
+        .merge(super::web::router(state.clone()))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such route; GET /openapi.json lists the routes this service has")
         })
@@ -336,16 +337,21 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
 }
 
 /// Requires a known bearer token when the service has tokens; passes on who asked.
+/// A browser's login cookie counts only for reading (GET): a request that changes something
+/// needs the `Authorization` header, which no other site's page can make a browser send.
 async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
     let who = match &state.tokens {
         None => Who("local".into()),
         Some(tokens) => {
-            let presented = request
+            let header = request
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            match presented.and_then(|token| tokens.name_of(token)) {
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_owned);
+            let reading = request.method() == axum::http::Method::GET;
+            let presented = header.or_else(|| reading.then(|| super::tokens::from_cookie(request.headers())).flatten());
+            match presented.as_deref().and_then(|token| tokens.name_of(token)) {
                 Some(name) => Who(name.to_owned()),
                 None => {
                     let message = if presented.is_some() {
@@ -535,11 +541,11 @@ fn idempotent_ticket(who: &str, key: &str, route: &Route) -> Ticket {
     Ticket::parse(&uuid).expect("hex digits make a valid ticket")
 }
 
-fn parse_ticket(raw: &str) -> Result<Ticket, ApiError> {
+pub(super) fn parse_ticket(raw: &str) -> Result<Ticket, ApiError> {
     Ticket::parse(raw).map_err(|e| ApiError::bad_request(format!("not a ticket: {e}")))
 }
 
-async fn record_of(state: &ApiState, ticket: &Ticket) -> Result<TicketRecord, ApiError> {
+pub(super) async fn record_of(state: &ApiState, ticket: &Ticket) -> Result<TicketRecord, ApiError> {
     let retention = humantime::format_duration(state.followers.journal.retention());
     let metrics = state.followers.orchestrator.metrics();
     metrics.common.store.observe("ticket", state.followers.journal.ticket(ticket)).await?.ok_or_else(|| {
@@ -562,20 +568,10 @@ async fn ticket(
     let ticket = parse_ticket(&raw)?;
     let record = record_of(&state, &ticket).await?;
     let after = query.after.unwrap_or(0);
-    let mut output = Vec::new();
-    let mut from = "0".to_owned();
-    loop {
-        let page = state.followers.journal.events(&ticket, &from, 1000).await?;
-        let Some(last) = page.last() else { break };
-        from = last.id.clone();
-        for event in page {
-            if event.event["event"] == "log" && event.event["seq"].as_u64().is_some_and(|seq| seq > after) {
-                if let Ok(line) = serde_json::from_value::<OutputLine>(event.event) {
-                    output.push(line);
-                }
-            }
-        }
-    }
+    let output = (state.followers.journal.all_events(&ticket).await?.into_iter())
+        .filter(|event| event.event["event"] == "log" && event.event["seq"].as_u64().is_some_and(|seq| seq > after))
+        .filter_map(|event| serde_json::from_value::<OutputLine>(event.event).ok())
+        .collect();
     let mut view = TicketView::from_record(&record);
     view.output = Some(output);
     Ok(Json(view))
@@ -681,7 +677,7 @@ async fn history(
     Ok(Json(TicketList { tickets: records.iter().map(TicketView::from_record).collect() }))
 }
 
-fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
+pub(super) fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
     let outcome = match params.outcome.as_deref() {
         None => None,
         Some("completed") => Some(OutcomeKind::Completed),

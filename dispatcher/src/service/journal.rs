@@ -422,6 +422,19 @@ impl Journal {
         reply.ids.into_iter().map(journal_event).collect()
     }
 
+    /// All of a ticket's events, read a page at a time.
+    pub async fn all_events(&self, ticket: &Ticket) -> JournalResult<Vec<JournalEvent>> {
+        let mut events = Vec::new();
+        loop {
+            let from = events.last().map_or("0", |e: &JournalEvent| e.id.as_str()).to_owned();
+            let page = self.events(ticket, &from, 1000).await?;
+            if page.is_empty() {
+                return Ok(events);
+            }
+            events.extend(page);
+        }
+    }
+
     /// Waits up to `block` for events after `after` on a connection of its own.
     pub async fn wait_events(
         &self,

@@ -7,6 +7,7 @@
 //! - [`lease`]: which replica follows an in-flight ticket.
 //! - [`resume`]: following a ticket from its record: new, resumed or taken over.
 //! - [`api`]: the axum routes and their OpenAPI document; [`tokens`]: API tokens.
+//! - [`web`]: the web view (server-rendered HTML, live through the API's server-sent events).
 //!
 //! # Why nothing runs twice
 //! Tickets are made here and recorded before the start is sent; the start carries a deadline
@@ -19,6 +20,7 @@ pub mod journal;
 pub mod lease;
 pub mod resume;
 pub mod tokens;
+pub mod web;
 
 use crate::orchestrator::Orchestrator;
 use crate::policy::PolicyConfig;

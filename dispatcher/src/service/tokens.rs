@@ -1,5 +1,6 @@
 //! API tokens: a file of `NAME TOKEN` lines (`#` comments). The name is who the journal says
-//! submitted a script; only SHA-256 digests of the tokens are kept in memory.
+//! submitted a script; only SHA-256 digests of the tokens are kept in memory. A browser presents
+//! its token in a cookie set by the web view's login form ([`login_cookie`]).
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -55,6 +56,32 @@ impl ApiTokens {
     }
 }
 
+/// The cookie the web view's login sets: the token, hex-encoded (a cookie value cannot hold
+/// every character a token may), `HttpOnly` so no script on the page can read it, and
+/// `SameSite=Strict` so no other site's page can send it.
+pub const COOKIE: &str = "cuttle_token";
+
+/// The `Set-Cookie` value that logs a browser in with `token`.
+pub fn login_cookie(token: &str) -> String {
+    format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", hex::encode(token))
+}
+
+/// The `Set-Cookie` value that logs a browser out.
+pub fn logout_cookie() -> String {
+    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+}
+
+/// The token in a request's login cookie, if any.
+pub fn from_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    let cookies = headers.get_all(axum::http::header::COOKIE);
+    let value = cookies
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))?;
+    String::from_utf8(hex::decode(value).ok()?).ok()
+}
+
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -75,5 +102,19 @@ mod tests {
         assert!(ApiTokens::parse("").unwrap_err().contains("no tokens"));
         let twice = "a 0123456789abcdef0123456789\nb 0123456789abcdef0123456789";
         assert!(ApiTokens::parse(twice).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn the_login_cookie_carries_any_token_and_nothing_else_reads_as_one() {
+        let token = "a;b=c d\"0123456789abcdef0123";
+        let set = login_cookie(token);
+        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+        let value = set.split(';').next().unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(axum::http::header::COOKIE, format!("other=1; {value}; x=y").parse().unwrap());
+        assert_eq!(from_cookie(&headers).as_deref(), Some(token));
+        headers.insert(axum::http::header::COOKIE, "cuttle_token=zz; cuttle_tokenx=00".parse().unwrap());
+        assert_eq!(from_cookie(&headers), None);
+        assert!(logout_cookie().contains("Max-Age=0"));
     }
 }

@@ -1,0 +1,414 @@
+//! The web view: server-rendered HTML (maud, which escapes every value it writes) and one small
+//! script that keeps pages live through the API itself (`GET /v1/tickets` for the list, the
+//! server-sent events of `GET /v1/tickets/{ticket}/events` for a ticket). No build step: the
+//! script and the style sheet are compiled in.
+//!
+//! - `/`: recent tickets (filter by target and outcome), the agents and the machine policies.
+//! - `/tickets/{ticket}`: one ticket, its output, each retry with its error and the time left,
+//!   and the outcome.
+//! - `/login`: with API tokens, a browser logs in with one; it is kept in an `HttpOnly`,
+//!   `SameSite=Strict` cookie that counts for reading only ([`super::tokens::login_cookie`]).
+//!
+//! Output, ticket ids, targets and errors may be hostile: the HTML escapes them, the script sets
+//! only `textContent`, and the Content-Security-Policy allows no inline script or style at all.
+
+use super::api::{history_query, outcome_name, parse_ticket, record_of, ApiError, ApiState, HistoryParams};
+use super::journal::{JournalEvent, TicketRecord};
+use super::tokens;
+use axum::extract::{Form, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use maud::{html, Markup, DOCTYPE};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+type Shared = State<Arc<ApiState>>;
+
+const SCRIPT: &str = include_str!("web/app.js");
+const STYLE: &str = include_str!("web/app.css");
+
+/// Tickets the index shows.
+const LIST_LIMIT: usize = 50;
+
+/// No inline script or style, nothing from elsewhere, no framing.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; \
+                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The web view's routes.
+pub fn router(state: Arc<ApiState>) -> axum::Router<Arc<ApiState>> {
+    let pages = axum::Router::new()
+        .route("/", get(index))
+        .route("/tickets/{ticket}", get(ticket_page))
+        .route_layer(axum::middleware::from_fn_with_state(state, logged_in));
+    axum::Router::new()
+        .merge(pages)
+        .route("/login", get(login_form).post(login))
+        .route("/logout", axum::routing::post(logout))
+        .route("/static/app.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT) }))
+        .route("/static/app.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }))
+        .layer(axum::middleware::map_response(secure_headers))
+}
+
+async fn secure_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
+/// With API tokens, pages need a login cookie with one; without, they go to the login form.
+async fn logged_in(State(state): Shared, request: Request, next: Next) -> Response {
+    if let Some(known) = &state.tokens {
+        let token = tokens::from_cookie(request.headers());
+        if token.as_deref().and_then(|t| known.name_of(t)).is_none() {
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            let next = url_encode(path);
+            return Redirect::to(&format!("/login?next={next}")).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Where to go after logging in: a path of this site, never another site (`//host`, `/\host`).
+fn local_path(next: Option<&str>) -> &str {
+    match next {
+        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path,
+        _ => "/",
+    }
+}
+
+fn page(title: &str, body: Markup) -> Html<String> {
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Cuttle" }
+                link rel="stylesheet" href="/static/app.css";
+                script src="/static/app.js" defer {}
+            }
+            body {
+                header {
+                    a.brand href="/" { "Cuttle" }
+                    nav { a href="/" { "Tickets" } a href="/#agents" { "Agents" } a href="/#policies" { "Policies" } }
+                }
+                main { (body) }
+            }
+        }
+    };
+    Html(markup.into_string())
+}
+
+fn error_page(error: ApiError) -> Response {
+    let body = html! { h1 { "Cannot show this" } p.error { (error.message) } p { a href="/" { "All tickets" } } };
+    (error.status, page("Error", body)).into_response()
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of unix milliseconds.
+fn when(ms: u64) -> String {
+    let text = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string();
+    text.trim_end_matches('Z').replacen('T', " ", 1)
+}
+
+fn duration(ms: u64) -> String {
+    humantime::format_duration(Duration::from_millis(ms / 100 * 100)).to_string()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListParams {
+    target: Option<String>,
+    outcome: Option<String>,
+}
+
+/// Recent tickets, live; the agents; the policies in force.
+async fn index(State(state): Shared, Query(params): Query<ListParams>) -> Response {
+    let target = params.target.filter(|t| !t.is_empty());
+    let outcome = params.outcome.filter(|o| !o.is_empty());
+    let history =
+        HistoryParams { target: target.clone(), outcome: outcome.clone(), since: None, limit: Some(LIST_LIMIT) };
+    let query = match history_query(&history) {
+        Ok(query) => query,
+        Err(error) => return error_page(error),
+    };
+    let journal = &state.followers.journal;
+    let (records, agents) = match tokio::try_join!(journal.history(&query), journal.agents()) {
+        Ok(found) => found,
+        Err(error) => return error_page(error.into()),
+    };
+    let live_query = query_string(&[("target", target.as_deref()), ("outcome", outcome.as_deref())]);
+    let body = html! {
+        h1 { "Tickets" }
+        form.filters method="get" action="/" {
+            label { "Target " input type="text" name="target" value=[target.as_deref()] placeholder="agent or pool"; }
+            label { "Outcome "
+                select name="outcome" {
+                    option value="" { "any" }
+                    @for name in ["completed", "cancelled", "unknown", "failed"] {
+                        option value=(name) selected[outcome.as_deref() == Some(name)] { (name) }
+                    }
+                }
+            }
+            button type="submit" { "Filter" }
+        }
+        div.scroll {
+            table #tickets data-query=(format!("{live_query}&limit={LIST_LIMIT}")) {
+                thead { tr { th { "Ticket" } th { "Target" } th { "State" } th { "Outcome" } th.wide { "Exit" } th.wide { "Retries" } th.wide { "Submitted" } } }
+                tbody {
+                    @for record in &records { (ticket_row(record)) }
+                }
+            }
+        }
+        @if records.is_empty() { p.empty { "No tickets" @if target.is_some() || outcome.is_some() { " match these filters" } "." } }
+        h2 #agents { "Agents" }
+        p.hint { "What each target answered when the service last asked it (before each script), or why it could not be reached." }
+        div.scroll {
+            table.agents {
+                thead { tr { th { "Target" } th { "Reachable" } th { "Protocol" } th.wide { "Services" } th { "Version" } th { "Last seen" } } }
+                tbody {
+                    @for agent in &agents { (agent_row(agent)) }
+                }
+            }
+        }
+        h2 #policies { "Machine policies" }
+        p.hint { "How long a request that got no answer is repeated, per purpose" @if let Some(origin) = state.policies.origin() { ", from " code { (origin) } } "." }
+        div.scroll {
+            table.policies {
+                thead { tr { th { "Policy" } th { "Deployment" } th { "Runbook" } th { "Health check" } th { "Retries" } } }
+                tbody {
+                    @for policy in state.policies.policies() {
+                        tr {
+                            td { (policy.name) }
+                            td { (humantime::format_duration(policy.deployment)) }
+                            td { (humantime::format_duration(policy.runbook)) }
+                            td { (humantime::format_duration(policy.health_check)) }
+                            td { (if policy.retries { "on" } else { "off" }) }
+                        }
+                    }
+                }
+            }
+        }
+        @let mappings: Vec<_> = state.policies.mappings().collect();
+        @if !mappings.is_empty() {
+            table.mappings {
+                thead { tr { th { "Target or pool" } th { "Policy" } } }
+                tbody { @for (section, name, policy) in mappings { tr { td { (section) " " (name) } td { (policy) } } } }
+            }
+        }
+    };
+    page("Tickets", body).into_response()
+}
+
+/// `k=v&k2=v2` of the given values, percent-encoded.
+fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
+    pairs.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", url_encode(v)))).collect::<Vec<_>>().join("&")
+}
+
+fn ticket_row(record: &TicketRecord) -> Markup {
+    let s = &record.submission;
+    let outcome = record.finished.as_ref().map(|f| outcome_name(f.outcome));
+    let ticket = s.ticket.to_string();
+    html! {
+        tr class=(format!("state-{} outcome-{}", record.state, outcome.unwrap_or("none"))) {
+            td { a href=(format!("/tickets/{ticket}")) { code { (ticket) } } }
+            td { (s.target) }
+            td.state { (record.state) }
+            td.outcome { (outcome.unwrap_or("")) }
+            td.wide { (record.finished.as_ref().and_then(|f| f.exit_code).map(|c| c.to_string()).unwrap_or_default()) }
+            td.wide { (record.retries) }
+            td.wide { (when(s.submitted_ms)) }
+        }
+    }
+}
+
+fn agent_row(agent: &serde_json::Value) -> Markup {
+    let text = |key: &str| agent[key].as_str().unwrap_or("").to_owned();
+    let services: Vec<&str> = agent["services"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
+    let reachable = agent["reachable"].as_bool().unwrap_or(false);
+    html! {
+        tr {
+            td { (text("target")) @if text("route") == "pool" { " (pool)" } }
+            td { @if reachable { "yes" } @else { "no: " (text("error")) } }
+            td { (text("protocol")) }
+            td.wide { (services.join(", ")) }
+            td { (text("agent_version")) }
+            td { (agent["seen_ms"].as_u64().map(when).unwrap_or_default()) }
+        }
+    }
+}
+
+/// One ticket: what the journal has so far, then live through its event stream.
+async fn ticket_page(State(state): Shared, Path(raw): Path<String>) -> Response {
+    let shown = async {
+        let ticket = parse_ticket(&raw)?;
+        let record = record_of(&state, &ticket).await?;
+        let events = state.followers.journal.all_events(&ticket).await?;
+        Ok::<_, ApiError>((record, events))
+    };
+    match shown.await {
+        Ok((record, events)) => ticket_view(&record, &events).into_response(),
+        Err(error) => error_page(error),
+    }
+}
+
+fn ticket_view(record: &TicketRecord, events: &[JournalEvent]) -> Html<String> {
+    let s = &record.submission;
+    let ticket = s.ticket.to_string();
+    let last_id = events.last().map_or("0", |e| e.id.as_str());
+    let result = events.iter().rev().find(|e| e.event["event"] == "result");
+    let body = html! {
+        section #ticket data-ticket=(ticket) data-last-event=(last_id) {
+            h1 { "Ticket " code { (ticket) } }
+            dl.facts {
+                dt { "Target" } dd { (s.target) " (" (s.route) ")" }
+                dt { "State" } dd #state { (record.state) }
+                dt { "Submitted" } dd { (when(s.submitted_ms)) " by " (s.who) }
+                dt { "Policy" } dd { (s.policy) ", retries for " (duration(s.script_retry_ms)) }
+            }
+            h2 { "Retries and notices" }
+            ol #retries {
+                @for event in events { (notice_item(event)) }
+            }
+            h2 { "Output" }
+            pre #output {
+                @for event in events.iter().filter(|e| e.event["event"] == "log") {
+                    span class=(format!("line {}", stream_class(&event.event))) data-seq=(event.event["seq"]) { (event.event["text"].as_str().unwrap_or("")) } "\n"
+                }
+            }
+            div #result class=(if result.is_some() { "result" } else { "result pending" }) {
+                @match result {
+                    Some(event) => (result_text(&event.event)),
+                    None => "Running: output appears here as the agent sends it.",
+                }
+            }
+        }
+    };
+    page(&format!("Ticket {ticket}"), body)
+}
+
+/// `stdout`, `stderr` or `agent`, as a class name (anything else is `agent`).
+fn stream_class(event: &serde_json::Value) -> &'static str {
+    match event["stream"].as_str() {
+        Some("stdout") => "stdout",
+        Some("stderr") => "stderr",
+        _ => "agent",
+    }
+}
+
+/// A retry or notice event as a list item (nothing for other events).
+fn notice_item(event: &JournalEvent) -> Markup {
+    let at = event.id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()).map(when).unwrap_or_default();
+    let e = &event.event;
+    let ms = |key: &str| duration(e[key].as_u64().unwrap_or(0));
+    html! {
+        @match e["event"].as_str() {
+            Some("retry") => li.retry {
+                time { (at) } " "
+                (e["request"].as_str().unwrap_or("")) " attempt " (e["attempt"]) " failed: "
+                span.error { (e["error"].as_str().unwrap_or("")) }
+                "; again in " (ms("delay_ms")) ", " (ms("time_left_ms")) " left"
+            },
+            Some("notice") => li.notice { time { (at) } " " (e["message"].as_str().unwrap_or("")) },
+            _ => {},
+        }
+    }
+}
+
+fn result_text(e: &serde_json::Value) -> Markup {
+    html! {
+        "Finished: " strong { (e["outcome"].as_str().unwrap_or("")) }
+        @if let Some(code) = e["exit_code"].as_i64() { ", exit code " (code) }
+        @if let Some(error) = e["error"].as_str() { ": " span.error { (error) } }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct NextParam {
+    next: Option<String>,
+}
+
+async fn login_form(State(state): Shared, Query(params): Query<NextParam>) -> Response {
+    if state.tokens.is_none() {
+        return Redirect::to("/").into_response();
+    }
+    login_page(StatusCode::OK, local_path(params.next.as_deref()), None)
+}
+
+fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> Response {
+    let body = html! {
+        h1 { "Log in" }
+        p { "This service needs one of its API tokens (the same as for " code { "Authorization: Bearer" } "). Your browser keeps it in a cookie that no script can read." }
+        @if let Some(error) = error { p.error { (error) } }
+        form.login method="post" action="/login" {
+            input type="hidden" name="next" value=(next);
+            label { "API token " input type="password" name="token" autocomplete="current-password" required; }
+            button type="submit" { "Log in" }
+        }
+    };
+    (status, page("Log in", body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+async fn login(State(state): Shared, Form(form): Form<LoginForm>) -> Response {
+    let next = local_path(form.next.as_deref());
+    let Some(known) = &state.tokens else { return Redirect::to(next).into_response() };
+    let token = form.token.trim();
+    if known.name_of(token).is_none() {
+        return login_page(StatusCode::UNAUTHORIZED, next, Some("That is not one of this service's API tokens."));
+    }
+    let mut response = Redirect::to(next).into_response();
+    let cookie = HeaderValue::from_str(&tokens::login_cookie(token)).expect("hex is a valid header value");
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    response
+}
+
+async fn logout() -> Response {
+    let mut response = Redirect::to("/login").into_response();
+    let cookie = HeaderValue::from_str(&tokens::logout_cookie()).expect("a valid header value");
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_of_this_site_are_followed_after_login() {
+        assert_eq!(local_path(Some("/tickets/abc?x=1")), "/tickets/abc?x=1");
+        assert_eq!(local_path(Some("//evil.example/")), "/");
+        assert_eq!(local_path(Some("/\\evil.example")), "/");
+        assert_eq!(local_path(Some("https://evil.example/")), "/");
+        assert_eq!(local_path(None), "/");
+    }
+
+    #[test]
+    fn hostile_text_is_escaped() {
+        let event = |e: serde_json::Value| JournalEvent { id: "1700000000000-0".into(), event: e };
+        let hostile = "<script>alert(1)</script>&\"'";
+        let markup = notice_item(&event(serde_json::json!({"event": "notice", "message": hostile}))).into_string();
+        assert!(!markup.contains("<script>"), "{markup}");
+        assert!(markup.contains("&lt;script&gt;alert(1)&lt;/script&gt;&amp;&quot;"), "{markup}");
+        let result = result_text(&serde_json::json!({"outcome": "failed", "error": hostile})).into_string();
+        assert!(!result.contains("<script>"), "{result}");
+        assert_eq!(url_encode("a b&c=/d"), "a%20b%26c%3D/d");
+    }
+}

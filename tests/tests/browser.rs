@@ -1,0 +1,156 @@
+//! The web view of `dispatcher serve` in a real headless browser (chromium through chromedriver):
+//! logging in with an API token, a ticket's lines appearing live and in order while its script
+//! runs, a retry appearing when the agent's link to the broker is cut, hostile output shown as
+//! text, and the layout at a phone's width and a desktop's (screenshots in target/screenshots/).
+//! Skipped, with the reason on stderr, where chromium or chromedriver is not installed.
+
+use fantoccini::Locator;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tests::agent::test_config;
+use tests::browser::{self, Browser};
+use tests::proxy::{broker_addr, FaultProxy};
+use tests::service::{http, journal_prefix, remove_journal};
+use tests::*;
+
+const TOKEN: &str = "browser-test-token-0123456789abcdef";
+
+/// The lines of the ticket page's output, as the browser shows them.
+async fn shown_lines(browser: &Browser) -> Vec<String> {
+    let lines =
+        browser.eval("return Array.from(document.querySelectorAll('#output .line')).map(l => l.textContent)").await;
+    serde_json::from_value(lines).unwrap_or_default()
+}
+
+/// Waits until the page shows at least `count` lines, and gives them; fails with what it shows.
+async fn until_lines(browser: &Browser, count: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let lines = shown_lines(browser).await;
+        if lines.len() >= count {
+            return lines;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let page = browser.eval("return document.querySelector('main').innerText").await;
+            panic!("no {count} lines on the page within 40s; it shows:\n{}", page.as_str().unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether the page is wider than the viewport (a horizontal scroll bar on the page itself).
+async fn overflows(browser: &Browser) -> bool {
+    browser.eval("return document.documentElement.scrollWidth > window.innerWidth").await == Value::Bool(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ticket_page_follows_a_script_live_with_its_retries_at_phone_and_desktop_widths() {
+    if let Some(reason) = browser::missing() {
+        eprintln!("SKIPPED the_ticket_page_follows_a_script_live...: {reason}");
+        return;
+    }
+    let link = FaultProxy::start(broker_addr()).await;
+    let mut config = test_config("browser");
+    config.amqp_url = link.amqp_url();
+    let agent = TestAgent::start_with(config).await;
+    let markers = Markers::new();
+    let tokens = markers.dir.join("tokens");
+    std::fs::write(&tokens, format!("browser {TOKEN}\n")).unwrap();
+    let prefix = journal_prefix("browser");
+    let service = ServiceProcess::start(&prefix, &["--api-tokens", tokens.to_str().unwrap()]).await;
+
+    // Five lines, a pause until the gate opens, five more, and a line that is hostile HTML.
+    let gate = markers.dir.join("gate");
+    let script = format!(
+        "for i in 1 2 3 4 5; do echo line-$i; sleep 0.2; done; while [ ! -e '{}' ]; do sleep 0.05; done; \
+         for i in 6 7 8 9 10; do echo line-$i; sleep 0.1; done; echo '<img src=x onerror=document.title=1>' >&2",
+        gate.display()
+    );
+    let response = http()
+        .post(format!("{}/v1/scripts", service.url))
+        .bearer_auth(TOKEN)
+        .json(&json!({"target": agent.id(), "script": script}))
+        .send()
+        .await
+        .unwrap();
+    let accepted: Value = response.json().await.unwrap();
+    let ticket = accepted["tickets"][0]["ticket"].as_str().expect("a ticket").to_owned();
+
+    let browser = Browser::start().await;
+    browser.viewport(1280, 900).await;
+    // Not logged in: the ticket page sends the browser to the login form, and back after it.
+    browser.client.goto(&format!("{}/tickets/{ticket}", service.url)).await.unwrap();
+    let url = browser.client.current_url().await.unwrap();
+    assert_eq!(url.path(), "/login", "{url}");
+    let form = browser.client.form(Locator::Css("form.login")).await.unwrap();
+    form.set_by_name("token", TOKEN).await.unwrap();
+    form.submit().await.unwrap();
+    eventually("the ticket page after login", Duration::from_secs(10), || async {
+        let url = browser.client.current_url().await.ok()?;
+        (url.path() == format!("/tickets/{ticket}")).then_some(())
+    })
+    .await;
+
+    // Lines appear while the script runs, in order.
+    let first = until_lines(&browser, 5).await;
+    assert_eq!(first, (1..=5).map(|i| format!("line-{i}")).collect::<Vec<_>>());
+    let result = browser.client.find(Locator::Id("result")).await.unwrap().text().await.unwrap();
+    assert!(result.starts_with("Running"), "{result}");
+
+    // The agent's link to the broker is cut (and refused) while the service waits on it: the
+    // request goes unanswered, and a retry appears with its error.
+    link.outage();
+    let retry = eventually("a retry on the page", Duration::from_secs(40), || async {
+        let item = browser.client.find(Locator::Css("#retries li.retry")).await.ok()?;
+        item.text().await.ok()
+    })
+    .await;
+    assert!(retry.contains("attempt 1 failed: no reply from") && retry.contains("left"), "{retry}");
+    link.restore();
+    std::fs::write(&gate, "").unwrap();
+    let all = until_lines(&browser, 11).await;
+    assert_eq!(all[..10], (1..=10).map(|i| format!("line-{i}")).collect::<Vec<_>>());
+    assert_eq!(all[10], "<img src=x onerror=document.title=1>", "hostile output is shown as text");
+    let images = browser.eval("return document.querySelectorAll('#output img').length").await;
+    assert_eq!(images, json!(0));
+    eventually("the outcome on the page", Duration::from_secs(20), || async {
+        let text = browser.client.find(Locator::Id("result")).await.ok()?.text().await.ok()?;
+        text.contains("completed").then_some(())
+    })
+    .await;
+    let state = browser.client.find(Locator::Id("state")).await.unwrap().text().await.unwrap();
+    assert_eq!(state, "finished");
+
+    // Desktop: every column; phone: no page-wide scrolling, secondary columns hidden.
+    assert!(!overflows(&browser).await, "the ticket page fits a desktop");
+    let desktop_ticket = browser.screenshot("ticket-desktop").await;
+    browser.viewport(390, 844).await;
+    assert!(!overflows(&browser).await, "the ticket page fits a phone");
+    let phone_ticket = browser.screenshot("ticket-phone").await;
+    browser.client.goto(&format!("{}/?target={}", service.url, agent.id())).await.unwrap();
+    let row = browser.client.find(Locator::Css(&format!("#tickets a[href='/tickets/{ticket}']"))).await.unwrap();
+    assert_eq!(row.text().await.unwrap(), ticket);
+    let hidden = "return getComputedStyle(document.querySelector('#tickets th.wide')).display";
+    assert_eq!(browser.eval(hidden).await, json!("none"), "secondary columns hidden on a phone");
+    assert!(!overflows(&browser).await, "the index fits a phone");
+    let phone_index = browser.screenshot("index-phone").await;
+    browser.viewport(1280, 900).await;
+    assert_ne!(browser.eval(hidden).await, json!("none"), "every column on a desktop");
+    let agents = browser.client.find(Locator::Css("table.agents tbody")).await.unwrap().text().await.unwrap();
+    assert!(agents.contains(agent.id()) && agents.contains("v2"), "{agents}");
+    let policies = browser.client.find(Locator::Css("table.policies tbody")).await.unwrap().text().await.unwrap();
+    assert!(policies.contains("default") && policies.contains("2m 30s"), "{policies}");
+    let desktop_index = browser.screenshot("index-desktop").await;
+    eprintln!(
+        "screenshots: {} {} {} {}",
+        desktop_ticket.display(),
+        phone_ticket.display(),
+        phone_index.display(),
+        desktop_index.display()
+    );
+
+    browser.close().await;
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}
