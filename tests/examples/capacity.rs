@@ -289,12 +289,11 @@ async fn tickets(count: usize) {
             r#"{{"owner":"{id}/{i}","agent_id":"{id}","digest":"{digest}","state":"Complete","exit_code":0,"tombstone":true,"not_after":1790000000000,"claimed_at":1790000000000}}"#
         );
         pipe.pset_ex(format!("{id}:ticket:{}", uuid::Uuid::new_v4()), json, 3_600_000).ignore();
-        if i % 10_000 == 9_999 {
+        if i % 10_000 == 9_999 || i + 1 == count {
             let _: () = pipe.query_async(&mut redis).await.expect("write old records");
             pipe = redis::pipe();
         }
     }
-    let _: () = pipe.query_async(&mut redis).await.expect("write old records");
     let (_, usage) = ticket_record(&mut redis).await.expect("an old record");
     let now = redis_memory(&mut redis).await;
     println!(
