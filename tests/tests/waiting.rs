@@ -134,3 +134,35 @@ async fn status_of_a_finished_ticket_says_how_it_ended() {
     assert!(text(&out.stderr).contains(&expected), "{}", text(&out.stderr));
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_lost_connection_the_dispatcher_reconnects_at_once() {
+    let agent = TestAgent::start("reconnect").await;
+    let url = amqp_url();
+    let authority = url.split("://").nth(1).unwrap().split('/').next().unwrap();
+    let broker = authority.rsplit('@').next().unwrap();
+    let proxy = tests::proxy::FaultProxy::start(broker.parse().unwrap()).await;
+    let via = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.addr().port());
+    let mut child = dispatcher_command()
+        .env("CUTTLE_AMQP_URL", &via)
+        .args(["submit", "--target", agent.id(), "--", "for i in $(seq 40); do echo $i; sleep 0.1; done"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut last = Instant::now();
+    let mut longest = Duration::ZERO;
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap() {
+        if line == "5" {
+            proxy.reset_all();
+        }
+        longest = longest.max(last.elapsed());
+        last = Instant::now();
+    }
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("attempt 1 failed"), "the link was lost: {}", text(&out.stderr));
+    assert!(longest < Duration::from_millis(1500), "output resumed {longest:?} after the link was lost");
+    agent.stop().await;
+}
