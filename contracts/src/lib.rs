@@ -30,7 +30,7 @@ pub use endpoints::AmqpEndpoints;
 pub use envelope::{Envelope, Reply, Request, PROTOCOL_VERSION};
 pub use error::{CodecError, ErrorKind, ErrorReply};
 pub use messages::*;
-pub use status::{LogLine, LogStream, ScriptState, ScriptStatus};
+pub use status::{LogLine, LogStream, ScriptState, ScriptStatus, OUTPUT_TRUNCATED};
 pub use ticket::Ticket;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.

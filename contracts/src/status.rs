@@ -26,6 +26,10 @@ pub enum LogStream {
     Unknown,
 }
 
+/// How the agent's notes about output it did not keep (past its `--max-output`) begin, so a
+/// dispatcher can tell the user the output was truncated.
+pub const OUTPUT_TRUNCATED: &str = "output truncated";
+
 /// One line of output. Sequence numbers start at 1 and never change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {

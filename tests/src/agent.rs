@@ -161,6 +161,7 @@ impl AgentProcess {
             .args(config.labels.iter().flat_map(|(k, v)| ["--label".to_string(), format!("{k}={v}")]))
             .args(["--announce-interval", &format!("{}ms", config.announce_interval.as_millis())])
             .args(config.pass_env.iter().flat_map(|name| ["--pass-env", name.as_str()]))
+            .args(["--max-output", &config.max_output.to_string()])
             .env("CUTTLE_AMQP_URL", &config.amqp_url)
             .env("CUTTLE_REDIS_URL", &config.redis_url)
             .envs(

@@ -4,6 +4,7 @@
 use contracts::*;
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tests::agent::test_config;
 use tests::raw::envelope;
@@ -141,4 +142,82 @@ async fn a_message_that_would_decode_into_a_huge_value_is_refused_and_the_agent_
     assert!(after < 150, "peak RSS {after} MiB after one {} byte message", bomb.len());
     raw.close().await;
     agent.stop().await;
+}
+
+/// Today every distinct mutex name stays in the agent's table for good (15 to 745 MiB of RSS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_mutex_names_are_freed_once_unused() {
+    let agent = TestAgent::start("mutex-names").await;
+    let orchestrator = orchestrator().await;
+    for i in 0..20 {
+        let mut spec = sh("true");
+        spec.mutex_name = Some(format!("never-again-{i}"));
+        spec.isolation = if i % 2 == 0 { Isolation::Full } else { Isolation::None };
+        let (outcome, _) = submit(&orchestrator, &agent.route(), spec).await;
+        assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+    }
+    eventually("every mutex name to be freed", Duration::from_secs(10), || async {
+        (agent.agent.isolation_mutexes() == 0).then_some(())
+    })
+    .await;
+    agent.stop().await;
+}
+
+/// Today the agent reads a script's pipes as fast as the script writes, whatever the store
+/// takes: its memory grows with the output while the store is slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gib_of_output_to_a_slow_store_keeps_the_agent_small_and_ends_with_the_cap_notice() {
+    let redis = tests::services::PrivateRedis::start(false).await;
+    let store_link = tests::proxy::FaultProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    store_link.set_latency(Duration::from_millis(2));
+    let mut config = test_config("gib-output");
+    config.redis_url = format!("redis://{}", store_link.addr());
+    // The stall below must not outlast the lease (a store gone longer loses the run).
+    config.lease_ttl = Duration::from_secs(15);
+    let agent = AgentProcess::start(config).await;
+    let pid = agent.pid().expect("running");
+    // 1 GiB in lines of 8,001 bytes; the default --max-output keeps the first 256 MiB.
+    let spec = sh("yes \"$(printf '%08000d' 0)\" | head -c 1073741824");
+    let (stdout_bytes, stdout_lines, notices) =
+        (AtomicU64::new(0), AtomicU64::new(0), std::sync::Mutex::new(Vec::new()));
+    let events = |event| {
+        if let dispatcher::Event::Log(line) = event {
+            match line.stream {
+                LogStream::Stdout => {
+                    stdout_bytes.fetch_add(line.text.len() as u64, Ordering::Relaxed);
+                    stdout_lines.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => notices.lock().unwrap().push(line.text),
+            }
+        }
+    };
+    let orchestrator = orchestrator().await;
+    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let policy = dispatcher::RetryPolicy::new(Duration::from_secs(60));
+    let never = tokio_util::sync::CancellationToken::new();
+    let submitted = orchestrator.submit(&route, spec, policy, &events, &never);
+    // The store stops answering for a while in the middle: the agent waits, and loses nothing.
+    let stall = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        store_link.hold();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        store_link.release();
+    };
+    let (outcome, ()) = tokio::time::timeout(Duration::from_secs(300), futures_util::future::join(submitted, stall))
+        .await
+        .expect("the script and its output within 5 minutes");
+    assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+    let peak = peak_rss_mib(pid);
+    let (bytes, lines) = (stdout_bytes.load(Ordering::Relaxed), stdout_lines.load(Ordering::Relaxed));
+    let notices = notices.into_inner().unwrap();
+    eprintln!("1 GiB of output, slow store: {lines} lines ({} MiB) kept and delivered, agent peak RSS {peak} MiB, notices {notices:?}", bytes >> 20);
+    let cap = worker_agent::config::DEFAULT_MAX_OUTPUT;
+    assert_eq!(lines, cap / 8_000, "every line within the cap arrives (8,000 bytes each without the newline)");
+    assert!(
+        notices.iter().any(|n| n.starts_with(OUTPUT_TRUNCATED) && n.contains("bytes of output past")),
+        "{notices:?}"
+    );
+    assert!(peak < 100, "agent peak RSS {peak} MiB");
+    agent.stop().await;
+    redis.stop().await;
 }

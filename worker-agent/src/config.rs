@@ -9,6 +9,8 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// How long a pool worker's own queue outlives the worker unless `--queue-expiry` says otherwise.
 pub const DEFAULT_POOL_QUEUE_EXPIRY: Duration = Duration::from_secs(600);
+/// Bytes of one script's output kept unless `--max-output` says otherwise.
+pub const DEFAULT_MAX_OUTPUT: u64 = 256 * 1024 * 1024;
 /// The master name Redis' own Sentinel examples use.
 pub const DEFAULT_REDIS_SERVICE: &str = "mymaster";
 
@@ -83,6 +85,8 @@ pub struct AgentConfig {
     pub announce_interval: Duration,
     /// Variables of the agent's environment scripts get besides the minimal set (`--pass-env`).
     pub pass_env: Vec<String>,
+    /// Bytes of one script's output stored at most; the rest is discarded, and the log says so.
+    pub max_output: u64,
 }
 
 impl AgentConfig {
@@ -125,6 +129,7 @@ impl AgentConfig {
             labels: contracts::labels::Labels::new(),
             announce_interval: Duration::from_millis(contracts::presence::DEFAULT_INTERVAL_MS),
             pass_env: Vec::new(),
+            max_output: DEFAULT_MAX_OUTPUT,
             agent_id,
         }
     }

@@ -1,20 +1,33 @@
 //! A script's output: lines read from its pipes (long lines split at a character boundary,
 //! never dropped), numbered in arrival order, and written to the store in batches by one writer.
-//! While the store is unreachable the writer keeps the lines and retries, so nothing is lost.
 //! Secrets are masked ([`crate::mask`]) in the byte stream of each pipe, before it is cut into
 //! lines, and in every line sent, so no line holding one reaches the store.
+//!
+//! Memory is bounded with backpressure: the readers hand lines to the writer through a bounded
+//! channel, so while the store is slow or unreachable (the writer keeps its batch and retries)
+//! the readers stop reading, the pipes fill, and the script waits on its writes; no line is lost.
+//! A per-script cap (`--max-output`) bounds what is stored: output past it is read and
+//! discarded (so the script is not held up), and the log says so, first when it starts and at
+//! the end with the bytes discarded, in agent lines beginning with
+//! [`contracts::OUTPUT_TRUNCATED`].
 
 use crate::mask::Masker;
 use crate::store::{TicketKeys, TicketStore};
 use contracts::topology::MAX_LOG_LINE_BYTES;
-use contracts::{unix_millis, LogLine, LogStream};
+use contracts::{unix_millis, LogLine, LogStream, OUTPUT_TRUNCATED};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 /// Lines or bytes written to the store in one batch at most.
 const BATCH_LINES: usize = 1_000;
 const BATCH_BYTES: usize = 1024 * 1024;
+/// Lines waiting for the writer at most (each at most [`MAX_LOG_LINE_BYTES`]): beyond this the
+/// readers wait, and so does the script.
+const QUEUED_LINES: usize = 256;
 
 /// How far a run has got, for status requests waiting on it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,32 +37,85 @@ pub struct Progress {
     pub complete: bool,
 }
 
-/// Where output lines go; cheap to clone, one per pipe. Every line is masked on its way.
+/// Where a run's log lines go; cheap to clone, one per pipe. Every line is masked on its way.
 #[derive(Clone)]
 pub struct LogSender {
-    lines: mpsc::UnboundedSender<(LogStream, String)>,
+    lines: mpsc::Sender<(LogStream, String)>,
     masker: Masker,
+    budget: Arc<OutputBudget>,
+}
+
+/// The script's output bytes still to be stored, and those discarded past the cap.
+struct OutputBudget {
+    cap: u64,
+    left: AtomicU64,
+    discarded: AtomicU64,
 }
 
 impl LogSender {
-    pub fn send(&self, stream: LogStream, text: impl Into<String>) {
-        let text = text.into();
+    /// One of the agent's own notes in the script's log (not counted against the cap).
+    pub async fn note(&self, text: impl Into<String>) {
+        self.send(LogStream::Agent, text.into()).await;
+    }
+
+    /// One line of the script's output: stored while within the cap, discarded (and counted)
+    /// past it. Waits while the writer is behind.
+    pub async fn output(&self, stream: LogStream, text: String) {
+        let size = text.len() as u64;
+        let kept = self.budget.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(size));
+        if kept.is_ok() {
+            self.send(stream, text).await;
+            return;
+        }
+        self.budget.left.store(0, Ordering::SeqCst);
+        if self.budget.discarded.fetch_add(size.max(1), Ordering::SeqCst) == 0 {
+            self.note(format!(
+                "{OUTPUT_TRUNCATED}: the script's output reached --max-output ({}); what it writes from here on is discarded",
+                bytes_text(self.budget.cap)
+            ))
+            .await;
+        }
+    }
+
+    /// At the end of the run: a note of what was discarded past the cap, if anything was.
+    pub async fn finish(&self) {
+        let discarded = self.budget.discarded.load(Ordering::SeqCst);
+        if discarded > 0 {
+            self.note(format!(
+                "{OUTPUT_TRUNCATED}: {discarded} bytes of output past --max-output ({}) were discarded",
+                bytes_text(self.budget.cap)
+            ))
+            .await;
+        }
+    }
+
+    async fn send(&self, stream: LogStream, text: String) {
         let text = if self.masker.is_empty() { text } else { self.masker.mask(&text) };
         // The writer outlives every sender; a failed send means the run is being torn down.
-        let _ = self.lines.send((stream, text));
+        let _ = self.lines.send((stream, text)).await;
     }
 }
 
-/// Starts the writer of one ticket's log, masking what `masker` names. It ends, returning the
-/// next sequence number, once every [`LogSender`] is dropped and all lines are stored.
+fn bytes_text(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// Starts the writer of one ticket's log, masking what `masker` names and storing at most
+/// `max_output` bytes of the script's output. It ends, returning the next sequence number, once
+/// every [`LogSender`] is dropped and all lines are stored.
 pub fn spawn_writer(
     masker: Masker,
     store: TicketStore,
     keys: TicketKeys,
     ttl: Duration,
+    max_output: u64,
     progress: watch::Sender<Progress>,
 ) -> (LogSender, tokio::task::JoinHandle<u64>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(LogStream, String)>();
+    let (tx, mut rx) = mpsc::channel::<(LogStream, String)>(QUEUED_LINES);
     let task = tokio::spawn(async move {
         let mut next_seq = 1u64;
         let mut batch: Vec<LogLine> = Vec::new();
@@ -70,7 +136,13 @@ pub fn spawn_writer(
         }
         next_seq
     });
-    (LogSender { lines: tx, masker }, task)
+    (LogSender { lines: tx, masker, budget: OutputBudget::new(max_output) }, task)
+}
+
+impl OutputBudget {
+    fn new(cap: u64) -> Arc<Self> {
+        Arc::new(OutputBudget { cap, left: AtomicU64::new(cap), discarded: AtomicU64::new(0) })
+    }
 }
 
 async fn store_batch(store: &TicketStore, keys: &TicketKeys, batch: &[LogLine], ttl: Duration) {
@@ -87,22 +159,30 @@ async fn store_batch(store: &TicketStore, keys: &TicketKeys, batch: &[LogLine], 
     }
 }
 
-/// Reads a pipe to its end, masking secrets in its bytes, and sends each line (without its
-/// newline) to `sink`.
-pub async fn read_lines(mut pipe: impl AsyncRead + Unpin, stream: LogStream, sink: LogSender) {
+/// Reads a pipe to its end, or until `stop` (then what was read is still sent), masking secrets
+/// in its bytes, and sends each line (without its newline) to `sink`.
+pub async fn read_lines(mut pipe: impl AsyncRead + Unpin, stream: LogStream, sink: LogSender, stop: CancellationToken) {
     let mut masking = sink.masker.stream();
-    let mut lines = LineCutter { pending: Vec::with_capacity(8 * 1024), scanned: 0, stream, sink };
+    let mut lines = LineCutter { pending: Vec::with_capacity(8 * 1024), scanned: 0 };
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        let read = match pipe.read(&mut chunk).await {
+        let read = tokio::select! {
+            read = pipe.read(&mut chunk) => read,
+            _ = stop.cancelled() => break,
+        };
+        let read = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        lines.push(&masking.push(&chunk[..read]));
+        for line in lines.push(&masking.push(&chunk[..read])) {
+            sink.output(stream, line).await;
+        }
     }
-    lines.push(&masking.finish());
+    for line in lines.push(&masking.finish()) {
+        sink.output(stream, line).await;
+    }
     if !lines.pending.is_empty() {
-        lines.sink.send(stream, String::from_utf8_lossy(&lines.pending).into_owned());
+        sink.output(stream, String::from_utf8_lossy(&lines.pending).into_owned()).await;
     }
 }
 
@@ -111,29 +191,29 @@ struct LineCutter {
     pending: Vec<u8>,
     /// How much of `pending` holds no newline.
     scanned: usize,
-    stream: LogStream,
-    sink: LogSender,
 }
 
 impl LineCutter {
-    fn push(&mut self, bytes: &[u8]) {
+    /// Takes more bytes; gives the lines they complete.
+    fn push(&mut self, bytes: &[u8]) -> Vec<String> {
         self.pending.extend_from_slice(bytes);
         let pending = &mut self.pending;
+        let mut lines = Vec::new();
         loop {
             if let Some(pos) = pending[self.scanned..].iter().position(|b| *b == b'\n') {
                 let end = self.scanned + pos;
                 let line_end = if end > 0 && pending[end - 1] == b'\r' { end - 1 } else { end };
-                self.sink.send(self.stream, String::from_utf8_lossy(&pending[..line_end]).into_owned());
+                lines.push(String::from_utf8_lossy(&pending[..line_end]).into_owned());
                 pending.drain(..=end);
                 self.scanned = 0;
             } else if pending.len() >= MAX_LOG_LINE_BYTES {
                 let cut = char_boundary(&pending[..MAX_LOG_LINE_BYTES]);
-                self.sink.send(self.stream, String::from_utf8_lossy(&pending[..cut]).into_owned());
+                lines.push(String::from_utf8_lossy(&pending[..cut]).into_owned());
                 pending.drain(..cut);
                 self.scanned = 0;
             } else {
                 self.scanned = pending.len();
-                return;
+                return lines;
             }
         }
     }
@@ -154,9 +234,11 @@ fn char_boundary(bytes: &[u8]) -> usize {
 mod tests {
     use super::*;
 
-    async fn lines_of(input: Vec<u8>) -> Vec<String> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        read_lines(&input[..], LogStream::Stdout, LogSender { lines: tx, masker: Masker::default() }).await;
+    async fn lines_of(input: Vec<u8>, cap: u64) -> Vec<String> {
+        let (tx, mut rx) = mpsc::channel(100_000);
+        let sink = LogSender { lines: tx, masker: Masker::default(), budget: OutputBudget::new(cap) };
+        read_lines(&input[..], LogStream::Stdout, sink.clone(), CancellationToken::new()).await;
+        sink.finish().await;
         let mut out = Vec::new();
         while let Ok((_, line)) = rx.try_recv() {
             out.push(line);
@@ -166,16 +248,25 @@ mod tests {
 
     #[tokio::test]
     async fn splits_on_newlines_and_keeps_a_last_partial_line() {
-        assert_eq!(lines_of(b"a\r\nb\n\nc".to_vec()).await, vec!["a", "b", "", "c"]);
+        assert_eq!(lines_of(b"a\r\nb\n\nc".to_vec(), u64::MAX).await, vec!["a", "b", "", "c"]);
     }
 
     #[tokio::test]
     async fn long_lines_are_split_without_losing_bytes_or_breaking_characters() {
         let mut input = "é".repeat(MAX_LOG_LINE_BYTES).into_bytes();
         input.push(b'\n');
-        let lines = lines_of(input).await;
+        let lines = lines_of(input, u64::MAX).await;
         assert!(lines.len() > 1);
         assert!(lines.iter().all(|l| l.len() <= MAX_LOG_LINE_BYTES && !l.contains('\u{fffd}')));
         assert_eq!(lines.concat(), "é".repeat(MAX_LOG_LINE_BYTES));
+    }
+
+    #[tokio::test]
+    async fn output_past_the_cap_is_discarded_with_a_notice_when_it_starts_and_at_the_end() {
+        let lines = lines_of(b"12345\n123\n1\n12\n".to_vec(), 8).await;
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[..2], ["12345", "123"]);
+        assert!(lines[2].starts_with(OUTPUT_TRUNCATED) && lines[2].contains("(8 bytes)"), "{lines:?}");
+        assert!(lines[3].starts_with(OUTPUT_TRUNCATED) && lines[3].contains(": 3 bytes of output"), "{lines:?}");
     }
 }

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncRead;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +47,8 @@ pub struct Run {
     /// Variables of the agent's environment passed on to the script (`--pass-env`).
     pub pass_env: Arc<[String]>,
     pub metrics: Metrics,
+    /// Bytes of the script's output stored at most (`--max-output`).
+    pub max_output: u64,
 }
 
 /// Why a script stopped before its own end.
@@ -60,8 +63,14 @@ impl Run {
     pub async fn execute(mut self) -> i32 {
         let ticket = self.keys.ticket.clone();
         let masker = crate::mask::Masker::new(self.spec.secret_env.iter().map(|(_, value)| value));
-        let (log, writer) =
-            output::spawn_writer(masker, self.store.clone(), self.keys.clone(), self.record_ttl, self.progress.clone());
+        let (log, writer) = output::spawn_writer(
+            masker,
+            self.store.clone(),
+            self.keys.clone(),
+            self.record_ttl,
+            self.max_output,
+            self.progress.clone(),
+        );
         let lease = self.keep_lease();
         let exit = self.run_script(&log).await;
         drop(log);
@@ -82,21 +91,21 @@ impl Run {
             Err(code) => return code,
         };
         if let Err(error) = self.prepare_workspace().await {
-            log.send(LogStream::Agent, format!("could not prepare the workspace: {error}"));
+            log.note(format!("could not prepare the workspace: {error}")).await;
             return exit_code::FATAL;
         }
         let Some(shell) = self.spec.shell.program() else {
-            log.send(LogStream::Agent, "unknown shell");
+            log.note("unknown shell").await;
             return exit_code::SHELL_NOT_STARTED;
         };
         // From the agent's own PATH: the command's PATH (in its env) is the script's business,
         // never where its shell comes from.
         let Some(shell_path) = resolve_program(shell, std::env::var_os("PATH").as_deref()) else {
-            log.send(LogStream::Agent, format!("could not start {shell}: not found on the agent's PATH"));
+            log.note(format!("could not start {shell}: not found on the agent's PATH")).await;
             return exit_code::SHELL_NOT_STARTED;
         };
         if self.cancelled_before_spawn().await {
-            log.send(LogStream::Agent, "script cancelled before it started");
+            log.note("script cancelled before it started").await;
             return exit_code::CANCELLED;
         }
         let mut command = tokio::process::Command::new(&shell_path);
@@ -120,14 +129,16 @@ impl Run {
         {
             Ok(child) => child,
             Err(error) => {
-                log.send(LogStream::Agent, format!("could not start {shell}: {error}"));
+                log.note(format!("could not start {shell}: {error}")).await;
                 return exit_code::SHELL_NOT_STARTED;
             }
         };
         let pid = child.id();
+        let stop_reading = CancellationToken::new();
+        let read = |pipe, stream| tokio::spawn(output::read_lines(pipe, stream, log.clone(), stop_reading.clone()));
         let readers = [
-            tokio::spawn(output::read_lines(child.stdout.take().expect("piped"), LogStream::Stdout, log.clone())),
-            tokio::spawn(output::read_lines(child.stderr.take().expect("piped"), LogStream::Stderr, log.clone())),
+            read(Box::new(child.stdout.take().expect("piped")) as Box<dyn AsyncRead + Send + Unpin>, LogStream::Stdout),
+            read(Box::new(child.stderr.take().expect("piped")), LogStream::Stderr),
         ];
         let timeout = self.spec.execution_timeout.map(Duration::from_millis);
         let interrupted = tokio::select! {
@@ -138,7 +149,7 @@ impl Run {
         let code = match interrupted {
             Err(Ok(status)) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
             Err(Err(error)) => {
-                log.send(LogStream::Agent, format!("lost track of the script: {error}"));
+                log.note(format!("lost track of the script: {error}")).await;
                 exit_code::FATAL
             }
             Ok(reason) => {
@@ -154,16 +165,19 @@ impl Run {
                         ),
                     ),
                 };
-                log.send(LogStream::Agent, note);
+                log.note(note).await;
                 code
             }
         };
-        for reader in readers {
-            let abort = reader.abort_handle();
-            if tokio::time::timeout(PIPE_DRAIN, reader).await.is_err() {
-                abort.abort();
-            }
+        // Pipes still open after PIPE_DRAIN are held by processes the script left behind: stop
+        // reading them, but store every line already read (the store may be slow).
+        let drained = futures_util::future::join_all(readers);
+        tokio::pin!(drained);
+        if tokio::time::timeout(PIPE_DRAIN, &mut drained).await.is_err() {
+            stop_reading.cancel();
+            drained.await;
         }
+        log.finish().await;
         code
     }
 
@@ -177,20 +191,20 @@ impl Run {
         let guard = match self.mutexes.try_acquire(&name, exclusive) {
             Some(guard) => guard,
             None => {
-                log.send(LogStream::Agent, format!("waiting for isolation mutex {name:?}"));
+                log.note(format!("waiting for isolation mutex {name:?}")).await;
                 let timeout = self.spec.mutex_timeout.map(Duration::from_millis);
                 let waiting = std::time::Instant::now();
                 let waited = tokio::select! {
                     guard = self.mutexes.acquire(&name, exclusive) => Ok(guard),
                     _ = self.cancel.cancelled() => {
-                        log.send(LogStream::Agent, "script cancelled while waiting for its isolation mutex");
+                        log.note("script cancelled while waiting for its isolation mutex").await;
                         Err(exit_code::CANCELLED)
                     }
                     _ = sleep_or_forever(timeout) => {
-                        log.send(LogStream::Agent, format!(
+                        log.note(format!(
                             "gave up waiting for isolation mutex {name:?} after {}",
                             humantime::format_duration(timeout.unwrap_or_default())
-                        ));
+                        )).await;
                         Err(exit_code::MUTEX_TIMEOUT)
                     }
                 };

@@ -115,6 +115,11 @@ impl Agent {
         self.runs.lock().expect("runs poisoned").len()
     }
 
+    /// Isolation mutex names in use now (held or waited for): freed once unused.
+    pub fn isolation_mutexes(&self) -> usize {
+        self.mutexes.len()
+    }
+
     /// Cancels every running script and waits for them to record their outcome.
     pub async fn stop_scripts(&self) {
         for run in self.runs.lock().expect("runs poisoned").values() {
@@ -356,6 +361,7 @@ impl Agent {
             record_ttl: self.config.record_ttl,
             pass_env: self.pass_env.clone(),
             metrics: self.metrics.clone(),
+            max_output: self.config.max_output,
         };
         let agent = self.clone();
         let counted = self.metrics.common.scripts.start();

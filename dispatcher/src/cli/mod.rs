@@ -28,6 +28,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -482,6 +483,8 @@ struct Printer {
     target: Option<String>,
     /// With several targets on a terminal: the progress bar to keep below the output.
     progress: Option<Arc<ProgressBar>>,
+    /// Whether the agent said it discarded output past its `--max-output`.
+    truncated: AtomicBool,
 }
 
 /// A one-line progress bar on stderr, redrawn after output (only when stderr is a terminal).
@@ -542,6 +545,11 @@ impl Printer {
     }
 
     fn print(&self, event: Event) {
+        if let Event::Log(line) = &event {
+            if line.stream == LogStream::Agent && line.text.starts_with(contracts::OUTPUT_TRUNCATED) {
+                self.truncated.store(true, Ordering::Relaxed);
+            }
+        }
         if self.json {
             let line = match event {
                 Event::Ticket { ticket, target } => {
@@ -592,9 +600,15 @@ impl Printer {
             outln!(
                 "{}",
                 json!({"event": "result", "ticket": outcome.ticket, "target": outcome.target, "outcome": outcome.outcome,
-                       "exit_code": outcome.exit_code, "error": outcome.error})
+                       "exit_code": outcome.exit_code, "error": outcome.error,
+                       "output_truncated": self.truncated.load(Ordering::Relaxed)})
             );
-        } else if outcome.outcome != OutcomeKind::Completed {
+            return ExitCode::from(outcome.process_exit);
+        }
+        if self.truncated.load(Ordering::Relaxed) {
+            eprintln!("cuttle: output truncated: the agent kept only the first part of the script's output (its --max-output)");
+        }
+        if outcome.outcome != OutcomeKind::Completed {
             let what = match outcome.outcome {
                 OutcomeKind::Cancelled => "cancelled",
                 OutcomeKind::Unknown => "outcome unknown",
@@ -748,7 +762,8 @@ async fn submit(orchestrator: &Orchestrator, rpc_config: &RpcConfig, args: Submi
     }
     let interrupt = interrupt_on_ctrl_c();
     if let [(route, policies)] = planned.as_slice() {
-        let printer = Printer { json: args.json, logs: true, target: None, progress: None };
+        let printer =
+            Printer { json: args.json, logs: true, target: None, progress: None, truncated: AtomicBool::new(false) };
         let outcome = orchestrator.submit(route, spec, *policies, &|e| printer.event(e), &interrupt).await;
         return printer.outcome(&outcome);
     }
@@ -786,7 +801,13 @@ async fn fan_out(
     );
     let bar = (!json && std::io::stderr().is_terminal()).then(|| Arc::new(ProgressBar::new(planned.len())));
     let sink_for = |route: &Route| -> crate::fanout::TargetSink {
-        let printer = Printer { json, logs: true, target: Some(route.name().to_owned()), progress: bar.clone() };
+        let printer = Printer {
+            json,
+            logs: true,
+            target: Some(route.name().to_owned()),
+            progress: bar.clone(),
+            truncated: AtomicBool::new(false),
+        };
         Arc::new(move |event| printer.event(event))
     };
     let progress: Arc<dyn Fn(Progress) + Send + Sync> = {
@@ -794,7 +815,13 @@ async fn fan_out(
         Arc::new(move |change: Progress| {
             match &change {
                 Progress::Finished(report) if json => {
-                    let printer = Printer { json, logs: false, target: Some(report.target.clone()), progress: None };
+                    let printer = Printer {
+                        json,
+                        logs: false,
+                        target: Some(report.target.clone()),
+                        progress: None,
+                        truncated: AtomicBool::new(false),
+                    };
                     printer.outcome(&report.outcome);
                 }
                 Progress::NotStarted { target, reason } if json => {
@@ -863,7 +890,7 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
         Ok(policy) => policy,
         Err(e) => return usage_error(e),
     };
-    let printer = Printer { json: t.json, logs: true, target: None, progress: None };
+    let printer = Printer { json: t.json, logs: true, target: None, progress: None, truncated: AtomicBool::new(false) };
     let events = |e| printer.event(e);
     let status = match orchestrator.status(&route, &t.ticket, policy, &events).await {
         Ok(status) => status,
@@ -925,7 +952,8 @@ async fn cancel(orchestrator: &Orchestrator, args: TicketArgs) -> ExitCode {
         Ok(policy) => policy,
         Err(e) => return usage_error(e),
     };
-    let printer = Printer { json: args.json, logs: false, target: None, progress: None };
+    let printer =
+        Printer { json: args.json, logs: false, target: None, progress: None, truncated: AtomicBool::new(false) };
     let outcome = orchestrator.cancel(&route, &args.ticket, policy, &|e| printer.event(e)).await;
     if !args.json && outcome.outcome == OutcomeKind::Completed {
         eprintln!("cuttle: the script had already ended with exit code {}", outcome.exit_code.unwrap_or_default());
@@ -980,8 +1008,13 @@ async fn health(orchestrator: &Orchestrator, args: HealthArgs) -> ExitCode {
     let several = checks.len() > 1;
     let answers = futures_util::future::join_all(checks.iter().map(|(route, policy)| async move {
         let agent = route.name();
-        let printer =
-            Printer { json: args.json, logs: false, target: several.then(|| agent.to_owned()), progress: None };
+        let printer = Printer {
+            json: args.json,
+            logs: false,
+            target: several.then(|| agent.to_owned()),
+            progress: None,
+            truncated: AtomicBool::new(false),
+        };
         if !args.wait && orchestrator.rpc().consumers(route, contracts::Kind::GetCapabilities).await == Some(0) {
             let queue = route.queue(contracts::Kind::GetCapabilities);
             return Err((format!("down: no agent is consuming {queue} (--wait waits for it)"), exit::NO_ANSWER));
@@ -1032,7 +1065,8 @@ async fn bench(orchestrator: &Orchestrator, args: BenchArgs) -> ExitCode {
     // Connect first, so that an unreachable broker is one clear error rather than N.
     if let Err(gave_up) = orchestrator.capabilities(&route, policy, &|_| {}).await {
         if !matches!(gave_up.error, RpcError::Agent { .. }) {
-            let printer = Printer { json: false, logs: false, target: None, progress: None };
+            let printer =
+                Printer { json: false, logs: false, target: None, progress: None, truncated: AtomicBool::new(false) };
             return printer.outcome(&Outcome::from_error(
                 None,
                 route.name(),

@@ -108,6 +108,24 @@ pub struct RunArgs {
     /// CUTTLE_AGENT_ID otherwise: never the agent's broker or store credentials.
     #[arg(long = "pass-env", env = "CUTTLE_PASS_ENV", value_delimiter = ',')]
     pub pass_env: Vec<String>,
+    /// Output of one script stored at most (`1048576`, `64KiB`, `256MiB`, `1GiB`): what the script
+    /// writes past it is read and discarded, and its log says so (when it starts, and how many
+    /// bytes at the end), so the dispatcher reports the output as truncated.
+    #[arg(long, env = "CUTTLE_MAX_OUTPUT", default_value = "256MiB", value_parser = parse_bytes)]
+    pub max_output: u64,
+}
+
+fn parse_bytes(raw: &str) -> Result<u64, String> {
+    let digits = raw.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = match &raw[digits.len()..] {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}: use B, KiB, MiB or GiB")),
+    };
+    let count: u64 = digits.parse().map_err(|_| format!("{raw:?} is not a size such as 256MiB"))?;
+    count.checked_mul(unit).filter(|b| *b > 0).ok_or_else(|| format!("{raw:?} must be more than 0 and fit 64 bits"))
 }
 
 fn check_variable_name(name: &str) -> Result<(), String> {
@@ -145,6 +163,7 @@ impl RunArgs {
             check_variable_name(name)?;
         }
         config.pass_env = self.pass_env.clone();
+        config.max_output = self.max_output;
         config.protocol = self.protocol;
         if let Some(pool) = &self.pool {
             contracts::topology::validate_name("pool name", pool)?;
