@@ -5,6 +5,7 @@ use crate::error::{CodecError, ErrorReply};
 use crate::messages::*;
 use crate::status::ScriptStatus;
 use crate::topology::MAX_MESSAGE_BYTES;
+use crate::transfer::{DownloadChunk, FileChunk, TransferStatus, UploadChunk};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +72,8 @@ pub enum Request {
     StartScriptV1(StartScriptV1),
     GetStatusV1(GetStatusV1),
     CompleteScriptV1(CompleteScriptV1),
+    UploadChunk(UploadChunk),
+    DownloadChunk(DownloadChunk),
 }
 
 impl Request {
@@ -84,6 +87,8 @@ impl Request {
             Request::StartScriptV1(_) => Kind::StartScriptV1,
             Request::GetStatusV1(_) => Kind::GetStatusV1,
             Request::CompleteScriptV1(_) => Kind::CompleteScriptV1,
+            Request::UploadChunk(_) => Kind::UploadChunk,
+            Request::DownloadChunk(_) => Kind::DownloadChunk,
         }
     }
 
@@ -96,7 +101,10 @@ impl Request {
             Request::CompleteScriptV2(b) => Some(&b.ticket),
             Request::GetStatusV1(b) => Some(&b.ticket),
             Request::CompleteScriptV1(b) => Some(&b.ticket),
-            Request::GetCapabilities(_) | Request::StartScriptV1(_) => None,
+            Request::GetCapabilities(_)
+            | Request::StartScriptV1(_)
+            | Request::UploadChunk(_)
+            | Request::DownloadChunk(_) => None,
         }
     }
 
@@ -117,6 +125,8 @@ impl Request {
             Request::StartScriptV1(b) => header.with_body(b).encode(),
             Request::GetStatusV1(b) => header.with_body(b).encode(),
             Request::CompleteScriptV1(b) => header.with_body(b).encode(),
+            Request::UploadChunk(b) => header.with_body(b).encode(),
+            Request::DownloadChunk(b) => header.with_body(b).encode(),
         }?;
         Ok((header, bytes))
     }
@@ -143,6 +153,16 @@ impl Request {
             }
             Some(Kind::GetStatusV1) => Request::GetStatusV1(body(bytes)?),
             Some(Kind::CompleteScriptV1) => Request::CompleteScriptV1(body(bytes)?),
+            Some(Kind::UploadChunk) => {
+                let chunk: UploadChunk = body(bytes)?;
+                chunk.validate().map_err(CodecError::Invalid)?;
+                Request::UploadChunk(chunk)
+            }
+            Some(Kind::DownloadChunk) => {
+                let chunk: DownloadChunk = body(bytes)?;
+                chunk.validate().map_err(CodecError::Invalid)?;
+                Request::DownloadChunk(chunk)
+            }
             _ => return Err(CodecError::UnknownKind(header.kind)),
         };
         Ok((header, request))
@@ -155,6 +175,8 @@ pub enum Reply {
     Capabilities(Capabilities),
     ScriptStatus(ScriptStatus),
     Error(ErrorReply),
+    TransferStatus(TransferStatus),
+    FileChunk(FileChunk),
 }
 
 impl Reply {
@@ -163,6 +185,8 @@ impl Reply {
             Reply::Capabilities(_) => Kind::Capabilities,
             Reply::ScriptStatus(_) => Kind::ScriptStatus,
             Reply::Error(_) => Kind::Error,
+            Reply::TransferStatus(_) => Kind::TransferStatus,
+            Reply::FileChunk(_) => Kind::FileChunk,
         }
     }
 
@@ -173,6 +197,8 @@ impl Reply {
             Reply::Capabilities(b) => header.with_body(b).encode(),
             Reply::ScriptStatus(b) => header.with_body(b).encode(),
             Reply::Error(b) => header.with_body(b).encode(),
+            Reply::TransferStatus(b) => header.with_body(b).encode(),
+            Reply::FileChunk(b) => header.with_body(b).encode(),
         }
     }
 
@@ -182,6 +208,8 @@ impl Reply {
             Some(Kind::Capabilities) => Ok(Reply::Capabilities(body(bytes)?)),
             Some(Kind::ScriptStatus) => Ok(Reply::ScriptStatus(body(bytes)?)),
             Some(Kind::Error) => Ok(Reply::Error(body(bytes)?)),
+            Some(Kind::TransferStatus) => Ok(Reply::TransferStatus(body(bytes)?)),
+            Some(Kind::FileChunk) => Ok(Reply::FileChunk(body(bytes)?)),
             _ => Err(CodecError::UnknownKind(header.kind)),
         }
     }

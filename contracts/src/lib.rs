@@ -11,6 +11,7 @@
 //! - [`error`]: typed error replies (transient or permanent) and codec errors.
 //! - [`labels`]: agent labels and the selectors that pick agents by them.
 //! - [`exit_code`]: the negative exit codes for outcomes that are not the script's own.
+//! - [`transfer`]: file transfer in chunks (upload, download), resumable and verified.
 //! - [`topology`]: exchange, queue and routing names, queue arguments and protocol limits.
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod presence;
 pub mod status;
 pub mod ticket;
 pub mod topology;
+pub mod transfer;
 
 pub use endpoints::AmqpEndpoints;
 pub use envelope::{Envelope, Reply, Request, PROTOCOL_VERSION};

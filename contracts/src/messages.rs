@@ -37,10 +37,14 @@ pub enum Kind {
     CompleteScriptV1,
     ScriptStatus,
     Error,
+    UploadChunk,
+    TransferStatus,
+    DownloadChunk,
+    FileChunk,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 15] = [
         Kind::GetCapabilities,
         Kind::Capabilities,
         Kind::StartScriptV2,
@@ -52,6 +56,10 @@ impl Kind {
         Kind::CompleteScriptV1,
         Kind::ScriptStatus,
         Kind::Error,
+        Kind::UploadChunk,
+        Kind::TransferStatus,
+        Kind::DownloadChunk,
+        Kind::FileChunk,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +75,10 @@ impl Kind {
             Kind::CompleteScriptV1 => "CompleteScriptV1",
             Kind::ScriptStatus => "ScriptStatus",
             Kind::Error => "Error",
+            Kind::UploadChunk => "UploadChunk",
+            Kind::TransferStatus => "TransferStatus",
+            Kind::DownloadChunk => "DownloadChunk",
+            Kind::FileChunk => "FileChunk",
         }
     }
 

@@ -228,3 +228,48 @@ fn announcements_are_pinned_and_a_newer_writers_fields_are_ignored() {
     let read = Announcement::decode(&rmp_serde::to_vec_named(&newer).unwrap()).expect("current reader");
     assert_eq!(read.labels, announcement.labels);
 }
+
+#[test]
+fn transfer_messages_are_pinned_and_read_back() {
+    use contracts::transfer::*;
+    let header = |kind: &str| Envelope {
+        version: PROTOCOL_VERSION,
+        kind: kind.into(),
+        message_id: "00000000-0000-4000-8000-000000000003".into(),
+        target: "web-01".into(),
+        issued_at: 1_795_000_000_000,
+        not_after: Some(1_795_000_010_000),
+        body: (),
+    };
+    let sha256 = "ab".repeat(32);
+    let upload = UploadChunk {
+        path: "releases/app.tgz".into(),
+        size: 5,
+        sha256: sha256.clone(),
+        offset: 2,
+        data: b"llo".to_vec(),
+    };
+    let bytes = header("UploadChunk").with_body(&upload).encode().unwrap();
+    pinned("upload_chunk_v1.msgpack", &bytes);
+    assert_eq!(Request::decode(&bytes).unwrap().1, Request::UploadChunk(upload));
+    let download =
+        DownloadChunk { path: "/srv/app/log.txt".into(), offset: 1_048_576, length: 1_048_576, digest: false };
+    let bytes = header("DownloadChunk").with_body(&download).encode().unwrap();
+    pinned("download_chunk_v1.msgpack", &bytes);
+    assert_eq!(Request::decode(&bytes).unwrap().1, Request::DownloadChunk(download));
+    let status = TransferStatus { confirmed: 3, complete: false };
+    let bytes = header("TransferStatus").with_body(&status).encode().unwrap();
+    pinned("transfer_status_v1.msgpack", &bytes);
+    assert_eq!(Reply::decode(&bytes).unwrap(), Reply::TransferStatus(status));
+    let chunk = FileChunk { size: 5, sha256: Some(sha256), offset: 0, data: b"hello".to_vec() };
+    let bytes = header("FileChunk").with_body(&chunk).encode().unwrap();
+    pinned("file_chunk_v1.msgpack", &bytes);
+    assert_eq!(Reply::decode(&bytes).unwrap(), Reply::FileChunk(chunk.clone()));
+    // A newer writer's extra field is ignored; a chunk past the file's size is refused.
+    let mut newer = serde_json::to_value(header("FileChunk").with_body(&chunk)).unwrap();
+    newer["body"]["mtime"] = 7.into();
+    assert!(matches!(Reply::decode(&rmp_serde::to_vec_named(&newer).unwrap()).unwrap(), Reply::FileChunk(_)));
+    let past = UploadChunk { path: "a".into(), size: 1, sha256: "ab".repeat(32), offset: 1, data: b"x".to_vec() };
+    let bytes = header("UploadChunk").with_body(&past).encode().unwrap();
+    assert!(matches!(Request::decode(&bytes), Err(CodecError::Invalid(_))));
+}

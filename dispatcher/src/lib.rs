@@ -16,6 +16,7 @@
 //! - [`inventory`]: the live fleet, from the agents' announcements on the presence stream.
 //! - [`bench`]: the `dispatcher bench` load generator; [`metrics`]: the metric families.
 //! - [`service`]: `dispatcher serve`: the HTTP API, the journal and crash-safe resume.
+//! - [`transfer`]: `upload` and `download` in chunks, resumable and verified.
 //! - [`cli`]: the `dispatcher` command line.
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,7 @@ pub mod retry;
 pub mod route;
 pub mod rpc;
 pub mod service;
+pub mod transfer;
 
 pub use error::RpcError;
 pub use orchestrator::{Event, Orchestrator, PlannedStart, Policies, Timing};

@@ -162,6 +162,12 @@ impl AgentProcess {
             .args(["--announce-interval", &format!("{}ms", config.announce_interval.as_millis())])
             .args(config.pass_env.iter().flat_map(|name| ["--pass-env", name.as_str()]))
             .args(["--max-output", &config.max_output.to_string()])
+            .args(
+                config
+                    .transfer_roots
+                    .iter()
+                    .flat_map(|root| [std::ffi::OsStr::new("--transfer-root"), root.as_os_str()]),
+            )
             .env("CUTTLE_AMQP_URL", &config.amqp_url)
             .env("CUTTLE_REDIS_URL", &config.redis_url)
             .envs(

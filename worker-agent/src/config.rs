@@ -87,6 +87,9 @@ pub struct AgentConfig {
     pub pass_env: Vec<String>,
     /// Bytes of one script's output stored at most; the rest is discarded, and the log says so.
     pub max_output: u64,
+    /// Directories (canonical) below which files may be uploaded and downloaded; none refuses
+    /// every transfer.
+    pub transfer_roots: Vec<PathBuf>,
 }
 
 impl AgentConfig {
@@ -130,6 +133,7 @@ impl AgentConfig {
             announce_interval: Duration::from_millis(contracts::presence::DEFAULT_INTERVAL_MS),
             pass_env: Vec::new(),
             max_output: DEFAULT_MAX_OUTPUT,
+            transfer_roots: Vec::new(),
             agent_id,
         }
     }

@@ -12,6 +12,7 @@
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
 //!   [`isolation`] its mutexes, [`mask`] the masking of its secrets in the output,
 //!   [`workspace`] the work dir and the scripts' workspaces in it.
+//! - [`transfer`]: file upload and download below the transfer roots.
 //! - [`presence`]: the agent's announcements of itself (heartbeats) on the presence stream.
 //! - [`health`]: liveness and readiness probes and metrics over HTTP (axum); [`metrics`] the
 //!   metric families.
@@ -33,6 +34,7 @@ pub mod rules;
 pub mod runner;
 pub mod service;
 pub mod store;
+pub mod transfer;
 pub mod workspace;
 
 pub use config::{AgentConfig, Protocol, StoreKind};

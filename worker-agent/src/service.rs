@@ -56,6 +56,8 @@ pub struct Agent {
     /// `config.pass_env`, shared with every run.
     pass_env: Arc<[String]>,
     metrics: Metrics,
+    /// File transfer below `config.transfer_roots`.
+    transfers: crate::transfer::Transfers,
 }
 
 /// A place for one running script, held until it ends.
@@ -75,6 +77,7 @@ impl Agent {
         let config_slots = config.max_scripts.map(|n| Arc::new(Semaphore::new(n.max(1))));
         Arc::new(Agent {
             pass_env: config.pass_env.clone().into(),
+            transfers: crate::transfer::Transfers::new(config.transfer_roots.clone()),
             config,
             store,
             owner,
@@ -131,13 +134,18 @@ impl Agent {
 
     /// Waits for a place for one more script; `None` when scripts are not bounded.
     /// The services this agent answers, as its capabilities reply and announcements list them.
+    /// File transfer is listed only when the agent has transfer roots.
     pub fn services(&self) -> Vec<String> {
-        vec![
+        let mut services = vec![
             SERVICE_CAPABILITIES.into(),
             SERVICE_SCRIPT_V1.into(),
             SERVICE_SCRIPT_V2.into(),
             SERVICE_SECRET_MASKING.into(),
-        ]
+        ];
+        if self.transfers.enabled() {
+            services.push(transfer::SERVICE_FILE_TRANSFER.into());
+        }
+        services
     }
 
     pub async fn take_slot(&self) -> Option<Slot> {
@@ -201,6 +209,14 @@ impl Agent {
             Request::CancelScriptV2(c) => self.cancel(&c.ticket, c.last_log_sequence).await,
             Request::CompleteScriptV2(c) => self.complete(&c.ticket).await,
             Request::CompleteScriptV1(c) => self.complete(&c.ticket).await,
+            Request::UploadChunk(chunk) => match self.transfers.upload(chunk).await {
+                Ok(status) => Reply::TransferStatus(status),
+                Err(error) => Reply::Error(error),
+            },
+            Request::DownloadChunk(request) => match self.transfers.download(request).await {
+                Ok(chunk) => Reply::FileChunk(chunk),
+                Err(error) => Reply::Error(error),
+            },
         }
     }
 

@@ -26,7 +26,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use contracts::{Isolation, LogStream, ScriptSpec, Shell, Ticket};
 use serde_json::json;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -110,6 +110,42 @@ pub enum Command {
     /// List the live agents (from their announcements through the broker): id, pool, labels,
     /// version, running scripts, last seen.
     Agents(fleet::AgentsArgs),
+    /// Copy a local file to an agent (below one of its --transfer-root directories), in chunks,
+    /// resumable (run it again after an interruption) and verified with SHA-256.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Upload(UploadArgs),
+    /// Copy a file from an agent (below one of its --transfer-root directories), in chunks,
+    /// resumable and verified with SHA-256.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Download(DownloadArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TransferTarget {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct UploadArgs {
+    /// The local file.
+    pub local: PathBuf,
+    /// Where it goes on the agent: absolute, or relative to its first transfer root.
+    pub remote: String,
+    #[command(flatten)]
+    pub on: TransferTarget,
+}
+
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    /// The file on the agent: absolute, or relative to its first transfer root.
+    pub remote: String,
+    /// Where it goes locally.
+    pub local: PathBuf,
+    #[command(flatten)]
+    pub on: TransferTarget,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -729,6 +765,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => service::serve(&orchestrator, &journal, args).await,
         Command::History(args) => service::history(&journal, args).await,
         Command::Agents(args) => fleet::agents(&rpc_config, args).await,
+        Command::Upload(args) => transfer(&orchestrator, &args.on, &args.local, &args.remote, true).await,
+        Command::Download(args) => transfer(&orchestrator, &args.on, &args.local, &args.remote, false).await,
     };
     rpc.close().await;
     code
@@ -1092,6 +1130,60 @@ async fn bench(orchestrator: &Orchestrator, args: BenchArgs) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `upload` (`up`) or `download`, with a progress bar on a terminal and a summary line.
+async fn transfer(orchestrator: &Orchestrator, on: &TransferTarget, local: &Path, remote: &str, up: bool) -> ExitCode {
+    use std::io::IsTerminal;
+    let route = match on.target.route() {
+        Ok(route) => route,
+        Err(e) => return usage_error(e),
+    };
+    let policy = match on.retry.policy(&route, Purpose::Deployment) {
+        Ok(policy) => policy,
+        Err(e) => return usage_error(e),
+    };
+    let bar =
+        if std::io::stderr().is_terminal() { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("a valid template"),
+    );
+    let printer = Printer { json: false, logs: false, target: None, progress: None, truncated: AtomicBool::new(false) };
+    let events = |event| bar.suspend(|| printer.event(event));
+    let progress = |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let peer = crate::transfer::Peer { orchestrator, route: &route, policy, events: &events, progress: &progress };
+    let result = match up {
+        true => crate::transfer::upload(&peer, local, remote).await,
+        false => crate::transfer::download(&peer, remote, local).await,
+    };
+    bar.finish_and_clear();
+    match result {
+        Ok(done) => {
+            let seconds = done.elapsed.as_secs_f64().max(0.001);
+            let mib = done.size as f64 / (1024.0 * 1024.0);
+            eprintln!(
+                "cuttle: {} {} bytes {} {route}:{remote} in {seconds:.1}s ({:.1} MiB/s), sha256 {}{}",
+                if up { "uploaded" } else { "downloaded" },
+                done.size,
+                if up { "to" } else { "from" },
+                (mib - done.resumed_at as f64 / (1024.0 * 1024.0)) / seconds,
+                done.sha256,
+                match done.resumed_at {
+                    0 => String::new(),
+                    at => format!(", resumed at byte {at}"),
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cuttle: {} failed: {error}", if up { "upload" } else { "download" });
+            ExitCode::from(error.exit_code(&route))
+        }
     }
 }
 

@@ -113,6 +113,11 @@ pub struct RunArgs {
     /// bytes at the end), so the dispatcher reports the output as truncated.
     #[arg(long, env = "CUTTLE_MAX_OUTPUT", default_value = "256MiB", value_parser = parse_bytes)]
     pub max_output: u64,
+    /// A directory below which `dispatcher upload` and `download` may write and read files
+    /// (repeatable; the variable takes `DIR1,DIR2`). Links out of it are never followed. None:
+    /// file transfer is refused.
+    #[arg(long = "transfer-root", env = "CUTTLE_TRANSFER_ROOTS", value_delimiter = ',')]
+    pub transfer_roots: Vec<PathBuf>,
 }
 
 fn parse_bytes(raw: &str) -> Result<u64, String> {
@@ -164,6 +169,13 @@ impl RunArgs {
         }
         config.pass_env = self.pass_env.clone();
         config.max_output = self.max_output;
+        for root in &self.transfer_roots {
+            let canonical = root.canonicalize().map_err(|e| format!("--transfer-root {}: {e}", root.display()))?;
+            if !canonical.is_dir() {
+                return Err(format!("--transfer-root {} is not a directory", root.display()));
+            }
+            config.transfer_roots.push(canonical);
+        }
         config.protocol = self.protocol;
         if let Some(pool) = &self.pool {
             contracts::topology::validate_name("pool name", pool)?;
