@@ -13,6 +13,7 @@
 //! - [`exit_code`]: the negative exit codes for outcomes that are not the script's own.
 //! - [`transfer`]: file transfer in chunks (upload, download), resumable and verified.
 //! - [`topology`]: exchange, queue and routing names, queue arguments and protocol limits.
+//! - [`trust`]: Ed25519 keys, signed commands and answers, trusted-keys and known-agents files.
 #![forbid(unsafe_code)]
 
 pub mod endpoints;
@@ -27,6 +28,7 @@ pub mod status;
 pub mod ticket;
 pub mod topology;
 pub mod transfer;
+pub mod trust;
 
 pub use endpoints::AmqpEndpoints;
 pub use envelope::{Envelope, Reply, Request, PROTOCOL_VERSION};

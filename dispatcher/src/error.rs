@@ -32,6 +32,16 @@ pub enum RpcError {
     /// A request that must not be repeated (a legacy agent's start) got no answer.
     #[error("{0}; not retried: repeating a legacy agent's start could run the script twice")]
     Unrepeatable(String),
+    /// Only forged answers came (not signed by the target's pinned key, or for another request)
+    /// before the reply timeout.
+    #[error("no genuine answer from {target} within {}; ignored forged answer(s): {reason}", humantime::format_duration(*after))]
+    Forged { target: String, after: Duration, reason: String },
+    /// The target has no pin, so no answer of its could be believed: nothing was sent.
+    #[error("{target} is not pinned in {file}, so its answers cannot be believed; nothing was sent. Pin its public key (the agent logs it at start; `worker-agent keygen` prints it): echo '{target} ed25519:<its public key>' >> {file}")]
+    NotPinned { target: String, file: String },
+    /// No dispatcher key to sign with.
+    #[error("no dispatcher key to sign requests with (give --key or CUTTLE_DISPATCHER_KEY)")]
+    NoKey,
     /// The user cancelled while waiting.
     #[error("cancelled by the user")]
     Cancelled,
@@ -44,13 +54,16 @@ impl RpcError {
             RpcError::Connect(_)
             | RpcError::ConnectionLost(_)
             | RpcError::NotConfirmed(_)
-            | RpcError::NoReply { .. } => true,
+            | RpcError::NoReply { .. }
+            | RpcError::Forged { .. } => true,
             RpcError::Agent { error, .. } => error.kind.is_transient(),
             RpcError::Refused(_)
             | RpcError::Unroutable { .. }
             | RpcError::Codec(_)
             | RpcError::Unrepeatable(_)
-            | RpcError::Cancelled => false,
+            | RpcError::Cancelled
+            | RpcError::NotPinned { .. }
+            | RpcError::NoKey => false,
         }
     }
 

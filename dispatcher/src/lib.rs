@@ -11,6 +11,7 @@
 //! - [`policy`]: machine policies (retry durations per purpose, targets and pools mapped to them).
 //! - [`outcome`]: how a submission ended and the exit code that says so.
 //! - [`route`]: agent or pool targets; [`error`]: what can fail and whether to retry.
+//! - [`trust`]: the dispatcher's key (signs requests) and the agents' pinned keys (answers).
 //! - [`fanout`]: one script on many targets, paced by [`budget`]'s limits (parallelism, error
 //!   budget), with a result per target.
 //! - [`inventory`]: the live fleet, from the agents' announcements on the presence stream.
@@ -37,6 +38,7 @@ pub mod route;
 pub mod rpc;
 pub mod service;
 pub mod transfer;
+pub mod trust;
 
 pub use error::RpcError;
 pub use orchestrator::{Event, Orchestrator, PlannedStart, Policies, Timing};

@@ -77,10 +77,12 @@ impl Metrics {
                 "refused"
             }
             Err(RpcError::NoReply { .. }) => "no_reply",
+            Err(RpcError::Forged { .. }) => "forged",
             Err(
                 RpcError::Connect(_) | RpcError::Refused(_) | RpcError::ConnectionLost(_) | RpcError::NotConfirmed(_),
             ) => "broker",
             Err(RpcError::Unroutable { .. }) => "unroutable",
+            Err(RpcError::NotPinned { .. } | RpcError::NoKey) => "untrusted",
             Err(RpcError::Codec(_) | RpcError::Unrepeatable(_) | RpcError::Cancelled) => "other",
         };
         self.attempt_duration.get_or_create(&AttemptLabels { kind, result }).observe(took.as_secs_f64());

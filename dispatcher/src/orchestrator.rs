@@ -53,6 +53,9 @@ pub enum Event {
     },
     /// Something the user should know (one line, lowercase).
     Notice(String),
+    /// Something the user should worry about: a forged answer ignored, an agent believed
+    /// unsigned because it is pinned as legacy (one line, lowercase).
+    Warning(String),
 }
 
 /// Where events go. Called from the submission's task; must be quick.
@@ -259,6 +262,8 @@ impl Orchestrator {
         published: &AtomicBool,
     ) -> Result<Reply, GaveUp> {
         let usual = self.timing.attempt_timeout + extra_wait;
+        let warn = |warning| events(Event::Warning(warning));
+        let warn: crate::rpc::Warn<'_> = &warn;
         let kind = request.kind();
         retry::execute(
             policy,
@@ -272,7 +277,7 @@ impl Orchestrator {
                 let not_after = not_after.unwrap_or_else(|| SystemTime::now() + reply_timeout);
                 let sent = std::time::Instant::now();
                 let timing = CallTiming { reply_timeout, not_after };
-                let reply = self.rpc.call_noting_publish(route, request, timing, published).await;
+                let reply = self.rpc.call_noting_publish(route, request, timing, published, warn).await;
                 self.metrics.attempt(kind, sent.elapsed(), reply.as_ref().map(|_| ()));
                 reply
             },
@@ -367,8 +372,9 @@ impl Orchestrator {
             reply_timeout: self.timing.attempt_timeout,
             not_after: SystemTime::now() + self.timing.attempt_timeout,
         };
+        let warn = |warning| events(Event::Warning(warning));
         let call = tokio::select! {
-            call = self.rpc.call_noting_publish(route, &start, timing, &published) => call,
+            call = self.rpc.call_noting_publish(route, &start, timing, &published, &warn) => call,
             _ = interrupt.cancelled(), if !published.load(Ordering::Acquire) => return Outcome::not_sent(None, route.name()),
         };
         let status = match call {

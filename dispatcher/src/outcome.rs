@@ -97,6 +97,7 @@ impl Outcome {
             RpcError::Connect(_) | RpcError::Refused(_) => (OutcomeKind::Failed, exit::BROKER_UNREACHABLE),
             RpcError::Unroutable { .. } => (OutcomeKind::Failed, exit::NO_SUCH_AGENT),
             RpcError::Cancelled => (OutcomeKind::Cancelled, exit::CANCELLED),
+            RpcError::NotPinned { .. } | RpcError::NoKey => (OutcomeKind::Failed, exit::USAGE),
             RpcError::Agent { error, .. } if !error.kind.is_transient() || error.kind == ErrorKind::Unsupported => {
                 (OutcomeKind::Failed, exit::REJECTED)
             }

@@ -43,10 +43,19 @@ impl Route {
         }
     }
 
-    /// The name put in the envelope's `target`.
+    /// The agent id or pool name, as the user gave it.
     pub fn name(&self) -> &str {
         match self {
             Route::Agent(id) | Route::Pool(id) => id,
+        }
+    }
+
+    /// The envelope's `target`, which the agent checks, and the name of its pin in the known
+    /// agents: the agent id, or `pool:<name>` (which no agent id can be).
+    pub fn target(&self) -> String {
+        match self {
+            Route::Agent(id) => id.clone(),
+            Route::Pool(pool) => topology::pool_routing_key(pool),
         }
     }
 }

@@ -1,11 +1,19 @@
 //! Request and reply over RabbitMQ: publish to `cuttle.commands` with publisher confirms and
 //! `mandatory`, and take the reply from direct reply-to by correlation id. One connection and
 //! channel carry every call in flight; a lost link is rebuilt on the next call.
+//!
+//! Every request is signed with the dispatcher's key, and a reply counts only if it is signed by
+//! the key pinned for the target asked, over this request's correlation id (DESIGN.md §7). Any
+//! other reply is a forged answer: reported (a warning, and in the error if no genuine answer
+//! comes in time) and ignored, while the call goes on waiting for the genuine one.
 
 use crate::error::RpcError;
 use crate::metrics::Metrics;
 use crate::route::Route;
+use crate::trust::DispatcherTrust;
 use contracts::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO, SILENT_BROKER};
+use contracts::trust::amqp::{seal_of, with_seal};
+use contracts::trust::{self, Believed, Pin, Seal};
 use contracts::{unix_millis, AmqpEndpoints, Kind, Reply, Request};
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -15,12 +23,23 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
 /// Timeout around broker calls that are not the wait for a reply.
 const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Reply>>>>;
+/// A reply as it arrived, before anyone believes it: its seal (from the headers) and its body.
+struct RawReply {
+    seal: Result<Option<Seal>, String>,
+    body: Vec<u8>,
+}
+
+/// The calls waiting for replies, by correlation id. Every reply with a call's correlation id
+/// goes to it: the call decides whether to believe it.
+type Pending = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<RawReply>>>>;
+
+/// Where a call reports what the user should be warned of (forged answers, legacy agents).
+pub type Warn<'a> = &'a (dyn Fn(String) + Send + Sync);
 
 /// One live connection and its channel.
 struct Link {
@@ -42,6 +61,9 @@ pub struct RpcConfig {
     /// One broker URL, or the nodes of one cluster separated by commas ([`AmqpEndpoints`]).
     pub amqp_url: String,
     pub connect_timeout: Duration,
+    /// The dispatcher's key and pinned agents; without them no request can be sent (readers
+    /// such as the inventory need none).
+    pub trust: Option<Arc<DispatcherTrust>>,
 }
 
 /// The dispatcher's RPC client. Cheap to share behind an `Arc`; calls run concurrently.
@@ -111,26 +133,40 @@ impl RpcClient {
     /// Sends one request and waits for its reply. One attempt: the retry executor decides
     /// whether to call again.
     pub async fn call(&self, route: &Route, request: &Request, timing: CallTiming) -> Result<Reply, RpcError> {
-        self.call_noting_publish(route, request, timing, &AtomicBool::new(false)).await
+        self.call_noting_publish(route, request, timing, &AtomicBool::new(false), &|_| {}).await
     }
 
-    /// [`RpcClient::call`], setting `published` once the request may have reached the broker.
+    /// The dispatcher's key, and the pin of the target `route` asks.
+    fn trust_for(&self, route: &Route) -> Result<(&DispatcherTrust, Pin), RpcError> {
+        let trust = self.config.trust.as_deref().ok_or(RpcError::NoKey)?;
+        let target = route.target();
+        let pin = trust.pin(&target).ok_or_else(|| RpcError::NotPinned {
+            target: target.clone(),
+            file: trust.known_file().map_or_else(|| "the known agents".into(), |f| f.display().to_string()),
+        })?;
+        Ok((trust, pin))
+    }
+
+    /// [`RpcClient::call`], setting `published` once the request may have reached the broker,
+    /// and telling `warn` of forged answers (ignored) and of unsigned answers from a legacy agent.
     pub async fn call_noting_publish(
         &self,
         route: &Route,
         request: &Request,
         timing: CallTiming,
         published: &AtomicBool,
+        warn: Warn<'_>,
     ) -> Result<Reply, RpcError> {
+        let (trust, pin) = self.trust_for(route)?;
         let link = self.current_link().await?;
         let now = SystemTime::now();
-        let (header, bytes) = request.encode(route.name(), unix_millis(now), Some(unix_millis(timing.not_after)))?;
+        let (header, bytes) = request.encode(&route.target(), unix_millis(now), Some(unix_millis(timing.not_after)))?;
         let expiration = timing.not_after.duration_since(now).unwrap_or_default().as_millis().max(1);
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let correlation_id = header.message_id.clone();
         link.pending.lock().expect("pending poisoned").insert(correlation_id.clone(), tx);
         let _forget = ForgetOnDrop { pending: &link.pending, correlation_id: &correlation_id };
-        let properties = BasicProperties::default()
+        let properties = with_seal(BasicProperties::default(), &trust.seal_command(&bytes))
             .with_reply_to(REPLY_TO.into())
             .with_correlation_id(correlation_id.as_str().into())
             .with_type(request.kind().as_str().into())
@@ -160,26 +196,56 @@ impl RpcClient {
             }
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
         }
-        match tokio::time::timeout(timing.reply_timeout, rx).await {
-            // The link may be dead without knowing it yet (heartbeats take seconds): the next
-            // attempt uses a new one, which costs little.
-            Err(_) => {
-                Err(self.broken(&link, RpcError::NoReply { target: route.to_string(), after: timing.reply_timeout }))
+        let deadline = tokio::time::Instant::now() + timing.reply_timeout;
+        let mut forged = None;
+        loop {
+            let raw = match tokio::time::timeout_at(deadline, rx.recv()).await {
+                // The link may be dead without knowing it yet (heartbeats take seconds): the next
+                // attempt uses a new one, which costs little.
+                Err(_) => {
+                    let target = route.to_string();
+                    let after = timing.reply_timeout;
+                    let error = match forged {
+                        None => RpcError::NoReply { target, after },
+                        Some(reason) => RpcError::Forged { target, after, reason },
+                    };
+                    return Err(self.broken(&link, error));
+                }
+                Ok(None) => return Err(RpcError::ConnectionLost("the reply channel closed".into())),
+                Ok(Some(raw)) => raw,
+            };
+            match trust::check_answer(&pin, &correlation_id, raw.seal, &raw.body) {
+                Ok(believed) => {
+                    if believed == Believed::Legacy && trust.first_legacy_answer(&route.target()) {
+                        let message = format!("believing unsigned answers from {route}: it is pinned as legacy (an agent that cannot sign); anyone who can publish to the broker can answer in its name");
+                        tracing::warn!(target = %route, "{message}");
+                        warn(message);
+                    }
+                    return match Reply::decode(&raw.body)? {
+                        Reply::Error(error) => Err(RpcError::Agent { target: route.to_string(), error }),
+                        reply => Ok(reply),
+                    };
+                }
+                Err(reason) => {
+                    let message = format!("ignored a forged answer to {} from {route}: {reason}", request.kind());
+                    tracing::warn!(target = %route, kind = %request.kind(), %reason, "ignored a forged answer");
+                    self.metrics.forged_answers.inc();
+                    warn(message);
+                    forged = Some(reason.to_string());
+                }
             }
-            Ok(Err(_)) => Err(RpcError::ConnectionLost("the reply channel closed".into())),
-            Ok(Ok(Reply::Error(error))) => Err(RpcError::Agent { target: route.to_string(), error }),
-            Ok(Ok(reply)) => Ok(reply),
         }
     }
 
     /// Publishes a request that needs no answer (best-effort CompleteScript). Its confirm is
     /// not awaited here but by [`RpcClient::close`], so it overlaps whatever comes next.
     pub async fn send(&self, route: &Route, request: &Request, not_after: SystemTime) -> Result<(), RpcError> {
+        let (trust, _) = self.trust_for(route)?;
         let link = self.current_link().await?;
         let now = SystemTime::now();
-        let (_, bytes) = request.encode(route.name(), unix_millis(now), Some(unix_millis(not_after)))?;
+        let (_, bytes) = request.encode(&route.target(), unix_millis(now), Some(unix_millis(not_after)))?;
         let expiration = not_after.duration_since(now).unwrap_or_default().as_millis().max(1);
-        let properties = BasicProperties::default()
+        let properties = with_seal(BasicProperties::default(), &trust.seal_command(&bytes))
             .with_type(request.kind().as_str().into())
             .with_content_type(CONTENT_TYPE.into())
             .with_delivery_mode(2)
@@ -321,14 +387,8 @@ async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError>
             let Some(correlation_id) = delivery.properties.correlation_id().as_ref().map(|c| c.to_string()) else {
                 continue;
             };
-            let reply = match Reply::decode(&delivery.data) {
-                Ok(reply) => reply,
-                Err(error) => {
-                    tracing::warn!(%error, correlation_id, "undecodable reply");
-                    continue;
-                }
-            };
-            if let Some(waiter) = replies.lock().expect("pending poisoned").remove(&correlation_id) {
+            let reply = RawReply { seal: seal_of(&delivery.properties), body: delivery.data };
+            if let Some(waiter) = replies.lock().expect("pending poisoned").get(&correlation_id) {
                 let _ = waiter.send(reply);
             }
         }

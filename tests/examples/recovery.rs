@@ -5,7 +5,7 @@
 //! `cargo run --release -p tests --example recovery -- [outages]` (default 20), with RabbitMQ
 //! and Redis running locally.
 
-use dispatcher::{Event, Orchestrator, RetryPolicy, RpcClient, RpcConfig, Timing};
+use dispatcher::{Event, Orchestrator, RetryPolicy, RpcClient, Timing};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests::proxy::FaultProxy;
@@ -19,8 +19,7 @@ async fn main() {
     let mut config = tests::agent::test_config("recovery");
     config.amqp_url = agent_link.amqp_url();
     let agent = tests::TestAgent::start_with(config).await;
-    let rpc =
-        RpcClient::new(RpcConfig { amqp_url: dispatcher_link.amqp_url(), connect_timeout: Duration::from_secs(5) });
+    let rpc = RpcClient::new(tests::rpc_config(dispatcher_link.amqp_url(), Duration::from_secs(5)));
     let orchestrator = Orchestrator::new(Arc::new(rpc), Timing::default());
 
     let (lines_tx, mut lines) = mpsc::unbounded_channel::<Instant>();

@@ -19,6 +19,9 @@ pub fn test_config(what: &str) -> AgentConfig {
     config.key_prefix = format!("{id}:");
     config.work_dir = std::env::temp_dir().join("cuttle-tests").join(&id);
     config.lease_ttl = Duration::from_secs(3);
+    let keys = crate::trust::keys();
+    config.key_file = Some(keys.agent_key.clone());
+    config.trusted_keys_file = Some(keys.trusted_keys.clone());
     config
 }
 
@@ -42,6 +45,7 @@ impl TestAgent {
         let (agent, serving) =
             worker_agent::start(config.clone(), worker_agent::metrics::Metrics::default(), shutdown.clone())
                 .await
+                .expect("agent keys")
                 .expect("agent starts");
         let mut ready = agent.readiness();
         tokio::time::timeout(Duration::from_secs(15), ready.wait_for(|r| *r))
@@ -168,6 +172,14 @@ impl AgentProcess {
                     .iter()
                     .flat_map(|root| [std::ffi::OsStr::new("--transfer-root"), root.as_os_str()]),
             )
+            .args(config.key_file.iter().flat_map(|key| [std::ffi::OsStr::new("--key"), key.as_os_str()]))
+            .args(
+                config
+                    .trusted_keys_file
+                    .iter()
+                    .flat_map(|keys| [std::ffi::OsStr::new("--trusted-keys"), keys.as_os_str()]),
+            )
+            .args(config.insecure_allow_unsigned.then_some("--insecure-allow-unsigned"))
             .env("CUTTLE_AMQP_URL", &config.amqp_url)
             .env("CUTTLE_REDIS_URL", &config.redis_url)
             .envs(

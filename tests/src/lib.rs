@@ -11,6 +11,7 @@
 //! - [`Markers`]: files scripts append to, to count how often each really ran.
 //! - [`cluster`]: a three-node RabbitMQ cluster, and Redis with a replica and Sentinels.
 //! - [`browser`]: headless chromium through chromedriver, for the web view.
+//! - [`trust`]: this process's test keys, wired into every agent and dispatcher tests start.
 //! - [`eventually`]: polls a condition until a deadline.
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod proxy;
 pub mod raw;
 pub mod service;
 pub mod services;
+pub mod trust;
 
 pub use agent::{AgentProcess, TestAgent};
 pub use raw::RawBroker;
@@ -40,14 +42,22 @@ pub fn redis_url() -> String {
     std::env::var("CUTTLE_REDIS_URL").unwrap_or_else(|_| worker_agent::config::DEFAULT_REDIS_URL.into())
 }
 
-/// A name no other test (or run) uses: `t-<what>-<random>`.
+/// A name no other test (or run) uses: `t-<what>-<random>`. Pinned to the test agent key (as
+/// an agent id and as a pool), so the test dispatchers believe the test agents named after it.
 pub fn unique(what: &str) -> String {
-    format!("t-{what}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    let name = format!("t-{what}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    trust::keys().pin(&name);
+    name
+}
+
+/// The RPC settings of a test dispatcher: `amqp_url`, this process's test keys.
+pub fn rpc_config(amqp_url: String, connect_timeout: Duration) -> RpcConfig {
+    RpcConfig { amqp_url, connect_timeout, trust: Some(trust::keys().dispatcher_trust()) }
 }
 
 /// A dispatcher orchestrator connected to the test broker.
 pub async fn orchestrator() -> Orchestrator {
-    let rpc = RpcClient::connect(RpcConfig { amqp_url: amqp_url(), connect_timeout: Duration::from_secs(5) })
+    let rpc = RpcClient::connect(rpc_config(amqp_url(), Duration::from_secs(5)))
         .await
         .expect("the test broker must be running (see README)");
     Orchestrator::new(Arc::new(rpc), Timing::default())
@@ -62,11 +72,17 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// The real `dispatcher` binary as tests start it: the test broker, no `RUST_LOG` (so the user's
-/// default applies), no stdin. Every test that runs the dispatcher binary builds it here.
+/// The real `dispatcher` binary as tests start it: the test broker and keys, no `RUST_LOG` (so
+/// the user's default applies), no stdin. Every test that runs the dispatcher binary builds it here.
 pub fn dispatcher_command() -> tokio::process::Command {
+    let keys = trust::keys();
     let mut command = tokio::process::Command::new(binary("dispatcher"));
-    command.env("CUTTLE_AMQP_URL", amqp_url()).env_remove("RUST_LOG").stdin(std::process::Stdio::null());
+    command
+        .env("CUTTLE_AMQP_URL", amqp_url())
+        .env("CUTTLE_DISPATCHER_KEY", &keys.dispatcher_key)
+        .env("CUTTLE_KNOWN_AGENTS", &keys.known_agents)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null());
     command.kill_on_drop(true);
     command
 }
@@ -116,10 +132,13 @@ pub async fn queue_without_agent(what: &str) -> TestAgent {
 }
 
 /// The real `worker-agent` binary as tests start it, with nothing but the test broker and Redis
-/// in its environment (`run` and its flags are the caller's).
+/// and the test keys in its environment (`run` and its flags are the caller's).
 pub fn agent_command() -> tokio::process::Command {
+    let keys = trust::keys();
     let mut command = tokio::process::Command::new(binary("worker-agent"));
     command
+        .env("CUTTLE_AGENT_KEY", &keys.agent_key)
+        .env("CUTTLE_TRUSTED_KEYS", &keys.trusted_keys)
         .env("CUTTLE_AMQP_URL", amqp_url())
         .env("CUTTLE_REDIS_URL", redis_url())
         .env("RUST_LOG", "info")

@@ -3,6 +3,8 @@
 
 use crate::amqp_url;
 use contracts::topology::{agent_queue, DEAD_EXCHANGE, REPLY_TO};
+use contracts::trust::amqp::with_seal;
+use contracts::trust::Seal;
 use contracts::Reply;
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -68,7 +70,8 @@ impl RawBroker {
         RawBroker { connection, channel, replies, dead }
     }
 
-    /// Publishes `body` straight to the agent's queue, with `kind` as AMQP type, and returns the
+    /// Publishes `body` straight to the agent's queue, with `kind` as AMQP type, signed with the
+    /// test dispatcher key (so the agent gets as far as decoding it), and returns the
     /// correlation id used.
     pub async fn publish(&self, agent_id: &str, kind: &str, body: &[u8]) -> String {
         self.publish_replying_to(agent_id, kind, body, REPLY_TO).await
@@ -76,14 +79,28 @@ impl RawBroker {
 
     /// [`RawBroker::publish`] asking for the reply to go to `reply_to`.
     pub async fn publish_replying_to(&self, agent_id: &str, kind: &str, body: &[u8], reply_to: &str) -> String {
+        let seal = crate::trust::keys().dispatcher.seal_command(body);
+        self.publish_with(&agent_queue(agent_id), kind, body, Some(&seal), reply_to).await
+    }
+
+    /// Publishes `body` to `queue` with `kind` as AMQP type and the given seal (or none), and
+    /// returns the correlation id used.
+    pub async fn publish_to(&self, queue: &str, kind: &str, body: &[u8], seal: Option<&Seal>) -> String {
+        self.publish_with(queue, kind, body, seal, REPLY_TO).await
+    }
+
+    async fn publish_with(&self, queue: &str, kind: &str, body: &[u8], seal: Option<&Seal>, reply_to: &str) -> String {
         let correlation_id = uuid::Uuid::new_v4().to_string();
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_reply_to(reply_to.into())
             .with_correlation_id(correlation_id.as_str().into())
             .with_type(kind.into())
             .with_delivery_mode(2);
+        if let Some(seal) = seal {
+            properties = with_seal(properties, seal);
+        }
         self.channel
-            .basic_publish("".into(), agent_queue(agent_id).into(), BasicPublishOptions::default(), body, properties)
+            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, properties)
             .await
             .expect("publish")
             .await

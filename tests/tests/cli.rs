@@ -208,6 +208,7 @@ async fn machine_policies_set_the_retry_duration_and_bad_files_are_named() {
     let quick = "[policies.quick]\ndeployment = \"2s\"\nhealth_check = \"2s\"\n\n[targets]\nweb-09 = \"quick\"\n";
     std::fs::write(&config, quick).unwrap();
     let unreachable = ["--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"];
+    tests::trust::keys().pin("web-09");
     let started = std::time::Instant::now();
     let out = run(&[
         &unreachable[..],

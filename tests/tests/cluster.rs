@@ -3,7 +3,7 @@
 //! node is restarted in turn. Each script completes, each exactly once. Each test prints one row
 //! of the README's failure table (`--no-capture` shows it).
 
-use dispatcher::{Orchestrator, RetryPolicy, RpcClient, RpcConfig, Timing};
+use dispatcher::{Orchestrator, RetryPolicy, RpcClient, Timing};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tests::cluster::RabbitCluster;
@@ -13,7 +13,7 @@ use tests::*;
 const BATCH: usize = 8;
 
 fn orchestrator_at(amqp_urls: String) -> Orchestrator {
-    let rpc = RpcClient::new(RpcConfig { amqp_url: amqp_urls, connect_timeout: Duration::from_secs(2) });
+    let rpc = RpcClient::new(tests::rpc_config(amqp_urls, Duration::from_secs(2)));
     Orchestrator::new(Arc::new(rpc), Timing { attempt_timeout: Duration::from_secs(3), ..Timing::default() })
 }
 

@@ -1,7 +1,8 @@
 //! Old and new together: {old dispatcher, new dispatcher} × {legacy agent, new agent}, driven
 //! through the real binaries and broker; and a legacy agent's lost start reply is never retried.
+//! A legacy agent cannot sign: it runs with `--insecure-allow-unsigned` and is pinned `legacy`.
 
-use dispatcher::{Orchestrator, OutcomeKind, RpcClient, RpcConfig, Timing};
+use dispatcher::{Orchestrator, OutcomeKind, RpcClient, Timing};
 use std::sync::Arc;
 use std::time::Duration;
 use tests::proxy::{Direction, FaultProxy};
@@ -11,6 +12,10 @@ use worker_agent::Protocol;
 async fn agent(what: &str, protocol: Protocol) -> TestAgent {
     let mut config = tests::agent::test_config(what);
     config.protocol = protocol;
+    if protocol == Protocol::V1 {
+        config.insecure_allow_unsigned = true;
+        tests::trust::keys().pin_legacy(&config.agent_id);
+    }
     TestAgent::start_with(config).await
 }
 
@@ -38,6 +43,8 @@ async fn cell(old_dispatcher: bool, agent_protocol: Protocol) {
     let legacy_notice = stderr.contains("legacy agent") && stderr.contains("retries are off");
     let expect_notice = !old_dispatcher && agent_protocol == Protocol::V1;
     assert_eq!(legacy_notice, expect_notice, "the user is told about retries only for a legacy agent: {stderr}");
+    let unsigned_warning = format!("warning: believing unsigned answers from agent {}", agent.id());
+    assert_eq!(stderr.contains(&unsigned_warning), agent_protocol == Protocol::V1, "{stderr}");
     agent.stop().await;
 }
 
@@ -86,10 +93,10 @@ async fn capabilities_and_health_show_legacy_and_current_agents() {
 async fn a_legacy_agents_lost_start_reply_is_not_retried_and_the_script_ran_at_most_once() {
     let agent = agent("legacy-lost", Protocol::V1).await;
     let link = FaultProxy::start("127.0.0.1:5672".parse().unwrap()).await;
-    let rpc = RpcClient::new(RpcConfig {
-        amqp_url: format!("amqp://guest:guest@127.0.0.1:{}/%2f", link.addr().port()),
-        connect_timeout: Duration::from_secs(2),
-    });
+    let rpc = RpcClient::new(tests::rpc_config(
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", link.addr().port()),
+        Duration::from_secs(2),
+    ));
     let orchestrator =
         Orchestrator::new(Arc::new(rpc), Timing { attempt_timeout: Duration::from_secs(3), ..Timing::default() });
     let policy = dispatcher::RetryPolicy::new(Duration::from_secs(30));

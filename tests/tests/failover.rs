@@ -7,7 +7,7 @@
 
 use contracts::*;
 use dispatcher::retry::GaveUp;
-use dispatcher::{Orchestrator, RetryPolicy, RpcClient, RpcConfig, Timing};
+use dispatcher::{Orchestrator, RetryPolicy, RpcClient, Timing};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,7 +18,7 @@ use tests::*;
 const SCRIPTS: usize = 4;
 
 fn orchestrator() -> Orchestrator {
-    let rpc = RpcClient::new(RpcConfig { amqp_url: amqp_url(), connect_timeout: Duration::from_secs(2) });
+    let rpc = RpcClient::new(tests::rpc_config(amqp_url(), Duration::from_secs(2)));
     Orchestrator::new(Arc::new(rpc), Timing { attempt_timeout: Duration::from_secs(4), ..Timing::default() })
 }
 

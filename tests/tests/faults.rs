@@ -5,7 +5,7 @@
 
 use contracts::*;
 use dispatcher::negotiate::ScriptProtocol;
-use dispatcher::{Orchestrator, OutcomeKind, RetryPolicy, RpcClient, RpcConfig, Timing};
+use dispatcher::{Orchestrator, OutcomeKind, RetryPolicy, RpcClient, Timing};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests::proxy::{broker_addr, Direction, FaultProxy};
@@ -37,8 +37,7 @@ impl Chaos {
         let mut config = tests::agent::test_config(what);
         config.amqp_url = agent_link.amqp_url();
         let agent = TestAgent::start_with(config).await;
-        let rpc =
-            RpcClient::new(RpcConfig { amqp_url: dispatcher_link.amqp_url(), connect_timeout: Duration::from_secs(2) });
+        let rpc = RpcClient::new(tests::rpc_config(dispatcher_link.amqp_url(), Duration::from_secs(2)));
         let orchestrator = Orchestrator::new(Arc::new(rpc), chaos_timing());
         Chaos { dispatcher_link, agent_link, agent, orchestrator, markers: Markers::new() }
     }

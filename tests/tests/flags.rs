@@ -311,6 +311,14 @@ async fn store_local_keeps_tickets_in_the_work_dir_not_in_redis() {
 async fn protocol_v1_makes_a_legacy_agent() {
     let mut config = test_config("protocol-flag");
     config.protocol = worker_agent::Protocol::V1;
+    // An agent from before signed commands cannot check them: it must be told to run unsigned ones.
+    let refused = AgentProcess::command(&config).stderr(Stdio::piped()).output().await.unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("--protocol v1") && text(&refused.stderr).contains("--insecure-allow-unsigned")
+    );
+    config.insecure_allow_unsigned = true;
+    tests::trust::keys().pin_legacy(&config.agent_id);
     let agent = AgentProcess::start(config.clone()).await;
     let out = dispatcher(&["capabilities", &config.agent_id]).await;
     assert!(text(&out.stdout).contains("legacy agent"), "{}", text(&out.stdout));
@@ -513,5 +521,242 @@ async fn output_on_a_terminal_shows_control_sequences_escaped_unless_raw() {
     // Not a terminal: passed on as it is.
     let piped = dispatcher(&["submit", "--target", agent.id(), "--", script]).await;
     assert_eq!(text(&piped.stdout), "\x1b]0;pwned\x07\x1b[2Jdone\n");
+    agent.stop().await;
+}
+
+/// Runs a command to its end (at most a minute).
+async fn finish(command: &mut tokio::process::Command) -> Output {
+    let output = command.stdout(Stdio::piped()).stderr(Stdio::piped()).output();
+    tokio::time::timeout(Duration::from_secs(60), output).await.expect("finishes").expect("runs")
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_writes_a_private_key_once_and_public_key_prints_it_again() {
+    let markers = Markers::new();
+    let dispatcher_key = markers.dir.join("d.key");
+    let agent_key = markers.dir.join("a.key");
+    let out = dispatcher(&["keygen", "--out", dispatcher_key.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let dispatcher_public = text(&out.stdout);
+    assert!(dispatcher_public.starts_with("ed25519:") && dispatcher_public.lines().count() == 1);
+    let out = finish(agent_command().args(["keygen", "--out", agent_key.to_str().unwrap()])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let agent_public = text(&out.stdout);
+    assert!(agent_public.starts_with("ed25519:") && agent_public != dispatcher_public);
+    assert_eq!((mode(&dispatcher_key), mode(&agent_key)), (0o600, 0o600));
+
+    // Never over an existing key.
+    let before = std::fs::read(&dispatcher_key).unwrap();
+    let out = dispatcher(&["keygen", "--out", dispatcher_key.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("already exists"), "{}", text(&out.stderr));
+    let out = finish(agent_command().args(["keygen", "--out", dispatcher_key.to_str().unwrap()])).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read(&dispatcher_key).unwrap(), before);
+
+    // The public key again, from the flag or the environment.
+    let out = dispatcher(&["--key", dispatcher_key.to_str().unwrap(), "public-key"]).await;
+    assert_eq!(text(&out.stdout), dispatcher_public);
+    let out = finish(dispatcher_command().env("CUTTLE_DISPATCHER_KEY", &dispatcher_key).arg("public-key")).await;
+    assert_eq!(text(&out.stdout), dispatcher_public);
+    let out = finish(agent_command().args(["public-key", "--key", agent_key.to_str().unwrap()])).await;
+    assert_eq!(text(&out.stdout), agent_public);
+    let out = finish(agent_command().env("CUTTLE_AGENT_KEY", &agent_key).arg("public-key")).await;
+    assert_eq!(text(&out.stdout), agent_public);
+}
+
+/// A file with one line.
+fn file_with(markers: &Markers, name: &str, line: &str) -> std::path::PathBuf {
+    let path = markers.dir.join(name);
+    std::fs::write(&path, format!("{line}\n")).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_key_is_created_where_the_flag_the_environment_or_the_default_says() {
+    let markers = Markers::new();
+    // Default: <work-dir>/agent.key, created on first start, its known-agents line logged.
+    let config = test_config("default-key");
+    let mut command = bare_agent();
+    command
+        .env_remove("CUTTLE_AGENT_KEY")
+        .args(["--agent-id", &config.agent_id, "--key-prefix", &config.key_prefix])
+        .arg("--work-dir")
+        .arg(&config.work_dir);
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    let default_key = config.work_dir.join("agent.key");
+    let public = text(&finish(agent_command().args(["public-key", "--key"]).arg(&default_key)).await.stdout);
+    let logged = format!("{} {}", config.agent_id, public.trim());
+    assert!(agent.log_text().contains("created the agent key") && agent.log_text().contains(&logged));
+    assert_eq!(mode(&default_key), 0o600);
+    agent.stop().await;
+
+    // The flag, then the environment: each names where the key is (created there).
+    for from_env in [false, true] {
+        let mut config = test_config("named-key");
+        let key = markers.dir.join(format!("{}.key", config.agent_id));
+        let command = if from_env {
+            let mut bare = bare_agent();
+            bare.env("CUTTLE_AGENT_KEY", &key)
+                .args(["--agent-id", &config.agent_id, "--key-prefix", &config.key_prefix])
+                .arg("--work-dir")
+                .arg(&config.work_dir);
+            bare
+        } else {
+            config.key_file = Some(key.clone());
+            AgentProcess::command(&config)
+        };
+        let agent = AgentProcess::spawn_command(config.clone(), command);
+        agent.wait_ready().await;
+        assert!(key.exists(), "the key is created at {}", key.display());
+        // Believed only under that key: pinned to it, the agent's answers count.
+        let public = text(&finish(agent_command().args(["public-key", "--key"]).arg(&key)).await.stdout);
+        let known = file_with(
+            &markers,
+            &format!("{}-known", config.agent_id),
+            &format!("{} {}", config.agent_id, public.trim()),
+        );
+        let out = dispatcher(&[
+            "--known-agents",
+            known.to_str().unwrap(),
+            "submit",
+            "--target",
+            &config.agent_id,
+            "--",
+            "echo ok",
+        ])
+        .await;
+        assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "ok\n".to_string()), "{}", text(&out.stderr));
+        agent.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_keys_are_required_and_insecure_allow_unsigned_runs_unsigned_commands_loudly() {
+    // None given: the agent refuses to start and says how to fix it.
+    let config = test_config("no-trusted-keys");
+    let mut command = bare_agent();
+    command.env_remove("CUTTLE_TRUSTED_KEYS").args(["--agent-id", &config.agent_id]);
+    let out = finish(&mut command).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("no trusted dispatcher keys") && stderr.contains("--trusted-keys"), "{stderr}");
+
+    // A file that does not hold the test dispatcher's key: its commands are refused.
+    let markers = Markers::new();
+    let (stranger, _) = tests::trust::keypair("stranger");
+    let mut config = test_config("other-trusted-keys");
+    config.trusted_keys_file = Some(file_with(&markers, "trusted", &format!("{} someone else", stranger.public())));
+    let agent = AgentProcess::start(config.clone()).await;
+    let out = dispatcher(&["submit", "--target", &config.agent_id, "--", &markers.record("refused")]).await;
+    assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("does not trust"), "{}", text(&out.stderr));
+    assert_eq!(markers.count("refused"), 0);
+    agent.stop().await;
+
+    // From the environment, the same.
+    let config = test_config("env-trusted-keys");
+    let mut command = bare_agent();
+    command.env("CUTTLE_TRUSTED_KEYS", markers.dir.join("trusted")).args(["--agent-id", &config.agent_id]);
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    let out = dispatcher(&["submit", "--target", &config.agent_id, "--", &markers.record("refused")]).await;
+    assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
+    agent.stop().await;
+
+    // --insecure-allow-unsigned: starts without trusted keys, warns, and runs an unsigned command.
+    let config = test_config("insecure");
+    let mut command = bare_agent();
+    command.env_remove("CUTTLE_TRUSTED_KEYS").args(["--agent-id", &config.agent_id, "--insecure-allow-unsigned"]);
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    assert!(agent.log_text().contains("UNSIGNED commands from anyone"), "{}", agent.log_text());
+    let start = contracts::Request::StartScriptV2(contracts::StartScriptV2 {
+        ticket: contracts::Ticket::generate(),
+        spec: sh(markers.record("unsigned")),
+        wait_for_output: None,
+        first_issued_at: None,
+    });
+    let now = contracts::unix_millis(std::time::SystemTime::now());
+    let (_, bytes) = start.encode(&config.agent_id, now, Some(now + 60_000)).unwrap();
+    let raw = RawBroker::connect().await;
+    raw.publish_to(&agent_queue(&config.agent_id), "StartScriptV2", &bytes, None).await;
+    eventually("the unsigned command to run", Duration::from_secs(20), || async {
+        (markers.count("unsigned") == 1).then_some(())
+    })
+    .await;
+    assert!(agent.log_text().contains("accepting an UNSIGNED command"), "{}", agent.log_text());
+    raw.close().await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatcher_key_and_known_agents_from_flags_the_environment_and_the_config_dir() {
+    let markers = Markers::new();
+    let config_home = markers.dir.join("config");
+    let cuttle_dir = config_home.join("cuttle");
+    // The default key is created on first use, with the line to give agents.
+    let mut command = dispatcher_command();
+    command
+        .env_remove("CUTTLE_DISPATCHER_KEY")
+        .env_remove("CUTTLE_KNOWN_AGENTS")
+        .env("XDG_CONFIG_HOME", &config_home)
+        .args(["capabilities", "t-nobody-pinned"]);
+    let out = finish(&mut command).await;
+    assert!(text(&out.stderr).contains("created a dispatcher key at"), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "t-nobody-pinned is not in the empty known agents");
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(said.contains(&format!("is not pinned in {}", cuttle_dir.join("known_agents").display())), "{said}");
+    let default_key = cuttle_dir.join("dispatcher.key");
+    assert_eq!(mode(&default_key), 0o600);
+
+    // An agent that trusts only that key, pinned in the default known-agents file.
+    let public = text(&dispatcher(&["--key", default_key.to_str().unwrap(), "public-key"]).await.stdout);
+    let mut config = test_config("default-dispatcher");
+    config.trusted_keys_file = Some(file_with(&markers, "trusted", public.trim()));
+    let agent = AgentProcess::start(config.clone()).await;
+    let pin = format!("{} {}", config.agent_id, tests::trust::keys().agent.public());
+    std::fs::write(cuttle_dir.join("known_agents"), format!("{pin}\n")).unwrap();
+    let submit = |key: Option<&std::path::Path>, known: Option<&std::path::Path>, flags: bool| {
+        let mut command = dispatcher_command();
+        command
+            .env_remove("CUTTLE_DISPATCHER_KEY")
+            .env_remove("CUTTLE_KNOWN_AGENTS")
+            .env("XDG_CONFIG_HOME", &config_home);
+        match (key, flags) {
+            (Some(key), true) => command.arg("--key").arg(key),
+            (Some(key), false) => command.env("CUTTLE_DISPATCHER_KEY", key),
+            (None, _) => &mut command,
+        };
+        match (known, flags) {
+            (Some(known), true) => command.arg("--known-agents").arg(known),
+            (Some(known), false) => command.env("CUTTLE_KNOWN_AGENTS", known),
+            (None, _) => &mut command,
+        };
+        command.args(["submit", "--target", &config.agent_id, "--", "echo ok"]);
+        command
+    };
+    let out = finish(&mut submit(None, None, false)).await;
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "ok\n".to_string()), "{}", text(&out.stderr));
+
+    // Another key, by flag or environment: the agent refuses what it signs.
+    let test_key = &tests::trust::keys().dispatcher_key;
+    for flags in [true, false] {
+        let out = finish(&mut submit(Some(test_key), None, flags)).await;
+        assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
+    }
+    // Other known agents, by flag or environment: not pinned there, nothing is sent.
+    let empty = file_with(&markers, "known-empty", "# nobody");
+    for flags in [true, false] {
+        let out = finish(&mut submit(None, Some(&empty), flags)).await;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("is not pinned in"), "{}", text(&out.stderr));
+    }
     agent.stop().await;
 }

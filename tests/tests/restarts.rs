@@ -3,14 +3,14 @@
 //! restarted here are private instances, so tests beside these are not disturbed.
 
 use contracts::*;
-use dispatcher::{Orchestrator, OutcomeKind, RetryPolicy, RpcClient, RpcConfig, Timing};
+use dispatcher::{Orchestrator, OutcomeKind, RetryPolicy, RpcClient, Timing};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tests::services::{PrivateRabbit, PrivateRedis};
 use tests::*;
 
 fn orchestrator_at(amqp_url: String) -> Orchestrator {
-    let rpc = RpcClient::new(RpcConfig { amqp_url, connect_timeout: Duration::from_secs(2) });
+    let rpc = RpcClient::new(tests::rpc_config(amqp_url, Duration::from_secs(2)));
     Orchestrator::new(Arc::new(rpc), Timing { attempt_timeout: Duration::from_secs(3), ..Timing::default() })
 }
 

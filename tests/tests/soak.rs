@@ -1,7 +1,7 @@
 //! Soak: hundreds of scripts, several in flight, while both links to RabbitMQ are reset at
 //! random every 0.5–2 s. Counts what ran: every script exactly once, none lost.
 
-use dispatcher::{Event, Orchestrator, OutcomeKind, RetryPolicy, RpcClient, RpcConfig, Timing};
+use dispatcher::{Event, Orchestrator, OutcomeKind, RetryPolicy, RpcClient, Timing};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +19,7 @@ async fn five_hundred_scripts_under_random_link_resets_run_exactly_once() {
     let mut config = tests::agent::test_config("soak");
     config.amqp_url = agent_link.amqp_url();
     let agent = TestAgent::start_with(config).await;
-    let rpc =
-        RpcClient::new(RpcConfig { amqp_url: dispatcher_link.amqp_url(), connect_timeout: Duration::from_secs(2) });
+    let rpc = RpcClient::new(tests::rpc_config(dispatcher_link.amqp_url(), Duration::from_secs(2)));
     let timing = Timing {
         attempt_timeout: Duration::from_secs(3),
         status_wait: Duration::from_secs(1),

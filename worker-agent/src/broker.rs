@@ -5,6 +5,8 @@
 use crate::service::Agent;
 use crate::Protocol;
 use contracts::topology::*;
+use contracts::trust::amqp::{seal_of, with_seal};
+use contracts::trust::{Identity, Origin, Refusal};
 use contracts::{unix_millis, AmqpEndpoints, CodecError, ErrorReply, Kind, Reply, Request};
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -339,6 +341,13 @@ async fn handle_delivery(
         }
         return;
     }
+    // Trust first (DESIGN.md §7): the seal over the raw body, then, decoded, the envelope.
+    let seal = seal_of(props);
+    let sealed_by = seal.as_ref().ok().and_then(|s| s.as_ref().map(|s| s.key));
+    let origin = match agent.trust().check_seal(seal, &delivery.data) {
+        Ok(origin) => origin,
+        Err(refusal) => return refuse(&agent, &channel, delivery, reply_to, correlation_id, sealed_by, refusal).await,
+    };
     let reply = match Request::decode(&delivery.data) {
         Err(error) => {
             agent.metrics().common.refusals.refused(error.reply_kind());
@@ -357,7 +366,15 @@ async fn handle_delivery(
             return;
         }
         Ok((header, request)) => {
+            let me = Identity { agent_id: &config.agent_id, pool: config.pool.as_deref() };
+            let now = unix_millis(SystemTime::now());
+            if let Err(refusal) = agent.trust().check_header(origin, &header, me, now) {
+                return refuse(&agent, &channel, delivery, reply_to, correlation_id, sealed_by, refusal).await;
+            }
             let kind = request.kind();
+            if origin == Origin::Unsigned {
+                tracing::warn!(agent = %config.agent_id, %kind, "accepting an UNSIGNED command (--insecure-allow-unsigned)");
+            }
             let ticket = request.ticket().map(|t| t.to_string());
             let starts = matches!(kind, Kind::StartScriptV2 | Kind::StartScriptV1);
             let slot = if starts {
@@ -396,6 +413,29 @@ async fn handle_delivery(
     }
 }
 
+/// Refuses a command that failed a trust check: answers it (`NotAuthorized`, or `Expired`),
+/// dead-letters it, and logs why with the key that signed it. Nothing runs, nothing is stored.
+async fn refuse(
+    agent: &Agent,
+    channel: &Channel,
+    delivery: lapin::message::Delivery,
+    reply_to: Option<String>,
+    correlation_id: Option<String>,
+    key_id: Option<contracts::trust::KeyId>,
+    refusal: Refusal,
+) {
+    let kind = delivery.properties.kind().as_ref().map(ShortString::to_string);
+    let key_id = key_id.map(|k| k.to_string());
+    tracing::warn!(agent = %agent.config().agent_id, kind = ?kind, key_id = ?key_id, reason = %refusal, "command refused; nothing ran");
+    agent.metrics().common.refusals.refused(refusal.error_kind());
+    let reply = Reply::Error(ErrorReply::new(refusal.error_kind(), format!("{refusal}; nothing ran")));
+    send_reply(agent, channel, reply_to, correlation_id, &reply).await;
+    // Dead-lettered to cuttle.dead.
+    if let Err(error) = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await {
+        tracing::warn!(agent = %agent.config().agent_id, %error, "could not settle refused delivery");
+    }
+}
+
 async fn ack(agent: &Agent, delivery: &lapin::message::Delivery) {
     if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
         // The broker redelivers; the request is idempotent, so that is harmless.
@@ -421,10 +461,13 @@ async fn send_reply(
             return;
         }
     };
-    let properties = BasicProperties::default()
-        .with_correlation_id(correlation_id.into())
-        .with_type(reply.kind().as_str().into())
-        .with_content_type(CONTENT_TYPE.into());
+    let mut properties =
+        BasicProperties::default().with_type(reply.kind().as_str().into()).with_content_type(CONTENT_TYPE.into());
+    // Signed over the request's correlation id (its message id), so it answers only that request.
+    if let Some(seal) = agent.trust().seal_answer(&correlation_id, &bytes) {
+        properties = with_seal(properties, &seal);
+    }
+    let properties = properties.with_correlation_id(correlation_id.into());
     let publish = channel.basic_publish("".into(), reply_to.into(), BasicPublishOptions::default(), &bytes, properties);
     if let Err(error) = call("basic.publish", BROKER_CALL_TIMEOUT, publish).await {
         // The dispatcher asks again for what it did not get.

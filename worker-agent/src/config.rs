@@ -90,6 +90,15 @@ pub struct AgentConfig {
     /// Directories (canonical) below which files may be uploaded and downloaded; none refuses
     /// every transfer.
     pub transfer_roots: Vec<PathBuf>,
+    /// The agent's own secret key, which signs its answers; created on first start when
+    /// missing. `None`: `<work_dir>/agent.key`.
+    pub key_file: Option<PathBuf>,
+    /// The dispatcher public keys whose signed commands this agent runs (reloaded on SIGHUP).
+    /// Without it the agent refuses to start, unless `insecure_allow_unsigned`.
+    pub trusted_keys_file: Option<PathBuf>,
+    /// Runs unsigned commands too (from anyone who can publish to the broker), with a warning
+    /// each: only for legacy dispatchers and legacy (script v1) agents.
+    pub insecure_allow_unsigned: bool,
 }
 
 impl AgentConfig {
@@ -134,6 +143,9 @@ impl AgentConfig {
             pass_env: Vec::new(),
             max_output: DEFAULT_MAX_OUTPUT,
             transfer_roots: Vec::new(),
+            key_file: None,
+            trusted_keys_file: None,
+            insecure_allow_unsigned: false,
             agent_id,
         }
     }

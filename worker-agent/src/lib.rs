@@ -14,6 +14,7 @@
 //!   [`workspace`] the work dir and the scripts' workspaces in it.
 //! - [`transfer`]: file upload and download below the transfer roots.
 //! - [`presence`]: the agent's announcements of itself (heartbeats) on the presence stream.
+//! - [`trust`]: the agent's key (signs answers) and the dispatcher keys it trusts (commands).
 //! - [`health`]: liveness and readiness probes and metrics over HTTP (axum); [`metrics`] the
 //!   metric families.
 //! - [`cli`]: the `worker-agent` command line.
@@ -35,6 +36,7 @@ pub mod runner;
 pub mod service;
 pub mod store;
 pub mod transfer;
+pub mod trust;
 pub mod workspace;
 
 pub use config::{AgentConfig, Protocol, StoreKind};
@@ -53,6 +55,8 @@ pub enum RunError {
     WorkDir(#[from] workspace::WorkDirError),
     #[error("cannot serve probes on {addr}: {source}")]
     Probes { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Trust(#[from] trust::TrustError),
 }
 
 /// Runs an agent until `shutdown` completes: the one entry point of the `worker-agent` binary
@@ -64,6 +68,8 @@ pub enum RunError {
 /// the rest, each recorded as cancelled, and stops the probes last.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     workspace::prepare_work_dir(&config.work_dir)?;
+    let trust = Arc::new(trust::AgentTrust::load(&config)?);
+    let reloader = tokio::spawn(trust::reload_on_sighup(trust.clone(), config.agent_id.clone()));
     let metrics = metrics::Metrics::default();
     let probes = health::Probes::new(metrics.clone());
     let probes_stop = CancellationToken::new();
@@ -81,7 +87,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
     let started = tokio::select! {
-        started = start(config, metrics, stop.clone()) => started,
+        started = start_trusting(config, trust, metrics, stop.clone()) => started,
         () = &mut shutdown => None,
     };
     if let Some((agent, mut serving)) = started {
@@ -96,6 +102,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         }
         drain(&agent, drain_timeout).await;
     }
+    reloader.abort();
     probes_stop.cancel();
     if let Some(served) = probes_served {
         let _ = served.await;
@@ -170,11 +177,22 @@ pub async fn connect_store(
     }
 }
 
-/// Starts an agent: connects to the store, marks runs lost by an earlier process, and serves its
-/// queue in the background, recording in `metrics`. Cancel `shutdown` to stop taking work; the
-/// returned task ends once the consumer has stopped.
+/// Starts an agent: loads its keys ([`trust::AgentTrust::load`]), connects to the store, marks
+/// runs lost by an earlier process, and serves its queue in the background, recording in
+/// `metrics`. Cancel `shutdown` to stop taking work; the returned task ends once the consumer has
+/// stopped. `Ok(None)`: stopped before it could start.
 pub async fn start(
     config: AgentConfig,
+    metrics: metrics::Metrics,
+    shutdown: CancellationToken,
+) -> Result<Option<(Arc<Agent>, tokio::task::JoinHandle<()>)>, RunError> {
+    let trust = Arc::new(trust::AgentTrust::load(&config)?);
+    Ok(start_trusting(config, trust, metrics, shutdown).await)
+}
+
+async fn start_trusting(
+    config: AgentConfig,
+    trust: Arc<trust::AgentTrust>,
     metrics: metrics::Metrics,
     shutdown: CancellationToken,
 ) -> Option<(Arc<Agent>, tokio::task::JoinHandle<()>)> {
@@ -192,7 +210,7 @@ pub async fn start(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
-    let agent = Agent::new(config, store, epoch, owner, metrics);
+    let agent = Agent::new(config, store, epoch, owner, metrics, trust);
     match agent.recover_lost_runs().await {
         Ok(0) => {}
         Ok(lost) => {

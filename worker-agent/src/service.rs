@@ -8,6 +8,7 @@ use crate::output::Progress;
 use crate::rules::{self, RecordState, TicketRecord};
 use crate::runner::Run;
 use crate::store::{Cancel, Claim, ClaimReplication, Epoch, Release, StoreError, TicketKeys, TicketStore, TicketView};
+use crate::trust::AgentTrust;
 use crate::workspace;
 use contracts::topology::MAX_STATUS_WAIT_MS;
 use contracts::*;
@@ -58,6 +59,8 @@ pub struct Agent {
     metrics: Metrics,
     /// File transfer below `config.transfer_roots`.
     transfers: crate::transfer::Transfers,
+    /// The agent's key and the dispatcher keys it trusts.
+    trust: Arc<AgentTrust>,
 }
 
 /// A place for one running script, held until it ends.
@@ -73,7 +76,14 @@ fn unavailable(error: StoreError) -> Reply {
 
 impl Agent {
     /// An agent serving with `store`; `owner` is this process's identity as a ticket owner.
-    pub fn new(config: AgentConfig, store: TicketStore, epoch: Epoch, owner: String, metrics: Metrics) -> Arc<Self> {
+    pub fn new(
+        config: AgentConfig,
+        store: TicketStore,
+        epoch: Epoch,
+        owner: String,
+        metrics: Metrics,
+        trust: Arc<AgentTrust>,
+    ) -> Arc<Self> {
         let config_slots = config.max_scripts.map(|n| Arc::new(Semaphore::new(n.max(1))));
         Arc::new(Agent {
             pass_env: config.pass_env.clone().into(),
@@ -89,6 +99,7 @@ impl Agent {
             slots: config_slots,
             unconfirmed: Mutex::default(),
             metrics,
+            trust,
         })
     }
 
@@ -98,6 +109,10 @@ impl Agent {
 
     pub fn config(&self) -> &AgentConfig {
         &self.config
+    }
+
+    pub fn trust(&self) -> &AgentTrust {
+        &self.trust
     }
 
     pub fn store(&self) -> &TicketStore {

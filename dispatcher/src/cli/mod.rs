@@ -21,6 +21,7 @@ use crate::policy::{self, MachinePolicy, Overrides, PolicyConfig, PolicyError, P
 use crate::retry::RetryPolicy;
 use crate::route::Route;
 use crate::rpc::{RpcClient, RpcConfig};
+use crate::trust::{DispatcherTrust, TrustFiles};
 use crate::RpcError;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use contracts::{Isolation, LogStream, ScriptSpec, Shell, Ticket};
@@ -79,8 +80,37 @@ pub struct Cli {
     /// user's terminal. Output to a file or pipe is always passed on as it is.
     #[arg(long, global = true)]
     pub raw: bool,
+    /// The dispatcher's secret key, which signs every request; agents run only what a key in
+    /// their --trusted-keys file signed [default: <config dir>/cuttle/dispatcher.key, created on
+    /// first use; <config dir> is $XDG_CONFIG_HOME or ~/.config].
+    #[arg(long = "key", global = true, env = "CUTTLE_DISPATCHER_KEY")]
+    pub key: Option<PathBuf>,
+    /// The agents' pinned public keys: lines `<agent-id> ed25519:<base64>`, `pool:<name>
+    /// ed25519:<base64>` (several per pool or agent allowed), or `<agent-id> legacy` (an old
+    /// agent that cannot sign); answers not signed by the pinned key are ignored as forged
+    /// [default: <config dir>/cuttle/known_agents].
+    #[arg(long, global = true, env = "CUTTLE_KNOWN_AGENTS")]
+    pub known_agents: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Command {
+    /// Whether the command sends requests to agents, and so signs them.
+    fn sends_requests(&self) -> bool {
+        match self {
+            Command::Submit(args) => !args.detach,
+            Command::Status(args) => !args.ticket.target.target.is_empty() || args.ticket.target.pool.is_some(),
+            Command::Cancel(_)
+            | Command::Capabilities(_)
+            | Command::Health(_)
+            | Command::Bench(_)
+            | Command::Serve(_)
+            | Command::Upload(_)
+            | Command::Download(_) => true,
+            Command::History(_) | Command::Agents(_) | Command::Keygen(_) | Command::PublicKey => false,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +148,44 @@ pub enum Command {
     /// resumable and verified with SHA-256.
     #[command(after_help = EXIT_CODES_HELP)]
     Download(DownloadArgs),
+    /// Write a new Ed25519 secret key (mode 0600; an existing file is never overwritten) and print
+    /// its public key, `ed25519:<base64>`, for the agents' trusted-keys files.
+    Keygen(KeygenArgs),
+    /// Print the public key of the dispatcher's key (--key), for the agents' trusted-keys files.
+    PublicKey,
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Where to write the secret key.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Prints the public key of the dispatcher's key (the default one unless `key` names another).
+fn public_key(key: Option<PathBuf>) -> ExitCode {
+    let loaded = TrustFiles::resolve(key, None)
+        .map_err(|e| e.to_string())
+        .and_then(|files| contracts::trust::SecretKey::load(&files.key).map_err(|e| e.to_string()));
+    match loaded {
+        Ok(key) => {
+            println!("{}", key.public());
+            ExitCode::SUCCESS
+        }
+        Err(error) => usage_error(error),
+    }
+}
+
+/// Writes a new key to `out` and prints its public key on stdout (the one line to copy).
+fn keygen(args: &KeygenArgs) -> ExitCode {
+    match contracts::trust::SecretKey::create(&args.out) {
+        Ok(key) => {
+            eprintln!("dispatcher: wrote a new secret key to {} (mode 0600); its public key:", args.out.display());
+            println!("{}", key.public());
+            ExitCode::SUCCESS
+        }
+        Err(error) => usage_error(error.to_string()),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -601,6 +669,7 @@ impl Printer {
                     "error": notice.error.to_string(),
                 }),
                 Event::Notice(message) => json!({"event": "notice", "message": message}),
+                Event::Warning(message) => json!({"event": "warning", "message": message}),
             };
             let mut line = line;
             if let Some(target) = &self.target {
@@ -627,6 +696,7 @@ impl Printer {
                 crate::retry::short(Duration::from_secs(notice.time_left.as_secs())),
             ),
             Event::Notice(message) => eprintln!("cuttle: {prefix}{}", terminal::err(&message)),
+            Event::Warning(message) => eprintln!("cuttle: {prefix}warning: {}", terminal::err(&message)),
         }
     }
 
@@ -745,7 +815,16 @@ fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
 /// Runs one parsed command and gives the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     terminal::set_raw(cli.raw);
-    let rpc_config = RpcConfig { amqp_url: cli.amqp_url.clone(), connect_timeout: cli.connect_timeout };
+    let trust = match cli.command.sends_requests() {
+        false => None,
+        true => match TrustFiles::resolve(cli.key.clone(), cli.known_agents.clone())
+            .and_then(|f| DispatcherTrust::load(&f))
+        {
+            Ok(trust) => Some(Arc::new(trust)),
+            Err(error) => return usage_error(error),
+        },
+    };
+    let rpc_config = RpcConfig { amqp_url: cli.amqp_url.clone(), connect_timeout: cli.connect_timeout, trust };
     let metrics = crate::metrics::Metrics::default();
     let rpc = Arc::new(RpcClient::new(rpc_config.clone()).with_metrics(metrics.clone()));
     let orchestrator =
@@ -767,6 +846,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Agents(args) => fleet::agents(&rpc_config, args).await,
         Command::Upload(args) => transfer(&orchestrator, &args.on, &args.local, &args.remote, true).await,
         Command::Download(args) => transfer(&orchestrator, &args.on, &args.local, &args.remote, false).await,
+        Command::Keygen(args) => keygen(&args),
+        Command::PublicKey => public_key(cli.key),
     };
     rpc.close().await;
     code

@@ -275,6 +275,9 @@ fn print_events(events: &[JournalEvent], json: bool) -> bool {
                     terminal::err(event["error"].as_str().unwrap_or_default())
                 ),
                 "notice" => eprintln!("cuttle: {}", terminal::err(event["message"].as_str().unwrap_or_default())),
+                "warning" => {
+                    eprintln!("cuttle: warning: {}", terminal::err(event["message"].as_str().unwrap_or_default()))
+                }
                 "result" if event["outcome"] != "completed" => {
                     eprintln!(
                         "cuttle: {}: {}",

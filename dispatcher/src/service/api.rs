@@ -577,7 +577,7 @@ async fn ticket(
     Ok(Json(view))
 }
 
-/// The ticket's events, live, as server-sent events (`ticket`, `log`, `retry`, `notice`, and
+/// The ticket's events, live, as server-sent events (`ticket`, `log`, `retry`, `notice`, `warning`, and
 /// `result` last); `Last-Event-ID` resumes after an event.
 #[utoipa::path(get, path = "/v1/tickets/{ticket}/events", params(("ticket" = String, Path, description = "The ticket")),
     security(("bearer" = [])),

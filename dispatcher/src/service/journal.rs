@@ -347,6 +347,7 @@ impl Journal {
                 true,
             ),
             Event::Notice(message) => (json!({"event": "notice", "message": message}), false),
+            Event::Warning(message) => (json!({"event": "warning", "message": message}), false),
         };
         let mut con = self.connection().await?;
         let mut pipe = redis::pipe();

@@ -23,7 +23,34 @@ pub struct Cli {
 pub enum Command {
     /// Connect to the broker and the ticket store and serve script commands until stopped
     /// (SIGINT or SIGTERM).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Write a new Ed25519 secret key (mode 0600; an existing file is never overwritten) and print
+    /// its public key, `ed25519:<base64>`, for the dispatchers' known-agents files.
+    Keygen(KeygenArgs),
+    /// Print the public key of an agent key file, for the dispatchers' known-agents files.
+    PublicKey(PublicKeyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PublicKeyArgs {
+    /// The agent's secret key file.
+    #[arg(long = "key", env = "CUTTLE_AGENT_KEY")]
+    pub key: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KeygenArgs {
+    /// Where to write the secret key.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Writes a new key to `out` and prints its public key on stdout (the one line to copy).
+pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
+    let key = contracts::trust::SecretKey::create(&args.out)?;
+    eprintln!("worker-agent: wrote a new secret key to {} (mode 0600); its public key:", args.out.display());
+    println!("{}", key.public());
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -118,6 +145,18 @@ pub struct RunArgs {
     /// file transfer is refused.
     #[arg(long = "transfer-root", env = "CUTTLE_TRANSFER_ROOTS", value_delimiter = ',')]
     pub transfer_roots: Vec<PathBuf>,
+    /// This agent's secret key, which signs its answers (share one among a pool's workers);
+    /// created on first start if missing, its public key logged [default: <work-dir>/agent.key].
+    #[arg(long = "key", env = "CUTTLE_AGENT_KEY")]
+    pub key: Option<PathBuf>,
+    /// The dispatcher public keys allowed to run scripts here: one `ed25519:<base64> [comment]`
+    /// per line, several for rotation; reloaded on SIGHUP (remove a line to revoke a key).
+    #[arg(long, env = "CUTTLE_TRUSTED_KEYS")]
+    pub trusted_keys: Option<PathBuf>,
+    /// Run UNSIGNED commands too, from anyone who can publish to the broker (a warning for each):
+    /// only for dispatchers from before signing, and needed by `--protocol v1`.
+    #[arg(long)]
+    pub insecure_allow_unsigned: bool,
 }
 
 fn parse_bytes(raw: &str) -> Result<u64, String> {
@@ -205,6 +244,14 @@ impl RunArgs {
             return Err(format!("--announce-interval must be between {min}ms and {max}ms"));
         }
         config.announce_interval = self.announce_interval;
+        if self.protocol == Protocol::V1 && !self.insecure_allow_unsigned {
+            return Err(
+                "--protocol v1 is an agent from before signed commands: it needs --insecure-allow-unsigned".into()
+            );
+        }
+        config.key_file = self.key.clone();
+        config.trusted_keys_file = self.trusted_keys.clone();
+        config.insecure_allow_unsigned = self.insecure_allow_unsigned;
         Ok(config)
     }
 }
@@ -238,7 +285,12 @@ pub fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
+            Command::Keygen(args) => keygen(&args),
+            Command::PublicKey(args) => {
+                println!("{}", contracts::trust::SecretKey::load(&args.key)?.public());
+                Ok(())
+            }
         }
     });
     match result {

@@ -1,0 +1,774 @@
+//! Trust (DESIGN.md §7): commands signed by a dispatcher key the agent trusts, answers signed by
+//! the agent key the dispatcher pinned. The broker is a transport, never an authority.
+//!
+//! - Keys are Ed25519 ([`SecretKey`], [`PublicKey`]); a public key is written
+//!   `ed25519:<base64 of its 32 bytes>`, and named in headers and logs by its [`KeyId`] (the first
+//!   8 bytes of its SHA-256, in hex).
+//! - The msgpack body is unchanged, so old readers keep working; the AMQP headers
+//!   [`KEY_HEADER`] and [`SIGNATURE_HEADER`] carry a [`Seal`] (key id and signature).
+//! - A command's signature covers [`COMMAND_CONTEXT`] and the whole body (every envelope field:
+//!   kind, message id, target, `issued_at`, `not_after`, and the kind's body with its ticket); an
+//!   answer's covers [`ANSWER_CONTEXT`], the message id of the request it answers, and its body, so
+//!   an old answer replayed to another request does not verify.
+//! - [`check_command_seal`] and [`check_command_header`] are the agent's decisions,
+//!   [`check_answer`] the dispatcher's: plain functions, no I/O.
+//! - [`TrustedKeys`] (the agent's `--trusted-keys` file) and [`KnownAgents`] (the dispatcher's
+//!   `--known-agents` file) parse their line formats.
+//!
+//! Key files are the one place this crate touches the file system ([`SecretKey::load`],
+//! [`SecretKey::create`], [`read_file`]): both binaries read and write them the same way.
+//! Secret keys and signatures never appear in `Debug` output or messages; only key ids do.
+
+use crate::envelope::Envelope;
+use crate::topology::CLOCK_SKEW_ALLOWANCE_MS;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// What a command's signature covers before its body.
+pub const COMMAND_CONTEXT: &[u8] = b"cuttle command v1\0";
+/// What an answer's signature covers before the request's message id and its own body.
+pub const ANSWER_CONTEXT: &[u8] = b"cuttle answer v1\0";
+/// AMQP header carrying the signing key's id (hex).
+pub const KEY_HEADER: &str = "cuttle-key";
+/// AMQP header carrying the signature (base64 of 64 bytes).
+pub const SIGNATURE_HEADER: &str = "cuttle-sig";
+/// Longest a signed command may stay valid: `not_after` at most this long after `issued_at`, so
+/// a captured command is worthless after a day at most.
+pub const MAX_COMMAND_WINDOW_MS: u64 = 24 * 3600 * 1000;
+/// How a public key is written.
+pub const PUBLIC_KEY_PREFIX: &str = "ed25519:";
+/// How a secret key file begins.
+const SECRET_KEY_PREFIX: &str = "cuttle-ed25519-secret:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} already exists: not overwriting a key")]
+    Exists { path: PathBuf },
+    #[error("{path}: not a cuttle secret key (expected one line `{SECRET_KEY_PREFIX}<base64>`)")]
+    NotAKey { path: PathBuf },
+    #[error("cannot get random bytes from the system: {0}")]
+    Random(String),
+    #[error("{path}:{line}: {reason}")]
+    Line { path: PathBuf, line: usize, reason: String },
+}
+
+/// The id of a public key: the first 8 bytes of its SHA-256, shown in hex. Not secret.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId([u8; 8]);
+
+impl KeyId {
+    pub fn parse(hex_id: &str) -> Option<KeyId> {
+        let mut id = [0u8; 8];
+        hex::decode_to_slice(hex_id, &mut id).ok()?;
+        Some(KeyId(id))
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// An Ed25519 public key, written `ed25519:<base64>`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PublicKey {
+    key: VerifyingKey,
+    id: KeyId,
+}
+
+impl PublicKey {
+    fn new(key: VerifyingKey) -> PublicKey {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&digest[..8]);
+        PublicKey { key, id: KeyId(id) }
+    }
+
+    pub fn parse(text: &str) -> Result<PublicKey, String> {
+        let encoded = text
+            .strip_prefix(PUBLIC_KEY_PREFIX)
+            .ok_or_else(|| format!("a public key starts with `{PUBLIC_KEY_PREFIX}`"))?;
+        let bytes = BASE64.decode(encoded).map_err(|e| format!("public key is not base64: {e}"))?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| "a public key is 32 bytes".to_string())?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid Ed25519 public key".to_string())?;
+        Ok(PublicKey::new(key))
+    }
+
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    fn verifies(&self, message: &[u8], seal: &Seal) -> bool {
+        self.key.verify_strict(message, &Signature::from_bytes(&seal.signature)).is_ok()
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PUBLIC_KEY_PREFIX}{}", BASE64.encode(self.key.as_bytes()))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.id)
+    }
+}
+
+/// An Ed25519 secret key. Its `Debug` shows only the public key's id.
+#[derive(Clone)]
+pub struct SecretKey {
+    key: SigningKey,
+    public: PublicKey,
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey({})", self.public.id)
+    }
+}
+
+impl SecretKey {
+    fn from_seed(seed: &[u8; 32]) -> SecretKey {
+        let key = SigningKey::from_bytes(seed);
+        let public = PublicKey::new(key.verifying_key());
+        SecretKey { key, public }
+    }
+
+    /// A new key from the operating system's random source.
+    pub fn generate() -> Result<SecretKey, KeyError> {
+        use rand::TryRng;
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rand::rngs::SysRng.try_fill_bytes(seed.as_mut()).map_err(|e| KeyError::Random(e.to_string()))?;
+        Ok(SecretKey::from_seed(&seed))
+    }
+
+    pub fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
+    pub fn id(&self) -> KeyId {
+        self.public.id
+    }
+
+    fn to_text(&self) -> String {
+        format!("{SECRET_KEY_PREFIX}{}\n", BASE64.encode(self.key.to_bytes()))
+    }
+
+    fn from_text(text: &str) -> Option<SecretKey> {
+        let encoded = text.trim().strip_prefix(SECRET_KEY_PREFIX)?;
+        let bytes = Zeroizing::new(BASE64.decode(encoded).ok()?);
+        let seed: &[u8; 32] = bytes.as_slice().try_into().ok()?;
+        Some(SecretKey::from_seed(seed))
+    }
+
+    /// Reads a key file written by [`SecretKey::create`].
+    pub fn load(path: &Path) -> Result<SecretKey, KeyError> {
+        let text = Zeroizing::new(read_file(path)?);
+        SecretKey::from_text(&text).ok_or_else(|| KeyError::NotAKey { path: path.to_owned() })
+    }
+
+    /// Generates a key and writes it to `path`, readable by its owner only (mode 0600). Never
+    /// overwrites: an existing file is an error.
+    pub fn create(path: &Path) -> Result<SecretKey, KeyError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let key = SecretKey::generate()?;
+        let io = |source| KeyError::Io { path: path.to_owned(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut file = match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(KeyError::Exists { path: path.to_owned() })
+            }
+            opened => opened.map_err(io)?,
+        };
+        file.write_all(Zeroizing::new(key.to_text()).as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(key)
+    }
+
+    /// The key at `path`, created there first if there is none. `true` when it was created.
+    pub fn load_or_create(path: &Path) -> Result<(SecretKey, bool), KeyError> {
+        match SecretKey::create(path) {
+            Ok(key) => Ok((key, true)),
+            Err(KeyError::Exists { .. }) => Ok((SecretKey::load(path)?, false)),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Seals a command whose encoded envelope is `body`.
+    pub fn seal_command(&self, body: &[u8]) -> Seal {
+        self.seal(&[COMMAND_CONTEXT, body].concat())
+    }
+
+    /// Seals an answer (`body`) to the request whose message id is `request_id`.
+    pub fn seal_answer(&self, request_id: &str, body: &[u8]) -> Seal {
+        self.seal(&answer_message(request_id, body))
+    }
+
+    fn seal(&self, message: &[u8]) -> Seal {
+        Seal { key: self.public.id, signature: self.key.sign(message).to_bytes() }
+    }
+}
+
+fn answer_message(request_id: &str, body: &[u8]) -> Vec<u8> {
+    [ANSWER_CONTEXT, request_id.as_bytes(), body].concat()
+}
+
+/// Reads a whole (small) text file, naming it in the error.
+pub fn read_file(path: &Path) -> Result<String, KeyError> {
+    std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })
+}
+
+/// A signature and the id of the key that made it, as carried in the AMQP headers.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Seal {
+    pub key: KeyId,
+    signature: [u8; 64],
+}
+
+impl fmt::Debug for Seal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Seal(by {})", self.key)
+    }
+}
+
+impl Seal {
+    /// The header values: ([`KEY_HEADER`], [`SIGNATURE_HEADER`]).
+    pub fn to_headers(&self) -> (String, String) {
+        (self.key.to_string(), BASE64.encode(self.signature))
+    }
+
+    /// Reads the headers; `Ok(None)` when neither is there (an unsigned message).
+    pub fn from_headers(key: Option<&str>, signature: Option<&str>) -> Result<Option<Seal>, String> {
+        let (key, signature) = match (key, signature) {
+            (None, None) => return Ok(None),
+            (Some(key), Some(signature)) => (key, signature),
+            _ => return Err(format!("one of {KEY_HEADER} and {SIGNATURE_HEADER} without the other")),
+        };
+        let key = KeyId::parse(key).ok_or_else(|| format!("{KEY_HEADER} is not a key id"))?;
+        let bytes = BASE64.decode(signature).map_err(|_| format!("{SIGNATURE_HEADER} is not base64"))?;
+        let signature = bytes.try_into().map_err(|_| format!("{SIGNATURE_HEADER} is not 64 bytes"))?;
+        Ok(Some(Seal { key, signature }))
+    }
+}
+
+/// A public key file line: the key and what follows it (a comment, or an agent name).
+fn parse_lines(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
+    text.lines().enumerate().filter_map(|(index, line)| {
+        let line = line.trim();
+        (!line.is_empty() && !line.starts_with('#')).then(|| (index + 1, line.split_whitespace().collect()))
+    })
+}
+
+/// The dispatcher keys an agent trusts (`--trusted-keys`): one `ed25519:<base64> [comment]` per
+/// line, `#` comments and blank lines ignored. Several keys allow rotation; removing a line (and
+/// reloading, SIGHUP) revokes the key.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedKeys {
+    keys: BTreeMap<KeyId, PublicKey>,
+}
+
+impl TrustedKeys {
+    pub fn parse(text: &str) -> Result<TrustedKeys, (usize, String)> {
+        let mut keys = BTreeMap::new();
+        for (line, words) in parse_lines(text) {
+            let key = PublicKey::parse(words[0]).map_err(|reason| (line, reason))?;
+            keys.insert(key.id(), key);
+        }
+        Ok(TrustedKeys { keys })
+    }
+
+    pub fn load(path: &Path) -> Result<TrustedKeys, KeyError> {
+        TrustedKeys::parse(&read_file(path)?).map_err(|(line, reason)| KeyError::Line {
+            path: path.to_owned(),
+            line,
+            reason,
+        })
+    }
+
+    pub fn of(keys: impl IntoIterator<Item = PublicKey>) -> TrustedKeys {
+        TrustedKeys { keys: keys.into_iter().map(|k| (k.id(), k)).collect() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = KeyId> + '_ {
+        self.keys.keys().copied()
+    }
+
+    fn get(&self, id: KeyId) -> Option<&PublicKey> {
+        self.keys.get(&id)
+    }
+}
+
+/// What the dispatcher believes of one agent or pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pin {
+    /// Answers count only if signed by one of these keys.
+    Keys(Vec<PublicKey>),
+    /// An old agent that cannot sign: its answers are taken unsigned (with a warning).
+    Legacy,
+}
+
+/// The agents a dispatcher knows (`--known-agents`): `<agent-id> ed25519:<base64> [comment]`,
+/// `pool:<name> ed25519:<base64> [comment]` (several lines for one agent or pool: any of their
+/// keys counts), or `<agent-id> legacy`. `#` comments and blank lines ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KnownAgents {
+    /// By agent id, or `pool:<name>`.
+    pins: BTreeMap<String, Pin>,
+}
+
+impl KnownAgents {
+    pub fn parse(text: &str) -> Result<KnownAgents, (usize, String)> {
+        let mut pins: BTreeMap<String, Pin> = BTreeMap::new();
+        for (line, words) in parse_lines(text) {
+            let [name, what, ..] = words[..] else {
+                return Err((
+                    line,
+                    "expected `<agent-id> ed25519:<key>`, `pool:<name> ed25519:<key>` or `<agent-id> legacy`".into(),
+                ));
+            };
+            let (kind, bare) = match name.strip_prefix("pool:") {
+                Some(pool) => ("pool name", pool),
+                None => ("agent id", name),
+            };
+            crate::topology::validate_name(kind, bare).map_err(|reason| (line, reason))?;
+            let conflict = || (line, format!("{name} is pinned both to keys and as legacy"));
+            match (what, pins.get_mut(name)) {
+                ("legacy", _) if kind == "pool name" => {
+                    return Err((line, "a pool cannot be legacy: script v1 agents do not serve pools".into()))
+                }
+                ("legacy", None) => {
+                    pins.insert(name.to_owned(), Pin::Legacy);
+                }
+                ("legacy", Some(Pin::Legacy)) => {}
+                ("legacy", Some(Pin::Keys(_))) | (_, Some(Pin::Legacy)) => return Err(conflict()),
+                (key, existing) => {
+                    let key = PublicKey::parse(key).map_err(|reason| (line, reason))?;
+                    match existing {
+                        Some(Pin::Keys(keys)) => keys.push(key),
+                        _ => {
+                            pins.insert(name.to_owned(), Pin::Keys(vec![key]));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(KnownAgents { pins })
+    }
+
+    pub fn load(path: &Path) -> Result<KnownAgents, KeyError> {
+        KnownAgents::parse(&read_file(path)?).map_err(|(line, reason)| KeyError::Line {
+            path: path.to_owned(),
+            line,
+            reason,
+        })
+    }
+
+    /// The pin of a target as written in an envelope: an agent id, or `pool:<name>`.
+    pub fn pin(&self, target: &str) -> Option<&Pin> {
+        self.pins.get(target)
+    }
+}
+
+/// Who an agent is, for the target check.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity<'a> {
+    pub agent_id: &'a str,
+    pub pool: Option<&'a str>,
+}
+
+/// Why an agent refuses a command. Shown to the sender (in a `NotAuthorized` reply) and logged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("unsigned command: this agent runs only commands signed by a dispatcher key it trusts")]
+    Unsigned,
+    #[error("bad signature headers: {0}")]
+    BadHeaders(String),
+    #[error("signed by key {0}, which this agent does not trust")]
+    UntrustedKey(KeyId),
+    #[error("the signature by key {0} does not verify: the command was altered, or not made by that key")]
+    BadSignature(KeyId),
+    #[error("addressed to {target:?}, not to this agent ({expected})")]
+    Misaddressed { target: String, expected: String },
+    #[error("no not_after: a signed command must say until when it may run")]
+    NoDeadline,
+    #[error("valid for {} after it was issued, more than the 24h allowed", fmt_ms(*window_ms))]
+    WindowTooLong { window_ms: u64 },
+    #[error("expired: its not_after has passed")]
+    Expired,
+}
+
+fn fmt_ms(ms: u64) -> String {
+    format!("{}s", ms / 1000)
+}
+
+impl Refusal {
+    /// The error kind the refusal is answered with: `Expired` for a command past its deadline
+    /// (as before signing existed), `NotAuthorized` for everything else.
+    pub fn error_kind(&self) -> crate::ErrorKind {
+        match self {
+            Refusal::Expired => crate::ErrorKind::Expired,
+            _ => crate::ErrorKind::NotAuthorized,
+        }
+    }
+}
+
+/// How a command passed the signature check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Signed by this trusted key.
+    Key(KeyId),
+    /// Unsigned, and the agent accepts unsigned commands (`--insecure-allow-unsigned`).
+    Unsigned,
+}
+
+/// The agent's first check, on the raw body before it is decoded: a seal by a trusted key that
+/// verifies over the whole body. Unsigned commands pass only when `allow_unsigned`; a seal that
+/// is present but does not verify is refused even then.
+pub fn check_command_seal(
+    trusted: &TrustedKeys,
+    allow_unsigned: bool,
+    seal: Result<Option<Seal>, String>,
+    body: &[u8],
+) -> Result<Origin, Refusal> {
+    let seal = match seal.map_err(Refusal::BadHeaders)? {
+        None if allow_unsigned => return Ok(Origin::Unsigned),
+        None => return Err(Refusal::Unsigned),
+        Some(seal) => seal,
+    };
+    let key = trusted.get(seal.key).ok_or(Refusal::UntrustedKey(seal.key))?;
+    if !key.verifies(&[COMMAND_CONTEXT, body].concat(), &seal) {
+        return Err(Refusal::BadSignature(seal.key));
+    }
+    Ok(Origin::Key(seal.key))
+}
+
+/// The agent's checks of a signed command's envelope, once its seal verified: addressed to this
+/// agent (its id, or `pool:<its pool>`), with a `not_after` at most 24 h after `issued_at` that
+/// has not passed (allowing [`CLOCK_SKEW_ALLOWANCE_MS`]).
+pub fn check_command_header(header: &Envelope<()>, me: Identity<'_>, now_ms: u64) -> Result<(), Refusal> {
+    let for_pool = me.pool.is_some_and(|pool| header.target.strip_prefix("pool:") == Some(pool));
+    if header.target != me.agent_id && !for_pool {
+        let expected = match me.pool {
+            Some(pool) => format!("{} or pool:{pool}", me.agent_id),
+            None => me.agent_id.to_owned(),
+        };
+        return Err(Refusal::Misaddressed { target: header.target.clone(), expected });
+    }
+    let not_after = header.not_after.ok_or(Refusal::NoDeadline)?;
+    let window_ms = not_after.saturating_sub(header.issued_at);
+    if window_ms > MAX_COMMAND_WINDOW_MS {
+        return Err(Refusal::WindowTooLong { window_ms });
+    }
+    if now_ms > not_after.saturating_add(CLOCK_SKEW_ALLOWANCE_MS) {
+        return Err(Refusal::Expired);
+    }
+    Ok(())
+}
+
+/// Why the dispatcher does not believe an answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Forged {
+    #[error("unsigned answer")]
+    Unsigned,
+    #[error("bad signature headers: {0}")]
+    BadHeaders(String),
+    #[error("signed by key {0}, which is not pinned for this target")]
+    UnpinnedKey(KeyId),
+    #[error("the signature by key {0} does not verify for this request (altered, or an answer to another request)")]
+    BadSignature(KeyId),
+}
+
+/// How an answer was believed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Believed {
+    /// Signed by this pinned key, for this request.
+    Key(KeyId),
+    /// From an agent pinned as legacy, which cannot sign.
+    Legacy,
+}
+
+/// The dispatcher's check of an answer (`body`) to its request `request_id`: it counts only if
+/// sealed by a key pinned for the target asked, over this request's id and this body.
+pub fn check_answer(
+    pin: &Pin,
+    request_id: &str,
+    seal: Result<Option<Seal>, String>,
+    body: &[u8],
+) -> Result<Believed, Forged> {
+    let keys = match pin {
+        Pin::Legacy => return Ok(Believed::Legacy),
+        Pin::Keys(keys) => keys,
+    };
+    let seal = seal.map_err(Forged::BadHeaders)?.ok_or(Forged::Unsigned)?;
+    let key = keys.iter().find(|k| k.id() == seal.key).ok_or(Forged::UnpinnedKey(seal.key))?;
+    if !key.verifies(&answer_message(request_id, body), &seal) {
+        return Err(Forged::BadSignature(seal.key));
+    }
+    Ok(Believed::Key(seal.key))
+}
+
+/// The AMQP headers that carry a [`Seal`] (feature `amqp`).
+#[cfg(feature = "amqp")]
+pub mod amqp {
+    use super::{Seal, KEY_HEADER, SIGNATURE_HEADER};
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::BasicProperties;
+
+    /// `properties` with the seal's headers added.
+    pub fn with_seal(properties: BasicProperties, seal: &Seal) -> BasicProperties {
+        let (key, signature) = seal.to_headers();
+        let mut headers = FieldTable::default();
+        headers.insert(KEY_HEADER.into(), AMQPValue::LongString(key.into()));
+        headers.insert(SIGNATURE_HEADER.into(), AMQPValue::LongString(signature.into()));
+        properties.with_headers(headers)
+    }
+
+    /// The seal a message carries in its headers: `Ok(None)` when it carries none.
+    pub fn seal_of(properties: &BasicProperties) -> Result<Option<Seal>, String> {
+        let text = |name: &str| match properties.headers().as_ref()?.inner().get(name)? {
+            AMQPValue::LongString(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+            _ => None,
+        };
+        Seal::from_headers(text(KEY_HEADER).as_deref(), text(SIGNATURE_HEADER).as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::{Kind, StartScriptV2};
+    use crate::Ticket;
+    use proptest::prelude::*;
+
+    fn key(seed: u8) -> SecretKey {
+        SecretKey::from_seed(&[seed; 32])
+    }
+
+    fn header(target: &str, issued_at: u64, not_after: Option<u64>) -> Envelope<()> {
+        Envelope::new(Kind::StartScriptV2, target, issued_at, not_after, ())
+    }
+
+    fn start_bytes(target: &str) -> Vec<u8> {
+        let start = StartScriptV2 {
+            ticket: Ticket::generate(),
+            spec: crate::ScriptSpec { script: "echo hi".into(), ..Default::default() },
+            wait_for_output: None,
+            first_issued_at: None,
+        };
+        crate::Request::StartScriptV2(start).encode(target, 1_000, Some(61_000)).unwrap().1
+    }
+
+    const ME: Identity<'static> = Identity { agent_id: "web-01", pool: Some("workers") };
+
+    #[test]
+    fn public_keys_and_secret_keys_round_trip_through_text() {
+        let secret = key(7);
+        let public = PublicKey::parse(&secret.public().to_string()).unwrap();
+        assert_eq!(&public, secret.public());
+        assert_eq!(public.id().to_string().len(), 16);
+        assert_eq!(SecretKey::from_text(&secret.to_text()).unwrap().id(), secret.id());
+        assert!(PublicKey::parse("ssh-ed25519:AAAA").is_err());
+        assert!(PublicKey::parse("ed25519:AAAA").is_err(), "too short");
+        assert!(!format!("{secret:?}").contains(&BASE64.encode(secret.key.to_bytes())), "debug hides the secret");
+    }
+
+    #[test]
+    fn key_files_are_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("cuttle-trust-{}", uuid::Uuid::new_v4()));
+        let path = dir.join("sub").join("agent.key");
+        let (created, fresh) = SecretKey::load_or_create(&path).unwrap();
+        assert!(fresh);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let (loaded, fresh) = SecretKey::load_or_create(&path).unwrap();
+        assert!(!fresh);
+        assert_eq!(loaded.id(), created.id());
+        assert!(matches!(SecretKey::create(&path), Err(KeyError::Exists { .. })));
+        assert_eq!(SecretKey::load(&path).unwrap().id(), created.id(), "the file was left as it was");
+        std::fs::write(dir.join("junk"), "hello").unwrap();
+        assert!(matches!(SecretKey::load(&dir.join("junk")), Err(KeyError::NotAKey { .. })));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn trusted_keys_files_parse_with_comments_and_report_bad_lines() {
+        let (a, b) = (key(1), key(2));
+        let text = format!("# dispatchers\n{} ci\n\n  {} old laptop\n", a.public(), b.public());
+        let trusted = TrustedKeys::parse(&text).unwrap();
+        assert_eq!(trusted.len(), 2);
+        assert!(trusted.get(a.id()).is_some() && trusted.get(b.id()).is_some());
+        assert_eq!(TrustedKeys::parse("# x\nnot-a-key\n").unwrap_err().0, 2);
+    }
+
+    #[test]
+    fn known_agents_files_parse_agents_pools_and_legacy() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let text = format!(
+            "web-01 {} rotated in 2026\nweb-01 {}\npool:workers {}\npool:workers {}\nold-box legacy\n",
+            a.public(),
+            b.public(),
+            b.public(),
+            c.public()
+        );
+        let known = KnownAgents::parse(&text).unwrap();
+        assert_eq!(known.pin("web-01"), Some(&Pin::Keys(vec![*a.public(), *b.public()])));
+        assert_eq!(known.pin("pool:workers"), Some(&Pin::Keys(vec![*b.public(), *c.public()])));
+        assert_eq!(known.pin("old-box"), Some(&Pin::Legacy));
+        assert_eq!(known.pin("workers"), None, "a pool's pin is not an agent's");
+        assert_eq!(known.pin("web-02"), None);
+        for bad in ["web-01", "web 01 legacy", &format!("x legacy\nx {}", a.public()), "pool:p legacy", "a:b legacy"] {
+            assert!(KnownAgents::parse(bad).is_err(), "{bad:?} is refused");
+        }
+    }
+
+    #[test]
+    fn a_command_signed_by_a_trusted_key_passes_every_check() {
+        let dispatcher = key(1);
+        let trusted = TrustedKeys::of([*dispatcher.public()]);
+        let body = start_bytes("web-01");
+        let seal = dispatcher.seal_command(&body);
+        let (key_header, sig_header) = seal.to_headers();
+        let read = Seal::from_headers(Some(&key_header), Some(&sig_header));
+        assert_eq!(check_command_seal(&trusted, false, read, &body), Ok(Origin::Key(dispatcher.id())));
+        let (header, _) = crate::Request::decode(&body).unwrap();
+        assert_eq!(check_command_header(&header, ME, 30_000), Ok(()));
+    }
+
+    #[test]
+    fn commands_without_a_good_seal_are_refused() {
+        let (dispatcher, stranger) = (key(1), key(2));
+        let trusted = TrustedKeys::of([*dispatcher.public()]);
+        let body = start_bytes("web-01");
+        assert_eq!(check_command_seal(&trusted, false, Ok(None), &body), Err(Refusal::Unsigned));
+        assert_eq!(check_command_seal(&trusted, true, Ok(None), &body), Ok(Origin::Unsigned));
+        let foreign = stranger.seal_command(&body);
+        assert_eq!(
+            check_command_seal(&trusted, true, Ok(Some(foreign)), &body),
+            Err(Refusal::UntrustedKey(stranger.id()))
+        );
+        let answer_seal = dispatcher.seal_answer("", &body);
+        assert_eq!(
+            check_command_seal(&trusted, true, Ok(Some(answer_seal)), &body),
+            Err(Refusal::BadSignature(dispatcher.id())),
+            "an answer's signature is no command's"
+        );
+        assert!(matches!(
+            check_command_seal(&trusted, true, Seal::from_headers(Some("00"), None), &body),
+            Err(Refusal::BadHeaders(_))
+        ));
+        assert!(Seal::from_headers(Some("0011223344556677"), Some("AAAA")).is_err());
+        // Revoked: the key is no longer in the file.
+        let seal = dispatcher.seal_command(&body);
+        assert_eq!(
+            check_command_seal(&TrustedKeys::default(), false, Ok(Some(seal)), &body),
+            Err(Refusal::UntrustedKey(dispatcher.id()))
+        );
+    }
+
+    #[test]
+    fn envelopes_are_checked_for_target_and_deadline() {
+        let at = 1_000_000;
+        let ok = |target: &str, not_after| check_command_header(&header(target, at, not_after), ME, at);
+        assert_eq!(ok("web-01", Some(at + 60_000)), Ok(()));
+        assert_eq!(ok("pool:workers", Some(at + 60_000)), Ok(()));
+        assert!(matches!(ok("web-02", Some(at + 60_000)), Err(Refusal::Misaddressed { .. })));
+        assert!(matches!(ok("workers", Some(at + 60_000)), Err(Refusal::Misaddressed { .. })), "bare pool name");
+        assert!(matches!(ok("pool:other", Some(at + 60_000)), Err(Refusal::Misaddressed { .. })));
+        let alone = Identity { agent_id: "web-01", pool: None };
+        assert!(check_command_header(&header("pool:web-01", at, Some(at + 1)), alone, at).is_err());
+        assert_eq!(ok("web-01", None), Err(Refusal::NoDeadline));
+        assert_eq!(ok("web-01", Some(at + MAX_COMMAND_WINDOW_MS)), Ok(()));
+        assert_eq!(
+            ok("web-01", Some(at + MAX_COMMAND_WINDOW_MS + 1)),
+            Err(Refusal::WindowTooLong { window_ms: MAX_COMMAND_WINDOW_MS + 1 })
+        );
+        let late = |now| check_command_header(&header("web-01", at, Some(at + 10)), ME, now);
+        assert_eq!(late(at + 10 + CLOCK_SKEW_ALLOWANCE_MS), Ok(()), "within the skew allowance");
+        assert_eq!(late(at + 11 + CLOCK_SKEW_ALLOWANCE_MS), Err(Refusal::Expired));
+        assert_eq!(Refusal::Expired.error_kind(), crate::ErrorKind::Expired);
+        assert_eq!(Refusal::Unsigned.error_kind(), crate::ErrorKind::NotAuthorized);
+    }
+
+    #[test]
+    fn answers_count_only_from_a_pinned_key_for_their_own_request() {
+        let (agent, other) = (key(5), key(6));
+        let pin = Pin::Keys(vec![*agent.public()]);
+        let body = b"answer".to_vec();
+        let seal = agent.seal_answer("req-1", &body);
+        assert_eq!(check_answer(&pin, "req-1", Ok(Some(seal.clone())), &body), Ok(Believed::Key(agent.id())));
+        assert_eq!(
+            check_answer(&pin, "req-2", Ok(Some(seal)), &body),
+            Err(Forged::BadSignature(agent.id())),
+            "an old answer replayed to another request"
+        );
+        assert_eq!(check_answer(&pin, "req-1", Ok(None), &body), Err(Forged::Unsigned));
+        let impostor = other.seal_answer("req-1", &body);
+        assert_eq!(check_answer(&pin, "req-1", Ok(Some(impostor)), &body), Err(Forged::UnpinnedKey(other.id())));
+        assert_eq!(check_answer(&Pin::Legacy, "req-1", Ok(None), &body), Ok(Believed::Legacy));
+        let command_seal = agent.seal_command(&body);
+        assert!(check_answer(&pin, "", Ok(Some(command_seal)), &body).is_err(), "a command's signature is no answer's");
+    }
+
+    proptest! {
+        // Each case signs and verifies in a debug build: enough cases to hit every region of the body.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_change_to_a_signed_command_is_refused(index in any::<prop::sample::Index>(), flip in 1u8..=255) {
+            let dispatcher = key(1);
+            let trusted = TrustedKeys::of([*dispatcher.public()]);
+            let body = start_bytes("web-01");
+            let seal = dispatcher.seal_command(&body);
+            let mut tampered = body.clone();
+            tampered[index.index(body.len())] ^= flip;
+            prop_assert_eq!(
+                check_command_seal(&trusted, false, Ok(Some(seal)), &tampered),
+                Err(Refusal::BadSignature(dispatcher.id()))
+            );
+        }
+
+        #[test]
+        fn any_change_to_a_signed_answer_is_not_believed(
+            index in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+            request in "[a-f0-9-]{36}",
+        ) {
+            let agent = key(5);
+            let pin = Pin::Keys(vec![*agent.public()]);
+            let body = start_bytes("web-01");
+            let seal = agent.seal_answer(&request, &body);
+            let mut tampered = body.clone();
+            tampered[index.index(body.len())] ^= flip;
+            prop_assert!(check_answer(&pin, &request, Ok(Some(seal.clone())), &tampered).is_err());
+            let other_request = format!("{request}x");
+            prop_assert!(check_answer(&pin, &other_request, Ok(Some(seal)), &body).is_err());
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The dispatcher's side of trust (DESIGN.md §7): its key, which signs every command, and the
+//! agents it knows, whose pinned keys every answer must be signed by. The decisions are
+//! [`contracts::trust`]'s plain functions; this holds the keys and finds a target's pin,
+//! reading the known-agents file again when a target is not in it (so an agent enrolled while
+//! `dispatcher serve` runs is pinned without a restart).
+
+use contracts::trust::{KeyError, KnownAgents, Pin, Seal, SecretKey};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The files under the user's configuration directory used when no flag or variable names one.
+pub const DEFAULT_KEY_FILE: &str = "dispatcher.key";
+pub const DEFAULT_KNOWN_AGENTS_FILE: &str = "known_agents";
+
+/// `$XDG_CONFIG_HOME/cuttle`, else `$HOME/.config/cuttle`.
+pub fn default_dir() -> Option<PathBuf> {
+    let non_empty = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    non_empty("XDG_CONFIG_HOME")
+        .or_else(|| non_empty("HOME").map(|home| home.join(".config")))
+        .map(|d| d.join("cuttle"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("dispatcher key: {0}")]
+    Key(KeyError),
+    #[error("known agents: {0}")]
+    KnownAgents(KeyError),
+    #[error("no configuration directory ($HOME unset): give --key and --known-agents")]
+    NoConfigDir,
+}
+
+/// The dispatcher's key and the agents it believes.
+#[derive(Debug)]
+pub struct DispatcherTrust {
+    key: SecretKey,
+    known: RwLock<Arc<KnownAgents>>,
+    /// Read again when a target is not pinned; `None` for pins given in memory.
+    known_file: Option<PathBuf>,
+    /// Legacy agents already warned about (once per target and process).
+    warned_legacy: Mutex<HashSet<String>>,
+}
+
+/// Where the dispatcher's key and known agents come from.
+#[derive(Clone, Debug)]
+pub struct TrustFiles {
+    pub key: PathBuf,
+    /// Create the key if the file does not exist (the default location only: a key named
+    /// explicitly must exist).
+    pub create_key: bool,
+    pub known_agents: PathBuf,
+}
+
+impl TrustFiles {
+    /// The files given (flags, environment), the defaults under the configuration dir otherwise.
+    pub fn resolve(key: Option<PathBuf>, known_agents: Option<PathBuf>) -> Result<TrustFiles, TrustError> {
+        let dir = || default_dir().ok_or(TrustError::NoConfigDir);
+        let create_key = key.is_none();
+        let key = match key {
+            Some(key) => key,
+            None => dir()?.join(DEFAULT_KEY_FILE),
+        };
+        let known_agents = match known_agents {
+            Some(known) => known,
+            None => dir()?.join(DEFAULT_KNOWN_AGENTS_FILE),
+        };
+        Ok(TrustFiles { key, create_key, known_agents })
+    }
+}
+
+impl DispatcherTrust {
+    /// Keys given in memory (tests, embedding).
+    pub fn new(key: SecretKey, known: KnownAgents) -> DispatcherTrust {
+        DispatcherTrust { key, known: RwLock::new(Arc::new(known)), known_file: None, warned_legacy: Mutex::default() }
+    }
+
+    /// Loads the key (creating it at the default location on first use, with a notice on
+    /// stderr) and the known agents (a missing file pins no one).
+    pub fn load(files: &TrustFiles) -> Result<DispatcherTrust, TrustError> {
+        let key = if files.create_key {
+            let (key, created) = SecretKey::load_or_create(&files.key).map_err(TrustError::Key)?;
+            if created {
+                eprintln!(
+                    "dispatcher: created a dispatcher key at {}; agents run its commands once their --trusted-keys file holds its public key:\n{}",
+                    files.key.display(),
+                    key.public()
+                );
+            }
+            key
+        } else {
+            SecretKey::load(&files.key).map_err(TrustError::Key)?
+        };
+        let known = read_known(&files.known_agents).map_err(TrustError::KnownAgents)?;
+        Ok(DispatcherTrust {
+            key,
+            known: RwLock::new(Arc::new(known)),
+            known_file: Some(files.known_agents.clone()),
+            warned_legacy: Mutex::default(),
+        })
+    }
+
+    pub fn seal_command(&self, body: &[u8]) -> Seal {
+        self.key.seal_command(body)
+    }
+
+    /// The pin of `target` (an agent id, or `pool:<name>`), reading the file again if it is
+    /// not pinned yet.
+    pub fn pin(&self, target: &str) -> Option<Pin> {
+        if let Some(pin) = self.known.read().expect("known agents poisoned").pin(target) {
+            return Some(pin.clone());
+        }
+        let path = self.known_file.as_ref()?;
+        match read_known(path) {
+            Ok(known) => {
+                let pin = known.pin(target).cloned();
+                *self.known.write().expect("known agents poisoned") = Arc::new(known);
+                pin
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the known agents again; keeping the ones read before");
+                None
+            }
+        }
+    }
+
+    /// The known-agents file, for messages telling the user how to pin an agent.
+    pub fn known_file(&self) -> Option<&Path> {
+        self.known_file.as_deref()
+    }
+
+    /// Whether this is the first legacy answer from `target` (warn once).
+    pub fn first_legacy_answer(&self, target: &str) -> bool {
+        self.warned_legacy.lock().expect("warned poisoned").insert(target.to_owned())
+    }
+}
+
+fn read_known(path: &Path) -> Result<KnownAgents, KeyError> {
+    match KnownAgents::load(path) {
+        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(KnownAgents::default()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_enrolled_after_start_is_pinned_without_a_restart() {
+        let dir = std::env::temp_dir().join(format!("cuttle-dispatcher-trust-{}", uuid::Uuid::new_v4()));
+        let files = TrustFiles { key: dir.join("d.key"), create_key: true, known_agents: dir.join("known") };
+        let trust = DispatcherTrust::load(&files).expect("a missing known-agents file pins no one");
+        assert!(files.key.exists(), "the default key is created on first use");
+        assert_eq!(trust.pin("web-01"), None);
+        let agent = SecretKey::create(&dir.join("a.key")).unwrap();
+        std::fs::write(&files.known_agents, format!("web-01 {}\nold legacy\n", agent.public())).unwrap();
+        assert_eq!(trust.pin("web-01"), Some(Pin::Keys(vec![*agent.public()])));
+        assert_eq!(trust.pin("old"), Some(Pin::Legacy));
+        assert!(trust.first_legacy_answer("old") && !trust.first_legacy_answer("old"));
+        let named = TrustFiles { key: dir.join("missing.key"), create_key: false, ..files };
+        assert!(matches!(DispatcherTrust::load(&named), Err(TrustError::Key(_))), "a named key must exist");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

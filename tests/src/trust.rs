@@ -1,0 +1,211 @@
+//! Keys for tests, so every agent and dispatcher a test starts signs and checks as in
+//! production (DESIGN.md §7). Each test process makes, once, a dispatcher key and an agent key
+//! in a directory of its own, a trusted-keys file holding the dispatcher's public key, and a
+//! known-agents file pinning every name [`crate::unique`] hands out (as an agent id and as a
+//! pool) to the agent key. [`crate::agent::test_config`], [`crate::agent_command`],
+//! [`crate::dispatcher_command`] and [`crate::orchestrator`] wire them in; tests about trust
+//! itself make keys of their own with [`keypair`].
+
+use contracts::trust::{KnownAgents, SecretKey};
+use dispatcher::trust::{DispatcherTrust, TrustFiles};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// This process's test keys and the files that name them.
+pub struct TestKeys {
+    pub dir: PathBuf,
+    pub dispatcher_key: PathBuf,
+    pub agent_key: PathBuf,
+    /// The agent's `--trusted-keys`: the dispatcher's public key.
+    pub trusted_keys: PathBuf,
+    /// The dispatcher's `--known-agents`: every unique name pinned to the agent key.
+    pub known_agents: PathBuf,
+    pub dispatcher: SecretKey,
+    pub agent: SecretKey,
+    /// Serialises writes to the known-agents file.
+    writing: Mutex<()>,
+}
+
+/// The keys of this test process, made on first use.
+pub fn keys() -> &'static TestKeys {
+    static KEYS: OnceLock<TestKeys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = std::env::temp_dir().join("cuttle-test-trust").join(format!(
+            "{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        let (dispatcher_key, agent_key) = (dir.join("dispatcher.key"), dir.join("agent.key"));
+        let dispatcher = SecretKey::create(&dispatcher_key).expect("test dispatcher key");
+        let agent = SecretKey::create(&agent_key).expect("test agent key");
+        let trusted_keys = dir.join("trusted_keys");
+        std::fs::write(&trusted_keys, format!("{} test dispatcher\n", dispatcher.public())).expect("trusted keys");
+        let known_agents = dir.join("known_agents");
+        std::fs::write(&known_agents, "# test agents, pinned as tests name them\n").expect("known agents");
+        TestKeys {
+            dir,
+            dispatcher_key,
+            agent_key,
+            trusted_keys,
+            known_agents,
+            dispatcher,
+            agent,
+            writing: Mutex::new(()),
+        }
+    })
+}
+
+impl TestKeys {
+    /// Pins `name` (an agent id, and a pool of that name) to the test agent key.
+    pub fn pin(&self, name: &str) {
+        if contracts::topology::validate_name("name", name).is_err() {
+            return;
+        }
+        let key = self.agent.public();
+        self.append(&format!("{name} {key}\npool:{name} {key}\n"));
+    }
+
+    /// Pins `agent_id` as a legacy agent, whose answers are believed unsigned.
+    pub fn pin_legacy(&self, agent_id: &str) {
+        let _writing = self.writing.lock().expect("known agents");
+        let text = std::fs::read_to_string(&self.known_agents).expect("known agents");
+        let prefix = format!("{agent_id} ");
+        let mut kept: String = text.lines().filter(|l| !l.starts_with(&prefix)).map(|l| format!("{l}\n")).collect();
+        kept.push_str(&format!("{agent_id} legacy\n"));
+        write_atomically(&self.known_agents, &kept);
+    }
+
+    /// Adds lines, replacing the file whole: a dispatcher reading it meanwhile never sees half a line.
+    fn append(&self, lines: &str) {
+        let _writing = self.writing.lock().expect("known agents");
+        let text = std::fs::read_to_string(&self.known_agents).expect("known agents");
+        write_atomically(&self.known_agents, &format!("{text}{lines}"));
+    }
+
+    /// The dispatcher's trust as the binaries load it (`--key`, `--known-agents`).
+    pub fn dispatcher_trust(&self) -> Arc<DispatcherTrust> {
+        let files =
+            TrustFiles { key: self.dispatcher_key.clone(), create_key: false, known_agents: self.known_agents.clone() };
+        Arc::new(DispatcherTrust::load(&files).expect("test dispatcher trust"))
+    }
+
+    /// The known agents as they are now.
+    pub fn known(&self) -> KnownAgents {
+        KnownAgents::load(&self.known_agents).expect("known agents parse")
+    }
+}
+
+/// Replaces a file's content so that a reader never sees it half written.
+pub fn write_atomically(path: &Path, text: &str) {
+    let temporary = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&temporary, text).expect("write file");
+    std::fs::rename(&temporary, path).expect("replace file");
+}
+
+/// A fresh key written to a file in this process's key directory: (secret key, its file).
+pub fn keypair(what: &str) -> (SecretKey, PathBuf) {
+    let path = keys().dir.join(format!("{what}-{}.key", uuid::Uuid::new_v4().simple()));
+    (SecretKey::create(&path).expect("test key"), path)
+}
+
+/// How an [`Impostor`] signs its answers.
+#[derive(Clone)]
+pub enum Answerer {
+    /// Not at all.
+    Unsigned,
+    /// With a key of its own.
+    Key(Box<SecretKey>),
+    /// With the genuine test agent key, but over another request: an old genuine answer replayed.
+    Replayed,
+}
+
+/// Someone with broker credentials answering in an agent's name: its own queue bound to the
+/// agent's routing key gets a copy of every request, answered at once with a complete, exit 0
+/// status carrying [`Impostor::OUTPUT`].
+pub struct Impostor {
+    connection: lapin::Connection,
+    task: tokio::task::JoinHandle<()>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Impostor {
+    pub const OUTPUT: &'static str = "impostor output";
+
+    pub async fn start(agent_id: &str, answerer: Answerer) -> Impostor {
+        use contracts::topology::COMMANDS_EXCHANGE;
+        use futures_util::StreamExt;
+        use lapin::options::*;
+        use lapin::types::FieldTable;
+        let connection = lapin::Connection::connect(&crate::amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("impostor connects");
+        let channel = connection.create_channel().await.expect("channel");
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let direct = lapin::ExchangeKind::Direct;
+        channel.exchange_declare(COMMANDS_EXCHANGE.into(), direct, durable, FieldTable::default()).await.unwrap();
+        let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = channel.queue_declare("".into(), exclusive, FieldTable::default()).await.expect("queue");
+        let bind = QueueBindOptions::default();
+        let (name, key) = (queue.name().clone(), agent_id.into());
+        channel.queue_bind(name.clone(), COMMANDS_EXCHANGE.into(), key, bind, FieldTable::default()).await.unwrap();
+        let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let mut requests = channel.basic_consume(name, "".into(), no_ack, FieldTable::default()).await.unwrap();
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = answered.clone();
+        let agent_id = agent_id.to_owned();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(delivery)) = requests.next().await {
+                let properties = &delivery.properties;
+                let (Some(reply_to), Some(correlation_id)) = (properties.reply_to(), properties.correlation_id())
+                else {
+                    continue;
+                };
+                let Some(reply) = forged_reply(&delivery.data) else { continue };
+                let body = reply.encode(&agent_id, contracts::unix_millis(std::time::SystemTime::now())).unwrap();
+                let mut answer = lapin::BasicProperties::default()
+                    .with_correlation_id(correlation_id.clone())
+                    .with_type(reply.kind().as_str().into());
+                let seal = match &answerer {
+                    Answerer::Unsigned => None,
+                    Answerer::Key(key) => Some(key.seal_answer(correlation_id.as_str(), &body)),
+                    Answerer::Replayed => Some(keys().agent.seal_answer("an-earlier-request", &body)),
+                };
+                if let Some(seal) = seal {
+                    answer = contracts::trust::amqp::with_seal(answer, &seal);
+                }
+                let publish = BasicPublishOptions::default();
+                let _ = channel.basic_publish("".into(), reply_to.as_str().into(), publish, &body, answer).await;
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        Impostor { connection, task, answered }
+    }
+
+    /// Answers sent so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.connection.close(200, "impostor done".into()).await;
+    }
+}
+
+/// What an impostor answers: every script finished at once, successfully, with its output.
+fn forged_reply(request: &[u8]) -> Option<contracts::Reply> {
+    use contracts::*;
+    let (_, request) = Request::decode(request).ok()?;
+    if let Request::GetCapabilities(_) = request {
+        let services = vec![SERVICE_CAPABILITIES.into(), SERVICE_SCRIPT_V1.into(), SERVICE_SCRIPT_V2.into()];
+        return Some(Reply::Capabilities(Capabilities { services, agent_version: "impostor".into() }));
+    }
+    let line = LogLine { seq: 1, stream: LogStream::Stdout, text: Impostor::OUTPUT.into(), at: 0 };
+    Some(Reply::ScriptStatus(ScriptStatus {
+        ticket: request.ticket()?.clone(),
+        state: ScriptState::Complete,
+        exit_code: Some(0),
+        logs: vec![line],
+        next_log_sequence: 2,
+    }))
+}

@@ -1,0 +1,317 @@
+//! Trust (DESIGN.md §7) against the real RabbitMQ: every attack on an agent (unsigned, tampered
+//! fields, wrong or revoked key, misaddressed, expired, over-long window, replays) is refused and
+//! runs nothing; forged answers and impostors never make the dispatcher report success; an
+//! unpinned agent gets a clear error. `attack_table` prints the README's table:
+//!
+//! ```sh
+//! cargo build --bins && cargo nextest run -p tests --test trust --no-capture 2>&1 | grep ATTACK-TABLE
+//! ```
+
+use contracts::topology::{agent_queue, pool_queue, CLOCK_SKEW_ALLOWANCE_MS};
+use contracts::trust::Seal;
+use contracts::*;
+use std::process::Output;
+use std::time::{Duration, SystemTime};
+use tests::agent::test_config;
+use tests::raw::RawBroker;
+use tests::trust::{keypair, keys, write_atomically, Answerer, Impostor};
+use tests::*;
+
+fn now_ms() -> u64 {
+    unix_millis(SystemTime::now())
+}
+
+/// A start of `script` for `target`, as a dispatcher encodes it: (envelope, its bytes).
+fn start(target: &str, ticket: &Ticket, script: String, issued_at: u64, not_after: Option<u64>) -> Vec<u8> {
+    let body = StartScriptV2 { ticket: ticket.clone(), spec: sh(script), wait_for_output: None, first_issued_at: None };
+    Request::StartScriptV2(body).encode(target, issued_at, not_after).expect("encode").1
+}
+
+/// A change made to a signed start.
+type Tamper = Box<dyn FnOnce(&mut Envelope<StartScriptV2>)>;
+
+/// The same start with one envelope field changed by `tamper` after it was signed.
+fn tampered(bytes: &[u8], tamper: impl FnOnce(&mut Envelope<StartScriptV2>)) -> Vec<u8> {
+    let mut envelope: Envelope<StartScriptV2> = rmp_serde::from_slice(bytes).expect("decode");
+    tamper(&mut envelope);
+    envelope.encode().expect("encode")
+}
+
+/// What happened to one attack.
+struct Verdict {
+    reply: Option<ErrorKind>,
+    ran: bool,
+}
+
+/// One row of the table: the attack and whether it was refused (nothing ran).
+struct Row {
+    attack: &'static str,
+    refused: bool,
+    how: String,
+}
+
+struct Bench {
+    raw: RawBroker,
+    markers: Markers,
+    rows: Vec<Row>,
+}
+
+impl Bench {
+    /// Publishes `body` with `seal` to `queue`; the reply, and whether the marker `name` ran (again).
+    async fn send(&mut self, queue: &str, body: &[u8], seal: Option<&Seal>, name: &str) -> Verdict {
+        let before = self.markers.count(name);
+        let id = self.raw.publish_to(queue, "StartScriptV2", body, seal).await;
+        let reply = match self.raw.reply(&id).await {
+            Reply::Error(error) => Some(error.kind),
+            _ => None,
+        };
+        // A refused command is dead-lettered; one that runs would have recorded its marker by the
+        // time a status comes back (the reply waits for nothing, so give the script a moment).
+        if reply.is_some() {
+            let dead = self.raw.dead_letter(&id).await;
+            assert_eq!(dead.reason.as_deref(), Some("rejected"), "{name}: a refused command is dead-lettered");
+        } else {
+            eventually(&format!("{name} to run"), Duration::from_secs(10), || async {
+                (self.markers.count(name) > before).then_some(())
+            })
+            .await;
+        }
+        Verdict { reply, ran: self.markers.count(name) > before }
+    }
+
+    /// Records an attack that must be refused with `expected`, running nothing.
+    fn refused(&mut self, attack: &'static str, verdict: Verdict, expected: ErrorKind) {
+        self.rows.push(Row {
+            attack,
+            refused: !verdict.ran,
+            how: verdict.reply.map_or("answered".into(), |k| format!("{k:?}")),
+        });
+        assert_eq!(verdict.reply, Some(expected), "{attack}");
+        assert!(!verdict.ran, "{attack}: nothing runs");
+    }
+
+    fn row(&mut self, attack: &'static str, refused: bool, how: impl Into<String>) {
+        self.rows.push(Row { attack, refused, how: how.into() });
+    }
+}
+
+/// Every attack of DESIGN.md §7 and issue 9, through the real broker, one row each; all refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_table() {
+    let agent = TestAgent::start("attacked").await;
+    let mut worker_config = test_config("other");
+    let pool = unique("pool");
+    worker_config.pool = Some(pool.clone());
+    worker_config.key_prefix = agent.config.key_prefix.clone();
+    let other = TestAgent::start_with(worker_config).await;
+    let mut bench = Bench { raw: RawBroker::connect().await, markers: Markers::new(), rows: Vec::new() };
+    let dispatcher = &keys().dispatcher;
+    let me = agent.id().to_owned();
+    let own = agent_queue(&me);
+    let at = now_ms();
+    let soon = Some(at + 60_000);
+
+    // Unsigned, with and without a forged key id.
+    let bytes = start(&me, &Ticket::generate(), bench.markers.record("unsigned"), at, soon);
+    let verdict = bench.send(&own, &bytes, None, "unsigned").await;
+    bench.refused("unsigned command", verdict, ErrorKind::NotAuthorized);
+
+    // Tampered after signing: every field that matters.
+    let fields: [(&'static str, &str, Tamper); 5] = [
+        ("tampered body (script)", "t-body", Box::new(|e| e.body.spec.script.push_str("; echo owned"))),
+        ("tampered target", "t-target", Box::new(|e| e.target = "someone-else".into())),
+        ("tampered ticket", "t-ticket", Box::new(|e| e.body.ticket = Ticket::generate())),
+        ("tampered not_after", "t-deadline", Box::new(|e| e.not_after = e.not_after.map(|n| n + 3_600_000))),
+        ("tampered kind (v2 start made a v1 start)", "t-kind", Box::new(|e| e.kind = "StartScriptV1".into())),
+    ];
+    for (attack, name, tamper) in fields {
+        let bytes = start(&me, &Ticket::generate(), bench.markers.record(name), at, soon);
+        let seal = dispatcher.seal_command(&bytes);
+        let verdict = bench.send(&own, &tampered(&bytes, tamper), Some(&seal), name).await;
+        bench.refused(attack, verdict, ErrorKind::NotAuthorized);
+    }
+
+    // A key the agent does not trust.
+    let (stranger, _) = keypair("stranger");
+    let bytes = start(&me, &Ticket::generate(), bench.markers.record("wrong-key"), at, soon);
+    let verdict = bench.send(&own, &bytes, Some(&stranger.seal_command(&bytes)), "wrong-key").await;
+    bench.refused("signed by an untrusted key", verdict, ErrorKind::NotAuthorized);
+
+    // Addressed to another agent, and the checks of the deadline.
+    let bytes = start(other.id(), &Ticket::generate(), bench.markers.record("misaddressed"), at, soon);
+    let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "misaddressed").await;
+    bench.refused("misaddressed (signed for another agent)", verdict, ErrorKind::NotAuthorized);
+    let past = at - 60_000;
+    let bytes = start(&me, &Ticket::generate(), bench.markers.record("expired"), past - 1_000, Some(past));
+    let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "expired").await;
+    bench.refused("expired", verdict, ErrorKind::Expired);
+    let day_and_more = Some(at + 25 * 3_600_000);
+    let bytes = start(&me, &Ticket::generate(), bench.markers.record("long"), at, day_and_more);
+    let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "long").await;
+    bench.refused("valid for more than 24 h", verdict, ErrorKind::NotAuthorized);
+    let bytes = start(&me, &Ticket::generate(), bench.markers.record("no-deadline"), at, None);
+    let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "no-deadline").await;
+    bench.refused("no not_after", verdict, ErrorKind::NotAuthorized);
+
+    // Replays of a genuine command that ran once, with a short deadline so it can expire here.
+    let ticket = Ticket::generate();
+    let genuine_deadline = now_ms() + 1_000;
+    let bytes = start(&me, &ticket, bench.markers.record("genuine"), now_ms(), Some(genuine_deadline));
+    let seal = dispatcher.seal_command(&bytes);
+    let verdict = bench.send(&own, &bytes, Some(&seal), "genuine").await;
+    assert!(verdict.ran && verdict.reply.is_none(), "the genuine command runs");
+    // Status requests held by the agent until the script has ended (a few at most).
+    for attempt in 1.. {
+        let status = bench.raw.publish(&me, "GetStatusV2", &status_request(&me, &ticket)).await;
+        if matches!(bench.raw.reply(&status).await, Reply::ScriptStatus(s) if s.is_complete()) {
+            break;
+        }
+        assert!(attempt < 5, "the genuine run ends");
+    }
+    let id = bench.raw.publish_to(&own, "StartScriptV2", &bytes, Some(&seal)).await;
+    let again = matches!(bench.raw.reply(&id).await, Reply::ScriptStatus(_)) && bench.markers.count("genuine") == 1;
+    bench.row("replayed to the same agent", again, "answered with its status");
+    assert!(again, "a replay to its own agent finds its ticket");
+    for (attack, queue) in
+        [("replayed to another agent", agent_queue(other.id())), ("replayed to a pool", pool_queue(&pool))]
+    {
+        let verdict = bench.send(&queue, &bytes, Some(&seal), "genuine").await;
+        bench.refused(attack, verdict, ErrorKind::NotAuthorized);
+        assert_eq!(bench.markers.count("genuine"), 1);
+    }
+    let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
+    let (_, complete) = complete.encode(&me, now_ms(), Some(now_ms() + 60_000)).unwrap();
+    let id = bench.raw.publish(&me, "CompleteScriptV2", &complete).await;
+    bench.raw.reply(&id).await;
+    let id = bench.raw.publish_to(&own, "StartScriptV2", &bytes, Some(&seal)).await;
+    let after_completion = matches!(bench.raw.reply(&id).await, Reply::ScriptStatus(s) if s.is_complete());
+    let after_completion = after_completion && bench.markers.count("genuine") == 1;
+    bench.row("replayed after its completion", after_completion, "answered from its tombstone");
+    assert!(after_completion);
+    // After its deadline (and the skew allowance) the replay is refused without asking the store.
+    eventually("the genuine command to expire", Duration::from_secs(20), || async {
+        (now_ms() > genuine_deadline + CLOCK_SKEW_ALLOWANCE_MS).then_some(())
+    })
+    .await;
+    let verdict = bench.send(&own, &bytes, Some(&seal), "genuine").await;
+    bench.refused("replayed after its expiry", verdict, ErrorKind::Expired);
+    assert_eq!(bench.markers.count("genuine"), 1, "the genuine command ran once, whatever was replayed");
+
+    // Revoked: trusted by a file the agent reloads (SIGHUP), then removed from it.
+    revoked(&mut bench).await;
+    // The dispatcher's side: forged answers and impostors never turn into success.
+    forged_rows(&mut bench).await;
+
+    println!("ATTACK-TABLE | attack | result |");
+    println!("ATTACK-TABLE |---|---|");
+    for row in &bench.rows {
+        let result = if row.refused { "refused" } else { "RAN" };
+        println!("ATTACK-TABLE | {} | {result} ({}) |", row.attack, row.how);
+    }
+    assert!(bench.rows.iter().all(|r| r.refused), "every attack is refused");
+    assert_eq!(bench.rows.len(), 22);
+    bench.raw.close().await;
+    agent.stop().await;
+    other.stop().await;
+    tests::raw::delete_queue(&pool_queue(&pool)).await;
+    tests::raw::delete_queue(&contracts::topology::pool_service_queue(&pool)).await;
+}
+
+fn status_request(target: &str, ticket: &Ticket) -> Vec<u8> {
+    let status = Request::GetStatusV2(GetStatusV2 { ticket: ticket.clone(), last_log_sequence: 0, wait: Some(2_000) });
+    status.encode(target, now_ms(), Some(now_ms() + 60_000)).unwrap().1
+}
+
+/// A command signed with a key the agent trusted, revoked by removing it from the trusted-keys
+/// file and sending the agent binary SIGHUP.
+async fn revoked(bench: &mut Bench) {
+    let (revoked_key, _) = keypair("revoked");
+    let trusted = keys().dir.join(format!("{}-trusted", unique("revocation")));
+    let both = format!("{} test\n{} to revoke\n", keys().dispatcher.public(), revoked_key.public());
+    std::fs::write(&trusted, both).unwrap();
+    let mut config = test_config("revoking");
+    config.trusted_keys_file = Some(trusted.clone());
+    let agent = AgentProcess::start(config.clone()).await;
+    let queue = agent_queue(&config.agent_id);
+    let signed = |script: String| {
+        let bytes = start(&config.agent_id, &Ticket::generate(), script, now_ms(), Some(now_ms() + 60_000));
+        let seal = revoked_key.seal_command(&bytes);
+        (bytes, seal)
+    };
+    let (bytes, seal) = signed(bench.markers.record("before-revocation"));
+    let verdict = bench.send(&queue, &bytes, Some(&seal), "before-revocation").await;
+    assert!(verdict.ran, "trusted before it is revoked");
+    write_atomically(&trusted, &format!("{} test\n", keys().dispatcher.public()));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("the agent to reload its trusted keys", Duration::from_secs(10), || async {
+        agent.log_text().contains("trusted keys reloaded").then_some(())
+    })
+    .await;
+    let (bytes, seal) = signed(bench.markers.record("after-revocation"));
+    let verdict = bench.send(&queue, &bytes, Some(&seal), "after-revocation").await;
+    bench.refused("signed by a revoked key (removed, SIGHUP)", verdict, ErrorKind::NotAuthorized);
+    let refusal =
+        agent.log_text().lines().find(|l| l.contains("command refused")).map(str::to_owned).unwrap_or_default();
+    assert!(refusal.contains(&revoked_key.id().to_string()), "the key id is logged: {refusal}");
+    agent.stop().await;
+}
+
+/// Runs `dispatcher submit` to its end.
+async fn submit(args: &[&str]) -> Output {
+    let output = dispatcher_command().arg("submit").args(args).output();
+    tokio::time::timeout(Duration::from_secs(60), output).await.expect("submit ends").expect("submit runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Impostors answering in an agent's name: alone (no genuine answer ever comes), they never make
+/// `submit` succeed; beside the real agent, their answers are ignored and reported.
+async fn forged_rows(bench: &mut Bench) {
+    let (impostor_key, _) = keypair("impostor");
+    let answerers = [
+        ("forged answer, unsigned (impostor alone)", Answerer::Unsigned),
+        ("forged answer, impostor's own key (impostor alone)", Answerer::Key(Box::new(impostor_key.clone()))),
+        ("genuine agent's old answer replayed (impostor alone)", Answerer::Replayed),
+    ];
+    for (attack, answerer) in answerers {
+        let id = unique("impersonated");
+        let impostor = Impostor::start(&id, answerer).await;
+        let out = submit(&["--target", &id, "--retry-duration", "3s", "--", "echo hi"]).await;
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        let believed = out.status.code() == Some(0) || stdout.contains(Impostor::OUTPUT);
+        bench.row(attack, !believed, format!("exit {}", out.status.code().unwrap_or(-1)));
+        assert_eq!(out.status.code(), Some(110), "no genuine answer before the deadline: {stderr}");
+        assert!(stderr.contains("warning: ignored a forged answer"), "{stderr}");
+        assert!(stderr.contains("ignored forged answer(s)"), "the final error says why: {stderr}");
+        assert!(impostor.answered() > 0);
+        impostor.stop().await;
+    }
+
+    // Beside the real agent: its answer counts, the impostor's is reported.
+    let agent = TestAgent::start("beside-impostor").await;
+    let impostor = Impostor::start(agent.id(), Answerer::Key(Box::new(impostor_key))).await;
+    let out = submit(&["--target", agent.id(), "--", "sleep 0.3; echo real; exit 3"]).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    bench.row(
+        "impostor answering beside the real agent",
+        out.status.code() == Some(3),
+        format!("exit {}, the script's own", out.status.code().unwrap_or(-1)),
+    );
+    assert_eq!((out.status.code(), stdout.as_str()), (Some(3), "real\n"), "{stderr}");
+    assert!(stderr.contains("warning: ignored a forged answer"), "{stderr}");
+    impostor.stop().await;
+    agent.stop().await;
+
+    // An agent nobody pinned: a clear error, nothing sent.
+    let id = "t-never-pinned";
+    let out = submit(&["--target", id, "--", "echo hi"]).await;
+    let stderr = text(&out.stderr);
+    bench.row("agent not pinned", out.status.code() == Some(2), format!("exit {}", out.status.code().unwrap_or(-1)));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{id} is not pinned")) && stderr.contains(&format!("echo '{id} ed25519:")),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,189 @@
+//! The agent's side of trust (DESIGN.md §7): its own key, which signs every answer, and the
+//! dispatcher keys it trusts, which every command must be signed by. The decisions are
+//! [`contracts::trust`]'s plain functions; this holds the keys, loads them and reloads the
+//! trusted keys (on SIGHUP).
+
+use crate::config::{AgentConfig, Protocol};
+use contracts::trust::{self, Identity, KeyError, Origin, Refusal, Seal, SecretKey, TrustedKeys};
+use contracts::Envelope;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+/// Where the agent keeps its key unless told otherwise.
+pub const DEFAULT_KEY_FILE: &str = "agent.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error(
+        "no trusted dispatcher keys: give --trusted-keys FILE (CUTTLE_TRUSTED_KEYS) holding the public key of each \
+         dispatcher allowed to run scripts here (`dispatcher keygen --out FILE` prints it), or \
+         --insecure-allow-unsigned to run commands from anyone who can publish to the broker"
+    )]
+    NoTrustedKeys,
+    #[error(
+        "trusted keys {path}: the file holds no key, so no command could ever run (or give --insecure-allow-unsigned)"
+    )]
+    EmptyTrustedKeys { path: PathBuf },
+    #[error("agent key: {0}")]
+    Key(KeyError),
+    #[error("trusted keys: {0}")]
+    Trusted(KeyError),
+}
+
+/// The agent's keys.
+#[derive(Debug)]
+pub struct AgentTrust {
+    /// Signs answers; `None` for a legacy (script v1) agent, which cannot sign.
+    key: Option<SecretKey>,
+    trusted: RwLock<Arc<TrustedKeys>>,
+    trusted_file: Option<PathBuf>,
+    allow_unsigned: bool,
+}
+
+impl AgentTrust {
+    /// Loads (or, on first start, creates) the agent's key and loads its trusted keys. Refuses
+    /// to go on with no trusted key unless unsigned commands are allowed.
+    pub fn load(config: &AgentConfig) -> Result<AgentTrust, TrustError> {
+        let trusted = match &config.trusted_keys_file {
+            Some(path) => TrustedKeys::load(path).map_err(TrustError::Trusted)?,
+            None if config.insecure_allow_unsigned => TrustedKeys::default(),
+            None => return Err(TrustError::NoTrustedKeys),
+        };
+        if let (true, false, Some(path)) =
+            (trusted.is_empty(), config.insecure_allow_unsigned, &config.trusted_keys_file)
+        {
+            return Err(TrustError::EmptyTrustedKeys { path: path.clone() });
+        }
+        let key = match config.protocol {
+            Protocol::V1 => None,
+            Protocol::V2 => {
+                let path = config.key_file.clone().unwrap_or_else(|| config.work_dir.join(DEFAULT_KEY_FILE));
+                let (key, created) = SecretKey::load_or_create(&path).map_err(TrustError::Key)?;
+                let pin = format!("{} {}", config.agent_id, key.public());
+                if created {
+                    tracing::info!(agent = %config.agent_id, path = %path.display(), key_id = %key.id(), "created the agent key; pin it on each dispatcher (known-agents file): {pin}");
+                } else {
+                    tracing::info!(agent = %config.agent_id, path = %path.display(), key_id = %key.id(), "agent key loaded; its known-agents line: {pin}");
+                }
+                Some(key)
+            }
+        };
+        if config.insecure_allow_unsigned {
+            tracing::warn!(agent = %config.agent_id, "--insecure-allow-unsigned: this agent runs UNSIGNED commands from anyone who can publish to the broker");
+        }
+        let ids: Vec<String> = trusted.ids().map(|id| id.to_string()).collect();
+        tracing::info!(agent = %config.agent_id, trusted_keys = ?ids, "trusting commands signed by these dispatcher keys");
+        Ok(AgentTrust {
+            key,
+            trusted: RwLock::new(Arc::new(trusted)),
+            trusted_file: config.trusted_keys_file.clone(),
+            allow_unsigned: config.insecure_allow_unsigned,
+        })
+    }
+
+    /// Reads the trusted keys file again (SIGHUP): added keys are trusted and removed ones
+    /// revoked from the next command on. A file that does not parse leaves the keys as they were.
+    pub fn reload(&self) -> Result<usize, KeyError> {
+        let Some(path) = &self.trusted_file else { return Ok(0) };
+        let trusted = TrustedKeys::load(path)?;
+        let count = trusted.len();
+        *self.trusted.write().expect("trusted keys poisoned") = Arc::new(trusted);
+        Ok(count)
+    }
+
+    /// The checks every command passes before anything else: its seal (on the raw body), then,
+    /// once decoded, its envelope. Unsigned commands accepted only with
+    /// `--insecure-allow-unsigned`, and then without the envelope checks (they are legacy
+    /// dispatchers' commands, as before signing).
+    pub fn check_seal(&self, seal: Result<Option<Seal>, String>, body: &[u8]) -> Result<Origin, Refusal> {
+        let trusted = self.trusted.read().expect("trusted keys poisoned").clone();
+        trust::check_command_seal(&trusted, self.allow_unsigned, seal, body)
+    }
+
+    /// [`trust::check_command_header`] for a signed command.
+    pub fn check_header(
+        &self,
+        origin: Origin,
+        header: &Envelope<()>,
+        me: Identity<'_>,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
+        match origin {
+            Origin::Key(_) => trust::check_command_header(header, me, now_ms),
+            Origin::Unsigned => Ok(()),
+        }
+    }
+
+    /// Seals an answer to the request with correlation id `request_id`; `None` for a legacy
+    /// agent.
+    pub fn seal_answer(&self, request_id: &str, body: &[u8]) -> Option<Seal> {
+        self.key.as_ref().map(|key| key.seal_answer(request_id, body))
+    }
+}
+
+/// Reloads the trusted keys on every SIGHUP, for as long as the agent runs.
+pub async fn reload_on_sighup(trust: Arc<AgentTrust>, agent_id: String) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!(agent = %agent_id, "cannot listen for SIGHUP; trusted keys reload only with a restart");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match trust.reload() {
+            Ok(keys) => tracing::info!(agent = %agent_id, keys, "SIGHUP: trusted keys reloaded"),
+            Err(error) => {
+                tracing::error!(agent = %agent_id, %error, "SIGHUP: trusted keys not reloaded; keeping the previous ones")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> AgentConfig {
+        let mut config = AgentConfig::new("web-01");
+        config.work_dir = dir.to_owned();
+        config
+    }
+
+    #[test]
+    fn an_agent_without_trusted_keys_refuses_to_start_unless_told_to_be_insecure() {
+        let dir = std::env::temp_dir().join(format!("cuttle-agent-trust-{}", uuid::Uuid::new_v4()));
+        let mut config = config(&dir);
+        assert!(matches!(AgentTrust::load(&config), Err(TrustError::NoTrustedKeys)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "# nobody yet\n").unwrap();
+        config.trusted_keys_file = Some(empty);
+        assert!(matches!(AgentTrust::load(&config), Err(TrustError::EmptyTrustedKeys { .. })));
+        config.insecure_allow_unsigned = true;
+        let trust = AgentTrust::load(&config).unwrap();
+        assert_eq!(trust.check_seal(Ok(None), b"x"), Ok(Origin::Unsigned));
+        assert!(dir.join(DEFAULT_KEY_FILE).exists(), "the agent key is created in the work dir");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reloading_revokes_removed_keys_and_keeps_the_old_ones_on_a_bad_file() {
+        let dir = std::env::temp_dir().join(format!("cuttle-agent-trust-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dispatcher = SecretKey::create(&dir.join("d.key")).unwrap();
+        let file = dir.join("trusted");
+        std::fs::write(&file, format!("{} ci\n", dispatcher.public())).unwrap();
+        let mut config = config(&dir);
+        config.trusted_keys_file = Some(file.clone());
+        let trust = AgentTrust::load(&config).unwrap();
+        let body = b"command";
+        let seal = || Ok(Some(dispatcher.seal_command(body)));
+        assert_eq!(trust.check_seal(seal(), body), Ok(Origin::Key(dispatcher.id())));
+        std::fs::write(&file, "not a key\n").unwrap();
+        assert!(trust.reload().is_err());
+        assert!(trust.check_seal(seal(), body).is_ok(), "a bad file keeps the keys");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(trust.reload().unwrap(), 0);
+        assert_eq!(trust.check_seal(seal(), body), Err(Refusal::UntrustedKey(dispatcher.id())), "revoked");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
