@@ -125,18 +125,19 @@ SYSTEMD_STATUS="systemd: no unit"
 SYSTEMD_FAILED=0
 if [ -f "$UNIT" ]; then
   if command -v systemd-analyze >/dev/null; then
-    # verify wants ExecStart's binary to exist and the units the service depends on: give it a
-    # throw-away root with the system's units, the unit under test and a stub binary.
+    # verify wants the Exec*= binaries to exist and the units the service depends on: give it a
+    # throw-away root with the system's units, the unit under test and stub binaries.
     root="$WORK/sdroot"
     mkdir -p "$root/etc/systemd/system" "$root/usr/lib/systemd"
     for d in /usr/lib/systemd/system /lib/systemd/system; do
       if [ -d "$d" ] && [ ! -e "$root/usr/lib/systemd/system" ]; then cp -a "$d" "$root/usr/lib/systemd/system"; fi
     done
     cp "$UNIT" "$root/etc/systemd/system/"
-    exe=$(sed -n 's/^ExecStart=[-@:+!]*\([^ ]*\).*/\1/p' "$UNIT" | head -n1)
-    mkdir -p "$root$(dirname "$exe")"
-    printf '#!/bin/sh\nexit 0\n' >"$root$exe"
-    chmod 0755 "$root$exe"
+    for exe in $(sed -n 's/^Exec[A-Za-z]*=[-@:+!]*\([^ ]*\).*/\1/p' "$UNIT"); do
+      mkdir -p "$root$(dirname "$exe")"
+      printf '#!/bin/sh\nexit 0\n' >"$root$exe"
+      chmod 0755 "$root$exe"
+    done
     # verify exits 0 on unknown keys and bad values (it only logs them): any output is a failure.
     if systemd-analyze verify --root="$root" "$(basename "$UNIT")" >"$WORK/verify" 2>&1 && [ ! -s "$WORK/verify" ]; then
       score=$(systemd-analyze security --offline=yes --root="$root" --no-pager "$(basename "$UNIT")" 2>/dev/null |
