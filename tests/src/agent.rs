@@ -25,6 +25,16 @@ pub fn test_config(what: &str) -> AgentConfig {
     config
 }
 
+/// A configuration for a fresh legacy (script v1) test agent: it cannot sign, so it runs unsigned
+/// commands (`--insecure-allow-unsigned`, as `--protocol v1` requires) and is pinned `legacy`.
+pub fn legacy_config(what: &str) -> AgentConfig {
+    let mut config = test_config(what);
+    config.protocol = worker_agent::Protocol::V1;
+    config.insecure_allow_unsigned = true;
+    crate::trust::keys().pin_legacy(&config.agent_id);
+    config
+}
+
 /// An agent running in the test's own runtime.
 pub struct TestAgent {
     pub config: AgentConfig,

@@ -10,12 +10,10 @@ use tests::*;
 use worker_agent::Protocol;
 
 async fn agent(what: &str, protocol: Protocol) -> TestAgent {
-    let mut config = tests::agent::test_config(what);
-    config.protocol = protocol;
-    if protocol == Protocol::V1 {
-        config.insecure_allow_unsigned = true;
-        tests::trust::keys().pin_legacy(&config.agent_id);
-    }
+    let config = match protocol {
+        Protocol::V1 => tests::agent::legacy_config(what),
+        Protocol::V2 => tests::agent::test_config(what),
+    };
     TestAgent::start_with(config).await
 }
 
@@ -92,7 +90,7 @@ async fn capabilities_and_health_show_legacy_and_current_agents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_agents_lost_start_reply_is_not_retried_and_the_script_ran_at_most_once() {
     let agent = agent("legacy-lost", Protocol::V1).await;
-    let link = FaultProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let link = FaultProxy::start(tests::proxy::broker_addr()).await;
     let rpc = RpcClient::new(tests::rpc_config(
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", link.addr().port()),
         Duration::from_secs(2),

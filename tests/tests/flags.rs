@@ -309,16 +309,14 @@ async fn store_local_keeps_tickets_in_the_work_dir_not_in_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_v1_makes_a_legacy_agent() {
-    let mut config = test_config("protocol-flag");
-    config.protocol = worker_agent::Protocol::V1;
+    let config = tests::agent::legacy_config("protocol-flag");
     // An agent from before signed commands cannot check them: it must be told to run unsigned ones.
-    let refused = AgentProcess::command(&config).stderr(Stdio::piped()).output().await.unwrap();
+    let secure = AgentConfig { insecure_allow_unsigned: false, ..config.clone() };
+    let refused = AgentProcess::command(&secure).stderr(Stdio::piped()).output().await.unwrap();
     assert_eq!(refused.status.code(), Some(1));
     assert!(
         text(&refused.stderr).contains("--protocol v1") && text(&refused.stderr).contains("--insecure-allow-unsigned")
     );
-    config.insecure_allow_unsigned = true;
-    tests::trust::keys().pin_legacy(&config.agent_id);
     let agent = AgentProcess::start(config.clone()).await;
     let out = dispatcher(&["capabilities", &config.agent_id]).await;
     assert!(text(&out.stdout).contains("legacy agent"), "{}", text(&out.stdout));

@@ -98,10 +98,13 @@ async fn answer_capabilities_once(queue: String) {
         services: vec![SERVICE_CAPABILITIES.into(), SERVICE_SCRIPT_V1.into(), SERVICE_SCRIPT_V2.into()],
         agent_version: "fake".into(),
     });
-    let properties = lapin::BasicProperties::default()
-        .with_correlation_id(delivery.properties.correlation_id().clone().expect("correlation id"));
+    let correlation_id = delivery.properties.correlation_id().clone().expect("correlation id");
     let reply_to = delivery.properties.reply_to().clone().expect("reply-to");
     let body = reply.encode("fake", unix_millis(SystemTime::now())).unwrap();
+    // Answering in the test agent's name, with its key: the dispatcher believes it.
+    let seal = tests::trust::keys().agent.seal_answer(correlation_id.as_str(), &body);
+    let properties =
+        contracts::trust::amqp::with_seal(lapin::BasicProperties::default(), &seal).with_correlation_id(correlation_id);
     channel
         .basic_publish("".into(), reply_to.as_str().into(), BasicPublishOptions::default(), &body, properties)
         .await
@@ -288,9 +291,8 @@ async fn a_cancel_is_repeated_until_the_agent_answers_even_with_no_retries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_agent_that_started_nothing_is_reported_rejected_not_unknown() {
     let redis = redis_proxy().await;
-    let mut config = tests::agent::test_config("int-v1-store");
+    let mut config = tests::agent::legacy_config("int-v1-store");
     config.redis_url = redis_via(&redis);
-    config.protocol = worker_agent::Protocol::V1;
     let agent = TestAgent::start_with(config).await;
     redis.outage();
     let out = run_dispatcher(&["submit", "--target", agent.id(), "--", "true"]).await;

@@ -118,9 +118,7 @@ async fn the_agent_counts_scripts_refusals_store_calls_and_mutex_waits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_counts_attempts_retries_reconnects_refusals_and_outcomes() {
     let agent = TestAgent::start("metrics-svc").await;
-    let mut legacy_config = test_config("metrics-legacy");
-    legacy_config.protocol = worker_agent::Protocol::V1;
-    let legacy = AgentProcess::start(legacy_config).await;
+    let legacy = AgentProcess::start(tests::agent::legacy_config("metrics-legacy")).await;
     let link = FaultProxy::start(broker_addr()).await;
     let prefix = journal_prefix("metrics-svc");
     let service = ServiceProcess::start(&prefix, &["--amqp-url", &link.amqp_url()]).await;

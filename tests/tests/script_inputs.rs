@@ -131,9 +131,7 @@ async fn secrets_reach_the_script_but_never_its_output_the_store_or_a_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_too_old_to_mask_is_sent_no_secret_and_runs_nothing() {
-    let mut config = tests::agent::test_config("inputs-legacy");
-    config.protocol = worker_agent::Protocol::V1;
-    let agent = TestAgent::start_with(config).await;
+    let agent = TestAgent::start_with(tests::agent::legacy_config("inputs-legacy")).await;
     let markers = Markers::new();
     let script = markers.record("run");
     let out = run(&["submit", "--target", agent.id(), "--secret-env", &format!("TOKEN={TOKEN}"), "--", &script]).await;
