@@ -105,9 +105,7 @@ fn secs(n: u64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_agent_is_reported_too_old() {
-    let mut config = tests::agent::test_config("xfer-legacy");
-    config.protocol = worker_agent::Protocol::V1;
-    let agent = TestAgent::start_with(config).await;
+    let agent = TestAgent::start_with(tests::agent::legacy_config("xfer-legacy")).await;
     let local = Markers::new();
     let source = local.dir.join("a");
     std::fs::write(&source, "a").unwrap();
