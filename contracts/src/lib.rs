@@ -12,6 +12,7 @@
 //! - [`labels`]: agent labels and the selectors that pick agents by them.
 //! - [`exit_code`]: the negative exit codes for outcomes that are not the script's own.
 //! - [`transfer`]: file transfer in chunks (upload, download), resumable and verified.
+//! - [`tls`]: TLS files (CA, client certificate and key) for the broker and the store.
 //! - [`topology`]: exchange, queue and routing names, queue arguments and protocol limits.
 //! - [`trust`]: Ed25519 keys, signed commands and answers, trusted-keys and known-agents files.
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod presence;
 pub mod status;
 pub mod ticket;
+pub mod tls;
 pub mod topology;
 pub mod transfer;
 pub mod trust;

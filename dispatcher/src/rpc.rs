@@ -64,6 +64,8 @@ pub struct RpcConfig {
     /// The dispatcher's key and pinned agents; without them no request can be sent (readers
     /// such as the inventory need none).
     pub trust: Option<Arc<DispatcherTrust>>,
+    /// CA and client certificate for `amqps://` URLs.
+    pub tls: contracts::tls::TlsMaterial,
 }
 
 /// The dispatcher's RPC client. Cheap to share behind an `Arc`; calls run concurrently.
@@ -320,7 +322,8 @@ pub async fn connect(config: &RpcConfig, name: &str) -> Result<Connection, RpcEr
     for (_, url) in endpoints.round() {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         let url = contracts::topology::amqp_url_with_heartbeat(&url);
-        match tokio::time::timeout(config.connect_timeout, Connection::connect(&url, properties)).await {
+        let connect = contracts::tls::amqp::connect(&url, properties, &config.tls);
+        match tokio::time::timeout(config.connect_timeout, connect).await {
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(error)) => last_error = Some(connect_error(&error)),
             Err(_) => {
@@ -354,7 +357,7 @@ async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError>
     let connect = async {
         let properties = ConnectionProperties::default().with_connection_name("cuttle-dispatcher".into());
         let url = contracts::topology::amqp_url_with_heartbeat(amqp_url);
-        let connection = Connection::connect(&url, properties).await?;
+        let connection = contracts::tls::amqp::connect(&url, properties, &config.tls).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         // Direct reply-to: consume the pseudo queue, without acks, on the publishing channel.
@@ -408,7 +411,11 @@ fn connect_error(error: &lapin::Error) -> RpcError {
             Some(hint) => RpcError::Refused(format!("{} ({hint})", amqp.get_message())),
             None => RpcError::Connect(amqp.get_message().to_string()),
         },
-        lapin::ErrorKind::IOError(io) => RpcError::Connect(io.kind().to_string()),
+        // A TLS handshake refused (certificate not trusted, ours refused) fails the same way again.
+        lapin::ErrorKind::IOError(io) => match contracts::tls::tls_hint(&io.to_string()) {
+            Some(hint) => RpcError::Refused(format!("TLS handshake failed: {io} ({hint})")),
+            None => RpcError::Connect(io.kind().to_string()),
+        },
         _ => RpcError::Connect(error.to_string()),
     }
 }

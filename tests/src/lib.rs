@@ -11,6 +11,7 @@
 //! - [`Markers`]: files scripts append to, to count how often each really ran.
 //! - [`cluster`]: a three-node RabbitMQ cluster, and Redis with a replica and Sentinels.
 //! - [`browser`]: headless chromium through chromedriver, for the web view.
+//! - [`tls`]: a CA of the test's own and the certificates it signs (openssl).
 //! - [`trust`]: this process's test keys, wired into every agent and dispatcher tests start.
 //! - [`eventually`]: polls a condition until a deadline.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod proxy;
 pub mod raw;
 pub mod service;
 pub mod services;
+pub mod tls;
 pub mod trust;
 
 pub use agent::{AgentProcess, TestAgent};
@@ -52,7 +54,7 @@ pub fn unique(what: &str) -> String {
 
 /// The RPC settings of a test dispatcher: `amqp_url`, this process's test keys.
 pub fn rpc_config(amqp_url: String, connect_timeout: Duration) -> RpcConfig {
-    RpcConfig { amqp_url, connect_timeout, trust: Some(trust::keys().dispatcher_trust()) }
+    RpcConfig { amqp_url, connect_timeout, trust: Some(trust::keys().dispatcher_trust()), tls: Default::default() }
 }
 
 /// A dispatcher orchestrator connected to the test broker.

@@ -3,7 +3,7 @@
 
 use crate::{eventually, unique};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ pub struct PrivateRedis {
     pub port: u16,
     dir: PathBuf,
     durable: bool,
+    /// What `redis-cli` needs besides the port to reach it (TLS files).
+    cli_args: Vec<String>,
 }
 
 impl PrivateRedis {
@@ -37,9 +39,49 @@ impl PrivateRedis {
     pub async fn start_with(durable: bool, extra: &[&str]) -> PrivateRedis {
         let dir = std::env::temp_dir().join(unique("redis"));
         std::fs::create_dir_all(&dir).expect("redis dir");
-        let redis = PrivateRedis { port: free_port(), dir, durable };
+        let redis = PrivateRedis { port: free_port(), dir, durable, cli_args: Vec::new() };
         redis.launch(extra).await;
         redis
+    }
+
+    /// A Redis that listens only with TLS on its port, with `server`'s certificate, asking
+    /// clients for a certificate `ca` signed.
+    pub async fn start_tls(ca: &crate::tls::TestCa, server: &crate::tls::Issued) -> PrivateRedis {
+        let dir = std::env::temp_dir().join(unique("redis"));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let client = ca.client("redis-cli");
+        let path = |p: &Path| p.display().to_string();
+        let cli_args =
+            ["--tls", "--cacert", &path(&ca.cert), "--cert", &path(&client.cert), "--key", &path(&client.key)]
+                .map(String::from)
+                .to_vec();
+        let redis = PrivateRedis { port: free_port(), dir, durable: false, cli_args };
+        let port = redis.port.to_string();
+        let tls = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &path(&server.cert),
+            "--tls-key-file",
+            &path(&server.key),
+            "--tls-ca-cert-file",
+            &path(&ca.cert),
+        ];
+        redis.launch(&tls).await;
+        redis
+    }
+
+    /// `redis-cli` with `args` against this server (its TLS files included): its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(&self.cli_args)
+            .args(args)
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     pub fn url(&self) -> String {
@@ -86,7 +128,7 @@ impl PrivateRedis {
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
-        let _ = Command::new("redis-cli").args(["-p", &self.port.to_string(), "shutdown", "nosave"]).status();
+        self.cli(&["shutdown", "nosave"]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -106,6 +148,39 @@ impl PrivateRabbit {
         let rabbit = PrivateRabbit::prepare();
         rabbit.launch().await;
         rabbit
+    }
+
+    /// A node that also listens with TLS (its port: the second value) with `server`'s
+    /// certificate, asks clients for a certificate `ca` signed, and lets them log in with it
+    /// (EXTERNAL, the user named by the certificate's common name: see [`PrivateRabbit::add_certificate_user`]).
+    pub async fn start_tls(ca: &crate::tls::TestCa, server: &crate::tls::Issued) -> (PrivateRabbit, u16) {
+        let rabbit = PrivateRabbit::prepare();
+        let tls_port = free_port();
+        let conf = format!(
+            "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+             ssl_options.cacertfile = {ca}\nssl_options.certfile = {cert}\nssl_options.keyfile = {key}\n\
+             ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n\
+             auth_mechanisms.1 = EXTERNAL\nauth_mechanisms.2 = PLAIN\nssl_cert_login_from = common_name\n",
+            ca = ca.cert.display(),
+            cert = server.cert.display(),
+            key = server.key.display(),
+        );
+        let mut config = std::fs::read_to_string(rabbit.dir.join("rabbitmq.conf")).expect("rabbit config");
+        config.push_str(&conf);
+        std::fs::write(rabbit.dir.join("rabbitmq.conf"), config).expect("rabbit config");
+        std::fs::write(rabbit.dir.join("enabled_plugins"), "[rabbitmq_auth_mechanism_ssl].\n").expect("rabbit plugins");
+        let _ = Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(&rabbit.dir).status();
+        rabbit.launch().await;
+        wait_port("the private rabbitmq to listen with tls", tls_port, true, Duration::from_secs(30)).await;
+        (rabbit, tls_port)
+    }
+
+    /// A broker user without a password, for a client certificate named `user`, allowed
+    /// everything on the default vhost.
+    pub fn add_certificate_user(&self, user: &str) {
+        self.ctl(&["-q", "add_user", user, "unused"]);
+        self.ctl(&["-q", "clear_password", user]);
+        self.ctl(&["-q", "set_permissions", "-p", "/", user, ".*", ".*", ".*"]);
     }
 
     /// A node started with an open-file limit of `limit` (the broker's default is 1,024), for

@@ -32,6 +32,8 @@ pub enum BrokerError {
     Timeout { call: &'static str, after: Duration },
     #[error("the broker closed the consumer")]
     ConsumerClosed,
+    #[error("TLS handshake with the broker failed: {message} ({hint})")]
+    Tls { message: String, hint: &'static str },
     #[error("{SILENT_BROKER} (no AMQP answer within {after:?})")]
     Silent { after: Duration },
 }
@@ -165,7 +167,11 @@ pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) {
             Err(error) => {
                 agent.set_ready(false);
                 agent.metrics().common.broker_reconnects.inc();
-                tracing::warn!(agent = %agent.config().agent_id, %error, retry_in = ?delay, "lost the broker; reconnecting");
+                if let BrokerError::Tls { .. } = error {
+                    tracing::error!(agent = %agent.config().agent_id, %error, retry_in = ?delay, "cannot connect to the broker; retrying");
+                } else {
+                    tracing::warn!(agent = %agent.config().agent_id, %error, retry_in = ?delay, "lost the broker; reconnecting");
+                }
             }
         }
         // Full jitter, so a fleet that lost the broker together does not come back in step.
@@ -193,7 +199,12 @@ async fn connect(agent: &Agent, endpoints: &mut AmqpEndpoints) -> Result<Connect
         let properties =
             ConnectionProperties::default().with_connection_name(format!("cuttle-agent {}", config.agent_id).into());
         let url = amqp_url_with_heartbeat(&url);
-        let connected = match call("connect", config.connect_timeout, Connection::connect(&url, properties)).await {
+        let connect = contracts::tls::amqp::connect(&url, properties, &config.amqp_tls);
+        let connected = match call("connect", config.connect_timeout, connect).await {
+            Err(BrokerError::Call { source, .. }) if contracts::tls::tls_hint(&source.to_string()).is_some() => {
+                let message = source.to_string();
+                Err(BrokerError::Tls { hint: contracts::tls::tls_hint(&message).unwrap_or_default(), message })
+            }
             Err(BrokerError::Timeout { after, .. }) if broker_accepts_tcp(&url, config.connect_timeout).await => {
                 Err(BrokerError::Silent { after })
             }

@@ -40,6 +40,10 @@ pub struct AgentConfig {
     pub agent_id: String,
     pub amqp_url: String,
     pub redis_url: String,
+    /// CA and client certificate for `amqps://` URLs (`--amqp-ca-file`, ...).
+    pub amqp_tls: contracts::tls::TlsMaterial,
+    /// CA and client certificate for a `rediss://` store URL (`--redis-ca-file`, ...).
+    pub redis_tls: contracts::tls::TlsMaterial,
     /// Redis Sentinels (`host:port`) naming the ticket store's master; empty: `redis_url` is
     /// the store itself.
     pub redis_sentinels: Vec<String>,
@@ -106,7 +110,7 @@ impl AgentConfig {
     pub fn redis_target(&self) -> crate::redis_link::RedisTarget {
         use crate::redis_link::RedisTarget;
         if self.redis_sentinels.is_empty() {
-            return RedisTarget::Url(self.redis_url.clone());
+            return RedisTarget::Url { url: self.redis_url.clone(), tls: self.redis_tls.clone() };
         }
         RedisTarget::Sentinel {
             sentinels: self.redis_sentinels.clone(),
@@ -121,6 +125,8 @@ impl AgentConfig {
         AgentConfig {
             amqp_url: DEFAULT_AMQP_URL.into(),
             redis_url: DEFAULT_REDIS_URL.into(),
+            amqp_tls: Default::default(),
+            redis_tls: Default::default(),
             redis_sentinels: Vec::new(),
             redis_service: DEFAULT_REDIS_SERVICE.into(),
             claim_replicas: 0,

@@ -165,9 +165,14 @@ pub async fn connect_store(
         };
         match opened {
             Ok(backend) => return Some(store::TicketStore::new(backend, metrics.common.store.clone())),
-            Err(error) => {
-                tracing::warn!(agent = %config.agent_id, %error, retry_in = ?delay, "cannot reach the ticket store; retrying")
-            }
+            Err(error) => match contracts::tls::tls_hint(&error.to_string()) {
+                Some(hint) => {
+                    tracing::error!(agent = %config.agent_id, %error, hint, retry_in = ?delay, "TLS handshake with the ticket store failed; retrying")
+                }
+                None => {
+                    tracing::warn!(agent = %config.agent_id, %error, retry_in = ?delay, "cannot reach the ticket store; retrying")
+                }
+            },
         }
         tokio::select! {
             _ = shutdown.cancelled() => return None,

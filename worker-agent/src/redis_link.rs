@@ -9,6 +9,7 @@
 //! Sentinels again on the next command. The command that hit the error still fails: the store's
 //! callers answer it as transient, and the dispatcher repeats it, as with a single Redis.
 
+use contracts::tls::TlsMaterial;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
@@ -19,8 +20,8 @@ use tokio::sync::Mutex;
 /// Where the ticket store is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RedisTarget {
-    /// One server (or a proxy that follows the master for us).
-    Url(String),
+    /// One server (or a proxy that follows the master for us); `rediss://` with `tls`.
+    Url { url: String, tls: TlsMaterial },
     /// The master of `service` as the Sentinels at `sentinels` (`host:port`) report it. The
     /// database, user and password for the master come from `url`.
     Sentinel { sentinels: Vec<String>, service: String, url: String },
@@ -58,8 +59,8 @@ impl RedisLink {
     /// Connects, waiting no longer than `connect_timeout` for each server.
     pub async fn connect(target: &RedisTarget, connect_timeout: Duration) -> RedisResult<RedisLink> {
         match target {
-            RedisTarget::Url(url) => {
-                let client = redis::Client::open(url.as_str())?;
+            RedisTarget::Url { url, tls } => {
+                let client = client(url, tls)?;
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(Some(Duration::from_secs(5)))
@@ -83,6 +84,19 @@ impl RedisLink {
             }
         }
     }
+}
+
+/// A client for `url`, with the CA and client certificate of `tls` when it has any (the CA
+/// replaces the system's roots).
+fn client(url: &str, tls: &TlsMaterial) -> RedisResult<redis::Client> {
+    if *tls == TlsMaterial::default() {
+        return redis::Client::open(url);
+    }
+    let client_tls = tls
+        .client
+        .as_ref()
+        .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() });
+    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert: tls.ca.clone() })
 }
 
 /// A second connection to the same store, opened on first use, for `WAIT`: Redis holds the

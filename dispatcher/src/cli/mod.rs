@@ -61,6 +61,18 @@ pub struct Cli {
     /// starts at a random one and moves to the next when it loses the one in use.
     #[arg(long, global = true, env = "CUTTLE_AMQP_URL", default_value = crate::DEFAULT_AMQP_URL, hide_env_values = true, value_parser = contracts::AmqpEndpoints::check_list)]
     pub amqp_url: String,
+    /// CA certificate(s) (PEM) that signed the broker's certificate, trusted besides the
+    /// system's roots, for `amqps://` URLs.
+    #[arg(long, global = true, env = "CUTTLE_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the broker; unless the URL names an
+    /// `auth_mechanism`, the dispatcher then logs in with it (EXTERNAL: the user is the
+    /// certificate's name, no password). Needs --amqp-client-key.
+    #[arg(long, global = true, env = "CUTTLE_AMQP_CLIENT_CERT", requires = "amqp_client_key")]
+    pub amqp_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --amqp-client-cert.
+    #[arg(long, global = true, env = "CUTTLE_AMQP_CLIENT_KEY", requires = "amqp_client_cert")]
+    pub amqp_client_key: Option<PathBuf>,
     /// `v1` speaks only script v1, without capabilities or retries, as dispatchers did before
     /// resilient communications; `auto` asks each agent what it supports.
     #[arg(long, global = true, value_enum, default_value_t = ProtocolMode::Auto)]
@@ -824,7 +836,16 @@ pub async fn run(cli: Cli) -> ExitCode {
             Err(error) => return usage_error(error),
         },
     };
-    let rpc_config = RpcConfig { amqp_url: cli.amqp_url.clone(), connect_timeout: cli.connect_timeout, trust };
+    let tls_files = contracts::tls::TlsFiles {
+        ca_file: cli.amqp_ca_file.clone(),
+        client_cert: cli.amqp_client_cert.clone(),
+        client_key: cli.amqp_client_key.clone(),
+    };
+    let tls = match tls_files.load() {
+        Ok(tls) => tls,
+        Err(error) => return usage_error(error),
+    };
+    let rpc_config = RpcConfig { amqp_url: cli.amqp_url.clone(), connect_timeout: cli.connect_timeout, trust, tls };
     let metrics = crate::metrics::Metrics::default();
     let rpc = Arc::new(RpcClient::new(rpc_config.clone()).with_metrics(metrics.clone()));
     let orchestrator =

@@ -5,6 +5,7 @@ use crate::config::{
     DEFAULT_REDIS_URL,
 };
 use clap::{Parser, Subcommand};
+use contracts::tls::TlsFiles;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -62,9 +63,34 @@ pub struct RunArgs {
     /// at a random one and moves to the next when it loses the one in use.
     #[arg(long, env = "CUTTLE_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, value_parser = contracts::AmqpEndpoints::check_list)]
     pub amqp_url: String,
-    /// Redis URL of the ticket store.
+    /// CA certificate(s) (PEM) that signed the broker's certificate, trusted besides the
+    /// system's roots, for `amqps://` URLs.
+    #[arg(long, env = "CUTTLE_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the broker; unless the URL names an
+    /// `auth_mechanism`, the agent then logs in with it (EXTERNAL: the user is the certificate's
+    /// name, no password). Needs --amqp-client-key.
+    #[arg(long, env = "CUTTLE_AMQP_CLIENT_CERT", requires = "amqp_client_key")]
+    pub amqp_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --amqp-client-cert.
+    #[arg(long, env = "CUTTLE_AMQP_CLIENT_KEY", requires = "amqp_client_cert")]
+    pub amqp_client_key: Option<PathBuf>,
+    /// Redis URL of the ticket store: `redis://[USER:PASSWORD@]HOST:PORT[/DB]`, or `rediss://`
+    /// for TLS; USER is a Redis ACL user (it needs the commands of `+@all` on keys under
+    /// --key-prefix).
     #[arg(long, env = "CUTTLE_REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
     pub redis_url: String,
+    /// CA certificate(s) (PEM) that signed the ticket store's certificate, for `rediss://` (they
+    /// replace the system's roots).
+    #[arg(long, env = "CUTTLE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to a `rediss://` store (Redis asks for one unless it
+    /// runs with `--tls-auth-clients no`). Needs --redis-client-key.
+    #[arg(long, env = "CUTTLE_REDIS_CLIENT_CERT", requires = "redis_client_key")]
+    pub redis_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --redis-client-cert.
+    #[arg(long, env = "CUTTLE_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
+    pub redis_client_key: Option<PathBuf>,
     /// Redis Sentinels (`host:port,...`) to ask for the ticket store's master, followed through
     /// failovers; `--redis-url` then gives only the master's database, user and password.
     #[arg(long, env = "CUTTLE_REDIS_SENTINELS", value_parser = parse_sentinels)]
@@ -193,6 +219,23 @@ impl RunArgs {
         let mut config = AgentConfig::new(&self.agent_id);
         config.amqp_url = self.amqp_url.clone();
         config.redis_url = self.redis_url.clone();
+        let amqp_tls = TlsFiles {
+            ca_file: self.amqp_ca_file.clone(),
+            client_cert: self.amqp_client_cert.clone(),
+            client_key: self.amqp_client_key.clone(),
+        };
+        config.amqp_tls = amqp_tls.load().map_err(|e| e.to_string())?;
+        let redis_tls = TlsFiles {
+            ca_file: self.redis_ca_file.clone(),
+            client_cert: self.redis_client_cert.clone(),
+            client_key: self.redis_client_key.clone(),
+        };
+        if redis_tls.is_set() && self.redis_sentinels.is_some() {
+            return Err(
+                "--redis-ca-file and --redis-client-cert work with --redis-url, not with --redis-sentinels".into()
+            );
+        }
+        config.redis_tls = redis_tls.load().map_err(|e| e.to_string())?;
         config.redis_sentinels = self.redis_sentinels.clone().map(|s| s.0).unwrap_or_default();
         config.redis_service = self.redis_service.clone();
         if self.claim_replicas > 0 && self.store == StoreKind::Local {

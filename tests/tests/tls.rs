@@ -1,0 +1,137 @@
+//! TLS to the broker (`amqps://`, client certificates and EXTERNAL login) and to the ticket store
+//! (`rediss://`), and Redis ACL users: each through the real binaries, against listeners the test
+//! starts with certificates it makes.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+use tests::agent::test_config;
+use tests::services::{PrivateRabbit, PrivateRedis};
+use tests::tls::{Issued, TestCa};
+use tests::{dispatcher_command, eventually, text, AgentProcess};
+
+/// Sets `CUTTLE_<SERVICE>_CA_FILE`, `_CLIENT_CERT` and `_CLIENT_KEY` (`AMQP`, `REDIS`).
+fn certificates<'a>(
+    command: &'a mut tokio::process::Command,
+    service: &str,
+    ca: &Path,
+    client: &Issued,
+) -> &'a mut tokio::process::Command {
+    command
+        .env(format!("CUTTLE_{service}_CA_FILE"), ca)
+        .env(format!("CUTTLE_{service}_CLIENT_CERT"), &client.cert)
+        .env(format!("CUTTLE_{service}_CLIENT_KEY"), &client.key)
+}
+
+/// `dispatcher submit` of `echo WORD` on `agent`, over `amqp_url` with these TLS files.
+async fn submit_over(amqp_url: &str, ca: &Path, client: &Issued, agent: &str, word: &str) -> Output {
+    let mut command = dispatcher_command();
+    certificates(&mut command, "AMQP", ca, client).env("CUTTLE_AMQP_URL", amqp_url);
+    let output = command.args(["submit", "--target", agent, "--", &format!("echo {word}")]).output();
+    tokio::time::timeout(Duration::from_secs(60), output).await.expect("dispatcher finishes").expect("dispatcher runs")
+}
+
+async fn log_shows(agent: &AgentProcess, what: &'static str) {
+    eventually(what, Duration::from_secs(20), || async { agent.log_text().contains(what).then_some(()) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_run_over_tls_to_broker_and_store_with_client_certificates_and_a_wrong_ca_is_refused() {
+    let ca = TestCa::new("cuttle-test-ca");
+    let server = ca.server("localhost");
+    let (rabbit, tls_port) = PrivateRabbit::start_tls(&ca, &server).await;
+    let redis = PrivateRedis::start_tls(&ca, &server).await;
+    let amqps = format!("amqps://localhost:{tls_port}/%2f");
+
+    let mut config = test_config("tls");
+    config.amqp_url = amqps.clone();
+    config.redis_url = format!("rediss://localhost:{}", redis.port);
+    let agent_cert = ca.client(&config.agent_id);
+    rabbit.add_certificate_user(&config.agent_id);
+    let dispatcher_cert = ca.client("cuttle-dispatcher");
+    rabbit.add_certificate_user("cuttle-dispatcher");
+    let mut command = AgentProcess::command(&config);
+    certificates(&mut command, "AMQP", &ca.cert, &agent_cert);
+    certificates(&mut command, "REDIS", &ca.cert, &agent_cert);
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+
+    let out = submit_over(&amqps, &ca.cert, &dispatcher_cert, &config.agent_id, "over-tls").await;
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("over-tls"), "{}", text(&out.stdout));
+    // Both logged in with their certificates, over TLS.
+    let connections = rabbit.query(&["-q", "--no-table-headers", "list_connections", "user", "ssl", "auth_mechanism"]);
+    assert!(
+        connections.lines().any(|l| l.contains(&config.agent_id) && l.contains("true") && l.contains("EXTERNAL")),
+        "{connections}"
+    );
+    // The ticket went through the TLS store.
+    let keys = redis.cli(&["keys", &format!("{}*", config.key_prefix)]);
+    assert!(!keys.trim().is_empty(), "no ticket keys in the TLS store");
+
+    // A dispatcher trusting another CA is refused at once, as the broker refusing it is (101).
+    let wrong = TestCa::new("not-the-ca");
+    let started = std::time::Instant::now();
+    let out = submit_over(&amqps, &wrong.cert, &dispatcher_cert, &config.agent_id, "never").await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{stderr}");
+    assert!(stderr.contains("certificate is not trusted") && stderr.contains("CA file"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20), "refused at once, not retried: {:?}", started.elapsed());
+
+    // An agent trusting another CA says why it cannot connect, to the broker and to the store.
+    let mut bad = test_config("tls-wrong-ca");
+    bad.amqp_url = amqps.clone();
+    bad.redis_url = format!("rediss://localhost:{}", redis.port);
+    let mut command = AgentProcess::command(&bad);
+    certificates(&mut command, "AMQP", &wrong.cert, &agent_cert);
+    certificates(&mut command, "REDIS", &wrong.cert, &agent_cert);
+    let bad_agent = AgentProcess::spawn_command(bad.clone(), command);
+    log_shows(&bad_agent, "TLS handshake with the ticket store failed").await;
+    assert!(bad_agent.log_text().contains("certificate is not trusted"), "{}", bad_agent.log_text());
+    assert!(!bad_agent.log_text().contains("consuming commands"));
+    bad_agent.stop().await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_trusting_another_ca_names_the_broker_certificate_as_the_reason() {
+    let ca = TestCa::new("cuttle-test-ca");
+    let server = ca.server("localhost");
+    let (rabbit, tls_port) = PrivateRabbit::start_tls(&ca, &server).await;
+    let wrong = TestCa::new("not-the-ca");
+    let config = test_config("tls-wrong-broker-ca");
+    let client = ca.client(&config.agent_id);
+    rabbit.add_certificate_user(&config.agent_id);
+    let mut bad = config.clone();
+    bad.amqp_url = format!("amqps://localhost:{tls_port}/%2f");
+    let mut command = AgentProcess::command(&bad);
+    certificates(&mut command, "AMQP", &wrong.cert, &client);
+    let agent = AgentProcess::spawn_command(bad, command);
+    log_shows(&agent, "TLS handshake with the broker failed").await;
+    assert!(agent.log_text().contains("certificate is not trusted"), "{}", agent.log_text());
+    assert!(!agent.log_text().contains("consuming commands"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_acl_user_limited_to_the_key_prefix_holds_the_tickets() {
+    let redis = PrivateRedis::start(false).await;
+    let mut config = test_config("acl");
+    let user = config.agent_id.clone();
+    let acl = redis.cli(&["acl", "setuser", &user, "on", ">s3cret-pass", &format!("~{}*", config.key_prefix), "+@all"]);
+    assert_eq!(acl.trim(), "OK");
+    config.redis_url = format!("redis://{user}:s3cret-pass@127.0.0.1:{}", redis.port);
+    let agent = AgentProcess::start(config.clone()).await;
+    let out = tests::run_dispatcher(&["submit", "--target", &config.agent_id, "--", "echo as-acl-user"]).await;
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("as-acl-user"));
+    agent.stop().await;
+
+    // A wrong password is named as the reason.
+    let mut wrong = test_config("acl-wrong");
+    wrong.redis_url = format!("redis://{user}:not-it@127.0.0.1:{}", redis.port);
+    let agent = AgentProcess::spawn_command(wrong.clone(), AgentProcess::command(&wrong));
+    log_shows(&agent, "cannot reach the ticket store").await;
+    assert!(agent.log_text().contains("Password authentication failed"), "{}", agent.log_text());
+    agent.stop().await;
+}
