@@ -490,3 +490,90 @@ async fn finished_tickets_leave_the_journal_after_the_history_retention() {
     remove_journal(&prefix).await;
     agent.stop().await;
 }
+
+/// Records `count` finished tickets on three targets, one in five failed, one in seven unknown
+/// (the rest completed), and one still running; gives each finished ticket with its target and
+/// outcome.
+async fn journal_of_outcomes(
+    journal: &dispatcher::service::journal::Journal,
+    count: usize,
+) -> Vec<(String, String, dispatcher::OutcomeKind)> {
+    use dispatcher::service::journal::Submission;
+    use dispatcher::{Outcome, OutcomeKind, Policies, RetryPolicy, Route};
+    let mut finished = Vec::new();
+    for index in 0..=count {
+        let ticket = contracts::Ticket::generate();
+        let target = format!("web-{}", index % 3);
+        let policies = Policies::from(RetryPolicy::new(Duration::from_secs(60)));
+        let route = Route::agent(&target).unwrap();
+        let submission = Submission::new(ticket.clone(), &route, sh("true"), "default", policies, "test");
+        journal.submit(&submission).await.unwrap();
+        if index == count {
+            break; // still running: in no outcome's index
+        }
+        let outcome = match index {
+            i if i % 5 == 0 => OutcomeKind::Failed,
+            i if i % 7 == 0 => OutcomeKind::Unknown,
+            _ => OutcomeKind::Completed,
+        };
+        let end = Outcome {
+            ticket: Some(ticket.clone()),
+            target: target.clone(),
+            outcome,
+            exit_code: Some(0),
+            error: None,
+            process_exit: 0,
+        };
+        assert!(journal.finish(&end).await.unwrap());
+        finished.push((ticket.to_string(), target, outcome));
+    }
+    finished
+}
+
+/// Every filter by outcome, alone and with each target, gives exactly the tickets that match.
+async fn assert_outcome_filters(
+    journal: &dispatcher::service::journal::Journal,
+    finished: &[(String, String, dispatcher::OutcomeKind)],
+) {
+    use dispatcher::service::journal::HistoryQuery;
+    use dispatcher::OutcomeKind;
+    for outcome in [OutcomeKind::Completed, OutcomeKind::Failed, OutcomeKind::Unknown, OutcomeKind::Cancelled] {
+        for target in [None, Some("web-0"), Some("web-2")] {
+            let query =
+                HistoryQuery { target: target.map(str::to_owned), outcome: Some(outcome), since_ms: None, limit: 100 };
+            let mut found: Vec<String> =
+                journal.history(&query).await.unwrap().iter().map(|r| r.submission.ticket.to_string()).collect();
+            let mut expected: Vec<String> = finished
+                .iter()
+                .filter(|(_, t, o)| *o == outcome && target.is_none_or(|target| t == target))
+                .map(|(ticket, _, _)| ticket.clone())
+                .collect();
+            found.sort();
+            expected.sort();
+            assert_eq!(found, expected, "{outcome:?} on {target:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_by_outcome_reads_an_index_kept_as_tickets_finish_and_built_once_for_an_older_journal() {
+    use dispatcher::service::journal::{HistoryQuery, Journal};
+    let prefix = journal_prefix("outcome-index");
+    let journal = Journal::open(&redis_url(), &prefix, Duration::from_secs(3600)).unwrap();
+    let finished = journal_of_outcomes(&journal, 40).await;
+    assert_outcome_filters(&journal, &finished).await;
+
+    // The filter reads the index, not the history: with the index emptied it finds nothing.
+    let mut redis = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let indexes: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}outcome:*")).query_async(&mut redis).await.unwrap();
+    assert_eq!(indexes.len(), 3 + 3 * 3, "completed, failed and unknown, each of all targets and of each: {indexes:?}");
+    let _: () = redis::cmd("DEL").arg(&indexes).query_async(&mut redis).await.unwrap();
+    let failed = HistoryQuery { outcome: Some(dispatcher::OutcomeKind::Failed), limit: 100, ..Default::default() };
+    assert!(journal.history(&failed).await.unwrap().is_empty());
+
+    // A journal written before the index (no marker): the first filter by outcome builds it.
+    let _: () = redis::cmd("DEL").arg(format!("{prefix}outcome-index")).query_async(&mut redis).await.unwrap();
+    assert_outcome_filters(&journal, &finished).await;
+    remove_journal(&prefix).await;
+}

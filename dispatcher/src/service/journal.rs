@@ -11,11 +11,15 @@
 //!   read it with `XREAD BLOCK`.
 //! - `inflight`: the set of tickets not finished yet: what a (re)started replica resumes.
 //! - `history`, `target:<name>`: sorted sets of tickets by submission time.
+//! - `outcome:<outcome>`, `outcome:<outcome>:<target>`: sorted sets of finished tickets by
+//!   submission time, added as each ticket finishes, so a filter by outcome reads only tickets that
+//!   match (`outcome-index`: set once tickets finished before these indexes existed are in them).
 //! - `lease:<ticket>`: which replica follows the ticket (see [`super::lease`]).
 //! - `agents`: a hash of the last known capabilities or error of each target.
 //!
 //! A finished ticket's hash and stream expire after the history retention.
 
+use super::api::outcome_name;
 use crate::cli::stream_name;
 use crate::orchestrator::{Event, PlannedStart, Policies};
 use crate::outcome::{Outcome, OutcomeKind};
@@ -191,7 +195,8 @@ return 1
 "#;
 
 // Records the end once: the first follower to finish wins; the ticket leaves the in-flight set,
-// its records expire after the retention, and its target's index drops tickets past it.
+// enters its outcome's indexes (scored by submission time, as in the history), its records expire
+// after the retention, and its target's and outcome's indexes drop tickets past it.
 const FINISH: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') == 'finished' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'finished', 'result', ARGV[1], 'finished_ms', ARGV[2])
@@ -199,7 +204,12 @@ redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
 redis.call('SREM', KEYS[3], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
+local submitted = redis.call('ZSCORE', KEYS[5], ARGV[4]) or ARGV[2]
+redis.call('ZADD', KEYS[6], submitted, ARGV[4])
+redis.call('ZADD', KEYS[7], submitted, ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', ARGV[6])
 return 1
 "#;
 
@@ -378,6 +388,9 @@ impl Journal {
             .key(self.events_key(ticket))
             .key(self.key("inflight"))
             .key(self.key(&format!("target:{}", outcome.target)))
+            .key(self.key("history"))
+            .key(self.key(&outcome_index(outcome.outcome, None)))
+            .key(self.key(&outcome_index(outcome.outcome, Some(&outcome.target))))
             .arg(serde_json::to_string(&finished).map_err(|e| JournalError::Corrupt(e.to_string()))?)
             .arg(unix_millis(SystemTime::now()))
             .arg(event.to_string())
@@ -468,10 +481,10 @@ impl Journal {
     /// Tickets newest first, filtered. Tickets past the retention are dropped from the indexes.
     pub async fn history(&self, query: &HistoryQuery) -> JournalResult<Vec<TicketRecord>> {
         const PAGE: isize = 200;
-        let index = match &query.target {
-            Some(target) => self.key(&format!("target:{target}")),
-            None => self.key("history"),
-        };
+        if query.outcome.is_some() {
+            self.index_earlier_outcomes().await?;
+        }
+        let index = self.key(&history_index(query));
         let min = query.since_ms.map_or("-inf".to_owned(), |ms| ms.to_string());
         let mut con = self.connection().await?;
         let mut found = Vec::new();
@@ -504,6 +517,44 @@ impl Journal {
         Ok(found)
     }
 
+    /// Puts tickets that finished before the outcome indexes existed into them, once per journal
+    /// (a journal written by an older version): a filter by outcome then finds them too.
+    async fn index_earlier_outcomes(&self) -> JournalResult<()> {
+        const PAGE: isize = 1000;
+        let marker = self.key("outcome-index");
+        let mut con = self.connection().await?;
+        if con.exists(&marker).await? {
+            return Ok(());
+        }
+        let mut offset = 0;
+        loop {
+            let tickets: Vec<(String, u64)> =
+                con.zrange_withscores(self.key("history"), offset, offset + PAGE - 1).await?;
+            if tickets.is_empty() {
+                break;
+            }
+            offset += tickets.len() as isize;
+            let mut reads = redis::pipe();
+            for (ticket, _) in &tickets {
+                reads.cmd("HMGET").arg(self.key(&format!("t:{ticket}"))).arg("submission").arg("result");
+            }
+            let fields: Vec<(Option<String>, Option<String>)> = reads.query_async(&mut con).await?;
+            let mut writes = redis::pipe();
+            for ((ticket, submitted), fields) in tickets.iter().zip(fields) {
+                let (Some(submission), Some(result)) = fields else { continue };
+                let corrupt = |e: serde_json::Error| JournalError::Corrupt(e.to_string());
+                let target = serde_json::from_str::<Submission>(&submission).map_err(corrupt)?.target;
+                let outcome = serde_json::from_str::<Finished>(&result).map_err(corrupt)?.outcome;
+                for index in [outcome_index(outcome, None), outcome_index(outcome, Some(&target))] {
+                    writes.zadd(self.key(&index), ticket, submitted).ignore();
+                }
+            }
+            writes.query_async::<()>(&mut con).await?;
+        }
+        let _: () = con.set(&marker, 1).await?;
+        Ok(())
+    }
+
     /// Drops tickets submitted before the retention from the history index.
     pub async fn trim_history(&self) -> JournalResult<()> {
         let mut con = self.connection().await?;
@@ -530,6 +581,24 @@ impl Journal {
         let mut agents: Vec<serde_json::Value> = all.values().filter_map(|v| serde_json::from_str(v).ok()).collect();
         agents.sort_by(|a, b| a["target"].as_str().cmp(&b["target"].as_str()));
         Ok(agents)
+    }
+}
+
+/// The index (without the prefix) of a finished ticket's outcome, of all targets or of one.
+fn outcome_index(outcome: OutcomeKind, target: Option<&str>) -> String {
+    match target {
+        Some(target) => format!("outcome:{}:{target}", outcome_name(outcome)),
+        None => format!("outcome:{}", outcome_name(outcome)),
+    }
+}
+
+/// The index (without the prefix) a history query reads: the smallest that holds every ticket
+/// it can match, newest first.
+fn history_index(query: &HistoryQuery) -> String {
+    match (query.outcome, &query.target) {
+        (Some(outcome), target) => outcome_index(outcome, target.as_deref()),
+        (None, Some(target)) => format!("target:{target}"),
+        (None, None) => "history".to_owned(),
     }
 }
 
@@ -571,4 +640,27 @@ fn record_from(mut fields: HashMap<String, String>) -> JournalResult<Option<Tick
         finished,
         submission,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_history_query_reads_the_smallest_index_that_holds_its_matches() {
+        let query = |target: Option<&str>, outcome| HistoryQuery {
+            target: target.map(str::to_owned),
+            outcome,
+            since_ms: None,
+            limit: 50,
+        };
+        assert_eq!(history_index(&query(None, None)), "history");
+        assert_eq!(history_index(&query(Some("web-01"), None)), "target:web-01");
+        assert_eq!(history_index(&query(None, Some(OutcomeKind::Failed))), "outcome:failed");
+        assert_eq!(history_index(&query(Some("web-01"), Some(OutcomeKind::Unknown))), "outcome:unknown:web-01");
+        assert_eq!(
+            outcome_index(OutcomeKind::Cancelled, Some("pool-a")),
+            history_index(&query(Some("pool-a"), Some(OutcomeKind::Cancelled)))
+        );
+    }
 }
