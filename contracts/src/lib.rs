@@ -1,6 +1,10 @@
 //! Cuttle's wire contract, shared by the dispatcher and the agent. No I/O lives here.
 //!
 //! # Layout
+//! - [`agent`]: the agent's decisions (claim, run, report, refuse, cancel, tombstone, recover a
+//!   lost run) as plain functions of the command, the stored record and the time.
+//! - [`store`]: the [`store::TicketStore`] trait with its atomicity contract, the in-memory
+//!   store and the conformance suite every store passes.
 //! - [`endpoints`]: the broker URLs of a cluster and which one to try next.
 //! - [`envelope`]: the versioned envelope every message travels in, and its msgpack codec
 //!   (named maps, so old and new readers tolerate each other's fields).
@@ -17,6 +21,7 @@
 //! - [`trust`]: Ed25519 keys, signed commands and answers, trusted-keys and known-agents files.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod endpoints;
 pub mod envelope;
 pub mod error;
@@ -26,6 +31,7 @@ pub mod messages;
 pub mod metrics;
 pub mod presence;
 pub mod status;
+pub mod store;
 pub mod ticket;
 pub mod tls;
 pub mod topology;

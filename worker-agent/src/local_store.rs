@@ -4,8 +4,9 @@
 //! delivery is acked. Only this agent process uses the file, so a run's lease is simply "owned
 //! by this process": a run left by an earlier process is lost, and reported as unknown result.
 
-use crate::rules::TicketRecord;
+use crate::rules::{decode_record, TicketRecord};
 use crate::store::{Cancel, Claim, Epoch, LeaseRenewal, Release, StoreError, TicketKeys, TicketView};
+use contracts::store::MAX_LINES_PER_READ;
 use contracts::topology::MAX_STATUS_LOG_BYTES;
 use contracts::{unix_millis, LogLine};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -26,9 +27,6 @@ const RUNNING: TableDefinition<&str, ()> = TableDefinition::new("running");
 const CANCELS: TableDefinition<&str, ()> = TableDefinition::new("cancels");
 /// "epoch" -> the store's epoch.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-
-/// Log lines read at once at most.
-const MAX_LINES_PER_READ: usize = 2_000;
 
 /// How often records past their expiry are removed from the file (besides at open): expired
 /// records are never read, but an agent that runs for months must not keep them all.
@@ -108,10 +106,6 @@ impl LocalStore {
         txn.commit().map_err(failed)
     }
 
-    pub fn keys(&self, ticket_key: &str) -> TicketKeys {
-        TicketKeys::new("", ticket_key)
-    }
-
     /// Runs `work` in a write transaction, committed durably, off the async runtime.
     async fn write<T: Send + 'static>(
         &self,
@@ -135,8 +129,16 @@ impl LocalStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || work(&db.begin_read().map_err(failed)?)).await.map_err(failed)?
     }
+}
 
-    pub async fn epoch(&self, now_ms: u64) -> Result<Epoch, StoreError> {
+impl contracts::store::TicketStore for LocalStore {
+    type Error = StoreError;
+
+    fn keys(&self, ticket_key: &str) -> TicketKeys {
+        TicketKeys::new("", ticket_key)
+    }
+
+    async fn epoch(&self, now_ms: u64) -> Result<Epoch, StoreError> {
         self.write(move |txn| {
             let mut meta = txn.open_table(META).map_err(failed)?;
             let existing = meta.get("epoch").map_err(failed)?.map(|v| v.value().to_owned());
@@ -153,7 +155,7 @@ impl LocalStore {
         .await
     }
 
-    pub async fn claim(
+    async fn claim(
         &self,
         keys: &TicketKeys,
         record: &TicketRecord,
@@ -172,7 +174,7 @@ impl LocalStore {
             }
             let mut records = txn.open_table(RECORDS).map_err(failed)?;
             if let Some((existing, _)) = live_record(&records, &ticket)? {
-                let record = TicketRecord::decode(&existing);
+                let record = decode_record(&existing);
                 let lease_alive = record.owner == *owner;
                 return Ok(Claim::Existing { record, raw: existing, lease_alive });
             }
@@ -184,7 +186,7 @@ impl LocalStore {
     }
 
     /// See [`crate::store::RedisStore::cancel`]: one write transaction, like the claim.
-    pub async fn cancel(
+    async fn cancel(
         &self,
         keys: &TicketKeys,
         tombstone: &TicketRecord,
@@ -205,7 +207,7 @@ impl LocalStore {
         .await
     }
 
-    pub async fn compare_and_set(
+    async fn compare_and_set(
         &self,
         keys: &TicketKeys,
         expected: &str,
@@ -233,11 +235,11 @@ impl LocalStore {
         .await
     }
 
-    pub async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, StoreError> {
+    async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, StoreError> {
         let (ticket, owner) = (keys.ticket.clone(), self.owner.clone());
         self.read_txn(move |txn| {
             let records = txn.open_table(RECORDS).map_err(failed)?;
-            let record = live_record(&records, &ticket)?.map(|(raw, _)| (TicketRecord::decode(&raw), raw));
+            let record = live_record(&records, &ticket)?.map(|(raw, _)| (decode_record(&raw), raw));
             let running = txn.open_table(RUNNING).map_err(failed)?.get(ticket.as_str()).map_err(failed)?.is_some();
             let lease_alive = running && record.as_ref().is_some_and(|(r, _)| r.owner == *owner);
             let stored_lines = txn
@@ -263,7 +265,7 @@ impl LocalStore {
         .await
     }
 
-    pub async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], _ttl: Duration) -> Result<(), StoreError> {
+    async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], _ttl: Duration) -> Result<(), StoreError> {
         let ticket = keys.ticket.clone();
         let encoded: Vec<(u64, Vec<u8>)> =
             lines.iter().map(|l| (l.seq, rmp_serde::to_vec_named(l).expect("log lines always encode"))).collect();
@@ -282,12 +284,7 @@ impl LocalStore {
         .await
     }
 
-    pub async fn renew_lease(
-        &self,
-        keys: &TicketKeys,
-        owner: &str,
-        _ttl: Duration,
-    ) -> Result<LeaseRenewal, StoreError> {
+    async fn renew_lease(&self, keys: &TicketKeys, owner: &str, _ttl: Duration) -> Result<LeaseRenewal, StoreError> {
         let ticket = keys.ticket.clone();
         let held = owner == &*self.owner;
         self.read_txn(move |txn| {
@@ -298,7 +295,7 @@ impl LocalStore {
         .await
     }
 
-    pub async fn running_tickets(&self, _agent_id: &str) -> Result<Vec<String>, StoreError> {
+    async fn running_tickets(&self, _agent_id: &str) -> Result<Vec<String>, StoreError> {
         self.read_txn(|txn| {
             let running = txn.open_table(RUNNING).map_err(failed)?;
             let tickets =
@@ -308,7 +305,7 @@ impl LocalStore {
         .await
     }
 
-    pub async fn forget_running(&self, _agent_id: &str, ticket_key: &str) -> Result<(), StoreError> {
+    async fn forget_running(&self, _agent_id: &str, ticket_key: &str) -> Result<(), StoreError> {
         let ticket = ticket_key.to_owned();
         self.write(move |txn| {
             txn.open_table(RUNNING).map_err(failed)?.remove(ticket.as_str()).map_err(failed)?;
@@ -317,7 +314,7 @@ impl LocalStore {
         .await
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -353,6 +350,7 @@ fn drop_output(txn: &redb::WriteTransaction, ticket: &str) -> Result<(), StoreEr
 mod tests {
     use super::*;
     use crate::rules::RecordState;
+    use contracts::store::TicketStore as _;
 
     fn stored_records(store: &LocalStore) -> usize {
         let txn = store.db.begin_read().unwrap();

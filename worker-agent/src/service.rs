@@ -5,11 +5,12 @@ use crate::config::{AgentConfig, Protocol};
 use crate::isolation::Mutexes;
 use crate::metrics::Metrics;
 use crate::output::Progress;
-use crate::rules::{self, RecordState, TicketRecord};
+use crate::rules::{self, CompleteDecision, Recovery, StartDecision, TicketRecord, SKIP_LOGS};
 use crate::runner::Run;
-use crate::store::{Cancel, Claim, ClaimReplication, Epoch, Release, StoreError, TicketKeys, TicketStore, TicketView};
+use crate::store::{Cancel, Claim, ClaimReplication, Epoch, Release, StoreError, TicketKeys, TicketStore};
 use crate::trust::AgentTrust;
 use crate::workspace;
+use contracts::agent::{status_from, status_without_logs};
 use contracts::topology::MAX_STATUS_WAIT_MS;
 use contracts::*;
 use std::collections::{HashMap, HashSet};
@@ -17,9 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-
-/// A log position past any real log, to read a ticket without its output.
-const SKIP_LOGS: u64 = i64::MAX as u64 / 2;
 
 /// How long a waiting status request that got new output still waits for the script's end.
 const LINGER: Duration = Duration::from_millis(20);
@@ -183,9 +181,8 @@ impl Agent {
         for ticket in self.store.running_tickets(&self.config.agent_id).await? {
             let keys = self.store.keys(&ticket);
             let view = self.store.read(&keys, SKIP_LOGS).await?;
-            match view.record {
-                Some((record, raw)) if !record.state.is_complete() && record.owner != self.owner => {
-                    let lost_run = record.completed(exit_code::UNKNOWN_RESULT);
+            match (rules::recover_run(view.record.as_ref().map(|(r, _)| r), &self.owner), view.record) {
+                (Recovery::ReportLost(lost_run), Some((record, raw))) => {
                     self.store.compare_and_set(&keys, &raw, &lost_run, None, Release::Lease).await?;
                     tracing::warn!(ticket = %ticket, previous_owner = %record.owner, "run lost with an earlier agent process; reporting unknown result");
                     lost += 1;
@@ -248,16 +245,15 @@ impl Agent {
     ) -> Reply {
         let keys = self.store.keys(&ticket.store_key());
         let digest = spec.digest();
-        let record = TicketRecord {
-            owner: self.owner.clone(),
-            agent_id: self.config.agent_id.clone(),
-            digest: digest.clone(),
-            state: if spec.mutex().is_some() { RecordState::Claimed } else { RecordState::Running },
-            exit_code: None,
-            tombstone: false,
+        let waits_for_mutex = spec.mutex().is_some();
+        let record = rules::claim_record(
+            &self.owner,
+            &self.config.agent_id,
+            digest.clone(),
+            waits_for_mutex,
             not_after,
-            claimed_at: now_ms(),
-        };
+            now_ms(),
+        );
         let claim = loop {
             let epoch = self.epoch.lock().expect("epoch poisoned").clone();
             if let Err(refused) = rules::check_issued_since(first_issued_at, epoch.created_ms) {
@@ -275,46 +271,39 @@ impl Agent {
                 other => break other,
             }
         };
-        match claim {
+        let claim = match claim {
             Err(error) => return unavailable(error),
-            Ok(Claim::EpochChanged) => unreachable!("handled above"),
-            Ok(Claim::Won) if self.config.claim_replicas == 0 => {
+            Ok(claim) => claim,
+        };
+        let unconfirmed = self.unconfirmed.lock().expect("unconfirmed poisoned").contains(&keys.ticket);
+        match (rules::decide_start(&claim, &digest, &self.owner, self.config.claim_replicas, unconfirmed), claim) {
+            (StartDecision::Run, _) => {
                 tracing::info!(ticket = %ticket, agent = %self.config.agent_id, "ticket claimed; starting script");
                 self.launch(keys, record, spec, slot);
             }
-            Ok(Claim::Won) => {
+            (StartDecision::Confirm, Claim::Existing { record: existing, raw, .. }) => {
+                // The repeat of a start whose claim the replicas had not confirmed: confirm
+                // it now, and start the script only then.
+                if let Err(refused) = self.confirm_and_launch(&ticket, keys, &raw, existing, spec, slot).await {
+                    return refused;
+                }
+            }
+            (StartDecision::Confirm, _) => {
                 self.unconfirmed.lock().expect("unconfirmed poisoned").insert(keys.ticket.clone());
                 let raw = record.encode();
                 if let Err(refused) = self.confirm_and_launch(&ticket, keys, &raw, record, spec, slot).await {
                     return refused;
                 }
             }
-            Ok(Claim::Existing { record: existing, .. }) if existing.cancelled_before_start() => {
+            (StartDecision::Cancelled, _) => {
                 tracing::info!(ticket = %ticket, "start refused: the ticket was cancelled before it started");
-                return Reply::ScriptStatus(ScriptStatus {
-                    ticket,
-                    state: ScriptState::Complete,
-                    exit_code: Some(exit_code::CANCELLED),
-                    logs: Vec::new(),
-                    next_log_sequence: 1,
-                });
+                return Reply::ScriptStatus(rules::cancelled_status(&ticket));
             }
-            Ok(Claim::Existing { record: existing, raw, .. }) => {
-                if let Err(conflict) = rules::check_same_command(&existing, &digest) {
-                    tracing::warn!(ticket = %ticket, "start refused: ticket used for a different script");
-                    return Reply::Error(conflict);
-                }
-                let unconfirmed = self.unconfirmed.lock().expect("unconfirmed poisoned").contains(&keys.ticket);
-                if rules::claim_awaits_confirmation(&existing, &self.owner, unconfirmed) {
-                    // The repeat of a start whose claim the replicas had not confirmed: confirm
-                    // it now, and start the script only then.
-                    if let Err(refused) = self.confirm_and_launch(&ticket, keys, &raw, existing, spec, slot).await {
-                        return refused;
-                    }
-                } else {
-                    tracing::debug!(ticket = %ticket, "duplicate start; answering with status");
-                }
+            (StartDecision::Conflict(conflict), _) => {
+                tracing::warn!(ticket = %ticket, "start refused: ticket used for a different script");
+                return Reply::Error(conflict);
             }
+            (StartDecision::Status, _) => tracing::debug!(ticket = %ticket, "duplicate start; answering with status"),
         }
         self.status(&ticket, 0, wait).await
     }
@@ -338,28 +327,25 @@ impl Agent {
             .confirm_claim(&keys, raw, &self.owner, self.config.lease_ttl, wanted, CLAIM_REPLICA_WAIT)
             .await
             .map_err(unavailable)?;
-        match replication {
-            ClaimReplication::Acked(acked) if acked >= wanted => {
+        match rules::check_replicated(&replication, wanted, CLAIM_REPLICA_WAIT) {
+            Ok(acked) => {
                 if self.unconfirmed.lock().expect("unconfirmed poisoned").remove(&keys.ticket) {
                     tracing::info!(ticket = %ticket, agent = %self.config.agent_id, replicas = acked, "ticket claimed and replicated; starting script");
                     self.launch(keys, record, spec, slot);
                 }
                 Ok(())
             }
-            ClaimReplication::Acked(acked) => {
-                tracing::warn!(ticket = %ticket, replicas = acked, wanted, "claim not yet on enough replicas; not starting");
-                Err(Reply::Error(ErrorReply::new(
-                    ErrorKind::StoreUnavailable,
-                    format!("the claim reached {acked} of {wanted} replicas within {CLAIM_REPLICA_WAIT:?}; nothing was started"),
-                )))
-            }
-            ClaimReplication::Lost => {
-                self.unconfirmed.lock().expect("unconfirmed poisoned").remove(&keys.ticket);
-                tracing::warn!(ticket = %ticket, "claim lost from the store (failover?) before it was confirmed; not starting");
-                Err(Reply::Error(ErrorReply::new(
-                    ErrorKind::StoreUnavailable,
-                    "the claim was lost from the ticket store before replicas confirmed it; nothing was started",
-                )))
+            Err(refused) => {
+                match replication {
+                    ClaimReplication::Lost => {
+                        self.unconfirmed.lock().expect("unconfirmed poisoned").remove(&keys.ticket);
+                        tracing::warn!(ticket = %ticket, "claim lost from the store (failover?) before it was confirmed; not starting");
+                    }
+                    ClaimReplication::Acked(acked) => {
+                        tracing::warn!(ticket = %ticket, replicas = acked, wanted, "claim not yet on enough replicas; not starting")
+                    }
+                }
+                Err(Reply::Error(refused))
             }
         }
     }
@@ -459,16 +445,7 @@ impl Agent {
             tracing::info!(ticket = %ticket, "cancelling script");
             return self.status(ticket, last_seq, None).await;
         }
-        let tombstone = TicketRecord {
-            owner: self.owner.clone(),
-            agent_id: self.config.agent_id.clone(),
-            digest: String::new(),
-            state: RecordState::Complete,
-            exit_code: Some(exit_code::CANCELLED),
-            tombstone: true,
-            not_after: None,
-            claimed_at: now_ms(),
-        };
+        let tombstone = rules::cancel_tombstone(&self.owner, &self.config.agent_id, now_ms());
         // The start it stands for may still be in a queue with any deadline: keep the tombstone
         // as long as an unfinished record.
         match self.store.cancel(&keys, &tombstone, self.config.record_ttl, self.config.lease_ttl * 4).await {
@@ -500,20 +477,14 @@ impl Agent {
             Ok(view) => view,
             Err(error) => return Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, error.to_string())),
         };
-        let Some((record, raw)) = &view.record else {
-            return Reply::ScriptStatus(status_without_logs(ticket, view));
+        let without_deadline_ms = self.config.tombstone_ttl.as_millis() as u64;
+        let record = view.record.as_ref().map(|(r, _)| r);
+        let (tombstone, ttl) = match rules::decide_complete(record, view.lease_alive, now_ms(), without_deadline_ms) {
+            CompleteDecision::Status => return Reply::ScriptStatus(status_without_logs(ticket, view)),
+            CompleteDecision::Tombstone { tombstone, ttl_ms } => (tombstone, Duration::from_millis(ttl_ms)),
         };
-        let (state, exit) = rules::reported_state(Some(record), view.lease_alive);
-        if state != ScriptState::Complete || record.tombstone {
-            return Reply::ScriptStatus(status_without_logs(ticket, view));
-        }
-        let tombstone = TicketRecord { tombstone: true, ..record.completed(exit.unwrap_or(exit_code::FATAL)) };
-        let ttl = rules::tombstone_ttl_ms(record.not_after, now_ms(), self.config.tombstone_ttl.as_millis() as u64);
-        match self
-            .store
-            .compare_and_set(&keys, raw, &tombstone, Some(Duration::from_millis(ttl)), Release::LeaseAndOutput)
-            .await
-        {
+        let raw = view.record.as_ref().map_or("", |(_, raw)| raw.as_str());
+        match self.store.compare_and_set(&keys, raw, &tombstone, Some(ttl), Release::LeaseAndOutput).await {
             Ok(true) => {
                 if let Some(workspace) = workspace::workspace_path(&self.config.work_dir, &keys.ticket) {
                     workspace::remove_workspace(&workspace).await;
@@ -530,22 +501,4 @@ impl Agent {
             Err(error) => Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, error.to_string())),
         }
     }
-}
-
-/// Builds a status reply from a store view. A completed script whose remaining output did not
-/// fit in this reply reads as running, so the dispatcher asks again and gets every line.
-pub fn status_from(ticket: &Ticket, last_seq: u64, view: TicketView) -> ScriptStatus {
-    let (mut state, mut exit_code) = rules::reported_state(view.record.as_ref().map(|(r, _)| r), view.lease_alive);
-    let next_log_sequence = view.logs.last().map_or(last_seq + 1, |l| l.seq + 1);
-    if state == ScriptState::Complete && next_log_sequence <= view.stored_lines {
-        state = ScriptState::Running;
-        exit_code = None;
-    }
-    ScriptStatus { ticket: ticket.clone(), state, exit_code, logs: view.logs, next_log_sequence }
-}
-
-/// A status read with [`SKIP_LOGS`]: no lines, positioned after the last stored one.
-fn status_without_logs(ticket: &Ticket, view: TicketView) -> ScriptStatus {
-    let stored = view.stored_lines;
-    status_from(ticket, stored, TicketView { logs: Vec::new(), ..view })
 }

@@ -4,15 +4,14 @@
 //! a cancel flag, and the set of tickets each agent id is running (for recovery after a crash).
 
 use crate::redis_link::{RedisLink, RedisTarget, WaitLink};
-use crate::rules::{RecordState, TicketRecord};
+use crate::rules::{decode_record, TicketRecord};
 use contracts::metrics::StoreOps;
+pub use contracts::store::{Cancel, Claim, ClaimReplication, Epoch, LeaseRenewal, Release, TicketKeys, TicketView};
+use contracts::store::{TicketStore as _, MAX_LINES_PER_READ};
 use contracts::topology::MAX_STATUS_LOG_BYTES;
 use contracts::LogLine;
 use redis::AsyncCommands;
 use std::time::Duration;
-
-/// Log lines read from the store in one round trip at most.
-const MAX_LINES_PER_READ: isize = 2_000;
 
 /// The ticket store could not be used. Always transient from the dispatcher's point of view.
 #[derive(Debug, thiserror::Error)]
@@ -21,93 +20,6 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("local ticket store failed: {0}")]
     Local(String),
-}
-
-/// What claiming a ticket found.
-#[derive(Debug)]
-pub enum Claim {
-    /// The store's epoch is not the one given: it lost its data since; nothing was claimed.
-    EpochChanged,
-    /// This agent owns the ticket now; the lease is held.
-    Won,
-    /// Somebody claimed it before: the record, and whether its owner's lease is alive.
-    Existing { record: TicketRecord, raw: String, lease_alive: bool },
-}
-
-/// What a cancel found, decided in one step against the claim: a cancel the store took before
-/// a claim means that start never runs, and one after it reaches the run.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Cancel {
-    /// No record yet (never seen, or its start not claimed yet): a tombstone now stands in its
-    /// place, so a start that comes later never runs.
-    Tombstoned,
-    /// The ticket has a record: its cancel flag is set for whichever process runs it.
-    Flagged,
-}
-
-/// A consistent view of a ticket for a status reply.
-#[derive(Debug)]
-pub struct TicketView {
-    pub record: Option<(TicketRecord, String)>,
-    pub lease_alive: bool,
-    /// Lines after the requested sequence, capped in count and bytes.
-    pub logs: Vec<LogLine>,
-    /// Lines stored in all; more than `logs` reaches when the read was capped.
-    pub stored_lines: u64,
-}
-
-/// The life of the store's data: created when the store is first used, and again when it comes
-/// back empty. `value` is `<created ms>-<random>`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Epoch {
-    pub value: String,
-    pub created_ms: u64,
-}
-
-impl Epoch {
-    pub fn parse(value: String) -> Epoch {
-        let created_ms = value.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0);
-        Epoch { value, created_ms }
-    }
-}
-
-/// Whether a claim reached the replicas.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ClaimReplication {
-    /// The claim stands, and this many replicas acknowledged it.
-    Acked(u32),
-    /// The claim is no longer in the store as written: lost with a failed master, or changed.
-    Lost,
-}
-
-/// What renewing a lease found.
-#[derive(Debug, PartialEq, Eq)]
-pub struct LeaseRenewal {
-    pub held: bool,
-    pub cancel_requested: bool,
-}
-
-/// Redis keys of one ticket under the agent's key prefix.
-#[derive(Clone, Debug)]
-pub struct TicketKeys {
-    pub record: String,
-    pub lease: String,
-    pub logs: String,
-    pub cancel: String,
-    /// The normalised ticket, as stored in running sets.
-    pub ticket: String,
-}
-
-impl TicketKeys {
-    pub fn new(prefix: &str, ticket_key: &str) -> Self {
-        TicketKeys {
-            record: format!("{prefix}ticket:{ticket_key}"),
-            lease: format!("{prefix}lease:{ticket_key}"),
-            logs: format!("{prefix}log:{ticket_key}"),
-            cancel: format!("{prefix}cancel:{ticket_key}"),
-            ticket: ticket_key.to_owned(),
-        }
-    }
 }
 
 /// KEYS: record, lease, running set, epoch. Refuses ({2}) when the store's epoch is not the one
@@ -196,59 +108,12 @@ impl RedisStore {
         })
     }
 
-    pub fn keys(&self, ticket_key: &str) -> TicketKeys {
-        TicketKeys::new(&self.prefix, ticket_key)
-    }
-
     fn epoch_key(&self) -> String {
         format!("{}epoch", self.prefix)
     }
 
-    /// The store's epoch, created now if the store has none (new, or restarted empty).
-    pub async fn epoch(&self, now_ms: u64) -> Result<Epoch, StoreError> {
-        let fresh = format!("{now_ms}-{}", uuid::Uuid::new_v4().simple());
-        let opts = redis::SetOptions::default().conditional_set(redis::ExistenceCheck::NX);
-        let mut con = self.con.clone();
-        let _: bool = con.set_options(self.epoch_key(), &fresh, opts).await?;
-        let value: String = con.get(self.epoch_key()).await?;
-        Ok(Epoch::parse(value))
-    }
-
     fn running_set(&self, agent_id: &str) -> String {
         format!("{}agent:{agent_id}:running", self.prefix)
-    }
-
-    /// Claims a ticket: creates its record if none exists (SET NX), and takes the lease.
-    pub async fn claim(
-        &self,
-        keys: &TicketKeys,
-        record: &TicketRecord,
-        record_ttl: Duration,
-        lease_ttl: Duration,
-        epoch: &Epoch,
-    ) -> Result<Claim, StoreError> {
-        let raw = record.encode();
-        let (won, existing, lease): (i64, Option<String>, Option<i64>) = self
-            .claim
-            .key(&keys.record)
-            .key(&keys.lease)
-            .key(self.running_set(&record.agent_id))
-            .key(self.epoch_key())
-            .arg(&raw)
-            .arg(&record.owner)
-            .arg(record_ttl.as_millis() as u64)
-            .arg(lease_ttl.as_millis() as u64)
-            .arg(&keys.ticket)
-            .arg(&epoch.value)
-            .invoke_async(&mut self.con.clone())
-            .await?;
-        match won {
-            1 => return Ok(Claim::Won),
-            2 => return Ok(Claim::EpochChanged),
-            _ => {}
-        }
-        let raw = existing.unwrap_or_default();
-        Ok(Claim::Existing { record: TicketRecord::decode(&raw), raw, lease_alive: lease == Some(1) })
     }
 
     /// Checks that the claim `raw` still stands and takes its lease again, then waits up to
@@ -280,10 +145,61 @@ impl RedisStore {
             _ => ClaimReplication::Acked(acked),
         })
     }
+}
+
+impl contracts::store::TicketStore for RedisStore {
+    type Error = StoreError;
+
+    fn keys(&self, ticket_key: &str) -> TicketKeys {
+        TicketKeys::new(&self.prefix, ticket_key)
+    }
+
+    /// The store's epoch, created now if the store has none (new, or restarted empty).
+    async fn epoch(&self, now_ms: u64) -> Result<Epoch, StoreError> {
+        let fresh = format!("{now_ms}-{}", uuid::Uuid::new_v4().simple());
+        let opts = redis::SetOptions::default().conditional_set(redis::ExistenceCheck::NX);
+        let mut con = self.con.clone();
+        let _: bool = con.set_options(self.epoch_key(), &fresh, opts).await?;
+        let value: String = con.get(self.epoch_key()).await?;
+        Ok(Epoch::parse(value))
+    }
+
+    /// Claims a ticket: creates its record if none exists (SET NX), and takes the lease.
+    async fn claim(
+        &self,
+        keys: &TicketKeys,
+        record: &TicketRecord,
+        record_ttl: Duration,
+        lease_ttl: Duration,
+        epoch: &Epoch,
+    ) -> Result<Claim, StoreError> {
+        let raw = record.encode();
+        let (won, existing, lease): (i64, Option<String>, Option<i64>) = self
+            .claim
+            .key(&keys.record)
+            .key(&keys.lease)
+            .key(self.running_set(&record.agent_id))
+            .key(self.epoch_key())
+            .arg(&raw)
+            .arg(&record.owner)
+            .arg(record_ttl.as_millis() as u64)
+            .arg(lease_ttl.as_millis() as u64)
+            .arg(&keys.ticket)
+            .arg(&epoch.value)
+            .invoke_async(&mut self.con.clone())
+            .await?;
+        match won {
+            1 => return Ok(Claim::Won),
+            2 => return Ok(Claim::EpochChanged),
+            _ => {}
+        }
+        let raw = existing.unwrap_or_default();
+        Ok(Claim::Existing { record: decode_record(&raw), raw, lease_alive: lease == Some(1) })
+    }
 
     /// Cancels a ticket in one step against its claim: the tombstone `tombstone` (kept
     /// `record_ttl`) if it has no record, else its cancel flag (kept `flag_ttl`).
-    pub async fn cancel(
+    async fn cancel(
         &self,
         keys: &TicketKeys,
         tombstone: &TicketRecord,
@@ -303,7 +219,7 @@ impl RedisStore {
 
     /// Replaces the record if it still holds exactly `expected`; on success also drops the
     /// lease and, when `clear_output`, the logs and cancel flag. `ttl` of `None` keeps the TTL.
-    pub async fn compare_and_set(
+    async fn compare_and_set(
         &self,
         keys: &TicketKeys,
         expected: &str,
@@ -332,13 +248,13 @@ impl RedisStore {
 
     /// Reads the record, the lease and the log lines after `after_seq`, in that order, so a
     /// record read as complete always comes with all of its logs.
-    pub async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, StoreError> {
+    async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, StoreError> {
         let start = after_seq.min(i64::MAX as u64 / 2) as isize;
         let (raw, lease, stored_lines, lines): (Option<String>, i64, u64, Vec<Vec<u8>>) = redis::pipe()
             .get(&keys.record)
             .exists(&keys.lease)
             .llen(&keys.logs)
-            .lrange(&keys.logs, start, start + MAX_LINES_PER_READ - 1)
+            .lrange(&keys.logs, start, start + MAX_LINES_PER_READ as isize - 1)
             .query_async(&mut self.con.clone())
             .await?;
         let mut logs = Vec::with_capacity(lines.len());
@@ -356,12 +272,12 @@ impl RedisStore {
                 }
             }
         }
-        let record = raw.map(|raw| (TicketRecord::decode(&raw), raw));
+        let record = raw.map(|raw| (decode_record(&raw), raw));
         Ok(TicketView { record, lease_alive: lease == 1, logs, stored_lines })
     }
 
     /// Appends log lines (already numbered, in order) and keeps the list as long as the record.
-    pub async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], ttl: Duration) -> Result<(), StoreError> {
+    async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], ttl: Duration) -> Result<(), StoreError> {
         let encoded: Vec<Vec<u8>> =
             lines.iter().map(|l| rmp_serde::to_vec_named(l).expect("log lines always encode")).collect();
         let _: () = redis::pipe()
@@ -375,7 +291,7 @@ impl RedisStore {
     }
 
     /// Renews the lease if `owner` still holds it, and says whether a cancel was requested.
-    pub async fn renew_lease(&self, keys: &TicketKeys, owner: &str, ttl: Duration) -> Result<LeaseRenewal, StoreError> {
+    async fn renew_lease(&self, keys: &TicketKeys, owner: &str, ttl: Duration) -> Result<LeaseRenewal, StoreError> {
         let (held, cancel): (i64, i64) = self
             .renew_lease
             .key(&keys.lease)
@@ -388,36 +304,20 @@ impl RedisStore {
     }
 
     /// Tickets an agent id was running when it last stopped.
-    pub async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, StoreError> {
+    async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, StoreError> {
         Ok(self.con.clone().smembers(self.running_set(agent_id)).await?)
     }
 
     /// Drops a ticket from an agent id's running set.
-    pub async fn forget_running(&self, agent_id: &str, ticket_key: &str) -> Result<(), StoreError> {
+    async fn forget_running(&self, agent_id: &str, ticket_key: &str) -> Result<(), StoreError> {
         let _: () = self.con.clone().srem(self.running_set(agent_id), ticket_key).await?;
         Ok(())
     }
 
     /// Answers whether Redis is reachable now.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StoreError> {
         let _: String = redis::cmd("PING").query_async(&mut self.con.clone()).await?;
         Ok(())
-    }
-}
-
-/// What a successful compare-and-set also releases.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Release {
-    Nothing,
-    /// The lease and the running-set entry: the run ended.
-    Lease,
-    /// The lease, running-set entry, logs and cancel flag: the ticket was completed.
-    LeaseAndOutput,
-}
-
-impl RecordState {
-    pub fn is_complete(self) -> bool {
-        self == RecordState::Complete
     }
 }
 

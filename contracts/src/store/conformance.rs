@@ -1,0 +1,106 @@
+//! The conformance suite of [`TicketStore`]: the atomicity contract of [`crate::store`] as
+//! checks any backend must pass. Run against [`super::MemoryStore`] (unit tests), and against
+//! Redis and the agent's redb store (`tests/tests/store_conformance.rs`). It panics, like a
+//! test, on the first broken rule.
+
+use super::{Cancel, Claim, Release, TicketStore};
+use crate::agent::{cancel_tombstone, claim_record, TicketRecord};
+use crate::{LogLine, LogStream};
+use std::time::Duration;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn line(seq: u64) -> LogLine {
+    LogLine { seq, stream: LogStream::Stdout, text: format!("line {seq}"), at: 1 }
+}
+
+/// Runs every check on `store`, whose tickets are new (`<prefix>-a`, `-b`, ...). `owner` is the
+/// process the store counts as live (the agent's owner id), `agent_id` its agent id, and
+/// `now_ms` the store's time for a new epoch.
+pub async fn check_all<S: TicketStore>(store: &S, prefix: &str, owner: &str, agent_id: &str, now_ms: u64) {
+    let epoch = store.epoch(now_ms).await.expect("epoch");
+    assert_eq!(store.epoch(now_ms + 5).await.expect("epoch"), epoch, "an epoch stays until the data is lost");
+    store.ping().await.expect("ping");
+    let record = |digest: &str| claim_record(owner, agent_id, digest.to_owned(), false, Some(now_ms + 60_000), now_ms);
+
+    // A claim under another epoch creates nothing.
+    let keys = store.keys(&format!("{prefix}-a"));
+    let stale = super::Epoch { value: format!("{}-stale", now_ms - 1), created_ms: now_ms - 1 };
+    assert!(matches!(store.claim(&keys, &record("d1"), HOUR, HOUR, &stale).await.unwrap(), Claim::EpochChanged));
+    let view = store.read(&keys, 0).await.unwrap();
+    assert!(view.record.is_none() && !view.lease_alive && view.logs.is_empty() && view.stored_lines == 0);
+
+    // Exactly one claim wins; the others see its record, as written.
+    let first = record("d1");
+    assert!(matches!(store.claim(&keys, &first, HOUR, HOUR, &epoch).await.unwrap(), Claim::Won));
+    match store.claim(&keys, &record("d2"), HOUR, HOUR, &epoch).await.unwrap() {
+        Claim::Existing { record, raw, lease_alive } => {
+            assert_eq!((record, raw.as_str(), lease_alive), (first.clone(), first.encode().as_str(), true));
+        }
+        other => panic!("a second claim must find the first: {other:?}"),
+    }
+    assert!(store.running_tickets(agent_id).await.unwrap().contains(&keys.ticket));
+    let view = store.read(&keys, 0).await.unwrap();
+    assert_eq!(view.record, Some((first.clone(), first.encode())));
+    assert!(view.lease_alive);
+
+    // A cancel after the claim flags the run; only the owner holds the lease.
+    let tombstone = cancel_tombstone(owner, agent_id, now_ms);
+    assert_eq!(store.cancel(&keys, &tombstone, HOUR, HOUR).await.unwrap(), Cancel::Flagged);
+    let renewal = store.renew_lease(&keys, owner, HOUR).await.unwrap();
+    assert!(renewal.held && renewal.cancel_requested, "{renewal:?}");
+    assert!(!store.renew_lease(&keys, "someone-else/0", HOUR).await.unwrap().held);
+
+    // Compare-and-set replaces only the exact value read.
+    let running = first.encode();
+    assert!(!store
+        .compare_and_set(&keys, "2|r|||1|other|x|y", &first.completed(9), None, Release::Nothing)
+        .await
+        .unwrap());
+    assert_eq!(store.read(&keys, 0).await.unwrap().record.map(|(_, raw)| raw), Some(running.clone()));
+
+    // Output: appended in order, read after a position, counted.
+    store.append_logs(&keys, &[line(1), line(2)], HOUR).await.unwrap();
+    store.append_logs(&keys, &[line(3)], HOUR).await.unwrap();
+    let view = store.read(&keys, 0).await.unwrap();
+    assert_eq!((view.logs.iter().map(|l| l.seq).collect::<Vec<_>>(), view.stored_lines), (vec![1, 2, 3], 3));
+    assert_eq!(store.read(&keys, 2).await.unwrap().logs, vec![line(3)]);
+    assert!(store.read(&keys, 3).await.unwrap().logs.is_empty());
+
+    // The run ends: record complete, lease and running entry released, output kept.
+    let done = first.completed(0);
+    assert!(store.compare_and_set(&keys, &running, &done, None, Release::Lease).await.unwrap());
+    assert!(!store.compare_and_set(&keys, &running, &first.completed(1), None, Release::Lease).await.unwrap());
+    let view = store.read(&keys, 0).await.unwrap();
+    assert_eq!(view.record.as_ref().map(|(r, _)| r), Some(&done));
+    assert!(!view.lease_alive);
+    assert_eq!(view.stored_lines, 3);
+    assert!(!store.running_tickets(agent_id).await.unwrap().contains(&keys.ticket));
+
+    // Completed: a tombstone, output and cancel flag dropped.
+    let buried = TicketRecord { tombstone: true, ..done.clone() };
+    let ttl = Some(HOUR);
+    assert!(store.compare_and_set(&keys, &done.encode(), &buried, ttl, Release::LeaseAndOutput).await.unwrap());
+    let view = store.read(&keys, 0).await.unwrap();
+    let (read, raw) = view.record.expect("the tombstone stays");
+    assert!(read.tombstone && raw == buried.encode());
+    assert!(view.logs.is_empty() && view.stored_lines == 0);
+    assert!(!store.renew_lease(&keys, owner, HOUR).await.unwrap().cancel_requested);
+    assert!(matches!(store.claim(&keys, &first, HOUR, HOUR, &epoch).await.unwrap(), Claim::Existing { .. }));
+
+    // A cancel before any claim leaves a tombstone the claim then finds.
+    let keys = store.keys(&format!("{prefix}-b"));
+    assert_eq!(store.cancel(&keys, &tombstone, HOUR, HOUR).await.unwrap(), Cancel::Tombstoned);
+    match store.claim(&keys, &record("d1"), HOUR, HOUR, &epoch).await.unwrap() {
+        Claim::Existing { record, .. } => assert!(record.cancelled_before_start(), "{record:?}"),
+        other => panic!("a claim after a cancel must find its tombstone: {other:?}"),
+    }
+    assert_eq!(store.cancel(&keys, &tombstone, HOUR, HOUR).await.unwrap(), Cancel::Flagged);
+
+    // The running set forgets on request.
+    let keys = store.keys(&format!("{prefix}-c"));
+    assert!(matches!(store.claim(&keys, &record("d3"), HOUR, HOUR, &epoch).await.unwrap(), Claim::Won));
+    assert!(store.running_tickets(agent_id).await.unwrap().contains(&keys.ticket));
+    store.forget_running(agent_id, &keys.ticket).await.unwrap();
+    assert!(!store.running_tickets(agent_id).await.unwrap().contains(&keys.ticket));
+}
