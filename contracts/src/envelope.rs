@@ -71,6 +71,7 @@ pub enum Request {
     CompleteScriptV2(CompleteScriptV2),
     StartScriptV1(StartScriptV1),
     GetStatusV1(GetStatusV1),
+    CancelScriptV1(CancelScriptV1),
     CompleteScriptV1(CompleteScriptV1),
     UploadChunk(UploadChunk),
     DownloadChunk(DownloadChunk),
@@ -86,6 +87,7 @@ impl Request {
             Request::CompleteScriptV2(_) => Kind::CompleteScriptV2,
             Request::StartScriptV1(_) => Kind::StartScriptV1,
             Request::GetStatusV1(_) => Kind::GetStatusV1,
+            Request::CancelScriptV1(_) => Kind::CancelScriptV1,
             Request::CompleteScriptV1(_) => Kind::CompleteScriptV1,
             Request::UploadChunk(_) => Kind::UploadChunk,
             Request::DownloadChunk(_) => Kind::DownloadChunk,
@@ -100,6 +102,7 @@ impl Request {
             Request::CancelScriptV2(b) => Some(&b.ticket),
             Request::CompleteScriptV2(b) => Some(&b.ticket),
             Request::GetStatusV1(b) => Some(&b.ticket),
+            Request::CancelScriptV1(b) => Some(&b.ticket),
             Request::CompleteScriptV1(b) => Some(&b.ticket),
             Request::GetCapabilities(_)
             | Request::StartScriptV1(_)
@@ -124,6 +127,7 @@ impl Request {
             Request::CompleteScriptV2(b) => header.with_body(b).encode(),
             Request::StartScriptV1(b) => header.with_body(b).encode(),
             Request::GetStatusV1(b) => header.with_body(b).encode(),
+            Request::CancelScriptV1(b) => header.with_body(b).encode(),
             Request::CompleteScriptV1(b) => header.with_body(b).encode(),
             Request::UploadChunk(b) => header.with_body(b).encode(),
             Request::DownloadChunk(b) => header.with_body(b).encode(),
@@ -152,6 +156,7 @@ impl Request {
                 Request::StartScriptV1(start)
             }
             Some(Kind::GetStatusV1) => Request::GetStatusV1(body(bytes)?),
+            Some(Kind::CancelScriptV1) => Request::CancelScriptV1(body(bytes)?),
             Some(Kind::CompleteScriptV1) => Request::CompleteScriptV1(body(bytes)?),
             Some(Kind::UploadChunk) => {
                 let chunk: UploadChunk = body(bytes)?;

@@ -34,6 +34,7 @@ pub enum Kind {
     CompleteScriptV2,
     StartScriptV1,
     GetStatusV1,
+    CancelScriptV1,
     CompleteScriptV1,
     ScriptStatus,
     Error,
@@ -44,7 +45,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::GetCapabilities,
         Kind::Capabilities,
         Kind::StartScriptV2,
@@ -53,6 +54,7 @@ impl Kind {
         Kind::CompleteScriptV2,
         Kind::StartScriptV1,
         Kind::GetStatusV1,
+        Kind::CancelScriptV1,
         Kind::CompleteScriptV1,
         Kind::ScriptStatus,
         Kind::Error,
@@ -72,6 +74,7 @@ impl Kind {
             Kind::CompleteScriptV2 => "CompleteScriptV2",
             Kind::StartScriptV1 => "StartScriptV1",
             Kind::GetStatusV1 => "GetStatusV1",
+            Kind::CancelScriptV1 => "CancelScriptV1",
             Kind::CompleteScriptV1 => "CompleteScriptV1",
             Kind::ScriptStatus => "ScriptStatus",
             Kind::Error => "Error",
@@ -340,6 +343,15 @@ pub struct StartScriptV1 {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GetStatusV1 {
+    pub ticket: Ticket,
+    #[serde(default)]
+    pub last_log_sequence: u64,
+}
+
+/// Legacy cancel (Tentacle's v1 script service has one): stops the script the agent runs under
+/// its own ticket. Idempotent, so repeated until the agent answers, as on v2.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelScriptV1 {
     pub ticket: Ticket,
     #[serde(default)]
     pub last_log_sequence: u64,

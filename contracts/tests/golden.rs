@@ -273,3 +273,36 @@ fn transfer_messages_are_pinned_and_read_back() {
     let bytes = header("UploadChunk").with_body(&past).encode().unwrap();
     assert!(matches!(Request::decode(&bytes), Err(CodecError::Invalid(_))));
 }
+
+#[test]
+fn the_v1_cancel_is_pinned_and_read_back_by_a_reader_of_v1_requests() {
+    let cancel = Envelope {
+        version: PROTOCOL_VERSION,
+        kind: "CancelScriptV1".into(),
+        message_id: "00000000-0000-4000-8000-000000000004".into(),
+        target: "web-01".into(),
+        issued_at: 1_795_000_000_000,
+        not_after: Some(1_795_000_030_000),
+        body: CancelScriptV1 { ticket: Ticket::parse("legacy-ticket-1").unwrap(), last_log_sequence: 12 },
+    };
+    let bytes = cancel.encode().unwrap();
+    pinned("cancel_v1.msgpack", &bytes);
+    assert_eq!(Request::decode(&bytes).unwrap().1, Request::CancelScriptV1(cancel.body.clone()));
+    // Shaped like the v1 status request (ticket and position) an old reader already knows.
+    #[derive(Deserialize)]
+    struct V1Request {
+        ticket: String,
+        last_log_sequence: u64,
+    }
+    let old: legacy::Envelope<V1Request> = rmp_serde::from_slice(&bytes).expect("legacy reader");
+    assert_eq!(
+        (old.kind.as_str(), old.body.ticket.as_str(), old.body.last_log_sequence),
+        ("CancelScriptV1", "legacy-ticket-1", 12)
+    );
+    // A writer that leaves the position out (as a bare cancel would) is read with position 0.
+    let bare = serde_json::json!({"version": 1, "kind": "CancelScriptV1", "message_id": "m", "target": "web-01", "issued_at": 1, "body": {"ticket": "legacy-ticket-1"}});
+    let Request::CancelScriptV1(read) = Request::decode(&rmp_serde::to_vec_named(&bare).unwrap()).unwrap().1 else {
+        panic!("a v1 cancel")
+    };
+    assert_eq!(read.last_log_sequence, 0);
+}

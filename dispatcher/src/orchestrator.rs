@@ -373,9 +373,18 @@ impl Orchestrator {
             not_after: SystemTime::now() + self.timing.attempt_timeout,
         };
         let warn = |warning| events(Event::Warning(warning));
+        let call = self.rpc.call_noting_publish(route, &start, timing, &published, &warn);
+        tokio::pin!(call);
         let call = tokio::select! {
-            call = self.rpc.call_noting_publish(route, &start, timing, &published, &warn) => call,
-            _ = interrupt.cancelled(), if !published.load(Ordering::Acquire) => return Outcome::not_sent(None, route.name()),
+            call = &mut call => call,
+            _ = interrupt.cancelled() => {
+                if !published.load(Ordering::Acquire) {
+                    return Outcome::not_sent(None, route.name());
+                }
+                // The start may have reached the agent, which makes the ticket: its answer names
+                // the script to cancel (following it below sees the interrupt at once).
+                call.await
+            }
         };
         let status = match call {
             Ok(reply) => match expect_status(reply) {
@@ -541,7 +550,7 @@ impl Orchestrator {
                 // The start may have reached the agent: cancel it there, so it can never run. The
                 // cancel lives in the queue as long as the start could.
                 let cancel = CancelPlan { not_after: plan.not_after, start_sent: true };
-                return self.cancel_and_follow(route, ticket, follower, policy, cancel, events).await;
+                return self.cancel_and_follow(route, ticket, follower, policy, cancel, ScriptProtocol::V2, events).await;
             }
         };
         let status = match started {
@@ -551,7 +560,7 @@ impl Orchestrator {
                 let started = published.load(Ordering::Acquire)
                     && !matches!(gave_up.error, RpcError::Agent { .. } | RpcError::Unroutable { .. });
                 if started {
-                    self.best_effort_cancel(route, ticket, events).await;
+                    self.best_effort_cancel(route, ticket, ScriptProtocol::V2, events).await;
                 }
                 return Outcome::from_error(
                     Some(ticket.clone()),
@@ -621,14 +630,9 @@ impl Orchestrator {
             };
             let next = tokio::select! {
                 next = self.status_request(route, &request, policy, self.timing.status_wait, None, events) => next,
-                _ = interrupt.cancelled(), if protocol == ScriptProtocol::V2 => {
+                _ = interrupt.cancelled() => {
                     let cancel = CancelPlan::from_now(policy, self.timing, true);
-                    return self.cancel_and_follow(route, ticket, follower, policy, cancel, events).await;
-                }
-                _ = interrupt.cancelled(), if protocol == ScriptProtocol::V1 => {
-                    let error = RpcError::Cancelled;
-                    let message = format!("left ticket {ticket} running: a legacy agent's script cannot be cancelled");
-                    return Outcome::from_error(Some(ticket.clone()), route.name(), &error, message, true);
+                    return self.cancel_and_follow(route, ticket, follower, policy, cancel, protocol, events).await;
                 }
             };
             match next {
@@ -637,7 +641,7 @@ impl Orchestrator {
                     status = next;
                 }
                 Err(gave_up) => {
-                    self.best_effort_cancel(route, ticket, events).await;
+                    self.best_effort_cancel(route, ticket, protocol, events).await;
                     let message =
                         format!("lost contact with the script: {gave_up}; its outcome is unknown (ticket {ticket})");
                     return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
@@ -647,10 +651,12 @@ impl Orchestrator {
         Outcome::from_exit_code(ticket.clone(), route.name(), status.exit_code.unwrap_or(exit_code::FATAL))
     }
 
-    /// Cancels the script and follows it until it has stopped (without further interrupts). The
-    /// cancel is repeated until the agent answers it (see [`cancel_policy`]). When no agent
-    /// consumes the queue, the cancel is left there, behind the start, and the user told so at
-    /// once: the agent stops the script when it returns.
+    /// Cancels the script and follows it until it has stopped (without further interrupts), in
+    /// `protocol` (a legacy agent's script v1 has a cancel too). The cancel is repeated until the
+    /// agent answers it (see [`cancel_policy`]), on v1 as well: unlike its start, a cancel is
+    /// idempotent. When no agent consumes the queue, the cancel is left there, behind the start,
+    /// and the user told so at once: the agent stops the script when it returns.
+    #[allow(clippy::too_many_arguments)]
     async fn cancel_and_follow(
         &self,
         route: &Route,
@@ -658,11 +664,11 @@ impl Orchestrator {
         mut follower: LogFollower,
         policy: RetryPolicy,
         plan: CancelPlan,
+        protocol: ScriptProtocol,
         events: EventSink<'_>,
     ) -> Outcome {
-        let cancel =
-            Request::CancelScriptV2(CancelScriptV2 { ticket: ticket.clone(), last_log_sequence: follower.last_seen() });
-        if self.rpc.consumers(route, Kind::CancelScriptV2).await == Some(0) {
+        let cancel = cancel_request(protocol, ticket, follower.last_seen());
+        if self.rpc.consumers(route, cancel.kind()).await == Some(0) {
             return match self.rpc.send(route, &cancel, plan.not_after).await {
                 Ok(()) => {
                     let message =
@@ -679,35 +685,41 @@ impl Orchestrator {
         }
         events(Event::Notice(format!("cancelling ticket {ticket} on {route}")));
         let not_after = Some(plan.not_after);
-        let status =
-            match self.status_request(route, &cancel, cancel_policy(policy), Duration::ZERO, not_after, events).await {
-                Ok(status) => status,
-                Err(gave_up) => {
-                    let message =
-                        format!("could not cancel: {gave_up}; the script's outcome is unknown (ticket {ticket})");
-                    return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
-                }
-            };
+        let status = match self
+            .status_request(route, &cancel, cancel_policy(policy), Duration::ZERO, not_after, events)
+            .await
+        {
+            Ok(status) => status,
+            Err(gave_up) if gave_up.error.agent_error() == Some(ErrorKind::Unsupported) => {
+                let message = format!(
+                    "{route} cannot cancel scripts (it predates {}): left ticket {ticket} running; upgrade the agent",
+                    cancel.kind()
+                );
+                return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
+            }
+            Err(gave_up) => {
+                let message = format!("could not cancel: {gave_up}; the script's outcome is unknown (ticket {ticket})");
+                return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
+            }
+        };
         emit_logs(&mut follower, &status, events);
         let uninterrupted = CancellationToken::new();
-        let outcome = Box::pin(self.follow_to_end(
-            route,
-            ticket,
-            follower,
-            status,
-            policy,
-            ScriptProtocol::V2,
-            events,
-            &uninterrupted,
-        ))
-        .await;
+        let outcome =
+            Box::pin(self.follow_to_end(route, ticket, follower, status, policy, protocol, events, &uninterrupted))
+                .await;
         outcome.after_cancel(plan.start_sent)
     }
 
     /// Sends one cancel, without retries, after contact was lost: if it gets through, the script
     /// does not go on unwatched.
-    async fn best_effort_cancel(&self, route: &Route, ticket: &Ticket, events: EventSink<'_>) {
-        let cancel = Request::CancelScriptV2(CancelScriptV2 { ticket: ticket.clone(), last_log_sequence: 0 });
+    async fn best_effort_cancel(
+        &self,
+        route: &Route,
+        ticket: &Ticket,
+        protocol: ScriptProtocol,
+        events: EventSink<'_>,
+    ) {
+        let cancel = cancel_request(protocol, ticket, 0);
         if let Err(gave_up) = self.request(route, &cancel, RetryPolicy::once(), Duration::ZERO, None, events).await {
             tracing::debug!(ticket = %ticket, error = %gave_up, "best-effort cancel failed");
         }
@@ -742,10 +754,12 @@ impl Orchestrator {
         self.status_request(route, &request, policy, Duration::ZERO, None, events).await
     }
 
-    /// Cancels a ticket (given by the user) and follows it until it has stopped.
+    /// Cancels a ticket (given by the user) and follows it until it has stopped; with
+    /// `--protocol v1`, as a legacy agent's script.
     pub async fn cancel(&self, route: &Route, ticket: &Ticket, policy: RetryPolicy, events: EventSink<'_>) -> Outcome {
         let plan = CancelPlan::from_now(policy, self.timing, false);
-        self.cancel_and_follow(route, ticket, LogFollower::after(0), policy, plan, events).await
+        let protocol = self.status_protocol();
+        self.cancel_and_follow(route, ticket, LogFollower::after(0), policy, plan, protocol, events).await
     }
 }
 
@@ -760,9 +774,20 @@ struct CancelPlan {
 }
 
 impl CancelPlan {
-    /// A cancel of a start sent under `policy`, as long as such a start lives.
+    /// A cancel of a start sent under `policy`, as long as such a start lives and at least as
+    /// long as the cancel is repeated ([`cancel_policy`]).
     fn from_now(policy: RetryPolicy, timing: Timing, start_sent: bool) -> Self {
-        CancelPlan { not_after: SystemTime::now() + policy.duration.max(timing.attempt_timeout), start_sent }
+        let lives = policy.duration.max(cancel_policy(policy).duration).max(timing.attempt_timeout);
+        CancelPlan { not_after: SystemTime::now() + lives, start_sent }
+    }
+}
+
+/// The cancel of `ticket` in the script service `protocol`.
+fn cancel_request(protocol: ScriptProtocol, ticket: &Ticket, last_log_sequence: u64) -> Request {
+    let ticket = ticket.clone();
+    match protocol {
+        ScriptProtocol::V2 => Request::CancelScriptV2(CancelScriptV2 { ticket, last_log_sequence }),
+        ScriptProtocol::V1 => Request::CancelScriptV1(CancelScriptV1 { ticket, last_log_sequence }),
     }
 }
 

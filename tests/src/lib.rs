@@ -208,6 +208,29 @@ where
     }
 }
 
+/// Sends SIGINT (Ctrl-C) to a child process, as a terminal would.
+pub fn sigint(child: &tokio::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal the child");
+}
+
+/// Whether process `pid` has ended: gone from `/proc`, or a zombie nobody reaped yet.
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// The process id a script wrote to `file` (`echo $$ > FILE`), once it has.
+pub async fn script_pid(file: &Path) -> u32 {
+    eventually("the script to write its process id", Duration::from_secs(20), || async {
+        std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    })
+    .await
+}
+
 /// A directory of marker files: a script appends a line to `$MARKERS/<name>` each time it runs.
 pub struct Markers {
     pub dir: PathBuf,

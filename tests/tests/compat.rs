@@ -1,8 +1,10 @@
 //! Old and new together: {old dispatcher, new dispatcher} × {legacy agent, new agent}, driven
-//! through the real binaries and broker; and a legacy agent's lost start reply is never retried.
-//! A legacy agent cannot sign: it runs with `--insecure-allow-unsigned` and is pinned `legacy`.
+//! through the real binaries and broker, running a script and stopping one (Ctrl-C, `cancel`);
+//! and a legacy agent's lost start reply is never retried. A legacy agent cannot sign: it runs
+//! with `--insecure-allow-unsigned` and is pinned `legacy`.
 
 use dispatcher::{Orchestrator, OutcomeKind, RpcClient, Timing};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use tests::proxy::{Direction, FaultProxy};
@@ -64,6 +66,92 @@ async fn old_dispatcher_with_new_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_dispatcher_with_legacy_agent() {
     cell(true, Protocol::V1).await;
+}
+
+/// A script that writes its process id to `pid`, then would write `done` after 30 s.
+fn long_script(markers: &Markers) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let (pid, done) = (markers.dir.join("pid"), markers.dir.join("done"));
+    let script = format!("echo $$ > '{}'; echo started; sleep 30; touch '{}'", pid.display(), done.display());
+    (script, pid, done)
+}
+
+/// `dispatcher [--protocol v1] submit` of `script`, its output piped.
+fn spawn_submit(old_dispatcher: bool, agent_id: &str, script: &str, json: bool) -> tokio::process::Child {
+    let mut command = dispatcher_command();
+    if old_dispatcher {
+        command.args(["--protocol", "v1"]);
+    }
+    command.arg("submit").args(json.then_some("--json")).args(["--target", agent_id, "--", script]);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("dispatcher runs")
+}
+
+/// Waits (at most 20 s) for a dispatcher to end: its exit code and stderr.
+async fn ended(child: tokio::process::Child) -> (Option<i32>, String) {
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await;
+    let out = out.expect("the dispatcher ends in time").expect("dispatcher output");
+    (out.status.code(), text(&out.stderr))
+}
+
+/// Ctrl-C (SIGINT to the dispatcher) while the script runs: the script's process is stopped, it
+/// never reaches its end, and the dispatcher exits cancelled (106).
+async fn ctrl_c_cell(old_dispatcher: bool, agent_protocol: Protocol) {
+    let name = format!("ctrlc-{}-{:?}", if old_dispatcher { "old" } else { "new" }, agent_protocol).to_lowercase();
+    let agent = agent(&name, agent_protocol).await;
+    let markers = Markers::new();
+    let (script, pid_file, done) = long_script(&markers);
+    let child = spawn_submit(old_dispatcher, agent.id(), &script, false);
+    let pid = script_pid(&pid_file).await;
+    sigint(&child);
+    let (code, stderr) = ended(child).await;
+    assert_eq!(code, Some(106), "{stderr}");
+    assert!(stderr.contains("cancelling ticket"), "{stderr}");
+    assert!(process_gone(pid), "the script's process {pid} was stopped");
+    assert!(!done.exists(), "the script never reached its end");
+    assert_eq!(agent.agent.running(), 0);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_a_legacy_agents_script_from_an_old_dispatcher() {
+    ctrl_c_cell(true, Protocol::V1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_a_legacy_agents_script_from_a_new_dispatcher() {
+    ctrl_c_cell(false, Protocol::V1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_a_new_agents_script_from_an_old_dispatcher() {
+    ctrl_c_cell(true, Protocol::V2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatcher_protocol_v1_cancel_stops_a_legacy_agents_script() {
+    use tokio::io::AsyncBufReadExt;
+    let agent = agent("v1-cancel", Protocol::V1).await;
+    let markers = Markers::new();
+    let (script, pid_file, done) = long_script(&markers);
+    let mut submit = spawn_submit(true, agent.id(), &script, true);
+    let mut stdout = tokio::io::BufReader::new(submit.stdout.take().expect("piped")).lines();
+    let ticket = loop {
+        let line = stdout.next_line().await.unwrap().expect("the ticket event");
+        let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON event");
+        if event["event"] == "ticket" {
+            break event["ticket"].as_str().expect("a ticket").to_owned();
+        }
+    };
+    let pid = script_pid(&pid_file).await;
+    let out = run_dispatcher(&["--protocol", "v1", "cancel", &ticket, "--target", agent.id()]).await;
+    assert_eq!(out.status.code(), Some(106), "{}", text(&out.stderr));
+    assert!(process_gone(pid), "the script's process {pid} was stopped");
+    let (code, stderr) = ended(submit).await;
+    assert_eq!(code, Some(106), "the submission sees its script cancelled: {stderr}");
+    assert!(!done.exists(), "the script never reached its end");
+    // The ticket reads as cancelled afterwards, through script v1 too.
+    let out = run_dispatcher(&["--protocol", "v1", "status", &ticket, "--target", agent.id()]).await;
+    assert_eq!(out.status.code(), Some(106), "{}", text(&out.stderr));
+    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,11 +16,6 @@ use tests::raw::queue_depth;
 use tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
-fn sigint(child: &tokio::process::Child) {
-    let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-}
-
 /// Waits (at most `within`) for a child to end and gives its exit code and stderr.
 async fn ended(mut child: tokio::process::Child, within: Duration) -> (Option<i32>, String) {
     let out = tokio::time::timeout(within, async {

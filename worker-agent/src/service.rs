@@ -170,7 +170,9 @@ impl Agent {
     pub fn serves(&self, kind: Kind) -> bool {
         match self.config.protocol {
             Protocol::V2 => true,
-            Protocol::V1 => matches!(kind, Kind::StartScriptV1 | Kind::GetStatusV1 | Kind::CompleteScriptV1),
+            Protocol::V1 => {
+                matches!(kind, Kind::StartScriptV1 | Kind::GetStatusV1 | Kind::CancelScriptV1 | Kind::CompleteScriptV1)
+            }
         }
     }
 
@@ -219,6 +221,7 @@ impl Agent {
             Request::GetStatusV2(s) => self.status(&s.ticket, s.last_log_sequence, s.wait).await,
             Request::GetStatusV1(s) => self.status(&s.ticket, s.last_log_sequence, None).await,
             Request::CancelScriptV2(c) => self.cancel(&c.ticket, c.last_log_sequence).await,
+            Request::CancelScriptV1(c) => self.cancel(&c.ticket, c.last_log_sequence).await,
             Request::CompleteScriptV2(c) => self.complete(&c.ticket).await,
             Request::CompleteScriptV1(c) => self.complete(&c.ticket).await,
             Request::UploadChunk(chunk) => match self.transfers.upload(chunk).await {
