@@ -561,10 +561,13 @@ async fn a_filter_by_outcome_reads_an_index_kept_as_tickets_finish_and_built_onc
     let prefix = journal_prefix("outcome-index");
     let journal = Journal::open(&redis_url(), &prefix, Duration::from_secs(3600)).unwrap();
     let finished = journal_of_outcomes(&journal, 40).await;
+    let mut redis = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let marked: bool =
+        redis::cmd("EXISTS").arg(format!("{prefix}outcome-index")).query_async(&mut redis).await.unwrap();
+    assert!(marked, "a journal indexed from its first ticket needs no pass over its history");
     assert_outcome_filters(&journal, &finished).await;
 
     // The filter reads the index, not the history: with the index emptied it finds nothing.
-    let mut redis = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let indexes: Vec<String> =
         redis::cmd("KEYS").arg(format!("{prefix}outcome:*")).query_async(&mut redis).await.unwrap();
     assert_eq!(indexes.len(), 3 + 3 * 3, "completed, failed and unknown, each of all targets and of each: {indexes:?}");

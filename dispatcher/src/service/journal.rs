@@ -36,6 +36,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The prefix used when none is configured.
 pub const DEFAULT_PREFIX: &str = "cuttle:journal:";
 
+/// The key (without the prefix) set once every finished ticket is in its outcome's indexes.
+const OUTCOME_INDEXED: &str = "outcome-index";
+
 /// Connections in the pool: every live event stream holds one while it waits.
 const POOL_SIZE: usize = 64;
 
@@ -172,10 +175,12 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
-// Records a submission unless its ticket is known, atomically; gives the earlier submission.
+// Records a submission unless its ticket is known, atomically; gives the earlier submission. The
+// first submission of a journal marks it as having its outcome indexes from the start.
 const SUBMIT: &str = r#"
 local earlier = redis.call('HGET', KEYS[1], 'submission')
 if earlier then return earlier end
+if redis.call('ZCARD', KEYS[4]) == 0 then redis.call('SET', KEYS[6], 1, 'NX') end
 redis.call('HSET', KEYS[1], 'submission', ARGV[1], 'state', 'queued')
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[3])
@@ -295,6 +300,7 @@ impl Journal {
             .key(self.key("inflight"))
             .key(self.key("history"))
             .key(self.key(&format!("target:{}", submission.target)))
+            .key(self.key(OUTCOME_INDEXED))
             .arg(body)
             .arg(event)
             .arg(ticket.store_key())
@@ -521,7 +527,7 @@ impl Journal {
     /// (a journal written by an older version): a filter by outcome then finds them too.
     async fn index_earlier_outcomes(&self) -> JournalResult<()> {
         const PAGE: isize = 1000;
-        let marker = self.key("outcome-index");
+        let marker = self.key(OUTCOME_INDEXED);
         let mut con = self.connection().await?;
         if con.exists(&marker).await? {
             return Ok(());
