@@ -100,9 +100,131 @@ pub fn amqp_url_with_heartbeat(url: &str) -> String {
     format!("{url}{separator}heartbeat={DEFAULT_HEARTBEAT_SECS}")
 }
 
+/// Queue arguments and the permissions of each role, for the crates that speak to the broker.
+#[cfg(feature = "amqp")]
+pub mod amqp {
+    use super::*;
+    use lapin::types::{AMQPValue, FieldTable};
+    use std::time::Duration;
+
+    /// Arguments of every command queue: quorum, with a delivery limit and dead-lettering, and
+    /// for the queue of an ephemeral identity (a pool worker) an expiry once unused (`x-expires`).
+    pub fn command_queue_arguments(expires: Option<Duration>) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_EXCHANGE.into()));
+        if let Some(expires) = expires {
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(expires.as_millis().max(1) as i64));
+        }
+        args
+    }
+
+    /// Arguments of the presence stream; every declarer must use exactly these.
+    pub fn presence_stream_arguments() -> FieldTable {
+        use crate::presence::{PRESENCE_MAX_AGE, PRESENCE_SEGMENT_BYTES};
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+        args.insert("x-max-age".into(), AMQPValue::LongString(PRESENCE_MAX_AGE.into()));
+        args.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongLongInt(PRESENCE_SEGMENT_BYTES));
+        args
+    }
+
+    /// Arguments of [`DEAD_QUEUE`] as agents declare it when nobody set the broker up: quorum,
+    /// unbounded (`dispatcher setup-broker` bounds it, see [`bounded_dead_queue_arguments`]).
+    pub fn dead_queue_arguments() -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args
+    }
+
+    /// [`DEAD_QUEUE`] holding at most `max_length` messages (the oldest dropped first), each for
+    /// at most `ttl`.
+    pub fn bounded_dead_queue_arguments(max_length: u32, ttl: Duration) -> FieldTable {
+        let mut args = dead_queue_arguments();
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(i64::from(max_length)));
+        args.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl.as_millis() as i64));
+        args
+    }
+}
+
+/// RabbitMQ permissions of one user: regular expressions over resource names, as
+/// `rabbitmqctl set_permissions -p VHOST USER CONFIGURE WRITE READ` takes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Permissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// Matches nothing.
+const NOTHING: &str = "^$";
+/// The default exchange, by the name RabbitMQ checks its permissions under: agents answer
+/// through it (direct reply-to) and announce themselves on the presence stream through it.
+const DEFAULT_EXCHANGE: &str = "amq\\.default";
+
+fn escape(name: &str) -> String {
+    name.replace('.', "\\.")
+}
+
+impl Permissions {
+    /// An enrolled agent (`worker-agent run --enrolled`): declares nothing, reads its own queue
+    /// (and its pool's), publishes only through the default exchange (replies, presence).
+    pub fn agent(agent_id: &str, pool: Option<&str>) -> Permissions {
+        let mut queues = vec![escape(&agent_queue(agent_id))];
+        if let Some(pool) = pool {
+            queues.push(escape(&pool_queue(pool)));
+            queues.push(escape(&pool_service_queue(pool)));
+        }
+        Permissions {
+            configure: NOTHING.into(),
+            write: format!("^{DEFAULT_EXCHANGE}$"),
+            read: format!("^({})$", queues.join("|")),
+        }
+    }
+
+    /// A dispatcher (and `dispatcher serve`): publishes commands, reads the presence stream
+    /// (after a marker it publishes there), takes replies by direct reply-to.
+    pub fn dispatcher() -> Permissions {
+        Permissions {
+            configure: NOTHING.into(),
+            write: format!("^({}|{DEFAULT_EXCHANGE})$", escape(COMMANDS_EXCHANGE)),
+            read: format!("^{}$", escape(crate::presence::PRESENCE_STREAM)),
+        }
+    }
+
+    /// An autoscaler (KEDA) reading queue lengths with passive declares: nothing else.
+    pub fn queue_length_reader() -> Permissions {
+        Permissions { configure: NOTHING.into(), write: NOTHING.into(), read: NOTHING.into() }
+    }
+
+    /// The command that grants them to `user` in `vhost`.
+    pub fn rabbitmqctl(&self, vhost: &str, user: &str) -> String {
+        format!(
+            "rabbitmqctl set_permissions -p '{vhost}' '{user}' '{}' '{}' '{}'",
+            self.configure, self.write, self.read
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_may_read_only_its_own_queues_and_write_only_the_default_exchange() {
+        let p = Permissions::agent("web-01", None);
+        assert_eq!(p.read, "^(cuttle\\.agent\\.web-01)$");
+        assert_eq!(p.write, "^amq\\.default$");
+        assert_eq!(p.configure, "^$");
+        let pooled = Permissions::agent("w-1", Some("batch"));
+        assert_eq!(pooled.read, "^(cuttle\\.agent\\.w-1|cuttle\\.pool\\.batch|cuttle\\.pool\\.batch\\.service)$");
+        assert_eq!(
+            Permissions::dispatcher().rabbitmqctl("/", "d"),
+            "rabbitmqctl set_permissions -p '/' 'd' '^$' '^(cuttle\\.commands|amq\\.default)$' '^cuttle\\.presence$'"
+        );
+    }
 
     #[test]
     fn a_heartbeat_is_added_only_when_missing() {

@@ -16,6 +16,7 @@
 //!   budget), with a result per target.
 //! - [`inventory`]: the live fleet, from the agents' announcements on the presence stream.
 //! - [`bench`]: the `dispatcher bench` load generator; [`metrics`]: the metric families.
+//! - [`setup`]: the operator steps `setup-broker` and `enrol-agent` (least privilege).
 //! - [`service`]: `dispatcher serve`: the HTTP API, the journal and crash-safe resume.
 //! - [`transfer`]: `upload` and `download` in chunks, resumable and verified.
 //! - [`cli`]: the `dispatcher` command line.
@@ -37,6 +38,7 @@ pub mod retry;
 pub mod route;
 pub mod rpc;
 pub mod service;
+pub mod setup;
 pub mod transfer;
 pub mod trust;
 

@@ -2,6 +2,7 @@
 //! expire, queues declared with other arguments, and a broker that accepts connections but never
 //! answers.
 
+use contracts::topology::amqp::command_queue_arguments;
 use contracts::topology::{agent_queue, pool_queue, pool_service_queue, SILENT_BROKER};
 use contracts::*;
 use dispatcher::rpc::CallTiming;
@@ -10,7 +11,6 @@ use lapin::{Connection, ConnectionProperties};
 use std::time::{Duration, SystemTime};
 use tests::agent::test_config;
 use tests::*;
-use worker_agent::broker::command_queue_arguments;
 
 /// The most a finished ticket may cost in Redis, as `MEMORY USAGE` counts it (key, value and
 /// the object around them).

@@ -4,6 +4,7 @@
 
 use crate::service::Agent;
 use crate::Protocol;
+use contracts::topology::amqp::{command_queue_arguments, dead_queue_arguments};
 use contracts::topology::*;
 use contracts::trust::amqp::{seal_of, with_seal};
 use contracts::trust::{Identity, Origin, Refusal};
@@ -11,7 +12,7 @@ use contracts::{unix_millis, AmqpEndpoints, CodecError, ErrorReply, Kind, Reply,
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,6 +31,8 @@ pub enum BrokerError {
     Call { call: &'static str, source: lapin::Error },
     #[error("broker call {call} timed out after {after:?}")]
     Timeout { call: &'static str, after: Duration },
+    #[error("{what} does not exist: an enrolled agent declares nothing (run dispatcher setup-broker and enrol-agent, or start without --enrolled)")]
+    NotEnrolled { what: String },
     #[error("the broker closed the consumer")]
     ConsumerClosed,
     #[error("TLS handshake with the broker failed: {message} ({hint})")]
@@ -51,19 +54,6 @@ pub async fn call<T>(
     }
 }
 
-/// Arguments of every command queue: quorum, with a delivery limit and dead-lettering, and for
-/// the queue of an ephemeral identity (a pool worker) an expiry once unused (`x-expires`).
-pub fn command_queue_arguments(expires: Option<Duration>) -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
-    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_EXCHANGE.into()));
-    if let Some(expires) = expires {
-        args.insert("x-expires".into(), AMQPValue::LongLongInt(expires.as_millis().max(1) as i64));
-    }
-    args
-}
-
 /// Whether the broker refused a declare because the queue exists with other arguments.
 fn is_precondition_failed(error: &BrokerError) -> bool {
     let BrokerError::Call { source, .. } = error else { return false };
@@ -74,19 +64,34 @@ fn is_precondition_failed(error: &BrokerError) -> bool {
 /// Declares the shared exchanges, the dead-letter queue, and one command queue bound to
 /// `routing_key`, with `expires` as its `x-expires`. Idempotent.
 ///
-/// A command queue that already exists with other arguments (declared by an earlier version, or
-/// with another `--queue-expiry`) is used as it is: the broker refuses the declare and closes the
-/// channel, so the queue is declared again passively on a new channel, with a notice. Returns
-/// the channel to go on with.
+/// A queue that already exists with other arguments (declared by an earlier version, with
+/// another `--queue-expiry`, or a dead-letter queue bounded by `dispatcher setup-broker`) is used
+/// as it is: the broker refuses the declare and closes the channel, so the queue is declared
+/// again passively on a new channel, with a notice. Returns the channel to go on with.
+///
+/// `enrolled` (`--enrolled`): the operator declared all of it (`dispatcher setup-broker`,
+/// `enrol-agent`), and the agent's user may not configure anything: the exchange and the queue
+/// are only checked, passively, and nothing is bound.
 pub async fn declare_topology(
     connection: &Connection,
     channel: Channel,
     queue: &str,
     routing_key: &str,
     expires: Option<Duration>,
+    enrolled: bool,
 ) -> Result<Channel, BrokerError> {
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     let t = BROKER_CALL_TIMEOUT;
+    if enrolled {
+        let passive = ExchangeDeclareOptions { passive: true, durable: true, ..Default::default() };
+        let exchange =
+            channel.exchange_declare(COMMANDS_EXCHANGE.into(), ExchangeKind::Direct, passive, FieldTable::default());
+        call("exchange.declare", t, exchange).await.map_err(|e| not_enrolled(e, COMMANDS_EXCHANGE))?;
+        let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+        let declare = channel.queue_declare(queue.into(), passive, FieldTable::default());
+        call("queue.declare", t, declare).await.map_err(|e| not_enrolled(e, queue))?;
+        return Ok(channel);
+    }
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     call(
         "exchange.declare",
         t,
@@ -99,10 +104,7 @@ pub async fn declare_topology(
         channel.exchange_declare(DEAD_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default()),
     )
     .await?;
-    let queue_options = QueueDeclareOptions { durable: true, ..Default::default() };
-    let mut dead_args = FieldTable::default();
-    dead_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    call("queue.declare", t, channel.queue_declare(DEAD_QUEUE.into(), queue_options, dead_args)).await?;
+    let channel = declare_or_use(connection, channel, DEAD_QUEUE, dead_queue_arguments()).await?;
     call(
         "queue.bind",
         t,
@@ -115,18 +117,7 @@ pub async fn declare_topology(
         ),
     )
     .await?;
-    let declare = channel.queue_declare(queue.into(), queue_options, command_queue_arguments(expires));
-    let channel = match call("queue.declare", t, declare).await {
-        Ok(_) => channel,
-        Err(error) if is_precondition_failed(&error) => {
-            tracing::warn!(%queue, %error, wanted_expiry = ?expires, "the queue exists with other arguments; using it as it is (delete it, or set a broker policy, to change them)");
-            let channel = call("channel.open", t, connection.create_channel()).await?;
-            let passive = QueueDeclareOptions { passive: true, ..queue_options };
-            call("queue.declare", t, channel.queue_declare(queue.into(), passive, FieldTable::default())).await?;
-            channel
-        }
-        Err(error) => return Err(error),
-    };
+    let channel = declare_or_use(connection, channel, queue, command_queue_arguments(expires)).await?;
     call(
         "queue.bind",
         t,
@@ -140,6 +131,40 @@ pub async fn declare_topology(
     )
     .await?;
     Ok(channel)
+}
+
+/// Declares a durable queue with `arguments`, or uses it as it is when it exists with others;
+/// the channel to go on with.
+async fn declare_or_use(
+    connection: &Connection,
+    channel: Channel,
+    queue: &str,
+    arguments: FieldTable,
+) -> Result<Channel, BrokerError> {
+    let t = BROKER_CALL_TIMEOUT;
+    let options = QueueDeclareOptions { durable: true, ..Default::default() };
+    match call("queue.declare", t, channel.queue_declare(queue.into(), options, arguments)).await {
+        Ok(_) => Ok(channel),
+        Err(error) if is_precondition_failed(&error) => {
+            tracing::warn!(%queue, %error, "the queue exists with other arguments; using it as it is (delete it, or set a broker policy, to change them)");
+            let channel = call("channel.open", t, connection.create_channel()).await?;
+            let passive = QueueDeclareOptions { passive: true, ..options };
+            call("queue.declare", t, channel.queue_declare(queue.into(), passive, FieldTable::default())).await?;
+            Ok(channel)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// What an enrolled agent reports when what the operator should have declared is missing.
+fn not_enrolled(error: BrokerError, what: &str) -> BrokerError {
+    let BrokerError::Call { source, .. } = &error else { return error };
+    match source.kind() {
+        lapin::ErrorKind::ProtocolError(e) if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) => {
+            BrokerError::NotEnrolled { what: what.to_owned() }
+        }
+        _ => error,
+    }
 }
 
 /// Whether the broker's address accepts a TCP connection now: told apart from a broker that
@@ -248,7 +273,8 @@ async fn consume_on(
     let config = agent.config();
     let channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
     let queue = agent_queue(&config.agent_id);
-    let channel = declare_topology(connection, channel, &queue, &config.agent_id, config.queue_expiry).await?;
+    let channel =
+        declare_topology(connection, channel, &queue, &config.agent_id, config.queue_expiry, config.enrolled).await?;
     call("basic.qos", BROKER_CALL_TIMEOUT, channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
     let mut own = start_consumer(&channel, &queue).await?;
     // A pool's work queue (starts) on a channel of its own: a worker with bounded scripts takes
@@ -260,15 +286,22 @@ async fn consume_on(
             let pool_channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
             let work_queue = pool_queue(pool);
             let pool_channel =
-                declare_topology(connection, pool_channel, &work_queue, &pool_routing_key(pool), None).await?;
+                declare_topology(connection, pool_channel, &work_queue, &pool_routing_key(pool), None, config.enrolled)
+                    .await?;
             let prefetch = if config.max_scripts.is_some() { 1 } else { config.prefetch };
             call("basic.qos", BROKER_CALL_TIMEOUT, pool_channel.basic_qos(prefetch, BasicQosOptions::default()))
                 .await?;
             let work = start_consumer(&pool_channel, &work_queue).await?;
             let service_queue = pool_service_queue(pool);
-            let service_channel =
-                declare_topology(connection, channel.clone(), &service_queue, &pool_service_routing_key(pool), None)
-                    .await?;
+            let service_channel = declare_topology(
+                connection,
+                channel.clone(),
+                &service_queue,
+                &pool_service_routing_key(pool),
+                None,
+                config.enrolled,
+            )
+            .await?;
             let service = start_consumer(&service_channel, &service_queue).await?;
             tracing::info!(agent = %config.agent_id, work = %work_queue, service = %service_queue, "consuming pool commands");
             (Some((pool_channel, work)), Some((service_channel, service)))

@@ -103,6 +103,10 @@ pub struct AgentConfig {
     /// Runs unsigned commands too (from anyone who can publish to the broker), with a warning
     /// each: only for legacy dispatchers and legacy (script v1) agents.
     pub insecure_allow_unsigned: bool,
+    /// The operator declared the topology and this agent's queue and binding (`dispatcher
+    /// setup-broker`, `enrol-agent`): the agent only checks them, so its broker user needs no
+    /// configure permission (`--enrolled`).
+    pub enrolled: bool,
 }
 
 impl AgentConfig {
@@ -152,6 +156,7 @@ impl AgentConfig {
             key_file: None,
             trusted_keys_file: None,
             insecure_allow_unsigned: false,
+            enrolled: false,
             agent_id,
         }
     }

@@ -6,9 +6,10 @@
 use crate::broker::{call, BrokerError};
 use crate::service::Agent;
 use contracts::presence::*;
+use contracts::topology::amqp::presence_stream_arguments;
 use contracts::topology::CONTENT_TYPE;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,20 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Arguments of the presence stream; every declarer must use exactly these.
-pub fn stream_arguments() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
-    args.insert("x-max-age".into(), AMQPValue::LongString(PRESENCE_MAX_AGE.into()));
-    args.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongLongInt(PRESENCE_SEGMENT_BYTES));
-    args
-}
-
-/// Declares the presence stream (idempotent).
-pub async fn declare_stream(channel: &Channel) -> Result<(), BrokerError> {
-    let options = QueueDeclareOptions { durable: true, ..Default::default() };
-    call("queue.declare", CALL_TIMEOUT, channel.queue_declare(PRESENCE_STREAM.into(), options, stream_arguments()))
-        .await?;
+/// Declares the presence stream (idempotent); only checks it, passively, for an `enrolled` agent.
+pub async fn declare_stream(channel: &Channel, enrolled: bool) -> Result<(), BrokerError> {
+    let options = QueueDeclareOptions { durable: true, passive: enrolled, ..Default::default() };
+    let arguments = if enrolled { FieldTable::default() } else { presence_stream_arguments() };
+    call("queue.declare", CALL_TIMEOUT, channel.queue_declare(PRESENCE_STREAM.into(), options, arguments)).await?;
     Ok(())
 }
 
@@ -87,7 +79,7 @@ impl Announcer {
                 return None;
             }
         };
-        if let Err(error) = declare_stream(&channel).await {
+        if let Err(error) = declare_stream(&channel, agent.config().enrolled).await {
             tracing::warn!(agent = %id, %error, "cannot declare the presence stream; serving without presence");
             return None;
         }

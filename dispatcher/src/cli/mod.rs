@@ -7,6 +7,7 @@ macro_rules! outln {
     };
 }
 
+mod broker;
 mod fleet;
 mod service;
 mod terminal;
@@ -120,7 +121,12 @@ impl Command {
             | Command::Serve(_)
             | Command::Upload(_)
             | Command::Download(_) => true,
-            Command::History(_) | Command::Agents(_) | Command::Keygen(_) | Command::PublicKey => false,
+            Command::History(_)
+            | Command::Agents(_)
+            | Command::Keygen(_)
+            | Command::PublicKey
+            | Command::SetupBroker(_)
+            | Command::EnrolAgent(_) => false,
         }
     }
 }
@@ -165,6 +171,13 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Print the public key of the dispatcher's key (--key), for the agents' trusted-keys files.
     PublicKey,
+    /// Operator step, with an administrator's broker URL: declare the exchanges, the presence
+    /// stream and a bounded dead-letter queue, and print the permissions of the dispatcher and
+    /// KEDA users (README, "Least privilege on the broker").
+    SetupBroker(broker::SetupBrokerArgs),
+    /// Operator step, with an administrator's broker URL: declare an agent's queue and binding
+    /// and print the permissions its user needs to run with --enrolled.
+    EnrolAgent(broker::EnrolAgentArgs),
 }
 
 #[derive(Args, Debug)]
@@ -869,6 +882,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Download(args) => transfer(&orchestrator, &args.on, &args.local, &args.remote, false).await,
         Command::Keygen(args) => keygen(&args),
         Command::PublicKey => public_key(cli.key),
+        Command::SetupBroker(args) => broker::setup_broker(&rpc_config, &args).await,
+        Command::EnrolAgent(args) => broker::enrol_agent(&rpc_config, &args).await,
     };
     rpc.close().await;
     code

@@ -183,6 +183,12 @@ pub struct RunArgs {
     /// only for dispatchers from before signing, and needed by `--protocol v1`.
     #[arg(long)]
     pub insecure_allow_unsigned: bool,
+    /// The broker was set up by the operator (`dispatcher setup-broker`, then `dispatcher
+    /// enrol-agent <ID>`): declare nothing, only check that the exchange, this agent's queue (and
+    /// its pool's) and the presence stream exist. Its broker user then needs no configure
+    /// permission: `enrol-agent` prints what it needs.
+    #[arg(long, env = "CUTTLE_ENROLLED")]
+    pub enrolled: bool,
 }
 
 fn parse_bytes(raw: &str) -> Result<u64, String> {
@@ -295,6 +301,7 @@ impl RunArgs {
         config.key_file = self.key.clone();
         config.trusted_keys_file = self.trusted_keys.clone();
         config.insecure_allow_unsigned = self.insecure_allow_unsigned;
+        config.enrolled = self.enrolled;
         Ok(config)
     }
 }

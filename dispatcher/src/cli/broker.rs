@@ -1,0 +1,87 @@
+//! `dispatcher setup-broker` and `dispatcher enrol-agent`: the operator's steps that let agents
+//! and dispatchers run with least privilege (README, "Least privilege on the broker").
+
+use crate::outcome::exit;
+use crate::rpc::RpcConfig;
+use crate::setup::{self, DeadLimits, DeadQueue};
+use clap::Args;
+use contracts::topology::{Permissions, DEAD_QUEUE};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct SetupBrokerArgs {
+    /// Messages `cuttle.dead` keeps at most; the oldest go first.
+    #[arg(long, default_value_t = 100_000)]
+    pub dead_max_length: u32,
+    /// How long a message stays in `cuttle.dead`.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub dead_ttl: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct EnrolAgentArgs {
+    /// The agent's id.
+    pub agent_id: String,
+    /// The pool the agent serves as well (its queues are declared and its permissions include them).
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// The agent's broker user, for the printed command [default: the agent id].
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+fn broker_error(error: crate::RpcError) -> ExitCode {
+    eprintln!("cuttle: {error}");
+    ExitCode::from(exit::BROKER_UNREACHABLE)
+}
+
+/// Declares the shared topology and prints the permissions of the dispatcher and KEDA roles.
+pub async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> ExitCode {
+    let limits = DeadLimits { max_length: args.dead_max_length, ttl: args.dead_ttl };
+    let found = match setup::setup_broker(config, limits).await {
+        Ok(found) => found,
+        Err(error) => return broker_error(error),
+    };
+    let vhost = setup::vhost_of(&config.amqp_url);
+    let ttl_ms = args.dead_ttl.as_millis();
+    match found {
+        DeadQueue::Bounded => println!(
+            "declared the exchanges, the presence stream and {DEAD_QUEUE} (at most {} messages, each for {}) in vhost {vhost}",
+            args.dead_max_length,
+            humantime::format_duration(args.dead_ttl)
+        ),
+        DeadQueue::Existing => {
+            println!("declared the exchanges and the presence stream in vhost {vhost}; {DEAD_QUEUE} existed already");
+            println!(
+                "bound it with a policy (a queue's arguments cannot change): rabbitmqctl set_policy -p '{vhost}' cuttle-dead '^cuttle\\.dead$' '{{\"max-length\":{},\"overflow\":\"drop-head\",\"message-ttl\":{ttl_ms}}}' --apply-to queues",
+                args.dead_max_length
+            );
+        }
+    }
+    println!("dispatcher: {}", Permissions::dispatcher().rabbitmqctl(&vhost, "DISPATCHER_USER"));
+    println!("queue length reader (KEDA): {}", Permissions::queue_length_reader().rabbitmqctl(&vhost, "KEDA_USER"));
+    println!("each agent: dispatcher enrol-agent ID");
+    ExitCode::SUCCESS
+}
+
+/// Declares one agent's queues and bindings and prints the permissions its user needs.
+pub async fn enrol_agent(config: &RpcConfig, args: &EnrolAgentArgs) -> ExitCode {
+    for (what, name) in [("agent id", Some(&args.agent_id)), ("pool name", args.pool.as_ref())] {
+        if let Some(Err(error)) = name.map(|name| contracts::topology::validate_name(what, name)) {
+            eprintln!("cuttle: {error}");
+            return ExitCode::from(exit::USAGE);
+        }
+    }
+    if let Err(error) = setup::enrol_agent(config, &args.agent_id, args.pool.as_deref()).await {
+        return broker_error(error);
+    }
+    let vhost = setup::vhost_of(&config.amqp_url);
+    let user = args.user.as_deref().unwrap_or(&args.agent_id);
+    println!(
+        "enrolled {}: its queue is declared and bound; start it with --enrolled (CUTTLE_ENROLLED=true)",
+        args.agent_id
+    );
+    println!("{}", Permissions::agent(&args.agent_id, args.pool.as_deref()).rabbitmqctl(&vhost, user));
+    ExitCode::SUCCESS
+}
