@@ -631,7 +631,9 @@ impl Orchestrator {
             let next = tokio::select! {
                 next = self.status_request(route, &request, policy, self.timing.status_wait, None, events) => next,
                 _ = interrupt.cancelled() => {
-                    let cancel = CancelPlan::from_now(policy, self.timing, true);
+                    // The agent has answered for this ticket: if the cancel finds it unknown, the
+                    // agent lost it (its store lost its data), which is not "nothing ran".
+                    let cancel = CancelPlan::from_now(policy, self.timing, false);
                     return self.cancel_and_follow(route, ticket, follower, policy, cancel, protocol, events).await;
                 }
             };
@@ -768,8 +770,8 @@ impl Orchestrator {
 struct CancelPlan {
     /// Until when the cancel may act (its expiry in the queue): as long as the start could.
     not_after: SystemTime,
-    /// Whether this dispatcher sent the start (then a ticket unknown to the agent is a start
-    /// that will never run, see [`Outcome::after_cancel`]).
+    /// Whether this dispatcher sent the start and no answer to it has come yet (then a ticket
+    /// unknown to the agent is a start that will never run, see [`Outcome::after_cancel`]).
     start_sent: bool,
 }
 

@@ -97,6 +97,8 @@ pub struct Sub {
     pub issued_at: u64,
     pub not_after: u64,
     cancel_not_after: u64,
+    /// The cancel stops a start not answered yet (an unknown ticket then means nothing ran).
+    cancel_before_answer: bool,
     /// The follower's next expected line.
     pub next: u64,
     pub outcome: Option<Outcome>,
@@ -141,6 +143,7 @@ impl Sub {
             issued_at: 0,
             not_after: 0,
             cancel_not_after: 0,
+            cancel_before_answer: false,
             next: 1,
             outcome: None,
         }
@@ -370,11 +373,12 @@ fn follow(world: &mut World, s: usize, status: ScriptStatus) {
     let sub = &world.subs[s];
     if status.is_complete() && status.next_log_sequence <= sub.next {
         let code = status.exit_code.unwrap_or(exit_code::FATAL);
-        let outcome = if sub.phase == Phase::FollowAfterCancel && code == exit_code::UNKNOWN_TICKET {
-            Outcome::NothingRan
-        } else {
-            Outcome::Exit(code)
-        };
+        let outcome =
+            if sub.phase == Phase::FollowAfterCancel && sub.cancel_before_answer && code == exit_code::UNKNOWN_TICKET {
+                Outcome::NothingRan
+            } else {
+                Outcome::Exit(code)
+            };
         let ticket = ticket_of(world, s);
         send_once(world, s, Request::CompleteScriptV2(CompleteScriptV2 { ticket }));
         finish(world, s, outcome);
@@ -419,6 +423,7 @@ fn cancel_and_follow(world: &mut World, s: usize) {
     }
     let now = dispatcher_now(world, s);
     let sub = &mut world.subs[s];
+    sub.cancel_before_answer = sub.phase == Phase::Start;
     sub.cancel_not_after = now + sub.policy_ms.max(ATTEMPT_TIMEOUT);
     sub.phase = Phase::Cancel;
     begin(world, s, RpcKind::Cancel);
