@@ -208,14 +208,24 @@ impl Reply {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Reply, CodecError> {
+        Self::decode_with_sender(bytes).map(|(_, reply)| reply)
+    }
+
+    /// Decodes a reply and the agent id it names as its sender (its envelope's `target`).
+    pub fn decode_with_sender(bytes: &[u8]) -> Result<(String, Reply), CodecError> {
         let header = decode_header(bytes)?;
+        let reply = Self::decode_body(&header, bytes)?;
+        Ok((header.target, reply))
+    }
+
+    fn decode_body(header: &Envelope<()>, bytes: &[u8]) -> Result<Reply, CodecError> {
         match Kind::parse(&header.kind) {
             Some(Kind::Capabilities) => Ok(Reply::Capabilities(body(bytes)?)),
             Some(Kind::ScriptStatus) => Ok(Reply::ScriptStatus(body(bytes)?)),
             Some(Kind::Error) => Ok(Reply::Error(body(bytes)?)),
             Some(Kind::TransferStatus) => Ok(Reply::TransferStatus(body(bytes)?)),
             Some(Kind::FileChunk) => Ok(Reply::FileChunk(body(bytes)?)),
-            _ => Err(CodecError::UnknownKind(header.kind)),
+            _ => Err(CodecError::UnknownKind(header.kind.clone())),
         }
     }
 }

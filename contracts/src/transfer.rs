@@ -9,6 +9,13 @@
 //!   resumes where the last one stopped. The chunk that makes the file whole has the agent check
 //!   its SHA-256 and rename it into place; a repeat of it finds the file in place and answers
 //!   complete.
+//! - **Pipelining**: a dispatcher keeps up to [`WINDOW`] chunks in flight, none starting more than
+//!   [`WINDOW`] chunks past what the agent confirmed, so they may arrive in any order. The agent
+//!   keeps a chunk that arrives before the bytes ahead of it in memory (at most [`WINDOW`] chunks
+//!   per upload) and writes it once they are there, so its partial file always holds a prefix of
+//!   the content and its length stays what a new run resumes from. A chunk kept in memory is
+//!   lost if the agent stops: the dispatcher sends again from what is confirmed once nothing it
+//!   sent is left unanswered.
 //! - **Download**: [`DownloadChunk`]s by offset; the first (with `digest`) also brings the file's
 //!   SHA-256, which the dispatcher checks once it has every byte (the file changed meanwhile: the
 //!   check fails). The dispatcher writes into a temporary file named after that digest, so a new
@@ -21,6 +28,10 @@ pub const SERVICE_FILE_TRANSFER: &str = "file-transfer/v1";
 
 /// Largest chunk of file data in one message.
 pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Chunks a dispatcher keeps in flight per transfer, and an agent keeps in memory per upload
+/// while an earlier one is missing.
+pub const WINDOW: usize = 8;
 
 /// Uploads part of a file to `path` on the agent (below one of its transfer roots).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

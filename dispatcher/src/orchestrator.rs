@@ -285,6 +285,36 @@ impl Orchestrator {
         .await
     }
 
+    /// For a pool, one of its workers that answers now (a capabilities request to the pool; the
+    /// answer names who sent it), as a route of its own: its queue, the pool's pin. Requests
+    /// that must all reach the same worker (a transfer's chunks) go there. Other routes are
+    /// their own.
+    pub async fn one_worker(&self, route: &Route, policy: RetryPolicy, events: EventSink<'_>) -> Result<Route, GaveUp> {
+        let Route::Pool(pool) = route else { return Ok(route.clone()) };
+        let request = Request::GetCapabilities(GetCapabilities {});
+        let warn = |warning| events(Event::Warning(warning));
+        let warn: crate::rpc::Warn<'_> = &warn;
+        let (request, kind) = (&request, request.kind());
+        let answered = retry::execute(
+            policy,
+            self.timing.attempt_timeout,
+            &CancellationToken::new(),
+            |notice| events(Event::Retry { request: kind, notice: notice.clone() }),
+            |reply_timeout| async move {
+                let timing = CallTiming { reply_timeout, not_after: SystemTime::now() + reply_timeout };
+                self.rpc.call_with_sender(route, request, timing, &AtomicBool::new(false), warn).await
+            },
+        )
+        .await?;
+        let (agent, _) = answered;
+        topology::validate_name("agent id", &agent).map_err(|e| GaveUp {
+            error: RpcError::Codec(format!("a worker of {route} answered as {e}")),
+            elapsed: Duration::ZERO,
+            attempts: 1,
+        })?;
+        Ok(Route::Worker { pool: pool.clone(), agent })
+    }
+
     /// A script-service request whose reply must be a status.
     async fn status_request(
         &self,

@@ -1,4 +1,5 @@
-//! Where a request goes: one agent, or any worker of a pool.
+//! Where a request goes: one agent, any worker of a pool, or one worker of a pool on its own
+//! queue (a transfer stays with the worker that answered it first).
 
 use contracts::{topology, Kind};
 use std::fmt;
@@ -7,6 +8,12 @@ use std::fmt;
 pub enum Route {
     Agent(String),
     Pool(String),
+    /// One worker of a pool, on its own queue, believed under the pool's pin (its commands
+    /// are addressed to the pool, which every worker of it accepts).
+    Worker {
+        pool: String,
+        agent: String,
+    },
 }
 
 impl Route {
@@ -24,7 +31,7 @@ impl Route {
     /// or its service queue (everything else).
     pub fn routing_key(&self, kind: Kind) -> String {
         match self {
-            Route::Agent(id) => id.clone(),
+            Route::Agent(id) | Route::Worker { agent: id, .. } => id.clone(),
             Route::Pool(pool) if matches!(kind, Kind::StartScriptV2 | Kind::StartScriptV1) => {
                 topology::pool_routing_key(pool)
             }
@@ -35,7 +42,7 @@ impl Route {
     /// The queue requests of `kind` end in (see [`Route::routing_key`]).
     pub fn queue(&self, kind: Kind) -> String {
         match self {
-            Route::Agent(id) => topology::agent_queue(id),
+            Route::Agent(id) | Route::Worker { agent: id, .. } => topology::agent_queue(id),
             Route::Pool(pool) if matches!(kind, Kind::StartScriptV2 | Kind::StartScriptV1) => {
                 topology::pool_queue(pool)
             }
@@ -46,7 +53,7 @@ impl Route {
     /// The agent id or pool name, as the user gave it.
     pub fn name(&self) -> &str {
         match self {
-            Route::Agent(id) | Route::Pool(id) => id,
+            Route::Agent(id) | Route::Pool(id) | Route::Worker { pool: id, .. } => id,
         }
     }
 
@@ -55,7 +62,7 @@ impl Route {
     pub fn target(&self) -> String {
         match self {
             Route::Agent(id) => id.clone(),
-            Route::Pool(pool) => topology::pool_routing_key(pool),
+            Route::Pool(pool) | Route::Worker { pool, .. } => topology::pool_routing_key(pool),
         }
     }
 }
@@ -65,6 +72,7 @@ impl fmt::Display for Route {
         match self {
             Route::Agent(id) => write!(f, "agent {id}"),
             Route::Pool(pool) => write!(f, "pool {pool}"),
+            Route::Worker { pool, agent } => write!(f, "worker {agent} of pool {pool}"),
         }
     }
 }

@@ -159,6 +159,19 @@ impl RpcClient {
         published: &AtomicBool,
         warn: Warn<'_>,
     ) -> Result<Reply, RpcError> {
+        self.call_with_sender(route, request, timing, published, warn).await.map(|(_, reply)| reply)
+    }
+
+    /// [`RpcClient::call_noting_publish`], with the agent id the believed answer names as its
+    /// sender (which of a pool's workers answered).
+    pub async fn call_with_sender(
+        &self,
+        route: &Route,
+        request: &Request,
+        timing: CallTiming,
+        published: &AtomicBool,
+        warn: Warn<'_>,
+    ) -> Result<(String, Reply), RpcError> {
         // The broker first: a broker that cannot be reached is the problem to report then.
         let link = self.current_link().await?;
         let (trust, pin) = self.trust_for(route)?;
@@ -224,9 +237,9 @@ impl RpcClient {
                         tracing::debug!(target = %route, "{message}");
                         warn(message);
                     }
-                    return match Reply::decode(&raw.body)? {
-                        Reply::Error(error) => Err(RpcError::Agent { target: route.to_string(), error }),
-                        reply => Ok(reply),
+                    return match Reply::decode_with_sender(&raw.body)? {
+                        (_, Reply::Error(error)) => Err(RpcError::Agent { target: route.to_string(), error }),
+                        answered => Ok(answered),
                     };
                 }
                 Err(reason) => {

@@ -1,7 +1,7 @@
-//! File transfer with an agent (the protocol is in [`contracts::transfer`]): one chunk of at
-//! most 1 MiB in flight, every request through the retry executor under the machine policy (so
-//! each is repeated until the policy's deadline, or not at all with `--no-retries`), resumed
-//! from what the other side holds, and checked end to end with SHA-256.
+//! File transfer with an agent (the protocol is in [`contracts::transfer`]): up to [`WINDOW`]
+//! chunks of at most 1 MiB in flight ([`Window`]), every request through the retry executor
+//! under the machine policy (so each is repeated until the policy's deadline, or not at all with
+//! `--no-retries`), resumed from what the other side holds, and checked end to end with SHA-256.
 //!
 //! An upload asks the agent how far an upload of the same content got (a new run resumes it);
 //! a download writes into a partial file named after the content's digest beside the local
@@ -11,16 +11,84 @@ use crate::orchestrator::{EventSink, Orchestrator};
 use crate::outcome::{exit, Outcome};
 use crate::retry::{GaveUp, RetryPolicy};
 use crate::route::Route;
-use contracts::transfer::{partial_name, DownloadChunk, FileChunk, TransferStatus, UploadChunk, MAX_CHUNK_BYTES};
+use contracts::transfer::{
+    partial_name, DownloadChunk, FileChunk, TransferStatus, UploadChunk, MAX_CHUNK_BYTES, WINDOW,
+};
 use contracts::{ErrorKind, Reply, Request};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use sha2::Digest;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A chunk answered without progress this many times in a row ends the transfer (a pool whose
-/// workers do not share the transfer root answers from another worker's disk each time).
+/// Sending again from what the agent confirmed without it confirming more this many times in a
+/// row ends an upload (the agent keeps failing to hold what it was sent).
 const MAX_STALLS: u32 = 8;
+
+/// Which chunks to ask for next: up to `WINDOW` in flight, none starting `WINDOW` chunks or more
+/// past the confirmed prefix (so the other side never keeps more than that ahead of it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    size: u64,
+    chunk: u64,
+    /// Bytes from the start that are where they belong.
+    confirmed: u64,
+    /// Where the next chunk starts.
+    next: u64,
+    in_flight: usize,
+    /// Times in a row [`Window::send_again`] found nothing more confirmed.
+    stalls: u32,
+    confirmed_at_last_resend: u64,
+}
+
+impl Window {
+    /// A transfer of `size` bytes in chunks of `chunk`, of which `confirmed` are done.
+    pub fn new(size: u64, chunk: u64, confirmed: u64) -> Self {
+        Window { size, chunk, confirmed, next: confirmed, in_flight: 0, stalls: 0, confirmed_at_last_resend: confirmed }
+    }
+
+    /// The next chunk to send (offset and length), if the window has room for one.
+    pub fn next_chunk(&mut self) -> Option<(u64, u64)> {
+        let limit = self.confirmed.saturating_add(self.chunk * WINDOW as u64).min(self.size);
+        if self.in_flight >= WINDOW || self.next >= limit {
+            return None;
+        }
+        let length = self.chunk.min(self.size - self.next);
+        let offset = self.next;
+        self.next += length;
+        self.in_flight += 1;
+        Some((offset, length))
+    }
+
+    /// A chunk was answered; the other side has `confirmed` bytes in place.
+    pub fn answered(&mut self, confirmed: u64) {
+        self.in_flight -= 1;
+        self.confirmed = self.confirmed.max(confirmed).min(self.size);
+    }
+
+    pub fn confirmed(&self) -> u64 {
+        self.confirmed
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Nothing is in flight and no chunk may be sent, yet the other side has not confirmed
+    /// everything: it lost chunks it kept ahead (it restarted), or never kept them. Goes on from
+    /// what it confirmed; `false` once that happened [`MAX_STALLS`] times without progress.
+    pub fn send_again(&mut self) -> bool {
+        if self.confirmed > self.confirmed_at_last_resend {
+            self.stalls = 0;
+        }
+        self.stalls += 1;
+        self.confirmed_at_last_resend = self.confirmed;
+        self.next = self.confirmed;
+        self.stalls < MAX_STALLS
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -52,6 +120,8 @@ impl TransferError {
 /// A finished transfer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transferred {
+    /// Who it was with: the agent, or the pool's worker that served it.
+    pub route: Route,
     pub size: u64,
     pub sha256: String,
     /// Where it went on from (0: from the start).
@@ -120,16 +190,25 @@ fn file_chunk(reply: Reply) -> Result<FileChunk, Reply> {
     }
 }
 
-/// Uploads `local` to `remote` on `route`, resuming an earlier upload of the same content.
+/// The route a transfer goes on: for a pool, the worker that answers first, so that every chunk
+/// reaches the same one (which holds what it confirmed, and serves one file consistently).
+async fn pinned(peer: &Peer<'_>) -> Result<Route, TransferError> {
+    peer.orchestrator.one_worker(peer.route, peer.policy, peer.events).await.map_err(TransferError::Request)
+}
+
+/// Uploads `local` to `remote` on `route` (on a pool, one worker), resuming an earlier upload of
+/// the same content.
 pub async fn upload(peer: &Peer<'_>, local_path: &Path, remote: &str) -> Result<Transferred, TransferError> {
-    let (route, progress) = (peer.route, peer.progress);
+    let route = pinned(peer).await?;
+    let peer = &Peer { route: &route, ..*peer };
+    let progress = peer.progress;
     let started = Instant::now();
     let path = local_path.to_path_buf();
     let (size, sha256) = tokio::task::spawn_blocking(move || digest_file(&path))
         .await
         .map_err(|e| TransferError::Local(e.to_string()))?
         .map_err(|e| local("read", local_path, e))?;
-    let mut file = std::fs::File::open(local_path).map_err(|e| local("read", local_path, e))?;
+    let file = std::fs::File::open(local_path).map_err(|e| local("read", local_path, e))?;
     let chunk = |offset: u64, data: Vec<u8>| UploadChunk {
         path: remote.to_owned(),
         size,
@@ -137,28 +216,45 @@ pub async fn upload(peer: &Peer<'_>, local_path: &Path, remote: &str) -> Result<
         offset,
         data,
     };
-    let mut status = call(peer, Request::UploadChunk(chunk(0, Vec::new())), transfer_status).await?;
-    let resumed_at = if status.complete { 0 } else { status.confirmed };
-    let mut stalls = 0;
-    while !status.complete {
-        progress(status.confirmed, size);
-        let offset = status.confirmed;
-        let mut data = vec![0u8; (size - offset).min(MAX_CHUNK_BYTES as u64) as usize];
-        file.seek(SeekFrom::Start(offset))
-            .and_then(|_| file.read_exact(&mut data))
-            .map_err(|e| local("read", local_path, e))?;
-        let next = call(peer, Request::UploadChunk(chunk(offset, data)), transfer_status).await?;
-        stalls = if next.complete || next.confirmed > offset { 0 } else { stalls + 1 };
-        if stalls >= MAX_STALLS {
-            return Err(TransferError::Verification(format!(
-                "{route} keeps answering that it holds {} of {size} bytes: a pool's workers must share the transfer root",
-                next.confirmed
-            )));
+    let send = |offset: u64, length: u64| {
+        let mut data = vec![0u8; length as usize];
+        let read = file.read_exact_at(&mut data, offset).map_err(|e| local("read", local_path, e));
+        let request = read.map(|()| Request::UploadChunk(chunk(offset, data)));
+        async move {
+            match request {
+                Ok(request) => (offset, call(peer, request, transfer_status).await),
+                Err(error) => (offset, Err(error)),
+            }
         }
-        status = next;
+    };
+    let first = call(peer, Request::UploadChunk(chunk(0, Vec::new())), transfer_status).await?;
+    let resumed_at = if first.complete { 0 } else { first.confirmed };
+    let mut window = Window::new(size, MAX_CHUNK_BYTES as u64, first.confirmed);
+    let mut complete = first.complete;
+    let mut in_flight = FuturesUnordered::new();
+    while !complete {
+        progress(window.confirmed(), size);
+        while let Some((offset, length)) = window.next_chunk() {
+            in_flight.push(send(offset, length));
+        }
+        match in_flight.next().await {
+            Some((offset, status)) => {
+                let status = status?;
+                tracing::debug!(%route, offset, confirmed = status.confirmed, "chunk answered");
+                window.answered(status.confirmed);
+                complete = status.complete;
+            }
+            None if window.send_again() => {}
+            None => {
+                return Err(TransferError::Verification(format!(
+                "{route} keeps answering that it holds {} of {size} bytes after the chunks after them were sent again",
+                window.confirmed()
+            )))
+            }
+        }
     }
     progress(size, size);
-    Ok(Transferred { size, sha256, resumed_at, elapsed: started.elapsed() })
+    Ok(Transferred { route: route.clone(), size, sha256, resumed_at, elapsed: started.elapsed() })
 }
 
 /// The partial file a download of this content writes beside `local`.
@@ -167,17 +263,20 @@ fn partial_for(local: &Path, size: u64, sha256: &str) -> Result<PathBuf, Transfe
     Ok(local.with_file_name(partial_name(&name.to_string_lossy(), size, sha256)))
 }
 
-/// Downloads `remote` from `route` to `local`, resuming an earlier download of the same content.
+/// Downloads `remote` from `route` (from a pool, one worker) to `local`, resuming an earlier
+/// download of the same content.
 pub async fn download(peer: &Peer<'_>, remote: &str, local_path: &Path) -> Result<Transferred, TransferError> {
-    let (route, progress) = (peer.route, peer.progress);
+    let route = pinned(peer).await?;
+    let peer = &Peer { route: &route, ..*peer };
+    let progress = peer.progress;
     let started = Instant::now();
     let ask = |offset: u64, length: u64, digest: bool| {
         Request::DownloadChunk(DownloadChunk { path: remote.to_owned(), offset, length, digest })
     };
     let first = call(peer, ask(0, 0, true), file_chunk).await?;
-    let (size, sha256) = (first.size, first.sha256.ok_or_else(|| unexpected_digest(route))?);
+    let (size, sha256) = (first.size, first.sha256.ok_or_else(|| unexpected_digest(&route))?);
     let partial = partial_for(local_path, size, &sha256)?;
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -190,16 +289,29 @@ pub async fn download(peer: &Peer<'_>, remote: &str, local_path: &Path) -> Resul
         offset = 0;
     }
     let resumed_at = offset;
-    while offset < size {
-        progress(offset, size);
-        let chunk = call(peer, ask(offset, MAX_CHUNK_BYTES as u64, false), file_chunk).await?;
-        if chunk.size != size || chunk.data.is_empty() || chunk.offset != offset {
+    let mut window = Window::new(size, MAX_CHUNK_BYTES as u64, offset);
+    // Chunks that arrived before one in front of them, written once it is: the partial file
+    // always holds a prefix of the content, so its length is where a new run resumes.
+    let mut ahead = BTreeMap::new();
+    let mut in_flight = FuturesUnordered::new();
+    while window.confirmed() < size {
+        progress(window.confirmed(), size);
+        while let Some((offset, length)) = window.next_chunk() {
+            in_flight.push(async move { (offset, length, call(peer, ask(offset, length, false), file_chunk).await) });
+        }
+        let Some((at, length, chunk)) = in_flight.next().await else { break };
+        let chunk = chunk?;
+        if chunk.size != size || chunk.data.len() as u64 != length || chunk.offset != at {
             return Err(TransferError::Verification(format!("{remote} changed on {route} during the download")));
         }
-        file.seek(SeekFrom::Start(offset))
-            .and_then(|_| file.write_all(&chunk.data))
-            .map_err(|e| local("write", &partial, e))?;
-        offset += chunk.data.len() as u64;
+        tracing::debug!(%route, offset = at, "chunk answered");
+        ahead.insert(at, chunk.data);
+        let mut written = window.confirmed();
+        while let Some(data) = ahead.remove(&written) {
+            file.write_all_at(&data, written).map_err(|e| local("write", &partial, e))?;
+            written += data.len() as u64;
+        }
+        window.answered(written);
     }
     file.sync_all().map_err(|e| local("write", &partial, e))?;
     drop(file);
@@ -216,7 +328,7 @@ pub async fn download(peer: &Peer<'_>, remote: &str, local_path: &Path) -> Resul
     }
     std::fs::rename(&partial, local_path).map_err(|e| local("rename into", local_path, e))?;
     progress(size, size);
-    Ok(Transferred { size, sha256, resumed_at, elapsed: started.elapsed() })
+    Ok(Transferred { route: route.clone(), size, sha256, resumed_at, elapsed: started.elapsed() })
 }
 
 fn unexpected_digest(route: &Route) -> TransferError {
@@ -243,5 +355,45 @@ mod tests {
         assert_eq!(size, 3);
         assert_eq!(sha, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn the_window_keeps_chunks_in_flight_within_reach_of_what_is_confirmed() {
+        let mut window = Window::new(100 * 10, 10, 0);
+        let sent: Vec<_> = std::iter::from_fn(|| window.next_chunk()).collect();
+        assert_eq!(sent.len(), WINDOW);
+        assert_eq!(sent[1], (10, 10));
+        window.answered(0);
+        assert_eq!(window.next_chunk(), None, "nothing starts a window or more past the confirmed prefix");
+        window.answered(20);
+        assert_eq!(window.next_chunk(), Some((80, 10)));
+        assert_eq!(window.next_chunk(), Some((90, 10)));
+        assert_eq!(window.next_chunk(), None);
+        assert_eq!(window.in_flight(), WINDOW);
+    }
+
+    #[test]
+    fn the_last_chunk_is_short_and_nothing_goes_past_the_end() {
+        let mut window = Window::new(25, 10, 0);
+        let sent: Vec<_> = std::iter::from_fn(|| window.next_chunk()).collect();
+        assert_eq!(sent, vec![(0, 10), (10, 10), (20, 5)]);
+        let mut resumed = Window::new(25, 10, 25);
+        assert_eq!(resumed.next_chunk(), None);
+    }
+
+    #[test]
+    fn chunks_the_other_side_lost_are_sent_again_until_it_stalls() {
+        let mut window = Window::new(1000, 10, 0);
+        while window.next_chunk().is_some() {}
+        while window.in_flight() > 0 {
+            window.answered(30);
+        }
+        assert!(window.send_again());
+        assert_eq!(window.next_chunk(), Some((30, 10)), "from what it confirmed");
+        window.answered(40);
+        for _ in 1..MAX_STALLS {
+            assert!(window.send_again());
+        }
+        assert!(!window.send_again(), "no progress {MAX_STALLS} times in a row");
     }
 }

@@ -1,7 +1,7 @@
 //! Agents for tests: in-process ([`TestAgent`]) or the real binary ([`AgentProcess`]). Each has
 //! its own id (so its own queue), Redis key prefix and work dir, all removed when it stops.
 
-use crate::{agent_command, amqp_url, eventually, redis_url, unique};
+use crate::{amqp_url, eventually, redis_url, unique};
 use contracts::topology::agent_queue;
 use lapin::options::QueueDeleteOptions;
 use std::path::PathBuf;
@@ -143,7 +143,7 @@ impl AgentProcess {
         process
     }
 
-    /// Starts `command` (from [`agent_command`], with the test's own flags and environment) as
+    /// Starts `command` (from [`crate::agent_command`], with the test's own flags and environment) as
     /// the agent described by `config` (used to clean up after it), without waiting for it.
     /// Its stderr goes to [`AgentProcess::log`].
     pub fn spawn_command(config: AgentConfig, command: tokio::process::Command) -> AgentProcess {
@@ -159,7 +159,12 @@ impl AgentProcess {
 
     /// The command that starts the agent `config` describes, every setting as a flag.
     pub fn command(config: &AgentConfig) -> tokio::process::Command {
-        let mut command = agent_command();
+        Self::command_at(&crate::binary("worker-agent"), config)
+    }
+
+    /// [`AgentProcess::command`] with a `worker-agent` binary from elsewhere (another version's).
+    pub fn command_at(program: &std::path::Path, config: &AgentConfig) -> tokio::process::Command {
+        let mut command = crate::agent_command_at(program);
         command
             .args(["run", "--agent-id", &config.agent_id, "--key-prefix", &config.key_prefix])
             .arg("--work-dir")

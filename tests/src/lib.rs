@@ -77,8 +77,14 @@ pub fn binary(name: &str) -> PathBuf {
 /// The real `dispatcher` binary as tests start it: the test broker and keys, no `RUST_LOG` (so
 /// the user's default applies), no stdin. Every test that runs the dispatcher binary builds it here.
 pub fn dispatcher_command() -> tokio::process::Command {
+    dispatcher_command_at(&binary("dispatcher"))
+}
+
+/// [`dispatcher_command`] with a `dispatcher` binary from elsewhere (another version's, for
+/// benchmarks that compare two).
+pub fn dispatcher_command_at(program: &Path) -> tokio::process::Command {
     let keys = trust::keys();
-    let mut command = tokio::process::Command::new(binary("dispatcher"));
+    let mut command = tokio::process::Command::new(program);
     command
         .env("CUTTLE_AMQP_URL", amqp_url())
         .env("CUTTLE_DISPATCHER_KEY", &keys.dispatcher_key)
@@ -93,6 +99,26 @@ pub fn dispatcher_command() -> tokio::process::Command {
 pub async fn run_dispatcher(args: &[&str]) -> std::process::Output {
     let output = dispatcher_command().args(args).output();
     tokio::time::timeout(Duration::from_secs(60), output).await.expect("dispatcher finishes").expect("dispatcher runs")
+}
+
+/// Writes `size` bytes of pseudo-random content (xorshift from `seed`) to `path`, so a misplaced
+/// chunk shows.
+pub fn write_random(path: &Path, size: usize, seed: u64) {
+    let mut state = seed | 1;
+    let mut bytes = Vec::with_capacity(size + 8);
+    while bytes.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(size);
+    std::fs::write(path, bytes).expect("write the file");
+}
+
+/// Whether two files hold the same bytes (same size and SHA-256).
+pub fn same_content(a: &Path, b: &Path) -> bool {
+    dispatcher::transfer::digest_file(a).ok().is_some_and(|d| Some(d) == dispatcher::transfer::digest_file(b).ok())
 }
 
 /// A process's output as text.
@@ -136,8 +162,13 @@ pub async fn queue_without_agent(what: &str) -> TestAgent {
 /// The real `worker-agent` binary as tests start it, with nothing but the test broker and Redis
 /// and the test keys in its environment (`run` and its flags are the caller's).
 pub fn agent_command() -> tokio::process::Command {
+    agent_command_at(&binary("worker-agent"))
+}
+
+/// [`agent_command`] with a `worker-agent` binary from elsewhere (another version's).
+pub fn agent_command_at(program: &Path) -> tokio::process::Command {
     let keys = trust::keys();
-    let mut command = tokio::process::Command::new(binary("worker-agent"));
+    let mut command = tokio::process::Command::new(program);
     command
         .env("CUTTLE_AGENT_KEY", &keys.agent_key)
         .env("CUTTLE_TRUSTED_KEYS", &keys.trusted_keys)

@@ -328,11 +328,15 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
     let paths = doc["paths"].as_object().expect("paths");
     let mut documented: Vec<String> = Vec::new();
     for (path, item) in paths {
-        for method in item.as_object().unwrap().keys().filter(|m| ["get", "post"].contains(&m.as_str())) {
+        for method in item.as_object().unwrap().keys().filter(|m| ["get", "post", "put"].contains(&m.as_str())) {
             documented.push(format!("{} {path}", method.to_uppercase()));
             // Every documented route is served: whatever it answers, it is not "no such route".
             let url = format!("{}{}", service.url, path.replace("{ticket}", &uuid::Uuid::new_v4().to_string()));
-            let request = if method == "get" { http().get(&url) } else { http().post(&url).json(&json!({})) };
+            let request = match method.as_str() {
+                "get" => http().get(&url),
+                "put" => http().put(&url).body(""),
+                _ => http().post(&url).json(&json!({})),
+            };
             let response = request.timeout(Duration::from_secs(5)).send().await.expect("route answers");
             assert_ne!(response.status().as_u16(), 405, "{method} {path}");
             if response.status().as_u16() == 404 {
@@ -349,11 +353,13 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
             "GET /metrics",
             "GET /openapi.json",
             "GET /v1/agents",
+            "GET /v1/files",
             "GET /v1/tickets",
             "GET /v1/tickets/{ticket}",
             "GET /v1/tickets/{ticket}/events",
             "POST /v1/scripts",
             "POST /v1/tickets/{ticket}/cancel",
+            "PUT /v1/files",
         ]
     );
     // And what is not documented is not served.

@@ -1,5 +1,6 @@
 //! File transfer through the real binaries: `dispatcher upload` and `download` against agents with
-//! transfer roots; byte-identical over broker links reset every second; an upload interrupted by
+//! transfer roots; 200 MiB each way byte-identical over broker links (the agent's and the
+//! dispatcher's) reset every second; an upload interrupted by
 //! Ctrl-C resumes; paths outside the roots (or through a link out of them) are refused; a legacy
 //! agent is reported too old.
 
@@ -9,32 +10,10 @@ use std::time::{Duration, Instant};
 use tests::proxy::FaultProxy;
 use tests::*;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// `dispatcher ARGS` to its end, through the broker at `amqp_url`.
 async fn run(amqp_url: &str, args: &[&str], within: Duration) -> Output {
     let output = dispatcher_command().env("CUTTLE_AMQP_URL", amqp_url).args(args).output();
     tokio::time::timeout(within, output).await.expect("dispatcher finishes").expect("dispatcher runs")
-}
-
-/// `size` bytes of pseudo-random content (xorshift), so a misplaced chunk shows.
-fn write_random(path: &Path, size: usize, seed: u64) {
-    let mut state = seed | 1;
-    let mut bytes = Vec::with_capacity(size + 8);
-    while bytes.len() < size {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(size);
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn same_content(a: &Path, b: &Path) -> bool {
-    dispatcher::transfer::digest_file(a).unwrap() == dispatcher::transfer::digest_file(b).unwrap()
 }
 
 /// An agent (in this process) with a transfer root of its own, and a local directory.
@@ -153,63 +132,65 @@ async fn an_upload_interrupted_by_ctrl_c_resumes_where_it_stopped() {
     s.agent.stop().await;
 }
 
-/// Size of the transfers over links reset every second: 24 MiB, what the 2-core test machine moves
-/// each way in about a minute under load (8 MiB: 17 s up, 4 s down with 21 resets);
-/// `CUTTLE_TRANSFER_TEST_MIB=200` runs the full 200 MiB (see README).
+/// Size of the transfers over links reset every second: 200 MiB; `CUTTLE_TRANSFER_TEST_MIB`
+/// sets another.
 fn reset_test_bytes() -> usize {
-    let mib = std::env::var("CUTTLE_TRANSFER_TEST_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    let mib = std::env::var("CUTTLE_TRANSFER_TEST_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     mib * 1024 * 1024
 }
 
-/// The dispatcher's link to the broker is reset every second (with the agent's reset as well, no
-/// chunk got through in 300 s on the 2-core machine under load 20: the agent spends longer than
-/// a second reconnecting and declaring its queue; see README).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_files_arrive_byte_identical_over_links_reset_every_second() {
+/// An upload (`up`) or a download of [`reset_test_bytes`] between the binaries, the agent's and
+/// the dispatcher's broker links both through a proxy that resets every connection each second:
+/// the file arrives byte-identical, and links were reset while it travelled.
+async fn through_links_reset_every_second(up: bool) {
     let proxy = FaultProxy::start(tests::proxy::broker_addr()).await;
-    let s = setup("xfer-resets").await;
-    let source = s.local.dir.join("large.bin");
-    write_random(&source, reset_test_bytes(), 13);
-    let resets = {
-        let proxy_resets = tokio_util::sync::CancellationToken::new();
-        let stop = proxy_resets.clone();
-        let proxy = &proxy;
-        let resetting = async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(secs(1)) => proxy.reset_all(),
-                }
-            }
-        };
-        (proxy_resets, resetting)
+    let local = Markers::new();
+    let root = local.dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let root = root.canonicalize().unwrap();
+    let mut config = tests::agent::test_config("xfer-resets");
+    config.amqp_url = proxy.amqp_url();
+    config.transfer_roots = vec![root.clone()];
+    let agent = AgentProcess::start(config).await;
+    let id = agent.config.agent_id.clone();
+    let (local_file, remote_file) = (local.dir.join("large.bin"), root.join("large.bin"));
+    write_random(if up { &local_file } else { &remote_file }, reset_test_bytes(), 13);
+    let (local_arg, remote_arg) = (local_file.to_str().unwrap(), remote_file.to_str().unwrap());
+    let args = match up {
+        true => ["upload", "--target", &id, local_arg, remote_arg],
+        false => ["download", "--target", &id, remote_arg, local_arg],
     };
-    let (stop, resetting) = resets;
+    let connected = proxy.accepted();
     let url = proxy.amqp_url();
-    let transfers = async {
-        let started = Instant::now();
-        let args = ["upload", "--target", s.agent.id(), source.to_str().unwrap(), "large.bin"];
-        let up = run(&url, &args, secs(600)).await;
-        let up_took = started.elapsed();
-        let back = s.local.dir.join("large.back");
-        let started = Instant::now();
-        let args = ["download", "--target", s.agent.id(), "large.bin", back.to_str().unwrap()];
-        let down = run(&url, &args, secs(600)).await;
-        stop.cancel();
-        (up, up_took, down, started.elapsed(), back)
+    let transfer = run(&url, &args, secs(600));
+    tokio::pin!(transfer);
+    let started = Instant::now();
+    let out = loop {
+        tokio::select! {
+            out = &mut transfer => break out,
+            _ = tokio::time::sleep(secs(1)) => proxy.reset_all(),
+        }
     };
-    let ((up, up_took, down, down_took, back), ()) = tokio::join!(transfers, resetting);
-    eprintln!(
-        "{} MiB with resets every second: upload {up_took:?}, download {down_took:?}, {} resets",
-        reset_test_bytes() >> 20,
-        proxy.resets()
-    );
-    assert_eq!(up.status.code(), Some(0), "{}", text(&up.stderr));
-    assert_eq!(down.status.code(), Some(0), "{}", text(&down.stderr));
-    assert!(proxy.resets() >= 2, "links were reset during the transfers");
-    assert!(same_content(&source, &s.root.join("large.bin")), "upload byte-identical");
-    assert!(same_content(&source, &back), "download byte-identical");
-    s.agent.stop().await;
+    let took = started.elapsed();
+    let what = if up { "upload" } else { "download" };
+    // The dispatcher's first connection aside, every connection made meanwhile replaced one cut.
+    let reconnections = proxy.accepted() - connected - 1;
+    let mib = reset_test_bytes() >> 20;
+    eprintln!("{mib} MiB {what}, links reset every second: {took:?}, {reconnections} reconnections");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(proxy.resets() > 0 && reconnections > 0, "links were cut during the {what}");
+    assert!(same_content(&local_file, &remote_file), "{what} byte-identical");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_arrives_byte_identical_over_links_reset_every_second() {
+    through_links_reset_every_second(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_download_arrives_byte_identical_over_links_reset_every_second() {
+    through_links_reset_every_second(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,4 +237,101 @@ async fn the_agent_binary_takes_its_roots_from_the_environment_and_refuses_a_mis
         .unwrap();
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("--transfer-root"), "{}", text(&out.stderr));
+}
+
+/// `PUT` and `GET /v1/files` on the real `dispatcher serve`: the same bearer token as every
+/// route, the CLI's chunked and verified transfer, and its errors as HTTP statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_go_both_ways_through_the_service() {
+    let s = setup("xfer-svc").await;
+    let id = s.agent.id().to_owned();
+    let token = "0123456789abcdef0123456789abcdef";
+    let tokens = s.local.dir.join("tokens");
+    std::fs::write(&tokens, format!("deployer {token}\n")).unwrap();
+    let prefix = tests::service::journal_prefix("xfer-svc");
+    let service = ServiceProcess::start(&prefix, &["--api-tokens", tokens.to_str().unwrap()]).await;
+    let source = s.local.dir.join("svc.bin");
+    write_random(&source, 3 * 1024 * 1024 + 7, 17);
+    let content = std::fs::read(&source).unwrap();
+    let url = format!("{}/v1/files", service.url);
+    let client = tests::service::http();
+    let at = |path: &str| vec![("target", id.clone()), ("path", path.to_owned())];
+
+    // (Refused before its body is read: an empty one, so the connection stays usable.)
+    let anonymous = client.put(&url).query(&at("svc.bin")).body("").send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let put = client.put(&url).bearer_auth(token).query(&at("svc.bin")).body(content.clone()).send().await.unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+    let put: serde_json::Value = put.json().await.unwrap();
+    let (size, sha256) = dispatcher::transfer::digest_file(&source).unwrap();
+    assert_eq!((put["size"].as_u64(), put["sha256"].as_str()), (Some(size), Some(sha256.as_str())), "{put}");
+    assert!(same_content(&source, &s.root.join("svc.bin")), "uploaded byte-identical");
+
+    let anonymous = client.get(&url).query(&at("svc.bin")).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let got = client.get(&url).bearer_auth(token).query(&at("svc.bin")).send().await.unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.headers()["x-cuttle-sha256"], sha256.as_str());
+    assert_eq!(got.bytes().await.unwrap().as_ref(), content.as_slice(), "downloaded byte-identical");
+
+    let outside = s.local.dir.join("outside.bin");
+    let refused =
+        client.put(&url).bearer_auth(token).query(&at(outside.to_str().unwrap())).body("x").send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    let message: serde_json::Value = refused.json().await.unwrap();
+    assert!(message["error"].as_str().unwrap().contains("outside the transfer roots"), "{message}");
+    assert!(!outside.exists());
+    let missing = client.get(&url).bearer_auth(token).query(&at("missing.bin")).send().await.unwrap();
+    assert_eq!(missing.status().as_u16(), 422, "as the CLI's 103");
+    let nobody = vec![("target", unique("xfer-nobody")), ("path", "a".to_owned())];
+    let unknown = client.get(&url).bearer_auth(token).query(&nobody).send().await.unwrap();
+    assert_eq!(unknown.status().as_u16(), 404, "no such agent, as the CLI's 102");
+    let neither = client.get(&url).bearer_auth(token).query(&[("path", "a")]).send().await.unwrap();
+    assert_eq!(neither.status().as_u16(), 400);
+
+    service.stop().await;
+    tests::service::remove_journal(&prefix).await;
+    s.agent.stop().await;
+}
+
+/// `--pool`: a transfer stays with the worker that answered it first. Each worker holds a
+/// different file at the same path: every download is one of them whole, never a mix; an upload
+/// lands whole on one worker, and nothing of it on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_transfer_stays_with_one_worker() {
+    let pool = unique("xfer-pool");
+    let local = Markers::new();
+    let (mut workers, mut roots) = (Vec::new(), Vec::new());
+    for i in 0..2 {
+        let root = local.dir.join(format!("root{i}"));
+        std::fs::create_dir_all(&root).unwrap();
+        let root = root.canonicalize().unwrap();
+        write_random(&root.join("same.bin"), 4 * 1024 * 1024 + 3, 100 + 2 * i);
+        let mut config = tests::agent::test_config("xfer-pool-worker");
+        config.pool = Some(pool.clone());
+        config.transfer_roots = vec![root.clone()];
+        workers.push(TestAgent::start_with(config).await);
+        roots.push(root);
+    }
+    for round in 0..3 {
+        let back = local.dir.join(format!("back{round}.bin"));
+        let out = run(&amqp_url(), &["download", "--pool", &pool, "same.bin", back.to_str().unwrap()], secs(60)).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(&format!("of pool {pool}")), "names the worker: {}", text(&out.stderr));
+        let whole = roots.iter().filter(|root| same_content(&back, &root.join("same.bin"))).count();
+        assert_eq!(whole, 1, "one worker's file, whole");
+    }
+    let source = local.dir.join("up.bin");
+    write_random(&source, 5 * 1024 * 1024 + 1, 7);
+    let out = run(&amqp_url(), &["upload", "--pool", &pool, source.to_str().unwrap(), "up.bin"], secs(60)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let holders: Vec<_> = roots.iter().filter(|root| root.join("up.bin").exists()).collect();
+    assert_eq!(holders.len(), 1, "on one worker");
+    assert!(same_content(&source, &holders[0].join("up.bin")));
+    assert!(roots.iter().all(|root| partial_in(root).is_none()), "no part of it anywhere else");
+    for worker in workers {
+        worker.stop().await;
+    }
+    tests::raw::delete_queue(&contracts::topology::pool_queue(&pool)).await;
+    tests::raw::delete_queue(&contracts::topology::pool_service_queue(&pool)).await;
 }

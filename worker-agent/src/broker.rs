@@ -21,6 +21,9 @@ use tokio_util::task::TaskTracker;
 
 /// Timeout around each broker call; lapin's own calls can otherwise hang on a dead link.
 const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause before the first reconnection attempt after losing a link that served (full
+/// jitter: a random part of it), doubling with each failed attempt up to [`MAX_RECONNECT_DELAY`].
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// Longest pause between reconnection attempts: short, so a broker that comes back is used
 /// again within about a second.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -185,11 +188,16 @@ pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) {
             return;
         }
     };
-    let mut delay = Duration::from_millis(100);
+    let mut delay = FIRST_RECONNECT_DELAY;
     while !shutdown.is_cancelled() {
-        match consume(&agent, &shutdown, &mut endpoints).await {
+        let mut consumed = false;
+        match consume(&agent, &shutdown, &mut endpoints, &mut consumed).await {
             Ok(()) => return,
             Err(error) => {
+                // A link that served is lost: come back quickly, as after the first loss.
+                if consumed {
+                    delay = FIRST_RECONNECT_DELAY;
+                }
                 agent.set_ready(false);
                 agent.metrics().common.broker_reconnects.inc();
                 if let BrokerError::Tls { .. } = error {
@@ -251,13 +259,16 @@ async fn connect(agent: &Agent, endpoints: &mut AmqpEndpoints) -> Result<Connect
     Err(last_error.expect("a list has at least one URL"))
 }
 
+/// Serves one connection until it is lost (an error) or `shutdown`; `consumed` is set once it
+/// consumes.
 async fn consume(
     agent: &Arc<Agent>,
     shutdown: &CancellationToken,
     endpoints: &mut AmqpEndpoints,
+    consumed: &mut bool,
 ) -> Result<(), BrokerError> {
     let connection = connect(agent, endpoints).await?;
-    let result = consume_on(agent, shutdown, &connection).await;
+    let result = consume_on(agent, shutdown, &connection, consumed).await;
     if result.is_err() {
         // Lost this node (or it failed us): the next round begins with the next one.
         endpoints.lost();
@@ -269,6 +280,7 @@ async fn consume_on(
     agent: &Arc<Agent>,
     shutdown: &CancellationToken,
     connection: &Connection,
+    consumed: &mut bool,
 ) -> Result<(), BrokerError> {
     let config = agent.config();
     let channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
@@ -309,6 +321,7 @@ async fn consume_on(
     };
     tracing::info!(agent = %config.agent_id, queue = %queue, "consuming commands");
     agent.set_ready(true);
+    *consumed = true;
     // A legacy agent behaves as agents did before presence: it does not announce itself.
     let announcer = match config.protocol {
         Protocol::V2 => crate::presence::Announcer::start(agent.clone(), connection).await,

@@ -8,22 +8,83 @@
 //! destination ([`contracts::transfer::partial_name`]), is checked against its SHA-256 once
 //! whole, and is renamed into place only then.
 
-use contracts::transfer::{partial_name, DownloadChunk, FileChunk, TransferStatus, UploadChunk};
+use contracts::transfer::{partial_name, DownloadChunk, FileChunk, TransferStatus, UploadChunk, WINDOW};
 use contracts::{ErrorKind, ErrorReply};
 use sha2::Digest;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// An upload kept in memory this long without a chunk is dropped with the chunks it kept
+/// ahead (its partial file stays, and a new run resumes from it).
+const IDLE_UPLOAD: Duration = Duration::from_secs(600);
 
 /// Transfers below some roots, one request per file at a time.
 pub struct Transfers {
     roots: Vec<PathBuf>,
-    /// A lock per partial file, so a repeated chunk served at once with its original cannot
-    /// interleave writes with it.
-    busy: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// Uploads in progress by partial file: a lock, so a repeated chunk served at once with its
+    /// original cannot interleave writes with it, and the chunks that arrived ahead.
+    uploads: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Ahead>>>>,
+}
+
+/// One upload as the agent keeps it in memory: the chunks that arrived before the bytes in front
+/// of them, by offset (written once those are in the partial file, so it always holds a prefix of
+/// the content), and once it is complete, the file it became.
+#[derive(Debug)]
+struct Ahead {
+    chunks: BTreeMap<u64, Vec<u8>>,
+    touched: Instant,
+    /// The destination as the completed upload left it: a repeat of the last chunk (its answer
+    /// lost) that finds the file unchanged is answered without reading it all again.
+    in_place: Option<Fingerprint>,
+}
+
+impl Default for Ahead {
+    fn default() -> Self {
+        Ahead { chunks: BTreeMap::new(), touched: Instant::now(), in_place: None }
+    }
+}
+
+/// Which file, of what length, last modified when: a file with the same fingerprint was not
+/// changed since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: (i64, i64),
+}
+
+impl Fingerprint {
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Fingerprint {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            len: metadata.len(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+        }
+    }
+}
+
+impl Ahead {
+    /// Keeps a chunk that cannot be written yet, unless [`WINDOW`] chunks are kept already (the
+    /// dispatcher sends no further ahead than that; it sends this one again).
+    fn keep(&mut self, offset: u64, data: Vec<u8>) {
+        if self.chunks.len() < WINDOW || self.chunks.contains_key(&offset) {
+            self.chunks.insert(offset, data);
+        }
+    }
+
+    /// The next kept chunk that starts at or before `held` (the bytes in the file).
+    fn next_at(&mut self, held: u64) -> Option<(u64, Vec<u8>)> {
+        let entry = self.chunks.first_entry().filter(|e| *e.key() <= held)?;
+        Some(entry.remove_entry())
+    }
 }
 
 fn refused(message: impl Into<String>) -> ErrorReply {
@@ -83,26 +144,57 @@ fn sha256_of(file: &mut File) -> std::io::Result<String> {
 impl Transfers {
     /// Transfers below `roots` (canonicalized by the caller); none refuses every transfer.
     pub fn new(roots: Vec<PathBuf>) -> Self {
-        Transfers { roots, busy: Mutex::default() }
+        Transfers { roots, uploads: Mutex::default() }
     }
 
     pub fn enabled(&self) -> bool {
         !self.roots.is_empty()
     }
 
-    async fn lock(&self, path: &Path) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self.busy.lock().expect("busy poisoned").entry(path.to_path_buf()).or_default().clone();
-        lock.lock_owned().await
+    /// The upload writing `partial`, locked; uploads left idle are forgotten on the way.
+    async fn lock(&self, partial: &Path) -> tokio::sync::OwnedMutexGuard<Ahead> {
+        let upload = {
+            let mut uploads = self.uploads.lock().expect("uploads poisoned");
+            uploads.retain(|_, upload| {
+                Arc::strong_count(upload) > 1 || upload.try_lock().map_or(true, |a| a.touched.elapsed() < IDLE_UPLOAD)
+            });
+            uploads.entry(partial.to_path_buf()).or_default().clone()
+        };
+        upload.lock_owned().await
     }
 
-    /// Writes a chunk (unless the bytes before it are missing) and says how far the upload is.
+    /// Forgets an upload that keeps nothing ahead and is not complete (so the map holds only
+    /// uploads with chunks ahead, and completed ones until they are idle).
+    fn release(&self, partial: &Path, ahead: tokio::sync::OwnedMutexGuard<Ahead>) {
+        let idle = ahead.chunks.is_empty() && ahead.in_place.is_none();
+        drop(ahead);
+        let mut uploads = self.uploads.lock().expect("uploads poisoned");
+        if idle && uploads.get(partial).is_some_and(|upload| Arc::strong_count(upload) == 1) {
+            uploads.remove(partial);
+        }
+    }
+
+    /// Writes a chunk (or keeps it until the bytes before it are there) and says how far the
+    /// upload is.
     pub async fn upload(&self, chunk: UploadChunk) -> Result<TransferStatus, ErrorReply> {
         let destination = resolve(&self.roots, &chunk.path)?;
         let name = destination.file_name().expect("resolved paths name a file").to_string_lossy();
         let partial = destination.with_file_name(partial_name(&name, chunk.size, &chunk.sha256));
-        let _busy = self.lock(&partial).await;
-        let result = tokio::task::spawn_blocking(move || write_chunk(&destination, &partial, &chunk)).await;
-        result.unwrap_or_else(|e| Err(ErrorReply::new(ErrorKind::Internal, format!("upload task failed: {e}"))))
+        let mut ahead = self.lock(&partial).await;
+        let at = partial.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            ahead.touched = Instant::now();
+            let status = write_chunk(&destination, &at, chunk, &mut ahead);
+            (status, ahead)
+        })
+        .await;
+        match result {
+            Ok((status, ahead)) => {
+                self.release(&partial, ahead);
+                status
+            }
+            Err(e) => Err(ErrorReply::new(ErrorKind::Internal, format!("upload task failed: {e}"))),
+        }
     }
 
     /// Reads a chunk (and the file's SHA-256 when asked).
@@ -113,28 +205,49 @@ impl Transfers {
     }
 }
 
-fn write_chunk(destination: &Path, partial: &Path, chunk: &UploadChunk) -> Result<TransferStatus, ErrorReply> {
+/// Appends `data`, which starts at `offset`, to a file holding `held` bytes (the part not held
+/// yet, if any): the new length.
+fn append(file: &mut File, partial: &Path, held: u64, offset: u64, data: &[u8]) -> Result<u64, ErrorReply> {
+    let end = offset + data.len() as u64;
+    if end <= held {
+        return Ok(held);
+    }
+    file.seek(SeekFrom::Start(held)).map_err(|e| failed("write", partial, e))?;
+    file.write_all(&data[(held - offset) as usize..]).map_err(|e| failed("write", partial, e))?;
+    Ok(end)
+}
+
+fn write_chunk(
+    destination: &Path,
+    partial: &Path,
+    chunk: UploadChunk,
+    ahead: &mut Ahead,
+) -> Result<TransferStatus, ErrorReply> {
     let done = TransferStatus { confirmed: chunk.size, complete: true };
-    if !partial.exists() && already_in_place(destination, chunk) {
+    if !partial.exists() && already_in_place(destination, &chunk, ahead.in_place) {
+        ahead.chunks.clear();
         return Ok(done);
     }
+    ahead.in_place = None;
     let mut file = open(partial, OpenOptions::new().read(true).write(true).create(true).mode(0o600))
         .map_err(|e| failed("open", partial, e))?;
-    let held = file.metadata().map_err(|e| failed("read", partial, e))?.len();
+    let mut held = file.metadata().map_err(|e| failed("read", partial, e))?.len();
     if chunk.offset > held {
-        // A chunk ahead of what is here (a late copy, or a lost one before it): go on from here.
+        // Ahead of what is here (it overtook an earlier chunk, or one before it was lost): kept
+        // until the bytes before it arrive.
+        ahead.keep(chunk.offset, chunk.data);
         return Ok(TransferStatus { confirmed: held, complete: false });
     }
-    if !chunk.data.is_empty() {
-        file.seek(SeekFrom::Start(chunk.offset)).map_err(|e| failed("write", partial, e))?;
-        file.write_all(&chunk.data).map_err(|e| failed("write", partial, e))?;
+    held = append(&mut file, partial, held, chunk.offset, &chunk.data)?;
+    while let Some((offset, data)) = ahead.next_at(held) {
+        held = append(&mut file, partial, held, offset, &data)?;
     }
-    let confirmed = held.max(chunk.offset + chunk.data.len() as u64);
-    if confirmed < chunk.size {
-        return Ok(TransferStatus { confirmed, complete: false });
+    if held < chunk.size {
+        return Ok(TransferStatus { confirmed: held, complete: false });
     }
+    ahead.chunks.clear();
     let digest = sha256_of(&mut file).map_err(|e| failed("read", partial, e))?;
-    if digest != chunk.sha256 || confirmed != chunk.size {
+    if digest != chunk.sha256 || held != chunk.size {
         let _ = std::fs::remove_file(partial);
         return Err(ErrorReply::new(
             ErrorKind::Invalid,
@@ -146,14 +259,21 @@ fn write_chunk(destination: &Path, partial: &Path, chunk: &UploadChunk) -> Resul
     if let Some(parent) = destination.parent() {
         let _ = File::open(parent).and_then(|dir| dir.sync_all());
     }
+    ahead.in_place = file.metadata().ok().map(|metadata| Fingerprint::of(&metadata));
     tracing::info!(path = %destination.display(), bytes = chunk.size, "upload complete");
     Ok(done)
 }
 
-/// Whether the destination already holds exactly this content (a repeat of the last chunk).
-fn already_in_place(destination: &Path, chunk: &UploadChunk) -> bool {
+/// Whether the destination already holds exactly this content (a repeat of the last chunk):
+/// unchanged since this agent completed the upload (`in_place`), or else read whole.
+fn already_in_place(destination: &Path, chunk: &UploadChunk, in_place: Option<Fingerprint>) -> bool {
     let Ok(mut file) = open(destination, OpenOptions::new().read(true)) else { return false };
-    file.metadata().is_ok_and(|m| m.is_file() && m.len() == chunk.size)
+    let Ok(metadata) = file.metadata() else { return false };
+    if in_place == Some(Fingerprint::of(&metadata)) {
+        return true;
+    }
+    metadata.is_file()
+        && metadata.len() == chunk.size
         && sha256_of(&mut file).is_ok_and(|digest| digest == chunk.sha256)
 }
 
@@ -203,5 +323,44 @@ mod tests {
         assert!(open(&link, OpenOptions::new().read(true)).is_err(), "a linked file is not followed");
         assert_eq!(resolve(&[], "a").unwrap_err().kind, ErrorKind::NotAuthorized);
         std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn chunks_arriving_out_of_order_are_written_in_order() {
+        let (base, root) = roots();
+        let content: Vec<u8> = (0..10u32).flat_map(|i| [i as u8; 3]).collect();
+        let sha256 = hex::encode(sha2::Sha256::digest(&content));
+        let destination = root.join("f");
+        let partial = root.join(partial_name("f", content.len() as u64, &sha256));
+        let chunk = |offset: usize, len: usize| UploadChunk {
+            path: "f".into(),
+            size: content.len() as u64,
+            sha256: sha256.clone(),
+            offset: offset as u64,
+            data: content[offset..offset + len].to_vec(),
+        };
+        let mut ahead = Ahead::default();
+        let mut send = |offset, len| write_chunk(&destination, &partial, chunk(offset, len), &mut ahead).unwrap();
+        assert_eq!(send(9, 9), TransferStatus { confirmed: 0, complete: false }, "kept ahead");
+        assert_eq!(send(18, 12), TransferStatus { confirmed: 0, complete: false });
+        assert_eq!(std::fs::metadata(&partial).unwrap().len(), 0, "the partial file holds a prefix only");
+        assert_eq!(send(0, 5), TransferStatus { confirmed: 5, complete: false });
+        assert_eq!(send(3, 9), TransferStatus { confirmed: 30, complete: true }, "an overlap, then what was kept");
+        assert_eq!(std::fs::read(&destination).unwrap(), content);
+        assert!(!partial.exists());
+        assert_eq!(send(18, 12), TransferStatus { confirmed: 30, complete: true }, "a late repeat");
+        assert!(ahead.in_place.is_some(), "answered from what the completed upload left");
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn at_most_a_window_of_chunks_is_kept_ahead() {
+        let mut ahead = Ahead::default();
+        for i in 0..WINDOW as u64 + 3 {
+            ahead.keep(10 + i, vec![1]);
+        }
+        assert_eq!(ahead.chunks.len(), WINDOW);
+        assert_eq!(ahead.next_at(9), None);
+        assert_eq!(ahead.next_at(10), Some((10, vec![1])));
     }
 }

@@ -340,7 +340,7 @@ impl RetryArgs {
     fn machine(&self, config: &PolicyConfig, route: &Route) -> Result<MachinePolicy, PolicyError> {
         let target = match route {
             Route::Agent(id) => Target::Agent(id),
-            Route::Pool(pool) => Target::Pool(pool),
+            Route::Pool(pool) | Route::Worker { pool, .. } => Target::Pool(pool),
         };
         config.policy_for(self.policy.as_deref(), target)
     }
@@ -1080,7 +1080,7 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
             _ = async { ctrl_c.as_mut().expect("a handler while following").recv().await } => {
                 let stop = match &route {
                     Route::Agent(id) => format!("--target {id}"),
-                    Route::Pool(pool) => format!("--pool {pool}"),
+                    Route::Pool(pool) | Route::Worker { pool, .. } => format!("--pool {pool}"),
                 };
                 eprintln!("cuttle: detached from ticket {}; the script goes on (`dispatcher cancel {} {stop}` stops it)", t.ticket, t.ticket);
                 ExitCode::from(exit::DETACHED)
@@ -1284,10 +1284,11 @@ async fn transfer(orchestrator: &Orchestrator, on: &TransferTarget, local: &Path
             let seconds = done.elapsed.as_secs_f64().max(0.001);
             let mib = done.size as f64 / (1024.0 * 1024.0);
             eprintln!(
-                "cuttle: {} {} bytes {} {route}:{remote} in {seconds:.1}s ({:.1} MiB/s), sha256 {}{}",
+                "cuttle: {} {} bytes {} {}:{remote} in {seconds:.1}s ({:.1} MiB/s), sha256 {}{}",
                 if up { "uploaded" } else { "downloaded" },
                 done.size,
                 if up { "to" } else { "from" },
+                done.route,
                 (mib - done.resumed_at as f64 / (1024.0 * 1024.0)) / seconds,
                 done.sha256,
                 match done.resumed_at {

@@ -55,11 +55,11 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError { status, message: message.into() }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(super) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 }
@@ -315,6 +315,7 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .routes(routes!(events))
         .routes(routes!(cancel))
         .routes(routes!(agents))
+        .routes(routes!(super::files::put_file, super::files::get_file))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     let (router, mut doc) =
         OpenApiRouter::new().merge(v1).routes(routes!(healthz)).routes(routes!(metrics)).split_for_parts();
@@ -467,7 +468,7 @@ async fn submit(
     for route in routes {
         let target = match &route {
             Route::Agent(id) => Target::Agent(id),
-            Route::Pool(pool) => Target::Pool(pool),
+            Route::Pool(pool) | Route::Worker { pool, .. } => Target::Pool(pool),
         };
         let machine = state
             .policies

@@ -98,7 +98,7 @@ impl Submission {
             target: route.name().to_owned(),
             route: match route {
                 Route::Agent(_) => "agent".into(),
-                Route::Pool(_) => "pool".into(),
+                Route::Pool(_) | Route::Worker { .. } => "pool".into(),
             },
             script_digest: spec.digest(),
             secret_names: spec.secret_env.names().map(str::to_owned).collect(),

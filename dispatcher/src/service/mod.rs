@@ -7,6 +7,7 @@
 //! - [`lease`]: which replica follows an in-flight ticket.
 //! - [`resume`]: following a ticket from its record: new, resumed or taken over.
 //! - [`api`]: the axum routes and their OpenAPI document; [`tokens`]: API tokens.
+//! - [`files`]: file transfer through the API, by the CLI's own [`crate::transfer`].
 //! - [`web`]: the web view (server-rendered HTML, live through the API's server-sent events).
 //!
 //! # Why nothing runs twice
@@ -16,6 +17,7 @@
 //! the status. Log lines are recorded only in sequence, so a repeated follower adds none twice.
 
 pub mod api;
+pub mod files;
 pub mod journal;
 pub mod lease;
 pub mod resume;
