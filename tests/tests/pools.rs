@@ -204,3 +204,59 @@ async fn a_worker_killed_mid_run_leaves_unknown_results_and_its_unclaimed_work_r
     killed.stop().await;
     cleanup_pool(&pool).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_taken_by_another_worker_stops_the_script_at_once_not_at_the_next_lease_renewal() {
+    use tokio::io::AsyncBufReadExt;
+    // Leases renewed every 10 s: a cancel that waited for the renewal would take that long.
+    let (pool, mut configs) = pool_configs("cancel-lag", 2, None);
+    for config in &mut configs {
+        config.lease_ttl = Duration::from_secs(30);
+    }
+    let workers = [TestAgent::start_with(configs[0].clone()).await, TestAgent::start_with(configs[1].clone()).await];
+    let markers = Markers::new();
+    let (pid_file, done) = (markers.dir.join("pid"), markers.dir.join("done"));
+    let script = format!("echo $$ > '{}'; sleep 60; touch '{}'", pid_file.display(), done.display());
+    let mut submit = dispatcher_command()
+        .args(["submit", "--json", "--pool", &pool, "--", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(submit.stdout.take().unwrap()).lines();
+    let first = stdout.next_line().await.unwrap().expect("the ticket event");
+    let ticket: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let ticket = contracts::Ticket::parse(ticket["ticket"].as_str().unwrap()).unwrap();
+    let pid = script_pid(&pid_file).await;
+    let runner = workers.iter().position(|w| w.agent.running() == 1).expect("a worker runs the script");
+    // The worker running it takes no more requests (its script and lease go on): the cancel can
+    // only be taken by the other one.
+    workers[runner].stop_consuming().await;
+    let service_queue = contracts::topology::pool_service_queue(&pool);
+    eventually("only the other worker to consume the pool", Duration::from_secs(20), || async {
+        (tests::raw::consumer_count(&service_queue).await == 1).then_some(())
+    })
+    .await;
+    let route = Route::pool(&pool).unwrap();
+    let cancel = contracts::Request::CancelScriptV2(contracts::CancelScriptV2 { ticket, last_log_sequence: 0 });
+    let timing = dispatcher::rpc::CallTiming {
+        reply_timeout: Duration::from_secs(10),
+        not_after: std::time::SystemTime::now() + Duration::from_secs(30),
+    };
+    let orchestrator = orchestrator().await;
+    let sent = std::time::Instant::now();
+    let reply = orchestrator.rpc().call(&route, &cancel, timing).await;
+    assert!(matches!(reply, Ok(contracts::Reply::ScriptStatus(_))), "the other worker answered: {reply:?}");
+    eventually("the script's process to be gone", Duration::from_secs(1), || async { process_gone(pid).then_some(()) })
+        .await;
+    let lag = sent.elapsed();
+    println!("cancel through another worker: script process gone {lag:?} after the cancel was sent");
+    assert!(lag < Duration::from_secs(1), "{lag:?}");
+    let out = tokio::time::timeout(Duration::from_secs(40), submit.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(106), "{}", text(&out.stderr));
+    assert!(!done.exists(), "the script never reached its end");
+    for worker in workers {
+        worker.stop().await;
+    }
+    cleanup_pool(&pool).await;
+}

@@ -10,6 +10,7 @@
 //!   [`local_store`] the embedded one for agents that reach only the broker; [`redis_link`] the
 //!   connection to one Redis, or to the master Redis Sentinels name.
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
+//!   [`cancel_notices`] the cancels published to the worker running a script,
 //!   [`isolation`] its mutexes, [`mask`] the masking of its secrets in the output,
 //!   [`workspace`] the work dir and the scripts' workspaces in it.
 //! - [`transfer`]: file upload and download below the transfer roots.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod broker;
+pub mod cancel_notices;
 pub mod cli;
 pub mod config;
 pub mod health;
@@ -216,6 +218,7 @@ async fn start_trusting(
         }
     };
     let agent = Agent::new(config, store, epoch, owner, metrics, trust);
+    agent.listen_for_cancels();
     match agent.recover_lost_runs().await {
         Ok(0) => {}
         Ok(lost) => {

@@ -69,11 +69,7 @@ impl RedisLink {
                 Ok(RedisLink::Direct(ConnectionManager::new_with_config(client, config).await?))
             }
             RedisTarget::Sentinel { sentinels, service, url } => {
-                let master_settings = redis::Client::open(url.as_str())?.get_connection_info().redis_settings().clone();
-                let db = master_settings.db();
-                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(master_settings);
-                let addrs: Vec<String> = sentinels.iter().map(|a| format!("redis://{a}")).collect();
-                let sentinel = SentinelClient::build(addrs, service.clone(), Some(node), SentinelServerType::Master)?;
+                let (sentinel, db) = sentinel_client(sentinels, service, url)?;
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(Some(Duration::from_secs(5)));
@@ -97,6 +93,28 @@ fn client(url: &str, tls: &TlsMaterial) -> RedisResult<redis::Client> {
         .as_ref()
         .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() });
     redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert: tls.ca.clone() })
+}
+
+/// A client of the master the Sentinels name, and the database it uses.
+fn sentinel_client(sentinels: &[String], service: &str, url: &str) -> RedisResult<(SentinelClient, i64)> {
+    let master_settings = redis::Client::open(url)?.get_connection_info().redis_settings().clone();
+    let db = master_settings.db();
+    let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(master_settings);
+    let addrs: Vec<String> = sentinels.iter().map(|a| format!("redis://{a}")).collect();
+    let sentinel = SentinelClient::build(addrs, service, Some(node), SentinelServerType::Master)?;
+    Ok((sentinel, db))
+}
+
+/// A client of the target's server now (with Sentinels, of the master they name now), for a
+/// connection of its own such as a subscription.
+pub async fn current_client(target: &RedisTarget) -> RedisResult<redis::Client> {
+    match target {
+        RedisTarget::Url { url, tls } => client(url, tls),
+        RedisTarget::Sentinel { sentinels, service, url } => {
+            let (mut sentinel, _) = sentinel_client(sentinels, service, url)?;
+            sentinel.async_get_client().await
+        }
+    }
 }
 
 /// A second connection to the same store, opened on first use, for `WAIT`: Redis holds the

@@ -59,6 +59,8 @@ pub struct Agent {
     transfers: crate::transfer::Transfers,
     /// The agent's key and the dispatcher keys it trusts.
     trust: Arc<AgentTrust>,
+    /// Stops following cancel notices ([`Agent::listen_for_cancels`]) once no script runs.
+    notices_stop: CancellationToken,
 }
 
 /// A place for one running script, held until it ends.
@@ -98,7 +100,31 @@ impl Agent {
             unconfirmed: Mutex::default(),
             metrics,
             trust,
+            notices_stop: CancellationToken::new(),
         })
+    }
+
+    /// With a Redis store, follows the cancels published for tickets under the store's prefix
+    /// ([`crate::cancel_notices`]) and stops this process's run of each, until
+    /// [`Agent::stop_scripts`]: a cancel another worker of the pool took reaches the script at
+    /// once, not at the next lease renewal.
+    pub fn listen_for_cancels(self: &Arc<Self>) {
+        if self.config.store != crate::config::StoreKind::Redis {
+            return;
+        }
+        let agent = Arc::downgrade(self);
+        let on_cancel = move |ticket: &str| {
+            if agent.upgrade().is_some_and(|agent| agent.cancel_local_run(ticket)) {
+                tracing::info!(ticket = %ticket, "cancel requested through the store; cancelling script");
+            }
+        };
+        tokio::spawn(crate::cancel_notices::follow(
+            self.config.redis_target(),
+            self.config.key_prefix.clone(),
+            self.config.connect_timeout,
+            self.notices_stop.clone(),
+            on_cancel,
+        ));
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -143,6 +169,7 @@ impl Agent {
         }
         self.tracker.close();
         self.tracker.wait().await;
+        self.notices_stop.cancel();
     }
 
     /// Waits for a place for one more script; `None` when scripts are not bounded.

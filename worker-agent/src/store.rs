@@ -64,10 +64,14 @@ static CONFIRM_CLAIM_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(CONFIRM_CLAIM));
 
 /// KEYS: record, cancel flag. Creates the tombstone ARGV[1] (PX ARGV[2]) if the ticket has no
-/// record (0), else sets the cancel flag (PX ARGV[3]) (1): atomic with [`CLAIM`]'s SET NX.
+/// record (0), else sets the cancel flag (PX ARGV[3]) and tells the worker running the ticket
+/// at once: publishes the ticket ARGV[5] on the cancel channel ARGV[4] (see
+/// [`crate::cancel_notices`]) (1). Atomic with [`CLAIM`]'s SET NX. A Redis user that may not
+/// publish there (ACL channels) still cancels: the flag reaches the run at its lease renewal.
 const CANCEL: &str = r#"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+redis.pcall('PUBLISH', ARGV[4], ARGV[5])
 return 1
 "#;
 
@@ -198,7 +202,8 @@ impl contracts::store::TicketStore for RedisStore {
     }
 
     /// Cancels a ticket in one step against its claim: the tombstone `tombstone` (kept
-    /// `record_ttl`) if it has no record, else its cancel flag (kept `flag_ttl`).
+    /// `record_ttl`) if it has no record, else its cancel flag (kept `flag_ttl`), published to
+    /// the worker running it.
     async fn cancel(
         &self,
         keys: &TicketKeys,
@@ -212,6 +217,8 @@ impl contracts::store::TicketStore for RedisStore {
             .arg(tombstone.encode())
             .arg(record_ttl.as_millis() as u64)
             .arg(flag_ttl.as_millis() as u64)
+            .arg(crate::cancel_notices::channel(&self.prefix))
+            .arg(&keys.ticket)
             .invoke_async(&mut self.con.clone())
             .await?;
         Ok(if flagged == 1 { Cancel::Flagged } else { Cancel::Tombstoned })
