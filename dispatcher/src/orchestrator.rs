@@ -717,23 +717,22 @@ impl Orchestrator {
         }
         events(Event::Notice(format!("cancelling ticket {ticket} on {route}")));
         let not_after = Some(plan.not_after);
-        let status = match self
-            .status_request(route, &cancel, cancel_policy(policy), Duration::ZERO, not_after, events)
-            .await
-        {
-            Ok(status) => status,
-            Err(gave_up) if gave_up.error.agent_error() == Some(ErrorKind::Unsupported) => {
-                let message = format!(
+        let status =
+            match self.status_request(route, &cancel, cancel_policy(policy), Duration::ZERO, not_after, events).await {
+                Ok(status) => status,
+                Err(gave_up) if gave_up.error.agent_error() == Some(ErrorKind::Unsupported) => {
+                    let message = format!(
                     "{route} cannot cancel scripts (it predates {}): left ticket {ticket} running; upgrade the agent",
                     cancel.kind()
                 );
-                return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
-            }
-            Err(gave_up) => {
-                let message = format!("could not cancel: {gave_up}; the script's outcome is unknown (ticket {ticket})");
-                return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
-            }
-        };
+                    return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
+                }
+                Err(gave_up) => {
+                    let message =
+                        format!("could not cancel: {gave_up}; the script's outcome is unknown (ticket {ticket})");
+                    return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
+                }
+            };
         emit_logs(&mut follower, &status, events);
         let uninterrupted = CancellationToken::new();
         let outcome =

@@ -107,6 +107,10 @@ pub struct AgentConfig {
     /// setup-broker`, `enrol-agent`): the agent only checks them, so its broker user needs no
     /// configure permission (`--enrolled`).
     pub enrolled: bool,
+    /// How often the janitor sweeps the work dir (besides at start).
+    pub janitor_interval: Duration,
+    /// A workspace no script of this process runs in is removed once unchanged this long.
+    pub workspace_max_age: Duration,
 }
 
 impl AgentConfig {
@@ -157,6 +161,8 @@ impl AgentConfig {
             trusted_keys_file: None,
             insecure_allow_unsigned: false,
             enrolled: false,
+            janitor_interval: Duration::from_secs(3600),
+            workspace_max_age: Duration::from_secs(7 * 24 * 3600),
             agent_id,
         }
     }

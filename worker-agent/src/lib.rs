@@ -13,6 +13,7 @@
 //!   [`cancel_notices`] the cancels published to the worker running a script,
 //!   [`isolation`] its mutexes, [`mask`] the masking of its secrets in the output,
 //!   [`workspace`] the work dir and the scripts' workspaces in it.
+//! - [`janitor`]: removes the workspaces of completed tickets and stale ones.
 //! - [`transfer`]: file upload and download below the transfer roots.
 //! - [`presence`]: the agent's announcements of itself (heartbeats) on the presence stream.
 //! - [`trust`]: the agent's key (signs answers) and the dispatcher keys it trusts (commands).
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod health;
 pub mod isolation;
+pub mod janitor;
 pub mod local_store;
 pub mod mask;
 pub mod metrics;
@@ -228,6 +230,7 @@ async fn start_trusting(
             tracing::warn!(agent = %agent.config().agent_id, %error, "could not check for runs lost by an earlier process")
         }
     }
+    tokio::spawn(janitor::run(agent.clone(), agent.config().janitor_interval, shutdown.clone()));
     let serving = tokio::spawn(broker::serve(agent.clone(), shutdown));
     Some((agent, serving))
 }

@@ -157,6 +157,11 @@ impl Agent {
         self.runs.lock().expect("runs poisoned").len()
     }
 
+    /// Whether a script of this process runs for `ticket_key` now.
+    pub fn is_running(&self, ticket_key: &str) -> bool {
+        self.runs.lock().expect("runs poisoned").contains_key(ticket_key)
+    }
+
     /// Isolation mutex names in use now (held or waited for): freed once unused.
     pub fn isolation_mutexes(&self) -> usize {
         self.mutexes.len()

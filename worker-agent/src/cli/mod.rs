@@ -189,6 +189,14 @@ pub struct RunArgs {
     /// permission: `enrol-agent` prints what it needs.
     #[arg(long, env = "CUTTLE_ENROLLED")]
     pub enrolled: bool,
+    /// How often the janitor removes leftover workspaces from the work dir (it also does at
+    /// start): those of completed tickets, and those older than --workspace-max-age.
+    #[arg(long, env = "CUTTLE_JANITOR_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub janitor_interval: Duration,
+    /// A workspace no running script uses is removed once unchanged this long, whatever its
+    /// ticket's state.
+    #[arg(long, env = "CUTTLE_WORKSPACE_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub workspace_max_age: Duration,
 }
 
 fn parse_bytes(raw: &str) -> Result<u64, String> {
@@ -302,6 +310,8 @@ impl RunArgs {
         config.trusted_keys_file = self.trusted_keys.clone();
         config.insecure_allow_unsigned = self.insecure_allow_unsigned;
         config.enrolled = self.enrolled;
+        config.janitor_interval = self.janitor_interval.max(Duration::from_millis(100));
+        config.workspace_max_age = self.workspace_max_age;
         Ok(config)
     }
 }

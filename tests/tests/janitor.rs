@@ -1,0 +1,49 @@
+//! The agent's workspace janitor, through the binary: leftover workspaces of completed tickets
+//! and stale ones go (at start, and every --janitor-interval), young ones stay.
+
+use std::process::Command;
+use std::time::Duration;
+use tests::agent::test_config;
+use tests::{eventually, run_dispatcher, text, AgentProcess};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_workspaces_of_completed_tickets_and_stale_ones_are_removed_and_young_ones_kept() {
+    let config = test_config("janitor");
+    std::fs::create_dir_all(&config.work_dir).unwrap();
+    let stale = config.work_dir.join("stale-ticket-1");
+    let young = config.work_dir.join("young-ticket-1");
+    for dir in [&stale, &young] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("script.sh"), "echo left behind").unwrap();
+    }
+    assert!(Command::new("touch").args(["-d", "2 hours ago"]).arg(&stale).status().unwrap().success());
+
+    let mut command = AgentProcess::command(&config);
+    command.args(["--janitor-interval", "1s", "--workspace-max-age", "1h"]);
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    eventually("the stale workspace to go at start", Duration::from_secs(10), || async {
+        (!stale.exists()).then_some(())
+    })
+    .await;
+
+    // A completed ticket whose workspace was left behind (as a crash before its removal would).
+    let out = run_dispatcher(&["submit", "--json", "--target", &config.agent_id, "--", "echo done"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let ticket = first["ticket"].as_str().expect("a ticket").to_ascii_lowercase();
+    let leftover = config.work_dir.join(&ticket);
+    let _ = std::fs::create_dir(&leftover);
+    std::fs::write(leftover.join("out.txt"), "x").unwrap();
+    eventually("the completed ticket's workspace to go", Duration::from_secs(10), || async {
+        (!leftover.exists()).then_some(())
+    })
+    .await;
+
+    assert!(young.exists(), "a young workspace of a ticket the store does not know stays");
+    let log = agent.log_text();
+    assert!(log.contains("janitor removed a workspace") && log.contains("reason=\"stale\""), "{log}");
+    assert!(log.contains("reason=\"completed\""), "{log}");
+    agent.stop().await;
+}
