@@ -1,21 +1,12 @@
 //! A real headless browser for tests of the web view: Debian's `chromium`, driven through
-//! `chromedriver` (WebDriver) with fantoccini. Tests skip, saying why, where they are missing.
+//! `chromedriver` (WebDriver) with fantoccini. Tests skip, saying why, where they are missing
+//! ([`crate::needs::browser`]).
 
 use crate::eventually;
 use crate::services::free_port;
 use fantoccini::{Client, ClientBuilder};
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Why browser tests cannot run here, or `None` when chromium and chromedriver are installed.
-pub fn missing() -> Option<String> {
-    let found = |name: &str| {
-        std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
-    };
-    let absent: Vec<&str> = ["chromium", "chromedriver"].into_iter().filter(|n| !found(n)).collect();
-    (!absent.is_empty())
-        .then(|| format!("{} not installed (apt-get install -y chromium chromium-driver)", absent.join(" and ")))
-}
 
 /// A headless chromium session, with the chromedriver it runs under (stopped on drop).
 pub struct Browser {

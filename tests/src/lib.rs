@@ -13,12 +13,15 @@
 //! - [`browser`]: headless chromium through chromedriver, for the web view.
 //! - [`tls`]: a CA of the test's own and the certificates it signs (openssl).
 //! - [`trust`]: this process's test keys, wired into every agent and dispatcher tests start.
+//! - [`needs`]: what some tests need beyond the shared services (root, servers of their own),
+//!   and [`skip_unless!`] to skip, saying why, where it is missing.
 //! - [`eventually`]: polls a condition until a deadline.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod browser;
 pub mod cluster;
+pub mod needs;
 pub mod proxy;
 pub mod raw;
 pub mod service;

@@ -8,7 +8,7 @@ use fantoccini::Locator;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tests::agent::test_config;
-use tests::browser::{self, Browser};
+use tests::browser::Browser;
 use tests::proxy::{broker_addr, FaultProxy};
 use tests::service::{http, journal_prefix, remove_journal};
 use tests::*;
@@ -45,10 +45,7 @@ async fn overflows(browser: &Browser) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ticket_page_follows_a_script_live_with_its_retries_at_phone_and_desktop_widths() {
-    if let Some(reason) = browser::missing() {
-        eprintln!("SKIPPED the_ticket_page_follows_a_script_live...: {reason}");
-        return;
-    }
+    tests::skip_unless!(tests::needs::browser());
     let link = FaultProxy::start(broker_addr()).await;
     let mut config = test_config("browser");
     config.amqp_url = link.amqp_url();

@@ -62,6 +62,7 @@ where
     F: FnOnce(Arc<RabbitCluster>, usize) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    tests::skip_unless!(tests::needs::private_rabbit());
     let cluster = Arc::new(RabbitCluster::start().await);
     let mut config = tests::agent::test_config("cluster");
     config.amqp_url = cluster.amqp_urls();

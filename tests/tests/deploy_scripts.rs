@@ -1,5 +1,7 @@
 //! What `deploy/local/quickstart.sh` and `test.sh` check first on a fresh machine (their shared
-//! `check_toolchain` in `services.sh`), run by bash with a PATH holding only what is given.
+//! `check_toolchain` in `services.sh`), run by bash with a PATH holding only what is given; and
+//! tests that need what a machine lacks (servers of their own, root) skipping with the reason,
+//! which `test.sh` lists after the run.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -77,4 +79,56 @@ fn a_missing_c_compiler_is_named_with_the_package_to_install() {
     assert!(said.contains("no C compiler") && said.contains("build-essential"), "{said}");
     let (code, said) = check_toolchain(&path_with(&[rust[0], rust[1], ("cc", "cc")]));
     assert_eq!((code, said.as_str()), (Some(0), ""), "a good toolchain passes quietly");
+}
+
+/// The newest built test binary of `name` (`deps/<name>-<hash>`), beside this test's own.
+fn test_binary(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let prefix = format!("{name}-");
+    std::fs::read_dir(&deps)
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|e| e.file_name().to_string_lossy().strip_prefix(&prefix).is_some_and(|hash| !hash.contains('.')))
+        .filter(|e| e.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| panic!("the {name} test binary is not built (cargo test -p tests --no-run)"))
+        .path()
+}
+
+/// Runs one test of a test binary as `test.sh` would (skips logged to `CUTTLE_SKIPPED_LOG`),
+/// changed by `adjust`: whether it passed, what it said, and what it logged as skipped.
+fn run_test(binary: &str, test: &str, adjust: impl FnOnce(&mut Command)) -> (bool, String, String) {
+    let log = std::env::temp_dir().join(tests::unique("skipped"));
+    let mut command = Command::new(test_binary(binary));
+    command.args(["--exact", test, "--nocapture"]).env("CUTTLE_SKIPPED_LOG", &log);
+    adjust(&mut command);
+    let out = command.output().unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), logged)
+}
+
+#[test]
+fn tests_that_need_servers_of_their_own_skip_saying_why_where_they_cannot_run() {
+    // No redis-server on the PATH: the failover tests cannot start Redis with a replica.
+    let test = "a_repeated_start_confirms_the_earlier_claim_then_runs_it_once";
+    let (passed, said, logged) = run_test("failover", test, |c| {
+        c.env("PATH", "/nonexistent");
+    });
+    let reason = format!("skipped: {test}: redis-server and redis-cli not installed");
+    assert!(passed && said.contains(&reason), "{said}");
+    assert!(logged.contains(&format!("{test}: redis-server and redis-cli not installed")), "{logged}");
+
+    // Not root: no RabbitMQ node of its own for the cluster tests (run as `nobody` when root).
+    let test = "the_node_in_use_stopped_mid_batch_loses_no_script_and_runs_none_twice";
+    let root = nix::unistd::geteuid().is_root();
+    let (passed, said, logged) = run_test("cluster", test, |c| {
+        if root {
+            std::os::unix::process::CommandExt::uid(c, 65534);
+            c.env("HOME", "/nonexistent").current_dir("/");
+        }
+    });
+    assert!(passed && said.contains(&format!("skipped: {test}: ")), "{said}");
+    assert!(said.contains("needs root") || said.contains("not installed"), "{said}");
+    assert!(logged.contains(test), "{logged}");
 }

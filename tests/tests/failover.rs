@@ -156,6 +156,7 @@ async fn failover_after_claims(replicas: u32) -> AfterFailover {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_claim_replicas_1_a_failover_right_after_claims_runs_no_script_twice() {
+    tests::skip_unless!(tests::needs::private_redis());
     let after = failover_after_claims(1).await;
     assert_eq!((after.runs, after.started_on_lost_claims), (vec![1; SCRIPTS], 0));
 }
@@ -166,6 +167,7 @@ async fn with_claim_replicas_1_a_failover_right_after_claims_runs_no_script_twic
 /// one after the workspace went, runs the script a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_claim_replicas_0_a_failover_right_after_claims_loses_every_claim() {
+    tests::skip_unless!(tests::needs::private_redis());
     let after = failover_after_claims(0).await;
     assert_eq!(after.started_on_lost_claims, SCRIPTS, "the promoted replica holds none of the started scripts' claims");
     assert!(after.runs.iter().all(|&n| (1..=2).contains(&n)), "{:?}", after.runs);
@@ -175,6 +177,7 @@ async fn with_claim_replicas_0_a_failover_right_after_claims_loses_every_claim()
 /// finds the claim, waits for the replica, and starts the script, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_start_confirms_the_earlier_claim_then_runs_it_once() {
+    tests::skip_unless!(tests::needs::private_redis());
     let redis = ReplicatedRedis::start(false).await;
     let agent = agent_on(&redis, 1, false).await;
     let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();

@@ -338,6 +338,7 @@ async fn consumer_prefetch(queue: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_sets_the_consumers_prefetch() {
+    tests::skip_unless!(tests::needs::shared_rabbitmqctl());
     let config = test_config("prefetch");
     let mut command = AgentProcess::command(&config);
     command.args(["--prefetch", "7"]);
@@ -460,6 +461,7 @@ async fn pass_env_from_the_flag_or_the_environment_is_all_scripts_get_of_the_age
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_work_dir_of_another_user_or_writable_by_others_is_refused_and_the_default_is_private() {
+    tests::skip_unless!(tests::needs::root());
     use std::os::unix::fs::PermissionsExt;
     let open_to_all = test_config("wd-open");
     std::fs::create_dir_all(&open_to_all.work_dir).unwrap();
@@ -467,7 +469,7 @@ async fn a_work_dir_of_another_user_or_writable_by_others_is_refused_and_the_def
     let foreign = test_config("wd-foreign");
     std::fs::create_dir_all(&foreign.work_dir).unwrap();
     std::fs::set_permissions(&foreign.work_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    // Tests run as root (they install and start services): give the dir to `nobody`.
+    // Give the dir to `nobody` (root may).
     std::os::unix::fs::chown(&foreign.work_dir, Some(65534), None).expect("root may give a dir away");
     for (config, refusal) in [(open_to_all, "writable by its group or others"), (foreign, "is owned by uid")] {
         let mut agent = AgentProcess::spawn_command(config.clone(), AgentProcess::command(&config));

@@ -167,6 +167,7 @@ async fn isolation_mutex_names_are_freed_once_unused() {
 /// takes: its memory grows with the output while the store is slow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gib_of_output_to_a_slow_store_keeps_the_agent_small_and_ends_with_the_cap_notice() {
+    tests::skip_unless!(tests::needs::private_redis());
     let redis = tests::services::PrivateRedis::start(false).await;
     let store_link = tests::proxy::FaultProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
     store_link.set_latency(Duration::from_millis(2));

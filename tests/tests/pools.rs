@@ -171,6 +171,7 @@ async fn sigterm_lets_running_scripts_finish_and_hands_waiting_work_to_the_pool(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_leaves_unknown_results_and_its_unclaimed_work_runs_elsewhere_once() {
+    tests::skip_unless!(tests::needs::shared_rabbitmqctl());
     let (pool, mut configs) = pool_configs("sigkill", 2, Some(1));
     let mut killed = AgentProcess::start(configs.remove(0)).await;
     let orchestrator = orchestrator().await;

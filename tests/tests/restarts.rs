@@ -44,6 +44,7 @@ fn counting_script(markers: &Markers, lines: usize, pause: f32) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_mid_run_loses_no_output_and_runs_nothing_twice() {
+    tests::skip_unless!(tests::needs::private_redis());
     let redis = PrivateRedis::start(true).await;
     let mut config = tests::agent::test_config("redis-restart");
     config.redis_url = redis.url();
@@ -68,6 +69,7 @@ async fn redis_restarted_mid_run_loses_no_output_and_runs_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_while_redis_is_down_is_retried_and_runs_once_it_is_back() {
+    tests::skip_unless!(tests::needs::private_redis());
     let redis = PrivateRedis::start(true).await;
     let mut config = tests::agent::test_config("redis-down");
     config.redis_url = redis.url();
@@ -105,6 +107,7 @@ async fn a_start_while_redis_is_down_is_retried_and_runs_once_it_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_restarted_mid_run_loses_no_output_and_runs_nothing_twice() {
+    tests::skip_unless!(tests::needs::private_rabbit());
     let rabbit = PrivateRabbit::start().await;
     let mut config = tests::agent::test_config("rabbit-restart");
     config.amqp_url = rabbit.amqp_url();
@@ -159,6 +162,7 @@ async fn an_agent_killed_and_restarted_mid_run_ends_unknown_and_its_queued_work_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_redis_comes_back_empty_starts_issued_before_are_refused_not_rerun() {
+    tests::skip_unless!(tests::needs::private_redis());
     let redis = PrivateRedis::start(false).await;
     let mut config = tests::agent::test_config("redis-empty");
     config.redis_url = redis.url();

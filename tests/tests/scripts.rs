@@ -166,6 +166,7 @@ async fn a_script_waiting_past_its_mutex_timeout_ends_with_the_mutex_timeout_cod
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_delivery_is_acked_once_claimed_not_when_the_script_ends() {
+    tests::skip_unless!(tests::needs::shared_rabbitmqctl());
     let agent = TestAgent::start("ack").await;
     let orchestrator = orchestrator().await;
     let ticket = Ticket::generate();

@@ -37,6 +37,7 @@ async fn log_shows(agent: &AgentProcess, what: &'static str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_run_over_tls_to_broker_and_store_with_client_certificates_and_a_wrong_ca_is_refused() {
+    tests::skip_unless!(tests::needs::private_rabbit(), tests::needs::private_redis());
     let ca = TestCa::new("cuttle-test-ca");
     let server = ca.server("localhost");
     let (rabbit, tls_port) = PrivateRabbit::start_tls(&ca, &server).await;
@@ -95,6 +96,7 @@ async fn scripts_run_over_tls_to_broker_and_store_with_client_certificates_and_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_trusting_another_ca_names_the_broker_certificate_as_the_reason() {
+    tests::skip_unless!(tests::needs::private_rabbit());
     let ca = TestCa::new("cuttle-test-ca");
     let server = ca.server("localhost");
     let (rabbit, tls_port) = PrivateRabbit::start_tls(&ca, &server).await;
@@ -115,6 +117,7 @@ async fn an_agent_trusting_another_ca_names_the_broker_certificate_as_the_reason
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_acl_user_limited_to_the_key_prefix_holds_the_tickets() {
+    tests::skip_unless!(tests::needs::private_redis());
     let redis = PrivateRedis::start(false).await;
     let mut config = test_config("acl");
     let user = config.agent_id.clone();
