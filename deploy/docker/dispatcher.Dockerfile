@@ -9,8 +9,8 @@
 # registry, git checkouts and target/ survive between builds, so a source change recompiles only
 # the workspace crates, not the ~250 dependencies.
 
-# Rust >= 1.89: Cargo.lock pins uuid 1.29.3 (rust-version 1.89) although the workspace says 1.88,
-# so rust:1.88 fails with --locked. 1.95 is the toolchain the project is built and tested with.
+# Rust >= 1.90, the workspace's rust-version (Cargo.lock pins redb 4.6.0, which needs it): older
+# builders fail with --locked. 1.95 is the toolchain the project is built and tested with.
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 

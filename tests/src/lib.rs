@@ -47,6 +47,18 @@ pub fn redis_url() -> String {
     std::env::var("CUTTLE_REDIS_URL").unwrap_or_else(|_| worker_agent::config::DEFAULT_REDIS_URL.into())
 }
 
+/// The workspace's root directory (the repository).
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace")
+}
+
+/// The workspace's `rust-version`, from its Cargo.toml.
+pub fn rust_version() -> String {
+    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).expect("the workspace's Cargo.toml");
+    let line = manifest.lines().find(|l| l.starts_with("rust-version")).expect("rust-version in Cargo.toml");
+    line.split('"').nth(1).expect("a quoted version").to_owned()
+}
+
 /// A name no other test (or run) uses: `t-<what>-<random>`. Pinned to the test agent key (as
 /// an agent id and as a pool), so the test dispatchers believe the test agents named after it.
 pub fn unique(what: &str) -> String {

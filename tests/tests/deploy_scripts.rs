@@ -6,17 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace")
-}
-
-/// The workspace's `rust-version`.
-fn rust_version() -> String {
-    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
-    let line = manifest.lines().find(|l| l.starts_with("rust-version")).expect("rust-version in Cargo.toml");
-    line.split('"').nth(1).expect("a quoted version").to_owned()
-}
+use tests::{repo, rust_version};
 
 /// A directory for PATH with the few real tools the check uses and fake `programs` (name, what
 /// the fake prints).
