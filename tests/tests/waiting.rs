@@ -4,7 +4,7 @@
 
 use contracts::topology::agent_queue;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tests::*;
 use tokio::io::AsyncBufReadExt;
 
@@ -135,34 +135,78 @@ async fn status_of_a_finished_ticket_says_how_it_ended() {
     agent.stop().await;
 }
 
+/// The link to the broker is reset while the dispatcher waits for a script's next line
+/// (`--json`, so each event's arrival can be timed): the retry event says how long the dispatcher
+/// waits before its next attempt, and that is the truth (the next line comes after that delay
+/// plus a reconnect, not seconds later), and output resumes within 1.5 s of the cut, every line
+/// once, in order. The script pauses after line 5 so that a status request is surely waiting on
+/// the agent when the link is cut (a cut between requests is mended without a failed attempt).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_lost_connection_the_dispatcher_reconnects_at_once() {
+    const SCRIPT: &str =
+        "for i in $(seq 5); do echo $i; sleep 0.1; done; sleep 0.4; for i in $(seq 6 40); do echo $i; sleep 0.05; done";
     let agent = TestAgent::start("reconnect").await;
-    let url = amqp_url();
-    let authority = url.split("://").nth(1).unwrap().split('/').next().unwrap();
-    let broker = authority.rsplit('@').next().unwrap();
-    let proxy = tests::proxy::FaultProxy::start(broker.parse().unwrap()).await;
-    let via = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.addr().port());
+    let proxy = tests::proxy::FaultProxy::start(tests::proxy::broker_addr()).await;
     let mut child = dispatcher_command()
-        .env("CUTTLE_AMQP_URL", &via)
-        .args(["submit", "--target", agent.id(), "--", "for i in $(seq 40); do echo $i; sleep 0.1; done"])
+        .env("CUTTLE_AMQP_URL", proxy.amqp_url())
+        .args(["submit", "--json", "--target", agent.id(), "--", SCRIPT])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut last = Instant::now();
-    let mut longest = Duration::ZERO;
-    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap() {
-        if line == "5" {
-            proxy.reset_all();
+    let mut events = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut cut = None;
+    // After the cut: the first retry event (when it came, the delay it announced), the first line.
+    let mut retry: Option<(Instant, Duration)> = None;
+    let mut resumed = None;
+    let mut held_back = Duration::ZERO;
+    let mut seqs = Vec::new();
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), events.next_line()).await.unwrap().unwrap() {
+        let at = Instant::now();
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        match event["event"].as_str() {
+            Some("log") if cut.is_none() && event["text"] == "5" => {
+                // The next status request is on its way to the agent, which holds it until line 6.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                proxy.reset_all();
+                cut = Some(Instant::now());
+            }
+            Some("log") if cut.is_some() && resumed.is_none() => {
+                // How long after the agent read it the first line after the cut reached us.
+                let produced = event["at"].as_u64().expect("at");
+                held_back = Duration::from_millis(contracts::unix_millis(SystemTime::now()).saturating_sub(produced));
+                resumed = Some(at);
+            }
+            Some("retry") if cut.is_some() && retry.is_none() => {
+                retry = Some((at, Duration::from_millis(event["delay_ms"].as_u64().expect("delay_ms"))))
+            }
+            _ => {}
         }
-        longest = longest.max(last.elapsed());
-        last = Instant::now();
+        if event["event"] == "log" {
+            seqs.push(event["seq"].as_u64().unwrap());
+        }
     }
     let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.unwrap().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("attempt 1 failed"), "the link was lost: {}", text(&out.stderr));
-    assert!(longest < Duration::from_millis(1500), "output resumed {longest:?} after the link was lost");
+    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>(), "every line once, in order");
+    let (cut, resumed) = (cut.expect("the link was cut"), resumed.expect("output after the cut"));
+    let (noticed, delay) = retry.expect("a retry event after the cut: the link was lost");
+    let after_notice = resumed.saturating_duration_since(noticed);
+    println!(
+        "reconnect: retry event {:?} after the cut announcing {delay:?}; output resumed {after_notice:?} after it, {:?} after the cut, its line {held_back:?} after the script wrote it",
+        noticed - cut,
+        resumed - cut
+    );
+    // The delay announced is the one waited: not resumed before it, nor seconds after it.
+    assert!(after_notice + Duration::from_millis(50) >= delay, "resumed {after_notice:?} after announcing {delay:?}");
+    assert!(
+        after_notice <= delay + Duration::from_secs(1),
+        "announced a delay of {delay:?} but output resumed only {after_notice:?} later"
+    );
+    assert!(resumed - cut < Duration::from_millis(1500), "output resumed {:?} after the cut", resumed - cut);
+    assert!(
+        held_back < Duration::from_secs(1),
+        "the first line after the cut came {held_back:?} after the script wrote it"
+    );
     agent.stop().await;
 }
