@@ -9,9 +9,11 @@
 //! - A command's signature covers [`COMMAND_CONTEXT`] and the whole body (every envelope field:
 //!   kind, message id, target, `issued_at`, `not_after`, and the kind's body with its ticket); an
 //!   answer's covers [`ANSWER_CONTEXT`], the message id of the request it answers, and its body, so
-//!   an old answer replayed to another request does not verify.
+//!   an old answer replayed to another request does not verify. A presence announcement's covers
+//!   [`ANNOUNCEMENT_CONTEXT`] and its body, which holds the agent's id and the time it announced,
+//!   so a copy replayed later still says that old time (and drops out with it).
 //! - [`check_command_seal`] and [`check_command_header`] are the agent's decisions,
-//!   [`check_answer`] the dispatcher's: plain functions, no I/O.
+//!   [`check_answer`] and [`check_announcement`] the dispatcher's: plain functions, no I/O.
 //! - [`TrustedKeys`] (the agent's `--trusted-keys` file) and [`KnownAgents`] (the dispatcher's
 //!   `--known-agents` file) parse their line formats.
 //!
@@ -33,6 +35,8 @@ use zeroize::Zeroizing;
 pub const COMMAND_CONTEXT: &[u8] = b"cuttle command v1\0";
 /// What an answer's signature covers before the request's message id and its own body.
 pub const ANSWER_CONTEXT: &[u8] = b"cuttle answer v1\0";
+/// What a presence announcement's signature covers before its body.
+pub const ANNOUNCEMENT_CONTEXT: &[u8] = b"cuttle announcement v1\0";
 /// AMQP header carrying the signing key's id (hex).
 pub const KEY_HEADER: &str = "cuttle-key";
 /// AMQP header carrying the signature (base64 of 64 bytes).
@@ -223,6 +227,11 @@ impl SecretKey {
         self.seal(&answer_message(request_id, body))
     }
 
+    /// Seals a presence announcement whose encoded body is `body`.
+    pub fn seal_announcement(&self, body: &[u8]) -> Seal {
+        self.seal(&announcement_message(body))
+    }
+
     fn seal(&self, message: &[u8]) -> Seal {
         Seal { key: self.public.id, signature: self.key.sign(message).to_bytes() }
     }
@@ -230,6 +239,10 @@ impl SecretKey {
 
 fn answer_message(request_id: &str, body: &[u8]) -> Vec<u8> {
     [ANSWER_CONTEXT, request_id.as_bytes(), body].concat()
+}
+
+fn announcement_message(body: &[u8]) -> Vec<u8> {
+    [ANNOUNCEMENT_CONTEXT, body].concat()
 }
 
 /// Reads a whole (small) text file, naming it in the error.
@@ -394,6 +407,13 @@ impl KnownAgents {
     pub fn pin(&self, target: &str) -> Option<&Pin> {
         self.pins.get(target)
     }
+
+    /// The pin an agent's own word (its presence announcements) is checked against: the agent
+    /// id's, or, for an agent with none, the pin of the pool it says it is in. An agent pinned by
+    /// id is never believed under a pool key.
+    pub fn pin_of_agent(&self, agent_id: &str, pool: Option<&str>) -> Option<&Pin> {
+        self.pin(agent_id).or_else(|| self.pin(&format!("pool:{}", pool?)))
+    }
 }
 
 /// Who an agent is, for the target check.
@@ -492,23 +512,23 @@ pub fn check_command_header(header: &Envelope<()>, me: Identity<'_>, now_ms: u64
     Ok(())
 }
 
-/// Why the dispatcher does not believe an answer.
+/// Why the dispatcher does not believe an answer or an announcement.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Forged {
-    #[error("unsigned answer")]
+    #[error("unsigned")]
     Unsigned,
     #[error("bad signature headers: {0}")]
     BadHeaders(String),
     #[error("signed by key {0}, which is not pinned for this target")]
     UnpinnedKey(KeyId),
-    #[error("the signature by key {0} does not verify for this request (altered, or an answer to another request)")]
+    #[error("the signature by key {0} does not verify (altered, or signed for another request or message)")]
     BadSignature(KeyId),
 }
 
-/// How an answer was believed.
+/// How an answer or announcement was believed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Believed {
-    /// Signed by this pinned key, for this request.
+    /// Signed by this pinned key (for this request, if an answer).
     Key(KeyId),
     /// From an agent pinned as legacy, which cannot sign.
     Legacy,
@@ -522,13 +542,29 @@ pub fn check_answer(
     seal: Result<Option<Seal>, String>,
     body: &[u8],
 ) -> Result<Believed, Forged> {
+    check_pinned(pin, seal, || answer_message(request_id, body))
+}
+
+/// The dispatcher's check of a presence announcement (`body`): it counts only if sealed by a key
+/// of `pin` ([`KnownAgents::pin_of_agent`]) over this body. Legacy pins are believed unsigned,
+/// as their answers are.
+pub fn check_announcement(pin: &Pin, seal: Result<Option<Seal>, String>, body: &[u8]) -> Result<Believed, Forged> {
+    check_pinned(pin, seal, || announcement_message(body))
+}
+
+/// Whether `seal` is by a key of `pin` over `message` (made only when there is a key to check).
+fn check_pinned(
+    pin: &Pin,
+    seal: Result<Option<Seal>, String>,
+    message: impl FnOnce() -> Vec<u8>,
+) -> Result<Believed, Forged> {
     let keys = match pin {
         Pin::Legacy => return Ok(Believed::Legacy),
         Pin::Keys(keys) => keys,
     };
     let seal = seal.map_err(Forged::BadHeaders)?.ok_or(Forged::Unsigned)?;
     let key = keys.iter().find(|k| k.id() == seal.key).ok_or(Forged::UnpinnedKey(seal.key))?;
-    if !key.verifies(&answer_message(request_id, body), &seal) {
+    if !key.verifies(&message(), &seal) {
         return Err(Forged::BadSignature(seal.key));
     }
     Ok(Believed::Key(seal.key))
@@ -734,6 +770,49 @@ mod tests {
         assert_eq!(check_answer(&Pin::Legacy, "req-1", Ok(None), &body), Ok(Believed::Legacy));
         let command_seal = agent.seal_command(&body);
         assert!(check_answer(&pin, "", Ok(Some(command_seal)), &body).is_err(), "a command's signature is no answer's");
+    }
+
+    #[test]
+    fn announcements_count_only_under_the_key_pinned_for_their_agent_or_else_its_pool() {
+        let (agent, pool_key, other) = (key(5), key(6), key(7));
+        let known = KnownAgents::parse(&format!(
+            "web-01 {}\npool:workers {}\nold-box legacy\n",
+            agent.public(),
+            pool_key.public()
+        ))
+        .unwrap();
+        let body = b"announcement".to_vec();
+        let check = |id: &str, pool: Option<&str>, seal: Option<Seal>| {
+            known.pin_of_agent(id, pool).map(|pin| check_announcement(pin, Ok(seal), &body))
+        };
+        let own = agent.seal_announcement(&body);
+        assert_eq!(check("web-01", None, Some(own.clone())), Some(Ok(Believed::Key(agent.id()))));
+        assert_eq!(check("web-01", Some("workers"), Some(own.clone())), Some(Ok(Believed::Key(agent.id()))));
+        let by_pool = pool_key.seal_announcement(&body);
+        assert_eq!(check("w-7", Some("workers"), Some(by_pool.clone())), Some(Ok(Believed::Key(pool_key.id()))));
+        assert_eq!(
+            check("web-01", Some("workers"), Some(by_pool)),
+            Some(Err(Forged::UnpinnedKey(pool_key.id()))),
+            "a pool key never speaks for an agent pinned by id"
+        );
+        assert_eq!(check("w-7", None, Some(own.clone())), None, "no pin: neither the id nor a pool");
+        assert_eq!(check("w-7", Some("other"), Some(own.clone())), None);
+        let stranger = other.seal_announcement(&body);
+        assert_eq!(check("web-01", None, Some(stranger)), Some(Err(Forged::UnpinnedKey(other.id()))));
+        assert_eq!(check("web-01", None, None), Some(Err(Forged::Unsigned)));
+        assert_eq!(check("old-box", None, None), Some(Ok(Believed::Legacy)), "legacy, as its answers");
+        let pin = known.pin("web-01").unwrap();
+        let mut tampered = body.clone();
+        tampered[0] ^= 1;
+        assert_eq!(check_announcement(pin, Ok(Some(own)), &tampered), Err(Forged::BadSignature(agent.id())));
+        let answer = agent.seal_answer("", &body);
+        assert_eq!(
+            check_announcement(pin, Ok(Some(answer)), &body),
+            Err(Forged::BadSignature(agent.id())),
+            "an answer's signature is no announcement's"
+        );
+        let command = agent.seal_command(&body);
+        assert!(check_announcement(pin, Ok(Some(command)), &body).is_err(), "nor is a command's");
     }
 
     proptest! {

@@ -1,18 +1,33 @@
-//! The live fleet, from the agents' own announcements on the presence stream (see
+//! The live fleet, from the agents' announcements on the presence stream (see
 //! [`contracts::presence`]): who is alive, in which pool, with which labels and version.
 //!
-//! [`Inventory`] is the plain part (newest announcement per agent, liveness, selection), fed by
-//! [`read`], which reads the stream from one lookback back until it has caught up with the
-//! present (a marker it appends itself comes back), checking every announcement on the way.
+//! [`Inventory`] is the plain part: [`Inventory::settle`] believes, for each agent, its newest
+//! announcement signed by the key pinned for it (DESIGN.md §7, as answers are), and keeps why the
+//! others were ignored; then liveness and selection. It is fed by [`read`], which reads the
+//! stream from one lookback back until it has caught up with the present (a marker it appends
+//! itself comes back).
+//!
+//! The broker is not an authority: anyone who can publish can append to the stream. An
+//! announcement counts only if it verifies under the key pinned for its agent id (or, for an
+//! agent not pinned by id, for the pool it names, `pool:<name>`), or its agent is pinned
+//! `legacy`, whose word is taken unsigned as its answers are. So a forged agent never enters
+//! `dispatcher agents` nor a `submit --select`. The signature covers the whole body, `at`
+//! included, so a genuine announcement replayed later still says when it was made, and drops out
+//! once that is older than its heartbeat window: replaying cannot keep a dead agent alive.
+//!
+//! Verifying costs a signature check, so it is done newest first, per agent, and stops at the
+//! first one believed: about one check per agent however many heartbeats the lookback holds.
 
 use crate::rpc::{self, RpcConfig};
 use contracts::labels::{Selectable, Selector};
 use contracts::presence::{Announcement, ANNOUNCEMENT_TYPE, LOOKBACK_MS, MARKER_TYPE, PRESENCE_STREAM};
+use contracts::trust::amqp::seal_of;
+use contracts::trust::{check_announcement, Believed, Forged, KnownAgents, Seal};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 /// Longest time reading the stream may take before giving up.
@@ -30,40 +45,77 @@ pub enum InventoryError {
     Timeout(Duration),
 }
 
+/// An announcement as read from the stream: its body and the seal its headers carry.
+#[derive(Debug, Clone)]
+pub struct Sighting {
+    pub body: Vec<u8>,
+    pub seal: Result<Option<Seal>, String>,
+}
+
 /// Why an announcement was not counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ignored {
     /// It did not decode or failed its checks.
     Invalid(String),
-    /// Its signature does not verify against the key pinned for its agent.
-    Forged(String),
+    /// No key is pinned for its agent id, nor for the pool it names.
+    Unpinned { agent: String },
+    /// It is not signed by the key pinned for its agent.
+    Forged { agent: String, reason: Forged },
 }
 
-/// The newest announcement of every agent seen.
+/// The newest believed announcement of every agent seen.
 #[derive(Debug, Default, Clone)]
 pub struct Inventory {
     newest: BTreeMap<String, Announcement>,
     ignored: Vec<Ignored>,
+    /// Agents pinned `legacy` whose announcements were believed unsigned.
+    legacy: BTreeSet<String>,
 }
 
 impl Inventory {
-    /// Takes one announcement that passed its checks: kept if it is the agent's newest.
-    pub fn observe(&mut self, announcement: Announcement) {
-        match self.newest.get(&announcement.agent_id) {
-            Some(known) if known.at > announcement.at => {}
-            _ => {
-                self.newest.insert(announcement.agent_id.clone(), announcement);
+    /// Believes what `known` allows of the announcements read: for each agent, the newest one
+    /// (by its `at`) that [`check_announcement`] accepts under its pin; each newer one that fails
+    /// is noted as ignored, and older ones are not looked at.
+    pub fn settle(sightings: Vec<Sighting>, known: &KnownAgents) -> Inventory {
+        let mut inventory = Inventory::default();
+        let mut by_agent: BTreeMap<String, Vec<(Announcement, Sighting)>> = BTreeMap::new();
+        for sighting in sightings {
+            match Announcement::decode(&sighting.body) {
+                Ok(announcement) => {
+                    by_agent.entry(announcement.agent_id.clone()).or_default().push((announcement, sighting))
+                }
+                Err(error) => inventory.ignored.push(Ignored::Invalid(error.to_string())),
             }
         }
-    }
-
-    /// Notes an announcement that was not counted.
-    pub fn ignore(&mut self, why: Ignored) {
-        self.ignored.push(why);
+        for (agent, mut candidates) in by_agent {
+            candidates.sort_by_key(|(announcement, _)| std::cmp::Reverse(announcement.at));
+            for (announcement, sighting) in candidates {
+                let Some(pin) = known.pin_of_agent(&agent, announcement.pool.as_deref()) else {
+                    inventory.ignored.push(Ignored::Unpinned { agent: agent.clone() });
+                    continue;
+                };
+                match check_announcement(pin, sighting.seal, &sighting.body) {
+                    Ok(believed) => {
+                        if believed == Believed::Legacy {
+                            inventory.legacy.insert(agent.clone());
+                        }
+                        inventory.newest.insert(agent.clone(), announcement);
+                        break;
+                    }
+                    Err(reason) => inventory.ignored.push(Ignored::Forged { agent: agent.clone(), reason }),
+                }
+            }
+        }
+        inventory
     }
 
     pub fn ignored(&self) -> &[Ignored] {
         &self.ignored
+    }
+
+    /// Agents pinned `legacy` believed without a signature.
+    pub fn legacy(&self) -> &BTreeSet<String> {
+        &self.legacy
     }
 
     /// The agents alive at `now` (unix ms), by id.
@@ -83,25 +135,20 @@ impl Inventory {
     }
 }
 
-/// Decodes one delivery's body into the inventory, or notes why it does not count.
-pub fn accept(inventory: &mut Inventory, body: &[u8]) {
-    match Announcement::decode(body) {
-        Ok(announcement) => inventory.observe(announcement),
-        Err(error) => inventory.ignore(Ignored::Invalid(error.to_string())),
-    }
-}
-
-/// Reads the presence stream into an inventory: from [`LOOKBACK_MS`] ago up to now.
-pub async fn read(config: &RpcConfig) -> Result<Inventory, InventoryError> {
+/// Reads the presence stream from [`LOOKBACK_MS`] ago up to now, and believes what `known`
+/// allows of it ([`Inventory::settle`]).
+pub async fn read(config: &RpcConfig, known: &KnownAgents) -> Result<Inventory, InventoryError> {
     let connection = rpc::connect(config, "cuttle-dispatcher inventory")
         .await
         .map_err(|e| InventoryError::Connect(e.to_string()))?;
     let result = tokio::time::timeout(READ_TIMEOUT, read_on(&connection)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), connection.close(200, "inventory read".into())).await;
-    result.map_err(|_| InventoryError::Timeout(READ_TIMEOUT))?
+    let sightings = result.map_err(|_| InventoryError::Timeout(READ_TIMEOUT))??;
+    Ok(Inventory::settle(sightings, known))
 }
 
-async fn read_on(connection: &lapin::Connection) -> Result<Inventory, InventoryError> {
+/// The announcements on the stream from [`LOOKBACK_MS`] ago up to our own marker.
+async fn read_on(connection: &lapin::Connection) -> Result<Vec<Sighting>, InventoryError> {
     let broker = |call: &'static str| move |e: lapin::Error| InventoryError::Broker { call, reason: e.to_string() };
     let channel = connection.create_channel().await.map_err(broker("channel.open"))?;
     // The agents declare the stream; before the first agent ever started there is none, and no
@@ -109,7 +156,7 @@ async fn read_on(connection: &lapin::Connection) -> Result<Inventory, InventoryE
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
     if let Err(error) = channel.queue_declare(PRESENCE_STREAM.into(), passive, FieldTable::default()).await {
         tracing::debug!(%error, "no presence stream yet");
-        return Ok(Inventory::default());
+        return Ok(Vec::new());
     }
     channel.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(broker("basic.qos"))?;
     let from = SystemTime::now() - Duration::from_millis(LOOKBACK_MS);
@@ -127,7 +174,7 @@ async fn read_on(connection: &lapin::Connection) -> Result<Inventory, InventoryE
         .basic_publish("".into(), PRESENCE_STREAM.into(), BasicPublishOptions::default(), b"", properties)
         .await
         .map_err(broker("basic.publish"))?;
-    let mut inventory = Inventory::default();
+    let mut sightings = Vec::new();
     let mut unacked = 0u16;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery.map_err(broker("basic.deliver"))?;
@@ -141,11 +188,13 @@ async fn read_on(connection: &lapin::Connection) -> Result<Inventory, InventoryE
         let message_id = delivery.properties.message_id().as_ref().map(ShortString::as_str);
         match kind {
             Some(MARKER_TYPE) if message_id == Some(marker.as_str()) => break,
-            Some(ANNOUNCEMENT_TYPE) => accept(&mut inventory, &delivery.data),
+            Some(ANNOUNCEMENT_TYPE) => {
+                sightings.push(Sighting { seal: seal_of(&delivery.properties), body: delivery.data })
+            }
             _ => {}
         }
     }
-    Ok(inventory)
+    Ok(sightings)
 }
 
 /// Now, in unix ms, for liveness checks.
@@ -157,6 +206,7 @@ pub fn now_ms() -> u64 {
 mod tests {
     use super::*;
     use contracts::presence::ANNOUNCEMENT_VERSION;
+    use contracts::trust::SecretKey;
 
     fn announcement(id: &str, at: u64, labels: &[(&str, &str)]) -> Announcement {
         Announcement {
@@ -173,25 +223,50 @@ mod tests {
         }
     }
 
+    /// `announcement` as read from the stream, signed with `key` (unsigned without one).
+    fn sighting(key: Option<&SecretKey>, announcement: &Announcement) -> Sighting {
+        let body = announcement.encode().unwrap();
+        Sighting { seal: Ok(key.map(|key| key.seal_announcement(&body))), body }
+    }
+
+    /// An agent key, and known agents pinning `ids` to it.
+    fn pinned(ids: &[&str]) -> (SecretKey, KnownAgents) {
+        let key = SecretKey::generate().unwrap();
+        let lines: String = ids.iter().map(|id| format!("{id} {}\n", key.public())).collect();
+        (key, KnownAgents::parse(&lines).unwrap())
+    }
+
+    fn live_ids(inventory: &Inventory, now: u64) -> Vec<&str> {
+        inventory.live(now).map(|a| a.agent_id.as_str()).collect()
+    }
+
     #[test]
     fn the_newest_announcement_of_each_agent_counts() {
-        let mut inventory = Inventory::default();
-        inventory.observe(announcement("a", 10_000, &[("env", "prod")]));
-        inventory.observe(announcement("a", 9_000, &[("env", "old")]));
-        inventory.observe(announcement("b", 5_000, &[("env", "prod")]));
-        let live: Vec<&str> = inventory.live(10_500).map(|a| a.agent_id.as_str()).collect();
-        assert_eq!(live, ["a"], "b's window has passed");
+        let (key, known) = pinned(&["a", "b"]);
+        let sightings = [
+            announcement("a", 10_000, &[("env", "prod")]),
+            announcement("a", 9_000, &[("env", "old")]),
+            announcement("b", 5_000, &[("env", "prod")]),
+        ];
+        let inventory = Inventory::settle(sightings.iter().map(|a| sighting(Some(&key), a)).collect(), &known);
+        assert_eq!(live_ids(&inventory, 10_500), ["a"], "b's window has passed");
         assert_eq!(inventory.live(10_500).next().unwrap().labels["env"], "prod", "the older one did not win");
-        inventory.observe(Announcement { leaving: true, ..announcement("a", 11_000, &[]) });
+        assert!(inventory.ignored().is_empty());
+        let leaving = Announcement { leaving: true, ..announcement("a", 11_000, &[]) };
+        let sightings = [sighting(Some(&key), &announcement("a", 10_000, &[])), sighting(Some(&key), &leaving)];
+        let inventory = Inventory::settle(sightings.to_vec(), &known);
         assert_eq!(inventory.live(11_000).count(), 0, "a leaving agent drops out at once");
     }
 
     #[test]
     fn selection_keeps_the_live_matching_agents() {
-        let mut inventory = Inventory::default();
-        inventory.observe(announcement("web-1", 10_000, &[("env", "prod"), ("role", "web")]));
-        inventory.observe(announcement("web-2", 10_000, &[("env", "staging"), ("role", "web")]));
-        inventory.observe(announcement("db-1", 10_000, &[("env", "prod"), ("role", "db")]));
+        let (key, known) = pinned(&["web-1", "web-2", "db-1"]);
+        let sightings = [
+            announcement("web-1", 10_000, &[("env", "prod"), ("role", "web")]),
+            announcement("web-2", 10_000, &[("env", "staging"), ("role", "web")]),
+            announcement("db-1", 10_000, &[("env", "prod"), ("role", "db")]),
+        ];
+        let inventory = Inventory::settle(sightings.iter().map(|a| sighting(Some(&key), a)).collect(), &known);
         let ids = |selector: &str| -> Vec<String> {
             let selector = Selector::parse(selector).unwrap();
             inventory.select(Some(&selector), 10_000).into_iter().map(|a| a.agent_id.clone()).collect()
@@ -204,9 +279,65 @@ mod tests {
 
     #[test]
     fn undecodable_announcements_are_noted_and_ignored() {
-        let mut inventory = Inventory::default();
-        accept(&mut inventory, b"\xc1");
+        let inventory =
+            Inventory::settle(vec![Sighting { body: b"\xc1".to_vec(), seal: Ok(None) }], &KnownAgents::default());
         assert_eq!(inventory.live(0).count(), 0);
         assert!(matches!(inventory.ignored(), [Ignored::Invalid(_)]));
+    }
+
+    #[test]
+    fn only_announcements_signed_by_the_pinned_key_count() {
+        let (key, mut known_text) = (SecretKey::generate().unwrap(), String::new());
+        let (pool_key, impostor) = (SecretKey::generate().unwrap(), SecretKey::generate().unwrap());
+        known_text.push_str(&format!("web-1 {}\nold-1 legacy\npool:workers {}\n", key.public(), pool_key.public()));
+        let known = KnownAgents::parse(&known_text).unwrap();
+        let genuine = announcement("web-1", 10_000, &[("env", "prod")]);
+        let retagged =
+            Announcement { labels: [("env".to_string(), "canary".to_string())].into(), at: 10_500, ..genuine.clone() };
+        // The genuine body with other labels and a newer time, under the genuine seal.
+        let mut tampered = sighting(Some(&key), &genuine);
+        tampered.body = retagged.encode().unwrap();
+        let worker = Announcement { pool: Some("workers".into()), ..announcement("w-1", 10_000, &[]) };
+        let sightings = vec![
+            sighting(Some(&key), &genuine),
+            tampered,
+            sighting(Some(&impostor), &Announcement { at: 10_600, ..retagged.clone() }),
+            sighting(Some(&key), &Announcement { at: 10_700, ..announcement("evil-1", 10_000, &[]) }),
+            sighting(None, &Announcement { at: 10_800, leaving: true, ..genuine.clone() }),
+            sighting(Some(&pool_key), &worker),
+            sighting(None, &announcement("old-1", 10_000, &[])),
+        ];
+        let inventory = Inventory::settle(sightings, &known);
+        assert_eq!(live_ids(&inventory, 11_000), ["old-1", "w-1", "web-1"]);
+        let web = inventory.live(11_000).find(|a| a.agent_id == "web-1").unwrap();
+        assert_eq!(web.labels["env"], "prod", "the genuine labels, not the tampered ones");
+        assert_eq!(web.at, 10_000, "a forged leaving announcement does not remove it");
+        let forged = |reason: Forged| Ignored::Forged { agent: "web-1".into(), reason };
+        assert_eq!(
+            inventory.ignored(),
+            [
+                Ignored::Unpinned { agent: "evil-1".into() },
+                forged(Forged::Unsigned),
+                forged(Forged::UnpinnedKey(impostor.id())),
+                forged(Forged::BadSignature(key.id())),
+            ],
+            "newest first, by agent"
+        );
+        assert_eq!(inventory.legacy().iter().collect::<Vec<_>>(), ["old-1"], "believed unsigned, as its answers");
+        let pretender = Announcement { pool: Some("workers".into()), ..announcement("web-1", 12_000, &[]) };
+        let inventory = Inventory::settle(vec![sighting(Some(&pool_key), &pretender)], &known);
+        assert_eq!(inventory.live(12_000).count(), 0, "a pool key never speaks for an agent pinned by id");
+    }
+
+    #[test]
+    fn a_replayed_announcement_keeps_no_dead_agent_alive() {
+        let (key, known) = pinned(&["web-1"]);
+        let last = sighting(Some(&key), &announcement("web-1", 10_000, &[]));
+        // The agent died after this announcement; someone appends copies of it to the stream.
+        let replayed = vec![last.clone(), last.clone(), last];
+        let inventory = Inventory::settle(replayed, &known);
+        assert_eq!(live_ids(&inventory, 12_000), ["web-1"], "within its window");
+        assert_eq!(inventory.live(13_001).count(), 0, "past its window however often it is replayed");
+        assert!(inventory.ignored().is_empty(), "a copy verifies: it is its age that drops it");
     }
 }

@@ -124,6 +124,21 @@ impl DispatcherTrust {
         }
     }
 
+    /// Every pin as it is now, for checking many agents at once (the presence stream): the
+    /// known-agents file read again, so an agent enrolled since is believed; the pins read
+    /// before if it cannot be read.
+    pub fn known_agents(&self) -> Arc<KnownAgents> {
+        if let Some(path) = &self.known_file {
+            match read_known(path) {
+                Ok(known) => *self.known.write().expect("known agents poisoned") = Arc::new(known),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the known agents again; keeping the ones read before")
+                }
+            }
+        }
+        self.known.read().expect("known agents poisoned").clone()
+    }
+
     /// The known-agents file, for messages telling the user how to pin an agent.
     pub fn known_file(&self) -> Option<&Path> {
         self.known_file.as_deref()
@@ -135,7 +150,8 @@ impl DispatcherTrust {
     }
 }
 
-fn read_known(path: &Path) -> Result<KnownAgents, KeyError> {
+/// Reads a known-agents file; a missing one pins no one.
+pub fn read_known(path: &Path) -> Result<KnownAgents, KeyError> {
     match KnownAgents::load(path) {
         Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(KnownAgents::default()),
         other => other,
@@ -157,6 +173,8 @@ mod tests {
         std::fs::write(&files.known_agents, format!("web-01 {}\nold legacy\n", agent.public())).unwrap();
         assert_eq!(trust.pin("web-01"), Some(Pin::Keys(vec![*agent.public()])));
         assert_eq!(trust.pin("old"), Some(Pin::Legacy));
+        std::fs::write(&files.known_agents, format!("web-02 {}\n", agent.public())).unwrap();
+        assert_eq!(trust.known_agents().pin("web-02"), Some(&Pin::Keys(vec![*agent.public()])), "read again");
         assert!(trust.first_legacy_answer("old") && !trust.first_legacy_answer("old"));
         let named = TrustFiles { key: dir.join("missing.key"), create_key: false, ..files };
         assert!(matches!(DispatcherTrust::load(&named), Err(TrustError::Key(_))), "a named key must exist");

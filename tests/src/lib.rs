@@ -15,6 +15,7 @@
 //! - [`trust`]: this process's test keys, wired into every agent and dispatcher tests start.
 //! - [`needs`]: what some tests need beyond the shared services (root, servers of their own),
 //!   and [`skip_unless!`] to skip, saying why, where it is missing.
+//! - [`presence`]: the presence stream as an impostor sees it (read, forge, replay).
 //! - [`eventually`]: polls a condition until a deadline.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod agent;
 pub mod browser;
 pub mod cluster;
 pub mod needs;
+pub mod presence;
 pub mod proxy;
 pub mod raw;
 pub mod service;

@@ -1,13 +1,14 @@
-//! The agent's announcements on the presence stream (see [`contracts::presence`]): one at
-//! start, one per heartbeat interval, and a last one saying it is leaving when it stops, so
-//! dispatchers see it within about a second of starting and drop it at once when it stops (or
-//! within its heartbeat window when it dies).
+//! The agent's announcements on the presence stream (see [`contracts::presence`]), each signed
+//! with the agent key as its answers are: one at start, one per heartbeat interval, and a last
+//! one saying it is leaving when it stops, so dispatchers see it within about a second of
+//! starting and drop it at once when it stops (or within its heartbeat window when it dies).
 
 use crate::broker::{call, BrokerError};
 use crate::service::Agent;
 use contracts::presence::*;
 use contracts::topology::amqp::presence_stream_arguments;
 use contracts::topology::CONTENT_TYPE;
+use contracts::trust::amqp::with_seal;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
@@ -42,7 +43,8 @@ pub fn announcement(agent: &Agent, leaving: bool) -> Announcement {
     }
 }
 
-/// Publishes one announcement (no confirm: the next heartbeat repeats it anyway).
+/// Publishes one announcement, signed with the agent key (no confirm: the next heartbeat
+/// repeats it anyway).
 pub async fn publish(agent: &Agent, channel: &Channel, leaving: bool) -> Result<(), BrokerError> {
     let body = match announcement(agent, leaving).encode() {
         Ok(body) => body,
@@ -51,8 +53,11 @@ pub async fn publish(agent: &Agent, channel: &Channel, leaving: bool) -> Result<
             return Ok(());
         }
     };
-    let properties =
+    let mut properties =
         BasicProperties::default().with_type(ANNOUNCEMENT_TYPE.into()).with_content_type(CONTENT_TYPE.into());
+    if let Some(seal) = agent.trust().seal_announcement(&body) {
+        properties = with_seal(properties, &seal);
+    }
     let publish =
         channel.basic_publish("".into(), PRESENCE_STREAM.into(), BasicPublishOptions::default(), &body, properties);
     call("basic.publish", CALL_TIMEOUT, publish).await?;

@@ -1,4 +1,5 @@
-//! The agent's side of trust (DESIGN.md §7): its own key, which signs every answer, and the
+//! The agent's side of trust (DESIGN.md §7): its own key, which signs every answer and presence
+//! announcement, and the
 //! dispatcher keys it trusts, which every command must be signed by. The decisions are
 //! [`contracts::trust`]'s plain functions; this holds the keys, loads them and reloads the
 //! trusted keys (on SIGHUP).
@@ -118,6 +119,11 @@ impl AgentTrust {
     /// agent.
     pub fn seal_answer(&self, request_id: &str, body: &[u8]) -> Option<Seal> {
         self.key.as_ref().map(|key| key.seal_answer(request_id, body))
+    }
+
+    /// Seals a presence announcement; `None` for a legacy agent (which does not announce).
+    pub fn seal_announcement(&self, body: &[u8]) -> Option<Seal> {
+        self.key.as_ref().map(|key| key.seal_announcement(body))
     }
 }
 

@@ -1,4 +1,5 @@
-//! `dispatcher agents` and `submit --select`: the live fleet from the presence stream.
+//! `dispatcher agents` and `submit --select`: the live fleet from the presence stream, as far
+//! as the known agents' pinned keys vouch for it.
 
 use super::usage_error;
 use crate::inventory::{self, Ignored, Inventory};
@@ -8,8 +9,20 @@ use crate::rpc::RpcConfig;
 use clap::Args;
 use contracts::labels::Selector;
 use contracts::presence::Announcement;
+use contracts::trust::KnownAgents;
 use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::ExitCode;
+
+/// Unpinned agents named in a warning; the rest are counted.
+const NAMED_UNPINNED: usize = 10;
+
+/// The pins announcements are checked against, and the file they come from (named in warnings).
+pub struct Pins<'a> {
+    pub known: &'a KnownAgents,
+    pub file: &'a Path,
+}
 
 #[derive(Args, Debug)]
 pub struct AgentsArgs {
@@ -26,31 +39,83 @@ pub fn parse_selector(raw: &str) -> Result<Selector, String> {
     Selector::parse(raw).map_err(|e| e.to_string())
 }
 
-/// Reads the live fleet, telling the user (on stderr) why it could not.
-async fn read_inventory(rpc: &RpcConfig) -> Result<Inventory, ExitCode> {
-    match inventory::read(rpc).await {
-        Ok(inventory) => {
-            let forged = inventory.ignored().iter().filter(|i| matches!(i, Ignored::Forged(_))).count();
-            if forged > 0 {
-                eprintln!(
-                    "cuttle: ignored {forged} announcement(s) whose signature does not verify against the pinned key"
-                );
+/// Reads the live fleet, telling the user why it could not.
+async fn read_inventory(rpc: &RpcConfig, pins: &Pins<'_>) -> Result<Inventory, ExitCode> {
+    inventory::read(rpc, pins.known).await.map_err(|error| {
+        eprintln!("cuttle: cannot read the live agents: {error}");
+        ExitCode::from(exit::BROKER_UNREACHABLE)
+    })
+}
+
+/// How many announcements were not believed, by why (`--json` counts).
+fn ignored_counts(inventory: &Inventory) -> serde_json::Value {
+    let (mut forged, mut unpinned, mut invalid) = (0, 0, 0);
+    for ignored in inventory.ignored() {
+        match ignored {
+            Ignored::Forged { .. } => forged += 1,
+            Ignored::Unpinned { .. } => unpinned += 1,
+            Ignored::Invalid(_) => invalid += 1,
+        }
+    }
+    json!({"forged": forged, "unpinned": unpinned, "invalid": invalid})
+}
+
+/// What the user is warned of after reading the fleet: one line per agent whose announcements
+/// were forged (how many, and why the newest failed), one naming the agents with no pinned key,
+/// one counting undecodable announcements, and one per agent believed unsigned as `legacy`.
+pub fn warnings(inventory: &Inventory, known_file: &Path) -> Vec<String> {
+    let mut forged: BTreeMap<&str, (usize, String)> = BTreeMap::new();
+    let mut unpinned: Vec<&str> = Vec::new();
+    let mut invalid: Vec<&str> = Vec::new();
+    for ignored in inventory.ignored() {
+        match ignored {
+            Ignored::Forged { agent, reason } => {
+                forged.entry(agent).or_insert_with(|| (0, reason.to_string())).0 += 1;
             }
-            Ok(inventory)
+            Ignored::Unpinned { agent } if unpinned.last() != Some(&agent.as_str()) => unpinned.push(agent),
+            Ignored::Unpinned { .. } => {}
+            Ignored::Invalid(error) => invalid.push(error),
         }
-        Err(error) => {
-            eprintln!("cuttle: cannot read the live agents: {error}");
-            Err(ExitCode::from(exit::BROKER_UNREACHABLE))
-        }
+    }
+    let mut lines: Vec<String> = forged
+        .into_iter()
+        .map(|(agent, (count, reason))| {
+            format!("ignored {count} forged announcement(s) in the name of agent {agent}: {reason}; it is not listed and no --select reaches it")
+        })
+        .collect();
+    if !unpinned.is_empty() {
+        let more = unpinned.len().saturating_sub(NAMED_UNPINNED);
+        let named = unpinned[..unpinned.len().min(NAMED_UNPINNED)].join(", ");
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        lines.push(format!(
+            "ignored the announcements of {} agent(s) with no key pinned in {}: {named}{more}",
+            unpinned.len(),
+            known_file.display()
+        ));
+    }
+    if let Some(first) = invalid.first() {
+        lines.push(format!("ignored {} announcement(s) that are not valid: {first}", invalid.len()));
+    }
+    lines.extend(inventory.legacy().iter().map(|agent| {
+        format!("believing unsigned announcements from agent {agent}: it is pinned as legacy (an agent that cannot sign); anyone who can publish to the broker can announce in its name")
+    }));
+    lines
+}
+
+fn warn_on_stderr(inventory: &Inventory, pins: &Pins<'_>) {
+    for line in warnings(inventory, pins.file) {
+        eprintln!("cuttle: warning: {}", super::terminal::err(&line));
     }
 }
 
-/// `dispatcher agents`: the live agents (matching `--select`), by id.
-pub async fn agents(rpc: &RpcConfig, args: AgentsArgs) -> ExitCode {
-    let inventory = match read_inventory(rpc).await {
+/// `dispatcher agents`: the live agents (matching `--select`) whose announcements verify, by
+/// id; what was ignored is told on stderr.
+pub async fn agents(rpc: &RpcConfig, pins: &Pins<'_>, args: AgentsArgs) -> ExitCode {
+    let inventory = match read_inventory(rpc, pins).await {
         Ok(inventory) => inventory,
         Err(code) => return code,
     };
+    warn_on_stderr(&inventory, pins);
     let now = inventory::now_ms();
     let live = inventory.select(args.select.as_ref(), now);
     if args.json {
@@ -88,9 +153,22 @@ fn describe_json(agent: &Announcement, now: u64) -> serde_json::Value {
 }
 
 /// `submit --select`: the live agents matching `selector` now, printed; an empty match is
-/// refused (exit 102) rather than run on nothing.
-pub async fn resolve(rpc: &RpcConfig, selector: &Selector, json: bool) -> Result<Vec<Route>, ExitCode> {
-    let inventory = read_inventory(rpc).await?;
+/// refused (exit 102) rather than run on nothing. Under `--json` what was ignored is counted in
+/// the `selected` event and each warning is a `warning` event; otherwise both go to stderr.
+pub async fn resolve(
+    rpc: &RpcConfig,
+    pins: &Pins<'_>,
+    selector: &Selector,
+    json: bool,
+) -> Result<Vec<Route>, ExitCode> {
+    let inventory = read_inventory(rpc, pins).await?;
+    if json {
+        for message in warnings(&inventory, pins.file) {
+            outln!("{}", json!({"event": "warning", "message": message}));
+        }
+    } else {
+        warn_on_stderr(&inventory, pins);
+    }
     let now = inventory::now_ms();
     let matching = inventory.select(Some(selector), now);
     if matching.is_empty() {
@@ -101,7 +179,8 @@ pub async fn resolve(rpc: &RpcConfig, selector: &Selector, json: bool) -> Result
     let ids: Vec<&str> = matching.iter().map(|a| a.agent_id.as_str()).collect();
     eprintln!("cuttle: --select {selector} matches {} live agents: {}", ids.len(), ids.join(", "));
     if json {
-        outln!("{}", json!({"event": "selected", "select": selector.to_string(), "targets": ids}));
+        let ignored = ignored_counts(&inventory);
+        outln!("{}", json!({"event": "selected", "select": selector.to_string(), "targets": ids, "ignored": ignored}));
     }
     ids.iter().map(|id| Route::agent(id).map_err(usage_error)).collect()
 }

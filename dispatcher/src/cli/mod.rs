@@ -877,7 +877,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Bench(args) => bench(&orchestrator, args).await,
         Command::Serve(args) => service::serve(&orchestrator, &journal, args).await,
         Command::History(args) => service::history(&journal, args).await,
-        Command::Agents(args) => fleet::agents(&rpc_config, args).await,
+        Command::Agents(args) => agents(&rpc_config, cli.key, cli.known_agents, args).await,
         Command::Upload(args) => transfer(&orchestrator, &args.on, &args.local, &args.remote, true).await,
         Command::Download(args) => transfer(&orchestrator, &args.on, &args.local, &args.remote, false).await,
         Command::Keygen(args) => keygen(&args),
@@ -889,13 +889,37 @@ pub async fn run(cli: Cli) -> ExitCode {
     code
 }
 
+/// `dispatcher agents`, believing the announcements the known agents' pins vouch for (no key
+/// needed: nothing is signed).
+async fn agents(
+    rpc_config: &RpcConfig,
+    key: Option<PathBuf>,
+    known_agents: Option<PathBuf>,
+    args: fleet::AgentsArgs,
+) -> ExitCode {
+    let file = match TrustFiles::resolve(key, known_agents) {
+        Ok(files) => files.known_agents,
+        Err(error) => return usage_error(error),
+    };
+    let known = match crate::trust::read_known(&file) {
+        Ok(known) => known,
+        Err(error) => return usage_error(format!("known agents: {error}")),
+    };
+    fleet::agents(rpc_config, &fleet::Pins { known: &known, file: &file }, args).await
+}
+
 async fn submit(orchestrator: &Orchestrator, rpc_config: &RpcConfig, args: SubmitArgs) -> ExitCode {
-    let routes = match &args.select {
-        Some(selector) => match fleet::resolve(rpc_config, selector, args.json).await {
-            Ok(routes) => routes,
-            Err(code) => return code,
-        },
-        None => match args.target.routes() {
+    let routes = match (&args.select, &rpc_config.trust) {
+        (Some(selector), Some(trust)) => {
+            let known = trust.known_agents();
+            let file = trust.known_file().map(Path::to_path_buf).unwrap_or_default();
+            match fleet::resolve(rpc_config, &fleet::Pins { known: &known, file: &file }, selector, args.json).await {
+                Ok(routes) => routes,
+                Err(code) => return code,
+            }
+        }
+        (Some(_), None) => return usage_error(crate::error::RpcError::NoKey),
+        (None, _) => match args.target.routes() {
             Ok(routes) => routes,
             Err(e) => return usage_error(e),
         },

@@ -1,0 +1,199 @@
+//! Presence is believed only under the pinned keys, through the real binaries: an impostor
+//! holding the broker's credentials appends announcements to `cuttle.presence` (signed with its
+//! own key, unsigned, from an agent nobody pinned, a genuine one with its labels changed, a
+//! genuine one replayed after its agent died), and `dispatcher agents` never lists them nor does
+//! `submit --select` reach them; the genuine agents are listed. (Labels, selection and a stopped
+//! agent dropping out are in rollouts.rs.)
+
+use contracts::trust::SecretKey;
+use std::time::Duration;
+use tests::presence::{announcement, PresenceStream};
+use tests::trust::{keypair, Answerer, Impostor};
+use tests::*;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the dispatcher binary with `args`: (exit code, stdout, stderr).
+async fn dispatcher(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = run_dispatcher(args).await;
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// `dispatcher agents --json --select select`: the ids listed (sorted) and what it warned of.
+async fn listed(select: &str) -> (Vec<String>, String) {
+    let (code, stdout, stderr) = dispatcher(&["agents", "--json", "--select", select]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut ids: Vec<String> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("one JSON object per line"))
+        .map(|a| a["agent"].as_str().expect("an agent id").to_owned())
+        .collect();
+    ids.sort();
+    (ids, stderr)
+}
+
+/// A config for an agent process labelled `labels`, announcing every second.
+fn labelled(what: &str, labels: &[(&str, &str)]) -> worker_agent::AgentConfig {
+    let mut config = agent::test_config(what);
+    config.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    config.announce_interval = Duration::from_secs(1);
+    config
+}
+
+/// Appends, every 500 ms until `stop`, what `forge` makes (a body and the key to seal it with).
+fn keep_appending(
+    stop: CancellationToken,
+    forge: impl Fn() -> (Vec<u8>, Option<contracts::trust::Seal>) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let stream = PresenceStream::connect().await;
+        while !stop.is_cancelled() {
+            let (body, seal) = forge();
+            stream.append(&body, seal.as_ref()).await;
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        stream.close().await;
+    })
+}
+
+/// A fresh announcement of `agent_id` labelled `labels`, signed with `key` (unsigned without one).
+fn forged(
+    agent_id: &str,
+    labels: &[(&str, &str)],
+    key: Option<&SecretKey>,
+) -> (Vec<u8>, Option<contracts::trust::Seal>) {
+    let body = announcement(agent_id, labels).encode().expect("encodes");
+    let seal = key.map(|key| key.seal_announcement(&body));
+    (body, seal)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_announcements_never_list_an_agent_nor_reach_a_rollout() {
+    let fleet = unique("fleet");
+    let genuine = AgentProcess::start(labelled("genuine", &[("fleet", &fleet), ("role", "web")])).await;
+    // Pinned names (to the test agent key), announced under another key, and unsigned.
+    let (wrong_key_id, unsigned_id) = (unique("impostor"), unique("unsigned"));
+    // Signed with the genuine test agent key, but nobody pinned this name.
+    let unpinned_id = format!("rogue-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (impostor_key, _) = keypair("impostor");
+    let impostor_key_id = impostor_key.id();
+    // Whatever reaches the impostor's name is answered as a success: it must never be asked.
+    let impostor = Impostor::start(&wrong_key_id, Answerer::Key(Box::new(impostor_key.clone()))).await;
+    let stop = CancellationToken::new();
+    let appenders = {
+        let owned = |s: &str| s.to_owned();
+        let (fleet_a, fleet_b, fleet_c) = (owned(&fleet), owned(&fleet), owned(&fleet));
+        let (wrong, unsigned, unpinned) = (wrong_key_id.clone(), unsigned_id.clone(), unpinned_id.clone());
+        [
+            keep_appending(stop.clone(), move || {
+                forged(&wrong, &[("fleet", &fleet_a), ("role", "web")], Some(&impostor_key))
+            }),
+            keep_appending(stop.clone(), move || forged(&unsigned, &[("fleet", &fleet_b), ("role", "web")], None)),
+            keep_appending(stop.clone(), move || {
+                forged(&unpinned, &[("fleet", &fleet_c), ("role", "web")], Some(&trust::keys().agent))
+            }),
+        ]
+    };
+    let everyone = format!("fleet={fleet}");
+    let genuine_id = genuine.config.agent_id.clone();
+    // Wait until the impostors have appended at least once, and the genuine agent is listed.
+    let stderr = eventually("the genuine agent listed, the impostors reported", Duration::from_secs(20), || {
+        let (everyone, genuine_id, wrong, unsigned) =
+            (everyone.clone(), genuine_id.clone(), wrong_key_id.clone(), unsigned_id.clone());
+        async move {
+            let (ids, stderr) = listed(&everyone).await;
+            assert!(ids.iter().all(|id| *id == genuine_id), "only the genuine agent is ever listed: {ids:?}");
+            let reported = stderr.contains(&format!("in the name of agent {wrong}:"))
+                && stderr.contains(&format!("in the name of agent {unsigned}:"));
+            (ids == [genuine_id] && reported).then_some(stderr)
+        }
+    })
+    .await;
+    assert!(stderr.contains(&format!("agent {wrong_key_id}: signed by key {}", impostor_key_id)), "{stderr}");
+    assert!(stderr.contains(&format!("agent {unsigned_id}: unsigned")), "{stderr}");
+    assert!(stderr.contains("no key pinned in") && stderr.contains(&unpinned_id), "{stderr}");
+
+    // A rollout over the fleet reaches the genuine agent only.
+    let markers = Markers::new();
+    let script = format!("echo run >> '{}'/\"$CUTTLE_AGENT_ID\"", markers.dir.display());
+    let (code, stdout, stderr) = dispatcher(&["submit", "--json", "--select", &everyone, "--", &script]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let selected = events.iter().find(|e| e["event"] == "selected").expect("a selected event");
+    assert_eq!(selected["targets"], serde_json::json!([genuine_id]));
+    assert!(selected["ignored"]["forged"].as_u64().unwrap() >= 2, "{selected}");
+    assert!(selected["ignored"]["unpinned"].as_u64().unwrap() >= 1, "{selected}");
+    let warned = |id: &str| {
+        events
+            .iter()
+            .any(|e| e["event"] == "warning" && e["message"].as_str().unwrap().contains(&format!("agent {id}:")))
+    };
+    assert!(warned(&wrong_key_id) && warned(&unsigned_id), "forged announcements as warning events: {stdout}");
+    assert_eq!(markers.count(&genuine_id), 1);
+    for id in [&wrong_key_id, &unsigned_id, &unpinned_id] {
+        assert_eq!(markers.count(id), 0);
+    }
+    assert_eq!(impostor.answered(), 0, "no request ever went to the impostor's name");
+
+    stop.cancel();
+    for appender in appenders {
+        appender.await.unwrap();
+    }
+    impostor.stop().await;
+    genuine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_or_replayed_announcement_keeps_no_dead_agent_alive() {
+    let fleet = unique("fleet");
+    let mut victim = AgentProcess::start(labelled("victim", &[("fleet", &fleet), ("role", "web")])).await;
+    let victim_id = victim.config.agent_id.clone();
+    let stream = PresenceStream::connect().await;
+    let genuine = stream.capture(&victim_id).await;
+    assert!(genuine.seal.is_some(), "agents sign their announcements");
+
+    // SIGKILL: no leaving announcement. From now on someone appends, twice a second, the
+    // genuine announcement as it was (a replay), and copies of it made fresh (`at` now) with
+    // other labels under the genuine seal (tampered).
+    victim.kill().await;
+    let killed_at = std::time::Instant::now();
+    let stop = CancellationToken::new();
+    let replayed = genuine.clone();
+    let replay = keep_appending(stop.clone(), move || (replayed.body.clone(), replayed.seal.clone()));
+    let tampered = genuine.clone();
+    let tamper = keep_appending(stop.clone(), move || {
+        let mut fresh = announcement(&tampered.announcement.agent_id, &[]);
+        fresh.labels = tampered.announcement.labels.clone();
+        fresh.labels.insert("role".into(), "db".into());
+        (fresh.encode().unwrap(), tampered.seal.clone())
+    });
+
+    let everyone = format!("fleet={fleet}");
+    assert!(listed(&format!("{everyone},role=db")).await.0.is_empty(), "the tampered labels are never believed");
+    let stderr = eventually("the dead agent to drop out", Duration::from_secs(15), || {
+        let everyone = everyone.clone();
+        async move {
+            let (ids, stderr) = listed(&everyone).await;
+            ids.is_empty().then_some(stderr)
+        }
+    })
+    .await;
+    let gone_after = killed_at.elapsed();
+    assert!(gone_after <= Duration::from_secs(6), "within its 3 s window (plus a listing): {gone_after:?}");
+    assert!(
+        stderr.contains(&format!("in the name of agent {victim_id}: the signature by key")),
+        "the tampered copies are reported: {stderr}"
+    );
+    // Still replayed and tampered with, still gone.
+    assert!(listed(&everyone).await.0.is_empty());
+    let (code, _, stderr) = dispatcher(&["submit", "--select", &everyone, "--", "true"]).await;
+    assert_eq!(code, Some(102), "no live agent to run on: {stderr}");
+
+    stop.cancel();
+    replay.await.unwrap();
+    tamper.await.unwrap();
+    stream.close().await;
+    victim.stop().await;
+}
