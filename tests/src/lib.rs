@@ -143,6 +143,13 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Waits (at most `within`) for a dispatcher to end: its exit code and stderr.
+pub async fn ended(child: tokio::process::Child, within: Duration) -> (Option<i32>, String) {
+    let out = tokio::time::timeout(within, child.wait_with_output()).await;
+    let out = out.expect("the dispatcher ends in time").expect("dispatcher output");
+    (out.status.code(), text(&out.stderr))
+}
+
 /// Starts `submit --json` of a long script (`echo started; sleep 30`) on the in-process agent
 /// and waits until it runs: its ticket, and the child (killed when dropped).
 pub async fn submit_running(agent: &TestAgent) -> (String, tokio::process::Child) {

@@ -85,13 +85,6 @@ fn spawn_submit(old_dispatcher: bool, agent_id: &str, script: &str, json: bool) 
     command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("dispatcher runs")
 }
 
-/// Waits (at most 20 s) for a dispatcher to end: its exit code and stderr.
-async fn ended(child: tokio::process::Child) -> (Option<i32>, String) {
-    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await;
-    let out = out.expect("the dispatcher ends in time").expect("dispatcher output");
-    (out.status.code(), text(&out.stderr))
-}
-
 /// Ctrl-C (SIGINT to the dispatcher) while the script runs: the script's process is stopped, it
 /// never reaches its end, and the dispatcher exits cancelled (106).
 async fn ctrl_c_cell(old_dispatcher: bool, agent_protocol: Protocol) {
@@ -102,7 +95,7 @@ async fn ctrl_c_cell(old_dispatcher: bool, agent_protocol: Protocol) {
     let child = spawn_submit(old_dispatcher, agent.id(), &script, false);
     let pid = script_pid(&pid_file).await;
     sigint(&child);
-    let (code, stderr) = ended(child).await;
+    let (code, stderr) = ended(child, Duration::from_secs(20)).await;
     assert_eq!(code, Some(106), "{stderr}");
     assert!(stderr.contains("cancelling ticket"), "{stderr}");
     assert!(process_gone(pid), "the script's process {pid} was stopped");
@@ -145,7 +138,7 @@ async fn dispatcher_protocol_v1_cancel_stops_a_legacy_agents_script() {
     let out = run_dispatcher(&["--protocol", "v1", "cancel", &ticket, "--target", agent.id()]).await;
     assert_eq!(out.status.code(), Some(106), "{}", text(&out.stderr));
     assert!(process_gone(pid), "the script's process {pid} was stopped");
-    let (code, stderr) = ended(submit).await;
+    let (code, stderr) = ended(submit, Duration::from_secs(20)).await;
     assert_eq!(code, Some(106), "the submission sees its script cancelled: {stderr}");
     assert!(!done.exists(), "the script never reached its end");
     // The ticket reads as cancelled afterwards, through script v1 too.

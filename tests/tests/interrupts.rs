@@ -14,20 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tests::proxy::FaultProxy;
 use tests::raw::queue_depth;
 use tests::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-
-/// Waits (at most `within`) for a child to end and gives its exit code and stderr.
-async fn ended(mut child: tokio::process::Child, within: Duration) -> (Option<i32>, String) {
-    let out = tokio::time::timeout(within, async {
-        let status = child.wait().await.unwrap();
-        let mut stderr = String::new();
-        if let Some(pipe) = child.stderr.as_mut() {
-            pipe.read_to_string(&mut stderr).await.unwrap();
-        }
-        (status.code(), stderr)
-    });
-    out.await.expect("the dispatcher ends in time")
-}
+use tokio::io::AsyncBufReadExt;
 
 fn spawn_dispatcher(args: &[&str]) -> tokio::process::Child {
     dispatcher_command().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()

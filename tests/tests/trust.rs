@@ -262,10 +262,6 @@ async fn submit(args: &[&str]) -> Output {
     tokio::time::timeout(Duration::from_secs(60), output).await.expect("submit ends").expect("submit runs")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// Impostors answering in an agent's name: alone (no genuine answer ever comes), they never make
 /// `submit` succeed; beside the real agent, their answers are ignored and reported.
 async fn forged_rows(bench: &mut Bench) {
