@@ -2,7 +2,14 @@
 # Makes sure RabbitMQ and Redis answer on 127.0.0.1 (5672, 6379): starts them if they are
 # installed but down, installs them from the distribution's packages if they are missing.
 # Sourced by quickstart.sh and test.sh; safe to run on its own.
+#
+# CUTTLE_RABBITMQ_PORT and CUTTLE_REDIS_PORT check and start them on other ports (point
+# CUTTLE_AMQP_URL and CUTTLE_REDIS_URL there too); CUTTLE_RABBITMQ_WAIT is how long RabbitMQ may
+# take to come up (90 s); RabbitMQ's log directory is its own RABBITMQ_LOG_BASE.
 set -euo pipefail
+
+rabbitmq_port="${CUTTLE_RABBITMQ_PORT:-5672}"
+redis_port="${CUTTLE_REDIS_PORT:-6379}"
 
 say() { printf 'cuttle: %s\n' "$*" >&2; }
 
@@ -53,26 +60,26 @@ apt_install() {
 }
 
 ensure_redis() {
-  if port_open 6379; then return 0; fi
+  if port_open "$redis_port"; then return 0; fi
   command -v redis-server >/dev/null || apt_install redis-server
-  say "starting Redis on 127.0.0.1:6379"
-  as_root redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
-  wait_port 6379 Redis 20
-  started+=("Redis (stop it: redis-cli -p 6379 shutdown nosave)")
+  say "starting Redis on 127.0.0.1:$redis_port"
+  as_root redis-server --daemonize yes --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no >/dev/null
+  wait_port "$redis_port" Redis 20
+  started+=("Redis (stop it: redis-cli -p $redis_port shutdown nosave)")
 }
 
 ensure_rabbitmq() {
-  if port_open 5672; then return 0; fi
+  if port_open "$rabbitmq_port"; then return 0; fi
   command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
-  say "starting RabbitMQ on 127.0.0.1:5672 (this takes a few seconds)"
+  say "starting RabbitMQ on 127.0.0.1:$rabbitmq_port (this takes a few seconds)"
   local out
   out="$(mktemp -t cuttle-rabbitmq.XXXXXX)"
-  as_root rabbitmq-server -detached >"$out" 2>&1 || true
-  if ! wait_port 5672 RabbitMQ 90; then
+  as_root env RABBITMQ_NODE_PORT="$rabbitmq_port" rabbitmq-server -detached >"$out" 2>&1 || true
+  if ! wait_port "$rabbitmq_port" RabbitMQ "${CUTTLE_RABBITMQ_WAIT:-90}"; then
     say "RabbitMQ's own words:"
     cat "$out" >&2
     local log
-    for log in /var/log/rabbitmq/*.log; do
+    for log in "${RABBITMQ_LOG_BASE:-/var/log/rabbitmq}"/*.log; do
       [ -r "$log" ] || continue
       say "the end of $log:"
       tail -n 20 "$log" >&2
