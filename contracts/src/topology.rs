@@ -66,6 +66,17 @@ pub fn pool_service_routing_key(pool: &str) -> String {
     format!("pool:{pool}:service")
 }
 
+/// Whether `agent_id` is the id of one of `pool`'s workers enrolled as a pool (`dispatcher
+/// enrol-pool`): `<pool>.<name>`, its name without dots (a pod name, say). Such a worker
+/// declares its own queue and binding itself, with the permissions of
+/// [`Permissions::pool_worker`], since nobody can enrol an id before its pod exists.
+pub fn is_pool_worker_id(pool: &str, agent_id: &str) -> bool {
+    agent_id
+        .strip_prefix(pool)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|name| !name.is_empty() && name.chars().all(|c| is_name_char(c) && c != '.'))
+}
+
 /// Checks an agent id or pool name: 1 to 100 characters of `[A-Za-z0-9._-]`.
 pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
@@ -184,6 +195,21 @@ impl Permissions {
         }
     }
 
+    /// Every worker of `pool` enrolled as a pool (`dispatcher enrol-pool`), whose ids are
+    /// `<pool>.<name>` ([`is_pool_worker_id`]): declares and binds its own queue, and nothing
+    /// else (configure and write on the queues of the pool's workers only, write on
+    /// [`DEAD_EXCHANGE`] because RabbitMQ asks for it to declare a queue that dead-letters
+    /// there), reads those queues and its pool's, and binds to [`COMMANDS_EXCHANGE`] (read).
+    pub fn pool_worker(pool: &str) -> Permissions {
+        let own = format!("{}[A-Za-z0-9_-]+", escape(&agent_queue(&format!("{pool}."))));
+        let shared = [COMMANDS_EXCHANGE.to_owned(), pool_queue(pool), pool_service_queue(pool)].map(|n| escape(&n));
+        Permissions {
+            configure: format!("^{own}$"),
+            write: format!("^({DEFAULT_EXCHANGE}|{}|{own})$", escape(DEAD_EXCHANGE)),
+            read: format!("^({}|{own})$", shared.join("|")),
+        }
+    }
+
     /// A dispatcher (and `dispatcher serve`): publishes commands, reads the presence stream
     /// (after a marker it publishes there), takes replies by direct reply-to.
     pub fn dispatcher() -> Permissions {
@@ -224,6 +250,22 @@ mod tests {
             Permissions::dispatcher().rabbitmqctl("/", "d"),
             "rabbitmqctl set_permissions -p '/' 'd' '^$' '^(cuttle\\.commands|amq\\.default)$' '^cuttle\\.presence$'"
         );
+    }
+
+    #[test]
+    fn a_pool_worker_may_configure_only_its_pools_worker_queues() {
+        let p = Permissions::pool_worker("batch");
+        assert_eq!(p.configure, "^cuttle\\.agent\\.batch\\.[A-Za-z0-9_-]+$");
+        assert_eq!(p.write, "^(amq\\.default|cuttle\\.dead|cuttle\\.agent\\.batch\\.[A-Za-z0-9_-]+)$");
+        assert_eq!(
+            p.read,
+            "^(cuttle\\.commands|cuttle\\.pool\\.batch|cuttle\\.pool\\.batch\\.service|cuttle\\.agent\\.batch\\.[A-Za-z0-9_-]+)$"
+        );
+        assert!(is_pool_worker_id("batch", "batch.cuttle-worker-5d8f9-x2x9z"));
+        // Another pool's worker (pool "batch.gpu") is not one of pool "batch"'s.
+        for other in ["batch", "batch.", "batch.gpu.w-1", "batchx.w-1", "web-01"] {
+            assert!(!is_pool_worker_id("batch", other), "{other}");
+        }
     }
 
     #[test]

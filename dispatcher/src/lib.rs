@@ -16,7 +16,7 @@
 //!   budget), with a result per target.
 //! - [`inventory`]: the live fleet, from the agents' announcements on the presence stream.
 //! - [`bench`]: the `dispatcher bench` load generator; [`metrics`]: the metric families.
-//! - [`setup`]: the operator steps `setup-broker` and `enrol-agent` (least privilege).
+//! - [`setup`]: the operator steps `setup-broker`, `enrol-agent` and `enrol-pool` (least privilege).
 //! - [`service`]: `dispatcher serve`: the HTTP API, the journal and crash-safe resume.
 //! - [`transfer`]: `upload` and `download` in chunks, resumable and verified.
 //! - [`cli`]: the `dispatcher` command line.

@@ -1,6 +1,7 @@
 //! Operator steps on the broker, run once with an operator's credentials, so that agents and
 //! dispatchers can run with users that may configure nothing (README, "Least privilege"):
-//! `setup-broker` declares the shared topology, `enrol-agent` one agent's queue and binding.
+//! `setup-broker` declares the shared topology, `enrol-agent` one agent's queue and binding,
+//! `enrol-pool` a pool's queues (its workers declare their own).
 
 use crate::error::RpcError;
 use crate::rpc::{self, RpcConfig};
@@ -83,13 +84,13 @@ async fn bind(channel: &Channel, queue: &str, exchange: &str, routing_key: &str)
         .map_err(failed("queue.bind"))
 }
 
-/// Declares an agent's queue bound to its id (and, with `pool`, the pool's work and service
-/// queues bound to theirs), as the agent itself would. Idempotent.
-pub async fn enrol_agent(config: &RpcConfig, agent_id: &str, pool: Option<&str>) -> Result<(), RpcError> {
-    let connection = rpc::connect(config, "cuttle-dispatcher enrol-agent").await?;
+/// Declares an agent's queue bound to its id (with `agent_id`) and, with `pool`, the pool's work
+/// and service queues bound to theirs, as an agent itself would. Idempotent.
+pub async fn enrol(config: &RpcConfig, agent_id: Option<&str>, pool: Option<&str>) -> Result<(), RpcError> {
+    let connection = rpc::connect(config, "cuttle-dispatcher enrol").await?;
     let result = async {
         let channel = connection.create_channel().await.map_err(failed("channel.open"))?;
-        let mut queues = vec![(agent_queue(agent_id), agent_id.to_owned())];
+        let mut queues: Vec<_> = agent_id.map(|id| (agent_queue(id), id.to_owned())).into_iter().collect();
         if let Some(pool) = pool {
             queues.push((pool_queue(pool), pool_routing_key(pool)));
             queues.push((pool_service_queue(pool), pool_service_routing_key(pool)));

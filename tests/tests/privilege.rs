@@ -1,12 +1,12 @@
 //! Least privilege on the broker: an operator sets a vhost up (`dispatcher setup-broker`,
-//! `dispatcher enrol-agent`), each role gets a user with exactly the permissions printed, a
+//! `dispatcher enrol-agent`, `dispatcher enrol-pool`), each role gets a user with exactly the permissions printed, a
 //! script runs end to end through the real binaries, and RabbitMQ refuses every action outside a
 //! role (ACCESS_REFUSED).
 
 use contracts::topology::{agent_queue, pool_queue, pool_service_queue, COMMANDS_EXCHANGE};
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use std::process::Command;
 use tests::agent::test_config;
 use tests::{dispatcher_command, text, unique, AgentProcess};
@@ -178,5 +178,76 @@ async fn each_role_runs_with_its_printed_permissions_and_nothing_more() {
     for connection in [as_a, as_b, as_keda] {
         let _ = connection.close(200, "done".into()).await;
     }
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_worker_with_a_fresh_id_declares_only_its_own_queue_and_reads_nothing_of_others() {
+    let mut vhost = Vhost::new();
+    let setup = operator(&vhost, &["setup-broker"]).await;
+    let (pool, other_pool, agent_b) = (unique("least-pool"), unique("other-pool"), unique("least-b"));
+    let worker_user = unique("pool-user");
+    let enrolled = operator(&vhost, &["enrol-pool", &pool, "--user", &worker_user]).await;
+    assert!(enrolled.contains(&format!("--agent-id {pool}.NAME")), "{enrolled}");
+    operator(&vhost, &["enrol-pool", &other_pool]).await;
+    operator(&vhost, &["enrol-agent", &agent_b]).await;
+    vhost.add_user(&worker_user, &enrolled);
+    let dispatcher_user = unique("dispatcher");
+    vhost.add_user(&dispatcher_user, setup.lines().find(|l| l.starts_with("dispatcher:")).expect("dispatcher line"));
+
+    // A worker named as Kubernetes names a pod: nobody could enrol this id before it started.
+    let mut worker = test_config("least-worker");
+    worker.agent_id = format!("{pool}.cuttle-worker-7d9c8b6f5-{}", &unique("pod")[11..16]);
+    tests::trust::keys().pin(&worker.agent_id);
+    worker.pool = Some(pool.clone());
+    worker.amqp_url = vhost.url(&worker_user, "pw");
+    let mut command = AgentProcess::command(&worker);
+    command.arg("--enrolled");
+    let agent = AgentProcess::spawn_command(worker.clone(), command);
+    agent.wait_ready().await;
+    let own = agent_queue(&worker.agent_id);
+    let queues = ctl(&["list_queues", "-p", &vhost.name, "name", "arguments"]);
+    assert!(queues.lines().any(|l| l.starts_with(&own) && l.contains("x-expires")), "{own} declared: {queues}");
+    // Its own queue, bound by itself, and its pool's, each run a script end to end.
+    for target in [["--target", worker.agent_id.as_str()], ["--pool", pool.as_str()]] {
+        let out = dispatcher_command()
+            .env("CUTTLE_AMQP_URL", vhost.url(&dispatcher_user, "pw"))
+            .arg("submit")
+            .args(target)
+            .args(["--", "echo pool-least-privilege"])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{target:?}: {}{}{}", text(&out.stdout), text(&out.stderr), agent.log_text());
+        assert!(text(&out.stdout).contains("pool-least-privilege"), "{target:?}");
+    }
+
+    // What the pool's user may not do.
+    let as_worker =
+        Connection::connect(&vhost.url(&worker_user, "pw"), ConnectionProperties::default()).await.expect("connects");
+    for (what, queue) in [
+        ("reading another pool's queue", pool_queue(&other_pool)),
+        ("reading another pool's service queue", pool_service_queue(&other_pool)),
+        ("reading another agent's queue", agent_queue(&agent_b)),
+    ] {
+        let channel = as_worker.create_channel().await.unwrap();
+        let consume =
+            channel.basic_consume(queue.as_str().into(), "".into(), Default::default(), FieldTable::default());
+        refused(what, consume.await).await;
+    }
+    let channel = as_worker.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let declare =
+        channel.exchange_declare(COMMANDS_EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default());
+    refused("declaring a shared exchange", declare.await).await;
+    let channel = as_worker.create_channel().await.unwrap();
+    let other_worker = agent_queue(&format!("{other_pool}.cuttle-worker-1"));
+    let declare = channel.queue_declare(other_worker.as_str().into(), Default::default(), FieldTable::default());
+    refused("declaring another pool's worker queue", declare.await).await;
+    let channel = as_worker.create_channel().await.unwrap();
+    let delete = channel.queue_delete(pool_queue(&pool).as_str().into(), Default::default());
+    refused("deleting its pool's shared queue", delete.await).await;
+
+    let _ = as_worker.close(200, "done".into()).await;
     agent.stop().await;
 }

@@ -34,7 +34,7 @@ pub enum BrokerError {
     Call { call: &'static str, source: lapin::Error },
     #[error("broker call {call} timed out after {after:?}")]
     Timeout { call: &'static str, after: Duration },
-    #[error("{what} does not exist: an enrolled agent declares nothing (run dispatcher setup-broker and enrol-agent, or start without --enrolled)")]
+    #[error("{what} does not exist: an enrolled agent declares nothing (run dispatcher setup-broker and enrol-agent, or enrol-pool for a pool worker with an id POOL.NAME, or start without --enrolled)")]
     NotEnrolled { what: String },
     #[error("the broker closed the consumer")]
     ConsumerClosed,
@@ -64,62 +64,75 @@ fn is_precondition_failed(error: &BrokerError) -> bool {
         if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
 }
 
-/// Declares the shared exchanges, the dead-letter queue, and one command queue bound to
-/// `routing_key`, with `expires` as its `x-expires`. Idempotent.
+/// What an agent declares of its topology (see [`declare_topology`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Declare {
+    /// Everything it needs: the shared exchanges, the dead-letter queue, the queue and its binding.
+    All,
+    /// Only the queue and its binding, when the shared topology is the operator's (a pool worker
+    /// enrolled as a pool: `--enrolled`, `--pool P`, an id `P.NAME`).
+    Queue,
+    /// Nothing: the operator declared all of it (`--enrolled`); it is only checked, passively.
+    Nothing,
+}
+
+impl Declare {
+    /// What an agent declares of its own queue: a pool worker enrolled as a pool
+    /// ([`is_pool_worker_id`]) declares it, since no operator can enrol an id (a pod name)
+    /// before it exists.
+    pub fn own_queue(enrolled: bool, agent_id: &str, pool: Option<&str>) -> Declare {
+        match (enrolled, pool) {
+            (false, _) => Declare::All,
+            (true, Some(pool)) if is_pool_worker_id(pool, agent_id) => Declare::Queue,
+            (true, _) => Declare::Nothing,
+        }
+    }
+
+    /// What an agent declares of its pool's queues, which are shared.
+    pub fn pool_queues(enrolled: bool) -> Declare {
+        if enrolled {
+            Declare::Nothing
+        } else {
+            Declare::All
+        }
+    }
+}
+
+/// Declares what `declare` says: the shared exchanges, the dead-letter queue, and one command
+/// queue bound to `routing_key`, with `expires` as its `x-expires`. Idempotent.
 ///
 /// A queue that already exists with other arguments (declared by an earlier version, with
 /// another `--queue-expiry`, or a dead-letter queue bounded by `dispatcher setup-broker`) is used
 /// as it is: the broker refuses the declare and closes the channel, so the queue is declared
 /// again passively on a new channel, with a notice. Returns the channel to go on with.
 ///
-/// `enrolled` (`--enrolled`): the operator declared all of it (`dispatcher setup-broker`,
-/// `enrol-agent`), and the agent's user may not configure anything: the exchange and the queue
-/// are only checked, passively, and nothing is bound.
+/// What is not declared (the exchange, with [`Declare::Queue`] or [`Declare::Nothing`]; the
+/// queue too with [`Declare::Nothing`]) is only checked, passively, so an agent's user needs no
+/// configure permission on it.
 pub async fn declare_topology(
     connection: &Connection,
     channel: Channel,
     queue: &str,
     routing_key: &str,
     expires: Option<Duration>,
-    enrolled: bool,
+    declare: Declare,
 ) -> Result<Channel, BrokerError> {
     let t = BROKER_CALL_TIMEOUT;
-    if enrolled {
+    let channel = if declare == Declare::All {
+        declare_shared(connection, channel).await?
+    } else {
         let passive = ExchangeDeclareOptions { passive: true, durable: true, ..Default::default() };
         let exchange =
             channel.exchange_declare(COMMANDS_EXCHANGE.into(), ExchangeKind::Direct, passive, FieldTable::default());
         call("exchange.declare", t, exchange).await.map_err(|e| not_enrolled(e, COMMANDS_EXCHANGE))?;
+        channel
+    };
+    if declare == Declare::Nothing {
         let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
         let declare = channel.queue_declare(queue.into(), passive, FieldTable::default());
         call("queue.declare", t, declare).await.map_err(|e| not_enrolled(e, queue))?;
         return Ok(channel);
     }
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    call(
-        "exchange.declare",
-        t,
-        channel.exchange_declare(COMMANDS_EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default()),
-    )
-    .await?;
-    call(
-        "exchange.declare",
-        t,
-        channel.exchange_declare(DEAD_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default()),
-    )
-    .await?;
-    let channel = declare_or_use(connection, channel, DEAD_QUEUE, dead_queue_arguments()).await?;
-    call(
-        "queue.bind",
-        t,
-        channel.queue_bind(
-            DEAD_QUEUE.into(),
-            DEAD_EXCHANGE.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
     let channel = declare_or_use(connection, channel, queue, command_queue_arguments(expires)).await?;
     call(
         "queue.bind",
@@ -128,6 +141,30 @@ pub async fn declare_topology(
             queue.into(),
             COMMANDS_EXCHANGE.into(),
             routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    Ok(channel)
+}
+
+/// Declares the shared exchanges and the dead-letter queue with its binding.
+async fn declare_shared(connection: &Connection, channel: Channel) -> Result<Channel, BrokerError> {
+    let t = BROKER_CALL_TIMEOUT;
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    for (exchange, kind) in [(COMMANDS_EXCHANGE, ExchangeKind::Direct), (DEAD_EXCHANGE, ExchangeKind::Fanout)] {
+        call("exchange.declare", t, channel.exchange_declare(exchange.into(), kind, durable, FieldTable::default()))
+            .await?;
+    }
+    let channel = declare_or_use(connection, channel, DEAD_QUEUE, dead_queue_arguments()).await?;
+    call(
+        "queue.bind",
+        t,
+        channel.queue_bind(
+            DEAD_QUEUE.into(),
+            DEAD_EXCHANGE.into(),
+            "".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         ),
@@ -285,8 +322,8 @@ async fn consume_on(
     let config = agent.config();
     let channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
     let queue = agent_queue(&config.agent_id);
-    let channel =
-        declare_topology(connection, channel, &queue, &config.agent_id, config.queue_expiry, config.enrolled).await?;
+    let declare = Declare::own_queue(config.enrolled, &config.agent_id, config.pool.as_deref());
+    let channel = declare_topology(connection, channel, &queue, &config.agent_id, config.queue_expiry, declare).await?;
     call("basic.qos", BROKER_CALL_TIMEOUT, channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
     let mut own = start_consumer(&channel, &queue).await?;
     // A pool's work queue (starts) on a channel of its own: a worker with bounded scripts takes
@@ -297,9 +334,9 @@ async fn consume_on(
         Some(pool) => {
             let pool_channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
             let work_queue = pool_queue(pool);
+            let declare = Declare::pool_queues(config.enrolled);
             let pool_channel =
-                declare_topology(connection, pool_channel, &work_queue, &pool_routing_key(pool), None, config.enrolled)
-                    .await?;
+                declare_topology(connection, pool_channel, &work_queue, &pool_routing_key(pool), None, declare).await?;
             let prefetch = if config.max_scripts.is_some() { 1 } else { config.prefetch };
             call("basic.qos", BROKER_CALL_TIMEOUT, pool_channel.basic_qos(prefetch, BasicQosOptions::default()))
                 .await?;
@@ -311,7 +348,7 @@ async fn consume_on(
                 &service_queue,
                 &pool_service_routing_key(pool),
                 None,
-                config.enrolled,
+                declare,
             )
             .await?;
             let service = start_consumer(&service_channel, &service_queue).await?;
@@ -529,5 +566,21 @@ async fn send_reply(
     if let Err(error) = call("basic.publish", BROKER_CALL_TIMEOUT, publish).await {
         // The dispatcher asks again for what it did not get.
         tracing::warn!(agent = %agent.config().agent_id, %error, "could not send reply");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_pool_worker_enrolled_as_a_pool_declares_its_own_queue() {
+        assert_eq!(Declare::own_queue(false, "web-01", None), Declare::All);
+        assert_eq!(Declare::own_queue(true, "web-01", None), Declare::Nothing);
+        assert_eq!(Declare::own_queue(true, "w-1", Some("batch")), Declare::Nothing);
+        assert_eq!(Declare::own_queue(true, "batch.cuttle-worker-7f-x2", Some("batch")), Declare::Queue);
+        assert_eq!(Declare::own_queue(true, "batch.cuttle-worker-7f-x2", None), Declare::Nothing);
+        assert_eq!(Declare::pool_queues(true), Declare::Nothing);
+        assert_eq!(Declare::pool_queues(false), Declare::All);
     }
 }

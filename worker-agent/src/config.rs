@@ -105,7 +105,8 @@ pub struct AgentConfig {
     pub insecure_allow_unsigned: bool,
     /// The operator declared the topology and this agent's queue and binding (`dispatcher
     /// setup-broker`, `enrol-agent`): the agent only checks them, so its broker user needs no
-    /// configure permission (`--enrolled`).
+    /// configure permission (`--enrolled`); a pool worker with an id `POOL.NAME` declares its own
+    /// queue and binding (`dispatcher enrol-pool`).
     pub enrolled: bool,
     /// How often the janitor sweeps the work dir (besides at start).
     pub janitor_interval: Duration,

@@ -31,6 +31,16 @@ pub struct EnrolAgentArgs {
     pub user: Option<String>,
 }
 
+#[derive(Args, Debug)]
+pub struct EnrolPoolArgs {
+    /// The pool's name.
+    pub pool: String,
+    /// The broker user all the pool's workers share, for the printed command [default:
+    /// cuttle-pool-POOL].
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
 fn broker_error(error: crate::RpcError) -> ExitCode {
     eprintln!("cuttle: {error}");
     ExitCode::from(exit::BROKER_UNREACHABLE)
@@ -61,7 +71,7 @@ pub async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> ExitCod
     }
     println!("dispatcher: {}", Permissions::dispatcher().rabbitmqctl(&vhost, "DISPATCHER_USER"));
     println!("queue length reader (KEDA): {}", Permissions::queue_length_reader().rabbitmqctl(&vhost, "KEDA_USER"));
-    println!("each agent: dispatcher enrol-agent ID");
+    println!("each agent: dispatcher enrol-agent ID; each pool: dispatcher enrol-pool POOL");
     ExitCode::SUCCESS
 }
 
@@ -73,7 +83,7 @@ pub async fn enrol_agent(config: &RpcConfig, args: &EnrolAgentArgs) -> ExitCode 
             return ExitCode::from(exit::USAGE);
         }
     }
-    if let Err(error) = setup::enrol_agent(config, &args.agent_id, args.pool.as_deref()).await {
+    if let Err(error) = setup::enrol(config, Some(&args.agent_id), args.pool.as_deref()).await {
         return broker_error(error);
     }
     let vhost = setup::vhost_of(&config.amqp_url);
@@ -83,5 +93,25 @@ pub async fn enrol_agent(config: &RpcConfig, args: &EnrolAgentArgs) -> ExitCode 
         args.agent_id
     );
     println!("{}", Permissions::agent(&args.agent_id, args.pool.as_deref()).rabbitmqctl(&vhost, user));
+    ExitCode::SUCCESS
+}
+
+/// Declares a pool's queues and bindings and prints the permissions its workers' user needs:
+/// each worker, with an id `POOL.NAME`, declares and binds its own queue.
+pub async fn enrol_pool(config: &RpcConfig, args: &EnrolPoolArgs) -> ExitCode {
+    if let Err(error) = contracts::topology::validate_name("pool name", &args.pool) {
+        eprintln!("cuttle: {error}");
+        return ExitCode::from(exit::USAGE);
+    }
+    if let Err(error) = setup::enrol(config, None, Some(&args.pool)).await {
+        return broker_error(error);
+    }
+    let vhost = setup::vhost_of(&config.amqp_url);
+    let user = args.user.clone().unwrap_or_else(|| format!("cuttle-pool-{}", args.pool));
+    println!(
+        "enrolled pool {pool}: its queues are declared and bound; start each worker with --enrolled --pool {pool} --agent-id {pool}.NAME (NAME without dots, such as its pod name): it declares and binds only its own queue, cuttle.agent.{pool}.NAME",
+        pool = args.pool
+    );
+    println!("{}", Permissions::pool_worker(&args.pool).rabbitmqctl(&vhost, &user));
     ExitCode::SUCCESS
 }

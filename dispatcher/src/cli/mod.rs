@@ -126,7 +126,8 @@ impl Command {
             | Command::Keygen(_)
             | Command::PublicKey
             | Command::SetupBroker(_)
-            | Command::EnrolAgent(_) => false,
+            | Command::EnrolAgent(_)
+            | Command::EnrolPool(_) => false,
         }
     }
 }
@@ -178,6 +179,10 @@ pub enum Command {
     /// Operator step, with an administrator's broker URL: declare an agent's queue and binding
     /// and print the permissions its user needs to run with --enrolled.
     EnrolAgent(broker::EnrolAgentArgs),
+    /// Operator step, with an administrator's broker URL: declare a pool's queues and bindings
+    /// and print the permissions its workers' user needs to run with --enrolled and ids
+    /// POOL.NAME (each declares only its own queue).
+    EnrolPool(broker::EnrolPoolArgs),
 }
 
 #[derive(Args, Debug)]
@@ -884,6 +889,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::PublicKey => public_key(cli.key),
         Command::SetupBroker(args) => broker::setup_broker(&rpc_config, &args).await,
         Command::EnrolAgent(args) => broker::enrol_agent(&rpc_config, &args).await,
+        Command::EnrolPool(args) => broker::enrol_pool(&rpc_config, &args).await,
     };
     rpc.close().await;
     code

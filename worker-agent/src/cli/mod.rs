@@ -186,7 +186,9 @@ pub struct RunArgs {
     /// The broker was set up by the operator (`dispatcher setup-broker`, then `dispatcher
     /// enrol-agent <ID>`): declare nothing, only check that the exchange, this agent's queue (and
     /// its pool's) and the presence stream exist. Its broker user then needs no configure
-    /// permission: `enrol-agent` prints what it needs.
+    /// permission: `enrol-agent` prints what it needs. A pool worker whose id is `POOL.NAME`
+    /// (`dispatcher enrol-pool POOL`; NAME without dots, such as its pod name) declares and binds
+    /// its own queue, and only that: its user needs what `enrol-pool` prints.
     #[arg(long, env = "CUTTLE_ENROLLED")]
     pub enrolled: bool,
     /// How often the janitor removes leftover workspaces from the work dir (it also does at
