@@ -70,10 +70,16 @@ pub fn amqp_url_with_auth(url: &str, client_cert: bool) -> String {
     format!("{url}{separator}auth_mechanism=external")
 }
 
+/// Whether a TLS failure says the server's certificate is not trusted: a setting to fix (the CA
+/// file, or the host name in the URL), which no retry mends.
+pub fn untrusted_server(message: &str) -> bool {
+    message.contains("invalid peer certificate")
+}
+
 /// What to check when a TLS handshake fails: the peer's certificate is not trusted, or ours
 /// was refused. `message` is the handshake error's text.
 pub fn tls_hint(message: &str) -> Option<&'static str> {
-    if message.contains("invalid peer certificate") {
+    if untrusted_server(message) {
         Some("the server's certificate is not trusted: check the CA file and the host name in the URL")
     } else if message.contains("certificate") || message.contains("alert") {
         Some("the server refused the TLS handshake: check the client certificate and key")
@@ -131,5 +137,7 @@ mod tests {
         assert!(tls_hint("invalid peer certificate: UnknownIssuer").unwrap().contains("CA file"));
         assert!(tls_hint("received fatal alert: CertificateRequired").unwrap().contains("client certificate"));
         assert_eq!(tls_hint("connection refused"), None);
+        assert!(untrusted_server("invalid peer certificate: NotValidForName"));
+        assert!(!untrusted_server("received fatal alert: CertificateRequired"));
     }
 }

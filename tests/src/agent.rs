@@ -40,7 +40,7 @@ pub struct TestAgent {
     pub config: AgentConfig,
     pub agent: Arc<Agent>,
     shutdown: CancellationToken,
-    serving: tokio::task::JoinHandle<()>,
+    serving: worker_agent::Serving,
 }
 
 impl TestAgent {

@@ -95,7 +95,7 @@ async fn scripts_run_over_tls_to_broker_and_store_with_client_certificates_and_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_trusting_another_ca_names_the_broker_certificate_as_the_reason() {
+async fn an_agent_trusting_another_ca_exits_78_naming_the_broker_certificate_as_the_reason() {
     tests::skip_unless!(tests::needs::private_rabbit());
     let ca = TestCa::new("cuttle-test-ca");
     let server = ca.server("localhost");
@@ -108,10 +108,20 @@ async fn an_agent_trusting_another_ca_names_the_broker_certificate_as_the_reason
     bad.amqp_url = format!("amqps://localhost:{tls_port}/%2f");
     let mut command = AgentProcess::command(&bad);
     certificates(&mut command, "AMQP", &wrong.cert, &client);
-    let agent = AgentProcess::spawn_command(bad, command);
-    log_shows(&agent, "TLS handshake with the broker failed").await;
-    assert!(agent.log_text().contains("certificate is not trusted"), "{}", agent.log_text());
-    assert!(!agent.log_text().contains("consuming commands"));
+    let mut agent = AgentProcess::spawn_command(bad, command);
+    // A setting to fix, not an outage: it exits at once instead of retrying forever.
+    let status = tokio::time::timeout(Duration::from_secs(30), agent.wait()).await.expect("the agent exits by itself");
+    let log = agent.log_text();
+    assert_eq!(status.code(), Some(i32::from(worker_agent::EXIT_SETTING)), "{log}");
+    assert_eq!(worker_agent::EXIT_SETTING, 78);
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("worker-agent: TLS handshake with the broker failed")
+            && last.contains("certificate is not trusted: check the CA file"),
+        "{log}"
+    );
+    assert_eq!(log.matches("TLS handshake with the broker failed").count(), 2, "not retried: {log}");
+    assert!(!log.contains("consuming commands"));
     agent.stop().await;
 }
 

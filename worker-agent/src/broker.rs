@@ -215,21 +215,35 @@ async fn broker_accepts_tcp(amqp_url: &str, timeout: Duration) -> bool {
     matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
 }
 
+impl BrokerError {
+    /// Whether no retry can mend this: the broker's certificate is not trusted (the CA file, or
+    /// the host name in the URL, is a setting to fix), unlike a broker that is down or restarting.
+    pub fn is_setting(&self) -> bool {
+        matches!(self, BrokerError::Tls { message, .. } if contracts::tls::untrusted_server(message))
+    }
+}
+
 /// Serves the agent's queue until `shutdown`, reconnecting after every loss of the broker: to
-/// the next node of the cluster when `amqp_url` lists several.
-pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) {
+/// the next node of the cluster when `amqp_url` lists several. Returns early with the error
+/// when the broker's certificate is not trusted ([`BrokerError::is_setting`]).
+pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Result<(), BrokerError> {
     let mut endpoints = match AmqpEndpoints::parse_random_start(&agent.config().amqp_url) {
         Ok(endpoints) => endpoints,
         Err(error) => {
             tracing::error!(agent = %agent.config().agent_id, %error, "cannot serve: bad AMQP URL list");
-            return;
+            return Ok(());
         }
     };
     let mut delay = FIRST_RECONNECT_DELAY;
     while !shutdown.is_cancelled() {
         let mut consumed = false;
         match consume(&agent, &shutdown, &mut endpoints, &mut consumed).await {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_setting() => {
+                agent.set_ready(false);
+                tracing::error!(agent = %agent.config().agent_id, %error, "the broker's certificate is not trusted; stopping (a setting to fix, not an outage)");
+                return Err(error);
+            }
             Err(error) => {
                 // A link that served is lost: come back quickly, as after the first loss.
                 if consumed {
@@ -246,11 +260,12 @@ pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) {
         }
         // Full jitter, so a fleet that lost the broker together does not come back in step.
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay.mul_f64(fastrand::f64())) => {}
         }
         delay = (delay * 2).min(MAX_RECONNECT_DELAY);
     }
+    Ok(())
 }
 
 /// Where a delivery came from: the agent's own queue, or its pool's shared one.

@@ -61,7 +61,15 @@ pub enum RunError {
     Probes { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Trust(#[from] trust::TrustError),
+    /// A broker setting no retry mends (see [`broker::BrokerError::is_setting`]); the binary
+    /// exits [`EXIT_SETTING`].
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
 }
+
+/// The exit code of `worker-agent run` when the broker's certificate is not trusted (`EX_CONFIG`
+/// of sysexits.h): a setting to fix, which a supervisor should not restart into again and again.
+pub const EXIT_SETTING: u8 = 78;
 
 /// Runs an agent until `shutdown` completes: the one entry point of the `worker-agent` binary
 /// (which passes [`shutdown_signal`]) and of tests that drive the agent as the binary does.
@@ -94,10 +102,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         started = start_trusting(config, trust, metrics, stop.clone()) => started,
         () = &mut shutdown => None,
     };
+    let mut failed = None;
     if let Some((agent, mut serving)) = started {
         probes.attach(agent.clone());
         tokio::select! {
-            _ = &mut serving => {}
+            served = &mut serving => {
+                // Stopped by itself: a setting to fix. Running scripts still end as on a signal.
+                stop.cancel();
+                failed = served.ok().and_then(Result::err);
+            }
             () = &mut shutdown => {
                 tracing::info!("stopping: taking no more work");
                 stop.cancel();
@@ -111,7 +124,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     if let Some(served) = probes_served {
         let _ = served.await;
     }
-    Ok(())
+    failed.map_or(Ok(()), |error| Err(RunError::Broker(error)))
 }
 
 /// Completes on the first SIGINT or SIGTERM.
@@ -143,6 +156,9 @@ async fn drain(agent: &Agent, timeout: Duration) {
     }
     agent.stop_scripts().await;
 }
+
+/// The task serving the broker (see [`broker::serve`]).
+pub type Serving = tokio::task::JoinHandle<Result<(), broker::BrokerError>>;
 
 /// Where the local ticket store lives in the work directory.
 pub const LOCAL_STORE_FILE: &str = "tickets.redb";
@@ -189,12 +205,12 @@ pub async fn connect_store(
 /// Starts an agent: loads its keys ([`trust::AgentTrust::load`]), connects to the store, marks
 /// runs lost by an earlier process, and serves its queue in the background, recording in
 /// `metrics`. Cancel `shutdown` to stop taking work; the returned task ends once the consumer has
-/// stopped. `Ok(None)`: stopped before it could start.
+/// stopped, or early with a broker setting to fix. `Ok(None)`: stopped before it could start.
 pub async fn start(
     config: AgentConfig,
     metrics: metrics::Metrics,
     shutdown: CancellationToken,
-) -> Result<Option<(Arc<Agent>, tokio::task::JoinHandle<()>)>, RunError> {
+) -> Result<Option<(Arc<Agent>, Serving)>, RunError> {
     let trust = Arc::new(trust::AgentTrust::load(&config)?);
     Ok(start_trusting(config, trust, metrics, shutdown).await)
 }
@@ -204,7 +220,7 @@ async fn start_trusting(
     trust: Arc<trust::AgentTrust>,
     metrics: metrics::Metrics,
     shutdown: CancellationToken,
-) -> Option<(Arc<Agent>, tokio::task::JoinHandle<()>)> {
+) -> Option<(Arc<Agent>, Serving)> {
     let owner = format!("{}/{}", config.agent_id, uuid::Uuid::new_v4());
     let store = connect_store(&config, &owner, &metrics, &shutdown).await?;
     let epoch = loop {

@@ -359,7 +359,10 @@ pub fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("worker-agent: {error:#}");
-            std::process::ExitCode::FAILURE
+            match error.downcast_ref::<crate::RunError>() {
+                Some(crate::RunError::Broker(_)) => std::process::ExitCode::from(crate::EXIT_SETTING),
+                _ => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
