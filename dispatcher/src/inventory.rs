@@ -70,6 +70,8 @@ pub struct Inventory {
     ignored: Vec<Ignored>,
     /// Agents pinned `legacy` whose announcements were believed unsigned.
     legacy: BTreeSet<String>,
+    /// Agents with no pin of their own believed under their pool's (`pool:<name>`), with that pool.
+    pool_workers: BTreeMap<String, String>,
 }
 
 impl Inventory {
@@ -99,6 +101,9 @@ impl Inventory {
                         if believed == Believed::Legacy {
                             inventory.legacy.insert(agent.clone());
                         }
+                        if let (None, Some(pool)) = (known.pin(&agent), &announcement.pool) {
+                            inventory.pool_workers.insert(agent.clone(), pool.clone());
+                        }
                         inventory.newest.insert(agent.clone(), announcement);
                         break;
                     }
@@ -116,6 +121,12 @@ impl Inventory {
     /// Agents pinned `legacy` believed without a signature.
     pub fn legacy(&self) -> &BTreeSet<String> {
         &self.legacy
+    }
+
+    /// The agents with no pin of their own whose announcement verified under their pool's pin,
+    /// with that pool: their answers are to be believed under it too.
+    pub fn pool_workers(&self) -> &BTreeMap<String, String> {
+        &self.pool_workers
     }
 
     /// The agents alive at `now` (unix ms), by id.
@@ -324,9 +335,14 @@ mod tests {
             "newest first, by agent"
         );
         assert_eq!(inventory.legacy().iter().collect::<Vec<_>>(), ["old-1"], "believed unsigned, as its answers");
+        let workers: Vec<_> = inventory.pool_workers().iter().collect();
+        assert_eq!(workers, [(&"w-1".to_string(), &"workers".to_string())], "believed under the pool's key");
         let pretender = Announcement { pool: Some("workers".into()), ..announcement("web-1", 12_000, &[]) };
-        let inventory = Inventory::settle(vec![sighting(Some(&pool_key), &pretender)], &known);
+        let claims = Announcement { pool: Some("workers".into()), ..announcement("w-2", 12_000, &[]) };
+        let sightings = vec![sighting(Some(&pool_key), &pretender), sighting(Some(&impostor), &claims)];
+        let inventory = Inventory::settle(sightings, &known);
         assert_eq!(inventory.live(12_000).count(), 0, "a pool key never speaks for an agent pinned by id");
+        assert!(inventory.pool_workers().is_empty(), "no worker of a pool without its key: {inventory:?}");
     }
 
     #[test]

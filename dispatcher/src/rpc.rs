@@ -232,8 +232,9 @@ impl RpcClient {
             };
             match trust::check_answer(&pin, &correlation_id, raw.seal, &raw.body) {
                 Ok(believed) => {
-                    if believed == Believed::Legacy && trust.first_legacy_answer(&route.target()) {
-                        let message = format!("believing unsigned answers from {route}: it is pinned as legacy (an agent that cannot sign); anyone who can publish to the broker can answer in its name");
+                    if let Some(message) =
+                        (believed == Believed::Legacy).then(|| trust.legacy_warning(&route.target())).flatten()
+                    {
                         tracing::debug!(target = %route, "{message}");
                         warn(message);
                     }

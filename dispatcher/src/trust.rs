@@ -5,7 +5,7 @@
 //! `dispatcher serve` runs is pinned without a restart).
 
 use contracts::trust::{KeyError, KnownAgents, Pin, Seal, SecretKey};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -38,8 +38,11 @@ pub struct DispatcherTrust {
     known: RwLock<Arc<KnownAgents>>,
     /// Read again when a target is not pinned; `None` for pins given in memory.
     known_file: Option<PathBuf>,
-    /// Legacy agents already warned about (once per target and process).
+    /// Legacy agents already warned about (once per agent and process).
     warned_legacy: Mutex<HashSet<String>>,
+    /// Workers of pools with no pin of their own, by agent id, as the presence stream vouched
+    /// for them ([`crate::inventory::Inventory::pool_workers`]): believed under their pool's pin.
+    pool_workers: RwLock<BTreeMap<String, String>>,
 }
 
 /// Where the dispatcher's key and known agents come from.
@@ -72,7 +75,13 @@ impl TrustFiles {
 impl DispatcherTrust {
     /// Keys given in memory (tests, embedding).
     pub fn new(key: SecretKey, known: KnownAgents) -> DispatcherTrust {
-        DispatcherTrust { key, known: RwLock::new(Arc::new(known)), known_file: None, warned_legacy: Mutex::default() }
+        DispatcherTrust {
+            key,
+            known: RwLock::new(Arc::new(known)),
+            known_file: None,
+            warned_legacy: Mutex::default(),
+            pool_workers: RwLock::default(),
+        }
     }
 
     /// Loads the key (creating it at the default location on first use, with a notice on
@@ -97,6 +106,7 @@ impl DispatcherTrust {
             known: RwLock::new(Arc::new(known)),
             known_file: Some(files.known_agents.clone()),
             warned_legacy: Mutex::default(),
+            pool_workers: RwLock::default(),
         })
     }
 
@@ -105,15 +115,18 @@ impl DispatcherTrust {
     }
 
     /// The pin of `target` (an agent id, or `pool:<name>`), reading the file again if it is
-    /// not pinned yet.
+    /// not pinned yet. An agent id with no pin of its own that [`DispatcherTrust::know_pool_workers`]
+    /// was told is a worker of pool P has `pool:P`'s ([`KnownAgents::pin_of_agent`]).
     pub fn pin(&self, target: &str) -> Option<Pin> {
-        if let Some(pin) = self.known.read().expect("known agents poisoned").pin(target) {
-            return Some(pin.clone());
+        let pool = self.pool_workers.read().expect("pool workers poisoned").get(target).cloned();
+        let pin_in = |known: &KnownAgents| known.pin_of_agent(target, pool.as_deref()).cloned();
+        if let Some(pin) = pin_in(&self.known.read().expect("known agents poisoned")) {
+            return Some(pin);
         }
         let path = self.known_file.as_ref()?;
         match read_known(path) {
             Ok(known) => {
-                let pin = known.pin(target).cloned();
+                let pin = pin_in(&known);
                 *self.known.write().expect("known agents poisoned") = Arc::new(known);
                 pin
             }
@@ -144,10 +157,24 @@ impl DispatcherTrust {
         self.known_file.as_deref()
     }
 
-    /// Whether this is the first legacy answer from `target` (warn once).
-    pub fn first_legacy_answer(&self, target: &str) -> bool {
-        self.warned_legacy.lock().expect("warned poisoned").insert(target.to_owned())
+    /// Workers of pools (agent id, pool) whose announcements verified under their pool's pin
+    /// and not under one of their own ([`crate::inventory::Inventory::pool_workers`]): their
+    /// answers are believed under the pool's pin from now on.
+    pub fn know_pool_workers<'a>(&self, workers: impl IntoIterator<Item = (&'a String, &'a String)>) {
+        let mut known = self.pool_workers.write().expect("pool workers poisoned");
+        known.extend(workers.into_iter().map(|(agent, pool)| (agent.clone(), pool.clone())));
     }
+
+    /// The warning that `agent`, pinned as legacy, is believed unsigned: the first time this
+    /// process believes it (an announcement or an answer), `None` after.
+    pub fn legacy_warning(&self, agent: &str) -> Option<String> {
+        self.warned_legacy.lock().expect("warned poisoned").insert(agent.to_owned()).then(|| legacy_warning(agent))
+    }
+}
+
+/// Why believing `agent`, pinned as legacy, is a risk (see [`DispatcherTrust::legacy_warning`]).
+pub fn legacy_warning(agent: &str) -> String {
+    format!("believing unsigned answers and announcements from agent {agent}: it is pinned as legacy (an agent that cannot sign); anyone who can publish to the broker can speak in its name")
 }
 
 /// Reads a known-agents file; a missing one pins no one.
@@ -175,9 +202,24 @@ mod tests {
         assert_eq!(trust.pin("old"), Some(Pin::Legacy));
         std::fs::write(&files.known_agents, format!("web-02 {}\n", agent.public())).unwrap();
         assert_eq!(trust.known_agents().pin("web-02"), Some(&Pin::Keys(vec![*agent.public()])), "read again");
-        assert!(trust.first_legacy_answer("old") && !trust.first_legacy_answer("old"));
+        assert!(trust.legacy_warning("old").is_some_and(|w| w.contains("agent old")), "warned the first time");
+        assert_eq!(trust.legacy_warning("old"), None, "and only then");
         let named = TrustFiles { key: dir.join("missing.key"), create_key: false, ..files };
         assert!(matches!(DispatcherTrust::load(&named), Err(TrustError::Key(_))), "a named key must exist");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_pool_worker_vouched_for_by_the_inventory_is_believed_under_its_pools_pin_unless_pinned_itself() {
+        let (own, pool) = (SecretKey::generate().unwrap(), SecretKey::generate().unwrap());
+        let known = KnownAgents::parse(&format!("web-1 {}\npool:workers {}\n", own.public(), pool.public())).unwrap();
+        let trust = DispatcherTrust::new(SecretKey::generate().unwrap(), known);
+        assert_eq!(trust.pin("w-1"), None, "not known as a worker yet");
+        let (w1, web1, workers) = ("w-1".to_string(), "web-1".to_string(), "workers".to_string());
+        trust.know_pool_workers([(&w1, &workers), (&web1, &workers)]);
+        assert_eq!(trust.pin("w-1"), Some(Pin::Keys(vec![*pool.public()])), "the pool's pin");
+        assert_eq!(trust.pin("web-1"), Some(Pin::Keys(vec![*own.public()])), "its own pin wins");
+        assert_eq!(trust.pin("w-2"), None, "another agent is not a worker");
+        assert_eq!(trust.pin("pool:workers"), Some(Pin::Keys(vec![*pool.public()])));
     }
 }

@@ -67,12 +67,21 @@ impl TestKeys {
 
     /// Pins `agent_id` as a legacy agent, whose answers are believed unsigned.
     pub fn pin_legacy(&self, agent_id: &str) {
+        self.replace_pin(agent_id, &format!("{agent_id} legacy\n"));
+    }
+
+    /// Takes away the pin of `agent_id` (the pool of its name keeps its own).
+    pub fn unpin(&self, agent_id: &str) {
+        self.replace_pin(agent_id, "");
+    }
+
+    /// Replaces the lines pinning `agent_id` with `lines`.
+    fn replace_pin(&self, agent_id: &str, lines: &str) {
         let _writing = self.writing.lock().expect("known agents");
         let text = std::fs::read_to_string(&self.known_agents).expect("known agents");
         let prefix = format!("{agent_id} ");
-        let mut kept: String = text.lines().filter(|l| !l.starts_with(&prefix)).map(|l| format!("{l}\n")).collect();
-        kept.push_str(&format!("{agent_id} legacy\n"));
-        write_atomically(&self.known_agents, &kept);
+        let kept: String = text.lines().filter(|l| !l.starts_with(&prefix)).map(|l| format!("{l}\n")).collect();
+        write_atomically(&self.known_agents, &format!("{kept}{lines}"));
     }
 
     /// Adds lines, replacing the file whole: a dispatcher reading it meanwhile never sees half a line.

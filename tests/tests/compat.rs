@@ -43,7 +43,7 @@ async fn cell(old_dispatcher: bool, agent_protocol: Protocol) {
     let legacy_notice = stderr.contains("legacy agent") && stderr.contains("retries are off");
     let expect_notice = !old_dispatcher && agent_protocol == Protocol::V1;
     assert_eq!(legacy_notice, expect_notice, "the user is told about retries only for a legacy agent: {stderr}");
-    let unsigned_warning = format!("warning: believing unsigned answers from agent {}", agent.id());
+    let unsigned_warning = format!("warning: believing unsigned answers and announcements from agent {}", agent.id());
     assert_eq!(stderr.contains(&unsigned_warning), agent_protocol == Protocol::V1, "{stderr}");
     agent.stop().await;
 }

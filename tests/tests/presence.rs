@@ -197,3 +197,60 @@ async fn a_tampered_or_replayed_announcement_keeps_no_dead_agent_alive() {
     stream.close().await;
     victim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_worker_pinned_only_by_its_pool_is_selected_and_its_answers_believed() {
+    let fleet = unique("pool-fleet");
+    let pool = unique("sel-pool");
+    let mut config = labelled("pool-worker", &[("fleet", &fleet)]);
+    // Signed with the key pinned for `pool:<pool>`; its own id is pinned to nothing.
+    trust::keys().unpin(&config.agent_id);
+    config.pool = Some(pool.clone());
+    config.key_prefix = format!("{pool}:");
+    let worker = AgentProcess::start(config).await;
+    let worker_id = worker.config.agent_id.clone();
+    assert_eq!(trust::keys().known().pin(&worker_id), None, "pinned only by its pool");
+    let everyone = format!("fleet={fleet}");
+    eventually("the worker listed", Duration::from_secs(20), || {
+        let (everyone, worker_id) = (everyone.clone(), worker_id.clone());
+        async move { (listed(&everyone).await.0 == [worker_id]).then_some(()) }
+    })
+    .await;
+
+    let markers = Markers::new();
+    let script = format!("echo run >> '{}'/\"$CUTTLE_AGENT_ID\"", markers.dir.display());
+    let (code, _, stderr) = dispatcher(&["submit", "--select", &everyone, "--", &script]).await;
+    assert_eq!(code, Some(0), "its answers believed under the pool's key: {stderr}");
+    assert!(!stderr.contains("not pinned") && !stderr.contains("forged"), "{stderr}");
+    assert_eq!(markers.count(&worker_id), 1, "the script ran once, on the worker");
+
+    worker.stop().await;
+    tests::raw::delete_queue(&contracts::topology::pool_queue(&pool)).await;
+    tests::raw::delete_queue(&contracts::topology::pool_service_queue(&pool)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_pinned_legacy_is_warned_of_once_per_command() {
+    let fleet = unique("legacy-fleet");
+    // An agent upgraded before its pin was: it announces, and is believed unsigned.
+    let agent = AgentProcess::start(labelled("legacy-pin", &[("fleet", &fleet)])).await;
+    let agent_id = agent.config.agent_id.clone();
+    trust::keys().pin_legacy(&agent_id);
+    let everyone = format!("fleet={fleet}");
+    let warning = format!("believing unsigned answers and announcements from agent {agent_id}");
+    let stderr = eventually("the agent listed", Duration::from_secs(20), || {
+        let (everyone, agent_id) = (everyone.clone(), agent_id.clone());
+        async move {
+            let (ids, stderr) = listed(&everyone).await;
+            (ids == [agent_id]).then_some(stderr)
+        }
+    })
+    .await;
+    assert_eq!(stderr.matches(&warning).count(), 1, "{stderr}");
+
+    // Its announcements and its answers, believed in one command: said once.
+    let (code, _, stderr) = dispatcher(&["submit", "--select", &everyone, "--", "echo hi"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stderr.matches(&warning).count(), 1, "{stderr}");
+    agent.stop().await;
+}

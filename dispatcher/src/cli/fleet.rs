@@ -6,6 +6,7 @@ use crate::inventory::{self, Ignored, Inventory};
 use crate::outcome::exit;
 use crate::route::Route;
 use crate::rpc::RpcConfig;
+use crate::trust::{legacy_warning, DispatcherTrust};
 use clap::Args;
 use contracts::labels::Selector;
 use contracts::presence::Announcement;
@@ -62,8 +63,9 @@ fn ignored_counts(inventory: &Inventory) -> serde_json::Value {
 
 /// What the user is warned of after reading the fleet: one line per agent whose announcements
 /// were forged (how many, and why the newest failed), one naming the agents with no pinned key,
-/// one counting undecodable announcements, and one per agent believed unsigned as `legacy`.
-pub fn warnings(inventory: &Inventory, known_file: &Path) -> Vec<String> {
+/// one counting undecodable announcements, and what `legacy` says of each agent believed
+/// unsigned as `legacy` (nothing once it was said).
+pub fn warnings(inventory: &Inventory, known_file: &Path, legacy: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
     let mut forged: BTreeMap<&str, (usize, String)> = BTreeMap::new();
     let mut unpinned: Vec<&str> = Vec::new();
     let mut invalid: Vec<&str> = Vec::new();
@@ -96,14 +98,12 @@ pub fn warnings(inventory: &Inventory, known_file: &Path) -> Vec<String> {
     if let Some(first) = invalid.first() {
         lines.push(format!("ignored {} announcement(s) that are not valid: {first}", invalid.len()));
     }
-    lines.extend(inventory.legacy().iter().map(|agent| {
-        format!("believing unsigned announcements from agent {agent}: it is pinned as legacy (an agent that cannot sign); anyone who can publish to the broker can announce in its name")
-    }));
+    lines.extend(inventory.legacy().iter().filter_map(|agent| legacy(agent)));
     lines
 }
 
-fn warn_on_stderr(inventory: &Inventory, pins: &Pins<'_>) {
-    for line in warnings(inventory, pins.file) {
+fn warn_on_stderr(lines: Vec<String>) {
+    for line in lines {
         eprintln!("cuttle: warning: {}", super::terminal::err(&line));
     }
 }
@@ -115,7 +115,7 @@ pub async fn agents(rpc: &RpcConfig, pins: &Pins<'_>, args: AgentsArgs) -> ExitC
         Ok(inventory) => inventory,
         Err(code) => return code,
     };
-    warn_on_stderr(&inventory, pins);
+    warn_on_stderr(warnings(&inventory, pins.file, &|agent| Some(legacy_warning(agent))));
     let now = inventory::now_ms();
     let live = inventory.select(args.select.as_ref(), now);
     if args.json {
@@ -154,20 +154,25 @@ fn describe_json(agent: &Announcement, now: u64) -> serde_json::Value {
 
 /// `submit --select`: the live agents matching `selector` now, printed; an empty match is
 /// refused (exit 102) rather than run on nothing. Under `--json` what was ignored is counted in
-/// the `selected` event and each warning is a `warning` event; otherwise both go to stderr.
+/// the `selected` event and each warning is a `warning` event; otherwise both go to stderr. The
+/// workers of pools among them with no pin of their own are made known to `trust`, which then
+/// believes their answers under their pool's pin, as it did their announcements.
 pub async fn resolve(
     rpc: &RpcConfig,
-    pins: &Pins<'_>,
+    trust: &DispatcherTrust,
     selector: &Selector,
     json: bool,
 ) -> Result<Vec<Route>, ExitCode> {
-    let inventory = read_inventory(rpc, pins).await?;
+    let known = trust.known_agents();
+    let file = trust.known_file().map(Path::to_path_buf).unwrap_or_default();
+    let inventory = read_inventory(rpc, &Pins { known: &known, file: &file }).await?;
+    let lines = warnings(&inventory, &file, &|agent| trust.legacy_warning(agent));
     if json {
-        for message in warnings(&inventory, pins.file) {
+        for message in lines {
             outln!("{}", json!({"event": "warning", "message": message}));
         }
     } else {
-        warn_on_stderr(&inventory, pins);
+        warn_on_stderr(lines);
     }
     let now = inventory::now_ms();
     let matching = inventory.select(Some(selector), now);
@@ -176,6 +181,9 @@ pub async fn resolve(
         eprintln!("dispatcher: no live agent matches --select {selector} ({live} live agents in all); nothing was run");
         return Err(ExitCode::from(exit::NO_SUCH_AGENT));
     }
+    trust.know_pool_workers(
+        inventory.pool_workers().iter().filter(|(agent, _)| matching.iter().any(|a| a.agent_id == **agent)),
+    );
     let ids: Vec<&str> = matching.iter().map(|a| a.agent_id.as_str()).collect();
     eprintln!("cuttle: --select {selector} matches {} live agents: {}", ids.len(), ids.join(", "));
     if json {

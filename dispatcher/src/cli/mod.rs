@@ -916,14 +916,10 @@ async fn agents(
 
 async fn submit(orchestrator: &Orchestrator, rpc_config: &RpcConfig, args: SubmitArgs) -> ExitCode {
     let routes = match (&args.select, &rpc_config.trust) {
-        (Some(selector), Some(trust)) => {
-            let known = trust.known_agents();
-            let file = trust.known_file().map(Path::to_path_buf).unwrap_or_default();
-            match fleet::resolve(rpc_config, &fleet::Pins { known: &known, file: &file }, selector, args.json).await {
-                Ok(routes) => routes,
-                Err(code) => return code,
-            }
-        }
+        (Some(selector), Some(trust)) => match fleet::resolve(rpc_config, trust, selector, args.json).await {
+            Ok(routes) => routes,
+            Err(code) => return code,
+        },
         (Some(_), None) => return usage_error(crate::error::RpcError::NoKey),
         (None, _) => match args.target.routes() {
             Ok(routes) => routes,
