@@ -23,7 +23,6 @@ use crate::agent::TicketRecord;
 use crate::topology::MAX_STATUS_LOG_BYTES;
 use crate::LogLine;
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::{ready, Future};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -129,75 +128,82 @@ pub enum Release {
 }
 
 /// A ticket store, keeping the atomicity contract of this module. Records are written in their
-/// encoded form ([`TicketRecord::encode`]) and compared as such.
+/// encoded form ([`TicketRecord::encode`]) and compared as such. Object safe: the agent holds
+/// whichever backend it was given as `dyn TicketStore`.
+#[async_trait::async_trait]
 pub trait TicketStore: Send + Sync {
     type Error: std::error::Error + Send + Sync + 'static;
 
     fn keys(&self, ticket_key: &str) -> TicketKeys;
 
     /// The store's epoch, created now if the store has none (new, or restarted empty).
-    fn epoch(&self, now_ms: u64) -> impl Future<Output = Result<Epoch, Self::Error>> + Send;
+    async fn epoch(&self, now_ms: u64) -> Result<Epoch, Self::Error>;
 
     /// Claims a ticket: creates its record if none exists, takes the lease for the record's
     /// owner and adds the ticket to its agent id's running set; refused if `epoch` is not the
     /// store's.
-    fn claim(
+    async fn claim(
         &self,
         keys: &TicketKeys,
         record: &TicketRecord,
         record_ttl: Duration,
         lease_ttl: Duration,
         epoch: &Epoch,
-    ) -> impl Future<Output = Result<Claim, Self::Error>> + Send;
+    ) -> Result<Claim, Self::Error>;
+
+    /// Checks that the claim `raw` still stands and takes its lease for `owner` again, then
+    /// waits up to `timeout` for `replicas` replicas to hold it. A store without replicas (the
+    /// embedded one, memory) holds a claim as soon as it is written: nothing to wait for.
+    async fn confirm_claim(
+        &self,
+        _keys: &TicketKeys,
+        _raw: &str,
+        _owner: &str,
+        _lease_ttl: Duration,
+        _replicas: u32,
+        _timeout: Duration,
+    ) -> Result<ClaimReplication, Self::Error> {
+        Ok(ClaimReplication::Acked(0))
+    }
 
     /// Cancels a ticket in one step against its claim: the tombstone `tombstone` (kept
     /// `record_ttl`) if it has no record, else its cancel flag (kept `flag_ttl`).
-    fn cancel(
+    async fn cancel(
         &self,
         keys: &TicketKeys,
         tombstone: &TicketRecord,
         record_ttl: Duration,
         flag_ttl: Duration,
-    ) -> impl Future<Output = Result<Cancel, Self::Error>> + Send;
+    ) -> Result<Cancel, Self::Error>;
 
     /// Replaces the record if it still holds exactly `expected`, releasing `release` with it.
     /// `ttl` of `None` keeps the record's expiry.
-    fn compare_and_set(
+    async fn compare_and_set(
         &self,
         keys: &TicketKeys,
         expected: &str,
         new: &TicketRecord,
         ttl: Option<Duration>,
         release: Release,
-    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+    ) -> Result<bool, Self::Error>;
 
     /// The record, whether its lease is alive, and the log lines after `after_seq`.
-    fn read(&self, keys: &TicketKeys, after_seq: u64) -> impl Future<Output = Result<TicketView, Self::Error>> + Send;
+    async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, Self::Error>;
 
     /// Appends log lines (already numbered, in order), kept `ttl`.
-    fn append_logs(
-        &self,
-        keys: &TicketKeys,
-        lines: &[LogLine],
-        ttl: Duration,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], ttl: Duration) -> Result<(), Self::Error>;
 
     /// Renews the lease if `owner` holds it, and says whether a cancel was requested.
-    fn renew_lease(
-        &self,
-        keys: &TicketKeys,
-        owner: &str,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<LeaseRenewal, Self::Error>> + Send;
+    async fn renew_lease(&self, keys: &TicketKeys, owner: &str, ttl: Duration) -> Result<LeaseRenewal, Self::Error>;
 
     /// Tickets an agent id was running when it last stopped.
-    fn running_tickets(&self, agent_id: &str) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send;
+    async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, Self::Error>;
 
     /// Drops a ticket from an agent id's running set.
-    fn forget_running(&self, agent_id: &str, ticket_key: &str) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    async fn forget_running(&self, agent_id: &str, ticket_key: &str) -> Result<(), Self::Error>;
 
     /// Answers whether the store is reachable now.
-    fn ping(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    async fn ping(&self) -> Result<(), Self::Error>;
 }
 
 /// The in-memory store can fail only when told to (simulated outages).
@@ -274,6 +280,7 @@ impl MemoryStore {
     }
 }
 
+#[async_trait::async_trait]
 impl TicketStore for MemoryStore {
     type Error = MemoryStoreError;
 
@@ -281,22 +288,20 @@ impl TicketStore for MemoryStore {
         TicketKeys::new("", ticket_key)
     }
 
-    fn epoch(&self, now_ms: u64) -> impl Future<Output = Result<Epoch, MemoryStoreError>> + Send {
+    async fn epoch(&self, now_ms: u64) -> Result<Epoch, MemoryStoreError> {
         let counter = self.epochs.fetch_add(1, Ordering::SeqCst);
-        ready(Ok(
-            self.with(|data, _| Epoch::parse(data.epoch.get_or_insert_with(|| format!("{now_ms}-{counter}")).clone()))
-        ))
+        Ok(self.with(|data, _| Epoch::parse(data.epoch.get_or_insert_with(|| format!("{now_ms}-{counter}")).clone())))
     }
 
-    fn claim(
+    async fn claim(
         &self,
         keys: &TicketKeys,
         record: &TicketRecord,
         record_ttl: Duration,
         lease_ttl: Duration,
         epoch: &Epoch,
-    ) -> impl Future<Output = Result<Claim, MemoryStoreError>> + Send {
-        ready(Ok(self.with(|data, now| {
+    ) -> Result<Claim, MemoryStoreError> {
+        Ok(self.with(|data, now| {
             if data.epoch.as_deref() != Some(epoch.value.as_str()) {
                 return Claim::EpochChanged;
             }
@@ -311,17 +316,17 @@ impl TicketStore for MemoryStore {
                 .insert(keys.lease.clone(), Expiring { value: record.owner.clone(), expires: expiry(now, lease_ttl) });
             data.running.entry(record.agent_id.clone()).or_default().insert(keys.ticket.clone());
             Claim::Won
-        })))
+        }))
     }
 
-    fn cancel(
+    async fn cancel(
         &self,
         keys: &TicketKeys,
         tombstone: &TicketRecord,
         record_ttl: Duration,
         flag_ttl: Duration,
-    ) -> impl Future<Output = Result<Cancel, MemoryStoreError>> + Send {
-        ready(Ok(self.with(|data, now| {
+    ) -> Result<Cancel, MemoryStoreError> {
+        Ok(self.with(|data, now| {
             if alive(data.records.get(&keys.record), now).is_none() {
                 let value = tombstone.encode();
                 data.records.insert(keys.record.clone(), Expiring { value, expires: expiry(now, record_ttl) });
@@ -329,18 +334,18 @@ impl TicketStore for MemoryStore {
             }
             data.cancels.insert(keys.cancel.clone(), Expiring { value: (), expires: expiry(now, flag_ttl) });
             Cancel::Flagged
-        })))
+        }))
     }
 
-    fn compare_and_set(
+    async fn compare_and_set(
         &self,
         keys: &TicketKeys,
         expected: &str,
         new: &TicketRecord,
         ttl: Option<Duration>,
         release: Release,
-    ) -> impl Future<Output = Result<bool, MemoryStoreError>> + Send {
-        ready(Ok(self.with(|data, now| {
+    ) -> Result<bool, MemoryStoreError> {
+        Ok(self.with(|data, now| {
             let Some(current) = data.records.get_mut(&keys.record).filter(|e| e.expires > now) else { return false };
             if current.value != expected {
                 return false;
@@ -360,15 +365,11 @@ impl TicketStore for MemoryStore {
                 data.cancels.remove(&keys.cancel);
             }
             true
-        })))
+        }))
     }
 
-    fn read(
-        &self,
-        keys: &TicketKeys,
-        after_seq: u64,
-    ) -> impl Future<Output = Result<TicketView, MemoryStoreError>> + Send {
-        ready(Ok(self.with(|data, now| {
+    async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, MemoryStoreError> {
+        Ok(self.with(|data, now| {
             let record = alive(data.records.get(&keys.record), now)
                 .map(|raw| (TicketRecord::decode_or_failed(raw), raw.clone()));
             let lease_alive = alive(data.leases.get(&keys.lease), now).is_some();
@@ -384,15 +385,10 @@ impl TicketStore for MemoryStore {
                 logs.push(line.clone());
             }
             TicketView { record, lease_alive, logs, stored_lines: stored.len() as u64 }
-        })))
+        }))
     }
 
-    fn append_logs(
-        &self,
-        keys: &TicketKeys,
-        lines: &[LogLine],
-        ttl: Duration,
-    ) -> impl Future<Output = Result<(), MemoryStoreError>> + Send {
+    async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], ttl: Duration) -> Result<(), MemoryStoreError> {
         self.with(|data, now| {
             let entry = data.logs.entry(keys.logs.clone()).or_insert(Expiring { value: Vec::new(), expires: 0 });
             if entry.expires <= now {
@@ -401,16 +397,16 @@ impl TicketStore for MemoryStore {
             entry.value.extend_from_slice(lines);
             entry.expires = expiry(now, ttl);
         });
-        ready(Ok(()))
+        Ok(())
     }
 
-    fn renew_lease(
+    async fn renew_lease(
         &self,
         keys: &TicketKeys,
         owner: &str,
         ttl: Duration,
-    ) -> impl Future<Output = Result<LeaseRenewal, MemoryStoreError>> + Send {
-        ready(Ok(self.with(|data, now| {
+    ) -> Result<LeaseRenewal, MemoryStoreError> {
+        Ok(self.with(|data, now| {
             let cancel_requested = alive(data.cancels.get(&keys.cancel), now).is_some();
             let held = match data.leases.get_mut(&keys.lease).filter(|e| e.expires > now) {
                 Some(lease) if lease.value == owner => {
@@ -420,30 +416,24 @@ impl TicketStore for MemoryStore {
                 _ => false,
             };
             LeaseRenewal { held, cancel_requested }
-        })))
+        }))
     }
 
-    fn running_tickets(&self, agent_id: &str) -> impl Future<Output = Result<Vec<String>, MemoryStoreError>> + Send {
-        ready(
-            Ok(self.with(|data, _| data.running.get(agent_id).map_or_else(Vec::new, |s| s.iter().cloned().collect()))),
-        )
+    async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, MemoryStoreError> {
+        Ok(self.with(|data, _| data.running.get(agent_id).map_or_else(Vec::new, |s| s.iter().cloned().collect())))
     }
 
-    fn forget_running(
-        &self,
-        agent_id: &str,
-        ticket_key: &str,
-    ) -> impl Future<Output = Result<(), MemoryStoreError>> + Send {
+    async fn forget_running(&self, agent_id: &str, ticket_key: &str) -> Result<(), MemoryStoreError> {
         self.with(|data, _| {
             if let Some(running) = data.running.get_mut(agent_id) {
                 running.remove(ticket_key);
             }
         });
-        ready(Ok(()))
+        Ok(())
     }
 
-    fn ping(&self) -> impl Future<Output = Result<(), MemoryStoreError>> + Send {
-        ready(Ok(()))
+    async fn ping(&self) -> Result<(), MemoryStoreError> {
+        Ok(())
     }
 }
 
@@ -453,6 +443,7 @@ pub mod conformance;
 mod tests {
     use super::*;
     use crate::agent::claim_record;
+    use std::future::Future;
 
     /// Runs a future of the memory store, which is always ready.
     fn now<T>(future: impl Future<Output = T>) -> T {

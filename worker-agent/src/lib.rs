@@ -7,8 +7,10 @@
 //! - [`service`]: the capabilities, script v2 and script v1 services.
 //! - [`rules`]: the exactly-once decisions, as plain functions (fresh? same command? what state?).
 //! - [`store`]: the Redis ticket store (claim with `SET NX`, compare-and-set, lease, logs);
-//!   [`local_store`] the embedded one for agents that reach only the broker; [`redis_link`] the
-//!   connection to one Redis, or to the master Redis Sentinels name.
+//!   [`local_store`] the embedded one for agents that reach only the broker; both implement
+//!   `contracts::store::TicketStore`, and the agent holds either as a trait object wrapped in
+//!   [`store::Observed`], which times every operation. [`redis_link`] is the connection to one
+//!   Redis, or to the master Redis Sentinels name.
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
 //!   [`cancel_notices`] the cancels published to the worker running a script,
 //!   [`isolation`] its mutexes, [`mask`] the masking of its secrets in the output,
@@ -170,21 +172,21 @@ pub async fn connect_store(
     owner: &str,
     metrics: &metrics::Metrics,
     shutdown: &CancellationToken,
-) -> Option<store::TicketStore> {
+) -> Option<store::AgentStore> {
     let mut delay = Duration::from_millis(200);
+    let ops = &metrics.common.store;
     loop {
         let opened = match config.store {
             StoreKind::Redis => {
                 store::RedisStore::connect(&config.redis_target(), &config.key_prefix, config.connect_timeout)
                     .await
-                    .map(store::Backend::Redis)
+                    .map(|redis| store::Observed::agent_store(redis, ops.clone()))
             }
-            StoreKind::Local => {
-                local_store::LocalStore::open(&config.work_dir.join(LOCAL_STORE_FILE), owner).map(store::Backend::Local)
-            }
+            StoreKind::Local => local_store::LocalStore::open(&config.work_dir.join(LOCAL_STORE_FILE), owner)
+                .map(|local| store::Observed::agent_store(local, ops.clone())),
         };
         match opened {
-            Ok(backend) => return Some(store::TicketStore::new(backend, metrics.common.store.clone())),
+            Ok(store) => return Some(store),
             Err(error) => match contracts::tls::tls_hint(&error.to_string()) {
                 Some(hint) => {
                     tracing::error!(agent = %config.agent_id, %error, hint, retry_in = ?delay, "TLS handshake with the ticket store failed; retrying")

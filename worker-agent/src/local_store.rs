@@ -131,6 +131,7 @@ impl LocalStore {
     }
 }
 
+#[async_trait::async_trait]
 impl contracts::store::TicketStore for LocalStore {
     type Error = StoreError;
 

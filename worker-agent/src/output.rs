@@ -12,7 +12,7 @@
 //! [`contracts::OUTPUT_TRUNCATED`].
 
 use crate::mask::Masker;
-use crate::store::{TicketKeys, TicketStore};
+use crate::store::{AgentStore, TicketKeys};
 use contracts::topology::MAX_LOG_LINE_BYTES;
 use contracts::{unix_millis, LogLine, LogStream, OUTPUT_TRUNCATED};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,7 +109,7 @@ fn bytes_text(bytes: u64) -> String {
 /// every [`LogSender`] is dropped and all lines are stored.
 pub fn spawn_writer(
     masker: Masker,
-    store: TicketStore,
+    store: AgentStore,
     keys: TicketKeys,
     ttl: Duration,
     max_output: u64,
@@ -145,7 +145,7 @@ impl OutputBudget {
     }
 }
 
-async fn store_batch(store: &TicketStore, keys: &TicketKeys, batch: &[LogLine], ttl: Duration) {
+async fn store_batch(store: &AgentStore, keys: &TicketKeys, batch: &[LogLine], ttl: Duration) {
     let mut delay = Duration::from_millis(100);
     loop {
         match store.append_logs(keys, batch, ttl).await {

@@ -6,7 +6,7 @@ use crate::isolation::{IsolationGuard, Mutexes};
 use crate::metrics::Metrics;
 use crate::output::{self, LogSender, Progress};
 use crate::rules::{RecordState, TicketRecord};
-use crate::store::{Release, TicketKeys, TicketStore};
+use crate::store::{AgentStore, Release, TicketKeys};
 use crate::workspace;
 use contracts::{exit_code, LogStream, ScriptSpec};
 use std::collections::BTreeMap;
@@ -32,7 +32,7 @@ const SCRIPT_FILE: &str = "script.sh";
 
 /// Everything one run needs.
 pub struct Run {
-    pub store: TicketStore,
+    pub store: AgentStore,
     pub keys: TicketKeys,
     /// The record as claimed, and its exact stored value (for compare-and-set).
     pub record: TicketRecord,

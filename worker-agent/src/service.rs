@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use crate::output::Progress;
 use crate::rules::{self, CompleteDecision, Recovery, StartDecision, TicketRecord, SKIP_LOGS};
 use crate::runner::Run;
-use crate::store::{Cancel, Claim, ClaimReplication, Epoch, Release, StoreError, TicketKeys, TicketStore};
+use crate::store::{AgentStore, Cancel, Claim, ClaimReplication, Epoch, Release, StoreError, TicketKeys};
 use crate::trust::AgentTrust;
 use crate::workspace;
 use contracts::agent::{status_from, status_without_logs};
@@ -37,7 +37,7 @@ struct LocalRun {
 
 pub struct Agent {
     config: AgentConfig,
-    store: TicketStore,
+    store: AgentStore,
     /// This process's identity as a ticket owner: the agent id and a fresh instance id.
     owner: String,
     runs: Mutex<HashMap<String, LocalRun>>,
@@ -78,7 +78,7 @@ impl Agent {
     /// An agent serving with `store`; `owner` is this process's identity as a ticket owner.
     pub fn new(
         config: AgentConfig,
-        store: TicketStore,
+        store: AgentStore,
         epoch: Epoch,
         owner: String,
         metrics: Metrics,
@@ -139,7 +139,7 @@ impl Agent {
         &self.trust
     }
 
-    pub fn store(&self) -> &TicketStore {
+    pub fn store(&self) -> &AgentStore {
         &self.store
     }
 

@@ -6,11 +6,14 @@
 use crate::redis_link::{RedisLink, RedisTarget, WaitLink};
 use crate::rules::{decode_record, TicketRecord};
 use contracts::metrics::StoreOps;
-pub use contracts::store::{Cancel, Claim, ClaimReplication, Epoch, LeaseRenewal, Release, TicketKeys, TicketView};
-use contracts::store::{TicketStore as _, MAX_LINES_PER_READ};
+use contracts::store::MAX_LINES_PER_READ;
+pub use contracts::store::{
+    Cancel, Claim, ClaimReplication, Epoch, LeaseRenewal, Release, TicketKeys, TicketStore, TicketView,
+};
 use contracts::topology::MAX_STATUS_LOG_BYTES;
 use contracts::LogLine;
 use redis::AsyncCommands;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The ticket store could not be used. Always transient from the dispatcher's point of view.
@@ -119,39 +122,10 @@ impl RedisStore {
     fn running_set(&self, agent_id: &str) -> String {
         format!("{}agent:{agent_id}:running", self.prefix)
     }
-
-    /// Checks that the claim `raw` still stands and takes its lease again, then waits up to
-    /// `timeout` for `replicas` replicas to hold it (Redis `WAIT`, on the same connection).
-    pub async fn confirm_claim(
-        &self,
-        keys: &TicketKeys,
-        raw: &str,
-        owner: &str,
-        lease_ttl: Duration,
-        replicas: u32,
-        timeout: Duration,
-    ) -> Result<ClaimReplication, StoreError> {
-        let mut confirm = CONFIRM_CLAIM_SCRIPT.key(&keys.record);
-        confirm.key(&keys.lease).arg(raw).arg(owner).arg(lease_ttl.as_millis() as u64);
-        // One pipeline: the script and the WAIT after it go over the same connection, so the
-        // WAIT counts replicas that have this write, and so the claim, written before it. That
-        // connection is not the shared one, which WAIT would hold.
-        let (_, standing, acked): (String, i64, u32) = redis::pipe()
-            .load_script(&CONFIRM_CLAIM_SCRIPT)
-            .invoke_script(&confirm)
-            .cmd("WAIT")
-            .arg(replicas)
-            .arg(timeout.as_millis().max(1) as u64)
-            .query_async(&mut self.wait_con.get().await?)
-            .await?;
-        Ok(match standing {
-            0 => ClaimReplication::Lost,
-            _ => ClaimReplication::Acked(acked),
-        })
-    }
 }
 
-impl contracts::store::TicketStore for RedisStore {
+#[async_trait::async_trait]
+impl TicketStore for RedisStore {
     type Error = StoreError;
 
     fn keys(&self, ticket_key: &str) -> TicketKeys {
@@ -199,6 +173,36 @@ impl contracts::store::TicketStore for RedisStore {
         }
         let raw = existing.unwrap_or_default();
         Ok(Claim::Existing { record: decode_record(&raw), raw, lease_alive: lease == Some(1) })
+    }
+
+    /// Checks that the claim `raw` still stands and takes its lease again, then waits up to
+    /// `timeout` for `replicas` replicas to hold it (Redis `WAIT`, on a connection of its own).
+    async fn confirm_claim(
+        &self,
+        keys: &TicketKeys,
+        raw: &str,
+        owner: &str,
+        lease_ttl: Duration,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<ClaimReplication, StoreError> {
+        let mut confirm = CONFIRM_CLAIM_SCRIPT.key(&keys.record);
+        confirm.key(&keys.lease).arg(raw).arg(owner).arg(lease_ttl.as_millis() as u64);
+        // One pipeline: the script and the WAIT after it go over the same connection, so the
+        // WAIT counts replicas that have this write, and so the claim, written before it. That
+        // connection is not the shared one, which WAIT would hold.
+        let (_, standing, acked): (String, i64, u32) = redis::pipe()
+            .load_script(&CONFIRM_CLAIM_SCRIPT)
+            .invoke_script(&confirm)
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis().max(1) as u64)
+            .query_async(&mut self.wait_con.get().await?)
+            .await?;
+        Ok(match standing {
+            0 => ClaimReplication::Lost,
+            _ => ClaimReplication::Acked(acked),
+        })
     }
 
     /// Cancels a ticket in one step against its claim: the tombstone `tombstone` (kept
@@ -328,76 +332,49 @@ impl contracts::store::TicketStore for RedisStore {
     }
 }
 
-/// Where tickets are kept: Redis (shared by a pool), or an embedded database on the agent's own
-/// disk.
-#[derive(Clone)]
-pub enum Backend {
-    Redis(RedisStore),
-    Local(crate::local_store::LocalStore),
-}
+/// The agent's ticket store: Redis (shared by a pool) or the embedded database on the agent's own
+/// disk, each operation recorded by [`Observed`].
+pub type AgentStore = Arc<dyn TicketStore<Error = StoreError>>;
 
-/// The ticket store, each operation timed and its failures counted ([`StoreOps`]).
-#[derive(Clone)]
-pub struct TicketStore {
-    backend: Backend,
+/// A ticket store with each operation timed and its failures counted ([`StoreOps`]), labelled by
+/// the operation's name: the one place the agent's store metrics are recorded, whichever backend
+/// it wraps.
+pub struct Observed<S> {
+    store: S,
     ops: StoreOps,
 }
 
-/// Calls the same method on whichever backend this is, recorded as `operation`.
-macro_rules! delegate {
-    ($self:ident, $operation:literal, $store:ident => $call:expr) => {
-        $self
-            .ops
-            .observe($operation, async {
-                match &$self.backend {
-                    Backend::Redis($store) => $call,
-                    Backend::Local($store) => $call,
-                }
-            })
-            .await
-    };
+impl<S: TicketStore + 'static> Observed<S> {
+    /// `store` recorded in `ops`, as the agent holds it.
+    pub fn agent_store(store: S, ops: StoreOps) -> Arc<dyn TicketStore<Error = S::Error>> {
+        Arc::new(Observed { store, ops })
+    }
 }
 
-impl TicketStore {
-    pub fn new(backend: Backend, ops: StoreOps) -> Self {
-        TicketStore { backend, ops }
+#[async_trait::async_trait]
+impl<S: TicketStore> TicketStore for Observed<S> {
+    type Error = S::Error;
+
+    fn keys(&self, ticket_key: &str) -> TicketKeys {
+        self.store.keys(ticket_key)
     }
 
-    pub fn keys(&self, ticket_key: &str) -> TicketKeys {
-        match &self.backend {
-            Backend::Redis(s) => s.keys(ticket_key),
-            Backend::Local(s) => s.keys(ticket_key),
-        }
+    async fn epoch(&self, now_ms: u64) -> Result<Epoch, S::Error> {
+        self.ops.observe("epoch", self.store.epoch(now_ms)).await
     }
 
-    pub async fn epoch(&self, now_ms: u64) -> Result<Epoch, StoreError> {
-        delegate!(self, "epoch", s => s.epoch(now_ms).await)
-    }
-
-    pub async fn claim(
+    async fn claim(
         &self,
         keys: &TicketKeys,
         record: &TicketRecord,
         record_ttl: Duration,
         lease_ttl: Duration,
         epoch: &Epoch,
-    ) -> Result<Claim, StoreError> {
-        delegate!(self, "claim", s => s.claim(keys, record, record_ttl, lease_ttl, epoch).await)
+    ) -> Result<Claim, S::Error> {
+        self.ops.observe("claim", self.store.claim(keys, record, record_ttl, lease_ttl, epoch)).await
     }
 
-    pub async fn cancel(
-        &self,
-        keys: &TicketKeys,
-        tombstone: &TicketRecord,
-        record_ttl: Duration,
-        flag_ttl: Duration,
-    ) -> Result<Cancel, StoreError> {
-        delegate!(self, "cancel", s => s.cancel(keys, tombstone, record_ttl, flag_ttl).await)
-    }
-
-    /// See [`RedisStore::confirm_claim`]. The embedded store has no replicas (the agent refuses
-    /// `--claim-replicas` with it), so nothing confirms there.
-    pub async fn confirm_claim(
+    async fn confirm_claim(
         &self,
         keys: &TicketKeys,
         raw: &str,
@@ -405,48 +382,101 @@ impl TicketStore {
         lease_ttl: Duration,
         replicas: u32,
         timeout: Duration,
-    ) -> Result<ClaimReplication, StoreError> {
-        match &self.backend {
-            Backend::Redis(s) => {
-                let confirm = s.confirm_claim(keys, raw, owner, lease_ttl, replicas, timeout);
-                self.ops.observe("confirm_claim", confirm).await
-            }
-            Backend::Local(_) => Ok(ClaimReplication::Acked(0)),
-        }
+    ) -> Result<ClaimReplication, S::Error> {
+        let confirm = self.store.confirm_claim(keys, raw, owner, lease_ttl, replicas, timeout);
+        self.ops.observe("confirm_claim", confirm).await
     }
 
-    pub async fn compare_and_set(
+    async fn cancel(
+        &self,
+        keys: &TicketKeys,
+        tombstone: &TicketRecord,
+        record_ttl: Duration,
+        flag_ttl: Duration,
+    ) -> Result<Cancel, S::Error> {
+        self.ops.observe("cancel", self.store.cancel(keys, tombstone, record_ttl, flag_ttl)).await
+    }
+
+    async fn compare_and_set(
         &self,
         keys: &TicketKeys,
         expected: &str,
         new: &TicketRecord,
         ttl: Option<Duration>,
         release: Release,
-    ) -> Result<bool, StoreError> {
-        delegate!(self, "compare_and_set", s => s.compare_and_set(keys, expected, new, ttl, release).await)
+    ) -> Result<bool, S::Error> {
+        self.ops.observe("compare_and_set", self.store.compare_and_set(keys, expected, new, ttl, release)).await
     }
 
-    pub async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, StoreError> {
-        delegate!(self, "read", s => s.read(keys, after_seq).await)
+    async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, S::Error> {
+        self.ops.observe("read", self.store.read(keys, after_seq)).await
     }
 
-    pub async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], ttl: Duration) -> Result<(), StoreError> {
-        delegate!(self, "append_logs", s => s.append_logs(keys, lines, ttl).await)
+    async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], ttl: Duration) -> Result<(), S::Error> {
+        self.ops.observe("append_logs", self.store.append_logs(keys, lines, ttl)).await
     }
 
-    pub async fn renew_lease(&self, keys: &TicketKeys, owner: &str, ttl: Duration) -> Result<LeaseRenewal, StoreError> {
-        delegate!(self, "renew_lease", s => s.renew_lease(keys, owner, ttl).await)
+    async fn renew_lease(&self, keys: &TicketKeys, owner: &str, ttl: Duration) -> Result<LeaseRenewal, S::Error> {
+        self.ops.observe("renew_lease", self.store.renew_lease(keys, owner, ttl)).await
     }
 
-    pub async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, StoreError> {
-        delegate!(self, "running_tickets", s => s.running_tickets(agent_id).await)
+    async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, S::Error> {
+        self.ops.observe("running_tickets", self.store.running_tickets(agent_id)).await
     }
 
-    pub async fn forget_running(&self, agent_id: &str, ticket_key: &str) -> Result<(), StoreError> {
-        delegate!(self, "forget_running", s => s.forget_running(agent_id, ticket_key).await)
+    async fn forget_running(&self, agent_id: &str, ticket_key: &str) -> Result<(), S::Error> {
+        self.ops.observe("forget_running", self.store.forget_running(agent_id, ticket_key)).await
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        delegate!(self, "ping", s => s.ping().await)
+    async fn ping(&self) -> Result<(), S::Error> {
+        self.ops.observe("ping", self.store.ping()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contracts::agent::{cancel_tombstone, claim_record};
+    use contracts::metrics::Families;
+    use contracts::store::MemoryStore;
+
+    #[tokio::test]
+    async fn every_store_operation_is_timed_under_its_name_whatever_the_backend() {
+        let (registry, families) = Families::registry("agent", "Commands refused", "ticket store");
+        let store = Observed::agent_store(MemoryStore::new(Arc::default()), families.store);
+        let hour = Duration::from_secs(3600);
+        let epoch = store.epoch(1_000).await.unwrap();
+        let keys = store.keys("t");
+        let record = claim_record("a/1", "a", "d".into(), false, None, 1_000);
+        store.claim(&keys, &record, hour, hour, &epoch).await.unwrap();
+        assert_eq!(
+            store.confirm_claim(&keys, &record.encode(), "a/1", hour, 0, hour).await.unwrap(),
+            ClaimReplication::Acked(0)
+        );
+        store.cancel(&keys, &cancel_tombstone("a/1", "a", 1_000), hour, hour).await.unwrap();
+        store.append_logs(&keys, &[], hour).await.unwrap();
+        store.renew_lease(&keys, "a/1", hour).await.unwrap();
+        store.compare_and_set(&keys, &record.encode(), &record.completed(0), None, Release::Lease).await.unwrap();
+        store.read(&keys, 0).await.unwrap();
+        store.running_tickets("a").await.unwrap();
+        store.forget_running("a", "t").await.unwrap();
+        store.ping().await.unwrap();
+        let text = contracts::metrics::encode(&registry);
+        for operation in [
+            "epoch",
+            "claim",
+            "confirm_claim",
+            "cancel",
+            "append_logs",
+            "renew_lease",
+            "compare_and_set",
+            "read",
+            "running_tickets",
+            "forget_running",
+            "ping",
+        ] {
+            let count = format!("cuttle_store_operation_duration_seconds_count{{operation=\"{operation}\"}} 1\n");
+            assert!(text.contains(&count), "{operation} not timed once: {text}");
+        }
     }
 }
