@@ -39,11 +39,6 @@ impl std::fmt::Debug for TlsMaterial {
 }
 
 impl TlsFiles {
-    /// Whether any file is set.
-    pub fn is_set(&self) -> bool {
-        self.ca_file.is_some() || self.client_cert.is_some() || self.client_key.is_some()
-    }
-
     /// Reads the files.
     pub fn load(&self) -> Result<TlsMaterial, TlsError> {
         let read = |what: &'static str, path: &Path| {

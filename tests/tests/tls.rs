@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 use tests::agent::test_config;
-use tests::services::{PrivateRabbit, PrivateRedis};
+use tests::services::{free_port, PrivateRabbit, PrivateRedis};
 use tests::tls::{Issued, TestCa};
 use tests::{dispatcher_command, eventually, text, AgentProcess};
 
@@ -156,5 +156,100 @@ async fn a_redis_acl_user_limited_to_the_key_prefix_holds_the_tickets() {
     let agent = AgentProcess::spawn_command(wrong.clone(), AgentProcess::command(&wrong));
     log_shows(&agent, "cannot reach the ticket store").await;
     assert!(agent.log_text().contains("Password authentication failed"), "{}", agent.log_text());
+    agent.stop().await;
+}
+
+/// A Redis Sentinel of the test's own that speaks only TLS, to its clients and to the master it
+/// watches, with `server`'s certificate (and a client certificate of `ca`'s for the master).
+struct TlsSentinel {
+    port: u16,
+    dir: std::path::PathBuf,
+    cli: Vec<String>,
+}
+
+impl TlsSentinel {
+    async fn start(ca: &TestCa, server: &Issued, service: &str, master_port: u16) -> TlsSentinel {
+        let dir = std::env::temp_dir().join(tests::unique("tls-sentinel"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (port, client) = (free_port(), ca.client("sentinel"));
+        let config = format!(
+            "port 0\ntls-port {port}\nbind 127.0.0.1\ndaemonize yes\ndir {dir}\n\
+             tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+             tls-client-cert-file {ccert}\ntls-client-key-file {ckey}\ntls-replication yes\n\
+             sentinel monitor {service} 127.0.0.1 {master_port} 1\n",
+            dir = dir.display(),
+            cert = server.cert.display(),
+            key = server.key.display(),
+            ca = ca.cert.display(),
+            ccert = client.cert.display(),
+            ckey = client.key.display(),
+        );
+        let file = dir.join("sentinel.conf");
+        std::fs::write(&file, config).unwrap();
+        let status = std::process::Command::new("redis-server").arg(&file).arg("--sentinel").status().unwrap();
+        assert!(status.success(), "the sentinel starts");
+        let cli = ["--tls", "--cacert", &ca.cert.display().to_string()]
+            .into_iter()
+            .map(String::from)
+            .chain([
+                "--cert".into(),
+                client.cert.display().to_string(),
+                "--key".into(),
+                client.key.display().to_string(),
+            ])
+            .collect();
+        let sentinel = TlsSentinel { port, dir, cli };
+        // Up once it reaches the master over TLS: `flags` is then `master` alone.
+        eventually("the TLS sentinel to see the master", Duration::from_secs(20), || async {
+            let master = sentinel.cli(&["sentinel", "master", service]);
+            master.lines().skip_while(|l| *l != "flags").nth(1).is_some_and(|f| f == "master").then_some(())
+        })
+        .await;
+        sentinel
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(&self.cli)
+            .args(args)
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    }
+}
+
+impl Drop for TlsSentinel {
+    fn drop(&mut self) {
+        self.cli(&["shutdown", "nosave"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_found_through_sentinels_is_reached_with_tls_given_as_flags() {
+    tests::skip_unless!(tests::needs::private_redis());
+    let ca = TestCa::new("cuttle-test-ca");
+    let server = ca.server("localhost");
+    let redis = PrivateRedis::start_tls(&ca, &server).await;
+    let service = tests::unique("tls-service");
+    let sentinel = TlsSentinel::start(&ca, &server, &service, redis.port).await;
+
+    let mut config = test_config("tls-sentinel");
+    config.redis_url = "rediss://127.0.0.1".into();
+    config.redis_sentinels = vec![format!("127.0.0.1:{}", sentinel.port)];
+    config.redis_service = service;
+    let client = ca.client(&config.agent_id);
+    let mut command = AgentProcess::command(&config);
+    command.arg("--redis-ca-file").arg(&ca.cert);
+    command.arg("--redis-client-cert").arg(&client.cert).arg("--redis-client-key").arg(&client.key);
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    assert!(agent.log_text().contains("connected to the redis master named by the sentinels"), "{}", agent.log_text());
+    let out = tests::run_dispatcher(&["submit", "--target", &config.agent_id, "--", "echo via-tls-sentinel"]).await;
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("via-tls-sentinel"));
+    let keys = redis.cli(&["keys", &format!("{}*", config.key_prefix)]);
+    assert!(!keys.trim().is_empty(), "no ticket keys in the TLS master");
     agent.stop().await;
 }

@@ -125,6 +125,7 @@ impl AgentConfig {
             sentinels: self.redis_sentinels.clone(),
             service: self.redis_service.clone(),
             url: self.redis_url.clone(),
+            tls: self.redis_tls.clone(),
         }
     }
 

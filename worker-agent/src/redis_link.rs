@@ -11,8 +11,10 @@
 
 use contracts::tls::TlsMaterial;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, RedisResult, TlsMode, Value,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -23,8 +25,9 @@ pub enum RedisTarget {
     /// One server (or a proxy that follows the master for us); `rediss://` with `tls`.
     Url { url: String, tls: TlsMaterial },
     /// The master of `service` as the Sentinels at `sentinels` (`host:port`) report it. The
-    /// database, user and password for the master come from `url`.
-    Sentinel { sentinels: Vec<String>, service: String, url: String },
+    /// database, user and password for the master come from `url`; a `rediss://` URL reaches
+    /// the Sentinels and the master with TLS, both with `tls`.
+    Sentinel { sentinels: Vec<String>, service: String, url: String, tls: TlsMaterial },
 }
 
 /// A connection to the ticket store that survives losing the server (and, with Sentinels, the
@@ -68,8 +71,8 @@ impl RedisLink {
                     .set_max_delay(Duration::from_secs(1));
                 Ok(RedisLink::Direct(ConnectionManager::new_with_config(client, config).await?))
             }
-            RedisTarget::Sentinel { sentinels, service, url } => {
-                let (sentinel, db) = sentinel_client(sentinels, service, url)?;
+            RedisTarget::Sentinel { sentinels, service, url, tls } => {
+                let (sentinel, db) = sentinel_client(sentinels, service, url, tls)?;
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(Some(Duration::from_secs(5)));
@@ -82,27 +85,60 @@ impl RedisLink {
     }
 }
 
-/// A client for `url`, with the CA and client certificate of `tls` when it has any (the CA
-/// replaces the system's roots).
-fn client(url: &str, tls: &TlsMaterial) -> RedisResult<redis::Client> {
-    if *tls == TlsMaterial::default() {
-        return redis::Client::open(url);
-    }
+/// redis-rs' form of the CA and client certificate of `tls` (the CA replaces the system's roots).
+fn certificates(tls: &TlsMaterial) -> redis::TlsCertificates {
     let client_tls = tls
         .client
         .as_ref()
         .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() });
-    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert: tls.ca.clone() })
+    redis::TlsCertificates { client_tls, root_cert: tls.ca.clone() }
 }
 
-/// A client of the master the Sentinels name, and the database it uses.
-fn sentinel_client(sentinels: &[String], service: &str, url: &str) -> RedisResult<(SentinelClient, i64)> {
-    let master_settings = redis::Client::open(url)?.get_connection_info().redis_settings().clone();
-    let db = master_settings.db();
-    let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(master_settings);
-    let addrs: Vec<String> = sentinels.iter().map(|a| format!("redis://{a}")).collect();
-    let sentinel = SentinelClient::build(addrs, service, Some(node), SentinelServerType::Master)?;
-    Ok((sentinel, db))
+/// A client for `url`, with the CA and client certificate of `tls` when it has any.
+fn client(url: &str, tls: &TlsMaterial) -> RedisResult<redis::Client> {
+    if *tls == TlsMaterial::default() {
+        return redis::Client::open(url);
+    }
+    redis::Client::build_with_tls(url, certificates(tls))
+}
+
+/// A client of the master the Sentinels name, and the database it uses. With a `rediss://`
+/// URL, the Sentinels and the master are both reached with TLS, trusting and presenting what
+/// `tls` holds.
+fn sentinel_client(
+    sentinels: &[String],
+    service: &str,
+    url: &str,
+    tls: &TlsMaterial,
+) -> RedisResult<(SentinelClient, i64)> {
+    let info = redis::Client::open(url)?.get_connection_info().clone();
+    let master = info.redis_settings();
+    let secure = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    let addrs = sentinels.iter().map(|addr| {
+        let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "26379"));
+        let (host, port) = (host.to_owned(), port.parse().unwrap_or(26379));
+        if secure {
+            ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None }
+        } else {
+            ConnectionAddr::Tcp(host, port)
+        }
+    });
+    let mut builder = SentinelClientBuilder::new(addrs, service, SentinelServerType::Master)?
+        .set_client_to_redis_db(master.db())
+        .set_client_to_redis_protocol(master.protocol());
+    if let Some(username) = master.username() {
+        builder = builder.set_client_to_redis_username(username);
+    }
+    if let Some(password) = master.password() {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if secure {
+        builder = builder
+            .set_client_to_redis_tls_mode(TlsMode::Secure)
+            .set_client_to_redis_certificates(certificates(tls))
+            .set_client_to_sentinel_certificates(certificates(tls));
+    }
+    Ok((builder.build()?, master.db()))
 }
 
 /// A client of the target's server now (with Sentinels, of the master they name now), for a
@@ -110,8 +146,8 @@ fn sentinel_client(sentinels: &[String], service: &str, url: &str) -> RedisResul
 pub async fn current_client(target: &RedisTarget) -> RedisResult<redis::Client> {
     match target {
         RedisTarget::Url { url, tls } => client(url, tls),
-        RedisTarget::Sentinel { sentinels, service, url } => {
-            let (mut sentinel, _) = sentinel_client(sentinels, service, url)?;
+        RedisTarget::Sentinel { sentinels, service, url, tls } => {
+            let (mut sentinel, _) = sentinel_client(sentinels, service, url, tls)?;
             sentinel.async_get_client().await
         }
     }

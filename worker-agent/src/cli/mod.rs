@@ -92,7 +92,9 @@ pub struct RunArgs {
     #[arg(long, env = "CUTTLE_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
     pub redis_client_key: Option<PathBuf>,
     /// Redis Sentinels (`host:port,...`) to ask for the ticket store's master, followed through
-    /// failovers; `--redis-url` then gives only the master's database, user and password.
+    /// failovers; `--redis-url` then gives only the master's database, user and password, and
+    /// with `rediss://` TLS to the Sentinels and the master (both with the --redis-ca-file and
+    /// --redis-client-cert given).
     #[arg(long, env = "CUTTLE_REDIS_SENTINELS", value_parser = parse_sentinels)]
     pub redis_sentinels: Option<Sentinels>,
     /// The master's name at the Sentinels.
@@ -246,11 +248,6 @@ impl RunArgs {
             client_cert: self.redis_client_cert.clone(),
             client_key: self.redis_client_key.clone(),
         };
-        if redis_tls.is_set() && self.redis_sentinels.is_some() {
-            return Err(
-                "--redis-ca-file and --redis-client-cert work with --redis-url, not with --redis-sentinels".into()
-            );
-        }
         config.redis_tls = redis_tls.load().map_err(|e| e.to_string())?;
         config.redis_sentinels = self.redis_sentinels.clone().map(|s| s.0).unwrap_or_default();
         config.redis_service = self.redis_service.clone();
