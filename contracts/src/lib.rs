@@ -5,6 +5,9 @@
 //!   lost run) as plain functions of the command, the stored record and the time.
 //! - [`store`]: the [`store::TicketStore`] trait with its atomicity contract, the in-memory
 //!   store and the conformance suite every store passes.
+//! - [`submission`]: the dispatcher's submission (capabilities, start, follow, cancel,
+//!   complete, with retries) as a state machine fed replies, failures, interrupts and the time;
+//!   [`outcome`]: how a submission ended, and the exit code that says so.
 //! - [`endpoints`]: the broker URLs of a cluster and which one to try next.
 //! - [`envelope`]: the versioned envelope every message travels in, and its msgpack codec
 //!   (named maps, so old and new readers tolerate each other's fields).
@@ -29,9 +32,11 @@ pub mod exit_code;
 pub mod labels;
 pub mod messages;
 pub mod metrics;
+pub mod outcome;
 pub mod presence;
 pub mod status;
 pub mod store;
+pub mod submission;
 pub mod ticket;
 pub mod tls;
 pub mod topology;

@@ -1,5 +1,6 @@
 //! What can go wrong talking to an agent, and whether trying again may help.
 
+use contracts::submission::{CallError, ErrorClass};
 use contracts::{CodecError, ErrorKind, ErrorReply};
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ pub enum RpcError {
     #[error("no agent queue for {target}: is an agent with this id running?")]
     Unroutable { target: String },
     /// The request was published but no reply came in time.
-    #[error("no reply from {target} within {}", crate::retry::short(*after))]
+    #[error("no reply from {target} within {}", contracts::submission::short(*after))]
     NoReply { target: String, after: Duration },
     /// The agent answered with an error.
     #[error("{target} refused the request: {} ({:?})", error.message, error.kind)]
@@ -79,5 +80,38 @@ impl RpcError {
 impl From<CodecError> for RpcError {
     fn from(error: CodecError) -> Self {
         RpcError::Codec(error.to_string())
+    }
+}
+
+impl CallError for RpcError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            RpcError::Connect(_) | RpcError::Refused(_) => ErrorClass::Unreachable,
+            RpcError::Unroutable { .. } => ErrorClass::NoSuchAgent,
+            RpcError::Cancelled => ErrorClass::Cancelled,
+            RpcError::NotPinned { .. } | RpcError::NoKey => ErrorClass::Usage,
+            RpcError::Agent { error, .. } => ErrorClass::Agent(error.kind),
+            _ => ErrorClass::Other,
+        }
+    }
+
+    fn is_transient(&self) -> bool {
+        RpcError::is_transient(self)
+    }
+
+    fn codec(message: String) -> Self {
+        RpcError::Codec(message)
+    }
+
+    fn agent(target: String, error: ErrorReply) -> Self {
+        RpcError::Agent { target, error }
+    }
+
+    fn unrepeatable(message: String) -> Self {
+        RpcError::Unrepeatable(message)
+    }
+
+    fn cancelled() -> Self {
+        RpcError::Cancelled
     }
 }

@@ -5,7 +5,7 @@
 //! script.
 
 use crate::route::Route;
-use contracts::{Capabilities, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING};
+pub use contracts::submission::{AgentKind, ScriptProtocol};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -13,40 +13,6 @@ use tokio::time::Instant;
 
 /// How long an agent's capabilities are trusted.
 pub const CAPABILITIES_TTL: Duration = Duration::from_secs(600);
-
-/// The script service to drive an agent with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ScriptProtocol {
-    /// Dispatcher-made tickets, idempotent requests, retries.
-    V2,
-    /// The agent makes the ticket; a start must never be repeated; no retries.
-    V1,
-}
-
-/// What an agent said about itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AgentKind {
-    Current(Capabilities),
-    /// Answered `Unsupported`: an agent from before the capabilities service.
-    Legacy,
-}
-
-impl AgentKind {
-    /// The newest script service both sides support, if any.
-    pub fn script_protocol(&self) -> Option<ScriptProtocol> {
-        match self {
-            AgentKind::Legacy => Some(ScriptProtocol::V1),
-            AgentKind::Current(caps) if caps.supports(SERVICE_SCRIPT_V2) => Some(ScriptProtocol::V2),
-            AgentKind::Current(caps) if caps.supports(SERVICE_SCRIPT_V1) => Some(ScriptProtocol::V1),
-            AgentKind::Current(_) => None,
-        }
-    }
-
-    /// Whether the agent masks secrets in output; a legacy agent does not.
-    pub fn masks_secrets(&self) -> bool {
-        matches!(self, AgentKind::Current(caps) if caps.supports(SERVICE_SECRET_MASKING))
-    }
-}
 
 /// Which protocol the dispatcher speaks: negotiated, or forced to the legacy one (the
 /// dispatcher as it was before resilient communications).
@@ -99,28 +65,6 @@ impl CapabilityCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn caps(services: &[&str]) -> AgentKind {
-        AgentKind::Current(Capabilities {
-            services: services.iter().map(|s| s.to_string()).collect(),
-            agent_version: "x".into(),
-        })
-    }
-
-    #[test]
-    fn the_newest_common_script_service_is_chosen() {
-        assert_eq!(AgentKind::Legacy.script_protocol(), Some(ScriptProtocol::V1));
-        assert_eq!(caps(&[SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2]).script_protocol(), Some(ScriptProtocol::V2));
-        assert_eq!(caps(&[SERVICE_SCRIPT_V1]).script_protocol(), Some(ScriptProtocol::V1));
-        assert_eq!(caps(&["script/v9"]).script_protocol(), None);
-    }
-
-    #[test]
-    fn only_an_agent_listing_secret_masking_gets_secrets() {
-        assert!(caps(&[SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING]).masks_secrets());
-        assert!(!caps(&[SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2]).masks_secrets(), "an older current agent");
-        assert!(!AgentKind::Legacy.masks_secrets());
-    }
 
     #[tokio::test(start_paused = true)]
     async fn answers_are_cached_for_ten_minutes_the_legacy_one_included() {

@@ -1,105 +1,32 @@
-//! The script orchestrator: start a script under a ticket of our own, follow its log to the end,
-//! complete it. Every request goes through the retry executor; Ctrl-C (the `interrupt` token)
-//! cancels the script on the agent and follows it until it has stopped.
+//! The script orchestrator: drives contracts' [`Submission`] machine (start a script under a
+//! ticket of our own, follow its log to the end, complete it; Ctrl-C cancels the script on the
+//! agent and follows it until it has stopped) over the broker and the clock. Every decision is
+//! the machine's; this file only sends, waits and reports.
 
 use crate::error::RpcError;
 use crate::follow::LogFollower;
 use crate::metrics::Metrics;
 use crate::negotiate::{AgentKind, CapabilityCache, ProtocolMode, ScriptProtocol};
 use crate::outcome::Outcome;
-use crate::retry::{self, GaveUp, RetryNotice, RetryPolicy};
+use crate::retry::{self, GaveUp, RetryPolicy};
 use crate::route::Route;
 use crate::rpc::{CallTiming, RpcClient};
+use contracts::submission::{self, Action, Config, Input, Now, Submission};
 use contracts::*;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
-/// Timing of the requests the orchestrator makes.
-#[derive(Clone, Copy, Debug)]
-pub struct Timing {
-    /// How long one attempt waits for a reply (on top of any wait asked of the agent).
-    pub attempt_timeout: Duration,
-    /// How long the agent may hold a status request for new output.
-    pub status_wait: Duration,
-    /// How long the agent may hold the start reply for first output or the end.
-    pub start_wait: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            attempt_timeout: Duration::from_secs(10),
-            status_wait: Duration::from_secs(5),
-            start_wait: Duration::from_millis(500),
-        }
-    }
-}
+pub use contracts::submission::{cancel_policy, PlannedStart, Policies, Timing, CANCEL_REPEAT};
 
 /// What happens during a submission, for the user to see.
-#[derive(Clone, Debug)]
-pub enum Event {
-    /// The ticket chosen for the script, before anything is sent.
-    Ticket {
-        ticket: Ticket,
-        target: String,
-    },
-    Log(LogLine),
-    /// A request failed and will be repeated.
-    Retry {
-        request: Kind,
-        notice: RetryNotice,
-    },
-    /// Something the user should know (one line, lowercase).
-    Notice(String),
-    /// Something the user should worry about: a forged answer ignored, an agent believed
-    /// unsigned because it is pinned as legacy (one line, lowercase).
-    Warning(String),
-}
+pub type Event = submission::Event<RpcError>;
 
 /// Where events go. Called from the submission's task; must be quick.
 pub type EventSink<'a> = &'a (dyn Fn(Event) + Send + Sync);
-
-/// How often a legacy (v1) agent is asked for status: it cannot hold the request.
-const V1_POLL: Duration = Duration::from_millis(250);
-
-/// How long a user's cancel is repeated when retries are off: it must get through even so.
-pub const CANCEL_REPEAT: Duration = Duration::from_secs(30);
-
-/// The retry policy of a user's cancel: the command's, or [`CANCEL_REPEAT`] when that one does
-/// not retry, since a cancel that does not get through leaves the script running.
-pub fn cancel_policy(policy: RetryPolicy) -> RetryPolicy {
-    if policy.enabled {
-        policy
-    } else {
-        RetryPolicy::new(CANCEL_REPEAT)
-    }
-}
-
-/// The retry policies of one submission: for the script's requests, and for the capabilities
-/// request that comes first (the machine policy's health-check duration).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Policies {
-    pub script: RetryPolicy,
-    pub health: RetryPolicy,
-}
-
-impl From<RetryPolicy> for Policies {
-    fn from(policy: RetryPolicy) -> Self {
-        Policies { script: policy, health: policy }
-    }
-}
-
-/// A start planned under a ticket chosen (and recorded, by the service) before anything is sent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlannedStart {
-    pub ticket: Ticket,
-    /// When the first start was issued (`first_issued_at` on the wire).
-    pub issued_at: SystemTime,
-    /// The agent refuses the start after this, and the dispatcher stops repeating it.
-    pub not_after: SystemTime,
-}
 
 /// Sends requests to agents and follows scripts.
 #[derive(Clone)]
@@ -159,76 +86,14 @@ impl Orchestrator {
             return Ok(kind);
         }
         if self.rpc.consumers(route, Kind::GetCapabilities).await == Some(0) {
-            let wait = if policy.enabled { policy.duration } else { self.timing.attempt_timeout };
-            events(Event::Notice(format!(
-                "no agent is consuming {}; waiting up to {}",
-                route.queue(Kind::GetCapabilities),
-                crate::retry::short(wait)
-            )));
+            let queue = route.queue(Kind::GetCapabilities);
+            events(Event::Notice(submission::no_consumer_notice(&queue, policy, self.timing)));
         }
-        let kind = match self.capabilities(route, policy, events).await {
-            Ok(caps) => AgentKind::Current(caps),
-            Err(gave_up) if gave_up.error.agent_error() == Some(ErrorKind::Unsupported) => AgentKind::Legacy,
-            Err(gave_up) => return Err(gave_up),
-        };
+        let request = Request::GetCapabilities(GetCapabilities {});
+        let answer = self.request(route, &request, policy, Duration::ZERO, None, events).await;
+        let kind = AgentKind::from_answer(answer)?;
         self.capabilities.put(route, kind.clone());
         Ok(kind)
-    }
-
-    /// The script service to use with `route`.
-    async fn script_protocol(
-        &self,
-        route: &Route,
-        policy: RetryPolicy,
-        events: EventSink<'_>,
-    ) -> Result<ScriptProtocol, GaveUp> {
-        if self.protocol == ProtocolMode::V1 {
-            return Ok(ScriptProtocol::V1);
-        }
-        let kind = self.agent_kind(route, policy, events).await?;
-        let protocol = kind.script_protocol().ok_or_else(|| GaveUp {
-            error: RpcError::Codec(format!("{route} supports no script service this dispatcher knows")),
-            elapsed: Duration::ZERO,
-            attempts: 1,
-        })?;
-        if kind == AgentKind::Legacy && self.capabilities.first_warning(route) {
-            events(Event::Notice(format!(
-                "{route} is a legacy agent (script v1 only): retries are off for it, since a repeated start could run a script twice; upgrade the agent to turn them on"
-            )));
-        }
-        Ok(protocol)
-    }
-
-    /// Refuses to send secrets to an agent that cannot mask them (it does not list
-    /// [`SERVICE_SECRET_MASKING`]): it would print them in clear. Nothing is sent then.
-    async fn check_secrets(
-        &self,
-        route: &Route,
-        spec: &ScriptSpec,
-        policy: RetryPolicy,
-        events: EventSink<'_>,
-    ) -> Result<(), GaveUp> {
-        if spec.secret_env.is_empty() {
-            return Ok(());
-        }
-        let masks = match self.protocol {
-            ProtocolMode::V1 => false,
-            ProtocolMode::Auto => self.agent_kind(route, policy, events).await?.masks_secrets(),
-        };
-        if masks {
-            return Ok(());
-        }
-        Err(GaveUp {
-            error: RpcError::Agent {
-                target: route.name().to_owned(),
-                error: ErrorReply::new(
-                    ErrorKind::Unsupported,
-                    format!("{route} is too old to mask secrets (it does not list {SERVICE_SECRET_MASKING}): upgrade it, or pass the value without --secret-env; nothing was sent"),
-                ),
-            },
-            elapsed: Duration::ZERO,
-            attempts: 1,
-        })
     }
 
     pub fn rpc(&self) -> &Arc<RpcClient> {
@@ -245,22 +110,6 @@ impl Orchestrator {
         not_after: Option<SystemTime>,
         events: EventSink<'_>,
     ) -> Result<Reply, GaveUp> {
-        let published = AtomicBool::new(false);
-        self.request_noting_publish(route, request, policy, extra_wait, not_after, events, &published).await
-    }
-
-    /// [`Orchestrator::request`], setting `published` once any attempt may have reached the broker.
-    #[allow(clippy::too_many_arguments)]
-    async fn request_noting_publish(
-        &self,
-        route: &Route,
-        request: &Request,
-        policy: RetryPolicy,
-        extra_wait: Duration,
-        not_after: Option<SystemTime>,
-        events: EventSink<'_>,
-        published: &AtomicBool,
-    ) -> Result<Reply, GaveUp> {
         let usual = self.timing.attempt_timeout + extra_wait;
         let warn = |warning| events(Event::Warning(warning));
         let warn: crate::rpc::Warn<'_> = &warn;
@@ -275,14 +124,26 @@ impl Orchestrator {
             },
             |reply_timeout| async move {
                 let not_after = not_after.unwrap_or_else(|| SystemTime::now() + reply_timeout);
-                let sent = std::time::Instant::now();
                 let timing = CallTiming { reply_timeout, not_after };
-                let reply = self.rpc.call_noting_publish(route, request, timing, published, warn).await;
-                self.metrics.attempt(kind, sent.elapsed(), reply.as_ref().map(|_| ()));
-                reply
+                self.attempt(route, request, timing, &AtomicBool::new(false), warn).await
             },
         )
         .await
+    }
+
+    /// One attempt of `request`, recorded in the metrics.
+    async fn attempt(
+        &self,
+        route: &Route,
+        request: &Request,
+        timing: CallTiming,
+        published: &AtomicBool,
+        warn: crate::rpc::Warn<'_>,
+    ) -> Result<Reply, RpcError> {
+        let sent = std::time::Instant::now();
+        let reply = self.rpc.call_noting_publish(route, request, timing, published, warn).await;
+        self.metrics.attempt(request.kind(), sent.elapsed(), reply.as_ref().map(|_| ()));
+        reply
     }
 
     /// For a pool, one of its workers that answers now (a capabilities request to the pool; the
@@ -307,25 +168,9 @@ impl Orchestrator {
         )
         .await?;
         let (agent, _) = answered;
-        topology::validate_name("agent id", &agent).map_err(|e| GaveUp {
-            error: RpcError::Codec(format!("a worker of {route} answered as {e}")),
-            elapsed: Duration::ZERO,
-            attempts: 1,
-        })?;
+        topology::validate_name("agent id", &agent)
+            .map_err(|e| GaveUp::at_once(RpcError::Codec(format!("a worker of {route} answered as {e}"))))?;
         Ok(Route::Worker { pool: pool.clone(), agent })
-    }
-
-    /// A script-service request whose reply must be a status.
-    async fn status_request(
-        &self,
-        route: &Route,
-        request: &Request,
-        policy: RetryPolicy,
-        extra_wait: Duration,
-        not_after: Option<SystemTime>,
-        events: EventSink<'_>,
-    ) -> Result<ScriptStatus, GaveUp> {
-        expect_status(self.request(route, request, policy, extra_wait, not_after, events).await?)
     }
 
     /// Asks an agent what it supports.
@@ -338,11 +183,21 @@ impl Orchestrator {
         let request = Request::GetCapabilities(GetCapabilities {});
         match self.request(route, &request, policy, Duration::ZERO, None, events).await? {
             Reply::Capabilities(capabilities) => Ok(capabilities),
-            other => Err(GaveUp {
-                error: RpcError::Codec(format!("expected capabilities, got {}", other.kind())),
-                elapsed: Duration::ZERO,
-                attempts: 1,
-            }),
+            other => Err(GaveUp::at_once(RpcError::Codec(format!("expected capabilities, got {}", other.kind())))),
+        }
+    }
+
+    /// The machine's configuration for `route`, under `policies`.
+    fn config(&self, route: &Route, policies: Policies) -> Config {
+        Config {
+            target: route.name().to_owned(),
+            shown: route.to_string(),
+            capabilities_queue: route.queue(Kind::GetCapabilities),
+            timing: self.timing,
+            policies,
+            v1_only: self.protocol == ProtocolMode::V1,
+            known: self.capabilities.get(route),
+            seed: fastrand::u64(..),
         }
     }
 
@@ -355,133 +210,19 @@ impl Orchestrator {
         events: EventSink<'_>,
         interrupt: &CancellationToken,
     ) -> Outcome {
-        let policies = policies.into();
-        let protocol = match self.negotiate(route, policies.health, events, interrupt).await {
-            None => return Outcome::not_sent(None, route.name()),
-            Some(Err(gave_up)) => {
-                return Outcome::from_error(None, route.name(), &gave_up.error, gave_up.to_string(), false)
-            }
-            Some(Ok(protocol)) => protocol,
-        };
-        if let Err(gave_up) = self.check_secrets(route, &spec, policies.health, events).await {
-            return Outcome::from_error(None, route.name(), &gave_up.error, gave_up.error.to_string(), false);
-        }
-        match protocol {
-            ScriptProtocol::V2 => self.submit_v2(route, spec, policies.script, events, interrupt).await,
-            ScriptProtocol::V1 => self.submit_v1(route, spec, events, interrupt).await,
-        }
-    }
-
-    /// [`Orchestrator::script_protocol`], or `None` at once on `interrupt`: nothing is sent
-    /// after it (the capabilities request being repeated is dropped).
-    async fn negotiate(
-        &self,
-        route: &Route,
-        policy: RetryPolicy,
-        events: EventSink<'_>,
-        interrupt: &CancellationToken,
-    ) -> Option<Result<ScriptProtocol, GaveUp>> {
-        tokio::select! {
-            protocol = self.script_protocol(route, policy, events) => Some(protocol),
-            _ = interrupt.cancelled() => None,
-        }
-    }
-
-    /// Script v1, the way dispatchers did before resilient communications: the agent makes the
-    /// ticket, and the start is repeated only if it surely never reached the broker.
-    async fn submit_v1(
-        &self,
-        route: &Route,
-        spec: ScriptSpec,
-        events: EventSink<'_>,
-        interrupt: &CancellationToken,
-    ) -> Outcome {
-        let start = Request::StartScriptV1(StartScriptV1 { spec });
-        let published = AtomicBool::new(false);
-        let timing = CallTiming {
-            reply_timeout: self.timing.attempt_timeout,
-            not_after: SystemTime::now() + self.timing.attempt_timeout,
-        };
-        let warn = |warning| events(Event::Warning(warning));
-        let call = self.rpc.call_noting_publish(route, &start, timing, &published, &warn);
-        tokio::pin!(call);
-        let call = tokio::select! {
-            call = &mut call => call,
-            _ = interrupt.cancelled() => {
-                if !published.load(Ordering::Acquire) {
-                    return Outcome::not_sent(None, route.name());
-                }
-                // The start may have reached the agent, which makes the ticket: its answer names
-                // the script to cancel (following it below sees the interrupt at once).
-                call.await
-            }
-        };
-        let status = match call {
-            Ok(reply) => match expect_status(reply) {
-                Ok(status) => status,
-                Err(gave_up) => {
-                    return Outcome::from_error(None, route.name(), &gave_up.error, gave_up.to_string(), false)
-                }
-            },
-            Err(error) => {
-                // An agent that answered (even "try again") said the start did not run.
-                let answered = matches!(error, RpcError::Agent { .. });
-                let reached = published.load(Ordering::Acquire) && error.is_transient() && !answered;
-                let error = if reached { RpcError::Unrepeatable(error.to_string()) } else { error };
-                let message = if reached { format!("{error}; its outcome is unknown") } else { error.to_string() };
-                let mut outcome = Outcome::from_error(None, route.name(), &error, message, reached);
-                if answered {
-                    // Refused, even if only for now: its start is never repeated.
-                    outcome.process_exit = crate::outcome::exit::REJECTED;
-                }
-                return outcome;
-            }
-        };
-        let ticket = status.ticket.clone();
-        events(Event::Ticket { ticket: ticket.clone(), target: route.name().to_owned() });
-        let mut follower = LogFollower::after(0);
-        emit_logs(&mut follower, &status, events);
-        let outcome = self
-            .follow_to_end(route, &ticket, follower, status, RetryPolicy::once(), ScriptProtocol::V1, events, interrupt)
-            .await;
-        if outcome.exit_code.is_some() {
-            let complete = Request::CompleteScriptV1(CompleteScriptV1 { ticket: ticket.clone() });
-            if let Err(error) = self.rpc.send(route, &complete, SystemTime::now() + self.timing.attempt_timeout).await {
-                events(Event::Notice(format!("could not complete ticket {ticket}: {error}")));
-            }
-        }
-        outcome
-    }
-
-    /// Script v2: a ticket of our own, every request repeated until the deadline.
-    async fn submit_v2(
-        &self,
-        route: &Route,
-        spec: ScriptSpec,
-        policy: RetryPolicy,
-        events: EventSink<'_>,
-        interrupt: &CancellationToken,
-    ) -> Outcome {
-        let plan = self.plan_start(Ticket::generate(), policy);
-        events(Event::Ticket { ticket: plan.ticket.clone(), target: route.name().to_owned() });
-        let outcome = self.start_v2(route, &plan, spec, policy, LogFollower::after(0), events, interrupt).await;
-        self.complete_after(route, &plan.ticket, &outcome, policy, events).await;
-        outcome
+        let config = self.config(route, policies.into());
+        let machine = Submission::submit(config, spec, Ticket::generate(), now());
+        self.drive(route, machine, events, interrupt).await
     }
 
     /// A start of `ticket` under `policy`, from now: the deadline after which the agent refuses it.
     pub fn plan_start(&self, ticket: Ticket, policy: RetryPolicy) -> PlannedStart {
-        let issued_at = SystemTime::now();
-        // The agent must not start the script after we stop trying: a copy stuck in a queue
-        // expires there, and the agent refuses one past this deadline.
-        PlannedStart { ticket, issued_at, not_after: issued_at + policy.duration.max(self.timing.attempt_timeout) }
+        PlannedStart::new(ticket, policy, self.timing, SystemTime::now())
     }
 
     /// Runs a script under a start planned (and recorded) beforehand and follows it after line
-    /// `last_seen`, without completing it, so the caller can record the outcome first. Called
-    /// again with the same plan after a crash, it never runs the script twice: within the plan's
-    /// deadline the start is repeated (the agent answers a known ticket with its status), past it
-    /// the ticket is only asked for. Script v2 only: a legacy agent makes its own tickets.
+    /// `last_seen`, without completing it, so the caller can record the outcome first (see
+    /// [`Submission::run_planned`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn run_planned(
         &self,
@@ -493,116 +234,9 @@ impl Orchestrator {
         events: EventSink<'_>,
         interrupt: &CancellationToken,
     ) -> Outcome {
-        let ticket = &plan.ticket;
-        if let Err(gave_up) = self.check_secrets(route, &spec, policies.health, events).await {
-            let message = gave_up.error.to_string();
-            return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, false);
-        }
-        match self.negotiate(route, policies.health, events, interrupt).await {
-            None => return Outcome::not_sent(Some(ticket.clone()), route.name()),
-            Some(Ok(ScriptProtocol::V2)) => {}
-            Some(Ok(ScriptProtocol::V1)) => {
-                let error = RpcError::Agent {
-                    target: route.name().to_owned(),
-                    error: ErrorReply::new(
-                        ErrorKind::Unsupported,
-                        "a legacy agent (script v1) makes its own tickets, so a submission to it cannot be recorded before it starts nor resumed; upgrade the agent",
-                    ),
-                };
-                return Outcome::from_error(Some(ticket.clone()), route.name(), &error, error.to_string(), false);
-            }
-            Some(Err(gave_up)) => {
-                return Outcome::from_error(
-                    Some(ticket.clone()),
-                    route.name(),
-                    &gave_up.error,
-                    gave_up.to_string(),
-                    false,
-                )
-            }
-        }
-        let follower = LogFollower::after(last_seen);
-        if SystemTime::now() < plan.not_after {
-            return self.start_v2(route, plan, spec, policies.script, follower, events, interrupt).await;
-        }
-        let request =
-            Request::GetStatusV2(GetStatusV2 { ticket: ticket.clone(), last_log_sequence: last_seen, wait: None });
-        match self.status_request(route, &request, policies.script, Duration::ZERO, None, events).await {
-            Ok(status) => {
-                let mut follower = follower;
-                emit_logs(&mut follower, &status, events);
-                self.follow_to_end(
-                    route,
-                    ticket,
-                    follower,
-                    status,
-                    policies.script,
-                    ScriptProtocol::V2,
-                    events,
-                    interrupt,
-                )
-                .await
-            }
-            Err(gave_up) => {
-                let message =
-                    format!("lost contact with the script: {gave_up}; its outcome is unknown (ticket {ticket})");
-                Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true)
-            }
-        }
-    }
-
-    /// Starts `plan` (repeating the start until the deadline) and follows it to its end.
-    #[allow(clippy::too_many_arguments)]
-    async fn start_v2(
-        &self,
-        route: &Route,
-        plan: &PlannedStart,
-        spec: ScriptSpec,
-        policy: RetryPolicy,
-        mut follower: LogFollower,
-        events: EventSink<'_>,
-        interrupt: &CancellationToken,
-    ) -> Outcome {
-        let ticket = &plan.ticket;
-        let start = Request::StartScriptV2(StartScriptV2 {
-            ticket: ticket.clone(),
-            spec,
-            wait_for_output: Some(self.timing.start_wait.as_millis() as u64),
-            first_issued_at: Some(unix_millis(plan.issued_at)),
-        });
-        let published = AtomicBool::new(false);
-        let started = tokio::select! {
-            started = self.request_noting_publish(route, &start, policy, self.timing.start_wait, Some(plan.not_after), events, &published) => started.and_then(expect_status),
-            _ = interrupt.cancelled() => {
-                if !published.load(Ordering::Acquire) {
-                    return Outcome::not_sent(Some(ticket.clone()), route.name());
-                }
-                // The start may have reached the agent: cancel it there, so it can never run. The
-                // cancel lives in the queue as long as the start could.
-                let cancel = CancelPlan { not_after: plan.not_after, start_sent: true };
-                return self.cancel_and_follow(route, ticket, follower, policy, cancel, ScriptProtocol::V2, events).await;
-            }
-        };
-        let status = match started {
-            Ok(status) => status,
-            Err(gave_up) => {
-                // Some attempt reached the broker and no answer said it did not start: it may run.
-                let started = published.load(Ordering::Acquire)
-                    && !matches!(gave_up.error, RpcError::Agent { .. } | RpcError::Unroutable { .. });
-                if started {
-                    self.best_effort_cancel(route, ticket, ScriptProtocol::V2, events).await;
-                }
-                return Outcome::from_error(
-                    Some(ticket.clone()),
-                    route.name(),
-                    &gave_up.error,
-                    gave_up.to_string(),
-                    started,
-                );
-            }
-        };
-        emit_logs(&mut follower, &status, events);
-        self.follow_to_end(route, ticket, follower, status, policy, ScriptProtocol::V2, events, interrupt).await
+        let config = self.config(route, policies);
+        let machine = Submission::run_planned(config, plan.clone(), spec, last_seen, now());
+        self.drive(route, machine, events, interrupt).await
     }
 
     /// Completes a ticket whose end was seen: published (durably, into the agent's queue) but
@@ -615,10 +249,7 @@ impl Orchestrator {
         policy: RetryPolicy,
         events: EventSink<'_>,
     ) {
-        if outcome.exit_code.is_none() {
-            return;
-        }
-        let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
+        let Some(complete) = submission::complete_request(ScriptProtocol::V2, ticket, outcome) else { return };
         let not_after = SystemTime::now() + policy.duration.max(self.timing.attempt_timeout);
         if let Err(error) = self.rpc.send(route, &complete, not_after).await {
             events(Event::Notice(format!(
@@ -634,126 +265,16 @@ impl Orchestrator {
         &self,
         route: &Route,
         ticket: &Ticket,
-        mut follower: LogFollower,
-        mut status: ScriptStatus,
+        follower: LogFollower,
+        status: ScriptStatus,
         policy: RetryPolicy,
         protocol: ScriptProtocol,
         events: EventSink<'_>,
         interrupt: &CancellationToken,
     ) -> Outcome {
-        while !follower.has_everything(&status) {
-            let request = match protocol {
-                ScriptProtocol::V2 => Request::GetStatusV2(GetStatusV2 {
-                    ticket: ticket.clone(),
-                    last_log_sequence: follower.last_seen(),
-                    wait: Some(self.timing.status_wait.as_millis() as u64),
-                }),
-                ScriptProtocol::V1 => {
-                    if status.logs.is_empty() {
-                        tokio::time::sleep(V1_POLL).await;
-                    }
-                    Request::GetStatusV1(GetStatusV1 {
-                        ticket: ticket.clone(),
-                        last_log_sequence: follower.last_seen(),
-                    })
-                }
-            };
-            let next = tokio::select! {
-                next = self.status_request(route, &request, policy, self.timing.status_wait, None, events) => next,
-                _ = interrupt.cancelled() => {
-                    // The agent has answered for this ticket: if the cancel finds it unknown, the
-                    // agent lost it (its store lost its data), which is not "nothing ran".
-                    let cancel = CancelPlan::from_now(policy, self.timing, false);
-                    return self.cancel_and_follow(route, ticket, follower, policy, cancel, protocol, events).await;
-                }
-            };
-            match next {
-                Ok(next) => {
-                    emit_logs(&mut follower, &next, events);
-                    status = next;
-                }
-                Err(gave_up) => {
-                    self.best_effort_cancel(route, ticket, protocol, events).await;
-                    let message =
-                        format!("lost contact with the script: {gave_up}; its outcome is unknown (ticket {ticket})");
-                    return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
-                }
-            }
-        }
-        Outcome::from_exit_code(ticket.clone(), route.name(), status.exit_code.unwrap_or(exit_code::FATAL))
-    }
-
-    /// Cancels the script and follows it until it has stopped (without further interrupts), in
-    /// `protocol` (a legacy agent's script v1 has a cancel too). The cancel is repeated until the
-    /// agent answers it (see [`cancel_policy`]), on v1 as well: unlike its start, a cancel is
-    /// idempotent. When no agent consumes the queue, the cancel is left there, behind the start,
-    /// and the user told so at once: the agent stops the script when it returns.
-    #[allow(clippy::too_many_arguments)]
-    async fn cancel_and_follow(
-        &self,
-        route: &Route,
-        ticket: &Ticket,
-        mut follower: LogFollower,
-        policy: RetryPolicy,
-        plan: CancelPlan,
-        protocol: ScriptProtocol,
-        events: EventSink<'_>,
-    ) -> Outcome {
-        let cancel = cancel_request(protocol, ticket, follower.last_seen());
-        if self.rpc.consumers(route, cancel.kind()).await == Some(0) {
-            return match self.rpc.send(route, &cancel, plan.not_after).await {
-                Ok(()) => {
-                    let message =
-                        format!("cancel queued; the agent will stop the script when it returns (ticket {ticket})");
-                    Outcome::from_error(Some(ticket.clone()), route.name(), &RpcError::Cancelled, message, false)
-                }
-                Err(error) => {
-                    let message = format!(
-                        "could not queue the cancel: {error}; the script's outcome is unknown (ticket {ticket})"
-                    );
-                    Outcome::from_error(Some(ticket.clone()), route.name(), &error, message, true)
-                }
-            };
-        }
-        events(Event::Notice(format!("cancelling ticket {ticket} on {route}")));
-        let not_after = Some(plan.not_after);
-        let status =
-            match self.status_request(route, &cancel, cancel_policy(policy), Duration::ZERO, not_after, events).await {
-                Ok(status) => status,
-                Err(gave_up) if gave_up.error.agent_error() == Some(ErrorKind::Unsupported) => {
-                    let message = format!(
-                    "{route} cannot cancel scripts (it predates {}): left ticket {ticket} running; upgrade the agent",
-                    cancel.kind()
-                );
-                    return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
-                }
-                Err(gave_up) => {
-                    let message =
-                        format!("could not cancel: {gave_up}; the script's outcome is unknown (ticket {ticket})");
-                    return Outcome::from_error(Some(ticket.clone()), route.name(), &gave_up.error, message, true);
-                }
-            };
-        emit_logs(&mut follower, &status, events);
-        let uninterrupted = CancellationToken::new();
-        let outcome =
-            Box::pin(self.follow_to_end(route, ticket, follower, status, policy, protocol, events, &uninterrupted))
-                .await;
-        outcome.after_cancel(plan.start_sent)
-    }
-
-    /// Sends one cancel, without retries, after contact was lost: if it gets through, the script
-    /// does not go on unwatched.
-    async fn best_effort_cancel(
-        &self,
-        route: &Route,
-        ticket: &Ticket,
-        protocol: ScriptProtocol,
-        events: EventSink<'_>,
-    ) {
-        let cancel = cancel_request(protocol, ticket, 0);
-        if let Err(gave_up) = self.request(route, &cancel, RetryPolicy::once(), Duration::ZERO, None, events).await {
-            tracing::debug!(ticket = %ticket, error = %gave_up, "best-effort cancel failed");
-        }
+        let config = self.config(route, policy.into());
+        let machine = Submission::follow(config, ticket.clone(), follower, status, protocol, now());
+        self.drive(route, machine, events, interrupt).await
     }
 
     /// Tells the agent the script's output is no longer needed, and waits for its answer. Best
@@ -782,60 +303,110 @@ impl Orchestrator {
             }
             ProtocolMode::V1 => Request::GetStatusV1(GetStatusV1 { ticket: ticket.clone(), last_log_sequence: 0 }),
         };
-        self.status_request(route, &request, policy, Duration::ZERO, None, events).await
+        submission::expect_status(self.request(route, &request, policy, Duration::ZERO, None, events).await?)
     }
 
     /// Cancels a ticket (given by the user) and follows it until it has stopped; with
     /// `--protocol v1`, as a legacy agent's script.
     pub async fn cancel(&self, route: &Route, ticket: &Ticket, policy: RetryPolicy, events: EventSink<'_>) -> Outcome {
-        let plan = CancelPlan::from_now(policy, self.timing, false);
-        let protocol = self.status_protocol();
-        self.cancel_and_follow(route, ticket, LogFollower::after(0), policy, plan, protocol, events).await
+        let config = self.config(route, policy.into());
+        let machine = Submission::cancel(config, ticket.clone(), self.status_protocol(), now());
+        self.drive(route, machine, events, &CancellationToken::new()).await
+    }
+
+    /// Runs `machine` to its outcome: sends what it says, waits as it says, and feeds it the
+    /// replies, failures and the user's `interrupt`. Nothing is decided here.
+    async fn drive(
+        &self,
+        route: &Route,
+        mut machine: Submission<RpcError>,
+        events: EventSink<'_>,
+        interrupt: &CancellationToken,
+    ) -> Outcome {
+        let warn = |warning| events(Event::Warning(warning));
+        let warn: crate::rpc::Warn<'_> = &warn;
+        // Whether the attempt in flight may have reached the broker.
+        let published = AtomicBool::new(false);
+        let mut in_flight: Option<(u64, InFlight<'_>)> = None;
+        let mut interrupted = false;
+        loop {
+            match machine.poll(now()) {
+                Action::Call { attempt, request, reply_timeout, not_after } => {
+                    published.store(false, Ordering::Release);
+                    let timing = CallTiming { reply_timeout, not_after };
+                    let published = &published;
+                    let call = async move { self.attempt(route, &request, timing, published, warn).await };
+                    in_flight = Some((attempt, Box::pin(call)));
+                }
+                Action::AwaitReply(attempt) => {
+                    let Some((_, call)) = in_flight.as_mut().filter(|(a, _)| *a == attempt) else {
+                        // Only a machine fed out of order could ask this; it hears of a lost reply.
+                        let error = RpcError::ConnectionLost("the request was dropped".into());
+                        machine.handle(Input::Failed { attempt, error, published: true }, now());
+                        continue;
+                    };
+                    let result = tokio::select! {
+                        result = call => Some(result),
+                        _ = interrupt.cancelled(), if !interrupted => None,
+                    };
+                    let was_published = published.load(Ordering::Acquire);
+                    let input = match result {
+                        Some(Ok(reply)) => Input::Reply { attempt, reply },
+                        Some(Err(error)) => Input::Failed { attempt, error, published: was_published },
+                        None => {
+                            interrupted = true;
+                            Input::Interrupt { published: was_published }
+                        }
+                    };
+                    if !matches!(input, Input::Interrupt { .. }) {
+                        in_flight = None;
+                    }
+                    machine.handle(input, now());
+                }
+                Action::Sleep(until) => {
+                    in_flight = None;
+                    let until = tokio::time::Instant::from_std(*ORIGIN + until);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => {}
+                        _ = interrupt.cancelled(), if !interrupted => {
+                            interrupted = true;
+                            machine.handle(Input::Interrupt { published: false }, now());
+                        }
+                    }
+                }
+                Action::Send { request, not_after } => {
+                    let sent = self.rpc.send(route, &request, not_after).await;
+                    machine.handle(Input::Sent(sent), now());
+                }
+                Action::CountConsumers(kind) => {
+                    let count = self.rpc.consumers(route, kind).await;
+                    machine.handle(Input::Consumers(count), now());
+                }
+                Action::Learned(kind) => self.capabilities.put(route, kind),
+                Action::LegacyNotice(notice) => {
+                    if self.capabilities.first_warning(route) {
+                        events(Event::Notice(notice));
+                    }
+                }
+                Action::Emit(event) => {
+                    if let Event::Retry { request, .. } = &event {
+                        self.metrics.retry(*request);
+                    }
+                    events(event);
+                }
+                Action::Done(outcome) => return outcome,
+            }
+        }
     }
 }
 
-/// What a cancel needs to know of the start it stops.
-#[derive(Clone, Copy, Debug)]
-struct CancelPlan {
-    /// Until when the cancel may act (its expiry in the queue): as long as the start could.
-    not_after: SystemTime,
-    /// Whether this dispatcher sent the start and no answer to it has come yet (then a ticket
-    /// unknown to the agent is a start that will never run, see [`Outcome::after_cancel`]).
-    start_sent: bool,
-}
+/// An attempt waiting for its reply.
+type InFlight<'a> = Pin<Box<dyn Future<Output = Result<Reply, RpcError>> + Send + 'a>>;
 
-impl CancelPlan {
-    /// A cancel of a start sent under `policy`, as long as such a start lives and at least as
-    /// long as the cancel is repeated ([`cancel_policy`]).
-    fn from_now(policy: RetryPolicy, timing: Timing, start_sent: bool) -> Self {
-        let lives = policy.duration.max(cancel_policy(policy).duration).max(timing.attempt_timeout);
-        CancelPlan { not_after: SystemTime::now() + lives, start_sent }
-    }
-}
+/// The origin of the machines' monotonic time.
+static ORIGIN: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
 
-/// The cancel of `ticket` in the script service `protocol`.
-fn cancel_request(protocol: ScriptProtocol, ticket: &Ticket, last_log_sequence: u64) -> Request {
-    let ticket = ticket.clone();
-    match protocol {
-        ScriptProtocol::V2 => Request::CancelScriptV2(CancelScriptV2 { ticket, last_log_sequence }),
-        ScriptProtocol::V1 => Request::CancelScriptV1(CancelScriptV1 { ticket, last_log_sequence }),
-    }
-}
-
-/// The status a script-service reply must carry.
-fn expect_status(reply: Reply) -> Result<ScriptStatus, GaveUp> {
-    match reply {
-        Reply::ScriptStatus(status) => Ok(status),
-        other => Err(GaveUp {
-            error: RpcError::Codec(format!("expected a script status, got {}", other.kind())),
-            elapsed: Duration::ZERO,
-            attempts: 1,
-        }),
-    }
-}
-
-fn emit_logs(follower: &mut LogFollower, status: &ScriptStatus, events: EventSink<'_>) {
-    for line in follower.accept(status) {
-        events(Event::Log(line.clone()));
-    }
+/// The time, as the machines take it.
+fn now() -> Now {
+    Now { mono: ORIGIN.elapsed(), wall: SystemTime::now() }
 }
