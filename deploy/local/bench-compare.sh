@@ -4,7 +4,9 @@
 # commands), each agent and dispatcher pair in turn on a private RabbitMQ node and a private Redis
 # of its own (never the shared ones on 5672/6379), ROUNDS rounds alternating old and new, at
 # concurrency 1 and 16. Prints every run and, per setting, the median p50 and throughput of each
-# version, their ratio new/old, and the spread (lowest and highest) of the runs.
+# version, their ratio new/old, and the spread (lowest and highest) of the runs; also the CPU
+# time the agent and the dispatcher spent per script (steadier than the others on a machine
+# shared with other work), and the load average the runs saw.
 #
 #   ./deploy/local/bench-compare.sh [OLD_REF [NEW_REF]]
 #   ./deploy/local/bench-compare.sh 95e2822          # signed commands: before trust vs the working tree
@@ -13,7 +15,10 @@
 # A version whose agent takes --trusted-keys gets keys of its own (the agent trusts the
 # dispatcher's, the dispatcher pins the agent's); an older one runs without.
 #
-# Environment: ROUNDS (3), COUNT1 (300 scripts at concurrency 1), COUNT16 (2000 at concurrency 16).
+# Environment: ROUNDS (3), COUNT1 (300 scripts at concurrency 1), COUNT16 (2000 at concurrency 16),
+# AGENT_WAIT (120: seconds an agent may take to start consuming, polled, before the run fails).
+# Every agent's and dispatcher's log is kept until the end; when a run fails, the tail of its
+# agent's log and the dispatcher's errors are printed and the logs stay in /tmp/cuttle-bench-logs.*.
 # Builds both versions in release mode into this tree's target dir (the dependencies they share
 # are compiled once); needs git, cargo, rabbitmq-server, redis-server and python3. Run as root
 # (the RabbitMQ node drops to the rabbitmq user).
@@ -25,8 +30,10 @@ new_ref=${2:-}
 rounds=${ROUNDS:-3}
 count1=${COUNT1:-300}
 count16=${COUNT16:-2000}
+agent_wait=${AGENT_WAIT:-120}
 work=$(mktemp -d /tmp/cuttle-bench.XXXXXX)
 chmod 755 "$work"
+logs=$(mktemp -d /tmp/cuttle-bench-logs.XXXXXX)
 say() { printf 'bench: %s\n' "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -36,7 +43,9 @@ rabbit_port=$(free_port)
 redis_port=$(free_port)
 agent_pid=
 cleanup() {
+  local status=$?
   [ -n "$agent_pid" ] && kill -TERM "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null || true
+  if [ "$status" -eq 0 ]; then rm -rf "$logs"; else say "failed; the agents' and dispatchers' logs are in $logs"; fi
   rabbitmqctl -n "$node" -q stop >/dev/null 2>&1 || true
   redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
   git -C "$root" worktree remove --force "$work/old-tree" >/dev/null 2>&1 || true
@@ -46,14 +55,25 @@ cleanup() {
 trap cleanup EXIT
 
 build() { # version, ref (empty: the working tree)
-  local manifest=$root/Cargo.toml
+  local manifest=$root/Cargo.toml commit cache
+  mkdir -p "$work/$1"
   if [ -n "$2" ]; then
-    git -C "$root" worktree add --detach "$work/$1-tree" "$2" >/dev/null 2>&1
+    # A commit's binaries are built once and kept under target/bench-bins/<commit>.
+    commit=$(git -C "$root" rev-parse --verify "$2^{commit}")
+    cache=$root/target/bench-bins/$commit
+    if [ -x "$cache/worker-agent" ] && [ -x "$cache/dispatcher" ]; then
+      cp "$cache/worker-agent" "$cache/dispatcher" "$work/$1/"
+      return
+    fi
+    git -C "$root" worktree add --detach "$work/$1-tree" "$commit" >/dev/null 2>&1
     manifest=$work/$1-tree/Cargo.toml
   fi
-  mkdir -p "$work/$1"
   cargo build --release --bins --quiet --manifest-path "$manifest" --target-dir "$root/target"
   cp "$root/target/release/worker-agent" "$root/target/release/dispatcher" "$work/$1/"
+  if [ -n "$2" ]; then
+    mkdir -p "$cache"
+    cp "$work/$1/worker-agent" "$work/$1/dispatcher" "$cache/"
+  fi
 }
 say "building old ($old_ref) and new (${new_ref:-working tree}), release"
 build old "$old_ref"
@@ -86,8 +106,29 @@ done
 
 results="$work/results"
 : >"$results"
+failed() { # what failed, agent log, dispatcher log
+  say "$1"
+  say "last lines of the agent's log ($2):"
+  tail -n 30 "$2" >&2 || true
+  if [ -s "$3" ]; then
+    say "the dispatcher's errors ($3):"
+    tail -n 30 "$3" >&2
+  fi
+  exit 1
+}
+# Waits, polling, until the agent consumes its queue; fails at once if it exits, else after
+# AGENT_WAIT seconds.
+await_agent() { # agent id, agent log
+  local deadline=$((SECONDS + agent_wait))
+  until grep -qs "consuming commands" "$2"; do
+    kill -0 "$agent_pid" 2>/dev/null || failed "agent $1 exited before consuming commands" "$2" /dev/null
+    [ "$SECONDS" -lt "$deadline" ] || failed "agent $1 not consuming commands after ${agent_wait}s" "$2" /dev/null
+    sleep 0.2
+  done
+}
 run() { # version, concurrency, count
-  local version=$1 agent_id="bench-$1-$RANDOM" log="$work/agent-$1.log" agent_keys=() dispatcher_keys=()
+  local version=$1 agent_id="bench-$1-$RANDOM" agent_keys=() dispatcher_keys=()
+  local log="$logs/agent-$agent_id.log" dispatcher_log="$logs/dispatcher-$agent_id.log"
   if signs "$version"; then
     agent_keys=(--key "$work/$version/agent.key" --trusted-keys "$work/$version/trusted_keys")
     dispatcher_keys=(--key "$work/$version/dispatcher.key" --known-agents "$work/$version/known_agents")
@@ -96,13 +137,23 @@ run() { # version, concurrency, count
   "$work/$version/worker-agent" run --agent-id "$agent_id" --work-dir "$work/agent-$agent_id" "${agent_keys[@]}" \
     >"$log" 2>&1 &
   agent_pid=$!
-  for _ in $(seq 200); do grep -q "consuming commands" "$log" && break; sleep 0.1; done
-  local report
-  report=$("$work/$version/dispatcher" "${dispatcher_keys[@]}" bench --target "$agent_id" --count "$3" \
-    --concurrency "$2" --json)
+  await_agent "$agent_id" "$log"
+  # CPU time (user and system) each process spent on the run: the agent's from /proc (clock
+  # ticks, before and after), the dispatcher's from the shell's `time`.
+  local agent_ticks report dispatcher_cpu TIMEFORMAT='%3U %3S'
+  agent_ticks=$(cpu_ticks "$agent_pid")
+  report=$( { time "$work/$version/dispatcher" "${dispatcher_keys[@]}" bench --target "$agent_id" --count "$3" \
+    --concurrency "$2" --json 2>"$dispatcher_log"; } 2>"$logs/cpu-$agent_id") ||
+    failed "dispatcher bench against agent $agent_id ($version) failed" "$log" "$dispatcher_log"
+  agent_ticks=$(($(cpu_ticks "$agent_pid") - agent_ticks))
+  dispatcher_cpu=$(awk '{ print $1 + $2 }' "$logs/cpu-$agent_id")
   kill -TERM "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=
-  echo "$version $2 $report" | tee -a "$results" >&2
+  local load
+  read -r load _ </proc/loadavg
+  echo "$version $2 $(awk -v t="$agent_ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { print t / hz }') $dispatcher_cpu $load $report" |
+    tee -a "$results" >&2
 }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 for round in $(seq "$rounds"); do
   say "round $round of $rounds"
@@ -112,24 +163,34 @@ for round in $(seq "$rounds"); do
   done
 done
 
-python3 - "$results" <<'EOF'
+python3 - "$results" "$count1" "$count16" <<'EOF'
 import json, statistics, sys
-runs = {}
+counts = {1: int(sys.argv[2]), 16: int(sys.argv[3])}
+runs, loads = {}, []
 for line in open(sys.argv[1]):
-    version, concurrency, report = line.split(" ", 2)
-    runs.setdefault((int(concurrency), version), []).append(json.loads(report))
-print("| concurrency | version | runs | p50 ms (median of runs) | p50 spread | throughput /s (median) | throughput spread | errors |")
-print("|---|---|---|---|---|---|---|---|")
+    version, concurrency, agent_cpu, dispatcher_cpu, load, report = line.split(" ", 5)
+    report = json.loads(report)
+    per_script = 1000 / counts[int(concurrency)]
+    report["agent_cpu"], report["dispatcher_cpu"] = float(agent_cpu) * per_script, float(dispatcher_cpu) * per_script
+    runs.setdefault((int(concurrency), version), []).append(report)
+    loads.append(float(load))
+columns = [("p50_ms", "p50 ms", 2), ("throughput_per_s", "throughput /s", 1),
+           ("agent_cpu", "agent CPU ms/script", 3), ("dispatcher_cpu", "dispatcher CPU ms/script", 3)]
+print("| concurrency | version | runs | " + " | ".join(f"{name} (median) | spread" for _, name, _ in columns) + " | errors |")
+print("|---|---|---|" + "---|---|" * len(columns) + "---|")
 for concurrency in sorted({c for c, _ in runs}):
     median = {}
     for version in ("old", "new"):
         reports = runs[(concurrency, version)]
-        p50s = [r["p50_ms"] for r in reports]
-        rates = [r["throughput_per_s"] for r in reports]
-        p50, rate = statistics.median(p50s), statistics.median(rates)
-        median[version] = (p50, rate)
-        print(f"| {concurrency} | {version} | {len(reports)} | {p50:.2f} | {min(p50s):.2f}–{max(p50s):.2f} "
-              f"| {rate:.1f} | {min(rates):.1f}–{max(rates):.1f} | {sum(r['errors'] for r in reports)} |")
-    (old_p50, old_rate), (new_p50, new_rate) = median["old"], median["new"]
-    print(f"| {concurrency} | new/old | | {new_p50 / old_p50:.3f} | | {new_rate / old_rate:.3f} | | |")
+        cells = []
+        for key, _, digits in columns:
+            values = [r[key] for r in reports]
+            median[(version, key)] = statistics.median(values)
+            cells.append(f"{median[(version, key)]:.{digits}f} | {min(values):.{digits}f}–{max(values):.{digits}f}")
+        print(f"| {concurrency} | {version} | {len(reports)} | " + " | ".join(cells)
+              + f" | {sum(r['errors'] for r in reports)} |")
+    ratios = [f"{median[('new', key)] / median[('old', key)]:.3f} | " if median[("old", key)] else "– | "
+              for key, _, _ in columns]
+    print(f"| {concurrency} | new/old | | " + " | ".join(ratios) + "|")
+print(f"\nload average (1 min) at the end of each run: {min(loads):.2f}–{max(loads):.2f}, median {statistics.median(loads):.2f}")
 EOF
