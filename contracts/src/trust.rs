@@ -423,7 +423,9 @@ pub struct Identity<'a> {
     pub pool: Option<&'a str>,
 }
 
-/// Why an agent refuses a command. Shown to the sender (in a `NotAuthorized` reply) and logged.
+/// Why an agent refuses a command. Shown to the sender (in a `NotAuthorized` reply, whatever the
+/// reason: DESIGN.md §7 answers every failed check so, a signed command past its `not_after`
+/// included) and logged.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("unsigned command: this agent runs only commands signed by a dispatcher key it trusts")]
@@ -449,9 +451,10 @@ fn fmt_ms(ms: u64) -> String {
 }
 
 impl Refusal {
-    /// The error kind the refusal is answered with: `Expired` for a command past its deadline
-    /// (as before signing existed), `NotAuthorized` for everything else.
-    pub fn error_kind(&self) -> crate::ErrorKind {
+    /// The reason a refusal is counted under (`cuttle_commands_refused_total`): `Expired` for a
+    /// command past its deadline, so that a stale queue is told apart from commands nobody
+    /// trusted; `NotAuthorized` for everything else. The answer is `NotAuthorized` for all.
+    pub fn counted_as(&self) -> crate::ErrorKind {
         match self {
             Refusal::Expired => crate::ErrorKind::Expired,
             _ => crate::ErrorKind::NotAuthorized,
@@ -748,8 +751,8 @@ mod tests {
         let late = |now| check_command_header(&header("web-01", at, Some(at + 10)), ME, now);
         assert_eq!(late(at + 10 + CLOCK_SKEW_ALLOWANCE_MS), Ok(()), "within the skew allowance");
         assert_eq!(late(at + 11 + CLOCK_SKEW_ALLOWANCE_MS), Err(Refusal::Expired));
-        assert_eq!(Refusal::Expired.error_kind(), crate::ErrorKind::Expired);
-        assert_eq!(Refusal::Unsigned.error_kind(), crate::ErrorKind::NotAuthorized);
+        assert_eq!(Refusal::Expired.counted_as(), crate::ErrorKind::Expired);
+        assert_eq!(Refusal::Unsigned.counted_as(), crate::ErrorKind::NotAuthorized);
     }
 
     #[test]

@@ -39,7 +39,7 @@ fn tampered(bytes: &[u8], tamper: impl FnOnce(&mut Envelope<StartScriptV2>)) -> 
 
 /// What happened to one attack.
 struct Verdict {
-    reply: Option<ErrorKind>,
+    reply: Option<ErrorReply>,
     ran: bool,
 }
 
@@ -62,7 +62,7 @@ impl Bench {
         let before = self.markers.count(name);
         let id = self.raw.publish_to(queue, "StartScriptV2", body, seal).await;
         let reply = match self.raw.reply(&id).await {
-            Reply::Error(error) => Some(error.kind),
+            Reply::Error(error) => Some(error),
             _ => None,
         };
         // A refused command is dead-lettered; one that runs would have recorded its marker by the
@@ -81,12 +81,20 @@ impl Bench {
 
     /// Records an attack that must be refused with `expected`, running nothing.
     fn refused(&mut self, attack: &'static str, verdict: Verdict, expected: ErrorKind) {
-        self.rows.push(Row {
-            attack,
-            refused: !verdict.ran,
-            how: verdict.reply.map_or("answered".into(), |k| format!("{k:?}")),
-        });
-        assert_eq!(verdict.reply, Some(expected), "{attack}");
+        self.refused_because(attack, verdict, expected, None);
+    }
+
+    /// [`Bench::refused`], with a reason the answer must begin with (shown in the table).
+    fn refused_because(&mut self, attack: &'static str, verdict: Verdict, expected: ErrorKind, reason: Option<&str>) {
+        let how = match (&verdict.reply, reason) {
+            (None, _) => "answered".into(),
+            (Some(error), None) => format!("{:?}", error.kind),
+            (Some(error), Some(reason)) => format!("{:?}: {reason}", error.kind),
+        };
+        self.rows.push(Row { attack, refused: !verdict.ran, how });
+        let reply = verdict.reply.unwrap_or_else(|| panic!("{attack}: answered as if it ran"));
+        assert_eq!(reply.kind, expected, "{attack}: {}", reply.message);
+        assert!(reply.message.starts_with(reason.unwrap_or_default()), "{attack}: {}", reply.message);
         assert!(!verdict.ran, "{attack}: nothing runs");
     }
 
@@ -144,7 +152,8 @@ async fn attack_table() {
     let past = at - 60_000;
     let bytes = start(&me, &Ticket::generate(), bench.markers.record("expired"), past - 1_000, Some(past));
     let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "expired").await;
-    bench.refused("expired", verdict, ErrorKind::Expired);
+    // Past its deadline is one of DESIGN.md §7's checks: NotAuthorized, with the reason.
+    bench.refused_because("expired", verdict, ErrorKind::NotAuthorized, Some("expired"));
     let day_and_more = Some(at + 25 * 3_600_000);
     let bytes = start(&me, &Ticket::generate(), bench.markers.record("long"), at, day_and_more);
     let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "long").await;
@@ -194,7 +203,7 @@ async fn attack_table() {
     })
     .await;
     let verdict = bench.send(&own, &bytes, Some(&seal), "genuine").await;
-    bench.refused("replayed after its expiry", verdict, ErrorKind::Expired);
+    bench.refused_because("replayed after its expiry", verdict, ErrorKind::NotAuthorized, Some("expired"));
     assert_eq!(bench.markers.count("genuine"), 1, "the genuine command ran once, whatever was replayed");
 
     // Revoked: trusted by a file the agent reloads (SIGHUP), then removed from it.

@@ -8,7 +8,7 @@ use contracts::topology::amqp::{command_queue_arguments, dead_queue_arguments};
 use contracts::topology::*;
 use contracts::trust::amqp::{seal_of, with_seal};
 use contracts::trust::{Identity, Origin, Refusal};
-use contracts::{unix_millis, AmqpEndpoints, CodecError, ErrorReply, Kind, Reply, Request};
+use contracts::{unix_millis, AmqpEndpoints, CodecError, ErrorKind, ErrorReply, Kind, Reply, Request};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -522,8 +522,9 @@ async fn handle_delivery(
     }
 }
 
-/// Refuses a command that failed a trust check: answers it (`NotAuthorized`, or `Expired`),
-/// dead-letters it, and logs why with the key that signed it. Nothing runs, nothing is stored.
+/// Refuses a command that failed a trust check: answers it `NotAuthorized` with the reason (a
+/// signed command past its deadline too: DESIGN.md §7), dead-letters it, and logs why with the
+/// key that signed it. Nothing runs, nothing is stored.
 async fn refuse(
     agent: &Agent,
     channel: &Channel,
@@ -536,8 +537,8 @@ async fn refuse(
     let kind = delivery.properties.kind().as_ref().map(ShortString::to_string);
     let key_id = key_id.map(|k| k.to_string());
     tracing::warn!(agent = %agent.config().agent_id, kind = ?kind, key_id = ?key_id, reason = %refusal, "command refused; nothing ran");
-    agent.metrics().common.refusals.refused(refusal.error_kind());
-    let reply = Reply::Error(ErrorReply::new(refusal.error_kind(), format!("{refusal}; nothing ran")));
+    agent.metrics().common.refusals.refused(refusal.counted_as());
+    let reply = Reply::Error(ErrorReply::new(ErrorKind::NotAuthorized, format!("{refusal}; nothing ran")));
     send_reply(agent, channel, reply_to, correlation_id, &reply).await;
     // Dead-lettered to cuttle.dead.
     if let Err(error) = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await {

@@ -585,7 +585,7 @@ impl World {
         if let Err(refusal) = check_command_header(&header, me, now) {
             let id = self.agents[a].id.clone();
             self.log(format!("{id} refuses {msg:?}: {refusal}"));
-            return Some(Reply::Error(ErrorReply::new(refusal.error_kind(), refusal.to_string())));
+            return Some(Reply::Error(ErrorReply::new(ErrorKind::NotAuthorized, refusal.to_string())));
         }
         if let Err(expired) = agent::check_fresh(header.not_after, now) {
             return Some(Reply::Error(expired));
