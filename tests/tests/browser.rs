@@ -1,7 +1,8 @@
 //! The web view of `dispatcher serve` in a real headless browser (chromium through chromedriver):
 //! logging in with an API token, a ticket's lines appearing live and in order while its script
 //! runs, a retry appearing when the agent's link to the broker is cut, hostile output shown as
-//! text, and the layout at a phone's width and a desktop's (screenshots in target/screenshots/).
+//! text, and the layout at a phone's width and a desktop's: every table fits its container and what
+//! matters is within the viewport (screenshots in target/screenshots/).
 //! Skipped, with the reason on stderr, where chromium or chromedriver is not installed.
 
 use fantoccini::Locator;
@@ -43,18 +44,79 @@ async fn overflows(browser: &Browser) -> bool {
     browser.eval("return document.documentElement.scrollWidth > window.innerWidth").await == Value::Bool(true)
 }
 
+/// What does not fit the viewport's width, beyond the page itself: a table wider than its
+/// container, a scroll wrapper or output that scrolls sideways, a shown element of `main` that
+/// reaches past the viewport's edges, and each essential (a CSS selector, every match) that is not
+/// shown at all or not wholly within the viewport. Empty when everything fits.
+async fn layout_problems(browser: &Browser, essentials: &[&str]) -> Vec<String> {
+    let script = r#"
+        const [essentials] = arguments;
+        const problems = [];
+        const width = window.innerWidth;
+        const name = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + (e.className ? '.' + e.className.split(' ').join('.') : '');
+        const outside = r => r.left < -0.5 || r.right > width + 0.5;
+        for (const table of document.querySelectorAll('main table')) {
+            const box = table.parentElement;
+            if (table.scrollWidth > box.clientWidth) problems.push(`${name(table)} is ${table.scrollWidth} px wide in ${name(box)} of ${box.clientWidth} px`);
+        }
+        for (const box of document.querySelectorAll('main .scroll, main pre, main table')) {
+            if (box.scrollWidth > box.clientWidth) problems.push(`${name(box)} scrolls: ${box.scrollWidth} px in ${box.clientWidth} px`);
+        }
+        const beyond = Array.from(document.querySelectorAll('main *')).filter(e => {
+            const r = e.getBoundingClientRect();
+            return r.width > 0 && r.height > 0 && outside(r);
+        });
+        // The innermost only: a row beyond the edge because one of its cells is, is that cell.
+        for (const e of beyond.filter(e => !beyond.some(inner => inner !== e && e.contains(inner)))) {
+            const r = e.getBoundingClientRect();
+            problems.push(`${name(e)} '${e.textContent.trim().slice(0, 30)}' spans ${Math.round(r.left)}..${Math.round(r.right)} px of ${width}`);
+        }
+        for (const selector of essentials) {
+            const found = document.querySelectorAll(selector);
+            if (found.length === 0) problems.push(`nothing matches ${selector}`);
+            for (const e of found) {
+                const r = e.getBoundingClientRect();
+                if (r.width === 0 || r.height === 0 || getComputedStyle(e).visibility !== 'visible') problems.push(`${selector} '${e.textContent.trim()}' is hidden`);
+                else if (outside(r)) problems.push(`${selector} '${e.textContent.trim()}' spans ${Math.round(r.left)}..${Math.round(r.right)} px of ${width}`);
+            }
+        }
+        return problems;
+    "#;
+    let problems = browser.client.execute(script, vec![json!(essentials)]).await.expect("script runs in the page");
+    serde_json::from_value(problems).expect("a list of problems")
+}
+
+/// What a phone must show of the index: each ticket's id, target, state and outcome; each agent's
+/// id, whether it is reachable and its protocol; every policy's name, deadlines and retries.
+const INDEX_ESSENTIALS: &[&str] = &[
+    "#tickets tbody td:nth-child(-n+4)",
+    "table.agents tbody td:nth-child(-n+3)",
+    "table.policies tbody td",
+    "table.mappings tbody td",
+];
+
+/// What a phone must show of a ticket page.
+const TICKET_ESSENTIALS: &[&str] = &["h1 code", "dl.facts dd", "#retries li", "#output .line", "#result"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ticket_page_follows_a_script_live_with_its_retries_at_phone_and_desktop_widths() {
     tests::skip_unless!(tests::needs::browser());
     let link = FaultProxy::start(broker_addr()).await;
-    let mut config = test_config("browser");
+    // A long agent id, as real ones are: it must wrap on a phone rather than widen the tables.
+    let mut config = test_config("browser-phone-layout");
     config.amqp_url = link.amqp_url();
     let agent = TestAgent::start_with(config).await;
     let markers = Markers::new();
     let tokens = markers.dir.join("tokens");
     std::fs::write(&tokens, format!("browser {TOKEN}\n")).unwrap();
     let prefix = journal_prefix("browser");
-    let service = ServiceProcess::start(&prefix, &["--api-tokens", tokens.to_str().unwrap()]).await;
+    // A second policy and the agent mapped to the default one, so the index shows two policies,
+    // a mapping and the file's (long) path.
+    let policies = markers.dir.join("policies.toml");
+    let mapping = format!("[policies.edge]\ndeployment = \"10m\"\n[targets]\n\"{}\" = \"default\"\n", agent.id());
+    std::fs::write(&policies, mapping).unwrap();
+    let args = ["--api-tokens", tokens.to_str().unwrap(), "--config", policies.to_str().unwrap()];
+    let service = ServiceProcess::start(&prefix, &args).await;
 
     // Five lines, a pause until the gate opens, five more, and a line that is hostile HTML.
     let gate = markers.dir.join("gate");
@@ -118,33 +180,54 @@ async fn the_ticket_page_follows_a_script_live_with_its_retries_at_phone_and_des
     let state = browser.client.find(Locator::Id("state")).await.unwrap().text().await.unwrap();
     assert_eq!(state, "finished");
 
-    // Desktop: every column; phone: no page-wide scrolling, secondary columns hidden.
+    // Desktop: every column; phone: nothing scrolls sideways, secondary columns hidden, and what
+    // matters within the viewport.
     assert!(!overflows(&browser).await, "the ticket page fits a desktop");
+    assert_eq!(layout_problems(&browser, TICKET_ESSENTIALS).await, Vec::<String>::new(), "ticket page on a desktop");
     let desktop_ticket = browser.screenshot("ticket-desktop").await;
     browser.viewport(390, 844).await;
     assert!(!overflows(&browser).await, "the ticket page fits a phone");
+    assert_eq!(layout_problems(&browser, TICKET_ESSENTIALS).await, Vec::<String>::new(), "ticket page on a phone");
     let phone_ticket = browser.screenshot("ticket-phone").await;
     browser.client.goto(&format!("{}/?target={}", service.url, agent.id())).await.unwrap();
     let row = browser.client.find(Locator::Css(&format!("#tickets a[href='/tickets/{ticket}']"))).await.unwrap();
     assert_eq!(row.text().await.unwrap(), ticket);
-    let hidden = "return getComputedStyle(document.querySelector('#tickets th.wide')).display";
-    assert_eq!(browser.eval(hidden).await, json!("none"), "secondary columns hidden on a phone");
+    // The rows the script renders (it refreshes the list every two seconds) fit as the server's do.
+    browser.eval("document.querySelector('#tickets tbody tr').dataset.served = 'yes'; return null").await;
+    let refreshed = "return document.querySelectorAll('#tickets tbody tr').length > 0 && !document.querySelector('#tickets tbody tr[data-served]')";
+    eventually("the list refreshed by the script", Duration::from_secs(10), || async {
+        (browser.eval(refreshed).await == Value::Bool(true)).then_some(())
+    })
+    .await;
+    assert_eq!(layout_problems(&browser, INDEX_ESSENTIALS).await, Vec::<String>::new(), "index on a phone");
     assert!(!overflows(&browser).await, "the index fits a phone");
+    let hidden = "return Array.from(document.querySelectorAll('main th.wide')).map(th => getComputedStyle(th).display)";
+    assert_eq!(browser.eval(hidden).await, json!(vec!["none"; 6]), "secondary columns hidden on a phone");
+    // Each policy's deadlines read with their purpose, one to a line.
+    let purposes = "return Array.from(document.querySelectorAll('table.policies tbody tr:first-child td'))
+        .map(td => [getComputedStyle(td, '::before').content, td.textContent])";
+    let expected = json!([
+        ["none", "default"],
+        ["\"Deployment\"", "2m 30s"],
+        ["\"Runbook\"", "2m 30s"],
+        ["\"Health check\"", "2m 30s"],
+        ["\"Retries\"", "on"]
+    ]);
+    assert_eq!(browser.eval(purposes).await, expected, "the default policy on a phone");
     let phone_index = browser.screenshot("index-phone").await;
+    browser.eval("document.getElementById('policies').scrollIntoView(); return null").await;
+    let phone_policies = browser.screenshot("index-phone-policies").await;
+    browser.eval("window.scrollTo(0, 0); return null").await;
     browser.viewport(1280, 900).await;
-    assert_ne!(browser.eval(hidden).await, json!("none"), "every column on a desktop");
+    assert!(!browser.eval(hidden).await.to_string().contains("none"), "every column on a desktop");
+    assert_eq!(layout_problems(&browser, INDEX_ESSENTIALS).await, Vec::<String>::new(), "index on a desktop");
     let agents = browser.client.find(Locator::Css("table.agents tbody")).await.unwrap().text().await.unwrap();
     assert!(agents.contains(agent.id()) && agents.contains("v2"), "{agents}");
     let policies = browser.client.find(Locator::Css("table.policies tbody")).await.unwrap().text().await.unwrap();
-    assert!(policies.contains("default") && policies.contains("2m 30s"), "{policies}");
+    assert!(policies.contains("default") && policies.contains("2m 30s") && policies.contains("10m"), "{policies}");
     let desktop_index = browser.screenshot("index-desktop").await;
-    eprintln!(
-        "screenshots: {} {} {} {}",
-        desktop_ticket.display(),
-        phone_ticket.display(),
-        phone_index.display(),
-        desktop_index.display()
-    );
+    let shots = [desktop_ticket, phone_ticket, phone_index, phone_policies, desktop_index];
+    eprintln!("screenshots: {}", shots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "));
 
     browser.close().await;
     service.stop().await;

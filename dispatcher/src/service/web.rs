@@ -15,6 +15,7 @@
 use super::api::{history_query, outcome_name, parse_ticket, record_of, ApiError, ApiState, HistoryParams};
 use super::journal::{JournalEvent, TicketRecord};
 use super::tokens;
+use crate::policy::MachinePolicy;
 use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -177,7 +178,7 @@ async fn index(State(state): Shared, Query(params): Query<ListParams>) -> Respon
         p.hint { "What each target answered when the service last asked it (before each script), or why it could not be reached." }
         div.scroll {
             table.agents {
-                thead { tr { th { "Target" } th { "Reachable" } th { "Protocol" } th.wide { "Services" } th { "Version" } th { "Last seen" } } }
+                thead { tr { th { "Target" } th { "Reachable" } th { "Protocol" } th.wide { "Services" } th.wide { "Version" } th.wide { "Last seen" } } }
                 tbody {
                     @for agent in &agents { (agent_row(agent)) }
                 }
@@ -187,16 +188,10 @@ async fn index(State(state): Shared, Query(params): Query<ListParams>) -> Respon
         p.hint { "How long a request that got no answer is repeated, per purpose" @if let Some(origin) = state.policies.origin() { ", from " code { (origin) } } "." }
         div.scroll {
             table.policies {
-                thead { tr { th { "Policy" } th { "Deployment" } th { "Runbook" } th { "Health check" } th { "Retries" } } }
+                thead { tr { @for heading in POLICY_COLUMNS { th { (heading) } } } }
                 tbody {
                     @for policy in state.policies.policies() {
-                        tr {
-                            td { (policy.name) }
-                            td { (humantime::format_duration(policy.deployment)) }
-                            td { (humantime::format_duration(policy.runbook)) }
-                            td { (humantime::format_duration(policy.health_check)) }
-                            td { (if policy.retries { "on" } else { "off" }) }
-                        }
+                        tr { @for (heading, cell) in POLICY_COLUMNS.iter().zip(policy_cells(&policy)) { td data-label=(heading) { (cell) } } }
                     }
                 }
             }
@@ -205,11 +200,26 @@ async fn index(State(state): Shared, Query(params): Query<ListParams>) -> Respon
         @if !mappings.is_empty() {
             table.mappings {
                 thead { tr { th { "Target or pool" } th { "Policy" } } }
-                tbody { @for (section, name, policy) in mappings { tr { td { (section) " " (name) } td { (policy) } } } }
+                tbody { @for (section, name, policy) in mappings { tr { td.long { (section) " " (name) } td { (policy) } } } }
             }
         }
     };
     page("Tickets", body).into_response()
+}
+
+/// The machine policies table's headings; on a phone, each cell shows its own (`data-label`).
+const POLICY_COLUMNS: [&str; 5] = ["Policy", "Deployment", "Runbook", "Health check", "Retries"];
+
+/// A policy's cells, in the order of [`POLICY_COLUMNS`].
+fn policy_cells(policy: &MachinePolicy) -> [String; 5] {
+    let deadline = |d| humantime::format_duration(d).to_string();
+    [
+        policy.name.clone(),
+        deadline(policy.deployment),
+        deadline(policy.runbook),
+        deadline(policy.health_check),
+        (if policy.retries { "on" } else { "off" }).to_owned(),
+    ]
 }
 
 /// `k=v&k2=v2` of the given values, percent-encoded.
@@ -224,7 +234,7 @@ fn ticket_row(record: &TicketRecord) -> Markup {
     html! {
         tr class=(format!("state-{} outcome-{}", record.state, outcome.unwrap_or("none"))) {
             td { a href=(format!("/tickets/{ticket}")) { code { (ticket) } } }
-            td { (s.target) }
+            td.long { (s.target) }
             td.state { (record.state) }
             td.outcome { (outcome.unwrap_or("")) }
             td.wide { (record.finished.as_ref().and_then(|f| f.exit_code).map(|c| c.to_string()).unwrap_or_default()) }
@@ -240,12 +250,12 @@ fn agent_row(agent: &serde_json::Value) -> Markup {
     let reachable = agent["reachable"].as_bool().unwrap_or(false);
     html! {
         tr {
-            td { (text("target")) @if text("route") == "pool" { " (pool)" } }
-            td { @if reachable { "yes" } @else { "no: " (text("error")) } }
+            td.long { (text("target")) @if text("route") == "pool" { " (pool)" } }
+            td.long { @if reachable { "yes" } @else { "no: " (text("error")) } }
             td { (text("protocol")) }
-            td.wide { (services.join(", ")) }
-            td { (text("agent_version")) }
-            td { (agent["seen_ms"].as_u64().map(when).unwrap_or_default()) }
+            td.wide.wraps { @for (i, service) in services.iter().enumerate() { @if i > 0 { ", " } span { (service) } } }
+            td.wide { (text("agent_version")) }
+            td.wide { (agent["seen_ms"].as_u64().map(when).unwrap_or_default()) }
         }
     }
 }

@@ -32,7 +32,7 @@
       const first = element("td");
       first.appendChild(link);
       tr.appendChild(first);
-      tr.appendChild(element("td", t.target));
+      tr.appendChild(element("td", t.target, "long"));
       tr.appendChild(element("td", t.state, "state"));
       tr.appendChild(element("td", t.outcome || "", "outcome"));
       tr.appendChild(element("td", t.exit_code === null || t.exit_code === undefined ? "" : String(t.exit_code), "wide"));
