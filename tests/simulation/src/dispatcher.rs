@@ -1,40 +1,83 @@
-//! A model of one submission as `dispatcher::orchestrator` makes it (script v2): capabilities,
-//! then the start repeated until its deadline, status requests until the script has ended and
-//! every line is seen, then a best-effort complete; Ctrl-C before the start was published ends
-//! it unsent, after it cancels and follows the script until it stops. Every request retries
-//! transient failures like `dispatcher::retry` (full jitter from 100 ms doubling to 2 s, each
-//! attempt's reply timeout cut to the deadline but never below a second) until its own
-//! deadline. The orchestrator is async code around lapin, so this is a faithful model of it,
-//! not the code itself (the agent side runs contracts' real decisions).
+//! One submission as the dispatcher makes it: contracts' real [`Submission`] machine (the one
+//! `dispatcher::orchestrator` drives over RabbitMQ), driven here over the simulated broker and
+//! clock. Its requests are really encoded and signed, its replies are the simulated agents',
+//! its timeouts, lost links and Ctrl-C are the world's events; what it shows the user (lines,
+//! outcome) is checked against what really happened.
 
-use crate::world::World;
-use contracts::exit_code;
+use crate::world::{Ev, World};
+use contracts::outcome::{exit, Outcome as Told, OutcomeKind, NOT_SENT_MESSAGE};
+use contracts::submission::{
+    Action, CallError, Config, ErrorClass, Event, Input, Now, RetryPolicy, Submission, Timing,
+};
 use contracts::*;
+use std::fmt;
+use std::time::{Duration, UNIX_EPOCH};
 
-/// How long one attempt waits for its reply (the orchestrator's `attempt_timeout`, shortened).
-const ATTEMPT_TIMEOUT: u64 = 2_000;
-const INITIAL_DELAY: u64 = 100;
-const MAX_DELAY: u64 = 2_000;
-/// The pause before asking again when a status brought nothing new (the agent's held wait).
-const STATUS_WAIT: u64 = 300;
+/// How long one attempt waits for its reply (the dispatcher's `attempt_timeout`, shortened).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// How long an agent may hold a status request for new output (shortened).
+pub const STATUS_WAIT: Duration = Duration::from_millis(300);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    Waiting,
-    Capabilities,
-    Start,
-    Follow,
-    Cancel,
-    FollowAfterCancel,
-    Done,
+/// The submissions' timing in the simulation.
+fn timing() -> Timing {
+    Timing { attempt_timeout: ATTEMPT_TIMEOUT, status_wait: STATUS_WAIT, start_wait: Duration::ZERO }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RpcKind {
-    Capabilities,
-    Start,
-    Status,
-    Cancel,
+/// What can go wrong with one simulated attempt.
+#[derive(Clone, Debug)]
+pub enum SimError {
+    NoReply,
+    ConnectionLost,
+    Agent(ErrorReply),
+    Codec(String),
+    Unrepeatable(String),
+    Cancelled,
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SimError::NoReply => write!(f, "no reply"),
+            SimError::ConnectionLost => write!(f, "connection lost"),
+            SimError::Agent(error) => write!(f, "{:?}: {}", error.kind, error.message),
+            SimError::Codec(message) | SimError::Unrepeatable(message) => write!(f, "{message}"),
+            SimError::Cancelled => write!(f, "cancelled by the user"),
+        }
+    }
+}
+
+impl CallError for SimError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            SimError::Agent(error) => ErrorClass::Agent(error.kind),
+            SimError::Cancelled => ErrorClass::Cancelled,
+            _ => ErrorClass::Other,
+        }
+    }
+
+    fn is_transient(&self) -> bool {
+        match self {
+            SimError::NoReply | SimError::ConnectionLost => true,
+            SimError::Agent(error) => error.kind.is_transient(),
+            _ => false,
+        }
+    }
+
+    fn codec(message: String) -> Self {
+        SimError::Codec(message)
+    }
+
+    fn agent(_target: String, error: ErrorReply) -> Self {
+        SimError::Agent(error)
+    }
+
+    fn unrepeatable(message: String) -> Self {
+        SimError::Unrepeatable(message)
+    }
+
+    fn cancelled() -> Self {
+        SimError::Cancelled
+    }
 }
 
 /// What the submission told its user, as far as the invariants care.
@@ -46,10 +89,8 @@ pub enum Outcome {
     NotSent,
     /// "cancelled before the agent started it; nothing ran".
     NothingRan,
-    /// Refused by the agent before any attempt may have started it: nothing ran...
-    Refused(ErrorKind),
-    /// ...or gave up before the start was published.
-    NeverSent(String),
+    /// Failed without the script running, by what the dispatcher says (refused, never sent).
+    Failed(String),
     /// Outcome unknown, said so with the ticket.
     Unknown(String),
     /// The cancel was queued for an agent nobody serves now (told so).
@@ -57,25 +98,30 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// What the machine's outcome says, in the invariants' terms.
+    fn of(told: &Told) -> Outcome {
+        let message = told.error.clone().unwrap_or_default();
+        match told.exit_code {
+            Some(_) if message == "cancelled before the agent started it; nothing ran" => Outcome::NothingRan,
+            Some(code) => Outcome::Exit(code),
+            None if told.process_exit == exit::NOT_SENT && message == NOT_SENT_MESSAGE => Outcome::NotSent,
+            None if told.outcome == OutcomeKind::Unknown => Outcome::Unknown(message),
+            None if told.outcome == OutcomeKind::Cancelled && message.starts_with("cancel queued") => {
+                Outcome::CancelQueued
+            }
+            None => Outcome::Failed(message),
+        }
+    }
+
     /// Whether this outcome tells the user the script did not run.
     pub fn says_nothing_ran(&self) -> bool {
         match self {
-            Outcome::NotSent | Outcome::NothingRan | Outcome::NeverSent(_) => true,
+            Outcome::NotSent | Outcome::NothingRan => true,
             // The agent's StoreReset refusal says the ticket may have run in the data it lost.
-            Outcome::Refused(kind) => *kind != ErrorKind::StoreReset,
+            Outcome::Failed(message) => !message.contains("StoreReset"),
             _ => false,
         }
     }
-}
-
-#[derive(Clone, Debug)]
-pub struct Rpc {
-    pub kind: RpcKind,
-    pub deadline: u64,
-    /// The attempt whose reply is awaited (0: none, in backoff).
-    pub attempt: u64,
-    pub ceiling: u64,
-    pub last_error: String,
 }
 
 #[derive(Clone, Debug)]
@@ -87,20 +133,17 @@ pub struct Sub {
     pub ticket: String,
     pub spec: ScriptSpec,
     pub policy_ms: u64,
-    pub phase: Phase,
-    pub rpc: Option<Rpc>,
-    attempts: u64,
-    /// Some start attempt may have reached the broker.
+    machine: Option<Submission<SimError>>,
+    /// The attempt waiting for its reply.
+    in_flight: Option<u64>,
+    /// When the machine is woken next.
+    wake: Option<u64>,
+    /// Some start attempt was published.
     pub published: bool,
     /// Ctrl-C came before any start was published.
     pub interrupted_before_publish: bool,
-    pub issued_at: u64,
-    pub not_after: u64,
-    cancel_not_after: u64,
-    /// The cancel stops a start not answered yet (an unknown ticket then means nothing ran).
-    cancel_before_answer: bool,
-    /// The follower's next expected line.
-    pub next: u64,
+    /// The lines shown to the user.
+    pub seen: u64,
     pub outcome: Option<Outcome>,
 }
 
@@ -135,16 +178,12 @@ impl Sub {
             ticket,
             spec,
             policy_ms,
-            phase: Phase::Waiting,
-            rpc: None,
-            attempts: 0,
+            machine: None,
+            in_flight: None,
+            wake: None,
             published: false,
             interrupted_before_publish: false,
-            issued_at: 0,
-            not_after: 0,
-            cancel_not_after: 0,
-            cancel_before_answer: false,
-            next: 1,
+            seen: 0,
             outcome: None,
         }
     }
@@ -154,97 +193,59 @@ fn dispatcher_now(world: &World, s: usize) -> u64 {
     world.now.saturating_add_signed(world.dispatcher_skew[world.subs[s].dispatcher]).max(1)
 }
 
+/// The time as submission `s` sees it: the world's for deadlines, its dispatcher's skewed clock
+/// for what goes on the wire.
+fn now(world: &World, s: usize) -> Now {
+    Now { mono: Duration::from_millis(world.now), wall: UNIX_EPOCH + Duration::from_millis(dispatcher_now(world, s)) }
+}
+
 pub fn submit(world: &mut World, s: usize) {
-    if world.subs[s].phase != Phase::Waiting {
+    if world.subs[s].machine.is_some() || world.subs[s].outcome.is_some() {
         return;
     }
     world.log(format!("submission {s} of {} to {}", world.subs[s].ticket, world.subs[s].target));
-    world.subs[s].phase = Phase::Capabilities;
-    begin(world, s, RpcKind::Capabilities);
-}
-
-fn begin(world: &mut World, s: usize, kind: RpcKind) {
-    let deadline = world.now + world.subs[s].policy_ms;
-    world.subs[s].rpc = Some(Rpc { kind, deadline, attempt: 0, ceiling: INITIAL_DELAY, last_error: String::new() });
-    send_attempt(world, s);
-}
-
-fn ticket_of(world: &World, s: usize) -> Ticket {
-    Ticket::parse(&world.subs[s].ticket).expect("simulated tickets are valid")
-}
-
-/// Publishes one attempt of the current request and waits for its reply.
-fn send_attempt(world: &mut World, s: usize) {
-    let now = dispatcher_now(world, s);
-    let rpc = world.subs[s].rpc.clone().expect("a request in progress");
-    let timeout = ATTEMPT_TIMEOUT.min(rpc.deadline.saturating_sub(world.now).max(1_000));
-    let ticket = ticket_of(world, s);
-    let sub = &mut world.subs[s];
-    sub.attempts += 1;
-    let attempt = sub.attempts;
-    let last = sub.next - 1;
-    let (request, not_after) = match rpc.kind {
-        RpcKind::Capabilities => (Request::GetCapabilities(GetCapabilities {}), now + timeout),
-        RpcKind::Start => {
-            sub.published = true;
-            let start = StartScriptV2 {
-                ticket,
-                spec: sub.spec.clone(),
-                wait_for_output: None,
-                first_issued_at: Some(sub.issued_at),
-            };
-            (Request::StartScriptV2(start), sub.not_after)
-        }
-        RpcKind::Status => {
-            (Request::GetStatusV2(GetStatusV2 { ticket, last_log_sequence: last, wait: None }), now + timeout)
-        }
-        RpcKind::Cancel => {
-            (Request::CancelScriptV2(CancelScriptV2 { ticket, last_log_sequence: last }), sub.cancel_not_after)
-        }
+    let sub = &world.subs[s];
+    let config = Config {
+        target: sub.target.clone(),
+        shown: sub.target.clone(),
+        capabilities_queue: sub.target.clone(),
+        timing: timing(),
+        policies: RetryPolicy::new(Duration::from_millis(sub.policy_ms)).into(),
+        v1_only: false,
+        known: None,
+        seed: world.rng.u64(..),
     };
-    sub.rpc.as_mut().expect("a request").attempt = attempt;
-    let (queue, target) = (sub.queue, sub.target.clone());
-    let (_, bytes) = request.encode(&target, now, Some(not_after)).expect("requests encode");
-    let seal = Some(world.key.seal_command(&bytes));
-    let expires = world.now + not_after.saturating_sub(now);
-    let label = format!("{:?} {} #{attempt}", rpc.kind, world.subs[s].ticket);
-    world.publish(queue, bytes, seal, Some((s, attempt)), expires, label, false);
-    let at = world.now + timeout;
-    world.schedule(at, crate::world::Ev::Timeout { sub: s, attempt });
+    let ticket = Ticket::parse(&sub.ticket).expect("simulated tickets are valid");
+    let machine = Submission::submit(config, sub.spec.clone(), ticket, now(world, s));
+    world.subs[s].machine = Some(machine);
+    pump(world, s);
 }
 
-/// Publishes a request nobody waits for (best-effort cancel, complete).
-fn send_once(world: &mut World, s: usize, request: Request) {
-    let now = dispatcher_now(world, s);
-    let not_after = now + world.subs[s].policy_ms.max(ATTEMPT_TIMEOUT);
-    let (queue, target) = (world.subs[s].queue, world.subs[s].target.clone());
-    let (_, bytes) = request.encode(&target, now, Some(not_after)).expect("requests encode");
-    let seal = Some(world.key.seal_command(&bytes));
-    let label = format!("{:?} {}", request.kind(), world.subs[s].ticket);
-    let expires = world.now + not_after - now;
-    world.publish(queue, bytes, seal, None, expires, label, false);
-}
-
-fn current(world: &World, s: usize, attempt: u64) -> bool {
-    world.subs[s].rpc.as_ref().is_some_and(|rpc| rpc.attempt == attempt && attempt != 0)
+/// Feeds `input` to the submission's machine and does what it says next.
+fn feed(world: &mut World, s: usize, input: Input<SimError>) {
+    let now = now(world, s);
+    if let Some(machine) = world.subs[s].machine.as_mut() {
+        machine.handle(input, now);
+    }
+    pump(world, s);
 }
 
 pub fn on_reply(world: &mut World, s: usize, attempt: u64, reply: Reply) {
-    if !current(world, s, attempt) || world.subs[s].phase == Phase::Done {
+    if world.subs[s].in_flight != Some(attempt) {
         return;
     }
-    match reply {
-        Reply::Error(error) if error.kind.is_transient() => {
-            failed_attempt(world, s, format!("{:?}: {}", error.kind, error.message))
-        }
-        Reply::Error(error) => give_up(world, s, Some(error)),
-        reply => succeeded(world, s, reply),
-    }
+    world.subs[s].in_flight = None;
+    let input = match reply {
+        Reply::Error(error) => Input::Failed { attempt, error: SimError::Agent(error), published: true },
+        reply => Input::Reply { attempt, reply },
+    };
+    feed(world, s, input);
 }
 
 pub fn on_timeout(world: &mut World, s: usize, attempt: u64) {
-    if current(world, s, attempt) && world.subs[s].phase != Phase::Done {
-        failed_attempt(world, s, "no reply".into());
+    if world.subs[s].in_flight == Some(attempt) {
+        world.subs[s].in_flight = None;
+        feed(world, s, Input::Failed { attempt, error: SimError::NoReply, published: true });
     }
 }
 
@@ -252,188 +253,127 @@ pub fn on_timeout(world: &mut World, s: usize, attempt: u64) {
 pub fn link_lost(world: &mut World, d: usize) {
     world.log(format!("dispatcher {d} loses its broker link"));
     for s in 0..world.subs.len() {
-        let waiting = world.subs[s].rpc.as_ref().is_some_and(|rpc| rpc.attempt != 0);
-        if world.subs[s].dispatcher == d && waiting && world.subs[s].phase != Phase::Done {
-            failed_attempt(world, s, "connection lost".into());
+        if world.subs[s].dispatcher != d {
+            continue;
+        }
+        if let Some(attempt) = world.subs[s].in_flight.take() {
+            feed(world, s, Input::Failed { attempt, error: SimError::ConnectionLost, published: true });
         }
     }
-}
-
-/// A transient failure: retry after a jittered delay, cut to the deadline, or give up at it.
-fn failed_attempt(world: &mut World, s: usize, error: String) {
-    let now = world.now;
-    let rpc = world.subs[s].rpc.as_mut().expect("a request");
-    rpc.attempt = 0;
-    rpc.last_error = error;
-    if now >= rpc.deadline {
-        give_up(world, s, None);
-        return;
-    }
-    let ceiling = rpc.ceiling;
-    rpc.ceiling = (rpc.ceiling * 2).min(MAX_DELAY);
-    let left = rpc.deadline - now;
-    let delay = ((ceiling as f64 * world.rng.f64()) as u64).min(left);
-    world.schedule(now + delay, crate::world::Ev::Wake(s));
 }
 
 pub fn wake(world: &mut World, s: usize) {
-    match (&world.subs[s].rpc, world.subs[s].phase) {
-        (_, Phase::Done | Phase::Waiting) => {}
-        (Some(rpc), _) if rpc.attempt == 0 => send_attempt(world, s),
-        (None, Phase::Follow | Phase::FollowAfterCancel) => begin(world, s, RpcKind::Status),
-        _ => {}
+    if world.subs[s].wake.is_some_and(|at| at <= world.now) {
+        world.subs[s].wake = None;
+        pump(world, s);
     }
 }
 
-fn give_up(world: &mut World, s: usize, agent_error: Option<ErrorReply>) {
-    let rpc = world.subs[s].rpc.take().expect("a request");
-    let ticket = world.subs[s].ticket.clone();
-    let error = agent_error.as_ref().map_or(rpc.last_error.clone(), |e| format!("{:?}: {}", e.kind, e.message));
-    world.log(format!("submission {s} gives up {:?}: {error}", rpc.kind));
-    let outcome = match rpc.kind {
-        RpcKind::Capabilities => Outcome::NeverSent(error),
-        RpcKind::Start => {
-            let started = world.subs[s].published && agent_error.is_none();
-            if started {
-                best_effort_cancel(world, s);
-                Outcome::Unknown(format!("{error}; its outcome is unknown (ticket {ticket})"))
-            } else {
-                match agent_error {
-                    Some(e) => Outcome::Refused(e.kind),
-                    None => Outcome::NeverSent(error),
-                }
-            }
-        }
-        RpcKind::Status => {
-            best_effort_cancel(world, s);
-            Outcome::Unknown(format!("lost contact with the script: {error} (ticket {ticket})"))
-        }
-        RpcKind::Cancel => Outcome::Unknown(format!("could not cancel: {error} (ticket {ticket})")),
-    };
-    finish(world, s, outcome);
-}
-
-fn best_effort_cancel(world: &mut World, s: usize) {
-    let ticket = ticket_of(world, s);
-    send_once(world, s, Request::CancelScriptV2(CancelScriptV2 { ticket, last_log_sequence: 0 }));
-}
-
-fn succeeded(world: &mut World, s: usize, reply: Reply) {
-    let kind = world.subs[s].rpc.take().expect("a request").kind;
-    match (kind, reply) {
-        (RpcKind::Capabilities, Reply::Capabilities(_)) => {
-            let now = dispatcher_now(world, s);
-            let sub = &mut world.subs[s];
-            sub.issued_at = now;
-            sub.not_after = now + sub.policy_ms.max(ATTEMPT_TIMEOUT);
-            sub.phase = Phase::Start;
-            begin(world, s, RpcKind::Start);
-        }
-        (RpcKind::Start | RpcKind::Status | RpcKind::Cancel, Reply::ScriptStatus(status)) => {
-            if kind == RpcKind::Start {
-                world.subs[s].phase = Phase::Follow;
-            }
-            if kind == RpcKind::Cancel {
-                world.subs[s].phase = Phase::FollowAfterCancel;
-            }
-            follow(world, s, status);
-        }
-        (kind, other) => {
-            world.violation(format!("submission {s}: {kind:?} answered with {:?}", other.kind()));
-        }
-    }
-}
-
-/// Takes the new lines in order (as `LogFollower`), and ends once the script has ended and
-/// every line was seen; else asks again.
-fn follow(world: &mut World, s: usize, status: ScriptStatus) {
-    let ticket = world.subs[s].ticket.clone();
-    let mut fresh = false;
-    for line in &status.logs {
-        let next = world.subs[s].next;
-        if line.seq < next {
-            continue;
-        }
-        if line.seq > next {
-            break;
-        }
-        fresh = true;
-        world.subs[s].next += 1;
-        let expected = format!("{}:{}", ticket.to_lowercase(), line.seq);
-        if line.text != expected {
-            world.violation(format!(
-                "submission {s} got line {} as {:?}, the script wrote {expected:?}",
-                line.seq, line.text
-            ));
-        }
-        if line.seq > world.oracle.lines_of(&ticket) {
-            world.violation(format!("submission {s} got line {} of {ticket}, which the script never wrote", line.seq));
-        }
-    }
-    let sub = &world.subs[s];
-    if status.is_complete() && status.next_log_sequence <= sub.next {
-        let code = status.exit_code.unwrap_or(exit_code::FATAL);
-        let outcome =
-            if sub.phase == Phase::FollowAfterCancel && sub.cancel_before_answer && code == exit_code::UNKNOWN_TICKET {
-                Outcome::NothingRan
-            } else {
-                Outcome::Exit(code)
-            };
-        let ticket = ticket_of(world, s);
-        send_once(world, s, Request::CompleteScriptV2(CompleteScriptV2 { ticket }));
-        finish(world, s, outcome);
-        return;
-    }
-    let pause = if fresh { 10 } else { STATUS_WAIT };
-    let at = world.now + pause;
-    world.schedule(at, crate::world::Ev::Wake(s));
-}
-
-/// Ctrl-C: before the start was published the submission ends unsent; after, the script is
-/// cancelled and followed until it stops.
+/// Ctrl-C: the machine decides (before the start was published the submission ends unsent;
+/// after, the script is cancelled and followed until it stops).
 pub fn interrupt(world: &mut World, s: usize) {
+    if world.subs[s].outcome.is_some() {
+        return;
+    }
     world.log(format!("user interrupts submission {s}"));
-    match world.subs[s].phase {
-        Phase::Waiting | Phase::Capabilities => {
-            world.subs[s].interrupted_before_publish = true;
-            world.subs[s].rpc = None;
-            finish(world, s, Outcome::NotSent);
+    if !world.subs[s].published {
+        world.subs[s].interrupted_before_publish = true;
+    }
+    if world.subs[s].machine.is_none() {
+        return finish(world, s, Outcome::NotSent);
+    }
+    let published = world.subs[s].in_flight.is_some();
+    feed(world, s, Input::Interrupt { published });
+}
+
+/// Does what the machine says until it waits.
+fn pump(world: &mut World, s: usize) {
+    loop {
+        let now = now(world, s);
+        let Some(machine) = world.subs[s].machine.as_mut() else { return };
+        match machine.poll(now) {
+            Action::Call { attempt, request, reply_timeout, not_after } => {
+                let sub = &mut world.subs[s];
+                sub.published |= request.kind() == Kind::StartScriptV2;
+                sub.in_flight = Some(attempt);
+                publish(world, s, &request, unix_millis(not_after), Some(attempt));
+                let at = world.now + reply_timeout.as_millis() as u64;
+                world.schedule(at, Ev::Timeout { sub: s, attempt });
+            }
+            Action::Send { request, not_after } => {
+                publish(world, s, &request, unix_millis(not_after), None);
+                let now = self::now(world, s);
+                world.subs[s].machine.as_mut().expect("a machine").handle(Input::Sent(Ok(())), now);
+            }
+            Action::CountConsumers(_) => {
+                let queue = world.subs[s].queue;
+                let consumers = world.queues[queue]
+                    .consumers
+                    .iter()
+                    .filter(|&&a| world.agents[a].alive && world.agents[a].connected)
+                    .count();
+                let now = self::now(world, s);
+                let machine = world.subs[s].machine.as_mut().expect("a machine");
+                machine.handle(Input::Consumers(Some(consumers as u32)), now);
+            }
+            Action::Emit(Event::Log(line)) => shown(world, s, &line),
+            Action::Emit(Event::Notice(notice)) => world.log(format!("submission {s}: {notice}")),
+            Action::Emit(_) | Action::Learned(_) | Action::LegacyNotice(_) => {}
+            Action::AwaitReply(_) => return,
+            Action::Sleep(until) => {
+                let at = until.as_nanos().div_ceil(1_000_000) as u64;
+                if world.subs[s].wake.is_none_or(|wake| wake > at) {
+                    world.subs[s].wake = Some(at);
+                    world.schedule(at, Ev::Wake(s));
+                }
+                return;
+            }
+            Action::Done(told) => {
+                world.subs[s].in_flight = None;
+                return finish(world, s, Outcome::of(&told));
+            }
         }
-        Phase::Start if !world.subs[s].published => {
-            world.subs[s].interrupted_before_publish = true;
-            world.subs[s].rpc = None;
-            finish(world, s, Outcome::NotSent);
-        }
-        Phase::Start | Phase::Follow => cancel_and_follow(world, s),
-        Phase::Cancel | Phase::FollowAfterCancel | Phase::Done => {}
     }
 }
 
-fn cancel_and_follow(world: &mut World, s: usize) {
-    let consumers = world.queues[world.subs[s].queue]
-        .consumers
-        .iter()
-        .filter(|&&a| world.agents[a].alive && world.agents[a].connected)
-        .count();
-    world.subs[s].rpc = None;
-    if consumers == 0 {
-        best_effort_cancel(world, s);
-        finish(world, s, Outcome::CancelQueued);
-        return;
-    }
+/// Publishes one request of submission `s`, its reply (if any) to `attempt`.
+fn publish(world: &mut World, s: usize, request: &Request, not_after: u64, attempt: Option<u64>) {
     let now = dispatcher_now(world, s);
-    let sub = &mut world.subs[s];
-    sub.cancel_before_answer = sub.phase == Phase::Start;
-    sub.cancel_not_after = now + sub.policy_ms.max(ATTEMPT_TIMEOUT);
-    sub.phase = Phase::Cancel;
-    begin(world, s, RpcKind::Cancel);
+    let (queue, target) = (world.subs[s].queue, world.subs[s].target.clone());
+    let (_, bytes) = request.encode(&target, now, Some(not_after)).expect("requests encode");
+    let seal = Some(world.key.seal_command(&bytes));
+    let expires = world.now + not_after.saturating_sub(now);
+    let label = match attempt {
+        Some(attempt) => format!("{:?} {} #{attempt}", request.kind(), world.subs[s].ticket),
+        None => format!("{:?} {}", request.kind(), world.subs[s].ticket),
+    };
+    world.publish(queue, bytes, seal, attempt.map(|a| (s, a)), expires, label, false);
+}
+
+/// A line shown to the user: it must be the script's, the next one.
+fn shown(world: &mut World, s: usize, line: &LogLine) {
+    let ticket = world.subs[s].ticket.clone();
+    world.subs[s].seen += 1;
+    let seen = world.subs[s].seen;
+    if line.seq != seen {
+        world.violation(format!("submission {s} showed line {} after {} lines", line.seq, seen - 1));
+    }
+    let expected = format!("{}:{}", ticket.to_lowercase(), line.seq);
+    if line.text != expected {
+        world.violation(format!(
+            "submission {s} got line {} as {:?}, the script wrote {expected:?}",
+            line.seq, line.text
+        ));
+    }
+    if line.seq > world.oracle.lines_of(&ticket) {
+        world.violation(format!("submission {s} got line {} of {ticket}, which the script never wrote", line.seq));
+    }
 }
 
 fn finish(world: &mut World, s: usize, outcome: Outcome) {
     world.log(format!("submission {s} ends: {outcome:?}"));
-    world.subs[s].phase = Phase::Done;
-    world.subs[s].rpc = None;
-    let seen = world.subs[s].next - 1;
+    world.subs[s].machine = None;
+    let seen = world.subs[s].seen;
     let ticket = world.subs[s].ticket.clone();
     for problem in world.oracle.check_outcome(&ticket, &outcome, seen) {
         world.violation(format!("submission {s}: {problem}"));

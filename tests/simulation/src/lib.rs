@@ -4,7 +4,8 @@
 //! clocks with skew; agents crash and restart, users interrupt and cancel, an attacker publishes
 //! unsigned and misaddressed commands. One seed decides everything, so a failing seed replays
 //! exactly. The agents decide with contracts' real code ([`contracts::agent`]) over the real
-//! in-memory [`contracts::store::MemoryStore`]; the invariants are checked at every step.
+//! in-memory [`contracts::store::MemoryStore`], the dispatchers with contracts' real submission
+//! machine ([`contracts::submission`]); the invariants are checked at every step.
 #![forbid(unsafe_code)]
 
 pub mod dispatcher;

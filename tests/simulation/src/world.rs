@@ -1,8 +1,8 @@
 //! One simulated world: dispatchers, agents and pools over a simulated broker, ticket store and
 //! clock, driven by one seed. The agents' decisions are contracts' ([`contracts::agent`]), their
 //! store is [`MemoryStore`], commands are really encoded, signed and checked
-//! ([`contracts::trust`]). The dispatcher is a model of `dispatcher::orchestrator` (see
-//! [`crate::dispatcher`]).
+//! ([`contracts::trust`]). The dispatchers run contracts' real submission machine
+//! ([`contracts::submission`], see [`crate::dispatcher`]).
 
 use crate::dispatcher::Sub;
 use crate::oracle::Oracle;
@@ -191,6 +191,8 @@ pub struct World {
     pub trusted: TrustedKeys,
     next_msg: u64,
     last_arrival: BTreeMap<usize, u64>,
+    /// How long the agent holds the reply it just made (a waiting status with nothing new).
+    hold: u64,
 }
 
 impl World {
@@ -237,6 +239,7 @@ impl World {
             trusted,
             next_msg: 0,
             last_arrival: BTreeMap::new(),
+            hold: 0,
         };
         world.build(exclude);
         world
@@ -541,6 +544,7 @@ impl World {
         let agent_now = self.agent_now(a);
         let id = self.agents[a].id.clone();
         let reply = self.agent_handle(a, msg, agent_now);
+        let hold = std::mem::take(&mut self.hold);
         if !self.agents[a].alive {
             // Crashed while handling (after its claim): never acked, no reply.
             return true;
@@ -550,7 +554,7 @@ impl World {
                 self.counts.dropped += 1;
                 self.log(format!("reply of {id} to {msg:?} lost"));
             } else {
-                let at = self.now + self.rng.u64(1..50) + self.delay();
+                let at = self.now + hold + self.rng.u64(1..50) + self.delay();
                 self.schedule(at, Ev::Reply { sub, attempt, reply });
             }
         }
@@ -599,7 +603,16 @@ impl World {
                 let first = start.first_issued_at.unwrap_or(header.issued_at);
                 self.start(a, msg, start.ticket, start.spec, header.not_after, first, now)
             }
-            Request::GetStatusV2(s) => self.status(&s.ticket, s.last_log_sequence),
+            Request::GetStatusV2(s) => {
+                let reply = self.status(&s.ticket, s.last_log_sequence);
+                let nothing_new = matches!(&reply, Reply::ScriptStatus(st) if st.logs.is_empty() && !st.is_complete());
+                if s.wait.is_some() && nothing_new {
+                    // The agent holds a waiting status request until there is new output (here,
+                    // the whole wait).
+                    self.hold = crate::dispatcher::STATUS_WAIT.as_millis() as u64;
+                }
+                reply
+            }
             Request::CancelScriptV2(c) => self.cancel(a, &c.ticket, c.last_log_sequence, now),
             Request::CompleteScriptV2(c) => self.complete(&c.ticket, now),
             other => Reply::Error(ErrorReply::new(ErrorKind::Unsupported, format!("{:?}", other.kind()))),
