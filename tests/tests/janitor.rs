@@ -47,3 +47,21 @@ async fn leftover_workspaces_of_completed_tickets_and_stale_ones_are_removed_and
     assert!(log.contains("reason=\"completed\""), "{log}");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_and_max_age_from_the_environment_remove_a_workspace_that_goes_stale_while_running() {
+    let config = test_config("janitor-env");
+    let mut command = AgentProcess::command(&config);
+    // The defaults (1h, 7d) would keep it for a week.
+    command.env("CUTTLE_JANITOR_INTERVAL", "300ms").env("CUTTLE_WORKSPACE_MAX_AGE", "2s");
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    let late = config.work_dir.join("late-ticket-1");
+    std::fs::create_dir(&late).unwrap();
+    let made = std::time::Instant::now();
+    eventually("the workspace to go once 2s old", Duration::from_secs(15), || async { (!late.exists()).then_some(()) })
+        .await;
+    assert!(made.elapsed() >= Duration::from_millis(1900), "not before it was stale: {:?}", made.elapsed());
+    assert!(agent.log_text().contains("reason=\"stale\""), "{}", agent.log_text());
+    agent.stop().await;
+}

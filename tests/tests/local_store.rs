@@ -144,3 +144,50 @@ async fn killed_after_the_script_ended() {
 async fn killed_after_complete() {
     killed_at("completed").await;
 }
+
+/// The tickets with a record in the local store's file (opened after the agent stopped: redb
+/// allows one process at a time; opening it this way removes nothing).
+fn records_in(file: &std::path::Path) -> Vec<String> {
+    use redb::{ReadableDatabase, ReadableTable};
+    const RECORDS: redb::TableDefinition<&str, (&str, u64)> = redb::TableDefinition::new("records");
+    let db = redb::Database::open(file).expect("the local store's file");
+    let txn = db.begin_read().unwrap();
+    let records = txn.open_table(RECORDS).unwrap();
+    records.iter().unwrap().map(|entry| entry.unwrap().0.value().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_records_leave_the_file_while_the_agent_runs_every_janitor_interval() {
+    // Script v1 tombstones live --tombstone-ttl (v2 ones until their command's deadline).
+    let mut config = tests::agent::legacy_config("edge-prune");
+    config.store = StoreKind::Local;
+    config.redis_url = "redis://127.0.0.1:1".into();
+    let mut command = AgentProcess::command(&config);
+    command.args(["--tombstone-ttl", "1s", "--janitor-interval", "1s"]);
+    let mut agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    let submit = |word: &str| {
+        let script = format!("echo {word}");
+        let args = ["--protocol", "v1", "submit", "--target", &config.agent_id, "--", &script].map(String::from);
+        async move {
+            let out = dispatcher_command().args(args).output().await.unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            text(&out.stderr)
+        }
+    };
+    let stderr = submit("first").await;
+    let first = stderr.split("ticket ").nth(1).and_then(|t| t.split_whitespace().next()).expect("a ticket");
+    let first = first.to_ascii_lowercase();
+    // Every later claim may prune; the first tombstone expires first, so once anything was
+    // removed, it was.
+    eventually("expired records to be removed while running", Duration::from_secs(30), || async {
+        submit("later").await;
+        agent.log_text().contains("removed expired tickets from the local store").then_some(())
+    })
+    .await;
+    agent.kill().await;
+    let records = records_in(&config.work_dir.join(worker_agent::LOCAL_STORE_FILE));
+    assert!(!records.is_empty(), "the store holds the later tickets");
+    assert!(records.iter().all(|r| !r.contains(&first)), "{first} still in the file: {records:?}");
+    agent.stop().await;
+}

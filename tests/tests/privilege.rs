@@ -8,8 +8,9 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use std::process::Command;
+use std::time::Duration;
 use tests::agent::test_config;
-use tests::{dispatcher_command, text, unique, AgentProcess};
+use tests::{dispatcher_command, eventually, text, unique, AgentProcess};
 
 /// A vhost of the test's own and its users, deleted when dropped.
 struct Vhost {
@@ -249,5 +250,33 @@ async fn a_pool_worker_with_a_fresh_id_declares_only_its_own_queue_and_reads_not
     refused("deleting its pool's shared queue", delete.await).await;
 
     let _ = as_worker.close(200, "done".into()).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuttle_enrolled_from_the_environment_makes_the_agent_declare_nothing() {
+    let config = test_config("enrolled-env");
+    let mut command = AgentProcess::command(&config);
+    command.env("CUTTLE_ENROLLED", "true");
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    eventually("the agent to find its queue missing", Duration::from_secs(20), || async {
+        agent.log_text().contains("an enrolled agent declares nothing").then_some(())
+    })
+    .await;
+    assert!(!agent.log_text().contains("consuming commands"), "{}", agent.log_text());
+    let connection = Connection::connect(&tests::amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let queue = agent_queue(&config.agent_id);
+    let declared = channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await;
+    assert!(declared.is_err(), "{queue} was declared by an enrolled agent");
+    let _ = connection.close(200, "done".into()).await;
+    agent.stop().await;
+
+    // CUTTLE_ENROLLED=false: it declares its queue itself, as without the variable.
+    let mut command = AgentProcess::command(&config);
+    command.env("CUTTLE_ENROLLED", "false");
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
     agent.stop().await;
 }

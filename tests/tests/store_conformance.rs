@@ -24,7 +24,8 @@ async fn redis_keeps_the_ticket_store_contract() {
 async fn the_local_store_keeps_the_ticket_store_contract() {
     let dir = std::env::temp_dir().join(tests::unique("store-contract"));
     std::fs::create_dir_all(&dir).unwrap();
-    let store = LocalStore::open(&dir.join("tickets.redb"), "agent-1/0").expect("local store");
+    let store = LocalStore::open(&dir.join("tickets.redb"), "agent-1/0", std::time::Duration::from_secs(600))
+        .expect("local store");
     conformance::check_all(&store, "t", "agent-1/0", "agent-1", unix_millis(SystemTime::now())).await;
     drop(store);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -10,23 +10,34 @@ use tests::services::{free_port, PrivateRabbit, PrivateRedis};
 use tests::tls::{Issued, TestCa};
 use tests::{dispatcher_command, eventually, text, AgentProcess};
 
-/// Sets `CUTTLE_<SERVICE>_CA_FILE`, `_CLIENT_CERT` and `_CLIENT_KEY` (`AMQP`, `REDIS`).
+/// How a test gives the TLS files to a binary.
+#[derive(Clone, Copy)]
+enum Given {
+    /// `CUTTLE_<SERVICE>_CA_FILE`, `_CLIENT_CERT`, `_CLIENT_KEY`.
+    Env,
+    /// `--<service>-ca-file`, `-client-cert`, `-client-key`.
+    Flags,
+}
+
+/// Gives `command` the CA and client certificate for `service` (`amqp`, `redis`).
 fn certificates<'a>(
     command: &'a mut tokio::process::Command,
+    given: Given,
     service: &str,
     ca: &Path,
     client: &Issued,
 ) -> &'a mut tokio::process::Command {
+    for (name, file) in [("ca-file", ca), ("client-cert", &client.cert), ("client-key", &client.key)] {
+        match given {
+            Given::Flags => command.arg(format!("--{service}-{name}")).arg(file),
+            Given::Env => command.env(format!("CUTTLE_{service}_{name}").to_uppercase().replace('-', "_"), file),
+        };
+    }
     command
-        .env(format!("CUTTLE_{service}_CA_FILE"), ca)
-        .env(format!("CUTTLE_{service}_CLIENT_CERT"), &client.cert)
-        .env(format!("CUTTLE_{service}_CLIENT_KEY"), &client.key)
 }
 
-/// `dispatcher submit` of `echo WORD` on `agent`, over `amqp_url` with these TLS files.
-async fn submit_over(amqp_url: &str, ca: &Path, client: &Issued, agent: &str, word: &str) -> Output {
-    let mut command = dispatcher_command();
-    certificates(&mut command, "AMQP", ca, client).env("CUTTLE_AMQP_URL", amqp_url);
+/// `dispatcher submit` of `echo WORD` on `agent` with `command` (a dispatcher with its settings).
+async fn submit_with(mut command: tokio::process::Command, agent: &str, word: &str) -> Output {
     let output = command.args(["submit", "--target", agent, "--", &format!("echo {word}")]).output();
     tokio::time::timeout(Duration::from_secs(60), output).await.expect("dispatcher finishes").expect("dispatcher runs")
 }
@@ -52,12 +63,14 @@ async fn scripts_run_over_tls_to_broker_and_store_with_client_certificates_and_a
     let dispatcher_cert = ca.client("cuttle-dispatcher");
     rabbit.add_certificate_user("cuttle-dispatcher");
     let mut command = AgentProcess::command(&config);
-    certificates(&mut command, "AMQP", &ca.cert, &agent_cert);
-    certificates(&mut command, "REDIS", &ca.cert, &agent_cert);
+    certificates(&mut command, Given::Env, "amqp", &ca.cert, &agent_cert);
+    certificates(&mut command, Given::Env, "redis", &ca.cert, &agent_cert);
     let agent = AgentProcess::spawn_command(config.clone(), command);
     agent.wait_ready().await;
 
-    let out = submit_over(&amqps, &ca.cert, &dispatcher_cert, &config.agent_id, "over-tls").await;
+    let mut command = dispatcher_command();
+    certificates(&mut command, Given::Env, "amqp", &ca.cert, &dispatcher_cert).env("CUTTLE_AMQP_URL", &amqps);
+    let out = submit_with(command, &config.agent_id, "over-tls").await;
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     assert!(text(&out.stdout).contains("over-tls"), "{}", text(&out.stdout));
     // Both logged in with their certificates, over TLS.
@@ -70,10 +83,14 @@ async fn scripts_run_over_tls_to_broker_and_store_with_client_certificates_and_a
     let keys = redis.cli(&["keys", &format!("{}*", config.key_prefix)]);
     assert!(!keys.trim().is_empty(), "no ticket keys in the TLS store");
 
-    // A dispatcher trusting another CA is refused at once, as the broker refusing it is (101).
+    // A dispatcher trusting another CA (given as flags, which beat the variables) is refused at
+    // once, as the broker refusing it is (101).
     let wrong = TestCa::new("not-the-ca");
     let started = std::time::Instant::now();
-    let out = submit_over(&amqps, &wrong.cert, &dispatcher_cert, &config.agent_id, "never").await;
+    let mut command = dispatcher_command();
+    certificates(&mut command, Given::Env, "amqp", &ca.cert, &dispatcher_cert).env("CUTTLE_AMQP_URL", &amqps);
+    certificates(&mut command, Given::Flags, "amqp", &wrong.cert, &dispatcher_cert);
+    let out = submit_with(command, &config.agent_id, "never").await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(101), "{stderr}");
     assert!(stderr.contains("certificate is not trusted") && stderr.contains("CA file"), "{stderr}");
@@ -84,8 +101,8 @@ async fn scripts_run_over_tls_to_broker_and_store_with_client_certificates_and_a
     bad.amqp_url = amqps.clone();
     bad.redis_url = format!("rediss://localhost:{}", redis.port);
     let mut command = AgentProcess::command(&bad);
-    certificates(&mut command, "AMQP", &wrong.cert, &agent_cert);
-    certificates(&mut command, "REDIS", &wrong.cert, &agent_cert);
+    certificates(&mut command, Given::Env, "amqp", &wrong.cert, &agent_cert);
+    certificates(&mut command, Given::Env, "redis", &wrong.cert, &agent_cert);
     let bad_agent = AgentProcess::spawn_command(bad.clone(), command);
     log_shows(&bad_agent, "TLS handshake with the ticket store failed").await;
     assert!(bad_agent.log_text().contains("certificate is not trusted"), "{}", bad_agent.log_text());
@@ -107,7 +124,7 @@ async fn an_agent_trusting_another_ca_exits_78_naming_the_broker_certificate_as_
     let mut bad = config.clone();
     bad.amqp_url = format!("amqps://localhost:{tls_port}/%2f");
     let mut command = AgentProcess::command(&bad);
-    certificates(&mut command, "AMQP", &wrong.cert, &client);
+    certificates(&mut command, Given::Flags, "amqp", &wrong.cert, &client);
     let mut agent = AgentProcess::spawn_command(bad, command);
     // A setting to fix, not an outage: it exits at once instead of retrying forever.
     let status = tokio::time::timeout(Duration::from_secs(30), agent.wait()).await.expect("the agent exits by itself");
@@ -241,8 +258,7 @@ async fn the_store_found_through_sentinels_is_reached_with_tls_given_as_flags() 
     config.redis_service = service;
     let client = ca.client(&config.agent_id);
     let mut command = AgentProcess::command(&config);
-    command.arg("--redis-ca-file").arg(&ca.cert);
-    command.arg("--redis-client-cert").arg(&client.cert).arg("--redis-client-key").arg(&client.key);
+    certificates(&mut command, Given::Flags, "redis", &ca.cert, &client);
     let agent = AgentProcess::spawn_command(config.clone(), command);
     agent.wait_ready().await;
     assert!(agent.log_text().contains("connected to the redis master named by the sentinels"), "{}", agent.log_text());

@@ -182,8 +182,10 @@ pub async fn connect_store(
                     .await
                     .map(|redis| store::Observed::agent_store(redis, ops.clone()))
             }
-            StoreKind::Local => local_store::LocalStore::open(&config.work_dir.join(LOCAL_STORE_FILE), owner)
-                .map(|local| store::Observed::agent_store(local, ops.clone())),
+            StoreKind::Local => {
+                local_store::LocalStore::open(&config.work_dir.join(LOCAL_STORE_FILE), owner, config.janitor_interval)
+                    .map(|local| store::Observed::agent_store(local, ops.clone()))
+            }
         };
         match opened {
             Ok(store) => return Some(store),

@@ -28,10 +28,6 @@ const CANCELS: TableDefinition<&str, ()> = TableDefinition::new("cancels");
 /// "epoch" -> the store's epoch.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
-/// How often records past their expiry are removed from the file (besides at open): expired
-/// records are never read, but an agent that runs for months must not keep them all.
-const PRUNE_INTERVAL_MS: u64 = 10 * 60 * 1000;
-
 fn failed(error: impl std::fmt::Display) -> StoreError {
     StoreError::Local(error.to_string())
 }
@@ -47,11 +43,16 @@ pub struct LocalStore {
     owner: Arc<str>,
     /// When expired records were last removed (unix ms).
     pruned_at: Arc<AtomicU64>,
+    /// How often records past their expiry are removed from the file (besides at open): expired
+    /// records are never read, but an agent that runs for months must not keep them all.
+    prune_interval_ms: u64,
 }
 
 impl LocalStore {
-    /// Opens (or creates) the store at `path`, for the agent process `owner`.
-    pub fn open(path: &Path, owner: &str) -> Result<Self, StoreError> {
+    /// Opens (or creates) the store at `path`, for the agent process `owner`, removing expired
+    /// records now and then, on a claim, at most every `prune_interval` (the agent's
+    /// `--janitor-interval`).
+    pub fn open(path: &Path, owner: &str, prune_interval: Duration) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| failed(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(failed)?;
         for table in [RUNNING, CANCELS] {
@@ -62,17 +63,22 @@ impl LocalStore {
         txn.open_table(LOG_COUNTS).map_err(failed)?;
         txn.open_table(META).map_err(failed)?;
         txn.commit().map_err(failed)?;
-        let store = LocalStore { db: Arc::new(db), owner: owner.into(), pruned_at: Arc::new(AtomicU64::new(now_ms())) };
+        let store = LocalStore {
+            db: Arc::new(db),
+            owner: owner.into(),
+            pruned_at: Arc::new(AtomicU64::new(now_ms())),
+            prune_interval_ms: prune_interval.as_millis() as u64,
+        };
         store.prune_expired()?;
         Ok(store)
     }
 
-    /// Drops records past their expiry, with their output, if that was last done more than
-    /// [`PRUNE_INTERVAL_MS`] ago; off the async runtime, without waiting for it.
+    /// Drops records past their expiry, with their output, if that was last done more than the
+    /// prune interval ago; off the async runtime, without waiting for it.
     fn prune_now_and_then(&self) {
         let last = self.pruned_at.load(Ordering::Relaxed);
         let now = now_ms();
-        if now.saturating_sub(last) < PRUNE_INTERVAL_MS
+        if now.saturating_sub(last) < self.prune_interval_ms
             || self.pruned_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
         {
             return;
@@ -101,6 +107,9 @@ impl LocalStore {
             for ticket in &expired {
                 records.remove(ticket.as_str()).map_err(failed)?;
                 drop_output(&txn, ticket)?;
+            }
+            if !expired.is_empty() {
+                tracing::info!(removed = expired.len(), "removed expired tickets from the local store");
             }
         }
         txn.commit().map_err(failed)
@@ -363,7 +372,7 @@ mod tests {
     async fn a_tombstone_is_compact_and_leaves_the_file_once_expired() {
         let dir = std::env::temp_dir().join(format!("cuttle-local-store-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let store = LocalStore::open(&dir.join("tickets.redb"), "a/1").unwrap();
+        let store = LocalStore::open(&dir.join("tickets.redb"), "a/1", Duration::from_secs(600)).unwrap();
         let epoch = store.epoch(now_ms()).await.unwrap();
         let keys = store.keys("t1");
         let record = TicketRecord {

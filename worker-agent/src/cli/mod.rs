@@ -194,7 +194,8 @@ pub struct RunArgs {
     #[arg(long, env = "CUTTLE_ENROLLED")]
     pub enrolled: bool,
     /// How often the janitor removes leftover workspaces from the work dir (it also does at
-    /// start): those of completed tickets, and those older than --workspace-max-age.
+    /// start): those of completed tickets, and those older than --workspace-max-age. With
+    /// `--store local`, also how often (at most, on a claim) expired tickets leave its file.
     #[arg(long, env = "CUTTLE_JANITOR_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub janitor_interval: Duration,
     /// A workspace no running script uses is removed once unchanged this long, whatever its
