@@ -34,7 +34,13 @@ async fn leftover_workspaces_of_completed_tickets_and_stale_ones_are_removed_and
     let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     let ticket = first["ticket"].as_str().expect("a ticket").to_ascii_lowercase();
     let leftover = config.work_dir.join(&ticket);
-    let _ = std::fs::create_dir(&leftover);
+    // Only once the agent has removed the workspace itself on completing it (it logs so after),
+    // or that removal could take the one left behind here.
+    eventually("the agent to complete the ticket", Duration::from_secs(10), || async {
+        agent.log_text().contains("tombstone kept").then_some(())
+    })
+    .await;
+    std::fs::create_dir(&leftover).unwrap();
     std::fs::write(leftover.join("out.txt"), "x").unwrap();
     eventually("the completed ticket's workspace to go", Duration::from_secs(10), || async {
         (!leftover.exists()).then_some(())
