@@ -230,18 +230,44 @@ pub fn reported_state(record: Option<&TicketRecord>, lease_alive: bool) -> (Scri
 }
 
 /// Refuses a start first issued before the ticket store's data began (it came back empty since):
-/// the ticket may have been claimed, and run, in the data that was lost.
+/// the ticket may have been claimed, and run, in the data that was lost. The epoch is stamped by
+/// an agent's clock and `first_issued_at` by the dispatcher's, which may differ by up to the
+/// clock-skew allowance ([`CLOCK_SKEW_ALLOWANCE_MS`]): a start first issued less than the
+/// allowance after the epoch may have been issued before it, so it is refused too.
 pub fn check_issued_since(first_issued_at: Option<u64>, epoch_created_ms: u64) -> Result<(), ErrorReply> {
-    match first_issued_at {
-        Some(issued) if issued < epoch_created_ms => Err(ErrorReply::new(
+    match issued_before_data(first_issued_at, epoch_created_ms) {
+        Some(when) => Err(ErrorReply::new(
             ErrorKind::StoreReset,
-            format!(
-                "the ticket store lost its data {} ms after this command was first issued; refusing rather than risk running it twice",
-                epoch_created_ms - issued
-            ),
+            format!("the ticket store lost its data {when}; refusing rather than risk running it twice"),
         )),
-        _ => Ok(()),
+        None => Ok(()),
     }
+}
+
+/// When the store's data (its epoch, created at `epoch_created_ms`) began relative to a start
+/// first issued at `first_issued_at`, if that start may be older than the data, allowing for
+/// clock skew: then it may have been claimed, and run, in data that was lost.
+fn issued_before_data(first_issued_at: Option<u64>, epoch_created_ms: u64) -> Option<String> {
+    let issued = first_issued_at?;
+    let allowance_s = CLOCK_SKEW_ALLOWANCE_MS / 1_000;
+    if issued >= epoch_created_ms.saturating_add(CLOCK_SKEW_ALLOWANCE_MS) {
+        None
+    } else if issued < epoch_created_ms {
+        Some(format!("{} ms after the start was first issued", epoch_created_ms - issued))
+    } else {
+        Some(format!(
+            "{} ms before the start was first issued, within the {allowance_s} s clock-skew allowance between agent and dispatcher",
+            issued - epoch_created_ms
+        ))
+    }
+}
+
+/// How long an agent that starts serving waits before it takes commands when its ticket store's
+/// data began (`epoch_created_ms`) less than the clock-skew allowance ago: a start first issued
+/// in that time is refused ([`check_issued_since`]), so a new (or just emptied) store is served
+/// only once the starts it would refuse are behind it. 0 for an older store.
+pub fn young_store_wait_ms(epoch_created_ms: u64, now_ms: u64) -> u64 {
+    epoch_created_ms.saturating_add(CLOCK_SKEW_ALLOWANCE_MS).saturating_sub(now_ms)
 }
 
 /// How long a completed ticket's tombstone must live: until no copy of its command can be
@@ -462,11 +488,37 @@ mod tests {
 
     #[test]
     fn starts_from_before_the_store_lost_its_data_are_refused() {
-        assert!(check_issued_since(Some(2_000), 1_000).is_ok());
+        let skew = CLOCK_SKEW_ALLOWANCE_MS;
+        assert!(check_issued_since(Some(1_000 + skew), 1_000).is_ok());
         assert!(check_issued_since(None, 1_000).is_ok());
         let refused = check_issued_since(Some(999), 1_000).unwrap_err();
         assert_eq!(refused.kind, ErrorKind::StoreReset);
         assert!(!refused.kind.is_transient());
+        assert_eq!(
+            refused.message,
+            "the ticket store lost its data 1 ms after the start was first issued; refusing rather than risk running it twice"
+        );
+        // Stamped by clocks that may differ by the allowance: a start that looks a little
+        // younger than the data may be older, and is refused too.
+        let skewed = check_issued_since(Some(1_000 + skew - 1), 1_000).unwrap_err();
+        assert_eq!(skewed.kind, ErrorKind::StoreReset);
+        assert!(
+            skewed.message.contains("4999 ms before the start was first issued, within the 5 s clock-skew allowance"),
+            "{}",
+            skewed.message
+        );
+        assert!(check_issued_since(Some(1_000), 1_000).is_err());
+    }
+
+    #[test]
+    fn an_agent_waits_out_the_allowance_of_a_young_store_before_serving() {
+        let skew = CLOCK_SKEW_ALLOWANCE_MS;
+        assert_eq!(young_store_wait_ms(1_000, 1_000), skew);
+        assert_eq!(young_store_wait_ms(1_000, 1_000 + skew - 10), 10);
+        assert_eq!(young_store_wait_ms(1_000, 1_000 + skew), 0);
+        assert_eq!(young_store_wait_ms(1_000, 999_999), 0);
+        // Whatever the agent's clock says once the wait is over, a start issued then is taken.
+        assert!(check_issued_since(Some(1_000 + young_store_wait_ms(1_000, 1_000)), 1_000).is_ok());
     }
 
     #[test]

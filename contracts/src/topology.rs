@@ -34,7 +34,8 @@ pub const MAX_LOG_LINE_BYTES: usize = 64 * 1024;
 pub const MAX_STATUS_LOG_BYTES: usize = 4 * 1024 * 1024;
 /// Longest time an agent holds a status request waiting for output.
 pub const MAX_STATUS_WAIT_MS: u64 = 10_000;
-/// Clock skew allowed between dispatcher and agent when checking `not_after`.
+/// The clock-skew allowance: how far a dispatcher's and an agent's clocks may differ. Used when
+/// checking `not_after`, and when comparing a start's first issue with the ticket store's epoch.
 pub const CLOCK_SKEW_ALLOWANCE_MS: u64 = 5_000;
 /// Longest agent id or pool name.
 pub const MAX_NAME_LEN: usize = 100;

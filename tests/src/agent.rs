@@ -22,7 +22,25 @@ pub fn test_config(what: &str) -> AgentConfig {
     let keys = crate::trust::keys();
     config.key_file = Some(keys.agent_key.clone());
     config.trusted_keys_file = Some(keys.trusted_keys.clone());
+    age_store(&config);
     config
+}
+
+/// Gives a test agent's fresh key prefix a ticket store in use for a minute already, as a
+/// production store is: an agent serves a store whose data is younger than the clock-skew
+/// allowance only once the allowance has passed (`contracts::agent::young_store_wait_ms`), which
+/// would hold up every test agent by 5 s. Tests of a new store use a prefix of their own.
+fn age_store(config: &AgentConfig) {
+    let began = contracts::unix_millis(std::time::SystemTime::now()) - 60_000;
+    let epoch = format!("{began}-tests");
+    let aged = redis::Client::open(config.redis_url.as_str()).and_then(|client| client.get_connection()).and_then(
+        |mut con| {
+            redis::cmd("SET").arg(format!("{}epoch", config.key_prefix)).arg(epoch).arg("NX").query::<()>(&mut con)
+        },
+    );
+    if let Err(error) = aged {
+        eprintln!("could not age the test store of {}: {error}", config.agent_id);
+    }
 }
 
 /// A configuration for a fresh legacy (script v1) test agent: it cannot sign, so it runs unsigned

@@ -160,6 +160,34 @@ async fn an_agent_killed_and_restarted_mid_run_ends_unknown_and_its_queued_work_
     agent.stop().await;
 }
 
+/// When the ticket store under `prefix` says its data began (its epoch), by the clock of the
+/// agent that made it.
+async fn epoch_began(redis_url: &str, prefix: &str) -> u64 {
+    let mut con = redis::Client::open(redis_url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let epoch: String = redis::cmd("GET").arg(format!("{prefix}epoch")).query_async(&mut con).await.unwrap();
+    contracts::store::Epoch::parse(epoch).created_ms
+}
+
+/// A new ticket store is served only once the clock-skew allowance has passed since its data
+/// began: a start first issued before then could be older than the data, and would be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_store_is_served_once_the_clock_skew_allowance_has_passed() {
+    let mut config = tests::agent::test_config("young-store");
+    config.key_prefix = format!("{}:", tests::unique("young-store"));
+    let agent = TestAgent::start_with(config).await;
+    let ready_at = unix_millis(std::time::SystemTime::now());
+    let began = epoch_began(&agent.config.redis_url, &agent.config.key_prefix).await;
+    assert!(
+        ready_at >= began + topology::CLOCK_SKEW_ALLOWANCE_MS,
+        "ready {} ms after the store's data began",
+        ready_at.saturating_sub(began)
+    );
+    let orchestrator = orchestrator_at(amqp_url());
+    let (outcome, lines) = submit(&orchestrator, &agent.route(), sh("echo first")).await;
+    assert_eq!((outcome.exit_code, texts(&lines, LogStream::Stdout)), (Some(0), vec!["first".to_string()]));
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_redis_comes_back_empty_starts_issued_before_are_refused_not_rerun() {
     tests::skip_unless!(tests::needs::private_redis());
@@ -194,7 +222,11 @@ async fn when_redis_comes_back_empty_starts_issued_before_are_refused_not_rerun(
     assert_eq!(refused.error.agent_error(), Some(ErrorKind::StoreReset), "{refused}");
     assert!(asked.elapsed() < Duration::from_secs(10), "the refusal is permanent: retries stop at it");
     assert_eq!(markers.count("run"), 1);
-    // New work is accepted.
+    // New work is accepted once the clock-skew allowance has passed since the store's data began
+    // again: a start first issued before then could be older than the data, and is refused.
+    let began = epoch_began(&agent.config.redis_url, &agent.config.key_prefix).await;
+    let left = (began + topology::CLOCK_SKEW_ALLOWANCE_MS).saturating_sub(unix_millis(std::time::SystemTime::now()));
+    tokio::time::sleep(Duration::from_millis(left)).await;
     let (outcome, lines) = submit(&orchestrator, &agent.route(), sh("echo fresh")).await;
     assert_eq!((outcome.exit_code, texts(&lines, LogStream::Stdout)), (Some(0), vec!["fresh".to_string()]));
     agent.stop().await;

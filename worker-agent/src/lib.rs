@@ -239,6 +239,14 @@ async fn start_trusting(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
+    let wait = rules::young_store_wait_ms(epoch.created_ms, contracts::unix_millis(std::time::SystemTime::now()));
+    if wait > 0 {
+        tracing::info!(agent = %config.agent_id, wait_ms = wait, "the ticket store's data is new: taking commands once the clock-skew allowance has passed, so that none is refused as possibly older than it");
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+        }
+    }
     let agent = Agent::new(config, store, epoch, owner, metrics, trust);
     agent.listen_for_cancels();
     match agent.recover_lost_runs().await {

@@ -190,7 +190,7 @@ impl Sub {
 }
 
 fn dispatcher_now(world: &World, s: usize) -> u64 {
-    world.now.saturating_add_signed(world.dispatcher_skew[world.subs[s].dispatcher]).max(1)
+    (world.now + crate::world::CLOCK_ORIGIN_MS).saturating_add_signed(world.dispatcher_skew[world.subs[s].dispatcher])
 }
 
 /// The time as submission `s` sees it: the world's for deadlines, its dispatcher's skewed clock

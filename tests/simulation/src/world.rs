@@ -22,6 +22,10 @@ pub const RECORD_TTL: Duration = Duration::from_secs(3_600);
 pub const TOMBSTONE_TTL_MS: u64 = 3_600_000;
 /// Deliveries of one message before the broker dead-letters it (`x-delivery-limit`).
 pub const DELIVERY_LIMIT: u32 = 4;
+/// What every clock (agents', dispatchers', each with its skew) reads when the simulation
+/// begins: the store's data began at 0, ten minutes before, so only an epoch made by a store
+/// that lost its data in the simulation is younger than the clock-skew allowance.
+pub const CLOCK_ORIGIN_MS: u64 = 600_000;
 
 /// Runs a future of the memory store, which is always ready.
 pub fn ready<T>(future: impl Future<Output = T>) -> T {
@@ -241,6 +245,8 @@ impl World {
             last_arrival: BTreeMap::new(),
             hold: 0,
         };
+        // The store has been in use since long before: its data began when the clocks read 0.
+        ready(world.store.epoch(0)).expect("memory store");
         world.build(exclude);
         world
     }
@@ -535,7 +541,7 @@ impl World {
     // ---- the agent ----
 
     fn agent_now(&self, agent: usize) -> u64 {
-        self.now.saturating_add_signed(self.agents[agent].skew).max(1)
+        (self.now + CLOCK_ORIGIN_MS).saturating_add_signed(self.agents[agent].skew)
     }
 
     /// One delivery to an agent; `true` if it must be redelivered (the ack was lost or the
