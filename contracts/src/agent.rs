@@ -262,6 +262,27 @@ fn issued_before_data(first_issued_at: Option<u64>, epoch_created_ms: u64) -> Op
     }
 }
 
+/// What a cancel answers once it has acted: the ticket's `status`, unless the store knows
+/// nothing of the ticket (unknown ticket) and its data began after the start being cancelled was
+/// first issued (`first_issued_at`, with the clock-skew allowance as in [`check_issued_since`]):
+/// that start may have run in the data that was lost, so the answer is that whether it ran is
+/// unknown (`StoreReset`), not "unknown ticket", which a dispatcher whose start was never
+/// answered reads as "nothing ran".
+pub fn cancel_answer(
+    status: ScriptStatus,
+    first_issued_at: Option<u64>,
+    epoch_created_ms: u64,
+) -> Result<ScriptStatus, ErrorReply> {
+    let unknown = status.is_complete() && status.exit_code == Some(exit_code::UNKNOWN_TICKET);
+    match issued_before_data(first_issued_at, epoch_created_ms) {
+        Some(when) if unknown => Err(ErrorReply::new(
+            ErrorKind::StoreReset,
+            format!("unknown ticket: the ticket store lost its data {when}, so whether the script ran is unknown"),
+        )),
+        _ => Ok(status),
+    }
+}
+
 /// How long an agent that starts serving waits before it takes commands when its ticket store's
 /// data began (`epoch_created_ms`) less than the clock-skew allowance ago: a start first issued
 /// in that time is refused ([`check_issued_since`]), so a new (or just emptied) store is served
@@ -508,6 +529,27 @@ mod tests {
             skewed.message
         );
         assert!(check_issued_since(Some(1_000), 1_000).is_err());
+    }
+
+    #[test]
+    fn a_cancel_of_a_ticket_lost_with_the_store_says_whether_it_ran_is_unknown() {
+        let ticket = Ticket::parse("t-1").unwrap();
+        let unknown = status_from(&ticket, 0, view(None, false, &[], 0));
+        let lost = cancel_answer(unknown.clone(), Some(900), 1_000).unwrap_err();
+        assert_eq!(lost.kind, ErrorKind::StoreReset);
+        assert_eq!(
+            lost.message,
+            "unknown ticket: the ticket store lost its data 100 ms after the start was first issued, so whether the script ran is unknown"
+        );
+        let skewed = 1_000 + CLOCK_SKEW_ALLOWANCE_MS - 1;
+        assert_eq!(cancel_answer(unknown.clone(), Some(skewed), 1_000).unwrap_err().kind, ErrorKind::StoreReset);
+        // Issued after the data began, or not said: unknown means it never reached the agent.
+        let after = 1_000 + CLOCK_SKEW_ALLOWANCE_MS;
+        assert_eq!(cancel_answer(unknown.clone(), Some(after), 1_000), Ok(unknown.clone()));
+        assert_eq!(cancel_answer(unknown.clone(), None, 1_000), Ok(unknown));
+        // A ticket the store knows is answered with its status, whenever its start was issued.
+        let running = status_from(&ticket, 0, view(Some(record(RecordState::Running)), true, &[], 0));
+        assert_eq!(cancel_answer(running.clone(), Some(900), 1_000), Ok(running));
     }
 
     #[test]

@@ -327,6 +327,11 @@ pub struct CancelScriptV2 {
     pub ticket: Ticket,
     #[serde(default)]
     pub last_log_sequence: u64,
+    /// Unix ms when the dispatcher first sent the start this cancel stops, when that start has
+    /// not been answered: an agent whose ticket store lost its data since cannot tell whether it
+    /// ran, and says so rather than "unknown ticket" (which reads as "nothing ran").
+    #[serde(default)]
+    pub first_issued_at: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -383,11 +383,17 @@ pub fn complete_request(protocol: ScriptProtocol, ticket: &Ticket, outcome: &Out
     })
 }
 
-/// The cancel of `ticket` in the script service `protocol`.
-pub fn cancel_request(protocol: ScriptProtocol, ticket: &Ticket, last_log_sequence: u64) -> Request {
+/// The cancel of `ticket` in the script service `protocol`; `first_issued_at` that of the start
+/// it stops when that start was sent and not answered yet (see [`CancelScriptV2`]).
+pub fn cancel_request(
+    protocol: ScriptProtocol,
+    ticket: &Ticket,
+    last_log_sequence: u64,
+    first_issued_at: Option<u64>,
+) -> Request {
     let ticket = ticket.clone();
     match protocol {
-        ScriptProtocol::V2 => Request::CancelScriptV2(CancelScriptV2 { ticket, last_log_sequence }),
+        ScriptProtocol::V2 => Request::CancelScriptV2(CancelScriptV2 { ticket, last_log_sequence, first_issued_at }),
         ScriptProtocol::V1 => Request::CancelScriptV1(CancelScriptV1 { ticket, last_log_sequence }),
     }
 }
@@ -1151,7 +1157,8 @@ impl<E: CallError> Submission<E> {
         let policy = self.follow_policy;
         let lives = policy.duration.max(cancel_policy(policy).duration).max(self.config.timing.attempt_timeout);
         let not_after = not_after.unwrap_or(now.wall + lives);
-        let request = cancel_request(self.protocol, &self.ticket(), self.follower.last_seen());
+        let first_issued_at = self.plan.as_ref().filter(|_| start_sent).map(|plan| unix_millis(plan.issued_at));
+        let request = cancel_request(self.protocol, &self.ticket(), self.follower.last_seen(), first_issued_at);
         let kind = request.kind();
         self.awaiting = Some(Awaiting::Consumers {
             kind,
@@ -1164,7 +1171,7 @@ impl<E: CallError> Submission<E> {
     fn best_effort_cancel(&mut self, outcome: Outcome, now: Now) {
         self.phase = Phase::Ending;
         self.ending = Some(outcome);
-        let request = cancel_request(self.protocol, &self.ticket(), 0);
+        let request = cancel_request(self.protocol, &self.ticket(), 0, None);
         self.begin_call(Purpose::BestEffortCancel, request, RetryPolicy::once(), Duration::ZERO, None, now);
     }
 

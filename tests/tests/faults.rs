@@ -151,7 +151,11 @@ async fn lose_once(rpc: Rpc, link: Link, lost: Lost) {
         Rpc::Cancel => {
             chaos.start_script(&ticket, format!("{run}; echo up; sleep 30")).await;
             proxy.drop_next_and_reset(direction);
-            let cancel = Request::CancelScriptV2(CancelScriptV2 { ticket: ticket.clone(), last_log_sequence: 0 });
+            let cancel = Request::CancelScriptV2(CancelScriptV2 {
+                ticket: ticket.clone(),
+                last_log_sequence: 0,
+                first_issued_at: None,
+            });
             assert!(matches!(chaos.request(&cancel).await, Reply::ScriptStatus(_)));
             let outcome = chaos.follow(&ticket).await;
             assert_eq!(outcome.exit_code, Some(exit_code::CANCELLED));

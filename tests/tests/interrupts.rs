@@ -158,7 +158,11 @@ async fn a_cancel_and_a_start_racing_never_let_the_script_run_to_its_end() {
             wait_for_output: None,
             first_issued_at: None,
         });
-        let cancel = Request::CancelScriptV2(CancelScriptV2 { ticket: ticket.clone(), last_log_sequence: 0 });
+        let cancel = Request::CancelScriptV2(CancelScriptV2 {
+            ticket: ticket.clone(),
+            last_log_sequence: 0,
+            first_issued_at: None,
+        });
         let rpc = orchestrator.rpc();
         let (started, cancelled) =
             tokio::join!(rpc.call(&route, &start, timing()), rpc.call(&route, &cancel, timing()));

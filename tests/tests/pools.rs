@@ -239,7 +239,11 @@ async fn a_cancel_taken_by_another_worker_stops_the_script_at_once_not_at_the_ne
     })
     .await;
     let route = Route::pool(&pool).unwrap();
-    let cancel = contracts::Request::CancelScriptV2(contracts::CancelScriptV2 { ticket, last_log_sequence: 0 });
+    let cancel = contracts::Request::CancelScriptV2(contracts::CancelScriptV2 {
+        ticket,
+        last_log_sequence: 0,
+        first_issued_at: None,
+    });
     let timing = dispatcher::rpc::CallTiming {
         reply_timeout: Duration::from_secs(10),
         not_after: std::time::SystemTime::now() + Duration::from_secs(30),

@@ -222,6 +222,18 @@ async fn when_redis_comes_back_empty_starts_issued_before_are_refused_not_rerun(
     assert_eq!(refused.error.agent_error(), Some(ErrorKind::StoreReset), "{refused}");
     assert!(asked.elapsed() < Duration::from_secs(10), "the refusal is permanent: retries stop at it");
     assert_eq!(markers.count("run"), 1);
+    // A Ctrl-C for that start, as if its answer had never come: the store no longer knows the
+    // ticket and its data began after the start was first issued, so the agent says whether it
+    // ran is unknown, not "unknown ticket" (which the dispatcher would report as "nothing ran").
+    let cancel = Request::CancelScriptV2(CancelScriptV2 {
+        ticket: ticket.clone(),
+        last_log_sequence: 0,
+        first_issued_at: Some(first_issued_at),
+    });
+    let unknown =
+        orchestrator.request(&agent.route(), &cancel, policy, Duration::from_secs(2), None, &|_| {}).await.unwrap_err();
+    assert_eq!(unknown.error.agent_error(), Some(ErrorKind::StoreReset), "{unknown}");
+    assert!(unknown.to_string().contains("whether the script ran is unknown"), "{unknown}");
     // New work is accepted once the clock-skew allowance has passed since the store's data began
     // again: a start first issued before then could be older than the data, and is refused.
     let began = epoch_began(&agent.config.redis_url, &agent.config.key_prefix).await;

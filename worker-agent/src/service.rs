@@ -252,8 +252,8 @@ impl Agent {
             Request::StartScriptV1(start) => self.start(Ticket::generate(), start.spec, None, None, None, slot).await,
             Request::GetStatusV2(s) => self.status(&s.ticket, s.last_log_sequence, s.wait).await,
             Request::GetStatusV1(s) => self.status(&s.ticket, s.last_log_sequence, None).await,
-            Request::CancelScriptV2(c) => self.cancel(&c.ticket, c.last_log_sequence).await,
-            Request::CancelScriptV1(c) => self.cancel(&c.ticket, c.last_log_sequence).await,
+            Request::CancelScriptV2(c) => self.cancel(&c.ticket, c.last_log_sequence, c.first_issued_at).await,
+            Request::CancelScriptV1(c) => self.cancel(&c.ticket, c.last_log_sequence, None).await,
             Request::CompleteScriptV2(c) => self.complete(&c.ticket).await,
             Request::CompleteScriptV1(c) => self.complete(&c.ticket).await,
             Request::UploadChunk(chunk) => match self.transfers.upload(chunk).await {
@@ -473,8 +473,26 @@ impl Agent {
     /// Cancels the script: kills it if this process runs it, flags it for the worker that does
     /// (or for this process's run about to start, which checks the flag before it spawns), or
     /// leaves a tombstone if no start was claimed yet, so a late start cannot run it. The store
-    /// decides between the last two in one step, against the claim.
-    async fn cancel(&self, ticket: &Ticket, last_seq: u64) -> Reply {
+    /// decides between the last two in one step, against the claim. Answered as
+    /// [`rules::cancel_answer`] says, given when the start it stops was first issued.
+    async fn cancel(&self, ticket: &Ticket, last_seq: u64, first_issued_at: Option<u64>) -> Reply {
+        let reply = self.cancel_and_read(ticket, last_seq).await;
+        let Reply::ScriptStatus(status) = reply else { return reply };
+        let epoch = match self.store.epoch(now_ms()).await {
+            Ok(epoch) => epoch,
+            Err(error) => return Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, error.to_string())),
+        };
+        match rules::cancel_answer(status, first_issued_at, epoch.created_ms) {
+            Ok(status) => Reply::ScriptStatus(status),
+            Err(lost) => {
+                tracing::warn!(ticket = %ticket, "cancel of a ticket the store lost with its data: whether it ran is unknown");
+                Reply::Error(lost)
+            }
+        }
+    }
+
+    /// Cancels the script (see [`Agent::cancel`]) and reads the ticket's status after.
+    async fn cancel_and_read(&self, ticket: &Ticket, last_seq: u64) -> Reply {
         let keys = self.store.keys(&ticket.store_key());
         if self.cancel_local_run(&keys.ticket) {
             tracing::info!(ticket = %ticket, "cancelling script");

@@ -619,7 +619,7 @@ impl World {
                 }
                 reply
             }
-            Request::CancelScriptV2(c) => self.cancel(a, &c.ticket, c.last_log_sequence, now),
+            Request::CancelScriptV2(c) => self.cancel(a, &c.ticket, c.last_log_sequence, c.first_issued_at, now),
             Request::CompleteScriptV2(c) => self.complete(&c.ticket, now),
             other => Reply::Error(ErrorReply::new(ErrorKind::Unsupported, format!("{:?}", other.kind()))),
         })
@@ -771,7 +771,19 @@ impl World {
         Reply::ScriptStatus(agent::status_from(ticket, last_seq, view))
     }
 
-    fn cancel(&mut self, a: usize, ticket: &Ticket, last_seq: u64, now: u64) -> Reply {
+    /// The agent's cancel, answered as `contracts::agent::cancel_answer` says.
+    fn cancel(&mut self, a: usize, ticket: &Ticket, last_seq: u64, first_issued_at: Option<u64>, now: u64) -> Reply {
+        match self.cancel_and_read(a, ticket, last_seq, now) {
+            Reply::ScriptStatus(status) if !self.store_down => {
+                let epoch = ready(self.store.epoch(now)).expect("memory store");
+                agent::cancel_answer(status, first_issued_at, epoch.created_ms)
+                    .map_or_else(Reply::Error, Reply::ScriptStatus)
+            }
+            other => other,
+        }
+    }
+
+    fn cancel_and_read(&mut self, a: usize, ticket: &Ticket, last_seq: u64, now: u64) -> Reply {
         let key = ticket.store_key();
         if let Some(run) = self.agents[a].runs.get_mut(&key) {
             run.cancelled = true;
