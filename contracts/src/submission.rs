@@ -1072,9 +1072,21 @@ impl<E: CallError> Submission<E> {
         self.follow_step(now);
     }
 
+    /// Takes a reply's new lines. The agent answers from where the follower stands, with the
+    /// lines its store holds in order, so a line missing before one it sends is a line the
+    /// store lost (a failover to a replica without the latest writes, a restart without
+    /// persistence): the user is told which, and the follow goes on after them, so it still
+    /// ends (waiting for them would wait forever).
     fn accept(&mut self, status: &ScriptStatus) {
-        for line in self.follower.accept(status) {
-            self.out.push_back(Action::Emit(Event::Log(line.clone())));
+        loop {
+            for line in self.follower.accept(status) {
+                self.out.push_back(Action::Emit(Event::Log(line.clone())));
+            }
+            let next = self.follower.last_seen() + 1;
+            let Some(after_gap) = status.logs.iter().map(|line| line.seq).find(|&seq| seq > next) else { return };
+            let notice = lost_lines_notice(&self.ticket(), next, after_gap - 1);
+            self.emit(Event::Notice(notice));
+            self.follower = LogFollower::after(after_gap - 1);
         }
     }
 
@@ -1240,6 +1252,12 @@ impl<E: CallError> Submission<E> {
         self.poll_at = None;
         self.outcome = Some(outcome);
     }
+}
+
+/// What the user is told of lines `from` to `to` that the agent's store lost.
+pub fn lost_lines_notice(ticket: &Ticket, from: u64, to: u64) -> String {
+    let lines = if from == to { format!("line {from}") } else { format!("lines {from} to {to}") };
+    format!("{lines} of ticket {ticket} were lost by the agent's ticket store (it lost recent writes); the output goes on after them")
 }
 
 /// The status a script-service reply must carry.

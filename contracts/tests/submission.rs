@@ -159,6 +159,36 @@ fn a_submission_starts_follows_and_completes_in_order() {
     assert_eq!(logs(&seen), vec![1, 2, 3]);
 }
 
+/// The agent's store lost lines 2 and 3 (its list now holds 1, 4, 5): the submission says so,
+/// naming them, shows the rest once and in order, and ends with the script's exit code instead
+/// of waiting for them forever.
+#[test]
+fn lines_the_store_lost_are_named_and_the_follow_still_ends() {
+    let policy = RetryPolicy::new(Duration::from_secs(30));
+    let mut m = Machine::submit(config(policy), ScriptSpec::default(), ticket(), at(0));
+    let mut seen = Vec::new();
+    let start = to_start(&mut m, &mut seen);
+    m.handle(Input::Reply { attempt: start, reply: status(ScriptState::Running, None, 1..2) }, at(10));
+    let (attempt, _) = call(&until_input(&mut m, at(10), &mut seen));
+    let Reply::ScriptStatus(mut after_loss) = status(ScriptState::Complete, Some(0), 4..6) else { unreachable!() };
+    after_loss.logs.insert(0, LogLine { seq: 1, stream: LogStream::Stdout, text: "l1".into(), at: 0 });
+    m.handle(Input::Reply { attempt, reply: Reply::ScriptStatus(after_loss) }, at(20));
+    assert!(matches!(until_input(&mut m, at(20), &mut seen), Action::Send { .. }));
+    m.handle(Input::Sent(Ok(())), at(20));
+    let Action::Done(outcome) = until_input(&mut m, at(20), &mut seen) else { panic!("never ended") };
+    assert_eq!((outcome.outcome, outcome.exit_code), (OutcomeKind::Completed, Some(0)));
+    assert_eq!(logs(&seen), vec![1, 4, 5]);
+    let notices: Vec<_> = seen
+        .iter()
+        .filter_map(|a| match a {
+            Action::Emit(Event::Notice(n)) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notices, [lost_lines_notice(&ticket(), 2, 3).as_str()]);
+    assert!(notices[0].starts_with("lines 2 to 3 of ticket t-1 were lost"), "{notices:?}");
+}
+
 #[test]
 fn ctrl_c_before_the_start_is_published_sends_nothing_more() {
     let mut m =
@@ -407,8 +437,9 @@ proptest! {
         prop_assert!(f.has_everything(&lines(&[], total + 1, ScriptState::Complete)));
     }
 
-    /// Whatever mix of lost attempts, repeated windows of lines and interrupts comes, with time
-    /// moving on, a submission always ends, shows every line it shows once and in order, and
+    /// Whatever mix of lost attempts, repeated windows of lines (with gaps, as from a store that
+    /// lost lines) and interrupts comes, with time moving on, a submission always ends, shows
+    /// the lines it shows once and in order, names every gap, and
     /// never sends anything after an interrupt that came before any start was published.
     #[test]
     fn a_submission_always_ends_with_lines_once_in_order(
@@ -428,13 +459,22 @@ proptest! {
             let (what, from, delay) = steps.next().unwrap();
             match action {
                 Action::Done(outcome) => {
+                    // Lines in order, never twice; any skipped (a reply with a gap says the
+                    // store lost them) named in one notice each.
                     let shown = logs(&seen);
-                    prop_assert_eq!(&shown, &(1..=shown.len() as u64).collect::<Vec<_>>());
+                    prop_assert!(shown.windows(2).all(|w| w[0] < w[1]), "{:?}", shown);
+                    let gaps = std::iter::once(0).chain(shown.iter().copied()).collect::<Vec<_>>();
+                    let gaps = gaps.windows(2).filter(|w| w[1] > w[0] + 1).count();
+                    let told = seen
+                        .iter()
+                        .filter(|a| matches!(a, Action::Emit(Event::Notice(n)) if n.contains("were lost by the agent's ticket store")))
+                        .count();
+                    prop_assert_eq!(gaps, told);
                     if interrupted_unpublished {
                         prop_assert_eq!(outcome.process_exit, exit::NOT_SENT);
                     }
                     if outcome.outcome == OutcomeKind::Completed {
-                        prop_assert_eq!(shown.len() as u64, total);
+                        prop_assert_eq!(shown.last().copied().unwrap_or(0), total);
                     }
                     return Ok(());
                 }

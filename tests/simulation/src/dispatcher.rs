@@ -142,8 +142,10 @@ pub struct Sub {
     pub published: bool,
     /// Ctrl-C came before any start was published.
     pub interrupted_before_publish: bool,
-    /// The lines shown to the user.
+    /// The last line shown to the user.
     pub seen: u64,
+    /// The user was told lines are lost, up to this one.
+    lost_to: u64,
     pub outcome: Option<Outcome>,
 }
 
@@ -184,6 +186,7 @@ impl Sub {
             published: false,
             interrupted_before_publish: false,
             seen: 0,
+            lost_to: 0,
             outcome: None,
         }
     }
@@ -317,7 +320,10 @@ fn pump(world: &mut World, s: usize) {
                 machine.handle(Input::Consumers(Some(consumers as u32)), now);
             }
             Action::Emit(Event::Log(line)) => shown(world, s, &line),
-            Action::Emit(Event::Notice(notice)) => world.log(format!("submission {s}: {notice}")),
+            Action::Emit(Event::Notice(notice)) => {
+                lost_told(world, s, &notice);
+                world.log(format!("submission {s}: {notice}"));
+            }
             Action::Emit(_) | Action::Learned(_) | Action::LegacyNotice(_) => {}
             Action::AwaitReply(_) => return,
             Action::Sleep(until) => {
@@ -350,13 +356,27 @@ fn publish(world: &mut World, s: usize, request: &Request, not_after: u64, attem
     world.publish(queue, bytes, seal, attempt.map(|a| (s, a)), expires, label, false);
 }
 
-/// A line shown to the user: it must be the script's, the next one.
+/// Lines the user is told the store lost: up to where.
+fn lost_told(world: &mut World, s: usize, notice: &str) {
+    let ticket = world.subs[s].ticket.clone();
+    let seen = world.subs[s].seen;
+    let told = (seen + 1..=world.oracle.lines_of(&ticket))
+        .rev()
+        .find(|&to| notice == submission::lost_lines_notice(&Ticket::parse(&ticket).expect("a ticket"), seen + 1, to));
+    if let Some(to) = told {
+        world.subs[s].lost_to = to;
+    }
+}
+
+/// A line shown to the user: it must be the script's, the next one (or the first after lines
+/// it was told are lost).
 fn shown(world: &mut World, s: usize, line: &LogLine) {
     let ticket = world.subs[s].ticket.clone();
-    world.subs[s].seen += 1;
-    let seen = world.subs[s].seen;
-    if line.seq != seen {
-        world.violation(format!("submission {s} showed line {} after {} lines", line.seq, seen - 1));
+    let sub = &mut world.subs[s];
+    let expected = sub.seen.max(sub.lost_to) + 1;
+    sub.seen = line.seq;
+    if line.seq != expected {
+        world.violation(format!("submission {s} showed line {} where line {expected} was next", line.seq));
     }
     let expected = format!("{}:{}", ticket.to_lowercase(), line.seq);
     if line.text != expected {
