@@ -98,15 +98,16 @@ async fn forged_announcements_never_list_an_agent_nor_reach_a_rollout() {
     };
     let everyone = format!("fleet={fleet}");
     let genuine_id = genuine.config.agent_id.clone();
-    // Wait until the impostors have appended at least once, and the genuine agent is listed.
+    // Wait until each impostor has appended at least once, and the genuine agent is listed.
     let stderr = eventually("the genuine agent listed, the impostors reported", Duration::from_secs(20), || {
-        let (everyone, genuine_id, wrong, unsigned) =
-            (everyone.clone(), genuine_id.clone(), wrong_key_id.clone(), unsigned_id.clone());
+        let (everyone, genuine_id, wrong, unsigned, unpinned) =
+            (everyone.clone(), genuine_id.clone(), wrong_key_id.clone(), unsigned_id.clone(), unpinned_id.clone());
         async move {
             let (ids, stderr) = listed(&everyone).await;
             assert!(ids.iter().all(|id| *id == genuine_id), "only the genuine agent is ever listed: {ids:?}");
             let reported = stderr.contains(&format!("in the name of agent {wrong}:"))
-                && stderr.contains(&format!("in the name of agent {unsigned}:"));
+                && stderr.contains(&format!("in the name of agent {unsigned}:"))
+                && stderr.contains(&unpinned);
             (ids == [genuine_id] && reported).then_some(stderr)
         }
     })
