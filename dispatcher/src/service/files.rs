@@ -204,18 +204,7 @@ pub async fn get_file(
     // Open, it can go: the body reads it to the end.
     drop(spool);
     tracing::info!(%route, path = %query.path, bytes = done.size, "file downloaded through the service");
-    let body = futures_util::stream::unfold(Some(file.take(done.size)), |reading| async move {
-        let mut reading = reading?;
-        let mut buffer = vec![0u8; 256 * 1024];
-        match reading.read(&mut buffer).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buffer.truncate(n);
-                Some((Ok(axum::body::Bytes::from(buffer)), Some(reading)))
-            }
-            Err(error) => Some((Err(error), None)),
-        }
-    });
+    let body = tokio_util::io::ReaderStream::with_capacity(file.take(done.size), 256 * 1024);
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
