@@ -377,6 +377,7 @@ pub fn cancelled_status(ticket: &Ticket) -> ScriptStatus {
         exit_code: Some(exit_code::CANCELLED),
         logs: Vec::new(),
         next_log_sequence: 1,
+        lines_written: None,
     }
 }
 
@@ -427,20 +428,25 @@ pub fn recover_run(record: Option<&TicketRecord>, owner: &str) -> Recovery {
 }
 
 /// Builds a status reply from a store view. A completed script whose remaining output did not
-/// fit in this reply reads as running, so the dispatcher asks again and gets every line.
+/// fit in this reply reads as running, so the dispatcher asks again and gets every line. A
+/// completed one says how many lines its run wrote, when the run recorded it: lines up to that
+/// which the store no longer holds were lost by it, and the dispatcher names them (a lost tail
+/// leaves no later line to show the gap). `next_log_sequence` stays where this reply's lines
+/// end, so a dispatcher that predates `lines_written` still ends.
 pub fn status_from(ticket: &Ticket, last_seq: u64, view: TicketView) -> ScriptStatus {
     let (mut state, mut exit_code) = reported_state(view.record.as_ref().map(|(r, _)| r), view.lease_alive);
     let next_log_sequence = view.logs.last().map_or(last_seq + 1, |l| l.seq + 1);
-    if state == ScriptState::Complete && next_log_sequence <= view.stored_lines {
+    if state == ScriptState::Complete && next_log_sequence <= view.last_stored {
         state = ScriptState::Running;
         exit_code = None;
     }
-    ScriptStatus { ticket: ticket.clone(), state, exit_code, logs: view.logs, next_log_sequence }
+    let lines_written = view.lines_written.filter(|_| state == ScriptState::Complete);
+    ScriptStatus { ticket: ticket.clone(), state, exit_code, logs: view.logs, next_log_sequence, lines_written }
 }
 
 /// A status read with [`SKIP_LOGS`]: no lines, positioned after the last stored one.
 pub fn status_without_logs(ticket: &Ticket, view: TicketView) -> ScriptStatus {
-    let stored = view.stored_lines;
+    let stored = view.last_stored;
     status_from(ticket, stored, TicketView { logs: Vec::new(), ..view })
 }
 
@@ -714,7 +720,7 @@ mod tests {
         assert_eq!(recover_run(None, "a/2"), Recovery::Forget);
     }
 
-    fn view(record: Option<TicketRecord>, lease_alive: bool, logs: &[u64], stored_lines: u64) -> TicketView {
+    fn view(record: Option<TicketRecord>, lease_alive: bool, logs: &[u64], last_stored: u64) -> TicketView {
         let logs = logs
             .iter()
             .map(|&seq| crate::LogLine { seq, stream: crate::LogStream::Stdout, text: String::new(), at: 0 })
@@ -726,7 +732,8 @@ mod tests {
             }),
             lease_alive,
             logs,
-            stored_lines,
+            last_stored,
+            lines_written: None,
         }
     }
 
@@ -745,5 +752,36 @@ mod tests {
         assert_eq!((skipped.state, skipped.next_log_sequence), (ScriptState::Complete, 3));
         let unknown = status_from(&ticket, 0, view(None, false, &[], 0));
         assert_eq!(unknown.exit_code, Some(exit_code::UNKNOWN_TICKET));
+    }
+
+    #[test]
+    fn a_completed_status_says_how_many_lines_the_run_wrote_where_its_lines_end() {
+        let ticket = Ticket::parse("t-1").unwrap();
+        let done = record(RecordState::Running).completed(0);
+        let written = |logs: &[u64], last_stored, lines_written| TicketView {
+            lines_written: Some(lines_written),
+            ..view(Some(done.clone()), false, logs, last_stored)
+        };
+        // The run wrote 5 lines; the store lost 4 and 5 with nothing after them.
+        let lost_tail = status_from(&ticket, 0, written(&[1, 2, 3], 3, 5));
+        assert_eq!(
+            (lost_tail.state, lost_tail.exit_code, lost_tail.next_log_sequence, lost_tail.lines_written),
+            (ScriptState::Complete, Some(0), 4, Some(5))
+        );
+        let asked_after_them = status_from(&ticket, 3, written(&[], 3, 5));
+        assert_eq!((asked_after_them.next_log_sequence, asked_after_them.lines_written), (4, Some(5)));
+        // A capped read is still running, and says nothing of the run's end yet.
+        let capped = status_from(&ticket, 0, written(&[1, 2], 7, 9));
+        assert_eq!((capped.state, capped.exit_code, capped.lines_written), (ScriptState::Running, None, None));
+        // A gap before the last stored line is not a capped read.
+        let after_gap = status_from(&ticket, 3, written(&[6, 7], 7, 7));
+        assert_eq!(
+            (after_gap.state, after_gap.next_log_sequence, after_gap.lines_written),
+            (ScriptState::Complete, 8, Some(7))
+        );
+        // A running ticket says nothing of it, whatever the store holds.
+        let running = TicketView { lines_written: Some(5), ..view(Some(record(RecordState::Running)), true, &[1], 1) };
+        assert_eq!(status_from(&ticket, 0, running).lines_written, None);
+        assert_eq!(status_from(&ticket, 0, view(Some(done), false, &[1], 1)).lines_written, None, "not recorded");
     }
 }

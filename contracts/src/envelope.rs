@@ -348,6 +348,7 @@ mod tests {
             exit_code: None,
             logs,
             next_log_sequence: 2_001,
+            lines_written: None,
         };
         let bytes = Reply::ScriptStatus(status.clone()).encode("a", 1).unwrap();
         assert_eq!(Reply::decode(&bytes).unwrap(), Reply::ScriptStatus(status));

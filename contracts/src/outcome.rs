@@ -106,6 +106,24 @@ impl Outcome {
         Outcome { ticket, target: target.to_owned(), outcome, exit_code: None, error: Some(message), process_exit }
     }
 
+    /// A ticket the agent answered for (claimed, running or ended) that its ticket store no
+    /// longer knows: the store lost its data since (a restart without persistence, a failover).
+    /// The script ran, or may have; how it ended is unknown. Never "unknown ticket", which after
+    /// a cancel reads as "nothing ran".
+    pub fn lost_by_store(ticket: Ticket, target: &str) -> Outcome {
+        let error = format!(
+            "the agent's ticket store lost ticket {ticket} after the agent had answered for it (it lost its data); the script's outcome is unknown"
+        );
+        Outcome {
+            ticket: Some(ticket),
+            target: target.to_owned(),
+            outcome: OutcomeKind::Unknown,
+            exit_code: None,
+            error: Some(error),
+            process_exit: exit::OUTCOME_UNKNOWN,
+        }
+    }
+
     /// Interrupted before any start could reach the broker: nothing ran, nothing will.
     pub fn not_sent(ticket: Option<Ticket>, target: &str) -> Outcome {
         Outcome {

@@ -53,6 +53,11 @@ pub struct ScriptStatus {
     pub logs: Vec<LogLine>,
     /// The sequence number the next unseen line will have; ask with `last_log_sequence` one less.
     pub next_log_sequence: u64,
+    /// Set once `state` is `Complete`, by agents that record it: how many lines the script wrote
+    /// (its last sequence number). Lines up to it that no reply brings were lost by the agent's
+    /// ticket store after it stored them (a failover, a restart without persistence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines_written: Option<u64>,
 }
 
 impl ScriptStatus {
@@ -64,6 +69,7 @@ impl ScriptStatus {
             exit_code: Some(exit_code),
             logs: Vec::new(),
             next_log_sequence,
+            lines_written: None,
         }
     }
 

@@ -12,7 +12,11 @@
 //! - **compare_and_set** replaces the record only if it still holds exactly the value read
 //!   (so two writers never both win), releasing what it is told to with it;
 //! - a read sees the record, the lease and the output as of one instant; output is appended in
-//!   order and a record read as complete comes with all of its output;
+//!   order and a record read as complete comes with all of its output; lines are read by their
+//!   sequence number, so lines the store lost (a failover, a restart without persistence) leave
+//!   a gap, never a shift;
+//! - a run's own end ([`Release::Ended`]) keeps how many lines it wrote beside the record, in the
+//!   same step, so a status can name the lines the store lost after the last one it holds;
 //! - a claim, once answered, is durable as far as the backend is (Redis: as its persistence and
 //!   `--claim-replicas` say; redb: fsynced; memory: while the process lives).
 //!
@@ -57,10 +61,15 @@ pub enum Cancel {
 pub struct TicketView {
     pub record: Option<(TicketRecord, String)>,
     pub lease_alive: bool,
-    /// Lines after the requested sequence, capped in count and bytes.
+    /// Lines after the requested sequence, in order of their sequence numbers, capped in count
+    /// and bytes.
     pub logs: Vec<LogLine>,
-    /// Lines stored in all; more than `logs` reaches when the read was capped.
-    pub stored_lines: u64,
+    /// The sequence number of the last line stored (0 for none): past the last of `logs` when
+    /// the read was capped.
+    pub last_stored: u64,
+    /// How many lines the run wrote, kept when it ended ([`Release::Ended`]); `None` while it
+    /// runs, or when it ended without saying (lost with its process, or an earlier agent).
+    pub lines_written: Option<u64>,
 }
 
 /// The life of the store's data: created when the store is first used, and again when it comes
@@ -101,6 +110,8 @@ pub struct TicketKeys {
     pub lease: String,
     pub logs: String,
     pub cancel: String,
+    /// How many lines the run wrote, beside its record once it ended ([`Release::Ended`]).
+    pub lines_written: String,
     /// The normalised ticket, as stored in running sets.
     pub ticket: String,
 }
@@ -112,6 +123,7 @@ impl TicketKeys {
             lease: format!("{prefix}lease:{ticket_key}"),
             logs: format!("{prefix}log:{ticket_key}"),
             cancel: format!("{prefix}cancel:{ticket_key}"),
+            lines_written: format!("{prefix}lines:{ticket_key}"),
             ticket: ticket_key.to_owned(),
         }
     }
@@ -121,9 +133,16 @@ impl TicketKeys {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Release {
     Nothing,
-    /// The lease and the running-set entry: the run ended.
+    /// The lease and the running-set entry: the run ended (lost with its process).
     Lease,
-    /// The lease, running-set entry, logs and cancel flag: the ticket was completed.
+    /// As [`Release::Lease`], at the run's own end, which also keeps how many lines it wrote
+    /// beside the record (read back as [`TicketView::lines_written`]). Kept apart from the
+    /// record's own value, which agents of earlier versions read.
+    Ended {
+        lines_written: u64,
+    },
+    /// The lease, running-set entry, logs, lines written and cancel flag: the ticket was
+    /// completed.
     LeaseAndOutput,
 }
 
@@ -225,6 +244,7 @@ pub struct MemoryData {
     records: BTreeMap<String, Expiring<String>>,
     leases: BTreeMap<String, Expiring<String>>,
     logs: BTreeMap<String, Expiring<Vec<LogLine>>>,
+    lines_written: BTreeMap<String, Expiring<u64>>,
     cancels: BTreeMap<String, Expiring<()>>,
     running: BTreeMap<String, BTreeSet<String>>,
 }
@@ -354,6 +374,10 @@ impl TicketStore for MemoryStore {
             if let Some(ttl) = ttl {
                 current.expires = expiry(now, ttl.max(Duration::from_millis(1)));
             }
+            if let Release::Ended { lines_written } = release {
+                let written = Expiring { value: lines_written, expires: current.expires };
+                data.lines_written.insert(keys.lines_written.clone(), written);
+            }
             if release != Release::Nothing {
                 data.leases.remove(&keys.lease);
                 if let Some(running) = data.running.get_mut(&new.agent_id) {
@@ -362,6 +386,7 @@ impl TicketStore for MemoryStore {
             }
             if release == Release::LeaseAndOutput {
                 data.logs.remove(&keys.logs);
+                data.lines_written.remove(&keys.lines_written);
                 data.cancels.remove(&keys.cancel);
             }
             true
@@ -374,7 +399,7 @@ impl TicketStore for MemoryStore {
                 .map(|raw| (TicketRecord::decode_or_failed(raw), raw.clone()));
             let lease_alive = alive(data.leases.get(&keys.lease), now).is_some();
             let stored = alive(data.logs.get(&keys.logs), now).map_or(&[][..], Vec::as_slice);
-            let start = (after_seq.min(stored.len() as u64)) as usize;
+            let start = stored.partition_point(|line| line.seq <= after_seq);
             let mut logs = Vec::new();
             let mut bytes = 0;
             for line in stored[start..].iter().take(MAX_LINES_PER_READ) {
@@ -384,7 +409,9 @@ impl TicketStore for MemoryStore {
                 }
                 logs.push(line.clone());
             }
-            TicketView { record, lease_alive, logs, stored_lines: stored.len() as u64 }
+            let last_stored = stored.last().map_or(0, |line| line.seq);
+            let lines_written = alive(data.lines_written.get(&keys.lines_written), now).copied();
+            TicketView { record, lease_alive, logs, last_stored, lines_written }
         }))
     }
 

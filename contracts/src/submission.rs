@@ -585,6 +585,9 @@ pub struct Submission<E> {
     interrupted: bool,
     /// Set by a cancel: whether its start was sent and not answered (see [`Outcome::after_cancel`]).
     after_cancel: Option<bool>,
+    /// The agent answered with the ticket known (claimed, running or ended): an unknown ticket
+    /// later is one its store lost ([`Outcome::lost_by_store`]), not one that never ran.
+    seen_known: bool,
     /// Whether the end is completed on the agent (script v1 and v2 submissions).
     complete: bool,
     /// The outcome decided, while a best-effort cancel or a complete goes out.
@@ -616,6 +619,7 @@ impl<E: CallError> Submission<E> {
             interruptible: true,
             interrupted: false,
             after_cancel: None,
+            seen_known: false,
             complete: false,
             ending: None,
             call: None,
@@ -660,6 +664,8 @@ impl<E: CallError> Submission<E> {
     ) -> Self {
         let mut machine = Self::new(config, Mode::Follow, Some(ticket));
         machine.follower = follower;
+        // Lines the caller did not pass on: after lines the store lost, which are named.
+        machine.accept(&status);
         machine.status = Some(status);
         machine.protocol = protocol;
         machine.phase = Phase::Follow;
@@ -1076,17 +1082,21 @@ impl<E: CallError> Submission<E> {
     /// lines its store holds in order, so a line missing before one it sends is a line the
     /// store lost (a failover to a replica without the latest writes, a restart without
     /// persistence): the user is told which, and the follow goes on after them, so it still
-    /// ends (waiting for them would wait forever).
+    /// ends (waiting for them would wait forever). So are lines missing after the last one a
+    /// completed status brings, up to the number its run recorded it wrote
+    /// ([`ScriptStatus::lines_written`]): a lost tail, with no later line to show the gap.
     fn accept(&mut self, status: &ScriptStatus) {
+        self.seen_known |= !(status.is_complete() && status.exit_code == Some(exit_code::UNKNOWN_TICKET));
         loop {
             for line in self.follower.accept(status) {
                 self.out.push_back(Action::Emit(Event::Log(line.clone())));
             }
             let next = self.follower.last_seen() + 1;
-            let Some(after_gap) = status.logs.iter().map(|line| line.seq).find(|&seq| seq > next) else { return };
-            let notice = lost_lines_notice(&self.ticket(), next, after_gap - 1);
-            self.emit(Event::Notice(notice));
-            self.follower = LogFollower::after(after_gap - 1);
+            let after_gap = status.logs.iter().map(|line| line.seq).find(|&seq| seq > next);
+            let tail_end = status.lines_written.filter(|&written| status.is_complete() && written >= next);
+            let Some(lost_to) = after_gap.map(|seq| seq - 1).or(tail_end) else { return };
+            self.emit(Event::Notice(lost_lines_notice(&self.ticket(), next, lost_to)));
+            self.follower = LogFollower::after(lost_to);
         }
     }
 
@@ -1098,8 +1108,11 @@ impl<E: CallError> Submission<E> {
         let status = self.status.as_ref().expect("a status while following");
         if self.follower.has_everything(status) {
             let code = status.exit_code.unwrap_or(exit_code::FATAL);
-            let outcome = Outcome::from_exit_code(self.ticket(), &self.config.target, code);
-            let outcome = self.after_cancel(outcome);
+            let outcome = if code == exit_code::UNKNOWN_TICKET && self.seen_known {
+                Outcome::lost_by_store(self.ticket(), &self.config.target)
+            } else {
+                self.after_cancel(Outcome::from_exit_code(self.ticket(), &self.config.target, code))
+            };
             return self.finish(outcome, now);
         }
         if self.protocol == ScriptProtocol::V1 && status.logs.is_empty() {
@@ -1254,10 +1267,12 @@ impl<E: CallError> Submission<E> {
     }
 }
 
-/// What the user is told of lines `from` to `to` that the agent's store lost.
+/// What the user is told of lines `from` to `to` that the agent's store lost (before later
+/// lines, or the script's last ones).
 pub fn lost_lines_notice(ticket: &Ticket, from: u64, to: u64) -> String {
-    let lines = if from == to { format!("line {from}") } else { format!("lines {from} to {to}") };
-    format!("{lines} of ticket {ticket} were lost by the agent's ticket store (it lost recent writes); the output goes on after them")
+    let (lines, were) =
+        if from == to { (format!("line {from}"), "was") } else { (format!("lines {from} to {to}"), "were") };
+    format!("{lines} of ticket {ticket} {were} lost by the agent's ticket store (it lost recent writes)")
 }
 
 /// The status a script-service reply must carry.

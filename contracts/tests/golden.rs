@@ -179,6 +179,7 @@ fn the_current_reader_reads_a_newer_message_with_unknown_fields_and_values() {
     assert_eq!(status.state, ScriptState::Unknown);
     assert_eq!(status.logs[0].stream, LogStream::Unknown);
     assert_eq!(status.next_log_sequence, 2);
+    assert_eq!(status.lines_written, None, "a writer that does not send it");
 }
 
 #[test]
@@ -189,11 +190,20 @@ fn a_legacy_reader_reads_the_current_status() {
         exit_code: Some(exit_code::UNKNOWN_RESULT),
         logs: vec![LogLine { seq: 1, stream: LogStream::Agent, text: "lost".into(), at: 7 }],
         next_log_sequence: 2,
+        lines_written: Some(3),
     };
-    let bytes = Reply::ScriptStatus(status).encode("web-01", 1).unwrap();
+    let bytes = Reply::ScriptStatus(status.clone()).encode("web-01", 1).unwrap();
     let old: legacy::Envelope<legacy::ScriptStatus> = rmp_serde::from_slice(&bytes).expect("legacy reader");
     assert_eq!((old.body.state.as_str(), old.body.exit_code), ("Complete", Some(-46)));
     assert_eq!(old.body.logs[0].text, "lost");
+    assert_eq!(old.body.next_log_sequence, 2, "lines the store lost are a field of their own, not a position");
+    let Reply::ScriptStatus(read) = Reply::decode(&bytes).unwrap() else { panic!("a status") };
+    assert_eq!(read, status);
+    // Without it (an agent that does not record it) nothing more is written than before.
+    let unrecorded = ScriptStatus { lines_written: None, ..status };
+    let bytes = Reply::ScriptStatus(unrecorded).encode("web-01", 1).unwrap();
+    let fields = rmp_serde::from_slice::<legacy::Envelope<BTreeMap<String, serde_json::Value>>>(&bytes).unwrap().body;
+    assert!(!fields.contains_key("lines_written"), "{fields:?}");
 }
 
 #[test]

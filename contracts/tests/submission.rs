@@ -97,7 +97,14 @@ fn status(state: ScriptState, exit_code: Option<i32>, lines: std::ops::Range<u64
     let logs: Vec<LogLine> =
         lines.clone().map(|seq| LogLine { seq, stream: LogStream::Stdout, text: format!("l{seq}"), at: 0 }).collect();
     let next = logs.last().map_or(1, |l| l.seq + 1).max(lines.start);
-    Reply::ScriptStatus(ScriptStatus { ticket: ticket(), state, exit_code, logs, next_log_sequence: next })
+    Reply::ScriptStatus(ScriptStatus {
+        ticket: ticket(),
+        state,
+        exit_code,
+        logs,
+        next_log_sequence: next,
+        lines_written: None,
+    })
 }
 
 /// Polls until the machine needs an input (or is done), collecting what it emitted.
@@ -189,6 +196,126 @@ fn lines_the_store_lost_are_named_and_the_follow_still_ends() {
     assert!(notices[0].starts_with("lines 2 to 3 of ticket t-1 were lost"), "{notices:?}");
 }
 
+fn notices(seen: &[Action<TestError>]) -> Vec<String> {
+    seen.iter()
+        .filter_map(|a| match a {
+            Action::Emit(Event::Notice(n)) => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Follows a script to its end, its lines coming as `replies` (the start's answer first), each
+/// with the count of lines the run recorded once complete; what was shown and the outcome.
+fn follow(replies: Vec<(ScriptState, std::ops::Range<u64>, Option<u64>)>) -> (Vec<Action<TestError>>, Outcome) {
+    let mut m =
+        Machine::submit(config(RetryPolicy::new(Duration::from_secs(30))), ScriptSpec::default(), ticket(), at(0));
+    let mut seen = Vec::new();
+    let mut attempt = to_start(&mut m, &mut seen);
+    for (n, (state, lines, lines_written)) in replies.into_iter().enumerate() {
+        let now = at(10 * (n as u64 + 1));
+        let exit = (state == ScriptState::Complete).then_some(4);
+        let Reply::ScriptStatus(reply) = status(state, exit, lines) else { unreachable!() };
+        m.handle(Input::Reply { attempt, reply: Reply::ScriptStatus(ScriptStatus { lines_written, ..reply }) }, now);
+        match until_input(&mut m, now, &mut seen) {
+            Action::Call { attempt: next, .. } => attempt = next,
+            Action::Send { .. } => {
+                m.handle(Input::Sent(Ok(())), now);
+                let Action::Done(outcome) = until_input(&mut m, now, &mut seen) else { panic!("never ended") };
+                return (seen, outcome);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    panic!("never ended: {seen:?}")
+}
+
+/// The store lost lines 3 to 5, the script's last, with nothing stored after them (a failover
+/// while it ran, its end written to the new master): the completed status says the run wrote
+/// 5, and the submission names the missing ones, then ends with the script's own exit code.
+#[test]
+fn a_lost_tail_is_named_from_the_lines_the_run_wrote() {
+    let (seen, outcome) = follow(vec![(ScriptState::Running, 1..3, None), (ScriptState::Complete, 3..3, Some(5))]);
+    assert_eq!((outcome.outcome, outcome.exit_code, outcome.process_exit), (OutcomeKind::Completed, Some(4), 4));
+    assert_eq!(logs(&seen), vec![1, 2]);
+    assert_eq!(notices(&seen), [lost_lines_notice(&ticket(), 3, 5)]);
+    assert_eq!(
+        notices(&seen)[0],
+        "lines 3 to 5 of ticket t-1 were lost by the agent's ticket store (it lost recent writes)"
+    );
+
+    // Lost in the middle and at the end, in one reply: both named, in order; one lost line.
+    let (seen, _) = follow(vec![(ScriptState::Running, 1..2, None), (ScriptState::Complete, 4..5, Some(5))]);
+    assert_eq!(logs(&seen), vec![1, 4]);
+    assert_eq!(notices(&seen), [lost_lines_notice(&ticket(), 2, 3), lost_lines_notice(&ticket(), 5, 5)]);
+    assert!(notices(&seen)[1].starts_with("line 5 of ticket t-1 was lost"), "{:?}", notices(&seen));
+
+    // Nothing lost: no notice; an agent that does not record the count: none either.
+    let (seen, outcome) = follow(vec![(ScriptState::Complete, 1..4, Some(3))]);
+    assert_eq!((logs(&seen), notices(&seen).len(), outcome.exit_code), (vec![1, 2, 3], 0, Some(4)));
+    let (seen, _) = follow(vec![(ScriptState::Running, 1..3, None), (ScriptState::Complete, 3..3, None)]);
+    assert_eq!((logs(&seen), notices(&seen).len()), (vec![1, 2], 0));
+}
+
+/// `dispatcher status` of a completed ticket: the lines its own follower passed on (up to the
+/// first gap), then the machine names what the store lost and shows the rest.
+#[test]
+fn following_a_completed_ticket_names_its_lost_lines() {
+    let Reply::ScriptStatus(done) = status(ScriptState::Complete, Some(0), 4..5) else { unreachable!() };
+    let mut stored = vec![LogLine { seq: 1, stream: LogStream::Stdout, text: "l1".into(), at: 0 }];
+    stored.extend(done.logs.clone());
+    let done = ScriptStatus { logs: stored, lines_written: Some(6), ..done };
+    let mut follower = LogFollower::after(0);
+    assert_eq!(follower.accept(&done).len(), 1);
+    let config = config(RetryPolicy::new(Duration::from_secs(30)));
+    let mut m = Machine::follow(config, ticket(), follower, done, ScriptProtocol::V2, at(0));
+    let mut seen = Vec::new();
+    let Action::Done(outcome) = until_input(&mut m, at(0), &mut seen) else { panic!("never ended") };
+    assert_eq!((outcome.outcome, outcome.exit_code), (OutcomeKind::Completed, Some(0)));
+    assert_eq!(logs(&seen), vec![4]);
+    assert_eq!(notices(&seen), [lost_lines_notice(&ticket(), 2, 3), lost_lines_notice(&ticket(), 5, 6)]);
+}
+
+/// A submission whose user pressed Ctrl-C after its start was published, before any answer:
+/// the machine, what it emitted, and the attempt of the cancel it sent.
+fn cancelled_before_the_start_answered() -> (Machine, Vec<Action<TestError>>, u64) {
+    let mut m =
+        Machine::submit(config(RetryPolicy::new(Duration::from_secs(30))), ScriptSpec::default(), ticket(), at(0));
+    let mut seen = Vec::new();
+    let _start = to_start(&mut m, &mut seen);
+    m.handle(Input::Interrupt { published: true }, at(10));
+    assert!(matches!(until_input(&mut m, at(10), &mut seen), Action::CountConsumers(Kind::CancelScriptV2)));
+    m.handle(Input::Consumers(Some(1)), at(10));
+    let (attempt, kind) = call(&until_input(&mut m, at(10), &mut seen));
+    assert_eq!(kind, Kind::CancelScriptV2);
+    (m, seen, attempt)
+}
+
+/// Ctrl-C before the start's answer: the cancel finds the script running (it ran), then the
+/// store loses its data (a restart without persistence) and the next status says the ticket is
+/// unknown. That is not "nothing ran": the outcome is unknown, and says why (simulator seed
+/// 3923).
+#[test]
+fn a_ticket_the_store_lost_after_it_was_seen_running_has_an_unknown_outcome() {
+    let (mut m, mut seen, attempt) = cancelled_before_the_start_answered();
+    m.handle(Input::Reply { attempt, reply: status(ScriptState::Running, None, 1..2) }, at(20));
+    let (attempt, kind) = call(&until_input(&mut m, at(20), &mut seen));
+    assert_eq!(kind, Kind::GetStatusV2);
+    let unknown = status(ScriptState::Complete, Some(exit_code::UNKNOWN_TICKET), 2..2);
+    m.handle(Input::Reply { attempt, reply: unknown }, at(30));
+    let Action::Done(outcome) = until_input(&mut m, at(30), &mut seen) else { panic!("not done") };
+    assert_eq!(
+        (outcome.outcome, outcome.process_exit, outcome.exit_code),
+        (OutcomeKind::Unknown, exit::OUTCOME_UNKNOWN, None)
+    );
+    let error = outcome.error.unwrap_or_default();
+    assert!(
+        error.starts_with("the agent's ticket store lost ticket t-1 after the agent had answered for it"),
+        "{error}"
+    );
+    assert_eq!(logs(&seen), vec![1]);
+}
+
 #[test]
 fn ctrl_c_before_the_start_is_published_sends_nothing_more() {
     let mut m =
@@ -203,15 +330,7 @@ fn ctrl_c_before_the_start_is_published_sends_nothing_more() {
 
 #[test]
 fn ctrl_c_after_the_start_is_published_cancels_and_an_unknown_ticket_means_nothing_ran() {
-    let mut m =
-        Machine::submit(config(RetryPolicy::new(Duration::from_secs(30))), ScriptSpec::default(), ticket(), at(0));
-    let mut seen = Vec::new();
-    let _start = to_start(&mut m, &mut seen);
-    m.handle(Input::Interrupt { published: true }, at(10));
-    assert!(matches!(until_input(&mut m, at(10), &mut seen), Action::CountConsumers(Kind::CancelScriptV2)));
-    m.handle(Input::Consumers(Some(1)), at(10));
-    let (attempt, kind) = call(&until_input(&mut m, at(10), &mut seen));
-    assert_eq!(kind, Kind::CancelScriptV2);
+    let (mut m, mut seen, attempt) = cancelled_before_the_start_answered();
     let unknown = status(ScriptState::Complete, Some(exit_code::UNKNOWN_TICKET), 1..1);
     m.handle(Input::Reply { attempt, reply: unknown }, at(20));
     // The end is seen: the ticket is completed (its tombstone stays until it expires).
@@ -404,6 +523,7 @@ fn lines(seqs: &[u64], next: u64, state: ScriptState) -> ScriptStatus {
             .map(|&seq| LogLine { seq, stream: LogStream::Stdout, text: seq.to_string(), at: 0 })
             .collect(),
         next_log_sequence: next,
+        lines_written: None,
     }
 }
 
@@ -461,21 +581,22 @@ proptest! {
                 Action::Done(outcome) => {
                     // Lines in order, never twice; any skipped (a reply with a gap says the
                     // store lost them) named in one notice each.
+                    // A completed one ends at the script's last line, shown or named lost.
                     let shown = logs(&seen);
                     prop_assert!(shown.windows(2).all(|w| w[0] < w[1]), "{:?}", shown);
-                    let gaps = std::iter::once(0).chain(shown.iter().copied()).collect::<Vec<_>>();
+                    let last = shown.last().copied().unwrap_or(0);
+                    let end = if outcome.outcome == OutcomeKind::Completed { total } else { last };
+                    let gaps = std::iter::once(0).chain(shown.iter().copied()).chain([end + 1]).collect::<Vec<_>>();
                     let gaps = gaps.windows(2).filter(|w| w[1] > w[0] + 1).count();
                     let told = seen
                         .iter()
-                        .filter(|a| matches!(a, Action::Emit(Event::Notice(n)) if n.contains("were lost by the agent's ticket store")))
+                        .filter(|a| matches!(a, Action::Emit(Event::Notice(n)) if n.contains("lost by the agent's ticket store")))
                         .count();
                     prop_assert_eq!(gaps, told);
                     if interrupted_unpublished {
                         prop_assert_eq!(outcome.process_exit, exit::NOT_SENT);
                     }
-                    if outcome.outcome == OutcomeKind::Completed {
-                        prop_assert_eq!(shown.last().copied().unwrap_or(0), total);
-                    }
+                    prop_assert!(last <= total);
                     return Ok(());
                 }
                 Action::Call { attempt, request, .. } => {
@@ -496,14 +617,17 @@ proptest! {
                         (_, kind) => {
                             published |= kind == Kind::StartScriptV2;
                             let from = from.min(total);
+                            // 4: complete, the store lost every line after `from`.
                             let done = what >= 3;
-                            let end = if done { total } else { (from + 2).min(total) };
+                            let end = if what == 4 { from } else if done { total } else { (from + 2).min(total) };
                             let logs = (from + 1..=end)
                                 .map(|seq| LogLine { seq, stream: LogStream::Stdout, text: String::new(), at: 0 })
                                 .collect();
                             let (state, exit_code) =
                                 if done { (ScriptState::Complete, Some(0)) } else { (ScriptState::Running, None) };
-                            let status = ScriptStatus { ticket: ticket(), state, exit_code, logs, next_log_sequence: end + 1 };
+                            let lines_written = done.then_some(total);
+                            let next_log_sequence = end + 1;
+                            let status = ScriptStatus { ticket: ticket(), state, exit_code, logs, next_log_sequence, lines_written };
                             Input::Reply { attempt, reply: Reply::ScriptStatus(status) }
                         }
                     };

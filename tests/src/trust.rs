@@ -216,5 +216,6 @@ fn forged_reply(request: &[u8]) -> Option<contracts::Reply> {
         exit_code: Some(0),
         logs: vec![line],
         next_log_sequence: 2,
+        lines_written: None,
     }))
 }

@@ -19,8 +19,10 @@ use std::time::{Duration, SystemTime};
 const RECORDS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("records");
 /// (ticket, sequence) -> log line (msgpack).
 const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
-/// Ticket -> lines stored.
+/// Ticket -> the last sequence number stored.
 const LOG_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("log_counts");
+/// Ticket -> how many lines its run wrote, kept at its own end ([`Release::Ended`]).
+const LINES_WRITTEN: TableDefinition<&str, u64> = TableDefinition::new("lines_written");
 /// Tickets this agent is running (or was, when it stopped).
 const RUNNING: TableDefinition<&str, ()> = TableDefinition::new("running");
 /// Tickets asked to cancel.
@@ -61,6 +63,7 @@ impl LocalStore {
         txn.open_table(RECORDS).map_err(failed)?;
         txn.open_table(LOGS).map_err(failed)?;
         txn.open_table(LOG_COUNTS).map_err(failed)?;
+        txn.open_table(LINES_WRITTEN).map_err(failed)?;
         txn.open_table(META).map_err(failed)?;
         txn.commit().map_err(failed)?;
         let store = LocalStore {
@@ -237,6 +240,12 @@ impl contracts::store::TicketStore for LocalStore {
             if release != Release::Nothing {
                 txn.open_table(RUNNING).map_err(failed)?.remove(ticket.as_str()).map_err(failed)?;
             }
+            if let Release::Ended { lines_written } = release {
+                txn.open_table(LINES_WRITTEN)
+                    .map_err(failed)?
+                    .insert(ticket.as_str(), lines_written)
+                    .map_err(failed)?;
+            }
             if release == Release::LeaseAndOutput {
                 drop_output(txn, &ticket)?;
             }
@@ -252,12 +261,14 @@ impl contracts::store::TicketStore for LocalStore {
             let record = live_record(&records, &ticket)?.map(|(raw, _)| (decode_record(&raw), raw));
             let running = txn.open_table(RUNNING).map_err(failed)?.get(ticket.as_str()).map_err(failed)?.is_some();
             let lease_alive = running && record.as_ref().is_some_and(|(r, _)| r.owner == *owner);
-            let stored_lines = txn
+            let last_stored = txn
                 .open_table(LOG_COUNTS)
                 .map_err(failed)?
                 .get(ticket.as_str())
                 .map_err(failed)?
                 .map_or(0, |v| v.value());
+            let lines_written =
+                txn.open_table(LINES_WRITTEN).map_err(failed)?.get(ticket.as_str()).map_err(failed)?.map(|v| v.value());
             let logs_table = txn.open_table(LOGS).map_err(failed)?;
             let mut logs = Vec::new();
             let mut bytes = 0;
@@ -270,7 +281,7 @@ impl contracts::store::TicketStore for LocalStore {
                 }
                 logs.push(rmp_serde::from_slice::<LogLine>(value.value()).map_err(failed)?);
             }
-            Ok(TicketView { record, lease_alive, logs, stored_lines })
+            Ok(TicketView { record, lease_alive, logs, last_stored, lines_written })
         })
         .await
     }
@@ -352,6 +363,7 @@ fn drop_output(txn: &redb::WriteTransaction, ticket: &str) -> Result<(), StoreEr
         logs.remove((ticket, seq)).map_err(failed)?;
     }
     txn.open_table(LOG_COUNTS).map_err(failed)?.remove(ticket).map_err(failed)?;
+    txn.open_table(LINES_WRITTEN).map_err(failed)?.remove(ticket).map_err(failed)?;
     txn.open_table(CANCELS).map_err(failed)?.remove(ticket).map_err(failed)?;
     Ok(())
 }

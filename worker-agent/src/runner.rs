@@ -76,7 +76,7 @@ impl Run {
         drop(log);
         let next_seq = writer.await.unwrap_or(1);
         lease.cancel();
-        self.finish(exit).await;
+        self.finish(exit, next_seq - 1).await;
         self.progress.send_modify(|p| {
             p.next_log_sequence = next_seq;
             p.complete = true;
@@ -279,9 +279,11 @@ impl Run {
         stop
     }
 
-    async fn finish(&mut self, exit: i32) {
+    /// Records the end, with how many lines the script wrote (all stored by now): a status can
+    /// then name any the store loses after the last one it holds.
+    async fn finish(&mut self, exit: i32, lines_written: u64) {
         let done = self.record.completed(exit);
-        self.update_record(done, Release::Lease).await;
+        self.update_record(done, Release::Ended { lines_written }).await;
     }
 
     /// Writes the next record by compare-and-set, retrying while the store is unreachable.

@@ -39,7 +39,8 @@ end
 return {0, redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2])}
 "#;
 
-/// Compare-and-set on the exact record value; on success deletes KEYS[2..] and removes ARGV[5]
+/// Compare-and-set on the exact record value; on success sets KEYS[2] to the lines the run
+/// wrote ARGV[6] (if given, expiring with the record), deletes KEYS[3..] and removes ARGV[5]
 /// from the set ARGV[4] (if named). ARGV[3] is the new TTL in ms, 0 keeps the current one.
 const COMPARE_AND_SET: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -48,9 +49,46 @@ if ARGV[3] == '0' then
 else
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 end
-for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+if ARGV[6] ~= '' then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('SET', KEYS[2], ARGV[6], 'PX', ttl) else redis.call('SET', KEYS[2], ARGV[6]) end
+end
+for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
 if ARGV[4] ~= '' then redis.call('SREM', ARGV[4], ARGV[5]) end
 return 1
+"#;
+
+/// KEYS: record, lease, logs, lines written. ARGV: the sequence number to read after, lines at
+/// most. Answers the record, whether the lease exists, the last stored line's sequence number,
+/// the lines the run wrote (if it recorded them) and the lines after ARGV[1], found by their
+/// sequence numbers: lines the store lost (a failover, a restart without persistence) leave the
+/// list shorter than them. Lines are only ever appended in order, so the line at position i has
+/// a number of at least i + 1, and the first wanted one is at position ARGV[1] at most: at it
+/// when nothing was lost before it (checked on the line just before), else searched for. A line
+/// that cannot be decoded counts as its position's number, as when reading by position.
+const READ: &str = r#"
+local after = tonumber(ARGV[1])
+local n = redis.call('LLEN', KEYS[3])
+local function seq(i)
+  local ok, line = pcall(cmsgpack.unpack, redis.call('LINDEX', KEYS[3], i))
+  if ok and type(line) == 'table' and type(line.seq) == 'number' then return line.seq end
+  if i < 0 then return n + i + 1 end
+  return i + 1
+end
+local last = 0
+if n > 0 then last = seq(-1) end
+local from = math.min(after, n)
+if from > 0 and seq(from - 1) > after then
+  local lo, hi = 0, from - 1
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if seq(mid) > after then hi = mid else lo = mid + 1 end
+  end
+  from = lo
+end
+local lines = {}
+if from < n then lines = redis.call('LRANGE', KEYS[3], from, from + tonumber(ARGV[2]) - 1) end
+return {redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2]), last, redis.call('GET', KEYS[4]), lines}
 "#;
 
 /// KEYS: record, lease. Takes the lease again if the record is still exactly ARGV[1] (the claim
@@ -96,6 +134,7 @@ pub struct RedisStore {
     prefix: String,
     claim: redis::Script,
     compare_and_set: redis::Script,
+    read: redis::Script,
     renew_lease: redis::Script,
 }
 
@@ -111,6 +150,7 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             claim: redis::Script::new(CLAIM),
             compare_and_set: redis::Script::new(COMPARE_AND_SET),
+            read: redis::Script::new(READ),
             renew_lease: redis::Script::new(RENEW_LEASE),
         })
     }
@@ -229,7 +269,8 @@ impl TicketStore for RedisStore {
     }
 
     /// Replaces the record if it still holds exactly `expected`; on success also drops the
-    /// lease and, when `clear_output`, the logs and cancel flag. `ttl` of `None` keeps the TTL.
+    /// lease (and at a run's own end keeps how many lines it wrote), or, once completed, the
+    /// lease, logs, lines written and cancel flag. `ttl` of `None` keeps the TTL.
     async fn compare_and_set(
         &self,
         keys: &TicketKeys,
@@ -239,35 +280,44 @@ impl TicketStore for RedisStore {
         release: Release,
     ) -> Result<bool, StoreError> {
         let mut invocation = self.compare_and_set.key(&keys.record);
+        invocation.key(&keys.lines_written);
         if release != Release::Nothing {
             invocation.key(&keys.lease);
         }
         if release == Release::LeaseAndOutput {
-            invocation.key(&keys.logs).key(&keys.cancel);
+            invocation.key(&keys.logs).key(&keys.cancel).key(&keys.lines_written);
         }
         let running_set = if release == Release::Nothing { String::new() } else { self.running_set(&new.agent_id) };
+        let lines_written = match release {
+            Release::Ended { lines_written } => lines_written.to_string(),
+            _ => String::new(),
+        };
         let done: i64 = invocation
             .arg(expected)
             .arg(new.encode())
             .arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64))
             .arg(running_set)
             .arg(&keys.ticket)
+            .arg(lines_written)
             .invoke_async(&mut self.con.clone())
             .await?;
         Ok(done == 1)
     }
 
-    /// Reads the record, the lease and the log lines after `after_seq`, in that order, so a
-    /// record read as complete always comes with all of its logs.
+    /// Reads the record, the lease and the log lines after `after_seq` (by their sequence
+    /// numbers, see [`READ`]) in one step, so a record read as complete always comes with all
+    /// of its logs.
     async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, StoreError> {
-        let start = after_seq.min(i64::MAX as u64 / 2) as isize;
-        let (raw, lease, stored_lines, lines): (Option<String>, i64, u64, Vec<Vec<u8>>) = redis::pipe()
-            .get(&keys.record)
-            .exists(&keys.lease)
-            .llen(&keys.logs)
-            .lrange(&keys.logs, start, start + MAX_LINES_PER_READ as isize - 1)
-            .query_async(&mut self.con.clone())
-            .await?;
+        let (raw, lease, last_stored, lines_written, lines): (Option<String>, i64, u64, Option<u64>, Vec<Vec<u8>>) =
+            self.read
+                .key(&keys.record)
+                .key(&keys.lease)
+                .key(&keys.logs)
+                .key(&keys.lines_written)
+                .arg(after_seq.min(i64::MAX as u64 / 2))
+                .arg(MAX_LINES_PER_READ)
+                .invoke_async(&mut self.con.clone())
+                .await?;
         let mut logs = Vec::with_capacity(lines.len());
         let mut bytes = 0;
         for line in lines {
@@ -284,7 +334,7 @@ impl TicketStore for RedisStore {
             }
         }
         let record = raw.map(|raw| (decode_record(&raw), raw));
-        Ok(TicketView { record, lease_alive: lease == 1, logs, stored_lines })
+        Ok(TicketView { record, lease_alive: lease == 1, logs, last_stored, lines_written })
     }
 
     /// Appends log lines (already numbered, in order) and keeps the list as long as the record.

@@ -28,7 +28,8 @@ pub async fn check_all<S: TicketStore>(store: &S, prefix: &str, owner: &str, age
     let stale = super::Epoch { value: format!("{}-stale", now_ms - 1), created_ms: now_ms - 1 };
     assert!(matches!(store.claim(&keys, &record("d1"), HOUR, HOUR, &stale).await.unwrap(), Claim::EpochChanged));
     let view = store.read(&keys, 0).await.unwrap();
-    assert!(view.record.is_none() && !view.lease_alive && view.logs.is_empty() && view.stored_lines == 0);
+    assert!(view.record.is_none() && !view.lease_alive && view.logs.is_empty() && view.last_stored == 0);
+    assert_eq!(view.lines_written, None);
 
     // Exactly one claim wins; the others see its record, as written.
     let first = record("d1");
@@ -63,18 +64,21 @@ pub async fn check_all<S: TicketStore>(store: &S, prefix: &str, owner: &str, age
     store.append_logs(&keys, &[line(1), line(2)], HOUR).await.unwrap();
     store.append_logs(&keys, &[line(3)], HOUR).await.unwrap();
     let view = store.read(&keys, 0).await.unwrap();
-    assert_eq!((view.logs.iter().map(|l| l.seq).collect::<Vec<_>>(), view.stored_lines), (vec![1, 2, 3], 3));
+    assert_eq!((view.logs.iter().map(|l| l.seq).collect::<Vec<_>>(), view.last_stored), (vec![1, 2, 3], 3));
+    assert_eq!(view.lines_written, None, "a running ticket");
     assert_eq!(store.read(&keys, 2).await.unwrap().logs, vec![line(3)]);
     assert!(store.read(&keys, 3).await.unwrap().logs.is_empty());
 
-    // The run ends: record complete, lease and running entry released, output kept.
+    // The run ends by itself: record complete, lease and running entry released, output kept,
+    // and how many lines it wrote kept with the record.
     let done = first.completed(0);
-    assert!(store.compare_and_set(&keys, &running, &done, None, Release::Lease).await.unwrap());
+    let ended = Release::Ended { lines_written: 5 };
+    assert!(store.compare_and_set(&keys, &running, &done, None, ended).await.unwrap());
     assert!(!store.compare_and_set(&keys, &running, &first.completed(1), None, Release::Lease).await.unwrap());
     let view = store.read(&keys, 0).await.unwrap();
     assert_eq!(view.record.as_ref().map(|(r, _)| r), Some(&done));
     assert!(!view.lease_alive);
-    assert_eq!(view.stored_lines, 3);
+    assert_eq!((view.last_stored, view.lines_written), (3, Some(5)));
     assert!(!store.running_tickets(agent_id).await.unwrap().contains(&keys.ticket));
 
     // Completed: a tombstone, output and cancel flag dropped.
@@ -84,7 +88,7 @@ pub async fn check_all<S: TicketStore>(store: &S, prefix: &str, owner: &str, age
     let view = store.read(&keys, 0).await.unwrap();
     let (read, raw) = view.record.expect("the tombstone stays");
     assert!(read.tombstone && raw == buried.encode());
-    assert!(view.logs.is_empty() && view.stored_lines == 0);
+    assert!(view.logs.is_empty() && view.last_stored == 0 && view.lines_written.is_none());
     assert!(!store.renew_lease(&keys, owner, HOUR).await.unwrap().cancel_requested);
     assert!(matches!(store.claim(&keys, &first, HOUR, HOUR, &epoch).await.unwrap(), Claim::Existing { .. }));
 
@@ -96,6 +100,26 @@ pub async fn check_all<S: TicketStore>(store: &S, prefix: &str, owner: &str, age
         other => panic!("a claim after a cancel must find its tombstone: {other:?}"),
     }
     assert_eq!(store.cancel(&keys, &tombstone, HOUR, HOUR).await.unwrap(), Cancel::Flagged);
+
+    // Lines the store lost (here never stored: 3 and 4, and the tail after 6) leave gaps: lines
+    // are read by their sequence numbers, wherever they sit, and a run lost with its process
+    // (Release::Lease) records no count.
+    let keys = store.keys(&format!("{prefix}-d"));
+    assert!(matches!(store.claim(&keys, &record("d4"), HOUR, HOUR, &epoch).await.unwrap(), Claim::Won));
+    store.append_logs(&keys, &[line(1), line(2)], HOUR).await.unwrap();
+    store.append_logs(&keys, &[line(5), line(6)], HOUR).await.unwrap();
+    let seqs = |view: super::TicketView| (view.logs.iter().map(|l| l.seq).collect::<Vec<_>>(), view.last_stored);
+    assert_eq!(seqs(store.read(&keys, 0).await.unwrap()), (vec![1, 2, 5, 6], 6));
+    for after in [2, 3, 4] {
+        assert_eq!(seqs(store.read(&keys, after).await.unwrap()), (vec![5, 6], 6), "after {after}");
+    }
+    assert_eq!(seqs(store.read(&keys, 5).await.unwrap()), (vec![6], 6), "line 6 sits at position 3");
+    assert_eq!(seqs(store.read(&keys, 6).await.unwrap()), (vec![], 6));
+    assert_eq!(seqs(store.read(&keys, 9).await.unwrap()), (vec![], 6));
+    let raw = record("d4").encode();
+    let lost = record("d4").completed(crate::exit_code::UNKNOWN_RESULT);
+    assert!(store.compare_and_set(&keys, &raw, &lost, None, Release::Lease).await.unwrap());
+    assert_eq!(store.read(&keys, 6).await.unwrap().lines_written, None);
 
     // The running set forgets on request.
     let keys = store.keys(&format!("{prefix}-c"));

@@ -359,7 +359,7 @@ fn publish(world: &mut World, s: usize, request: &Request, not_after: u64, attem
 /// Lines the user is told the store lost: up to where.
 fn lost_told(world: &mut World, s: usize, notice: &str) {
     let ticket = world.subs[s].ticket.clone();
-    let seen = world.subs[s].seen;
+    let seen = world.subs[s].seen.max(world.subs[s].lost_to);
     let told = (seen + 1..=world.oracle.lines_of(&ticket))
         .rev()
         .find(|&to| notice == submission::lost_lines_notice(&Ticket::parse(&ticket).expect("a ticket"), seen + 1, to));
@@ -393,7 +393,8 @@ fn shown(world: &mut World, s: usize, line: &LogLine) {
 fn finish(world: &mut World, s: usize, outcome: Outcome) {
     world.log(format!("submission {s} ends: {outcome:?}"));
     world.subs[s].machine = None;
-    let seen = world.subs[s].seen;
+    // Lines named lost count as seen: the user was told of them.
+    let seen = world.subs[s].seen.max(world.subs[s].lost_to);
     let ticket = world.subs[s].ticket.clone();
     for problem in world.oracle.check_outcome(&ticket, &outcome, seen) {
         world.violation(format!("submission {s}: {problem}"));

@@ -872,8 +872,9 @@ impl World {
             }
             if let Some(exit) = run.ended {
                 let done = run.record.completed(exit);
-                let written = ready(self.store.compare_and_set(&run.keys, &run.raw, &done, None, Release::Lease))
-                    .expect("memory store");
+                let ended = Release::Ended { lines_written: run.next_seq - 1 };
+                let written =
+                    ready(self.store.compare_and_set(&run.keys, &run.raw, &done, None, ended)).expect("memory store");
                 finished = true;
                 events.push(RunEvent::Ended { exit, written });
             }

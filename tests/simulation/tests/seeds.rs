@@ -4,21 +4,17 @@
 use simulation::world::Exclude;
 use std::process::Command;
 
-/// The store faults whose findings are still open (README, "Simulation"): left out of the runs
-/// that must pass until they are fixed.
-fn without_open_findings() -> Exclude {
-    Exclude { failover: true, restart_empty: true }
-}
-
+/// Every fault on, the store's failovers and restarts without persistence included.
 #[test]
 fn a_thousand_seeds_keep_every_invariant() {
-    let summary = simulation::run(0, 1_000, &without_open_findings());
+    let summary = simulation::run(0, 1_000, &Exclude::default());
     if let Some(failure) = &summary.failure {
         panic!("seed {} violates {:?}:\n{}", failure.seed, failure.violations, failure.trace.join("\n"));
     }
     assert_eq!(summary.seeds, 1_000);
     let c = summary.counts;
     assert!(c.scripts > 1_000 && c.dropped > 0 && c.duplicated > 0 && c.reordered > 0 && c.crashes > 0, "{c:?}");
+    assert!(c.store_losses > 0, "{c:?}");
 }
 
 #[test]
