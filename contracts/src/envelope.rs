@@ -25,6 +25,11 @@ pub struct Envelope<B> {
     /// Unix ms after which the receiver must not act on it (commands only).
     #[serde(default)]
     pub not_after: Option<u64>,
+    /// The sender's X25519 share for a session ([`crate::session`]): in a signed command, the
+    /// dispatcher's offer; in the signed answer to it, the agent's acceptance. Absent otherwise
+    /// (and then not written, so such messages are byte for byte as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_share: Option<serde_bytes::ByteBuf>,
     pub body: B,
 }
 
@@ -37,6 +42,7 @@ impl<B> Envelope<B> {
             target: target.to_owned(),
             issued_at,
             not_after,
+            key_share: None,
             body,
         }
     }
@@ -50,6 +56,7 @@ impl<B> Envelope<B> {
             target: self.target.clone(),
             issued_at: self.issued_at,
             not_after: self.not_after,
+            key_share: self.key_share.clone(),
             body,
         }
     }
@@ -118,7 +125,19 @@ impl Request {
         issued_at: u64,
         not_after: Option<u64>,
     ) -> Result<(Envelope<()>, Vec<u8>), CodecError> {
-        let header = Envelope::new(self.kind(), target, issued_at, not_after, ());
+        self.encode_offering(target, issued_at, not_after, None)
+    }
+
+    /// [`Request::encode`], offering a session with `key_share` ([`crate::session::Offer`]).
+    pub fn encode_offering(
+        &self,
+        target: &str,
+        issued_at: u64,
+        not_after: Option<u64>,
+        key_share: Option<&crate::session::KeyShare>,
+    ) -> Result<(Envelope<()>, Vec<u8>), CodecError> {
+        let mut header = Envelope::new(self.kind(), target, issued_at, not_after, ());
+        header.key_share = key_share.map(|share| serde_bytes::ByteBuf::from(share.to_vec()));
         let bytes = match self {
             Request::GetCapabilities(b) => header.with_body(b).encode(),
             Request::StartScriptV2(b) => header.with_body(b).encode(),
@@ -195,9 +214,21 @@ impl Reply {
         }
     }
 
-    /// Encodes the reply to a request with the given header.
+    /// Encodes the reply of agent `target`.
     pub fn encode(&self, target: &str, issued_at: u64) -> Result<Vec<u8>, CodecError> {
-        let header = Envelope::new(self.kind(), target, issued_at, None, ());
+        self.encode_accepting(target, issued_at, None)
+    }
+
+    /// [`Reply::encode`], accepting the session its request offered with `key_share`
+    /// ([`crate::session::accept`]).
+    pub fn encode_accepting(
+        &self,
+        target: &str,
+        issued_at: u64,
+        key_share: Option<&crate::session::KeyShare>,
+    ) -> Result<Vec<u8>, CodecError> {
+        let mut header = Envelope::new(self.kind(), target, issued_at, None, ());
+        header.key_share = key_share.map(|share| serde_bytes::ByteBuf::from(share.to_vec()));
         match self {
             Reply::Capabilities(b) => header.with_body(b).encode(),
             Reply::ScriptStatus(b) => header.with_body(b).encode(),
@@ -213,9 +244,14 @@ impl Reply {
 
     /// Decodes a reply and the agent id it names as its sender (its envelope's `target`).
     pub fn decode_with_sender(bytes: &[u8]) -> Result<(String, Reply), CodecError> {
+        Self::decode_with_header(bytes).map(|(header, reply)| (header.target, reply))
+    }
+
+    /// Decodes a reply and its envelope (the sender's id, a session's share).
+    pub fn decode_with_header(bytes: &[u8]) -> Result<(Envelope<()>, Reply), CodecError> {
         let header = decode_header(bytes)?;
         let reply = Self::decode_body(&header, bytes)?;
-        Ok((header.target, reply))
+        Ok((header, reply))
     }
 
     fn decode_body(header: &Envelope<()>, bytes: &[u8]) -> Result<Reply, CodecError> {

@@ -21,6 +21,10 @@ pub enum ErrorKind {
     StoreReset,
     /// The agent is stopping and takes no new work.
     ShuttingDown,
+    /// The command was MAC'd in a session the agent does not hold (it restarted, or let the
+    /// session expire): nothing ran; the dispatcher sends it again signed
+    /// ([`crate::session`]).
+    UnknownSession,
     /// The agent failed in an unexpected way while serving the request.
     Internal,
     /// A kind from a newer peer.

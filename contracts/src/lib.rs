@@ -21,7 +21,8 @@
 //! - [`transfer`]: file transfer in chunks (upload, download), resumable and verified.
 //! - [`tls`]: TLS files (CA, client certificate and key) for the broker and the store.
 //! - [`topology`]: exchange, queue and routing names, queue arguments and protocol limits.
-//! - [`trust`]: Ed25519 keys, signed commands and answers, trusted-keys and known-agents files.
+//! - [`trust`]: Ed25519 keys, signed commands and answers, trusted-keys and known-agents files;
+//!   [`session`]: a key agreed under both signatures once, then a MAC per message.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -34,6 +35,7 @@ pub mod messages;
 pub mod metrics;
 pub mod outcome;
 pub mod presence;
+pub mod session;
 pub mod status;
 pub mod store;
 pub mod submission;

@@ -153,6 +153,7 @@ pub fn refusal_reason(kind: ErrorKind) -> &'static str {
         ErrorKind::StoreUnavailable => "store_unavailable",
         ErrorKind::StoreReset => "store_reset",
         ErrorKind::ShuttingDown => "shutting_down",
+        ErrorKind::UnknownSession => "unknown_session",
         ErrorKind::Internal => "internal",
         ErrorKind::Unknown => "unknown",
     }

@@ -5,7 +5,9 @@
 //!   `ed25519:<base64 of its 32 bytes>`, and named in headers and logs by its [`KeyId`] (the first
 //!   8 bytes of its SHA-256, in hex).
 //! - The msgpack body is unchanged, so old readers keep working; the AMQP headers
-//!   [`KEY_HEADER`] and [`SIGNATURE_HEADER`] carry a [`Seal`] (key id and signature).
+//!   [`KEY_HEADER`] and [`SIGNATURE_HEADER`] carry a [`Seal`] (key id and signature), or, between
+//!   a dispatcher and an agent that agreed a [`crate::session`], [`SESSION_HEADER`] and
+//!   [`MAC_HEADER`] carry one (session id and HMAC over the same bytes).
 //! - A command's signature covers [`COMMAND_CONTEXT`] and the whole body (every envelope field:
 //!   kind, message id, target, `issued_at`, `not_after`, and the kind's body with its ticket); an
 //!   answer's covers [`ANSWER_CONTEXT`], the message id of the request it answers, and its body, so
@@ -22,6 +24,7 @@
 //! Secret keys and signatures never appear in `Debug` output or messages; only key ids do.
 
 use crate::envelope::Envelope;
+use crate::session::{Session, SessionId, MAC_HEADER, SESSION_HEADER};
 use crate::topology::CLOCK_SKEW_ALLOWANCE_MS;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -73,6 +76,10 @@ impl KeyId {
         hex::decode_to_slice(hex_id, &mut id).ok()?;
         Some(KeyId(id))
     }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl fmt::Display for KeyId {
@@ -117,8 +124,8 @@ impl PublicKey {
         self.id
     }
 
-    fn verifies(&self, message: &[u8], seal: &Seal) -> bool {
-        self.key.verify_strict(message, &Signature::from_bytes(&seal.signature)).is_ok()
+    fn verifies(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        self.key.verify_strict(message, &Signature::from_bytes(signature)).is_ok()
     }
 }
 
@@ -233,7 +240,7 @@ impl SecretKey {
     }
 
     fn seal(&self, message: &[u8]) -> Seal {
-        Seal { key: self.public.id, signature: self.key.sign(message).to_bytes() }
+        Seal::Signature { key: self.public.id, signature: self.key.sign(message).to_bytes() }
     }
 }
 
@@ -250,36 +257,74 @@ pub fn read_file(path: &Path) -> Result<String, KeyError> {
     std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })
 }
 
-/// A signature and the id of the key that made it, as carried in the AMQP headers.
+/// What vouches for a message, as carried in the AMQP headers: a signature and the id of the key
+/// that made it, or a MAC under a [`Session`] and the session's id.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Seal {
-    pub key: KeyId,
-    signature: [u8; 64],
+pub enum Seal {
+    Signature { key: KeyId, signature: [u8; 64] },
+    Mac { session: SessionId, tag: [u8; 32] },
 }
 
 impl fmt::Debug for Seal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Seal(by {})", self.key)
+        match self {
+            Seal::Signature { key, .. } => write!(f, "Seal(by {key})"),
+            Seal::Mac { session, .. } => write!(f, "Seal(in session {session})"),
+        }
     }
 }
 
+/// The seal headers of a message, as read: [`KEY_HEADER`], [`SIGNATURE_HEADER`],
+/// [`SESSION_HEADER`], [`MAC_HEADER`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SealHeaders<'a> {
+    pub key: Option<&'a str>,
+    pub signature: Option<&'a str>,
+    pub session: Option<&'a str>,
+    pub mac: Option<&'a str>,
+}
+
 impl Seal {
-    /// The header values: ([`KEY_HEADER`], [`SIGNATURE_HEADER`]).
-    pub fn to_headers(&self) -> (String, String) {
-        (self.key.to_string(), BASE64.encode(self.signature))
+    /// The key that signed, for a signature.
+    pub fn signer(&self) -> Option<KeyId> {
+        match self {
+            Seal::Signature { key, .. } => Some(*key),
+            Seal::Mac { .. } => None,
+        }
     }
 
-    /// Reads the headers; `Ok(None)` when neither is there (an unsigned message).
-    pub fn from_headers(key: Option<&str>, signature: Option<&str>) -> Result<Option<Seal>, String> {
-        let (key, signature) = match (key, signature) {
-            (None, None) => return Ok(None),
-            (Some(key), Some(signature)) => (key, signature),
-            _ => return Err(format!("one of {KEY_HEADER} and {SIGNATURE_HEADER} without the other")),
-        };
-        let key = KeyId::parse(key).ok_or_else(|| format!("{KEY_HEADER} is not a key id"))?;
-        let bytes = BASE64.decode(signature).map_err(|_| format!("{SIGNATURE_HEADER} is not base64"))?;
-        let signature = bytes.try_into().map_err(|_| format!("{SIGNATURE_HEADER} is not 64 bytes"))?;
-        Ok(Some(Seal { key, signature }))
+    /// The headers that carry it: names and values.
+    pub fn to_headers(&self) -> [(&'static str, String); 2] {
+        match self {
+            Seal::Signature { key, signature } => {
+                [(KEY_HEADER, key.to_string()), (SIGNATURE_HEADER, BASE64.encode(signature))]
+            }
+            Seal::Mac { session, tag } => [(SESSION_HEADER, session.to_string()), (MAC_HEADER, BASE64.encode(tag))],
+        }
+    }
+
+    /// Reads the headers; `Ok(None)` when none is there (an unsigned message).
+    pub fn from_headers(headers: SealHeaders<'_>) -> Result<Option<Seal>, String> {
+        let decode = |name: &str, value: &str| BASE64.decode(value).map_err(|_| format!("{name} is not base64"));
+        match headers {
+            SealHeaders { key: None, signature: None, session: None, mac: None } => Ok(None),
+            SealHeaders { key: Some(key), signature: Some(signature), session: None, mac: None } => {
+                let key = KeyId::parse(key).ok_or_else(|| format!("{KEY_HEADER} is not a key id"))?;
+                let signature = decode(SIGNATURE_HEADER, signature)?
+                    .try_into()
+                    .map_err(|_| format!("{SIGNATURE_HEADER} is not 64 bytes"))?;
+                Ok(Some(Seal::Signature { key, signature }))
+            }
+            SealHeaders { key: None, signature: None, session: Some(session), mac: Some(mac) } => {
+                let session =
+                    SessionId::parse(session).ok_or_else(|| format!("{SESSION_HEADER} is not a session id"))?;
+                let tag = decode(MAC_HEADER, mac)?.try_into().map_err(|_| format!("{MAC_HEADER} is not 32 bytes"))?;
+                Ok(Some(Seal::Mac { session, tag }))
+            }
+            _ => Err(format!(
+                "expected {KEY_HEADER} with {SIGNATURE_HEADER}, or {SESSION_HEADER} with {MAC_HEADER}, and nothing else"
+            )),
+        }
     }
 }
 
@@ -444,6 +489,10 @@ pub enum Refusal {
     WindowTooLong { window_ms: u64 },
     #[error("expired: its not_after has passed")]
     Expired,
+    #[error("session {0} is not one this agent holds (it restarted or let it expire): send the command signed")]
+    UnknownSession(SessionId),
+    #[error("the MAC of session {0} does not verify: the command was altered, or not made in that session")]
+    BadMac(SessionId),
 }
 
 fn fmt_ms(ms: u64) -> String {
@@ -453,10 +502,21 @@ fn fmt_ms(ms: u64) -> String {
 impl Refusal {
     /// The reason a refusal is counted under (`cuttle_commands_refused_total`): `Expired` for a
     /// command past its deadline, so that a stale queue is told apart from commands nobody
-    /// trusted; `NotAuthorized` for everything else. The answer is `NotAuthorized` for all.
+    /// trusted, and `UnknownSession` for a session forgotten (after a restart: not an attack);
+    /// `NotAuthorized` for everything else.
     pub fn counted_as(&self) -> crate::ErrorKind {
         match self {
             Refusal::Expired => crate::ErrorKind::Expired,
+            Refusal::UnknownSession(_) => crate::ErrorKind::UnknownSession,
+            _ => crate::ErrorKind::NotAuthorized,
+        }
+    }
+
+    /// The kind of the answer: `UnknownSession` tells the dispatcher to sign the command and
+    /// send it again; every other refusal is `NotAuthorized`.
+    pub fn answered_as(&self) -> crate::ErrorKind {
+        match self {
+            Refusal::UnknownSession(_) => crate::ErrorKind::UnknownSession,
             _ => crate::ErrorKind::NotAuthorized,
         }
     }
@@ -467,29 +527,44 @@ impl Refusal {
 pub enum Origin {
     /// Signed by this trusted key.
     Key(KeyId),
+    /// MAC'd in a session this trusted key offered.
+    Session { key: KeyId, session: SessionId },
     /// Unsigned, and the agent accepts unsigned commands (`--insecure-allow-unsigned`).
     Unsigned,
 }
 
 /// The agent's first check, on the raw body before it is decoded: a seal by a trusted key that
-/// verifies over the whole body. Unsigned commands pass only when `allow_unsigned`; a seal that
-/// is present but does not verify is refused even then.
+/// verifies over the whole body, or a MAC over it in `session`, the session the seal names as
+/// the agent holds it (`None` if it holds none by that id), offered by a key still trusted.
+/// Unsigned commands pass only when `allow_unsigned`; a seal that is present but does not
+/// verify is refused even then.
 pub fn check_command_seal(
     trusted: &TrustedKeys,
     allow_unsigned: bool,
     seal: Result<Option<Seal>, String>,
     body: &[u8],
+    session: Option<&Session>,
 ) -> Result<Origin, Refusal> {
-    let seal = match seal.map_err(Refusal::BadHeaders)? {
-        None if allow_unsigned => return Ok(Origin::Unsigned),
-        None => return Err(Refusal::Unsigned),
-        Some(seal) => seal,
-    };
-    let key = trusted.get(seal.key).ok_or(Refusal::UntrustedKey(seal.key))?;
-    if !key.verifies(&[COMMAND_CONTEXT, body].concat(), &seal) {
-        return Err(Refusal::BadSignature(seal.key));
+    match seal.map_err(Refusal::BadHeaders)? {
+        None if allow_unsigned => Ok(Origin::Unsigned),
+        None => Err(Refusal::Unsigned),
+        Some(Seal::Signature { key, signature }) => {
+            let public = trusted.get(key).ok_or(Refusal::UntrustedKey(key))?;
+            if !public.verifies(&[COMMAND_CONTEXT, body].concat(), &signature) {
+                return Err(Refusal::BadSignature(key));
+            }
+            Ok(Origin::Key(key))
+        }
+        Some(Seal::Mac { session: id, tag }) => {
+            let session = session.filter(|s| s.id() == id).ok_or(Refusal::UnknownSession(id))?;
+            let key = session.dispatcher_key();
+            trusted.get(key).ok_or(Refusal::UntrustedKey(key))?;
+            if !session.verifies(&[COMMAND_CONTEXT, body], &tag) {
+                return Err(Refusal::BadMac(id));
+            }
+            Ok(Origin::Session { key, session: id })
+        }
     }
-    Ok(Origin::Key(seal.key))
 }
 
 /// The agent's checks of a signed command's envelope, once its seal verified: addressed to this
@@ -526,26 +601,45 @@ pub enum Forged {
     UnpinnedKey(KeyId),
     #[error("the signature by key {0} does not verify (altered, or signed for another request or message)")]
     BadSignature(KeyId),
+    #[error("MAC'd in session {0}, which is not the one this request was sent in")]
+    OtherSession(SessionId),
+    #[error("the MAC of session {0} does not verify (altered, or made for another request)")]
+    BadMac(SessionId),
 }
 
 /// How an answer or announcement was believed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Believed {
-    /// Signed by this pinned key (for this request, if an answer).
+    /// Signed by this pinned key (for this request, if an answer), or MAC'd in the session the
+    /// request was sent in, which this pinned key agreed.
     Key(KeyId),
     /// From an agent pinned as legacy, which cannot sign.
     Legacy,
 }
 
 /// The dispatcher's check of an answer (`body`) to its request `request_id`: it counts only if
-/// sealed by a key pinned for the target asked, over this request's id and this body.
+/// sealed by a key pinned for the target asked, over this request's id and this body; or MAC'd
+/// so in `session`, the session the request was sent in, agreed by a key still pinned.
 pub fn check_answer(
     pin: &Pin,
     request_id: &str,
     seal: Result<Option<Seal>, String>,
     body: &[u8],
+    session: Option<&Session>,
 ) -> Result<Believed, Forged> {
-    check_pinned(pin, seal, || answer_message(request_id, body))
+    let (id, tag) = match (&seal, pin) {
+        (Ok(Some(Seal::Mac { session, tag })), Pin::Keys(_)) => (*session, *tag),
+        _ => return check_pinned(pin, seal, || answer_message(request_id, body)),
+    };
+    let session = session.filter(|s| s.id() == id).ok_or(Forged::OtherSession(id))?;
+    let key = session.agent_key();
+    if !matches!(pin, Pin::Keys(keys) if keys.iter().any(|k| k.id() == key)) {
+        return Err(Forged::UnpinnedKey(key));
+    }
+    if !session.verifies(&[ANSWER_CONTEXT, request_id.as_bytes(), body], &tag) {
+        return Err(Forged::BadMac(id));
+    }
+    Ok(Believed::Key(key))
 }
 
 /// The dispatcher's check of a presence announcement (`body`): it counts only if sealed by a key
@@ -565,27 +659,31 @@ fn check_pinned(
         Pin::Legacy => return Ok(Believed::Legacy),
         Pin::Keys(keys) => keys,
     };
-    let seal = seal.map_err(Forged::BadHeaders)?.ok_or(Forged::Unsigned)?;
-    let key = keys.iter().find(|k| k.id() == seal.key).ok_or(Forged::UnpinnedKey(seal.key))?;
-    if !key.verifies(&message(), &seal) {
-        return Err(Forged::BadSignature(seal.key));
+    let (key, signature) = match seal.map_err(Forged::BadHeaders)?.ok_or(Forged::Unsigned)? {
+        Seal::Signature { key, signature } => (key, signature),
+        // Announcements are always signed, and answers MAC'd only in the request's session.
+        Seal::Mac { session, .. } => return Err(Forged::OtherSession(session)),
+    };
+    let public = keys.iter().find(|k| k.id() == key).ok_or(Forged::UnpinnedKey(key))?;
+    if !public.verifies(&message(), &signature) {
+        return Err(Forged::BadSignature(key));
     }
-    Ok(Believed::Key(seal.key))
+    Ok(Believed::Key(key))
 }
 
 /// The AMQP headers that carry a [`Seal`] (feature `amqp`).
 #[cfg(feature = "amqp")]
 pub mod amqp {
-    use super::{Seal, KEY_HEADER, SIGNATURE_HEADER};
+    use super::{Seal, SealHeaders, KEY_HEADER, MAC_HEADER, SESSION_HEADER, SIGNATURE_HEADER};
     use lapin::types::{AMQPValue, FieldTable};
     use lapin::BasicProperties;
 
     /// `properties` with the seal's headers added.
     pub fn with_seal(properties: BasicProperties, seal: &Seal) -> BasicProperties {
-        let (key, signature) = seal.to_headers();
         let mut headers = FieldTable::default();
-        headers.insert(KEY_HEADER.into(), AMQPValue::LongString(key.into()));
-        headers.insert(SIGNATURE_HEADER.into(), AMQPValue::LongString(signature.into()));
+        for (name, value) in seal.to_headers() {
+            headers.insert(name.into(), AMQPValue::LongString(value.into()));
+        }
         properties.with_headers(headers)
     }
 
@@ -595,7 +693,13 @@ pub mod amqp {
             AMQPValue::LongString(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
             _ => None,
         };
-        Seal::from_headers(text(KEY_HEADER).as_deref(), text(SIGNATURE_HEADER).as_deref())
+        let [key, signature, session, mac] = [KEY_HEADER, SIGNATURE_HEADER, SESSION_HEADER, MAC_HEADER].map(text);
+        Seal::from_headers(SealHeaders {
+            key: key.as_deref(),
+            signature: signature.as_deref(),
+            session: session.as_deref(),
+            mac: mac.as_deref(),
+        })
     }
 }
 
@@ -693,9 +797,13 @@ mod tests {
         let trusted = TrustedKeys::of([*dispatcher.public()]);
         let body = start_bytes("web-01");
         let seal = dispatcher.seal_command(&body);
-        let (key_header, sig_header) = seal.to_headers();
-        let read = Seal::from_headers(Some(&key_header), Some(&sig_header));
-        assert_eq!(check_command_seal(&trusted, false, read, &body), Ok(Origin::Key(dispatcher.id())));
+        let [(_, key_header), (_, sig_header)] = seal.to_headers();
+        let read = Seal::from_headers(SealHeaders {
+            key: Some(&key_header),
+            signature: Some(&sig_header),
+            ..Default::default()
+        });
+        assert_eq!(check_command_seal(&trusted, false, read, &body, None), Ok(Origin::Key(dispatcher.id())));
         let (header, _) = crate::Request::decode(&body).unwrap();
         assert_eq!(check_command_header(&header, ME, 30_000), Ok(()));
     }
@@ -705,28 +813,35 @@ mod tests {
         let (dispatcher, stranger) = (key(1), key(2));
         let trusted = TrustedKeys::of([*dispatcher.public()]);
         let body = start_bytes("web-01");
-        assert_eq!(check_command_seal(&trusted, false, Ok(None), &body), Err(Refusal::Unsigned));
-        assert_eq!(check_command_seal(&trusted, true, Ok(None), &body), Ok(Origin::Unsigned));
+        assert_eq!(check_command_seal(&trusted, false, Ok(None), &body, None), Err(Refusal::Unsigned));
+        assert_eq!(check_command_seal(&trusted, true, Ok(None), &body, None), Ok(Origin::Unsigned));
         let foreign = stranger.seal_command(&body);
         assert_eq!(
-            check_command_seal(&trusted, true, Ok(Some(foreign)), &body),
+            check_command_seal(&trusted, true, Ok(Some(foreign)), &body, None),
             Err(Refusal::UntrustedKey(stranger.id()))
         );
         let answer_seal = dispatcher.seal_answer("", &body);
         assert_eq!(
-            check_command_seal(&trusted, true, Ok(Some(answer_seal)), &body),
+            check_command_seal(&trusted, true, Ok(Some(answer_seal)), &body, None),
             Err(Refusal::BadSignature(dispatcher.id())),
             "an answer's signature is no command's"
         );
         assert!(matches!(
-            check_command_seal(&trusted, true, Seal::from_headers(Some("00"), None), &body),
+            check_command_seal(
+                &trusted,
+                true,
+                Seal::from_headers(SealHeaders { key: Some("00"), ..Default::default() }),
+                &body,
+                None
+            ),
             Err(Refusal::BadHeaders(_))
         ));
-        assert!(Seal::from_headers(Some("0011223344556677"), Some("AAAA")).is_err());
+        let headers = |key, signature| SealHeaders { key: Some(key), signature: Some(signature), ..Default::default() };
+        assert!(Seal::from_headers(headers("0011223344556677", "AAAA")).is_err());
         // Revoked: the key is no longer in the file.
         let seal = dispatcher.seal_command(&body);
         assert_eq!(
-            check_command_seal(&TrustedKeys::default(), false, Ok(Some(seal)), &body),
+            check_command_seal(&TrustedKeys::default(), false, Ok(Some(seal)), &body, None),
             Err(Refusal::UntrustedKey(dispatcher.id()))
         );
     }
@@ -761,18 +876,21 @@ mod tests {
         let pin = Pin::Keys(vec![*agent.public()]);
         let body = b"answer".to_vec();
         let seal = agent.seal_answer("req-1", &body);
-        assert_eq!(check_answer(&pin, "req-1", Ok(Some(seal.clone())), &body), Ok(Believed::Key(agent.id())));
+        assert_eq!(check_answer(&pin, "req-1", Ok(Some(seal.clone())), &body, None), Ok(Believed::Key(agent.id())));
         assert_eq!(
-            check_answer(&pin, "req-2", Ok(Some(seal)), &body),
+            check_answer(&pin, "req-2", Ok(Some(seal)), &body, None),
             Err(Forged::BadSignature(agent.id())),
             "an old answer replayed to another request"
         );
-        assert_eq!(check_answer(&pin, "req-1", Ok(None), &body), Err(Forged::Unsigned));
+        assert_eq!(check_answer(&pin, "req-1", Ok(None), &body, None), Err(Forged::Unsigned));
         let impostor = other.seal_answer("req-1", &body);
-        assert_eq!(check_answer(&pin, "req-1", Ok(Some(impostor)), &body), Err(Forged::UnpinnedKey(other.id())));
-        assert_eq!(check_answer(&Pin::Legacy, "req-1", Ok(None), &body), Ok(Believed::Legacy));
+        assert_eq!(check_answer(&pin, "req-1", Ok(Some(impostor)), &body, None), Err(Forged::UnpinnedKey(other.id())));
+        assert_eq!(check_answer(&Pin::Legacy, "req-1", Ok(None), &body, None), Ok(Believed::Legacy));
         let command_seal = agent.seal_command(&body);
-        assert!(check_answer(&pin, "", Ok(Some(command_seal)), &body).is_err(), "a command's signature is no answer's");
+        assert!(
+            check_answer(&pin, "", Ok(Some(command_seal)), &body, None).is_err(),
+            "a command's signature is no answer's"
+        );
     }
 
     #[test]
@@ -818,6 +936,63 @@ mod tests {
         assert!(check_announcement(pin, Ok(Some(command)), &body).is_err(), "nor is a command's");
     }
 
+    #[test]
+    fn commands_and_answers_in_a_session_count_only_with_its_mac_and_while_its_keys_are_trusted() {
+        use crate::session::{accept, Offer};
+        let (dispatcher, agent) = (key(1), key(5));
+        let trusted = TrustedKeys::of([*dispatcher.public()]);
+        let offer = Offer::new().unwrap();
+        let (share, agents) = accept("req-0", offer.share(), dispatcher.id(), agent.id()).unwrap();
+        let dispatchers = offer.complete("req-0", &share, dispatcher.id(), agent.id()).unwrap();
+        let body = start_bytes("web-01");
+        let seal = dispatchers.seal_command(&body);
+        let [(session_name, session), (mac_name, mac)] = seal.to_headers();
+        assert_eq!((session_name, mac_name), (SESSION_HEADER, MAC_HEADER));
+        let read = Seal::from_headers(SealHeaders { session: Some(&session), mac: Some(&mac), ..Default::default() });
+        assert_eq!(read, Ok(Some(seal.clone())));
+        let mixed = SealHeaders {
+            key: Some("0011223344556677"),
+            session: Some(&session),
+            mac: Some(&mac),
+            ..Default::default()
+        };
+        assert!(Seal::from_headers(mixed).is_err(), "a signature's headers and a MAC's together");
+        let check = |trusted: &TrustedKeys, body: &[u8], session| {
+            check_command_seal(trusted, false, Ok(Some(seal.clone())), body, session)
+        };
+        let origin = Origin::Session { key: dispatcher.id(), session: agents.id() };
+        assert_eq!(check(&trusted, &body, Some(&agents)), Ok(origin));
+        assert_eq!(check(&trusted, &body, None), Err(Refusal::UnknownSession(agents.id())));
+        assert_eq!(Refusal::UnknownSession(agents.id()).answered_as(), crate::ErrorKind::UnknownSession);
+        let other = accept("req-9", Offer::new().unwrap().share(), dispatcher.id(), agent.id()).unwrap().1;
+        assert_eq!(check(&trusted, &body, Some(&other)), Err(Refusal::UnknownSession(agents.id())));
+        let mut tampered = body.clone();
+        tampered[body.len() / 2] ^= 1;
+        assert_eq!(check(&trusted, &tampered, Some(&agents)), Err(Refusal::BadMac(agents.id())));
+        assert_eq!(
+            check(&TrustedKeys::default(), &body, Some(&agents)),
+            Err(Refusal::UntrustedKey(dispatcher.id())),
+            "a revoked key's sessions go with it"
+        );
+
+        let pin = Pin::Keys(vec![*agent.public()]);
+        let answer = agents.seal_answer("req-1", b"answer");
+        let believe = |pin: &Pin, request: &str, body: &[u8], session| {
+            check_answer(pin, request, Ok(Some(answer.clone())), body, session)
+        };
+        assert_eq!(believe(&pin, "req-1", b"answer", Some(&dispatchers)), Ok(Believed::Key(agent.id())));
+        assert_eq!(believe(&pin, "req-2", b"answer", Some(&dispatchers)), Err(Forged::BadMac(agents.id())));
+        assert_eq!(believe(&pin, "req-1", b"answer", None), Err(Forged::OtherSession(agents.id())));
+        assert_eq!(believe(&pin, "req-1", b"answer", Some(&other)), Err(Forged::OtherSession(agents.id())));
+        let repinned = Pin::Keys(vec![*dispatcher.public()]);
+        assert_eq!(believe(&repinned, "req-1", b"answer", Some(&dispatchers)), Err(Forged::UnpinnedKey(agent.id())));
+        assert!(
+            check_answer(&pin, "", Ok(Some(seal)), &body, Some(&dispatchers)).is_err(),
+            "a command's MAC is no answer's"
+        );
+        assert_eq!(check_announcement(&pin, Ok(Some(answer)), b"answer"), Err(Forged::OtherSession(agents.id())));
+    }
+
     proptest! {
         // Each case signs and verifies in a debug build: enough cases to hit every region of the body.
         #![proptest_config(ProptestConfig::with_cases(64))]
@@ -831,7 +1006,7 @@ mod tests {
             let mut tampered = body.clone();
             tampered[index.index(body.len())] ^= flip;
             prop_assert_eq!(
-                check_command_seal(&trusted, false, Ok(Some(seal)), &tampered),
+                check_command_seal(&trusted, false, Ok(Some(seal)), &tampered, None),
                 Err(Refusal::BadSignature(dispatcher.id()))
             );
         }
@@ -848,9 +1023,9 @@ mod tests {
             let seal = agent.seal_answer(&request, &body);
             let mut tampered = body.clone();
             tampered[index.index(body.len())] ^= flip;
-            prop_assert!(check_answer(&pin, &request, Ok(Some(seal.clone())), &tampered).is_err());
+            prop_assert!(check_answer(&pin, &request, Ok(Some(seal.clone())), &tampered, None).is_err());
             let other_request = format!("{request}x");
-            prop_assert!(check_answer(&pin, &other_request, Ok(Some(seal)), &body).is_err());
+            prop_assert!(check_answer(&pin, &other_request, Ok(Some(seal)), &body, None).is_err());
         }
     }
 }

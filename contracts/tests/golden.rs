@@ -33,6 +33,7 @@ fn current_start() -> Envelope<StartScriptV2> {
         target: "web-01".into(),
         issued_at: 1_795_000_000_000,
         not_after: Some(1_795_000_150_000),
+        key_share: None,
         body: StartScriptV2 {
             ticket: Ticket::parse("4f1c6a1e-0000-4000-8000-00000000abcd").unwrap(),
             spec: ScriptSpec {
@@ -249,6 +250,7 @@ fn transfer_messages_are_pinned_and_read_back() {
         target: "web-01".into(),
         issued_at: 1_795_000_000_000,
         not_after: Some(1_795_000_010_000),
+        key_share: None,
         body: (),
     };
     let sha256 = "ab".repeat(32);
@@ -293,6 +295,7 @@ fn the_v1_cancel_is_pinned_and_read_back_by_a_reader_of_v1_requests() {
         target: "web-01".into(),
         issued_at: 1_795_000_000_000,
         not_after: Some(1_795_000_030_000),
+        key_share: None,
         body: CancelScriptV1 { ticket: Ticket::parse("legacy-ticket-1").unwrap(), last_log_sequence: 12 },
     };
     let bytes = cancel.encode().unwrap();
@@ -315,4 +318,29 @@ fn the_v1_cancel_is_pinned_and_read_back_by_a_reader_of_v1_requests() {
         panic!("a v1 cancel")
     };
     assert_eq!(read.last_log_sequence, 0);
+}
+
+/// A session offer (and acceptance) is one more envelope field, `key_share`: a reader from before
+/// sessions decodes the message without it, and a message without a share is byte for byte what
+/// it was (the golden files above).
+#[test]
+fn a_key_share_is_a_field_that_readers_from_before_sessions_ignore() {
+    #[derive(Deserialize)]
+    struct BeforeSessions {
+        kind: String,
+        target: String,
+        not_after: Option<u64>,
+        body: StartScriptV2,
+    }
+    let mut offering = current_start();
+    offering.key_share = Some(serde_bytes::ByteBuf::from(vec![7; 32]));
+    let bytes = offering.encode().unwrap();
+    let before: BeforeSessions = rmp_serde::from_slice(&bytes).expect("an old reader reads it");
+    assert_eq!((before.kind.as_str(), before.target.as_str()), ("StartScriptV2", "web-01"));
+    assert_eq!((before.not_after, before.body), (offering.not_after, offering.body.clone()));
+    let (header, request) = Request::decode(&bytes).unwrap();
+    assert_eq!(header.key_share.as_deref().map(|s| &s[..]), Some(&[7u8; 32][..]));
+    assert_eq!(request, Request::StartScriptV2(offering.body));
+    let plain = current_start().encode().unwrap();
+    assert!(bytes.len() > plain.len() && !String::from_utf8_lossy(&plain).contains("key_share"));
 }

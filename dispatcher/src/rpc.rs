@@ -3,18 +3,22 @@
 //! channel carry every call in flight; a lost link is rebuilt on the next call.
 //!
 //! Every request is signed with the dispatcher's key, and a reply counts only if it is signed by
-//! the key pinned for the target asked, over this request's correlation id (DESIGN.md §7). Any
-//! other reply is a forged answer: reported (a warning, and in the error if no genuine answer
-//! comes in time) and ignored, while the call goes on waiting for the genuine one.
+//! the key pinned for the target asked, over this request's correlation id (DESIGN.md §7); or,
+//! once a request to an agent agreed a session with it, both are MAC'd in that session instead
+//! ([`contracts::session`]; a request the agent refuses for a session it no longer holds goes
+//! again, signed). Any other reply is a forged answer: reported (a warning, and in the error if
+//! no genuine answer comes in time) and ignored, while the call goes on waiting for the genuine
+//! one.
 
 use crate::error::RpcError;
 use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::trust::DispatcherTrust;
+use contracts::session::{Offer, Plan};
 use contracts::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO, SILENT_BROKER};
 use contracts::trust::amqp::{seal_of, with_seal};
 use contracts::trust::{self, Believed, Pin, Seal};
-use contracts::{unix_millis, AmqpEndpoints, Kind, Reply, Request};
+use contracts::{unix_millis, AmqpEndpoints, ErrorKind, Kind, Reply, Request};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -175,14 +179,66 @@ impl RpcClient {
         // The broker first: a broker that cannot be reached is the problem to report then.
         let link = self.current_link().await?;
         let (trust, pin) = self.trust_for(route)?;
+        let target = route.target();
+        let mut signed_again = false;
+        loop {
+            let plan = trust.session_plan(&target, &pin);
+            // No random bytes for an offer: the request goes signed only, as to an older agent.
+            let offer = matches!(plan, Plan::Offer).then(Offer::new).and_then(Result::ok);
+            let sent = Sent { trust, pin: &pin, plan: &plan, offer: offer.as_ref() };
+            let result = self.attempt(&link, route, request, timing, published, warn, sent).await;
+            match &result {
+                // Refused before anything ran, because the agent restarted or let the session go:
+                // the same request again, signed (with a new offer).
+                Err(RpcError::Agent { error, .. })
+                    if error.kind == ErrorKind::UnknownSession && matches!(plan, Plan::Mac(_)) && !signed_again =>
+                {
+                    signed_again = true;
+                    continue;
+                }
+                Ok(_) | Err(RpcError::Agent { .. }) => {}
+                Err(_) if offer.is_some() => trust.offer_unanswered(&target),
+                Err(_) => {}
+            }
+            return result;
+        }
+    }
+
+    /// One request of [`RpcClient::call_with_sender`], sealed as `sent` says.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        link: &Link,
+        route: &Route,
+        request: &Request,
+        timing: CallTiming,
+        published: &AtomicBool,
+        warn: Warn<'_>,
+        sent: Sent<'_>,
+    ) -> Result<(String, Reply), RpcError> {
+        let Sent { trust, pin, plan, offer } = sent;
+        let target = route.target();
         let now = SystemTime::now();
-        let (header, bytes) = request.encode(&route.target(), unix_millis(now), Some(unix_millis(timing.not_after)))?;
+        let (header, bytes) = request.encode_offering(
+            &target,
+            unix_millis(now),
+            Some(unix_millis(timing.not_after)),
+            offer.map(Offer::share),
+        )?;
         let expiration = timing.not_after.duration_since(now).unwrap_or_default().as_millis().max(1);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let correlation_id = header.message_id.clone();
         link.pending.lock().expect("pending poisoned").insert(correlation_id.clone(), tx);
         let _forget = ForgetOnDrop { pending: &link.pending, correlation_id: &correlation_id };
-        let properties = with_seal(BasicProperties::default(), &trust.seal_command(&bytes))
+        let session = match plan {
+            Plan::Mac(session) => Some(session),
+            Plan::Offer | Plan::Sign => None,
+        };
+        let seal = match session {
+            Some(session) => session.seal_command(&bytes),
+            None => trust.seal_command(&bytes),
+        };
+        let properties = with_seal(BasicProperties::default(), &seal)
             .with_reply_to(REPLY_TO.into())
             .with_correlation_id(correlation_id.as_str().into())
             .with_type(request.kind().as_str().into())
@@ -198,8 +254,8 @@ impl RpcClient {
             properties,
         );
         let confirm = match tokio::time::timeout(BROKER_CALL_TIMEOUT, async { publish.await?.await }).await {
-            Err(_) => return Err(self.broken(&link, RpcError::NotConfirmed("no confirm within 10s".into()))),
-            Ok(Err(error)) => return Err(self.broken(&link, RpcError::ConnectionLost(error.to_string()))),
+            Err(_) => return Err(self.broken(link, RpcError::NotConfirmed("no confirm within 10s".into()))),
+            Ok(Err(error)) => return Err(self.broken(link, RpcError::ConnectionLost(error.to_string()))),
             Ok(Ok(confirm)) => confirm,
         };
         match confirm {
@@ -208,7 +264,7 @@ impl RpcClient {
             // stale view of the queue and nack every later publish (seen with RabbitMQ 3.10): the
             // next attempt opens a new link instead of repeating on this one.
             Confirmation::Nack(_) => {
-                return Err(self.broken(&link, RpcError::NotConfirmed("the broker nacked the publish".into())));
+                return Err(self.broken(link, RpcError::NotConfirmed("the broker nacked the publish".into())));
             }
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
         }
@@ -225,22 +281,33 @@ impl RpcClient {
                         None => RpcError::NoReply { target, after },
                         Some(reason) => RpcError::Forged { target, after, reason },
                     };
-                    return Err(self.broken(&link, error));
+                    return Err(self.broken(link, error));
                 }
                 Ok(None) => return Err(RpcError::ConnectionLost("the reply channel closed".into())),
                 Ok(Some(raw)) => raw,
             };
-            match trust::check_answer(&pin, &correlation_id, raw.seal, &raw.body) {
+            match trust::check_answer(pin, &correlation_id, raw.seal, &raw.body, session) {
                 Ok(believed) => {
                     if let Some(message) =
-                        (believed == Believed::Legacy).then(|| trust.legacy_warning(&route.target())).flatten()
+                        (believed == Believed::Legacy).then(|| trust.legacy_warning(&target)).flatten()
                     {
                         tracing::debug!(target = %route, "{message}");
                         warn(message);
                     }
-                    return match Reply::decode_with_sender(&raw.body)? {
-                        (_, Reply::Error(error)) => Err(RpcError::Agent { target: route.to_string(), error }),
-                        answered => Ok(answered),
+                    let (header, reply) = Reply::decode_with_header(&raw.body)?;
+                    let refused = matches!(reply, Reply::Error(_));
+                    if let (Some(offer), Believed::Key(agent_key)) = (offer, believed) {
+                        let share = header.key_share.as_deref().map(|share| &share[..]);
+                        trust.offer_answered(&target, offer, &correlation_id, share, agent_key, refused);
+                    }
+                    return match reply {
+                        Reply::Error(error) => {
+                            if let (Some(session), ErrorKind::UnknownSession) = (session, error.kind) {
+                                trust.forget_session(&target, session.id());
+                            }
+                            Err(RpcError::Agent { target: route.to_string(), error })
+                        }
+                        reply => Ok((header.target, reply)),
                     };
                 }
                 Err(reason) => {
@@ -258,11 +325,16 @@ impl RpcClient {
     /// not awaited here but by [`RpcClient::close`], so it overlaps whatever comes next.
     pub async fn send(&self, route: &Route, request: &Request, not_after: SystemTime) -> Result<(), RpcError> {
         let link = self.current_link().await?;
-        let (trust, _) = self.trust_for(route)?;
+        let (trust, pin) = self.trust_for(route)?;
         let now = SystemTime::now();
-        let (_, bytes) = request.encode(&route.target(), unix_millis(now), Some(unix_millis(not_after)))?;
+        let target = route.target();
+        let (_, bytes) = request.encode(&target, unix_millis(now), Some(unix_millis(not_after)))?;
         let expiration = not_after.duration_since(now).unwrap_or_default().as_millis().max(1);
-        let properties = with_seal(BasicProperties::default(), &trust.seal_command(&bytes))
+        let seal = match trust.session(&target, &pin) {
+            Some(session) => session.seal_command(&bytes),
+            None => trust.seal_command(&bytes),
+        };
+        let properties = with_seal(BasicProperties::default(), &seal)
             .with_type(request.kind().as_str().into())
             .with_content_type(CONTENT_TYPE.into())
             .with_delivery_mode(2)
@@ -313,6 +385,16 @@ impl RpcClient {
                 .await;
         }
     }
+}
+
+/// How one request is sealed: the dispatcher's key and the target's pin, and whether in a
+/// session, offering one, or signed only.
+#[derive(Clone, Copy)]
+struct Sent<'a> {
+    trust: &'a DispatcherTrust,
+    pin: &'a Pin,
+    plan: &'a Plan,
+    offer: Option<&'a Offer>,
 }
 
 /// Removes a call's reply slot however the call ends.

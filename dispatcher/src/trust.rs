@@ -1,10 +1,13 @@
-//! The dispatcher's side of trust (DESIGN.md §7): its key, which signs every command, and the
-//! agents it knows, whose pinned keys every answer must be signed by. The decisions are
-//! [`contracts::trust`]'s plain functions; this holds the keys and finds a target's pin,
-//! reading the known-agents file again when a target is not in it (so an agent enrolled while
-//! `dispatcher serve` runs is pinned without a restart).
+//! The dispatcher's side of trust (DESIGN.md §7): its key, which signs every command, the
+//! agents it knows, whose pinned keys every answer must be signed by, and the sessions agreed
+//! with them, in which commands and answers carry a MAC instead ([`contracts::session`]). The
+//! decisions are [`contracts::trust`]'s and [`contracts::session`]'s plain functions; this holds
+//! the keys and sessions and finds a target's pin, reading the known-agents file again when a
+//! target is not in it (so an agent enrolled while `dispatcher serve` runs is pinned without a
+//! restart).
 
-use contracts::trust::{KeyError, KnownAgents, Pin, Seal, SecretKey};
+use contracts::session::{Offer, Plan, Session, SessionCache, SessionId};
+use contracts::trust::{KeyError, KeyId, KnownAgents, Pin, Seal, SecretKey};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -43,6 +46,7 @@ pub struct DispatcherTrust {
     /// Workers of pools with no pin of their own, by agent id, as the presence stream vouched
     /// for them ([`crate::inventory::Inventory::pool_workers`]): believed under their pool's pin.
     pool_workers: RwLock<BTreeMap<String, String>>,
+    sessions: Mutex<SessionCache>,
 }
 
 /// Where the dispatcher's key and known agents come from.
@@ -81,6 +85,7 @@ impl DispatcherTrust {
             known_file: None,
             warned_legacy: Mutex::default(),
             pool_workers: RwLock::default(),
+            sessions: Mutex::default(),
         }
     }
 
@@ -107,11 +112,63 @@ impl DispatcherTrust {
             known_file: Some(files.known_agents.clone()),
             warned_legacy: Mutex::default(),
             pool_workers: RwLock::default(),
+            sessions: Mutex::default(),
         })
     }
 
     pub fn seal_command(&self, body: &[u8]) -> Seal {
         self.key.seal_command(body)
+    }
+
+    /// How to seal the next request to `target`, pinned `pin` ([`SessionCache::plan`]). Pools
+    /// and agents pinned as legacy are only ever signed.
+    pub fn session_plan(&self, target: &str, pin: &Pin) -> Plan {
+        let Some(pinned) = session_keys(target, pin) else { return Plan::Sign };
+        self.sessions.lock().expect("sessions poisoned").plan(target, &pinned, now_ms())
+    }
+
+    /// The session agreed with `target`, for a message that gets no answer (and so offers none).
+    pub fn session(&self, target: &str, pin: &Pin) -> Option<Session> {
+        let pinned = session_keys(target, pin)?;
+        self.sessions.lock().expect("sessions poisoned").established(target, &pinned, now_ms())
+    }
+
+    /// `target`'s believed answer (under `agent_key`) to `offer`, sent as request `request_id`:
+    /// the session, if it carried a share. An answer without one is a refusal (`refused`: the
+    /// next request offers again) or an agent that predates sessions.
+    pub fn offer_answered(
+        &self,
+        target: &str,
+        offer: &Offer,
+        request_id: &str,
+        share: Option<&[u8]>,
+        agent_key: KeyId,
+        refused: bool,
+    ) {
+        let mut sessions = self.sessions.lock().expect("sessions poisoned");
+        match share.map(|share| offer.complete(request_id, share, self.key.id(), agent_key)) {
+            Some(Ok(session)) => {
+                tracing::debug!(agent = %target, session = %session.id(), agent_key = %agent_key, "session agreed");
+                sessions.answered(target, Some(session), now_ms());
+            }
+            Some(Err(error)) => {
+                tracing::warn!(agent = %target, %error, "the agent's session share is not usable; signing its requests");
+                sessions.answered(target, None, now_ms());
+            }
+            None if refused => sessions.unanswered(target),
+            None => sessions.answered(target, None, now_ms()),
+        }
+    }
+
+    /// An offer to `target` got no believed answer: the next request may offer again.
+    pub fn offer_unanswered(&self, target: &str) {
+        self.sessions.lock().expect("sessions poisoned").unanswered(target);
+    }
+
+    /// `target` no longer holds `session`.
+    pub fn forget_session(&self, target: &str, session: SessionId) {
+        tracing::debug!(agent = %target, %session, "the agent no longer holds the session; signing again");
+        self.sessions.lock().expect("sessions poisoned").forget(target, session);
     }
 
     /// The pin of `target` (an agent id, or `pool:<name>`), reading the file again if it is
@@ -170,6 +227,19 @@ impl DispatcherTrust {
     pub fn legacy_warning(&self, agent: &str) -> Option<String> {
         self.warned_legacy.lock().expect("warned poisoned").insert(agent.to_owned()).then(|| legacy_warning(agent))
     }
+}
+
+/// The keys a session with `target` may be agreed under: `None` for a pool (its next request may
+/// reach another worker) and for an agent pinned as legacy (it cannot sign).
+fn session_keys(target: &str, pin: &Pin) -> Option<Vec<KeyId>> {
+    match pin {
+        Pin::Keys(keys) if !target.starts_with("pool:") => Some(keys.iter().map(|k| k.id()).collect()),
+        _ => None,
+    }
+}
+
+fn now_ms() -> u64 {
+    contracts::unix_millis(std::time::SystemTime::now())
 }
 
 /// Why believing `agent`, pinned as legacy, is a risk (see [`DispatcherTrust::legacy_warning`]).

@@ -3,7 +3,7 @@
 
 use crate::amqp_url;
 use contracts::topology::{agent_queue, DEAD_EXCHANGE, REPLY_TO};
-use contracts::trust::amqp::with_seal;
+use contracts::trust::amqp::{seal_of, with_seal};
 use contracts::trust::Seal;
 use contracts::Reply;
 use futures_util::StreamExt;
@@ -110,10 +110,16 @@ impl RawBroker {
 
     /// Waits for the reply with this correlation id.
     pub async fn reply(&mut self, correlation_id: &str) -> Reply {
+        let (_, body) = self.sealed_reply(correlation_id).await;
+        Reply::decode(&body).expect("decodable reply")
+    }
+
+    /// Waits for the reply with this correlation id: its seal (as read from its headers) and body.
+    pub async fn sealed_reply(&mut self, correlation_id: &str) -> (Result<Option<Seal>, String>, Vec<u8>) {
         let wait = async {
             while let Some(Ok(delivery)) = self.replies.next().await {
                 if delivery.properties.correlation_id().as_ref().map(|c| c.as_str()) == Some(correlation_id) {
-                    return Reply::decode(&delivery.data).expect("decodable reply");
+                    return (seal_of(&delivery.properties), delivery.data);
                 }
             }
             panic!("reply consumer closed");

@@ -1,14 +1,17 @@
 //! Trust (DESIGN.md §7) against the real RabbitMQ: every attack on an agent (unsigned, tampered
-//! fields, wrong or revoked key, misaddressed, expired, over-long window, replays) is refused and
-//! runs nothing; forged answers and impostors never make the dispatcher report success; an
-//! unpinned agent gets a clear error. `attack_table` prints the README's table:
+//! fields, wrong or revoked key, misaddressed, expired, over-long window, replays, and MACs in
+//! sessions the agent does not hold, tampered, replayed or offered by a revoked key) is refused
+//! and runs nothing; forged answers and impostors never make the dispatcher report success; an
+//! unpinned agent gets a clear error; an agent that restarts forgets its sessions and the
+//! dispatcher signs again. `attack_table` prints the README's table:
 //!
 //! ```sh
 //! cargo build --bins && cargo nextest run -p tests --test trust --no-capture 2>&1 | grep ATTACK-TABLE
 //! ```
 
+use contracts::session::{accept, Offer, Session};
 use contracts::topology::{agent_queue, pool_queue, CLOCK_SKEW_ALLOWANCE_MS};
-use contracts::trust::Seal;
+use contracts::trust::{Believed, Pin, Seal, SecretKey};
 use contracts::*;
 use std::process::Output;
 use std::time::{Duration, SystemTime};
@@ -206,6 +209,8 @@ async fn attack_table() {
     bench.refused_because("replayed after its expiry", verdict, ErrorKind::NotAuthorized, Some("expired"));
     assert_eq!(bench.markers.count("genuine"), 1, "the genuine command ran once, whatever was replayed");
 
+    // Sessions: MACs the agent cannot check, altered, or sent to another agent.
+    session_rows(&mut bench, &me, other.id()).await;
     // Revoked: trusted by a file the agent reloads (SIGHUP), then removed from it.
     revoked(&mut bench).await;
     // The dispatcher's side: forged answers and impostors never turn into success.
@@ -218,12 +223,61 @@ async fn attack_table() {
         println!("ATTACK-TABLE | {} | {result} ({}) |", row.attack, row.how);
     }
     assert!(bench.rows.iter().all(|r| r.refused), "every attack is refused");
-    assert_eq!(bench.rows.len(), 22);
+    assert_eq!(bench.rows.len(), 26);
     bench.raw.close().await;
     agent.stop().await;
     other.stop().await;
     tests::raw::delete_queue(&pool_queue(&pool)).await;
     tests::raw::delete_queue(&contracts::topology::pool_service_queue(&pool)).await;
+}
+
+/// Agrees a session with `agent_id` as a dispatcher with `key` does: a signed capabilities
+/// request offering one, and the agent's signed answer accepting it.
+async fn agree_session(bench: &mut Bench, agent_id: &str, key: &SecretKey) -> Session {
+    let offer = Offer::new().expect("random bytes");
+    let capabilities = Request::GetCapabilities(GetCapabilities {});
+    let (header, bytes) =
+        capabilities.encode_offering(agent_id, now_ms(), Some(now_ms() + 60_000), Some(offer.share())).unwrap();
+    let queue = agent_queue(agent_id);
+    let id = bench.raw.publish_to(&queue, "GetCapabilities", &bytes, Some(&key.seal_command(&bytes))).await;
+    let (seal, body) = bench.raw.sealed_reply(&id).await;
+    let pin = Pin::Keys(vec![*keys().agent.public()]);
+    let believed = contracts::trust::check_answer(&pin, &id, seal, &body, None).expect("the agent's own answer");
+    let Believed::Key(agent_key) = believed else { panic!("signed by the agent key, not legacy") };
+    let (answer, _) = Reply::decode_with_header(&body).unwrap();
+    let share = answer.key_share.expect("the agent accepts a session offered to it");
+    offer.complete(&header.message_id, &share, key.id(), agent_key).expect("a session")
+}
+
+/// Commands MAC'd in sessions: a genuine one runs; one in a session the agent never agreed, one
+/// altered after its MAC, and one sent to another agent are refused.
+async fn session_rows(bench: &mut Bench, me: &str, other: &str) {
+    let own = agent_queue(me);
+    let session = agree_session(bench, me, &keys().dispatcher).await;
+    let command = |script: String| start(me, &Ticket::generate(), script, now_ms(), Some(now_ms() + 60_000));
+
+    let bytes = command(bench.markers.record("in-session"));
+    let verdict = bench.send(&own, &bytes, Some(&session.seal_command(&bytes)), "in-session").await;
+    assert!(verdict.ran && verdict.reply.is_none(), "a command MAC'd in the agent's session runs");
+
+    // Whoever made this session knows its key; the agent never agreed it.
+    let made_up = accept("made-up", Offer::new().unwrap().share(), keys().dispatcher.id(), keys().agent.id());
+    let made_up = made_up.expect("a session").1;
+    let bytes = command(bench.markers.record("unknown-session"));
+    let verdict = bench.send(&own, &bytes, Some(&made_up.seal_command(&bytes)), "unknown-session").await;
+    let attack = "MAC'd in a session the agent does not hold";
+    bench.refused_because(attack, verdict, ErrorKind::UnknownSession, Some("session"));
+
+    let bytes = command(bench.markers.record("t-mac"));
+    let seal = session.seal_command(&bytes);
+    let altered = tampered(&bytes, |e| e.body.spec.script.push_str("; echo owned"));
+    let verdict = bench.send(&own, &altered, Some(&seal), "t-mac").await;
+    bench.refused("MAC'd in the agent's session, then tampered", verdict, ErrorKind::NotAuthorized);
+
+    let bytes = command(bench.markers.record("session-elsewhere"));
+    let seal = session.seal_command(&bytes);
+    let verdict = bench.send(&agent_queue(other), &bytes, Some(&seal), "session-elsewhere").await;
+    bench.refused("MAC'd in one agent's session, sent to another", verdict, ErrorKind::UnknownSession);
 }
 
 fn status_request(target: &str, ticket: &Ticket) -> Vec<u8> {
@@ -250,6 +304,7 @@ async fn revoked(bench: &mut Bench) {
     let (bytes, seal) = signed(bench.markers.record("before-revocation"));
     let verdict = bench.send(&queue, &bytes, Some(&seal), "before-revocation").await;
     assert!(verdict.ran, "trusted before it is revoked");
+    let session = agree_session(bench, &config.agent_id, &revoked_key).await;
     write_atomically(&trusted, &format!("{} test\n", keys().dispatcher.public()));
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     eventually("the agent to reload its trusted keys", Duration::from_secs(10), || async {
@@ -259,6 +314,15 @@ async fn revoked(bench: &mut Bench) {
     let (bytes, seal) = signed(bench.markers.record("after-revocation"));
     let verdict = bench.send(&queue, &bytes, Some(&seal), "after-revocation").await;
     bench.refused("signed by a revoked key (removed, SIGHUP)", verdict, ErrorKind::NotAuthorized);
+    let bytes = start(
+        &config.agent_id,
+        &Ticket::generate(),
+        bench.markers.record("revoked-session"),
+        now_ms(),
+        Some(now_ms() + 60_000),
+    );
+    let verdict = bench.send(&queue, &bytes, Some(&session.seal_command(&bytes)), "revoked-session").await;
+    bench.refused("MAC'd in a session a revoked key agreed", verdict, ErrorKind::NotAuthorized);
     let refusal =
         agent.log_text().lines().find(|l| l.contains("command refused")).map(str::to_owned).unwrap_or_default();
     assert!(refusal.contains(&revoked_key.id().to_string()), "the key id is logged: {refusal}");
@@ -319,4 +383,59 @@ async fn forged_rows(bench: &mut Bench) {
         stderr.contains(&format!("{id} is not pinned")) && stderr.contains(&format!("echo '{id} ed25519:")),
         "{stderr}"
     );
+}
+
+/// A long-running dispatcher (`dispatcher serve`) keeps a session with each agent. An agent that
+/// restarts has forgotten it: it refuses the first command MAC'd in it (nothing runs), and the
+/// dispatcher sends that command again, signed, offering a new session. The script runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_refuses_its_forgotten_session_and_the_service_signs_again() {
+    use serde_json::{json, Value};
+    let markers = Markers::new();
+    let mut agent = AgentProcess::start(test_config("session-restart")).await;
+    let id = agent.config.agent_id.clone();
+    let prefix = tests::service::journal_prefix("sessions");
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let run = |name: &str| {
+        let (script, base, id) = (markers.record(name), service.url.clone(), id.clone());
+        async move {
+            let url = format!("{base}/v1/scripts");
+            let body = json!({"target": id, "script": script});
+            let response = tests::service::http().post(url).json(&body).send().await.expect("POST");
+            assert_eq!(response.status().as_u16(), 202);
+            let body: Value = response.json().await.expect("json");
+            let ticket = body["tickets"][0]["ticket"].as_str().expect("ticket").to_owned();
+            let url = format!("{base}/v1/tickets/{ticket}");
+            eventually(&format!("ticket {ticket} to finish"), Duration::from_secs(60), || {
+                let request = tests::service::http().get(&url).send();
+                async move {
+                    let record: Value = request.await.ok()?.json().await.ok()?;
+                    (record["state"] == "finished").then_some(record)
+                }
+            })
+            .await
+        }
+    };
+    let first = run("before-restart").await;
+    assert_eq!((first["outcome"].as_str(), first["exit_code"].as_i64()), (Some("completed"), Some(0)), "{first}");
+    // The first script's complete (sent without waiting for an answer) taken before the restart.
+    let queue = contracts::topology::agent_queue(&id);
+    eventually("the agent's queue to be empty", Duration::from_secs(20), || async {
+        (tests::raw::queue_depth(&queue).await == 0).then_some(())
+    })
+    .await;
+    agent.kill().await;
+    agent.restart().await;
+    let second = run("after-restart").await;
+    assert_eq!((second["outcome"].as_str(), second["exit_code"].as_i64()), (Some("completed"), Some(0)), "{second}");
+    assert_eq!((markers.count("before-restart"), markers.count("after-restart")), (1, 1), "each ran once");
+    let log = agent.log_text();
+    let refused = log.lines().find(|l| l.contains("command refused") && l.contains("is not one this agent holds"));
+    assert!(
+        refused.is_some_and(|line| line.contains("StartScriptV2")),
+        "the start MAC'd in the forgotten session was refused, then sent again signed:\n{log}"
+    );
+    service.stop().await;
+    tests::service::remove_journal(&prefix).await;
+    agent.stop().await;
 }

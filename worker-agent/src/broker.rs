@@ -4,11 +4,12 @@
 
 use crate::service::Agent;
 use crate::Protocol;
+use contracts::session::{KeyShare, Session};
 use contracts::topology::amqp::{command_queue_arguments, dead_queue_arguments};
 use contracts::topology::*;
 use contracts::trust::amqp::{seal_of, with_seal};
-use contracts::trust::{Identity, Origin, Refusal};
-use contracts::{unix_millis, AmqpEndpoints, CodecError, ErrorKind, ErrorReply, Kind, Reply, Request};
+use contracts::trust::{Identity, Origin, Refusal, Seal};
+use contracts::{unix_millis, AmqpEndpoints, CodecError, ErrorReply, Kind, Reply, Request};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -452,17 +453,19 @@ async fn handle_delivery(
     }
     // Trust first (DESIGN.md §7): the seal over the raw body, then, decoded, the envelope.
     let seal = seal_of(props);
-    let sealed_by = seal.as_ref().ok().and_then(|s| s.as_ref().map(|s| s.key));
-    let origin = match agent.trust().check_seal(seal, &delivery.data) {
-        Ok(origin) => origin,
+    let sealed_by = seal.as_ref().ok().and_then(|s| s.as_ref().and_then(Seal::signer));
+    let now = unix_millis(SystemTime::now());
+    let (origin, session) = match agent.trust().check_seal(seal, &delivery.data, now) {
+        Ok(checked) => checked,
         Err(refusal) => return refuse(&agent, &channel, delivery, reply_to, correlation_id, sealed_by, refusal).await,
     };
+    let mut answer = Answer { session, key_share: None };
     let reply = match Request::decode(&delivery.data) {
         Err(error) => {
             agent.metrics().common.refusals.refused(error.reply_kind());
             tracing::warn!(agent = %config.agent_id, kind = ?props.kind().as_ref().map(ShortString::as_str), bytes = delivery.data.len(), %error, "rejecting message");
             let reply = Reply::Error(ErrorReply::new(error.reply_kind(), error.to_string()));
-            send_reply(&agent, &channel, reply_to, correlation_id, &reply).await;
+            send_reply(&agent, &channel, reply_to, correlation_id, &reply, &answer).await;
             let settled = if matches!(error, CodecError::UnknownKind(_)) {
                 delivery.ack(BasicAckOptions::default()).await
             } else {
@@ -476,10 +479,10 @@ async fn handle_delivery(
         }
         Ok((header, request)) => {
             let me = Identity { agent_id: &config.agent_id, pool: config.pool.as_deref() };
-            let now = unix_millis(SystemTime::now());
             if let Err(refusal) = agent.trust().check_header(origin, &header, me, now) {
                 return refuse(&agent, &channel, delivery, reply_to, correlation_id, sealed_by, refusal).await;
             }
+            answer.key_share = agent.trust().accept_session(origin, &header, me, now);
             let kind = request.kind();
             if origin == Origin::Unsigned {
                 tracing::warn!(agent = %config.agent_id, %kind, "accepting an UNSIGNED command (--insecure-allow-unsigned)");
@@ -516,7 +519,7 @@ async fn handle_delivery(
             reply
         }
     };
-    send_reply(&agent, &channel, reply_to, correlation_id, &reply).await;
+    send_reply(&agent, &channel, reply_to, correlation_id, &reply, &answer).await;
     if !acked_early {
         ack(&agent, &delivery).await;
     }
@@ -538,8 +541,9 @@ async fn refuse(
     let key_id = key_id.map(|k| k.to_string());
     tracing::warn!(agent = %agent.config().agent_id, kind = ?kind, key_id = ?key_id, reason = %refusal, "command refused; nothing ran");
     agent.metrics().common.refusals.refused(refusal.counted_as());
-    let reply = Reply::Error(ErrorReply::new(ErrorKind::NotAuthorized, format!("{refusal}; nothing ran")));
-    send_reply(agent, channel, reply_to, correlation_id, &reply).await;
+    let reply = Reply::Error(ErrorReply::new(refusal.answered_as(), format!("{refusal}; nothing ran")));
+    // Signed: a refused command's session, if any, is not one to answer in.
+    send_reply(agent, channel, reply_to, correlation_id, &reply, &Answer::default()).await;
     // Dead-lettered to cuttle.dead.
     if let Err(error) = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await {
         tracing::warn!(agent = %agent.config().agent_id, %error, "could not settle refused delivery");
@@ -553,18 +557,28 @@ async fn ack(agent: &Agent, delivery: &lapin::message::Delivery) {
     }
 }
 
+/// How an answer is sealed: MAC'd in the session its command came in, else signed, carrying the
+/// agent's share when it accepted the session the command offered.
+#[derive(Default)]
+struct Answer {
+    session: Option<Session>,
+    key_share: Option<KeyShare>,
+}
+
 async fn send_reply(
     agent: &Agent,
     channel: &Channel,
     reply_to: Option<String>,
     correlation_id: Option<String>,
     reply: &Reply,
+    answer: &Answer,
 ) {
     let (Some(reply_to), Some(correlation_id)) = (reply_to, correlation_id) else {
         tracing::debug!(agent = %agent.config().agent_id, "request without reply-to; not answering");
         return;
     };
-    let bytes = match reply.encode(&agent.config().agent_id, unix_millis(SystemTime::now())) {
+    let issued_at = unix_millis(SystemTime::now());
+    let bytes = match reply.encode_accepting(&agent.config().agent_id, issued_at, answer.key_share.as_ref()) {
         Ok(bytes) => bytes,
         Err(error) => {
             tracing::error!(%error, "could not encode reply");
@@ -574,7 +588,7 @@ async fn send_reply(
     let mut properties =
         BasicProperties::default().with_type(reply.kind().as_str().into()).with_content_type(CONTENT_TYPE.into());
     // Signed over the request's correlation id (its message id), so it answers only that request.
-    if let Some(seal) = agent.trust().seal_answer(&correlation_id, &bytes) {
+    if let Some(seal) = agent.trust().seal_answer(answer.session.as_ref(), &correlation_id, &bytes) {
         properties = with_seal(properties, &seal);
     }
     let properties = properties.with_correlation_id(correlation_id.into());

@@ -1,14 +1,16 @@
 //! The agent's side of trust (DESIGN.md §7): its own key, which signs every answer and presence
-//! announcement, and the
-//! dispatcher keys it trusts, which every command must be signed by. The decisions are
-//! [`contracts::trust`]'s plain functions; this holds the keys, loads them and reloads the
-//! trusted keys (on SIGHUP).
+//! announcement, the dispatcher keys it trusts, which every command must be signed by, and the
+//! sessions dispatchers agreed with it, in which commands and answers carry a MAC instead
+//! ([`contracts::session`]). The decisions are [`contracts::trust`]'s and
+//! [`contracts::session`]'s plain functions; this holds the keys and sessions, loads the keys
+//! and reloads the trusted ones (on SIGHUP).
 
 use crate::config::{AgentConfig, Protocol};
+use contracts::session::{self, KeyShare, Session, SessionTable};
 use contracts::trust::{self, Identity, KeyError, Origin, Refusal, Seal, SecretKey, TrustedKeys};
 use contracts::Envelope;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Where the agent keeps its key unless told otherwise.
 pub const DEFAULT_KEY_FILE: &str = "agent.key";
@@ -39,6 +41,7 @@ pub struct AgentTrust {
     trusted: RwLock<Arc<TrustedKeys>>,
     trusted_file: Option<PathBuf>,
     allow_unsigned: bool,
+    sessions: Mutex<SessionTable>,
 }
 
 impl AgentTrust {
@@ -79,6 +82,7 @@ impl AgentTrust {
             trusted: RwLock::new(Arc::new(trusted)),
             trusted_file: config.trusted_keys_file.clone(),
             allow_unsigned: config.insecure_allow_unsigned,
+            sessions: Mutex::default(),
         })
     }
 
@@ -95,13 +99,50 @@ impl AgentTrust {
     /// The checks every command passes before anything else: its seal (on the raw body), then,
     /// once decoded, its envelope. Unsigned commands accepted only with
     /// `--insecure-allow-unsigned`, and then without the envelope checks (they are legacy
-    /// dispatchers' commands, as before signing).
-    pub fn check_seal(&self, seal: Result<Option<Seal>, String>, body: &[u8]) -> Result<Origin, Refusal> {
+    /// dispatchers' commands, as before signing). A command MAC'd in a session comes with the
+    /// session, which its answer is MAC'd in.
+    pub fn check_seal(
+        &self,
+        seal: Result<Option<Seal>, String>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<(Origin, Option<Session>), Refusal> {
         let trusted = self.trusted.read().expect("trusted keys poisoned").clone();
-        trust::check_command_seal(&trusted, self.allow_unsigned, seal, body)
+        let session = match &seal {
+            Ok(Some(Seal::Mac { session, .. })) => {
+                self.sessions.lock().expect("sessions poisoned").get(*session, now_ms)
+            }
+            _ => None,
+        };
+        let origin = trust::check_command_seal(&trusted, self.allow_unsigned, seal, body, session.as_ref())?;
+        Ok((origin, session))
     }
 
-    /// [`trust::check_command_header`] for a signed command.
+    /// Accepts the session a command that passed every check offers, if it may
+    /// ([`session::offered`]): the share its answer carries.
+    pub fn accept_session(
+        &self,
+        origin: Origin,
+        header: &Envelope<()>,
+        me: Identity<'_>,
+        now_ms: u64,
+    ) -> Option<KeyShare> {
+        let key = self.key.as_ref()?;
+        let (dispatcher, offered) = session::offered(origin, header, me)?;
+        match session::accept(&header.message_id, offered, dispatcher, key.id()) {
+            Ok((share, session)) => {
+                tracing::debug!(agent = %me.agent_id, session = %session.id(), dispatcher_key = %dispatcher, "session agreed");
+                self.sessions.lock().expect("sessions poisoned").insert(session, now_ms);
+                Some(share)
+            }
+            Err(error) => {
+                tracing::warn!(agent = %me.agent_id, dispatcher_key = %dispatcher, %error, "session offer not accepted; answering signed");
+                None
+            }
+        }
+    }
+
+    /// [`trust::check_command_header`] for a signed (or MAC'd) command.
     pub fn check_header(
         &self,
         origin: Origin,
@@ -110,15 +151,18 @@ impl AgentTrust {
         now_ms: u64,
     ) -> Result<(), Refusal> {
         match origin {
-            Origin::Key(_) => trust::check_command_header(header, me, now_ms),
+            Origin::Key(_) | Origin::Session { .. } => trust::check_command_header(header, me, now_ms),
             Origin::Unsigned => Ok(()),
         }
     }
 
-    /// Seals an answer to the request with correlation id `request_id`; `None` for a legacy
-    /// agent.
-    pub fn seal_answer(&self, request_id: &str, body: &[u8]) -> Option<Seal> {
-        self.key.as_ref().map(|key| key.seal_answer(request_id, body))
+    /// Seals an answer to the request with correlation id `request_id`: MAC'd in `session`, the
+    /// session the request came in, else signed; `None` for a legacy agent.
+    pub fn seal_answer(&self, session: Option<&Session>, request_id: &str, body: &[u8]) -> Option<Seal> {
+        match session {
+            Some(session) => Some(session.seal_answer(request_id, body)),
+            None => self.key.as_ref().map(|key| key.seal_answer(request_id, body)),
+        }
     }
 
     /// Seals a presence announcement; `None` for a legacy agent (which does not announce).
@@ -166,7 +210,7 @@ mod tests {
         assert!(matches!(AgentTrust::load(&config), Err(TrustError::EmptyTrustedKeys { .. })));
         config.insecure_allow_unsigned = true;
         let trust = AgentTrust::load(&config).unwrap();
-        assert_eq!(trust.check_seal(Ok(None), b"x"), Ok(Origin::Unsigned));
+        assert_eq!(trust.check_seal(Ok(None), b"x", 0).map(|(origin, _)| origin), Ok(Origin::Unsigned));
         assert!(dir.join(DEFAULT_KEY_FILE).exists(), "the agent key is created in the work dir");
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -183,13 +227,14 @@ mod tests {
         let trust = AgentTrust::load(&config).unwrap();
         let body = b"command";
         let seal = || Ok(Some(dispatcher.seal_command(body)));
-        assert_eq!(trust.check_seal(seal(), body), Ok(Origin::Key(dispatcher.id())));
+        let origin = |seal| trust.check_seal(seal, body, 0).map(|(origin, _)| origin);
+        assert_eq!(origin(seal()), Ok(Origin::Key(dispatcher.id())));
         std::fs::write(&file, "not a key\n").unwrap();
         assert!(trust.reload().is_err());
-        assert!(trust.check_seal(seal(), body).is_ok(), "a bad file keeps the keys");
+        assert!(origin(seal()).is_ok(), "a bad file keeps the keys");
         std::fs::write(&file, "").unwrap();
         assert_eq!(trust.reload().unwrap(), 0);
-        assert_eq!(trust.check_seal(seal(), body), Err(Refusal::UntrustedKey(dispatcher.id())), "revoked");
+        assert_eq!(origin(seal()), Err(Refusal::UntrustedKey(dispatcher.id())), "revoked");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -574,7 +574,7 @@ impl World {
     /// The agent's answer to one command: the checks of `broker.rs` and the decisions of
     /// contracts' `agent` module, as `worker-agent/src/service.rs` drives them.
     fn agent_handle(&mut self, a: usize, msg: &Msg, now: u64) -> Option<Reply> {
-        let origin = check_command_seal(&self.trusted, false, Ok(msg.seal.clone()), &msg.bytes);
+        let origin = check_command_seal(&self.trusted, false, Ok(msg.seal.clone()), &msg.bytes, None);
         // Keys are random, so the trace names the refusal without its key id.
         let (header, request) = match origin
             .map_err(|refusal| match refusal {

@@ -1,0 +1,513 @@
+//! Sessions: after one signed exchange, a MAC per message instead of a signature (README,
+//! "Trust"; an extension of DESIGN.md §7 that keeps its rules).
+//!
+//! Signing and verifying every command and answer with Ed25519 costs the agent and the
+//! dispatcher about a tenth of a millisecond of CPU per script: more than the 5 % of throughput
+//! §7 may cost on a loaded agent. A dispatcher that talks to one agent many times agrees a key
+//! with it once, under both pinned keys, and then authenticates each message with HMAC-SHA256:
+//!
+//! - **Offer**: a signed command (any kind) to one agent (never a pool: the next command could
+//!   reach another worker) whose envelope carries `key_share`, the dispatcher's fresh X25519
+//!   public value ([`Offer`]).
+//! - **Accept**: the agent, once the command passed every check of §7, answers with its own fresh
+//!   share in the envelope of its signed answer ([`accept`]). Both shares travel inside signed
+//!   bodies (the offer under the dispatcher's key, the acceptance under the agent's, bound to the
+//!   offer's message id), so whoever holds the broker cannot sit in the middle.
+//! - **Key**: X25519 of the two shares, through HKDF-SHA256 (salt: the offer's message id; info:
+//!   [`SESSION_CONTEXT`], both shares and both key ids) into a session id and a MAC key
+//!   ([`Session`]). A share of low order (no secret agreed) is refused.
+//! - **Use**: a message under the session carries the AMQP headers [`SESSION_HEADER`] (its id) and
+//!   [`MAC_HEADER`] (the HMAC-SHA256 tag) instead of `cuttle-key` and `cuttle-sig`; the tag covers
+//!   exactly what the signature would (context, request id for an answer, whole body), so every
+//!   other rule of §7 (target, `not_after`, replay) holds as it is.
+//! - **Lifetime**: a dispatcher uses a session for [`SESSION_USE_MS`]; an agent keeps one for
+//!   [`SESSION_IDLE_MS`] after its last use, at most [`MAX_SESSIONS`] of them ([`SessionTable`]),
+//!   and only while the dispatcher key that offered it is trusted. An agent that does not hold a
+//!   session refuses its commands `UnknownSession` (signed, nothing ran); the dispatcher forgets
+//!   it and sends the command again, signed, with a new offer ([`SessionCache`]).
+//!
+//! Everything here is plain data and functions: the time comes in as Unix milliseconds.
+
+use crate::envelope::Envelope;
+use crate::trust::{Identity, KeyId, Origin, Seal, ANSWER_CONTEXT, COMMAND_CONTEXT};
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// What a session's key derivation covers before the shares and key ids.
+pub const SESSION_CONTEXT: &[u8] = b"cuttle session v1\0";
+/// AMQP header carrying the session id (hex) of a MAC'd message.
+pub const SESSION_HEADER: &str = "cuttle-session";
+/// AMQP header carrying the HMAC-SHA256 tag (base64 of 32 bytes) of a MAC'd message.
+pub const MAC_HEADER: &str = "cuttle-mac";
+/// How long a dispatcher uses a session before it offers a new one.
+pub const SESSION_USE_MS: u64 = 10 * 60 * 1000;
+/// How long an agent keeps a session after its last use: longer than a dispatcher uses one, so
+/// that a session in use is not forgotten under it.
+pub const SESSION_IDLE_MS: u64 = 30 * 60 * 1000;
+/// Most sessions an agent holds (a few hundred bytes each); past it, the least recently used go.
+pub const MAX_SESSIONS: usize = 4096;
+/// How long a dispatcher waits for the answer to an offer before another command may offer.
+pub const OFFER_WAIT_MS: u64 = 10_000;
+
+/// An X25519 public value, as carried in an envelope's `key_share`.
+pub type KeyShare = [u8; 32];
+
+/// Why no session could be agreed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("a key share is 32 bytes of a point of large order")]
+    BadShare,
+    #[error("cannot get random bytes from the system: {0}")]
+    Random(String),
+}
+
+/// A session's id: 16 bytes derived with its key, shown in hex. Not secret.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId([u8; 16]);
+
+impl SessionId {
+    pub fn parse(hex_id: &str) -> Option<SessionId> {
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(hex_id, &mut id).ok()?;
+        Some(SessionId(id))
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({self})")
+    }
+}
+
+/// A key agreed by one dispatcher key and one agent key. Its `Debug` shows only the ids.
+#[derive(Clone)]
+pub struct Session {
+    id: SessionId,
+    key: Zeroizing<[u8; 32]>,
+    dispatcher: KeyId,
+    agent: KeyId,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Session({} of dispatcher {} and agent {})", self.id, self.dispatcher, self.agent)
+    }
+}
+
+impl Session {
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The dispatcher key whose signed offer began the session.
+    pub fn dispatcher_key(&self) -> KeyId {
+        self.dispatcher
+    }
+
+    /// The agent key whose signed answer accepted it.
+    pub fn agent_key(&self) -> KeyId {
+        self.agent
+    }
+
+    /// Seals a command whose encoded envelope is `body` (what its signature would cover).
+    pub fn seal_command(&self, body: &[u8]) -> Seal {
+        self.seal(&[COMMAND_CONTEXT, body])
+    }
+
+    /// Seals an answer (`body`) to the request whose message id is `request_id`.
+    pub fn seal_answer(&self, request_id: &str, body: &[u8]) -> Seal {
+        self.seal(&[ANSWER_CONTEXT, request_id.as_bytes(), body])
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.as_slice()).expect("HMAC takes a key of any length");
+        for part in parts {
+            mac.update(part);
+        }
+        mac
+    }
+
+    fn seal(&self, parts: &[&[u8]]) -> Seal {
+        Seal::Mac { session: self.id, tag: self.mac(parts).finalize().into_bytes().into() }
+    }
+
+    /// Whether `tag` is this session's over `parts` (compared in constant time).
+    pub(crate) fn verifies(&self, parts: &[&[u8]], tag: &[u8; 32]) -> bool {
+        self.mac(parts).verify_slice(tag).is_ok()
+    }
+}
+
+/// A fresh X25519 secret and its public share.
+struct Ephemeral {
+    secret: Zeroizing<[u8; 32]>,
+    share: KeyShare,
+}
+
+impl Ephemeral {
+    fn generate() -> Result<Ephemeral, SessionError> {
+        use rand::TryRng;
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rand::rngs::SysRng.try_fill_bytes(secret.as_mut()).map_err(|e| SessionError::Random(e.to_string()))?;
+        let share = MontgomeryPoint::mul_base_clamped(*secret).to_bytes();
+        Ok(Ephemeral { secret, share })
+    }
+}
+
+/// The dispatcher's half of a session while its offer waits for an answer.
+pub struct Offer(Ephemeral);
+
+impl fmt::Debug for Offer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Offer")
+    }
+}
+
+impl Offer {
+    pub fn new() -> Result<Offer, SessionError> {
+        Ephemeral::generate().map(Offer)
+    }
+
+    /// The share the offer's envelope carries.
+    pub fn share(&self) -> &KeyShare {
+        &self.0.share
+    }
+
+    /// The session, from the share of the agent's signed answer to the offer (message id
+    /// `request_id`) and the two keys: `dispatcher`, which signed the offer, and `agent`, which
+    /// signed the answer.
+    pub fn complete(
+        &self,
+        request_id: &str,
+        accepted: &[u8],
+        dispatcher: KeyId,
+        agent: KeyId,
+    ) -> Result<Session, SessionError> {
+        let accepted: KeyShare = accepted.try_into().map_err(|_| SessionError::BadShare)?;
+        derive(&self.0.secret, &accepted, request_id, (&self.0.share, &accepted), dispatcher, agent)
+    }
+}
+
+/// Whether an agent accepts the session a command offers, and from whom: the command was signed
+/// by a trusted key (not MAC'd, not unsigned), passed every check, carries a share, and is
+/// addressed to this agent itself, not to its pool (the pool's next command may reach another
+/// worker).
+pub fn offered<'a>(origin: Origin, header: &'a Envelope<()>, me: Identity<'_>) -> Option<(KeyId, &'a [u8])> {
+    let Origin::Key(dispatcher) = origin else { return None };
+    let share = header.key_share.as_ref()?;
+    (header.target == me.agent_id).then_some((dispatcher, share.as_slice()))
+}
+
+/// The agent's half: its share for the answer and the session, for an offer (`offered`) signed
+/// by `dispatcher` in the command with message id `request_id`, answered under `agent`.
+pub fn accept(
+    request_id: &str,
+    offered: &[u8],
+    dispatcher: KeyId,
+    agent: KeyId,
+) -> Result<(KeyShare, Session), SessionError> {
+    let offered: KeyShare = offered.try_into().map_err(|_| SessionError::BadShare)?;
+    let own = Ephemeral::generate()?;
+    let session = derive(&own.secret, &offered, request_id, (&offered, &own.share), dispatcher, agent)?;
+    Ok((own.share, session))
+}
+
+fn derive(
+    secret: &[u8; 32],
+    peer: &KeyShare,
+    request_id: &str,
+    (offered, accepted): (&KeyShare, &KeyShare),
+    dispatcher: KeyId,
+    agent: KeyId,
+) -> Result<Session, SessionError> {
+    let shared = Zeroizing::new(MontgomeryPoint(*peer).mul_clamped(*secret).to_bytes());
+    // A share of low order gives the same "secret" whatever the other side's is.
+    if shared.iter().all(|byte| *byte == 0) {
+        return Err(SessionError::BadShare);
+    }
+    let hkdf = hkdf::Hkdf::<Sha256>::new(Some(request_id.as_bytes()), shared.as_slice());
+    let mut derived = Zeroizing::new([0u8; 48]);
+    let info: [&[u8]; 5] = [SESSION_CONTEXT, offered, accepted, dispatcher.as_bytes(), agent.as_bytes()];
+    hkdf.expand_multi_info(&info, derived.as_mut()).expect("48 bytes is within what HKDF-SHA256 can give");
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&derived[..16]);
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(&derived[16..]);
+    Ok(Session { id: SessionId(id), key, dispatcher, agent })
+}
+
+/// The agent's sessions: found by id, kept [`SESSION_IDLE_MS`] after their last use, at most
+/// [`MAX_SESSIONS`] (the least recently used go first).
+#[derive(Debug, Default)]
+pub struct SessionTable {
+    sessions: HashMap<SessionId, (Session, u64)>,
+}
+
+impl SessionTable {
+    pub fn insert(&mut self, session: Session, now_ms: u64) {
+        self.sessions.retain(|_, (_, used)| now_ms.saturating_sub(*used) <= SESSION_IDLE_MS);
+        if self.sessions.len() >= MAX_SESSIONS {
+            let oldest = self.sessions.iter().min_by_key(|(_, (_, used))| *used).map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                self.sessions.remove(&oldest);
+            }
+        }
+        self.sessions.insert(session.id, (session, now_ms));
+        debug_assert!(self.sessions.len() <= MAX_SESSIONS);
+    }
+
+    /// The session `id`, marked used now; `None` if it is not held or has been idle too long.
+    pub fn get(&mut self, id: SessionId, now_ms: u64) -> Option<Session> {
+        let (session, used) = self.sessions.get_mut(&id)?;
+        if now_ms.saturating_sub(*used) > SESSION_IDLE_MS {
+            self.sessions.remove(&id);
+            return None;
+        }
+        *used = now_ms.max(*used);
+        Some(session.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+/// How the dispatcher seals its next command to an agent.
+#[derive(Debug)]
+pub enum Plan {
+    /// Under this session.
+    Mac(Session),
+    /// Signed, offering a session.
+    Offer,
+    /// Signed only: an offer is waiting for its answer, or the agent does not take sessions.
+    Sign,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Established {
+        session: Session,
+        since: u64,
+    },
+    Offering {
+        since: u64,
+    },
+    /// The agent answered an offer without a share (it predates sessions).
+    Declined {
+        since: u64,
+    },
+}
+
+/// The dispatcher's sessions, one per agent id: what to do next with each agent (see [`Plan`]),
+/// and what an answer to an offer or a refusal of a session changes.
+#[derive(Debug, Default)]
+pub struct SessionCache {
+    agents: HashMap<String, Entry>,
+}
+
+impl SessionCache {
+    /// How to seal the next command to `agent`, whose answers are believed under `pinned`
+    /// (a session agreed under a key no longer pinned is dropped). A `Plan::Offer` is noted as
+    /// waiting: until its answer (or [`OFFER_WAIT_MS`]), other commands are only signed.
+    pub fn plan(&mut self, agent: &str, pinned: &[KeyId], now_ms: u64) -> Plan {
+        if let Some(session) = self.established(agent, pinned, now_ms) {
+            return Plan::Mac(session);
+        }
+        let fresh = |since: u64, for_ms: u64| now_ms.saturating_sub(since) < for_ms;
+        match self.agents.get(agent) {
+            Some(Entry::Offering { since }) if fresh(*since, OFFER_WAIT_MS) => return Plan::Sign,
+            Some(Entry::Declined { since }) if fresh(*since, SESSION_USE_MS) => return Plan::Sign,
+            _ => {}
+        }
+        self.agents.insert(agent.to_owned(), Entry::Offering { since: now_ms });
+        Plan::Offer
+    }
+
+    /// The session to use with `agent`, if one is agreed, young enough and under a key still in
+    /// `pinned`; nothing changes (for a message that gets no answer, so offers nothing).
+    pub fn established(&self, agent: &str, pinned: &[KeyId], now_ms: u64) -> Option<Session> {
+        match self.agents.get(agent) {
+            Some(Entry::Established { session, since })
+                if now_ms.saturating_sub(*since) < SESSION_USE_MS && pinned.contains(&session.agent) =>
+            {
+                Some(session.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// The agent's believed answer to an offer: a session when it carried a share, `None` when
+    /// it carried none (an agent that predates sessions: not offered again for a while).
+    pub fn answered(&mut self, agent: &str, session: Option<Session>, now_ms: u64) {
+        let entry = match session {
+            Some(session) => Entry::Established { session, since: now_ms },
+            None => Entry::Declined { since: now_ms },
+        };
+        self.agents.insert(agent.to_owned(), entry);
+    }
+
+    /// The offer got no answer that says anything of sessions (no reply, or a refusal): the next
+    /// command may offer again.
+    pub fn unanswered(&mut self, agent: &str) {
+        if matches!(self.agents.get(agent), Some(Entry::Offering { .. })) {
+            self.agents.remove(agent);
+        }
+    }
+
+    /// The agent no longer holds `session` (it restarted or let it expire).
+    pub fn forget(&mut self, agent: &str, session: SessionId) {
+        if matches!(self.agents.get(agent), Some(Entry::Established { session: held, .. }) if held.id == session) {
+            self.agents.remove(agent);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::SecretKey;
+
+    fn ids() -> (KeyId, KeyId) {
+        (SecretKey::generate().unwrap().id(), SecretKey::generate().unwrap().id())
+    }
+
+    fn agreed() -> (Session, Session) {
+        let (dispatcher, agent) = ids();
+        let offer = Offer::new().unwrap();
+        let (share, agents) = accept("req-1", offer.share(), dispatcher, agent).unwrap();
+        let dispatchers = offer.complete("req-1", &share, dispatcher, agent).unwrap();
+        (dispatchers, agents)
+    }
+
+    fn tag(seal: &Seal) -> [u8; 32] {
+        match seal {
+            Seal::Mac { tag, .. } => *tag,
+            Seal::Signature { .. } => panic!("a session seals with a MAC"),
+        }
+    }
+
+    #[test]
+    fn both_sides_agree_the_same_session_and_only_they_do() {
+        let (dispatchers, agents) = agreed();
+        assert_eq!(dispatchers.id(), agents.id());
+        assert_eq!(*dispatchers.key, *agents.key);
+        let seal = dispatchers.seal_command(b"body");
+        assert!(agents.verifies(&[COMMAND_CONTEXT, b"body"], &tag(&seal)));
+        assert!(!agents.verifies(&[COMMAND_CONTEXT, b"bodY"], &tag(&seal)));
+        assert!(!agents.verifies(&[ANSWER_CONTEXT, b"", b"body"], &tag(&seal)), "a command's MAC is no answer's");
+        let (other, _) = agreed();
+        assert_ne!(other.id(), agents.id());
+        assert!(!other.verifies(&[COMMAND_CONTEXT, b"body"], &tag(&seal)));
+        assert!(!format!("{agents:?}").contains(&hex::encode(*agents.key)), "debug hides the key");
+    }
+
+    #[test]
+    fn the_session_depends_on_the_offer_id_and_both_keys() {
+        let (dispatcher, agent) = ids();
+        let offer = Offer::new().unwrap();
+        let (share, agents) = accept("req-1", offer.share(), dispatcher, agent).unwrap();
+        assert_ne!(offer.complete("req-2", &share, dispatcher, agent).unwrap().id(), agents.id());
+        assert_ne!(offer.complete("req-1", &share, agent, dispatcher).unwrap().id(), agents.id());
+        assert_eq!(offer.complete("req-1", &share, dispatcher, agent).unwrap().id(), agents.id());
+    }
+
+    #[test]
+    fn shares_of_low_order_or_the_wrong_size_are_refused() {
+        let (dispatcher, agent) = ids();
+        let mut order_four = [0u8; 32];
+        order_four[0] = 1;
+        for bad in [&[0u8; 32][..], &order_four[..], &[9u8; 31][..]] {
+            assert_eq!(accept("req", bad, dispatcher, agent).unwrap_err(), SessionError::BadShare);
+            assert_eq!(
+                Offer::new().unwrap().complete("req", bad, dispatcher, agent).unwrap_err(),
+                SessionError::BadShare
+            );
+        }
+    }
+
+    #[test]
+    fn an_agent_accepts_offers_only_in_signed_commands_to_itself() {
+        use crate::messages::Kind;
+        let (dispatcher, _) = ids();
+        let me = Identity { agent_id: "web-01", pool: Some("workers") };
+        let offering = |target: &str| {
+            let mut header = Envelope::new(Kind::GetCapabilities, target, 1, Some(2), ());
+            header.key_share = Some(serde_bytes::ByteBuf::from(vec![9; 32]));
+            header
+        };
+        let to_me = offering("web-01");
+        assert_eq!(offered(Origin::Key(dispatcher), &to_me, me), Some((dispatcher, &[9u8; 32][..])));
+        assert_eq!(offered(Origin::Key(dispatcher), &offering("pool:workers"), me), None, "a pool's");
+        assert_eq!(offered(Origin::Unsigned, &to_me, me), None);
+        let in_session = Origin::Session { key: dispatcher, session: SessionId([0; 16]) };
+        assert_eq!(offered(in_session, &to_me, me), None, "a session is offered under a signature only");
+        let plain = Envelope::new(Kind::GetCapabilities, "web-01", 1, Some(2), ());
+        assert_eq!(offered(Origin::Key(dispatcher), &plain, me), None);
+    }
+
+    #[test]
+    fn an_agent_forgets_idle_sessions_and_keeps_at_most_the_bound() {
+        let mut table = SessionTable::default();
+        let (session, _) = agreed();
+        table.insert(session.clone(), 1_000);
+        assert!(table.get(session.id(), 1_000 + SESSION_IDLE_MS).is_some(), "used now: kept again");
+        assert!(table.get(session.id(), 1_000 + 2 * SESSION_IDLE_MS + 1).is_none(), "idle too long");
+        assert!(table.is_empty());
+        // Made directly: agreeing thousands of sessions would only slow the test.
+        let (dispatcher, agent) = ids();
+        let made = |n: u64| {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&n.to_be_bytes());
+            Session { id: SessionId(id), key: Zeroizing::new([0; 32]), dispatcher, agent }
+        };
+        let first = made(0);
+        table.insert(first.clone(), 0);
+        for at in 1..MAX_SESSIONS as u64 + 5 {
+            table.insert(made(at), at);
+        }
+        assert_eq!(table.len(), MAX_SESSIONS);
+        assert!(table.get(first.id(), MAX_SESSIONS as u64).is_none(), "the least recently used went first");
+    }
+
+    #[test]
+    fn a_dispatcher_offers_once_then_uses_the_session_until_it_is_old_or_refused() {
+        let mut cache = SessionCache::default();
+        let (session, _) = agreed();
+        let pinned = [session.agent_key()];
+        assert!(matches!(cache.plan("web-01", &pinned, 0), Plan::Offer));
+        assert!(matches!(cache.plan("web-01", &pinned, 1), Plan::Sign), "one offer at a time");
+        assert!(matches!(cache.plan("web-02", &pinned, 1), Plan::Offer), "per agent");
+        assert!(cache.established("web-01", &pinned, 1).is_none());
+        cache.answered("web-01", Some(session.clone()), 2);
+        assert_eq!(cache.established("web-01", &pinned, 3).map(|s| s.id()), Some(session.id()));
+        assert!(cache.established("web-01", &[], 3).is_none());
+        assert!(matches!(cache.plan("web-01", &pinned, 3), Plan::Mac(s) if s.id() == session.id()));
+        assert!(matches!(cache.plan("web-01", &[], 3), Plan::Offer), "its agent key is no longer pinned");
+        cache.answered("web-01", Some(session.clone()), 4);
+        assert!(matches!(cache.plan("web-01", &pinned, 4 + SESSION_USE_MS), Plan::Offer), "used long enough");
+        cache.answered("web-01", Some(session.clone()), 5);
+        cache.forget("web-01", agreed().0.id());
+        assert!(matches!(cache.plan("web-01", &pinned, 6), Plan::Mac(_)), "another session forgotten: not this one");
+        cache.forget("web-01", session.id());
+        assert!(matches!(cache.plan("web-01", &pinned, 7), Plan::Offer));
+        assert!(matches!(cache.plan("web-01", &pinned, 7 + OFFER_WAIT_MS), Plan::Offer), "an unanswered offer");
+        cache.unanswered("web-01");
+        assert!(matches!(cache.plan("web-01", &pinned, 8 + OFFER_WAIT_MS), Plan::Offer));
+        cache.answered("web-01", None, 9);
+        assert!(matches!(cache.plan("web-01", &pinned, 10), Plan::Sign), "an agent that predates sessions");
+        assert!(matches!(cache.plan("web-01", &pinned, 9 + SESSION_USE_MS), Plan::Offer), "asked again later");
+    }
+}
