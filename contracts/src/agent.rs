@@ -369,6 +369,36 @@ pub fn check_replicated(replication: &ClaimReplication, wanted: u32, waited: Dur
     }
 }
 
+/// Whether a cancel's answer `status` must wait for the `claim_replicas` replicas to hold the
+/// ticket's record first. An unknown ticket (no start claimed: the cancel's tombstone stands in
+/// its place) tells a dispatcher whose start was not answered that nothing ran and nothing
+/// will; a failover losing that tombstone would let the start still in a queue run after all.
+/// So, as a claim is before its script starts, the tombstone is confirmed on the replicas before
+/// that is said ([`check_tombstone_replicated`]).
+pub fn cancel_awaits_replication(status: &ScriptStatus, claim_replicas: u32) -> bool {
+    claim_replicas > 0 && status.is_complete() && status.exit_code == Some(exit_code::UNKNOWN_TICKET)
+}
+
+/// Whether a cancel's tombstone reached the `wanted` replicas within `waited`, or the transient
+/// error to answer instead, so the dispatcher repeats the cancel (never told "nothing ran" on a
+/// tombstone a failover can lose).
+pub fn check_tombstone_replicated(
+    replication: &ClaimReplication,
+    wanted: u32,
+    waited: Duration,
+) -> Result<(), ErrorReply> {
+    let message = match *replication {
+        ClaimReplication::Acked(acked) if acked >= wanted => return Ok(()),
+        ClaimReplication::Acked(acked) => format!(
+            "the cancel's tombstone reached {acked} of {wanted} replicas within {waited:?}; until it does, a start still queued could run"
+        ),
+        ClaimReplication::Lost => {
+            "the cancel's tombstone was lost from the ticket store before replicas confirmed it; a start still queued could run".into()
+        }
+    };
+    Err(ErrorReply::new(ErrorKind::StoreUnavailable, message))
+}
+
 /// The answer to a start of a ticket cancelled before it started.
 pub fn cancelled_status(ticket: &Ticket) -> ScriptStatus {
     ScriptStatus {
@@ -679,6 +709,27 @@ mod tests {
         assert_eq!(short.kind, ErrorKind::StoreUnavailable);
         assert_eq!(short.message, "the claim reached 1 of 2 replicas within 1s; nothing was started");
         assert!(check_replicated(&ClaimReplication::Lost, 0, wait).unwrap_err().kind.is_transient());
+    }
+
+    #[test]
+    fn a_cancel_says_nothing_ran_only_once_its_tombstone_is_on_the_replicas() {
+        let ticket = Ticket::parse("t-1").unwrap();
+        let unknown = status_from(&ticket, 0, view(None, false, &[], 0));
+        let tombstoned = status_from(&ticket, 0, view(Some(cancel_tombstone("a/1", "a", 5)), false, &[], 0));
+        assert!(cancel_awaits_replication(&unknown, 1) && cancel_awaits_replication(&tombstoned, 1));
+        assert!(!cancel_awaits_replication(&tombstoned, 0), "no replicas asked for: nothing to wait for");
+        let running = status_from(&ticket, 0, view(Some(record(RecordState::Running)), true, &[], 0));
+        assert!(!cancel_awaits_replication(&running, 1), "it ran: the answer says so, whatever is lost");
+        let wait = Duration::from_secs(1);
+        assert_eq!(check_tombstone_replicated(&ClaimReplication::Acked(1), 1, wait), Ok(()));
+        let short = check_tombstone_replicated(&ClaimReplication::Acked(0), 1, wait).unwrap_err();
+        assert_eq!(short.kind, ErrorKind::StoreUnavailable);
+        assert_eq!(
+            short.message,
+            "the cancel's tombstone reached 0 of 1 replicas within 1s; until it does, a start still queued could run"
+        );
+        let lost = check_tombstone_replicated(&ClaimReplication::Lost, 1, wait).unwrap_err();
+        assert!(lost.kind.is_transient(), "the dispatcher repeats the cancel");
     }
 
     #[test]

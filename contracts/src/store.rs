@@ -185,6 +185,22 @@ pub trait TicketStore: Send + Sync {
         Ok(ClaimReplication::Acked(0))
     }
 
+    /// Checks that the record `raw` still stands, then waits up to `timeout` for `replicas`
+    /// replicas to hold it (and so everything written before it): a cancel's tombstone before
+    /// the cancel is answered ([`crate::agent::cancel_awaits_replication`]). A store without
+    /// replicas holds a record as soon as it is written: it only reads it.
+    async fn confirm_record(
+        &self,
+        keys: &TicketKeys,
+        raw: &str,
+        _replicas: u32,
+        _timeout: Duration,
+    ) -> Result<ClaimReplication, Self::Error> {
+        let view = self.read(keys, crate::agent::SKIP_LOGS).await?;
+        let standing = view.record.is_some_and(|(_, stored)| stored == raw);
+        Ok(if standing { ClaimReplication::Acked(0) } else { ClaimReplication::Lost })
+    }
+
     /// Cancels a ticket in one step against its claim: the tombstone `tombstone` (kept
     /// `record_ttl`) if it has no record, else its cancel flag (kept `flag_ttl`).
     async fn cancel(

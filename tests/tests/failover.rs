@@ -199,6 +199,37 @@ async fn a_repeated_start_confirms_the_earlier_claim_then_runs_it_once() {
     agent.stop().await;
 }
 
+/// A cancel of a ticket whose start has not come leaves a tombstone and answers "unknown
+/// ticket", which tells a dispatcher whose start was not answered that nothing ran: said only
+/// once a replica holds the tombstone, which a failover could otherwise lose (and the start
+/// still queued then run; simulator seeds 11261, 19225). Replication held, the cancel is
+/// answered transient; released, its repeat answers unknown ticket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_answers_unknown_ticket_only_once_a_replica_holds_its_tombstone() {
+    tests::skip_unless!(tests::needs::private_redis());
+    let redis = ReplicatedRedis::start(false).await;
+    let agent = agent_on(&redis, 1, false).await;
+    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let orchestrator = orchestrator();
+    let cancel = [Request::CancelScriptV2(CancelScriptV2 {
+        ticket: Ticket::generate(),
+        last_log_sequence: 0,
+        first_issued_at: Some(unix_millis(SystemTime::now())),
+    })];
+    redis.replication.hold();
+    let held = send(&orchestrator, &route, &cancel, Duration::from_secs(5)).await;
+    assert!(held[0].0.is_err() && held[0].1, "refused while replication is held: {:?}", held[0]);
+    redis.replication.release();
+    let again = send(&orchestrator, &route, &cancel, Duration::from_secs(10)).await;
+    match &again[0].0 {
+        Ok(Reply::ScriptStatus(status)) => {
+            assert_eq!((status.state, status.exit_code), (ScriptState::Complete, Some(exit_code::UNKNOWN_TICKET)))
+        }
+        other => panic!("expected unknown ticket once replicated: {other:?}"),
+    }
+    agent.stop().await;
+}
+
 /// Bad replicated-store settings stop the agent binary at start, with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_refuses_bad_sentinel_lists_and_claim_replicas_without_redis() {

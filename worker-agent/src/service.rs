@@ -478,6 +478,11 @@ impl Agent {
     async fn cancel(&self, ticket: &Ticket, last_seq: u64, first_issued_at: Option<u64>) -> Reply {
         let reply = self.cancel_and_read(ticket, last_seq).await;
         let Reply::ScriptStatus(status) = reply else { return reply };
+        if rules::cancel_awaits_replication(&status, self.config.claim_replicas) {
+            if let Err(refused) = self.confirm_tombstone(ticket).await {
+                return refused;
+            }
+        }
         let epoch = match self.store.epoch(now_ms()).await {
             Ok(epoch) => epoch,
             Err(error) => return Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, error.to_string())),
@@ -489,6 +494,24 @@ impl Agent {
                 Reply::Error(lost)
             }
         }
+    }
+
+    /// Waits for `claim_replicas` replicas to hold the record that makes a ticket unknown to a
+    /// cancel (its tombstone), before the cancel is answered with it
+    /// ([`rules::cancel_awaits_replication`]); a transient error if they do not in time.
+    async fn confirm_tombstone(&self, ticket: &Ticket) -> Result<(), Reply> {
+        let unavailable =
+            |error: StoreError| Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, error.to_string()));
+        let keys = self.store.keys(&ticket.store_key());
+        let view = self.store.read(&keys, SKIP_LOGS).await.map_err(unavailable)?;
+        let raw = view.record.map(|(_, raw)| raw).unwrap_or_default();
+        let wanted = self.config.claim_replicas;
+        let replication =
+            self.store.confirm_record(&keys, &raw, wanted, CLAIM_REPLICA_WAIT).await.map_err(unavailable)?;
+        rules::check_tombstone_replicated(&replication, wanted, CLAIM_REPLICA_WAIT).map_err(|refused| {
+            tracing::warn!(ticket = %ticket, ?replication, wanted, "cancel's tombstone not yet on enough replicas; not answering it");
+            Reply::Error(refused)
+        })
     }
 
     /// Cancels the script (see [`Agent::cancel`]) and reads the ticket's status after.

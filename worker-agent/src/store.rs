@@ -104,6 +104,18 @@ return 1
 static CONFIRM_CLAIM_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(CONFIRM_CLAIM));
 
+/// KEYS: record. Writes the record ARGV[1] again if it still holds exactly that (1), so a `WAIT`
+/// after it covers it and all written before it; 0 if it is gone (lost in a failover) or changed.
+const CONFIRM_RECORD: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+return 1
+"#;
+
+/// Used only with `--claim-replicas`, like [`CONFIRM_CLAIM_SCRIPT`].
+static CONFIRM_RECORD_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(CONFIRM_RECORD));
+
 /// KEYS: record, cancel flag. Creates the tombstone ARGV[1] (PX ARGV[2]) if the ticket has no
 /// record (0), else sets the cancel flag (PX ARGV[3]) and tells the worker running the ticket
 /// at once: publishes the ticket ARGV[5] on the cancel channel ARGV[4] (see
@@ -161,6 +173,32 @@ impl RedisStore {
 
     fn running_set(&self, agent_id: &str) -> String {
         format!("{}agent:{agent_id}:running", self.prefix)
+    }
+
+    /// Runs `invocation` of `script` (a write that answers 0 when what it checks no longer
+    /// stands), then waits up to `timeout` for `replicas` replicas to hold it. One pipeline: the
+    /// script and the WAIT after it go over the same connection, so the WAIT counts replicas
+    /// that have this write, and so everything written before it. That connection is not the
+    /// shared one, which WAIT would hold.
+    async fn write_and_wait(
+        &self,
+        script: &redis::Script,
+        invocation: &redis::ScriptInvocation<'_>,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<ClaimReplication, StoreError> {
+        let (_, standing, acked): (String, i64, u32) = redis::pipe()
+            .load_script(script)
+            .invoke_script(invocation)
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis().max(1) as u64)
+            .query_async(&mut self.wait_con.get().await?)
+            .await?;
+        Ok(match standing {
+            0 => ClaimReplication::Lost,
+            _ => ClaimReplication::Acked(acked),
+        })
     }
 }
 
@@ -228,21 +266,21 @@ impl TicketStore for RedisStore {
     ) -> Result<ClaimReplication, StoreError> {
         let mut confirm = CONFIRM_CLAIM_SCRIPT.key(&keys.record);
         confirm.key(&keys.lease).arg(raw).arg(owner).arg(lease_ttl.as_millis() as u64);
-        // One pipeline: the script and the WAIT after it go over the same connection, so the
-        // WAIT counts replicas that have this write, and so the claim, written before it. That
-        // connection is not the shared one, which WAIT would hold.
-        let (_, standing, acked): (String, i64, u32) = redis::pipe()
-            .load_script(&CONFIRM_CLAIM_SCRIPT)
-            .invoke_script(&confirm)
-            .cmd("WAIT")
-            .arg(replicas)
-            .arg(timeout.as_millis().max(1) as u64)
-            .query_async(&mut self.wait_con.get().await?)
-            .await?;
-        Ok(match standing {
-            0 => ClaimReplication::Lost,
-            _ => ClaimReplication::Acked(acked),
-        })
+        self.write_and_wait(&CONFIRM_CLAIM_SCRIPT, &confirm, replicas, timeout).await
+    }
+
+    /// Checks that the record `raw` still stands and writes it again, then waits up to
+    /// `timeout` for `replicas` replicas to hold it (Redis `WAIT`, as for a claim).
+    async fn confirm_record(
+        &self,
+        keys: &TicketKeys,
+        raw: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<ClaimReplication, StoreError> {
+        let mut confirm = CONFIRM_RECORD_SCRIPT.key(&keys.record);
+        confirm.arg(raw);
+        self.write_and_wait(&CONFIRM_RECORD_SCRIPT, &confirm, replicas, timeout).await
     }
 
     /// Cancels a ticket in one step against its claim: the tombstone `tombstone` (kept
@@ -437,6 +475,16 @@ impl<S: TicketStore> TicketStore for Observed<S> {
         self.ops.observe("confirm_claim", confirm).await
     }
 
+    async fn confirm_record(
+        &self,
+        keys: &TicketKeys,
+        raw: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<ClaimReplication, S::Error> {
+        self.ops.observe("confirm_record", self.store.confirm_record(keys, raw, replicas, timeout)).await
+    }
+
     async fn cancel(
         &self,
         keys: &TicketKeys,
@@ -504,6 +552,7 @@ mod tests {
             ClaimReplication::Acked(0)
         );
         store.cancel(&keys, &cancel_tombstone("a/1", "a", 1_000), hour, hour).await.unwrap();
+        store.confirm_record(&keys, &record.encode(), 0, hour).await.unwrap();
         store.append_logs(&keys, &[], hour).await.unwrap();
         store.renew_lease(&keys, "a/1", hour).await.unwrap();
         store.compare_and_set(&keys, &record.encode(), &record.completed(0), None, Release::Lease).await.unwrap();
@@ -516,6 +565,7 @@ mod tests {
             "epoch",
             "claim",
             "confirm_claim",
+            "confirm_record",
             "cancel",
             "append_logs",
             "renew_lease",

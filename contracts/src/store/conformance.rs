@@ -3,7 +3,7 @@
 //! Redis and the agent's redb store (`tests/tests/store_conformance.rs`). It panics, like a
 //! test, on the first broken rule.
 
-use super::{Cancel, Claim, Release, TicketStore};
+use super::{Cancel, Claim, ClaimReplication, Release, TicketStore};
 use crate::agent::{cancel_tombstone, claim_record, TicketRecord};
 use crate::{LogLine, LogStream};
 use std::time::Duration;
@@ -100,6 +100,11 @@ pub async fn check_all<S: TicketStore>(store: &S, prefix: &str, owner: &str, age
         other => panic!("a claim after a cancel must find its tombstone: {other:?}"),
     }
     assert_eq!(store.cancel(&keys, &tombstone, HOUR, HOUR).await.unwrap(), Cancel::Flagged);
+    // A record is confirmed only while it stands as read (no replicas asked for here).
+    let stands = store.confirm_record(&keys, &tombstone.encode(), 0, Duration::from_millis(100)).await.unwrap();
+    assert!(matches!(stands, ClaimReplication::Acked(_)), "{stands:?}");
+    let changed = store.confirm_record(&keys, &first.encode(), 0, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(changed, ClaimReplication::Lost);
 
     // Lines the store lost (here never stored: 3 and 4, and the tail after 6) leave gaps: lines
     // are read by their sequence numbers, wherever they sit, and a run lost with its process

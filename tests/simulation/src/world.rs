@@ -706,14 +706,7 @@ impl World {
     ) -> Result<(), Reply> {
         let standing =
             ready(self.store.read(&keys, SKIP_LOGS)).expect("memory store").record.is_some_and(|(_, r)| r == raw);
-        let replication = if !standing {
-            ClaimReplication::Lost
-        } else if self.rng.f64() < 0.7 {
-            self.replica = self.store.snapshot();
-            ClaimReplication::Acked(1)
-        } else {
-            ClaimReplication::Acked(0)
-        };
+        let replication = self.replicate(standing);
         match agent::check_replicated(&replication, self.faults.claim_replicas, Duration::from_secs(1)) {
             Ok(_) => {
                 if self.agents[a].unconfirmed.remove(&keys.ticket) {
@@ -771,9 +764,44 @@ impl World {
         Reply::ScriptStatus(agent::status_from(ticket, last_seq, view))
     }
 
-    /// The agent's cancel, answered as `contracts::agent::cancel_answer` says.
+    /// The agent's cancel, answered as `contracts::agent::cancel_answer` says, once a tombstone
+    /// it answers with is on the replicas (`contracts::agent::cancel_awaits_replication`).
     fn cancel(&mut self, a: usize, ticket: &Ticket, last_seq: u64, first_issued_at: Option<u64>, now: u64) -> Reply {
         match self.cancel_and_read(a, ticket, last_seq, now) {
+            Reply::ScriptStatus(status) if agent::cancel_awaits_replication(&status, self.faults.claim_replicas) => {
+                match self.confirm_tombstone(ticket) {
+                    Ok(()) => self.answer_cancel(Reply::ScriptStatus(status), first_issued_at, now),
+                    Err(refused) => Reply::Error(refused),
+                }
+            }
+            other => self.answer_cancel(other, first_issued_at, now),
+        }
+    }
+
+    /// Whether the replicas hold the record a cancel found (its tombstone): once a replication
+    /// carried it (Redis `WAIT`), as for a claim; the decision on the answer is contracts'.
+    fn confirm_tombstone(&mut self, ticket: &Ticket) -> Result<(), ErrorReply> {
+        let keys = self.store.keys(&ticket.store_key());
+        let standing = ready(self.store.read(&keys, SKIP_LOGS)).expect("memory store").record.is_some();
+        let replication = self.replicate(standing);
+        agent::check_tombstone_replicated(&replication, self.faults.claim_replicas, Duration::from_secs(1))
+    }
+
+    /// A write confirmed on the replicas (Redis `WAIT` after it): lost if it no longer
+    /// `standing`, else carried by a replication now, or not yet.
+    fn replicate(&mut self, standing: bool) -> ClaimReplication {
+        if !standing {
+            ClaimReplication::Lost
+        } else if self.rng.f64() < 0.7 {
+            self.replica = self.store.snapshot();
+            ClaimReplication::Acked(1)
+        } else {
+            ClaimReplication::Acked(0)
+        }
+    }
+
+    fn answer_cancel(&mut self, reply: Reply, first_issued_at: Option<u64>, now: u64) -> Reply {
+        match reply {
             Reply::ScriptStatus(status) if !self.store_down => {
                 let epoch = ready(self.store.epoch(now)).expect("memory store");
                 agent::cancel_answer(status, first_issued_at, epoch.created_ms)
