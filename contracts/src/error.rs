@@ -35,7 +35,12 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Whether repeating the same request may succeed.
     pub fn is_transient(self) -> bool {
-        matches!(self, ErrorKind::StoreUnavailable | ErrorKind::ShuttingDown | ErrorKind::Internal)
+        // UnknownSession: the dispatcher's RPC sends the request again signed at once; should the
+        // refusal still reach a retry loop, repeating it goes signed too.
+        matches!(
+            self,
+            ErrorKind::StoreUnavailable | ErrorKind::ShuttingDown | ErrorKind::Internal | ErrorKind::UnknownSession
+        )
     }
 }
 

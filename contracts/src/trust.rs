@@ -964,6 +964,7 @@ mod tests {
         assert_eq!(check(&trusted, &body, Some(&agents)), Ok(origin));
         assert_eq!(check(&trusted, &body, None), Err(Refusal::UnknownSession(agents.id())));
         assert_eq!(Refusal::UnknownSession(agents.id()).answered_as(), crate::ErrorKind::UnknownSession);
+        assert!(crate::ErrorKind::UnknownSession.is_transient(), "repeated (signed), it may run");
         let other = accept("req-9", Offer::new().unwrap().share(), dispatcher.id(), agent.id()).unwrap().1;
         assert_eq!(check(&trusted, &body, Some(&other)), Err(Refusal::UnknownSession(agents.id())));
         let mut tampered = body.clone();

@@ -1,11 +1,14 @@
 //! One submission as the dispatcher makes it: contracts' real [`Submission`] machine (the one
 //! `dispatcher::orchestrator` drives over RabbitMQ), driven here over the simulated broker and
-//! clock. Its requests are really encoded and signed, its replies are the simulated agents',
+//! clock. Its requests are really encoded and signed, or MAC'd in a session agreed with the agent
+//! as `dispatcher::rpc` does (contracts' `session`: offered in a signed request, a request the
+//! agent refuses for a session it lost sent again signed); its replies are the simulated agents',
 //! its timeouts, lost links and Ctrl-C are the world's events; what it shows the user (lines,
 //! outcome) is checked against what really happened.
 
 use crate::world::{Ev, World};
 use contracts::outcome::{exit, Outcome as Told, OutcomeKind, NOT_SENT_MESSAGE};
+use contracts::session::{KeyShare, Offer, Plan, SessionId};
 use contracts::submission::{
     Action, CallError, Config, ErrorClass, Event, Input, Now, RetryPolicy, Submission, Timing,
 };
@@ -136,6 +139,8 @@ pub struct Sub {
     machine: Option<Submission<SimError>>,
     /// The attempt waiting for its reply.
     in_flight: Option<u64>,
+    /// How that attempt's request was sealed.
+    sealed: Option<Sealed>,
     /// When the machine is woken next.
     wake: Option<u64>,
     /// Some start attempt was published.
@@ -182,6 +187,7 @@ impl Sub {
             policy_ms,
             machine: None,
             in_flight: None,
+            sealed: None,
             wake: None,
             published: false,
             interrupted_before_publish: false,
@@ -233,9 +239,49 @@ fn feed(world: &mut World, s: usize, input: Input<SimError>) {
     pump(world, s);
 }
 
-pub fn on_reply(world: &mut World, s: usize, attempt: u64, reply: Reply) {
+/// A request in flight as `dispatcher::rpc` sealed it: what to do with the answer's share, and
+/// with a refusal of its session.
+#[derive(Clone, Debug)]
+struct Sealed {
+    /// The broker message: an answer to an earlier one (a copy of the request before it went
+    /// again, signed) is not this request's, as `dispatcher::rpc` matches answers by correlation id.
+    msg: u64,
+    request: Request,
+    not_after: u64,
+    message_id: String,
+    offer: Option<std::sync::Arc<Offer>>,
+    session: Option<SessionId>,
+    signed_again: bool,
+}
+
+pub fn on_reply(world: &mut World, s: usize, attempt: u64, msg: u64, reply: Reply, share: Option<KeyShare>) {
     if world.subs[s].in_flight != Some(attempt) {
         return;
+    }
+    if world.subs[s].sealed.as_ref().is_some_and(|sealed| sealed.msg != msg) {
+        return;
+    }
+    if let Some(sealed) = world.subs[s].sealed.take() {
+        let (d, target, now) = (world.subs[s].dispatcher, world.subs[s].target.clone(), dispatcher_now(world, s));
+        if let Some(offer) = &sealed.offer {
+            let completed =
+                share.map(|share| offer.complete(&sealed.message_id, &share, world.key.id(), world.agent_key.id()));
+            match completed {
+                Some(agreed) => world.sessions[d].answered(&target, agreed.ok(), now),
+                None if matches!(reply, Reply::Error(_)) => world.sessions[d].unanswered(&target),
+                None => world.sessions[d].answered(&target, None, now),
+            }
+        }
+        if let (Some(session), Reply::Error(error)) = (sealed.session, &reply) {
+            if error.kind == ErrorKind::UnknownSession {
+                world.sessions[d].forget(&target, session);
+                if !sealed.signed_again {
+                    world.log(format!("submission {s}: the agent lost the session; the request goes again, signed"));
+                    publish(world, s, &sealed.request, sealed.not_after, Some(attempt), true);
+                    return;
+                }
+            }
+        }
     }
     world.subs[s].in_flight = None;
     let input = match reply {
@@ -245,9 +291,18 @@ pub fn on_reply(world: &mut World, s: usize, attempt: u64, reply: Reply) {
     feed(world, s, input);
 }
 
+/// The attempt in flight got no answer: an offer it made may be made again.
+fn unanswered(world: &mut World, s: usize) {
+    if let Some(Sealed { offer: Some(_), .. }) = world.subs[s].sealed.take() {
+        let (d, target) = (world.subs[s].dispatcher, world.subs[s].target.clone());
+        world.sessions[d].unanswered(&target);
+    }
+}
+
 pub fn on_timeout(world: &mut World, s: usize, attempt: u64) {
     if world.subs[s].in_flight == Some(attempt) {
         world.subs[s].in_flight = None;
+        unanswered(world, s);
         feed(world, s, Input::Failed { attempt, error: SimError::NoReply, published: true });
     }
 }
@@ -260,6 +315,7 @@ pub fn link_lost(world: &mut World, d: usize) {
             continue;
         }
         if let Some(attempt) = world.subs[s].in_flight.take() {
+            unanswered(world, s);
             feed(world, s, Input::Failed { attempt, error: SimError::ConnectionLost, published: true });
         }
     }
@@ -299,12 +355,12 @@ fn pump(world: &mut World, s: usize) {
                 let sub = &mut world.subs[s];
                 sub.published |= request.kind() == Kind::StartScriptV2;
                 sub.in_flight = Some(attempt);
-                publish(world, s, &request, unix_millis(not_after), Some(attempt));
+                publish(world, s, &request, unix_millis(not_after), Some(attempt), false);
                 let at = world.now + reply_timeout.as_millis() as u64;
                 world.schedule(at, Ev::Timeout { sub: s, attempt });
             }
             Action::Send { request, not_after } => {
-                publish(world, s, &request, unix_millis(not_after), None);
+                publish(world, s, &request, unix_millis(not_after), None, false);
                 let now = self::now(world, s);
                 world.subs[s].machine.as_mut().expect("a machine").handle(Input::Sent(Ok(())), now);
             }
@@ -342,18 +398,37 @@ fn pump(world: &mut World, s: usize) {
     }
 }
 
-/// Publishes one request of submission `s`, its reply (if any) to `attempt`.
-fn publish(world: &mut World, s: usize, request: &Request, not_after: u64, attempt: Option<u64>) {
+/// Publishes one request of submission `s`, its reply (if any) to `attempt`, sealed as
+/// `dispatcher::rpc` does: in the session agreed with the agent, else signed, offering one (never
+/// to a pool; and a request that gets no answer only ever uses a session already agreed).
+fn publish(world: &mut World, s: usize, request: &Request, not_after: u64, attempt: Option<u64>, signed_again: bool) {
     let now = dispatcher_now(world, s);
-    let (queue, target) = (world.subs[s].queue, world.subs[s].target.clone());
-    let (_, bytes) = request.encode(&target, now, Some(not_after)).expect("requests encode");
-    let seal = Some(world.key.seal_command(&bytes));
+    let (queue, target, d) = (world.subs[s].queue, world.subs[s].target.clone(), world.subs[s].dispatcher);
+    let pinned = [world.agent_key.id()];
+    let plan = match attempt {
+        _ if target.starts_with("pool:") => Plan::Sign,
+        None => world.sessions[d].established(&target, &pinned, now).map_or(Plan::Sign, Plan::Mac),
+        Some(_) => world.sessions[d].plan(&target, &pinned, now),
+    };
+    let offer = matches!(plan, Plan::Offer).then(|| std::sync::Arc::new(Offer::new().expect("random bytes")));
+    let share = offer.as_deref().map(Offer::share);
+    let (header, bytes) = request.encode_offering(&target, now, Some(not_after), share).expect("requests encode");
+    let (seal, session) = match &plan {
+        Plan::Mac(session) => (session.seal_command(&bytes), Some(session.id())),
+        Plan::Offer | Plan::Sign => (world.key.seal_command(&bytes), None),
+    };
+    let seal = Some(seal);
     let expires = world.now + not_after.saturating_sub(now);
     let label = match attempt {
         Some(attempt) => format!("{:?} {} #{attempt}", request.kind(), world.subs[s].ticket),
         None => format!("{:?} {}", request.kind(), world.subs[s].ticket),
     };
-    world.publish(queue, bytes, seal, attempt.map(|a| (s, a)), expires, label, false);
+    let msg = world.publish(queue, bytes, seal, attempt.map(|a| (s, a)), expires, label, false);
+    if attempt.is_some() {
+        let message_id = header.message_id;
+        let sealed = Sealed { msg, request: request.clone(), not_after, message_id, offer, session, signed_again };
+        world.subs[s].sealed = Some(sealed);
+    }
 }
 
 /// Lines the user is told the store lost: up to where.

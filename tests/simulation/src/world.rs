@@ -7,6 +7,7 @@
 use crate::dispatcher::Sub;
 use crate::oracle::Oracle;
 use contracts::agent::{self, CompleteDecision, Recovery, StartDecision, SKIP_LOGS};
+use contracts::session::{self, KeyShare, Offer, SessionCache, SessionTable};
 use contracts::store::{Cancel, Claim, ClaimReplication, Epoch, MemoryData, MemoryStore, Release, TicketStore};
 use contracts::trust::{check_command_header, check_command_seal, Identity, Refusal, Seal, SecretKey, TrustedKeys};
 use contracts::*;
@@ -122,6 +123,8 @@ pub struct Agent {
     pub epoch: Option<Epoch>,
     pub runs: BTreeMap<String, Run>,
     pub unconfirmed: BTreeSet<String>,
+    /// The sessions dispatchers agreed with this process (lost when it crashes).
+    pub sessions: SessionTable,
 }
 
 impl Agent {
@@ -134,11 +137,26 @@ impl Agent {
 pub enum Ev {
     Submit(usize),
     Arrive(Msg),
-    Reply { sub: usize, attempt: u64, reply: Reply },
-    Timeout { sub: usize, attempt: u64 },
+    /// An answer to the message `msg`, with the agent's share when it accepted the session the
+    /// message offered.
+    Reply {
+        sub: usize,
+        attempt: u64,
+        msg: u64,
+        reply: Reply,
+        share: Option<KeyShare>,
+    },
+    Timeout {
+        sub: usize,
+        attempt: u64,
+    },
     Wake(usize),
     Interrupt(usize),
-    RunStep { agent: usize, instance: u32, ticket: String },
+    RunStep {
+        agent: usize,
+        instance: u32,
+        ticket: String,
+    },
     Crash(usize),
     Restart(usize),
     Disconnect(usize),
@@ -193,10 +211,16 @@ pub struct World {
     pub key: SecretKey,
     pub attacker: SecretKey,
     pub trusted: TrustedKeys,
+    /// The key the agents answer under (the sessions they agree name it).
+    pub agent_key: SecretKey,
+    /// Each dispatcher's sessions with the agents.
+    pub sessions: Vec<SessionCache>,
     next_msg: u64,
     last_arrival: BTreeMap<usize, u64>,
     /// How long the agent holds the reply it just made (a waiting status with nothing new).
     hold: u64,
+    /// The share of the session the agent just accepted, for the reply it just made.
+    share: Option<KeyShare>,
 }
 
 impl World {
@@ -241,9 +265,12 @@ impl World {
             key,
             attacker,
             trusted,
+            agent_key: SecretKey::generate().expect("a key"),
+            sessions: Vec::new(),
             next_msg: 0,
             last_arrival: BTreeMap::new(),
             hold: 0,
+            share: None,
         };
         // The store has been in use since long before: its data began when the clocks read 0.
         ready(world.store.epoch(0)).expect("memory store");
@@ -272,6 +299,7 @@ impl World {
         for _ in 0..dispatchers {
             let skew = self.rng.i64(-2_000..=2_000);
             self.dispatcher_skew.push(skew);
+            self.sessions.push(SessionCache::default());
         }
         let subs = self.rng.usize(2..=6);
         for s in 0..subs {
@@ -341,6 +369,7 @@ impl World {
             skew,
             epoch: None,
             runs: BTreeMap::new(),
+            sessions: SessionTable::default(),
             unconfirmed: BTreeSet::new(),
         });
         index
@@ -394,7 +423,9 @@ impl World {
         match event {
             Ev::Submit(s) => crate::dispatcher::submit(self, s),
             Ev::Arrive(msg) => self.arrive(msg),
-            Ev::Reply { sub, attempt, reply } => crate::dispatcher::on_reply(self, sub, attempt, reply),
+            Ev::Reply { sub, attempt, msg, reply, share } => {
+                crate::dispatcher::on_reply(self, sub, attempt, msg, reply, share)
+            }
             Ev::Timeout { sub, attempt } => crate::dispatcher::on_timeout(self, sub, attempt),
             Ev::Wake(s) => crate::dispatcher::wake(self, s),
             Ev::Interrupt(s) => crate::dispatcher::interrupt(self, s),
@@ -447,7 +478,7 @@ impl World {
 
     // ---- broker ----
 
-    /// Publishes a command: it reaches its queue after a delay, maybe twice.
+    /// Publishes a command: it reaches its queue after a delay, maybe twice. Its id.
     #[allow(clippy::too_many_arguments)]
     pub fn publish(
         &mut self,
@@ -458,7 +489,7 @@ impl World {
         expires: u64,
         label: String,
         forged: bool,
-    ) {
+    ) -> u64 {
         self.next_msg += 1;
         let msg =
             Msg { id: self.next_msg, queue, bytes: Arc::new(bytes), seal, forged, sub, expires, deliveries: 0, label };
@@ -476,6 +507,7 @@ impl World {
             *last = (*last).max(at);
             self.schedule(at, Ev::Arrive(msg.clone()));
         }
+        msg.id
     }
 
     pub fn delay(&mut self) -> u64 {
@@ -551,6 +583,7 @@ impl World {
         let id = self.agents[a].id.clone();
         let reply = self.agent_handle(a, msg, agent_now);
         let hold = std::mem::take(&mut self.hold);
+        let share = self.share.take();
         if !self.agents[a].alive {
             // Crashed while handling (after its claim): never acked, no reply.
             return true;
@@ -561,7 +594,7 @@ impl World {
                 self.log(format!("reply of {id} to {msg:?} lost"));
             } else {
                 let at = self.now + hold + self.rng.u64(1..50) + self.delay();
-                self.schedule(at, Ev::Reply { sub, attempt, reply });
+                self.schedule(at, Ev::Reply { sub, attempt, msg: msg.id, reply, share });
             }
         }
         self.rng.f64() < self.faults.ack_lost
@@ -574,20 +607,32 @@ impl World {
     /// The agent's answer to one command: the checks of `broker.rs` and the decisions of
     /// contracts' `agent` module, as `worker-agent/src/service.rs` drives them.
     fn agent_handle(&mut self, a: usize, msg: &Msg, now: u64) -> Option<Reply> {
-        let origin = check_command_seal(&self.trusted, false, Ok(msg.seal.clone()), &msg.bytes, None);
-        // Keys are random, so the trace names the refusal without its key id.
-        let (header, request) = match origin
-            .map_err(|refusal| match refusal {
-                Refusal::UntrustedKey(_) => "signed by a key this agent does not trust".to_owned(),
-                Refusal::BadSignature(_) => "a signature that does not verify".to_owned(),
-                other => other.to_string(),
+        let session = match &msg.seal {
+            Some(Seal::Mac { session, .. }) => self.agents[a].sessions.get(*session, now),
+            _ => None,
+        };
+        let origin = check_command_seal(&self.trusted, false, Ok(msg.seal.clone()), &msg.bytes, session.as_ref());
+        // Keys and sessions are random, so the trace names the refusal without their ids.
+        let (origin, header, request) = match origin
+            .map_err(|refusal| {
+                let reason = match refusal {
+                    Refusal::UntrustedKey(_) => "signed by a key this agent does not trust".to_owned(),
+                    Refusal::BadSignature(_) => "a signature that does not verify".to_owned(),
+                    Refusal::UnknownSession(_) => "MAC'd in a session this agent does not hold".to_owned(),
+                    Refusal::BadMac(_) => "a MAC that does not verify".to_owned(),
+                    ref other => other.to_string(),
+                };
+                (refusal.answered_as(), reason)
             })
-            .and_then(|_| Request::decode(&msg.bytes).map_err(|e| e.to_string()))
-        {
+            .and_then(|origin| {
+                let (header, request) =
+                    Request::decode(&msg.bytes).map_err(|e| (ErrorKind::NotAuthorized, e.to_string()))?;
+                Ok((origin, header, request))
+            }) {
             Ok(decoded) => decoded,
-            Err(refusal) => {
+            Err((kind, refusal)) => {
                 self.log(format!("{} refuses {msg:?}: {refusal}", self.agents[a].id));
-                return Some(Reply::Error(ErrorReply::new(ErrorKind::NotAuthorized, refusal)));
+                return Some(Reply::Error(ErrorReply::new(kind, refusal)));
             }
         };
         let pool = self.agents[a].pool.clone();
@@ -599,6 +644,18 @@ impl World {
         }
         if let Err(expired) = agent::check_fresh(header.not_after, now) {
             return Some(Reply::Error(expired));
+        }
+        // As broker.rs: a command that passed every check may offer a session.
+        let me = Identity { agent_id: &self.agents[a].id, pool: pool.as_deref() };
+        let offered = session::offered(origin, &header, me).map(|(key, share)| (key, share.to_vec()));
+        if let Some((dispatcher_key, offered)) = offered {
+            if let Ok((share, agreed)) =
+                session::accept(&header.message_id, &offered, dispatcher_key, self.agent_key.id())
+            {
+                self.log(format!("{} agrees a session", self.agents[a].id));
+                self.agents[a].sessions.insert(agreed, now);
+                self.share = Some(share);
+            }
         }
         Some(match request {
             Request::GetCapabilities(_) => Reply::Capabilities(Capabilities {
@@ -949,6 +1006,7 @@ impl World {
         agent.runs.clear();
         agent.unconfirmed.clear();
         agent.epoch = None;
+        agent.sessions = SessionTable::default();
         let id = agent.id.clone();
         self.log(format!("{id} crashes"));
         let back = self.now + self.rng.u64(500..6_000);
@@ -982,8 +1040,8 @@ impl World {
         self.pump_agent(a);
     }
 
-    /// The attacker: an unsigned start, one signed by an untrusted key, or a genuine signed
-    /// command copied to another agent's queue.
+    /// The attacker: an unsigned start, one signed by an untrusted key, one MAC'd in a session
+    /// no agent agreed, or a genuine signed command copied to another agent's queue.
     fn forge(&mut self) {
         let queue = self.rng.usize(0..self.queues.len());
         let target = self.queues[queue].name.clone();
@@ -992,14 +1050,21 @@ impl World {
         let start =
             Request::StartScriptV2(StartScriptV2 { ticket, spec, wait_for_output: None, first_issued_at: None });
         let now = self.now;
-        let (target, seal_with) = match self.rng.u8(0..3) {
-            0 => (target, None),
-            1 => (target, Some(self.attacker.clone())),
-            // Signed by the real key, but for another agent than the queue's.
-            _ => ("someone-else".to_owned(), Some(self.key.clone())),
-        };
+        let forgery = self.rng.u8(0..4);
+        let target = if forgery == 3 { "someone-else".to_owned() } else { target };
         let (_, bytes) = start.encode(&target, now, Some(now + 60_000)).expect("encodes");
-        let seal = seal_with.map(|key| key.seal_command(&bytes));
+        let seal = match forgery {
+            0 => None,
+            1 => Some(self.attacker.seal_command(&bytes)),
+            // MAC'd in a session no agent agreed (its maker knows its key), in the real key's name.
+            2 => {
+                let offer = Offer::new().expect("random bytes");
+                let made_up = session::accept("made-up", offer.share(), self.key.id(), self.agent_key.id());
+                Some(made_up.expect("a session").1.seal_command(&bytes))
+            }
+            // Signed by the real key, but for another agent than the queue's.
+            _ => Some(self.key.seal_command(&bytes)),
+        };
         self.log(format!("attacker publishes a start to {}", self.queues[queue].name));
         self.publish(queue, bytes, seal, None, now + 60_000, "forged start".into(), true);
     }

@@ -111,3 +111,14 @@ fn the_simulator_finds_a_double_run_when_the_claim_is_switched_off() {
     assert!(stderr.contains("replay: --seeds 1 --first-seed"), "{stderr}");
     assert_ne!(field(&String::from_utf8(run.stdout).unwrap(), "violations"), "0");
 }
+
+/// Sessions are simulated as the dispatcher's RPC and the agent make them: agreed in signed
+/// requests, used, lost when an agent crashes, refused then, and the request sent again signed.
+#[test]
+fn sessions_are_agreed_and_lost_with_a_crash_and_the_refused_request_goes_again_signed() {
+    let trace: Vec<String> = (0..200).flat_map(|seed| simulation::simulate(seed, &Exclude::default()).trace).collect();
+    let seen = |what: &str| trace.iter().any(|line| line.contains(what));
+    assert!(seen("agrees a session"));
+    assert!(seen("MAC'd in a session this agent does not hold"), "a crash lost a session in use");
+    assert!(seen("the agent lost the session; the request goes again, signed"));
+}
