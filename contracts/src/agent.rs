@@ -208,10 +208,22 @@ pub fn check_same_command(record: &TicketRecord, digest: &str) -> Result<(), Err
 }
 
 /// Whether a start that found `record` should confirm and start it: only the process that
-/// claimed it (`owner`), and only while that process still holds the claim as unconfirmed (not
-/// started). Any other finder answers with the status: a claim is started by its owner or never.
-pub fn claim_awaits_confirmation(record: &TicketRecord, owner: &str, unconfirmed_here: bool) -> bool {
-    unconfirmed_here && record.owner == owner && record.state != RecordState::Complete && !record.tombstone
+/// claimed it (`owner`), only while that process still holds the claim as unconfirmed (not
+/// started), and only while the claim's lease is alive: once it ran out, readers report the run
+/// lost (unknown result, [`reported_state`]) and the ticket may be completed on that, so it
+/// never starts. Any other finder answers with the status: a claim is started by its owner or
+/// never.
+pub fn claim_awaits_confirmation(
+    record: &TicketRecord,
+    owner: &str,
+    unconfirmed_here: bool,
+    lease_alive: bool,
+) -> bool {
+    unconfirmed_here
+        && lease_alive
+        && record.owner == owner
+        && record.state != RecordState::Complete
+        && !record.tombstone
 }
 
 /// The state and exit code a ticket reports. A live run whose owner's lease is gone was lost
@@ -333,7 +345,7 @@ pub fn decide_start(
         Claim::Won if claim_replicas == 0 => StartDecision::Run,
         Claim::Won => StartDecision::Confirm,
         Claim::Existing { record, .. } if record.cancelled_before_start() => StartDecision::Cancelled,
-        Claim::Existing { record, .. } => {
+        Claim::Existing { record, lease_alive, .. } => {
             if let Err(conflict) = check_same_command(record, digest) {
                 return StartDecision::Conflict(conflict);
             }
@@ -342,7 +354,7 @@ pub fn decide_start(
                 // double run this rule prevents.
                 return StartDecision::Run;
             }
-            if claim_awaits_confirmation(record, owner, unconfirmed_here) {
+            if claim_awaits_confirmation(record, owner, unconfirmed_here, *lease_alive) {
                 StartDecision::Confirm
             } else {
                 StartDecision::Status
@@ -659,12 +671,14 @@ mod tests {
     #[test]
     fn only_the_claiming_process_starts_an_unconfirmed_claim() {
         let claimed = record(RecordState::Running);
-        assert!(claim_awaits_confirmation(&claimed, "a/1", true));
-        assert!(!claim_awaits_confirmation(&claimed, "a/1", false), "started already, or never claimed here");
-        assert!(!claim_awaits_confirmation(&claimed, "a/2", true), "another process's claim");
-        assert!(!claim_awaits_confirmation(&claimed.completed(0), "a/1", true));
+        assert!(claim_awaits_confirmation(&claimed, "a/1", true, true));
+        assert!(!claim_awaits_confirmation(&claimed, "a/1", false, true), "started already, or never claimed here");
+        assert!(!claim_awaits_confirmation(&claimed, "a/2", true, true), "another process's claim");
+        assert!(!claim_awaits_confirmation(&claimed.completed(0), "a/1", true, true));
+        // Its lease ran out: reported lost (unknown result) already, so never started (seed 26759).
+        assert!(!claim_awaits_confirmation(&claimed, "a/1", true, false));
         let cancelled = TicketRecord { tombstone: true, ..claimed };
-        assert!(!claim_awaits_confirmation(&cancelled, "a/1", true));
+        assert!(!claim_awaits_confirmation(&cancelled, "a/1", true, true));
     }
 
     fn found(record: TicketRecord) -> Claim {
@@ -680,6 +694,8 @@ mod tests {
         assert_eq!(decide_start(&found(running.clone()), "d", "a/2", 0, false), StartDecision::Status);
         assert_eq!(decide_start(&found(running.clone()), "d", "a/1", 0, false), StartDecision::Status);
         assert_eq!(decide_start(&found(running.clone()), "d", "a/1", 1, true), StartDecision::Confirm);
+        let lease_gone = Claim::Existing { record: running.clone(), raw: running.encode(), lease_alive: false };
+        assert_eq!(decide_start(&lease_gone, "d", "a/1", 1, true), StartDecision::Status, "reported lost already");
         assert_eq!(decide_start(&found(running.completed(0)), "d", "a/1", 1, true), StartDecision::Status);
         match decide_start(&found(running), "other", "a/1", 0, false) {
             StartDecision::Conflict(error) => assert_eq!(error.kind, ErrorKind::TicketConflict),
