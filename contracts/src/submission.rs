@@ -545,6 +545,9 @@ struct Call {
     /// When the next attempt goes out, if none is waiting.
     wake: Duration,
     published: bool,
+    /// Some published attempt got no answer (no reply in time, or the link lost): it may have
+    /// done what it asked, whatever later attempts are answered.
+    unanswered: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -736,6 +739,8 @@ impl<E: CallError> Submission<E> {
                 let Some(call) = self.call.as_mut().filter(|c| c.in_flight == Some(attempt)) else { return };
                 call.in_flight = None;
                 call.published |= published;
+                call.unanswered |=
+                    published && !matches!(error.class(), ErrorClass::Agent(_) | ErrorClass::NoSuchAgent);
                 let kind = call.request.kind();
                 match call.retry.failed(error, now.mono) {
                     Ok(notice) => {
@@ -796,8 +801,16 @@ impl<E: CallError> Submission<E> {
     ) {
         let usual = self.config.timing.attempt_timeout + extra_wait;
         let retry = Retry::new(policy, usual, now.mono, self.rng.u64(..));
-        self.call =
-            Some(Call { purpose, request, retry, not_after, in_flight: None, wake: now.mono, published: false });
+        self.call = Some(Call {
+            purpose,
+            request,
+            retry,
+            not_after,
+            in_flight: None,
+            wake: now.mono,
+            published: false,
+            unanswered: false,
+        });
     }
 
     fn answered(&mut self, call: Call, answer: Result<Reply, GaveUp<E>>, now: Now) {
@@ -814,8 +827,10 @@ impl<E: CallError> Submission<E> {
                 Ok(status) => self.following(status, self.config.policies.script, true, now),
                 Err(gave_up) => {
                     // Some attempt reached the broker and no answer said it did not start: it may run.
+                    // An answer to the last attempt speaks for it only, not for an earlier one that
+                    // went unanswered (its reply lost after it claimed and started the script).
                     let answer = matches!(gave_up.error.class(), ErrorClass::Agent(_) | ErrorClass::NoSuchAgent);
-                    let started = call.published && !answer;
+                    let started = call.published && (!answer || call.unanswered);
                     let outcome = Outcome::from_error(
                         self.ticket.clone(),
                         &self.config.target,

@@ -416,6 +416,37 @@ fn a_refused_start_did_not_run_and_a_legacy_start_is_never_repeated() {
     assert!(outcome.error.unwrap().contains("its outcome is unknown"));
 }
 
+/// The first start's reply is lost (it may have claimed and started the script), then every
+/// repeat finds the agent's store unavailable until the deadline: "nothing was started" speaks
+/// for those repeats only, so the outcome is unknown, not failed (simulator seed 1058570).
+#[test]
+fn a_start_whose_reply_was_lost_is_not_told_unstarted_by_later_refusals() {
+    let mut m =
+        Machine::submit(config(RetryPolicy::new(Duration::from_secs(5))), ScriptSpec::default(), ticket(), at(0));
+    let mut seen = Vec::new();
+    let start = to_start(&mut m, &mut seen);
+    m.handle(Input::Failed { attempt: start, error: TestError::Lost, published: true }, at(10));
+    let mut now = 10;
+    let outcome = loop {
+        match until_input(&mut m, at(now), &mut seen) {
+            Action::Sleep(until) => now = now.max(until.as_millis() as u64 + 1),
+            Action::Call { attempt, request, .. } if request.kind() == Kind::StartScriptV2 => {
+                now += 10;
+                let reply =
+                    ErrorReply::new(ErrorKind::StoreUnavailable, "ticket store unavailable; nothing was started");
+                m.handle(Input::Failed { attempt, error: TestError::Agent(reply), published: true }, at(now));
+            }
+            // The best-effort cancel after it.
+            Action::Call { attempt, .. } => {
+                m.handle(Input::Failed { attempt, error: TestError::Lost, published: true }, at(now))
+            }
+            Action::Done(outcome) => break outcome,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!((outcome.outcome, outcome.process_exit), (OutcomeKind::Unknown, exit::OUTCOME_UNKNOWN), "{outcome:?}");
+}
+
 #[test]
 fn secrets_go_only_to_an_agent_that_masks_them() {
     let old = Capabilities { services: vec![SERVICE_SCRIPT_V2.into()], agent_version: "x".into() };
