@@ -125,7 +125,14 @@ async fn an_agent_trusting_another_ca_exits_78_naming_the_broker_certificate_as_
     bad.amqp_url = format!("amqps://localhost:{tls_port}/%2f");
     let mut command = AgentProcess::command(&bad);
     certificates(&mut command, Given::Flags, "amqp", &wrong.cert, &client);
-    let mut agent = AgentProcess::spawn_command(bad, command);
+    let agent = AgentProcess::spawn_command(bad, command);
+    let log = exits_78_naming(agent, "the broker").await;
+    assert_eq!(log.matches("TLS handshake with the broker failed").count(), 2, "not retried: {log}");
+}
+
+/// Waits for `agent` to exit by itself with 78, its last line naming the certificate of `service`
+/// as not trusted, having consumed nothing: its log.
+async fn exits_78_naming(mut agent: AgentProcess, service: &str) -> String {
     // A setting to fix, not an outage: it exits at once instead of retrying forever.
     let status = tokio::time::timeout(Duration::from_secs(30), agent.wait()).await.expect("the agent exits by itself");
     let log = agent.log_text();
@@ -133,13 +140,30 @@ async fn an_agent_trusting_another_ca_exits_78_naming_the_broker_certificate_as_
     assert_eq!(worker_agent::EXIT_SETTING, 78);
     let last = log.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("worker-agent: TLS handshake with the broker failed")
+        last.starts_with(&format!("worker-agent: TLS handshake with {service} failed"))
             && last.contains("certificate is not trusted: check the CA file"),
         "{log}"
     );
-    assert_eq!(log.matches("TLS handshake with the broker failed").count(), 2, "not retried: {log}");
     assert!(!log.contains("consuming commands"));
     agent.stop().await;
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_trusting_another_ca_exits_78_naming_the_store_certificate_as_the_reason() {
+    tests::skip_unless!(tests::needs::private_redis());
+    let ca = TestCa::new("cuttle-test-ca");
+    let server = ca.server("localhost");
+    let redis = PrivateRedis::start_tls(&ca, &server).await;
+    let wrong = TestCa::new("not-the-ca");
+    let mut config = test_config("tls-wrong-store-ca");
+    config.redis_url = format!("rediss://localhost:{}", redis.port);
+    let client = ca.client(&config.agent_id);
+    let mut command = AgentProcess::command(&config);
+    certificates(&mut command, Given::Flags, "redis", &wrong.cert, &client);
+    let agent = AgentProcess::spawn_command(config, command);
+    let log = exits_78_naming(agent, "the ticket store").await;
+    assert_eq!(log.matches("the ticket store's certificate is not trusted").count(), 1, "not retried: {log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

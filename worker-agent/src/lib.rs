@@ -67,10 +67,24 @@ pub enum RunError {
     /// exits [`EXIT_SETTING`].
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    /// The ticket store's certificate is not trusted: a setting no retry mends; the binary exits
+    /// [`EXIT_SETTING`].
+    #[error("TLS handshake with the ticket store failed: {error}; {UNTRUSTED_HINT}")]
+    StoreCertificate { error: String },
 }
 
-/// The exit code of `worker-agent run` when the broker's certificate is not trusted (`EX_CONFIG`
-/// of sysexits.h): a setting to fix, which a supervisor should not restart into again and again.
+const UNTRUSTED_HINT: &str = "the server's certificate is not trusted: check the CA file and the host name in the URL";
+
+impl RunError {
+    /// Whether the binary exits [`EXIT_SETTING`]: a setting to fix, not an outage.
+    pub fn is_setting(&self) -> bool {
+        matches!(self, RunError::Broker(_) | RunError::StoreCertificate { .. })
+    }
+}
+
+/// The exit code of `worker-agent run` when the broker's or the ticket store's certificate is
+/// not trusted (`EX_CONFIG` of sysexits.h): a setting to fix, which a supervisor should not
+/// restart into again and again.
 pub const EXIT_SETTING: u8 = 78;
 
 /// Runs an agent until `shutdown` completes: the one entry point of the `worker-agent` binary
@@ -102,16 +116,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     tokio::pin!(shutdown);
     let started = tokio::select! {
         started = start_trusting(config, trust, metrics, stop.clone()) => started,
-        () = &mut shutdown => None,
+        () = &mut shutdown => Ok(None),
     };
-    let mut failed = None;
+    let (started, mut failed) = match started {
+        Ok(started) => (started, None),
+        Err(error) => (None, Some(error)),
+    };
     if let Some((agent, mut serving)) = started {
         probes.attach(agent.clone());
         tokio::select! {
             served = &mut serving => {
                 // Stopped by itself: a setting to fix. Running scripts still end as on a signal.
                 stop.cancel();
-                failed = served.ok().and_then(Result::err);
+                failed = served.ok().and_then(Result::err).map(RunError::Broker);
             }
             () = &mut shutdown => {
                 tracing::info!("stopping: taking no more work");
@@ -126,7 +143,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     if let Some(served) = probes_served {
         let _ = served.await;
     }
-    failed.map_or(Ok(()), |error| Err(RunError::Broker(error)))
+    failed.map_or(Ok(()), Err)
 }
 
 /// Completes on the first SIGINT or SIGTERM.
@@ -165,14 +182,16 @@ pub type Serving = tokio::task::JoinHandle<Result<(), broker::BrokerError>>;
 /// Where the local ticket store lives in the work directory.
 pub const LOCAL_STORE_FILE: &str = "tickets.redb";
 
-/// Connects to (or opens) the ticket store, waiting for it (with notices) until `shutdown`.
-/// `owner` is this agent process's identity as a ticket owner; `metrics` records its operations.
+/// Connects to (or opens) the ticket store, waiting for it (with notices) until `shutdown`
+/// (`Ok(None)`). `owner` is this agent process's identity as a ticket owner; `metrics` records
+/// its operations. A store whose certificate is not trusted is a setting to fix: an error at
+/// once, not retried.
 pub async fn connect_store(
     config: &AgentConfig,
     owner: &str,
     metrics: &metrics::Metrics,
     shutdown: &CancellationToken,
-) -> Option<store::AgentStore> {
+) -> Result<Option<store::AgentStore>, RunError> {
     let mut delay = Duration::from_millis(200);
     let ops = &metrics.common.store;
     loop {
@@ -188,7 +207,11 @@ pub async fn connect_store(
             }
         };
         match opened {
-            Ok(store) => return Some(store),
+            Ok(store) => return Ok(Some(store)),
+            Err(error) if contracts::tls::untrusted_server(&error.to_string()) => {
+                tracing::error!(agent = %config.agent_id, %error, "the ticket store's certificate is not trusted; stopping (a setting to fix, not an outage)");
+                return Err(RunError::StoreCertificate { error: error.to_string() });
+            }
             Err(error) => match contracts::tls::tls_hint(&error.to_string()) {
                 Some(hint) => {
                     tracing::error!(agent = %config.agent_id, %error, hint, retry_in = ?delay, "TLS handshake with the ticket store failed; retrying")
@@ -199,7 +222,7 @@ pub async fn connect_store(
             },
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(5));
@@ -216,7 +239,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Option<(Arc<Agent>, Serving)>, RunError> {
     let trust = Arc::new(trust::AgentTrust::load(&config)?);
-    Ok(start_trusting(config, trust, metrics, shutdown).await)
+    start_trusting(config, trust, metrics, shutdown).await
 }
 
 async fn start_trusting(
@@ -224,9 +247,9 @@ async fn start_trusting(
     trust: Arc<trust::AgentTrust>,
     metrics: metrics::Metrics,
     shutdown: CancellationToken,
-) -> Option<(Arc<Agent>, Serving)> {
+) -> Result<Option<(Arc<Agent>, Serving)>, RunError> {
     let owner = format!("{}/{}", config.agent_id, uuid::Uuid::new_v4());
-    let store = connect_store(&config, &owner, &metrics, &shutdown).await?;
+    let Some(store) = connect_store(&config, &owner, &metrics, &shutdown).await? else { return Ok(None) };
     let epoch = loop {
         match store.epoch(contracts::unix_millis(std::time::SystemTime::now())).await {
             Ok(epoch) => break epoch,
@@ -235,7 +258,7 @@ async fn start_trusting(
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
@@ -243,7 +266,7 @@ async fn start_trusting(
     if wait > 0 {
         tracing::info!(agent = %config.agent_id, wait_ms = wait, "the ticket store's data is new: taking commands once the clock-skew allowance has passed, so that none is refused as possibly older than it");
         tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
         }
     }
@@ -260,5 +283,5 @@ async fn start_trusting(
     }
     tokio::spawn(janitor::run(agent.clone(), agent.config().janitor_interval, shutdown.clone()));
     let serving = tokio::spawn(broker::serve(agent.clone(), shutdown));
-    Some((agent, serving))
+    Ok(Some((agent, serving)))
 }

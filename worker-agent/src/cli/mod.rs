@@ -358,7 +358,7 @@ pub fn main() -> std::process::ExitCode {
         Err(error) => {
             eprintln!("worker-agent: {error:#}");
             match error.downcast_ref::<crate::RunError>() {
-                Some(crate::RunError::Broker(_)) => std::process::ExitCode::from(crate::EXIT_SETTING),
+                Some(error) if error.is_setting() => std::process::ExitCode::from(crate::EXIT_SETTING),
                 _ => std::process::ExitCode::FAILURE,
             }
         }
