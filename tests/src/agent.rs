@@ -59,6 +59,7 @@ pub struct TestAgent {
     pub agent: Arc<Agent>,
     shutdown: CancellationToken,
     serving: worker_agent::Serving,
+    left: CleanupOnDrop,
 }
 
 impl TestAgent {
@@ -80,7 +81,8 @@ impl TestAgent {
             .await
             .expect("agent ready within 15s")
             .expect("readiness");
-        TestAgent { config, agent, shutdown, serving }
+        let left = CleanupOnDrop(Some(config.clone()));
+        TestAgent { config, agent, shutdown, serving, left }
     }
 
     pub fn id(&self) -> &str {
@@ -98,7 +100,7 @@ impl TestAgent {
 
     /// Stops the agent and its scripts, and removes its queue, keys and work dir. Bounded, so a
     /// test that failed to stop cleanly still ends.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
         let stopping = async {
             let _ = self.serving.await;
@@ -108,6 +110,32 @@ impl TestAgent {
             eprintln!("agent {} did not stop within 30s", self.config.agent_id);
         }
         cleanup(&self.config).await;
+        self.left.done();
+    }
+}
+
+/// Cleans up after a test agent the test never stopped (it failed or panicked first): its queue,
+/// keys and work dir, as [`cleanup`] does, so that failed tests leave no quorum queues behind
+/// (each holds file handles on the broker).
+struct CleanupOnDrop(Option<AgentConfig>);
+
+impl CleanupOnDrop {
+    /// Cleaned up already.
+    fn done(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CleanupOnDrop {
+    fn drop(&mut self) {
+        let Some(config) = self.0.take() else { return };
+        // On a thread with a runtime of its own: the test's may be the one unwinding.
+        let cleaning = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                runtime.block_on(cleanup(&config));
+            }
+        });
+        let _ = cleaning.join();
     }
 }
 
@@ -148,8 +176,10 @@ async fn remove_queue_and_keys(config: &AgentConfig) {
 /// The real `worker-agent` binary, for tests that kill it.
 pub struct AgentProcess {
     pub config: AgentConfig,
+    /// Killed when dropped, before `left` cleans up.
     child: Option<tokio::process::Child>,
     pub log: PathBuf,
+    left: CleanupOnDrop,
 }
 
 impl AgentProcess {
@@ -167,7 +197,8 @@ impl AgentProcess {
     pub fn spawn_command(config: AgentConfig, command: tokio::process::Command) -> AgentProcess {
         let log = std::env::temp_dir().join(format!("{}.log", config.agent_id));
         let child = Self::spawn(command, &log);
-        AgentProcess { config, child: Some(child), log }
+        let left = CleanupOnDrop(Some(config.clone()));
+        AgentProcess { config, child: Some(child), log, left }
     }
 
     /// The log the process wrote so far.
@@ -288,6 +319,39 @@ impl AgentProcess {
     pub async fn stop(mut self) {
         self.kill().await;
         cleanup(&self.config).await;
+        self.left.done();
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a queue exists, by a passive declare on a connection of its own.
+    async fn queue_exists(queue: &str) -> bool {
+        let connection = lapin::Connection::connect(&crate::amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("broker");
+        let channel = connection.create_channel().await.expect("channel");
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let declared = channel.queue_declare(queue.into(), passive, lapin::types::FieldTable::default()).await;
+        let _ = connection.close(200, "done".into()).await;
+        declared.is_ok()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn agents_a_test_never_stopped_leave_no_queue_behind() {
+        let agent = TestAgent::start("left-behind").await;
+        let queue = agent_queue(agent.id());
+        assert!(queue_exists(&queue).await);
+        drop(agent);
+        assert!(!queue_exists(&queue).await, "the in-process agent's queue is removed");
+
+        let process = AgentProcess::start(test_config("left-behind-process")).await;
+        let queue = agent_queue(&process.config.agent_id);
+        assert!(queue_exists(&queue).await);
+        drop(process);
+        assert!(!queue_exists(&queue).await, "the agent process's queue is removed");
     }
 }
