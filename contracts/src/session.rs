@@ -312,7 +312,8 @@ enum Entry {
 }
 
 /// The dispatcher's sessions, one per agent id: what to do next with each agent (see [`Plan`]),
-/// and what an answer to an offer or a refusal of a session changes.
+/// and what an answer to an offer or a refusal of a session changes. A pool (`pool:<name>`) never
+/// gets one: its next request may reach another worker.
 #[derive(Debug, Default)]
 pub struct SessionCache {
     agents: HashMap<String, Entry>,
@@ -323,6 +324,9 @@ impl SessionCache {
     /// (a session agreed under a key no longer pinned is dropped). A `Plan::Offer` is noted as
     /// waiting: until its answer (or [`OFFER_WAIT_MS`]), other commands are only signed.
     pub fn plan(&mut self, agent: &str, pinned: &[KeyId], now_ms: u64) -> Plan {
+        if agent.starts_with("pool:") {
+            return Plan::Sign;
+        }
         if let Some(session) = self.established(agent, pinned, now_ms) {
             return Plan::Mac(session);
         }
@@ -349,9 +353,31 @@ impl SessionCache {
         }
     }
 
-    /// The agent's believed answer to an offer: a session when it carried a share, `None` when
-    /// it carried none (an agent that predates sessions: not offered again for a while).
-    pub fn answered(&mut self, agent: &str, session: Option<Session>, now_ms: u64) {
+    /// The agent's believed answer to an offer, as [`Offer::complete`] made it of the answer's
+    /// share (`None`: the answer carried none). A session agreed is used from now on; a share
+    /// that agrees none, or no share in an answer that is not a refusal (an agent that predates
+    /// sessions), means no offer for a while; no share in a refusal, another offer next time.
+    /// The error, if the share agreed none.
+    pub fn offer_answered(
+        &mut self,
+        agent: &str,
+        completed: Option<Result<Session, SessionError>>,
+        refused: bool,
+        now_ms: u64,
+    ) -> Result<(), SessionError> {
+        match completed {
+            Some(Ok(session)) => self.answered(agent, Some(session), now_ms),
+            Some(Err(error)) => {
+                self.answered(agent, None, now_ms);
+                return Err(error);
+            }
+            None if refused => self.unanswered(agent),
+            None => self.answered(agent, None, now_ms),
+        }
+        Ok(())
+    }
+
+    fn answered(&mut self, agent: &str, session: Option<Session>, now_ms: u64) {
         let entry = match session {
             Some(session) => Entry::Established { session, since: now_ms },
             None => Entry::Declined { since: now_ms },
@@ -490,6 +516,7 @@ mod tests {
         assert!(matches!(cache.plan("web-01", &pinned, 0), Plan::Offer));
         assert!(matches!(cache.plan("web-01", &pinned, 1), Plan::Sign), "one offer at a time");
         assert!(matches!(cache.plan("web-02", &pinned, 1), Plan::Offer), "per agent");
+        assert!(matches!(cache.plan("pool:workers", &pinned, 1), Plan::Sign), "never to a pool");
         assert!(cache.established("web-01", &pinned, 1).is_none());
         cache.answered("web-01", Some(session.clone()), 2);
         assert_eq!(cache.established("web-01", &pinned, 3).map(|s| s.id()), Some(session.id()));
@@ -506,8 +533,13 @@ mod tests {
         assert!(matches!(cache.plan("web-01", &pinned, 7 + OFFER_WAIT_MS), Plan::Offer), "an unanswered offer");
         cache.unanswered("web-01");
         assert!(matches!(cache.plan("web-01", &pinned, 8 + OFFER_WAIT_MS), Plan::Offer));
-        cache.answered("web-01", None, 9);
+        cache.offer_answered("web-01", None, false, 9).unwrap();
         assert!(matches!(cache.plan("web-01", &pinned, 10), Plan::Sign), "an agent that predates sessions");
         assert!(matches!(cache.plan("web-01", &pinned, 9 + SESSION_USE_MS), Plan::Offer), "asked again later");
+        cache.offer_answered("web-01", None, true, 9 + SESSION_USE_MS).unwrap();
+        assert!(matches!(cache.plan("web-01", &pinned, 10 + SESSION_USE_MS), Plan::Offer), "a refusal: offered again");
+        let unusable = cache.offer_answered("web-01", Some(Err(SessionError::BadShare)), false, 11 + SESSION_USE_MS);
+        assert_eq!(unusable, Err(SessionError::BadShare));
+        assert!(matches!(cache.plan("web-01", &pinned, 12 + SESSION_USE_MS), Plan::Sign), "a share that agrees none");
     }
 }

@@ -627,13 +627,13 @@ pub fn check_answer(
     body: &[u8],
     session: Option<&Session>,
 ) -> Result<Believed, Forged> {
-    let (id, tag) = match (&seal, pin) {
-        (Ok(Some(Seal::Mac { session, tag })), Pin::Keys(_)) => (*session, *tag),
+    let (id, tag, keys) = match (&seal, pin) {
+        (Ok(Some(Seal::Mac { session, tag })), Pin::Keys(keys)) => (*session, *tag, keys),
         _ => return check_pinned(pin, seal, || answer_message(request_id, body)),
     };
     let session = session.filter(|s| s.id() == id).ok_or(Forged::OtherSession(id))?;
     let key = session.agent_key();
-    if !matches!(pin, Pin::Keys(keys) if keys.iter().any(|k| k.id() == key)) {
+    if !keys.iter().any(|k| k.id() == key) {
         return Err(Forged::UnpinnedKey(key));
     }
     if !session.verifies(&[ANSWER_CONTEXT, request_id.as_bytes(), body], &tag) {

@@ -234,11 +234,7 @@ impl RpcClient {
             Plan::Mac(session) => Some(session),
             Plan::Offer | Plan::Sign => None,
         };
-        let seal = match session {
-            Some(session) => session.seal_command(&bytes),
-            None => trust.seal_command(&bytes),
-        };
-        let properties = with_seal(BasicProperties::default(), &seal)
+        let properties = with_seal(BasicProperties::default(), &trust.seal_command(session, &bytes))
             .with_reply_to(REPLY_TO.into())
             .with_correlation_id(correlation_id.as_str().into())
             .with_type(request.kind().as_str().into())
@@ -330,10 +326,7 @@ impl RpcClient {
         let target = route.target();
         let (_, bytes) = request.encode(&target, unix_millis(now), Some(unix_millis(not_after)))?;
         let expiration = not_after.duration_since(now).unwrap_or_default().as_millis().max(1);
-        let seal = match trust.session(&target, &pin) {
-            Some(session) => session.seal_command(&bytes),
-            None => trust.seal_command(&bytes),
-        };
+        let seal = trust.seal_command(trust.session(&target, &pin).as_ref(), &bytes);
         let properties = with_seal(BasicProperties::default(), &seal)
             .with_type(request.kind().as_str().into())
             .with_content_type(CONTENT_TYPE.into())

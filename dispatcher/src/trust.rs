@@ -116,20 +116,24 @@ impl DispatcherTrust {
         })
     }
 
-    pub fn seal_command(&self, body: &[u8]) -> Seal {
-        self.key.seal_command(body)
+    /// Seals a command: MAC'd in `session`, else signed with the dispatcher's key.
+    pub fn seal_command(&self, session: Option<&Session>, body: &[u8]) -> Seal {
+        match session {
+            Some(session) => session.seal_command(body),
+            None => self.key.seal_command(body),
+        }
     }
 
-    /// How to seal the next request to `target`, pinned `pin` ([`SessionCache::plan`]). Pools
-    /// and agents pinned as legacy are only ever signed.
+    /// How to seal the next request to `target`, pinned `pin` ([`SessionCache::plan`]). Agents
+    /// pinned as legacy are only ever signed.
     pub fn session_plan(&self, target: &str, pin: &Pin) -> Plan {
-        let Some(pinned) = session_keys(target, pin) else { return Plan::Sign };
+        let Some(pinned) = session_keys(pin) else { return Plan::Sign };
         self.sessions.lock().expect("sessions poisoned").plan(target, &pinned, now_ms())
     }
 
     /// The session agreed with `target`, for a message that gets no answer (and so offers none).
     pub fn session(&self, target: &str, pin: &Pin) -> Option<Session> {
-        let pinned = session_keys(target, pin)?;
+        let pinned = session_keys(pin)?;
         self.sessions.lock().expect("sessions poisoned").established(target, &pinned, now_ms())
     }
 
@@ -145,18 +149,13 @@ impl DispatcherTrust {
         agent_key: KeyId,
         refused: bool,
     ) {
+        let completed = share.map(|share| offer.complete(request_id, share, self.key.id(), agent_key));
+        if let Some(Ok(session)) = &completed {
+            tracing::debug!(agent = %target, session = %session.id(), agent_key = %agent_key, "session agreed");
+        }
         let mut sessions = self.sessions.lock().expect("sessions poisoned");
-        match share.map(|share| offer.complete(request_id, share, self.key.id(), agent_key)) {
-            Some(Ok(session)) => {
-                tracing::debug!(agent = %target, session = %session.id(), agent_key = %agent_key, "session agreed");
-                sessions.answered(target, Some(session), now_ms());
-            }
-            Some(Err(error)) => {
-                tracing::warn!(agent = %target, %error, "the agent's session share is not usable; signing its requests");
-                sessions.answered(target, None, now_ms());
-            }
-            None if refused => sessions.unanswered(target),
-            None => sessions.answered(target, None, now_ms()),
+        if let Err(error) = sessions.offer_answered(target, completed, refused, now_ms()) {
+            tracing::warn!(agent = %target, %error, "the agent's session share is not usable; signing its requests");
         }
     }
 
@@ -229,12 +228,11 @@ impl DispatcherTrust {
     }
 }
 
-/// The keys a session with `target` may be agreed under: `None` for a pool (its next request may
-/// reach another worker) and for an agent pinned as legacy (it cannot sign).
-fn session_keys(target: &str, pin: &Pin) -> Option<Vec<KeyId>> {
+/// The keys a session may be agreed under: `None` for an agent pinned as legacy (it cannot sign).
+fn session_keys(pin: &Pin) -> Option<Vec<KeyId>> {
     match pin {
-        Pin::Keys(keys) if !target.starts_with("pool:") => Some(keys.iter().map(|k| k.id()).collect()),
-        _ => None,
+        Pin::Keys(keys) => Some(keys.iter().map(|k| k.id()).collect()),
+        Pin::Legacy => None,
     }
 }
 

@@ -93,6 +93,30 @@ impl ServiceProcess {
         self.spawn().await;
     }
 
+    /// Submits `script` to agent `target` over the API (`POST /v1/scripts`): its ticket.
+    pub async fn submit(&self, target: &str, script: &str) -> String {
+        let body = serde_json::json!({"target": target, "script": script});
+        let response = http().post(format!("{}/v1/scripts", self.url)).json(&body).send().await.expect("POST");
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.expect("json body");
+        assert_eq!(status, 202, "{body}");
+        body["tickets"][0]["ticket"].as_str().expect("ticket").to_owned()
+    }
+
+    /// Waits until the ticket has finished (through whichever service answers) and gives its
+    /// record.
+    pub async fn finished(&self, ticket: &str, within: Duration) -> serde_json::Value {
+        let (http, url) = (http(), format!("{}/v1/tickets/{ticket}", self.url));
+        eventually(&format!("ticket {ticket} to finish"), within, || {
+            let request = http.get(&url).send();
+            async move {
+                let body: serde_json::Value = request.await.ok()?.json().await.ok()?;
+                (body["state"] == "finished").then_some(body)
+            }
+        })
+        .await
+    }
+
     /// Stops the process; the journal stays (shared by replicas): see [`remove_journal`].
     pub async fn stop(mut self) {
         self.kill().await;

@@ -17,26 +17,6 @@ async fn get(service: &ServiceProcess, path: &str) -> (u16, Value) {
     (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
 }
 
-/// Submits `script` to `target` and gives its ticket.
-async fn submit(service: &ServiceProcess, target: &str, script: &str) -> String {
-    let (status, body) = post(service, json!({"target": target, "script": script})).await;
-    assert_eq!(status, 202, "{body}");
-    body["tickets"][0]["ticket"].as_str().expect("ticket").to_owned()
-}
-
-/// Waits until the ticket has finished (through whichever service answers) and gives its record.
-async fn finished(service: &ServiceProcess, ticket: &str, within: Duration) -> Value {
-    let (http, url) = (http(), format!("{}/v1/tickets/{ticket}", service.url));
-    eventually(&format!("ticket {ticket} to finish"), within, || {
-        let request = http.get(&url).send();
-        async move {
-            let body: Value = request.await.ok()?.json().await.ok()?;
-            (body["state"] == "finished").then_some(body)
-        }
-    })
-    .await
-}
-
 fn output_texts(record: &Value) -> Vec<String> {
     record["output"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap().to_owned()).collect()
 }
@@ -80,9 +60,9 @@ async fn a_script_submitted_over_http_is_journaled_with_its_output_and_outcome()
     let agent = TestAgent::start("svc-api").await;
     let prefix = journal_prefix("svc-api");
     let service = ServiceProcess::start(&prefix, &["--replica-id", "replica-one"]).await;
-    let ticket = submit(&service, agent.id(), "echo one; echo two >&2; exit 3").await;
+    let ticket = service.submit(agent.id(), "echo one; echo two >&2; exit 3").await;
 
-    let record = finished(&service, &ticket, Duration::from_secs(30)).await;
+    let record = service.finished(&ticket, Duration::from_secs(30)).await;
     assert_eq!((record["outcome"].as_str(), record["exit_code"].as_i64()), (Some("completed"), Some(3)), "{record}");
     // stdout and stderr are separate pipes: their lines may be journaled in either order.
     let texts = output_texts(&record);
@@ -154,7 +134,7 @@ async fn a_request_repeated_with_its_idempotency_key_runs_the_script_once() {
     };
     let first: Value = send(&body).await.unwrap().json().await.unwrap();
     let ticket = first["tickets"][0]["ticket"].as_str().unwrap().to_owned();
-    finished(&service, &ticket, Duration::from_secs(30)).await;
+    service.finished(&ticket, Duration::from_secs(30)).await;
     let again = send(&body).await.unwrap();
     assert_eq!(again.status().as_u16(), 202);
     let again: Value = again.json().await.unwrap();
@@ -162,9 +142,9 @@ async fn a_request_repeated_with_its_idempotency_key_runs_the_script_once() {
     let other = send(&json!({"target": agent.id(), "script": "echo something else"})).await.unwrap();
     assert_eq!(other.status().as_u16(), 409);
     // A request without a key is a new one.
-    let fresh = submit(&service, agent.id(), &markers.record("idem")).await;
+    let fresh = service.submit(agent.id(), &markers.record("idem")).await;
     assert_ne!(fresh, ticket);
-    finished(&service, &fresh, Duration::from_secs(30)).await;
+    service.finished(&fresh, Duration::from_secs(30)).await;
     assert_eq!(markers.count("idem"), 2, "once for the keyed request, once for the fresh one");
 
     service.stop().await;
@@ -181,7 +161,7 @@ async fn server_sent_events_bring_each_line_live_then_the_result() {
     let markers = Markers::new();
     // The script waits for the test to see its first line before it prints the second.
     let (script, gate) = gated_script(&markers, "sse", "first", "second");
-    let ticket = submit(&service, agent.id(), &script).await;
+    let ticket = service.submit(agent.id(), &script).await;
     let response = http().get(format!("{}/v1/tickets/{ticket}/events", service.url)).send().await.unwrap();
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.bytes_stream();
@@ -220,11 +200,11 @@ async fn cancel_through_the_api_stops_the_script_on_the_agent() {
     let agent = TestAgent::start("svc-cancel").await;
     let prefix = journal_prefix("svc-cancel");
     let service = ServiceProcess::start(&prefix, &[]).await;
-    let ticket = submit(&service, agent.id(), "echo started; sleep 60").await;
+    let ticket = service.submit(agent.id(), "echo started; sleep 60").await;
     first_line_recorded(&service, &ticket).await;
     let response = http().post(format!("{}/v1/tickets/{ticket}/cancel", service.url)).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 202);
-    let record = finished(&service, &ticket, Duration::from_secs(30)).await;
+    let record = service.finished(&ticket, Duration::from_secs(30)).await;
     assert_eq!(record["outcome"], "cancelled", "{record}");
     let again = http().post(format!("{}/v1/tickets/{ticket}/cancel", service.url)).send().await.unwrap();
     assert_eq!(again.status().as_u16(), 409);
@@ -380,13 +360,13 @@ async fn a_service_killed_mid_run_resumes_its_tickets_and_runs_nothing_twice() {
     let mut service = ServiceProcess::start(&prefix, &["--replica-id", "crashy", "--lease-ttl", "60s"]).await;
     let markers = Markers::new();
     let (script, gate) = gated_script(&markers, "crash", "before", "after");
-    let ticket = submit(&service, agent.id(), &format!("{script}; exit 7")).await;
+    let ticket = service.submit(agent.id(), &format!("{script}; exit 7")).await;
     first_line_recorded(&service, &ticket).await;
     service.kill().await;
     // The script goes on without its follower, and ends while nobody watches.
     std::fs::write(&gate, "").unwrap();
     service.restart().await;
-    let record = finished(&service, &ticket, Duration::from_secs(30)).await;
+    let record = service.finished(&ticket, Duration::from_secs(30)).await;
     assert_eq!((record["outcome"].as_str(), record["exit_code"].as_i64()), (Some("completed"), Some(7)), "{record}");
     assert_eq!(output_texts(&record), ["before", "after"], "every line once, in order");
     assert_eq!(markers.count("crash"), 1, "the script ran once");
@@ -405,7 +385,7 @@ async fn a_replica_takes_over_the_tickets_of_one_that_was_killed() {
     let second = ServiceProcess::start(&prefix, &["--lease-ttl", "2s", "--replica-id", "second"]).await;
     let markers = Markers::new();
     let (script, gate) = gated_script(&markers, "replica", "started", "done");
-    let ticket = submit(&first, agent.id(), &script).await;
+    let ticket = first.submit(agent.id(), &script).await;
     first_line_recorded(&second, &ticket).await;
     let (_, health) = get(&first, "/healthz").await;
     assert_eq!(health["following"], 1, "the replica that took the submission follows it");
@@ -422,7 +402,7 @@ async fn a_replica_takes_over_the_tickets_of_one_that_was_killed() {
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(10), "took over after {took:?}");
     std::fs::write(&gate, "").unwrap();
-    let record = finished(&second, &ticket, Duration::from_secs(30)).await;
+    let record = second.finished(&ticket, Duration::from_secs(30)).await;
     assert_eq!(record["outcome"], "completed", "{record}");
     assert_eq!(output_texts(&record), ["started", "done"]);
     assert_eq!(markers.count("replica"), 1);
@@ -479,7 +459,7 @@ async fn finished_tickets_leave_the_journal_after_the_history_retention() {
         post(&service, json!({"target": agent.id(), "script": "echo kept", "policy": "patient"})).await;
     assert_eq!(status, 202, "{body}");
     let ticket = body["tickets"][0]["ticket"].as_str().unwrap().to_owned();
-    let record = finished(&service, &ticket, Duration::from_secs(30)).await;
+    let record = service.finished(&ticket, Duration::from_secs(30)).await;
     assert_eq!(record["policy"], "patient", "the policies file is the service's");
     let (status, body) = post(&service, json!({"target": agent.id(), "script": "true", "policy": "hasty"})).await;
     assert_eq!(status, 400);

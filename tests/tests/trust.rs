@@ -390,30 +390,17 @@ async fn forged_rows(bench: &mut Bench) {
 /// dispatcher sends that command again, signed, offering a new session. The script runs once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_refuses_its_forgotten_session_and_the_service_signs_again() {
-    use serde_json::{json, Value};
     let markers = Markers::new();
     let mut agent = AgentProcess::start(test_config("session-restart")).await;
     let id = agent.config.agent_id.clone();
     let prefix = tests::service::journal_prefix("sessions");
     let service = ServiceProcess::start(&prefix, &[]).await;
     let run = |name: &str| {
-        let (script, base, id) = (markers.record(name), service.url.clone(), id.clone());
+        let script = markers.record(name);
+        let (service, id) = (&service, &id);
         async move {
-            let url = format!("{base}/v1/scripts");
-            let body = json!({"target": id, "script": script});
-            let response = tests::service::http().post(url).json(&body).send().await.expect("POST");
-            assert_eq!(response.status().as_u16(), 202);
-            let body: Value = response.json().await.expect("json");
-            let ticket = body["tickets"][0]["ticket"].as_str().expect("ticket").to_owned();
-            let url = format!("{base}/v1/tickets/{ticket}");
-            eventually(&format!("ticket {ticket} to finish"), Duration::from_secs(60), || {
-                let request = tests::service::http().get(&url).send();
-                async move {
-                    let record: Value = request.await.ok()?.json().await.ok()?;
-                    (record["state"] == "finished").then_some(record)
-                }
-            })
-            .await
+            let ticket = service.submit(id, &script).await;
+            service.finished(&ticket, Duration::from_secs(60)).await
         }
     };
     let first = run("before-restart").await;

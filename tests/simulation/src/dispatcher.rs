@@ -264,13 +264,11 @@ pub fn on_reply(world: &mut World, s: usize, attempt: u64, msg: u64, reply: Repl
     if let Some(sealed) = world.subs[s].sealed.take() {
         let (d, target, now) = (world.subs[s].dispatcher, world.subs[s].target.clone(), dispatcher_now(world, s));
         if let Some(offer) = &sealed.offer {
-            let completed =
-                share.map(|share| offer.complete(&sealed.message_id, &share, world.key.id(), world.agent_key.id()));
-            match completed {
-                Some(agreed) => world.sessions[d].answered(&target, agreed.ok(), now),
-                None if matches!(reply, Reply::Error(_)) => world.sessions[d].unanswered(&target),
-                None => world.sessions[d].answered(&target, None, now),
-            }
+            let (dispatcher_key, agent_key) = (world.key.id(), world.agent_key.id());
+            let completed = share.map(|share| offer.complete(&sealed.message_id, &share, dispatcher_key, agent_key));
+            let refused = matches!(reply, Reply::Error(_));
+            // A share that agrees none leaves the agent signed to, as the cache decides.
+            let _ = world.sessions[d].offer_answered(&target, completed, refused, now);
         }
         if let (Some(session), Reply::Error(error)) = (sealed.session, &reply) {
             if error.kind == ErrorKind::UnknownSession {
@@ -406,7 +404,6 @@ fn publish(world: &mut World, s: usize, request: &Request, not_after: u64, attem
     let (queue, target, d) = (world.subs[s].queue, world.subs[s].target.clone(), world.subs[s].dispatcher);
     let pinned = [world.agent_key.id()];
     let plan = match attempt {
-        _ if target.starts_with("pool:") => Plan::Sign,
         None => world.sessions[d].established(&target, &pinned, now).map_or(Plan::Sign, Plan::Mac),
         Some(_) => world.sessions[d].plan(&target, &pinned, now),
     };
