@@ -3,8 +3,8 @@
 //! touch.
 
 use crate::proxy::FaultProxy;
-use crate::services::{free_port, PrivateRabbit, PrivateRedis};
-use crate::{eventually, unique};
+use crate::services::{free_port, tail, PrivateRabbit, PrivateRedis};
+use crate::{eventually, unique, within};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -107,11 +107,12 @@ impl ReplicatedRedis {
         // A long failover timeout: Sentinel would otherwise soon point the replica straight at
         // the master, around the proxy.
         let config = format!(
-            "port {port}\nbind 127.0.0.1\ndaemonize yes\ndir {dir}\n\
+            "port {port}\nbind 127.0.0.1\ndaemonize yes\ndir {dir}\nlogfile {log}\n\
              sentinel monitor {svc} 127.0.0.1 {master} 2\n\
              sentinel down-after-milliseconds {svc} 1000\n\
              sentinel failover-timeout {svc} 120000\n",
             dir = self.dir.display(),
+            log = self.sentinel_log(port).display(),
             svc = self.service,
             master = self.master.port,
         );
@@ -167,16 +168,40 @@ impl ReplicatedRedis {
         self.replication.outage();
     }
 
-    /// After a failover: starts the old master again, empty, as a replica of the new one. The
-    /// full sync that follows took over 30 s once on this 2-core machine under a full test run.
-    pub async fn restart_old_master_as_replica(&self) {
+    /// After a failover: starts the old master again, empty, as a replica of the new one (on a
+    /// port of its own: the Sentinels learn it from the new master).
+    pub async fn restart_old_master_as_replica(&mut self) {
         let replicaof = ["--replicaof", "127.0.0.1", &self.replica.port.to_string()];
-        self.master.start_again_with(&replicaof).await;
+        self.master.start_again_elsewhere(&replicaof).await;
         let new_master = self.replica.port;
-        eventually("the old master to sync as a replica", Duration::from_secs(60), || async move {
+        let synced = within(Duration::from_secs(60), || async move {
             redis_cli(new_master, &["info", "replication"]).contains("state=online").then_some(())
         })
         .await;
+        assert!(
+            synced.is_some(),
+            "timed out after 60s waiting for the old master to sync as a replica\n{}",
+            self.logs()
+        );
+    }
+
+    /// The last lines of every server's log: what a failed wait shows.
+    pub fn logs(&self) -> String {
+        let mut logs = format!(
+            "--- new master (port {}) ---\n{}\n--- old master (port {}) ---\n{}",
+            self.replica.port,
+            self.replica.log_tail(),
+            self.master.port,
+            self.master.log_tail()
+        );
+        for port in &self.sentinel_ports {
+            logs += &format!("\n--- sentinel (port {port}) ---\n{}", tail(&self.sentinel_log(*port), 20));
+        }
+        logs
+    }
+
+    fn sentinel_log(&self, port: u16) -> PathBuf {
+        self.dir.join(format!("sentinel-{port}.log"))
     }
 }
 

@@ -247,7 +247,20 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, St
 }
 
 /// Polls `check` every 50 ms until it gives `Some`, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match within(timeout, check).await {
+        Some(value) => value,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` every 50 ms until it gives `Some`, or `None` after `timeout` (for a caller
+/// that has more to say about the failure than [`eventually`] would).
+pub async fn within<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -256,9 +269,11 @@ where
     loop {
         // A check that hangs counts as not yet, and cannot outlive the deadline.
         if let Ok(Some(value)) = tokio::time::timeout_at(deadline, check()).await {
-            return value;
+            return Some(value);
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

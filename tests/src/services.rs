@@ -12,6 +12,13 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port()
 }
 
+/// The last `lines` lines of the file at `path` (a note if it cannot be read).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else { return format!("({} cannot be read)", path.display()) };
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 fn port_open(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
@@ -31,6 +38,10 @@ pub struct PrivateRedis {
 }
 
 impl PrivateRedis {
+    fn new(dir: PathBuf, durable: bool, cli_args: Vec<String>) -> PrivateRedis {
+        PrivateRedis { port: free_port(), dir, durable, cli_args }
+    }
+
     pub async fn start(durable: bool) -> PrivateRedis {
         PrivateRedis::start_with(durable, &[]).await
     }
@@ -39,7 +50,7 @@ impl PrivateRedis {
     pub async fn start_with(durable: bool, extra: &[&str]) -> PrivateRedis {
         let dir = std::env::temp_dir().join(unique("redis"));
         std::fs::create_dir_all(&dir).expect("redis dir");
-        let redis = PrivateRedis { port: free_port(), dir, durable, cli_args: Vec::new() };
+        let redis = PrivateRedis::new(dir, durable, Vec::new());
         redis.launch(extra).await;
         redis
     }
@@ -55,7 +66,7 @@ impl PrivateRedis {
             ["--tls", "--cacert", &path(&ca.cert), "--cert", &path(&client.cert), "--key", &path(&client.key)]
                 .map(String::from)
                 .to_vec();
-        let redis = PrivateRedis { port: free_port(), dir, durable: false, cli_args };
+        let redis = PrivateRedis::new(dir, false, cli_args);
         let port = redis.port.to_string();
         let tls = [
             "--port",
@@ -88,28 +99,51 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The last lines of the server's log, restarts included (for a test's failure message).
+    pub fn log_tail(&self) -> String {
+        tail(&self.dir.join("redis.log"), 40)
+    }
+
     async fn launch(&self, extra: &[&str]) {
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--daemonize", "yes", "--save", ""])
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"))
             .args(["--appendonly", if self.durable { "yes" } else { "no" }, "--appendfsync", "always"])
             .args(extra);
         let status = command.status().expect("redis-server is installed");
         assert!(status.success(), "redis-server failed to start");
         wait_port("the private redis to listen", self.port, true, Duration::from_secs(10)).await;
+        assert!(
+            self.is_ours(),
+            "another server listens on port {} where this redis should be; its log:\n{}",
+            self.port,
+            self.log_tail()
+        );
+    }
+
+    /// Whether the server answering on the port is this one (its directory is this one's). While
+    /// this one is down, another test may start a server on its port: a restart then finds the
+    /// port taken, and nothing here may stop that other server.
+    fn is_ours(&self) -> bool {
+        let reply = self.cli(&["config", "get", "dir"]);
+        reply.lines().nth(1).is_some_and(|dir| Path::new(dir.trim()) == self.dir)
     }
 
     /// Stops the server (as a crash would for what was not yet on disk).
     pub async fn stop(&self) {
-        let _ = Command::new("redis-cli").args(["-p", &self.port.to_string(), "shutdown", "nosave"]).status();
+        assert!(self.is_ours(), "the server on port {} is not this redis", self.port);
+        self.cli(&["shutdown", "nosave"]);
         wait_port("the private redis to stop", self.port, false, Duration::from_secs(10)).await;
     }
 
     /// Kills the server with SIGKILL.
     pub async fn kill(&self) {
-        let info = crate::cluster::redis_cli(self.port, &["info", "server"]);
+        assert!(self.is_ours(), "the server on port {} is not this redis", self.port);
+        let info = self.cli(&["info", "server"]);
         let pid = info.lines().find_map(|l| l.strip_prefix("process_id:")).expect("redis pid").trim();
         let pid: i32 = pid.parse().expect("numeric pid");
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
@@ -120,15 +154,20 @@ impl PrivateRedis {
         self.launch(&[]).await;
     }
 
-    /// Starts the server again with `extra` arguments.
-    pub async fn start_again_with(&self, extra: &[&str]) {
+    /// Starts the server again with `extra` arguments, on a port it has not had: for a test
+    /// whose clients find it again by other means (Sentinel), so no other test can have taken
+    /// the port while it was down.
+    pub async fn start_again_elsewhere(&mut self, extra: &[&str]) {
+        self.port = free_port();
         self.launch(extra).await;
     }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
-        self.cli(&["shutdown", "nosave"]);
+        if self.is_ours() {
+            self.cli(&["shutdown", "nosave"]);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -292,5 +331,32 @@ impl Drop for PrivateRabbit {
     fn drop(&mut self) {
         let _ = Command::new("rabbitmqctl").arg("-n").arg(&self.node).args(["-q", "stop"]).status();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another test's server on the port of a Redis that was down: the restart says so, and
+    /// dropping the Redis leaves that server running.
+    #[tokio::test]
+    async fn a_redis_whose_port_was_taken_while_down_says_so_and_stops_nothing_of_the_other() {
+        let redis = PrivateRedis::start(false).await;
+        redis.stop().await;
+        let mut other = PrivateRedis::new(std::env::temp_dir().join(unique("redis")), false, Vec::new());
+        other.port = redis.port;
+        std::fs::create_dir_all(&other.dir).expect("redis dir");
+        other.launch(&[]).await;
+        let redis = std::sync::Arc::new(redis);
+        let restart = tokio::spawn({
+            let redis = redis.clone();
+            async move { redis.start_again().await }
+        });
+        let panic = restart.await.expect_err("the restart fails").into_panic();
+        let message = panic.downcast_ref::<String>().expect("a message");
+        assert!(message.contains(&format!("another server listens on port {}", other.port)), "{message}");
+        drop(redis);
+        assert!(other.is_ours(), "the other server still runs");
     }
 }

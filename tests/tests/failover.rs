@@ -90,7 +90,7 @@ struct AfterFailover {
 /// Prints the failure-table row (the pause is from the kill to the repeated starts being
 /// answered).
 async fn failover_after_claims(replicas: u32) -> AfterFailover {
-    let redis = ReplicatedRedis::start(true).await;
+    let mut redis = ReplicatedRedis::start(true).await;
     let agent = agent_on(&redis, replicas, true).await;
     let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
     let epoch_key = format!("{}epoch", agent.config.key_prefix);
