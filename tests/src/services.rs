@@ -7,10 +7,27 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; it is released before the service binds it).
+/// A free TCP port on 127.0.0.1 for a server a test starts, which binds it a moment (RabbitMQ:
+/// seconds) later. Picked at random below the ephemeral range: every outgoing connection on the
+/// machine takes its local port from that range, and one that took this port in the meantime
+/// would keep the server from binding it (a broker that never listened with TLS, once).
 pub fn free_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let below = ephemeral_low.saturating_sub(1).max(PRIVATE_PORTS_FROM + 1);
+    for _ in 0..1000 {
+        let port = fastrand::u16(PRIVATE_PORTS_FROM..below);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port()
 }
+
+/// Where [`free_port`] starts looking: above the well-known services of this machine.
+const PRIVATE_PORTS_FROM: u16 = 10000;
 
 /// The last `lines` lines of the file at `path` (a note if it cannot be read).
 pub fn tail(path: &Path, lines: usize) -> String {
@@ -210,7 +227,12 @@ impl PrivateRabbit {
         std::fs::write(rabbit.dir.join("enabled_plugins"), "[rabbitmq_auth_mechanism_ssl].\n").expect("rabbit plugins");
         let _ = Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(&rabbit.dir).status();
         rabbit.launch().await;
-        wait_port("the private rabbitmq to listen with tls", tls_port, true, Duration::from_secs(30)).await;
+        let listening = crate::within(Duration::from_secs(30), || async { port_open(tls_port).then_some(()) }).await;
+        assert!(
+            listening.is_some(),
+            "timed out after 30s waiting for the private rabbitmq to listen with tls on port {tls_port}; its log:\n{}",
+            tail(&rabbit.dir.join("log").join(format!("{}.log", rabbit.node)), 30)
+        );
         (rabbit, tls_port)
     }
 
@@ -337,6 +359,17 @@ impl Drop for PrivateRabbit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_for_test_servers_are_free_and_never_ones_an_outgoing_connection_could_take() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+        for _ in 0..100 {
+            let port = free_port();
+            assert!((PRIVATE_PORTS_FROM..low).contains(&port), "{port} is in the ephemeral range from {low}");
+            TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+        }
+    }
 
     /// Another test's server on the port of a Redis that was down: the restart says so, and
     /// dropping the Redis leaves that server running.
