@@ -22,7 +22,8 @@
 //! - [`tls`]: TLS files (CA, client certificate and key) for the broker and the store.
 //! - [`topology`]: exchange, queue and routing names, queue arguments and protocol limits.
 //! - [`trust`]: Ed25519 keys, signed commands and answers, trusted-keys and known-agents files;
-//!   [`session`]: a key agreed under both signatures once, then a MAC per message.
+//!   [`session`]: a key agreed under both signatures once, then a MAC per message;
+//!   [`sealed`]: secrets sealed to the target's key, so only it reads them.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -35,6 +36,7 @@ pub mod messages;
 pub mod metrics;
 pub mod outcome;
 pub mod presence;
+pub mod sealed;
 pub mod session;
 pub mod status;
 pub mod store;

@@ -217,9 +217,15 @@ pub struct ScriptSpec {
     #[serde(default)]
     pub execution_timeout: Option<u64>,
     /// Variables set like `env` whose values the agent masks in the output. Sent only to agents
-    /// that list [`SERVICE_SECRET_MASKING`]; not part of [`ScriptSpec::digest`].
+    /// that list [`SERVICE_SECRET_MASKING`], sealed ([`ScriptSpec::sealed_secret_env`]) by a
+    /// dispatcher that pins the agent's key; not part of [`ScriptSpec::digest`].
     #[serde(default, skip_serializing_if = "Secrets::is_empty")]
     pub secret_env: Secrets,
+    /// [`ScriptSpec::secret_env`] sealed to the target's keys ([`crate::sealed`]), sent in its
+    /// place to agents that list [`crate::sealed::SERVICE_SEALED_SECRETS`]; not part of
+    /// [`ScriptSpec::digest`] (each sealing differs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed_secret_env: Vec<crate::sealed::SealedSecrets>,
 }
 
 impl ScriptSpec {
@@ -237,7 +243,7 @@ impl ScriptSpec {
     /// the secrets: a digest kept in a store must not let anyone test guesses of a secret.
     pub fn digest(&self) -> String {
         use sha2::Digest;
-        let public = ScriptSpec { secret_env: Secrets::default(), ..self.clone() };
+        let public = ScriptSpec { secret_env: Secrets::default(), sealed_secret_env: Vec::new(), ..self.clone() };
         let bytes = rmp_serde::to_vec_named(&public).expect("a script spec always encodes");
         hex::encode(sha2::Sha256::digest(bytes))
     }
@@ -262,6 +268,12 @@ impl ScriptSpec {
             return Err("unknown isolation".into());
         }
         self.secret_env.validate()?;
+        if !self.sealed_secret_env.is_empty() && !self.secret_env.is_empty() {
+            return Err("secrets come sealed or in clear, not both".into());
+        }
+        if self.sealed_secret_env.len() > crate::sealed::MAX_SEALED_COPIES {
+            return Err(format!("secrets are sealed to at most {} keys", crate::sealed::MAX_SEALED_COPIES));
+        }
         if let Some(name) = self.secret_env.names().find(|name| self.env.contains_key(*name)) {
             return Err(format!("{name} is both a variable and a secret"));
         }

@@ -7,6 +7,7 @@
 //! the broker, the simulator (`tests/simulation`) with its own, and tests with none.
 
 use crate::outcome::Outcome;
+use crate::sealed::SERVICE_SEALED_SECRETS;
 use crate::*;
 use std::collections::VecDeque;
 use std::fmt;
@@ -274,6 +275,12 @@ impl AgentKind {
     /// Whether the agent masks secrets in output; a legacy agent does not.
     pub fn masks_secrets(&self) -> bool {
         matches!(self, AgentKind::Current(caps) if caps.supports(SERVICE_SECRET_MASKING))
+    }
+
+    /// Whether the agent opens secrets sealed to its key ([`crate::sealed`]): secrets go to no
+    /// other, since in clear whoever reads the command reads them.
+    pub fn opens_sealed_secrets(&self) -> bool {
+        matches!(self, AgentKind::Current(caps) if caps.supports(SERVICE_SEALED_SECRETS))
     }
 }
 
@@ -949,17 +956,14 @@ impl<E: CallError> Submission<E> {
                 self.config.shown
             )));
         }
-        let masks = matches!(&kind, Ok(Some(kind)) if kind.masks_secrets());
+        let why_no_secrets = match &kind {
+            Ok(Some(kind)) if kind.masks_secrets() && kind.opens_sealed_secrets() => None,
+            Ok(Some(kind)) if kind.masks_secrets() => Some(format!("{} is too old to open secrets sealed to its key (it does not list {SERVICE_SEALED_SECRETS}), and in clear whoever reads its commands would read them: upgrade it; nothing was sent", self.config.shown)),
+            _ => Some(format!("{} is too old to mask secrets (it does not list {SERVICE_SECRET_MASKING}): upgrade it, or pass the value without --secret-env; nothing was sent", self.config.shown)),
+        };
         let secrets_refused = |spec: &ScriptSpec| {
-            (!spec.secret_env.is_empty() && !masks).then(|| {
-                E::agent(
-                    target.clone(),
-                    ErrorReply::new(
-                        ErrorKind::Unsupported,
-                        format!("{} is too old to mask secrets (it does not list {SERVICE_SECRET_MASKING}): upgrade it, or pass the value without --secret-env; nothing was sent", self.config.shown),
-                    ),
-                )
-            })
+            let why = why_no_secrets.clone().filter(|_| !spec.secret_env.is_empty())?;
+            Some(E::agent(target.clone(), ErrorReply::new(ErrorKind::Unsupported, why)))
         };
         match self.mode.clone() {
             Mode::Submit { spec, ticket } => {

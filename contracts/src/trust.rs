@@ -124,6 +124,11 @@ impl PublicKey {
         self.id
     }
 
+    /// The same key as an X25519 public key ([`crate::sealed`]).
+    pub(crate) fn x25519_point(&self) -> [u8; 32] {
+        self.key.to_montgomery().to_bytes()
+    }
+
     fn verifies(&self, message: &[u8], signature: &[u8; 64]) -> bool {
         self.key.verify_strict(message, &Signature::from_bytes(signature)).is_ok()
     }
@@ -175,6 +180,11 @@ impl SecretKey {
 
     pub fn id(&self) -> KeyId {
         self.public.id
+    }
+
+    /// The same key as an X25519 secret, for [`PublicKey::x25519_point`] ([`crate::sealed`]).
+    pub(crate) fn x25519_secret(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.key.to_scalar_bytes())
     }
 
     fn to_text(&self) -> String {

@@ -47,6 +47,7 @@ fn current_start() -> Envelope<StartScriptV2> {
                 mutex_timeout: Some(30_000),
                 execution_timeout: Some(600_000),
                 secret_env: Secrets::default(),
+                sealed_secret_env: Vec::new(),
             },
             wait_for_output: Some(500),
             first_issued_at: Some(1_795_000_000_000),

@@ -15,6 +15,7 @@ fn start_roundtrips() {
             mutex_timeout: Some(5),
             execution_timeout: None,
             secret_env: Secrets::new([("TOKEN".to_string(), "s3cret".to_string())].into()),
+            sealed_secret_env: Vec::new(),
         },
         wait_for_output: Some(100),
         first_issued_at: None,
@@ -34,6 +35,14 @@ fn secrets_are_not_in_the_digest_nor_in_debug() {
     assert!(shown.contains("TOKEN") && !shown.contains("s3cret"), "{shown}");
     let clash = ScriptSpec { env: [("TOKEN".into(), "x".into())].into(), ..secret.clone() };
     assert!(clash.validate().unwrap_err().contains("both a variable and a secret"));
-    let empty = ScriptSpec { secret_env: Secrets::new([("TOKEN".into(), String::new())].into()), ..plain };
+    let empty = ScriptSpec { secret_env: Secrets::new([("TOKEN".into(), String::new())].into()), ..plain.clone() };
     assert!(empty.validate().is_err());
+    let key = trust::SecretKey::generate().unwrap();
+    let sealed_to = |ticket| sealed::seal(&secret.secret_env, &[*key.public()], ticket).unwrap();
+    let sealed = ScriptSpec { sealed_secret_env: sealed_to("t"), ..plain.clone() };
+    assert_eq!(sealed.digest(), ScriptSpec { sealed_secret_env: sealed_to("t"), ..plain.clone() }.digest());
+    assert_eq!(sealed.digest(), plain.digest(), "sealed secrets are not in the digest either");
+    assert!(sealed.validate().is_ok());
+    let both = ScriptSpec { secret_env: secret.secret_env.clone(), ..sealed };
+    assert!(both.validate().unwrap_err().contains("sealed or in clear"));
 }

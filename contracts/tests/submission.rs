@@ -88,7 +88,12 @@ fn ticket() -> Ticket {
 
 fn v2() -> Capabilities {
     Capabilities {
-        services: vec![SERVICE_SCRIPT_V1.into(), SERVICE_SCRIPT_V2.into(), SERVICE_SECRET_MASKING.into()],
+        services: vec![
+            SERVICE_SCRIPT_V1.into(),
+            SERVICE_SCRIPT_V2.into(),
+            SERVICE_SECRET_MASKING.into(),
+            sealed::SERVICE_SEALED_SECRETS.into(),
+        ],
         agent_version: "x".into(),
     }
 }
@@ -460,6 +465,24 @@ fn secrets_go_only_to_an_agent_that_masks_them() {
 }
 
 #[test]
+fn secrets_go_only_to_an_agent_that_opens_them_sealed() {
+    let masking = Capabilities {
+        services: vec![SERVICE_SCRIPT_V2.into(), SERVICE_SECRET_MASKING.into()],
+        agent_version: "x".into(),
+    };
+    let config = Config { known: Some(AgentKind::Current(masking)), ..config(RetryPolicy::once()) };
+    let spec =
+        ScriptSpec { secret_env: Secrets::new([("TOKEN".to_owned(), "x".to_owned())].into()), ..ScriptSpec::default() };
+    let mut m = Machine::submit(config.clone(), spec, ticket(), at(0));
+    let Action::Done(outcome) = until_input(&mut m, at(0), &mut Vec::new()) else { panic!("not done") };
+    assert_eq!(outcome.process_exit, exit::REJECTED);
+    assert!(outcome.error.unwrap().contains("too old to open secrets sealed to its key"));
+    let mut m = Machine::submit(config, ScriptSpec::default(), ticket(), at(0));
+    let (_, kind) = call(&until_input(&mut m, at(0), &mut Vec::new()));
+    assert_eq!(kind, Kind::StartScriptV2, "without secrets it runs");
+}
+
+#[test]
 fn a_planned_start_past_its_deadline_is_only_asked_for() {
     let policy = RetryPolicy::new(Duration::from_secs(30));
     let plan = PlannedStart::new(ticket(), policy, Timing::default(), at(0).wall);
@@ -542,6 +565,9 @@ fn only_an_agent_listing_secret_masking_gets_secrets() {
     assert!(caps(&[SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING]).masks_secrets());
     assert!(!caps(&[SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2]).masks_secrets(), "an older current agent");
     assert!(!AgentKind::Legacy.masks_secrets());
+    assert!(caps(&[SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING, sealed::SERVICE_SEALED_SECRETS]).opens_sealed_secrets());
+    assert!(!caps(&[SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING]).opens_sealed_secrets(), "an agent of the last release");
+    assert!(!AgentKind::Legacy.opens_sealed_secrets());
 }
 
 fn lines(seqs: &[u64], next: u64, state: ScriptState) -> ScriptStatus {

@@ -180,6 +180,12 @@ impl RpcClient {
         let link = self.current_link().await?;
         let (trust, pin) = self.trust_for(route)?;
         let target = route.target();
+        let sealed = match &pin {
+            Pin::Keys(keys) => contracts::sealed::seal_start(request, keys)
+                .map_err(|error| RpcError::Codec(format!("cannot seal the secrets to {target}: {error}")))?,
+            Pin::Legacy => None,
+        };
+        let request = sealed.as_ref().unwrap_or(request);
         let mut signed_again = false;
         loop {
             let plan = trust.session_plan(&target, &pin);

@@ -426,3 +426,76 @@ async fn a_restarted_agent_refuses_its_forgotten_session_and_the_service_signs_a
     tests::service::remove_journal(&prefix).await;
     agent.stop().await;
 }
+
+/// A queue bound to an agent's routing key (what a pool worker's user can make: README,
+/// Privileges) gets a copy of each of its commands. The secrets in a start are sealed to the
+/// agent's key, so the copy holds their names only; the agent opens them and the script gets
+/// them. Secrets sealed to one key open at no agent of another: refused, nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_sealed_to_the_agent_so_a_copy_of_its_start_holds_no_value() {
+    use futures_util::StreamExt;
+    use lapin::options::*;
+    use lapin::types::FieldTable;
+    let agent = TestAgent::start("sealed").await;
+    let connection = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let copies = channel.queue_declare("".into(), exclusive, FieldTable::default()).await.unwrap();
+    let (exchange, key) = (contracts::topology::COMMANDS_EXCHANGE.into(), agent.id().into());
+    channel
+        .queue_bind(copies.name().clone(), exchange, key, QueueBindOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut copies =
+        channel.basic_consume(copies.name().clone(), "".into(), no_ack, FieldTable::default()).await.unwrap();
+
+    let value = "sealed-value-0c2f9a";
+    let markers = Markers::new();
+    let expected = markers.dir.join("expected");
+    std::fs::write(&expected, value).unwrap();
+    let script = format!(r#"test "$TOKEN" = "$(cat {})" && echo the script got it"#, expected.display());
+    let secret = format!("TOKEN={value}");
+    let out = run_dispatcher(&["submit", "--target", agent.id(), "--secret-env", &secret, "--", &script]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "the script got it\n");
+    let copy = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let delivery = copies.next().await.expect("the copies' consumer").expect("a delivery");
+            if delivery.properties.kind().as_ref().map(|k| k.as_str()) == Some("StartScriptV2") {
+                break delivery.data;
+            }
+        }
+    })
+    .await
+    .expect("a copy of the start");
+    assert!(!copy.windows(value.len()).any(|w| w == value.as_bytes()), "the value is readable in the copy");
+    let Ok((_, Request::StartScriptV2(start))) = Request::decode(&copy) else { panic!("a start") };
+    assert!(start.spec.secret_env.is_empty(), "no secret in clear");
+    let sealed_to: Vec<&str> = start.spec.sealed_secret_env.iter().map(|copy| copy.key.as_str()).collect();
+    assert_eq!(sealed_to, vec![keys().agent.id().to_string()], "sealed to the agent's key only");
+    let _ = connection.close(200, "done".into()).await;
+
+    // The same secrets, in a start signed by the trusted dispatcher key, to an agent of another key.
+    let (_, other_key) = keypair("sealed-other");
+    let mut config = test_config("sealed-other");
+    config.key_file = Some(other_key);
+    let other = TestAgent::start_with(config).await;
+    let ticket = Ticket::generate();
+    let mut spec = sh(markers.record("opened"));
+    spec.sealed_secret_env = start.spec.sealed_secret_env.clone();
+    let body = StartScriptV2 { ticket: ticket.clone(), spec, wait_for_output: None, first_issued_at: None };
+    let at = now_ms();
+    let bytes = Request::StartScriptV2(body).encode(other.id(), at, Some(at + 60_000)).unwrap().1;
+    let mut raw = RawBroker::connect().await;
+    let id = raw
+        .publish_to(&agent_queue(other.id()), "StartScriptV2", &bytes, Some(&keys().dispatcher.seal_command(&bytes)))
+        .await;
+    let Reply::Error(refused) = raw.reply(&id).await else { panic!("secrets sealed to another key were opened") };
+    assert_eq!(refused.kind, ErrorKind::NotAuthorized, "{}", refused.message);
+    assert!(refused.message.contains("sealed to key(s)"), "{}", refused.message);
+    assert_eq!(markers.count("opened"), 0, "nothing ran");
+    raw.close().await;
+    other.stop().await;
+    agent.stop().await;
+}

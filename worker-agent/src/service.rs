@@ -187,6 +187,9 @@ impl Agent {
             SERVICE_SCRIPT_V2.into(),
             SERVICE_SECRET_MASKING.into(),
         ];
+        if self.trust.opens_sealed_secrets() {
+            services.push(contracts::sealed::SERVICE_SEALED_SECRETS.into());
+        }
         if self.transfers.enabled() {
             services.push(transfer::SERVICE_FILE_TRANSFER.into());
         }
@@ -244,7 +247,10 @@ impl Agent {
                 services: self.services(),
                 agent_version: env!("CARGO_PKG_VERSION").into(),
             }),
-            Request::StartScriptV2(start) => {
+            Request::StartScriptV2(mut start) => {
+                if let Err(refused) = self.trust.open_secrets(&mut start) {
+                    return Reply::Error(refused);
+                }
                 let first_issued_at = start.first_issued_at.unwrap_or(header.issued_at);
                 let wait = start.wait_for_output;
                 self.start(start.ticket, start.spec, header.not_after, wait, Some(first_issued_at), slot).await

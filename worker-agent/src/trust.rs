@@ -6,9 +6,10 @@
 //! and reloads the trusted ones (on SIGHUP).
 
 use crate::config::{AgentConfig, Protocol};
+use contracts::sealed;
 use contracts::session::{self, KeyShare, Session, SessionTable};
 use contracts::trust::{self, Identity, KeyError, Origin, Refusal, Seal, SecretKey, TrustedKeys};
-use contracts::Envelope;
+use contracts::{Envelope, ErrorKind, ErrorReply, StartScriptV2};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -162,6 +163,20 @@ impl AgentTrust {
         match session {
             Some(session) => Some(session.seal_answer(request_id, body)),
             None => self.key.as_ref().map(|key| key.seal_answer(request_id, body)),
+        }
+    }
+
+    /// Whether this agent can open secrets sealed to its key (a legacy agent has none).
+    pub fn opens_sealed_secrets(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Opens, in place, the secrets of `start` sealed to this agent's key ([`sealed::open_start`]).
+    pub fn open_secrets(&self, start: &mut StartScriptV2) -> Result<(), ErrorReply> {
+        match &self.key {
+            Some(key) => sealed::open_start(start, key),
+            None if start.spec.sealed_secret_env.is_empty() => Ok(()),
+            None => Err(ErrorReply::new(ErrorKind::NotAuthorized, "this agent has no key to open sealed secrets with")),
         }
     }
 

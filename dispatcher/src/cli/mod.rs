@@ -836,6 +836,7 @@ fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
         mutex_timeout: args.mutex_timeout.map(|d| d.as_millis() as u64),
         execution_timeout: args.timeout.map(|d| d.as_millis() as u64),
         secret_env: secrets_of(args)?,
+        sealed_secret_env: Vec::new(),
     };
     spec.validate()?;
     spec.check_size()?;

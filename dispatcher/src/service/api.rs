@@ -434,6 +434,7 @@ fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
         mutex_timeout: parse_duration("mutex_timeout", &request.mutex_timeout)?.map(|d| d.as_millis() as u64),
         execution_timeout: parse_duration("timeout", &request.timeout)?.map(|d| d.as_millis() as u64),
         secret_env: request.secret_env.clone(),
+        sealed_secret_env: Vec::new(),
     };
     spec.validate().map_err(ApiError::bad_request)?;
     spec.check_size().map_err(ApiError::bad_request)?;
