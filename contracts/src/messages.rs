@@ -12,6 +12,8 @@ pub const SERVICE_SCRIPT_V2: &str = "script/v2";
 /// The agent replaces the values of a start's `secret_env` by [`SECRET_MASK`] in every output line
 /// before the line leaves it. A dispatcher sends secrets only to an agent that lists this.
 pub const SERVICE_SECRET_MASKING: &str = "secret-masking/v1";
+/// Capability of agents that open [`SealedSecrets`] ([`crate::sealed`]).
+pub const SERVICE_SEALED_SECRETS: &str = "sealed-secrets/v1";
 
 /// What a secret value is replaced with in a script's output.
 pub const SECRET_MASK: &str = "********";
@@ -194,6 +196,28 @@ impl std::fmt::Debug for Secrets {
     }
 }
 
+/// The most keys one start's secrets are sealed to (a pool pinned under keys being rotated).
+pub const MAX_SEALED_COPIES: usize = 16;
+
+/// The secrets of one start, sealed to one key ([`crate::sealed`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecrets {
+    /// The id of the key they are sealed to, in hex ([`crate::trust::KeyId`]).
+    pub key: String,
+    /// The sealer's X25519 share, fresh for each copy.
+    #[serde(with = "serde_bytes")]
+    pub share: Vec<u8>,
+    /// ChaCha20-Poly1305 of the msgpack of the secrets, its tag included.
+    #[serde(with = "serde_bytes")]
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedSecrets(to {}, {} bytes)", self.key, self.sealed.len())
+    }
+}
+
 /// What to run; shared by script v1 and v2 starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScriptSpec {
@@ -222,10 +246,10 @@ pub struct ScriptSpec {
     #[serde(default, skip_serializing_if = "Secrets::is_empty")]
     pub secret_env: Secrets,
     /// [`ScriptSpec::secret_env`] sealed to the target's keys ([`crate::sealed`]), sent in its
-    /// place to agents that list [`crate::sealed::SERVICE_SEALED_SECRETS`]; not part of
+    /// place to agents that list [`SERVICE_SEALED_SECRETS`]; not part of
     /// [`ScriptSpec::digest`] (each sealing differs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sealed_secret_env: Vec<crate::sealed::SealedSecrets>,
+    pub sealed_secret_env: Vec<SealedSecrets>,
 }
 
 impl ScriptSpec {
@@ -271,8 +295,8 @@ impl ScriptSpec {
         if !self.sealed_secret_env.is_empty() && !self.secret_env.is_empty() {
             return Err("secrets come sealed or in clear, not both".into());
         }
-        if self.sealed_secret_env.len() > crate::sealed::MAX_SEALED_COPIES {
-            return Err(format!("secrets are sealed to at most {} keys", crate::sealed::MAX_SEALED_COPIES));
+        if self.sealed_secret_env.len() > MAX_SEALED_COPIES {
+            return Err(format!("secrets are sealed to at most {} keys", MAX_SEALED_COPIES));
         }
         if let Some(name) = self.secret_env.names().find(|name| self.env.contains_key(*name)) {
             return Err(format!("{name} is both a variable and a secret"));

@@ -7,46 +7,19 @@
 //! X25519 share per copy, HKDF-SHA256 over the agreed secret and both shares, and
 //! ChaCha20-Poly1305 over the secrets, with the ticket as associated data. Only the agents
 //! holding the secret key open them; the command's signature (or MAC) still covers the sealed
-//! bytes, so nobody can swap them. Sent only to agents that list [`SERVICE_SEALED_SECRETS`].
+//! bytes, so nobody can swap them. Sent only to agents that list [`crate::SERVICE_SEALED_SECRETS`].
 
-use crate::messages::{Secrets, StartScriptV2};
+use crate::messages::{SealedSecrets, Secrets, StartScriptV2};
 use crate::trust::{KeyId, PublicKey, SecretKey};
 use crate::{ErrorKind, ErrorReply, Request};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use curve25519_dalek::montgomery::MontgomeryPoint;
-use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use std::fmt;
 use zeroize::Zeroizing;
-
-/// Capability of agents that open [`SealedSecrets`].
-pub const SERVICE_SEALED_SECRETS: &str = "sealed-secrets/v1";
-
-/// The most keys one start's secrets are sealed to (a pool pinned under keys being rotated).
-pub const MAX_SEALED_COPIES: usize = 16;
 
 /// Binds the derived key to this use (and version) of the agreed secret.
 const KDF_INFO: &[u8] = b"cuttle sealed-secrets/v1";
-
-/// The secrets of one start, sealed to one key.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SealedSecrets {
-    /// The id of the key they are sealed to, in hex ([`KeyId`]).
-    pub key: String,
-    /// The sealer's X25519 share, fresh for each copy.
-    #[serde(with = "serde_bytes")]
-    pub share: Vec<u8>,
-    /// ChaCha20-Poly1305 of the msgpack of the secrets, its tag included.
-    #[serde(with = "serde_bytes")]
-    pub sealed: Vec<u8>,
-}
-
-impl fmt::Debug for SealedSecrets {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SealedSecrets(to {}, {} bytes)", self.key, self.sealed.len())
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {

@@ -7,7 +7,6 @@
 //! the broker, the simulator (`tests/simulation`) with its own, and tests with none.
 
 use crate::outcome::Outcome;
-use crate::sealed::SERVICE_SEALED_SECRETS;
 use crate::*;
 use std::collections::VecDeque;
 use std::fmt;

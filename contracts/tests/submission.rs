@@ -92,7 +92,7 @@ fn v2() -> Capabilities {
             SERVICE_SCRIPT_V1.into(),
             SERVICE_SCRIPT_V2.into(),
             SERVICE_SECRET_MASKING.into(),
-            sealed::SERVICE_SEALED_SECRETS.into(),
+            SERVICE_SEALED_SECRETS.into(),
         ],
         agent_version: "x".into(),
     }
@@ -565,7 +565,7 @@ fn only_an_agent_listing_secret_masking_gets_secrets() {
     assert!(caps(&[SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING]).masks_secrets());
     assert!(!caps(&[SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2]).masks_secrets(), "an older current agent");
     assert!(!AgentKind::Legacy.masks_secrets());
-    assert!(caps(&[SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING, sealed::SERVICE_SEALED_SECRETS]).opens_sealed_secrets());
+    assert!(caps(&[SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING, SERVICE_SEALED_SECRETS]).opens_sealed_secrets());
     assert!(!caps(&[SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING]).opens_sealed_secrets(), "an agent of the last release");
     assert!(!AgentKind::Legacy.opens_sealed_secrets());
 }

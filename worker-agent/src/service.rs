@@ -188,7 +188,7 @@ impl Agent {
             SERVICE_SECRET_MASKING.into(),
         ];
         if self.trust.opens_sealed_secrets() {
-            services.push(contracts::sealed::SERVICE_SEALED_SECRETS.into());
+            services.push(contracts::SERVICE_SEALED_SECRETS.into());
         }
         if self.transfers.enabled() {
             services.push(transfer::SERVICE_FILE_TRANSFER.into());
