@@ -1,7 +1,7 @@
 //! How a submission ended, and the process exit code that says so. A script's own exit code
 //! (0 to 255) is passed through; outcomes that are not the script's own use 101 to 110.
 
-use crate::submission::{CallError, ErrorClass};
+use crate::error::{CallError, ErrorClass};
 use crate::{exit_code, Ticket};
 use serde::{Deserialize, Serialize};
 
