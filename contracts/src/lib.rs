@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`agent`]: the agent's decisions (claim, run, report, refuse, cancel, tombstone, recover a
 //!   lost run) as plain functions of the command, the stored record and the time.
+//! - [`record`]: the record the store keeps per ticket, and its compact stored form.
 //! - [`store`]: the [`store::TicketStore`] trait with its atomicity contract, the in-memory
 //!   store and the conformance suite every store passes.
 //! - [`submission`]: the dispatcher's submission (capabilities, start, follow, cancel,
@@ -36,6 +37,7 @@ pub mod messages;
 pub mod metrics;
 pub mod outcome;
 pub mod presence;
+pub mod record;
 pub mod sealed;
 pub mod session;
 pub mod status;

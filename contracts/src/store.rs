@@ -23,7 +23,7 @@
 //! [`conformance`] checks these against any backend: the agent's stores run it in
 //! `tests/tests/store_conformance.rs`, [`MemoryStore`] in its unit tests.
 
-use crate::agent::TicketRecord;
+use crate::record::TicketRecord;
 use crate::topology::MAX_STATUS_LOG_BYTES;
 use crate::LogLine;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +33,9 @@ use std::time::Duration;
 
 /// Log lines read from the store in one round trip at most.
 pub const MAX_LINES_PER_READ: usize = 2_000;
+
+/// A log position past any real log, to read a ticket without its output.
+pub const SKIP_LOGS: u64 = i64::MAX as u64 / 2;
 
 /// What claiming a ticket found.
 #[derive(Debug)]
@@ -196,7 +199,7 @@ pub trait TicketStore: Send + Sync {
         _replicas: u32,
         _timeout: Duration,
     ) -> Result<ClaimReplication, Self::Error> {
-        let view = self.read(keys, crate::agent::SKIP_LOGS).await?;
+        let view = self.read(keys, SKIP_LOGS).await?;
         let standing = view.record.is_some_and(|(_, stored)| stored == raw);
         Ok(if standing { ClaimReplication::Acked(0) } else { ClaimReplication::Lost })
     }

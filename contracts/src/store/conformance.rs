@@ -4,7 +4,8 @@
 //! test, on the first broken rule.
 
 use super::{Cancel, Claim, ClaimReplication, Release, TicketStore};
-use crate::agent::{cancel_tombstone, claim_record, TicketRecord};
+use crate::agent::{cancel_tombstone, claim_record};
+use crate::record::TicketRecord;
 use crate::{LogLine, LogStream};
 use std::time::Duration;
 
