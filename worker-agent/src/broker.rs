@@ -2,6 +2,7 @@
 //! to the [`Agent`], replies through direct reply-to, and acks. It reconnects by itself after
 //! losing the broker; requests lost meanwhile are repeated by the dispatcher.
 
+pub use crate::broker_call::{call, BrokerError};
 use crate::service::Agent;
 use crate::Protocol;
 use contracts::session::{KeyShare, Session};
@@ -28,35 +29,6 @@ const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// Longest pause between reconnection attempts: short, so a broker that comes back is used
 /// again within about a second.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
-
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error("broker call {call} failed: {source}")]
-    Call { call: &'static str, source: lapin::Error },
-    #[error("broker call {call} timed out after {after:?}")]
-    Timeout { call: &'static str, after: Duration },
-    #[error("{what} does not exist: an enrolled agent declares nothing (run dispatcher setup-broker and enrol-agent, or enrol-pool for a pool worker with an id POOL.NAME, or start without --enrolled)")]
-    NotEnrolled { what: String },
-    #[error("the broker closed the consumer")]
-    ConsumerClosed,
-    #[error("TLS handshake with the broker failed: {message} ({hint})")]
-    Tls { message: String, hint: &'static str },
-    #[error("{SILENT_BROKER} (no AMQP answer within {after:?})")]
-    Silent { after: Duration },
-}
-
-/// Runs one broker call with a timeout.
-pub async fn call<T>(
-    name: &'static str,
-    timeout: Duration,
-    fut: impl std::future::Future<Output = lapin::Result<T>>,
-) -> Result<T, BrokerError> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(source)) => Err(BrokerError::Call { call: name, source }),
-        Err(_) => Err(BrokerError::Timeout { call: name, after: timeout }),
-    }
-}
 
 /// Whether the broker refused a declare because the queue exists with other arguments.
 fn is_precondition_failed(error: &BrokerError) -> bool {
@@ -214,14 +186,6 @@ async fn broker_accepts_tcp(amqp_url: &str, timeout: Duration) -> bool {
     let Ok(uri) = amqp_url.parse::<lapin::uri::AMQPUri>() else { return false };
     let address = (uri.authority.host.as_str(), uri.authority.port);
     matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
-}
-
-impl BrokerError {
-    /// Whether no retry can mend this: the broker's certificate is not trusted (the CA file, or
-    /// the host name in the URL, is a setting to fix), unlike a broker that is down or restarting.
-    pub fn is_setting(&self) -> bool {
-        matches!(self, BrokerError::Tls { message, .. } if contracts::tls::untrusted_server(message))
-    }
 }
 
 /// Serves the agent's queue until `shutdown`, reconnecting after every loss of the broker: to

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: the agent's settings and defaults.
-//! - [`broker`]: the AMQP edge (topology, consumer, replies, reconnection).
+//! - [`broker`]: the AMQP edge (topology, consumer, replies, reconnection); [`broker_call`]: one
+//!   broker call bounded in time, and the broker errors the edges share.
 //! - [`service`]: the capabilities, script v2 and script v1 services.
 //! - [`rules`]: the exactly-once decisions, as plain functions (fresh? same command? what state?).
 //! - [`store`]: the Redis ticket store (claim with `SET NX`, compare-and-set, lease, logs);
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod broker;
+pub mod broker_call;
 pub mod cancel_notices;
 pub mod cli;
 pub mod config;

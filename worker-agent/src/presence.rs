@@ -3,7 +3,7 @@
 //! one saying it is leaving when it stops, so dispatchers see it within about a second of
 //! starting and drop it at once when it stops (or within its heartbeat window when it dies).
 
-use crate::broker::{call, BrokerError};
+use crate::broker_call::{call, BrokerError};
 use crate::service::Agent;
 use contracts::presence::*;
 use contracts::topology::amqp::presence_stream_arguments;

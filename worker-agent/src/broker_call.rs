@@ -1,0 +1,42 @@
+//! One broker call bounded in time, and what can go wrong with the broker: the words the
+//! agent's edges to RabbitMQ ([`crate::broker`], [`crate::presence`]) share.
+
+use contracts::topology::SILENT_BROKER;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker call {call} failed: {source}")]
+    Call { call: &'static str, source: lapin::Error },
+    #[error("broker call {call} timed out after {after:?}")]
+    Timeout { call: &'static str, after: Duration },
+    #[error("{what} does not exist: an enrolled agent declares nothing (run dispatcher setup-broker and enrol-agent, or enrol-pool for a pool worker with an id POOL.NAME, or start without --enrolled)")]
+    NotEnrolled { what: String },
+    #[error("the broker closed the consumer")]
+    ConsumerClosed,
+    #[error("TLS handshake with the broker failed: {message} ({hint})")]
+    Tls { message: String, hint: &'static str },
+    #[error("{SILENT_BROKER} (no AMQP answer within {after:?})")]
+    Silent { after: Duration },
+}
+
+/// Runs one broker call with a timeout.
+pub async fn call<T>(
+    name: &'static str,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(BrokerError::Call { call: name, source }),
+        Err(_) => Err(BrokerError::Timeout { call: name, after: timeout }),
+    }
+}
+
+impl BrokerError {
+    /// Whether no retry can mend this: the broker's certificate is not trusted (the CA file, or
+    /// the host name in the URL, is a setting to fix), unlike a broker that is down or restarting.
+    pub fn is_setting(&self) -> bool {
+        matches!(self, BrokerError::Tls { message, .. } if contracts::tls::untrusted_server(message))
+    }
+}
