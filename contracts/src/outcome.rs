@@ -52,6 +52,18 @@ pub enum OutcomeKind {
     Failed,
 }
 
+impl OutcomeKind {
+    /// Its name, as JSON, the journal's index and metrics labels spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutcomeKind::Completed => "completed",
+            OutcomeKind::Cancelled => "cancelled",
+            OutcomeKind::Unknown => "unknown",
+            OutcomeKind::Failed => "failed",
+        }
+    }
+}
+
 /// The end of one submission.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Outcome {

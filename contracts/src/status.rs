@@ -26,6 +26,18 @@ pub enum LogStream {
     Unknown,
 }
 
+impl LogStream {
+    /// Its name, as `--json` and the service's events spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::Agent => "agent",
+            LogStream::Unknown => "unknown",
+        }
+    }
+}
+
 /// How the agent's notes about output it did not keep (past its `--max-output`) begin, so a
 /// dispatcher can tell the user the output was truncated.
 pub const OUTPUT_TRUNCATED: &str = "output truncated";

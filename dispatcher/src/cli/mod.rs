@@ -690,7 +690,7 @@ impl Printer {
                     json!({"event": "ticket", "ticket": ticket, "target": target})
                 }
                 Event::Log(line) if self.logs => {
-                    json!({"event": "log", "seq": line.seq, "stream": stream_name(line.stream), "text": line.text, "at": line.at})
+                    json!({"event": "log", "seq": line.seq, "stream": line.stream.name(), "text": line.text, "at": line.at})
                 }
                 Event::Log(_) => return,
                 Event::Retry { request, notice } => json!({
@@ -753,15 +753,6 @@ impl Printer {
             eprintln!("cuttle: {what}: {}", terminal::err(outcome.error.as_deref().unwrap_or("no reason given")));
         }
         ExitCode::from(outcome.process_exit)
-    }
-}
-
-pub(crate) fn stream_name(stream: LogStream) -> &'static str {
-    match stream {
-        LogStream::Stdout => "stdout",
-        LogStream::Stderr => "stderr",
-        LogStream::Agent => "agent",
-        LogStream::Unknown => "unknown",
     }
 }
 

@@ -5,7 +5,7 @@ use super::{script_spec, terminal, usage_error, SubmitArgs};
 use crate::orchestrator::Orchestrator;
 use crate::outcome::{exit, OutcomeKind};
 use crate::policy::PolicyConfig;
-use crate::service::api::{outcome_name, since_millis, TicketView, MAX_HISTORY_LIMIT};
+use crate::service::api::{since_millis, TicketView, MAX_HISTORY_LIMIT};
 use crate::service::journal::{HistoryQuery, Journal, JournalEvent, Submission};
 use crate::service::tokens::ApiTokens;
 use crate::service::{Service, ServiceConfig};
@@ -336,7 +336,7 @@ pub async fn history(journal: &JournalOptions, args: HistoryArgs) -> ExitCode {
             view.ticket,
             view.target,
             view.state,
-            record.finished.as_ref().map_or("-", |f| outcome_name(f.outcome)),
+            record.finished.as_ref().map_or("-", |f| f.outcome.name()),
             view.exit_code.map_or("-".to_owned(), |c| c.to_string()),
             age.to_string(),
         );

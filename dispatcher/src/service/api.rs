@@ -218,7 +218,7 @@ impl TicketView {
             target: s.target.clone(),
             route: s.route.clone(),
             state: record.state.clone(),
-            outcome: record.finished.as_ref().map(|f| outcome_name(f.outcome).to_owned()),
+            outcome: record.finished.as_ref().map(|f| f.outcome.name().to_owned()),
             exit_code: record.finished.as_ref().and_then(|f| f.exit_code),
             error: record.finished.as_ref().and_then(|f| f.error.clone()),
             retries: record.retries,
@@ -232,15 +232,6 @@ impl TicketView {
             last_seq: record.last_seq,
             output: None,
         }
-    }
-}
-
-pub fn outcome_name(outcome: OutcomeKind) -> &'static str {
-    match outcome {
-        OutcomeKind::Completed => "completed",
-        OutcomeKind::Cancelled => "cancelled",
-        OutcomeKind::Unknown => "unknown",
-        OutcomeKind::Failed => "failed",
     }
 }
 
@@ -658,7 +649,7 @@ async fn cancel(State(state): Shared, Path(raw): Path<String>) -> Result<(Status
     if let Some(finished) = &record.finished {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("ticket {ticket} has already finished ({}); nothing to cancel", outcome_name(finished.outcome)),
+            format!("ticket {ticket} has already finished ({}); nothing to cancel", finished.outcome.name()),
         ));
     }
     let mut view = TicketView::from_record(&record);

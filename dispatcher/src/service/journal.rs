@@ -19,8 +19,6 @@
 //!
 //! A finished ticket's hash and stream expire after the history retention.
 
-use super::api::outcome_name;
-use crate::cli::stream_name;
 use crate::orchestrator::{Event, PlannedStart, Policies};
 use crate::outcome::{Outcome, OutcomeKind};
 use crate::retry::RetryPolicy;
@@ -335,7 +333,8 @@ impl Journal {
 
     /// Records a log line if it is the next one; gives whether it was new.
     pub async fn log(&self, ticket: &Ticket, line: &LogLine) -> JournalResult<bool> {
-        let event = json!({"event": "log", "seq": line.seq, "stream": stream_name(line.stream), "text": line.text, "at": line.at});
+        let event =
+            json!({"event": "log", "seq": line.seq, "stream": line.stream.name(), "text": line.text, "at": line.at});
         let mut con = self.connection().await?;
         let added: i64 = self
             .append_log
@@ -593,8 +592,8 @@ impl Journal {
 /// The index (without the prefix) of a finished ticket's outcome, of all targets or of one.
 fn outcome_index(outcome: OutcomeKind, target: Option<&str>) -> String {
     match target {
-        Some(target) => format!("outcome:{}:{target}", outcome_name(outcome)),
-        None => format!("outcome:{}", outcome_name(outcome)),
+        Some(target) => format!("outcome:{}:{target}", outcome.name()),
+        None => format!("outcome:{}", outcome.name()),
     }
 }
 

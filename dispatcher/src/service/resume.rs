@@ -182,7 +182,7 @@ impl Followers {
         // Every event is recorded before the outcome, and the outcome before the agent forgets.
         let _ = writer.await;
         self.record_outcome(&outcome).await?;
-        counted.finish(super::api::outcome_name(outcome.outcome));
+        counted.finish(outcome.outcome.name());
         self.secrets.lock().expect("secrets").remove(ticket);
         self.orchestrator.complete_after(&route, ticket, &outcome, policies.script, &|_| {}).await;
         Ok(())

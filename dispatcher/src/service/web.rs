@@ -12,7 +12,7 @@
 //! Output, ticket ids, targets and errors may be hostile: the HTML escapes them, the script sets
 //! only `textContent`, and the Content-Security-Policy allows no inline script or style at all.
 
-use super::api::{history_query, outcome_name, parse_ticket, record_of, ApiError, ApiState, HistoryParams};
+use super::api::{history_query, parse_ticket, record_of, ApiError, ApiState, HistoryParams};
 use super::journal::{JournalEvent, TicketRecord};
 use super::tokens;
 use crate::policy::MachinePolicy;
@@ -229,7 +229,7 @@ fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
 
 fn ticket_row(record: &TicketRecord) -> Markup {
     let s = &record.submission;
-    let outcome = record.finished.as_ref().map(|f| outcome_name(f.outcome));
+    let outcome = record.finished.as_ref().map(|f| f.outcome.name());
     let ticket = s.ticket.to_string();
     html! {
         tr class=(format!("state-{} outcome-{}", record.state, outcome.unwrap_or("none"))) {
