@@ -58,7 +58,6 @@ pub struct TestAgent {
     pub config: AgentConfig,
     pub agent: Arc<Agent>,
     shutdown: CancellationToken,
-    serving: worker_agent::Serving,
     left: CleanupOnDrop,
 }
 
@@ -81,8 +80,8 @@ impl TestAgent {
             .await
             .expect("agent ready within 15s")
             .expect("readiness");
-        let left = CleanupOnDrop(Some(config.clone()));
-        TestAgent { config, agent, shutdown, serving, left }
+        let left = CleanupOnDrop { config: Some(config.clone()), serving: Some((shutdown.clone(), serving)) };
+        TestAgent { config, agent, shutdown, left }
     }
 
     pub fn id(&self) -> &str {
@@ -102,8 +101,11 @@ impl TestAgent {
     /// test that failed to stop cleanly still ends.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
+        let serving = self.left.serving.take().map(|(_, serving)| serving);
         let stopping = async {
-            let _ = self.serving.await;
+            if let Some(serving) = serving {
+                let _ = serving.await;
+            }
             self.agent.stop_scripts().await;
         };
         if tokio::time::timeout(Duration::from_secs(30), stopping).await.is_err() {
@@ -117,22 +119,43 @@ impl TestAgent {
 /// Cleans up after a test agent the test never stopped (it failed or panicked first): its queue,
 /// keys and work dir, as [`cleanup`] does, so that failed tests leave no quorum queues behind
 /// (each holds file handles on the broker).
-struct CleanupOnDrop(Option<AgentConfig>);
+struct CleanupOnDrop {
+    config: Option<AgentConfig>,
+    /// An in-process agent's shutdown and serving task: stopped, and waited for, before its
+    /// queue is deleted, since an agent still serving declares its queue again.
+    serving: Option<(CancellationToken, worker_agent::Serving)>,
+}
 
 impl CleanupOnDrop {
+    fn new(config: &AgentConfig) -> CleanupOnDrop {
+        CleanupOnDrop { config: Some(config.clone()), serving: None }
+    }
+
     /// Cleaned up already.
     fn done(&mut self) {
-        self.0 = None;
+        self.config = None;
     }
 }
 
 impl Drop for CleanupOnDrop {
     fn drop(&mut self) {
-        let Some(config) = self.0.take() else { return };
-        // On a thread with a runtime of its own: the test's may be the one unwinding.
+        let Some(config) = self.config.take() else { return };
+        let serving = self.serving.take().map(|(shutdown, serving)| {
+            shutdown.cancel();
+            serving.abort();
+            serving
+        });
+        // On a thread with a runtime of its own: the test's may be the one unwinding. The
+        // aborted task ends on the test's runtime; one whose only thread is this one never
+        // does, hence the bound.
         let cleaning = std::thread::spawn(move || {
             if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                runtime.block_on(cleanup(&config));
+                runtime.block_on(async {
+                    if let Some(serving) = serving {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+                    }
+                    cleanup(&config).await;
+                });
             }
         });
         let _ = cleaning.join();
@@ -197,7 +220,7 @@ impl AgentProcess {
     pub fn spawn_command(config: AgentConfig, command: tokio::process::Command) -> AgentProcess {
         let log = std::env::temp_dir().join(format!("{}.log", config.agent_id));
         let child = Self::spawn(command, &log);
-        let left = CleanupOnDrop(Some(config.clone()));
+        let left = CleanupOnDrop::new(&config);
         AgentProcess { config, child: Some(child), log, left }
     }
 
@@ -344,9 +367,20 @@ mod tests {
     async fn agents_a_test_never_stopped_leave_no_queue_behind() {
         let agent = TestAgent::start("left-behind").await;
         let queue = agent_queue(agent.id());
+        let connection = format!("cuttle-agent {}", agent.id());
         assert!(queue_exists(&queue).await);
         drop(agent);
         assert!(!queue_exists(&queue).await, "the in-process agent's queue is removed");
+        // Stopped first: an agent still serving declares its queue again as it reconnects.
+        crate::eventually("the dropped agent to close its connection", Duration::from_secs(10), || async {
+            let listed = std::process::Command::new("rabbitmqctl")
+                .args(["-q", "--no-table-headers", "list_connections", "client_properties"])
+                .output()
+                .ok()?;
+            (listed.status.success() && !String::from_utf8_lossy(&listed.stdout).contains(&connection)).then_some(())
+        })
+        .await;
+        assert!(!queue_exists(&queue).await, "nor declared again");
 
         let process = AgentProcess::start(test_config("left-behind-process")).await;
         let queue = agent_queue(&process.config.agent_id);

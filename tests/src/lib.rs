@@ -61,10 +61,16 @@ pub fn rust_version() -> String {
     line.split('"').nth(1).expect("a quoted version").to_owned()
 }
 
-/// A name no other test (or run) uses: `t-<what>-<random>`. Pinned to the test agent key (as
-/// an agent id and as a pool), so the test dispatchers believe the test agents named after it.
+/// A name no other test (or run) uses: `t-<what>-<random>`, or `t-<run>-<what>-<random>` under
+/// `deploy/local/test.sh` (`CUTTLE_TEST_RUN`), which lists the queues its run left behind.
+/// Pinned to the test agent key (as an agent id and as a pool), so the test dispatchers believe
+/// the test agents named after it.
 pub fn unique(what: &str) -> String {
-    let name = format!("t-{what}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let name = match std::env::var("CUTTLE_TEST_RUN") {
+        Ok(run) if !run.is_empty() => format!("t-{run}-{what}-{suffix}"),
+        _ => format!("t-{what}-{suffix}"),
+    };
     trust::keys().pin(&name);
     name
 }
