@@ -10,11 +10,11 @@
 //! bytes, so nobody can swap them. Sent only to agents that list [`crate::SERVICE_SEALED_SECRETS`].
 
 use crate::messages::{SealedSecrets, Secrets, StartScriptV2};
+use crate::session::{agree, Ephemeral};
 use crate::trust::{KeyId, PublicKey, SecretKey};
 use crate::{ErrorKind, ErrorReply, Request};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
-use curve25519_dalek::montgomery::MontgomeryPoint;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -40,10 +40,7 @@ pub fn seal(secrets: &Secrets, recipients: &[PublicKey], ticket: &str) -> Result
     recipients
         .iter()
         .map(|recipient| {
-            use rand::TryRng;
-            let mut secret = Zeroizing::new([0u8; 32]);
-            rand::rngs::SysRng.try_fill_bytes(secret.as_mut()).map_err(|e| SealError::Random(e.to_string()))?;
-            let share = MontgomeryPoint::mul_base_clamped(*secret).to_bytes();
+            let Ephemeral { secret, share } = Ephemeral::generate().map_err(SealError::Random)?;
             let theirs = recipient.x25519_point();
             let cipher = cipher(&secret, &theirs, &share, &theirs).ok_or(SealError::WeakKey(recipient.id()))?;
             let payload = Payload { msg: plain.as_slice(), aad: ticket.as_bytes() };
@@ -96,10 +93,7 @@ pub fn open(sealed: &[SealedSecrets], me: &SecretKey, ticket: &str) -> Result<Se
 /// the sealer's share and the recipient's key. `None` when `peer` is of low order (no secret
 /// agreed). Each key seals one message, so the nonce is zero.
 fn cipher(secret: &[u8; 32], peer: &[u8; 32], share: &[u8; 32], recipient: &[u8; 32]) -> Option<ChaCha20Poly1305> {
-    let shared = Zeroizing::new(MontgomeryPoint(*peer).mul_clamped(*secret).to_bytes());
-    if shared.iter().all(|&b| b == 0) {
-        return None;
-    }
+    let shared = agree(secret, peer)?;
     let mut salt = [0u8; 64];
     salt[..32].copy_from_slice(share);
     salt[32..].copy_from_slice(recipient);

@@ -147,20 +147,28 @@ impl Session {
     }
 }
 
-/// A fresh X25519 secret and its public share.
-struct Ephemeral {
-    secret: Zeroizing<[u8; 32]>,
-    share: KeyShare,
+/// A fresh X25519 secret and its public share (here, and for [`crate::sealed`]).
+pub(crate) struct Ephemeral {
+    pub(crate) secret: Zeroizing<[u8; 32]>,
+    pub(crate) share: KeyShare,
 }
 
 impl Ephemeral {
-    fn generate() -> Result<Ephemeral, SessionError> {
+    /// Fails only when the system's random source does (its message).
+    pub(crate) fn generate() -> Result<Ephemeral, String> {
         use rand::TryRng;
         let mut secret = Zeroizing::new([0u8; 32]);
-        rand::rngs::SysRng.try_fill_bytes(secret.as_mut()).map_err(|e| SessionError::Random(e.to_string()))?;
+        rand::rngs::SysRng.try_fill_bytes(secret.as_mut()).map_err(|e| e.to_string())?;
         let share = MontgomeryPoint::mul_base_clamped(*secret).to_bytes();
         Ok(Ephemeral { secret, share })
     }
+}
+
+/// X25519 of `secret` with `peer`; `None` when `peer` is of low order, which gives the same
+/// "secret" whatever the other side's is.
+pub(crate) fn agree(secret: &[u8; 32], peer: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+    let shared = Zeroizing::new(MontgomeryPoint(*peer).mul_clamped(*secret).to_bytes());
+    (!shared.iter().all(|byte| *byte == 0)).then_some(shared)
 }
 
 /// The dispatcher's half of a session while its offer waits for an answer.
@@ -174,7 +182,7 @@ impl fmt::Debug for Offer {
 
 impl Offer {
     pub fn new() -> Result<Offer, SessionError> {
-        Ephemeral::generate().map(Offer)
+        Ephemeral::generate().map(Offer).map_err(SessionError::Random)
     }
 
     /// The share the offer's envelope carries.
@@ -216,7 +224,7 @@ pub fn accept(
     agent: KeyId,
 ) -> Result<(KeyShare, Session), SessionError> {
     let offered: KeyShare = offered.try_into().map_err(|_| SessionError::BadShare)?;
-    let own = Ephemeral::generate()?;
+    let own = Ephemeral::generate().map_err(SessionError::Random)?;
     let session = derive(&own.secret, &offered, request_id, (&offered, &own.share), dispatcher, agent)?;
     Ok((own.share, session))
 }
@@ -229,11 +237,7 @@ fn derive(
     dispatcher: KeyId,
     agent: KeyId,
 ) -> Result<Session, SessionError> {
-    let shared = Zeroizing::new(MontgomeryPoint(*peer).mul_clamped(*secret).to_bytes());
-    // A share of low order gives the same "secret" whatever the other side's is.
-    if shared.iter().all(|byte| *byte == 0) {
-        return Err(SessionError::BadShare);
-    }
+    let shared = agree(secret, peer).ok_or(SessionError::BadShare)?;
     let hkdf = hkdf::Hkdf::<Sha256>::new(Some(request_id.as_bytes()), shared.as_slice());
     let mut derived = Zeroizing::new([0u8; 48]);
     let info: [&[u8]; 5] = [SESSION_CONTEXT, offered, accepted, dispatcher.as_bytes(), agent.as_bytes()];
