@@ -128,6 +128,38 @@ pub enum Answerer {
     Replayed,
 }
 
+/// Someone with broker credentials reading an agent's commands: a queue of its own bound to the
+/// agent's routing key gets a copy of each (the agent still gets them too).
+pub struct CommandCopies {
+    pub connection: lapin::Connection,
+    pub channel: lapin::Channel,
+    /// The copies, as they come.
+    pub requests: lapin::Consumer,
+}
+
+impl CommandCopies {
+    pub async fn of(agent_id: &str) -> CommandCopies {
+        use contracts::topology::COMMANDS_EXCHANGE;
+        use lapin::options::*;
+        use lapin::types::FieldTable;
+        let connection = lapin::Connection::connect(&crate::amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connects to the broker");
+        let channel = connection.create_channel().await.expect("channel");
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let direct = lapin::ExchangeKind::Direct;
+        channel.exchange_declare(COMMANDS_EXCHANGE.into(), direct, durable, FieldTable::default()).await.unwrap();
+        let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = channel.queue_declare("".into(), exclusive, FieldTable::default()).await.expect("queue");
+        let bind = QueueBindOptions::default();
+        let (name, key) = (queue.name().clone(), agent_id.into());
+        channel.queue_bind(name.clone(), COMMANDS_EXCHANGE.into(), key, bind, FieldTable::default()).await.unwrap();
+        let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let requests = channel.basic_consume(name, "".into(), no_ack, FieldTable::default()).await.unwrap();
+        CommandCopies { connection, channel, requests }
+    }
+}
+
 /// Someone with broker credentials answering in an agent's name: its own queue bound to the
 /// agent's routing key gets a copy of every request, answered at once with a complete, exit 0
 /// status carrying [`Impostor::OUTPUT`].
@@ -141,24 +173,9 @@ impl Impostor {
     pub const OUTPUT: &'static str = "impostor output";
 
     pub async fn start(agent_id: &str, answerer: Answerer) -> Impostor {
-        use contracts::topology::COMMANDS_EXCHANGE;
         use futures_util::StreamExt;
         use lapin::options::*;
-        use lapin::types::FieldTable;
-        let connection = lapin::Connection::connect(&crate::amqp_url(), lapin::ConnectionProperties::default())
-            .await
-            .expect("impostor connects");
-        let channel = connection.create_channel().await.expect("channel");
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        let direct = lapin::ExchangeKind::Direct;
-        channel.exchange_declare(COMMANDS_EXCHANGE.into(), direct, durable, FieldTable::default()).await.unwrap();
-        let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-        let queue = channel.queue_declare("".into(), exclusive, FieldTable::default()).await.expect("queue");
-        let bind = QueueBindOptions::default();
-        let (name, key) = (queue.name().clone(), agent_id.into());
-        channel.queue_bind(name.clone(), COMMANDS_EXCHANGE.into(), key, bind, FieldTable::default()).await.unwrap();
-        let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
-        let mut requests = channel.basic_consume(name, "".into(), no_ack, FieldTable::default()).await.unwrap();
+        let CommandCopies { connection, channel, mut requests } = CommandCopies::of(agent_id).await;
         let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = answered.clone();
         let agent_id = agent_id.to_owned();

@@ -17,7 +17,7 @@ use std::process::Output;
 use std::time::{Duration, SystemTime};
 use tests::agent::test_config;
 use tests::raw::RawBroker;
-use tests::trust::{keypair, keys, write_atomically, Answerer, Impostor};
+use tests::trust::{keypair, keys, write_atomically, Answerer, CommandCopies, Impostor};
 use tests::*;
 
 fn now_ms() -> u64 {
@@ -434,21 +434,8 @@ async fn a_restarted_agent_refuses_its_forgotten_session_and_the_service_signs_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_sealed_to_the_agent_so_a_copy_of_its_start_holds_no_value() {
     use futures_util::StreamExt;
-    use lapin::options::*;
-    use lapin::types::FieldTable;
     let agent = TestAgent::start("sealed").await;
-    let connection = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-    let copies = channel.queue_declare("".into(), exclusive, FieldTable::default()).await.unwrap();
-    let (exchange, key) = (contracts::topology::COMMANDS_EXCHANGE.into(), agent.id().into());
-    channel
-        .queue_bind(copies.name().clone(), exchange, key, QueueBindOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
-    let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
-    let mut copies =
-        channel.basic_consume(copies.name().clone(), "".into(), no_ack, FieldTable::default()).await.unwrap();
+    let CommandCopies { connection, requests: mut copies, .. } = CommandCopies::of(agent.id()).await;
 
     let value = "sealed-value-0c2f9a";
     let markers = Markers::new();
