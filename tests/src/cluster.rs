@@ -4,7 +4,7 @@
 
 use crate::proxy::FaultProxy;
 use crate::services::{free_port, tail, PrivateRabbit, PrivateRedis};
-use crate::{eventually, unique, within};
+use crate::{eventually, eventually_explained, unique};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -174,15 +174,10 @@ impl ReplicatedRedis {
         let replicaof = ["--replicaof", "127.0.0.1", &self.replica.port.to_string()];
         self.master.start_again_elsewhere(&replicaof).await;
         let new_master = self.replica.port;
-        let synced = within(Duration::from_secs(60), || async move {
-            redis_cli(new_master, &["info", "replication"]).contains("state=online").then_some(())
-        })
-        .await;
-        assert!(
-            synced.is_some(),
-            "timed out after 60s waiting for the old master to sync as a replica\n{}",
-            self.logs()
-        );
+        let synced =
+            || async move { redis_cli(new_master, &["info", "replication"]).contains("state=online").then_some(()) };
+        let what = "the old master to sync as a replica";
+        eventually_explained(what, Duration::from_secs(60), synced, || self.logs()).await;
     }
 
     /// The last lines of every server's log: what a failed wait shows.

@@ -258,15 +258,16 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    match within(timeout, check).await {
-        Some(value) => value,
-        None => panic!("timed out after {timeout:?} waiting for {what}"),
-    }
+    eventually_explained(what, timeout, check, String::new).await
 }
 
-/// Polls `check` every 50 ms until it gives `Some`, or `None` after `timeout` (for a caller
-/// that has more to say about the failure than [`eventually`] would).
-pub async fn within<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+/// [`eventually`], whose panic adds what `explain` says then (a server's log, say).
+pub async fn eventually_explained<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+    explain: impl FnOnce() -> String,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -275,10 +276,12 @@ where
     loop {
         // A check that hangs counts as not yet, and cannot outlive the deadline.
         if let Ok(Some(value)) = tokio::time::timeout_at(deadline, check()).await {
-            return Some(value);
+            return value;
         }
         if tokio::time::Instant::now() >= deadline {
-            return None;
+            let explained = explain();
+            let sep = if explained.is_empty() { "" } else { "\n" };
+            panic!("timed out after {timeout:?} waiting for {what}{sep}{explained}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -227,12 +227,10 @@ impl PrivateRabbit {
         std::fs::write(rabbit.dir.join("enabled_plugins"), "[rabbitmq_auth_mechanism_ssl].\n").expect("rabbit plugins");
         let _ = Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(&rabbit.dir).status();
         rabbit.launch().await;
-        let listening = crate::within(Duration::from_secs(30), || async { port_open(tls_port).then_some(()) }).await;
-        assert!(
-            listening.is_some(),
-            "timed out after 30s waiting for the private rabbitmq to listen with tls on port {tls_port}; its log:\n{}",
-            tail(&rabbit.dir.join("log").join(format!("{}.log", rabbit.node)), 30)
-        );
+        let what = format!("the private rabbitmq to listen with tls on port {tls_port}");
+        let log = rabbit.dir.join("log").join(format!("{}.log", rabbit.node));
+        let listening = || async { port_open(tls_port).then_some(()) };
+        crate::eventually_explained(&what, Duration::from_secs(30), listening, || tail(&log, 30)).await;
         (rabbit, tls_port)
     }
 
