@@ -30,7 +30,42 @@ pub struct Envelope<B> {
     /// (and then not written, so such messages are byte for byte as before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_share: Option<serde_bytes::ByteBuf>,
+    /// On an answer: the request it answers ([`InReplyTo`]), inside what the answer's signature
+    /// or MAC covers. Absent on requests (and then not written), and on the answers of agents
+    /// that predate [`crate::SERVICE_ANSWER_BINDING`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<InReplyTo>,
     pub body: B,
+}
+
+/// What an answer says of the request it answers: the SHA-256 of that request's bytes exactly as
+/// the agent received them (its whole envelope, body included), and the ticket it named, if the
+/// agent got as far as reading it. The answer's seal covers both, so an answer counts only for
+/// the very message its dispatcher sent: a message made to look like it (the same `message_id`
+/// or correlation id, another body) or an old command replayed under its ids has another digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InReplyTo {
+    pub request_sha256: serde_bytes::ByteBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<crate::Ticket>,
+}
+
+impl InReplyTo {
+    /// The answer to the request whose [`request_digest`] is `digest`, about `ticket`.
+    pub fn new(digest: [u8; 32], ticket: Option<crate::Ticket>) -> InReplyTo {
+        InReplyTo { request_sha256: serde_bytes::ByteBuf::from(digest.to_vec()), ticket }
+    }
+
+    /// Whether it answers the request whose digest is `digest`.
+    pub fn answers(&self, digest: &[u8; 32]) -> bool {
+        self.request_sha256.as_slice() == digest
+    }
+}
+
+/// The SHA-256 of a request's bytes, as an answer names it ([`InReplyTo`]).
+pub fn request_digest(request: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(request).into()
 }
 
 impl<B> Envelope<B> {
@@ -43,6 +78,7 @@ impl<B> Envelope<B> {
             issued_at,
             not_after,
             key_share: None,
+            in_reply_to: None,
             body,
         }
     }
@@ -57,6 +93,7 @@ impl<B> Envelope<B> {
             issued_at: self.issued_at,
             not_after: self.not_after,
             key_share: self.key_share.clone(),
+            in_reply_to: self.in_reply_to.clone(),
             body,
         }
     }
@@ -214,21 +251,24 @@ impl Reply {
         }
     }
 
-    /// Encodes the reply of agent `target`.
+    /// Encodes the reply of agent `target`, as agents that predate answer binding did (it names
+    /// no request: [`Reply::encode_answering`]).
     pub fn encode(&self, target: &str, issued_at: u64) -> Result<Vec<u8>, CodecError> {
-        self.encode_accepting(target, issued_at, None)
+        self.encode_answering(target, issued_at, None, None)
     }
 
-    /// [`Reply::encode`], accepting the session its request offered with `key_share`
-    /// ([`crate::session::accept`]).
-    pub fn encode_accepting(
+    /// Encodes the reply of agent `target` to the request `in_reply_to` names, accepting the
+    /// session that request offered with `key_share` ([`crate::session::accept`]).
+    pub fn encode_answering(
         &self,
         target: &str,
         issued_at: u64,
+        in_reply_to: Option<InReplyTo>,
         key_share: Option<&crate::session::KeyShare>,
     ) -> Result<Vec<u8>, CodecError> {
         let mut header = Envelope::new(self.kind(), target, issued_at, None, ());
         header.key_share = key_share.map(|share| serde_bytes::ByteBuf::from(share.to_vec()));
+        header.in_reply_to = in_reply_to;
         match self {
             Reply::Capabilities(b) => header.with_body(b).encode(),
             Reply::ScriptStatus(b) => header.with_body(b).encode(),

@@ -50,7 +50,7 @@ pub mod transfer;
 pub mod trust;
 
 pub use endpoints::AmqpEndpoints;
-pub use envelope::{Envelope, Reply, Request, PROTOCOL_VERSION};
+pub use envelope::{request_digest, Envelope, InReplyTo, Reply, Request, PROTOCOL_VERSION};
 pub use error::{CodecError, ErrorKind, ErrorReply};
 pub use messages::*;
 pub use status::{LogLine, LogStream, ScriptState, ScriptStatus, OUTPUT_TRUNCATED};

@@ -14,6 +14,9 @@ pub const SERVICE_SCRIPT_V2: &str = "script/v2";
 pub const SERVICE_SECRET_MASKING: &str = "secret-masking/v1";
 /// Capability of agents that open [`SealedSecrets`] ([`crate::sealed`]).
 pub const SERVICE_SEALED_SECRETS: &str = "sealed-secrets/v1";
+/// Capability of agents whose every answer names the request it answers ([`crate::envelope::InReplyTo`])
+/// inside what it signs: their answers are believed only for the very message the dispatcher sent.
+pub const SERVICE_ANSWER_BINDING: &str = "answer-binding/v1";
 
 /// What a secret value is replaced with in a script's output.
 pub const SECRET_MASK: &str = "********";

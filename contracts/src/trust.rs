@@ -615,6 +615,17 @@ pub enum Forged {
     OtherSession(SessionId),
     #[error("the MAC of session {0} does not verify (altered, or made for another request)")]
     BadMac(SessionId),
+    #[error(
+        "it answers another message than the request sent (someone sent the agent a message under this request's ids, or replayed an old command under them)"
+    )]
+    OtherRequest,
+    #[error("it is about ticket {answered}, not the ticket asked about ({asked})")]
+    OtherTicket { asked: crate::Ticket, answered: crate::Ticket },
+    #[error(
+        "it does not name the request it answers (the agent predates {}), and --strict-answers refuses such answers",
+        crate::SERVICE_ANSWER_BINDING
+    )]
+    Unbound,
 }
 
 /// How an answer or announcement was believed.
@@ -650,6 +661,56 @@ pub fn check_answer(
         return Err(Forged::BadMac(id));
     }
     Ok(Believed::Key(key))
+}
+
+/// Whether a believed answer named the request it answers ([`check_binding`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// It names this very request.
+    Bound,
+    /// It names none: its agent predates [`crate::SERVICE_ANSWER_BINDING`] (or is legacy), so it
+    /// may answer a message someone else sent under this request's ids.
+    Unbound,
+}
+
+/// The dispatcher's second check of an answer whose seal it believed ([`check_answer`]): that it
+/// answers this very request. `in_reply_to` is what the answer's envelope names; `digest` and
+/// `ticket` are the request's own ([`crate::request_digest`] of the bytes sent, and its ticket).
+///
+/// - An answer naming another message, or another ticket, answers someone else's message: it is
+///   not believed (an attacker copied this request's correlation id and reply-to onto a message
+///   of its own, or replayed an old command under them, and the agent answered that).
+/// - A status about another ticket is never believed, named or not.
+/// - An answer naming nothing comes from an agent that predates answer binding: believed
+///   ([`Binding::Unbound`], for a warning), unless `strict` (`--strict-answers`) and its agent
+///   is pinned by key (a legacy pin is the operator's choice to believe unsigned answers).
+pub fn check_binding(
+    in_reply_to: Option<&crate::InReplyTo>,
+    digest: &[u8; 32],
+    ticket: Option<&crate::Ticket>,
+    reply: &crate::Reply,
+    believed: Believed,
+    strict: bool,
+) -> Result<Binding, Forged> {
+    let other_ticket = |answered: &crate::Ticket| match ticket {
+        Some(asked) if asked != answered => {
+            Err(Forged::OtherTicket { asked: asked.clone(), answered: answered.clone() })
+        }
+        _ => Ok(()),
+    };
+    let binding = match in_reply_to {
+        Some(named) if !named.answers(digest) => return Err(Forged::OtherRequest),
+        Some(named) => {
+            named.ticket.as_ref().map_or(Ok(()), other_ticket)?;
+            Binding::Bound
+        }
+        None if strict && believed != Believed::Legacy => return Err(Forged::Unbound),
+        None => Binding::Unbound,
+    };
+    if let crate::Reply::ScriptStatus(status) = reply {
+        other_ticket(&status.ticket)?;
+    }
+    Ok(binding)
 }
 
 /// The dispatcher's check of a presence announcement (`body`): it counts only if sealed by a key
@@ -900,6 +961,55 @@ mod tests {
         assert!(
             check_answer(&pin, "", Ok(Some(command_seal)), &body, None).is_err(),
             "a command's signature is no answer's"
+        );
+    }
+
+    #[test]
+    fn an_answer_counts_only_for_the_very_request_it_names() {
+        use crate::{request_digest, InReplyTo, Reply, ScriptState, ScriptStatus};
+        let asked = Ticket::generate();
+        let sent = start_bytes("web-01");
+        let digest = request_digest(&sent);
+        let status = |ticket: &Ticket| {
+            Reply::ScriptStatus(ScriptStatus {
+                ticket: ticket.clone(),
+                state: ScriptState::Complete,
+                exit_code: Some(0),
+                logs: vec![],
+                next_log_sequence: 1,
+                lines_written: None,
+            })
+        };
+        let refusal = Reply::Error(crate::ErrorReply::new(crate::ErrorKind::NotAuthorized, "unsigned command"));
+        let key = Believed::Key(key(5).id());
+        let check = |named: Option<InReplyTo>, reply: &Reply, strict| {
+            check_binding(named.as_ref(), &digest, Some(&asked), reply, key, strict)
+        };
+        let this = |ticket: Option<&Ticket>| Some(InReplyTo::new(digest, ticket.cloned()));
+        assert_eq!(check(this(Some(&asked)), &status(&asked), true), Ok(Binding::Bound));
+        assert_eq!(check(this(None), &refusal, true), Ok(Binding::Bound), "a refusal before the ticket was read");
+        // The agent's refusal of an attacker's junk sent under this request's correlation id.
+        let junk = Some(InReplyTo::new(request_digest(b"junk"), None));
+        assert_eq!(check(junk, &refusal, false), Err(Forged::OtherRequest));
+        // An old command of a finished ticket replayed under this request's ids: both differ.
+        let old = Ticket::generate();
+        let replayed = Some(InReplyTo::new(request_digest(&start_bytes("web-01")), Some(old.clone())));
+        assert_eq!(check(replayed, &status(&old), false), Err(Forged::OtherRequest));
+        assert_eq!(
+            check(this(Some(&old)), &refusal, false),
+            Err(Forged::OtherTicket { asked: asked.clone(), answered: old.clone() })
+        );
+        // An agent of the release before: believed, to be warned of; refused when strict. A
+        // status of another ticket never counts, bound or not.
+        assert_eq!(check(None, &status(&asked), false), Ok(Binding::Unbound));
+        assert_eq!(check(None, &status(&asked), true), Err(Forged::Unbound));
+        assert!(matches!(check(None, &status(&old), false), Err(Forged::OtherTicket { .. })));
+        let legacy = check_binding(None, &digest, Some(&asked), &status(&asked), Believed::Legacy, true);
+        assert_eq!(legacy, Ok(Binding::Unbound), "a legacy pin is believed unsigned, as it always was");
+        assert_eq!(
+            check(this(Some(&Ticket::parse(&asked.to_string().to_uppercase()).unwrap())), &status(&asked), true),
+            Ok(Binding::Bound),
+            "tickets compare case-insensitively"
         );
     }
 

@@ -34,6 +34,7 @@ fn current_start() -> Envelope<StartScriptV2> {
         issued_at: 1_795_000_000_000,
         not_after: Some(1_795_000_150_000),
         key_share: None,
+        in_reply_to: None,
         body: StartScriptV2 {
             ticket: Ticket::parse("4f1c6a1e-0000-4000-8000-00000000abcd").unwrap(),
             spec: ScriptSpec {
@@ -185,6 +186,42 @@ fn the_current_reader_reads_a_newer_message_with_unknown_fields_and_values() {
 }
 
 #[test]
+fn an_answer_naming_its_request_is_pinned_and_read_by_a_reader_that_predates_it() {
+    let status = ScriptStatus {
+        ticket: Ticket::parse("4f1c6a1e-0000-4000-8000-00000000abcd").unwrap(),
+        state: ScriptState::Complete,
+        exit_code: Some(0),
+        logs: vec![LogLine { seq: 1, stream: LogStream::Stdout, text: "hi".into(), at: 7 }],
+        next_log_sequence: 2,
+        lines_written: Some(1),
+    };
+    let request = current_start().encode().unwrap();
+    let named = InReplyTo::new(request_digest(&request), Some(status.ticket.clone()));
+    let mut answer: Envelope<ScriptStatus> = Envelope {
+        version: PROTOCOL_VERSION,
+        kind: "ScriptStatus".into(),
+        message_id: "00000000-0000-4000-8000-000000000005".into(),
+        target: "web-01".into(),
+        issued_at: 1_795_000_000_100,
+        not_after: None,
+        key_share: None,
+        in_reply_to: Some(named.clone()),
+        body: status.clone(),
+    };
+    let bytes = answer.encode().unwrap();
+    pinned("status_answering_v1.msgpack", &bytes);
+    let (header, reply) = Reply::decode_with_header(&bytes).unwrap();
+    assert_eq!((header.in_reply_to, reply), (Some(named), Reply::ScriptStatus(status.clone())));
+    // A dispatcher of the release before reads it as it read every answer.
+    let old: legacy::Envelope<legacy::ScriptStatus> = rmp_serde::from_slice(&bytes).expect("legacy reader");
+    assert_eq!((old.body.state.as_str(), old.body.exit_code), ("Complete", Some(0)));
+    // And an answer of that release (naming nothing) reads with no request named.
+    answer.in_reply_to = None;
+    let (header, _) = Reply::decode_with_header(&answer.encode().unwrap()).unwrap();
+    assert_eq!(header.in_reply_to, None);
+}
+
+#[test]
 fn a_legacy_reader_reads_the_current_status() {
     let status = ScriptStatus {
         ticket: Ticket::parse("t-1").unwrap(),
@@ -252,6 +289,7 @@ fn transfer_messages_are_pinned_and_read_back() {
         issued_at: 1_795_000_000_000,
         not_after: Some(1_795_000_010_000),
         key_share: None,
+        in_reply_to: None,
         body: (),
     };
     let sha256 = "ab".repeat(32);
@@ -297,6 +335,7 @@ fn the_v1_cancel_is_pinned_and_read_back_by_a_reader_of_v1_requests() {
         issued_at: 1_795_000_000_000,
         not_after: Some(1_795_000_030_000),
         key_share: None,
+        in_reply_to: None,
         body: CancelScriptV1 { ticket: Ticket::parse("legacy-ticket-1").unwrap(), last_log_sequence: 12 },
     };
     let bytes = cancel.encode().unwrap();

@@ -17,7 +17,7 @@ use crate::trust::DispatcherTrust;
 use contracts::session::{Offer, Plan};
 use contracts::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO, SILENT_BROKER};
 use contracts::trust::amqp::{seal_of, with_seal};
-use contracts::trust::{self, Believed, Pin, Seal};
+use contracts::trust::{self, Believed, Binding, Pin, Seal};
 use contracts::{unix_millis, AmqpEndpoints, ErrorKind, Kind, Reply, Request};
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -232,6 +232,8 @@ impl RpcClient {
             offer.map(Offer::share),
         )?;
         let expiration = timing.not_after.duration_since(now).unwrap_or_default().as_millis().max(1);
+        // What the agent's answer must name: these very bytes.
+        let digest = contracts::request_digest(&bytes);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let correlation_id = header.message_id.clone();
         link.pending.lock().expect("pending poisoned").insert(correlation_id.clone(), tx);
@@ -288,15 +290,35 @@ impl RpcClient {
                 Ok(None) => return Err(RpcError::ConnectionLost("the reply channel closed".into())),
                 Ok(Some(raw)) => raw,
             };
-            match trust::check_answer(pin, &correlation_id, raw.seal, &raw.body, session) {
-                Ok(believed) => {
-                    if let Some(message) =
-                        (believed == Believed::Legacy).then(|| trust.legacy_warning(&target)).flatten()
-                    {
+            let checked =
+                trust::check_answer(pin, &correlation_id, raw.seal, &raw.body, session).and_then(|believed| {
+                    // Only what is believed is decoded; one that does not decode ends the call.
+                    let (header, reply) = match Reply::decode_with_header(&raw.body) {
+                        Ok(decoded) => decoded,
+                        Err(error) => return Ok(Err(error)),
+                    };
+                    let binding = trust::check_binding(
+                        header.in_reply_to.as_ref(),
+                        &digest,
+                        request.ticket(),
+                        &reply,
+                        believed,
+                        trust.strict_answers(),
+                    )?;
+                    Ok(Ok((believed, binding, header, reply)))
+                });
+            match checked {
+                Ok(decoded) => {
+                    let (believed, binding, header, reply) = decoded?;
+                    let warning = match (believed, binding) {
+                        (Believed::Legacy, _) => trust.legacy_warning(&target),
+                        (Believed::Key(_), Binding::Unbound) => trust.unbound_warning(&target),
+                        (Believed::Key(_), Binding::Bound) => None,
+                    };
+                    if let Some(message) = warning {
                         tracing::debug!(target = %route, "{message}");
                         warn(message);
                     }
-                    let (header, reply) = Reply::decode_with_header(&raw.body)?;
                     let refused = matches!(reply, Reply::Error(_));
                     if let (Some(offer), Believed::Key(agent_key)) = (offer, believed) {
                         let share = header.key_share.as_deref().map(|share| &share[..]);

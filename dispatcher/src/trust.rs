@@ -43,6 +43,10 @@ pub struct DispatcherTrust {
     known_file: Option<PathBuf>,
     /// Legacy agents already warned about (once per agent and process).
     warned_legacy: Mutex<HashSet<String>>,
+    /// Agents whose unbound answers were already warned about (once per agent and process).
+    warned_unbound: Mutex<HashSet<String>>,
+    /// `--strict-answers`: answers that do not name their request are not believed.
+    strict_answers: bool,
     /// Workers of pools with no pin of their own, by agent id, as the presence stream vouched
     /// for them ([`crate::inventory::Inventory::pool_workers`]): believed under their pool's pin.
     pool_workers: RwLock<BTreeMap<String, String>>,
@@ -84,9 +88,22 @@ impl DispatcherTrust {
             known: RwLock::new(Arc::new(known)),
             known_file: None,
             warned_legacy: Mutex::default(),
+            warned_unbound: Mutex::default(),
+            strict_answers: false,
             pool_workers: RwLock::default(),
             sessions: Mutex::default(),
         }
+    }
+
+    /// The same, refusing answers that do not name the request they answer (`--strict-answers`).
+    pub fn with_strict_answers(mut self, strict: bool) -> DispatcherTrust {
+        self.strict_answers = strict;
+        self
+    }
+
+    /// Whether answers that do not name their request are refused ([`contracts::trust::check_binding`]).
+    pub fn strict_answers(&self) -> bool {
+        self.strict_answers
     }
 
     /// Loads the key (creating it at the default location on first use, with a notice on
@@ -111,6 +128,8 @@ impl DispatcherTrust {
             known: RwLock::new(Arc::new(known)),
             known_file: Some(files.known_agents.clone()),
             warned_legacy: Mutex::default(),
+            warned_unbound: Mutex::default(),
+            strict_answers: false,
             pool_workers: RwLock::default(),
             sessions: Mutex::default(),
         })
@@ -226,6 +245,12 @@ impl DispatcherTrust {
     pub fn legacy_warning(&self, agent: &str) -> Option<String> {
         self.warned_legacy.lock().expect("warned poisoned").insert(agent.to_owned()).then(|| legacy_warning(agent))
     }
+
+    /// The warning that `agent`'s answers do not name the request they answer: the first time
+    /// this process believes such an answer, `None` after.
+    pub fn unbound_warning(&self, agent: &str) -> Option<String> {
+        self.warned_unbound.lock().expect("warned poisoned").insert(agent.to_owned()).then(|| unbound_warning(agent))
+    }
 }
 
 /// The keys a session may be agreed under: `None` for an agent pinned as legacy (it cannot sign).
@@ -243,6 +268,15 @@ fn now_ms() -> u64 {
 /// Why believing `agent`, pinned as legacy, is a risk (see [`DispatcherTrust::legacy_warning`]).
 pub fn legacy_warning(agent: &str) -> String {
     format!("believing unsigned answers and announcements from agent {agent}: it is pinned as legacy (an agent that cannot sign); anyone who can publish to the broker can speak in its name")
+}
+
+/// Why believing `agent`'s answers that name no request is a risk (see
+/// [`DispatcherTrust::unbound_warning`]).
+pub fn unbound_warning(agent: &str) -> String {
+    format!(
+        "believing answers from agent {agent} that do not name the request they answer: it predates {} (upgrade it); until then anyone who can publish to its queue can make it answer a request of yours with its answer to another message (pass --strict-answers to refuse such answers)",
+        contracts::SERVICE_ANSWER_BINDING
+    )
 }
 
 /// Reads a known-agents file; a missing one pins no one.

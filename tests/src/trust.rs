@@ -126,6 +126,9 @@ pub enum Answerer {
     Key(Box<SecretKey>),
     /// With the genuine test agent key, but over another request: an old genuine answer replayed.
     Replayed,
+    /// With the genuine test agent key over this request, naming no request in its envelope: an
+    /// agent of the release before answer binding.
+    PreBinding,
 }
 
 /// Someone with broker credentials reading an agent's commands: a queue of its own bound to the
@@ -158,6 +161,119 @@ impl CommandCopies {
         let requests = channel.basic_consume(name, "".into(), no_ack, FieldTable::default()).await.unwrap();
         CommandCopies { connection, channel, requests }
     }
+}
+
+/// A message as it came from the broker: its body and properties (headers, ids, reply-to).
+#[derive(Clone, Debug)]
+pub struct Taken {
+    pub data: Vec<u8>,
+    pub properties: lapin::BasicProperties,
+}
+
+impl Taken {
+    pub fn kind(&self) -> Option<&str> {
+        self.properties.kind().as_ref().map(|kind| kind.as_str())
+    }
+}
+
+/// Someone with broker credentials taking an agent's start before the agent sees it: a consumer
+/// of the agent's own queue with a higher priority (quorum queues do not enforce an exclusive
+/// consumer) and room for one unacked message. It passes every other request on to the agent (a
+/// copy published while it still holds the original, which it then acks), and keeps the first
+/// start it gets, unacked: while it holds it, whatever comes next goes to the agent.
+pub struct Thief {
+    connection: lapin::Connection,
+    task: tokio::task::JoinHandle<()>,
+    stolen: tokio::sync::mpsc::UnboundedReceiver<Taken>,
+}
+
+impl Thief {
+    pub async fn on(agent_id: &str) -> Thief {
+        Thief::start(agent_id, false).await
+    }
+
+    /// A thief there before the agent: it declares the agent's queue as the agent does first.
+    pub async fn on_declared(agent_id: &str) -> Thief {
+        Thief::start(agent_id, true).await
+    }
+
+    async fn start(agent_id: &str, declare: bool) -> Thief {
+        use futures_util::StreamExt;
+        use lapin::options::*;
+        use lapin::types::{AMQPValue, FieldTable};
+        let connection = lapin::Connection::connect(&crate::amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connects to the broker");
+        let channel = connection.create_channel().await.expect("channel");
+        if declare {
+            let arguments = contracts::topology::amqp::command_queue_arguments(None);
+            let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+            let queue = contracts::topology::agent_queue(agent_id);
+            channel.queue_declare(queue.as_str().into(), durable, arguments).await.expect("declare the agent's queue");
+        }
+        channel.basic_qos(1, BasicQosOptions::default()).await.expect("qos");
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-priority".into(), AMQPValue::LongInt(10));
+        let queue = contracts::topology::agent_queue(agent_id);
+        let mut deliveries = channel
+            .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), arguments)
+            .await
+            .expect("consume the agent's queue");
+        let (tx, stolen) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut holding = Vec::new();
+            while let Some(Ok(delivery)) = deliveries.next().await {
+                let taken = Taken { data: delivery.data.clone(), properties: delivery.properties.clone() };
+                if taken.kind() == Some("StartScriptV2") && holding.is_empty() {
+                    holding.push(delivery);
+                    let _ = tx.send(taken);
+                    continue;
+                }
+                let publish = channel.basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &taken.data,
+                    taken.properties.clone(),
+                );
+                let _ = publish.await;
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+        });
+        Thief { connection, task, stolen }
+    }
+
+    /// The start it took, once it has one.
+    pub async fn stolen(&mut self, within: std::time::Duration) -> Taken {
+        tokio::time::timeout(within, self.stolen.recv())
+            .await
+            .expect("a start to steal in time")
+            .expect("the thief runs")
+    }
+
+    /// Stops stealing: the start it held goes back to the queue.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.connection.close(200, "thief done".into()).await;
+    }
+}
+
+/// Publishes `data` to the agent's own queue as a message of `kind`, with `properties` (the
+/// headers that seal it, a correlation id and reply-to of someone else's request).
+pub async fn publish_to_agent(agent_id: &str, data: &[u8], properties: lapin::BasicProperties) {
+    use lapin::options::*;
+    let connection = lapin::Connection::connect(&crate::amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("connects to the broker");
+    let channel = connection.create_channel().await.expect("channel");
+    let queue = contracts::topology::agent_queue(agent_id);
+    channel
+        .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), data, properties)
+        .await
+        .expect("publish")
+        .await
+        .expect("published");
+    let _ = connection.close(200, "done".into()).await;
 }
 
 /// Someone with broker credentials answering in an agent's name: its own queue bound to the
@@ -195,6 +311,7 @@ impl Impostor {
                     Answerer::Unsigned => None,
                     Answerer::Key(key) => Some(key.seal_answer(correlation_id.as_str(), &body)),
                     Answerer::Replayed => Some(keys().agent.seal_answer("an-earlier-request", &body)),
+                    Answerer::PreBinding => Some(keys().agent.seal_answer(correlation_id.as_str(), &body)),
                 };
                 if let Some(seal) = seal {
                     answer = contracts::trust::amqp::with_seal(answer, &seal);

@@ -17,7 +17,9 @@ use std::process::Output;
 use std::time::{Duration, SystemTime};
 use tests::agent::test_config;
 use tests::raw::RawBroker;
-use tests::trust::{keypair, keys, write_atomically, Answerer, CommandCopies, Impostor};
+use tests::trust::{
+    keypair, keys, publish_to_agent, write_atomically, Answerer, CommandCopies, Impostor, Taken, Thief,
+};
 use tests::*;
 
 fn now_ms() -> u64 {
@@ -223,7 +225,7 @@ async fn attack_table() {
         println!("ATTACK-TABLE | {} | {result} ({}) |", row.attack, row.how);
     }
     assert!(bench.rows.iter().all(|r| r.refused), "every attack is refused");
-    assert_eq!(bench.rows.len(), 26);
+    assert_eq!(bench.rows.len(), 28);
     bench.raw.close().await;
     agent.stop().await;
     other.stop().await;
@@ -373,6 +375,10 @@ async fn forged_rows(bench: &mut Bench) {
     impostor.stop().await;
     agent.stop().await;
 
+    // The agent's own signature on an answer to another message than the request.
+    junk_under_a_requests_ids(bench).await;
+    old_start_replayed_under_a_stolen_requests_ids(bench).await;
+
     // An agent nobody pinned: a clear error, nothing sent.
     let id = "t-never-pinned";
     let out = submit(&["--target", id, "--", "echo hi"]).await;
@@ -383,6 +389,219 @@ async fn forged_rows(bench: &mut Bench) {
         stderr.contains(&format!("{id} is not pinned")) && stderr.contains(&format!("echo '{id} ed25519:")),
         "{stderr}"
     );
+}
+
+/// The next message of `kind` among the copies of an agent's commands.
+async fn next_copy(copies: &mut lapin::Consumer, kind: &str) -> Taken {
+    use futures_util::StreamExt;
+    let wait = async {
+        loop {
+            let delivery = copies.next().await.expect("the copies' consumer").expect("a delivery");
+            let taken = Taken { data: delivery.data, properties: delivery.properties };
+            if taken.kind() == Some(kind) {
+                break taken;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait).await.unwrap_or_else(|_| panic!("a copy of a {kind}"))
+}
+
+/// `properties` answering to `request`'s reply-to under its correlation id.
+fn under_ids_of(properties: &lapin::BasicProperties, request: &Taken) -> lapin::BasicProperties {
+    let properties = properties.clone();
+    let properties = match request.properties.correlation_id() {
+        Some(id) => properties.with_correlation_id(id.clone()),
+        None => properties,
+    };
+    match request.properties.reply_to() {
+        Some(reply_to) => properties.with_reply_to(reply_to.clone()),
+        None => properties,
+    }
+}
+
+/// A start passes (a queue bound to the agent's routing key sees it); the attacker sends the
+/// agent a junk message under that start's correlation id and reply-to. The agent's signed
+/// refusal names the junk it refused, not the start, so the dispatcher ignores it and the script
+/// runs and is reported as it ran. (Without the binding: "nothing ran", exit 103, while it ran.)
+async fn junk_under_a_requests_ids(bench: &mut Bench) {
+    let agent = TestAgent::start("junk-under-ids").await;
+    let CommandCopies { connection, requests: mut copies, .. } = CommandCopies::of(agent.id()).await;
+    // Its start is answered after the half second the agent waits for first output: the refusal
+    // of the junk comes well before it.
+    let script = format!("{}; sleep 1; echo genuine; exit 3", bench.markers.record("junk-victim"));
+    let victim = tokio::spawn(submit_owned(vec!["--target".into(), agent.id().into(), "--".into(), script]));
+    let start = next_copy(&mut copies, "StartScriptV2").await;
+    let junk = under_ids_of(&lapin::BasicProperties::default().with_type("StartScriptV2".into()), &start);
+    publish_to_agent(agent.id(), b"junk", junk).await;
+    let out = victim.await.unwrap();
+    let stderr = text(&out.stderr);
+    let believed_refusal = out.status.code() == Some(i32::from(contracts::outcome::exit::REJECTED));
+    bench.row(
+        "agent made to sign a refusal of junk sent under a request's ids",
+        !believed_refusal && out.status.code() == Some(3),
+        format!("ignored (it names the junk); the script's own exit {}", out.status.code().unwrap_or(-1)),
+    );
+    assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(3), "genuine\n"), "{stderr}");
+    assert!(
+        stderr.contains("warning: ignored a forged answer") && stderr.contains("answers another message"),
+        "{stderr}"
+    );
+    assert_eq!(bench.markers.count("junk-victim"), 1);
+    let _ = connection.close(200, "done".into()).await;
+    agent.stop().await;
+}
+
+/// A consumer of higher priority on the agent's queue takes a start (it never reaches the agent)
+/// and sends the agent, under that start's ids, an old signed start of a finished ticket, so the
+/// agent answers it "complete, exit 0", signed. That answer names the old start, so the dispatcher ignores it
+/// and asks again; the thief holding its one message, the start reaches the agent and runs.
+/// (Without the binding: exit 0 for a script that never ran.)
+async fn old_start_replayed_under_a_stolen_requests_ids(bench: &mut Bench) {
+    let agent = TestAgent::start("stolen-start").await;
+    // A start signed by the trusted dispatcher key (as a dispatcher's first request to an agent
+    // is), run to its end: its bytes and seal, as a queue bound to the agent's routing key saw them.
+    let at = now_ms();
+    let bytes = start(agent.id(), &Ticket::generate(), bench.markers.record("old"), at, Some(at + 60_000));
+    let seal = keys().dispatcher.seal_command(&bytes);
+    let id = bench.raw.publish_to(&agent_queue(agent.id()), "StartScriptV2", &bytes, Some(&seal)).await;
+    bench.raw.reply(&id).await;
+    eventually("the old start to run", Duration::from_secs(10), || async {
+        (bench.markers.count("old") == 1).then_some(())
+    })
+    .await;
+    let properties = lapin::BasicProperties::default().with_type("StartScriptV2".into());
+    let old = Taken { data: bytes, properties: contracts::trust::amqp::with_seal(properties, &seal) };
+
+    let mut thief = Thief::on(agent.id()).await;
+    let script = format!("{}; echo genuine; exit 3", bench.markers.record("stolen-victim"));
+    let victim = tokio::spawn(submit_owned(vec!["--target".into(), agent.id().into(), "--".into(), script]));
+    let stolen = thief.stolen(Duration::from_secs(30)).await;
+    publish_to_agent(agent.id(), &old.data, under_ids_of(&old.properties, &stolen)).await;
+    let out = victim.await.unwrap();
+    let stderr = text(&out.stderr);
+    bench.row(
+        "old start replayed to the agent under a stolen request's ids",
+        out.status.code() == Some(3) && bench.markers.count("stolen-victim") == 1,
+        format!("ignored (it names the old start); asked again, ran once, exit {}", out.status.code().unwrap_or(-1)),
+    );
+    assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(3), "genuine\n"), "{stderr}");
+    assert!(
+        stderr.contains("warning: ignored a forged answer") && stderr.contains("answers another message"),
+        "{stderr}"
+    );
+    assert_eq!(bench.markers.count("stolen-victim"), 1, "ran once, when asked again");
+    thief.stop().await;
+    agent.stop().await;
+}
+
+async fn submit_owned(args: Vec<String>) -> Output {
+    let output = dispatcher_command().arg("submit").args(&args).output();
+    tokio::time::timeout(Duration::from_secs(60), output).await.expect("submit ends").expect("submit runs")
+}
+
+/// The same through `dispatcher serve`: the old start replayed is MAC'd in the service's own
+/// session. The journal never records the stolen ticket as completed by the old one's answer:
+/// the service asks again and records the script's own result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_never_records_a_ticket_completed_by_an_answer_to_an_old_start() {
+    let markers = Markers::new();
+    let agent = TestAgent::start("stolen-service").await;
+    let prefix = tests::service::journal_prefix("stolen");
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let CommandCopies { connection, requests: mut copies, .. } = CommandCopies::of(agent.id()).await;
+    let first = service.submit(agent.id(), "echo old").await;
+    let first = service.finished(&first, Duration::from_secs(60)).await;
+    assert_eq!((first["outcome"].as_str(), first["exit_code"].as_i64()), (Some("completed"), Some(0)), "{first}");
+    let old = next_copy(&mut copies, "StartScriptV2").await;
+    assert!(
+        old.properties.headers().as_ref().is_some_and(|h| h.inner().contains_key(contracts::session::MAC_HEADER)),
+        "MAC'd in the service's session"
+    );
+    let _ = connection.close(200, "done".into()).await;
+
+    let mut thief = Thief::on(agent.id()).await;
+    let ticket = service.submit(agent.id(), &format!("{}; echo genuine; exit 3", markers.record("victim"))).await;
+    let stolen = thief.stolen(Duration::from_secs(30)).await;
+    publish_to_agent(agent.id(), &old.data, under_ids_of(&old.properties, &stolen)).await;
+    let record = service.finished(&ticket, Duration::from_secs(60)).await;
+    assert_eq!((record["outcome"].as_str(), record["exit_code"].as_i64()), (Some("completed"), Some(3)), "{record}");
+    assert_eq!(markers.count("victim"), 1, "the script ran, once");
+    let metrics =
+        tests::service::http().get(format!("{}/metrics", service.url)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("cuttle_forged_answers_ignored_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    let journal = ["--journal", &redis_url(), "--journal-prefix", &prefix];
+    let status = dispatcher_command().args(journal).args(["status", &ticket, "--json"]).output().await.unwrap();
+    let events = text(&status.stdout);
+    assert!(
+        events.lines().any(|l| l.contains(r#""event":"warning""#) && l.contains("answers another message")),
+        "the ignored answer is a warning of the ticket: {events}"
+    );
+    thief.stop().await;
+    service.stop().await;
+    tests::service::remove_journal(&prefix).await;
+    agent.stop().await;
+}
+
+/// Answers of an agent of the release before (genuinely signed, naming no request) are believed
+/// with a warning naming the risk; `--strict-answers` (and `CUTTLE_STRICT_ANSWERS`) refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_name_no_request_are_believed_with_a_warning_unless_strict() {
+    let id = unique("pre-binding");
+    let old_agent = Impostor::start(&id, Answerer::PreBinding).await;
+    let out = submit(&["--target", &id, "--", "echo hi"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "believed: {stderr}");
+    assert!(text(&out.stdout).contains(Impostor::OUTPUT));
+    let warning = format!("warning: believing answers from agent {id} that do not name the request they answer");
+    assert_eq!(stderr.matches(&warning).count(), 1, "warned once: {stderr}");
+    assert!(stderr.contains("--strict-answers"), "{stderr}");
+
+    let strict = dispatcher_command()
+        .args(["--strict-answers", "submit", "--target", &id, "--retry-duration", "3s", "--", "echo hi"])
+        .output();
+    let by_env = dispatcher_command()
+        .env("CUTTLE_STRICT_ANSWERS", "true")
+        .args(["submit", "--target", &id, "--retry-duration", "3s", "--", "echo hi"])
+        .output();
+    for out in [strict.await.unwrap(), by_env.await.unwrap()] {
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(110), "refused: no answer believed before the deadline: {stderr}");
+        assert!(
+            stderr.contains("does not name the request it answers") || stderr.contains("do not name the request"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("--strict-answers refuses such answers"), "{stderr}");
+        assert!(!text(&out.stdout).contains(Impostor::OUTPUT));
+    }
+    old_agent.stop().await;
+}
+
+/// Quorum queues do not enforce an exclusive consumer: an agent that finds another consumer on
+/// its own queue says so at start, and in `cuttle_queue_other_consumers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reports_another_consumer_on_its_own_queue() {
+    let config = test_config("second-consumer");
+    // The attacker is there first: it declares the queue as the agent does, and consumes.
+    let thief = Thief::on_declared(&config.agent_id).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], services::free_port()));
+    let mut command = AgentProcess::command(&config);
+    command.args(["--health-addr", &addr.to_string()]);
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    let log = eventually("the agent to report the other consumer", Duration::from_secs(20), || async {
+        let log = agent.log_text();
+        log.contains("another consumer reads this agent's own queue").then_some(log)
+    })
+    .await;
+    assert!(log.contains("others=1"), "{log}");
+    let scrape =
+        tests::service::http().get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(scrape.lines().any(|l| l == "cuttle_queue_other_consumers 1"), "{scrape}");
+    thief.stop().await;
+    agent.stop().await;
 }
 
 /// A long-running dispatcher (`dispatcher serve`) keeps a session with each agent. An agent that

@@ -10,7 +10,9 @@ use contracts::topology::amqp::{command_queue_arguments, dead_queue_arguments};
 use contracts::topology::*;
 use contracts::trust::amqp::{seal_of, with_seal};
 use contracts::trust::{Identity, Origin, Refusal, Seal};
-use contracts::{unix_millis, AmqpEndpoints, CodecError, ErrorReply, Kind, Reply, Request};
+use contracts::{
+    request_digest, unix_millis, AmqpEndpoints, CodecError, ErrorReply, InReplyTo, Kind, Reply, Request, Ticket,
+};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -29,6 +31,8 @@ const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// Longest pause between reconnection attempts: short, so a broker that comes back is used
 /// again within about a second.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// How often the agent counts the consumers of its own queue ([`count_other_consumers`]).
+const OTHER_CONSUMERS_CHECK: Duration = Duration::from_secs(30);
 
 /// Whether the broker refused a declare because the queue exists with other arguments.
 fn is_precondition_failed(error: &BrokerError) -> bool {
@@ -345,9 +349,16 @@ async fn consume_on(
         Protocol::V1 => None,
     };
     let handlers = TaskTracker::new();
+    // The first tick at once: someone already reading this queue is reported at start.
+    let mut consumers_check = tokio::time::interval(OTHER_CONSUMERS_CHECK);
+    consumers_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         let (source, delivery) = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            _ = consumers_check.tick() => {
+                count_other_consumers(agent, connection, &queue).await;
+                continue;
+            }
             delivery = own.next() => (Source::Own, delivery),
             delivery = next_delivery(&mut pool) => (Source::Pool, delivery),
             delivery = next_delivery(&mut pool_service) => (Source::Own, delivery),
@@ -378,6 +389,40 @@ async fn consume_on(
         let _ = call("connection.close", BROKER_CALL_TIMEOUT, connection.close(200, "agent stopping".into())).await;
     }
     result
+}
+
+/// Counts the consumers of the agent's own queue besides itself, into the metric, with a warning
+/// when there are any. Nothing else should ever consume it, but quorum queues do not enforce an
+/// exclusive consumer: another one takes a share of the agent's commands (with a higher
+/// priority, all of them), which then never reach the agent. It is an attacker holding broker
+/// credentials, a second agent started with this id, or, briefly after a reconnect, this agent's
+/// own previous connection that the broker has not noticed is gone yet.
+async fn count_other_consumers(agent: &Agent, connection: &Connection, queue: &str) {
+    let count = async {
+        // A passive declare that fails closes its channel: one of its own.
+        let channel = call("channel.open", BROKER_CALL_TIMEOUT, connection.create_channel()).await?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let declared = call(
+            "queue.declare",
+            BROKER_CALL_TIMEOUT,
+            channel.queue_declare(queue.into(), passive, FieldTable::default()),
+        )
+        .await;
+        let _ = call("channel.close", BROKER_CALL_TIMEOUT, channel.close(200, "counted".into())).await;
+        declared.map(|queue| queue.consumer_count())
+    };
+    match count.await {
+        Ok(consumers) => {
+            let others = consumers.saturating_sub(1);
+            agent.metrics().other_consumers.set(i64::from(others));
+            if others > 0 {
+                tracing::warn!(agent = %agent.config().agent_id, %queue, others, "another consumer reads this agent's own queue: the commands it takes never reach this agent. It is someone with broker credentials, a second agent started with this id, or (for a few seconds after a reconnect) this agent's previous connection; list them with `rabbitmqctl list_consumers`");
+            }
+        }
+        Err(error) => {
+            tracing::debug!(agent = %agent.config().agent_id, %error, "could not count the consumers of the agent's queue")
+        }
+    }
 }
 
 async fn start_consumer(channel: &Channel, queue: &str) -> Result<lapin::Consumer, BrokerError> {
@@ -419,11 +464,19 @@ async fn handle_delivery(
     let seal = seal_of(props);
     let sealed_by = seal.as_ref().ok().and_then(|s| s.as_ref().and_then(Seal::signer));
     let now = unix_millis(SystemTime::now());
+    // Every answer names the very message it answers (its digest), so that it counts for no other
+    // request: not for one whose correlation id or reply-to someone copied onto this message.
+    let digest = agent.trust().signs().then(|| request_digest(&delivery.data));
+    let in_reply_to = |ticket: Option<&Ticket>| digest.map(|digest| InReplyTo::new(digest, ticket.cloned()));
     let (origin, session) = match agent.trust().check_seal(seal, &delivery.data, now) {
         Ok(checked) => checked,
-        Err(refusal) => return refuse(&agent, &channel, delivery, reply_to, correlation_id, sealed_by, refusal).await,
+        Err(refusal) => {
+            // Not decoded (nothing about it is trusted): the refusal names the digest alone.
+            let answer = Answer { in_reply_to: in_reply_to(None), ..Answer::default() };
+            return refuse(&agent, &channel, delivery, reply_to, correlation_id, sealed_by, refusal, answer).await;
+        }
     };
-    let mut answer = Answer { session, key_share: None };
+    let mut answer = Answer { session, key_share: None, in_reply_to: in_reply_to(None) };
     let reply = match Request::decode(&delivery.data) {
         Err(error) => {
             agent.metrics().common.refusals.refused(error.reply_kind());
@@ -442,9 +495,12 @@ async fn handle_delivery(
             return;
         }
         Ok((header, request)) => {
+            answer.in_reply_to = in_reply_to(request.ticket());
             let me = Identity { agent_id: &config.agent_id, pool: config.pool.as_deref() };
             if let Err(refusal) = agent.trust().check_header(origin, &header, me, now) {
-                return refuse(&agent, &channel, delivery, reply_to, correlation_id, sealed_by, refusal).await;
+                // Signed: a refused command's session, if any, is not one to answer in.
+                let answer = Answer { in_reply_to: answer.in_reply_to, ..Answer::default() };
+                return refuse(&agent, &channel, delivery, reply_to, correlation_id, sealed_by, refusal, answer).await;
             }
             answer.key_share = agent.trust().accept_session(origin, &header, me, now);
             let kind = request.kind();
@@ -490,8 +546,10 @@ async fn handle_delivery(
 }
 
 /// Refuses a command that failed a trust check: answers it `NotAuthorized` with the reason (a
-/// signed command past its deadline too: DESIGN.md §7), dead-letters it, and logs why with the
-/// key that signed it. Nothing runs, nothing is stored.
+/// signed command past its deadline too: DESIGN.md §7), as `answer` says (signed, naming the
+/// refused message), dead-letters it, and logs why with the key that signed it. Nothing runs,
+/// nothing is stored.
+#[allow(clippy::too_many_arguments)]
 async fn refuse(
     agent: &Agent,
     channel: &Channel,
@@ -500,14 +558,14 @@ async fn refuse(
     correlation_id: Option<String>,
     key_id: Option<contracts::trust::KeyId>,
     refusal: Refusal,
+    answer: Answer,
 ) {
     let kind = delivery.properties.kind().as_ref().map(ShortString::to_string);
     let key_id = key_id.map(|k| k.to_string());
     tracing::warn!(agent = %agent.config().agent_id, kind = ?kind, key_id = ?key_id, reason = %refusal, "command refused; nothing ran");
     agent.metrics().common.refusals.refused(refusal.counted_as());
     let reply = Reply::Error(ErrorReply::new(refusal.answered_as(), format!("{refusal}; nothing ran")));
-    // Signed: a refused command's session, if any, is not one to answer in.
-    send_reply(agent, channel, reply_to, correlation_id, &reply, &Answer::default()).await;
+    send_reply(agent, channel, reply_to, correlation_id, &reply, &answer).await;
     // Dead-lettered to cuttle.dead.
     if let Err(error) = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await {
         tracing::warn!(agent = %agent.config().agent_id, %error, "could not settle refused delivery");
@@ -522,11 +580,13 @@ async fn ack(agent: &Agent, delivery: &lapin::message::Delivery) {
 }
 
 /// How an answer is sealed: MAC'd in the session its command came in, else signed, carrying the
-/// agent's share when it accepted the session the command offered.
+/// agent's share when it accepted the session the command offered, and naming the message it
+/// answers (`None` for a legacy agent, which cannot sign).
 #[derive(Default)]
 struct Answer {
     session: Option<Session>,
     key_share: Option<KeyShare>,
+    in_reply_to: Option<InReplyTo>,
 }
 
 async fn send_reply(
@@ -542,7 +602,9 @@ async fn send_reply(
         return;
     };
     let issued_at = unix_millis(SystemTime::now());
-    let bytes = match reply.encode_accepting(&agent.config().agent_id, issued_at, answer.key_share.as_ref()) {
+    let agent_id = &agent.config().agent_id;
+    let bytes = match reply.encode_answering(agent_id, issued_at, answer.in_reply_to.clone(), answer.key_share.as_ref())
+    {
         Ok(bytes) => bytes,
         Err(error) => {
             tracing::error!(%error, "could not encode reply");
@@ -551,7 +613,7 @@ async fn send_reply(
     };
     let mut properties =
         BasicProperties::default().with_type(reply.kind().as_str().into()).with_content_type(CONTENT_TYPE.into());
-    // Signed over the request's correlation id (its message id), so it answers only that request.
+    // Signed over the request's correlation id and, inside the body, the request's digest.
     if let Some(seal) = agent.trust().seal_answer(answer.session.as_ref(), &correlation_id, &bytes) {
         properties = with_seal(properties, &seal);
     }

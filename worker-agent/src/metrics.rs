@@ -6,6 +6,7 @@
 use contracts::metrics::{self, Families, KindLabel};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub struct Metrics {
     request_duration: Family<KindLabel, Histogram>,
     mutex_waits: Counter,
     mutex_wait_duration: Histogram,
+    /// Consumers of the agent's own queue besides the agent, as last seen.
+    pub other_consumers: Gauge,
 }
 
 impl Default for Metrics {
@@ -49,7 +52,21 @@ impl Default for Metrics {
             Unit::Seconds,
             mutex_wait_duration.clone(),
         );
-        Metrics { registry: Arc::new(registry), common, requests, request_duration, mutex_waits, mutex_wait_duration }
+        let other_consumers = Gauge::default();
+        registry.register(
+            "cuttle_queue_other_consumers",
+            "Consumers of this agent's own queue besides itself, as last seen (anything but 0 reads its commands)",
+            other_consumers.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            common,
+            requests,
+            request_duration,
+            mutex_waits,
+            mutex_wait_duration,
+            other_consumers,
+        }
     }
 }
 

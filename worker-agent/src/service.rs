@@ -177,7 +177,6 @@ impl Agent {
         self.notices_stop.cancel();
     }
 
-    /// Waits for a place for one more script; `None` when scripts are not bounded.
     /// The services this agent answers, as its capabilities reply and announcements list them.
     /// File transfer is listed only when the agent has transfer roots.
     pub fn services(&self) -> Vec<String> {
@@ -187,8 +186,9 @@ impl Agent {
             SERVICE_SCRIPT_V2.into(),
             SERVICE_SECRET_MASKING.into(),
         ];
-        if self.trust.opens_sealed_secrets() {
+        if self.trust.signs() {
             services.push(contracts::SERVICE_SEALED_SECRETS.into());
+            services.push(contracts::SERVICE_ANSWER_BINDING.into());
         }
         if self.transfers.enabled() {
             services.push(transfer::SERVICE_FILE_TRANSFER.into());
@@ -196,6 +196,7 @@ impl Agent {
         services
     }
 
+    /// Waits for a place for one more script; `None` when scripts are not bounded.
     pub async fn take_slot(&self) -> Option<Slot> {
         let slots = self.slots.clone()?;
         Some(slots.acquire_owned().await.expect("slots are never closed"))

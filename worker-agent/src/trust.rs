@@ -166,8 +166,9 @@ impl AgentTrust {
         }
     }
 
-    /// Whether this agent can open secrets sealed to its key (a legacy agent has none).
-    pub fn opens_sealed_secrets(&self) -> bool {
+    /// Whether this agent has a key: it signs its answers (each naming the request it answers),
+    /// and opens secrets sealed to it. A legacy agent has none.
+    pub fn signs(&self) -> bool {
         self.key.is_some()
     }
 

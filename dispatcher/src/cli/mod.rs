@@ -104,6 +104,11 @@ pub struct Cli {
     /// [default: <config dir>/cuttle/known_agents].
     #[arg(long, global = true, env = "CUTTLE_KNOWN_AGENTS")]
     pub known_agents: Option<PathBuf>,
+    /// Refuse answers that do not name the request they answer (agents that predate
+    /// answer-binding/v1), instead of believing them with a warning: such an agent can be made to
+    /// answer your request with its answer to a message someone else sent under its ids.
+    #[arg(long, global = true, env = "CUTTLE_STRICT_ANSWERS")]
+    pub strict_answers: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -842,7 +847,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         true => match TrustFiles::resolve(cli.key.clone(), cli.known_agents.clone())
             .and_then(|f| DispatcherTrust::load(&f))
         {
-            Ok(trust) => Some(Arc::new(trust)),
+            Ok(trust) => Some(Arc::new(trust.with_strict_answers(cli.strict_answers))),
             Err(error) => return usage_error(error),
         },
     };
