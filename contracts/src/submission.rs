@@ -823,17 +823,22 @@ impl<E: CallError> Submission<E> {
                         self.follow_step(now);
                     }
                 }
+                // Contact lost for good while following: the script is left as it is, running if
+                // it was (as Octopus Tentacle leaves it), so that `status --follow` can pick it up
+                // later; the user is told so. A cancel sent now would stop it without the user
+                // asking, and they could no longer see how it would have ended.
                 Err(gave_up) => {
                     let ticket = self.ticket();
-                    let message =
-                        format!("lost contact with the script: {gave_up}; its outcome is unknown (ticket {ticket})");
+                    let message = match self.after_cancel {
+                        Some(_) => format!(
+                            "lost contact with the script after cancelling it: {gave_up}; whether it stopped is unknown (ticket {ticket})"
+                        ),
+                        None => format!(
+                            "lost contact with the script: {gave_up}; its outcome is unknown: it was not cancelled and may still be running (ticket {ticket})"
+                        ),
+                    };
                     let outcome = Outcome::from_error(Some(ticket), &self.config.target, &gave_up.error, message, true);
-                    if self.phase == Phase::Resume {
-                        self.finish(outcome, now);
-                    } else {
-                        let outcome = self.after_cancel(outcome);
-                        self.best_effort_cancel(outcome, now);
-                    }
+                    self.finish(outcome, now);
                 }
             },
             Purpose::Cancel { start_sent } => match answer.and_then(expect_status) {
@@ -857,7 +862,16 @@ impl<E: CallError> Submission<E> {
                 }
             },
             Purpose::BestEffortCancel => {
-                let outcome = self.ending.take().expect("the outcome a best-effort cancel ends with");
+                let mut outcome = self.ending.take().expect("the outcome a best-effort cancel ends with");
+                // The user is told what was done in their name.
+                let cancel = match answer {
+                    Ok(_) => "a cancel was sent, which the agent took, so that it does not run unwatched",
+                    Err(gave_up) if gave_up.error.agent_error().is_some() => {
+                        "a cancel was sent so that it does not run unwatched, which the agent refused"
+                    }
+                    Err(_) => "a cancel was sent so that it does not run unwatched, and got no answer either",
+                };
+                outcome.error = outcome.error.map(|error| format!("{error}; {cancel}"));
                 self.finish(outcome, now);
             }
         }
@@ -1171,8 +1185,9 @@ impl<E: CallError> Submission<E> {
         });
     }
 
-    /// One cancel, without retries, after contact was lost: if it gets through, the script does
-    /// not go on unwatched. Then the end, with `outcome`.
+    /// One cancel, without retries, after a start got no answer (it may run, or start later from
+    /// a copy in the queue, while nobody follows it): if it gets through, the script does not go
+    /// on unwatched. Then the end, with `outcome`, which says that a cancel was sent.
     fn best_effort_cancel(&mut self, outcome: Outcome, now: Now) {
         self.phase = Phase::Ending;
         self.ending = Some(outcome);

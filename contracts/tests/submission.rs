@@ -363,9 +363,10 @@ fn a_cancel_nobody_consumes_is_queued_and_said_so() {
 }
 
 /// Status requests failing until the policy's deadline (the time is the test's) end the
-/// submission as unknown, after one best-effort cancel.
+/// submission as unknown, and the script is left running (no cancel is sent), so that `status
+/// --follow` can pick it up; the user is told so.
 #[test]
-fn lost_contact_after_the_deadline_is_unknown_after_a_best_effort_cancel() {
+fn lost_contact_after_the_deadline_is_unknown_and_leaves_the_script_running() {
     let policy = RetryPolicy::new(Duration::from_secs(10));
     let mut m = Machine::submit(config(policy), ScriptSpec::default(), ticket(), at(0));
     let mut seen = Vec::new();
@@ -373,7 +374,7 @@ fn lost_contact_after_the_deadline_is_unknown_after_a_best_effort_cancel() {
     m.handle(Input::Reply { attempt: start, reply: status(ScriptState::Running, None, 1..2) }, at(10));
     let mut now = 10;
     let mut retries = 0;
-    let cancel = loop {
+    let end = loop {
         match until_input(&mut m, at(now), &mut seen) {
             Action::Call { attempt, request, reply_timeout, .. } if request.kind() == Kind::GetStatusV2 => {
                 assert!(reply_timeout >= Duration::from_secs(1));
@@ -388,14 +389,50 @@ fn lost_contact_after_the_deadline_is_unknown_after_a_best_effort_cancel() {
     };
     assert!(retries > 5, "{retries}");
     assert!((10_010..12_000).contains(&now), "gave up at the deadline, not at {now}");
-    let (attempt, kind) = call(&cancel);
-    assert_eq!(kind, Kind::CancelScriptV2);
-    m.handle(Input::Failed { attempt, error: TestError::Lost, published: true }, at(now));
-    let Action::Done(outcome) = until_input(&mut m, at(now), &mut seen) else { panic!("not done") };
+    let Action::Done(outcome) = end else { panic!("ended with no cancel sent, not with {end:?}") };
     assert_eq!((outcome.outcome, outcome.process_exit), (OutcomeKind::Unknown, exit::OUTCOME_UNKNOWN));
-    assert!(outcome.error.unwrap().starts_with("lost contact with the script"));
+    let error = outcome.error.unwrap();
+    assert!(error.starts_with("lost contact with the script"), "{error}");
+    assert!(error.contains("not cancelled and may still be running (ticket t-1)"), "{error}");
     let notices = seen.iter().filter(|a| matches!(a, Action::Emit(Event::Retry { .. }))).count();
     assert_eq!(notices, retries - 1);
+}
+
+/// A legacy agent's script (v1: status is asked once, never repeated): a lost status reply ends
+/// the submission as unknown with the script left running, as for script v2.
+#[test]
+fn a_legacy_agents_lost_status_reply_leaves_its_script_running() {
+    let legacy = Config { known: Some(AgentKind::Legacy), ..config(RetryPolicy::new(Duration::from_secs(30))) };
+    let mut m = Machine::submit(legacy, ScriptSpec::default(), ticket(), at(0));
+    let mut seen = Vec::new();
+    let (attempt, kind) = call(&until_input(&mut m, at(0), &mut seen));
+    assert_eq!(kind, Kind::StartScriptV1);
+    m.handle(Input::Reply { attempt, reply: status(ScriptState::Running, None, 1..2) }, at(10));
+    let (attempt, kind) = call(&until_input(&mut m, at(10), &mut seen));
+    assert_eq!(kind, Kind::GetStatusV1);
+    m.handle(Input::Failed { attempt, error: TestError::Lost, published: true }, at(20));
+    let Action::Done(outcome) = until_input(&mut m, at(20), &mut seen) else { panic!("ended with no cancel sent") };
+    assert_eq!((outcome.outcome, outcome.process_exit), (OutcomeKind::Unknown, exit::OUTCOME_UNKNOWN));
+    assert!(outcome.error.unwrap().contains("may still be running"));
+}
+
+/// A start that got no answer may run, or start later from a copy in the queue: one cancel is
+/// sent so that it does not run unwatched, and the outcome says so.
+#[test]
+fn a_start_that_got_no_answer_is_cancelled_once_and_the_user_is_told() {
+    let mut m = Machine::submit(config(RetryPolicy::once()), ScriptSpec::default(), ticket(), at(0));
+    let mut seen = Vec::new();
+    let start = to_start(&mut m, &mut seen);
+    m.handle(Input::Failed { attempt: start, error: TestError::Lost, published: true }, at(10));
+    let (attempt, kind) = call(&until_input(&mut m, at(10), &mut seen));
+    assert_eq!(kind, Kind::CancelScriptV2);
+    m.handle(Input::Reply { attempt, reply: status(ScriptState::Complete, Some(exit_code::CANCELLED), 1..1) }, at(20));
+    let Action::Done(outcome) = until_input(&mut m, at(20), &mut seen) else { panic!("not done") };
+    assert_eq!(outcome.process_exit, exit::OUTCOME_UNKNOWN);
+    assert!(outcome
+        .error
+        .unwrap()
+        .ends_with("a cancel was sent, which the agent took, so that it does not run unwatched"));
 }
 
 #[test]

@@ -75,6 +75,16 @@ impl Orchestrator {
         }
     }
 
+    /// The script service a ticket of `route` is asked about with afterwards (`status`,
+    /// `cancel`): v1 when this dispatcher speaks only v1 or the agent said it is a legacy one.
+    pub fn script_protocol_of(&self, route: &Route) -> ScriptProtocol {
+        match (self.protocol, self.capabilities.get(route)) {
+            (ProtocolMode::V1, _) => ScriptProtocol::V1,
+            (ProtocolMode::Auto, Some(kind)) => kind.script_protocol().unwrap_or(ScriptProtocol::V2),
+            (ProtocolMode::Auto, None) => ScriptProtocol::V2,
+        }
+    }
+
     /// What the agent supports, from the cache or by asking it.
     pub async fn agent_kind(
         &self,
@@ -374,13 +384,32 @@ impl Orchestrator {
                         }
                     }
                 }
+                // Every wait below may be connecting to the broker (up to --connect-timeout, and
+                // a broker out of file handles never answers its handshake): each is raced with
+                // the user's Ctrl-C like the wait for a reply, so Ctrl-C is acted on at once.
                 Action::Send { request, not_after } => {
-                    let sent = self.rpc.send(route, &request, not_after).await;
+                    let send = self.rpc.send(route, &request, not_after);
+                    let sent = tokio::select! {
+                        sent = send => sent,
+                        // Only a complete, after the end, can be sent before a first Ctrl-C: it is
+                        // best effort, and given up (the agent cleans the ticket up later).
+                        _ = interrupt.cancelled(), if !interrupted => {
+                            interrupted = true;
+                            Err(RpcError::Cancelled)
+                        }
+                    };
                     machine.handle(Input::Sent(sent), now());
                 }
                 Action::CountConsumers(kind) => {
-                    let count = self.rpc.consumers(route, kind).await;
-                    machine.handle(Input::Consumers(count), now());
+                    let count = self.rpc.consumers(route, kind);
+                    tokio::select! {
+                        count = count => machine.handle(Input::Consumers(count), now()),
+                        // Before the capabilities request: nothing was published.
+                        _ = interrupt.cancelled(), if !interrupted => {
+                            interrupted = true;
+                            machine.handle(Input::Interrupt { published: false }, now());
+                        }
+                    }
                 }
                 Action::Learned(kind) => self.capabilities.put(route, kind),
                 Action::LegacyNotice(notice) => {

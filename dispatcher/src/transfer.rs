@@ -7,6 +7,7 @@
 //! a download writes into a partial file named after the content's digest beside the local
 //! destination, renamed into place only once whole and verified.
 
+use crate::error::RpcError;
 use crate::orchestrator::{EventSink, Orchestrator};
 use crate::outcome::{exit, Outcome};
 use crate::retry::{GaveUp, RetryPolicy};
@@ -104,16 +105,26 @@ pub enum TransferError {
 
 impl TransferError {
     /// The process exit code: as `submit` for communication, 2 for a local file, 109 for a
-    /// transfer that cannot complete.
+    /// transfer that cannot complete. A link to the broker lost for good (under `--no-retries`,
+    /// or lost again at the deadline) is 105, contact lost for good, as for a script whose link
+    /// is lost: what the requests in flight did is unknown (the last chunks of an upload may
+    /// have completed it), not "no answer before the deadline" (110).
     pub fn exit_code(&self, route: &Route) -> u8 {
         match self {
             TransferError::Local(_) => exit::USAGE,
             TransferError::TooOld { .. } => exit::REJECTED,
             TransferError::Request(gave_up) => {
-                Outcome::from_error(None, route.name(), &gave_up.error, String::new(), false).process_exit
+                let contact_lost = matches!(gave_up.error, RpcError::ConnectionLost(_));
+                Outcome::from_error(None, route.name(), &gave_up.error, String::new(), contact_lost).process_exit
             }
             TransferError::Verification(_) => exit::AGENT_FAILED,
         }
+    }
+
+    /// Whether running the same transfer again may get further: it failed for want of an
+    /// answer (a lost link, no reply, no broker), and resumes from what the other side holds.
+    pub fn resumable(&self) -> bool {
+        matches!(self, TransferError::Request(gave_up) if gave_up.error.is_transient())
     }
 }
 
@@ -379,6 +390,20 @@ mod tests {
         assert_eq!(sent, vec![(0, 10), (10, 10), (20, 5)]);
         let mut resumed = Window::new(25, 10, 25);
         assert_eq!(resumed.next_chunk(), None);
+    }
+
+    #[test]
+    fn a_lost_link_exits_as_contact_lost_and_an_unanswered_request_as_no_answer() {
+        let route = Route::agent("a1").unwrap();
+        let failed = |error| TransferError::Request(GaveUp { error, elapsed: Duration::ZERO, attempts: 1 });
+        let lost = failed(RpcError::ConnectionLost("connection reset".into()));
+        assert_eq!((lost.exit_code(&route), lost.resumable()), (exit::OUTCOME_UNKNOWN, true));
+        let unanswered = failed(RpcError::NoReply { target: "agent a1".into(), after: Duration::from_secs(10) });
+        assert_eq!((unanswered.exit_code(&route), unanswered.resumable()), (exit::NO_ANSWER, true));
+        let unreachable = failed(RpcError::Connect("connection refused".into()));
+        assert_eq!((unreachable.exit_code(&route), unreachable.resumable()), (exit::BROKER_UNREACHABLE, true));
+        let refused = failed(RpcError::Unroutable { target: "agent a1".into() });
+        assert_eq!((refused.exit_code(&route), refused.resumable()), (exit::NO_SUCH_AGENT, false));
     }
 
     #[test]

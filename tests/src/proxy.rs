@@ -5,6 +5,13 @@
 //! request or reply, cut a stream after some bytes, hold all traffic, add latency, or refuse new
 //! connections the way a service that is down does.
 //!
+//! [`FaultProxy::accepted_at`] and [`FaultProxy::resets_at`] keep a timeline: when each
+//! connection came and when each reset happened. Count from a reset, not from when a one-shot
+//! fault was armed: [`FaultProxy::drop_next_and_reset`] and [`FaultProxy::reset_after`] fire only
+//! when the next chunk crosses the proxy, which on an idle AMQP link is a heartbeat (the
+//! client's 2.5 s after its last write with a 5 s heartbeat, the broker's 2.5 to 5 s after its
+//! last).
+//!
 //! Each accepted connection gets its own upstream connection and two pump tasks, one per
 //! [`Direction`], each reading chunks of up to 64 KiB and writing them to the other side. Faults
 //! are checked per chunk. A reset closes both sockets with `SO_LINGER` 0, so both peers see a TCP
@@ -80,6 +87,9 @@ struct Shared {
     resets: AtomicU64,
     accepted: AtomicU64,
     refused: AtomicU64,
+    /// When each connection was accepted for forwarding, and when each reset happened.
+    accepted_at: Mutex<Vec<std::time::Instant>>,
+    resets_at: Mutex<Vec<std::time::Instant>>,
 }
 
 /// Whether traffic is held; `epoch` changes on every hold or release so that the timer of a
@@ -147,6 +157,8 @@ impl FaultProxy {
             resets: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            accepted_at: Mutex::new(Vec::new()),
+            resets_at: Mutex::new(Vec::new()),
         });
         let listener = tokio::spawn(accept_loop(shared.clone(), listener));
         FaultProxy { shared, addr, listener }
@@ -176,7 +188,8 @@ impl FaultProxy {
     /// dropped, and then every open connection is reset.
     ///
     /// Loses "the next request" ([`Direction::Upstream`]) or "the next reply"
-    /// ([`Direction::Downstream`]).
+    /// ([`Direction::Downstream`]). It fires when that chunk comes, which on an idle link may be a
+    /// heartbeat seconds later: [`FaultProxy::resets_at`] says when it did.
     pub fn drop_next_and_reset(&self, direction: Direction) {
         lock(&self.shared.faults).drop_next[direction.index()] = true;
     }
@@ -260,6 +273,16 @@ impl FaultProxy {
     pub fn refused(&self) -> u64 {
         self.shared.refused.load(Ordering::SeqCst)
     }
+
+    /// When each connection was accepted for forwarding, in order (refused ones are not here).
+    pub fn accepted_at(&self) -> Vec<std::time::Instant> {
+        lock(&self.shared.accepted_at).clone()
+    }
+
+    /// When each reset happened ([`FaultProxy::reset_all`], or an armed fault firing), in order.
+    pub fn resets_at(&self) -> Vec<std::time::Instant> {
+        lock(&self.shared.resets_at).clone()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -300,6 +323,7 @@ impl Shared {
     /// Counts a reset and resets every open connection.
     fn reset_all(&self) {
         // Count first, so whoever sees a connection die also sees the count.
+        lock(&self.resets_at).push(std::time::Instant::now());
         self.resets.fetch_add(1, Ordering::SeqCst);
         for token in lock(&self.connections).values() {
             token.cancel();
@@ -328,6 +352,7 @@ impl Shared {
             abort_stream(client);
             return;
         }
+        lock(&self.accepted_at).push(std::time::Instant::now());
         self.accepted.fetch_add(1, Ordering::SeqCst);
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         // A child token is born cancelled if the proxy is already shutting down.
@@ -697,6 +722,9 @@ mod tests {
 
         let mut again = connect(&proxy).await;
         round_trip(&mut again, b"after").await;
+        let (accepted, resets) = (proxy.accepted_at(), proxy.resets_at());
+        assert_eq!((accepted.len(), resets.len()), (2, 1));
+        assert!(accepted[0] <= resets[0] && resets[0] <= accepted[1], "the timeline is in order");
     }
 
     #[tokio::test]
@@ -725,6 +753,8 @@ mod tests {
         let mut client = connect(&proxy).await;
 
         proxy.drop_next_and_reset(Direction::Downstream);
+        assert!(proxy.resets_at().is_empty(), "an armed fault fires only when a chunk comes");
+        let sent = std::time::Instant::now();
         client.write_all(b"request").await.expect("write");
         let (data, _) = read_to_close(&mut client).await;
         assert!(data.is_empty(), "got {data:?}");
@@ -732,6 +762,7 @@ mod tests {
         // The request did arrive; only its reply was lost.
         assert_eq!(echo.received(), b"request");
         assert_eq!(proxy.resets(), 1);
+        assert!(proxy.resets_at()[0] >= sent, "fired by the reply, after the request");
     }
 
     #[tokio::test]

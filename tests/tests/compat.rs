@@ -1,7 +1,8 @@
 //! Old and new together: {old dispatcher, new dispatcher} × {legacy agent, new agent}, driven
 //! through the real binaries and broker, running a script and stopping one (Ctrl-C, `cancel`);
-//! and a legacy agent's lost start reply is never retried. A legacy agent cannot sign: it runs
-//! with `--insecure-allow-unsigned` and is pinned `legacy`.
+//! a legacy agent's lost start reply is never retried, and a lost status reply leaves the script
+//! running on either kind of agent. A legacy agent cannot sign: it runs with
+//! `--insecure-allow-unsigned` and is pinned `legacy`.
 
 use dispatcher::{Orchestrator, OutcomeKind, RpcClient, Timing};
 use std::process::Stdio;
@@ -206,4 +207,71 @@ async fn a_legacy_agents_lost_start_reply_is_not_retried_and_the_script_ran_at_m
     .await;
     assert!(markers.count("run") <= 1);
     agent.stop().await;
+}
+
+/// The reply to a status request is lost with the link while a script runs, and status is not
+/// repeated (script v1 never repeats it; script v2 under `--no-retries`): `submit` ends with its
+/// outcome unknown (105) and leaves the script running, as Octopus Tentacle does, instead of
+/// cancelling it unasked; it says so and how to follow it, and `status --follow` then follows it
+/// to its own end.
+async fn lost_status_reply_cell(agent_protocol: Protocol) {
+    use tokio::io::AsyncBufReadExt;
+    let agent = agent(&format!("lost-status-{agent_protocol:?}").to_lowercase(), agent_protocol).await;
+    let link = FaultProxy::start(tests::proxy::broker_addr()).await;
+    let markers = Markers::new();
+    let (pid_file, go) = (markers.dir.join("pid"), markers.dir.join("go"));
+    let script = format!(
+        "echo $$ > '{}'; echo started; while [ ! -e '{}' ]; do sleep 0.1; done; echo finished; exit 7",
+        pid_file.display(),
+        go.display()
+    );
+    let mut submit = dispatcher_command()
+        .env("CUTTLE_AMQP_URL", link.amqp_url())
+        .args(["submit", "--no-retries", "--target", agent.id(), "--", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dispatcher runs");
+    let mut stdout = tokio::io::BufReader::new(submit.stdout.take().expect("piped")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), stdout.next_line()).await.expect("output in time");
+    assert_eq!(first.unwrap().as_deref(), Some("started"));
+    let pid = script_pid(&pid_file).await;
+    // The next chunk from the broker to the dispatcher: the answer to the status request in
+    // flight (v1 asks every 250 ms; v2's waits on the agent, so a heartbeat or its reply).
+    link.drop_next_and_reset(Direction::Downstream);
+    let (code, stderr) = ended(submit, Duration::from_secs(30)).await;
+    assert!(link.resets() >= 1, "the reply was lost: {stderr}");
+    assert_eq!(code, Some(105), "{stderr}");
+    assert!(stderr.contains("it was not cancelled and may still be running"), "{stderr}");
+    assert!(!stderr.contains("cancelling ticket") && !stderr.contains("a cancel was sent"), "{stderr}");
+    let ticket = stderr.split("cuttle: ticket ").nth(1).expect("the ticket").split_whitespace().next().unwrap();
+    let protocol: &[&str] = match agent_protocol {
+        Protocol::V1 => &["--protocol", "v1"],
+        Protocol::V2 => &[],
+    };
+    let hint = format!("status {ticket} --target {} --follow", agent.id());
+    assert!(stderr.contains(&hint), "how to follow it: {stderr}");
+    assert_eq!(stderr.contains("dispatcher --protocol v1 status"), agent_protocol == Protocol::V1, "{stderr}");
+    assert!(!process_gone(pid), "the script's process {pid} goes on");
+    // Picked up from another command, it runs to its own end.
+    std::fs::write(&go, "").unwrap();
+    let args = [protocol, &["status", ticket, "--target", agent.id(), "--follow"]].concat();
+    let out = run_dispatcher(&args).await;
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "started\nfinished\n");
+    eventually("the agent to be idle", Duration::from_secs(10), || async {
+        (agent.agent.running() == 0).then_some(())
+    })
+    .await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_status_reply_leaves_a_legacy_agents_script_running() {
+    lost_status_reply_cell(Protocol::V1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_status_reply_leaves_a_current_agents_script_running() {
+    lost_status_reply_cell(Protocol::V2).await;
 }

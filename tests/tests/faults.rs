@@ -1,7 +1,7 @@
 //! Faults injected for real between the dispatcher, the agent and RabbitMQ (through
 //! [`FaultProxy`]): every request and every reply lost once, on either link, and the script
 //! still runs exactly once; outages longer than the retry deadline fail in time with the last
-//! real error.
+//! real error; after a lost link the next connection comes at once.
 
 use contracts::*;
 use dispatcher::negotiate::ScriptProtocol;
@@ -298,4 +298,80 @@ async fn a_script_keeps_running_while_its_agent_is_cut_off_and_no_output_is_lost
     assert_eq!(lines, (1..=20).map(|i| format!("line {i}")).collect::<Vec<_>>());
     assert_eq!(chaos.markers.count("run"), 1);
     chaos.stop().await;
+}
+
+/// The next line a dispatcher prints (at most 30 s away).
+async fn next_line(stdout: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(30), stdout.next_line()).await.expect("a line in time").unwrap()
+}
+
+/// After the dispatcher's link is lost, its next connection comes at once (a random delay up to
+/// 100 ms, plus noticing the loss), measured by the proxy's own timeline from the moment the
+/// link was reset: a reset of the idle link while a status request waits on the agent, and a
+/// lost reply. The fault that loses a reply is armed first and fires only when the next chunk
+/// from the broker comes (on this idle link, the broker's heartbeat or the reply held for
+/// seconds), so the figure counts from when it fired, not from when it was armed; both are
+/// printed. The script runs to its end once, every line shown once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_lost_link_the_next_connection_comes_at_once() {
+    let agent = TestAgent::start("reconnect-timeline").await;
+    let link = FaultProxy::start(broker_addr()).await;
+    let markers = Markers::new();
+    let (go, again) = (markers.dir.join("go"), markers.dir.join("again"));
+    let wait_for = |file: &std::path::Path| format!("while [ ! -e '{}' ]; do sleep 0.1; done", file.display());
+    let script =
+        format!("{}; echo one; {}; echo two; {}; echo three", markers.record("run"), wait_for(&go), wait_for(&again));
+    let mut submit = dispatcher_command()
+        .env("CUTTLE_AMQP_URL", link.amqp_url())
+        .args(["submit", "--target", agent.id(), "--", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(submit.stdout.take().unwrap()));
+    assert_eq!(next_line(&mut stdout).await.as_deref(), Some("one"));
+    // How long after the `resets`-th reset the `connections`-th connection came.
+    let reconnected = |connections: usize, resets: usize| {
+        let link = &link;
+        async move {
+            let next = eventually("a new connection", Duration::from_secs(15), || async {
+                link.accepted_at().get(connections).copied()
+            })
+            .await;
+            next.saturating_duration_since(link.resets_at()[resets])
+        }
+    };
+
+    // A reset while the status request waits on the agent (the script waits for `go`).
+    let (connections, resets) = (link.accepted_at().len(), link.resets_at().len());
+    link.reset_all();
+    let after_reset = reconnected(connections, resets).await;
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(next_line(&mut stdout).await.as_deref(), Some("two"));
+
+    // A lost reply: armed now, it fires with the next chunk from the broker.
+    let (connections, resets) = (link.accepted_at().len(), link.resets_at().len());
+    let armed = Instant::now();
+    link.drop_next_and_reset(Direction::Downstream);
+    let fired =
+        eventually("the fault to fire", Duration::from_secs(15), || async { link.resets_at().get(resets).copied() })
+            .await;
+    let after_lost_reply = reconnected(connections, resets).await;
+    println!(
+        "next connection {after_reset:?} after a reset; a lost reply's fault fired {:?} after it was armed, \
+         the next connection {after_lost_reply:?} after it fired",
+        fired.saturating_duration_since(armed)
+    );
+    std::fs::write(&again, "").unwrap();
+    assert_eq!(next_line(&mut stdout).await.as_deref(), Some("three"));
+    let (code, stderr) = ended(submit, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(markers.count("run"), 1, "the script ran once");
+    // At once: the delay is under 100 ms; slack for noticing the loss on a loaded machine.
+    assert!(after_reset < Duration::from_secs(1), "next connection {after_reset:?} after a reset: {stderr}");
+    assert!(
+        after_lost_reply < Duration::from_secs(1),
+        "next connection {after_lost_reply:?} after a lost reply: {stderr}"
+    );
+    agent.stop().await;
 }

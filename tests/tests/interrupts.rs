@@ -1,7 +1,8 @@
 //! Ctrl-C and cancel as a user sees them through the binaries: nothing sent after an early
 //! Ctrl-C, a cancel queued for an agent that is down, a cancel that races the claim, an unknown
 //! ticket, detaching from `status --follow`, a cancel repeated with `--no-retries`, a fan-out
-//! interrupted, and a legacy agent that said nothing was started.
+//! interrupted, a legacy agent that said nothing was started, and Ctrl-C while connecting to a
+//! broker that never answers.
 
 use contracts::topology::agent_queue;
 use contracts::*;
@@ -62,6 +63,80 @@ async fn ctrl_c_before_the_start_was_sent_stops_at_once_and_sends_nothing() {
     assert_eq!(code, Some(112), "{rest}");
     assert!(rest.contains("nothing ran"), "{rest}");
     agent.stop().await;
+}
+
+/// A broker whose AMQP handshake hangs (one out of file handles does that): it accepts TCP
+/// connections, keeps them open and never says a word.
+struct SilentBroker {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentBroker {
+    async fn start() -> SilentBroker {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        SilentBroker { addr, accepted, task }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.addr.port())
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for SilentBroker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Ctrl-C while connecting to a broker that accepts TCP and never answers the AMQP handshake,
+/// under a 20 s connect timeout: the dispatcher ends at once (it used to wait out the connect
+/// timeout), says nothing ran, exits 112, and ends without a panic of the AMQP client's thread
+/// (which came after the last line in some runs, from connections still being made when the
+/// process ended: hence several runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_connecting_to_a_broker_that_never_answers_ends_at_once() {
+    let broker = SilentBroker::start().await;
+    let target = unique("int-silent");
+    for run in 1..=3 {
+        let connected = broker.accepted();
+        let child = dispatcher_command()
+            .env("CUTTLE_AMQP_URL", broker.url())
+            .args(["submit", "--connect-timeout", "20s", "--no-retries", "--target", &target, "--", "true"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        eventually("the dispatcher to connect", Duration::from_secs(20), || async {
+            (broker.accepted() > connected).then_some(())
+        })
+        .await;
+        let interrupted = Instant::now();
+        sigint(&child);
+        let (code, stderr) = ended(child, Duration::from_secs(15)).await;
+        let took = interrupted.elapsed();
+        println!("run {run}: ended {took:?} after Ctrl-C");
+        // At once: well under a second on an idle machine; slack for a loaded one.
+        assert!(took < Duration::from_secs(2), "run {run}: ended {took:?} after Ctrl-C: {stderr}");
+        assert_eq!(code, Some(112), "run {run}: {stderr}");
+        assert!(stderr.contains("interrupted before the script was sent; nothing ran"), "run {run}: {stderr}");
+        assert!(!stderr.contains("panicked"), "run {run}: {stderr}");
+    }
 }
 
 /// Answers the next capabilities request on `queue` as a current agent would, after taking

@@ -132,6 +132,40 @@ async fn an_upload_interrupted_by_ctrl_c_resumes_where_it_stopped() {
     s.agent.stop().await;
 }
 
+/// The dispatcher's link is lost during an upload under `--no-retries`: the upload ends with
+/// 105 (contact lost for good, as a script's lost link ends), not 110 (no answer before the
+/// retry deadline), says the link was lost and to run it again, and a new run resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_link_is_lost_under_no_retries_exits_with_contact_lost() {
+    let s = setup("xfer-lost").await;
+    let link = FaultProxy::start(tests::proxy::broker_addr()).await;
+    let source = s.local.dir.join("big.bin");
+    write_random(&source, 32 * 1024 * 1024, 17);
+    let args = ["upload", "--no-retries", "--target", s.agent.id(), source.to_str().unwrap(), "big.bin"];
+    let upload = dispatcher_command()
+        .env("CUTTLE_AMQP_URL", link.amqp_url())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("part of the upload on the agent", secs(60), || async {
+        partial_in(&s.root).filter(|(_, len)| *len >= 2 * 1024 * 1024)
+    })
+    .await;
+    link.reset_all();
+    let (code, stderr) = ended(upload, secs(30)).await;
+    assert_eq!(code, Some(105), "{stderr}");
+    assert!(stderr.contains("upload failed: lost the broker connection"), "{stderr}");
+    assert!(stderr.contains("run the same command again to resume"), "{stderr}");
+    assert!(!s.root.join("big.bin").exists(), "not whole: {stderr}");
+    let out = run(&amqp_url(), &args, secs(120)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("resumed at byte "), "{}", text(&out.stderr));
+    assert!(same_content(&source, &s.root.join("big.bin")));
+    s.agent.stop().await;
+}
+
 /// Size of the transfers over links reset every second: 200 MiB; `CUTTLE_TRANSFER_TEST_MIB`
 /// sets another.
 fn reset_test_bytes() -> usize {

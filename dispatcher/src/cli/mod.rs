@@ -15,7 +15,7 @@ mod terminal;
 use crate::bench;
 use crate::budget::{Limits, Share};
 use crate::fanout::{NotStarted, Progress, TargetResult};
-use crate::negotiate::{AgentKind, ProtocolMode};
+use crate::negotiate::{AgentKind, ProtocolMode, ScriptProtocol};
 use crate::orchestrator::{Event, Orchestrator, Policies, Timing};
 use crate::outcome::{exit, Outcome, OutcomeKind};
 use crate::policy::{self, MachinePolicy, Overrides, PolicyConfig, PolicyError, Purpose, Target};
@@ -44,6 +44,7 @@ Exit codes:
   103    rejected by the agent (ticket conflict, expired, invalid, unsupported)
   104    the agent does not know the ticket
   105    outcome unknown: the agent running the script was lost, or contact was lost for good
+         (the script is left running; a transfer's link was lost: run it again to resume)
   106    cancelled
   107    the script ran past --timeout and was killed
   108    the script timed out waiting for its isolation mutex
@@ -912,11 +913,28 @@ async fn agents(
 }
 
 async fn submit(orchestrator: &Orchestrator, rpc_config: &RpcConfig, args: SubmitArgs) -> ExitCode {
+    // Listened for from the first step that may wait on the broker (`--select` reads the fleet).
+    let interrupt = interrupt_on_ctrl_c();
     let routes = match (&args.select, &rpc_config.trust) {
-        (Some(selector), Some(trust)) => match fleet::resolve(rpc_config, trust, selector, args.json).await {
-            Ok(routes) => routes,
-            Err(code) => return code,
-        },
+        (Some(selector), Some(trust)) => {
+            let resolved = tokio::select! {
+                resolved = fleet::resolve(rpc_config, trust, selector, args.json) => resolved,
+                _ = interrupt.cancelled() => {
+                    let printer = Printer {
+                        json: args.json,
+                        logs: false,
+                        target: None,
+                        progress: None,
+                        truncated: AtomicBool::new(false),
+                    };
+                    return printer.outcome(&Outcome::not_sent(None, &format!("--select {selector}")));
+                }
+            };
+            match resolved {
+                Ok(routes) => routes,
+                Err(code) => return code,
+            }
+        }
         (Some(_), None) => return usage_error(crate::error::RpcError::NoKey),
         (None, _) => match args.target.routes() {
             Ok(routes) => routes,
@@ -938,12 +956,15 @@ async fn submit(orchestrator: &Orchestrator, rpc_config: &RpcConfig, args: Submi
             Err(e) => return usage_error(e),
         }
     }
-    let interrupt = interrupt_on_ctrl_c();
     if let [(route, policies)] = planned.as_slice() {
         let printer =
             Printer { json: args.json, logs: true, target: None, progress: None, truncated: AtomicBool::new(false) };
         let outcome = orchestrator.submit(route, spec, *policies, &|e| printer.event(e), &interrupt).await;
-        return printer.outcome(&outcome);
+        let code = printer.outcome(&outcome);
+        if let (OutcomeKind::Unknown, Some(ticket), false) = (outcome.outcome, &outcome.ticket, args.json) {
+            eprintln!("cuttle: {}", unknown_ticket_hint(orchestrator, route, ticket));
+        }
+        return code;
     }
     let limits =
         Limits { max_parallel: args.max_parallel, max_errors: args.max_errors, abort_on_error: args.abort_on_error };
@@ -1101,10 +1122,7 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
         return tokio::select! {
             outcome = follow => printer.outcome(&outcome),
             _ = async { ctrl_c.as_mut().expect("a handler while following").recv().await } => {
-                let stop = match &route {
-                    Route::Agent(id) => format!("--target {id}"),
-                    Route::Pool(pool) | Route::Worker { pool, .. } => format!("--pool {pool}"),
-                };
+                let stop = ticket_flags(&route);
                 eprintln!("cuttle: detached from ticket {}; the script goes on (`dispatcher cancel {} {stop}` stops it)", t.ticket, t.ticket);
                 ExitCode::from(exit::DETACHED)
             }
@@ -1119,6 +1137,27 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
         eprintln!("cuttle: ticket {} is {:?} on {route}", t.ticket, status.state);
     }
     ExitCode::SUCCESS
+}
+
+/// The flags that name `route` to `status` and `cancel`.
+fn ticket_flags(route: &Route) -> String {
+    match route {
+        Route::Agent(id) => format!("--target {id}"),
+        Route::Pool(pool) | Route::Worker { pool, .. } => format!("--pool {pool}"),
+    }
+}
+
+/// What the user can do about a ticket whose outcome is unknown: follow it to its end from
+/// another command, or stop it (as `--protocol v1` for a legacy agent's ticket).
+fn unknown_ticket_hint(orchestrator: &Orchestrator, route: &Route, ticket: &Ticket) -> String {
+    let protocol = match orchestrator.script_protocol_of(route) {
+        ScriptProtocol::V1 => " --protocol v1",
+        ScriptProtocol::V2 => "",
+    };
+    let on = ticket_flags(route);
+    format!(
+        "`dispatcher{protocol} status {ticket} {on} --follow` follows it to its end; `dispatcher{protocol} cancel {ticket} {on}` stops it"
+    )
 }
 
 async fn cancel(orchestrator: &Orchestrator, args: TicketArgs) -> ExitCode {
@@ -1322,7 +1361,8 @@ async fn transfer(orchestrator: &Orchestrator, on: &TransferTarget, local: &Path
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("cuttle: {} failed: {error}", if up { "upload" } else { "download" });
+            let again = if error.resumable() { "; run the same command again to resume" } else { "" };
+            eprintln!("cuttle: {} failed: {error}{again}", if up { "upload" } else { "download" });
             ExitCode::from(error.exit_code(&route))
         }
     }
@@ -1346,7 +1386,15 @@ pub fn main() -> ExitCode {
             .init(),
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    runtime.block_on(run(cli))
+    let code = runtime.block_on(run(cli));
+    // Not dropped: the AMQP client's I/O threads (one per connection, connections still being
+    // made or abandoned on Ctrl-C included) run their work as tasks of this runtime, and
+    // dropping it cancels those tasks under them, which makes such a thread panic after the
+    // command's last line ("Task did not complete: ... was cancelled"). Everything the command
+    // says is written by now (stdout is flushed line by line, stderr is unbuffered), so the
+    // process ends with the runtime still up, as `exit` ends every thread.
+    std::mem::forget(runtime);
+    code
 }
 
 /// A log line as the user sees it without `RUST_LOG`: `cuttle: warn: message field=value`.
