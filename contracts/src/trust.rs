@@ -495,7 +495,10 @@ pub enum Refusal {
     Misaddressed { target: String, expected: String },
     #[error("no not_after: a signed command must say until when it may run")]
     NoDeadline,
-    #[error("valid for {} after it was issued, more than the 24h allowed", fmt_ms(*window_ms))]
+    #[error(
+        "valid for {} after it was issued, more than the 24h allowed",
+        crate::submission::short(std::time::Duration::from_millis(*window_ms))
+    )]
     WindowTooLong { window_ms: u64 },
     #[error("expired: its not_after has passed")]
     Expired,
@@ -503,10 +506,6 @@ pub enum Refusal {
     UnknownSession(SessionId),
     #[error("the MAC of session {0} does not verify: the command was altered, or not made in that session")]
     BadMac(SessionId),
-}
-
-fn fmt_ms(ms: u64) -> String {
-    format!("{}s", ms / 1000)
 }
 
 impl Refusal {

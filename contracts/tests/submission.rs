@@ -540,11 +540,24 @@ fn retry_error() -> TestError {
 
 #[test]
 fn durations_read_as_users_write_them() {
-    let cases = [(150_000, "2m30s"), (3_605_000, "1h5s"), (1_500, "1.5s"), (2_000, "2s"), (300, "300ms"), (0, "0ms")];
+    let cases = [
+        (150_000, "2m30s"),
+        (3_605_000, "1h5s"),
+        (1_500, "1.5s"),
+        (2_000, "2s"),
+        (300, "300ms"),
+        (0, "0ms"),
+        (7 * 86_400_000, "7d"),
+        (90_000_000, "1d1h"),
+    ];
     for (ms, text) in cases {
         assert_eq!(short(Duration::from_millis(ms)), text);
     }
     assert_eq!(short(Duration::from_millis(59_900)), "59s");
+    // Computed durations (a timeout cut to a deadline, a jittered delay) read as round ones.
+    assert_eq!(short(Duration::new(4, 958_344_974)), "4.9s");
+    assert_eq!(short(Duration::new(0, 734_123_456)), "734ms");
+    assert_eq!(short(Duration::new(125, 999_999_999)), "2m5s");
 }
 
 #[test]

@@ -35,7 +35,7 @@ pub enum RpcError {
     Unrepeatable(String),
     /// Only forged answers came (not signed by the target's pinned key, or for another request)
     /// before the reply timeout.
-    #[error("no genuine answer from {target} within {}; ignored forged answer(s): {reason}", humantime::format_duration(*after))]
+    #[error("no genuine answer from {target} within {}; ignored forged answer(s): {reason}", contracts::submission::short(*after))]
     Forged { target: String, after: Duration, reason: String },
     /// The target has no pin, so no answer of its could be believed: nothing was sent.
     #[error("{target} is not pinned in {file}, so its answers cannot be believed; nothing was sent. Pin its public key (the agent logs it at start; `worker-agent keygen` prints it): echo '{target} ed25519:<its public key>' >> {file}")]

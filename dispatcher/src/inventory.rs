@@ -41,7 +41,7 @@ pub enum InventoryError {
     Connect(String),
     #[error("broker call {call} failed: {reason}")]
     Broker { call: &'static str, reason: String },
-    #[error("the presence stream did not catch up within {0:?}")]
+    #[error("the presence stream did not catch up within {}", contracts::submission::short(*.0))]
     Timeout(Duration),
 }
 
@@ -116,6 +116,12 @@ impl Inventory {
 
     pub fn ignored(&self) -> &[Ignored] {
         &self.ignored
+    }
+
+    /// Whether an announcement of `agent` was believed (it is listed while that one is live),
+    /// whatever was ignored in its name.
+    pub fn believes(&self, agent: &str) -> bool {
+        self.newest.contains_key(agent)
     }
 
     /// Agents pinned `legacy` believed without a signature.
@@ -214,12 +220,12 @@ pub fn now_ms() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use contracts::presence::ANNOUNCEMENT_VERSION;
     use contracts::trust::SecretKey;
 
-    fn announcement(id: &str, at: u64, labels: &[(&str, &str)]) -> Announcement {
+    pub(crate) fn announcement(id: &str, at: u64, labels: &[(&str, &str)]) -> Announcement {
         Announcement {
             version: ANNOUNCEMENT_VERSION,
             agent_id: id.into(),
@@ -235,13 +241,13 @@ mod tests {
     }
 
     /// `announcement` as read from the stream, signed with `key` (unsigned without one).
-    fn sighting(key: Option<&SecretKey>, announcement: &Announcement) -> Sighting {
+    pub(crate) fn sighting(key: Option<&SecretKey>, announcement: &Announcement) -> Sighting {
         let body = announcement.encode().unwrap();
         Sighting { seal: Ok(key.map(|key| key.seal_announcement(&body))), body }
     }
 
     /// An agent key, and known agents pinning `ids` to it.
-    fn pinned(ids: &[&str]) -> (SecretKey, KnownAgents) {
+    pub(crate) fn pinned(ids: &[&str]) -> (SecretKey, KnownAgents) {
         let key = SecretKey::generate().unwrap();
         let lines: String = ids.iter().map(|id| format!("{id} {}\n", key.public())).collect();
         (key, KnownAgents::parse(&lines).unwrap())

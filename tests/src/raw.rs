@@ -20,6 +20,9 @@ pub struct RawBroker {
     dead: Consumer,
 }
 
+/// A reply as it came: its seal (as read from its headers) and its body.
+pub type SealedReply = (Result<Option<Seal>, String>, Vec<u8>);
+
 /// A message found in the dead-letter exchange.
 #[derive(Debug)]
 pub struct DeadLetter {
@@ -115,16 +118,28 @@ impl RawBroker {
     }
 
     /// Waits for the reply with this correlation id: its seal (as read from its headers) and body.
-    pub async fn sealed_reply(&mut self, correlation_id: &str) -> (Result<Option<Seal>, String>, Vec<u8>) {
-        let wait = async {
-            while let Some(Ok(delivery)) = self.replies.next().await {
-                if delivery.properties.correlation_id().as_ref().map(|c| c.as_str()) == Some(correlation_id) {
-                    return (seal_of(&delivery.properties), delivery.data);
-                }
+    pub async fn sealed_reply(&mut self, correlation_id: &str) -> SealedReply {
+        self.sealed_replies(&[correlation_id.to_owned()]).await.pop().expect("one reply")
+    }
+
+    /// Waits for the replies with these correlation ids, in whatever order they come (each
+    /// within 20 s of the one before): their seals and bodies, in the order of the ids.
+    pub async fn sealed_replies(&mut self, correlation_ids: &[String]) -> Vec<SealedReply> {
+        let mut wanted: std::collections::HashMap<&str, usize> =
+            correlation_ids.iter().enumerate().map(|(at, id)| (id.as_str(), at)).collect();
+        let mut replies: Vec<Option<SealedReply>> = vec![None; correlation_ids.len()];
+        while !wanted.is_empty() {
+            let next = tokio::time::timeout(Duration::from_secs(20), self.replies.next());
+            let delivery = match next.await.expect("a reply within 20s") {
+                Some(Ok(delivery)) => delivery,
+                _ => panic!("reply consumer closed"),
+            };
+            let id = delivery.properties.correlation_id().as_ref().map(|c| c.as_str());
+            if let Some(at) = id.and_then(|id| wanted.remove(id)) {
+                replies[at] = Some((seal_of(&delivery.properties), delivery.data));
             }
-            panic!("reply consumer closed");
-        };
-        tokio::time::timeout(Duration::from_secs(20), wait).await.expect("a reply within 20s")
+        }
+        replies.into_iter().map(|reply| reply.expect("every reply came")).collect()
     }
 
     /// Waits for the dead letter of the message with this correlation id.

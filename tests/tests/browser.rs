@@ -208,9 +208,9 @@ async fn the_ticket_page_follows_a_script_live_with_its_retries_at_phone_and_des
         .map(td => [getComputedStyle(td, '::before').content, td.textContent])";
     let expected = json!([
         ["none", "default"],
-        ["\"Deployment\"", "2m 30s"],
-        ["\"Runbook\"", "2m 30s"],
-        ["\"Health check\"", "2m 30s"],
+        ["\"Deployment\"", "2m30s"],
+        ["\"Runbook\"", "2m30s"],
+        ["\"Health check\"", "2m30s"],
         ["\"Retries\"", "on"]
     ]);
     assert_eq!(browser.eval(purposes).await, expected, "the default policy on a phone");
@@ -224,7 +224,7 @@ async fn the_ticket_page_follows_a_script_live_with_its_retries_at_phone_and_des
     let agents = browser.client.find(Locator::Css("table.agents tbody")).await.unwrap().text().await.unwrap();
     assert!(agents.contains(agent.id()) && agents.contains("v2"), "{agents}");
     let policies = browser.client.find(Locator::Css("table.policies tbody")).await.unwrap().text().await.unwrap();
-    assert!(policies.contains("default") && policies.contains("2m 30s") && policies.contains("10m"), "{policies}");
+    assert!(policies.contains("default") && policies.contains("2m30s") && policies.contains("10m"), "{policies}");
     let desktop_index = browser.screenshot("index-desktop").await;
     let shots = [desktop_ticket, phone_ticket, phone_index, phone_policies, desktop_index];
     eprintln!("screenshots: {}", shots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "));

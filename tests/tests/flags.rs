@@ -501,6 +501,36 @@ async fn a_work_dir_of_another_user_or_writable_by_others_is_refused_and_the_def
     std::fs::remove_dir_all(&default).unwrap();
 }
 
+/// A work dir below a directory everyone may write that is not sticky (anyone could rename the
+/// work dir away and put their own in its place) is refused at start, naming that directory, its
+/// owner and its mode; once the directory is sticky, as /tmp is (where the tests' agents run), the
+/// same work dir is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_dir_below_a_directory_writable_by_all_is_refused_unless_it_is_sticky() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut config = test_config("wd-open-parent");
+    let base = config.work_dir.clone();
+    let open = base.join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    config.work_dir = open.join("work");
+    let mut agent = AgentProcess::spawn_command(config.clone(), AgentProcess::command(&config));
+    let status = tokio::time::timeout(Duration::from_secs(20), agent.wait()).await.expect("the agent exits");
+    let log = agent.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let refusal =
+        format!("{}, on the way to it, is writable by its group or others without the sticky bit", open.display());
+    let uid = nix::unistd::geteuid().as_raw();
+    assert!(log.contains(&refusal) && log.contains(&format!("(owner uid {uid}, mode 777)")), "{log}");
+    assert!(!log.contains("consuming commands"), "{log}");
+    agent.stop().await;
+
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let agent = AgentProcess::start(config).await;
+    agent.stop().await;
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_on_a_terminal_shows_control_sequences_escaped_unless_raw() {
     let agent = TestAgent::start("terminal").await;

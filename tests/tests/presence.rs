@@ -2,7 +2,8 @@
 //! holding the broker's credentials appends announcements to `cuttle.presence` (signed with its
 //! own key, unsigned, from an agent nobody pinned, a genuine one with its labels changed, a
 //! genuine one replayed after its agent died), and `dispatcher agents` never lists them nor does
-//! `submit --select` reach them; the genuine agents are listed. (Labels, selection and a stopped
+//! `submit --select` reach them; the genuine agents are listed (and reported as such when forged
+//! announcements in their name are ignored). (Labels, selection and a stopped
 //! agent dropping out are in rollouts.rs.)
 
 use contracts::trust::SecretKey;
@@ -81,14 +82,20 @@ async fn forged_announcements_never_list_an_agent_nor_reach_a_rollout() {
     let impostor_key_id = impostor_key.id();
     // Whatever reaches the impostor's name is answered as a success: it must never be asked.
     let impostor = Impostor::start(&wrong_key_id, Answerer::Key(Box::new(impostor_key.clone()))).await;
+    let genuine_id = genuine.config.agent_id.clone();
     let stop = CancellationToken::new();
     let appenders = {
         let owned = |s: &str| s.to_owned();
-        let (fleet_a, fleet_b, fleet_c) = (owned(&fleet), owned(&fleet), owned(&fleet));
+        let (fleet_a, fleet_b, fleet_c, fleet_d) = (owned(&fleet), owned(&fleet), owned(&fleet), owned(&fleet));
         let (wrong, unsigned, unpinned) = (wrong_key_id.clone(), unsigned_id.clone(), unpinned_id.clone());
+        let (impersonated, impostors_key) = (genuine_id.clone(), impostor_key.clone());
         [
             keep_appending(stop.clone(), move || {
                 forged(&wrong, &[("fleet", &fleet_a), ("role", "web")], Some(&impostor_key))
+            }),
+            // In the name of the genuine agent, which announces too: it stays listed.
+            keep_appending(stop.clone(), move || {
+                forged(&impersonated, &[("fleet", &fleet_d), ("role", "db")], Some(&impostors_key))
             }),
             keep_appending(stop.clone(), move || forged(&unsigned, &[("fleet", &fleet_b), ("role", "web")], None)),
             keep_appending(stop.clone(), move || {
@@ -97,7 +104,6 @@ async fn forged_announcements_never_list_an_agent_nor_reach_a_rollout() {
         ]
     };
     let everyone = format!("fleet={fleet}");
-    let genuine_id = genuine.config.agent_id.clone();
     // Wait until each impostor has appended at least once, and the genuine agent is listed.
     let stderr = eventually("the genuine agent listed, the impostors reported", Duration::from_secs(20), || {
         let (everyone, genuine_id, wrong, unsigned, unpinned) =
@@ -107,6 +113,7 @@ async fn forged_announcements_never_list_an_agent_nor_reach_a_rollout() {
             assert!(ids.iter().all(|id| *id == genuine_id), "only the genuine agent is ever listed: {ids:?}");
             let reported = stderr.contains(&format!("in the name of agent {wrong}:"))
                 && stderr.contains(&format!("in the name of agent {unsigned}:"))
+                && stderr.contains(&format!("in the name of agent {genuine_id}:"))
                 && stderr.contains(&unpinned);
             (ids == [genuine_id] && reported).then_some(stderr)
         }
@@ -114,6 +121,15 @@ async fn forged_announcements_never_list_an_agent_nor_reach_a_rollout() {
     .await;
     assert!(stderr.contains(&format!("agent {wrong_key_id}: signed by key {}", impostor_key_id)), "{stderr}");
     assert!(stderr.contains(&format!("agent {unsigned_id}: unsigned")), "{stderr}");
+    // Each forged line says what the forgeries did: nothing to the genuine agent, which is listed.
+    let line_of = |id: &str| {
+        let name = format!("in the name of agent {id}:");
+        stderr.lines().find(|line| line.contains(&name)).unwrap_or_default().to_owned()
+    };
+    let (impersonated, impostor_alone) = (line_of(&genuine_id), line_of(&wrong_key_id));
+    assert!(impersonated.ends_with("signed by its pinned key count, and those were read"), "{impersonated}");
+    assert!(!impersonated.contains("not listed"), "the genuine agent is listed: {impersonated}");
+    assert!(impostor_alone.ends_with("so it is not listed and no --select reaches it"), "{impostor_alone}");
     assert!(stderr.contains("no key pinned in") && stderr.contains(&unpinned_id), "{stderr}");
 
     // A rollout over the fleet reaches the genuine agent only.

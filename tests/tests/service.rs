@@ -97,7 +97,7 @@ async fn a_script_submitted_over_http_is_journaled_with_its_output_and_outcome()
 
     let (status, unknown) = get(&service, &format!("/v1/tickets/{}", uuid::Uuid::new_v4())).await;
     assert_eq!(status, 404);
-    assert!(unknown["error"].as_str().unwrap().contains("kept for 7days"), "{unknown}");
+    assert!(unknown["error"].as_str().unwrap().contains("kept for 7d)"), "{unknown}");
     let (status, _) = get(&service, "/v1/tickets/not%20a%20ticket").await;
     assert_eq!(status, 400);
 

@@ -1,8 +1,8 @@
 //! File transfer through the real binaries: `dispatcher upload` and `download` against agents with
 //! transfer roots; 200 MiB each way byte-identical over broker links (the agent's and the
 //! dispatcher's) reset every second; an upload interrupted by
-//! Ctrl-C resumes; paths outside the roots (or through a link out of them) are refused; a legacy
-//! agent is reported too old.
+//! Ctrl-C resumes; paths outside the roots (or through a link out of them) are refused, and so is
+//! an upload onto a link; a legacy agent is reported too old.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -76,6 +76,32 @@ async fn files_go_both_ways_and_paths_outside_the_roots_are_refused() {
     assert_eq!(out.status.code(), Some(103));
     assert!(text(&out.stderr).contains("no --transfer-root"), "{}", text(&out.stderr));
     rootless.stop().await;
+}
+
+/// An upload whose remote path is a symbolic link (here, to a file outside the root) is refused
+/// (exit 103, saying so): the link and the file it names are left as they were, and no partial
+/// file is left behind. (Before, the upload was renamed over the link, replacing it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_onto_a_link_is_refused_and_changes_neither_the_link_nor_its_target() {
+    let s = setup("xfer-onto-link").await;
+    let outside = s.local.dir.join("outside.txt");
+    std::fs::write(&outside, "not for uploads").unwrap();
+    let link = s.root.join("linked.txt");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let source = s.local.dir.join("new.txt");
+    std::fs::write(&source, "uploaded").unwrap();
+    for remote in ["linked.txt", link.to_str().unwrap()] {
+        let out =
+            run(&amqp_url(), &["upload", "--target", s.agent.id(), source.to_str().unwrap(), remote], secs(60)).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(103), "{stderr}");
+        assert!(stderr.contains("is a symbolic link: an upload neither follows nor replaces one"), "{stderr}");
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link is still a link");
+        assert_eq!(std::fs::read_link(&link).unwrap(), outside, "naming the same file");
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "not for uploads", "which is unchanged");
+        assert!(partial_in(&s.root).is_none(), "no partial file left");
+    }
+    s.agent.stop().await;
 }
 
 fn secs(n: u64) -> Duration {

@@ -3,7 +3,8 @@
 //! sessions the agent does not hold, tampered, replayed or offered by a revoked key) is refused
 //! and runs nothing; forged answers and impostors never make the dispatcher report success; an
 //! unpinned agent gets a clear error; an agent that restarts forgets its sessions and the
-//! dispatcher signs again. `attack_table` prints the README's table:
+//! dispatcher signs again; a captured session offer replayed thousands of times creates no
+//! session and evicts none. `attack_table` prints the README's table:
 //!
 //! ```sh
 //! cargo build --bins && cargo nextest run -p tests --test trust --no-capture 2>&1 | grep ATTACK-TABLE
@@ -235,14 +236,11 @@ async fn attack_table() {
 
 /// Agrees a session with `agent_id` as a dispatcher with `key` does: a signed capabilities
 /// request offering one, and the agent's signed answer accepting it.
-async fn agree_session(bench: &mut Bench, agent_id: &str, key: &SecretKey) -> Session {
-    let offer = Offer::new().expect("random bytes");
-    let capabilities = Request::GetCapabilities(GetCapabilities {});
-    let (header, bytes) =
-        capabilities.encode_offering(agent_id, now_ms(), Some(now_ms() + 60_000), Some(offer.share())).unwrap();
+async fn agree_session(raw: &mut RawBroker, agent_id: &str, key: &SecretKey) -> Session {
+    let (offer, header, bytes) = offering_capabilities(agent_id);
     let queue = agent_queue(agent_id);
-    let id = bench.raw.publish_to(&queue, "GetCapabilities", &bytes, Some(&key.seal_command(&bytes))).await;
-    let (seal, body) = bench.raw.sealed_reply(&id).await;
+    let id = raw.publish_to(&queue, "GetCapabilities", &bytes, Some(&key.seal_command(&bytes))).await;
+    let (seal, body) = raw.sealed_reply(&id).await;
     let pin = Pin::Keys(vec![*keys().agent.public()]);
     let believed = contracts::trust::check_answer(&pin, &id, seal, &body, None).expect("the agent's own answer");
     let Believed::Key(agent_key) = believed else { panic!("signed by the agent key, not legacy") };
@@ -251,11 +249,21 @@ async fn agree_session(bench: &mut Bench, agent_id: &str, key: &SecretKey) -> Se
     offer.complete(&header.message_id, &share, key.id(), agent_key).expect("a session")
 }
 
+/// A capabilities request to `agent_id` offering a session, valid for a minute: the offer, the
+/// envelope and its bytes.
+fn offering_capabilities(agent_id: &str) -> (Offer, Envelope<()>, Vec<u8>) {
+    let offer = Offer::new().expect("random bytes");
+    let capabilities = Request::GetCapabilities(GetCapabilities {});
+    let (header, bytes) =
+        capabilities.encode_offering(agent_id, now_ms(), Some(now_ms() + 60_000), Some(offer.share())).unwrap();
+    (offer, header, bytes)
+}
+
 /// Commands MAC'd in sessions: a genuine one runs; one in a session the agent never agreed, one
 /// altered after its MAC, and one sent to another agent are refused.
 async fn session_rows(bench: &mut Bench, me: &str, other: &str) {
     let own = agent_queue(me);
-    let session = agree_session(bench, me, &keys().dispatcher).await;
+    let session = agree_session(&mut bench.raw, me, &keys().dispatcher).await;
     let command = |script: String| start(me, &Ticket::generate(), script, now_ms(), Some(now_ms() + 60_000));
 
     let bytes = command(bench.markers.record("in-session"));
@@ -306,7 +314,7 @@ async fn revoked(bench: &mut Bench) {
     let (bytes, seal) = signed(bench.markers.record("before-revocation"));
     let verdict = bench.send(&queue, &bytes, Some(&seal), "before-revocation").await;
     assert!(verdict.ran, "trusted before it is revoked");
-    let session = agree_session(bench, &config.agent_id, &revoked_key).await;
+    let session = agree_session(&mut bench.raw, &config.agent_id, &revoked_key).await;
     write_atomically(&trusted, &format!("{} test\n", keys().dispatcher.public()));
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     eventually("the agent to reload its trusted keys", Duration::from_secs(10), || async {
@@ -356,6 +364,12 @@ async fn forged_rows(bench: &mut Bench) {
         assert_eq!(out.status.code(), Some(110), "no genuine answer before the deadline: {stderr}");
         assert!(stderr.contains("warning: ignored a forged answer"), "{stderr}");
         assert!(stderr.contains("ignored forged answer(s)"), "the final error says why: {stderr}");
+        // The attempt's reply timeout was cut to the 3 s deadline (to 2.99... s): shown rounded,
+        // as a person reads it, never as `2s 999ms 871us 20ns`.
+        let within = stderr.split("no genuine answer from ").nth(1).and_then(|rest| rest.split(" within ").nth(1));
+        let within = within.and_then(|rest| rest.split(';').next()).unwrap_or_default();
+        let round = !within.is_empty() && !within.contains(' ') && !within.contains("us") && !within.contains("ns");
+        assert!(round, "the timeout is shown round ({within:?}): {stderr}");
         assert!(impostor.answered() > 0);
         impostor.stop().await;
     }
@@ -643,6 +657,56 @@ async fn a_restarted_agent_refuses_its_forgotten_session_and_the_service_signs_a
     );
     service.stop().await;
     tests::service::remove_journal(&prefix).await;
+    agent.stop().await;
+}
+
+/// Someone holding the broker's credentials captures one signed command offering a session (a
+/// dispatcher's first request to an agent) and publishes copies of it to the agent, more copies
+/// than the agent holds sessions of one key. The first delivery agrees a session; every copy is
+/// answered (a capabilities request is harmless to repeat) signed and without a share, so no copy
+/// creates a session, and the session the same dispatcher key agreed before still works: a
+/// command MAC'd in it is answered in it, not refused `UnknownSession`. (Before, each copy made a
+/// session and the oldest were evicted: a `dispatcher serve` lost its session to replays.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_session_offer_creates_no_session_and_evicts_none() {
+    let agent = AgentProcess::start(test_config("replayed-offer")).await;
+    let id = agent.config.agent_id.clone();
+    let queue = agent_queue(&id);
+    let mut raw = RawBroker::connect().await;
+    let existing = agree_session(&mut raw, &id, &keys().dispatcher).await;
+
+    let (_, _, captured) = offering_capabilities(&id);
+    let seal = keys().dispatcher.seal_command(&captured);
+    let key_share = |body: &[u8]| {
+        let (header, reply) = Reply::decode_with_header(body).expect("an answer");
+        assert!(matches!(reply, Reply::Capabilities(_)), "answered as any capabilities request: {reply:?}");
+        header.key_share
+    };
+    let first = raw.publish_to(&queue, "GetCapabilities", &captured, Some(&seal)).await;
+    let (_, body) = raw.sealed_reply(&first).await;
+    assert!(key_share(&body).is_some(), "the genuine offer is accepted");
+    let copies = contracts::session::MAX_SESSIONS_PER_KEY + 100;
+    let mut replayed = Vec::with_capacity(copies);
+    for _ in 0..copies {
+        replayed.push(raw.publish_to(&queue, "GetCapabilities", &captured, Some(&seal)).await);
+    }
+    let pin = Pin::Keys(vec![*keys().agent.public()]);
+    for (copy, (seal, body)) in replayed.iter().zip(raw.sealed_replies(&replayed).await) {
+        let believed = contracts::trust::check_answer(&pin, copy, seal, &body, None);
+        assert!(believed.is_ok(), "answered signed by the agent: {believed:?}");
+        assert_eq!(key_share(&body), None, "a copy of an accepted offer agrees no session");
+    }
+
+    let capabilities = Request::GetCapabilities(GetCapabilities {});
+    let (_, bytes) = capabilities.encode(&id, now_ms(), Some(now_ms() + 60_000)).unwrap();
+    let asked = raw.publish_to(&queue, "GetCapabilities", &bytes, Some(&existing.seal_command(&bytes))).await;
+    let (seal, body) = raw.sealed_reply(&asked).await;
+    let reply = Reply::decode(&body).expect("an answer");
+    assert!(matches!(reply, Reply::Capabilities(_)), "the session agreed before the replays still holds: {reply:?}");
+    let believed = contracts::trust::check_answer(&pin, &asked, seal, &body, Some(&existing));
+    assert!(believed.is_ok(), "answered in that session: {believed:?}");
+    assert!(agent.log_text().contains("this offer was accepted before"), "the replays are logged");
+    raw.close().await;
     agent.stop().await;
 }
 

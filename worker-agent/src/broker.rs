@@ -6,6 +6,7 @@ pub use crate::broker_call::{call, BrokerError};
 use crate::service::Agent;
 use crate::Protocol;
 use contracts::session::{KeyShare, Session};
+use contracts::submission::short;
 use contracts::topology::amqp::{command_queue_arguments, dead_queue_arguments};
 use contracts::topology::*;
 use contracts::trust::amqp::{seal_of, with_seal};
@@ -221,9 +222,9 @@ pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Result<(),
                 agent.set_ready(false);
                 agent.metrics().common.broker_reconnects.inc();
                 if let BrokerError::Tls { .. } = error {
-                    tracing::error!(agent = %agent.config().agent_id, %error, retry_in = ?delay, "cannot connect to the broker; retrying");
+                    tracing::error!(agent = %agent.config().agent_id, %error, retry_in = %short(delay), "cannot connect to the broker; retrying");
                 } else {
-                    tracing::warn!(agent = %agent.config().agent_id, %error, retry_in = ?delay, "lost the broker; reconnecting");
+                    tracing::warn!(agent = %agent.config().agent_id, %error, retry_in = %short(delay), "lost the broker; reconnecting");
                 }
             }
         }
@@ -502,7 +503,7 @@ async fn handle_delivery(
                 let answer = Answer { in_reply_to: answer.in_reply_to, ..Answer::default() };
                 return refuse(&agent, &channel, delivery, reply_to, correlation_id, sealed_by, refusal, answer).await;
             }
-            answer.key_share = agent.trust().accept_session(origin, &header, me, now);
+            answer.key_share = agent.trust().accept_session(origin, &header, &delivery.data, me, now);
             let kind = request.kind();
             if origin == Origin::Unsigned {
                 tracing::warn!(agent = %config.agent_id, %kind, "accepting an UNSIGNED command (--insecure-allow-unsigned)");

@@ -1,6 +1,7 @@
 //! One broker call bounded in time, and what can go wrong with the broker: the words the
 //! agent's edges to RabbitMQ ([`crate::broker`], [`crate::presence`]) share.
 
+use contracts::submission::short;
 use contracts::topology::SILENT_BROKER;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 pub enum BrokerError {
     #[error("broker call {call} failed: {source}")]
     Call { call: &'static str, source: lapin::Error },
-    #[error("broker call {call} timed out after {after:?}")]
+    #[error("broker call {call} timed out after {}", short(*after))]
     Timeout { call: &'static str, after: Duration },
     #[error("{what} does not exist: an enrolled agent declares nothing (run dispatcher setup-broker and enrol-agent, or enrol-pool for a pool worker with an id POOL.NAME, or start without --enrolled)")]
     NotEnrolled { what: String },
@@ -16,7 +17,7 @@ pub enum BrokerError {
     ConsumerClosed,
     #[error("TLS handshake with the broker failed: {message} ({hint})")]
     Tls { message: String, hint: &'static str },
-    #[error("{SILENT_BROKER} (no AMQP answer within {after:?})")]
+    #[error("{SILENT_BROKER} (no AMQP answer within {})", short(*after))]
     Silent { after: Duration },
 }
 

@@ -9,6 +9,7 @@
 //! reads the flag, as before, and before a script's process starts the flag is read anyway.
 
 use crate::redis_link::{current_client, RedisTarget};
+use contracts::submission::short;
 use futures_util::StreamExt;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -61,10 +62,10 @@ pub async fn follow(
                 return;
             }
             Ok(Err(error)) => {
-                tracing::warn!(%channel, %error, retry_in = ?delay, "cannot subscribe to cancel notices; lease renewals pick cancels up meanwhile")
+                tracing::warn!(%channel, %error, retry_in = %short(delay), "cannot subscribe to cancel notices; lease renewals pick cancels up meanwhile")
             }
             Err(_) => {
-                tracing::warn!(%channel, retry_in = ?delay, "subscribing to cancel notices timed out; lease renewals pick cancels up meanwhile")
+                tracing::warn!(%channel, retry_in = %short(delay), "subscribing to cancel notices timed out; lease renewals pick cancels up meanwhile")
             }
         }
         tokio::select! {

@@ -50,6 +50,7 @@ pub mod workspace;
 pub use config::{AgentConfig, Protocol, StoreKind};
 pub use service::Agent;
 
+use contracts::submission::short;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -165,7 +166,7 @@ pub async fn shutdown_signal() {
 async fn drain(agent: &Agent, timeout: Duration) {
     let running = agent.running();
     if running > 0 {
-        tracing::info!(running, drain_timeout = ?timeout, "waiting for running scripts to finish");
+        tracing::info!(running, drain_timeout = %short(timeout), "waiting for running scripts to finish");
         let deadline = tokio::time::Instant::now() + timeout;
         while agent.running() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -216,10 +217,10 @@ pub async fn connect_store(
             }
             Err(error) => match contracts::tls::tls_hint(&error.to_string()) {
                 Some(hint) => {
-                    tracing::error!(agent = %config.agent_id, %error, hint, retry_in = ?delay, "TLS handshake with the ticket store failed; retrying")
+                    tracing::error!(agent = %config.agent_id, %error, hint, retry_in = %short(delay), "TLS handshake with the ticket store failed; retrying")
                 }
                 None => {
-                    tracing::warn!(agent = %config.agent_id, %error, retry_in = ?delay, "cannot reach the ticket store; retrying")
+                    tracing::warn!(agent = %config.agent_id, %error, retry_in = %short(delay), "cannot reach the ticket store; retrying")
                 }
             },
         }

@@ -8,6 +8,7 @@ use crate::output::{self, LogSender, Progress};
 use crate::rules::{RecordState, TicketRecord};
 use crate::store::{AgentStore, Release, TicketKeys};
 use crate::workspace;
+use contracts::submission::short;
 use contracts::{exit_code, LogStream, ScriptSpec};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -159,10 +160,7 @@ impl Run {
                     Interrupted::Cancelled => (exit_code::CANCELLED, "script cancelled".to_owned()),
                     Interrupted::TimedOut => (
                         exit_code::EXECUTION_TIMEOUT,
-                        format!(
-                            "script ran past its execution timeout of {}",
-                            humantime::format_duration(timeout.unwrap_or_default())
-                        ),
+                        format!("script ran past its execution timeout of {}", short(timeout.unwrap_or_default())),
                     ),
                 };
                 log.note(note).await;
@@ -203,7 +201,7 @@ impl Run {
                     _ = sleep_or_forever(timeout) => {
                         log.note(format!(
                             "gave up waiting for isolation mutex {name:?} after {}",
-                            humantime::format_duration(timeout.unwrap_or_default())
+                            short(timeout.unwrap_or_default())
                         )).await;
                         Err(exit_code::MUTEX_TIMEOUT)
                     }

@@ -6,7 +6,9 @@
 //! must lie below a canonical root; the file itself is opened with `O_NOFOLLOW`, so a link there
 //! is refused rather than followed. An upload goes to a hidden partial file beside its
 //! destination ([`contracts::transfer::partial_name`]), is checked against its SHA-256 once
-//! whole, and is renamed into place only then.
+//! whole, and is renamed into place only then; a destination that is a link is refused (checked
+//! at each chunk and again just before the rename, which replaces a name and never writes
+//! through a link, so a link made in between is replaced, not followed).
 
 use contracts::transfer::{partial_name, DownloadChunk, FileChunk, TransferStatus, UploadChunk, WINDOW};
 use contracts::{ErrorKind, ErrorReply};
@@ -123,6 +125,20 @@ pub fn resolve(roots: &[PathBuf], path: &str) -> Result<PathBuf, ErrorReply> {
     Ok(parent.join(name))
 }
 
+/// Refuses `destination` if it is a symbolic link: an upload neither writes through one nor
+/// replaces it (renaming onto a link would replace the link, where the operator may have meant
+/// its target).
+fn refuse_link(destination: &Path) -> Result<(), ErrorReply> {
+    match std::fs::symlink_metadata(destination) {
+        Ok(metadata) if metadata.file_type().is_symlink() => Err(refused(format!(
+            "{} is a symbolic link: an upload neither follows nor replaces one (upload to the file it names, or remove \
+             the link first)",
+            destination.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Opens without following a link at the last component (the directories were canonicalized).
 fn open(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
     options.custom_flags(nix::libc::O_NOFOLLOW).open(path)
@@ -224,6 +240,7 @@ fn write_chunk(
     ahead: &mut Ahead,
 ) -> Result<TransferStatus, ErrorReply> {
     let done = TransferStatus { confirmed: chunk.size, complete: true };
+    refuse_link(destination)?;
     if !partial.exists() && already_in_place(destination, &chunk, ahead.in_place) {
         ahead.chunks.clear();
         return Ok(done);
@@ -255,6 +272,9 @@ fn write_chunk(
         ));
     }
     file.sync_all().map_err(|e| failed("sync", partial, e))?;
+    // Made a link since the first chunk: refused still (the whole file stays, partial, for a run
+    // once the link is gone).
+    refuse_link(destination)?;
     std::fs::rename(partial, destination).map_err(|e| failed("rename into", destination, e))?;
     if let Some(parent) = destination.parent() {
         let _ = File::open(parent).and_then(|dir| dir.sync_all());
@@ -350,6 +370,27 @@ mod tests {
         assert!(!partial.exists());
         assert_eq!(send(18, 12), TransferStatus { confirmed: 30, complete: true }, "a late repeat");
         assert!(ahead.in_place.is_some(), "answered from what the completed upload left");
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn an_upload_onto_a_link_is_refused_and_leaves_the_link_and_its_target_alone() {
+        let (base, root) = roots();
+        let target = base.join("outside/target");
+        std::fs::write(&target, "theirs").unwrap();
+        let link = root.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let content = b"ours".to_vec();
+        let sha256 = hex::encode(sha2::Sha256::digest(&content));
+        let partial = root.join(partial_name("link", content.len() as u64, &sha256));
+        let chunk = UploadChunk { path: "link".into(), size: 4, sha256, offset: 0, data: content };
+        let error = write_chunk(&link, &partial, chunk, &mut Ahead::default()).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::NotAuthorized, "{error}");
+        assert!(error.message.contains("is a symbolic link"), "{error}");
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link stays");
+        assert_eq!(std::fs::read_link(&link).unwrap(), target);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs");
+        assert!(!partial.exists());
         std::fs::remove_dir_all(base).unwrap();
     }
 

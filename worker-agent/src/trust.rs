@@ -120,24 +120,27 @@ impl AgentTrust {
     }
 
     /// Accepts the session a command that passed every check offers, if it may
-    /// ([`session::offered`]): the share its answer carries.
+    /// ([`session::offered`], [`SessionTable::accept`]): the share its answer carries. `body` is
+    /// the command as signed: a copy of an offer already accepted gets no session.
     pub fn accept_session(
         &self,
         origin: Origin,
         header: &Envelope<()>,
+        body: &[u8],
         me: Identity<'_>,
         now_ms: u64,
     ) -> Option<KeyShare> {
         let key = self.key.as_ref()?;
-        let (dispatcher, offered) = session::offered(origin, header, me)?;
-        match session::accept(&header.message_id, offered, dispatcher, key.id()) {
+        let offer = session::offered(origin, header, body, me)?;
+        let dispatcher = offer.dispatcher;
+        let accepted = self.sessions.lock().expect("sessions poisoned").accept(&offer, key.id(), now_ms);
+        match accepted {
             Ok((share, session)) => {
-                tracing::debug!(agent = %me.agent_id, session = %session.id(), dispatcher_key = %dispatcher, "session agreed");
-                self.sessions.lock().expect("sessions poisoned").insert(session, now_ms);
+                tracing::debug!(agent = %me.agent_id, %session, dispatcher_key = %dispatcher, "session agreed");
                 Some(share)
             }
-            Err(error) => {
-                tracing::warn!(agent = %me.agent_id, dispatcher_key = %dispatcher, %error, "session offer not accepted; answering signed");
+            Err(declined) => {
+                tracing::warn!(agent = %me.agent_id, dispatcher_key = %dispatcher, message_id = %header.message_id, reason = %declined, "session offer not accepted; the command is handled as any other and answered signed");
                 None
             }
         }

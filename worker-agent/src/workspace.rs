@@ -1,6 +1,9 @@
 //! The agent's work dir and the scripts' workspaces in it. The work dir is private to the agent's
 //! user (created 0700; one owned by another user, or writable by its group or others, is
-//! refused), each ticket's workspace is a directory of its own created 0700 (never one that
+//! refused), and so is the way to it: each directory above it must be owned by root or the
+//! agent's user and not writable by group or others unless sticky (as `sshd`'s StrictModes
+//! checks a user's home), else whoever can write there could rename the work dir away and put
+//! their own in its place. Each ticket's workspace is a directory of its own created 0700 (never one that
 //! exists already), files written into it are 0600 and never written through a link, and every
 //! workspace path is checked to lie directly inside the work dir.
 
@@ -18,6 +21,20 @@ pub enum WorkDirError {
     Writable { path: PathBuf, mode: u32 },
     #[error("work dir {path} is not a directory")]
     NotADirectory { path: PathBuf },
+    #[error(
+        "work dir {work_dir}: {path}, on the way to it, is owned by uid {owner} (mode {mode:o}), neither root nor the \
+         agent's user (uid {uid}), who could replace the work dir: refusing it (give a --work-dir whose every parent \
+         is owned by root or uid {uid})"
+    )]
+    ParentNotOwned { work_dir: PathBuf, path: PathBuf, owner: u32, mode: u32, uid: u32 },
+    #[error(
+        "work dir {work_dir}: {path}, on the way to it, is writable by its group or others without the sticky bit \
+         (owner uid {owner}, mode {mode:o}), so they could rename the work dir and put their own in its place: \
+         refusing it (chmod go-w {path}; a directory writable by all is accepted only sticky, as /tmp is)"
+    )]
+    ParentWritable { work_dir: PathBuf, path: PathBuf, owner: u32, mode: u32 },
+    #[error("work dir {work_dir}: cannot check {path}, on the way to it: {source}")]
+    ParentUnreadable { work_dir: PathBuf, path: PathBuf, source: std::io::Error },
 }
 
 /// Where the work dir is when none is given: `/var/lib/cuttle/<id>` for root, the user's state
@@ -39,7 +56,8 @@ pub fn default_work_dir(agent_id: &str) -> PathBuf {
 }
 
 /// Creates the work dir (0700, with its missing parents) or checks an existing one: a directory
-/// owned by the agent's user and not writable by group or others.
+/// owned by the agent's user and not writable by group or others, every directory above it
+/// safe too ([`check_parents`]).
 pub fn prepare_work_dir(path: &Path) -> Result<(), WorkDirError> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -47,7 +65,70 @@ pub fn prepare_work_dir(path: &Path) -> Result<(), WorkDirError> {
         .create(path)
         .map_err(|source| WorkDirError::Create { path: path.to_owned(), source })?;
     let meta = std::fs::metadata(path).map_err(|source| WorkDirError::Create { path: path.to_owned(), source })?;
-    check_private(path, &meta, nix::unistd::geteuid().as_raw())
+    let uid = nix::unistd::geteuid().as_raw();
+    check_private(path, &meta, uid)?;
+    check_parents(path, uid)
+}
+
+/// Checks every directory on the way to `work_dir`, up to `/`: as written (a link there counts
+/// by its owner, since only its owner or whoever can write its directory, checked too, can change
+/// it) and as resolved (the directories the links lead through), each by [`check_parent`].
+fn check_parents(work_dir: &Path, uid: u32) -> Result<(), WorkDirError> {
+    let unreadable = |path: &Path| {
+        let (work_dir, path) = (work_dir.to_owned(), path.to_owned());
+        move |source| WorkDirError::ParentUnreadable { work_dir, path, source }
+    };
+    let written = std::path::absolute(work_dir).map_err(unreadable(work_dir))?;
+    let resolved = work_dir.canonicalize().map_err(unreadable(work_dir))?;
+    // The work dir itself passed the stricter check_private (and, as written, may be a link).
+    for path in written.ancestors().chain(resolved.ancestors().skip(1)) {
+        let meta = std::fs::symlink_metadata(path).map_err(unreadable(path))?;
+        let (owner, mode) = (meta.uid(), meta.permissions().mode() & 0o7777);
+        let safe =
+            if meta.file_type().is_symlink() { owned_by_root_or(owner, uid) } else { check_parent(owner, mode, uid) };
+        match safe {
+            Ok(()) => {}
+            Err(Unsafe::Owner) => {
+                let (work_dir, path) = (work_dir.to_owned(), path.to_owned());
+                return Err(WorkDirError::ParentNotOwned { work_dir, path, owner, mode, uid });
+            }
+            Err(Unsafe::Writable) => {
+                let (work_dir, path) = (work_dir.to_owned(), path.to_owned());
+                return Err(WorkDirError::ParentWritable { work_dir, path, owner, mode });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a directory on the way to the work dir is not safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unsafe {
+    /// Owned by neither root nor the agent's user.
+    Owner,
+    /// Writable by group or others, and not sticky.
+    Writable,
+}
+
+fn owned_by_root_or(owner: u32, uid: u32) -> Result<(), Unsafe> {
+    if owner == 0 || owner == uid {
+        Ok(())
+    } else {
+        Err(Unsafe::Owner)
+    }
+}
+
+/// `sshd`'s StrictModes rule for a directory above the work dir, owned by `owner` with `mode`,
+/// for an agent running as `uid`: owned by root or `uid`, and not writable by group or others
+/// unless it has the sticky bit (like /tmp: then only an entry's owner may remove or rename it,
+/// so the work dir's parent that the agent made there stays its own).
+fn check_parent(owner: u32, mode: u32, uid: u32) -> Result<(), Unsafe> {
+    owned_by_root_or(owner, uid)?;
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky {
+        return Err(Unsafe::Writable);
+    }
+    Ok(())
 }
 
 /// The ownership and mode rules, apart from the file system for tests.
@@ -131,5 +212,46 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770)).unwrap();
         assert!(matches!(prepare_work_dir(&dir), Err(WorkDirError::Writable { mode: 0o770, .. })));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn each_parent_must_be_owned_by_root_or_the_agent_and_writable_by_others_only_if_sticky() {
+        let (me, other) = (1000, 1001);
+        assert_eq!(check_parent(0, 0o755, me), Ok(()), "/ or /var/lib");
+        assert_eq!(check_parent(me, 0o700, me), Ok(()), "the user's own");
+        assert_eq!(check_parent(0, 0o1777, me), Ok(()), "/tmp: others cannot rename our entries");
+        assert_eq!(check_parent(me, 0o1770, me), Ok(()), "sticky and group-writable");
+        assert_eq!(check_parent(0, 0o777, me), Err(Unsafe::Writable), "world-writable, not sticky");
+        assert_eq!(check_parent(me, 0o775, me), Err(Unsafe::Writable), "group-writable");
+        assert_eq!(check_parent(me, 0o2777, me), Err(Unsafe::Writable), "setgid is no sticky bit");
+        assert_eq!(check_parent(other, 0o755, me), Err(Unsafe::Owner), "another user's");
+        assert_eq!(check_parent(other, 0o1777, me), Err(Unsafe::Owner), "another user's, sticky or not");
+    }
+
+    #[test]
+    fn a_work_dir_below_a_directory_writable_by_all_and_not_sticky_is_refused() {
+        let base = std::env::temp_dir().join(format!("cuttle-wd-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&base).unwrap();
+        // As the check resolves it, so that the directory it names compares equal.
+        let base = base.canonicalize().unwrap();
+        let open = base.join("open");
+        std::fs::create_dir_all(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let refused = prepare_work_dir(&open.join("agent")).unwrap_err();
+        assert!(
+            matches!(&refused, WorkDirError::ParentWritable { path, mode: 0o777, .. } if *path == open),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("without the sticky bit"), "{refused}");
+        // Reached through a link in a safe directory: the directory it leads to is checked.
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&open, &link).unwrap();
+        let refused = prepare_work_dir(&link.join("agent")).unwrap_err();
+        assert!(matches!(&refused, WorkDirError::ParentWritable { path, .. } if *path == open), "{refused}");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        prepare_work_dir(&open.join("agent")).expect("sticky, as /tmp");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_work_dir(&link.join("agent")).expect("through a link to a safe directory");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

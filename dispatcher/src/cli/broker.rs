@@ -59,7 +59,7 @@ pub async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> ExitCod
         DeadQueue::Bounded => println!(
             "declared the exchanges, the presence stream and {DEAD_QUEUE} (at most {} messages, each for {}) in vhost {vhost}",
             args.dead_max_length,
-            humantime::format_duration(args.dead_ttl)
+            crate::retry::short(args.dead_ttl)
         ),
         DeadQueue::Existing => {
             println!("declared the exchanges and the presence stream in vhost {vhost}; {DEAD_QUEUE} existed already");

@@ -82,7 +82,13 @@ pub fn warnings(inventory: &Inventory, known_file: &Path, legacy: &dyn Fn(&str) 
     let mut lines: Vec<String> = forged
         .into_iter()
         .map(|(agent, (count, reason))| {
-            format!("ignored {count} forged announcement(s) in the name of agent {agent}: {reason}; it is not listed and no --select reaches it")
+            // What the forgeries did to the agent: nothing if a genuine announcement of it was read.
+            let effect = if inventory.believes(agent) {
+                "only its announcements signed by its pinned key count, and those were read"
+            } else {
+                "none of its announcements read was signed by its pinned key, so it is not listed and no --select reaches it"
+            };
+            format!("ignored {count} forged announcement(s) in the name of agent {agent}: {reason}; {effect}")
         })
         .collect();
     if !unpinned.is_empty() {
@@ -191,4 +197,34 @@ pub async fn resolve(
         outln!("{}", json!({"event": "selected", "select": selector.to_string(), "targets": ids, "ignored": ignored}));
     }
     ids.iter().map(|id| Route::agent(id).map_err(usage_error)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::tests::{announcement, pinned, sighting};
+    use contracts::trust::SecretKey;
+
+    #[test]
+    fn forged_announcements_are_reported_with_what_they_did_to_their_agent() {
+        let (key, known) = pinned(&["web-1", "web-2"]);
+        let impostor = SecretKey::generate().unwrap();
+        let sightings = vec![
+            sighting(Some(&key), &announcement("web-1", 10_000, &[])),
+            sighting(Some(&impostor), &announcement("web-1", 10_500, &[])),
+            sighting(Some(&impostor), &announcement("web-2", 10_500, &[])),
+            sighting(None, &announcement("web-2", 10_600, &[])),
+        ];
+        let inventory = Inventory::settle(sightings, &known);
+        let lines = warnings(&inventory, Path::new("known_agents"), &|_| None);
+        let [web1, web2] = &lines[..] else { panic!("one line per agent: {lines:?}") };
+        assert!(
+            web1.starts_with("ignored 1 forged announcement(s) in the name of agent web-1: signed by key"),
+            "{web1}"
+        );
+        assert!(web1.ends_with("only its announcements signed by its pinned key count, and those were read"), "{web1}");
+        assert!(!web1.contains("not listed"), "the genuine web-1 is listed: {web1}");
+        assert!(web2.starts_with("ignored 2 forged announcement(s) in the name of agent web-2: unsigned;"), "{web2}");
+        assert!(web2.ends_with("so it is not listed and no --select reaches it"), "{web2}");
+    }
 }

@@ -330,7 +330,7 @@ pub async fn history(journal: &JournalOptions, args: HistoryArgs) -> ExitCode {
             outln!("{}", serde_json::to_string(&view).expect("view encodes"));
             continue;
         }
-        let age = humantime::format_duration(Duration::from_secs(now.saturating_sub(view.submitted_at) / 1000));
+        let age = crate::retry::short(Duration::from_secs(now.saturating_sub(view.submitted_at) / 1000));
         outln!(
             "{:<36} {:<24} {:<9} {:<10} {:>9} {:>8}",
             view.ticket,

@@ -539,7 +539,7 @@ pub(super) fn parse_ticket(raw: &str) -> Result<Ticket, ApiError> {
 }
 
 pub(super) async fn record_of(state: &ApiState, ticket: &Ticket) -> Result<TicketRecord, ApiError> {
-    let retention = humantime::format_duration(state.followers.journal.retention());
+    let retention = crate::retry::short(state.followers.journal.retention());
     let metrics = state.followers.orchestrator.metrics();
     metrics.common.store.observe("ticket", state.followers.journal.ticket(ticket)).await?.ok_or_else(|| {
         ApiError::new(

@@ -126,7 +126,7 @@ fn when(ms: u64) -> String {
 }
 
 fn duration(ms: u64) -> String {
-    humantime::format_duration(Duration::from_millis(ms / 100 * 100)).to_string()
+    contracts::submission::short(Duration::from_millis(ms))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,7 +212,7 @@ const POLICY_COLUMNS: [&str; 5] = ["Policy", "Deployment", "Runbook", "Health ch
 
 /// A policy's cells, in the order of [`POLICY_COLUMNS`].
 fn policy_cells(policy: &MachinePolicy) -> [String; 5] {
-    let deadline = |d| humantime::format_duration(d).to_string();
+    let deadline = contracts::submission::short;
     [
         policy.name.clone(),
         deadline(policy.deployment),

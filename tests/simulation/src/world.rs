@@ -647,14 +647,20 @@ impl World {
         }
         // As broker.rs: a command that passed every check may offer a session.
         let me = Identity { agent_id: &self.agents[a].id, pool: pool.as_deref() };
-        let offered = session::offered(origin, &header, me).map(|(key, share)| (key, share.to_vec()));
-        if let Some((dispatcher_key, offered)) = offered {
-            if let Ok((share, agreed)) =
-                session::accept(&header.message_id, &offered, dispatcher_key, self.agent_key.id())
-            {
-                self.log(format!("{} agrees a session", self.agents[a].id));
-                self.agents[a].sessions.insert(agreed, now);
-                self.share = Some(share);
+        if let Some(offer) = session::offered(origin, &header, &msg.bytes, me) {
+            match self.agents[a].sessions.accept(&offer, self.agent_key.id(), now) {
+                Ok((share, _)) => {
+                    self.log(format!("{} agrees a session", self.agents[a].id));
+                    self.share = Some(share);
+                }
+                Err(declined) => {
+                    // As for refusals: the trace names why without the (random) key id.
+                    let why = match declined {
+                        session::Declined::TooManyOffers(_) => "the key's offers remembered are at the bound".into(),
+                        other => other.to_string(),
+                    };
+                    self.log(format!("{} agrees no session: {why}", self.agents[a].id));
+                }
             }
         }
         Some(match request {
