@@ -213,12 +213,100 @@ async fn a_gib_of_output_to_a_slow_store_keeps_the_agent_small_and_ends_with_the
     let notices = notices.into_inner().unwrap();
     eprintln!("1 GiB of output, slow store: {lines} lines ({} MiB) kept and delivered, agent peak RSS {peak} MiB, notices {notices:?}", bytes >> 20);
     let cap = worker_agent::config::DEFAULT_MAX_OUTPUT;
-    assert_eq!(lines, cap / 8_000, "every line within the cap arrives (8,000 bytes each without the newline)");
+    assert_eq!(
+        lines,
+        cap / worker_agent::output::stored_cost(8_000),
+        "every line within the cap arrives (8,000 bytes each without the newline, and what the store keeps beside it)"
+    );
     assert!(
-        notices.iter().any(|n| n.starts_with(OUTPUT_TRUNCATED) && n.contains("bytes of output past")),
+        notices.iter().any(|n| n.starts_with(OUTPUT_TRUNCATED) && n.contains("lines of output past")),
         "{notices:?}"
     );
     assert!(peak < 100, "agent peak RSS {peak} MiB");
     agent.stop().await;
     redis.stop().await;
+}
+
+/// What Redis holds for one ticket's keys under an agent's key prefix, in bytes (`MEMORY USAGE`
+/// with `SAMPLES 0`: every node of the log list counted, not an estimate from five).
+async fn store_bytes_of_ticket(key_prefix: &str, ticket: &str) -> u64 {
+    let keys = contracts::store::TicketKeys::new(key_prefix, ticket);
+    let mut con = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.expect("redis");
+    let mut bytes = 0;
+    for key in [&keys.record, &keys.lease, &keys.logs, &keys.cancel, &keys.lines_written] {
+        let usage: Option<u64> =
+            redis::cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0).query_async(&mut con).await.unwrap();
+        bytes += usage.unwrap_or(0);
+    }
+    bytes
+}
+
+/// Today `--max-output` counts only each line's text: 200,000 empty lines count 0 bytes, are all
+/// stored (about 8.5 MB of Redis, 42 bytes each) and the output is not reported truncated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_lines_count_against_max_output_and_the_store_holds_no_more_than_the_cap_allows() {
+    use tokio::io::AsyncBufReadExt;
+    let mut config = test_config("empty-lines");
+    let cap: u64 = 16 * 1024;
+    config.max_output = cap;
+    let agent = AgentProcess::start(config.clone()).await;
+    let markers = Markers::new();
+    let release = markers.dir.join("release");
+    // The script then waits, so the store is measured before the dispatcher completes the ticket
+    // (which deletes its log).
+    let script = format!(
+        "yes '' | head -n 200000; i=0; while [ ! -e '{}' ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done",
+        release.display()
+    );
+    let mut submit = dispatcher_command()
+        .args(["submit", "--json", "--target", &config.agent_id, "--", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut events = tokio::io::BufReader::new(submit.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&events.next_line().await.unwrap().unwrap()).unwrap();
+    let ticket = first["ticket"].as_str().expect("the ticket event").to_lowercase();
+    let keys = contracts::store::TicketKeys::new(&config.key_prefix, &ticket);
+    let mut con = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.expect("redis");
+    // Lines go to the store in order: once the cap's notice is the last stored, all the script's
+    // kept lines are stored, and nothing more of its output will be.
+    eventually("the notice that the cap was reached to be stored", Duration::from_secs(60), || {
+        let (mut con, log) = (con.clone(), keys.logs.clone());
+        async move {
+            let last: Option<Vec<u8>> = redis::cmd("LINDEX").arg(&log).arg(-1).query_async(&mut con).await.ok()?;
+            let line: LogLine = rmp_serde::from_slice(&last?).ok()?;
+            (line.stream == LogStream::Agent && line.text.starts_with(OUTPUT_TRUNCATED)).then_some(())
+        }
+    })
+    .await;
+    let stored_lines: u64 = redis::cmd("LLEN").arg(&keys.logs).query_async(&mut con).await.unwrap();
+    let stored = store_bytes_of_ticket(&config.key_prefix, &ticket).await;
+    // Redis holds at most 1.25 bytes per byte counted against the cap (its allocator's size
+    // classes; README, "Memory"), plus the agent's notice, the record and the lease.
+    let bound = cap * 5 / 4 + 4 * 1024;
+    eprintln!(
+        "200,000 empty lines under --max-output {cap}: {stored_lines} lines, {stored} bytes of Redis for the ticket"
+    );
+    assert_eq!(
+        stored_lines,
+        cap / worker_agent::output::STORED_LINE_OVERHEAD + 1,
+        "the lines within the cap, and the notice"
+    );
+    assert!(stored <= bound, "the store holds {stored} bytes for the ticket, more than {bound}");
+    std::fs::write(&release, "").unwrap();
+    let mut result = None;
+    while let Some(line) =
+        tokio::time::timeout(Duration::from_secs(60), events.next_line()).await.expect("submit ends").unwrap()
+    {
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["event"] == "result" {
+            result = Some(event);
+        }
+    }
+    let result = result.expect("a result event");
+    assert_eq!(result["exit_code"], 0, "{result}");
+    assert_eq!(result["output_truncated"], true, "{result}");
+    drop(submit);
+    agent.stop().await;
 }
