@@ -306,10 +306,17 @@ impl Reply {
     }
 }
 
-fn decode_header(bytes: &[u8]) -> Result<Envelope<()>, CodecError> {
-    if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(CodecError::TooLarge { size: bytes.len(), limit: MAX_MESSAGE_BYTES });
+/// Refuses a message over [`MAX_MESSAGE_BYTES`]: checked first, before its seal is verified or
+/// anything of it decoded or copied.
+pub fn check_size(size: usize) -> Result<(), CodecError> {
+    if size > MAX_MESSAGE_BYTES {
+        return Err(CodecError::TooLarge { size, limit: MAX_MESSAGE_BYTES });
     }
+    Ok(())
+}
+
+fn decode_header(bytes: &[u8]) -> Result<Envelope<()>, CodecError> {
+    check_size(bytes.len())?;
     check_shape(bytes)?;
     let header: Envelope<IgnoredAny> = decode(bytes)?;
     Ok(header.with_body(()))

@@ -70,11 +70,18 @@ impl Announcement {
         Ok(rmp_serde::to_vec_named(self)?)
     }
 
+    /// Refuses an announcement over [`MAX_ANNOUNCEMENT_BYTES`]: a reader checks it as it reads
+    /// one, before keeping its body.
+    pub fn check_size(size: usize) -> Result<(), CodecError> {
+        if size > MAX_ANNOUNCEMENT_BYTES {
+            return Err(CodecError::TooLarge { size, limit: MAX_ANNOUNCEMENT_BYTES });
+        }
+        Ok(())
+    }
+
     /// Decodes and checks an announcement: size first, then names, labels and interval.
     pub fn decode(bytes: &[u8]) -> Result<Announcement, CodecError> {
-        if bytes.len() > MAX_ANNOUNCEMENT_BYTES {
-            return Err(CodecError::TooLarge { size: bytes.len(), limit: MAX_ANNOUNCEMENT_BYTES });
-        }
+        Announcement::check_size(bytes.len())?;
         crate::envelope::check_shape(bytes)?;
         let announcement: Announcement =
             rmp_serde::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;

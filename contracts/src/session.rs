@@ -37,7 +37,7 @@
 
 use crate::envelope::Envelope;
 use crate::topology::CLOCK_SKEW_ALLOWANCE_MS;
-use crate::trust::{Identity, KeyId, Origin, Seal, ANSWER_CONTEXT, COMMAND_CONTEXT};
+use crate::trust::{answer_parts, command_parts, Identity, KeyId, Origin, Seal};
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -150,12 +150,12 @@ impl Session {
 
     /// Seals a command whose encoded envelope is `body` (what its signature would cover).
     pub fn seal_command(&self, body: &[u8]) -> Seal {
-        self.seal(&[COMMAND_CONTEXT, body])
+        self.seal(&command_parts(body))
     }
 
     /// Seals an answer (`body`) to the request whose message id is `request_id`.
     pub fn seal_answer(&self, request_id: &str, body: &[u8]) -> Seal {
-        self.seal(&[ANSWER_CONTEXT, request_id.as_bytes(), body])
+        self.seal(&answer_parts(request_id, body))
     }
 
     fn mac(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
@@ -495,7 +495,7 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trust::SecretKey;
+    use crate::trust::{SecretKey, ANSWER_CONTEXT, COMMAND_CONTEXT};
 
     fn ids() -> (KeyId, KeyId) {
         (SecretKey::generate().unwrap().id(), SecretKey::generate().unwrap().id())

@@ -28,6 +28,7 @@ use crate::session::{Session, SessionId, MAC_HEADER, SESSION_HEADER};
 use crate::topology::CLOCK_SKEW_ALLOWANCE_MS;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use curve25519_dalek::edwards::CompressedEdwardsY;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -129,8 +130,23 @@ impl PublicKey {
         self.key.to_montgomery().to_bytes()
     }
 
-    fn verifies(&self, message: &[u8], signature: &[u8; 64]) -> bool {
-        self.key.verify_strict(message, &Signature::from_bytes(signature)).is_ok()
+    /// Whether `signature` is this key's over `parts` one after the other, exactly as
+    /// [`VerifyingKey::verify_strict`] over their concatenation would say, without making it: a
+    /// command's body may be 16 MiB, and a copy of it for each delivery being checked would
+    /// double what the agent holds. Strict as `verify_strict` is: a key of small order (weak, for
+    /// which a signature can verify for almost any message) or an `R` that is not on the curve or
+    /// of small order is refused here, and a non-canonical `s` by the stream verifier.
+    fn verifies(&self, parts: &[&[u8]], signature: &[u8; 64]) -> bool {
+        let mut r = [0u8; 32];
+        r.copy_from_slice(&signature[..32]);
+        if self.key.is_weak() || CompressedEdwardsY(r).decompress().is_none_or(|r| r.is_small_order()) {
+            return false;
+        }
+        let Ok(mut stream) = self.key.verify_stream(&Signature::from_bytes(signature)) else { return false };
+        for part in parts {
+            stream.update(part);
+        }
+        stream.finalize_and_verify().is_ok()
     }
 }
 
@@ -236,17 +252,17 @@ impl SecretKey {
 
     /// Seals a command whose encoded envelope is `body`.
     pub fn seal_command(&self, body: &[u8]) -> Seal {
-        self.seal(&[COMMAND_CONTEXT, body].concat())
+        self.seal(&command_parts(body).concat())
     }
 
     /// Seals an answer (`body`) to the request whose message id is `request_id`.
     pub fn seal_answer(&self, request_id: &str, body: &[u8]) -> Seal {
-        self.seal(&answer_message(request_id, body))
+        self.seal(&answer_parts(request_id, body).concat())
     }
 
     /// Seals a presence announcement whose encoded body is `body`.
     pub fn seal_announcement(&self, body: &[u8]) -> Seal {
-        self.seal(&announcement_message(body))
+        self.seal(&announcement_parts(body).concat())
     }
 
     fn seal(&self, message: &[u8]) -> Seal {
@@ -254,12 +270,20 @@ impl SecretKey {
     }
 }
 
-fn answer_message(request_id: &str, body: &[u8]) -> Vec<u8> {
-    [ANSWER_CONTEXT, request_id.as_bytes(), body].concat()
+/// What a command's seal (signature or MAC) covers, in order: verified part by part, never
+/// copied into one message.
+pub(crate) fn command_parts(body: &[u8]) -> [&[u8]; 2] {
+    [COMMAND_CONTEXT, body]
 }
 
-fn announcement_message(body: &[u8]) -> Vec<u8> {
-    [ANNOUNCEMENT_CONTEXT, body].concat()
+/// What the seal of an answer to the request `request_id` covers, in order.
+pub(crate) fn answer_parts<'a>(request_id: &'a str, body: &'a [u8]) -> [&'a [u8]; 3] {
+    [ANSWER_CONTEXT, request_id.as_bytes(), body]
+}
+
+/// What a presence announcement's signature covers, in order.
+fn announcement_parts(body: &[u8]) -> [&[u8]; 2] {
+    [ANNOUNCEMENT_CONTEXT, body]
 }
 
 /// Reads a whole (small) text file, naming it in the error.
@@ -559,7 +583,7 @@ pub fn check_command_seal(
         None => Err(Refusal::Unsigned),
         Some(Seal::Signature { key, signature }) => {
             let public = trusted.get(key).ok_or(Refusal::UntrustedKey(key))?;
-            if !public.verifies(&[COMMAND_CONTEXT, body].concat(), &signature) {
+            if !public.verifies(&command_parts(body), &signature) {
                 return Err(Refusal::BadSignature(key));
             }
             Ok(Origin::Key(key))
@@ -568,7 +592,7 @@ pub fn check_command_seal(
             let session = session.filter(|s| s.id() == id).ok_or(Refusal::UnknownSession(id))?;
             let key = session.dispatcher_key();
             trusted.get(key).ok_or(Refusal::UntrustedKey(key))?;
-            if !session.verifies(&[COMMAND_CONTEXT, body], &tag) {
+            if !session.verifies(&command_parts(body), &tag) {
                 return Err(Refusal::BadMac(id));
             }
             Ok(Origin::Session { key, session: id })
@@ -649,14 +673,14 @@ pub fn check_answer(
 ) -> Result<Believed, Forged> {
     let (id, tag, keys) = match (&seal, pin) {
         (Ok(Some(Seal::Mac { session, tag })), Pin::Keys(keys)) => (*session, *tag, keys),
-        _ => return check_pinned(pin, seal, || answer_message(request_id, body)),
+        _ => return check_pinned(pin, seal, &answer_parts(request_id, body)),
     };
     let session = session.filter(|s| s.id() == id).ok_or(Forged::OtherSession(id))?;
     let key = session.agent_key();
     if !keys.iter().any(|k| k.id() == key) {
         return Err(Forged::UnpinnedKey(key));
     }
-    if !session.verifies(&[ANSWER_CONTEXT, request_id.as_bytes(), body], &tag) {
+    if !session.verifies(&answer_parts(request_id, body), &tag) {
         return Err(Forged::BadMac(id));
     }
     Ok(Believed::Key(key))
@@ -716,15 +740,11 @@ pub fn check_binding(
 /// of `pin` ([`KnownAgents::pin_of_agent`]) over this body. Legacy pins are believed unsigned,
 /// as their answers are.
 pub fn check_announcement(pin: &Pin, seal: Result<Option<Seal>, String>, body: &[u8]) -> Result<Believed, Forged> {
-    check_pinned(pin, seal, || announcement_message(body))
+    check_pinned(pin, seal, &announcement_parts(body))
 }
 
-/// Whether `seal` is by a key of `pin` over `message` (made only when there is a key to check).
-fn check_pinned(
-    pin: &Pin,
-    seal: Result<Option<Seal>, String>,
-    message: impl FnOnce() -> Vec<u8>,
-) -> Result<Believed, Forged> {
+/// Whether `seal` is by a key of `pin` over `message`, the concatenation of its parts (never made).
+fn check_pinned(pin: &Pin, seal: Result<Option<Seal>, String>, message: &[&[u8]]) -> Result<Believed, Forged> {
     let keys = match pin {
         Pin::Legacy => return Ok(Believed::Legacy),
         Pin::Keys(keys) => keys,
@@ -735,7 +755,7 @@ fn check_pinned(
         Seal::Mac { session, .. } => return Err(Forged::OtherSession(session)),
     };
     let public = keys.iter().find(|k| k.id() == key).ok_or(Forged::UnpinnedKey(key))?;
-    if !public.verifies(&message(), &signature) {
+    if !public.verifies(message, &signature) {
         return Err(Forged::BadSignature(key));
     }
     Ok(Believed::Key(key))
@@ -799,6 +819,55 @@ mod tests {
     }
 
     const ME: Identity<'static> = Identity { agent_id: "web-01", pool: Some("workers") };
+
+    #[test]
+    fn a_signature_is_verified_over_the_parts_as_over_their_concatenation() {
+        let signer = key(3);
+        let parts: [&[u8]; 3] = [b"cuttle ", b"", b"command body"];
+        let signature = signer.key.sign(&parts.concat()).to_bytes();
+        assert!(signer.public.verifies(&parts, &signature));
+        assert!(signer.public.verifies(&[b"cuttle command body"], &signature), "however the message is cut");
+        assert!(!signer.public.verifies(&[b"cuttle command bodY"], &signature));
+        assert!(!signer.public.verifies(&[b"cuttle command body", b"!"], &signature));
+        assert!(!key(4).public.verifies(&parts, &signature), "another key's");
+    }
+
+    /// The stream verifier the parts are checked with is not strict by itself: these forgeries
+    /// pass it, and `verify_strict` refuses them, so `verifies` must too.
+    #[test]
+    fn a_signature_over_parts_is_checked_as_strictly_as_verify_strict() {
+        use curve25519_dalek::{constants::ED25519_BASEPOINT_POINT, Scalar};
+        use sha2::Digest;
+        let passes_stream_alone = |public: &PublicKey, message: &[u8], forged: &[u8; 64]| {
+            let mut stream = public.key.verify_stream(&Signature::from_bytes(forged)).unwrap();
+            stream.update(message);
+            stream.finalize_and_verify().is_ok()
+        };
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        // A weak key (the identity point): R the identity and s = 0 verify for any message.
+        let weak = PublicKey::new(VerifyingKey::from_bytes(&identity).unwrap());
+        let mut forged = [0u8; 64];
+        forged[..32].copy_from_slice(&identity);
+        assert!(passes_stream_alone(&weak, b"any message", &forged));
+        assert!(weak.key.verify_strict(b"any message", &Signature::from_bytes(&forged)).is_err());
+        assert!(!weak.verifies(&[b"any ", b"message"], &forged));
+        // A real key, and an R of small order (the identity): s = k·a makes -[k]A + [s]B = R.
+        let a = Scalar::from(123_456_789u64);
+        let public = PublicKey::new(VerifyingKey::from(ED25519_BASEPOINT_POINT * a));
+        let hash = sha2::Sha512::new()
+            .chain_update(identity)
+            .chain_update(public.key.as_bytes())
+            .chain_update(b"any message")
+            .finalize();
+        let k = Scalar::from_bytes_mod_order_wide(&hash.into());
+        let mut forged = [0u8; 64];
+        forged[..32].copy_from_slice(&identity);
+        forged[32..].copy_from_slice((k * a).as_bytes());
+        assert!(passes_stream_alone(&public, b"any message", &forged));
+        assert!(public.key.verify_strict(b"any message", &Signature::from_bytes(&forged)).is_err());
+        assert!(!public.verifies(&[b"any message"], &forged));
+    }
 
     #[test]
     fn public_keys_and_secret_keys_round_trip_through_text() {

@@ -82,6 +82,8 @@ build new "$new_ref"
 say "private RabbitMQ on 127.0.0.1:$rabbit_port, Redis on 127.0.0.1:$redis_port"
 mkdir -p "$work/rabbit/mnesia" "$work/rabbit/log"
 echo "listeners.tcp.local = 127.0.0.1:$rabbit_port" >"$work/rabbit/rabbitmq.conf"
+# Cuttle's message limit, as every broker it ships or starts has it.
+grep '^max_message_size' deploy/rabbitmq/rabbitmq.conf >>"$work/rabbit/rabbitmq.conf"
 echo "[]." >"$work/rabbit/enabled_plugins"
 chown -R rabbitmq:rabbitmq "$work/rabbit" 2>/dev/null || true
 RABBITMQ_NODENAME=$node RABBITMQ_NODE_PORT=$rabbit_port RABBITMQ_DIST_PORT=$(free_port) \

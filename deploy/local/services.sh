@@ -5,7 +5,8 @@
 #
 # CUTTLE_RABBITMQ_PORT and CUTTLE_REDIS_PORT check and start them on other ports (point
 # CUTTLE_AMQP_URL and CUTTLE_REDIS_URL there too); CUTTLE_RABBITMQ_WAIT is how long RabbitMQ may
-# take to come up (90 s); RabbitMQ's log directory is its own RABBITMQ_LOG_BASE.
+# take to come up (90 s); RabbitMQ's log directory is its own RABBITMQ_LOG_BASE. A RabbitMQ it
+# starts refuses messages over Cuttle's limit, as deploy/rabbitmq/rabbitmq.conf says.
 set -euo pipefail
 
 rabbitmq_port="${CUTTLE_RABBITMQ_PORT:-5672}"
@@ -74,7 +75,13 @@ ensure_rabbitmq() {
   say "starting RabbitMQ on 127.0.0.1:$rabbitmq_port (this takes a few seconds)"
   local out
   out="$(mktemp -t cuttle-rabbitmq.XXXXXX)"
-  as_root env RABBITMQ_NODE_PORT="$rabbitmq_port" rabbitmq-server -detached >"$out" 2>&1 || true
+  # The machine's own rabbitmq.conf stays as it is: the limit goes in as the rabbit
+  # application's setting, after whatever extra arguments the caller gives it.
+  local limit erl_args
+  limit="$(sed -n 's/^max_message_size *= *\([0-9]*\).*/\1/p' "$(dirname "${BASH_SOURCE[0]}")/../rabbitmq/rabbitmq.conf")"
+  erl_args="${RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS:-} -rabbit max_message_size $limit"
+  as_root env RABBITMQ_NODE_PORT="$rabbitmq_port" RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="$erl_args" \
+    rabbitmq-server -detached >"$out" 2>&1 || true
   if ! wait_port "$rabbitmq_port" RabbitMQ "${CUTTLE_RABBITMQ_WAIT:-90}"; then
     say "RabbitMQ's own words:"
     cat "$out" >&2

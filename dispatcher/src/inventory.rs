@@ -5,7 +5,8 @@
 //! announcement signed by the key pinned for it (DESIGN.md §7, as answers are), and keeps why the
 //! others were ignored; then liveness and selection. It is fed by [`read`], which reads the
 //! stream from one lookback back until it has caught up with the present (a marker it appends
-//! itself comes back).
+//! itself comes back), dropping each announcement too large to be one as it reads it
+//! ([`Sighting::read`]).
 //!
 //! The broker is not an authority: anyone who can publish can append to the stream. An
 //! announcement counts only if it verifies under the key pinned for its agent id (or, for an
@@ -50,6 +51,35 @@ pub enum InventoryError {
 pub struct Sighting {
     pub body: Vec<u8>,
     pub seal: Result<Option<Seal>, String>,
+}
+
+impl Sighting {
+    /// What a reader keeps of an announcement it reads: a sighting, or, for a body over
+    /// [`contracts::presence::MAX_ANNOUNCEMENT_BYTES`], only why it was dropped: anyone may append
+    /// to the stream, and junk kept until it is decoded cost its size for each one read.
+    pub fn read(body: Vec<u8>, seal: Result<Option<Seal>, String>) -> Result<Sighting, Ignored> {
+        match Announcement::check_size(body.len()) {
+            Ok(()) => Ok(Sighting { body, seal }),
+            Err(error) => Err(Ignored::Invalid(error.to_string())),
+        }
+    }
+}
+
+/// What the stream held: the announcements kept, and those dropped as they were read.
+#[derive(Debug, Default)]
+pub struct Sightings {
+    pub kept: Vec<Sighting>,
+    pub dropped: Vec<Ignored>,
+}
+
+impl Sightings {
+    /// Takes one announcement read ([`Sighting::read`]).
+    pub fn push(&mut self, body: Vec<u8>, seal: Result<Option<Seal>, String>) {
+        match Sighting::read(body, seal) {
+            Ok(sighting) => self.kept.push(sighting),
+            Err(ignored) => self.dropped.push(ignored),
+        }
+    }
 }
 
 /// Why an announcement was not counted.
@@ -161,11 +191,13 @@ pub async fn read(config: &RpcConfig, known: &KnownAgents) -> Result<Inventory, 
     let result = tokio::time::timeout(READ_TIMEOUT, read_on(&connection)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), connection.close(200, "inventory read".into())).await;
     let sightings = result.map_err(|_| InventoryError::Timeout(READ_TIMEOUT))??;
-    Ok(Inventory::settle(sightings, known))
+    let mut inventory = Inventory::settle(sightings.kept, known);
+    inventory.ignored.extend(sightings.dropped);
+    Ok(inventory)
 }
 
 /// The announcements on the stream from [`LOOKBACK_MS`] ago up to our own marker.
-async fn read_on(connection: &lapin::Connection) -> Result<Vec<Sighting>, InventoryError> {
+async fn read_on(connection: &lapin::Connection) -> Result<Sightings, InventoryError> {
     let broker = |call: &'static str| move |e: lapin::Error| InventoryError::Broker { call, reason: e.to_string() };
     let channel = connection.create_channel().await.map_err(broker("channel.open"))?;
     // The agents declare the stream; before the first agent ever started there is none, and no
@@ -173,7 +205,7 @@ async fn read_on(connection: &lapin::Connection) -> Result<Vec<Sighting>, Invent
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
     if let Err(error) = channel.queue_declare(PRESENCE_STREAM.into(), passive, FieldTable::default()).await {
         tracing::debug!(%error, "no presence stream yet");
-        return Ok(Vec::new());
+        return Ok(Sightings::default());
     }
     channel.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(broker("basic.qos"))?;
     let from = SystemTime::now() - Duration::from_millis(LOOKBACK_MS);
@@ -191,7 +223,7 @@ async fn read_on(connection: &lapin::Connection) -> Result<Vec<Sighting>, Invent
         .basic_publish("".into(), PRESENCE_STREAM.into(), BasicPublishOptions::default(), b"", properties)
         .await
         .map_err(broker("basic.publish"))?;
-    let mut sightings = Vec::new();
+    let mut sightings = Sightings::default();
     let mut unacked = 0u16;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery.map_err(broker("basic.deliver"))?;
@@ -205,9 +237,7 @@ async fn read_on(connection: &lapin::Connection) -> Result<Vec<Sighting>, Invent
         let message_id = delivery.properties.message_id().as_ref().map(ShortString::as_str);
         match kind {
             Some(MARKER_TYPE) if message_id == Some(marker.as_str()) => break,
-            Some(ANNOUNCEMENT_TYPE) => {
-                sightings.push(Sighting { seal: seal_of(&delivery.properties), body: delivery.data })
-            }
+            Some(ANNOUNCEMENT_TYPE) => sightings.push(delivery.data, seal_of(&delivery.properties)),
             _ => {}
         }
     }
@@ -292,6 +322,30 @@ pub(crate) mod tests {
         assert_eq!(ids("role=web,env!=prod"), ["web-2"]);
         assert!(ids("role=cache").is_empty());
         assert_eq!(inventory.select(None, 10_000).len(), 3);
+    }
+
+    /// Today the reader keeps every body it reads until it decodes them: ten junk bodies of
+    /// 1 MiB cost `dispatcher agents` 8 MB.
+    #[test]
+    fn announcements_over_the_size_limit_are_dropped_as_they_are_read() {
+        let (key, known) = pinned(&["a"]);
+        let genuine = sighting(Some(&key), &announcement("a", 10_000, &[]));
+        let mut sightings = Sightings::default();
+        for _ in 0..10 {
+            sightings.push(vec![0x90; 1 << 20], Ok(None));
+        }
+        sightings.push(vec![0x90; contracts::presence::MAX_ANNOUNCEMENT_BYTES + 1], Ok(None));
+        sightings.push(genuine.body.clone(), genuine.seal.clone());
+        assert_eq!(sightings.kept.len(), 1, "only the genuine one is kept");
+        assert_eq!(sightings.kept[0].body, genuine.body);
+        assert_eq!(sightings.dropped.len(), 11);
+        assert!(
+            matches!(&sightings.dropped[0], Ignored::Invalid(why) if why.contains("over the limit of 16384 bytes")),
+            "{:?}",
+            sightings.dropped[0]
+        );
+        let inventory = Inventory::settle(sightings.kept, &known);
+        assert_eq!(live_ids(&inventory, 10_500), ["a"]);
     }
 
     #[test]

@@ -31,8 +31,14 @@ pub struct DeadLetter {
 }
 
 impl RawBroker {
+    /// On the shared broker.
     pub async fn connect() -> RawBroker {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("broker");
+        RawBroker::connect_to(&amqp_url()).await
+    }
+
+    /// On the broker at `url` (a private node), whose `cuttle.dead` exchange an agent declared.
+    pub async fn connect_to(url: &str) -> RawBroker {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await.expect("broker");
         let channel = connection.create_channel().await.expect("channel");
         let replies = channel
             .basic_consume(

@@ -199,9 +199,35 @@ pub struct PrivateRabbit {
     open_files: Option<u64>,
 }
 
+/// The settings of the broker config Cuttle ships (`deploy/rabbitmq/rabbitmq.conf`) that every
+/// test node takes: all but loading the topology's definitions (tests declare their own).
+pub fn shipped_broker_settings() -> String {
+    let path = crate::repo().join("deploy/rabbitmq/rabbitmq.conf");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#') && !line.starts_with("load_definitions"))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+/// The largest message the shipped broker config lets through (its `max_message_size`).
+pub fn shipped_max_message_size() -> usize {
+    let settings = shipped_broker_settings();
+    let value = settings.lines().find_map(|line| line.strip_prefix("max_message_size")?.trim().strip_prefix('='));
+    value.and_then(|v| v.trim().parse().ok()).expect("max_message_size in deploy/rabbitmq/rabbitmq.conf")
+}
+
 impl PrivateRabbit {
+    /// A node with Cuttle's shipped broker settings ([`shipped_broker_settings`]).
     pub async fn start() -> PrivateRabbit {
-        let rabbit = PrivateRabbit::prepare();
+        PrivateRabbit::start_with_settings(&shipped_broker_settings()).await
+    }
+
+    /// A node with `settings` (`rabbitmq.conf` lines) instead of the shipped ones: for a test of
+    /// what an agent does behind a broker configured otherwise.
+    pub async fn start_with_settings(settings: &str) -> PrivateRabbit {
+        let rabbit = PrivateRabbit::prepare(settings);
         rabbit.launch().await;
         rabbit
     }
@@ -210,7 +236,7 @@ impl PrivateRabbit {
     /// certificate, asks clients for a certificate `ca` signed, and lets them log in with it
     /// (EXTERNAL, the user named by the certificate's common name: see [`PrivateRabbit::add_certificate_user`]).
     pub async fn start_tls(ca: &crate::tls::TestCa, server: &crate::tls::Issued) -> (PrivateRabbit, u16) {
-        let rabbit = PrivateRabbit::prepare();
+        let rabbit = PrivateRabbit::prepare(&shipped_broker_settings());
         let tls_port = free_port();
         let conf = format!(
             "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
@@ -245,14 +271,15 @@ impl PrivateRabbit {
     /// A node started with an open-file limit of `limit` (the broker's default is 1,024), for
     /// measuring how many queues and connections fit under it.
     pub async fn start_with_open_files(limit: u64) -> PrivateRabbit {
-        let mut rabbit = PrivateRabbit::prepare();
+        let mut rabbit = PrivateRabbit::prepare(&shipped_broker_settings());
         rabbit.open_files = Some(limit);
         rabbit.launch().await;
         rabbit
     }
 
-    /// A node with its directories and config ready, not yet launched.
-    fn prepare() -> PrivateRabbit {
+    /// A node with its directories and config (its listener, then `settings`) ready, not yet
+    /// launched.
+    fn prepare(settings: &str) -> PrivateRabbit {
         let name = unique("rabbit").replace('-', "_");
         let dir = PathBuf::from("/tmp").join(&name);
         for sub in ["mnesia", "log"] {
@@ -260,7 +287,7 @@ impl PrivateRabbit {
         }
         let port = free_port();
         // The machine's rabbitmq.conf names its own listener; this node gets a config of its own.
-        std::fs::write(dir.join("rabbitmq.conf"), format!("listeners.tcp.local = 127.0.0.1:{port}\n"))
+        std::fs::write(dir.join("rabbitmq.conf"), format!("listeners.tcp.local = 127.0.0.1:{port}\n{settings}"))
             .expect("rabbit config");
         std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("rabbit plugins");
         let _ = Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(&dir).status();

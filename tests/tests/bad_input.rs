@@ -50,12 +50,8 @@ async fn an_unknown_kind_is_answered_unsupported() {
     assert!(message.contains("LaunchRocketV9"), "{message}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_over_the_size_limit_is_refused_before_decoding() {
-    let body = vec![0x90u8; contracts::topology::MAX_MESSAGE_BYTES + 1];
-    let message = rejected("oversized", "StartScriptV2", &body, ErrorKind::Invalid, true).await;
-    assert!(message.contains("over the limit"), "{message}");
-}
+// A message over the size limit: tests/tests/hostile.rs, on a broker of its own that lets one
+// through (the shared broker may refuse it, as Cuttle's broker config does).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_ticket_is_refused_as_invalid() {

@@ -139,10 +139,13 @@ fn a_missing_c_compiler_is_named_with_the_package_to_install() {
 }
 
 /// Stubs of the servers and their tools: each does nothing but record its call (RabbitMQ's
-/// with the port it was given).
+/// with the port and the extra Erlang arguments it was given).
 const SERVERS: [(&str, &str); 4] = [
     ("redis-server", "true"),
-    ("rabbitmq-server", "echo \"  on port $RABBITMQ_NODE_PORT\" >>\"${0%/*}/calls\""),
+    (
+        "rabbitmq-server",
+        "echo \"  on port $RABBITMQ_NODE_PORT with$RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS\" >>\"${0%/*}/calls\"",
+    ),
     ("rabbitmqctl", "true"),
     ("sudo", "exec \"$@\""),
 ];
@@ -189,7 +192,14 @@ fn the_services_started_are_named_and_those_answering_are_left_alone() {
     assert!(said.contains(&format!("starting RabbitMQ on 127.0.0.1:{rabbitmq_port}")), "{said}");
     assert!(said.contains("  Redis (stop it:") && said.contains("  RabbitMQ (stop it: rabbitmqctl stop)"), "{said}");
     let called = calls(&path);
-    assert!(called.contains(&format!("rabbitmq-server -detached\n  on port {rabbitmq_port}\n")), "{called}");
+    // With Cuttle's message limit (deploy/rabbitmq/rabbitmq.conf), which bounds an agent's memory.
+    let limit = contracts::topology::MAX_MESSAGE_BYTES;
+    assert!(
+        called.contains(&format!(
+            "rabbitmq-server -detached\n  on port {rabbitmq_port} with -rabbit max_message_size {limit}\n"
+        )),
+        "{called}"
+    );
     assert!(redis.join().unwrap().is_some() && rabbitmq.join().unwrap().is_some());
     std::fs::remove_dir_all(&path).unwrap();
 }
@@ -316,4 +326,21 @@ fn tests_that_need_servers_of_their_own_skip_saying_why_where_they_cannot_run() 
     assert!(passed && said.contains(&format!("skipped: {test}: ")), "{said}");
     assert!(said.contains("needs root") || said.contains("not installed"), "{said}");
     assert!(logged.contains(test), "{logged}");
+}
+
+/// Today only `deploy/rabbitmq/rabbitmq.conf` sets a message limit: the production-ha cluster,
+/// the dev overlay's broker and the tests' own nodes take RabbitMQ's default (128 MiB in
+/// RabbitMQ 3), and an agent may hold its prefetch times that.
+#[test]
+fn every_broker_config_cuttle_ships_refuses_messages_over_the_agents_limit() {
+    let setting = format!("max_message_size = {}", contracts::topology::MAX_MESSAGE_BYTES);
+    for file in [
+        "deploy/rabbitmq/rabbitmq.conf",
+        "deploy/kubernetes/overlays/production-ha/rabbitmq-cluster.yaml",
+        "deploy/kubernetes/overlays/dev/rabbitmq.yaml",
+    ] {
+        let text = std::fs::read_to_string(repo().join(file)).unwrap();
+        assert!(text.lines().any(|line| line.trim() == setting), "{file} has no `{setting}`");
+    }
+    assert!(tests::services::shipped_broker_settings().contains(&setting), "the tests' own brokers take it");
 }

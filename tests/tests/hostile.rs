@@ -144,6 +144,109 @@ async fn a_message_that_would_decode_into_a_huge_value_is_refused_and_the_agent_
     agent.stop().await;
 }
 
+/// A seal by the trusted dispatcher's key that does not verify.
+fn bad_seal() -> contracts::trust::Seal {
+    contracts::trust::Seal::Signature { key: tests::trust::keys().dispatcher.id(), signature: [7; 64] }
+}
+
+/// Today the agent verifies a message's seal (over a copy of it) before its size is checked: a
+/// message over the limit with a bad signature is refused as a bad signature, after the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_agents_limit_is_refused_as_too_large_before_its_seal_is_checked() {
+    tests::skip_unless!(tests::needs::private_rabbit());
+    // A broker that lets larger messages through than Cuttle's config does (RabbitMQ 3 takes
+    // 128 MiB by default): the agent's own limit is then all there is.
+    let limit = contracts::topology::MAX_MESSAGE_BYTES;
+    let rabbit =
+        tests::services::PrivateRabbit::start_with_settings(&format!("max_message_size = {}\n", 2 * limit)).await;
+    let mut config = test_config("oversized");
+    config.amqp_url = rabbit.amqp_url();
+    let agent = AgentProcess::start(config.clone()).await;
+    let mut raw = RawBroker::connect_to(&rabbit.amqp_url()).await;
+    let queue = contracts::topology::agent_queue(&config.agent_id);
+    let id = raw.publish_to(&queue, "StartScriptV2", &vec![0x90u8; limit + 1], Some(&bad_seal())).await;
+    let Reply::Error(error) = raw.reply(&id).await else { panic!("the message must be refused") };
+    assert_eq!(error.kind, ErrorKind::Invalid, "refused as too large, not as a bad signature: {error}");
+    assert!(error.message.contains("over the limit"), "{error}");
+    assert_eq!(raw.dead_letter(&id).await.reason.as_deref(), Some("rejected"));
+    assert!(!agent.log_text().contains("does not verify"), "its seal was never checked");
+    // Within the limit, the same seal is checked, and refused.
+    let id = raw.publish_to(&queue, "StartScriptV2", &vec![0x90u8; 1024], Some(&bad_seal())).await;
+    let Reply::Error(error) = raw.reply(&id).await else { panic!("the message must be refused") };
+    assert_eq!(error.kind, ErrorKind::NotAuthorized, "{error}");
+    raw.close().await;
+    agent.stop().await;
+}
+
+/// Whether the broker at `url` takes a message of `size` bytes: published in confirm mode on a
+/// connection of its own (the broker closes the channel of one it refuses), it is confirmed.
+async fn broker_takes(url: &str, size: usize) -> bool {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
+    let body = vec![0u8; size];
+    let publish = channel.basic_publish(
+        "".into(),
+        unique("nowhere").as_str().into(),
+        BasicPublishOptions::default(),
+        &body,
+        lapin::BasicProperties::default(),
+    );
+    let taken = tokio::time::timeout(Duration::from_secs(30), async {
+        match publish.await {
+            Ok(confirm) => matches!(confirm.await, Ok(lapin::Confirmation::Ack(_))),
+            Err(_) => false,
+        }
+    })
+    .await
+    .expect("the broker confirms or refuses within 30 s");
+    let _ = connection.close(200, "done".into()).await;
+    taken
+}
+
+/// Today no broker Cuttle starts has a message limit but `deploy/rabbitmq/rabbitmq.conf`: RabbitMQ
+/// 3 takes 128 MiB, and the agent held a 100 MiB message whole (and a copy of it), 234 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_at_the_brokers_limit_arriving_together_keep_the_agent_within_its_bound() {
+    tests::skip_unless!(tests::needs::private_rabbit());
+    let rabbit = tests::services::PrivateRabbit::start().await;
+    let limit = tests::services::shipped_max_message_size();
+    assert_eq!(limit, contracts::topology::MAX_MESSAGE_BYTES, "the broker's limit is the agents'");
+    assert!(broker_takes(&rabbit.amqp_url(), limit).await, "a message at the limit passes");
+    assert!(!broker_takes(&rabbit.amqp_url(), limit + 1).await, "the shipped config refuses one byte more");
+    let mut config = test_config("at-the-limit");
+    config.amqp_url = rabbit.amqp_url();
+    let mut agent = AgentProcess::start(config.clone()).await;
+    let idle = peak_rss_mib(agent.pid().expect("running"));
+    // Queued while the agent is away, so they arrive together: the worst case.
+    agent.kill().await;
+    let mut raw = RawBroker::connect_to(&rabbit.amqp_url()).await;
+    let queue = contracts::topology::agent_queue(&config.agent_id);
+    let body = vec![0x90u8; limit];
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(raw.publish_to(&queue, "StartScriptV2", &body, Some(&bad_seal())).await);
+    }
+    drop(body);
+    agent.restart().await;
+    let pid = agent.pid().expect("running");
+    for id in &ids {
+        let Reply::Error(error) = raw.reply(id).await else { panic!("every message must be refused") };
+        assert_eq!(error.kind, ErrorKind::NotAuthorized, "{error}");
+    }
+    let peak = peak_rss_mib(pid);
+    let prefetch = worker_agent::config::DEFAULT_PREFETCH as u64;
+    eprintln!("20 messages of {limit} bytes with bad signatures at once: agent peak RSS {peak} MiB ({idle} MiB idle; --prefetch {prefetch})");
+    // Each message held whole once (the body lapin assembles, up to half again while it grows),
+    // never copied: at most 20 of them, and never more than the prefetch.
+    let held = 20.min(prefetch) * (limit as u64 >> 20);
+    assert!(peak <= idle + held * 3 / 2 + 32, "peak RSS {peak} MiB, {idle} MiB idle: over {held} MiB of messages");
+    assert!(!process_gone(pid), "the agent keeps running");
+    raw.close().await;
+    agent.stop().await;
+}
+
 /// Today every distinct mutex name stays in the agent's table for good (15 to 745 MiB of RSS).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_mutex_names_are_freed_once_unused() {
@@ -213,12 +316,100 @@ async fn a_gib_of_output_to_a_slow_store_keeps_the_agent_small_and_ends_with_the
     let notices = notices.into_inner().unwrap();
     eprintln!("1 GiB of output, slow store: {lines} lines ({} MiB) kept and delivered, agent peak RSS {peak} MiB, notices {notices:?}", bytes >> 20);
     let cap = worker_agent::config::DEFAULT_MAX_OUTPUT;
-    assert_eq!(lines, cap / 8_000, "every line within the cap arrives (8,000 bytes each without the newline)");
+    assert_eq!(
+        lines,
+        cap / worker_agent::output::stored_cost(8_000),
+        "every line within the cap arrives (8,000 bytes each without the newline, and what the store keeps beside it)"
+    );
     assert!(
-        notices.iter().any(|n| n.starts_with(OUTPUT_TRUNCATED) && n.contains("bytes of output past")),
+        notices.iter().any(|n| n.starts_with(OUTPUT_TRUNCATED) && n.contains("lines of output past")),
         "{notices:?}"
     );
     assert!(peak < 100, "agent peak RSS {peak} MiB");
     agent.stop().await;
     redis.stop().await;
+}
+
+/// What Redis holds for one ticket's keys under an agent's key prefix, in bytes (`MEMORY USAGE`
+/// with `SAMPLES 0`: every node of the log list counted, not an estimate from five).
+async fn store_bytes_of_ticket(key_prefix: &str, ticket: &str) -> u64 {
+    let keys = contracts::store::TicketKeys::new(key_prefix, ticket);
+    let mut con = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.expect("redis");
+    let mut bytes = 0;
+    for key in [&keys.record, &keys.lease, &keys.logs, &keys.cancel, &keys.lines_written] {
+        let usage: Option<u64> =
+            redis::cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0).query_async(&mut con).await.unwrap();
+        bytes += usage.unwrap_or(0);
+    }
+    bytes
+}
+
+/// Today `--max-output` counts only each line's text: 200,000 empty lines count 0 bytes, are all
+/// stored (about 8.5 MB of Redis, 42 bytes each) and the output is not reported truncated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_lines_count_against_max_output_and_the_store_holds_no_more_than_the_cap_allows() {
+    use tokio::io::AsyncBufReadExt;
+    let mut config = test_config("empty-lines");
+    let cap: u64 = 16 * 1024;
+    config.max_output = cap;
+    let agent = AgentProcess::start(config.clone()).await;
+    let markers = Markers::new();
+    let release = markers.dir.join("release");
+    // The script then waits, so the store is measured before the dispatcher completes the ticket
+    // (which deletes its log).
+    let script = format!(
+        "yes '' | head -n 200000; i=0; while [ ! -e '{}' ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done",
+        release.display()
+    );
+    let mut submit = dispatcher_command()
+        .args(["submit", "--json", "--target", &config.agent_id, "--", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut events = tokio::io::BufReader::new(submit.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&events.next_line().await.unwrap().unwrap()).unwrap();
+    let ticket = first["ticket"].as_str().expect("the ticket event").to_lowercase();
+    let keys = contracts::store::TicketKeys::new(&config.key_prefix, &ticket);
+    let mut con = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.expect("redis");
+    // Lines go to the store in order: once the cap's notice is the last stored, all the script's
+    // kept lines are stored, and nothing more of its output will be.
+    eventually("the notice that the cap was reached to be stored", Duration::from_secs(60), || {
+        let (mut con, log) = (con.clone(), keys.logs.clone());
+        async move {
+            let last: Option<Vec<u8>> = redis::cmd("LINDEX").arg(&log).arg(-1).query_async(&mut con).await.ok()?;
+            let line: LogLine = rmp_serde::from_slice(&last?).ok()?;
+            (line.stream == LogStream::Agent && line.text.starts_with(OUTPUT_TRUNCATED)).then_some(())
+        }
+    })
+    .await;
+    let stored_lines: u64 = redis::cmd("LLEN").arg(&keys.logs).query_async(&mut con).await.unwrap();
+    let stored = store_bytes_of_ticket(&config.key_prefix, &ticket).await;
+    // Redis holds at most 1.25 bytes per byte counted against the cap (its allocator's size
+    // classes; README, "Memory"), plus the agent's notice, the record and the lease.
+    let bound = cap * 5 / 4 + 4 * 1024;
+    eprintln!(
+        "200,000 empty lines under --max-output {cap}: {stored_lines} lines, {stored} bytes of Redis for the ticket"
+    );
+    assert_eq!(
+        stored_lines,
+        cap / worker_agent::output::STORED_LINE_OVERHEAD + 1,
+        "the lines within the cap, and the notice"
+    );
+    assert!(stored <= bound, "the store holds {stored} bytes for the ticket, more than {bound}");
+    std::fs::write(&release, "").unwrap();
+    let mut result = None;
+    while let Some(line) =
+        tokio::time::timeout(Duration::from_secs(60), events.next_line()).await.expect("submit ends").unwrap()
+    {
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["event"] == "result" {
+            result = Some(event);
+        }
+    }
+    let result = result.expect("a result event");
+    assert_eq!(result["exit_code"], 0, "{result}");
+    assert_eq!(result["output_truncated"], true, "{result}");
+    drop(submit);
+    agent.stop().await;
 }

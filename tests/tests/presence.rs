@@ -271,3 +271,46 @@ async fn an_agent_pinned_legacy_is_warned_of_once_per_command() {
     assert_eq!(stderr.matches(&warning).count(), 1, "{stderr}");
     agent.stop().await;
 }
+
+/// The peak memory, in KiB, of the largest child this test process has waited for
+/// (`getrusage(RUSAGE_CHILDREN)`): the `dispatcher` runs of this test alone when each test has a
+/// process of its own (nextest); `None` otherwise, when other tests' children would count too.
+fn dispatcher_runs_peak_kib() -> Option<u64> {
+    let own_process = std::env::var("NEXTEST_EXECUTION_MODE").as_deref() == Ok("process-per-test");
+    own_process.then(|| {
+        let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+        usage.max_rss() as u64
+    })
+}
+
+/// Today `dispatcher agents` keeps every announcement it reads until it decodes them: junk of
+/// 1 MiB appended to the stream costs it 1 MiB each before its 16 KiB check refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_on_the_presence_stream_is_dropped_as_it_is_read_and_the_genuine_agent_listed() {
+    let mut config = agent::test_config("beside-junk");
+    config.announce_interval = Duration::from_secs(1);
+    // In this process (no child of its own): only the dispatcher runs count as children.
+    let genuine = TestAgent::start_with(config).await;
+    let only_genuine = format!("id={}", genuine.id());
+    eventually("the genuine agent to be listed", Duration::from_secs(20), || async {
+        (listed(&only_genuine).await.0 == [genuine.id()]).then_some(())
+    })
+    .await;
+    let before = dispatcher_runs_peak_kib();
+    let stream = PresenceStream::connect().await;
+    let junk = vec![0x90u8; 1 << 20];
+    for _ in 0..16 {
+        stream.append(&junk, None).await;
+    }
+    stream.close().await;
+    let (ids, stderr) = listed(&only_genuine).await;
+    assert_eq!(ids, [genuine.id()], "{stderr}");
+    assert!(stderr.contains("announcement(s) that are not valid"), "the junk is told of: {stderr}");
+    if let (Some(before), Some(after)) = (before, dispatcher_runs_peak_kib()) {
+        eprintln!("dispatcher agents: peak {} MiB before 16 MiB of junk, {} MiB with it", before >> 10, after >> 10);
+        assert!(after <= before + 6 * 1024, "16 × 1 MiB of junk took the dispatcher from {before} KiB to {after} KiB");
+    } else {
+        eprintln!("not measuring the dispatcher's memory: tests share this process (run them with nextest)");
+    }
+    genuine.stop().await;
+}

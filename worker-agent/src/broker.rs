@@ -309,7 +309,10 @@ async fn consume_on(
     let queue = agent_queue(&config.agent_id);
     let declare = Declare::own_queue(config.enrolled, &config.agent_id, config.pool.as_deref());
     let channel = declare_topology(connection, channel, &queue, &config.agent_id, config.queue_expiry, declare).await?;
-    call("basic.qos", BROKER_CALL_TIMEOUT, channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
+    // Prefetch is per consumer, each set before its consumer starts: together they hold at most
+    // --prefetch deliveries, and so at most that many times the broker's message limit.
+    let prefetch = config.consumer_prefetch();
+    call("basic.qos", BROKER_CALL_TIMEOUT, channel.basic_qos(prefetch.own, BasicQosOptions::default())).await?;
     let mut own = start_consumer(&channel, &queue).await?;
     // A pool's work queue (starts) on a channel of its own: a worker with bounded scripts takes
     // one pool start at a time, so while it waits for room the rest go to other workers. The
@@ -322,9 +325,8 @@ async fn consume_on(
             let declare = Declare::pool_queues(config.enrolled);
             let pool_channel =
                 declare_topology(connection, pool_channel, &work_queue, &pool_routing_key(pool), None, declare).await?;
-            let prefetch = if config.max_scripts.is_some() { 1 } else { config.prefetch };
-            call("basic.qos", BROKER_CALL_TIMEOUT, pool_channel.basic_qos(prefetch, BasicQosOptions::default()))
-                .await?;
+            let qos = pool_channel.basic_qos(prefetch.pool_work, BasicQosOptions::default());
+            call("basic.qos", BROKER_CALL_TIMEOUT, qos).await?;
             let work = start_consumer(&pool_channel, &work_queue).await?;
             let service_queue = pool_service_queue(pool);
             let service_channel = declare_topology(
@@ -336,6 +338,10 @@ async fn consume_on(
                 declare,
             )
             .await?;
+            // The main channel, or a new one if the queue was declared by others (which then
+            // has no prefetch yet: unbounded).
+            let qos = service_channel.basic_qos(prefetch.pool_service, BasicQosOptions::default());
+            call("basic.qos", BROKER_CALL_TIMEOUT, qos).await?;
             let service = start_consumer(&service_channel, &service_queue).await?;
             tracing::info!(agent = %config.agent_id, work = %work_queue, service = %service_queue, "consuming pool commands");
             (Some((pool_channel, work)), Some((service_channel, service)))
@@ -461,6 +467,11 @@ async fn handle_delivery(
         }
         return;
     }
+    // Size before anything else: a body over the limit (which the broker's max_message_size should
+    // have refused) is neither verified nor copied, only refused.
+    if let Err(error) = contracts::envelope::check_size(delivery.data.len()) {
+        return reject(&agent, &channel, delivery, reply_to, correlation_id, error, &Answer::default()).await;
+    }
     // Trust first (DESIGN.md §7): the seal over the raw body, then, decoded, the envelope.
     let seal = seal_of(props);
     let sealed_by = seal.as_ref().ok().and_then(|s| s.as_ref().and_then(Seal::signer));
@@ -479,22 +490,7 @@ async fn handle_delivery(
     };
     let mut answer = Answer { session, key_share: None, in_reply_to: in_reply_to(None) };
     let reply = match Request::decode(&delivery.data) {
-        Err(error) => {
-            agent.metrics().common.refusals.refused(error.reply_kind());
-            tracing::warn!(agent = %config.agent_id, kind = ?props.kind().as_ref().map(ShortString::as_str), bytes = delivery.data.len(), %error, "rejecting message");
-            let reply = Reply::Error(ErrorReply::new(error.reply_kind(), error.to_string()));
-            send_reply(&agent, &channel, reply_to, correlation_id, &reply, &answer).await;
-            let settled = if matches!(error, CodecError::UnknownKind(_)) {
-                delivery.ack(BasicAckOptions::default()).await
-            } else {
-                // Dead-lettered to cuttle.dead; the reason is in the log line above.
-                delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await
-            };
-            if let Err(error) = settled {
-                tracing::warn!(agent = %config.agent_id, %error, "could not settle rejected delivery");
-            }
-            return;
-        }
+        Err(error) => return reject(&agent, &channel, delivery, reply_to, correlation_id, error, &answer).await,
         Ok((header, request)) => {
             answer.in_reply_to = in_reply_to(request.ticket());
             let me = Identity { agent_id: &config.agent_id, pool: config.pool.as_deref() };
@@ -543,6 +539,34 @@ async fn handle_delivery(
     send_reply(&agent, &channel, reply_to, correlation_id, &reply, &answer).await;
     if !acked_early {
         ack(&agent, &delivery).await;
+    }
+}
+
+/// Answers a message that cannot be decoded (or is too large to be) with why, and settles it:
+/// acked if only its kind is unknown (a newer dispatcher's), else dead-lettered.
+async fn reject(
+    agent: &Agent,
+    channel: &Channel,
+    delivery: lapin::message::Delivery,
+    reply_to: Option<String>,
+    correlation_id: Option<String>,
+    error: CodecError,
+    answer: &Answer,
+) {
+    let config = agent.config();
+    agent.metrics().common.refusals.refused(error.reply_kind());
+    let kind = delivery.properties.kind().as_ref().map(ShortString::to_string);
+    tracing::warn!(agent = %config.agent_id, kind = ?kind, bytes = delivery.data.len(), %error, "rejecting message");
+    let reply = Reply::Error(ErrorReply::new(error.reply_kind(), error.to_string()));
+    send_reply(agent, channel, reply_to, correlation_id, &reply, answer).await;
+    let settled = if matches!(error, CodecError::UnknownKind(_)) {
+        delivery.ack(BasicAckOptions::default()).await
+    } else {
+        // Dead-lettered to cuttle.dead; the reason is in the log line above.
+        delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await
+    };
+    if let Err(error) = settled {
+        tracing::warn!(agent = %config.agent_id, %error, "could not settle rejected delivery");
     }
 }
 

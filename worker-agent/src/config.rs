@@ -1,6 +1,7 @@
 //! The agent's configuration, filled by the CLI from flags and environment, or directly by
 //! tests.
 
+use contracts::topology::MAX_MESSAGE_BYTES;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +12,10 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_POOL_QUEUE_EXPIRY: Duration = Duration::from_secs(600);
 /// Bytes of one script's output kept unless `--max-output` says otherwise.
 pub const DEFAULT_MAX_OUTPUT: u64 = 256 * 1024 * 1024;
+/// Deliveries the agent holds at once unless `--prefetch` says otherwise. Each body is at most
+/// [`MAX_MESSAGE_BYTES`] (the agent's limit, and the broker's `max_message_size` in every broker
+/// config Cuttle ships), so the messages the agent holds take 512 MiB at most.
+pub const DEFAULT_PREFETCH: u16 = 32;
 /// The master name Redis' own Sentinel examples use.
 pub const DEFAULT_REDIS_SERVICE: &str = "mymaster";
 
@@ -61,7 +66,7 @@ pub struct AgentConfig {
     pub pool: Option<String>,
     /// Scripts this agent runs at once at most; a full agent takes no more pool work.
     pub max_scripts: Option<usize>,
-    /// Deliveries in flight at once (AMQP prefetch).
+    /// Deliveries held at once, across every queue the agent consumes ([`AgentConfig::consumer_prefetch`]).
     pub prefetch: u16,
     /// How long a running ticket's lease lasts without renewal; an agent dead this long is
     /// reported as lost.
@@ -146,7 +151,7 @@ impl AgentConfig {
             protocol: Protocol::V2,
             pool: None,
             max_scripts: None,
-            prefetch: 512,
+            prefetch: DEFAULT_PREFETCH,
             lease_ttl: Duration::from_secs(15),
             record_ttl: Duration::from_secs(7 * 24 * 3600),
             tombstone_ttl: Duration::from_secs(3600),
@@ -166,6 +171,84 @@ impl AgentConfig {
             janitor_interval: Duration::from_secs(3600),
             workspace_max_age: Duration::from_secs(7 * 24 * 3600),
             agent_id,
+        }
+    }
+
+    /// How `prefetch` is shared among the queues the agent consumes (AMQP prefetch is per
+    /// consumer), so that together they hold at most that many deliveries: all of it for an
+    /// agent's own queue; for a pool worker with `--max-scripts`, one for the pool's work queue
+    /// (it takes one start at a time) and the rest halved between the pool's service queue and
+    /// its own queue; without, a third each (the service queue, where status requests wait,
+    /// taking what does not divide). Each consumer gets at least one.
+    pub fn consumer_prefetch(&self) -> ConsumerPrefetch {
+        let total = self.prefetch.max(1);
+        if self.pool.is_none() {
+            return ConsumerPrefetch { own: total, pool_service: 0, pool_work: 0 };
+        }
+        let (pool_work, own) = match self.max_scripts {
+            Some(_) => (1, total.saturating_sub(1) / 2),
+            None => (total / 3, total / 3),
+        };
+        let pool_service = total.saturating_sub(pool_work + own);
+        ConsumerPrefetch { own: own.max(1), pool_service: pool_service.max(1), pool_work: pool_work.max(1) }
+    }
+
+    /// The most message bytes the agent holds at once: its deliveries in flight, each at most
+    /// [`MAX_MESSAGE_BYTES`].
+    pub fn held_message_bytes(&self) -> u64 {
+        let prefetch = self.consumer_prefetch();
+        u64::from(prefetch.own + prefetch.pool_service + prefetch.pool_work) * MAX_MESSAGE_BYTES as u64
+    }
+}
+
+/// Deliveries each of the agent's consumers may hold (AMQP per-consumer prefetch); 0 for a queue
+/// it does not consume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsumerPrefetch {
+    pub own: u16,
+    pub pool_service: u16,
+    pub pool_work: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefetch(prefetch: u16, pool: bool, max_scripts: Option<usize>) -> ConsumerPrefetch {
+        let mut config = AgentConfig::new("a");
+        config.prefetch = prefetch;
+        config.pool = pool.then(|| "p".to_owned());
+        config.max_scripts = max_scripts;
+        config.consumer_prefetch()
+    }
+
+    #[test]
+    fn the_prefetch_is_shared_among_the_queues_consumed_and_never_exceeded() {
+        assert_eq!(prefetch(32, false, None), ConsumerPrefetch { own: 32, pool_service: 0, pool_work: 0 });
+        assert_eq!(prefetch(32, true, Some(4)), ConsumerPrefetch { own: 15, pool_service: 16, pool_work: 1 });
+        assert_eq!(prefetch(32, true, None), ConsumerPrefetch { own: 10, pool_service: 12, pool_work: 10 });
+        for total in 3..=600 {
+            for (pool, max_scripts) in [(false, None), (true, Some(1)), (true, None)] {
+                let p = prefetch(total, pool, max_scripts);
+                assert!(p.own + p.pool_service + p.pool_work <= total, "{total} {pool} {max_scripts:?}: {p:?}");
+                assert!(p.own >= 1 && (!pool || p.pool_service >= 1 && p.pool_work >= 1), "{p:?}");
+            }
+        }
+        assert_eq!(prefetch(1, true, None), ConsumerPrefetch { own: 1, pool_service: 1, pool_work: 1 }, "one each");
+    }
+
+    /// Today the default prefetch (512) times the broker's limit is 8 GiB.
+    #[test]
+    fn by_default_the_messages_an_agent_holds_take_512_mib_at_most() {
+        for (pool, max_scripts) in [(false, None), (true, Some(1)), (true, None)] {
+            let mut config = AgentConfig::new("a");
+            config.pool = pool.then(|| "p".to_owned());
+            config.max_scripts = max_scripts;
+            assert!(
+                config.held_message_bytes() <= 512 << 20,
+                "{pool} {max_scripts:?}: {}",
+                config.held_message_bytes()
+            );
         }
     }
 }

@@ -6,10 +6,10 @@
 //! Memory is bounded with backpressure: the readers hand lines to the writer through a bounded
 //! channel, so while the store is slow or unreachable (the writer keeps its batch and retries)
 //! the readers stop reading, the pipes fill, and the script waits on its writes; no line is lost.
-//! A per-script cap (`--max-output`) bounds what is stored: output past it is read and
-//! discarded (so the script is not held up), and the log says so, first when it starts and at
-//! the end with the bytes discarded, in agent lines beginning with
-//! [`contracts::OUTPUT_TRUNCATED`].
+//! A per-script cap (`--max-output`) bounds what the store holds: each line counts its text and
+//! [`STORED_LINE_OVERHEAD`] (see [`stored_cost`]), and output past the cap is read and discarded
+//! (so the script is not held up), and the log says so, first when it starts and at the end with
+//! what was discarded, in agent lines beginning with [`contracts::OUTPUT_TRUNCATED`].
 
 use crate::mask::Masker;
 use crate::store::{AgentStore, TicketKeys};
@@ -29,6 +29,20 @@ const BATCH_BYTES: usize = 1024 * 1024;
 /// readers wait, and so does the script.
 const QUEUED_LINES: usize = 256;
 
+/// What the store holds for one line beside its text, counted against `--max-output` with it:
+/// its sequence number, stream and time (msgpack, 38 to 48 bytes with the text's length) and its
+/// list entry. Measured in Redis 7.0 (`MEMORY USAGE` of a ticket's log): 42 bytes a line for
+/// empty lines, 47 for 100-byte ones. Without it, a script printing empty lines stored them
+/// without bound (each counted 0 bytes): 45 bytes of Redis for each byte of output.
+pub const STORED_LINE_OVERHEAD: u64 = 64;
+
+/// What one line of `text_len` bytes counts against `--max-output`: its text and
+/// [`STORED_LINE_OVERHEAD`], so the cap bounds what the store holds however the output is cut
+/// into lines.
+pub fn stored_cost(text_len: usize) -> u64 {
+    text_len as u64 + STORED_LINE_OVERHEAD
+}
+
 /// How far a run has got, for status requests waiting on it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -45,11 +59,13 @@ pub struct LogSender {
     budget: Arc<OutputBudget>,
 }
 
-/// The script's output bytes still to be stored, and those discarded past the cap.
+/// What the store may still take of the script's output ([`stored_cost`] of each line), and the
+/// lines (and their bytes) discarded past the cap.
 struct OutputBudget {
     cap: u64,
     left: AtomicU64,
-    discarded: AtomicU64,
+    discarded_lines: AtomicU64,
+    discarded_bytes: AtomicU64,
 }
 
 impl LogSender {
@@ -61,14 +77,15 @@ impl LogSender {
     /// One line of the script's output: stored while within the cap, discarded (and counted)
     /// past it. Waits while the writer is behind.
     pub async fn output(&self, stream: LogStream, text: String) {
-        let size = text.len() as u64;
-        let kept = self.budget.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(size));
+        let cost = stored_cost(text.len());
+        let kept = self.budget.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(cost));
         if kept.is_ok() {
             self.send(stream, text).await;
             return;
         }
         self.budget.left.store(0, Ordering::SeqCst);
-        if self.budget.discarded.fetch_add(size.max(1), Ordering::SeqCst) == 0 {
+        self.budget.discarded_bytes.fetch_add(text.len() as u64, Ordering::SeqCst);
+        if self.budget.discarded_lines.fetch_add(1, Ordering::SeqCst) == 0 {
             self.note(format!(
                 "{OUTPUT_TRUNCATED}: the script's output reached --max-output ({}); what it writes from here on is discarded",
                 bytes_text(self.budget.cap)
@@ -79,10 +96,11 @@ impl LogSender {
 
     /// At the end of the run: a note of what was discarded past the cap, if anything was.
     pub async fn finish(&self) {
-        let discarded = self.budget.discarded.load(Ordering::SeqCst);
-        if discarded > 0 {
+        let lines = self.budget.discarded_lines.load(Ordering::SeqCst);
+        if lines > 0 {
+            let bytes = self.budget.discarded_bytes.load(Ordering::SeqCst);
             self.note(format!(
-                "{OUTPUT_TRUNCATED}: {discarded} bytes of output past --max-output ({}) were discarded",
+                "{OUTPUT_TRUNCATED}: {lines} lines of output past --max-output ({}) were discarded ({bytes} bytes, not counting newlines)",
                 bytes_text(self.budget.cap)
             ))
             .await;
@@ -100,12 +118,13 @@ fn bytes_text(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
         b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
         b => format!("{b} bytes"),
     }
 }
 
-/// Starts the writer of one ticket's log, masking what `masker` names and storing at most
-/// `max_output` bytes of the script's output. It ends, returning the next sequence number, once
+/// Starts the writer of one ticket's log, masking what `masker` names and storing the script's
+/// output while its lines' [`stored_cost`] stays within `max_output`. It ends, returning the next sequence number, once
 /// every [`LogSender`] is dropped and all lines are stored.
 pub fn spawn_writer(
     masker: Masker,
@@ -141,7 +160,12 @@ pub fn spawn_writer(
 
 impl OutputBudget {
     fn new(cap: u64) -> Arc<Self> {
-        Arc::new(OutputBudget { cap, left: AtomicU64::new(cap), discarded: AtomicU64::new(0) })
+        Arc::new(OutputBudget {
+            cap,
+            left: AtomicU64::new(cap),
+            discarded_lines: AtomicU64::new(0),
+            discarded_bytes: AtomicU64::new(0),
+        })
     }
 }
 
@@ -263,10 +287,44 @@ mod tests {
 
     #[tokio::test]
     async fn output_past_the_cap_is_discarded_with_a_notice_when_it_starts_and_at_the_end() {
-        let lines = lines_of(b"12345\n123\n1\n12\n".to_vec(), 8).await;
+        let cap = stored_cost(5) + stored_cost(3);
+        let lines = lines_of(b"12345\n123\n1\n12\n".to_vec(), cap).await;
         assert_eq!(lines.len(), 4, "{lines:?}");
         assert_eq!(lines[..2], ["12345", "123"]);
-        assert!(lines[2].starts_with(OUTPUT_TRUNCATED) && lines[2].contains("(8 bytes)"), "{lines:?}");
-        assert!(lines[3].starts_with(OUTPUT_TRUNCATED) && lines[3].contains(": 3 bytes of output"), "{lines:?}");
+        assert!(lines[2].starts_with(OUTPUT_TRUNCATED) && lines[2].contains(&format!("({cap} bytes)")), "{lines:?}");
+        assert!(
+            lines[3].starts_with(OUTPUT_TRUNCATED)
+                && lines[3].contains(": 2 lines of output past")
+                && lines[3].ends_with("(3 bytes, not counting newlines)"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn every_line_counts_its_text_and_what_the_store_keeps_beside_it() {
+        assert_eq!(stored_cost(0), STORED_LINE_OVERHEAD);
+        assert_eq!(stored_cost(8_000), 8_000 + STORED_LINE_OVERHEAD);
+        // What a line takes beside its text, as stored: its encoding (with a sequence number and
+        // a text as long as they get) and a Redis list entry's header and back-length (8 bytes
+        // at most for these sizes).
+        for text in [String::new(), "x".repeat(MAX_LOG_LINE_BYTES)] {
+            let line = LogLine { seq: u64::from(u32::MAX) + 1, stream: LogStream::Stderr, text, at: u64::MAX };
+            let encoded = rmp_serde::to_vec_named(&line).unwrap().len() - line.text.len();
+            assert!(encoded as u64 + 8 <= STORED_LINE_OVERHEAD, "{encoded} bytes beside the text");
+        }
+    }
+
+    /// Empty lines used to count nothing: a script printing them was never truncated, and each
+    /// took 42 bytes of Redis.
+    #[tokio::test]
+    async fn empty_lines_use_up_the_cap_too() {
+        let cap = 16 * 1024;
+        let lines = lines_of(b"\n".repeat(100_000), cap).await;
+        let kept = lines.iter().filter(|l| l.is_empty()).count() as u64;
+        assert_eq!(kept, cap / STORED_LINE_OVERHEAD, "{} lines kept", kept);
+        let notices: Vec<_> = lines.iter().filter(|l| l.starts_with(OUTPUT_TRUNCATED)).collect();
+        assert_eq!(notices.len(), 2, "{notices:?}");
+        assert!(notices[0].contains("(16 KiB)"), "{notices:?}");
+        assert!(notices[1].contains(&format!(": {} lines of output past", 100_000 - kept)), "{notices:?}");
     }
 }

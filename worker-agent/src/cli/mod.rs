@@ -1,8 +1,8 @@
 //! The `worker-agent` command line.
 
 use crate::config::{
-    AgentConfig, Protocol, StoreKind, DEFAULT_AMQP_URL, DEFAULT_POOL_QUEUE_EXPIRY, DEFAULT_REDIS_SERVICE,
-    DEFAULT_REDIS_URL,
+    AgentConfig, Protocol, StoreKind, DEFAULT_AMQP_URL, DEFAULT_POOL_QUEUE_EXPIRY, DEFAULT_PREFETCH,
+    DEFAULT_REDIS_SERVICE, DEFAULT_REDIS_URL,
 };
 use clap::{Parser, Subcommand};
 use contracts::tls::TlsFiles;
@@ -130,8 +130,12 @@ pub struct RunArgs {
     /// Protocol to speak: v2 (capabilities, script v2 and v1) or v1 (a legacy agent: script v1 only).
     #[arg(long, value_enum, default_value_t = Protocol::V2)]
     pub protocol: Protocol,
-    /// Requests handled at once (AMQP prefetch).
-    #[arg(long, default_value_t = 512)]
+    /// Requests held at once, across the queues the agent consumes (AMQP prefetch; a pool worker
+    /// shares it among its own queue and the pool's). Each message is at most 16 MiB, so the
+    /// messages held take at most N × 16 MiB (512 MiB by default). A status request waits in the
+    /// agent up to 5 s for output, holding its place: raise it to follow more idle scripts on
+    /// one agent at once.
+    #[arg(long, default_value_t = DEFAULT_PREFETCH)]
     pub prefetch: u16,
     /// Lease of a running ticket: an agent silent this long is reported lost ("unknown result").
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
