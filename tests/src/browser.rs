@@ -1,6 +1,7 @@
 //! A real headless browser for tests of the web view: Debian's `chromium`, driven through
 //! `chromedriver` (WebDriver) with fantoccini. Tests skip, saying why, where they are missing
-//! ([`crate::needs::browser`]).
+//! ([`crate::needs::browser`]). And [`OtherSite`]: a page of another origin for the browser to
+//! open, as any web site would be.
 
 use crate::eventually;
 use crate::services::free_port;
@@ -76,5 +77,55 @@ impl Browser {
 
     pub async fn close(self) {
         let _ = self.client.close().await;
+    }
+}
+
+/// Another web site: one HTML page, served at every path on a free loopback port (another origin
+/// than a service's), until dropped.
+pub struct OtherSite {
+    pub port: u16,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl OtherSite {
+    pub async fn serve(page: String) -> OtherSite {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind the other site");
+        let port = listener.local_addr().expect("bound").port();
+        let page = std::sync::Arc::new(page);
+        let serving = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let page = page.clone();
+                tokio::spawn(async move {
+                    // The request's head (whatever it asks), then the page, and the connection closes.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                        page.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        OtherSite { port, serving }
+    }
+
+    /// Its origin, as the browser sends it in `Origin`.
+    pub fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OtherSite {
+    fn drop(&mut self) {
+        self.serving.abort();
     }
 }

@@ -26,6 +26,8 @@ pub struct ServiceProcess {
     pub prefix: String,
     /// Extra arguments after `serve` (kept for restarts).
     pub args: Vec<String>,
+    /// Extra environment variables (kept for restarts).
+    pub env: Vec<(String, String)>,
     child: Option<tokio::process::Child>,
     pub log: PathBuf,
     pub url: String,
@@ -34,10 +36,16 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `dispatcher serve` on a free loopback port with the journal under `prefix`.
     pub async fn start(prefix: &str, args: &[&str]) -> ServiceProcess {
+        Self::start_with_env(prefix, args, &[]).await
+    }
+
+    /// [`ServiceProcess::start`], with environment variables too.
+    pub async fn start_with_env(prefix: &str, args: &[&str], env: &[(&str, &str)]) -> ServiceProcess {
         let log = std::env::temp_dir().join(format!("{}.log", unique("serve")));
         let mut process = ServiceProcess {
             prefix: prefix.to_owned(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: None,
             log,
             url: String::new(),
@@ -53,6 +61,7 @@ impl ServiceProcess {
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--journal", &redis_url(), "--journal-prefix", &self.prefix])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -69,6 +78,38 @@ impl ServiceProcess {
             }
         })
         .await;
+    }
+
+    /// The `HOST:PORT` it listens on.
+    pub fn addr(&self) -> &str {
+        self.url.strip_prefix("http://").expect("an http URL")
+    }
+
+    /// Sends a request as it is given, header by header (`Host` too, which HTTP clients set
+    /// themselves; the service's own address unless given), as a browser or an attacker would
+    /// make it; gives the status and the body.
+    pub async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut request = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+            request.push_str(&format!("Host: {}\r\n", self.addr()));
+        }
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()));
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(self.addr()).await.expect("connect to the service");
+            stream.write_all(request.as_bytes()).await.expect("send the request");
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.expect("read the answer");
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(30), exchange).await.expect("an answer within 30s");
+        let status =
+            answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {answer:?}"));
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_owned();
+        (status, body)
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -2,14 +2,16 @@
 //! logging in with an API token, a ticket's lines appearing live and in order while its script
 //! runs, a retry appearing when the agent's link to the broker is cut, hostile output shown as
 //! text, and the layout at a phone's width and a desktop's: every table fits its container and what
-//! matters is within the viewport (screenshots in target/screenshots/).
+//! matters is within the viewport (screenshots in target/screenshots/). And a page of another
+//! site that makes the browser post a script to the service (a form, `fetch`es) and read its
+//! tickets: refused, nothing runs.
 //! Skipped, with the reason on stderr, where chromium or chromedriver is not installed.
 
 use fantoccini::Locator;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tests::agent::test_config;
-use tests::browser::Browser;
+use tests::browser::{Browser, OtherSite};
 use tests::proxy::{broker_addr, FaultProxy};
 use tests::service::{http, journal_prefix, remove_journal};
 use tests::*;
@@ -230,6 +232,120 @@ async fn the_ticket_page_follows_a_script_live_with_its_retries_at_phone_and_des
     eprintln!("screenshots: {}", shots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "));
 
     browser.close().await;
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}
+
+/// `text` for an HTML attribute in double quotes.
+fn attribute(text: &str) -> String {
+    text.replace('&', "&amp;").replace('"', "&quot;").replace('\'', "&#39;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A page of another site that, once loaded, tries what a web page can to run a script through
+/// the service at `service` on `agent`, each attempt recording a marker of its own if it runs:
+/// `fetch`es of the script as text and as a typeless `Blob` (no-cors: no preflight, the answer
+/// unread), one as JSON (cors: preflighted), a read of `/v1/tickets`; then a form of type
+/// `text/plain` whose single field spells the JSON body (`name=value`, the `=` in a shell comment),
+/// posted into a frame. The outcome of the fetches goes to `data-done` on the body.
+fn attack_page(service: &str, agent: &str, markers: &Markers) -> String {
+    let body = |marker: &str| json!({"target": agent, "script": markers.record(marker)}).to_string();
+    let bodies = json!({"text": body("fetch-text"), "blob": body("fetch-blob"), "cors": body("fetch-cors")});
+    let form_script = serde_json::to_string(&format!("{} #", markers.record("form"))).unwrap();
+    let mut field = format!("{{\"target\":{},\"script\":{form_script}", serde_json::to_string(agent).unwrap());
+    field.pop(); // the script's closing quote: the field's value, `"}`, closes the string and the object
+    let scripts = serde_json::to_string(&format!("{service}/v1/scripts")).unwrap();
+    let tickets = serde_json::to_string(&format!("{service}/v1/tickets")).unwrap();
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>Cat pictures</title></head>
+<body>
+<iframe name="sink"></iframe>
+<form id="attack" method="post" enctype="text/plain" target="sink" action="{action}">
+<input type="hidden" name="{name}" value="&quot;}}">
+</form>
+<script>
+const bodies = {bodies};
+async function attempt(name, request) {{
+  try {{ const response = await request(); return name + ": " + response.type + " " + response.status; }}
+  catch (e) {{ return name + ": blocked"; }}
+}}
+window.addEventListener("load", async function () {{
+  const results = [
+    await attempt("no-cors text", () => fetch({scripts}, {{method: "POST", mode: "no-cors", body: bodies.text}})),
+    await attempt("no-cors blob", () => fetch({scripts}, {{method: "POST", mode: "no-cors", body: new Blob([bodies.blob])}})),
+    await attempt("cors json", () => fetch({scripts}, {{method: "POST", headers: {{"Content-Type": "application/json"}}, body: bodies.cors}})),
+  ];
+  try {{ results.push("read: " + await (await fetch({tickets})).text()); }} catch (e) {{ results.push("read: blocked"); }}
+  document.getElementById("attack").submit();
+  document.body.dataset.done = JSON.stringify(results);
+}});
+</script>
+</body></html>"#,
+        action = attribute(&format!("{service}/v1/scripts")),
+        name = attribute(&field),
+    )
+}
+
+/// The lines of the service's log that say it refused a request from `origin` to `path`.
+fn refusals<'a>(log: &'a str, origin: &str, path: &str) -> Vec<&'a str> {
+    let (origin, path) = (format!("origin={origin}"), format!("path={path}"));
+    log.lines()
+        .filter(|line| line.contains("refused a request"))
+        .filter(|line| line.split_whitespace().any(|t| t == origin) && line.split_whitespace().any(|t| t == path))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_site_cannot_make_the_browser_run_a_script_or_read_the_tickets() {
+    tests::skip_unless!(tests::needs::browser());
+    let agent = TestAgent::start("browser-attack").await;
+    let markers = Markers::new();
+    let prefix = journal_prefix("browser-attack");
+    // No --api-tokens: the default, open to anyone on this machine, and so to its browsers' pages.
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let site = OtherSite::serve(attack_page(&service.url, agent.id(), &markers)).await;
+
+    let browser = Browser::start().await;
+    browser.client.goto(&format!("{}/", site.origin())).await.unwrap();
+    let done = eventually("the page's attempts", Duration::from_secs(30), || async {
+        browser.eval("return document.body.dataset.done || null").await.as_str().map(str::to_owned)
+    })
+    .await;
+    let results: Vec<String> = serde_json::from_str(&done).unwrap();
+    // The preflighted request and the read never got an answer the page may see.
+    assert!(results.contains(&"cors json: blocked".to_owned()), "{results:?}");
+    assert!(results.contains(&"read: blocked".to_owned()), "{results:?}");
+
+    // Each attempt reached the service and was refused there: the form (a navigation), both
+    // no-cors fetches, the preflight of the JSON one, and the read.
+    let origin = site.origin();
+    let refused = eventually("the service to refuse the form and the fetches", Duration::from_secs(20), || async {
+        let log = service.log_text();
+        let posts = refusals(&log, &origin, "/v1/scripts");
+        let form = posts.iter().any(|line| line.split_whitespace().any(|t| t == "mode=navigate"));
+        let fetches = posts.iter().filter(|line| line.split_whitespace().any(|t| t == "mode=no-cors")).count();
+        let read = !refusals(&log, &origin, "/v1/tickets").is_empty();
+        (form && fetches >= 2 && read).then_some(posts.len())
+    })
+    .await;
+    assert!(refused >= 4, "the form, two fetches and a preflight: {}", service.log_text());
+
+    // Nothing was recorded, and nothing ran; the same agent runs what the API is asked for.
+    let history = format!("{}/v1/tickets?target={}", service.url, agent.id());
+    let listed: Value = http().get(&history).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["tickets"], json!([]), "no ticket from the page: {listed}");
+    let ticket = service.submit(agent.id(), &markers.record("api")).await;
+    service.finished(&ticket, Duration::from_secs(30)).await;
+    assert_eq!(markers.count("api"), 1);
+    for attempt in ["form", "fetch-text", "fetch-blob", "fetch-cors"] {
+        assert_eq!(markers.count(attempt), 0, "the page's {attempt} ran a script");
+    }
+    let listed: Value = http().get(&history).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["tickets"].as_array().map(Vec::len), Some(1), "{listed}");
+
+    browser.close().await;
+    drop(site);
     service.stop().await;
     remove_journal(&prefix).await;
     agent.stop().await;

@@ -1,6 +1,7 @@
 //! `dispatcher serve` through the real binary: the HTTP API, the journal and its history, server-sent
-//! events, API tokens, the OpenAPI document, crash-safe resume after SIGKILL, replicas taking over,
-//! and the CLI commands that read the journal.
+//! events, API tokens, browser sessions, what another site's page could send (bodies a form can
+//! send, foreign Host and Origin), the OpenAPI document, crash-safe resume after SIGKILL, replicas
+//! taking over, and the CLI commands that read the journal.
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -283,7 +284,10 @@ async fn api_tokens_are_required_and_without_them_only_loopback_is_served() {
         (303, &"/".parse().unwrap()),
         "no open redirect"
     );
-    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let set_cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(!set_cookie.contains("Secure"), "no --public-url https://...: {set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    assert!(!cookie.contains("0123456789abcdef0123456789abcdef"), "the cookie is a session, not the token: {cookie}");
     let with_cookie = |request: reqwest::RequestBuilder| request.header("cookie", cookie.clone()).send();
     let page = with_cookie(no_redirects.get(format!("{}/tickets/{ticket}", service.url))).await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
@@ -297,6 +301,221 @@ async fn api_tokens_are_required_and_without_them_only_loopback_is_served() {
     service.stop().await;
     remove_journal(&prefix).await;
     agent.stop().await;
+}
+
+/// The port of the service's address.
+fn port_of(service: &ServiceProcess) -> u16 {
+    service.addr().rsplit_once(':').and_then(|(_, port)| port.parse().ok()).expect("HOST:PORT")
+}
+
+/// The status of `GET /v1/tickets` with these headers.
+async fn read_tickets(service: &ServiceProcess, headers: &[(&str, &str)]) -> u16 {
+    service.raw("GET", "/v1/tickets", headers, "").await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_another_sites_page_could_send_is_refused_and_nothing_runs() {
+    let agent = TestAgent::start("svc-site").await;
+    let prefix = journal_prefix("svc-site");
+    let markers = Markers::new();
+    let args = ["--allowed-host", "cuttle.test", "--allowed-host", "tunnel.test:9000"];
+    let service =
+        ServiceProcess::start_with_env(&prefix, &args, &[("CUTTLE_PUBLIC_URL", "http://public.test:8080")]).await;
+    let port = port_of(&service);
+    let started = eventually("the names it answers to in the log", Duration::from_secs(10), || async {
+        let log = service.log_text();
+        log.contains("answers to").then_some(log)
+    })
+    .await;
+    assert!(started.contains("cuttle.test, tunnel.test:9000, http://public.test:8080"), "{started}");
+    assert!(started.contains("warning: no --api-tokens, yet --allowed-host or --public-url"), "{started}");
+    let body = json!({"target": agent.id(), "script": markers.record("ran")}).to_string();
+    let json_type = ("Content-Type", "application/json");
+
+    // What a form can send (and a no-cors fetch, and a fetch of a typeless Blob): 415.
+    let forms = [
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ];
+    for content_type in forms {
+        let (status, answer) = service.raw("POST", "/v1/scripts", &[("Content-Type", content_type)], &body).await;
+        assert_eq!(status, 415, "{content_type}: {answer}");
+        assert!(answer.contains("Content-Type: application/json") && answer.contains("nothing was run"), "{answer}");
+    }
+    let (status, answer) = service.raw("POST", "/v1/scripts", &[], &body).await;
+    assert_eq!(status, 415, "a JSON body without a type: {answer}");
+    let upload = format!("/v1/files?target={}&path=upload.txt", agent.id());
+    let (status, answer) = service.raw("PUT", &upload, &[("Content-Type", "text/plain")], "bytes").await;
+    assert_eq!(status, 415, "{answer}");
+    assert!(answer.contains("application/octet-stream"), "{answer}");
+
+    // DNS rebinding: a page's own name, resolved to the service's address. Probes answer anyway.
+    let rebound = [
+        format!("rebound.evil.example:{port}"),
+        "rebound.evil.example".to_owned(),
+        "localhost:1".to_owned(),
+        format!("10.0.0.1:{port}"),
+        "tunnel.test:9001".to_owned(),
+        "public.test".to_owned(),
+    ];
+    for host in &rebound {
+        let (status, answer) = service.raw("GET", "/v1/tickets", &[("Host", host)], "").await;
+        assert_eq!(status, 421, "{host}: {answer}");
+        assert!(answer.contains("--allowed-host") && answer.contains("nothing was read"), "{answer}");
+        let (status, _) = service.raw("POST", "/v1/scripts", &[("Host", host), json_type], &body).await;
+        assert_eq!(status, 421, "{host}");
+        let (status, _) = service.raw("GET", "/", &[("Host", host)], "").await;
+        assert_eq!(status, 421, "the web view too: {host}");
+    }
+    let (status, _) = service.raw("GET", "/healthz", &[("Host", "probe.internal")], "").await;
+    assert_eq!(status, 200, "probes answer to any name");
+
+    // Pages of other origins: 403, for reads too; and what the browser says is cross-site.
+    for origin in
+        ["http://evil.example", "null", "http://127.0.0.1:1", "http://public.test", "https://tunnel.test:9001"]
+    {
+        let (status, answer) = service.raw("POST", "/v1/scripts", &[("Origin", origin), json_type], &body).await;
+        assert_eq!(status, 403, "{origin}: {answer}");
+        assert!(answer.contains("--public-url"), "{answer}");
+        assert_eq!(read_tickets(&service, &[("Origin", origin)]).await, 403, "{origin}");
+    }
+    let cross_site = [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "no-cors"), json_type];
+    let (status, _) = service.raw("POST", "/v1/scripts", &cross_site, &body).await;
+    assert_eq!(status, 403, "a fetch the browser says is cross-site");
+    let cancel = format!("/v1/tickets/{}/cancel", uuid::Uuid::new_v4());
+    let (status, _) = service.raw("POST", &cancel, &[("Origin", "http://evil.example")], "").await;
+    assert_eq!(status, 403);
+    let (status, _) = service.raw("POST", &cancel, &[("Content-Type", "text/plain")], "").await;
+    assert_eq!(status, 415, "an empty form posted to cancel");
+
+    // Nothing was recorded, nothing ran; each refusal is logged with the page it came from.
+    let (_, history) = get(&service, &format!("/v1/tickets?target={}", agent.id())).await;
+    assert_eq!(history["tickets"], json!([]), "{history}");
+    let log = service.log_text();
+    assert!(log.contains("refused a request") && log.contains("origin=http://evil.example"), "{log}");
+
+    // Its own names and origins pass: the web view through a link from elsewhere, the names and
+    // ports it was given, and the script from a page of its own, which runs.
+    let link = [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate")];
+    assert_eq!(service.raw("GET", "/", &link, "").await.0, 200, "a link to the web view from elsewhere");
+    let own = [
+        (format!("localhost:{port}"), format!("http://localhost:{port}")),
+        (format!("[::1]:{port}"), format!("http://[::1]:{port}")),
+        ("cuttle.test".to_owned(), "https://cuttle.test".to_owned()),
+        ("cuttle.test:8443".to_owned(), "https://cuttle.test:8443".to_owned()),
+        ("tunnel.test:9000".to_owned(), "http://tunnel.test:9000".to_owned()),
+        ("public.test:8080".to_owned(), "http://public.test:8080".to_owned()),
+    ];
+    for (host, origin) in &own {
+        let headers = [("Host", host.as_str()), ("Origin", origin.as_str()), ("Sec-Fetch-Site", "same-origin")];
+        assert_eq!(read_tickets(&service, &headers).await, 200, "{host} {origin}");
+    }
+    let origin = format!("http://{}", service.addr());
+    let from_own_page = [
+        ("Origin", origin.as_str()),
+        ("Sec-Fetch-Site", "same-origin"),
+        ("Content-Type", "application/json; charset=utf-8"),
+    ];
+    let (status, answer) = service.raw("POST", "/v1/scripts", &from_own_page, &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let accepted: Value = serde_json::from_str(&answer).unwrap();
+    service.finished(accepted["tickets"][0]["ticket"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(markers.count("ran"), 1, "only the request of its own page ran");
+
+    // A name that is not NAME[:PORT], or a URL with a path, is refused at start.
+    for bad in [
+        ["--allowed-host", "*"],
+        ["--allowed-host", "evil.example/x"],
+        ["--public-url", "https://cuttle.example.com/app"],
+    ] {
+        let out = dispatcher_command().arg("serve").args(bad).output().await.unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(bad[1]), "{}", text(&out.stderr));
+    }
+
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_login_is_a_session_not_the_token_secure_behind_https_and_logout_ends_it() {
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    let hex_token: String = TOKEN.bytes().map(|b| format!("{b:02x}")).collect();
+    let prefix = journal_prefix("svc-session");
+    let markers = Markers::new();
+    let tokens = markers.dir.join("tokens");
+    std::fs::write(&tokens, format!("operator {TOKEN}\n")).unwrap();
+    let args = ["--api-tokens", tokens.to_str().unwrap(), "--public-url", "https://cuttle.example.test:8443"];
+    let env = [("CUTTLE_ALLOWED_HOSTS", "ops.example.test,10.9.8.7:8443")];
+    let service = ServiceProcess::start_with_env(&prefix, &args, &env).await;
+
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let login = || {
+        let request = no_redirects.post(format!("{}/login", service.url));
+        request.header("content-type", "application/x-www-form-urlencoded").body(format!("token={TOKEN}")).send()
+    };
+    let first = login().await.unwrap();
+    assert_eq!(first.status().as_u16(), 303);
+    let set_cookie = first.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/", "Max-Age=43200"] {
+        assert!(set_cookie.contains(attribute), "{attribute}: {set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let session = cookie.strip_prefix("cuttle_session=").expect("the session cookie");
+    assert_eq!(session.len(), 64, "{cookie}");
+    assert!(!session.contains(TOKEN) && session != hex_token, "the cookie holds no token: {cookie}");
+    let second = login().await.unwrap();
+    let other = second.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    assert_ne!(other, cookie, "each login is a session of its own");
+
+    // The journal keeps digests: neither the session nor the token is in Redis.
+    let mut con = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}session:*")).query_async(&mut con).await.unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for key in &keys {
+        let value: String = redis::cmd("GET").arg(key).query_async(&mut con).await.unwrap();
+        for secret in [session, TOKEN, hex_token.as_str()] {
+            assert!(!key.contains(secret) && !value.contains(secret), "{key} = {value}");
+        }
+    }
+
+    // The session reads, through its own names: the public URL's, the allowed ones, the address.
+    let reads =
+        ["cuttle.example.test:8443", "ops.example.test", "ops.example.test:1234", "10.9.8.7:8443", service.addr()];
+    for host in reads {
+        assert_eq!(read_tickets(&service, &[("Cookie", &cookie), ("Host", host)]).await, 200, "{host}");
+    }
+    for host in ["cuttle.example.test", "cuttle.example.test:443", "10.9.8.7", "evil.example:8443"] {
+        assert_eq!(read_tickets(&service, &[("Cookie", &cookie), ("Host", host)]).await, 421, "{host}");
+    }
+    let public_origin = [("Cookie", cookie.as_str()), ("Origin", "https://cuttle.example.test:8443")];
+    assert_eq!(read_tickets(&service, &public_origin).await, 200);
+    let plain_origin = [("Cookie", cookie.as_str()), ("Origin", "http://cuttle.example.test:8443")];
+    assert_eq!(read_tickets(&service, &plain_origin).await, 403, "the public URL's scheme only");
+    // Neither the token in the old cookie, nor the token's hex as a session id, is a session.
+    for forged in [format!("cuttle_token={hex_token}"), format!("cuttle_session={hex_token}")] {
+        assert_eq!(read_tickets(&service, &[("Cookie", &forged)]).await, 401, "{forged}");
+    }
+
+    // Logging out ends that session for the API and the pages; the other stays open.
+    let logout = no_redirects.post(format!("{}/logout", service.url)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(logout.status().as_u16(), 303);
+    let forget = logout.headers()["set-cookie"].to_str().unwrap();
+    assert!(forget.contains("Max-Age=0") && forget.contains("Secure"), "{forget}");
+    let (status, answer) = service.raw("GET", "/v1/tickets", &[("Cookie", &cookie)], "").await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("log in again"), "{answer}");
+    let page = no_redirects.get(format!("{}/", service.url)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 303, "back to the login form");
+    assert_eq!(read_tickets(&service, &[("Cookie", &other)]).await, 200, "the other session is still open");
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}session:*")).query_async(&mut con).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+
+    service.stop().await;
+    remove_journal(&prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use crate::outcome::{exit, OutcomeKind};
 use crate::policy::PolicyConfig;
 use crate::service::api::{since_millis, TicketView, MAX_HISTORY_LIMIT};
 use crate::service::journal::{HistoryQuery, Journal, JournalEvent, Submission};
+use crate::service::site::{Authority, PublicUrl};
 use crate::service::tokens::ApiTokens;
 use crate::service::{Service, ServiceConfig};
 use clap::Args;
@@ -59,6 +60,17 @@ pub struct ServeArgs {
     /// Machine policies file (TOML), as for `submit`.
     #[arg(long, env = "CUTTLE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// A name the service answers to besides its listen address, `NAME[:PORT]` (any port
+    /// without one): the name of a proxy in front of it, a DNS name clients use (repeatable; the
+    /// variable takes `A,B:8080`). Requests naming another host (Host header) get 421: a web
+    /// page whose own name resolves to the service's address cannot read it.
+    #[arg(long = "allowed-host", env = "CUTTLE_ALLOWED_HOSTS", value_delimiter = ',', value_parser = Authority::parse)]
+    pub allowed_hosts: Vec<Authority>,
+    /// The URL browsers reach the service at when a proxy stands in front of it, e.g.
+    /// `https://cuttle.example.com`: its host is allowed, its origin is the service's own, and
+    /// with https the login cookie is `Secure`.
+    #[arg(long, env = "CUTTLE_PUBLIC_URL", value_parser = PublicUrl::parse)]
+    pub public_url: Option<PublicUrl>,
 }
 
 #[derive(Args, Debug)]
@@ -101,8 +113,18 @@ pub async fn serve(orchestrator: &Orchestrator, journal: &JournalOptions, args: 
         None => PolicyConfig::default(),
     };
     let open = tokens.is_none();
+    let declared_names = !args.allowed_hosts.is_empty() || args.public_url.is_some();
     let replica = args.replica_id.unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
-    let config = ServiceConfig { listen: args.listen, tokens, journal, replica, lease_ttl: args.lease_ttl, policies };
+    let config = ServiceConfig {
+        listen: args.listen,
+        tokens,
+        journal,
+        replica,
+        lease_ttl: args.lease_ttl,
+        policies,
+        allowed_hosts: args.allowed_hosts,
+        public_url: args.public_url,
+    };
     let shutdown = CancellationToken::new();
     let service = match Service::bind(config, orchestrator.clone(), shutdown.clone()).await {
         Ok(service) => service,
@@ -111,8 +133,17 @@ pub async fn serve(orchestrator: &Orchestrator, journal: &JournalOptions, args: 
     let addr = service.local_addr();
     if open {
         eprintln!("cuttle: no --api-tokens: the API is open to anyone on this machine, so it listens on loopback only");
+        if declared_names {
+            eprintln!(
+                "cuttle: warning: no --api-tokens, yet --allowed-host or --public-url names a way in: whoever reaches the service through it can run scripts; give --api-tokens FILE unless only you can"
+            );
+        }
     }
     eprintln!("cuttle: listening on http://{addr}");
+    eprintln!(
+        "cuttle: answers to {}; a request naming another host gets 421 (add names with --allowed-host)",
+        service.answers_to()
+    );
     tokio::spawn(async move {
         stop_signal().await;
         eprintln!("cuttle: stopping; unfinished tickets stay in the journal for the next replica");

@@ -1,6 +1,8 @@
 //! File transfer through the service: `PUT /v1/files` streams the request body to an agent,
 //! `GET /v1/files` streams a file from one, both through [`crate::transfer`] as the CLI's
 //! `upload` and `download` do (chunks, retries to the policy's deadline, resume, SHA-256).
+//! An upload's body is `application/octet-stream` or has no type: the types a browser's form
+//! sends are refused before it is read (see [`super::api`]).
 //!
 //! The service spools the file in its temporary directory (`TMPDIR`): an upload must be whole to
 //! be named by its size and SHA-256 before the first chunk goes (a repeated upload of the same
@@ -145,6 +147,7 @@ fn spool_error(error: std::io::Error) -> ApiError {
               (status = 400, description = "Invalid request", body = ErrorBody),
               (status = 401, description = "No or unknown API token", body = ErrorBody),
               (status = 404, description = "No such agent", body = ErrorBody),
+              (status = 415, description = "A Content-Type other than `application/octet-stream` (a form's)", body = ErrorBody),
               (status = 422, description = "Refused by the agent (outside its transfer roots, too old, ...)", body = ErrorBody),
               (status = 502, description = "The broker or the transfer failed", body = ErrorBody),
               (status = 504, description = "No answer from the agent before the policy's deadline", body = ErrorBody)))]

@@ -16,6 +16,8 @@
 //!   match (`outcome-index`: set once tickets finished before these indexes existed are in them).
 //! - `lease:<ticket>`: which replica follows the ticket (see [`super::lease`]).
 //! - `agents`: a hash of the last known capabilities or error of each target.
+//! - `session:<sha256 of the id>`: a browser's login (see [`super::sessions`]): the digest of the
+//!   token it logged in with, expiring with the session. Neither the id nor the token is stored.
 //!
 //! A finished ticket's hash and stream expire after the history retention.
 
@@ -467,6 +469,33 @@ impl Journal {
             con.xread_options(&[self.events_key(ticket)], &[after], &options).await?;
         let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
         entries.map(journal_event).collect()
+    }
+
+    /// Opens a browser session: `key` (the digest of its id) names the digest of the token it
+    /// logged in with, until `lifetime` has passed.
+    pub async fn open_session(&self, key: &str, token_digest: &str, lifetime: Duration) -> JournalResult<()> {
+        let mut con = self.connection().await?;
+        let _: () = redis::cmd("SET")
+            .arg(self.key(&format!("session:{key}")))
+            .arg(token_digest)
+            .arg("PX")
+            .arg(lifetime.as_millis() as u64)
+            .query_async(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    /// The token digest of an open session.
+    pub async fn session(&self, key: &str) -> JournalResult<Option<String>> {
+        let mut con = self.connection().await?;
+        Ok(con.get(self.key(&format!("session:{key}"))).await?)
+    }
+
+    /// Ends a session (a logout), for every replica.
+    pub async fn close_session(&self, key: &str) -> JournalResult<()> {
+        let mut con = self.connection().await?;
+        let _: () = con.del(self.key(&format!("session:{key}"))).await?;
+        Ok(())
     }
 
     /// Drops a ticket whose record is gone (expired or deleted) from the in-flight set.

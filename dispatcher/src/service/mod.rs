@@ -6,7 +6,8 @@
 //! - [`journal`]: the records in Redis (deadpool-redis), and the history.
 //! - [`lease`]: which replica follows an in-flight ticket.
 //! - [`resume`]: following a ticket from its record: new, resumed or taken over.
-//! - [`api`]: the axum routes and their OpenAPI document; [`tokens`]: API tokens.
+//! - [`api`]: the axum routes and their OpenAPI document; [`tokens`]: API tokens;
+//!   [`sessions`]: browser logins; [`site`]: which hosts and origins are the service's own.
 //! - [`files`]: file transfer through the API, by the CLI's own [`crate::transfer`].
 //! - [`web`]: the web view (server-rendered HTML, live through the API's server-sent events).
 //!
@@ -21,6 +22,8 @@ pub mod files;
 pub mod journal;
 pub mod lease;
 pub mod resume;
+pub mod sessions;
+pub mod site;
 pub mod tokens;
 pub mod web;
 
@@ -29,6 +32,7 @@ use crate::policy::PolicyConfig;
 use journal::Journal;
 use lease::Leases;
 use resume::Followers;
+use site::{Authority, PublicUrl, Site};
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +50,10 @@ pub struct ServiceConfig {
     pub replica: String,
     pub lease_ttl: Duration,
     pub policies: PolicyConfig,
+    /// Names the service answers to besides its listen address (`--allowed-host`).
+    pub allowed_hosts: Vec<Authority>,
+    /// The URL browsers reach it at, behind a proxy (`--public-url`).
+    pub public_url: Option<PublicUrl>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +73,7 @@ pub struct Service {
     listener: tokio::net::TcpListener,
     router: axum::Router,
     followers: Arc<Followers>,
+    site: Site,
 }
 
 impl Service {
@@ -82,13 +91,25 @@ impl Service {
             tokio::net::TcpListener::bind(config.listen).await.map_err(|e| ServiceError::Listen(config.listen, e))?;
         let leases = Leases::new(config.journal.clone(), config.replica, config.lease_ttl);
         let followers = Followers::new(orchestrator, config.journal, leases, shutdown);
-        let state =
-            Arc::new(api::ApiState { followers: followers.clone(), policies: config.policies, tokens: config.tokens });
-        Ok(Service { listener, router: api::router(state), followers })
+        // The bound port, which `--listen` may have left to the system (port 0).
+        let bound = listener.local_addr().map_err(|e| ServiceError::Listen(config.listen, e))?;
+        let site = Site::new(bound, config.allowed_hosts, config.public_url);
+        let state = Arc::new(api::ApiState {
+            followers: followers.clone(),
+            policies: config.policies,
+            tokens: config.tokens,
+            site: site.clone(),
+        });
+        Ok(Service { listener, router: api::router(state), followers, site })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound")
+    }
+
+    /// The names the service answers to, for its log.
+    pub fn answers_to(&self) -> String {
+        self.site.answers_to()
     }
 
     /// Serves until shutdown: resumes what the journal has in flight, then takes up tickets

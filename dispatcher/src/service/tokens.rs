@@ -1,6 +1,6 @@
 //! API tokens: a file of `NAME TOKEN` lines (`#` comments). The name is who the journal says
-//! submitted a script; only SHA-256 digests of the tokens are kept in memory. A browser presents
-//! its token in a cookie set by the web view's login form ([`login_cookie`]).
+//! submitted a script; only SHA-256 digests of the tokens are kept in memory. A browser logs in
+//! with a token once and then holds a session ([`super::sessions`]), never the token.
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -54,32 +54,19 @@ impl ApiTokens {
     pub fn name_of(&self, token: &str) -> Option<&str> {
         self.by_digest.get(&digest(token)).map(String::as_str)
     }
-}
 
-/// The cookie the web view's login sets: the token, hex-encoded (a cookie value cannot hold
-/// every character a token may), `HttpOnly` so no script on the page can read it, and
-/// `SameSite=Strict` so no other site's page can send it.
-pub const COOKIE: &str = "cuttle_token";
+    /// The digest (hex SHA-256) of a presented token if it is one of ours: what a browser's
+    /// session keeps, so that withdrawing the token ends its sessions.
+    pub fn known_digest(&self, token: &str) -> Option<String> {
+        let digest = digest(token);
+        self.by_digest.contains_key(&digest).then(|| hex::encode(digest))
+    }
 
-/// The `Set-Cookie` value that logs a browser in with `token`.
-pub fn login_cookie(token: &str) -> String {
-    format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", hex::encode(token))
-}
-
-/// The `Set-Cookie` value that logs a browser out.
-pub fn logout_cookie() -> String {
-    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
-}
-
-/// The token in a request's login cookie, if any.
-pub fn from_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
-    let cookies = headers.get_all(axum::http::header::COOKIE);
-    let value = cookies
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))?;
-    String::from_utf8(hex::decode(value).ok()?).ok()
+    /// The name of the token whose digest a session keeps, if it is still one of ours.
+    pub fn name_of_digest(&self, hex_digest: &str) -> Option<&str> {
+        let digest: [u8; 32] = hex::decode(hex_digest).ok()?.try_into().ok()?;
+        self.by_digest.get(&digest).map(String::as_str)
+    }
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -105,16 +92,15 @@ mod tests {
     }
 
     #[test]
-    fn the_login_cookie_carries_any_token_and_nothing_else_reads_as_one() {
-        let token = "a;b=c d\"0123456789abcdef0123";
-        let set = login_cookie(token);
-        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
-        let value = set.split(';').next().unwrap();
-        let mut headers = axum::http::HeaderMap::new();
-        headers.insert(axum::http::header::COOKIE, format!("other=1; {value}; x=y").parse().unwrap());
-        assert_eq!(from_cookie(&headers).as_deref(), Some(token));
-        headers.insert(axum::http::header::COOKIE, "cuttle_token=zz; cuttle_tokenx=00".parse().unwrap());
-        assert_eq!(from_cookie(&headers), None);
-        assert!(logout_cookie().contains("Max-Age=0"));
+    fn a_tokens_digest_names_it_while_it_is_one_of_ours() {
+        let tokens = ApiTokens::parse("ci 0123456789abcdef0123456789").unwrap();
+        let digest = tokens.known_digest("0123456789abcdef0123456789").unwrap();
+        assert!(!digest.contains("0123456789abcdef0123456789"));
+        assert_eq!(tokens.name_of_digest(&digest), Some("ci"));
+        assert_eq!(tokens.known_digest("0123456789abcdef012345678X"), None);
+        let rotated = ApiTokens::parse("ci abcdefabcdefabcdefabcdefab").unwrap();
+        assert_eq!(rotated.name_of_digest(&digest), None, "a withdrawn token's sessions name nobody");
+        assert_eq!(tokens.name_of_digest("not hex"), None);
+        assert_eq!(tokens.name_of_digest("abcd"), None);
     }
 }

@@ -6,18 +6,18 @@
 //! - `/`: recent tickets (filter by target and outcome), the agents and the machine policies.
 //! - `/tickets/{ticket}`: one ticket, its output, each retry with its error and the time left,
 //!   and the outcome.
-//! - `/login`: with API tokens, a browser logs in with one; it is kept in an `HttpOnly`,
-//!   `SameSite=Strict` cookie that counts for reading only ([`super::tokens::login_cookie`]).
+//! - `/login`: with API tokens, a browser logs in with one and gets a session in an `HttpOnly`,
+//!   `SameSite=Strict` cookie (not the token) that counts for reading only ([`super::sessions`]).
 //!
 //! Output, ticket ids, targets and errors may be hostile: the HTML escapes them, the script sets
 //! only `textContent`, and the Content-Security-Policy allows no inline script or style at all.
 
 use super::api::{history_query, parse_ticket, record_of, ApiError, ApiState, HistoryParams};
 use super::journal::{JournalEvent, TicketRecord};
-use super::tokens;
+use super::sessions;
 use crate::policy::MachinePolicy;
 use axum::extract::{Form, Path, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -57,18 +57,23 @@ async fn secure_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Nothing to other sites; and not `no-referrer`, under which the browser sends `Origin: null`
+    // with the login form, which the service refuses as it refuses every page not its own.
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     response
 }
 
-/// With API tokens, pages need a login cookie with one; without, they go to the login form.
+/// With API tokens, pages need an open login session; without one, they go to the login form.
 async fn logged_in(State(state): Shared, request: Request, next: Next) -> Response {
     if let Some(known) = &state.tokens {
-        let token = tokens::from_cookie(request.headers());
-        if token.as_deref().and_then(|t| known.name_of(t)).is_none() {
-            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            let next = url_encode(path);
-            return Redirect::to(&format!("/login?next={next}")).into_response();
+        match sessions::who(&state.followers.journal, known, request.headers()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                let next = url_encode(path);
+                return Redirect::to(&format!("/login?next={next}")).into_response();
+            }
+            Err(error) => return error_page(error.into()),
         }
     }
     next.run(request).await
@@ -360,7 +365,7 @@ async fn login_form(State(state): Shared, Query(params): Query<NextParam>) -> Re
 fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> Response {
     let body = html! {
         h1 { "Log in" }
-        p { "This service needs one of its API tokens (the same as for " code { "Authorization: Bearer" } "). Your browser keeps it in a cookie that no script can read." }
+        p { "This service needs one of its API tokens (the same as for " code { "Authorization: Bearer" } "). Your browser keeps a login session for 12 hours, in a cookie that no script can read, never the token." }
         @if let Some(error) = error { p.error { (error) } }
         form.login method="post" action="/login" {
             input type="hidden" name="next" value=(next);
@@ -380,19 +385,33 @@ struct LoginForm {
 async fn login(State(state): Shared, Form(form): Form<LoginForm>) -> Response {
     let next = local_path(form.next.as_deref());
     let Some(known) = &state.tokens else { return Redirect::to(next).into_response() };
-    let token = form.token.trim();
-    if known.name_of(token).is_none() {
-        return login_page(StatusCode::UNAUTHORIZED, next, Some("That is not one of this service's API tokens."));
+    match sessions::open(&state.followers.journal, known, form.token.trim()).await {
+        Ok(Some(session)) => {
+            let cookie = sessions::login_cookie(&session, state.site.is_https());
+            with_cookie(Redirect::to(next).into_response(), &cookie)
+        }
+        Ok(None) => login_page(StatusCode::UNAUTHORIZED, next, Some("That is not one of this service's API tokens.")),
+        Err(error) => {
+            let message = format!("Cannot log in now: {error}. Try again in a moment.");
+            login_page(StatusCode::SERVICE_UNAVAILABLE, next, Some(&message))
+        }
     }
-    let mut response = Redirect::to(next).into_response();
-    let cookie = HeaderValue::from_str(&tokens::login_cookie(token)).expect("hex is a valid header value");
-    response.headers_mut().insert(header::SET_COOKIE, cookie);
-    response
 }
 
-async fn logout() -> Response {
-    let mut response = Redirect::to("/login").into_response();
-    let cookie = HeaderValue::from_str(&tokens::logout_cookie()).expect("a valid header value");
+/// Ends the session for every replica, and makes the browser forget it.
+async fn logout(State(state): Shared, headers: HeaderMap) -> Response {
+    let forget = sessions::logout_cookie(state.site.is_https());
+    match sessions::close(&state.followers.journal, &headers).await {
+        Ok(()) => with_cookie(Redirect::to("/login").into_response(), &forget),
+        Err(error) => {
+            let message = format!("{error}: this browser has forgotten its login, but the session stays open until it expires; log out again once the journal answers");
+            with_cookie(error_page(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)), &forget)
+        }
+    }
+}
+
+fn with_cookie(mut response: Response, cookie: &str) -> Response {
+    let cookie = HeaderValue::from_str(cookie).expect("a session cookie is a valid header value");
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     response
 }
