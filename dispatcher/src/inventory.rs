@@ -33,8 +33,11 @@ use std::time::{Duration, SystemTime};
 
 /// Longest time reading the stream may take before giving up.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deliveries in flight while reading; acked in batches of half of it.
-const PREFETCH: u16 = 2_000;
+/// Deliveries in flight while reading; acked in batches of half of it. The client holds each one
+/// whole before it can be looked at, so this bounds what junk on the stream can cost: at most 64
+/// bodies at the broker's limit (16 MiB), however much junk there is. Real announcements are a
+/// few hundred bytes, and reading ahead by 64 keeps the broker sending while the rest is checked.
+const PREFETCH: u16 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {

@@ -16,8 +16,9 @@ pub struct RawBroker {
     connection: Connection,
     channel: Channel,
     replies: Consumer,
-    /// A queue of this test's own, bound to the dead-letter fanout: a copy of every dead letter.
-    dead: Consumer,
+    /// A queue of this test's own, bound to the dead-letter fanout: a copy of every dead letter
+    /// (none for [`RawBroker::replies_only`]).
+    dead: Option<Consumer>,
 }
 
 /// A reply as it came: its seal (as read from its headers) and its body.
@@ -38,17 +39,8 @@ impl RawBroker {
 
     /// On the broker at `url` (a private node), whose `cuttle.dead` exchange an agent declared.
     pub async fn connect_to(url: &str) -> RawBroker {
-        let connection = Connection::connect(url, ConnectionProperties::default()).await.expect("broker");
-        let channel = connection.create_channel().await.expect("channel");
-        let replies = channel
-            .basic_consume(
-                REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions { no_ack: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume replies");
+        let mut raw = RawBroker::replies_only(url).await;
+        let channel = &raw.channel;
         let dead_queue = channel
             .queue_declare(
                 "".into(),
@@ -76,7 +68,25 @@ impl RawBroker {
             )
             .await
             .expect("consume dead letters");
-        RawBroker { connection, channel, replies, dead }
+        raw.dead = Some(dead);
+        raw
+    }
+
+    /// On the broker at `url`, reading replies only: no copy of the dead letters, which would
+    /// cost this process every message an agent refuses (16 MiB ones, in the tests of size).
+    pub async fn replies_only(url: &str) -> RawBroker {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await.expect("broker");
+        let channel = connection.create_channel().await.expect("channel");
+        let replies = channel
+            .basic_consume(
+                REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume replies");
+        RawBroker { connection, channel, replies, dead: None }
     }
 
     /// Publishes `body` straight to the agent's queue, with `kind` as AMQP type, signed with the
@@ -151,7 +161,8 @@ impl RawBroker {
     /// Waits for the dead letter of the message with this correlation id.
     pub async fn dead_letter(&mut self, correlation_id: &str) -> DeadLetter {
         let wait = async {
-            while let Some(Ok(delivery)) = self.dead.next().await {
+            let dead = self.dead.as_mut().expect("a RawBroker reading dead letters (connect_to)");
+            while let Some(Ok(delivery)) = dead.next().await {
                 let id = delivery.properties.correlation_id().as_ref().map(|c| c.to_string());
                 if id.as_deref() != Some(correlation_id) {
                     continue;

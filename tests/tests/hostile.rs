@@ -221,7 +221,7 @@ async fn messages_at_the_brokers_limit_arriving_together_keep_the_agent_within_i
     let idle = peak_rss_mib(agent.pid().expect("running"));
     // Queued while the agent is away, so they arrive together: the worst case.
     agent.kill().await;
-    let mut raw = RawBroker::connect_to(&rabbit.amqp_url()).await;
+    let mut raw = RawBroker::replies_only(&rabbit.amqp_url()).await;
     let queue = contracts::topology::agent_queue(&config.agent_id);
     let body = vec![0x90u8; limit];
     let mut ids = Vec::new();
@@ -231,8 +231,9 @@ async fn messages_at_the_brokers_limit_arriving_together_keep_the_agent_within_i
     drop(body);
     agent.restart().await;
     let pid = agent.pid().expect("running");
-    for id in &ids {
-        let Reply::Error(error) = raw.reply(id).await else { panic!("every message must be refused") };
+    // Refused concurrently, so answered in any order: waited for together.
+    for (_, body) in raw.sealed_replies(&ids).await {
+        let Ok(Reply::Error(error)) = Reply::decode(&body) else { panic!("every message must be refused") };
         assert_eq!(error.kind, ErrorKind::NotAuthorized, "{error}");
     }
     let peak = peak_rss_mib(pid);

@@ -467,19 +467,20 @@ async fn handle_delivery(
         }
         return;
     }
+    // Every answer names the very message it answers (its digest), so that it counts for no other
+    // request: not for one whose correlation id or reply-to someone copied onto this message.
+    let digest = agent.trust().signs().then(|| request_digest(&delivery.data));
+    let in_reply_to = |ticket: Option<&Ticket>| digest.map(|digest| InReplyTo::new(digest, ticket.cloned()));
     // Size before anything else: a body over the limit (which the broker's max_message_size should
     // have refused) is neither verified nor copied, only refused.
     if let Err(error) = contracts::envelope::check_size(delivery.data.len()) {
-        return reject(&agent, &channel, delivery, reply_to, correlation_id, error, &Answer::default()).await;
+        let answer = Answer { in_reply_to: in_reply_to(None), ..Answer::default() };
+        return reject(&agent, &channel, delivery, reply_to, correlation_id, error, &answer).await;
     }
     // Trust first (DESIGN.md §7): the seal over the raw body, then, decoded, the envelope.
     let seal = seal_of(props);
     let sealed_by = seal.as_ref().ok().and_then(|s| s.as_ref().and_then(Seal::signer));
     let now = unix_millis(SystemTime::now());
-    // Every answer names the very message it answers (its digest), so that it counts for no other
-    // request: not for one whose correlation id or reply-to someone copied onto this message.
-    let digest = agent.trust().signs().then(|| request_digest(&delivery.data));
-    let in_reply_to = |ticket: Option<&Ticket>| digest.map(|digest| InReplyTo::new(digest, ticket.cloned()));
     let (origin, session) = match agent.trust().check_seal(seal, &delivery.data, now) {
         Ok(checked) => checked,
         Err(refusal) => {
