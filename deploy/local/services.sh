@@ -99,6 +99,16 @@ ensure_rabbitmq() {
   started+=("RabbitMQ (stop it: rabbitmqctl stop)")
 }
 
+# Packages tests need beyond RabbitMQ and Redis, installed when missing so that no test skips for
+# want of them: a browser and its driver for the web view (tests/tests/browser.rs).
+ensure_test_packages() {
+  local missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  apt_install "${missing[@]}" || say "could not install ${missing[*]}: the tests that need them skip (and fail the run under CI=true)"
+}
+
 ensure_services() {
   ensure_redis
   ensure_rabbitmq

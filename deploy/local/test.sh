@@ -6,6 +6,7 @@ cd "$(dirname "$0")/../.."
 source deploy/local/services.sh
 check_toolchain
 ensure_services
+ensure_test_packages
 
 # The end-to-end tests run the real binaries.
 cargo build --locked --bins
@@ -30,14 +31,32 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 # Tests that need what this machine lacks (root, RabbitMQ or Redis servers of their own, a
 # browser) skip and write why here (tests::needs): listed after the run, not lost in captured output.
+# Under CI=true a skipped test fails the run: a test that skips in CI tests nothing.
 export CUTTLE_SKIPPED_LOG="$(mktemp)"
+junit="${CARGO_TARGET_DIR:-target}/nextest/default/junit.xml"
+rm -f "$junit"
 status=0
 cargo nextest run --locked --workspace --no-fail-fast "$@" || status=$?
+skipped=0
 if [ -s "$CUTTLE_SKIPPED_LOG" ]; then
-  say "skipped $(wc -l <"$CUTTLE_SKIPPED_LOG") tests that cannot run here:"
-  sed 's/^/  skipped: /' "$CUTTLE_SKIPPED_LOG" >&2
+  skipped="$(sort -u "$CUTTLE_SKIPPED_LOG" | wc -l)"
+  say "skipped $skipped tests that cannot run here:"
+  sort -u "$CUTTLE_SKIPPED_LOG" | sed 's/^/  skipped: /' >&2
+  if [ "${CI:-}" = "true" ]; then
+    say "CI=true: a skipped test fails the run; give this machine what the tests above lack"
+    status=1
+  fi
 fi
 rm -f "$CUTTLE_SKIPPED_LOG"
+# Counts from nextest's JUnit report (.config/nextest.toml): a skipped test returned early, so
+# nextest counts it as passed.
+run=0 failed=0
+if [ -f "$junit" ]; then
+  run="$(sed -n 's/^<testsuites [^>]*tests="\([0-9]*\)".*/\1/p' "$junit" | head -n 1)"
+  failed="$(sed -n 's/^<testsuites [^>]*failures="\([0-9]*\)".*/\1/p' "$junit" | head -n 1)"
+  errors="$(sed -n 's/^<testsuites [^>]*errors="\([0-9]*\)".*/\1/p' "$junit" | head -n 1)"
+  failed=$(( ${failed:-0} + ${errors:-0} ))
+fi
 
 # Tests delete the queues and keys they create: a leftover quorum queue holds broker file handles
 # forever, and a few hundred of them stop the broker accepting connections.
@@ -56,4 +75,5 @@ if [ -n "$keys" ]; then
   say "warning: tests left these Redis keys (first 20 shown):"
   printf '%s\n' "$keys" >&2
 fi
+echo "$(( ${run:-0} - failed - skipped )) passed, $failed failed, $skipped skipped"
 exit "$status"

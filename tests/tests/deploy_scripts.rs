@@ -276,6 +276,73 @@ fn test_sh_installs_cargo_nextest_when_it_is_missing_then_runs_the_tests_with_it
     assert!(!cargo.iter().any(|c| c.starts_with("cargo nextest run")), "no run without nextest: {cargo:?}");
 }
 
+/// Runs `test.sh` with stub services answering and a stub `cargo nextest run` that reports
+/// `run` tests with `failed` failures (in the JUnit file nextest writes) and logs `skipped` of
+/// them as skipped (as `tests::needs` does), with `CI` set to `ci`: its exit code, its stdout
+/// and its stderr.
+fn test_sh_reporting(run: u32, failed: u32, skipped: &[&str], ci: Option<&str>) -> (Option<i32>, String, String) {
+    let target = std::env::temp_dir().join(tests::unique("target"));
+    let report = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>\n<testsuites name="nextest-run" tests="{run}" failures="{failed}" errors="0" uuid="x" timestamp="t" time="1">\n</testsuites>\n"#
+    );
+    let skips: String = skipped.iter().map(|line| format!("echo '{line}' >>\"$CUTTLE_SKIPPED_LOG\"\n")).collect();
+    let outcome = if failed > 0 { "exit 100" } else { "true" };
+    let cargo = format!(
+        "case \"$1 $2\" in\n  'nextest --version') true ;;\n  'nextest run') mkdir -p \"$CARGO_TARGET_DIR/nextest/default\"; printf '{report}' >\"$CARGO_TARGET_DIR/nextest/default/junit.xml\"\n{skips}{outcome} ;;\nesac"
+    );
+    let mut stubs = SERVERS.to_vec();
+    stubs.extend([
+        ("cargo", cargo.as_str()),
+        ("redis-cli", "true"),
+        ("mkdir", "/bin/mkdir \"$@\""),
+        TOOLCHAIN[0],
+        TOOLCHAIN[1],
+    ]);
+    let path = path_with(&stubs);
+    let ((_rabbitmq, rabbitmq_port), (_redis, redis_port)) = (answering(), answering());
+    let mut env = ports(rabbitmq_port, redis_port);
+    env.push(("CARGO_TARGET_DIR", target.display().to_string()));
+    if let Some(ci) = ci {
+        env.push(("CI", ci.to_owned()));
+    }
+    let out = Command::new("/bin/bash")
+        .args(["-c", "deploy/local/test.sh"])
+        .current_dir(repo())
+        .env_clear()
+        .env("PATH", &path)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&target);
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn test_sh_ends_with_its_counts_and_under_ci_a_skipped_test_fails_the_run() {
+    let browser = "the_web_view_lists_tickets: chromium not installed (apt-get install -y chromium)";
+    let (code, stdout, stderr) = test_sh_reporting(12, 0, &[browser], None);
+    assert_eq!(code, Some(0), "outside CI a skip is allowed, and listed: {stderr}");
+    assert!(stderr.contains(&format!("skipped: {browser}")), "{stderr}");
+    assert_eq!(stdout.lines().last(), Some("11 passed, 0 failed, 1 skipped"), "{stdout}");
+
+    let (code, stdout, stderr) = test_sh_reporting(12, 0, &[browser], Some("true"));
+    assert_eq!(code, Some(1), "under CI a skipped test fails the run: {stderr}");
+    assert!(
+        stderr.contains(&format!("skipped: {browser}")) && stderr.contains("CI=true: a skipped test fails the run"),
+        "{stderr}"
+    );
+    assert_eq!(stdout.lines().last(), Some("11 passed, 0 failed, 1 skipped"), "{stdout}");
+
+    let (code, stdout, stderr) = test_sh_reporting(12, 2, &[], Some("true"));
+    assert_eq!(code, Some(100), "the run's own failure: {stderr}");
+    assert_eq!(stdout.lines().last(), Some("10 passed, 2 failed, 0 skipped"), "{stdout}");
+
+    let (code, stdout, _) = test_sh_reporting(12, 0, &[], Some("true"));
+    assert_eq!((code, stdout.lines().last()), (Some(0), Some("12 passed, 0 failed, 0 skipped")));
+}
+
 /// The newest built test binary of `name` (`deps/<name>-<hash>`), beside this test's own.
 fn test_binary(name: &str) -> PathBuf {
     let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
