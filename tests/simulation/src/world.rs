@@ -648,7 +648,7 @@ impl World {
         // As broker.rs: a command that passed every check may offer a session.
         let me = Identity { agent_id: &self.agents[a].id, pool: pool.as_deref() };
         if let Some(offer) = session::offered(origin, &header, &msg.bytes, me) {
-            match self.agents[a].sessions.accept(&offer, self.agent_key.id(), now) {
+            match self.agents[a].sessions.accept(&offer, self.agent_key.id(), now, &mut session::SystemEntropy) {
                 Ok((share, _)) => {
                     self.log(format!("{} agrees a session", self.agents[a].id));
                     self.share = Some(share);
@@ -1065,7 +1065,13 @@ impl World {
             // MAC'd in a session no agent agreed (its maker knows its key), in the real key's name.
             2 => {
                 let offer = Offer::new().expect("random bytes");
-                let made_up = session::accept("made-up", offer.share(), self.key.id(), self.agent_key.id());
+                let made_up = session::accept(
+                    "made-up",
+                    offer.share(),
+                    self.key.id(),
+                    self.agent_key.id(),
+                    &mut session::SystemEntropy,
+                );
                 Some(made_up.expect("a session").1.seal_command(&bytes))
             }
             // Signed by the real key, but for another agent than the queue's.
