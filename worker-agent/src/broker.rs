@@ -465,9 +465,12 @@ async fn handle_delivery(
         shutdown: &shutdown,
         ack: Some(Box::pin(ack(&agent, &delivery))),
     };
-    let mut handling = Handling::new(&agent, Some(received));
-    let served = flow::serve(&mut handling, flow::Delivery { body: &delivery.data, seal: seal_of(props) }).await;
-    let (acked_early, unsettled) = (handling.acked_early(), handling.unsettled());
+    let (served, acked_early, unsettled) = {
+        let mut handling = Handling::new(&agent, Some(received));
+        let served = flow::serve(&mut handling, flow::Delivery { body: &delivery.data, seal: seal_of(props) }).await;
+        // The place a start took for its script is given back here unless the script runs in it.
+        (served, handling.acked_early(), handling.unsettled())
+    };
     let (reply, answer, settle) = match served {
         flow::Served::Answered { reply, answer, settle } => (reply, answer, settle),
         flow::Served::Returned => {
