@@ -1,9 +1,13 @@
 //! The agent's decisions, with no I/O: given a command, what the ticket store holds and the
 //! time, what to do. Whether a command is fresh, whether a start may run (claim, run, report,
 //! refuse), what a cancel leaves behind, when a completed ticket becomes a tombstone, how a run
-//! lost with an earlier process is recovered, and what status a ticket reports. The agent
-//! (`worker-agent`) drives these with its broker and store; the deterministic simulation
-//! (`tests/simulation`) drives the same functions over a simulated broker and store.
+//! lost with an earlier process is recovered, and what status a ticket reports. [`flow`] takes
+//! them in order for each delivery, over an environment: the agent (`worker-agent`) with its
+//! broker and store, the deterministic simulation (`tests/simulation`) over a simulated broker
+//! and store. [`keys`] holds the agent's keys and sessions the flow checks commands with.
+
+pub mod flow;
+pub mod keys;
 
 use crate::exit_code;
 pub use crate::record::{RecordError, RecordState, TicketRecord, TOMBSTONE_DIGEST_LEN};

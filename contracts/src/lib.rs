@@ -2,7 +2,10 @@
 //!
 //! # Layout
 //! - [`agent`]: the agent's decisions (claim, run, report, refuse, cancel, tombstone, recover a
-//!   lost run) as plain functions of the command, the stored record and the time.
+//!   lost run) as plain functions of the command, the stored record and the time;
+//!   [`agent::flow`]: the order the agent takes them in for each delivery (trust checks, then
+//!   the request), over an environment (store, clock, scripts, faults) that the agent and the
+//!   simulation each provide; [`agent::keys`]: the agent's keys and sessions.
 //! - [`record`]: the record the store keeps per ticket, and its compact stored form.
 //! - [`store`]: the [`store::TicketStore`] trait with its atomicity contract, the in-memory
 //!   store and the conformance suite every store passes.

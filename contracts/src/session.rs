@@ -33,7 +33,8 @@
 //!   [`MAX_OFFERS_PER_KEY`] are remembered per key; past that, the key's new offers are declined
 //!   (its commands are only signed) until some expire.
 //!
-//! Everything here is plain data and functions: the time comes in as Unix milliseconds.
+//! Everything here is plain data and functions: the time comes in as Unix milliseconds, and an
+//! agent's fresh shares from the [`Entropy`] it is given.
 
 use crate::envelope::Envelope;
 use crate::topology::CLOCK_SKEW_ALLOWANCE_MS;
@@ -176,6 +177,25 @@ impl Session {
     }
 }
 
+/// Where fresh secrets come from: the operating system's random source in the agent
+/// ([`SystemEntropy`]), a seeded generator in the simulation. Given to what needs it, so that
+/// the agent's flow ([`crate::agent::flow`]) reads no randomness of its own.
+pub trait Entropy: Send {
+    /// Fills `bytes` with random bytes; fails only when the source does (its message).
+    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), String>;
+}
+
+/// The operating system's random source.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemEntropy;
+
+impl Entropy for SystemEntropy {
+    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), String> {
+        use rand::TryRng;
+        rand::rngs::SysRng.try_fill_bytes(bytes).map_err(|e| e.to_string())
+    }
+}
+
 /// A fresh X25519 secret and its public share (here, and for [`crate::sealed`]).
 pub(crate) struct Ephemeral {
     pub(crate) secret: Zeroizing<[u8; 32]>,
@@ -185,9 +205,13 @@ pub(crate) struct Ephemeral {
 impl Ephemeral {
     /// Fails only when the system's random source does (its message).
     pub(crate) fn generate() -> Result<Ephemeral, String> {
-        use rand::TryRng;
+        Ephemeral::from_entropy(&mut SystemEntropy)
+    }
+
+    /// A secret drawn from `entropy`.
+    pub(crate) fn from_entropy(entropy: &mut dyn Entropy) -> Result<Ephemeral, String> {
         let mut secret = Zeroizing::new([0u8; 32]);
-        rand::rngs::SysRng.try_fill_bytes(secret.as_mut()).map_err(|e| e.to_string())?;
+        entropy.fill(secret.as_mut())?;
         let share = MontgomeryPoint::mul_base_clamped(*secret).to_bytes();
         Ok(Ephemeral { secret, share })
     }
@@ -269,15 +293,17 @@ pub fn offered<'a>(origin: Origin, header: &'a Envelope<()>, body: &[u8], me: Id
 }
 
 /// The agent's half: its share for the answer and the session, for an offer (`offered`) signed
-/// by `dispatcher` in the command with message id `request_id`, answered under `agent`.
+/// by `dispatcher` in the command with message id `request_id`, answered under `agent`, its own
+/// secret drawn from `entropy`.
 pub fn accept(
     request_id: &str,
     offered: &[u8],
     dispatcher: KeyId,
     agent: KeyId,
+    entropy: &mut dyn Entropy,
 ) -> Result<(KeyShare, Session), SessionError> {
     let offered: KeyShare = offered.try_into().map_err(|_| SessionError::BadShare)?;
-    let own = Ephemeral::generate().map_err(SessionError::Random)?;
+    let own = Ephemeral::from_entropy(entropy).map_err(SessionError::Random)?;
     let session = derive(&own.secret, &offered, request_id, (&offered, &own.share), dispatcher, agent)?;
     Ok((own.share, session))
 }
@@ -314,15 +340,16 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
-    /// Accepts the session of `offer` ([`offered`]) under the agent key `agent`, at `now_ms`:
-    /// the share the answer carries and the session's id. Declined if this offer was accepted
-    /// before (a copy replayed), if its key has [`MAX_OFFERS_PER_KEY`] offers remembered, or if
-    /// its share agrees no key.
+    /// Accepts the session of `offer` ([`offered`]) under the agent key `agent`, at `now_ms`,
+    /// its secret drawn from `entropy`: the share the answer carries and the session's id.
+    /// Declined if this offer was accepted before (a copy replayed), if its key has
+    /// [`MAX_OFFERS_PER_KEY`] offers remembered, or if its share agrees no key.
     pub fn accept(
         &mut self,
         offer: &Offered<'_>,
         agent: KeyId,
         now_ms: u64,
+        entropy: &mut dyn Entropy,
     ) -> Result<(KeyShare, SessionId), Declined> {
         // Before anything that costs: a replay may come thousands of times a second.
         if self.offers.get(&offer.dispatcher).is_some_and(|accepted| accepted.contains_key(&offer.digest)) {
@@ -336,7 +363,7 @@ impl SessionTable {
         if self.offers.get(&offer.dispatcher).map_or(0, HashMap::len) >= MAX_OFFERS_PER_KEY {
             return Err(Declined::TooManyOffers(offer.dispatcher));
         }
-        let (share, session) = accept(offer.request_id, offer.share, offer.dispatcher, agent)?;
+        let (share, session) = accept(offer.request_id, offer.share, offer.dispatcher, agent, entropy)?;
         self.offers.entry(offer.dispatcher).or_default().insert(offer.digest, offer.replayable_until);
         let id = session.id();
         self.insert(session, now_ms);
@@ -504,7 +531,7 @@ mod tests {
     fn agreed() -> (Session, Session) {
         let (dispatcher, agent) = ids();
         let offer = Offer::new().unwrap();
-        let (share, agents) = accept("req-1", offer.share(), dispatcher, agent).unwrap();
+        let (share, agents) = accept("req-1", offer.share(), dispatcher, agent, &mut SystemEntropy).unwrap();
         let dispatchers = offer.complete("req-1", &share, dispatcher, agent).unwrap();
         (dispatchers, agents)
     }
@@ -535,7 +562,7 @@ mod tests {
     fn the_session_depends_on_the_offer_id_and_both_keys() {
         let (dispatcher, agent) = ids();
         let offer = Offer::new().unwrap();
-        let (share, agents) = accept("req-1", offer.share(), dispatcher, agent).unwrap();
+        let (share, agents) = accept("req-1", offer.share(), dispatcher, agent, &mut SystemEntropy).unwrap();
         assert_ne!(offer.complete("req-2", &share, dispatcher, agent).unwrap().id(), agents.id());
         assert_ne!(offer.complete("req-1", &share, agent, dispatcher).unwrap().id(), agents.id());
         assert_eq!(offer.complete("req-1", &share, dispatcher, agent).unwrap().id(), agents.id());
@@ -547,7 +574,7 @@ mod tests {
         let mut order_four = [0u8; 32];
         order_four[0] = 1;
         for bad in [&[0u8; 32][..], &order_four[..], &[9u8; 31][..]] {
-            assert_eq!(accept("req", bad, dispatcher, agent).unwrap_err(), SessionError::BadShare);
+            assert_eq!(accept("req", bad, dispatcher, agent, &mut SystemEntropy).unwrap_err(), SessionError::BadShare);
             assert_eq!(
                 Offer::new().unwrap().complete("req", bad, dispatcher, agent).unwrap_err(),
                 SessionError::BadShare
@@ -598,21 +625,21 @@ mod tests {
         let mut table = SessionTable::default();
         let header = offering("web-01", Some(60_000));
         let offer = offer_in(&header, b"command 1", dispatcher);
-        let (_, first) = table.accept(&offer, agent, 1_000).unwrap();
+        let (_, first) = table.accept(&offer, agent, 1_000, &mut SystemEntropy).unwrap();
         for at in 1_001..1_100 {
-            assert_eq!(table.accept(&offer, agent, at), Err(Declined::Replayed));
+            assert_eq!(table.accept(&offer, agent, at, &mut SystemEntropy), Err(Declined::Replayed));
         }
         assert_eq!(table.len(), 1, "the replays created no session");
         assert!(table.get(first, 1_100).is_some());
         // Another signed command of the same dispatcher is another offer.
         let other = offer_in(&header, b"command 2", dispatcher);
-        assert!(table.accept(&other, agent, 1_200).is_ok());
+        assert!(table.accept(&other, agent, 1_200, &mut SystemEntropy).is_ok());
         // Remembered as long as a copy passes the checks, then forgotten (a copy is refused as
         // expired before it gets here).
         let until = 60_000 + CLOCK_SKEW_ALLOWANCE_MS;
-        assert_eq!(table.accept(&offer, agent, until), Err(Declined::Replayed));
+        assert_eq!(table.accept(&offer, agent, until, &mut SystemEntropy), Err(Declined::Replayed));
         let later = offer_in(&header, b"command 3", dispatcher);
-        table.accept(&later, agent, until + 1).unwrap();
+        table.accept(&later, agent, until + 1, &mut SystemEntropy).unwrap();
         assert_eq!(table.offers[&dispatcher].len(), 1, "the expired offers were forgotten");
     }
 
@@ -623,12 +650,18 @@ mod tests {
         let mut table = SessionTable::default();
         let header = offering("web-01", Some(60_000));
         for n in 0..MAX_OFFERS_PER_KEY {
-            table.accept(&offer_in(&header, &n.to_be_bytes(), dispatcher), agent, 1_000).unwrap();
+            table.accept(&offer_in(&header, &n.to_be_bytes(), dispatcher), agent, 1_000, &mut SystemEntropy).unwrap();
         }
         let one_more = offer_in(&header, b"one more", dispatcher);
-        assert_eq!(table.accept(&one_more, agent, 1_001), Err(Declined::TooManyOffers(dispatcher)));
-        assert!(table.accept(&offer_in(&header, b"one more", other_key), agent, 1_001).is_ok(), "another key's");
-        assert!(table.accept(&one_more, agent, 60_001 + CLOCK_SKEW_ALLOWANCE_MS).is_ok(), "once they expired");
+        assert_eq!(table.accept(&one_more, agent, 1_001, &mut SystemEntropy), Err(Declined::TooManyOffers(dispatcher)));
+        assert!(
+            table.accept(&offer_in(&header, b"one more", other_key), agent, 1_001, &mut SystemEntropy).is_ok(),
+            "another key's"
+        );
+        assert!(
+            table.accept(&one_more, agent, 60_001 + CLOCK_SKEW_ALLOWANCE_MS, &mut SystemEntropy).is_ok(),
+            "once they expired"
+        );
     }
 
     #[test]
@@ -637,7 +670,7 @@ mod tests {
         let mut header = offering("web-01", Some(60_000));
         header.key_share = Some(serde_bytes::ByteBuf::from(vec![0; 32]));
         let mut table = SessionTable::default();
-        let declined = table.accept(&offer_in(&header, b"c", dispatcher), agent, 1);
+        let declined = table.accept(&offer_in(&header, b"c", dispatcher), agent, 1, &mut SystemEntropy);
         assert_eq!(declined, Err(Declined::Unusable(SessionError::BadShare)));
         assert!(table.is_empty());
     }

@@ -1130,7 +1130,8 @@ mod tests {
         let (dispatcher, agent) = (key(1), key(5));
         let trusted = TrustedKeys::of([*dispatcher.public()]);
         let offer = Offer::new().unwrap();
-        let (share, agents) = accept("req-0", offer.share(), dispatcher.id(), agent.id()).unwrap();
+        let (share, agents) =
+            accept("req-0", offer.share(), dispatcher.id(), agent.id(), &mut crate::session::SystemEntropy).unwrap();
         let dispatchers = offer.complete("req-0", &share, dispatcher.id(), agent.id()).unwrap();
         let body = start_bytes("web-01");
         let seal = dispatchers.seal_command(&body);
@@ -1153,7 +1154,15 @@ mod tests {
         assert_eq!(check(&trusted, &body, None), Err(Refusal::UnknownSession(agents.id())));
         assert_eq!(Refusal::UnknownSession(agents.id()).answered_as(), crate::ErrorKind::UnknownSession);
         assert!(crate::ErrorKind::UnknownSession.is_transient(), "repeated (signed), it may run");
-        let other = accept("req-9", Offer::new().unwrap().share(), dispatcher.id(), agent.id()).unwrap().1;
+        let other = accept(
+            "req-9",
+            Offer::new().unwrap().share(),
+            dispatcher.id(),
+            agent.id(),
+            &mut crate::session::SystemEntropy,
+        )
+        .unwrap()
+        .1;
         assert_eq!(check(&trusted, &body, Some(&other)), Err(Refusal::UnknownSession(agents.id())));
         let mut tampered = body.clone();
         tampered[body.len() / 2] ^= 1;

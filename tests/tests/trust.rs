@@ -10,7 +10,7 @@
 //! cargo build --bins && cargo nextest run -p tests --test trust --no-capture 2>&1 | grep ATTACK-TABLE
 //! ```
 
-use contracts::session::{accept, Offer, Session};
+use contracts::session::{accept, Offer, Session, SystemEntropy};
 use contracts::topology::{agent_queue, pool_queue, CLOCK_SKEW_ALLOWANCE_MS};
 use contracts::trust::{Believed, Pin, Seal, SecretKey};
 use contracts::*;
@@ -271,7 +271,8 @@ async fn session_rows(bench: &mut Bench, me: &str, other: &str) {
     assert!(verdict.ran && verdict.reply.is_none(), "a command MAC'd in the agent's session runs");
 
     // Whoever made this session knows its key; the agent never agreed it.
-    let made_up = accept("made-up", Offer::new().unwrap().share(), keys().dispatcher.id(), keys().agent.id());
+    let made_up =
+        accept("made-up", Offer::new().unwrap().share(), keys().dispatcher.id(), keys().agent.id(), &mut SystemEntropy);
     let made_up = made_up.expect("a session").1;
     let bytes = command(bench.markers.record("unknown-session"));
     let verdict = bench.send(&own, &bytes, Some(&made_up.seal_command(&bytes)), "unknown-session").await;

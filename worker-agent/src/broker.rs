@@ -3,17 +3,15 @@
 //! losing the broker; requests lost meanwhile are repeated by the dispatcher.
 
 pub use crate::broker_call::{call, BrokerError};
+use crate::handling::{Handling, Received, Source};
 use crate::service::Agent;
 use crate::Protocol;
-use contracts::session::{KeyShare, Session};
+use contracts::agent::flow::{self, Answer, Settle};
 use contracts::submission::short;
 use contracts::topology::amqp::{command_queue_arguments, dead_queue_arguments};
 use contracts::topology::*;
 use contracts::trust::amqp::{seal_of, with_seal};
-use contracts::trust::{Identity, Origin, Refusal, Seal};
-use contracts::{
-    request_digest, unix_millis, AmqpEndpoints, CodecError, ErrorReply, InReplyTo, Kind, Reply, Request, Ticket,
-};
+use contracts::{unix_millis, AmqpEndpoints, Reply};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -238,13 +236,6 @@ pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Result<(),
     Ok(())
 }
 
-/// Where a delivery came from: the agent's own queue, or its pool's shared one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Source {
-    Own,
-    Pool,
-}
-
 /// Connects to the first node of one round that answers, and keeps it as the one in use; the
 /// error of the last node tried when none does.
 async fn connect(agent: &Agent, endpoints: &mut AmqpEndpoints) -> Result<Connection, BrokerError> {
@@ -458,7 +449,6 @@ async fn handle_delivery(
     let props = &delivery.properties;
     let reply_to = props.reply_to().as_ref().map(ShortString::to_string);
     let correlation_id = props.correlation_id().as_ref().map(ShortString::to_string);
-    let mut acked_early = false;
     if let Some(Err(reason)) = reply_to.as_deref().map(check_reply_to) {
         // Not answered, not served: dead-lettered with the reason logged.
         tracing::warn!(agent = %config.agent_id, kind = ?props.kind().as_ref().map(ShortString::as_str), %reason, "rejecting message");
@@ -467,134 +457,38 @@ async fn handle_delivery(
         }
         return;
     }
-    // Every answer names the very message it answers (its digest), so that it counts for no other
-    // request: not for one whose correlation id or reply-to someone copied onto this message.
-    let digest = agent.trust().signs().then(|| request_digest(&delivery.data));
-    let in_reply_to = |ticket: Option<&Ticket>| digest.map(|digest| InReplyTo::new(digest, ticket.cloned()));
-    // Size before anything else: a body over the limit (which the broker's max_message_size should
-    // have refused) is neither verified nor copied, only refused.
-    if let Err(error) = contracts::envelope::check_size(delivery.data.len()) {
-        let answer = Answer { in_reply_to: in_reply_to(None), ..Answer::default() };
-        return reject(&agent, &channel, delivery, reply_to, correlation_id, error, &answer).await;
-    }
-    // Trust first (DESIGN.md §7): the seal over the raw body, then, decoded, the envelope.
-    let seal = seal_of(props);
-    let sealed_by = seal.as_ref().ok().and_then(|s| s.as_ref().and_then(Seal::signer));
-    let now = unix_millis(SystemTime::now());
-    let (origin, session) = match agent.trust().check_seal(seal, &delivery.data, now) {
-        Ok(checked) => checked,
-        Err(refusal) => {
-            // Not decoded (nothing about it is trusted): the refusal names the digest alone.
-            let answer = Answer { in_reply_to: in_reply_to(None), ..Answer::default() };
-            return refuse(&agent, &channel, delivery, reply_to, correlation_id, sealed_by, refusal, answer).await;
-        }
+    // What the agent does with it is contracts' flow: the trust checks, then the request.
+    let received = Received {
+        kind: props.kind().as_ref().map(ShortString::to_string),
+        bytes: delivery.data.len(),
+        source,
+        shutdown: &shutdown,
+        ack: Some(Box::pin(ack(&agent, &delivery))),
     };
-    let mut answer = Answer { session, key_share: None, in_reply_to: in_reply_to(None) };
-    let reply = match Request::decode(&delivery.data) {
-        Err(error) => return reject(&agent, &channel, delivery, reply_to, correlation_id, error, &answer).await,
-        Ok((header, request)) => {
-            answer.in_reply_to = in_reply_to(request.ticket());
-            let me = Identity { agent_id: &config.agent_id, pool: config.pool.as_deref() };
-            if let Err(refusal) = agent.trust().check_header(origin, &header, me, now) {
-                // Signed: a refused command's session, if any, is not one to answer in.
-                let answer = Answer { in_reply_to: answer.in_reply_to, ..Answer::default() };
-                return refuse(&agent, &channel, delivery, reply_to, correlation_id, sealed_by, refusal, answer).await;
-            }
-            answer.key_share = agent.trust().accept_session(origin, &header, &delivery.data, me, now);
-            let kind = request.kind();
-            if origin == Origin::Unsigned {
-                tracing::warn!(agent = %config.agent_id, %kind, "accepting an UNSIGNED command (--insecure-allow-unsigned)");
-            }
-            let ticket = request.ticket().map(|t| t.to_string());
-            let starts = matches!(kind, Kind::StartScriptV2 | Kind::StartScriptV1);
-            let slot = if starts {
-                tokio::select! {
-                    slot = agent.take_slot() => slot,
-                    _ = shutdown.cancelled() => {
-                        // Never started here: back to the queue, for another worker.
-                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                        return;
-                    }
-                }
-            } else {
-                if source == Source::Pool {
-                    // Misrouted to the work queue (dispatchers send these to the service queue):
-                    // any worker can answer, and the dispatcher repeats what gets no answer, so
-                    // do not hold the work queue's one delivery while serving it.
-                    ack(&agent, &delivery).await;
-                    acked_early = true;
-                }
-                None
-            };
-            tracing::debug!(agent = %config.agent_id, %kind, ticket = ?ticket, ?source, "request");
-            let handling = std::time::Instant::now();
-            let reply = agent.handle(&header, request, slot).await;
-            agent.metrics().request(kind, handling.elapsed());
-            if let Reply::Error(error) = &reply {
-                agent.metrics().common.refusals.refused(error.kind);
-                tracing::info!(agent = %config.agent_id, %kind, ticket = ?ticket, error = %error, "request refused");
-            }
-            reply
+    let (served, acked_early, unsettled) = {
+        let mut handling = Handling::new(&agent, Some(received));
+        let served = flow::serve(&mut handling, flow::Delivery { body: &delivery.data, seal: seal_of(props) }).await;
+        // The place a start took for its script is given back here unless the script runs in it.
+        (served, handling.acked_early(), handling.unsettled())
+    };
+    let (reply, answer, settle) = match served {
+        flow::Served::Answered { reply, answer, settle } => (reply, answer, settle),
+        flow::Served::Returned => {
+            // Never started here: back to the queue, for another worker.
+            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            return;
         }
     };
     send_reply(&agent, &channel, reply_to, correlation_id, &reply, &answer).await;
-    if !acked_early {
-        ack(&agent, &delivery).await;
-    }
-}
-
-/// Answers a message that cannot be decoded (or is too large to be) with why, and settles it:
-/// acked if only its kind is unknown (a newer dispatcher's), else dead-lettered.
-async fn reject(
-    agent: &Agent,
-    channel: &Channel,
-    delivery: lapin::message::Delivery,
-    reply_to: Option<String>,
-    correlation_id: Option<String>,
-    error: CodecError,
-    answer: &Answer,
-) {
-    let config = agent.config();
-    agent.metrics().common.refusals.refused(error.reply_kind());
-    let kind = delivery.properties.kind().as_ref().map(ShortString::to_string);
-    tracing::warn!(agent = %config.agent_id, kind = ?kind, bytes = delivery.data.len(), %error, "rejecting message");
-    let reply = Reply::Error(ErrorReply::new(error.reply_kind(), error.to_string()));
-    send_reply(agent, channel, reply_to, correlation_id, &reply, answer).await;
-    let settled = if matches!(error, CodecError::UnknownKind(_)) {
-        delivery.ack(BasicAckOptions::default()).await
-    } else {
-        // Dead-lettered to cuttle.dead; the reason is in the log line above.
-        delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await
+    let settled = match settle {
+        Settle::Ack if acked_early => return,
+        Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
+        // Dead-lettered to cuttle.dead; the reason is in the log line the flow's note made.
+        Settle::DeadLetter => delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await,
     };
     if let Err(error) = settled {
-        tracing::warn!(agent = %config.agent_id, %error, "could not settle rejected delivery");
-    }
-}
-
-/// Refuses a command that failed a trust check: answers it `NotAuthorized` with the reason (a
-/// signed command past its deadline too: DESIGN.md §7), as `answer` says (signed, naming the
-/// refused message), dead-letters it, and logs why with the key that signed it. Nothing runs,
-/// nothing is stored.
-#[allow(clippy::too_many_arguments)]
-async fn refuse(
-    agent: &Agent,
-    channel: &Channel,
-    delivery: lapin::message::Delivery,
-    reply_to: Option<String>,
-    correlation_id: Option<String>,
-    key_id: Option<contracts::trust::KeyId>,
-    refusal: Refusal,
-    answer: Answer,
-) {
-    let kind = delivery.properties.kind().as_ref().map(ShortString::to_string);
-    let key_id = key_id.map(|k| k.to_string());
-    tracing::warn!(agent = %agent.config().agent_id, kind = ?kind, key_id = ?key_id, reason = %refusal, "command refused; nothing ran");
-    agent.metrics().common.refusals.refused(refusal.counted_as());
-    let reply = Reply::Error(ErrorReply::new(refusal.answered_as(), format!("{refusal}; nothing ran")));
-    send_reply(agent, channel, reply_to, correlation_id, &reply, &answer).await;
-    // Dead-lettered to cuttle.dead.
-    if let Err(error) = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await {
-        tracing::warn!(agent = %agent.config().agent_id, %error, "could not settle refused delivery");
+        // An ack lost: the broker redelivers; the request is idempotent, so that is harmless.
+        tracing::warn!(agent = %config.agent_id, %error, "{unsettled}");
     }
 }
 
@@ -603,16 +497,6 @@ async fn ack(agent: &Agent, delivery: &lapin::message::Delivery) {
         // The broker redelivers; the request is idempotent, so that is harmless.
         tracing::warn!(agent = %agent.config().agent_id, %error, "could not ack delivery");
     }
-}
-
-/// How an answer is sealed: MAC'd in the session its command came in, else signed, carrying the
-/// agent's share when it accepted the session the command offered, and naming the message it
-/// answers (`None` for a legacy agent, which cannot sign).
-#[derive(Default)]
-struct Answer {
-    session: Option<Session>,
-    key_share: Option<KeyShare>,
-    in_reply_to: Option<InReplyTo>,
 }
 
 async fn send_reply(

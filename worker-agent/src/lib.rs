@@ -30,6 +30,7 @@ pub mod broker_call;
 pub mod cancel_notices;
 pub mod cli;
 pub mod config;
+pub mod handling;
 pub mod health;
 pub mod isolation;
 pub mod janitor;

@@ -1,17 +1,16 @@
 //! The agent's side of trust (DESIGN.md §7): its own key, which signs every answer and presence
 //! announcement, the dispatcher keys it trusts, which every command must be signed by, and the
 //! sessions dispatchers agreed with it, in which commands and answers carry a MAC instead
-//! ([`contracts::session`]). The decisions are [`contracts::trust`]'s and
-//! [`contracts::session`]'s plain functions; this holds the keys and sessions, loads the keys
-//! and reloads the trusted ones (on SIGHUP).
+//! ([`contracts::session`]). The keys and sessions, and the checks with them, are contracts'
+//! [`AgentKeys`], which the agent's flow uses; this loads the keys from their files and reloads
+//! the trusted ones (on SIGHUP).
 
 use crate::config::{AgentConfig, Protocol};
-use contracts::sealed;
-use contracts::session::{self, KeyShare, Session, SessionTable};
-use contracts::trust::{self, Identity, KeyError, Origin, Refusal, Seal, SecretKey, TrustedKeys};
-use contracts::{Envelope, ErrorKind, ErrorReply, StartScriptV2};
+use contracts::agent::keys::AgentKeys;
+use contracts::session::{Session, SystemEntropy};
+use contracts::trust::{KeyError, Seal, SecretKey, TrustedKeys};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 /// Where the agent keeps its key unless told otherwise.
 pub const DEFAULT_KEY_FILE: &str = "agent.key";
@@ -34,15 +33,11 @@ pub enum TrustError {
     Trusted(KeyError),
 }
 
-/// The agent's keys.
+/// The agent's keys, and the file its trusted keys are reloaded from.
 #[derive(Debug)]
 pub struct AgentTrust {
-    /// Signs answers; `None` for a legacy (script v1) agent, which cannot sign.
-    key: Option<SecretKey>,
-    trusted: RwLock<Arc<TrustedKeys>>,
+    keys: AgentKeys,
     trusted_file: Option<PathBuf>,
-    allow_unsigned: bool,
-    sessions: Mutex<SessionTable>,
 }
 
 impl AgentTrust {
@@ -78,13 +73,9 @@ impl AgentTrust {
         }
         let ids: Vec<String> = trusted.ids().map(|id| id.to_string()).collect();
         tracing::info!(agent = %config.agent_id, trusted_keys = ?ids, "trusting commands signed by these dispatcher keys");
-        Ok(AgentTrust {
-            key,
-            trusted: RwLock::new(Arc::new(trusted)),
-            trusted_file: config.trusted_keys_file.clone(),
-            allow_unsigned: config.insecure_allow_unsigned,
-            sessions: Mutex::default(),
-        })
+        // Sessions' secrets from the operating system's random source.
+        let keys = AgentKeys::new(key, trusted, config.insecure_allow_unsigned, Box::new(SystemEntropy));
+        Ok(AgentTrust { keys, trusted_file: config.trusted_keys_file.clone() })
     }
 
     /// Reads the trusted keys file again (SIGHUP): added keys are trusted and removed ones
@@ -93,100 +84,30 @@ impl AgentTrust {
         let Some(path) = &self.trusted_file else { return Ok(0) };
         let trusted = TrustedKeys::load(path)?;
         let count = trusted.len();
-        *self.trusted.write().expect("trusted keys poisoned") = Arc::new(trusted);
+        self.keys.replace_trusted(trusted);
         Ok(count)
     }
 
-    /// The checks every command passes before anything else: its seal (on the raw body), then,
-    /// once decoded, its envelope. Unsigned commands accepted only with
-    /// `--insecure-allow-unsigned`, and then without the envelope checks (they are legacy
-    /// dispatchers' commands, as before signing). A command MAC'd in a session comes with the
-    /// session, which its answer is MAC'd in.
-    pub fn check_seal(
-        &self,
-        seal: Result<Option<Seal>, String>,
-        body: &[u8],
-        now_ms: u64,
-    ) -> Result<(Origin, Option<Session>), Refusal> {
-        let trusted = self.trusted.read().expect("trusted keys poisoned").clone();
-        let session = match &seal {
-            Ok(Some(Seal::Mac { session, .. })) => {
-                self.sessions.lock().expect("sessions poisoned").get(*session, now_ms)
-            }
-            _ => None,
-        };
-        let origin = trust::check_command_seal(&trusted, self.allow_unsigned, seal, body, session.as_ref())?;
-        Ok((origin, session))
-    }
-
-    /// Accepts the session a command that passed every check offers, if it may
-    /// ([`session::offered`], [`SessionTable::accept`]): the share its answer carries. `body` is
-    /// the command as signed: a copy of an offer already accepted gets no session.
-    pub fn accept_session(
-        &self,
-        origin: Origin,
-        header: &Envelope<()>,
-        body: &[u8],
-        me: Identity<'_>,
-        now_ms: u64,
-    ) -> Option<KeyShare> {
-        let key = self.key.as_ref()?;
-        let offer = session::offered(origin, header, body, me)?;
-        let dispatcher = offer.dispatcher;
-        let accepted = self.sessions.lock().expect("sessions poisoned").accept(&offer, key.id(), now_ms);
-        match accepted {
-            Ok((share, session)) => {
-                tracing::debug!(agent = %me.agent_id, %session, dispatcher_key = %dispatcher, "session agreed");
-                Some(share)
-            }
-            Err(declined) => {
-                tracing::warn!(agent = %me.agent_id, dispatcher_key = %dispatcher, message_id = %header.message_id, reason = %declined, "session offer not accepted; the command is handled as any other and answered signed");
-                None
-            }
-        }
-    }
-
-    /// [`trust::check_command_header`] for a signed (or MAC'd) command.
-    pub fn check_header(
-        &self,
-        origin: Origin,
-        header: &Envelope<()>,
-        me: Identity<'_>,
-        now_ms: u64,
-    ) -> Result<(), Refusal> {
-        match origin {
-            Origin::Key(_) | Origin::Session { .. } => trust::check_command_header(header, me, now_ms),
-            Origin::Unsigned => Ok(()),
-        }
+    /// The keys and sessions the flow checks commands and seals answers with.
+    pub fn keys(&self) -> &AgentKeys {
+        &self.keys
     }
 
     /// Seals an answer to the request with correlation id `request_id`: MAC'd in `session`, the
     /// session the request came in, else signed; `None` for a legacy agent.
     pub fn seal_answer(&self, session: Option<&Session>, request_id: &str, body: &[u8]) -> Option<Seal> {
-        match session {
-            Some(session) => Some(session.seal_answer(request_id, body)),
-            None => self.key.as_ref().map(|key| key.seal_answer(request_id, body)),
-        }
+        self.keys.seal_answer(session, request_id, body)
     }
 
     /// Whether this agent has a key: it signs its answers (each naming the request it answers),
     /// and opens secrets sealed to it. A legacy agent has none.
     pub fn signs(&self) -> bool {
-        self.key.is_some()
-    }
-
-    /// Opens, in place, the secrets of `start` sealed to this agent's key ([`sealed::open_start`]).
-    pub fn open_secrets(&self, start: &mut StartScriptV2) -> Result<(), ErrorReply> {
-        match &self.key {
-            Some(key) => sealed::open_start(start, key),
-            None if start.spec.sealed_secret_env.is_empty() => Ok(()),
-            None => Err(ErrorReply::new(ErrorKind::NotAuthorized, "this agent has no key to open sealed secrets with")),
-        }
+        self.keys.signs()
     }
 
     /// Seals a presence announcement; `None` for a legacy agent (which does not announce).
     pub fn seal_announcement(&self, body: &[u8]) -> Option<Seal> {
-        self.key.as_ref().map(|key| key.seal_announcement(body))
+        self.keys.seal_announcement(body)
     }
 }
 
@@ -210,6 +131,7 @@ pub async fn reload_on_sighup(trust: Arc<AgentTrust>, agent_id: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contracts::trust::{Origin, Refusal};
 
     fn config(dir: &std::path::Path) -> AgentConfig {
         let mut config = AgentConfig::new("web-01");
@@ -229,7 +151,7 @@ mod tests {
         assert!(matches!(AgentTrust::load(&config), Err(TrustError::EmptyTrustedKeys { .. })));
         config.insecure_allow_unsigned = true;
         let trust = AgentTrust::load(&config).unwrap();
-        assert_eq!(trust.check_seal(Ok(None), b"x", 0).map(|(origin, _)| origin), Ok(Origin::Unsigned));
+        assert_eq!(trust.keys().check_seal(Ok(None), b"x", 0).map(|(origin, _)| origin), Ok(Origin::Unsigned));
         assert!(dir.join(DEFAULT_KEY_FILE).exists(), "the agent key is created in the work dir");
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -246,7 +168,7 @@ mod tests {
         let trust = AgentTrust::load(&config).unwrap();
         let body = b"command";
         let seal = || Ok(Some(dispatcher.seal_command(body)));
-        let origin = |seal| trust.check_seal(seal, body, 0).map(|(origin, _)| origin);
+        let origin = |seal| trust.keys().check_seal(seal, body, 0).map(|(origin, _)| origin);
         assert_eq!(origin(seal()), Ok(Origin::Key(dispatcher.id())));
         std::fs::write(&file, "not a key\n").unwrap();
         assert!(trust.reload().is_err());

@@ -3,16 +3,22 @@
 //! a simulated ticket store (latency, outage, restart empty, failover losing recent writes) and
 //! clocks with skew; agents crash and restart, users interrupt and cancel, an attacker publishes
 //! unsigned and misaddressed commands. One seed decides everything, so a failing seed replays
-//! exactly. The agents decide with contracts' real code ([`contracts::agent`]) over the real
-//! in-memory [`contracts::store::MemoryStore`], the dispatchers with contracts' real submission
-//! machine ([`contracts::submission`]); the invariants are checked at every step.
+//! exactly. The agents serve each delivery with contracts' agent flow
+//! ([`contracts::agent::flow`], the code `worker-agent` runs) over the real in-memory
+//! [`contracts::store::MemoryStore`], the dispatchers with contracts' real submission machine
+//! ([`contracts::submission`]); the invariants are checked at every step.
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod broker;
 pub mod dispatcher;
+pub mod faults;
 pub mod oracle;
+pub mod store;
 pub mod world;
 
-use world::{Counts, Exclude, World};
+use faults::Exclude;
+use world::{Counts, World};
 
 /// Trace lines shown for a failing seed.
 pub const SHORT_TRACE: usize = 40;

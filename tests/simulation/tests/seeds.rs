@@ -87,29 +87,65 @@ fn the_binary_prints_a_trace_and_refuses_bad_flags() {
     }
 }
 
+/// The simulator built with the simulation-only `feature` (a build of its own beside this one:
+/// the mutations share one target dir, one build at a time), run with `args`.
+fn mutated_simulator(feature: &str, args: &[&str]) -> std::process::Output {
+    static BUILDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).expect("the target dir").join("sim-mutations");
+    let binary = target.join(format!("simulation-{feature}"));
+    {
+        let _one_build_at_a_time = BUILDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "--locked", "-p", "simulation", "--features", feature, "--target-dir"])
+            .arg(&target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(built.success(), "the {feature} build failed");
+        std::fs::copy(target.join("debug/simulation"), &binary).expect("the build's binary");
+    }
+    Command::new(&binary).args(args).output().expect("the mutated simulator runs")
+}
+
+/// Asserts that the simulator `run` failed on a seed with `violation`, said so and how to replay
+/// it; the seed.
+fn found_violation(run: std::process::Output, violation: &str) -> u64 {
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(violation) && stderr.contains("violates an invariant"), "{stderr}");
+    assert!(stderr.contains("replay: --seeds 1 --first-seed"), "{stderr}");
+    assert_ne!(field(&String::from_utf8(run.stdout).unwrap(), "violations"), "0");
+    let seed = stderr.split("seed ").nth(1).and_then(|rest| rest.split(' ').next()).and_then(|n| n.parse().ok());
+    seed.unwrap_or_else(|| panic!("no seed named: {stderr}"))
+}
+
 /// With the claim switched off (`--features break-claim`, a build of its own beside this one),
 /// the simulator finds a ticket run twice within a few hundred seeds, and says which seed.
 #[test]
 fn the_simulator_finds_a_double_run_when_the_claim_is_switched_off() {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.ancestors().nth(3).expect("the target dir").join("sim-break-claim");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .args(["build", "--locked", "-p", "simulation", "--features", "break-claim", "--target-dir"])
-        .arg(&target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(built.success(), "the break-claim build failed");
-    let run = Command::new(target.join("debug/simulation"))
-        .args(["--seeds", "300", "--json", "--exclude", "failover,restart-empty"])
-        .output()
-        .expect("the break-claim simulator runs");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("runs twice") && stderr.contains("violates an invariant"), "{stderr}");
-    assert!(stderr.contains("replay: --seeds 1 --first-seed"), "{stderr}");
-    assert_ne!(field(&String::from_utf8(run.stdout).unwrap(), "violations"), "0");
+    let run = mutated_simulator("break-claim", &["--seeds", "300", "--json", "--exclude", "failover,restart-empty"]);
+    let seed = found_violation(run, "runs twice");
+    println!("break-claim: a double run at seed {seed}");
+}
+
+/// A step of the agent's flow broken, not a decision (`--features break-flow-epoch`): after the
+/// store restarted empty, a start first issued before is claimed in the new data without being
+/// checked against it, and runs a second time. The simulator finds it (seed 88), every fault on.
+#[test]
+fn the_simulator_finds_a_double_run_when_the_flow_skips_the_check_after_a_store_loss() {
+    let seed = found_violation(mutated_simulator("break-flow-epoch", &["--seeds", "400", "--json"]), "runs twice");
+    println!("break-flow-epoch: a double run at seed {seed}");
+}
+
+/// A step of the agent's flow broken (`--features break-flow-confirm`): the script starts before
+/// the replicas confirmed its claim, a failover loses the claim, and a repeat of the start claims
+/// and runs it again. The simulator finds it (seed 175), every fault on.
+#[test]
+fn the_simulator_finds_a_double_run_when_the_flow_launches_before_the_confirmation() {
+    let seed = found_violation(mutated_simulator("break-flow-confirm", &["--seeds", "400", "--json"]), "runs twice");
+    println!("break-flow-confirm: a double run at seed {seed}");
 }
 
 /// Sessions are simulated as the dispatcher's RPC and the agent make them: agreed in signed
