@@ -477,7 +477,7 @@ async fn handle_delivery(
         let answer = Answer { in_reply_to: in_reply_to(None), ..Answer::default() };
         return reject(&agent, &channel, delivery, reply_to, correlation_id, error, &answer).await;
     }
-    // Trust first (DESIGN.md §7): the seal over the raw body, then, decoded, the envelope.
+    // Trust first (ARCHITECTURE.md, Trust): the seal over the raw body, then, decoded, the envelope.
     let seal = seal_of(props);
     let sealed_by = seal.as_ref().ok().and_then(|s| s.as_ref().and_then(Seal::signer));
     let now = unix_millis(SystemTime::now());
@@ -572,7 +572,7 @@ async fn reject(
 }
 
 /// Refuses a command that failed a trust check: answers it `NotAuthorized` with the reason (a
-/// signed command past its deadline too: DESIGN.md §7), as `answer` says (signed, naming the
+/// signed command past its deadline too: ARCHITECTURE.md, Trust), as `answer` says (signed, naming the
 /// refused message), dead-letters it, and logs why with the key that signed it. Nothing runs,
 /// nothing is stored.
 #[allow(clippy::too_many_arguments)]
