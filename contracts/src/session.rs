@@ -1,25 +1,27 @@
-//! Sessions: after one signed exchange, a MAC per message instead of a signature (README,
-//! "Trust"; an extension of DESIGN.md §7 that keeps its rules).
+//! Sessions: after one signed exchange, a MAC per message instead of a signature (docs/security.md,
+//! "Trust"; an extension of the trust rules of ARCHITECTURE.md, Trust, that keeps them).
 //!
 //! Signing and verifying every command and answer with Ed25519 costs the agent and the
 //! dispatcher about a tenth of a millisecond of CPU per script: more than the 5 % of throughput
-//! §7 may cost on a loaded agent. A dispatcher that talks to one agent many times agrees a key
-//! with it once, under both pinned keys, and then authenticates each message with HMAC-SHA256:
+//! trust may cost on a loaded agent (ARCHITECTURE.md, Trust). A dispatcher that talks to one
+//! agent many times agrees a key with it once, under both pinned keys, and then authenticates
+//! each message with HMAC-SHA256:
 //!
 //! - **Offer**: a signed command (any kind) to one agent (never a pool: the next command could
 //!   reach another worker) whose envelope carries `key_share`, the dispatcher's fresh X25519
 //!   public value ([`Offer`]).
-//! - **Accept**: the agent, once the command passed every check of §7, answers with its own fresh
-//!   share in the envelope of its signed answer ([`accept`]). Both shares travel inside signed
-//!   bodies (the offer under the dispatcher's key, the acceptance under the agent's, bound to the
-//!   offer's message id), so whoever holds the broker cannot sit in the middle.
+//! - **Accept**: the agent, once the command passed every trust check (ARCHITECTURE.md, Trust),
+//!   answers with its own fresh share in the envelope of its signed answer ([`accept`]). Both
+//!   shares travel inside signed bodies (the offer under the dispatcher's key, the acceptance
+//!   under the agent's, bound to the offer's message id), so whoever holds the broker cannot sit
+//!   in the middle.
 //! - **Key**: X25519 of the two shares, through HKDF-SHA256 (salt: the offer's message id; info:
 //!   [`SESSION_CONTEXT`], both shares and both key ids) into a session id and a MAC key
 //!   ([`Session`]). A share of low order (no secret agreed) is refused.
 //! - **Use**: a message under the session carries the AMQP headers [`SESSION_HEADER`] (its id) and
 //!   [`MAC_HEADER`] (the HMAC-SHA256 tag) instead of `cuttle-key` and `cuttle-sig`; the tag covers
 //!   exactly what the signature would (context, request id for an answer, whole body), so every
-//!   other rule of §7 (target, `not_after`, replay) holds as it is.
+//!   other trust rule (target, `not_after`, replay) holds as it is.
 //! - **Lifetime**: a dispatcher uses a session for [`SESSION_USE_MS`]; an agent keeps one for
 //!   [`SESSION_IDLE_MS`] after its last use, at most [`MAX_SESSIONS_PER_KEY`] of them per
 //!   dispatcher key ([`SessionTable`]: a key that offers too many evicts only its own), and only
@@ -28,7 +30,7 @@
 //!   it and sends the command again, signed, with a new offer ([`SessionCache`]).
 //! - **Replays**: an offer is accepted once. The agent remembers each offer it accepted (the
 //!   digest of its signed command, by dispatcher key) for as long as a copy could pass the checks
-//!   of §7 (until its `not_after` and the clock skew allowance), and answers a copy signed,
+//!   of trust (until its `not_after` and the clock skew allowance), and answers a copy signed,
 //!   without a share: a captured offer replayed creates no session. At most
 //!   [`MAX_OFFERS_PER_KEY`] are remembered per key; past that, the key's new offers are declined
 //!   (its commands are only signed) until some expire.

@@ -1,4 +1,4 @@
-//! Trust (DESIGN.md §7): commands signed by a dispatcher key the agent trusts, answers signed by
+//! Trust (ARCHITECTURE.md, Trust): commands signed by a dispatcher key the agent trusts, answers signed by
 //! the agent key the dispatcher pinned. The broker is a transport, never an authority.
 //!
 //! - Keys are Ed25519 ([`SecretKey`], [`PublicKey`]); a public key is written
@@ -503,8 +503,8 @@ pub struct Identity<'a> {
 }
 
 /// Why an agent refuses a command. Shown to the sender (in a `NotAuthorized` reply, whatever the
-/// reason: DESIGN.md §7 answers every failed check so, a signed command past its `not_after`
-/// included) and logged.
+/// reason: every failed trust check is answered so, a signed command past its `not_after`
+/// included: ARCHITECTURE.md, Trust) and logged.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("unsigned command: this agent runs only commands signed by a dispatcher key it trusts")]

@@ -12,7 +12,7 @@ cargo build --locked --release --bins --quiet
 
 agent_id="${CUTTLE_QUICKSTART_AGENT:-quickstart-$(hostname -s)}"
 
-# Keys (README "Trust"): the dispatcher signs commands with its key (the default
+# Keys (docs/security.md, "Trust"): the dispatcher signs commands with its key (the default
 # <config>/cuttle/dispatcher.key), the agent runs only what a key in its trusted-keys file signed;
 # the agent signs its answers, which the dispatcher believes only under the key pinned for it in
 # <config>/cuttle/known_agents. Existing keys are kept; nothing is ever overwritten.

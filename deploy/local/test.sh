@@ -23,8 +23,8 @@ fi
 # Every queue, Redis key prefix and agent id of this run starts with t-<run>- (tests::unique), so
 # what the run left behind can be told from what colleagues' runs on the same broker hold now.
 export CUTTLE_TEST_RUN="r$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
-# nextest runs the tests: it ends a hung test (.config/nextest.toml) and takes the README's filter
-# expressions (`-E 'test(cancel)'`), which `cargo test` would not.
+# nextest runs the tests: it ends a hung test (.config/nextest.toml) and takes filter expressions
+# (`-E 'test(cancel)'`, CONTRIBUTING.md), which `cargo test` would not.
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "cargo-nextest not found; installing it (cargo install --locked cargo-nextest)"
   cargo install --locked cargo-nextest || { say "could not install cargo-nextest: install it by hand with the command above"; exit 1; }

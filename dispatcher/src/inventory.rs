@@ -2,7 +2,7 @@
 //! [`contracts::presence`]): who is alive, in which pool, with which labels and version.
 //!
 //! [`Inventory`] is the plain part: [`Inventory::settle`] believes, for each agent, its newest
-//! announcement signed by the key pinned for it (DESIGN.md §7, as answers are), and keeps why the
+//! announcement signed by the key pinned for it (ARCHITECTURE.md, Trust, as answers are), and keeps why the
 //! others were ignored; then liveness and selection. It is fed by [`read`], which reads the
 //! stream from one lookback back until it has caught up with the present (a marker it appends
 //! itself comes back), dropping each announcement too large to be one as it reads it

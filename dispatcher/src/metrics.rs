@@ -1,7 +1,7 @@
 //! The dispatcher's metrics, served by `dispatcher serve` at `GET /metrics`. One [`Metrics`] per
 //! process, made by the CLI and handed to what records: the orchestrator (RPC attempts, retries,
 //! latency, refusals), the RPC client (broker reconnects), the service (scripts, journal
-//! operations). Names: see the README's "Metrics" section.
+//! operations). Names: see docs/operations.md, "Metrics".
 
 use crate::error::RpcError;
 use contracts::metrics::{self, Families, KindLabel};
@@ -28,7 +28,7 @@ pub struct Metrics {
     /// Scripts, refusals, store operations (the journal's) and broker reconnects.
     pub common: Families,
     /// Answers that did not verify under the key pinned for the agent asked, and were ignored
-    /// (DESIGN.md §7): incremented where answers are checked.
+    /// (ARCHITECTURE.md, Trust): incremented where answers are checked.
     pub forged_answers: Counter,
     attempts: Family<KindLabel, Counter>,
     retries: Family<KindLabel, Counter>,

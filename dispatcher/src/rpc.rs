@@ -3,7 +3,7 @@
 //! channel carry every call in flight; a lost link is rebuilt on the next call.
 //!
 //! Every request is signed with the dispatcher's key, and a reply counts only if it is signed by
-//! the key pinned for the target asked, over this request's correlation id (DESIGN.md §7); or,
+//! the key pinned for the target asked, over this request's correlation id (ARCHITECTURE.md, Trust); or,
 //! once a request to an agent agreed a session with it, both are MAC'd in that session instead
 //! ([`contracts::session`]; a request the agent refuses for a session it no longer holds goes
 //! again, signed). Any other reply is a forged answer: reported (a warning, and in the error if

@@ -1,5 +1,5 @@
 //! Operator steps on the broker, run once with an operator's credentials, so that agents and
-//! dispatchers can run with users that may configure nothing (README, "Least privilege"):
+//! dispatchers can run with users that may configure nothing (docs/security.md, "Least privilege on the broker"):
 //! `setup-broker` declares the shared topology, `enrol-agent` one agent's queue and binding,
 //! `enrol-pool` a pool's queues (its workers declare their own).
 

@@ -1,4 +1,4 @@
-//! The dispatcher's side of trust (DESIGN.md §7): its key, which signs every command, the
+//! The dispatcher's side of trust (ARCHITECTURE.md, Trust): its key, which signs every command, the
 //! agents it knows, whose pinned keys every answer must be signed by, and the sessions agreed
 //! with them, in which commands and answers carry a MAC instead ([`contracts::session`]). The
 //! decisions are [`contracts::trust`]'s and [`contracts::session`]'s plain functions; this holds

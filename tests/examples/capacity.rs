@@ -1,4 +1,4 @@
-//! Capacity figures for the README's "Capacity" section. Every part runs on servers of its own
+//! Capacity figures for the "Capacity" section of docs/performance.md. Every part runs on servers of its own
 //! (a private RabbitMQ node, a private Redis), so the machine's shared broker is neither
 //! disturbed nor measured:
 //! - `queues [N]`: the broker's file handles and memory per idle agent queue, quorum and classic;

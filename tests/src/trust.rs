@@ -1,5 +1,5 @@
 //! Keys for tests, so every agent and dispatcher a test starts signs and checks as in
-//! production (DESIGN.md §7). Each test process makes, once, a dispatcher key and an agent key
+//! production (ARCHITECTURE.md, Trust). Each test process makes, once, a dispatcher key and an agent key
 //! in a directory of its own, a trusted-keys file holding the dispatcher's public key, and a
 //! known-agents file pinning every name [`crate::unique`] hands out (as an agent id and as a
 //! pool) to the agent key. [`crate::agent::test_config`], [`crate::agent_command`],

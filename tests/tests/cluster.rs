@@ -1,7 +1,7 @@
 //! A three-node RabbitMQ cluster on this machine: an agent and dispatchers given every node's URL
 //! keep running a batch of scripts while the node they use is stopped, killed, or while every
 //! node is restarted in turn. Each script completes, each exactly once. Each test prints one row
-//! of the README's failure table (`--no-capture` shows it).
+//! of the failure table in docs/performance.md ("Failover") (`--no-capture` shows it).
 
 use dispatcher::{Orchestrator, RetryPolicy, RpcClient, Timing};
 use std::sync::{Arc, Mutex};

@@ -99,12 +99,13 @@ async fn a_command_past_its_deadline_is_refused_and_nothing_runs() {
     let past = unix_millis(SystemTime::now() - Duration::from_secs(60));
     let (_, bytes) = start.encode(agent.id(), past - 1000, Some(past)).unwrap();
     let id = raw.publish(agent.id(), "StartScriptV2", &bytes).await;
-    // Signed, so refused by DESIGN.md §7's deadline check: NotAuthorized, the reason saying why.
+    // Signed, so refused by the trust checks' deadline (ARCHITECTURE.md, Trust): NotAuthorized, the reason saying why.
     match raw.reply(&id).await {
         Reply::Error(e) => assert!(e.kind == ErrorKind::NotAuthorized && e.message.starts_with("expired"), "{e:?}"),
         other => panic!("expected NotAuthorized (expired), got {other:?}"),
     }
-    // Unsigned, to an agent that takes unsigned commands: DESIGN.md §3's check, Expired.
+    // Unsigned, to an agent that takes unsigned commands: the freshness check (ARCHITECTURE.md, Deadlines and
+    // tombstones), Expired.
     let mut config = tests::agent::test_config("expired-unsigned");
     config.insecure_allow_unsigned = true;
     let insecure = TestAgent::start_with(config).await;

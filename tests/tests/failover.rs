@@ -2,7 +2,7 @@
 //! The agent follows the master through a failover, and `--claim-replicas` keeps a failover
 //! from running a script twice: replication is asynchronous, so a claim the master had not yet
 //! passed on is lost with it. Replication goes through a proxy the test can hold, so "not yet
-//! passed on" is certain rather than a matter of timing. Tests print the README's failure-table
+//! passed on" is certain rather than a matter of timing. Tests print docs/performance.md's failure-table
 //! rows (`--no-capture` shows them).
 
 use contracts::*;

@@ -387,7 +387,8 @@ async fn empty_lines_count_against_max_output_and_the_store_holds_no_more_than_t
     let stored_lines: u64 = redis::cmd("LLEN").arg(&keys.logs).query_async(&mut con).await.unwrap();
     let stored = store_bytes_of_ticket(&config.key_prefix, &ticket).await;
     // Redis holds at most 1.25 bytes per byte counted against the cap (its allocator's size
-    // classes; README, "Memory"), plus the agent's notice, the record and the lease.
+    // classes; docs/security.md, "Hostile scripts and messages", Memory), plus the agent's notice,
+    // the record and the lease.
     let bound = cap * 5 / 4 + 4 * 1024;
     eprintln!(
         "200,000 empty lines under --max-output {cap}: {stored_lines} lines, {stored} bytes of Redis for the ticket"

@@ -1,10 +1,10 @@
-//! Trust (DESIGN.md §7) against the real RabbitMQ: every attack on an agent (unsigned, tampered
+//! Trust (ARCHITECTURE.md, Trust) against the real RabbitMQ: every attack on an agent (unsigned, tampered
 //! fields, wrong or revoked key, misaddressed, expired, over-long window, replays, and MACs in
 //! sessions the agent does not hold, tampered, replayed or offered by a revoked key) is refused
 //! and runs nothing; forged answers and impostors never make the dispatcher report success; an
 //! unpinned agent gets a clear error; an agent that restarts forgets its sessions and the
 //! dispatcher signs again; a captured session offer replayed thousands of times creates no
-//! session and evicts none. `attack_table` prints the README's table:
+//! session and evicts none. `attack_table` prints the attack table of docs/security.md:
 //!
 //! ```sh
 //! cargo build --bins && cargo nextest run -p tests --test trust --no-capture 2>&1 | grep ATTACK-TABLE
@@ -109,7 +109,8 @@ impl Bench {
     }
 }
 
-/// Every attack of DESIGN.md §7 and issue 9, through the real broker, one row each; all refused.
+/// Every attack on trust (docs/security.md, "The attack table") and of issue 9, through the real
+/// broker, one row each; all refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_table() {
     let agent = TestAgent::start("attacked").await;
@@ -158,7 +159,7 @@ async fn attack_table() {
     let past = at - 60_000;
     let bytes = start(&me, &Ticket::generate(), bench.markers.record("expired"), past - 1_000, Some(past));
     let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "expired").await;
-    // Past its deadline is one of DESIGN.md §7's checks: NotAuthorized, with the reason.
+    // Past its deadline is one of the trust checks (ARCHITECTURE.md, Trust): NotAuthorized, with the reason.
     bench.refused_because("expired", verdict, ErrorKind::NotAuthorized, Some("expired"));
     let day_and_more = Some(at + 25 * 3_600_000);
     let bytes = start(&me, &Ticket::generate(), bench.markers.record("long"), at, day_and_more);
@@ -711,8 +712,8 @@ async fn a_replayed_session_offer_creates_no_session_and_evicts_none() {
     agent.stop().await;
 }
 
-/// A queue bound to an agent's routing key (what a pool worker's user can make: README,
-/// Privileges) gets a copy of each of its commands. The secrets in a start are sealed to the
+/// A queue bound to an agent's routing key (what a pool worker's user can make: docs/security.md,
+/// "Least privilege on the broker") gets a copy of each of its commands. The secrets in a start are sealed to the
 /// agent's key, so the copy holds their names only; the agent opens them and the script gets
 /// them. Secrets sealed to one key open at no agent of another: refused, nothing runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! The agent's metrics, served at `GET /metrics` on `--health-addr`. One [`Metrics`] per agent
 //! process, made by [`crate::run`] and handed to what records: the broker edge (requests,
 //! refusals, reconnects), the agent (scripts), the ticket store (operations) and the runner
-//! (isolation mutex waits). Names: see the README's "Metrics" section.
+//! (isolation mutex waits). Names: see docs/operations.md, "Metrics".
 
 use contracts::metrics::{self, Families, KindLabel};
 use prometheus_client::metrics::counter::Counter;

@@ -1,4 +1,4 @@
-//! The agent's side of trust (DESIGN.md §7): its own key, which signs every answer and presence
+//! The agent's side of trust (ARCHITECTURE.md, Trust): its own key, which signs every answer and presence
 //! announcement, the dispatcher keys it trusts, which every command must be signed by, and the
 //! sessions dispatchers agreed with it, in which commands and answers carry a MAC instead
 //! ([`contracts::session`]). The keys and sessions, and the checks with them, are contracts'

@@ -295,7 +295,7 @@ pub fn serves(legacy: bool, kind: Kind) -> bool {
     !legacy || matches!(kind, Kind::StartScriptV1 | Kind::GetStatusV1 | Kind::CancelScriptV1 | Kind::CompleteScriptV1)
 }
 
-/// Serves one delivery (DESIGN.md §7: trust first): its size, its seal over the raw body, then,
+/// Serves one delivery (ARCHITECTURE.md, Trust: trust first): its size, its seal over the raw body, then,
 /// decoded, its envelope; the session it offers; then the request.
 pub async fn serve<E: Environment>(env: &mut E, delivery: Delivery<'_>) -> Served {
     let Delivery { body, seal } = delivery;
@@ -364,7 +364,7 @@ fn reject<E: Environment>(env: &mut E, error: CodecError, answer: Answer) -> Ser
 }
 
 /// Refuses a command that failed a trust check: answered with the reason (a signed command past
-/// its deadline too: DESIGN.md §7), signed, naming the refused message, and dead-lettered.
+/// its deadline too: ARCHITECTURE.md, Trust), signed, naming the refused message, and dead-lettered.
 /// Nothing runs, nothing is stored.
 fn refuse<E: Environment>(env: &mut E, refusal: Refusal, signer: Option<KeyId>, names: Option<InReplyTo>) -> Served {
     env.note(Note::Refused { refusal: &refusal, signer });

@@ -1,4 +1,4 @@
-//! The agent's side of trust (DESIGN.md §7) as the flow uses it: its own key, which seals every
+//! The agent's side of trust (ARCHITECTURE.md, Trust) as the flow uses it: its own key, which seals every
 //! answer and opens the secrets sealed to it, the dispatcher keys it trusts, which every command
 //! must be signed by, and the sessions dispatchers agreed with it, in which commands and answers
 //! carry a MAC instead ([`crate::session`]). The decisions are [`crate::trust`]'s and

@@ -1,5 +1,5 @@
 //! `dispatcher setup-broker` and `dispatcher enrol-agent`: the operator's steps that let agents
-//! and dispatchers run with least privilege (README, "Least privilege on the broker").
+//! and dispatchers run with least privilege (docs/security.md, "Least privilege on the broker").
 
 use crate::outcome::exit;
 use crate::rpc::RpcConfig;

@@ -1,6 +1,7 @@
 //! `dispatcher serve`: the same orchestration as the CLI behind an HTTP API, recording everything
 //! in a journal (Redis) before doing it, so that a restarted service resumes following every
-//! unfinished ticket, and replicas sharing one journal share the work (DESIGN.md §8).
+//! unfinished ticket, and replicas sharing one journal share the work (ARCHITECTURE.md, The
+//! service's tickets).
 //!
 //! # Layout
 //! - [`journal`]: the records in Redis (deadpool-redis), and the history.

@@ -1,6 +1,7 @@
 //! `simulation --seeds N [--first-seed S] [--json]`: simulates N seeds; on a violation prints
 //! the seed and the end of its trace and exits 1. `--trace` prints every event of the seeds;
-//! `--exclude` leaves out store faults whose findings are still open (see the README).
+//! `--exclude` leaves out store faults whose findings are still open (see CONTRIBUTING.md, "The
+//! simulator").
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
