@@ -20,11 +20,13 @@
 # Every agent's and dispatcher's log is kept until the end; when a run fails, the tail of its
 # agent's log and the dispatcher's errors are printed and the logs stay in /tmp/cuttle-bench-logs.*.
 # Builds both versions in release mode into this tree's target dir (the dependencies they share
-# are compiled once); needs git, cargo, rabbitmq-server, redis-server and python3. Run as root
-# (the RabbitMQ node drops to the rabbitmq user).
+# are compiled once), one build at a time on the machine (flock /tmp/cuttle-cargo.lock); needs
+# git, cargo, flock, rabbitmq-server, redis-server and python3. Run as root (the RabbitMQ node
+# drops to the rabbitmq user).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
+source deploy/local/bench-lib.sh
 old_ref=${1:-95e2822}
 new_ref=${2:-}
 rounds=${ROUNDS:-3}
@@ -34,20 +36,12 @@ agent_wait=${AGENT_WAIT:-120}
 work=$(mktemp -d /tmp/cuttle-bench.XXXXXX)
 chmod 755 "$work"
 logs=$(mktemp -d /tmp/cuttle-bench-logs.XXXXXX)
-say() { printf 'bench: %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-node="cuttle_bench_$$@localhost"
-rabbit_port=$(free_port)
-redis_port=$(free_port)
 agent_pid=
 cleanup() {
   local status=$?
   [ -n "$agent_pid" ] && kill -TERM "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null || true
   if [ "$status" -eq 0 ]; then rm -rf "$logs"; else say "failed; the agents' and dispatchers' logs are in $logs"; fi
-  rabbitmqctl -n "$node" -q stop >/dev/null 2>&1 || true
-  redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  private_services_stop
   git -C "$root" worktree remove --force "$work/old-tree" >/dev/null 2>&1 || true
   git -C "$root" worktree remove --force "$work/new-tree" >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -68,7 +62,7 @@ build() { # version, ref (empty: the working tree)
     git -C "$root" worktree add --detach "$work/$1-tree" "$commit" >/dev/null 2>&1
     manifest=$work/$1-tree/Cargo.toml
   fi
-  cargo build --release --bins --quiet --manifest-path "$manifest" --target-dir "$root/target"
+  locked_cargo build --release --bins --quiet --manifest-path "$manifest" --target-dir "$root/target"
   cp "$root/target/release/worker-agent" "$root/target/release/dispatcher" "$work/$1/"
   if [ -n "$2" ]; then
     mkdir -p "$cache"
@@ -79,29 +73,13 @@ say "building old ($old_ref) and new (${new_ref:-working tree}), release"
 build old "$old_ref"
 build new "$new_ref"
 
-say "private RabbitMQ on 127.0.0.1:$rabbit_port, Redis on 127.0.0.1:$redis_port"
-mkdir -p "$work/rabbit/mnesia" "$work/rabbit/log"
-echo "listeners.tcp.local = 127.0.0.1:$rabbit_port" >"$work/rabbit/rabbitmq.conf"
-# Cuttle's message limit, as every broker it ships or starts has it.
-grep '^max_message_size' deploy/rabbitmq/rabbitmq.conf >>"$work/rabbit/rabbitmq.conf"
-echo "[]." >"$work/rabbit/enabled_plugins"
-chown -R rabbitmq:rabbitmq "$work/rabbit" 2>/dev/null || true
-RABBITMQ_NODENAME=$node RABBITMQ_NODE_PORT=$rabbit_port RABBITMQ_DIST_PORT=$(free_port) \
-  RABBITMQ_MNESIA_BASE=$work/rabbit/mnesia RABBITMQ_LOG_BASE=$work/rabbit/log \
-  RABBITMQ_ENABLED_PLUGINS_FILE=$work/rabbit/enabled_plugins RABBITMQ_CONFIG_FILE=$work/rabbit/rabbitmq.conf \
-  rabbitmq-server -detached >/dev/null 2>&1
-redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize yes --save "" --appendonly no >/dev/null
-for _ in $(seq 900); do port_open "$rabbit_port" && break; sleep 0.1; done
-port_open "$rabbit_port" || { say "the private RabbitMQ did not start"; exit 1; }
-export CUTTLE_AMQP_URL="amqp://guest:guest@127.0.0.1:$rabbit_port/%2f" CUTTLE_REDIS_URL="redis://127.0.0.1:$redis_port"
+private_services_start "$work"
 
 # Keys for each version that signs: its agent trusts its dispatcher, its dispatcher pins its agent.
 signs() { "$work/$1/worker-agent" run --help | grep -q -- --trusted-keys; }
 for version in old new; do
   if signs "$version"; then
-    "$work/$version/dispatcher" keygen --out "$work/$version/dispatcher.key" >"$work/$version/trusted_keys"
-    "$work/$version/worker-agent" keygen --out "$work/$version/agent.key" >"$work/$version/agent.pub"
-    : >"$work/$version/known_agents"
+    make_keys "$work/$version" "$work/$version"
     say "$version signs commands and answers"
   fi
 done
@@ -118,36 +96,26 @@ failed() { # what failed, agent log, dispatcher log
   fi
   exit 1
 }
-# Waits, polling, until the agent consumes its queue; fails at once if it exits, else after
-# AGENT_WAIT seconds.
-await_agent() { # agent id, agent log
-  local deadline=$((SECONDS + agent_wait))
-  until grep -qs "consuming commands" "$2"; do
-    kill -0 "$agent_pid" 2>/dev/null || failed "agent $1 exited before consuming commands" "$2" /dev/null
-    [ "$SECONDS" -lt "$deadline" ] || failed "agent $1 not consuming commands after ${agent_wait}s" "$2" /dev/null
-    sleep 0.2
-  done
-}
 run() { # version, concurrency, count
   local version=$1 agent_id="bench-$1-$RANDOM" agent_keys=() dispatcher_keys=()
   local log="$logs/agent-$agent_id.log" dispatcher_log="$logs/dispatcher-$agent_id.log"
   if signs "$version"; then
-    agent_keys=(--key "$work/$version/agent.key" --trusted-keys "$work/$version/trusted_keys")
-    dispatcher_keys=(--key "$work/$version/dispatcher.key" --known-agents "$work/$version/known_agents")
-    echo "$agent_id $(cat "$work/$version/agent.pub")" >>"$work/$version/known_agents"
+    pin_agent "$work/$version" "$agent_id"
   fi
   "$work/$version/worker-agent" run --agent-id "$agent_id" --work-dir "$work/agent-$agent_id" "${agent_keys[@]}" \
     >"$log" 2>&1 &
   agent_pid=$!
-  await_agent "$agent_id" "$log"
-  # CPU time (user and system) each process spent on the run: the agent's from /proc (clock
+  await_agent "$agent_id" "$agent_pid" "$log" "$agent_wait" || failed "agent $agent_id did not start" "$log" /dev/null
+  # CPU time (user and system) each process spent on the run: the agent's own from /proc (clock
   # ticks, before and after), the dispatcher's from the shell's `time`.
   local agent_ticks report dispatcher_cpu TIMEFORMAT='%3U %3S'
-  agent_ticks=$(cpu_ticks "$agent_pid")
+  read -r agent_ticks _ < <(cpu_ticks "$agent_pid")
   report=$( { time "$work/$version/dispatcher" "${dispatcher_keys[@]}" bench --target "$agent_id" --count "$3" \
     --concurrency "$2" --json 2>"$dispatcher_log"; } 2>"$logs/cpu-$agent_id") ||
     failed "dispatcher bench against agent $agent_id ($version) failed" "$log" "$dispatcher_log"
-  agent_ticks=$(($(cpu_ticks "$agent_pid") - agent_ticks))
+  local after
+  read -r after _ < <(cpu_ticks "$agent_pid")
+  agent_ticks=$((after - agent_ticks))
   dispatcher_cpu=$(awk '{ print $1 + $2 }' "$logs/cpu-$agent_id")
   kill -TERM "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=
   local load
@@ -155,7 +123,6 @@ run() { # version, concurrency, count
   echo "$version $2 $(awk -v t="$agent_ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { print t / hz }') $dispatcher_cpu $load $report" |
     tee -a "$results" >&2
 }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 for round in $(seq "$rounds"); do
   say "round $round of $rounds"
