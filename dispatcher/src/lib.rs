@@ -28,6 +28,8 @@ pub mod cli;
 pub mod error;
 pub mod fanout;
 pub mod follow;
+#[cfg(test)]
+mod golden;
 pub mod inventory;
 pub mod metrics;
 pub mod negotiate;

@@ -1416,3 +1416,43 @@ where
         writeln!(writer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden;
+    use clap::CommandFactory;
+
+    /// `dispatcher ARGS --help` as the binary prints it on a pipe, with any value the environment
+    /// gives a flag left out (`[env: NAME=]`, as with the variable unset).
+    fn help(args: &[&str]) -> String {
+        let command = Cli::command();
+        let mut values = Vec::new();
+        let mut commands = vec![&command];
+        while let Some(command) = commands.pop() {
+            commands.extend(command.get_subcommands());
+            for arg in command.get_arguments() {
+                if let (Some(name), Some(value)) = (arg.get_env(), std::env::var_os(arg.get_env().unwrap_or_default()))
+                {
+                    values.push((name.to_string_lossy().into_owned(), value.to_string_lossy().into_owned()));
+                }
+            }
+        }
+        let error = command.try_get_matches_from(["dispatcher"].iter().chain(args).chain(&["--help"])).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::DisplayHelp);
+        let mut text = error.render().to_string();
+        for (name, value) in values {
+            text = text.replace(&format!("[env: {name}={value}]"), &format!("[env: {name}=]"));
+        }
+        text
+    }
+
+    #[test]
+    fn the_help_of_every_command_is_pinned() {
+        golden::check("help/dispatcher.txt", &help(&[]));
+        for command in Cli::command().get_subcommands() {
+            let name = command.get_name();
+            golden::check(&format!("help/{name}.txt"), &help(&[name]));
+        }
+    }
+}

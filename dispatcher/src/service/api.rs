@@ -304,6 +304,20 @@ impl utoipa::Modify for BearerAuth {
 
 /// The router and the OpenAPI document it serves at `/openapi.json`.
 pub fn router(state: Arc<ApiState>) -> axum::Router {
+    let (router, doc) = documented(&state);
+    let doc = Arc::new(doc);
+    router
+        .route("/openapi.json", axum::routing::get(move || async move { Json(doc.as_ref().clone()) }))
+        .merge(super::web::router(state.clone()))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such route; GET /openapi.json lists the routes this service has")
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), own_site))
+        .with_state(state)
+}
+
+/// The documented routes, and the OpenAPI document made from them.
+fn documented(state: &Arc<ApiState>) -> (axum::Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(submit))
         .routes(routes!(history))
@@ -324,15 +338,7 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
             .build();
         PathItem::new(HttpMethod::Get, op)
     });
-    let doc = Arc::new(doc);
-    router
-        .route("/openapi.json", axum::routing::get(move || async move { Json(doc.as_ref().clone()) }))
-        .merge(super::web::router(state.clone()))
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such route; GET /openapi.json lists the routes this service has")
-        })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), own_site))
-        .with_state(state)
+    (router, doc)
 }
 
 /// Refuses, before anything else, what no page of this service sends ([`Site::check`]): a Host
@@ -854,6 +860,30 @@ async fn healthz(State(state): Shared) -> (StatusCode, Json<Health>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A service's state that reaches for nothing (no broker, no Redis) until asked to.
+    fn offline_state() -> Arc<ApiState> {
+        use crate::{Orchestrator, RpcClient, RpcConfig, Timing};
+        let rpc = RpcConfig {
+            amqp_url: crate::DEFAULT_AMQP_URL.into(),
+            connect_timeout: Duration::from_secs(1),
+            trust: None,
+            tls: Default::default(),
+        };
+        let orchestrator = Orchestrator::new(Arc::new(RpcClient::new(rpc)), Timing::default());
+        let journal = super::super::journal::Journal::open("redis://127.0.0.1:1", "offline:", Duration::from_secs(60))
+            .expect("a journal that connects lazily");
+        let leases = super::super::lease::Leases::new(journal.clone(), "offline".into(), Duration::from_secs(5));
+        let followers = Followers::new(orchestrator, journal, leases, Default::default());
+        let site = Site::new("127.0.0.1:7480".parse().unwrap(), Vec::new(), None);
+        Arc::new(ApiState { followers, policies: PolicyConfig::default(), tokens: None, site })
+    }
+
+    #[test]
+    fn the_openapi_document_is_pinned() {
+        let (_, doc) = documented(&offline_state());
+        crate::golden::check("openapi.json", &(serde_json::to_string_pretty(&doc).unwrap() + "\n"));
+    }
 
     fn request(json: serde_json::Value) -> Result<SubmitRequest, serde_json::Error> {
         serde_json::from_value(json)
