@@ -11,6 +11,7 @@
 //! - [`policy`]: machine policies (retry durations per purpose, targets and pools mapped to them).
 //! - [`outcome`]: how a submission ended and the exit code that says so.
 //! - [`route`]: agent or pool targets; [`error`]: what can fail and whether to retry.
+//! - [`event`]: the JSON events written under `--json`, in the journal and as server-sent events.
 //! - [`trust`]: the dispatcher's key (signs requests) and the agents' pinned keys (answers).
 //! - [`fanout`]: one script on many targets, paced by [`budget`]'s limits (parallelism, error
 //!   budget), with a result per target.
@@ -26,6 +27,7 @@ pub mod bench;
 pub mod budget;
 pub mod cli;
 pub mod error;
+pub mod event;
 pub mod fanout;
 pub mod follow;
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The documentation agrees with the code, so it cannot drift unseen: every relative link in the
 //! Markdown files resolves (file and heading), every Rust version the docs and Dockerfiles name is
-//! the workspace's `rust-version`, and every JSON event the dispatcher writes is in the README.
+//! the workspace's `rust-version`, and every JSON event the dispatcher writes is in the README
+//! with each of its fields.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -131,27 +132,46 @@ fn every_minimum_rust_version_the_docs_name_is_the_workspaces() {
     }
 }
 
-/// The names of the JSON events the dispatcher writes (`"event": "NAME"` in its code).
-fn event_names() -> BTreeSet<String> {
-    let marker = "\"event\": \"";
-    let mut names = BTreeSet::new();
-    for file in files(&repo().join("dispatcher/src"), ".rs") {
-        let code = std::fs::read_to_string(&file).unwrap();
-        let mut rest = code.as_str();
-        while let Some(at) = rest.find(marker) {
-            rest = &rest[at + marker.len()..];
-            names.insert(rest[..rest.find('"').unwrap()].to_owned());
-        }
-    }
-    names
+/// The JSON events the dispatcher writes, one line per kind (and per optional field), as the
+/// dispatcher's own tests pin them: its `JsonEvent` writes exactly these lines and has no kind
+/// without one.
+fn pinned_events() -> Vec<(dispatcher::event::JsonEvent, serde_json::Map<String, serde_json::Value>)> {
+    let fixture = std::fs::read_to_string(repo().join("dispatcher/tests/fixtures/events.jsonl")).unwrap();
+    let events = fixture.lines().map(|line| {
+        let event = dispatcher::event::JsonEvent::parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let serde_json::Value::Object(fields) = serde_json::from_str(line).unwrap() else { panic!("{line}") };
+        (event, fields)
+    });
+    events.collect()
 }
 
 #[test]
 fn every_json_event_the_dispatcher_writes_is_in_the_readme() {
-    let names = event_names();
-    assert!(names.len() >= 8 && names.contains("result"), "the event scan found {names:?}: is it still right?");
+    let events = pinned_events();
+    let names: BTreeSet<&str> = events.iter().map(|(event, _)| event.name()).collect();
+    assert!(names.len() >= 8 && names.contains("result"), "the fixture has {names:?}: is it still right?");
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let missing: Vec<&String> =
-        names.iter().filter(|name| !readme.contains(&format!("{{\"event\":\"{name}\""))).collect();
-    assert!(missing.is_empty(), "events written under --json but not in the README: {missing:?}");
+    // A target's events on several targets carry its name, which the README says once for all.
+    let targets_said = readme.contains("every event carries its `target`");
+    let mut missing = BTreeSet::new();
+    for (event, fields) in &events {
+        let opening = format!("{{\"event\":\"{}\"", event.name());
+        let Some(at) = readme.find(&opening) else {
+            missing.insert(format!("{}: not in the README", event.name()));
+            continue;
+        };
+        // The README's example of the event, up to the end of its inline code.
+        let example = &readme[at..at + readme[at..].find('`').unwrap_or(readme.len() - at)];
+        for key in fields.keys().filter(|key| *key != "event") {
+            let documented = example.contains(&format!("\"{key}\":")) || (key == "target" && targets_said);
+            if !documented {
+                missing.insert(format!("{}: field {key} is not in the README's {example}", event.name()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "events written under --json but not in the README:\n{}",
+        missing.into_iter().collect::<Vec<_>>().join("\n")
+    );
 }

@@ -2,6 +2,7 @@
 //! as the known agents' pinned keys vouch for it.
 
 use super::usage_error;
+use crate::event::{IgnoredAnnouncements, JsonEvent};
 use crate::inventory::{self, Ignored, Inventory};
 use crate::outcome::exit;
 use crate::route::Route;
@@ -49,16 +50,16 @@ async fn read_inventory(rpc: &RpcConfig, pins: &Pins<'_>) -> Result<Inventory, E
 }
 
 /// How many announcements were not believed, by why (`--json` counts).
-fn ignored_counts(inventory: &Inventory) -> serde_json::Value {
-    let (mut forged, mut unpinned, mut invalid) = (0, 0, 0);
+fn ignored_counts(inventory: &Inventory) -> IgnoredAnnouncements {
+    let mut counts = IgnoredAnnouncements::default();
     for ignored in inventory.ignored() {
         match ignored {
-            Ignored::Forged { .. } => forged += 1,
-            Ignored::Unpinned { .. } => unpinned += 1,
-            Ignored::Invalid(_) => invalid += 1,
+            Ignored::Forged { .. } => counts.forged += 1,
+            Ignored::Unpinned { .. } => counts.unpinned += 1,
+            Ignored::Invalid(_) => counts.invalid += 1,
         }
     }
-    json!({"forged": forged, "unpinned": unpinned, "invalid": invalid})
+    counts
 }
 
 /// What the user is warned of after reading the fleet: one line per agent whose announcements
@@ -175,7 +176,7 @@ pub async fn resolve(
     let lines = warnings(&inventory, &file, &|agent| trust.legacy_warning(agent));
     if json {
         for message in lines {
-            outln!("{}", json!({"event": "warning", "message": message}));
+            outln!("{}", JsonEvent::Warning { message, target: None });
         }
     } else {
         warn_on_stderr(lines);
@@ -194,7 +195,8 @@ pub async fn resolve(
     eprintln!("cuttle: --select {selector} matches {} live agents: {}", ids.len(), ids.join(", "));
     if json {
         let ignored = ignored_counts(&inventory);
-        outln!("{}", json!({"event": "selected", "select": selector.to_string(), "targets": ids, "ignored": ignored}));
+        let targets = ids.iter().map(|id| id.to_string()).collect();
+        outln!("{}", JsonEvent::Selected { select: selector.to_string(), targets, ignored });
     }
     ids.iter().map(|id| Route::agent(id).map_err(usage_error)).collect()
 }

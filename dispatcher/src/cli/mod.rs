@@ -14,6 +14,7 @@ mod terminal;
 
 use crate::bench;
 use crate::budget::{Limits, Share};
+use crate::event::JsonEvent;
 use crate::fanout::{NotStarted, Progress, TargetResult};
 use crate::negotiate::{AgentKind, ProtocolMode, ScriptProtocol};
 use crate::orchestrator::{Event, Orchestrator, Policies, Timing};
@@ -691,27 +692,14 @@ impl Printer {
             }
         }
         if self.json {
-            let line = match event {
-                Event::Ticket { ticket, target } => {
-                    json!({"event": "ticket", "ticket": ticket, "target": target})
-                }
-                Event::Log(line) if self.logs => {
-                    json!({"event": "log", "seq": line.seq, "stream": line.stream.name(), "text": line.text, "at": line.at})
-                }
-                Event::Log(_) => return,
-                Event::Retry { request, notice } => json!({
-                    "event": "retry", "request": request.as_str(), "attempt": notice.attempt,
-                    "delay_ms": notice.delay.as_millis() as u64, "time_left_ms": notice.time_left.as_millis() as u64,
-                    "error": notice.error.to_string(),
-                }),
-                Event::Notice(message) => json!({"event": "notice", "message": message}),
-                Event::Warning(message) => json!({"event": "warning", "message": message}),
-            };
-            let mut line = line;
-            if let Some(target) = &self.target {
-                line["target"] = json!(target);
+            if matches!(event, Event::Log(_)) && !self.logs {
+                return;
             }
-            outln!("{line}");
+            let line = JsonEvent::from_event(&event);
+            match &self.target {
+                Some(target) => outln!("{}", line.with_target(target)),
+                None => outln!("{line}"),
+            }
             return;
         }
         let prefix = self.target.as_ref().map(|t| format!("[{t}] ")).unwrap_or_default();
@@ -739,12 +727,7 @@ impl Printer {
     /// Prints how it ended and gives the exit code.
     fn outcome(&self, outcome: &Outcome) -> ExitCode {
         if self.json {
-            outln!(
-                "{}",
-                json!({"event": "result", "ticket": outcome.ticket, "target": outcome.target, "outcome": outcome.outcome,
-                       "exit_code": outcome.exit_code, "error": outcome.error,
-                       "output_truncated": self.truncated.load(Ordering::Relaxed)})
-            );
+            outln!("{}", JsonEvent::result(outcome, Some(self.truncated.load(Ordering::Relaxed))));
             return ExitCode::from(outcome.process_exit);
         }
         if self.truncated.load(Ordering::Relaxed) {
@@ -1024,7 +1007,7 @@ async fn fan_out(
                     printer.outcome(&report.outcome);
                 }
                 Progress::NotStarted { target, reason } if json => {
-                    outln!("{}", json!({"event": "skipped", "target": target, "reason": reason}));
+                    outln!("{}", JsonEvent::Skipped { target: target.clone(), reason: *reason });
                 }
                 _ => {}
             }
@@ -1041,7 +1024,7 @@ async fn fan_out(
         results.iter().filter(|r| matches!(r, TargetResult::Ran(report) if crate::fanout::failed(report))).count();
     let skipped = results.iter().filter(|r| matches!(r, TargetResult::NotStarted { .. })).count();
     if json {
-        outln!("{}", json!({"event": "summary", "targets": results.len(), "failed": failed, "skipped": skipped}));
+        outln!("{}", JsonEvent::Summary { targets: results.len(), failed, skipped });
     } else {
         print_summary(&results);
         let reason = results.iter().find_map(|r| match r {
@@ -1129,10 +1112,8 @@ async fn status(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
         };
     }
     if t.json {
-        outln!(
-            "{}",
-            json!({"event": "status", "ticket": t.ticket, "target": route.name(), "state": format!("{:?}", status.state).to_lowercase()})
-        );
+        let state = format!("{:?}", status.state).to_lowercase();
+        outln!("{}", JsonEvent::Status { ticket: t.ticket.clone(), target: route.name().to_owned(), state });
     } else {
         eprintln!("cuttle: ticket {} is {:?} on {route}", t.ticket, status.state);
     }

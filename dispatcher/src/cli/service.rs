@@ -2,6 +2,7 @@
 //! `status TICKET` read from the journal.
 
 use super::{script_spec, terminal, usage_error, SubmitArgs};
+use crate::event::JsonEvent;
 use crate::orchestrator::Orchestrator;
 use crate::outcome::{exit, OutcomeKind};
 use crate::policy::PolicyConfig;
@@ -203,7 +204,7 @@ pub async fn submit_detached(journal: &JournalOptions, args: &SubmitArgs) -> Exi
             return ExitCode::from(exit::BROKER_UNREACHABLE);
         }
         if args.json {
-            outln!("{}", json!({"event": "ticket", "ticket": submission.ticket, "target": submission.target}));
+            outln!("{}", JsonEvent::Ticket { ticket: submission.ticket.clone(), target: submission.target.clone() });
         } else {
             outln!("{}", submission.ticket);
             eprintln!(
@@ -274,7 +275,8 @@ pub async fn status_from_journal(journal: &JournalOptions, ticket: &Ticket, foll
     // Not finished (without --follow): say where it stands.
     let view = TicketView::from_record(&record);
     if json {
-        outln!("{}", json!({"event": "status", "ticket": view.ticket, "target": view.target, "state": view.state}));
+        let (ticket, target) = (record.submission.ticket.clone(), view.target);
+        outln!("{}", JsonEvent::Status { ticket, target, state: view.state });
     } else {
         eprintln!("cuttle: ticket {} is {} on {}", view.ticket, view.state, view.target);
     }
@@ -284,42 +286,31 @@ pub async fn status_from_journal(journal: &JournalOptions, ticket: &Ticket, foll
 /// Prints journal events as `submit` prints events; gives whether the result was among them.
 fn print_events(events: &[JournalEvent], json: bool) -> bool {
     for JournalEvent { event, .. } in events {
-        let kind = event["event"].as_str().unwrap_or_default();
         if json {
             outln!("{event}");
         } else {
-            match kind {
-                "log" => {
-                    let text = event["text"].as_str().unwrap_or_default();
-                    match event["stream"].as_str() {
-                        Some("stdout") => {
-                            let _ = writeln!(std::io::stdout().lock(), "{}", terminal::out(text));
-                        }
-                        Some("stderr") => eprintln!("{}", terminal::err(text)),
-                        _ => eprintln!("cuttle: [agent] {}", terminal::err(text)),
+            match event {
+                JsonEvent::Log { stream, text, .. } => match stream.as_str() {
+                    "stdout" => {
+                        let _ = writeln!(std::io::stdout().lock(), "{}", terminal::out(text));
                     }
+                    "stderr" => eprintln!("{}", terminal::err(text)),
+                    _ => eprintln!("cuttle: [agent] {}", terminal::err(text)),
+                },
+                JsonEvent::Retry { request, attempt, error, .. } => {
+                    eprintln!("cuttle: {request} failed (attempt {attempt}), retrying: {}", terminal::err(error))
                 }
-                "retry" => eprintln!(
-                    "cuttle: {} failed (attempt {}), retrying: {}",
-                    event["request"].as_str().unwrap_or_default(),
-                    event["attempt"],
-                    terminal::err(event["error"].as_str().unwrap_or_default())
+                JsonEvent::Notice { message, .. } => eprintln!("cuttle: {}", terminal::err(message)),
+                JsonEvent::Warning { message, .. } => eprintln!("cuttle: warning: {}", terminal::err(message)),
+                JsonEvent::Result { outcome, error, .. } if *outcome != OutcomeKind::Completed => eprintln!(
+                    "cuttle: {}: {}",
+                    outcome.name(),
+                    terminal::err(error.as_deref().unwrap_or("no reason given"))
                 ),
-                "notice" => eprintln!("cuttle: {}", terminal::err(event["message"].as_str().unwrap_or_default())),
-                "warning" => {
-                    eprintln!("cuttle: warning: {}", terminal::err(event["message"].as_str().unwrap_or_default()))
-                }
-                "result" if event["outcome"] != "completed" => {
-                    eprintln!(
-                        "cuttle: {}: {}",
-                        event["outcome"].as_str().unwrap_or_default(),
-                        terminal::err(event["error"].as_str().unwrap_or("no reason given"))
-                    )
-                }
                 _ => {}
             }
         }
-        if kind == "result" {
+        if matches!(event, JsonEvent::Result { .. }) {
             return true;
         }
     }

@@ -8,10 +8,11 @@
 //! form of a web page can reach a route. Errors are `{"error": "..."}` with a message that says
 //! what to change.
 
-use super::journal::{HistoryQuery, JournalError, Recorded, Submission, TicketRecord};
+use super::journal::{HistoryQuery, JournalError, JournalEvent, Recorded, Submission, TicketRecord};
 use super::resume::{Followers, PlaceWait};
 use super::site::{Seen, Site};
 use super::tokens::ApiTokens;
+use crate::event::JsonEvent;
 use crate::outcome::OutcomeKind;
 use crate::policy::{self, Overrides, PolicyConfig, Purpose, Target};
 use crate::route::Route;
@@ -681,8 +682,10 @@ async fn ticket(
     let record = record_of(&state, &ticket).await?;
     let after = query.after.unwrap_or(0);
     let output = (state.followers.journal.all_events(&ticket).await?.into_iter())
-        .filter(|event| event.event["event"] == "log" && event.event["seq"].as_u64().is_some_and(|seq| seq > after))
-        .filter_map(|event| serde_json::from_value::<OutputLine>(event.event).ok())
+        .filter_map(|event| match event.event {
+            JsonEvent::Log { seq, stream, text, at, .. } if seq > after => Some(OutputLine { seq, stream, text, at }),
+            _ => None,
+        })
         .collect();
     let mut view = TicketView::from_record(&record);
     view.output = Some(output);
@@ -714,7 +717,7 @@ async fn events(
     struct Reading {
         con: deadpool_redis::Connection,
         after: String,
-        pending: std::collections::VecDeque<super::journal::JournalEvent>,
+        pending: std::collections::VecDeque<JournalEvent>,
         done: bool,
     }
     let reading = Reading { con, after, pending: Default::default(), done: false };
@@ -722,10 +725,9 @@ async fn events(
         let (journal, ticket) = (journal.clone(), ticket.clone());
         async move {
             loop {
-                if let Some(event) = r.pending.pop_front() {
-                    let kind = event.event["event"].as_str().unwrap_or("event").to_owned();
-                    r.done = kind == "result";
-                    let sse = SseEvent::default().id(event.id).event(kind).data(event.event.to_string());
+                if let Some(JournalEvent { id, event }) = r.pending.pop_front() {
+                    r.done = matches!(event, JsonEvent::Result { .. });
+                    let sse = SseEvent::default().id(id).event(event.name()).data(event.to_line());
                     return Some((Ok(sse), r));
                 }
                 if r.done {
