@@ -9,6 +9,8 @@
 //!   order without gaps or repeats.
 //! - [`negotiate`]: capabilities first, then the newest script service both sides support.
 //! - [`policy`]: machine policies (retry durations per purpose, targets and pools mapped to them).
+//! - [`plan`]: a script request, from the CLI's flags or the API's JSON, made into what runs: routes,
+//!   script spec, policies and tickets.
 //! - [`outcome`]: how a submission ended and the exit code that says so.
 //! - [`route`]: agent or pool targets; [`error`]: what can fail and whether to retry.
 //! - [`event`]: the JSON events written under `--json`, in the journal and as server-sent events.
@@ -37,6 +39,7 @@ pub mod metrics;
 pub mod negotiate;
 pub mod orchestrator;
 pub mod outcome;
+pub mod plan;
 pub mod policy;
 pub mod retry;
 pub mod route;

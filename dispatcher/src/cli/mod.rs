@@ -19,7 +19,8 @@ use crate::fanout::{NotStarted, Progress, TargetResult};
 use crate::negotiate::{AgentKind, ProtocolMode, ScriptProtocol};
 use crate::orchestrator::{Event, Orchestrator, Policies, Timing};
 use crate::outcome::{exit, Outcome, OutcomeKind};
-use crate::policy::{self, MachinePolicy, Overrides, PolicyConfig, PolicyError, Purpose, Target};
+use crate::plan::{self, Plan, PolicyChoice, ScriptDraft, ScriptInputs, Targets};
+use crate::policy::{Overrides, PolicyConfig, PolicyError, Purpose};
 use crate::retry::RetryPolicy;
 use crate::route::Route;
 use crate::rpc::{RpcClient, RpcConfig};
@@ -276,21 +277,12 @@ impl TargetArgs {
 
     /// Every target given (`submit` fans out over several).
     fn routes(&self) -> Result<Vec<Route>, String> {
-        if let Some(pool) = &self.pool {
-            return Ok(vec![Route::pool(pool)?]);
-        }
-        if self.target.is_empty() {
-            return Err("give --target or --pool".into());
-        }
-        let mut routes: Vec<Route> = Vec::new();
-        for agent in &self.target {
-            let route = Route::agent(agent)?;
-            if routes.contains(&route) {
-                return Err(format!("--target {agent} is given twice"));
-            }
-            routes.push(route);
-        }
-        Ok(routes)
+        let targets = match &self.pool {
+            Some(pool) => Targets::Pool(pool.clone()),
+            None if self.target.is_empty() => return Err("give --target or --pool".into()),
+            None => Targets::Agents { ids: self.target.clone(), given_as: "--target" },
+        };
+        plan::routes(targets).map_err(|e| e.to_string())
     }
 }
 
@@ -318,49 +310,18 @@ pub struct RetryArgs {
 impl RetryArgs {
     /// The policies file, read once per command (the built-in `default` without one).
     fn config(&self) -> Result<PolicyConfig, PolicyError> {
-        match &self.config {
-            Some(path) => PolicyConfig::load(path),
-            None => Ok(PolicyConfig::default()),
-        }
+        plan::load_policies(self.config.as_deref())
+    }
+
+    /// The policy and overrides these flags ask for.
+    fn choice(&self) -> PolicyChoice {
+        let overrides = Overrides { retry_duration: self.retry_duration, no_retries: self.no_retries };
+        PolicyChoice { policy: self.policy.clone(), purpose: self.purpose, overrides }
     }
 
     /// The retry policy for `route` and this command's purpose (`--purpose`, else the default).
     fn policy(&self, route: &Route, default_purpose: Purpose) -> Result<RetryPolicy, PolicyError> {
-        self.policy_in(&self.config()?, route, default_purpose)
-    }
-
-    /// [`RetryArgs::policy`] with the policies file already read.
-    fn policy_in(
-        &self,
-        config: &PolicyConfig,
-        route: &Route,
-        default_purpose: Purpose,
-    ) -> Result<RetryPolicy, PolicyError> {
-        Ok(self.resolve(&self.machine(config, route)?, self.purpose.unwrap_or(default_purpose)))
-    }
-
-    /// A submission's policies: the script's, and the health-check one for capabilities.
-    fn policies(&self, config: &PolicyConfig, route: &Route) -> Result<Policies, PolicyError> {
-        let machine = self.machine(config, route)?;
-        Ok(Policies {
-            script: self.resolve(&machine, self.purpose.unwrap_or(Purpose::Deployment)),
-            health: self.resolve(&machine, Purpose::HealthCheck),
-        })
-    }
-
-    /// The machine policy `route` maps to, or the one `--policy` names.
-    fn machine(&self, config: &PolicyConfig, route: &Route) -> Result<MachinePolicy, PolicyError> {
-        let target = match route {
-            Route::Agent(id) => Target::Agent(id),
-            Route::Pool(pool) | Route::Worker { pool, .. } => Target::Pool(pool),
-        };
-        config.policy_for(self.policy.as_deref(), target)
-    }
-
-    /// The retry policy for `purpose` under `machine`, with this command's overrides.
-    fn resolve(&self, machine: &MachinePolicy, purpose: Purpose) -> RetryPolicy {
-        let overrides = Overrides { retry_duration: self.retry_duration, no_retries: self.no_retries };
-        policy::resolve(machine, purpose, overrides)
+        self.choice().retry(&self.config()?, route, default_purpose)
     }
 }
 
@@ -786,6 +747,8 @@ fn sigint() -> tokio::signal::unix::Signal {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("a SIGINT handler")
 }
 
+/// The script spec `submit`'s flags describe: the script file read, then (once the script is
+/// checked) the files and secret files.
 fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
     let script = match &args.script {
         Some(path) => {
@@ -793,13 +756,7 @@ fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
         }
         None => args.command.join(" "),
     };
-    if script.trim().is_empty() {
-        return Err("the script is empty".into());
-    }
-    if let Some(mutex) = &args.mutex {
-        contracts::topology::validate_name("mutex name", mutex)?;
-    }
-    let spec = ScriptSpec {
+    let draft = ScriptDraft {
         script,
         shell: match args.shell {
             ShellArg::Sh => Shell::Sh,
@@ -807,20 +764,17 @@ fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
         },
         args: args.args.clone(),
         env: args.env.iter().cloned().collect(),
-        files: files_of(args)?,
         isolation: match args.isolation {
             IsolationArg::None => Isolation::None,
             IsolationArg::Full => Isolation::Full,
         },
-        mutex_name: args.mutex.clone(),
-        mutex_timeout: args.mutex_timeout.map(|d| d.as_millis() as u64),
-        execution_timeout: args.timeout.map(|d| d.as_millis() as u64),
-        secret_env: secrets_of(args)?,
-        sealed_secret_env: Vec::new(),
+        mutex: args.mutex.clone(),
     };
-    spec.validate()?;
-    spec.check_size()?;
-    Ok(spec)
+    plan::script_spec(draft, || {
+        let files = files_of(args)?;
+        let secret_env = secrets_of(args)?;
+        Ok(ScriptInputs { files, secret_env, mutex_timeout: args.mutex_timeout, timeout: args.timeout })
+    })
 }
 
 /// Runs one parsed command and gives the process exit code.
@@ -932,13 +886,11 @@ async fn submit(orchestrator: &Orchestrator, rpc_config: &RpcConfig, args: Submi
         Ok(config) => config,
         Err(e) => return usage_error(e),
     };
-    let mut planned = Vec::with_capacity(routes.len());
-    for route in routes {
-        match args.retry.policies(&config, &route) {
-            Ok(policies) => planned.push((route, policies)),
-            Err(e) => return usage_error(e),
-        }
-    }
+    let plan = match Plan::new(routes, spec, &args.retry.choice(), &config) {
+        Ok(plan) => plan,
+        Err(e) => return usage_error(e),
+    };
+    let (spec, planned) = (plan.spec, plan.targets.into_iter().map(|t| (t.route, t.policies)).collect::<Vec<_>>());
     if let [(route, policies)] = planned.as_slice() {
         let printer =
             Printer { json: args.json, logs: true, target: None, progress: None, truncated: AtomicBool::new(false) };
@@ -1198,7 +1150,7 @@ async fn health(orchestrator: &Orchestrator, args: HealthArgs) -> ExitCode {
             Ok(route) => route,
             Err(e) => return usage_error(e),
         };
-        match args.retry.policy_in(&config, &route, Purpose::HealthCheck) {
+        match args.retry.choice().retry(&config, &route, Purpose::HealthCheck) {
             Ok(policy) => checks.push((route, policy)),
             Err(e) => return usage_error(e),
         }

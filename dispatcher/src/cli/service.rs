@@ -5,9 +5,9 @@ use super::{script_spec, terminal, usage_error, SubmitArgs};
 use crate::event::JsonEvent;
 use crate::orchestrator::Orchestrator;
 use crate::outcome::{exit, OutcomeKind};
-use crate::policy::PolicyConfig;
+use crate::plan::{self, Plan, Tickets};
 use crate::service::api::{since_millis, TicketView, MAX_HISTORY_LIMIT};
-use crate::service::journal::{HistoryQuery, Journal, JournalEvent, Submission};
+use crate::service::journal::{HistoryQuery, Journal, JournalEvent};
 use crate::service::site::{Authority, PublicUrl};
 use crate::service::tokens::ApiTokens;
 use crate::service::{Service, ServiceConfig};
@@ -106,12 +106,9 @@ pub async fn serve(orchestrator: &Orchestrator, journal: &JournalOptions, args: 
         Ok(tokens) => tokens,
         Err(e) => return usage_error(e),
     };
-    let policies = match &args.config {
-        Some(path) => match PolicyConfig::load(path) {
-            Ok(config) => config,
-            Err(e) => return usage_error(e),
-        },
-        None => PolicyConfig::default(),
+    let policies = match plan::load_policies(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return usage_error(e),
     };
     let open = tokens.is_none();
     let declared_names = !args.allowed_hosts.is_empty() || args.public_url.is_some();
@@ -191,13 +188,13 @@ pub async fn submit_detached(journal: &JournalOptions, args: &SubmitArgs) -> Exi
         Ok(config) => config,
         Err(e) => return usage_error(e),
     };
+    let plan = match Plan::new(routes, spec, &retry.choice(), &config) {
+        Ok(plan) => plan,
+        Err(e) => return usage_error(e),
+    };
     let who = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
-    for route in routes {
-        let (policies, name) = match (retry.policies(&config, &route), retry.machine(&config, &route)) {
-            (Ok(policies), Ok(machine)) => (policies, machine.name),
-            (Err(e), _) | (_, Err(e)) => return usage_error(e),
-        };
-        let submission = Submission::new(Ticket::generate(), &route, spec.clone(), &name, policies, &who);
+    for (submission, target) in plan.submissions(Tickets::Fresh, &who).into_iter().zip(&plan.targets) {
+        let route = &target.route;
         // A fresh random ticket: never recorded before.
         if let Err(e) = journal.submit(&submission).await {
             eprintln!("cuttle: {e}");

@@ -8,13 +8,14 @@
 //! form of a web page can reach a route. Errors are `{"error": "..."}` with a message that says
 //! what to change.
 
-use super::journal::{HistoryQuery, JournalError, JournalEvent, Recorded, Submission, TicketRecord};
+use super::journal::{HistoryQuery, JournalError, JournalEvent, Recorded, TicketRecord};
 use super::resume::{Followers, PlaceWait};
 use super::site::{Seen, Site};
 use super::tokens::ApiTokens;
 use crate::event::JsonEvent;
 use crate::outcome::OutcomeKind;
-use crate::policy::{self, Overrides, PolicyConfig, Purpose, Target};
+use crate::plan::{self, Plan, PolicyChoice, ScriptDraft, ScriptInputs, Targets, Tickets};
+use crate::policy::{Overrides, PolicyConfig, Purpose};
 use crate::route::Route;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -483,51 +484,30 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
 #[derive(Clone, Debug)]
 struct Who(String);
 
-fn parse_duration(what: &str, raw: &Option<String>) -> Result<Option<Duration>, ApiError> {
+fn parse_duration(what: &str, raw: &Option<String>) -> Result<Option<Duration>, String> {
     raw.as_deref()
         .map(|raw| {
-            humantime::parse_duration(raw)
-                .map_err(|e| ApiError::bad_request(format!("{what} {raw:?} is not a duration like 90s or 5m: {e}")))
+            humantime::parse_duration(raw).map_err(|e| format!("{what} {raw:?} is not a duration like 90s or 5m: {e}"))
         })
         .transpose()
 }
 
+/// The routes of a request that names exactly one of `target`, `targets` or `pool`.
 fn routes_of(request: &SubmitRequest) -> Result<Vec<Route>, ApiError> {
-    let invalid = |e: String| ApiError::bad_request(e);
-    match (&request.target, &request.targets, &request.pool) {
-        (Some(agent), None, None) => Ok(vec![Route::agent(agent).map_err(invalid)?]),
-        (None, Some(agents), None) if !agents.is_empty() => {
-            let mut routes: Vec<Route> = Vec::new();
-            for agent in agents {
-                let route = Route::agent(agent).map_err(invalid)?;
-                if routes.contains(&route) {
-                    return Err(ApiError::bad_request(format!("target {agent} is given twice")));
-                }
-                routes.push(route);
-            }
-            Ok(routes)
-        }
-        (None, None, Some(pool)) => Ok(vec![Route::pool(pool).map_err(invalid)?]),
-        _ => Err(ApiError::bad_request("give exactly one of `target`, `targets` (not empty) or `pool`")),
-    }
+    let agents = |ids: Vec<String>| Targets::Agents { ids, given_as: "target" };
+    let targets = match (&request.target, &request.targets, &request.pool) {
+        (Some(agent), None, None) => agents(vec![agent.clone()]),
+        (None, Some(ids), None) if !ids.is_empty() => agents(ids.clone()),
+        (None, None, Some(pool)) => Targets::Pool(pool.clone()),
+        _ => return Err(ApiError::bad_request("give exactly one of `target`, `targets` (not empty) or `pool`")),
+    };
+    plan::routes(targets).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
+/// The script spec of a request: the script checked, then its files decoded and its time
+/// limits read.
 fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
-    if request.script.trim().is_empty() {
-        return Err(ApiError::bad_request("the script is empty"));
-    }
-    if let Some(mutex) = &request.mutex {
-        contracts::topology::validate_name("mutex name", mutex).map_err(ApiError::bad_request)?;
-    }
-    let mut files = Vec::with_capacity(request.files.len());
-    for file in &request.files {
-        use base64::Engine;
-        let content = base64::engine::general_purpose::STANDARD
-            .decode(&file.content_base64)
-            .map_err(|e| ApiError::bad_request(format!("file {:?}: content_base64 is not base64: {e}", file.name)))?;
-        files.push(contracts::ScriptFile { name: file.name.clone(), content });
-    }
-    let spec = ScriptSpec {
+    let draft = ScriptDraft {
         script: request.script.clone(),
         shell: match request.shell {
             ShellName::Sh => Shell::Sh,
@@ -535,20 +515,29 @@ fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
         },
         args: request.args.clone(),
         env: request.env.clone(),
-        files,
         isolation: match request.isolation {
             IsolationName::None => Isolation::None,
             IsolationName::Full => Isolation::Full,
         },
-        mutex_name: request.mutex.clone(),
-        mutex_timeout: parse_duration("mutex_timeout", &request.mutex_timeout)?.map(|d| d.as_millis() as u64),
-        execution_timeout: parse_duration("timeout", &request.timeout)?.map(|d| d.as_millis() as u64),
-        secret_env: request.secret_env.clone(),
-        sealed_secret_env: Vec::new(),
+        mutex: request.mutex.clone(),
     };
-    spec.validate().map_err(ApiError::bad_request)?;
-    spec.check_size().map_err(ApiError::bad_request)?;
-    Ok(spec)
+    let inputs = || {
+        let mut files = Vec::with_capacity(request.files.len());
+        for file in &request.files {
+            use base64::Engine;
+            let content = base64::engine::general_purpose::STANDARD
+                .decode(&file.content_base64)
+                .map_err(|e| format!("file {:?}: content_base64 is not base64: {e}", file.name))?;
+            files.push(contracts::ScriptFile { name: file.name.clone(), content });
+        }
+        Ok(ScriptInputs {
+            files,
+            secret_env: request.secret_env.clone(),
+            mutex_timeout: parse_duration("mutex_timeout", &request.mutex_timeout)?,
+            timeout: parse_duration("timeout", &request.timeout)?,
+        })
+    };
+    plan::script_spec(draft, inputs).map_err(ApiError::bad_request)
 }
 
 /// Runs a script: records one ticket per target, then starts them; answers once recorded.
@@ -576,26 +565,14 @@ async fn submit(
         PurposeName::Runbook => Purpose::Runbook,
         PurposeName::HealthCheck => Purpose::HealthCheck,
     };
-    let mut planned = Vec::new();
-    for route in routes {
-        let target = match &route {
-            Route::Agent(id) => Target::Agent(id),
-            Route::Pool(pool) | Route::Worker { pool, .. } => Target::Pool(pool),
-        };
-        let machine = state
-            .policies
-            .policy_for(request.policy.as_deref(), target)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let policies = crate::orchestrator::Policies {
-            script: policy::resolve(&machine, purpose, Overrides::default()),
-            health: policy::resolve(&machine, Purpose::HealthCheck, Overrides::default()),
-        };
-        let ticket = match &idempotency_key {
-            Some(key) => idempotent_ticket(&who.0, key, &route),
-            None => Ticket::generate(),
-        };
-        planned.push(Submission::new(ticket, &route, spec.clone(), &machine.name, policies, &who.0));
-    }
+    let choice =
+        PolicyChoice { policy: request.policy.clone(), purpose: Some(purpose), overrides: Overrides::default() };
+    let plan = Plan::new(routes, spec, &choice, &state.policies).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let tickets = match &idempotency_key {
+        Some(key) => Tickets::Idempotent { who: &who.0, key },
+        None => Tickets::Fresh,
+    };
+    let planned = plan.submissions(tickets, &who.0);
     let followers = &state.followers;
     // Recorded before anything is sent: from here a restart (or another replica) resumes them.
     let mut new = Vec::with_capacity(planned.len());
@@ -624,7 +601,7 @@ async fn submit(
             let place: Option<PlaceWait> = places.clone().map(|places| -> PlaceWait {
                 Box::pin(async move { places.acquire_owned().await.expect("never closed") })
             });
-            followers.follow_new(ticket.clone(), place, spec.secret_env.clone());
+            followers.follow_new(ticket.clone(), place, plan.spec.secret_env.clone());
         }
         tickets.push(AcceptedTicket {
             url: format!("/v1/tickets/{ticket}"),
@@ -642,16 +619,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let key = value.to_str().ok().filter(|k| (1..=200).contains(&k.len()) && k.chars().all(|c| c.is_ascii_graphic()));
     key.map(|k| Some(k.to_owned()))
         .ok_or_else(|| ApiError::bad_request("Idempotency-Key must be 1 to 200 visible ASCII characters"))
-}
-
-/// The ticket of a request with an idempotency key: the same for the same caller, key and target,
-/// so a repeat finds the ticket recorded the first time.
-fn idempotent_ticket(who: &str, key: &str, route: &Route) -> Ticket {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("{who}\0{key}\0{route}").as_bytes());
-    let hex = hex::encode(&digest[..16]);
-    let uuid = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
-    Ticket::parse(&uuid).expect("hex digits make a valid ticket")
 }
 
 pub(super) fn parse_ticket(raw: &str) -> Result<Ticket, ApiError> {
@@ -956,17 +923,6 @@ mod tests {
         assert!(!has_body(&with(header::CONTENT_LENGTH, "0")));
         assert!(has_body(&with(header::CONTENT_LENGTH, "2")));
         assert!(has_body(&with(header::TRANSFER_ENCODING, "chunked")));
-    }
-
-    #[test]
-    fn idempotent_tickets_depend_on_who_key_and_target() {
-        let (a, b) = (Route::agent("a").unwrap(), Route::agent("b").unwrap());
-        let ticket = idempotent_ticket("ci", "deploy-42", &a);
-        assert_eq!(ticket, idempotent_ticket("ci", "deploy-42", &a));
-        assert_ne!(ticket, idempotent_ticket("ci", "deploy-42", &b));
-        assert_ne!(ticket, idempotent_ticket("bot", "deploy-42", &a));
-        assert_ne!(ticket, idempotent_ticket("ci", "deploy-43", &a));
-        assert_ne!(idempotent_ticket("ci", "k", &Route::pool("a").unwrap()), idempotent_ticket("ci", "k", &a));
     }
 
     #[test]

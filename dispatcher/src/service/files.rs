@@ -12,7 +12,8 @@
 use super::api::{ApiError, ApiState, ErrorBody};
 use crate::orchestrator::Event;
 use crate::outcome::exit;
-use crate::policy::{self, Overrides, Purpose, Target};
+use crate::plan::PolicyChoice;
+use crate::policy::Purpose;
 use crate::retry::RetryPolicy;
 use crate::route::Route;
 use crate::transfer::{Peer, TransferError, Transferred};
@@ -91,13 +92,8 @@ fn checked(query: Result<Query<FileQuery>, QueryRejection>) -> Result<(FileQuery
 
 /// The retry policy of `route` (its machine policy for deployments, or the one asked for).
 fn policy_of(state: &ApiState, query: &FileQuery, route: &Route) -> Result<RetryPolicy, ApiError> {
-    let target = match route {
-        Route::Agent(id) => Target::Agent(id),
-        Route::Pool(pool) | Route::Worker { pool, .. } => Target::Pool(pool),
-    };
-    let machine =
-        state.policies.policy_for(query.policy.as_deref(), target).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(policy::resolve(&machine, Purpose::Deployment, Overrides::default()))
+    let choice = PolicyChoice { policy: query.policy.clone(), ..Default::default() };
+    choice.retry(&state.policies, route, Purpose::Deployment).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// Retries of a transfer's requests go to the service's log.
