@@ -2,14 +2,14 @@
 //! `GET /v1/files` streams a file from one, both through [`crate::transfer`] as the CLI's
 //! `upload` and `download` do (chunks, retries to the policy's deadline, resume, SHA-256).
 //! An upload's body is `application/octet-stream` or has no type: the types a browser's form
-//! sends are refused before it is read (see [`super::api`]).
+//! sends are refused before it is read (see [`super::router`]).
 //!
 //! The service spools the file in its temporary directory (`TMPDIR`): an upload must be whole to
 //! be named by its size and SHA-256 before the first chunk goes (a repeated upload of the same
 //! content resumes from what the agent holds, as the CLI's does), and a download is verified
 //! before its first byte is answered.
 
-use super::api::{ApiError, ApiState, ErrorBody};
+use super::state::{ApiError, ApiState, ErrorBody, Shared};
 use crate::orchestrator::Event;
 use crate::outcome::exit;
 use crate::plan::PolicyChoice;
@@ -26,7 +26,6 @@ use axum::Json;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa::{IntoParams, ToSchema};
 
@@ -147,8 +146,8 @@ fn spool_error(error: std::io::Error) -> ApiError {
               (status = 422, description = "Refused by the agent (outside its transfer roots, too old, ...)", body = ErrorBody),
               (status = 502, description = "The broker or the transfer failed", body = ErrorBody),
               (status = 504, description = "No answer from the agent before the policy's deadline", body = ErrorBody)))]
-pub async fn put_file(
-    State(state): State<Arc<ApiState>>,
+pub(super) async fn put_file(
+    State(state): Shared,
     query: Result<Query<FileQuery>, QueryRejection>,
     body: Body,
 ) -> Result<Json<FileTransferred>, ApiError> {
@@ -184,8 +183,8 @@ pub async fn put_file(
               (status = 422, description = "Refused by the agent (outside its transfer roots, no such file, too old, ...)", body = ErrorBody),
               (status = 502, description = "The broker or the transfer failed", body = ErrorBody),
               (status = 504, description = "No answer from the agent before the policy's deadline", body = ErrorBody)))]
-pub async fn get_file(
-    State(state): State<Arc<ApiState>>,
+pub(super) async fn get_file(
+    State(state): Shared,
     query: Result<Query<FileQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let (query, route) = checked(query)?;

@@ -12,9 +12,10 @@
 //! Output, ticket ids, targets and errors may be hostile: the HTML escapes them, the script sets
 //! only `textContent`, and the Content-Security-Policy allows no inline script or style at all.
 
-use super::api::{history_query, parse_ticket, record_of, ApiError, ApiState, HistoryParams};
+use super::api::{history_query, HistoryParams};
 use super::journal::{JournalEvent, TicketRecord};
 use super::sessions;
+use super::state::{parse_ticket, record_of, ApiError, ApiState, Shared};
 use crate::event::JsonEvent;
 use crate::outcome::OutcomeKind;
 use crate::policy::MachinePolicy;
@@ -27,8 +28,6 @@ use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
-
-type Shared = State<Arc<ApiState>>;
 
 const SCRIPT: &str = include_str!("web/app.js");
 const STYLE: &str = include_str!("web/app.css");
