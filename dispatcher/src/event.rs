@@ -162,15 +162,20 @@ impl JsonEvent {
 
     /// The event as one line of JSON (without the newline), keys in alphabetical order.
     pub fn to_line(&self) -> String {
-        // Through a map, which keeps its keys sorted, rather than in the fields' order: the text
-        // every release has written and every reader has seen.
-        serde_json::to_value(self).expect("an event is plain data").to_string()
+        sorted_json(self)
     }
 
     /// An event from its JSON text.
     pub fn parse(line: &str) -> Result<JsonEvent, serde_json::Error> {
         serde_json::from_str(line)
     }
+}
+
+/// `value` as one line of JSON with its keys in alphabetical order at every level: through a
+/// map, which keeps its keys sorted, rather than in the fields' order, so the text is what every
+/// release has written (with `json!`) and every reader has seen.
+pub fn sorted_json(value: &impl Serialize) -> String {
+    serde_json::to_value(value).expect("plain data").to_string()
 }
 
 impl fmt::Display for JsonEvent {

@@ -21,6 +21,7 @@
 //!
 //! A finished ticket's hash and stream expire after the history retention.
 
+use super::agents::AgentSeen;
 use crate::event::JsonEvent;
 use crate::orchestrator::{Event, PlannedStart, Policies};
 use crate::outcome::{Outcome, OutcomeKind};
@@ -596,13 +597,13 @@ impl Journal {
     }
 
     /// Records what a target last answered to capabilities (or why it did not).
-    pub async fn agent_seen(&self, target: &str, value: serde_json::Value) -> JournalResult<()> {
+    pub async fn agent_seen(&self, seen: &AgentSeen) -> JournalResult<()> {
         let mut con = self.connection().await?;
-        let _: () = con.hset(self.key("agents"), target, value.to_string()).await?;
+        let _: () = con.hset(self.key("agents"), &seen.target, seen.to_json()).await?;
         Ok(())
     }
 
-    /// Every target's last known capabilities, by name.
+    /// Every target's last known capabilities, by name, as stored ([`AgentSeen`]'s JSON).
     pub async fn agents(&self) -> JournalResult<Vec<serde_json::Value>> {
         let mut con = self.connection().await?;
         let all: HashMap<String, String> = con.hgetall(self.key("agents")).await?;

@@ -3,7 +3,8 @@
 //! unfinished ticket, and replicas sharing one journal share the work (DESIGN.md §8).
 //!
 //! # Layout
-//! - [`journal`]: the records in Redis (deadpool-redis), and the history.
+//! - [`journal`]: the records in Redis (deadpool-redis), and the history; [`agents`]: what each
+//!   target last answered.
 //! - [`lease`]: which replica follows an in-flight ticket.
 //! - [`resume`]: following a ticket from its record: new, resumed or taken over.
 //! - [`router`]: the axum routes, their OpenAPI document and the layers every request passes;
@@ -21,6 +22,7 @@
 //! that deadline (the agent answers a known ticket with its status), and past it only asks for
 //! the status. Log lines are recorded only in sequence, so a repeated follower adds none twice.
 
+pub mod agents;
 pub mod api;
 pub mod files;
 pub mod journal;

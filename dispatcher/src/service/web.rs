@@ -12,6 +12,7 @@
 //! Output, ticket ids, targets and errors may be hostile: the HTML escapes them, the script sets
 //! only `textContent`, and the Content-Security-Policy allows no inline script or style at all.
 
+use super::agents::{AgentAnswer, AgentSeen};
 use super::api::{history_query, HistoryParams};
 use super::journal::{JournalEvent, TicketRecord};
 use super::sessions;
@@ -156,6 +157,7 @@ async fn index(State(state): Shared, Query(params): Query<ListParams>) -> Respon
         Ok(found) => found,
         Err(error) => return error_page(error.into()),
     };
+    let agents: Vec<AgentSeen> = agents.into_iter().filter_map(|agent| serde_json::from_value(agent).ok()).collect();
     let live_query = query_string(&[("target", target.as_deref()), ("outcome", outcome.as_deref())]);
     let body = html! {
         h1 { "Tickets" }
@@ -250,18 +252,21 @@ fn ticket_row(record: &TicketRecord) -> Markup {
     }
 }
 
-fn agent_row(agent: &serde_json::Value) -> Markup {
-    let text = |key: &str| agent[key].as_str().unwrap_or("").to_owned();
-    let services: Vec<&str> = agent["services"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
-    let reachable = agent["reachable"].as_bool().unwrap_or(false);
+fn agent_row(agent: &AgentSeen) -> Markup {
+    let (protocol, services, version, error) = match &agent.answer {
+        AgentAnswer::Capabilities { protocol, services, agent_version } => {
+            (protocol.as_str(), services.as_slice(), agent_version.as_deref().unwrap_or(""), "")
+        }
+        AgentAnswer::Unreachable { error } => ("", &[][..], "", error.as_str()),
+    };
     html! {
         tr {
-            td.long { (text("target")) @if text("route") == "pool" { " (pool)" } }
-            td.long { @if reachable { "yes" } @else { "no: " (text("error")) } }
-            td { (text("protocol")) }
+            td.long { (agent.target) @if agent.route == "pool" { " (pool)" } }
+            td.long { @if agent.reachable { "yes" } @else { "no: " (error) } }
+            td { (protocol) }
             td.wide.wraps { @for (i, service) in services.iter().enumerate() { @if i > 0 { ", " } span { (service) } } }
-            td.wide { (text("agent_version")) }
-            td.wide { (agent["seen_ms"].as_u64().map(when).unwrap_or_default()) }
+            td.wide { (version) }
+            td.wide { (when(agent.seen_ms)) }
         }
     }
 }
