@@ -10,7 +10,7 @@ use crate::orchestrator::{Event, Orchestrator, Policies};
 use crate::outcome::{exit, Outcome, OutcomeKind};
 use crate::route::Route;
 use contracts::ScriptSpec;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ pub struct TargetReport {
 }
 
 /// Why a target was never started. Such a target had no ticket: nothing ran on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NotStarted {
     /// More targets had failed than `--max-errors` allows.

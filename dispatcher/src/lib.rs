@@ -9,8 +9,11 @@
 //!   order without gaps or repeats.
 //! - [`negotiate`]: capabilities first, then the newest script service both sides support.
 //! - [`policy`]: machine policies (retry durations per purpose, targets and pools mapped to them).
+//! - [`plan`]: a script request, from the CLI's flags or the API's JSON, made into what runs: routes,
+//!   script spec, policies and tickets.
 //! - [`outcome`]: how a submission ended and the exit code that says so.
 //! - [`route`]: agent or pool targets; [`error`]: what can fail and whether to retry.
+//! - [`event`]: the JSON events written under `--json`, in the journal and as server-sent events.
 //! - [`trust`]: the dispatcher's key (signs requests) and the agents' pinned keys (answers).
 //! - [`fanout`]: one script on many targets, paced by [`budget`]'s limits (parallelism, error
 //!   budget), with a result per target.
@@ -26,13 +29,17 @@ pub mod bench;
 pub mod budget;
 pub mod cli;
 pub mod error;
+pub mod event;
 pub mod fanout;
 pub mod follow;
+#[cfg(test)]
+mod golden;
 pub mod inventory;
 pub mod metrics;
 pub mod negotiate;
 pub mod orchestrator;
 pub mod outcome;
+pub mod plan;
 pub mod policy;
 pub mod retry;
 pub mod route;

@@ -143,29 +143,48 @@ fn every_minimum_rust_version_the_docs_name_is_the_workspaces() {
     }
 }
 
-/// The names of the JSON events the dispatcher writes (`"event": "NAME"` in its code).
-fn event_names() -> BTreeSet<String> {
-    let marker = "\"event\": \"";
-    let mut names = BTreeSet::new();
-    for file in files(&repo().join("dispatcher/src"), ".rs") {
-        let code = std::fs::read_to_string(&file).unwrap();
-        let mut rest = code.as_str();
-        while let Some(at) = rest.find(marker) {
-            rest = &rest[at + marker.len()..];
-            names.insert(rest[..rest.find('"').unwrap()].to_owned());
-        }
-    }
-    names
+/// The JSON events the dispatcher writes, one line per kind (and per optional field), as the
+/// dispatcher's own tests pin them: its `JsonEvent` writes exactly these lines and has no kind
+/// without one.
+fn pinned_events() -> Vec<(dispatcher::event::JsonEvent, serde_json::Map<String, serde_json::Value>)> {
+    let fixture = std::fs::read_to_string(repo().join("dispatcher/tests/fixtures/events.jsonl")).unwrap();
+    let events = fixture.lines().map(|line| {
+        let event = dispatcher::event::JsonEvent::parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let serde_json::Value::Object(fields) = serde_json::from_str(line).unwrap() else { panic!("{line}") };
+        (event, fields)
+    });
+    events.collect()
 }
 
 #[test]
-fn every_json_event_the_dispatcher_writes_is_documented() {
-    let names = event_names();
-    assert!(names.len() >= 8 && names.contains("result"), "the event scan found {names:?}: is it still right?");
+fn every_json_event_the_dispatcher_writes_is_documented_with_its_fields() {
+    let events = pinned_events();
+    let names: BTreeSet<&str> = events.iter().map(|(event, _)| event.name()).collect();
+    assert!(names.len() >= 8 && names.contains("result"), "the fixture has {names:?}: is it still right?");
     let docs = all_documents();
-    let missing: Vec<&String> =
-        names.iter().filter(|name| !docs.contains(&format!("{{\"event\":\"{name}\""))).collect();
-    assert!(missing.is_empty(), "events written under --json but in no document: {missing:?}");
+    // A target's events on several targets carry its name, which the guide says once for all.
+    let targets_said = docs.contains("every event carries its `target`");
+    let mut missing = BTreeSet::new();
+    for (event, fields) in &events {
+        let opening = format!("{{\"event\":\"{}\"", event.name());
+        let Some(at) = docs.find(&opening) else {
+            missing.insert(format!("{}: in no document", event.name()));
+            continue;
+        };
+        // The documented example of the event, up to the end of its inline code.
+        let example = &docs[at..at + docs[at..].find('`').unwrap_or(docs.len() - at)];
+        for key in fields.keys().filter(|key| *key != "event") {
+            let documented = example.contains(&format!("\"{key}\":")) || (key == "target" && targets_said);
+            if !documented {
+                missing.insert(format!("{}: field {key} is not in the documented {example}", event.name()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "events written under --json but not documented:\n{}",
+        missing.into_iter().collect::<Vec<_>>().join("\n")
+    );
 }
 
 // ---- the documents, and the repository's other text ----

@@ -1,27 +1,20 @@
-//! The HTTP API (axum), with its OpenAPI document generated from the same handlers (utoipa), so
-//! the document cannot list a route the service does not serve, nor miss one.
-//!
-//! Every `/v1` route needs `Authorization: Bearer <token>` when the service has API tokens;
-//! `/healthz`, `/metrics` and `/openapi.json` never do. Every route refuses what only another
-//! site's page would send ([`super::site`]: 421 for a Host that does not name the service, 403
-//! for another origin), and a `/v1` body must be JSON (415), but for an upload's bytes, so that no
-//! form of a web page can reach a route. Errors are `{"error": "..."}` with a message that says
-//! what to change.
+//! The `/v1` API's handlers and what they take and answer (the router, [`super::router`], serves
+//! them and documents them): scripts submitted through [`crate::plan`], tickets and their events
+//! read from the journal, cancels, history, the agents, metrics and health.
 
-use super::journal::{HistoryQuery, JournalError, Recorded, Submission, TicketRecord};
-use super::resume::{Followers, PlaceWait};
-use super::site::{Seen, Site};
-use super::tokens::ApiTokens;
+use super::journal::{HistoryQuery, JournalEvent, Recorded, TicketRecord};
+use super::resume::PlaceWait;
+use super::state::{parse_ticket, record_of, ApiError, ErrorBody, Shared, Who};
+use crate::event::JsonEvent;
 use crate::outcome::OutcomeKind;
-use crate::policy::{self, Overrides, PolicyConfig, Purpose, Target};
+use crate::plan::{self, Plan, PolicyChoice, ScriptDraft, ScriptInputs, Targets, Tickets};
+use crate::policy::{Overrides, Purpose};
 use crate::route::Route;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 use axum::Json;
-use contracts::{Isolation, ScriptSpec, Shell, Ticket};
+use contracts::{Isolation, ScriptSpec, Shell};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,57 +22,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
-use utoipa::{IntoParams, OpenApi, ToSchema};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+use utoipa::{IntoParams, ToSchema};
 
 /// Most tickets one history request returns.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
-
-/// What the handlers share.
-pub struct ApiState {
-    pub followers: Arc<Followers>,
-    pub policies: PolicyConfig,
-    pub tokens: Option<ApiTokens>,
-    pub site: Site,
-}
-
-type Shared = State<Arc<ApiState>>;
-
-/// An error as the API answers it.
-#[derive(Debug)]
-pub struct ApiError {
-    pub(super) status: StatusCode,
-    pub(super) message: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong and what to do about it.
-    error: String,
-}
-
-impl ApiError {
-    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
-    }
-
-    pub(super) fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-}
-
-impl From<JournalError> for ApiError {
-    fn from(error: JournalError) -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error}; try again once Redis answers"))
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.message })).into_response()
-    }
-}
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -281,246 +227,30 @@ pub struct HistoryParams {
     pub limit: Option<usize>,
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "Cuttle dispatcher service", description = "Run scripts on remote agents exactly once, follow them, and read their history."),
-    components(schemas(ErrorBody)),
-    modifiers(&BearerAuth)
-)]
-struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
-/// The router and the OpenAPI document it serves at `/openapi.json`.
-pub fn router(state: Arc<ApiState>) -> axum::Router {
-    let v1 = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(submit))
-        .routes(routes!(history))
-        .routes(routes!(ticket))
-        .routes(routes!(events))
-        .routes(routes!(cancel))
-        .routes(routes!(agents))
-        .routes(routes!(super::files::put_file, super::files::get_file))
-        .route_layer(axum::middleware::from_fn(body_type))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
-    let (router, mut doc) =
-        OpenApiRouter::new().merge(v1).routes(routes!(healthz)).routes(routes!(metrics)).split_for_parts();
-    doc.paths.paths.entry("/openapi.json".into()).or_insert_with(|| {
-        use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
-        let op = OperationBuilder::new()
-            .summary(Some("This document"))
-            .response("200", utoipa::openapi::ResponseBuilder::new().description("The OpenAPI document"))
-            .build();
-        PathItem::new(HttpMethod::Get, op)
-    });
-    let doc = Arc::new(doc);
-    router
-        .route("/openapi.json", axum::routing::get(move || async move { Json(doc.as_ref().clone()) }))
-        .merge(super::web::router(state.clone()))
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such route; GET /openapi.json lists the routes this service has")
-        })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), own_site))
-        .with_state(state)
-}
-
-/// Refuses, before anything else, what no page of this service sends ([`Site::check`]): a Host
-/// that does not name it (421), another site's Origin or fetch (403). Each refusal is logged: it
-/// is an attack, or a name or proxy the operator has to declare.
-async fn own_site(State(state): Shared, request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    // A header that is not text is no name of ours and no origin of ours: keep it, to refuse it.
-    let text = |name: header::HeaderName| headers.get(name).map(|v| v.to_str().unwrap_or("(not text)"));
-    // An absolute request target names the host itself, and then a server ignores Host.
-    let host = request.uri().authority().map(|a| a.as_str()).or_else(|| text(header::HOST));
-    let seen = Seen {
-        method: request.method(),
-        host,
-        origin: text(header::ORIGIN),
-        fetch_site: text(header::HeaderName::from_static("sec-fetch-site")),
-        fetch_mode: text(header::HeaderName::from_static("sec-fetch-mode")),
-        probe: matches!(request.uri().path(), "/healthz" | "/metrics"),
-    };
-    if let Err(refusal) = state.site.check(&seen) {
-        tracing::warn!(
-            method = %request.method(),
-            path = %request.uri().path(),
-            origin = %seen.origin.unwrap_or("none"),
-            mode = %seen.fetch_mode.unwrap_or("none"),
-            "refused a request: {refusal}"
-        );
-        return ApiError::new(refusal.status(), refusal.to_string()).into_response();
-    }
-    next.run(request).await
-}
-
-/// The body a `/v1` route takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BodyKind {
-    /// `application/json` (every route but an upload; a route without a body may have none).
-    Json,
-    /// A file's bytes: `application/octet-stream`, or no type.
-    Bytes,
-}
-
-impl BodyKind {
-    fn of(method: &Method, path: &str) -> BodyKind {
-        if method == Method::PUT && path == "/v1/files" {
-            BodyKind::Bytes
-        } else {
-            BodyKind::Json
-        }
-    }
-
-    /// Refuses (415) a body of another type. A browser's form can send only
-    /// `application/x-www-form-urlencoded`, `multipart/form-data` and `text/plain`, and another
-    /// site's `fetch` nothing else without the service's consent (CORS, which it never gives):
-    /// neither can reach a route. A JSON body without a type (`fetch` of a `Blob`) is refused too.
-    fn check(self, content_type: Option<&HeaderValue>, has_body: bool) -> Result<(), ApiError> {
-        let given = content_type.map(|v| v.to_str().unwrap_or("(not text)"));
-        // The media type without its parameters (`; charset=utf-8`).
-        let media = given.map(|t| t.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
-        let got = match given {
-            Some(given) => format!("not {:?}", given.chars().take(100).collect::<String>()),
-            None => "a body without a Content-Type".to_owned(),
-        };
-        match (self, media.as_deref()) {
-            (BodyKind::Json, Some("application/json")) => Ok(()),
-            (BodyKind::Json, None) if !has_body => Ok(()),
-            (BodyKind::Bytes, None | Some("application/octet-stream")) => Ok(()),
-            (BodyKind::Json, _) => Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("this route takes a JSON body with Content-Type: application/json, {got}; nothing was run"),
-            )),
-            (BodyKind::Bytes, _) => Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "PUT /v1/files takes the file's bytes with Content-Type: application/octet-stream (or none), {got}; nothing was sent"
-                ),
-            )),
-        }
-    }
-}
-
-/// Whether a request has a body: a length above zero, or chunks.
-fn has_body(headers: &HeaderMap) -> bool {
-    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    headers.contains_key(header::TRANSFER_ENCODING) || length.is_some_and(|n| n > 0)
-}
-
-/// Refuses a `/v1` body of another type than its route takes ([`BodyKind::check`]), before
-/// anything reads it.
-async fn body_type(request: Request, next: Next) -> Response {
-    let kind = BodyKind::of(request.method(), request.uri().path());
-    if let Err(error) = kind.check(request.headers().get(header::CONTENT_TYPE), has_body(request.headers())) {
-        return error.into_response();
-    }
-    next.run(request).await
-}
-
-/// Requires a known bearer token when the service has tokens; passes on who asked.
-/// A browser's login session counts only for reading (GET): a request that changes something
-/// needs the `Authorization` header, which no other site's page can make a browser send.
-async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
-    let who = match &state.tokens {
-        None => Who("local".into()),
-        Some(tokens) => {
-            let bearer = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::to_owned);
-            let reading = request.method() == Method::GET;
-            let name = match &bearer {
-                Some(token) => tokens.name_of(token).map(str::to_owned),
-                None if reading => {
-                    match super::sessions::who(&state.followers.journal, tokens, request.headers()).await {
-                        Ok(name) => name,
-                        Err(error) => return ApiError::from(error).into_response(),
-                    }
-                }
-                None => None,
-            };
-            match name {
-                Some(name) => Who(name),
-                None => {
-                    let message = if bearer.is_some() {
-                        "the bearer token is not one of the service's API tokens"
-                    } else if reading && super::sessions::SessionId::from_cookie(request.headers()).is_some() {
-                        "this browser's login has ended (logged out, expired, or its token withdrawn): log in again at /login, or send `Authorization: Bearer <token>`"
-                    } else {
-                        "this service needs an API token: send `Authorization: Bearer <token>`"
-                    };
-                    return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
-                }
-            }
-        }
-    };
-    request.extensions_mut().insert(who);
-    next.run(request).await
-}
-
-/// Who made a request: the API token's name, or `local` on a loopback service without tokens.
-#[derive(Clone, Debug)]
-struct Who(String);
-
-fn parse_duration(what: &str, raw: &Option<String>) -> Result<Option<Duration>, ApiError> {
+fn parse_duration(what: &str, raw: &Option<String>) -> Result<Option<Duration>, String> {
     raw.as_deref()
         .map(|raw| {
-            humantime::parse_duration(raw)
-                .map_err(|e| ApiError::bad_request(format!("{what} {raw:?} is not a duration like 90s or 5m: {e}")))
+            humantime::parse_duration(raw).map_err(|e| format!("{what} {raw:?} is not a duration like 90s or 5m: {e}"))
         })
         .transpose()
 }
 
+/// The routes of a request that names exactly one of `target`, `targets` or `pool`.
 fn routes_of(request: &SubmitRequest) -> Result<Vec<Route>, ApiError> {
-    let invalid = |e: String| ApiError::bad_request(e);
-    match (&request.target, &request.targets, &request.pool) {
-        (Some(agent), None, None) => Ok(vec![Route::agent(agent).map_err(invalid)?]),
-        (None, Some(agents), None) if !agents.is_empty() => {
-            let mut routes: Vec<Route> = Vec::new();
-            for agent in agents {
-                let route = Route::agent(agent).map_err(invalid)?;
-                if routes.contains(&route) {
-                    return Err(ApiError::bad_request(format!("target {agent} is given twice")));
-                }
-                routes.push(route);
-            }
-            Ok(routes)
-        }
-        (None, None, Some(pool)) => Ok(vec![Route::pool(pool).map_err(invalid)?]),
-        _ => Err(ApiError::bad_request("give exactly one of `target`, `targets` (not empty) or `pool`")),
-    }
+    let agents = |ids: Vec<String>| Targets::Agents { ids, given_as: "target" };
+    let targets = match (&request.target, &request.targets, &request.pool) {
+        (Some(agent), None, None) => agents(vec![agent.clone()]),
+        (None, Some(ids), None) if !ids.is_empty() => agents(ids.clone()),
+        (None, None, Some(pool)) => Targets::Pool(pool.clone()),
+        _ => return Err(ApiError::bad_request("give exactly one of `target`, `targets` (not empty) or `pool`")),
+    };
+    plan::routes(targets).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
+/// The script spec of a request: the script checked, then its files decoded and its time
+/// limits read.
 fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
-    if request.script.trim().is_empty() {
-        return Err(ApiError::bad_request("the script is empty"));
-    }
-    if let Some(mutex) = &request.mutex {
-        contracts::topology::validate_name("mutex name", mutex).map_err(ApiError::bad_request)?;
-    }
-    let mut files = Vec::with_capacity(request.files.len());
-    for file in &request.files {
-        use base64::Engine;
-        let content = base64::engine::general_purpose::STANDARD
-            .decode(&file.content_base64)
-            .map_err(|e| ApiError::bad_request(format!("file {:?}: content_base64 is not base64: {e}", file.name)))?;
-        files.push(contracts::ScriptFile { name: file.name.clone(), content });
-    }
-    let spec = ScriptSpec {
+    let draft = ScriptDraft {
         script: request.script.clone(),
         shell: match request.shell {
             ShellName::Sh => Shell::Sh,
@@ -528,20 +258,29 @@ fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
         },
         args: request.args.clone(),
         env: request.env.clone(),
-        files,
         isolation: match request.isolation {
             IsolationName::None => Isolation::None,
             IsolationName::Full => Isolation::Full,
         },
-        mutex_name: request.mutex.clone(),
-        mutex_timeout: parse_duration("mutex_timeout", &request.mutex_timeout)?.map(|d| d.as_millis() as u64),
-        execution_timeout: parse_duration("timeout", &request.timeout)?.map(|d| d.as_millis() as u64),
-        secret_env: request.secret_env.clone(),
-        sealed_secret_env: Vec::new(),
+        mutex: request.mutex.clone(),
     };
-    spec.validate().map_err(ApiError::bad_request)?;
-    spec.check_size().map_err(ApiError::bad_request)?;
-    Ok(spec)
+    let inputs = || {
+        let mut files = Vec::with_capacity(request.files.len());
+        for file in &request.files {
+            use base64::Engine;
+            let content = base64::engine::general_purpose::STANDARD
+                .decode(&file.content_base64)
+                .map_err(|e| format!("file {:?}: content_base64 is not base64: {e}", file.name))?;
+            files.push(contracts::ScriptFile { name: file.name.clone(), content });
+        }
+        Ok(ScriptInputs {
+            files,
+            secret_env: request.secret_env.clone(),
+            mutex_timeout: parse_duration("mutex_timeout", &request.mutex_timeout)?,
+            timeout: parse_duration("timeout", &request.timeout)?,
+        })
+    };
+    plan::script_spec(draft, inputs).map_err(ApiError::bad_request)
 }
 
 /// Runs a script: records one ticket per target, then starts them; answers once recorded.
@@ -553,7 +292,7 @@ fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
               (status = 409, description = "Idempotency-Key used before for another script", body = ErrorBody),
               (status = 415, description = "The body is not `application/json`", body = ErrorBody),
               (status = 503, description = "The journal does not answer", body = ErrorBody)))]
-async fn submit(
+pub(super) async fn submit(
     State(state): Shared,
     axum::Extension(who): axum::Extension<Who>,
     headers: HeaderMap,
@@ -569,26 +308,14 @@ async fn submit(
         PurposeName::Runbook => Purpose::Runbook,
         PurposeName::HealthCheck => Purpose::HealthCheck,
     };
-    let mut planned = Vec::new();
-    for route in routes {
-        let target = match &route {
-            Route::Agent(id) => Target::Agent(id),
-            Route::Pool(pool) | Route::Worker { pool, .. } => Target::Pool(pool),
-        };
-        let machine = state
-            .policies
-            .policy_for(request.policy.as_deref(), target)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let policies = crate::orchestrator::Policies {
-            script: policy::resolve(&machine, purpose, Overrides::default()),
-            health: policy::resolve(&machine, Purpose::HealthCheck, Overrides::default()),
-        };
-        let ticket = match &idempotency_key {
-            Some(key) => idempotent_ticket(&who.0, key, &route),
-            None => Ticket::generate(),
-        };
-        planned.push(Submission::new(ticket, &route, spec.clone(), &machine.name, policies, &who.0));
-    }
+    let choice =
+        PolicyChoice { policy: request.policy.clone(), purpose: Some(purpose), overrides: Overrides::default() };
+    let plan = Plan::new(routes, spec, &choice, &state.policies).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let tickets = match &idempotency_key {
+        Some(key) => Tickets::Idempotent { who: &who.0, key },
+        None => Tickets::Fresh,
+    };
+    let planned = plan.submissions(tickets, &who.0);
     let followers = &state.followers;
     // Recorded before anything is sent: from here a restart (or another replica) resumes them.
     let mut new = Vec::with_capacity(planned.len());
@@ -617,7 +344,7 @@ async fn submit(
             let place: Option<PlaceWait> = places.clone().map(|places| -> PlaceWait {
                 Box::pin(async move { places.acquire_owned().await.expect("never closed") })
             });
-            followers.follow_new(ticket.clone(), place, spec.secret_env.clone());
+            followers.follow_new(ticket.clone(), place, plan.spec.secret_env.clone());
         }
         tickets.push(AcceptedTicket {
             url: format!("/v1/tickets/{ticket}"),
@@ -637,36 +364,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .ok_or_else(|| ApiError::bad_request("Idempotency-Key must be 1 to 200 visible ASCII characters"))
 }
 
-/// The ticket of a request with an idempotency key: the same for the same caller, key and target,
-/// so a repeat finds the ticket recorded the first time.
-fn idempotent_ticket(who: &str, key: &str, route: &Route) -> Ticket {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("{who}\0{key}\0{route}").as_bytes());
-    let hex = hex::encode(&digest[..16]);
-    let uuid = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
-    Ticket::parse(&uuid).expect("hex digits make a valid ticket")
-}
-
-pub(super) fn parse_ticket(raw: &str) -> Result<Ticket, ApiError> {
-    Ticket::parse(raw).map_err(|e| ApiError::bad_request(format!("not a ticket: {e}")))
-}
-
-pub(super) async fn record_of(state: &ApiState, ticket: &Ticket) -> Result<TicketRecord, ApiError> {
-    let retention = crate::retry::short(state.followers.journal.retention());
-    let metrics = state.followers.orchestrator.metrics();
-    metrics.common.store.observe("ticket", state.followers.journal.ticket(ticket)).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no ticket {ticket} in the journal (finished tickets are kept for {retention})"),
-        )
-    })
-}
-
 /// A ticket: target, state, outcome, exit code, retries, timings and output.
 #[utoipa::path(get, path = "/v1/tickets/{ticket}", params(("ticket" = String, Path, description = "The ticket"), AfterQuery),
     security(("bearer" = [])),
     responses((status = 200, body = TicketView), (status = 404, description = "Unknown or expired ticket", body = ErrorBody)))]
-async fn ticket(
+pub(super) async fn ticket(
     State(state): Shared,
     Path(raw): Path<String>,
     Query(query): Query<AfterQuery>,
@@ -675,8 +377,10 @@ async fn ticket(
     let record = record_of(&state, &ticket).await?;
     let after = query.after.unwrap_or(0);
     let output = (state.followers.journal.all_events(&ticket).await?.into_iter())
-        .filter(|event| event.event["event"] == "log" && event.event["seq"].as_u64().is_some_and(|seq| seq > after))
-        .filter_map(|event| serde_json::from_value::<OutputLine>(event.event).ok())
+        .filter_map(|event| match event.event {
+            JsonEvent::Log { seq, stream, text, at, .. } if seq > after => Some(OutputLine { seq, stream, text, at }),
+            _ => None,
+        })
         .collect();
     let mut view = TicketView::from_record(&record);
     view.output = Some(output);
@@ -689,7 +393,7 @@ async fn ticket(
     security(("bearer" = [])),
     responses((status = 200, description = "text/event-stream of JSON events", content_type = "text/event-stream", body = String),
               (status = 404, description = "Unknown or expired ticket", body = ErrorBody)))]
-async fn events(
+pub(super) async fn events(
     State(state): Shared,
     Path(raw): Path<String>,
     headers: HeaderMap,
@@ -708,7 +412,7 @@ async fn events(
     struct Reading {
         con: deadpool_redis::Connection,
         after: String,
-        pending: std::collections::VecDeque<super::journal::JournalEvent>,
+        pending: std::collections::VecDeque<JournalEvent>,
         done: bool,
     }
     let reading = Reading { con, after, pending: Default::default(), done: false };
@@ -716,10 +420,9 @@ async fn events(
         let (journal, ticket) = (journal.clone(), ticket.clone());
         async move {
             loop {
-                if let Some(event) = r.pending.pop_front() {
-                    let kind = event.event["event"].as_str().unwrap_or("event").to_owned();
-                    r.done = kind == "result";
-                    let sse = SseEvent::default().id(event.id).event(kind).data(event.event.to_string());
+                if let Some(JournalEvent { id, event }) = r.pending.pop_front() {
+                    r.done = matches!(event, JsonEvent::Result { .. });
+                    let sse = SseEvent::default().id(id).event(event.name()).data(event.to_line());
                     return Some((Ok(sse), r));
                 }
                 if r.done {
@@ -750,7 +453,10 @@ async fn events(
     responses((status = 202, description = "Cancel requested", body = TicketView),
               (status = 404, description = "Unknown or expired ticket", body = ErrorBody),
               (status = 409, description = "Already finished", body = ErrorBody)))]
-async fn cancel(State(state): Shared, Path(raw): Path<String>) -> Result<(StatusCode, Json<TicketView>), ApiError> {
+pub(super) async fn cancel(
+    State(state): Shared,
+    Path(raw): Path<String>,
+) -> Result<(StatusCode, Json<TicketView>), ApiError> {
     let ticket = parse_ticket(&raw)?;
     record_of(&state, &ticket).await?;
     let record = state
@@ -773,7 +479,7 @@ async fn cancel(State(state): Shared, Path(raw): Path<String>) -> Result<(Status
 /// History: tickets newest first.
 #[utoipa::path(get, path = "/v1/tickets", params(HistoryParams), security(("bearer" = [])),
     responses((status = 200, body = TicketList), (status = 400, description = "Invalid filter", body = ErrorBody)))]
-async fn history(
+pub(super) async fn history(
     State(state): Shared,
     query: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TicketList>, ApiError> {
@@ -783,7 +489,7 @@ async fn history(
     Ok(Json(TicketList { tickets: records.iter().map(TicketView::from_record).collect() }))
 }
 
-pub(super) fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
+pub fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
     let outcome = match params.outcome.as_deref() {
         None => None,
         Some("completed") => Some(OutcomeKind::Completed),
@@ -822,7 +528,7 @@ pub fn since_millis(raw: &str) -> Result<u64, String> {
 
 /// The last known capabilities and health of every target the service has run scripts on.
 #[utoipa::path(get, path = "/v1/agents", security(("bearer" = [])), responses((status = 200, body = AgentList)))]
-async fn agents(State(state): Shared) -> Result<Json<AgentList>, ApiError> {
+pub(super) async fn agents(State(state): Shared) -> Result<Json<AgentList>, ApiError> {
     Ok(Json(AgentList { agents: state.followers.journal.agents().await? }))
 }
 
@@ -830,13 +536,13 @@ async fn agents(State(state): Shared) -> Result<Json<AgentList>, ApiError> {
 /// hold counts by kind, outcome and reason, never a ticket, target or script.
 #[utoipa::path(get, path = "/metrics",
     responses((status = 200, description = "Prometheus text", content_type = "application/openmetrics-text", body = String)))]
-async fn metrics(State(state): Shared) -> ([(header::HeaderName, &'static str); 1], String) {
+pub(super) async fn metrics(State(state): Shared) -> ([(header::HeaderName, &'static str); 1], String) {
     ([(header::CONTENT_TYPE, contracts::metrics::CONTENT_TYPE)], state.followers.orchestrator.metrics().encode())
 }
 
 /// Liveness and whether the journal answers (503 when it does not).
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health), (status = 503, body = Health)))]
-async fn healthz(State(state): Shared) -> (StatusCode, Json<Health>) {
+pub(super) async fn healthz(State(state): Shared) -> (StatusCode, Json<Health>) {
     let followers = &state.followers;
     let (status, journal) = match followers.journal.ping().await {
         Ok(()) => (StatusCode::OK, "ok".to_owned()),
@@ -881,60 +587,6 @@ mod tests {
             request(serde_json::json!({"target": "a", "script": "true", "timeout": "2s", "shell": "bash"})).unwrap();
         let spec = spec_of(&ok).unwrap();
         assert_eq!((spec.execution_timeout, spec.shell), (Some(2000), Shell::Bash));
-    }
-
-    #[test]
-    fn a_v1_body_is_json_but_an_uploads_bytes_and_never_what_a_form_sends() {
-        let typed = |t: &str| Some(HeaderValue::from_str(t).unwrap());
-        let json = BodyKind::of(&Method::POST, "/v1/scripts");
-        assert_eq!(json, BodyKind::Json);
-        assert_eq!(BodyKind::of(&Method::POST, "/v1/tickets/x/cancel"), BodyKind::Json);
-        assert_eq!(BodyKind::of(&Method::PUT, "/v1/files"), BodyKind::Bytes);
-        assert!(json.check(typed("application/json").as_ref(), true).is_ok());
-        assert!(json.check(typed("Application/JSON; charset=utf-8").as_ref(), true).is_ok());
-        assert!(json.check(None, false).is_ok(), "a cancel without a body");
-        let forms = [
-            "text/plain",
-            "text/plain;charset=UTF-8",
-            "application/x-www-form-urlencoded",
-            "multipart/form-data; boundary=x",
-        ];
-        for form in forms {
-            let refused = json.check(typed(form).as_ref(), true).unwrap_err();
-            assert_eq!(refused.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{form}");
-            assert!(refused.message.contains("Content-Type: application/json"), "{}", refused.message);
-            assert!(BodyKind::Bytes.check(typed(form).as_ref(), true).is_err(), "{form}");
-        }
-        assert!(json.check(typed("text/plain").as_ref(), false).is_err(), "a form without fields");
-        assert!(json.check(None, true).is_err(), "a fetch of a Blob, which has no type");
-        assert!(json.check(typed("application/jsonx").as_ref(), true).is_err());
-        assert!(BodyKind::Bytes.check(None, true).is_ok());
-        assert!(BodyKind::Bytes.check(typed("application/octet-stream").as_ref(), true).is_ok());
-        assert!(BodyKind::Bytes.check(typed("application/json").as_ref(), true).is_err());
-    }
-
-    #[test]
-    fn a_body_is_a_length_above_zero_or_chunks() {
-        let with = |name: header::HeaderName, value: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(name, HeaderValue::from_str(value).unwrap());
-            headers
-        };
-        assert!(!has_body(&HeaderMap::new()));
-        assert!(!has_body(&with(header::CONTENT_LENGTH, "0")));
-        assert!(has_body(&with(header::CONTENT_LENGTH, "2")));
-        assert!(has_body(&with(header::TRANSFER_ENCODING, "chunked")));
-    }
-
-    #[test]
-    fn idempotent_tickets_depend_on_who_key_and_target() {
-        let (a, b) = (Route::agent("a").unwrap(), Route::agent("b").unwrap());
-        let ticket = idempotent_ticket("ci", "deploy-42", &a);
-        assert_eq!(ticket, idempotent_ticket("ci", "deploy-42", &a));
-        assert_ne!(ticket, idempotent_ticket("ci", "deploy-42", &b));
-        assert_ne!(ticket, idempotent_ticket("bot", "deploy-42", &a));
-        assert_ne!(ticket, idempotent_ticket("ci", "deploy-43", &a));
-        assert_ne!(idempotent_ticket("ci", "k", &Route::pool("a").unwrap()), idempotent_ticket("ci", "k", &a));
     }
 
     #[test]

@@ -2,17 +2,18 @@
 //! `GET /v1/files` streams a file from one, both through [`crate::transfer`] as the CLI's
 //! `upload` and `download` do (chunks, retries to the policy's deadline, resume, SHA-256).
 //! An upload's body is `application/octet-stream` or has no type: the types a browser's form
-//! sends are refused before it is read (see [`super::api`]).
+//! sends are refused before it is read (see [`super::router`]).
 //!
 //! The service spools the file in its temporary directory (`TMPDIR`): an upload must be whole to
 //! be named by its size and SHA-256 before the first chunk goes (a repeated upload of the same
 //! content resumes from what the agent holds, as the CLI's does), and a download is verified
 //! before its first byte is answered.
 
-use super::api::{ApiError, ApiState, ErrorBody};
+use super::state::{ApiError, ApiState, ErrorBody, Shared};
 use crate::orchestrator::Event;
 use crate::outcome::exit;
-use crate::policy::{self, Overrides, Purpose, Target};
+use crate::plan::PolicyChoice;
+use crate::policy::Purpose;
 use crate::retry::RetryPolicy;
 use crate::route::Route;
 use crate::transfer::{Peer, TransferError, Transferred};
@@ -25,7 +26,6 @@ use axum::Json;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa::{IntoParams, ToSchema};
 
@@ -91,13 +91,8 @@ fn checked(query: Result<Query<FileQuery>, QueryRejection>) -> Result<(FileQuery
 
 /// The retry policy of `route` (its machine policy for deployments, or the one asked for).
 fn policy_of(state: &ApiState, query: &FileQuery, route: &Route) -> Result<RetryPolicy, ApiError> {
-    let target = match route {
-        Route::Agent(id) => Target::Agent(id),
-        Route::Pool(pool) | Route::Worker { pool, .. } => Target::Pool(pool),
-    };
-    let machine =
-        state.policies.policy_for(query.policy.as_deref(), target).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(policy::resolve(&machine, Purpose::Deployment, Overrides::default()))
+    let choice = PolicyChoice { policy: query.policy.clone(), ..Default::default() };
+    choice.retry(&state.policies, route, Purpose::Deployment).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// Retries of a transfer's requests go to the service's log.
@@ -151,8 +146,8 @@ fn spool_error(error: std::io::Error) -> ApiError {
               (status = 422, description = "Refused by the agent (outside its transfer roots, too old, ...)", body = ErrorBody),
               (status = 502, description = "The broker or the transfer failed", body = ErrorBody),
               (status = 504, description = "No answer from the agent before the policy's deadline", body = ErrorBody)))]
-pub async fn put_file(
-    State(state): State<Arc<ApiState>>,
+pub(super) async fn put_file(
+    State(state): Shared,
     query: Result<Query<FileQuery>, QueryRejection>,
     body: Body,
 ) -> Result<Json<FileTransferred>, ApiError> {
@@ -188,8 +183,8 @@ pub async fn put_file(
               (status = 422, description = "Refused by the agent (outside its transfer roots, no such file, too old, ...)", body = ErrorBody),
               (status = 502, description = "The broker or the transfer failed", body = ErrorBody),
               (status = 504, description = "No answer from the agent before the policy's deadline", body = ErrorBody)))]
-pub async fn get_file(
-    State(state): State<Arc<ApiState>>,
+pub(super) async fn get_file(
+    State(state): Shared,
     query: Result<Query<FileQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let (query, route) = checked(query)?;

@@ -6,9 +6,9 @@
 //!   policy, who, when), then the fields that change: `state`, `issued_ms`/`not_after_ms` (the
 //!   planned start), `last_seq` (the last log line recorded), `retries`, `cancel_requested`,
 //!   `result` (JSON), `finished_ms`.
-//! - `ev:<ticket>`: a stream of the ticket's events (`ticket`, `log`, `retry`, `notice`, `result`),
-//!   one JSON object in field `e` per entry, as `submit --json` prints them. Server-sent events
-//!   read it with `XREAD BLOCK`.
+//! - `ev:<ticket>`: a stream of the ticket's events (`ticket`, `log`, `retry`, `notice`, `warning`,
+//!   `result`), one [`JsonEvent`] in field `e` per entry, as `submit --json` prints them (the
+//!   result without `output_truncated`). Server-sent events read it with `XREAD BLOCK`.
 //! - `inflight`: the set of tickets not finished yet: what a (re)started replica resumes.
 //! - `history`, `target:<name>`: sorted sets of tickets by submission time.
 //! - `outcome:<outcome>`, `outcome:<outcome>:<target>`: sorted sets of finished tickets by
@@ -21,6 +21,8 @@
 //!
 //! A finished ticket's hash and stream expire after the history retention.
 
+use super::agents::AgentSeen;
+use crate::event::JsonEvent;
 use crate::orchestrator::{Event, PlannedStart, Policies};
 use crate::outcome::{Outcome, OutcomeKind};
 use crate::retry::RetryPolicy;
@@ -29,7 +31,6 @@ use contracts::{unix_millis, LogLine, ScriptSpec, Ticket};
 use deadpool_redis::redis::{self, AsyncCommands, Script};
 use deadpool_redis::{Manager, Pool};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -163,7 +164,7 @@ pub enum Recorded {
 pub struct JournalEvent {
     /// The stream entry id (`<ms>-<n>`), for `Last-Event-ID`.
     pub id: String,
-    pub event: serde_json::Value,
+    pub event: JsonEvent,
 }
 
 /// Filters of a history query.
@@ -291,7 +292,7 @@ impl Journal {
     pub async fn submit(&self, submission: &Submission) -> JournalResult<Recorded> {
         let ticket = &submission.ticket;
         let body = serde_json::to_string(submission).map_err(|e| JournalError::Corrupt(e.to_string()))?;
-        let event = json!({"event": "ticket", "ticket": ticket, "target": submission.target}).to_string();
+        let event = JsonEvent::Ticket { ticket: ticket.clone(), target: submission.target.clone() }.to_line();
         let mut con = self.connection().await?;
         let existing: Option<String> = self
             .submit
@@ -335,15 +336,14 @@ impl Journal {
 
     /// Records a log line if it is the next one; gives whether it was new.
     pub async fn log(&self, ticket: &Ticket, line: &LogLine) -> JournalResult<bool> {
-        let event =
-            json!({"event": "log", "seq": line.seq, "stream": line.stream.name(), "text": line.text, "at": line.at});
+        let event = JsonEvent::log(line);
         let mut con = self.connection().await?;
         let added: i64 = self
             .append_log
             .key(self.ticket_key(ticket))
             .key(self.events_key(ticket))
             .arg(line.seq)
-            .arg(event.to_string())
+            .arg(event.to_line())
             .invoke_async(&mut con)
             .await?;
         Ok(added == 1)
@@ -351,24 +351,20 @@ impl Journal {
 
     /// Records any other event of a submission (retries are also counted).
     pub async fn event(&self, ticket: &Ticket, event: &Event) -> JournalResult<()> {
-        let (value, retry) = match event {
+        let retry = match event {
             Event::Log(line) => {
                 self.log(ticket, line).await?;
                 return Ok(());
             }
+            // Recorded with the submission.
             Event::Ticket { .. } => return Ok(()),
-            Event::Retry { request, notice } => (
-                json!({"event": "retry", "request": request.as_str(), "attempt": notice.attempt,
-                       "delay_ms": notice.delay.as_millis() as u64, "time_left_ms": notice.time_left.as_millis() as u64,
-                       "error": notice.error.to_string()}),
-                true,
-            ),
-            Event::Notice(message) => (json!({"event": "notice", "message": message}), false),
-            Event::Warning(message) => (json!({"event": "warning", "message": message}), false),
+            Event::Retry { .. } => true,
+            Event::Notice(_) | Event::Warning(_) => false,
         };
+        let line = JsonEvent::from_event(event).to_line();
         let mut con = self.connection().await?;
         let mut pipe = redis::pipe();
-        pipe.atomic().xadd(self.events_key(ticket), "*", &[("e", value.to_string())]).ignore();
+        pipe.atomic().xadd(self.events_key(ticket), "*", &[("e", line)]).ignore();
         if retry {
             pipe.hincr(self.ticket_key(ticket), "retries", 1).ignore();
         }
@@ -386,8 +382,7 @@ impl Journal {
             error: outcome.error.clone(),
             process_exit: outcome.process_exit,
         };
-        let event = json!({"event": "result", "ticket": ticket, "target": outcome.target, "outcome": outcome.outcome,
-                           "exit_code": outcome.exit_code, "error": outcome.error});
+        let event = JsonEvent::result(outcome, None);
         let mut con = self.connection().await?;
         let recorded: i64 = self
             .finish
@@ -400,7 +395,7 @@ impl Journal {
             .key(self.key(&outcome_index(outcome.outcome, Some(&outcome.target))))
             .arg(serde_json::to_string(&finished).map_err(|e| JournalError::Corrupt(e.to_string()))?)
             .arg(unix_millis(SystemTime::now()))
-            .arg(event.to_string())
+            .arg(event.to_line())
             .arg(ticket.store_key())
             .arg(self.retention.as_millis() as u64)
             .arg(self.retention_cutoff_ms())
@@ -602,13 +597,13 @@ impl Journal {
     }
 
     /// Records what a target last answered to capabilities (or why it did not).
-    pub async fn agent_seen(&self, target: &str, value: serde_json::Value) -> JournalResult<()> {
+    pub async fn agent_seen(&self, seen: &AgentSeen) -> JournalResult<()> {
         let mut con = self.connection().await?;
-        let _: () = con.hset(self.key("agents"), target, value.to_string()).await?;
+        let _: () = con.hset(self.key("agents"), &seen.target, seen.to_json()).await?;
         Ok(())
     }
 
-    /// Every target's last known capabilities, by name.
+    /// Every target's last known capabilities, by name, as stored ([`AgentSeen`]'s JSON).
     pub async fn agents(&self) -> JournalResult<Vec<serde_json::Value>> {
         let mut con = self.connection().await?;
         let all: HashMap<String, String> = con.hgetall(self.key("agents")).await?;
@@ -638,7 +633,7 @@ fn history_index(query: &HistoryQuery) -> String {
 
 fn journal_event(entry: redis::streams::StreamId) -> JournalResult<JournalEvent> {
     let raw: String = entry.get("e").ok_or_else(|| JournalError::Corrupt(format!("event {} has no body", entry.id)))?;
-    let event = serde_json::from_str(&raw).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+    let event = JsonEvent::parse(&raw).map_err(|e| JournalError::Corrupt(format!("event {}: {e}", entry.id)))?;
     Ok(JournalEvent { id: entry.id, event })
 }
 

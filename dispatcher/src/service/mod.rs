@@ -4,13 +4,18 @@
 //! service's tickets).
 //!
 //! # Layout
-//! - [`journal`]: the records in Redis (deadpool-redis), and the history.
+//! - [`journal`]: the records in Redis (deadpool-redis), and the history; [`agents`]: what each
+//!   target last answered.
 //! - [`lease`]: which replica follows an in-flight ticket.
 //! - [`resume`]: following a ticket from its record: new, resumed or taken over.
-//! - [`api`]: the axum routes and their OpenAPI document; [`tokens`]: API tokens;
-//!   [`sessions`]: browser logins; [`site`]: which hosts and origins are the service's own.
-//! - [`files`]: file transfer through the API, by the CLI's own [`crate::transfer`].
-//! - [`web`]: the web view (server-rendered HTML, live through the API's server-sent events).
+//! - [`router`]: the axum routes, their OpenAPI document and the layers every request passes;
+//!   it serves the handlers, which share [`state`] (the state, errors, who asked) and nothing
+//!   else of each other's but the history filters [`web`] takes from [`api`]:
+//!   - [`api`]: the `/v1` JSON API (scripts through [`crate::plan`], tickets, events, history);
+//!   - [`files`]: file transfer through the API, by the CLI's own [`crate::transfer`];
+//!   - [`web`]: the web view (server-rendered HTML, live through the API's server-sent events).
+//! - [`tokens`]: API tokens; [`sessions`]: browser logins; [`site`]: which hosts and origins are
+//!   the service's own.
 //!
 //! # Why nothing runs twice
 //! Tickets are made here and recorded before the start is sent; the start carries a deadline
@@ -18,13 +23,16 @@
 //! that deadline (the agent answers a known ticket with its status), and past it only asks for
 //! the status. Log lines are recorded only in sequence, so a repeated follower adds none twice.
 
+pub mod agents;
 pub mod api;
 pub mod files;
 pub mod journal;
 pub mod lease;
 pub mod resume;
+pub mod router;
 pub mod sessions;
 pub mod site;
+pub mod state;
 pub mod tokens;
 pub mod web;
 
@@ -95,13 +103,13 @@ impl Service {
         // The bound port, which `--listen` may have left to the system (port 0).
         let bound = listener.local_addr().map_err(|e| ServiceError::Listen(config.listen, e))?;
         let site = Site::new(bound, config.allowed_hosts, config.public_url);
-        let state = Arc::new(api::ApiState {
+        let state = Arc::new(state::ApiState {
             followers: followers.clone(),
             policies: config.policies,
             tokens: config.tokens,
             site: site.clone(),
         });
-        Ok(Service { listener, router: api::router(state), followers, site })
+        Ok(Service { listener, router: router::router(state), followers, site })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -3,13 +3,12 @@
 //! runs (or resumes) it from what the journal says, records every event, records the outcome,
 //! and only then tells the agent to clean up.
 
+use super::agents::AgentSeen;
 use super::journal::{Journal, JournalError, Submission};
 use super::lease::Leases;
-use crate::negotiate::AgentKind;
 use crate::orchestrator::{Event, Orchestrator};
 use crate::outcome::Outcome;
 use contracts::{Secrets, Ticket};
-use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -211,20 +210,9 @@ impl Followers {
         sink: &(dyn Fn(Event) + Sync + Send),
     ) {
         let seen_ms = contracts::unix_millis(std::time::SystemTime::now());
-        let value = match self.orchestrator.agent_kind(route, submission.policies().health, sink).await {
-            Ok(AgentKind::Current(caps)) => json!({
-                "target": route.name(), "route": submission.route, "reachable": true, "protocol": if caps.supports(contracts::SERVICE_SCRIPT_V2) { "v2" } else { "v1" },
-                "services": caps.services, "agent_version": caps.agent_version, "seen_ms": seen_ms,
-            }),
-            Ok(AgentKind::Legacy) => json!({
-                "target": route.name(), "route": submission.route, "reachable": true, "protocol": "v1",
-                "services": [contracts::SERVICE_SCRIPT_V1], "agent_version": null, "seen_ms": seen_ms,
-            }),
-            Err(gave_up) => json!({
-                "target": route.name(), "route": submission.route, "reachable": false, "error": gave_up.to_string(), "seen_ms": seen_ms,
-            }),
-        };
-        if let Err(error) = self.journal.agent_seen(route.name(), value).await {
+        let answer = self.orchestrator.agent_kind(route, submission.policies().health, sink).await;
+        let seen = AgentSeen::new(route.name(), &submission.route, &answer, seen_ms);
+        if let Err(error) = self.journal.agent_seen(&seen).await {
             tracing::debug!(%error, "cannot record the agent's capabilities");
         }
     }

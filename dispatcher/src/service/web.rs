@@ -12,9 +12,13 @@
 //! Output, ticket ids, targets and errors may be hostile: the HTML escapes them, the script sets
 //! only `textContent`, and the Content-Security-Policy allows no inline script or style at all.
 
-use super::api::{history_query, parse_ticket, record_of, ApiError, ApiState, HistoryParams};
+use super::agents::{AgentAnswer, AgentSeen};
+use super::api::{history_query, HistoryParams};
 use super::journal::{JournalEvent, TicketRecord};
 use super::sessions;
+use super::state::{parse_ticket, record_of, ApiError, ApiState, Shared};
+use crate::event::JsonEvent;
+use crate::outcome::OutcomeKind;
 use crate::policy::MachinePolicy;
 use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -25,8 +29,6 @@ use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
-
-type Shared = State<Arc<ApiState>>;
 
 const SCRIPT: &str = include_str!("web/app.js");
 const STYLE: &str = include_str!("web/app.css");
@@ -155,6 +157,7 @@ async fn index(State(state): Shared, Query(params): Query<ListParams>) -> Respon
         Ok(found) => found,
         Err(error) => return error_page(error.into()),
     };
+    let agents: Vec<AgentSeen> = agents.into_iter().filter_map(|agent| serde_json::from_value(agent).ok()).collect();
     let live_query = query_string(&[("target", target.as_deref()), ("outcome", outcome.as_deref())]);
     let body = html! {
         h1 { "Tickets" }
@@ -249,18 +252,21 @@ fn ticket_row(record: &TicketRecord) -> Markup {
     }
 }
 
-fn agent_row(agent: &serde_json::Value) -> Markup {
-    let text = |key: &str| agent[key].as_str().unwrap_or("").to_owned();
-    let services: Vec<&str> = agent["services"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
-    let reachable = agent["reachable"].as_bool().unwrap_or(false);
+fn agent_row(agent: &AgentSeen) -> Markup {
+    let (protocol, services, version, error) = match &agent.answer {
+        AgentAnswer::Capabilities { protocol, services, agent_version } => {
+            (protocol.as_str(), services.as_slice(), agent_version.as_deref().unwrap_or(""), "")
+        }
+        AgentAnswer::Unreachable { error } => ("", &[][..], "", error.as_str()),
+    };
     html! {
         tr {
-            td.long { (text("target")) @if text("route") == "pool" { " (pool)" } }
-            td.long { @if reachable { "yes" } @else { "no: " (text("error")) } }
-            td { (text("protocol")) }
+            td.long { (agent.target) @if agent.route == "pool" { " (pool)" } }
+            td.long { @if agent.reachable { "yes" } @else { "no: " (error) } }
+            td { (protocol) }
             td.wide.wraps { @for (i, service) in services.iter().enumerate() { @if i > 0 { ", " } span { (service) } } }
-            td.wide { (text("agent_version")) }
-            td.wide { (agent["seen_ms"].as_u64().map(when).unwrap_or_default()) }
+            td.wide { (version) }
+            td.wide { (when(agent.seen_ms)) }
         }
     }
 }
@@ -283,7 +289,10 @@ fn ticket_view(record: &TicketRecord, events: &[JournalEvent]) -> Html<String> {
     let s = &record.submission;
     let ticket = s.ticket.to_string();
     let last_id = events.last().map_or("0", |e| e.id.as_str());
-    let result = events.iter().rev().find(|e| e.event["event"] == "result");
+    let result = events.iter().rev().find_map(|e| match &e.event {
+        JsonEvent::Result { outcome, exit_code, error, .. } => Some((*outcome, *exit_code, error.as_deref())),
+        _ => None,
+    });
     let body = html! {
         section #ticket data-ticket=(ticket) data-last-event=(last_id) {
             h1 { "Ticket " code { (ticket) } }
@@ -299,13 +308,15 @@ fn ticket_view(record: &TicketRecord, events: &[JournalEvent]) -> Html<String> {
             }
             h2 { "Output" }
             pre #output {
-                @for event in events.iter().filter(|e| e.event["event"] == "log") {
-                    span class=(format!("line {}", stream_class(&event.event))) data-seq=(event.event["seq"]) { (event.event["text"].as_str().unwrap_or("")) } "\n"
+                @for event in events {
+                    @if let JsonEvent::Log { seq, stream, text, .. } = &event.event {
+                        span class=(format!("line {}", stream_class(stream))) data-seq=(seq) { (text) } "\n"
+                    }
                 }
             }
             div #result class=(if result.is_some() { "result" } else { "result pending" }) {
                 @match result {
-                    Some(event) => (result_text(&event.event)),
+                    Some((outcome, exit_code, error)) => (result_text(outcome, exit_code, error)),
                     None => "Running: output appears here as the agent sends it.",
                 }
             }
@@ -315,10 +326,10 @@ fn ticket_view(record: &TicketRecord, events: &[JournalEvent]) -> Html<String> {
 }
 
 /// `stdout`, `stderr` or `agent`, as a class name (anything else is `agent`).
-fn stream_class(event: &serde_json::Value) -> &'static str {
-    match event["stream"].as_str() {
-        Some("stdout") => "stdout",
-        Some("stderr") => "stderr",
+fn stream_class(stream: &str) -> &'static str {
+    match stream {
+        "stdout" => "stdout",
+        "stderr" => "stderr",
         _ => "agent",
     }
 }
@@ -326,27 +337,25 @@ fn stream_class(event: &serde_json::Value) -> &'static str {
 /// A retry or notice event as a list item (nothing for other events).
 fn notice_item(event: &JournalEvent) -> Markup {
     let at = event.id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()).map(when).unwrap_or_default();
-    let e = &event.event;
-    let ms = |key: &str| duration(e[key].as_u64().unwrap_or(0));
     html! {
-        @match e["event"].as_str() {
-            Some("retry") => li.retry {
+        @match &event.event {
+            JsonEvent::Retry { request, attempt, error, delay_ms, time_left_ms, .. } => li.retry {
                 time { (at) } " "
-                (e["request"].as_str().unwrap_or("")) " attempt " (e["attempt"]) " failed: "
-                span.error { (e["error"].as_str().unwrap_or("")) }
-                "; again in " (ms("delay_ms")) ", " (ms("time_left_ms")) " left"
+                (request) " attempt " (attempt) " failed: "
+                span.error { (error) }
+                "; again in " (duration(*delay_ms)) ", " (duration(*time_left_ms)) " left"
             },
-            Some("notice") => li.notice { time { (at) } " " (e["message"].as_str().unwrap_or("")) },
+            JsonEvent::Notice { message, .. } => li.notice { time { (at) } " " (message) },
             _ => {},
         }
     }
 }
 
-fn result_text(e: &serde_json::Value) -> Markup {
+fn result_text(outcome: OutcomeKind, exit_code: Option<i32>, error: Option<&str>) -> Markup {
     html! {
-        "Finished: " strong { (e["outcome"].as_str().unwrap_or("")) }
-        @if let Some(code) = e["exit_code"].as_i64() { ", exit code " (code) }
-        @if let Some(error) = e["error"].as_str() { ": " span.error { (error) } }
+        "Finished: " strong { (outcome.name()) }
+        @if let Some(code) = exit_code { ", exit code " (code) }
+        @if let Some(error) = error { ": " span.error { (error) } }
     }
 }
 
@@ -431,12 +440,12 @@ mod tests {
 
     #[test]
     fn hostile_text_is_escaped() {
-        let event = |e: serde_json::Value| JournalEvent { id: "1700000000000-0".into(), event: e };
+        let event = |e: JsonEvent| JournalEvent { id: "1700000000000-0".into(), event: e };
         let hostile = "<script>alert(1)</script>&\"'";
-        let markup = notice_item(&event(serde_json::json!({"event": "notice", "message": hostile}))).into_string();
+        let markup = notice_item(&event(JsonEvent::Notice { message: hostile.into(), target: None })).into_string();
         assert!(!markup.contains("<script>"), "{markup}");
         assert!(markup.contains("&lt;script&gt;alert(1)&lt;/script&gt;&amp;&quot;"), "{markup}");
-        let result = result_text(&serde_json::json!({"outcome": "failed", "error": hostile})).into_string();
+        let result = result_text(OutcomeKind::Failed, None, Some(hostile)).into_string();
         assert!(!result.contains("<script>"), "{result}");
         assert_eq!(url_encode("a b&c=/d"), "a%20b%26c%3D/d");
     }

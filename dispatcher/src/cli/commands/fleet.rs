@@ -1,43 +1,30 @@
 //! `dispatcher agents` and `submit --select`: the live fleet from the presence stream, as far
 //! as the known agents' pinned keys vouch for it.
 
-use super::usage_error;
+use crate::cli::args::AgentsArgs;
+use crate::cli::output::printer::usage_error;
+use crate::cli::output::terminal;
+use crate::event::{IgnoredAnnouncements, JsonEvent};
 use crate::inventory::{self, Ignored, Inventory};
 use crate::outcome::exit;
 use crate::route::Route;
 use crate::rpc::RpcConfig;
-use crate::trust::{legacy_warning, DispatcherTrust};
-use clap::Args;
+use crate::trust::{legacy_warning, DispatcherTrust, TrustFiles};
 use contracts::labels::Selector;
 use contracts::presence::Announcement;
 use contracts::trust::KnownAgents;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Unpinned agents named in a warning; the rest are counted.
 const NAMED_UNPINNED: usize = 10;
 
 /// The pins announcements are checked against, and the file they come from (named in warnings).
-pub struct Pins<'a> {
+struct Pins<'a> {
     pub known: &'a KnownAgents,
     pub file: &'a Path,
-}
-
-#[derive(Args, Debug)]
-pub struct AgentsArgs {
-    /// Only agents matching all of these comma-separated terms: `key=value` (label equals),
-    /// `key!=value` (label differs or is absent); `id` and `pool` match the agent's id and pool.
-    #[arg(long, value_parser = parse_selector)]
-    pub select: Option<Selector>,
-    /// One JSON object per agent and line.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn parse_selector(raw: &str) -> Result<Selector, String> {
-    Selector::parse(raw).map_err(|e| e.to_string())
 }
 
 /// Reads the live fleet, telling the user why it could not.
@@ -49,23 +36,23 @@ async fn read_inventory(rpc: &RpcConfig, pins: &Pins<'_>) -> Result<Inventory, E
 }
 
 /// How many announcements were not believed, by why (`--json` counts).
-fn ignored_counts(inventory: &Inventory) -> serde_json::Value {
-    let (mut forged, mut unpinned, mut invalid) = (0, 0, 0);
+fn ignored_counts(inventory: &Inventory) -> IgnoredAnnouncements {
+    let mut counts = IgnoredAnnouncements::default();
     for ignored in inventory.ignored() {
         match ignored {
-            Ignored::Forged { .. } => forged += 1,
-            Ignored::Unpinned { .. } => unpinned += 1,
-            Ignored::Invalid(_) => invalid += 1,
+            Ignored::Forged { .. } => counts.forged += 1,
+            Ignored::Unpinned { .. } => counts.unpinned += 1,
+            Ignored::Invalid(_) => counts.invalid += 1,
         }
     }
-    json!({"forged": forged, "unpinned": unpinned, "invalid": invalid})
+    counts
 }
 
 /// What the user is warned of after reading the fleet: one line per agent whose announcements
 /// were forged (how many, and why the newest failed), one naming the agents with no pinned key,
 /// one counting undecodable announcements, and what `legacy` says of each agent believed
 /// unsigned as `legacy` (nothing once it was said).
-pub fn warnings(inventory: &Inventory, known_file: &Path, legacy: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+fn warnings(inventory: &Inventory, known_file: &Path, legacy: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
     let mut forged: BTreeMap<&str, (usize, String)> = BTreeMap::new();
     let mut unpinned: Vec<&str> = Vec::new();
     let mut invalid: Vec<&str> = Vec::new();
@@ -110,13 +97,27 @@ pub fn warnings(inventory: &Inventory, known_file: &Path, legacy: &dyn Fn(&str) 
 
 fn warn_on_stderr(lines: Vec<String>) {
     for line in lines {
-        eprintln!("cuttle: warning: {}", super::terminal::err(&line));
+        eprintln!("cuttle: warning: {}", terminal::err(&line));
     }
 }
 
-/// `dispatcher agents`: the live agents (matching `--select`) whose announcements verify, by
-/// id; what was ignored is told on stderr.
-pub async fn agents(rpc: &RpcConfig, pins: &Pins<'_>, args: AgentsArgs) -> ExitCode {
+/// `dispatcher agents`, believing the announcements the known agents' pins vouch for (no key
+/// needed: nothing is signed).
+pub async fn run(rpc: &RpcConfig, key: Option<PathBuf>, known_agents: Option<PathBuf>, args: AgentsArgs) -> ExitCode {
+    let file = match TrustFiles::resolve(key, known_agents) {
+        Ok(files) => files.known_agents,
+        Err(error) => return usage_error(error),
+    };
+    let known = match crate::trust::read_known(&file) {
+        Ok(known) => known,
+        Err(error) => return usage_error(format!("known agents: {error}")),
+    };
+    agents(rpc, &Pins { known: &known, file: &file }, args).await
+}
+
+/// The live agents (matching `--select`) whose announcements verify, by id; what was ignored is
+/// told on stderr.
+async fn agents(rpc: &RpcConfig, pins: &Pins<'_>, args: AgentsArgs) -> ExitCode {
     let inventory = match read_inventory(rpc, pins).await {
         Ok(inventory) => inventory,
         Err(code) => return code,
@@ -175,7 +176,7 @@ pub async fn resolve(
     let lines = warnings(&inventory, &file, &|agent| trust.legacy_warning(agent));
     if json {
         for message in lines {
-            outln!("{}", json!({"event": "warning", "message": message}));
+            outln!("{}", JsonEvent::Warning { message, target: None });
         }
     } else {
         warn_on_stderr(lines);
@@ -194,7 +195,8 @@ pub async fn resolve(
     eprintln!("cuttle: --select {selector} matches {} live agents: {}", ids.len(), ids.join(", "));
     if json {
         let ignored = ignored_counts(&inventory);
-        outln!("{}", json!({"event": "selected", "select": selector.to_string(), "targets": ids, "ignored": ignored}));
+        let targets = ids.iter().map(|id| id.to_string()).collect();
+        outln!("{}", JsonEvent::Selected { select: selector.to_string(), targets, ignored });
     }
     ids.iter().map(|id| Route::agent(id).map_err(usage_error)).collect()
 }

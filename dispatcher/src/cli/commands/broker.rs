@@ -1,45 +1,12 @@
 //! `dispatcher setup-broker` and `dispatcher enrol-agent`: the operator's steps that let agents
 //! and dispatchers run with least privilege (docs/security.md, "Least privilege on the broker").
 
+use crate::cli::args::{EnrolAgentArgs, EnrolPoolArgs, SetupBrokerArgs};
 use crate::outcome::exit;
 use crate::rpc::RpcConfig;
 use crate::setup::{self, DeadLimits, DeadQueue};
-use clap::Args;
 use contracts::topology::{Permissions, DEAD_QUEUE};
 use std::process::ExitCode;
-use std::time::Duration;
-
-#[derive(Args, Debug)]
-pub struct SetupBrokerArgs {
-    /// Messages `cuttle.dead` keeps at most; the oldest go first.
-    #[arg(long, default_value_t = 100_000)]
-    pub dead_max_length: u32,
-    /// How long a message stays in `cuttle.dead`.
-    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
-    pub dead_ttl: Duration,
-}
-
-#[derive(Args, Debug)]
-pub struct EnrolAgentArgs {
-    /// The agent's id.
-    pub agent_id: String,
-    /// The pool the agent serves as well (its queues are declared and its permissions include them).
-    #[arg(long)]
-    pub pool: Option<String>,
-    /// The agent's broker user, for the printed command [default: the agent id].
-    #[arg(long)]
-    pub user: Option<String>,
-}
-
-#[derive(Args, Debug)]
-pub struct EnrolPoolArgs {
-    /// The pool's name.
-    pub pool: String,
-    /// The broker user all the pool's workers share, for the printed command [default:
-    /// cuttle-pool-POOL].
-    #[arg(long)]
-    pub user: Option<String>,
-}
 
 fn broker_error(error: crate::RpcError) -> ExitCode {
     eprintln!("cuttle: {error}");

@@ -1,0 +1,95 @@
+//! `dispatcher capabilities ID` and `dispatcher health ID...`: what agents support, asked at once.
+
+use crate::cli::args::{CapabilitiesArgs, HealthArgs};
+use crate::cli::output::printer::{usage_error, Printer};
+use crate::negotiate::AgentKind;
+use crate::orchestrator::Orchestrator;
+use crate::outcome::{exit, Outcome};
+use crate::policy::Purpose;
+use crate::route::Route;
+use serde_json::json;
+use std::process::ExitCode;
+
+/// One agent's answer to capabilities, as `capabilities` and `health` print it.
+fn describe_agent(agent: &str, kind: &AgentKind) -> (String, serde_json::Value) {
+    let (protocol, services, version) = match kind {
+        AgentKind::Current(caps) => {
+            let v2 = caps.supports(contracts::SERVICE_SCRIPT_V2);
+            (if v2 { "v2" } else { "v1" }, caps.services.clone(), Some(caps.agent_version.clone()))
+        }
+        AgentKind::Legacy => ("v1", vec![contracts::SERVICE_SCRIPT_V1.to_owned()], None),
+    };
+    let retries = protocol == "v2";
+    let text = format!(
+        "{agent}: protocol {protocol}{}, version {}, services {}; retries {}",
+        if *kind == AgentKind::Legacy { " (legacy agent)" } else { "" },
+        version.as_deref().unwrap_or("unknown"),
+        services.join(", "),
+        if retries { "on" } else { "off (upgrade the agent to turn them on)" },
+    );
+    let json = json!({"agent": agent, "protocol": protocol, "services": services, "agent_version": version, "retries": retries});
+    (text, json)
+}
+
+/// `dispatcher capabilities ID`: `health` of one agent.
+pub async fn capabilities(orchestrator: &Orchestrator, args: CapabilitiesArgs) -> ExitCode {
+    let args = HealthArgs { agents: vec![args.agent], retry: args.retry, json: args.json, wait: args.wait };
+    health(orchestrator, args).await
+}
+
+/// Asks every agent at once; prints one line each, in the order given. An agent whose queue
+/// nobody consumes is down at once (without `--wait`).
+pub async fn health(orchestrator: &Orchestrator, args: HealthArgs) -> ExitCode {
+    let config = match args.retry.config() {
+        Ok(config) => config,
+        Err(e) => return usage_error(e),
+    };
+    let mut checks = Vec::with_capacity(args.agents.len());
+    for agent in &args.agents {
+        let route = match Route::agent(agent) {
+            Ok(route) => route,
+            Err(e) => return usage_error(e),
+        };
+        match args.retry.choice().retry(&config, &route, Purpose::HealthCheck) {
+            Ok(policy) => checks.push((route, policy)),
+            Err(e) => return usage_error(e),
+        }
+    }
+    let several = checks.len() > 1;
+    let answers = futures_util::future::join_all(checks.iter().map(|(route, policy)| async move {
+        let agent = route.name();
+        let printer = Printer::new(args.json).without_logs().for_target(several.then(|| agent.to_owned()));
+        if !args.wait && orchestrator.rpc().consumers(route, contracts::Kind::GetCapabilities).await == Some(0) {
+            let queue = route.queue(contracts::Kind::GetCapabilities);
+            return Err((format!("down: no agent is consuming {queue} (--wait waits for it)"), exit::NO_ANSWER));
+        }
+        orchestrator.agent_kind(route, *policy, &|e| printer.event(e)).await.map_err(|gave_up| {
+            let outcome = Outcome::from_error(None, agent, &gave_up.error, gave_up.to_string(), false);
+            (format!("unreachable: {}", outcome.error.unwrap_or_default()), outcome.process_exit)
+        })
+    }))
+    .await;
+    let mut worst = ExitCode::SUCCESS;
+    for ((route, _), answer) in checks.iter().zip(answers) {
+        let agent = route.name();
+        match answer {
+            Ok(kind) => {
+                let (text, value) = describe_agent(agent, &kind);
+                if args.json {
+                    outln!("{value}");
+                } else {
+                    outln!("{text}");
+                }
+            }
+            Err((error, code)) => {
+                if args.json {
+                    outln!("{}", json!({"agent": agent, "error": error}));
+                } else {
+                    outln!("{agent}: {error}");
+                }
+                worst = ExitCode::from(code);
+            }
+        }
+    }
+    worst
+}

@@ -1,0 +1,33 @@
+//! `dispatcher keygen` and `dispatcher public-key`.
+
+use crate::cli::args::KeygenArgs;
+use crate::cli::output::printer::usage_error;
+use crate::trust::TrustFiles;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Prints the public key of the dispatcher's key (the default one unless `key` names another).
+pub fn public_key(key: Option<PathBuf>) -> ExitCode {
+    let loaded = TrustFiles::resolve(key, None)
+        .map_err(|e| e.to_string())
+        .and_then(|files| contracts::trust::SecretKey::load(&files.key).map_err(|e| e.to_string()));
+    match loaded {
+        Ok(key) => {
+            println!("{}", key.public());
+            ExitCode::SUCCESS
+        }
+        Err(error) => usage_error(error),
+    }
+}
+
+/// Writes a new key to `out` and prints its public key on stdout (the one line to copy).
+pub fn keygen(args: &KeygenArgs) -> ExitCode {
+    match contracts::trust::SecretKey::create(&args.out) {
+        Ok(key) => {
+            eprintln!("dispatcher: wrote a new secret key to {} (mode 0600); its public key:", args.out.display());
+            println!("{}", key.public());
+            ExitCode::SUCCESS
+        }
+        Err(error) => usage_error(error.to_string()),
+    }
+}

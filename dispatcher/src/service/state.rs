@@ -1,0 +1,85 @@
+//! What the service's handlers share: its state, the error every route answers with, who made a
+//! request, and the ticket a path names. The router ([`super::router`]) and the handlers
+//! ([`super::api`], [`super::files`], [`super::web`]) import from here, never from each other's
+//! files in a circle.
+
+use super::journal::{JournalError, TicketRecord};
+use super::resume::Followers;
+use super::site::Site;
+use super::tokens::ApiTokens;
+use crate::policy::PolicyConfig;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use contracts::Ticket;
+use serde::Serialize;
+use std::sync::Arc;
+use utoipa::ToSchema;
+
+/// What the handlers share.
+pub struct ApiState {
+    pub followers: Arc<Followers>,
+    pub policies: PolicyConfig,
+    pub tokens: Option<ApiTokens>,
+    pub site: Site,
+}
+
+/// The state, as handlers take it.
+pub type Shared = State<Arc<ApiState>>;
+
+/// An error as the API answers it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong and what to do about it.
+    error: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<JournalError> for ApiError {
+    fn from(error: JournalError) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error}; try again once Redis answers"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.message })).into_response()
+    }
+}
+
+/// Who made a request: the API token's name, or `local` on a loopback service without tokens.
+#[derive(Clone, Debug)]
+pub struct Who(pub String);
+
+/// The ticket a path names, or why it is none.
+pub fn parse_ticket(raw: &str) -> Result<Ticket, ApiError> {
+    Ticket::parse(raw).map_err(|e| ApiError::bad_request(format!("not a ticket: {e}")))
+}
+
+/// The journal's record of a ticket, or 404.
+pub async fn record_of(state: &ApiState, ticket: &Ticket) -> Result<TicketRecord, ApiError> {
+    let retention = crate::retry::short(state.followers.journal.retention());
+    let metrics = state.followers.orchestrator.metrics();
+    metrics.common.store.observe("ticket", state.followers.journal.ticket(ticket)).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no ticket {ticket} in the journal (finished tickets are kept for {retention})"),
+        )
+    })
+}
