@@ -16,6 +16,7 @@
 //! - [`needs`]: what some tests need beyond the shared services (root, servers of their own),
 //!   and [`skip_unless!`] to skip, saying why, where it is missing.
 //! - [`presence`]: the presence stream as an impostor sees it (read, forge, replay).
+//! - [`reference`]: the generated reference in `docs/reference/` (`cargo run -p tests --bin reference`).
 //! - [`eventually`]: polls a condition until a deadline.
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod needs;
 pub mod presence;
 pub mod proxy;
 pub mod raw;
+pub mod reference;
 pub mod service;
 pub mod services;
 pub mod tls;

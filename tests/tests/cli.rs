@@ -256,3 +256,37 @@ async fn machine_policies_set_the_retry_duration_and_bad_files_are_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no policy named \"nope\""), "{}", text(&out.stderr));
 }
+
+/// `completions SHELL` of both binaries prints the shell's completion script (bash's, sourced,
+/// completes the commands), and a shell it does not know is a usage error.
+#[tokio::test]
+async fn both_binaries_print_completion_scripts_for_bash_zsh_and_fish() {
+    for (binary, function) in [("dispatcher", "_dispatcher"), ("worker-agent", "_worker__agent")] {
+        let run = |shell: &'static str| {
+            let mut command = tokio::process::Command::new(tests::binary(binary));
+            command.args(["completions", shell]).stdin(Stdio::null());
+            async move { command.output().await.expect("runs") }
+        };
+        let bash = run("bash").await;
+        assert_eq!(bash.status.code(), Some(0), "{}", text(&bash.stderr));
+        let script = std::env::temp_dir().join(unique("completion"));
+        std::fs::write(&script, &bash.stdout).unwrap();
+        // Sourced by bash, it registers the completion and offers the commands after the name.
+        let probe = format!(
+            "source {}; complete -p {binary}; COMP_WORDS=({binary} ''); COMP_CWORD=1; {function} {binary} '' {binary}; echo \"${{COMPREPLY[@]}}\"",
+            script.display()
+        );
+        let completed = std::process::Command::new("bash").args(["-c", &probe]).output().expect("bash");
+        let said = text(&completed.stdout);
+        assert!(said.contains(&format!("-F {function}")) && said.contains(binary), "{said}{}", text(&completed.stderr));
+        assert!(said.contains("completions") && said.contains("keygen"), "the commands are offered: {said}");
+        std::fs::remove_file(&script).unwrap();
+        let zsh = run("zsh").await;
+        assert!(text(&zsh.stdout).starts_with(&format!("#compdef {binary}")), "{}", text(&zsh.stdout));
+        let fish = run("fish").await;
+        assert!(text(&fish.stdout).contains(&format!("complete -c {binary}")), "{}", text(&fish.stdout));
+        let unknown = run("tcsh").await;
+        assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown.stderr));
+        assert!(text(&unknown.stderr).contains("invalid value 'tcsh'"), "{}", text(&unknown.stderr));
+    }
+}

@@ -411,3 +411,40 @@ fn every_broker_config_cuttle_ships_refuses_messages_over_the_agents_limit() {
     }
     assert!(tests::services::shipped_broker_settings().contains(&setting), "the tests' own brokers take it");
 }
+
+/// `install.sh` puts the binaries, the generated man pages and the binaries' own completion
+/// scripts where a Debian-like system looks for them (staged under DESTDIR here).
+#[test]
+fn install_sh_puts_binaries_man_pages_and_completions_in_place() {
+    let dest = std::env::temp_dir().join(tests::unique("install"));
+    let bin_dir = tests::binary("dispatcher").parent().unwrap().to_path_buf();
+    let out = Command::new("deploy/local/install.sh")
+        .current_dir(repo())
+        .env("DESTDIR", &dest)
+        .env("PREFIX", "/usr")
+        .env("BIN_DIR", &bin_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root = dest.join("usr");
+    for binary in ["dispatcher", "worker-agent"] {
+        let installed = root.join("bin").join(binary);
+        assert_eq!(std::fs::metadata(&installed).unwrap().permissions().mode() & 0o777, 0o755, "{binary}");
+        for (shell, path) in [
+            ("bash", format!("share/bash-completion/completions/{binary}")),
+            ("zsh", format!("share/zsh/vendor-completions/_{binary}")),
+            ("fish", format!("share/fish/vendor_completions.d/{binary}.fish")),
+        ] {
+            let own = Command::new(&installed).args(["completions", shell]).output().unwrap().stdout;
+            assert_eq!(std::fs::read(root.join(&path)).unwrap(), own, "{path}: the binary's own script");
+        }
+    }
+    let man = repo().join("docs/reference/man");
+    let pages: Vec<_> = std::fs::read_dir(&man).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(pages.len() > 10, "{pages:?}");
+    for page in pages {
+        let installed = root.join("share/man/man1").join(&page);
+        assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(man.join(&page)).unwrap(), "{page:?}");
+    }
+    std::fs::remove_dir_all(&dest).unwrap();
+}

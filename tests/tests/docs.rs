@@ -281,6 +281,7 @@ fn variables_in(text: &str) -> BTreeSet<String> {
 const OTHER_PROGRAMS_FLAGS: &[(&str, &str)] = &[
     ("--release", "cargo"),
     ("--bins", "cargo"),
+    ("--bin", "cargo"),
     ("--test", "cargo"),
     ("--tests", "cargo"),
     ("--lib", "cargo"),
@@ -690,4 +691,29 @@ fn every_route_served_is_documented_and_every_route_documented_is_served() {
         }
     }
     assert!(problems.is_empty(), "HTTP routes:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn the_generated_reference_is_current() {
+    let mut stale = Vec::new();
+    let files = tests::reference::generate();
+    for (path, text) in &files {
+        if std::fs::read_to_string(repo().join(path)).ok().as_deref() != Some(text.as_str()) {
+            stale.push(path.display().to_string());
+        }
+    }
+    let pages: Vec<std::fs::DirEntry> =
+        std::fs::read_dir(repo().join("docs/reference/man")).map(|e| e.flatten().collect()).unwrap_or_default();
+    for entry in pages {
+        let path = entry.path().strip_prefix(repo()).unwrap().to_path_buf();
+        if !files.iter().any(|(p, _)| *p == path) {
+            stale.push(format!("{} (of no command now)", path.display()));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "the generated reference differs from the code in:\n{}\nrun `{}` and commit what it writes",
+        stale.join("\n"),
+        tests::reference::COMMAND
+    );
 }

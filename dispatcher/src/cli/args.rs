@@ -115,7 +115,8 @@ impl Command {
             | Command::PublicKey
             | Command::SetupBroker(_)
             | Command::EnrolAgent(_)
-            | Command::EnrolPool(_) => false,
+            | Command::EnrolPool(_)
+            | Command::Completions(_) => false,
         }
     }
 }
@@ -171,6 +172,16 @@ pub enum Command {
     /// and print the permissions its workers' user needs to run with --enrolled and ids
     /// POOL.NAME (each declares only its own queue).
     EnrolPool(EnrolPoolArgs),
+    /// Print the completion script of a shell (bash, zsh or fish), e.g. `dispatcher completions
+    /// bash > /usr/share/bash-completion/completions/dispatcher`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug)]

@@ -75,9 +75,15 @@ async fn run(cli: Cli) -> ExitCode {
         Command::SetupBroker(args) => commands::broker::setup_broker(&rpc_config, &args).await,
         Command::EnrolAgent(args) => commands::broker::enrol_agent(&rpc_config, &args).await,
         Command::EnrolPool(args) => commands::broker::enrol_pool(&rpc_config, &args).await,
+        Command::Completions(args) => commands::completions::print(args.shell, command(), "dispatcher"),
     };
     rpc.close().await;
     code
+}
+
+/// The command line as clap describes it: for completions, man pages and the generated reference.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Entry point of the binary.

@@ -30,6 +30,21 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Print the public key of an agent key file, for the dispatchers' known-agents files.
     PublicKey(PublicKeyArgs),
+    /// Print the completion script of a shell (bash, zsh or fish), e.g. `worker-agent completions
+    /// bash > /usr/share/bash-completion/completions/worker-agent`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// The command line as clap describes it: for completions, man pages and the generated reference.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 #[derive(clap::Args, Debug)]
@@ -354,6 +369,15 @@ pub fn main() -> std::process::ExitCode {
             Command::PublicKey(args) => {
                 println!("{}", contracts::trust::SecretKey::load(&args.key)?.public());
                 Ok(())
+            }
+            Command::Completions(args) => {
+                // Written whole or not at all; a reader that closes early (`| head`) is no error.
+                let mut script = Vec::new();
+                clap_complete::generate(args.shell, &mut command(), "worker-agent", &mut script);
+                match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+                    Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+                    _ => Ok(()),
+                }
             }
         }
     });

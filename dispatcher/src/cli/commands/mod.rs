@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod broker;
 pub mod cancel;
+pub mod completions;
 pub mod detach;
 pub mod fleet;
 pub mod health;
