@@ -141,7 +141,7 @@ pub enum Command {
     /// Run many `echo hello` scripts over the whole path and report latency and throughput.
     Bench(BenchArgs),
     /// Run the HTTP API service: scripts submitted, journaled, followed and resumed after a
-    /// restart (see README "The service").
+    /// restart (docs/guide.md, "The service").
     Serve(ServeArgs),
     /// List tickets from the service's journal, newest first.
     History(HistoryArgs),
@@ -163,7 +163,7 @@ pub enum Command {
     PublicKey,
     /// Operator step, with an administrator's broker URL: declare the exchanges, the presence
     /// stream and a bounded dead-letter queue, and print the permissions of the dispatcher and
-    /// KEDA users (README, "Least privilege on the broker").
+    /// KEDA users (docs/security.md, "Least privilege on the broker").
     SetupBroker(SetupBrokerArgs),
     /// Operator step, with an administrator's broker URL: declare an agent's queue and binding
     /// and print the permissions its user needs to run with --enrolled.

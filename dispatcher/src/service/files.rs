@@ -35,7 +35,7 @@ use utoipa::{IntoParams, ToSchema};
 pub struct FileQuery {
     /// The agent id (or give `pool`).
     pub target: Option<String>,
-    /// A worker pool (see the README on pools and transfers).
+    /// A worker pool (see docs/guide.md, "Pools" and "File transfer").
     pub pool: Option<String>,
     /// The file on the agent: absolute, or relative to its first transfer root.
     pub path: String,
