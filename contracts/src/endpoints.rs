@@ -1,8 +1,8 @@
 //! The broker nodes a client may use: `CUTTLE_AMQP_URL` (or `--amqp-url`) lists one URL, or the
 //! nodes of one RabbitMQ cluster separated by commas. A client starts at a random node, so a
 //! fleet spreads over the cluster, keeps the node that answered, and after losing it tries the
-//! others in turn, beginning with the next one. Pure rotation logic: the connect functions of
-//! the agent and the dispatcher do the I/O.
+//! others in turn, beginning with the next one. Pure rotation logic: the random start is drawn,
+//! and the connections made, by `edge::connect::broker`.
 
 /// The broker URLs of one cluster and the one in use.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,11 +21,6 @@ impl AmqpEndpoints {
         }
         let current = start(urls.len()) % urls.len();
         Ok(AmqpEndpoints { urls, current })
-    }
-
-    /// Parses a list, starting at a random URL.
-    pub fn parse_random_start(list: &str) -> Result<AmqpEndpoints, String> {
-        AmqpEndpoints::parse(list, |len| fastrand::usize(..len))
     }
 
     /// Checks a list for a command line (a clap `value_parser`), keeping it as given.
@@ -106,11 +101,5 @@ mod tests {
         assert_eq!(order(&endpoints), [2, 0, 1]);
         endpoints.lost();
         assert_eq!(endpoints.current(), "a");
-    }
-
-    #[test]
-    fn random_starts_spread_over_the_list() {
-        let endpoints = AmqpEndpoints::parse_random_start("a,b,c").unwrap();
-        assert!(endpoints.urls().iter().any(|url| url == endpoints.current()));
     }
 }

@@ -23,9 +23,9 @@
 //! - [`labels`]: agent labels and the selectors that pick agents by them.
 //! - [`exit_code`]: the negative exit codes for outcomes that are not the script's own.
 //! - [`transfer`]: file transfer in chunks (upload, download), resumable and verified.
-//! - [`tls`]: TLS files (CA, client certificate and key) for the broker and the store.
 //! - [`topology`]: exchange, queue and routing names, queue arguments and protocol limits.
-//! - [`trust`]: Ed25519 keys, signed commands and answers, trusted-keys and known-agents files;
+//! - [`trust`]: Ed25519 keys, signed commands and answers, the trusted-keys and known-agents
+//!   file formats;
 //!   [`session`]: a key agreed under both signatures once, then a MAC per message;
 //!   [`sealed`]: secrets sealed to the target's key, so only it reads them.
 #![forbid(unsafe_code)]
@@ -47,7 +47,6 @@ pub mod status;
 pub mod store;
 pub mod submission;
 pub mod ticket;
-pub mod tls;
 pub mod topology;
 pub mod transfer;
 pub mod trust;

@@ -93,25 +93,6 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
-/// What either side reports when the broker accepted a TCP connection but the AMQP handshake got
-/// no answer in time: a broker out of file handles accepts sockets and then waits for a handle
-/// before it speaks, silently, with no alarm (measured on RabbitMQ 3.10).
-pub const SILENT_BROKER: &str = "the broker accepted the connection but did not answer: is it out of file descriptors?";
-
-/// AMQP heartbeat, in seconds, when the URL sets none: a dead connection is noticed within
-/// about two of them, not after the broker's default of a minute.
-pub const DEFAULT_HEARTBEAT_SECS: u32 = 5;
-
-/// The broker URL with a short heartbeat added unless it sets one itself.
-pub fn amqp_url_with_heartbeat(url: &str) -> String {
-    let has_heartbeat = url.split_once('?').is_some_and(|(_, q)| q.split('&').any(|kv| kv.starts_with("heartbeat=")));
-    if has_heartbeat {
-        return url.to_owned();
-    }
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}heartbeat={DEFAULT_HEARTBEAT_SECS}")
-}
-
 /// Queue arguments and the permissions of each role, for the crates that speak to the broker.
 #[cfg(feature = "amqp")]
 pub mod amqp {
@@ -267,13 +248,6 @@ mod tests {
         for other in ["batch", "batch.", "batch.gpu.w-1", "batchx.w-1", "web-01"] {
             assert!(!is_pool_worker_id("batch", other), "{other}");
         }
-    }
-
-    #[test]
-    fn a_heartbeat_is_added_only_when_missing() {
-        assert_eq!(amqp_url_with_heartbeat("amqp://h/%2f"), "amqp://h/%2f?heartbeat=5");
-        assert_eq!(amqp_url_with_heartbeat("amqp://h/%2f?frame_max=8192"), "amqp://h/%2f?frame_max=8192&heartbeat=5");
-        assert_eq!(amqp_url_with_heartbeat("amqp://h/%2f?heartbeat=30"), "amqp://h/%2f?heartbeat=30");
     }
 
     #[test]

@@ -19,8 +19,8 @@
 //! - [`TrustedKeys`] (the agent's `--trusted-keys` file) and [`KnownAgents`] (the dispatcher's
 //!   `--known-agents` file) parse their line formats.
 //!
-//! Key files are the one place this crate touches the file system ([`SecretKey::load`],
-//! [`SecretKey::create`], [`read_file`]): both binaries read and write them the same way.
+//! Key files are read and written by `edge::keys`; here are their formats only
+//! ([`SecretKey::to_text`], [`TrustedKeys::parse`], [`KnownAgents::parse`]).
 //! Secret keys and signatures never appear in `Debug` output or messages; only key ids do.
 
 use crate::envelope::Envelope;
@@ -32,7 +32,6 @@ use curve25519_dalek::edwards::CompressedEdwardsY;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 /// What a command's signature covers before its body.
@@ -51,21 +50,7 @@ pub const MAX_COMMAND_WINDOW_MS: u64 = 24 * 3600 * 1000;
 /// How a public key is written.
 pub const PUBLIC_KEY_PREFIX: &str = "ed25519:";
 /// How a secret key file begins.
-const SECRET_KEY_PREFIX: &str = "cuttle-ed25519-secret:";
-
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path} already exists: not overwriting a key")]
-    Exists { path: PathBuf },
-    #[error("{path}: not a cuttle secret key (expected one line `{SECRET_KEY_PREFIX}<base64>`)")]
-    NotAKey { path: PathBuf },
-    #[error("cannot get random bytes from the system: {0}")]
-    Random(String),
-    #[error("{path}:{line}: {reason}")]
-    Line { path: PathBuf, line: usize, reason: String },
-}
+pub const SECRET_KEY_PREFIX: &str = "cuttle-ed25519-secret:";
 
 /// The id of a public key: the first 8 bytes of its SHA-256, shown in hex. Not secret.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -182,11 +167,11 @@ impl SecretKey {
         SecretKey { key, public }
     }
 
-    /// A new key from the operating system's random source.
-    pub fn generate() -> Result<SecretKey, KeyError> {
+    /// A new key from the operating system's random source; the error says why it gave none.
+    pub fn generate() -> Result<SecretKey, String> {
         use rand::TryRng;
         let mut seed = Zeroizing::new([0u8; 32]);
-        rand::rngs::SysRng.try_fill_bytes(seed.as_mut()).map_err(|e| KeyError::Random(e.to_string()))?;
+        rand::rngs::SysRng.try_fill_bytes(seed.as_mut()).map_err(|e| e.to_string())?;
         Ok(SecretKey::from_seed(&seed))
     }
 
@@ -203,51 +188,18 @@ impl SecretKey {
         Zeroizing::new(self.key.to_scalar_bytes())
     }
 
-    fn to_text(&self) -> String {
-        format!("{SECRET_KEY_PREFIX}{}\n", BASE64.encode(self.key.to_bytes()))
+    /// The key as a key file holds it: one line, `cuttle-ed25519-secret:<base64 of its seed>`.
+    pub fn to_text(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!("{SECRET_KEY_PREFIX}{}\n", BASE64.encode(self.key.to_bytes())))
     }
 
-    fn from_text(text: &str) -> Option<SecretKey> {
+    /// Reads a key in the form [`SecretKey::to_text`] writes (blanks around it ignored); `None`
+    /// for anything else.
+    pub fn from_text(text: &str) -> Option<SecretKey> {
         let encoded = text.trim().strip_prefix(SECRET_KEY_PREFIX)?;
         let bytes = Zeroizing::new(BASE64.decode(encoded).ok()?);
         let seed: &[u8; 32] = bytes.as_slice().try_into().ok()?;
         Some(SecretKey::from_seed(seed))
-    }
-
-    /// Reads a key file written by [`SecretKey::create`].
-    pub fn load(path: &Path) -> Result<SecretKey, KeyError> {
-        let text = Zeroizing::new(read_file(path)?);
-        SecretKey::from_text(&text).ok_or_else(|| KeyError::NotAKey { path: path.to_owned() })
-    }
-
-    /// Generates a key and writes it to `path`, readable by its owner only (mode 0600). Never
-    /// overwrites: an existing file is an error.
-    pub fn create(path: &Path) -> Result<SecretKey, KeyError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let key = SecretKey::generate()?;
-        let io = |source| KeyError::Io { path: path.to_owned(), source };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let mut file = match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(KeyError::Exists { path: path.to_owned() })
-            }
-            opened => opened.map_err(io)?,
-        };
-        file.write_all(Zeroizing::new(key.to_text()).as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        Ok(key)
-    }
-
-    /// The key at `path`, created there first if there is none. `true` when it was created.
-    pub fn load_or_create(path: &Path) -> Result<(SecretKey, bool), KeyError> {
-        match SecretKey::create(path) {
-            Ok(key) => Ok((key, true)),
-            Err(KeyError::Exists { .. }) => Ok((SecretKey::load(path)?, false)),
-            Err(error) => Err(error),
-        }
     }
 
     /// Seals a command whose encoded envelope is `body`.
@@ -284,11 +236,6 @@ pub(crate) fn answer_parts<'a>(request_id: &'a str, body: &'a [u8]) -> [&'a [u8]
 /// What a presence announcement's signature covers, in order.
 fn announcement_parts(body: &[u8]) -> [&[u8]; 2] {
     [ANNOUNCEMENT_CONTEXT, body]
-}
-
-/// Reads a whole (small) text file, naming it in the error.
-pub fn read_file(path: &Path) -> Result<String, KeyError> {
-    std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })
 }
 
 /// What vouches for a message, as carried in the AMQP headers: a signature and the id of the key
@@ -388,14 +335,6 @@ impl TrustedKeys {
         Ok(TrustedKeys { keys })
     }
 
-    pub fn load(path: &Path) -> Result<TrustedKeys, KeyError> {
-        TrustedKeys::parse(&read_file(path)?).map_err(|(line, reason)| KeyError::Line {
-            path: path.to_owned(),
-            line,
-            reason,
-        })
-    }
-
     pub fn of(keys: impl IntoIterator<Item = PublicKey>) -> TrustedKeys {
         TrustedKeys { keys: keys.into_iter().map(|k| (k.id(), k)).collect() }
     }
@@ -472,14 +411,6 @@ impl KnownAgents {
             }
         }
         Ok(KnownAgents { pins })
-    }
-
-    pub fn load(path: &Path) -> Result<KnownAgents, KeyError> {
-        KnownAgents::parse(&read_file(path)?).map_err(|(line, reason)| KeyError::Line {
-            path: path.to_owned(),
-            line,
-            reason,
-        })
     }
 
     /// The pin of a target as written in an envelope: an agent id, or `pool:<name>`.
@@ -879,24 +810,6 @@ mod tests {
         assert!(PublicKey::parse("ssh-ed25519:AAAA").is_err());
         assert!(PublicKey::parse("ed25519:AAAA").is_err(), "too short");
         assert!(!format!("{secret:?}").contains(&BASE64.encode(secret.key.to_bytes())), "debug hides the secret");
-    }
-
-    #[test]
-    fn key_files_are_private_and_never_overwritten() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("cuttle-trust-{}", uuid::Uuid::new_v4()));
-        let path = dir.join("sub").join("agent.key");
-        let (created, fresh) = SecretKey::load_or_create(&path).unwrap();
-        assert!(fresh);
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let (loaded, fresh) = SecretKey::load_or_create(&path).unwrap();
-        assert!(!fresh);
-        assert_eq!(loaded.id(), created.id());
-        assert!(matches!(SecretKey::create(&path), Err(KeyError::Exists { .. })));
-        assert_eq!(SecretKey::load(&path).unwrap().id(), created.id(), "the file was left as it was");
-        std::fs::write(dir.join("junk"), "hello").unwrap();
-        assert!(matches!(SecretKey::load(&dir.join("junk")), Err(KeyError::NotAKey { .. })));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -15,14 +15,15 @@ use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::trust::DispatcherTrust;
 use contracts::session::{Offer, Plan};
-use contracts::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO, SILENT_BROKER};
+use contracts::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO};
 use contracts::trust::amqp::{seal_of, with_seal};
 use contracts::trust::{self, Believed, Binding, Pin, Seal};
 use contracts::{unix_millis, AmqpEndpoints, ErrorKind, Kind, Reply, Request};
+use edge::connect::broker::SILENT_BROKER;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,7 +70,7 @@ pub struct RpcConfig {
     /// such as the inventory need none).
     pub trust: Option<Arc<DispatcherTrust>>,
     /// CA and client certificate for `amqps://` URLs.
-    pub tls: contracts::tls::TlsMaterial,
+    pub tls: edge::connect::tls::TlsMaterial,
 }
 
 /// The dispatcher's RPC client. Cheap to share behind an `Arc`; calls run concurrently.
@@ -92,7 +93,7 @@ pub struct CallTiming {
 impl RpcClient {
     /// A client that connects on first use.
     pub fn new(config: RpcConfig) -> Self {
-        let endpoints = std::sync::Mutex::new(AmqpEndpoints::parse_random_start(&config.amqp_url));
+        let endpoints = std::sync::Mutex::new(edge::connect::broker::endpoints(&config.amqp_url));
         RpcClient { config, endpoints, link: tokio::sync::Mutex::new(None), metrics: Metrics::default() }
     }
 
@@ -434,12 +435,10 @@ impl Drop for ForgetOnDrop<'_> {
 /// added, each node bounded by the connect timeout), for readers beside the RPC link such as the
 /// inventory.
 pub async fn connect(config: &RpcConfig, name: &str) -> Result<Connection, RpcError> {
-    let endpoints = AmqpEndpoints::parse_random_start(&config.amqp_url).map_err(RpcError::Connect)?;
+    let endpoints = edge::connect::broker::endpoints(&config.amqp_url).map_err(RpcError::Connect)?;
     let mut last_error = None;
     for (_, url) in endpoints.round() {
-        let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let url = contracts::topology::amqp_url_with_heartbeat(&url);
-        let connect = contracts::tls::amqp::connect(&url, properties, &config.tls);
+        let connect = edge::connect::broker::connect(&url, name, &config.tls);
         match tokio::time::timeout(config.connect_timeout, connect).await {
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(error)) => last_error = Some(connect_error(&error)),
@@ -472,9 +471,7 @@ async fn open_any_link(config: &RpcConfig, endpoints: &AmqpEndpoints) -> Result<
 
 async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError> {
     let connect = async {
-        let properties = ConnectionProperties::default().with_connection_name("cuttle-dispatcher".into());
-        let url = contracts::topology::amqp_url_with_heartbeat(amqp_url);
-        let connection = contracts::tls::amqp::connect(&url, properties, &config.tls).await?;
+        let connection = edge::connect::broker::connect(amqp_url, "cuttle-dispatcher", &config.tls).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         // Direct reply-to: consume the pseudo queue, without acks, on the publishing channel.
@@ -491,7 +488,7 @@ async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError>
     let (connection, channel, mut consumer) = match tokio::time::timeout(config.connect_timeout, connect).await {
         Err(_) => {
             let after = crate::retry::short(config.connect_timeout);
-            if broker_accepts_tcp(amqp_url, config.connect_timeout).await {
+            if edge::connect::broker::accepts_tcp(amqp_url, config.connect_timeout).await {
                 return Err(RpcError::Connect(format!("{SILENT_BROKER} (no AMQP answer within {after})")));
             }
             return Err(RpcError::Connect(format!("no answer within {after}")));
@@ -529,7 +526,7 @@ fn connect_error(error: &lapin::Error) -> RpcError {
             None => RpcError::Connect(amqp.get_message().to_string()),
         },
         // A TLS handshake refused (certificate not trusted, ours refused) fails the same way again.
-        lapin::ErrorKind::IOError(io) => match contracts::tls::tls_hint(&io.to_string()) {
+        lapin::ErrorKind::IOError(io) => match edge::connect::tls::tls_hint(&io.to_string()) {
             Some(hint) => RpcError::Refused(format!("TLS handshake failed: {io} ({hint})")),
             None => RpcError::Connect(io.kind().to_string()),
         },
@@ -546,12 +543,4 @@ pub fn refusal_hint(code: u16) -> Option<&'static str> {
         402 => Some("check the broker URL's vhost"),
         _ => None,
     }
-}
-
-/// Whether the broker's address accepts a TCP connection now: told apart from a broker that
-/// cannot be reached at all when its AMQP handshake timed out.
-async fn broker_accepts_tcp(amqp_url: &str, timeout: Duration) -> bool {
-    let Ok(uri) = amqp_url.parse::<lapin::uri::AMQPUri>() else { return false };
-    let address = (uri.authority.host.as_str(), uri.authority.port);
-    matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
 }

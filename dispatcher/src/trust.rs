@@ -7,7 +7,8 @@
 //! restart).
 
 use contracts::session::{Offer, Plan, Session, SessionCache, SessionId};
-use contracts::trust::{KeyError, KeyId, KnownAgents, Pin, Seal, SecretKey};
+use contracts::trust::{KeyId, KnownAgents, Pin, Seal, SecretKey};
+use edge::keys::KeyError;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -110,7 +111,7 @@ impl DispatcherTrust {
     /// stderr) and the known agents (a missing file pins no one).
     pub fn load(files: &TrustFiles) -> Result<DispatcherTrust, TrustError> {
         let key = if files.create_key {
-            let (key, created) = SecretKey::load_or_create(&files.key).map_err(TrustError::Key)?;
+            let (key, created) = edge::keys::load_or_create_secret(&files.key).map_err(TrustError::Key)?;
             if created {
                 eprintln!(
                     "dispatcher: created a dispatcher key at {}; agents run its commands once their --trusted-keys file holds its public key:\n{}",
@@ -120,7 +121,7 @@ impl DispatcherTrust {
             }
             key
         } else {
-            SecretKey::load(&files.key).map_err(TrustError::Key)?
+            edge::keys::load_secret(&files.key).map_err(TrustError::Key)?
         };
         let known = read_known(&files.known_agents).map_err(TrustError::KnownAgents)?;
         Ok(DispatcherTrust {
@@ -281,7 +282,7 @@ pub fn unbound_warning(agent: &str) -> String {
 
 /// Reads a known-agents file; a missing one pins no one.
 pub fn read_known(path: &Path) -> Result<KnownAgents, KeyError> {
-    match KnownAgents::load(path) {
+    match edge::keys::load_known_agents(path) {
         Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(KnownAgents::default()),
         other => other,
     }
@@ -298,7 +299,7 @@ mod tests {
         let trust = DispatcherTrust::load(&files).expect("a missing known-agents file pins no one");
         assert!(files.key.exists(), "the default key is created on first use");
         assert_eq!(trust.pin("web-01"), None);
-        let agent = SecretKey::create(&dir.join("a.key")).unwrap();
+        let agent = edge::keys::create_secret(&dir.join("a.key")).unwrap();
         std::fs::write(&files.known_agents, format!("web-01 {}\nold legacy\n", agent.public())).unwrap();
         assert_eq!(trust.pin("web-01"), Some(Pin::Keys(vec![*agent.public()])));
         assert_eq!(trust.pin("old"), Some(Pin::Legacy));

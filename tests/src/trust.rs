@@ -36,8 +36,8 @@ pub fn keys() -> &'static TestKeys {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
         let (dispatcher_key, agent_key) = (dir.join("dispatcher.key"), dir.join("agent.key"));
-        let dispatcher = SecretKey::create(&dispatcher_key).expect("test dispatcher key");
-        let agent = SecretKey::create(&agent_key).expect("test agent key");
+        let dispatcher = edge::keys::create_secret(&dispatcher_key).expect("test dispatcher key");
+        let agent = edge::keys::create_secret(&agent_key).expect("test agent key");
         let trusted_keys = dir.join("trusted_keys");
         std::fs::write(&trusted_keys, format!("{} test dispatcher\n", dispatcher.public())).expect("trusted keys");
         let known_agents = dir.join("known_agents");
@@ -100,7 +100,7 @@ impl TestKeys {
 
     /// The known agents as they are now.
     pub fn known(&self) -> KnownAgents {
-        KnownAgents::load(&self.known_agents).expect("known agents parse")
+        edge::keys::load_known_agents(&self.known_agents).expect("known agents parse")
     }
 }
 
@@ -114,7 +114,7 @@ pub fn write_atomically(path: &Path, text: &str) {
 /// A fresh key written to a file in this process's key directory: (secret key, its file).
 pub fn keypair(what: &str) -> (SecretKey, PathBuf) {
     let path = keys().dir.join(format!("{what}-{}.key", uuid::Uuid::new_v4().simple()));
-    (SecretKey::create(&path).expect("test key"), path)
+    (edge::keys::create_secret(&path).expect("test key"), path)
 }
 
 /// How an [`Impostor`] signs its answers.

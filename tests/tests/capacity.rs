@@ -3,9 +3,10 @@
 //! answers.
 
 use contracts::topology::amqp::command_queue_arguments;
-use contracts::topology::{agent_queue, pool_queue, pool_service_queue, SILENT_BROKER};
+use contracts::topology::{agent_queue, pool_queue, pool_service_queue};
 use contracts::*;
 use dispatcher::rpc::CallTiming;
+use edge::connect::broker::SILENT_BROKER;
 use lapin::options::QueueDeclareOptions;
 use lapin::{Connection, ConnectionProperties};
 use std::time::{Duration, SystemTime};

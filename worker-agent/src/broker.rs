@@ -12,11 +12,13 @@ use contracts::topology::amqp::{command_queue_arguments, dead_queue_arguments};
 use contracts::topology::*;
 use contracts::trust::amqp::{seal_of, with_seal};
 use contracts::{unix_millis, AmqpEndpoints, Reply};
+use edge::connect::broker::accepts_tcp;
+use edge::connect::tls::tls_hint;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -183,19 +185,11 @@ fn not_enrolled(error: BrokerError, what: &str) -> BrokerError {
     }
 }
 
-/// Whether the broker's address accepts a TCP connection now: told apart from a broker that
-/// cannot be reached at all when its AMQP handshake timed out.
-async fn broker_accepts_tcp(amqp_url: &str, timeout: Duration) -> bool {
-    let Ok(uri) = amqp_url.parse::<lapin::uri::AMQPUri>() else { return false };
-    let address = (uri.authority.host.as_str(), uri.authority.port);
-    matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
-}
-
 /// Serves the agent's queue until `shutdown`, reconnecting after every loss of the broker: to
 /// the next node of the cluster when `amqp_url` lists several. Returns early with the error
 /// when the broker's certificate is not trusted ([`BrokerError::is_setting`]).
 pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Result<(), BrokerError> {
-    let mut endpoints = match AmqpEndpoints::parse_random_start(&agent.config().amqp_url) {
+    let mut endpoints = match edge::connect::broker::endpoints(&agent.config().amqp_url) {
         Ok(endpoints) => endpoints,
         Err(error) => {
             tracing::error!(agent = %agent.config().agent_id, %error, "cannot serve: bad AMQP URL list");
@@ -242,16 +236,14 @@ async fn connect(agent: &Agent, endpoints: &mut AmqpEndpoints) -> Result<Connect
     let config = agent.config();
     let mut last_error = None;
     for (index, url) in endpoints.round() {
-        let properties =
-            ConnectionProperties::default().with_connection_name(format!("cuttle-agent {}", config.agent_id).into());
-        let url = amqp_url_with_heartbeat(&url);
-        let connect = contracts::tls::amqp::connect(&url, properties, &config.amqp_tls);
+        let name = format!("cuttle-agent {}", config.agent_id);
+        let connect = edge::connect::broker::connect(&url, &name, &config.amqp_tls);
         let connected = match call("connect", config.connect_timeout, connect).await {
-            Err(BrokerError::Call { source, .. }) if contracts::tls::tls_hint(&source.to_string()).is_some() => {
+            Err(BrokerError::Call { source, .. }) if tls_hint(&source.to_string()).is_some() => {
                 let message = source.to_string();
-                Err(BrokerError::Tls { hint: contracts::tls::tls_hint(&message).unwrap_or_default(), message })
+                Err(BrokerError::Tls { hint: tls_hint(&message).unwrap_or_default(), message })
             }
-            Err(BrokerError::Timeout { after, .. }) if broker_accepts_tcp(&url, config.connect_timeout).await => {
+            Err(BrokerError::Timeout { after, .. }) if accepts_tcp(&url, config.connect_timeout).await => {
                 Err(BrokerError::Silent { after })
             }
             connected => connected,

@@ -2,7 +2,7 @@
 //! agent's edges to RabbitMQ ([`crate::broker`], [`crate::presence`]) share.
 
 use contracts::submission::short;
-use contracts::topology::SILENT_BROKER;
+use edge::connect::broker::SILENT_BROKER;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,6 @@ impl BrokerError {
     /// Whether no retry can mend this: the broker's certificate is not trusted (the CA file, or
     /// the host name in the URL, is a setting to fix), unlike a broker that is down or restarting.
     pub fn is_setting(&self) -> bool {
-        matches!(self, BrokerError::Tls { message, .. } if contracts::tls::untrusted_server(message))
+        matches!(self, BrokerError::Tls { message, .. } if edge::connect::tls::untrusted_server(message))
     }
 }

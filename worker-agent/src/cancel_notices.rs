@@ -8,8 +8,8 @@
 //! subscription is down is picked up by the lease renewal (every third of `--lease-ttl`), which
 //! reads the flag, as before, and before a script's process starts the flag is read anyway.
 
-use crate::redis_link::{current_client, RedisTarget};
 use contracts::submission::short;
+use edge::connect::store::{current_client, RedisTarget};
 use futures_util::StreamExt;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

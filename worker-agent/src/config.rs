@@ -46,9 +46,9 @@ pub struct AgentConfig {
     pub amqp_url: String,
     pub redis_url: String,
     /// CA and client certificate for `amqps://` URLs (`--amqp-ca-file`, ...).
-    pub amqp_tls: contracts::tls::TlsMaterial,
+    pub amqp_tls: edge::connect::tls::TlsMaterial,
     /// CA and client certificate for a `rediss://` store URL (`--redis-ca-file`, ...).
-    pub redis_tls: contracts::tls::TlsMaterial,
+    pub redis_tls: edge::connect::tls::TlsMaterial,
     /// Redis Sentinels (`host:port`) naming the ticket store's master; empty: `redis_url` is
     /// the store itself.
     pub redis_sentinels: Vec<String>,
@@ -121,8 +121,8 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// Where the Redis ticket store is: `redis_url`, or the master the Sentinels name.
-    pub fn redis_target(&self) -> crate::redis_link::RedisTarget {
-        use crate::redis_link::RedisTarget;
+    pub fn redis_target(&self) -> edge::connect::store::RedisTarget {
+        use edge::connect::store::RedisTarget;
         if self.redis_sentinels.is_empty() {
             return RedisTarget::Url { url: self.redis_url.clone(), tls: self.redis_tls.clone() };
         }

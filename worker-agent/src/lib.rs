@@ -10,8 +10,8 @@
 //! - [`store`]: the Redis ticket store (claim with `SET NX`, compare-and-set, lease, logs);
 //!   [`local_store`] the embedded one for agents that reach only the broker; both implement
 //!   `contracts::store::TicketStore`, and the agent holds either as a trait object wrapped in
-//!   [`store::Observed`], which times every operation. [`redis_link`] is the connection to one
-//!   Redis, or to the master Redis Sentinels name.
+//!   [`store::Observed`], which times every operation. The connection to one Redis, or to the
+//!   master Redis Sentinels name, is `edge::connect::store`'s.
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
 //!   [`cancel_notices`] the cancels published to the worker running a script,
 //!   [`isolation`] its mutexes, [`mask`] the masking of its secrets in the output,
@@ -39,7 +39,6 @@ pub mod mask;
 pub mod metrics;
 pub mod output;
 pub mod presence;
-pub mod redis_link;
 pub mod rules;
 pub mod runner;
 pub mod service;
@@ -212,11 +211,11 @@ pub async fn connect_store(
         };
         match opened {
             Ok(store) => return Ok(Some(store)),
-            Err(error) if contracts::tls::untrusted_server(&error.to_string()) => {
+            Err(error) if edge::connect::tls::untrusted_server(&error.to_string()) => {
                 tracing::error!(agent = %config.agent_id, %error, "the ticket store's certificate is not trusted; stopping (a setting to fix, not an outage)");
                 return Err(RunError::StoreCertificate { error: error.to_string() });
             }
-            Err(error) => match contracts::tls::tls_hint(&error.to_string()) {
+            Err(error) => match edge::connect::tls::tls_hint(&error.to_string()) {
                 Some(hint) => {
                     tracing::error!(agent = %config.agent_id, %error, hint, retry_in = %short(delay), "TLS handshake with the ticket store failed; retrying")
                 }

@@ -3,7 +3,6 @@
 //! win. Beside it: the owner's lease (a key with a TTL the owner keeps renewing), the log list,
 //! a cancel flag, and the set of tickets each agent id is running (for recovery after a crash).
 
-use crate::redis_link::{RedisLink, RedisTarget, WaitLink};
 use crate::rules::{decode_record, TicketRecord};
 use contracts::metrics::StoreOps;
 use contracts::store::MAX_LINES_PER_READ;
@@ -12,6 +11,7 @@ pub use contracts::store::{
 };
 use contracts::topology::MAX_STATUS_LOG_BYTES;
 use contracts::LogLine;
+use edge::connect::store::{RedisLink, RedisTarget, WaitLink};
 use redis::AsyncCommands;
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,7 +8,8 @@
 use crate::config::{AgentConfig, Protocol};
 use contracts::agent::keys::AgentKeys;
 use contracts::session::{Session, SystemEntropy};
-use contracts::trust::{KeyError, Seal, SecretKey, TrustedKeys};
+use contracts::trust::{Seal, TrustedKeys};
+use edge::keys::KeyError;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -45,7 +46,7 @@ impl AgentTrust {
     /// to go on with no trusted key unless unsigned commands are allowed.
     pub fn load(config: &AgentConfig) -> Result<AgentTrust, TrustError> {
         let trusted = match &config.trusted_keys_file {
-            Some(path) => TrustedKeys::load(path).map_err(TrustError::Trusted)?,
+            Some(path) => edge::keys::load_trusted(path).map_err(TrustError::Trusted)?,
             None if config.insecure_allow_unsigned => TrustedKeys::default(),
             None => return Err(TrustError::NoTrustedKeys),
         };
@@ -58,7 +59,7 @@ impl AgentTrust {
             Protocol::V1 => None,
             Protocol::V2 => {
                 let path = config.key_file.clone().unwrap_or_else(|| config.work_dir.join(DEFAULT_KEY_FILE));
-                let (key, created) = SecretKey::load_or_create(&path).map_err(TrustError::Key)?;
+                let (key, created) = edge::keys::load_or_create_secret(&path).map_err(TrustError::Key)?;
                 let pin = format!("{} {}", config.agent_id, key.public());
                 if created {
                     tracing::info!(agent = %config.agent_id, path = %path.display(), key_id = %key.id(), "created the agent key; pin it on each dispatcher (known-agents file): {pin}");
@@ -82,7 +83,7 @@ impl AgentTrust {
     /// revoked from the next command on. A file that does not parse leaves the keys as they were.
     pub fn reload(&self) -> Result<usize, KeyError> {
         let Some(path) = &self.trusted_file else { return Ok(0) };
-        let trusted = TrustedKeys::load(path)?;
+        let trusted = edge::keys::load_trusted(path)?;
         let count = trusted.len();
         self.keys.replace_trusted(trusted);
         Ok(count)
@@ -160,7 +161,7 @@ mod tests {
     fn reloading_revokes_removed_keys_and_keeps_the_old_ones_on_a_bad_file() {
         let dir = std::env::temp_dir().join(format!("cuttle-agent-trust-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let dispatcher = SecretKey::create(&dir.join("d.key")).unwrap();
+        let dispatcher = edge::keys::create_secret(&dir.join("d.key")).unwrap();
         let file = dir.join("trusted");
         std::fs::write(&file, format!("{} ci\n", dispatcher.public())).unwrap();
         let mut config = config(&dir);

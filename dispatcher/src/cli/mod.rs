@@ -35,7 +35,7 @@ async fn run(cli: Cli) -> ExitCode {
             Err(error) => return usage_error(error),
         },
     };
-    let tls_files = contracts::tls::TlsFiles {
+    let tls_files = edge::connect::tls::TlsFiles {
         ca_file: cli.amqp_ca_file.clone(),
         client_cert: cli.amqp_client_cert.clone(),
         client_key: cli.amqp_client_key.clone(),

@@ -5,7 +5,7 @@ use crate::config::{
     DEFAULT_REDIS_SERVICE, DEFAULT_REDIS_URL,
 };
 use clap::{Parser, Subcommand};
-use contracts::tls::TlsFiles;
+use edge::connect::tls::TlsFiles;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ pub struct KeygenArgs {
 
 /// Writes a new key to `out` and prints its public key on stdout (the one line to copy).
 pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
-    let key = contracts::trust::SecretKey::create(&args.out)?;
+    let key = edge::keys::create_secret(&args.out)?;
     eprintln!("worker-agent: wrote a new secret key to {} (mode 0600); its public key:", args.out.display());
     println!("{}", key.public());
     Ok(())
@@ -325,7 +325,7 @@ impl RunArgs {
 pub struct Sentinels(pub Vec<String>);
 
 fn parse_sentinels(list: &str) -> Result<Sentinels, String> {
-    crate::redis_link::parse_sentinels(list).map(Sentinels)
+    edge::connect::store::parse_sentinels(list).map(Sentinels)
 }
 
 /// Runs the agent until SIGINT or SIGTERM, then stops taking work and lets running scripts end
@@ -352,7 +352,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Run(args) => run(*args).await,
             Command::Keygen(args) => keygen(&args),
             Command::PublicKey(args) => {
-                println!("{}", contracts::trust::SecretKey::load(&args.key)?.public());
+                println!("{}", edge::keys::load_secret(&args.key)?.public());
                 Ok(())
             }
         }

@@ -1,8 +1,10 @@
 //! TLS settings of a connection to the broker or the ticket store: a CA file (PEM) trusted
-//! besides the system's roots, and a client certificate with its key (PEM) to present. With a
-//! client certificate and no `auth_mechanism` in the broker URL, the broker is asked for EXTERNAL
-//! authentication (the user is the certificate's name, no password travels).
+//! besides the system's roots, and a client certificate with its key (PEM) to present, read
+//! once at start ([`TlsFiles::load`]). With a client certificate and no `auth_mechanism` in the
+//! broker URL, the broker is asked for EXTERNAL authentication (the user is the certificate's
+//! name, no password travels).
 
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use std::path::{Path, PathBuf};
 
 /// The files one connection's TLS is configured from; all optional.
@@ -83,29 +85,25 @@ pub fn tls_hint(message: &str) -> Option<&'static str> {
     }
 }
 
-#[cfg(feature = "amqp")]
-pub mod amqp {
-    use super::TlsMaterial;
-    use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-    use lapin::{Connection, ConnectionProperties};
-
-    impl TlsMaterial {
-        /// lapin's TLS settings (used only by `amqps://` URLs).
-        pub fn amqp_config(&self) -> OwnedTLSConfig {
-            OwnedTLSConfig {
-                identity: self
-                    .client
-                    .as_ref()
-                    .map(|(pem, key)| OwnedIdentity::PKCS8 { pem: pem.clone(), key: key.clone() }),
-                cert_chain: self.ca.as_ref().map(|ca| String::from_utf8_lossy(ca).into_owned()),
-            }
+impl TlsMaterial {
+    /// lapin's TLS settings (used only by `amqps://` URLs).
+    pub fn amqp_config(&self) -> OwnedTLSConfig {
+        OwnedTLSConfig {
+            identity: self
+                .client
+                .as_ref()
+                .map(|(pem, key)| OwnedIdentity::PKCS8 { pem: pem.clone(), key: key.clone() }),
+            cert_chain: self.ca.as_ref().map(|ca| String::from_utf8_lossy(ca).into_owned()),
         }
     }
 
-    /// Connects to `url` (heartbeat and auth mechanism already in it) with these TLS settings.
-    pub async fn connect(url: &str, properties: ConnectionProperties, tls: &TlsMaterial) -> lapin::Result<Connection> {
-        let url = super::amqp_url_with_auth(url, tls.client.is_some());
-        Connection::connect_with_config(&url, properties, tls.amqp_config(), lapin::runtime::default_runtime()?).await
+    /// redis-rs' form of the CA and client certificate (the CA replaces the system's roots).
+    pub fn redis_certificates(&self) -> redis::TlsCertificates {
+        let client_tls = self
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() });
+        redis::TlsCertificates { client_tls, root_cert: self.ca.clone() }
     }
 }
 

@@ -1,6 +1,6 @@
-//! The ticket store's connection to Redis: one server at `CUTTLE_REDIS_URL`, or the master that
-//! Redis Sentinels name (`CUTTLE_REDIS_SENTINELS` + `CUTTLE_REDIS_SERVICE`), followed through
-//! failovers.
+//! Connecting to Redis: the agent's ticket store, at one server (`CUTTLE_REDIS_URL`) or the
+//! master that Redis Sentinels name (`CUTTLE_REDIS_SENTINELS` + `CUTTLE_REDIS_SERVICE`), followed
+//! through failovers; and the service's journal, a pool of connections ([`pool`]).
 //!
 //! redis-rs' Sentinel client finds the master only when a connection is made; a connection open
 //! to a master that is demoted or gone stays there (redis-rs#1438). So [`RedisLink`] keeps one
@@ -9,7 +9,7 @@
 //! Sentinels again on the next command. The command that hit the error still fails: the store's
 //! callers answer it as transient, and the dispatcher repeats it, as with a single Redis.
 
-use contracts::tls::TlsMaterial;
+use super::tls::TlsMaterial;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
@@ -85,21 +85,12 @@ impl RedisLink {
     }
 }
 
-/// redis-rs' form of the CA and client certificate of `tls` (the CA replaces the system's roots).
-fn certificates(tls: &TlsMaterial) -> redis::TlsCertificates {
-    let client_tls = tls
-        .client
-        .as_ref()
-        .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() });
-    redis::TlsCertificates { client_tls, root_cert: tls.ca.clone() }
-}
-
 /// A client for `url`, with the CA and client certificate of `tls` when it has any.
 fn client(url: &str, tls: &TlsMaterial) -> RedisResult<redis::Client> {
     if *tls == TlsMaterial::default() {
         return redis::Client::open(url);
     }
-    redis::Client::build_with_tls(url, certificates(tls))
+    redis::Client::build_with_tls(url, tls.redis_certificates())
 }
 
 /// A client of the master the Sentinels name, and the database it uses. With a `rediss://`
@@ -135,8 +126,8 @@ fn sentinel_client(
     if secure {
         builder = builder
             .set_client_to_redis_tls_mode(TlsMode::Secure)
-            .set_client_to_redis_certificates(certificates(tls))
-            .set_client_to_sentinel_certificates(certificates(tls));
+            .set_client_to_redis_certificates(tls.redis_certificates())
+            .set_client_to_sentinel_certificates(tls.redis_certificates());
     }
     Ok((builder.build()?, master.db()))
 }
@@ -246,6 +237,33 @@ impl ConnectionLike for RedisLink {
             RedisLink::Sentinel(link) => link.db,
         }
     }
+}
+
+/// How the service's journal pools its connections.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolSettings {
+    pub max_size: usize,
+    /// Longest wait for a free connection.
+    pub wait_timeout: Duration,
+    /// Longest wait for a new connection.
+    pub create_timeout: Duration,
+    /// Longest wait for a reply.
+    pub response_timeout: Duration,
+}
+
+/// A pool of connections to the Redis at `url`, opened as they are needed; the error says what
+/// in the URL or the settings is wrong.
+pub fn pool(url: &str, settings: PoolSettings) -> Result<deadpool_redis::Pool, String> {
+    let config =
+        deadpool_redis::redis::AsyncConnectionConfig::new().set_response_timeout(Some(settings.response_timeout));
+    let manager = deadpool_redis::Manager::new_with_config(url, config).map_err(|e| e.to_string())?;
+    deadpool_redis::Pool::builder(manager)
+        .max_size(settings.max_size)
+        .wait_timeout(Some(settings.wait_timeout))
+        .create_timeout(Some(settings.create_timeout))
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
