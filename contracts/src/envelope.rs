@@ -1,6 +1,7 @@
 //! The envelope and its codec. Bodies are msgpack maps (`to_vec_named`), so a reader ignores
 //! fields it does not know and defaults fields it lacks; the size is checked before decoding.
 
+use crate::entropy::{draw, Entropy};
 use crate::error::{CodecError, ErrorReply};
 use crate::messages::*;
 use crate::status::ScriptStatus;
@@ -69,18 +70,28 @@ pub fn request_digest(request: &[u8]) -> [u8; 32] {
 }
 
 impl<B> Envelope<B> {
-    pub fn new(kind: Kind, target: &str, issued_at: u64, not_after: Option<u64>, body: B) -> Self {
-        Envelope {
+    /// A new message of `kind` to (or, on an answer, from) `target`, its id a UUID v4 drawn from
+    /// `entropy`.
+    pub fn new(
+        kind: Kind,
+        target: &str,
+        issued_at: u64,
+        not_after: Option<u64>,
+        body: B,
+        entropy: &mut dyn Entropy,
+    ) -> Result<Self, CodecError> {
+        let id = draw::<16>(entropy).map_err(CodecError::Random)?;
+        Ok(Envelope {
             version: PROTOCOL_VERSION,
             kind: kind.as_str().to_owned(),
-            message_id: uuid::Uuid::new_v4().to_string(),
+            message_id: uuid::Builder::from_random_bytes(id).into_uuid().to_string(),
             target: target.to_owned(),
             issued_at,
             not_after,
             key_share: None,
             in_reply_to: None,
             body,
-        }
+        })
     }
 
     /// The same header around another body.
@@ -155,14 +166,15 @@ impl Request {
         }
     }
 
-    /// Encodes the request in a fresh envelope.
+    /// Encodes the request in a fresh envelope, its message id drawn from `entropy`.
     pub fn encode(
         &self,
         target: &str,
         issued_at: u64,
         not_after: Option<u64>,
+        entropy: &mut dyn Entropy,
     ) -> Result<(Envelope<()>, Vec<u8>), CodecError> {
-        self.encode_offering(target, issued_at, not_after, None)
+        self.encode_offering(target, issued_at, not_after, None, entropy)
     }
 
     /// [`Request::encode`], offering a session with `key_share` ([`crate::session::Offer`]).
@@ -172,8 +184,9 @@ impl Request {
         issued_at: u64,
         not_after: Option<u64>,
         key_share: Option<&crate::session::KeyShare>,
+        entropy: &mut dyn Entropy,
     ) -> Result<(Envelope<()>, Vec<u8>), CodecError> {
-        let mut header = Envelope::new(self.kind(), target, issued_at, not_after, ());
+        let mut header = Envelope::new(self.kind(), target, issued_at, not_after, (), entropy)?;
         header.key_share = key_share.map(|share| serde_bytes::ByteBuf::from(share.to_vec()));
         let bytes = match self {
             Request::GetCapabilities(b) => header.with_body(b).encode(),
@@ -252,9 +265,9 @@ impl Reply {
     }
 
     /// Encodes the reply of agent `target`, as agents that predate answer binding did (it names
-    /// no request: [`Reply::encode_answering`]).
-    pub fn encode(&self, target: &str, issued_at: u64) -> Result<Vec<u8>, CodecError> {
-        self.encode_answering(target, issued_at, None, None)
+    /// no request: [`Reply::encode_answering`]), its message id drawn from `entropy`.
+    pub fn encode(&self, target: &str, issued_at: u64, entropy: &mut dyn Entropy) -> Result<Vec<u8>, CodecError> {
+        self.encode_answering(target, issued_at, None, None, entropy)
     }
 
     /// Encodes the reply of agent `target` to the request `in_reply_to` names, accepting the
@@ -265,8 +278,9 @@ impl Reply {
         issued_at: u64,
         in_reply_to: Option<InReplyTo>,
         key_share: Option<&crate::session::KeyShare>,
+        entropy: &mut dyn Entropy,
     ) -> Result<Vec<u8>, CodecError> {
-        let mut header = Envelope::new(self.kind(), target, issued_at, None, ());
+        let mut header = Envelope::new(self.kind(), target, issued_at, None, (), entropy)?;
         header.key_share = key_share.map(|share| serde_bytes::ByteBuf::from(share.to_vec()));
         header.in_reply_to = in_reply_to;
         match self {
@@ -414,26 +428,27 @@ mod tests {
 
     #[test]
     fn real_messages_pass_the_shape_check() {
+        let entropy = &mut crate::entropy::Seeded::new(1);
         let start = StartScriptV2 {
-            ticket: crate::Ticket::generate(),
+            ticket: crate::Ticket::generate(entropy).unwrap(),
             spec: ScriptSpec { script: "echo hi".into(), args: vec!["a".into(); 100], ..Default::default() },
             wait_for_output: Some(1),
             first_issued_at: None,
         };
-        let (_, bytes) = Request::StartScriptV2(start.clone()).encode("a", 1, Some(2)).unwrap();
+        let (_, bytes) = Request::StartScriptV2(start.clone()).encode("a", 1, Some(2), entropy).unwrap();
         assert_eq!(Request::decode(&bytes).unwrap().1, Request::StartScriptV2(start));
         let logs = (1..=2_000)
             .map(|seq| crate::LogLine { seq, stream: crate::LogStream::Stdout, text: String::new(), at: 1 })
             .collect();
         let status = ScriptStatus {
-            ticket: crate::Ticket::generate(),
+            ticket: crate::Ticket::generate(entropy).unwrap(),
             state: crate::ScriptState::Running,
             exit_code: None,
             logs,
             next_log_sequence: 2_001,
             lines_written: None,
         };
-        let bytes = Reply::ScriptStatus(status.clone()).encode("a", 1).unwrap();
+        let bytes = Reply::ScriptStatus(status.clone()).encode("a", 1, entropy).unwrap();
         assert_eq!(Reply::decode(&bytes).unwrap(), Reply::ScriptStatus(status));
     }
 

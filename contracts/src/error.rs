@@ -75,6 +75,9 @@ pub enum CodecError {
     Invalid(String),
     #[error("could not encode message: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
+    /// No message id: the random source gave no bytes.
+    #[error("cannot get random bytes from the system: {0}")]
+    Random(String),
 }
 
 impl CodecError {
@@ -82,7 +85,7 @@ impl CodecError {
     pub fn reply_kind(&self) -> ErrorKind {
         match self {
             CodecError::UnknownKind(_) => ErrorKind::Unsupported,
-            CodecError::Encode(_) => ErrorKind::Internal,
+            CodecError::Encode(_) | CodecError::Random(_) => ErrorKind::Internal,
             _ => ErrorKind::Invalid,
         }
     }

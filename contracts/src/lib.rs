@@ -1,4 +1,5 @@
-//! Cuttle's wire contract, shared by the dispatcher and the agent. No I/O lives here.
+//! Cuttle's wire contract, shared by the dispatcher and the agent. No I/O lives here: no file,
+//! network, randomness or clock; randomness ([`entropy`]) and the time come in as arguments.
 //!
 //! # Layout
 //! - [`agent`]: the agent's decisions (claim, run, report, refuse, cancel, tombstone, recover a
@@ -13,6 +14,7 @@
 //!   complete, with retries) as a state machine fed replies, failures, interrupts and the time;
 //!   [`outcome`]: how a submission ended, and the exit code that says so.
 //! - [`endpoints`]: the broker URLs of a cluster and which one to try next.
+//! - [`entropy`]: where fresh random bytes come from, given by the caller.
 //! - [`envelope`]: the versioned envelope every message travels in, and its msgpack codec
 //!   (named maps, so old and new readers tolerate each other's fields).
 //! - [`messages`]: the request and reply bodies of every service (capabilities, script v1, v2).
@@ -32,6 +34,7 @@
 
 pub mod agent;
 pub mod endpoints;
+pub mod entropy;
 pub mod envelope;
 pub mod error;
 pub mod exit_code;

@@ -9,6 +9,7 @@
 //! holding the secret key open them; the command's signature (or MAC) still covers the sealed
 //! bytes, so nobody can swap them. Sent only to agents that list [`crate::SERVICE_SEALED_SECRETS`].
 
+use crate::entropy::Entropy;
 use crate::messages::{SealedSecrets, Secrets, StartScriptV2};
 use crate::session::{agree, Ephemeral};
 use crate::trust::{KeyId, PublicKey, SecretKey};
@@ -33,14 +34,19 @@ pub enum SealError {
     Random(String),
 }
 
-/// Seals `secrets` for `ticket` to each of `recipients`.
-pub fn seal(secrets: &Secrets, recipients: &[PublicKey], ticket: &str) -> Result<Vec<SealedSecrets>, SealError> {
+/// Seals `secrets` for `ticket` to each of `recipients`, each copy's share drawn from `entropy`.
+pub fn seal(
+    secrets: &Secrets,
+    recipients: &[PublicKey],
+    ticket: &str,
+    entropy: &mut dyn Entropy,
+) -> Result<Vec<SealedSecrets>, SealError> {
     debug_assert!(!recipients.is_empty(), "secrets are sealed to at least one key");
     let plain = Zeroizing::new(rmp_serde::to_vec(secrets).expect("secrets always encode"));
     recipients
         .iter()
         .map(|recipient| {
-            let Ephemeral { secret, share } = Ephemeral::generate().map_err(SealError::Random)?;
+            let Ephemeral { secret, share } = Ephemeral::generate(entropy).map_err(SealError::Random)?;
             let theirs = recipient.x25519_point();
             let cipher = cipher(&secret, &theirs, &share, &theirs).ok_or(SealError::WeakKey(recipient.id()))?;
             let payload = Payload { msg: plain.as_slice(), aad: ticket.as_bytes() };
@@ -50,15 +56,20 @@ pub fn seal(secrets: &Secrets, recipients: &[PublicKey], ticket: &str) -> Result
         .collect()
 }
 
-/// `request` with its secrets sealed to `keys`, if it is a start that carries secrets in clear.
-pub fn seal_start(request: &Request, keys: &[PublicKey]) -> Result<Option<Request>, SealError> {
+/// `request` with its secrets sealed to `keys` (shares drawn from `entropy`), if it is a start
+/// that carries secrets in clear.
+pub fn seal_start(
+    request: &Request,
+    keys: &[PublicKey],
+    entropy: &mut dyn Entropy,
+) -> Result<Option<Request>, SealError> {
     let Request::StartScriptV2(start) = request else { return Ok(None) };
     if start.spec.secret_env.is_empty() {
         return Ok(None);
     }
     let mut start = start.clone();
     let secrets = std::mem::take(&mut start.spec.secret_env);
-    start.spec.sealed_secret_env = seal(&secrets, keys, &start.ticket.to_string())?;
+    start.spec.sealed_secret_env = seal(&secrets, keys, &start.ticket.to_string(), entropy)?;
     Ok(Some(Request::StartScriptV2(start)))
 }
 
@@ -106,6 +117,7 @@ fn cipher(secret: &[u8; 32], peer: &[u8; 32], share: &[u8; 32], recipient: &[u8;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entropy::fresh;
     use std::collections::BTreeMap;
 
     fn secrets() -> Secrets {
@@ -114,9 +126,12 @@ mod tests {
 
     #[test]
     fn only_the_keys_sealed_to_open_the_secrets_and_only_for_their_ticket() {
-        let (agent, other, rotated) =
-            (SecretKey::generate().unwrap(), SecretKey::generate().unwrap(), SecretKey::generate().unwrap());
-        let sealed = seal(&secrets(), &[*agent.public(), *rotated.public()], "t-1").unwrap();
+        let (agent, other, rotated) = (
+            SecretKey::generate(&mut fresh()).unwrap(),
+            SecretKey::generate(&mut fresh()).unwrap(),
+            SecretKey::generate(&mut fresh()).unwrap(),
+        );
+        let sealed = seal(&secrets(), &[*agent.public(), *rotated.public()], "t-1", &mut fresh()).unwrap();
         assert_eq!(sealed.len(), 2, "one copy per key");
         assert_eq!(open(&sealed, &agent, "t-1").unwrap(), secrets());
         assert_eq!(open(&sealed, &rotated, "t-1").unwrap(), secrets());
@@ -130,8 +145,8 @@ mod tests {
 
     #[test]
     fn a_copy_altered_in_any_byte_or_under_another_key_id_does_not_open() {
-        let agent = SecretKey::generate().unwrap();
-        let sealed = seal(&secrets(), &[*agent.public()], "t").unwrap();
+        let agent = SecretKey::generate(&mut fresh()).unwrap();
+        let sealed = seal(&secrets(), &[*agent.public()], "t", &mut fresh()).unwrap();
         for i in 0..sealed[0].sealed.len() {
             let mut altered = sealed.clone();
             altered[0].sealed[i] ^= 1;
@@ -149,9 +164,11 @@ mod tests {
 
     #[test]
     fn each_sealing_differs_and_a_share_of_low_order_is_refused() {
-        let agent = SecretKey::generate().unwrap();
-        let (a, b) =
-            (seal(&secrets(), &[*agent.public()], "t").unwrap(), seal(&secrets(), &[*agent.public()], "t").unwrap());
+        let agent = SecretKey::generate(&mut fresh()).unwrap();
+        let (a, b) = (
+            seal(&secrets(), &[*agent.public()], "t", &mut fresh()).unwrap(),
+            seal(&secrets(), &[*agent.public()], "t", &mut fresh()).unwrap(),
+        );
         assert_ne!(a[0].share, b[0].share);
         assert_ne!(a[0].sealed, b[0].sealed);
         let mut low_order = a.clone();

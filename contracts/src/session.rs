@@ -35,9 +35,10 @@
 //!   [`MAX_OFFERS_PER_KEY`] are remembered per key; past that, the key's new offers are declined
 //!   (its commands are only signed) until some expire.
 //!
-//! Everything here is plain data and functions: the time comes in as Unix milliseconds, and an
-//! agent's fresh shares from the [`Entropy`] it is given.
+//! Everything here is plain data and functions: the time comes in as Unix milliseconds, and the
+//! fresh shares of both sides from the [`Entropy`] they are given.
 
+use crate::entropy::Entropy;
 use crate::envelope::Envelope;
 use crate::topology::CLOCK_SKEW_ALLOWANCE_MS;
 use crate::trust::{answer_parts, command_parts, Identity, KeyId, Origin, Seal};
@@ -179,25 +180,6 @@ impl Session {
     }
 }
 
-/// Where fresh secrets come from: the operating system's random source in the agent
-/// ([`SystemEntropy`]), a seeded generator in the simulation. Given to what needs it, so that
-/// the agent's flow ([`crate::agent::flow`]) reads no randomness of its own.
-pub trait Entropy: Send {
-    /// Fills `bytes` with random bytes; fails only when the source does (its message).
-    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), String>;
-}
-
-/// The operating system's random source.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemEntropy;
-
-impl Entropy for SystemEntropy {
-    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), String> {
-        use rand::TryRng;
-        rand::rngs::SysRng.try_fill_bytes(bytes).map_err(|e| e.to_string())
-    }
-}
-
 /// A fresh X25519 secret and its public share (here, and for [`crate::sealed`]).
 pub(crate) struct Ephemeral {
     pub(crate) secret: Zeroizing<[u8; 32]>,
@@ -205,13 +187,8 @@ pub(crate) struct Ephemeral {
 }
 
 impl Ephemeral {
-    /// Fails only when the system's random source does (its message).
-    pub(crate) fn generate() -> Result<Ephemeral, String> {
-        Ephemeral::from_entropy(&mut SystemEntropy)
-    }
-
-    /// A secret drawn from `entropy`.
-    pub(crate) fn from_entropy(entropy: &mut dyn Entropy) -> Result<Ephemeral, String> {
+    /// A secret drawn from `entropy`; fails only when it does (its message).
+    pub(crate) fn generate(entropy: &mut dyn Entropy) -> Result<Ephemeral, String> {
         let mut secret = Zeroizing::new([0u8; 32]);
         entropy.fill(secret.as_mut())?;
         let share = MontgomeryPoint::mul_base_clamped(*secret).to_bytes();
@@ -236,8 +213,9 @@ impl fmt::Debug for Offer {
 }
 
 impl Offer {
-    pub fn new() -> Result<Offer, SessionError> {
-        Ephemeral::generate().map(Offer).map_err(SessionError::Random)
+    /// An offer, its secret drawn from `entropy`.
+    pub fn new(entropy: &mut dyn Entropy) -> Result<Offer, SessionError> {
+        Ephemeral::generate(entropy).map(Offer).map_err(SessionError::Random)
     }
 
     /// The share the offer's envelope carries.
@@ -305,7 +283,7 @@ pub fn accept(
     entropy: &mut dyn Entropy,
 ) -> Result<(KeyShare, Session), SessionError> {
     let offered: KeyShare = offered.try_into().map_err(|_| SessionError::BadShare)?;
-    let own = Ephemeral::from_entropy(entropy).map_err(SessionError::Random)?;
+    let own = Ephemeral::generate(entropy).map_err(SessionError::Random)?;
     let session = derive(&own.secret, &offered, request_id, (&offered, &own.share), dispatcher, agent)?;
     Ok((own.share, session))
 }
@@ -524,16 +502,17 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entropy::fresh;
     use crate::trust::{SecretKey, ANSWER_CONTEXT, COMMAND_CONTEXT};
 
     fn ids() -> (KeyId, KeyId) {
-        (SecretKey::generate().unwrap().id(), SecretKey::generate().unwrap().id())
+        (SecretKey::generate(&mut fresh()).unwrap().id(), SecretKey::generate(&mut fresh()).unwrap().id())
     }
 
     fn agreed() -> (Session, Session) {
         let (dispatcher, agent) = ids();
-        let offer = Offer::new().unwrap();
-        let (share, agents) = accept("req-1", offer.share(), dispatcher, agent, &mut SystemEntropy).unwrap();
+        let offer = Offer::new(&mut fresh()).unwrap();
+        let (share, agents) = accept("req-1", offer.share(), dispatcher, agent, &mut fresh()).unwrap();
         let dispatchers = offer.complete("req-1", &share, dispatcher, agent).unwrap();
         (dispatchers, agents)
     }
@@ -563,8 +542,8 @@ mod tests {
     #[test]
     fn the_session_depends_on_the_offer_id_and_both_keys() {
         let (dispatcher, agent) = ids();
-        let offer = Offer::new().unwrap();
-        let (share, agents) = accept("req-1", offer.share(), dispatcher, agent, &mut SystemEntropy).unwrap();
+        let offer = Offer::new(&mut fresh()).unwrap();
+        let (share, agents) = accept("req-1", offer.share(), dispatcher, agent, &mut fresh()).unwrap();
         assert_ne!(offer.complete("req-2", &share, dispatcher, agent).unwrap().id(), agents.id());
         assert_ne!(offer.complete("req-1", &share, agent, dispatcher).unwrap().id(), agents.id());
         assert_eq!(offer.complete("req-1", &share, dispatcher, agent).unwrap().id(), agents.id());
@@ -576,9 +555,9 @@ mod tests {
         let mut order_four = [0u8; 32];
         order_four[0] = 1;
         for bad in [&[0u8; 32][..], &order_four[..], &[9u8; 31][..]] {
-            assert_eq!(accept("req", bad, dispatcher, agent, &mut SystemEntropy).unwrap_err(), SessionError::BadShare);
+            assert_eq!(accept("req", bad, dispatcher, agent, &mut fresh()).unwrap_err(), SessionError::BadShare);
             assert_eq!(
-                Offer::new().unwrap().complete("req", bad, dispatcher, agent).unwrap_err(),
+                Offer::new(&mut fresh()).unwrap().complete("req", bad, dispatcher, agent).unwrap_err(),
                 SessionError::BadShare
             );
         }
@@ -598,21 +577,23 @@ mod tests {
         assert_eq!(offered(Origin::Unsigned, &to_me, body, me), None);
         let in_session = Origin::Session { key: dispatcher, session: SessionId([0; 16]) };
         assert_eq!(offered(in_session, &to_me, body, me), None, "a session is offered under a signature only");
-        let plain = Envelope::new(crate::messages::Kind::GetCapabilities, "web-01", 1, Some(2), ());
+        let plain =
+            Envelope::new(crate::messages::Kind::GetCapabilities, "web-01", 1, Some(2), (), &mut fresh()).unwrap();
         assert_eq!(offered(Origin::Key(dispatcher), &plain, body, me), None);
         assert_eq!(offered(Origin::Key(dispatcher), &offering("web-01", None), body, me), None, "no deadline");
     }
 
     /// A command to `target` offering a session, valid until `not_after`.
     fn offering(target: &str, not_after: Option<u64>) -> Envelope<()> {
-        let mut header = Envelope::new(crate::messages::Kind::GetCapabilities, target, 1, not_after, ());
+        let mut header =
+            Envelope::new(crate::messages::Kind::GetCapabilities, target, 1, not_after, (), &mut fresh()).unwrap();
         header.key_share = Some(serde_bytes::ByteBuf::from(genuine_share().to_vec()));
         header
     }
 
     /// A share an agent agrees a session with (not of low order).
     fn genuine_share() -> KeyShare {
-        *Offer::new().unwrap().share()
+        *Offer::new(&mut fresh()).unwrap().share()
     }
 
     /// An offer by `dispatcher` in the command `body`, valid until `not_after`.
@@ -627,21 +608,21 @@ mod tests {
         let mut table = SessionTable::default();
         let header = offering("web-01", Some(60_000));
         let offer = offer_in(&header, b"command 1", dispatcher);
-        let (_, first) = table.accept(&offer, agent, 1_000, &mut SystemEntropy).unwrap();
+        let (_, first) = table.accept(&offer, agent, 1_000, &mut fresh()).unwrap();
         for at in 1_001..1_100 {
-            assert_eq!(table.accept(&offer, agent, at, &mut SystemEntropy), Err(Declined::Replayed));
+            assert_eq!(table.accept(&offer, agent, at, &mut fresh()), Err(Declined::Replayed));
         }
         assert_eq!(table.len(), 1, "the replays created no session");
         assert!(table.get(first, 1_100).is_some());
         // Another signed command of the same dispatcher is another offer.
         let other = offer_in(&header, b"command 2", dispatcher);
-        assert!(table.accept(&other, agent, 1_200, &mut SystemEntropy).is_ok());
+        assert!(table.accept(&other, agent, 1_200, &mut fresh()).is_ok());
         // Remembered as long as a copy passes the checks, then forgotten (a copy is refused as
         // expired before it gets here).
         let until = 60_000 + CLOCK_SKEW_ALLOWANCE_MS;
-        assert_eq!(table.accept(&offer, agent, until, &mut SystemEntropy), Err(Declined::Replayed));
+        assert_eq!(table.accept(&offer, agent, until, &mut fresh()), Err(Declined::Replayed));
         let later = offer_in(&header, b"command 3", dispatcher);
-        table.accept(&later, agent, until + 1, &mut SystemEntropy).unwrap();
+        table.accept(&later, agent, until + 1, &mut fresh()).unwrap();
         assert_eq!(table.offers[&dispatcher].len(), 1, "the expired offers were forgotten");
     }
 
@@ -652,16 +633,16 @@ mod tests {
         let mut table = SessionTable::default();
         let header = offering("web-01", Some(60_000));
         for n in 0..MAX_OFFERS_PER_KEY {
-            table.accept(&offer_in(&header, &n.to_be_bytes(), dispatcher), agent, 1_000, &mut SystemEntropy).unwrap();
+            table.accept(&offer_in(&header, &n.to_be_bytes(), dispatcher), agent, 1_000, &mut fresh()).unwrap();
         }
         let one_more = offer_in(&header, b"one more", dispatcher);
-        assert_eq!(table.accept(&one_more, agent, 1_001, &mut SystemEntropy), Err(Declined::TooManyOffers(dispatcher)));
+        assert_eq!(table.accept(&one_more, agent, 1_001, &mut fresh()), Err(Declined::TooManyOffers(dispatcher)));
         assert!(
-            table.accept(&offer_in(&header, b"one more", other_key), agent, 1_001, &mut SystemEntropy).is_ok(),
+            table.accept(&offer_in(&header, b"one more", other_key), agent, 1_001, &mut fresh()).is_ok(),
             "another key's"
         );
         assert!(
-            table.accept(&one_more, agent, 60_001 + CLOCK_SKEW_ALLOWANCE_MS, &mut SystemEntropy).is_ok(),
+            table.accept(&one_more, agent, 60_001 + CLOCK_SKEW_ALLOWANCE_MS, &mut fresh()).is_ok(),
             "once they expired"
         );
     }
@@ -672,7 +653,7 @@ mod tests {
         let mut header = offering("web-01", Some(60_000));
         header.key_share = Some(serde_bytes::ByteBuf::from(vec![0; 32]));
         let mut table = SessionTable::default();
-        let declined = table.accept(&offer_in(&header, b"c", dispatcher), agent, 1, &mut SystemEntropy);
+        let declined = table.accept(&offer_in(&header, b"c", dispatcher), agent, 1, &mut fresh());
         assert_eq!(declined, Err(Declined::Unusable(SessionError::BadShare)));
         assert!(table.is_empty());
     }

@@ -1,6 +1,7 @@
 //! Script tickets. The dispatcher makes them (script v2) so that a repeated start names the same
 //! script; the agent makes them only for legacy script v1.
 
+use crate::entropy::{draw, Entropy};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -18,9 +19,11 @@ pub const MAX_TICKET_LEN: usize = 128;
 pub struct Ticket(String);
 
 impl Ticket {
-    /// A new random ticket (UUID v4, hyphenated, lower case).
-    pub fn generate() -> Self {
-        Ticket(uuid::Uuid::new_v4().to_string())
+    /// A new random ticket (UUID v4, hyphenated, lower case) from `entropy`; fails only when it
+    /// does (its message).
+    pub fn generate(entropy: &mut dyn Entropy) -> Result<Self, String> {
+        let bytes = draw::<16>(entropy)?;
+        Ok(Ticket(uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()))
     }
 
     /// Parses a ticket given by a user or a peer: 1 to 128 characters of `[A-Za-z0-9_-]`.
@@ -105,9 +108,12 @@ mod tests {
 
     #[test]
     fn generated_tickets_are_valid_and_distinct() {
-        let a = Ticket::generate();
+        let entropy = &mut crate::entropy::Seeded::new(7);
+        let a = Ticket::generate(entropy).unwrap();
         assert!(a.validate().is_ok());
-        assert_ne!(a, Ticket::generate());
+        assert_eq!(a.as_str().len(), 36, "a hyphenated UUID");
+        assert_eq!(&a.as_str()[14..15], "4", "version 4");
+        assert_ne!(a, Ticket::generate(entropy).unwrap());
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! ([`SecretKey::to_text`], [`TrustedKeys::parse`], [`KnownAgents::parse`]).
 //! Secret keys and signatures never appear in `Debug` output or messages; only key ids do.
 
+use crate::entropy::Entropy;
 use crate::envelope::Envelope;
 use crate::session::{Session, SessionId, MAC_HEADER, SESSION_HEADER};
 use crate::topology::CLOCK_SKEW_ALLOWANCE_MS;
@@ -167,11 +168,10 @@ impl SecretKey {
         SecretKey { key, public }
     }
 
-    /// A new key from the operating system's random source; the error says why it gave none.
-    pub fn generate() -> Result<SecretKey, String> {
-        use rand::TryRng;
+    /// A new key drawn from `entropy`; fails only when it does (its message).
+    pub fn generate(entropy: &mut dyn Entropy) -> Result<SecretKey, String> {
         let mut seed = Zeroizing::new([0u8; 32]);
-        rand::rngs::SysRng.try_fill_bytes(seed.as_mut()).map_err(|e| e.to_string())?;
+        entropy.fill(seed.as_mut())?;
         Ok(SecretKey::from_seed(&seed))
     }
 
@@ -727,6 +727,7 @@ pub mod amqp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entropy::fresh;
     use crate::messages::{Kind, StartScriptV2};
     use crate::Ticket;
     use proptest::prelude::*;
@@ -736,17 +737,17 @@ mod tests {
     }
 
     fn header(target: &str, issued_at: u64, not_after: Option<u64>) -> Envelope<()> {
-        Envelope::new(Kind::StartScriptV2, target, issued_at, not_after, ())
+        Envelope::new(Kind::StartScriptV2, target, issued_at, not_after, (), &mut fresh()).unwrap()
     }
 
     fn start_bytes(target: &str) -> Vec<u8> {
         let start = StartScriptV2 {
-            ticket: Ticket::generate(),
+            ticket: Ticket::generate(&mut fresh()).unwrap(),
             spec: crate::ScriptSpec { script: "echo hi".into(), ..Default::default() },
             wait_for_output: None,
             first_issued_at: None,
         };
-        crate::Request::StartScriptV2(start).encode(target, 1_000, Some(61_000)).unwrap().1
+        crate::Request::StartScriptV2(start).encode(target, 1_000, Some(61_000), &mut fresh()).unwrap().1
     }
 
     const ME: Identity<'static> = Identity { agent_id: "web-01", pool: Some("workers") };
@@ -948,7 +949,7 @@ mod tests {
     #[test]
     fn an_answer_counts_only_for_the_very_request_it_names() {
         use crate::{request_digest, InReplyTo, Reply, ScriptState, ScriptStatus};
-        let asked = Ticket::generate();
+        let asked = Ticket::generate(&mut fresh()).unwrap();
         let sent = start_bytes("web-01");
         let digest = request_digest(&sent);
         let status = |ticket: &Ticket| {
@@ -973,7 +974,7 @@ mod tests {
         let junk = Some(InReplyTo::new(request_digest(b"junk"), None));
         assert_eq!(check(junk, &refusal, false), Err(Forged::OtherRequest));
         // An old command of a finished ticket replayed under this request's ids: both differ.
-        let old = Ticket::generate();
+        let old = Ticket::generate(&mut fresh()).unwrap();
         let replayed = Some(InReplyTo::new(request_digest(&start_bytes("web-01")), Some(old.clone())));
         assert_eq!(check(replayed, &status(&old), false), Err(Forged::OtherRequest));
         assert_eq!(
@@ -1042,9 +1043,8 @@ mod tests {
         use crate::session::{accept, Offer};
         let (dispatcher, agent) = (key(1), key(5));
         let trusted = TrustedKeys::of([*dispatcher.public()]);
-        let offer = Offer::new().unwrap();
-        let (share, agents) =
-            accept("req-0", offer.share(), dispatcher.id(), agent.id(), &mut crate::session::SystemEntropy).unwrap();
+        let offer = Offer::new(&mut fresh()).unwrap();
+        let (share, agents) = accept("req-0", offer.share(), dispatcher.id(), agent.id(), &mut fresh()).unwrap();
         let dispatchers = offer.complete("req-0", &share, dispatcher.id(), agent.id()).unwrap();
         let body = start_bytes("web-01");
         let seal = dispatchers.seal_command(&body);
@@ -1067,15 +1067,10 @@ mod tests {
         assert_eq!(check(&trusted, &body, None), Err(Refusal::UnknownSession(agents.id())));
         assert_eq!(Refusal::UnknownSession(agents.id()).answered_as(), crate::ErrorKind::UnknownSession);
         assert!(crate::ErrorKind::UnknownSession.is_transient(), "repeated (signed), it may run");
-        let other = accept(
-            "req-9",
-            Offer::new().unwrap().share(),
-            dispatcher.id(),
-            agent.id(),
-            &mut crate::session::SystemEntropy,
-        )
-        .unwrap()
-        .1;
+        let other =
+            accept("req-9", Offer::new(&mut fresh()).unwrap().share(), dispatcher.id(), agent.id(), &mut fresh())
+                .unwrap()
+                .1;
         assert_eq!(check(&trusted, &body, Some(&other)), Err(Refusal::UnknownSession(agents.id())));
         let mut tampered = body.clone();
         tampered[body.len() / 2] ^= 1;

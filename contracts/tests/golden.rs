@@ -231,7 +231,7 @@ fn a_legacy_reader_reads_the_current_status() {
         next_log_sequence: 2,
         lines_written: Some(3),
     };
-    let bytes = Reply::ScriptStatus(status.clone()).encode("web-01", 1).unwrap();
+    let bytes = Reply::ScriptStatus(status.clone()).encode("web-01", 1, &mut entropy::Seeded::new(1)).unwrap();
     let old: legacy::Envelope<legacy::ScriptStatus> = rmp_serde::from_slice(&bytes).expect("legacy reader");
     assert_eq!((old.body.state.as_str(), old.body.exit_code), ("Complete", Some(-46)));
     assert_eq!(old.body.logs[0].text, "lost");
@@ -240,7 +240,7 @@ fn a_legacy_reader_reads_the_current_status() {
     assert_eq!(read, status);
     // Without it (an agent that does not record it) nothing more is written than before.
     let unrecorded = ScriptStatus { lines_written: None, ..status };
-    let bytes = Reply::ScriptStatus(unrecorded).encode("web-01", 1).unwrap();
+    let bytes = Reply::ScriptStatus(unrecorded).encode("web-01", 1, &mut entropy::Seeded::new(2)).unwrap();
     let fields = rmp_serde::from_slice::<legacy::Envelope<BTreeMap<String, serde_json::Value>>>(&bytes).unwrap().body;
     assert!(!fields.contains_key("lines_written"), "{fields:?}");
 }

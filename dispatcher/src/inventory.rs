@@ -281,7 +281,7 @@ pub(crate) mod tests {
 
     /// An agent key, and known agents pinning `ids` to it.
     pub(crate) fn pinned(ids: &[&str]) -> (SecretKey, KnownAgents) {
-        let key = SecretKey::generate().unwrap();
+        let key = SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap();
         let lines: String = ids.iter().map(|id| format!("{id} {}\n", key.public())).collect();
         (key, KnownAgents::parse(&lines).unwrap())
     }
@@ -361,8 +361,11 @@ pub(crate) mod tests {
 
     #[test]
     fn only_announcements_signed_by_the_pinned_key_count() {
-        let (key, mut known_text) = (SecretKey::generate().unwrap(), String::new());
-        let (pool_key, impostor) = (SecretKey::generate().unwrap(), SecretKey::generate().unwrap());
+        let (key, mut known_text) = (SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap(), String::new());
+        let (pool_key, impostor) = (
+            SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap(),
+            SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap(),
+        );
         known_text.push_str(&format!("web-1 {}\nold-1 legacy\npool:workers {}\n", key.public(), pool_key.public()));
         let known = KnownAgents::parse(&known_text).unwrap();
         let genuine = announcement("web-1", 10_000, &[("env", "prod")]);

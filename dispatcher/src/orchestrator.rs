@@ -221,7 +221,7 @@ impl Orchestrator {
         interrupt: &CancellationToken,
     ) -> Outcome {
         let config = self.config(route, policies.into());
-        let machine = Submission::submit(config, spec, Ticket::generate(), now());
+        let machine = Submission::submit(config, spec, edge::entropy::ticket(), now());
         self.drive(route, machine, events, interrupt).await
     }
 

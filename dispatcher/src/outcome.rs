@@ -6,11 +6,11 @@ pub use contracts::outcome::*;
 mod tests {
     use super::*;
     use crate::error::RpcError;
-    use contracts::{exit_code, Ticket};
+    use contracts::exit_code;
 
     #[test]
     fn script_codes_pass_through_and_agent_codes_map_to_distinct_exits() {
-        let t = Ticket::generate();
+        let t = edge::entropy::ticket();
         assert_eq!(Outcome::from_exit_code(t.clone(), "a", 3).process_exit, 3);
         assert_eq!(Outcome::from_exit_code(t.clone(), "a", 3).outcome, OutcomeKind::Completed);
         let codes = [
@@ -38,11 +38,11 @@ mod tests {
 
     #[test]
     fn an_unknown_ticket_after_a_cancel_is_cancelled_only_when_its_start_was_sent() {
-        let unknown = Outcome::from_exit_code(Ticket::generate(), "a", exit_code::UNKNOWN_TICKET);
+        let unknown = Outcome::from_exit_code(edge::entropy::ticket(), "a", exit_code::UNKNOWN_TICKET);
         assert_eq!(unknown.clone().after_cancel(false).process_exit, exit::UNKNOWN_TICKET);
         let cancelled = unknown.after_cancel(true);
         assert_eq!((cancelled.outcome, cancelled.process_exit), (OutcomeKind::Cancelled, exit::CANCELLED));
-        let ran = Outcome::from_exit_code(Ticket::generate(), "a", 0);
+        let ran = Outcome::from_exit_code(edge::entropy::ticket(), "a", 0);
         assert_eq!(ran.clone().after_cancel(true), ran);
         assert_eq!(Outcome::not_sent(None, "a").process_exit, exit::NOT_SENT);
     }

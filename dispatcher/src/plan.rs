@@ -186,7 +186,7 @@ pub enum Tickets<'a> {
 impl Tickets<'_> {
     pub fn ticket_for(&self, route: &Route) -> Ticket {
         match self {
-            Tickets::Fresh => Ticket::generate(),
+            Tickets::Fresh => edge::entropy::ticket(),
             Tickets::Idempotent { who, key } => idempotent_ticket(who, key, route),
         }
     }

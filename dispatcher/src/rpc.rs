@@ -20,6 +20,7 @@ use contracts::trust::amqp::{seal_of, with_seal};
 use contracts::trust::{self, Believed, Binding, Pin, Seal};
 use contracts::{unix_millis, AmqpEndpoints, ErrorKind, Kind, Reply, Request};
 use edge::connect::broker::SILENT_BROKER;
+use edge::entropy::OsEntropy;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -182,7 +183,7 @@ impl RpcClient {
         let (trust, pin) = self.trust_for(route)?;
         let target = route.target();
         let sealed = match &pin {
-            Pin::Keys(keys) => contracts::sealed::seal_start(request, keys)
+            Pin::Keys(keys) => contracts::sealed::seal_start(request, keys, &mut OsEntropy)
                 .map_err(|error| RpcError::Codec(format!("cannot seal the secrets to {target}: {error}")))?,
             Pin::Legacy => None,
         };
@@ -191,7 +192,7 @@ impl RpcClient {
         loop {
             let plan = trust.session_plan(&target, &pin);
             // No random bytes for an offer: the request goes signed only, as to an older agent.
-            let offer = matches!(plan, Plan::Offer).then(Offer::new).and_then(Result::ok);
+            let offer = matches!(plan, Plan::Offer).then(|| Offer::new(&mut OsEntropy)).and_then(Result::ok);
             let sent = Sent { trust, pin: &pin, plan: &plan, offer: offer.as_ref() };
             let result = self.attempt(&link, route, request, timing, published, warn, sent).await;
             match &result {
@@ -231,6 +232,7 @@ impl RpcClient {
             unix_millis(now),
             Some(unix_millis(timing.not_after)),
             offer.map(Offer::share),
+            &mut OsEntropy,
         )?;
         let expiration = timing.not_after.duration_since(now).unwrap_or_default().as_millis().max(1);
         // What the agent's answer must name: these very bytes.
@@ -353,7 +355,7 @@ impl RpcClient {
         let (trust, pin) = self.trust_for(route)?;
         let now = SystemTime::now();
         let target = route.target();
-        let (_, bytes) = request.encode(&target, unix_millis(now), Some(unix_millis(not_after)))?;
+        let (_, bytes) = request.encode(&target, unix_millis(now), Some(unix_millis(not_after)), &mut OsEntropy)?;
         let expiration = not_after.duration_since(now).unwrap_or_default().as_millis().max(1);
         let seal = trust.seal_command(trust.session(&target, &pin).as_ref(), &bytes);
         let properties = with_seal(BasicProperties::default(), &seal)

@@ -314,9 +314,12 @@ mod tests {
 
     #[test]
     fn a_pool_worker_vouched_for_by_the_inventory_is_believed_under_its_pools_pin_unless_pinned_itself() {
-        let (own, pool) = (SecretKey::generate().unwrap(), SecretKey::generate().unwrap());
+        let (own, pool) = (
+            SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap(),
+            SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap(),
+        );
         let known = KnownAgents::parse(&format!("web-1 {}\npool:workers {}\n", own.public(), pool.public())).unwrap();
-        let trust = DispatcherTrust::new(SecretKey::generate().unwrap(), known);
+        let trust = DispatcherTrust::new(SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap(), known);
         assert_eq!(trust.pin("w-1"), None, "not known as a worker yet");
         let (w1, web1, workers) = ("w-1".to_string(), "web-1".to_string(), "workers".to_string());
         trust.know_pool_workers([(&w1, &workers), (&web1, &workers)]);

@@ -2,6 +2,7 @@
 //! `contracts::trust`'s text form, readable by its owner only), the agent's trusted-keys file
 //! and the dispatcher's known-agents file (their line formats parsed by `contracts::trust`).
 
+use crate::entropy::OsEntropy;
 use contracts::trust::{KnownAgents, SecretKey, TrustedKeys, SECRET_KEY_PREFIX};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
@@ -31,12 +32,12 @@ pub fn load_secret(path: &Path) -> Result<SecretKey, KeyError> {
     SecretKey::from_text(&text).ok_or_else(|| KeyError::NotAKey { path: path.to_owned() })
 }
 
-/// Generates a key and writes it to `path`, readable by its owner only (mode 0600). Never
+/// Generates a key (from the system's random source) and writes it to `path`, readable by its owner only (mode 0600). Never
 /// overwrites: an existing file is an error.
 pub fn create_secret(path: &Path) -> Result<SecretKey, KeyError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let key = SecretKey::generate().map_err(KeyError::Random)?;
+    let key = SecretKey::generate(&mut OsEntropy).map_err(KeyError::Random)?;
     let io = |source| KeyError::Io { path: path.to_owned(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;

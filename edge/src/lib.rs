@@ -6,7 +6,12 @@
 //!   journal), TLS included: the binaries connect only through it.
 //! - [`keys`]: key files (the agent's and the dispatcher's secret key, trusted-keys and
 //!   known-agents files), read and written; their formats are `contracts::trust`'s.
+//! - [`entropy`]: the operating system's random source, passed into `contracts` wherever a
+//!   fresh secret, ticket or message id is made.
+//! - [`clock`]: the time an operation took, for the metrics `contracts` defines.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod connect;
+pub mod entropy;
 pub mod keys;

@@ -100,7 +100,7 @@ fn signed_fleet(agents: usize, heartbeats: usize) -> (Vec<Sighting>, KnownAgents
     let mut pins = String::new();
     let mut sightings = Vec::with_capacity(agents * heartbeats);
     for n in 0..agents {
-        let key = SecretKey::generate().unwrap();
+        let key = SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap();
         let mut announcement = tests::presence::announcement(&format!("fleet-{n:05}"), &[("env", "prod")]);
         announcement.interval_ms = DEFAULT_INTERVAL_MS;
         pins.push_str(&format!("{} {}\n", announcement.agent_id, key.public()));

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use std::time::{Duration, Instant, SystemTime};
 
 async fn fill(journal: &Journal, index: usize) -> Ticket {
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let route = Route::agent(&format!("web-{:03}", index % 100)).unwrap();
     let policies = Policies::from(RetryPolicy::new(Duration::from_secs(150)));
     let spec = tests::sh(format!("echo {index}"));

@@ -303,7 +303,13 @@ impl Impostor {
                     continue;
                 };
                 let Some(reply) = forged_reply(&delivery.data) else { continue };
-                let body = reply.encode(&agent_id, contracts::unix_millis(std::time::SystemTime::now())).unwrap();
+                let body = reply
+                    .encode(
+                        &agent_id,
+                        contracts::unix_millis(std::time::SystemTime::now()),
+                        &mut edge::entropy::OsEntropy,
+                    )
+                    .unwrap();
                 let mut answer = lapin::BasicProperties::default()
                     .with_correlation_id(correlation_id.clone())
                     .with_type(reply.kind().as_str().into());

@@ -94,9 +94,9 @@ async fn records_written_by_the_previous_version_are_understood_after_an_upgrade
     let not_after = unix_millis(SystemTime::now()) + 60_000;
     // Exactly as the previous version wrote them (JSON), for a run that ended but was not yet
     // completed, a tombstone, and a run whose agent died.
-    let ended = Ticket::generate();
-    let tombstone = Ticket::generate();
-    let lost = Ticket::generate();
+    let ended = edge::entropy::ticket();
+    let tombstone = edge::entropy::ticket();
+    let lost = edge::entropy::ticket();
     let old = [
         (
             &ended,

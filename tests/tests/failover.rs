@@ -40,7 +40,7 @@ fn starts(markers: &Markers) -> Vec<Request> {
     (0..SCRIPTS)
         .map(|i| {
             Request::StartScriptV2(StartScriptV2 {
-                ticket: Ticket::generate(),
+                ticket: edge::entropy::ticket(),
                 spec: sh(format!("{}; echo ran", markers.record(&format!("s{i}")))),
                 wait_for_output: Some(2_000),
                 first_issued_at: Some(issued),
@@ -212,7 +212,7 @@ async fn a_cancel_answers_unknown_ticket_only_once_a_replica_holds_its_tombstone
     let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
     let orchestrator = orchestrator();
     let cancel = [Request::CancelScriptV2(CancelScriptV2 {
-        ticket: Ticket::generate(),
+        ticket: edge::entropy::ticket(),
         last_log_sequence: 0,
         first_issued_at: Some(unix_millis(SystemTime::now())),
     })];

@@ -123,7 +123,7 @@ async fn lose_once(rpc: Rpc, link: Link, lost: Lost) {
     // Connect the dispatcher first, so the fault hits the request and not the handshake.
     let policy = RetryPolicy::new(Duration::from_secs(30));
     chaos.orchestrator.capabilities(&chaos.route(), policy, &|_| {}).await.expect("capabilities");
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let run = chaos.markers.record("run");
     match rpc {
         Rpc::Capabilities => {
@@ -278,7 +278,7 @@ async fn an_outage_longer_than_the_retry_duration_fails_soon_after_the_deadline_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_keeps_running_while_its_agent_is_cut_off_and_no_output_is_lost() {
     let chaos = Chaos::start("cut-off").await;
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let script = format!("{}; for i in $(seq 1 20); do echo line $i; sleep 0.1; done", chaos.markers.record("run"));
     chaos.start_script(&ticket, script).await;
     chaos.agent_link.outage();

@@ -708,13 +708,13 @@ async fn trusted_keys_are_required_and_insecure_allow_unsigned_runs_unsigned_com
     agent.wait_ready().await;
     assert!(agent.log_text().contains("UNSIGNED commands from anyone"), "{}", agent.log_text());
     let start = contracts::Request::StartScriptV2(contracts::StartScriptV2 {
-        ticket: contracts::Ticket::generate(),
+        ticket: edge::entropy::ticket(),
         spec: sh(markers.record("unsigned")),
         wait_for_output: None,
         first_issued_at: None,
     });
     let now = contracts::unix_millis(std::time::SystemTime::now());
-    let (_, bytes) = start.encode(&config.agent_id, now, Some(now + 60_000)).unwrap();
+    let (_, bytes) = start.encode(&config.agent_id, now, Some(now + 60_000), &mut edge::entropy::OsEntropy).unwrap();
     let raw = RawBroker::connect().await;
     raw.publish_to(&agent_queue(&config.agent_id), "StartScriptV2", &bytes, None).await;
     eventually("the unsigned command to run", Duration::from_secs(20), || async {

@@ -68,7 +68,7 @@ async fn a_reply_to_that_is_not_direct_reply_to_is_refused_and_nothing_is_publis
     let victim = TestAgent::start("victim").await;
     let victim_queue = contracts::topology::agent_queue(victim.id());
     let mut raw = RawBroker::connect().await;
-    let start = json!({"ticket": Ticket::generate(), "script": markers.record("ran")});
+    let start = json!({"ticket": edge::entropy::ticket(), "script": markers.record("ran")});
     let id =
         raw.publish_replying_to(agent.id(), "StartScriptV2", &envelope("StartScriptV2", start), &victim_queue).await;
     assert_eq!(raw.dead_letter(&id).await.reason.as_deref(), Some("rejected"));
@@ -121,7 +121,7 @@ async fn a_message_that_would_decode_into_a_huge_value_is_refused_and_the_agent_
     let agent = AgentProcess::start(test_config("decode-bomb")).await;
     let pid = agent.pid().expect("running");
     let before = peak_rss_mib(pid);
-    let small = envelope("StartScriptV2", json!({"ticket": Ticket::generate(), "script": "true", "args": []}));
+    let small = envelope("StartScriptV2", json!({"ticket": edge::entropy::ticket(), "script": "true", "args": []}));
     let at = small.windows(6).position(|w| w == b"\xa4args\x90").expect("the args field") + 5;
     let count = contracts::topology::MAX_MESSAGE_BYTES - small.len() - 16;
     let mut bomb = small[..at].to_vec();

@@ -53,7 +53,7 @@ async fn duplicates_run_once_without_redis() {
     let agent = TestAgent::start_with(edge_config("edge-dups")).await;
     let orchestrator = orchestrator().await;
     let markers = Markers::new();
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let request = start(&ticket, format!("{}; sleep 0.3; echo once", markers.record("run")));
     let route = agent.route();
     let replies =
@@ -74,7 +74,7 @@ async fn killed_at(step: &str) {
     let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
     let orchestrator = orchestrator().await;
     let markers = Markers::new();
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let script = format!(
         "{}; echo started; sleep {}; echo finished",
         markers.record("run"),

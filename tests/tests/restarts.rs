@@ -197,7 +197,7 @@ async fn when_redis_comes_back_empty_starts_issued_before_are_refused_not_rerun(
     let agent = TestAgent::start_with(config).await;
     let orchestrator = orchestrator_at(amqp_url());
     let markers = Markers::new();
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let first_issued_at = unix_millis(std::time::SystemTime::now());
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),

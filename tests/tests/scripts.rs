@@ -169,7 +169,7 @@ async fn the_delivery_is_acked_once_claimed_not_when_the_script_ends() {
     tests::skip_unless!(tests::needs::shared_rabbitmqctl());
     let agent = TestAgent::start("ack").await;
     let orchestrator = orchestrator().await;
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),
         spec: sh("echo up; sleep 30"),
@@ -197,7 +197,7 @@ async fn the_delivery_is_acked_once_claimed_not_when_the_script_ends() {
 async fn a_waiting_status_returns_as_soon_as_there_is_new_output() {
     let agent = TestAgent::start("wait").await;
     let orchestrator = orchestrator().await;
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),
         spec: sh("echo a; sleep 1; echo b; sleep 1"),

@@ -707,7 +707,7 @@ async fn journal_of_outcomes(
     use dispatcher::{Outcome, OutcomeKind, Policies, RetryPolicy, Route};
     let mut finished = Vec::new();
     for index in 0..=count {
-        let ticket = contracts::Ticket::generate();
+        let ticket = edge::entropy::ticket();
         let target = format!("web-{}", index % 3);
         let policies = Policies::from(RetryPolicy::new(Duration::from_secs(60)));
         let route = Route::agent(&target).unwrap();

@@ -10,7 +10,7 @@
 //! cargo build --bins && cargo nextest run -p tests --test trust --no-capture 2>&1 | grep ATTACK-TABLE
 //! ```
 
-use contracts::session::{accept, Offer, Session, SystemEntropy};
+use contracts::session::{accept, Offer, Session};
 use contracts::topology::{agent_queue, pool_queue, CLOCK_SKEW_ALLOWANCE_MS};
 use contracts::trust::{Believed, Pin, Seal, SecretKey};
 use contracts::*;
@@ -30,7 +30,7 @@ fn now_ms() -> u64 {
 /// A start of `script` for `target`, as a dispatcher encodes it: (envelope, its bytes).
 fn start(target: &str, ticket: &Ticket, script: String, issued_at: u64, not_after: Option<u64>) -> Vec<u8> {
     let body = StartScriptV2 { ticket: ticket.clone(), spec: sh(script), wait_for_output: None, first_issued_at: None };
-    Request::StartScriptV2(body).encode(target, issued_at, not_after).expect("encode").1
+    Request::StartScriptV2(body).encode(target, issued_at, not_after, &mut edge::entropy::OsEntropy).expect("encode").1
 }
 
 /// A change made to a signed start.
@@ -127,7 +127,7 @@ async fn attack_table() {
     let soon = Some(at + 60_000);
 
     // Unsigned, with and without a forged key id.
-    let bytes = start(&me, &Ticket::generate(), bench.markers.record("unsigned"), at, soon);
+    let bytes = start(&me, &edge::entropy::ticket(), bench.markers.record("unsigned"), at, soon);
     let verdict = bench.send(&own, &bytes, None, "unsigned").await;
     bench.refused("unsigned command", verdict, ErrorKind::NotAuthorized);
 
@@ -135,12 +135,12 @@ async fn attack_table() {
     let fields: [(&'static str, &str, Tamper); 5] = [
         ("tampered body (script)", "t-body", Box::new(|e| e.body.spec.script.push_str("; echo owned"))),
         ("tampered target", "t-target", Box::new(|e| e.target = "someone-else".into())),
-        ("tampered ticket", "t-ticket", Box::new(|e| e.body.ticket = Ticket::generate())),
+        ("tampered ticket", "t-ticket", Box::new(|e| e.body.ticket = edge::entropy::ticket())),
         ("tampered not_after", "t-deadline", Box::new(|e| e.not_after = e.not_after.map(|n| n + 3_600_000))),
         ("tampered kind (v2 start made a v1 start)", "t-kind", Box::new(|e| e.kind = "StartScriptV1".into())),
     ];
     for (attack, name, tamper) in fields {
-        let bytes = start(&me, &Ticket::generate(), bench.markers.record(name), at, soon);
+        let bytes = start(&me, &edge::entropy::ticket(), bench.markers.record(name), at, soon);
         let seal = dispatcher.seal_command(&bytes);
         let verdict = bench.send(&own, &tampered(&bytes, tamper), Some(&seal), name).await;
         bench.refused(attack, verdict, ErrorKind::NotAuthorized);
@@ -148,29 +148,29 @@ async fn attack_table() {
 
     // A key the agent does not trust.
     let (stranger, _) = keypair("stranger");
-    let bytes = start(&me, &Ticket::generate(), bench.markers.record("wrong-key"), at, soon);
+    let bytes = start(&me, &edge::entropy::ticket(), bench.markers.record("wrong-key"), at, soon);
     let verdict = bench.send(&own, &bytes, Some(&stranger.seal_command(&bytes)), "wrong-key").await;
     bench.refused("signed by an untrusted key", verdict, ErrorKind::NotAuthorized);
 
     // Addressed to another agent, and the checks of the deadline.
-    let bytes = start(other.id(), &Ticket::generate(), bench.markers.record("misaddressed"), at, soon);
+    let bytes = start(other.id(), &edge::entropy::ticket(), bench.markers.record("misaddressed"), at, soon);
     let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "misaddressed").await;
     bench.refused("misaddressed (signed for another agent)", verdict, ErrorKind::NotAuthorized);
     let past = at - 60_000;
-    let bytes = start(&me, &Ticket::generate(), bench.markers.record("expired"), past - 1_000, Some(past));
+    let bytes = start(&me, &edge::entropy::ticket(), bench.markers.record("expired"), past - 1_000, Some(past));
     let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "expired").await;
     // Past its deadline is one of the trust checks (ARCHITECTURE.md, Trust): NotAuthorized, with the reason.
     bench.refused_because("expired", verdict, ErrorKind::NotAuthorized, Some("expired"));
     let day_and_more = Some(at + 25 * 3_600_000);
-    let bytes = start(&me, &Ticket::generate(), bench.markers.record("long"), at, day_and_more);
+    let bytes = start(&me, &edge::entropy::ticket(), bench.markers.record("long"), at, day_and_more);
     let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "long").await;
     bench.refused("valid for more than 24 h", verdict, ErrorKind::NotAuthorized);
-    let bytes = start(&me, &Ticket::generate(), bench.markers.record("no-deadline"), at, None);
+    let bytes = start(&me, &edge::entropy::ticket(), bench.markers.record("no-deadline"), at, None);
     let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "no-deadline").await;
     bench.refused("no not_after", verdict, ErrorKind::NotAuthorized);
 
     // Replays of a genuine command that ran once, with a short deadline so it can expire here.
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let genuine_deadline = now_ms() + 1_000;
     let bytes = start(&me, &ticket, bench.markers.record("genuine"), now_ms(), Some(genuine_deadline));
     let seal = dispatcher.seal_command(&bytes);
@@ -196,7 +196,7 @@ async fn attack_table() {
         assert_eq!(bench.markers.count("genuine"), 1);
     }
     let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
-    let (_, complete) = complete.encode(&me, now_ms(), Some(now_ms() + 60_000)).unwrap();
+    let (_, complete) = complete.encode(&me, now_ms(), Some(now_ms() + 60_000), &mut edge::entropy::OsEntropy).unwrap();
     let id = bench.raw.publish(&me, "CompleteScriptV2", &complete).await;
     bench.raw.reply(&id).await;
     let id = bench.raw.publish_to(&own, "StartScriptV2", &bytes, Some(&seal)).await;
@@ -253,10 +253,17 @@ async fn agree_session(raw: &mut RawBroker, agent_id: &str, key: &SecretKey) -> 
 /// A capabilities request to `agent_id` offering a session, valid for a minute: the offer, the
 /// envelope and its bytes.
 fn offering_capabilities(agent_id: &str) -> (Offer, Envelope<()>, Vec<u8>) {
-    let offer = Offer::new().expect("random bytes");
+    let offer = Offer::new(&mut edge::entropy::OsEntropy).expect("random bytes");
     let capabilities = Request::GetCapabilities(GetCapabilities {});
-    let (header, bytes) =
-        capabilities.encode_offering(agent_id, now_ms(), Some(now_ms() + 60_000), Some(offer.share())).unwrap();
+    let (header, bytes) = capabilities
+        .encode_offering(
+            agent_id,
+            now_ms(),
+            Some(now_ms() + 60_000),
+            Some(offer.share()),
+            &mut edge::entropy::OsEntropy,
+        )
+        .unwrap();
     (offer, header, bytes)
 }
 
@@ -265,15 +272,20 @@ fn offering_capabilities(agent_id: &str) -> (Offer, Envelope<()>, Vec<u8>) {
 async fn session_rows(bench: &mut Bench, me: &str, other: &str) {
     let own = agent_queue(me);
     let session = agree_session(&mut bench.raw, me, &keys().dispatcher).await;
-    let command = |script: String| start(me, &Ticket::generate(), script, now_ms(), Some(now_ms() + 60_000));
+    let command = |script: String| start(me, &edge::entropy::ticket(), script, now_ms(), Some(now_ms() + 60_000));
 
     let bytes = command(bench.markers.record("in-session"));
     let verdict = bench.send(&own, &bytes, Some(&session.seal_command(&bytes)), "in-session").await;
     assert!(verdict.ran && verdict.reply.is_none(), "a command MAC'd in the agent's session runs");
 
     // Whoever made this session knows its key; the agent never agreed it.
-    let made_up =
-        accept("made-up", Offer::new().unwrap().share(), keys().dispatcher.id(), keys().agent.id(), &mut SystemEntropy);
+    let made_up = accept(
+        "made-up",
+        Offer::new(&mut edge::entropy::OsEntropy).unwrap().share(),
+        keys().dispatcher.id(),
+        keys().agent.id(),
+        &mut edge::entropy::OsEntropy,
+    );
     let made_up = made_up.expect("a session").1;
     let bytes = command(bench.markers.record("unknown-session"));
     let verdict = bench.send(&own, &bytes, Some(&made_up.seal_command(&bytes)), "unknown-session").await;
@@ -294,7 +306,7 @@ async fn session_rows(bench: &mut Bench, me: &str, other: &str) {
 
 fn status_request(target: &str, ticket: &Ticket) -> Vec<u8> {
     let status = Request::GetStatusV2(GetStatusV2 { ticket: ticket.clone(), last_log_sequence: 0, wait: Some(2_000) });
-    status.encode(target, now_ms(), Some(now_ms() + 60_000)).unwrap().1
+    status.encode(target, now_ms(), Some(now_ms() + 60_000), &mut edge::entropy::OsEntropy).unwrap().1
 }
 
 /// A command signed with a key the agent trusted, revoked by removing it from the trusted-keys
@@ -309,7 +321,7 @@ async fn revoked(bench: &mut Bench) {
     let agent = AgentProcess::start(config.clone()).await;
     let queue = agent_queue(&config.agent_id);
     let signed = |script: String| {
-        let bytes = start(&config.agent_id, &Ticket::generate(), script, now_ms(), Some(now_ms() + 60_000));
+        let bytes = start(&config.agent_id, &edge::entropy::ticket(), script, now_ms(), Some(now_ms() + 60_000));
         let seal = revoked_key.seal_command(&bytes);
         (bytes, seal)
     };
@@ -328,7 +340,7 @@ async fn revoked(bench: &mut Bench) {
     bench.refused("signed by a revoked key (removed, SIGHUP)", verdict, ErrorKind::NotAuthorized);
     let bytes = start(
         &config.agent_id,
-        &Ticket::generate(),
+        &edge::entropy::ticket(),
         bench.markers.record("revoked-session"),
         now_ms(),
         Some(now_ms() + 60_000),
@@ -477,7 +489,7 @@ async fn old_start_replayed_under_a_stolen_requests_ids(bench: &mut Bench) {
     // A start signed by the trusted dispatcher key (as a dispatcher's first request to an agent
     // is), run to its end: its bytes and seal, as a queue bound to the agent's routing key saw them.
     let at = now_ms();
-    let bytes = start(agent.id(), &Ticket::generate(), bench.markers.record("old"), at, Some(at + 60_000));
+    let bytes = start(agent.id(), &edge::entropy::ticket(), bench.markers.record("old"), at, Some(at + 60_000));
     let seal = keys().dispatcher.seal_command(&bytes);
     let id = bench.raw.publish_to(&agent_queue(agent.id()), "StartScriptV2", &bytes, Some(&seal)).await;
     bench.raw.reply(&id).await;
@@ -700,7 +712,8 @@ async fn a_replayed_session_offer_creates_no_session_and_evicts_none() {
     }
 
     let capabilities = Request::GetCapabilities(GetCapabilities {});
-    let (_, bytes) = capabilities.encode(&id, now_ms(), Some(now_ms() + 60_000)).unwrap();
+    let (_, bytes) =
+        capabilities.encode(&id, now_ms(), Some(now_ms() + 60_000), &mut edge::entropy::OsEntropy).unwrap();
     let asked = raw.publish_to(&queue, "GetCapabilities", &bytes, Some(&existing.seal_command(&bytes))).await;
     let (seal, body) = raw.sealed_reply(&asked).await;
     let reply = Reply::decode(&body).expect("an answer");
@@ -753,12 +766,15 @@ async fn secrets_are_sealed_to_the_agent_so_a_copy_of_its_start_holds_no_value()
     let mut config = test_config("sealed-other");
     config.key_file = Some(other_key);
     let other = TestAgent::start_with(config).await;
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let mut spec = sh(markers.record("opened"));
     spec.sealed_secret_env = start.spec.sealed_secret_env.clone();
     let body = StartScriptV2 { ticket: ticket.clone(), spec, wait_for_output: None, first_issued_at: None };
     let at = now_ms();
-    let bytes = Request::StartScriptV2(body).encode(other.id(), at, Some(at + 60_000)).unwrap().1;
+    let bytes = Request::StartScriptV2(body)
+        .encode(other.id(), at, Some(at + 60_000), &mut edge::entropy::OsEntropy)
+        .unwrap()
+        .1;
     let mut raw = RawBroker::connect().await;
     let id = raw
         .publish_to(&agent_queue(other.id()), "StartScriptV2", &bytes, Some(&keys().dispatcher.seal_command(&bytes)))

@@ -14,6 +14,7 @@ use contracts::trust::amqp::{seal_of, with_seal};
 use contracts::{unix_millis, AmqpEndpoints, Reply};
 use edge::connect::broker::accepts_tcp;
 use edge::connect::tls::tls_hint;
+use edge::entropy::OsEntropy;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -505,14 +506,15 @@ async fn send_reply(
     };
     let issued_at = unix_millis(SystemTime::now());
     let agent_id = &agent.config().agent_id;
-    let bytes = match reply.encode_answering(agent_id, issued_at, answer.in_reply_to.clone(), answer.key_share.as_ref())
-    {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            tracing::error!(%error, "could not encode reply");
-            return;
-        }
-    };
+    let in_reply_to = answer.in_reply_to.clone();
+    let bytes =
+        match reply.encode_answering(agent_id, issued_at, in_reply_to, answer.key_share.as_ref(), &mut OsEntropy) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, "could not encode reply");
+                return;
+            }
+        };
     let mut properties =
         BasicProperties::default().with_type(reply.kind().as_str().into()).with_content_type(CONTENT_TYPE.into());
     // Signed over the request's correlation id and, inside the body, the request's digest.

@@ -162,7 +162,7 @@ impl Environment for Handling<'_> {
     }
 
     fn new_ticket(&mut self) -> Ticket {
-        Ticket::generate()
+        edge::entropy::ticket()
     }
 
     fn note(&mut self, note: Note<'_>) {

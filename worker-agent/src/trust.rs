@@ -7,7 +7,7 @@
 
 use crate::config::{AgentConfig, Protocol};
 use contracts::agent::keys::AgentKeys;
-use contracts::session::{Session, SystemEntropy};
+use contracts::session::Session;
 use contracts::trust::{Seal, TrustedKeys};
 use edge::keys::KeyError;
 use std::path::PathBuf;
@@ -75,7 +75,7 @@ impl AgentTrust {
         let ids: Vec<String> = trusted.ids().map(|id| id.to_string()).collect();
         tracing::info!(agent = %config.agent_id, trusted_keys = ?ids, "trusting commands signed by these dispatcher keys");
         // Sessions' secrets from the operating system's random source.
-        let keys = AgentKeys::new(key, trusted, config.insecure_allow_unsigned, Box::new(SystemEntropy));
+        let keys = AgentKeys::new(key, trusted, config.insecure_allow_unsigned, Box::new(edge::entropy::OsEntropy));
         Ok(AgentTrust { keys, trusted_file: config.trusted_keys_file.clone() })
     }
 

@@ -5,8 +5,9 @@
 //! [`crate::session`]'s plain functions; this holds the keys and sessions. Loading the keys from
 //! files and reloading the trusted ones are the agent's (`worker-agent`'s `trust` module).
 
+use crate::entropy::Entropy;
 use crate::sealed;
-use crate::session::{self, Declined, Entropy, KeyShare, Session, SessionId, SessionTable};
+use crate::session::{self, Declined, KeyShare, Session, SessionId, SessionTable};
 use crate::trust::{self, Identity, KeyId, Origin, Refusal, Seal, SecretKey, TrustedKeys};
 use crate::{Envelope, ErrorKind, ErrorReply, StartScriptV2};
 use std::fmt;

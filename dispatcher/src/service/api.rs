@@ -320,8 +320,11 @@ pub(super) async fn submit(
     // Recorded before anything is sent: from here a restart (or another replica) resumes them.
     let mut new = Vec::with_capacity(planned.len());
     for submission in &planned {
-        let recorded =
-            followers.orchestrator.metrics().common.store.observe("submit", followers.journal.submit(submission));
+        let recorded = edge::clock::observe(
+            &followers.orchestrator.metrics().common.store,
+            "submit",
+            followers.journal.submit(submission),
+        );
         new.push(match recorded.await? {
             Recorded::New => true,
             Recorded::Earlier(earlier) if earlier.script_digest == submission.script_digest => false,

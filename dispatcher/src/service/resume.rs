@@ -155,7 +155,8 @@ impl Followers {
             Some(plan) => plan.clone(),
             None => {
                 let plan = self.orchestrator.plan_start(ticket.clone(), policies.script);
-                self.orchestrator.metrics().common.store.observe("start", self.journal.start(&plan)).await?;
+                edge::clock::observe(&self.orchestrator.metrics().common.store, "start", self.journal.start(&plan))
+                    .await?;
                 plan
             }
         };
@@ -192,7 +193,13 @@ impl Followers {
     async fn record_outcome(&self, outcome: &Outcome) -> Result<(), JournalError> {
         let mut attempt = 0;
         loop {
-            match self.orchestrator.metrics().common.store.observe("finish", self.journal.finish(outcome)).await {
+            match edge::clock::observe(
+                &self.orchestrator.metrics().common.store,
+                "finish",
+                self.journal.finish(outcome),
+            )
+            .await
+            {
                 Ok(_) => return Ok(()),
                 Err(error) if attempt >= 20 => return Err(error),
                 Err(error) => tracing::warn!(%error, "cannot record the outcome yet"),
@@ -230,7 +237,7 @@ impl Followers {
         let writer = AbortOnDropHandle::new(tokio::spawn(async move {
             while let Some(event) = receiver.recv().await {
                 let mut delay = Duration::from_millis(50);
-                while let Err(error) = metrics.observe("event", journal.event(&ticket, &event)).await {
+                while let Err(error) = edge::clock::observe(&metrics, "event", journal.event(&ticket, &event)).await {
                     tracing::warn!(ticket = %ticket, %error, "cannot record an event yet");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));

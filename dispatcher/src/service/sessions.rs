@@ -42,9 +42,9 @@ impl std::fmt::Debug for SessionId {
 
 impl SessionId {
     fn generate() -> Result<SessionId, SessionError> {
-        use rand::TryRng;
+        use contracts::entropy::Entropy;
         let mut bytes = [0u8; 32];
-        rand::rngs::SysRng.try_fill_bytes(&mut bytes).map_err(|e| SessionError::Random(e.to_string()))?;
+        edge::entropy::OsEntropy.fill(&mut bytes).map_err(SessionError::Random)?;
         Ok(SessionId(hex::encode(bytes)))
     }
 

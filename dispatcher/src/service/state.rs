@@ -76,10 +76,12 @@ pub fn parse_ticket(raw: &str) -> Result<Ticket, ApiError> {
 pub async fn record_of(state: &ApiState, ticket: &Ticket) -> Result<TicketRecord, ApiError> {
     let retention = crate::retry::short(state.followers.journal.retention());
     let metrics = state.followers.orchestrator.metrics();
-    metrics.common.store.observe("ticket", state.followers.journal.ticket(ticket)).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no ticket {ticket} in the journal (finished tickets are kept for {retention})"),
-        )
-    })
+    edge::clock::observe(&metrics.common.store, "ticket", state.followers.journal.ticket(ticket)).await?.ok_or_else(
+        || {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no ticket {ticket} in the journal (finished tickets are kept for {retention})"),
+            )
+        },
+    )
 }

@@ -11,7 +11,8 @@ use crate::world::{Ev, World, CLOCK_ORIGIN_MS, LEASE_TTL, RECORD_TTL, TOMBSTONE_
 use contracts::agent::flow::{self, Environment, Memory, Note, Settings, Step};
 use contracts::agent::keys::AgentKeys;
 use contracts::agent::TicketRecord;
-use contracts::session::{Declined, Entropy};
+use contracts::entropy::Seeded;
+use contracts::session::Declined;
 use contracts::store::{Release, TicketKeys, TicketStore};
 use contracts::trust::{Refusal, SecretKey, TrustedKeys};
 use contracts::*;
@@ -26,16 +27,6 @@ pub fn ready<T>(future: impl Future<Output = T>) -> T {
     match future.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
         std::task::Poll::Ready(value) => value,
         std::task::Poll::Pending => unreachable!("the simulated world answers every wait at once"),
-    }
-}
-
-/// Random bytes from a seeded generator: the simulated agents' session shares.
-pub struct Seeded(pub fastrand::Rng);
-
-impl Entropy for Seeded {
-    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), String> {
-        bytes.iter_mut().for_each(|byte| *byte = self.0.u8(..));
-        Ok(())
     }
 }
 
@@ -96,7 +87,7 @@ pub fn settings(id: &str, pool: Option<&str>, owner: String, claim_replicas: u32
 
 /// A process's keys: the agents' key, the dispatchers' it trusts, no session yet.
 pub fn keys(key: &SecretKey, trusted: &TrustedKeys, seed: u64) -> AgentKeys {
-    AgentKeys::new(Some(key.clone()), trusted.clone(), false, Box::new(Seeded(fastrand::Rng::with_seed(seed))))
+    AgentKeys::new(Some(key.clone()), trusted.clone(), false, Box::new(Seeded::new(seed)))
 }
 
 /// The world as the flow's environment, for one delivery to agent `a` (or none: its recovery

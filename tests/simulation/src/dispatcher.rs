@@ -407,9 +407,11 @@ fn publish(world: &mut World, s: usize, request: &Request, not_after: u64, attem
         None => world.sessions[d].established(&target, &pinned, now).map_or(Plan::Sign, Plan::Mac),
         Some(_) => world.sessions[d].plan(&target, &pinned, now),
     };
-    let offer = matches!(plan, Plan::Offer).then(|| std::sync::Arc::new(Offer::new().expect("random bytes")));
+    let offer =
+        matches!(plan, Plan::Offer).then(|| std::sync::Arc::new(Offer::new(&mut world.entropy).expect("random bytes")));
     let share = offer.as_deref().map(Offer::share);
-    let (header, bytes) = request.encode_offering(&target, now, Some(not_after), share).expect("requests encode");
+    let (header, bytes) =
+        request.encode_offering(&target, now, Some(not_after), share, &mut world.entropy).expect("requests encode");
     let (seal, session) = match &plan {
         Plan::Mac(session) => (session.seal_command(&bytes), Some(session.id())),
         Plan::Offer | Plan::Sign => (world.key.seal_command(&bytes), None),

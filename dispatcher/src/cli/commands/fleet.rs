@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn forged_announcements_are_reported_with_what_they_did_to_their_agent() {
         let (key, known) = pinned(&["web-1", "web-2"]);
-        let impostor = SecretKey::generate().unwrap();
+        let impostor = SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap();
         let sightings = vec![
             sighting(Some(&key), &announcement("web-1", 10_000, &[])),
             sighting(Some(&impostor), &announcement("web-1", 10_500, &[])),

@@ -100,7 +100,7 @@ mod tests {
     fn targets_are_counted_as_they_start_finish_or_are_left_out() {
         let report = |code| TargetReport {
             target: "a".into(),
-            outcome: Outcome::from_exit_code(contracts::Ticket::generate(), "a", code),
+            outcome: Outcome::from_exit_code(edge::entropy::ticket(), "a", code),
             duration: Duration::ZERO,
             retries: 0,
         };
