@@ -6,7 +6,8 @@
 //! agent ids or script text: the number of series stays bounded and nothing a caller sends
 //! reaches the exposition.
 
-use crate::ErrorKind;
+use crate::wire::error::ErrorKind;
+use crate::wire::exit_code;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -117,8 +118,8 @@ impl Drop for ScriptRun {
 pub fn outcome_of_exit(code: i32) -> &'static str {
     match code {
         0.. => "completed",
-        crate::exit_code::CANCELLED => "cancelled",
-        crate::exit_code::UNKNOWN_RESULT => "unknown",
+        exit_code::CANCELLED => "cancelled",
+        exit_code::UNKNOWN_RESULT => "unknown",
         _ => "failed",
     }
 }
@@ -255,8 +256,8 @@ mod tests {
     fn exit_codes_map_to_outcomes() {
         assert_eq!(outcome_of_exit(0), "completed");
         assert_eq!(outcome_of_exit(255), "completed");
-        assert_eq!(outcome_of_exit(crate::exit_code::CANCELLED), "cancelled");
-        assert_eq!(outcome_of_exit(crate::exit_code::UNKNOWN_RESULT), "unknown");
-        assert_eq!(outcome_of_exit(crate::exit_code::EXECUTION_TIMEOUT), "failed");
+        assert_eq!(outcome_of_exit(exit_code::CANCELLED), "cancelled");
+        assert_eq!(outcome_of_exit(exit_code::UNKNOWN_RESULT), "unknown");
+        assert_eq!(outcome_of_exit(exit_code::EXECUTION_TIMEOUT), "failed");
     }
 }

@@ -5,7 +5,13 @@
 //! `UPDATE_GOLDEN=1 cargo test -p contracts --test golden` rewrites the fixtures of the current
 //! format; do that only for a deliberate, compatible change.
 
-use contracts::*;
+use contracts::entropy;
+use contracts::wire::envelope::{request_digest, Envelope, InReplyTo, Reply, Request, PROTOCOL_VERSION};
+use contracts::wire::error::{CodecError, ErrorKind};
+use contracts::wire::exit_code;
+use contracts::wire::messages::{CancelScriptV1, Isolation, ScriptFile, ScriptSpec, Secrets, Shell, StartScriptV2};
+use contracts::wire::status::{LogLine, LogStream, ScriptState, ScriptStatus};
+use contracts::wire::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -255,7 +261,7 @@ fn a_future_kind_is_reported_as_unknown_not_misread() {
 
 #[test]
 fn announcements_are_pinned_and_a_newer_writers_fields_are_ignored() {
-    use contracts::presence::{Announcement, ANNOUNCEMENT_VERSION};
+    use contracts::wire::presence::{Announcement, ANNOUNCEMENT_VERSION};
     let announcement = Announcement {
         version: ANNOUNCEMENT_VERSION,
         agent_id: "web-01".into(),
@@ -280,7 +286,7 @@ fn announcements_are_pinned_and_a_newer_writers_fields_are_ignored() {
 
 #[test]
 fn transfer_messages_are_pinned_and_read_back() {
-    use contracts::transfer::*;
+    use contracts::wire::transfer::*;
     let header = |kind: &str| Envelope {
         version: PROTOCOL_VERSION,
         kind: kind.into(),

@@ -1,4 +1,8 @@
-use contracts::*;
+use contracts::entropy;
+use contracts::trust::sealed;
+use contracts::wire::envelope::Request;
+use contracts::wire::messages::{Isolation, ScriptFile, ScriptSpec, Secrets, Shell, StartScriptV2};
+use contracts::wire::ticket::Ticket;
 
 #[test]
 fn start_roundtrips() {
@@ -39,7 +43,7 @@ fn secrets_are_not_in_the_digest_nor_in_debug() {
     let empty = ScriptSpec { secret_env: Secrets::new([("TOKEN".into(), String::new())].into()), ..plain.clone() };
     assert!(empty.validate().is_err());
     let entropy = &mut entropy::Seeded::new(2);
-    let key = trust::SecretKey::generate(entropy).unwrap();
+    let key = contracts::trust::keys::SecretKey::generate(entropy).unwrap();
     let mut sealed_to = |ticket| sealed::seal(&secret.secret_env, &[*key.public()], ticket, entropy).unwrap();
     let sealed = ScriptSpec { sealed_secret_env: sealed_to("t"), ..plain.clone() };
     assert_eq!(sealed.digest(), ScriptSpec { sealed_secret_env: sealed_to("t"), ..plain.clone() }.digest());

@@ -5,7 +5,7 @@ use crate::orchestrator::Orchestrator;
 use crate::outcome::OutcomeKind;
 use crate::retry::RetryPolicy;
 use crate::route::Route;
-use contracts::ScriptSpec;
+use contracts::wire::messages::ScriptSpec;
 use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! What can go wrong talking to an agent, and whether trying again may help.
 
-use contracts::submission::{CallError, ErrorClass};
-use contracts::{CodecError, ErrorKind, ErrorReply};
+use contracts::submission::error::{CallError, ErrorClass};
+use contracts::wire::error::{CodecError, ErrorKind, ErrorReply};
 use std::time::Duration;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -22,7 +22,7 @@ pub enum RpcError {
     #[error("no agent queue for {target}: is an agent with this id running?")]
     Unroutable { target: String },
     /// The request was published but no reply came in time.
-    #[error("no reply from {target} within {}", contracts::submission::short(*after))]
+    #[error("no reply from {target} within {}", contracts::time::short(*after))]
     NoReply { target: String, after: Duration },
     /// The agent answered with an error.
     #[error("{target} refused the request: {} ({:?})", error.message, error.kind)]
@@ -35,7 +35,7 @@ pub enum RpcError {
     Unrepeatable(String),
     /// Only forged answers came (not signed by the target's pinned key, or for another request)
     /// before the reply timeout.
-    #[error("no genuine answer from {target} within {}; ignored forged answer(s): {reason}", contracts::submission::short(*after))]
+    #[error("no genuine answer from {target} within {}; ignored forged answer(s): {reason}", contracts::time::short(*after))]
     Forged { target: String, after: Duration, reason: String },
     /// The target has no pin, so no answer of its could be believed: nothing was sent.
     #[error("{target} is not pinned in {file}, so its answers cannot be believed; nothing was sent. Pin its public key (the agent logs it at start; `worker-agent keygen` prints it): echo '{target} ed25519:<its public key>' >> {file}")]

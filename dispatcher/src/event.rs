@@ -11,7 +11,8 @@
 use crate::fanout::NotStarted;
 use crate::orchestrator::Event;
 use crate::outcome::{Outcome, OutcomeKind};
-use contracts::{LogLine, Ticket};
+use contracts::wire::status::LogLine;
+use contracts::wire::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

@@ -9,7 +9,7 @@ use crate::budget::{Limits, Resolved};
 use crate::orchestrator::{Event, Orchestrator, Policies};
 use crate::outcome::{exit, Outcome, OutcomeKind};
 use crate::route::Route;
-use contracts::ScriptSpec;
+use contracts::wire::messages::ScriptSpec;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

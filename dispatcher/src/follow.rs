@@ -1,3 +1,3 @@
-//! Following a script's log (see [`contracts::submission::LogFollower`]).
+//! Following a script's log (see [`contracts::submission::follow::LogFollower`]).
 
-pub use contracts::submission::LogFollower;
+pub use contracts::submission::follow::LogFollower;

@@ -11,8 +11,16 @@ use crate::outcome::Outcome;
 use crate::retry::{self, GaveUp, RetryPolicy};
 use crate::route::Route;
 use crate::rpc::{CallTiming, RpcClient};
-use contracts::submission::{self, Action, Config, Input, Now, Submission};
-use contracts::*;
+use contracts::submission::machine::{Action, Config, Input, Now, Submission};
+use contracts::submission::negotiate::no_consumer_notice;
+use contracts::submission::requests::{complete_request, expect_status};
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::messages::{
+    Capabilities, CompleteScriptV2, GetCapabilities, GetStatusV1, GetStatusV2, Kind, ScriptSpec,
+};
+use contracts::wire::status::ScriptStatus;
+use contracts::wire::ticket::Ticket;
+use contracts::wire::topology;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,10 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
-pub use contracts::submission::{cancel_policy, PlannedStart, Policies, Timing, CANCEL_REPEAT};
+pub use contracts::submission::requests::PlannedStart;
+pub use contracts::submission::retry::{cancel_policy, Policies, Timing, CANCEL_REPEAT};
 
 /// What happens during a submission, for the user to see.
-pub type Event = submission::Event<RpcError>;
+pub type Event = contracts::submission::machine::Event<RpcError>;
 
 /// Where events go. Called from the submission's task; must be quick.
 pub type EventSink<'a> = &'a (dyn Fn(Event) + Send + Sync);
@@ -97,7 +106,7 @@ impl Orchestrator {
         }
         if self.rpc.consumers(route, Kind::GetCapabilities).await == Some(0) {
             let queue = route.queue(Kind::GetCapabilities);
-            events(Event::Notice(submission::no_consumer_notice(&queue, policy, self.timing)));
+            events(Event::Notice(no_consumer_notice(&queue, policy, self.timing)));
         }
         let request = Request::GetCapabilities(GetCapabilities {});
         let answer = self.request(route, &request, policy, Duration::ZERO, None, events).await;
@@ -259,7 +268,7 @@ impl Orchestrator {
         policy: RetryPolicy,
         events: EventSink<'_>,
     ) {
-        let Some(complete) = submission::complete_request(ScriptProtocol::V2, ticket, outcome) else { return };
+        let Some(complete) = complete_request(ScriptProtocol::V2, ticket, outcome) else { return };
         let not_after = SystemTime::now() + policy.duration.max(self.timing.attempt_timeout);
         if let Err(error) = self.rpc.send(route, &complete, not_after).await {
             events(Event::Notice(format!(
@@ -313,7 +322,7 @@ impl Orchestrator {
             }
             ProtocolMode::V1 => Request::GetStatusV1(GetStatusV1 { ticket: ticket.clone(), last_log_sequence: 0 }),
         };
-        submission::expect_status(self.request(route, &request, policy, Duration::ZERO, None, events).await?)
+        expect_status(self.request(route, &request, policy, Duration::ZERO, None, events).await?)
     }
 
     /// Cancels a ticket (given by the user) and follows it until it has stopped; with

@@ -1,12 +1,12 @@
-//! How a submission ended (see [`contracts::outcome`]), tested here with the dispatcher's errors.
+//! How a submission ended (see [`contracts::submission::outcome`]), tested here with the dispatcher's errors.
 
-pub use contracts::outcome::*;
+pub use contracts::submission::outcome::*;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::RpcError;
-    use contracts::exit_code;
+    use contracts::wire::exit_code;
 
     #[test]
     fn script_codes_pass_through_and_agent_codes_map_to_distinct_exits() {

@@ -12,7 +12,8 @@ use crate::policy::{self, MachinePolicy, Overrides, PolicyConfig, PolicyError, P
 use crate::retry::RetryPolicy;
 use crate::route::Route;
 use crate::service::journal::Submission;
-use contracts::{Isolation, ScriptFile, ScriptSpec, Secrets, Shell, Ticket};
+use contracts::wire::messages::{Isolation, ScriptFile, ScriptSpec, Secrets, Shell};
+use contracts::wire::ticket::Ticket;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -85,7 +86,7 @@ pub fn script_spec(
         return Err("the script is empty".into());
     }
     if let Some(mutex) = &draft.mutex {
-        contracts::topology::validate_name("mutex name", mutex)?;
+        contracts::wire::topology::validate_name("mutex name", mutex)?;
     }
     let inputs = inputs()?;
     let millis = |d: Duration| d.as_millis() as u64;

@@ -5,7 +5,7 @@
 //! Every request is signed with the dispatcher's key, and a reply counts only if it is signed by
 //! the key pinned for the target asked, over this request's correlation id (ARCHITECTURE.md, Trust); or,
 //! once a request to an agent agreed a session with it, both are MAC'd in that session instead
-//! ([`contracts::session`]; a request the agent refuses for a session it no longer holds goes
+//! ([`contracts::trust::session`]; a request the agent refuses for a session it no longer holds goes
 //! again, signed). Any other reply is a forged answer: reported (a warning, and in the error if
 //! no genuine answer comes in time) and ignored, while the call goes on waiting for the genuine
 //! one.
@@ -14,11 +14,18 @@ use crate::error::RpcError;
 use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::trust::DispatcherTrust;
-use contracts::session::{Offer, Plan};
-use contracts::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO};
+use contracts::time::unix_millis;
 use contracts::trust::amqp::{seal_of, with_seal};
-use contracts::trust::{self, Believed, Binding, Pin, Seal};
-use contracts::{unix_millis, AmqpEndpoints, ErrorKind, Kind, Reply, Request};
+use contracts::trust::files::Pin;
+use contracts::trust::seal::Seal;
+use contracts::trust::session::Offer;
+use contracts::trust::sessions::Plan;
+use contracts::trust::verify::{check_answer, check_binding, Believed, Binding};
+use contracts::wire::endpoints::AmqpEndpoints;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::ErrorKind;
+use contracts::wire::messages::Kind;
+use contracts::wire::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO};
 use edge::connect::broker::SILENT_BROKER;
 use edge::entropy::OsEntropy;
 use futures_util::StreamExt;
@@ -183,7 +190,7 @@ impl RpcClient {
         let (trust, pin) = self.trust_for(route)?;
         let target = route.target();
         let sealed = match &pin {
-            Pin::Keys(keys) => contracts::sealed::seal_start(request, keys, &mut OsEntropy)
+            Pin::Keys(keys) => contracts::trust::sealed::seal_start(request, keys, &mut OsEntropy)
                 .map_err(|error| RpcError::Codec(format!("cannot seal the secrets to {target}: {error}")))?,
             Pin::Legacy => None,
         };
@@ -236,7 +243,7 @@ impl RpcClient {
         )?;
         let expiration = timing.not_after.duration_since(now).unwrap_or_default().as_millis().max(1);
         // What the agent's answer must name: these very bytes.
-        let digest = contracts::request_digest(&bytes);
+        let digest = contracts::wire::envelope::request_digest(&bytes);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let correlation_id = header.message_id.clone();
         link.pending.lock().expect("pending poisoned").insert(correlation_id.clone(), tx);
@@ -293,23 +300,22 @@ impl RpcClient {
                 Ok(None) => return Err(RpcError::ConnectionLost("the reply channel closed".into())),
                 Ok(Some(raw)) => raw,
             };
-            let checked =
-                trust::check_answer(pin, &correlation_id, raw.seal, &raw.body, session).and_then(|believed| {
-                    // Only what is believed is decoded; one that does not decode ends the call.
-                    let (header, reply) = match Reply::decode_with_header(&raw.body) {
-                        Ok(decoded) => decoded,
-                        Err(error) => return Ok(Err(error)),
-                    };
-                    let binding = trust::check_binding(
-                        header.in_reply_to.as_ref(),
-                        &digest,
-                        request.ticket(),
-                        &reply,
-                        believed,
-                        trust.strict_answers(),
-                    )?;
-                    Ok(Ok((believed, binding, header, reply)))
-                });
+            let checked = check_answer(pin, &correlation_id, raw.seal, &raw.body, session).and_then(|believed| {
+                // Only what is believed is decoded; one that does not decode ends the call.
+                let (header, reply) = match Reply::decode_with_header(&raw.body) {
+                    Ok(decoded) => decoded,
+                    Err(error) => return Ok(Err(error)),
+                };
+                let binding = check_binding(
+                    header.in_reply_to.as_ref(),
+                    &digest,
+                    request.ticket(),
+                    &reply,
+                    believed,
+                    trust.strict_answers(),
+                )?;
+                Ok(Ok((believed, binding, header, reply)))
+            });
             match checked {
                 Ok(decoded) => {
                     let (believed, binding, header, reply) = decoded?;

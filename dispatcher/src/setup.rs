@@ -5,9 +5,11 @@
 
 use crate::error::RpcError;
 use crate::rpc::{self, RpcConfig};
-use contracts::presence::PRESENCE_STREAM;
-use contracts::topology::amqp::{bounded_dead_queue_arguments, command_queue_arguments, presence_stream_arguments};
-use contracts::topology::*;
+use contracts::wire::topology::amqp::{
+    bounded_dead_queue_arguments, command_queue_arguments, presence_stream_arguments,
+};
+use contracts::wire::topology::PRESENCE_STREAM;
+use contracts::wire::topology::*;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind};

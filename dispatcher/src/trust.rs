@@ -1,13 +1,17 @@
 //! The dispatcher's side of trust (ARCHITECTURE.md, Trust): its key, which signs every command, the
-//! agents it knows, whose pinned keys every answer must be signed by, and the sessions agreed
-//! with them, in which commands and answers carry a MAC instead ([`contracts::session`]). The
-//! decisions are [`contracts::trust`]'s and [`contracts::session`]'s plain functions; this holds
-//! the keys and sessions and finds a target's pin, reading the known-agents file again when a
-//! target is not in it (so an agent enrolled while `dispatcher serve` runs is pinned without a
-//! restart).
+//! agents it knows, whose pinned keys every answer must be signed by, and the sessions agreed with
+//! them, in which commands and answers carry a MAC instead ([`contracts::trust::session`]). The
+//! decisions are [`contracts::trust::verify`]'s and [`contracts::trust::session`]'s plain
+//! functions; this holds the keys and sessions and finds a target's pin, reading the known-agents
+//! file again when a target is not in it (so an agent enrolled while `dispatcher serve` runs is
+//! pinned without a restart).
 
-use contracts::session::{Offer, Plan, Session, SessionCache, SessionId};
-use contracts::trust::{KeyId, KnownAgents, Pin, Seal, SecretKey};
+use contracts::trust::files::{KnownAgents, Pin};
+use contracts::trust::keys::{KeyId, SecretKey};
+use contracts::trust::seal::Seal;
+use contracts::trust::seal::SessionId;
+use contracts::trust::session::{Offer, Session};
+use contracts::trust::sessions::{Plan, SessionCache};
 use edge::keys::KeyError;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -102,7 +106,8 @@ impl DispatcherTrust {
         self
     }
 
-    /// Whether answers that do not name their request are refused ([`contracts::trust::check_binding`]).
+    /// Whether answers that do not name their request are refused
+    /// ([`contracts::trust::verify::check_binding`]).
     pub fn strict_answers(&self) -> bool {
         self.strict_answers
     }
@@ -263,7 +268,7 @@ fn session_keys(pin: &Pin) -> Option<Vec<KeyId>> {
 }
 
 fn now_ms() -> u64 {
-    contracts::unix_millis(std::time::SystemTime::now())
+    contracts::time::unix_millis(std::time::SystemTime::now())
 }
 
 /// Why believing `agent`, pinned as legacy, is a risk (see [`DispatcherTrust::legacy_warning`]).
@@ -276,7 +281,7 @@ pub fn legacy_warning(agent: &str) -> String {
 pub fn unbound_warning(agent: &str) -> String {
     format!(
         "believing answers from agent {agent} that do not name the request they answer: it predates {} (upgrade it); until then anyone who can publish to its queue can make it answer a request of yours with its answer to another message (pass --strict-answers to refuse such answers)",
-        contracts::SERVICE_ANSWER_BINDING
+        contracts::wire::messages::SERVICE_ANSWER_BINDING
     )
 }
 

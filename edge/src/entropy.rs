@@ -3,7 +3,7 @@
 //! id).
 
 use contracts::entropy::Entropy;
-use contracts::Ticket;
+use contracts::wire::ticket::Ticket;
 
 /// The operating system's random source (`getrandom`), through rand's `SysRng`.
 #[derive(Clone, Copy, Debug, Default)]

@@ -1,9 +1,10 @@
 //! Key files, read and written the same way by both binaries: a secret key file (one line,
-//! `contracts::trust`'s text form, readable by its owner only), the agent's trusted-keys file
-//! and the dispatcher's known-agents file (their line formats parsed by `contracts::trust`).
+//! `contracts::trust::keys`' text form, readable by its owner only), the agent's trusted-keys file
+//! and the dispatcher's known-agents file (their line formats parsed by `contracts::trust::files`).
 
 use crate::entropy::OsEntropy;
-use contracts::trust::{KnownAgents, SecretKey, TrustedKeys, SECRET_KEY_PREFIX};
+use contracts::trust::files::{KnownAgents, TrustedKeys};
+use contracts::trust::keys::{SecretKey, SECRET_KEY_PREFIX};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -32,8 +33,8 @@ pub fn load_secret(path: &Path) -> Result<SecretKey, KeyError> {
     SecretKey::from_text(&text).ok_or_else(|| KeyError::NotAKey { path: path.to_owned() })
 }
 
-/// Generates a key (from the system's random source) and writes it to `path`, readable by its owner only (mode 0600). Never
-/// overwrites: an existing file is an error.
+/// Generates a key (from the system's random source) and writes it to `path`, readable by its owner
+/// only (mode 0600). Never overwrites: an existing file is an error.
 pub fn create_secret(path: &Path) -> Result<SecretKey, KeyError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -6,7 +6,8 @@
 //!
 //! `cargo build --release --bins && cargo run --release -p tests --example webload -- [tickets]`
 
-use contracts::{LogLine, LogStream, Ticket};
+use contracts::wire::status::{LogLine, LogStream};
+use contracts::wire::ticket::Ticket;
 use dispatcher::orchestrator::{Event, PlannedStart, Policies};
 use dispatcher::retry::RetryNotice;
 use dispatcher::service::journal::{Journal, Submission};
@@ -28,7 +29,10 @@ async fn fill(journal: &Journal, index: usize) -> Ticket {
         let error = RpcError::NoReply { target: route.name().to_owned(), after: Duration::from_secs(15) };
         let notice =
             RetryNotice { attempt: 1, delay: Duration::from_millis(80), time_left: Duration::from_secs(135), error };
-        journal.event(&ticket, &Event::Retry { request: contracts::Kind::GetStatusV2, notice }).await.unwrap();
+        journal
+            .event(&ticket, &Event::Retry { request: contracts::wire::messages::Kind::GetStatusV2, notice })
+            .await
+            .unwrap();
     }
     for seq in 1..=3 {
         let line = LogLine { seq, stream: LogStream::Stdout, text: format!("line {seq} of ticket {index}"), at: 0 };

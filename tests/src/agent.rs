@@ -2,7 +2,7 @@
 //! its own id (so its own queue), Redis key prefix and work dir, all removed when it stops.
 
 use crate::{amqp_url, eventually, redis_url, unique};
-use contracts::topology::agent_queue;
+use contracts::wire::topology::agent_queue;
 use lapin::options::QueueDeleteOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ pub fn test_config(what: &str) -> AgentConfig {
 /// allowance only once the allowance has passed (`contracts::agent::young_store_wait_ms`), which
 /// would hold up every test agent by 5 s. Tests of a new store use a prefix of their own.
 fn age_store(config: &AgentConfig) {
-    let began = contracts::unix_millis(std::time::SystemTime::now()) - 60_000;
+    let began = contracts::time::unix_millis(std::time::SystemTime::now()) - 60_000;
     let epoch = format!("{began}-tests");
     let aged = redis::Client::open(config.redis_url.as_str()).and_then(|client| client.get_connection()).and_then(
         |mut con| {

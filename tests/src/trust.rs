@@ -6,7 +6,8 @@
 //! [`crate::dispatcher_command`] and [`crate::orchestrator`] wire them in; tests about trust
 //! itself make keys of their own with [`keypair`].
 
-use contracts::trust::{KnownAgents, SecretKey};
+use contracts::trust::files::KnownAgents;
+use contracts::trust::keys::SecretKey;
 use dispatcher::trust::{DispatcherTrust, TrustFiles};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -58,7 +59,7 @@ pub fn keys() -> &'static TestKeys {
 impl TestKeys {
     /// Pins `name` (an agent id, and a pool of that name) to the test agent key.
     pub fn pin(&self, name: &str) {
-        if contracts::topology::validate_name("name", name).is_err() {
+        if contracts::wire::topology::validate_name("name", name).is_err() {
             return;
         }
         let key = self.agent.public();
@@ -142,7 +143,7 @@ pub struct CommandCopies {
 
 impl CommandCopies {
     pub async fn of(agent_id: &str) -> CommandCopies {
-        use contracts::topology::COMMANDS_EXCHANGE;
+        use contracts::wire::topology::COMMANDS_EXCHANGE;
         use lapin::options::*;
         use lapin::types::FieldTable;
         let connection = lapin::Connection::connect(&crate::amqp_url(), lapin::ConnectionProperties::default())
@@ -206,15 +207,15 @@ impl Thief {
             .expect("connects to the broker");
         let channel = connection.create_channel().await.expect("channel");
         if declare {
-            let arguments = contracts::topology::amqp::command_queue_arguments(None);
+            let arguments = contracts::wire::topology::amqp::command_queue_arguments(None);
             let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-            let queue = contracts::topology::agent_queue(agent_id);
+            let queue = contracts::wire::topology::agent_queue(agent_id);
             channel.queue_declare(queue.as_str().into(), durable, arguments).await.expect("declare the agent's queue");
         }
         channel.basic_qos(1, BasicQosOptions::default()).await.expect("qos");
         let mut arguments = FieldTable::default();
         arguments.insert("x-priority".into(), AMQPValue::LongInt(10));
-        let queue = contracts::topology::agent_queue(agent_id);
+        let queue = contracts::wire::topology::agent_queue(agent_id);
         let mut deliveries = channel
             .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), arguments)
             .await
@@ -266,7 +267,7 @@ pub async fn publish_to_agent(agent_id: &str, data: &[u8], properties: lapin::Ba
         .await
         .expect("connects to the broker");
     let channel = connection.create_channel().await.expect("channel");
-    let queue = contracts::topology::agent_queue(agent_id);
+    let queue = contracts::wire::topology::agent_queue(agent_id);
     channel
         .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), data, properties)
         .await
@@ -306,7 +307,7 @@ impl Impostor {
                 let body = reply
                     .encode(
                         &agent_id,
-                        contracts::unix_millis(std::time::SystemTime::now()),
+                        contracts::time::unix_millis(std::time::SystemTime::now()),
                         &mut edge::entropy::OsEntropy,
                     )
                     .unwrap();
@@ -342,8 +343,10 @@ impl Impostor {
 }
 
 /// What an impostor answers: every script finished at once, successfully, with its output.
-fn forged_reply(request: &[u8]) -> Option<contracts::Reply> {
-    use contracts::*;
+fn forged_reply(request: &[u8]) -> Option<contracts::wire::envelope::Reply> {
+    use contracts::wire::envelope::{Reply, Request};
+    use contracts::wire::messages::{Capabilities, SERVICE_CAPABILITIES, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2};
+    use contracts::wire::status::{LogLine, LogStream, ScriptState, ScriptStatus};
     let (_, request) = Request::decode(request).ok()?;
     if let Request::GetCapabilities(_) = request {
         let services = vec![SERVICE_CAPABILITIES.into(), SERVICE_SCRIPT_V1.into(), SERVICE_SCRIPT_V2.into()];

@@ -1,7 +1,9 @@
 //! Bad input gets a precise answer, is dead-lettered where it cannot be served, and the agent
 //! keeps serving. Each test taps the dead-letter exchange with a queue of its own.
 
-use contracts::*;
+use contracts::wire::envelope::Reply;
+use contracts::wire::error::ErrorKind;
+use contracts::wire::messages::SERVICE_SCRIPT_V2;
 use serde_json::json;
 use std::time::Duration;
 use tests::raw::envelope;

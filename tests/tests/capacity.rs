@@ -2,9 +2,15 @@
 //! expire, queues declared with other arguments, and a broker that accepts connections but never
 //! answers.
 
-use contracts::topology::amqp::command_queue_arguments;
-use contracts::topology::{agent_queue, pool_queue, pool_service_queue};
-use contracts::*;
+use contracts::time::unix_millis;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::ErrorKind;
+use contracts::wire::exit_code;
+use contracts::wire::messages::{CompleteScriptV2, ScriptSpec, StartScriptV2};
+use contracts::wire::status::ScriptState;
+use contracts::wire::ticket::Ticket;
+use contracts::wire::topology::amqp::command_queue_arguments;
+use contracts::wire::topology::{agent_queue, pool_queue, pool_service_queue};
 use dispatcher::rpc::CallTiming;
 use edge::connect::broker::SILENT_BROKER;
 use lapin::options::QueueDeclareOptions;
@@ -53,7 +59,7 @@ async fn a_finished_ticket_costs_at_most_200_bytes_in_redis_and_lives_only_until
     let bytes = memory_usage(&mut con, &key).await;
     assert!(bytes <= MAX_FINISHED_TICKET_BYTES, "a finished ticket costs {bytes} bytes in Redis");
     let ttl_ms: i64 = redis::AsyncCommands::pttl(&mut con, &key).await.unwrap();
-    let skew = contracts::topology::CLOCK_SKEW_ALLOWANCE_MS as i64;
+    let skew = contracts::wire::topology::CLOCK_SKEW_ALLOWANCE_MS as i64;
     assert!(
         ttl_ms > 15_000 && ttl_ms <= 30_000 + 2 * skew + 1,
         "kept until the deadline plus skew, not an hour: {ttl_ms} ms"

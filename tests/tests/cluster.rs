@@ -69,7 +69,7 @@ where
     // The real binary, given every node's URL through CUTTLE_AMQP_URL.
     let agent = AgentProcess::start(config).await;
     let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
-    let queue = contracts::topology::agent_queue(&agent.config.agent_id);
+    let queue = contracts::wire::topology::agent_queue(&agent.config.agent_id);
     assert_eq!(cluster.queue_members(&queue).len(), 3, "the agent's quorum queue has a replica on every node");
     // Two dispatchers, each starting at a random node of the list.
     let dispatchers = [orchestrator_at(cluster.amqp_urls()), orchestrator_at(cluster.amqp_urls())];

@@ -1,6 +1,12 @@
 //! The agent's exactly-once rules, against the real RabbitMQ and Redis.
 
-use contracts::*;
+use contracts::time::unix_millis;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::ErrorKind;
+use contracts::wire::messages::StartScriptV2;
+use contracts::wire::status::ScriptState;
+use contracts::wire::ticket::Ticket;
+use contracts::wire::{exit_code, topology};
 use dispatcher::rpc::CallTiming;
 use dispatcher::RetryPolicy;
 use std::time::{Duration, SystemTime};

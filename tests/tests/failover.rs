@@ -5,7 +5,12 @@
 //! passed on" is certain rather than a matter of timing. Tests print docs/performance.md's failure-table
 //! rows (`--no-capture` shows them).
 
-use contracts::*;
+use contracts::time::unix_millis;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::ErrorKind;
+use contracts::wire::exit_code;
+use contracts::wire::messages::{CancelScriptV2, StartScriptV2};
+use contracts::wire::status::ScriptState;
 use dispatcher::retry::GaveUp;
 use dispatcher::{Orchestrator, RetryPolicy, RpcClient, Timing};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,7 +3,11 @@
 //! still runs exactly once; outages longer than the retry deadline fail in time with the last
 //! real error; after a lost link the next connection comes at once.
 
-use contracts::*;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::exit_code;
+use contracts::wire::messages::{CancelScriptV2, CompleteScriptV2, GetStatusV2, StartScriptV2, SERVICE_SCRIPT_V2};
+use contracts::wire::status::ScriptStatus;
+use contracts::wire::ticket::Ticket;
 use dispatcher::negotiate::ScriptProtocol;
 use dispatcher::{Orchestrator, OutcomeKind, RetryPolicy, RpcClient, Timing};
 use std::sync::Arc;

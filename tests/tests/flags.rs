@@ -1,7 +1,7 @@
 //! Every documented flag and environment variable of both binaries, given to the real binary,
 //! with its effect observed from outside: a flag that is parsed and ignored fails here.
 
-use contracts::topology::{agent_queue, pool_queue, pool_service_queue};
+use contracts::wire::topology::{agent_queue, pool_queue, pool_service_queue};
 use std::net::SocketAddr;
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -707,13 +707,13 @@ async fn trusted_keys_are_required_and_insecure_allow_unsigned_runs_unsigned_com
     let agent = AgentProcess::spawn_command(config.clone(), command);
     agent.wait_ready().await;
     assert!(agent.log_text().contains("UNSIGNED commands from anyone"), "{}", agent.log_text());
-    let start = contracts::Request::StartScriptV2(contracts::StartScriptV2 {
+    let start = contracts::wire::envelope::Request::StartScriptV2(contracts::wire::messages::StartScriptV2 {
         ticket: edge::entropy::ticket(),
         spec: sh(markers.record("unsigned")),
         wait_for_output: None,
         first_issued_at: None,
     });
-    let now = contracts::unix_millis(std::time::SystemTime::now());
+    let now = contracts::time::unix_millis(std::time::SystemTime::now());
     let (_, bytes) = start.encode(&config.agent_id, now, Some(now + 60_000), &mut edge::entropy::OsEntropy).unwrap();
     let raw = RawBroker::connect().await;
     raw.publish_to(&agent_queue(&config.agent_id), "StartScriptV2", &bytes, None).await;

@@ -4,8 +4,14 @@
 //! interrupted, a legacy agent that said nothing was started, and Ctrl-C while connecting to a
 //! broker that never answers.
 
-use contracts::topology::agent_queue;
-use contracts::*;
+use contracts::time::unix_millis;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::exit_code;
+use contracts::wire::messages::{
+    CancelScriptV2, Capabilities, GetStatusV2, StartScriptV2, SERVICE_CAPABILITIES, SERVICE_SCRIPT_V1,
+    SERVICE_SCRIPT_V2,
+};
+use contracts::wire::topology::agent_queue;
 use dispatcher::rpc::CallTiming;
 use futures_util::StreamExt;
 use lapin::options::*;

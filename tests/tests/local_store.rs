@@ -1,7 +1,11 @@
 //! Edge agents with `--store local`: the same exactly-once rules without Redis, and a claim that
 //! survives `kill -9` at every step of a ticket's life.
 
-use contracts::*;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::exit_code;
+use contracts::wire::messages::{CompleteScriptV2, StartScriptV2};
+use contracts::wire::status::{LogStream, ScriptState, ScriptStatus};
+use contracts::wire::ticket::Ticket;
 use dispatcher::rpc::CallTiming;
 use dispatcher::RetryPolicy;
 use std::time::{Duration, SystemTime};

@@ -2,7 +2,9 @@
 //! and on `dispatcher serve`, scraped before and after scripts run, a command is refused, an
 //! agent waits for an isolation mutex, and the service's broker link is cut mid-script.
 
-use contracts::{unix_millis, Request, StartScriptV2};
+use contracts::time::unix_millis;
+use contracts::wire::envelope::Request;
+use contracts::wire::messages::StartScriptV2;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::process::Stdio;

@@ -2,7 +2,12 @@
 //! twice, and every submission ends with a correct, explained outcome. The broker and Redis
 //! restarted here are private instances, so tests beside these are not disturbed.
 
-use contracts::*;
+use contracts::time::unix_millis;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::ErrorKind;
+use contracts::wire::messages::{CancelScriptV2, StartScriptV2};
+use contracts::wire::status::LogStream;
+use contracts::wire::{exit_code, topology};
 use dispatcher::{Orchestrator, OutcomeKind, RetryPolicy, RpcClient, Timing};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -142,7 +147,7 @@ async fn an_agent_killed_and_restarted_mid_run_ends_unknown_and_its_queued_work_
     let queued_markers = Markers::new();
     let queued =
         submit_in_background(&orchestrator, route.clone(), format!("{}; echo queued", queued_markers.record("run")));
-    let queue = contracts::topology::agent_queue(&agent.config.agent_id);
+    let queue = contracts::wire::topology::agent_queue(&agent.config.agent_id);
     eventually("the start to wait in the queue", Duration::from_secs(10), || {
         let queue = queue.clone();
         async move { (tests::raw::queue_depth(&queue).await >= 1).then_some(()) }

@@ -1,7 +1,10 @@
 //! Running scripts: process groups, timeouts, isolation, output, and acking, against the real
 //! RabbitMQ and Redis.
 
-use contracts::*;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::exit_code;
+use contracts::wire::messages::{GetStatusV2, Isolation, ScriptSpec, Shell, StartScriptV2};
+use contracts::wire::status::{LogStream, ScriptState};
 use dispatcher::rpc::CallTiming;
 use dispatcher::{OutcomeKind, RetryPolicy};
 use std::time::{Duration, Instant, SystemTime};
@@ -182,7 +185,7 @@ async fn the_delivery_is_acked_once_claimed_not_when_the_script_ends() {
         panic!()
     };
     assert_eq!(status.state, ScriptState::Running);
-    let queue = contracts::topology::agent_queue(agent.id());
+    let queue = contracts::wire::topology::agent_queue(agent.id());
     let unacked = eventually("the start delivery to be acked", Duration::from_secs(20), || {
         let queue = queue.clone();
         async move { tests::raw::ready_and_unacked(&queue).await.map(|(_, unacked)| unacked).filter(|&n| n == 0) }
@@ -253,7 +256,7 @@ async fn lines_of_a_mebibyte_arrive_whole_split_but_never_lost() {
     let expected = format!("{}{}{}end", "1".repeat(1 << 20), "2".repeat(1 << 20), "3".repeat(1 << 20));
     assert_eq!(all.len(), expected.len());
     assert!(all == expected, "the long lines came back altered");
-    assert!(lines.iter().all(|l| l.text.len() <= contracts::topology::MAX_LOG_LINE_BYTES));
+    assert!(lines.iter().all(|l| l.text.len() <= contracts::wire::topology::MAX_LOG_LINE_BYTES));
     agent.stop().await;
 }
 

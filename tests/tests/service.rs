@@ -640,7 +640,7 @@ async fn submit_detach_prints_the_ticket_and_a_service_runs_it() {
     let out = run_cli(&["submit", "--detach", "--target", agent.id(), "--", "echo detached; exit 4"], &prefix).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let ticket = text(&out.stdout).trim().to_owned();
-    contracts::Ticket::parse(&ticket).expect("a ticket on stdout");
+    contracts::wire::ticket::Ticket::parse(&ticket).expect("a ticket on stdout");
     let out = run_cli(&["status", &ticket], &prefix).await;
     assert!(text(&out.stderr).contains("is queued"), "{}", text(&out.stderr));
 

@@ -3,7 +3,7 @@
 //! store runs it in contracts' unit tests.)
 
 use contracts::store::conformance;
-use contracts::unix_millis;
+use contracts::time::unix_millis;
 use edge::connect::store::RedisTarget;
 use std::time::{Duration, SystemTime};
 use worker_agent::local_store::LocalStore;

@@ -10,10 +10,17 @@
 //! cargo build --bins && cargo nextest run -p tests --test trust --no-capture 2>&1 | grep ATTACK-TABLE
 //! ```
 
-use contracts::session::{accept, Offer, Session};
-use contracts::topology::{agent_queue, pool_queue, CLOCK_SKEW_ALLOWANCE_MS};
-use contracts::trust::{Believed, Pin, Seal, SecretKey};
-use contracts::*;
+use contracts::time::unix_millis;
+use contracts::trust::files::Pin;
+use contracts::trust::keys::SecretKey;
+use contracts::trust::seal::Seal;
+use contracts::trust::session::{accept, Offer, Session};
+use contracts::trust::verify::Believed;
+use contracts::wire::envelope::{Envelope, Reply, Request};
+use contracts::wire::error::{ErrorKind, ErrorReply};
+use contracts::wire::messages::{CompleteScriptV2, GetCapabilities, GetStatusV2, StartScriptV2};
+use contracts::wire::ticket::Ticket;
+use contracts::wire::topology::{agent_queue, pool_queue, CLOCK_SKEW_ALLOWANCE_MS};
 use std::process::Output;
 use std::time::{Duration, SystemTime};
 use tests::agent::test_config;
@@ -232,7 +239,7 @@ async fn attack_table() {
     agent.stop().await;
     other.stop().await;
     tests::raw::delete_queue(&pool_queue(&pool)).await;
-    tests::raw::delete_queue(&contracts::topology::pool_service_queue(&pool)).await;
+    tests::raw::delete_queue(&contracts::wire::topology::pool_service_queue(&pool)).await;
 }
 
 /// Agrees a session with `agent_id` as a dispatcher with `key` does: a signed capabilities
@@ -243,7 +250,8 @@ async fn agree_session(raw: &mut RawBroker, agent_id: &str, key: &SecretKey) -> 
     let id = raw.publish_to(&queue, "GetCapabilities", &bytes, Some(&key.seal_command(&bytes))).await;
     let (seal, body) = raw.sealed_reply(&id).await;
     let pin = Pin::Keys(vec![*keys().agent.public()]);
-    let believed = contracts::trust::check_answer(&pin, &id, seal, &body, None).expect("the agent's own answer");
+    let believed =
+        contracts::trust::verify::check_answer(&pin, &id, seal, &body, None).expect("the agent's own answer");
     let Believed::Key(agent_key) = believed else { panic!("signed by the agent key, not legacy") };
     let (answer, _) = Reply::decode_with_header(&body).unwrap();
     let share = answer.key_share.expect("the agent accepts a session offered to it");
@@ -463,7 +471,7 @@ async fn junk_under_a_requests_ids(bench: &mut Bench) {
     publish_to_agent(agent.id(), b"junk", junk).await;
     let out = victim.await.unwrap();
     let stderr = text(&out.stderr);
-    let believed_refusal = out.status.code() == Some(i32::from(contracts::outcome::exit::REJECTED));
+    let believed_refusal = out.status.code() == Some(i32::from(contracts::submission::outcome::exit::REJECTED));
     bench.row(
         "agent made to sign a refusal of junk sent under a request's ids",
         !believed_refusal && out.status.code() == Some(3),
@@ -542,7 +550,7 @@ async fn the_service_never_records_a_ticket_completed_by_an_answer_to_an_old_sta
     assert_eq!((first["outcome"].as_str(), first["exit_code"].as_i64()), (Some("completed"), Some(0)), "{first}");
     let old = next_copy(&mut copies, "StartScriptV2").await;
     assert!(
-        old.properties.headers().as_ref().is_some_and(|h| h.inner().contains_key(contracts::session::MAC_HEADER)),
+        old.properties.headers().as_ref().is_some_and(|h| h.inner().contains_key(contracts::trust::seal::MAC_HEADER)),
         "MAC'd in the service's session"
     );
     let _ = connection.close(200, "done".into()).await;
@@ -653,7 +661,7 @@ async fn a_restarted_agent_refuses_its_forgotten_session_and_the_service_signs_a
     let first = run("before-restart").await;
     assert_eq!((first["outcome"].as_str(), first["exit_code"].as_i64()), (Some("completed"), Some(0)), "{first}");
     // The first script's complete (sent without waiting for an answer) taken before the restart.
-    let queue = contracts::topology::agent_queue(&id);
+    let queue = contracts::wire::topology::agent_queue(&id);
     eventually("the agent's queue to be empty", Duration::from_secs(20), || async {
         (tests::raw::queue_depth(&queue).await == 0).then_some(())
     })
@@ -699,14 +707,14 @@ async fn a_replayed_session_offer_creates_no_session_and_evicts_none() {
     let first = raw.publish_to(&queue, "GetCapabilities", &captured, Some(&seal)).await;
     let (_, body) = raw.sealed_reply(&first).await;
     assert!(key_share(&body).is_some(), "the genuine offer is accepted");
-    let copies = contracts::session::MAX_SESSIONS_PER_KEY + 100;
+    let copies = contracts::trust::sessions::MAX_SESSIONS_PER_KEY + 100;
     let mut replayed = Vec::with_capacity(copies);
     for _ in 0..copies {
         replayed.push(raw.publish_to(&queue, "GetCapabilities", &captured, Some(&seal)).await);
     }
     let pin = Pin::Keys(vec![*keys().agent.public()]);
     for (copy, (seal, body)) in replayed.iter().zip(raw.sealed_replies(&replayed).await) {
-        let believed = contracts::trust::check_answer(&pin, copy, seal, &body, None);
+        let believed = contracts::trust::verify::check_answer(&pin, copy, seal, &body, None);
         assert!(believed.is_ok(), "answered signed by the agent: {believed:?}");
         assert_eq!(key_share(&body), None, "a copy of an accepted offer agrees no session");
     }
@@ -718,7 +726,7 @@ async fn a_replayed_session_offer_creates_no_session_and_evicts_none() {
     let (seal, body) = raw.sealed_reply(&asked).await;
     let reply = Reply::decode(&body).expect("an answer");
     assert!(matches!(reply, Reply::Capabilities(_)), "the session agreed before the replays still holds: {reply:?}");
-    let believed = contracts::trust::check_answer(&pin, &asked, seal, &body, Some(&existing));
+    let believed = contracts::trust::verify::check_answer(&pin, &asked, seal, &body, Some(&existing));
     assert!(believed.is_ok(), "answered in that session: {believed:?}");
     assert!(agent.log_text().contains("this offer was accepted before"), "the replays are logged");
     raw.close().await;

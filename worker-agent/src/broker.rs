@@ -6,12 +6,14 @@ pub use crate::broker_call::{call, BrokerError};
 use crate::handling::{Handling, Received, Source};
 use crate::service::Agent;
 use crate::Protocol;
-use contracts::agent::flow::{self, Answer, Settle};
-use contracts::submission::short;
-use contracts::topology::amqp::{command_queue_arguments, dead_queue_arguments};
-use contracts::topology::*;
+use contracts::agent::flow::environment::{Answer, Delivery, Served, Settle};
+use contracts::time::short;
+use contracts::time::unix_millis;
 use contracts::trust::amqp::{seal_of, with_seal};
-use contracts::{unix_millis, AmqpEndpoints, Reply};
+use contracts::wire::endpoints::AmqpEndpoints;
+use contracts::wire::envelope::Reply;
+use contracts::wire::topology::amqp::{command_queue_arguments, dead_queue_arguments};
+use contracts::wire::topology::*;
 use edge::connect::broker::accepts_tcp;
 use edge::connect::tls::tls_hint;
 use edge::entropy::OsEntropy;
@@ -460,13 +462,17 @@ async fn handle_delivery(
     };
     let (served, acked_early, unsettled) = {
         let mut handling = Handling::new(&agent, Some(received));
-        let served = flow::serve(&mut handling, flow::Delivery { body: &delivery.data, seal: seal_of(props) }).await;
+        let served = contracts::agent::flow::serve::serve(
+            &mut handling,
+            Delivery { body: &delivery.data, seal: seal_of(props) },
+        )
+        .await;
         // The place a start took for its script is given back here unless the script runs in it.
         (served, handling.acked_early(), handling.unsettled())
     };
     let (reply, answer, settle) = match served {
-        flow::Served::Answered { reply, answer, settle } => (reply, answer, settle),
-        flow::Served::Returned => {
+        Served::Answered { reply, answer, settle } => (reply, answer, settle),
+        Served::Returned => {
             // Never started here: back to the queue, for another worker.
             let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
             return;

@@ -1,7 +1,7 @@
 //! One broker call bounded in time, and what can go wrong with the broker: the words the
 //! agent's edges to RabbitMQ ([`crate::broker`], [`crate::presence`]) share.
 
-use contracts::submission::short;
+use contracts::time::short;
 use edge::connect::broker::SILENT_BROKER;
 use std::time::Duration;
 

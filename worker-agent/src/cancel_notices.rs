@@ -8,7 +8,7 @@
 //! subscription is down is picked up by the lease renewal (every third of `--lease-ttl`), which
 //! reads the flag, as before, and before a script's process starts the flag is read anyway.
 
-use contracts::submission::short;
+use contracts::time::short;
 use edge::connect::store::{current_client, RedisTarget};
 use futures_util::StreamExt;
 use std::time::Duration;

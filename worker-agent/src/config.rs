@@ -1,7 +1,7 @@
 //! The agent's configuration, filled by the CLI from flags and environment, or directly by
 //! tests.
 
-use contracts::topology::MAX_MESSAGE_BYTES;
+use contracts::wire::topology::MAX_MESSAGE_BYTES;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,7 +75,7 @@ pub struct AgentConfig {
     pub record_ttl: Duration,
     /// How long a completed ticket's tombstone is kept when its command carried no deadline
     /// (legacy script v1); otherwise it is kept until the deadline has passed (see
-    /// [`crate::rules::tombstone_ttl_ms`]).
+    /// [`contracts::agent::tombstone_ttl_ms`]).
     pub tombstone_ttl: Duration,
     /// The agent's own queue is deleted by the broker once unused this long (`x-expires`):
     /// for ephemeral identities such as pool workers named after their pod. `None` keeps it
@@ -89,7 +89,7 @@ pub struct AgentConfig {
     /// are cancelled (their outcome recorded as cancelled).
     pub drain_timeout: Duration,
     /// Labels the agent announces (`--label`), by which dispatchers select it.
-    pub labels: contracts::labels::Labels,
+    pub labels: contracts::wire::labels::Labels,
     /// How often the agent announces itself on the presence stream (its heartbeat).
     pub announce_interval: Duration,
     /// Variables of the agent's environment scripts get besides the minimal set (`--pass-env`).
@@ -159,8 +159,8 @@ impl AgentConfig {
             connect_timeout: Duration::from_secs(5),
             health_addr: None,
             drain_timeout: Duration::from_secs(30),
-            labels: contracts::labels::Labels::new(),
-            announce_interval: Duration::from_millis(contracts::presence::DEFAULT_INTERVAL_MS),
+            labels: contracts::wire::labels::Labels::new(),
+            announce_interval: Duration::from_millis(contracts::wire::presence::DEFAULT_INTERVAL_MS),
             pass_env: Vec::new(),
             max_output: DEFAULT_MAX_OUTPUT,
             transfer_roots: Vec::new(),

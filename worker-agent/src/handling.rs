@@ -4,13 +4,17 @@
 //! delivery, and its log lines and metrics for each note the flow takes.
 
 use crate::service::{Agent, Slot};
-use crate::store::{StoreError, TicketKeys, TicketStore};
+use crate::store::StoreError;
 use crate::workspace;
-use contracts::agent::flow::{Environment, Memory, Note, Settings};
+use contracts::agent::flow::environment::{Environment, Memory, Note, Settings};
 use contracts::agent::keys::AgentKeys;
-use contracts::agent::TicketRecord;
+use contracts::store::record::TicketRecord;
 use contracts::store::Cancel;
-use contracts::{unix_millis, Reply, Request, ScriptSpec, Ticket};
+use contracts::store::{TicketKeys, TicketStore};
+use contracts::time::unix_millis;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::messages::ScriptSpec;
+use contracts::wire::ticket::Ticket;
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

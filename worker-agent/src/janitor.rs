@@ -4,8 +4,8 @@
 //! script of this process runs. A young workspace whose ticket the store no longer knows is kept:
 //! while it is there, a late copy of its start cannot run the script again on this agent.
 
-use crate::rules::SKIP_LOGS;
 use crate::service::Agent;
+use contracts::store::SKIP_LOGS;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -6,7 +6,8 @@
 //! - [`broker`]: the AMQP edge (topology, consumer, replies, reconnection); [`broker_call`]: one
 //!   broker call bounded in time, and the broker errors the edges share.
 //! - [`service`]: the capabilities, script v2 and script v1 services.
-//! - [`rules`]: the exactly-once decisions, as plain functions (fresh? same command? what state?).
+//! - [`record`]: ticket records read back in every encoding the agent ever stored (the
+//!   exactly-once decisions on them are `contracts::agent`'s).
 //! - [`store`]: the Redis ticket store (claim with `SET NX`, compare-and-set, lease, logs);
 //!   [`local_store`] the embedded one for agents that reach only the broker; both implement
 //!   `contracts::store::TicketStore`, and the agent holds either as a trait object wrapped in
@@ -39,7 +40,7 @@ pub mod mask;
 pub mod metrics;
 pub mod output;
 pub mod presence;
-pub mod rules;
+pub mod record;
 pub mod runner;
 pub mod service;
 pub mod store;
@@ -50,7 +51,7 @@ pub mod workspace;
 pub use config::{AgentConfig, Protocol, StoreKind};
 pub use service::Agent;
 
-use contracts::submission::short;
+use contracts::time::short;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -254,7 +255,7 @@ async fn start_trusting(
     let owner = format!("{}/{}", config.agent_id, uuid::Uuid::new_v4());
     let Some(store) = connect_store(&config, &owner, &metrics, &shutdown).await? else { return Ok(None) };
     let epoch = loop {
-        match store.epoch(contracts::unix_millis(std::time::SystemTime::now())).await {
+        match store.epoch(contracts::time::unix_millis(std::time::SystemTime::now())).await {
             Ok(epoch) => break epoch,
             Err(error) => {
                 tracing::warn!(agent = %config.agent_id, %error, "cannot read the ticket store's epoch; retrying")
@@ -265,7 +266,10 @@ async fn start_trusting(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
-    let wait = rules::young_store_wait_ms(epoch.created_ms, contracts::unix_millis(std::time::SystemTime::now()));
+    let wait = contracts::agent::young_store_wait_ms(
+        epoch.created_ms,
+        contracts::time::unix_millis(std::time::SystemTime::now()),
+    );
     if wait > 0 {
         tracing::info!(agent = %config.agent_id, wait_ms = wait, "the ticket store's data is new: taking commands once the clock-skew allowance has passed, so that none is refused as possibly older than it");
         tokio::select! {

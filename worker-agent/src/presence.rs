@@ -1,14 +1,14 @@
-//! The agent's announcements on the presence stream (see [`contracts::presence`]), each signed
+//! The agent's announcements on the presence stream (see [`contracts::wire::presence`]), each signed
 //! with the agent key as its answers are: one at start, one per heartbeat interval, and a last
 //! one saying it is leaving when it stops, so dispatchers see it within about a second of
 //! starting and drop it at once when it stops (or within its heartbeat window when it dies).
 
 use crate::broker_call::{call, BrokerError};
 use crate::service::Agent;
-use contracts::presence::*;
-use contracts::topology::amqp::presence_stream_arguments;
-use contracts::topology::CONTENT_TYPE;
 use contracts::trust::amqp::with_seal;
+use contracts::wire::presence::*;
+use contracts::wire::topology::amqp::presence_stream_arguments;
+use contracts::wire::topology::{ANNOUNCEMENT_TYPE, CONTENT_TYPE, PRESENCE_STREAM};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
@@ -38,7 +38,7 @@ pub fn announcement(agent: &Agent, leaving: bool) -> Announcement {
         services: agent.services(),
         running_scripts: u32::try_from(agent.running()).unwrap_or(u32::MAX),
         interval_ms: config.announce_interval.as_millis() as u64,
-        at: contracts::unix_millis(SystemTime::now()),
+        at: contracts::time::unix_millis(SystemTime::now()),
         leaving,
     }
 }

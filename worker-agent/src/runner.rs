@@ -5,11 +5,14 @@
 use crate::isolation::{IsolationGuard, Mutexes};
 use crate::metrics::Metrics;
 use crate::output::{self, LogSender, Progress};
-use crate::rules::{RecordState, TicketRecord};
-use crate::store::{AgentStore, Release, TicketKeys};
+use crate::store::AgentStore;
 use crate::workspace;
-use contracts::submission::short;
-use contracts::{exit_code, LogStream, ScriptSpec};
+use contracts::store::record::{RecordState, TicketRecord};
+use contracts::store::{Release, TicketKeys};
+use contracts::time::short;
+use contracts::wire::exit_code;
+use contracts::wire::messages::ScriptSpec;
+use contracts::wire::status::LogStream;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;

@@ -3,14 +3,15 @@
 //! win. Beside it: the owner's lease (a key with a TTL the owner keeps renewing), the log list,
 //! a cancel flag, and the set of tickets each agent id is running (for recovery after a crash).
 
-use crate::rules::{decode_record, TicketRecord};
+use crate::record::decode_record;
 use contracts::metrics::StoreOps;
+use contracts::store::record::TicketRecord;
 use contracts::store::MAX_LINES_PER_READ;
-pub use contracts::store::{
+use contracts::store::{
     Cancel, Claim, ClaimReplication, Epoch, LeaseRenewal, Release, TicketKeys, TicketStore, TicketView,
 };
-use contracts::topology::MAX_STATUS_LOG_BYTES;
-use contracts::LogLine;
+use contracts::wire::status::LogLine;
+use contracts::wire::topology::MAX_STATUS_LOG_BYTES;
 use edge::connect::store::{RedisLink, RedisTarget, WaitLink};
 use redis::AsyncCommands;
 use std::sync::Arc;
@@ -539,9 +540,9 @@ impl<S: TicketStore> TicketStore for Observed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use contracts::agent::{cancel_tombstone, claim_record};
     use contracts::metrics::Families;
-    use contracts::store::MemoryStore;
+    use contracts::store::memory::MemoryStore;
+    use contracts::store::record::{cancel_tombstone, claim_record};
 
     #[tokio::test]
     async fn every_store_operation_is_timed_under_its_name_whatever_the_backend() {

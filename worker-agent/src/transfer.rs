@@ -1,17 +1,17 @@
-//! The agent's side of file transfer (see [`contracts::transfer`]): files are read and written
+//! The agent's side of file transfer (see [`contracts::wire::transfer`]): files are read and written
 //! only below the transfer roots (`--transfer-root`), never through a symbolic link out of them.
 //!
 //! A path is resolved by [`resolve`]: relative paths are taken from the first root; `..` is
 //! refused; the directory that holds the file is canonicalized (every link in it resolved) and
 //! must lie below a canonical root; the file itself is opened with `O_NOFOLLOW`, so a link there
 //! is refused rather than followed. An upload goes to a hidden partial file beside its
-//! destination ([`contracts::transfer::partial_name`]), is checked against its SHA-256 once
+//! destination ([`contracts::wire::transfer::partial_name`]), is checked against its SHA-256 once
 //! whole, and is renamed into place only then; a destination that is a link is refused (checked
 //! at each chunk and again just before the rename, which replaces a name and never writes
 //! through a link, so a link made in between is replaced, not followed).
 
-use contracts::transfer::{partial_name, DownloadChunk, FileChunk, TransferStatus, UploadChunk, WINDOW};
-use contracts::{ErrorKind, ErrorReply};
+use contracts::wire::error::{ErrorKind, ErrorReply};
+use contracts::wire::transfer::{partial_name, DownloadChunk, FileChunk, TransferStatus, UploadChunk, WINDOW};
 use sha2::Digest;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -111,7 +111,7 @@ pub fn resolve(roots: &[PathBuf], path: &str) -> Result<PathBuf, ErrorReply> {
     let Some(first) = roots.first() else {
         return Err(refused("this agent has no --transfer-root: file transfer is refused"));
     };
-    contracts::transfer::check_path(path).map_err(refused)?;
+    contracts::wire::transfer::check_path(path).map_err(refused)?;
     let given = Path::new(path);
     let full = if given.is_absolute() { given.to_path_buf() } else { first.join(given) };
     let name = full.file_name().ok_or_else(|| refused(format!("{path:?} names no file")))?;

@@ -1,14 +1,15 @@
 //! The agent's side of trust (ARCHITECTURE.md, Trust): its own key, which signs every answer and presence
 //! announcement, the dispatcher keys it trusts, which every command must be signed by, and the
 //! sessions dispatchers agreed with it, in which commands and answers carry a MAC instead
-//! ([`contracts::session`]). The keys and sessions, and the checks with them, are contracts'
+//! ([`contracts::trust::session`]). The keys and sessions, and the checks with them, are contracts'
 //! [`AgentKeys`], which the agent's flow uses; this loads the keys from their files and reloads
 //! the trusted ones (on SIGHUP).
 
 use crate::config::{AgentConfig, Protocol};
 use contracts::agent::keys::AgentKeys;
-use contracts::session::Session;
-use contracts::trust::{Seal, TrustedKeys};
+use contracts::trust::files::TrustedKeys;
+use contracts::trust::seal::Seal;
+use contracts::trust::session::Session;
 use edge::keys::KeyError;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,7 +133,7 @@ pub async fn reload_on_sighup(trust: Arc<AgentTrust>, agent_id: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use contracts::trust::{Origin, Refusal};
+    use contracts::trust::verify::{Origin, Refusal};
 
     fn config(dir: &std::path::Path) -> AgentConfig {
         let mut config = AgentConfig::new("web-01");

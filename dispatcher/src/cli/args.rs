@@ -11,8 +11,8 @@ use crate::retry::RetryPolicy;
 use crate::route::Route;
 use crate::service::site::{Authority, PublicUrl};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use contracts::labels::Selector;
-use contracts::Ticket;
+use contracts::wire::labels::Selector;
+use contracts::wire::ticket::Ticket;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,7 +43,7 @@ With --json the last line is a `result` event that says which of these happened.
 pub struct Cli {
     /// RabbitMQ URL; for a cluster, the URL of each node, separated by commas: the dispatcher
     /// starts at a random one and moves to the next when it loses the one in use.
-    #[arg(long, global = true, env = "CUTTLE_AMQP_URL", default_value = crate::DEFAULT_AMQP_URL, hide_env_values = true, value_parser = contracts::AmqpEndpoints::check_list)]
+    #[arg(long, global = true, env = "CUTTLE_AMQP_URL", default_value = crate::DEFAULT_AMQP_URL, hide_env_values = true, value_parser = contracts::wire::endpoints::AmqpEndpoints::check_list)]
     pub amqp_url: String,
     /// CA certificate(s) (PEM) that signed the broker's certificate, trusted besides the
     /// system's roots, for `amqps://` URLs.
@@ -401,7 +401,7 @@ pub struct SecretArg {
 
 impl std::fmt::Debug for SecretArg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}={}", self.name, contracts::SECRET_MASK)
+        write!(f, "{}={}", self.name, contracts::wire::messages::SECRET_MASK)
     }
 }
 

@@ -14,7 +14,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
-use contracts::{Isolation, ScriptSpec, Shell};
+use contracts::wire::messages::{Isolation, ScriptSpec, Shell};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -80,7 +80,7 @@ pub struct SubmitRequest {
     /// agent, never journaled (kept in this replica's memory only until the ticket ends).
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, String>)]
-    secret_env: contracts::Secrets,
+    secret_env: contracts::wire::messages::Secrets,
     /// Longest run time, e.g. `90s`; the script is killed past it.
     timeout: Option<String>,
     #[serde(default)]
@@ -271,7 +271,7 @@ fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
             let content = base64::engine::general_purpose::STANDARD
                 .decode(&file.content_base64)
                 .map_err(|e| format!("file {:?}: content_base64 is not base64: {e}", file.name))?;
-            files.push(contracts::ScriptFile { name: file.name.clone(), content });
+            files.push(contracts::wire::messages::ScriptFile { name: file.name.clone(), content });
         }
         Ok(ScriptInputs {
             files,
@@ -514,7 +514,7 @@ pub fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
         return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_HISTORY_LIMIT}")));
     }
     if let Some(target) = &params.target {
-        contracts::topology::validate_name("target", target).map_err(ApiError::bad_request)?;
+        contracts::wire::topology::validate_name("target", target).map_err(ApiError::bad_request)?;
     }
     Ok(HistoryQuery { target: params.target.clone(), outcome, since_ms, limit })
 }
@@ -526,7 +526,7 @@ pub fn since_millis(raw: &str) -> Result<u64, String> {
     }
     let ago = humantime::parse_duration(raw)
         .map_err(|_| format!("since {raw:?} is neither a duration ago (like 2h) nor unix milliseconds"))?;
-    Ok(contracts::unix_millis(SystemTime::now() - ago))
+    Ok(contracts::time::unix_millis(SystemTime::now() - ago))
 }
 
 /// The last known capabilities and health of every target the service has run scripts on.
@@ -605,7 +605,7 @@ mod tests {
         assert!(history_query(&params(None, None, Some(0))).is_err());
         let ok = history_query(&params(Some("failed"), Some("1h"), Some(5))).unwrap();
         assert_eq!((ok.outcome, ok.limit), (Some(OutcomeKind::Failed), 5));
-        let hour_ago = contracts::unix_millis(SystemTime::now()) - 3_600_000;
+        let hour_ago = contracts::time::unix_millis(SystemTime::now()) - 3_600_000;
         assert!(ok.since_ms.unwrap().abs_diff(hour_ago) < 5_000);
     }
 }

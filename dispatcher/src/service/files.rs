@@ -85,7 +85,7 @@ impl FileQuery {
 fn checked(query: Result<Query<FileQuery>, QueryRejection>) -> Result<(FileQuery, Route), ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let route = query.route()?;
-    contracts::transfer::check_path(&query.path).map_err(ApiError::bad_request)?;
+    contracts::wire::transfer::check_path(&query.path).map_err(ApiError::bad_request)?;
     Ok((query, route))
 }
 

@@ -3,7 +3,7 @@
 //! replica that dies stops renewing, and another takes the ticket up once the lease has expired.
 
 use super::journal::{Journal, JournalResult};
-use contracts::Ticket;
+use contracts::wire::ticket::Ticket;
 use deadpool_redis::redis::Script;
 use std::time::Duration;
 

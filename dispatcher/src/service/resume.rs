@@ -8,7 +8,8 @@ use super::journal::{Journal, JournalError, Submission};
 use super::lease::Leases;
 use crate::orchestrator::{Event, Orchestrator};
 use crate::outcome::Outcome;
-use contracts::{Secrets, Ticket};
+use contracts::wire::messages::Secrets;
+use contracts::wire::ticket::Ticket;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -216,7 +217,7 @@ impl Followers {
         route: &crate::route::Route,
         sink: &(dyn Fn(Event) + Sync + Send),
     ) {
-        let seen_ms = contracts::unix_millis(std::time::SystemTime::now());
+        let seen_ms = contracts::time::unix_millis(std::time::SystemTime::now());
         let answer = self.orchestrator.agent_kind(route, submission.policies().health, sink).await;
         let seen = AgentSeen::new(route.name(), &submission.route, &answer, seen_ms);
         if let Err(error) = self.journal.agent_seen(&seen).await {

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use contracts::Ticket;
+use contracts::wire::ticket::Ticket;
 use serde::Serialize;
 use std::sync::Arc;
 use utoipa::ToSchema;

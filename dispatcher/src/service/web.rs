@@ -133,7 +133,7 @@ fn when(ms: u64) -> String {
 }
 
 fn duration(ms: u64) -> String {
-    contracts::submission::short(Duration::from_millis(ms))
+    contracts::time::short(Duration::from_millis(ms))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,7 +220,7 @@ const POLICY_COLUMNS: [&str; 5] = ["Policy", "Deployment", "Runbook", "Health ch
 
 /// A policy's cells, in the order of [`POLICY_COLUMNS`].
 fn policy_cells(policy: &MachinePolicy) -> [String; 5] {
-    let deadline = contracts::submission::short;
+    let deadline = contracts::time::short;
     [
         policy.name.clone(),
         deadline(policy.deployment),

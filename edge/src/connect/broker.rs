@@ -1,10 +1,10 @@
 //! Connecting to the broker: one node of the cluster `CUTTLE_AMQP_URL` lists, with a short
 //! heartbeat, TLS as configured ([`super::tls`]), and EXTERNAL authentication when a client
-//! certificate is presented. Which node to try is `contracts::endpoints`' decision; the start of
+//! certificate is presented. Which node to try is `contracts::wire::endpoints`' decision; the start of
 //! the rotation is drawn here ([`endpoints`]).
 
 use super::tls::{amqp_url_with_auth, TlsMaterial};
-use contracts::AmqpEndpoints;
+use contracts::wire::endpoints::AmqpEndpoints;
 use lapin::{Connection, ConnectionProperties};
 use std::time::Duration;
 

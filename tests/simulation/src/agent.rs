@@ -8,14 +8,22 @@
 use crate::broker::Msg;
 use crate::store::SimStore;
 use crate::world::{Ev, World, CLOCK_ORIGIN_MS, LEASE_TTL, RECORD_TTL, TOMBSTONE_TTL_MS};
-use contracts::agent::flow::{self, Environment, Memory, Note, Settings, Step};
+use contracts::agent::flow::environment::{Delivery, Environment, Memory, Note, Served, Settings, Step};
+use contracts::agent::flow::serve::serve;
 use contracts::agent::keys::AgentKeys;
-use contracts::agent::TicketRecord;
 use contracts::entropy::Seeded;
-use contracts::session::Declined;
+use contracts::store::record::TicketRecord;
 use contracts::store::{Release, TicketKeys, TicketStore};
-use contracts::trust::{Refusal, SecretKey, TrustedKeys};
-use contracts::*;
+use contracts::trust::files::TrustedKeys;
+use contracts::trust::keys::SecretKey;
+use contracts::trust::sessions::Declined;
+use contracts::trust::verify::Refusal;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::{ErrorKind, ErrorReply};
+use contracts::wire::exit_code;
+use contracts::wire::messages::{ScriptSpec, SERVICE_CAPABILITIES, SERVICE_SCRIPT_V2};
+use contracts::wire::status::{LogLine, LogStream};
+use contracts::wire::ticket::Ticket;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
@@ -239,11 +247,11 @@ impl World {
     /// One delivery to an agent, served by the flow; `true` if it must be redelivered (the ack
     /// was lost, or the agent crashed before acking).
     pub fn deliver(&mut self, a: usize, msg: &Msg) -> bool {
-        let delivery = flow::Delivery { body: &msg.bytes, seal: Ok(msg.seal.clone()) };
+        let delivery = Delivery { body: &msg.bytes, seal: Ok(msg.seal.clone()) };
         let mut env = SimEnv::new(self, a, Some(msg));
-        let served = ready(flow::serve(&mut env, delivery));
+        let served = ready(serve(&mut env, delivery));
         let hold = env.held;
-        let flow::Served::Answered { reply, answer, .. } = served else {
+        let Served::Answered { reply, answer, .. } = served else {
             // Crashed while handling (after its claim): never acked, no reply.
             return true;
         };

@@ -3,7 +3,7 @@
 //! dies before acking, and a delivery limit.
 
 use crate::world::{Ev, World, DELIVERY_LIMIT};
-use contracts::trust::Seal;
+use contracts::trust::seal::Seal;
 use std::collections::VecDeque;
 use std::sync::Arc;
 

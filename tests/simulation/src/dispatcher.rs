@@ -7,12 +7,21 @@
 //! outcome) is checked against what really happened.
 
 use crate::world::{Ev, World};
-use contracts::outcome::{exit, Outcome as Told, OutcomeKind, NOT_SENT_MESSAGE};
-use contracts::session::{KeyShare, Offer, Plan, SessionId};
-use contracts::submission::{
-    Action, CallError, Config, ErrorClass, Event, Input, Now, RetryPolicy, Submission, Timing,
-};
-use contracts::*;
+use contracts::submission::error::{CallError, ErrorClass};
+use contracts::submission::follow::lost_lines_notice;
+use contracts::submission::machine::{Action, Config, Event, Input, Now, Submission};
+use contracts::submission::outcome::{exit, Outcome as Told, OutcomeKind, NOT_SENT_MESSAGE};
+use contracts::submission::retry::{RetryPolicy, Timing};
+use contracts::time::unix_millis;
+use contracts::trust::seal::SessionId;
+use contracts::trust::session::Offer;
+use contracts::trust::sessions::Plan;
+use contracts::wire::envelope::KeyShare;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::{ErrorKind, ErrorReply};
+use contracts::wire::messages::{Kind, ScriptSpec};
+use contracts::wire::status::LogLine;
+use contracts::wire::ticket::Ticket;
 use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -436,7 +445,7 @@ fn lost_told(world: &mut World, s: usize, notice: &str) {
     let seen = world.subs[s].seen.max(world.subs[s].lost_to);
     let told = (seen + 1..=world.oracle.lines_of(&ticket))
         .rev()
-        .find(|&to| notice == submission::lost_lines_notice(&Ticket::parse(&ticket).expect("a ticket"), seen + 1, to));
+        .find(|&to| notice == lost_lines_notice(&Ticket::parse(&ticket).expect("a ticket"), seen + 1, to));
     if let Some(to) = told {
         world.subs[s].lost_to = to;
     }

@@ -5,11 +5,14 @@
 
 use crate::agent::{self, SimEnv};
 use crate::world::World;
-use contracts::agent::flow::{self, Memory};
+use contracts::agent::flow::environment::Memory;
+use contracts::agent::flow::script::recover_lost_runs;
 use contracts::entropy::Seeded;
-use contracts::session::{self, Offer};
 use contracts::store::TicketStore;
-use contracts::*;
+use contracts::trust::session::{self, Offer};
+use contracts::wire::envelope::Request;
+use contracts::wire::messages::{ScriptSpec, StartScriptV2};
+use contracts::wire::ticket::Ticket;
 
 /// Fault rates of one world, drawn from its seed.
 #[derive(Clone, Debug)]
@@ -98,7 +101,7 @@ impl World {
             let now = self.agent_now(a);
             let epoch = agent::ready(self.store.epoch(now)).expect("store up");
             self.agents[a].memory.set_epoch(epoch);
-            let recovered = agent::ready(flow::recover_lost_runs(&mut SimEnv::new(self, a, None)));
+            let recovered = agent::ready(recover_lost_runs(&mut SimEnv::new(self, a, None)));
             recovered.expect("store up");
         }
         self.pump_agent(a);

@@ -61,7 +61,7 @@ pub struct RunArgs {
     pub agent_id: String,
     /// RabbitMQ URL; for a cluster, the URL of each node, separated by commas: the agent starts
     /// at a random one and moves to the next when it loses the one in use.
-    #[arg(long, env = "CUTTLE_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, value_parser = contracts::AmqpEndpoints::check_list)]
+    #[arg(long, env = "CUTTLE_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, value_parser = contracts::wire::endpoints::AmqpEndpoints::check_list)]
     pub amqp_url: String,
     /// CA certificate(s) (PEM) that signed the broker's certificate, trusted besides the
     /// system's roots, for `amqps://` URLs.
@@ -233,12 +233,12 @@ fn check_variable_name(name: &str) -> Result<(), String> {
 }
 
 fn parse_label(raw: &str) -> Result<(String, String), String> {
-    contracts::labels::parse_label(raw).map_err(|e| e.to_string())
+    contracts::wire::labels::parse_label(raw).map_err(|e| e.to_string())
 }
 
 impl RunArgs {
     pub fn config(&self) -> Result<AgentConfig, String> {
-        contracts::topology::validate_name("agent id", &self.agent_id)?;
+        contracts::wire::topology::validate_name("agent id", &self.agent_id)?;
         let mut config = AgentConfig::new(&self.agent_id);
         config.amqp_url = self.amqp_url.clone();
         config.redis_url = self.redis_url.clone();
@@ -278,7 +278,7 @@ impl RunArgs {
         }
         config.protocol = self.protocol;
         if let Some(pool) = &self.pool {
-            contracts::topology::validate_name("pool name", pool)?;
+            contracts::wire::topology::validate_name("pool name", pool)?;
         }
         if self.pool.is_some() && self.store == StoreKind::Local {
             return Err(
@@ -298,9 +298,10 @@ impl RunArgs {
         config.drain_timeout = self.drain_timeout;
         let default_expiry = self.pool.is_some().then_some(DEFAULT_POOL_QUEUE_EXPIRY);
         config.queue_expiry = self.queue_expiry.or(default_expiry).filter(|expiry| !expiry.is_zero());
-        config.labels = contracts::labels::collect_labels(self.labels.iter().cloned()).map_err(|e| e.to_string())?;
+        config.labels =
+            contracts::wire::labels::collect_labels(self.labels.iter().cloned()).map_err(|e| e.to_string())?;
         let interval_ms = self.announce_interval.as_millis() as u64;
-        let (min, max) = (contracts::presence::MIN_INTERVAL_MS, contracts::presence::MAX_INTERVAL_MS);
+        let (min, max) = (contracts::wire::presence::MIN_INTERVAL_MS, contracts::wire::presence::MAX_INTERVAL_MS);
         if !(min..=max).contains(&interval_ms) {
             return Err(format!("--announce-interval must be between {min}ms and {max}ms"));
         }

@@ -5,7 +5,7 @@ use crate::cli::args::{EnrolAgentArgs, EnrolPoolArgs, SetupBrokerArgs};
 use crate::outcome::exit;
 use crate::rpc::RpcConfig;
 use crate::setup::{self, DeadLimits, DeadQueue};
-use contracts::topology::{Permissions, DEAD_QUEUE};
+use contracts::wire::topology::{Permissions, DEAD_QUEUE};
 use std::process::ExitCode;
 
 fn broker_error(error: crate::RpcError) -> ExitCode {
@@ -45,7 +45,7 @@ pub async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> ExitCod
 /// Declares one agent's queues and bindings and prints the permissions its user needs.
 pub async fn enrol_agent(config: &RpcConfig, args: &EnrolAgentArgs) -> ExitCode {
     for (what, name) in [("agent id", Some(&args.agent_id)), ("pool name", args.pool.as_ref())] {
-        if let Some(Err(error)) = name.map(|name| contracts::topology::validate_name(what, name)) {
+        if let Some(Err(error)) = name.map(|name| contracts::wire::topology::validate_name(what, name)) {
             eprintln!("cuttle: {error}");
             return ExitCode::from(exit::USAGE);
         }
@@ -66,7 +66,7 @@ pub async fn enrol_agent(config: &RpcConfig, args: &EnrolAgentArgs) -> ExitCode 
 /// Declares a pool's queues and bindings and prints the permissions its workers' user needs:
 /// each worker, with an id `POOL.NAME`, declares and binds its own queue.
 pub async fn enrol_pool(config: &RpcConfig, args: &EnrolPoolArgs) -> ExitCode {
-    if let Err(error) = contracts::topology::validate_name("pool name", &args.pool) {
+    if let Err(error) = contracts::wire::topology::validate_name("pool name", &args.pool) {
         eprintln!("cuttle: {error}");
         return ExitCode::from(exit::USAGE);
     }

@@ -10,9 +10,9 @@ use crate::outcome::exit;
 use crate::route::Route;
 use crate::rpc::RpcConfig;
 use crate::trust::{legacy_warning, DispatcherTrust, TrustFiles};
-use contracts::labels::Selector;
-use contracts::presence::Announcement;
-use contracts::trust::KnownAgents;
+use contracts::trust::files::KnownAgents;
+use contracts::wire::labels::Selector;
+use contracts::wire::presence::Announcement;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -205,7 +205,7 @@ pub async fn resolve(
 mod tests {
     use super::*;
     use crate::inventory::tests::{announcement, pinned, sighting};
-    use contracts::trust::SecretKey;
+    use contracts::trust::keys::SecretKey;
 
     #[test]
     fn forged_announcements_are_reported_with_what_they_did_to_their_agent() {

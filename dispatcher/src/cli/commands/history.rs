@@ -38,7 +38,7 @@ pub async fn run(journal: &JournalOptions, args: HistoryArgs) -> ExitCode {
     if !args.json {
         outln!("{:<36} {:<24} {:<9} {:<10} {:>9} {:>8}", "TICKET", "TARGET", "STATE", "OUTCOME", "EXIT CODE", "AGE");
     }
-    let now = contracts::unix_millis(std::time::SystemTime::now());
+    let now = contracts::time::unix_millis(std::time::SystemTime::now());
     for record in &records {
         let view = TicketView::from_record(record);
         if args.json {

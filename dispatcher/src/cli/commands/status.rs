@@ -13,7 +13,7 @@ use crate::outcome::{exit, Outcome, OutcomeKind};
 use crate::policy::Purpose;
 use crate::route::Route;
 use crate::service::journal::JournalEvent;
-use contracts::Ticket;
+use contracts::wire::ticket::Ticket;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -16,7 +16,8 @@ use crate::outcome::{Outcome, OutcomeKind};
 use crate::plan::{self, Plan, ScriptDraft, ScriptInputs};
 use crate::route::Route;
 use crate::rpc::RpcConfig;
-use contracts::{Isolation, ScriptSpec, Shell, Ticket};
+use contracts::wire::messages::{Isolation, ScriptSpec, Shell};
+use contracts::wire::ticket::Ticket;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -106,7 +107,7 @@ pub fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
 }
 
 /// The secrets of `--secret-env` and `--secret-env-file`; a name given twice is refused.
-fn secrets_of(args: &SubmitArgs) -> Result<contracts::Secrets, String> {
+fn secrets_of(args: &SubmitArgs) -> Result<contracts::wire::messages::Secrets, String> {
     let mut given: Vec<(String, String, String)> = args
         .secret_env
         .iter()
@@ -126,7 +127,7 @@ fn secrets_of(args: &SubmitArgs) -> Result<contracts::Secrets, String> {
             given.push((name.trim().to_owned(), value.to_owned(), path.display().to_string()));
         }
     }
-    let mut secrets = contracts::Secrets::default();
+    let mut secrets = contracts::wire::messages::Secrets::default();
     for (name, value, from) in given {
         if secrets.insert(name.clone(), value).is_some() {
             return Err(format!("secret {name} is given twice (again in {from})"));
@@ -136,20 +137,20 @@ fn secrets_of(args: &SubmitArgs) -> Result<contracts::Secrets, String> {
 }
 
 /// The files of `--file`, read whole (each must fit in one command).
-fn files_of(args: &SubmitArgs) -> Result<Vec<contracts::ScriptFile>, String> {
+fn files_of(args: &SubmitArgs) -> Result<Vec<contracts::wire::messages::ScriptFile>, String> {
     let mut files = Vec::with_capacity(args.files.len());
     for file in &args.files {
         let size = std::fs::metadata(&file.local).map(|m| m.len()).unwrap_or(0);
-        if size > contracts::MAX_SCRIPT_SPEC_BYTES as u64 {
+        if size > contracts::wire::messages::MAX_SCRIPT_SPEC_BYTES as u64 {
             return Err(format!(
                 "{} is {size} bytes, over the {} bytes one command can carry; send it with `dispatcher upload` first",
                 file.local.display(),
-                contracts::MAX_SCRIPT_SPEC_BYTES
+                contracts::wire::messages::MAX_SCRIPT_SPEC_BYTES
             ));
         }
         let content =
             std::fs::read(&file.local).map_err(|e| format!("cannot read file {}: {e}", file.local.display()))?;
-        files.push(contracts::ScriptFile { name: file.name.clone(), content });
+        files.push(contracts::wire::messages::ScriptFile { name: file.name.clone(), content });
     }
     Ok(files)
 }

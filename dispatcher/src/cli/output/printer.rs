@@ -6,7 +6,7 @@ use super::terminal;
 use crate::event::JsonEvent;
 use crate::orchestrator::Event;
 use crate::outcome::{exit, Outcome, OutcomeKind};
-use contracts::LogStream;
+use contracts::wire::status::LogStream;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,7 +59,7 @@ impl Printer {
 
     fn print(&self, event: Event) {
         if let Event::Log(line) = &event {
-            if line.stream == LogStream::Agent && line.text.starts_with(contracts::OUTPUT_TRUNCATED) {
+            if line.stream == LogStream::Agent && line.text.starts_with(contracts::wire::status::OUTPUT_TRUNCATED) {
                 self.truncated.store(true, Ordering::Relaxed);
             }
         }

@@ -1,7 +1,7 @@
 //! Request and reply bodies. Every field added after the first version is `Option` or
 //! `#[serde(default)]`; no field is ever renamed or reused. Durations are milliseconds.
 
-use crate::ticket::Ticket;
+use crate::wire::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -12,10 +12,11 @@ pub const SERVICE_SCRIPT_V2: &str = "script/v2";
 /// The agent replaces the values of a start's `secret_env` by [`SECRET_MASK`] in every output line
 /// before the line leaves it. A dispatcher sends secrets only to an agent that lists this.
 pub const SERVICE_SECRET_MASKING: &str = "secret-masking/v1";
-/// Capability of agents that open [`SealedSecrets`] ([`crate::sealed`]).
+/// Capability of agents that open [`SealedSecrets`] ([`crate::trust::sealed`]).
 pub const SERVICE_SEALED_SECRETS: &str = "sealed-secrets/v1";
-/// Capability of agents whose every answer names the request it answers ([`crate::envelope::InReplyTo`])
-/// inside what it signs: their answers are believed only for the very message the dispatcher sent.
+/// Capability of agents whose every answer names the request it answers
+/// ([`crate::wire::envelope::InReplyTo`]) inside what it signs: their answers are believed only for
+/// the very message the dispatcher sent.
 pub const SERVICE_ANSWER_BINDING: &str = "answer-binding/v1";
 
 /// What a secret value is replaced with in a script's output.
@@ -202,10 +203,10 @@ impl std::fmt::Debug for Secrets {
 /// The most keys one start's secrets are sealed to (a pool pinned under keys being rotated).
 pub const MAX_SEALED_COPIES: usize = 16;
 
-/// The secrets of one start, sealed to one key ([`crate::sealed`]).
+/// The secrets of one start, sealed to one key ([`crate::trust::sealed`]).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedSecrets {
-    /// The id of the key they are sealed to, in hex ([`crate::trust::KeyId`]).
+    /// The id of the key they are sealed to, in hex ([`crate::trust::keys::KeyId`]).
     pub key: String,
     /// The sealer's X25519 share, fresh for each copy.
     #[serde(with = "serde_bytes")]
@@ -248,7 +249,7 @@ pub struct ScriptSpec {
     /// dispatcher that pins the agent's key; not part of [`ScriptSpec::digest`].
     #[serde(default, skip_serializing_if = "Secrets::is_empty")]
     pub secret_env: Secrets,
-    /// [`ScriptSpec::secret_env`] sealed to the target's keys ([`crate::sealed`]), sent in its
+    /// [`ScriptSpec::secret_env`] sealed to the target's keys ([`crate::trust::sealed`]), sent in its
     /// place to agents that list [`SERVICE_SEALED_SECRETS`]; not part of
     /// [`ScriptSpec::digest`] (each sealing differs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -1,8 +1,9 @@
 //! The record the ticket store keeps per ticket (claimed, running, complete, tombstone) and its
-//! compact stored form. The agent's decisions ([`crate::agent`]) read and write it; every store
+//! compact stored form, and the records a claim and a cancel write ([`claim_record`],
+//! [`cancel_tombstone`]). The agent's decisions (`crate::agent`) read and write it; every store
 //! ([`crate::store`]) keeps it.
 
-use crate::exit_code;
+use crate::wire::exit_code;
 use serde::Deserialize;
 
 /// A ticket's state in the store: `Claimed → Running → Complete(exit)`.
@@ -139,5 +140,42 @@ impl TicketRecord {
     /// The same record, ended with `exit_code`.
     pub fn completed(&self, exit_code: i32) -> TicketRecord {
         TicketRecord { state: RecordState::Complete, exit_code: Some(exit_code), ..self.clone() }
+    }
+}
+
+/// The claim a start writes: owned by the process `owner`, waiting for its isolation mutex when
+/// the script has one (`Claimed`), else `Running`.
+pub fn claim_record(
+    owner: &str,
+    agent_id: &str,
+    digest: String,
+    waits_for_mutex: bool,
+    not_after: Option<u64>,
+    now_ms: u64,
+) -> TicketRecord {
+    TicketRecord {
+        owner: owner.to_owned(),
+        agent_id: agent_id.to_owned(),
+        digest,
+        state: if waits_for_mutex { RecordState::Claimed } else { RecordState::Running },
+        exit_code: None,
+        tombstone: false,
+        not_after,
+        claimed_at: now_ms,
+    }
+}
+
+/// The tombstone a cancel leaves when the store holds no record of the ticket (no start claimed
+/// yet), so a start that comes later never runs ([`TicketRecord::cancelled_before_start`]).
+pub fn cancel_tombstone(owner: &str, agent_id: &str, now_ms: u64) -> TicketRecord {
+    TicketRecord {
+        owner: owner.to_owned(),
+        agent_id: agent_id.to_owned(),
+        digest: String::new(),
+        state: RecordState::Complete,
+        exit_code: Some(exit_code::CANCELLED),
+        tombstone: true,
+        not_after: None,
+        claimed_at: now_ms,
     }
 }

@@ -1,36 +1,21 @@
-//! The agent's flow: what it does with one delivery, from its bytes and seal to the reply, sealed
-//! as so and naming its request. The trust checks first (size, seal, decoding, envelope, the
-//! session offered), then the request: capabilities; a start with its claim, the replicas'
-//! confirmation and the launch; a status with its long poll; a cancel; a complete. The decisions
-//! are the plain functions of [`crate::agent`]; this is the order they are taken in and what is
-//! done with their answers, once, for the agent and for the simulation alike.
-//!
-//! Everything outside is the [`Environment`]'s: the ticket store, the clock and the waiting, the
-//! scripts (launched, cancelled, their output awaited), the broker's admission of a delivery (a
-//! place for a script), a fault hook, and the notes it takes of each step (the agent logs them,
-//! the simulation traces them and checks its invariants on them). `worker-agent` is the real
-//! environment, over RabbitMQ and Redis (or its embedded store) with real processes; the
-//! simulator (`tests/simulation`) is another, over its broker, [`crate::store::MemoryStore`] and
-//! clock. The flow reads no clock, file, network or randomness of its own.
-//!
-//! Nothing here is ever pending in the simulation: every wait is a call into the environment,
-//! which the simulator answers at once (a long poll is answered by noting how long its reply is
-//! held), and [`crate::store::MemoryStore`]'s futures are always ready.
+//! What the flow and its environment talk in: the agent process's [`Settings`] and [`Memory`],
+//! a [`Delivery`] and what becomes of it ([`Served`]), the [`Note`]s of each step, and the
+//! [`Environment`] itself, everything the flow does not do (the store, the clock and the
+//! waiting, the scripts, the admission of a delivery, a fault hook).
 
-mod script;
-
-pub use script::recover_lost_runs;
-
-use crate::agent::keys::{Acceptance, AgentKeys};
-use crate::agent::{check_fresh, StartDecision, TicketRecord};
-use crate::envelope::check_size;
-use crate::session::{Declined, KeyShare, Session, SessionId};
+use crate::agent::keys::AgentKeys;
+use crate::agent::StartDecision;
+use crate::store::record::TicketRecord;
 use crate::store::{Cancel, ClaimReplication, Epoch, TicketKeys, TicketStore};
-use crate::trust::{Identity, KeyId, Origin, Refusal, Seal};
-use crate::{
-    request_digest, Capabilities, CodecError, Envelope, ErrorKind, ErrorReply, InReplyTo, Kind, Reply, Request,
-    ScriptSpec, Ticket,
-};
+use crate::trust::keys::KeyId;
+use crate::trust::seal::{Seal, SessionId};
+use crate::trust::session::Session;
+use crate::trust::sessions::Declined;
+use crate::trust::verify::Refusal;
+use crate::wire::envelope::{InReplyTo, KeyShare, Reply, Request};
+use crate::wire::error::CodecError;
+use crate::wire::messages::{Kind, ScriptSpec};
+use crate::wire::ticket::Ticket;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -81,7 +66,7 @@ impl Memory {
         *self.epoch.lock().expect("epoch poisoned") = Some(epoch);
     }
 
-    fn unconfirmed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    pub(super) fn unconfirmed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.unconfirmed.lock().expect("unconfirmed poisoned")
     }
 }
@@ -288,134 +273,4 @@ pub trait Environment {
         true
     }
     fn note(&mut self, note: Note<'_>);
-}
-
-/// Whether an agent serves a kind at all; a legacy (v1) agent knows only script v1.
-pub fn serves(legacy: bool, kind: Kind) -> bool {
-    !legacy || matches!(kind, Kind::StartScriptV1 | Kind::GetStatusV1 | Kind::CancelScriptV1 | Kind::CompleteScriptV1)
-}
-
-/// Serves one delivery (ARCHITECTURE.md, Trust: trust first): its size, its seal over the raw body, then,
-/// decoded, its envelope; the session it offers; then the request.
-pub async fn serve<E: Environment>(env: &mut E, delivery: Delivery<'_>) -> Served {
-    let Delivery { body, seal } = delivery;
-    // Every answer names the very message it answers (its digest), so that it counts for no other
-    // request: not for one whose correlation id or reply-to someone copied onto this message.
-    let digest = env.keys().signs().then(|| request_digest(body));
-    let in_reply_to = |ticket: Option<&Ticket>| digest.map(|digest| InReplyTo::new(digest, ticket.cloned()));
-    // Size before anything else: a body over the limit (which the broker's max_message_size should
-    // have refused) is neither verified nor copied, only refused.
-    if let Err(error) = check_size(body.len()) {
-        return reject(env, error, Answer { in_reply_to: in_reply_to(None), ..Answer::default() });
-    }
-    let signer = seal.as_ref().ok().and_then(|s| s.as_ref().and_then(Seal::signer));
-    let now = env.now_ms();
-    let (origin, session) = match env.keys().check_seal(seal, body, now) {
-        Ok(checked) => checked,
-        // Not decoded (nothing about it is trusted): the refusal names the digest alone.
-        Err(refusal) => return refuse(env, refusal, signer, in_reply_to(None)),
-    };
-    let mut answer = Answer { session, key_share: None, in_reply_to: in_reply_to(None) };
-    let (header, request) = match Request::decode(body) {
-        Ok(decoded) => decoded,
-        Err(error) => return reject(env, error, answer),
-    };
-    answer.in_reply_to = in_reply_to(request.ticket());
-    let settings = env.settings();
-    let me = Identity { agent_id: &settings.agent_id, pool: settings.pool.as_deref() };
-    if let Err(refusal) = env.keys().check_header(origin, &header, me, now) {
-        // Signed: a refused command's session, if any, is not one to answer in.
-        return refuse(env, refusal, signer, answer.in_reply_to);
-    }
-    let acceptance = env.keys().accept_session(origin, &header, body, me, now);
-    answer.key_share = match acceptance {
-        Acceptance::NotOffered => None,
-        Acceptance::Agreed { share, session, dispatcher } => {
-            env.note(Note::SessionAgreed { session, dispatcher });
-            Some(share)
-        }
-        Acceptance::Declined { dispatcher, declined } => {
-            let message_id = &header.message_id;
-            env.note(Note::SessionDeclined { dispatcher, message_id, declined: &declined });
-            None
-        }
-    };
-    let kind = request.kind();
-    if origin == Origin::Unsigned {
-        env.note(Note::Unsigned { kind });
-    }
-    if !env.admit(matches!(kind, Kind::StartScriptV2 | Kind::StartScriptV1)).await {
-        return Served::Returned;
-    }
-    let ticket = request.ticket().cloned();
-    env.note(Note::Serving { kind, ticket: ticket.as_ref() });
-    let Some(reply) = handle(env, &header, request).await else { return Served::Returned };
-    env.note(Note::Served { kind, ticket: ticket.as_ref(), reply: &reply });
-    Served::Answered { reply, answer, settle: Settle::Ack }
-}
-
-/// Answers a message that cannot be decoded (or is too large to be) with why: acked if only its
-/// kind is unknown (a newer dispatcher's), else dead-lettered.
-fn reject<E: Environment>(env: &mut E, error: CodecError, answer: Answer) -> Served {
-    env.note(Note::Rejected { error: &error });
-    let settle = if matches!(error, CodecError::UnknownKind(_)) { Settle::Ack } else { Settle::DeadLetter };
-    let reply = Reply::Error(ErrorReply::new(error.reply_kind(), error.to_string()));
-    Served::Answered { reply, answer, settle }
-}
-
-/// Refuses a command that failed a trust check: answered with the reason (a signed command past
-/// its deadline too: ARCHITECTURE.md, Trust), signed, naming the refused message, and dead-lettered.
-/// Nothing runs, nothing is stored.
-fn refuse<E: Environment>(env: &mut E, refusal: Refusal, signer: Option<KeyId>, names: Option<InReplyTo>) -> Served {
-    env.note(Note::Refused { refusal: &refusal, signer });
-    let reply = Reply::Error(ErrorReply::new(refusal.answered_as(), format!("{refusal}; nothing ran")));
-    Served::Answered { reply, answer: Answer { in_reply_to: names, ..Answer::default() }, settle: Settle::DeadLetter }
-}
-
-/// Serves one request that passed every check; `None` if the environment stopped the flow.
-async fn handle<E: Environment>(env: &mut E, header: &Envelope<()>, request: Request) -> Option<Reply> {
-    if !serves(env.settings().legacy, request.kind()) {
-        let message = format!("unsupported message kind {:?}", header.kind);
-        return Some(Reply::Error(ErrorReply::new(ErrorKind::Unsupported, message)));
-    }
-    if let Err(expired) = check_fresh(header.not_after, env.now_ms()) {
-        return Some(Reply::Error(expired));
-    }
-    let reply = match request {
-        Request::GetCapabilities(_) => {
-            let settings = env.settings();
-            Reply::Capabilities(Capabilities {
-                services: settings.services.clone(),
-                agent_version: settings.version.clone(),
-            })
-        }
-        Request::StartScriptV2(mut start) => {
-            if let Err(refused) = env.keys().open_secrets(&mut start) {
-                return Some(Reply::Error(refused));
-            }
-            let first_issued_at = start.first_issued_at.unwrap_or(header.issued_at);
-            let wait = start.wait_for_output;
-            let start = script::Start {
-                ticket: start.ticket,
-                spec: start.spec,
-                not_after: header.not_after,
-                wait,
-                first_issued_at: Some(first_issued_at),
-            };
-            return script::start(env, start).await;
-        }
-        Request::StartScriptV1(start) => {
-            let ticket = env.new_ticket();
-            let start = script::Start { ticket, spec: start.spec, not_after: None, wait: None, first_issued_at: None };
-            return script::start(env, start).await;
-        }
-        Request::GetStatusV2(s) => script::status(env, &s.ticket, s.last_log_sequence, s.wait).await,
-        Request::GetStatusV1(s) => script::status(env, &s.ticket, s.last_log_sequence, None).await,
-        Request::CancelScriptV2(c) => script::cancel(env, &c.ticket, c.last_log_sequence, c.first_issued_at).await,
-        Request::CancelScriptV1(c) => script::cancel(env, &c.ticket, c.last_log_sequence, None).await,
-        Request::CompleteScriptV2(c) => script::complete(env, &c.ticket).await,
-        Request::CompleteScriptV1(c) => script::complete(env, &c.ticket).await,
-        transfer @ (Request::UploadChunk(_) | Request::DownloadChunk(_)) => env.transfer(transfer).await,
-    };
-    Some(reply)
 }

@@ -1,8 +1,10 @@
 //! How a submission ended, and the process exit code that says so. A script's own exit code
 //! (0 to 255) is passed through; outcomes that are not the script's own use 101 to 110.
 
-use crate::error::{CallError, ErrorClass};
-use crate::{exit_code, Ticket};
+use crate::submission::error::{CallError, ErrorClass};
+use crate::wire::error::ErrorKind;
+use crate::wire::exit_code;
+use crate::wire::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 
 /// Process exit codes for outcomes that are not the script's own.
@@ -110,7 +112,7 @@ impl Outcome {
             ErrorClass::NoSuchAgent => (OutcomeKind::Failed, exit::NO_SUCH_AGENT),
             ErrorClass::Cancelled => (OutcomeKind::Cancelled, exit::CANCELLED),
             ErrorClass::Usage => (OutcomeKind::Failed, exit::USAGE),
-            ErrorClass::Agent(kind) if !kind.is_transient() || kind == crate::ErrorKind::Unsupported => {
+            ErrorClass::Agent(kind) if !kind.is_transient() || kind == ErrorKind::Unsupported => {
                 (OutcomeKind::Failed, exit::REJECTED)
             }
             _ => (OutcomeKind::Failed, exit::NO_ANSWER),

@@ -1,8 +1,7 @@
-//! Typed errors: what an agent answers instead of a result, what the codec reports, and what a
-//! failed request's error says to the decisions ([`CallError`]).
+//! Typed errors on the wire: what an agent answers instead of a result ([`ErrorReply`]), and
+//! what the codec reports ([`CodecError`]).
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
 /// Why a request was not served. Transient kinds are worth repeating; permanent ones are not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -25,7 +24,7 @@ pub enum ErrorKind {
     ShuttingDown,
     /// The command was MAC'd in a session the agent does not hold (it restarted, or let the
     /// session expire): nothing ran; the dispatcher sends it again signed
-    /// ([`crate::session`]).
+    /// ([`crate::trust::session`]).
     UnknownSession,
     /// The agent failed in an unexpected way while serving the request.
     Internal,
@@ -87,45 +86,6 @@ impl CodecError {
             CodecError::UnknownKind(_) => ErrorKind::Unsupported,
             CodecError::Encode(_) | CodecError::Random(_) => ErrorKind::Internal,
             _ => ErrorKind::Invalid,
-        }
-    }
-}
-
-/// What a failed request's error says, as far as deciding goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// The broker could not be reached, or refused us.
-    Unreachable,
-    /// No queue for the target.
-    NoSuchAgent,
-    /// The user cancelled.
-    Cancelled,
-    /// Bad configuration (no pin, no key).
-    Usage,
-    /// The agent answered with an error of this kind.
-    Agent(ErrorKind),
-    Other,
-}
-
-/// The error of one attempt, as the driver's transport has it.
-pub trait CallError: Clone + fmt::Debug + fmt::Display {
-    fn class(&self) -> ErrorClass;
-    /// Whether the same request may succeed if repeated.
-    fn is_transient(&self) -> bool;
-    /// A reply that could not be understood.
-    fn codec(message: String) -> Self;
-    /// An agent's refusal.
-    fn agent(target: String, error: ErrorReply) -> Self;
-    /// A request that must not be repeated (a legacy agent's start) got no answer.
-    fn unrepeatable(message: String) -> Self;
-    /// The user cancelled.
-    fn cancelled() -> Self;
-
-    /// The agent's error kind, if the agent answered with one.
-    fn agent_error(&self) -> Option<ErrorKind> {
-        match self.class() {
-            ErrorClass::Agent(kind) => Some(kind),
-            _ => None,
         }
     }
 }

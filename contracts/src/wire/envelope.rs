@@ -2,16 +2,21 @@
 //! fields it does not know and defaults fields it lacks; the size is checked before decoding.
 
 use crate::entropy::{draw, Entropy};
-use crate::error::{CodecError, ErrorReply};
-use crate::messages::*;
-use crate::status::ScriptStatus;
-use crate::topology::MAX_MESSAGE_BYTES;
-use crate::transfer::{DownloadChunk, FileChunk, TransferStatus, UploadChunk};
+use crate::wire::error::{CodecError, ErrorReply};
+use crate::wire::messages::*;
+use crate::wire::status::ScriptStatus;
+use crate::wire::ticket::Ticket;
+use crate::wire::topology::MAX_MESSAGE_BYTES;
+use crate::wire::transfer::{DownloadChunk, FileChunk, TransferStatus, UploadChunk};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version written by this code. Readers accept any version and rely on the kind.
 pub const PROTOCOL_VERSION: u16 = 2;
+
+/// An X25519 public value, as carried in an envelope's `key_share` (a session's offer or
+/// acceptance: `crate::trust::session`).
+pub type KeyShare = [u8; 32];
 
 /// Every message on the wire.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,14 +31,14 @@ pub struct Envelope<B> {
     /// Unix ms after which the receiver must not act on it (commands only).
     #[serde(default)]
     pub not_after: Option<u64>,
-    /// The sender's X25519 share for a session ([`crate::session`]): in a signed command, the
+    /// The sender's X25519 share for a session ([`crate::trust::session`]): in a signed command, the
     /// dispatcher's offer; in the signed answer to it, the agent's acceptance. Absent otherwise
     /// (and then not written, so such messages are byte for byte as before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_share: Option<serde_bytes::ByteBuf>,
     /// On an answer: the request it answers ([`InReplyTo`]), inside what the answer's signature
     /// or MAC covers. Absent on requests (and then not written), and on the answers of agents
-    /// that predate [`crate::SERVICE_ANSWER_BINDING`].
+    /// that predate [`crate::wire::messages::SERVICE_ANSWER_BINDING`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_reply_to: Option<InReplyTo>,
     pub body: B,
@@ -48,12 +53,12 @@ pub struct Envelope<B> {
 pub struct InReplyTo {
     pub request_sha256: serde_bytes::ByteBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ticket: Option<crate::Ticket>,
+    pub ticket: Option<Ticket>,
 }
 
 impl InReplyTo {
     /// The answer to the request whose [`request_digest`] is `digest`, about `ticket`.
-    pub fn new(digest: [u8; 32], ticket: Option<crate::Ticket>) -> InReplyTo {
+    pub fn new(digest: [u8; 32], ticket: Option<Ticket>) -> InReplyTo {
         InReplyTo { request_sha256: serde_bytes::ByteBuf::from(digest.to_vec()), ticket }
     }
 
@@ -150,7 +155,7 @@ impl Request {
     }
 
     /// The ticket the request is about, if it names one.
-    pub fn ticket(&self) -> Option<&crate::Ticket> {
+    pub fn ticket(&self) -> Option<&Ticket> {
         match self {
             Request::StartScriptV2(b) => Some(&b.ticket),
             Request::GetStatusV2(b) => Some(&b.ticket),
@@ -177,13 +182,13 @@ impl Request {
         self.encode_offering(target, issued_at, not_after, None, entropy)
     }
 
-    /// [`Request::encode`], offering a session with `key_share` ([`crate::session::Offer`]).
+    /// [`Request::encode`], offering a session with `key_share` ([`crate::trust::session::Offer`]).
     pub fn encode_offering(
         &self,
         target: &str,
         issued_at: u64,
         not_after: Option<u64>,
-        key_share: Option<&crate::session::KeyShare>,
+        key_share: Option<&KeyShare>,
         entropy: &mut dyn Entropy,
     ) -> Result<(Envelope<()>, Vec<u8>), CodecError> {
         let mut header = Envelope::new(self.kind(), target, issued_at, not_after, (), entropy)?;
@@ -205,7 +210,7 @@ impl Request {
     }
 
     /// Decodes a request: size and shape first (see [`check_shape`]), then the header, then the
-    /// body its kind names. Tickets are checked as they are decoded ([`crate::Ticket`]).
+    /// body its kind names. Tickets are checked as they are decoded ([`Ticket`]).
     pub fn decode(bytes: &[u8]) -> Result<(Envelope<()>, Request), CodecError> {
         let header = decode_header(bytes)?;
         let kind = Kind::parse(&header.kind);
@@ -271,13 +276,13 @@ impl Reply {
     }
 
     /// Encodes the reply of agent `target` to the request `in_reply_to` names, accepting the
-    /// session that request offered with `key_share` ([`crate::session::accept`]).
+    /// session that request offered with `key_share` ([`crate::trust::session::accept`]).
     pub fn encode_answering(
         &self,
         target: &str,
         issued_at: u64,
         in_reply_to: Option<InReplyTo>,
-        key_share: Option<&crate::session::KeyShare>,
+        key_share: Option<&KeyShare>,
         entropy: &mut dyn Entropy,
     ) -> Result<Vec<u8>, CodecError> {
         let mut header = Envelope::new(self.kind(), target, issued_at, None, (), entropy)?;
@@ -425,24 +430,24 @@ pub fn check_shape(bytes: &[u8]) -> Result<(), CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::status::{LogLine, LogStream, ScriptState};
 
     #[test]
     fn real_messages_pass_the_shape_check() {
         let entropy = &mut crate::entropy::Seeded::new(1);
         let start = StartScriptV2 {
-            ticket: crate::Ticket::generate(entropy).unwrap(),
+            ticket: Ticket::generate(entropy).unwrap(),
             spec: ScriptSpec { script: "echo hi".into(), args: vec!["a".into(); 100], ..Default::default() },
             wait_for_output: Some(1),
             first_issued_at: None,
         };
         let (_, bytes) = Request::StartScriptV2(start.clone()).encode("a", 1, Some(2), entropy).unwrap();
         assert_eq!(Request::decode(&bytes).unwrap().1, Request::StartScriptV2(start));
-        let logs = (1..=2_000)
-            .map(|seq| crate::LogLine { seq, stream: crate::LogStream::Stdout, text: String::new(), at: 1 })
-            .collect();
+        let logs =
+            (1..=2_000).map(|seq| LogLine { seq, stream: LogStream::Stdout, text: String::new(), at: 1 }).collect();
         let status = ScriptStatus {
-            ticket: crate::Ticket::generate(entropy).unwrap(),
-            state: crate::ScriptState::Running,
+            ticket: Ticket::generate(entropy).unwrap(),
+            state: ScriptState::Running,
             exit_code: None,
             logs,
             next_log_sequence: 2_001,

@@ -93,6 +93,16 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
+/// The stream every agent announces itself to (`super::presence`).
+pub const PRESENCE_STREAM: &str = "cuttle.presence";
+/// AMQP `type` of an announcement, and of the marker a reader appends to know it has caught up.
+pub const ANNOUNCEMENT_TYPE: &str = "cuttle.announce";
+pub const MARKER_TYPE: &str = "cuttle.presence-marker";
+/// How long the stream keeps announcements (`x-max-age`), and the size of its segments: the
+/// broker drops whole segments, so small ones keep a small fleet's old heartbeats from lingering.
+pub const PRESENCE_MAX_AGE: &str = "5m";
+pub const PRESENCE_SEGMENT_BYTES: i64 = 4 * 1024 * 1024;
+
 /// Queue arguments and the permissions of each role, for the crates that speak to the broker.
 #[cfg(feature = "amqp")]
 pub mod amqp {
@@ -115,7 +125,6 @@ pub mod amqp {
 
     /// Arguments of the presence stream; every declarer must use exactly these.
     pub fn presence_stream_arguments() -> FieldTable {
-        use crate::presence::{PRESENCE_MAX_AGE, PRESENCE_SEGMENT_BYTES};
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
         args.insert("x-max-age".into(), AMQPValue::LongString(PRESENCE_MAX_AGE.into()));
@@ -198,7 +207,7 @@ impl Permissions {
         Permissions {
             configure: NOTHING.into(),
             write: format!("^({}|{DEFAULT_EXCHANGE})$", escape(COMMANDS_EXCHANGE)),
-            read: format!("^{}$", escape(crate::presence::PRESENCE_STREAM)),
+            read: format!("^{}$", escape(PRESENCE_STREAM)),
         }
     }
 

@@ -1,7 +1,8 @@
-//! The agent's decisions live in [`contracts::agent`] (no I/O, shared with the simulation);
-//! this module re-exports them and reads records in every encoding the agent ever stored.
+//! The ticket records the agent reads back, in every encoding it ever stored them in (the
+//! record itself, and the decisions on it, are `contracts`': [`contracts::store::record`],
+//! [`contracts::agent`]).
 
-pub use contracts::agent::*;
+use contracts::store::record::TicketRecord;
 
 /// Reads a stored record, in this version's encoding or the JSON of earlier ones. One that
 /// cannot be read is reported as a fatal completion rather than risking a run.
@@ -20,7 +21,11 @@ pub fn decode_record(raw: &str) -> TicketRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use contracts::{exit_code, ErrorKind, ScriptState};
+    use contracts::agent::{check_same_command, reported_state};
+    use contracts::store::record::RecordState;
+    use contracts::wire::error::ErrorKind;
+    use contracts::wire::exit_code;
+    use contracts::wire::status::ScriptState;
 
     fn digest() -> String {
         "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into()

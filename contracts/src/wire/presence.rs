@@ -1,6 +1,7 @@
 //! Presence: how agents tell dispatchers they are alive, and what they are.
 //!
-//! Every agent appends an [`Announcement`] to one RabbitMQ stream, [`PRESENCE_STREAM`], when it
+//! Every agent appends an [`Announcement`] to one RabbitMQ stream (`PRESENCE_STREAM`, whose name,
+//! message types and arguments are [`super::topology`]'s, with every other name), when it
 //! starts, every `interval_ms` after that (its heartbeat), and once more (`leaving`) when it
 //! stops. A dispatcher that wants the live fleet reads the stream from a little more than one
 //! heartbeat window back ([`LOOKBACK_MS`]), keeps each agent's newest announcement, and drops
@@ -12,19 +13,12 @@
 //! is not an authority: an announcement counts only if it is signed with the key pinned for its
 //! agent (see the dispatcher's inventory); the `at` field bounds how long a copy can be replayed.
 
-use crate::error::CodecError;
-use crate::labels::{validate_labels, Labels};
+use super::envelope::check_shape;
+use super::error::CodecError;
+use super::labels::{validate_labels, Labels};
+use super::topology::{validate_name, CLOCK_SKEW_ALLOWANCE_MS};
 use serde::{Deserialize, Serialize};
 
-/// The stream every agent announces itself to.
-pub const PRESENCE_STREAM: &str = "cuttle.presence";
-/// AMQP `type` of an announcement, and of the marker a reader appends to know it has caught up.
-pub const ANNOUNCEMENT_TYPE: &str = "cuttle.announce";
-pub const MARKER_TYPE: &str = "cuttle.presence-marker";
-/// How long the stream keeps announcements (`x-max-age`), and the size of its segments: the
-/// broker drops whole segments, so small ones keep a small fleet's old heartbeats from lingering.
-pub const PRESENCE_MAX_AGE: &str = "5m";
-pub const PRESENCE_SEGMENT_BYTES: i64 = 4 * 1024 * 1024;
 /// Largest announcement a reader decodes.
 pub const MAX_ANNOUNCEMENT_BYTES: usize = 16 * 1024;
 /// The heartbeat interval agents use unless told otherwise, and its bounds.
@@ -82,12 +76,12 @@ impl Announcement {
     /// Decodes and checks an announcement: size first, then names, labels and interval.
     pub fn decode(bytes: &[u8]) -> Result<Announcement, CodecError> {
         Announcement::check_size(bytes.len())?;
-        crate::envelope::check_shape(bytes)?;
+        check_shape(bytes)?;
         let announcement: Announcement =
             rmp_serde::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
-        crate::topology::validate_name("agent id", &announcement.agent_id).map_err(CodecError::Invalid)?;
+        validate_name("agent id", &announcement.agent_id).map_err(CodecError::Invalid)?;
         if let Some(pool) = &announcement.pool {
-            crate::topology::validate_name("pool name", pool).map_err(CodecError::Invalid)?;
+            validate_name("pool name", pool).map_err(CodecError::Invalid)?;
         }
         validate_labels(&announcement.labels).map_err(|e| CodecError::Invalid(e.to_string()))?;
         if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&announcement.interval_ms) {
@@ -103,7 +97,7 @@ impl Announcement {
     /// and announced within its window. An announcement from further in the future than the
     /// clock skew allowance is not believed (it would keep a dead agent alive).
     pub fn is_live(&self, now: u64) -> bool {
-        let from_the_future = self.at > now + crate::topology::CLOCK_SKEW_ALLOWANCE_MS;
+        let from_the_future = self.at > now + CLOCK_SKEW_ALLOWANCE_MS;
         !self.leaving && !from_the_future && now.saturating_sub(self.at) <= heartbeat_window_ms(self.interval_ms)
     }
 }

@@ -1,430 +1,23 @@
-//! Trust (ARCHITECTURE.md, Trust): commands signed by a dispatcher key the agent trusts, answers signed by
-//! the agent key the dispatcher pinned. The broker is a transport, never an authority.
-//!
-//! - Keys are Ed25519 ([`SecretKey`], [`PublicKey`]); a public key is written
-//!   `ed25519:<base64 of its 32 bytes>`, and named in headers and logs by its [`KeyId`] (the first
-//!   8 bytes of its SHA-256, in hex).
-//! - The msgpack body is unchanged, so old readers keep working; the AMQP headers
-//!   [`KEY_HEADER`] and [`SIGNATURE_HEADER`] carry a [`Seal`] (key id and signature), or, between
-//!   a dispatcher and an agent that agreed a [`crate::session`], [`SESSION_HEADER`] and
-//!   [`MAC_HEADER`] carry one (session id and HMAC over the same bytes).
-//! - A command's signature covers [`COMMAND_CONTEXT`] and the whole body (every envelope field:
-//!   kind, message id, target, `issued_at`, `not_after`, and the kind's body with its ticket); an
-//!   answer's covers [`ANSWER_CONTEXT`], the message id of the request it answers, and its body, so
-//!   an old answer replayed to another request does not verify. A presence announcement's covers
-//!   [`ANNOUNCEMENT_CONTEXT`] and its body, which holds the agent's id and the time it announced,
-//!   so a copy replayed later still says that old time (and drops out with it).
-//! - [`check_command_seal`] and [`check_command_header`] are the agent's decisions,
-//!   [`check_answer`] and [`check_announcement`] the dispatcher's: plain functions, no I/O.
-//! - [`TrustedKeys`] (the agent's `--trusted-keys` file) and [`KnownAgents`] (the dispatcher's
-//!   `--known-agents` file) parse their line formats.
-//!
-//! Key files are read and written by `edge::keys`; here are their formats only
-//! ([`SecretKey::to_text`], [`TrustedKeys::parse`], [`KnownAgents::parse`]).
-//! Secret keys and signatures never appear in `Debug` output or messages; only key ids do.
+//! The checks of trust (ARCHITECTURE.md, Trust): commands signed by a dispatcher key the agent
+//! trusts, answers signed by the agent key the dispatcher pinned. The broker is a transport,
+//! never an authority. [`check_command_seal`] and [`check_command_header`] are the agent's
+//! decisions, [`check_answer`], [`check_binding`] and [`check_announcement`] the dispatcher's:
+//! plain functions, no I/O.
 
-use crate::entropy::Entropy;
-use crate::envelope::Envelope;
-use crate::session::{Session, SessionId, MAC_HEADER, SESSION_HEADER};
-use crate::topology::CLOCK_SKEW_ALLOWANCE_MS;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
-use curve25519_dalek::edwards::CompressedEdwardsY;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use std::collections::BTreeMap;
-use std::fmt;
-use zeroize::Zeroizing;
+use super::files::{Pin, TrustedKeys};
+use super::keys::KeyId;
+use super::seal::{announcement_parts, answer_parts, command_parts, Seal, SessionId};
+use super::session::Session;
+use crate::time::short;
+use crate::wire::envelope::{Envelope, InReplyTo, Reply};
+use crate::wire::error::ErrorKind;
+use crate::wire::messages::SERVICE_ANSWER_BINDING;
+use crate::wire::ticket::Ticket;
+use crate::wire::topology::CLOCK_SKEW_ALLOWANCE_MS;
 
-/// What a command's signature covers before its body.
-pub const COMMAND_CONTEXT: &[u8] = b"cuttle command v1\0";
-/// What an answer's signature covers before the request's message id and its own body.
-pub const ANSWER_CONTEXT: &[u8] = b"cuttle answer v1\0";
-/// What a presence announcement's signature covers before its body.
-pub const ANNOUNCEMENT_CONTEXT: &[u8] = b"cuttle announcement v1\0";
-/// AMQP header carrying the signing key's id (hex).
-pub const KEY_HEADER: &str = "cuttle-key";
-/// AMQP header carrying the signature (base64 of 64 bytes).
-pub const SIGNATURE_HEADER: &str = "cuttle-sig";
 /// Longest a signed command may stay valid: `not_after` at most this long after `issued_at`, so
 /// a captured command is worthless after a day at most.
 pub const MAX_COMMAND_WINDOW_MS: u64 = 24 * 3600 * 1000;
-/// How a public key is written.
-pub const PUBLIC_KEY_PREFIX: &str = "ed25519:";
-/// How a secret key file begins.
-pub const SECRET_KEY_PREFIX: &str = "cuttle-ed25519-secret:";
-
-/// The id of a public key: the first 8 bytes of its SHA-256, shown in hex. Not secret.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId([u8; 8]);
-
-impl KeyId {
-    pub fn parse(hex_id: &str) -> Option<KeyId> {
-        let mut id = [0u8; 8];
-        hex::decode_to_slice(hex_id, &mut id).ok()?;
-        Some(KeyId(id))
-    }
-
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Display for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyId({self})")
-    }
-}
-
-/// An Ed25519 public key, written `ed25519:<base64>`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct PublicKey {
-    key: VerifyingKey,
-    id: KeyId,
-}
-
-impl PublicKey {
-    fn new(key: VerifyingKey) -> PublicKey {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(key.as_bytes());
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&digest[..8]);
-        PublicKey { key, id: KeyId(id) }
-    }
-
-    pub fn parse(text: &str) -> Result<PublicKey, String> {
-        let encoded = text
-            .strip_prefix(PUBLIC_KEY_PREFIX)
-            .ok_or_else(|| format!("a public key starts with `{PUBLIC_KEY_PREFIX}`"))?;
-        let bytes = BASE64.decode(encoded).map_err(|e| format!("public key is not base64: {e}"))?;
-        let bytes: [u8; 32] = bytes.try_into().map_err(|_| "a public key is 32 bytes".to_string())?;
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid Ed25519 public key".to_string())?;
-        Ok(PublicKey::new(key))
-    }
-
-    pub fn id(&self) -> KeyId {
-        self.id
-    }
-
-    /// The same key as an X25519 public key ([`crate::sealed`]).
-    pub(crate) fn x25519_point(&self) -> [u8; 32] {
-        self.key.to_montgomery().to_bytes()
-    }
-
-    /// Whether `signature` is this key's over `parts` one after the other, exactly as
-    /// [`VerifyingKey::verify_strict`] over their concatenation would say, without making it: a
-    /// command's body may be 16 MiB, and a copy of it for each delivery being checked would
-    /// double what the agent holds. Strict as `verify_strict` is: a key of small order (weak, for
-    /// which a signature can verify for almost any message) or an `R` that is not on the curve or
-    /// of small order is refused here, and a non-canonical `s` by the stream verifier.
-    fn verifies(&self, parts: &[&[u8]], signature: &[u8; 64]) -> bool {
-        let mut r = [0u8; 32];
-        r.copy_from_slice(&signature[..32]);
-        if self.key.is_weak() || CompressedEdwardsY(r).decompress().is_none_or(|r| r.is_small_order()) {
-            return false;
-        }
-        let Ok(mut stream) = self.key.verify_stream(&Signature::from_bytes(signature)) else { return false };
-        for part in parts {
-            stream.update(part);
-        }
-        stream.finalize_and_verify().is_ok()
-    }
-}
-
-impl fmt::Display for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PUBLIC_KEY_PREFIX}{}", BASE64.encode(self.key.as_bytes()))
-    }
-}
-
-impl fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({})", self.id)
-    }
-}
-
-/// An Ed25519 secret key. Its `Debug` shows only the public key's id.
-#[derive(Clone)]
-pub struct SecretKey {
-    key: SigningKey,
-    public: PublicKey,
-}
-
-impl fmt::Debug for SecretKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretKey({})", self.public.id)
-    }
-}
-
-impl SecretKey {
-    fn from_seed(seed: &[u8; 32]) -> SecretKey {
-        let key = SigningKey::from_bytes(seed);
-        let public = PublicKey::new(key.verifying_key());
-        SecretKey { key, public }
-    }
-
-    /// A new key drawn from `entropy`; fails only when it does (its message).
-    pub fn generate(entropy: &mut dyn Entropy) -> Result<SecretKey, String> {
-        let mut seed = Zeroizing::new([0u8; 32]);
-        entropy.fill(seed.as_mut())?;
-        Ok(SecretKey::from_seed(&seed))
-    }
-
-    pub fn public(&self) -> &PublicKey {
-        &self.public
-    }
-
-    pub fn id(&self) -> KeyId {
-        self.public.id
-    }
-
-    /// The same key as an X25519 secret, for [`PublicKey::x25519_point`] ([`crate::sealed`]).
-    pub(crate) fn x25519_secret(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.key.to_scalar_bytes())
-    }
-
-    /// The key as a key file holds it: one line, `cuttle-ed25519-secret:<base64 of its seed>`.
-    pub fn to_text(&self) -> Zeroizing<String> {
-        Zeroizing::new(format!("{SECRET_KEY_PREFIX}{}\n", BASE64.encode(self.key.to_bytes())))
-    }
-
-    /// Reads a key in the form [`SecretKey::to_text`] writes (blanks around it ignored); `None`
-    /// for anything else.
-    pub fn from_text(text: &str) -> Option<SecretKey> {
-        let encoded = text.trim().strip_prefix(SECRET_KEY_PREFIX)?;
-        let bytes = Zeroizing::new(BASE64.decode(encoded).ok()?);
-        let seed: &[u8; 32] = bytes.as_slice().try_into().ok()?;
-        Some(SecretKey::from_seed(seed))
-    }
-
-    /// Seals a command whose encoded envelope is `body`.
-    pub fn seal_command(&self, body: &[u8]) -> Seal {
-        self.seal(&command_parts(body).concat())
-    }
-
-    /// Seals an answer (`body`) to the request whose message id is `request_id`.
-    pub fn seal_answer(&self, request_id: &str, body: &[u8]) -> Seal {
-        self.seal(&answer_parts(request_id, body).concat())
-    }
-
-    /// Seals a presence announcement whose encoded body is `body`.
-    pub fn seal_announcement(&self, body: &[u8]) -> Seal {
-        self.seal(&announcement_parts(body).concat())
-    }
-
-    fn seal(&self, message: &[u8]) -> Seal {
-        Seal::Signature { key: self.public.id, signature: self.key.sign(message).to_bytes() }
-    }
-}
-
-/// What a command's seal (signature or MAC) covers, in order: verified part by part, never
-/// copied into one message.
-pub(crate) fn command_parts(body: &[u8]) -> [&[u8]; 2] {
-    [COMMAND_CONTEXT, body]
-}
-
-/// What the seal of an answer to the request `request_id` covers, in order.
-pub(crate) fn answer_parts<'a>(request_id: &'a str, body: &'a [u8]) -> [&'a [u8]; 3] {
-    [ANSWER_CONTEXT, request_id.as_bytes(), body]
-}
-
-/// What a presence announcement's signature covers, in order.
-fn announcement_parts(body: &[u8]) -> [&[u8]; 2] {
-    [ANNOUNCEMENT_CONTEXT, body]
-}
-
-/// What vouches for a message, as carried in the AMQP headers: a signature and the id of the key
-/// that made it, or a MAC under a [`Session`] and the session's id.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Seal {
-    Signature { key: KeyId, signature: [u8; 64] },
-    Mac { session: SessionId, tag: [u8; 32] },
-}
-
-impl fmt::Debug for Seal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Seal::Signature { key, .. } => write!(f, "Seal(by {key})"),
-            Seal::Mac { session, .. } => write!(f, "Seal(in session {session})"),
-        }
-    }
-}
-
-/// The seal headers of a message, as read: [`KEY_HEADER`], [`SIGNATURE_HEADER`],
-/// [`SESSION_HEADER`], [`MAC_HEADER`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SealHeaders<'a> {
-    pub key: Option<&'a str>,
-    pub signature: Option<&'a str>,
-    pub session: Option<&'a str>,
-    pub mac: Option<&'a str>,
-}
-
-impl Seal {
-    /// The key that signed, for a signature.
-    pub fn signer(&self) -> Option<KeyId> {
-        match self {
-            Seal::Signature { key, .. } => Some(*key),
-            Seal::Mac { .. } => None,
-        }
-    }
-
-    /// The headers that carry it: names and values.
-    pub fn to_headers(&self) -> [(&'static str, String); 2] {
-        match self {
-            Seal::Signature { key, signature } => {
-                [(KEY_HEADER, key.to_string()), (SIGNATURE_HEADER, BASE64.encode(signature))]
-            }
-            Seal::Mac { session, tag } => [(SESSION_HEADER, session.to_string()), (MAC_HEADER, BASE64.encode(tag))],
-        }
-    }
-
-    /// Reads the headers; `Ok(None)` when none is there (an unsigned message).
-    pub fn from_headers(headers: SealHeaders<'_>) -> Result<Option<Seal>, String> {
-        let decode = |name: &str, value: &str| BASE64.decode(value).map_err(|_| format!("{name} is not base64"));
-        match headers {
-            SealHeaders { key: None, signature: None, session: None, mac: None } => Ok(None),
-            SealHeaders { key: Some(key), signature: Some(signature), session: None, mac: None } => {
-                let key = KeyId::parse(key).ok_or_else(|| format!("{KEY_HEADER} is not a key id"))?;
-                let signature = decode(SIGNATURE_HEADER, signature)?
-                    .try_into()
-                    .map_err(|_| format!("{SIGNATURE_HEADER} is not 64 bytes"))?;
-                Ok(Some(Seal::Signature { key, signature }))
-            }
-            SealHeaders { key: None, signature: None, session: Some(session), mac: Some(mac) } => {
-                let session =
-                    SessionId::parse(session).ok_or_else(|| format!("{SESSION_HEADER} is not a session id"))?;
-                let tag = decode(MAC_HEADER, mac)?.try_into().map_err(|_| format!("{MAC_HEADER} is not 32 bytes"))?;
-                Ok(Some(Seal::Mac { session, tag }))
-            }
-            _ => Err(format!(
-                "expected {KEY_HEADER} with {SIGNATURE_HEADER}, or {SESSION_HEADER} with {MAC_HEADER}, and nothing else"
-            )),
-        }
-    }
-}
-
-/// A public key file line: the key and what follows it (a comment, or an agent name).
-fn parse_lines(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
-    text.lines().enumerate().filter_map(|(index, line)| {
-        let line = line.trim();
-        (!line.is_empty() && !line.starts_with('#')).then(|| (index + 1, line.split_whitespace().collect()))
-    })
-}
-
-/// The dispatcher keys an agent trusts (`--trusted-keys`): one `ed25519:<base64> [comment]` per
-/// line, `#` comments and blank lines ignored. Several keys allow rotation; removing a line (and
-/// reloading, SIGHUP) revokes the key.
-#[derive(Clone, Debug, Default)]
-pub struct TrustedKeys {
-    keys: BTreeMap<KeyId, PublicKey>,
-}
-
-impl TrustedKeys {
-    pub fn parse(text: &str) -> Result<TrustedKeys, (usize, String)> {
-        let mut keys = BTreeMap::new();
-        for (line, words) in parse_lines(text) {
-            let key = PublicKey::parse(words[0]).map_err(|reason| (line, reason))?;
-            keys.insert(key.id(), key);
-        }
-        Ok(TrustedKeys { keys })
-    }
-
-    pub fn of(keys: impl IntoIterator<Item = PublicKey>) -> TrustedKeys {
-        TrustedKeys { keys: keys.into_iter().map(|k| (k.id(), k)).collect() }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn ids(&self) -> impl Iterator<Item = KeyId> + '_ {
-        self.keys.keys().copied()
-    }
-
-    fn get(&self, id: KeyId) -> Option<&PublicKey> {
-        self.keys.get(&id)
-    }
-}
-
-/// What the dispatcher believes of one agent or pool.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Pin {
-    /// Answers count only if signed by one of these keys.
-    Keys(Vec<PublicKey>),
-    /// An old agent that cannot sign: its answers are taken unsigned (with a warning).
-    Legacy,
-}
-
-/// The agents a dispatcher knows (`--known-agents`): `<agent-id> ed25519:<base64> [comment]`,
-/// `pool:<name> ed25519:<base64> [comment]` (several lines for one agent or pool: any of their
-/// keys counts), or `<agent-id> legacy`. `#` comments and blank lines ignored.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KnownAgents {
-    /// By agent id, or `pool:<name>`.
-    pins: BTreeMap<String, Pin>,
-}
-
-impl KnownAgents {
-    pub fn parse(text: &str) -> Result<KnownAgents, (usize, String)> {
-        let mut pins: BTreeMap<String, Pin> = BTreeMap::new();
-        for (line, words) in parse_lines(text) {
-            let [name, what, ..] = words[..] else {
-                return Err((
-                    line,
-                    "expected `<agent-id> ed25519:<key>`, `pool:<name> ed25519:<key>` or `<agent-id> legacy`".into(),
-                ));
-            };
-            let (kind, bare) = match name.strip_prefix("pool:") {
-                Some(pool) => ("pool name", pool),
-                None => ("agent id", name),
-            };
-            crate::topology::validate_name(kind, bare).map_err(|reason| (line, reason))?;
-            let conflict = || (line, format!("{name} is pinned both to keys and as legacy"));
-            match (what, pins.get_mut(name)) {
-                ("legacy", _) if kind == "pool name" => {
-                    return Err((line, "a pool cannot be legacy: script v1 agents do not serve pools".into()))
-                }
-                ("legacy", None) => {
-                    pins.insert(name.to_owned(), Pin::Legacy);
-                }
-                ("legacy", Some(Pin::Legacy)) => {}
-                ("legacy", Some(Pin::Keys(_))) | (_, Some(Pin::Legacy)) => return Err(conflict()),
-                (key, existing) => {
-                    let key = PublicKey::parse(key).map_err(|reason| (line, reason))?;
-                    match existing {
-                        Some(Pin::Keys(keys)) => keys.push(key),
-                        _ => {
-                            pins.insert(name.to_owned(), Pin::Keys(vec![key]));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(KnownAgents { pins })
-    }
-
-    /// The pin of a target as written in an envelope: an agent id, or `pool:<name>`.
-    pub fn pin(&self, target: &str) -> Option<&Pin> {
-        self.pins.get(target)
-    }
-
-    /// The pin an agent's own word (its presence announcements) is checked against: the agent
-    /// id's, or, for an agent with none, the pin of the pool it says it is in. An agent pinned by
-    /// id is never believed under a pool key.
-    pub fn pin_of_agent(&self, agent_id: &str, pool: Option<&str>) -> Option<&Pin> {
-        self.pin(agent_id).or_else(|| self.pin(&format!("pool:{}", pool?)))
-    }
-}
 
 /// Who an agent is, for the target check.
 #[derive(Clone, Copy, Debug)]
@@ -452,7 +45,7 @@ pub enum Refusal {
     NoDeadline,
     #[error(
         "valid for {} after it was issued, more than the 24h allowed",
-        crate::submission::short(std::time::Duration::from_millis(*window_ms))
+        short(std::time::Duration::from_millis(*window_ms))
     )]
     WindowTooLong { window_ms: u64 },
     #[error("expired: its not_after has passed")]
@@ -468,20 +61,20 @@ impl Refusal {
     /// command past its deadline, so that a stale queue is told apart from commands nobody
     /// trusted, and `UnknownSession` for a session forgotten (after a restart: not an attack);
     /// `NotAuthorized` for everything else.
-    pub fn counted_as(&self) -> crate::ErrorKind {
+    pub fn counted_as(&self) -> ErrorKind {
         match self {
-            Refusal::Expired => crate::ErrorKind::Expired,
-            Refusal::UnknownSession(_) => crate::ErrorKind::UnknownSession,
-            _ => crate::ErrorKind::NotAuthorized,
+            Refusal::Expired => ErrorKind::Expired,
+            Refusal::UnknownSession(_) => ErrorKind::UnknownSession,
+            _ => ErrorKind::NotAuthorized,
         }
     }
 
     /// The kind of the answer: `UnknownSession` tells the dispatcher to sign the command and
     /// send it again; every other refusal is `NotAuthorized`.
-    pub fn answered_as(&self) -> crate::ErrorKind {
+    pub fn answered_as(&self) -> ErrorKind {
         match self {
-            Refusal::UnknownSession(_) => crate::ErrorKind::UnknownSession,
-            _ => crate::ErrorKind::NotAuthorized,
+            Refusal::UnknownSession(_) => ErrorKind::UnknownSession,
+            _ => ErrorKind::NotAuthorized,
         }
     }
 }
@@ -574,10 +167,10 @@ pub enum Forged {
     )]
     OtherRequest,
     #[error("it is about ticket {answered}, not the ticket asked about ({asked})")]
-    OtherTicket { asked: crate::Ticket, answered: crate::Ticket },
+    OtherTicket { asked: Ticket, answered: Ticket },
     #[error(
         "it does not name the request it answers (the agent predates {}), and --strict-answers refuses such answers",
-        crate::SERVICE_ANSWER_BINDING
+        SERVICE_ANSWER_BINDING
     )]
     Unbound,
 }
@@ -622,14 +215,15 @@ pub fn check_answer(
 pub enum Binding {
     /// It names this very request.
     Bound,
-    /// It names none: its agent predates [`crate::SERVICE_ANSWER_BINDING`] (or is legacy), so it
+    /// It names none: its agent predates [`SERVICE_ANSWER_BINDING`] (or is legacy), so it
     /// may answer a message someone else sent under this request's ids.
     Unbound,
 }
 
 /// The dispatcher's second check of an answer whose seal it believed ([`check_answer`]): that it
 /// answers this very request. `in_reply_to` is what the answer's envelope names; `digest` and
-/// `ticket` are the request's own ([`crate::request_digest`] of the bytes sent, and its ticket).
+/// `ticket` are the request's own ([`crate::wire::envelope::request_digest`] of the bytes sent, and
+/// its ticket).
 ///
 /// - An answer naming another message, or another ticket, answers someone else's message: it is
 ///   not believed (an attacker copied this request's correlation id and reply-to onto a message
@@ -639,14 +233,14 @@ pub enum Binding {
 ///   ([`Binding::Unbound`], for a warning), unless `strict` (`--strict-answers`) and its agent
 ///   is pinned by key (a legacy pin is the operator's choice to believe unsigned answers).
 pub fn check_binding(
-    in_reply_to: Option<&crate::InReplyTo>,
+    in_reply_to: Option<&InReplyTo>,
     digest: &[u8; 32],
-    ticket: Option<&crate::Ticket>,
-    reply: &crate::Reply,
+    ticket: Option<&Ticket>,
+    reply: &Reply,
     believed: Believed,
     strict: bool,
 ) -> Result<Binding, Forged> {
-    let other_ticket = |answered: &crate::Ticket| match ticket {
+    let other_ticket = |answered: &Ticket| match ticket {
         Some(asked) if asked != answered => {
             Err(Forged::OtherTicket { asked: asked.clone(), answered: answered.clone() })
         }
@@ -661,7 +255,7 @@ pub fn check_binding(
         None if strict && believed != Believed::Legacy => return Err(Forged::Unbound),
         None => Binding::Unbound,
     };
-    if let crate::Reply::ScriptStatus(status) = reply {
+    if let Reply::ScriptStatus(status) = reply {
         other_ticket(&status.ticket)?;
     }
     Ok(binding)
@@ -692,49 +286,17 @@ fn check_pinned(pin: &Pin, seal: Result<Option<Seal>, String>, message: &[&[u8]]
     Ok(Believed::Key(key))
 }
 
-/// The AMQP headers that carry a [`Seal`] (feature `amqp`).
-#[cfg(feature = "amqp")]
-pub mod amqp {
-    use super::{Seal, SealHeaders, KEY_HEADER, MAC_HEADER, SESSION_HEADER, SIGNATURE_HEADER};
-    use lapin::types::{AMQPValue, FieldTable};
-    use lapin::BasicProperties;
-
-    /// `properties` with the seal's headers added.
-    pub fn with_seal(properties: BasicProperties, seal: &Seal) -> BasicProperties {
-        let mut headers = FieldTable::default();
-        for (name, value) in seal.to_headers() {
-            headers.insert(name.into(), AMQPValue::LongString(value.into()));
-        }
-        properties.with_headers(headers)
-    }
-
-    /// The seal a message carries in its headers: `Ok(None)` when it carries none.
-    pub fn seal_of(properties: &BasicProperties) -> Result<Option<Seal>, String> {
-        let text = |name: &str| match properties.headers().as_ref()?.inner().get(name)? {
-            AMQPValue::LongString(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
-            _ => None,
-        };
-        let [key, signature, session, mac] = [KEY_HEADER, SIGNATURE_HEADER, SESSION_HEADER, MAC_HEADER].map(text);
-        Seal::from_headers(SealHeaders {
-            key: key.as_deref(),
-            signature: signature.as_deref(),
-            session: session.as_deref(),
-            mac: mac.as_deref(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::entropy::fresh;
-    use crate::messages::{Kind, StartScriptV2};
-    use crate::Ticket;
+    use crate::trust::files::KnownAgents;
+    use crate::trust::keys::tests::key;
+    use crate::trust::seal::{SealHeaders, MAC_HEADER, SESSION_HEADER};
+    use crate::wire::envelope::Request;
+    use crate::wire::error::ErrorReply;
+    use crate::wire::messages::{Kind, ScriptSpec, StartScriptV2};
     use proptest::prelude::*;
-
-    fn key(seed: u8) -> SecretKey {
-        SecretKey::from_seed(&[seed; 32])
-    }
 
     fn header(target: &str, issued_at: u64, not_after: Option<u64>) -> Envelope<()> {
         Envelope::new(Kind::StartScriptV2, target, issued_at, not_after, (), &mut fresh()).unwrap()
@@ -743,106 +305,14 @@ mod tests {
     fn start_bytes(target: &str) -> Vec<u8> {
         let start = StartScriptV2 {
             ticket: Ticket::generate(&mut fresh()).unwrap(),
-            spec: crate::ScriptSpec { script: "echo hi".into(), ..Default::default() },
+            spec: ScriptSpec { script: "echo hi".into(), ..Default::default() },
             wait_for_output: None,
             first_issued_at: None,
         };
-        crate::Request::StartScriptV2(start).encode(target, 1_000, Some(61_000), &mut fresh()).unwrap().1
+        Request::StartScriptV2(start).encode(target, 1_000, Some(61_000), &mut fresh()).unwrap().1
     }
 
     const ME: Identity<'static> = Identity { agent_id: "web-01", pool: Some("workers") };
-
-    #[test]
-    fn a_signature_is_verified_over_the_parts_as_over_their_concatenation() {
-        let signer = key(3);
-        let parts: [&[u8]; 3] = [b"cuttle ", b"", b"command body"];
-        let signature = signer.key.sign(&parts.concat()).to_bytes();
-        assert!(signer.public.verifies(&parts, &signature));
-        assert!(signer.public.verifies(&[b"cuttle command body"], &signature), "however the message is cut");
-        assert!(!signer.public.verifies(&[b"cuttle command bodY"], &signature));
-        assert!(!signer.public.verifies(&[b"cuttle command body", b"!"], &signature));
-        assert!(!key(4).public.verifies(&parts, &signature), "another key's");
-    }
-
-    /// The stream verifier the parts are checked with is not strict by itself: these forgeries
-    /// pass it, and `verify_strict` refuses them, so `verifies` must too.
-    #[test]
-    fn a_signature_over_parts_is_checked_as_strictly_as_verify_strict() {
-        use curve25519_dalek::{constants::ED25519_BASEPOINT_POINT, Scalar};
-        use sha2::Digest;
-        let passes_stream_alone = |public: &PublicKey, message: &[u8], forged: &[u8; 64]| {
-            let mut stream = public.key.verify_stream(&Signature::from_bytes(forged)).unwrap();
-            stream.update(message);
-            stream.finalize_and_verify().is_ok()
-        };
-        let mut identity = [0u8; 32];
-        identity[0] = 1;
-        // A weak key (the identity point): R the identity and s = 0 verify for any message.
-        let weak = PublicKey::new(VerifyingKey::from_bytes(&identity).unwrap());
-        let mut forged = [0u8; 64];
-        forged[..32].copy_from_slice(&identity);
-        assert!(passes_stream_alone(&weak, b"any message", &forged));
-        assert!(weak.key.verify_strict(b"any message", &Signature::from_bytes(&forged)).is_err());
-        assert!(!weak.verifies(&[b"any ", b"message"], &forged));
-        // A real key, and an R of small order (the identity): s = k·a makes -[k]A + [s]B = R.
-        let a = Scalar::from(123_456_789u64);
-        let public = PublicKey::new(VerifyingKey::from(ED25519_BASEPOINT_POINT * a));
-        let hash = sha2::Sha512::new()
-            .chain_update(identity)
-            .chain_update(public.key.as_bytes())
-            .chain_update(b"any message")
-            .finalize();
-        let k = Scalar::from_bytes_mod_order_wide(&hash.into());
-        let mut forged = [0u8; 64];
-        forged[..32].copy_from_slice(&identity);
-        forged[32..].copy_from_slice((k * a).as_bytes());
-        assert!(passes_stream_alone(&public, b"any message", &forged));
-        assert!(public.key.verify_strict(b"any message", &Signature::from_bytes(&forged)).is_err());
-        assert!(!public.verifies(&[b"any message"], &forged));
-    }
-
-    #[test]
-    fn public_keys_and_secret_keys_round_trip_through_text() {
-        let secret = key(7);
-        let public = PublicKey::parse(&secret.public().to_string()).unwrap();
-        assert_eq!(&public, secret.public());
-        assert_eq!(public.id().to_string().len(), 16);
-        assert_eq!(SecretKey::from_text(&secret.to_text()).unwrap().id(), secret.id());
-        assert!(PublicKey::parse("ssh-ed25519:AAAA").is_err());
-        assert!(PublicKey::parse("ed25519:AAAA").is_err(), "too short");
-        assert!(!format!("{secret:?}").contains(&BASE64.encode(secret.key.to_bytes())), "debug hides the secret");
-    }
-
-    #[test]
-    fn trusted_keys_files_parse_with_comments_and_report_bad_lines() {
-        let (a, b) = (key(1), key(2));
-        let text = format!("# dispatchers\n{} ci\n\n  {} old laptop\n", a.public(), b.public());
-        let trusted = TrustedKeys::parse(&text).unwrap();
-        assert_eq!(trusted.len(), 2);
-        assert!(trusted.get(a.id()).is_some() && trusted.get(b.id()).is_some());
-        assert_eq!(TrustedKeys::parse("# x\nnot-a-key\n").unwrap_err().0, 2);
-    }
-
-    #[test]
-    fn known_agents_files_parse_agents_pools_and_legacy() {
-        let (a, b, c) = (key(1), key(2), key(3));
-        let text = format!(
-            "web-01 {} rotated in 2026\nweb-01 {}\npool:workers {}\npool:workers {}\nold-box legacy\n",
-            a.public(),
-            b.public(),
-            b.public(),
-            c.public()
-        );
-        let known = KnownAgents::parse(&text).unwrap();
-        assert_eq!(known.pin("web-01"), Some(&Pin::Keys(vec![*a.public(), *b.public()])));
-        assert_eq!(known.pin("pool:workers"), Some(&Pin::Keys(vec![*b.public(), *c.public()])));
-        assert_eq!(known.pin("old-box"), Some(&Pin::Legacy));
-        assert_eq!(known.pin("workers"), None, "a pool's pin is not an agent's");
-        assert_eq!(known.pin("web-02"), None);
-        for bad in ["web-01", "web 01 legacy", &format!("x legacy\nx {}", a.public()), "pool:p legacy", "a:b legacy"] {
-            assert!(KnownAgents::parse(bad).is_err(), "{bad:?} is refused");
-        }
-    }
 
     #[test]
     fn a_command_signed_by_a_trusted_key_passes_every_check() {
@@ -857,7 +327,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(check_command_seal(&trusted, false, read, &body, None), Ok(Origin::Key(dispatcher.id())));
-        let (header, _) = crate::Request::decode(&body).unwrap();
+        let (header, _) = Request::decode(&body).unwrap();
         assert_eq!(check_command_header(&header, ME, 30_000), Ok(()));
     }
 
@@ -919,8 +389,8 @@ mod tests {
         let late = |now| check_command_header(&header("web-01", at, Some(at + 10)), ME, now);
         assert_eq!(late(at + 10 + CLOCK_SKEW_ALLOWANCE_MS), Ok(()), "within the skew allowance");
         assert_eq!(late(at + 11 + CLOCK_SKEW_ALLOWANCE_MS), Err(Refusal::Expired));
-        assert_eq!(Refusal::Expired.counted_as(), crate::ErrorKind::Expired);
-        assert_eq!(Refusal::Unsigned.counted_as(), crate::ErrorKind::NotAuthorized);
+        assert_eq!(Refusal::Expired.counted_as(), ErrorKind::Expired);
+        assert_eq!(Refusal::Unsigned.counted_as(), ErrorKind::NotAuthorized);
     }
 
     #[test]
@@ -948,7 +418,8 @@ mod tests {
 
     #[test]
     fn an_answer_counts_only_for_the_very_request_it_names() {
-        use crate::{request_digest, InReplyTo, Reply, ScriptState, ScriptStatus};
+        use crate::wire::envelope::{request_digest, InReplyTo, Reply};
+        use crate::wire::status::{ScriptState, ScriptStatus};
         let asked = Ticket::generate(&mut fresh()).unwrap();
         let sent = start_bytes("web-01");
         let digest = request_digest(&sent);
@@ -962,7 +433,7 @@ mod tests {
                 lines_written: None,
             })
         };
-        let refusal = Reply::Error(crate::ErrorReply::new(crate::ErrorKind::NotAuthorized, "unsigned command"));
+        let refusal = Reply::Error(ErrorReply::new(ErrorKind::NotAuthorized, "unsigned command"));
         let key = Believed::Key(key(5).id());
         let check = |named: Option<InReplyTo>, reply: &Reply, strict| {
             check_binding(named.as_ref(), &digest, Some(&asked), reply, key, strict)
@@ -1040,7 +511,7 @@ mod tests {
 
     #[test]
     fn commands_and_answers_in_a_session_count_only_with_its_mac_and_while_its_keys_are_trusted() {
-        use crate::session::{accept, Offer};
+        use crate::trust::session::{accept, Offer};
         let (dispatcher, agent) = (key(1), key(5));
         let trusted = TrustedKeys::of([*dispatcher.public()]);
         let offer = Offer::new(&mut fresh()).unwrap();
@@ -1065,8 +536,8 @@ mod tests {
         let origin = Origin::Session { key: dispatcher.id(), session: agents.id() };
         assert_eq!(check(&trusted, &body, Some(&agents)), Ok(origin));
         assert_eq!(check(&trusted, &body, None), Err(Refusal::UnknownSession(agents.id())));
-        assert_eq!(Refusal::UnknownSession(agents.id()).answered_as(), crate::ErrorKind::UnknownSession);
-        assert!(crate::ErrorKind::UnknownSession.is_transient(), "repeated (signed), it may run");
+        assert_eq!(Refusal::UnknownSession(agents.id()).answered_as(), ErrorKind::UnknownSession);
+        assert!(ErrorKind::UnknownSession.is_transient(), "repeated (signed), it may run");
         let other =
             accept("req-9", Offer::new(&mut fresh()).unwrap().share(), dispatcher.id(), agent.id(), &mut fresh())
                 .unwrap()

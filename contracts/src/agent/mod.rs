@@ -9,50 +9,14 @@
 pub mod flow;
 pub mod keys;
 
-use crate::exit_code;
-pub use crate::record::{RecordError, RecordState, TicketRecord, TOMBSTONE_DIGEST_LEN};
-pub use crate::store::SKIP_LOGS;
+use crate::store::record::{RecordState, TicketRecord, TOMBSTONE_DIGEST_LEN};
 use crate::store::{Claim, ClaimReplication, TicketView};
-use crate::topology::CLOCK_SKEW_ALLOWANCE_MS;
-use crate::{ErrorKind, ErrorReply, ScriptState, ScriptStatus, Ticket};
+use crate::wire::error::{ErrorKind, ErrorReply};
+use crate::wire::exit_code;
+use crate::wire::status::{ScriptState, ScriptStatus};
+use crate::wire::ticket::Ticket;
+use crate::wire::topology::CLOCK_SKEW_ALLOWANCE_MS;
 use std::time::Duration;
-
-/// The claim a start writes: owned by the process `owner`, waiting for its isolation mutex when
-/// the script has one (`Claimed`), else `Running`.
-pub fn claim_record(
-    owner: &str,
-    agent_id: &str,
-    digest: String,
-    waits_for_mutex: bool,
-    not_after: Option<u64>,
-    now_ms: u64,
-) -> TicketRecord {
-    TicketRecord {
-        owner: owner.to_owned(),
-        agent_id: agent_id.to_owned(),
-        digest,
-        state: if waits_for_mutex { RecordState::Claimed } else { RecordState::Running },
-        exit_code: None,
-        tombstone: false,
-        not_after,
-        claimed_at: now_ms,
-    }
-}
-
-/// The tombstone a cancel leaves when the store holds no record of the ticket (no start claimed
-/// yet), so a start that comes later never runs ([`TicketRecord::cancelled_before_start`]).
-pub fn cancel_tombstone(owner: &str, agent_id: &str, now_ms: u64) -> TicketRecord {
-    TicketRecord {
-        owner: owner.to_owned(),
-        agent_id: agent_id.to_owned(),
-        digest: String::new(),
-        state: RecordState::Complete,
-        exit_code: Some(exit_code::CANCELLED),
-        tombstone: true,
-        not_after: None,
-        claimed_at: now_ms,
-    }
-}
 
 /// Refuses a command whose `not_after` has passed (allowing for clock skew).
 pub fn check_fresh(not_after: Option<u64>, now_ms: u64) -> Result<(), ErrorReply> {
@@ -354,7 +318,7 @@ pub fn status_from(ticket: &Ticket, last_seq: u64, view: TicketView) -> ScriptSt
     ScriptStatus { ticket: ticket.clone(), state, exit_code, logs: view.logs, next_log_sequence, lines_written }
 }
 
-/// A status read with [`SKIP_LOGS`]: no lines, positioned after the last stored one.
+/// A status read with [`crate::store::SKIP_LOGS`]: no lines, positioned after the last stored one.
 pub fn status_without_logs(ticket: &Ticket, view: TicketView) -> ScriptStatus {
     let stored = view.last_stored;
     status_from(ticket, stored, TicketView { logs: Vec::new(), ..view })
@@ -363,6 +327,9 @@ pub fn status_without_logs(ticket: &Ticket, view: TicketView) -> ScriptStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::record::{cancel_tombstone, claim_record};
+    use crate::wire::messages::ScriptSpec;
+    use crate::wire::status::{LogLine, LogStream};
 
     fn record(state: RecordState) -> TicketRecord {
         TicketRecord {
@@ -524,7 +491,7 @@ mod tests {
         assert_eq!(reported_state(Some(&read), false), (ScriptState::Complete, Some(exit_code::CANCELLED)));
         assert!(read.tombstone);
         assert!(check_same_command(&read, &digest()).is_ok());
-        let other = crate::ScriptSpec { script: "echo other".into(), ..Default::default() }.digest();
+        let other = ScriptSpec { script: "echo other".into(), ..Default::default() }.digest();
         assert_eq!(check_same_command(&read, &other).unwrap_err().kind, ErrorKind::TicketConflict);
         let other = format!("{}0{}", &digest()[..20], &digest()[21..]);
         assert_eq!(check_same_command(&read, &other).unwrap_err().kind, ErrorKind::TicketConflict);
@@ -653,10 +620,8 @@ mod tests {
     }
 
     fn view(record: Option<TicketRecord>, lease_alive: bool, logs: &[u64], last_stored: u64) -> TicketView {
-        let logs = logs
-            .iter()
-            .map(|&seq| crate::LogLine { seq, stream: crate::LogStream::Stdout, text: String::new(), at: 0 })
-            .collect();
+        let logs =
+            logs.iter().map(|&seq| LogLine { seq, stream: LogStream::Stdout, text: String::new(), at: 0 }).collect();
         TicketView {
             record: record.map(|r| {
                 let raw = r.encode();

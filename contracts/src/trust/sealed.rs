@@ -7,13 +7,14 @@
 //! X25519 share per copy, HKDF-SHA256 over the agreed secret and both shares, and
 //! ChaCha20-Poly1305 over the secrets, with the ticket as associated data. Only the agents
 //! holding the secret key open them; the command's signature (or MAC) still covers the sealed
-//! bytes, so nobody can swap them. Sent only to agents that list [`crate::SERVICE_SEALED_SECRETS`].
+//! bytes, so nobody can swap them. Sent only to agents that list [`crate::wire::messages::SERVICE_SEALED_SECRETS`].
 
 use crate::entropy::Entropy;
-use crate::messages::{SealedSecrets, Secrets, StartScriptV2};
-use crate::session::{agree, Ephemeral};
-use crate::trust::{KeyId, PublicKey, SecretKey};
-use crate::{ErrorKind, ErrorReply, Request};
+use crate::trust::keys::{KeyId, PublicKey, SecretKey};
+use crate::trust::session::{agree, Ephemeral};
+use crate::wire::envelope::Request;
+use crate::wire::error::{ErrorKind, ErrorReply};
+use crate::wire::messages::{SealedSecrets, Secrets, StartScriptV2};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use sha2::Sha256;

@@ -1,6 +1,6 @@
 //! [`ScriptStatus`]: what every script request is answered with.
 
-use crate::ticket::Ticket;
+use crate::wire::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 
 /// Where a script is in its life. Unknown states from newer agents read as [`ScriptState::Unknown`].
@@ -57,7 +57,7 @@ pub struct LogLine {
 pub struct ScriptStatus {
     pub ticket: Ticket,
     pub state: ScriptState,
-    /// Set once `state` is `Complete`: the script's own code, or one of [`crate::exit_code`].
+    /// Set once `state` is `Complete`: the script's own code, or one of [`crate::wire::exit_code`].
     #[serde(default)]
     pub exit_code: Option<i32>,
     /// Lines after the request's `last_log_sequence`, in order.
