@@ -2,9 +2,9 @@
 //! time, with latency percentiles and throughput.
 
 use crate::orchestrator::Orchestrator;
-use crate::outcome::OutcomeKind;
-use crate::retry::RetryPolicy;
 use crate::route::Route;
+use contracts::submission::outcome::OutcomeKind;
+use contracts::submission::retry::RetryPolicy;
 use contracts::wire::messages::ScriptSpec;
 use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};

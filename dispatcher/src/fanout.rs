@@ -6,9 +6,10 @@
 //! only carries its decisions out.
 
 use crate::budget::{Limits, Resolved};
-use crate::orchestrator::{Event, Orchestrator, Policies};
-use crate::outcome::{exit, Outcome, OutcomeKind};
+use crate::orchestrator::{Event, Orchestrator};
 use crate::route::Route;
+use contracts::submission::outcome::{exit, Outcome, OutcomeKind};
+use contracts::submission::retry::Policies;
 use contracts::wire::messages::ScriptSpec;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -259,7 +260,7 @@ pub fn lost_run(target: &str, error: tokio::task::JoinError) -> TargetReport {
         Err(error) => error.to_string(),
     };
     let message = format!("the dispatcher failed while running this target ({why}); its outcome is unknown");
-    let outcome = Outcome::from_error(None, target, &crate::RpcError::Codec(why), message, true);
+    let outcome = Outcome::from_error(None, target, &crate::error::RpcError::Codec(why), message, true);
     TargetReport { target: target.to_owned(), outcome, duration: Duration::ZERO, retries: 0 }
 }
 

@@ -5,7 +5,7 @@
 //! script.
 
 use crate::route::Route;
-pub use contracts::submission::negotiate::{AgentKind, ScriptProtocol};
+use contracts::submission::negotiate::AgentKind;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;

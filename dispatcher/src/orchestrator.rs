@@ -4,16 +4,20 @@
 //! the machine's; this file only sends, waits and reports.
 
 use crate::error::RpcError;
-use crate::follow::LogFollower;
 use crate::metrics::Metrics;
-use crate::negotiate::{AgentKind, CapabilityCache, ProtocolMode, ScriptProtocol};
-use crate::outcome::Outcome;
-use crate::retry::{self, GaveUp, RetryPolicy};
+use crate::negotiate::{CapabilityCache, ProtocolMode};
+use crate::retry::{self, GaveUp};
 use crate::route::Route;
 use crate::rpc::{CallTiming, RpcClient};
+use contracts::submission::follow::LogFollower;
 use contracts::submission::machine::{Action, Config, Input, Now, Submission};
 use contracts::submission::negotiate::no_consumer_notice;
+use contracts::submission::negotiate::{AgentKind, ScriptProtocol};
+use contracts::submission::outcome::Outcome;
+use contracts::submission::requests::PlannedStart;
 use contracts::submission::requests::{complete_request, expect_status};
+use contracts::submission::retry::RetryPolicy;
+use contracts::submission::retry::{Policies, Timing};
 use contracts::wire::envelope::{Reply, Request};
 use contracts::wire::messages::{
     Capabilities, CompleteScriptV2, GetCapabilities, GetStatusV1, GetStatusV2, Kind, ScriptSpec,
@@ -27,9 +31,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
-
-pub use contracts::submission::requests::PlannedStart;
-pub use contracts::submission::retry::{cancel_policy, Policies, Timing, CANCEL_REPEAT};
 
 /// What happens during a submission, for the user to see.
 pub type Event = contracts::submission::machine::Event<RpcError>;

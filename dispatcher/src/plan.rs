@@ -7,11 +7,11 @@
 //! decoding base64, and the order in which they report mistakes (each step here is called in
 //! that order). What a script is, and which policy applies, is decided only here.
 
-use crate::orchestrator::Policies;
 use crate::policy::{self, MachinePolicy, Overrides, PolicyConfig, PolicyError, Purpose, Target};
-use crate::retry::RetryPolicy;
 use crate::route::Route;
 use crate::service::journal::Submission;
+use contracts::submission::retry::Policies;
+use contracts::submission::retry::RetryPolicy;
 use contracts::wire::messages::{Isolation, ScriptFile, ScriptSpec, Secrets, Shell};
 use contracts::wire::ticket::Ticket;
 use std::collections::BTreeMap;

@@ -27,7 +27,7 @@
 //! before any request is sent, not discovered halfway through a fleet. The decisions themselves,
 //! [`PolicyConfig::policy_for`] and [`resolve`], are plain functions.
 
-use crate::retry::RetryPolicy;
+use contracts::submission::retry::RetryPolicy;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};

@@ -4,9 +4,7 @@
 //! last real error and the time spent.
 
 use crate::error::RpcError;
-use contracts::submission::retry::Retry;
-pub use contracts::submission::retry::{RetryPolicy, INITIAL_DELAY, MAX_DELAY};
-pub use contracts::time::short;
+use contracts::submission::retry::{Retry, RetryPolicy};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

@@ -451,7 +451,7 @@ pub async fn connect(config: &RpcConfig, name: &str) -> Result<Connection, RpcEr
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(error)) => last_error = Some(connect_error(&error)),
             Err(_) => {
-                let after = crate::retry::short(config.connect_timeout);
+                let after = contracts::time::short(config.connect_timeout);
                 last_error = Some(RpcError::Connect(format!("no answer within {after}")));
             }
         }
@@ -495,7 +495,7 @@ async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError>
     };
     let (connection, channel, mut consumer) = match tokio::time::timeout(config.connect_timeout, connect).await {
         Err(_) => {
-            let after = crate::retry::short(config.connect_timeout);
+            let after = contracts::time::short(config.connect_timeout);
             if edge::connect::broker::accepts_tcp(amqp_url, config.connect_timeout).await {
                 return Err(RpcError::Connect(format!("{SILENT_BROKER} (no AMQP answer within {after})")));
             }

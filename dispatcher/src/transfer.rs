@@ -9,9 +9,10 @@
 
 use crate::error::RpcError;
 use crate::orchestrator::{EventSink, Orchestrator};
-use crate::outcome::{exit, Outcome};
-use crate::retry::{GaveUp, RetryPolicy};
+use crate::retry::GaveUp;
 use crate::route::Route;
+use contracts::submission::outcome::{exit, Outcome};
+use contracts::submission::retry::RetryPolicy;
 use contracts::wire::envelope::{Reply, Request};
 use contracts::wire::error::ErrorKind;
 use contracts::wire::transfer::{

@@ -6,12 +6,17 @@
 //!
 //! `cargo build --release --bins && cargo run --release -p tests --example webload -- [tickets]`
 
+use contracts::submission::outcome::{Outcome, OutcomeKind};
+use contracts::submission::requests::PlannedStart;
+use contracts::submission::retry::Policies;
+use contracts::submission::retry::RetryPolicy;
 use contracts::wire::status::{LogLine, LogStream};
 use contracts::wire::ticket::Ticket;
-use dispatcher::orchestrator::{Event, PlannedStart, Policies};
+use dispatcher::error::RpcError;
+use dispatcher::orchestrator::Event;
 use dispatcher::retry::RetryNotice;
+use dispatcher::route::Route;
 use dispatcher::service::journal::{Journal, Submission};
-use dispatcher::{Outcome, OutcomeKind, RetryPolicy, Route, RpcError};
 use futures_util::StreamExt;
 use std::time::{Duration, Instant, SystemTime};
 

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use worker_agent::{Agent, AgentConfig};
+use worker_agent::config::AgentConfig;
+use worker_agent::service::Agent;
 
 /// A configuration for a fresh test agent.
 pub fn test_config(what: &str) -> AgentConfig {
@@ -47,7 +48,7 @@ fn age_store(config: &AgentConfig) {
 /// commands (`--insecure-allow-unsigned`, as `--protocol v1` requires) and is pinned `legacy`.
 pub fn legacy_config(what: &str) -> AgentConfig {
     let mut config = test_config(what);
-    config.protocol = worker_agent::Protocol::V1;
+    config.protocol = worker_agent::config::Protocol::V1;
     config.insecure_allow_unsigned = true;
     crate::trust::keys().pin_legacy(&config.agent_id);
     config
@@ -88,8 +89,8 @@ impl TestAgent {
         &self.config.agent_id
     }
 
-    pub fn route(&self) -> dispatcher::Route {
-        dispatcher::Route::agent(self.id()).expect("valid id")
+    pub fn route(&self) -> dispatcher::route::Route {
+        dispatcher::route::Route::agent(self.id()).expect("valid id")
     }
 
     /// Stops consuming, leaving running scripts and the store as they are (for restart tests).
@@ -242,9 +243,9 @@ impl AgentProcess {
             .arg("--work-dir")
             .arg(&config.work_dir)
             .args(["--lease-ttl", &format!("{}ms", config.lease_ttl.as_millis())])
-            .args(["--protocol", if config.protocol == worker_agent::Protocol::V1 { "v1" } else { "v2" }])
+            .args(["--protocol", if config.protocol == worker_agent::config::Protocol::V1 { "v1" } else { "v2" }])
             .args(config.pool.iter().flat_map(|pool| ["--pool", pool.as_str()]))
-            .args(["--store", if config.store == worker_agent::StoreKind::Local { "local" } else { "redis" }])
+            .args(["--store", if config.store == worker_agent::config::StoreKind::Local { "local" } else { "redis" }])
             .args(config.max_scripts.iter().flat_map(|n| ["--max-scripts".to_string(), n.to_string()]))
             .args(
                 config.queue_expiry.iter().flat_map(|e| ["--queue-expiry".to_string(), format!("{}ms", e.as_millis())]),

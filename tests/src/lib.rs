@@ -35,7 +35,9 @@ pub use agent::{AgentProcess, TestAgent};
 pub use raw::RawBroker;
 pub use service::ServiceProcess;
 
-use dispatcher::{Orchestrator, RpcClient, RpcConfig, Timing};
+use contracts::submission::retry::Timing;
+use dispatcher::orchestrator::Orchestrator;
+use dispatcher::rpc::{RpcClient, RpcConfig};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -373,16 +375,16 @@ pub fn sh(script: impl Into<String>) -> contracts::wire::messages::ScriptSpec {
 /// Submits a script with the default policy and collects its log lines.
 pub async fn submit(
     orchestrator: &Orchestrator,
-    route: &dispatcher::Route,
+    route: &dispatcher::route::Route,
     spec: contracts::wire::messages::ScriptSpec,
-) -> (dispatcher::Outcome, Vec<contracts::wire::status::LogLine>) {
+) -> (contracts::submission::outcome::Outcome, Vec<contracts::wire::status::LogLine>) {
     let lines = std::sync::Mutex::new(Vec::new());
     let events = |event| {
-        if let dispatcher::Event::Log(line) = event {
+        if let dispatcher::orchestrator::Event::Log(line) = event {
             lines.lock().expect("lines").push(line);
         }
     };
-    let policy = dispatcher::RetryPolicy::new(Duration::from_secs(30));
+    let policy = contracts::submission::retry::RetryPolicy::new(Duration::from_secs(30));
     let outcome = orchestrator.submit(route, spec, policy, &events, &tokio_util::sync::CancellationToken::new()).await;
     (outcome, lines.into_inner().expect("lines"))
 }

@@ -11,8 +11,9 @@ use tests::*;
 
 async fn still_serving(agent: &TestAgent) {
     let orchestrator = orchestrator().await;
-    let caps =
-        orchestrator.capabilities(&agent.route(), dispatcher::RetryPolicy::new(Duration::from_secs(10)), &|_| {}).await;
+    let caps = orchestrator
+        .capabilities(&agent.route(), contracts::submission::retry::RetryPolicy::new(Duration::from_secs(10)), &|_| {})
+        .await;
     assert!(caps.unwrap().supports(SERVICE_SCRIPT_V2), "the agent keeps serving");
 }
 

@@ -81,7 +81,7 @@ fn start(ticket: &Ticket, spec: ScriptSpec) -> Request {
     Request::StartScriptV2(StartScriptV2 { ticket: ticket.clone(), spec, wait_for_output: None, first_issued_at: None })
 }
 
-async fn status_of(reply: Result<Reply, dispatcher::RpcError>) -> (ScriptState, Option<i32>) {
+async fn status_of(reply: Result<Reply, dispatcher::error::RpcError>) -> (ScriptState, Option<i32>) {
     match reply.expect("answered") {
         Reply::ScriptStatus(status) => (status.state, status.exit_code),
         other => panic!("unexpected reply {other:?}"),

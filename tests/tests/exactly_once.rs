@@ -1,5 +1,6 @@
 //! The agent's exactly-once rules, against the real RabbitMQ and Redis.
 
+use contracts::submission::retry::RetryPolicy;
 use contracts::time::unix_millis;
 use contracts::wire::envelope::{Reply, Request};
 use contracts::wire::error::ErrorKind;
@@ -8,7 +9,6 @@ use contracts::wire::status::ScriptState;
 use contracts::wire::ticket::Ticket;
 use contracts::wire::{exit_code, topology};
 use dispatcher::rpc::CallTiming;
-use dispatcher::RetryPolicy;
 use std::time::{Duration, SystemTime};
 use tests::*;
 
@@ -17,13 +17,13 @@ fn timing() -> CallTiming {
 }
 
 async fn follow_to_end(
-    orchestrator: &dispatcher::Orchestrator,
+    orchestrator: &dispatcher::orchestrator::Orchestrator,
     agent: &TestAgent,
     ticket: &Ticket,
-) -> dispatcher::Outcome {
+) -> contracts::submission::outcome::Outcome {
     let status =
         orchestrator.status(&agent.route(), ticket, RetryPolicy::new(Duration::from_secs(30)), &|_| {}).await.unwrap();
-    let follower = dispatcher::follow::LogFollower::after(0);
+    let follower = contracts::submission::follow::LogFollower::after(0);
     orchestrator
         .follow_to_end(
             &agent.route(),
@@ -31,7 +31,7 @@ async fn follow_to_end(
             follower,
             status,
             RetryPolicy::new(Duration::from_secs(30)),
-            dispatcher::negotiate::ScriptProtocol::V2,
+            contracts::submission::negotiate::ScriptProtocol::V2,
             &|_| {},
             &Default::default(),
         )
@@ -166,7 +166,7 @@ async fn the_same_ticket_with_a_different_script_is_a_conflict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_script_reports_unknown_result_and_never_reruns() {
     let mut agent = AgentProcess::start(tests::agent::test_config("sigkill")).await;
-    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let route = dispatcher::route::Route::agent(&agent.config.agent_id).unwrap();
     let orchestrator = orchestrator().await;
     let markers = Markers::new();
     let ticket = edge::entropy::ticket();
@@ -207,7 +207,7 @@ async fn an_agent_killed_mid_script_reports_unknown_result_and_never_reruns() {
 async fn a_running_ticket_whose_lease_expired_reports_unknown_result() {
     // An agent process dies and never comes back: its lease runs out (3 s in tests).
     let mut agent = AgentProcess::start(tests::agent::test_config("lease")).await;
-    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let route = dispatcher::route::Route::agent(&agent.config.agent_id).unwrap();
     let orchestrator = orchestrator().await;
     let ticket = edge::entropy::ticket();
     let start = Request::StartScriptV2(StartScriptV2 {

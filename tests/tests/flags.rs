@@ -7,7 +7,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 use tests::agent::test_config;
 use tests::*;
-use worker_agent::AgentConfig;
+use worker_agent::config::AgentConfig;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -297,7 +297,7 @@ async fn max_scripts_from_the_flag_or_the_environment_bounds_running_scripts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_local_keeps_tickets_in_the_work_dir_not_in_redis() {
     let mut config = test_config("store-flag");
-    config.store = worker_agent::StoreKind::Local;
+    config.store = worker_agent::config::StoreKind::Local;
     let agent = AgentProcess::start(config.clone()).await;
     let out = dispatcher(&["submit", "--target", &config.agent_id, "--", "echo local"]).await;
     assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "local\n".to_string()));

@@ -22,8 +22,10 @@ fn peak_rss_mib(pid: u32) -> u64 {
 
 async fn still_serving(agent_id: &str) {
     let orchestrator = orchestrator().await;
-    let route = dispatcher::Route::agent(agent_id).unwrap();
-    let caps = orchestrator.capabilities(&route, dispatcher::RetryPolicy::new(Duration::from_secs(10)), &|_| {}).await;
+    let route = dispatcher::route::Route::agent(agent_id).unwrap();
+    let caps = orchestrator
+        .capabilities(&route, contracts::submission::retry::RetryPolicy::new(Duration::from_secs(10)), &|_| {})
+        .await;
     assert!(caps.unwrap().supports(SERVICE_SCRIPT_V2), "the agent keeps serving");
 }
 
@@ -289,7 +291,7 @@ async fn a_gib_of_output_to_a_slow_store_keeps_the_agent_small_and_ends_with_the
     let (stdout_bytes, stdout_lines, notices) =
         (AtomicU64::new(0), AtomicU64::new(0), std::sync::Mutex::new(Vec::new()));
     let events = |event| {
-        if let dispatcher::Event::Log(line) = event {
+        if let dispatcher::orchestrator::Event::Log(line) = event {
             match line.stream {
                 LogStream::Stdout => {
                     stdout_bytes.fetch_add(line.text.len() as u64, Ordering::Relaxed);
@@ -300,8 +302,8 @@ async fn a_gib_of_output_to_a_slow_store_keeps_the_agent_small_and_ends_with_the
         }
     };
     let orchestrator = orchestrator().await;
-    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
-    let policy = dispatcher::RetryPolicy::new(Duration::from_secs(60));
+    let route = dispatcher::route::Route::agent(&agent.config.agent_id).unwrap();
+    let policy = contracts::submission::retry::RetryPolicy::new(Duration::from_secs(60));
     let never = tokio_util::sync::CancellationToken::new();
     let submitted = orchestrator.submit(&route, spec, policy, &events, &never);
     // The store stops answering for a while in the middle: the agent waits, and loses nothing.

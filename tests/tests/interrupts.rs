@@ -218,7 +218,7 @@ async fn a_cancel_and_a_start_racing_never_let_the_script_run_to_its_end() {
     let config = tests::agent::test_config("int-race");
     let agent = AgentProcess::start(config.clone()).await;
     let orchestrator = orchestrator().await;
-    let route = dispatcher::Route::agent(&config.agent_id).unwrap();
+    let route = dispatcher::route::Route::agent(&config.agent_id).unwrap();
     let markers = Markers::new();
     let timing = || CallTiming {
         reply_timeout: Duration::from_secs(10),

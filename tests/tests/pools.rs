@@ -1,11 +1,12 @@
 //! Worker pools: competing consumers on a shared queue and a shared ticket store, bounded
 //! workers, and draining on SIGTERM. Against the real RabbitMQ and Redis.
 
-use dispatcher::{Orchestrator, Route};
+use dispatcher::orchestrator::Orchestrator;
+use dispatcher::route::Route;
 use std::collections::HashMap;
 use std::time::Duration;
 use tests::*;
-use worker_agent::AgentConfig;
+use worker_agent::config::AgentConfig;
 
 /// Configurations for `n` workers of one fresh pool, sharing a key prefix.
 fn pool_configs(what: &str, n: usize, max_scripts: Option<usize>) -> (String, Vec<AgentConfig>) {
@@ -41,7 +42,7 @@ fn submit_in_background(
     orchestrator: &Orchestrator,
     route: &Route,
     script: String,
-) -> tokio::task::JoinHandle<(dispatcher::Outcome, Vec<contracts::wire::status::LogLine>)> {
+) -> tokio::task::JoinHandle<(contracts::submission::outcome::Outcome, Vec<contracts::wire::status::LogLine>)> {
     let (orchestrator, route) = (orchestrator.clone(), route.clone());
     tokio::spawn(async move { submit(&orchestrator, &route, sh(script)).await })
 }
@@ -56,7 +57,7 @@ async fn submit_all(
     route: &Route,
     scripts: Vec<String>,
     in_flight: usize,
-) -> Vec<dispatcher::Outcome> {
+) -> Vec<contracts::submission::outcome::Outcome> {
     let queue = std::sync::Arc::new(std::sync::Mutex::new(scripts.into_iter().enumerate().collect::<Vec<_>>()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..in_flight {
@@ -195,7 +196,7 @@ async fn a_worker_killed_mid_run_leaves_unknown_results_and_its_unclaimed_work_r
     let other = TestAgent::start_with(configs.remove(0)).await;
     let (outcome, _) = running.await.unwrap();
     assert_eq!(outcome.exit_code, Some(contracts::wire::exit_code::UNKNOWN_RESULT), "{outcome:?}");
-    assert_eq!(outcome.outcome, dispatcher::OutcomeKind::Unknown);
+    assert_eq!(outcome.outcome, contracts::submission::outcome::OutcomeKind::Unknown);
     let (outcome, lines) = held.await.unwrap();
     assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
     assert_eq!(texts(&lines, contracts::wire::status::LogStream::Stdout), vec!["held".to_string()]);

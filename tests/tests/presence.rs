@@ -33,7 +33,7 @@ async fn listed(select: &str) -> (Vec<String>, String) {
 }
 
 /// A config for an agent process labelled `labels`, announcing every second.
-fn labelled(what: &str, labels: &[(&str, &str)]) -> worker_agent::AgentConfig {
+fn labelled(what: &str, labels: &[(&str, &str)]) -> worker_agent::config::AgentConfig {
     let mut config = agent::test_config(what);
     config.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     config.announce_interval = Duration::from_secs(1);

@@ -1,12 +1,13 @@
 //! Running scripts: process groups, timeouts, isolation, output, and acking, against the real
 //! RabbitMQ and Redis.
 
+use contracts::submission::outcome::OutcomeKind;
+use contracts::submission::retry::RetryPolicy;
 use contracts::wire::envelope::{Reply, Request};
 use contracts::wire::exit_code;
 use contracts::wire::messages::{GetStatusV2, Isolation, ScriptSpec, Shell, StartScriptV2};
 use contracts::wire::status::{LogStream, ScriptState};
 use dispatcher::rpc::CallTiming;
-use dispatcher::{OutcomeKind, RetryPolicy};
 use std::time::{Duration, Instant, SystemTime};
 use tests::*;
 
@@ -47,7 +48,7 @@ async fn cancel_kills_the_whole_process_group() {
     let outcome = submission.await.unwrap();
     assert_eq!(outcome.outcome, OutcomeKind::Cancelled);
     assert_eq!(outcome.exit_code, Some(exit_code::CANCELLED));
-    assert_eq!(outcome.process_exit, dispatcher::outcome::exit::CANCELLED);
+    assert_eq!(outcome.process_exit, contracts::submission::outcome::exit::CANCELLED);
     eventually("the background child to die", Duration::from_secs(5), || async { (!pid_alive(child)).then_some(()) })
         .await;
     agent.stop().await;
@@ -64,7 +65,7 @@ async fn execution_timeout_kills_the_whole_process_group() {
     let (outcome, lines) = submit(&orchestrator, &agent.route(), spec).await;
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(outcome.exit_code, Some(exit_code::EXECUTION_TIMEOUT));
-    assert_eq!(outcome.process_exit, dispatcher::outcome::exit::EXECUTION_TIMEOUT);
+    assert_eq!(outcome.process_exit, contracts::submission::outcome::exit::EXECUTION_TIMEOUT);
     assert!(texts(&lines, LogStream::Agent).iter().any(|l| l.contains("execution timeout")));
     let child = read_pid(&pidfile).await;
     eventually("the background child to die", Duration::from_secs(5), || async { (!pid_alive(child)).then_some(()) })
@@ -158,7 +159,7 @@ async fn a_script_waiting_past_its_mutex_timeout_ends_with_the_mutex_timeout_cod
     };
     let (outcome, lines) = submit(&orchestrator, &agent.route(), spec).await;
     assert_eq!(outcome.exit_code, Some(exit_code::MUTEX_TIMEOUT));
-    assert_eq!(outcome.process_exit, dispatcher::outcome::exit::MUTEX_TIMEOUT);
+    assert_eq!(outcome.process_exit, contracts::submission::outcome::exit::MUTEX_TIMEOUT);
     let notes = texts(&lines, LogStream::Agent);
     assert!(notes.iter().any(|l| l.contains("waiting for isolation mutex \"db\"")), "{notes:?}");
     assert!(notes.iter().any(|l| l.contains("gave up waiting")), "{notes:?}");

@@ -2,10 +2,10 @@
 //! to the [`Agent`], replies through direct reply-to, and acks. It reconnects by itself after
 //! losing the broker; requests lost meanwhile are repeated by the dispatcher.
 
-pub use crate::broker_call::{call, BrokerError};
+use crate::broker_call::{call, BrokerError};
+use crate::config::Protocol;
 use crate::handling::{Handling, Received, Source};
 use crate::service::Agent;
-use crate::Protocol;
 use contracts::agent::flow::environment::{Answer, Delivery, Served, Settle};
 use contracts::time::short;
 use contracts::time::unix_millis;

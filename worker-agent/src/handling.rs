@@ -46,6 +46,12 @@ pub struct Received<'a> {
     pub ack: Option<BoxFuture<'a, ()>>,
 }
 
+/// Marks the runs of an earlier process with this agent id as lost: they can never be finished or
+/// restarted, so they report unknown result at once instead of after the lease.
+pub async fn recover_lost_runs(agent: &Arc<Agent>) -> Result<usize, StoreError> {
+    contracts::agent::flow::script::recover_lost_runs(&mut Handling::new(agent, None)).await
+}
+
 /// The agent handling one delivery (or none: its recovery at start).
 pub struct Handling<'a> {
     agent: &'a Arc<Agent>,

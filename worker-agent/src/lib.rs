@@ -48,9 +48,8 @@ pub mod transfer;
 pub mod trust;
 pub mod workspace;
 
-pub use config::{AgentConfig, Protocol, StoreKind};
-pub use service::Agent;
-
+use crate::config::{AgentConfig, StoreKind};
+use crate::service::Agent;
 use contracts::time::short;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -67,10 +66,10 @@ pub enum RunError {
     Probes { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Trust(#[from] trust::TrustError),
-    /// A broker setting no retry mends (see [`broker::BrokerError::is_setting`]); the binary
+    /// A broker setting no retry mends (see [`broker_call::BrokerError::is_setting`]); the binary
     /// exits [`EXIT_SETTING`].
     #[error(transparent)]
-    Broker(#[from] broker::BrokerError),
+    Broker(#[from] broker_call::BrokerError),
     /// The ticket store's certificate is not trusted: a setting no retry mends; the binary exits
     /// [`EXIT_SETTING`].
     #[error("TLS handshake with the ticket store failed: {error}; {UNTRUSTED_HINT}")]
@@ -181,7 +180,7 @@ async fn drain(agent: &Agent, timeout: Duration) {
 }
 
 /// The task serving the broker (see [`broker::serve`]).
-pub type Serving = tokio::task::JoinHandle<Result<(), broker::BrokerError>>;
+pub type Serving = tokio::task::JoinHandle<Result<(), broker_call::BrokerError>>;
 
 /// Where the local ticket store lives in the work directory.
 pub const LOCAL_STORE_FILE: &str = "tickets.redb";
@@ -279,7 +278,7 @@ async fn start_trusting(
     }
     let agent = Agent::new(config, store, epoch, owner, metrics, trust);
     agent.listen_for_cancels();
-    match agent.recover_lost_runs().await {
+    match handling::recover_lost_runs(&agent).await {
         Ok(0) => {}
         Ok(lost) => {
             tracing::warn!(agent = %agent.config().agent_id, lost, "runs of an earlier agent process reported as unknown result")

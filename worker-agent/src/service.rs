@@ -1,19 +1,17 @@
 //! The agent process: its configuration, store, keys and running scripts. What it does with
 //! each delivery is contracts' flow ([`contracts::agent::flow`]), run with the agent as its
-//! environment ([`crate::handling`]); this holds what that environment needs: the scripts of this
+//! environment (`crate::handling`, which uses this module); this holds what that environment needs: the scripts of this
 //! process (launched, cancelled, their progress awaited), the places for them, and the store.
 
 use crate::config::{AgentConfig, Protocol};
-use crate::handling::Handling;
 use crate::isolation::Mutexes;
 use crate::metrics::Metrics;
 use crate::output::Progress;
 use crate::runner::Run;
-use crate::store::{AgentStore, StoreError};
+use crate::store::AgentStore;
 use crate::trust::AgentTrust;
 use crate::workspace;
 use contracts::agent::flow::environment::{Memory, Settings};
-use contracts::agent::flow::script::recover_lost_runs;
 use contracts::store::record::TicketRecord;
 use contracts::store::{Epoch, TicketKeys};
 use contracts::wire::messages::{
@@ -222,12 +220,6 @@ impl Agent {
     /// What the flow remembers between requests.
     pub fn memory(&self) -> &Memory {
         &self.memory
-    }
-
-    /// Marks the runs of an earlier process with this agent id as lost: they can never be
-    /// finished or restarted, so they report unknown result at once instead of after the lease.
-    pub async fn recover_lost_runs(self: &Arc<Self>) -> Result<usize, StoreError> {
-        recover_lost_runs(&mut Handling::new(self, None)).await
     }
 
     /// Runs the script of the ticket claimed as `record` in `slot`, as a task of this process.

@@ -13,12 +13,13 @@ mod commands;
 mod log;
 mod signals;
 
-use crate::orchestrator::{Orchestrator, Timing};
+use crate::orchestrator::Orchestrator;
 use crate::rpc::{RpcClient, RpcConfig};
 use crate::trust::{DispatcherTrust, TrustFiles};
 use args::{Cli, Command};
 use clap::Parser;
 use commands::journal::JournalOptions;
+use contracts::submission::retry::Timing;
 use output::printer::usage_error;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Ctrl-C while a command waits: once stops the script (or leaves `status --follow`), twice
 //! leaves at once.
 
-use crate::outcome::exit;
+use contracts::submission::outcome::exit;
 use tokio_util::sync::CancellationToken;
 
 /// Ctrl-C once cancels the script (the token); twice exits at once.

@@ -3,8 +3,8 @@
 //! them back into [`AgentSeen`].
 
 use crate::event::sorted_json;
-use crate::negotiate::AgentKind;
 use crate::retry::GaveUp;
+use contracts::submission::negotiate::AgentKind;
 use serde::{Deserialize, Serialize};
 
 /// A target's capabilities when the service last asked (before each script), or why it could

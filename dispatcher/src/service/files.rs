@@ -11,10 +11,8 @@
 
 use super::state::{ApiError, ApiState, ErrorBody, Shared};
 use crate::orchestrator::Event;
-use crate::outcome::exit;
 use crate::plan::PolicyChoice;
 use crate::policy::Purpose;
-use crate::retry::RetryPolicy;
 use crate::route::Route;
 use crate::transfer::{Peer, TransferError, Transferred};
 use axum::body::Body;
@@ -23,6 +21,8 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use contracts::submission::outcome::exit;
+use contracts::submission::retry::RetryPolicy;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

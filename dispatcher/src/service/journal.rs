@@ -23,10 +23,12 @@
 
 use super::agents::AgentSeen;
 use crate::event::JsonEvent;
-use crate::orchestrator::{Event, PlannedStart, Policies};
-use crate::outcome::{Outcome, OutcomeKind};
-use crate::retry::RetryPolicy;
+use crate::orchestrator::Event;
 use crate::route::Route;
+use contracts::submission::outcome::{Outcome, OutcomeKind};
+use contracts::submission::requests::PlannedStart;
+use contracts::submission::retry::Policies;
+use contracts::submission::retry::RetryPolicy;
 use contracts::time::unix_millis;
 use contracts::wire::messages::ScriptSpec;
 use contracts::wire::status::LogLine;

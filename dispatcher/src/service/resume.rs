@@ -7,7 +7,7 @@ use super::agents::AgentSeen;
 use super::journal::{Journal, JournalError, Submission};
 use super::lease::Leases;
 use crate::orchestrator::{Event, Orchestrator};
-use crate::outcome::Outcome;
+use contracts::submission::outcome::Outcome;
 use contracts::wire::messages::Secrets;
 use contracts::wire::ticket::Ticket;
 use std::collections::{HashMap, HashSet};

@@ -74,7 +74,7 @@ pub fn parse_ticket(raw: &str) -> Result<Ticket, ApiError> {
 
 /// The journal's record of a ticket, or 404.
 pub async fn record_of(state: &ApiState, ticket: &Ticket) -> Result<TicketRecord, ApiError> {
-    let retention = crate::retry::short(state.followers.journal.retention());
+    let retention = contracts::time::short(state.followers.journal.retention());
     let metrics = state.followers.orchestrator.metrics();
     edge::clock::observe(&metrics.common.store, "ticket", state.followers.journal.ticket(ticket)).await?.ok_or_else(
         || {

@@ -5,8 +5,8 @@ use crate::cli::args::BenchArgs;
 use crate::cli::output::printer::{usage_error, Printer};
 use crate::error::RpcError;
 use crate::orchestrator::Orchestrator;
-use crate::outcome::Outcome;
 use crate::policy::Purpose;
+use contracts::submission::outcome::Outcome;
 use std::process::ExitCode;
 
 /// `dispatcher bench`: many `echo hello` scripts over the whole path, with latency and throughput.

@@ -2,13 +2,13 @@
 //! and dispatchers run with least privilege (docs/security.md, "Least privilege on the broker").
 
 use crate::cli::args::{EnrolAgentArgs, EnrolPoolArgs, SetupBrokerArgs};
-use crate::outcome::exit;
 use crate::rpc::RpcConfig;
 use crate::setup::{self, DeadLimits, DeadQueue};
+use contracts::submission::outcome::exit;
 use contracts::wire::topology::{Permissions, DEAD_QUEUE};
 use std::process::ExitCode;
 
-fn broker_error(error: crate::RpcError) -> ExitCode {
+fn broker_error(error: crate::error::RpcError) -> ExitCode {
     eprintln!("cuttle: {error}");
     ExitCode::from(exit::BROKER_UNREACHABLE)
 }
@@ -26,7 +26,7 @@ pub async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> ExitCod
         DeadQueue::Bounded => println!(
             "declared the exchanges, the presence stream and {DEAD_QUEUE} (at most {} messages, each for {}) in vhost {vhost}",
             args.dead_max_length,
-            crate::retry::short(args.dead_ttl)
+            contracts::time::short(args.dead_ttl)
         ),
         DeadQueue::Existing => {
             println!("declared the exchanges and the presence stream in vhost {vhost}; {DEAD_QUEUE} existed already");

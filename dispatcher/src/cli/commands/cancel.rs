@@ -3,8 +3,8 @@
 use crate::cli::args::TicketArgs;
 use crate::cli::output::printer::{usage_error, Printer};
 use crate::orchestrator::Orchestrator;
-use crate::outcome::OutcomeKind;
 use crate::policy::Purpose;
+use contracts::submission::outcome::OutcomeKind;
 use std::process::ExitCode;
 
 /// `dispatcher cancel TICKET`: cancels the script and follows it until it has stopped.

@@ -4,8 +4,8 @@ use super::journal::JournalOptions;
 use crate::cli::args::SubmitArgs;
 use crate::cli::output::printer::usage_error;
 use crate::event::JsonEvent;
-use crate::outcome::exit;
 use crate::plan::{Plan, Tickets};
+use contracts::submission::outcome::exit;
 use std::process::ExitCode;
 use std::time::Duration;
 

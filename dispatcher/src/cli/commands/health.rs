@@ -2,11 +2,11 @@
 
 use crate::cli::args::{CapabilitiesArgs, HealthArgs};
 use crate::cli::output::printer::{usage_error, Printer};
-use crate::negotiate::AgentKind;
 use crate::orchestrator::Orchestrator;
-use crate::outcome::{exit, Outcome};
 use crate::policy::Purpose;
 use crate::route::Route;
+use contracts::submission::negotiate::AgentKind;
+use contracts::submission::outcome::{exit, Outcome};
 use serde_json::json;
 use std::process::ExitCode;
 

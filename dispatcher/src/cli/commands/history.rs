@@ -3,9 +3,9 @@
 use super::journal::JournalOptions;
 use crate::cli::args::HistoryArgs;
 use crate::cli::output::printer::usage_error;
-use crate::outcome::{exit, OutcomeKind};
 use crate::service::api::{since_millis, TicketView, MAX_HISTORY_LIMIT};
 use crate::service::journal::HistoryQuery;
+use contracts::submission::outcome::{exit, OutcomeKind};
 use serde_json::json;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub async fn run(journal: &JournalOptions, args: HistoryArgs) -> ExitCode {
             outln!("{}", serde_json::to_string(&view).expect("view encodes"));
             continue;
         }
-        let age = crate::retry::short(Duration::from_secs(now.saturating_sub(view.submitted_at) / 1000));
+        let age = contracts::time::short(Duration::from_secs(now.saturating_sub(view.submitted_at) / 1000));
         outln!(
             "{:<36} {:<24} {:<9} {:<10} {:>9} {:>8}",
             view.ticket,

@@ -5,7 +5,7 @@ use super::progress::FanoutProgress;
 use super::terminal;
 use crate::event::JsonEvent;
 use crate::orchestrator::Event;
-use crate::outcome::{exit, Outcome, OutcomeKind};
+use contracts::submission::outcome::{exit, Outcome, OutcomeKind};
 use contracts::wire::status::LogStream;
 use std::io::Write;
 use std::process::ExitCode;
@@ -89,7 +89,7 @@ impl Printer {
                 "cuttle: {prefix}{request} attempt {} failed: {}; retrying, {} left",
                 notice.attempt,
                 terminal::err(&notice.error.to_string()),
-                crate::retry::short(Duration::from_secs(notice.time_left.as_secs())),
+                contracts::time::short(Duration::from_secs(notice.time_left.as_secs())),
             ),
             Event::Notice(message) => eprintln!("cuttle: {prefix}{}", terminal::err(&message)),
             Event::Warning(message) => eprintln!("cuttle: {prefix}warning: {}", terminal::err(&message)),

@@ -93,7 +93,7 @@ pub fn transfer_bar() -> ProgressBar {
 mod tests {
     use super::*;
     use crate::fanout::{NotStarted, TargetReport};
-    use crate::outcome::Outcome;
+    use contracts::submission::outcome::Outcome;
     use std::time::Duration;
 
     #[test]
