@@ -67,7 +67,7 @@ mod legacy {
     use super::*;
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
-    pub struct Envelope<B> {
+    pub(crate) struct Envelope<B> {
         pub version: u16,
         pub kind: String,
         pub message_id: String,
@@ -78,7 +78,7 @@ mod legacy {
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
-    pub struct StartScriptV2 {
+    pub(crate) struct StartScriptV2 {
         pub ticket: String,
         pub script: String,
         pub shell: String,
@@ -91,7 +91,7 @@ mod legacy {
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
-    pub struct LogLine {
+    pub(crate) struct LogLine {
         pub seq: u64,
         pub stream: String,
         pub text: String,
@@ -99,7 +99,7 @@ mod legacy {
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
-    pub struct ScriptStatus {
+    pub(crate) struct ScriptStatus {
         pub ticket: String,
         pub state: String,
         pub exit_code: Option<i32>,

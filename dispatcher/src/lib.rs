@@ -25,25 +25,25 @@
 //! - [`cli`]: the `dispatcher` command line.
 #![forbid(unsafe_code)]
 
-pub mod bench;
-pub mod budget;
+mod bench;
+mod budget;
 pub mod cli;
 pub mod error;
 pub mod event;
-pub mod fanout;
+mod fanout;
 #[cfg(test)]
 mod golden;
 pub mod inventory;
 pub mod metrics;
-pub mod negotiate;
+mod negotiate;
 pub mod orchestrator;
-pub mod plan;
-pub mod policy;
+mod plan;
+mod policy;
 pub mod retry;
 pub mod route;
 pub mod rpc;
 pub mod service;
-pub mod setup;
+mod setup;
 pub mod transfer;
 pub mod trust;
 

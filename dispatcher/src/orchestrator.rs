@@ -243,7 +243,10 @@ impl Orchestrator {
     /// Runs a script under a start planned (and recorded) beforehand and follows it after line
     /// `last_seen`, without completing it, so the caller can record the outcome first (see
     /// [`Submission::run_planned`]).
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is a different thing the caller holds; a struct of them would only be unpacked here"
+    )]
     pub async fn run_planned(
         &self,
         route: &Route,
@@ -280,7 +283,10 @@ impl Orchestrator {
 
     /// Follows a ticket until its script is complete and every line is seen. On `interrupt`
     /// the script is cancelled and followed until it stops.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is a different thing the caller holds; a struct of them would only be unpacked here"
+    )]
     pub async fn follow_to_end(
         &self,
         route: &Route,

@@ -220,7 +220,7 @@ impl RpcClient {
     }
 
     /// One request of [`RpcClient::call_with_sender`], sealed as `sent` says.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "one attempt of call_with_sender, taking what that call holds")]
     async fn attempt(
         &self,
         link: &Link,

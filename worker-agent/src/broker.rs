@@ -13,7 +13,10 @@ use contracts::trust::amqp::{seal_of, with_seal};
 use contracts::wire::endpoints::AmqpEndpoints;
 use contracts::wire::envelope::Reply;
 use contracts::wire::topology::amqp::{command_queue_arguments, dead_queue_arguments};
-use contracts::wire::topology::*;
+use contracts::wire::topology::{
+    agent_queue, check_reply_to, is_pool_worker_id, pool_queue, pool_routing_key, pool_service_queue,
+    pool_service_routing_key, COMMANDS_EXCHANGE, CONTENT_TYPE, DEAD_EXCHANGE, DEAD_QUEUE,
+};
 use edge::connect::broker::accepts_tcp;
 use edge::connect::tls::tls_hint;
 use edge::entropy::OsEntropy;
@@ -47,7 +50,7 @@ fn is_precondition_failed(error: &BrokerError) -> bool {
 
 /// What an agent declares of its topology (see [`declare_topology`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Declare {
+pub(crate) enum Declare {
     /// Everything it needs: the shared exchanges, the dead-letter queue, the queue and its binding.
     All,
     /// Only the queue and its binding, when the shared topology is the operator's (a pool worker
@@ -61,7 +64,7 @@ impl Declare {
     /// What an agent declares of its own queue: a pool worker enrolled as a pool
     /// ([`is_pool_worker_id`]) declares it, since no operator can enrol an id (a pod name)
     /// before it exists.
-    pub fn own_queue(enrolled: bool, agent_id: &str, pool: Option<&str>) -> Declare {
+    pub(crate) fn own_queue(enrolled: bool, agent_id: &str, pool: Option<&str>) -> Declare {
         match (enrolled, pool) {
             (false, _) => Declare::All,
             (true, Some(pool)) if is_pool_worker_id(pool, agent_id) => Declare::Queue,
@@ -70,7 +73,7 @@ impl Declare {
     }
 
     /// What an agent declares of its pool's queues, which are shared.
-    pub fn pool_queues(enrolled: bool) -> Declare {
+    pub(crate) fn pool_queues(enrolled: bool) -> Declare {
         if enrolled {
             Declare::Nothing
         } else {
@@ -90,7 +93,7 @@ impl Declare {
 /// What is not declared (the exchange, with [`Declare::Queue`] or [`Declare::Nothing`]; the
 /// queue too with [`Declare::Nothing`]) is only checked, passively, so an agent's user needs no
 /// configure permission on it.
-pub async fn declare_topology(
+pub(crate) async fn declare_topology(
     connection: &Connection,
     channel: Channel,
     queue: &str,
@@ -191,7 +194,7 @@ fn not_enrolled(error: BrokerError, what: &str) -> BrokerError {
 /// Serves the agent's queue until `shutdown`, reconnecting after every loss of the broker: to
 /// the next node of the cluster when `amqp_url` lists several. Returns early with the error
 /// when the broker's certificate is not trusted ([`BrokerError::is_setting`]).
-pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Result<(), BrokerError> {
+pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Result<(), BrokerError> {
     let mut endpoints = match edge::connect::broker::endpoints(&agent.config().amqp_url) {
         Ok(endpoints) => endpoints,
         Err(error) => {

@@ -22,7 +22,7 @@ pub enum BrokerError {
 }
 
 /// Runs one broker call with a timeout.
-pub async fn call<T>(
+pub(crate) async fn call<T>(
     name: &'static str,
     timeout: Duration,
     fut: impl std::future::Future<Output = lapin::Result<T>>,

@@ -28,13 +28,13 @@ const TRUST: &str = "worker_agent::trust";
 
 /// Where a delivery came from: the agent's own queue, or its pool's shared one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     Own,
     Pool,
 }
 
 /// What the broker's edge tells of one delivery.
-pub struct Received<'a> {
+pub(crate) struct Received<'a> {
     /// Its AMQP type property, for the log.
     pub kind: Option<String>,
     pub bytes: usize,
@@ -48,12 +48,12 @@ pub struct Received<'a> {
 
 /// Marks the runs of an earlier process with this agent id as lost: they can never be finished or
 /// restarted, so they report unknown result at once instead of after the lease.
-pub async fn recover_lost_runs(agent: &Arc<Agent>) -> Result<usize, StoreError> {
+pub(crate) async fn recover_lost_runs(agent: &Arc<Agent>) -> Result<usize, StoreError> {
     contracts::agent::flow::script::recover_lost_runs(&mut Handling::new(agent, None)).await
 }
 
 /// The agent handling one delivery (or none: its recovery at start).
-pub struct Handling<'a> {
+pub(crate) struct Handling<'a> {
     agent: &'a Arc<Agent>,
     received: Option<Received<'a>>,
     /// The place its script runs in, once admitted.
@@ -66,18 +66,18 @@ pub struct Handling<'a> {
 }
 
 impl<'a> Handling<'a> {
-    pub fn new(agent: &'a Arc<Agent>, received: Option<Received<'a>>) -> Handling<'a> {
+    pub(crate) fn new(agent: &'a Arc<Agent>, received: Option<Received<'a>>) -> Handling<'a> {
         let unsettled = "could not ack delivery";
         Handling { agent, received, slot: None, since: None, acked_early: false, unsettled }
     }
 
     /// Whether the delivery was acked already ([`Environment::admit`]).
-    pub fn acked_early(&self) -> bool {
+    pub(crate) fn acked_early(&self) -> bool {
         self.acked_early
     }
 
     /// What the log says when settling the delivery fails: it was rejected, refused, or served.
-    pub fn unsettled(&self) -> &'static str {
+    pub(crate) fn unsettled(&self) -> &'static str {
         self.unsettled
     }
 

@@ -26,26 +26,26 @@
 //! - [`cli`]: the `worker-agent` command line.
 #![forbid(unsafe_code)]
 
-pub mod broker;
-pub mod broker_call;
-pub mod cancel_notices;
+mod broker;
+mod broker_call;
+mod cancel_notices;
 pub mod cli;
 pub mod config;
-pub mod handling;
-pub mod health;
-pub mod isolation;
-pub mod janitor;
+mod handling;
+mod health;
+mod isolation;
+mod janitor;
 pub mod local_store;
-pub mod mask;
+mod mask;
 pub mod metrics;
 pub mod output;
-pub mod presence;
-pub mod record;
-pub mod runner;
+mod presence;
+mod record;
+mod runner;
 pub mod service;
 pub mod store;
-pub mod transfer;
-pub mod trust;
+mod transfer;
+mod trust;
 pub mod workspace;
 
 use crate::config::{AgentConfig, StoreKind};

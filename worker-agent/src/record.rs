@@ -6,7 +6,7 @@ use contracts::store::record::TicketRecord;
 
 /// Reads a stored record, in this version's encoding or the JSON of earlier ones. One that
 /// cannot be read is reported as a fatal completion rather than risking a run.
-pub fn decode_record(raw: &str) -> TicketRecord {
+pub(crate) fn decode_record(raw: &str) -> TicketRecord {
     let decoded = if raw.starts_with('{') {
         serde_json::from_str(raw).map_err(|e| e.to_string())
     } else {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 const IDLE_UPLOAD: Duration = Duration::from_secs(600);
 
 /// Transfers below some roots, one request per file at a time.
-pub struct Transfers {
+pub(crate) struct Transfers {
     roots: Vec<PathBuf>,
     /// Uploads in progress by partial file: a lock, so a repeated chunk served at once with its
     /// original cannot interleave writes with it, and the chunks that arrived ahead.
@@ -107,7 +107,7 @@ fn failed(what: &str, path: &Path, error: std::io::Error) -> ErrorReply {
 /// Where `path` is, below one of `roots` (canonical): the canonical directory that holds it
 /// joined with its file name. The file itself is not resolved (it may not exist yet, and is
 /// opened without following a link).
-pub fn resolve(roots: &[PathBuf], path: &str) -> Result<PathBuf, ErrorReply> {
+pub(crate) fn resolve(roots: &[PathBuf], path: &str) -> Result<PathBuf, ErrorReply> {
     let Some(first) = roots.first() else {
         return Err(refused("this agent has no --transfer-root: file transfer is refused"));
     };
@@ -159,11 +159,11 @@ fn sha256_of(file: &mut File) -> std::io::Result<String> {
 
 impl Transfers {
     /// Transfers below `roots` (canonicalized by the caller); none refuses every transfer.
-    pub fn new(roots: Vec<PathBuf>) -> Self {
+    pub(crate) fn new(roots: Vec<PathBuf>) -> Self {
         Transfers { roots, uploads: Mutex::default() }
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.roots.is_empty()
     }
 
@@ -192,7 +192,7 @@ impl Transfers {
 
     /// Writes a chunk (or keeps it until the bytes before it are there) and says how far the
     /// upload is.
-    pub async fn upload(&self, chunk: UploadChunk) -> Result<TransferStatus, ErrorReply> {
+    pub(crate) async fn upload(&self, chunk: UploadChunk) -> Result<TransferStatus, ErrorReply> {
         let destination = resolve(&self.roots, &chunk.path)?;
         let name = destination.file_name().expect("resolved paths name a file").to_string_lossy();
         let partial = destination.with_file_name(partial_name(&name, chunk.size, &chunk.sha256));
@@ -214,7 +214,7 @@ impl Transfers {
     }
 
     /// Reads a chunk (and the file's SHA-256 when asked).
-    pub async fn download(&self, request: DownloadChunk) -> Result<FileChunk, ErrorReply> {
+    pub(crate) async fn download(&self, request: DownloadChunk) -> Result<FileChunk, ErrorReply> {
         let path = resolve(&self.roots, &request.path)?;
         let result = tokio::task::spawn_blocking(move || read_chunk(&path, &request)).await;
         result.unwrap_or_else(|e| Err(ErrorReply::new(ErrorKind::Internal, format!("download task failed: {e}"))))

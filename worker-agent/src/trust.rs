@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Where the agent keeps its key unless told otherwise.
-pub const DEFAULT_KEY_FILE: &str = "agent.key";
+pub(crate) const DEFAULT_KEY_FILE: &str = "agent.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
@@ -114,7 +114,7 @@ impl AgentTrust {
 }
 
 /// Reloads the trusted keys on every SIGHUP, for as long as the agent runs.
-pub async fn reload_on_sighup(trust: Arc<AgentTrust>, agent_id: String) {
+pub(crate) async fn reload_on_sighup(trust: Arc<AgentTrust>, agent_id: String) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         tracing::warn!(agent = %agent_id, "cannot listen for SIGHUP; trusted keys reload only with a restart");

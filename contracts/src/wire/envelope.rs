@@ -3,7 +3,10 @@
 
 use crate::entropy::{draw, Entropy};
 use crate::wire::error::{CodecError, ErrorReply};
-use crate::wire::messages::*;
+use crate::wire::messages::{
+    CancelScriptV1, CancelScriptV2, Capabilities, CompleteScriptV1, CompleteScriptV2, GetCapabilities, GetStatusV1,
+    GetStatusV2, Kind, StartScriptV1, StartScriptV2,
+};
 use crate::wire::status::ScriptStatus;
 use crate::wire::ticket::Ticket;
 use crate::wire::topology::MAX_MESSAGE_BYTES;
@@ -430,6 +433,7 @@ pub fn check_shape(bytes: &[u8]) -> Result<(), CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::messages::ScriptSpec;
     use crate::wire::status::{LogLine, LogStream, ScriptState};
 
     #[test]

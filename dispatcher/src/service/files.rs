@@ -32,7 +32,7 @@ use utoipa::{IntoParams, ToSchema};
 /// Where the file is: one agent or a pool, and the path there.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct FileQuery {
+pub(super) struct FileQuery {
     /// The agent id (or give `pool`).
     pub target: Option<String>,
     /// A worker pool (see the README on pools and transfers).
@@ -45,7 +45,7 @@ pub struct FileQuery {
 
 /// A finished transfer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct FileTransferred {
+pub(super) struct FileTransferred {
     pub target: String,
     /// Who served it: `agent ID`, or `worker ID of pool P`.
     pub served_by: String,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 /// Everything following needs; shared by the API and the resume loop.
-pub struct Followers {
+pub(super) struct Followers {
     pub orchestrator: Orchestrator,
     pub journal: Journal,
     pub leases: Leases,
@@ -33,7 +33,12 @@ pub struct Followers {
 }
 
 impl Followers {
-    pub fn new(orchestrator: Orchestrator, journal: Journal, leases: Leases, shutdown: CancellationToken) -> Arc<Self> {
+    pub(super) fn new(
+        orchestrator: Orchestrator,
+        journal: Journal,
+        leases: Leases,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Followers {
             orchestrator,
             journal,
@@ -46,14 +51,14 @@ impl Followers {
     }
 
     /// How many tickets this replica follows.
-    pub fn following(&self) -> usize {
+    pub(super) fn following(&self) -> usize {
         self.following.lock().expect("following").len()
     }
 
     /// Follows a ticket this replica has just recorded and holds the lease of. `place` (for
     /// `max-parallel`) is waited for before the start; `secrets` are the script's, which the
     /// journal does not hold.
-    pub fn follow_new(self: &Arc<Self>, ticket: Ticket, place: Option<PlaceWait>, secrets: Secrets) {
+    pub(super) fn follow_new(self: &Arc<Self>, ticket: Ticket, place: Option<PlaceWait>, secrets: Secrets) {
         if !secrets.is_empty() {
             self.secrets.lock().expect("secrets").insert(ticket.clone(), secrets);
         }
@@ -61,7 +66,7 @@ impl Followers {
     }
 
     /// Looks for in-flight tickets nobody follows and takes them up, until shutdown.
-    pub async fn resume_loop(self: Arc<Self>) {
+    pub(super) async fn resume_loop(self: Arc<Self>) {
         let every = (self.leases.ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(2));
         loop {
             if let Err(error) = self.resume_free().await {
@@ -249,14 +254,14 @@ impl Followers {
     }
 
     /// Waits for every follower to stop (after shutdown).
-    pub async fn stopped(&self) {
+    pub(super) async fn stopped(&self) {
         self.tasks.close();
         self.tasks.wait().await;
     }
 }
 
 /// A wait for a place among a request's `max-parallel` running tickets.
-pub type PlaceWait = std::pin::Pin<Box<dyn std::future::Future<Output = OwnedSemaphorePermit> + Send>>;
+pub(super) type PlaceWait = std::pin::Pin<Box<dyn std::future::Future<Output = OwnedSemaphorePermit> + Send>>;
 
 /// Renews the ticket's lease until the follower stops; cancels `lost` if another replica took it,
 /// and `interrupt` when a cancel is requested through the journal.

@@ -44,7 +44,7 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// The router and the OpenAPI document it serves at `/openapi.json`.
-pub fn router(state: Arc<ApiState>) -> axum::Router {
+pub(super) fn router(state: Arc<ApiState>) -> axum::Router {
     let (router, doc) = documented(&state);
     let doc = Arc::new(doc);
     router

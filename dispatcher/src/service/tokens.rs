@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Shortest token accepted: long enough that guessing it is hopeless.
-pub const MIN_TOKEN_LEN: usize = 24;
+pub(crate) const MIN_TOKEN_LEN: usize = 24;
 
 #[derive(Clone, Debug)]
 pub struct ApiTokens {

@@ -41,7 +41,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// The web view's routes.
-pub fn router(state: Arc<ApiState>) -> axum::Router<Arc<ApiState>> {
+pub(super) fn router(state: Arc<ApiState>) -> axum::Router<Arc<ApiState>> {
     let pages = axum::Router::new()
         .route("/", get(index))
         .route("/tickets/{ticket}", get(ticket_page))

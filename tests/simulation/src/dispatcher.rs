@@ -173,7 +173,7 @@ pub fn plan_of(spec: &ScriptSpec) -> (u64, i32, u64) {
 }
 
 impl Sub {
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "a submission's every setting, given once where the world makes it")]
     pub fn new(
         id: usize,
         dispatcher: usize,

@@ -98,8 +98,7 @@ pub enum Settle {
 
 /// What the flow made of one delivery.
 #[derive(Debug)]
-// One per delivery, moved once: not worth a box.
-#[allow(clippy::large_enum_variant)]
+#[allow(clippy::large_enum_variant, reason = "one per delivery, moved once: not worth a box")]
 pub enum Served {
     /// Answer `reply`, sealed as `answer` says, then settle the delivery as `settle` says.
     Answered { reply: Reply, answer: Answer, settle: Settle },
@@ -230,7 +229,10 @@ pub enum Note<'a> {
 
 /// Everything the flow does not do itself. Methods that wait are the environment's, so that the
 /// simulator can answer each at once.
-#[allow(async_fn_in_trait)]
+#[allow(
+    async_fn_in_trait,
+    reason = "implemented by the agent and the simulator only, each calling its own futures: no caller needs them Send"
+)]
 pub trait Environment {
     type Store: TicketStore + ?Sized;
     /// A point in time the long poll waits until.

@@ -14,7 +14,7 @@ fn broker_error(error: crate::error::RpcError) -> ExitCode {
 }
 
 /// Declares the shared topology and prints the permissions of the dispatcher and KEDA roles.
-pub async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> ExitCode {
+pub(crate) async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> ExitCode {
     let limits = DeadLimits { max_length: args.dead_max_length, ttl: args.dead_ttl };
     let found = match setup::setup_broker(config, limits).await {
         Ok(found) => found,
@@ -43,7 +43,7 @@ pub async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> ExitCod
 }
 
 /// Declares one agent's queues and bindings and prints the permissions its user needs.
-pub async fn enrol_agent(config: &RpcConfig, args: &EnrolAgentArgs) -> ExitCode {
+pub(crate) async fn enrol_agent(config: &RpcConfig, args: &EnrolAgentArgs) -> ExitCode {
     for (what, name) in [("agent id", Some(&args.agent_id)), ("pool name", args.pool.as_ref())] {
         if let Some(Err(error)) = name.map(|name| contracts::wire::topology::validate_name(what, name)) {
             eprintln!("cuttle: {error}");
@@ -65,7 +65,7 @@ pub async fn enrol_agent(config: &RpcConfig, args: &EnrolAgentArgs) -> ExitCode 
 
 /// Declares a pool's queues and bindings and prints the permissions its workers' user needs:
 /// each worker, with an id `POOL.NAME`, declares and binds its own queue.
-pub async fn enrol_pool(config: &RpcConfig, args: &EnrolPoolArgs) -> ExitCode {
+pub(crate) async fn enrol_pool(config: &RpcConfig, args: &EnrolPoolArgs) -> ExitCode {
     if let Err(error) = contracts::wire::topology::validate_name("pool name", &args.pool) {
         eprintln!("cuttle: {error}");
         return ExitCode::from(exit::USAGE);

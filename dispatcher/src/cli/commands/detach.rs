@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// `submit --detach`: records the submission in the journal and returns; a `dispatcher serve`
 /// on the same journal runs and follows it.
-pub async fn run(journal: &JournalOptions, args: &SubmitArgs) -> ExitCode {
+pub(crate) async fn run(journal: &JournalOptions, args: &SubmitArgs) -> ExitCode {
     let retry = &args.retry;
     let journal = match journal.open(Duration::ZERO) {
         Ok(journal) => journal,

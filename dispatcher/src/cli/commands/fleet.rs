@@ -103,7 +103,12 @@ fn warn_on_stderr(lines: Vec<String>) {
 
 /// `dispatcher agents`, believing the announcements the known agents' pins vouch for (no key
 /// needed: nothing is signed).
-pub async fn run(rpc: &RpcConfig, key: Option<PathBuf>, known_agents: Option<PathBuf>, args: AgentsArgs) -> ExitCode {
+pub(crate) async fn run(
+    rpc: &RpcConfig,
+    key: Option<PathBuf>,
+    known_agents: Option<PathBuf>,
+    args: AgentsArgs,
+) -> ExitCode {
     let file = match TrustFiles::resolve(key, known_agents) {
         Ok(files) => files.known_agents,
         Err(error) => return usage_error(error),
@@ -164,7 +169,7 @@ fn describe_json(agent: &Announcement, now: u64) -> serde_json::Value {
 /// the `selected` event and each warning is a `warning` event; otherwise both go to stderr. The
 /// workers of pools among them with no pin of their own are made known to `trust`, which then
 /// believes their answers under their pool's pin, as it did their announcements.
-pub async fn resolve(
+pub(crate) async fn resolve(
     rpc: &RpcConfig,
     trust: &DispatcherTrust,
     selector: &Selector,

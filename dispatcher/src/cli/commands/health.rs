@@ -32,14 +32,14 @@ fn describe_agent(agent: &str, kind: &AgentKind) -> (String, serde_json::Value) 
 }
 
 /// `dispatcher capabilities ID`: `health` of one agent.
-pub async fn capabilities(orchestrator: &Orchestrator, args: CapabilitiesArgs) -> ExitCode {
+pub(crate) async fn capabilities(orchestrator: &Orchestrator, args: CapabilitiesArgs) -> ExitCode {
     let args = HealthArgs { agents: vec![args.agent], retry: args.retry, json: args.json, wait: args.wait };
     health(orchestrator, args).await
 }
 
 /// Asks every agent at once; prints one line each, in the order given. An agent whose queue
 /// nobody consumes is down at once (without `--wait`).
-pub async fn health(orchestrator: &Orchestrator, args: HealthArgs) -> ExitCode {
+pub(crate) async fn health(orchestrator: &Orchestrator, args: HealthArgs) -> ExitCode {
     let config = match args.retry.config() {
         Ok(config) => config,
         Err(e) => return usage_error(e),

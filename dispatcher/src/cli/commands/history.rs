@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// `dispatcher history`.
-pub async fn run(journal: &JournalOptions, args: HistoryArgs) -> ExitCode {
+pub(crate) async fn run(journal: &JournalOptions, args: HistoryArgs) -> ExitCode {
     let journal = match journal.open(Duration::ZERO) {
         Ok(journal) => journal,
         Err(e) => return usage_error(format!("history reads the journal: {e}")),

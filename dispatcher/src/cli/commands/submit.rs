@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// `submit` without `--detach`.
-pub async fn run(orchestrator: &Orchestrator, rpc_config: &RpcConfig, args: SubmitArgs) -> ExitCode {
+pub(crate) async fn run(orchestrator: &Orchestrator, rpc_config: &RpcConfig, args: SubmitArgs) -> ExitCode {
     // Listened for from the first step that may wait on the broker (`--select` reads the fleet).
     let interrupt = interrupt_on_ctrl_c();
     let routes = match (&args.select, &rpc_config.trust) {
@@ -79,7 +79,7 @@ pub async fn run(orchestrator: &Orchestrator, rpc_config: &RpcConfig, args: Subm
 
 /// The script spec `submit`'s flags describe: the script file read, then (once the script is
 /// checked) the files and secret files.
-pub fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
+pub(crate) fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
     let script = match &args.script {
         Some(path) => {
             std::fs::read_to_string(path).map_err(|e| format!("cannot read script file {}: {e}", path.display()))?
