@@ -4,25 +4,17 @@
 //! the binaries' I/O is theirs and the `edge` crate's.
 //!
 //! # Layout
-//! Each module uses only those in the lines above it (and none of its parents re-exports
-//! anything): `entropy` and `time` < `wire` < `trust` < `store` and `metrics` < `agent` and
-//! `submission`.
+//! Layers, each module using only those of the layers before it (none re-exports another's items):
+//! `entropy`, `time` < `wire` < `trust` < `store`, `metrics` < `agent`, `submission`.
 //!
-//! - [`entropy`]: where fresh random bytes come from, as the caller gives them.
-//! - [`time`]: how time is written, on the wire (Unix ms) and for people; no clock.
-//! - [`wire`]: what travels and where: the envelope and its codec, the messages of every service,
-//!   statuses, tickets, error replies, exit codes, file transfer, presence announcements, labels,
-//!   broker names and limits, the broker nodes of a cluster.
-//! - [`trust`]: Ed25519 keys, seals, the trusted-keys and known-agents formats, the checks of
-//!   commands, answers and announcements, sessions (a MAC per message), sealed secrets.
-//! - [`store`]: the [`store::TicketStore`] trait and its atomicity contract, the record it keeps
-//!   per ticket, the in-memory store and the conformance suite every store passes.
+//! - [`entropy`]: fresh random bytes, as the caller gives them ([`entropy::Entropy`]).
+//! - [`time`]: time as the wire writes it (Unix ms) and as people read it; no clock.
+//! - [`wire`]: the envelope and every message, status, ticket, error, name and limit on the wire.
+//! - [`trust`]: keys, seals, trust files, the checks of trust, sessions, sealed secrets.
+//! - [`store`]: the ticket store's contract, its record, the in-memory store, the conformance suite.
 //! - [`metrics`]: the metric families both binaries expose.
-//! - [`agent`]: the agent's decisions as plain functions; [`agent::flow`]: the order it takes
-//!   them in for each delivery, over an environment the agent and the simulator each provide;
-//!   [`agent::keys`]: its keys and sessions.
-//! - [`submission`]: the dispatcher's submission as a state machine fed replies, failures,
-//!   interrupts and the time, with its retries, negotiation, log follower, requests and outcome.
+//! - [`agent`]: the agent's decisions, its keys, and its flow for each delivery.
+//! - [`submission`]: the dispatcher's submission as a state machine, with its retries and outcome.
 #![forbid(unsafe_code)]
 
 pub mod agent;
