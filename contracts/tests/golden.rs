@@ -5,7 +5,13 @@
 //! `UPDATE_GOLDEN=1 cargo test -p contracts --test golden` rewrites the fixtures of the current
 //! format; do that only for a deliberate, compatible change.
 
-use contracts::*;
+use contracts::entropy;
+use contracts::wire::envelope::{request_digest, Envelope, InReplyTo, Reply, Request, PROTOCOL_VERSION};
+use contracts::wire::error::{CodecError, ErrorKind};
+use contracts::wire::exit_code;
+use contracts::wire::messages::{CancelScriptV1, Isolation, ScriptFile, ScriptSpec, Secrets, Shell, StartScriptV2};
+use contracts::wire::status::{LogLine, LogStream, ScriptState, ScriptStatus};
+use contracts::wire::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -61,7 +67,7 @@ mod legacy {
     use super::*;
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
-    pub struct Envelope<B> {
+    pub(crate) struct Envelope<B> {
         pub version: u16,
         pub kind: String,
         pub message_id: String,
@@ -72,7 +78,7 @@ mod legacy {
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
-    pub struct StartScriptV2 {
+    pub(crate) struct StartScriptV2 {
         pub ticket: String,
         pub script: String,
         pub shell: String,
@@ -85,7 +91,7 @@ mod legacy {
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
-    pub struct LogLine {
+    pub(crate) struct LogLine {
         pub seq: u64,
         pub stream: String,
         pub text: String,
@@ -93,7 +99,7 @@ mod legacy {
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
-    pub struct ScriptStatus {
+    pub(crate) struct ScriptStatus {
         pub ticket: String,
         pub state: String,
         pub exit_code: Option<i32>,
@@ -231,7 +237,7 @@ fn a_legacy_reader_reads_the_current_status() {
         next_log_sequence: 2,
         lines_written: Some(3),
     };
-    let bytes = Reply::ScriptStatus(status.clone()).encode("web-01", 1).unwrap();
+    let bytes = Reply::ScriptStatus(status.clone()).encode("web-01", 1, &mut entropy::Seeded::new(1)).unwrap();
     let old: legacy::Envelope<legacy::ScriptStatus> = rmp_serde::from_slice(&bytes).expect("legacy reader");
     assert_eq!((old.body.state.as_str(), old.body.exit_code), ("Complete", Some(-46)));
     assert_eq!(old.body.logs[0].text, "lost");
@@ -240,7 +246,7 @@ fn a_legacy_reader_reads_the_current_status() {
     assert_eq!(read, status);
     // Without it (an agent that does not record it) nothing more is written than before.
     let unrecorded = ScriptStatus { lines_written: None, ..status };
-    let bytes = Reply::ScriptStatus(unrecorded).encode("web-01", 1).unwrap();
+    let bytes = Reply::ScriptStatus(unrecorded).encode("web-01", 1, &mut entropy::Seeded::new(2)).unwrap();
     let fields = rmp_serde::from_slice::<legacy::Envelope<BTreeMap<String, serde_json::Value>>>(&bytes).unwrap().body;
     assert!(!fields.contains_key("lines_written"), "{fields:?}");
 }
@@ -255,7 +261,7 @@ fn a_future_kind_is_reported_as_unknown_not_misread() {
 
 #[test]
 fn announcements_are_pinned_and_a_newer_writers_fields_are_ignored() {
-    use contracts::presence::{Announcement, ANNOUNCEMENT_VERSION};
+    use contracts::wire::presence::{Announcement, ANNOUNCEMENT_VERSION};
     let announcement = Announcement {
         version: ANNOUNCEMENT_VERSION,
         agent_id: "web-01".into(),
@@ -280,7 +286,7 @@ fn announcements_are_pinned_and_a_newer_writers_fields_are_ignored() {
 
 #[test]
 fn transfer_messages_are_pinned_and_read_back() {
-    use contracts::transfer::*;
+    use contracts::wire::transfer::*;
     let header = |kind: &str| Envelope {
         version: PROTOCOL_VERSION,
         kind: kind.into(),

@@ -1,9 +1,14 @@
-use contracts::*;
+use contracts::entropy;
+use contracts::trust::sealed;
+use contracts::wire::envelope::Request;
+use contracts::wire::messages::{Isolation, ScriptFile, ScriptSpec, Secrets, Shell, StartScriptV2};
+use contracts::wire::ticket::Ticket;
 
 #[test]
 fn start_roundtrips() {
+    let entropy = &mut entropy::Seeded::new(1);
     let start = StartScriptV2 {
-        ticket: Ticket::generate(),
+        ticket: Ticket::generate(entropy).unwrap(),
         spec: ScriptSpec {
             script: "echo hi".into(),
             shell: Shell::Bash,
@@ -20,7 +25,7 @@ fn start_roundtrips() {
         wait_for_output: Some(100),
         first_issued_at: None,
     };
-    let (_, bytes) = Request::StartScriptV2(start.clone()).encode("web-01", 1, Some(2)).unwrap();
+    let (_, bytes) = Request::StartScriptV2(start.clone()).encode("web-01", 1, Some(2), entropy).unwrap();
     let (header, decoded) = Request::decode(&bytes).unwrap();
     assert_eq!(header.target, "web-01");
     assert_eq!(decoded, Request::StartScriptV2(start));
@@ -37,8 +42,9 @@ fn secrets_are_not_in_the_digest_nor_in_debug() {
     assert!(clash.validate().unwrap_err().contains("both a variable and a secret"));
     let empty = ScriptSpec { secret_env: Secrets::new([("TOKEN".into(), String::new())].into()), ..plain.clone() };
     assert!(empty.validate().is_err());
-    let key = trust::SecretKey::generate().unwrap();
-    let sealed_to = |ticket| sealed::seal(&secret.secret_env, &[*key.public()], ticket).unwrap();
+    let entropy = &mut entropy::Seeded::new(2);
+    let key = contracts::trust::keys::SecretKey::generate(entropy).unwrap();
+    let mut sealed_to = |ticket| sealed::seal(&secret.secret_env, &[*key.public()], ticket, entropy).unwrap();
     let sealed = ScriptSpec { sealed_secret_env: sealed_to("t"), ..plain.clone() };
     assert_eq!(sealed.digest(), ScriptSpec { sealed_secret_env: sealed_to("t"), ..plain.clone() }.digest());
     assert_eq!(sealed.digest(), plain.digest(), "sealed secrets are not in the digest either");

@@ -1,9 +1,23 @@
 //! The dispatcher's submission machine, driven with no I/O: replies, failures, interrupts and
 //! the time are inputs.
 
-use contracts::outcome::{exit, Outcome, OutcomeKind};
-use contracts::submission::*;
-use contracts::*;
+use contracts::submission::error::{CallError, ErrorClass};
+use contracts::submission::follow::{lost_lines_notice, LogFollower};
+use contracts::submission::machine::{Action, Config, Event, Input, Now, Submission};
+use contracts::submission::negotiate::{AgentKind, ScriptProtocol};
+use contracts::submission::outcome::{exit, Outcome, OutcomeKind};
+use contracts::submission::requests::PlannedStart;
+use contracts::submission::retry::{next_delay, Retry, RetryPolicy, Timing, INITIAL_DELAY, MAX_DELAY};
+use contracts::time::short;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::{ErrorKind, ErrorReply};
+use contracts::wire::exit_code;
+use contracts::wire::messages::{
+    Capabilities, Kind, ScriptSpec, Secrets, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2, SERVICE_SEALED_SECRETS,
+    SERVICE_SECRET_MASKING,
+};
+use contracts::wire::status::{LogLine, LogStream, ScriptState, ScriptStatus};
+use contracts::wire::ticket::Ticket;
 use proptest::prelude::*;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

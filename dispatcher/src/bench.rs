@@ -2,10 +2,10 @@
 //! time, with latency percentiles and throughput.
 
 use crate::orchestrator::Orchestrator;
-use crate::outcome::OutcomeKind;
-use crate::retry::RetryPolicy;
 use crate::route::Route;
-use contracts::ScriptSpec;
+use contracts::submission::outcome::OutcomeKind;
+use contracts::submission::retry::RetryPolicy;
+use contracts::wire::messages::ScriptSpec;
 use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct BenchReport {
+pub(crate) struct BenchReport {
     pub count: usize,
     pub concurrency: usize,
     pub p50_ms: f64,
@@ -26,7 +26,7 @@ pub struct BenchReport {
 }
 
 /// The `q`-th percentile (0 to 100) of sorted samples, by nearest rank.
-pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -40,7 +40,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Runs the benchmark. A script that does not complete with exit code 0 counts as an error.
-pub async fn run(
+pub(crate) async fn run(
     orchestrator: &Orchestrator,
     route: &Route,
     count: usize,

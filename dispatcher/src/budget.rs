@@ -114,7 +114,7 @@ impl TryFrom<ShareText> for Share {
 
 /// How a rollout over many targets is paced and when it stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Targets running at once at most (rounded up, at least 1).
     pub max_parallel: Share,
     /// Failures tolerated (rounded down); one more stops the rollout. `None`: no budget.
@@ -132,11 +132,11 @@ impl Default for Limits {
 }
 
 /// Targets run at once when nothing else is asked.
-pub const DEFAULT_MAX_PARALLEL: usize = 10;
+pub(crate) const DEFAULT_MAX_PARALLEL: usize = 10;
 
 impl Limits {
     /// Refuses limits that can never let a target start.
-    pub fn validate(&self) -> Result<(), ShareError> {
+    pub(crate) fn validate(&self) -> Result<(), ShareError> {
         if matches!(self.max_parallel, Share::Count(0) | Share::Percent(0)) {
             return Err(ShareError::Zero { what: "--max-parallel" });
         }
@@ -144,7 +144,7 @@ impl Limits {
     }
 
     /// The limits for `total` targets, as counts.
-    pub fn resolve(&self, total: usize) -> Resolved {
+    pub(crate) fn resolve(&self, total: usize) -> Resolved {
         Resolved {
             parallel: self.max_parallel.of_rounded_up(total).max(1),
             tolerated_failures: self.max_errors.map(|share| share.of_rounded_down(total)),
@@ -154,7 +154,7 @@ impl Limits {
 
 /// [`Limits`] resolved for a number of targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     pub parallel: usize,
     /// Failures tolerated; the next one stops the rollout. `None`: every target is started.
     pub tolerated_failures: Option<usize>,

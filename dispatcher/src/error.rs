@@ -1,7 +1,7 @@
 //! What can go wrong talking to an agent, and whether trying again may help.
 
-use contracts::submission::{CallError, ErrorClass};
-use contracts::{CodecError, ErrorKind, ErrorReply};
+use contracts::submission::error::{CallError, ErrorClass};
+use contracts::wire::error::{CodecError, ErrorKind, ErrorReply};
 use std::time::Duration;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -22,7 +22,7 @@ pub enum RpcError {
     #[error("no agent queue for {target}: is an agent with this id running?")]
     Unroutable { target: String },
     /// The request was published but no reply came in time.
-    #[error("no reply from {target} within {}", contracts::submission::short(*after))]
+    #[error("no reply from {target} within {}", contracts::time::short(*after))]
     NoReply { target: String, after: Duration },
     /// The agent answered with an error.
     #[error("{target} refused the request: {} ({:?})", error.message, error.kind)]
@@ -35,7 +35,7 @@ pub enum RpcError {
     Unrepeatable(String),
     /// Only forged answers came (not signed by the target's pinned key, or for another request)
     /// before the reply timeout.
-    #[error("no genuine answer from {target} within {}; ignored forged answer(s): {reason}", contracts::submission::short(*after))]
+    #[error("no genuine answer from {target} within {}; ignored forged answer(s): {reason}", contracts::time::short(*after))]
     Forged { target: String, after: Duration, reason: String },
     /// The target has no pin, so no answer of its could be believed: nothing was sent.
     #[error("{target} is not pinned in {file}, so its answers cannot be believed; nothing was sent. Pin its public key (the agent logs it at start; `worker-agent keygen` prints it): echo '{target} ed25519:<its public key>' >> {file}")]
@@ -113,5 +113,52 @@ impl CallError for RpcError {
 
     fn cancelled() -> Self {
         RpcError::Cancelled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! How the dispatcher's errors end a submission (`contracts::submission::outcome`).
+    use super::*;
+    use contracts::submission::outcome::{exit, Outcome, OutcomeKind};
+    use contracts::wire::exit_code;
+
+    #[test]
+    fn script_codes_pass_through_and_agent_codes_map_to_distinct_exits() {
+        let t = edge::entropy::ticket();
+        assert_eq!(Outcome::from_exit_code(t.clone(), "a", 3).process_exit, 3);
+        assert_eq!(Outcome::from_exit_code(t.clone(), "a", 3).outcome, OutcomeKind::Completed);
+        let codes = [
+            exit_code::CANCELLED,
+            exit_code::UNKNOWN_RESULT,
+            exit_code::UNKNOWN_TICKET,
+            exit_code::EXECUTION_TIMEOUT,
+            exit_code::MUTEX_TIMEOUT,
+            exit_code::FATAL,
+        ];
+        let exits: std::collections::HashSet<u8> =
+            codes.iter().map(|&c| Outcome::from_exit_code(t.clone(), "a", c).process_exit).collect();
+        assert_eq!(exits.len(), codes.len());
+        assert!(exits.iter().all(|e| (101..=110).contains(e)));
+    }
+
+    #[test]
+    fn errors_after_the_start_leave_the_outcome_unknown() {
+        let lost = RpcError::ConnectionLost("reset".into());
+        assert_eq!(Outcome::from_error(None, "a", &lost, String::new(), true).outcome, OutcomeKind::Unknown);
+        assert_eq!(Outcome::from_error(None, "a", &lost, String::new(), false).process_exit, exit::NO_ANSWER);
+        let unroutable = RpcError::Unroutable { target: "a".into() };
+        assert_eq!(Outcome::from_error(None, "a", &unroutable, String::new(), false).process_exit, exit::NO_SUCH_AGENT);
+    }
+
+    #[test]
+    fn an_unknown_ticket_after_a_cancel_is_cancelled_only_when_its_start_was_sent() {
+        let unknown = Outcome::from_exit_code(edge::entropy::ticket(), "a", exit_code::UNKNOWN_TICKET);
+        assert_eq!(unknown.clone().after_cancel(false).process_exit, exit::UNKNOWN_TICKET);
+        let cancelled = unknown.after_cancel(true);
+        assert_eq!((cancelled.outcome, cancelled.process_exit), (OutcomeKind::Cancelled, exit::CANCELLED));
+        let ran = Outcome::from_exit_code(edge::entropy::ticket(), "a", 0);
+        assert_eq!(ran.clone().after_cancel(true), ran);
+        assert_eq!(Outcome::not_sent(None, "a").process_exit, exit::NOT_SENT);
     }
 }

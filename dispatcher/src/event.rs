@@ -10,8 +10,9 @@
 
 use crate::fanout::NotStarted;
 use crate::orchestrator::Event;
-use crate::outcome::{Outcome, OutcomeKind};
-use contracts::{LogLine, Ticket};
+use contracts::submission::outcome::{Outcome, OutcomeKind};
+use contracts::wire::status::LogLine;
+use contracts::wire::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

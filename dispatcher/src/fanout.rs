@@ -6,10 +6,11 @@
 //! only carries its decisions out.
 
 use crate::budget::{Limits, Resolved};
-use crate::orchestrator::{Event, Orchestrator, Policies};
-use crate::outcome::{exit, Outcome, OutcomeKind};
+use crate::orchestrator::{Event, Orchestrator};
 use crate::route::Route;
-use contracts::ScriptSpec;
+use contracts::submission::outcome::{exit, Outcome, OutcomeKind};
+use contracts::submission::retry::Policies;
+use contracts::wire::messages::ScriptSpec;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How one started target's run ended.
 #[derive(Clone, Debug)]
-pub struct TargetReport {
+pub(crate) struct TargetReport {
     pub target: String,
     pub outcome: Outcome,
     pub duration: Duration,
@@ -54,19 +55,12 @@ impl NotStarted {
 
 /// What became of one target.
 #[derive(Clone, Debug)]
-pub enum TargetResult {
+pub(crate) enum TargetResult {
     Ran(TargetReport),
     NotStarted { target: String, reason: NotStarted },
 }
 
 impl TargetResult {
-    pub fn target(&self) -> &str {
-        match self {
-            TargetResult::Ran(report) => &report.target,
-            TargetResult::NotStarted { target, .. } => target,
-        }
-    }
-
     fn process_exit(&self) -> u8 {
         match self {
             TargetResult::Ran(report) => report.outcome.process_exit,
@@ -77,15 +71,19 @@ impl TargetResult {
 
 /// What happens to targets, for progress displays.
 #[derive(Clone, Debug)]
-pub enum Progress {
-    Started { target: String },
+pub(crate) enum Progress {
+    /// A target started (the counts of a progress display; its name comes with its end).
+    Started,
     Finished(TargetReport),
-    NotStarted { target: String, reason: NotStarted },
+    NotStarted {
+        target: String,
+        reason: NotStarted,
+    },
 }
 
 /// The next thing a rollout does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Start the target at this index (targets start in the order given).
     Start(usize),
     /// Wait for a running target to finish (or for an interruption).
@@ -96,7 +94,7 @@ pub enum Step {
 
 /// The pacing of a rollout, without I/O: which target starts next, and when to stop starting.
 #[derive(Clone, Debug)]
-pub struct Rollout {
+pub(crate) struct Rollout {
     total: usize,
     limits: Resolved,
     next: usize,
@@ -106,13 +104,13 @@ pub struct Rollout {
 }
 
 impl Rollout {
-    pub fn new(total: usize, limits: Resolved) -> Self {
+    pub(crate) fn new(total: usize, limits: Resolved) -> Self {
         debug_assert!(limits.parallel >= 1, "a rollout with no place never starts");
         Rollout { total, limits, next: 0, running: 0, failed: 0, halted: None }
     }
 
     /// The next step; a `Start` counts the target as running.
-    pub fn next_step(&mut self) -> Step {
+    pub(crate) fn next_step(&mut self) -> Step {
         if self.halted.is_none() && self.next < self.total && self.running < self.limits.parallel {
             let index = self.next;
             self.next += 1;
@@ -128,7 +126,7 @@ impl Rollout {
 
     /// A running target finished. Gives `true` when this failure spent the error budget (the
     /// moment to cancel the others under `--abort-on-error`).
-    pub fn finished(&mut self, failed: bool) -> bool {
+    pub(crate) fn finished(&mut self, failed: bool) -> bool {
         debug_assert!(self.running > 0, "finished without running");
         self.running -= 1;
         if !failed {
@@ -144,27 +142,27 @@ impl Rollout {
     }
 
     /// Starts nothing more: Ctrl-C. Running targets are cancelled by their own token.
-    pub fn interrupt(&mut self) {
+    pub(crate) fn interrupt(&mut self) {
         self.halted.get_or_insert(NotStarted::Interrupted);
     }
 
-    pub fn is_interrupted(&self) -> bool {
+    pub(crate) fn is_interrupted(&self) -> bool {
         self.halted == Some(NotStarted::Interrupted)
     }
 
     /// Targets that will never start (from this index on), and why.
-    pub fn not_started(&self) -> Option<(usize, NotStarted)> {
+    pub(crate) fn not_started(&self) -> Option<(usize, NotStarted)> {
         self.halted.filter(|_| self.next < self.total).map(|reason| (self.next, reason))
     }
 }
 
 /// Where one target's events go.
-pub type TargetSink = Arc<dyn Fn(Event) + Send + Sync>;
+pub(crate) type TargetSink = Arc<dyn Fn(Event) + Send + Sync>;
 
 /// Runs `spec` on every route, in the order given, paced by `limits`. Results come back in that
 /// order, one per route. On `interrupt`, targets not yet started never start, and running ones
 /// are cancelled (and followed until they have stopped).
-pub async fn submit_many(
+pub(crate) async fn submit_many(
     orchestrator: &Orchestrator,
     routes: Vec<(Route, Policies)>,
     spec: ScriptSpec,
@@ -192,7 +190,7 @@ pub async fn submit_many(
                 let sink = sink_for(&route);
                 let target = route.name().to_owned();
                 let run = runs.spawn(async move {
-                    progress(Progress::Started { target: route.name().to_owned() });
+                    progress(Progress::Started);
                     let retries = AtomicU32::new(0);
                     let events = |event: Event| {
                         if matches!(event, Event::Retry { .. }) {
@@ -249,7 +247,7 @@ pub async fn submit_many(
 
 /// The result of a target whose run failed inside the dispatcher (a panic): the other targets
 /// keep theirs, and this one's script may have started, so its outcome is unknown.
-pub fn lost_run(target: &str, error: tokio::task::JoinError) -> TargetReport {
+pub(crate) fn lost_run(target: &str, error: tokio::task::JoinError) -> TargetReport {
     let why = match error.try_into_panic() {
         Ok(panic) => panic
             .downcast_ref::<&str>()
@@ -259,19 +257,19 @@ pub fn lost_run(target: &str, error: tokio::task::JoinError) -> TargetReport {
         Err(error) => error.to_string(),
     };
     let message = format!("the dispatcher failed while running this target ({why}); its outcome is unknown");
-    let outcome = Outcome::from_error(None, target, &crate::RpcError::Codec(why), message, true);
+    let outcome = Outcome::from_error(None, target, &crate::error::RpcError::Codec(why), message, true);
     TargetReport { target: target.to_owned(), outcome, duration: Duration::ZERO, retries: 0 }
 }
 
 /// The exit code of a fan-out: 0 when every target's script completed with 0, else the code of
 /// the first target (in the order given) that did not; a target not started counts as 112
 /// (interrupted) or 111 (error budget spent).
-pub fn exit_code(results: &[TargetResult]) -> u8 {
+pub(crate) fn exit_code(results: &[TargetResult]) -> u8 {
     results.iter().map(TargetResult::process_exit).find(|&code| code != 0).unwrap_or(0)
 }
 
 /// Whether a target's run counts as failed (against the error budget and in the summary).
-pub fn failed(report: &TargetReport) -> bool {
+pub(crate) fn failed(report: &TargetReport) -> bool {
     report.outcome.outcome != OutcomeKind::Completed || report.outcome.exit_code != Some(0)
 }
 

@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 
 /// The fixture at `name` (a path below `dispatcher/tests/fixtures/`).
-pub fn path(name: &str) -> PathBuf {
+pub(crate) fn path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// Fails unless `actual` is the fixture's text (or writes it, under `CUTTLE_BLESS=1`).
-pub fn check(name: &str, actual: &str) {
+pub(crate) fn check(name: &str, actual: &str) {
     let path = path(name);
     if std::env::var_os("CUTTLE_BLESS").is_some_and(|v| v == "1") {
         std::fs::create_dir_all(path.parent().expect("a fixture has a directory")).expect("fixtures directory");

@@ -1,5 +1,5 @@
 //! The live fleet, from the agents' announcements on the presence stream (see
-//! [`contracts::presence`]): who is alive, in which pool, with which labels and version.
+//! [`contracts::wire::presence`]): who is alive, in which pool, with which labels and version.
 //!
 //! [`Inventory`] is the plain part: [`Inventory::settle`] believes, for each agent, its newest
 //! announcement signed by the key pinned for it (ARCHITECTURE.md, Trust, as answers are), and keeps why the
@@ -20,10 +20,13 @@
 //! first one believed: about one check per agent however many heartbeats the lookback holds.
 
 use crate::rpc::{self, RpcConfig};
-use contracts::labels::{Selectable, Selector};
-use contracts::presence::{Announcement, ANNOUNCEMENT_TYPE, LOOKBACK_MS, MARKER_TYPE, PRESENCE_STREAM};
 use contracts::trust::amqp::seal_of;
-use contracts::trust::{check_announcement, Believed, Forged, KnownAgents, Seal};
+use contracts::trust::files::KnownAgents;
+use contracts::trust::seal::Seal;
+use contracts::trust::verify::{check_announcement, Believed, Forged};
+use contracts::wire::labels::{Selectable, Selector};
+use contracts::wire::presence::{Announcement, LOOKBACK_MS};
+use contracts::wire::topology::{ANNOUNCEMENT_TYPE, MARKER_TYPE, PRESENCE_STREAM};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -45,7 +48,7 @@ pub enum InventoryError {
     Connect(String),
     #[error("broker call {call} failed: {reason}")]
     Broker { call: &'static str, reason: String },
-    #[error("the presence stream did not catch up within {}", contracts::submission::short(*.0))]
+    #[error("the presence stream did not catch up within {}", contracts::time::short(*.0))]
     Timeout(Duration),
 }
 
@@ -58,7 +61,7 @@ pub struct Sighting {
 
 impl Sighting {
     /// What a reader keeps of an announcement it reads: a sighting, or, for a body over
-    /// [`contracts::presence::MAX_ANNOUNCEMENT_BYTES`], only why it was dropped: anyone may append
+    /// [`contracts::wire::presence::MAX_ANNOUNCEMENT_BYTES`], only why it was dropped: anyone may append
     /// to the stream, and junk kept until it is decoded cost its size for each one read.
     pub fn read(body: Vec<u8>, seal: Result<Option<Seal>, String>) -> Result<Sighting, Ignored> {
         match Announcement::check_size(body.len()) {
@@ -249,14 +252,14 @@ async fn read_on(connection: &lapin::Connection) -> Result<Sightings, InventoryE
 
 /// Now, in unix ms, for liveness checks.
 pub fn now_ms() -> u64 {
-    contracts::unix_millis(SystemTime::now())
+    contracts::time::unix_millis(SystemTime::now())
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use contracts::presence::ANNOUNCEMENT_VERSION;
-    use contracts::trust::SecretKey;
+    use contracts::trust::keys::SecretKey;
+    use contracts::wire::presence::ANNOUNCEMENT_VERSION;
 
     pub(crate) fn announcement(id: &str, at: u64, labels: &[(&str, &str)]) -> Announcement {
         Announcement {
@@ -281,7 +284,7 @@ pub(crate) mod tests {
 
     /// An agent key, and known agents pinning `ids` to it.
     pub(crate) fn pinned(ids: &[&str]) -> (SecretKey, KnownAgents) {
-        let key = SecretKey::generate().unwrap();
+        let key = SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap();
         let lines: String = ids.iter().map(|id| format!("{id} {}\n", key.public())).collect();
         (key, KnownAgents::parse(&lines).unwrap())
     }
@@ -337,7 +340,7 @@ pub(crate) mod tests {
         for _ in 0..10 {
             sightings.push(vec![0x90; 1 << 20], Ok(None));
         }
-        sightings.push(vec![0x90; contracts::presence::MAX_ANNOUNCEMENT_BYTES + 1], Ok(None));
+        sightings.push(vec![0x90; contracts::wire::presence::MAX_ANNOUNCEMENT_BYTES + 1], Ok(None));
         sightings.push(genuine.body.clone(), genuine.seal.clone());
         assert_eq!(sightings.kept.len(), 1, "only the genuine one is kept");
         assert_eq!(sightings.kept[0].body, genuine.body);
@@ -361,8 +364,11 @@ pub(crate) mod tests {
 
     #[test]
     fn only_announcements_signed_by_the_pinned_key_count() {
-        let (key, mut known_text) = (SecretKey::generate().unwrap(), String::new());
-        let (pool_key, impostor) = (SecretKey::generate().unwrap(), SecretKey::generate().unwrap());
+        let (key, mut known_text) = (SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap(), String::new());
+        let (pool_key, impostor) = (
+            SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap(),
+            SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap(),
+        );
         known_text.push_str(&format!("web-1 {}\nold-1 legacy\npool:workers {}\n", key.public(), pool_key.public()));
         let known = KnownAgents::parse(&known_text).unwrap();
         let genuine = announcement("web-1", 10_000, &[("env", "prod")]);

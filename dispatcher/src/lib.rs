@@ -5,13 +5,13 @@
 //! # Layout
 //! - [`rpc`]: request and reply over the broker (confirms, `mandatory`, direct reply-to).
 //! - [`retry`]: the one retry executor (backoff with full jitter, deadline, last real error).
-//! - [`orchestrator`]: start, follow, cancel and complete a script; [`follow`] keeps its log in
-//!   order without gaps or repeats.
+//! - [`orchestrator`]: start, follow, cancel and complete a script, driving
+//!   `contracts::submission`'s machine (which also keeps the log in order, and says how a
+//!   submission ended and with which exit code).
 //! - [`negotiate`]: capabilities first, then the newest script service both sides support.
 //! - [`policy`]: machine policies (retry durations per purpose, targets and pools mapped to them).
 //! - [`plan`]: a script request, from the CLI's flags or the API's JSON, made into what runs: routes,
 //!   script spec, policies and tickets.
-//! - [`outcome`]: how a submission ended and the exit code that says so.
 //! - [`route`]: agent or pool targets; [`error`]: what can fail and whether to retry.
 //! - [`event`]: the JSON events written under `--json`, in the journal and as server-sent events.
 //! - [`trust`]: the dispatcher's key (signs requests) and the agents' pinned keys (answers).
@@ -25,36 +25,27 @@
 //! - [`cli`]: the `dispatcher` command line.
 #![forbid(unsafe_code)]
 
-pub mod bench;
-pub mod budget;
+mod bench;
+mod budget;
 pub mod cli;
 pub mod error;
 pub mod event;
-pub mod fanout;
-pub mod follow;
+mod fanout;
 #[cfg(test)]
 mod golden;
 pub mod inventory;
 pub mod metrics;
-pub mod negotiate;
+mod negotiate;
 pub mod orchestrator;
-pub mod outcome;
-pub mod plan;
-pub mod policy;
+mod plan;
+mod policy;
 pub mod retry;
 pub mod route;
 pub mod rpc;
 pub mod service;
-pub mod setup;
+mod setup;
 pub mod transfer;
 pub mod trust;
-
-pub use error::RpcError;
-pub use orchestrator::{Event, Orchestrator, PlannedStart, Policies, Timing};
-pub use outcome::{Outcome, OutcomeKind};
-pub use retry::RetryPolicy;
-pub use route::Route;
-pub use rpc::{RpcClient, RpcConfig};
 
 /// The broker URL used when none is configured.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

@@ -67,7 +67,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// One attempt of a request of `kind` ended after `took`.
-    pub fn attempt(&self, kind: contracts::Kind, took: Duration, result: Result<(), &RpcError>) {
+    pub fn attempt(&self, kind: contracts::wire::messages::Kind, took: Duration, result: Result<(), &RpcError>) {
         let kind = kind.as_str();
         self.attempts.get_or_create(&KindLabel { kind }).inc();
         let result = match result {
@@ -89,7 +89,7 @@ impl Metrics {
     }
 
     /// A request of `kind` is about to be repeated.
-    pub fn retry(&self, kind: contracts::Kind) {
+    pub fn retry(&self, kind: contracts::wire::messages::Kind) {
         self.retries.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
     }
 
@@ -102,7 +102,8 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use contracts::{ErrorKind, ErrorReply, Kind};
+    use contracts::wire::error::{ErrorKind, ErrorReply};
+    use contracts::wire::messages::Kind;
 
     #[test]
     fn attempts_are_counted_by_kind_and_timed_by_result() {

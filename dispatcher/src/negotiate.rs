@@ -5,14 +5,14 @@
 //! script.
 
 use crate::route::Route;
-pub use contracts::submission::{AgentKind, ScriptProtocol};
+use contracts::submission::negotiate::AgentKind;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// How long an agent's capabilities are trusted.
-pub const CAPABILITIES_TTL: Duration = Duration::from_secs(600);
+pub(crate) const CAPABILITIES_TTL: Duration = Duration::from_secs(600);
 
 /// Which protocol the dispatcher speaks: negotiated, or forced to the legacy one (the
 /// dispatcher as it was before resilient communications).
@@ -32,24 +32,24 @@ struct Entry {
 
 /// Capabilities per agent, for [`CAPABILITIES_TTL`].
 #[derive(Default)]
-pub struct CapabilityCache {
+pub(crate) struct CapabilityCache {
     entries: Mutex<HashMap<Route, Entry>>,
 }
 
 impl CapabilityCache {
-    pub fn get(&self, route: &Route) -> Option<AgentKind> {
+    pub(crate) fn get(&self, route: &Route) -> Option<AgentKind> {
         let entries = self.entries.lock().expect("cache poisoned");
         entries.get(route).filter(|e| e.at.elapsed() < CAPABILITIES_TTL).map(|e| e.kind.clone())
     }
 
-    pub fn put(&self, route: &Route, kind: AgentKind) {
+    pub(crate) fn put(&self, route: &Route, kind: AgentKind) {
         let mut entries = self.entries.lock().expect("cache poisoned");
         let warned = entries.get(route).is_some_and(|e| e.warned && e.kind == kind);
         entries.insert(route.clone(), Entry { kind, at: Instant::now(), warned });
     }
 
     /// True the first time it is asked for an agent (while its entry lives): tell the user once.
-    pub fn first_warning(&self, route: &Route) -> bool {
+    pub(crate) fn first_warning(&self, route: &Route) -> bool {
         let mut entries = self.entries.lock().expect("cache poisoned");
         match entries.get_mut(route) {
             Some(entry) if !entry.warned => {

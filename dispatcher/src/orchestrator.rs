@@ -4,15 +4,27 @@
 //! the machine's; this file only sends, waits and reports.
 
 use crate::error::RpcError;
-use crate::follow::LogFollower;
 use crate::metrics::Metrics;
-use crate::negotiate::{AgentKind, CapabilityCache, ProtocolMode, ScriptProtocol};
-use crate::outcome::Outcome;
-use crate::retry::{self, GaveUp, RetryPolicy};
+use crate::negotiate::{CapabilityCache, ProtocolMode};
+use crate::retry::{self, GaveUp};
 use crate::route::Route;
 use crate::rpc::{CallTiming, RpcClient};
-use contracts::submission::{self, Action, Config, Input, Now, Submission};
-use contracts::*;
+use contracts::submission::follow::LogFollower;
+use contracts::submission::machine::{Action, Config, Input, Now, Submission};
+use contracts::submission::negotiate::no_consumer_notice;
+use contracts::submission::negotiate::{AgentKind, ScriptProtocol};
+use contracts::submission::outcome::Outcome;
+use contracts::submission::requests::PlannedStart;
+use contracts::submission::requests::{complete_request, expect_status};
+use contracts::submission::retry::RetryPolicy;
+use contracts::submission::retry::{Policies, Timing};
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::messages::{
+    Capabilities, CompleteScriptV2, GetCapabilities, GetStatusV1, GetStatusV2, Kind, ScriptSpec,
+};
+use contracts::wire::status::ScriptStatus;
+use contracts::wire::ticket::Ticket;
+use contracts::wire::topology;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,10 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
-pub use contracts::submission::{cancel_policy, PlannedStart, Policies, Timing, CANCEL_REPEAT};
-
 /// What happens during a submission, for the user to see.
-pub type Event = submission::Event<RpcError>;
+pub type Event = contracts::submission::machine::Event<RpcError>;
 
 /// Where events go. Called from the submission's task; must be quick.
 pub type EventSink<'a> = &'a (dyn Fn(Event) + Send + Sync);
@@ -97,7 +107,7 @@ impl Orchestrator {
         }
         if self.rpc.consumers(route, Kind::GetCapabilities).await == Some(0) {
             let queue = route.queue(Kind::GetCapabilities);
-            events(Event::Notice(submission::no_consumer_notice(&queue, policy, self.timing)));
+            events(Event::Notice(no_consumer_notice(&queue, policy, self.timing)));
         }
         let request = Request::GetCapabilities(GetCapabilities {});
         let answer = self.request(route, &request, policy, Duration::ZERO, None, events).await;
@@ -221,7 +231,7 @@ impl Orchestrator {
         interrupt: &CancellationToken,
     ) -> Outcome {
         let config = self.config(route, policies.into());
-        let machine = Submission::submit(config, spec, Ticket::generate(), now());
+        let machine = Submission::submit(config, spec, edge::entropy::ticket(), now());
         self.drive(route, machine, events, interrupt).await
     }
 
@@ -233,7 +243,10 @@ impl Orchestrator {
     /// Runs a script under a start planned (and recorded) beforehand and follows it after line
     /// `last_seen`, without completing it, so the caller can record the outcome first (see
     /// [`Submission::run_planned`]).
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is a different thing the caller holds; a struct of them would only be unpacked here"
+    )]
     pub async fn run_planned(
         &self,
         route: &Route,
@@ -259,7 +272,7 @@ impl Orchestrator {
         policy: RetryPolicy,
         events: EventSink<'_>,
     ) {
-        let Some(complete) = submission::complete_request(ScriptProtocol::V2, ticket, outcome) else { return };
+        let Some(complete) = complete_request(ScriptProtocol::V2, ticket, outcome) else { return };
         let not_after = SystemTime::now() + policy.duration.max(self.timing.attempt_timeout);
         if let Err(error) = self.rpc.send(route, &complete, not_after).await {
             events(Event::Notice(format!(
@@ -270,7 +283,10 @@ impl Orchestrator {
 
     /// Follows a ticket until its script is complete and every line is seen. On `interrupt`
     /// the script is cancelled and followed until it stops.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is a different thing the caller holds; a struct of them would only be unpacked here"
+    )]
     pub async fn follow_to_end(
         &self,
         route: &Route,
@@ -313,7 +329,7 @@ impl Orchestrator {
             }
             ProtocolMode::V1 => Request::GetStatusV1(GetStatusV1 { ticket: ticket.clone(), last_log_sequence: 0 }),
         };
-        submission::expect_status(self.request(route, &request, policy, Duration::ZERO, None, events).await?)
+        expect_status(self.request(route, &request, policy, Duration::ZERO, None, events).await?)
     }
 
     /// Cancels a ticket (given by the user) and follows it until it has stopped; with

@@ -7,19 +7,20 @@
 //! decoding base64, and the order in which they report mistakes (each step here is called in
 //! that order). What a script is, and which policy applies, is decided only here.
 
-use crate::orchestrator::Policies;
 use crate::policy::{self, MachinePolicy, Overrides, PolicyConfig, PolicyError, Purpose, Target};
-use crate::retry::RetryPolicy;
 use crate::route::Route;
 use crate::service::journal::Submission;
-use contracts::{Isolation, ScriptFile, ScriptSpec, Secrets, Shell, Ticket};
+use contracts::submission::retry::Policies;
+use contracts::submission::retry::RetryPolicy;
+use contracts::wire::messages::{Isolation, ScriptFile, ScriptSpec, Secrets, Shell};
+use contracts::wire::ticket::Ticket;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 /// Where a script goes, as a front door was told.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Targets {
+pub(crate) enum Targets {
     /// Agents by id; `given_as` is how the front door names one in messages (`--target`).
     Agents { ids: Vec<String>, given_as: &'static str },
     /// Any worker of a pool.
@@ -28,7 +29,7 @@ pub enum Targets {
 
 /// What can make a request impossible to plan; the message says what to change.
 #[derive(Debug, thiserror::Error)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     /// An agent id or pool name that cannot be one.
     #[error("{0}")]
     Name(String),
@@ -37,7 +38,7 @@ pub enum PlanError {
 }
 
 /// The routes of `targets`, each agent once.
-pub fn routes(targets: Targets) -> Result<Vec<Route>, PlanError> {
+pub(crate) fn routes(targets: Targets) -> Result<Vec<Route>, PlanError> {
     match targets {
         Targets::Pool(pool) => Ok(vec![Route::pool(&pool).map_err(PlanError::Name)?]),
         Targets::Agents { ids, given_as } => {
@@ -56,7 +57,7 @@ pub fn routes(targets: Targets) -> Result<Vec<Route>, PlanError> {
 
 /// The script itself, as given: checked before anything else about it is read.
 #[derive(Clone, Debug)]
-pub struct ScriptDraft {
+pub(crate) struct ScriptDraft {
     pub script: String,
     pub shell: Shell,
     pub args: Vec<String>,
@@ -68,7 +69,7 @@ pub struct ScriptDraft {
 /// What a front door reads or decodes only once the script passed its checks: the files, the
 /// secrets and the time limits.
 #[derive(Clone, Debug, Default)]
-pub struct ScriptInputs {
+pub(crate) struct ScriptInputs {
     pub files: Vec<ScriptFile>,
     pub secret_env: Secrets,
     pub mutex_timeout: Option<Duration>,
@@ -77,7 +78,7 @@ pub struct ScriptInputs {
 
 /// The script spec: the draft checked (not empty, a valid mutex name), then `inputs` read, then
 /// the whole checked and measured against what one command can carry.
-pub fn script_spec(
+pub(crate) fn script_spec(
     draft: ScriptDraft,
     inputs: impl FnOnce() -> Result<ScriptInputs, String>,
 ) -> Result<ScriptSpec, String> {
@@ -85,7 +86,7 @@ pub fn script_spec(
         return Err("the script is empty".into());
     }
     if let Some(mutex) = &draft.mutex {
-        contracts::topology::validate_name("mutex name", mutex)?;
+        contracts::wire::topology::validate_name("mutex name", mutex)?;
     }
     let inputs = inputs()?;
     let millis = |d: Duration| d.as_millis() as u64;
@@ -108,7 +109,7 @@ pub fn script_spec(
 }
 
 /// The machine policies file at `path`, or the built-in `default` alone without one.
-pub fn load_policies(path: Option<&Path>) -> Result<PolicyConfig, PolicyError> {
+pub(crate) fn load_policies(path: Option<&Path>) -> Result<PolicyConfig, PolicyError> {
     match path {
         Some(path) => PolicyConfig::load(path),
         None => Ok(PolicyConfig::default()),
@@ -119,7 +120,7 @@ pub fn load_policies(path: Option<&Path>) -> Result<PolicyConfig, PolicyError> {
 /// one its target maps to, what it is for, and one-command overrides (`--retry-duration`,
 /// `--no-retries`).
 #[derive(Clone, Debug, Default)]
-pub struct PolicyChoice {
+pub(crate) struct PolicyChoice {
     pub policy: Option<String>,
     pub purpose: Option<Purpose>,
     pub overrides: Overrides,
@@ -127,7 +128,7 @@ pub struct PolicyChoice {
 
 impl PolicyChoice {
     /// The machine policy of `route`: the one asked for by name, else the one it maps to.
-    pub fn machine(&self, config: &PolicyConfig, route: &Route) -> Result<MachinePolicy, PolicyError> {
+    pub(crate) fn machine(&self, config: &PolicyConfig, route: &Route) -> Result<MachinePolicy, PolicyError> {
         let target = match route {
             Route::Agent(id) => Target::Agent(id),
             Route::Pool(pool) | Route::Worker { pool, .. } => Target::Pool(pool),
@@ -136,13 +137,22 @@ impl PolicyChoice {
     }
 
     /// The retry policy for requests to `route`, for the purpose asked for, else `default`.
-    pub fn retry(&self, config: &PolicyConfig, route: &Route, default: Purpose) -> Result<RetryPolicy, PolicyError> {
+    pub(crate) fn retry(
+        &self,
+        config: &PolicyConfig,
+        route: &Route,
+        default: Purpose,
+    ) -> Result<RetryPolicy, PolicyError> {
         Ok(self.resolve(&self.machine(config, route)?, self.purpose.unwrap_or(default)))
     }
 
     /// A script's policies on `route` (the script's, for the purpose asked for or deployment,
     /// and the health check's for its capabilities), with the machine policy they come from.
-    pub fn policies(&self, config: &PolicyConfig, route: &Route) -> Result<(MachinePolicy, Policies), PolicyError> {
+    pub(crate) fn policies(
+        &self,
+        config: &PolicyConfig,
+        route: &Route,
+    ) -> Result<(MachinePolicy, Policies), PolicyError> {
         let machine = self.machine(config, route)?;
         let policies = Policies {
             script: self.resolve(&machine, self.purpose.unwrap_or(Purpose::Deployment)),
@@ -158,7 +168,7 @@ impl PolicyChoice {
 
 /// One target of a plan.
 #[derive(Clone, Debug)]
-pub struct PlannedTarget {
+pub(crate) struct PlannedTarget {
     pub route: Route,
     /// The machine policy's name, as the journal records it.
     pub policy: String,
@@ -167,7 +177,7 @@ pub struct PlannedTarget {
 
 /// What runs: the script, and each target with its policies.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub spec: ScriptSpec,
     pub targets: Vec<PlannedTarget>,
 }
@@ -175,7 +185,7 @@ pub struct Plan {
 /// Where the tickets of what is recorded before it is sent come from. (`submit` without
 /// `--detach` records nothing: the orchestrator makes its ticket as it starts.)
 #[derive(Clone, Copy, Debug)]
-pub enum Tickets<'a> {
+pub(crate) enum Tickets<'a> {
     /// A new random ticket each.
     Fresh,
     /// The same ticket for the same caller, key and target (`Idempotency-Key`), so that a repeat
@@ -184,9 +194,9 @@ pub enum Tickets<'a> {
 }
 
 impl Tickets<'_> {
-    pub fn ticket_for(&self, route: &Route) -> Ticket {
+    pub(crate) fn ticket_for(&self, route: &Route) -> Ticket {
         match self {
-            Tickets::Fresh => Ticket::generate(),
+            Tickets::Fresh => edge::entropy::ticket(),
             Tickets::Idempotent { who, key } => idempotent_ticket(who, key, route),
         }
     }
@@ -203,7 +213,7 @@ fn idempotent_ticket(who: &str, key: &str, route: &Route) -> Ticket {
 
 impl Plan {
     /// `spec` on every route, each under the policies `choice` resolves in `config`.
-    pub fn new(
+    pub(crate) fn new(
         routes: Vec<Route>,
         spec: ScriptSpec,
         choice: &PolicyChoice,
@@ -218,7 +228,7 @@ impl Plan {
     }
 
     /// The journal's record of each target, under a ticket from `tickets`, as asked by `who`.
-    pub fn submissions(&self, tickets: Tickets<'_>, who: &str) -> Vec<Submission> {
+    pub(crate) fn submissions(&self, tickets: Tickets<'_>, who: &str) -> Vec<Submission> {
         let submission = |target: &PlannedTarget| {
             let ticket = tickets.ticket_for(&target.route);
             Submission::new(ticket, &target.route, self.spec.clone(), &target.policy, target.policies, who)

@@ -27,7 +27,7 @@
 //! before any request is sent, not discovered halfway through a fleet. The decisions themselves,
 //! [`PolicyConfig::policy_for`] and [`resolve`], are plain functions.
 
-use crate::retry::RetryPolicy;
+use contracts::submission::retry::RetryPolicy;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,10 +39,10 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 /// The name of the policy used when nothing else is chosen.
-pub const DEFAULT_POLICY: &str = "default";
+pub(crate) const DEFAULT_POLICY: &str = "default";
 
 /// Retry duration of the built-in default policy, for every purpose.
-pub const BUILTIN_RETRY_DURATION: Duration = Duration::from_secs(150);
+pub(crate) const BUILTIN_RETRY_DURATION: Duration = Duration::from_secs(150);
 
 /// What a command is for; each purpose has its own retry duration in a policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -91,7 +91,7 @@ pub enum Target<'a> {
 
 /// One-command overrides from flags.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     /// `--retry-duration`: replaces the policy's duration for the purpose.
     pub retry_duration: Option<Duration>,
     /// `--no-retries`: a single attempt whatever the policy says.
@@ -100,7 +100,7 @@ pub struct Overrides {
 
 /// The retry policy for one command: retries only if both the policy and the flags allow them,
 /// for the overriding duration if one was given, else the policy's duration for the purpose.
-pub fn resolve(policy: &MachinePolicy, purpose: Purpose, overrides: Overrides) -> RetryPolicy {
+pub(crate) fn resolve(policy: &MachinePolicy, purpose: Purpose, overrides: Overrides) -> RetryPolicy {
     RetryPolicy {
         enabled: policy.retries && !overrides.no_retries,
         duration: overrides.retry_duration.unwrap_or_else(|| policy.retry_duration(purpose)),

@@ -4,16 +4,15 @@
 //! last real error and the time spent.
 
 use crate::error::RpcError;
-use contracts::submission::Retry;
-pub use contracts::submission::{short, RetryPolicy, INITIAL_DELAY, MAX_DELAY};
+use contracts::submission::retry::{Retry, RetryPolicy};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// A retry about to happen, for the user to see.
-pub type RetryNotice = contracts::submission::RetryNotice<RpcError>;
+pub type RetryNotice = contracts::submission::retry::RetryNotice<RpcError>;
 
 /// The RPC failed for good.
-pub type GaveUp = contracts::submission::GaveUp<RpcError>;
+pub type GaveUp = contracts::submission::retry::GaveUp<RpcError>;
 
 /// Runs `attempt` until it succeeds, fails permanently, the deadline passes, or `cancel` fires.
 /// `attempt` gets the reply timeout to use; `notify` hears of every retry before its delay.

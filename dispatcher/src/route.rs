@@ -1,7 +1,8 @@
 //! Where a request goes: one agent, any worker of a pool, or one worker of a pool on its own
 //! queue (a transfer stays with the worker that answered it first).
 
-use contracts::{topology, Kind};
+use contracts::wire::messages::Kind;
+use contracts::wire::topology;
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -5,7 +5,7 @@
 //! Every request is signed with the dispatcher's key, and a reply counts only if it is signed by
 //! the key pinned for the target asked, over this request's correlation id (ARCHITECTURE.md, Trust); or,
 //! once a request to an agent agreed a session with it, both are MAC'd in that session instead
-//! ([`contracts::session`]; a request the agent refuses for a session it no longer holds goes
+//! ([`contracts::trust::session`]; a request the agent refuses for a session it no longer holds goes
 //! again, signed). Any other reply is a forged answer: reported (a warning, and in the error if
 //! no genuine answer comes in time) and ignored, while the call goes on waiting for the genuine
 //! one.
@@ -14,15 +14,24 @@ use crate::error::RpcError;
 use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::trust::DispatcherTrust;
-use contracts::session::{Offer, Plan};
-use contracts::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO, SILENT_BROKER};
+use contracts::time::unix_millis;
 use contracts::trust::amqp::{seal_of, with_seal};
-use contracts::trust::{self, Believed, Binding, Pin, Seal};
-use contracts::{unix_millis, AmqpEndpoints, ErrorKind, Kind, Reply, Request};
+use contracts::trust::files::Pin;
+use contracts::trust::seal::Seal;
+use contracts::trust::session::Offer;
+use contracts::trust::sessions::Plan;
+use contracts::trust::verify::{check_answer, check_binding, Believed, Binding};
+use contracts::wire::endpoints::AmqpEndpoints;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::ErrorKind;
+use contracts::wire::messages::Kind;
+use contracts::wire::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO};
+use edge::connect::broker::SILENT_BROKER;
+use edge::entropy::OsEntropy;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,7 +78,7 @@ pub struct RpcConfig {
     /// such as the inventory need none).
     pub trust: Option<Arc<DispatcherTrust>>,
     /// CA and client certificate for `amqps://` URLs.
-    pub tls: contracts::tls::TlsMaterial,
+    pub tls: edge::connect::tls::TlsMaterial,
 }
 
 /// The dispatcher's RPC client. Cheap to share behind an `Arc`; calls run concurrently.
@@ -92,7 +101,7 @@ pub struct CallTiming {
 impl RpcClient {
     /// A client that connects on first use.
     pub fn new(config: RpcConfig) -> Self {
-        let endpoints = std::sync::Mutex::new(AmqpEndpoints::parse_random_start(&config.amqp_url));
+        let endpoints = std::sync::Mutex::new(edge::connect::broker::endpoints(&config.amqp_url));
         RpcClient { config, endpoints, link: tokio::sync::Mutex::new(None), metrics: Metrics::default() }
     }
 
@@ -181,7 +190,7 @@ impl RpcClient {
         let (trust, pin) = self.trust_for(route)?;
         let target = route.target();
         let sealed = match &pin {
-            Pin::Keys(keys) => contracts::sealed::seal_start(request, keys)
+            Pin::Keys(keys) => contracts::trust::sealed::seal_start(request, keys, &mut OsEntropy)
                 .map_err(|error| RpcError::Codec(format!("cannot seal the secrets to {target}: {error}")))?,
             Pin::Legacy => None,
         };
@@ -190,7 +199,7 @@ impl RpcClient {
         loop {
             let plan = trust.session_plan(&target, &pin);
             // No random bytes for an offer: the request goes signed only, as to an older agent.
-            let offer = matches!(plan, Plan::Offer).then(Offer::new).and_then(Result::ok);
+            let offer = matches!(plan, Plan::Offer).then(|| Offer::new(&mut OsEntropy)).and_then(Result::ok);
             let sent = Sent { trust, pin: &pin, plan: &plan, offer: offer.as_ref() };
             let result = self.attempt(&link, route, request, timing, published, warn, sent).await;
             match &result {
@@ -211,7 +220,7 @@ impl RpcClient {
     }
 
     /// One request of [`RpcClient::call_with_sender`], sealed as `sent` says.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "one attempt of call_with_sender, taking what that call holds")]
     async fn attempt(
         &self,
         link: &Link,
@@ -230,10 +239,11 @@ impl RpcClient {
             unix_millis(now),
             Some(unix_millis(timing.not_after)),
             offer.map(Offer::share),
+            &mut OsEntropy,
         )?;
         let expiration = timing.not_after.duration_since(now).unwrap_or_default().as_millis().max(1);
         // What the agent's answer must name: these very bytes.
-        let digest = contracts::request_digest(&bytes);
+        let digest = contracts::wire::envelope::request_digest(&bytes);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let correlation_id = header.message_id.clone();
         link.pending.lock().expect("pending poisoned").insert(correlation_id.clone(), tx);
@@ -290,23 +300,22 @@ impl RpcClient {
                 Ok(None) => return Err(RpcError::ConnectionLost("the reply channel closed".into())),
                 Ok(Some(raw)) => raw,
             };
-            let checked =
-                trust::check_answer(pin, &correlation_id, raw.seal, &raw.body, session).and_then(|believed| {
-                    // Only what is believed is decoded; one that does not decode ends the call.
-                    let (header, reply) = match Reply::decode_with_header(&raw.body) {
-                        Ok(decoded) => decoded,
-                        Err(error) => return Ok(Err(error)),
-                    };
-                    let binding = trust::check_binding(
-                        header.in_reply_to.as_ref(),
-                        &digest,
-                        request.ticket(),
-                        &reply,
-                        believed,
-                        trust.strict_answers(),
-                    )?;
-                    Ok(Ok((believed, binding, header, reply)))
-                });
+            let checked = check_answer(pin, &correlation_id, raw.seal, &raw.body, session).and_then(|believed| {
+                // Only what is believed is decoded; one that does not decode ends the call.
+                let (header, reply) = match Reply::decode_with_header(&raw.body) {
+                    Ok(decoded) => decoded,
+                    Err(error) => return Ok(Err(error)),
+                };
+                let binding = check_binding(
+                    header.in_reply_to.as_ref(),
+                    &digest,
+                    request.ticket(),
+                    &reply,
+                    believed,
+                    trust.strict_answers(),
+                )?;
+                Ok(Ok((believed, binding, header, reply)))
+            });
             match checked {
                 Ok(decoded) => {
                     let (believed, binding, header, reply) = decoded?;
@@ -352,7 +361,7 @@ impl RpcClient {
         let (trust, pin) = self.trust_for(route)?;
         let now = SystemTime::now();
         let target = route.target();
-        let (_, bytes) = request.encode(&target, unix_millis(now), Some(unix_millis(not_after)))?;
+        let (_, bytes) = request.encode(&target, unix_millis(now), Some(unix_millis(not_after)), &mut OsEntropy)?;
         let expiration = not_after.duration_since(now).unwrap_or_default().as_millis().max(1);
         let seal = trust.seal_command(trust.session(&target, &pin).as_ref(), &bytes);
         let properties = with_seal(BasicProperties::default(), &seal)
@@ -434,17 +443,15 @@ impl Drop for ForgetOnDrop<'_> {
 /// added, each node bounded by the connect timeout), for readers beside the RPC link such as the
 /// inventory.
 pub async fn connect(config: &RpcConfig, name: &str) -> Result<Connection, RpcError> {
-    let endpoints = AmqpEndpoints::parse_random_start(&config.amqp_url).map_err(RpcError::Connect)?;
+    let endpoints = edge::connect::broker::endpoints(&config.amqp_url).map_err(RpcError::Connect)?;
     let mut last_error = None;
     for (_, url) in endpoints.round() {
-        let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let url = contracts::topology::amqp_url_with_heartbeat(&url);
-        let connect = contracts::tls::amqp::connect(&url, properties, &config.tls);
+        let connect = edge::connect::broker::connect(&url, name, &config.tls);
         match tokio::time::timeout(config.connect_timeout, connect).await {
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(error)) => last_error = Some(connect_error(&error)),
             Err(_) => {
-                let after = crate::retry::short(config.connect_timeout);
+                let after = contracts::time::short(config.connect_timeout);
                 last_error = Some(RpcError::Connect(format!("no answer within {after}")));
             }
         }
@@ -472,9 +479,7 @@ async fn open_any_link(config: &RpcConfig, endpoints: &AmqpEndpoints) -> Result<
 
 async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError> {
     let connect = async {
-        let properties = ConnectionProperties::default().with_connection_name("cuttle-dispatcher".into());
-        let url = contracts::topology::amqp_url_with_heartbeat(amqp_url);
-        let connection = contracts::tls::amqp::connect(&url, properties, &config.tls).await?;
+        let connection = edge::connect::broker::connect(amqp_url, "cuttle-dispatcher", &config.tls).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         // Direct reply-to: consume the pseudo queue, without acks, on the publishing channel.
@@ -490,8 +495,8 @@ async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError>
     };
     let (connection, channel, mut consumer) = match tokio::time::timeout(config.connect_timeout, connect).await {
         Err(_) => {
-            let after = crate::retry::short(config.connect_timeout);
-            if broker_accepts_tcp(amqp_url, config.connect_timeout).await {
+            let after = contracts::time::short(config.connect_timeout);
+            if edge::connect::broker::accepts_tcp(amqp_url, config.connect_timeout).await {
                 return Err(RpcError::Connect(format!("{SILENT_BROKER} (no AMQP answer within {after})")));
             }
             return Err(RpcError::Connect(format!("no answer within {after}")));
@@ -529,7 +534,7 @@ fn connect_error(error: &lapin::Error) -> RpcError {
             None => RpcError::Connect(amqp.get_message().to_string()),
         },
         // A TLS handshake refused (certificate not trusted, ours refused) fails the same way again.
-        lapin::ErrorKind::IOError(io) => match contracts::tls::tls_hint(&io.to_string()) {
+        lapin::ErrorKind::IOError(io) => match edge::connect::tls::tls_hint(&io.to_string()) {
             Some(hint) => RpcError::Refused(format!("TLS handshake failed: {io} ({hint})")),
             None => RpcError::Connect(io.kind().to_string()),
         },
@@ -546,12 +551,4 @@ pub fn refusal_hint(code: u16) -> Option<&'static str> {
         402 => Some("check the broker URL's vhost"),
         _ => None,
     }
-}
-
-/// Whether the broker's address accepts a TCP connection now: told apart from a broker that
-/// cannot be reached at all when its AMQP handshake timed out.
-async fn broker_accepts_tcp(amqp_url: &str, timeout: Duration) -> bool {
-    let Ok(uri) = amqp_url.parse::<lapin::uri::AMQPUri>() else { return false };
-    let address = (uri.authority.host.as_str(), uri.authority.port);
-    matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
 }

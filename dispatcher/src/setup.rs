@@ -5,9 +5,14 @@
 
 use crate::error::RpcError;
 use crate::rpc::{self, RpcConfig};
-use contracts::presence::PRESENCE_STREAM;
-use contracts::topology::amqp::{bounded_dead_queue_arguments, command_queue_arguments, presence_stream_arguments};
-use contracts::topology::*;
+use contracts::wire::topology::amqp::{
+    bounded_dead_queue_arguments, command_queue_arguments, presence_stream_arguments,
+};
+use contracts::wire::topology::PRESENCE_STREAM;
+use contracts::wire::topology::{
+    agent_queue, pool_queue, pool_routing_key, pool_service_queue, pool_service_routing_key, COMMANDS_EXCHANGE,
+    DEAD_EXCHANGE, DEAD_QUEUE,
+};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind};
@@ -15,14 +20,14 @@ use std::time::Duration;
 
 /// How [`DEAD_QUEUE`] is bounded.
 #[derive(Clone, Copy, Debug)]
-pub struct DeadLimits {
+pub(crate) struct DeadLimits {
     pub max_length: u32,
     pub ttl: Duration,
 }
 
 /// What `setup-broker` found of the dead-letter queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeadQueue {
+pub(crate) enum DeadQueue {
     /// Declared now, with the limits.
     Bounded,
     /// It was there already: its arguments cannot change; the limits need a broker policy.
@@ -35,7 +40,7 @@ fn failed(call: &'static str) -> impl Fn(lapin::Error) -> RpcError {
 
 /// Declares the exchanges, the presence stream and the dead-letter queue (bounded by `dead`
 /// when it is new) with its binding. Idempotent.
-pub async fn setup_broker(config: &RpcConfig, dead: DeadLimits) -> Result<DeadQueue, RpcError> {
+pub(crate) async fn setup_broker(config: &RpcConfig, dead: DeadLimits) -> Result<DeadQueue, RpcError> {
     let connection = rpc::connect(config, "cuttle-dispatcher setup-broker").await?;
     let result = declare_shared(&connection, dead).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), connection.close(200, "setup done".into())).await;
@@ -86,7 +91,7 @@ async fn bind(channel: &Channel, queue: &str, exchange: &str, routing_key: &str)
 
 /// Declares an agent's queue bound to its id (with `agent_id`) and, with `pool`, the pool's work
 /// and service queues bound to theirs, as an agent itself would. Idempotent.
-pub async fn enrol(config: &RpcConfig, agent_id: Option<&str>, pool: Option<&str>) -> Result<(), RpcError> {
+pub(crate) async fn enrol(config: &RpcConfig, agent_id: Option<&str>, pool: Option<&str>) -> Result<(), RpcError> {
     let connection = rpc::connect(config, "cuttle-dispatcher enrol").await?;
     let result = async {
         let channel = connection.create_channel().await.map_err(failed("channel.open"))?;
@@ -111,7 +116,7 @@ pub async fn enrol(config: &RpcConfig, agent_id: Option<&str>, pool: Option<&str
 }
 
 /// The vhost a broker URL names (`/` when it names none), for `rabbitmqctl -p`.
-pub fn vhost_of(amqp_url: &str) -> String {
+pub(crate) fn vhost_of(amqp_url: &str) -> String {
     amqp_url.parse::<lapin::uri::AMQPUri>().map(|uri| uri.vhost).unwrap_or_else(|_| "/".into())
 }
 

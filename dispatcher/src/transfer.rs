@@ -1,4 +1,4 @@
-//! File transfer with an agent (the protocol is in [`contracts::transfer`]): up to [`WINDOW`]
+//! File transfer with an agent (the protocol is in [`contracts::wire::transfer`]): up to [`WINDOW`]
 //! chunks of at most 1 MiB in flight ([`Window`]), every request through the retry executor
 //! under the machine policy (so each is repeated until the policy's deadline, or not at all with
 //! `--no-retries`), resumed from what the other side holds, and checked end to end with SHA-256.
@@ -9,13 +9,15 @@
 
 use crate::error::RpcError;
 use crate::orchestrator::{EventSink, Orchestrator};
-use crate::outcome::{exit, Outcome};
-use crate::retry::{GaveUp, RetryPolicy};
+use crate::retry::GaveUp;
 use crate::route::Route;
-use contracts::transfer::{
+use contracts::submission::outcome::{exit, Outcome};
+use contracts::submission::retry::RetryPolicy;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::ErrorKind;
+use contracts::wire::transfer::{
     partial_name, DownloadChunk, FileChunk, TransferStatus, UploadChunk, MAX_CHUNK_BYTES, WINDOW,
 };
-use contracts::{ErrorKind, Reply, Request};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use sha2::Digest;
 use std::collections::BTreeMap;

@@ -1,13 +1,18 @@
 //! The dispatcher's side of trust (ARCHITECTURE.md, Trust): its key, which signs every command, the
-//! agents it knows, whose pinned keys every answer must be signed by, and the sessions agreed
-//! with them, in which commands and answers carry a MAC instead ([`contracts::session`]). The
-//! decisions are [`contracts::trust`]'s and [`contracts::session`]'s plain functions; this holds
-//! the keys and sessions and finds a target's pin, reading the known-agents file again when a
-//! target is not in it (so an agent enrolled while `dispatcher serve` runs is pinned without a
-//! restart).
+//! agents it knows, whose pinned keys every answer must be signed by, and the sessions agreed with
+//! them, in which commands and answers carry a MAC instead ([`contracts::trust::session`]). The
+//! decisions are [`contracts::trust::verify`]'s and [`contracts::trust::session`]'s plain
+//! functions; this holds the keys and sessions and finds a target's pin, reading the known-agents
+//! file again when a target is not in it (so an agent enrolled while `dispatcher serve` runs is
+//! pinned without a restart).
 
-use contracts::session::{Offer, Plan, Session, SessionCache, SessionId};
-use contracts::trust::{KeyError, KeyId, KnownAgents, Pin, Seal, SecretKey};
+use contracts::trust::files::{KnownAgents, Pin};
+use contracts::trust::keys::{KeyId, SecretKey};
+use contracts::trust::seal::Seal;
+use contracts::trust::seal::SessionId;
+use contracts::trust::session::{Offer, Session};
+use contracts::trust::sessions::{Plan, SessionCache};
+use edge::keys::KeyError;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -101,7 +106,8 @@ impl DispatcherTrust {
         self
     }
 
-    /// Whether answers that do not name their request are refused ([`contracts::trust::check_binding`]).
+    /// Whether answers that do not name their request are refused
+    /// ([`contracts::trust::verify::check_binding`]).
     pub fn strict_answers(&self) -> bool {
         self.strict_answers
     }
@@ -110,7 +116,7 @@ impl DispatcherTrust {
     /// stderr) and the known agents (a missing file pins no one).
     pub fn load(files: &TrustFiles) -> Result<DispatcherTrust, TrustError> {
         let key = if files.create_key {
-            let (key, created) = SecretKey::load_or_create(&files.key).map_err(TrustError::Key)?;
+            let (key, created) = edge::keys::load_or_create_secret(&files.key).map_err(TrustError::Key)?;
             if created {
                 eprintln!(
                     "dispatcher: created a dispatcher key at {}; agents run its commands once their --trusted-keys file holds its public key:\n{}",
@@ -120,7 +126,7 @@ impl DispatcherTrust {
             }
             key
         } else {
-            SecretKey::load(&files.key).map_err(TrustError::Key)?
+            edge::keys::load_secret(&files.key).map_err(TrustError::Key)?
         };
         let known = read_known(&files.known_agents).map_err(TrustError::KnownAgents)?;
         Ok(DispatcherTrust {
@@ -262,7 +268,7 @@ fn session_keys(pin: &Pin) -> Option<Vec<KeyId>> {
 }
 
 fn now_ms() -> u64 {
-    contracts::unix_millis(std::time::SystemTime::now())
+    contracts::time::unix_millis(std::time::SystemTime::now())
 }
 
 /// Why believing `agent`, pinned as legacy, is a risk (see [`DispatcherTrust::legacy_warning`]).
@@ -275,13 +281,13 @@ pub fn legacy_warning(agent: &str) -> String {
 pub fn unbound_warning(agent: &str) -> String {
     format!(
         "believing answers from agent {agent} that do not name the request they answer: it predates {} (upgrade it); until then anyone who can publish to its queue can make it answer a request of yours with its answer to another message (pass --strict-answers to refuse such answers)",
-        contracts::SERVICE_ANSWER_BINDING
+        contracts::wire::messages::SERVICE_ANSWER_BINDING
     )
 }
 
 /// Reads a known-agents file; a missing one pins no one.
 pub fn read_known(path: &Path) -> Result<KnownAgents, KeyError> {
-    match KnownAgents::load(path) {
+    match edge::keys::load_known_agents(path) {
         Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(KnownAgents::default()),
         other => other,
     }
@@ -298,7 +304,7 @@ mod tests {
         let trust = DispatcherTrust::load(&files).expect("a missing known-agents file pins no one");
         assert!(files.key.exists(), "the default key is created on first use");
         assert_eq!(trust.pin("web-01"), None);
-        let agent = SecretKey::create(&dir.join("a.key")).unwrap();
+        let agent = edge::keys::create_secret(&dir.join("a.key")).unwrap();
         std::fs::write(&files.known_agents, format!("web-01 {}\nold legacy\n", agent.public())).unwrap();
         assert_eq!(trust.pin("web-01"), Some(Pin::Keys(vec![*agent.public()])));
         assert_eq!(trust.pin("old"), Some(Pin::Legacy));
@@ -313,9 +319,12 @@ mod tests {
 
     #[test]
     fn a_pool_worker_vouched_for_by_the_inventory_is_believed_under_its_pools_pin_unless_pinned_itself() {
-        let (own, pool) = (SecretKey::generate().unwrap(), SecretKey::generate().unwrap());
+        let (own, pool) = (
+            SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap(),
+            SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap(),
+        );
         let known = KnownAgents::parse(&format!("web-1 {}\npool:workers {}\n", own.public(), pool.public())).unwrap();
-        let trust = DispatcherTrust::new(SecretKey::generate().unwrap(), known);
+        let trust = DispatcherTrust::new(SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap(), known);
         assert_eq!(trust.pin("w-1"), None, "not known as a worker yet");
         let (w1, web1, workers) = ("w-1".to_string(), "web-1".to_string(), "workers".to_string());
         trust.know_pool_workers([(&w1, &workers), (&web1, &workers)]);

@@ -16,8 +16,10 @@
 //! `cargo build --release --bins && CUTTLE_AMQP_URL=amqp://guest:guest@127.0.0.1:PORT/%2f
 //! CUTTLE_REDIS_URL=redis://127.0.0.1:PORT2 cargo run --release -p tests --example presence -- [agents]`
 
-use contracts::presence::{Announcement, ANNOUNCEMENT_TYPE, DEFAULT_INTERVAL_MS, PRESENCE_STREAM};
-use contracts::trust::{KnownAgents, SecretKey};
+use contracts::trust::files::KnownAgents;
+use contracts::trust::keys::SecretKey;
+use contracts::wire::presence::{Announcement, DEFAULT_INTERVAL_MS};
+use contracts::wire::topology::{ANNOUNCEMENT_TYPE, PRESENCE_STREAM};
 use dispatcher::inventory::{Inventory, Sighting};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -89,18 +91,18 @@ async fn main() {
         "believing {} signed announcements of {agents} pinned agents: {:.0} ms ({} live)",
         agents * heartbeats,
         took.as_secs_f64() * 1000.0,
-        inventory.live(contracts::unix_millis(std::time::SystemTime::now())).count()
+        inventory.live(contracts::time::unix_millis(std::time::SystemTime::now())).count()
     );
 }
 
 /// `heartbeats` announcements of each of `agents` agents, signed as agents sign them (one key
 /// per agent), and the known agents pinning each.
 fn signed_fleet(agents: usize, heartbeats: usize) -> (Vec<Sighting>, KnownAgents) {
-    let now = contracts::unix_millis(std::time::SystemTime::now());
+    let now = contracts::time::unix_millis(std::time::SystemTime::now());
     let mut pins = String::new();
     let mut sightings = Vec::with_capacity(agents * heartbeats);
     for n in 0..agents {
-        let key = SecretKey::generate().unwrap();
+        let key = SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap();
         let mut announcement = tests::presence::announcement(&format!("fleet-{n:05}"), &[("env", "prod")]);
         announcement.interval_ms = DEFAULT_INTERVAL_MS;
         pins.push_str(&format!("{} {}\n", announcement.agent_id, key.public()));

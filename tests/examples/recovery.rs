@@ -5,7 +5,9 @@
 //! `cargo run --release -p tests --example recovery -- [outages]` (default 20), with RabbitMQ
 //! and Redis running locally.
 
-use dispatcher::{Event, Orchestrator, RetryPolicy, RpcClient, Timing};
+use contracts::submission::retry::{RetryPolicy, Timing};
+use dispatcher::orchestrator::{Event, Orchestrator};
+use dispatcher::rpc::RpcClient;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests::proxy::FaultProxy;

@@ -32,7 +32,7 @@ struct Version {
 async fn start_agent(version: &Version, amqp_url: &str, root: &Path) -> AgentProcess {
     let mut config = tests::agent::test_config("xfer-bench");
     config.amqp_url = amqp_url.to_owned();
-    config.store = worker_agent::StoreKind::Local;
+    config.store = worker_agent::config::StoreKind::Local;
     config.transfer_roots = vec![root.to_path_buf()];
     std::fs::create_dir_all(&config.work_dir).unwrap();
     let command = AgentProcess::command_at(&version.dir.join("worker-agent"), &config);

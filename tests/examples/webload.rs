@@ -6,16 +6,22 @@
 //!
 //! `cargo build --release --bins && cargo run --release -p tests --example webload -- [tickets]`
 
-use contracts::{LogLine, LogStream, Ticket};
-use dispatcher::orchestrator::{Event, PlannedStart, Policies};
+use contracts::submission::outcome::{Outcome, OutcomeKind};
+use contracts::submission::requests::PlannedStart;
+use contracts::submission::retry::Policies;
+use contracts::submission::retry::RetryPolicy;
+use contracts::wire::status::{LogLine, LogStream};
+use contracts::wire::ticket::Ticket;
+use dispatcher::error::RpcError;
+use dispatcher::orchestrator::Event;
 use dispatcher::retry::RetryNotice;
+use dispatcher::route::Route;
 use dispatcher::service::journal::{Journal, Submission};
-use dispatcher::{Outcome, OutcomeKind, RetryPolicy, Route, RpcError};
 use futures_util::StreamExt;
 use std::time::{Duration, Instant, SystemTime};
 
 async fn fill(journal: &Journal, index: usize) -> Ticket {
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let route = Route::agent(&format!("web-{:03}", index % 100)).unwrap();
     let policies = Policies::from(RetryPolicy::new(Duration::from_secs(150)));
     let spec = tests::sh(format!("echo {index}"));
@@ -28,7 +34,10 @@ async fn fill(journal: &Journal, index: usize) -> Ticket {
         let error = RpcError::NoReply { target: route.name().to_owned(), after: Duration::from_secs(15) };
         let notice =
             RetryNotice { attempt: 1, delay: Duration::from_millis(80), time_left: Duration::from_secs(135), error };
-        journal.event(&ticket, &Event::Retry { request: contracts::Kind::GetStatusV2, notice }).await.unwrap();
+        journal
+            .event(&ticket, &Event::Retry { request: contracts::wire::messages::Kind::GetStatusV2, notice })
+            .await
+            .unwrap();
     }
     for seq in 1..=3 {
         let line = LogLine { seq, stream: LogStream::Stdout, text: format!("line {seq} of ticket {index}"), at: 0 };

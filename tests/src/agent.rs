@@ -2,13 +2,14 @@
 //! its own id (so its own queue), Redis key prefix and work dir, all removed when it stops.
 
 use crate::{amqp_url, eventually, redis_url, unique};
-use contracts::topology::agent_queue;
+use contracts::wire::topology::agent_queue;
 use lapin::options::QueueDeleteOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use worker_agent::{Agent, AgentConfig};
+use worker_agent::config::AgentConfig;
+use worker_agent::service::Agent;
 
 /// A configuration for a fresh test agent.
 pub fn test_config(what: &str) -> AgentConfig {
@@ -31,7 +32,7 @@ pub fn test_config(what: &str) -> AgentConfig {
 /// allowance only once the allowance has passed (`contracts::agent::young_store_wait_ms`), which
 /// would hold up every test agent by 5 s. Tests of a new store use a prefix of their own.
 fn age_store(config: &AgentConfig) {
-    let began = contracts::unix_millis(std::time::SystemTime::now()) - 60_000;
+    let began = contracts::time::unix_millis(std::time::SystemTime::now()) - 60_000;
     let epoch = format!("{began}-tests");
     let aged = redis::Client::open(config.redis_url.as_str()).and_then(|client| client.get_connection()).and_then(
         |mut con| {
@@ -47,7 +48,7 @@ fn age_store(config: &AgentConfig) {
 /// commands (`--insecure-allow-unsigned`, as `--protocol v1` requires) and is pinned `legacy`.
 pub fn legacy_config(what: &str) -> AgentConfig {
     let mut config = test_config(what);
-    config.protocol = worker_agent::Protocol::V1;
+    config.protocol = worker_agent::config::Protocol::V1;
     config.insecure_allow_unsigned = true;
     crate::trust::keys().pin_legacy(&config.agent_id);
     config
@@ -88,8 +89,8 @@ impl TestAgent {
         &self.config.agent_id
     }
 
-    pub fn route(&self) -> dispatcher::Route {
-        dispatcher::Route::agent(self.id()).expect("valid id")
+    pub fn route(&self) -> dispatcher::route::Route {
+        dispatcher::route::Route::agent(self.id()).expect("valid id")
     }
 
     /// Stops consuming, leaving running scripts and the store as they are (for restart tests).
@@ -242,9 +243,9 @@ impl AgentProcess {
             .arg("--work-dir")
             .arg(&config.work_dir)
             .args(["--lease-ttl", &format!("{}ms", config.lease_ttl.as_millis())])
-            .args(["--protocol", if config.protocol == worker_agent::Protocol::V1 { "v1" } else { "v2" }])
+            .args(["--protocol", if config.protocol == worker_agent::config::Protocol::V1 { "v1" } else { "v2" }])
             .args(config.pool.iter().flat_map(|pool| ["--pool", pool.as_str()]))
-            .args(["--store", if config.store == worker_agent::StoreKind::Local { "local" } else { "redis" }])
+            .args(["--store", if config.store == worker_agent::config::StoreKind::Local { "local" } else { "redis" }])
             .args(config.max_scripts.iter().flat_map(|n| ["--max-scripts".to_string(), n.to_string()]))
             .args(
                 config.queue_expiry.iter().flat_map(|e| ["--queue-expiry".to_string(), format!("{}ms", e.as_millis())]),

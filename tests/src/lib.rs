@@ -37,7 +37,9 @@ pub use agent::{AgentProcess, TestAgent};
 pub use raw::RawBroker;
 pub use service::ServiceProcess;
 
-use dispatcher::{Orchestrator, RpcClient, RpcConfig, Timing};
+use contracts::submission::retry::Timing;
+use dispatcher::orchestrator::Orchestrator;
+use dispatcher::rpc::{RpcClient, RpcConfig};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -183,7 +185,7 @@ pub async fn submit_running(agent: &TestAgent) -> (String, tokio::process::Child
 pub async fn queue_without_agent(what: &str) -> TestAgent {
     let agent = TestAgent::start(what).await;
     agent.stop_consuming().await;
-    let queue = contracts::topology::agent_queue(agent.id());
+    let queue = contracts::wire::topology::agent_queue(agent.id());
     eventually("the agent to stop consuming", Duration::from_secs(20), || async {
         (raw::consumer_count(&queue).await == 0).then_some(())
     })
@@ -368,29 +370,29 @@ pub fn max_overlap(spans: &str) -> usize {
 }
 
 /// A script spec running `script` in `sh`.
-pub fn sh(script: impl Into<String>) -> contracts::ScriptSpec {
-    contracts::ScriptSpec { script: script.into(), ..Default::default() }
+pub fn sh(script: impl Into<String>) -> contracts::wire::messages::ScriptSpec {
+    contracts::wire::messages::ScriptSpec { script: script.into(), ..Default::default() }
 }
 
 /// Submits a script with the default policy and collects its log lines.
 pub async fn submit(
     orchestrator: &Orchestrator,
-    route: &dispatcher::Route,
-    spec: contracts::ScriptSpec,
-) -> (dispatcher::Outcome, Vec<contracts::LogLine>) {
+    route: &dispatcher::route::Route,
+    spec: contracts::wire::messages::ScriptSpec,
+) -> (contracts::submission::outcome::Outcome, Vec<contracts::wire::status::LogLine>) {
     let lines = std::sync::Mutex::new(Vec::new());
     let events = |event| {
-        if let dispatcher::Event::Log(line) = event {
+        if let dispatcher::orchestrator::Event::Log(line) = event {
             lines.lock().expect("lines").push(line);
         }
     };
-    let policy = dispatcher::RetryPolicy::new(Duration::from_secs(30));
+    let policy = contracts::submission::retry::RetryPolicy::new(Duration::from_secs(30));
     let outcome = orchestrator.submit(route, spec, policy, &events, &tokio_util::sync::CancellationToken::new()).await;
     (outcome, lines.into_inner().expect("lines"))
 }
 
 /// The text of the lines from one stream.
-pub fn texts(lines: &[contracts::LogLine], stream: contracts::LogStream) -> Vec<String> {
+pub fn texts(lines: &[contracts::wire::status::LogLine], stream: contracts::wire::status::LogStream) -> Vec<String> {
     lines.iter().filter(|l| l.stream == stream).map(|l| l.text.clone()).collect()
 }
 

@@ -1,9 +1,10 @@
 //! The presence stream as anyone holding the broker's credentials sees it: they can read every
 //! agent's announcements and append their own, forged or copied.
 
-use contracts::presence::{Announcement, ANNOUNCEMENT_TYPE, ANNOUNCEMENT_VERSION, PRESENCE_STREAM};
 use contracts::trust::amqp::{seal_of, with_seal};
-use contracts::trust::Seal;
+use contracts::trust::seal::Seal;
+use contracts::wire::presence::{Announcement, ANNOUNCEMENT_VERSION};
+use contracts::wire::topology::{ANNOUNCEMENT_TYPE, PRESENCE_STREAM};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -84,10 +85,10 @@ pub fn announcement(agent_id: &str, labels: &[(&str, &str)]) -> Announcement {
         pool: None,
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
-        services: vec![contracts::SERVICE_SCRIPT_V2.into()],
+        services: vec![contracts::wire::messages::SERVICE_SCRIPT_V2.into()],
         running_scripts: 0,
         interval_ms: 1_000,
-        at: contracts::unix_millis(SystemTime::now()),
+        at: contracts::time::unix_millis(SystemTime::now()),
         leaving: false,
     }
 }

@@ -2,10 +2,10 @@
 //! and the dead letters it caused.
 
 use crate::amqp_url;
-use contracts::topology::{agent_queue, DEAD_EXCHANGE, REPLY_TO};
 use contracts::trust::amqp::{seal_of, with_seal};
-use contracts::trust::Seal;
-use contracts::Reply;
+use contracts::trust::seal::Seal;
+use contracts::wire::envelope::Reply;
+use contracts::wire::topology::{agent_queue, DEAD_EXCHANGE, REPLY_TO};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -189,7 +189,7 @@ impl RawBroker {
 pub fn envelope(kind: &str, body: serde_json::Value) -> Vec<u8> {
     let value = serde_json::json!({
         "version": 2, "kind": kind, "message_id": "m-1", "target": "x",
-        "issued_at": contracts::unix_millis(std::time::SystemTime::now()), "not_after": null, "body": body,
+        "issued_at": contracts::time::unix_millis(std::time::SystemTime::now()), "not_after": null, "body": body,
     });
     rmp_serde::to_vec_named(&value).expect("a JSON value encodes")
 }

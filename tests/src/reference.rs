@@ -104,7 +104,7 @@ fn exit_codes() -> String {
     for (code, meaning) in dispatcher_exit_codes() {
         writeln!(text, "| {code} | {} |", meaning.replace('|', "\\|")).unwrap();
     }
-    let closed = contracts::outcome::exit::STDOUT_CLOSED;
+    let closed = contracts::submission::outcome::exit::STDOUT_CLOSED;
     writeln!(text, "| {closed} | standard output was closed (`dispatcher ... --json \\| head -1`): left quietly, as a program killed by SIGPIPE |").unwrap();
     text.push_str("\nWith `--json` the last line is a `result` event that says which of these happened.\n\n");
     text.push_str("## worker-agent\n\n| code | meaning |\n|---|---|\n| 0 | stopped on SIGINT or SIGTERM |\n| 1 | any other error at start (its message on stderr) |\n| 2 | bad usage |\n");

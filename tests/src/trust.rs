@@ -6,7 +6,8 @@
 //! [`crate::dispatcher_command`] and [`crate::orchestrator`] wire them in; tests about trust
 //! itself make keys of their own with [`keypair`].
 
-use contracts::trust::{KnownAgents, SecretKey};
+use contracts::trust::files::KnownAgents;
+use contracts::trust::keys::SecretKey;
 use dispatcher::trust::{DispatcherTrust, TrustFiles};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -36,8 +37,8 @@ pub fn keys() -> &'static TestKeys {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
         let (dispatcher_key, agent_key) = (dir.join("dispatcher.key"), dir.join("agent.key"));
-        let dispatcher = SecretKey::create(&dispatcher_key).expect("test dispatcher key");
-        let agent = SecretKey::create(&agent_key).expect("test agent key");
+        let dispatcher = edge::keys::create_secret(&dispatcher_key).expect("test dispatcher key");
+        let agent = edge::keys::create_secret(&agent_key).expect("test agent key");
         let trusted_keys = dir.join("trusted_keys");
         std::fs::write(&trusted_keys, format!("{} test dispatcher\n", dispatcher.public())).expect("trusted keys");
         let known_agents = dir.join("known_agents");
@@ -58,7 +59,7 @@ pub fn keys() -> &'static TestKeys {
 impl TestKeys {
     /// Pins `name` (an agent id, and a pool of that name) to the test agent key.
     pub fn pin(&self, name: &str) {
-        if contracts::topology::validate_name("name", name).is_err() {
+        if contracts::wire::topology::validate_name("name", name).is_err() {
             return;
         }
         let key = self.agent.public();
@@ -100,7 +101,7 @@ impl TestKeys {
 
     /// The known agents as they are now.
     pub fn known(&self) -> KnownAgents {
-        KnownAgents::load(&self.known_agents).expect("known agents parse")
+        edge::keys::load_known_agents(&self.known_agents).expect("known agents parse")
     }
 }
 
@@ -114,7 +115,7 @@ pub fn write_atomically(path: &Path, text: &str) {
 /// A fresh key written to a file in this process's key directory: (secret key, its file).
 pub fn keypair(what: &str) -> (SecretKey, PathBuf) {
     let path = keys().dir.join(format!("{what}-{}.key", uuid::Uuid::new_v4().simple()));
-    (SecretKey::create(&path).expect("test key"), path)
+    (edge::keys::create_secret(&path).expect("test key"), path)
 }
 
 /// How an [`Impostor`] signs its answers.
@@ -142,7 +143,7 @@ pub struct CommandCopies {
 
 impl CommandCopies {
     pub async fn of(agent_id: &str) -> CommandCopies {
-        use contracts::topology::COMMANDS_EXCHANGE;
+        use contracts::wire::topology::COMMANDS_EXCHANGE;
         use lapin::options::*;
         use lapin::types::FieldTable;
         let connection = lapin::Connection::connect(&crate::amqp_url(), lapin::ConnectionProperties::default())
@@ -206,15 +207,15 @@ impl Thief {
             .expect("connects to the broker");
         let channel = connection.create_channel().await.expect("channel");
         if declare {
-            let arguments = contracts::topology::amqp::command_queue_arguments(None);
+            let arguments = contracts::wire::topology::amqp::command_queue_arguments(None);
             let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-            let queue = contracts::topology::agent_queue(agent_id);
+            let queue = contracts::wire::topology::agent_queue(agent_id);
             channel.queue_declare(queue.as_str().into(), durable, arguments).await.expect("declare the agent's queue");
         }
         channel.basic_qos(1, BasicQosOptions::default()).await.expect("qos");
         let mut arguments = FieldTable::default();
         arguments.insert("x-priority".into(), AMQPValue::LongInt(10));
-        let queue = contracts::topology::agent_queue(agent_id);
+        let queue = contracts::wire::topology::agent_queue(agent_id);
         let mut deliveries = channel
             .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), arguments)
             .await
@@ -266,7 +267,7 @@ pub async fn publish_to_agent(agent_id: &str, data: &[u8], properties: lapin::Ba
         .await
         .expect("connects to the broker");
     let channel = connection.create_channel().await.expect("channel");
-    let queue = contracts::topology::agent_queue(agent_id);
+    let queue = contracts::wire::topology::agent_queue(agent_id);
     channel
         .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), data, properties)
         .await
@@ -303,7 +304,13 @@ impl Impostor {
                     continue;
                 };
                 let Some(reply) = forged_reply(&delivery.data) else { continue };
-                let body = reply.encode(&agent_id, contracts::unix_millis(std::time::SystemTime::now())).unwrap();
+                let body = reply
+                    .encode(
+                        &agent_id,
+                        contracts::time::unix_millis(std::time::SystemTime::now()),
+                        &mut edge::entropy::OsEntropy,
+                    )
+                    .unwrap();
                 let mut answer = lapin::BasicProperties::default()
                     .with_correlation_id(correlation_id.clone())
                     .with_type(reply.kind().as_str().into());
@@ -336,8 +343,10 @@ impl Impostor {
 }
 
 /// What an impostor answers: every script finished at once, successfully, with its output.
-fn forged_reply(request: &[u8]) -> Option<contracts::Reply> {
-    use contracts::*;
+fn forged_reply(request: &[u8]) -> Option<contracts::wire::envelope::Reply> {
+    use contracts::wire::envelope::{Reply, Request};
+    use contracts::wire::messages::{Capabilities, SERVICE_CAPABILITIES, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2};
+    use contracts::wire::status::{LogLine, LogStream, ScriptState, ScriptStatus};
     let (_, request) = Request::decode(request).ok()?;
     if let Request::GetCapabilities(_) = request {
         let services = vec![SERVICE_CAPABILITIES.into(), SERVICE_SCRIPT_V1.into(), SERVICE_SCRIPT_V2.into()];

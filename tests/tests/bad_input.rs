@@ -1,7 +1,9 @@
 //! Bad input gets a precise answer, is dead-lettered where it cannot be served, and the agent
 //! keeps serving. Each test taps the dead-letter exchange with a queue of its own.
 
-use contracts::*;
+use contracts::wire::envelope::Reply;
+use contracts::wire::error::ErrorKind;
+use contracts::wire::messages::SERVICE_SCRIPT_V2;
 use serde_json::json;
 use std::time::Duration;
 use tests::raw::envelope;
@@ -9,8 +11,9 @@ use tests::*;
 
 async fn still_serving(agent: &TestAgent) {
     let orchestrator = orchestrator().await;
-    let caps =
-        orchestrator.capabilities(&agent.route(), dispatcher::RetryPolicy::new(Duration::from_secs(10)), &|_| {}).await;
+    let caps = orchestrator
+        .capabilities(&agent.route(), contracts::submission::retry::RetryPolicy::new(Duration::from_secs(10)), &|_| {})
+        .await;
     assert!(caps.unwrap().supports(SERVICE_SCRIPT_V2), "the agent keeps serving");
 }
 

@@ -2,10 +2,17 @@
 //! expire, queues declared with other arguments, and a broker that accepts connections but never
 //! answers.
 
-use contracts::topology::amqp::command_queue_arguments;
-use contracts::topology::{agent_queue, pool_queue, pool_service_queue, SILENT_BROKER};
-use contracts::*;
+use contracts::time::unix_millis;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::ErrorKind;
+use contracts::wire::exit_code;
+use contracts::wire::messages::{CompleteScriptV2, ScriptSpec, StartScriptV2};
+use contracts::wire::status::ScriptState;
+use contracts::wire::ticket::Ticket;
+use contracts::wire::topology::amqp::command_queue_arguments;
+use contracts::wire::topology::{agent_queue, pool_queue, pool_service_queue};
 use dispatcher::rpc::CallTiming;
+use edge::connect::broker::SILENT_BROKER;
 use lapin::options::QueueDeclareOptions;
 use lapin::{Connection, ConnectionProperties};
 use std::time::{Duration, SystemTime};
@@ -52,7 +59,7 @@ async fn a_finished_ticket_costs_at_most_200_bytes_in_redis_and_lives_only_until
     let bytes = memory_usage(&mut con, &key).await;
     assert!(bytes <= MAX_FINISHED_TICKET_BYTES, "a finished ticket costs {bytes} bytes in Redis");
     let ttl_ms: i64 = redis::AsyncCommands::pttl(&mut con, &key).await.unwrap();
-    let skew = contracts::topology::CLOCK_SKEW_ALLOWANCE_MS as i64;
+    let skew = contracts::wire::topology::CLOCK_SKEW_ALLOWANCE_MS as i64;
     assert!(
         ttl_ms > 15_000 && ttl_ms <= 30_000 + 2 * skew + 1,
         "kept until the deadline plus skew, not an hour: {ttl_ms} ms"
@@ -74,7 +81,7 @@ fn start(ticket: &Ticket, spec: ScriptSpec) -> Request {
     Request::StartScriptV2(StartScriptV2 { ticket: ticket.clone(), spec, wait_for_output: None, first_issued_at: None })
 }
 
-async fn status_of(reply: Result<Reply, dispatcher::RpcError>) -> (ScriptState, Option<i32>) {
+async fn status_of(reply: Result<Reply, dispatcher::error::RpcError>) -> (ScriptState, Option<i32>) {
     match reply.expect("answered") {
         Reply::ScriptStatus(status) => (status.state, status.exit_code),
         other => panic!("unexpected reply {other:?}"),
@@ -93,9 +100,9 @@ async fn records_written_by_the_previous_version_are_understood_after_an_upgrade
     let not_after = unix_millis(SystemTime::now()) + 60_000;
     // Exactly as the previous version wrote them (JSON), for a run that ended but was not yet
     // completed, a tombstone, and a run whose agent died.
-    let ended = Ticket::generate();
-    let tombstone = Ticket::generate();
-    let lost = Ticket::generate();
+    let ended = edge::entropy::ticket();
+    let tombstone = edge::entropy::ticket();
+    let lost = edge::entropy::ticket();
     let old = [
         (
             &ended,

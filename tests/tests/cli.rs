@@ -90,7 +90,7 @@ async fn outcomes_that_are_not_the_scripts_own_have_their_own_codes() {
     assert_eq!(out.status.code(), Some(101), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("cannot reach the broker"));
 
-    let out = run(&["status", &contracts::Ticket::generate().to_string(), "--target", agent.id()]).await;
+    let out = run(&["status", &edge::entropy::ticket().to_string(), "--target", agent.id()]).await;
     assert_eq!(out.status.code(), Some(104), "{}", text(&out.stderr));
     agent.stop().await;
 }

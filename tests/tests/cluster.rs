@@ -3,7 +3,9 @@
 //! node is restarted in turn. Each script completes, each exactly once. Each test prints one row
 //! of the failure table in docs/performance.md ("Failover") (`--no-capture` shows it).
 
-use dispatcher::{Orchestrator, RetryPolicy, RpcClient, Timing};
+use contracts::submission::retry::{RetryPolicy, Timing};
+use dispatcher::orchestrator::Orchestrator;
+use dispatcher::rpc::RpcClient;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tests::cluster::RabbitCluster;
@@ -32,7 +34,7 @@ fn script(markers: &Markers, name: &str, lines: usize) -> String {
 
 fn submit_in_background(
     orchestrator: &Orchestrator,
-    route: dispatcher::Route,
+    route: dispatcher::route::Route,
     script: String,
 ) -> tokio::task::JoinHandle<Finished> {
     let orchestrator = orchestrator.clone();
@@ -41,7 +43,7 @@ fn submit_in_background(
         let arrivals = Mutex::new(Vec::new());
         let story = Mutex::new(String::new());
         let events = |e| match e {
-            dispatcher::Event::Log(_) => arrivals.lock().unwrap().push(Instant::now()),
+            dispatcher::orchestrator::Event::Log(_) => arrivals.lock().unwrap().push(Instant::now()),
             other => story.lock().unwrap().push_str(&format!("{:.1}s {other:?}\n", begun.elapsed().as_secs_f64())),
         };
         let policy = RetryPolicy::new(Duration::from_secs(120));
@@ -68,8 +70,8 @@ where
     config.amqp_url = cluster.amqp_urls();
     // The real binary, given every node's URL through CUTTLE_AMQP_URL.
     let agent = AgentProcess::start(config).await;
-    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
-    let queue = contracts::topology::agent_queue(&agent.config.agent_id);
+    let route = dispatcher::route::Route::agent(&agent.config.agent_id).unwrap();
+    let queue = contracts::wire::topology::agent_queue(&agent.config.agent_id);
     assert_eq!(cluster.queue_members(&queue).len(), 3, "the agent's quorum queue has a replica on every node");
     // Two dispatchers, each starting at a random node of the list.
     let dispatchers = [orchestrator_at(cluster.amqp_urls()), orchestrator_at(cluster.amqp_urls())];

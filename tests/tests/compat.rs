@@ -4,13 +4,16 @@
 //! running on either kind of agent. A legacy agent cannot sign: it runs with
 //! `--insecure-allow-unsigned` and is pinned `legacy`.
 
-use dispatcher::{Orchestrator, OutcomeKind, RpcClient, Timing};
+use contracts::submission::outcome::OutcomeKind;
+use contracts::submission::retry::Timing;
+use dispatcher::orchestrator::Orchestrator;
+use dispatcher::rpc::RpcClient;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use tests::proxy::{Direction, FaultProxy};
 use tests::*;
-use worker_agent::Protocol;
+use worker_agent::config::Protocol;
 
 async fn agent(what: &str, protocol: Protocol) -> TestAgent {
     let config = match protocol {
@@ -179,15 +182,15 @@ async fn a_legacy_agents_lost_start_reply_is_not_retried_and_the_script_ran_at_m
     ));
     let orchestrator =
         Orchestrator::new(Arc::new(rpc), Timing { attempt_timeout: Duration::from_secs(3), ..Timing::default() });
-    let policy = dispatcher::RetryPolicy::new(Duration::from_secs(30));
+    let policy = contracts::submission::retry::RetryPolicy::new(Duration::from_secs(30));
     // Negotiate first (legacy), then lose whatever comes back for the start.
     let kind = orchestrator.agent_kind(&agent.route(), policy, &|_| {}).await.unwrap();
-    assert_eq!(kind, dispatcher::negotiate::AgentKind::Legacy);
+    assert_eq!(kind, contracts::submission::negotiate::AgentKind::Legacy);
     let markers = Markers::new();
     link.drop_next_and_reset(Direction::Downstream);
     let notices = std::sync::Mutex::new(Vec::new());
     let events = |e| {
-        if let dispatcher::Event::Notice(n) = e {
+        if let dispatcher::orchestrator::Event::Notice(n) = e {
             notices.lock().unwrap().push(n);
         }
     };

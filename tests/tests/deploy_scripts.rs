@@ -193,7 +193,7 @@ fn the_services_started_are_named_and_those_answering_are_left_alone() {
     assert!(said.contains("  Redis (stop it:") && said.contains("  RabbitMQ (stop it: rabbitmqctl stop)"), "{said}");
     let called = calls(&path);
     // With Cuttle's message limit (deploy/rabbitmq/rabbitmq.conf), which bounds an agent's memory.
-    let limit = contracts::topology::MAX_MESSAGE_BYTES;
+    let limit = contracts::wire::topology::MAX_MESSAGE_BYTES;
     assert!(
         called.contains(&format!(
             "rabbitmq-server -detached\n  on port {rabbitmq_port} with -rabbit max_message_size {limit}\n"
@@ -400,7 +400,7 @@ fn tests_that_need_servers_of_their_own_skip_saying_why_where_they_cannot_run() 
 /// RabbitMQ 3), and an agent may hold its prefetch times that.
 #[test]
 fn every_broker_config_cuttle_ships_refuses_messages_over_the_agents_limit() {
-    let setting = format!("max_message_size = {}", contracts::topology::MAX_MESSAGE_BYTES);
+    let setting = format!("max_message_size = {}", contracts::wire::topology::MAX_MESSAGE_BYTES);
     for file in [
         "deploy/rabbitmq/rabbitmq.conf",
         "deploy/kubernetes/overlays/production-ha/rabbitmq-cluster.yaml",

@@ -1,8 +1,14 @@
 //! The agent's exactly-once rules, against the real RabbitMQ and Redis.
 
-use contracts::*;
+use contracts::submission::retry::RetryPolicy;
+use contracts::time::unix_millis;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::ErrorKind;
+use contracts::wire::messages::StartScriptV2;
+use contracts::wire::status::ScriptState;
+use contracts::wire::ticket::Ticket;
+use contracts::wire::{exit_code, topology};
 use dispatcher::rpc::CallTiming;
-use dispatcher::RetryPolicy;
 use std::time::{Duration, SystemTime};
 use tests::*;
 
@@ -11,13 +17,13 @@ fn timing() -> CallTiming {
 }
 
 async fn follow_to_end(
-    orchestrator: &dispatcher::Orchestrator,
+    orchestrator: &dispatcher::orchestrator::Orchestrator,
     agent: &TestAgent,
     ticket: &Ticket,
-) -> dispatcher::Outcome {
+) -> contracts::submission::outcome::Outcome {
     let status =
         orchestrator.status(&agent.route(), ticket, RetryPolicy::new(Duration::from_secs(30)), &|_| {}).await.unwrap();
-    let follower = dispatcher::follow::LogFollower::after(0);
+    let follower = contracts::submission::follow::LogFollower::after(0);
     orchestrator
         .follow_to_end(
             &agent.route(),
@@ -25,7 +31,7 @@ async fn follow_to_end(
             follower,
             status,
             RetryPolicy::new(Duration::from_secs(30)),
-            dispatcher::negotiate::ScriptProtocol::V2,
+            contracts::submission::negotiate::ScriptProtocol::V2,
             &|_| {},
             &Default::default(),
         )
@@ -37,7 +43,7 @@ async fn the_same_start_delivered_1000_times_at_once_runs_once() {
     let agent = TestAgent::start("dup1000").await;
     let orchestrator = orchestrator().await;
     let markers = Markers::new();
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),
         spec: sh(format!("{}; sleep 0.5", markers.record("run"))),
@@ -64,7 +70,7 @@ async fn a_duplicate_after_complete_does_not_run_again() {
     let agent = TestAgent::start("tombstone").await;
     let orchestrator = orchestrator().await;
     let markers = Markers::new();
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),
         spec: sh(markers.record("run")),
@@ -91,13 +97,13 @@ async fn a_command_past_its_deadline_is_refused_and_nothing_runs() {
     let mut raw = RawBroker::connect().await;
     let markers = Markers::new();
     let start = Request::StartScriptV2(StartScriptV2 {
-        ticket: Ticket::generate(),
+        ticket: edge::entropy::ticket(),
         spec: sh(markers.record("run")),
         wait_for_output: None,
         first_issued_at: None,
     });
     let past = unix_millis(SystemTime::now() - Duration::from_secs(60));
-    let (_, bytes) = start.encode(agent.id(), past - 1000, Some(past)).unwrap();
+    let (_, bytes) = start.encode(agent.id(), past - 1000, Some(past), &mut edge::entropy::OsEntropy).unwrap();
     let id = raw.publish(agent.id(), "StartScriptV2", &bytes).await;
     // Signed, so refused by the trust checks' deadline (ARCHITECTURE.md, Trust): NotAuthorized, the reason saying why.
     match raw.reply(&id).await {
@@ -109,7 +115,7 @@ async fn a_command_past_its_deadline_is_refused_and_nothing_runs() {
     let mut config = tests::agent::test_config("expired-unsigned");
     config.insecure_allow_unsigned = true;
     let insecure = TestAgent::start_with(config).await;
-    let (_, bytes) = start.encode(insecure.id(), past - 1000, Some(past)).unwrap();
+    let (_, bytes) = start.encode(insecure.id(), past - 1000, Some(past), &mut edge::entropy::OsEntropy).unwrap();
     let id = raw.publish_to(&topology::agent_queue(insecure.id()), "StartScriptV2", &bytes, None).await;
     match raw.reply(&id).await {
         Reply::Error(e) => assert_eq!(e.kind, ErrorKind::Expired, "{e:?}"),
@@ -126,7 +132,7 @@ async fn the_same_ticket_with_a_different_script_is_a_conflict() {
     let agent = TestAgent::start("conflict").await;
     let orchestrator = orchestrator().await;
     let markers = Markers::new();
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let first = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),
         spec: sh(markers.record("a")),
@@ -160,10 +166,10 @@ async fn the_same_ticket_with_a_different_script_is_a_conflict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_script_reports_unknown_result_and_never_reruns() {
     let mut agent = AgentProcess::start(tests::agent::test_config("sigkill")).await;
-    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let route = dispatcher::route::Route::agent(&agent.config.agent_id).unwrap();
     let orchestrator = orchestrator().await;
     let markers = Markers::new();
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),
         spec: sh(format!("{}; echo started; sleep 2; {}", markers.record("run"), markers.record("done"))),
@@ -184,7 +190,7 @@ async fn an_agent_killed_mid_script_reports_unknown_result_and_never_reruns() {
         orchestrator.status(&route, &ticket, RetryPolicy::new(Duration::from_secs(10)), &|_| {}).await.unwrap();
     assert_eq!(status.exit_code, Some(exit_code::UNKNOWN_RESULT));
     let unknown = orchestrator
-        .status(&route, &Ticket::generate(), RetryPolicy::new(Duration::from_secs(10)), &|_| {})
+        .status(&route, &edge::entropy::ticket(), RetryPolicy::new(Duration::from_secs(10)), &|_| {})
         .await
         .unwrap();
     assert_eq!(unknown.exit_code, Some(exit_code::UNKNOWN_TICKET));
@@ -201,9 +207,9 @@ async fn an_agent_killed_mid_script_reports_unknown_result_and_never_reruns() {
 async fn a_running_ticket_whose_lease_expired_reports_unknown_result() {
     // An agent process dies and never comes back: its lease runs out (3 s in tests).
     let mut agent = AgentProcess::start(tests::agent::test_config("lease")).await;
-    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let route = dispatcher::route::Route::agent(&agent.config.agent_id).unwrap();
     let orchestrator = orchestrator().await;
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),
         spec: sh("echo up; sleep 30"),
@@ -235,7 +241,7 @@ async fn cancel_before_start_leaves_a_tombstone_so_a_late_start_never_runs() {
     let agent = TestAgent::start("cancel-first").await;
     let orchestrator = orchestrator().await;
     let markers = Markers::new();
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let outcome =
         orchestrator.cancel(&agent.route(), &ticket, RetryPolicy::new(Duration::from_secs(10)), &|_| {}).await;
     // A ticket the agent never saw is unknown (its tombstone only refuses a later start).

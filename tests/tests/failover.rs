@@ -5,9 +5,16 @@
 //! passed on" is certain rather than a matter of timing. Tests print docs/performance.md's failure-table
 //! rows (`--no-capture` shows them).
 
-use contracts::*;
+use contracts::submission::retry::{RetryPolicy, Timing};
+use contracts::time::unix_millis;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::ErrorKind;
+use contracts::wire::exit_code;
+use contracts::wire::messages::{CancelScriptV2, StartScriptV2};
+use contracts::wire::status::ScriptState;
+use dispatcher::orchestrator::Orchestrator;
 use dispatcher::retry::GaveUp;
-use dispatcher::{Orchestrator, RetryPolicy, RpcClient, Timing};
+use dispatcher::rpc::RpcClient;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -40,7 +47,7 @@ fn starts(markers: &Markers) -> Vec<Request> {
     (0..SCRIPTS)
         .map(|i| {
             Request::StartScriptV2(StartScriptV2 {
-                ticket: Ticket::generate(),
+                ticket: edge::entropy::ticket(),
                 spec: sh(format!("{}; echo ran", markers.record(&format!("s{i}")))),
                 wait_for_output: Some(2_000),
                 first_issued_at: Some(issued),
@@ -53,7 +60,7 @@ fn starts(markers: &Markers) -> Vec<Request> {
 /// starts were refused as "store unavailable" at least once on the way.
 async fn send(
     orchestrator: &Orchestrator,
-    route: &dispatcher::Route,
+    route: &dispatcher::route::Route,
     starts: &[Request],
     retry: Duration,
 ) -> Vec<(Result<Reply, GaveUp>, bool)> {
@@ -61,7 +68,7 @@ async fn send(
     let sends = starts.iter().map(|start| async move {
         let unavailable = AtomicBool::new(false);
         let events = |event| {
-            if let dispatcher::Event::Retry { notice, .. } = event {
+            if let dispatcher::orchestrator::Event::Retry { notice, .. } = event {
                 if notice.error.agent_error() == Some(ErrorKind::StoreUnavailable) {
                     unavailable.store(true, Ordering::Relaxed);
                 }
@@ -92,7 +99,7 @@ struct AfterFailover {
 async fn failover_after_claims(replicas: u32) -> AfterFailover {
     let mut redis = ReplicatedRedis::start(true).await;
     let agent = agent_on(&redis, replicas, true).await;
-    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let route = dispatcher::route::Route::agent(&agent.config.agent_id).unwrap();
     let epoch_key = format!("{}epoch", agent.config.key_prefix);
     let epoch = redis_cli(redis.master.port, &["get", &epoch_key]);
     let orchestrator = orchestrator();
@@ -180,7 +187,7 @@ async fn a_repeated_start_confirms_the_earlier_claim_then_runs_it_once() {
     tests::skip_unless!(tests::needs::private_redis());
     let redis = ReplicatedRedis::start(false).await;
     let agent = agent_on(&redis, 1, false).await;
-    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let route = dispatcher::route::Route::agent(&agent.config.agent_id).unwrap();
     let orchestrator = orchestrator();
     let markers = Markers::new();
     let starts = starts(&markers);
@@ -209,10 +216,10 @@ async fn a_cancel_answers_unknown_ticket_only_once_a_replica_holds_its_tombstone
     tests::skip_unless!(tests::needs::private_redis());
     let redis = ReplicatedRedis::start(false).await;
     let agent = agent_on(&redis, 1, false).await;
-    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let route = dispatcher::route::Route::agent(&agent.config.agent_id).unwrap();
     let orchestrator = orchestrator();
     let cancel = [Request::CancelScriptV2(CancelScriptV2 {
-        ticket: Ticket::generate(),
+        ticket: edge::entropy::ticket(),
         last_log_sequence: 0,
         first_issued_at: Some(unix_millis(SystemTime::now())),
     })];

@@ -3,9 +3,16 @@
 //! still runs exactly once; outages longer than the retry deadline fail in time with the last
 //! real error; after a lost link the next connection comes at once.
 
-use contracts::*;
-use dispatcher::negotiate::ScriptProtocol;
-use dispatcher::{Orchestrator, OutcomeKind, RetryPolicy, RpcClient, Timing};
+use contracts::submission::negotiate::ScriptProtocol;
+use contracts::submission::outcome::OutcomeKind;
+use contracts::submission::retry::{RetryPolicy, Timing};
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::exit_code;
+use contracts::wire::messages::{CancelScriptV2, CompleteScriptV2, GetStatusV2, StartScriptV2, SERVICE_SCRIPT_V2};
+use contracts::wire::status::ScriptStatus;
+use contracts::wire::ticket::Ticket;
+use dispatcher::orchestrator::Orchestrator;
+use dispatcher::rpc::RpcClient;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests::proxy::{broker_addr, Direction, FaultProxy};
@@ -42,7 +49,7 @@ impl Chaos {
         Chaos { dispatcher_link, agent_link, agent, orchestrator, markers: Markers::new() }
     }
 
-    fn route(&self) -> dispatcher::Route {
+    fn route(&self) -> dispatcher::route::Route {
         self.agent.route()
     }
 
@@ -67,10 +74,10 @@ impl Chaos {
         }
     }
 
-    async fn follow(&self, ticket: &Ticket) -> dispatcher::Outcome {
+    async fn follow(&self, ticket: &Ticket) -> contracts::submission::outcome::Outcome {
         let policy = RetryPolicy::new(Duration::from_secs(30));
         let status = self.orchestrator.status(&self.route(), ticket, policy, &|_| {}).await.unwrap();
-        let follower = dispatcher::follow::LogFollower::after(0);
+        let follower = contracts::submission::follow::LogFollower::after(0);
         self.orchestrator
             .follow_to_end(
                 &self.route(),
@@ -123,7 +130,7 @@ async fn lose_once(rpc: Rpc, link: Link, lost: Lost) {
     // Connect the dispatcher first, so the fault hits the request and not the handshake.
     let policy = RetryPolicy::new(Duration::from_secs(30));
     chaos.orchestrator.capabilities(&chaos.route(), policy, &|_| {}).await.expect("capabilities");
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let run = chaos.markers.record("run");
     match rpc {
         Rpc::Capabilities => {
@@ -220,7 +227,7 @@ async fn a_whole_submission_rides_out_resets_of_both_links() {
         tokio::spawn(async move {
             let lines = std::sync::Mutex::new(Vec::new());
             let events = |e| {
-                if let dispatcher::Event::Log(l) = e {
+                if let dispatcher::orchestrator::Event::Log(l) = e {
                     lines.lock().unwrap().push(l.text);
                 }
             };
@@ -248,7 +255,7 @@ async fn an_outage_longer_than_the_retry_duration_fails_soon_after_the_deadline_
     let retry_duration = Duration::from_secs(3);
     let notices = std::sync::atomic::AtomicU32::new(0);
     let events = |e| {
-        if matches!(e, dispatcher::Event::Retry { .. }) {
+        if matches!(e, dispatcher::orchestrator::Event::Retry { .. }) {
             notices.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     };
@@ -278,7 +285,7 @@ async fn an_outage_longer_than_the_retry_duration_fails_soon_after_the_deadline_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_keeps_running_while_its_agent_is_cut_off_and_no_output_is_lost() {
     let chaos = Chaos::start("cut-off").await;
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let script = format!("{}; for i in $(seq 1 20); do echo line $i; sleep 0.1; done", chaos.markers.record("run"));
     chaos.start_script(&ticket, script).await;
     chaos.agent_link.outage();

@@ -1,13 +1,13 @@
 //! Every documented flag and environment variable of both binaries, given to the real binary,
 //! with its effect observed from outside: a flag that is parsed and ignored fails here.
 
-use contracts::topology::{agent_queue, pool_queue, pool_service_queue};
+use contracts::wire::topology::{agent_queue, pool_queue, pool_service_queue};
 use std::net::SocketAddr;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 use tests::agent::test_config;
 use tests::*;
-use worker_agent::AgentConfig;
+use worker_agent::config::AgentConfig;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -297,7 +297,7 @@ async fn max_scripts_from_the_flag_or_the_environment_bounds_running_scripts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_local_keeps_tickets_in_the_work_dir_not_in_redis() {
     let mut config = test_config("store-flag");
-    config.store = worker_agent::StoreKind::Local;
+    config.store = worker_agent::config::StoreKind::Local;
     let agent = AgentProcess::start(config.clone()).await;
     let out = dispatcher(&["submit", "--target", &config.agent_id, "--", "echo local"]).await;
     assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "local\n".to_string()));
@@ -707,14 +707,14 @@ async fn trusted_keys_are_required_and_insecure_allow_unsigned_runs_unsigned_com
     let agent = AgentProcess::spawn_command(config.clone(), command);
     agent.wait_ready().await;
     assert!(agent.log_text().contains("UNSIGNED commands from anyone"), "{}", agent.log_text());
-    let start = contracts::Request::StartScriptV2(contracts::StartScriptV2 {
-        ticket: contracts::Ticket::generate(),
+    let start = contracts::wire::envelope::Request::StartScriptV2(contracts::wire::messages::StartScriptV2 {
+        ticket: edge::entropy::ticket(),
         spec: sh(markers.record("unsigned")),
         wait_for_output: None,
         first_issued_at: None,
     });
-    let now = contracts::unix_millis(std::time::SystemTime::now());
-    let (_, bytes) = start.encode(&config.agent_id, now, Some(now + 60_000)).unwrap();
+    let now = contracts::time::unix_millis(std::time::SystemTime::now());
+    let (_, bytes) = start.encode(&config.agent_id, now, Some(now + 60_000), &mut edge::entropy::OsEntropy).unwrap();
     let raw = RawBroker::connect().await;
     raw.publish_to(&agent_queue(&config.agent_id), "StartScriptV2", &bytes, None).await;
     eventually("the unsigned command to run", Duration::from_secs(20), || async {

@@ -1,7 +1,10 @@
 //! A hostile message, script or neighbour on the agent's machine: each test makes the attack by
 //! hand, against the real broker and store, and shows it refused (issue "hostile").
 
-use contracts::*;
+use contracts::wire::envelope::Reply;
+use contracts::wire::error::ErrorKind;
+use contracts::wire::messages::{Isolation, ScriptFile, SERVICE_SCRIPT_V2};
+use contracts::wire::status::{LogLine, LogStream, OUTPUT_TRUNCATED};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +22,10 @@ fn peak_rss_mib(pid: u32) -> u64 {
 
 async fn still_serving(agent_id: &str) {
     let orchestrator = orchestrator().await;
-    let route = dispatcher::Route::agent(agent_id).unwrap();
-    let caps = orchestrator.capabilities(&route, dispatcher::RetryPolicy::new(Duration::from_secs(10)), &|_| {}).await;
+    let route = dispatcher::route::Route::agent(agent_id).unwrap();
+    let caps = orchestrator
+        .capabilities(&route, contracts::submission::retry::RetryPolicy::new(Duration::from_secs(10)), &|_| {})
+        .await;
     assert!(caps.unwrap().supports(SERVICE_SCRIPT_V2), "the agent keeps serving");
 }
 
@@ -66,9 +71,9 @@ async fn a_reply_to_that_is_not_direct_reply_to_is_refused_and_nothing_is_publis
     let markers = Markers::new();
     // A queue the hostile sender would like the agent to publish into (another agent's, say).
     let victim = TestAgent::start("victim").await;
-    let victim_queue = contracts::topology::agent_queue(victim.id());
+    let victim_queue = contracts::wire::topology::agent_queue(victim.id());
     let mut raw = RawBroker::connect().await;
-    let start = json!({"ticket": Ticket::generate(), "script": markers.record("ran")});
+    let start = json!({"ticket": edge::entropy::ticket(), "script": markers.record("ran")});
     let id =
         raw.publish_replying_to(agent.id(), "StartScriptV2", &envelope("StartScriptV2", start), &victim_queue).await;
     assert_eq!(raw.dead_letter(&id).await.reason.as_deref(), Some("rejected"));
@@ -121,15 +126,15 @@ async fn a_message_that_would_decode_into_a_huge_value_is_refused_and_the_agent_
     let agent = AgentProcess::start(test_config("decode-bomb")).await;
     let pid = agent.pid().expect("running");
     let before = peak_rss_mib(pid);
-    let small = envelope("StartScriptV2", json!({"ticket": Ticket::generate(), "script": "true", "args": []}));
+    let small = envelope("StartScriptV2", json!({"ticket": edge::entropy::ticket(), "script": "true", "args": []}));
     let at = small.windows(6).position(|w| w == b"\xa4args\x90").expect("the args field") + 5;
-    let count = contracts::topology::MAX_MESSAGE_BYTES - small.len() - 16;
+    let count = contracts::wire::topology::MAX_MESSAGE_BYTES - small.len() - 16;
     let mut bomb = small[..at].to_vec();
     bomb.push(0xdd);
     bomb.extend_from_slice(&(count as u32).to_be_bytes());
     bomb.resize(bomb.len() + count, 0xa0);
     bomb.extend_from_slice(&small[at + 1..]);
-    assert!(bomb.len() <= contracts::topology::MAX_MESSAGE_BYTES);
+    assert!(bomb.len() <= contracts::wire::topology::MAX_MESSAGE_BYTES);
     let mut raw = RawBroker::connect().await;
     let id = raw.publish(&agent.config.agent_id, "StartScriptV2", &bomb).await;
     let Reply::Error(error) = raw.reply(&id).await else { panic!("the bomb must be refused") };
@@ -145,8 +150,8 @@ async fn a_message_that_would_decode_into_a_huge_value_is_refused_and_the_agent_
 }
 
 /// A seal by the trusted dispatcher's key that does not verify.
-fn bad_seal() -> contracts::trust::Seal {
-    contracts::trust::Seal::Signature { key: tests::trust::keys().dispatcher.id(), signature: [7; 64] }
+fn bad_seal() -> contracts::trust::seal::Seal {
+    contracts::trust::seal::Seal::Signature { key: tests::trust::keys().dispatcher.id(), signature: [7; 64] }
 }
 
 /// Today the agent verifies a message's seal (over a copy of it) before its size is checked: a
@@ -156,14 +161,14 @@ async fn a_message_over_the_agents_limit_is_refused_as_too_large_before_its_seal
     tests::skip_unless!(tests::needs::private_rabbit());
     // A broker that lets larger messages through than Cuttle's config does (RabbitMQ 3 takes
     // 128 MiB by default): the agent's own limit is then all there is.
-    let limit = contracts::topology::MAX_MESSAGE_BYTES;
+    let limit = contracts::wire::topology::MAX_MESSAGE_BYTES;
     let rabbit =
         tests::services::PrivateRabbit::start_with_settings(&format!("max_message_size = {}\n", 2 * limit)).await;
     let mut config = test_config("oversized");
     config.amqp_url = rabbit.amqp_url();
     let agent = AgentProcess::start(config.clone()).await;
     let mut raw = RawBroker::connect_to(&rabbit.amqp_url()).await;
-    let queue = contracts::topology::agent_queue(&config.agent_id);
+    let queue = contracts::wire::topology::agent_queue(&config.agent_id);
     let id = raw.publish_to(&queue, "StartScriptV2", &vec![0x90u8; limit + 1], Some(&bad_seal())).await;
     let Reply::Error(error) = raw.reply(&id).await else { panic!("the message must be refused") };
     assert_eq!(error.kind, ErrorKind::Invalid, "refused as too large, not as a bad signature: {error}");
@@ -212,7 +217,7 @@ async fn messages_at_the_brokers_limit_arriving_together_keep_the_agent_within_i
     tests::skip_unless!(tests::needs::private_rabbit());
     let rabbit = tests::services::PrivateRabbit::start().await;
     let limit = tests::services::shipped_max_message_size();
-    assert_eq!(limit, contracts::topology::MAX_MESSAGE_BYTES, "the broker's limit is the agents'");
+    assert_eq!(limit, contracts::wire::topology::MAX_MESSAGE_BYTES, "the broker's limit is the agents'");
     assert!(broker_takes(&rabbit.amqp_url(), limit).await, "a message at the limit passes");
     assert!(!broker_takes(&rabbit.amqp_url(), limit + 1).await, "the shipped config refuses one byte more");
     let mut config = test_config("at-the-limit");
@@ -222,7 +227,7 @@ async fn messages_at_the_brokers_limit_arriving_together_keep_the_agent_within_i
     // Queued while the agent is away, so they arrive together: the worst case.
     agent.kill().await;
     let mut raw = RawBroker::replies_only(&rabbit.amqp_url()).await;
-    let queue = contracts::topology::agent_queue(&config.agent_id);
+    let queue = contracts::wire::topology::agent_queue(&config.agent_id);
     let body = vec![0x90u8; limit];
     let mut ids = Vec::new();
     for _ in 0..20 {
@@ -286,7 +291,7 @@ async fn a_gib_of_output_to_a_slow_store_keeps_the_agent_small_and_ends_with_the
     let (stdout_bytes, stdout_lines, notices) =
         (AtomicU64::new(0), AtomicU64::new(0), std::sync::Mutex::new(Vec::new()));
     let events = |event| {
-        if let dispatcher::Event::Log(line) = event {
+        if let dispatcher::orchestrator::Event::Log(line) = event {
             match line.stream {
                 LogStream::Stdout => {
                     stdout_bytes.fetch_add(line.text.len() as u64, Ordering::Relaxed);
@@ -297,8 +302,8 @@ async fn a_gib_of_output_to_a_slow_store_keeps_the_agent_small_and_ends_with_the
         }
     };
     let orchestrator = orchestrator().await;
-    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
-    let policy = dispatcher::RetryPolicy::new(Duration::from_secs(60));
+    let route = dispatcher::route::Route::agent(&agent.config.agent_id).unwrap();
+    let policy = contracts::submission::retry::RetryPolicy::new(Duration::from_secs(60));
     let never = tokio_util::sync::CancellationToken::new();
     let submitted = orchestrator.submit(&route, spec, policy, &events, &never);
     // The store stops answering for a while in the middle: the agent waits, and loses nothing.

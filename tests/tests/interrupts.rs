@@ -4,8 +4,14 @@
 //! interrupted, a legacy agent that said nothing was started, and Ctrl-C while connecting to a
 //! broker that never answers.
 
-use contracts::topology::agent_queue;
-use contracts::*;
+use contracts::time::unix_millis;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::exit_code;
+use contracts::wire::messages::{
+    CancelScriptV2, Capabilities, GetStatusV2, StartScriptV2, SERVICE_CAPABILITIES, SERVICE_SCRIPT_V1,
+    SERVICE_SCRIPT_V2,
+};
+use contracts::wire::topology::agent_queue;
 use dispatcher::rpc::CallTiming;
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -157,7 +163,7 @@ async fn answer_capabilities_once(queue: String) {
     });
     let correlation_id = delivery.properties.correlation_id().clone().expect("correlation id");
     let reply_to = delivery.properties.reply_to().clone().expect("reply-to");
-    let body = reply.encode("fake", unix_millis(SystemTime::now())).unwrap();
+    let body = reply.encode("fake", unix_millis(SystemTime::now()), &mut edge::entropy::OsEntropy).unwrap();
     // Answering in the test agent's name, with its key: the dispatcher believes it.
     let seal = tests::trust::keys().agent.seal_answer(correlation_id.as_str(), &body);
     let properties =
@@ -212,7 +218,7 @@ async fn a_cancel_and_a_start_racing_never_let_the_script_run_to_its_end() {
     let config = tests::agent::test_config("int-race");
     let agent = AgentProcess::start(config.clone()).await;
     let orchestrator = orchestrator().await;
-    let route = dispatcher::Route::agent(&config.agent_id).unwrap();
+    let route = dispatcher::route::Route::agent(&config.agent_id).unwrap();
     let markers = Markers::new();
     let timing = || CallTiming {
         reply_timeout: Duration::from_secs(10),
@@ -221,7 +227,7 @@ async fn a_cancel_and_a_start_racing_never_let_the_script_run_to_its_end() {
     let rounds = 20;
     let mut tickets = Vec::new();
     for round in 0..rounds {
-        let ticket = Ticket::generate();
+        let ticket = edge::entropy::ticket();
         let script = format!(
             "{}; sleep 3; touch '{}'",
             markers.record(&format!("run-{round}")),
@@ -274,7 +280,7 @@ async fn a_cancel_and_a_start_racing_never_let_the_script_run_to_its_end() {
 async fn cancelling_a_ticket_never_seen_answers_unknown_ticket_and_still_refuses_its_start() {
     let agent = TestAgent::start("int-unknown").await;
     let markers = Markers::new();
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let out = run_dispatcher(&["cancel", &ticket.to_string(), "--target", agent.id()]).await;
     assert_eq!(out.status.code(), Some(104), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("the agent does not know this ticket"), "{}", text(&out.stderr));

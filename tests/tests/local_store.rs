@@ -1,12 +1,16 @@
 //! Edge agents with `--store local`: the same exactly-once rules without Redis, and a claim that
 //! survives `kill -9` at every step of a ticket's life.
 
-use contracts::*;
+use contracts::submission::retry::RetryPolicy;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::exit_code;
+use contracts::wire::messages::{CompleteScriptV2, StartScriptV2};
+use contracts::wire::status::{LogStream, ScriptState, ScriptStatus};
+use contracts::wire::ticket::Ticket;
 use dispatcher::rpc::CallTiming;
-use dispatcher::RetryPolicy;
 use std::time::{Duration, SystemTime};
 use tests::*;
-use worker_agent::{AgentConfig, StoreKind};
+use worker_agent::config::{AgentConfig, StoreKind};
 
 fn edge_config(what: &str) -> AgentConfig {
     let mut config = tests::agent::test_config(what);
@@ -30,8 +34,8 @@ fn start(ticket: &Ticket, script: String) -> Request {
 }
 
 async fn status_of(
-    orchestrator: &dispatcher::Orchestrator,
-    route: &dispatcher::Route,
+    orchestrator: &dispatcher::orchestrator::Orchestrator,
+    route: &dispatcher::route::Route,
     request: &Request,
 ) -> ScriptStatus {
     let reply = orchestrator.request(
@@ -53,7 +57,7 @@ async fn duplicates_run_once_without_redis() {
     let agent = TestAgent::start_with(edge_config("edge-dups")).await;
     let orchestrator = orchestrator().await;
     let markers = Markers::new();
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let request = start(&ticket, format!("{}; sleep 0.3; echo once", markers.record("run")));
     let route = agent.route();
     let replies =
@@ -71,10 +75,10 @@ async fn duplicates_run_once_without_redis() {
 /// again, and checks it never runs twice and reports what it knows.
 async fn killed_at(step: &str) {
     let mut agent = AgentProcess::start(edge_config(&format!("edge-kill-{step}"))).await;
-    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let route = dispatcher::route::Route::agent(&agent.config.agent_id).unwrap();
     let orchestrator = orchestrator().await;
     let markers = Markers::new();
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let script = format!(
         "{}; echo started; sleep {}; echo finished",
         markers.record("run"),

@@ -2,7 +2,9 @@
 //! and on `dispatcher serve`, scraped before and after scripts run, a command is refused, an
 //! agent waits for an isolation mutex, and the service's broker link is cut mid-script.
 
-use contracts::{unix_millis, Request, StartScriptV2, Ticket};
+use contracts::time::unix_millis;
+use contracts::wire::envelope::Request;
+use contracts::wire::messages::StartScriptV2;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -70,13 +72,13 @@ async fn the_agent_counts_scripts_refusals_store_calls_and_mutex_waits() {
     // A command past its deadline is refused, by reason.
     let mut raw = RawBroker::connect().await;
     let start = Request::StartScriptV2(StartScriptV2 {
-        ticket: Ticket::generate(),
+        ticket: edge::entropy::ticket(),
         spec: sh("echo never"),
         wait_for_output: None,
         first_issued_at: None,
     });
     let past = unix_millis(SystemTime::now() - Duration::from_secs(60));
-    let (_, bytes) = start.encode(&config.agent_id, past - 1000, Some(past)).unwrap();
+    let (_, bytes) = start.encode(&config.agent_id, past - 1000, Some(past), &mut edge::entropy::OsEntropy).unwrap();
     let id = raw.publish(&config.agent_id, "StartScriptV2", &bytes).await;
     raw.reply(&id).await;
     raw.close().await;

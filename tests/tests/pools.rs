@@ -1,11 +1,12 @@
 //! Worker pools: competing consumers on a shared queue and a shared ticket store, bounded
 //! workers, and draining on SIGTERM. Against the real RabbitMQ and Redis.
 
-use dispatcher::{Orchestrator, Route};
+use dispatcher::orchestrator::Orchestrator;
+use dispatcher::route::Route;
 use std::collections::HashMap;
 use std::time::Duration;
 use tests::*;
-use worker_agent::AgentConfig;
+use worker_agent::config::AgentConfig;
 
 /// Configurations for `n` workers of one fresh pool, sharing a key prefix.
 fn pool_configs(what: &str, n: usize, max_scripts: Option<usize>) -> (String, Vec<AgentConfig>) {
@@ -41,14 +42,14 @@ fn submit_in_background(
     orchestrator: &Orchestrator,
     route: &Route,
     script: String,
-) -> tokio::task::JoinHandle<(dispatcher::Outcome, Vec<contracts::LogLine>)> {
+) -> tokio::task::JoinHandle<(contracts::submission::outcome::Outcome, Vec<contracts::wire::status::LogLine>)> {
     let (orchestrator, route) = (orchestrator.clone(), route.clone());
     tokio::spawn(async move { submit(&orchestrator, &route, sh(script)).await })
 }
 
 async fn cleanup_pool(pool: &str) {
-    tests::raw::delete_queue(&contracts::topology::pool_queue(pool)).await;
-    tests::raw::delete_queue(&contracts::topology::pool_service_queue(pool)).await;
+    tests::raw::delete_queue(&contracts::wire::topology::pool_queue(pool)).await;
+    tests::raw::delete_queue(&contracts::wire::topology::pool_service_queue(pool)).await;
 }
 
 async fn submit_all(
@@ -56,7 +57,7 @@ async fn submit_all(
     route: &Route,
     scripts: Vec<String>,
     in_flight: usize,
-) -> Vec<dispatcher::Outcome> {
+) -> Vec<contracts::submission::outcome::Outcome> {
     let queue = std::sync::Arc::new(std::sync::Mutex::new(scripts.into_iter().enumerate().collect::<Vec<_>>()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..in_flight {
@@ -159,7 +160,7 @@ async fn sigterm_lets_running_scripts_finish_and_hands_waiting_work_to_the_pool(
     assert!(exit.success(), "{exit:?}");
     let (first, lines) = first.await.unwrap();
     assert_eq!(first.exit_code, Some(0), "the running script finished inside the grace period: {first:?}");
-    assert_eq!(texts(&lines, contracts::LogStream::Stdout), vec!["finished".to_string()]);
+    assert_eq!(texts(&lines, contracts::wire::status::LogStream::Stdout), vec!["finished".to_string()]);
     let (second, _) = second.await.unwrap();
     assert_eq!(second.exit_code, Some(0), "{second:?}");
     assert_eq!(who(&markers, "second"), vec![taker.id().to_string()], "waiting work went to the rest of the pool");
@@ -184,7 +185,7 @@ async fn a_worker_killed_mid_run_leaves_unknown_results_and_its_unclaimed_work_r
     .await;
     // The worker is full: it holds this delivery, unclaimed, waiting for a place.
     let held = submit_in_background(&orchestrator, &route, recorded(&markers, "held", "echo held"));
-    let queue = contracts::topology::pool_queue(&pool);
+    let queue = contracts::wire::topology::pool_queue(&pool);
     eventually("the worker to hold the second start", Duration::from_secs(20), || {
         let queue = queue.clone();
         async move { (tests::raw::ready_and_unacked(&queue).await? == (0, 1)).then_some(()) }
@@ -194,11 +195,11 @@ async fn a_worker_killed_mid_run_leaves_unknown_results_and_its_unclaimed_work_r
     eprintln!("{:?} killed", std::time::SystemTime::now());
     let other = TestAgent::start_with(configs.remove(0)).await;
     let (outcome, _) = running.await.unwrap();
-    assert_eq!(outcome.exit_code, Some(contracts::exit_code::UNKNOWN_RESULT), "{outcome:?}");
-    assert_eq!(outcome.outcome, dispatcher::OutcomeKind::Unknown);
+    assert_eq!(outcome.exit_code, Some(contracts::wire::exit_code::UNKNOWN_RESULT), "{outcome:?}");
+    assert_eq!(outcome.outcome, contracts::submission::outcome::OutcomeKind::Unknown);
     let (outcome, lines) = held.await.unwrap();
     assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
-    assert_eq!(texts(&lines, contracts::LogStream::Stdout), vec!["held".to_string()]);
+    assert_eq!(texts(&lines, contracts::wire::status::LogStream::Stdout), vec!["held".to_string()]);
     assert_eq!(who(&markers, "held"), vec![other.id().to_string()]);
     assert_eq!((markers.count("running"), markers.count("held")), (1, 1), "nothing ran twice");
     other.stop().await;
@@ -227,19 +228,19 @@ async fn a_cancel_taken_by_another_worker_stops_the_script_at_once_not_at_the_ne
     let mut stdout = tokio::io::BufReader::new(submit.stdout.take().unwrap()).lines();
     let first = stdout.next_line().await.unwrap().expect("the ticket event");
     let ticket: serde_json::Value = serde_json::from_str(&first).unwrap();
-    let ticket = contracts::Ticket::parse(ticket["ticket"].as_str().unwrap()).unwrap();
+    let ticket = contracts::wire::ticket::Ticket::parse(ticket["ticket"].as_str().unwrap()).unwrap();
     let pid = script_pid(&pid_file).await;
     let runner = workers.iter().position(|w| w.agent.running() == 1).expect("a worker runs the script");
     // The worker running it takes no more requests (its script and lease go on): the cancel can
     // only be taken by the other one.
     workers[runner].stop_consuming().await;
-    let service_queue = contracts::topology::pool_service_queue(&pool);
+    let service_queue = contracts::wire::topology::pool_service_queue(&pool);
     eventually("only the other worker to consume the pool", Duration::from_secs(20), || async {
         (tests::raw::consumer_count(&service_queue).await == 1).then_some(())
     })
     .await;
     let route = Route::pool(&pool).unwrap();
-    let cancel = contracts::Request::CancelScriptV2(contracts::CancelScriptV2 {
+    let cancel = contracts::wire::envelope::Request::CancelScriptV2(contracts::wire::messages::CancelScriptV2 {
         ticket,
         last_log_sequence: 0,
         first_issued_at: None,
@@ -251,7 +252,10 @@ async fn a_cancel_taken_by_another_worker_stops_the_script_at_once_not_at_the_ne
     let orchestrator = orchestrator().await;
     let sent = std::time::Instant::now();
     let reply = orchestrator.rpc().call(&route, &cancel, timing).await;
-    assert!(matches!(reply, Ok(contracts::Reply::ScriptStatus(_))), "the other worker answered: {reply:?}");
+    assert!(
+        matches!(reply, Ok(contracts::wire::envelope::Reply::ScriptStatus(_))),
+        "the other worker answered: {reply:?}"
+    );
     eventually("the script's process to be gone", Duration::from_secs(1), || async { process_gone(pid).then_some(()) })
         .await;
     let lag = sent.elapsed();

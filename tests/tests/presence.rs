@@ -6,7 +6,7 @@
 //! announcements in their name are ignored). (Labels, selection and a stopped
 //! agent dropping out are in rollouts.rs.)
 
-use contracts::trust::SecretKey;
+use contracts::trust::keys::SecretKey;
 use std::time::Duration;
 use tests::presence::{announcement, PresenceStream};
 use tests::trust::{keypair, Answerer, Impostor};
@@ -33,7 +33,7 @@ async fn listed(select: &str) -> (Vec<String>, String) {
 }
 
 /// A config for an agent process labelled `labels`, announcing every second.
-fn labelled(what: &str, labels: &[(&str, &str)]) -> worker_agent::AgentConfig {
+fn labelled(what: &str, labels: &[(&str, &str)]) -> worker_agent::config::AgentConfig {
     let mut config = agent::test_config(what);
     config.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     config.announce_interval = Duration::from_secs(1);
@@ -43,7 +43,7 @@ fn labelled(what: &str, labels: &[(&str, &str)]) -> worker_agent::AgentConfig {
 /// Appends, every 500 ms until `stop`, what `forge` makes (a body and the key to seal it with).
 fn keep_appending(
     stop: CancellationToken,
-    forge: impl Fn() -> (Vec<u8>, Option<contracts::trust::Seal>) + Send + 'static,
+    forge: impl Fn() -> (Vec<u8>, Option<contracts::trust::seal::Seal>) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let stream = PresenceStream::connect().await;
@@ -64,7 +64,7 @@ fn forged(
     agent_id: &str,
     labels: &[(&str, &str)],
     key: Option<&SecretKey>,
-) -> (Vec<u8>, Option<contracts::trust::Seal>) {
+) -> (Vec<u8>, Option<contracts::trust::seal::Seal>) {
     let body = announcement(agent_id, labels).encode().expect("encodes");
     let seal = key.map(|key| key.seal_announcement(&body));
     (body, seal)
@@ -242,8 +242,8 @@ async fn a_pool_worker_pinned_only_by_its_pool_is_selected_and_its_answers_belie
     assert_eq!(markers.count(&worker_id), 1, "the script ran once, on the worker");
 
     worker.stop().await;
-    tests::raw::delete_queue(&contracts::topology::pool_queue(&pool)).await;
-    tests::raw::delete_queue(&contracts::topology::pool_service_queue(&pool)).await;
+    tests::raw::delete_queue(&contracts::wire::topology::pool_queue(&pool)).await;
+    tests::raw::delete_queue(&contracts::wire::topology::pool_service_queue(&pool)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

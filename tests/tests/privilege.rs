@@ -3,7 +3,7 @@
 //! script runs end to end through the real binaries, and RabbitMQ refuses every action outside a
 //! role (ACCESS_REFUSED).
 
-use contracts::topology::{agent_queue, pool_queue, pool_service_queue, COMMANDS_EXCHANGE};
+use contracts::wire::topology::{agent_queue, pool_queue, pool_service_queue, COMMANDS_EXCHANGE};
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};

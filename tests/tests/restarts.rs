@@ -2,8 +2,16 @@
 //! twice, and every submission ends with a correct, explained outcome. The broker and Redis
 //! restarted here are private instances, so tests beside these are not disturbed.
 
-use contracts::*;
-use dispatcher::{Orchestrator, OutcomeKind, RetryPolicy, RpcClient, Timing};
+use contracts::submission::outcome::OutcomeKind;
+use contracts::submission::retry::{RetryPolicy, Timing};
+use contracts::time::unix_millis;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::ErrorKind;
+use contracts::wire::messages::{CancelScriptV2, StartScriptV2};
+use contracts::wire::status::LogStream;
+use contracts::wire::{exit_code, topology};
+use dispatcher::orchestrator::Orchestrator;
+use dispatcher::rpc::RpcClient;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tests::services::{PrivateRabbit, PrivateRedis};
@@ -17,14 +25,14 @@ fn orchestrator_at(amqp_url: String) -> Orchestrator {
 /// Submits in the background, collecting the lines.
 fn submit_in_background(
     orchestrator: &Orchestrator,
-    route: dispatcher::Route,
+    route: dispatcher::route::Route,
     script: String,
-) -> tokio::task::JoinHandle<(dispatcher::Outcome, Vec<String>)> {
+) -> tokio::task::JoinHandle<(contracts::submission::outcome::Outcome, Vec<String>)> {
     let orchestrator = orchestrator.clone();
     tokio::spawn(async move {
         let lines = Mutex::new(Vec::new());
         let events = |e| {
-            if let dispatcher::Event::Log(l) = e {
+            if let dispatcher::orchestrator::Event::Log(l) = e {
                 lines.lock().unwrap().push(l.text);
             }
         };
@@ -83,7 +91,7 @@ async fn a_start_while_redis_is_down_is_retried_and_runs_once_it_is_back() {
             (orchestrator.clone(), agent.route(), retries.clone(), format!("{}; echo ran", markers.record("run")));
         tokio::spawn(async move {
             let events = |e| {
-                if let dispatcher::Event::Retry { notice, .. } = e {
+                if let dispatcher::orchestrator::Event::Retry { notice, .. } = e {
                     assert_eq!(notice.error.agent_error(), Some(ErrorKind::StoreUnavailable));
                     retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -128,7 +136,7 @@ async fn rabbitmq_restarted_mid_run_loses_no_output_and_runs_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_and_restarted_mid_run_ends_unknown_and_its_queued_work_runs_once() {
     let mut agent = AgentProcess::start(tests::agent::test_config("agent-restart")).await;
-    let route = dispatcher::Route::agent(&agent.config.agent_id).unwrap();
+    let route = dispatcher::route::Route::agent(&agent.config.agent_id).unwrap();
     let orchestrator = orchestrator_at(amqp_url());
     let markers = Markers::new();
     let running = submit_in_background(&orchestrator, route.clone(), counting_script(&markers, 100, 0.1));
@@ -142,7 +150,7 @@ async fn an_agent_killed_and_restarted_mid_run_ends_unknown_and_its_queued_work_
     let queued_markers = Markers::new();
     let queued =
         submit_in_background(&orchestrator, route.clone(), format!("{}; echo queued", queued_markers.record("run")));
-    let queue = contracts::topology::agent_queue(&agent.config.agent_id);
+    let queue = contracts::wire::topology::agent_queue(&agent.config.agent_id);
     eventually("the start to wait in the queue", Duration::from_secs(10), || {
         let queue = queue.clone();
         async move { (tests::raw::queue_depth(&queue).await >= 1).then_some(()) }
@@ -197,7 +205,7 @@ async fn when_redis_comes_back_empty_starts_issued_before_are_refused_not_rerun(
     let agent = TestAgent::start_with(config).await;
     let orchestrator = orchestrator_at(amqp_url());
     let markers = Markers::new();
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let first_issued_at = unix_millis(std::time::SystemTime::now());
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),

@@ -141,7 +141,7 @@ async fn abort_on_error_cancels_running_targets_once_the_budget_is_spent() {
 }
 
 /// A config for an agent process labelled `labels`, announcing every `interval`.
-fn labelled(what: &str, labels: &[(&str, &str)], interval: Duration) -> worker_agent::AgentConfig {
+fn labelled(what: &str, labels: &[(&str, &str)], interval: Duration) -> worker_agent::config::AgentConfig {
     let mut config = agent::test_config(what);
     config.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     config.announce_interval = interval;

@@ -56,14 +56,14 @@ async fn files_land_in_the_workspace_and_arguments_are_positional() {
 async fn what_does_not_fit_in_a_command_is_refused_pointing_at_upload() {
     let markers = Markers::new();
     let big = markers.dir.join("big.bin");
-    std::fs::write(&big, vec![b'x'; contracts::MAX_SCRIPT_SPEC_BYTES + 1]).unwrap();
+    std::fs::write(&big, vec![b'x'; contracts::wire::messages::MAX_SCRIPT_SPEC_BYTES + 1]).unwrap();
     let out = run(&["submit", "--target", &unique("nobody"), "--file", big.to_str().unwrap(), "--", "true"]).await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("big.bin") && stderr.contains("dispatcher upload"), "{stderr}");
     // Files under the limit that together are over it.
     let half = markers.dir.join("half.bin");
-    std::fs::write(&half, vec![b'x'; contracts::MAX_SCRIPT_SPEC_BYTES / 2 + 1]).unwrap();
+    std::fs::write(&half, vec![b'x'; contracts::wire::messages::MAX_SCRIPT_SPEC_BYTES / 2 + 1]).unwrap();
     let half = half.to_str().unwrap();
     let out = run(&["submit", "--target", "x", "--file", half, "--file", &format!("{half}:again"), "--", "true"]).await;
     assert_eq!(out.status.code(), Some(2));

@@ -1,9 +1,13 @@
 //! Running scripts: process groups, timeouts, isolation, output, and acking, against the real
 //! RabbitMQ and Redis.
 
-use contracts::*;
+use contracts::submission::outcome::OutcomeKind;
+use contracts::submission::retry::RetryPolicy;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::exit_code;
+use contracts::wire::messages::{GetStatusV2, Isolation, ScriptSpec, Shell, StartScriptV2};
+use contracts::wire::status::{LogStream, ScriptState};
 use dispatcher::rpc::CallTiming;
-use dispatcher::{OutcomeKind, RetryPolicy};
 use std::time::{Duration, Instant, SystemTime};
 use tests::*;
 
@@ -44,7 +48,7 @@ async fn cancel_kills_the_whole_process_group() {
     let outcome = submission.await.unwrap();
     assert_eq!(outcome.outcome, OutcomeKind::Cancelled);
     assert_eq!(outcome.exit_code, Some(exit_code::CANCELLED));
-    assert_eq!(outcome.process_exit, dispatcher::outcome::exit::CANCELLED);
+    assert_eq!(outcome.process_exit, contracts::submission::outcome::exit::CANCELLED);
     eventually("the background child to die", Duration::from_secs(5), || async { (!pid_alive(child)).then_some(()) })
         .await;
     agent.stop().await;
@@ -61,7 +65,7 @@ async fn execution_timeout_kills_the_whole_process_group() {
     let (outcome, lines) = submit(&orchestrator, &agent.route(), spec).await;
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(outcome.exit_code, Some(exit_code::EXECUTION_TIMEOUT));
-    assert_eq!(outcome.process_exit, dispatcher::outcome::exit::EXECUTION_TIMEOUT);
+    assert_eq!(outcome.process_exit, contracts::submission::outcome::exit::EXECUTION_TIMEOUT);
     assert!(texts(&lines, LogStream::Agent).iter().any(|l| l.contains("execution timeout")));
     let child = read_pid(&pidfile).await;
     eventually("the background child to die", Duration::from_secs(5), || async { (!pid_alive(child)).then_some(()) })
@@ -155,7 +159,7 @@ async fn a_script_waiting_past_its_mutex_timeout_ends_with_the_mutex_timeout_cod
     };
     let (outcome, lines) = submit(&orchestrator, &agent.route(), spec).await;
     assert_eq!(outcome.exit_code, Some(exit_code::MUTEX_TIMEOUT));
-    assert_eq!(outcome.process_exit, dispatcher::outcome::exit::MUTEX_TIMEOUT);
+    assert_eq!(outcome.process_exit, contracts::submission::outcome::exit::MUTEX_TIMEOUT);
     let notes = texts(&lines, LogStream::Agent);
     assert!(notes.iter().any(|l| l.contains("waiting for isolation mutex \"db\"")), "{notes:?}");
     assert!(notes.iter().any(|l| l.contains("gave up waiting")), "{notes:?}");
@@ -169,7 +173,7 @@ async fn the_delivery_is_acked_once_claimed_not_when_the_script_ends() {
     tests::skip_unless!(tests::needs::shared_rabbitmqctl());
     let agent = TestAgent::start("ack").await;
     let orchestrator = orchestrator().await;
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),
         spec: sh("echo up; sleep 30"),
@@ -182,7 +186,7 @@ async fn the_delivery_is_acked_once_claimed_not_when_the_script_ends() {
         panic!()
     };
     assert_eq!(status.state, ScriptState::Running);
-    let queue = contracts::topology::agent_queue(agent.id());
+    let queue = contracts::wire::topology::agent_queue(agent.id());
     let unacked = eventually("the start delivery to be acked", Duration::from_secs(20), || {
         let queue = queue.clone();
         async move { tests::raw::ready_and_unacked(&queue).await.map(|(_, unacked)| unacked).filter(|&n| n == 0) }
@@ -197,7 +201,7 @@ async fn the_delivery_is_acked_once_claimed_not_when_the_script_ends() {
 async fn a_waiting_status_returns_as_soon_as_there_is_new_output() {
     let agent = TestAgent::start("wait").await;
     let orchestrator = orchestrator().await;
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let start = Request::StartScriptV2(StartScriptV2 {
         ticket: ticket.clone(),
         spec: sh("echo a; sleep 1; echo b; sleep 1"),
@@ -253,7 +257,7 @@ async fn lines_of_a_mebibyte_arrive_whole_split_but_never_lost() {
     let expected = format!("{}{}{}end", "1".repeat(1 << 20), "2".repeat(1 << 20), "3".repeat(1 << 20));
     assert_eq!(all.len(), expected.len());
     assert!(all == expected, "the long lines came back altered");
-    assert!(lines.iter().all(|l| l.text.len() <= contracts::topology::MAX_LOG_LINE_BYTES));
+    assert!(lines.iter().all(|l| l.text.len() <= contracts::wire::topology::MAX_LOG_LINE_BYTES));
     agent.stop().await;
 }
 

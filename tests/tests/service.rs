@@ -640,7 +640,7 @@ async fn submit_detach_prints_the_ticket_and_a_service_runs_it() {
     let out = run_cli(&["submit", "--detach", "--target", agent.id(), "--", "echo detached; exit 4"], &prefix).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let ticket = text(&out.stdout).trim().to_owned();
-    contracts::Ticket::parse(&ticket).expect("a ticket on stdout");
+    contracts::wire::ticket::Ticket::parse(&ticket).expect("a ticket on stdout");
     let out = run_cli(&["status", &ticket], &prefix).await;
     assert!(text(&out.stderr).contains("is queued"), "{}", text(&out.stderr));
 
@@ -702,12 +702,14 @@ async fn finished_tickets_leave_the_journal_after_the_history_retention() {
 async fn journal_of_outcomes(
     journal: &dispatcher::service::journal::Journal,
     count: usize,
-) -> Vec<(String, String, dispatcher::OutcomeKind)> {
+) -> Vec<(String, String, contracts::submission::outcome::OutcomeKind)> {
+    use contracts::submission::outcome::{Outcome, OutcomeKind};
+    use contracts::submission::retry::{Policies, RetryPolicy};
+    use dispatcher::route::Route;
     use dispatcher::service::journal::Submission;
-    use dispatcher::{Outcome, OutcomeKind, Policies, RetryPolicy, Route};
     let mut finished = Vec::new();
     for index in 0..=count {
-        let ticket = contracts::Ticket::generate();
+        let ticket = edge::entropy::ticket();
         let target = format!("web-{}", index % 3);
         let policies = Policies::from(RetryPolicy::new(Duration::from_secs(60)));
         let route = Route::agent(&target).unwrap();
@@ -738,10 +740,10 @@ async fn journal_of_outcomes(
 /// Every filter by outcome, alone and with each target, gives exactly the tickets that match.
 async fn assert_outcome_filters(
     journal: &dispatcher::service::journal::Journal,
-    finished: &[(String, String, dispatcher::OutcomeKind)],
+    finished: &[(String, String, contracts::submission::outcome::OutcomeKind)],
 ) {
+    use contracts::submission::outcome::OutcomeKind;
     use dispatcher::service::journal::HistoryQuery;
-    use dispatcher::OutcomeKind;
     for outcome in [OutcomeKind::Completed, OutcomeKind::Failed, OutcomeKind::Unknown, OutcomeKind::Cancelled] {
         for target in [None, Some("web-0"), Some("web-2")] {
             let query =
@@ -777,7 +779,11 @@ async fn a_filter_by_outcome_reads_an_index_kept_as_tickets_finish_and_built_onc
         redis::cmd("KEYS").arg(format!("{prefix}outcome:*")).query_async(&mut redis).await.unwrap();
     assert_eq!(indexes.len(), 3 + 3 * 3, "completed, failed and unknown, each of all targets and of each: {indexes:?}");
     let _: () = redis::cmd("DEL").arg(&indexes).query_async(&mut redis).await.unwrap();
-    let failed = HistoryQuery { outcome: Some(dispatcher::OutcomeKind::Failed), limit: 100, ..Default::default() };
+    let failed = HistoryQuery {
+        outcome: Some(contracts::submission::outcome::OutcomeKind::Failed),
+        limit: 100,
+        ..Default::default()
+    };
     assert!(journal.history(&failed).await.unwrap().is_empty());
 
     // A journal written before the index (no marker): the first filter by outcome builds it.

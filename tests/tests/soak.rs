@@ -1,7 +1,10 @@
 //! Soak: hundreds of scripts, several in flight, while both links to RabbitMQ are reset at
 //! random every 0.5–2 s. Counts what ran: every script exactly once, none lost.
 
-use dispatcher::{Event, Orchestrator, OutcomeKind, RetryPolicy, RpcClient, Timing};
+use contracts::submission::outcome::OutcomeKind;
+use contracts::submission::retry::{RetryPolicy, Timing};
+use dispatcher::orchestrator::{Event, Orchestrator};
+use dispatcher::rpc::RpcClient;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,10 +3,10 @@
 //! store runs it in contracts' unit tests.)
 
 use contracts::store::conformance;
-use contracts::unix_millis;
+use contracts::time::unix_millis;
+use edge::connect::store::RedisTarget;
 use std::time::{Duration, SystemTime};
 use worker_agent::local_store::LocalStore;
-use worker_agent::redis_link::RedisTarget;
 use worker_agent::store::RedisStore;
 
 #[tokio::test]

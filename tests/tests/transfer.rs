@@ -392,6 +392,6 @@ async fn a_pool_transfer_stays_with_one_worker() {
     for worker in workers {
         worker.stop().await;
     }
-    tests::raw::delete_queue(&contracts::topology::pool_queue(&pool)).await;
-    tests::raw::delete_queue(&contracts::topology::pool_service_queue(&pool)).await;
+    tests::raw::delete_queue(&contracts::wire::topology::pool_queue(&pool)).await;
+    tests::raw::delete_queue(&contracts::wire::topology::pool_service_queue(&pool)).await;
 }

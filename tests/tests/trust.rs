@@ -10,10 +10,17 @@
 //! cargo build --bins && cargo nextest run -p tests --test trust --no-capture 2>&1 | grep ATTACK-TABLE
 //! ```
 
-use contracts::session::{accept, Offer, Session, SystemEntropy};
-use contracts::topology::{agent_queue, pool_queue, CLOCK_SKEW_ALLOWANCE_MS};
-use contracts::trust::{Believed, Pin, Seal, SecretKey};
-use contracts::*;
+use contracts::time::unix_millis;
+use contracts::trust::files::Pin;
+use contracts::trust::keys::SecretKey;
+use contracts::trust::seal::Seal;
+use contracts::trust::session::{accept, Offer, Session};
+use contracts::trust::verify::Believed;
+use contracts::wire::envelope::{Envelope, Reply, Request};
+use contracts::wire::error::{ErrorKind, ErrorReply};
+use contracts::wire::messages::{CompleteScriptV2, GetCapabilities, GetStatusV2, StartScriptV2};
+use contracts::wire::ticket::Ticket;
+use contracts::wire::topology::{agent_queue, pool_queue, CLOCK_SKEW_ALLOWANCE_MS};
 use std::process::Output;
 use std::time::{Duration, SystemTime};
 use tests::agent::test_config;
@@ -30,7 +37,7 @@ fn now_ms() -> u64 {
 /// A start of `script` for `target`, as a dispatcher encodes it: (envelope, its bytes).
 fn start(target: &str, ticket: &Ticket, script: String, issued_at: u64, not_after: Option<u64>) -> Vec<u8> {
     let body = StartScriptV2 { ticket: ticket.clone(), spec: sh(script), wait_for_output: None, first_issued_at: None };
-    Request::StartScriptV2(body).encode(target, issued_at, not_after).expect("encode").1
+    Request::StartScriptV2(body).encode(target, issued_at, not_after, &mut edge::entropy::OsEntropy).expect("encode").1
 }
 
 /// A change made to a signed start.
@@ -127,7 +134,7 @@ async fn attack_table() {
     let soon = Some(at + 60_000);
 
     // Unsigned, with and without a forged key id.
-    let bytes = start(&me, &Ticket::generate(), bench.markers.record("unsigned"), at, soon);
+    let bytes = start(&me, &edge::entropy::ticket(), bench.markers.record("unsigned"), at, soon);
     let verdict = bench.send(&own, &bytes, None, "unsigned").await;
     bench.refused("unsigned command", verdict, ErrorKind::NotAuthorized);
 
@@ -135,12 +142,12 @@ async fn attack_table() {
     let fields: [(&'static str, &str, Tamper); 5] = [
         ("tampered body (script)", "t-body", Box::new(|e| e.body.spec.script.push_str("; echo owned"))),
         ("tampered target", "t-target", Box::new(|e| e.target = "someone-else".into())),
-        ("tampered ticket", "t-ticket", Box::new(|e| e.body.ticket = Ticket::generate())),
+        ("tampered ticket", "t-ticket", Box::new(|e| e.body.ticket = edge::entropy::ticket())),
         ("tampered not_after", "t-deadline", Box::new(|e| e.not_after = e.not_after.map(|n| n + 3_600_000))),
         ("tampered kind (v2 start made a v1 start)", "t-kind", Box::new(|e| e.kind = "StartScriptV1".into())),
     ];
     for (attack, name, tamper) in fields {
-        let bytes = start(&me, &Ticket::generate(), bench.markers.record(name), at, soon);
+        let bytes = start(&me, &edge::entropy::ticket(), bench.markers.record(name), at, soon);
         let seal = dispatcher.seal_command(&bytes);
         let verdict = bench.send(&own, &tampered(&bytes, tamper), Some(&seal), name).await;
         bench.refused(attack, verdict, ErrorKind::NotAuthorized);
@@ -148,29 +155,29 @@ async fn attack_table() {
 
     // A key the agent does not trust.
     let (stranger, _) = keypair("stranger");
-    let bytes = start(&me, &Ticket::generate(), bench.markers.record("wrong-key"), at, soon);
+    let bytes = start(&me, &edge::entropy::ticket(), bench.markers.record("wrong-key"), at, soon);
     let verdict = bench.send(&own, &bytes, Some(&stranger.seal_command(&bytes)), "wrong-key").await;
     bench.refused("signed by an untrusted key", verdict, ErrorKind::NotAuthorized);
 
     // Addressed to another agent, and the checks of the deadline.
-    let bytes = start(other.id(), &Ticket::generate(), bench.markers.record("misaddressed"), at, soon);
+    let bytes = start(other.id(), &edge::entropy::ticket(), bench.markers.record("misaddressed"), at, soon);
     let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "misaddressed").await;
     bench.refused("misaddressed (signed for another agent)", verdict, ErrorKind::NotAuthorized);
     let past = at - 60_000;
-    let bytes = start(&me, &Ticket::generate(), bench.markers.record("expired"), past - 1_000, Some(past));
+    let bytes = start(&me, &edge::entropy::ticket(), bench.markers.record("expired"), past - 1_000, Some(past));
     let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "expired").await;
     // Past its deadline is one of the trust checks (ARCHITECTURE.md, Trust): NotAuthorized, with the reason.
     bench.refused_because("expired", verdict, ErrorKind::NotAuthorized, Some("expired"));
     let day_and_more = Some(at + 25 * 3_600_000);
-    let bytes = start(&me, &Ticket::generate(), bench.markers.record("long"), at, day_and_more);
+    let bytes = start(&me, &edge::entropy::ticket(), bench.markers.record("long"), at, day_and_more);
     let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "long").await;
     bench.refused("valid for more than 24 h", verdict, ErrorKind::NotAuthorized);
-    let bytes = start(&me, &Ticket::generate(), bench.markers.record("no-deadline"), at, None);
+    let bytes = start(&me, &edge::entropy::ticket(), bench.markers.record("no-deadline"), at, None);
     let verdict = bench.send(&own, &bytes, Some(&dispatcher.seal_command(&bytes)), "no-deadline").await;
     bench.refused("no not_after", verdict, ErrorKind::NotAuthorized);
 
     // Replays of a genuine command that ran once, with a short deadline so it can expire here.
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let genuine_deadline = now_ms() + 1_000;
     let bytes = start(&me, &ticket, bench.markers.record("genuine"), now_ms(), Some(genuine_deadline));
     let seal = dispatcher.seal_command(&bytes);
@@ -196,7 +203,7 @@ async fn attack_table() {
         assert_eq!(bench.markers.count("genuine"), 1);
     }
     let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
-    let (_, complete) = complete.encode(&me, now_ms(), Some(now_ms() + 60_000)).unwrap();
+    let (_, complete) = complete.encode(&me, now_ms(), Some(now_ms() + 60_000), &mut edge::entropy::OsEntropy).unwrap();
     let id = bench.raw.publish(&me, "CompleteScriptV2", &complete).await;
     bench.raw.reply(&id).await;
     let id = bench.raw.publish_to(&own, "StartScriptV2", &bytes, Some(&seal)).await;
@@ -232,7 +239,7 @@ async fn attack_table() {
     agent.stop().await;
     other.stop().await;
     tests::raw::delete_queue(&pool_queue(&pool)).await;
-    tests::raw::delete_queue(&contracts::topology::pool_service_queue(&pool)).await;
+    tests::raw::delete_queue(&contracts::wire::topology::pool_service_queue(&pool)).await;
 }
 
 /// Agrees a session with `agent_id` as a dispatcher with `key` does: a signed capabilities
@@ -243,7 +250,8 @@ async fn agree_session(raw: &mut RawBroker, agent_id: &str, key: &SecretKey) -> 
     let id = raw.publish_to(&queue, "GetCapabilities", &bytes, Some(&key.seal_command(&bytes))).await;
     let (seal, body) = raw.sealed_reply(&id).await;
     let pin = Pin::Keys(vec![*keys().agent.public()]);
-    let believed = contracts::trust::check_answer(&pin, &id, seal, &body, None).expect("the agent's own answer");
+    let believed =
+        contracts::trust::verify::check_answer(&pin, &id, seal, &body, None).expect("the agent's own answer");
     let Believed::Key(agent_key) = believed else { panic!("signed by the agent key, not legacy") };
     let (answer, _) = Reply::decode_with_header(&body).unwrap();
     let share = answer.key_share.expect("the agent accepts a session offered to it");
@@ -253,10 +261,17 @@ async fn agree_session(raw: &mut RawBroker, agent_id: &str, key: &SecretKey) -> 
 /// A capabilities request to `agent_id` offering a session, valid for a minute: the offer, the
 /// envelope and its bytes.
 fn offering_capabilities(agent_id: &str) -> (Offer, Envelope<()>, Vec<u8>) {
-    let offer = Offer::new().expect("random bytes");
+    let offer = Offer::new(&mut edge::entropy::OsEntropy).expect("random bytes");
     let capabilities = Request::GetCapabilities(GetCapabilities {});
-    let (header, bytes) =
-        capabilities.encode_offering(agent_id, now_ms(), Some(now_ms() + 60_000), Some(offer.share())).unwrap();
+    let (header, bytes) = capabilities
+        .encode_offering(
+            agent_id,
+            now_ms(),
+            Some(now_ms() + 60_000),
+            Some(offer.share()),
+            &mut edge::entropy::OsEntropy,
+        )
+        .unwrap();
     (offer, header, bytes)
 }
 
@@ -265,15 +280,20 @@ fn offering_capabilities(agent_id: &str) -> (Offer, Envelope<()>, Vec<u8>) {
 async fn session_rows(bench: &mut Bench, me: &str, other: &str) {
     let own = agent_queue(me);
     let session = agree_session(&mut bench.raw, me, &keys().dispatcher).await;
-    let command = |script: String| start(me, &Ticket::generate(), script, now_ms(), Some(now_ms() + 60_000));
+    let command = |script: String| start(me, &edge::entropy::ticket(), script, now_ms(), Some(now_ms() + 60_000));
 
     let bytes = command(bench.markers.record("in-session"));
     let verdict = bench.send(&own, &bytes, Some(&session.seal_command(&bytes)), "in-session").await;
     assert!(verdict.ran && verdict.reply.is_none(), "a command MAC'd in the agent's session runs");
 
     // Whoever made this session knows its key; the agent never agreed it.
-    let made_up =
-        accept("made-up", Offer::new().unwrap().share(), keys().dispatcher.id(), keys().agent.id(), &mut SystemEntropy);
+    let made_up = accept(
+        "made-up",
+        Offer::new(&mut edge::entropy::OsEntropy).unwrap().share(),
+        keys().dispatcher.id(),
+        keys().agent.id(),
+        &mut edge::entropy::OsEntropy,
+    );
     let made_up = made_up.expect("a session").1;
     let bytes = command(bench.markers.record("unknown-session"));
     let verdict = bench.send(&own, &bytes, Some(&made_up.seal_command(&bytes)), "unknown-session").await;
@@ -294,7 +314,7 @@ async fn session_rows(bench: &mut Bench, me: &str, other: &str) {
 
 fn status_request(target: &str, ticket: &Ticket) -> Vec<u8> {
     let status = Request::GetStatusV2(GetStatusV2 { ticket: ticket.clone(), last_log_sequence: 0, wait: Some(2_000) });
-    status.encode(target, now_ms(), Some(now_ms() + 60_000)).unwrap().1
+    status.encode(target, now_ms(), Some(now_ms() + 60_000), &mut edge::entropy::OsEntropy).unwrap().1
 }
 
 /// A command signed with a key the agent trusted, revoked by removing it from the trusted-keys
@@ -309,7 +329,7 @@ async fn revoked(bench: &mut Bench) {
     let agent = AgentProcess::start(config.clone()).await;
     let queue = agent_queue(&config.agent_id);
     let signed = |script: String| {
-        let bytes = start(&config.agent_id, &Ticket::generate(), script, now_ms(), Some(now_ms() + 60_000));
+        let bytes = start(&config.agent_id, &edge::entropy::ticket(), script, now_ms(), Some(now_ms() + 60_000));
         let seal = revoked_key.seal_command(&bytes);
         (bytes, seal)
     };
@@ -328,7 +348,7 @@ async fn revoked(bench: &mut Bench) {
     bench.refused("signed by a revoked key (removed, SIGHUP)", verdict, ErrorKind::NotAuthorized);
     let bytes = start(
         &config.agent_id,
-        &Ticket::generate(),
+        &edge::entropy::ticket(),
         bench.markers.record("revoked-session"),
         now_ms(),
         Some(now_ms() + 60_000),
@@ -451,7 +471,7 @@ async fn junk_under_a_requests_ids(bench: &mut Bench) {
     publish_to_agent(agent.id(), b"junk", junk).await;
     let out = victim.await.unwrap();
     let stderr = text(&out.stderr);
-    let believed_refusal = out.status.code() == Some(i32::from(contracts::outcome::exit::REJECTED));
+    let believed_refusal = out.status.code() == Some(i32::from(contracts::submission::outcome::exit::REJECTED));
     bench.row(
         "agent made to sign a refusal of junk sent under a request's ids",
         !believed_refusal && out.status.code() == Some(3),
@@ -477,7 +497,7 @@ async fn old_start_replayed_under_a_stolen_requests_ids(bench: &mut Bench) {
     // A start signed by the trusted dispatcher key (as a dispatcher's first request to an agent
     // is), run to its end: its bytes and seal, as a queue bound to the agent's routing key saw them.
     let at = now_ms();
-    let bytes = start(agent.id(), &Ticket::generate(), bench.markers.record("old"), at, Some(at + 60_000));
+    let bytes = start(agent.id(), &edge::entropy::ticket(), bench.markers.record("old"), at, Some(at + 60_000));
     let seal = keys().dispatcher.seal_command(&bytes);
     let id = bench.raw.publish_to(&agent_queue(agent.id()), "StartScriptV2", &bytes, Some(&seal)).await;
     bench.raw.reply(&id).await;
@@ -530,7 +550,7 @@ async fn the_service_never_records_a_ticket_completed_by_an_answer_to_an_old_sta
     assert_eq!((first["outcome"].as_str(), first["exit_code"].as_i64()), (Some("completed"), Some(0)), "{first}");
     let old = next_copy(&mut copies, "StartScriptV2").await;
     assert!(
-        old.properties.headers().as_ref().is_some_and(|h| h.inner().contains_key(contracts::session::MAC_HEADER)),
+        old.properties.headers().as_ref().is_some_and(|h| h.inner().contains_key(contracts::trust::seal::MAC_HEADER)),
         "MAC'd in the service's session"
     );
     let _ = connection.close(200, "done".into()).await;
@@ -641,7 +661,7 @@ async fn a_restarted_agent_refuses_its_forgotten_session_and_the_service_signs_a
     let first = run("before-restart").await;
     assert_eq!((first["outcome"].as_str(), first["exit_code"].as_i64()), (Some("completed"), Some(0)), "{first}");
     // The first script's complete (sent without waiting for an answer) taken before the restart.
-    let queue = contracts::topology::agent_queue(&id);
+    let queue = contracts::wire::topology::agent_queue(&id);
     eventually("the agent's queue to be empty", Duration::from_secs(20), || async {
         (tests::raw::queue_depth(&queue).await == 0).then_some(())
     })
@@ -687,25 +707,26 @@ async fn a_replayed_session_offer_creates_no_session_and_evicts_none() {
     let first = raw.publish_to(&queue, "GetCapabilities", &captured, Some(&seal)).await;
     let (_, body) = raw.sealed_reply(&first).await;
     assert!(key_share(&body).is_some(), "the genuine offer is accepted");
-    let copies = contracts::session::MAX_SESSIONS_PER_KEY + 100;
+    let copies = contracts::trust::sessions::MAX_SESSIONS_PER_KEY + 100;
     let mut replayed = Vec::with_capacity(copies);
     for _ in 0..copies {
         replayed.push(raw.publish_to(&queue, "GetCapabilities", &captured, Some(&seal)).await);
     }
     let pin = Pin::Keys(vec![*keys().agent.public()]);
     for (copy, (seal, body)) in replayed.iter().zip(raw.sealed_replies(&replayed).await) {
-        let believed = contracts::trust::check_answer(&pin, copy, seal, &body, None);
+        let believed = contracts::trust::verify::check_answer(&pin, copy, seal, &body, None);
         assert!(believed.is_ok(), "answered signed by the agent: {believed:?}");
         assert_eq!(key_share(&body), None, "a copy of an accepted offer agrees no session");
     }
 
     let capabilities = Request::GetCapabilities(GetCapabilities {});
-    let (_, bytes) = capabilities.encode(&id, now_ms(), Some(now_ms() + 60_000)).unwrap();
+    let (_, bytes) =
+        capabilities.encode(&id, now_ms(), Some(now_ms() + 60_000), &mut edge::entropy::OsEntropy).unwrap();
     let asked = raw.publish_to(&queue, "GetCapabilities", &bytes, Some(&existing.seal_command(&bytes))).await;
     let (seal, body) = raw.sealed_reply(&asked).await;
     let reply = Reply::decode(&body).expect("an answer");
     assert!(matches!(reply, Reply::Capabilities(_)), "the session agreed before the replays still holds: {reply:?}");
-    let believed = contracts::trust::check_answer(&pin, &asked, seal, &body, Some(&existing));
+    let believed = contracts::trust::verify::check_answer(&pin, &asked, seal, &body, Some(&existing));
     assert!(believed.is_ok(), "answered in that session: {believed:?}");
     assert!(agent.log_text().contains("this offer was accepted before"), "the replays are logged");
     raw.close().await;
@@ -753,12 +774,15 @@ async fn secrets_are_sealed_to_the_agent_so_a_copy_of_its_start_holds_no_value()
     let mut config = test_config("sealed-other");
     config.key_file = Some(other_key);
     let other = TestAgent::start_with(config).await;
-    let ticket = Ticket::generate();
+    let ticket = edge::entropy::ticket();
     let mut spec = sh(markers.record("opened"));
     spec.sealed_secret_env = start.spec.sealed_secret_env.clone();
     let body = StartScriptV2 { ticket: ticket.clone(), spec, wait_for_output: None, first_issued_at: None };
     let at = now_ms();
-    let bytes = Request::StartScriptV2(body).encode(other.id(), at, Some(at + 60_000)).unwrap().1;
+    let bytes = Request::StartScriptV2(body)
+        .encode(other.id(), at, Some(at + 60_000), &mut edge::entropy::OsEntropy)
+        .unwrap()
+        .1;
     let mut raw = RawBroker::connect().await;
     let id = raw
         .publish_to(&agent_queue(other.id()), "StartScriptV2", &bytes, Some(&keys().dispatcher.seal_command(&bytes)))

@@ -2,7 +2,7 @@
 //! agent nobody serves, health checks at once, a broker that refuses us, short retry lines, and
 //! a closed stdout.
 
-use contracts::topology::agent_queue;
+use contracts::wire::topology::agent_queue;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 use tests::*;
@@ -174,7 +174,8 @@ async fn after_a_lost_connection_the_dispatcher_reconnects_at_once() {
             Some("log") if cut.is_some() && resumed.is_none() => {
                 // How long after the agent read it the first line after the cut reached us.
                 let produced = event["at"].as_u64().expect("at");
-                held_back = Duration::from_millis(contracts::unix_millis(SystemTime::now()).saturating_sub(produced));
+                held_back =
+                    Duration::from_millis(contracts::time::unix_millis(SystemTime::now()).saturating_sub(produced));
                 resumed = Some(at);
             }
             Some("retry") if cut.is_some() && retry.is_none() => {

@@ -2,21 +2,29 @@
 //! to the [`Agent`], replies through direct reply-to, and acks. It reconnects by itself after
 //! losing the broker; requests lost meanwhile are repeated by the dispatcher.
 
-pub use crate::broker_call::{call, BrokerError};
+use crate::broker_call::{call, BrokerError};
+use crate::config::Protocol;
 use crate::handling::{Handling, Received, Source};
 use crate::service::Agent;
-use crate::Protocol;
-use contracts::agent::flow::{self, Answer, Settle};
-use contracts::submission::short;
-use contracts::topology::amqp::{command_queue_arguments, dead_queue_arguments};
-use contracts::topology::*;
+use contracts::agent::flow::environment::{Answer, Delivery, Served, Settle};
+use contracts::time::short;
+use contracts::time::unix_millis;
 use contracts::trust::amqp::{seal_of, with_seal};
-use contracts::{unix_millis, AmqpEndpoints, Reply};
+use contracts::wire::endpoints::AmqpEndpoints;
+use contracts::wire::envelope::Reply;
+use contracts::wire::topology::amqp::{command_queue_arguments, dead_queue_arguments};
+use contracts::wire::topology::{
+    agent_queue, check_reply_to, is_pool_worker_id, pool_queue, pool_routing_key, pool_service_queue,
+    pool_service_routing_key, COMMANDS_EXCHANGE, CONTENT_TYPE, DEAD_EXCHANGE, DEAD_QUEUE,
+};
+use edge::connect::broker::accepts_tcp;
+use edge::connect::tls::tls_hint;
+use edge::entropy::OsEntropy;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -42,7 +50,7 @@ fn is_precondition_failed(error: &BrokerError) -> bool {
 
 /// What an agent declares of its topology (see [`declare_topology`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Declare {
+pub(crate) enum Declare {
     /// Everything it needs: the shared exchanges, the dead-letter queue, the queue and its binding.
     All,
     /// Only the queue and its binding, when the shared topology is the operator's (a pool worker
@@ -56,7 +64,7 @@ impl Declare {
     /// What an agent declares of its own queue: a pool worker enrolled as a pool
     /// ([`is_pool_worker_id`]) declares it, since no operator can enrol an id (a pod name)
     /// before it exists.
-    pub fn own_queue(enrolled: bool, agent_id: &str, pool: Option<&str>) -> Declare {
+    pub(crate) fn own_queue(enrolled: bool, agent_id: &str, pool: Option<&str>) -> Declare {
         match (enrolled, pool) {
             (false, _) => Declare::All,
             (true, Some(pool)) if is_pool_worker_id(pool, agent_id) => Declare::Queue,
@@ -65,7 +73,7 @@ impl Declare {
     }
 
     /// What an agent declares of its pool's queues, which are shared.
-    pub fn pool_queues(enrolled: bool) -> Declare {
+    pub(crate) fn pool_queues(enrolled: bool) -> Declare {
         if enrolled {
             Declare::Nothing
         } else {
@@ -85,7 +93,7 @@ impl Declare {
 /// What is not declared (the exchange, with [`Declare::Queue`] or [`Declare::Nothing`]; the
 /// queue too with [`Declare::Nothing`]) is only checked, passively, so an agent's user needs no
 /// configure permission on it.
-pub async fn declare_topology(
+pub(crate) async fn declare_topology(
     connection: &Connection,
     channel: Channel,
     queue: &str,
@@ -183,19 +191,11 @@ fn not_enrolled(error: BrokerError, what: &str) -> BrokerError {
     }
 }
 
-/// Whether the broker's address accepts a TCP connection now: told apart from a broker that
-/// cannot be reached at all when its AMQP handshake timed out.
-async fn broker_accepts_tcp(amqp_url: &str, timeout: Duration) -> bool {
-    let Ok(uri) = amqp_url.parse::<lapin::uri::AMQPUri>() else { return false };
-    let address = (uri.authority.host.as_str(), uri.authority.port);
-    matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
-}
-
 /// Serves the agent's queue until `shutdown`, reconnecting after every loss of the broker: to
 /// the next node of the cluster when `amqp_url` lists several. Returns early with the error
 /// when the broker's certificate is not trusted ([`BrokerError::is_setting`]).
-pub async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Result<(), BrokerError> {
-    let mut endpoints = match AmqpEndpoints::parse_random_start(&agent.config().amqp_url) {
+pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Result<(), BrokerError> {
+    let mut endpoints = match edge::connect::broker::endpoints(&agent.config().amqp_url) {
         Ok(endpoints) => endpoints,
         Err(error) => {
             tracing::error!(agent = %agent.config().agent_id, %error, "cannot serve: bad AMQP URL list");
@@ -242,16 +242,14 @@ async fn connect(agent: &Agent, endpoints: &mut AmqpEndpoints) -> Result<Connect
     let config = agent.config();
     let mut last_error = None;
     for (index, url) in endpoints.round() {
-        let properties =
-            ConnectionProperties::default().with_connection_name(format!("cuttle-agent {}", config.agent_id).into());
-        let url = amqp_url_with_heartbeat(&url);
-        let connect = contracts::tls::amqp::connect(&url, properties, &config.amqp_tls);
+        let name = format!("cuttle-agent {}", config.agent_id);
+        let connect = edge::connect::broker::connect(&url, &name, &config.amqp_tls);
         let connected = match call("connect", config.connect_timeout, connect).await {
-            Err(BrokerError::Call { source, .. }) if contracts::tls::tls_hint(&source.to_string()).is_some() => {
+            Err(BrokerError::Call { source, .. }) if tls_hint(&source.to_string()).is_some() => {
                 let message = source.to_string();
-                Err(BrokerError::Tls { hint: contracts::tls::tls_hint(&message).unwrap_or_default(), message })
+                Err(BrokerError::Tls { hint: tls_hint(&message).unwrap_or_default(), message })
             }
-            Err(BrokerError::Timeout { after, .. }) if broker_accepts_tcp(&url, config.connect_timeout).await => {
+            Err(BrokerError::Timeout { after, .. }) if accepts_tcp(&url, config.connect_timeout).await => {
                 Err(BrokerError::Silent { after })
             }
             connected => connected,
@@ -467,13 +465,17 @@ async fn handle_delivery(
     };
     let (served, acked_early, unsettled) = {
         let mut handling = Handling::new(&agent, Some(received));
-        let served = flow::serve(&mut handling, flow::Delivery { body: &delivery.data, seal: seal_of(props) }).await;
+        let served = contracts::agent::flow::serve::serve(
+            &mut handling,
+            Delivery { body: &delivery.data, seal: seal_of(props) },
+        )
+        .await;
         // The place a start took for its script is given back here unless the script runs in it.
         (served, handling.acked_early(), handling.unsettled())
     };
     let (reply, answer, settle) = match served {
-        flow::Served::Answered { reply, answer, settle } => (reply, answer, settle),
-        flow::Served::Returned => {
+        Served::Answered { reply, answer, settle } => (reply, answer, settle),
+        Served::Returned => {
             // Never started here: back to the queue, for another worker.
             let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
             return;
@@ -513,14 +515,15 @@ async fn send_reply(
     };
     let issued_at = unix_millis(SystemTime::now());
     let agent_id = &agent.config().agent_id;
-    let bytes = match reply.encode_answering(agent_id, issued_at, answer.in_reply_to.clone(), answer.key_share.as_ref())
-    {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            tracing::error!(%error, "could not encode reply");
-            return;
-        }
-    };
+    let in_reply_to = answer.in_reply_to.clone();
+    let bytes =
+        match reply.encode_answering(agent_id, issued_at, in_reply_to, answer.key_share.as_ref(), &mut OsEntropy) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, "could not encode reply");
+                return;
+            }
+        };
     let mut properties =
         BasicProperties::default().with_type(reply.kind().as_str().into()).with_content_type(CONTENT_TYPE.into());
     // Signed over the request's correlation id and, inside the body, the request's digest.

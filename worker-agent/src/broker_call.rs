@@ -1,8 +1,8 @@
 //! One broker call bounded in time, and what can go wrong with the broker: the words the
 //! agent's edges to RabbitMQ ([`crate::broker`], [`crate::presence`]) share.
 
-use contracts::submission::short;
-use contracts::topology::SILENT_BROKER;
+use contracts::time::short;
+use edge::connect::broker::SILENT_BROKER;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +22,7 @@ pub enum BrokerError {
 }
 
 /// Runs one broker call with a timeout.
-pub async fn call<T>(
+pub(crate) async fn call<T>(
     name: &'static str,
     timeout: Duration,
     fut: impl std::future::Future<Output = lapin::Result<T>>,
@@ -38,6 +38,6 @@ impl BrokerError {
     /// Whether no retry can mend this: the broker's certificate is not trusted (the CA file, or
     /// the host name in the URL, is a setting to fix), unlike a broker that is down or restarting.
     pub fn is_setting(&self) -> bool {
-        matches!(self, BrokerError::Tls { message, .. } if contracts::tls::untrusted_server(message))
+        matches!(self, BrokerError::Tls { message, .. } if edge::connect::tls::untrusted_server(message))
     }
 }

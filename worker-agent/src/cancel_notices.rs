@@ -8,15 +8,15 @@
 //! subscription is down is picked up by the lease renewal (every third of `--lease-ttl`), which
 //! reads the flag, as before, and before a script's process starts the flag is read anyway.
 
-use crate::redis_link::{current_client, RedisTarget};
-use contracts::submission::short;
+use contracts::time::short;
+use edge::connect::store::{current_client, RedisTarget};
 use futures_util::StreamExt;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The channel cancels of tickets under `prefix` are published on; the message is the ticket
 /// (normalised, as in the store's keys).
-pub fn channel(prefix: &str) -> String {
+pub(crate) fn channel(prefix: &str) -> String {
     format!("{prefix}cancels")
 }
 
@@ -25,7 +25,7 @@ const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(5);
 
 /// Follows the cancel channel of `prefix` until `stop`, calling `on_cancel` with each ticket
 /// published there; subscribes again (with backoff) whenever the subscription is lost.
-pub async fn follow(
+pub(crate) async fn follow(
     target: RedisTarget,
     prefix: String,
     connect_timeout: Duration,

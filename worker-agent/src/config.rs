@@ -1,7 +1,7 @@
 //! The agent's configuration, filled by the CLI from flags and environment, or directly by
 //! tests.
 
-use contracts::topology::MAX_MESSAGE_BYTES;
+use contracts::wire::topology::MAX_MESSAGE_BYTES;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,9 +46,9 @@ pub struct AgentConfig {
     pub amqp_url: String,
     pub redis_url: String,
     /// CA and client certificate for `amqps://` URLs (`--amqp-ca-file`, ...).
-    pub amqp_tls: contracts::tls::TlsMaterial,
+    pub amqp_tls: edge::connect::tls::TlsMaterial,
     /// CA and client certificate for a `rediss://` store URL (`--redis-ca-file`, ...).
-    pub redis_tls: contracts::tls::TlsMaterial,
+    pub redis_tls: edge::connect::tls::TlsMaterial,
     /// Redis Sentinels (`host:port`) naming the ticket store's master; empty: `redis_url` is
     /// the store itself.
     pub redis_sentinels: Vec<String>,
@@ -75,7 +75,7 @@ pub struct AgentConfig {
     pub record_ttl: Duration,
     /// How long a completed ticket's tombstone is kept when its command carried no deadline
     /// (legacy script v1); otherwise it is kept until the deadline has passed (see
-    /// [`crate::rules::tombstone_ttl_ms`]).
+    /// [`contracts::agent::tombstone_ttl_ms`]).
     pub tombstone_ttl: Duration,
     /// The agent's own queue is deleted by the broker once unused this long (`x-expires`):
     /// for ephemeral identities such as pool workers named after their pod. `None` keeps it
@@ -89,7 +89,7 @@ pub struct AgentConfig {
     /// are cancelled (their outcome recorded as cancelled).
     pub drain_timeout: Duration,
     /// Labels the agent announces (`--label`), by which dispatchers select it.
-    pub labels: contracts::labels::Labels,
+    pub labels: contracts::wire::labels::Labels,
     /// How often the agent announces itself on the presence stream (its heartbeat).
     pub announce_interval: Duration,
     /// Variables of the agent's environment scripts get besides the minimal set (`--pass-env`).
@@ -121,8 +121,8 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// Where the Redis ticket store is: `redis_url`, or the master the Sentinels name.
-    pub fn redis_target(&self) -> crate::redis_link::RedisTarget {
-        use crate::redis_link::RedisTarget;
+    pub fn redis_target(&self) -> edge::connect::store::RedisTarget {
+        use edge::connect::store::RedisTarget;
         if self.redis_sentinels.is_empty() {
             return RedisTarget::Url { url: self.redis_url.clone(), tls: self.redis_tls.clone() };
         }
@@ -159,8 +159,8 @@ impl AgentConfig {
             connect_timeout: Duration::from_secs(5),
             health_addr: None,
             drain_timeout: Duration::from_secs(30),
-            labels: contracts::labels::Labels::new(),
-            announce_interval: Duration::from_millis(contracts::presence::DEFAULT_INTERVAL_MS),
+            labels: contracts::wire::labels::Labels::new(),
+            announce_interval: Duration::from_millis(contracts::wire::presence::DEFAULT_INTERVAL_MS),
             pass_env: Vec::new(),
             max_output: DEFAULT_MAX_OUTPUT,
             transfer_roots: Vec::new(),

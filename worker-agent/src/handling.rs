@@ -4,13 +4,17 @@
 //! delivery, and its log lines and metrics for each note the flow takes.
 
 use crate::service::{Agent, Slot};
-use crate::store::{StoreError, TicketKeys, TicketStore};
+use crate::store::StoreError;
 use crate::workspace;
-use contracts::agent::flow::{Environment, Memory, Note, Settings};
+use contracts::agent::flow::environment::{Environment, Memory, Note, Settings};
 use contracts::agent::keys::AgentKeys;
-use contracts::agent::TicketRecord;
+use contracts::store::record::TicketRecord;
 use contracts::store::Cancel;
-use contracts::{unix_millis, Reply, Request, ScriptSpec, Ticket};
+use contracts::store::{TicketKeys, TicketStore};
+use contracts::time::unix_millis;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::messages::ScriptSpec;
+use contracts::wire::ticket::Ticket;
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,13 +28,13 @@ const TRUST: &str = "worker_agent::trust";
 
 /// Where a delivery came from: the agent's own queue, or its pool's shared one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     Own,
     Pool,
 }
 
 /// What the broker's edge tells of one delivery.
-pub struct Received<'a> {
+pub(crate) struct Received<'a> {
     /// Its AMQP type property, for the log.
     pub kind: Option<String>,
     pub bytes: usize,
@@ -42,8 +46,14 @@ pub struct Received<'a> {
     pub ack: Option<BoxFuture<'a, ()>>,
 }
 
+/// Marks the runs of an earlier process with this agent id as lost: they can never be finished or
+/// restarted, so they report unknown result at once instead of after the lease.
+pub(crate) async fn recover_lost_runs(agent: &Arc<Agent>) -> Result<usize, StoreError> {
+    contracts::agent::flow::script::recover_lost_runs(&mut Handling::new(agent, None)).await
+}
+
 /// The agent handling one delivery (or none: its recovery at start).
-pub struct Handling<'a> {
+pub(crate) struct Handling<'a> {
     agent: &'a Arc<Agent>,
     received: Option<Received<'a>>,
     /// The place its script runs in, once admitted.
@@ -56,18 +66,18 @@ pub struct Handling<'a> {
 }
 
 impl<'a> Handling<'a> {
-    pub fn new(agent: &'a Arc<Agent>, received: Option<Received<'a>>) -> Handling<'a> {
+    pub(crate) fn new(agent: &'a Arc<Agent>, received: Option<Received<'a>>) -> Handling<'a> {
         let unsettled = "could not ack delivery";
         Handling { agent, received, slot: None, since: None, acked_early: false, unsettled }
     }
 
     /// Whether the delivery was acked already ([`Environment::admit`]).
-    pub fn acked_early(&self) -> bool {
+    pub(crate) fn acked_early(&self) -> bool {
         self.acked_early
     }
 
     /// What the log says when settling the delivery fails: it was rejected, refused, or served.
-    pub fn unsettled(&self) -> &'static str {
+    pub(crate) fn unsettled(&self) -> &'static str {
         self.unsettled
     }
 
@@ -162,7 +172,7 @@ impl Environment for Handling<'_> {
     }
 
     fn new_ticket(&mut self) -> Ticket {
-        Ticket::generate()
+        edge::entropy::ticket()
     }
 
     fn note(&mut self, note: Note<'_>) {

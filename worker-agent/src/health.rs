@@ -17,19 +17,19 @@ use tokio_util::sync::CancellationToken;
 /// What the probes look at: the agent, once it has connected to its ticket store, and its
 /// metrics from the start.
 #[derive(Clone)]
-pub struct Probes {
+pub(crate) struct Probes {
     agent: Arc<OnceLock<Arc<Agent>>>,
     metrics: Metrics,
 }
 
 impl Probes {
     /// Probes of an agent that is not connected yet: alive, not ready.
-    pub fn new(metrics: Metrics) -> Self {
+    pub(crate) fn new(metrics: Metrics) -> Self {
         Probes { agent: Arc::default(), metrics }
     }
 
     /// The agent has connected: readiness follows it from now on.
-    pub fn attach(&self, agent: Arc<Agent>) {
+    pub(crate) fn attach(&self, agent: Arc<Agent>) {
         let _ = self.agent.set(agent);
     }
 
@@ -42,7 +42,7 @@ impl Probes {
 }
 
 /// The probe routes.
-pub fn router(probes: Probes) -> Router {
+pub(crate) fn router(probes: Probes) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -67,12 +67,12 @@ async fn readyz(State(probes): State<Probes>) -> (StatusCode, &'static str) {
 }
 
 /// Serves probes on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, probes: Probes, stop: CancellationToken) -> std::io::Result<()> {
+pub(crate) async fn serve(listener: TcpListener, probes: Probes, stop: CancellationToken) -> std::io::Result<()> {
     axum::serve(listener, router(probes)).with_graceful_shutdown(stop.cancelled_owned()).await
 }
 
 /// Ready: consuming commands, and the ticket store answers a ping within a second.
-pub async fn ready(agent: &Agent) -> bool {
+pub(crate) async fn ready(agent: &Agent) -> bool {
     *agent.readiness().borrow()
         && matches!(tokio::time::timeout(Duration::from_secs(1), agent.store().ping()).await, Ok(Ok(())))
 }

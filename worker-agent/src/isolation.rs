@@ -10,21 +10,21 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 /// A held isolation mutex; released (and its name freed if nobody else uses it) on drop.
-pub struct IsolationGuard {
+pub(crate) struct IsolationGuard {
     // Declared first, so dropped before `_name`: the lock is released before its name is
     // considered for removal.
     _held: Held,
     _name: Named,
 }
 
-#[allow(dead_code)] // held only for its drop
+#[allow(dead_code, reason = "held only for its drop")]
 enum Held {
     Shared(OwnedRwLockReadGuard<()>),
     Exclusive(OwnedRwLockWriteGuard<()>),
 }
 
 #[derive(Default)]
-pub struct Mutexes {
+pub(crate) struct Mutexes {
     locks: Mutex<HashMap<String, Arc<RwLock<()>>>>,
 }
 
@@ -54,7 +54,7 @@ impl Mutexes {
     }
 
     /// Takes the mutex now if it is free.
-    pub fn try_acquire(self: &Arc<Self>, name: &str, exclusive: bool) -> Option<IsolationGuard> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, name: &str, exclusive: bool) -> Option<IsolationGuard> {
         let named = self.named(name);
         let lock = named.lock.clone().expect("set until drop");
         let held = if exclusive {
@@ -66,7 +66,7 @@ impl Mutexes {
     }
 
     /// Waits for the mutex, in arrival order.
-    pub async fn acquire(self: &Arc<Self>, name: &str, exclusive: bool) -> IsolationGuard {
+    pub(crate) async fn acquire(self: &Arc<Self>, name: &str, exclusive: bool) -> IsolationGuard {
         let named = self.named(name);
         let lock = named.lock.clone().expect("set until drop");
         let held =
@@ -75,11 +75,12 @@ impl Mutexes {
     }
 
     /// Names in the table now: those held or waited for.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.locks.lock().expect("mutex table poisoned").len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -4,8 +4,8 @@
 //! script of this process runs. A young workspace whose ticket the store no longer knows is kept:
 //! while it is there, a late copy of its start cannot run the script again on this agent.
 
-use crate::rules::SKIP_LOGS;
 use crate::service::Agent;
+use contracts::store::SKIP_LOGS;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,14 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 /// What to do with one workspace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Keep,
     Remove(&'static str),
 }
 
 /// The decision for one workspace: `running_here` if a script of this process runs in it,
 /// `completed` if the store holds its ticket as complete, `age` since it last changed.
-pub fn judge(running_here: bool, completed: bool, age: Duration, max_age: Duration) -> Verdict {
+pub(crate) fn judge(running_here: bool, completed: bool, age: Duration, max_age: Duration) -> Verdict {
     if running_here {
         Verdict::Keep
     } else if completed {
@@ -33,7 +33,7 @@ pub fn judge(running_here: bool, completed: bool, age: Duration, max_age: Durati
 }
 
 /// Sweeps at once, then every `interval`, until `shutdown`.
-pub async fn run(agent: Arc<Agent>, interval: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run(agent: Arc<Agent>, interval: Duration, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

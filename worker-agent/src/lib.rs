@@ -6,12 +6,13 @@
 //! - [`broker`]: the AMQP edge (topology, consumer, replies, reconnection); [`broker_call`]: one
 //!   broker call bounded in time, and the broker errors the edges share.
 //! - [`service`]: the capabilities, script v2 and script v1 services.
-//! - [`rules`]: the exactly-once decisions, as plain functions (fresh? same command? what state?).
+//! - [`record`]: ticket records read back in every encoding the agent ever stored (the
+//!   exactly-once decisions on them are `contracts::agent`'s).
 //! - [`store`]: the Redis ticket store (claim with `SET NX`, compare-and-set, lease, logs);
 //!   [`local_store`] the embedded one for agents that reach only the broker; both implement
 //!   `contracts::store::TicketStore`, and the agent holds either as a trait object wrapped in
-//!   [`store::Observed`], which times every operation. [`redis_link`] is the connection to one
-//!   Redis, or to the master Redis Sentinels name.
+//!   [`store::Observed`], which times every operation. The connection to one Redis, or to the
+//!   master Redis Sentinels name, is `edge::connect::store`'s.
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
 //!   [`cancel_notices`] the cancels published to the worker running a script,
 //!   [`isolation`] its mutexes, [`mask`] the masking of its secrets in the output,
@@ -25,33 +26,31 @@
 //! - [`cli`]: the `worker-agent` command line.
 #![forbid(unsafe_code)]
 
-pub mod broker;
-pub mod broker_call;
-pub mod cancel_notices;
+mod broker;
+mod broker_call;
+mod cancel_notices;
 pub mod cli;
 pub mod config;
-pub mod handling;
-pub mod health;
-pub mod isolation;
-pub mod janitor;
+mod handling;
+mod health;
+mod isolation;
+mod janitor;
 pub mod local_store;
-pub mod mask;
+mod mask;
 pub mod metrics;
 pub mod output;
-pub mod presence;
-pub mod redis_link;
-pub mod rules;
-pub mod runner;
+mod presence;
+mod record;
+mod runner;
 pub mod service;
 pub mod store;
-pub mod transfer;
-pub mod trust;
+mod transfer;
+mod trust;
 pub mod workspace;
 
-pub use config::{AgentConfig, Protocol, StoreKind};
-pub use service::Agent;
-
-use contracts::submission::short;
+use crate::config::{AgentConfig, StoreKind};
+use crate::service::Agent;
+use contracts::time::short;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,10 +66,10 @@ pub enum RunError {
     Probes { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Trust(#[from] trust::TrustError),
-    /// A broker setting no retry mends (see [`broker::BrokerError::is_setting`]); the binary
+    /// A broker setting no retry mends (see [`broker_call::BrokerError::is_setting`]); the binary
     /// exits [`EXIT_SETTING`].
     #[error(transparent)]
-    Broker(#[from] broker::BrokerError),
+    Broker(#[from] broker_call::BrokerError),
     /// The ticket store's certificate is not trusted: a setting no retry mends; the binary exits
     /// [`EXIT_SETTING`].
     #[error("TLS handshake with the ticket store failed: {error}; {UNTRUSTED_HINT}")]
@@ -181,7 +180,7 @@ async fn drain(agent: &Agent, timeout: Duration) {
 }
 
 /// The task serving the broker (see [`broker::serve`]).
-pub type Serving = tokio::task::JoinHandle<Result<(), broker::BrokerError>>;
+pub type Serving = tokio::task::JoinHandle<Result<(), broker_call::BrokerError>>;
 
 /// Where the local ticket store lives in the work directory.
 pub const LOCAL_STORE_FILE: &str = "tickets.redb";
@@ -212,11 +211,11 @@ pub async fn connect_store(
         };
         match opened {
             Ok(store) => return Ok(Some(store)),
-            Err(error) if contracts::tls::untrusted_server(&error.to_string()) => {
+            Err(error) if edge::connect::tls::untrusted_server(&error.to_string()) => {
                 tracing::error!(agent = %config.agent_id, %error, "the ticket store's certificate is not trusted; stopping (a setting to fix, not an outage)");
                 return Err(RunError::StoreCertificate { error: error.to_string() });
             }
-            Err(error) => match contracts::tls::tls_hint(&error.to_string()) {
+            Err(error) => match edge::connect::tls::tls_hint(&error.to_string()) {
                 Some(hint) => {
                     tracing::error!(agent = %config.agent_id, %error, hint, retry_in = %short(delay), "TLS handshake with the ticket store failed; retrying")
                 }
@@ -255,7 +254,7 @@ async fn start_trusting(
     let owner = format!("{}/{}", config.agent_id, uuid::Uuid::new_v4());
     let Some(store) = connect_store(&config, &owner, &metrics, &shutdown).await? else { return Ok(None) };
     let epoch = loop {
-        match store.epoch(contracts::unix_millis(std::time::SystemTime::now())).await {
+        match store.epoch(contracts::time::unix_millis(std::time::SystemTime::now())).await {
             Ok(epoch) => break epoch,
             Err(error) => {
                 tracing::warn!(agent = %config.agent_id, %error, "cannot read the ticket store's epoch; retrying")
@@ -266,7 +265,10 @@ async fn start_trusting(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
-    let wait = rules::young_store_wait_ms(epoch.created_ms, contracts::unix_millis(std::time::SystemTime::now()));
+    let wait = contracts::agent::young_store_wait_ms(
+        epoch.created_ms,
+        contracts::time::unix_millis(std::time::SystemTime::now()),
+    );
     if wait > 0 {
         tracing::info!(agent = %config.agent_id, wait_ms = wait, "the ticket store's data is new: taking commands once the clock-skew allowance has passed, so that none is refused as possibly older than it");
         tokio::select! {
@@ -276,7 +278,7 @@ async fn start_trusting(
     }
     let agent = Agent::new(config, store, epoch, owner, metrics, trust);
     agent.listen_for_cancels();
-    match agent.recover_lost_runs().await {
+    match handling::recover_lost_runs(&agent).await {
         Ok(0) => {}
         Ok(lost) => {
             tracing::warn!(agent = %agent.config().agent_id, lost, "runs of an earlier agent process reported as unknown result")

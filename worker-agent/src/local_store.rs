@@ -4,11 +4,14 @@
 //! delivery is acked. Only this agent process uses the file, so a run's lease is simply "owned
 //! by this process": a run left by an earlier process is lost, and reported as unknown result.
 
-use crate::rules::{decode_record, TicketRecord};
-use crate::store::{Cancel, Claim, Epoch, LeaseRenewal, Release, StoreError, TicketKeys, TicketView};
+use crate::record::decode_record;
+use crate::store::StoreError;
+use contracts::store::record::TicketRecord;
 use contracts::store::MAX_LINES_PER_READ;
-use contracts::topology::MAX_STATUS_LOG_BYTES;
-use contracts::{unix_millis, LogLine};
+use contracts::store::{Cancel, Claim, Epoch, LeaseRenewal, Release, TicketKeys, TicketView};
+use contracts::time::unix_millis;
+use contracts::wire::status::LogLine;
+use contracts::wire::topology::MAX_STATUS_LOG_BYTES;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -371,7 +374,7 @@ fn drop_output(txn: &redb::WriteTransaction, ticket: &str) -> Result<(), StoreEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::RecordState;
+    use contracts::store::record::RecordState;
     use contracts::store::TicketStore as _;
 
     fn stored_records(store: &LocalStore) -> usize {

@@ -12,7 +12,7 @@
 //! A value of several lines is masked whole, and each of its lines on its own too, so that a
 //! script printing one line of a key does not show that line.
 
-use contracts::SECRET_MASK;
+use contracts::wire::messages::SECRET_MASK;
 use std::sync::Arc;
 
 /// The values to mask, longest first.

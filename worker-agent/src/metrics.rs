@@ -72,7 +72,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A request of `kind` was answered after `took`.
-    pub fn request(&self, kind: contracts::Kind, took: Duration) {
+    pub fn request(&self, kind: contracts::wire::messages::Kind, took: Duration) {
         let label = KindLabel { kind: kind.as_str() };
         self.requests.get_or_create(&label).inc();
         self.request_duration.get_or_create(&label).observe(took.as_secs_f64());

@@ -9,12 +9,14 @@
 //! A per-script cap (`--max-output`) bounds what the store holds: each line counts its text and
 //! [`STORED_LINE_OVERHEAD`] (see [`stored_cost`]), and output past the cap is read and discarded
 //! (so the script is not held up), and the log says so, first when it starts and at the end with
-//! what was discarded, in agent lines beginning with [`contracts::OUTPUT_TRUNCATED`].
+//! what was discarded, in agent lines beginning with [`contracts::wire::status::OUTPUT_TRUNCATED`].
 
 use crate::mask::Masker;
-use crate::store::{AgentStore, TicketKeys};
-use contracts::topology::MAX_LOG_LINE_BYTES;
-use contracts::{unix_millis, LogLine, LogStream, OUTPUT_TRUNCATED};
+use crate::store::AgentStore;
+use contracts::store::TicketKeys;
+use contracts::time::unix_millis;
+use contracts::wire::status::{LogLine, LogStream, OUTPUT_TRUNCATED};
+use contracts::wire::topology::MAX_LOG_LINE_BYTES;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,14 +1,14 @@
-//! The agent's announcements on the presence stream (see [`contracts::presence`]), each signed
+//! The agent's announcements on the presence stream (see [`contracts::wire::presence`]), each signed
 //! with the agent key as its answers are: one at start, one per heartbeat interval, and a last
 //! one saying it is leaving when it stops, so dispatchers see it within about a second of
 //! starting and drop it at once when it stops (or within its heartbeat window when it dies).
 
 use crate::broker_call::{call, BrokerError};
 use crate::service::Agent;
-use contracts::presence::*;
-use contracts::topology::amqp::presence_stream_arguments;
-use contracts::topology::CONTENT_TYPE;
 use contracts::trust::amqp::with_seal;
+use contracts::wire::presence::{Announcement, ANNOUNCEMENT_VERSION};
+use contracts::wire::topology::amqp::presence_stream_arguments;
+use contracts::wire::topology::{ANNOUNCEMENT_TYPE, CONTENT_TYPE, PRESENCE_STREAM};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Declares the presence stream (idempotent); only checks it, passively, for an `enrolled` agent.
-pub async fn declare_stream(channel: &Channel, enrolled: bool) -> Result<(), BrokerError> {
+pub(crate) async fn declare_stream(channel: &Channel, enrolled: bool) -> Result<(), BrokerError> {
     let options = QueueDeclareOptions { durable: true, passive: enrolled, ..Default::default() };
     let arguments = if enrolled { FieldTable::default() } else { presence_stream_arguments() };
     call("queue.declare", CALL_TIMEOUT, channel.queue_declare(PRESENCE_STREAM.into(), options, arguments)).await?;
@@ -27,7 +27,7 @@ pub async fn declare_stream(channel: &Channel, enrolled: bool) -> Result<(), Bro
 }
 
 /// What the agent says about itself now.
-pub fn announcement(agent: &Agent, leaving: bool) -> Announcement {
+pub(crate) fn announcement(agent: &Agent, leaving: bool) -> Announcement {
     let config = agent.config();
     Announcement {
         version: ANNOUNCEMENT_VERSION,
@@ -38,14 +38,14 @@ pub fn announcement(agent: &Agent, leaving: bool) -> Announcement {
         services: agent.services(),
         running_scripts: u32::try_from(agent.running()).unwrap_or(u32::MAX),
         interval_ms: config.announce_interval.as_millis() as u64,
-        at: contracts::unix_millis(SystemTime::now()),
+        at: contracts::time::unix_millis(SystemTime::now()),
         leaving,
     }
 }
 
 /// Publishes one announcement, signed with the agent key (no confirm: the next heartbeat
 /// repeats it anyway).
-pub async fn publish(agent: &Agent, channel: &Channel, leaving: bool) -> Result<(), BrokerError> {
+pub(crate) async fn publish(agent: &Agent, channel: &Channel, leaving: bool) -> Result<(), BrokerError> {
     let body = match announcement(agent, leaving).encode() {
         Ok(body) => body,
         Err(error) => {
@@ -66,7 +66,7 @@ pub async fn publish(agent: &Agent, channel: &Channel, leaving: bool) -> Result<
 
 /// The heartbeat of one broker connection: started once the agent consumes, stopped with a
 /// `leaving` announcement when it stops, or dropped (and stopped) when the connection is lost.
-pub struct Announcer {
+pub(crate) struct Announcer {
     channel: Channel,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -75,7 +75,7 @@ pub struct Announcer {
 impl Announcer {
     /// Declares the stream and starts announcing on a channel of its own. Presence is not worth
     /// refusing work for: if the stream cannot be used, the agent serves without announcing.
-    pub async fn start(agent: Arc<Agent>, connection: &Connection) -> Option<Announcer> {
+    pub(crate) async fn start(agent: Arc<Agent>, connection: &Connection) -> Option<Announcer> {
         let id = agent.config().agent_id.clone();
         let channel = match call("channel.open", CALL_TIMEOUT, connection.create_channel()).await {
             Ok(channel) => channel,
@@ -111,7 +111,7 @@ impl Announcer {
     }
 
     /// Stops the heartbeat and says the agent is leaving, so it drops out at once.
-    pub async fn leave(mut self, agent: &Agent) {
+    pub(crate) async fn leave(mut self, agent: &Agent) {
         self.stop.cancel();
         let _ = (&mut self.task).await;
         if let Err(error) = publish(agent, &self.channel, true).await {

@@ -5,11 +5,14 @@
 use crate::isolation::{IsolationGuard, Mutexes};
 use crate::metrics::Metrics;
 use crate::output::{self, LogSender, Progress};
-use crate::rules::{RecordState, TicketRecord};
-use crate::store::{AgentStore, Release, TicketKeys};
+use crate::store::AgentStore;
 use crate::workspace;
-use contracts::submission::short;
-use contracts::{exit_code, LogStream, ScriptSpec};
+use contracts::store::record::{RecordState, TicketRecord};
+use contracts::store::{Release, TicketKeys};
+use contracts::time::short;
+use contracts::wire::exit_code;
+use contracts::wire::messages::ScriptSpec;
+use contracts::wire::status::LogStream;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -32,7 +35,7 @@ const INLINE_SCRIPT_BYTES: usize = 64 * 1024;
 const SCRIPT_FILE: &str = "script.sh";
 
 /// Everything one run needs.
-pub struct Run {
+pub(crate) struct Run {
     pub store: AgentStore,
     pub keys: TicketKeys,
     /// The record as claimed, and its exact stored value (for compare-and-set).
@@ -61,7 +64,7 @@ enum Interrupted {
 impl Run {
     /// Runs the script to its end and records the outcome, which it gives back. Never fails:
     /// every failure becomes an exit code in the record and a line in the log.
-    pub async fn execute(mut self) -> i32 {
+    pub(crate) async fn execute(mut self) -> i32 {
         let ticket = self.keys.ticket.clone();
         let masker = crate::mask::Masker::new(self.spec.secret_env.iter().map(|(_, value)| value));
         let (log, writer) = output::spawn_writer(

@@ -1,20 +1,23 @@
 //! The agent process: its configuration, store, keys and running scripts. What it does with
 //! each delivery is contracts' flow ([`contracts::agent::flow`]), run with the agent as its
-//! environment ([`crate::handling`]); this holds what that environment needs: the scripts of this
+//! environment (`crate::handling`, which uses this module); this holds what that environment needs: the scripts of this
 //! process (launched, cancelled, their progress awaited), the places for them, and the store.
 
 use crate::config::{AgentConfig, Protocol};
-use crate::handling::Handling;
 use crate::isolation::Mutexes;
 use crate::metrics::Metrics;
 use crate::output::Progress;
-use crate::rules::TicketRecord;
 use crate::runner::Run;
-use crate::store::{AgentStore, Epoch, StoreError, TicketKeys};
+use crate::store::AgentStore;
 use crate::trust::AgentTrust;
 use crate::workspace;
-use contracts::agent::flow::{self, Memory, Settings};
-use contracts::*;
+use contracts::agent::flow::environment::{Memory, Settings};
+use contracts::store::record::TicketRecord;
+use contracts::store::{Epoch, TicketKeys};
+use contracts::wire::messages::{
+    ScriptSpec, SERVICE_CAPABILITIES, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING,
+};
+use contracts::wire::transfer;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,8 +76,8 @@ fn services(signs: bool, transfers: bool) -> Vec<String> {
         SERVICE_SECRET_MASKING.into(),
     ];
     if signs {
-        services.push(contracts::SERVICE_SEALED_SECRETS.into());
-        services.push(contracts::SERVICE_ANSWER_BINDING.into());
+        services.push(contracts::wire::messages::SERVICE_SEALED_SECRETS.into());
+        services.push(contracts::wire::messages::SERVICE_ANSWER_BINDING.into());
     }
     if transfers {
         services.push(transfer::SERVICE_FILE_TRANSFER.into());
@@ -217,12 +220,6 @@ impl Agent {
     /// What the flow remembers between requests.
     pub fn memory(&self) -> &Memory {
         &self.memory
-    }
-
-    /// Marks the runs of an earlier process with this agent id as lost: they can never be
-    /// finished or restarted, so they report unknown result at once instead of after the lease.
-    pub async fn recover_lost_runs(self: &Arc<Self>) -> Result<usize, StoreError> {
-        flow::recover_lost_runs(&mut Handling::new(self, None)).await
     }
 
     /// Runs the script of the ticket claimed as `record` in `slot`, as a task of this process.

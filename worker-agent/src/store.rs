@@ -3,15 +3,16 @@
 //! win. Beside it: the owner's lease (a key with a TTL the owner keeps renewing), the log list,
 //! a cancel flag, and the set of tickets each agent id is running (for recovery after a crash).
 
-use crate::redis_link::{RedisLink, RedisTarget, WaitLink};
-use crate::rules::{decode_record, TicketRecord};
+use crate::record::decode_record;
 use contracts::metrics::StoreOps;
+use contracts::store::record::TicketRecord;
 use contracts::store::MAX_LINES_PER_READ;
-pub use contracts::store::{
+use contracts::store::{
     Cancel, Claim, ClaimReplication, Epoch, LeaseRenewal, Release, TicketKeys, TicketStore, TicketView,
 };
-use contracts::topology::MAX_STATUS_LOG_BYTES;
-use contracts::LogLine;
+use contracts::wire::status::LogLine;
+use contracts::wire::topology::MAX_STATUS_LOG_BYTES;
+use edge::connect::store::{RedisLink, RedisTarget, WaitLink};
 use redis::AsyncCommands;
 use std::sync::Arc;
 use std::time::Duration;
@@ -448,7 +449,7 @@ impl<S: TicketStore> TicketStore for Observed<S> {
     }
 
     async fn epoch(&self, now_ms: u64) -> Result<Epoch, S::Error> {
-        self.ops.observe("epoch", self.store.epoch(now_ms)).await
+        edge::clock::observe(&self.ops, "epoch", self.store.epoch(now_ms)).await
     }
 
     async fn claim(
@@ -459,7 +460,7 @@ impl<S: TicketStore> TicketStore for Observed<S> {
         lease_ttl: Duration,
         epoch: &Epoch,
     ) -> Result<Claim, S::Error> {
-        self.ops.observe("claim", self.store.claim(keys, record, record_ttl, lease_ttl, epoch)).await
+        edge::clock::observe(&self.ops, "claim", self.store.claim(keys, record, record_ttl, lease_ttl, epoch)).await
     }
 
     async fn confirm_claim(
@@ -472,7 +473,7 @@ impl<S: TicketStore> TicketStore for Observed<S> {
         timeout: Duration,
     ) -> Result<ClaimReplication, S::Error> {
         let confirm = self.store.confirm_claim(keys, raw, owner, lease_ttl, replicas, timeout);
-        self.ops.observe("confirm_claim", confirm).await
+        edge::clock::observe(&self.ops, "confirm_claim", confirm).await
     }
 
     async fn confirm_record(
@@ -482,7 +483,7 @@ impl<S: TicketStore> TicketStore for Observed<S> {
         replicas: u32,
         timeout: Duration,
     ) -> Result<ClaimReplication, S::Error> {
-        self.ops.observe("confirm_record", self.store.confirm_record(keys, raw, replicas, timeout)).await
+        edge::clock::observe(&self.ops, "confirm_record", self.store.confirm_record(keys, raw, replicas, timeout)).await
     }
 
     async fn cancel(
@@ -492,7 +493,7 @@ impl<S: TicketStore> TicketStore for Observed<S> {
         record_ttl: Duration,
         flag_ttl: Duration,
     ) -> Result<Cancel, S::Error> {
-        self.ops.observe("cancel", self.store.cancel(keys, tombstone, record_ttl, flag_ttl)).await
+        edge::clock::observe(&self.ops, "cancel", self.store.cancel(keys, tombstone, record_ttl, flag_ttl)).await
     }
 
     async fn compare_and_set(
@@ -503,40 +504,45 @@ impl<S: TicketStore> TicketStore for Observed<S> {
         ttl: Option<Duration>,
         release: Release,
     ) -> Result<bool, S::Error> {
-        self.ops.observe("compare_and_set", self.store.compare_and_set(keys, expected, new, ttl, release)).await
+        edge::clock::observe(
+            &self.ops,
+            "compare_and_set",
+            self.store.compare_and_set(keys, expected, new, ttl, release),
+        )
+        .await
     }
 
     async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, S::Error> {
-        self.ops.observe("read", self.store.read(keys, after_seq)).await
+        edge::clock::observe(&self.ops, "read", self.store.read(keys, after_seq)).await
     }
 
     async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], ttl: Duration) -> Result<(), S::Error> {
-        self.ops.observe("append_logs", self.store.append_logs(keys, lines, ttl)).await
+        edge::clock::observe(&self.ops, "append_logs", self.store.append_logs(keys, lines, ttl)).await
     }
 
     async fn renew_lease(&self, keys: &TicketKeys, owner: &str, ttl: Duration) -> Result<LeaseRenewal, S::Error> {
-        self.ops.observe("renew_lease", self.store.renew_lease(keys, owner, ttl)).await
+        edge::clock::observe(&self.ops, "renew_lease", self.store.renew_lease(keys, owner, ttl)).await
     }
 
     async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, S::Error> {
-        self.ops.observe("running_tickets", self.store.running_tickets(agent_id)).await
+        edge::clock::observe(&self.ops, "running_tickets", self.store.running_tickets(agent_id)).await
     }
 
     async fn forget_running(&self, agent_id: &str, ticket_key: &str) -> Result<(), S::Error> {
-        self.ops.observe("forget_running", self.store.forget_running(agent_id, ticket_key)).await
+        edge::clock::observe(&self.ops, "forget_running", self.store.forget_running(agent_id, ticket_key)).await
     }
 
     async fn ping(&self) -> Result<(), S::Error> {
-        self.ops.observe("ping", self.store.ping()).await
+        edge::clock::observe(&self.ops, "ping", self.store.ping()).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use contracts::agent::{cancel_tombstone, claim_record};
     use contracts::metrics::Families;
-    use contracts::store::MemoryStore;
+    use contracts::store::memory::MemoryStore;
+    use contracts::store::record::{cancel_tombstone, claim_record};
 
     #[tokio::test]
     async fn every_store_operation_is_timed_under_its_name_whatever_the_backend() {

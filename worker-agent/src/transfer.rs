@@ -1,17 +1,17 @@
-//! The agent's side of file transfer (see [`contracts::transfer`]): files are read and written
+//! The agent's side of file transfer (see [`contracts::wire::transfer`]): files are read and written
 //! only below the transfer roots (`--transfer-root`), never through a symbolic link out of them.
 //!
 //! A path is resolved by [`resolve`]: relative paths are taken from the first root; `..` is
 //! refused; the directory that holds the file is canonicalized (every link in it resolved) and
 //! must lie below a canonical root; the file itself is opened with `O_NOFOLLOW`, so a link there
 //! is refused rather than followed. An upload goes to a hidden partial file beside its
-//! destination ([`contracts::transfer::partial_name`]), is checked against its SHA-256 once
+//! destination ([`contracts::wire::transfer::partial_name`]), is checked against its SHA-256 once
 //! whole, and is renamed into place only then; a destination that is a link is refused (checked
 //! at each chunk and again just before the rename, which replaces a name and never writes
 //! through a link, so a link made in between is replaced, not followed).
 
-use contracts::transfer::{partial_name, DownloadChunk, FileChunk, TransferStatus, UploadChunk, WINDOW};
-use contracts::{ErrorKind, ErrorReply};
+use contracts::wire::error::{ErrorKind, ErrorReply};
+use contracts::wire::transfer::{partial_name, DownloadChunk, FileChunk, TransferStatus, UploadChunk, WINDOW};
 use sha2::Digest;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 const IDLE_UPLOAD: Duration = Duration::from_secs(600);
 
 /// Transfers below some roots, one request per file at a time.
-pub struct Transfers {
+pub(crate) struct Transfers {
     roots: Vec<PathBuf>,
     /// Uploads in progress by partial file: a lock, so a repeated chunk served at once with its
     /// original cannot interleave writes with it, and the chunks that arrived ahead.
@@ -107,11 +107,11 @@ fn failed(what: &str, path: &Path, error: std::io::Error) -> ErrorReply {
 /// Where `path` is, below one of `roots` (canonical): the canonical directory that holds it
 /// joined with its file name. The file itself is not resolved (it may not exist yet, and is
 /// opened without following a link).
-pub fn resolve(roots: &[PathBuf], path: &str) -> Result<PathBuf, ErrorReply> {
+pub(crate) fn resolve(roots: &[PathBuf], path: &str) -> Result<PathBuf, ErrorReply> {
     let Some(first) = roots.first() else {
         return Err(refused("this agent has no --transfer-root: file transfer is refused"));
     };
-    contracts::transfer::check_path(path).map_err(refused)?;
+    contracts::wire::transfer::check_path(path).map_err(refused)?;
     let given = Path::new(path);
     let full = if given.is_absolute() { given.to_path_buf() } else { first.join(given) };
     let name = full.file_name().ok_or_else(|| refused(format!("{path:?} names no file")))?;
@@ -159,11 +159,11 @@ fn sha256_of(file: &mut File) -> std::io::Result<String> {
 
 impl Transfers {
     /// Transfers below `roots` (canonicalized by the caller); none refuses every transfer.
-    pub fn new(roots: Vec<PathBuf>) -> Self {
+    pub(crate) fn new(roots: Vec<PathBuf>) -> Self {
         Transfers { roots, uploads: Mutex::default() }
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.roots.is_empty()
     }
 
@@ -192,7 +192,7 @@ impl Transfers {
 
     /// Writes a chunk (or keeps it until the bytes before it are there) and says how far the
     /// upload is.
-    pub async fn upload(&self, chunk: UploadChunk) -> Result<TransferStatus, ErrorReply> {
+    pub(crate) async fn upload(&self, chunk: UploadChunk) -> Result<TransferStatus, ErrorReply> {
         let destination = resolve(&self.roots, &chunk.path)?;
         let name = destination.file_name().expect("resolved paths name a file").to_string_lossy();
         let partial = destination.with_file_name(partial_name(&name, chunk.size, &chunk.sha256));
@@ -214,7 +214,7 @@ impl Transfers {
     }
 
     /// Reads a chunk (and the file's SHA-256 when asked).
-    pub async fn download(&self, request: DownloadChunk) -> Result<FileChunk, ErrorReply> {
+    pub(crate) async fn download(&self, request: DownloadChunk) -> Result<FileChunk, ErrorReply> {
         let path = resolve(&self.roots, &request.path)?;
         let result = tokio::task::spawn_blocking(move || read_chunk(&path, &request)).await;
         result.unwrap_or_else(|e| Err(ErrorReply::new(ErrorKind::Internal, format!("download task failed: {e}"))))

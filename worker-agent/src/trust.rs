@@ -1,19 +1,21 @@
 //! The agent's side of trust (ARCHITECTURE.md, Trust): its own key, which signs every answer and presence
 //! announcement, the dispatcher keys it trusts, which every command must be signed by, and the
 //! sessions dispatchers agreed with it, in which commands and answers carry a MAC instead
-//! ([`contracts::session`]). The keys and sessions, and the checks with them, are contracts'
+//! ([`contracts::trust::session`]). The keys and sessions, and the checks with them, are contracts'
 //! [`AgentKeys`], which the agent's flow uses; this loads the keys from their files and reloads
 //! the trusted ones (on SIGHUP).
 
 use crate::config::{AgentConfig, Protocol};
 use contracts::agent::keys::AgentKeys;
-use contracts::session::{Session, SystemEntropy};
-use contracts::trust::{KeyError, Seal, SecretKey, TrustedKeys};
+use contracts::trust::files::TrustedKeys;
+use contracts::trust::seal::Seal;
+use contracts::trust::session::Session;
+use edge::keys::KeyError;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Where the agent keeps its key unless told otherwise.
-pub const DEFAULT_KEY_FILE: &str = "agent.key";
+pub(crate) const DEFAULT_KEY_FILE: &str = "agent.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
@@ -45,7 +47,7 @@ impl AgentTrust {
     /// to go on with no trusted key unless unsigned commands are allowed.
     pub fn load(config: &AgentConfig) -> Result<AgentTrust, TrustError> {
         let trusted = match &config.trusted_keys_file {
-            Some(path) => TrustedKeys::load(path).map_err(TrustError::Trusted)?,
+            Some(path) => edge::keys::load_trusted(path).map_err(TrustError::Trusted)?,
             None if config.insecure_allow_unsigned => TrustedKeys::default(),
             None => return Err(TrustError::NoTrustedKeys),
         };
@@ -58,7 +60,7 @@ impl AgentTrust {
             Protocol::V1 => None,
             Protocol::V2 => {
                 let path = config.key_file.clone().unwrap_or_else(|| config.work_dir.join(DEFAULT_KEY_FILE));
-                let (key, created) = SecretKey::load_or_create(&path).map_err(TrustError::Key)?;
+                let (key, created) = edge::keys::load_or_create_secret(&path).map_err(TrustError::Key)?;
                 let pin = format!("{} {}", config.agent_id, key.public());
                 if created {
                     tracing::info!(agent = %config.agent_id, path = %path.display(), key_id = %key.id(), "created the agent key; pin it on each dispatcher (known-agents file): {pin}");
@@ -74,7 +76,7 @@ impl AgentTrust {
         let ids: Vec<String> = trusted.ids().map(|id| id.to_string()).collect();
         tracing::info!(agent = %config.agent_id, trusted_keys = ?ids, "trusting commands signed by these dispatcher keys");
         // Sessions' secrets from the operating system's random source.
-        let keys = AgentKeys::new(key, trusted, config.insecure_allow_unsigned, Box::new(SystemEntropy));
+        let keys = AgentKeys::new(key, trusted, config.insecure_allow_unsigned, Box::new(edge::entropy::OsEntropy));
         Ok(AgentTrust { keys, trusted_file: config.trusted_keys_file.clone() })
     }
 
@@ -82,7 +84,7 @@ impl AgentTrust {
     /// revoked from the next command on. A file that does not parse leaves the keys as they were.
     pub fn reload(&self) -> Result<usize, KeyError> {
         let Some(path) = &self.trusted_file else { return Ok(0) };
-        let trusted = TrustedKeys::load(path)?;
+        let trusted = edge::keys::load_trusted(path)?;
         let count = trusted.len();
         self.keys.replace_trusted(trusted);
         Ok(count)
@@ -112,7 +114,7 @@ impl AgentTrust {
 }
 
 /// Reloads the trusted keys on every SIGHUP, for as long as the agent runs.
-pub async fn reload_on_sighup(trust: Arc<AgentTrust>, agent_id: String) {
+pub(crate) async fn reload_on_sighup(trust: Arc<AgentTrust>, agent_id: String) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         tracing::warn!(agent = %agent_id, "cannot listen for SIGHUP; trusted keys reload only with a restart");
@@ -131,7 +133,7 @@ pub async fn reload_on_sighup(trust: Arc<AgentTrust>, agent_id: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use contracts::trust::{Origin, Refusal};
+    use contracts::trust::verify::{Origin, Refusal};
 
     fn config(dir: &std::path::Path) -> AgentConfig {
         let mut config = AgentConfig::new("web-01");
@@ -160,7 +162,7 @@ mod tests {
     fn reloading_revokes_removed_keys_and_keeps_the_old_ones_on_a_bad_file() {
         let dir = std::env::temp_dir().join(format!("cuttle-agent-trust-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let dispatcher = SecretKey::create(&dir.join("d.key")).unwrap();
+        let dispatcher = edge::keys::create_secret(&dir.join("d.key")).unwrap();
         let file = dir.join("trusted");
         std::fs::write(&file, format!("{} ci\n", dispatcher.public())).unwrap();
         let mut config = config(&dir);

@@ -1,14 +1,23 @@
 //! The agent's side of trust (ARCHITECTURE.md, Trust) as the flow uses it: its own key, which seals every
 //! answer and opens the secrets sealed to it, the dispatcher keys it trusts, which every command
 //! must be signed by, and the sessions dispatchers agreed with it, in which commands and answers
-//! carry a MAC instead ([`crate::session`]). The decisions are [`crate::trust`]'s and
-//! [`crate::session`]'s plain functions; this holds the keys and sessions. Loading the keys from
+//! carry a MAC instead ([`crate::trust::session`]). The decisions are [`crate::trust::verify`]'s and
+//! [`crate::trust::session`]'s plain functions; this holds the keys and sessions. Loading the keys from
 //! files and reloading the trusted ones are the agent's (`worker-agent`'s `trust` module).
 
-use crate::sealed;
-use crate::session::{self, Declined, Entropy, KeyShare, Session, SessionId, SessionTable};
-use crate::trust::{self, Identity, KeyId, Origin, Refusal, Seal, SecretKey, TrustedKeys};
-use crate::{Envelope, ErrorKind, ErrorReply, StartScriptV2};
+use crate::entropy::Entropy;
+use crate::trust::files::TrustedKeys;
+use crate::trust::keys::{KeyId, SecretKey};
+use crate::trust::seal::Seal;
+use crate::trust::seal::SessionId;
+use crate::trust::sealed;
+use crate::trust::session::Session;
+use crate::trust::sessions::{offered, Declined, SessionTable};
+use crate::trust::verify::{check_command_header, check_command_seal, Identity, Origin, Refusal};
+use crate::wire::envelope::Envelope;
+use crate::wire::envelope::KeyShare;
+use crate::wire::error::{ErrorKind, ErrorReply};
+use crate::wire::messages::StartScriptV2;
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -85,11 +94,11 @@ impl AgentKeys {
             }
             _ => None,
         };
-        let origin = trust::check_command_seal(&trusted, self.allow_unsigned, seal, body, session.as_ref())?;
+        let origin = check_command_seal(&trusted, self.allow_unsigned, seal, body, session.as_ref())?;
         Ok((origin, session))
     }
 
-    /// [`trust::check_command_header`] for a signed (or MAC'd) command.
+    /// [`check_command_header`] for a signed (or MAC'd) command.
     pub fn check_header(
         &self,
         origin: Origin,
@@ -98,7 +107,7 @@ impl AgentKeys {
         now_ms: u64,
     ) -> Result<(), Refusal> {
         match origin {
-            Origin::Key(_) | Origin::Session { .. } => trust::check_command_header(header, me, now_ms),
+            Origin::Key(_) | Origin::Session { .. } => check_command_header(header, me, now_ms),
             Origin::Unsigned => Ok(()),
         }
     }
@@ -115,7 +124,7 @@ impl AgentKeys {
         now_ms: u64,
     ) -> Acceptance {
         let Some(key) = self.key.as_ref() else { return Acceptance::NotOffered };
-        let Some(offer) = session::offered(origin, header, body, me) else { return Acceptance::NotOffered };
+        let Some(offer) = offered(origin, header, body, me) else { return Acceptance::NotOffered };
         let dispatcher = offer.dispatcher;
         let mut sessions = self.sessions.lock().expect("sessions poisoned");
         let Sessions { table, entropy } = &mut *sessions;

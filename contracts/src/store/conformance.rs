@@ -1,12 +1,12 @@
 //! The conformance suite of [`TicketStore`]: the atomicity contract of [`crate::store`] as
-//! checks any backend must pass. Run against [`super::MemoryStore`] (unit tests), and against
+//! checks any backend must pass. Run against [`super::memory::MemoryStore`] (unit tests), and against
 //! Redis and the agent's redb store (`tests/tests/store_conformance.rs`). It panics, like a
 //! test, on the first broken rule.
 
+use super::record::{cancel_tombstone, claim_record, TicketRecord};
 use super::{Cancel, Claim, ClaimReplication, Release, TicketStore};
-use crate::agent::{cancel_tombstone, claim_record};
-use crate::record::TicketRecord;
-use crate::{LogLine, LogStream};
+use crate::wire::exit_code;
+use crate::wire::status::{LogLine, LogStream};
 use std::time::Duration;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -123,7 +123,7 @@ pub async fn check_all<S: TicketStore>(store: &S, prefix: &str, owner: &str, age
     assert_eq!(seqs(store.read(&keys, 6).await.unwrap()), (vec![], 6));
     assert_eq!(seqs(store.read(&keys, 9).await.unwrap()), (vec![], 6));
     let raw = record("d4").encode();
-    let lost = record("d4").completed(crate::exit_code::UNKNOWN_RESULT);
+    let lost = record("d4").completed(exit_code::UNKNOWN_RESULT);
     assert!(store.compare_and_set(&keys, &raw, &lost, None, Release::Lease).await.unwrap());
     assert_eq!(store.read(&keys, 6).await.unwrap().lines_written, None);
 

@@ -7,12 +7,12 @@ use crate::budget::Share;
 use crate::negotiate::ProtocolMode;
 use crate::plan::{self, PolicyChoice, Targets};
 use crate::policy::{Overrides, PolicyConfig, PolicyError, Purpose};
-use crate::retry::RetryPolicy;
 use crate::route::Route;
 use crate::service::site::{Authority, PublicUrl};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use contracts::labels::Selector;
-use contracts::Ticket;
+use contracts::submission::retry::RetryPolicy;
+use contracts::wire::labels::Selector;
+use contracts::wire::ticket::Ticket;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,10 +40,10 @@ With --json the last line is a `result` event that says which of these happened.
 
 #[derive(Parser, Debug)]
 #[command(name = "dispatcher", version, about = "Cuttle dispatcher: run scripts on remote agents through RabbitMQ, exactly once, over bad networks", after_help = EXIT_CODES_HELP)]
-pub struct Cli {
+pub(super) struct Cli {
     /// RabbitMQ URL; for a cluster, the URL of each node, separated by commas: the dispatcher
     /// starts at a random one and moves to the next when it loses the one in use.
-    #[arg(long, global = true, env = "CUTTLE_AMQP_URL", default_value = crate::DEFAULT_AMQP_URL, hide_env_values = true, value_parser = contracts::AmqpEndpoints::check_list)]
+    #[arg(long, global = true, env = "CUTTLE_AMQP_URL", default_value = crate::DEFAULT_AMQP_URL, hide_env_values = true, value_parser = contracts::wire::endpoints::AmqpEndpoints::check_list)]
     pub amqp_url: String,
     /// CA certificate(s) (PEM) that signed the broker's certificate, trusted besides the
     /// system's roots, for `amqps://` URLs.
@@ -98,7 +98,7 @@ pub struct Cli {
 
 impl Command {
     /// Whether the command sends requests to agents, and so signs them.
-    pub fn sends_requests(&self) -> bool {
+    pub(super) fn sends_requests(&self) -> bool {
         match self {
             Command::Submit(args) => !args.detach,
             Command::Status(args) => !args.reads_journal(),
@@ -122,7 +122,7 @@ impl Command {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(super) enum Command {
     /// Run a script on an agent and stream its output; exits with the script's exit code.
     #[command(after_help = EXIT_CODES_HELP)]
     Submit(Box<SubmitArgs>),
@@ -178,21 +178,21 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
-pub struct CompletionsArgs {
+pub(crate) struct CompletionsArgs {
     /// The shell to complete in.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug)]
-pub struct KeygenArgs {
+pub(super) struct KeygenArgs {
     /// Where to write the secret key.
     #[arg(long)]
     pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]
-pub struct TransferTarget {
+pub(super) struct TransferTarget {
     #[command(flatten)]
     pub target: TargetArgs,
     #[command(flatten)]
@@ -200,7 +200,7 @@ pub struct TransferTarget {
 }
 
 #[derive(Args, Debug)]
-pub struct UploadArgs {
+pub(super) struct UploadArgs {
     /// The local file.
     pub local: PathBuf,
     /// Where it goes on the agent: absolute, or relative to its first transfer root.
@@ -210,7 +210,7 @@ pub struct UploadArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct DownloadArgs {
+pub(super) struct DownloadArgs {
     /// The file on the agent: absolute, or relative to its first transfer root.
     pub remote: String,
     /// Where it goes locally.
@@ -221,7 +221,7 @@ pub struct DownloadArgs {
 
 #[derive(Args, Debug, Clone)]
 #[group(multiple = false)]
-pub struct TargetArgs {
+pub(super) struct TargetArgs {
     /// Agent to run on (`submit` takes several: `--target a --target b`).
     #[arg(long)]
     pub target: Vec<String>,
@@ -232,7 +232,7 @@ pub struct TargetArgs {
 
 impl TargetArgs {
     /// The one target of commands that take one.
-    pub fn route(&self) -> Result<Route, String> {
+    pub(super) fn route(&self) -> Result<Route, String> {
         match (self.target.as_slice(), &self.pool) {
             ([agent], _) => Route::agent(agent),
             ([], Some(pool)) => Route::pool(pool),
@@ -242,7 +242,7 @@ impl TargetArgs {
     }
 
     /// Every target given (`submit` fans out over several).
-    pub fn routes(&self) -> Result<Vec<Route>, String> {
+    pub(super) fn routes(&self) -> Result<Vec<Route>, String> {
         let targets = match &self.pool {
             Some(pool) => Targets::Pool(pool.clone()),
             None if self.target.is_empty() => return Err("give --target or --pool".into()),
@@ -253,7 +253,7 @@ impl TargetArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct RetryArgs {
+pub(super) struct RetryArgs {
     /// Machine policies file (TOML): retry durations per purpose, targets and pools mapped to
     /// policies. Without one, every target gets the built-in `default` (2m30s, retries on).
     #[arg(long, env = "CUTTLE_CONFIG")]
@@ -275,36 +275,36 @@ pub struct RetryArgs {
 
 impl RetryArgs {
     /// The policies file, read once per command (the built-in `default` without one).
-    pub fn config(&self) -> Result<PolicyConfig, PolicyError> {
+    pub(super) fn config(&self) -> Result<PolicyConfig, PolicyError> {
         plan::load_policies(self.config.as_deref())
     }
 
     /// The policy and overrides these flags ask for.
-    pub fn choice(&self) -> PolicyChoice {
+    pub(super) fn choice(&self) -> PolicyChoice {
         let overrides = Overrides { retry_duration: self.retry_duration, no_retries: self.no_retries };
         PolicyChoice { policy: self.policy.clone(), purpose: self.purpose, overrides }
     }
 
     /// The retry policy for `route` and this command's purpose (`--purpose`, else the default).
-    pub fn policy(&self, route: &Route, default_purpose: Purpose) -> Result<RetryPolicy, PolicyError> {
+    pub(super) fn policy(&self, route: &Route, default_purpose: Purpose) -> Result<RetryPolicy, PolicyError> {
         self.choice().retry(&self.config()?, route, default_purpose)
     }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ShellArg {
+pub(super) enum ShellArg {
     Sh,
     Bash,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum IsolationArg {
+pub(super) enum IsolationArg {
     None,
     Full,
 }
 
 #[derive(Args, Debug)]
-pub struct SubmitArgs {
+pub(super) struct SubmitArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Script file to run.
@@ -383,7 +383,7 @@ fn parse_share(raw: &str) -> Result<Share, String> {
 
 /// `--file LOCAL[:NAME]`.
 #[derive(Clone, Debug)]
-pub struct FileArg {
+pub(super) struct FileArg {
     pub local: PathBuf,
     pub name: String,
 }
@@ -405,14 +405,14 @@ fn parse_file_arg(raw: &str) -> Result<FileArg, String> {
 
 /// `--secret-env NAME=VALUE`; `Debug` shows the name only.
 #[derive(Clone)]
-pub struct SecretArg {
+pub(super) struct SecretArg {
     pub name: String,
     pub value: String,
 }
 
 impl std::fmt::Debug for SecretArg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}={}", self.name, contracts::SECRET_MASK)
+        write!(f, "{}={}", self.name, contracts::wire::messages::SECRET_MASK)
     }
 }
 
@@ -431,7 +431,7 @@ fn parse_env(raw: &str) -> Result<(String, String), String> {
 }
 
 #[derive(Args, Debug)]
-pub struct TicketArgs {
+pub(super) struct TicketArgs {
     /// The ticket printed by `submit`.
     pub ticket: Ticket,
     #[command(flatten)]
@@ -444,7 +444,7 @@ pub struct TicketArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct StatusArgs {
+pub(super) struct StatusArgs {
     #[command(flatten)]
     pub ticket: TicketArgs,
     /// Keep following the output until the script ends; exit with its exit code. Ctrl-C leaves
@@ -455,13 +455,13 @@ pub struct StatusArgs {
 
 impl StatusArgs {
     /// Without --target or --pool, `status` reads the journal (see `commands::status`).
-    pub fn reads_journal(&self) -> bool {
+    pub(super) fn reads_journal(&self) -> bool {
         self.ticket.target.target.is_empty() && self.ticket.target.pool.is_none()
     }
 }
 
 #[derive(Args, Debug)]
-pub struct CapabilitiesArgs {
+pub(super) struct CapabilitiesArgs {
     /// Agent id.
     pub agent: String,
     #[command(flatten)]
@@ -475,7 +475,7 @@ pub struct CapabilitiesArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct HealthArgs {
+pub(super) struct HealthArgs {
     /// Agent ids.
     #[arg(required = true)]
     pub agents: Vec<String>,
@@ -490,7 +490,7 @@ pub struct HealthArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub(super) struct BenchArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Scripts to run.
@@ -507,7 +507,7 @@ pub struct BenchArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct ServeArgs {
+pub(super) struct ServeArgs {
     /// Address to listen on. Without --api-tokens only a loopback address is accepted.
     #[arg(long, env = "CUTTLE_LISTEN", default_value = "127.0.0.1:7480")]
     pub listen: SocketAddr,
@@ -543,7 +543,7 @@ pub struct ServeArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct HistoryArgs {
+pub(super) struct HistoryArgs {
     /// Only tickets of this agent or pool.
     #[arg(long)]
     pub target: Option<String>,
@@ -562,7 +562,7 @@ pub struct HistoryArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct AgentsArgs {
+pub(super) struct AgentsArgs {
     /// Only agents matching all of these comma-separated terms: `key=value` (label equals),
     /// `key!=value` (label differs or is absent); `id` and `pool` match the agent's id and pool.
     #[arg(long, value_parser = parse_selector)]
@@ -572,12 +572,12 @@ pub struct AgentsArgs {
     pub json: bool,
 }
 
-pub fn parse_selector(raw: &str) -> Result<Selector, String> {
+pub(super) fn parse_selector(raw: &str) -> Result<Selector, String> {
     Selector::parse(raw).map_err(|e| e.to_string())
 }
 
 #[derive(Args, Debug)]
-pub struct SetupBrokerArgs {
+pub(super) struct SetupBrokerArgs {
     /// Messages `cuttle.dead` keeps at most; the oldest go first.
     #[arg(long, default_value_t = 100_000)]
     pub dead_max_length: u32,
@@ -587,7 +587,7 @@ pub struct SetupBrokerArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct EnrolAgentArgs {
+pub(super) struct EnrolAgentArgs {
     /// The agent's id.
     pub agent_id: String,
     /// The pool the agent serves as well (its queues are declared and its permissions include them).
@@ -599,7 +599,7 @@ pub struct EnrolAgentArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct EnrolPoolArgs {
+pub(super) struct EnrolPoolArgs {
     /// The pool's name.
     pub pool: String,
     /// The broker user all the pool's workers share, for the printed command [default:

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 /// Sets up the log for the process, once, before anything logs.
-pub fn init() {
+pub(super) fn init() {
     let colours = std::io::stderr().is_terminal();
     match tracing_subscriber::EnvFilter::try_from_default_env() {
         // Asked for: full log lines, the libraries' (lapin, redis...) too if the filter says so.

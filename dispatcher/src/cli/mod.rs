@@ -13,12 +13,13 @@ mod commands;
 mod log;
 mod signals;
 
-use crate::orchestrator::{Orchestrator, Timing};
+use crate::orchestrator::Orchestrator;
 use crate::rpc::{RpcClient, RpcConfig};
 use crate::trust::{DispatcherTrust, TrustFiles};
 use args::{Cli, Command};
 use clap::Parser;
 use commands::journal::JournalOptions;
+use contracts::submission::retry::Timing;
 use output::printer::usage_error;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ async fn run(cli: Cli) -> ExitCode {
             Err(error) => return usage_error(error),
         },
     };
-    let tls_files = contracts::tls::TlsFiles {
+    let tls_files = edge::connect::tls::TlsFiles {
         ca_file: cli.amqp_ca_file.clone(),
         client_cert: cli.amqp_client_cert.clone(),
         client_key: cli.amqp_client_key.clone(),

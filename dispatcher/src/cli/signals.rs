@@ -1,11 +1,11 @@
 //! Ctrl-C while a command waits: once stops the script (or leaves `status --follow`), twice
 //! leaves at once.
 
-use crate::outcome::exit;
+use contracts::submission::outcome::exit;
 use tokio_util::sync::CancellationToken;
 
 /// Ctrl-C once cancels the script (the token); twice exits at once.
-pub fn interrupt_on_ctrl_c() -> CancellationToken {
+pub(super) fn interrupt_on_ctrl_c() -> CancellationToken {
     let interrupt = CancellationToken::new();
     let token = interrupt.clone();
     let mut sigint = sigint();
@@ -25,6 +25,6 @@ pub fn interrupt_on_ctrl_c() -> CancellationToken {
 
 /// Ctrl-C (SIGINT), listened for from now on: a Ctrl-C that comes before the first wait on it
 /// is kept, never left to its default (ending the process).
-pub fn sigint() -> tokio::signal::unix::Signal {
+pub(super) fn sigint() -> tokio::signal::unix::Signal {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("a SIGINT handler")
 }

@@ -3,8 +3,8 @@
 //! them back into [`AgentSeen`].
 
 use crate::event::sorted_json;
-use crate::negotiate::AgentKind;
 use crate::retry::GaveUp;
+use contracts::submission::negotiate::AgentKind;
 use serde::{Deserialize, Serialize};
 
 /// A target's capabilities when the service last asked (before each script), or why it could
@@ -42,13 +42,13 @@ impl AgentSeen {
     pub fn new(target: &str, route: &str, answer: &Result<AgentKind, GaveUp>, seen_ms: u64) -> AgentSeen {
         let answer = match answer {
             Ok(AgentKind::Current(caps)) => AgentAnswer::Capabilities {
-                protocol: if caps.supports(contracts::SERVICE_SCRIPT_V2) { "v2" } else { "v1" }.into(),
+                protocol: if caps.supports(contracts::wire::messages::SERVICE_SCRIPT_V2) { "v2" } else { "v1" }.into(),
                 services: caps.services.clone(),
                 agent_version: Some(caps.agent_version.clone()),
             },
             Ok(AgentKind::Legacy) => AgentAnswer::Capabilities {
                 protocol: "v1".into(),
-                services: vec![contracts::SERVICE_SCRIPT_V1.into()],
+                services: vec![contracts::wire::messages::SERVICE_SCRIPT_V1.into()],
                 agent_version: None,
             },
             Err(gave_up) => AgentAnswer::Unreachable { error: gave_up.to_string() },

@@ -6,7 +6,6 @@ use super::journal::{HistoryQuery, JournalEvent, Recorded, TicketRecord};
 use super::resume::PlaceWait;
 use super::state::{parse_ticket, record_of, ApiError, ErrorBody, Shared, Who};
 use crate::event::JsonEvent;
-use crate::outcome::OutcomeKind;
 use crate::plan::{self, Plan, PolicyChoice, ScriptDraft, ScriptInputs, Targets, Tickets};
 use crate::policy::{Overrides, Purpose};
 use crate::route::Route;
@@ -14,7 +13,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
-use contracts::{Isolation, ScriptSpec, Shell};
+use contracts::submission::outcome::OutcomeKind;
+use contracts::wire::messages::{Isolation, ScriptSpec, Shell};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -25,11 +25,11 @@ use tokio::sync::Semaphore;
 use utoipa::{IntoParams, ToSchema};
 
 /// Most tickets one history request returns.
-pub const MAX_HISTORY_LIMIT: usize = 1000;
+pub(crate) const MAX_HISTORY_LIMIT: usize = 1000;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum ShellName {
+pub(crate) enum ShellName {
     #[default]
     Sh,
     Bash,
@@ -37,7 +37,7 @@ pub enum ShellName {
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum IsolationName {
+pub(crate) enum IsolationName {
     #[default]
     None,
     Full,
@@ -45,7 +45,7 @@ pub enum IsolationName {
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
-pub enum PurposeName {
+pub(crate) enum PurposeName {
     #[default]
     Deployment,
     Runbook,
@@ -55,7 +55,7 @@ pub enum PurposeName {
 /// A script to run on one agent, several agents, or any worker of a pool.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SubmitRequest {
+pub(crate) struct SubmitRequest {
     /// One agent id.
     target: Option<String>,
     /// Several agent ids: one ticket each.
@@ -80,7 +80,7 @@ pub struct SubmitRequest {
     /// agent, never journaled (kept in this replica's memory only until the ticket ends).
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, String>)]
-    secret_env: contracts::Secrets,
+    secret_env: contracts::wire::messages::Secrets,
     /// Longest run time, e.g. `90s`; the script is killed past it.
     timeout: Option<String>,
     #[serde(default)]
@@ -100,7 +100,7 @@ pub struct SubmitRequest {
 /// A file for the script's workspace.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct FileBody {
+pub(crate) struct FileBody {
     /// A plain file name (no directories).
     name: String,
     /// The content, base64 (standard alphabet, padded).
@@ -108,12 +108,12 @@ pub struct FileBody {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     pub tickets: Vec<AcceptedTicket>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AcceptedTicket {
+pub(crate) struct AcceptedTicket {
     pub ticket: String,
     pub target: String,
     /// Where to read it.
@@ -122,7 +122,7 @@ pub struct AcceptedTicket {
 
 /// One line of a script's output.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct OutputLine {
+pub(crate) struct OutputLine {
     pub seq: u64,
     /// `stdout`, `stderr` or `agent`.
     pub stream: String,
@@ -133,7 +133,7 @@ pub struct OutputLine {
 
 /// A ticket as the journal knows it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TicketView {
+pub(crate) struct TicketView {
     pub ticket: String,
     pub target: String,
     /// `agent` or `pool`.
@@ -161,7 +161,7 @@ pub struct TicketView {
 }
 
 impl TicketView {
-    pub fn from_record(record: &TicketRecord) -> Self {
+    pub(crate) fn from_record(record: &TicketRecord) -> Self {
         let s = &record.submission;
         let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         TicketView {
@@ -187,19 +187,19 @@ impl TicketView {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TicketList {
+pub(crate) struct TicketList {
     pub tickets: Vec<TicketView>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AgentList {
+pub(crate) struct AgentList {
     /// Per target: `target`, `route`, `reachable`, `protocol`, `services`, `agent_version`,
     /// `error`, `seen_ms` (when the service last asked).
     pub agents: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Health {
+pub(crate) struct Health {
     /// `ok`, or `degraded` when the journal does not answer.
     pub status: String,
     pub journal: String,
@@ -209,14 +209,14 @@ pub struct Health {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
-pub struct AfterQuery {
+pub(crate) struct AfterQuery {
     /// Only output lines after this sequence number.
     after: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct HistoryParams {
+pub(crate) struct HistoryParams {
     /// Only tickets of this agent or pool.
     pub target: Option<String>,
     /// Only tickets that ended so: `completed`, `cancelled`, `unknown`, `failed`.
@@ -271,7 +271,7 @@ fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
             let content = base64::engine::general_purpose::STANDARD
                 .decode(&file.content_base64)
                 .map_err(|e| format!("file {:?}: content_base64 is not base64: {e}", file.name))?;
-            files.push(contracts::ScriptFile { name: file.name.clone(), content });
+            files.push(contracts::wire::messages::ScriptFile { name: file.name.clone(), content });
         }
         Ok(ScriptInputs {
             files,
@@ -320,8 +320,11 @@ pub(super) async fn submit(
     // Recorded before anything is sent: from here a restart (or another replica) resumes them.
     let mut new = Vec::with_capacity(planned.len());
     for submission in &planned {
-        let recorded =
-            followers.orchestrator.metrics().common.store.observe("submit", followers.journal.submit(submission));
+        let recorded = edge::clock::observe(
+            &followers.orchestrator.metrics().common.store,
+            "submit",
+            followers.journal.submit(submission),
+        );
         new.push(match recorded.await? {
             Recorded::New => true,
             Recorded::Earlier(earlier) if earlier.script_digest == submission.script_digest => false,
@@ -489,7 +492,7 @@ pub(super) async fn history(
     Ok(Json(TicketList { tickets: records.iter().map(TicketView::from_record).collect() }))
 }
 
-pub fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
+pub(crate) fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
     let outcome = match params.outcome.as_deref() {
         None => None,
         Some("completed") => Some(OutcomeKind::Completed),
@@ -511,19 +514,19 @@ pub fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
         return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_HISTORY_LIMIT}")));
     }
     if let Some(target) = &params.target {
-        contracts::topology::validate_name("target", target).map_err(ApiError::bad_request)?;
+        contracts::wire::topology::validate_name("target", target).map_err(ApiError::bad_request)?;
     }
     Ok(HistoryQuery { target: params.target.clone(), outcome, since_ms, limit })
 }
 
 /// `since` as unix milliseconds: a duration ago (`2h`) or unix milliseconds.
-pub fn since_millis(raw: &str) -> Result<u64, String> {
+pub(crate) fn since_millis(raw: &str) -> Result<u64, String> {
     if let Ok(ms) = raw.parse::<u64>() {
         return Ok(ms);
     }
     let ago = humantime::parse_duration(raw)
         .map_err(|_| format!("since {raw:?} is neither a duration ago (like 2h) nor unix milliseconds"))?;
-    Ok(contracts::unix_millis(SystemTime::now() - ago))
+    Ok(contracts::time::unix_millis(SystemTime::now() - ago))
 }
 
 /// The last known capabilities and health of every target the service has run scripts on.
@@ -602,7 +605,7 @@ mod tests {
         assert!(history_query(&params(None, None, Some(0))).is_err());
         let ok = history_query(&params(Some("failed"), Some("1h"), Some(5))).unwrap();
         assert_eq!((ok.outcome, ok.limit), (Some(OutcomeKind::Failed), 5));
-        let hour_ago = contracts::unix_millis(SystemTime::now()) - 3_600_000;
+        let hour_ago = contracts::time::unix_millis(SystemTime::now()) - 3_600_000;
         assert!(ok.since_ms.unwrap().abs_diff(hour_ago) < 5_000);
     }
 }

@@ -11,10 +11,8 @@
 
 use super::state::{ApiError, ApiState, ErrorBody, Shared};
 use crate::orchestrator::Event;
-use crate::outcome::exit;
 use crate::plan::PolicyChoice;
 use crate::policy::Purpose;
-use crate::retry::RetryPolicy;
 use crate::route::Route;
 use crate::transfer::{Peer, TransferError, Transferred};
 use axum::body::Body;
@@ -23,6 +21,8 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use contracts::submission::outcome::exit;
+use contracts::submission::retry::RetryPolicy;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -32,7 +32,7 @@ use utoipa::{IntoParams, ToSchema};
 /// Where the file is: one agent or a pool, and the path there.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct FileQuery {
+pub(super) struct FileQuery {
     /// The agent id (or give `pool`).
     pub target: Option<String>,
     /// A worker pool (see docs/guide.md, "Pools" and "File transfer").
@@ -45,7 +45,7 @@ pub struct FileQuery {
 
 /// A finished transfer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct FileTransferred {
+pub(super) struct FileTransferred {
     pub target: String,
     /// Who served it: `agent ID`, or `worker ID of pool P`.
     pub served_by: String,
@@ -85,7 +85,7 @@ impl FileQuery {
 fn checked(query: Result<Query<FileQuery>, QueryRejection>) -> Result<(FileQuery, Route), ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let route = query.route()?;
-    contracts::transfer::check_path(&query.path).map_err(ApiError::bad_request)?;
+    contracts::wire::transfer::check_path(&query.path).map_err(ApiError::bad_request)?;
     Ok((query, route))
 }
 

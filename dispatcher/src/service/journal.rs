@@ -23,13 +23,19 @@
 
 use super::agents::AgentSeen;
 use crate::event::JsonEvent;
-use crate::orchestrator::{Event, PlannedStart, Policies};
-use crate::outcome::{Outcome, OutcomeKind};
-use crate::retry::RetryPolicy;
+use crate::orchestrator::Event;
 use crate::route::Route;
-use contracts::{unix_millis, LogLine, ScriptSpec, Ticket};
+use contracts::submission::outcome::{Outcome, OutcomeKind};
+use contracts::submission::requests::PlannedStart;
+use contracts::submission::retry::Policies;
+use contracts::submission::retry::RetryPolicy;
+use contracts::time::unix_millis;
+use contracts::wire::messages::ScriptSpec;
+use contracts::wire::status::LogLine;
+use contracts::wire::ticket::Ticket;
 use deadpool_redis::redis::{self, AsyncCommands, Script};
-use deadpool_redis::{Manager, Pool};
+use deadpool_redis::Pool;
+use edge::connect::store::PoolSettings;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -234,16 +240,14 @@ impl Journal {
     /// A journal at `url` under `prefix`, keeping finished tickets for `retention`. Connects
     /// lazily; [`Journal::ping`] checks that it answers.
     pub fn open(url: &str, prefix: &str, retention: Duration) -> JournalResult<Journal> {
-        // XREAD BLOCK holds a reply for seconds: the default half-second response timeout is too short.
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
-        let manager = Manager::new_with_config(url, config).map_err(|e| JournalError::Config(e.to_string()))?;
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| JournalError::Config(e.to_string()))?;
+        let settings = PoolSettings {
+            max_size: POOL_SIZE,
+            wait_timeout: Duration::from_secs(10),
+            create_timeout: Duration::from_secs(5),
+            // XREAD BLOCK holds a reply for seconds: the default half-second response timeout is too short.
+            response_timeout: Duration::from_secs(30),
+        };
+        let pool = edge::connect::store::pool(url, settings).map_err(JournalError::Config)?;
         Ok(Journal {
             pool,
             prefix: prefix.to_owned(),

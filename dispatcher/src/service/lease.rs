@@ -3,7 +3,7 @@
 //! replica that dies stops renewing, and another takes the ticket up once the lease has expired.
 
 use super::journal::{Journal, JournalResult};
-use contracts::Ticket;
+use contracts::wire::ticket::Ticket;
 use deadpool_redis::redis::Script;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ return redis.call('DEL', KEYS[1])
 
 /// Leases held by one replica.
 #[derive(Clone)]
-pub struct Leases {
+pub(super) struct Leases {
     journal: Journal,
     /// This replica's id, the value of its leases.
     pub replica: String,
@@ -38,7 +38,7 @@ pub struct Leases {
 }
 
 impl Leases {
-    pub fn new(journal: Journal, replica: String, ttl: Duration) -> Self {
+    pub(super) fn new(journal: Journal, replica: String, ttl: Duration) -> Self {
         debug_assert!(ttl >= Duration::from_millis(300), "a lease must outlast a renewal round trip");
         Leases { journal, replica, ttl }
     }
@@ -48,7 +48,7 @@ impl Leases {
     }
 
     /// Takes the ticket's lease if nobody else holds it.
-    pub async fn acquire(&self, ticket: &Ticket) -> JournalResult<bool> {
+    pub(super) async fn acquire(&self, ticket: &Ticket) -> JournalResult<bool> {
         let mut con = self.journal.connection().await?;
         let won: i64 = Script::new(ACQUIRE)
             .key(self.key(ticket))
@@ -60,7 +60,7 @@ impl Leases {
     }
 
     /// Extends the lease; false if this replica no longer holds it.
-    pub async fn renew(&self, ticket: &Ticket) -> JournalResult<bool> {
+    pub(super) async fn renew(&self, ticket: &Ticket) -> JournalResult<bool> {
         let mut con = self.journal.connection().await?;
         let renewed: i64 = Script::new(RENEW)
             .key(self.key(ticket))
@@ -72,14 +72,14 @@ impl Leases {
     }
 
     /// Gives the lease up, so another replica may take the ticket at once.
-    pub async fn release(&self, ticket: &Ticket) -> JournalResult<()> {
+    pub(super) async fn release(&self, ticket: &Ticket) -> JournalResult<()> {
         let mut con = self.journal.connection().await?;
         let _: i64 = Script::new(RELEASE).key(self.key(ticket)).arg(&self.replica).invoke_async(&mut con).await?;
         Ok(())
     }
 
     /// How often a held lease is renewed (and a cancel request looked for).
-    pub fn renew_every(&self) -> Duration {
+    pub(super) fn renew_every(&self) -> Duration {
         (self.ttl / 3).min(Duration::from_secs(1))
     }
 }

@@ -23,18 +23,18 @@
 //! that deadline (the agent answers a known ticket with its status), and past it only asks for
 //! the status. Log lines are recorded only in sequence, so a repeated follower adds none twice.
 
-pub mod agents;
-pub mod api;
-pub mod files;
+mod agents;
+pub(crate) mod api;
+mod files;
 pub mod journal;
-pub mod lease;
-pub mod resume;
-pub mod router;
-pub mod sessions;
-pub mod site;
-pub mod state;
-pub mod tokens;
-pub mod web;
+mod lease;
+mod resume;
+mod router;
+mod sessions;
+pub(crate) mod site;
+mod state;
+pub(crate) mod tokens;
+mod web;
 
 use crate::orchestrator::Orchestrator;
 use crate::policy::PolicyConfig;

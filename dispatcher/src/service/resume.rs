@@ -7,8 +7,9 @@ use super::agents::AgentSeen;
 use super::journal::{Journal, JournalError, Submission};
 use super::lease::Leases;
 use crate::orchestrator::{Event, Orchestrator};
-use crate::outcome::Outcome;
-use contracts::{Secrets, Ticket};
+use contracts::submission::outcome::Outcome;
+use contracts::wire::messages::Secrets;
+use contracts::wire::ticket::Ticket;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 /// Everything following needs; shared by the API and the resume loop.
-pub struct Followers {
+pub(super) struct Followers {
     pub orchestrator: Orchestrator,
     pub journal: Journal,
     pub leases: Leases,
@@ -32,7 +33,12 @@ pub struct Followers {
 }
 
 impl Followers {
-    pub fn new(orchestrator: Orchestrator, journal: Journal, leases: Leases, shutdown: CancellationToken) -> Arc<Self> {
+    pub(super) fn new(
+        orchestrator: Orchestrator,
+        journal: Journal,
+        leases: Leases,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Followers {
             orchestrator,
             journal,
@@ -45,14 +51,14 @@ impl Followers {
     }
 
     /// How many tickets this replica follows.
-    pub fn following(&self) -> usize {
+    pub(super) fn following(&self) -> usize {
         self.following.lock().expect("following").len()
     }
 
     /// Follows a ticket this replica has just recorded and holds the lease of. `place` (for
     /// `max-parallel`) is waited for before the start; `secrets` are the script's, which the
     /// journal does not hold.
-    pub fn follow_new(self: &Arc<Self>, ticket: Ticket, place: Option<PlaceWait>, secrets: Secrets) {
+    pub(super) fn follow_new(self: &Arc<Self>, ticket: Ticket, place: Option<PlaceWait>, secrets: Secrets) {
         if !secrets.is_empty() {
             self.secrets.lock().expect("secrets").insert(ticket.clone(), secrets);
         }
@@ -60,7 +66,7 @@ impl Followers {
     }
 
     /// Looks for in-flight tickets nobody follows and takes them up, until shutdown.
-    pub async fn resume_loop(self: Arc<Self>) {
+    pub(super) async fn resume_loop(self: Arc<Self>) {
         let every = (self.leases.ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(2));
         loop {
             if let Err(error) = self.resume_free().await {
@@ -155,7 +161,8 @@ impl Followers {
             Some(plan) => plan.clone(),
             None => {
                 let plan = self.orchestrator.plan_start(ticket.clone(), policies.script);
-                self.orchestrator.metrics().common.store.observe("start", self.journal.start(&plan)).await?;
+                edge::clock::observe(&self.orchestrator.metrics().common.store, "start", self.journal.start(&plan))
+                    .await?;
                 plan
             }
         };
@@ -192,7 +199,13 @@ impl Followers {
     async fn record_outcome(&self, outcome: &Outcome) -> Result<(), JournalError> {
         let mut attempt = 0;
         loop {
-            match self.orchestrator.metrics().common.store.observe("finish", self.journal.finish(outcome)).await {
+            match edge::clock::observe(
+                &self.orchestrator.metrics().common.store,
+                "finish",
+                self.journal.finish(outcome),
+            )
+            .await
+            {
                 Ok(_) => return Ok(()),
                 Err(error) if attempt >= 20 => return Err(error),
                 Err(error) => tracing::warn!(%error, "cannot record the outcome yet"),
@@ -209,7 +222,7 @@ impl Followers {
         route: &crate::route::Route,
         sink: &(dyn Fn(Event) + Sync + Send),
     ) {
-        let seen_ms = contracts::unix_millis(std::time::SystemTime::now());
+        let seen_ms = contracts::time::unix_millis(std::time::SystemTime::now());
         let answer = self.orchestrator.agent_kind(route, submission.policies().health, sink).await;
         let seen = AgentSeen::new(route.name(), &submission.route, &answer, seen_ms);
         if let Err(error) = self.journal.agent_seen(&seen).await {
@@ -230,7 +243,7 @@ impl Followers {
         let writer = AbortOnDropHandle::new(tokio::spawn(async move {
             while let Some(event) = receiver.recv().await {
                 let mut delay = Duration::from_millis(50);
-                while let Err(error) = metrics.observe("event", journal.event(&ticket, &event)).await {
+                while let Err(error) = edge::clock::observe(&metrics, "event", journal.event(&ticket, &event)).await {
                     tracing::warn!(ticket = %ticket, %error, "cannot record an event yet");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
@@ -241,14 +254,14 @@ impl Followers {
     }
 
     /// Waits for every follower to stop (after shutdown).
-    pub async fn stopped(&self) {
+    pub(super) async fn stopped(&self) {
         self.tasks.close();
         self.tasks.wait().await;
     }
 }
 
 /// A wait for a place among a request's `max-parallel` running tickets.
-pub type PlaceWait = std::pin::Pin<Box<dyn std::future::Future<Output = OwnedSemaphorePermit> + Send>>;
+pub(super) type PlaceWait = std::pin::Pin<Box<dyn std::future::Future<Output = OwnedSemaphorePermit> + Send>>;
 
 /// Renews the ticket's lease until the follower stops; cancels `lost` if another replica took it,
 /// and `interrupt` when a cancel is requested through the journal.

@@ -44,7 +44,7 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// The router and the OpenAPI document it serves at `/openapi.json`.
-pub fn router(state: Arc<ApiState>) -> axum::Router {
+pub(super) fn router(state: Arc<ApiState>) -> axum::Router {
     let (router, doc) = documented(&state);
     let doc = Arc::new(doc);
     router
@@ -223,9 +223,14 @@ mod tests {
 
     /// A service's state that reaches for nothing (no broker, no Redis) until asked to.
     fn offline_state() -> Arc<ApiState> {
+        use crate::orchestrator::Orchestrator;
         use crate::policy::PolicyConfig;
-        use crate::service::{journal::Journal, lease::Leases, resume::Followers, site::Site};
-        use crate::{Orchestrator, RpcClient, RpcConfig, Timing};
+        use crate::rpc::{RpcClient, RpcConfig};
+        use crate::service::journal::Journal;
+        use crate::service::lease::Leases;
+        use crate::service::resume::Followers;
+        use crate::service::site::Site;
+        use contracts::submission::retry::Timing;
         use std::time::Duration;
         let rpc = RpcConfig {
             amqp_url: crate::DEFAULT_AMQP_URL.into(),

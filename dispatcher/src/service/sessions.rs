@@ -17,13 +17,13 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 /// The login cookie's name.
-pub const COOKIE: &str = "cuttle_session";
+pub(super) const COOKIE: &str = "cuttle_session";
 
 /// How long a login lasts; the browser is sent to the login form after it.
-pub const LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
+pub(super) const LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
 
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub(super) enum SessionError {
     #[error("the system's random source failed: {0}")]
     Random(String),
     #[error(transparent)]
@@ -32,7 +32,7 @@ pub enum SessionError {
 
 /// A session's id: 32 random bytes from the system's source, in hex. Only the browser holds it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SessionId(String);
+pub(super) struct SessionId(String);
 
 impl std::fmt::Debug for SessionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,14 +42,14 @@ impl std::fmt::Debug for SessionId {
 
 impl SessionId {
     fn generate() -> Result<SessionId, SessionError> {
-        use rand::TryRng;
+        use contracts::entropy::Entropy;
         let mut bytes = [0u8; 32];
-        rand::rngs::SysRng.try_fill_bytes(&mut bytes).map_err(|e| SessionError::Random(e.to_string()))?;
+        edge::entropy::OsEntropy.fill(&mut bytes).map_err(SessionError::Random)?;
         Ok(SessionId(hex::encode(bytes)))
     }
 
     /// The id in a request's login cookie, if it has the form of one.
-    pub fn from_cookie(headers: &HeaderMap) -> Option<SessionId> {
+    pub(super) fn from_cookie(headers: &HeaderMap) -> Option<SessionId> {
         let value = headers
             .get_all(header::COOKIE)
             .iter()
@@ -68,19 +68,23 @@ impl SessionId {
 }
 
 /// The `Set-Cookie` value that holds a new session.
-pub fn login_cookie(id: &SessionId, secure: bool) -> String {
+pub(super) fn login_cookie(id: &SessionId, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
     format!("{COOKIE}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{secure}", id.0, LIFETIME.as_secs())
 }
 
 /// The `Set-Cookie` value that makes the browser forget its session.
-pub fn logout_cookie(secure: bool) -> String {
+pub(super) fn logout_cookie(secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
     format!("{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{secure}")
 }
 
 /// Opens a session for `token`: its id, or `None` if the token is not one of ours.
-pub async fn open(journal: &Journal, tokens: &ApiTokens, token: &str) -> Result<Option<SessionId>, SessionError> {
+pub(super) async fn open(
+    journal: &Journal,
+    tokens: &ApiTokens,
+    token: &str,
+) -> Result<Option<SessionId>, SessionError> {
     let Some(token_digest) = tokens.known_digest(token) else { return Ok(None) };
     let id = SessionId::generate()?;
     journal.open_session(&id.key(), &token_digest, LIFETIME).await?;
@@ -89,14 +93,14 @@ pub async fn open(journal: &Journal, tokens: &ApiTokens, token: &str) -> Result<
 
 /// The name of the token whose session the request's cookie holds, if the session is open and
 /// the token still one of ours.
-pub async fn who(journal: &Journal, tokens: &ApiTokens, headers: &HeaderMap) -> JournalResult<Option<String>> {
+pub(super) async fn who(journal: &Journal, tokens: &ApiTokens, headers: &HeaderMap) -> JournalResult<Option<String>> {
     let Some(id) = SessionId::from_cookie(headers) else { return Ok(None) };
     let Some(token_digest) = journal.session(&id.key()).await? else { return Ok(None) };
     Ok(tokens.name_of_digest(&token_digest).map(str::to_owned))
 }
 
 /// Ends the session of the request's cookie, if any.
-pub async fn close(journal: &Journal, headers: &HeaderMap) -> JournalResult<()> {
+pub(super) async fn close(journal: &Journal, headers: &HeaderMap) -> JournalResult<()> {
     match SessionId::from_cookie(headers) {
         Some(id) => journal.close_session(&id.key()).await,
         None => Ok(()),

@@ -203,7 +203,7 @@ impl fmt::Display for PublicUrl {
 
 /// Why a request was refused, and what to do if it was not an attack.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error(
         "this service does not answer to the name {host:?} (the request's Host); it answers to {known}. If {host:?} is a name of this service, start it with --allowed-host {host} (or CUTTLE_ALLOWED_HOSTS); nothing was read or run"
     )]
@@ -221,7 +221,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Refusal::Host { .. } | Refusal::NoHost { .. } => StatusCode::MISDIRECTED_REQUEST,
             Refusal::Origin { .. } | Refusal::CrossSite { .. } => StatusCode::FORBIDDEN,
@@ -231,7 +231,7 @@ impl Refusal {
 
 /// What the checks read of a request.
 #[derive(Clone, Copy, Debug)]
-pub struct Seen<'a> {
+pub(crate) struct Seen<'a> {
     pub method: &'a Method,
     /// The request target's authority if absolute, else the `Host` header.
     pub host: Option<&'a str>,
@@ -244,7 +244,7 @@ pub struct Seen<'a> {
 
 /// The names and origins the service answers to.
 #[derive(Clone, Debug)]
-pub struct Site {
+pub(crate) struct Site {
     /// The bound address (its real port, also when asked for port 0).
     listen: SocketAddr,
     allowed: Vec<Authority>,
@@ -252,17 +252,17 @@ pub struct Site {
 }
 
 impl Site {
-    pub fn new(listen: SocketAddr, allowed: Vec<Authority>, public: Option<PublicUrl>) -> Site {
+    pub(crate) fn new(listen: SocketAddr, allowed: Vec<Authority>, public: Option<PublicUrl>) -> Site {
         Site { listen, allowed, public }
     }
 
     /// Whether browsers reach the service over TLS (`--public-url https://...`).
-    pub fn is_https(&self) -> bool {
+    pub(crate) fn is_https(&self) -> bool {
         self.public.as_ref().is_some_and(PublicUrl::is_https)
     }
 
     /// The checks, in order: Host, Origin, fetch metadata.
-    pub fn check(&self, seen: &Seen<'_>) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, seen: &Seen<'_>) -> Result<(), Refusal> {
         if !seen.probe {
             self.check_host(seen.host)?;
         }
@@ -316,7 +316,7 @@ impl Site {
     }
 
     /// The names it answers to, for messages: `localhost:7480, any loopback address on port 7480, ...`.
-    pub fn answers_to(&self) -> String {
+    pub(crate) fn answers_to(&self) -> String {
         let (ip, port) = (self.listen.ip(), self.listen.port());
         let mut names = vec![if ip.is_unspecified() {
             format!("localhost:{port} and any IP address of this machine on port {port}")

@@ -12,13 +12,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use contracts::Ticket;
+use contracts::wire::ticket::Ticket;
 use serde::Serialize;
 use std::sync::Arc;
 use utoipa::ToSchema;
 
 /// What the handlers share.
-pub struct ApiState {
+pub(super) struct ApiState {
     pub followers: Arc<Followers>,
     pub policies: PolicyConfig,
     pub tokens: Option<ApiTokens>,
@@ -26,27 +26,27 @@ pub struct ApiState {
 }
 
 /// The state, as handlers take it.
-pub type Shared = State<Arc<ApiState>>;
+pub(super) type Shared = State<Arc<ApiState>>;
 
 /// An error as the API answers it.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub message: String,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
+pub(super) struct ErrorBody {
     /// What went wrong and what to do about it.
     error: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError { status, message: message.into() }
     }
 
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 }
@@ -65,21 +65,23 @@ impl IntoResponse for ApiError {
 
 /// Who made a request: the API token's name, or `local` on a loopback service without tokens.
 #[derive(Clone, Debug)]
-pub struct Who(pub String);
+pub(super) struct Who(pub String);
 
 /// The ticket a path names, or why it is none.
-pub fn parse_ticket(raw: &str) -> Result<Ticket, ApiError> {
+pub(super) fn parse_ticket(raw: &str) -> Result<Ticket, ApiError> {
     Ticket::parse(raw).map_err(|e| ApiError::bad_request(format!("not a ticket: {e}")))
 }
 
 /// The journal's record of a ticket, or 404.
-pub async fn record_of(state: &ApiState, ticket: &Ticket) -> Result<TicketRecord, ApiError> {
-    let retention = crate::retry::short(state.followers.journal.retention());
+pub(super) async fn record_of(state: &ApiState, ticket: &Ticket) -> Result<TicketRecord, ApiError> {
+    let retention = contracts::time::short(state.followers.journal.retention());
     let metrics = state.followers.orchestrator.metrics();
-    metrics.common.store.observe("ticket", state.followers.journal.ticket(ticket)).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no ticket {ticket} in the journal (finished tickets are kept for {retention})"),
-        )
-    })
+    edge::clock::observe(&metrics.common.store, "ticket", state.followers.journal.ticket(ticket)).await?.ok_or_else(
+        || {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no ticket {ticket} in the journal (finished tickets are kept for {retention})"),
+            )
+        },
+    )
 }

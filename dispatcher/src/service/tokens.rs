@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Shortest token accepted: long enough that guessing it is hopeless.
-pub const MIN_TOKEN_LEN: usize = 24;
+pub(crate) const MIN_TOKEN_LEN: usize = 24;
 
 #[derive(Clone, Debug)]
 pub struct ApiTokens {
@@ -33,7 +33,7 @@ impl ApiTokens {
                 .split_once(char::is_whitespace)
                 .map(|(n, t)| (n, t.trim()))
                 .ok_or_else(|| format!("line {number}: expected `NAME TOKEN`"))?;
-            contracts::topology::validate_name("token name", name).map_err(|e| format!("line {number}: {e}"))?;
+            contracts::wire::topology::validate_name("token name", name).map_err(|e| format!("line {number}: {e}"))?;
             if token.len() < MIN_TOKEN_LEN || token.contains(char::is_whitespace) {
                 return Err(format!(
                     "line {number}: the token for {name} must be at least {MIN_TOKEN_LEN} characters without spaces (e.g. `openssl rand -hex 32`)"

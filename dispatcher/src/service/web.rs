@@ -18,13 +18,13 @@ use super::journal::{JournalEvent, TicketRecord};
 use super::sessions;
 use super::state::{parse_ticket, record_of, ApiError, ApiState, Shared};
 use crate::event::JsonEvent;
-use crate::outcome::OutcomeKind;
 use crate::policy::MachinePolicy;
 use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
+use contracts::submission::outcome::OutcomeKind;
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// The web view's routes.
-pub fn router(state: Arc<ApiState>) -> axum::Router<Arc<ApiState>> {
+pub(super) fn router(state: Arc<ApiState>) -> axum::Router<Arc<ApiState>> {
     let pages = axum::Router::new()
         .route("/", get(index))
         .route("/tickets/{ticket}", get(ticket_page))
@@ -133,7 +133,7 @@ fn when(ms: u64) -> String {
 }
 
 fn duration(ms: u64) -> String {
-    contracts::submission::short(Duration::from_millis(ms))
+    contracts::time::short(Duration::from_millis(ms))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,7 +220,7 @@ const POLICY_COLUMNS: [&str; 5] = ["Policy", "Deployment", "Runbook", "Health ch
 
 /// A policy's cells, in the order of [`POLICY_COLUMNS`].
 fn policy_cells(policy: &MachinePolicy) -> [String; 5] {
-    let deadline = contracts::submission::short;
+    let deadline = contracts::time::short;
     [
         policy.name.clone(),
         deadline(policy.deployment),

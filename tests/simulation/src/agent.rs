@@ -8,13 +8,22 @@
 use crate::broker::Msg;
 use crate::store::SimStore;
 use crate::world::{Ev, World, CLOCK_ORIGIN_MS, LEASE_TTL, RECORD_TTL, TOMBSTONE_TTL_MS};
-use contracts::agent::flow::{self, Environment, Memory, Note, Settings, Step};
+use contracts::agent::flow::environment::{Delivery, Environment, Memory, Note, Served, Settings, Step};
+use contracts::agent::flow::serve::serve;
 use contracts::agent::keys::AgentKeys;
-use contracts::agent::TicketRecord;
-use contracts::session::{Declined, Entropy};
+use contracts::entropy::Seeded;
+use contracts::store::record::TicketRecord;
 use contracts::store::{Release, TicketKeys, TicketStore};
-use contracts::trust::{Refusal, SecretKey, TrustedKeys};
-use contracts::*;
+use contracts::trust::files::TrustedKeys;
+use contracts::trust::keys::SecretKey;
+use contracts::trust::sessions::Declined;
+use contracts::trust::verify::Refusal;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::{ErrorKind, ErrorReply};
+use contracts::wire::exit_code;
+use contracts::wire::messages::{ScriptSpec, SERVICE_CAPABILITIES, SERVICE_SCRIPT_V2};
+use contracts::wire::status::{LogLine, LogStream};
+use contracts::wire::ticket::Ticket;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
@@ -26,16 +35,6 @@ pub fn ready<T>(future: impl Future<Output = T>) -> T {
     match future.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
         std::task::Poll::Ready(value) => value,
         std::task::Poll::Pending => unreachable!("the simulated world answers every wait at once"),
-    }
-}
-
-/// Random bytes from a seeded generator: the simulated agents' session shares.
-pub struct Seeded(pub fastrand::Rng);
-
-impl Entropy for Seeded {
-    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), String> {
-        bytes.iter_mut().for_each(|byte| *byte = self.0.u8(..));
-        Ok(())
     }
 }
 
@@ -96,7 +95,7 @@ pub fn settings(id: &str, pool: Option<&str>, owner: String, claim_replicas: u32
 
 /// A process's keys: the agents' key, the dispatchers' it trusts, no session yet.
 pub fn keys(key: &SecretKey, trusted: &TrustedKeys, seed: u64) -> AgentKeys {
-    AgentKeys::new(Some(key.clone()), trusted.clone(), false, Box::new(Seeded(fastrand::Rng::with_seed(seed))))
+    AgentKeys::new(Some(key.clone()), trusted.clone(), false, Box::new(Seeded::new(seed)))
 }
 
 /// The world as the flow's environment, for one delivery to agent `a` (or none: its recovery
@@ -248,11 +247,11 @@ impl World {
     /// One delivery to an agent, served by the flow; `true` if it must be redelivered (the ack
     /// was lost, or the agent crashed before acking).
     pub fn deliver(&mut self, a: usize, msg: &Msg) -> bool {
-        let delivery = flow::Delivery { body: &msg.bytes, seal: Ok(msg.seal.clone()) };
+        let delivery = Delivery { body: &msg.bytes, seal: Ok(msg.seal.clone()) };
         let mut env = SimEnv::new(self, a, Some(msg));
-        let served = ready(flow::serve(&mut env, delivery));
+        let served = ready(serve(&mut env, delivery));
         let hold = env.held;
-        let flow::Served::Answered { reply, answer, .. } = served else {
+        let Served::Answered { reply, answer, .. } = served else {
             // Crashed while handling (after its claim): never acked, no reply.
             return true;
         };

@@ -3,7 +3,7 @@
 //! dies before acking, and a delivery limit.
 
 use crate::world::{Ev, World, DELIVERY_LIMIT};
-use contracts::trust::Seal;
+use contracts::trust::seal::Seal;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -38,7 +38,7 @@ pub struct Queue {
 
 impl World {
     /// Publishes a command: it reaches its queue after a delay, maybe twice. Its id.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "a message's every property, as the real broker takes them")]
     pub fn publish(
         &mut self,
         queue: usize,

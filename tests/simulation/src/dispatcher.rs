@@ -7,12 +7,21 @@
 //! outcome) is checked against what really happened.
 
 use crate::world::{Ev, World};
-use contracts::outcome::{exit, Outcome as Told, OutcomeKind, NOT_SENT_MESSAGE};
-use contracts::session::{KeyShare, Offer, Plan, SessionId};
-use contracts::submission::{
-    Action, CallError, Config, ErrorClass, Event, Input, Now, RetryPolicy, Submission, Timing,
-};
-use contracts::*;
+use contracts::submission::error::{CallError, ErrorClass};
+use contracts::submission::follow::lost_lines_notice;
+use contracts::submission::machine::{Action, Config, Event, Input, Now, Submission};
+use contracts::submission::outcome::{exit, Outcome as Told, OutcomeKind, NOT_SENT_MESSAGE};
+use contracts::submission::retry::{RetryPolicy, Timing};
+use contracts::time::unix_millis;
+use contracts::trust::seal::SessionId;
+use contracts::trust::session::Offer;
+use contracts::trust::sessions::Plan;
+use contracts::wire::envelope::KeyShare;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::{ErrorKind, ErrorReply};
+use contracts::wire::messages::{Kind, ScriptSpec};
+use contracts::wire::status::LogLine;
+use contracts::wire::ticket::Ticket;
 use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -164,7 +173,7 @@ pub fn plan_of(spec: &ScriptSpec) -> (u64, i32, u64) {
 }
 
 impl Sub {
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "a submission's every setting, given once where the world makes it")]
     pub fn new(
         id: usize,
         dispatcher: usize,
@@ -407,9 +416,11 @@ fn publish(world: &mut World, s: usize, request: &Request, not_after: u64, attem
         None => world.sessions[d].established(&target, &pinned, now).map_or(Plan::Sign, Plan::Mac),
         Some(_) => world.sessions[d].plan(&target, &pinned, now),
     };
-    let offer = matches!(plan, Plan::Offer).then(|| std::sync::Arc::new(Offer::new().expect("random bytes")));
+    let offer =
+        matches!(plan, Plan::Offer).then(|| std::sync::Arc::new(Offer::new(&mut world.entropy).expect("random bytes")));
     let share = offer.as_deref().map(Offer::share);
-    let (header, bytes) = request.encode_offering(&target, now, Some(not_after), share).expect("requests encode");
+    let (header, bytes) =
+        request.encode_offering(&target, now, Some(not_after), share, &mut world.entropy).expect("requests encode");
     let (seal, session) = match &plan {
         Plan::Mac(session) => (session.seal_command(&bytes), Some(session.id())),
         Plan::Offer | Plan::Sign => (world.key.seal_command(&bytes), None),
@@ -434,7 +445,7 @@ fn lost_told(world: &mut World, s: usize, notice: &str) {
     let seen = world.subs[s].seen.max(world.subs[s].lost_to);
     let told = (seen + 1..=world.oracle.lines_of(&ticket))
         .rev()
-        .find(|&to| notice == submission::lost_lines_notice(&Ticket::parse(&ticket).expect("a ticket"), seen + 1, to));
+        .find(|&to| notice == lost_lines_notice(&Ticket::parse(&ticket).expect("a ticket"), seen + 1, to));
     if let Some(to) = told {
         world.subs[s].lost_to = to;
     }

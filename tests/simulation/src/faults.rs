@@ -5,10 +5,14 @@
 
 use crate::agent::{self, SimEnv};
 use crate::world::World;
-use contracts::agent::flow::{self, Memory};
-use contracts::session::{self, Offer};
+use contracts::agent::flow::environment::Memory;
+use contracts::agent::flow::script::recover_lost_runs;
+use contracts::entropy::Seeded;
 use contracts::store::TicketStore;
-use contracts::*;
+use contracts::trust::session::{self, Offer};
+use contracts::wire::envelope::Request;
+use contracts::wire::messages::{ScriptSpec, StartScriptV2};
+use contracts::wire::ticket::Ticket;
 
 /// Fault rates of one world, drawn from its seed.
 #[derive(Clone, Debug)]
@@ -97,7 +101,7 @@ impl World {
             let now = self.agent_now(a);
             let epoch = agent::ready(self.store.epoch(now)).expect("store up");
             self.agents[a].memory.set_epoch(epoch);
-            let recovered = agent::ready(flow::recover_lost_runs(&mut SimEnv::new(self, a, None)));
+            let recovered = agent::ready(recover_lost_runs(&mut SimEnv::new(self, a, None)));
             recovered.expect("store up");
         }
         self.pump_agent(a);
@@ -160,14 +164,14 @@ impl World {
         let now = self.now;
         let forgery = self.rng.u8(0..4);
         let target = if forgery == 3 { "someone-else".to_owned() } else { target };
-        let (_, bytes) = start.encode(&target, now, Some(now + 60_000)).expect("encodes");
+        let (_, bytes) = start.encode(&target, now, Some(now + 60_000), &mut self.entropy).expect("encodes");
         let seal = match forgery {
             0 => None,
             1 => Some(self.attacker.seal_command(&bytes)),
             // MAC'd in a session no agent agreed (its maker knows its key), in the real key's name.
             2 => {
-                let offer = Offer::new().expect("random bytes");
-                let mut entropy = agent::Seeded(fastrand::Rng::with_seed(self.rng.u64(..)));
+                let offer = Offer::new(&mut self.entropy).expect("random bytes");
+                let mut entropy = Seeded::new(self.rng.u64(..));
                 let (dispatcher, agent) = (self.key.id(), self.agent_key.id());
                 let made_up = session::accept("made-up", offer.share(), dispatcher, agent, &mut entropy);
                 Some(made_up.expect("a session").1.seal_command(&bytes))

@@ -5,7 +5,7 @@
 //! unsigned and misaddressed commands. One seed decides everything, so a failing seed replays
 //! exactly. The agents serve each delivery with contracts' agent flow
 //! ([`contracts::agent::flow`], the code `worker-agent` runs) over the real in-memory
-//! [`contracts::store::MemoryStore`], the dispatchers with contracts' real submission machine
+//! [`contracts::store::memory::MemoryStore`], the dispatchers with contracts' real submission machine
 //! ([`contracts::submission`]); the invariants are checked at every step.
 #![forbid(unsafe_code)]
 

@@ -2,7 +2,7 @@
 //! invariants are checked as each thing happens.
 
 use crate::dispatcher::{Outcome, Sub};
-use contracts::exit_code;
+use contracts::wire::exit_code;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, Default)]

@@ -3,12 +3,12 @@
 //! that a failover falls back to, holding only what the last replication carried. A claim or a
 //! tombstone confirmed on the replicas (Redis `WAIT`) is carried by a replication now, or not yet.
 
-use contracts::record::TicketRecord;
+use contracts::store::memory::{MemoryData, MemoryStore, MemoryStoreError};
+use contracts::store::record::TicketRecord;
 use contracts::store::{
-    Cancel, Claim, ClaimReplication, Epoch, LeaseRenewal, MemoryData, MemoryStore, MemoryStoreError, Release,
-    TicketKeys, TicketStore, TicketView, SKIP_LOGS,
+    Cancel, Claim, ClaimReplication, Epoch, LeaseRenewal, Release, TicketKeys, TicketStore, TicketView, SKIP_LOGS,
 };
-use contracts::LogLine;
+use contracts::wire::status::LogLine;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -13,11 +13,14 @@ use crate::dispatcher::Sub;
 pub use crate::faults::{Exclude, Faults};
 use crate::oracle::Oracle;
 use crate::store::SimStore;
-use contracts::agent::flow::Memory;
-use contracts::session::{KeyShare, SessionCache};
+use contracts::agent::flow::environment::Memory;
+use contracts::entropy::Seeded;
 use contracts::store::TicketStore;
-use contracts::trust::{SecretKey, TrustedKeys};
-use contracts::*;
+use contracts::trust::files::TrustedKeys;
+use contracts::trust::keys::SecretKey;
+use contracts::trust::sessions::SessionCache;
+use contracts::wire::envelope::KeyShare;
+use contracts::wire::envelope::Reply;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
@@ -105,6 +108,8 @@ pub struct World {
     pub agent_key: SecretKey,
     /// Each dispatcher's sessions with the agents.
     pub sessions: Vec<SessionCache>,
+    /// Where keys, session shares and message ids come from.
+    pub entropy: Seeded,
     pub(crate) next_msg: u64,
     pub(crate) last_arrival: BTreeMap<usize, u64>,
 }
@@ -112,8 +117,12 @@ pub struct World {
 impl World {
     pub fn new(seed: u64, exclude: &Exclude) -> World {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let key = SecretKey::generate().expect("a key");
-        let attacker = SecretKey::generate().expect("a key");
+        // Keys, shares and message ids from a generator of their own, so that they leave the
+        // world's draws (its faults and timings) as they are.
+        let mut entropy = Seeded::new(!seed);
+        let key = SecretKey::generate(&mut entropy).expect("a key");
+        let attacker = SecretKey::generate(&mut entropy).expect("a key");
+        let agent_key = SecretKey::generate(&mut entropy).expect("a key");
         let trusted = TrustedKeys::of([*key.public()]);
         let faults = Faults::draw(&mut rng, exclude);
         let store = SimStore::new(rng.u64(..));
@@ -138,7 +147,8 @@ impl World {
             key,
             attacker,
             trusted,
-            agent_key: SecretKey::generate().expect("a key"),
+            agent_key,
+            entropy,
             sessions: Vec::new(),
             next_msg: 0,
             last_arrival: BTreeMap::new(),

@@ -5,7 +5,7 @@ use crate::config::{
     DEFAULT_REDIS_SERVICE, DEFAULT_REDIS_URL,
 };
 use clap::{Parser, Subcommand};
-use contracts::tls::TlsFiles;
+use edge::connect::tls::TlsFiles;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ pub struct KeygenArgs {
 
 /// Writes a new key to `out` and prints its public key on stdout (the one line to copy).
 pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
-    let key = contracts::trust::SecretKey::create(&args.out)?;
+    let key = edge::keys::create_secret(&args.out)?;
     eprintln!("worker-agent: wrote a new secret key to {} (mode 0600); its public key:", args.out.display());
     println!("{}", key.public());
     Ok(())
@@ -76,7 +76,7 @@ pub struct RunArgs {
     pub agent_id: String,
     /// RabbitMQ URL; for a cluster, the URL of each node, separated by commas: the agent starts
     /// at a random one and moves to the next when it loses the one in use.
-    #[arg(long, env = "CUTTLE_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, value_parser = contracts::AmqpEndpoints::check_list)]
+    #[arg(long, env = "CUTTLE_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, value_parser = contracts::wire::endpoints::AmqpEndpoints::check_list)]
     pub amqp_url: String,
     /// CA certificate(s) (PEM) that signed the broker's certificate, trusted besides the
     /// system's roots, for `amqps://` URLs.
@@ -248,12 +248,12 @@ fn check_variable_name(name: &str) -> Result<(), String> {
 }
 
 fn parse_label(raw: &str) -> Result<(String, String), String> {
-    contracts::labels::parse_label(raw).map_err(|e| e.to_string())
+    contracts::wire::labels::parse_label(raw).map_err(|e| e.to_string())
 }
 
 impl RunArgs {
     pub fn config(&self) -> Result<AgentConfig, String> {
-        contracts::topology::validate_name("agent id", &self.agent_id)?;
+        contracts::wire::topology::validate_name("agent id", &self.agent_id)?;
         let mut config = AgentConfig::new(&self.agent_id);
         config.amqp_url = self.amqp_url.clone();
         config.redis_url = self.redis_url.clone();
@@ -293,7 +293,7 @@ impl RunArgs {
         }
         config.protocol = self.protocol;
         if let Some(pool) = &self.pool {
-            contracts::topology::validate_name("pool name", pool)?;
+            contracts::wire::topology::validate_name("pool name", pool)?;
         }
         if self.pool.is_some() && self.store == StoreKind::Local {
             return Err(
@@ -313,9 +313,10 @@ impl RunArgs {
         config.drain_timeout = self.drain_timeout;
         let default_expiry = self.pool.is_some().then_some(DEFAULT_POOL_QUEUE_EXPIRY);
         config.queue_expiry = self.queue_expiry.or(default_expiry).filter(|expiry| !expiry.is_zero());
-        config.labels = contracts::labels::collect_labels(self.labels.iter().cloned()).map_err(|e| e.to_string())?;
+        config.labels =
+            contracts::wire::labels::collect_labels(self.labels.iter().cloned()).map_err(|e| e.to_string())?;
         let interval_ms = self.announce_interval.as_millis() as u64;
-        let (min, max) = (contracts::presence::MIN_INTERVAL_MS, contracts::presence::MAX_INTERVAL_MS);
+        let (min, max) = (contracts::wire::presence::MIN_INTERVAL_MS, contracts::wire::presence::MAX_INTERVAL_MS);
         if !(min..=max).contains(&interval_ms) {
             return Err(format!("--announce-interval must be between {min}ms and {max}ms"));
         }
@@ -340,7 +341,7 @@ impl RunArgs {
 pub struct Sentinels(pub Vec<String>);
 
 fn parse_sentinels(list: &str) -> Result<Sentinels, String> {
-    crate::redis_link::parse_sentinels(list).map(Sentinels)
+    edge::connect::store::parse_sentinels(list).map(Sentinels)
 }
 
 /// Runs the agent until SIGINT or SIGTERM, then stops taking work and lets running scripts end
@@ -367,7 +368,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Run(args) => run(*args).await,
             Command::Keygen(args) => keygen(&args),
             Command::PublicKey(args) => {
-                println!("{}", contracts::trust::SecretKey::load(&args.key)?.public());
+                println!("{}", edge::keys::load_secret(&args.key)?.public());
                 Ok(())
             }
             Command::Completions(args) => {

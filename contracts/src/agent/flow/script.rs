@@ -1,15 +1,20 @@
 //! The script requests of the flow: a start (claim, confirm, launch), a status and its long
 //! poll, a cancel, a complete; and the recovery of runs an earlier process left.
 
-use super::{Environment, Note, Step};
+use super::environment::{Environment, Note, Step};
 use crate::agent::{
-    cancel_answer, cancel_awaits_replication, cancel_tombstone, cancelled_status, check_issued_since, check_replicated,
-    check_tombstone_replicated, claim_record, decide_complete, decide_start, recover_run, status_from,
-    status_without_logs, CompleteDecision, Recovery, StartDecision, TicketRecord, SKIP_LOGS,
+    cancel_answer, cancel_awaits_replication, cancelled_status, check_issued_since, check_replicated,
+    check_tombstone_replicated, decide_complete, decide_start, recover_run, status_from, status_without_logs,
+    CompleteDecision, Recovery, StartDecision,
 };
+use crate::store::record::{cancel_tombstone, claim_record, TicketRecord};
+use crate::store::SKIP_LOGS;
 use crate::store::{Cancel, Claim, ClaimReplication, Release, TicketKeys, TicketStore};
-use crate::topology::MAX_STATUS_WAIT_MS;
-use crate::{ErrorKind, ErrorReply, Reply, ScriptSpec, Ticket};
+use crate::wire::envelope::Reply;
+use crate::wire::error::{ErrorKind, ErrorReply};
+use crate::wire::messages::ScriptSpec;
+use crate::wire::ticket::Ticket;
+use crate::wire::topology::MAX_STATUS_WAIT_MS;
 use std::time::Duration;
 
 /// How long a claim waits for its replicas (`--claim-replicas`) before the start is answered

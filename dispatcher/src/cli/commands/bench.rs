@@ -5,12 +5,12 @@ use crate::cli::args::BenchArgs;
 use crate::cli::output::printer::{usage_error, Printer};
 use crate::error::RpcError;
 use crate::orchestrator::Orchestrator;
-use crate::outcome::Outcome;
 use crate::policy::Purpose;
+use contracts::submission::outcome::Outcome;
 use std::process::ExitCode;
 
 /// `dispatcher bench`: many `echo hello` scripts over the whole path, with latency and throughput.
-pub async fn run(orchestrator: &Orchestrator, args: BenchArgs) -> ExitCode {
+pub(crate) async fn run(orchestrator: &Orchestrator, args: BenchArgs) -> ExitCode {
     let route = match args.target.route() {
         Ok(route) => route,
         Err(e) => return usage_error(e),

@@ -2,19 +2,19 @@
 //! and dispatchers run with least privilege (docs/security.md, "Least privilege on the broker").
 
 use crate::cli::args::{EnrolAgentArgs, EnrolPoolArgs, SetupBrokerArgs};
-use crate::outcome::exit;
 use crate::rpc::RpcConfig;
 use crate::setup::{self, DeadLimits, DeadQueue};
-use contracts::topology::{Permissions, DEAD_QUEUE};
+use contracts::submission::outcome::exit;
+use contracts::wire::topology::{Permissions, DEAD_QUEUE};
 use std::process::ExitCode;
 
-fn broker_error(error: crate::RpcError) -> ExitCode {
+fn broker_error(error: crate::error::RpcError) -> ExitCode {
     eprintln!("cuttle: {error}");
     ExitCode::from(exit::BROKER_UNREACHABLE)
 }
 
 /// Declares the shared topology and prints the permissions of the dispatcher and KEDA roles.
-pub async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> ExitCode {
+pub(crate) async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> ExitCode {
     let limits = DeadLimits { max_length: args.dead_max_length, ttl: args.dead_ttl };
     let found = match setup::setup_broker(config, limits).await {
         Ok(found) => found,
@@ -26,7 +26,7 @@ pub async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> ExitCod
         DeadQueue::Bounded => println!(
             "declared the exchanges, the presence stream and {DEAD_QUEUE} (at most {} messages, each for {}) in vhost {vhost}",
             args.dead_max_length,
-            crate::retry::short(args.dead_ttl)
+            contracts::time::short(args.dead_ttl)
         ),
         DeadQueue::Existing => {
             println!("declared the exchanges and the presence stream in vhost {vhost}; {DEAD_QUEUE} existed already");
@@ -43,9 +43,9 @@ pub async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> ExitCod
 }
 
 /// Declares one agent's queues and bindings and prints the permissions its user needs.
-pub async fn enrol_agent(config: &RpcConfig, args: &EnrolAgentArgs) -> ExitCode {
+pub(crate) async fn enrol_agent(config: &RpcConfig, args: &EnrolAgentArgs) -> ExitCode {
     for (what, name) in [("agent id", Some(&args.agent_id)), ("pool name", args.pool.as_ref())] {
-        if let Some(Err(error)) = name.map(|name| contracts::topology::validate_name(what, name)) {
+        if let Some(Err(error)) = name.map(|name| contracts::wire::topology::validate_name(what, name)) {
             eprintln!("cuttle: {error}");
             return ExitCode::from(exit::USAGE);
         }
@@ -65,8 +65,8 @@ pub async fn enrol_agent(config: &RpcConfig, args: &EnrolAgentArgs) -> ExitCode 
 
 /// Declares a pool's queues and bindings and prints the permissions its workers' user needs:
 /// each worker, with an id `POOL.NAME`, declares and binds its own queue.
-pub async fn enrol_pool(config: &RpcConfig, args: &EnrolPoolArgs) -> ExitCode {
-    if let Err(error) = contracts::topology::validate_name("pool name", &args.pool) {
+pub(crate) async fn enrol_pool(config: &RpcConfig, args: &EnrolPoolArgs) -> ExitCode {
+    if let Err(error) = contracts::wire::topology::validate_name("pool name", &args.pool) {
         eprintln!("cuttle: {error}");
         return ExitCode::from(exit::USAGE);
     }

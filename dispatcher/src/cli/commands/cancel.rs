@@ -3,12 +3,12 @@
 use crate::cli::args::TicketArgs;
 use crate::cli::output::printer::{usage_error, Printer};
 use crate::orchestrator::Orchestrator;
-use crate::outcome::OutcomeKind;
 use crate::policy::Purpose;
+use contracts::submission::outcome::OutcomeKind;
 use std::process::ExitCode;
 
 /// `dispatcher cancel TICKET`: cancels the script and follows it until it has stopped.
-pub async fn run(orchestrator: &Orchestrator, args: TicketArgs) -> ExitCode {
+pub(crate) async fn run(orchestrator: &Orchestrator, args: TicketArgs) -> ExitCode {
     let route = match args.target.route() {
         Ok(route) => route,
         Err(e) => return usage_error(e),

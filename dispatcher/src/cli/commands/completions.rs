@@ -1,12 +1,12 @@
 //! `dispatcher completions SHELL`: the shell's completion script, from the clap definitions.
 
-use crate::outcome::exit;
+use contracts::submission::outcome::exit;
 use std::io::Write;
 use std::process::ExitCode;
 
 /// Prints `shell`'s completion script for `command`, the program `name`. Written whole or not at
 /// all: a reader that closes early (`| head`) ends it quietly, as for every command's output.
-pub fn print(shell: clap_complete::Shell, mut command: clap::Command, name: &str) -> ExitCode {
+pub(crate) fn print(shell: clap_complete::Shell, mut command: clap::Command, name: &str) -> ExitCode {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut command, name, &mut script);
     match std::io::stdout().lock().write_all(&script) {

@@ -4,14 +4,14 @@ use super::journal::JournalOptions;
 use crate::cli::args::SubmitArgs;
 use crate::cli::output::printer::usage_error;
 use crate::event::JsonEvent;
-use crate::outcome::exit;
 use crate::plan::{Plan, Tickets};
+use contracts::submission::outcome::exit;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// `submit --detach`: records the submission in the journal and returns; a `dispatcher serve`
 /// on the same journal runs and follows it.
-pub async fn run(journal: &JournalOptions, args: &SubmitArgs) -> ExitCode {
+pub(crate) async fn run(journal: &JournalOptions, args: &SubmitArgs) -> ExitCode {
     let retry = &args.retry;
     let journal = match journal.open(Duration::ZERO) {
         Ok(journal) => journal,

@@ -6,13 +6,13 @@ use crate::cli::output::printer::usage_error;
 use crate::cli::output::terminal;
 use crate::event::{IgnoredAnnouncements, JsonEvent};
 use crate::inventory::{self, Ignored, Inventory};
-use crate::outcome::exit;
 use crate::route::Route;
 use crate::rpc::RpcConfig;
 use crate::trust::{legacy_warning, DispatcherTrust, TrustFiles};
-use contracts::labels::Selector;
-use contracts::presence::Announcement;
-use contracts::trust::KnownAgents;
+use contracts::submission::outcome::exit;
+use contracts::trust::files::KnownAgents;
+use contracts::wire::labels::Selector;
+use contracts::wire::presence::Announcement;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -103,7 +103,12 @@ fn warn_on_stderr(lines: Vec<String>) {
 
 /// `dispatcher agents`, believing the announcements the known agents' pins vouch for (no key
 /// needed: nothing is signed).
-pub async fn run(rpc: &RpcConfig, key: Option<PathBuf>, known_agents: Option<PathBuf>, args: AgentsArgs) -> ExitCode {
+pub(crate) async fn run(
+    rpc: &RpcConfig,
+    key: Option<PathBuf>,
+    known_agents: Option<PathBuf>,
+    args: AgentsArgs,
+) -> ExitCode {
     let file = match TrustFiles::resolve(key, known_agents) {
         Ok(files) => files.known_agents,
         Err(error) => return usage_error(error),
@@ -164,7 +169,7 @@ fn describe_json(agent: &Announcement, now: u64) -> serde_json::Value {
 /// the `selected` event and each warning is a `warning` event; otherwise both go to stderr. The
 /// workers of pools among them with no pin of their own are made known to `trust`, which then
 /// believes their answers under their pool's pin, as it did their announcements.
-pub async fn resolve(
+pub(crate) async fn resolve(
     rpc: &RpcConfig,
     trust: &DispatcherTrust,
     selector: &Selector,
@@ -205,12 +210,12 @@ pub async fn resolve(
 mod tests {
     use super::*;
     use crate::inventory::tests::{announcement, pinned, sighting};
-    use contracts::trust::SecretKey;
+    use contracts::trust::keys::SecretKey;
 
     #[test]
     fn forged_announcements_are_reported_with_what_they_did_to_their_agent() {
         let (key, known) = pinned(&["web-1", "web-2"]);
-        let impostor = SecretKey::generate().unwrap();
+        let impostor = SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap();
         let sightings = vec![
             sighting(Some(&key), &announcement("web-1", 10_000, &[])),
             sighting(Some(&impostor), &announcement("web-1", 10_500, &[])),

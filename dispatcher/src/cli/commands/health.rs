@@ -2,11 +2,11 @@
 
 use crate::cli::args::{CapabilitiesArgs, HealthArgs};
 use crate::cli::output::printer::{usage_error, Printer};
-use crate::negotiate::AgentKind;
 use crate::orchestrator::Orchestrator;
-use crate::outcome::{exit, Outcome};
 use crate::policy::Purpose;
 use crate::route::Route;
+use contracts::submission::negotiate::AgentKind;
+use contracts::submission::outcome::{exit, Outcome};
 use serde_json::json;
 use std::process::ExitCode;
 
@@ -14,10 +14,10 @@ use std::process::ExitCode;
 fn describe_agent(agent: &str, kind: &AgentKind) -> (String, serde_json::Value) {
     let (protocol, services, version) = match kind {
         AgentKind::Current(caps) => {
-            let v2 = caps.supports(contracts::SERVICE_SCRIPT_V2);
+            let v2 = caps.supports(contracts::wire::messages::SERVICE_SCRIPT_V2);
             (if v2 { "v2" } else { "v1" }, caps.services.clone(), Some(caps.agent_version.clone()))
         }
-        AgentKind::Legacy => ("v1", vec![contracts::SERVICE_SCRIPT_V1.to_owned()], None),
+        AgentKind::Legacy => ("v1", vec![contracts::wire::messages::SERVICE_SCRIPT_V1.to_owned()], None),
     };
     let retries = protocol == "v2";
     let text = format!(
@@ -32,14 +32,14 @@ fn describe_agent(agent: &str, kind: &AgentKind) -> (String, serde_json::Value) 
 }
 
 /// `dispatcher capabilities ID`: `health` of one agent.
-pub async fn capabilities(orchestrator: &Orchestrator, args: CapabilitiesArgs) -> ExitCode {
+pub(crate) async fn capabilities(orchestrator: &Orchestrator, args: CapabilitiesArgs) -> ExitCode {
     let args = HealthArgs { agents: vec![args.agent], retry: args.retry, json: args.json, wait: args.wait };
     health(orchestrator, args).await
 }
 
 /// Asks every agent at once; prints one line each, in the order given. An agent whose queue
 /// nobody consumes is down at once (without `--wait`).
-pub async fn health(orchestrator: &Orchestrator, args: HealthArgs) -> ExitCode {
+pub(crate) async fn health(orchestrator: &Orchestrator, args: HealthArgs) -> ExitCode {
     let config = match args.retry.config() {
         Ok(config) => config,
         Err(e) => return usage_error(e),
@@ -59,8 +59,10 @@ pub async fn health(orchestrator: &Orchestrator, args: HealthArgs) -> ExitCode {
     let answers = futures_util::future::join_all(checks.iter().map(|(route, policy)| async move {
         let agent = route.name();
         let printer = Printer::new(args.json).without_logs().for_target(several.then(|| agent.to_owned()));
-        if !args.wait && orchestrator.rpc().consumers(route, contracts::Kind::GetCapabilities).await == Some(0) {
-            let queue = route.queue(contracts::Kind::GetCapabilities);
+        if !args.wait
+            && orchestrator.rpc().consumers(route, contracts::wire::messages::Kind::GetCapabilities).await == Some(0)
+        {
+            let queue = route.queue(contracts::wire::messages::Kind::GetCapabilities);
             return Err((format!("down: no agent is consuming {queue} (--wait waits for it)"), exit::NO_ANSWER));
         }
         orchestrator.agent_kind(route, *policy, &|e| printer.event(e)).await.map_err(|gave_up| {

@@ -3,15 +3,15 @@
 use super::journal::JournalOptions;
 use crate::cli::args::HistoryArgs;
 use crate::cli::output::printer::usage_error;
-use crate::outcome::{exit, OutcomeKind};
 use crate::service::api::{since_millis, TicketView, MAX_HISTORY_LIMIT};
 use crate::service::journal::HistoryQuery;
+use contracts::submission::outcome::{exit, OutcomeKind};
 use serde_json::json;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// `dispatcher history`.
-pub async fn run(journal: &JournalOptions, args: HistoryArgs) -> ExitCode {
+pub(crate) async fn run(journal: &JournalOptions, args: HistoryArgs) -> ExitCode {
     let journal = match journal.open(Duration::ZERO) {
         Ok(journal) => journal,
         Err(e) => return usage_error(format!("history reads the journal: {e}")),
@@ -38,14 +38,14 @@ pub async fn run(journal: &JournalOptions, args: HistoryArgs) -> ExitCode {
     if !args.json {
         outln!("{:<36} {:<24} {:<9} {:<10} {:>9} {:>8}", "TICKET", "TARGET", "STATE", "OUTCOME", "EXIT CODE", "AGE");
     }
-    let now = contracts::unix_millis(std::time::SystemTime::now());
+    let now = contracts::time::unix_millis(std::time::SystemTime::now());
     for record in &records {
         let view = TicketView::from_record(record);
         if args.json {
             outln!("{}", serde_json::to_string(&view).expect("view encodes"));
             continue;
         }
-        let age = crate::retry::short(Duration::from_secs(now.saturating_sub(view.submitted_at) / 1000));
+        let age = contracts::time::short(Duration::from_secs(now.saturating_sub(view.submitted_at) / 1000));
         outln!(
             "{:<36} {:<24} {:<9} {:<10} {:>9} {:>8}",
             view.ticket,

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 /// Where the journal is (global flags).
 #[derive(Clone, Debug)]
-pub struct JournalOptions {
+pub(crate) struct JournalOptions {
     pub url: Option<String>,
     pub prefix: String,
 }
 
 impl JournalOptions {
     /// The journal, or why there is none.
-    pub fn open(&self, retention: Duration) -> Result<Journal, String> {
+    pub(crate) fn open(&self, retention: Duration) -> Result<Journal, String> {
         let url = self.url.as_deref().ok_or(
             "no journal configured: give --journal redis://HOST:PORT (or CUTTLE_JOURNAL_URL), the one `dispatcher serve` uses",
         )?;

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Prints the public key of the dispatcher's key (the default one unless `key` names another).
-pub fn public_key(key: Option<PathBuf>) -> ExitCode {
+pub(crate) fn public_key(key: Option<PathBuf>) -> ExitCode {
     let loaded = TrustFiles::resolve(key, None)
         .map_err(|e| e.to_string())
-        .and_then(|files| contracts::trust::SecretKey::load(&files.key).map_err(|e| e.to_string()));
+        .and_then(|files| edge::keys::load_secret(&files.key).map_err(|e| e.to_string()));
     match loaded {
         Ok(key) => {
             println!("{}", key.public());
@@ -21,8 +21,8 @@ pub fn public_key(key: Option<PathBuf>) -> ExitCode {
 }
 
 /// Writes a new key to `out` and prints its public key on stdout (the one line to copy).
-pub fn keygen(args: &KeygenArgs) -> ExitCode {
-    match contracts::trust::SecretKey::create(&args.out) {
+pub(crate) fn keygen(args: &KeygenArgs) -> ExitCode {
+    match edge::keys::create_secret(&args.out) {
         Ok(key) => {
             eprintln!("dispatcher: wrote a new secret key to {} (mode 0600); its public key:", args.out.display());
             println!("{}", key.public());

@@ -1,17 +1,17 @@
 //! What each `dispatcher` command does, given its parsed arguments; each gives the process's exit
 //! code.
 
-pub mod bench;
-pub mod broker;
-pub mod cancel;
-pub mod completions;
-pub mod detach;
-pub mod fleet;
-pub mod health;
-pub mod history;
-pub mod journal;
-pub mod keys;
-pub mod serve;
-pub mod status;
-pub mod submit;
-pub mod transfer;
+pub(super) mod bench;
+pub(super) mod broker;
+pub(super) mod cancel;
+pub(super) mod completions;
+pub(super) mod detach;
+pub(super) mod fleet;
+pub(super) mod health;
+pub(super) mod history;
+pub(super) mod journal;
+pub(super) mod keys;
+pub(super) mod serve;
+pub(super) mod status;
+pub(super) mod submit;
+pub(super) mod transfer;

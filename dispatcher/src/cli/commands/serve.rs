@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// `dispatcher serve`.
-pub async fn run(orchestrator: &Orchestrator, journal: &JournalOptions, args: ServeArgs) -> ExitCode {
+pub(crate) async fn run(orchestrator: &Orchestrator, journal: &JournalOptions, args: ServeArgs) -> ExitCode {
     if args.lease_ttl < Duration::from_secs(1) {
         return usage_error("--lease-ttl must be at least 1s");
     }

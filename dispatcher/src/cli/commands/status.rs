@@ -7,13 +7,13 @@ use crate::cli::output::printer::{usage_error, Printer};
 use crate::cli::output::terminal;
 use crate::cli::signals::sigint;
 use crate::event::JsonEvent;
-use crate::follow::LogFollower;
 use crate::orchestrator::{Event, Orchestrator};
-use crate::outcome::{exit, Outcome, OutcomeKind};
 use crate::policy::Purpose;
 use crate::route::Route;
 use crate::service::journal::JournalEvent;
-use contracts::Ticket;
+use contracts::submission::follow::LogFollower;
+use contracts::submission::outcome::{exit, Outcome, OutcomeKind};
+use contracts::wire::ticket::Ticket;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 /// `status TICKET --target ID` (or `--pool P`): asks the agent; with `--follow`, follows the
 /// script to its end.
-pub async fn on_agent(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
+pub(crate) async fn on_agent(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode {
     let t = &args.ticket;
     // Following: Ctrl-C detaches, from before the first line is shown.
     let mut ctrl_c = args.follow.then(sigint);
@@ -82,7 +82,7 @@ pub async fn on_agent(orchestrator: &Orchestrator, args: StatusArgs) -> ExitCode
 }
 
 /// The flags that name `route` to `status` and `cancel`.
-pub fn ticket_flags(route: &Route) -> String {
+pub(crate) fn ticket_flags(route: &Route) -> String {
     match route {
         Route::Agent(id) => format!("--target {id}"),
         Route::Pool(pool) | Route::Worker { pool, .. } => format!("--pool {pool}"),
@@ -91,7 +91,7 @@ pub fn ticket_flags(route: &Route) -> String {
 
 /// `status TICKET` without a target: the journal's record, its output, and (`--follow`) its
 /// events until the end. Exits like `submit` once the ticket has finished.
-pub async fn from_journal(journal: &JournalOptions, ticket: &Ticket, follow: bool, json: bool) -> ExitCode {
+pub(crate) async fn from_journal(journal: &JournalOptions, ticket: &Ticket, follow: bool, json: bool) -> ExitCode {
     let journal = match journal.open(Duration::ZERO) {
         Ok(journal) => journal,
         Err(e) => return usage_error(format!("status without --target reads the journal: {e}")),

@@ -10,19 +10,21 @@ use crate::cli::output::progress::FanoutProgress;
 use crate::cli::signals::interrupt_on_ctrl_c;
 use crate::event::JsonEvent;
 use crate::fanout::{self, NotStarted, Progress, TargetResult};
-use crate::negotiate::ScriptProtocol;
-use crate::orchestrator::{Orchestrator, Policies};
-use crate::outcome::{Outcome, OutcomeKind};
+use crate::orchestrator::Orchestrator;
 use crate::plan::{self, Plan, ScriptDraft, ScriptInputs};
 use crate::route::Route;
 use crate::rpc::RpcConfig;
-use contracts::{Isolation, ScriptSpec, Shell, Ticket};
+use contracts::submission::negotiate::ScriptProtocol;
+use contracts::submission::outcome::{Outcome, OutcomeKind};
+use contracts::submission::retry::Policies;
+use contracts::wire::messages::{Isolation, ScriptSpec, Shell};
+use contracts::wire::ticket::Ticket;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// `submit` without `--detach`.
-pub async fn run(orchestrator: &Orchestrator, rpc_config: &RpcConfig, args: SubmitArgs) -> ExitCode {
+pub(crate) async fn run(orchestrator: &Orchestrator, rpc_config: &RpcConfig, args: SubmitArgs) -> ExitCode {
     // Listened for from the first step that may wait on the broker (`--select` reads the fleet).
     let interrupt = interrupt_on_ctrl_c();
     let routes = match (&args.select, &rpc_config.trust) {
@@ -77,7 +79,7 @@ pub async fn run(orchestrator: &Orchestrator, rpc_config: &RpcConfig, args: Subm
 
 /// The script spec `submit`'s flags describe: the script file read, then (once the script is
 /// checked) the files and secret files.
-pub fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
+pub(crate) fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
     let script = match &args.script {
         Some(path) => {
             std::fs::read_to_string(path).map_err(|e| format!("cannot read script file {}: {e}", path.display()))?
@@ -106,7 +108,7 @@ pub fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
 }
 
 /// The secrets of `--secret-env` and `--secret-env-file`; a name given twice is refused.
-fn secrets_of(args: &SubmitArgs) -> Result<contracts::Secrets, String> {
+fn secrets_of(args: &SubmitArgs) -> Result<contracts::wire::messages::Secrets, String> {
     let mut given: Vec<(String, String, String)> = args
         .secret_env
         .iter()
@@ -126,7 +128,7 @@ fn secrets_of(args: &SubmitArgs) -> Result<contracts::Secrets, String> {
             given.push((name.trim().to_owned(), value.to_owned(), path.display().to_string()));
         }
     }
-    let mut secrets = contracts::Secrets::default();
+    let mut secrets = contracts::wire::messages::Secrets::default();
     for (name, value, from) in given {
         if secrets.insert(name.clone(), value).is_some() {
             return Err(format!("secret {name} is given twice (again in {from})"));
@@ -136,20 +138,20 @@ fn secrets_of(args: &SubmitArgs) -> Result<contracts::Secrets, String> {
 }
 
 /// The files of `--file`, read whole (each must fit in one command).
-fn files_of(args: &SubmitArgs) -> Result<Vec<contracts::ScriptFile>, String> {
+fn files_of(args: &SubmitArgs) -> Result<Vec<contracts::wire::messages::ScriptFile>, String> {
     let mut files = Vec::with_capacity(args.files.len());
     for file in &args.files {
         let size = std::fs::metadata(&file.local).map(|m| m.len()).unwrap_or(0);
-        if size > contracts::MAX_SCRIPT_SPEC_BYTES as u64 {
+        if size > contracts::wire::messages::MAX_SCRIPT_SPEC_BYTES as u64 {
             return Err(format!(
                 "{} is {size} bytes, over the {} bytes one command can carry; send it with `dispatcher upload` first",
                 file.local.display(),
-                contracts::MAX_SCRIPT_SPEC_BYTES
+                contracts::wire::messages::MAX_SCRIPT_SPEC_BYTES
             ));
         }
         let content =
             std::fs::read(&file.local).map_err(|e| format!("cannot read file {}: {e}", file.local.display()))?;
-        files.push(contracts::ScriptFile { name: file.name.clone(), content });
+        files.push(contracts::wire::messages::ScriptFile { name: file.name.clone(), content });
     }
     Ok(files)
 }

@@ -9,7 +9,13 @@ use std::path::Path;
 use std::process::ExitCode;
 
 /// `upload` (`up`) or `download`, with a progress bar on a terminal and a summary line.
-pub async fn run(orchestrator: &Orchestrator, on: &TransferTarget, local: &Path, remote: &str, up: bool) -> ExitCode {
+pub(crate) async fn run(
+    orchestrator: &Orchestrator,
+    on: &TransferTarget,
+    local: &Path,
+    remote: &str,
+    up: bool,
+) -> ExitCode {
     let route = match on.target.route() {
         Ok(route) => route,
         Err(e) => return usage_error(e),

@@ -9,6 +9,6 @@ macro_rules! outln {
     };
 }
 
-pub mod printer;
-pub mod progress;
-pub mod terminal;
+pub(super) mod printer;
+pub(super) mod progress;
+pub(super) mod terminal;

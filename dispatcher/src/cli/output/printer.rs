@@ -5,8 +5,8 @@ use super::progress::FanoutProgress;
 use super::terminal;
 use crate::event::JsonEvent;
 use crate::orchestrator::Event;
-use crate::outcome::{exit, Outcome, OutcomeKind};
-use contracts::LogStream;
+use contracts::submission::outcome::{exit, Outcome, OutcomeKind};
+use contracts::wire::status::LogStream;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Prints events as text (script output to stdout/stderr, notices to stderr) or JSON lines.
-pub struct Printer {
+pub(crate) struct Printer {
     json: bool,
     /// Whether log lines are printed (not for `cancel`).
     logs: bool,
@@ -28,29 +28,29 @@ pub struct Printer {
 
 impl Printer {
     /// A printer of every event, as text or (`json`) JSON lines.
-    pub fn new(json: bool) -> Printer {
+    pub(crate) fn new(json: bool) -> Printer {
         Printer { json, logs: true, target: None, progress: None, truncated: AtomicBool::new(false) }
     }
 
     /// The same printer without the script's output.
-    pub fn without_logs(mut self) -> Printer {
+    pub(crate) fn without_logs(mut self) -> Printer {
         self.logs = false;
         self
     }
 
     /// The same printer naming `target` (one of several) in each line.
-    pub fn for_target(mut self, target: Option<String>) -> Printer {
+    pub(crate) fn for_target(mut self, target: Option<String>) -> Printer {
         self.target = target;
         self
     }
 
     /// The same printer keeping `progress` drawn below what it prints.
-    pub fn with_progress(mut self, progress: Option<Arc<FanoutProgress>>) -> Printer {
+    pub(crate) fn with_progress(mut self, progress: Option<Arc<FanoutProgress>>) -> Printer {
         self.progress = progress;
         self
     }
 
-    pub fn event(&self, event: Event) {
+    pub(crate) fn event(&self, event: Event) {
         match &self.progress {
             Some(progress) => progress.suspend(|| self.print(event)),
             None => self.print(event),
@@ -59,7 +59,7 @@ impl Printer {
 
     fn print(&self, event: Event) {
         if let Event::Log(line) = &event {
-            if line.stream == LogStream::Agent && line.text.starts_with(contracts::OUTPUT_TRUNCATED) {
+            if line.stream == LogStream::Agent && line.text.starts_with(contracts::wire::status::OUTPUT_TRUNCATED) {
                 self.truncated.store(true, Ordering::Relaxed);
             }
         }
@@ -89,7 +89,7 @@ impl Printer {
                 "cuttle: {prefix}{request} attempt {} failed: {}; retrying, {} left",
                 notice.attempt,
                 terminal::err(&notice.error.to_string()),
-                crate::retry::short(Duration::from_secs(notice.time_left.as_secs())),
+                contracts::time::short(Duration::from_secs(notice.time_left.as_secs())),
             ),
             Event::Notice(message) => eprintln!("cuttle: {prefix}{}", terminal::err(&message)),
             Event::Warning(message) => eprintln!("cuttle: {prefix}warning: {}", terminal::err(&message)),
@@ -97,7 +97,7 @@ impl Printer {
     }
 
     /// Prints how it ended and gives the exit code.
-    pub fn outcome(&self, outcome: &Outcome) -> ExitCode {
+    pub(crate) fn outcome(&self, outcome: &Outcome) -> ExitCode {
         if self.json {
             outln!("{}", JsonEvent::result(outcome, Some(self.truncated.load(Ordering::Relaxed))));
             return ExitCode::from(outcome.process_exit);
@@ -119,7 +119,7 @@ impl Printer {
 
 /// Writes one line to stdout. Once stdout is closed (`dispatcher ... --json | head -1`), the
 /// dispatcher leaves at once and quietly, as a program killed by SIGPIPE would (exit 141).
-pub fn print_line(line: std::fmt::Arguments<'_>) {
+pub(crate) fn print_line(line: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     if let Err(error) = writeln!(out, "{line}").and_then(|()| out.flush()) {
         if error.kind() == std::io::ErrorKind::BrokenPipe {
@@ -129,7 +129,7 @@ pub fn print_line(line: std::fmt::Arguments<'_>) {
 }
 
 /// Says what is wrong with the command (on stderr) and gives the usage exit code.
-pub fn usage_error(message: impl std::fmt::Display) -> ExitCode {
+pub(crate) fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("cuttle: {message}");
     ExitCode::from(exit::USAGE)
 }

@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
 /// A fan-out's progress: one line below the output, `[####......] 3/10 done, 2 running, 1 failed`.
-pub struct FanoutProgress {
+pub(crate) struct FanoutProgress {
     bars: MultiProgress,
     bar: ProgressBar,
     counts: Mutex<Counts>,
@@ -27,7 +27,7 @@ struct Counts {
 impl Counts {
     fn update(&mut self, change: &Progress) {
         match change {
-            Progress::Started { .. } => self.running += 1,
+            Progress::Started => self.running += 1,
             Progress::Finished(report) => {
                 self.running -= 1;
                 self.done += 1;
@@ -46,7 +46,7 @@ impl Counts {
 
 impl FanoutProgress {
     /// A bar for `total` targets when stderr is a terminal.
-    pub fn on_terminal(total: usize) -> Option<Arc<FanoutProgress>> {
+    pub(crate) fn on_terminal(total: usize) -> Option<Arc<FanoutProgress>> {
         if !std::io::stderr().is_terminal() {
             return None;
         }
@@ -59,7 +59,7 @@ impl FanoutProgress {
     }
 
     /// Counts a target's change and redraws.
-    pub fn update(&self, change: &Progress) {
+    pub(crate) fn update(&self, change: &Progress) {
         let mut counts = self.counts.lock().expect("progress counts");
         counts.update(change);
         self.bar.set_length(counts.total as u64);
@@ -68,19 +68,19 @@ impl FanoutProgress {
     }
 
     /// Runs `print` with the bar taken away, then draws it again below what was printed.
-    pub fn suspend<R>(&self, print: impl FnOnce() -> R) -> R {
+    pub(crate) fn suspend<R>(&self, print: impl FnOnce() -> R) -> R {
         self.bars.suspend(print)
     }
 
     /// Leaves the bar as it ends, above what is printed next.
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.bar.finish();
     }
 }
 
 /// A transfer's bar: bytes done of the total, rate and time left (hidden unless stderr is a
 /// terminal).
-pub fn transfer_bar() -> ProgressBar {
+pub(crate) fn transfer_bar() -> ProgressBar {
     let bar = if std::io::stderr().is_terminal() { ProgressBar::new(0) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
@@ -93,20 +93,20 @@ pub fn transfer_bar() -> ProgressBar {
 mod tests {
     use super::*;
     use crate::fanout::{NotStarted, TargetReport};
-    use crate::outcome::Outcome;
+    use contracts::submission::outcome::Outcome;
     use std::time::Duration;
 
     #[test]
     fn targets_are_counted_as_they_start_finish_or_are_left_out() {
         let report = |code| TargetReport {
             target: "a".into(),
-            outcome: Outcome::from_exit_code(contracts::Ticket::generate(), "a", code),
+            outcome: Outcome::from_exit_code(edge::entropy::ticket(), "a", code),
             duration: Duration::ZERO,
             retries: 0,
         };
         let mut counts = Counts { total: 3, ..Counts::default() };
-        counts.update(&Progress::Started { target: "a".into() });
-        counts.update(&Progress::Started { target: "b".into() });
+        counts.update(&Progress::Started);
+        counts.update(&Progress::Started);
         assert_eq!(counts.message(), "0/3 done, 2 running, 0 failed");
         counts.update(&Progress::Finished(report(0)));
         counts.update(&Progress::Finished(report(3)));

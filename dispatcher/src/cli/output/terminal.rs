@@ -9,17 +9,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static RAW: AtomicBool = AtomicBool::new(false);
 
 /// `--raw`: pass control characters through to terminals too. Set once, at start.
-pub fn set_raw(raw: bool) {
+pub(crate) fn set_raw(raw: bool) {
     RAW.store(raw, Ordering::Relaxed);
 }
 
 /// `text` as it may be written to stdout.
-pub fn out(text: &str) -> Cow<'_, str> {
+pub(crate) fn out(text: &str) -> Cow<'_, str> {
     shown(text, std::io::stdout().is_terminal())
 }
 
 /// `text` as it may be written to stderr.
-pub fn err(text: &str) -> Cow<'_, str> {
+pub(crate) fn err(text: &str) -> Cow<'_, str> {
     shown(text, std::io::stderr().is_terminal())
 }
 
@@ -32,7 +32,7 @@ fn shown(text: &str, terminal: bool) -> Cow<'_, str> {
 }
 
 /// Every control character but tab (C0, DEL and C1, which includes the one-byte CSI) as `\xNN`.
-pub fn escape_controls(text: &str) -> Cow<'_, str> {
+pub(crate) fn escape_controls(text: &str) -> Cow<'_, str> {
     let is_control = |c: char| c.is_control() && c != '\t';
     if !text.contains(is_control) {
         return Cow::Borrowed(text);

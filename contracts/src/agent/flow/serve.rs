@@ -1,0 +1,144 @@
+//! Serving one delivery: the trust checks first (size, seal, decoding, envelope, the session
+//! offered), then the request, handed to [`super::script`] for the script service.
+
+use super::environment::{Answer, Delivery, Environment, Note, Served, Settle};
+use super::script::{self, Start};
+use crate::agent::check_fresh;
+use crate::agent::keys::Acceptance;
+use crate::trust::keys::KeyId;
+use crate::trust::seal::Seal;
+use crate::trust::verify::{Identity, Origin, Refusal};
+use crate::wire::envelope::{check_size, request_digest, Envelope, InReplyTo, Reply, Request};
+use crate::wire::error::{CodecError, ErrorKind, ErrorReply};
+use crate::wire::messages::{Capabilities, Kind};
+use crate::wire::ticket::Ticket;
+
+/// Whether an agent serves a kind at all; a legacy (v1) agent knows only script v1.
+pub fn serves(legacy: bool, kind: Kind) -> bool {
+    !legacy || matches!(kind, Kind::StartScriptV1 | Kind::GetStatusV1 | Kind::CancelScriptV1 | Kind::CompleteScriptV1)
+}
+
+/// Serves one delivery (ARCHITECTURE.md, Trust: trust first): its size, its seal over the raw body, then,
+/// decoded, its envelope; the session it offers; then the request.
+pub async fn serve<E: Environment>(env: &mut E, delivery: Delivery<'_>) -> Served {
+    let Delivery { body, seal } = delivery;
+    // Every answer names the very message it answers (its digest), so that it counts for no other
+    // request: not for one whose correlation id or reply-to someone copied onto this message.
+    let digest = env.keys().signs().then(|| request_digest(body));
+    let in_reply_to = |ticket: Option<&Ticket>| digest.map(|digest| InReplyTo::new(digest, ticket.cloned()));
+    // Size before anything else: a body over the limit (which the broker's max_message_size should
+    // have refused) is neither verified nor copied, only refused.
+    if let Err(error) = check_size(body.len()) {
+        return reject(env, error, Answer { in_reply_to: in_reply_to(None), ..Answer::default() });
+    }
+    let signer = seal.as_ref().ok().and_then(|s| s.as_ref().and_then(Seal::signer));
+    let now = env.now_ms();
+    let (origin, session) = match env.keys().check_seal(seal, body, now) {
+        Ok(checked) => checked,
+        // Not decoded (nothing about it is trusted): the refusal names the digest alone.
+        Err(refusal) => return refuse(env, refusal, signer, in_reply_to(None)),
+    };
+    let mut answer = Answer { session, key_share: None, in_reply_to: in_reply_to(None) };
+    let (header, request) = match Request::decode(body) {
+        Ok(decoded) => decoded,
+        Err(error) => return reject(env, error, answer),
+    };
+    answer.in_reply_to = in_reply_to(request.ticket());
+    let settings = env.settings();
+    let me = Identity { agent_id: &settings.agent_id, pool: settings.pool.as_deref() };
+    if let Err(refusal) = env.keys().check_header(origin, &header, me, now) {
+        // Signed: a refused command's session, if any, is not one to answer in.
+        return refuse(env, refusal, signer, answer.in_reply_to);
+    }
+    let acceptance = env.keys().accept_session(origin, &header, body, me, now);
+    answer.key_share = match acceptance {
+        Acceptance::NotOffered => None,
+        Acceptance::Agreed { share, session, dispatcher } => {
+            env.note(Note::SessionAgreed { session, dispatcher });
+            Some(share)
+        }
+        Acceptance::Declined { dispatcher, declined } => {
+            let message_id = &header.message_id;
+            env.note(Note::SessionDeclined { dispatcher, message_id, declined: &declined });
+            None
+        }
+    };
+    let kind = request.kind();
+    if origin == Origin::Unsigned {
+        env.note(Note::Unsigned { kind });
+    }
+    if !env.admit(matches!(kind, Kind::StartScriptV2 | Kind::StartScriptV1)).await {
+        return Served::Returned;
+    }
+    let ticket = request.ticket().cloned();
+    env.note(Note::Serving { kind, ticket: ticket.as_ref() });
+    let Some(reply) = handle(env, &header, request).await else { return Served::Returned };
+    env.note(Note::Served { kind, ticket: ticket.as_ref(), reply: &reply });
+    Served::Answered { reply, answer, settle: Settle::Ack }
+}
+
+/// Answers a message that cannot be decoded (or is too large to be) with why: acked if only its
+/// kind is unknown (a newer dispatcher's), else dead-lettered.
+fn reject<E: Environment>(env: &mut E, error: CodecError, answer: Answer) -> Served {
+    env.note(Note::Rejected { error: &error });
+    let settle = if matches!(error, CodecError::UnknownKind(_)) { Settle::Ack } else { Settle::DeadLetter };
+    let reply = Reply::Error(ErrorReply::new(error.reply_kind(), error.to_string()));
+    Served::Answered { reply, answer, settle }
+}
+
+/// Refuses a command that failed a trust check: answered with the reason (a signed command past
+/// its deadline too: ARCHITECTURE.md, Trust), signed, naming the refused message, and dead-lettered.
+/// Nothing runs, nothing is stored.
+fn refuse<E: Environment>(env: &mut E, refusal: Refusal, signer: Option<KeyId>, names: Option<InReplyTo>) -> Served {
+    env.note(Note::Refused { refusal: &refusal, signer });
+    let reply = Reply::Error(ErrorReply::new(refusal.answered_as(), format!("{refusal}; nothing ran")));
+    Served::Answered { reply, answer: Answer { in_reply_to: names, ..Answer::default() }, settle: Settle::DeadLetter }
+}
+
+/// Serves one request that passed every check; `None` if the environment stopped the flow.
+async fn handle<E: Environment>(env: &mut E, header: &Envelope<()>, request: Request) -> Option<Reply> {
+    if !serves(env.settings().legacy, request.kind()) {
+        let message = format!("unsupported message kind {:?}", header.kind);
+        return Some(Reply::Error(ErrorReply::new(ErrorKind::Unsupported, message)));
+    }
+    if let Err(expired) = check_fresh(header.not_after, env.now_ms()) {
+        return Some(Reply::Error(expired));
+    }
+    let reply = match request {
+        Request::GetCapabilities(_) => {
+            let settings = env.settings();
+            Reply::Capabilities(Capabilities {
+                services: settings.services.clone(),
+                agent_version: settings.version.clone(),
+            })
+        }
+        Request::StartScriptV2(mut start) => {
+            if let Err(refused) = env.keys().open_secrets(&mut start) {
+                return Some(Reply::Error(refused));
+            }
+            let first_issued_at = start.first_issued_at.unwrap_or(header.issued_at);
+            let wait = start.wait_for_output;
+            let start = Start {
+                ticket: start.ticket,
+                spec: start.spec,
+                not_after: header.not_after,
+                wait,
+                first_issued_at: Some(first_issued_at),
+            };
+            return script::start(env, start).await;
+        }
+        Request::StartScriptV1(start) => {
+            let ticket = env.new_ticket();
+            let start = Start { ticket, spec: start.spec, not_after: None, wait: None, first_issued_at: None };
+            return script::start(env, start).await;
+        }
+        Request::GetStatusV2(s) => script::status(env, &s.ticket, s.last_log_sequence, s.wait).await,
+        Request::GetStatusV1(s) => script::status(env, &s.ticket, s.last_log_sequence, None).await,
+        Request::CancelScriptV2(c) => script::cancel(env, &c.ticket, c.last_log_sequence, c.first_issued_at).await,
+        Request::CancelScriptV1(c) => script::cancel(env, &c.ticket, c.last_log_sequence, None).await,
+        Request::CompleteScriptV2(c) => script::complete(env, &c.ticket).await,
+        Request::CompleteScriptV1(c) => script::complete(env, &c.ticket).await,
+        transfer @ (Request::UploadChunk(_) | Request::DownloadChunk(_)) => env.transfer(transfer).await,
+    };
+    Some(reply)
+}

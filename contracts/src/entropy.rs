@@ -1,0 +1,43 @@
+//! Randomness, passed in: nothing in this crate draws any of its own. Whatever makes a fresh
+//! secret (a key, a session's share, a sealing's share) or a fresh name (a ticket, a message
+//! id) takes an [`Entropy`]: the binaries give the operating system's random source
+//! (`edge::entropy`), the simulation and tests a [`Seeded`] one, so that a seed replays exactly.
+
+/// Where fresh random bytes come from.
+pub trait Entropy: Send {
+    /// Fills `bytes` with random bytes; fails only when the source does (its message).
+    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), String>;
+}
+
+/// `N` bytes drawn from `entropy`.
+pub(crate) fn draw<const N: usize>(entropy: &mut dyn Entropy) -> Result<[u8; N], String> {
+    let mut bytes = [0u8; N];
+    entropy.fill(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Random bytes from a seeded generator (not a cryptographic one): the same seed gives the same
+/// bytes. For the simulation and tests only, never for a real key.
+#[derive(Clone, Debug)]
+pub struct Seeded(pub fastrand::Rng);
+
+impl Seeded {
+    pub fn new(seed: u64) -> Seeded {
+        Seeded(fastrand::Rng::with_seed(seed))
+    }
+}
+
+impl Entropy for Seeded {
+    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), String> {
+        bytes.iter_mut().for_each(|byte| *byte = self.0.u8(..));
+        Ok(())
+    }
+}
+
+/// A [`Seeded`] source no other call of this process got the seed of: fresh keys and names in
+/// tests, the same in every run.
+#[cfg(test)]
+pub(crate) fn fresh() -> Seeded {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    Seeded::new(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}

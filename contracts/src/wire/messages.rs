@@ -1,0 +1,408 @@
+//! Request and reply bodies. Every field added after the first version is `Option` or
+//! `#[serde(default)]`; no field is ever renamed or reused. Durations are milliseconds.
+
+use crate::wire::ticket::Ticket;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Service names an agent lists in [`Capabilities`].
+pub const SERVICE_CAPABILITIES: &str = "capabilities/v1";
+pub const SERVICE_SCRIPT_V1: &str = "script/v1";
+pub const SERVICE_SCRIPT_V2: &str = "script/v2";
+/// The agent replaces the values of a start's `secret_env` by [`SECRET_MASK`] in every output line
+/// before the line leaves it. A dispatcher sends secrets only to an agent that lists this.
+pub const SERVICE_SECRET_MASKING: &str = "secret-masking/v1";
+/// Capability of agents that open [`SealedSecrets`] ([`crate::trust::sealed`]).
+pub const SERVICE_SEALED_SECRETS: &str = "sealed-secrets/v1";
+/// Capability of agents whose every answer names the request it answers
+/// ([`crate::wire::envelope::InReplyTo`]) inside what it signs: their answers are believed only for
+/// the very message the dispatcher sent.
+pub const SERVICE_ANSWER_BINDING: &str = "answer-binding/v1";
+
+/// What a secret value is replaced with in a script's output.
+pub const SECRET_MASK: &str = "********";
+/// Longest secret value; longer ones are refused (the agent holds back this much output while a
+/// secret may be starting).
+pub const MAX_SECRET_BYTES: usize = 16 * 1024;
+/// Largest start a dispatcher sends: script, arguments, environment and files together, encoded.
+/// The rest of the 16 MiB message limit is room for the envelope; larger files go with
+/// `dispatcher upload` first.
+pub const MAX_SCRIPT_SPEC_BYTES: usize = 15 * 1024 * 1024;
+
+/// The wire name of every message kind (the envelope's `kind` and the AMQP `type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    GetCapabilities,
+    Capabilities,
+    StartScriptV2,
+    GetStatusV2,
+    CancelScriptV2,
+    CompleteScriptV2,
+    StartScriptV1,
+    GetStatusV1,
+    CancelScriptV1,
+    CompleteScriptV1,
+    ScriptStatus,
+    Error,
+    UploadChunk,
+    TransferStatus,
+    DownloadChunk,
+    FileChunk,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 16] = [
+        Kind::GetCapabilities,
+        Kind::Capabilities,
+        Kind::StartScriptV2,
+        Kind::GetStatusV2,
+        Kind::CancelScriptV2,
+        Kind::CompleteScriptV2,
+        Kind::StartScriptV1,
+        Kind::GetStatusV1,
+        Kind::CancelScriptV1,
+        Kind::CompleteScriptV1,
+        Kind::ScriptStatus,
+        Kind::Error,
+        Kind::UploadChunk,
+        Kind::TransferStatus,
+        Kind::DownloadChunk,
+        Kind::FileChunk,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::GetCapabilities => "GetCapabilities",
+            Kind::Capabilities => "Capabilities",
+            Kind::StartScriptV2 => "StartScriptV2",
+            Kind::GetStatusV2 => "GetStatusV2",
+            Kind::CancelScriptV2 => "CancelScriptV2",
+            Kind::CompleteScriptV2 => "CompleteScriptV2",
+            Kind::StartScriptV1 => "StartScriptV1",
+            Kind::GetStatusV1 => "GetStatusV1",
+            Kind::CancelScriptV1 => "CancelScriptV1",
+            Kind::CompleteScriptV1 => "CompleteScriptV1",
+            Kind::ScriptStatus => "ScriptStatus",
+            Kind::Error => "Error",
+            Kind::UploadChunk => "UploadChunk",
+            Kind::TransferStatus => "TransferStatus",
+            Kind::DownloadChunk => "DownloadChunk",
+            Kind::FileChunk => "FileChunk",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The shell a script runs in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shell {
+    #[default]
+    Sh,
+    Bash,
+    #[serde(other)]
+    Unknown,
+}
+
+impl Shell {
+    pub fn program(self) -> Option<&'static str> {
+        match self {
+            Shell::Sh => Some("sh"),
+            Shell::Bash => Some("bash"),
+            Shell::Unknown => None,
+        }
+    }
+}
+
+/// Whether a script must run alone among the scripts sharing its mutex.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Isolation {
+    /// Runs beside others; holds its mutex (if named) as a reader.
+    #[default]
+    None,
+    /// Runs alone: holds its mutex (default [`DEFAULT_MUTEX`]) as the only writer.
+    Full,
+    #[serde(other)]
+    Unknown,
+}
+
+/// Mutex a full-isolation script takes when it names none.
+pub const DEFAULT_MUTEX: &str = "RunningScript";
+
+/// A file written into the script's workspace before it starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptFile {
+    pub name: String,
+    #[serde(with = "serde_bytes")]
+    pub content: Vec<u8>,
+}
+
+/// Environment variables whose values must never be seen: in the script's environment, masked in
+/// its output, never logged. `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(BTreeMap<String, String>);
+
+impl Secrets {
+    pub fn new(values: BTreeMap<String, String>) -> Self {
+        Secrets(values)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Name and value of each secret, for the script's environment and the masker.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    pub fn insert(&mut self, name: String, value: String) -> Option<String> {
+        self.0.insert(name, value)
+    }
+
+    /// Checks what decoding cannot: names usable as variables, values neither empty nor longer
+    /// than [`MAX_SECRET_BYTES`]. Messages name the variable, never its value.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, value) in &self.0 {
+            let plain = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !plain {
+                return Err(format!("secret variable name {name:?} must be [A-Za-z_][A-Za-z0-9_]*"));
+            }
+            if value.is_empty() {
+                return Err(format!("secret {name} is empty"));
+            }
+            if value.len() > MAX_SECRET_BYTES {
+                return Err(format!("secret {name} is longer than {MAX_SECRET_BYTES} bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, SECRET_MASK))).finish()
+    }
+}
+
+/// The most keys one start's secrets are sealed to (a pool pinned under keys being rotated).
+pub const MAX_SEALED_COPIES: usize = 16;
+
+/// The secrets of one start, sealed to one key ([`crate::trust::sealed`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecrets {
+    /// The id of the key they are sealed to, in hex ([`crate::trust::keys::KeyId`]).
+    pub key: String,
+    /// The sealer's X25519 share, fresh for each copy.
+    #[serde(with = "serde_bytes")]
+    pub share: Vec<u8>,
+    /// ChaCha20-Poly1305 of the msgpack of the secrets, its tag included.
+    #[serde(with = "serde_bytes")]
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedSecrets(to {}, {} bytes)", self.key, self.sealed.len())
+    }
+}
+
+/// What to run; shared by script v1 and v2 starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptSpec {
+    pub script: String,
+    #[serde(default)]
+    pub shell: Shell,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub files: Vec<ScriptFile>,
+    #[serde(default)]
+    pub isolation: Isolation,
+    #[serde(default)]
+    pub mutex_name: Option<String>,
+    /// Longest wait for the isolation mutex, in ms; `None` waits as long as it takes.
+    #[serde(default)]
+    pub mutex_timeout: Option<u64>,
+    /// Longest run time, in ms; `None` runs until the script ends or is cancelled.
+    #[serde(default)]
+    pub execution_timeout: Option<u64>,
+    /// Variables set like `env` whose values the agent masks in the output. Sent only to agents
+    /// that list [`SERVICE_SECRET_MASKING`], sealed ([`ScriptSpec::sealed_secret_env`]) by a
+    /// dispatcher that pins the agent's key; not part of [`ScriptSpec::digest`].
+    #[serde(default, skip_serializing_if = "Secrets::is_empty")]
+    pub secret_env: Secrets,
+    /// [`ScriptSpec::secret_env`] sealed to the target's keys ([`crate::trust::sealed`]), sent in its
+    /// place to agents that list [`SERVICE_SEALED_SECRETS`]; not part of
+    /// [`ScriptSpec::digest`] (each sealing differs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed_secret_env: Vec<SealedSecrets>,
+}
+
+impl ScriptSpec {
+    /// The mutex this script takes, if any, and whether it takes it alone.
+    pub fn mutex(&self) -> Option<(&str, bool)> {
+        match (self.isolation, self.mutex_name.as_deref()) {
+            (Isolation::Full, name) => Some((name.unwrap_or(DEFAULT_MUTEX), true)),
+            (_, Some(name)) => Some((name, false)),
+            (_, None) => None,
+        }
+    }
+
+    /// A digest of what the script does, to tell a repeated start from a different command that
+    /// reuses a ticket. Hex SHA-256 of the named msgpack encoding (env is a sorted map), without
+    /// the secrets: a digest kept in a store must not let anyone test guesses of a secret.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let public = ScriptSpec { secret_env: Secrets::default(), sealed_secret_env: Vec::new(), ..self.clone() };
+        let bytes = rmp_serde::to_vec_named(&public).expect("a script spec always encodes");
+        hex::encode(sha2::Sha256::digest(bytes))
+    }
+
+    /// Whether the start fits in one command message ([`MAX_SCRIPT_SPEC_BYTES`]).
+    pub fn check_size(&self) -> Result<(), String> {
+        let size = rmp_serde::to_vec_named(self).map(|b| b.len()).unwrap_or(usize::MAX);
+        if size > MAX_SCRIPT_SPEC_BYTES {
+            return Err(format!(
+                "the script with its files, arguments and environment is {size} bytes, over the {MAX_SCRIPT_SPEC_BYTES} bytes one command can carry; send large files with `dispatcher upload` first"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks what decoding cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.shell == Shell::Unknown {
+            return Err("unknown shell".into());
+        }
+        if self.isolation == Isolation::Unknown {
+            return Err("unknown isolation".into());
+        }
+        self.secret_env.validate()?;
+        if !self.sealed_secret_env.is_empty() && !self.secret_env.is_empty() {
+            return Err("secrets come sealed or in clear, not both".into());
+        }
+        if self.sealed_secret_env.len() > MAX_SEALED_COPIES {
+            return Err(format!("secrets are sealed to at most {} keys", MAX_SEALED_COPIES));
+        }
+        if let Some(name) = self.secret_env.names().find(|name| self.env.contains_key(*name)) {
+            return Err(format!("{name} is both a variable and a secret"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for file in &self.files {
+            if !names.insert(file.name.as_str()) {
+                return Err(format!("file name {:?} is given twice", file.name));
+            }
+            let name = std::path::Path::new(&file.name);
+            let plain = name.components().count() == 1
+                && matches!(name.components().next(), Some(std::path::Component::Normal(_)));
+            if !plain {
+                return Err(format!("file name {:?} must be a plain name", file.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetCapabilities {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub services: Vec<String>,
+    pub agent_version: String,
+}
+
+impl Capabilities {
+    pub fn supports(&self, service: &str) -> bool {
+        self.services.iter().any(|s| s == service)
+    }
+}
+
+/// Starts a script under a ticket the dispatcher chose. Idempotent: the same ticket never runs
+/// twice, and every copy is answered with the ticket's current status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartScriptV2 {
+    pub ticket: Ticket,
+    #[serde(flatten)]
+    pub spec: ScriptSpec,
+    /// How long, in ms, the agent may hold the reply for first output or completion.
+    #[serde(default)]
+    pub wait_for_output: Option<u64>,
+    /// Unix ms when the dispatcher first sent this start (every repeat carries the same), so an
+    /// agent whose ticket store lost its data since can refuse it.
+    #[serde(default)]
+    pub first_issued_at: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetStatusV2 {
+    pub ticket: Ticket,
+    #[serde(default)]
+    pub last_log_sequence: u64,
+    /// How long, in ms, the agent may hold the reply for new output or completion.
+    #[serde(default)]
+    pub wait: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelScriptV2 {
+    pub ticket: Ticket,
+    #[serde(default)]
+    pub last_log_sequence: u64,
+    /// Unix ms when the dispatcher first sent the start this cancel stops, when that start has
+    /// not been answered: an agent whose ticket store lost its data since cannot tell whether it
+    /// ran, and says so rather than "unknown ticket" (which reads as "nothing ran").
+    #[serde(default)]
+    pub first_issued_at: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompleteScriptV2 {
+    pub ticket: Ticket,
+}
+
+/// Legacy start: the agent makes the ticket, so a repeat runs the script again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartScriptV1 {
+    #[serde(flatten)]
+    pub spec: ScriptSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetStatusV1 {
+    pub ticket: Ticket,
+    #[serde(default)]
+    pub last_log_sequence: u64,
+}
+
+/// Legacy cancel (Tentacle's v1 script service has one): stops the script the agent runs under
+/// its own ticket. Idempotent, so repeated until the agent answers, as on v2.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelScriptV1 {
+    pub ticket: Ticket,
+    #[serde(default)]
+    pub last_log_sequence: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompleteScriptV1 {
+    pub ticket: Ticket,
+}
