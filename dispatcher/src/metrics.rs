@@ -25,6 +25,8 @@ struct AttemptLabels {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    /// Every family registered, for the generated reference.
+    described: Arc<[metrics::Described]>,
     /// Scripts, refusals, store operations (the journal's) and broker reconnects.
     pub common: Families,
     /// Answers that did not verify under the key pinned for the agent asked, and were ignored
@@ -37,31 +39,40 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let (mut registry, common) =
+        let (mut registrar, common) =
             Families::registry("dispatcher", "Requests agents refused (answered with an error), by reason", "journal");
         let forged_answers = Counter::default();
-        registry.register(
+        registrar.register(
             "cuttle_forged_answers_ignored",
-            "Answers ignored because they did not verify under the key pinned for the agent asked",
+            "Answers ignored: not sealed by the key pinned for the agent asked, or naming another message than the request",
             forged_answers.clone(),
         );
         let attempts = Family::<KindLabel, Counter>::default();
-        registry.register("cuttle_rpc_attempts", "Requests sent to agents (every attempt), by kind", attempts.clone());
+        registrar.register("cuttle_rpc_attempts", "Requests sent to agents (every attempt), by kind", attempts.clone());
         let retries = Family::<KindLabel, Counter>::default();
-        registry.register(
+        registrar.register(
             "cuttle_rpc_retries",
             "Requests repeated after a transient failure, by kind",
             retries.clone(),
         );
         let attempt_duration =
             Family::<AttemptLabels, Histogram>::new_with_constructor(metrics::latency_histogram as _);
-        registry.register_with_unit(
+        registrar.register_with_unit(
             "cuttle_rpc_duration",
             "Time from sending one attempt to its answer or failure, by kind and result",
             Unit::Seconds,
             attempt_duration.clone(),
         );
-        Metrics { registry: Arc::new(registry), common, forged_answers, attempts, retries, attempt_duration }
+        let (registry, described) = registrar.finish();
+        Metrics {
+            registry: Arc::new(registry),
+            described: described.into(),
+            common,
+            forged_answers,
+            attempts,
+            retries,
+            attempt_duration,
+        }
     }
 }
 
@@ -91,6 +102,11 @@ impl Metrics {
     /// A request of `kind` is about to be repeated.
     pub fn retry(&self, kind: contracts::wire::messages::Kind) {
         self.retries.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
+    }
+
+    /// Every family registered, with its type and help, series or not.
+    pub fn described(&self) -> &[metrics::Described] {
+        &self.described
     }
 
     /// The exposition text.
