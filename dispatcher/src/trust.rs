@@ -7,7 +7,7 @@
 //! restart).
 
 use contracts::session::{Offer, Plan, Session, SessionCache, SessionId};
-use contracts::trust::{KeyError, KeyId, KnownAgents, Pin, Seal, SecretKey};
+use contracts::trust::{KeyError, KeyId, KnownAgents, Pin, PublicKey, Seal, SecretKey};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -141,6 +141,17 @@ impl DispatcherTrust {
             Some(session) => session.seal_command(body),
             None => self.key.seal_command(body),
         }
+    }
+
+    /// Signs a schedule's record (`dispatcher schedule add`, `POST /v1/schedules`): the service
+    /// runs its slots only while this signature over it verifies under the service's own key.
+    pub fn seal_schedule(&self, record: &[u8]) -> Seal {
+        self.key.seal_schedule(record)
+    }
+
+    /// The dispatcher's public key (what agents trust, and what schedules are checked against).
+    pub fn public_key(&self) -> &PublicKey {
+        self.key.public()
     }
 
     /// How to seal the next request to `target`, pinned `pin` ([`SessionCache::plan`]). Agents

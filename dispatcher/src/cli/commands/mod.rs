@@ -11,6 +11,7 @@ pub mod health;
 pub mod history;
 pub mod journal;
 pub mod keys;
+pub mod schedule;
 pub mod serve;
 pub mod status;
 pub mod submit;
