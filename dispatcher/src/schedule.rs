@@ -34,9 +34,9 @@ use croner::Cron;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// How long without a pass by any replica counts as every replica being down, and how late an
+/// How long without a mark by any replica counts as every replica being down, and how late an
 /// unstarted slot may still start: a slot that did not start within this of its time was missed
-/// ([`due`]). Replicas pass at least every second.
+/// ([`due`]). Running replicas mark the journal every second.
 pub const DOWN_AFTER: Duration = Duration::from_secs(5);
 
 /// The variable that names the schedule to its script.
@@ -295,18 +295,18 @@ pub struct Due {
 
 /// Which slots of `cadence` a pass at `now_ms` starts. `cursor_ms` is the schedule's last
 /// handled slot (its creation or resumption before any): slots at or before it never run again.
-/// `last_pass_ms` is when any replica last passed over the schedules (before this pass): if
-/// none did for [`DOWN_AFTER`], every replica was down (or the journal out of reach), and all
-/// slots since the cursor were missed. Otherwise slots of the last [`DOWN_AFTER`] start, and
+/// `last_mark_ms` is when any replica last marked the journal (each does every second while it
+/// runs, from its first pass on): if none did for [`DOWN_AFTER`], every replica was down (or the
+/// journal out of reach), and all slots since the cursor were missed. Otherwise slots of the last [`DOWN_AFTER`] start, and
 /// older ones that never started were missed. Missed slots are skipped, or run once under the
 /// latest of them, as `missed` says: never a burst.
-pub fn due(cadence: &Cadence, missed: Missed, cursor_ms: u64, last_pass_ms: Option<u64>, now_ms: u64) -> Due {
+pub fn due(cadence: &Cadence, missed: Missed, cursor_ms: u64, last_mark_ms: Option<u64>, now_ms: u64) -> Due {
     // Most passes find the next slot still to come.
     if cadence.next_after(cursor_ms).is_none_or(|next| next > now_ms) {
         return Due::default();
     }
     let down = DOWN_AFTER.as_millis() as u64;
-    let all_down = last_pass_ms.is_none_or(|last| now_ms.saturating_sub(last) > down);
+    let all_down = last_mark_ms.is_none_or(|last| now_ms.saturating_sub(last) > down);
     let on_time_after = if all_down { now_ms } else { now_ms.saturating_sub(down) }.max(cursor_ms);
     let on_time = cadence.slots(on_time_after, now_ms, MOST_COUNTED);
     let latest_missed = cadence.latest(cursor_ms, on_time_after);

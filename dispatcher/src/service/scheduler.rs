@@ -1,5 +1,6 @@
 //! The service's scheduler: every replica passes over the schedules at least every second (and at
-//! each slot's time), and fires what is due ([`crate::schedule::due`]) by recording it in the
+//! each slot's time), marks the journal every second (so that replicas tell when every one of
+//! them was down), and fires what is due ([`crate::schedule::due`]) by recording it in the
 //! journal ([`super::schedules`]); whichever replica records a slot first submits its tickets and
 //! follows them like any submission ([`super::resume`]). Any replica may fire any slot: the
 //! record makes it once, so no lease is needed for correctness, and a replica that dies anywhere
@@ -23,9 +24,16 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
+use tokio_util::task::AbortOnDropHandle;
 
 /// The longest time between two passes.
 const PASS_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a running replica marks the journal.
+const MARK_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest a slot's `--select` waits for the live fleet: a pass is not held up for long.
+const FLEET_WAIT: Duration = Duration::from_secs(3);
 
 /// A slot recorded this long ago whose tickets are still not all submitted (its replica died in
 /// between) is finished by another replica.
@@ -114,9 +122,16 @@ impl Scheduler {
     /// slot's time.
     pub async fn run(self: Arc<Self>) {
         let shutdown = self.followers.shutdown.clone();
+        let mut marking = None;
         loop {
             let wait = match self.pass().await {
                 Ok(next) => {
+                    // From the first pass on, which had to see whether every replica was down
+                    // before this one came, this replica marks the journal, however long a
+                    // pass takes.
+                    if marking.is_none() {
+                        marking = Some(AbortOnDropHandle::new(tokio::spawn(self.clone().mark())));
+                    }
                     let until_next = next.map(|next| Duration::from_millis(next.saturating_sub(now_ms()) + 5));
                     until_next.unwrap_or(PASS_EVERY).clamp(Duration::from_millis(20), PASS_EVERY)
                 }
@@ -132,11 +147,25 @@ impl Scheduler {
         }
     }
 
+    /// Marks the journal every [`MARK_EVERY`] until shutdown.
+    async fn mark(self: Arc<Self>) {
+        let key = self.key_id().unwrap_or_else(|| "none".into());
+        loop {
+            if let Err(error) = self.schedules.mark(&self.followers.leases.replica, &key, now_ms()).await {
+                tracing::debug!(%error, "cannot mark the journal");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(MARK_EVERY) => {}
+                _ = self.followers.shutdown.cancelled() => return,
+            }
+        }
+    }
+
     /// One pass: every schedule's due slots and run-now requests fired, slots left pending by a
-    /// replica that died finished; then this pass is recorded. Gives the next slot's time.
+    /// replica that died finished. Gives the next slot's time.
     async fn pass(&self) -> Result<Option<u64>, JournalError> {
         let now = now_ms();
-        let last_pass = self.schedules.last_pass().await?;
+        let last_mark = self.schedules.last_mark().await?;
         let mut next: Option<u64> = None;
         for schedule in self.schedules.all().await? {
             if self.followers.shutdown.is_cancelled() {
@@ -166,14 +195,12 @@ impl Scheduler {
             if schedule.paused {
                 continue;
             }
-            let due = schedule::due(&cadence, schedule.spec.missed, schedule.cursor_ms, last_pass, now);
+            let due = schedule::due(&cadence, schedule.spec.missed, schedule.cursor_ms, last_mark, now);
             self.fire_due(&schedule, &cadence, due).await?;
             if let Some(slot) = cadence.next_after(now) {
                 next = Some(next.map_or(slot, |next| next.min(slot)));
             }
         }
-        let key = self.key_id().unwrap_or_else(|| "none".into());
-        self.schedules.passed(&self.followers.leases.replica, &key, now).await?;
         Ok(next)
     }
 
@@ -272,9 +299,14 @@ impl Scheduler {
             None => return Ok(Vec::new()),
         };
         let trust = self.trust().ok_or("this service has no key")?;
-        let inventory = crate::inventory::read(&self.rpc, &trust.known_agents())
-            .await
-            .map_err(|e| format!("cannot read the live agents for --select {selector}: {e}"))?;
+        let known = trust.known_agents();
+        let reading = crate::inventory::read(&self.rpc, &known);
+        let inventory = match tokio::time::timeout(FLEET_WAIT, reading).await {
+            Ok(read) => read.map_err(|e| format!("cannot read the live agents for --select {selector}: {e}"))?,
+            Err(_) => {
+                return Err(format!("the live agents for --select {selector} were not read within {FLEET_WAIT:?}"))
+            }
+        };
         let matching = inventory.select_to_run(&selector, crate::inventory::now_ms(), trust);
         matching.iter().map(|agent| Route::agent(&agent.agent_id)).collect()
     }

@@ -11,7 +11,8 @@
 //! - `schedule:<id>:pending`: slots recorded whose tickets may not all be submitted yet.
 //! - `slot:<id>:<slot>`: the record of one slot ([`RunRecord`]), set once (`SET NX`) for the
 //!   history retention: the one thing that makes a slot run once.
-//! - `replicas`: a sorted set of `<key id> <replica>` by the time of its last pass.
+//! - `replicas`: a sorted set of `<key id> <replica>` by the time of its last mark (each running
+//!   replica marks the journal every second).
 //!
 //! # Why a slot runs once
 //! A slot is fired by recording it ([`Schedules::fire`], one Lua script): only if the schedule
@@ -33,10 +34,10 @@ use std::time::Duration;
 /// Runs kept per schedule, for `list` and the web view.
 pub const RUNS_KEPT: usize = 20;
 
-/// How long a replica's pass counts as it running (`schedule add` warns when none is that fresh).
+/// How long a replica's mark counts as it running (`schedule add` warns when none is that fresh).
 pub const RUNNING_WITHIN: Duration = Duration::from_secs(30);
 
-/// How long replicas' passes are remembered.
+/// How long replicas' marks are remembered.
 const REPLICAS_KEPT: Duration = Duration::from_secs(24 * 3600);
 
 /// Slot records live at least this long, whatever the history retention.
@@ -135,7 +136,7 @@ pub enum Fire {
     Paused,
 }
 
-/// A replica's last pass over the schedules.
+/// A replica's last mark in the journal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaSeen {
     pub replica: String,
@@ -438,8 +439,9 @@ impl Schedules {
         Ok(moved == 1)
     }
 
-    /// Records a replica's pass (its name and key), made at `now_ms`; forgets passes of a day ago.
-    pub async fn passed(&self, replica: &str, key: &str, now_ms: u64) -> JournalResult<()> {
+    /// Marks the journal: this replica (its name and key) runs at `now_ms`. Forgets marks of a
+    /// day ago.
+    pub async fn mark(&self, replica: &str, key: &str, now_ms: u64) -> JournalResult<()> {
         let mut con = self.journal.connection().await?;
         let forget = now_ms.saturating_sub(REPLICAS_KEPT.as_millis() as u64);
         redis::pipe()
@@ -452,14 +454,14 @@ impl Schedules {
         Ok(())
     }
 
-    /// When any replica last passed over the schedules.
-    pub async fn last_pass(&self) -> JournalResult<Option<u64>> {
+    /// When any replica last marked the journal.
+    pub async fn last_mark(&self) -> JournalResult<Option<u64>> {
         let mut con = self.journal.connection().await?;
         let last: Vec<(String, f64)> = con.zrevrange_withscores(self.journal.key("replicas"), 0, 0).await?;
         Ok(last.first().map(|(_, ms)| *ms as u64))
     }
 
-    /// The replicas that passed since `since_ms`, newest first.
+    /// The replicas that marked the journal since `since_ms`, newest first.
     pub async fn replicas_since(&self, since_ms: u64) -> JournalResult<Vec<ReplicaSeen>> {
         let mut con = self.journal.connection().await?;
         let seen: Vec<(String, f64)> =

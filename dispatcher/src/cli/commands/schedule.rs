@@ -141,13 +141,13 @@ async fn add(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The replicas that passed over this journal's schedules lately.
+/// The replicas that marked this journal lately (running ones mark it every second).
 async fn running(schedules: &Schedules) -> Vec<ReplicaSeen> {
     let since = now_ms().saturating_sub(RUNNING_WITHIN.as_millis() as u64);
     schedules.replicas_since(since).await.unwrap_or_default()
 }
 
-/// Warns when no service replica runs on this journal (none passed lately), or none that checks
+/// Warns when no service replica runs on this journal (none marked it lately), or none that checks
 /// schedules with `key`: what is added would not run.
 async fn warn_unless_run(schedules: &Schedules, key: &str) {
     let seen = running(schedules).await;
@@ -160,7 +160,7 @@ async fn warn_unless_run(schedules: &Schedules, key: &str) {
 fn not_run_by(seen: &[ReplicaSeen], key: &str) -> Option<String> {
     if seen.is_empty() {
         return Some(format!(
-            "no `dispatcher serve` replica has run on this journal in the last {}s (replicas leave a mark at each pass): nothing runs a schedule until one does; start one with the same --journal and --journal-prefix",
+            "no `dispatcher serve` replica has run on this journal in the last {}s (running replicas mark it every second): nothing runs a schedule until one does; start one with the same --journal and --journal-prefix",
             RUNNING_WITHIN.as_secs()
         ));
     }
