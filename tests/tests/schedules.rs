@@ -50,23 +50,32 @@ async fn listed(prefix: &str) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// A script that appends its schedule's name and slot to `file`, and prints the slot.
+/// A script that appends its schedule's name, slot and ticket to `file`, and prints the slot.
 fn slot_script(file: &Path) -> String {
-    format!("echo \"$CUTTLE_SCHEDULE $CUTTLE_SCHEDULE_SLOT\" >> '{}'; echo \"$CUTTLE_SCHEDULE_SLOT\"", file.display())
+    format!(
+        "echo \"$CUTTLE_SCHEDULE $CUTTLE_SCHEDULE_SLOT $CUTTLE_TICKET\" >> '{}'; echo \"$CUTTLE_SCHEDULE_SLOT\"",
+        file.display()
+    )
 }
 
-/// The slots the scripts wrote to `file` (unix ms), each as often as it ran, after checking
-/// they name `schedule`.
-fn slots_run(file: &Path, schedule: &str) -> Vec<u64> {
+/// The runs the scripts wrote to `file`: each slot (unix ms) and ticket, as often as it ran,
+/// after checking they name `schedule`.
+fn runs_written(file: &Path, schedule: &str) -> Vec<(u64, String)> {
     let written = std::fs::read_to_string(file).unwrap_or_default();
     written
         .lines()
         .map(|line| {
-            let (name, slot) = line.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+            let fields: Vec<&str> = line.split(' ').collect();
+            let [name, slot, ticket] = fields[..] else { panic!("{line:?}") };
             assert_eq!(name, schedule, "CUTTLE_SCHEDULE names the schedule");
-            rfc3339_ms(slot)
+            (rfc3339_ms(slot), ticket.to_owned())
         })
         .collect()
+}
+
+/// The slots the scripts wrote to `file` (unix ms), each as often as it ran.
+fn slots_run(file: &Path, schedule: &str) -> Vec<u64> {
+    runs_written(file, schedule).into_iter().map(|(slot, _)| slot).collect()
 }
 
 fn rfc3339_ms(text: &str) -> u64 {
@@ -305,12 +314,12 @@ async fn pause_resume_run_now_and_remove_do_what_they_say() {
 
     let out = cli(&["schedule", "pause", &name], &prefix).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    all_finished(&service, agent.id()).await;
-    let paused = count();
+    // No slot fires once `pause` has returned: every run from then on is a run-now.
+    let paused_at = now_ms();
     // Three slots' time: none runs while paused.
     tokio::time::sleep(Duration::from_secs(6)).await;
     all_finished(&service, agent.id()).await;
-    assert_eq!(count(), paused, "no slot runs while paused");
+    let paused = count();
     let shown = &listed(&prefix).await[&name];
     assert_eq!((shown["paused"].as_bool(), shown["next_run"].as_str()), (Some(true), None), "{shown}");
 
@@ -331,13 +340,26 @@ async fn pause_resume_run_now_and_remove_do_what_they_say() {
     let slot_time = record["output"][0]["text"].as_str().unwrap();
     assert!(rfc3339_ms(slot_time).abs_diff(now_ms()) < 60_000, "CUTTLE_SCHEDULE_SLOT is the run's time: {slot_time}");
     assert_eq!(count(), paused + 2);
+    let resumed_at = now_ms();
+    let while_paused: Vec<String> = runs_written(&file, &name)
+        .into_iter()
+        .filter(|(slot, _)| *slot > paused_at && *slot < resumed_at)
+        .map(|(_, ticket)| ticket)
+        .collect();
+    assert_eq!(while_paused, [ticket.clone(), api_ticket.clone()], "only the two run-nows ran while paused");
 
     let out = cli(&["schedule", "resume", &name], &prefix).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     eventually("slots to run again", Duration::from_secs(30), || async { (count() >= paused + 4).then_some(()) }).await;
-    let slots = slots_run(&file, &name);
-    let on_time: Vec<&u64> = slots.iter().filter(|&&s| s % 2000 == 0).collect();
-    assert!(on_time.windows(2).all(|w| w[0] < w[1]), "each slot once, in order: {slots:?}");
+    let mut cron_slots: Vec<u64> = runs_written(&file, &name)
+        .into_iter()
+        .filter(|(_, t)| *t != ticket && *t != api_ticket)
+        .map(|(slot, _)| slot)
+        .collect();
+    let ran = cron_slots.len();
+    cron_slots.sort_unstable();
+    cron_slots.dedup();
+    assert_eq!(cron_slots.len(), ran, "each slot once: {cron_slots:?}");
 
     // What the service shows: the runs with their outcomes, the metrics, the web view.
     let listed_now = &listed(&prefix).await[&name];
@@ -351,10 +373,12 @@ async fn pause_resume_run_now_and_remove_do_what_they_say() {
 
     let out = cli(&["schedule", "remove", &name], &prefix).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    all_finished(&service, agent.id()).await;
-    let removed = count();
+    let removed_at = now_ms();
+    // Several slots' time: no slot after the removal runs (one fired before it may still end).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(count(), removed, "nothing runs once removed");
+    all_finished(&service, agent.id()).await;
+    let after: Vec<u64> = slots_run(&file, &name).into_iter().filter(|&slot| slot > removed_at).collect();
+    assert!(after.is_empty(), "nothing runs once removed: {after:?}");
     assert!(!listed(&prefix).await.contains_key(&name));
     let response = http().post(format!("{}/v1/schedules/{name}/run", service.url)).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 404);
@@ -390,6 +414,7 @@ async fn a_schedule_changed_in_the_journal_without_the_services_key_never_runs()
     let changed = record.replace(&file.display().to_string(), &tampered.display().to_string());
     assert_ne!(changed, record);
     let _: () = redis::cmd("HSET").arg(&key).arg("record").arg(&changed).query_async(&mut redis).await.unwrap();
+    let changed_at = now_ms();
     // A schedule added with another dispatcher key: signed, but not by the service's.
     let other_key = markers.dir.join("other.key");
     let out = run_dispatcher(&["keygen", "--out", other_key.to_str().unwrap()]).await;
@@ -412,13 +437,12 @@ async fn a_schedule_changed_in_the_journal_without_the_services_key_never_runs()
         (log.matches("not running the schedule").count() >= 2).then_some(())
     })
     .await;
-    all_finished(&service, agent.id()).await;
-    let ran = slots_run(&file, &name).len();
     // Several slots' time: neither the changed script nor the other key's runs, nor the original.
     tokio::time::sleep(Duration::from_secs(5)).await;
     all_finished(&service, agent.id()).await;
     assert!(!tampered.exists(), "a script changed or signed without the service's key never runs");
-    assert_eq!(slots_run(&file, &name).len(), ran, "nor does the schedule it was changed from");
+    let after: Vec<u64> = slots_run(&file, &name).into_iter().filter(|&slot| slot > changed_at).collect();
+    assert!(after.is_empty(), "nor does the schedule it was changed from: {after:?}");
     let list: Value = http().get(format!("{}/v1/schedules", service.url)).send().await.unwrap().json().await.unwrap();
     let refused: Vec<&str> =
         list["schedules"].as_array().unwrap().iter().filter_map(|s| s["refused"].as_str()).collect();
