@@ -4,11 +4,11 @@
 //! operations). Names: see docs/operations.md, "Metrics".
 
 use crate::error::RpcError;
-use contracts::metrics::{self, Families, KindLabel};
+use contracts::metrics::{self, Families, KindLabel, OutcomeLabel};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,8 @@ pub struct Metrics {
     attempts: Family<KindLabel, Counter>,
     retries: Family<KindLabel, Counter>,
     attempt_duration: Family<AttemptLabels, Histogram>,
+    schedule_runs: Family<OutcomeLabel, Counter>,
+    schedule_lag: Histogram,
 }
 
 impl Default for Metrics {
@@ -63,6 +65,20 @@ impl Default for Metrics {
             Unit::Seconds,
             attempt_duration.clone(),
         );
+        let schedule_runs = Family::<OutcomeLabel, Counter>::default();
+        registrar.register(
+            "cuttle_schedule_runs",
+            "Runs of schedules' slots, by outcome: completed, cancelled, unknown, failed (a ticket each, counted by the replica that saw it end), not_started (a slot with no target or no plan), skipped (missed slots not run)",
+            schedule_runs.clone(),
+        );
+        // From a slot on time (tens of milliseconds) to one run late under `--missed once` (hours).
+        let schedule_lag = Histogram::new(exponential_buckets(0.01, 2.0, 20));
+        registrar.register_with_unit(
+            "cuttle_schedule_lag",
+            "Time from a schedule's slot to its tickets being recorded, which starts them",
+            Unit::Seconds,
+            schedule_lag.clone(),
+        );
         let (registry, described) = registrar.finish();
         Metrics {
             registry: Arc::new(registry),
@@ -72,6 +88,8 @@ impl Default for Metrics {
             attempts,
             retries,
             attempt_duration,
+            schedule_runs,
+            schedule_lag,
         }
     }
 }
@@ -109,6 +127,16 @@ impl Metrics {
         &self.described
     }
 
+    /// `count` runs of schedules ended so (`completed`, ... or `not_started`, `skipped`).
+    pub fn schedule_runs(&self, outcome: &'static str, count: u64) {
+        self.schedule_runs.get_or_create(&OutcomeLabel { outcome }).inc_by(count);
+    }
+
+    /// A schedule's slot was recorded `lag` after its time.
+    pub fn schedule_lag(&self, lag: Duration) {
+        self.schedule_lag.observe(lag.as_secs_f64());
+    }
+
     /// The exposition text.
     pub fn encode(&self) -> String {
         metrics::encode(&self.registry)
@@ -137,5 +165,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cuttle_forged_answers_ignored_total 0\n"), "{text}");
+        metrics.schedule_runs("skipped", 3);
+        metrics.schedule_lag(Duration::from_millis(40));
+        let text = metrics.encode();
+        assert!(text.contains("cuttle_schedule_runs_total{outcome=\"skipped\"} 3\n"), "{text}");
+        assert!(text.contains("cuttle_schedule_lag_seconds_count 1\n"), "{text}");
     }
 }

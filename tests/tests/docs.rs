@@ -304,27 +304,35 @@ const OTHER_PROGRAMS_FLAGS: &[(&str, &str)] = &[
     ("--offline", "systemd-analyze"),
 ];
 
-/// A binary's whole help: its own, and that of each of its commands.
-fn help_of(program: &str) -> String {
-    let run = |args: &[&str]| {
-        let output = Command::new(binary(program)).args(args).output().expect("the binary runs");
-        assert!(output.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).expect("help is UTF-8")
-    };
-    let top = run(&["--help"]);
-    let commands: Vec<String> = top
-        .lines()
+/// The commands a help lists (`help` aside).
+fn commands_in(help: &str) -> Vec<String> {
+    help.lines()
         .skip_while(|line| line.trim() != "Commands:")
         .skip(1)
         .take_while(|line| !line.trim().is_empty())
         .filter_map(|line| line.split_whitespace().next())
         .filter(|command| *command != "help")
         .map(str::to_owned)
-        .collect();
+        .collect()
+}
+
+/// A binary's whole help: its own, and that of each of its commands and theirs
+/// (`dispatcher schedule add`).
+fn help_of(program: &str) -> String {
+    let run = |args: &[String]| {
+        let output = Command::new(binary(program)).args(args).output().expect("the binary runs");
+        assert!(output.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("help is UTF-8")
+    };
+    let top = run(&["--help".to_owned()]);
+    let commands = commands_in(&top);
     assert!(commands.len() >= 3, "{program} --help lists the commands {commands:?}: is the parser still right?");
-    let mut help = top.clone();
-    for command in &commands {
-        help.push_str(&run(&[command, "--help"]));
+    let mut help = top;
+    let mut pending: Vec<Vec<String>> = commands.into_iter().map(|command| vec![command]).collect();
+    while let Some(path) = pending.pop() {
+        let text = run(&[path.clone(), vec!["--help".to_owned()]].concat());
+        pending.extend(commands_in(&text).into_iter().map(|command| [path.clone(), vec![command]].concat()));
+        help.push_str(&text);
     }
     help
 }

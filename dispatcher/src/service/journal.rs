@@ -16,6 +16,9 @@
 //!   match (`outcome-index`: set once tickets finished before these indexes existed are in them).
 //! - `lease:<ticket>`: which replica follows the ticket (see [`super::lease`]).
 //! - `agents`: a hash of the last known capabilities or error of each target.
+//! - `schedules`, `schedule:<id>`, `schedule:<id>:runs`, `schedule:<id>:requests`,
+//!   `schedule:<id>:pending`, `slot:<id>:<slot>`, `replicas`: schedules, their slots and the
+//!   replicas' passes (see [`super::schedules`]).
 //! - `session:<sha256 of the id>`: a browser's login (see [`super::sessions`]): the digest of the
 //!   token it logged in with, expiring with the session. Neither the id nor the token is stored.
 //!
@@ -96,6 +99,9 @@ pub struct Submission {
     /// Who asked (the API token's name, or the CLI's user).
     pub who: String,
     pub submitted_ms: u64,
+    /// The schedule and slot it runs for, if a schedule's ([`super::schedules`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::SlotOf>,
 }
 
 impl Submission {
@@ -116,6 +122,7 @@ impl Submission {
             retries_enabled: policies.script.enabled,
             who: who.to_owned(),
             submitted_ms: unix_millis(SystemTime::now()),
+            schedule: None,
         }
     }
 

@@ -1,5 +1,5 @@
 //! Where the service's journal is, for the commands that read or write it (`serve`, `history`,
-//! `status TICKET`, `submit --detach`).
+//! `status TICKET`, `submit --detach`, `schedule`).
 
 use crate::service::journal::Journal;
 use std::time::Duration;
@@ -19,4 +19,9 @@ impl JournalOptions {
         )?;
         Journal::open(url, &self.prefix, retention).map_err(|e| e.to_string())
     }
+}
+
+/// Who the journal records as having asked, for what the CLI writes in it.
+pub(crate) fn cli_user() -> String {
+    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
 }
