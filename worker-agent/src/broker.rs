@@ -7,6 +7,7 @@ use crate::config::Protocol;
 use crate::handling::{Handling, Received, Source};
 use crate::service::Agent;
 use contracts::agent::flow::environment::{Answer, Delivery, Served, Settle};
+use contracts::backoff::Backoff;
 use contracts::time::short;
 use contracts::time::unix_millis;
 use contracts::trust::amqp::{seal_of, with_seal};
@@ -202,7 +203,8 @@ pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Res
             return Ok(());
         }
     };
-    let mut delay = FIRST_RECONNECT_DELAY;
+    // Full jitter, so a fleet that lost the broker together does not come back in step.
+    let mut backoff = Backoff::full_jitter(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, fastrand::u64(..));
     while !shutdown.is_cancelled() {
         let mut consumed = false;
         match consume(&agent, &shutdown, &mut endpoints, &mut consumed).await {
@@ -215,8 +217,9 @@ pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Res
             Err(error) => {
                 // A link that served is lost: come back quickly, as after the first loss.
                 if consumed {
-                    delay = FIRST_RECONNECT_DELAY;
+                    backoff.reset();
                 }
+                let delay = backoff.ceiling();
                 agent.set_ready(false);
                 agent.metrics().common.broker_reconnects.inc();
                 if let BrokerError::Tls { .. } = error {
@@ -226,12 +229,10 @@ pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Res
                 }
             }
         }
-        // Full jitter, so a fleet that lost the broker together does not come back in step.
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay.mul_f64(fastrand::f64())) => {}
+            _ = tokio::time::sleep(backoff.next_pause()) => {}
         }
-        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
     }
     Ok(())
 }

@@ -50,6 +50,7 @@ pub mod workspace;
 
 use crate::config::{AgentConfig, StoreKind};
 use crate::service::Agent;
+use contracts::backoff::Backoff;
 use contracts::time::short;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -195,7 +196,8 @@ pub async fn connect_store(
     metrics: &metrics::Metrics,
     shutdown: &CancellationToken,
 ) -> Result<Option<store::AgentStore>, RunError> {
-    let mut delay = Duration::from_millis(200);
+    // 200 ms after the first failure, at most every 5 s while the store stays away.
+    let mut backoff = Backoff::doubling(Duration::from_millis(200), Duration::from_secs(5));
     let ops = &metrics.common.store;
     loop {
         let opened = match config.store {
@@ -209,6 +211,7 @@ pub async fn connect_store(
                     .map(|local| store::Observed::agent_store(local, ops.clone()))
             }
         };
+        let delay = backoff.next_pause();
         match opened {
             Ok(store) => return Ok(Some(store)),
             Err(error) if edge::connect::tls::untrusted_server(&error.to_string()) => {
@@ -228,7 +231,6 @@ pub async fn connect_store(
             _ = shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
