@@ -22,7 +22,7 @@
 use crate::rpc::{self, RpcConfig};
 use contracts::trust::amqp::seal_of;
 use contracts::trust::files::KnownAgents;
-use contracts::trust::seal::Seal;
+use contracts::trust::seal::{Seal, SealHeaderError};
 use contracts::trust::verify::{check_announcement, Believed, Forged};
 use contracts::wire::labels::{Selectable, Selector};
 use contracts::wire::presence::{Announcement, LOOKBACK_MS};
@@ -56,14 +56,14 @@ pub enum InventoryError {
 #[derive(Debug, Clone)]
 pub struct Sighting {
     pub body: Vec<u8>,
-    pub seal: Result<Option<Seal>, String>,
+    pub seal: Result<Option<Seal>, SealHeaderError>,
 }
 
 impl Sighting {
     /// What a reader keeps of an announcement it reads: a sighting, or, for a body over
     /// [`contracts::wire::presence::MAX_ANNOUNCEMENT_BYTES`], only why it was dropped: anyone may append
     /// to the stream, and junk kept until it is decoded cost its size for each one read.
-    pub fn read(body: Vec<u8>, seal: Result<Option<Seal>, String>) -> Result<Sighting, Ignored> {
+    pub fn read(body: Vec<u8>, seal: Result<Option<Seal>, SealHeaderError>) -> Result<Sighting, Ignored> {
         match Announcement::check_size(body.len()) {
             Ok(()) => Ok(Sighting { body, seal }),
             Err(error) => Err(Ignored::Invalid(error.to_string())),
@@ -80,7 +80,7 @@ pub struct Sightings {
 
 impl Sightings {
     /// Takes one announcement read ([`Sighting::read`]).
-    pub fn push(&mut self, body: Vec<u8>, seal: Result<Option<Seal>, String>) {
+    pub fn push(&mut self, body: Vec<u8>, seal: Result<Option<Seal>, SealHeaderError>) {
         match Sighting::read(body, seal) {
             Ok(sighting) => self.kept.push(sighting),
             Err(ignored) => self.dropped.push(ignored),

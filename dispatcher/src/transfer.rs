@@ -398,11 +398,11 @@ mod tests {
     fn a_lost_link_exits_as_contact_lost_and_an_unanswered_request_as_no_answer() {
         let route = Route::agent("a1").unwrap();
         let failed = |error| TransferError::Request(GaveUp { error, elapsed: Duration::ZERO, attempts: 1 });
-        let lost = failed(RpcError::ConnectionLost("connection reset".into()));
+        let lost = failed(crate::error::lost_link("connection reset"));
         assert_eq!((lost.exit_code(&route), lost.resumable()), (exit::OUTCOME_UNKNOWN, true));
         let unanswered = failed(RpcError::NoReply { target: "agent a1".into(), after: Duration::from_secs(10) });
         assert_eq!((unanswered.exit_code(&route), unanswered.resumable()), (exit::NO_ANSWER, true));
-        let unreachable = failed(RpcError::Connect("connection refused".into()));
+        let unreachable = failed(crate::error::unreachable());
         assert_eq!((unreachable.exit_code(&route), unreachable.resumable()), (exit::BROKER_UNREACHABLE, true));
         let refused = failed(RpcError::Unroutable { target: "agent a1".into() });
         assert_eq!((refused.exit_code(&route), refused.resumable()), (exit::NO_SUCH_AGENT, false));

@@ -19,7 +19,7 @@ use contracts::wire::topology::{
     pool_service_routing_key, COMMANDS_EXCHANGE, CONTENT_TYPE, DEAD_EXCHANGE, DEAD_QUEUE,
 };
 use edge::connect::broker::accepts_tcp;
-use edge::connect::tls::tls_hint;
+use edge::connect::tls::TlsFailure;
 use edge::entropy::OsEntropy;
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -246,10 +246,10 @@ async fn connect(agent: &Agent, endpoints: &mut AmqpEndpoints) -> Result<Connect
         let name = format!("cuttle-agent {}", config.agent_id);
         let connect = edge::connect::broker::connect(&url, &name, &config.amqp_tls);
         let connected = match call("connect", config.connect_timeout, connect).await {
-            Err(BrokerError::Call { source, .. }) if tls_hint(&source.to_string()).is_some() => {
-                let message = source.to_string();
-                Err(BrokerError::Tls { hint: tls_hint(&message).unwrap_or_default(), message })
-            }
+            Err(BrokerError::Call { call, source }) => match TlsFailure::of(&source) {
+                Some(failure) => Err(BrokerError::Tls { failure, cause: source }),
+                None => Err(BrokerError::Call { call, source }),
+            },
             Err(BrokerError::Timeout { after, .. }) if accepts_tcp(&url, config.connect_timeout).await => {
                 Err(BrokerError::Silent { after })
             }

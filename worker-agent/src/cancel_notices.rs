@@ -83,11 +83,28 @@ pub(crate) async fn follow(
 
 /// Whether Redis refused the subscription for good: the user lacks the channel (ACL `NOPERM`).
 fn refused(error: &redis::RedisError) -> bool {
-    error.code() == Some("NOPERM") || error.to_string().contains("NOPERM")
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
 }
 
 async fn subscribe(target: &RedisTarget, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
     let mut pubsub = current_client(target).await?.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
     Ok(pubsub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(line: &str) -> redis::RedisError {
+        let value = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).expect("an error reply");
+        value.extract_error().expect_err("an error")
+    }
+
+    #[test]
+    fn only_a_missing_channel_permission_ends_the_subscribing() {
+        assert!(refused(&reply("NOPERM User cuttle has no permissions to access the 'cuttle:cancels' channel")));
+        assert!(!refused(&reply("ERR unknown command 'SUBSCRIBE'")));
+        assert!(!refused(&redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))));
+    }
 }

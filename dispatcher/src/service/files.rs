@@ -65,7 +65,7 @@ impl FileQuery {
             (None, Some(pool)) => Route::pool(pool),
             _ => return Err(ApiError::bad_request("give exactly one of `target` or `pool`")),
         };
-        route.map_err(ApiError::bad_request)
+        route.map_err(|e| ApiError::bad_request(e.to_string()))
     }
 
     fn transferred(&self, route: &Route, done: Transferred) -> FileTransferred {
@@ -85,7 +85,7 @@ impl FileQuery {
 fn checked(query: Result<Query<FileQuery>, QueryRejection>) -> Result<(FileQuery, Route), ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let route = query.route()?;
-    contracts::wire::transfer::check_path(&query.path).map_err(ApiError::bad_request)?;
+    contracts::wire::transfer::check_path(&query.path).map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok((query, route))
 }
 

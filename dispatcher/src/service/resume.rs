@@ -4,7 +4,7 @@
 //! and only then tells the agent to clean up.
 
 use super::agents::AgentSeen;
-use super::journal::{Journal, JournalError, Submission};
+use super::journal::{Corrupt, Journal, JournalError, Submission};
 use super::lease::Leases;
 use crate::orchestrator::{Event, Orchestrator};
 use contracts::backoff::Backoff;
@@ -150,7 +150,7 @@ impl Followers {
         };
         let route = match submission.route() {
             Ok(route) => route,
-            Err(error) => return Err(JournalError::Corrupt(error)),
+            Err(error) => return Err(Corrupt::Route(error).into()),
         };
         let policies = submission.policies();
         let (events, writer) = self.event_writer(ticket.clone());
