@@ -45,9 +45,9 @@ const PREFETCH: u16 = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
     #[error("cannot reach the broker: {0}")]
-    Connect(String),
-    #[error("broker call {call} failed: {reason}")]
-    Broker { call: &'static str, reason: String },
+    Connect(#[source] crate::error::RpcError),
+    #[error("broker call {call} failed: {source}")]
+    Broker { call: &'static str, source: lapin::Error },
     #[error("the presence stream did not catch up within {}", contracts::time::short(*.0))]
     Timeout(Duration),
 }
@@ -191,9 +191,7 @@ impl Inventory {
 /// Reads the presence stream from [`LOOKBACK_MS`] ago up to now, and believes what `known`
 /// allows of it ([`Inventory::settle`]).
 pub async fn read(config: &RpcConfig, known: &KnownAgents) -> Result<Inventory, InventoryError> {
-    let connection = rpc::connect(config, "cuttle-dispatcher inventory")
-        .await
-        .map_err(|e| InventoryError::Connect(e.to_string()))?;
+    let connection = rpc::connect(config, "cuttle-dispatcher inventory").await.map_err(InventoryError::Connect)?;
     let result = tokio::time::timeout(READ_TIMEOUT, read_on(&connection)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), connection.close(200, "inventory read".into())).await;
     let sightings = result.map_err(|_| InventoryError::Timeout(READ_TIMEOUT))??;
@@ -204,7 +202,7 @@ pub async fn read(config: &RpcConfig, known: &KnownAgents) -> Result<Inventory, 
 
 /// The announcements on the stream from [`LOOKBACK_MS`] ago up to our own marker.
 async fn read_on(connection: &lapin::Connection) -> Result<Sightings, InventoryError> {
-    let broker = |call: &'static str| move |e: lapin::Error| InventoryError::Broker { call, reason: e.to_string() };
+    let broker = |call: &'static str| move |source: lapin::Error| InventoryError::Broker { call, source };
     let channel = connection.create_channel().await.map_err(broker("channel.open"))?;
     // The agents declare the stream; before the first agent ever started there is none, and no
     // one is alive.

@@ -105,7 +105,9 @@ fn log_retry(route: &Route, event: Event) {
 /// The answer to a transfer that failed, by what the CLI would exit with.
 fn transfer_error(route: &Route, error: &TransferError) -> ApiError {
     let status = match error {
-        TransferError::Local(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        TransferError::Local { .. } | TransferError::NoFileName(_) | TransferError::Task(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
         _ => match error.exit_code(route) {
             exit::NO_SUCH_AGENT => StatusCode::NOT_FOUND,
             exit::REJECTED => StatusCode::UNPROCESSABLE_ENTITY,
