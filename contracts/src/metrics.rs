@@ -9,12 +9,67 @@
 use crate::wire::error::ErrorKind;
 use crate::wire::exit_code;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::EncodeMetric;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Metric, Registry, Unit};
 use std::time::Duration;
+
+/// A metric family as it was registered: its name as exposed, its type and its help. The
+/// generated reference lists these, since an exposition shows a family only once it has a series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Described {
+    /// The name as exposed (`_total` for a counter, `_seconds` for a time).
+    pub name: String,
+    pub kind: &'static str,
+    pub help: String,
+}
+
+/// A registry that keeps what was registered in it ([`Described`]): what every family of both
+/// binaries is registered through.
+#[derive(Debug, Default)]
+pub struct Registrar {
+    registry: Registry,
+    described: Vec<Described>,
+}
+
+impl Registrar {
+    pub fn register(&mut self, name: &str, help: impl Into<String>, metric: impl Metric) {
+        let help = help.into();
+        self.describe(name, None, &help, &metric);
+        self.registry.register(name, help, metric);
+    }
+
+    pub fn register_with_unit(&mut self, name: &str, help: impl Into<String>, unit: Unit, metric: impl Metric) {
+        let help = help.into();
+        self.describe(name, Some(&unit), &help, &metric);
+        self.registry.register_with_unit(name, help, unit, metric);
+    }
+
+    fn describe(&mut self, name: &str, unit: Option<&Unit>, help: &str, metric: &impl Metric) {
+        let kind = match EncodeMetric::metric_type(metric) {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+            MetricType::Histogram => "histogram",
+            MetricType::Info => "info",
+            _ => "unknown",
+        };
+        let name = match (unit, kind) {
+            (Some(unit), _) => format!("{name}_{}", unit.as_str()),
+            (None, "counter") => format!("{name}_total"),
+            (None, _) => name.to_owned(),
+        };
+        self.described.push(Described { name, kind, help: help.to_owned() });
+    }
+
+    /// The registry, and what was registered in it.
+    pub fn finish(self) -> (Registry, Vec<Described>) {
+        (self.registry, self.described)
+    }
+}
 
 /// The content type of [`encode`]'s text (OpenMetrics, which Prometheus reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -62,7 +117,7 @@ pub struct Scripts {
 }
 
 impl Scripts {
-    pub fn register(registry: &mut Registry, whose: &str) -> Self {
+    pub fn register(registry: &mut Registrar, whose: &str) -> Self {
         let scripts = Scripts::default();
         registry.register(
             "cuttle_scripts_started",
@@ -131,7 +186,7 @@ pub struct Refusals {
 }
 
 impl Refusals {
-    pub fn register(registry: &mut Registry, help: &str) -> Self {
+    pub fn register(registry: &mut Registrar, help: &str) -> Self {
         let refusals = Refusals::default();
         registry.register("cuttle_commands_refused", help, refusals.refused.clone());
         refusals
@@ -168,7 +223,7 @@ pub struct StoreOps {
 }
 
 impl StoreOps {
-    pub fn register(registry: &mut Registry, store: &str) -> Self {
+    pub fn register(registry: &mut Registrar, store: &str) -> Self {
         let ops = StoreOps { duration: Family::new_with_constructor(latency_histogram), errors: Family::default() };
         registry.register_with_unit(
             "cuttle_store_operation_duration",
@@ -208,8 +263,8 @@ pub struct Families {
 impl Families {
     /// `whose` names the process (`agent`), `refusals` describes the refusals counted, `store`
     /// names the store whose operations are timed.
-    pub fn registry(whose: &str, refusals: &str, store: &str) -> (Registry, Families) {
-        let mut registry = Registry::default();
+    pub fn registry(whose: &str, refusals: &str, store: &str) -> (Registrar, Families) {
+        let mut registry = Registrar::default();
         let broker_reconnects = Counter::default();
         registry.register(
             "cuttle_broker_reconnects",
@@ -232,7 +287,12 @@ mod tests {
 
     #[test]
     fn families_are_named_and_labelled_by_convention() {
-        let (registry, families) = Families::registry("agent", "Commands refused", "ticket store");
+        let (registrar, families) = Families::registry("agent", "Commands refused", "ticket store");
+        let (registry, described) = registrar.finish();
+        let names: Vec<(&str, &str)> = described.iter().map(|d| (d.name.as_str(), d.kind)).collect();
+        assert!(names.contains(&("cuttle_scripts_finished_total", "counter")), "{names:?}");
+        assert!(names.contains(&("cuttle_store_operation_duration_seconds", "histogram")), "{names:?}");
+        assert!(names.contains(&("cuttle_scripts_running", "gauge")), "{names:?}");
         let Families { scripts, refusals, store, broker_reconnects: reconnects } = families;
         scripts.start().finish(outcome_of_exit(3));
         let dropped = scripts.start();

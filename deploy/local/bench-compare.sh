@@ -5,7 +5,8 @@
 # of its own (never the shared ones on 5672/6379), ROUNDS rounds alternating old and new, at
 # concurrency 1 and 16. Prints every run and, per setting, the median p50 and throughput of each
 # version, their ratio new/old, and the spread (lowest and highest) of the runs; also the CPU
-# time the agent and the dispatcher spent per script (steadier than the others on a machine
+# time per script of every process (the agent, its script shells, RabbitMQ, Redis, the
+# dispatcher) and of all together (steadier than the others on a machine
 # shared with other work), and the load average the runs saw.
 #
 #   ./deploy/local/bench-compare.sh [OLD_REF [NEW_REF]]
@@ -74,6 +75,8 @@ build old "$old_ref"
 build new "$new_ref"
 
 private_services_start "$work"
+rabbit_pid=$(private_rabbit_pid) || { say "cannot find the private RabbitMQ node's beam.smp process"; exit 1; }
+redis_pid=$(private_redis_pid)
 
 # Keys for each version that signs: its agent trusts its dispatcher, its dispatcher pins its agent.
 signs() { "$work/$1/worker-agent" run --help | grep -q -- --trusted-keys; }
@@ -106,21 +109,31 @@ run() { # version, concurrency, count
     >"$log" 2>&1 &
   agent_pid=$!
   await_agent "$agent_id" "$agent_pid" "$log" "$agent_wait" || failed "agent $agent_id did not start" "$log" /dev/null
-  # CPU time (user and system) each process spent on the run: the agent's own from /proc (clock
-  # ticks, before and after), the dispatcher's from the shell's `time`.
-  local agent_ticks report dispatcher_cpu TIMEFORMAT='%3U %3S'
-  read -r agent_ticks _ < <(cpu_ticks "$agent_pid")
+  # CPU time (user and system) each process spent on the run: from /proc (clock ticks, before
+  # and after) the agent's own, its script shells' (the children it reaped), RabbitMQ's and
+  # Redis's; the dispatcher's from the shell's `time`.
+  local agent_ticks shell_ticks rabbit_ticks redis_ticks report dispatcher_cpu TIMEFORMAT='%3U %3S'
+  read -r agent_ticks shell_ticks < <(cpu_ticks "$agent_pid")
+  read -r rabbit_ticks _ < <(cpu_ticks "$rabbit_pid")
+  read -r redis_ticks _ < <(cpu_ticks "$redis_pid")
   report=$( { time "$work/$version/dispatcher" "${dispatcher_keys[@]}" bench --target "$agent_id" --count "$3" \
     --concurrency "$2" --json 2>"$dispatcher_log"; } 2>"$logs/cpu-$agent_id") ||
     failed "dispatcher bench against agent $agent_id ($version) failed" "$log" "$dispatcher_log"
-  local after
-  read -r after _ < <(cpu_ticks "$agent_pid")
-  agent_ticks=$((after - agent_ticks))
+  local after reaped
+  read -r after reaped < <(cpu_ticks "$agent_pid")
+  agent_ticks=$((after - agent_ticks)) shell_ticks=$((reaped - shell_ticks))
+  read -r after _ < <(cpu_ticks "$rabbit_pid")
+  rabbit_ticks=$((after - rabbit_ticks))
+  read -r after _ < <(cpu_ticks "$redis_pid")
+  redis_ticks=$((after - redis_ticks))
   dispatcher_cpu=$(awk '{ print $1 + $2 }' "$logs/cpu-$agent_id")
   kill -TERM "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=
   local load
   read -r load _ </proc/loadavg
-  echo "$version $2 $(awk -v t="$agent_ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { print t / hz }') $dispatcher_cpu $load $report" |
+  local seconds
+  seconds=$(awk -v a="$agent_ticks" -v s="$shell_ticks" -v r="$rabbit_ticks" -v d="$redis_ticks" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { print a / hz, s / hz, r / hz, d / hz }')
+  echo "$version $2 $seconds $dispatcher_cpu $load $report" |
     tee -a "$results" >&2
 }
 
@@ -137,14 +150,19 @@ import json, statistics, sys
 counts = {1: int(sys.argv[2]), 16: int(sys.argv[3])}
 runs, loads = {}, []
 for line in open(sys.argv[1]):
-    version, concurrency, agent_cpu, dispatcher_cpu, load, report = line.split(" ", 5)
+    version, concurrency, agent_cpu, shells_cpu, rabbit_cpu, redis_cpu, dispatcher_cpu, load, report = line.split(" ", 8)
     report = json.loads(report)
     per_script = 1000 / counts[int(concurrency)]
-    report["agent_cpu"], report["dispatcher_cpu"] = float(agent_cpu) * per_script, float(dispatcher_cpu) * per_script
+    for key, seconds in (("agent_cpu", agent_cpu), ("shells_cpu", shells_cpu), ("rabbit_cpu", rabbit_cpu),
+                         ("redis_cpu", redis_cpu), ("dispatcher_cpu", dispatcher_cpu)):
+        report[key] = float(seconds) * per_script
+    report["all_cpu"] = sum(report[k] for k in ("agent_cpu", "shells_cpu", "rabbit_cpu", "redis_cpu", "dispatcher_cpu"))
     runs.setdefault((int(concurrency), version), []).append(report)
     loads.append(float(load))
 columns = [("p50_ms", "p50 ms", 2), ("throughput_per_s", "throughput /s", 1),
-           ("agent_cpu", "agent CPU ms/script", 3), ("dispatcher_cpu", "dispatcher CPU ms/script", 3)]
+           ("agent_cpu", "agent CPU ms/script", 3), ("shells_cpu", "script shells CPU ms/script", 3),
+           ("rabbit_cpu", "RabbitMQ CPU ms/script", 3), ("redis_cpu", "Redis CPU ms/script", 3),
+           ("dispatcher_cpu", "dispatcher CPU ms/script", 3), ("all_cpu", "all CPU ms/script", 3)]
 print("| concurrency | version | runs | " + " | ".join(f"{name} (median) | spread" for _, name, _ in columns) + " | errors |")
 print("|---|---|---|" + "---|---|" * len(columns) + "---|")
 for concurrency in sorted({c for c, _ in runs}):

@@ -186,6 +186,22 @@ impl Inventory {
             })
             .collect()
     }
+
+    /// The live agents `selector` matches at `now` (`--select`), to run on: `trust` then
+    /// believes the workers of pools among them that have no pin of their own under their pool's
+    /// pin, as it believed their announcements.
+    pub fn select_to_run(
+        &self,
+        selector: &Selector,
+        now: u64,
+        trust: &crate::trust::DispatcherTrust,
+    ) -> Vec<&Announcement> {
+        let matching = self.select(Some(selector), now);
+        trust.know_pool_workers(
+            self.pool_workers().iter().filter(|(agent, _)| matching.iter().any(|a| a.agent_id == **agent)),
+        );
+        matching
+    }
 }
 
 /// Reads the presence stream from [`LOOKBACK_MS`] ago up to now, and believes what `known`

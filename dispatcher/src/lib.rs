@@ -20,6 +20,7 @@
 //! - [`inventory`]: the live fleet, from the agents' announcements on the presence stream.
 //! - [`bench`]: the `dispatcher bench` load generator; [`metrics`]: the metric families.
 //! - [`setup`]: the operator steps `setup-broker`, `enrol-agent` and `enrol-pool` (least privilege).
+//! - [`schedule`]: schedules: cron expressions in time zones, their slots, what a pass starts.
 //! - [`service`]: `dispatcher serve`: the HTTP API, the journal and crash-safe resume.
 //! - [`transfer`]: `upload` and `download` in chunks, resumable and verified.
 //! - [`cli`]: the `dispatcher` command line.
@@ -42,6 +43,7 @@ mod policy;
 pub mod retry;
 pub mod route;
 pub mod rpc;
+pub mod schedule;
 pub mod service;
 mod setup;
 pub mod transfer;

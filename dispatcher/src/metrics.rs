@@ -4,11 +4,11 @@
 //! operations). Names: see docs/operations.md, "Metrics".
 
 use crate::error::RpcError;
-use contracts::metrics::{self, Families, KindLabel};
+use contracts::metrics::{self, Families, KindLabel, OutcomeLabel};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,8 @@ struct AttemptLabels {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    /// Every family registered, for the generated reference.
+    described: Arc<[metrics::Described]>,
     /// Scripts, refusals, store operations (the journal's) and broker reconnects.
     pub common: Families,
     /// Answers that did not verify under the key pinned for the agent asked, and were ignored
@@ -33,35 +35,62 @@ pub struct Metrics {
     attempts: Family<KindLabel, Counter>,
     retries: Family<KindLabel, Counter>,
     attempt_duration: Family<AttemptLabels, Histogram>,
+    schedule_runs: Family<OutcomeLabel, Counter>,
+    schedule_lag: Histogram,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let (mut registry, common) =
+        let (mut registrar, common) =
             Families::registry("dispatcher", "Requests agents refused (answered with an error), by reason", "journal");
         let forged_answers = Counter::default();
-        registry.register(
+        registrar.register(
             "cuttle_forged_answers_ignored",
-            "Answers ignored because they did not verify under the key pinned for the agent asked",
+            "Answers ignored: not sealed by the key pinned for the agent asked, or naming another message than the request",
             forged_answers.clone(),
         );
         let attempts = Family::<KindLabel, Counter>::default();
-        registry.register("cuttle_rpc_attempts", "Requests sent to agents (every attempt), by kind", attempts.clone());
+        registrar.register("cuttle_rpc_attempts", "Requests sent to agents (every attempt), by kind", attempts.clone());
         let retries = Family::<KindLabel, Counter>::default();
-        registry.register(
+        registrar.register(
             "cuttle_rpc_retries",
             "Requests repeated after a transient failure, by kind",
             retries.clone(),
         );
         let attempt_duration =
             Family::<AttemptLabels, Histogram>::new_with_constructor(metrics::latency_histogram as _);
-        registry.register_with_unit(
+        registrar.register_with_unit(
             "cuttle_rpc_duration",
             "Time from sending one attempt to its answer or failure, by kind and result",
             Unit::Seconds,
             attempt_duration.clone(),
         );
-        Metrics { registry: Arc::new(registry), common, forged_answers, attempts, retries, attempt_duration }
+        let schedule_runs = Family::<OutcomeLabel, Counter>::default();
+        registrar.register(
+            "cuttle_schedule_runs",
+            "Runs of schedules' slots, by outcome: completed, cancelled, unknown, failed (a ticket each, counted by the replica that saw it end), not_started (a slot with no target or no plan), skipped (missed slots not run)",
+            schedule_runs.clone(),
+        );
+        // From a slot on time (tens of milliseconds) to one run late under `--missed once` (hours).
+        let schedule_lag = Histogram::new(exponential_buckets(0.01, 2.0, 20));
+        registrar.register_with_unit(
+            "cuttle_schedule_lag",
+            "Time from a schedule's slot to its tickets being recorded, which starts them",
+            Unit::Seconds,
+            schedule_lag.clone(),
+        );
+        let (registry, described) = registrar.finish();
+        Metrics {
+            registry: Arc::new(registry),
+            described: described.into(),
+            common,
+            forged_answers,
+            attempts,
+            retries,
+            attempt_duration,
+            schedule_runs,
+            schedule_lag,
+        }
     }
 }
 
@@ -101,6 +130,21 @@ impl Metrics {
         self.retries.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
     }
 
+    /// Every family registered, with its type and help, series or not.
+    pub fn described(&self) -> &[metrics::Described] {
+        &self.described
+    }
+
+    /// `count` runs of schedules ended so (`completed`, ... or `not_started`, `skipped`).
+    pub fn schedule_runs(&self, outcome: &'static str, count: u64) {
+        self.schedule_runs.get_or_create(&OutcomeLabel { outcome }).inc_by(count);
+    }
+
+    /// A schedule's slot was recorded `lag` after its time.
+    pub fn schedule_lag(&self, lag: Duration) {
+        self.schedule_lag.observe(lag.as_secs_f64());
+    }
+
     /// The exposition text.
     pub fn encode(&self) -> String {
         metrics::encode(&self.registry)
@@ -129,5 +173,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cuttle_forged_answers_ignored_total 0\n"), "{text}");
+        metrics.schedule_runs("skipped", 3);
+        metrics.schedule_lag(Duration::from_millis(40));
+        let text = metrics.encode();
+        assert!(text.contains("cuttle_schedule_runs_total{outcome=\"skipped\"} 3\n"), "{text}");
+        assert!(text.contains("cuttle_schedule_lag_seconds_count 1\n"), "{text}");
     }
 }

@@ -206,6 +206,9 @@ pub(crate) enum Tickets<'a> {
     /// The same ticket for the same caller, key and target (`Idempotency-Key`), so that a repeat
     /// finds what was recorded the first time.
     Idempotent { who: &'a str, key: &'a str },
+    /// The ticket of one slot of a schedule on one target: the same for every replica that
+    /// fires the slot, and never one of another schedule (its id is made at `add`) or slot.
+    Slot { schedule: &'a str, slot: &'a str },
 }
 
 impl Tickets<'_> {
@@ -213,14 +216,22 @@ impl Tickets<'_> {
         match self {
             Tickets::Fresh => edge::entropy::ticket(),
             Tickets::Idempotent { who, key } => idempotent_ticket(who, key, route),
+            Tickets::Slot { schedule, slot } => {
+                digest_ticket(&format!("cuttle schedule slot\0{schedule}\0{slot}\0{route}"))
+            }
         }
     }
 }
 
 /// A ticket made from who asked, their key and the target: a UUID's shape from their digest.
 fn idempotent_ticket(who: &str, key: &str, route: &Route) -> Ticket {
+    digest_ticket(&format!("{who}\0{key}\0{route}"))
+}
+
+/// A ticket in a UUID's shape, from the SHA-256 of `text`.
+fn digest_ticket(text: &str) -> Ticket {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("{who}\0{key}\0{route}").as_bytes());
+    let digest = Sha256::digest(text.as_bytes());
     let hex = hex::encode(&digest[..16]);
     let uuid = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
     Ticket::parse(&uuid).expect("hex digits make a valid ticket")
@@ -328,6 +339,18 @@ mod tests {
         assert_ne!(ticket, idempotent_ticket("bot", "deploy-42", &a));
         assert_ne!(ticket, idempotent_ticket("ci", "deploy-43", &a));
         assert_ne!(idempotent_ticket("ci", "k", &Route::pool("a").unwrap()), idempotent_ticket("ci", "k", &a));
+    }
+
+    #[test]
+    fn slot_tickets_depend_on_schedule_slot_and_target_and_are_no_idempotent_ones() {
+        let (a, b) = (Route::agent("a").unwrap(), Route::agent("b").unwrap());
+        let slot = |schedule, slot| Tickets::Slot { schedule, slot };
+        let ticket = slot("id-1", "1767225600000").ticket_for(&a);
+        assert_eq!(ticket, slot("id-1", "1767225600000").ticket_for(&a), "every replica makes the same");
+        assert_ne!(ticket, slot("id-1", "1767225600000").ticket_for(&b));
+        assert_ne!(ticket, slot("id-1", "1767225602000").ticket_for(&a));
+        assert_ne!(ticket, slot("id-2", "1767225600000").ticket_for(&a), "a schedule added again has a new id");
+        assert_ne!(ticket, Tickets::Idempotent { who: "id-1", key: "1767225600000" }.ticket_for(&a));
     }
 
     #[test]

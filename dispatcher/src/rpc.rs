@@ -110,6 +110,12 @@ impl RpcClient {
         self
     }
 
+    /// Its settings: the broker, and the dispatcher's key and pins (the service reads the live
+    /// fleet with them for a schedule's `--select`).
+    pub fn config(&self) -> &RpcConfig {
+        &self.config
+    }
+
     /// A client already connected, failing at once if the broker cannot be reached.
     pub async fn connect(config: RpcConfig) -> Result<Self, RpcError> {
         let client = RpcClient::new(config);

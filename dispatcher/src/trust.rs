@@ -7,7 +7,7 @@
 //! pinned without a restart).
 
 use contracts::trust::files::{KnownAgents, Pin};
-use contracts::trust::keys::{KeyId, SecretKey};
+use contracts::trust::keys::{KeyId, PublicKey, SecretKey};
 use contracts::trust::seal::Seal;
 use contracts::trust::seal::SessionId;
 use contracts::trust::session::{Offer, Session};
@@ -147,6 +147,17 @@ impl DispatcherTrust {
             Some(session) => session.seal_command(body),
             None => self.key.seal_command(body),
         }
+    }
+
+    /// Signs a schedule's record (`dispatcher schedule add`, `POST /v1/schedules`): the service
+    /// runs its slots only while this signature over it verifies under the service's own key.
+    pub fn seal_schedule(&self, record: &[u8]) -> Seal {
+        self.key.seal_schedule(record)
+    }
+
+    /// The dispatcher's public key (what agents trust, and what schedules are checked against).
+    pub fn public_key(&self) -> &PublicKey {
+        self.key.public()
     }
 
     /// How to seal the next request to `target`, pinned `pin` ([`SessionCache::plan`]). Agents

@@ -8,6 +8,8 @@
 //!   agent's.
 //! - `events.md`: every `--json` event, from the lines `dispatcher::event::JsonEvent` is pinned to
 //!   (`dispatcher/tests/fixtures/events.jsonl`, written and read back by it in its tests).
+//! - `metrics.md`: every metric family both binaries register, as their registries record it
+//!   (`contracts::metrics::Registrar`), with or without a series yet.
 //! - `http-api.md`: every route of `dispatcher serve`, from its OpenAPI document (pinned in
 //!   `dispatcher/tests/fixtures/openapi.json` against the one it serves).
 
@@ -25,6 +27,7 @@ pub fn generate() -> Vec<(PathBuf, String)> {
         (PathBuf::from("docs/reference/cli.md"), cli()),
         (PathBuf::from("docs/reference/exit-codes.md"), exit_codes()),
         (PathBuf::from("docs/reference/events.md"), events()),
+        (PathBuf::from("docs/reference/metrics.md"), metrics()),
         (PathBuf::from("docs/reference/http-api.md"), http_api()),
     ];
     for command in [dispatcher::cli::command(), worker_agent::cli::command()] {
@@ -143,6 +146,35 @@ fn events() -> String {
             writeln!(text, "{line}").unwrap();
         }
         text.push_str("```\n\n");
+    }
+    text
+}
+
+fn metrics() -> String {
+    let mut text =
+        header("Metrics", "the families `worker_agent::metrics::Metrics` and `dispatcher::metrics::Metrics` register");
+    text.push_str(
+        "Every family each binary exposes at `GET /metrics`, by the name its samples carry (a histogram's\n\
+         also come as `_bucket`, `_sum` and `_count`). Their labels, and what to alert on, are in\n\
+         [operations](../operations.md#metrics).\n\n",
+    );
+    for (binary, described) in [
+        (
+            "worker-agent (`GET /metrics` on `--health-addr`)",
+            worker_agent::metrics::Metrics::default().described().to_vec(),
+        ),
+        (
+            "dispatcher serve (`GET /metrics` on `--listen`)",
+            dispatcher::metrics::Metrics::default().described().to_vec(),
+        ),
+    ] {
+        writeln!(text, "## {binary}\n\n| family | type | help |\n|---|---|---|").unwrap();
+        let mut described = described;
+        described.sort_by(|a, b| a.name.cmp(&b.name));
+        for family in described {
+            writeln!(text, "| `{}` | {} | {} |", family.name, family.kind, family.help.replace('|', "\\|")).unwrap();
+        }
+        text.push('\n');
     }
     text
 }

@@ -304,27 +304,35 @@ const OTHER_PROGRAMS_FLAGS: &[(&str, &str)] = &[
     ("--offline", "systemd-analyze"),
 ];
 
-/// A binary's whole help: its own, and that of each of its commands.
-fn help_of(program: &str) -> String {
-    let run = |args: &[&str]| {
-        let output = Command::new(binary(program)).args(args).output().expect("the binary runs");
-        assert!(output.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).expect("help is UTF-8")
-    };
-    let top = run(&["--help"]);
-    let commands: Vec<String> = top
-        .lines()
+/// The commands a help lists (`help` aside).
+fn commands_in(help: &str) -> Vec<String> {
+    help.lines()
         .skip_while(|line| line.trim() != "Commands:")
         .skip(1)
         .take_while(|line| !line.trim().is_empty())
         .filter_map(|line| line.split_whitespace().next())
         .filter(|command| *command != "help")
         .map(str::to_owned)
-        .collect();
+        .collect()
+}
+
+/// A binary's whole help: its own, and that of each of its commands and theirs
+/// (`dispatcher schedule add`).
+fn help_of(program: &str) -> String {
+    let run = |args: &[String]| {
+        let output = Command::new(binary(program)).args(args).output().expect("the binary runs");
+        assert!(output.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("help is UTF-8")
+    };
+    let top = run(&["--help".to_owned()]);
+    let commands = commands_in(&top);
     assert!(commands.len() >= 3, "{program} --help lists the commands {commands:?}: is the parser still right?");
-    let mut help = top.clone();
-    for command in &commands {
-        help.push_str(&run(&[command, "--help"]));
+    let mut help = top;
+    let mut pending: Vec<Vec<String>> = commands.into_iter().map(|command| vec![command]).collect();
+    while let Some(path) = pending.pop() {
+        let text = run(&[path.clone(), vec!["--help".to_owned()]].concat());
+        pending.extend(commands_in(&text).into_iter().map(|command| [path.clone(), vec![command]].concat()));
+        help.push_str(&text);
     }
     help
 }
@@ -520,80 +528,38 @@ fn the_exit_code_table_lists_exactly_the_dispatchers_exit_codes_and_the_agents_a
 
 // ---- metrics ----
 
-/// The metric families registered in the Rust sources below `dir` (`registry.register("cuttle_x",
-/// ...)`, and `register_with_unit` with `Unit::Seconds` as `cuttle_x_seconds`), named as a scrape
-/// declares them: without a counter's `_total`.
-fn registered_in(dir: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for file in files(&repo().join(dir), ".rs") {
-        let code = std::fs::read_to_string(&file).unwrap();
-        for (call, seconds) in [(".register(", false), (".register_with_unit(", true)] {
-            for (at, _) in code.match_indices(call) {
-                let args = code[at + call.len()..].trim_start();
-                let Some(name) = args.strip_prefix("\"cuttle_").and_then(|rest| rest.split('"').next()) else {
-                    continue;
-                };
-                let args = &args[..args.find(");").unwrap_or(args.len())];
-                let unit = if seconds && args.contains("Unit::Seconds") { "_seconds" } else { "" };
-                names.insert(format!("cuttle_{name}{unit}"));
-            }
-        }
-    }
-    names
-}
-
-/// The metrics an exposition text declares (`# TYPE name type`): those with a sample, as a
-/// family is declared only once it has a series.
-fn declared(exposition: &str) -> BTreeMap<String, String> {
-    exposition
-        .lines()
-        .filter_map(|line| line.strip_prefix("# TYPE "))
-        .map(|line| {
-            let (name, kind) = line.split_once(' ').unwrap();
-            (name.to_owned(), kind.to_owned())
-        })
-        .collect()
+/// The families a binary registers, by the name its samples carry, with their types (as its
+/// registry records them: `contracts::metrics::Registrar`, series or not).
+fn registered(described: &[contracts::metrics::Described]) -> BTreeMap<String, String> {
+    described.iter().map(|family| (family.name.clone(), family.kind.to_owned())).collect()
 }
 
 #[test]
 fn the_metrics_table_lists_exactly_the_metrics_the_binaries_register() {
-    let shared = registered_in("contracts/src");
-    let agent: BTreeSet<String> = shared.union(&registered_in("worker-agent/src")).cloned().collect();
-    let service: BTreeSet<String> = shared.union(&registered_in("dispatcher/src")).cloned().collect();
-    assert!(
-        agent.contains("cuttle_scripts_started") && agent.contains("cuttle_request_duration_seconds"),
-        "the registration scan found {agent:?}: is it still right?"
-    );
-    assert!(service.contains("cuttle_rpc_attempts"), "the registration scan found {service:?}: is it still right?");
-    // Types, of the metrics a fresh registry declares (the families without labels).
-    let mut types = declared(&worker_agent::metrics::Metrics::default().encode());
-    types.extend(declared(&dispatcher::metrics::Metrics::default().encode()));
-
+    let agent = registered(worker_agent::metrics::Metrics::default().described());
+    let service = registered(dispatcher::metrics::Metrics::default().described());
+    assert!(agent.contains_key("cuttle_request_duration_seconds") && service.contains_key("cuttle_rpc_attempts_total"));
     let (name, lines) = section("## Metrics");
     let mut problems = Vec::new();
     let mut documented = BTreeSet::new();
     for row in lines.iter().filter(|line| line.starts_with("| `cuttle_")) {
         // | `metric` | type | labels | agent | service | what |
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-        let shown = cells[1].trim_matches('`');
+        let shown = cells[1].trim_matches('`').to_owned();
         let (kind, in_agent, in_service) = (cells[2], cells[4] == "✓", cells[5] == "✓");
-        let metric = if kind == "counter" { shown.trim_end_matches("_total") } else { shown }.to_owned();
-        if kind == "counter" && !shown.ends_with("_total") {
-            problems.push(format!("{shown}: a counter is scraped as {shown}_total"));
-        }
-        if let Some(declared) = types.get(&metric).filter(|declared| *declared != kind) {
-            problems.push(format!("{shown} is a {declared}, documented as a {kind}"));
-        }
-        for (binary, registry, said) in [("the agent", &agent, in_agent), ("the service", &service, in_service)] {
-            match (registry.contains(&metric), said) {
-                (true, false) => problems.push(format!("{shown}: {binary} has it, the table says not")),
-                (false, true) => problems.push(format!("{shown}: the table says {binary} has it; it does not")),
+        for (binary, families, said) in [("the agent", &agent, in_agent), ("the service", &service, in_service)] {
+            match (families.get(&shown), said) {
+                (Some(declared), true) if declared != kind => {
+                    problems.push(format!("{shown} is a {declared} in {binary}, documented as a {kind}"))
+                }
+                (Some(_), false) => problems.push(format!("{shown}: {binary} has it, the table says not")),
+                (None, true) => problems.push(format!("{shown}: the table says {binary} has it; it does not")),
                 _ => {}
             }
         }
-        documented.insert(metric);
+        documented.insert(shown);
     }
-    for metric in agent.union(&service) {
+    for metric in agent.keys().chain(service.keys()) {
         if !documented.contains(metric) {
             problems.push(format!("{metric} is registered but not in the table"));
         }

@@ -527,13 +527,18 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
     let paths = doc["paths"].as_object().expect("paths");
     let mut documented: Vec<String> = Vec::new();
     for (path, item) in paths {
-        for method in item.as_object().unwrap().keys().filter(|m| ["get", "post", "put"].contains(&m.as_str())) {
+        for method in
+            item.as_object().unwrap().keys().filter(|m| ["get", "post", "put", "delete"].contains(&m.as_str()))
+        {
             documented.push(format!("{} {path}", method.to_uppercase()));
             // Every documented route is served: whatever it answers, it is not "no such route".
-            let url = format!("{}{}", service.url, path.replace("{ticket}", &uuid::Uuid::new_v4().to_string()));
+            let path =
+                path.replace("{ticket}", &uuid::Uuid::new_v4().to_string()).replace("{name}", "no-such-schedule");
+            let url = format!("{}{path}", service.url);
             let request = match method.as_str() {
                 "get" => http().get(&url),
                 "put" => http().put(&url).body(""),
+                "delete" => http().delete(&url),
                 _ => http().post(&url).json(&json!({})),
             };
             let response = request.timeout(Duration::from_secs(5)).send().await.expect("route answers");
@@ -548,14 +553,20 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
     assert_eq!(
         documented,
         [
+            "DELETE /v1/schedules/{name}",
             "GET /healthz",
             "GET /metrics",
             "GET /openapi.json",
             "GET /v1/agents",
             "GET /v1/files",
+            "GET /v1/schedules",
             "GET /v1/tickets",
             "GET /v1/tickets/{ticket}",
             "GET /v1/tickets/{ticket}/events",
+            "POST /v1/schedules",
+            "POST /v1/schedules/{name}/pause",
+            "POST /v1/schedules/{name}/resume",
+            "POST /v1/schedules/{name}/run",
             "POST /v1/scripts",
             "POST /v1/tickets/{ticket}/cancel",
             "PUT /v1/files",

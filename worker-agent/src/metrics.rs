@@ -16,6 +16,8 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    /// Every family registered, for the generated reference.
+    described: Arc<[metrics::Described]>,
     /// Scripts, refusals, store operations (the ticket store's) and broker reconnects.
     pub common: Families,
     requests: Family<KindLabel, Counter>,
@@ -28,38 +30,40 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let (mut registry, common) =
+        let (mut registrar, common) =
             Families::registry("agent", "Commands this agent refused, by reason", "ticket store");
         let requests = Family::<KindLabel, Counter>::default();
-        registry.register("cuttle_requests", "Requests received, by kind", requests.clone());
+        registrar.register("cuttle_requests", "Requests received, by kind", requests.clone());
         let request_duration = Family::<KindLabel, Histogram>::new_with_constructor(metrics::latency_histogram as _);
-        registry.register_with_unit(
+        registrar.register_with_unit(
             "cuttle_request_duration",
             "Time from a request's delivery to its answer, by kind",
             Unit::Seconds,
             request_duration.clone(),
         );
         let mutex_waits = Counter::default();
-        registry.register(
+        registrar.register(
             "cuttle_mutex_waits",
             "Scripts that had to wait for their isolation mutex",
             mutex_waits.clone(),
         );
         let mutex_wait_duration = metrics::latency_histogram();
-        registry.register_with_unit(
+        registrar.register_with_unit(
             "cuttle_mutex_wait_duration",
             "Time scripts waited for their isolation mutex (those that waited)",
             Unit::Seconds,
             mutex_wait_duration.clone(),
         );
         let other_consumers = Gauge::default();
-        registry.register(
+        registrar.register(
             "cuttle_queue_other_consumers",
             "Consumers of this agent's own queue besides itself, as last seen (anything but 0 reads its commands)",
             other_consumers.clone(),
         );
+        let (registry, described) = registrar.finish();
         Metrics {
             registry: Arc::new(registry),
+            described: described.into(),
             common,
             requests,
             request_duration,
@@ -82,6 +86,11 @@ impl Metrics {
     pub fn mutex_waited(&self, took: Duration) {
         self.mutex_waits.inc();
         self.mutex_wait_duration.observe(took.as_secs_f64());
+    }
+
+    /// Every family registered, with its type and help, series or not.
+    pub fn described(&self) -> &[metrics::Described] {
+        &self.described
     }
 
     /// The exposition text.

@@ -569,7 +569,7 @@ mod tests {
         store.running_tickets("a").await.unwrap();
         store.forget_running("a", "t").await.unwrap();
         store.ping().await.unwrap();
-        let text = contracts::metrics::encode(&registry);
+        let text = contracts::metrics::encode(&registry.finish().0);
         for operation in [
             "epoch",
             "claim",

@@ -9,8 +9,10 @@
 //! answer's covers [`ANSWER_CONTEXT`], the message id of the request it answers, and its body,
 //! so an old answer replayed to another request does not verify. A presence announcement's
 //! covers [`ANNOUNCEMENT_CONTEXT`] and its body, which holds the agent's id and the time it
-//! announced, so a copy replayed later still says that old time (and drops out with it).
-//! Signatures never appear in `Debug` output or messages.
+//! announced, so a copy replayed later still says that old time (and drops out with it). A
+//! schedule's (`dispatcher schedule`) covers [`SCHEDULE_CONTEXT`] and its record as the journal
+//! keeps it, so no signature of a command, answer or announcement is one of a schedule, nor the
+//! reverse. Signatures never appear in `Debug` output or messages.
 
 use super::keys::{KeyId, SecretKey};
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -23,6 +25,8 @@ pub const COMMAND_CONTEXT: &[u8] = b"cuttle command v1\0";
 pub const ANSWER_CONTEXT: &[u8] = b"cuttle answer v1\0";
 /// What a presence announcement's signature covers before its body.
 pub const ANNOUNCEMENT_CONTEXT: &[u8] = b"cuttle announcement v1\0";
+/// What a schedule's signature covers before its record (the service's journal keeps both).
+pub const SCHEDULE_CONTEXT: &[u8] = b"cuttle schedule v1\0";
 /// AMQP header carrying the signing key's id (hex).
 pub const KEY_HEADER: &str = "cuttle-key";
 /// AMQP header carrying the signature (base64 of 64 bytes).
@@ -72,6 +76,11 @@ impl SecretKey {
         self.seal(&announcement_parts(body).concat())
     }
 
+    /// Seals a schedule whose record, as the journal keeps it, is `record`.
+    pub fn seal_schedule(&self, record: &[u8]) -> Seal {
+        self.seal(&schedule_parts(record).concat())
+    }
+
     fn seal(&self, message: &[u8]) -> Seal {
         Seal::Signature { key: self.id(), signature: self.sign(message) }
     }
@@ -91,6 +100,11 @@ pub(crate) fn answer_parts<'a>(request_id: &'a str, body: &'a [u8]) -> [&'a [u8]
 /// What a presence announcement's signature covers, in order.
 pub(crate) fn announcement_parts(body: &[u8]) -> [&[u8]; 2] {
     [ANNOUNCEMENT_CONTEXT, body]
+}
+
+/// What a schedule's signature covers, in order.
+pub(crate) fn schedule_parts(record: &[u8]) -> [&[u8]; 2] {
+    [SCHEDULE_CONTEXT, record]
 }
 
 /// What vouches for a message, as carried in the AMQP headers: a signature and the id of the key

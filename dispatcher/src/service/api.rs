@@ -57,11 +57,11 @@ pub(crate) enum PurposeName {
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitRequest {
     /// One agent id.
-    target: Option<String>,
+    pub(super) target: Option<String>,
     /// Several agent ids: one ticket each.
-    targets: Option<Vec<String>>,
+    pub(super) targets: Option<Vec<String>>,
     /// A worker pool: any one worker runs the script.
-    pool: Option<String>,
+    pub(super) pool: Option<String>,
     /// The script text.
     script: String,
     #[serde(default)]
@@ -80,7 +80,7 @@ pub(crate) struct SubmitRequest {
     /// agent, never journaled (kept in this replica's memory only until the ticket ends).
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, String>)]
-    secret_env: contracts::wire::messages::Secrets,
+    pub(super) secret_env: contracts::wire::messages::Secrets,
     /// Longest run time, e.g. `90s`; the script is killed past it.
     timeout: Option<String>,
     #[serde(default)]
@@ -90,11 +90,11 @@ pub(crate) struct SubmitRequest {
     /// Longest wait for the isolation mutex, e.g. `5m`.
     mutex_timeout: Option<String>,
     /// Machine policy to use instead of the one the target maps to.
-    policy: Option<String>,
+    pub(super) policy: Option<String>,
     #[serde(default)]
-    purpose: PurposeName,
+    pub(super) purpose: PurposeName,
     /// With several targets: how many run at once (default 10).
-    max_parallel: Option<usize>,
+    pub(super) max_parallel: Option<usize>,
 }
 
 /// A file for the script's workspace.
@@ -244,8 +244,18 @@ fn parse_duration(what: &'static str, raw: &Option<String>) -> Result<Option<Dur
         .transpose()
 }
 
+impl From<PurposeName> for Purpose {
+    fn from(purpose: PurposeName) -> Purpose {
+        match purpose {
+            PurposeName::Deployment => Purpose::Deployment,
+            PurposeName::Runbook => Purpose::Runbook,
+            PurposeName::HealthCheck => Purpose::HealthCheck,
+        }
+    }
+}
+
 /// The routes of a request that names exactly one of `target`, `targets` or `pool`.
-fn routes_of(request: &SubmitRequest) -> Result<Vec<Route>, ApiError> {
+pub(super) fn routes_of(request: &SubmitRequest) -> Result<Vec<Route>, ApiError> {
     let agents = |ids: Vec<String>| Targets::Agents { ids, given_as: "target" };
     let targets = match (&request.target, &request.targets, &request.pool) {
         (Some(agent), None, None) => agents(vec![agent.clone()]),
@@ -258,7 +268,7 @@ fn routes_of(request: &SubmitRequest) -> Result<Vec<Route>, ApiError> {
 
 /// The script spec of a request: the script checked, then its files decoded and its time
 /// limits read.
-fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
+pub(super) fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
     let draft = ScriptDraft {
         script: request.script.clone(),
         shell: match request.shell {
@@ -312,13 +322,11 @@ pub(super) async fn submit(
     let idempotency_key = idempotency_key(&headers)?;
     let routes = routes_of(&request)?;
     let spec = spec_of(&request)?;
-    let purpose = match request.purpose {
-        PurposeName::Deployment => Purpose::Deployment,
-        PurposeName::Runbook => Purpose::Runbook,
-        PurposeName::HealthCheck => Purpose::HealthCheck,
+    let choice = PolicyChoice {
+        policy: request.policy.clone(),
+        purpose: Some(request.purpose.into()),
+        overrides: Overrides::default(),
     };
-    let choice =
-        PolicyChoice { policy: request.policy.clone(), purpose: Some(purpose), overrides: Overrides::default() };
     let plan = Plan::new(routes, spec, &choice, &state.policies).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let tickets = match &idempotency_key {
         Some(key) => Tickets::Idempotent { who: &who.0, key },

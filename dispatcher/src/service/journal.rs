@@ -16,6 +16,9 @@
 //!   match (`outcome-index`: set once tickets finished before these indexes existed are in them).
 //! - `lease:<ticket>`: which replica follows the ticket (see [`super::lease`]).
 //! - `agents`: a hash of the last known capabilities or error of each target.
+//! - `schedules`, `schedule:<id>`, `schedule:<id>:runs`, `schedule:<id>:requests`,
+//!   `schedule:<id>:pending`, `slot:<id>:<slot>`, `replicas`: schedules, their slots and the
+//!   replicas' passes (see [`super::schedules`]).
 //! - `session:<sha256 of the id>`: a browser's login (see [`super::sessions`]): the digest of the
 //!   token it logged in with, expiring with the session. Neither the id nor the token is stored.
 //!
@@ -74,6 +77,15 @@ pub enum Corrupt {
     /// A submission's target is no agent id or pool name.
     #[error(transparent)]
     Route(#[from] contracts::wire::topology::NameError),
+    /// The record of the schedule listed as `name`.
+    #[error("schedule {name}: {source}")]
+    Schedule { name: String, source: serde_json::Error },
+    /// A schedule's record listed under another name or id than its own: moved in the journal.
+    #[error("schedule {name}: its record is of schedule {record_name} ({record_id}), not of id {id}")]
+    ScheduleMoved { name: String, id: String, record_name: String, record_id: String },
+    /// The record of a schedule's slot.
+    #[error("slot {slot}: {source}")]
+    Slot { slot: String, source: serde_json::Error },
 }
 
 pub type JournalResult<T> = Result<T, JournalError>;
@@ -101,6 +113,9 @@ pub struct Submission {
     /// Who asked (the API token's name, or the CLI's user).
     pub who: String,
     pub submitted_ms: u64,
+    /// The schedule and slot it runs for, if a schedule's ([`super::schedules`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::SlotOf>,
 }
 
 impl Submission {
@@ -121,6 +136,7 @@ impl Submission {
             retries_enabled: policies.script.enabled,
             who: who.to_owned(),
             submitted_ms: unix_millis(SystemTime::now()),
+            schedule: None,
         }
     }
 

@@ -8,11 +8,14 @@
 //!   target last answered.
 //! - [`lease`]: which replica follows an in-flight ticket.
 //! - [`resume`]: following a ticket from its record: new, resumed or taken over.
+//! - [`schedules`]: schedules' records and slots in the journal; [`scheduler`]: each replica's
+//!   passes, which fire the slots due ([`crate::schedule`]).
 //! - [`router`]: the axum routes, their OpenAPI document and the layers every request passes;
 //!   it serves the handlers, which share [`state`] (the state, errors, who asked) and nothing
 //!   else of each other's but the history filters [`web`] takes from [`api`]:
 //!   - [`api`]: the `/v1` JSON API (scripts through [`crate::plan`], tickets, events, history);
 //!   - [`files`]: file transfer through the API, by the CLI's own [`crate::transfer`];
+//!   - [`schedule_api`]: the `/v1/schedules` routes, and the view of a schedule;
 //!   - [`web`]: the web view (server-rendered HTML, live through the API's server-sent events).
 //! - [`tokens`]: API tokens; [`sessions`]: browser logins; [`site`]: which hosts and origins are
 //!   the service's own.
@@ -30,6 +33,9 @@ pub mod journal;
 mod lease;
 mod resume;
 mod router;
+pub(crate) mod schedule_api;
+pub(crate) mod scheduler;
+pub(crate) mod schedules;
 mod sessions;
 pub(crate) mod site;
 mod state;
@@ -82,6 +88,7 @@ pub struct Service {
     listener: tokio::net::TcpListener,
     router: axum::Router,
     followers: Arc<Followers>,
+    scheduler: Arc<scheduler::Scheduler>,
     site: Site,
 }
 
@@ -103,13 +110,15 @@ impl Service {
         // The bound port, which `--listen` may have left to the system (port 0).
         let bound = listener.local_addr().map_err(|e| ServiceError::Listen(config.listen, e))?;
         let site = Site::new(bound, config.allowed_hosts, config.public_url);
+        let scheduler = scheduler::Scheduler::new(followers.clone(), config.policies.clone());
         let state = Arc::new(state::ApiState {
             followers: followers.clone(),
+            scheduler: scheduler.clone(),
             policies: config.policies,
             tokens: config.tokens,
             site: site.clone(),
         });
-        Ok(Service { listener, router: router::router(state), followers, site })
+        Ok(Service { listener, router: router::router(state), followers, scheduler, site })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -122,10 +131,12 @@ impl Service {
     }
 
     /// Serves until shutdown: resumes what the journal has in flight, then takes up tickets
-    /// that lose their follower. On shutdown, leases are released for other replicas.
+    /// that lose their follower, and fires the schedules' slots. On shutdown, leases are released
+    /// for other replicas.
     pub async fn run(self) -> std::io::Result<()> {
         let followers = self.followers;
         let resuming = tokio::spawn(followers.clone().resume_loop());
+        let scheduling = tokio::spawn(self.scheduler.run());
         let shutdown = followers.shutdown.clone();
         let stopping = followers.shutdown.clone();
         let serving = axum::serve(self.listener, self.router)
@@ -137,6 +148,7 @@ impl Service {
             _ = async { stopping.cancelled().await; tokio::time::sleep(Duration::from_secs(2)).await } => Ok(()),
         };
         let _ = resuming.await;
+        let _ = scheduling.await;
         followers.stopped().await;
         served
     }

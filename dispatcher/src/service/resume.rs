@@ -190,6 +190,9 @@ impl Followers {
         let _ = writer.await;
         self.record_outcome(&outcome).await?;
         counted.finish(outcome.outcome.name());
+        if submission.schedule.is_some() {
+            self.orchestrator.metrics().schedule_runs(outcome.outcome.name(), 1);
+        }
         self.secrets.lock().expect("secrets").remove(ticket);
         self.orchestrator.complete_after(&route, ticket, &outcome, policies.script, &|_| {}).await;
         Ok(())

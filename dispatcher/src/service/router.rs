@@ -11,7 +11,7 @@
 
 use super::site::Seen;
 use super::state::{ApiError, ApiState, ErrorBody, Shared, Who};
-use super::{api, files, sessions, web};
+use super::{api, files, schedule_api, sessions, web};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -67,6 +67,11 @@ fn documented(state: &Arc<ApiState>) -> (axum::Router<Arc<ApiState>>, utoipa::op
         .routes(routes!(api::cancel))
         .routes(routes!(api::agents))
         .routes(routes!(files::put_file, files::get_file))
+        .routes(routes!(schedule_api::add_schedule, schedule_api::list_schedules))
+        .routes(routes!(schedule_api::remove_schedule))
+        .routes(routes!(schedule_api::pause_schedule))
+        .routes(routes!(schedule_api::resume_schedule))
+        .routes(routes!(schedule_api::run_schedule))
         .route_layer(axum::middleware::from_fn(body_type))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     let (router, mut doc) =
@@ -243,8 +248,9 @@ mod tests {
             .expect("a journal that connects lazily");
         let leases = Leases::new(journal.clone(), "offline".into(), Duration::from_secs(5));
         let followers = Followers::new(orchestrator, journal, leases, Default::default());
+        let scheduler = crate::service::scheduler::Scheduler::new(followers.clone(), PolicyConfig::default());
         let site = Site::new("127.0.0.1:7480".parse().unwrap(), Vec::new(), None);
-        Arc::new(ApiState { followers, policies: PolicyConfig::default(), tokens: None, site })
+        Arc::new(ApiState { followers, scheduler, policies: PolicyConfig::default(), tokens: None, site })
     }
 
     #[test]

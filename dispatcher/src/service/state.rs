@@ -5,6 +5,7 @@
 
 use super::journal::{JournalError, TicketRecord};
 use super::resume::Followers;
+use super::scheduler::Scheduler;
 use super::site::Site;
 use super::tokens::ApiTokens;
 use crate::policy::PolicyConfig;
@@ -20,6 +21,7 @@ use utoipa::ToSchema;
 /// What the handlers share.
 pub(super) struct ApiState {
     pub followers: Arc<Followers>,
+    pub scheduler: Arc<Scheduler>,
     pub policies: PolicyConfig,
     pub tokens: Option<ApiTokens>,
     pub site: Site,

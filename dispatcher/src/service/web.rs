@@ -3,7 +3,8 @@
 //! server-sent events of `GET /v1/tickets/{ticket}/events` for a ticket). No build step: the
 //! script and the style sheet are compiled in.
 //!
-//! - `/`: recent tickets (filter by target and outcome), the agents and the machine policies.
+//! - `/`: recent tickets (filter by target and outcome), the schedules (next run, last runs and
+//!   their outcomes), the agents and the machine policies.
 //! - `/tickets/{ticket}`: one ticket, its output, each retry with its error and the time left,
 //!   and the outcome.
 //! - `/login`: with API tokens, a browser logs in with one and gets a session in an `HttpOnly`,
@@ -15,6 +16,7 @@
 use super::agents::{AgentAnswer, AgentSeen};
 use super::api::{history_query, HistoryParams};
 use super::journal::{JournalEvent, TicketRecord};
+use super::schedule_api::{self, ScheduleView};
 use super::sessions;
 use super::state::{parse_ticket, record_of, ApiError, ApiState, Shared};
 use crate::event::JsonEvent;
@@ -112,7 +114,7 @@ fn page(title: &str, body: Markup) -> Html<String> {
             body {
                 header {
                     a.brand href="/" { "Cuttle" }
-                    nav { a href="/" { "Tickets" } a href="/#agents" { "Agents" } a href="/#policies" { "Policies" } }
+                    nav { a href="/" { "Tickets" } a href="/#schedules" { "Schedules" } a href="/#agents" { "Agents" } a href="/#policies" { "Policies" } }
                 }
                 main { (body) }
             }
@@ -158,6 +160,10 @@ async fn index(State(state): Shared, Query(params): Query<ListParams>) -> Respon
         Err(error) => return error_page(error.into()),
     };
     let agents: Vec<AgentSeen> = agents.into_iter().filter_map(|agent| serde_json::from_value(agent).ok()).collect();
+    let schedules = match schedule_views(&state).await {
+        Ok(schedules) => schedules,
+        Err(error) => return error_page(error),
+    };
     let live_query = query_string(&[("target", target.as_deref()), ("outcome", outcome.as_deref())]);
     let body = html! {
         h1 { "Tickets" }
@@ -182,6 +188,18 @@ async fn index(State(state): Shared, Query(params): Query<ListParams>) -> Respon
             }
         }
         @if records.is_empty() { p.empty { "No tickets" @if target.is_some() || outcome.is_some() { " match these filters" } "." } }
+        h2 #schedules { "Schedules" }
+        p.hint { "Each slot runs once, on whichever replica of the service records it first; times are in each schedule's zone." }
+        @if schedules.is_empty() {
+            p.empty { "No schedules: " code { "dispatcher schedule add" } " or " code { "POST /v1/schedules" } " adds one." }
+        } @else {
+            div.scroll {
+                table.schedules {
+                    thead { tr { th { "Schedule" } th { "When" } th.wide { "Targets" } th { "Next run" } th { "Last runs" } th.wide { "State" } } }
+                    tbody { @for schedule in &schedules { (schedule_row(schedule)) } }
+                }
+            }
+        }
         h2 #agents { "Agents" }
         p.hint { "What each target answered when the service last asked it (before each script), or why it could not be reached." }
         div.scroll {
@@ -213,6 +231,58 @@ async fn index(State(state): Shared, Query(params): Query<ListParams>) -> Respon
         }
     };
     page("Tickets", body).into_response()
+}
+
+/// Runs of a schedule the index shows.
+const RUNS_SHOWN: usize = 5;
+
+/// Every schedule as this service sees it (whether it runs it).
+async fn schedule_views(state: &ApiState) -> Result<Vec<ScheduleView>, ApiError> {
+    let now = contracts::time::unix_millis(std::time::SystemTime::now());
+    let mut views = Vec::new();
+    for schedule in state.scheduler.schedules.all().await? {
+        let refused = state.scheduler.check(&schedule).err().map(|r| r.to_string());
+        views.push(schedule_api::view(&state.followers.journal, &schedule, refused, now).await?);
+    }
+    Ok(views)
+}
+
+fn schedule_row(schedule: &ScheduleView) -> Markup {
+    let targets = match (&schedule.pool, &schedule.select) {
+        (Some(pool), _) => format!("pool {pool}"),
+        (_, Some(selector)) => format!("select {selector}"),
+        _ => schedule.targets.join(", "),
+    };
+    html! {
+        tr {
+            td.long { (schedule.name) }
+            td.long { code { (schedule.cron) } " " (schedule.timezone) }
+            td.wide.long { (targets) }
+            td { (schedule.next_run.as_deref().unwrap_or("-")) }
+            td.long {
+                @for run in schedule.runs.iter().take(RUNS_SHOWN) {
+                    div.run {
+                        time { (run.slot_time) } " "
+                        @if run.kind != crate::schedule::SlotKind::Cron { "(" (run.kind.name()) ") " }
+                        @for ticket in &run.tickets {
+                            a class=(format!("outcome-{}", ticket.outcome.as_deref().unwrap_or("none"))) href=(format!("/tickets/{}", ticket.ticket)) {
+                                span.outcome { (ticket.outcome.as_deref().unwrap_or(&ticket.state)) }
+                            } " "
+                        }
+                        @if let Some(note) = &run.note { span.error { (note) } }
+                    }
+                }
+                @if schedule.runs.is_empty() { span.hint { "none yet" } }
+            }
+            td.wide.long {
+                @match (&schedule.refused, schedule.paused) {
+                    (Some(reason), _) => span.error { "refused: " (reason) },
+                    (None, true) => "paused",
+                    (None, false) => "active",
+                }
+            }
+        }
+    }
 }
 
 /// The machine policies table's headings; on a phone, each cell shows its own (`data-label`).

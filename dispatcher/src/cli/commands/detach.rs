@@ -33,7 +33,7 @@ pub(crate) async fn run(journal: &JournalOptions, args: &SubmitArgs) -> ExitCode
         Ok(plan) => plan,
         Err(e) => return usage_error(e),
     };
-    let who = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+    let who = super::journal::cli_user();
     for (submission, target) in plan.submissions(Tickets::Fresh, &who).into_iter().zip(&plan.targets) {
         let route = &target.route;
         // A fresh random ticket: never recorded before.

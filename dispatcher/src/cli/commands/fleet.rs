@@ -187,15 +187,12 @@ pub(crate) async fn resolve(
         warn_on_stderr(lines);
     }
     let now = inventory::now_ms();
-    let matching = inventory.select(Some(selector), now);
+    let matching = inventory.select_to_run(selector, now, trust);
     if matching.is_empty() {
         let live = inventory.live(now).count();
         eprintln!("dispatcher: no live agent matches --select {selector} ({live} live agents in all); nothing was run");
         return Err(ExitCode::from(exit::NO_SUCH_AGENT));
     }
-    trust.know_pool_workers(
-        inventory.pool_workers().iter().filter(|(agent, _)| matching.iter().any(|a| a.agent_id == **agent)),
-    );
     let ids: Vec<&str> = matching.iter().map(|a| a.agent_id.as_str()).collect();
     eprintln!("cuttle: --select {selector} matches {} live agents: {}", ids.len(), ids.join(", "));
     if json {

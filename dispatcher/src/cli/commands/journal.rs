@@ -1,5 +1,5 @@
 //! Where the service's journal is, for the commands that read or write it (`serve`, `history`,
-//! `status TICKET`, `submit --detach`).
+//! `status TICKET`, `submit --detach`, `schedule`).
 
 use crate::service::journal::{Journal, JournalError};
 use std::time::Duration;
@@ -26,4 +26,9 @@ impl JournalOptions {
         let url = self.url.as_deref().ok_or(OpenError::NotConfigured)?;
         Ok(Journal::open(url, &self.prefix, retention)?)
     }
+}
+
+/// Who the journal records as having asked, for what the CLI writes in it.
+pub(crate) fn cli_user() -> String {
+    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
 }
