@@ -5,12 +5,33 @@
 
 /// Where fresh random bytes come from.
 pub trait Entropy: Send {
-    /// Fills `bytes` with random bytes; fails only when the source does (its message).
-    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), String>;
+    /// Fills `bytes` with random bytes; fails only when the source does.
+    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), EntropyError>;
 }
 
+/// The random source failed: its own error, told in its own words. Shared (`Arc`), so that the
+/// errors that carry it can be cloned.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EntropyError(#[source] pub std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl EntropyError {
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> EntropyError {
+        EntropyError(std::sync::Arc::from(error.into()))
+    }
+}
+
+/// The same failure (one error, shared), so that the errors carrying it compare as before.
+impl PartialEq for EntropyError {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for EntropyError {}
+
 /// `N` bytes drawn from `entropy`.
-pub(crate) fn draw<const N: usize>(entropy: &mut dyn Entropy) -> Result<[u8; N], String> {
+pub(crate) fn draw<const N: usize>(entropy: &mut dyn Entropy) -> Result<[u8; N], EntropyError> {
     let mut bytes = [0u8; N];
     entropy.fill(&mut bytes)?;
     Ok(bytes)
@@ -28,7 +49,7 @@ impl Seeded {
 }
 
 impl Entropy for Seeded {
-    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), String> {
+    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), EntropyError> {
         bytes.iter_mut().for_each(|byte| *byte = self.0.u8(..));
         Ok(())
     }

@@ -39,7 +39,7 @@ fn secrets_are_not_in_the_digest_nor_in_debug() {
     let shown = format!("{secret:?}");
     assert!(shown.contains("TOKEN") && !shown.contains("s3cret"), "{shown}");
     let clash = ScriptSpec { env: [("TOKEN".into(), "x".into())].into(), ..secret.clone() };
-    assert!(clash.validate().unwrap_err().contains("both a variable and a secret"));
+    assert!(clash.validate().unwrap_err().to_string().contains("both a variable and a secret"));
     let empty = ScriptSpec { secret_env: Secrets::new([("TOKEN".into(), String::new())].into()), ..plain.clone() };
     assert!(empty.validate().is_err());
     let entropy = &mut entropy::Seeded::new(2);
@@ -50,5 +50,5 @@ fn secrets_are_not_in_the_digest_nor_in_debug() {
     assert_eq!(sealed.digest(), plain.digest(), "sealed secrets are not in the digest either");
     assert!(sealed.validate().is_ok());
     let both = ScriptSpec { secret_env: secret.secret_env.clone(), ..sealed };
-    assert!(both.validate().unwrap_err().contains("sealed or in clear"));
+    assert!(both.validate().unwrap_err().to_string().contains("sealed or in clear"));
 }

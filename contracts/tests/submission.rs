@@ -1,7 +1,7 @@
 //! The dispatcher's submission machine, driven with no I/O: replies, failures, interrupts and
 //! the time are inputs.
 
-use contracts::submission::error::{CallError, ErrorClass};
+use contracts::submission::error::{CallError, ErrorClass, Unexpected};
 use contracts::submission::follow::{lost_lines_notice, LogFollower};
 use contracts::submission::machine::{Action, Config, Event, Input, Now, Submission};
 use contracts::submission::negotiate::{AgentKind, ScriptProtocol};
@@ -27,8 +27,8 @@ enum TestError {
     Lost,
     Unroutable,
     Agent(ErrorReply),
-    Codec(String),
-    Unrepeatable(String),
+    Unexpected(Unexpected),
+    Unrepeatable(Box<TestError>),
     Cancelled,
 }
 
@@ -38,7 +38,8 @@ impl fmt::Display for TestError {
             TestError::Lost => write!(f, "lost the link"),
             TestError::Unroutable => write!(f, "no queue"),
             TestError::Agent(e) => write!(f, "refused: {} ({:?})", e.message, e.kind),
-            TestError::Codec(m) | TestError::Unrepeatable(m) => write!(f, "{m}"),
+            TestError::Unexpected(reply) => write!(f, "{reply}"),
+            TestError::Unrepeatable(error) => write!(f, "{error}"),
             TestError::Cancelled => write!(f, "cancelled by the user"),
         }
     }
@@ -60,14 +61,14 @@ impl CallError for TestError {
             _ => false,
         }
     }
-    fn codec(message: String) -> Self {
-        TestError::Codec(message)
+    fn unexpected(reply: Unexpected) -> Self {
+        TestError::Unexpected(reply)
     }
     fn agent(_: String, error: ErrorReply) -> Self {
         TestError::Agent(error)
     }
-    fn unrepeatable(message: String) -> Self {
-        TestError::Unrepeatable(message)
+    fn unrepeatable(error: Self) -> Self {
+        TestError::Unrepeatable(Box::new(error))
     }
     fn cancelled() -> Self {
         TestError::Cancelled

@@ -257,7 +257,7 @@ pub(crate) fn lost_run(target: &str, error: tokio::task::JoinError) -> TargetRep
         Err(error) => error.to_string(),
     };
     let message = format!("the dispatcher failed while running this target ({why}); its outcome is unknown");
-    let outcome = Outcome::from_error(None, target, &crate::error::RpcError::Codec(why), message, true);
+    let outcome = Outcome::from_error(None, target, &crate::error::RpcError::Panicked(why), message, true);
     TargetReport { target: target.to_owned(), outcome, duration: Duration::ZERO, retries: 0 }
 }
 

@@ -22,7 +22,7 @@
 use crate::rpc::{self, RpcConfig};
 use contracts::trust::amqp::seal_of;
 use contracts::trust::files::KnownAgents;
-use contracts::trust::seal::Seal;
+use contracts::trust::seal::{Seal, SealHeaderError};
 use contracts::trust::verify::{check_announcement, Believed, Forged};
 use contracts::wire::labels::{Selectable, Selector};
 use contracts::wire::presence::{Announcement, LOOKBACK_MS};
@@ -45,9 +45,9 @@ const PREFETCH: u16 = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
     #[error("cannot reach the broker: {0}")]
-    Connect(String),
-    #[error("broker call {call} failed: {reason}")]
-    Broker { call: &'static str, reason: String },
+    Connect(#[source] crate::error::RpcError),
+    #[error("broker call {call} failed: {source}")]
+    Broker { call: &'static str, source: lapin::Error },
     #[error("the presence stream did not catch up within {}", contracts::time::short(*.0))]
     Timeout(Duration),
 }
@@ -56,14 +56,14 @@ pub enum InventoryError {
 #[derive(Debug, Clone)]
 pub struct Sighting {
     pub body: Vec<u8>,
-    pub seal: Result<Option<Seal>, String>,
+    pub seal: Result<Option<Seal>, SealHeaderError>,
 }
 
 impl Sighting {
     /// What a reader keeps of an announcement it reads: a sighting, or, for a body over
     /// [`contracts::wire::presence::MAX_ANNOUNCEMENT_BYTES`], only why it was dropped: anyone may append
     /// to the stream, and junk kept until it is decoded cost its size for each one read.
-    pub fn read(body: Vec<u8>, seal: Result<Option<Seal>, String>) -> Result<Sighting, Ignored> {
+    pub fn read(body: Vec<u8>, seal: Result<Option<Seal>, SealHeaderError>) -> Result<Sighting, Ignored> {
         match Announcement::check_size(body.len()) {
             Ok(()) => Ok(Sighting { body, seal }),
             Err(error) => Err(Ignored::Invalid(error.to_string())),
@@ -80,7 +80,7 @@ pub struct Sightings {
 
 impl Sightings {
     /// Takes one announcement read ([`Sighting::read`]).
-    pub fn push(&mut self, body: Vec<u8>, seal: Result<Option<Seal>, String>) {
+    pub fn push(&mut self, body: Vec<u8>, seal: Result<Option<Seal>, SealHeaderError>) {
         match Sighting::read(body, seal) {
             Ok(sighting) => self.kept.push(sighting),
             Err(ignored) => self.dropped.push(ignored),
@@ -207,9 +207,7 @@ impl Inventory {
 /// Reads the presence stream from [`LOOKBACK_MS`] ago up to now, and believes what `known`
 /// allows of it ([`Inventory::settle`]).
 pub async fn read(config: &RpcConfig, known: &KnownAgents) -> Result<Inventory, InventoryError> {
-    let connection = rpc::connect(config, "cuttle-dispatcher inventory")
-        .await
-        .map_err(|e| InventoryError::Connect(e.to_string()))?;
+    let connection = rpc::connect(config, "cuttle-dispatcher inventory").await.map_err(InventoryError::Connect)?;
     let result = tokio::time::timeout(READ_TIMEOUT, read_on(&connection)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), connection.close(200, "inventory read".into())).await;
     let sightings = result.map_err(|_| InventoryError::Timeout(READ_TIMEOUT))??;
@@ -220,7 +218,7 @@ pub async fn read(config: &RpcConfig, known: &KnownAgents) -> Result<Inventory, 
 
 /// The announcements on the stream from [`LOOKBACK_MS`] ago up to our own marker.
 async fn read_on(connection: &lapin::Connection) -> Result<Sightings, InventoryError> {
-    let broker = |call: &'static str| move |e: lapin::Error| InventoryError::Broker { call, reason: e.to_string() };
+    let broker = |call: &'static str| move |source: lapin::Error| InventoryError::Broker { call, source };
     let channel = connection.create_channel().await.map_err(broker("channel.open"))?;
     // The agents declare the stream; before the first agent ever started there is none, and no
     // one is alive.

@@ -112,7 +112,15 @@ impl Metrics {
             ) => "broker",
             Err(RpcError::Unroutable { .. }) => "unroutable",
             Err(RpcError::NotPinned { .. } | RpcError::NoKey) => "untrusted",
-            Err(RpcError::Codec(_) | RpcError::Unrepeatable(_) | RpcError::Cancelled) => "other",
+            Err(
+                RpcError::Codec(_)
+                | RpcError::Unexpected(_)
+                | RpcError::WorkerName { .. }
+                | RpcError::Seal { .. }
+                | RpcError::Panicked(_)
+                | RpcError::Unrepeatable(_)
+                | RpcError::Cancelled,
+            ) => "other",
         };
         self.attempt_duration.get_or_create(&AttemptLabels { kind, result }).observe(took.as_secs_f64());
     }

@@ -3,12 +3,13 @@
 //! agent and follows it until it has stopped) over the broker and the clock. Every decision is
 //! the machine's; this file only sends, waits and reports.
 
-use crate::error::RpcError;
+use crate::error::{LinkLost, RpcError};
 use crate::metrics::Metrics;
 use crate::negotiate::{CapabilityCache, ProtocolMode};
 use crate::retry::{self, GaveUp};
 use crate::route::Route;
 use crate::rpc::{CallTiming, RpcClient};
+use contracts::submission::error::Unexpected;
 use contracts::submission::follow::LogFollower;
 use contracts::submission::machine::{Action, Config, Input, Now, Submission};
 use contracts::submission::negotiate::no_consumer_notice;
@@ -189,7 +190,7 @@ impl Orchestrator {
         .await?;
         let (agent, _) = answered;
         topology::validate_name("agent id", &agent)
-            .map_err(|e| GaveUp::at_once(RpcError::Codec(format!("a worker of {route} answered as {e}"))))?;
+            .map_err(|source| GaveUp::at_once(RpcError::WorkerName { route: route.to_string(), source }))?;
         Ok(Route::Worker { pool: pool.clone(), agent })
     }
 
@@ -203,7 +204,10 @@ impl Orchestrator {
         let request = Request::GetCapabilities(GetCapabilities {});
         match self.request(route, &request, policy, Duration::ZERO, None, events).await? {
             Reply::Capabilities(capabilities) => Ok(capabilities),
-            other => Err(GaveUp::at_once(RpcError::Codec(format!("expected capabilities, got {}", other.kind())))),
+            other => Err(GaveUp::at_once(RpcError::Unexpected(Unexpected::Kind {
+                expected: "capabilities",
+                got: other.kind(),
+            }))),
         }
     }
 
@@ -367,7 +371,7 @@ impl Orchestrator {
                 Action::AwaitReply(attempt) => {
                     let Some((_, call)) = in_flight.as_mut().filter(|(a, _)| *a == attempt) else {
                         // Only a machine fed out of order could ask this; it hears of a lost reply.
-                        let error = RpcError::ConnectionLost("the request was dropped".into());
+                        let error = RpcError::ConnectionLost(LinkLost::Dropped);
                         machine.handle(Input::Failed { attempt, error, published: true }, now());
                         continue;
                     };

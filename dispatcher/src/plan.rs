@@ -12,8 +12,9 @@ use crate::route::Route;
 use crate::service::journal::Submission;
 use contracts::submission::retry::Policies;
 use contracts::submission::retry::RetryPolicy;
-use contracts::wire::messages::{Isolation, ScriptFile, ScriptSpec, Secrets, Shell};
+use contracts::wire::messages::{Isolation, ScriptFile, ScriptSpec, Secrets, Shell, SpecError};
 use contracts::wire::ticket::Ticket;
+use contracts::wire::topology::NameError;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -31,8 +32,8 @@ pub(crate) enum Targets {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PlanError {
     /// An agent id or pool name that cannot be one.
-    #[error("{0}")]
-    Name(String),
+    #[error(transparent)]
+    Name(#[from] NameError),
     #[error("{given_as} {agent} is given twice")]
     Twice { given_as: &'static str, agent: String },
 }
@@ -40,11 +41,11 @@ pub(crate) enum PlanError {
 /// The routes of `targets`, each agent once.
 pub(crate) fn routes(targets: Targets) -> Result<Vec<Route>, PlanError> {
     match targets {
-        Targets::Pool(pool) => Ok(vec![Route::pool(&pool).map_err(PlanError::Name)?]),
+        Targets::Pool(pool) => Ok(vec![Route::pool(&pool)?]),
         Targets::Agents { ids, given_as } => {
             let mut routes: Vec<Route> = Vec::with_capacity(ids.len());
             for agent in ids {
-                let route = Route::agent(&agent).map_err(PlanError::Name)?;
+                let route = Route::agent(&agent)?;
                 if routes.contains(&route) {
                     return Err(PlanError::Twice { given_as, agent });
                 }
@@ -53,6 +54,20 @@ pub(crate) fn routes(targets: Targets) -> Result<Vec<Route>, PlanError> {
             Ok(routes)
         }
     }
+}
+
+/// Why a script cannot be sent; `E` is why its inputs (files, secrets, time limits) could not be
+/// read, which each front door says in its own words.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScriptError<E> {
+    #[error("the script is empty")]
+    Empty,
+    #[error(transparent)]
+    Mutex(#[from] NameError),
+    #[error("{0}")]
+    Inputs(#[source] E),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
 }
 
 /// The script itself, as given: checked before anything else about it is read.
@@ -78,17 +93,17 @@ pub(crate) struct ScriptInputs {
 
 /// The script spec: the draft checked (not empty, a valid mutex name), then `inputs` read, then
 /// the whole checked and measured against what one command can carry.
-pub(crate) fn script_spec(
+pub(crate) fn script_spec<E>(
     draft: ScriptDraft,
-    inputs: impl FnOnce() -> Result<ScriptInputs, String>,
-) -> Result<ScriptSpec, String> {
+    inputs: impl FnOnce() -> Result<ScriptInputs, E>,
+) -> Result<ScriptSpec, ScriptError<E>> {
     if draft.script.trim().is_empty() {
-        return Err("the script is empty".into());
+        return Err(ScriptError::Empty);
     }
     if let Some(mutex) = &draft.mutex {
         contracts::wire::topology::validate_name("mutex name", mutex)?;
     }
-    let inputs = inputs()?;
+    let inputs = inputs().map_err(ScriptError::Inputs)?;
     let millis = |d: Duration| d.as_millis() as u64;
     let spec = ScriptSpec {
         script: draft.script,
@@ -278,13 +293,14 @@ mod tests {
 
     #[test]
     fn the_script_is_checked_before_its_inputs_are_read() {
-        let unread = || -> Result<ScriptInputs, String> { panic!("inputs read for a script refused first") };
-        assert_eq!(script_spec(draft("  \n"), unread).unwrap_err(), "the script is empty");
+        let unread = || -> Result<ScriptInputs, std::io::Error> { panic!("inputs read for a script refused first") };
+        assert_eq!(script_spec(draft("  \n"), unread).unwrap_err().to_string(), "the script is empty");
         let bad_mutex = ScriptDraft { mutex: Some("a b".into()), ..draft("true") };
-        assert!(script_spec(bad_mutex, unread).unwrap_err().contains("mutex name"));
-        let failing = script_spec(draft("true"), || Err("cannot read file x".into()));
-        assert_eq!(failing.unwrap_err(), "cannot read file x");
-        let timed = || Ok(ScriptInputs { timeout: Some(Duration::from_secs(2)), ..Default::default() });
+        assert!(script_spec(bad_mutex, unread).unwrap_err().to_string().contains("mutex name"));
+        let failing = script_spec(draft("true"), || Err(std::io::Error::other("cannot read file x")));
+        assert_eq!(failing.unwrap_err().to_string(), "cannot read file x");
+        let timed =
+            || Ok::<_, std::io::Error>(ScriptInputs { timeout: Some(Duration::from_secs(2)), ..Default::default() });
         assert_eq!(script_spec(draft("true"), timed).unwrap().execution_timeout, Some(2000));
     }
 
@@ -340,7 +356,7 @@ mod tests {
     #[test]
     fn a_plan_records_each_target_under_its_policy_and_ticket() {
         let routes = routes(agents(&["a", "b"])).unwrap();
-        let spec = script_spec(draft("true"), || Ok(ScriptInputs::default())).unwrap();
+        let spec = script_spec(draft("true"), || Ok::<_, std::io::Error>(ScriptInputs::default())).unwrap();
         let plan = Plan::new(routes, spec, &PolicyChoice::default(), &PolicyConfig::default()).unwrap();
         let tickets = Tickets::Idempotent { who: "ci", key: "k" };
         let records = plan.submissions(tickets, "ci");

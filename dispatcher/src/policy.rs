@@ -395,12 +395,21 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
     deserializer.deserialize_str(Visitor)
 }
 
-fn parse_duration(value: &str) -> Result<Duration, String> {
+/// A policy's duration that cannot be one.
+#[derive(Debug, thiserror::Error)]
+enum DurationError {
+    #[error("invalid duration {0:?}: must be more than zero")]
+    Zero(String),
+    #[error("invalid duration {value:?}: {source}")]
+    Unreadable { value: String, source: humantime::DurationError },
+}
+
+fn parse_duration(value: &str) -> Result<Duration, DurationError> {
     match humantime::parse_duration(value) {
         // A zero deadline would fail every request before its first attempt.
-        Ok(duration) if duration.is_zero() => Err(format!("invalid duration {value:?}: must be more than zero")),
+        Ok(duration) if duration.is_zero() => Err(DurationError::Zero(value.to_owned())),
         Ok(duration) => Ok(duration),
-        Err(error) => Err(format!("invalid duration {value:?}: {error}")),
+        Err(source) => Err(DurationError::Unreadable { value: value.to_owned(), source }),
     }
 }
 

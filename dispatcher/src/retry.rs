@@ -61,7 +61,7 @@ mod tests {
     use std::time::Duration;
 
     fn transient() -> RpcError {
-        RpcError::ConnectionLost("reset".into())
+        crate::error::lost_link("reset")
     }
 
     #[tokio::test(start_paused = true)]
@@ -80,7 +80,7 @@ mod tests {
                 async move {
                     // The first attempt takes its full timeout, as a lost reply would.
                     tokio::time::sleep(if n == 0 { timeout } else { Duration::from_millis(10) }).await;
-                    Err(RpcError::ConnectionLost(format!("reset {n}")))
+                    Err(crate::error::lost_link(&format!("reset {n}")))
                 }
             },
         )

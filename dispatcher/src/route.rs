@@ -2,7 +2,7 @@
 //! queue (a transfer stays with the worker that answered it first).
 
 use contracts::wire::messages::Kind;
-use contracts::wire::topology;
+use contracts::wire::topology::{self, NameError};
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -18,12 +18,12 @@ pub enum Route {
 }
 
 impl Route {
-    pub fn agent(id: &str) -> Result<Route, String> {
+    pub fn agent(id: &str) -> Result<Route, NameError> {
         topology::validate_name("agent id", id)?;
         Ok(Route::Agent(id.to_owned()))
     }
 
-    pub fn pool(name: &str) -> Result<Route, String> {
+    pub fn pool(name: &str) -> Result<Route, NameError> {
         topology::validate_name("pool name", name)?;
         Ok(Route::Pool(name.to_owned()))
     }

@@ -10,23 +10,22 @@
 //! no genuine answer comes in time) and ignored, while the call goes on waiting for the genuine
 //! one.
 
-use crate::error::RpcError;
+use crate::error::{connect_error, LinkLost, RpcError, Unconfirmed, Unreachable};
 use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::trust::DispatcherTrust;
 use contracts::time::unix_millis;
 use contracts::trust::amqp::{seal_of, with_seal};
 use contracts::trust::files::Pin;
-use contracts::trust::seal::Seal;
+use contracts::trust::seal::{Seal, SealHeaderError};
 use contracts::trust::session::Offer;
 use contracts::trust::sessions::Plan;
 use contracts::trust::verify::{check_answer, check_binding, Believed, Binding};
-use contracts::wire::endpoints::AmqpEndpoints;
+use contracts::wire::endpoints::{AmqpEndpoints, EndpointsError};
 use contracts::wire::envelope::{Reply, Request};
 use contracts::wire::error::ErrorKind;
 use contracts::wire::messages::Kind;
 use contracts::wire::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO};
-use edge::connect::broker::SILENT_BROKER;
 use edge::entropy::OsEntropy;
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -43,7 +42,7 @@ const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A reply as it arrived, before anyone believes it: its seal (from the headers) and its body.
 struct RawReply {
-    seal: Result<Option<Seal>, String>,
+    seal: Result<Option<Seal>, SealHeaderError>,
     body: Vec<u8>,
 }
 
@@ -85,7 +84,7 @@ pub struct RpcConfig {
 pub struct RpcClient {
     config: RpcConfig,
     /// The broker nodes and the one in use; an unparsable list fails every connect.
-    endpoints: std::sync::Mutex<Result<AmqpEndpoints, String>>,
+    endpoints: std::sync::Mutex<Result<AmqpEndpoints, EndpointsError>>,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
     metrics: Metrics,
 }
@@ -141,7 +140,8 @@ impl RpcClient {
                     .await;
             });
         }
-        let endpoints = self.endpoints.lock().expect("endpoints poisoned").clone().map_err(RpcError::Connect)?;
+        let endpoints = self.endpoints.lock().expect("endpoints poisoned").clone().map_err(Unreachable::from);
+        let endpoints = endpoints.map_err(RpcError::Connect)?;
         let (index, link) = open_any_link(&self.config, &endpoints).await?;
         if let Ok(endpoints) = self.endpoints.lock().expect("endpoints poisoned").as_mut() {
             endpoints.connected(index);
@@ -197,7 +197,7 @@ impl RpcClient {
         let target = route.target();
         let sealed = match &pin {
             Pin::Keys(keys) => contracts::trust::sealed::seal_start(request, keys, &mut OsEntropy)
-                .map_err(|error| RpcError::Codec(format!("cannot seal the secrets to {target}: {error}")))?,
+                .map_err(|source| RpcError::Seal { target: target.clone(), source })?,
             Pin::Legacy => None,
         };
         let request = sealed.as_ref().unwrap_or(request);
@@ -274,8 +274,8 @@ impl RpcClient {
             properties,
         );
         let confirm = match tokio::time::timeout(BROKER_CALL_TIMEOUT, async { publish.await?.await }).await {
-            Err(_) => return Err(self.broken(link, RpcError::NotConfirmed("no confirm within 10s".into()))),
-            Ok(Err(error)) => return Err(self.broken(link, RpcError::ConnectionLost(error.to_string()))),
+            Err(_) => return Err(self.broken(link, RpcError::NotConfirmed(Unconfirmed::NoConfirm))),
+            Ok(Err(error)) => return Err(self.broken(link, RpcError::ConnectionLost(LinkLost::Broker(error)))),
             Ok(Ok(confirm)) => confirm,
         };
         match confirm {
@@ -284,7 +284,7 @@ impl RpcClient {
             // stale view of the queue and nack every later publish (seen with RabbitMQ 3.10): the
             // next attempt opens a new link instead of repeating on this one.
             Confirmation::Nack(_) => {
-                return Err(self.broken(link, RpcError::NotConfirmed("the broker nacked the publish".into())));
+                return Err(self.broken(link, RpcError::NotConfirmed(Unconfirmed::Nacked)));
             }
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
         }
@@ -303,7 +303,7 @@ impl RpcClient {
                     };
                     return Err(self.broken(link, error));
                 }
-                Ok(None) => return Err(RpcError::ConnectionLost("the reply channel closed".into())),
+                Ok(None) => return Err(RpcError::ConnectionLost(LinkLost::RepliesClosed)),
                 Ok(Some(raw)) => raw,
             };
             let checked = check_answer(pin, &correlation_id, raw.seal, &raw.body, session).and_then(|believed| {
@@ -354,7 +354,7 @@ impl RpcClient {
                     tracing::debug!(target = %route, kind = %request.kind(), %reason, "ignored a forged answer");
                     self.metrics.forged_answers.inc();
                     warn(message);
-                    forged = Some(reason.to_string());
+                    forged = Some(reason);
                 }
             }
         }
@@ -383,8 +383,8 @@ impl RpcClient {
             properties,
         );
         match tokio::time::timeout(BROKER_CALL_TIMEOUT, publish).await {
-            Err(_) => Err(self.broken(&link, RpcError::NotConfirmed("publish did not go out within 10s".into()))),
-            Ok(Err(error)) => Err(self.broken(&link, RpcError::ConnectionLost(error.to_string()))),
+            Err(_) => Err(self.broken(&link, RpcError::NotConfirmed(Unconfirmed::NotOut))),
+            Ok(Err(error)) => Err(self.broken(&link, RpcError::ConnectionLost(LinkLost::Broker(error)))),
             Ok(Ok(_confirm)) => Ok(()),
         }
     }
@@ -449,16 +449,15 @@ impl Drop for ForgetOnDrop<'_> {
 /// added, each node bounded by the connect timeout), for readers beside the RPC link such as the
 /// inventory.
 pub async fn connect(config: &RpcConfig, name: &str) -> Result<Connection, RpcError> {
-    let endpoints = edge::connect::broker::endpoints(&config.amqp_url).map_err(RpcError::Connect)?;
+    let endpoints = edge::connect::broker::endpoints(&config.amqp_url).map_err(|e| RpcError::Connect(e.into()))?;
     let mut last_error = None;
     for (_, url) in endpoints.round() {
         let connect = edge::connect::broker::connect(&url, name, &config.tls);
         match tokio::time::timeout(config.connect_timeout, connect).await {
             Ok(Ok(connection)) => return Ok(connection),
-            Ok(Err(error)) => last_error = Some(connect_error(&error)),
+            Ok(Err(error)) => last_error = Some(connect_error(error)),
             Err(_) => {
-                let after = contracts::time::short(config.connect_timeout);
-                last_error = Some(RpcError::Connect(format!("no answer within {after}")));
+                last_error = Some(RpcError::Connect(Unreachable::NoAnswer { after: config.connect_timeout }));
             }
         }
     }
@@ -501,13 +500,13 @@ async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError>
     };
     let (connection, channel, mut consumer) = match tokio::time::timeout(config.connect_timeout, connect).await {
         Err(_) => {
-            let after = contracts::time::short(config.connect_timeout);
+            let after = config.connect_timeout;
             if edge::connect::broker::accepts_tcp(amqp_url, config.connect_timeout).await {
-                return Err(RpcError::Connect(format!("{SILENT_BROKER} (no AMQP answer within {after})")));
+                return Err(RpcError::Connect(Unreachable::Silent { after }));
             }
-            return Err(RpcError::Connect(format!("no answer within {after}")));
+            return Err(RpcError::Connect(Unreachable::NoAnswer { after }));
         }
-        Ok(Err(error)) => return Err(connect_error(&error)),
+        Ok(Err(error)) => return Err(connect_error(error)),
         Ok(Ok(parts)) => parts,
     };
     let pending: Pending = Arc::default();
@@ -529,32 +528,4 @@ async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError>
         replies.lock().expect("pending poisoned").clear();
     });
     Ok(Link { connection, channel, pending, alive })
-}
-
-/// What failed to connect, in one short line. The broker refusing us (credentials, vhost,
-/// permissions) is permanent: repeating cannot help, so it is not retried.
-fn connect_error(error: &lapin::Error) -> RpcError {
-    match error.kind() {
-        lapin::ErrorKind::ProtocolError(amqp) => match refusal_hint(amqp.get_id()) {
-            Some(hint) => RpcError::Refused(format!("{} ({hint})", amqp.get_message())),
-            None => RpcError::Connect(amqp.get_message().to_string()),
-        },
-        // A TLS handshake refused (certificate not trusted, ours refused) fails the same way again.
-        lapin::ErrorKind::IOError(io) => match edge::connect::tls::tls_hint(&io.to_string()) {
-            Some(hint) => RpcError::Refused(format!("TLS handshake failed: {io} ({hint})")),
-            None => RpcError::Connect(io.kind().to_string()),
-        },
-        _ => RpcError::Connect(error.to_string()),
-    }
-}
-
-/// What to check when the broker closes the connection with `code` while we connect; `None`
-/// for codes that are not a refusal.
-pub fn refusal_hint(code: u16) -> Option<&'static str> {
-    match code {
-        403 => Some("check the user and password of the broker URL"),
-        530 => Some("check the vhost of the broker URL, and that the user may use it"),
-        402 => Some("check the broker URL's vhost"),
-        _ => None,
-    }
 }

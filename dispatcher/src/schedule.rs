@@ -22,13 +22,15 @@
 //! in real-time order (croner's own order in a repeated hour is by wall clock).
 
 use crate::budget::Share;
-use crate::plan::PolicyChoice;
-use crate::policy::{Overrides, Purpose};
+use crate::plan::{PlanError, PolicyChoice};
+use crate::policy::{Overrides, PolicyError, Purpose};
 use crate::route::Route;
 use chrono::{DateTime, Offset, Utc};
 use chrono_tz::Tz;
-use contracts::wire::labels::Selector;
-use contracts::wire::messages::ScriptSpec;
+use contracts::wire::labels::{LabelError, Selector};
+use contracts::wire::messages::{ScriptSpec, SpecError};
+use contracts::wire::topology::NameError;
+use croner::errors::CronError;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 use serde::{Deserialize, Serialize};
@@ -53,18 +55,18 @@ const MOST_COUNTED: usize = 1000;
 const DST_REACH_MS: u64 = 3 * 3600 * 1000;
 
 /// A cron expression that cannot be one, or a zone that does not exist: what and where.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum CadenceError {
     #[error(
         "cron expression {expression:?} has {count} fields; give 5 (minute hour day-of-month month day-of-week) or 6 (a second first), or @hourly, @daily, @weekly, @monthly, @yearly"
     )]
     Fields { expression: String, count: usize },
-    #[error("cron expression {expression:?}: the {field} field ({place}) {value:?} is not valid: {reason}")]
-    Field { expression: String, field: &'static str, place: String, value: String, reason: String },
-    #[error("cron expression {expression:?} is not valid: {reason}")]
-    Expression { expression: String, reason: String },
-    #[error("cron expression {expression:?} never comes (no slot within croner's search from now): {reason}")]
-    Never { expression: String, reason: String },
+    #[error("cron expression {expression:?}: the {field} field ({place}) {value:?} is not valid: {source}")]
+    Field { expression: String, field: &'static str, place: String, value: String, source: CronError },
+    #[error("cron expression {expression:?} is not valid: {source}")]
+    Expression { expression: String, source: CronError },
+    #[error("cron expression {expression:?} never comes (no slot within croner's search from now): {source}")]
+    Never { expression: String, source: CronError },
     #[error("unknown time zone {zone:?}{}; give an IANA name such as Europe/Berlin, America/New_York or UTC", suggestion.as_ref().map(|s| format!(" (did you mean {s}?)")).unwrap_or_default())]
     Zone { zone: String, suggestion: Option<String> },
 }
@@ -108,7 +110,7 @@ impl Cadence {
         let cadence = Cadence { cron, zone };
         let at = cadence.at(now_ms);
         if let Err(error) = cadence.cron.find_next_occurrence(&at, false) {
-            return Err(CadenceError::Never { expression: expression.trim().to_owned(), reason: error.to_string() });
+            return Err(CadenceError::Never { expression: expression.trim().to_owned(), source: error });
         }
         Ok(cadence)
     }
@@ -239,7 +241,7 @@ fn parse_cron(expression: &str) -> Result<Cron, CadenceError> {
     let trimmed = expression.trim().to_owned();
     let fields: Vec<&str> = trimmed.split_whitespace().collect();
     if fields.len() == 1 && fields[0].starts_with('@') {
-        return Err(CadenceError::Expression { expression: trimmed.clone(), reason: error.to_string() });
+        return Err(CadenceError::Expression { expression: trimmed.clone(), source: error });
     }
     let Some(names) = field_names(fields.len()) else {
         let count = fields.len();
@@ -247,17 +249,17 @@ fn parse_cron(expression: &str) -> Result<Cron, CadenceError> {
     };
     for (at, field) in fields.iter().enumerate() {
         let alone: Vec<&str> = (0..fields.len()).map(|i| if i == at { *field } else { "*" }).collect();
-        if let Err(reason) = parser.parse(&alone.join(" ")) {
+        if let Err(source) = parser.parse(&alone.join(" ")) {
             return Err(CadenceError::Field {
                 expression: trimmed.clone(),
                 field: names[at],
                 place: format!("the {} of {}", ordinal(at + 1), fields.len()),
                 value: field.to_string(),
-                reason: reason.to_string(),
+                source,
             });
         }
     }
-    Err(CadenceError::Expression { expression: trimmed, reason: error.to_string() })
+    Err(CadenceError::Expression { expression: trimmed, source: error })
 }
 
 /// What `--missed` makes of slots missed while every replica was down.
@@ -335,21 +337,19 @@ pub enum ScheduleTargets {
 
 impl ScheduleTargets {
     /// The routes, unless they are chosen at each slot (`--select`).
-    pub fn routes(&self) -> Option<Result<Vec<Route>, String>> {
-        match self {
-            ScheduleTargets::Agents(ids) => {
-                let targets = crate::plan::Targets::Agents { ids: ids.clone(), given_as: "target" };
-                Some(crate::plan::routes(targets).map_err(|e| e.to_string()))
-            }
-            ScheduleTargets::Pool(pool) => Some(Route::pool(pool).map(|route| vec![route])),
-            ScheduleTargets::Select(_) => None,
-        }
+    pub(crate) fn routes(&self) -> Option<Result<Vec<Route>, PlanError>> {
+        let targets = match self {
+            ScheduleTargets::Agents(ids) => crate::plan::Targets::Agents { ids: ids.clone(), given_as: "target" },
+            ScheduleTargets::Pool(pool) => crate::plan::Targets::Pool(pool.clone()),
+            ScheduleTargets::Select(_) => return None,
+        };
+        Some(crate::plan::routes(targets))
     }
 
     /// The selector of `--select`.
-    pub fn selector(&self) -> Option<Result<Selector, String>> {
+    pub fn selector(&self) -> Option<Result<Selector, LabelError>> {
         match self {
-            ScheduleTargets::Select(raw) => Some(Selector::parse(raw).map_err(|e| e.to_string())),
+            ScheduleTargets::Select(raw) => Some(Selector::parse(raw)),
             _ => None,
         }
     }
@@ -400,12 +400,44 @@ pub fn purpose_name(purpose: Purpose) -> String {
     purpose.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
 }
 
+/// Why a schedule cannot be added, or a slot of it planned: what to change. The messages are
+/// those `dispatcher schedule add` prints and `POST /v1/schedules` answers with (400).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScheduleError {
+    /// A name that cannot be one: the schedule's, or a target's in a slot's record.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Cadence(#[from] CadenceError),
+    /// An agent id or pool name that cannot be one, or an agent given twice.
+    #[error(transparent)]
+    Targets(#[from] PlanError),
+    /// The selector of `--select`.
+    #[error(transparent)]
+    Selector(#[from] LabelError),
+    /// The service keeps secrets only in memory, so a schedule cannot have them.
+    #[error("a schedule cannot hold secrets: the service keeps secrets only in the memory of the replica that took them, never in the journal, so no replica could run the schedule after a restart; give the script what it needs another way (a file on the agent, a secret store it reads)")]
+    Secrets,
+    /// A variable the schedule sets itself for each run ([`SCHEDULE_VAR`], [`SLOT_VAR`]).
+    #[error("{name} is set by the schedule itself for each run; give the variable another name")]
+    Reserved { name: &'static str },
+    #[error("purpose {name:?} is none of deployment, runbook, health-check")]
+    Purpose { name: String },
+    #[error("max parallel must be at least 1")]
+    MaxParallel,
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The policy asked for does not resolve against the policies at hand.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
 impl ScheduleSpec {
     /// Checks what `add` was given: the name, the cadence (against `now_ms`), the targets, the
     /// script (no secrets, no variable the schedule sets itself) and the purpose.
-    pub fn check(&self, now_ms: u64) -> Result<Cadence, String> {
+    pub(crate) fn check(&self, now_ms: u64) -> Result<Cadence, ScheduleError> {
         contracts::wire::topology::validate_name("schedule name", &self.name)?;
-        let cadence = Cadence::parse(&self.cron, &self.timezone, now_ms).map_err(|e| e.to_string())?;
+        let cadence = Cadence::parse(&self.cron, &self.timezone, now_ms)?;
         match (self.targets.routes(), self.targets.selector()) {
             (Some(routes), _) => {
                 routes?;
@@ -416,28 +448,27 @@ impl ScheduleSpec {
             (None, None) => {}
         }
         if !self.spec.secret_env.is_empty() || !self.spec.sealed_secret_env.is_empty() {
-            return Err(no_secrets());
+            return Err(ScheduleError::Secrets);
         }
         if let Some(name) = [SCHEDULE_VAR, SLOT_VAR].into_iter().find(|name| self.spec.env.contains_key(*name)) {
-            return Err(format!("{name} is set by the schedule itself for each run; give the variable another name"));
+            return Err(ScheduleError::Reserved { name });
         }
         self.choice()?;
         if self.max_parallel == Share::Count(0) {
-            return Err("max parallel must be at least 1".into());
+            return Err(ScheduleError::MaxParallel);
         }
         self.spec.validate()?;
         Ok(cadence)
     }
 
     /// The policy choice each slot is planned with.
-    pub(crate) fn choice(&self) -> Result<PolicyChoice, String> {
+    pub(crate) fn choice(&self) -> Result<PolicyChoice, ScheduleError> {
         use clap::ValueEnum;
         let purpose = match &self.purpose {
             None => None,
-            Some(name) => Some(
-                Purpose::from_str(name, true)
-                    .map_err(|_| format!("purpose {name:?} is none of deployment, runbook, health-check"))?,
-            ),
+            Some(name) => {
+                Some(Purpose::from_str(name, true).map_err(|_| ScheduleError::Purpose { name: name.clone() })?)
+            }
         };
         let overrides = Overrides {
             retry_duration: self.retry_duration_ms.map(Duration::from_millis),
@@ -459,11 +490,6 @@ impl ScheduleSpec {
     pub fn to_record(&self) -> String {
         serde_json::to_string(self).expect("a schedule encodes")
     }
-}
-
-/// Why a schedule cannot hold secrets.
-pub fn no_secrets() -> String {
-    "a schedule cannot hold secrets: the service keeps secrets only in the memory of the replica that took them, never in the journal, so no replica could run the schedule after a restart; give the script what it needs another way (a file on the agent, a secret store it reads)".into()
 }
 
 /// The schedule slot a ticket runs for, as its submission records it.
@@ -564,7 +590,10 @@ mod tests {
         assert!(matches!(&error, CadenceError::Field { field: "day-of-week", .. }), "{error}");
         assert!(error.to_string().contains("the 6th of 6"), "{error}");
         let error = Cadence::parse("*/5 * * *", "UTC", now).unwrap_err();
-        assert_eq!(error, CadenceError::Fields { expression: "*/5 * * *".into(), count: 4 });
+        assert!(
+            matches!(&error, CadenceError::Fields { expression, count: 4 } if expression == "*/5 * * *"),
+            "{error}"
+        );
         let error = Cadence::parse("", "UTC", now).unwrap_err();
         assert!(matches!(error, CadenceError::Fields { count: 0, .. }), "{error}");
         let error = Cadence::parse("@sometimes", "UTC", now).unwrap_err();
@@ -573,7 +602,7 @@ mod tests {
         assert!(matches!(error, CadenceError::Never { .. }), "February 30th never comes: {error}");
 
         let error = Cadence::parse("0 2 * * *", "Mars/Olympus", now).unwrap_err();
-        assert_eq!(error, CadenceError::Zone { zone: "Mars/Olympus".into(), suggestion: None });
+        assert!(matches!(&error, CadenceError::Zone { zone, suggestion: None } if zone == "Mars/Olympus"), "{error}");
         assert!(error.to_string().contains("IANA name such as Europe/Berlin"), "{error}");
         let error = Cadence::parse("0 2 * * *", "europe/berlin", now).unwrap_err();
         assert!(error.to_string().contains("did you mean Europe/Berlin?"), "{error}");
@@ -754,13 +783,13 @@ mod tests {
         let env = spec.slot_spec(&slot, &spec.check(now).unwrap()).env;
         assert_eq!((env[SCHEDULE_VAR].as_str(), env[SLOT_VAR].as_str()), ("rotate-logs", "2026-03-29T03:00:00+02:00"));
         spec.spec.env.insert(SLOT_VAR.into(), "x".into());
-        assert!(spec.check(now).unwrap_err().contains("set by the schedule itself"));
+        assert!(spec.check(now).unwrap_err().to_string().contains("set by the schedule itself"));
         spec.spec.env.clear();
         spec.spec.secret_env.insert("TOKEN".into(), "s3cret".into());
-        assert!(spec.check(now).unwrap_err().contains("cannot hold secrets"));
+        assert!(spec.check(now).unwrap_err().to_string().contains("cannot hold secrets"));
         spec.spec.secret_env = Default::default();
         spec.name = "a b".into();
-        assert!(spec.check(now).unwrap_err().contains("schedule name"));
+        assert!(spec.check(now).unwrap_err().to_string().contains("schedule name"));
         assert_eq!(Slot::missed(5).id, Slot::cron(5).id, "a missed slot runs under its own identity");
     }
 }

@@ -3,7 +3,7 @@
 //! `setup-broker` declares the shared topology, `enrol-agent` one agent's queue and binding,
 //! `enrol-pool` a pool's queues (its workers declare their own).
 
-use crate::error::RpcError;
+use crate::error::{LinkLost, RpcError};
 use crate::rpc::{self, RpcConfig};
 use contracts::wire::topology::amqp::{
     bounded_dead_queue_arguments, command_queue_arguments, presence_stream_arguments,
@@ -35,7 +35,7 @@ pub(crate) enum DeadQueue {
 }
 
 fn failed(call: &'static str) -> impl Fn(lapin::Error) -> RpcError {
-    move |error| RpcError::ConnectionLost(format!("{call}: {error}"))
+    move |source| RpcError::ConnectionLost(LinkLost::Setup { call, source })
 }
 
 /// Declares the exchanges, the presence stream and the dead-letter queue (bounded by `dead`

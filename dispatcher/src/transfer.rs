@@ -95,8 +95,14 @@ impl Window {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
+    /// A local file could not be read or written.
+    #[error("cannot {what} {}: {source}", path.display())]
+    Local { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
+    #[error("{} names no file", .0.display())]
+    NoFileName(std::path::PathBuf),
+    /// The task reading a local file failed.
     #[error("{0}")]
-    Local(String),
+    Task(#[source] tokio::task::JoinError),
     #[error("{route} is too old for file transfer (it answers Unsupported): upgrade the agent")]
     TooOld { route: String },
     #[error("{0}")]
@@ -113,7 +119,7 @@ impl TransferError {
     /// have completed it), not "no answer before the deadline" (110).
     pub fn exit_code(&self, route: &Route) -> u8 {
         match self {
-            TransferError::Local(_) => exit::USAGE,
+            TransferError::Local { .. } | TransferError::NoFileName(_) | TransferError::Task(_) => exit::USAGE,
             TransferError::TooOld { .. } => exit::REJECTED,
             TransferError::Request(gave_up) => {
                 let contact_lost = matches!(gave_up.error, RpcError::ConnectionLost(_));
@@ -161,8 +167,8 @@ pub fn digest_file(path: &Path) -> std::io::Result<(u64, String)> {
     }
 }
 
-fn local(what: &str, path: &Path, error: std::io::Error) -> TransferError {
-    TransferError::Local(format!("cannot {what} {}: {error}", path.display()))
+fn local(what: &'static str, path: &Path, source: std::io::Error) -> TransferError {
+    TransferError::Local { what, path: path.to_owned(), source }
 }
 
 /// The agent (or pool) a transfer is with, and how to talk to it.
@@ -219,7 +225,7 @@ pub async fn upload(peer: &Peer<'_>, local_path: &Path, remote: &str) -> Result<
     let path = local_path.to_path_buf();
     let (size, sha256) = tokio::task::spawn_blocking(move || digest_file(&path))
         .await
-        .map_err(|e| TransferError::Local(e.to_string()))?
+        .map_err(TransferError::Task)?
         .map_err(|e| local("read", local_path, e))?;
     let file = std::fs::File::open(local_path).map_err(|e| local("read", local_path, e))?;
     let chunk = |offset: u64, data: Vec<u8>| UploadChunk {
@@ -272,7 +278,7 @@ pub async fn upload(peer: &Peer<'_>, local_path: &Path, remote: &str) -> Result<
 
 /// The partial file a download of this content writes beside `local`.
 fn partial_for(local: &Path, size: u64, sha256: &str) -> Result<PathBuf, TransferError> {
-    let name = local.file_name().ok_or_else(|| TransferError::Local(format!("{} names no file", local.display())))?;
+    let name = local.file_name().ok_or_else(|| TransferError::NoFileName(local.to_owned()))?;
     Ok(local.with_file_name(partial_name(&name.to_string_lossy(), size, sha256)))
 }
 
@@ -331,7 +337,7 @@ pub async fn download(peer: &Peer<'_>, remote: &str, local_path: &Path) -> Resul
     let check = partial.clone();
     let (_, got) = tokio::task::spawn_blocking(move || digest_file(&check))
         .await
-        .map_err(|e| TransferError::Local(e.to_string()))?
+        .map_err(TransferError::Task)?
         .map_err(|e| local("read", &partial, e))?;
     if got != sha256 {
         let _ = std::fs::remove_file(&partial);
@@ -398,11 +404,11 @@ mod tests {
     fn a_lost_link_exits_as_contact_lost_and_an_unanswered_request_as_no_answer() {
         let route = Route::agent("a1").unwrap();
         let failed = |error| TransferError::Request(GaveUp { error, elapsed: Duration::ZERO, attempts: 1 });
-        let lost = failed(RpcError::ConnectionLost("connection reset".into()));
+        let lost = failed(crate::error::lost_link("connection reset"));
         assert_eq!((lost.exit_code(&route), lost.resumable()), (exit::OUTCOME_UNKNOWN, true));
         let unanswered = failed(RpcError::NoReply { target: "agent a1".into(), after: Duration::from_secs(10) });
         assert_eq!((unanswered.exit_code(&route), unanswered.resumable()), (exit::NO_ANSWER, true));
-        let unreachable = failed(RpcError::Connect("connection refused".into()));
+        let unreachable = failed(crate::error::unreachable());
         assert_eq!((unreachable.exit_code(&route), unreachable.resumable()), (exit::BROKER_UNREACHABLE, true));
         let refused = failed(RpcError::Unroutable { target: "agent a1".into() });
         assert_eq!((refused.exit_code(&route), refused.resumable()), (exit::NO_SUCH_AGENT, false));

@@ -2,7 +2,7 @@
 //! a fresh secret (a key, a session's share, a sealing's share) or name (a ticket, a message
 //! id).
 
-use contracts::entropy::Entropy;
+use contracts::entropy::{Entropy, EntropyError};
 use contracts::wire::ticket::Ticket;
 
 /// The operating system's random source (`getrandom`), through rand's `SysRng`.
@@ -10,9 +10,9 @@ use contracts::wire::ticket::Ticket;
 pub struct OsEntropy;
 
 impl Entropy for OsEntropy {
-    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), String> {
+    fn fill(&mut self, bytes: &mut [u8]) -> Result<(), EntropyError> {
         use rand::TryRng;
-        rand::rngs::SysRng.try_fill_bytes(bytes).map_err(|e| e.to_string())
+        rand::rngs::SysRng.try_fill_bytes(bytes).map_err(EntropyError::new)
     }
 }
 

@@ -3,7 +3,8 @@
 //! and the dispatcher's known-agents file (their line formats parsed by `contracts::trust::files`).
 
 use crate::entropy::OsEntropy;
-use contracts::trust::files::{KnownAgents, TrustedKeys};
+use contracts::entropy::EntropyError;
+use contracts::trust::files::{KnownAgents, LineError, TrustedKeys};
 use contracts::trust::keys::{SecretKey, SECRET_KEY_PREFIX};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
@@ -16,10 +17,12 @@ pub enum KeyError {
     Exists { path: PathBuf },
     #[error("{path}: not a cuttle secret key (expected one line `{SECRET_KEY_PREFIX}<base64>`)")]
     NotAKey { path: PathBuf },
+    /// The random source's error is kept, not offered as `source()`: the message tells it, and
+    /// `worker-agent keygen` prints an error with its chain of sources.
     #[error("cannot get random bytes from the system: {0}")]
-    Random(String),
+    Random(EntropyError),
     #[error("{path}:{line}: {reason}")]
-    Line { path: PathBuf, line: usize, reason: String },
+    Line { path: PathBuf, line: usize, reason: LineError },
 }
 
 /// Reads a whole (small) text file, naming it in the error.

@@ -3,7 +3,7 @@
 
 use crate::amqp_url;
 use contracts::trust::amqp::{seal_of, with_seal};
-use contracts::trust::seal::Seal;
+use contracts::trust::seal::{Seal, SealHeaderError};
 use contracts::wire::envelope::Reply;
 use contracts::wire::topology::{agent_queue, DEAD_EXCHANGE, REPLY_TO};
 use futures_util::StreamExt;
@@ -22,7 +22,7 @@ pub struct RawBroker {
 }
 
 /// A reply as it came: its seal (as read from its headers) and its body.
-pub type SealedReply = (Result<Option<Seal>, String>, Vec<u8>);
+pub type SealedReply = (Result<Option<Seal>, SealHeaderError>, Vec<u8>);
 
 /// A message found in the dead-letter exchange.
 #[derive(Debug)]

@@ -7,6 +7,7 @@ use crate::config::Protocol;
 use crate::handling::{Handling, Received, Source};
 use crate::service::Agent;
 use contracts::agent::flow::environment::{Answer, Delivery, Served, Settle};
+use contracts::backoff::Backoff;
 use contracts::time::short;
 use contracts::time::unix_millis;
 use contracts::trust::amqp::{seal_of, with_seal};
@@ -18,7 +19,7 @@ use contracts::wire::topology::{
     pool_service_routing_key, COMMANDS_EXCHANGE, CONTENT_TYPE, DEAD_EXCHANGE, DEAD_QUEUE,
 };
 use edge::connect::broker::accepts_tcp;
-use edge::connect::tls::tls_hint;
+use edge::connect::tls::TlsFailure;
 use edge::entropy::OsEntropy;
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -202,7 +203,8 @@ pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Res
             return Ok(());
         }
     };
-    let mut delay = FIRST_RECONNECT_DELAY;
+    // Full jitter, so a fleet that lost the broker together does not come back in step.
+    let mut backoff = Backoff::full_jitter(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, fastrand::u64(..));
     while !shutdown.is_cancelled() {
         let mut consumed = false;
         match consume(&agent, &shutdown, &mut endpoints, &mut consumed).await {
@@ -215,8 +217,9 @@ pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Res
             Err(error) => {
                 // A link that served is lost: come back quickly, as after the first loss.
                 if consumed {
-                    delay = FIRST_RECONNECT_DELAY;
+                    backoff.reset();
                 }
+                let delay = backoff.ceiling();
                 agent.set_ready(false);
                 agent.metrics().common.broker_reconnects.inc();
                 if let BrokerError::Tls { .. } = error {
@@ -226,12 +229,10 @@ pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Res
                 }
             }
         }
-        // Full jitter, so a fleet that lost the broker together does not come back in step.
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay.mul_f64(fastrand::f64())) => {}
+            _ = tokio::time::sleep(backoff.next_pause()) => {}
         }
-        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
     }
     Ok(())
 }
@@ -245,10 +246,10 @@ async fn connect(agent: &Agent, endpoints: &mut AmqpEndpoints) -> Result<Connect
         let name = format!("cuttle-agent {}", config.agent_id);
         let connect = edge::connect::broker::connect(&url, &name, &config.amqp_tls);
         let connected = match call("connect", config.connect_timeout, connect).await {
-            Err(BrokerError::Call { source, .. }) if tls_hint(&source.to_string()).is_some() => {
-                let message = source.to_string();
-                Err(BrokerError::Tls { hint: tls_hint(&message).unwrap_or_default(), message })
-            }
+            Err(BrokerError::Call { call, source }) => match TlsFailure::of(&source) {
+                Some(failure) => Err(BrokerError::Tls { failure, cause: source }),
+                None => Err(BrokerError::Call { call, source }),
+            },
             Err(BrokerError::Timeout { after, .. }) if accepts_tcp(&url, config.connect_timeout).await => {
                 Err(BrokerError::Silent { after })
             }

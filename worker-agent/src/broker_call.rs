@@ -3,6 +3,7 @@
 
 use contracts::time::short;
 use edge::connect::broker::SILENT_BROKER;
+use edge::connect::tls::TlsFailure;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,8 +16,11 @@ pub enum BrokerError {
     NotEnrolled { what: String },
     #[error("the broker closed the consumer")]
     ConsumerClosed,
-    #[error("TLS handshake with the broker failed: {message} ({hint})")]
-    Tls { message: String, hint: &'static str },
+    /// A call whose error is a failed TLS handshake ([`TlsFailure::of`]). The call's error is
+    /// kept, but not offered as `source()`: the message tells it already, and the binary prints
+    /// an error with its chain of sources, which must not say it twice.
+    #[error("TLS handshake with the broker failed: {cause} ({})", failure.hint())]
+    Tls { failure: TlsFailure, cause: lapin::Error },
     #[error("{SILENT_BROKER} (no AMQP answer within {})", short(*after))]
     Silent { after: Duration },
 }
@@ -38,6 +42,6 @@ impl BrokerError {
     /// Whether no retry can mend this: the broker's certificate is not trusted (the CA file, or
     /// the host name in the URL, is a setting to fix), unlike a broker that is down or restarting.
     pub fn is_setting(&self) -> bool {
-        matches!(self, BrokerError::Tls { message, .. } if edge::connect::tls::untrusted_server(message))
+        matches!(self, BrokerError::Tls { failure: TlsFailure::UntrustedServer, .. })
     }
 }

@@ -8,6 +8,7 @@
 //! subscription is down is picked up by the lease renewal (every third of `--lease-ttl`), which
 //! reads the flag, as before, and before a script's process starts the flag is read anyway.
 
+use contracts::backoff::Backoff;
 use contracts::time::short;
 use edge::connect::store::{current_client, RedisTarget};
 use futures_util::StreamExt;
@@ -20,7 +21,9 @@ pub(crate) fn channel(prefix: &str) -> String {
     format!("{prefix}cancels")
 }
 
-/// The longest wait before subscribing again after losing the subscription.
+/// The first wait before subscribing again after losing the subscription (doubling while it
+/// fails), and the longest.
+const FIRST_RESUBSCRIBE_DELAY: Duration = Duration::from_millis(200);
 const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(5);
 
 /// Follows the cancel channel of `prefix` until `stop`, calling `on_cancel` with each ticket
@@ -33,16 +36,19 @@ pub(crate) async fn follow(
     on_cancel: impl Fn(&str),
 ) {
     let channel = channel(&prefix);
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::doubling(FIRST_RESUBSCRIBE_DELAY, MAX_RESUBSCRIBE_DELAY);
     loop {
         let subscribed = tokio::select! {
             _ = stop.cancelled() => return,
             subscribed = tokio::time::timeout(connect_timeout, subscribe(&target, &channel)) => subscribed,
         };
+        if subscribed.as_ref().is_ok_and(Result::is_ok) {
+            backoff.reset();
+        }
+        let delay = backoff.next_pause();
         match subscribed {
             Ok(Ok(pubsub)) => {
                 tracing::debug!(%channel, "listening for cancels of scripts running here");
-                delay = Duration::from_millis(200);
                 let mut messages = pubsub.into_on_message();
                 loop {
                     let message = tokio::select! {
@@ -72,17 +78,33 @@ pub(crate) async fn follow(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(MAX_RESUBSCRIBE_DELAY);
     }
 }
 
 /// Whether Redis refused the subscription for good: the user lacks the channel (ACL `NOPERM`).
 fn refused(error: &redis::RedisError) -> bool {
-    error.code() == Some("NOPERM") || error.to_string().contains("NOPERM")
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
 }
 
 async fn subscribe(target: &RedisTarget, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
     let mut pubsub = current_client(target).await?.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
     Ok(pubsub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(line: &str) -> redis::RedisError {
+        let value = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).expect("an error reply");
+        value.extract_error().expect_err("an error")
+    }
+
+    #[test]
+    fn only_a_missing_channel_permission_ends_the_subscribing() {
+        assert!(refused(&reply("NOPERM User cuttle has no permissions to access the 'cuttle:cancels' channel")));
+        assert!(!refused(&reply("ERR unknown command 'SUBSCRIBE'")));
+        assert!(!refused(&redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))));
+    }
 }

@@ -50,7 +50,9 @@ pub mod workspace;
 
 use crate::config::{AgentConfig, StoreKind};
 use crate::service::Agent;
+use contracts::backoff::Backoff;
 use contracts::time::short;
+use edge::connect::tls::TlsFailure;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,17 +73,16 @@ pub enum RunError {
     #[error(transparent)]
     Broker(#[from] broker_call::BrokerError),
     /// The ticket store's certificate is not trusted: a setting no retry mends; the binary exits
-    /// [`EXIT_SETTING`].
-    #[error("TLS handshake with the ticket store failed: {error}; {UNTRUSTED_HINT}")]
-    StoreCertificate { error: String },
+    /// [`EXIT_SETTING`]. The store's error is kept, not offered as `source()`: the message tells
+    /// it, and the binary prints an error with its chain of sources.
+    #[error("TLS handshake with the ticket store failed: {0}; {hint}", hint = TlsFailure::UntrustedServer.hint())]
+    StoreCertificate(store::StoreError),
 }
-
-const UNTRUSTED_HINT: &str = "the server's certificate is not trusted: check the CA file and the host name in the URL";
 
 impl RunError {
     /// Whether the binary exits [`EXIT_SETTING`]: a setting to fix, not an outage.
     pub fn is_setting(&self) -> bool {
-        matches!(self, RunError::Broker(_) | RunError::StoreCertificate { .. })
+        matches!(self, RunError::Broker(_) | RunError::StoreCertificate(_))
     }
 }
 
@@ -195,7 +196,8 @@ pub async fn connect_store(
     metrics: &metrics::Metrics,
     shutdown: &CancellationToken,
 ) -> Result<Option<store::AgentStore>, RunError> {
-    let mut delay = Duration::from_millis(200);
+    // 200 ms after the first failure, at most every 5 s while the store stays away.
+    let mut backoff = Backoff::doubling(Duration::from_millis(200), Duration::from_secs(5));
     let ops = &metrics.common.store;
     loop {
         let opened = match config.store {
@@ -209,14 +211,16 @@ pub async fn connect_store(
                     .map(|local| store::Observed::agent_store(local, ops.clone()))
             }
         };
+        let delay = backoff.next_pause();
         match opened {
             Ok(store) => return Ok(Some(store)),
-            Err(error) if edge::connect::tls::untrusted_server(&error.to_string()) => {
-                tracing::error!(agent = %config.agent_id, %error, "the ticket store's certificate is not trusted; stopping (a setting to fix, not an outage)");
-                return Err(RunError::StoreCertificate { error: error.to_string() });
-            }
-            Err(error) => match edge::connect::tls::tls_hint(&error.to_string()) {
-                Some(hint) => {
+            Err(error) => match TlsFailure::of(&error) {
+                Some(TlsFailure::UntrustedServer) => {
+                    tracing::error!(agent = %config.agent_id, %error, "the ticket store's certificate is not trusted; stopping (a setting to fix, not an outage)");
+                    return Err(RunError::StoreCertificate(error));
+                }
+                Some(failure) => {
+                    let hint = failure.hint();
                     tracing::error!(agent = %config.agent_id, %error, hint, retry_in = %short(delay), "TLS handshake with the ticket store failed; retrying")
                 }
                 None => {
@@ -228,7 +232,6 @@ pub async fn connect_store(
             _ = shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -33,8 +33,8 @@ const CANCELS: TableDefinition<&str, ()> = TableDefinition::new("cancels");
 /// "epoch" -> the store's epoch.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
-fn failed(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Local(error.to_string())
+fn failed(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::Local(error.into())
 }
 
 fn now_ms() -> u64 {
@@ -58,7 +58,7 @@ impl LocalStore {
     /// records now and then, on a claim, at most every `prune_interval` (the agent's
     /// `--janitor-interval`).
     pub fn open(path: &Path, owner: &str, prune_interval: Duration) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| failed(format!("cannot open {}: {e}", path.display())))?;
+        let db = Database::create(path).map_err(|source| StoreError::LocalOpen { path: path.to_owned(), source })?;
         let txn = db.begin_write().map_err(failed)?;
         for table in [RUNNING, CANCELS] {
             txn.open_table(table).map_err(failed)?;

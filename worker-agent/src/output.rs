@@ -13,6 +13,7 @@
 
 use crate::mask::Masker;
 use crate::store::AgentStore;
+use contracts::backoff::Backoff;
 use contracts::store::TicketKeys;
 use contracts::time::unix_millis;
 use contracts::wire::status::{LogLine, LogStream, OUTPUT_TRUNCATED};
@@ -172,14 +173,14 @@ impl OutputBudget {
 }
 
 async fn store_batch(store: &AgentStore, keys: &TicketKeys, batch: &[LogLine], ttl: Duration) {
-    let mut delay = Duration::from_millis(100);
+    // 100 ms after a blip, at most every 2 s while the store stays away.
+    let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         match store.append_logs(keys, batch, ttl).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(ticket = %keys.ticket, %error, lines = batch.len(), "could not store output; keeping it and retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(backoff.next_pause()).await;
             }
         }
     }

@@ -7,10 +7,10 @@ use contracts::store::record::TicketRecord;
 /// Reads a stored record, in this version's encoding or the JSON of earlier ones. One that
 /// cannot be read is reported as a fatal completion rather than risking a run.
 pub(crate) fn decode_record(raw: &str) -> TicketRecord {
-    let decoded = if raw.starts_with('{') {
-        serde_json::from_str(raw).map_err(|e| e.to_string())
+    let decoded: Result<TicketRecord, Box<dyn std::error::Error>> = if raw.starts_with('{') {
+        serde_json::from_str(raw).map_err(Into::into)
     } else {
-        TicketRecord::decode_compact(raw).map_err(|e| e.to_string())
+        TicketRecord::decode_compact(raw).map_err(Into::into)
     };
     decoded.unwrap_or_else(|error| {
         tracing::error!(%error, "unreadable ticket record; reporting it as failed");

@@ -7,6 +7,7 @@ use crate::metrics::Metrics;
 use crate::output::{self, LogSender, Progress};
 use crate::store::AgentStore;
 use crate::workspace;
+use contracts::backoff::Backoff;
 use contracts::store::record::{RecordState, TicketRecord};
 use contracts::store::{Release, TicketKeys};
 use contracts::time::short;
@@ -290,7 +291,8 @@ impl Run {
     /// Writes the next record by compare-and-set, retrying while the store is unreachable.
     async fn update_record(&mut self, next: TicketRecord, release: Release) {
         let raw = next.encode();
-        let mut delay = Duration::from_millis(100);
+        // 100 ms after a blip, at most every 2 s while the store stays away.
+        let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             match self.store.compare_and_set(&self.keys, &self.record_raw, &next, None, release).await {
                 Ok(true) => break,
@@ -300,8 +302,7 @@ impl Run {
                 }
                 Err(error) => {
                     tracing::warn!(ticket = %self.keys.ticket, %error, "could not update ticket record; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next_pause()).await;
                 }
             }
         }

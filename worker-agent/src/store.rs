@@ -22,8 +22,11 @@ use std::time::Duration;
 pub enum StoreError {
     #[error("ticket store unavailable: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("local ticket store failed: cannot open {}: {source}", path.display())]
+    LocalOpen { path: std::path::PathBuf, source: redb::DatabaseError },
+    /// The embedded store's error (redb's, its task's, or a line it could not decode).
     #[error("local ticket store failed: {0}")]
-    Local(String),
+    Local(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// KEYS: record, lease, running set, epoch. Refuses ({2}) when the store's epoch is not the one

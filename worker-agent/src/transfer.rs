@@ -111,7 +111,7 @@ pub(crate) fn resolve(roots: &[PathBuf], path: &str) -> Result<PathBuf, ErrorRep
     let Some(first) = roots.first() else {
         return Err(refused("this agent has no --transfer-root: file transfer is refused"));
     };
-    contracts::wire::transfer::check_path(path).map_err(refused)?;
+    contracts::wire::transfer::check_path(path).map_err(|e| refused(e.to_string()))?;
     let given = Path::new(path);
     let full = if given.is_absolute() { given.to_path_buf() } else { first.join(given) };
     let name = full.file_name().ok_or_else(|| refused(format!("{path:?} names no file")))?;

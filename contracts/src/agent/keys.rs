@@ -8,8 +8,8 @@
 use crate::entropy::Entropy;
 use crate::trust::files::TrustedKeys;
 use crate::trust::keys::{KeyId, SecretKey};
-use crate::trust::seal::Seal;
 use crate::trust::seal::SessionId;
+use crate::trust::seal::{Seal, SealHeaderError};
 use crate::trust::sealed;
 use crate::trust::session::Session;
 use crate::trust::sessions::{offered, Declined, SessionTable};
@@ -83,7 +83,7 @@ impl AgentKeys {
     /// session, which its answer is MAC'd in.
     pub fn check_seal(
         &self,
-        seal: Result<Option<Seal>, String>,
+        seal: Result<Option<Seal>, SealHeaderError>,
         body: &[u8],
         now_ms: u64,
     ) -> Result<(Origin, Option<Session>), Refusal> {

@@ -52,8 +52,16 @@ pub const TOMBSTONE_DIGEST_LEN: usize = 32;
 
 /// A stored record that cannot be read in the compact encoding.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unreadable ticket record: {0}")]
-pub struct RecordError(String);
+pub enum RecordError {
+    #[error("unreadable ticket record: {field:?}: {source}")]
+    Number { field: String, source: std::num::ParseIntError },
+    #[error("unreadable ticket record: {0}")]
+    ExitCode(#[source] std::num::TryFromIntError),
+    #[error("unreadable ticket record: unknown record state {0:?}")]
+    State(String),
+    #[error("unreadable ticket record: not a ticket record: {0} fields")]
+    Fields(usize),
+}
 
 impl TicketRecord {
     /// The stored form: `2|<state>|<exit>|<not_after>|<claimed_at>|<digest>|<agent id>|<owner>`,
@@ -82,9 +90,10 @@ impl TicketRecord {
     pub fn decode_compact(raw: &str) -> Result<TicketRecord, RecordError> {
         let fields: Vec<&str> = raw.split('|').collect();
         let number = |s: &str| -> Result<Option<i64>, RecordError> {
-            (!s.is_empty()).then(|| s.parse::<i64>().map_err(|e| RecordError(format!("{s:?}: {e}")))).transpose()
+            let field = |source| RecordError::Number { field: s.to_owned(), source };
+            (!s.is_empty()).then(|| s.parse::<i64>().map_err(field)).transpose()
         };
-        let exit_code = |s: &str| number(s)?.map(i32::try_from).transpose().map_err(|e| RecordError(e.to_string()));
+        let exit_code = |s: &str| number(s)?.map(i32::try_from).transpose().map_err(RecordError::ExitCode);
         match fields.as_slice() {
             [RECORD_V2, "t", exit, digest] => Ok(TicketRecord::tombstone((*digest).to_owned(), exit_code(exit)?)),
             [RECORD_V2, state, exit, not_after, claimed_at, digest, agent_id, owner] => Ok(TicketRecord {
@@ -95,14 +104,14 @@ impl TicketRecord {
                     "c" => RecordState::Claimed,
                     "r" => RecordState::Running,
                     "d" => RecordState::Complete,
-                    other => return Err(RecordError(format!("unknown record state {other:?}"))),
+                    other => return Err(RecordError::State((*other).to_owned())),
                 },
                 exit_code: exit_code(exit)?,
                 tombstone: false,
                 not_after: number(not_after)?.map(|n| n as u64),
                 claimed_at: number(claimed_at)?.unwrap_or(0) as u64,
             }),
-            _ => Err(RecordError(format!("not a ticket record: {} fields", fields.len()))),
+            _ => Err(RecordError::Fields(fields.len())),
         }
     }
 

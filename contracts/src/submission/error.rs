@@ -2,6 +2,7 @@
 //! error, whatever it is, classified ([`CallError`], [`ErrorClass`]).
 
 use crate::wire::error::{ErrorKind, ErrorReply};
+use crate::wire::messages::Kind;
 use std::fmt;
 
 /// What a failed request's error says, as far as deciding goes.
@@ -20,17 +21,30 @@ pub enum ErrorClass {
     Other,
 }
 
-/// The error of one attempt, as the driver's transport has it.
+/// A reply the submission cannot go on with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unexpected {
+    /// An answer of another kind than the request's.
+    #[error("expected {expected}, got {got}")]
+    Kind { expected: &'static str, got: Kind },
+    /// The agent's capabilities list no script service this dispatcher speaks.
+    #[error("{target} supports no script service this dispatcher knows")]
+    NoScriptService { target: String },
+}
+
+/// The error of one attempt, as the driver's transport has it. Clone, since the submission keeps
+/// the last one it got (a transport error keeps its source behind an `Arc` where that is not).
 pub trait CallError: Clone + fmt::Debug + fmt::Display {
     fn class(&self) -> ErrorClass;
     /// Whether the same request may succeed if repeated.
     fn is_transient(&self) -> bool;
-    /// A reply that could not be understood.
-    fn codec(message: String) -> Self;
+    /// A reply the submission cannot go on with.
+    fn unexpected(reply: Unexpected) -> Self;
     /// An agent's refusal.
     fn agent(target: String, error: ErrorReply) -> Self;
-    /// A request that must not be repeated (a legacy agent's start) got no answer.
-    fn unrepeatable(message: String) -> Self;
+    /// `error` ended a request that must not be repeated (a legacy agent's start) without an
+    /// answer.
+    fn unrepeatable(error: Self) -> Self;
     /// The user cancelled.
     fn cancelled() -> Self;
 

@@ -1,7 +1,7 @@
 //! Negotiation: what an agent said of itself (its capabilities, or that it predates them), and
 //! the script service to drive it with.
 
-use super::error::CallError;
+use super::error::{CallError, Unexpected};
 use super::retry::{GaveUp, RetryPolicy, Timing};
 use crate::time::short;
 use crate::wire::envelope::Reply;
@@ -33,7 +33,9 @@ impl AgentKind {
     pub fn from_answer<E: CallError>(answer: Result<Reply, GaveUp<E>>) -> Result<AgentKind, GaveUp<E>> {
         match answer {
             Ok(Reply::Capabilities(caps)) => Ok(AgentKind::Current(caps)),
-            Ok(other) => Err(GaveUp::at_once(E::codec(format!("expected capabilities, got {}", other.kind())))),
+            Ok(other) => {
+                Err(GaveUp::at_once(E::unexpected(Unexpected::Kind { expected: "capabilities", got: other.kind() })))
+            }
             Err(gave_up) if gave_up.error.agent_error() == Some(ErrorKind::Unsupported) => Ok(AgentKind::Legacy),
             Err(gave_up) => Err(gave_up),
         }

@@ -1,7 +1,7 @@
 //! The requests a submission sends, built from what it knows: the start it plans, the cancel,
 //! the complete; and the status a reply must carry.
 
-use super::error::CallError;
+use super::error::{CallError, Unexpected};
 use super::negotiate::ScriptProtocol;
 use super::outcome::Outcome;
 use super::retry::{GaveUp, RetryPolicy, Timing};
@@ -62,6 +62,8 @@ pub fn cancel_request(
 pub fn expect_status<E: CallError>(reply: Reply) -> Result<ScriptStatus, GaveUp<E>> {
     match reply {
         Reply::ScriptStatus(status) => Ok(status),
-        other => Err(GaveUp::at_once(E::codec(format!("expected a script status, got {}", other.kind())))),
+        other => {
+            Err(GaveUp::at_once(E::unexpected(Unexpected::Kind { expected: "a script status", got: other.kind() })))
+        }
     }
 }

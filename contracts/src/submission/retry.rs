@@ -4,6 +4,7 @@
 //! any origin the driver keeps; the jitter comes from a seed the driver gives.
 
 use super::error::CallError;
+use crate::backoff::Backoff;
 use crate::time::short;
 use std::fmt;
 use std::time::Duration;
@@ -92,9 +93,9 @@ pub struct Retry {
     usual: Duration,
     started: Duration,
     deadline: Duration,
-    ceiling: Duration,
+    /// Full jitter from [`INITIAL_DELAY`] doubling up to [`MAX_DELAY`].
+    backoff: Backoff,
     attempts: u32,
-    rng: fastrand::Rng,
 }
 
 impl Retry {
@@ -105,9 +106,8 @@ impl Retry {
             usual,
             started: now,
             deadline: now + policy.duration,
-            ceiling: INITIAL_DELAY,
+            backoff: Backoff::full_jitter(INITIAL_DELAY, MAX_DELAY, seed),
             attempts: 0,
-            rng: fastrand::Rng::with_seed(seed),
         }
     }
 
@@ -119,8 +119,7 @@ impl Retry {
 
     /// The last attempt failed with `error`: the retry to make after its delay, or the end.
     pub fn failed<E: CallError>(&mut self, error: E, now: Duration) -> Result<RetryNotice<E>, GaveUp<E>> {
-        let proposed = self.ceiling.mul_f64(self.rng.f64());
-        self.ceiling = (self.ceiling * 2).min(MAX_DELAY);
+        let proposed = self.backoff.next_pause();
         match next_delay(&error, self.policy, now, self.deadline, proposed) {
             Some(delay) => {
                 Ok(RetryNotice { attempt: self.attempts, delay, time_left: self.deadline.saturating_sub(now), error })

@@ -1,7 +1,7 @@
 //! The AMQP headers that carry a [`Seal`] (feature `amqp`, for the crates that speak to the
 //! broker).
 
-use super::seal::{Seal, SealHeaders, KEY_HEADER, MAC_HEADER, SESSION_HEADER, SIGNATURE_HEADER};
+use super::seal::{Seal, SealHeaderError, SealHeaders, KEY_HEADER, MAC_HEADER, SESSION_HEADER, SIGNATURE_HEADER};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 
@@ -15,7 +15,7 @@ pub fn with_seal(properties: BasicProperties, seal: &Seal) -> BasicProperties {
 }
 
 /// The seal a message carries in its headers: `Ok(None)` when it carries none.
-pub fn seal_of(properties: &BasicProperties) -> Result<Option<Seal>, String> {
+pub fn seal_of(properties: &BasicProperties) -> Result<Option<Seal>, SealHeaderError> {
     let text = |name: &str| match properties.headers().as_ref()?.inner().get(name)? {
         AMQPValue::LongString(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
         _ => None,

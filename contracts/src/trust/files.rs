@@ -2,9 +2,24 @@
 //! dispatcher's `--known-agents` ([`KnownAgents`]), parsed from their text (read by
 //! `edge::keys`).
 
-use super::keys::{KeyId, PublicKey};
-use crate::wire::topology::validate_name;
+use super::keys::{KeyId, PublicKey, PublicKeyError};
+use crate::wire::topology::{validate_name, NameError};
 use std::collections::BTreeMap;
+
+/// Why a line of a trust file cannot be read (the parsers answer it with the line's number).
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error(transparent)]
+    Key(#[from] PublicKeyError),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("expected `<agent-id> ed25519:<key>`, `pool:<name> ed25519:<key>` or `<agent-id> legacy`")]
+    Shape,
+    #[error("{0} is pinned both to keys and as legacy")]
+    KeysAndLegacy(String),
+    #[error("a pool cannot be legacy: script v1 agents do not serve pools")]
+    LegacyPool,
+}
 
 /// A public key file line: the key and what follows it (a comment, or an agent name).
 fn parse_lines(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
@@ -23,10 +38,10 @@ pub struct TrustedKeys {
 }
 
 impl TrustedKeys {
-    pub fn parse(text: &str) -> Result<TrustedKeys, (usize, String)> {
+    pub fn parse(text: &str) -> Result<TrustedKeys, (usize, LineError)> {
         let mut keys = BTreeMap::new();
         for (line, words) in parse_lines(text) {
-            let key = PublicKey::parse(words[0]).map_err(|reason| (line, reason))?;
+            let key = PublicKey::parse(words[0]).map_err(|reason| (line, reason.into()))?;
             keys.insert(key.id(), key);
         }
         Ok(TrustedKeys { keys })
@@ -72,32 +87,27 @@ pub struct KnownAgents {
 }
 
 impl KnownAgents {
-    pub fn parse(text: &str) -> Result<KnownAgents, (usize, String)> {
+    pub fn parse(text: &str) -> Result<KnownAgents, (usize, LineError)> {
         let mut pins: BTreeMap<String, Pin> = BTreeMap::new();
         for (line, words) in parse_lines(text) {
             let [name, what, ..] = words[..] else {
-                return Err((
-                    line,
-                    "expected `<agent-id> ed25519:<key>`, `pool:<name> ed25519:<key>` or `<agent-id> legacy`".into(),
-                ));
+                return Err((line, LineError::Shape));
             };
             let (kind, bare) = match name.strip_prefix("pool:") {
                 Some(pool) => ("pool name", pool),
                 None => ("agent id", name),
             };
-            validate_name(kind, bare).map_err(|reason| (line, reason))?;
-            let conflict = || (line, format!("{name} is pinned both to keys and as legacy"));
+            validate_name(kind, bare).map_err(|reason| (line, reason.into()))?;
+            let conflict = || (line, LineError::KeysAndLegacy(name.to_owned()));
             match (what, pins.get_mut(name)) {
-                ("legacy", _) if kind == "pool name" => {
-                    return Err((line, "a pool cannot be legacy: script v1 agents do not serve pools".into()))
-                }
+                ("legacy", _) if kind == "pool name" => return Err((line, LineError::LegacyPool)),
                 ("legacy", None) => {
                     pins.insert(name.to_owned(), Pin::Legacy);
                 }
                 ("legacy", Some(Pin::Legacy)) => {}
                 ("legacy", Some(Pin::Keys(_))) | (_, Some(Pin::Legacy)) => return Err(conflict()),
                 (key, existing) => {
-                    let key = PublicKey::parse(key).map_err(|reason| (line, reason))?;
+                    let key = PublicKey::parse(key).map_err(|reason| (line, reason.into()))?;
                     match existing {
                         Some(Pin::Keys(keys)) => keys.push(key),
                         _ => {

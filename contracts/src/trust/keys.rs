@@ -4,7 +4,7 @@
 //! read and written by `edge::keys`. Secret keys never appear in `Debug` output or messages;
 //! only key ids do.
 
-use crate::entropy::Entropy;
+use crate::entropy::{Entropy, EntropyError};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use curve25519_dalek::edwards::CompressedEdwardsY;
@@ -52,6 +52,19 @@ pub struct PublicKey {
     id: KeyId,
 }
 
+/// Why a text is not a public key.
+#[derive(Debug, thiserror::Error)]
+pub enum PublicKeyError {
+    #[error("a public key starts with `{PUBLIC_KEY_PREFIX}`")]
+    Prefix,
+    #[error("public key is not base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("a public key is 32 bytes")]
+    Length,
+    #[error("not a valid Ed25519 public key")]
+    NotEd25519(#[source] ed25519_dalek::SignatureError),
+}
+
 impl PublicKey {
     fn new(key: VerifyingKey) -> PublicKey {
         use sha2::Digest;
@@ -61,13 +74,11 @@ impl PublicKey {
         PublicKey { key, id: KeyId(id) }
     }
 
-    pub fn parse(text: &str) -> Result<PublicKey, String> {
-        let encoded = text
-            .strip_prefix(PUBLIC_KEY_PREFIX)
-            .ok_or_else(|| format!("a public key starts with `{PUBLIC_KEY_PREFIX}`"))?;
-        let bytes = BASE64.decode(encoded).map_err(|e| format!("public key is not base64: {e}"))?;
-        let bytes: [u8; 32] = bytes.try_into().map_err(|_| "a public key is 32 bytes".to_string())?;
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid Ed25519 public key".to_string())?;
+    pub fn parse(text: &str) -> Result<PublicKey, PublicKeyError> {
+        let encoded = text.strip_prefix(PUBLIC_KEY_PREFIX).ok_or(PublicKeyError::Prefix)?;
+        let bytes = BASE64.decode(encoded)?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| PublicKeyError::Length)?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(PublicKeyError::NotEd25519)?;
         Ok(PublicKey::new(key))
     }
 
@@ -132,8 +143,8 @@ impl SecretKey {
         SecretKey { key, public }
     }
 
-    /// A new key drawn from `entropy`; fails only when it does (its message).
-    pub fn generate(entropy: &mut dyn Entropy) -> Result<SecretKey, String> {
+    /// A new key drawn from `entropy`; fails only when it does.
+    pub fn generate(entropy: &mut dyn Entropy) -> Result<SecretKey, EntropyError> {
         let mut seed = Zeroizing::new([0u8; 32]);
         entropy.fill(seed.as_mut())?;
         Ok(SecretKey::from_seed(&seed))

@@ -134,6 +134,22 @@ pub struct SealHeaders<'a> {
     pub mac: Option<&'a str>,
 }
 
+/// Why a message's seal headers cannot be read. Clone (and compared), as a delivery's seal is
+/// passed on before it is checked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SealHeaderError {
+    #[error("{name} is not base64")]
+    NotBase64 { name: &'static str, source: base64::DecodeError },
+    #[error("{KEY_HEADER} is not a key id")]
+    KeyId,
+    #[error("{SESSION_HEADER} is not a session id")]
+    SessionId,
+    #[error("{name} is not {bytes} bytes")]
+    Length { name: &'static str, bytes: usize },
+    #[error("expected {KEY_HEADER} with {SIGNATURE_HEADER}, or {SESSION_HEADER} with {MAC_HEADER}, and nothing else")]
+    Combination,
+}
+
 impl Seal {
     /// The key that signed, for a signature.
     pub fn signer(&self) -> Option<KeyId> {
@@ -154,26 +170,27 @@ impl Seal {
     }
 
     /// Reads the headers; `Ok(None)` when none is there (an unsigned message).
-    pub fn from_headers(headers: SealHeaders<'_>) -> Result<Option<Seal>, String> {
-        let decode = |name: &str, value: &str| BASE64.decode(value).map_err(|_| format!("{name} is not base64"));
+    pub fn from_headers(headers: SealHeaders<'_>) -> Result<Option<Seal>, SealHeaderError> {
+        let decode = |name: &'static str, value: &str| {
+            BASE64.decode(value).map_err(|source| SealHeaderError::NotBase64 { name, source })
+        };
         match headers {
             SealHeaders { key: None, signature: None, session: None, mac: None } => Ok(None),
             SealHeaders { key: Some(key), signature: Some(signature), session: None, mac: None } => {
-                let key = KeyId::parse(key).ok_or_else(|| format!("{KEY_HEADER} is not a key id"))?;
+                let key = KeyId::parse(key).ok_or(SealHeaderError::KeyId)?;
                 let signature = decode(SIGNATURE_HEADER, signature)?
                     .try_into()
-                    .map_err(|_| format!("{SIGNATURE_HEADER} is not 64 bytes"))?;
+                    .map_err(|_| SealHeaderError::Length { name: SIGNATURE_HEADER, bytes: 64 })?;
                 Ok(Some(Seal::Signature { key, signature }))
             }
             SealHeaders { key: None, signature: None, session: Some(session), mac: Some(mac) } => {
-                let session =
-                    SessionId::parse(session).ok_or_else(|| format!("{SESSION_HEADER} is not a session id"))?;
-                let tag = decode(MAC_HEADER, mac)?.try_into().map_err(|_| format!("{MAC_HEADER} is not 32 bytes"))?;
+                let session = SessionId::parse(session).ok_or(SealHeaderError::SessionId)?;
+                let tag = decode(MAC_HEADER, mac)?
+                    .try_into()
+                    .map_err(|_| SealHeaderError::Length { name: MAC_HEADER, bytes: 32 })?;
                 Ok(Some(Seal::Mac { session, tag }))
             }
-            _ => Err(format!(
-                "expected {KEY_HEADER} with {SIGNATURE_HEADER}, or {SESSION_HEADER} with {MAC_HEADER}, and nothing else"
-            )),
+            _ => Err(SealHeaderError::Combination),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! holding the secret key open them; the command's signature (or MAC) still covers the sealed
 //! bytes, so nobody can swap them. Sent only to agents that list [`crate::wire::messages::SERVICE_SEALED_SECRETS`].
 
-use crate::entropy::Entropy;
+use crate::entropy::{Entropy, EntropyError};
 use crate::trust::keys::{KeyId, PublicKey, SecretKey};
 use crate::trust::session::{agree, Ephemeral};
 use crate::wire::envelope::Request;
@@ -32,7 +32,7 @@ pub enum SealError {
     #[error("key {0} cannot be sealed to (a key of low order)")]
     WeakKey(KeyId),
     #[error("cannot get random bytes from the system: {0}")]
-    Random(String),
+    Random(#[source] EntropyError),
 }
 
 /// Seals `secrets` for `ticket` to each of `recipients`, each copy's share drawn from `entropy`.
@@ -84,7 +84,7 @@ pub fn open_start(start: &mut StartScriptV2, me: &SecretKey) -> Result<(), Error
     let secrets = open(&sealed, me, &start.ticket.to_string())
         .map_err(|error| ErrorReply::new(ErrorKind::NotAuthorized, error.to_string()))?;
     start.spec.secret_env = secrets;
-    start.spec.validate().map_err(|reason| ErrorReply::new(ErrorKind::Invalid, reason))
+    start.spec.validate().map_err(|reason| ErrorReply::new(ErrorKind::Invalid, reason.to_string()))
 }
 
 /// Opens the copy of `sealed` made for `me`'s key, for `ticket`.

@@ -31,7 +31,7 @@
 
 use super::keys::KeyId;
 use super::seal::{answer_parts, command_parts, Seal, SessionId};
-use crate::entropy::Entropy;
+use crate::entropy::{Entropy, EntropyError};
 use crate::wire::envelope::KeyShare;
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use hmac::{Hmac, Mac};
@@ -48,7 +48,7 @@ pub enum SessionError {
     #[error("a key share is 32 bytes of a point of large order")]
     BadShare,
     #[error("cannot get random bytes from the system: {0}")]
-    Random(String),
+    Random(#[source] EntropyError),
 }
 
 /// A key agreed by one dispatcher key and one agent key. Its `Debug` shows only the ids.
@@ -116,8 +116,8 @@ pub(crate) struct Ephemeral {
 }
 
 impl Ephemeral {
-    /// A secret drawn from `entropy`; fails only when it does (its message).
-    pub(crate) fn generate(entropy: &mut dyn Entropy) -> Result<Ephemeral, String> {
+    /// A secret drawn from `entropy`; fails only when it does.
+    pub(crate) fn generate(entropy: &mut dyn Entropy) -> Result<Ephemeral, EntropyError> {
         let mut secret = Zeroizing::new([0u8; 32]);
         entropy.fill(secret.as_mut())?;
         let share = MontgomeryPoint::mul_base_clamped(*secret).to_bytes();

@@ -6,7 +6,7 @@
 
 use super::files::{Pin, TrustedKeys};
 use super::keys::{KeyId, PublicKey};
-use super::seal::{announcement_parts, answer_parts, command_parts, schedule_parts, Seal, SessionId};
+use super::seal::{announcement_parts, answer_parts, command_parts, schedule_parts, Seal, SealHeaderError, SessionId};
 use super::session::Session;
 use crate::time::short;
 use crate::wire::envelope::{Envelope, InReplyTo, Reply};
@@ -34,7 +34,7 @@ pub enum Refusal {
     #[error("unsigned command: this agent runs only commands signed by a dispatcher key it trusts")]
     Unsigned,
     #[error("bad signature headers: {0}")]
-    BadHeaders(String),
+    BadHeaders(#[source] SealHeaderError),
     #[error("signed by key {0}, which this agent does not trust")]
     UntrustedKey(KeyId),
     #[error("the signature by key {0} does not verify: the command was altered, or not made by that key")]
@@ -98,7 +98,7 @@ pub enum Origin {
 pub fn check_command_seal(
     trusted: &TrustedKeys,
     allow_unsigned: bool,
-    seal: Result<Option<Seal>, String>,
+    seal: Result<Option<Seal>, SealHeaderError>,
     body: &[u8],
     session: Option<&Session>,
 ) -> Result<Origin, Refusal> {
@@ -153,7 +153,7 @@ pub enum Forged {
     #[error("unsigned")]
     Unsigned,
     #[error("bad signature headers: {0}")]
-    BadHeaders(String),
+    BadHeaders(#[source] SealHeaderError),
     #[error("signed by key {0}, which is not pinned for this target")]
     UnpinnedKey(KeyId),
     #[error("the signature by key {0} does not verify (altered, or signed for another request or message)")]
@@ -191,7 +191,7 @@ pub enum Believed {
 pub fn check_answer(
     pin: &Pin,
     request_id: &str,
-    seal: Result<Option<Seal>, String>,
+    seal: Result<Option<Seal>, SealHeaderError>,
     body: &[u8],
     session: Option<&Session>,
 ) -> Result<Believed, Forged> {
@@ -264,14 +264,22 @@ pub fn check_binding(
 /// The dispatcher's check of a presence announcement (`body`): it counts only if sealed by a key
 /// of `pin` ([`KnownAgents::pin_of_agent`]) over this body. Legacy pins are believed unsigned,
 /// as their answers are.
-pub fn check_announcement(pin: &Pin, seal: Result<Option<Seal>, String>, body: &[u8]) -> Result<Believed, Forged> {
+pub fn check_announcement(
+    pin: &Pin,
+    seal: Result<Option<Seal>, SealHeaderError>,
+    body: &[u8],
+) -> Result<Believed, Forged> {
     check_pinned(pin, seal, &announcement_parts(body))
 }
 
 /// The service's check of a schedule before one of its slots runs: `seal` is a signature by
 /// `key` (the service's own) over `record`, exactly as it was signed. A schedule changed in the
 /// journal by anyone without the key, or signed by another key, does not pass.
-pub fn check_schedule(key: &PublicKey, seal: Result<Option<Seal>, String>, record: &[u8]) -> Result<KeyId, Forged> {
+pub fn check_schedule(
+    key: &PublicKey,
+    seal: Result<Option<Seal>, SealHeaderError>,
+    record: &[u8],
+) -> Result<KeyId, Forged> {
     match check_pinned(&Pin::Keys(vec![*key]), seal, &schedule_parts(record))? {
         Believed::Key(key) => Ok(key),
         // Only a legacy pin believes unsigned messages, and this pin is a key.
@@ -280,7 +288,7 @@ pub fn check_schedule(key: &PublicKey, seal: Result<Option<Seal>, String>, recor
 }
 
 /// Whether `seal` is by a key of `pin` over `message`, the concatenation of its parts (never made).
-fn check_pinned(pin: &Pin, seal: Result<Option<Seal>, String>, message: &[&[u8]]) -> Result<Believed, Forged> {
+fn check_pinned(pin: &Pin, seal: Result<Option<Seal>, SealHeaderError>, message: &[&[u8]]) -> Result<Believed, Forged> {
     let keys = match pin {
         Pin::Legacy => return Ok(Believed::Legacy),
         Pin::Keys(keys) => keys,

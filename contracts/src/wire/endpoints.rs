@@ -4,6 +4,11 @@
 //! others in turn, beginning with the next one. Pure rotation logic: the random start is drawn,
 //! and the connections made, by `edge::connect::broker`.
 
+/// A URL list with an empty entry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the AMQP URL list has an empty entry (URLs are separated by single commas)")]
+pub struct EndpointsError;
+
 /// The broker URLs of one cluster and the one in use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AmqpEndpoints {
@@ -14,10 +19,10 @@ pub struct AmqpEndpoints {
 impl AmqpEndpoints {
     /// Parses a comma-separated list of URLs (blanks around commas ignored), starting at the URL
     /// `start` picks among them (`start(len)` returns an index below `len`).
-    pub fn parse(list: &str, start: impl FnOnce(usize) -> usize) -> Result<AmqpEndpoints, String> {
+    pub fn parse(list: &str, start: impl FnOnce(usize) -> usize) -> Result<AmqpEndpoints, EndpointsError> {
         let urls: Vec<String> = list.split(',').map(|url| url.trim().to_owned()).collect();
         if urls.iter().any(String::is_empty) {
-            return Err("the AMQP URL list has an empty entry (URLs are separated by single commas)".into());
+            return Err(EndpointsError);
         }
         let current = start(urls.len()) % urls.len();
         Ok(AmqpEndpoints { urls, current })
@@ -25,7 +30,7 @@ impl AmqpEndpoints {
 
     /// Checks a list for a command line (a clap `value_parser`), keeping it as given.
     pub fn check_list(list: &str) -> Result<String, String> {
-        AmqpEndpoints::parse(list, |_| 0).map(|_| list.to_owned())
+        AmqpEndpoints::parse(list, |_| 0).map(|_| list.to_owned()).map_err(|e| e.to_string())
     }
 
     /// Every URL, in the order given.

@@ -2,7 +2,7 @@
 //! fields it does not know and defaults fields it lacks; the size is checked before decoding.
 
 use crate::entropy::{draw, Entropy};
-use crate::wire::error::{CodecError, ErrorReply};
+use crate::wire::error::{CodecError, ErrorReply, Invalid, Malformed};
 use crate::wire::messages::{
     CancelScriptV1, CancelScriptV2, Capabilities, CompleteScriptV1, CompleteScriptV2, GetCapabilities, GetStatusV1,
     GetStatusV2, Kind, StartScriptV1, StartScriptV2,
@@ -221,7 +221,7 @@ impl Request {
             Some(Kind::GetCapabilities) => Request::GetCapabilities(body(bytes)?),
             Some(Kind::StartScriptV2) => {
                 let start: StartScriptV2 = body(bytes)?;
-                start.spec.validate().map_err(CodecError::Invalid)?;
+                start.spec.validate().map_err(Invalid::from)?;
                 Request::StartScriptV2(start)
             }
             Some(Kind::GetStatusV2) => Request::GetStatusV2(body(bytes)?),
@@ -229,7 +229,7 @@ impl Request {
             Some(Kind::CompleteScriptV2) => Request::CompleteScriptV2(body(bytes)?),
             Some(Kind::StartScriptV1) => {
                 let start: StartScriptV1 = body(bytes)?;
-                start.spec.validate().map_err(CodecError::Invalid)?;
+                start.spec.validate().map_err(Invalid::from)?;
                 Request::StartScriptV1(start)
             }
             Some(Kind::GetStatusV1) => Request::GetStatusV1(body(bytes)?),
@@ -237,12 +237,12 @@ impl Request {
             Some(Kind::CompleteScriptV1) => Request::CompleteScriptV1(body(bytes)?),
             Some(Kind::UploadChunk) => {
                 let chunk: UploadChunk = body(bytes)?;
-                chunk.validate().map_err(CodecError::Invalid)?;
+                chunk.validate().map_err(Invalid::from)?;
                 Request::UploadChunk(chunk)
             }
             Some(Kind::DownloadChunk) => {
                 let chunk: DownloadChunk = body(bytes)?;
-                chunk.validate().map_err(CodecError::Invalid)?;
+                chunk.validate().map_err(Invalid::from)?;
                 Request::DownloadChunk(chunk)
             }
             _ => return Err(CodecError::UnknownKind(header.kind)),
@@ -349,7 +349,7 @@ fn body<B: DeserializeOwned>(bytes: &[u8]) -> Result<B, CodecError> {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    rmp_serde::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))
+    rmp_serde::from_slice(bytes).map_err(|e| CodecError::Malformed(Malformed::Decode(e)))
 }
 
 /// Most msgpack values (strings, numbers, array and map entries...) in one message.
@@ -369,7 +369,7 @@ pub fn check_shape(bytes: &[u8]) -> Result<(), CodecError> {
     let mut values = 0usize;
     // Values still expected at each open level; one top-level value.
     let mut open: Vec<u64> = vec![1];
-    let truncated = || CodecError::Malformed("message ends inside a value".into());
+    let truncated = || CodecError::Malformed(Malformed::Truncated);
     let read_len = |at: &mut usize, width: usize| -> Result<u64, CodecError> {
         let end = at.checked_add(width).filter(|end| *end <= bytes.len()).ok_or_else(truncated)?;
         let len = bytes[*at..end].iter().fold(0u64, |n, b| (n << 8) | u64::from(*b));
@@ -413,7 +413,7 @@ pub fn check_shape(bytes: &[u8]) -> Result<(), CodecError> {
             0xdd => (0, read_len(&mut at, 4)?),
             0xde => (0, 2 * read_len(&mut at, 2)?),
             0xdf => (0, 2 * read_len(&mut at, 4)?),
-            0xc1 => return Err(CodecError::Malformed(format!("reserved msgpack marker 0xc1 at byte {}", at - 1))),
+            0xc1 => return Err(CodecError::Malformed(Malformed::ReservedMarker { at: at - 1 })),
         };
         let remaining = (bytes.len() - at) as u64;
         if skip > remaining || entries > remaining {

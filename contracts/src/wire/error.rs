@@ -1,6 +1,11 @@
 //! Typed errors on the wire: what an agent answers instead of a result ([`ErrorReply`]), and
 //! what the codec reports ([`CodecError`]).
 
+use super::labels::LabelError;
+use super::messages::SpecError;
+use super::topology::NameError;
+use super::transfer::ChunkError;
+use crate::entropy::EntropyError;
 use serde::{Deserialize, Serialize};
 
 /// Why a request was not served. Transient kinds are worth repeating; permanent ones are not.
@@ -67,16 +72,50 @@ pub enum CodecError {
     #[error("message too complex to decode: {0}")]
     TooComplex(String),
     #[error("malformed message: {0}")]
-    Malformed(String),
+    Malformed(#[source] Malformed),
     #[error("unsupported message kind {0:?}")]
     UnknownKind(String),
     #[error("invalid message: {0}")]
-    Invalid(String),
+    Invalid(#[source] Invalid),
     #[error("could not encode message: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
     /// No message id: the random source gave no bytes.
     #[error("cannot get random bytes from the system: {0}")]
-    Random(String),
+    Random(#[source] EntropyError),
+}
+
+/// How a message's bytes are not msgpack of the message.
+#[derive(Debug, thiserror::Error)]
+pub enum Malformed {
+    #[error(transparent)]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("message ends inside a value")]
+    Truncated,
+    #[error("reserved msgpack marker 0xc1 at byte {at}")]
+    ReservedMarker { at: usize },
+}
+
+/// What a well-formed message holds that no peer may send.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Labels(#[from] LabelError),
+    #[error("heartbeat interval {0} ms")]
+    HeartbeatInterval(u64),
+    #[error("oversized version or services")]
+    Oversized,
+}
+
+impl From<Invalid> for CodecError {
+    fn from(invalid: Invalid) -> Self {
+        CodecError::Invalid(invalid)
+    }
 }
 
 impl CodecError {

@@ -175,19 +175,19 @@ impl Secrets {
 
     /// Checks what decoding cannot: names usable as variables, values neither empty nor longer
     /// than [`MAX_SECRET_BYTES`]. Messages name the variable, never its value.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SpecError> {
         for (name, value) in &self.0 {
             let plain = !name.is_empty()
                 && !name.starts_with(|c: char| c.is_ascii_digit())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !plain {
-                return Err(format!("secret variable name {name:?} must be [A-Za-z_][A-Za-z0-9_]*"));
+                return Err(SpecError::SecretName(name.clone()));
             }
             if value.is_empty() {
-                return Err(format!("secret {name} is empty"));
+                return Err(SpecError::EmptySecret(name.clone()));
             }
             if value.len() > MAX_SECRET_BYTES {
-                return Err(format!("secret {name} is longer than {MAX_SECRET_BYTES} bytes"));
+                return Err(SpecError::LongSecret(name.clone()));
             }
         }
         Ok(())
@@ -198,6 +198,34 @@ impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map().entries(self.0.keys().map(|k| (k, SECRET_MASK))).finish()
     }
+}
+
+/// What makes a script's start one no agent runs. Messages name a secret's variable, never
+/// its value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("secret variable name {0:?} must be [A-Za-z_][A-Za-z0-9_]*")]
+    SecretName(String),
+    #[error("secret {0} is empty")]
+    EmptySecret(String),
+    #[error("secret {0} is longer than {MAX_SECRET_BYTES} bytes")]
+    LongSecret(String),
+    #[error("the script with its files, arguments and environment is {size} bytes, over the {MAX_SCRIPT_SPEC_BYTES} bytes one command can carry; send large files with `dispatcher upload` first")]
+    TooLarge { size: usize },
+    #[error("unknown shell")]
+    UnknownShell,
+    #[error("unknown isolation")]
+    UnknownIsolation,
+    #[error("secrets come sealed or in clear, not both")]
+    SealedAndClear,
+    #[error("secrets are sealed to at most {MAX_SEALED_COPIES} keys")]
+    SealedCopies,
+    #[error("{0} is both a variable and a secret")]
+    SecretAndVariable(String),
+    #[error("file name {0:?} is given twice")]
+    FileTwice(String),
+    #[error("file name {0:?} must be a plain name")]
+    FileName(String),
 }
 
 /// The most keys one start's secrets are sealed to (a pool pinned under keys being rotated).
@@ -277,44 +305,42 @@ impl ScriptSpec {
     }
 
     /// Whether the start fits in one command message ([`MAX_SCRIPT_SPEC_BYTES`]).
-    pub fn check_size(&self) -> Result<(), String> {
+    pub fn check_size(&self) -> Result<(), SpecError> {
         let size = rmp_serde::to_vec_named(self).map(|b| b.len()).unwrap_or(usize::MAX);
         if size > MAX_SCRIPT_SPEC_BYTES {
-            return Err(format!(
-                "the script with its files, arguments and environment is {size} bytes, over the {MAX_SCRIPT_SPEC_BYTES} bytes one command can carry; send large files with `dispatcher upload` first"
-            ));
+            return Err(SpecError::TooLarge { size });
         }
         Ok(())
     }
 
     /// Checks what decoding cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SpecError> {
         if self.shell == Shell::Unknown {
-            return Err("unknown shell".into());
+            return Err(SpecError::UnknownShell);
         }
         if self.isolation == Isolation::Unknown {
-            return Err("unknown isolation".into());
+            return Err(SpecError::UnknownIsolation);
         }
         self.secret_env.validate()?;
         if !self.sealed_secret_env.is_empty() && !self.secret_env.is_empty() {
-            return Err("secrets come sealed or in clear, not both".into());
+            return Err(SpecError::SealedAndClear);
         }
         if self.sealed_secret_env.len() > MAX_SEALED_COPIES {
-            return Err(format!("secrets are sealed to at most {} keys", MAX_SEALED_COPIES));
+            return Err(SpecError::SealedCopies);
         }
         if let Some(name) = self.secret_env.names().find(|name| self.env.contains_key(*name)) {
-            return Err(format!("{name} is both a variable and a secret"));
+            return Err(SpecError::SecretAndVariable(name.to_owned()));
         }
         let mut names = std::collections::BTreeSet::new();
         for file in &self.files {
             if !names.insert(file.name.as_str()) {
-                return Err(format!("file name {:?} is given twice", file.name));
+                return Err(SpecError::FileTwice(file.name.clone()));
             }
             let name = std::path::Path::new(&file.name);
             let plain = name.components().count() == 1
                 && matches!(name.components().next(), Some(std::path::Component::Normal(_)));
             if !plain {
-                return Err(format!("file name {:?} must be a plain name", file.name));
+                return Err(SpecError::FileName(file.name.clone()));
             }
         }
         Ok(())

@@ -14,7 +14,7 @@
 //! agent (see the dispatcher's inventory); the `at` field bounds how long a copy can be replayed.
 
 use super::envelope::check_shape;
-use super::error::CodecError;
+use super::error::{CodecError, Invalid, Malformed};
 use super::labels::{validate_labels, Labels};
 use super::topology::{validate_name, CLOCK_SKEW_ALLOWANCE_MS};
 use serde::{Deserialize, Serialize};
@@ -78,17 +78,17 @@ impl Announcement {
         Announcement::check_size(bytes.len())?;
         check_shape(bytes)?;
         let announcement: Announcement =
-            rmp_serde::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
-        validate_name("agent id", &announcement.agent_id).map_err(CodecError::Invalid)?;
+            rmp_serde::from_slice(bytes).map_err(|e| CodecError::Malformed(Malformed::Decode(e)))?;
+        validate_name("agent id", &announcement.agent_id).map_err(Invalid::from)?;
         if let Some(pool) = &announcement.pool {
-            validate_name("pool name", pool).map_err(CodecError::Invalid)?;
+            validate_name("pool name", pool).map_err(Invalid::from)?;
         }
-        validate_labels(&announcement.labels).map_err(|e| CodecError::Invalid(e.to_string()))?;
+        validate_labels(&announcement.labels).map_err(Invalid::from)?;
         if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&announcement.interval_ms) {
-            return Err(CodecError::Invalid(format!("heartbeat interval {} ms", announcement.interval_ms)));
+            return Err(Invalid::HeartbeatInterval(announcement.interval_ms).into());
         }
         if announcement.agent_version.len() > 64 || announcement.services.len() > 32 {
-            return Err(CodecError::Invalid("oversized version or services".into()));
+            return Err(Invalid::Oversized.into());
         }
         Ok(announcement)
     }

@@ -1,12 +1,21 @@
 //! Script tickets. The dispatcher makes them (script v2) so that a repeated start names the same
 //! script; the agent makes them only for legacy script v1.
 
-use crate::entropy::{draw, Entropy};
+use crate::entropy::{draw, Entropy, EntropyError};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Longest ticket accepted; keeps store keys and log fields bounded.
 pub const MAX_TICKET_LEN: usize = 128;
+
+/// Why a text is not a ticket.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    #[error("ticket must be 1 to {MAX_TICKET_LEN} characters")]
+    Length,
+    #[error("ticket {0:?} has characters outside [A-Za-z0-9_-]")]
+    Characters(String),
+}
 
 /// A script ticket. Tickets compare and hash case-insensitively: the store key is
 /// [`Ticket::store_key`], the ticket in lower case.
@@ -20,26 +29,26 @@ pub struct Ticket(String);
 
 impl Ticket {
     /// A new random ticket (UUID v4, hyphenated, lower case) from `entropy`; fails only when it
-    /// does (its message).
-    pub fn generate(entropy: &mut dyn Entropy) -> Result<Self, String> {
+    /// does.
+    pub fn generate(entropy: &mut dyn Entropy) -> Result<Self, EntropyError> {
         let bytes = draw::<16>(entropy)?;
         Ok(Ticket(uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()))
     }
 
     /// Parses a ticket given by a user or a peer: 1 to 128 characters of `[A-Za-z0-9_-]`.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, TicketError> {
         let ticket = Ticket(raw.to_owned());
         ticket.validate()?;
         Ok(ticket)
     }
 
     /// Checks the format (done by [`Ticket::parse`] and by decoding).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TicketError> {
         if self.0.is_empty() || self.0.len() > MAX_TICKET_LEN {
-            return Err(format!("ticket must be 1 to {MAX_TICKET_LEN} characters"));
+            return Err(TicketError::Length);
         }
         if !self.0.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')) {
-            return Err(format!("ticket {:?} has characters outside [A-Za-z0-9_-]", self.0));
+            return Err(TicketError::Characters(self.0.clone()));
         }
         Ok(())
     }
@@ -55,8 +64,8 @@ impl Ticket {
 }
 
 impl TryFrom<String> for Ticket {
-    type Error = String;
-    fn try_from(raw: String) -> Result<Self, String> {
+    type Error = TicketError;
+    fn try_from(raw: String) -> Result<Self, TicketError> {
         let ticket = Ticket(raw);
         ticket.validate()?;
         Ok(ticket)
@@ -88,7 +97,7 @@ impl fmt::Display for Ticket {
 }
 
 impl std::str::FromStr for Ticket {
-    type Err = String;
+    type Err = TicketError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ticket::parse(s)
     }

@@ -14,14 +14,19 @@ pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// [`REPLY_TO`] for the channel that published (`amq.rabbitmq.reply-to.<opaque>`), is answered.
 /// Anything else would let a message make the agent publish into a queue of the sender's
 /// choosing (another agent's commands, say).
-pub fn check_reply_to(reply_to: &str) -> Result<(), String> {
+pub fn check_reply_to(reply_to: &str) -> Result<(), ReplyToError> {
     let direct = reply_to.strip_prefix(REPLY_TO).and_then(|rest| rest.strip_prefix('.')).is_some_and(|r| !r.is_empty());
     if direct {
         Ok(())
     } else {
-        Err(format!("reply_to {reply_to:?} is not a direct reply-to address ({REPLY_TO}.*)"))
+        Err(ReplyToError(reply_to.to_owned()))
     }
 }
+
+/// A `reply_to` that is not a direct reply-to address.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("reply_to {0:?} is not a direct reply-to address ({REPLY_TO}.*)")]
+pub struct ReplyToError(pub String);
 
 /// The AMQP `content_type` of every message.
 pub const CONTENT_TYPE: &str = "application/msgpack";
@@ -78,15 +83,24 @@ pub fn is_pool_worker_id(pool: &str, agent_id: &str) -> bool {
         .is_some_and(|name| !name.is_empty() && name.chars().all(|c| is_name_char(c) && c != '.'))
 }
 
-/// Checks an agent id or pool name: 1 to 100 characters of `[A-Za-z0-9._-]`.
-pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
+/// Checks an agent id or pool name (`what` says which): 1 to 100 characters of `[A-Za-z0-9._-]`.
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), NameError> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!("{what} must be 1 to {MAX_NAME_LEN} characters"));
+        return Err(NameError::Length { what });
     }
     if !name.chars().all(is_name_char) {
-        return Err(format!("{what} {name:?} has characters outside [A-Za-z0-9._-]"));
+        return Err(NameError::Characters { what, name: name.to_owned() });
     }
     Ok(())
+}
+
+/// Why a name (`what`: an agent id, a pool name) cannot be one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{what} must be 1 to {MAX_NAME_LEN} characters")]
+    Length { what: &'static str },
+    #[error("{what} {name:?} has characters outside [A-Za-z0-9._-]")]
+    Characters { what: &'static str, name: String },
 }
 
 fn is_name_char(c: char) -> bool {

@@ -82,44 +82,68 @@ pub struct FileChunk {
 
 impl UploadChunk {
     /// Checks what decoding cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ChunkError> {
         check_path(&self.path)?;
         check_digest(&self.sha256)?;
         if self.data.len() > MAX_CHUNK_BYTES {
-            return Err(format!("a chunk holds at most {MAX_CHUNK_BYTES} bytes"));
+            return Err(ChunkError::TooLarge);
         }
-        let end = self.offset.checked_add(self.data.len() as u64).ok_or("offset out of range")?;
+        let end = self.offset.checked_add(self.data.len() as u64).ok_or(ChunkError::Offset)?;
         if end > self.size {
-            return Err(format!("chunk ends at {end}, past the file's size of {}", self.size));
+            return Err(ChunkError::PastTheEnd { end, size: self.size });
         }
         Ok(())
     }
 }
 
 impl DownloadChunk {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ChunkError> {
         check_path(&self.path)?;
         if self.length > MAX_CHUNK_BYTES as u64 {
-            return Err(format!("a chunk holds at most {MAX_CHUNK_BYTES} bytes"));
+            return Err(ChunkError::TooLarge);
         }
         Ok(())
     }
 }
 
+/// Why a transfer's chunk request cannot be served.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("sha256 must be 64 lowercase hex digits")]
+    Digest,
+    #[error("a chunk holds at most {MAX_CHUNK_BYTES} bytes")]
+    TooLarge,
+    #[error("offset out of range")]
+    Offset,
+    #[error("chunk ends at {end}, past the file's size of {size}")]
+    PastTheEnd { end: u64, size: u64 },
+}
+
+/// Why a path cannot name a file on the agent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path is empty or holds a NUL")]
+    Empty,
+    #[error("{0:?} has a `..` component")]
+    Parent(String),
+}
+
 /// A path on the agent: not empty, no NUL, no `..` component (roots are checked by the agent).
-pub fn check_path(path: &str) -> Result<(), String> {
+pub fn check_path(path: &str) -> Result<(), PathError> {
     if path.is_empty() || path.contains('\0') {
-        return Err("the path is empty or holds a NUL".into());
+        return Err(PathError::Empty);
     }
     if std::path::Path::new(path).components().any(|c| c == std::path::Component::ParentDir) {
-        return Err(format!("{path:?} has a `..` component"));
+        return Err(PathError::Parent(path.to_owned()));
     }
     Ok(())
 }
 
-fn check_digest(sha256: &str) -> Result<(), String> {
+fn check_digest(sha256: &str) -> Result<(), ChunkError> {
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-        return Err("sha256 must be 64 lowercase hex digits".into());
+        return Err(ChunkError::Digest);
     }
     Ok(())
 }

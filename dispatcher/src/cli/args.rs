@@ -240,24 +240,37 @@ pub(super) struct TargetArgs {
 
 impl TargetArgs {
     /// The one target of commands that take one.
-    pub(super) fn route(&self) -> Result<Route, String> {
+    pub(super) fn route(&self) -> Result<Route, TargetError> {
         match (self.target.as_slice(), &self.pool) {
-            ([agent], _) => Route::agent(agent),
-            ([], Some(pool)) => Route::pool(pool),
-            ([_, _, ..], _) => Err("this command takes one --target".into()),
-            _ => Err("give --target or --pool".into()),
+            ([agent], _) => Ok(Route::agent(agent)?),
+            ([], Some(pool)) => Ok(Route::pool(pool)?),
+            ([_, _, ..], _) => Err(TargetError::OneTarget),
+            _ => Err(TargetError::None),
         }
     }
 
     /// Every target given (`submit` fans out over several).
-    pub(super) fn routes(&self) -> Result<Vec<Route>, String> {
+    pub(super) fn routes(&self) -> Result<Vec<Route>, TargetError> {
         let targets = match &self.pool {
             Some(pool) => Targets::Pool(pool.clone()),
-            None if self.target.is_empty() => return Err("give --target or --pool".into()),
+            None if self.target.is_empty() => return Err(TargetError::None),
             None => Targets::Agents { ids: self.target.clone(), given_as: "--target" },
         };
-        plan::routes(targets).map_err(|e| e.to_string())
+        Ok(plan::routes(targets)?)
     }
+}
+
+/// Why `--target` and `--pool` name no target to go to.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TargetError {
+    #[error("this command takes one --target")]
+    OneTarget,
+    #[error("give --target or --pool")]
+    None,
+    #[error(transparent)]
+    Name(#[from] contracts::wire::topology::NameError),
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -227,10 +227,19 @@ pub(crate) struct HistoryParams {
     pub limit: Option<usize>,
 }
 
-fn parse_duration(what: &str, raw: &Option<String>) -> Result<Option<Duration>, String> {
+/// Why a request's files or time limits cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum InputError {
+    #[error("file {name:?}: content_base64 is not base64: {source}")]
+    Base64 { name: String, source: base64::DecodeError },
+    #[error("{what} {raw:?} is not a duration like 90s or 5m: {source}")]
+    Duration { what: &'static str, raw: String, source: humantime::DurationError },
+}
+
+fn parse_duration(what: &'static str, raw: &Option<String>) -> Result<Option<Duration>, InputError> {
     raw.as_deref()
         .map(|raw| {
-            humantime::parse_duration(raw).map_err(|e| format!("{what} {raw:?} is not a duration like 90s or 5m: {e}"))
+            humantime::parse_duration(raw).map_err(|source| InputError::Duration { what, raw: raw.to_owned(), source })
         })
         .transpose()
 }
@@ -280,17 +289,17 @@ pub(super) fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
             use base64::Engine;
             let content = base64::engine::general_purpose::STANDARD
                 .decode(&file.content_base64)
-                .map_err(|e| format!("file {:?}: content_base64 is not base64: {e}", file.name))?;
+                .map_err(|source| InputError::Base64 { name: file.name.clone(), source })?;
             files.push(contracts::wire::messages::ScriptFile { name: file.name.clone(), content });
         }
-        Ok(ScriptInputs {
+        Ok::<_, InputError>(ScriptInputs {
             files,
             secret_env: request.secret_env.clone(),
             mutex_timeout: parse_duration("mutex_timeout", &request.mutex_timeout)?,
             timeout: parse_duration("timeout", &request.timeout)?,
         })
     };
-    plan::script_spec(draft, inputs).map_err(ApiError::bad_request)
+    plan::script_spec(draft, inputs).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// Runs a script: records one ticket per target, then starts them; answers once recorded.
@@ -515,25 +524,32 @@ pub(crate) fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiE
     };
     let since_ms = match params.since.as_deref() {
         None => None,
-        Some(raw) => Some(since_millis(raw).map_err(ApiError::bad_request)?),
+        Some(raw) => Some(since_millis(raw).map_err(|e| ApiError::bad_request(e.to_string()))?),
     };
     let limit = params.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_HISTORY_LIMIT {
         return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_HISTORY_LIMIT}")));
     }
     if let Some(target) = &params.target {
-        contracts::wire::topology::validate_name("target", target).map_err(ApiError::bad_request)?;
+        contracts::wire::topology::validate_name("target", target).map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
     Ok(HistoryQuery { target: params.target.clone(), outcome, since_ms, limit })
 }
 
+/// A `since` that is neither a duration ago nor unix milliseconds (`source`: why it is no duration).
+#[derive(Debug, thiserror::Error)]
+#[error("since {raw:?} is neither a duration ago (like 2h) nor unix milliseconds")]
+pub(crate) struct SinceError {
+    raw: String,
+    source: humantime::DurationError,
+}
+
 /// `since` as unix milliseconds: a duration ago (`2h`) or unix milliseconds.
-pub(crate) fn since_millis(raw: &str) -> Result<u64, String> {
+pub(crate) fn since_millis(raw: &str) -> Result<u64, SinceError> {
     if let Ok(ms) = raw.parse::<u64>() {
         return Ok(ms);
     }
-    let ago = humantime::parse_duration(raw)
-        .map_err(|_| format!("since {raw:?} is neither a duration ago (like 2h) nor unix milliseconds"))?;
+    let ago = humantime::parse_duration(raw).map_err(|source| SinceError { raw: raw.to_owned(), source })?;
     Ok(contracts::time::unix_millis(SystemTime::now() - ago))
 }
 

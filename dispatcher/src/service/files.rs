@@ -65,7 +65,7 @@ impl FileQuery {
             (None, Some(pool)) => Route::pool(pool),
             _ => return Err(ApiError::bad_request("give exactly one of `target` or `pool`")),
         };
-        route.map_err(ApiError::bad_request)
+        route.map_err(|e| ApiError::bad_request(e.to_string()))
     }
 
     fn transferred(&self, route: &Route, done: Transferred) -> FileTransferred {
@@ -85,7 +85,7 @@ impl FileQuery {
 fn checked(query: Result<Query<FileQuery>, QueryRejection>) -> Result<(FileQuery, Route), ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let route = query.route()?;
-    contracts::wire::transfer::check_path(&query.path).map_err(ApiError::bad_request)?;
+    contracts::wire::transfer::check_path(&query.path).map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok((query, route))
 }
 
@@ -105,7 +105,9 @@ fn log_retry(route: &Route, event: Event) {
 /// The answer to a transfer that failed, by what the CLI would exit with.
 fn transfer_error(route: &Route, error: &TransferError) -> ApiError {
     let status = match error {
-        TransferError::Local(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        TransferError::Local { .. } | TransferError::NoFileName(_) | TransferError::Task(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
         _ => match error.exit_code(route) {
             exit::NO_SUCH_AGENT => StatusCode::NOT_FOUND,
             exit::REJECTED => StatusCode::UNPROCESSABLE_ENTITY,

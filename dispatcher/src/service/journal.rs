@@ -55,23 +55,37 @@ const POOL_SIZE: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("the journal is unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(#[from] redis::RedisError),
+    /// No connection of the pool could be had.
+    #[error("the journal is unreachable: {0}")]
+    NoConnection(#[from] deadpool_redis::PoolError),
     #[error("the journal holds a record it cannot read: {0}")]
-    Corrupt(String),
+    Corrupt(#[from] Corrupt),
     #[error("invalid journal configuration: {0}")]
-    Config(String),
+    Config(#[from] edge::connect::store::PoolError),
 }
 
-impl From<redis::RedisError> for JournalError {
-    fn from(error: redis::RedisError) -> Self {
-        JournalError::Unreachable(error.to_string())
-    }
-}
-
-impl From<deadpool_redis::PoolError> for JournalError {
-    fn from(error: deadpool_redis::PoolError) -> Self {
-        JournalError::Unreachable(error.to_string())
-    }
+/// What in the journal cannot be read (or written).
+#[derive(Debug, thiserror::Error)]
+pub enum Corrupt {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("event {id} has no body")]
+    NoBody { id: String },
+    #[error("event {id}: {source}")]
+    Event { id: String, source: serde_json::Error },
+    /// A submission's target is no agent id or pool name.
+    #[error(transparent)]
+    Route(#[from] contracts::wire::topology::NameError),
+    /// The record of the schedule listed as `name`.
+    #[error("schedule {name}: {source}")]
+    Schedule { name: String, source: serde_json::Error },
+    /// A schedule's record listed under another name or id than its own: moved in the journal.
+    #[error("schedule {name}: its record is of schedule {record_name} ({record_id}), not of id {id}")]
+    ScheduleMoved { name: String, id: String, record_name: String, record_id: String },
+    /// The record of a schedule's slot.
+    #[error("slot {slot}: {source}")]
+    Slot { slot: String, source: serde_json::Error },
 }
 
 pub type JournalResult<T> = Result<T, JournalError>;
@@ -126,7 +140,7 @@ impl Submission {
         }
     }
 
-    pub fn route(&self) -> Result<Route, String> {
+    pub fn route(&self) -> Result<Route, contracts::wire::topology::NameError> {
         match self.route.as_str() {
             "pool" => Route::pool(&self.target),
             _ => Route::agent(&self.target),
@@ -254,7 +268,7 @@ impl Journal {
             // XREAD BLOCK holds a reply for seconds: the default half-second response timeout is too short.
             response_timeout: Duration::from_secs(30),
         };
-        let pool = edge::connect::store::pool(url, settings).map_err(JournalError::Config)?;
+        let pool = edge::connect::store::pool(url, settings)?;
         Ok(Journal {
             pool,
             prefix: prefix.to_owned(),
@@ -302,7 +316,7 @@ impl Journal {
     /// digest of its script given back (a repeated request with the same idempotency key).
     pub async fn submit(&self, submission: &Submission) -> JournalResult<Recorded> {
         let ticket = &submission.ticket;
-        let body = serde_json::to_string(submission).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let body = serde_json::to_string(submission).map_err(Corrupt::Json)?;
         let event = JsonEvent::Ticket { ticket: ticket.clone(), target: submission.target.clone() }.to_line();
         let mut con = self.connection().await?;
         let existing: Option<String> = self
@@ -322,8 +336,7 @@ impl Journal {
         Ok(match existing {
             None => Recorded::New,
             Some(raw) => {
-                let earlier: Submission =
-                    serde_json::from_str(&raw).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+                let earlier: Submission = serde_json::from_str(&raw).map_err(Corrupt::Json)?;
                 Recorded::Earlier(Box::new(earlier))
             }
         })
@@ -404,7 +417,7 @@ impl Journal {
             .key(self.key("history"))
             .key(self.key(&outcome_index(outcome.outcome, None)))
             .key(self.key(&outcome_index(outcome.outcome, Some(&outcome.target))))
-            .arg(serde_json::to_string(&finished).map_err(|e| JournalError::Corrupt(e.to_string()))?)
+            .arg(serde_json::to_string(&finished).map_err(Corrupt::Json)?)
             .arg(unix_millis(SystemTime::now()))
             .arg(event.to_line())
             .arg(ticket.store_key())
@@ -582,7 +595,7 @@ impl Journal {
             let mut writes = redis::pipe();
             for ((ticket, submitted), fields) in tickets.iter().zip(fields) {
                 let (Some(submission), Some(result)) = fields else { continue };
-                let corrupt = |e: serde_json::Error| JournalError::Corrupt(e.to_string());
+                let corrupt = Corrupt::Json;
                 let target = serde_json::from_str::<Submission>(&submission).map_err(corrupt)?.target;
                 let outcome = serde_json::from_str::<Finished>(&result).map_err(corrupt)?.outcome;
                 for index in [outcome_index(outcome, None), outcome_index(outcome, Some(&target))] {
@@ -643,8 +656,8 @@ fn history_index(query: &HistoryQuery) -> String {
 }
 
 fn journal_event(entry: redis::streams::StreamId) -> JournalResult<JournalEvent> {
-    let raw: String = entry.get("e").ok_or_else(|| JournalError::Corrupt(format!("event {} has no body", entry.id)))?;
-    let event = JsonEvent::parse(&raw).map_err(|e| JournalError::Corrupt(format!("event {}: {e}", entry.id)))?;
+    let raw: String = entry.get("e").ok_or_else(|| Corrupt::NoBody { id: entry.id.clone() })?;
+    let event = JsonEvent::parse(&raw).map_err(|source| Corrupt::Event { id: entry.id.clone(), source })?;
     Ok(JournalEvent { id: entry.id, event })
 }
 
@@ -655,7 +668,7 @@ fn millis(ms: u64) -> SystemTime {
 /// A record from a ticket hash's fields (`None` for an empty hash: unknown or expired).
 fn record_from(mut fields: HashMap<String, String>) -> JournalResult<Option<TicketRecord>> {
     let Some(submission) = fields.remove("submission") else { return Ok(None) };
-    let corrupt = |e: serde_json::Error| JournalError::Corrupt(e.to_string());
+    let corrupt = Corrupt::Json;
     let submission: Submission = serde_json::from_str(&submission).map_err(corrupt)?;
     let number = |fields: &HashMap<String, String>, name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
     let planned = match (number(&fields, "issued_ms"), number(&fields, "not_after_ms")) {

@@ -4,9 +4,10 @@
 //! and only then tells the agent to clean up.
 
 use super::agents::AgentSeen;
-use super::journal::{Journal, JournalError, Submission};
+use super::journal::{Corrupt, Journal, JournalError, Submission};
 use super::lease::Leases;
 use crate::orchestrator::{Event, Orchestrator};
+use contracts::backoff::Backoff;
 use contracts::submission::outcome::Outcome;
 use contracts::wire::messages::Secrets;
 use contracts::wire::ticket::Ticket;
@@ -149,7 +150,7 @@ impl Followers {
         };
         let route = match submission.route() {
             Ok(route) => route,
-            Err(error) => return Err(JournalError::Corrupt(error)),
+            Err(error) => return Err(Corrupt::Route(error).into()),
         };
         let policies = submission.policies();
         let (events, writer) = self.event_writer(ticket.clone());
@@ -245,11 +246,11 @@ impl Followers {
         let metrics = self.orchestrator.metrics().common.store.clone();
         let writer = AbortOnDropHandle::new(tokio::spawn(async move {
             while let Some(event) = receiver.recv().await {
-                let mut delay = Duration::from_millis(50);
+                // Soon after a blip (50 ms), at most every 2 s while the journal stays away.
+                let mut backoff = Backoff::doubling(Duration::from_millis(50), Duration::from_secs(2));
                 while let Err(error) = edge::clock::observe(&metrics, "event", journal.event(&ticket, &event)).await {
                     tracing::warn!(ticket = %ticket, %error, "cannot record an event yet");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next_pause()).await;
                 }
             }
         }));

@@ -8,7 +8,7 @@ use super::scheduler::{Fired, Refused};
 use super::schedules::{RunRecord, RunRequest, StoredSchedule};
 use super::state::{ApiError, ErrorBody, Shared, Who};
 use crate::budget::Share;
-use crate::schedule::{purpose_name, Cadence, Missed, ScheduleSpec, ScheduleTargets, SlotKind};
+use crate::schedule::{purpose_name, Cadence, Missed, ScheduleError, ScheduleSpec, ScheduleTargets, SlotKind};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -223,7 +223,7 @@ async fn service_view(state: &super::state::ApiState, schedule: &StoredSchedule)
 fn spec_of_request(request: ScheduleRequest, who: &str) -> Result<ScheduleSpec, ApiError> {
     let run = &request.run;
     if !run.secret_env.is_empty() {
-        return Err(ApiError::bad_request(crate::schedule::no_secrets()));
+        return Err(ApiError::bad_request(ScheduleError::Secrets.to_string()));
     }
     let targets = match &request.select {
         Some(selector) => {
@@ -279,7 +279,7 @@ pub(super) async fn add_schedule(
     let request: ScheduleRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
     let spec = spec_of_request(request, &who.0)?;
-    spec.check(spec.created_ms).map_err(ApiError::bad_request)?;
+    spec.check(spec.created_ms).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let record = spec.to_record();
     let seal = state
         .scheduler

@@ -13,14 +13,17 @@ use super::journal::{JournalError, Submission};
 use super::resume::{Followers, PlaceWait};
 use super::schedules::{Fire, RunRecord, RunRequest, RunTarget, Schedules, StoredSchedule};
 use crate::budget::Share;
-use crate::plan::{Plan, Tickets};
+use crate::inventory::InventoryError;
+use crate::plan::{Plan, PlanError, Tickets};
 use crate::policy::PolicyConfig;
 use crate::route::Route;
 use crate::rpc::RpcConfig;
-use crate::schedule::{self, Cadence, ScheduleSpec, ScheduleTargets, Slot, SlotOf};
+use crate::schedule::{self, Cadence, CadenceError, ScheduleError, ScheduleSpec, ScheduleTargets, Slot, SlotOf};
 use crate::trust::DispatcherTrust;
 use contracts::trust::seal::Seal;
-use contracts::trust::verify::check_schedule;
+use contracts::trust::verify::{check_schedule, Forged};
+use contracts::wire::labels::{LabelError, Selector};
+use contracts::wire::topology::NameError;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -41,7 +44,7 @@ const FLEET_WAIT: Duration = Duration::from_secs(3);
 const PENDING_AFTER: Duration = Duration::from_secs(3);
 
 /// What firing a slot did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Fired {
     /// Recorded now, its tickets submitted.
     New(RunRecord),
@@ -51,18 +54,38 @@ pub(crate) enum Fired {
     Not,
     /// Not yet: its targets could not be read (the live fleet, for `--select`); the next pass
     /// tries again while the slot is on time.
-    Later(String),
+    Later(SlotTargetsError),
+}
+
+/// Why the targets of a slot cannot be had now.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SlotTargetsError {
+    /// The schedule's agents or pool.
+    #[error(transparent)]
+    Targets(#[from] PlanError),
+    /// Its `--select`, or a live agent's id.
+    #[error(transparent)]
+    Selector(#[from] LabelError),
+    #[error(transparent)]
+    Agent(#[from] NameError),
+    #[error("this service has no key")]
+    NoKey,
+    #[error("cannot read the live agents for --select {selector}: {source}")]
+    Fleet { selector: Selector, source: InventoryError },
+    #[error("the live agents for --select {selector} were not read within {FLEET_WAIT:?}")]
+    FleetLate { selector: Selector },
 }
 
 /// Why a schedule is not run.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum Refused {
     #[error("this service has no key to check schedules with")]
     NoKey,
+    /// `key` is the id of the key that signed it, or `none`.
     #[error("its signature is not this service's (key {key}): {reason}; add it again with this service's key (`dispatcher schedule add --key`, or POST /v1/schedules)")]
-    Signature { key: String, reason: String },
-    #[error("{0}")]
-    Invalid(String),
+    Signature { key: String, reason: Forged },
+    #[error(transparent)]
+    Invalid(#[from] CadenceError),
 }
 
 /// The scheduler of one replica.
@@ -114,9 +137,8 @@ impl Scheduler {
             _ => "none".to_owned(),
         };
         check_schedule(trust.public_key(), schedule.seal.clone(), schedule.record.as_bytes())
-            .map_err(|reason| Refused::Signature { key: signer, reason: reason.to_string() })?;
-        Cadence::parse(&schedule.spec.cron, &schedule.spec.timezone, now_ms())
-            .map_err(|e| Refused::Invalid(e.to_string()))
+            .map_err(|reason| Refused::Signature { key: signer, reason })?;
+        Ok(Cadence::parse(&schedule.spec.cron, &schedule.spec.timezone, now_ms())?)
     }
 
     /// Passes over the schedules until shutdown: at least every [`PASS_EVERY`], and at each
@@ -252,7 +274,8 @@ impl Scheduler {
         let (routes, mut note) = match self.targets(&spec.targets).await {
             Ok(routes) => (routes, None),
             Err(reason) if slot.is_cron() => return Ok(Fired::Later(reason)),
-            Err(reason) => (Vec::new(), Some(reason)),
+            // A run-now fires anyway, and its record says why nothing ran.
+            Err(reason) => (Vec::new(), Some(reason.to_string())),
         };
         if routes.is_empty() && note.is_none() {
             note = Some(format!("no live agent matches {}, nothing ran", spec.targets));
@@ -296,25 +319,23 @@ impl Scheduler {
     }
 
     /// The routes of a slot: the schedule's targets, or the live agents `--select` matches now.
-    async fn targets(&self, targets: &ScheduleTargets) -> Result<Vec<Route>, String> {
+    async fn targets(&self, targets: &ScheduleTargets) -> Result<Vec<Route>, SlotTargetsError> {
         if let Some(routes) = targets.routes() {
-            return routes;
+            return Ok(routes?);
         }
         let selector = match targets.selector() {
             Some(selector) => selector?,
             None => return Ok(Vec::new()),
         };
-        let trust = self.trust().ok_or("this service has no key")?;
+        let trust = self.trust().ok_or(SlotTargetsError::NoKey)?;
         let known = trust.known_agents();
         let reading = crate::inventory::read(&self.rpc, &known);
         let inventory = match tokio::time::timeout(FLEET_WAIT, reading).await {
-            Ok(read) => read.map_err(|e| format!("cannot read the live agents for --select {selector}: {e}"))?,
-            Err(_) => {
-                return Err(format!("the live agents for --select {selector} were not read within {FLEET_WAIT:?}"))
-            }
+            Ok(read) => read.map_err(|source| SlotTargetsError::Fleet { selector: selector.clone(), source })?,
+            Err(_) => return Err(SlotTargetsError::FleetLate { selector }),
         };
         let matching = inventory.select_to_run(&selector, crate::inventory::now_ms(), trust);
-        matching.iter().map(|agent| Route::agent(&agent.agent_id)).collect()
+        Ok(matching.iter().map(|agent| Route::agent(&agent.agent_id)).collect::<Result<_, _>>()?)
     }
 
     /// The journal's record of each target's run of a slot, through the one plan every script
@@ -325,12 +346,11 @@ impl Scheduler {
         cadence: &Cadence,
         slot: &Slot,
         routes: Vec<Route>,
-    ) -> Result<Vec<Submission>, String> {
+    ) -> Result<Vec<Submission>, ScheduleError> {
         if routes.is_empty() {
             return Ok(Vec::new());
         }
-        let plan = Plan::new(routes, spec.slot_spec(slot, cadence), &spec.choice()?, &self.policies)
-            .map_err(|e| e.to_string())?;
+        let plan = Plan::new(routes, spec.slot_spec(slot, cadence), &spec.choice()?, &self.policies)?;
         let tickets = Tickets::Slot { schedule: &spec.id, slot: &slot.id };
         let mut submissions = plan.submissions(tickets, &format!("schedule:{}", spec.name));
         for submission in &mut submissions {
@@ -378,12 +398,15 @@ impl Scheduler {
             if now_ms().saturating_sub(run.fired_ms) < PENDING_AFTER.as_millis() as u64 {
                 continue;
             }
-            let routes: Result<Vec<Route>, String> = run
+            let routes: Result<Vec<Route>, NameError> = run
                 .targets
                 .iter()
                 .map(|t| if t.route == "pool" { Route::pool(&t.name) } else { Route::agent(&t.name) })
                 .collect();
-            match routes.and_then(|routes| self.submissions(&schedule.spec, cadence, &run.slot(), routes)) {
+            let submissions = routes
+                .map_err(ScheduleError::Name)
+                .and_then(|routes| self.submissions(&schedule.spec, cadence, &run.slot(), routes));
+            match submissions {
                 Ok(submissions) => {
                     tracing::info!(schedule = %schedule.spec.name, slot = %run.slot, "submitting the tickets of a slot whose replica stopped after recording it");
                     self.submit(&submissions, schedule.spec.max_parallel).await?;

@@ -23,9 +23,9 @@
 //! died between the two is finished by another from its record ([`Schedules::pending`]): the
 //! same tickets, so at most once each, and the agent runs a ticket at most once whoever sends it.
 
-use super::journal::{Journal, JournalError, JournalResult};
+use super::journal::{Corrupt, Journal, JournalError, JournalResult};
 use crate::schedule::{ScheduleSpec, Slot, SlotKind};
-use contracts::trust::seal::{Seal, SealHeaders};
+use contracts::trust::seal::{Seal, SealHeaderError, SealHeaders};
 use deadpool_redis::redis::{self, AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -105,7 +105,7 @@ pub(crate) struct StoredSchedule {
     /// The record exactly as it was signed.
     pub record: String,
     /// Its signature, or why it cannot be read.
-    pub seal: Result<Option<Seal>, String>,
+    pub seal: Result<Option<Seal>, SealHeaderError>,
     pub paused: bool,
     pub cursor_ms: u64,
     pub runs: Vec<RunRecord>,
@@ -301,10 +301,16 @@ impl Schedules {
                 .query_async(&mut con)
                 .await?;
         let Some(record) = fields.remove("record") else { return Ok(None) };
-        let corrupt = |what: String| JournalError::Corrupt(format!("schedule {name}: {what}"));
-        let spec: ScheduleSpec = serde_json::from_str(&record).map_err(|e| corrupt(e.to_string()))?;
+        let spec: ScheduleSpec =
+            serde_json::from_str(&record).map_err(|source| Corrupt::Schedule { name: name.to_owned(), source })?;
         if spec.id != id || spec.name != name {
-            return Err(corrupt(format!("its record is of schedule {} ({}), not of id {id}", spec.name, spec.id)));
+            return Err(Corrupt::ScheduleMoved {
+                name: name.to_owned(),
+                id: id.to_owned(),
+                record_name: spec.name,
+                record_id: spec.id,
+            }
+            .into());
         }
         let headers = SealHeaders {
             key: fields.get("key").map(String::as_str),
@@ -372,7 +378,7 @@ impl Schedules {
     /// whoever asked, at once). Gives the schedule, `None` if there is none.
     pub(crate) async fn request_run(&self, name: &str, request: &RunRequest) -> JournalResult<Option<StoredSchedule>> {
         let Some(id) = self.id_of(name).await? else { return Ok(None) };
-        let raw = serde_json::to_string(request).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let raw = serde_json::to_string(request).map_err(Corrupt::Json)?;
         let mut con = self.journal.connection().await?;
         let done: i64 = Script::new(REQUEST)
             .key(self.index())
@@ -397,7 +403,7 @@ impl Schedules {
 
     /// Records a slot of schedule `id` as `run`, once (see the module's documentation).
     pub(crate) async fn fire(&self, id: &str, slot: &Slot, run: &RunRecord) -> JournalResult<Fire> {
-        let raw = serde_json::to_string(run).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let raw = serde_json::to_string(run).map_err(Corrupt::Json)?;
         let kept = self.journal.retention().max(SLOTS_KEPT_AT_LEAST);
         let mut con = self.journal.connection().await?;
         let answer: String = Script::new(FIRE)
@@ -425,8 +431,10 @@ impl Schedules {
     pub(crate) async fn slot_run(&self, id: &str, slot: &str) -> JournalResult<Option<RunRecord>> {
         let mut con = self.journal.connection().await?;
         let raw: Option<String> = con.get(self.slot_key(id, slot)).await?;
-        raw.map(|raw| serde_json::from_str(&raw).map_err(|e| JournalError::Corrupt(format!("slot {slot}: {e}"))))
-            .transpose()
+        raw.map(|raw| {
+            serde_json::from_str(&raw).map_err(|source| Corrupt::Slot { slot: slot.to_owned(), source }.into())
+        })
+        .transpose()
     }
 
     /// Every ticket of the slot is submitted: it is no longer pending.

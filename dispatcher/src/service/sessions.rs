@@ -25,7 +25,7 @@ pub(super) const LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
 #[derive(Debug, thiserror::Error)]
 pub(super) enum SessionError {
     #[error("the system's random source failed: {0}")]
-    Random(String),
+    Random(#[source] contracts::entropy::EntropyError),
     #[error(transparent)]
     Journal(#[from] JournalError),
 }

@@ -4,7 +4,7 @@
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Shortest token accepted: long enough that guessing it is hopeless.
 pub(crate) const MIN_TOKEN_LEN: usize = 24;
@@ -14,37 +14,60 @@ pub struct ApiTokens {
     by_digest: HashMap<[u8; 32], String>,
 }
 
+/// Why an API tokens file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensFileError {
+    #[error("cannot read API tokens file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Content { path: PathBuf, source: TokensError },
+}
+
+/// What in the text of an API tokens file is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    #[error("line {line}: expected `NAME TOKEN`")]
+    Shape { line: usize },
+    #[error("line {line}: {source}")]
+    Name { line: usize, source: contracts::wire::topology::NameError },
+    #[error("line {line}: the token for {name} must be at least {MIN_TOKEN_LEN} characters without spaces (e.g. `openssl rand -hex 32`)")]
+    Short { line: usize, name: String },
+    #[error("line {line}: the token for {name} is given twice")]
+    Twice { line: usize, name: String },
+    #[error("no tokens in the file")]
+    Empty,
+}
+
 impl ApiTokens {
-    pub fn load(path: &Path) -> Result<ApiTokens, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read API tokens file {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<ApiTokens, TokensFileError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TokensFileError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text).map_err(|source| TokensFileError::Content { path: path.to_owned(), source })
     }
 
-    pub fn parse(text: &str) -> Result<ApiTokens, String> {
+    pub fn parse(text: &str) -> Result<ApiTokens, TokensError> {
         let mut by_digest = HashMap::new();
-        for (index, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
+        for (index, text_line) in text.lines().enumerate() {
+            let text_line = text_line.trim();
+            if text_line.is_empty() || text_line.starts_with('#') {
                 continue;
             }
-            let number = index + 1;
-            let (name, token) = line
+            let line = index + 1;
+            let (name, token) = text_line
                 .split_once(char::is_whitespace)
                 .map(|(n, t)| (n, t.trim()))
-                .ok_or_else(|| format!("line {number}: expected `NAME TOKEN`"))?;
-            contracts::wire::topology::validate_name("token name", name).map_err(|e| format!("line {number}: {e}"))?;
+                .ok_or(TokensError::Shape { line })?;
+            contracts::wire::topology::validate_name("token name", name)
+                .map_err(|source| TokensError::Name { line, source })?;
             if token.len() < MIN_TOKEN_LEN || token.contains(char::is_whitespace) {
-                return Err(format!(
-                    "line {number}: the token for {name} must be at least {MIN_TOKEN_LEN} characters without spaces (e.g. `openssl rand -hex 32`)"
-                ));
+                return Err(TokensError::Short { line, name: name.to_owned() });
             }
             if by_digest.insert(digest(token), name.to_owned()).is_some() {
-                return Err(format!("line {number}: the token for {name} is given twice"));
+                return Err(TokensError::Twice { line, name: name.to_owned() });
             }
         }
         if by_digest.is_empty() {
-            return Err("no tokens in the file".into());
+            return Err(TokensError::Empty);
         }
         Ok(ApiTokens { by_digest })
     }
@@ -84,11 +107,11 @@ mod tests {
         assert_eq!(tokens.name_of("0123456789abcdef0123456789"), Some("ci"));
         assert_eq!(tokens.name_of("abcdefabcdefabcdefabcdefab"), Some("bot"));
         assert_eq!(tokens.name_of("0123456789abcdef012345678"), None);
-        assert!(ApiTokens::parse("ci short").unwrap_err().contains("at least"));
-        assert!(ApiTokens::parse("lonely").unwrap_err().contains("NAME TOKEN"));
-        assert!(ApiTokens::parse("").unwrap_err().contains("no tokens"));
+        assert!(ApiTokens::parse("ci short").unwrap_err().to_string().contains("at least"));
+        assert!(ApiTokens::parse("lonely").unwrap_err().to_string().contains("NAME TOKEN"));
+        assert!(ApiTokens::parse("").unwrap_err().to_string().contains("no tokens"));
         let twice = "a 0123456789abcdef0123456789\nb 0123456789abcdef0123456789";
-        assert!(ApiTokens::parse(twice).unwrap_err().contains("twice"));
+        assert!(ApiTokens::parse(twice).unwrap_err().to_string().contains("twice"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! the rotation is drawn here ([`endpoints`]).
 
 use super::tls::{amqp_url_with_auth, TlsMaterial};
-use contracts::wire::endpoints::AmqpEndpoints;
+use contracts::wire::endpoints::{AmqpEndpoints, EndpointsError};
 use lapin::{Connection, ConnectionProperties};
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ pub fn amqp_url_with_heartbeat(url: &str) -> String {
 
 /// The broker nodes of `list` (one URL, or a cluster's separated by commas), starting at a
 /// random one so that a fleet spreads over the cluster.
-pub fn endpoints(list: &str) -> Result<AmqpEndpoints, String> {
+pub fn endpoints(list: &str) -> Result<AmqpEndpoints, EndpointsError> {
     AmqpEndpoints::parse(list, |len| fastrand::usize(..len))
 }
 

@@ -13,7 +13,8 @@ use super::tls::TlsMaterial;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, RedisResult, TlsMode, Value,
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult,
+    ServerErrorKind, TlsMode, Value,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,13 +47,18 @@ pub struct SentinelLink {
     db: i64,
 }
 
+/// A Sentinel address that is not `host:port`.
+#[derive(Debug, thiserror::Error)]
+#[error("sentinel address {0:?} is not host:port")]
+pub struct SentinelAddressError(pub String);
+
 /// Parses `host:port,host:port` into Sentinel addresses (`redis://host:port`).
-pub fn parse_sentinels(list: &str) -> Result<Vec<String>, String> {
+pub fn parse_sentinels(list: &str) -> Result<Vec<String>, SentinelAddressError> {
     let addrs: Vec<String> = list.split(',').map(|a| a.trim().to_owned()).collect();
     for addr in &addrs {
         let valid = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !valid {
-            return Err(format!("sentinel address {addr:?} is not host:port"));
+            return Err(SentinelAddressError(addr.clone()));
         }
     }
     Ok(addrs)
@@ -196,9 +202,34 @@ fn master_lost(error: &RedisError) -> bool {
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || error.is_unrecoverable_error()
-        || error.code() == Some("READONLY")
-        // A write inside a script on a demoted master fails with the code in its message.
-        || error.to_string().contains("READONLY")
+        || demoted(error)
+}
+
+/// Whether the server refused a write as a demoted master does (`READONLY`), in a reply or in
+/// any reply of a pipeline.
+fn demoted(error: &RedisError) -> bool {
+    let kind = match error.kind() {
+        ErrorKind::Server(kind) => Some(kind),
+        _ => None,
+    };
+    refused_write(kind, error.detail())
+        || error
+            .clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, error)| refused_write(error.kind(), error.details())))
+}
+
+/// Whether a server's error reply of `kind`, with `details` after its code, is a demoted master's
+/// refusal to write. A write inside a script fails on Redis before 7 with the code `ERR` and the
+/// refusal only in its text ("Error running script ... -READONLY You can't write against a read
+/// only replica."): redis-rs has no kind for that, so only there the text of an `ERR` reply is
+/// asked for the code.
+fn refused_write(kind: Option<ServerErrorKind>, details: Option<&str>) -> bool {
+    match kind {
+        Some(ServerErrorKind::ReadOnly) => true,
+        Some(ServerErrorKind::ResponseError) => details.is_some_and(|text| text.contains("READONLY")),
+        _ => false,
+    }
 }
 
 impl ConnectionLike for RedisLink {
@@ -251,19 +282,28 @@ pub struct PoolSettings {
     pub response_timeout: Duration,
 }
 
+/// What in a pool's URL or settings is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("{0}")]
+    Url(#[source] RedisError),
+    #[error("{0}")]
+    Build(#[source] deadpool_redis::BuildError),
+}
+
 /// A pool of connections to the Redis at `url`, opened as they are needed; the error says what
 /// in the URL or the settings is wrong.
-pub fn pool(url: &str, settings: PoolSettings) -> Result<deadpool_redis::Pool, String> {
+pub fn pool(url: &str, settings: PoolSettings) -> Result<deadpool_redis::Pool, PoolError> {
     let config =
         deadpool_redis::redis::AsyncConnectionConfig::new().set_response_timeout(Some(settings.response_timeout));
-    let manager = deadpool_redis::Manager::new_with_config(url, config).map_err(|e| e.to_string())?;
+    let manager = deadpool_redis::Manager::new_with_config(url, config).map_err(PoolError::Url)?;
     deadpool_redis::Pool::builder(manager)
         .max_size(settings.max_size)
         .wait_timeout(Some(settings.wait_timeout))
         .create_timeout(Some(settings.create_timeout))
         .runtime(deadpool_redis::Runtime::Tokio1)
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(PoolError::Build)
 }
 
 #[cfg(test)]
@@ -294,5 +334,20 @@ mod tests {
             "Operation against a key holding the wrong kind of value".to_string(),
         ));
         assert!(!master_lost(&wrong_type));
+    }
+
+    #[test]
+    fn a_script_refused_by_a_demoted_master_drops_the_connection() {
+        // An error reply as the server sends it.
+        let reply = |line: &str| {
+            let value = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).expect("an error reply");
+            value.extract_error().expect_err("an error")
+        };
+        assert!(master_lost(&reply("READONLY You can't write against a read only replica.")));
+        // Redis before 7: the script's write fails, and the script with ERR, the code in its text.
+        let in_script = "ERR Error running script (call to f_1): @user_script:3: -READONLY You can't write against a read only replica.";
+        assert!(master_lost(&reply(in_script)));
+        assert!(!master_lost(&reply("ERR Error running script (call to f_1): @user_script:3: attempt to compare nil")));
+        assert!(!master_lost(&reply("NOPERM this user has no permissions to run the 'eval' command")));
     }
 }

@@ -67,22 +67,63 @@ pub fn amqp_url_with_auth(url: &str, client_cert: bool) -> String {
     format!("{url}{separator}auth_mechanism=external")
 }
 
-/// Whether a TLS failure says the server's certificate is not trusted: a setting to fix (the CA
-/// file, or the host name in the URL), which no retry mends.
-pub fn untrusted_server(message: &str) -> bool {
-    message.contains("invalid peer certificate")
+/// How a TLS handshake failed, as far as what to fix goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The server's certificate is not trusted: a setting to fix (the CA file, or the host name
+    /// in the URL), which no retry mends.
+    UntrustedServer,
+    /// The server refused the handshake (an alert, such as for a client certificate it wants
+    /// and did not get), or sent no certificate.
+    Refused,
 }
 
-/// What to check when a TLS handshake fails: the peer's certificate is not trusted, or ours
-/// was refused. `message` is the handshake error's text.
-pub fn tls_hint(message: &str) -> Option<&'static str> {
-    if untrusted_server(message) {
-        Some("the server's certificate is not trusted: check the CA file and the host name in the URL")
-    } else if message.contains("certificate") || message.contains("alert") {
-        Some("the server refused the TLS handshake: check the client certificate and key")
-    } else {
-        None
+impl TlsFailure {
+    /// How the TLS handshake behind `error` failed, if a TLS handshake is what failed: asked of
+    /// the `rustls::Error` found in its chain of sources (lapin and redis-rs carry it inside an
+    /// `io::Error`).
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+        match rustls_error(error)? {
+            rustls::Error::InvalidCertificate(_) => Some(TlsFailure::UntrustedServer),
+            rustls::Error::AlertReceived(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::InvalidCertRevocationList(_) => Some(TlsFailure::Refused),
+            _ => None,
+        }
     }
+
+    /// What to check.
+    pub fn hint(self) -> &'static str {
+        match self {
+            TlsFailure::UntrustedServer => {
+                "the server's certificate is not trusted: check the CA file and the host name in the URL"
+            }
+            TlsFailure::Refused => "the server refused the TLS handshake: check the client certificate and key",
+        }
+    }
+}
+
+/// The `rustls::Error` in `error`'s chain of sources. An `io::Error` and an `Arc` of an error
+/// (redis-rs keeps its sources in one) answer `source()` with their content's source, skipping
+/// the content itself: they are looked into.
+fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let content: Option<&(dyn std::error::Error + 'static)> =
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                io.get_ref().map(|inner| inner as _)
+            } else if let Some(shared) = error.downcast_ref::<Shared>() {
+                Some(&**shared)
+            } else {
+                None
+            };
+        next = content.or_else(|| error.source());
+    }
+    None
 }
 
 impl TlsMaterial {
@@ -125,12 +166,45 @@ mod tests {
         assert_eq!(amqp_url_with_auth("amqps://h/%2f", false), "amqps://h/%2f");
     }
 
+    /// A handshake error as the TLS stream reports it: rustls' error inside an `io::Error`.
+    fn handshake(error: rustls::Error) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, error)
+    }
+
+    fn untrusted() -> rustls::Error {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+    }
+
+    fn refused() -> rustls::Error {
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)
+    }
+
     #[test]
-    fn handshake_errors_get_a_hint() {
-        assert!(tls_hint("invalid peer certificate: UnknownIssuer").unwrap().contains("CA file"));
-        assert!(tls_hint("received fatal alert: CertificateRequired").unwrap().contains("client certificate"));
-        assert_eq!(tls_hint("connection refused"), None);
-        assert!(untrusted_server("invalid peer certificate: NotValidForName"));
-        assert!(!untrusted_server("received fatal alert: CertificateRequired"));
+    fn handshake_failures_are_told_by_rustls_error_in_the_chain() {
+        assert_eq!(TlsFailure::of(&handshake(untrusted())), Some(TlsFailure::UntrustedServer));
+        assert_eq!(TlsFailure::of(&handshake(refused())), Some(TlsFailure::Refused));
+        let wrong_name = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
+        assert_eq!(TlsFailure::of(&handshake(wrong_name)), Some(TlsFailure::UntrustedServer));
+        assert_eq!(TlsFailure::of(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused)), None);
+        assert_eq!(TlsFailure::of(&handshake(rustls::Error::DecryptError)), None);
+        // The words are not asked: an error that only says them is no handshake failure.
+        let words = std::io::Error::other("invalid peer certificate: received fatal alert");
+        assert_eq!(TlsFailure::of(&words), None);
+    }
+
+    #[test]
+    fn the_broker_and_the_store_clients_carry_the_handshake_failure() {
+        let broker = lapin::Error::from(handshake(untrusted()));
+        assert_eq!(TlsFailure::of(&broker), Some(TlsFailure::UntrustedServer));
+        let store = redis::RedisError::from(handshake(refused()));
+        assert_eq!(TlsFailure::of(&store), Some(TlsFailure::Refused));
+        let plain = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(TlsFailure::of(&plain), None);
+    }
+
+    #[test]
+    fn each_failure_says_what_to_check() {
+        assert!(TlsFailure::UntrustedServer.hint().contains("CA file"));
+        assert!(TlsFailure::Refused.hint().contains("client certificate"));
     }
 }

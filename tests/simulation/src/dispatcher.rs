@@ -7,7 +7,7 @@
 //! outcome) is checked against what really happened.
 
 use crate::world::{Ev, World};
-use contracts::submission::error::{CallError, ErrorClass};
+use contracts::submission::error::{CallError, ErrorClass, Unexpected};
 use contracts::submission::follow::lost_lines_notice;
 use contracts::submission::machine::{Action, Config, Event, Input, Now, Submission};
 use contracts::submission::outcome::{exit, Outcome as Told, OutcomeKind, NOT_SENT_MESSAGE};
@@ -41,8 +41,8 @@ pub enum SimError {
     NoReply,
     ConnectionLost,
     Agent(ErrorReply),
-    Codec(String),
-    Unrepeatable(String),
+    Unexpected(Unexpected),
+    Unrepeatable(Box<SimError>),
     Cancelled,
 }
 
@@ -52,7 +52,8 @@ impl fmt::Display for SimError {
             SimError::NoReply => write!(f, "no reply"),
             SimError::ConnectionLost => write!(f, "connection lost"),
             SimError::Agent(error) => write!(f, "{:?}: {}", error.kind, error.message),
-            SimError::Codec(message) | SimError::Unrepeatable(message) => write!(f, "{message}"),
+            SimError::Unexpected(reply) => write!(f, "{reply}"),
+            SimError::Unrepeatable(error) => write!(f, "{error}"),
             SimError::Cancelled => write!(f, "cancelled by the user"),
         }
     }
@@ -75,16 +76,16 @@ impl CallError for SimError {
         }
     }
 
-    fn codec(message: String) -> Self {
-        SimError::Codec(message)
+    fn unexpected(reply: Unexpected) -> Self {
+        SimError::Unexpected(reply)
     }
 
     fn agent(_target: String, error: ErrorReply) -> Self {
         SimError::Agent(error)
     }
 
-    fn unrepeatable(message: String) -> Self {
-        SimError::Unrepeatable(message)
+    fn unrepeatable(error: Self) -> Self {
+        SimError::Unrepeatable(Box::new(error))
     }
 
     fn cancelled() -> Self {

@@ -236,15 +236,42 @@ fn parse_bytes(raw: &str) -> Result<u64, String> {
     count.checked_mul(unit).filter(|b| *b > 0).ok_or_else(|| format!("{raw:?} must be more than 0 and fit 64 bits"))
 }
 
-fn check_variable_name(name: &str) -> Result<(), String> {
+fn check_variable_name(name: &str) -> Result<(), ConfigError> {
     let mut chars = name.chars();
     let good = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if good {
         Ok(())
     } else {
-        Err(format!("--pass-env {name:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"))
+        Err(ConfigError::PassEnv(name.to_owned()))
     }
+}
+
+/// Why the flags describe no agent that can run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Name(#[from] contracts::wire::topology::NameError),
+    #[error(transparent)]
+    Tls(#[from] edge::connect::tls::TlsError),
+    #[error("--claim-replicas needs the Redis store: the local store has no replicas")]
+    ReplicasWithLocalStore,
+    #[error("--pass-env {0:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")]
+    PassEnv(String),
+    #[error("--transfer-root {}: {source}", path.display())]
+    TransferRoot { path: PathBuf, source: std::io::Error },
+    #[error("--transfer-root {} is not a directory", .0.display())]
+    TransferRootNotADirectory(PathBuf),
+    #[error("--store local cannot serve a pool: a pool's workers must share their tickets (use Redis)")]
+    PoolWithLocalStore,
+    #[error("--max-scripts must be at least 1")]
+    NoScripts,
+    #[error(transparent)]
+    Labels(#[from] contracts::wire::labels::LabelError),
+    #[error("--announce-interval must be between {min}ms and {max}ms")]
+    AnnounceInterval { min: u64, max: u64 },
+    #[error("--protocol v1 is an agent from before signed commands: it needs --insecure-allow-unsigned")]
+    UnsignedV1,
 }
 
 fn parse_label(raw: &str) -> Result<(String, String), String> {
@@ -252,7 +279,7 @@ fn parse_label(raw: &str) -> Result<(String, String), String> {
 }
 
 impl RunArgs {
-    pub fn config(&self) -> Result<AgentConfig, String> {
+    pub fn config(&self) -> Result<AgentConfig, ConfigError> {
         contracts::wire::topology::validate_name("agent id", &self.agent_id)?;
         let mut config = AgentConfig::new(&self.agent_id);
         config.amqp_url = self.amqp_url.clone();
@@ -262,17 +289,17 @@ impl RunArgs {
             client_cert: self.amqp_client_cert.clone(),
             client_key: self.amqp_client_key.clone(),
         };
-        config.amqp_tls = amqp_tls.load().map_err(|e| e.to_string())?;
+        config.amqp_tls = amqp_tls.load()?;
         let redis_tls = TlsFiles {
             ca_file: self.redis_ca_file.clone(),
             client_cert: self.redis_client_cert.clone(),
             client_key: self.redis_client_key.clone(),
         };
-        config.redis_tls = redis_tls.load().map_err(|e| e.to_string())?;
+        config.redis_tls = redis_tls.load()?;
         config.redis_sentinels = self.redis_sentinels.clone().map(|s| s.0).unwrap_or_default();
         config.redis_service = self.redis_service.clone();
         if self.claim_replicas > 0 && self.store == StoreKind::Local {
-            return Err("--claim-replicas needs the Redis store: the local store has no replicas".into());
+            return Err(ConfigError::ReplicasWithLocalStore);
         }
         config.claim_replicas = self.claim_replicas;
         config.key_prefix = self.key_prefix.clone();
@@ -285,9 +312,10 @@ impl RunArgs {
         config.pass_env = self.pass_env.clone();
         config.max_output = self.max_output;
         for root in &self.transfer_roots {
-            let canonical = root.canonicalize().map_err(|e| format!("--transfer-root {}: {e}", root.display()))?;
+            let canonical =
+                root.canonicalize().map_err(|source| ConfigError::TransferRoot { path: root.clone(), source })?;
             if !canonical.is_dir() {
-                return Err(format!("--transfer-root {} is not a directory", root.display()));
+                return Err(ConfigError::TransferRootNotADirectory(root.clone()));
             }
             config.transfer_roots.push(canonical);
         }
@@ -296,14 +324,12 @@ impl RunArgs {
             contracts::wire::topology::validate_name("pool name", pool)?;
         }
         if self.pool.is_some() && self.store == StoreKind::Local {
-            return Err(
-                "--store local cannot serve a pool: a pool's workers must share their tickets (use Redis)".into()
-            );
+            return Err(ConfigError::PoolWithLocalStore);
         }
         config.pool = self.pool.clone();
         config.store = self.store;
         if self.max_scripts == Some(0) {
-            return Err("--max-scripts must be at least 1".into());
+            return Err(ConfigError::NoScripts);
         }
         config.max_scripts = self.max_scripts;
         config.prefetch = self.prefetch.max(1);
@@ -313,18 +339,15 @@ impl RunArgs {
         config.drain_timeout = self.drain_timeout;
         let default_expiry = self.pool.is_some().then_some(DEFAULT_POOL_QUEUE_EXPIRY);
         config.queue_expiry = self.queue_expiry.or(default_expiry).filter(|expiry| !expiry.is_zero());
-        config.labels =
-            contracts::wire::labels::collect_labels(self.labels.iter().cloned()).map_err(|e| e.to_string())?;
+        config.labels = contracts::wire::labels::collect_labels(self.labels.iter().cloned())?;
         let interval_ms = self.announce_interval.as_millis() as u64;
         let (min, max) = (contracts::wire::presence::MIN_INTERVAL_MS, contracts::wire::presence::MAX_INTERVAL_MS);
         if !(min..=max).contains(&interval_ms) {
-            return Err(format!("--announce-interval must be between {min}ms and {max}ms"));
+            return Err(ConfigError::AnnounceInterval { min, max });
         }
         config.announce_interval = self.announce_interval;
         if self.protocol == Protocol::V1 && !self.insecure_allow_unsigned {
-            return Err(
-                "--protocol v1 is an agent from before signed commands: it needs --insecure-allow-unsigned".into()
-            );
+            return Err(ConfigError::UnsignedV1);
         }
         config.key_file = self.key.clone();
         config.trusted_keys_file = self.trusted_keys.clone();
@@ -341,13 +364,14 @@ impl RunArgs {
 pub struct Sentinels(pub Vec<String>);
 
 fn parse_sentinels(list: &str) -> Result<Sentinels, String> {
-    edge::connect::store::parse_sentinels(list).map(Sentinels)
+    edge::connect::store::parse_sentinels(list).map(Sentinels).map_err(|e| e.to_string())
 }
 
 /// Runs the agent until SIGINT or SIGTERM, then stops taking work and lets running scripts end
 /// within the drain timeout.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = args.config().map_err(anyhow::Error::msg)?;
+    // Printed in one line, as the message says it all (the chain of sources would repeat it).
+    let config = args.config().map_err(|error| anyhow::Error::msg(error.to_string()))?;
     tracing::info!(agent = %config.agent_id, pool = ?config.pool, max_scripts = ?config.max_scripts, protocol = ?config.protocol, labels = ?config.labels, store = ?config.store, work_dir = %config.work_dir.display(), "agent starting");
     crate::run(config, crate::shutdown_signal()).await?;
     Ok(())

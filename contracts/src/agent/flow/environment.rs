@@ -8,7 +8,7 @@ use crate::agent::StartDecision;
 use crate::store::record::TicketRecord;
 use crate::store::{Cancel, ClaimReplication, Epoch, TicketKeys, TicketStore};
 use crate::trust::keys::KeyId;
-use crate::trust::seal::{Seal, SessionId};
+use crate::trust::seal::{Seal, SealHeaderError, SessionId};
 use crate::trust::session::Session;
 use crate::trust::sessions::Declined;
 use crate::trust::verify::Refusal;
@@ -75,7 +75,7 @@ impl Memory {
 /// that can be read).
 pub struct Delivery<'a> {
     pub body: &'a [u8],
-    pub seal: Result<Option<Seal>, String>,
+    pub seal: Result<Option<Seal>, SealHeaderError>,
 }
 
 /// How an answer is sealed: MAC'd in the session its command came in, else signed, carrying the

@@ -2,7 +2,7 @@
 //! the start, script v2 under the planned ticket or script v1 under the agent's.
 
 use super::{Action, AfterCount, AfterSend, Awaiting, Event, Mode, Now, Phase, Purpose, Submission};
-use crate::submission::error::{CallError, ErrorClass};
+use crate::submission::error::{CallError, ErrorClass, Unexpected};
 use crate::submission::follow::LogFollower;
 use crate::submission::negotiate::{no_consumer_notice, AgentKind, ScriptProtocol};
 use crate::submission::outcome::{exit, Outcome};
@@ -61,8 +61,7 @@ impl<E: CallError> Submission<E> {
         let protocol = match &kind {
             Ok(None) => Ok(ScriptProtocol::V1),
             Ok(Some(kind)) => kind.script_protocol().ok_or_else(|| {
-                let message = format!("{} supports no script service this dispatcher knows", self.config.shown);
-                GaveUp::at_once(E::codec(message))
+                GaveUp::at_once(E::unexpected(Unexpected::NoScriptService { target: self.config.shown.clone() }))
             }),
             Err(gave_up) => Err(gave_up.clone()),
         };
@@ -191,7 +190,7 @@ impl<E: CallError> Submission<E> {
         // An agent that answered (even "try again") said the start did not run.
         let answered = matches!(error.class(), ErrorClass::Agent(_));
         let reached = published && error.is_transient() && !answered;
-        let error = if reached { E::unrepeatable(error.to_string()) } else { error };
+        let error = if reached { E::unrepeatable(error) } else { error };
         let message = if reached { format!("{error}; its outcome is unknown") } else { error.to_string() };
         let mut outcome = Outcome::from_error(None, &target, &error, message, reached);
         if answered {

@@ -1,7 +1,7 @@
 //! Where the service's journal is, for the commands that read or write it (`serve`, `history`,
 //! `status TICKET`, `submit --detach`, `schedule`).
 
-use crate::service::journal::Journal;
+use crate::service::journal::{Journal, JournalError};
 use std::time::Duration;
 
 /// Where the journal is (global flags).
@@ -11,13 +11,20 @@ pub(crate) struct JournalOptions {
     pub prefix: String,
 }
 
+/// Why there is no journal to use.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error("no journal configured: give --journal redis://HOST:PORT (or CUTTLE_JOURNAL_URL), the one `dispatcher serve` uses")]
+    NotConfigured,
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
 impl JournalOptions {
     /// The journal, or why there is none.
-    pub(crate) fn open(&self, retention: Duration) -> Result<Journal, String> {
-        let url = self.url.as_deref().ok_or(
-            "no journal configured: give --journal redis://HOST:PORT (or CUTTLE_JOURNAL_URL), the one `dispatcher serve` uses",
-        )?;
-        Journal::open(url, &self.prefix, retention).map_err(|e| e.to_string())
+    pub(crate) fn open(&self, retention: Duration) -> Result<Journal, OpenError> {
+        let url = self.url.as_deref().ok_or(OpenError::NotConfigured)?;
+        Ok(Journal::open(url, &self.prefix, retention)?)
     }
 }
 

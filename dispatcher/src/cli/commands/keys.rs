@@ -8,10 +8,11 @@ use std::process::ExitCode;
 
 /// Prints the public key of the dispatcher's key (the default one unless `key` names another).
 pub(crate) fn public_key(key: Option<PathBuf>) -> ExitCode {
-    let loaded = TrustFiles::resolve(key, None)
-        .map_err(|e| e.to_string())
-        .and_then(|files| edge::keys::load_secret(&files.key).map_err(|e| e.to_string()));
-    match loaded {
+    let files = match TrustFiles::resolve(key, None) {
+        Ok(files) => files,
+        Err(error) => return usage_error(error),
+    };
+    match edge::keys::load_secret(&files.key) {
         Ok(key) => {
             println!("{}", key.public());
             ExitCode::SUCCESS
@@ -28,6 +29,6 @@ pub(crate) fn keygen(args: &KeygenArgs) -> ExitCode {
             println!("{}", key.public());
             ExitCode::SUCCESS
         }
-        Err(error) => usage_error(error.to_string()),
+        Err(error) => usage_error(error),
     }
 }

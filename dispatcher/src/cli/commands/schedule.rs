@@ -2,11 +2,14 @@
 //! ([`crate::schedule`]), which `dispatcher serve` runs.
 
 use super::journal::{cli_user, JournalOptions};
-use crate::cli::args::{ScheduleAddArgs, ScheduleCommand, ScheduleListArgs, ScheduleNameArgs, ScheduleRunArgs};
+use super::submit::SubmitError;
+use crate::cli::args::{
+    ScheduleAddArgs, ScheduleCommand, ScheduleListArgs, ScheduleNameArgs, ScheduleRunArgs, TargetError,
+};
 use crate::cli::output::printer::usage_error;
 use crate::cli::output::terminal;
 use crate::plan::{Plan, Tickets};
-use crate::schedule::{no_secrets, purpose_name, Cadence, ScheduleSpec, ScheduleTargets};
+use crate::schedule::{purpose_name, Cadence, ScheduleError, ScheduleSpec, ScheduleTargets};
 use crate::service::journal::{Journal, JournalError};
 use crate::service::schedule_api::{view, ScheduleView};
 use crate::service::schedules::{ReplicaSeen, RunRequest, Schedules, StoredSchedule, RUNNING_WITHIN};
@@ -44,21 +47,38 @@ pub(crate) async fn run(
     })
 }
 
+/// Why `schedule add`'s flags describe no schedule: what to change.
+#[derive(Debug, thiserror::Error)]
+enum AddError {
+    #[error(
+        "--secret-env and --secret-env-file are refused for schedules, as for submit --detach: {}",
+        ScheduleError::Secrets
+    )]
+    Secrets,
+    #[error("a schedule always runs in the service: leave out --detach")]
+    Detach,
+    #[error("--max-errors and --abort-on-error are not for schedules: each slot runs on all its targets")]
+    Limits,
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Script(#[from] SubmitError),
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+}
+
 /// The schedule `add`'s flags describe, or why there is none. What a schedule cannot hold is
 /// refused first.
-fn spec_of(args: &ScheduleAddArgs, now: u64) -> Result<ScheduleSpec, String> {
+fn spec_of(args: &ScheduleAddArgs, now: u64) -> Result<ScheduleSpec, AddError> {
     let submit = &args.submit;
     if !submit.secret_env.is_empty() || !submit.secret_env_file.is_empty() {
-        return Err(format!(
-            "--secret-env and --secret-env-file are refused for schedules, as for submit --detach: {}",
-            no_secrets()
-        ));
+        return Err(AddError::Secrets);
     }
     if submit.detach {
-        return Err("a schedule always runs in the service: leave out --detach".into());
+        return Err(AddError::Detach);
     }
     if submit.max_errors.is_some() || submit.abort_on_error {
-        return Err("--max-errors and --abort-on-error are not for schedules: each slot runs on all its targets".into());
+        return Err(AddError::Limits);
     }
     let targets = match &submit.select {
         Some(selector) => ScheduleTargets::Select(selector.to_string()),
@@ -92,8 +112,8 @@ fn spec_of(args: &ScheduleAddArgs, now: u64) -> Result<ScheduleSpec, String> {
     // The policy asked for must resolve where it can be checked here (this command's --config);
     // the service resolves it again at each slot against its own.
     if let Some(Ok(routes)) = schedule.targets.routes() {
-        let config = retry.config().map_err(|e| e.to_string())?;
-        Plan::new(routes, schedule.spec.clone(), &schedule.choice()?, &config).map_err(|e| e.to_string())?;
+        let config = retry.config().map_err(ScheduleError::Policy)?;
+        Plan::new(routes, schedule.spec.clone(), &schedule.choice()?, &config).map_err(ScheduleError::Policy)?;
     }
     Ok(schedule)
 }

@@ -11,14 +11,15 @@ use crate::cli::signals::interrupt_on_ctrl_c;
 use crate::event::JsonEvent;
 use crate::fanout::{self, NotStarted, Progress, TargetResult};
 use crate::orchestrator::Orchestrator;
-use crate::plan::{self, Plan, ScriptDraft, ScriptInputs};
+use crate::plan::{self, Plan, ScriptDraft, ScriptError, ScriptInputs};
 use crate::route::Route;
 use crate::rpc::RpcConfig;
 use contracts::submission::negotiate::ScriptProtocol;
 use contracts::submission::outcome::{Outcome, OutcomeKind};
 use contracts::submission::retry::Policies;
-use contracts::wire::messages::{Isolation, ScriptSpec, Shell};
+use contracts::wire::messages::{Isolation, ScriptSpec, Shell, MAX_SCRIPT_SPEC_BYTES};
 use contracts::wire::ticket::Ticket;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -77,12 +78,36 @@ pub(crate) async fn run(orchestrator: &Orchestrator, rpc_config: &RpcConfig, arg
     fan_out(orchestrator, planned, spec, limits, args.json, &interrupt).await
 }
 
+/// Why `submit`'s flags describe no script that can be sent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubmitError {
+    #[error("cannot read script file {}: {source}", path.display())]
+    Script { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Spec(#[from] ScriptError<InputError>),
+}
+
+/// Why the files or secrets of `submit`'s flags cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InputError {
+    #[error("cannot read secret file {}: {source}", path.display())]
+    SecretFile { path: PathBuf, source: std::io::Error },
+    #[error("{} line {line}: expected NAME=VALUE", path.display())]
+    SecretLine { path: PathBuf, line: usize },
+    #[error("secret {name} is given twice (again in {from})")]
+    SecretTwice { name: String, from: String },
+    #[error("{} is {size} bytes, over the {} bytes one command can carry; send it with `dispatcher upload` first", path.display(), MAX_SCRIPT_SPEC_BYTES)]
+    FileTooLarge { path: PathBuf, size: u64 },
+    #[error("cannot read file {}: {source}", path.display())]
+    File { path: PathBuf, source: std::io::Error },
+}
+
 /// The script spec `submit`'s flags describe: the script file read, then (once the script is
 /// checked) the files and secret files.
-pub(crate) fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
+pub(crate) fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, SubmitError> {
     let script = match &args.script {
         Some(path) => {
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read script file {}: {e}", path.display()))?
+            std::fs::read_to_string(path).map_err(|source| SubmitError::Script { path: path.clone(), source })?
         }
         None => args.command.join(" "),
     };
@@ -100,15 +125,16 @@ pub(crate) fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, String> {
         },
         mutex: args.mutex.clone(),
     };
-    plan::script_spec(draft, || {
+    let spec = plan::script_spec(draft, || {
         let files = files_of(args)?;
         let secret_env = secrets_of(args)?;
         Ok(ScriptInputs { files, secret_env, mutex_timeout: args.mutex_timeout, timeout: args.timeout })
-    })
+    })?;
+    Ok(spec)
 }
 
 /// The secrets of `--secret-env` and `--secret-env-file`; a name given twice is refused.
-fn secrets_of(args: &SubmitArgs) -> Result<contracts::wire::messages::Secrets, String> {
+fn secrets_of(args: &SubmitArgs) -> Result<contracts::wire::messages::Secrets, InputError> {
     let mut given: Vec<(String, String, String)> = args
         .secret_env
         .iter()
@@ -116,41 +142,36 @@ fn secrets_of(args: &SubmitArgs) -> Result<contracts::wire::messages::Secrets, S
         .collect();
     for path in &args.secret_env_file {
         let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+            std::fs::read_to_string(path).map_err(|source| InputError::SecretFile { path: path.clone(), source })?;
         for (number, line) in text.lines().enumerate() {
             let line = line.trim_start();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (name, value) = line
-                .split_once('=')
-                .ok_or_else(|| format!("{} line {}: expected NAME=VALUE", path.display(), number + 1))?;
+            let (name, value) =
+                line.split_once('=').ok_or_else(|| InputError::SecretLine { path: path.clone(), line: number + 1 })?;
             given.push((name.trim().to_owned(), value.to_owned(), path.display().to_string()));
         }
     }
     let mut secrets = contracts::wire::messages::Secrets::default();
     for (name, value, from) in given {
         if secrets.insert(name.clone(), value).is_some() {
-            return Err(format!("secret {name} is given twice (again in {from})"));
+            return Err(InputError::SecretTwice { name, from });
         }
     }
     Ok(secrets)
 }
 
 /// The files of `--file`, read whole (each must fit in one command).
-fn files_of(args: &SubmitArgs) -> Result<Vec<contracts::wire::messages::ScriptFile>, String> {
+fn files_of(args: &SubmitArgs) -> Result<Vec<contracts::wire::messages::ScriptFile>, InputError> {
     let mut files = Vec::with_capacity(args.files.len());
     for file in &args.files {
         let size = std::fs::metadata(&file.local).map(|m| m.len()).unwrap_or(0);
-        if size > contracts::wire::messages::MAX_SCRIPT_SPEC_BYTES as u64 {
-            return Err(format!(
-                "{} is {size} bytes, over the {} bytes one command can carry; send it with `dispatcher upload` first",
-                file.local.display(),
-                contracts::wire::messages::MAX_SCRIPT_SPEC_BYTES
-            ));
+        if size > MAX_SCRIPT_SPEC_BYTES as u64 {
+            return Err(InputError::FileTooLarge { path: file.local.clone(), size });
         }
         let content =
-            std::fs::read(&file.local).map_err(|e| format!("cannot read file {}: {e}", file.local.display()))?;
+            std::fs::read(&file.local).map_err(|source| InputError::File { path: file.local.clone(), source })?;
         files.push(contracts::wire::messages::ScriptFile { name: file.name.clone(), content });
     }
     Ok(files)
