@@ -55,6 +55,7 @@ fn current_start() -> Envelope<StartScriptV2> {
                 execution_timeout: Some(600_000),
                 secret_env: Secrets::default(),
                 sealed_secret_env: Vec::new(),
+                run_as: None,
             },
             wait_for_output: Some(500),
             first_issued_at: Some(1_795_000_000_000),

@@ -21,6 +21,7 @@ fn start_roundtrips() {
             execution_timeout: None,
             secret_env: Secrets::new([("TOKEN".to_string(), "s3cret".to_string())].into()),
             sealed_secret_env: Vec::new(),
+            run_as: Some("deploy".into()),
         },
         wait_for_output: Some(100),
         first_issued_at: None,

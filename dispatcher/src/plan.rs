@@ -79,6 +79,8 @@ pub(crate) struct ScriptDraft {
     pub env: BTreeMap<String, String>,
     pub isolation: Isolation,
     pub mutex: Option<String>,
+    /// The user the script runs as on the agent, when not the one the agent chooses.
+    pub run_as: Option<String>,
 }
 
 /// What a front door reads or decodes only once the script passed its checks: the files, the
@@ -117,6 +119,7 @@ pub(crate) fn script_spec<E>(
         execution_timeout: inputs.timeout.map(millis),
         secret_env: inputs.secret_env,
         sealed_secret_env: Vec::new(),
+        run_as: draft.run_as,
     };
     spec.validate()?;
     spec.check_size()?;
@@ -279,6 +282,7 @@ mod tests {
             env: BTreeMap::new(),
             isolation: Isolation::None,
             mutex: None,
+            run_as: None,
         }
     }
 

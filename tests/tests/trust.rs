@@ -120,7 +120,11 @@ impl Bench {
 /// broker, one row each; all refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_table() {
-    let agent = TestAgent::start("attacked").await;
+    let mut attacked = test_config("attacked");
+    // It runs scripts as nobody when their command says so: a start changed to say so after it
+    // was signed is refused by the signature alone.
+    attacked.run_as = worker_agent::run_as::policy(vec!["nobody".into()], None).unwrap();
+    let agent = TestAgent::start_with(attacked).await;
     let mut worker_config = test_config("other");
     let pool = unique("pool");
     worker_config.pool = Some(pool.clone());
@@ -139,12 +143,17 @@ async fn attack_table() {
     bench.refused("unsigned command", verdict, ErrorKind::NotAuthorized);
 
     // Tampered after signing: every field that matters.
-    let fields: [(&'static str, &str, Tamper); 5] = [
+    let fields: [(&'static str, &str, Tamper); 6] = [
         ("tampered body (script)", "t-body", Box::new(|e| e.body.spec.script.push_str("; echo owned"))),
         ("tampered target", "t-target", Box::new(|e| e.target = "someone-else".into())),
         ("tampered ticket", "t-ticket", Box::new(|e| e.body.ticket = edge::entropy::ticket())),
         ("tampered not_after", "t-deadline", Box::new(|e| e.not_after = e.not_after.map(|n| n + 3_600_000))),
         ("tampered kind (v2 start made a v1 start)", "t-kind", Box::new(|e| e.kind = "StartScriptV1".into())),
+        (
+            "tampered run_as (made nobody, whom the agent allows)",
+            "t-run-as",
+            Box::new(|e| e.body.spec.run_as = Some("nobody".into())),
+        ),
     ];
     for (attack, name, tamper) in fields {
         let bytes = start(&me, &edge::entropy::ticket(), bench.markers.record(name), at, soon);
@@ -234,7 +243,7 @@ async fn attack_table() {
         println!("ATTACK-TABLE | {} | {result} ({}) |", row.attack, row.how);
     }
     assert!(bench.rows.iter().all(|r| r.refused), "every attack is refused");
-    assert_eq!(bench.rows.len(), 28);
+    assert_eq!(bench.rows.len(), 29);
     bench.raw.close().await;
     agent.stop().await;
     other.stop().await;

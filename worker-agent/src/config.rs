@@ -117,6 +117,8 @@ pub struct AgentConfig {
     pub janitor_interval: Duration,
     /// A workspace no script of this process runs in is removed once unchanged this long.
     pub workspace_max_age: Duration,
+    /// The users scripts may run as (`--allow-run-as`, `--default-run-as`).
+    pub run_as: contracts::agent::run_as::RunAsPolicy,
 }
 
 impl AgentConfig {
@@ -170,6 +172,7 @@ impl AgentConfig {
             enrolled: false,
             janitor_interval: Duration::from_secs(3600),
             workspace_max_age: Duration::from_secs(7 * 24 * 3600),
+            run_as: crate::run_as::policy(Vec::new(), None).expect("no user named is a valid policy"),
             agent_id,
         }
     }

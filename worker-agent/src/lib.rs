@@ -17,6 +17,7 @@
 //!   [`cancel_notices`] the cancels published to the worker running a script,
 //!   [`isolation`] its mutexes, [`mask`] the masking of its secrets in the output,
 //!   [`workspace`] the work dir and the scripts' workspaces in it.
+//! - [`run_as`]: scripts run as the users the agent allows (`--allow-run-as`).
 //! - [`janitor`]: removes the workspaces of completed tickets and stale ones.
 //! - [`transfer`]: file upload and download below the transfer roots.
 //! - [`presence`]: the agent's announcements of itself (heartbeats) on the presence stream.
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod output;
 mod presence;
 mod record;
+pub mod run_as;
 mod runner;
 pub mod service;
 pub mod store;
@@ -64,6 +66,8 @@ use tokio_util::sync::CancellationToken;
 pub enum RunError {
     #[error(transparent)]
     WorkDir(#[from] workspace::WorkDirError),
+    #[error(transparent)]
+    RunAs(#[from] run_as::RunAsError),
     #[error("cannot serve probes on {addr}: {source}")]
     Probes { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
@@ -100,6 +104,7 @@ pub const EXIT_SETTING: u8 = 78;
 /// the rest, each recorded as cancelled, and stops the probes last.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     workspace::prepare_work_dir(&config.work_dir)?;
+    run_as::prepare(&config.run_as, &config.work_dir, &config.agent_id)?;
     let trust = Arc::new(trust::AgentTrust::load(&config)?);
     let reloader = tokio::spawn(trust::reload_on_sighup(trust.clone(), config.agent_id.clone()));
     let metrics = metrics::Metrics::default();

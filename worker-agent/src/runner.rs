@@ -54,6 +54,9 @@ pub(crate) struct Run {
     pub metrics: Metrics,
     /// Bytes of the script's output stored at most (`--max-output`).
     pub max_output: u64,
+    /// The user the script runs as, when not the agent's own ([`crate::run_as`]), or why it
+    /// may not run as the one its command names.
+    pub run_as: Result<Option<String>, contracts::agent::run_as::RunAsRefusal>,
 }
 
 /// Why a script stopped before its own end.
@@ -95,7 +98,21 @@ impl Run {
             Ok(guard) => guard,
             Err(code) => return code,
         };
-        if let Err(error) = self.prepare_workspace().await {
+        let user = match &self.run_as {
+            Ok(user) => user.as_deref(),
+            Err(refusal) => {
+                log.note(format!("not run: {refusal}")).await;
+                return exit_code::FATAL;
+            }
+        };
+        let account = match user.map(crate::run_as::account).transpose() {
+            Ok(account) => account,
+            Err(error) => {
+                log.note(format!("could not run the script as its user: {error}")).await;
+                return exit_code::FATAL;
+            }
+        };
+        if let Err(error) = self.prepare_workspace(account.as_ref()).await {
             log.note(format!("could not prepare the workspace: {error}")).await;
             return exit_code::FATAL;
         }
@@ -113,7 +130,20 @@ impl Run {
             log.note("script cancelled before it started").await;
             return exit_code::CANCELLED;
         }
-        let mut command = tokio::process::Command::new(&shell_path);
+        let mut command = match &account {
+            None => tokio::process::Command::new(&shell_path),
+            Some(account) => match crate::run_as::setpriv() {
+                Some(setpriv) => crate::run_as::command(&setpriv, account, &shell_path),
+                None => {
+                    log.note(format!(
+                        "could not start {shell} as {}: setpriv is not on the agent's PATH",
+                        account.name
+                    ))
+                    .await;
+                    return exit_code::SHELL_NOT_STARTED;
+                }
+            },
+        };
         if self.spec.script.len() <= INLINE_SCRIPT_BYTES {
             // `sh -c SCRIPT sh ARGS...`: $0 is the shell, $1.. the args, as for a script file.
             command.arg("-c").arg(&self.spec.script).arg(shell);
@@ -123,7 +153,13 @@ impl Run {
         let mut child = match command
             .args(&self.spec.args)
             .env_clear()
-            .envs(script_environment(&self.pass_env, &self.spec.env, &self.keys.ticket, &self.record.agent_id))
+            .envs(script_environment(
+                &self.pass_env,
+                account.as_ref(),
+                &self.spec.env,
+                &self.keys.ticket,
+                &self.record.agent_id,
+            ))
             .envs(self.spec.secret_env.iter())
             .current_dir(&self.workspace)
             .stdin(Stdio::null())
@@ -236,13 +272,17 @@ impl Run {
         }
     }
 
-    async fn prepare_workspace(&self) -> std::io::Result<()> {
-        workspace::create_workspace(&self.workspace).await?;
+    /// Creates the workspace with the script's files in it, owned by `account` when the script
+    /// runs as another user (so it reads them and writes there, and no one else does).
+    async fn prepare_workspace(&self, account: Option<&crate::run_as::Account>) -> std::io::Result<()> {
+        let owner = account.map(|account| (account.uid, account.gid));
+        workspace::create_workspace(&self.workspace, owner).await?;
         for file in &self.spec.files {
-            workspace::write_private_file(&self.workspace.join(&file.name), &file.content).await?;
+            workspace::write_private_file(&self.workspace.join(&file.name), &file.content, owner).await?;
         }
         if self.spec.script.len() > INLINE_SCRIPT_BYTES {
-            workspace::write_private_file(&self.workspace.join(SCRIPT_FILE), self.spec.script.as_bytes()).await?;
+            let script = self.workspace.join(SCRIPT_FILE);
+            workspace::write_private_file(&script, self.spec.script.as_bytes(), owner).await?;
         }
         Ok(())
     }
@@ -338,6 +378,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// store URLs with their passwords above all) reaches the script.
 fn script_environment(
     pass_env: &[String],
+    account: Option<&crate::run_as::Account>,
     command_env: &BTreeMap<String, String>,
     ticket: &str,
     agent_id: &str,
@@ -349,6 +390,9 @@ fn script_environment(
         .filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)))
         .collect();
     env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+    if let Some(account) = account {
+        env.extend(crate::run_as::environment(account).map(|(name, value)| (name.into(), value)));
+    }
     env.extend(command_env.iter().map(|(k, v)| (k.into(), v.into())));
     env.insert("CUTTLE_TICKET".into(), ticket.into());
     env.insert("CUTTLE_AGENT_ID".into(), agent_id.into());
@@ -356,7 +400,7 @@ fn script_environment(
 }
 
 /// The first executable file `name` in the directories of `path` (a PATH value).
-fn resolve_program(name: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+pub(crate) fn resolve_program(name: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     let path = path.unwrap_or(DEFAULT_PATH.as_ref());
     std::env::split_paths(path).filter(|dir| dir.is_absolute()).map(|dir| dir.join(name)).find(|candidate| {
         std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -368,9 +412,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_script_run_as_another_user_gets_that_users_home_names_and_a_system_path_its_command_may_change() {
+        let account =
+            crate::run_as::Account { name: "nobody".into(), uid: 65534, gid: 65534, home: "/nonexistent".into() };
+        let command_env = BTreeMap::from([("LOGNAME".to_owned(), "chosen".to_owned())]);
+        let env = script_environment(&[], Some(&account), &command_env, "t-1", "agent-1");
+        let get = |name: &str| env.get(std::ffi::OsStr::new(name)).map(|v| v.to_string_lossy().into_owned());
+        assert_eq!(get("HOME").as_deref(), Some("/nonexistent"));
+        assert_eq!(get("USER").as_deref(), Some("nobody"));
+        assert_eq!(get("LOGNAME").as_deref(), Some("chosen"), "the command's own variables come last");
+        assert_eq!(get("PATH").as_deref(), Some(crate::run_as::USER_PATH), "not the agent's PATH");
+    }
+
+    #[test]
     fn scripts_get_a_minimal_environment_and_their_own() {
         let command_env = BTreeMap::from([("PATH".to_owned(), "/opt/x".to_owned()), ("A".to_owned(), "1".to_owned())]);
-        let env = script_environment(&["CARGO".to_owned()], &command_env, "t-1", "agent-1");
+        let env = script_environment(&["CARGO".to_owned()], None, &command_env, "t-1", "agent-1");
         let names: Vec<_> = env.keys().map(|k| k.to_string_lossy().into_owned()).collect();
         assert!(names.iter().all(|n| [
             "PATH",

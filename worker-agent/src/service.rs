@@ -12,6 +12,7 @@ use crate::store::AgentStore;
 use crate::trust::AgentTrust;
 use crate::workspace;
 use contracts::agent::flow::environment::{Memory, Settings};
+use contracts::agent::run_as::RunAs;
 use contracts::store::record::TicketRecord;
 use contracts::store::{Epoch, TicketKeys};
 use contracts::wire::messages::{
@@ -74,6 +75,7 @@ fn services(signs: bool, transfers: bool) -> Vec<String> {
         SERVICE_SCRIPT_V1.into(),
         SERVICE_SCRIPT_V2.into(),
         SERVICE_SECRET_MASKING.into(),
+        contracts::wire::messages::SERVICE_RUN_AS.into(),
     ];
     if signs {
         services.push(contracts::wire::messages::SERVICE_SEALED_SECRETS.into());
@@ -108,6 +110,7 @@ impl Agent {
             record_ttl: config.record_ttl,
             lease_ttl: config.lease_ttl,
             tombstone_ttl: config.tombstone_ttl,
+            run_as: config.run_as.clone(),
         };
         Arc::new(Agent {
             pass_env: config.pass_env.clone().into(),
@@ -243,6 +246,11 @@ impl Agent {
             .lock()
             .expect("runs poisoned")
             .insert(ticket.clone(), LocalRun { cancel: cancel.clone(), progress: watcher });
+        // Refused before the claim already ([`contracts::agent::flow`]) under the same policy.
+        let run_as = self.settings.run_as.resolve(spec.run_as.as_deref()).map(|run_as| match run_as {
+            RunAs::Itself => None,
+            RunAs::User(user) => Some(user),
+        });
         let run = Run {
             store: self.store.clone(),
             workspace,
@@ -258,6 +266,7 @@ impl Agent {
             pass_env: self.pass_env.clone(),
             metrics: self.metrics.clone(),
             max_output: self.config.max_output,
+            run_as,
         };
         let agent = self.clone();
         let counted = self.metrics.common.scripts.start();

@@ -156,17 +156,26 @@ pub fn workspace_path(work_dir: &Path, ticket_key: &str) -> Option<PathBuf> {
     (plain && path.parent() == Some(work_dir)).then_some(path)
 }
 
-/// Creates a ticket's workspace, 0700; fails if anything exists there already.
-pub async fn create_workspace(path: &Path) -> std::io::Result<()> {
+/// Creates a ticket's workspace, 0700, given to `owner` (uid, gid) when the script runs as
+/// another user; fails if anything exists there already.
+pub async fn create_workspace(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || std::fs::DirBuilder::new().mode(0o700).create(path))
-        .await
-        .map_err(std::io::Error::other)?
+    tokio::task::spawn_blocking(move || {
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        // Made by the agent a moment ago in its own work dir, which no one else can write: the
+        // directory given away is the one just made.
+        match owner {
+            Some((uid, gid)) => std::os::unix::fs::chown(&path, Some(uid), Some(gid)),
+            None => Ok(()),
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
-/// Writes a new file, 0600, refusing to write through anything that exists at `path` (a link
-/// planted by another script included).
-pub async fn write_private_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
+/// Writes a new file, 0600, given to `owner` (uid, gid) if any, refusing to write through
+/// anything that exists at `path` (a link planted by another script included).
+pub async fn write_private_file(path: &Path, content: &[u8], owner: Option<(u32, u32)>) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
@@ -176,7 +185,14 @@ pub async fn write_private_file(path: &Path, content: &[u8]) -> std::io::Result<
         .open(path)
         .await?;
     file.write_all(content).await?;
-    file.flush().await
+    file.flush().await?;
+    if let Some((uid, gid)) = owner {
+        let file = file.into_std().await;
+        tokio::task::spawn_blocking(move || std::os::unix::fs::fchown(&file, Some(uid), Some(gid)))
+            .await
+            .map_err(std::io::Error::other)??;
+    }
+    Ok(())
 }
 
 /// Removes a ticket's workspace (after CompleteScript).

@@ -7,7 +7,7 @@ use crate::time::short;
 use crate::wire::envelope::Reply;
 use crate::wire::error::ErrorKind;
 use crate::wire::messages::{
-    Capabilities, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2, SERVICE_SEALED_SECRETS, SERVICE_SECRET_MASKING,
+    Capabilities, SERVICE_RUN_AS, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2, SERVICE_SEALED_SECRETS, SERVICE_SECRET_MASKING,
 };
 
 /// The script service to drive an agent with.
@@ -60,6 +60,12 @@ impl AgentKind {
     /// other, since in clear whoever reads the command reads them.
     pub fn opens_sealed_secrets(&self) -> bool {
         matches!(self, AgentKind::Current(caps) if caps.supports(SERVICE_SEALED_SECRETS))
+    }
+
+    /// Whether the agent runs a script as the user its command names, or refuses it: an agent
+    /// that does not would run the script as itself.
+    pub fn runs_as_named_user(&self) -> bool {
+        matches!(self, AgentKind::Current(caps) if caps.supports(SERVICE_RUN_AS))
     }
 }
 

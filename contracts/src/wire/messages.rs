@@ -18,6 +18,10 @@ pub const SERVICE_SEALED_SECRETS: &str = "sealed-secrets/v1";
 /// ([`crate::wire::envelope::InReplyTo`]) inside what it signs: their answers are believed only for
 /// the very message the dispatcher sent.
 pub const SERVICE_ANSWER_BINDING: &str = "answer-binding/v1";
+/// Capability of agents that run a start's script as the user it names ([`ScriptSpec::run_as`])
+/// or refuse it. An agent without it would ignore the field and run the script as itself, so a
+/// dispatcher never sends it one.
+pub const SERVICE_RUN_AS: &str = "run-as/v1";
 
 /// What a secret value is replaced with in a script's output.
 pub const SECRET_MASK: &str = "********";
@@ -226,6 +230,8 @@ pub enum SpecError {
     FileTwice(String),
     #[error("file name {0:?} must be a plain name")]
     FileName(String),
+    #[error("{0:?} is not a user name (letters, digits, '_', '-', '.', at most 32, not starting with '-')")]
+    RunAs(String),
 }
 
 /// The most keys one start's secrets are sealed to (a pool pinned under keys being rotated).
@@ -282,6 +288,11 @@ pub struct ScriptSpec {
     /// [`ScriptSpec::digest`] (each sealing differs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sealed_secret_env: Vec<SealedSecrets>,
+    /// The user the script runs as, when not the one the agent chooses (its `--default-run-as`,
+    /// else its own). Sent only to agents that list [`SERVICE_RUN_AS`]; part of the digest, so a
+    /// start repeated under another user is a different command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
 }
 
 impl ScriptSpec {
@@ -328,6 +339,9 @@ impl ScriptSpec {
         if self.sealed_secret_env.len() > MAX_SEALED_COPIES {
             return Err(SpecError::SealedCopies);
         }
+        if let Some(user) = self.run_as.as_ref().filter(|user| !is_user_name(user)) {
+            return Err(SpecError::RunAs(user.clone()));
+        }
         if let Some(name) = self.secret_env.names().find(|name| self.env.contains_key(*name)) {
             return Err(SpecError::SecretAndVariable(name.to_owned()));
         }
@@ -345,6 +359,16 @@ impl ScriptSpec {
         }
         Ok(())
     }
+}
+
+/// A user name as POSIX systems accept one: portable characters, not starting with `-`, at most
+/// 32 bytes (a trailing `$` for machine accounts allowed).
+pub fn is_user_name(name: &str) -> bool {
+    let body = name.strip_suffix('$').unwrap_or(name);
+    !body.is_empty()
+        && name.len() <= 32
+        && !body.starts_with('-')
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

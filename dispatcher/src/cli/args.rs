@@ -349,6 +349,12 @@ pub(super) struct SubmitArgs {
     /// Longest wait for the isolation mutex (exit 108 past it) [default: wait as long as it takes].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub mutex_timeout: Option<Duration>,
+    /// The user the script runs as on the agent, with that user's groups, HOME and a workspace
+    /// of its own; the agent must allow it (its --allow-run-as), or refuses the start and nothing
+    /// runs (exit 103). Signed with the script [default: the agent's --default-run-as, else the
+    /// agent's own user].
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
     /// Environment variable for the script, `NAME=VALUE` (repeatable).
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,

@@ -89,6 +89,9 @@ pub(crate) struct SubmitRequest {
     mutex: Option<String>,
     /// Longest wait for the isolation mutex, e.g. `5m`.
     mutex_timeout: Option<String>,
+    /// The user the script runs as on the agent, which must allow it (its `--allow-run-as`);
+    /// default: the agent's `--default-run-as`, else the agent's own user.
+    run_as: Option<String>,
     /// Machine policy to use instead of the one the target maps to.
     pub(super) policy: Option<String>,
     #[serde(default)]
@@ -282,6 +285,7 @@ pub(super) fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
             IsolationName::Full => Isolation::Full,
         },
         mutex: request.mutex.clone(),
+        run_as: request.run_as.clone(),
     };
     let inputs = || {
         let mut files = Vec::with_capacity(request.files.len());

@@ -221,6 +221,16 @@ pub struct RunArgs {
     /// ticket's state.
     #[arg(long, env = "CUTTLE_WORKSPACE_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
     pub workspace_max_age: Duration,
+    /// A user scripts may run as when their command names it (`dispatcher submit --run-as`),
+    /// with that user's groups, HOME and a workspace it owns (repeatable; the variable takes
+    /// `U1,U2`). Root only when listed. Needs an agent running as root (one that is not runs
+    /// scripts only as itself) and `setpriv` on its PATH. None: a command naming a user is refused.
+    #[arg(long = "allow-run-as", env = "CUTTLE_ALLOW_RUN_AS", value_delimiter = ',')]
+    pub allow_run_as: Vec<String>,
+    /// The user scripts whose command names none run as (one that --allow-run-as lists)
+    /// [default: the agent's own user].
+    #[arg(long, env = "CUTTLE_DEFAULT_RUN_AS")]
+    pub default_run_as: Option<String>,
 }
 
 fn parse_bytes(raw: &str) -> Result<u64, String> {
@@ -272,6 +282,8 @@ pub enum ConfigError {
     AnnounceInterval { min: u64, max: u64 },
     #[error("--protocol v1 is an agent from before signed commands: it needs --insecure-allow-unsigned")]
     UnsignedV1,
+    #[error(transparent)]
+    RunAs(#[from] contracts::agent::run_as::RunAsConfigError),
 }
 
 fn parse_label(raw: &str) -> Result<(String, String), String> {
@@ -355,6 +367,7 @@ impl RunArgs {
         config.enrolled = self.enrolled;
         config.janitor_interval = self.janitor_interval.max(Duration::from_millis(100));
         config.workspace_max_age = self.workspace_max_age;
+        config.run_as = crate::run_as::policy(self.allow_run_as.clone(), self.default_run_as.clone())?;
         Ok(config)
     }
 }

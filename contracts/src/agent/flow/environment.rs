@@ -4,6 +4,7 @@
 //! waiting, the scripts, the admission of a delivery, a fault hook).
 
 use crate::agent::keys::AgentKeys;
+use crate::agent::run_as::RunAsPolicy;
 use crate::agent::StartDecision;
 use crate::store::record::TicketRecord;
 use crate::store::{Cancel, ClaimReplication, Epoch, TicketKeys, TicketStore};
@@ -39,6 +40,8 @@ pub struct Settings {
     pub lease_ttl: Duration,
     /// How long a completed ticket without a deadline keeps its tombstone.
     pub tombstone_ttl: Duration,
+    /// The users scripts may run as (`--allow-run-as`, `--default-run-as`).
+    pub run_as: RunAsPolicy,
 }
 
 /// What the flow remembers between requests: one per agent process, lost with it.

@@ -1,7 +1,7 @@
 //! Serving one delivery: the trust checks first (size, seal, decoding, envelope, the session
 //! offered), then the request, handed to [`super::script`] for the script service.
 
-use super::environment::{Answer, Delivery, Environment, Note, Served, Settle};
+use super::environment::{Answer, Delivery, Environment, Note, Served, Settings, Settle};
 use super::script::{self, Start};
 use crate::agent::check_fresh;
 use crate::agent::keys::Acceptance;
@@ -10,7 +10,7 @@ use crate::trust::seal::Seal;
 use crate::trust::verify::{Identity, Origin, Refusal};
 use crate::wire::envelope::{check_size, request_digest, Envelope, InReplyTo, Reply, Request};
 use crate::wire::error::{CodecError, ErrorKind, ErrorReply};
-use crate::wire::messages::{Capabilities, Kind};
+use crate::wire::messages::{Capabilities, Kind, ScriptSpec};
 use crate::wire::ticket::Ticket;
 
 /// Whether an agent serves a kind at all; a legacy (v1) agent knows only script v1.
@@ -116,6 +116,9 @@ async fn handle<E: Environment>(env: &mut E, header: &Envelope<()>, request: Req
             if let Err(refused) = env.keys().open_secrets(&mut start) {
                 return Some(Reply::Error(refused));
             }
+            if let Err(refused) = check_run_as(env.settings(), &start.spec) {
+                return Some(Reply::Error(refused));
+            }
             let first_issued_at = start.first_issued_at.unwrap_or(header.issued_at);
             let wait = start.wait_for_output;
             let start = Start {
@@ -128,6 +131,9 @@ async fn handle<E: Environment>(env: &mut E, header: &Envelope<()>, request: Req
             return script::start(env, start).await;
         }
         Request::StartScriptV1(start) => {
+            if let Err(refused) = check_run_as(env.settings(), &start.spec) {
+                return Some(Reply::Error(refused));
+            }
             let ticket = env.new_ticket();
             let start = Start { ticket, spec: start.spec, not_after: None, wait: None, first_issued_at: None };
             return script::start(env, start).await;
@@ -141,4 +147,14 @@ async fn handle<E: Environment>(env: &mut E, header: &Envelope<()>, request: Req
         transfer @ (Request::UploadChunk(_) | Request::DownloadChunk(_)) => env.transfer(transfer).await,
     };
     Some(reply)
+}
+
+/// Refuses, before any claim, a start whose script would run as a user this agent may not run
+/// it as ([`crate::agent::run_as`]): nothing runs, nothing is stored.
+fn check_run_as(settings: &Settings, spec: &ScriptSpec) -> Result<(), ErrorReply> {
+    settings
+        .run_as
+        .resolve(spec.run_as.as_deref())
+        .map(drop)
+        .map_err(|refusal| ErrorReply::new(ErrorKind::NotAuthorized, format!("{refusal}; nothing ran")))
 }

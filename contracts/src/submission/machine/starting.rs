@@ -12,8 +12,8 @@ use crate::time::unix_millis;
 use crate::wire::envelope::{Reply, Request};
 use crate::wire::error::{ErrorKind, ErrorReply};
 use crate::wire::messages::{
-    GetCapabilities, GetStatusV2, Kind, ScriptSpec, StartScriptV1, StartScriptV2, SERVICE_SEALED_SECRETS,
-    SERVICE_SECRET_MASKING,
+    GetCapabilities, GetStatusV2, Kind, ScriptSpec, StartScriptV1, StartScriptV2, SERVICE_RUN_AS,
+    SERVICE_SEALED_SECRETS, SERVICE_SECRET_MASKING,
 };
 use std::time::Duration;
 
@@ -76,8 +76,17 @@ impl<E: CallError> Submission<E> {
             Ok(Some(kind)) if kind.masks_secrets() => Some(format!("{} is too old to open secrets sealed to its key (it does not list {SERVICE_SEALED_SECRETS}), and in clear whoever reads its commands would read them: upgrade it; nothing was sent", self.config.shown)),
             _ => Some(format!("{} is too old to mask secrets (it does not list {SERVICE_SECRET_MASKING}): upgrade it, or pass the value without --secret-env; nothing was sent", self.config.shown)),
         };
-        let secrets_refused = |spec: &ScriptSpec| {
-            let why = why_no_secrets.clone().filter(|_| !spec.secret_env.is_empty())?;
+        // Unknown when asking failed: that error is reported instead.
+        let runs_as = match &kind {
+            Ok(Some(kind)) => Some(kind.runs_as_named_user()),
+            Ok(None) => Some(false),
+            Err(_) => None,
+        };
+        let refused_before_sending = |spec: &ScriptSpec| {
+            let why = match &spec.run_as {
+                Some(user) if runs_as == Some(false) => Some(format!("{} is too old to run a script as another user (it does not list {SERVICE_RUN_AS}) and would run it as itself, not as {user}: upgrade it, or submit without --run-as; nothing was sent", self.config.shown)),
+                _ => why_no_secrets.clone().filter(|_| !spec.secret_env.is_empty()),
+            }?;
             Some(E::agent(target.clone(), ErrorReply::new(ErrorKind::Unsupported, why)))
         };
         match self.mode.clone() {
@@ -88,7 +97,7 @@ impl<E: CallError> Submission<E> {
                         return self.finish(Outcome::from_error(None, &target, &g.error, g.to_string(), false), now)
                     }
                 };
-                if let Some(error) = secrets_refused(&spec) {
+                if let Some(error) = refused_before_sending(&spec) {
                     return self.finish(Outcome::from_error(None, &target, &error, error.to_string(), false), now);
                 }
                 self.complete = true;
@@ -122,7 +131,7 @@ impl<E: CallError> Submission<E> {
                         return self.finish(Outcome::from_error(ticket, &target, &g.error, message, false), now);
                     }
                 }
-                if let Some(error) = secrets_refused(&spec) {
+                if let Some(error) = refused_before_sending(&spec) {
                     return self.finish(Outcome::from_error(ticket, &target, &error, error.to_string(), false), now);
                 }
                 match protocol {

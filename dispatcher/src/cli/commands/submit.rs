@@ -124,6 +124,7 @@ pub(crate) fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, SubmitError> 
             IsolationArg::Full => Isolation::Full,
         },
         mutex: args.mutex.clone(),
+        run_as: args.run_as.clone(),
     };
     let spec = plan::script_spec(draft, || {
         let files = files_of(args)?;

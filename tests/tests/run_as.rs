@@ -1,0 +1,196 @@
+//! Scripts run as the user their command names (`submit --run-as`), through the binaries: the
+//! agent allows only the users it lists (`--allow-run-as`, `CUTTLE_ALLOW_RUN_AS`), runs commands
+//! naming none as `--default-run-as`, refuses the rest before the claim (nothing runs, nothing is
+//! stored), and a dispatcher never sends a user to an agent that would ignore it. The tampered
+//! field is refused by the signature: `trust::attack_table`.
+
+use std::time::Duration;
+use tests::agent::{legacy_config, test_config};
+use tests::*;
+
+/// A test agent's configuration with a work dir of its own directly in the temporary directory,
+/// whose every parent other users may search (the default under `cuttle-tests` may have been
+/// made 0700 by an agent of another test).
+fn config(what: &str) -> worker_agent::config::AgentConfig {
+    let mut config = test_config(what);
+    config.work_dir = std::env::temp_dir().join(format!("cuttle-wd-{}", config.agent_id));
+    config
+}
+
+async fn agent_allowing(config: &worker_agent::config::AgentConfig, flags: &[&str]) -> AgentProcess {
+    let mut command = AgentProcess::command(config);
+    command.args(flags);
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_runs_as_the_user_it_names_in_a_workspace_it_owns_and_reaches_nothing_of_the_agents() {
+    let config = config("run-as");
+    let agent = agent_allowing(&config, &["--allow-run-as", "nobody"]).await;
+    let key = tests::trust::keys().agent_key.display().to_string();
+    let work_dir = config.work_dir.display().to_string();
+    let script = format!(
+        "id -un; echo \"HOME=$HOME USER=$USER LOGNAME=$LOGNAME\"; test -O . && echo owns-its-workspace; \
+         cat {key} >/dev/null 2>&1 && echo READ-THE-KEY || echo no-key; \
+         touch {work_dir}/planted 2>/dev/null && echo WROTE-THE-WORK-DIR || echo no-work-dir; \
+         ls {work_dir} >/dev/null 2>&1 && echo LISTED-THE-WORK-DIR || echo no-listing"
+    );
+    let out = run_dispatcher(&["submit", "--target", &config.agent_id, "--run-as", "nobody", "--", &script]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let home = nix::unistd::User::from_name("nobody").unwrap().unwrap().dir;
+    let expected = format!(
+        "nobody\nHOME={} USER=nobody LOGNAME=nobody\nowns-its-workspace\nno-key\nno-work-dir\nno-listing\n",
+        home.display()
+    );
+    assert_eq!(text(&out.stdout), expected);
+    assert!(!config.work_dir.join("planted").exists());
+
+    // A command naming no user runs as the agent's own (root here).
+    let out = run_dispatcher(&["submit", "--target", &config.agent_id, "--", "id -un"]).await;
+    assert_eq!(text(&out.stdout), format!("{}\n", whoami()), "{}", text(&out.stderr));
+    agent.stop().await;
+    let _ = std::fs::remove_dir_all(&config.work_dir);
+}
+
+/// The user this test runs as.
+fn whoami() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap().name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_not_allowed_root_included_is_refused_before_the_claim_and_nothing_runs_or_is_stored() {
+    let config = config("run-as-refused");
+    let agent = agent_allowing(&config, &["--allow-run-as", "nobody"]).await;
+    let markers = Markers::new();
+    for user in ["daemon", "root"] {
+        let script = markers.record(user);
+        let out =
+            run_dispatcher(&["submit", "--json", "--target", &config.agent_id, "--run-as", user, "--", &script]).await;
+        assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
+        // The reason, in the result event.
+        let said = text(&out.stdout);
+        assert!(said.contains(&format!("scripts may not run as {user} on this agent")), "{said}");
+        assert!(said.contains("nothing ran") && said.contains("\"event\":\"result\""), "{said}");
+        assert_eq!(markers.count(user), 0, "{user}: nothing ran");
+    }
+    // Nothing stored: no ticket, no claim, no output; only the store's epoch.
+    let mut con = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}*", config.key_prefix)).query_async(&mut con).await.unwrap();
+    assert_eq!(keys, [format!("{}epoch", config.key_prefix)]);
+    // Whereas a start the agent allows leaves its ticket's tombstone.
+    let out = run_dispatcher(&["submit", "--target", &config.agent_id, "--run-as", "nobody", "--", "true"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}*", config.key_prefix)).query_async(&mut con).await.unwrap();
+    assert!(keys.len() > 1, "{keys:?}");
+    agent.stop().await;
+    let _ = std::fs::remove_dir_all(&config.work_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_user_from_the_environment_runs_commands_that_name_none() {
+    let config = config("run-as-default");
+    let mut command = AgentProcess::command(&config);
+    command.env("CUTTLE_ALLOW_RUN_AS", "nobody,daemon").env("CUTTLE_DEFAULT_RUN_AS", "nobody");
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    let out = run_dispatcher(&["submit", "--target", &config.agent_id, "--", "id -un"]).await;
+    assert_eq!(text(&out.stdout), "nobody\n", "{}", text(&out.stderr));
+    let out = run_dispatcher(&["submit", "--target", &config.agent_id, "--run-as", "daemon", "--", "id -un"]).await;
+    assert_eq!(text(&out.stdout), "daemon\n", "{}", text(&out.stderr));
+    assert!(agent.log_text().contains("scripts may run as these users"), "{}", agent.log_text());
+    agent.stop().await;
+    let _ = std::fs::remove_dir_all(&config.work_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_long_scripts_are_the_users_own() {
+    let config = config("run-as-files");
+    let agent = agent_allowing(&config, &["--allow-run-as", "nobody"]).await;
+    let local = std::env::temp_dir().join(format!("{}-input.txt", config.agent_id));
+    std::fs::write(&local, "from the operator\n").unwrap();
+    // Longer than what runs inline, so it is read from a file in the workspace.
+    let script = format!("cat input.txt; stat -c %U input.txt script.sh; : {}", "x".repeat(70 * 1024));
+    let file = format!("{}:input.txt", local.display());
+    let args = ["submit", "--target", &config.agent_id, "--run-as", "nobody", "--file", &file, "--", &script];
+    let out = run_dispatcher(&args).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from the operator\nnobody\nnobody\n");
+    agent.stop().await;
+    let _ = std::fs::remove_file(&local);
+    let _ = std::fs::remove_dir_all(&config.work_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_never_sends_a_user_to_an_agent_that_would_ignore_it() {
+    let agent = TestAgent::start_with(legacy_config("run-as-legacy")).await;
+    let markers = Markers::new();
+    let script = markers.record("legacy");
+    let out = run_dispatcher(&["submit", "--target", agent.id(), "--run-as", "nobody", "--", &script]).await;
+    assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("too old to run a script as another user") && stderr.contains("nothing was sent"),
+        "{stderr}"
+    );
+    // Sent, it would have run (as the agent itself) before submit ended.
+    assert_eq!(markers.count("legacy"), 0);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_as_settings_the_agent_cannot_honour_stop_it_at_start_with_the_reason() {
+    let base = config("run-as-bad");
+    // A parent others cannot search: no other user could reach a workspace below it.
+    let closed = std::env::temp_dir().join(format!("cuttle-closed-{}", base.agent_id));
+    std::fs::create_dir(&closed).unwrap();
+    let mut below_closed = base.clone();
+    below_closed.work_dir = closed.join("wd");
+    std::fs::create_dir(&below_closed.work_dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cases: [(&worker_agent::config::AgentConfig, &[&str], &str); 4] = [
+        (&base, &["--default-run-as", "nobody"], "--default-run-as nobody is not among the users --allow-run-as lists"),
+        (&base, &["--allow-run-as", "no-such-user-cuttle"], "user no-such-user-cuttle does not exist"),
+        (&base, &["--allow-run-as", "a b"], "\"a b\" is not a user name"),
+        (&below_closed, &["--allow-run-as", "nobody"], "is not searchable by other users (mode 700)"),
+    ];
+    for (config, flags, reason) in cases {
+        let mut command = AgentProcess::command(config);
+        command.args(flags);
+        let out = tokio::time::timeout(Duration::from_secs(20), command.output()).await.unwrap().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(reason), "{flags:?}: {}", text(&out.stderr));
+        assert!(!text(&out.stderr).contains("consuming commands"), "{flags:?}");
+    }
+    let _ = std::fs::remove_dir_all(&closed);
+    let _ = std::fs::remove_dir_all(&base.work_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_api_runs_a_script_as_the_user_its_run_as_names() {
+    use tests::service::{http, journal_prefix, remove_journal};
+    let config = config("run-as-api");
+    let agent = agent_allowing(&config, &["--allow-run-as", "nobody"]).await;
+    let prefix = journal_prefix("run-as-api");
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let body = serde_json::json!({"target": config.agent_id, "script": "id -un", "run_as": "nobody"});
+    let response = http().post(format!("{}/v1/scripts", service.url)).json(&body).send().await.expect("POST");
+    let answer: serde_json::Value = response.json().await.expect("json");
+    let ticket = answer["tickets"][0]["ticket"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned();
+    let record = service.finished(&ticket, Duration::from_secs(30)).await;
+    let output: Vec<&str> = record["output"].as_array().unwrap().iter().filter_map(|l| l["text"].as_str()).collect();
+    assert_eq!(output, ["nobody"], "{record}");
+    // A name that is no user name is refused by the service itself, before anything is sent.
+    let body = serde_json::json!({"target": config.agent_id, "script": "id -un", "run_as": "-rf /"});
+    let response = http().post(format!("{}/v1/scripts", service.url)).json(&body).send().await.expect("POST");
+    assert_eq!(response.status().as_u16(), 400);
+    assert!(response.text().await.unwrap().contains("is not a user name"));
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+    let _ = std::fs::remove_dir_all(&config.work_dir);
+}
