@@ -56,6 +56,7 @@ fn current_start() -> Envelope<StartScriptV2> {
                 secret_env: Secrets::default(),
                 sealed_secret_env: Vec::new(),
                 run_as: None,
+                limits: Default::default(),
             },
             wait_for_output: Some(500),
             first_issued_at: Some(1_795_000_000_000),

@@ -22,6 +22,12 @@ fn start_roundtrips() {
             secret_env: Secrets::new([("TOKEN".to_string(), "s3cret".to_string())].into()),
             sealed_secret_env: Vec::new(),
             run_as: Some("deploy".into()),
+            limits: contracts::wire::messages::ScriptLimits {
+                memory_max: Some(1 << 20),
+                cpu_max: Some(500),
+                tasks_max: Some(10),
+                file_size_max: None,
+            },
         },
         wait_for_output: Some(100),
         first_issued_at: None,

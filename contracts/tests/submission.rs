@@ -110,6 +110,7 @@ fn v2() -> Capabilities {
             SERVICE_SEALED_SECRETS.into(),
         ],
         agent_version: "x".into(),
+        limits: None,
     }
 }
 
@@ -506,7 +507,7 @@ fn a_start_whose_reply_was_lost_is_not_told_unstarted_by_later_refusals() {
 
 #[test]
 fn secrets_go_only_to_an_agent_that_masks_them() {
-    let old = Capabilities { services: vec![SERVICE_SCRIPT_V2.into()], agent_version: "x".into() };
+    let old = Capabilities { services: vec![SERVICE_SCRIPT_V2.into()], agent_version: "x".into(), limits: None };
     let config = Config { known: Some(AgentKind::Current(old)), ..config(RetryPolicy::once()) };
     let spec =
         ScriptSpec { secret_env: Secrets::new([("TOKEN".to_owned(), "x".to_owned())].into()), ..ScriptSpec::default() };
@@ -521,6 +522,7 @@ fn secrets_go_only_to_an_agent_that_opens_them_sealed() {
     let masking = Capabilities {
         services: vec![SERVICE_SCRIPT_V2.into(), SERVICE_SECRET_MASKING.into()],
         agent_version: "x".into(),
+        limits: None,
     };
     let config = Config { known: Some(AgentKind::Current(masking)), ..config(RetryPolicy::once()) };
     let spec =
@@ -614,6 +616,7 @@ fn caps(services: &[&str]) -> AgentKind {
     AgentKind::Current(Capabilities {
         services: services.iter().map(|s| s.to_string()).collect(),
         agent_version: "x".into(),
+        limits: None,
     })
 }
 

@@ -268,11 +268,12 @@ mod tests {
             exit_code::EXECUTION_TIMEOUT,
             exit_code::MUTEX_TIMEOUT,
             exit_code::FATAL,
+            exit_code::MEMORY_LIMIT,
         ];
         let exits: std::collections::HashSet<u8> =
             codes.iter().map(|&c| Outcome::from_exit_code(t.clone(), "a", c).process_exit).collect();
         assert_eq!(exits.len(), codes.len());
-        assert!(exits.iter().all(|e| (101..=110).contains(e)));
+        assert!(exits.iter().all(|e| (101..=113).contains(e)));
     }
 
     #[test]

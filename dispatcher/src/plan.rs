@@ -12,7 +12,7 @@ use crate::route::Route;
 use crate::service::journal::Submission;
 use contracts::submission::retry::Policies;
 use contracts::submission::retry::RetryPolicy;
-use contracts::wire::messages::{Isolation, ScriptFile, ScriptSpec, Secrets, Shell, SpecError};
+use contracts::wire::messages::{Isolation, ScriptFile, ScriptLimits, ScriptSpec, Secrets, Shell, SpecError};
 use contracts::wire::ticket::Ticket;
 use contracts::wire::topology::NameError;
 use std::collections::BTreeMap;
@@ -81,6 +81,8 @@ pub(crate) struct ScriptDraft {
     pub mutex: Option<String>,
     /// The user the script runs as on the agent, when not the one the agent chooses.
     pub run_as: Option<String>,
+    /// Bounds on the script's resources, within the agent's caps.
+    pub limits: ScriptLimits,
 }
 
 /// What a front door reads or decodes only once the script passed its checks: the files, the
@@ -120,6 +122,7 @@ pub(crate) fn script_spec<E>(
         secret_env: inputs.secret_env,
         sealed_secret_env: Vec::new(),
         run_as: draft.run_as,
+        limits: draft.limits,
     };
     spec.validate()?;
     spec.check_size()?;
@@ -283,6 +286,7 @@ mod tests {
             isolation: Isolation::None,
             mutex: None,
             run_as: None,
+            limits: ScriptLimits::default(),
         }
     }
 

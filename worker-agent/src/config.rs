@@ -119,6 +119,14 @@ pub struct AgentConfig {
     pub workspace_max_age: Duration,
     /// The users scripts may run as (`--allow-run-as`, `--default-run-as`).
     pub run_as: contracts::agent::run_as::RunAsPolicy,
+    /// The most each script may use (`--max-memory-per-script` and so on), and what it gets when
+    /// it names no limit.
+    pub limit_caps: contracts::wire::messages::ScriptLimits,
+    /// The caps and how each limit is enforced: set at start ([`crate::run`]) from the cgroups
+    /// found; none enforced until then.
+    pub limits: contracts::agent::limits::LimitPolicy,
+    /// Where scripts' cgroups are made (found at start).
+    pub cgroups: std::sync::Arc<crate::limits::Cgroups>,
 }
 
 impl AgentConfig {
@@ -173,6 +181,9 @@ impl AgentConfig {
             janitor_interval: Duration::from_secs(3600),
             workspace_max_age: Duration::from_secs(7 * 24 * 3600),
             run_as: crate::run_as::policy(Vec::new(), None).expect("no user named is a valid policy"),
+            limit_caps: Default::default(),
+            limits: Default::default(),
+            cgroups: Default::default(),
             agent_id,
         }
     }

@@ -18,6 +18,7 @@
 //!   [`isolation`] its mutexes, [`mask`] the masking of its secrets in the output,
 //!   [`workspace`] the work dir and the scripts' workspaces in it.
 //! - [`run_as`]: scripts run as the users the agent allows (`--allow-run-as`).
+//! - [`limits`]: scripts' limits through cgroups and resource limits.
 //! - [`janitor`]: removes the workspaces of completed tickets and stale ones.
 //! - [`transfer`]: file upload and download below the transfer roots.
 //! - [`presence`]: the agent's announcements of itself (heartbeats) on the presence stream.
@@ -36,6 +37,7 @@ mod handling;
 mod health;
 mod isolation;
 mod janitor;
+pub mod limits;
 pub mod local_store;
 mod mask;
 pub mod metrics;
@@ -68,6 +70,8 @@ pub enum RunError {
     WorkDir(#[from] workspace::WorkDirError),
     #[error(transparent)]
     RunAs(#[from] run_as::RunAsError),
+    #[error(transparent)]
+    Limits(#[from] contracts::agent::limits::LimitConfigError),
     #[error("cannot serve probes on {addr}: {source}")]
     Probes { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
@@ -105,6 +109,8 @@ pub const EXIT_SETTING: u8 = 78;
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     workspace::prepare_work_dir(&config.work_dir)?;
     run_as::prepare(&config.run_as, &config.work_dir, &config.agent_id)?;
+    let mut config = config;
+    limits::prepare(&mut config)?;
     let trust = Arc::new(trust::AgentTrust::load(&config)?);
     let reloader = tokio::spawn(trust::reload_on_sighup(trust.clone(), config.agent_id.clone()));
     let metrics = metrics::Metrics::default();
@@ -121,6 +127,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         }
     };
     let drain_timeout = config.drain_timeout;
+    let cgroups = config.cgroups.clone();
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
     let started = tokio::select! {
@@ -148,6 +155,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         drain(&agent, drain_timeout).await;
     }
     reloader.abort();
+    cgroups.remove_subtrees();
     probes_stop.cancel();
     if let Some(served) = probes_served {
         let _ = served.await;

@@ -26,6 +26,14 @@ pub struct Metrics {
     mutex_wait_duration: Histogram,
     /// Consumers of the agent's own queue besides the agent, as last seen.
     pub other_consumers: Gauge,
+    limits_reached: Family<LimitLabel, Counter>,
+}
+
+/// Which limit a script reached.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct LimitLabel {
+    /// `memory` (killed), `tasks` (forks refused), `file_size` (a process stopped past it).
+    pub limit: &'static str,
 }
 
 impl Default for Metrics {
@@ -60,6 +68,12 @@ impl Default for Metrics {
             "Consumers of this agent's own queue besides itself, as last seen (anything but 0 reads its commands)",
             other_consumers.clone(),
         );
+        let limits_reached = Family::<LimitLabel, Counter>::default();
+        registrar.register(
+            "cuttle_script_limits_reached",
+            "Scripts that reached a limit, by limit: memory (the script was killed), tasks (forks were refused), file_size (a process was stopped)",
+            limits_reached.clone(),
+        );
         let (registry, described) = registrar.finish();
         Metrics {
             registry: Arc::new(registry),
@@ -70,6 +84,7 @@ impl Default for Metrics {
             mutex_waits,
             mutex_wait_duration,
             other_consumers,
+            limits_reached,
         }
     }
 }
@@ -86,6 +101,11 @@ impl Metrics {
     pub fn mutex_waited(&self, took: Duration) {
         self.mutex_waits.inc();
         self.mutex_wait_duration.observe(took.as_secs_f64());
+    }
+
+    /// A script reached its `limit`.
+    pub fn limit_reached(&self, limit: &'static str) {
+        self.limits_reached.get_or_create(&LimitLabel { limit }).inc();
     }
 
     /// Every family registered, with its type and help, series or not.

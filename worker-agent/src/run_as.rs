@@ -113,17 +113,16 @@ pub(crate) fn setpriv() -> Option<PathBuf> {
     crate::runner::resolve_program(SETPRIV, std::env::var_os("PATH").as_deref())
 }
 
-/// The command that runs `program` as `account`: `setpriv` at `setpriv` taking the account's
-/// uid, gid and groups first.
-pub(crate) fn command(setpriv: &Path, account: &Account, program: &Path) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(setpriv);
-    command
-        .arg(format!("--reuid={}", account.uid))
-        .arg(format!("--regid={}", account.gid))
-        .arg("--init-groups")
-        .arg("--")
-        .arg(program);
-    command
+/// The start of a command that runs the rest as `account`: `setpriv` (at `setpriv`) taking the
+/// account's uid, gid and groups.
+pub(crate) fn argv(setpriv: &Path, account: &Account) -> Vec<std::ffi::OsString> {
+    vec![
+        setpriv.as_os_str().to_owned(),
+        format!("--reuid={}", account.uid).into(),
+        format!("--regid={}", account.gid).into(),
+        "--init-groups".into(),
+        "--".into(),
+    ]
 }
 
 /// What a script run as `account` finds in its environment about its user, before its
@@ -151,8 +150,8 @@ mod tests {
     #[test]
     fn the_command_changes_uid_gid_and_groups_before_the_shell() {
         let account = Account { name: "nobody".into(), uid: 65534, gid: 65534, home: "/nonexistent".into() };
-        let command = command(Path::new("/usr/bin/setpriv"), &account, Path::new("/bin/sh"));
-        let args: Vec<_> = command.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-        assert_eq!(args, ["--reuid=65534", "--regid=65534", "--init-groups", "--", "/bin/sh"]);
+        let argv = argv(Path::new("/usr/bin/setpriv"), &account);
+        let argv: Vec<_> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(argv, ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--init-groups", "--"]);
     }
 }

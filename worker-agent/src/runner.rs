@@ -3,6 +3,7 @@
 //! and records how it ended. Cancel and execution timeout kill the whole process group.
 
 use crate::isolation::{IsolationGuard, Mutexes};
+use crate::limits::ScriptCgroup;
 use crate::metrics::Metrics;
 use crate::output::{self, LogSender, Progress};
 use crate::store::AgentStore;
@@ -12,7 +13,7 @@ use contracts::store::record::{RecordState, TicketRecord};
 use contracts::store::{Release, TicketKeys};
 use contracts::time::short;
 use contracts::wire::exit_code;
-use contracts::wire::messages::ScriptSpec;
+use contracts::wire::messages::{ScriptLimits, ScriptSpec};
 use contracts::wire::status::LogStream;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -57,6 +58,13 @@ pub(crate) struct Run {
     /// The user the script runs as, when not the agent's own ([`crate::run_as`]), or why it
     /// may not run as the one its command names.
     pub run_as: Result<Option<String>, contracts::agent::run_as::RunAsRefusal>,
+    /// The limits the script runs within ([`crate::limits`]), or why it may not have those its
+    /// command names (refused before the claim already).
+    pub limits: Result<ScriptLimits, contracts::agent::limits::LimitRefusal>,
+    /// Whether a memory limit is a resource limit of each process (no memory controller).
+    pub memory_by_rlimit: bool,
+    /// Where the script's cgroup is made.
+    pub cgroups: Arc<crate::limits::Cgroups>,
 }
 
 /// Why a script stopped before its own end.
@@ -130,20 +138,37 @@ impl Run {
             log.note("script cancelled before it started").await;
             return exit_code::CANCELLED;
         }
-        let mut command = match &account {
-            None => tokio::process::Command::new(&shell_path),
-            Some(account) => match crate::run_as::setpriv() {
-                Some(setpriv) => crate::run_as::command(&setpriv, account, &shell_path),
-                None => {
-                    log.note(format!(
-                        "could not start {shell} as {}: setpriv is not on the agent's PATH",
-                        account.name
-                    ))
-                    .await;
-                    return exit_code::SHELL_NOT_STARTED;
+        // What runs before the shell: the limits' wrapper, then the change of user.
+        let mut argv: Vec<OsString> = Vec::new();
+        let cgroup = match &self.limits {
+            Ok(limits) if limits.is_empty() => None,
+            Ok(limits) => match self.cgroups.create(&self.keys.ticket, limits) {
+                Ok(cgroup) => {
+                    argv.extend(crate::limits::argv(cgroup.as_ref(), limits, self.memory_by_rlimit));
+                    cgroup
+                }
+                Err(error) => {
+                    log.note(format!("could not make the script's cgroup: {error}")).await;
+                    return exit_code::FATAL;
                 }
             },
+            Err(refusal) => {
+                log.note(format!("not run: {refusal}")).await;
+                return exit_code::FATAL;
+            }
         };
+        if let Some(account) = &account {
+            let Some(setpriv) = crate::run_as::setpriv() else {
+                log.note(format!("could not start {shell} as {}: setpriv is not on the agent's PATH", account.name))
+                    .await;
+                remove_cgroup(cgroup).await;
+                return exit_code::SHELL_NOT_STARTED;
+            };
+            argv.extend(crate::run_as::argv(&setpriv, account));
+        }
+        argv.push(shell_path.into_os_string());
+        let mut command = tokio::process::Command::new(&argv[0]);
+        command.args(&argv[1..]);
         if self.spec.script.len() <= INLINE_SCRIPT_BYTES {
             // `sh -c SCRIPT sh ARGS...`: $0 is the shell, $1.. the args, as for a script file.
             command.arg("-c").arg(&self.spec.script).arg(shell);
@@ -171,6 +196,7 @@ impl Run {
             Ok(child) => child,
             Err(error) => {
                 log.note(format!("could not start {shell}: {error}")).await;
+                remove_cgroup(cgroup).await;
                 return exit_code::SHELL_NOT_STARTED;
             }
         };
@@ -207,6 +233,10 @@ impl Run {
                 code
             }
         };
+        let code = match (&cgroup, &self.limits) {
+            (Some(cgroup), Ok(limits)) => self.limit_outcome(cgroup, limits, code, log).await,
+            _ => code,
+        };
         // Pipes still open after PIPE_DRAIN are held by processes the script left behind: stop
         // reading them, but store every line already read (the store may be slow).
         let drained = futures_util::future::join_all(readers);
@@ -215,7 +245,32 @@ impl Run {
             stop_reading.cancel();
             drained.await;
         }
+        remove_cgroup(cgroup).await;
         log.finish().await;
+        code
+    }
+
+    /// The outcome of a script that ended with `code` in `cgroup`, told in its log: killed for
+    /// its memory limit (a process of it was, and it did not succeed after), or it reached its
+    /// task limit.
+    async fn limit_outcome(&self, cgroup: &ScriptCgroup, limits: &ScriptLimits, code: i32, log: &LogSender) -> i32 {
+        let forks = cgroup.forks_refused();
+        if forks > 0 {
+            let tasks = limits.tasks_max.unwrap_or_default();
+            log.note(format!("the script reached its task limit of {tasks}: {forks} forks were refused")).await;
+            self.metrics.limit_reached("tasks");
+        }
+        if code != 0 && cgroup.oom_killed() {
+            let memory = contracts::agent::limits::bytes(limits.memory_max.unwrap_or_default());
+            log.note(format!("the script passed its memory limit of {memory} and was killed")).await;
+            self.metrics.limit_reached("memory");
+            return exit_code::MEMORY_LIMIT;
+        }
+        if code == 128 + nix::libc::SIGXFSZ && limits.file_size_max.is_some() {
+            let size = contracts::agent::limits::bytes(limits.file_size_max.unwrap_or_default());
+            log.note(format!("a process of the script passed its file size limit of {size} and was stopped")).await;
+            self.metrics.limit_reached("file_size");
+        }
         code
     }
 
@@ -359,6 +414,13 @@ async fn sleep_or_forever(duration: Option<Duration>) {
 }
 
 /// Kills the script's whole process group (its shell is the group leader).
+/// Removes a script's cgroup, if it had one, with whatever it left running.
+async fn remove_cgroup(cgroup: Option<ScriptCgroup>) {
+    if let Some(cgroup) = cgroup {
+        cgroup.remove().await;
+    }
+}
+
 fn kill_group(pid: Option<u32>) {
     let Some(pid) = pid else { return };
     let group = nix::unistd::Pid::from_raw(pid as i32);

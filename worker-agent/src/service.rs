@@ -15,6 +15,7 @@ use contracts::agent::flow::environment::{Memory, Settings};
 use contracts::agent::run_as::RunAs;
 use contracts::store::record::TicketRecord;
 use contracts::store::{Epoch, TicketKeys};
+use contracts::wire::messages::Enforcement;
 use contracts::wire::messages::{
     ScriptSpec, SERVICE_CAPABILITIES, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING,
 };
@@ -76,6 +77,7 @@ fn services(signs: bool, transfers: bool) -> Vec<String> {
         SERVICE_SCRIPT_V2.into(),
         SERVICE_SECRET_MASKING.into(),
         contracts::wire::messages::SERVICE_RUN_AS.into(),
+        contracts::wire::messages::SERVICE_LIMITS.into(),
     ];
     if signs {
         services.push(contracts::wire::messages::SERVICE_SEALED_SECRETS.into());
@@ -111,6 +113,7 @@ impl Agent {
             lease_ttl: config.lease_ttl,
             tombstone_ttl: config.tombstone_ttl,
             run_as: config.run_as.clone(),
+            limits: config.limits,
         };
         Arc::new(Agent {
             pass_env: config.pass_env.clone().into(),
@@ -251,6 +254,7 @@ impl Agent {
             RunAs::Itself => None,
             RunAs::User(user) => Some(user),
         });
+        let spec_limits = spec.limits;
         let run = Run {
             store: self.store.clone(),
             workspace,
@@ -267,6 +271,9 @@ impl Agent {
             metrics: self.metrics.clone(),
             max_output: self.config.max_output,
             run_as,
+            limits: self.settings.limits.resolve(&spec_limits),
+            memory_by_rlimit: self.settings.limits.in_force().memory == Enforcement::Rlimit,
+            cgroups: self.config.cgroups.clone(),
         };
         let agent = self.clone();
         let counted = self.metrics.common.scripts.start();

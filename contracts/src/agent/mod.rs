@@ -8,6 +8,7 @@
 
 pub mod flow;
 pub mod keys;
+pub mod limits;
 pub mod run_as;
 
 use crate::store::record::{RecordState, TicketRecord, TOMBSTONE_DIGEST_LEN};

@@ -7,7 +7,8 @@ use crate::time::short;
 use crate::wire::envelope::Reply;
 use crate::wire::error::ErrorKind;
 use crate::wire::messages::{
-    Capabilities, SERVICE_RUN_AS, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2, SERVICE_SEALED_SECRETS, SERVICE_SECRET_MASKING,
+    Capabilities, SERVICE_LIMITS, SERVICE_RUN_AS, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2, SERVICE_SEALED_SECRETS,
+    SERVICE_SECRET_MASKING,
 };
 
 /// The script service to drive an agent with.
@@ -66,6 +67,12 @@ impl AgentKind {
     /// that does not would run the script as itself.
     pub fn runs_as_named_user(&self) -> bool {
         matches!(self, AgentKind::Current(caps) if caps.supports(SERVICE_RUN_AS))
+    }
+
+    /// Whether the agent runs a script within the limits its command names, or refuses it: an
+    /// agent that does not would run it unbounded.
+    pub fn enforces_limits(&self) -> bool {
+        matches!(self, AgentKind::Current(caps) if caps.supports(SERVICE_LIMITS))
     }
 }
 

@@ -33,6 +33,8 @@ pub mod exit {
     pub const NOT_STARTED: u8 = 111;
     /// Interrupted (Ctrl-C) before the script was sent: nothing ran.
     pub const NOT_SENT: u8 = 112;
+    /// The script passed its memory limit (`--memory-max`, or the agent's cap) and was killed.
+    pub const MEMORY_LIMIT: u8 = 113;
     /// `status --follow` left on Ctrl-C; the script goes on (128 + SIGINT, as shells report).
     pub const DETACHED: u8 = 130;
     /// Standard output was closed (`dispatcher ... --json | head -1`): left quietly, as a
@@ -91,6 +93,7 @@ impl Outcome {
             exit_code::UNKNOWN_TICKET => (OutcomeKind::Failed, exit::UNKNOWN_TICKET),
             exit_code::EXECUTION_TIMEOUT => (OutcomeKind::Failed, exit::EXECUTION_TIMEOUT),
             exit_code::MUTEX_TIMEOUT => (OutcomeKind::Failed, exit::MUTEX_TIMEOUT),
+            exit_code::MEMORY_LIMIT => (OutcomeKind::Failed, exit::MEMORY_LIMIT),
             _ => (OutcomeKind::Failed, exit::AGENT_FAILED),
         };
         let error = exit_code::describe(code).map(str::to_owned);

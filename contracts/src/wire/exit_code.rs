@@ -15,6 +15,8 @@ pub const UNKNOWN_TICKET: i32 = -45;
 pub const UNKNOWN_RESULT: i32 = -46;
 /// The script ran past its execution timeout; its whole process group was killed.
 pub const EXECUTION_TIMEOUT: i32 = -47;
+/// The script passed its memory limit and was killed.
+pub const MEMORY_LIMIT: i32 = -48;
 
 /// A short description of a non-script exit code, or `None` for a script's own code.
 pub fn describe(code: i32) -> Option<&'static str> {
@@ -26,6 +28,7 @@ pub fn describe(code: i32) -> Option<&'static str> {
         UNKNOWN_TICKET => "the agent does not know this ticket",
         UNKNOWN_RESULT => "the agent running the script was lost; its result is unknown",
         EXECUTION_TIMEOUT => "the script ran past its execution timeout and was killed",
+        MEMORY_LIMIT => "the script passed its memory limit and was killed",
         _ => return None,
     })
 }

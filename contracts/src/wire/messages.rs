@@ -22,6 +22,10 @@ pub const SERVICE_ANSWER_BINDING: &str = "answer-binding/v1";
 /// or refuse it. An agent without it would ignore the field and run the script as itself, so a
 /// dispatcher never sends it one.
 pub const SERVICE_RUN_AS: &str = "run-as/v1";
+/// Capability of agents that run a start's script within the limits it names
+/// ([`ScriptSpec::limits`]) or refuse it; their capabilities reply says how each limit is enforced
+/// ([`Capabilities::limits`]). An agent without it would run the script unbounded.
+pub const SERVICE_LIMITS: &str = "limits/v1";
 
 /// What a secret value is replaced with in a script's output.
 pub const SECRET_MASK: &str = "********";
@@ -232,6 +236,8 @@ pub enum SpecError {
     FileName(String),
     #[error("{0:?} is not a user name (letters, digits, '_', '-', '.', at most 32, not starting with '-')")]
     RunAs(String),
+    #[error("the {0} limit must be more than 0")]
+    ZeroLimit(&'static str),
 }
 
 /// The most keys one start's secrets are sealed to (a pool pinned under keys being rotated).
@@ -293,6 +299,87 @@ pub struct ScriptSpec {
     /// start repeated under another user is a different command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as: Option<String>,
+    /// Bounds on the script's resources, within the agent's caps. Sent only to agents that list
+    /// [`SERVICE_LIMITS`]; part of the digest.
+    #[serde(default, skip_serializing_if = "ScriptLimits::is_empty")]
+    pub limits: ScriptLimits,
+}
+
+/// Bounds on one script's resources; `None` leaves one to the agent's cap, if it has one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptLimits {
+    /// Memory of the script and every process it starts, in bytes; past it they are killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// CPU time, in thousandths of one core (500: half a core), across its processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max: Option<u32>,
+    /// Processes and threads at once; a fork past it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_max: Option<u32>,
+    /// Largest file a process of the script may write, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size_max: Option<u64>,
+}
+
+impl ScriptLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == ScriptLimits::default()
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        let zero = [
+            ("memory", self.memory_max == Some(0)),
+            ("cpu", self.cpu_max == Some(0)),
+            ("tasks", self.tasks_max == Some(0)),
+            ("file size", self.file_size_max == Some(0)),
+        ];
+        match zero.into_iter().find(|(_, zero)| *zero) {
+            Some((limit, _)) => Err(SpecError::ZeroLimit(limit)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How an agent enforces one kind of limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Enforcement {
+    /// It cannot: a start naming this limit is refused.
+    #[default]
+    None,
+    /// By a cgroup v1 controller.
+    CgroupV1,
+    /// By a cgroup v2 controller.
+    CgroupV2,
+    /// By a resource limit (setrlimit) on each process.
+    Rlimit,
+    /// A value from a newer agent.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Enforcement {
+    pub fn name(self) -> &'static str {
+        match self {
+            Enforcement::None => "none",
+            Enforcement::CgroupV1 => "cgroup-v1",
+            Enforcement::CgroupV2 => "cgroup-v2",
+            Enforcement::Rlimit => "rlimit",
+            Enforcement::Unknown => "unknown",
+        }
+    }
+}
+
+/// The limits an agent enforces, and how, with its caps: what its capabilities reply reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsInForce {
+    pub memory: Enforcement,
+    pub cpu: Enforcement,
+    pub tasks: Enforcement,
+    pub file_size: Enforcement,
+    /// The most a script may ask for, and what it gets when it asks for nothing.
+    pub caps: ScriptLimits,
 }
 
 impl ScriptSpec {
@@ -342,6 +429,7 @@ impl ScriptSpec {
         if let Some(user) = self.run_as.as_ref().filter(|user| !is_user_name(user)) {
             return Err(SpecError::RunAs(user.clone()));
         }
+        self.limits.validate()?;
         if let Some(name) = self.secret_env.names().find(|name| self.env.contains_key(*name)) {
             return Err(SpecError::SecretAndVariable(name.to_owned()));
         }
@@ -378,6 +466,9 @@ pub struct GetCapabilities {}
 pub struct Capabilities {
     pub services: Vec<String>,
     pub agent_version: String,
+    /// The limits the agent enforces, and how (agents that list [`SERVICE_LIMITS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsInForce>,
 }
 
 impl Capabilities {

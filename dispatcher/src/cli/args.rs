@@ -36,6 +36,7 @@ Exit codes:
   111    fan-out: targets were not started because the error budget was spent (only when no
          started target's own code comes first)
   112    interrupted (Ctrl-C) before the script was sent: nothing ran
+  113    the script passed its memory limit (--memory-max, or the agent's cap) and was killed
   130    status --follow: left on Ctrl-C; the script goes on (`cancel` stops it)
 With --json the last line is a `result` event that says which of these happened.";
 
@@ -355,6 +356,24 @@ pub(super) struct SubmitArgs {
     /// agent's own user].
     #[arg(long, value_name = "USER")]
     pub run_as: Option<String>,
+    /// The most memory the script (with every process it starts) may have on the agent (`256MiB`,
+    /// `2GiB`); past it the script is killed (exit 113). Within the agent's cap (its
+    /// --max-memory-per-script), or the start is refused and nothing runs (exit 103). Signed with
+    /// the script [default: the agent's cap].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_max: Option<u64>,
+    /// The most CPU the script may use, in cores (`0.5`, `2`), within the agent's cap [default:
+    /// the agent's cap].
+    #[arg(long, value_name = "CORES", value_parser = parse_cores)]
+    pub cpu_max: Option<u32>,
+    /// The most processes and threads the script may have at once: a fork past it fails (a fork
+    /// bomb stops there). Within the agent's cap [default: the agent's cap].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tasks_max: Option<u32>,
+    /// The largest file the script may write (`100MiB`), within the agent's cap [default: the
+    /// agent's cap].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub file_size_max: Option<u64>,
     /// Environment variable for the script, `NAME=VALUE` (repeatable).
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
@@ -704,6 +723,14 @@ pub(super) struct EnrolPoolArgs {
     /// cuttle-pool-POOL].
     #[arg(long)]
     pub user: Option<String>,
+}
+
+fn parse_size(raw: &str) -> Result<u64, String> {
+    contracts::agent::limits::parse_size(raw).map_err(|e| e.to_string())
+}
+
+fn parse_cores(raw: &str) -> Result<u32, String> {
+    contracts::agent::limits::parse_cores(raw).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

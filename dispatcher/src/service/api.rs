@@ -14,7 +14,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
 use contracts::submission::outcome::OutcomeKind;
-use contracts::wire::messages::{Isolation, ScriptSpec, Shell};
+use contracts::wire::messages::{Isolation, ScriptLimits, ScriptSpec, Shell};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -92,6 +92,15 @@ pub(crate) struct SubmitRequest {
     /// The user the script runs as on the agent, which must allow it (its `--allow-run-as`);
     /// default: the agent's `--default-run-as`, else the agent's own user.
     run_as: Option<String>,
+    /// The most memory the script may have, e.g. `256MiB`, within the agent's cap; past it the
+    /// script is killed (default: the agent's cap).
+    memory_max: Option<String>,
+    /// The most CPU the script may use, in cores, e.g. `0.5` (default: the agent's cap).
+    cpu_max: Option<String>,
+    /// The most processes and threads the script may have at once (default: the agent's cap).
+    tasks_max: Option<u32>,
+    /// The largest file the script may write, e.g. `100MiB` (default: the agent's cap).
+    file_size_max: Option<String>,
     /// Machine policy to use instead of the one the target maps to.
     pub(super) policy: Option<String>,
     #[serde(default)]
@@ -269,6 +278,25 @@ pub(super) fn routes_of(request: &SubmitRequest) -> Result<Vec<Route>, ApiError>
     plan::routes(targets).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
+/// The limits a request names, each read as the CLI reads it.
+fn limits_of(request: &SubmitRequest) -> Result<ScriptLimits, ApiError> {
+    use contracts::agent::limits::{parse_cores, parse_size};
+    let bad = |field: &str, error: contracts::agent::limits::LimitValueError| {
+        ApiError::bad_request(format!("`{field}`: {error}"))
+    };
+    let size =
+        |field: &str, raw: &Option<String>| raw.as_deref().map(parse_size).transpose().map_err(|e| bad(field, e));
+    Ok(ScriptLimits {
+        memory_max: size("memory_max", &request.memory_max)?,
+        cpu_max: request.cpu_max.as_deref().map(parse_cores).transpose().map_err(|e| bad("cpu_max", e))?,
+        tasks_max: match request.tasks_max {
+            Some(0) => return Err(ApiError::bad_request("`tasks_max` must be at least 1")),
+            tasks => tasks,
+        },
+        file_size_max: size("file_size_max", &request.file_size_max)?,
+    })
+}
+
 /// The script spec of a request: the script checked, then its files decoded and its time
 /// limits read.
 pub(super) fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
@@ -286,6 +314,7 @@ pub(super) fn spec_of(request: &SubmitRequest) -> Result<ScriptSpec, ApiError> {
         },
         mutex: request.mutex.clone(),
         run_as: request.run_as.clone(),
+        limits: limits_of(request)?,
     };
     let inputs = || {
         let mut files = Vec::with_capacity(request.files.len());

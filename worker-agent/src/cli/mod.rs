@@ -33,6 +33,10 @@ pub enum Command {
     /// Print the completion script of a shell (bash, zsh or fish), e.g. `worker-agent completions
     /// bash > /usr/share/bash-completion/completions/worker-agent`.
     Completions(CompletionsArgs),
+    /// Run by the agent itself before a limited script's shell: joins the script's cgroup, sets
+    /// its resource limits and execs the rest of the command.
+    #[command(hide = true)]
+    LimitedExec(crate::limits::LimitedExecArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -231,6 +235,28 @@ pub struct RunArgs {
     /// [default: the agent's own user].
     #[arg(long, env = "CUTTLE_DEFAULT_RUN_AS")]
     pub default_run_as: Option<String>,
+    /// The most memory one script (with every process it starts) may have (`512MiB`, `2GiB`), and
+    /// what a script that names no --memory-max gets; past it the script is killed (dispatcher
+    /// exit 113). Through the memory cgroup controller, else RLIMIT_AS on each process.
+    #[arg(long, env = "CUTTLE_MAX_MEMORY_PER_SCRIPT", value_name = "SIZE", value_parser = parse_bytes)]
+    pub max_memory_per_script: Option<u64>,
+    /// The most CPU one script may use, in cores (`0.5`, `2`), and what a script that names no
+    /// --cpu-max gets. Needs the cpu cgroup controller.
+    #[arg(long, env = "CUTTLE_MAX_CPU_PER_SCRIPT", value_name = "CORES", value_parser = parse_cores)]
+    pub max_cpu_per_script: Option<u32>,
+    /// The most processes and threads one script may have at once, and what a script that names
+    /// no --tasks-max gets: a fork past it fails, so a fork bomb stops there. Needs the pids
+    /// cgroup controller.
+    #[arg(long, env = "CUTTLE_MAX_TASKS_PER_SCRIPT", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tasks_per_script: Option<u32>,
+    /// The largest file a script may write (`100MiB`), and what a script that names no
+    /// --file-size-max gets (RLIMIT_FSIZE).
+    #[arg(long, env = "CUTTLE_MAX_FILE_SIZE_PER_SCRIPT", value_name = "SIZE", value_parser = parse_bytes)]
+    pub max_file_size_per_script: Option<u64>,
+}
+
+fn parse_cores(raw: &str) -> Result<u32, String> {
+    contracts::agent::limits::parse_cores(raw).map_err(|e| e.to_string())
 }
 
 fn parse_bytes(raw: &str) -> Result<u64, String> {
@@ -368,6 +394,12 @@ impl RunArgs {
         config.janitor_interval = self.janitor_interval.max(Duration::from_millis(100));
         config.workspace_max_age = self.workspace_max_age;
         config.run_as = crate::run_as::policy(self.allow_run_as.clone(), self.default_run_as.clone())?;
+        config.limit_caps = contracts::wire::messages::ScriptLimits {
+            memory_max: self.max_memory_per_script,
+            cpu_max: self.max_cpu_per_script,
+            tasks_max: self.max_tasks_per_script,
+            file_size_max: self.max_file_size_per_script,
+        };
         Ok(config)
     }
 }
@@ -393,6 +425,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Entry point of the binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::LimitedExec(args) = cli.command {
+        // Only failing returns: the script's shell did not start (127, as a shell says so).
+        eprintln!("worker-agent limited-exec: {}", crate::limits::limited_exec(args));
+        return std::process::ExitCode::from(127);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         // Colours only for a terminal: a journal or a log file gets plain text.
@@ -408,6 +445,7 @@ pub fn main() -> std::process::ExitCode {
                 println!("{}", edge::keys::load_secret(&args.key)?.public());
                 Ok(())
             }
+            Command::LimitedExec(_) => unreachable!("handled before the runtime"),
             Command::Completions(args) => {
                 // Written whole or not at all; a reader that closes early (`| head`) is no error.
                 let mut script = Vec::new();

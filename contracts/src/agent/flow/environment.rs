@@ -4,6 +4,7 @@
 //! waiting, the scripts, the admission of a delivery, a fault hook).
 
 use crate::agent::keys::AgentKeys;
+use crate::agent::limits::LimitPolicy;
 use crate::agent::run_as::RunAsPolicy;
 use crate::agent::StartDecision;
 use crate::store::record::TicketRecord;
@@ -42,6 +43,8 @@ pub struct Settings {
     pub tombstone_ttl: Duration,
     /// The users scripts may run as (`--allow-run-as`, `--default-run-as`).
     pub run_as: RunAsPolicy,
+    /// The limits scripts run within: the agent's caps and how it enforces them.
+    pub limits: LimitPolicy,
 }
 
 /// What the flow remembers between requests: one per agent process, lost with it.

@@ -5,12 +5,13 @@ use super::environment::{Answer, Delivery, Environment, Note, Served, Settings, 
 use super::script::{self, Start};
 use crate::agent::check_fresh;
 use crate::agent::keys::Acceptance;
+use crate::agent::limits::LimitRefusal;
 use crate::trust::keys::KeyId;
 use crate::trust::seal::Seal;
 use crate::trust::verify::{Identity, Origin, Refusal};
 use crate::wire::envelope::{check_size, request_digest, Envelope, InReplyTo, Reply, Request};
 use crate::wire::error::{CodecError, ErrorKind, ErrorReply};
-use crate::wire::messages::{Capabilities, Kind, ScriptSpec};
+use crate::wire::messages::{Capabilities, Kind, ScriptSpec, SERVICE_LIMITS};
 use crate::wire::ticket::Ticket;
 
 /// Whether an agent serves a kind at all; a legacy (v1) agent knows only script v1.
@@ -110,13 +111,14 @@ async fn handle<E: Environment>(env: &mut E, header: &Envelope<()>, request: Req
             Reply::Capabilities(Capabilities {
                 services: settings.services.clone(),
                 agent_version: settings.version.clone(),
+                limits: settings.services.iter().any(|s| s == SERVICE_LIMITS).then(|| settings.limits.in_force()),
             })
         }
         Request::StartScriptV2(mut start) => {
             if let Err(refused) = env.keys().open_secrets(&mut start) {
                 return Some(Reply::Error(refused));
             }
-            if let Err(refused) = check_run_as(env.settings(), &start.spec) {
+            if let Err(refused) = check_start(env.settings(), &start.spec) {
                 return Some(Reply::Error(refused));
             }
             let first_issued_at = start.first_issued_at.unwrap_or(header.issued_at);
@@ -131,7 +133,7 @@ async fn handle<E: Environment>(env: &mut E, header: &Envelope<()>, request: Req
             return script::start(env, start).await;
         }
         Request::StartScriptV1(start) => {
-            if let Err(refused) = check_run_as(env.settings(), &start.spec) {
+            if let Err(refused) = check_start(env.settings(), &start.spec) {
                 return Some(Reply::Error(refused));
             }
             let ticket = env.new_ticket();
@@ -150,11 +152,19 @@ async fn handle<E: Environment>(env: &mut E, header: &Envelope<()>, request: Req
 }
 
 /// Refuses, before any claim, a start whose script would run as a user this agent may not run
-/// it as ([`crate::agent::run_as`]): nothing runs, nothing is stored.
-fn check_run_as(settings: &Settings, spec: &ScriptSpec) -> Result<(), ErrorReply> {
-    settings
-        .run_as
-        .resolve(spec.run_as.as_deref())
-        .map(drop)
-        .map_err(|refusal| ErrorReply::new(ErrorKind::NotAuthorized, format!("{refusal}; nothing ran")))
+/// it as ([`crate::agent::run_as`]), or within limits it cannot or may not give it
+/// ([`crate::agent::limits`]): nothing runs, nothing is stored.
+fn check_start(settings: &Settings, spec: &ScriptSpec) -> Result<(), ErrorReply> {
+    if let Err(refusal) = settings.run_as.resolve(spec.run_as.as_deref()) {
+        return Err(ErrorReply::new(ErrorKind::NotAuthorized, format!("{refusal}; nothing ran")));
+    }
+    match settings.limits.resolve(&spec.limits) {
+        Ok(_) => Ok(()),
+        Err(refusal @ LimitRefusal::AboveCap { .. }) => {
+            Err(ErrorReply::new(ErrorKind::NotAuthorized, format!("{refusal}; nothing ran")))
+        }
+        Err(refusal @ LimitRefusal::Unenforceable { .. }) => {
+            Err(ErrorReply::new(ErrorKind::Unsupported, format!("{refusal}; nothing ran")))
+        }
+    }
 }

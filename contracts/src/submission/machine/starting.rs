@@ -12,7 +12,7 @@ use crate::time::unix_millis;
 use crate::wire::envelope::{Reply, Request};
 use crate::wire::error::{ErrorKind, ErrorReply};
 use crate::wire::messages::{
-    GetCapabilities, GetStatusV2, Kind, ScriptSpec, StartScriptV1, StartScriptV2, SERVICE_RUN_AS,
+    GetCapabilities, GetStatusV2, Kind, ScriptSpec, StartScriptV1, StartScriptV2, SERVICE_LIMITS, SERVICE_RUN_AS,
     SERVICE_SEALED_SECRETS, SERVICE_SECRET_MASKING,
 };
 use std::time::Duration;
@@ -77,14 +77,15 @@ impl<E: CallError> Submission<E> {
             _ => Some(format!("{} is too old to mask secrets (it does not list {SERVICE_SECRET_MASKING}): upgrade it, or pass the value without --secret-env; nothing was sent", self.config.shown)),
         };
         // Unknown when asking failed: that error is reported instead.
-        let runs_as = match &kind {
-            Ok(Some(kind)) => Some(kind.runs_as_named_user()),
-            Ok(None) => Some(false),
-            Err(_) => None,
+        let (runs_as, limits) = match &kind {
+            Ok(Some(kind)) => (Some(kind.runs_as_named_user()), Some(kind.enforces_limits())),
+            Ok(None) => (Some(false), Some(false)),
+            Err(_) => (None, None),
         };
         let refused_before_sending = |spec: &ScriptSpec| {
             let why = match &spec.run_as {
                 Some(user) if runs_as == Some(false) => Some(format!("{} is too old to run a script as another user (it does not list {SERVICE_RUN_AS}) and would run it as itself, not as {user}: upgrade it, or submit without --run-as; nothing was sent", self.config.shown)),
+                _ if !spec.limits.is_empty() && limits == Some(false) => Some(format!("{} is too old to bound a script's resources (it does not list {SERVICE_LIMITS}) and would run it unbounded: upgrade it, or submit without limits; nothing was sent", self.config.shown)),
                 _ => why_no_secrets.clone().filter(|_| !spec.secret_env.is_empty()),
             }?;
             Some(E::agent(target.clone(), ErrorReply::new(ErrorKind::Unsupported, why)))

@@ -7,6 +7,7 @@ use crate::policy::Purpose;
 use crate::route::Route;
 use contracts::submission::negotiate::AgentKind;
 use contracts::submission::outcome::{exit, Outcome};
+use contracts::wire::messages::{Enforcement, LimitsInForce};
 use serde_json::json;
 use std::process::ExitCode;
 
@@ -20,15 +21,39 @@ fn describe_agent(agent: &str, kind: &AgentKind) -> (String, serde_json::Value) 
         AgentKind::Legacy => ("v1", vec![contracts::wire::messages::SERVICE_SCRIPT_V1.to_owned()], None),
     };
     let retries = protocol == "v2";
+    let limits = match kind {
+        AgentKind::Current(caps) => caps.limits,
+        AgentKind::Legacy => None,
+    };
     let text = format!(
-        "{agent}: protocol {protocol}{}, version {}, services {}; retries {}",
+        "{agent}: protocol {protocol}{}, version {}, services {}; retries {}{}",
         if *kind == AgentKind::Legacy { " (legacy agent)" } else { "" },
         version.as_deref().unwrap_or("unknown"),
         services.join(", "),
         if retries { "on" } else { "off (upgrade the agent to turn them on)" },
+        limits.map(|limits| format!("; limits: {}", describe_limits(&limits))).unwrap_or_default(),
     );
-    let json = json!({"agent": agent, "protocol": protocol, "services": services, "agent_version": version, "retries": retries});
+    let json = json!({"agent": agent, "protocol": protocol, "services": services, "agent_version": version, "retries": retries, "limits": limits});
     (text, json)
+}
+
+/// How an agent enforces each limit, and its cap: `memory by cgroup-v1 (cap 1GiB), cpu by
+/// cgroup-v1, tasks not enforced, file size by rlimit`.
+fn describe_limits(limits: &LimitsInForce) -> String {
+    use contracts::agent::limits::{bytes, cores};
+    let caps = limits.caps;
+    let one = |name: &str, how: Enforcement, cap: Option<String>| match (how, cap) {
+        (Enforcement::None, _) => format!("{name} not enforced"),
+        (how, Some(cap)) => format!("{name} by {} (cap {cap})", how.name()),
+        (how, None) => format!("{name} by {}", how.name()),
+    };
+    [
+        one("memory", limits.memory, caps.memory_max.map(bytes)),
+        one("cpu", limits.cpu, caps.cpu_max.map(|m| cores(u64::from(m)))),
+        one("tasks", limits.tasks, caps.tasks_max.map(|t| t.to_string())),
+        one("file size", limits.file_size, caps.file_size_max.map(bytes)),
+    ]
+    .join(", ")
 }
 
 /// `dispatcher capabilities ID`: `health` of one agent.
