@@ -245,21 +245,29 @@ impl Run {
             stop_reading.cancel();
             drained.await;
         }
+        if let (Some(cgroup), Ok(limits)) = (&cgroup, &self.limits) {
+            // Read only now: processes the script left behind may have kept forking.
+            self.note_forks_refused(cgroup, limits, log).await;
+        }
         remove_cgroup(cgroup).await;
         log.finish().await;
         code
     }
 
-    /// The outcome of a script that ended with `code` in `cgroup`, told in its log: killed for
-    /// its memory limit (a process of it was, and it did not succeed after), or it reached its
-    /// task limit.
-    async fn limit_outcome(&self, cgroup: &ScriptCgroup, limits: &ScriptLimits, code: i32, log: &LogSender) -> i32 {
+    /// Tells the log how many forks the task limit refused, if any.
+    async fn note_forks_refused(&self, cgroup: &ScriptCgroup, limits: &ScriptLimits, log: &LogSender) {
         let forks = cgroup.forks_refused();
         if forks > 0 {
             let tasks = limits.tasks_max.unwrap_or_default();
             log.note(format!("the script reached its task limit of {tasks}: {forks} forks were refused")).await;
             self.metrics.limit_reached("tasks");
         }
+    }
+
+    /// The outcome of a script that ended with `code` in `cgroup`, told in its log: killed for
+    /// its memory limit (a process of it was, and it did not succeed after), or stopped past its
+    /// file size limit.
+    async fn limit_outcome(&self, cgroup: &ScriptCgroup, limits: &ScriptLimits, code: i32, log: &LogSender) -> i32 {
         if code != 0 && cgroup.oom_killed() {
             let memory = contracts::agent::limits::bytes(limits.memory_max.unwrap_or_default());
             log.note(format!("the script passed its memory limit of {memory} and was killed")).await;

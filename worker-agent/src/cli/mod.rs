@@ -260,16 +260,7 @@ fn parse_cores(raw: &str) -> Result<u32, String> {
 }
 
 fn parse_bytes(raw: &str) -> Result<u64, String> {
-    let digits = raw.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = match &raw[digits.len()..] {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        other => return Err(format!("unknown unit {other:?}: use B, KiB, MiB or GiB")),
-    };
-    let count: u64 = digits.parse().map_err(|_| format!("{raw:?} is not a size such as 256MiB"))?;
-    count.checked_mul(unit).filter(|b| *b > 0).ok_or_else(|| format!("{raw:?} must be more than 0 and fit 64 bits"))
+    contracts::agent::limits::parse_size(raw).map_err(|e| e.to_string())
 }
 
 fn check_variable_name(name: &str) -> Result<(), ConfigError> {

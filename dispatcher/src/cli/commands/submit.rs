@@ -124,12 +124,12 @@ pub(crate) fn script_spec(args: &SubmitArgs) -> Result<ScriptSpec, SubmitError> 
             IsolationArg::Full => Isolation::Full,
         },
         mutex: args.mutex.clone(),
-        run_as: args.run_as.clone(),
+        run_as: args.bounds.run_as.clone(),
         limits: contracts::wire::messages::ScriptLimits {
-            memory_max: args.memory_max,
-            cpu_max: args.cpu_max,
-            tasks_max: args.tasks_max,
-            file_size_max: args.file_size_max,
+            memory_max: args.bounds.memory_max,
+            cpu_max: args.bounds.cpu_max,
+            tasks_max: args.bounds.tasks_max,
+            file_size_max: args.bounds.file_size_max,
         },
     };
     let spec = plan::script_spec(draft, || {

@@ -10,13 +10,17 @@ use crate::policy::{Overrides, PolicyConfig, PolicyError, Purpose};
 use crate::route::Route;
 use crate::schedule::Missed;
 use crate::service::site::{Authority, PublicUrl};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use contracts::submission::retry::RetryPolicy;
 use contracts::wire::labels::Selector;
 use contracts::wire::ticket::Ticket;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod script;
+use script::{parse_env, parse_file_arg, parse_secret};
+pub(super) use script::{BoundsArgs, FileArg, IsolationArg, SecretArg, ShellArg};
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -313,18 +317,6 @@ impl RetryArgs {
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub(super) enum ShellArg {
-    Sh,
-    Bash,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub(super) enum IsolationArg {
-    None,
-    Full,
-}
-
 #[derive(Args, Debug)]
 pub(super) struct SubmitArgs {
     #[command(flatten)]
@@ -350,30 +342,8 @@ pub(super) struct SubmitArgs {
     /// Longest wait for the isolation mutex (exit 108 past it) [default: wait as long as it takes].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub mutex_timeout: Option<Duration>,
-    /// The user the script runs as on the agent, with that user's groups, HOME and a workspace
-    /// of its own; the agent must allow it (its --allow-run-as), or refuses the start and nothing
-    /// runs (exit 103). Signed with the script [default: the agent's --default-run-as, else the
-    /// agent's own user].
-    #[arg(long, value_name = "USER")]
-    pub run_as: Option<String>,
-    /// The most memory the script (with every process it starts) may have on the agent (`256MiB`,
-    /// `2GiB`); past it the script is killed (exit 113). Within the agent's cap (its
-    /// --max-memory-per-script), or the start is refused and nothing runs (exit 103). Signed with
-    /// the script [default: the agent's cap].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub memory_max: Option<u64>,
-    /// The most CPU the script may use, in cores (`0.5`, `2`), within the agent's cap [default:
-    /// the agent's cap].
-    #[arg(long, value_name = "CORES", value_parser = parse_cores)]
-    pub cpu_max: Option<u32>,
-    /// The most processes and threads the script may have at once: a fork past it fails (a fork
-    /// bomb stops there). Within the agent's cap [default: the agent's cap].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub tasks_max: Option<u32>,
-    /// The largest file the script may write (`100MiB`), within the agent's cap [default: the
-    /// agent's cap].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub file_size_max: Option<u64>,
+    #[command(flatten)]
+    pub bounds: BoundsArgs,
     /// Environment variable for the script, `NAME=VALUE` (repeatable).
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
@@ -425,55 +395,6 @@ pub(super) struct SubmitArgs {
 
 fn parse_share(raw: &str) -> Result<Share, String> {
     raw.parse().map_err(|e: crate::budget::ShareError| e.to_string())
-}
-
-/// `--file LOCAL[:NAME]`.
-#[derive(Clone, Debug)]
-pub(super) struct FileArg {
-    pub local: PathBuf,
-    pub name: String,
-}
-
-fn parse_file_arg(raw: &str) -> Result<FileArg, String> {
-    // A colon followed by a plain name renames; any other colon belongs to the path.
-    let (local, name) = match raw.rsplit_once(':') {
-        Some((local, name)) if !local.is_empty() && !name.is_empty() && !name.contains('/') => {
-            (PathBuf::from(local), name.to_owned())
-        }
-        _ => {
-            let local = PathBuf::from(raw);
-            let name = local.file_name().ok_or_else(|| format!("{raw:?} names no file"))?;
-            (local.clone(), name.to_string_lossy().into_owned())
-        }
-    };
-    Ok(FileArg { local, name })
-}
-
-/// `--secret-env NAME=VALUE`; `Debug` shows the name only.
-#[derive(Clone)]
-pub(super) struct SecretArg {
-    pub name: String,
-    pub value: String,
-}
-
-impl std::fmt::Debug for SecretArg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}={}", self.name, contracts::wire::messages::SECRET_MASK)
-    }
-}
-
-fn parse_secret(raw: &str) -> Result<SecretArg, String> {
-    // Never echo the value in an error.
-    let (name, value) = raw.split_once('=').ok_or("expected NAME=VALUE")?;
-    Ok(SecretArg { name: name.to_owned(), value: value.to_owned() })
-}
-
-fn parse_env(raw: &str) -> Result<(String, String), String> {
-    let (name, value) = raw.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got {raw:?}"))?;
-    if name.is_empty() {
-        return Err("empty variable name".into());
-    }
-    Ok((name.to_owned(), value.to_owned()))
 }
 
 #[derive(Args, Debug)]
@@ -723,14 +644,6 @@ pub(super) struct EnrolPoolArgs {
     /// cuttle-pool-POOL].
     #[arg(long)]
     pub user: Option<String>,
-}
-
-fn parse_size(raw: &str) -> Result<u64, String> {
-    contracts::agent::limits::parse_size(raw).map_err(|e| e.to_string())
-}
-
-fn parse_cores(raw: &str) -> Result<u32, String> {
-    contracts::agent::limits::parse_cores(raw).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
