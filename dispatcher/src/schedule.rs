@@ -492,17 +492,6 @@ impl ScheduleSpec {
     }
 }
 
-/// The schedule slot a ticket runs for, as its submission records it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotOf {
-    /// The schedule's name and id.
-    pub schedule: String,
-    pub id: String,
-    /// The slot's identity ([`Slot::id`]) and time (unix ms).
-    pub slot: String,
-    pub at_ms: u64,
-}
-
 /// How a slot came to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]

@@ -18,6 +18,7 @@
 //!   [`isolation`] its mutexes, [`mask`] the masking of its secrets in the output,
 //!   [`workspace`] the work dir and the scripts' workspaces in it.
 //! - [`run_as`]: scripts run as the users the agent allows (`--allow-run-as`).
+//! - [`programs`]: finding the programs the agent starts on its own PATH.
 //! - [`limits`]: scripts' limits through cgroups and resource limits.
 //! - [`janitor`]: removes the workspaces of completed tickets and stale ones.
 //! - [`transfer`]: file upload and download below the transfer roots.
@@ -43,6 +44,7 @@ mod mask;
 pub mod metrics;
 pub mod output;
 mod presence;
+mod programs;
 mod record;
 pub mod run_as;
 mod runner;
@@ -110,7 +112,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     workspace::prepare_work_dir(&config.work_dir)?;
     run_as::prepare(&config.run_as, &config.work_dir, &config.agent_id)?;
     let mut config = config;
-    limits::prepare(&mut config)?;
+    (config.cgroups, config.limits) = limits::prepare(&config.agent_id, config.limit_caps)?;
     let trust = Arc::new(trust::AgentTrust::load(&config)?);
     let reloader = tokio::spawn(trust::reload_on_sighup(trust.clone(), config.agent_id.clone()));
     let metrics = metrics::Metrics::default();

@@ -204,15 +204,18 @@ impl Cgroups {
     }
 }
 
-/// Finds the cgroups scripts' limits go through and sets the agent's limit policy from its caps
-/// and what it can enforce, saying so; a cap it cannot enforce stops it.
-pub(crate) fn prepare(config: &mut crate::config::AgentConfig) -> Result<(), LimitConfigError> {
+/// Finds the cgroups scripts' limits go through and makes the agent's limit policy from its
+/// `caps` and what it can enforce, saying so; a cap it cannot enforce stops it.
+pub(crate) fn prepare(
+    agent_id: &str,
+    caps: ScriptLimits,
+) -> Result<(std::sync::Arc<Cgroups>, LimitPolicy), LimitConfigError> {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let cgroups = Cgroups::detect(Path::new(CGROUP_ROOT), &own, &config.agent_id);
-    let policy = LimitPolicy::new(config.limit_caps, cgroups.enforcement())?;
+    let cgroups = Cgroups::detect(Path::new(CGROUP_ROOT), &own, agent_id);
+    let policy = LimitPolicy::new(caps, cgroups.enforcement())?;
     let how = policy.in_force();
     tracing::info!(
-        agent = %config.agent_id,
+        agent = %agent_id,
         memory = how.memory.name(),
         cpu = how.cpu.name(),
         tasks = how.tasks.name(),
@@ -220,9 +223,7 @@ pub(crate) fn prepare(config: &mut crate::config::AgentConfig) -> Result<(), Lim
         caps = ?how.caps,
         "script limits: how each is enforced"
     );
-    config.cgroups = std::sync::Arc::new(cgroups);
-    config.limits = policy;
-    Ok(())
+    Ok((std::sync::Arc::new(cgroups), policy))
 }
 
 impl Cgroups {

@@ -110,7 +110,7 @@ pub(crate) fn prepare(policy: &RunAsPolicy, work_dir: &Path, agent_id: &str) -> 
 
 /// Where `setpriv` is, on the agent's PATH.
 pub(crate) fn setpriv() -> Option<PathBuf> {
-    crate::runner::resolve_program(SETPRIV, std::env::var_os("PATH").as_deref())
+    crate::programs::resolve_program(SETPRIV, std::env::var_os("PATH").as_deref())
 }
 
 /// The start of a command that runs the rest as `account`: `setpriv` (at `setpriv`) taking the

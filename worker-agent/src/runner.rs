@@ -17,7 +17,6 @@ use contracts::wire::messages::{ScriptLimits, ScriptSpec};
 use contracts::wire::status::LogStream;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -130,7 +129,7 @@ impl Run {
         };
         // From the agent's own PATH: the command's PATH (in its env) is the script's business,
         // never where its shell comes from.
-        let Some(shell_path) = resolve_program(shell, std::env::var_os("PATH").as_deref()) else {
+        let Some(shell_path) = crate::programs::resolve_program(shell, std::env::var_os("PATH").as_deref()) else {
             log.note(format!("could not start {shell}: not found on the agent's PATH")).await;
             return exit_code::SHELL_NOT_STARTED;
         };
@@ -439,8 +438,7 @@ fn kill_group(pid: Option<u32>) {
 
 /// Variables of the agent's own environment every script gets (when the agent has them).
 const BASE_ENVIRONMENT: [&str; 4] = ["PATH", "HOME", "USER", "LANG"];
-/// The script's PATH when the agent has none.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use crate::programs::DEFAULT_PATH;
 
 /// A script's whole environment: [`BASE_ENVIRONMENT`] and the variables the operator passes on
 /// (`--pass-env`) from the agent's environment, then the command's own `env`, then
@@ -467,14 +465,6 @@ fn script_environment(
     env.insert("CUTTLE_TICKET".into(), ticket.into());
     env.insert("CUTTLE_AGENT_ID".into(), agent_id.into());
     env
-}
-
-/// The first executable file `name` in the directories of `path` (a PATH value).
-pub(crate) fn resolve_program(name: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
-    let path = path.unwrap_or(DEFAULT_PATH.as_ref());
-    std::env::split_paths(path).filter(|dir| dir.is_absolute()).map(|dir| dir.join(name)).find(|candidate| {
-        std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
 }
 
 #[cfg(test)]
@@ -513,12 +503,5 @@ mod tests {
         assert_eq!(env[&OsString::from("PATH")], "/opt/x");
         assert_eq!(env[&OsString::from("CUTTLE_TICKET")], "t-1");
         assert!(env.contains_key(&OsString::from("CARGO")), "cargo sets CARGO for tests");
-    }
-
-    #[test]
-    fn the_shell_comes_from_absolute_directories_of_the_path_only() {
-        assert_eq!(resolve_program("sh", Some("/nonexistent:/bin".as_ref())), Some(PathBuf::from("/bin/sh")));
-        assert_eq!(resolve_program("sh", Some(".:bin".as_ref())), None);
-        assert_eq!(resolve_program("no-such-shell-here", None), None);
     }
 }

@@ -115,7 +115,7 @@ pub struct Submission {
     pub submitted_ms: u64,
     /// The schedule and slot it runs for, if a schedule's ([`super::schedules`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<crate::schedule::SlotOf>,
+    pub schedule: Option<SlotOf>,
 }
 
 impl Submission {
@@ -693,6 +693,17 @@ fn record_from(mut fields: HashMap<String, String>) -> JournalResult<Option<Tick
         finished,
         submission,
     }))
+}
+
+/// The schedule slot a ticket runs for, as its submission records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotOf {
+    /// The schedule's name and id.
+    pub schedule: String,
+    pub id: String,
+    /// The slot's identity ([`crate::schedule::Slot::id`]) and time (unix ms).
+    pub slot: String,
+    pub at_ms: u64,
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! Before a slot fires, the schedule's signature is checked against the service's own key: a
 //! schedule written or changed in the journal by anyone without the key never runs.
 
-use super::journal::{JournalError, Submission};
+use super::journal::{JournalError, SlotOf, Submission};
 use super::resume::{Followers, PlaceWait};
 use super::schedules::{Fire, RunRecord, RunRequest, RunTarget, Schedules, StoredSchedule};
 use crate::budget::Share;
@@ -18,7 +18,7 @@ use crate::plan::{Plan, PlanError, Tickets};
 use crate::policy::PolicyConfig;
 use crate::route::Route;
 use crate::rpc::RpcConfig;
-use crate::schedule::{self, Cadence, CadenceError, ScheduleError, ScheduleSpec, ScheduleTargets, Slot, SlotOf};
+use crate::schedule::{self, Cadence, CadenceError, ScheduleError, ScheduleSpec, ScheduleTargets, Slot};
 use crate::trust::DispatcherTrust;
 use contracts::trust::seal::Seal;
 use contracts::trust::verify::{check_schedule, Forged};
