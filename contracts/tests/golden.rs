@@ -307,12 +307,18 @@ fn transfer_messages_are_pinned_and_read_back() {
         sha256: sha256.clone(),
         offset: 2,
         data: b"llo".to_vec(),
+        run_as: None,
     };
     let bytes = header("UploadChunk").with_body(&upload).encode().unwrap();
     pinned("upload_chunk_v1.msgpack", &bytes);
     assert_eq!(Request::decode(&bytes).unwrap().1, Request::UploadChunk(upload));
-    let download =
-        DownloadChunk { path: "/srv/app/log.txt".into(), offset: 1_048_576, length: 1_048_576, digest: false };
+    let download = DownloadChunk {
+        path: "/srv/app/log.txt".into(),
+        offset: 1_048_576,
+        length: 1_048_576,
+        digest: false,
+        run_as: None,
+    };
     let bytes = header("DownloadChunk").with_body(&download).encode().unwrap();
     pinned("download_chunk_v1.msgpack", &bytes);
     assert_eq!(Request::decode(&bytes).unwrap().1, Request::DownloadChunk(download));
@@ -328,7 +334,14 @@ fn transfer_messages_are_pinned_and_read_back() {
     let mut newer = serde_json::to_value(header("FileChunk").with_body(&chunk)).unwrap();
     newer["body"]["mtime"] = 7.into();
     assert!(matches!(Reply::decode(&rmp_serde::to_vec_named(&newer).unwrap()).unwrap(), Reply::FileChunk(_)));
-    let past = UploadChunk { path: "a".into(), size: 1, sha256: "ab".repeat(32), offset: 1, data: b"x".to_vec() };
+    let past = UploadChunk {
+        path: "a".into(),
+        size: 1,
+        sha256: "ab".repeat(32),
+        offset: 1,
+        data: b"x".to_vec(),
+        run_as: None,
+    };
     let bytes = header("UploadChunk").with_body(&past).encode().unwrap();
     assert!(matches!(Request::decode(&bytes), Err(CodecError::Invalid(_))));
 }

@@ -15,6 +15,7 @@ use contracts::submission::outcome::{exit, Outcome};
 use contracts::submission::retry::RetryPolicy;
 use contracts::wire::envelope::{Reply, Request};
 use contracts::wire::error::ErrorKind;
+use contracts::wire::messages::SERVICE_RUN_AS;
 use contracts::wire::transfer::{
     partial_name, DownloadChunk, FileChunk, TransferStatus, UploadChunk, MAX_CHUNK_BYTES, WINDOW,
 };
@@ -105,6 +106,8 @@ pub enum TransferError {
     Task(#[source] tokio::task::JoinError),
     #[error("{route} is too old for file transfer (it answers Unsupported): upgrade the agent")]
     TooOld { route: String },
+    #[error("{route} is too old to transfer files as another user (it does not list {SERVICE_RUN_AS}) and would act as itself: upgrade it, or transfer without --run-as; nothing was sent")]
+    NoRunAs { route: String },
     #[error("{0}")]
     Request(GaveUp),
     #[error("{0}")]
@@ -120,7 +123,7 @@ impl TransferError {
     pub fn exit_code(&self, route: &Route) -> u8 {
         match self {
             TransferError::Local { .. } | TransferError::NoFileName(_) | TransferError::Task(_) => exit::USAGE,
-            TransferError::TooOld { .. } => exit::REJECTED,
+            TransferError::TooOld { .. } | TransferError::NoRunAs { .. } => exit::REJECTED,
             TransferError::Request(gave_up) => {
                 let contact_lost = matches!(gave_up.error, RpcError::ConnectionLost(_));
                 Outcome::from_error(None, route.name(), &gave_up.error, String::new(), contact_lost).process_exit
@@ -179,6 +182,8 @@ pub struct Peer<'a> {
     /// Retry notices.
     pub events: EventSink<'a>,
     pub progress: ProgressSink<'a>,
+    /// The user the agent reads or writes the file as (`--run-as`), when not its choice.
+    pub run_as: Option<&'a str>,
 }
 
 /// One request through the retry executor; `expect` takes the answer it is for out of the reply.
@@ -212,7 +217,17 @@ fn file_chunk(reply: Reply) -> Result<FileChunk, Reply> {
 /// The route a transfer goes on: for a pool, the worker that answers first, so that every chunk
 /// reaches the same one (which holds what it confirmed, and serves one file consistently).
 async fn pinned(peer: &Peer<'_>) -> Result<Route, TransferError> {
-    peer.orchestrator.one_worker(peer.route, peer.policy, peer.events).await.map_err(TransferError::Request)
+    let route =
+        peer.orchestrator.one_worker(peer.route, peer.policy, peer.events).await.map_err(TransferError::Request)?;
+    // An agent that does not list run-as/v1 would ignore the user and act as itself.
+    if peer.run_as.is_some() {
+        let kind =
+            peer.orchestrator.agent_kind(&route, peer.policy, peer.events).await.map_err(TransferError::Request)?;
+        if !kind.runs_as_named_user() {
+            return Err(TransferError::NoRunAs { route: route.to_string() });
+        }
+    }
+    Ok(route)
 }
 
 /// Uploads `local` to `remote` on `route` (on a pool, one worker), resuming an earlier upload of
@@ -234,6 +249,7 @@ pub async fn upload(peer: &Peer<'_>, local_path: &Path, remote: &str) -> Result<
         sha256: sha256.clone(),
         offset,
         data,
+        run_as: peer.run_as.map(str::to_owned),
     };
     let send = |offset: u64, length: u64| {
         let mut data = vec![0u8; length as usize];
@@ -290,7 +306,13 @@ pub async fn download(peer: &Peer<'_>, remote: &str, local_path: &Path) -> Resul
     let progress = peer.progress;
     let started = Instant::now();
     let ask = |offset: u64, length: u64, digest: bool| {
-        Request::DownloadChunk(DownloadChunk { path: remote.to_owned(), offset, length, digest })
+        Request::DownloadChunk(DownloadChunk {
+            path: remote.to_owned(),
+            offset,
+            length,
+            digest,
+            run_as: peer.run_as.map(str::to_owned),
+        })
     };
     let first = call(peer, ask(0, 0, true), file_chunk).await?;
     let (size, sha256) = (first.size, first.sha256.ok_or_else(|| unexpected_digest(&route))?);

@@ -71,7 +71,7 @@ async fn a_user_not_allowed_root_included_is_refused_before_the_claim_and_nothin
         assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
         // The reason, in the result event.
         let said = text(&out.stdout);
-        assert!(said.contains(&format!("scripts may not run as {user} on this agent")), "{said}");
+        assert!(said.contains(&format!("this agent may not act as {user} (it allows nobody")), "{said}");
         assert!(said.contains("nothing ran") && said.contains("\"event\":\"result\""), "{said}");
         assert_eq!(markers.count(user), 0, "{user}: nothing ran");
     }
@@ -192,5 +192,85 @@ async fn the_service_api_runs_a_script_as_the_user_its_run_as_names() {
     service.stop().await;
     remove_journal(&prefix).await;
     agent.stop().await;
+    let _ = std::fs::remove_dir_all(&config.work_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_uploaded_and_downloaded_with_the_permissions_of_the_user_named() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let config = config("run-as-files-xfer");
+    let root = std::env::temp_dir().join(format!("cuttle-xfer-{}", config.agent_id));
+    let (theirs, roots) = (root.join("theirs"), root.join("roots"));
+    for dir in [&theirs, &roots] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    std::os::unix::fs::chown(&theirs, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw())).unwrap();
+    std::fs::write(roots.join("secret.txt"), "root's only").unwrap();
+    std::fs::set_permissions(roots.join("secret.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(roots.join("public.txt"), "for everyone").unwrap();
+    std::fs::set_permissions(roots.join("public.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let local = root.join("local.txt");
+    std::fs::write(&local, "uploaded as nobody").unwrap();
+    let transfer_root = root.display().to_string();
+    let agent = agent_allowing(&config, &["--allow-run-as", "nobody", "--transfer-root", &transfer_root]).await;
+    let id = config.agent_id.clone();
+    let (local_arg, back) = (local.display().to_string(), root.join("back.txt"));
+    let as_nobody = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(["--target".into(), id.clone(), "--run-as".into(), "nobody".into()]);
+        all
+    };
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_dispatcher(&args).await
+    };
+
+    // Into the user's own directory: the file is the user's.
+    let out = run(as_nobody(&["upload", &local_arg, "theirs/new.txt"])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let made = std::fs::metadata(theirs.join("new.txt")).unwrap();
+    assert_eq!(
+        (made.uid(), std::fs::read_to_string(theirs.join("new.txt")).unwrap()),
+        (nobody.uid.as_raw(), "uploaded as nobody".into())
+    );
+
+    // Into a directory only root may write: refused by the kernel, nothing left there.
+    let out = run(as_nobody(&["upload", &local_arg, "roots/new.txt"])).await;
+    assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("Permission denied"), "{}", text(&out.stderr));
+    let left: Vec<_> = std::fs::read_dir(&roots).unwrap().filter_map(Result::ok).map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 2, "no file or partial file made: {left:?}");
+
+    // A file only root may read is not read; one anyone may read is.
+    let out = run(as_nobody(&["download", "roots/secret.txt", &back.display().to_string()])).await;
+    assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("Permission denied") && !back.exists(), "{}", text(&out.stderr));
+    let out = run(as_nobody(&["download", "roots/public.txt", &back.display().to_string()])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "for everyone");
+
+    // Through the service's API: `run_as` on PUT and GET /v1/files.
+    let prefix = tests::service::journal_prefix("run-as-files");
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let url = format!("{}/v1/files", service.url);
+    let at = |path: &str| vec![("target", id.clone()), ("path", path.to_owned()), ("run_as", "nobody".to_owned())];
+    let client = tests::service::http();
+    let put = client.put(&url).query(&at("theirs/api.txt")).body("through the API").send().await.unwrap();
+    assert_eq!(put.status().as_u16(), 200, "{}", put.text().await.unwrap());
+    assert_eq!(std::fs::metadata(theirs.join("api.txt")).unwrap().uid(), nobody.uid.as_raw());
+    let got = client.get(&url).query(&at("roots/secret.txt")).send().await.unwrap();
+    assert_eq!(got.status().as_u16(), 422, "root's file is not read as nobody");
+    service.stop().await;
+    tests::service::remove_journal(&prefix).await;
+
+    // A user the agent does not allow: refused, nothing transferred.
+    let out = run_dispatcher(&["upload", &local_arg, "theirs/daemon.txt", "--target", &id, "--run-as", "daemon"]).await;
+    assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("this agent may not act as daemon") && !theirs.join("daemon.txt").exists());
+    agent.stop().await;
+    let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_dir_all(&config.work_dir);
 }

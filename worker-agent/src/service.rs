@@ -100,7 +100,7 @@ impl Agent {
         trust: Arc<AgentTrust>,
     ) -> Arc<Self> {
         let config_slots = config.max_scripts.map(|n| Arc::new(Semaphore::new(n.max(1))));
-        let transfers = crate::transfer::Transfers::new(config.transfer_roots.clone());
+        let transfers = crate::transfer::Transfers::new(config.transfer_roots.clone(), config.run_as.clone());
         let settings = Settings {
             agent_id: config.agent_id.clone(),
             pool: config.pool.clone(),

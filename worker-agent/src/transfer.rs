@@ -10,6 +10,7 @@
 //! at each chunk and again just before the rename, which replaces a name and never writes
 //! through a link, so a link made in between is replaced, not followed).
 
+use contracts::agent::run_as::{RunAs, RunAsPolicy};
 use contracts::wire::error::{ErrorKind, ErrorReply};
 use contracts::wire::transfer::{partial_name, DownloadChunk, FileChunk, TransferStatus, UploadChunk, WINDOW};
 use sha2::Digest;
@@ -28,6 +29,9 @@ const IDLE_UPLOAD: Duration = Duration::from_secs(600);
 /// Transfers below some roots, one request per file at a time.
 pub(crate) struct Transfers {
     roots: Vec<PathBuf>,
+    /// Whom a transfer may act as (`--allow-run-as`): another user's go through
+    /// [`crate::transfer_as`].
+    run_as: RunAsPolicy,
     /// Uploads in progress by partial file: a lock, so a repeated chunk served at once with its
     /// original cannot interleave writes with it, and the chunks that arrived ahead.
     uploads: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Ahead>>>>,
@@ -37,8 +41,8 @@ pub(crate) struct Transfers {
 /// of them, by offset (written once those are in the partial file, so it always holds a prefix of
 /// the content), and once it is complete, the file it became.
 #[derive(Debug)]
-struct Ahead {
-    chunks: BTreeMap<u64, Vec<u8>>,
+pub(crate) struct Ahead {
+    pub(crate) chunks: BTreeMap<u64, Vec<u8>>,
     touched: Instant,
     /// The destination as the completed upload left it: a repeat of the last chunk (its answer
     /// lost) that finds the file unchanged is answered without reading it all again.
@@ -159,8 +163,17 @@ fn sha256_of(file: &mut File) -> std::io::Result<String> {
 
 impl Transfers {
     /// Transfers below `roots` (canonicalized by the caller); none refuses every transfer.
-    pub(crate) fn new(roots: Vec<PathBuf>) -> Self {
-        Transfers { roots, uploads: Mutex::default() }
+    pub(crate) fn new(roots: Vec<PathBuf>, run_as: RunAsPolicy) -> Self {
+        Transfers { roots, run_as, uploads: Mutex::default() }
+    }
+
+    /// The user a transfer naming `requested` acts as (`None`: the agent itself), or why not.
+    fn user_for(&self, requested: Option<&str>) -> Result<Option<String>, ErrorReply> {
+        match self.run_as.resolve(requested) {
+            Ok(RunAs::Itself) => Ok(None),
+            Ok(RunAs::User(user)) => Ok(Some(user)),
+            Err(refusal) => Err(refused(format!("{refusal}; nothing was transferred"))),
+        }
     }
 
     pub(crate) fn enabled(&self) -> bool {
@@ -193,32 +206,65 @@ impl Transfers {
     /// Writes a chunk (or keeps it until the bytes before it are there) and says how far the
     /// upload is.
     pub(crate) async fn upload(&self, chunk: UploadChunk) -> Result<TransferStatus, ErrorReply> {
-        let destination = resolve(&self.roots, &chunk.path)?;
-        let name = destination.file_name().expect("resolved paths name a file").to_string_lossy();
-        let partial = destination.with_file_name(partial_name(&name, chunk.size, &chunk.sha256));
-        let mut ahead = self.lock(&partial).await;
-        let at = partial.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            ahead.touched = Instant::now();
-            let status = write_chunk(&destination, &at, chunk, &mut ahead);
-            (status, ahead)
-        })
-        .await;
-        match result {
-            Ok((status, ahead)) => {
-                self.release(&partial, ahead);
-                status
-            }
-            Err(e) => Err(ErrorReply::new(ErrorKind::Internal, format!("upload task failed: {e}"))),
-        }
+        let Some(user) = self.user_for(chunk.run_as.as_deref())? else {
+            let (destination, partial) = upload_paths(&self.roots, &chunk)?;
+            let mut ahead = self.lock(&partial).await;
+            let at = partial.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                ahead.touched = Instant::now();
+                let status = write_chunk(&destination, &at, chunk, &mut ahead);
+                (status, ahead)
+            })
+            .await;
+            return match result {
+                Ok((status, ahead)) => {
+                    self.release(&partial, ahead);
+                    status
+                }
+                Err(e) => Err(ErrorReply::new(ErrorKind::Internal, format!("upload task failed: {e}"))),
+            };
+        };
+        // Resolved by the user's own process: the key only keeps one chunk of an upload at a time.
+        let key = PathBuf::from(format!("{user}\0{}\0{}\0{}", chunk.path, chunk.size, chunk.sha256));
+        let mut ahead = self.lock(&key).await;
+        ahead.touched = Instant::now();
+        let status = crate::transfer_as::upload(&user, self.roots.clone(), chunk, &mut ahead).await;
+        self.release(&key, ahead);
+        status
     }
 
     /// Reads a chunk (and the file's SHA-256 when asked).
     pub(crate) async fn download(&self, request: DownloadChunk) -> Result<FileChunk, ErrorReply> {
+        if let Some(user) = self.user_for(request.run_as.as_deref())? {
+            return crate::transfer_as::download(&user, self.roots.clone(), request).await;
+        }
         let path = resolve(&self.roots, &request.path)?;
         let result = tokio::task::spawn_blocking(move || read_chunk(&path, &request)).await;
         result.unwrap_or_else(|e| Err(ErrorReply::new(ErrorKind::Internal, format!("download task failed: {e}"))))
     }
+}
+
+/// Where an upload goes, and the partial file it is written into first.
+fn upload_paths(roots: &[PathBuf], chunk: &UploadChunk) -> Result<(PathBuf, PathBuf), ErrorReply> {
+    let destination = resolve(roots, &chunk.path)?;
+    let name = destination.file_name().expect("resolved paths name a file").to_string_lossy();
+    let partial = destination.with_file_name(partial_name(&name, chunk.size, &chunk.sha256));
+    Ok((destination, partial))
+}
+
+/// Serves an upload chunk in this process, as whoever it runs as (another user's helper).
+pub(crate) fn serve_upload(
+    roots: &[PathBuf],
+    chunk: UploadChunk,
+    ahead: &mut Ahead,
+) -> Result<TransferStatus, ErrorReply> {
+    let (destination, partial) = upload_paths(roots, &chunk)?;
+    write_chunk(&destination, &partial, chunk, ahead)
+}
+
+/// Serves a download chunk in this process, as whoever it runs as.
+pub(crate) fn serve_download(roots: &[PathBuf], request: &DownloadChunk) -> Result<FileChunk, ErrorReply> {
+    read_chunk(&resolve(roots, &request.path)?, request)
 }
 
 /// Appends `data`, which starts at `offset`, to a file holding `held` bytes (the part not held
@@ -358,6 +404,7 @@ mod tests {
             sha256: sha256.clone(),
             offset: offset as u64,
             data: content[offset..offset + len].to_vec(),
+            run_as: None,
         };
         let mut ahead = Ahead::default();
         let mut send = |offset, len| write_chunk(&destination, &partial, chunk(offset, len), &mut ahead).unwrap();
@@ -383,7 +430,7 @@ mod tests {
         let content = b"ours".to_vec();
         let sha256 = hex::encode(sha2::Sha256::digest(&content));
         let partial = root.join(partial_name("link", content.len() as u64, &sha256));
-        let chunk = UploadChunk { path: "link".into(), size: 4, sha256, offset: 0, data: content };
+        let chunk = UploadChunk { path: "link".into(), size: 4, sha256, offset: 0, data: content, run_as: None };
         let error = write_chunk(&link, &partial, chunk, &mut Ahead::default()).unwrap_err();
         assert_eq!(error.kind, ErrorKind::NotAuthorized, "{error}");
         assert!(error.message.contains("is a symbolic link"), "{error}");

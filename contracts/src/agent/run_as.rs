@@ -22,7 +22,7 @@ pub enum RunAs {
 /// Why a start is refused for the user it would run as.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RunAsRefusal {
-    #[error("scripts may not run as {user} on this agent (it allows {allowed}; see --allow-run-as)")]
+    #[error("this agent may not act as {user} (it allows {allowed}; see --allow-run-as)")]
     NotAllowed { user: String, allowed: String },
     #[error("this agent runs as {own}, not as root, so it runs scripts only as itself, not as {user}")]
     Unprivileged { user: String, own: String },

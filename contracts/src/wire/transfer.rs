@@ -44,6 +44,10 @@ pub struct UploadChunk {
     /// At most [`MAX_CHUNK_BYTES`]; empty asks only how far the upload has got.
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
+    /// The user the agent writes the file as, when not the one it chooses (as a script's
+    /// `run_as`); sent only to agents that list `run-as/v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
 }
 
 /// How far an upload has got on the agent.
@@ -65,6 +69,9 @@ pub struct DownloadChunk {
     /// Also compute the whole file's SHA-256 (reads the whole file on the agent: ask once).
     #[serde(default)]
     pub digest: bool,
+    /// The user the agent reads the file as, when not the one it chooses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
 }
 
 /// Part of a file.
@@ -92,7 +99,14 @@ impl UploadChunk {
         if end > self.size {
             return Err(ChunkError::PastTheEnd { end, size: self.size });
         }
-        Ok(())
+        check_user(self.run_as.as_deref())
+    }
+}
+
+fn check_user(user: Option<&str>) -> Result<(), ChunkError> {
+    match user {
+        Some(user) if !crate::wire::messages::is_user_name(user) => Err(ChunkError::RunAs(user.to_owned())),
+        _ => Ok(()),
     }
 }
 
@@ -102,7 +116,7 @@ impl DownloadChunk {
         if self.length > MAX_CHUNK_BYTES as u64 {
             return Err(ChunkError::TooLarge);
         }
-        Ok(())
+        check_user(self.run_as.as_deref())
     }
 }
 
@@ -119,6 +133,8 @@ pub enum ChunkError {
     Offset,
     #[error("chunk ends at {end}, past the file's size of {size}")]
     PastTheEnd { end: u64, size: u64 },
+    #[error("{0:?} is not a user name")]
+    RunAs(String),
 }
 
 /// Why a path cannot name a file on the agent.
@@ -159,7 +175,7 @@ mod tests {
     use super::*;
 
     fn chunk(offset: u64, data: &[u8], size: u64) -> UploadChunk {
-        UploadChunk { path: "/srv/a".into(), size, sha256: "a".repeat(64), offset, data: data.to_vec() }
+        UploadChunk { path: "/srv/a".into(), size, sha256: "a".repeat(64), offset, data: data.to_vec(), run_as: None }
     }
 
     #[test]
@@ -169,7 +185,13 @@ mod tests {
         assert!(chunk(u64::MAX, b"abc", 3).validate().is_err());
         assert!(UploadChunk { sha256: "A".repeat(64), ..chunk(0, b"", 0) }.validate().is_err());
         assert!(UploadChunk { path: "/srv/../etc/passwd".into(), ..chunk(0, b"", 0) }.validate().is_err());
-        let big = DownloadChunk { path: "a".into(), offset: 0, length: MAX_CHUNK_BYTES as u64 + 1, digest: false };
+        let big = DownloadChunk {
+            path: "a".into(),
+            offset: 0,
+            length: MAX_CHUNK_BYTES as u64 + 1,
+            digest: false,
+            run_as: None,
+        };
         assert!(big.validate().is_err());
     }
 

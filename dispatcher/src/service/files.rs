@@ -41,6 +41,9 @@ pub(super) struct FileQuery {
     pub path: String,
     /// Machine policy to use instead of the one the target maps to.
     pub policy: Option<String>,
+    /// The user the agent writes or reads the file as (it must allow it, as for a script's
+    /// `run_as`); default: the agent's `--default-run-as`, else the agent's own user.
+    pub run_as: Option<String>,
 }
 
 /// A finished transfer.
@@ -170,6 +173,7 @@ pub(super) async fn put_file(
         policy,
         events: &events,
         progress: &|_, _| {},
+        run_as: query.run_as.as_deref(),
     };
     let done = crate::transfer::upload(&peer, &spool.0, &query.path).await.map_err(|e| transfer_error(&route, &e))?;
     tracing::info!(%route, path = %query.path, bytes = done.size, "file uploaded through the service");
@@ -198,6 +202,7 @@ pub(super) async fn get_file(
         policy,
         events: &events,
         progress: &|_, _| {},
+        run_as: query.run_as.as_deref(),
     };
     let done = crate::transfer::download(&peer, &query.path, &spool.0).await.map_err(|e| transfer_error(&route, &e))?;
     let file = tokio::fs::File::open(&spool.0).await.map_err(spool_error)?;

@@ -37,6 +37,9 @@ pub enum Command {
     /// its resource limits and execs the rest of the command.
     #[command(hide = true)]
     LimitedExec(crate::limits::LimitedExecArgs),
+    /// Run by the agent to serve one chunk of a file transfer as another user (--run-as).
+    #[command(hide = true)]
+    TransferAs(crate::transfer_as::TransferAsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -416,10 +419,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Entry point of the binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Command::LimitedExec(args) = cli.command {
-        // Only failing returns: the script's shell did not start (127, as a shell says so).
-        eprintln!("worker-agent limited-exec: {}", crate::limits::limited_exec(args));
-        return std::process::ExitCode::from(127);
+    // The agent's own helpers, each run before any runtime or thread starts.
+    match cli.command {
+        Command::LimitedExec(args) => {
+            // Only failing returns: the script's shell did not start (127, as a shell says so).
+            eprintln!("worker-agent limited-exec: {}", crate::limits::limited_exec(args));
+            return std::process::ExitCode::from(127);
+        }
+        Command::TransferAs(args) => {
+            return match crate::transfer_as::serve(args) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("worker-agent transfer-as: {error}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -436,7 +452,7 @@ pub fn main() -> std::process::ExitCode {
                 println!("{}", edge::keys::load_secret(&args.key)?.public());
                 Ok(())
             }
-            Command::LimitedExec(_) => unreachable!("handled before the runtime"),
+            Command::LimitedExec(_) | Command::TransferAs(_) => unreachable!("handled before the runtime"),
             Command::Completions(args) => {
                 // Written whole or not at all; a reader that closes early (`| head`) is no error.
                 let mut script = Vec::new();

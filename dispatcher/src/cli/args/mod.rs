@@ -210,6 +210,12 @@ pub(super) struct TransferTarget {
     pub target: TargetArgs,
     #[command(flatten)]
     pub retry: RetryArgs,
+    /// The user the agent writes or reads the file as, with that user's permissions (the file an
+    /// upload makes is that user's); the agent must allow it (its --allow-run-as), or refuses and
+    /// nothing is transferred (exit 103) [default: the agent's --default-run-as, else the agent's
+    /// own user].
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
 }
 
 #[derive(Args, Debug)]

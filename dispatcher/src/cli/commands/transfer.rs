@@ -31,7 +31,9 @@ pub(crate) async fn run(
         bar.set_length(total);
         bar.set_position(done);
     };
-    let peer = crate::transfer::Peer { orchestrator, route: &route, policy, events: &events, progress: &progress };
+    let run_as = on.run_as.as_deref();
+    let peer =
+        crate::transfer::Peer { orchestrator, route: &route, policy, events: &events, progress: &progress, run_as };
     let result = match up {
         true => crate::transfer::upload(&peer, local, remote).await,
         false => crate::transfer::download(&peer, remote, local).await,
