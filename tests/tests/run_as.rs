@@ -274,3 +274,46 @@ async fn files_are_uploaded_and_downloaded_with_the_permissions_of_the_user_name
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_dir_all(&config.work_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_not_running_as_root_says_so_and_runs_scripts_only_as_itself() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut config = config("run-as-unprivileged");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    // Its own files, as an operator gives an unprivileged agent.
+    let home = std::env::temp_dir().join(format!("cuttle-home-{}", config.agent_id));
+    std::fs::create_dir(&home).unwrap();
+    let keys = tests::trust::keys();
+    for (from, name) in [(&keys.agent_key, "agent.key"), (&keys.trusted_keys, "trusted_keys")] {
+        std::fs::copy(from, home.join(name)).unwrap();
+        std::os::unix::fs::chown(home.join(name), Some(uid), Some(gid)).unwrap();
+    }
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    config.key_file = Some(home.join("agent.key"));
+    config.trusted_keys_file = Some(home.join("trusted_keys"));
+    config.work_dir = home.join("wd");
+    let mut command = AgentProcess::command(&config);
+    command.args(["--allow-run-as", "daemon"]).uid(uid).gid(gid);
+    let agent = AgentProcess::spawn_command(config.clone(), command);
+    agent.wait_ready().await;
+    let log = agent.log_text();
+    assert!(
+        log.contains("this agent does not run as root, so it runs scripts only as itself") && log.contains("daemon"),
+        "{log}"
+    );
+
+    let out = run_dispatcher(&["submit", "--target", &config.agent_id, "--run-as", "daemon", "--", "id -un"]).await;
+    assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .contains("this agent runs as nobody, not as root, so it runs scripts only as itself, not as daemon"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run_dispatcher(&["submit", "--target", &config.agent_id, "--run-as", "nobody", "--", "id -un"]).await;
+    assert_eq!(text(&out.stdout), "nobody\n", "naming itself is no change of user: {}", text(&out.stderr));
+    agent.stop().await;
+    let _ = std::fs::remove_dir_all(&home);
+}
