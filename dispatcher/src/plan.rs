@@ -9,7 +9,7 @@
 
 use crate::policy::{self, MachinePolicy, Overrides, PolicyConfig, PolicyError, Purpose, Target};
 use crate::route::Route;
-use crate::service::journal::Submission;
+use crate::service::submission::Submission;
 use contracts::submission::retry::Policies;
 use contracts::submission::retry::RetryPolicy;
 use contracts::wire::messages::{Isolation, ScriptFile, ScriptLimits, ScriptSpec, Secrets, Shell, SpecError};

@@ -16,7 +16,8 @@ use dispatcher::error::RpcError;
 use dispatcher::orchestrator::Event;
 use dispatcher::retry::RetryNotice;
 use dispatcher::route::Route;
-use dispatcher::service::journal::{Journal, Submission};
+use dispatcher::service::journal::Journal;
+use dispatcher::service::submission::Submission;
 use futures_util::StreamExt;
 use std::time::{Duration, Instant, SystemTime};
 

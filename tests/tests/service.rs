@@ -717,7 +717,7 @@ async fn journal_of_outcomes(
     use contracts::submission::outcome::{Outcome, OutcomeKind};
     use contracts::submission::retry::{Policies, RetryPolicy};
     use dispatcher::route::Route;
-    use dispatcher::service::journal::Submission;
+    use dispatcher::service::submission::Submission;
     let mut finished = Vec::new();
     for index in 0..=count {
         let ticket = edge::entropy::ticket();

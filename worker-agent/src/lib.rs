@@ -21,8 +21,8 @@
 //! - [`programs`]: finding the programs the agent starts on its own PATH.
 //! - [`limits`]: scripts' limits through cgroups and resource limits.
 //! - [`janitor`]: removes the workspaces of completed tickets and stale ones.
-//! - [`transfer`]: file upload and download below the transfer roots; [`transfer_as`] as
-//!   another user, through a helper process that takes that user's identity.
+//! - [`transfer`]: file upload and download below the transfer roots, as the agent or, through
+//!   a helper process that takes that user's identity, as another user.
 //! - [`presence`]: the agent's announcements of itself (heartbeats) on the presence stream.
 //! - [`trust`]: the agent's key (signs answers) and the dispatcher keys it trusts (commands).
 //! - [`health`]: liveness and readiness probes and metrics over HTTP (axum); [`metrics`] the
@@ -51,8 +51,7 @@ pub mod run_as;
 mod runner;
 pub mod service;
 pub mod store;
-mod transfer;
-pub mod transfer_as;
+pub mod transfer;
 mod trust;
 pub mod workspace;
 

@@ -4,8 +4,9 @@
 //! service's tickets).
 //!
 //! # Layout
-//! - [`journal`]: the records in Redis (deadpool-redis), and the history; [`agents`]: what each
-//!   target last answered.
+//! - [`journal`]: the records in Redis (deadpool-redis), and the history; [`submission`]: what
+//!   it records of each ticket before anything is sent; [`agents`]: what each target last
+//!   answered.
 //! - [`lease`]: which replica follows an in-flight ticket.
 //! - [`resume`]: following a ticket from its record: new, resumed or taken over.
 //! - [`schedules`]: schedules' records and slots in the journal; [`scheduler`]: each replica's
@@ -39,6 +40,7 @@ pub(crate) mod schedules;
 mod sessions;
 pub(crate) mod site;
 mod state;
+pub mod submission;
 pub(crate) mod tokens;
 mod web;
 

@@ -4,8 +4,9 @@
 //! and only then tells the agent to clean up.
 
 use super::agents::AgentSeen;
-use super::journal::{Corrupt, Journal, JournalError, Submission};
+use super::journal::{Corrupt, Journal, JournalError};
 use super::lease::Leases;
+use super::submission::Submission;
 use crate::orchestrator::{Event, Orchestrator};
 use contracts::backoff::Backoff;
 use contracts::submission::outcome::Outcome;

@@ -9,9 +9,10 @@
 //! Before a slot fires, the schedule's signature is checked against the service's own key: a
 //! schedule written or changed in the journal by anyone without the key never runs.
 
-use super::journal::{JournalError, SlotOf, Submission};
+use super::journal::JournalError;
 use super::resume::{Followers, PlaceWait};
 use super::schedules::{Fire, RunRecord, RunRequest, RunTarget, Schedules, StoredSchedule};
+use super::submission::{SlotOf, Submission};
 use crate::budget::Share;
 use crate::inventory::InventoryError;
 use crate::plan::{Plan, PlanError, Tickets};

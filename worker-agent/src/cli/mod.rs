@@ -39,7 +39,7 @@ pub enum Command {
     LimitedExec(crate::limits::LimitedExecArgs),
     /// Run by the agent to serve one chunk of a file transfer as another user (--run-as).
     #[command(hide = true)]
-    TransferAs(crate::transfer_as::TransferAsArgs),
+    TransferAs(crate::transfer::as_user::TransferAsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -427,7 +427,7 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(127);
         }
         Command::TransferAs(args) => {
-            return match crate::transfer_as::serve(args) {
+            return match crate::transfer::as_user::serve(args) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("worker-agent transfer-as: {error}");

@@ -1,4 +1,5 @@
-//! The agent's side of file transfer (see [`contracts::wire::transfer`]): files are read and written
+//! A transfer's file operations (see [`contracts::wire::transfer`]), done by whichever process
+//! serves the chunk (the agent, or its helper running as another user): files are read and written
 //! only below the transfer roots (`--transfer-root`), never through a symbolic link out of them.
 //!
 //! A path is resolved by [`resolve`]: relative paths are taken from the first root; `..` is
@@ -10,32 +11,15 @@
 //! at each chunk and again just before the rename, which replaces a name and never writes
 //! through a link, so a link made in between is replaced, not followed).
 
-use contracts::agent::run_as::{RunAs, RunAsPolicy};
 use contracts::wire::error::{ErrorKind, ErrorReply};
 use contracts::wire::transfer::{partial_name, DownloadChunk, FileChunk, TransferStatus, UploadChunk, WINDOW};
 use sha2::Digest;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// An upload kept in memory this long without a chunk is dropped with the chunks it kept
-/// ahead (its partial file stays, and a new run resumes from it).
-const IDLE_UPLOAD: Duration = Duration::from_secs(600);
-
-/// Transfers below some roots, one request per file at a time.
-pub(crate) struct Transfers {
-    roots: Vec<PathBuf>,
-    /// Whom a transfer may act as (`--allow-run-as`): another user's go through
-    /// [`crate::transfer_as`].
-    run_as: RunAsPolicy,
-    /// Uploads in progress by partial file: a lock, so a repeated chunk served at once with its
-    /// original cannot interleave writes with it, and the chunks that arrived ahead.
-    uploads: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Ahead>>>>,
-}
+use std::time::Instant;
 
 /// One upload as the agent keeps it in memory: the chunks that arrived before the bytes in front
 /// of them, by offset (written once those are in the partial file, so it always holds a prefix of
@@ -43,10 +27,10 @@ pub(crate) struct Transfers {
 #[derive(Debug)]
 pub(crate) struct Ahead {
     pub(crate) chunks: BTreeMap<u64, Vec<u8>>,
-    touched: Instant,
+    pub(super) touched: Instant,
     /// The destination as the completed upload left it: a repeat of the last chunk (its answer
     /// lost) that finds the file unchanged is answered without reading it all again.
-    in_place: Option<Fingerprint>,
+    pub(super) in_place: Option<Fingerprint>,
 }
 
 impl Default for Ahead {
@@ -58,7 +42,7 @@ impl Default for Ahead {
 /// Which file, of what length, last modified when: a file with the same fingerprint was not
 /// changed since.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Fingerprint {
+pub(super) struct Fingerprint {
     device: u64,
     inode: u64,
     len: u64,
@@ -93,7 +77,7 @@ impl Ahead {
     }
 }
 
-fn refused(message: impl Into<String>) -> ErrorReply {
+pub(super) fn refused(message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(ErrorKind::NotAuthorized, message)
 }
 
@@ -161,91 +145,8 @@ fn sha256_of(file: &mut File) -> std::io::Result<String> {
     }
 }
 
-impl Transfers {
-    /// Transfers below `roots` (canonicalized by the caller); none refuses every transfer.
-    pub(crate) fn new(roots: Vec<PathBuf>, run_as: RunAsPolicy) -> Self {
-        Transfers { roots, run_as, uploads: Mutex::default() }
-    }
-
-    /// The user a transfer naming `requested` acts as (`None`: the agent itself), or why not.
-    fn user_for(&self, requested: Option<&str>) -> Result<Option<String>, ErrorReply> {
-        match self.run_as.resolve(requested) {
-            Ok(RunAs::Itself) => Ok(None),
-            Ok(RunAs::User(user)) => Ok(Some(user)),
-            Err(refusal) => Err(refused(format!("{refusal}; nothing was transferred"))),
-        }
-    }
-
-    pub(crate) fn enabled(&self) -> bool {
-        !self.roots.is_empty()
-    }
-
-    /// The upload writing `partial`, locked; uploads left idle are forgotten on the way.
-    async fn lock(&self, partial: &Path) -> tokio::sync::OwnedMutexGuard<Ahead> {
-        let upload = {
-            let mut uploads = self.uploads.lock().expect("uploads poisoned");
-            uploads.retain(|_, upload| {
-                Arc::strong_count(upload) > 1 || upload.try_lock().map_or(true, |a| a.touched.elapsed() < IDLE_UPLOAD)
-            });
-            uploads.entry(partial.to_path_buf()).or_default().clone()
-        };
-        upload.lock_owned().await
-    }
-
-    /// Forgets an upload that keeps nothing ahead and is not complete (so the map holds only
-    /// uploads with chunks ahead, and completed ones until they are idle).
-    fn release(&self, partial: &Path, ahead: tokio::sync::OwnedMutexGuard<Ahead>) {
-        let idle = ahead.chunks.is_empty() && ahead.in_place.is_none();
-        drop(ahead);
-        let mut uploads = self.uploads.lock().expect("uploads poisoned");
-        if idle && uploads.get(partial).is_some_and(|upload| Arc::strong_count(upload) == 1) {
-            uploads.remove(partial);
-        }
-    }
-
-    /// Writes a chunk (or keeps it until the bytes before it are there) and says how far the
-    /// upload is.
-    pub(crate) async fn upload(&self, chunk: UploadChunk) -> Result<TransferStatus, ErrorReply> {
-        let Some(user) = self.user_for(chunk.run_as.as_deref())? else {
-            let (destination, partial) = upload_paths(&self.roots, &chunk)?;
-            let mut ahead = self.lock(&partial).await;
-            let at = partial.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                ahead.touched = Instant::now();
-                let status = write_chunk(&destination, &at, chunk, &mut ahead);
-                (status, ahead)
-            })
-            .await;
-            return match result {
-                Ok((status, ahead)) => {
-                    self.release(&partial, ahead);
-                    status
-                }
-                Err(e) => Err(ErrorReply::new(ErrorKind::Internal, format!("upload task failed: {e}"))),
-            };
-        };
-        // Resolved by the user's own process: the key only keeps one chunk of an upload at a time.
-        let key = PathBuf::from(format!("{user}\0{}\0{}\0{}", chunk.path, chunk.size, chunk.sha256));
-        let mut ahead = self.lock(&key).await;
-        ahead.touched = Instant::now();
-        let status = crate::transfer_as::upload(&user, self.roots.clone(), chunk, &mut ahead).await;
-        self.release(&key, ahead);
-        status
-    }
-
-    /// Reads a chunk (and the file's SHA-256 when asked).
-    pub(crate) async fn download(&self, request: DownloadChunk) -> Result<FileChunk, ErrorReply> {
-        if let Some(user) = self.user_for(request.run_as.as_deref())? {
-            return crate::transfer_as::download(&user, self.roots.clone(), request).await;
-        }
-        let path = resolve(&self.roots, &request.path)?;
-        let result = tokio::task::spawn_blocking(move || read_chunk(&path, &request)).await;
-        result.unwrap_or_else(|e| Err(ErrorReply::new(ErrorKind::Internal, format!("download task failed: {e}"))))
-    }
-}
-
 /// Where an upload goes, and the partial file it is written into first.
-fn upload_paths(roots: &[PathBuf], chunk: &UploadChunk) -> Result<(PathBuf, PathBuf), ErrorReply> {
+pub(super) fn upload_paths(roots: &[PathBuf], chunk: &UploadChunk) -> Result<(PathBuf, PathBuf), ErrorReply> {
     let destination = resolve(roots, &chunk.path)?;
     let name = destination.file_name().expect("resolved paths name a file").to_string_lossy();
     let partial = destination.with_file_name(partial_name(&name, chunk.size, &chunk.sha256));
@@ -279,7 +180,7 @@ fn append(file: &mut File, partial: &Path, held: u64, offset: u64, data: &[u8]) 
     Ok(end)
 }
 
-fn write_chunk(
+pub(super) fn write_chunk(
     destination: &Path,
     partial: &Path,
     chunk: UploadChunk,
@@ -343,7 +244,7 @@ fn already_in_place(destination: &Path, chunk: &UploadChunk, in_place: Option<Fi
         && sha256_of(&mut file).is_ok_and(|digest| digest == chunk.sha256)
 }
 
-fn read_chunk(path: &Path, request: &DownloadChunk) -> Result<FileChunk, ErrorReply> {
+pub(super) fn read_chunk(path: &Path, request: &DownloadChunk) -> Result<FileChunk, ErrorReply> {
     let mut file = open(path, OpenOptions::new().read(true)).map_err(|e| failed("open", path, e))?;
     let metadata = file.metadata().map_err(|e| failed("read", path, e))?;
     if !metadata.is_file() {

@@ -5,10 +5,11 @@
 //! the helper cannot: the one-chunk-at-a-time lock of an upload and the chunks that arrived
 //! ahead, handed to the helper with each chunk and back with its answer.
 
-use crate::transfer::{serve_download, serve_upload, Ahead};
+use super::files::{serve_download, serve_upload, Ahead};
 use contracts::wire::error::{ErrorKind, ErrorReply};
 use contracts::wire::transfer::{DownloadChunk, FileChunk, TransferStatus, UploadChunk};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -18,6 +19,15 @@ struct Kept {
     offset: u64,
     #[serde(with = "serde_bytes")]
     data: Vec<u8>,
+}
+
+/// The chunks kept ahead, as the helper is handed them and hands them back.
+fn kept(chunks: BTreeMap<u64, Vec<u8>>) -> Vec<Kept> {
+    chunks.into_iter().map(|(offset, data)| Kept { offset, data }).collect()
+}
+
+fn chunks(kept: Vec<Kept>) -> BTreeMap<u64, Vec<u8>> {
+    kept.into_iter().map(|kept| (kept.offset, kept.data)).collect()
 }
 
 /// What the helper is asked, on its standard input.
@@ -41,10 +51,9 @@ pub(crate) async fn upload(
     chunk: UploadChunk,
     ahead: &mut Ahead,
 ) -> Result<TransferStatus, ErrorReply> {
-    let kept = std::mem::take(&mut ahead.chunks).into_iter().map(|(offset, data)| Kept { offset, data }).collect();
-    match helper(user, &Asked::Upload { roots, chunk, ahead: kept }).await? {
-        Answered::Upload { status, ahead: kept } => {
-            ahead.chunks = kept.into_iter().map(|kept| (kept.offset, kept.data)).collect();
+    match helper(user, &Asked::Upload { roots, chunk, ahead: kept(std::mem::take(&mut ahead.chunks)) }).await? {
+        Answered::Upload { status, ahead: still } => {
+            ahead.chunks = chunks(still);
             status
         }
         Answered::Download(_) => Err(internal("the helper answered an upload with a download")),
@@ -129,12 +138,10 @@ pub fn serve(args: TransferAsArgs) -> Result<(), HelperError> {
     let mut input = Vec::new();
     std::io::stdin().read_to_end(&mut input)?;
     let answered = match rmp_serde::from_slice(&input)? {
-        Asked::Upload { roots, chunk, ahead: kept } => {
-            let mut ahead = Ahead::default();
-            ahead.chunks = kept.into_iter().map(|kept| (kept.offset, kept.data)).collect();
+        Asked::Upload { roots, chunk, ahead: handed } => {
+            let mut ahead = Ahead { chunks: chunks(handed), ..Ahead::default() };
             let status = serve_upload(&roots, chunk, &mut ahead);
-            let kept = ahead.chunks.into_iter().map(|(offset, data)| Kept { offset, data }).collect();
-            Answered::Upload { status, ahead: kept }
+            Answered::Upload { status, ahead: kept(ahead.chunks) }
         }
         Asked::Download { roots, request } => Answered::Download(serve_download(&roots, &request)),
     };
