@@ -215,6 +215,16 @@ impl AgentProcess {
         process
     }
 
+    /// Starts the binary with `config` (as flags), `flags` and `env` besides, and waits until it
+    /// consumes its queue.
+    pub async fn start_with(config: AgentConfig, flags: &[&str], env: &[(&str, &str)]) -> AgentProcess {
+        let mut command = Self::command(&config);
+        command.args(flags).envs(env.iter().copied());
+        let process = Self::spawn_command(config, command);
+        process.wait_ready().await;
+        process
+    }
+
     /// Starts `command` (from [`crate::agent_command`], with the test's own flags and environment) as
     /// the agent described by `config` (used to clean up after it), without waiting for it.
     /// Its stderr goes to [`AgentProcess::log`].

@@ -2,22 +2,16 @@
 //! (`memory`, `cpu`, `pids`; the v2 layout is tested against a tree laid out like cgroupfs in
 //! `worker_agent::limits`): a memory hog is killed with the memory outcome (exit 113), a fork
 //! bomb is stopped by the task limit and the agent keeps serving, CPU and file size are bounded,
-//! the agent's caps win and are reported by `capabilities`, and a dispatcher never sends limits
-//! to an agent that would ignore them.
+//! the agent's caps win and are reported by `capabilities` (a dispatcher never sends limits to an
+//! agent that would ignore them: `run_as::a_dispatcher_never_sends_a_user_or_limits_…`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use tests::agent::{legacy_config, test_config};
+use tests::agent::test_config;
 use tests::*;
 
 async fn agent(what: &str, flags: &[&str], env: &[(&str, &str)]) -> AgentProcess {
-    let config = test_config(what);
-    let mut command = AgentProcess::command(&config);
-    command.args(flags);
-    command.envs(env.iter().copied());
-    let agent = AgentProcess::spawn_command(config, command);
-    agent.wait_ready().await;
-    agent
+    AgentProcess::start_with(test_config(what), flags, env).await
 }
 
 /// Stops the agent and removes the cgroup subtree it made for its scripts (a killed agent leaves
@@ -144,18 +138,6 @@ async fn the_agents_caps_win_apply_to_scripts_that_name_none_and_are_reported_by
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dispatcher_never_sends_limits_to_an_agent_that_would_ignore_them() {
-    let agent = TestAgent::start_with(legacy_config("limit-legacy")).await;
-    let markers = Markers::new();
-    let script = markers.record("legacy");
-    let out = run_dispatcher(&["submit", "--target", agent.id(), "--tasks-max", "10", "--", &script]).await;
-    assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("too old to bound a script's resources"), "{}", text(&out.stderr));
-    assert_eq!(markers.count("legacy"), 0);
-    agent.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_api_takes_limits_and_records_the_memory_outcome() {
     use tests::service::{http, journal_prefix, remove_journal};
     let agent = agent("limit-api", &[], &[]).await;
@@ -174,4 +156,62 @@ async fn the_service_api_takes_limits_and_records_the_memory_outcome() {
     service.stop().await;
     remove_journal(&prefix).await;
     stop(agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_given_as_flags_are_reported_and_bad_limits_are_refused_with_the_reason_before_anything_runs() {
+    let flags = [
+        "--max-memory-per-script",
+        "32MiB",
+        "--max-cpu-per-script",
+        "0.25",
+        "--max-tasks-per-script",
+        "50",
+        "--max-file-size-per-script",
+        "1MiB",
+    ];
+    let agent = agent("limit-flags", &flags, &[]).await;
+    let id = agent.config.agent_id.clone();
+    let out = run_dispatcher(&["capabilities", &id, "--json"]).await;
+    let answer: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let caps = &answer["limits"]["caps"];
+    assert_eq!(
+        (
+            caps["memory_max"].as_u64(),
+            caps["cpu_max"].as_u64(),
+            caps["tasks_max"].as_u64(),
+            caps["file_size_max"].as_u64()
+        ),
+        (Some(32 << 20), Some(250), Some(50), Some(1 << 20)),
+        "{answer}"
+    );
+    stop(agent).await;
+
+    // Values that are no limit: refused by either binary at once, saying what a good one is.
+    let submit =
+        |flag: &'static str, value: &'static str| vec!["submit", "--target", "nobody-here", flag, value, "--", "true"];
+    for (args, reason) in [
+        (submit("--memory-max", "0"), "is not a size such as 512MiB"),
+        (submit("--memory-max", "1TB"), "is not a size such as 512MiB"),
+        (submit("--cpu-max", "lots"), "is not a number of cores"),
+        (submit("--cpu-max", "0.0001"), "is not a number of cores"),
+        (submit("--tasks-max", "0"), "--tasks-max"),
+        (vec!["submit", "--target", "nobody-here", "--file-size-max=-1", "--", "true"], "is not a size such as 512MiB"),
+    ] {
+        let out = run_dispatcher(&args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(reason), "{args:?}: {}", text(&out.stderr));
+    }
+    let config = test_config("limit-bad-caps");
+    for (flag, value, reason) in [
+        ("--max-memory-per-script", "0", "is not a size such as 512MiB"),
+        ("--max-cpu-per-script", "2000", "is not a number of cores"),
+        ("--max-tasks-per-script", "0", "--max-tasks-per-script"),
+    ] {
+        let mut command = AgentProcess::command(&config);
+        command.args([flag, value]);
+        let out = tokio::time::timeout(Duration::from_secs(20), command.output()).await.unwrap().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(reason), "{flag} {value}: {}", text(&out.stderr));
+    }
 }

@@ -17,18 +17,10 @@ fn config(what: &str) -> worker_agent::config::AgentConfig {
     config
 }
 
-async fn agent_allowing(config: &worker_agent::config::AgentConfig, flags: &[&str]) -> AgentProcess {
-    let mut command = AgentProcess::command(config);
-    command.args(flags);
-    let agent = AgentProcess::spawn_command(config.clone(), command);
-    agent.wait_ready().await;
-    agent
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_runs_as_the_user_it_names_in_a_workspace_it_owns_and_reaches_nothing_of_the_agents() {
     let config = config("run-as");
-    let agent = agent_allowing(&config, &["--allow-run-as", "nobody"]).await;
+    let agent = AgentProcess::start_with(config.clone(), &["--allow-run-as", "nobody"], &[]).await;
     let key = tests::trust::keys().agent_key.display().to_string();
     let work_dir = config.work_dir.display().to_string();
     let script = format!(
@@ -62,7 +54,7 @@ fn whoami() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_not_allowed_root_included_is_refused_before_the_claim_and_nothing_runs_or_is_stored() {
     let config = config("run-as-refused");
-    let agent = agent_allowing(&config, &["--allow-run-as", "nobody"]).await;
+    let agent = AgentProcess::start_with(config.clone(), &["--allow-run-as", "nobody"], &[]).await;
     let markers = Markers::new();
     for user in ["daemon", "root"] {
         let script = markers.record(user);
@@ -93,10 +85,8 @@ async fn a_user_not_allowed_root_included_is_refused_before_the_claim_and_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_user_from_the_environment_runs_commands_that_name_none() {
     let config = config("run-as-default");
-    let mut command = AgentProcess::command(&config);
-    command.env("CUTTLE_ALLOW_RUN_AS", "nobody,daemon").env("CUTTLE_DEFAULT_RUN_AS", "nobody");
-    let agent = AgentProcess::spawn_command(config.clone(), command);
-    agent.wait_ready().await;
+    let env = [("CUTTLE_ALLOW_RUN_AS", "nobody,daemon"), ("CUTTLE_DEFAULT_RUN_AS", "nobody")];
+    let agent = AgentProcess::start_with(config.clone(), &[], &env).await;
     let out = run_dispatcher(&["submit", "--target", &config.agent_id, "--", "id -un"]).await;
     assert_eq!(text(&out.stdout), "nobody\n", "{}", text(&out.stderr));
     let out = run_dispatcher(&["submit", "--target", &config.agent_id, "--run-as", "daemon", "--", "id -un"]).await;
@@ -109,7 +99,7 @@ async fn the_default_user_from_the_environment_runs_commands_that_name_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_and_long_scripts_are_the_users_own() {
     let config = config("run-as-files");
-    let agent = agent_allowing(&config, &["--allow-run-as", "nobody"]).await;
+    let agent = AgentProcess::start_with(config.clone(), &["--allow-run-as", "nobody"], &[]).await;
     let local = std::env::temp_dir().join(format!("{}-input.txt", config.agent_id));
     std::fs::write(&local, "from the operator\n").unwrap();
     // Longer than what runs inline, so it is read from a file in the workspace.
@@ -124,20 +114,27 @@ async fn files_and_long_scripts_are_the_users_own() {
     let _ = std::fs::remove_dir_all(&config.work_dir);
 }
 
+/// An older agent would run the script as itself, unbounded: what it does not list it is never
+/// sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dispatcher_never_sends_a_user_to_an_agent_that_would_ignore_it() {
+async fn a_dispatcher_never_sends_a_user_or_limits_to_an_agent_that_would_ignore_them() {
     let agent = TestAgent::start_with(legacy_config("run-as-legacy")).await;
     let markers = Markers::new();
-    let script = markers.record("legacy");
-    let out = run_dispatcher(&["submit", "--target", agent.id(), "--run-as", "nobody", "--", &script]).await;
-    assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
-    let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("too old to run a script as another user") && stderr.contains("nothing was sent"),
-        "{stderr}"
-    );
-    // Sent, it would have run (as the agent itself) before submit ended.
-    assert_eq!(markers.count("legacy"), 0);
+    for (name, flags, reason) in [
+        ("user", ["--run-as", "nobody"], "too old to run a script as another user"),
+        ("limits", ["--tasks-max", "10"], "too old to bound a script's resources"),
+    ] {
+        let script = markers.record(name);
+        let mut args = vec!["submit", "--target", agent.id()];
+        args.extend(flags);
+        args.extend(["--", &script]);
+        let out = run_dispatcher(&args).await;
+        assert_eq!(out.status.code(), Some(103), "{name}: {}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(reason) && stderr.contains("nothing was sent"), "{name}: {stderr}");
+        // Sent, it would have run (as the agent itself) before submit ended.
+        assert_eq!(markers.count(name), 0, "{name}");
+    }
     agent.stop().await;
 }
 
@@ -174,7 +171,7 @@ async fn run_as_settings_the_agent_cannot_honour_stop_it_at_start_with_the_reaso
 async fn the_service_api_runs_a_script_as_the_user_its_run_as_names() {
     use tests::service::{http, journal_prefix, remove_journal};
     let config = config("run-as-api");
-    let agent = agent_allowing(&config, &["--allow-run-as", "nobody"]).await;
+    let agent = AgentProcess::start_with(config.clone(), &["--allow-run-as", "nobody"], &[]).await;
     let prefix = journal_prefix("run-as-api");
     let service = ServiceProcess::start(&prefix, &[]).await;
     let body = serde_json::json!({"target": config.agent_id, "script": "id -un", "run_as": "nobody"});
@@ -215,7 +212,9 @@ async fn files_are_uploaded_and_downloaded_with_the_permissions_of_the_user_name
     let local = root.join("local.txt");
     std::fs::write(&local, "uploaded as nobody").unwrap();
     let transfer_root = root.display().to_string();
-    let agent = agent_allowing(&config, &["--allow-run-as", "nobody", "--transfer-root", &transfer_root]).await;
+    let agent =
+        AgentProcess::start_with(config.clone(), &["--allow-run-as", "nobody", "--transfer-root", &transfer_root], &[])
+            .await;
     let id = config.agent_id.clone();
     let (local_arg, back) = (local.display().to_string(), root.join("back.txt"));
     let as_nobody = |args: &[&str]| {
@@ -316,4 +315,27 @@ async fn an_agent_not_running_as_root_says_so_and_runs_scripts_only_as_itself() 
     assert_eq!(text(&out.stdout), "nobody\n", "naming itself is no change of user: {}", text(&out.stderr));
     agent.stop().await;
     let _ = std::fs::remove_dir_all(&home);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_cannot_be_a_users_is_refused_before_anything_is_sent() {
+    for args in [
+        vec!["submit", "--target", "nobody-here", "--run-as=-rf", "--", "true"],
+        vec!["submit", "--target", "nobody-here", "--run-as", "root;id", "--", "true"],
+        vec!["upload", "/etc/hostname", "a", "--target", "nobody-here", "--run-as", "a/b"],
+        vec!["download", "a", "/tmp/never-written", "--target", "nobody-here", "--run-as", ""],
+    ] {
+        let out = run_dispatcher(&args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("is not a user name"), "{args:?}: {}", text(&out.stderr));
+    }
+    let prefix = tests::service::journal_prefix("run-as-bad-name");
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let url = format!("{}/v1/files", service.url);
+    let query = [("target", "nobody-here"), ("path", "a"), ("run_as", "../root")];
+    let got = tests::service::http().get(&url).query(&query).send().await.unwrap();
+    assert_eq!(got.status().as_u16(), 400);
+    assert!(got.text().await.unwrap().contains("is not a user name"));
+    service.stop().await;
+    tests::service::remove_journal(&prefix).await;
 }

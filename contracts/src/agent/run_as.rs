@@ -7,7 +7,7 @@
 //! an agent that runs as root itself. An agent that does not run as root cannot change user at
 //! all, so it runs scripts only as itself.
 
-use crate::wire::messages::is_user_name;
+use crate::wire::messages::{check_user_name, BadUserName};
 use std::collections::BTreeSet;
 
 /// The user a script runs as.
@@ -33,8 +33,8 @@ pub enum RunAsRefusal {
 pub enum RunAsConfigError {
     #[error("--default-run-as {0} is not among the users --allow-run-as lists")]
     DefaultNotAllowed(String),
-    #[error("{0:?} is not a user name (letters, digits, '_', '-', '.', at most 32, not starting with '-')")]
-    BadName(String),
+    #[error(transparent)]
+    BadName(#[from] BadUserName),
 }
 
 /// The users an agent may run scripts as and the one it runs commands that name none as.
@@ -58,8 +58,8 @@ impl RunAsPolicy {
         privileged: bool,
     ) -> Result<Self, RunAsConfigError> {
         let allowed: BTreeSet<String> = allowed.into_iter().collect();
-        if let Some(bad) = allowed.iter().chain(default.iter()).find(|name| !is_user_name(name)) {
-            return Err(RunAsConfigError::BadName(bad.clone()));
+        for name in allowed.iter().chain(default.iter()) {
+            check_user_name(name)?;
         }
         if let Some(default) = &default {
             let itself = !privileged && *default == own;
@@ -155,10 +155,10 @@ mod tests {
     #[test]
     fn user_names_are_checked() {
         for good in ["nobody", "www-data", "svc_1", "host$", "a.b"] {
-            assert!(is_user_name(good), "{good}");
+            assert!(check_user_name(good).is_ok(), "{good}");
         }
         for bad in ["", "-x", "a b", "a/b", "$", "x;y", &"a".repeat(33)] {
-            assert!(!is_user_name(bad), "{bad}");
+            assert_eq!(check_user_name(bad), Err(BadUserName(bad.to_owned())));
         }
         assert!(matches!(
             RunAsPolicy::new(["a b".into()], None, "root".into(), true),

@@ -234,8 +234,8 @@ pub enum SpecError {
     FileTwice(String),
     #[error("file name {0:?} must be a plain name")]
     FileName(String),
-    #[error("{0:?} is not a user name (letters, digits, '_', '-', '.', at most 32, not starting with '-')")]
-    RunAs(String),
+    #[error(transparent)]
+    RunAs(#[from] BadUserName),
     #[error("the {0} limit must be more than 0")]
     ZeroLimit(&'static str),
 }
@@ -426,8 +426,8 @@ impl ScriptSpec {
         if self.sealed_secret_env.len() > MAX_SEALED_COPIES {
             return Err(SpecError::SealedCopies);
         }
-        if let Some(user) = self.run_as.as_ref().filter(|user| !is_user_name(user)) {
-            return Err(SpecError::RunAs(user.clone()));
+        if let Some(user) = &self.run_as {
+            check_user_name(user)?;
         }
         self.limits.validate()?;
         if let Some(name) = self.secret_env.names().find(|name| self.env.contains_key(*name)) {
@@ -449,14 +449,25 @@ impl ScriptSpec {
     }
 }
 
+/// A name that cannot be a user's, wherever one is given (a command's `run_as`, a transfer's, the
+/// agent's `--allow-run-as`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a user name (letters, digits, '_', '-', '.', at most 32, not starting with '-')")]
+pub struct BadUserName(pub String);
+
 /// A user name as POSIX systems accept one: portable characters, not starting with `-`, at most
 /// 32 bytes (a trailing `$` for machine accounts allowed).
-pub fn is_user_name(name: &str) -> bool {
+pub fn check_user_name(name: &str) -> Result<(), BadUserName> {
     let body = name.strip_suffix('$').unwrap_or(name);
-    !body.is_empty()
+    let good = !body.is_empty()
         && name.len() <= 32
         && !body.starts_with('-')
-        && body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if good {
+        Ok(())
+    } else {
+        Err(BadUserName(name.to_owned()))
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

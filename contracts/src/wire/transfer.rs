@@ -104,10 +104,7 @@ impl UploadChunk {
 }
 
 fn check_user(user: Option<&str>) -> Result<(), ChunkError> {
-    match user {
-        Some(user) if !crate::wire::messages::is_user_name(user) => Err(ChunkError::RunAs(user.to_owned())),
-        _ => Ok(()),
-    }
+    Ok(user.map(crate::wire::messages::check_user_name).transpose().map(drop)?)
 }
 
 impl DownloadChunk {
@@ -133,8 +130,8 @@ pub enum ChunkError {
     Offset,
     #[error("chunk ends at {end}, past the file's size of {size}")]
     PastTheEnd { end: u64, size: u64 },
-    #[error("{0:?} is not a user name")]
-    RunAs(String),
+    #[error(transparent)]
+    RunAs(#[from] crate::wire::messages::BadUserName),
 }
 
 /// Why a path cannot name a file on the agent.

@@ -89,6 +89,9 @@ fn checked(query: Result<Query<FileQuery>, QueryRejection>) -> Result<(FileQuery
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let route = query.route()?;
     contracts::wire::transfer::check_path(&query.path).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(user) = &query.run_as {
+        contracts::wire::messages::check_user_name(user).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
     Ok((query, route))
 }
 

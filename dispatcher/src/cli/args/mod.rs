@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod script;
-use script::{parse_env, parse_file_arg, parse_secret};
+use script::{parse_env, parse_file_arg, parse_secret, parse_user};
 pub(super) use script::{BoundsArgs, FileArg, IsolationArg, SecretArg, ShellArg};
 
 const EXIT_CODES_HELP: &str = "\
@@ -214,7 +214,7 @@ pub(super) struct TransferTarget {
     /// upload makes is that user's); the agent must allow it (its --allow-run-as), or refuses and
     /// nothing is transferred (exit 103) [default: the agent's --default-run-as, else the agent's
     /// own user].
-    #[arg(long, value_name = "USER")]
+    #[arg(long, value_name = "USER", value_parser = parse_user)]
     pub run_as: Option<String>,
 }
 

@@ -23,7 +23,7 @@ pub(in crate::cli) struct BoundsArgs {
     /// of its own; the agent must allow it (its --allow-run-as), or refuses the start and nothing
     /// runs (exit 103). Signed with the script [default: the agent's --default-run-as, else the
     /// agent's own user].
-    #[arg(long, value_name = "USER")]
+    #[arg(long, value_name = "USER", value_parser = parse_user)]
     pub(in crate::cli) run_as: Option<String>,
     /// The most memory the script (with every process it starts) may have on the agent (`256MiB`,
     /// `2GiB`); past it the script is killed (exit 113). Within the agent's cap (its
@@ -92,6 +92,11 @@ pub(super) fn parse_env(raw: &str) -> Result<(String, String), String> {
         return Err("empty variable name".into());
     }
     Ok((name.to_owned(), value.to_owned()))
+}
+
+/// `--run-as USER`: a name that can be a user's, refused here before anything is sent.
+pub(super) fn parse_user(raw: &str) -> Result<String, String> {
+    contracts::wire::messages::check_user_name(raw).map(|()| raw.to_owned()).map_err(|e| e.to_string())
 }
 
 fn parse_size(raw: &str) -> Result<u64, String> {
