@@ -319,6 +319,14 @@ impl contracts::store::TicketStore for LocalStore {
         .await
     }
 
+    async fn cancel_requested(&self, keys: &TicketKeys) -> Result<bool, StoreError> {
+        let ticket = keys.ticket.clone();
+        self.read_txn(move |txn| {
+            Ok(txn.open_table(CANCELS).map_err(failed)?.get(ticket.as_str()).map_err(failed)?.is_some())
+        })
+        .await
+    }
+
     async fn running_tickets(&self, _agent_id: &str) -> Result<Vec<String>, StoreError> {
         self.read_txn(|txn| {
             let running = txn.open_table(RUNNING).map_err(failed)?;

@@ -31,6 +31,8 @@ const BATCH_BYTES: usize = 1024 * 1024;
 /// Lines waiting for the writer at most (each at most [`MAX_LOG_LINE_BYTES`]): beyond this the
 /// readers wait, and so does the script.
 const QUEUED_LINES: usize = 256;
+/// How long a batch waits for more lines before it is stored ([`spawn_writer`]).
+const FLUSH_DELAY: Duration = Duration::from_millis(10);
 
 /// What the store holds for one line beside its text, counted against `--max-output` with it:
 /// its sequence number, stream and time (msgpack, 38 to 48 bytes with the text's length) and its
@@ -127,8 +129,15 @@ fn bytes_text(bytes: u64) -> String {
 }
 
 /// Starts the writer of one ticket's log, masking what `masker` names and storing the script's
-/// output while its lines' [`stored_cost`] stays within `max_output`. It ends, returning the next sequence number, once
-/// every [`LogSender`] is dropped and all lines are stored.
+/// output while its lines' [`stored_cost`] stays within `max_output`. It ends once every
+/// [`LogSender`] is dropped, returning the next sequence number and the lines not stored yet
+/// (its last batch, for the run's end to store with the record: [`TicketStore::end_run`]).
+///
+/// A batch is stored when it is full, or [`FLUSH_DELAY`] after its first line: a script that
+/// ends within that has all its output stored with its end, in one request to the store, and a
+/// longer one streams its lines that much later.
+///
+/// [`TicketStore::end_run`]: contracts::store::TicketStore::end_run
 pub fn spawn_writer(
     masker: Masker,
     store: AgentStore,
@@ -136,27 +145,39 @@ pub fn spawn_writer(
     ttl: Duration,
     max_output: u64,
     progress: watch::Sender<Progress>,
-) -> (LogSender, tokio::task::JoinHandle<u64>) {
+) -> (LogSender, tokio::task::JoinHandle<(u64, Vec<LogLine>)>) {
     let (tx, mut rx) = mpsc::channel::<(LogStream, String)>(QUEUED_LINES);
     let task = tokio::spawn(async move {
         let mut next_seq = 1u64;
         let mut batch: Vec<LogLine> = Vec::new();
         while let Some(first) = rx.recv().await {
+            let flush_at = tokio::time::Instant::now() + FLUSH_DELAY;
             let mut bytes = 0;
             let mut item = Some(first);
-            while let Some((stream, text)) = item.take() {
-                bytes += text.len();
-                batch.push(LogLine { seq: next_seq, stream, text, at: unix_millis(SystemTime::now()) });
-                next_seq += 1;
-                if batch.len() < BATCH_LINES && bytes < BATCH_BYTES {
-                    item = rx.try_recv().ok();
+            loop {
+                while let Some((stream, text)) = item.take() {
+                    bytes += text.len();
+                    batch.push(LogLine { seq: next_seq, stream, text, at: unix_millis(SystemTime::now()) });
+                    next_seq += 1;
+                    if batch.len() < BATCH_LINES && bytes < BATCH_BYTES {
+                        item = rx.try_recv().ok();
+                    }
+                }
+                if batch.len() >= BATCH_LINES || bytes >= BATCH_BYTES {
+                    break;
+                }
+                match tokio::time::timeout_at(flush_at, rx.recv()).await {
+                    Ok(Some(next)) => item = Some(next),
+                    // Every sender is gone: the run ended, and its end stores the rest.
+                    Ok(None) => return (next_seq, batch),
+                    Err(_) => break,
                 }
             }
             store_batch(&store, &keys, &batch, ttl).await;
             batch.clear();
             progress.send_modify(|p| p.next_log_sequence = next_seq);
         }
-        next_seq
+        (next_seq, batch)
     });
     (LogSender { lines: tx, masker, budget: OutputBudget::new(max_output) }, task)
 }

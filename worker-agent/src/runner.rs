@@ -14,7 +14,7 @@ use contracts::store::{Release, TicketKeys};
 use contracts::time::short;
 use contracts::wire::exit_code;
 use contracts::wire::messages::{ScriptLimits, ScriptSpec};
-use contracts::wire::status::LogStream;
+use contracts::wire::status::{LogLine, LogStream};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -89,9 +89,9 @@ impl Run {
         let lease = self.keep_lease();
         let exit = self.run_script(&log).await;
         drop(log);
-        let next_seq = writer.await.unwrap_or(1);
+        let (next_seq, last_lines) = writer.await.unwrap_or((1, Vec::new()));
         lease.cancel();
-        self.finish(exit, next_seq - 1).await;
+        self.finish(exit, next_seq - 1, &last_lines).await;
         self.progress.send_modify(|p| {
             p.next_log_sequence = next_seq;
             p.complete = true;
@@ -314,7 +314,7 @@ impl Run {
         };
         if self.record.state == RecordState::Claimed {
             let running = TicketRecord { state: RecordState::Running, ..self.record.clone() };
-            self.update_record(running, Release::Nothing).await;
+            self.update_record(running, Release::Nothing, &[]).await;
         }
         Ok(Some(guard))
     }
@@ -325,8 +325,8 @@ impl Run {
         if self.cancel.is_cancelled() {
             return true;
         }
-        match self.store.renew_lease(&self.keys, &self.record.owner, self.lease_ttl).await {
-            Ok(renewal) => renewal.cancel_requested,
+        match self.store.cancel_requested(&self.keys).await {
+            Ok(requested) => requested,
             Err(error) => {
                 tracing::warn!(ticket = %self.keys.ticket, %error, "could not look for a cancel before starting");
                 false
@@ -338,7 +338,7 @@ impl Run {
     /// runs as another user (so it reads them and writes there, and no one else does).
     async fn prepare_workspace(&self, account: Option<&crate::run_as::Account>) -> std::io::Result<()> {
         let owner = account.map(|account| (account.uid, account.gid));
-        workspace::create_workspace(&self.workspace, owner).await?;
+        workspace::create_workspace(&self.workspace, owner)?;
         for file in &self.spec.files {
             workspace::write_private_file(&self.workspace.join(&file.name), &file.content, owner).await?;
         }
@@ -383,20 +383,29 @@ impl Run {
         stop
     }
 
-    /// Records the end, with how many lines the script wrote (all stored by now): a status can
-    /// then name any the store loses after the last one it holds.
-    async fn finish(&mut self, exit: i32, lines_written: u64) {
+    /// Records the end, with how many lines the script wrote and the last of them (the writer's
+    /// last batch, stored with the end in one step): a status can then name any the store loses
+    /// after the last one it holds.
+    async fn finish(&mut self, exit: i32, lines_written: u64, last_lines: &[LogLine]) {
         let done = self.record.completed(exit);
-        self.update_record(done, Release::Ended { lines_written }).await;
+        self.update_record(done, Release::Ended { lines_written }, last_lines).await;
     }
 
-    /// Writes the next record by compare-and-set, retrying while the store is unreachable.
-    async fn update_record(&mut self, next: TicketRecord, release: Release) {
+    /// Writes the next record by compare-and-set (a run's end with its `last_lines`), retrying
+    /// while the store is unreachable.
+    async fn update_record(&mut self, next: TicketRecord, release: Release, last_lines: &[LogLine]) {
         let raw = next.encode();
         // 100 ms after a blip, at most every 2 s while the store stays away.
         let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(2));
         loop {
-            match self.store.compare_and_set(&self.keys, &self.record_raw, &next, None, release).await {
+            let written = match release {
+                Release::Ended { lines_written } => {
+                    let logs_ttl = Some(self.record_ttl);
+                    self.store.end_run(&self.keys, &self.record_raw, &next, last_lines, lines_written, logs_ttl).await
+                }
+                release => self.store.compare_and_set(&self.keys, &self.record_raw, &next, None, release).await,
+            };
+            match written {
                 Ok(true) => break,
                 Ok(false) => {
                     tracing::error!(ticket = %self.keys.ticket, state = ?next.state, "ticket record changed under its owner; not overwriting it");

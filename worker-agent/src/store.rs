@@ -43,9 +43,9 @@ end
 return {0, redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2])}
 "#;
 
-/// Compare-and-set on the exact record value; on success sets KEYS[2] to the lines the run
-/// wrote ARGV[6] (if given, expiring with the record), deletes KEYS[3..] and removes ARGV[5]
-/// from the set ARGV[4] (if named). ARGV[3] is the new TTL in ms, 0 keeps the current one.
+/// Compare-and-set on the exact record value; on success deletes KEYS[2..] in one step and
+/// removes ARGV[5] from the set ARGV[4] (if named). ARGV[3] is the new TTL in ms, 0 keeps the
+/// current one.
 const COMPARE_AND_SET: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[3] == '0' then
@@ -53,14 +53,33 @@ if ARGV[3] == '0' then
 else
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 end
-if ARGV[6] ~= '' then
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then redis.call('SET', KEYS[2], ARGV[6], 'PX', ttl) else redis.call('SET', KEYS[2], ARGV[6]) end
-end
-for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
+if #KEYS > 1 then redis.call('DEL', unpack(KEYS, 2)) end
 if ARGV[4] ~= '' then redis.call('SREM', ARGV[4], ARGV[5]) end
 return 1
 "#;
+
+/// A run's own end in one step: compare-and-set of the record (KEYS[1], ARGV[1] -> ARGV[2],
+/// keeping its TTL), how many lines the run wrote (KEYS[2] = ARGV[3]), the lease (KEYS[3])
+/// released, the ticket ARGV[4] out of the running set KEYS[5], and the run's last lines
+/// (ARGV[6..]) appended to its log (KEYS[4]). The log and the count expire ARGV[5] ms from now,
+/// as every append sets; 0 (no lines) gives the count the record's own expiry.
+const END_RUN: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+local ttl = tonumber(ARGV[5])
+if ttl == 0 then ttl = redis.call('PTTL', KEYS[1]) end
+if ttl > 0 then redis.call('SET', KEYS[2], ARGV[3], 'PX', ttl) else redis.call('SET', KEYS[2], ARGV[3]) end
+redis.call('DEL', KEYS[3])
+redis.call('SREM', KEYS[5], ARGV[4])
+if #ARGV > 5 then
+  redis.call('RPUSH', KEYS[4], unpack(ARGV, 6))
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+end
+return 1
+"#;
+
+/// Kept out of [`RedisStore`] to keep it small, like [`CONFIRM_CLAIM_SCRIPT`].
+static END_RUN_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(END_RUN));
 
 /// KEYS: record, lease, logs, lines written. ARGV: the sequence number to read after, lines at
 /// most. Answers the record, whether the lease exists, the last stored line's sequence number,
@@ -70,19 +89,44 @@ return 1
 /// a number of at least i + 1, and the first wanted one is at position ARGV[1] at most: at it
 /// when nothing was lost before it (checked on the line just before), else searched for. A line
 /// that cannot be decoded counts as its position's number, as when reading by position.
+///
+/// Only what a reader uses is asked of Redis: the lease only for a record not finished (`2|d|`
+/// ended, `2|t|` a tombstone: read as finished whatever the lease), the count of lines written
+/// only for a run that ended, and for a first page that holds the whole log (the usual answer
+/// to a start), neither the log's length nor its last line, which the page gives.
 const READ: &str = r#"
 local after = tonumber(ARGV[1])
+local want = tonumber(ARGV[2])
+local record = redis.call('GET', KEYS[1])
+local kind = record and string.sub(record, 1, 4)
+local lease = 0
+if record and kind ~= '2|d|' and kind ~= '2|t|' then lease = redis.call('EXISTS', KEYS[2]) end
+local written = false
+if record and kind ~= '2|t|' then written = redis.call('GET', KEYS[4]) end
+local function decoded_seq(raw, position)
+  local ok, line = pcall(cmsgpack.unpack, raw)
+  if ok and type(line) == 'table' and type(line.seq) == 'number' then return line.seq end
+  return position
+end
+if after == 0 then
+  local lines = redis.call('LRANGE', KEYS[3], 0, want - 1)
+  if #lines < want then
+    local last = 0
+    if #lines > 0 then last = decoded_seq(lines[#lines], #lines) end
+    return {record, lease, last, written, lines}
+  end
+end
 local n = redis.call('LLEN', KEYS[3])
 local function seq(i)
-  local ok, line = pcall(cmsgpack.unpack, redis.call('LINDEX', KEYS[3], i))
-  if ok and type(line) == 'table' and type(line.seq) == 'number' then return line.seq end
-  if i < 0 then return n + i + 1 end
-  return i + 1
+  if i < 0 then i = n + i end
+  return decoded_seq(redis.call('LINDEX', KEYS[3], i), i + 1)
 end
 local last = 0
 if n > 0 then last = seq(-1) end
 local from = math.min(after, n)
-if from > 0 and seq(from - 1) > after then
+local before = last
+if from > 0 and from < n then before = seq(from - 1) end
+if from > 0 and before > after then
   local lo, hi = 0, from - 1
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
@@ -91,8 +135,8 @@ if from > 0 and seq(from - 1) > after then
   from = lo
 end
 local lines = {}
-if from < n then lines = redis.call('LRANGE', KEYS[3], from, from + tonumber(ARGV[2]) - 1) end
-return {redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2]), last, redis.call('GET', KEYS[4]), lines}
+if from < n then lines = redis.call('LRANGE', KEYS[3], from, from + want - 1) end
+return {record, lease, last, written, lines}
 "#;
 
 /// KEYS: record, lease. Takes the lease again if the record is still exactly ARGV[1] (the claim
@@ -311,7 +355,7 @@ impl TicketStore for RedisStore {
     }
 
     /// Replaces the record if it still holds exactly `expected`; on success also drops the
-    /// lease (and at a run's own end keeps how many lines it wrote), or, once completed, the
+    /// lease (a run's own end goes through [`RedisStore::end_run`]), or, once completed, the
     /// lease, logs, lines written and cancel flag. `ttl` of `None` keeps the TTL.
     async fn compare_and_set(
         &self,
@@ -322,27 +366,49 @@ impl TicketStore for RedisStore {
         release: Release,
     ) -> Result<bool, StoreError> {
         let mut invocation = self.compare_and_set.key(&keys.record);
-        invocation.key(&keys.lines_written);
-        if release != Release::Nothing {
-            invocation.key(&keys.lease);
-        }
-        if release == Release::LeaseAndOutput {
-            invocation.key(&keys.logs).key(&keys.cancel).key(&keys.lines_written);
+        match release {
+            Release::Nothing => {}
+            Release::Lease => {
+                invocation.key(&keys.lease);
+            }
+            Release::Ended { lines_written } => {
+                return self.end_run(keys, expected, new, &[], lines_written, None).await
+            }
+            Release::LeaseAndOutput => {
+                invocation.key(&keys.lease).key(&keys.logs).key(&keys.cancel).key(&keys.lines_written);
+            }
         }
         let running_set = if release == Release::Nothing { String::new() } else { self.running_set(&new.agent_id) };
-        let lines_written = match release {
-            Release::Ended { lines_written } => lines_written.to_string(),
-            _ => String::new(),
-        };
         let done: i64 = invocation
             .arg(expected)
             .arg(new.encode())
             .arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64))
             .arg(running_set)
             .arg(&keys.ticket)
-            .arg(lines_written)
             .invoke_async(&mut self.con.clone())
             .await?;
+        Ok(done == 1)
+    }
+
+    /// A run's own end and its last lines in one script ([`END_RUN`]).
+    async fn end_run(
+        &self,
+        keys: &TicketKeys,
+        expected: &str,
+        new: &TicketRecord,
+        lines: &[LogLine],
+        lines_written: u64,
+        logs_ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = END_RUN_SCRIPT.key(&keys.record);
+        invocation.key(&keys.lines_written).key(&keys.lease).key(&keys.logs).key(self.running_set(&new.agent_id));
+        invocation.arg(expected).arg(new.encode()).arg(lines_written).arg(&keys.ticket);
+        let logs_ttl = if lines.is_empty() { None } else { logs_ttl };
+        invocation.arg(logs_ttl.map_or(0, |t| t.as_millis().max(1) as u64));
+        for line in lines {
+            invocation.arg(rmp_serde::to_vec_named(line).expect("log lines always encode"));
+        }
+        let done: i64 = invocation.invoke_async(&mut self.con.clone()).await?;
         Ok(done == 1)
     }
 
@@ -404,6 +470,11 @@ impl TicketStore for RedisStore {
             .invoke_async(&mut self.con.clone())
             .await?;
         Ok(LeaseRenewal { held: held == 1, cancel_requested: cancel == 1 })
+    }
+
+    /// Whether the ticket's cancel flag is set: one `EXISTS`.
+    async fn cancel_requested(&self, keys: &TicketKeys) -> Result<bool, StoreError> {
+        Ok(self.con.clone().exists(&keys.cancel).await?)
     }
 
     /// Tickets an agent id was running when it last stopped.
@@ -527,6 +598,23 @@ impl<S: TicketStore> TicketStore for Observed<S> {
         edge::clock::observe(&self.ops, "renew_lease", self.store.renew_lease(keys, owner, ttl)).await
     }
 
+    async fn end_run(
+        &self,
+        keys: &TicketKeys,
+        expected: &str,
+        new: &TicketRecord,
+        lines: &[LogLine],
+        lines_written: u64,
+        logs_ttl: Option<Duration>,
+    ) -> Result<bool, S::Error> {
+        let end = self.store.end_run(keys, expected, new, lines, lines_written, logs_ttl);
+        edge::clock::observe(&self.ops, "end_run", end).await
+    }
+
+    async fn cancel_requested(&self, keys: &TicketKeys) -> Result<bool, S::Error> {
+        edge::clock::observe(&self.ops, "cancel_requested", self.store.cancel_requested(keys)).await
+    }
+
     async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, S::Error> {
         edge::clock::observe(&self.ops, "running_tickets", self.store.running_tickets(agent_id)).await
     }
@@ -564,6 +652,8 @@ mod tests {
         store.confirm_record(&keys, &record.encode(), 0, hour).await.unwrap();
         store.append_logs(&keys, &[], hour).await.unwrap();
         store.renew_lease(&keys, "a/1", hour).await.unwrap();
+        store.cancel_requested(&keys).await.unwrap();
+        store.end_run(&keys, &record.encode(), &record.completed(0), &[], 0, None).await.unwrap();
         store.compare_and_set(&keys, &record.encode(), &record.completed(0), None, Release::Lease).await.unwrap();
         store.read(&keys, 0).await.unwrap();
         store.running_tickets("a").await.unwrap();
@@ -578,6 +668,8 @@ mod tests {
             "cancel",
             "append_logs",
             "renew_lease",
+            "cancel_requested",
+            "end_run",
             "compare_and_set",
             "read",
             "running_tickets",

@@ -127,6 +127,27 @@ pub async fn check_all<S: TicketStore>(store: &S, prefix: &str, owner: &str, age
     assert!(store.compare_and_set(&keys, &raw, &lost, None, Release::Lease).await.unwrap());
     assert_eq!(store.read(&keys, 6).await.unwrap().lines_written, None);
 
+    // A run's end with its last lines: the lines, the record and the count together, and only
+    // against the record as it stands; a cancel flag is read alone.
+    let keys = store.keys(&format!("{prefix}-e"));
+    let claimed = record("d5");
+    assert!(matches!(store.claim(&keys, &claimed, HOUR, HOUR, &epoch).await.unwrap(), Claim::Won));
+    assert!(!store.cancel_requested(&keys).await.unwrap());
+    store.append_logs(&keys, &[line(1)], HOUR).await.unwrap();
+    let done = claimed.completed(0);
+    let wrong = record("other").encode();
+    assert!(!store.end_run(&keys, &wrong, &done, &[line(2)], 2, Some(HOUR)).await.unwrap());
+    assert!(store.end_run(&keys, &claimed.encode(), &done, &[line(2), line(3)], 3, Some(HOUR)).await.unwrap());
+    let view = store.read(&keys, 0).await.unwrap();
+    assert_eq!(view.record.as_ref().map(|(r, _)| r), Some(&done));
+    assert!(!view.lease_alive && !store.running_tickets(agent_id).await.unwrap().contains(&keys.ticket));
+    let seqs: Vec<u64> = view.logs.iter().map(|l| l.seq).collect();
+    assert!(seqs.ends_with(&[2, 3]) && seqs[0] == 1, "{seqs:?}");
+    assert_eq!((view.last_stored, view.lines_written), (3, Some(3)));
+    assert_eq!(store.read(&keys, 2).await.unwrap().logs, vec![line(3)], "read after a position");
+    assert_eq!(store.cancel(&keys, &tombstone, HOUR, HOUR).await.unwrap(), Cancel::Flagged);
+    assert!(store.cancel_requested(&keys).await.unwrap());
+
     // The running set forgets on request.
     let keys = store.keys(&format!("{prefix}-c"));
     assert!(matches!(store.claim(&keys, &record("d3"), HOUR, HOUR, &epoch).await.unwrap(), Claim::Won));

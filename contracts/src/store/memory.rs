@@ -232,6 +232,10 @@ impl TicketStore for MemoryStore {
         }))
     }
 
+    async fn cancel_requested(&self, keys: &TicketKeys) -> Result<bool, MemoryStoreError> {
+        Ok(self.with(|data, now| alive(data.cancels.get(&keys.cancel), now).is_some()))
+    }
+
     async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, MemoryStoreError> {
         Ok(self.with(|data, _| data.running.get(agent_id).map_or_else(Vec::new, |s| s.iter().cloned().collect())))
     }

@@ -75,6 +75,22 @@ pub struct TicketView {
     pub lines_written: Option<u64>,
 }
 
+impl TicketView {
+    /// What a read finds just after a complete wrote `tombstone`: the tombstone as stored (its
+    /// compact form, read back), and nothing else of the ticket (lease, output and count gone).
+    pub fn of_tombstone(tombstone: &TicketRecord) -> TicketView {
+        let raw = tombstone.encode();
+        let record = TicketRecord::decode_or_failed(&raw);
+        TicketView {
+            record: Some((record, raw)),
+            lease_alive: false,
+            logs: Vec::new(),
+            last_stored: 0,
+            lines_written: None,
+        }
+    }
+}
+
 /// The life of the store's data: created when the store is first used, and again when it comes
 /// back empty. `value` is `<created ms>-<random>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,7 +241,29 @@ pub trait TicketStore: Send + Sync {
         release: Release,
     ) -> Result<bool, Self::Error>;
 
-    /// The record, whether its lease is alive, and the log lines after `after_seq`.
+    /// A run's own end: appends its last `lines` (kept `logs_ttl`, as [`TicketStore::append_logs`])
+    /// and replaces the record by `new` if it still holds `expected`, releasing as
+    /// [`Release::Ended`] with `lines_written`. A backend that can does both in one step (Redis: one
+    /// script, one round trip); else the lines go first, so a record read as complete still comes
+    /// with all of its output. `logs_ttl` is needed only with lines.
+    async fn end_run(
+        &self,
+        keys: &TicketKeys,
+        expected: &str,
+        new: &TicketRecord,
+        lines: &[LogLine],
+        lines_written: u64,
+        logs_ttl: Option<Duration>,
+    ) -> Result<bool, Self::Error> {
+        if let (false, Some(ttl)) = (lines.is_empty(), logs_ttl) {
+            self.append_logs(keys, lines, ttl).await?;
+        }
+        self.compare_and_set(keys, expected, new, None, Release::Ended { lines_written }).await
+    }
+
+    /// The record, whether its lease is alive, and the log lines after `after_seq`. The lease
+    /// is read only for a record not finished: a finished one (ended, or a tombstone) reads the
+    /// same whatever its lease, and may come with `lease_alive` false.
     async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, Self::Error>;
 
     /// Appends log lines (already numbered, in order), kept `ttl`.
@@ -233,6 +271,10 @@ pub trait TicketStore: Send + Sync {
 
     /// Renews the lease if `owner` holds it, and says whether a cancel was requested.
     async fn renew_lease(&self, keys: &TicketKeys, owner: &str, ttl: Duration) -> Result<LeaseRenewal, Self::Error>;
+
+    /// Whether a cancel was requested for the ticket (its cancel flag is set), read alone: a run
+    /// checks it once more just before its process starts.
+    async fn cancel_requested(&self, keys: &TicketKeys) -> Result<bool, Self::Error>;
 
     /// Tickets an agent id was running when it last stopped.
     async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, Self::Error>;

@@ -180,6 +180,11 @@ impl TicketStore for SimStore {
         self.memory.renew_lease(keys, owner, ttl).await
     }
 
+    async fn cancel_requested(&self, keys: &TicketKeys) -> Result<bool, MemoryStoreError> {
+        self.up()?;
+        self.memory.cancel_requested(keys).await
+    }
+
     async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, MemoryStoreError> {
         self.up()?;
         self.memory.running_tickets(agent_id).await

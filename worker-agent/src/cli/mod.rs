@@ -443,7 +443,13 @@ pub fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    // One thread runs everything the agent does itself. Its work is waiting (on the broker, the
+    // store and the scripts, which are processes of their own) and short steps between waits,
+    // so more threads only hand each message from one to another: with a thread per core the
+    // agent spent about a third more CPU per script (`dispatcher bench`, 16 in flight, see
+    // docs/performance.md). File work (transfers, the embedded store) still goes to the
+    // blocking pool's threads, and the AMQP client keeps its own I/O thread.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(*args).await,

@@ -18,7 +18,7 @@ use crate::wire::envelope::{InReplyTo, KeyShare, Reply, Request};
 use crate::wire::error::CodecError;
 use crate::wire::messages::{Kind, ScriptSpec};
 use crate::wire::ticket::Ticket;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -56,12 +56,20 @@ pub struct Memory {
     /// Tickets this process claimed whose claim the replicas have not confirmed yet: not
     /// started, and started only by this process, once, after a repeat confirms them.
     unconfirmed: Mutex<HashSet<String>>,
+    /// The stored records of runs seen finished by a status, by ticket, until their complete:
+    /// it compares against the one remembered instead of reading it first (one request to the
+    /// store instead of two). A guess checked by the store: a record changed since is read.
+    finished: Mutex<HashMap<String, String>>,
 }
+
+/// Finished records remembered at most ([`Memory`]); past it the memory starts again empty
+/// (complete then reads, as without it): dispatchers that never complete cannot grow it.
+const FINISHED_REMEMBERED: usize = 4096;
 
 impl Memory {
     /// A process's memory, knowing the store's epoch `epoch` if it read it.
     pub fn new(epoch: Option<Epoch>) -> Memory {
-        Memory { epoch: Mutex::new(epoch), unconfirmed: Mutex::default() }
+        Memory { epoch: Mutex::new(epoch), unconfirmed: Mutex::default(), finished: Mutex::default() }
     }
 
     pub fn epoch(&self) -> Option<Epoch> {
@@ -74,6 +82,20 @@ impl Memory {
 
     pub(super) fn unconfirmed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.unconfirmed.lock().expect("unconfirmed poisoned")
+    }
+
+    /// Remembers `raw`, the stored record of `ticket_key`'s finished run.
+    pub(super) fn remember_finished(&self, ticket_key: &str, raw: &str) {
+        let mut finished = self.finished.lock().expect("finished poisoned");
+        if finished.len() >= FINISHED_REMEMBERED && !finished.contains_key(ticket_key) {
+            finished.clear();
+        }
+        finished.insert(ticket_key.to_owned(), raw.to_owned());
+    }
+
+    /// The record remembered for `ticket_key`'s finished run, forgotten now.
+    pub(super) fn take_finished(&self, ticket_key: &str) -> Option<String> {
+        self.finished.lock().expect("finished poisoned").remove(ticket_key)
     }
 }
 
@@ -281,4 +303,22 @@ pub trait Environment {
         true
     }
     fn note(&mut self, note: Note<'_>);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_records_are_remembered_until_their_complete_and_never_past_the_bound() {
+        let memory = Memory::new(None);
+        memory.remember_finished("t-0", "2|d|0|...");
+        assert_eq!(memory.take_finished("t-0").as_deref(), Some("2|d|0|..."));
+        assert_eq!(memory.take_finished("t-0"), None, "taken by its complete");
+        for i in 0..FINISHED_REMEMBERED + 10 {
+            memory.remember_finished(&format!("t-{i}"), "r");
+        }
+        let held = memory.finished.lock().unwrap().len();
+        assert!(held <= FINISHED_REMEMBERED, "{held} held: dispatchers that never complete must not grow it");
+    }
 }

@@ -9,7 +9,7 @@ use crate::agent::{
 };
 use crate::store::record::{cancel_tombstone, claim_record, TicketRecord};
 use crate::store::SKIP_LOGS;
-use crate::store::{Cancel, Claim, ClaimReplication, Release, TicketKeys, TicketStore};
+use crate::store::{Cancel, Claim, ClaimReplication, Release, TicketKeys, TicketStore, TicketView};
 use crate::wire::envelope::Reply;
 use crate::wire::error::{ErrorKind, ErrorReply};
 use crate::wire::messages::ScriptSpec;
@@ -192,7 +192,14 @@ pub(super) async fn status<E: Environment>(env: &mut E, ticket: &Ticket, last_se
     }
     loop {
         let status = match env.store().read(&keys, last_seq).await {
-            Ok(view) => status_from(ticket, last_seq, view),
+            Ok(view) => {
+                if let Some((record, raw)) = &view.record {
+                    if record.state.is_complete() && !record.tombstone {
+                        env.memory().remember_finished(&keys.ticket, raw);
+                    }
+                }
+                status_from(ticket, last_seq, view)
+            }
             Err(error) => return store_error(error),
         };
         if !status.logs.is_empty() || status.is_complete() || env.reached(deadline) {
@@ -272,14 +279,30 @@ async fn cancel_and_read<E: Environment>(env: &mut E, ticket: &Ticket, last_seq:
 }
 
 /// Cleans up an ended script: drops its output and workspace, and leaves a tombstone that
-/// outlives any copy of its start still in a queue. A running script is left alone.
+/// outlives any copy of its start still in a queue. A running script is left alone. A run a
+/// status saw finished is completed against the record it read then, in one request; a record
+/// changed since (or none remembered) is read first.
 pub(super) async fn complete<E: Environment>(env: &mut E, ticket: &Ticket) -> Reply {
     let keys = env.store().keys(&ticket.store_key());
+    let without_deadline_ms = env.settings().tombstone_ttl.as_millis() as u64;
+    if let Some(raw) = env.memory().take_finished(&keys.ticket) {
+        let record = TicketRecord::decode_or_failed(&raw);
+        // Finished: it reads the same whatever its lease.
+        if let CompleteDecision::Tombstone { tombstone, ttl_ms } =
+            decide_complete(Some(&record), false, env.now_ms(), without_deadline_ms)
+        {
+            let ttl = Duration::from_millis(ttl_ms);
+            match env.store().compare_and_set(&keys, &raw, &tombstone, Some(ttl), Release::LeaseAndOutput).await {
+                Ok(true) => return completed(env, ticket, &keys, &tombstone).await,
+                Ok(false) => {}
+                Err(error) => return store_error(error),
+            }
+        }
+    }
     let view = match env.store().read(&keys, SKIP_LOGS).await {
         Ok(view) => view,
         Err(error) => return store_error(error),
     };
-    let without_deadline_ms = env.settings().tombstone_ttl.as_millis() as u64;
     let record = view.record.as_ref().map(|(r, _)| r);
     let (tombstone, ttl) = match decide_complete(record, view.lease_alive, env.now_ms(), without_deadline_ms) {
         CompleteDecision::Status => return Reply::ScriptStatus(status_without_logs(ticket, view)),
@@ -287,10 +310,7 @@ pub(super) async fn complete<E: Environment>(env: &mut E, ticket: &Ticket) -> Re
     };
     let raw = view.record.as_ref().map_or("", |(_, raw)| raw.as_str());
     match env.store().compare_and_set(&keys, raw, &tombstone, Some(ttl), Release::LeaseAndOutput).await {
-        Ok(true) => {
-            env.clean(&keys.ticket).await;
-            env.note(Note::Completed { ticket });
-        }
+        Ok(true) => return completed(env, ticket, &keys, &tombstone).await,
         Ok(false) => env.note(Note::CompleteRaced { ticket }),
         Err(error) => return store_error(error),
     }
@@ -298,6 +318,14 @@ pub(super) async fn complete<E: Environment>(env: &mut E, ticket: &Ticket) -> Re
         Ok(view) => Reply::ScriptStatus(status_without_logs(ticket, view)),
         Err(error) => store_error(error),
     }
+}
+
+/// After the store took `tombstone` for the ticket: its workspace dropped, answered with what a
+/// read would find now (the tombstone alone), without reading it.
+async fn completed<E: Environment>(env: &mut E, ticket: &Ticket, keys: &TicketKeys, tombstone: &TicketRecord) -> Reply {
+    env.clean(&keys.ticket).await;
+    env.note(Note::Completed { ticket });
+    Reply::ScriptStatus(status_without_logs(ticket, TicketView::of_tombstone(tombstone)))
 }
 
 /// Marks the runs of an earlier process with this agent id as lost: they can never be finished

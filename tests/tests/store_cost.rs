@@ -1,0 +1,111 @@
+//! What one script costs the ticket store, counted as Redis sees it (`MONITOR`) while the real
+//! agent runs scripts from the real dispatcher: the requests the agent sends per script (each
+//! `EVALSHA` or plain command is one round trip) and the commands Redis runs for them, those
+//! inside the agent's Lua scripts included. A script's path is: its claim, the look for a cancel
+//! just before its process starts, its end with its last lines, the status that answers its
+//! start, and its complete (against the record that status read, without reading it again).
+
+use std::process::Stdio;
+use std::time::Duration;
+use tests::agent::test_config;
+use tests::*;
+use tokio::io::AsyncBufReadExt;
+
+/// Requests and commands the agent sent for the scripts, from `MONITOR` lines naming its keys.
+#[derive(Debug, Default)]
+struct Cost {
+    requests: usize,
+    commands: usize,
+}
+
+impl Cost {
+    /// A `MONITOR` line is `<time> [<db> <client or "lua">] "<COMMAND>" ...`: a client's lines are
+    /// its requests, a Lua script's the commands it runs (an `EVALSHA` itself runs none).
+    fn count(&mut self, line: &str) {
+        if line.contains(" lua] ") {
+            self.commands += 1;
+        } else {
+            self.requests += 1;
+            if !line.contains("\"EVALSHA\"") && !line.contains("\"EVAL\"") {
+                self.commands += 1;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_costs_the_store_five_requests_and_nineteen_commands() {
+    let agent = AgentProcess::start_with(test_config("store-cost"), &[], &[]).await;
+    let id = agent.config.agent_id.clone();
+    let prefix = agent.config.key_prefix.clone();
+    let mut con = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    // The first script reads the store's epoch and loads the Lua scripts: not a script's cost.
+    // Its complete is published, not awaited: counted only once its tombstone is there.
+    let out = run_dispatcher(&["submit", "--target", &id, "--", "echo warm"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let tickets = format!("{prefix}ticket:*");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(&tickets).query_async(&mut con).await.unwrap();
+        let record: Option<String> = match keys.first() {
+            Some(key) => redis::cmd("GET").arg(key).query_async(&mut con).await.unwrap(),
+            None => None,
+        };
+        if record.is_some_and(|r| r.starts_with("2|t|")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the first script was not completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut monitor = tokio::process::Command::new("redis-cli")
+        .args(["-u", &redis_url(), "monitor"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-cli runs (it comes with Redis)");
+    let mut lines = tokio::io::BufReader::new(monitor.stdout.take().expect("piped")).lines();
+    let ok = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+    assert!(matches!(&ok, Ok(Ok(Some(line))) if line == "OK"), "MONITOR did not start: {ok:?}");
+    let scripts = 40;
+    // Counted until the last complete has written its tombstone and left the running set, its
+    // last command (the bench does not await completes).
+    let collect = tokio::spawn(async move {
+        let (mut cost, mut completed) = (Cost::default(), 0);
+        loop {
+            let Ok(Some(line)) = lines.next_line().await else { break };
+            if line.contains(&prefix) {
+                cost.count(&line);
+                completed += usize::from(line.contains(" lua] \"SET\"") && line.contains("\"2|t|"));
+                if completed == scripts && line.contains(" lua] \"SREM\"") {
+                    break;
+                }
+            }
+        }
+        (cost, completed)
+    });
+
+    let count = scripts.to_string();
+    let out = run_dispatcher(&["bench", "--target", &id, "--count", &count, "--concurrency", "4"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    let counted = tokio::time::timeout(Duration::from_secs(20), collect).await;
+    let _ = monitor.start_kill();
+    let (cost, completed) = counted.expect("every script completed within 20 s").unwrap();
+    assert_eq!(completed, scripts, "MONITOR ended early: {cost:?}");
+    let per_script = |n: usize| n as f64 / scripts as f64;
+    println!(
+        "STORE-COST per script: {:.2} requests, {:.2} commands ({cost:?} for {scripts} scripts)",
+        per_script(cost.requests),
+        per_script(cost.commands)
+    );
+    // Exactly 5 and 19 when nothing else happens; a lease renewal of a slow script may add one.
+    assert!(per_script(cost.requests) <= 5.1, "{cost:?}");
+    assert!(per_script(cost.commands) <= 19.2, "{cost:?}");
+    assert!(per_script(cost.requests) >= 5.0 && per_script(cost.commands) >= 19.0, "fewer than counted: {cost:?}");
+    let left = format!("{}*", agent.config.key_prefix);
+    agent.stop().await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg(&left).query_async(&mut con).await.unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut con).await;
+    }
+}
