@@ -9,7 +9,9 @@ use contracts::entropy;
 use contracts::wire::envelope::{request_digest, Envelope, InReplyTo, Reply, Request, PROTOCOL_VERSION};
 use contracts::wire::error::{CodecError, ErrorKind};
 use contracts::wire::exit_code;
-use contracts::wire::messages::{CancelScriptV1, Isolation, ScriptFile, ScriptSpec, Secrets, Shell, StartScriptV2};
+use contracts::wire::messages::{
+    CancelScriptV1, CompleteScriptV2, Isolation, ScriptFile, ScriptSpec, Secrets, Shell, StartScriptV2,
+};
 use contracts::wire::status::{LogLine, LogStream, ScriptState, ScriptStatus};
 use contracts::wire::ticket::Ticket;
 use serde::{Deserialize, Serialize};
@@ -404,4 +406,44 @@ fn a_key_share_is_a_field_that_readers_from_before_sessions_ignore() {
     assert_eq!(request, Request::StartScriptV2(offering.body));
     let plain = current_start().encode().unwrap();
     assert!(bytes.len() > plain.len() && !String::from_utf8_lossy(&plain).contains("key_share"));
+}
+
+#[test]
+fn a_batched_complete_is_pinned_a_single_one_is_unchanged_and_a_reader_before_batches_completes_the_first() {
+    let complete = |more: Vec<Ticket>| Envelope {
+        version: PROTOCOL_VERSION,
+        kind: "CompleteScriptV2".into(),
+        message_id: "00000000-0000-4000-8000-000000000005".into(),
+        target: "web-01".into(),
+        issued_at: 1_795_000_000_000,
+        not_after: Some(1_795_000_030_000),
+        key_share: None,
+        in_reply_to: None,
+        body: CompleteScriptV2 { ticket: Ticket::parse("ticket-1").unwrap(), more },
+    };
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct FirstComplete {
+        ticket: String,
+    }
+    let first = legacy::Envelope {
+        version: PROTOCOL_VERSION,
+        kind: "CompleteScriptV2".to_owned(),
+        message_id: "00000000-0000-4000-8000-000000000005".into(),
+        target: "web-01".into(),
+        issued_at: 1_795_000_000_000,
+        not_after: Some(1_795_000_030_000),
+        body: FirstComplete { ticket: "ticket-1".into() },
+    };
+    // One ticket: the very bytes of the complete every agent has read.
+    assert_eq!(complete(Vec::new()).encode().unwrap(), rmp_serde::to_vec_named(&first).unwrap());
+    let batch = complete(vec![Ticket::parse("ticket-2").unwrap(), Ticket::parse("ticket-3").unwrap()]);
+    let bytes = batch.encode().unwrap();
+    pinned("complete_batch_v2.msgpack", &bytes);
+    let Request::CompleteScriptV2(read) = Request::decode(&bytes).unwrap().1 else { panic!("not a complete") };
+    let tickets: Vec<&str> = read.tickets().map(Ticket::as_str).collect();
+    assert_eq!(tickets, ["ticket-1", "ticket-2", "ticket-3"]);
+    // An agent from before batches reads it as the complete of its first ticket: a dispatcher
+    // sends batches only to agents that list complete-batch/v1.
+    let old: legacy::Envelope<FirstComplete> = rmp_serde::from_slice(&bytes).expect("legacy reader");
+    assert_eq!(old.body, first.body);
 }

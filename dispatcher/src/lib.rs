@@ -7,7 +7,8 @@
 //! - [`retry`]: the one retry executor (backoff with full jitter, deadline, last real error).
 //! - [`orchestrator`]: start, follow, cancel and complete a script, driving
 //!   `contracts::submission`'s machine (which also keeps the log in order, and says how a
-//!   submission ended and with which exit code).
+//!   submission ended and with which exit code); [`completes`]: completes to one agent sent
+//!   together, one message for many scripts.
 //! - [`negotiate`]: capabilities first, then the newest script service both sides support.
 //! - [`policy`]: machine policies (retry durations per purpose, targets and pools mapped to them).
 //! - [`plan`]: a script request, from the CLI's flags or the API's JSON, made into what runs: routes,
@@ -29,6 +30,7 @@
 mod bench;
 mod budget;
 pub mod cli;
+mod completes;
 pub mod error;
 pub mod event;
 mod fanout;

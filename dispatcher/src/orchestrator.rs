@@ -3,6 +3,7 @@
 //! agent and follows it until it has stopped) over the broker and the clock. Every decision is
 //! the machine's; this file only sends, waits and reports.
 
+use crate::completes::CompleteBatches;
 use crate::error::{LinkLost, RpcError};
 use crate::metrics::Metrics;
 use crate::negotiate::{CapabilityCache, ProtocolMode};
@@ -47,6 +48,8 @@ pub struct Orchestrator {
     /// Negotiate (the default), or speak only script v1 as dispatchers did before.
     pub protocol: ProtocolMode,
     capabilities: Arc<CapabilityCache>,
+    /// Completes waiting to go to agents that take many in one message.
+    completes: Arc<CompleteBatches>,
     metrics: Metrics,
 }
 
@@ -58,6 +61,7 @@ impl Orchestrator {
             timing,
             protocol: ProtocolMode::Auto,
             capabilities: Arc::default(),
+            completes: Arc::default(),
             metrics: Metrics::default(),
         }
     }
@@ -266,6 +270,26 @@ impl Orchestrator {
         self.drive(route, machine, events, interrupt).await
     }
 
+    /// Publishes a request nothing waits for (a complete): into the batch of its route when the
+    /// agent takes completes in batches ([`CompleteBatches`]), else at once.
+    async fn send(&self, route: &Route, request: &Request, not_after: SystemTime) -> Result<(), RpcError> {
+        match request {
+            Request::CompleteScriptV2(complete)
+                if complete.more.is_empty()
+                    && self.capabilities.get(route).is_some_and(|kind| kind.completes_in_batches()) =>
+            {
+                self.completes.add(&self.rpc, route, complete.ticket.clone(), not_after);
+                Ok(())
+            }
+            _ => self.rpc.send(route, request, not_after).await,
+        }
+    }
+
+    /// Sends the completes still waiting in batches, before the process ends.
+    pub async fn flush_completes(&self) {
+        self.completes.flush(&self.rpc).await;
+    }
+
     /// Completes a ticket whose end was seen: published (durably, into the agent's queue) but
     /// not waited for, since nothing the user sees depends on it.
     pub(crate) async fn complete_after(
@@ -278,7 +302,7 @@ impl Orchestrator {
     ) {
         let Some(complete) = complete_request(ScriptProtocol::V2, ticket, outcome) else { return };
         let not_after = SystemTime::now() + policy.duration.max(self.timing.attempt_timeout);
-        if let Err(error) = self.rpc.send(route, &complete, not_after).await {
+        if let Err(error) = self.send(route, &complete, not_after).await {
             events(Event::Notice(format!(
                 "could not complete ticket {ticket} (the agent cleans it up later): {error}"
             )));
@@ -310,7 +334,7 @@ impl Orchestrator {
     /// Tells the agent the script's output is no longer needed, and waits for its answer. Best
     /// effort: a failure is only a notice, since the agent expires what is never completed.
     pub async fn complete(&self, route: &Route, ticket: &Ticket, events: EventSink<'_>) {
-        let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
+        let complete = Request::CompleteScriptV2(CompleteScriptV2::new(ticket.clone()));
         let policy = RetryPolicy::new(self.timing.attempt_timeout);
         if let Err(gave_up) = self.request(route, &complete, policy, Duration::ZERO, None, events).await {
             events(Event::Notice(format!(
@@ -408,7 +432,7 @@ impl Orchestrator {
                 // a broker out of file handles never answers its handshake): each is raced with
                 // the user's Ctrl-C like the wait for a reply, so Ctrl-C is acted on at once.
                 Action::Send { request, not_after } => {
-                    let send = self.rpc.send(route, &request, not_after);
+                    let send = self.send(route, &request, not_after);
                     let sent = tokio::select! {
                         sent = send => sent,
                         // Only a complete, after the end, can be sent before a first Ctrl-C: it is

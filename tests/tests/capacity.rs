@@ -139,7 +139,7 @@ async fn records_written_by_the_previous_version_are_understood_after_an_upgrade
     assert_eq!(other.unwrap_err().agent_error(), Some(ErrorKind::TicketConflict));
     assert_eq!(markers.count("run"), 0, "no script ran again");
     // Completing an old record leaves a new, compact tombstone.
-    let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ended.clone() });
+    let complete = Request::CompleteScriptV2(CompleteScriptV2::new(ended.clone()));
     assert_eq!(status_of(orchestrator.rpc().call(&route, &complete, timing()).await).await.1, Some(7));
     let raw: String = redis::AsyncCommands::get(&mut con, record_key(&agent, &ended)).await.unwrap();
     assert_eq!(raw, format!("2|t|7|{}", &digest[..32]));

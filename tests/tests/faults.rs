@@ -171,7 +171,7 @@ async fn lose_once(rpc: Rpc, link: Link, lost: Lost) {
             chaos.start_script(&ticket, format!("{run}; echo done")).await;
             assert_eq!(chaos.follow(&ticket).await.exit_code, Some(0));
             proxy.drop_next_and_reset(direction);
-            let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
+            let complete = Request::CompleteScriptV2(CompleteScriptV2::new(ticket.clone()));
             let Reply::ScriptStatus(done) = chaos.request(&complete).await else { panic!("expected a status") };
             assert_eq!(done.exit_code, Some(0));
             let after = chaos.orchestrator.status(&chaos.route(), &ticket, policy, &|_| {}).await.unwrap();

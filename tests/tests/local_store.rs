@@ -103,7 +103,7 @@ async fn killed_at(step: &str) {
             })
             .await;
             if step == "completed" {
-                let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
+                let complete = Request::CompleteScriptV2(CompleteScriptV2::new(ticket.clone()));
                 status_of(&orchestrator, &route, &complete).await;
             }
             agent.kill().await;

@@ -211,7 +211,7 @@ async fn attack_table() {
         bench.refused(attack, verdict, ErrorKind::NotAuthorized);
         assert_eq!(bench.markers.count("genuine"), 1);
     }
-    let complete = Request::CompleteScriptV2(CompleteScriptV2 { ticket: ticket.clone() });
+    let complete = Request::CompleteScriptV2(CompleteScriptV2::new(ticket.clone()));
     let (_, complete) = complete.encode(&me, now_ms(), Some(now_ms() + 60_000), &mut edge::entropy::OsEntropy).unwrap();
     let id = bench.raw.publish(&me, "CompleteScriptV2", &complete).await;
     bench.raw.reply(&id).await;

@@ -78,6 +78,7 @@ fn services(signs: bool, transfers: bool) -> Vec<String> {
         SERVICE_SECRET_MASKING.into(),
         contracts::wire::messages::SERVICE_RUN_AS.into(),
         contracts::wire::messages::SERVICE_LIMITS.into(),
+        contracts::wire::messages::SERVICE_COMPLETE_BATCH.into(),
     ];
     if signs {
         services.push(contracts::wire::messages::SERVICE_SEALED_SECRETS.into());

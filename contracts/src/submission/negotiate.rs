@@ -7,8 +7,8 @@ use crate::time::short;
 use crate::wire::envelope::Reply;
 use crate::wire::error::ErrorKind;
 use crate::wire::messages::{
-    Capabilities, SERVICE_LIMITS, SERVICE_RUN_AS, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2, SERVICE_SEALED_SECRETS,
-    SERVICE_SECRET_MASKING,
+    Capabilities, SERVICE_COMPLETE_BATCH, SERVICE_LIMITS, SERVICE_RUN_AS, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2,
+    SERVICE_SEALED_SECRETS, SERVICE_SECRET_MASKING,
 };
 
 /// The script service to drive an agent with.
@@ -73,6 +73,12 @@ impl AgentKind {
     /// agent that does not would run it unbounded.
     pub fn enforces_limits(&self) -> bool {
         matches!(self, AgentKind::Current(caps) if caps.supports(SERVICE_LIMITS))
+    }
+
+    /// Whether the agent completes every ticket a complete lists: an agent that does not would
+    /// complete the first alone.
+    pub fn completes_in_batches(&self) -> bool {
+        matches!(self, AgentKind::Current(caps) if caps.supports(SERVICE_COMPLETE_BATCH))
     }
 }
 

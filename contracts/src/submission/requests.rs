@@ -38,7 +38,7 @@ pub fn complete_request(protocol: ScriptProtocol, ticket: &Ticket, outcome: &Out
     outcome.exit_code?;
     let ticket = ticket.clone();
     Some(match protocol {
-        ScriptProtocol::V2 => Request::CompleteScriptV2(CompleteScriptV2 { ticket }),
+        ScriptProtocol::V2 => Request::CompleteScriptV2(CompleteScriptV2::new(ticket)),
         ScriptProtocol::V1 => Request::CompleteScriptV1(CompleteScriptV1 { ticket }),
     })
 }

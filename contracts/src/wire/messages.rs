@@ -26,6 +26,10 @@ pub const SERVICE_RUN_AS: &str = "run-as/v1";
 /// ([`ScriptSpec::limits`]) or refuse it; their capabilities reply says how each limit is enforced
 /// ([`Capabilities::limits`]). An agent without it would run the script unbounded.
 pub const SERVICE_LIMITS: &str = "limits/v1";
+/// Capability of agents that complete every ticket a [`CompleteScriptV2`] lists
+/// ([`CompleteScriptV2::more`]): a dispatcher sends them the completes of many scripts in one
+/// message, which spares the broker a durable message per script.
+pub const SERVICE_COMPLETE_BATCH: &str = "complete-batch/v1";
 
 /// What a secret value is replaced with in a script's output.
 pub const SECRET_MASK: &str = "********";
@@ -529,7 +533,28 @@ pub struct CancelScriptV2 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompleteScriptV2 {
     pub ticket: Ticket,
+    /// More tickets completed by the same message, sent only to agents that list
+    /// [`SERVICE_COMPLETE_BATCH`] (an older agent would complete `ticket` alone), at most
+    /// [`MAX_COMPLETE_BATCH`] in all. The answer is `ticket`'s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Ticket>,
 }
+
+impl CompleteScriptV2 {
+    /// A complete of `ticket` alone.
+    pub fn new(ticket: Ticket) -> Self {
+        CompleteScriptV2 { ticket, more: Vec::new() }
+    }
+
+    /// Every ticket it completes, `ticket` first, [`MAX_COMPLETE_BATCH`] at most (any past it are
+    /// left: the agent cleans them up when they expire).
+    pub fn tickets(&self) -> impl Iterator<Item = &Ticket> {
+        std::iter::once(&self.ticket).chain(&self.more).take(MAX_COMPLETE_BATCH)
+    }
+}
+
+/// Tickets one [`CompleteScriptV2`] completes at most.
+pub const MAX_COMPLETE_BATCH: usize = 256;
 
 /// Legacy start: the agent makes the ticket, so a repeat runs the script again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

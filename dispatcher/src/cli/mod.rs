@@ -79,6 +79,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::EnrolPool(args) => commands::broker::enrol_pool(&rpc_config, &args).await,
         Command::Completions(args) => commands::completions::print(args.shell, command(), "dispatcher"),
     };
+    orchestrator.flush_completes().await;
     rpc.close().await;
     code
 }

@@ -144,7 +144,13 @@ async fn handle<E: Environment>(env: &mut E, header: &Envelope<()>, request: Req
         Request::GetStatusV1(s) => script::status(env, &s.ticket, s.last_log_sequence, None).await,
         Request::CancelScriptV2(c) => script::cancel(env, &c.ticket, c.last_log_sequence, c.first_issued_at).await,
         Request::CancelScriptV1(c) => script::cancel(env, &c.ticket, c.last_log_sequence, None).await,
-        Request::CompleteScriptV2(c) => script::complete(env, &c.ticket).await,
+        Request::CompleteScriptV2(c) => {
+            let answer = script::complete(env, &c.ticket).await;
+            for ticket in c.tickets().skip(1) {
+                script::complete(env, ticket).await;
+            }
+            answer
+        }
         Request::CompleteScriptV1(c) => script::complete(env, &c.ticket).await,
         transfer @ (Request::UploadChunk(_) | Request::DownloadChunk(_)) => env.transfer(transfer).await,
     };

@@ -1,5 +1,6 @@
-//! What one script costs the ticket store, counted as Redis sees it (`MONITOR`) while the real
-//! agent runs scripts from the real dispatcher: the requests the agent sends per script (each
+//! What one script costs the broker and the ticket store, through the real binaries. The
+//! broker: the completes of many scripts go to the agent as one message. The store, counted as
+//! Redis sees it (`MONITOR`) while the real agent runs scripts from the real dispatcher: the requests the agent sends per script (each
 //! `EVALSHA` or plain command is one round trip) and the commands Redis runs for them, those
 //! inside the agent's Lua scripts included. A script's path is: its claim, the look for a cancel
 //! just before its process starts, its end with its last lines, the status that answers its
@@ -40,23 +41,10 @@ async fn a_script_costs_the_store_five_requests_and_nineteen_commands() {
     let prefix = agent.config.key_prefix.clone();
     let mut con = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     // The first script reads the store's epoch and loads the Lua scripts: not a script's cost.
-    // Its complete is published, not awaited: counted only once its tombstone is there.
+    // Its complete is published, not awaited: counting starts once its tombstone is there.
     let out = run_dispatcher(&["submit", "--target", &id, "--", "echo warm"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let tickets = format!("{prefix}ticket:*");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let keys: Vec<String> = redis::cmd("KEYS").arg(&tickets).query_async(&mut con).await.unwrap();
-        let record: Option<String> = match keys.first() {
-            Some(key) => redis::cmd("GET").arg(key).query_async(&mut con).await.unwrap(),
-            None => None,
-        };
-        if record.is_some_and(|r| r.starts_with("2|t|")) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the first script was not completed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_completed(&mut con, &prefix, 1).await;
 
     let mut monitor = tokio::process::Command::new("redis-cli")
         .args(["-u", &redis_url(), "monitor"])
@@ -102,10 +90,60 @@ async fn a_script_costs_the_store_five_requests_and_nineteen_commands() {
     assert!(per_script(cost.requests) <= 5.1, "{cost:?}");
     assert!(per_script(cost.commands) <= 19.2, "{cost:?}");
     assert!(per_script(cost.requests) >= 5.0 && per_script(cost.commands) >= 19.0, "fewer than counted: {cost:?}");
+    stop(agent, &mut con).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_completes_of_many_scripts_reach_the_agent_in_few_messages_and_every_ticket_is_completed() {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], services::free_port()));
+    let agent =
+        AgentProcess::start_with(test_config("batched-completes"), &["--health-addr", &addr.to_string()], &[]).await;
+    let id = agent.config.agent_id.clone();
+    let out = run_dispatcher(&["capabilities", &id]).await;
+    assert!(text(&out.stdout).contains("complete-batch/v1"), "{}{}", text(&out.stdout), text(&out.stderr));
+    let scripts = 60;
+    let count = scripts.to_string();
+    let out = run_dispatcher(&["bench", "--target", &id, "--count", &count, "--concurrency", "8"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    // Every ticket becomes a tombstone: no complete was lost in a batch.
+    let mut con = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    await_completed(&mut con, &agent.config.key_prefix, scripts).await;
+    let (_, metrics) = http_get(addr, "/metrics").await.expect("/metrics");
+    let messages: usize = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("cuttle_requests_total{kind=\"CompleteScriptV2\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no complete counted: {metrics}"));
+    println!("BATCHED-COMPLETES {scripts} scripts completed by {messages} messages");
+    assert!(messages * 3 <= scripts, "{messages} complete messages for {scripts} scripts: not batched");
+    stop(agent, &mut con).await;
+}
+
+/// Waits (polling, 20 s at most) until `count` tickets under `prefix` are tombstones: completed.
+async fn await_completed(con: &mut redis::aio::MultiplexedConnection, prefix: &str, count: usize) {
+    let tickets = format!("{prefix}ticket:*");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(&tickets).query_async(con).await.unwrap();
+        let mut tombstones = 0;
+        for key in &keys {
+            let record: Option<String> = redis::cmd("GET").arg(key).query_async(con).await.unwrap();
+            tombstones += usize::from(record.is_some_and(|r| r.starts_with("2|t|")));
+        }
+        if tombstones == count {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{tombstones} of {count} tickets completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops the agent and deletes every key it left.
+async fn stop(agent: AgentProcess, con: &mut redis::aio::MultiplexedConnection) {
     let left = format!("{}*", agent.config.key_prefix);
     agent.stop().await;
-    let keys: Vec<String> = redis::cmd("KEYS").arg(&left).query_async(&mut con).await.unwrap_or_default();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(&left).query_async(con).await.unwrap_or_default();
     if !keys.is_empty() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut con).await;
+        let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(con).await;
     }
 }
