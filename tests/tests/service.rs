@@ -802,3 +802,90 @@ async fn a_filter_by_outcome_reads_an_index_kept_as_tickets_finish_and_built_onc
     assert_outcome_filters(&journal, &finished).await;
     remove_journal(&prefix).await;
 }
+
+/// A script through the service is answered as fast as it runs: the service sets TCP_NODELAY,
+/// else Nagle's algorithm holds a small write made soon after another until the client
+/// acknowledges the first, up to 40 ms later (its delayed acknowledgement), and a client that
+/// submits and follows one script after another on one connection waited that long for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_through_the_service_is_not_held_back_by_the_network() {
+    use futures_util::StreamExt;
+    let agent = TestAgent::start("svc-nodelay").await;
+    let prefix = journal_prefix("svc-nodelay");
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let client = http();
+    let mut took = Vec::new();
+    for _ in 0..8 {
+        let began = Instant::now();
+        let body = serde_json::json!({"target": agent.id(), "script": "echo hello"});
+        let response = client.post(format!("{}/v1/scripts", service.url)).json(&body).send().await.unwrap();
+        let answer: Value = response.json().await.unwrap();
+        let ticket = answer["tickets"][0]["ticket"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned();
+        let response = client.get(format!("{}/v1/tickets/{ticket}/events", service.url)).send().await.unwrap();
+        let mut events = response.bytes_stream();
+        let mut seen = String::new();
+        while !seen.contains("event: result") {
+            let chunk = tokio::time::timeout(Duration::from_secs(30), events.next()).await.expect("events in time");
+            seen.push_str(&String::from_utf8_lossy(&chunk.expect("stream open").expect("chunk")));
+        }
+        took.push(began.elapsed());
+    }
+    let fastest = took.iter().min().copied().unwrap();
+    println!("NODELAY submitted and followed to its result: {took:?}");
+    assert!(fastest < Duration::from_millis(35), "every script took 35 ms or more: {took:?}");
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}
+
+/// The journal's requests share one connection: none waits for a `PING`, which a pooled
+/// connection costs each time it is taken (11 a script through the service, before). Only a
+/// stream of events takes a connection of its own (its `XREAD BLOCK` holds it), so one a script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_does_not_ping_redis_for_each_request() {
+    use std::collections::HashSet;
+    use tokio::io::AsyncBufReadExt;
+    let agent = TestAgent::start("svc-pings").await;
+    let prefix = journal_prefix("svc-pings");
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let ticket = service.submit(agent.id(), "echo warm").await;
+    service.finished(&ticket, Duration::from_secs(30)).await;
+    let mut monitor = tokio::process::Command::new("redis-cli")
+        .args(["-u", &redis_url(), "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-cli runs (it comes with Redis)");
+    let mut lines = tokio::io::BufReader::new(monitor.stdout.take().expect("piped")).lines();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("OK"));
+    let collect = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line);
+        }
+        seen
+    });
+    let scripts = 10;
+    for _ in 0..scripts {
+        let ticket = service.submit(agent.id(), "echo hello").await;
+        let response = http().get(format!("{}/v1/tickets/{ticket}/events", service.url)).send().await.unwrap();
+        let events = tokio::time::timeout(Duration::from_secs(30), response.text()).await.expect("in time").unwrap();
+        assert!(events.contains("event: result"), "{events}");
+    }
+    let _ = monitor.start_kill();
+    let seen = collect.await.unwrap();
+    // `<time> [<db> <address>] "COMMAND" ...`: the service's connections are those that name its
+    // journal's keys.
+    let address = |line: &str| line.split(['[', ']']).nth(1).map(str::to_owned);
+    let service_addresses: HashSet<String> =
+        seen.iter().filter(|l| l.contains(&prefix) && !l.contains(" lua] ")).filter_map(|l| address(l)).collect();
+    let pings = seen
+        .iter()
+        .filter(|l| l.contains("\"PING\"") && address(l).is_some_and(|a| service_addresses.contains(&a)))
+        .count();
+    println!("JOURNAL-PINGS {pings} for {scripts} scripts");
+    assert!(pings <= scripts + 2, "{pings} PINGs for {scripts} scripts");
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}

@@ -461,7 +461,7 @@ pub(super) async fn events(
         .to_owned();
     let journal = state.followers.journal.clone();
     // A connection of its own: XREAD BLOCK holds it while waiting.
-    let con = journal.connection().await?;
+    let con = journal.blocking_connection().await?;
     struct Reading {
         con: deadpool_redis::Connection,
         after: String,

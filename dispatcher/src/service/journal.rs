@@ -48,6 +48,8 @@ const OUTCOME_INDEXED: &str = "outcome-index";
 
 /// Connections in the pool: every live event stream holds one while it waits.
 const POOL_SIZE: usize = 64;
+/// Longest wait for an answer on the shared connection (its requests answer at once).
+const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -183,6 +185,9 @@ return 1
 /// The journal in Redis.
 #[derive(Clone)]
 pub struct Journal {
+    /// For requests answered at once: one connection, shared.
+    link: std::sync::Arc<edge::connect::store::SharedLink>,
+    /// For `XREAD BLOCK`, which holds its connection while it waits.
     pool: Pool,
     prefix: String,
     retention: Duration,
@@ -202,8 +207,11 @@ impl Journal {
             // XREAD BLOCK holds a reply for seconds: the default half-second response timeout is too short.
             response_timeout: Duration::from_secs(30),
         };
+        let link =
+            edge::connect::store::SharedLink::new(url, PoolSettings { response_timeout: LINK_TIMEOUT, ..settings })?;
         let pool = edge::connect::store::pool(url, settings)?;
         Ok(Journal {
+            link: std::sync::Arc::new(link),
             pool,
             prefix: prefix.to_owned(),
             retention,
@@ -234,7 +242,13 @@ impl Journal {
         self.key(&format!("ev:{}", ticket.store_key()))
     }
 
-    pub(crate) async fn connection(&self) -> JournalResult<deadpool_redis::Connection> {
+    /// The shared connection, for requests answered at once (every request but `XREAD BLOCK`).
+    pub(crate) async fn connection(&self) -> JournalResult<redis::aio::ConnectionManager> {
+        Ok(self.link.get().await?)
+    }
+
+    /// A connection of its own, from the pool, for [`Journal::wait_events`].
+    pub(crate) async fn blocking_connection(&self) -> JournalResult<deadpool_redis::Connection> {
         Ok(self.pool.get().await?)
     }
 

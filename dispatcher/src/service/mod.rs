@@ -46,6 +46,7 @@ mod web;
 
 use crate::orchestrator::Orchestrator;
 use crate::policy::PolicyConfig;
+use axum::serve::ListenerExt;
 use journal::Journal;
 use lease::Leases;
 use resume::Followers;
@@ -141,7 +142,15 @@ impl Service {
         let scheduling = tokio::spawn(self.scheduler.run());
         let shutdown = followers.shutdown.clone();
         let stopping = followers.shutdown.clone();
-        let serving = axum::serve(self.listener, self.router)
+        // Every event of a stream is a small write the client must see at once: without
+        // TCP_NODELAY, Nagle's algorithm held each behind the client's delayed acknowledgement
+        // (40 ms a script through the service, measured with `service_bench`).
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+            }
+        });
+        let serving = axum::serve(listener, self.router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .into_future();
         // Live event streams never end by themselves: give them a moment, then stop anyway.

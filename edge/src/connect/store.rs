@@ -306,6 +306,36 @@ pub fn pool(url: &str, settings: PoolSettings) -> Result<deadpool_redis::Pool, P
         .map_err(PoolError::Build)
 }
 
+/// One connection to a Redis that every caller shares, requests pipelined over it, opened at
+/// its first request and opened again after it breaks (the request that hit the break fails):
+/// for requests that answer at once. A pool's connection costs a `PING` each time it is taken
+/// ([`pool`]); this one costs nothing more.
+pub struct SharedLink {
+    client: redis::Client,
+    settings: PoolSettings,
+    link: tokio::sync::OnceCell<ConnectionManager>,
+}
+
+impl SharedLink {
+    /// The link to the Redis at `url` (checked now, connected at the first request).
+    pub fn new(url: &str, settings: PoolSettings) -> Result<SharedLink, PoolError> {
+        let client = redis::Client::open(url).map_err(PoolError::Url)?;
+        Ok(SharedLink { client, settings, link: tokio::sync::OnceCell::new() })
+    }
+
+    /// The connection, to use (and clone) for any number of requests at once.
+    pub async fn get(&self) -> RedisResult<ConnectionManager> {
+        let link = self.link.get_or_try_init(|| async {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.settings.create_timeout))
+                .set_response_timeout(Some(self.settings.response_timeout))
+                .set_number_of_retries(2);
+            ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+        });
+        Ok(link.await?.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

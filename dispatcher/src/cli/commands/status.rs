@@ -111,7 +111,7 @@ pub(crate) async fn from_journal(journal: &JournalOptions, ticket: &Ticket, foll
     };
     let mut after = "0".to_owned();
     let mut con = if follow {
-        match journal.connection().await {
+        match journal.blocking_connection().await {
             Ok(con) => Some(con),
             Err(e) => {
                 eprintln!("cuttle: {e}");
