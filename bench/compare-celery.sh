@@ -12,9 +12,9 @@
 # Prints every run as one JSON line (stderr), then per concurrency a Markdown table (stdout) of
 # Cuttle, Celery and Cuttle/Celery (medians of the rounds): p50, p90, p99, throughput, CPU per
 # script by process and Redis commands per script. Writes into OUT (target/compare-celery):
-# runs.jsonl, latencies.jsonl (each run's latencies), tables.md and latency.svg (a histogram of
-# both, drawn by `cargo run -p tests --example latency_histogram`; `dispatcher bench --json`
-# reports percentiles, not each script's latency, so Cuttle is drawn as its p50 and p99 lines).
+# runs.jsonl, latencies.jsonl (each run's latencies: `dispatcher bench --json` gives every
+# script's as `latencies_ms`), tables.md and latency.svg (a histogram of both with their p50 and
+# p99, drawn by `cargo run -p tests --example latency_histogram`).
 #
 # CPU per script, from /proc/PID/stat before and after each run (utime + stime; cutime + cstime
 # for children a process has reaped): Cuttle's agent itself, its script shells (the agent's
@@ -106,13 +106,14 @@ failed() { # what failed, then the logs to show the end of
   exit 1
 }
 
-say "building Cuttle (release) and the histogram example, each after any other build on this machine"
+say "building Cuttle (release), the round trip and the histogram examples, each after any other build on this machine"
 locked_cargo build --release --bins --quiet --manifest-path "$root/Cargo.toml"
+locked_cargo build --release --quiet -p tests --example round_trip --manifest-path "$root/Cargo.toml"
 locked_cargo build --quiet -p tests --example latency_histogram --manifest-path "$root/Cargo.toml"
 mkdir -p "$work/bin"
 # Copies, so that a build started during the run cannot change what is measured.
-cp "$target_dir/release/worker-agent" "$target_dir/release/dispatcher" "$target_dir/debug/examples/latency_histogram" \
-  "$work/bin/"
+cp "$target_dir/release/worker-agent" "$target_dir/release/dispatcher" "$target_dir/release/examples/round_trip" \
+  "$target_dir/debug/examples/latency_histogram" "$work/bin/"
 "$peer/setup.sh"
 
 private_services_start "$work"
@@ -246,6 +247,12 @@ done
     "RabbitMQ $(rabbitmqctl -n "$private_node" -q version 2>/dev/null || echo '?'), Redis $(redis-server --version |
       sed -n 's/.* v=\([^ ]*\).*/\1/p'); $(nproc) cores. \`ROUNDS=$rounds COUNT1=$count1 COUNT16=$count16 bench/compare-celery.sh\`"
   python3 "$report" tables "$out/runs.jsonl"
+  # The floor under a script's latency one at a time: a request and its answer through a quorum
+  # queue of this node, as a start and its status travel (tests/examples/round_trip.rs).
+  floor=$("$work/bin/round_trip" 500) || failed "the round trip through the broker failed" /dev/null
+  echo
+  echo "A request and its answer through a quorum queue of this node, one at a time, nothing else:" \
+    "$(python3 -c 'import json, sys; r = json.loads(sys.argv[1]); print("p50 %.2f ms, p90 %.2f ms (%d round trips)" % (r["p50_ms"], r["p90_ms"], r["count"]))' "$floor")"
 } | tee "$out/tables.md"
 "$work/bin/latency_histogram" "$out/latencies.jsonl" "$out/latency.svg"
 say "wrote $out/runs.jsonl, latencies.jsonl, tables.md and latency.svg"

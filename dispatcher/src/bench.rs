@@ -21,6 +21,8 @@ pub(crate) struct BenchReport {
     pub p99_ms: f64,
     pub throughput_per_s: f64,
     pub errors: usize,
+    /// Every completed script's latency, fastest first.
+    pub latencies_ms: Vec<f64>,
     #[serde(skip)]
     pub first_error: Option<String>,
 }
@@ -86,6 +88,7 @@ pub(crate) async fn run(
         p99_ms: ms(percentile(&samples, 99.0)),
         throughput_per_s: (samples.len() as f64 / elapsed.as_secs_f64() * 10.0).round() / 10.0,
         errors: errors.len(),
+        latencies_ms: samples.iter().copied().map(ms).collect(),
         first_error: errors.into_iter().next(),
     }
 }

@@ -166,6 +166,24 @@ fn children_peak_memory() -> u64 {
     usage.max_rss() as u64 * 1024
 }
 
+/// CPU seconds (user and system) process `pid` has used, and its reaped children.
+fn cpu_seconds(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime, stime, cutime, cstime are 12 to 15.
+    let fields: Vec<f64> =
+        stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    // In clock ticks, which Linux counts at 100 a second for every process (USER_HZ).
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0.0) / 100.0;
+    (field(11) + field(12), field(13) + field(14))
+}
+
+/// CPU seconds of the dispatcher processes this process has reaped.
+fn reaped_cpu_seconds() -> f64 {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    seconds(usage.user_time()) + seconds(usage.system_time())
+}
+
 async fn fanout(agents: usize) {
     raise_own_limit();
     let rabbit = PrivateRabbit::start_with_open_files(hard_open_file_limit()).await;
@@ -201,6 +219,11 @@ async fn fanout(agents: usize) {
         mib(connected.memory as f64)
     );
     let targets = fleet.iter().flat_map(|a| ["--target", a.config.agent_id.as_str()]);
+    // Where the fan-out's CPU goes: the agents (and their scripts), the broker, the dispatcher.
+    let agents_cpu =
+        || fleet.iter().filter_map(AgentProcess::pid).map(cpu_seconds).fold((0.0, 0.0), |a, c| (a.0 + c.0, a.1 + c.1));
+    let (agents_before, broker_before, dispatchers_before) =
+        (agents_cpu(), cpu_seconds(pid as u32).0, reaped_cpu_seconds());
     let began = Instant::now();
     let output = dispatcher_command()
         .args(["submit", "--json", "--max-parallel", &agents.to_string()])
@@ -221,6 +244,15 @@ async fn fanout(agents: usize) {
         mib(children_peak_memory() as f64),
         after.handles,
         mib(after.memory as f64)
+    );
+    let agents_after = agents_cpu();
+    println!(
+        "CPU during the fan-out: the agents {:.2} s, their scripts {:.2} s, the broker {:.2} s, the dispatcher {:.2} s ({} cores)",
+        agents_after.0 - agents_before.0,
+        agents_after.1 - agents_before.1,
+        cpu_seconds(pid as u32).0 - broker_before,
+        reaped_cpu_seconds() - dispatchers_before,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     if completed != agents {
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));

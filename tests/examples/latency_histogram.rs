@@ -1,8 +1,8 @@
 //! The latency histogram of `bench/compare-celery.sh`, as an SVG: for each concurrency, the share
 //! of scripts in each latency bucket (log-spaced, ten a decade) of Cuttle and of Celery, all
 //! rounds together, and each system's p50 and p99 (medians of the rounds) as vertical lines. A
-//! system whose runs carry no per-script latencies (`dispatcher bench --json` reports only
-//! percentiles) is drawn as its lines alone.
+//! system whose runs carry no per-script latencies (a `dispatcher bench` from before
+//! `latencies_ms`) is drawn as its lines alone.
 //!
 //! `cargo run -p tests --example latency_histogram -- LATENCIES.jsonl OUT.svg`, where each line of
 //! LATENCIES.jsonl is one run: `{"system", "concurrency", "p50_ms", "p99_ms", "latencies_ms": [...]}`.

@@ -189,6 +189,11 @@ async fn capabilities_and_bench_report_on_an_agent() {
     for field in ["p50_ms", "p90_ms", "p99_ms", "throughput_per_s"] {
         assert!(report[field].as_f64().unwrap() > 0.0, "{field} in {report}");
     }
+    // Every script's latency, fastest first, for a histogram: the percentiles are among them.
+    let latencies: Vec<f64> = report["latencies_ms"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(latencies.len(), 40, "{report}");
+    assert!(latencies.windows(2).all(|w| w[0] <= w[1]), "{latencies:?}");
+    assert!(latencies.contains(&report["p50_ms"].as_f64().unwrap()), "{report}");
     agent.stop().await;
 }
 

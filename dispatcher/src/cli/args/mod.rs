@@ -474,7 +474,8 @@ pub(super) struct BenchArgs {
     pub concurrency: usize,
     #[command(flatten)]
     pub retry: RetryArgs,
-    /// Print one JSON object.
+    /// Print one JSON object: the figures above, and every script's latency (`latencies_ms`, in
+    /// milliseconds, fastest first) for a histogram of one's own.
     #[arg(long)]
     pub json: bool,
 }
