@@ -440,3 +440,21 @@ fn flatten(value: &redis::Value, text: &mut String) {
         _ => {}
     }
 }
+
+/// The lines Redis writes under `MONITOR` (one per command it runs, those inside Lua scripts
+/// included), of `redis-cli monitor` on the tests' Redis, once it has started: the process
+/// (killed when dropped) and its lines.
+pub async fn redis_monitor(
+) -> (tokio::process::Child, tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut monitor = tokio::process::Command::new("redis-cli")
+        .args(["-u", &redis_url(), "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-cli runs (it comes with Redis)");
+    let mut lines = tokio::io::BufReader::new(monitor.stdout.take().expect("piped")).lines();
+    let ok = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+    assert!(matches!(&ok, Ok(Ok(Some(line))) if line == "OK"), "MONITOR did not start: {ok:?}");
+    (monitor, lines)
+}

@@ -6,11 +6,9 @@
 //! just before its process starts, its end with its last lines, the status that answers its
 //! start, and its complete (against the record that status read, without reading it again).
 
-use std::process::Stdio;
 use std::time::Duration;
 use tests::agent::test_config;
 use tests::*;
-use tokio::io::AsyncBufReadExt;
 
 /// Requests and commands the agent sent for the scripts, from `MONITOR` lines naming its keys.
 #[derive(Debug, Default)]
@@ -46,15 +44,7 @@ async fn a_script_costs_the_store_five_requests_and_nineteen_commands() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     await_completed(&mut con, &prefix, 1).await;
 
-    let mut monitor = tokio::process::Command::new("redis-cli")
-        .args(["-u", &redis_url(), "monitor"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-cli runs (it comes with Redis)");
-    let mut lines = tokio::io::BufReader::new(monitor.stdout.take().expect("piped")).lines();
-    let ok = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
-    assert!(matches!(&ok, Ok(Ok(Some(line))) if line == "OK"), "MONITOR did not start: {ok:?}");
+    let (mut monitor, mut lines) = redis_monitor().await;
     let scripts = 40;
     // Counted until the last complete has written its tombstone and left the running set, its
     // last command (the bench does not await completes).

@@ -844,20 +844,12 @@ async fn a_script_through_the_service_is_not_held_back_by_the_network() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_journal_does_not_ping_redis_for_each_request() {
     use std::collections::HashSet;
-    use tokio::io::AsyncBufReadExt;
     let agent = TestAgent::start("svc-pings").await;
     let prefix = journal_prefix("svc-pings");
     let service = ServiceProcess::start(&prefix, &[]).await;
     let ticket = service.submit(agent.id(), "echo warm").await;
     service.finished(&ticket, Duration::from_secs(30)).await;
-    let mut monitor = tokio::process::Command::new("redis-cli")
-        .args(["-u", &redis_url(), "monitor"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-cli runs (it comes with Redis)");
-    let mut lines = tokio::io::BufReader::new(monitor.stdout.take().expect("piped")).lines();
-    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("OK"));
+    let (mut monitor, mut lines) = redis_monitor().await;
     let collect = tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
