@@ -6,6 +6,7 @@ use crate::isolation::{IsolationGuard, Mutexes};
 use crate::limits::ScriptCgroup;
 use crate::metrics::Metrics;
 use crate::output::{self, LogSender, Progress};
+use crate::programs::DEFAULT_PATH;
 use crate::store::AgentStore;
 use crate::workspace;
 use contracts::backoff::Backoff;
@@ -447,7 +448,6 @@ fn kill_group(pid: Option<u32>) {
 
 /// Variables of the agent's own environment every script gets (when the agent has them).
 const BASE_ENVIRONMENT: [&str; 4] = ["PATH", "HOME", "USER", "LANG"];
-use crate::programs::DEFAULT_PATH;
 
 /// A script's whole environment: [`BASE_ENVIRONMENT`] and the variables the operator passes on
 /// (`--pass-env`) from the agent's environment, then the command's own `env`, then
