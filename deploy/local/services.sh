@@ -105,6 +105,11 @@ ensure_test_packages() {
   local missing=()
   command -v chromium >/dev/null || missing+=(chromium)
   command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  # The proxy, the WebSocket relay and the TLS router of the "behind a proxy or port 443" tests.
+  command -v tinyproxy >/dev/null || missing+=(tinyproxy)
+  command -v websockify >/dev/null || missing+=(websockify)
+  command -v haproxy >/dev/null || missing+=(haproxy)
+  command -v ip >/dev/null || missing+=(iproute2)
   [ "${#missing[@]}" -eq 0 ] && return 0
   apt_install "${missing[@]}" || say "could not install ${missing[*]}: the tests that need them skip (and fail the run under CI=true)"
 }

@@ -9,6 +9,7 @@ use contracts::trust::verify::Forged;
 use contracts::wire::endpoints::EndpointsError;
 use contracts::wire::error::{CodecError, ErrorKind, ErrorReply};
 use edge::connect::broker::SILENT_BROKER;
+use edge::connect::proxy::ProxyError;
 use edge::connect::tls::TlsFailure;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +80,13 @@ pub enum Unreachable {
     /// Nothing answered within the connect timeout.
     #[error("no answer within {}", short(*after))]
     NoAnswer { after: Duration },
+    /// Nothing answered through the proxy within the connect timeout, not even the proxy.
+    #[error("no answer through the proxy {proxy} within {}: is the proxy up, and does it answer CONNECT?", short(*after))]
+    NoAnswerThrough { proxy: String, after: Duration },
+    /// The proxy failed to open the tunnel, for now (down, or unable to reach the broker):
+    /// its error ([`ProxyError`]) is the message.
+    #[error("{0}")]
+    Proxy(Arc<std::io::Error>),
     /// The broker took the TCP connection and never spoke AMQP.
     #[error("{SILENT_BROKER} (no AMQP answer within {})", short(*after))]
     Silent { after: Duration },
@@ -96,6 +104,9 @@ pub enum Refusal {
     /// The TLS handshake failed: the broker's certificate is not trusted, or ours was refused.
     #[error("TLS handshake failed: {source} ({})", failure.hint())]
     Tls { failure: TlsFailure, source: Arc<std::io::Error> },
+    /// The proxy refuses us ([`ProxyError::is_setting`]: credentials, a forbidden destination).
+    #[error("{0}")]
+    Proxy(Arc<std::io::Error>),
 }
 
 /// How a live link was lost.
@@ -148,16 +159,19 @@ fn refusal_hint(code: u16) -> Option<&'static str> {
 }
 
 /// What failed to connect. The broker refusing us (credentials, vhost, permissions, a TLS
-/// handshake it refused or whose certificate we do not trust) is permanent: repeating cannot
-/// help, so it is not retried. Told by the AMQP reply code and the TLS error's type.
+/// handshake it refused or whose certificate we do not trust) or the proxy refusing us
+/// (credentials, a forbidden destination) is permanent: repeating cannot help, so it is not
+/// retried. Told by the AMQP reply code, the TLS error's type and the proxy error's.
 pub(crate) fn connect_error(error: lapin::Error) -> RpcError {
     match error.kind() {
         lapin::ErrorKind::ProtocolError(amqp) if refusal_hint(amqp.get_id()).is_some() => {
             RpcError::Refused(Refusal::Login(amqp.clone()))
         }
-        lapin::ErrorKind::IOError(io) => match TlsFailure::of(&**io) {
-            Some(failure) => RpcError::Refused(Refusal::Tls { failure, source: io.clone() }),
-            None => RpcError::Connect(Unreachable::Failed(error)),
+        lapin::ErrorKind::IOError(io) => match (TlsFailure::of(&**io), ProxyError::of(&**io)) {
+            (Some(failure), _) => RpcError::Refused(Refusal::Tls { failure, source: io.clone() }),
+            (None, Some(proxy)) if proxy.is_setting() => RpcError::Refused(Refusal::Proxy(io.clone())),
+            (None, Some(_)) => RpcError::Connect(Unreachable::Proxy(io.clone())),
+            (None, None) => RpcError::Connect(Unreachable::Failed(error)),
         },
         _ => RpcError::Connect(Unreachable::Failed(error)),
     }

@@ -76,8 +76,10 @@ pub struct RpcConfig {
     /// The dispatcher's key and pinned agents; without them no request can be sent (readers
     /// such as the inventory need none).
     pub trust: Option<Arc<DispatcherTrust>>,
-    /// CA and client certificate for `amqps://` URLs.
+    /// CA and client certificate for `amqps://` and `wss://` URLs.
     pub tls: edge::connect::tls::TlsMaterial,
+    /// The HTTP proxy the broker is reached through, if any.
+    pub proxy: edge::connect::proxy::ProxySettings,
 }
 
 /// The dispatcher's RPC client. Cheap to share behind an `Arc`; calls run concurrently.
@@ -86,6 +88,10 @@ pub struct RpcClient {
     /// The broker nodes and the one in use; an unparsable list fails every connect.
     endpoints: std::sync::Mutex<Result<AmqpEndpoints, EndpointsError>>,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
+    /// The failed connect of a consumer count ([`RpcClient::consumers`]), and when: it stands
+    /// for the next call's connect, made within a connect timeout of it, so that a broker (or
+    /// proxy) that cannot be reached costs one connect timeout, not one per question asked.
+    probe_failure: std::sync::Mutex<Option<(tokio::time::Instant, RpcError)>>,
     metrics: Metrics,
 }
 
@@ -101,7 +107,13 @@ impl RpcClient {
     /// A client that connects on first use.
     pub fn new(config: RpcConfig) -> Self {
         let endpoints = std::sync::Mutex::new(edge::connect::broker::endpoints(&config.amqp_url));
-        RpcClient { config, endpoints, link: tokio::sync::Mutex::new(None), metrics: Metrics::default() }
+        RpcClient {
+            config,
+            endpoints,
+            link: tokio::sync::Mutex::new(None),
+            probe_failure: std::sync::Mutex::new(None),
+            metrics: Metrics::default(),
+        }
     }
 
     /// The same client counting its reconnections in `metrics`.
@@ -124,6 +136,9 @@ impl RpcClient {
     }
 
     async fn current_link(&self) -> Result<Arc<Link>, RpcError> {
+        if let Some(error) = self.recent_probe_failure(true) {
+            return Err(error);
+        }
         let mut slot = self.link.lock().await;
         if let Some(link) = slot.as_ref().filter(|l| l.is_alive()) {
             return Ok(link.clone());
@@ -393,7 +408,17 @@ impl RpcClient {
     /// no agent is consuming it (stopped, or not started yet). `None` when that cannot be told
     /// (no such queue, or the broker did not answer), which callers treat as "don't know".
     pub async fn consumers(&self, route: &Route, kind: Kind) -> Option<u32> {
-        let link = self.current_link().await.ok()?;
+        if self.recent_probe_failure(false).is_some() {
+            return None;
+        }
+        let link = match self.current_link().await {
+            Ok(link) => link,
+            Err(error) => {
+                *self.probe_failure.lock().expect("probe failure poisoned") =
+                    Some((tokio::time::Instant::now(), error));
+                return None;
+            }
+        };
         // A passive declare of a missing queue closes its channel: use one of its own.
         let channel = tokio::time::timeout(BROKER_CALL_TIMEOUT, link.connection.create_channel()).await.ok()?.ok()?;
         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
@@ -404,6 +429,17 @@ impl RpcClient {
         .await;
         let _ = tokio::time::timeout(Duration::from_secs(1), channel.close(200, "done".into())).await;
         Some(declared.ok()?.ok()?.consumer_count())
+    }
+
+    /// The failed connect of a consumer count made within a connect timeout, if any; `take`n
+    /// by the call it stands for.
+    fn recent_probe_failure(&self, take: bool) -> Option<RpcError> {
+        let mut slot = self.probe_failure.lock().expect("probe failure poisoned");
+        let recent = slot.as_ref().filter(|(at, _)| at.elapsed() < self.config.connect_timeout).map(|(_, e)| e.clone());
+        if take || recent.is_none() {
+            *slot = None;
+        }
+        recent
     }
 
     fn broken(&self, link: &Link, error: RpcError) -> RpcError {
@@ -452,16 +488,24 @@ pub async fn connect(config: &RpcConfig, name: &str) -> Result<Connection, RpcEr
     let endpoints = edge::connect::broker::endpoints(&config.amqp_url).map_err(|e| RpcError::Connect(e.into()))?;
     let mut last_error = None;
     for (_, url) in endpoints.round() {
-        let connect = edge::connect::broker::connect(&url, name, &config.tls);
+        let connect = edge::connect::broker::connect(&url, name, &config.tls, &config.proxy);
         match tokio::time::timeout(config.connect_timeout, connect).await {
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(error)) => last_error = Some(connect_error(error)),
-            Err(_) => {
-                last_error = Some(RpcError::Connect(Unreachable::NoAnswer { after: config.connect_timeout }));
-            }
+            Err(_) => last_error = Some(RpcError::Connect(no_answer(config, &url))),
         }
     }
     Err(last_error.expect("a list has at least one URL"))
+}
+
+/// Nothing answered `amqp_url` within the connect timeout: the proxy in the way, if there is
+/// one, is named.
+fn no_answer(config: &RpcConfig, amqp_url: &str) -> Unreachable {
+    let after = config.connect_timeout;
+    match edge::connect::broker::proxy_for(amqp_url, &config.proxy) {
+        Some(proxy) => Unreachable::NoAnswerThrough { proxy: proxy.to_string(), after },
+        None => Unreachable::NoAnswer { after },
+    }
 }
 
 /// Connects to the first node of one round that answers, with its index in the list; the
@@ -484,7 +528,8 @@ async fn open_any_link(config: &RpcConfig, endpoints: &AmqpEndpoints) -> Result<
 
 async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError> {
     let connect = async {
-        let connection = edge::connect::broker::connect(amqp_url, "cuttle-dispatcher", &config.tls).await?;
+        let connection =
+            edge::connect::broker::connect(amqp_url, "cuttle-dispatcher", &config.tls, &config.proxy).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         // Direct reply-to: consume the pseudo queue, without acks, on the publishing channel.
@@ -501,10 +546,10 @@ async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError>
     let (connection, channel, mut consumer) = match tokio::time::timeout(config.connect_timeout, connect).await {
         Err(_) => {
             let after = config.connect_timeout;
-            if edge::connect::broker::accepts_tcp(amqp_url, config.connect_timeout).await {
+            if edge::connect::broker::accepts_tcp(amqp_url, &config.proxy, config.connect_timeout).await {
                 return Err(RpcError::Connect(Unreachable::Silent { after }));
             }
-            return Err(RpcError::Connect(Unreachable::NoAnswer { after }));
+            return Err(RpcError::Connect(no_answer(config, amqp_url)));
         }
         Ok(Err(error)) => return Err(connect_error(error)),
         Ok(Ok(parts)) => parts,

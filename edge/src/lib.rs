@@ -9,8 +9,10 @@
 //! - [`entropy`]: the operating system's random source, passed into `contracts` wherever a
 //!   fresh secret, ticket or message id is made.
 //! - [`clock`]: the time an operation took, for the metrics `contracts` defines.
+//! - [`args`]: flags both binaries take alike (the proxy's), defined once.
 #![forbid(unsafe_code)]
 
+pub mod args;
 pub mod clock;
 pub mod connect;
 pub mod entropy;

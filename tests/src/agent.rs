@@ -172,9 +172,11 @@ pub async fn cleanup(config: &AgentConfig) {
 }
 
 async fn remove_queue_and_keys(config: &AgentConfig) {
-    // The first node of a cluster's list that answers.
+    // The first node of a cluster's list that answers, reached as the agent reaches it (through
+    // its proxy, or its WebSocket relay).
     for url in config.amqp_url.split(',') {
-        let Ok(connection) = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await else {
+        let connect = edge::connect::broker::connect(url, "cuttle test cleanup", &config.amqp_tls, &config.proxy);
+        let Ok(connection) = connect.await else {
             continue;
         };
         if let Ok(channel) = connection.create_channel().await {
@@ -247,7 +249,16 @@ impl AgentProcess {
 
     /// [`AgentProcess::command`] with a `worker-agent` binary from elsewhere (another version's).
     pub fn command_at(program: &std::path::Path, config: &AgentConfig) -> tokio::process::Command {
-        let mut command = crate::agent_command_at(program);
+        Self::with_flags(crate::agent_command_at(program), config)
+    }
+
+    /// [`AgentProcess::command`] started by `launcher` ([`crate::agent_command_via`]).
+    pub fn command_via(launcher: &[&str], config: &AgentConfig) -> tokio::process::Command {
+        Self::with_flags(crate::agent_command_via(launcher), config)
+    }
+
+    /// `command` given `run` and every setting of `config` as a flag.
+    fn with_flags(mut command: tokio::process::Command, config: &AgentConfig) -> tokio::process::Command {
         command
             .args(["run", "--agent-id", &config.agent_id, "--key-prefix", &config.key_prefix])
             .arg("--work-dir")

@@ -12,6 +12,8 @@
 //! - [`cluster`]: a three-node RabbitMQ cluster, and Redis with a replica and Sentinels.
 //! - [`browser`]: headless chromium through chromedriver, for the web view.
 //! - [`tls`]: a CA of the test's own and the certificates it signs (openssl).
+//! - [`relays`]: a real HTTP proxy, WebSocket relay and TLS router, and a network namespace
+//!   from which only they can be reached.
 //! - [`trust`]: this process's test keys, wired into every agent and dispatcher tests start.
 //! - [`needs`]: what some tests need beyond the shared services (root, servers of their own),
 //!   and [`skip_unless!`] to skip, saying why, where it is missing.
@@ -28,6 +30,7 @@ pub mod presence;
 pub mod proxy;
 pub mod raw;
 pub mod reference;
+pub mod relays;
 pub mod service;
 pub mod services;
 pub mod tls;
@@ -81,7 +84,13 @@ pub fn unique(what: &str) -> String {
 
 /// The RPC settings of a test dispatcher: `amqp_url`, this process's test keys.
 pub fn rpc_config(amqp_url: String, connect_timeout: Duration) -> RpcConfig {
-    RpcConfig { amqp_url, connect_timeout, trust: Some(trust::keys().dispatcher_trust()), tls: Default::default() }
+    RpcConfig {
+        amqp_url,
+        connect_timeout,
+        trust: Some(trust::keys().dispatcher_trust()),
+        tls: Default::default(),
+        proxy: Default::default(),
+    }
 }
 
 /// A dispatcher orchestrator connected to the test broker.
@@ -201,8 +210,20 @@ pub fn agent_command() -> tokio::process::Command {
 
 /// [`agent_command`] with a `worker-agent` binary from elsewhere (another version's).
 pub fn agent_command_at(program: &Path) -> tokio::process::Command {
-    let keys = trust::keys();
+    agent_environment(tokio::process::Command::new(program))
+}
+
+/// [`agent_command`] started by `launcher` (a program and its first arguments, such as
+/// `ip netns exec NAME`), which runs the `worker-agent` binary.
+pub fn agent_command_via(launcher: &[&str]) -> tokio::process::Command {
+    let (program, args) = launcher.split_first().expect("a launcher program");
     let mut command = tokio::process::Command::new(program);
+    command.args(args).arg(binary("worker-agent"));
+    agent_environment(command)
+}
+
+fn agent_environment(mut command: tokio::process::Command) -> tokio::process::Command {
+    let keys = trust::keys();
     command
         .env("CUTTLE_AGENT_KEY", &keys.agent_key)
         .env("CUTTLE_TRUSTED_KEYS", &keys.trusted_keys)

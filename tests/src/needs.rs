@@ -58,6 +58,18 @@ pub fn shared_rabbitmqctl() -> Option<String> {
         .clone()
 }
 
+/// A real HTTP proxy, WebSocket relay and TLS router ([`crate::relays`]).
+pub fn relays() -> Option<String> {
+    installed(&["tinyproxy"], "tinyproxy")
+        .or_else(|| installed(&["websockify"], "websockify"))
+        .or_else(|| installed(&["haproxy"], "haproxy"))
+}
+
+/// Network namespaces of the test's own ([`crate::relays::Namespace`]): root and `ip`.
+pub fn namespaces() -> Option<String> {
+    installed(&["ip"], "iproute2").or_else(|| root().map(|_| "needs root to create network namespaces".to_owned()))
+}
+
 /// Chromium and chromedriver, for the web view's browser tests.
 pub fn browser() -> Option<String> {
     installed(&["chromium", "chromedriver"], "chromium chromium-driver")

@@ -113,7 +113,7 @@ fn exit_codes() -> String {
     text.push_str("## worker-agent\n\n| code | meaning |\n|---|---|\n| 0 | stopped on SIGINT or SIGTERM |\n| 1 | any other error at start (its message on stderr) |\n| 2 | bad usage |\n");
     writeln!(
         text,
-        "| {} | a setting to fix, not an outage: the broker's or the store's certificate is not trusted |",
+        "| {} | a setting to fix, not an outage: the broker's or the store's certificate is not trusted, or the proxy refuses the agent (407, 403) |",
         worker_agent::EXIT_SETTING
     )
     .unwrap();

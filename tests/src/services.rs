@@ -236,7 +236,6 @@ impl PrivateRabbit {
     /// certificate, asks clients for a certificate `ca` signed, and lets them log in with it
     /// (EXTERNAL, the user named by the certificate's common name: see [`PrivateRabbit::add_certificate_user`]).
     pub async fn start_tls(ca: &crate::tls::TestCa, server: &crate::tls::Issued) -> (PrivateRabbit, u16) {
-        let rabbit = PrivateRabbit::prepare(&shipped_broker_settings());
         let tls_port = free_port();
         let conf = format!(
             "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
@@ -247,17 +246,25 @@ impl PrivateRabbit {
             cert = server.cert.display(),
             key = server.key.display(),
         );
+        let rabbit = PrivateRabbit::start_tls_with(&conf, "[rabbitmq_auth_mechanism_ssl].\n", tls_port).await;
+        (rabbit, tls_port)
+    }
+
+    /// A node with Cuttle's shipped settings and `tls_settings` besides (`rabbitmq.conf` lines
+    /// of a TLS listener on `tls_port`), and `plugins` enabled; returns once it listens there.
+    pub async fn start_tls_with(tls_settings: &str, plugins: &str, tls_port: u16) -> PrivateRabbit {
+        let rabbit = PrivateRabbit::prepare(&shipped_broker_settings());
         let mut config = std::fs::read_to_string(rabbit.dir.join("rabbitmq.conf")).expect("rabbit config");
-        config.push_str(&conf);
+        config.push_str(tls_settings);
         std::fs::write(rabbit.dir.join("rabbitmq.conf"), config).expect("rabbit config");
-        std::fs::write(rabbit.dir.join("enabled_plugins"), "[rabbitmq_auth_mechanism_ssl].\n").expect("rabbit plugins");
+        std::fs::write(rabbit.dir.join("enabled_plugins"), plugins).expect("rabbit plugins");
         let _ = Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(&rabbit.dir).status();
         rabbit.launch().await;
         let what = format!("the private rabbitmq to listen with tls on port {tls_port}");
         let log = rabbit.dir.join("log").join(format!("{}.log", rabbit.node));
         let listening = || async { port_open(tls_port).then_some(()) };
         crate::eventually_explained(&what, Duration::from_secs(30), listening, || tail(&log, 30)).await;
-        (rabbit, tls_port)
+        rabbit
     }
 
     /// A broker user without a password, for a client certificate named `user`, allowed

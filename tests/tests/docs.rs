@@ -302,6 +302,10 @@ const OTHER_PROGRAMS_FLAGS: &[(&str, &str)] = &[
     ("--home-dir", "useradd"),
     ("--now", "systemctl"),
     ("--offline", "systemd-analyze"),
+    ("--cert", "websockify"),
+    ("--ssl-only", "websockify"),
+    ("--ssl-version", "websockify"),
+    ("--web", "websockify"),
 ];
 
 /// The commands a help lists (`help` aside).

@@ -1,7 +1,9 @@
 //! Faults injected for real between the dispatcher, the agent and RabbitMQ (through
 //! [`FaultProxy`]): every request and every reply lost once, on either link, and the script
 //! still runs exactly once; outages longer than the retry deadline fail in time with the last
-//! real error; after a lost link the next connection comes at once.
+//! real error; after a lost link the next connection comes at once. The agent's link faults are
+//! also injected with the agent behind an HTTP proxy and behind a WebSocket relay (the fault
+//! between them and the broker), where it must fare as a directly connected agent does.
 
 use contracts::submission::negotiate::ScriptProtocol;
 use contracts::submission::outcome::OutcomeKind;
@@ -16,6 +18,8 @@ use dispatcher::rpc::RpcClient;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests::proxy::{broker_addr, Direction, FaultProxy};
+use tests::relays::{ProxySetup, Tinyproxy, Websockify};
+use tests::tls::TestCa;
 use tests::*;
 
 /// The dispatcher and an agent, each reaching RabbitMQ through a proxy of its own.
@@ -25,6 +29,68 @@ struct Chaos {
     agent: TestAgent,
     orchestrator: Orchestrator,
     markers: Markers,
+    _path: Path,
+}
+
+/// How the agent reaches its fault-injecting link to the broker.
+#[derive(Clone, Copy, Debug)]
+enum AgentPath {
+    Direct,
+    /// Through an HTTP proxy's tunnel (`--proxy`).
+    Proxy,
+    /// Over a WebSocket, to a relay in front of the link (a `wss://` URL).
+    Relay,
+}
+
+/// What stands between the agent and its link, kept for the test's length.
+enum Path {
+    Direct,
+    Proxy(Tinyproxy),
+    /// The relay, and the CA of its certificate (kept: its files are the relay's).
+    Relay {
+        relay: Websockify,
+        _ca: TestCa,
+    },
+}
+
+impl Path {
+    /// Sets `config` to reach `link` by `path`.
+    async fn set_up(path: AgentPath, link: &FaultProxy, config: &mut worker_agent::config::AgentConfig) -> Path {
+        config.amqp_url = link.amqp_url();
+        match path {
+            AgentPath::Direct => Path::Direct,
+            AgentPath::Proxy => {
+                let proxy = Tinyproxy::start(ProxySetup::default()).await;
+                let through = edge::connect::proxy::Proxy::parse("test", &proxy.url()).expect("a proxy URL");
+                config.proxy = edge::connect::proxy::ProxySettings::through(through, Default::default());
+                Path::Proxy(proxy)
+            }
+            AgentPath::Relay => {
+                let ca = TestCa::new("chaos-relay");
+                let relay = Websockify::start(link.addr(), &ca.server("relay")).await;
+                config.amqp_url = relay.broker_url();
+                let files = edge::connect::tls::TlsFiles {
+                    ca_file: Some(ca.cert.clone()),
+                    client_cert: None,
+                    client_key: None,
+                };
+                config.amqp_tls = files.load().expect("the test CA");
+                Path::Relay { relay, _ca: ca }
+            }
+        }
+    }
+
+    /// Checks the agent's connection took the path.
+    fn check_used(&self, link: &FaultProxy) {
+        match self {
+            Path::Direct => {}
+            Path::Proxy(proxy) => {
+                let tunnels = proxy.tunnels_to(&link.addr().to_string());
+                assert!(tunnels >= 1, "the agent connected through the proxy: {}", proxy.log_text());
+            }
+            Path::Relay { relay, .. } => assert!(relay.connections() >= 1, "through the relay: {}", relay.log_text()),
+        }
+    }
 }
 
 /// Short attempt timeouts, so lost replies are noticed quickly.
@@ -38,15 +104,20 @@ fn chaos_timing() -> Timing {
 
 impl Chaos {
     async fn start(what: &str) -> Chaos {
+        Chaos::start_by(what, AgentPath::Direct).await
+    }
+
+    async fn start_by(what: &str, path: AgentPath) -> Chaos {
         let broker = broker_addr();
         let dispatcher_link = FaultProxy::start(broker).await;
         let agent_link = FaultProxy::start(broker).await;
         let mut config = tests::agent::test_config(what);
-        config.amqp_url = agent_link.amqp_url();
+        let path = Path::set_up(path, &agent_link, &mut config).await;
         let agent = TestAgent::start_with(config).await;
+        path.check_used(&agent_link);
         let rpc = RpcClient::new(tests::rpc_config(dispatcher_link.amqp_url(), Duration::from_secs(2)));
         let orchestrator = Orchestrator::new(Arc::new(rpc), chaos_timing());
-        Chaos { dispatcher_link, agent_link, agent, orchestrator, markers: Markers::new() }
+        Chaos { dispatcher_link, agent_link, agent, orchestrator, markers: Markers::new(), _path: path }
     }
 
     fn route(&self) -> dispatcher::route::Route {
@@ -118,9 +189,10 @@ enum Lost {
     Reply,
 }
 
-/// Loses one `rpc` request or reply on `link`, and checks the script still runs exactly once.
-async fn lose_once(rpc: Rpc, link: Link, lost: Lost) {
-    let chaos = Chaos::start(&format!("lost-{rpc:?}-{link:?}-{lost:?}").to_lowercase()).await;
+/// Loses one `rpc` request or reply on `link`, the agent reaching its link by `path`, and checks
+/// the script still runs exactly once.
+async fn lose_once(rpc: Rpc, link: Link, lost: Lost, path: AgentPath) {
+    let chaos = Chaos::start_by(&format!("lost-{rpc:?}-{link:?}-{lost:?}-{path:?}").to_lowercase(), path).await;
     let (proxy, direction) = match (link, lost) {
         (Link::Dispatcher, Lost::Request) => (&chaos.dispatcher_link, Direction::Upstream),
         (Link::Dispatcher, Lost::Reply) => (&chaos.dispatcher_link, Direction::Downstream),
@@ -186,40 +258,90 @@ async fn lose_once(rpc: Rpc, link: Link, lost: Lost) {
 }
 
 macro_rules! lose_once_tests {
-    ($($name:ident: $rpc:ident, $link:ident, $lost:ident;)*) => {$(
+    ($($name:ident: $rpc:ident, $link:ident, $lost:ident, $path:ident;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            lose_once(Rpc::$rpc, Link::$link, Lost::$lost).await;
+            if !matches!(AgentPath::$path, AgentPath::Direct) {
+                skip_unless!(needs::relays());
+            }
+            lose_once(Rpc::$rpc, Link::$link, Lost::$lost, AgentPath::$path).await;
         }
     )*};
 }
 
 lose_once_tests! {
-    capabilities_request_lost_on_dispatcher_link: Capabilities, Dispatcher, Request;
-    capabilities_reply_lost_on_dispatcher_link: Capabilities, Dispatcher, Reply;
-    capabilities_request_lost_on_agent_link: Capabilities, Agent, Request;
-    capabilities_reply_lost_on_agent_link: Capabilities, Agent, Reply;
-    start_request_lost_on_dispatcher_link: Start, Dispatcher, Request;
-    start_reply_lost_on_dispatcher_link: Start, Dispatcher, Reply;
-    start_request_lost_on_agent_link: Start, Agent, Request;
-    start_reply_lost_on_agent_link: Start, Agent, Reply;
-    status_request_lost_on_dispatcher_link: Status, Dispatcher, Request;
-    status_reply_lost_on_dispatcher_link: Status, Dispatcher, Reply;
-    status_request_lost_on_agent_link: Status, Agent, Request;
-    status_reply_lost_on_agent_link: Status, Agent, Reply;
-    cancel_request_lost_on_dispatcher_link: Cancel, Dispatcher, Request;
-    cancel_reply_lost_on_dispatcher_link: Cancel, Dispatcher, Reply;
-    cancel_request_lost_on_agent_link: Cancel, Agent, Request;
-    cancel_reply_lost_on_agent_link: Cancel, Agent, Reply;
-    complete_request_lost_on_dispatcher_link: Complete, Dispatcher, Request;
-    complete_reply_lost_on_dispatcher_link: Complete, Dispatcher, Reply;
-    complete_request_lost_on_agent_link: Complete, Agent, Request;
-    complete_reply_lost_on_agent_link: Complete, Agent, Reply;
+    capabilities_request_lost_on_dispatcher_link: Capabilities, Dispatcher, Request, Direct;
+    capabilities_reply_lost_on_dispatcher_link: Capabilities, Dispatcher, Reply, Direct;
+    capabilities_request_lost_on_agent_link: Capabilities, Agent, Request, Direct;
+    capabilities_reply_lost_on_agent_link: Capabilities, Agent, Reply, Direct;
+    start_request_lost_on_dispatcher_link: Start, Dispatcher, Request, Direct;
+    start_reply_lost_on_dispatcher_link: Start, Dispatcher, Reply, Direct;
+    start_request_lost_on_agent_link: Start, Agent, Request, Direct;
+    start_reply_lost_on_agent_link: Start, Agent, Reply, Direct;
+    status_request_lost_on_dispatcher_link: Status, Dispatcher, Request, Direct;
+    status_reply_lost_on_dispatcher_link: Status, Dispatcher, Reply, Direct;
+    status_request_lost_on_agent_link: Status, Agent, Request, Direct;
+    status_reply_lost_on_agent_link: Status, Agent, Reply, Direct;
+    cancel_request_lost_on_dispatcher_link: Cancel, Dispatcher, Request, Direct;
+    cancel_reply_lost_on_dispatcher_link: Cancel, Dispatcher, Reply, Direct;
+    cancel_request_lost_on_agent_link: Cancel, Agent, Request, Direct;
+    cancel_reply_lost_on_agent_link: Cancel, Agent, Reply, Direct;
+    complete_request_lost_on_dispatcher_link: Complete, Dispatcher, Request, Direct;
+    complete_reply_lost_on_dispatcher_link: Complete, Dispatcher, Reply, Direct;
+    complete_request_lost_on_agent_link: Complete, Agent, Request, Direct;
+    complete_reply_lost_on_agent_link: Complete, Agent, Reply, Direct;
+    capabilities_request_lost_on_agent_link_through_a_proxy: Capabilities, Agent, Request, Proxy;
+    capabilities_reply_lost_on_agent_link_through_a_proxy: Capabilities, Agent, Reply, Proxy;
+    start_request_lost_on_agent_link_through_a_proxy: Start, Agent, Request, Proxy;
+    start_reply_lost_on_agent_link_through_a_proxy: Start, Agent, Reply, Proxy;
+    status_request_lost_on_agent_link_through_a_proxy: Status, Agent, Request, Proxy;
+    status_reply_lost_on_agent_link_through_a_proxy: Status, Agent, Reply, Proxy;
+    cancel_request_lost_on_agent_link_through_a_proxy: Cancel, Agent, Request, Proxy;
+    cancel_reply_lost_on_agent_link_through_a_proxy: Cancel, Agent, Reply, Proxy;
+    complete_request_lost_on_agent_link_through_a_proxy: Complete, Agent, Request, Proxy;
+    complete_reply_lost_on_agent_link_through_a_proxy: Complete, Agent, Reply, Proxy;
+    capabilities_request_lost_on_agent_link_through_a_websocket_relay: Capabilities, Agent, Request, Relay;
+    capabilities_reply_lost_on_agent_link_through_a_websocket_relay: Capabilities, Agent, Reply, Relay;
+    start_request_lost_on_agent_link_through_a_websocket_relay: Start, Agent, Request, Relay;
+    start_reply_lost_on_agent_link_through_a_websocket_relay: Start, Agent, Reply, Relay;
+    status_request_lost_on_agent_link_through_a_websocket_relay: Status, Agent, Request, Relay;
+    status_reply_lost_on_agent_link_through_a_websocket_relay: Status, Agent, Reply, Relay;
+    cancel_request_lost_on_agent_link_through_a_websocket_relay: Cancel, Agent, Request, Relay;
+    cancel_reply_lost_on_agent_link_through_a_websocket_relay: Cancel, Agent, Reply, Relay;
+    complete_request_lost_on_agent_link_through_a_websocket_relay: Complete, Agent, Request, Relay;
+    complete_reply_lost_on_agent_link_through_a_websocket_relay: Complete, Agent, Reply, Relay;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_whole_submission_rides_out_resets_of_both_links() {
-    let chaos = Chaos::start("resets").await;
+/// Runs `$body` (an async function of an [`AgentPath`]) as one test per path of the agent's.
+macro_rules! for_each_agent_path {
+    ($body:ident: $direct:ident, $proxy:ident, $relay:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $direct() {
+            $body(AgentPath::Direct).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $proxy() {
+            skip_unless!(needs::relays());
+            $body(AgentPath::Proxy).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $relay() {
+            skip_unless!(needs::relays());
+            $body(AgentPath::Relay).await;
+        }
+    };
+}
+
+for_each_agent_path!(
+    rides_out_resets: a_whole_submission_rides_out_resets_of_both_links,
+    a_whole_submission_rides_out_resets_of_both_links_through_a_proxy,
+    a_whole_submission_rides_out_resets_of_both_links_through_a_websocket_relay
+);
+
+async fn rides_out_resets(path: AgentPath) {
+    let chaos = Chaos::start_by(&format!("resets-{path:?}").to_lowercase(), path).await;
     let run = chaos.markers.record("run");
     let script = format!("{run}; for i in $(seq 1 30); do echo line $i; sleep 0.05; done");
     let submission = {
@@ -282,9 +404,14 @@ async fn an_outage_longer_than_the_retry_duration_fails_soon_after_the_deadline_
     chaos.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_script_keeps_running_while_its_agent_is_cut_off_and_no_output_is_lost() {
-    let chaos = Chaos::start("cut-off").await;
+for_each_agent_path!(
+    keeps_running_cut_off: a_script_keeps_running_while_its_agent_is_cut_off_and_no_output_is_lost,
+    a_script_keeps_running_while_its_agent_behind_a_proxy_is_cut_off_and_no_output_is_lost,
+    a_script_keeps_running_while_its_agent_behind_a_websocket_relay_is_cut_off_and_no_output_is_lost
+);
+
+async fn keeps_running_cut_off(path: AgentPath) {
+    let chaos = Chaos::start_by(&format!("cut-off-{path:?}").to_lowercase(), path).await;
     let ticket = edge::entropy::ticket();
     let script = format!("{}; for i in $(seq 1 20); do echo line $i; sleep 0.1; done", chaos.markers.record("run"));
     chaos.start_script(&ticket, script).await;

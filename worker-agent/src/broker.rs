@@ -18,7 +18,8 @@ use contracts::wire::topology::{
     agent_queue, check_reply_to, is_pool_worker_id, pool_queue, pool_routing_key, pool_service_queue,
     pool_service_routing_key, COMMANDS_EXCHANGE, CONTENT_TYPE, DEAD_EXCHANGE, DEAD_QUEUE,
 };
-use edge::connect::broker::accepts_tcp;
+use edge::connect::broker::{accepts_tcp, proxy_for};
+use edge::connect::proxy::ProxyError;
 use edge::connect::tls::TlsFailure;
 use edge::entropy::OsEntropy;
 use futures_util::StreamExt;
@@ -194,7 +195,8 @@ fn not_enrolled(error: BrokerError, what: &str) -> BrokerError {
 
 /// Serves the agent's queue until `shutdown`, reconnecting after every loss of the broker: to
 /// the next node of the cluster when `amqp_url` lists several. Returns early with the error
-/// when the broker's certificate is not trusted ([`BrokerError::is_setting`]).
+/// when no retry can mend the connection: the broker's certificate is not trusted, or the
+/// proxy refuses us ([`BrokerError::is_setting`]).
 pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Result<(), BrokerError> {
     let mut endpoints = match edge::connect::broker::endpoints(&agent.config().amqp_url) {
         Ok(endpoints) => endpoints,
@@ -211,7 +213,7 @@ pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Res
             Ok(()) => return Ok(()),
             Err(error) if error.is_setting() => {
                 agent.set_ready(false);
-                tracing::error!(agent = %agent.config().agent_id, %error, "the broker's certificate is not trusted; stopping (a setting to fix, not an outage)");
+                tracing::error!(agent = %agent.config().agent_id, %error, "cannot connect to the broker, and no retry can mend it; stopping (a setting to fix, not an outage)");
                 return Err(error);
             }
             Err(error) => {
@@ -222,7 +224,7 @@ pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> Res
                 let delay = backoff.ceiling();
                 agent.set_ready(false);
                 agent.metrics().common.broker_reconnects.inc();
-                if let BrokerError::Tls { .. } = error {
+                if let BrokerError::Tls { .. } | BrokerError::Proxy { .. } | BrokerError::ProxySilent { .. } = error {
                     tracing::error!(agent = %agent.config().agent_id, %error, retry_in = %short(delay), "cannot connect to the broker; retrying");
                 } else {
                     tracing::warn!(agent = %agent.config().agent_id, %error, retry_in = %short(delay), "lost the broker; reconnecting");
@@ -244,15 +246,22 @@ async fn connect(agent: &Agent, endpoints: &mut AmqpEndpoints) -> Result<Connect
     let mut last_error = None;
     for (index, url) in endpoints.round() {
         let name = format!("cuttle-agent {}", config.agent_id);
-        let connect = edge::connect::broker::connect(&url, &name, &config.amqp_tls);
+        let connect = edge::connect::broker::connect(&url, &name, &config.amqp_tls, &config.proxy);
         let connected = match call("connect", config.connect_timeout, connect).await {
             Err(BrokerError::Call { call, source }) => match TlsFailure::of(&source) {
                 Some(failure) => Err(BrokerError::Tls { failure, cause: source }),
+                None if ProxyError::of(&source).is_some() => Err(BrokerError::Proxy { cause: source }),
                 None => Err(BrokerError::Call { call, source }),
             },
-            Err(BrokerError::Timeout { after, .. }) if accepts_tcp(&url, config.connect_timeout).await => {
+            Err(BrokerError::Timeout { after, .. })
+                if accepts_tcp(&url, &config.proxy, config.connect_timeout).await =>
+            {
                 Err(BrokerError::Silent { after })
             }
+            Err(BrokerError::Timeout { after, call }) => match proxy_for(&url, &config.proxy) {
+                Some(proxy) => Err(BrokerError::ProxySilent { proxy: proxy.to_string(), after }),
+                None => Err(BrokerError::Timeout { after, call }),
+            },
             connected => connected,
         };
         match connected {

@@ -3,6 +3,7 @@
 
 use contracts::time::short;
 use edge::connect::broker::SILENT_BROKER;
+use edge::connect::proxy::ProxyError;
 use edge::connect::tls::TlsFailure;
 use std::time::Duration;
 
@@ -23,6 +24,13 @@ pub enum BrokerError {
     Tls { failure: TlsFailure, cause: lapin::Error },
     #[error("{SILENT_BROKER} (no AMQP answer within {})", short(*after))]
     Silent { after: Duration },
+    /// A call whose error is the HTTP proxy's ([`ProxyError::of`]): refused, failed, or not
+    /// letting us through. The proxy's error is the message, kept in the call's error.
+    #[error("{}", ProxyError::of(cause).map_or_else(|| cause.to_string(), ToString::to_string))]
+    Proxy { cause: lapin::Error },
+    /// Nothing answered through the proxy in time, not even the proxy's own tunnel.
+    #[error("no answer through the proxy {proxy} within {}: is the proxy up, and does it answer CONNECT?", short(*after))]
+    ProxySilent { proxy: String, after: Duration },
 }
 
 /// Runs one broker call with a timeout.
@@ -40,8 +48,13 @@ pub(crate) async fn call<T>(
 
 impl BrokerError {
     /// Whether no retry can mend this: the broker's certificate is not trusted (the CA file, or
-    /// the host name in the URL, is a setting to fix), unlike a broker that is down or restarting.
+    /// the host name in the URL, is a setting to fix), or the proxy refuses us (its credentials,
+    /// or a destination it forbids), unlike a broker or proxy that is down or restarting.
     pub fn is_setting(&self) -> bool {
-        matches!(self, BrokerError::Tls { failure: TlsFailure::UntrustedServer, .. })
+        match self {
+            BrokerError::Tls { failure, .. } => *failure == TlsFailure::UntrustedServer,
+            BrokerError::Proxy { cause } => ProxyError::of(cause).is_some_and(ProxyError::is_setting),
+            _ => false,
+        }
     }
 }

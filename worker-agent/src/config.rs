@@ -47,6 +47,8 @@ pub struct AgentConfig {
     pub redis_url: String,
     /// CA and client certificate for `amqps://` URLs (`--amqp-ca-file`, ...).
     pub amqp_tls: edge::connect::tls::TlsMaterial,
+    /// The HTTP proxy the broker is reached through, if any (`--proxy`, `ALL_PROXY`, ...).
+    pub proxy: edge::connect::proxy::ProxySettings,
     /// CA and client certificate for a `rediss://` store URL (`--redis-ca-file`, ...).
     pub redis_tls: edge::connect::tls::TlsMaterial,
     /// Redis Sentinels (`host:port`) naming the ticket store's master; empty: `redis_url` is
@@ -151,6 +153,7 @@ impl AgentConfig {
             amqp_url: DEFAULT_AMQP_URL.into(),
             redis_url: DEFAULT_REDIS_URL.into(),
             amqp_tls: Default::default(),
+            proxy: edge::connect::proxy::ProxySettings::direct(),
             redis_tls: Default::default(),
             redis_sentinels: Vec::new(),
             redis_service: DEFAULT_REDIS_SERVICE.into(),

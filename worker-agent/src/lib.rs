@@ -98,7 +98,7 @@ impl RunError {
 }
 
 /// The exit code of `worker-agent run` when the broker's or the ticket store's certificate is
-/// not trusted (`EX_CONFIG` of sysexits.h): a setting to fix, which a supervisor should not
+/// not trusted, or the proxy refuses the agent (`EX_CONFIG` of sysexits.h): a setting to fix, which a supervisor should not
 /// restart into again and again.
 pub const EXIT_SETTING: u8 = 78;
 

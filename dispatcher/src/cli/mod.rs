@@ -45,7 +45,12 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(tls) => tls,
         Err(error) => return usage_error(error),
     };
-    let rpc_config = RpcConfig { amqp_url: cli.amqp_url.clone(), connect_timeout: cli.connect_timeout, trust, tls };
+    let proxy = match cli.proxy.settings() {
+        Ok(proxy) => proxy,
+        Err(error) => return usage_error(error),
+    };
+    let rpc_config =
+        RpcConfig { amqp_url: cli.amqp_url.clone(), connect_timeout: cli.connect_timeout, trust, tls, proxy };
     let metrics = crate::metrics::Metrics::default();
     let rpc = Arc::new(RpcClient::new(rpc_config.clone()).with_metrics(metrics.clone()));
     let orchestrator =

@@ -242,6 +242,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             trust: None,
             tls: Default::default(),
+            proxy: Default::default(),
         };
         let orchestrator = Orchestrator::new(Arc::new(RpcClient::new(rpc)), Timing::default());
         let journal = Journal::open("redis://127.0.0.1:1", "offline:", Duration::from_secs(60))

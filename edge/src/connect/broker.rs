@@ -1,12 +1,19 @@
 //! Connecting to the broker: one node of the cluster `CUTTLE_AMQP_URL` lists, with a short
 //! heartbeat, TLS as configured ([`super::tls`]), and EXTERNAL authentication when a client
-//! certificate is presented. Which node to try is `contracts::wire::endpoints`' decision; the start of
-//! the rotation is drawn here ([`endpoints`]).
+//! certificate is presented; straight, through an HTTP proxy's tunnel ([`super::proxy`]), or
+//! over a WebSocket for a `wss://` URL ([`super::websocket`]). Which node to try is
+//! `contracts::wire::endpoints`' decision; the start of the rotation is drawn here ([`endpoints`]).
 
+use super::proxy::{Proxy, ProxyError, ProxySettings};
 use super::tls::{amqp_url_with_auth, TlsMaterial};
+use super::websocket::WebBroker;
+use async_compat::Compat;
 use contracts::wire::endpoints::{AmqpEndpoints, EndpointsError};
+use lapin::tcp::AsyncTcpStream;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// What either side reports when the broker accepted a TCP connection but the AMQP handshake got
 /// no answer in time: a broker out of file handles accepts sockets and then waits for a handle
@@ -34,20 +41,93 @@ pub fn endpoints(list: &str) -> Result<AmqpEndpoints, EndpointsError> {
 }
 
 /// Connects to the broker node at `url` under the connection name `name`: the heartbeat added
-/// unless the URL sets one ([`amqp_url_with_heartbeat`]), `tls` for `amqps://` URLs, and EXTERNAL
-/// authentication when `tls` presents a client certificate and the URL names no mechanism.
-pub async fn connect(url: &str, name: &str, tls: &TlsMaterial) -> lapin::Result<Connection> {
+/// unless the URL sets one ([`amqp_url_with_heartbeat`]), `tls` for `amqps://` and `wss://` URLs,
+/// EXTERNAL authentication when `tls` presents a client certificate and an `amqps://` URL names
+/// no mechanism, through the proxy `proxy` gives for the URL's host, if any. A proxy's refusal
+/// is a [`ProxyError`] inside the error's `io::Error` ([`ProxyError::of`]).
+pub async fn connect(url: &str, name: &str, tls: &TlsMaterial, proxy: &ProxySettings) -> lapin::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let runtime = lapin::runtime::default_runtime()?;
+    // The connections below are made on this runtime: lapin runs its connector on a thread of
+    // its own.
+    let handle = tokio::runtime::Handle::current();
+    if let Some(web) = WebBroker::parse(url).map_err(invalid)? {
+        let uri = parse_uri(&amqp_url_with_heartbeat(&web.amqp_url))?;
+        let (tls, via) = (tls.clone(), proxy.for_web(&web.host).cloned());
+        let open = async move |_: AMQPUri, _| {
+            let (web, tls, via) = (web.clone(), tls.clone(), via.clone());
+            let bridged = handle.spawn(async move { super::websocket::open(&web, &tls, via.as_ref()).await });
+            Ok(AsyncTcpStream::Plain(Compat::new(bridged.await.map_err(std::io::Error::other)??)))
+        };
+        return Connection::connector(uri, runtime, open, properties).await;
+    }
     let url = amqp_url_with_auth(&amqp_url_with_heartbeat(url), tls.client.is_some());
-    Connection::connect_with_config(&url, properties, tls.amqp_config(), lapin::runtime::default_runtime()?).await
+    let uri = parse_uri(&url)?;
+    let Some(proxy) = proxy.for_broker(&uri.authority.host).cloned() else {
+        return Connection::connect_with_config(&url, properties, tls.amqp_config(), runtime).await;
+    };
+    let config = tls.amqp_config();
+    let open = async move |uri: AMQPUri, _| {
+        let (host, port, proxy) = (uri.authority.host.clone(), uri.authority.port, proxy.clone());
+        let tunnel = handle.spawn(async move { proxy.tunnel(&host, port).await.map_err(ProxyError::into_io) });
+        let stream = AsyncTcpStream::Plain(Compat::new(tunnel.await.map_err(std::io::Error::other)??));
+        // TLS runs inside the tunnel, end to end with the broker.
+        Ok(match uri.scheme {
+            AMQPScheme::AMQP => stream,
+            AMQPScheme::AMQPS => stream.into_tls(&uri.authority.host, config.as_ref()).await?,
+        })
+    };
+    Connection::connector(uri, runtime, open, properties).await
 }
 
-/// Whether the broker's address accepts a TCP connection now: told apart from a broker that
-/// cannot be reached at all when its AMQP handshake timed out.
-pub async fn accepts_tcp(amqp_url: &str, timeout: Duration) -> bool {
-    let Ok(uri) = amqp_url.parse::<lapin::uri::AMQPUri>() else { return false };
-    let address = (uri.authority.host.as_str(), uri.authority.port);
-    matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
+fn parse_uri(url: &str) -> lapin::Result<AMQPUri> {
+    url.parse::<AMQPUri>().map_err(|reason| invalid(format!("bad AMQP URL: {reason}")))
+}
+
+fn invalid(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> lapin::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, error).into()
+}
+
+/// Where a connection to the broker node at `url` is dialled: the host and port (the relay's,
+/// for a `wss://` URL) and the proxy in the way, if any; `None` for a URL that cannot be used.
+fn route(url: &str, proxy: &ProxySettings) -> Option<(String, u16, Option<Proxy>)> {
+    match WebBroker::parse(url) {
+        Ok(Some(web)) => {
+            let via = proxy.for_web(&web.host).cloned();
+            Some((web.host, web.port, via))
+        }
+        Ok(None) => {
+            let uri = url.parse::<AMQPUri>().ok()?;
+            let via = proxy.for_broker(&uri.authority.host).cloned();
+            Some((uri.authority.host, uri.authority.port, via))
+        }
+        Err(_) => None,
+    }
+}
+
+/// The proxy a connection to the broker node at `url` goes through, if any: named in the error
+/// when no answer came.
+pub fn proxy_for(url: &str, proxy: &ProxySettings) -> Option<Proxy> {
+    route(url, proxy).and_then(|(_, _, via)| via)
+}
+
+/// The longest a probe of [`accepts_tcp`] waits: a TCP handshake (or a proxy's CONNECT) takes
+/// a round trip or two, and the probe comes after a whole connect timeout already spent.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the broker's address accepts a TCP connection now (through the proxy, if one is in
+/// the way; the relay's, for a `wss://` URL), within `timeout` and at most a second: told apart
+/// from a broker that cannot be reached at all when its AMQP handshake timed out.
+pub async fn accepts_tcp(amqp_url: &str, proxy: &ProxySettings, timeout: Duration) -> bool {
+    let timeout = timeout.min(PROBE_TIMEOUT);
+    let Some((host, port, via)) = route(amqp_url, proxy) else { return false };
+    let reach = async {
+        match via {
+            Some(proxy) => proxy.tunnel(&host, port).await.is_ok(),
+            None => TcpStream::connect((host.as_str(), port)).await.is_ok(),
+        }
+    };
+    tokio::time::timeout(timeout, reach).await.unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -138,6 +138,34 @@ impl TlsMaterial {
         }
     }
 
+    /// A rustls client configuration (the `wss://` transport's): the system's roots and the CA
+    /// trusted, the client certificate presented.
+    pub fn rustls_client_config(&self) -> std::io::Result<rustls::ClientConfig> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string());
+        let mut roots = rustls::RootCertStore::empty();
+        // A root the system holds that rustls cannot read is skipped, as lapin's TLS does.
+        let _ = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        for cert in CertificateDer::pem_slice_iter(self.ca.as_deref().unwrap_or_default()) {
+            roots.add(cert.map_err(|e| invalid(&e))?).map_err(|e| invalid(&e))?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(&e))?
+            .with_root_certificates(roots);
+        match &self.client {
+            Some((cert, key)) => {
+                let chain =
+                    CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>().map_err(|e| invalid(&e))?;
+                let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| invalid(&e))?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| invalid(&e))
+            }
+            None => Ok(builder.with_no_client_auth()),
+        }
+    }
+
     /// redis-rs' form of the CA and client certificate (the CA replaces the system's roots).
     pub fn redis_certificates(&self) -> redis::TlsCertificates {
         let client_tls = self

@@ -97,6 +97,8 @@ pub struct RunArgs {
     /// Private key (PEM) of --amqp-client-cert.
     #[arg(long, env = "CUTTLE_AMQP_CLIENT_KEY", requires = "amqp_client_cert")]
     pub amqp_client_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub proxy: edge::args::ProxyArgs,
     /// Redis URL of the ticket store: `redis://[USER:PASSWORD@]HOST:PORT[/DB]`, or `rediss://`
     /// for TLS; USER is a Redis ACL user (it needs the commands of `+@all` on keys under
     /// --key-prefix).
@@ -284,6 +286,8 @@ pub enum ConfigError {
     Name(#[from] contracts::wire::topology::NameError),
     #[error(transparent)]
     Tls(#[from] edge::connect::tls::TlsError),
+    #[error(transparent)]
+    Proxy(#[from] edge::connect::proxy::ProxyConfigError),
     #[error("--claim-replicas needs the Redis store: the local store has no replicas")]
     ReplicasWithLocalStore,
     #[error("--pass-env {0:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")]
@@ -322,6 +326,7 @@ impl RunArgs {
             client_key: self.amqp_client_key.clone(),
         };
         config.amqp_tls = amqp_tls.load()?;
+        config.proxy = self.proxy.settings()?;
         let redis_tls = TlsFiles {
             ca_file: self.redis_ca_file.clone(),
             client_cert: self.redis_client_cert.clone(),
@@ -412,6 +417,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Printed in one line, as the message says it all (the chain of sources would repeat it).
     let config = args.config().map_err(|error| anyhow::Error::msg(error.to_string()))?;
     tracing::info!(agent = %config.agent_id, pool = ?config.pool, max_scripts = ?config.max_scripts, protocol = ?config.protocol, labels = ?config.labels, store = ?config.store, work_dir = %config.work_dir.display(), "agent starting");
+    if config.proxy.is_set() && config.store == StoreKind::Redis {
+        tracing::warn!(agent = %config.agent_id, "the broker is reached through the proxy, the ticket store (Redis) directly: where the proxy is the only way out, use --store local");
+    }
     crate::run(config, crate::shutdown_signal()).await?;
     Ok(())
 }

@@ -63,6 +63,8 @@ pub(super) struct Cli {
     /// Private key (PEM) of --amqp-client-cert.
     #[arg(long, global = true, env = "CUTTLE_AMQP_CLIENT_KEY", requires = "amqp_client_cert")]
     pub amqp_client_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub proxy: edge::args::ProxyArgs,
     /// `v1` speaks only script v1, without capabilities or retries, as dispatchers did before
     /// resilient communications; `auto` asks each agent what it supports.
     #[arg(long, global = true, value_enum, default_value_t = ProtocolMode::Auto)]
