@@ -26,6 +26,7 @@ use contracts::wire::envelope::{Reply, Request};
 use contracts::wire::error::ErrorKind;
 use contracts::wire::messages::Kind;
 use contracts::wire::topology::{COMMANDS_EXCHANGE, CONTENT_TYPE, REPLY_TO};
+use edge::connect::broker::Silence;
 use edge::entropy::OsEntropy;
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -492,19 +493,21 @@ pub async fn connect(config: &RpcConfig, name: &str) -> Result<Connection, RpcEr
         match tokio::time::timeout(config.connect_timeout, connect).await {
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(error)) => last_error = Some(connect_error(error)),
-            Err(_) => last_error = Some(RpcError::Connect(no_answer(config, &url))),
+            Err(_) => {
+                let silence = Silence::unprobed(&url, &config.proxy);
+                last_error = Some(RpcError::Connect(no_answer(silence, config.connect_timeout)));
+            }
         }
     }
     Err(last_error.expect("a list has at least one URL"))
 }
 
-/// Nothing answered `amqp_url` within the connect timeout: the proxy in the way, if there is
-/// one, is named.
-fn no_answer(config: &RpcConfig, amqp_url: &str) -> Unreachable {
-    let after = config.connect_timeout;
-    match edge::connect::broker::proxy_for(amqp_url, &config.proxy) {
-        Some(proxy) => Unreachable::NoAnswerThrough { proxy: proxy.to_string(), after },
-        None => Unreachable::NoAnswer { after },
+/// Nothing answered within `after`, for the reason `silence` gives.
+fn no_answer(silence: Silence, after: Duration) -> Unreachable {
+    match silence {
+        Silence::Broker => Unreachable::Silent { after },
+        Silence::Proxy(proxy) => Unreachable::NoAnswerThrough { proxy: proxy.to_string(), after },
+        Silence::Unreachable => Unreachable::NoAnswer { after },
     }
 }
 
@@ -546,10 +549,8 @@ async fn open_link(config: &RpcConfig, amqp_url: &str) -> Result<Link, RpcError>
     let (connection, channel, mut consumer) = match tokio::time::timeout(config.connect_timeout, connect).await {
         Err(_) => {
             let after = config.connect_timeout;
-            if edge::connect::broker::accepts_tcp(amqp_url, &config.proxy, config.connect_timeout).await {
-                return Err(RpcError::Connect(Unreachable::Silent { after }));
-            }
-            return Err(RpcError::Connect(no_answer(config, amqp_url)));
+            let silence = edge::connect::broker::why_no_answer(amqp_url, &config.proxy, after).await;
+            return Err(RpcError::Connect(no_answer(silence, after)));
         }
         Ok(Err(error)) => return Err(connect_error(error)),
         Ok(Ok(parts)) => parts,

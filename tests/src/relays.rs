@@ -48,21 +48,23 @@ impl Daemon {
 
     /// Kills the whole process group with SIGKILL: every connection it carried is cut.
     async fn kill(&mut self) {
+        self.kill_group();
         if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                let group = nix::unistd::Pid::from_raw(pid as i32);
-                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-            }
             let _ = child.wait().await;
+        }
+    }
+
+    /// Sends SIGKILL to the process group, without waiting.
+    fn kill_group(&self) {
+        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-        }
+        self.kill_group();
     }
 }
 

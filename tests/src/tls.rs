@@ -25,6 +25,13 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 impl TestCa {
+    /// Client TLS settings that trust this CA's certificates (and present none of their own).
+    pub fn trusted(&self) -> edge::connect::tls::TlsMaterial {
+        let files =
+            edge::connect::tls::TlsFiles { ca_file: Some(self.cert.clone()), client_cert: None, client_key: None };
+        files.load().expect("the test CA's certificate")
+    }
+
     /// A new CA named `name`, in a new directory readable by the `rabbitmq` user (the broker
     /// reads its certificate and key there).
     pub fn new(name: &str) -> TestCa {

@@ -92,7 +92,7 @@ async fn an_agent_given_only_a_wss_url_runs_scripts_once_each_while_the_relay_dr
     // The agent knows no broker address at all, only the relay's.
     config.amqp_url = relay.broker_url();
     // Given as a flag below; set here too for the cleanup, which reaches the broker the same way.
-    config.amqp_tls = trusting(&ca);
+    config.amqp_tls = ca.trusted();
     let agent = AgentProcess::start_with(config, &["--amqp-ca-file", ca.cert.to_str().unwrap()], &[]).await;
     let relayed = relay.connections();
     assert!(relayed >= 1, "the relay's log shows the connection: {}", relay.log_text());
@@ -317,7 +317,7 @@ async fn an_agent_behind_a_proxy_that_lets_out_only_443_reaches_a_broker_listeni
     let mut config = test_config("port-443");
     config.store = StoreKind::Local;
     config.amqp_url = "amqps://guest:guest@localhost:443/%2f".into();
-    config.amqp_tls = trusting(&ca);
+    config.amqp_tls = ca.trusted();
     let mut command = AgentProcess::command_via(&namespace.launcher(), &config);
     command.args(["--proxy", &proxy.url(), "--amqp-ca-file", ca.cert.to_str().unwrap()]);
     let agent = AgentProcess::spawn_command(config, command);
@@ -370,7 +370,7 @@ async fn haproxy_shares_443_between_the_broker_and_a_web_server_by_server_name()
 
     let mut config = test_config("sni");
     config.amqp_url = "amqps://guest:guest@localhost:443/%2f".into();
-    config.amqp_tls = trusting(&ca);
+    config.amqp_tls = ca.trusted();
     let agent = AgentProcess::start_with(config, &["--amqp-ca-file", ca.cert.to_str().unwrap()], &[]).await;
     let orchestrator = orchestrator_at("amqps://guest:guest@localhost:443/%2f", &ca).await;
     let (outcome, lines) = tests::submit(&orchestrator, &agent_route(&agent), sh("echo beside the web")).await;
@@ -389,16 +389,10 @@ async fn haproxy_shares_443_between_the_broker_and_a_web_server_by_server_name()
     drop(rabbit);
 }
 
-/// TLS settings trusting `ca`'s certificates.
-fn trusting(ca: &TestCa) -> edge::connect::tls::TlsMaterial {
-    let files = edge::connect::tls::TlsFiles { ca_file: Some(ca.cert.clone()), client_cert: None, client_key: None };
-    files.load().expect("the test CA")
-}
-
 /// A dispatcher of this process's connected to `amqp_url`, trusting `ca`'s certificates.
 async fn orchestrator_at(amqp_url: &str, ca: &TestCa) -> dispatcher::orchestrator::Orchestrator {
     let rpc = dispatcher::rpc::RpcConfig {
-        tls: trusting(ca),
+        tls: ca.trusted(),
         ..tests::rpc_config(amqp_url.to_owned(), Duration::from_secs(5))
     };
     let client = dispatcher::rpc::RpcClient::connect(rpc).await.expect("the dispatcher connects");

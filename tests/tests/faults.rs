@@ -69,12 +69,7 @@ impl Path {
                 let ca = TestCa::new("chaos-relay");
                 let relay = Websockify::start(link.addr(), &ca.server("relay")).await;
                 config.amqp_url = relay.broker_url();
-                let files = edge::connect::tls::TlsFiles {
-                    ca_file: Some(ca.cert.clone()),
-                    client_cert: None,
-                    client_key: None,
-                };
-                config.amqp_tls = files.load().expect("the test CA");
+                config.amqp_tls = ca.trusted();
                 Path::Relay { relay, _ca: ca }
             }
         }

@@ -18,7 +18,7 @@ use contracts::wire::topology::{
     agent_queue, check_reply_to, is_pool_worker_id, pool_queue, pool_routing_key, pool_service_queue,
     pool_service_routing_key, COMMANDS_EXCHANGE, CONTENT_TYPE, DEAD_EXCHANGE, DEAD_QUEUE,
 };
-use edge::connect::broker::{accepts_tcp, proxy_for};
+use edge::connect::broker::{why_no_answer, Silence};
 use edge::connect::proxy::ProxyError;
 use edge::connect::tls::TlsFailure;
 use edge::entropy::OsEntropy;
@@ -253,15 +253,13 @@ async fn connect(agent: &Agent, endpoints: &mut AmqpEndpoints) -> Result<Connect
                 None if ProxyError::of(&source).is_some() => Err(BrokerError::Proxy { cause: source }),
                 None => Err(BrokerError::Call { call, source }),
             },
-            Err(BrokerError::Timeout { after, .. })
-                if accepts_tcp(&url, &config.proxy, config.connect_timeout).await =>
-            {
-                Err(BrokerError::Silent { after })
+            Err(BrokerError::Timeout { after, call }) => {
+                Err(match why_no_answer(&url, &config.proxy, config.connect_timeout).await {
+                    Silence::Broker => BrokerError::Silent { after },
+                    Silence::Proxy(proxy) => BrokerError::ProxySilent { proxy: proxy.to_string(), after },
+                    Silence::Unreachable => BrokerError::Timeout { after, call },
+                })
             }
-            Err(BrokerError::Timeout { after, call }) => match proxy_for(&url, &config.proxy) {
-                Some(proxy) => Err(BrokerError::ProxySilent { proxy: proxy.to_string(), after }),
-                None => Err(BrokerError::Timeout { after, call }),
-            },
             connected => connected,
         };
         match connected {

@@ -56,8 +56,7 @@ pub async fn connect(url: &str, name: &str, tls: &TlsMaterial, proxy: &ProxySett
         let (tls, via) = (tls.clone(), proxy.for_web(&web.host).cloned());
         let open = async move |_: AMQPUri, _| {
             let (web, tls, via) = (web.clone(), tls.clone(), via.clone());
-            let bridged = handle.spawn(async move { super::websocket::open(&web, &tls, via.as_ref()).await });
-            Ok(AsyncTcpStream::Plain(Compat::new(bridged.await.map_err(std::io::Error::other)??)))
+            Ok(opened_on(&handle, async move { super::websocket::open(&web, &tls, via.as_ref()).await }).await?)
         };
         return Connection::connector(uri, runtime, open, properties).await;
     }
@@ -69,8 +68,8 @@ pub async fn connect(url: &str, name: &str, tls: &TlsMaterial, proxy: &ProxySett
     let config = tls.amqp_config();
     let open = async move |uri: AMQPUri, _| {
         let (host, port, proxy) = (uri.authority.host.clone(), uri.authority.port, proxy.clone());
-        let tunnel = handle.spawn(async move { proxy.tunnel(&host, port).await.map_err(ProxyError::into_io) });
-        let stream = AsyncTcpStream::Plain(Compat::new(tunnel.await.map_err(std::io::Error::other)??));
+        let stream =
+            opened_on(&handle, async move { proxy.tunnel(&host, port).await.map_err(ProxyError::into_io) }).await?;
         // TLS runs inside the tunnel, end to end with the broker.
         Ok(match uri.scheme {
             AMQPScheme::AMQP => stream,
@@ -78,6 +77,16 @@ pub async fn connect(url: &str, name: &str, tls: &TlsMaterial, proxy: &ProxySett
         })
     };
     Connection::connector(uri, runtime, open, properties).await
+}
+
+/// The stream `open` makes, opened on the runtime `handle` (lapin runs a connector on a thread
+/// of its own, outside any runtime) and handed to lapin as a plain TCP stream.
+async fn opened_on(
+    handle: &tokio::runtime::Handle,
+    open: impl std::future::Future<Output = std::io::Result<TcpStream>> + Send + 'static,
+) -> std::io::Result<AsyncTcpStream<Compat<TcpStream>>> {
+    let stream = handle.spawn(open).await.map_err(std::io::Error::other)??;
+    Ok(AsyncTcpStream::Plain(Compat::new(stream)))
 }
 
 fn parse_uri(url: &str) -> lapin::Result<AMQPUri> {
@@ -105,10 +114,33 @@ fn route(url: &str, proxy: &ProxySettings) -> Option<(String, u16, Option<Proxy>
     }
 }
 
-/// The proxy a connection to the broker node at `url` goes through, if any: named in the error
-/// when no answer came.
-pub fn proxy_for(url: &str, proxy: &ProxySettings) -> Option<Proxy> {
-    route(url, proxy).and_then(|(_, _, via)| via)
+/// Why a connect to a broker node got no answer in time ([`why_no_answer`]).
+#[derive(Debug)]
+pub enum Silence {
+    /// The broker's address takes connections (through the proxy, if one is in the way), and the
+    /// broker said nothing ([`SILENT_BROKER`]).
+    Broker,
+    /// Nothing came through the proxy in the way, not even its tunnel.
+    Proxy(Proxy),
+    /// The broker's address does not answer.
+    Unreachable,
+}
+
+impl Silence {
+    /// Why the connect to `url` got no answer, told without probing: the proxy in the way
+    /// (named in the error) if there is one, else the broker's address.
+    pub fn unprobed(url: &str, proxy: &ProxySettings) -> Silence {
+        route(url, proxy).and_then(|(_, _, via)| via).map_or(Silence::Unreachable, Silence::Proxy)
+    }
+}
+
+/// Why the connect to the broker node at `url` (through `proxy`'s settings) got no answer
+/// within `timeout`: the node's address probed again ([`accepts_tcp`]).
+pub async fn why_no_answer(url: &str, proxy: &ProxySettings, timeout: Duration) -> Silence {
+    if accepts_tcp(url, proxy, timeout).await {
+        return Silence::Broker;
+    }
+    Silence::unprobed(url, proxy)
 }
 
 /// The longest a probe of [`accepts_tcp`] waits: a TCP handshake (or a proxy's CONNECT) takes
@@ -118,7 +150,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Whether the broker's address accepts a TCP connection now (through the proxy, if one is in
 /// the way; the relay's, for a `wss://` URL), within `timeout` and at most a second: told apart
 /// from a broker that cannot be reached at all when its AMQP handshake timed out.
-pub async fn accepts_tcp(amqp_url: &str, proxy: &ProxySettings, timeout: Duration) -> bool {
+async fn accepts_tcp(amqp_url: &str, proxy: &ProxySettings, timeout: Duration) -> bool {
     let timeout = timeout.min(PROBE_TIMEOUT);
     let Some((host, port, via)) = route(amqp_url, proxy) else { return false };
     let reach = async {
