@@ -418,3 +418,71 @@ async fn the_service_reaches_the_broker_through_its_proxy() {
     tests::service::remove_journal(&prefix).await;
     agent.stop().await;
 }
+
+/// A proxy that answers a CONNECT with `answer` and then holds the connection: its address.
+async fn answering_proxy(answer: Vec<u8>) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).await;
+            let _ = stream.write_all(&answer).await;
+            held.push(stream);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn hostile_proxy_settings_and_answers_get_a_clear_refusal() {
+    let agent = TestAgent::start("hostile-proxy").await;
+    let missing = std::env::temp_dir().join(tests::unique("no-such-credentials"));
+    let missing = missing.to_str().unwrap();
+    for (args, expected) in [
+        (vec!["--proxy", "socks5://127.0.0.1:1080"], "HTTP proxies only"),
+        (vec!["--proxy", "http://127.0.0.1:notaport"], "bad port"),
+        (vec!["--proxy", "http://127.0.0.1:3128", "--proxy-credentials", missing], missing),
+        (vec!["--proxy-credentials", missing], missing),
+    ] {
+        let (code, output, _) = health(agent.id(), &args, &[]).await;
+        assert_eq!(code, Some(2), "{args:?}: {output}");
+        assert!(output.contains(expected), "{args:?}: {output}");
+    }
+    let empty = std::env::temp_dir().join(tests::unique("empty-credentials"));
+    std::fs::write(&empty, "\n").unwrap();
+    let (code, output, _) =
+        health(agent.id(), &["--proxy", "http://127.0.0.1:3128", "--proxy-credentials", empty.to_str().unwrap()], &[])
+            .await;
+    assert_eq!(code, Some(2), "{output}");
+    assert!(output.contains("its first line must be USER:PASSWORD"), "{output}");
+    let _ = std::fs::remove_file(&empty);
+
+    // The agent refuses the same settings at start.
+    let config = test_config("hostile-proxy-agent");
+    let mut command = AgentProcess::command(&config);
+    command.args(["--proxy", "socks5://127.0.0.1:1080"]);
+    let mut refused = AgentProcess::spawn_command(config, command);
+    let status = tokio::time::timeout(Duration::from_secs(20), refused.wait()).await.expect("the agent stops");
+    assert_eq!(status.code(), Some(1), "{}", refused.log_text());
+    assert!(refused.log_text().contains("HTTP proxies only"), "{}", refused.log_text());
+    refused.stop().await;
+
+    // Answers: an endless head, something not HTTP, and a gateway error.
+    let endless = vec![b'X'; 1 << 20];
+    let cases: [(Vec<u8>, &str); 3] = [
+        (endless, "an answer head too long for HTTP"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(), "answered something other than HTTP"),
+        (b"HTTP/1.1 502 Bad Gateway\r\n\r\n".to_vec(), "(502 Bad Gateway)"),
+    ];
+    for (answer, expected) in cases {
+        let (addr, _task) = answering_proxy(answer).await;
+        let (code, output, took) = health(agent.id(), &["--proxy", &format!("http://{addr}")], &[]).await;
+        assert_eq!(code, Some(101), "{output}");
+        assert!(output.contains(expected), "{expected}: {output}");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+    agent.stop().await;
+}
