@@ -5,13 +5,14 @@
 //!
 //! # Layout
 //! Layers, each module using only those of the layers before it (none re-exports another's items):
-//! `entropy`, `time`, `backoff` < `wire` < `trust` < `store`, `metrics` < `agent`, `submission`.
+//! `entropy`, `time`, `backoff` < `wire` < `trust` < `receipt` < `store`, `metrics` < `agent`, `submission`.
 //!
 //! - [`entropy`]: fresh random bytes, as the caller gives them ([`entropy::Entropy`]).
 //! - [`time`]: time as the wire writes it (Unix ms) and as people read it; no clock.
 //! - [`backoff`]: the pauses between attempts of every retry loop (doubling, capped, jitter or not).
 //! - [`wire`]: the envelope and every message, status, ticket, error, name and limit on the wire.
 //! - [`trust`]: keys, seals, trust files, the checks of trust, sessions, sealed secrets.
+//! - [`receipt`]: run receipts an agent signs, chained per agent id, and their offline check.
 //! - [`store`]: the ticket store's contract, its record, the in-memory store, the conformance suite.
 //! - [`metrics`]: the metric families both binaries expose.
 //! - [`agent`]: the agent's decisions, its keys, and its flow for each delivery.
@@ -22,6 +23,7 @@ pub mod agent;
 pub mod backoff;
 pub mod entropy;
 pub mod metrics;
+pub mod receipt;
 pub mod store;
 pub mod submission;
 pub mod time;

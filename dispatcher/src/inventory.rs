@@ -20,27 +20,17 @@
 //! first one believed: about one check per agent however many heartbeats the lookback holds.
 
 use crate::rpc::{self, RpcConfig};
-use contracts::trust::amqp::seal_of;
 use contracts::trust::files::KnownAgents;
 use contracts::trust::seal::{Seal, SealHeaderError};
 use contracts::trust::verify::{check_announcement, Believed, Forged};
 use contracts::wire::labels::{Selectable, Selector};
 use contracts::wire::presence::{Announcement, LOOKBACK_MS};
-use contracts::wire::topology::{ANNOUNCEMENT_TYPE, MARKER_TYPE, PRESENCE_STREAM};
-use futures_util::StreamExt;
-use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::BasicProperties;
+use contracts::wire::topology::{ANNOUNCEMENT_TYPE, PRESENCE_STREAM};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 /// Longest time reading the stream may take before giving up.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deliveries in flight while reading; acked in batches of half of it. The client holds each one
-/// whole before it can be looked at, so this bounds what junk on the stream can cost: at most 64
-/// bodies at the broker's limit (16 MiB), however much junk there is. Real announcements are a
-/// few hundred bytes, and reading ahead by 64 keeps the broker sending while the rest is checked.
-const PREFETCH: u16 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -216,51 +206,14 @@ pub async fn read(config: &RpcConfig, known: &KnownAgents) -> Result<Inventory, 
     Ok(inventory)
 }
 
-/// The announcements on the stream from [`LOOKBACK_MS`] ago up to our own marker.
+/// The announcements on the stream from [`LOOKBACK_MS`] ago up to now. Before the first agent
+/// ever started there is no stream, and no one is alive.
 async fn read_on(connection: &lapin::Connection) -> Result<Sightings, InventoryError> {
-    let broker = |call: &'static str| move |source: lapin::Error| InventoryError::Broker { call, source };
-    let channel = connection.create_channel().await.map_err(broker("channel.open"))?;
-    // The agents declare the stream; before the first agent ever started there is none, and no
-    // one is alive.
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    if let Err(error) = channel.queue_declare(PRESENCE_STREAM.into(), passive, FieldTable::default()).await {
-        tracing::debug!(%error, "no presence stream yet");
-        return Ok(Sightings::default());
-    }
-    channel.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(broker("basic.qos"))?;
     let from = SystemTime::now() - Duration::from_millis(LOOKBACK_MS);
-    let mut arguments = FieldTable::default();
-    let from_secs = from.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    arguments.insert("x-stream-offset".into(), AMQPValue::Timestamp(from_secs));
-    let mut consumer = channel
-        .basic_consume(PRESENCE_STREAM.into(), "".into(), BasicConsumeOptions::default(), arguments)
-        .await
-        .map_err(broker("basic.consume"))?;
-    // Everything appended before our marker is what the stream held when we asked.
-    let marker = uuid::Uuid::new_v4().to_string();
-    let properties = BasicProperties::default().with_type(MARKER_TYPE.into()).with_message_id(marker.clone().into());
-    channel
-        .basic_publish("".into(), PRESENCE_STREAM.into(), BasicPublishOptions::default(), b"", properties)
-        .await
-        .map_err(broker("basic.publish"))?;
     let mut sightings = Sightings::default();
-    let mut unacked = 0u16;
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery.map_err(broker("basic.deliver"))?;
-        unacked += 1;
-        if unacked >= PREFETCH / 2 {
-            let ack = BasicAckOptions { multiple: true };
-            channel.basic_ack(delivery.delivery_tag, ack).await.map_err(broker("basic.ack"))?;
-            unacked = 0;
-        }
-        let kind = delivery.properties.kind().as_ref().map(ShortString::as_str);
-        let message_id = delivery.properties.message_id().as_ref().map(ShortString::as_str);
-        match kind {
-            Some(MARKER_TYPE) if message_id == Some(marker.as_str()) => break,
-            Some(ANNOUNCEMENT_TYPE) => sightings.push(delivery.data, seal_of(&delivery.properties)),
-            _ => {}
-        }
-    }
+    crate::stream::read(connection, PRESENCE_STREAM, ANNOUNCEMENT_TYPE, from, |body, seal| sightings.push(body, seal))
+        .await
+        .map_err(|error| InventoryError::Broker { call: error.call, source: error.source })?;
     Ok(sightings)
 }
 

@@ -18,7 +18,9 @@
 //! - [`trust`]: the dispatcher's key (signs requests) and the agents' pinned keys (answers).
 //! - [`fanout`]: one script on many targets, paced by [`budget`]'s limits (parallelism, error
 //!   budget), with a result per target.
-//! - [`inventory`]: the live fleet, from the agents' announcements on the presence stream.
+//! - [`inventory`]: the live fleet, from the agents' announcements on the presence stream;
+//!   [`receipts`]: the receipts agents sign as runs end, from the receipts stream and files;
+//!   [`stream`]: reading either stream up to the present.
 //! - [`bench`]: the `dispatcher bench` load generator; [`metrics`]: the metric families.
 //! - [`setup`]: the operator steps `setup-broker`, `enrol-agent` and `enrol-pool` (least privilege).
 //! - [`schedule`]: schedules: cron expressions in time zones, their slots, what a pass starts.
@@ -42,12 +44,14 @@ mod negotiate;
 pub mod orchestrator;
 mod plan;
 mod policy;
+pub mod receipts;
 pub mod retry;
 pub mod route;
 pub mod rpc;
 pub mod schedule;
 pub mod service;
 mod setup;
+pub mod stream;
 pub mod transfer;
 pub mod trust;
 

@@ -6,13 +6,13 @@
 use crate::error::{LinkLost, RpcError};
 use crate::rpc::{self, RpcConfig};
 use contracts::wire::topology::amqp::{
-    bounded_dead_queue_arguments, command_queue_arguments, presence_stream_arguments,
+    bounded_dead_queue_arguments, command_queue_arguments, presence_stream_arguments, receipts_stream_arguments,
 };
-use contracts::wire::topology::PRESENCE_STREAM;
 use contracts::wire::topology::{
     agent_queue, pool_queue, pool_routing_key, pool_service_queue, pool_service_routing_key, COMMANDS_EXCHANGE,
     DEAD_EXCHANGE, DEAD_QUEUE,
 };
+use contracts::wire::topology::{PRESENCE_STREAM, RECEIPTS_STREAM};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind};
@@ -40,9 +40,16 @@ fn failed(call: &'static str) -> impl Fn(lapin::Error) -> RpcError {
 
 /// Declares the exchanges, the presence stream and the dead-letter queue (bounded by `dead`
 /// when it is new) with its binding. Idempotent.
-pub(crate) async fn setup_broker(config: &RpcConfig, dead: DeadLimits) -> Result<DeadQueue, RpcError> {
+pub(crate) async fn setup_broker(
+    config: &RpcConfig,
+    dead: DeadLimits,
+    receipts: &ReceiptsRetention,
+) -> Result<(DeadQueue, bool), RpcError> {
     let connection = rpc::connect(config, "cuttle-dispatcher setup-broker").await?;
-    let result = declare_shared(&connection, dead).await;
+    let result = match declare_shared(&connection, dead).await {
+        Ok(dead) => declare_receipts(&connection, receipts).await.map(|existed| (dead, existed)),
+        Err(error) => Err(error),
+    };
     let _ = tokio::time::timeout(Duration::from_secs(2), connection.close(200, "setup done".into())).await;
     result
 }
@@ -74,6 +81,27 @@ async fn declare_shared(connection: &Connection, dead: DeadLimits) -> Result<Dea
     };
     bind(&channel, DEAD_QUEUE, DEAD_EXCHANGE, "").await?;
     Ok(found)
+}
+
+/// How long and how much the receipts stream keeps, when it is first declared.
+pub(crate) struct ReceiptsRetention {
+    pub max_age: String,
+    pub max_bytes: i64,
+}
+
+/// Declares the receipts stream with `retention` unless it exists (whose retention then stays:
+/// a stream's arguments cannot change). Whether it existed.
+async fn declare_receipts(connection: &Connection, retention: &ReceiptsRetention) -> Result<bool, RpcError> {
+    let channel = connection.create_channel().await.map_err(failed("channel.open"))?;
+    let passive = QueueDeclareOptions { durable: true, passive: true, ..Default::default() };
+    if channel.queue_declare(RECEIPTS_STREAM.into(), passive, FieldTable::default()).await.is_ok() {
+        return Ok(true);
+    }
+    let channel = connection.create_channel().await.map_err(failed("channel.open"))?;
+    let arguments = receipts_stream_arguments(&retention.max_age, retention.max_bytes);
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(RECEIPTS_STREAM.into(), durable, arguments).await.map_err(failed("queue.declare"))?;
+    Ok(false)
 }
 
 async fn bind(channel: &Channel, queue: &str, exchange: &str, routing_key: &str) -> Result<(), RpcError> {

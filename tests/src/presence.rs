@@ -1,5 +1,5 @@
 //! The presence stream as anyone holding the broker's credentials sees it: they can read every
-//! agent's announcements and append their own, forged or copied.
+//! agent's announcements and append their own, forged or copied (and so to the receipts stream).
 
 use contracts::trust::amqp::{seal_of, with_seal};
 use contracts::trust::seal::Seal;
@@ -36,12 +36,19 @@ impl PresenceStream {
 
     /// Appends `body` to the stream as an announcement, with `seal` in its headers (or none).
     pub async fn append(&self, body: &[u8], seal: Option<&Seal>) {
-        let mut properties = BasicProperties::default().with_type(ANNOUNCEMENT_TYPE.into());
+        self.append_to(PRESENCE_STREAM, ANNOUNCEMENT_TYPE, body, seal).await;
+    }
+
+    /// Appends `body` to another of the agents' streams (the receipts stream), as a message of
+    /// AMQP type `kind`, with `seal` in its headers (or none): anyone with the broker's
+    /// credentials can.
+    pub async fn append_to(&self, stream: &str, kind: &str, body: &[u8], seal: Option<&Seal>) {
+        let mut properties = BasicProperties::default().with_type(kind.into());
         if let Some(seal) = seal {
             properties = with_seal(properties, seal);
         }
         let publish = BasicPublishOptions::default();
-        self.channel.basic_publish("".into(), PRESENCE_STREAM.into(), publish, body, properties).await.expect("append");
+        self.channel.basic_publish("".into(), stream.into(), publish, body, properties).await.expect("append");
     }
 
     /// An announcement of `agent_id` appended from a few seconds ago on (waits up to 20 s).

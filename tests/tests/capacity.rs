@@ -64,10 +64,18 @@ async fn a_finished_ticket_costs_at_most_200_bytes_in_redis_and_lives_only_until
         ttl_ms > 15_000 && ttl_ms <= 30_000 + 2 * skew + 1,
         "kept until the deadline plus skew, not an hour: {ttl_ms} ms"
     );
-    // Nothing else is left of the ticket: no log, lease, cancel flag or running-set entry.
+    // Nothing else is left of the ticket: no log, lease, cancel flag, running-set entry or
+    // receipt once the broker has it; the agent id's receipt chain head stays (one per agent).
+    let pending = format!("{}agent:{}:receipts:pending", agent.config.key_prefix, agent.id());
+    eventually("the receipt published and dropped from the store", Duration::from_secs(15), || {
+        let (mut con, pending) = (con.clone(), pending.clone());
+        async move { (!redis::AsyncCommands::exists::<_, bool>(&mut con, &pending).await.ok()?).then_some(()) }
+    })
+    .await;
     let keys: Vec<String> =
         redis::cmd("KEYS").arg(format!("{}*", agent.config.key_prefix)).query_async(&mut con).await.unwrap();
-    let mut others: Vec<&String> = keys.iter().filter(|k| **k != key && !k.ends_with(":epoch")).collect();
+    let per_agent = |k: &&String| k.ends_with(":epoch") || k.ends_with(":receipts:head");
+    let mut others: Vec<&String> = keys.iter().filter(|k| **k != key && !per_agent(k)).collect();
     others.sort();
     assert!(others.is_empty(), "left behind: {others:?}");
     agent.stop().await;

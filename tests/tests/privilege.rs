@@ -75,10 +75,19 @@ async fn refused<T: std::fmt::Debug>(what: &str, result: lapin::Result<T>) -> St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_runs_with_its_printed_permissions_and_nothing_more() {
     let mut vhost = Vhost::new();
-    let setup = operator(&vhost, &["setup-broker", "--dead-max-length", "1000", "--dead-ttl", "1h"]).await;
+    let setup = operator(
+        &vhost,
+        &["setup-broker", "--dead-max-length", "1000", "--dead-ttl", "1h", "--receipts-max-age", "7D"],
+    )
+    .await;
     assert!(setup.contains("at most 1000 messages"), "{setup}");
-    let dead = ctl(&["list_queues", "-p", &vhost.name, "name", "arguments"]);
-    assert!(dead.contains("x-max-length") && dead.contains("x-message-ttl"), "{dead}");
+    assert!(setup.contains("declared cuttle.receipts, keeping receipts 7D"), "{setup}");
+    let declared = ctl(&["list_queues", "-p", &vhost.name, "name", "arguments"]);
+    assert!(declared.contains("x-max-length") && declared.contains("x-message-ttl"), "{declared}");
+    let receipts = declared.lines().find(|l| l.starts_with("cuttle.receipts")).expect("the receipts stream");
+    assert!(receipts.contains("7D") && receipts.contains("x-max-length-bytes"), "{receipts}");
+    let again = operator(&vhost, &["setup-broker", "--receipts-max-age", "1D"]).await;
+    assert!(again.contains("cuttle.receipts existed already: its retention stays"), "{again}");
 
     let mut a = test_config("least-a");
     let b = test_config("least-b");
@@ -122,6 +131,19 @@ async fn each_role_runs_with_its_printed_permissions_and_nothing_more() {
         .await
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // The script's receipt, published by the agent's user, read by the dispatcher's.
+    let receipts = eventually("the script's receipt", Duration::from_secs(20), || async {
+        let out = dispatcher_command()
+            .env("CUTTLE_AMQP_URL", vhost.url(&dispatcher_user, "pw"))
+            .args(["receipts", "--target", &a.agent_id, "--json"])
+            .output()
+            .await
+            .unwrap();
+        assert!(matches!(out.status.code(), Some(0)), "{}", text(&out.stderr));
+        (!out.stdout.is_empty()).then(|| text(&out.stdout))
+    })
+    .await;
+    assert_eq!(receipts.lines().count(), 1, "{receipts}");
 
     // What agent A's user may not do.
     let props = ConnectionProperties::default;

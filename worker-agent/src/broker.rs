@@ -352,6 +352,8 @@ async fn consume_on(
         Protocol::V2 => crate::presence::Announcer::start(agent.clone(), connection).await,
         Protocol::V1 => None,
     };
+    // Stops publishing receipts when dropped with this connection.
+    let _receipts = crate::receipts::Publisher::start(agent.ledger(), config.enrolled, connection).await;
     let handlers = TaskTracker::new();
     // The first tick at once: someone already reading this queue is reported at start.
     let mut consumers_check = tokio::time::interval(OTHER_CONSUMERS_CHECK);

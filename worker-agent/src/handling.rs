@@ -6,14 +6,12 @@
 use crate::service::{Agent, Slot};
 use crate::store::StoreError;
 use crate::workspace;
-use contracts::agent::flow::environment::{Environment, Memory, Note, Settings};
+use contracts::agent::flow::environment::{Environment, Launch, Memory, Note, Settings};
 use contracts::agent::keys::AgentKeys;
-use contracts::store::record::TicketRecord;
 use contracts::store::Cancel;
-use contracts::store::{TicketKeys, TicketStore};
+use contracts::store::TicketStore;
 use contracts::time::unix_millis;
 use contracts::wire::envelope::{Reply, Request};
-use contracts::wire::messages::ScriptSpec;
 use contracts::wire::ticket::Ticket;
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
@@ -47,9 +45,23 @@ pub(crate) struct Received<'a> {
 }
 
 /// Marks the runs of an earlier process with this agent id as lost: they can never be finished or
-/// restarted, so they report unknown result at once instead of after the lease.
+/// restarted, so they report unknown result at once instead of after the lease, each with its
+/// receipt. How many.
 pub(crate) async fn recover_lost_runs(agent: &Arc<Agent>) -> Result<usize, StoreError> {
-    contracts::agent::flow::script::recover_lost_runs(&mut Handling::new(agent, None)).await
+    let lost = contracts::agent::flow::script::recover_lost_runs(&mut Handling::new(agent, None)).await?;
+    for (ticket, record) in &lost {
+        let ended = crate::receipts::Ended {
+            ticket: ticket.clone(),
+            command_digest: record.digest.clone(),
+            signed_by: None,
+            started_at: record.claimed_at,
+            ended_at: crate::receipts::now_ms(),
+            exit_code: contracts::wire::exit_code::UNKNOWN_RESULT,
+            output: None,
+        };
+        agent.ledger().record(ended).await;
+    }
+    Ok(lost.len())
 }
 
 /// The agent handling one delivery (or none: its recovery at start).
@@ -147,8 +159,8 @@ impl Environment for Handling<'_> {
         true
     }
 
-    fn launch(&mut self, keys: TicketKeys, record: TicketRecord, spec: ScriptSpec) {
-        self.agent.launch(keys, record, spec, self.slot.take());
+    fn launch(&mut self, launch: Launch) {
+        self.agent.launch(launch, self.slot.take());
     }
 
     fn cancel_run(&mut self, ticket_key: &str) -> bool {

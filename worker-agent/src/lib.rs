@@ -11,7 +11,7 @@
 //! - [`store`]: the Redis ticket store (claim with `SET NX`, compare-and-set, lease, logs);
 //!   [`local_store`] the embedded one for agents that reach only the broker; both implement
 //!   `contracts::store::TicketStore`, and the agent holds either as a trait object wrapped in
-//!   [`store::Observed`], which times every operation. The connection to one Redis, or to the
+//!   [`observed::Observed`], which times every operation. The connection to one Redis, or to the
 //!   master Redis Sentinels name, is `edge::connect::store`'s.
 //! - [`runner`]: one script's run (process group, timeout, cancel, lease), [`output`] its log,
 //!   [`cancel_notices`] the cancels published to the worker running a script,
@@ -23,6 +23,8 @@
 //! - [`janitor`]: removes the workspaces of completed tickets and stale ones.
 //! - [`transfer`]: file upload and download below the transfer roots, as the agent or, through
 //!   a helper process that takes that user's identity, as another user.
+//! - [`receipts`]: the receipt each run's end signs, chained per agent id, kept in the store
+//!   until the broker confirms it on the receipts stream.
 //! - [`presence`]: the agent's announcements of itself (heartbeats) on the presence stream.
 //! - [`trust`]: the agent's key (signs answers) and the dispatcher keys it trusts (commands).
 //! - [`health`]: liveness and readiness probes and metrics over HTTP (axum); [`metrics`] the
@@ -43,9 +45,11 @@ pub mod limits;
 pub mod local_store;
 mod mask;
 pub mod metrics;
+pub mod observed;
 pub mod output;
 mod presence;
 mod programs;
+mod receipts;
 mod record;
 pub mod run_as;
 mod runner;
@@ -220,11 +224,11 @@ pub async fn connect_store(
             StoreKind::Redis => {
                 store::RedisStore::connect(&config.redis_target(), &config.key_prefix, config.connect_timeout)
                     .await
-                    .map(|redis| store::Observed::agent_store(redis, ops.clone()))
+                    .map(|redis| observed::Observed::agent_store(redis, ops.clone()))
             }
             StoreKind::Local => {
                 local_store::LocalStore::open(&config.work_dir.join(LOCAL_STORE_FILE), owner, config.janitor_interval)
-                    .map(|local| store::Observed::agent_store(local, ops.clone()))
+                    .map(|local| observed::Observed::agent_store(local, ops.clone()))
             }
         };
         let delay = backoff.next_pause();

@@ -6,6 +6,7 @@
 
 use crate::record::decode_record;
 use crate::store::StoreError;
+use contracts::receipt::ChainHead;
 use contracts::store::record::TicketRecord;
 use contracts::store::MAX_LINES_PER_READ;
 use contracts::store::{Cancel, Claim, Epoch, LeaseRenewal, Release, TicketKeys, TicketView};
@@ -32,6 +33,10 @@ const RUNNING: TableDefinition<&str, ()> = TableDefinition::new("running");
 const CANCELS: TableDefinition<&str, ()> = TableDefinition::new("cancels");
 /// "epoch" -> the store's epoch.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// Each agent id's receipt chain head ([`ChainHead::to_text`]), and its receipts not yet
+/// published, by agent id and sequence.
+const RECEIPT_HEADS: TableDefinition<&str, &str> = TableDefinition::new("receipt_heads");
+const PENDING_RECEIPTS: TableDefinition<(&str, u64), &str> = TableDefinition::new("pending_receipts");
 
 fn failed(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
     StoreError::Local(error.into())
@@ -68,6 +73,8 @@ impl LocalStore {
         txn.open_table(LOG_COUNTS).map_err(failed)?;
         txn.open_table(LINES_WRITTEN).map_err(failed)?;
         txn.open_table(META).map_err(failed)?;
+        txn.open_table(RECEIPT_HEADS).map_err(failed)?;
+        txn.open_table(PENDING_RECEIPTS).map_err(failed)?;
         txn.commit().map_err(failed)?;
         let store = LocalStore {
             db: Arc::new(db),
@@ -348,6 +355,63 @@ impl contracts::store::TicketStore for LocalStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn receipt_head(&self, agent_id: &str) -> Result<Option<ChainHead>, StoreError> {
+        let agent = agent_id.to_owned();
+        self.read_txn(move |txn| {
+            let heads = txn.open_table(RECEIPT_HEADS).map_err(failed)?;
+            Ok(heads.get(agent.as_str()).map_err(failed)?.and_then(|head| ChainHead::parse(head.value())))
+        })
+        .await
+    }
+
+    async fn append_receipt(
+        &self,
+        agent_id: &str,
+        previous: Option<&ChainHead>,
+        head: &ChainHead,
+        receipt: &str,
+    ) -> Result<bool, StoreError> {
+        let (agent, previous, head, receipt) =
+            (agent_id.to_owned(), previous.map(ChainHead::to_text), head.clone(), receipt.to_owned());
+        self.write(move |txn| {
+            let mut heads = txn.open_table(RECEIPT_HEADS).map_err(failed)?;
+            let current = heads.get(agent.as_str()).map_err(failed)?.map(|head| head.value().to_owned());
+            if current != previous {
+                return Ok(false);
+            }
+            heads.insert(agent.as_str(), head.to_text().as_str()).map_err(failed)?;
+            let mut pending = txn.open_table(PENDING_RECEIPTS).map_err(failed)?;
+            pending.insert((agent.as_str(), head.sequence), receipt.as_str()).map_err(failed)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn pending_receipts(&self, agent_id: &str, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let agent = agent_id.to_owned();
+        self.read_txn(move |txn| {
+            let pending = txn.open_table(PENDING_RECEIPTS).map_err(failed)?;
+            let range = pending.range((agent.as_str(), 0)..=(agent.as_str(), u64::MAX)).map_err(failed)?;
+            let mut receipts = Vec::new();
+            for entry in range.take(limit) {
+                let (key, value) = entry.map_err(failed)?;
+                receipts.push((key.value().1, value.value().to_owned()));
+            }
+            Ok(receipts)
+        })
+        .await
+    }
+
+    async fn receipts_published(&self, agent_id: &str, through: u64) -> Result<(), StoreError> {
+        let agent = agent_id.to_owned();
+        self.write(move |txn| {
+            let mut pending = txn.open_table(PENDING_RECEIPTS).map_err(failed)?;
+            pending.retain_in((agent.as_str(), 0)..=(agent.as_str(), through), |_, _| false).map_err(failed)?;
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -14,6 +14,7 @@
 use crate::mask::Masker;
 use crate::store::AgentStore;
 use contracts::backoff::Backoff;
+use contracts::receipt::OutputDigest;
 use contracts::store::TicketKeys;
 use contracts::time::unix_millis;
 use contracts::wire::status::{LogLine, LogStream, OUTPUT_TRUNCATED};
@@ -46,6 +47,20 @@ pub const STORED_LINE_OVERHEAD: u64 = 64;
 /// into lines.
 pub fn stored_cost(text_len: usize) -> u64 {
     text_len as u64 + STORED_LINE_OVERHEAD
+}
+
+/// What a run's writer leaves when its output ends: the next sequence number, the lines not
+/// stored yet (its last batch), and the digest of every line it numbered, for the receipt.
+pub struct Written {
+    pub next_seq: u64,
+    pub last_lines: Vec<LogLine>,
+    pub digest: OutputDigest,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Written { next_seq: 1, last_lines: Vec::new(), digest: OutputDigest::default() }
+    }
 }
 
 /// How far a run has got, for status requests waiting on it.
@@ -130,7 +145,7 @@ fn bytes_text(bytes: u64) -> String {
 
 /// Starts the writer of one ticket's log, masking what `masker` names and storing the script's
 /// output while its lines' [`stored_cost`] stays within `max_output`. It ends once every
-/// [`LogSender`] is dropped, returning the next sequence number and the lines not stored yet
+/// [`LogSender`] is dropped, returning what it [`Written`]: the next sequence number, the lines not stored yet
 /// (its last batch, for the run's end to store with the record: [`TicketStore::end_run`]).
 ///
 /// A batch is stored when it is full, or [`FLUSH_DELAY`] after its first line: a script that
@@ -145,11 +160,12 @@ pub fn spawn_writer(
     ttl: Duration,
     max_output: u64,
     progress: watch::Sender<Progress>,
-) -> (LogSender, tokio::task::JoinHandle<(u64, Vec<LogLine>)>) {
+) -> (LogSender, tokio::task::JoinHandle<Written>) {
     let (tx, mut rx) = mpsc::channel::<(LogStream, String)>(QUEUED_LINES);
     let task = tokio::spawn(async move {
         let mut next_seq = 1u64;
         let mut batch: Vec<LogLine> = Vec::new();
+        let mut digest = OutputDigest::default();
         while let Some(first) = rx.recv().await {
             let flush_at = tokio::time::Instant::now() + FLUSH_DELAY;
             let mut bytes = 0;
@@ -157,7 +173,9 @@ pub fn spawn_writer(
             loop {
                 while let Some((stream, text)) = item.take() {
                     bytes += text.len();
-                    batch.push(LogLine { seq: next_seq, stream, text, at: unix_millis(SystemTime::now()) });
+                    let line = LogLine { seq: next_seq, stream, text, at: unix_millis(SystemTime::now()) };
+                    digest.add(&line);
+                    batch.push(line);
                     next_seq += 1;
                     if batch.len() < BATCH_LINES && bytes < BATCH_BYTES {
                         item = rx.try_recv().ok();
@@ -169,7 +187,7 @@ pub fn spawn_writer(
                 match tokio::time::timeout_at(flush_at, rx.recv()).await {
                     Ok(Some(next)) => item = Some(next),
                     // Every sender is gone: the run ended, and its end stores the rest.
-                    Ok(None) => return (next_seq, batch),
+                    Ok(None) => return Written { next_seq, last_lines: batch, digest },
                     Err(_) => break,
                 }
             }
@@ -177,7 +195,7 @@ pub fn spawn_writer(
             batch.clear();
             progress.send_modify(|p| p.next_log_sequence = next_seq);
         }
-        (next_seq, batch)
+        Written { next_seq, last_lines: batch, digest }
     });
     (LogSender { lines: tx, masker, budget: OutputBudget::new(max_output) }, task)
 }

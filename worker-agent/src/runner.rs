@@ -65,6 +65,9 @@ pub(crate) struct Run {
     pub memory_by_rlimit: bool,
     /// Where the script's cgroup is made.
     pub cgroups: Arc<crate::limits::Cgroups>,
+    /// The chain the run's receipt joins, and the dispatcher key its start came under.
+    pub ledger: Arc<crate::receipts::Ledger>,
+    pub signed_by: Option<contracts::trust::keys::KeyId>,
 }
 
 /// Why a script stopped before its own end.
@@ -88,11 +91,24 @@ impl Run {
             self.progress.clone(),
         );
         let lease = self.keep_lease();
+        let started_at = crate::receipts::now_ms();
         let exit = self.run_script(&log).await;
         drop(log);
-        let (next_seq, last_lines) = writer.await.unwrap_or((1, Vec::new()));
+        let written = writer.await.unwrap_or_default();
+        let next_seq = written.next_seq;
         lease.cancel();
-        self.finish(exit, next_seq - 1, &last_lines).await;
+        // The receipt first: a run read as ended then always has one.
+        let ended = crate::receipts::Ended {
+            ticket: ticket.clone(),
+            command_digest: self.record.digest.clone(),
+            signed_by: self.signed_by,
+            started_at,
+            ended_at: crate::receipts::now_ms(),
+            exit_code: exit,
+            output: Some(written.digest.finish()),
+        };
+        self.ledger.record(ended).await;
+        self.finish(exit, next_seq - 1, &written.last_lines).await;
         self.progress.send_modify(|p| {
             p.next_log_sequence = next_seq;
             p.complete = true;

@@ -7,18 +7,16 @@ use crate::config::{AgentConfig, Protocol};
 use crate::isolation::Mutexes;
 use crate::metrics::Metrics;
 use crate::output::Progress;
+use crate::receipts::Ledger;
 use crate::runner::Run;
 use crate::store::AgentStore;
 use crate::trust::AgentTrust;
 use crate::workspace;
-use contracts::agent::flow::environment::{Memory, Settings};
+use contracts::agent::flow::environment::{Launch, Memory, Settings};
 use contracts::agent::run_as::RunAs;
-use contracts::store::record::TicketRecord;
-use contracts::store::{Epoch, TicketKeys};
+use contracts::store::Epoch;
 use contracts::wire::messages::Enforcement;
-use contracts::wire::messages::{
-    ScriptSpec, SERVICE_CAPABILITIES, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING,
-};
+use contracts::wire::messages::{SERVICE_CAPABILITIES, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2, SERVICE_SECRET_MASKING};
 use contracts::wire::transfer;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -63,6 +61,8 @@ pub struct Agent {
     trust: Arc<AgentTrust>,
     /// Stops following cancel notices ([`Agent::listen_for_cancels`]) once no script runs.
     notices_stop: CancellationToken,
+    /// This agent id's receipt chain.
+    ledger: Arc<Ledger>,
 }
 
 /// A place for one running script, held until it ends.
@@ -116,7 +116,9 @@ impl Agent {
             run_as: config.run_as.clone(),
             limits: config.limits,
         };
+        let ledger = Ledger::new(store.clone(), trust.clone(), config.agent_id.clone(), config.pool.clone());
         Arc::new(Agent {
+            ledger: Arc::new(ledger),
             pass_env: config.pass_env.clone().into(),
             transfers,
             config,
@@ -219,6 +221,11 @@ impl Agent {
         Some(slots.acquire_owned().await.expect("slots are never closed"))
     }
 
+    /// This agent id's receipt chain.
+    pub(crate) fn ledger(&self) -> Arc<Ledger> {
+        self.ledger.clone()
+    }
+
     /// What the flow knows of this agent process.
     pub fn settings(&self) -> &Settings {
         &self.settings
@@ -230,13 +237,8 @@ impl Agent {
     }
 
     /// Runs the script of the ticket claimed as `record` in `slot`, as a task of this process.
-    pub(crate) fn launch(
-        self: &Arc<Self>,
-        keys: TicketKeys,
-        record: TicketRecord,
-        spec: ScriptSpec,
-        slot: Option<Slot>,
-    ) {
+    pub(crate) fn launch(self: &Arc<Self>, launch: Launch, slot: Option<Slot>) {
+        let Launch { keys, record, spec, signed_by } = launch;
         let ticket = keys.ticket.clone();
         let Some(workspace) = workspace::workspace_path(&self.config.work_dir, &ticket) else {
             // Decoding refuses such tickets: this is the last guard before the file system. The
@@ -275,6 +277,8 @@ impl Agent {
             limits: self.settings.limits.resolve(&spec_limits),
             memory_by_rlimit: self.settings.limits.in_force().memory == Enforcement::Rlimit,
             cgroups: self.config.cgroups.clone(),
+            ledger: self.ledger.clone(),
+            signed_by,
         };
         let agent = self.clone();
         let counted = self.metrics.common.scripts.start();

@@ -4,7 +4,7 @@
 //! a cancel flag, and the set of tickets each agent id is running (for recovery after a crash).
 
 use crate::record::decode_record;
-use contracts::metrics::StoreOps;
+use contracts::receipt::ChainHead;
 use contracts::store::record::TicketRecord;
 use contracts::store::MAX_LINES_PER_READ;
 use contracts::store::{
@@ -185,6 +185,20 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, redis.call('EXISTS', KEYS[2])}
 "#;
 
+/// A receipt appended to its chain (KEYS[1], the head, holding ARGV[1] or nothing for '') in one
+/// step: the head becomes ARGV[2] and the receipt ARGV[4] joins the pending set KEYS[2] with
+/// score ARGV[3], its sequence.
+static APPEND_RECEIPT_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return 1
+"#,
+    )
+});
+
 /// The Redis ticket store of one agent (or of a whole pool, which shares the prefix).
 #[derive(Clone)]
 pub struct RedisStore {
@@ -221,6 +235,15 @@ impl RedisStore {
 
     fn running_set(&self, agent_id: &str) -> String {
         format!("{}agent:{agent_id}:running", self.prefix)
+    }
+
+    /// The head of an agent id's receipt chain, and its receipts not yet published (a sorted
+    /// set scored by sequence). Never expiring: the chain outlives every ticket.
+    fn receipt_keys(&self, agent_id: &str) -> [String; 2] {
+        [
+            format!("{}agent:{agent_id}:receipts:head", self.prefix),
+            format!("{}agent:{agent_id}:receipts:pending", self.prefix),
+        ]
     }
 
     /// Runs `invocation` of `script` (a write that answers 0 when what it checks no longer
@@ -493,191 +516,46 @@ impl TicketStore for RedisStore {
         let _: String = redis::cmd("PING").query_async(&mut self.con.clone()).await?;
         Ok(())
     }
+
+    async fn receipt_head(&self, agent_id: &str) -> Result<Option<ChainHead>, StoreError> {
+        let head: Option<String> = self.con.clone().get(self.receipt_keys(agent_id)[0].clone()).await?;
+        Ok(head.as_deref().and_then(ChainHead::parse))
+    }
+
+    async fn append_receipt(
+        &self,
+        agent_id: &str,
+        previous: Option<&ChainHead>,
+        head: &ChainHead,
+        receipt: &str,
+    ) -> Result<bool, StoreError> {
+        let [head_key, pending_key] = self.receipt_keys(agent_id);
+        let appended: i64 = APPEND_RECEIPT_SCRIPT
+            .key(head_key)
+            .key(pending_key)
+            .arg(previous.map(ChainHead::to_text).unwrap_or_default())
+            .arg(head.to_text())
+            .arg(head.sequence)
+            .arg(receipt)
+            .invoke_async(&mut self.con.clone())
+            .await?;
+        Ok(appended == 1)
+    }
+
+    async fn pending_receipts(&self, agent_id: &str, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let [_, pending_key] = self.receipt_keys(agent_id);
+        let stop = limit.max(1) as isize - 1;
+        let pending: Vec<(String, f64)> = self.con.clone().zrange_withscores(pending_key, 0, stop).await?;
+        Ok(pending.into_iter().map(|(receipt, sequence)| (sequence as u64, receipt)).collect())
+    }
+
+    async fn receipts_published(&self, agent_id: &str, through: u64) -> Result<(), StoreError> {
+        let [_, pending_key] = self.receipt_keys(agent_id);
+        let _: () = self.con.clone().zrembyscore(pending_key, "-inf", through).await?;
+        Ok(())
+    }
 }
 
 /// The agent's ticket store: Redis (shared by a pool) or the embedded database on the agent's own
-/// disk, each operation recorded by [`Observed`].
+/// disk, each operation recorded by [`crate::observed::Observed`].
 pub type AgentStore = Arc<dyn TicketStore<Error = StoreError>>;
-
-/// A ticket store with each operation timed and its failures counted ([`StoreOps`]), labelled by
-/// the operation's name: the one place the agent's store metrics are recorded, whichever backend
-/// it wraps.
-pub struct Observed<S> {
-    store: S,
-    ops: StoreOps,
-}
-
-impl<S: TicketStore + 'static> Observed<S> {
-    /// `store` recorded in `ops`, as the agent holds it.
-    pub fn agent_store(store: S, ops: StoreOps) -> Arc<dyn TicketStore<Error = S::Error>> {
-        Arc::new(Observed { store, ops })
-    }
-}
-
-#[async_trait::async_trait]
-impl<S: TicketStore> TicketStore for Observed<S> {
-    type Error = S::Error;
-
-    fn keys(&self, ticket_key: &str) -> TicketKeys {
-        self.store.keys(ticket_key)
-    }
-
-    async fn epoch(&self, now_ms: u64) -> Result<Epoch, S::Error> {
-        edge::clock::observe(&self.ops, "epoch", self.store.epoch(now_ms)).await
-    }
-
-    async fn claim(
-        &self,
-        keys: &TicketKeys,
-        record: &TicketRecord,
-        record_ttl: Duration,
-        lease_ttl: Duration,
-        epoch: &Epoch,
-    ) -> Result<Claim, S::Error> {
-        edge::clock::observe(&self.ops, "claim", self.store.claim(keys, record, record_ttl, lease_ttl, epoch)).await
-    }
-
-    async fn confirm_claim(
-        &self,
-        keys: &TicketKeys,
-        raw: &str,
-        owner: &str,
-        lease_ttl: Duration,
-        replicas: u32,
-        timeout: Duration,
-    ) -> Result<ClaimReplication, S::Error> {
-        let confirm = self.store.confirm_claim(keys, raw, owner, lease_ttl, replicas, timeout);
-        edge::clock::observe(&self.ops, "confirm_claim", confirm).await
-    }
-
-    async fn confirm_record(
-        &self,
-        keys: &TicketKeys,
-        raw: &str,
-        replicas: u32,
-        timeout: Duration,
-    ) -> Result<ClaimReplication, S::Error> {
-        edge::clock::observe(&self.ops, "confirm_record", self.store.confirm_record(keys, raw, replicas, timeout)).await
-    }
-
-    async fn cancel(
-        &self,
-        keys: &TicketKeys,
-        tombstone: &TicketRecord,
-        record_ttl: Duration,
-        flag_ttl: Duration,
-    ) -> Result<Cancel, S::Error> {
-        edge::clock::observe(&self.ops, "cancel", self.store.cancel(keys, tombstone, record_ttl, flag_ttl)).await
-    }
-
-    async fn compare_and_set(
-        &self,
-        keys: &TicketKeys,
-        expected: &str,
-        new: &TicketRecord,
-        ttl: Option<Duration>,
-        release: Release,
-    ) -> Result<bool, S::Error> {
-        edge::clock::observe(
-            &self.ops,
-            "compare_and_set",
-            self.store.compare_and_set(keys, expected, new, ttl, release),
-        )
-        .await
-    }
-
-    async fn read(&self, keys: &TicketKeys, after_seq: u64) -> Result<TicketView, S::Error> {
-        edge::clock::observe(&self.ops, "read", self.store.read(keys, after_seq)).await
-    }
-
-    async fn append_logs(&self, keys: &TicketKeys, lines: &[LogLine], ttl: Duration) -> Result<(), S::Error> {
-        edge::clock::observe(&self.ops, "append_logs", self.store.append_logs(keys, lines, ttl)).await
-    }
-
-    async fn renew_lease(&self, keys: &TicketKeys, owner: &str, ttl: Duration) -> Result<LeaseRenewal, S::Error> {
-        edge::clock::observe(&self.ops, "renew_lease", self.store.renew_lease(keys, owner, ttl)).await
-    }
-
-    async fn end_run(
-        &self,
-        keys: &TicketKeys,
-        expected: &str,
-        new: &TicketRecord,
-        lines: &[LogLine],
-        lines_written: u64,
-        logs_ttl: Option<Duration>,
-    ) -> Result<bool, S::Error> {
-        let end = self.store.end_run(keys, expected, new, lines, lines_written, logs_ttl);
-        edge::clock::observe(&self.ops, "end_run", end).await
-    }
-
-    async fn cancel_requested(&self, keys: &TicketKeys) -> Result<bool, S::Error> {
-        edge::clock::observe(&self.ops, "cancel_requested", self.store.cancel_requested(keys)).await
-    }
-
-    async fn running_tickets(&self, agent_id: &str) -> Result<Vec<String>, S::Error> {
-        edge::clock::observe(&self.ops, "running_tickets", self.store.running_tickets(agent_id)).await
-    }
-
-    async fn forget_running(&self, agent_id: &str, ticket_key: &str) -> Result<(), S::Error> {
-        edge::clock::observe(&self.ops, "forget_running", self.store.forget_running(agent_id, ticket_key)).await
-    }
-
-    async fn ping(&self) -> Result<(), S::Error> {
-        edge::clock::observe(&self.ops, "ping", self.store.ping()).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use contracts::metrics::Families;
-    use contracts::store::memory::MemoryStore;
-    use contracts::store::record::{cancel_tombstone, claim_record};
-
-    #[tokio::test]
-    async fn every_store_operation_is_timed_under_its_name_whatever_the_backend() {
-        let (registry, families) = Families::registry("agent", "Commands refused", "ticket store");
-        let store = Observed::agent_store(MemoryStore::new(Arc::default()), families.store);
-        let hour = Duration::from_secs(3600);
-        let epoch = store.epoch(1_000).await.unwrap();
-        let keys = store.keys("t");
-        let record = claim_record("a/1", "a", "d".into(), false, None, 1_000);
-        store.claim(&keys, &record, hour, hour, &epoch).await.unwrap();
-        assert_eq!(
-            store.confirm_claim(&keys, &record.encode(), "a/1", hour, 0, hour).await.unwrap(),
-            ClaimReplication::Acked(0)
-        );
-        store.cancel(&keys, &cancel_tombstone("a/1", "a", 1_000), hour, hour).await.unwrap();
-        store.confirm_record(&keys, &record.encode(), 0, hour).await.unwrap();
-        store.append_logs(&keys, &[], hour).await.unwrap();
-        store.renew_lease(&keys, "a/1", hour).await.unwrap();
-        store.cancel_requested(&keys).await.unwrap();
-        store.end_run(&keys, &record.encode(), &record.completed(0), &[], 0, None).await.unwrap();
-        store.compare_and_set(&keys, &record.encode(), &record.completed(0), None, Release::Lease).await.unwrap();
-        store.read(&keys, 0).await.unwrap();
-        store.running_tickets("a").await.unwrap();
-        store.forget_running("a", "t").await.unwrap();
-        store.ping().await.unwrap();
-        let text = contracts::metrics::encode(&registry.finish().0);
-        for operation in [
-            "epoch",
-            "claim",
-            "confirm_claim",
-            "confirm_record",
-            "cancel",
-            "append_logs",
-            "renew_lease",
-            "cancel_requested",
-            "end_run",
-            "compare_and_set",
-            "read",
-            "running_tickets",
-            "forget_running",
-            "ping",
-        ] {
-            let count = format!("cuttle_store_operation_duration_seconds_count{{operation=\"{operation}\"}} 1\n");
-            assert!(text.contains(&count), "{operation} not timed once: {text}");
-        }
-    }
-}

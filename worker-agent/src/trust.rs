@@ -7,6 +7,7 @@
 
 use crate::config::{AgentConfig, Protocol};
 use contracts::agent::keys::AgentKeys;
+use contracts::receipt::{Receipt, SignedReceipt};
 use contracts::trust::files::TrustedKeys;
 use contracts::trust::seal::Seal;
 use contracts::trust::session::Session;
@@ -110,6 +111,11 @@ impl AgentTrust {
     /// Seals a presence announcement; `None` for a legacy agent (which does not announce).
     pub fn seal_announcement(&self, body: &[u8]) -> Option<Seal> {
         self.keys.seal_announcement(body)
+    }
+
+    /// Signs a run's receipt; `None` for a legacy agent.
+    pub fn sign_receipt(&self, receipt: &Receipt) -> Option<SignedReceipt> {
+        self.keys.sign_receipt(receipt)
     }
 }
 

@@ -6,6 +6,7 @@
 //! files and reloading the trusted ones are the agent's (`worker-agent`'s `trust` module).
 
 use crate::entropy::Entropy;
+use crate::receipt::{Receipt, SignedReceipt};
 use crate::trust::files::TrustedKeys;
 use crate::trust::keys::{KeyId, SecretKey};
 use crate::trust::seal::SessionId;
@@ -161,5 +162,10 @@ impl AgentKeys {
     /// Seals a presence announcement; `None` for a legacy agent (which does not announce).
     pub fn seal_announcement(&self, body: &[u8]) -> Option<Seal> {
         self.key.as_ref().map(|key| key.seal_announcement(body))
+    }
+
+    /// Signs a run's receipt; `None` for a legacy agent, which has no key (and makes none).
+    pub fn sign_receipt(&self, receipt: &Receipt) -> Option<SignedReceipt> {
+        self.key.as_ref().map(|key| receipt.sign(key))
     }
 }

@@ -5,6 +5,7 @@
 
 use super::record::{cancel_tombstone, claim_record, TicketRecord};
 use super::{Cancel, Claim, ClaimReplication, Release, TicketStore};
+use crate::receipt::ChainHead;
 use crate::wire::exit_code;
 use crate::wire::status::{LogLine, LogStream};
 use std::time::Duration;
@@ -154,4 +155,28 @@ pub async fn check_all<S: TicketStore>(store: &S, prefix: &str, owner: &str, age
     assert!(store.running_tickets(agent_id).await.unwrap().contains(&keys.ticket));
     store.forget_running(agent_id, &keys.ticket).await.unwrap();
     assert!(!store.running_tickets(agent_id).await.unwrap().contains(&keys.ticket));
+
+    check_receipts(store, agent_id).await;
+}
+
+/// A receipt chain's head moves only from the head it was read as, in one step with its
+/// pending receipt; pending receipts come oldest first and go once published.
+async fn check_receipts<S: TicketStore>(store: &S, agent_id: &str) {
+    let chain = format!("{agent_id}-receipts");
+    assert_eq!(store.receipt_head(&chain).await.unwrap(), None, "a new chain has no head");
+    let head = |sequence: u64| ChainHead { sequence, digest: format!("{sequence:064x}") };
+    assert!(store.append_receipt(&chain, None, &head(1), "r1").await.unwrap());
+    assert!(!store.append_receipt(&chain, None, &head(1), "again").await.unwrap(), "the head moved");
+    assert!(store.append_receipt(&chain, Some(&head(1)), &head(2), "r2").await.unwrap());
+    assert!(!store.append_receipt(&chain, Some(&head(1)), &head(2), "fork").await.unwrap());
+    assert!(store.append_receipt(&chain, Some(&head(2)), &head(3), "r3").await.unwrap());
+    assert_eq!(store.receipt_head(&chain).await.unwrap(), Some(head(3)));
+    let pending = store.pending_receipts(&chain, 2).await.unwrap();
+    assert_eq!(pending, [(1, "r1".to_owned()), (2, "r2".to_owned())]);
+    store.receipts_published(&chain, 2).await.unwrap();
+    assert_eq!(store.pending_receipts(&chain, 10).await.unwrap(), [(3, "r3".to_owned())]);
+    assert_eq!(store.pending_receipts(&format!("{chain}-other"), 10).await.unwrap(), []);
+    store.receipts_published(&chain, 3).await.unwrap();
+    assert_eq!(store.pending_receipts(&chain, 10).await.unwrap(), []);
+    assert_eq!(store.receipt_head(&chain).await.unwrap(), Some(head(3)), "the head stays once published");
 }

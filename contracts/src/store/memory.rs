@@ -4,6 +4,7 @@
 use super::record::TicketRecord;
 use super::MAX_LINES_PER_READ;
 use super::{Cancel, Claim, Epoch, LeaseRenewal, Release, TicketKeys, TicketStore, TicketView};
+use crate::receipt::ChainHead;
 use crate::wire::status::LogLine;
 use crate::wire::topology::MAX_STATUS_LOG_BYTES;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +34,8 @@ pub struct MemoryData {
     lines_written: BTreeMap<String, Expiring<u64>>,
     cancels: BTreeMap<String, Expiring<()>>,
     running: BTreeMap<String, BTreeSet<String>>,
+    receipt_heads: BTreeMap<String, ChainHead>,
+    pending_receipts: BTreeMap<String, BTreeMap<u64, String>>,
 }
 
 /// A ticket store in memory with Redis's semantics (expiring keys, a lease per owner), on a
@@ -250,6 +253,43 @@ impl TicketStore for MemoryStore {
     }
 
     async fn ping(&self) -> Result<(), MemoryStoreError> {
+        Ok(())
+    }
+
+    async fn receipt_head(&self, agent_id: &str) -> Result<Option<ChainHead>, MemoryStoreError> {
+        Ok(self.with(|data, _| data.receipt_heads.get(agent_id).cloned()))
+    }
+
+    async fn append_receipt(
+        &self,
+        agent_id: &str,
+        previous: Option<&ChainHead>,
+        head: &ChainHead,
+        receipt: &str,
+    ) -> Result<bool, MemoryStoreError> {
+        Ok(self.with(|data, _| {
+            if data.receipt_heads.get(agent_id) != previous {
+                return false;
+            }
+            data.receipt_heads.insert(agent_id.to_owned(), head.clone());
+            data.pending_receipts.entry(agent_id.to_owned()).or_default().insert(head.sequence, receipt.to_owned());
+            true
+        }))
+    }
+
+    async fn pending_receipts(&self, agent_id: &str, limit: usize) -> Result<Vec<(u64, String)>, MemoryStoreError> {
+        Ok(self.with(|data, _| {
+            let pending = data.pending_receipts.get(agent_id);
+            pending.into_iter().flatten().take(limit).map(|(seq, text)| (*seq, text.clone())).collect()
+        }))
+    }
+
+    async fn receipts_published(&self, agent_id: &str, through: u64) -> Result<(), MemoryStoreError> {
+        self.with(|data, _| {
+            if let Some(pending) = data.pending_receipts.get_mut(agent_id) {
+                pending.retain(|seq, _| *seq > through);
+            }
+        });
         Ok(())
     }
 }

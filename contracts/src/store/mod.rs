@@ -27,6 +27,7 @@ pub mod conformance;
 pub mod memory;
 pub mod record;
 
+use crate::receipt::ChainHead;
 use crate::wire::status::LogLine;
 use record::TicketRecord;
 use std::time::Duration;
@@ -284,4 +285,24 @@ pub trait TicketStore: Send + Sync {
 
     /// Answers whether the store is reachable now.
     async fn ping(&self) -> Result<(), Self::Error>;
+
+    /// The newest receipt of `agent_id`'s chain ([`crate::receipt`]), if it has made one.
+    async fn receipt_head(&self, agent_id: &str) -> Result<Option<ChainHead>, Self::Error>;
+
+    /// In one step, only while the chain's head is still `previous`: keeps `receipt` (a
+    /// [`crate::receipt::SignedReceipt`]'s line) as pending, numbered `head.sequence`, and makes
+    /// `head` the chain's head. False, nothing kept, if the head moved.
+    async fn append_receipt(
+        &self,
+        agent_id: &str,
+        previous: Option<&ChainHead>,
+        head: &ChainHead,
+        receipt: &str,
+    ) -> Result<bool, Self::Error>;
+
+    /// Up to `limit` pending receipts of `agent_id`, lowest sequence first.
+    async fn pending_receipts(&self, agent_id: &str, limit: usize) -> Result<Vec<(u64, String)>, Self::Error>;
+
+    /// Drops `agent_id`'s pending receipts up to sequence `through`: the broker holds them.
+    async fn receipts_published(&self, agent_id: &str, through: u64) -> Result<(), Self::Error>;
 }

@@ -117,6 +117,17 @@ pub const MARKER_TYPE: &str = "cuttle.presence-marker";
 pub const PRESENCE_MAX_AGE: &str = "5m";
 pub const PRESENCE_SEGMENT_BYTES: i64 = 4 * 1024 * 1024;
 
+/// The stream agents append their run receipts to (`crate::receipt`), and the AMQP `type` of a
+/// receipt there (a reader's marker has [`MARKER_TYPE`]).
+pub const RECEIPTS_STREAM: &str = "cuttle.receipts";
+pub const RECEIPT_TYPE: &str = "cuttle.receipt";
+/// How long the receipts stream keeps receipts, and how many bytes at most, unless the operator
+/// chose otherwise when declaring it (`dispatcher setup-broker`); the oldest go first.
+pub const RECEIPTS_MAX_AGE: &str = "30D";
+pub const RECEIPTS_MAX_BYTES: i64 = 10_000_000_000;
+/// Segments of the receipts stream, the unit the broker drops.
+pub const RECEIPTS_SEGMENT_BYTES: i64 = 64 * 1024 * 1024;
+
 /// Queue arguments and the permissions of each role, for the crates that speak to the broker.
 #[cfg(feature = "amqp")]
 pub mod amqp {
@@ -143,6 +154,17 @@ pub mod amqp {
         args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
         args.insert("x-max-age".into(), AMQPValue::LongString(PRESENCE_MAX_AGE.into()));
         args.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongLongInt(PRESENCE_SEGMENT_BYTES));
+        args
+    }
+
+    /// Arguments of the receipts stream, keeping receipts `max_age` (RabbitMQ's form: `30D`,
+    /// `12h`) and at most `max_bytes`.
+    pub fn receipts_stream_arguments(max_age: &str, max_bytes: i64) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+        args.insert("x-max-age".into(), AMQPValue::LongString(max_age.into()));
+        args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(max_bytes));
+        args.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongLongInt(RECEIPTS_SEGMENT_BYTES));
         args
     }
 
@@ -215,13 +237,13 @@ impl Permissions {
         }
     }
 
-    /// A dispatcher (and `dispatcher serve`): publishes commands, reads the presence stream
-    /// (after a marker it publishes there), takes replies by direct reply-to.
+    /// A dispatcher (and `dispatcher serve`): publishes commands, reads the presence and
+    /// receipts streams (after a marker it publishes there), takes replies by direct reply-to.
     pub fn dispatcher() -> Permissions {
         Permissions {
             configure: NOTHING.into(),
             write: format!("^({}|{DEFAULT_EXCHANGE})$", escape(COMMANDS_EXCHANGE)),
-            read: format!("^{}$", escape(PRESENCE_STREAM)),
+            read: format!("^({}|{})$", escape(PRESENCE_STREAM), escape(RECEIPTS_STREAM)),
         }
     }
 
@@ -253,7 +275,7 @@ mod tests {
         assert_eq!(pooled.read, "^(cuttle\\.agent\\.w-1|cuttle\\.pool\\.batch|cuttle\\.pool\\.batch\\.service)$");
         assert_eq!(
             Permissions::dispatcher().rabbitmqctl("/", "d"),
-            "rabbitmqctl set_permissions -p '/' 'd' '^$' '^(cuttle\\.commands|amq\\.default)$' '^cuttle\\.presence$'"
+            "rabbitmqctl set_permissions -p '/' 'd' '^$' '^(cuttle\\.commands|amq\\.default)$' '^(cuttle\\.presence|cuttle\\.receipts)$'"
         );
     }
 

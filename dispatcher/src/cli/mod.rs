@@ -71,6 +71,8 @@ async fn run(cli: Cli) -> ExitCode {
         Command::History(args) => commands::history::run(&journal, args).await,
         Command::Schedule(command) => commands::schedule::run(&journal, rpc_config.trust.as_deref(), command).await,
         Command::Agents(args) => commands::fleet::run(&rpc_config, cli.key, cli.known_agents, args).await,
+        Command::Receipts(args) => commands::receipts::list(&rpc_config, cli.key, cli.known_agents, args).await,
+        Command::Verify(args) => commands::receipts::verify(cli.key, cli.known_agents, args),
         Command::Upload(args) => {
             commands::transfer::run(&orchestrator, &args.on, &args.local, &args.remote, true).await
         }

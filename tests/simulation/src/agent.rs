@@ -8,7 +8,7 @@
 use crate::broker::Msg;
 use crate::store::SimStore;
 use crate::world::{Ev, World, CLOCK_ORIGIN_MS, LEASE_TTL, RECORD_TTL, TOMBSTONE_TTL_MS};
-use contracts::agent::flow::environment::{Delivery, Environment, Memory, Note, Served, Settings, Step};
+use contracts::agent::flow::environment::{Delivery, Environment, Launch, Memory, Note, Served, Settings, Step};
 use contracts::agent::flow::serve::serve;
 use contracts::agent::keys::AgentKeys;
 use contracts::entropy::Seeded;
@@ -186,9 +186,9 @@ impl Environment for SimEnv<'_, '_> {
         true
     }
 
-    fn launch(&mut self, keys: TicketKeys, record: TicketRecord, spec: ScriptSpec) {
+    fn launch(&mut self, launch: Launch) {
         let forged = self.msg.is_some_and(|msg| msg.forged);
-        self.world.launch(self.a, keys, record, &spec, forged);
+        self.world.launch(self.a, launch.keys, launch.record, &launch.spec, forged);
     }
 
     fn cancel_run(&mut self, ticket_key: &str) -> bool {

@@ -3,6 +3,7 @@
 //! that a failover falls back to, holding only what the last replication carried. A claim or a
 //! tombstone confirmed on the replicas (Redis `WAIT`) is carried by a replication now, or not yet.
 
+use contracts::receipt::ChainHead;
 use contracts::store::memory::{MemoryData, MemoryStore, MemoryStoreError};
 use contracts::store::record::TicketRecord;
 use contracts::store::{
@@ -197,5 +198,31 @@ impl TicketStore for SimStore {
 
     async fn ping(&self) -> Result<(), MemoryStoreError> {
         self.up()
+    }
+
+    async fn receipt_head(&self, agent_id: &str) -> Result<Option<ChainHead>, MemoryStoreError> {
+        self.up()?;
+        self.memory.receipt_head(agent_id).await
+    }
+
+    async fn append_receipt(
+        &self,
+        agent_id: &str,
+        previous: Option<&ChainHead>,
+        head: &ChainHead,
+        receipt: &str,
+    ) -> Result<bool, MemoryStoreError> {
+        self.up()?;
+        self.memory.append_receipt(agent_id, previous, head, receipt).await
+    }
+
+    async fn pending_receipts(&self, agent_id: &str, limit: usize) -> Result<Vec<(u64, String)>, MemoryStoreError> {
+        self.up()?;
+        self.memory.pending_receipts(agent_id, limit).await
+    }
+
+    async fn receipts_published(&self, agent_id: &str, through: u64) -> Result<(), MemoryStoreError> {
+        self.up()?;
+        self.memory.receipts_published(agent_id, through).await
     }
 }

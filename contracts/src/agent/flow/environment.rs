@@ -255,6 +255,16 @@ pub enum Note<'a> {
     },
 }
 
+/// A script to run: its ticket's keys, the record its claim wrote, the script, and the
+/// dispatcher key that vouched for its start (for the run's receipt, [`crate::receipt`]).
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub keys: TicketKeys,
+    pub record: TicketRecord,
+    pub spec: ScriptSpec,
+    pub signed_by: Option<KeyId>,
+}
+
 /// Everything the flow does not do itself. Methods that wait are the environment's, so that the
 /// simulator can answer each at once.
 #[allow(
@@ -285,9 +295,8 @@ pub trait Environment {
     /// Admits a request that passed every check: waits for a place for its script when it
     /// `starts` one. `false` when it is to go back to its queue instead (the agent stops).
     async fn admit(&mut self, starts: bool) -> bool;
-    /// Runs the script of the ticket claimed as `record`, in the place [`Environment::admit`]
-    /// took.
-    fn launch(&mut self, keys: TicketKeys, record: TicketRecord, spec: ScriptSpec);
+    /// Runs the script of a ticket claimed, in the place [`Environment::admit`] took.
+    fn launch(&mut self, launch: Launch);
     /// Cancels this process's run of `ticket_key`, if it has one.
     fn cancel_run(&mut self, ticket_key: &str) -> bool;
     /// Drops what an ended run left besides the store (its workspace), once completed.

@@ -1,7 +1,7 @@
 //! The script requests of the flow: a start (claim, confirm, launch), a status and its long
 //! poll, a cancel, a complete; and the recovery of runs an earlier process left.
 
-use super::environment::{Environment, Note, Step};
+use super::environment::{Environment, Launch, Note, Step};
 use crate::agent::{
     cancel_answer, cancel_awaits_replication, cancelled_status, check_issued_since, check_replicated,
     check_tombstone_replicated, decide_complete, decide_start, recover_run, status_from, status_without_logs,
@@ -10,6 +10,7 @@ use crate::agent::{
 use crate::store::record::{cancel_tombstone, claim_record, TicketRecord};
 use crate::store::SKIP_LOGS;
 use crate::store::{Cancel, Claim, ClaimReplication, Release, TicketKeys, TicketStore, TicketView};
+use crate::trust::keys::KeyId;
 use crate::wire::envelope::Reply;
 use crate::wire::error::{ErrorKind, ErrorReply};
 use crate::wire::messages::ScriptSpec;
@@ -40,13 +41,15 @@ pub(super) struct Start {
     pub wait: Option<u64>,
     /// When its first copy was issued (v2 only).
     pub first_issued_at: Option<u64>,
+    /// The dispatcher key that vouched for it (none when unsigned).
+    pub signed_by: Option<KeyId>,
 }
 
 /// Claims the ticket and runs the script once; any copy after the first gets the ticket's
 /// status (or a conflict, for a different script under the same ticket). `None` if the
 /// environment stopped the flow after the claim.
 pub(super) async fn start<E: Environment>(env: &mut E, start: Start) -> Option<Reply> {
-    let Start { ticket, spec, not_after, wait, first_issued_at } = start;
+    let Start { ticket, spec, not_after, wait, first_issued_at, signed_by } = start;
     let keys = env.store().keys(&ticket.store_key());
     let digest = spec.digest();
     let settings = env.settings();
@@ -106,19 +109,21 @@ pub(super) async fn start<E: Environment>(env: &mut E, start: Start) -> Option<R
     match (decision, claim) {
         (StartDecision::Run, _) => {
             env.note(Note::Starting { ticket: &ticket, replicas: None });
-            env.launch(keys, record, spec);
+            env.launch(Launch { keys, record, spec, signed_by });
         }
         (StartDecision::Confirm, Claim::Existing { record: existing, raw, .. }) => {
             // The repeat of a start whose claim the replicas had not confirmed: confirm it now,
             // and start the script only then.
-            if let Err(refused) = confirm_and_launch(env, &ticket, keys, &raw, existing, spec).await {
+            let launch = Launch { keys, record: existing, spec, signed_by };
+            if let Err(refused) = confirm_and_launch(env, &ticket, &raw, launch).await {
                 return Some(refused);
             }
         }
         (StartDecision::Confirm, _) => {
             env.memory().unconfirmed().insert(keys.ticket.clone());
             let raw = record.encode();
-            if let Err(refused) = confirm_and_launch(env, &ticket, keys, &raw, record, spec).await {
+            if let Err(refused) = confirm_and_launch(env, &ticket, &raw, Launch { keys, record, spec, signed_by }).await
+            {
                 return Some(refused);
             }
         }
@@ -142,15 +147,14 @@ pub(super) async fn start<E: Environment>(env: &mut E, start: Start) -> Option<R
 async fn confirm_and_launch<E: Environment>(
     env: &mut E,
     ticket: &Ticket,
-    keys: TicketKeys,
     raw: &str,
-    record: TicketRecord,
-    spec: ScriptSpec,
+    launch: Launch,
 ) -> Result<(), Reply> {
+    let keys = launch.keys.clone();
     if cfg!(feature = "sim-break-flow-confirm") && env.memory().unconfirmed().remove(&keys.ticket) {
         // Simulation only: the script starts before the replicas confirmed its claim.
         env.note(Note::Starting { ticket, replicas: None });
-        env.launch(keys.clone(), record.clone(), spec.clone());
+        env.launch(launch.clone());
     }
     let settings = env.settings();
     let (owner, lease_ttl, wanted) = (settings.owner.clone(), settings.lease_ttl, settings.claim_replicas);
@@ -163,7 +167,7 @@ async fn confirm_and_launch<E: Environment>(
         Ok(acked) => {
             if env.memory().unconfirmed().remove(&keys.ticket) {
                 env.note(Note::Starting { ticket, replicas: Some(acked) });
-                env.launch(keys, record, spec);
+                env.launch(launch);
             }
             Ok(())
         }
@@ -329,9 +333,12 @@ async fn completed<E: Environment>(env: &mut E, ticket: &Ticket, keys: &TicketKe
 }
 
 /// Marks the runs of an earlier process with this agent id as lost: they can never be finished
-/// or restarted, so they report unknown result at once instead of after the lease. How many.
-pub async fn recover_lost_runs<E: Environment>(env: &mut E) -> Result<usize, <E::Store as TicketStore>::Error> {
-    let mut lost = 0;
+/// or restarted, so they report unknown result at once instead of after the lease. Gives each
+/// one's ticket and the record it had (for its receipt).
+pub async fn recover_lost_runs<E: Environment>(
+    env: &mut E,
+) -> Result<Vec<(String, TicketRecord)>, <E::Store as TicketStore>::Error> {
+    let mut lost = Vec::new();
     let agent_id = env.settings().agent_id.clone();
     for ticket in env.store().running_tickets(&agent_id).await? {
         let keys = env.store().keys(&ticket);
@@ -340,7 +347,7 @@ pub async fn recover_lost_runs<E: Environment>(env: &mut E) -> Result<usize, <E:
             (Recovery::ReportLost(lost_run), Some((record, raw))) => {
                 env.store().compare_and_set(&keys, &raw, &lost_run, None, Release::Lease).await?;
                 env.note(Note::ReportedLost { ticket: &ticket, previous_owner: &record.owner });
-                lost += 1;
+                lost.push((ticket, record));
             }
             _ => env.store().forget_running(&agent_id, &ticket).await?,
         }

@@ -73,7 +73,11 @@ pub async fn serve<E: Environment>(env: &mut E, delivery: Delivery<'_>) -> Serve
     }
     let ticket = request.ticket().cloned();
     env.note(Note::Serving { kind, ticket: ticket.as_ref() });
-    let Some(reply) = handle(env, &header, request).await else { return Served::Returned };
+    let signed_by = match origin {
+        Origin::Key(key) | Origin::Session { key, .. } => Some(key),
+        Origin::Unsigned => None,
+    };
+    let Some(reply) = handle(env, &header, request, signed_by).await else { return Served::Returned };
     env.note(Note::Served { kind, ticket: ticket.as_ref(), reply: &reply });
     Served::Answered { reply, answer, settle: Settle::Ack }
 }
@@ -97,7 +101,12 @@ fn refuse<E: Environment>(env: &mut E, refusal: Refusal, signer: Option<KeyId>, 
 }
 
 /// Serves one request that passed every check; `None` if the environment stopped the flow.
-async fn handle<E: Environment>(env: &mut E, header: &Envelope<()>, request: Request) -> Option<Reply> {
+async fn handle<E: Environment>(
+    env: &mut E,
+    header: &Envelope<()>,
+    request: Request,
+    signed_by: Option<KeyId>,
+) -> Option<Reply> {
     if !serves(env.settings().legacy, request.kind()) {
         let message = format!("unsupported message kind {:?}", header.kind);
         return Some(Reply::Error(ErrorReply::new(ErrorKind::Unsupported, message)));
@@ -129,6 +138,7 @@ async fn handle<E: Environment>(env: &mut E, header: &Envelope<()>, request: Req
                 not_after: header.not_after,
                 wait,
                 first_issued_at: Some(first_issued_at),
+                signed_by,
             };
             return script::start(env, start).await;
         }
@@ -137,7 +147,8 @@ async fn handle<E: Environment>(env: &mut E, header: &Envelope<()>, request: Req
                 return Some(Reply::Error(refused));
             }
             let ticket = env.new_ticket();
-            let start = Start { ticket, spec: start.spec, not_after: None, wait: None, first_issued_at: None };
+            let start =
+                Start { ticket, spec: start.spec, not_after: None, wait: None, first_issued_at: None, signed_by };
             return script::start(env, start).await;
         }
         Request::GetStatusV2(s) => script::status(env, &s.ticket, s.last_log_sequence, s.wait).await,

@@ -18,7 +18,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod broker;
+mod receipts;
 mod script;
+pub(super) use broker::{EnrolAgentArgs, EnrolPoolArgs, SetupBrokerArgs};
+pub(super) use receipts::{ReceiptsArgs, VerifyArgs, NOT_VERIFIED};
+use receipts::{RECEIPTS_HELP, VERIFY_HELP};
 use script::{parse_env, parse_file_arg, parse_secret, parse_user};
 pub(super) use script::{BoundsArgs, FileArg, IsolationArg, SecretArg, ShellArg};
 
@@ -121,6 +126,8 @@ impl Command {
             Command::Schedule(_) => false,
             Command::History(_)
             | Command::Agents(_)
+            | Command::Receipts(_)
+            | Command::Verify(_)
             | Command::Keygen(_)
             | Command::PublicKey
             | Command::SetupBroker(_)
@@ -163,6 +170,14 @@ pub(super) enum Command {
     /// List the live agents (from their announcements through the broker): id, pool, labels,
     /// version, running scripts, last seen.
     Agents(AgentsArgs),
+    /// List the receipts agents signed as their runs ended (from the receipts stream), each
+    /// checked against the agent's pinned key and its chain.
+    #[command(after_help = RECEIPTS_HELP)]
+    Receipts(ReceiptsArgs),
+    /// Check saved receipts (`dispatcher receipts --json`) offline: every signature against the
+    /// pinned keys, and each agent's chain for gaps, edits, reordering and foreign signatures.
+    #[command(after_help = VERIFY_HELP)]
+    Verify(VerifyArgs),
     /// Copy a local file to an agent (below one of its --transfer-root directories), in chunks,
     /// resumable (run it again after an interruption) and verified with SHA-256.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -621,38 +636,6 @@ pub(super) struct AgentsArgs {
 
 pub(super) fn parse_selector(raw: &str) -> Result<Selector, String> {
     Selector::parse(raw).map_err(|e| e.to_string())
-}
-
-#[derive(Args, Debug)]
-pub(super) struct SetupBrokerArgs {
-    /// Messages `cuttle.dead` keeps at most; the oldest go first.
-    #[arg(long, default_value_t = 100_000)]
-    pub dead_max_length: u32,
-    /// How long a message stays in `cuttle.dead`.
-    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
-    pub dead_ttl: Duration,
-}
-
-#[derive(Args, Debug)]
-pub(super) struct EnrolAgentArgs {
-    /// The agent's id.
-    pub agent_id: String,
-    /// The pool the agent serves as well (its queues are declared and its permissions include them).
-    #[arg(long)]
-    pub pool: Option<String>,
-    /// The agent's broker user, for the printed command [default: the agent id].
-    #[arg(long)]
-    pub user: Option<String>,
-}
-
-#[derive(Args, Debug)]
-pub(super) struct EnrolPoolArgs {
-    /// The pool's name.
-    pub pool: String,
-    /// The broker user all the pool's workers share, for the printed command [default:
-    /// cuttle-pool-POOL].
-    #[arg(long)]
-    pub user: Option<String>,
 }
 
 #[cfg(test)]

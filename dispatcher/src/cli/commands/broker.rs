@@ -3,9 +3,9 @@
 
 use crate::cli::args::{EnrolAgentArgs, EnrolPoolArgs, SetupBrokerArgs};
 use crate::rpc::RpcConfig;
-use crate::setup::{self, DeadLimits, DeadQueue};
+use crate::setup::{self, DeadLimits, DeadQueue, ReceiptsRetention};
 use contracts::submission::outcome::exit;
-use contracts::wire::topology::{Permissions, DEAD_QUEUE};
+use contracts::wire::topology::{Permissions, DEAD_QUEUE, RECEIPTS_STREAM};
 use std::process::ExitCode;
 
 fn broker_error(error: crate::error::RpcError) -> ExitCode {
@@ -16,7 +16,8 @@ fn broker_error(error: crate::error::RpcError) -> ExitCode {
 /// Declares the shared topology and prints the permissions of the dispatcher and KEDA roles.
 pub(crate) async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> ExitCode {
     let limits = DeadLimits { max_length: args.dead_max_length, ttl: args.dead_ttl };
-    let found = match setup::setup_broker(config, limits).await {
+    let retention = ReceiptsRetention { max_age: args.receipts_max_age.clone(), max_bytes: args.receipts_max_bytes };
+    let (found, receipts_existed) = match setup::setup_broker(config, limits, &retention).await {
         Ok(found) => found,
         Err(error) => return broker_error(error),
     };
@@ -35,6 +36,17 @@ pub(crate) async fn setup_broker(config: &RpcConfig, args: &SetupBrokerArgs) -> 
                 args.dead_max_length
             );
         }
+    }
+    if receipts_existed {
+        println!(
+            "{RECEIPTS_STREAM} existed already: its retention stays (a stream's arguments cannot change; a policy can: rabbitmqctl set_policy -p '{vhost}' cuttle-receipts '^cuttle\\.receipts$' '{{\"max-age\":\"{}\",\"max-length-bytes\":{}}}' --apply-to queues)",
+            retention.max_age, retention.max_bytes
+        );
+    } else {
+        println!(
+            "declared {RECEIPTS_STREAM}, keeping receipts {} and at most {} bytes",
+            retention.max_age, retention.max_bytes
+        );
     }
     println!("dispatcher: {}", Permissions::dispatcher().rabbitmqctl(&vhost, "DISPATCHER_USER"));
     println!("queue length reader (KEDA): {}", Permissions::queue_length_reader().rabbitmqctl(&vhost, "KEDA_USER"));

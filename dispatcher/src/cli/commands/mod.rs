@@ -11,6 +11,7 @@ pub(super) mod health;
 pub(super) mod history;
 pub(super) mod journal;
 pub(super) mod keys;
+pub(super) mod receipts;
 pub(super) mod schedule;
 pub(super) mod serve;
 pub(super) mod status;
