@@ -284,3 +284,96 @@ async fn a_pools_receipts_are_read_together_each_worker_with_its_own_chain_and_s
         tests::raw::delete_queue(&queue).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_keeps_each_tickets_receipt_and_shows_it_verified_only_while_it_checks() {
+    use tests::service::{http, journal_prefix, remove_journal, ServiceProcess};
+    let agent = TestAgent::start("svc-receipts").await;
+    let prefix = journal_prefix("svc-receipts");
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let receipt_of = |ticket: String| {
+        let url = format!("{}/v1/tickets/{ticket}", service.url);
+        async move {
+            let body: Value = http().get(&url).send().await.ok()?.json().await.ok()?;
+            (!body["receipt"].is_null()).then_some(body)
+        }
+    };
+    // A forged receipt for the ticket appended to the stream while it runs does not take its place.
+    let markers = Markers::new();
+    let gate = markers.dir.join("gate");
+    let script = format!(
+        "{}; echo proved; while [ ! -e '{}' ]; do sleep 0.05; done; exit 4",
+        markers.record("run"),
+        gate.display()
+    );
+    let ticket = service.submit(agent.id(), &script).await;
+    eventually("the script running", Duration::from_secs(20), || async { (markers.count("run") == 1).then_some(()) })
+        .await;
+    let other_key = SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap();
+    let forged = Receipt {
+        version: contracts::receipt::RECEIPT_VERSION,
+        agent_id: agent.id().to_owned(),
+        pool: None,
+        sequence: 1,
+        previous: None,
+        ticket: ticket.clone(),
+        command_digest: "00".repeat(32),
+        signed_by: Vec::new(),
+        started_at: 1,
+        ended_at: 2,
+        exit_code: 0,
+        output_sha256: None,
+        lines: None,
+    }
+    .sign(&other_key);
+    let stream = tests::presence::PresenceStream::connect().await;
+    let seal = contracts::trust::seal::Seal::Signature { key: forged.key, signature: forged.signature };
+    stream.append_to(RECEIPTS_STREAM, RECEIPT_TYPE, &forged.body, Some(&seal)).await;
+    stream.close().await;
+    std::fs::write(&gate, "").unwrap();
+    let record = service.finished(&ticket, Duration::from_secs(30)).await;
+    let record = match record["receipt"].is_null() {
+        true => eventually("the ticket's receipt", Duration::from_secs(30), || receipt_of(ticket.clone())).await,
+        false => record,
+    };
+    let receipt = &record["receipt"];
+    assert_eq!(receipt["verified"], true, "{record}");
+    assert_eq!((receipt["agent_id"].as_str(), receipt["exit_code"].as_i64()), (Some(agent.id()), Some(4)));
+    let mut digest = OutputDigest::default();
+    for line in record["output"].as_array().unwrap() {
+        let stream = if line["stream"] == "stdout" { LogStream::Stdout } else { LogStream::Agent };
+        let text = line["text"].as_str().unwrap().to_owned();
+        digest.add(&LogLine { seq: line["seq"].as_u64().unwrap(), stream, text, at: 0 });
+    }
+    assert_eq!(receipt["output_sha256"].as_str(), Some(digest.finish().0.as_str()), "the output the journal shows");
+    let page = http().get(format!("{}/tickets/{ticket}", service.url)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("verified</span>: signed by agent") && page.contains("exit code 4"), "{page}");
+
+    // Whoever can write to the journal cannot make a ticket look verified: a receipt signed by
+    // another key, or a genuine one of another ticket, put in its place.
+    let mut journal = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let hash = format!("{prefix}t:{}", ticket.to_lowercase());
+    let shown = |text: String| {
+        let (mut journal, hash, url) = (journal.clone(), hash.clone(), format!("{}/v1/tickets/{ticket}", service.url));
+        async move {
+            redis::cmd("HSET").arg(&hash).arg("receipt").arg(text).query_async::<()>(&mut journal).await.unwrap();
+            let body: Value = http().get(&url).send().await.unwrap().json().await.unwrap();
+            body["receipt"].clone()
+        }
+    };
+    let moved = shown(forged.to_text()).await;
+    assert_eq!(moved["verified"], false);
+    assert!(moved["problem"].as_str().unwrap().contains("not pinned for agent"), "{moved}");
+    let other = service.submit(agent.id(), "echo other").await;
+    service.finished(&other, Duration::from_secs(30)).await;
+    let genuine = eventually("the other ticket's receipt", Duration::from_secs(30), || receipt_of(other.clone())).await;
+    let moved = shown(genuine["receipt"]["receipt"].as_str().unwrap().to_owned()).await;
+    assert_eq!(moved["verified"], false);
+    assert!(moved["problem"].as_str().unwrap().contains(&format!("made for ticket {other}")), "{moved}");
+    let page = http().get(format!("{}/tickets/{ticket}", service.url)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("NOT VERIFIED"), "{page}");
+    let _: () = redis::cmd("DEL").arg(&hash).query_async(&mut journal).await.unwrap();
+    service.stop().await;
+    remove_journal(&prefix).await;
+    agent.stop().await;
+}

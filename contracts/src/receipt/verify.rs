@@ -69,6 +69,49 @@ impl Report {
     }
 }
 
+/// Why one receipt is not believed, whatever its place in a chain.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unbelieved {
+    #[error("not a receipt: {0}")]
+    Unreadable(String),
+    #[error("agent {0} has no key pinned in the known agents")]
+    Unpinned(String),
+    #[error("signed by key {key}, which is not pinned for agent {agent}")]
+    Foreign { agent: String, key: KeyId },
+    #[error("does not verify under agent {agent}'s key {key}: forged or altered")]
+    Forged { agent: String, key: KeyId },
+}
+
+impl Unbelieved {
+    /// The finding of a receipt read on `line`.
+    fn at(self, line: usize) -> Finding {
+        match self {
+            Unbelieved::Unreadable(reason) => Finding::Unreadable { line, reason },
+            Unbelieved::Unpinned(agent) => Finding::Unpinned { line, agent },
+            Unbelieved::Foreign { agent, key } => Finding::Foreign { line, agent, key },
+            Unbelieved::Forged { agent, key } => Finding::Forged { line, agent, key },
+        }
+    }
+}
+
+/// The receipt `signed` says, if its signature verifies under a key `known` pins for its agent
+/// (or, for an agent pinned by none, for the pool it names).
+pub fn believe(signed: &SignedReceipt, known: &KnownAgents) -> Result<Receipt, Unbelieved> {
+    let receipt = signed.receipt().map_err(|error| Unbelieved::Unreadable(error.to_string()))?;
+    let agent = receipt.agent_id.clone();
+    let keys = match known.pin_of_agent(&agent, receipt.pool.as_deref()) {
+        Some(Pin::Keys(keys)) => keys,
+        Some(Pin::Legacy) | None => return Err(Unbelieved::Unpinned(agent)),
+    };
+    let Some(key) = keys.iter().find(|key| key.id() == signed.key) else {
+        return Err(Unbelieved::Foreign { agent, key: signed.key });
+    };
+    if !signed.verified_by(key) {
+        return Err(Unbelieved::Forged { agent, key: signed.key });
+    }
+    Ok(receipt)
+}
+
 /// A receipt that verified, where it was read.
 struct Verified {
     line: usize,
@@ -83,31 +126,13 @@ pub fn verify(receipts: &[(usize, SignedReceipt)], known: &KnownAgents, findings
     let mut report = Report { findings, ..Report::default() };
     let mut by_agent: BTreeMap<String, Vec<Verified>> = BTreeMap::new();
     for (line, signed) in receipts {
-        let line = *line;
-        let receipt = match signed.receipt() {
-            Ok(receipt) => receipt,
-            Err(error) => {
-                report.findings.push(Finding::Unreadable { line, reason: error.to_string() });
-                continue;
+        match believe(signed, known) {
+            Ok(receipt) => {
+                let verified = Verified { line: *line, digest: signed.digest(), receipt };
+                by_agent.entry(verified.receipt.agent_id.clone()).or_default().push(verified);
             }
-        };
-        let agent = receipt.agent_id.clone();
-        let keys = match known.pin_of_agent(&agent, receipt.pool.as_deref()) {
-            Some(Pin::Keys(keys)) => keys,
-            Some(Pin::Legacy) | None => {
-                report.findings.push(Finding::Unpinned { line, agent });
-                continue;
-            }
-        };
-        let Some(key) = keys.iter().find(|key| key.id() == signed.key) else {
-            report.findings.push(Finding::Foreign { line, agent, key: signed.key });
-            continue;
-        };
-        if !signed.verified_by(key) {
-            report.findings.push(Finding::Forged { line, agent, key: signed.key });
-            continue;
+            Err(unbelieved) => report.findings.push(unbelieved.at(*line)),
         }
-        by_agent.entry(agent).or_default().push(Verified { line, receipt, digest: signed.digest() });
     }
     for (agent, receipts) in by_agent {
         check_chain(&agent, receipts, &mut report);

@@ -4,7 +4,7 @@
 
 use super::journal::{HistoryQuery, JournalEvent, Recorded, TicketRecord};
 use super::resume::PlaceWait;
-use super::state::{parse_ticket, record_of, ApiError, ErrorBody, Shared, Who};
+use super::state::{parse_ticket, receipt_of, record_of, ApiError, ErrorBody, Shared, Who};
 use crate::event::JsonEvent;
 use crate::plan::{self, Plan, PolicyChoice, ScriptDraft, ScriptInputs, Targets, Tickets};
 use crate::policy::{Overrides, Purpose};
@@ -170,6 +170,9 @@ pub(crate) struct TicketView {
     /// Output lines after `?after=` (only on `GET /v1/tickets/{ticket}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Vec<OutputLine>>,
+    /// The run's receipt, signed by its agent, once it came (only on `GET /v1/tickets/{ticket}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<super::receipts::ReceiptView>,
 }
 
 impl TicketView {
@@ -194,6 +197,7 @@ impl TicketView {
             finished_at: record.finished_ms,
             last_seq: record.last_seq,
             output: None,
+            receipt: None,
         }
     }
 }
@@ -437,6 +441,7 @@ pub(super) async fn ticket(
         .collect();
     let mut view = TicketView::from_record(&record);
     view.output = Some(output);
+    view.receipt = receipt_of(&state, &record).await?;
     Ok(Json(view))
 }
 

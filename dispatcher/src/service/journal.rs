@@ -19,6 +19,9 @@
 //! - `schedules`, `schedule:<id>`, `schedule:<id>:runs`, `schedule:<id>:requests`,
 //!   `schedule:<id>:pending`, `slot:<id>:<slot>`, `replicas`: schedules, their slots and the
 //!   replicas' passes (see [`super::schedules`]).
+//! - a ticket's hash also gets `receipt`, its run's receipt as its agent signed it, and
+//!   `receipts-offset` is where the service last read the receipts stream (see
+//!   [`super::receipts`]).
 //! - `session:<sha256 of the id>`: a browser's login (see [`super::sessions`]): the digest of the
 //!   token it logged in with, expiring with the session. Neither the id nor the token is stored.
 //!
@@ -234,7 +237,7 @@ impl Journal {
         format!("{}{what}", self.prefix)
     }
 
-    fn ticket_key(&self, ticket: &Ticket) -> String {
+    pub(crate) fn ticket_key(&self, ticket: &Ticket) -> String {
         self.key(&format!("t:{}", ticket.store_key()))
     }
 

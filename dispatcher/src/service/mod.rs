@@ -8,6 +8,8 @@
 //!   it records of each ticket before anything is sent; [`agents`]: what each target last
 //!   answered.
 //! - [`lease`]: which replica follows an in-flight ticket.
+//! - [`receipts`]: the receipts of the journal's tickets, kept from the receipts stream and
+//!   checked again as they are shown.
 //! - [`resume`]: following a ticket from its record: new, resumed or taken over.
 //! - [`schedules`]: schedules' records and slots in the journal; [`scheduler`]: each replica's
 //!   passes, which fire the slots due ([`crate::schedule`]).
@@ -32,6 +34,7 @@ pub(crate) mod api;
 mod files;
 pub mod journal;
 mod lease;
+mod receipts;
 mod resume;
 mod router;
 pub(crate) mod schedule_api;
@@ -108,6 +111,7 @@ impl Service {
         config.journal.ping().await?;
         let listener =
             tokio::net::TcpListener::bind(config.listen).await.map_err(|e| ServiceError::Listen(config.listen, e))?;
+        tokio::spawn(receipts::follow(config.journal.clone(), orchestrator.rpc().config().clone(), shutdown.clone()));
         let leases = Leases::new(config.journal.clone(), config.replica, config.lease_ttl);
         let followers = Followers::new(orchestrator, config.journal, leases, shutdown);
         // The bound port, which `--listen` may have left to the system (port 0).

@@ -16,9 +16,10 @@
 use super::agents::{AgentAnswer, AgentSeen};
 use super::api::{history_query, HistoryParams};
 use super::journal::{JournalEvent, TicketRecord};
+use super::receipts::ReceiptView;
 use super::schedule_api::{self, ScheduleView};
 use super::sessions;
-use super::state::{parse_ticket, record_of, ApiError, ApiState, Shared};
+use super::state::{parse_ticket, receipt_of, record_of, ApiError, ApiState, Shared};
 use crate::event::JsonEvent;
 use crate::policy::MachinePolicy;
 use axum::extract::{Form, Path, Query, Request, State};
@@ -347,15 +348,16 @@ async fn ticket_page(State(state): Shared, Path(raw): Path<String>) -> Response 
         let ticket = parse_ticket(&raw)?;
         let record = record_of(&state, &ticket).await?;
         let events = state.followers.journal.all_events(&ticket).await?;
-        Ok::<_, ApiError>((record, events))
+        let receipt = receipt_of(&state, &record).await?;
+        Ok::<_, ApiError>((record, events, receipt))
     };
     match shown.await {
-        Ok((record, events)) => ticket_view(&record, &events).into_response(),
+        Ok((record, events, receipt)) => ticket_view(&record, &events, receipt.as_ref()).into_response(),
         Err(error) => error_page(error),
     }
 }
 
-fn ticket_view(record: &TicketRecord, events: &[JournalEvent]) -> Html<String> {
+fn ticket_view(record: &TicketRecord, events: &[JournalEvent], receipt: Option<&ReceiptView>) -> Html<String> {
     let s = &record.submission;
     let ticket = s.ticket.to_string();
     let last_id = events.last().map_or("0", |e| e.id.as_str());
@@ -371,6 +373,7 @@ fn ticket_view(record: &TicketRecord, events: &[JournalEvent]) -> Html<String> {
                 dt { "State" } dd #state { (record.state) }
                 dt { "Submitted" } dd { (when(s.submitted_ms)) " by " (s.who) }
                 dt { "Policy" } dd { (s.policy) ", retries for " (duration(s.script_retry_ms)) }
+                dt { "Receipt" } dd #receipt { (receipt_text(receipt)) }
             }
             h2 { "Retries and notices" }
             ol #retries {
@@ -417,6 +420,20 @@ fn notice_item(event: &JournalEvent) -> Markup {
             },
             JsonEvent::Notice { message, .. } => li.notice { time { (at) } " " (message) },
             _ => {},
+        }
+    }
+}
+
+/// What the run's receipt proves: verified (by which agent, its place in the chain, the exit
+/// code it signed), not verified and why, or not come yet.
+fn receipt_text(receipt: Option<&ReceiptView>) -> Markup {
+    html! {
+        @match receipt {
+            Some(r) if r.verified => {
+                span.verified { "verified" } ": signed by agent " (r.agent_id) ", receipt " (r.sequence) ", exit code " (r.exit_code)
+            }
+            Some(r) => { span.error { "NOT VERIFIED" } ": " (r.problem.as_deref().unwrap_or_default()) }
+            None => { "none yet: the agent signs one when the run ends (reload to see it)" }
         }
     }
 }
