@@ -48,13 +48,21 @@ pub struct Read {
     pub not_receipts: usize,
 }
 
-/// Reads the receipts stream from `since` ago up to now, keeping `whose` receipts. Whether they
-/// verify is [`contracts::receipt::verify`]'s to say.
-pub async fn read(config: &RpcConfig, whose: &Whose, since: Duration) -> Result<Read, ReceiptsError> {
+/// Reads the receipts stream from `since` ago up to now, keeping `whose` receipts, and tells
+/// `progress` how many messages it has read and kept so far (a long read, of a busy fleet's
+/// stream, reads every agent's). Whether they verify is [`contracts::receipt::verify`]'s to say.
+pub async fn read(
+    config: &RpcConfig,
+    whose: &Whose,
+    since: Duration,
+    progress: &(dyn Fn(u64, usize) + Sync),
+) -> Result<Read, ReceiptsError> {
     let connection = rpc::connect(config, "cuttle-dispatcher receipts").await.map_err(ReceiptsError::Connect)?;
     let from = SystemTime::now() - since;
     let mut read = Read::default();
+    let mut messages = 0u64;
     let reading = crate::stream::read(&connection, RECEIPTS_STREAM, RECEIPT_TYPE, from, |body, seal| {
+        messages += 1;
         match (body.len() <= MAX_RECEIPT_BYTES, seal) {
             (true, Ok(Some(Seal::Signature { key, signature }))) => {
                 let signed = SignedReceipt { body, key, signature };
@@ -66,6 +74,7 @@ pub async fn read(config: &RpcConfig, whose: &Whose, since: Duration) -> Result<
             }
             _ => read.not_receipts += 1,
         }
+        progress(messages, read.receipts.len());
     });
     let result = tokio::time::timeout(READ_TIMEOUT, reading).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), connection.close(200, "receipts read".into())).await;

@@ -45,7 +45,7 @@ async fn main() {
     let config = tests::rpc_config(tests::amqp_url(), Duration::from_secs(5));
     let whose = Whose::Agent(agent.id().to_owned());
     tests::eventually("the first receipt", Duration::from_secs(30), || async {
-        (read(&config, &whose, Duration::from_secs(600)).await.ok()?.receipts.len() == 1).then_some(())
+        (read(&config, &whose, Duration::from_secs(600), &|_, _| {}).await.ok()?.receipts.len() == 1).then_some(())
     })
     .await;
     let before = stream_bytes(Path::new(&data));
@@ -53,7 +53,7 @@ async fn main() {
         tests::submit(&orchestrator, &agent.route(), tests::sh("echo hi")).await;
     }
     let all = tests::eventually("every receipt on the stream", Duration::from_secs(120), || async {
-        let read = read(&config, &whose, Duration::from_secs(600)).await.ok()?;
+        let read = read(&config, &whose, Duration::from_secs(600), &|_, _| {}).await.ok()?;
         (read.receipts.len() > runs).then_some(read.receipts)
     })
     .await;

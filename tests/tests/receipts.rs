@@ -102,6 +102,14 @@ async fn every_run_leaves_a_signed_receipt_and_verify_finds_any_tampering() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(text(&out.stdout).matches("verified").count(), 3, "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains(&format!("{id} #2")) && text(&out.stdout).contains("exit 3"));
+    // On a terminal a spinner says how far the read has got, and is cleared once it is done.
+    let mut command = dispatcher_command();
+    command.args(["receipts", "--target", &id, "--since", "10m"]);
+    let (status, shown) = output_on_terminal(command).await;
+    let shown = text(&shown);
+    assert!(status.success(), "{shown}");
+    assert!(shown.contains("reading cuttle.receipts: ") && shown.contains(" messages"), "{shown:?}");
+    assert_eq!(shown.matches("  verified").count(), 3, "{shown:?}");
 
     let (code, stderr) = verify(&lines).await;
     assert_eq!(code, Some(0), "{stderr}");

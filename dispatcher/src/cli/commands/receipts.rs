@@ -44,7 +44,11 @@ pub(crate) async fn list(
         Ok(whose) => whose,
         Err(error) => return usage_error(error),
     };
-    let read = match receipts::read(rpc, &whose, args.since).await {
+    let spinner = crate::cli::output::progress::reading(contracts::wire::topology::RECEIPTS_STREAM);
+    let shown = |messages: u64, kept: usize| spinner.set_message(format!("{messages} messages, {kept} kept"));
+    let read = receipts::read(rpc, &whose, args.since, &shown).await;
+    spinner.finish_and_clear();
+    let read = match read {
         Ok(read) => read,
         Err(error) => {
             eprintln!("cuttle: cannot read the receipts: {error}");

@@ -8,6 +8,20 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
+/// A spinner on stderr while a stream is read, `reading cuttle.receipts: 120000 messages, 40
+/// kept`, when stderr is a terminal (hidden otherwise); drawn at once and then every 100 ms.
+pub(crate) fn reading(stream: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let template = format!("{{spinner}} reading {stream}: {{msg}}");
+    let bar = ProgressBar::new_spinner().with_style(ProgressStyle::with_template(&template).expect("a valid template"));
+    bar.set_message("0 messages");
+    bar.tick();
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    bar
+}
+
 /// A fan-out's progress: one line below the output, `[####......] 3/10 done, 2 running, 1 failed`.
 pub(crate) struct FanoutProgress {
     bars: MultiProgress,
