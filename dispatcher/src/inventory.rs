@@ -217,11 +217,6 @@ async fn read_on(connection: &lapin::Connection) -> Result<Sightings, InventoryE
     Ok(sightings)
 }
 
-/// Now, in unix ms, for liveness checks.
-pub fn now_ms() -> u64 {
-    contracts::time::unix_millis(SystemTime::now())
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -55,7 +55,7 @@ pub(crate) async fn recover_lost_runs(agent: &Arc<Agent>) -> Result<usize, Store
             command_digest: record.digest.clone(),
             signed_by: None,
             started_at: record.claimed_at,
-            ended_at: crate::receipts::now_ms(),
+            ended_at: edge::clock::now_ms(),
             exit_code: contracts::wire::exit_code::UNKNOWN_RESULT,
             output: None,
         };

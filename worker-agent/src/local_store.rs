@@ -10,14 +10,14 @@ use contracts::receipt::ChainHead;
 use contracts::store::record::TicketRecord;
 use contracts::store::MAX_LINES_PER_READ;
 use contracts::store::{Cancel, Claim, Epoch, LeaseRenewal, Release, TicketKeys, TicketView};
-use contracts::time::unix_millis;
 use contracts::wire::status::LogLine;
 use contracts::wire::topology::MAX_STATUS_LOG_BYTES;
+use edge::clock::now_ms;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Ticket -> (record JSON, expiry in unix ms).
 const RECORDS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("records");
@@ -40,10 +40,6 @@ const PENDING_RECEIPTS: TableDefinition<(&str, u64), &str> = TableDefinition::ne
 
 fn failed(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
     StoreError::Local(error.into())
-}
-
-fn now_ms() -> u64 {
-    unix_millis(SystemTime::now())
 }
 
 #[derive(Clone)]

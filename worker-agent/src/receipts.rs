@@ -22,7 +22,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOpti
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -201,11 +201,6 @@ impl Ledger {
             lines,
         }
     }
-}
-
-/// Now, in unix ms.
-pub(crate) fn now_ms() -> u64 {
-    contracts::time::unix_millis(SystemTime::now())
 }
 
 /// Declares the receipts stream unless it exists (its retention is then the operator's, from

@@ -91,7 +91,7 @@ impl Run {
             self.progress.clone(),
         );
         let lease = self.keep_lease();
-        let started_at = crate::receipts::now_ms();
+        let started_at = edge::clock::now_ms();
         let exit = self.run_script(&log).await;
         drop(log);
         let written = writer.await.unwrap_or_default();
@@ -103,7 +103,7 @@ impl Run {
             command_digest: self.record.digest.clone(),
             signed_by: self.signed_by,
             started_at,
-            ended_at: crate::receipts::now_ms(),
+            ended_at: edge::clock::now_ms(),
             exit_code: exit,
             output: Some(written.digest.finish()),
         };

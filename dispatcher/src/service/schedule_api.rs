@@ -13,8 +13,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use contracts::wire::labels::Selector;
+use edge::clock::now_ms;
 use serde::{Deserialize, Serialize};
-use std::time::SystemTime;
 use utoipa::ToSchema;
 
 /// A schedule to add: when, where, what, and what to do with slots missed while every replica
@@ -113,10 +113,6 @@ pub(crate) struct RunNow {
     pub slot: String,
     /// Its tickets, if it fired here at once (else the next pass of a replica fires it).
     pub run: Option<RunView>,
-}
-
-fn now_ms() -> u64 {
-    contracts::time::unix_millis(SystemTime::now())
 }
 
 /// What a schedule's view shows of the tickets it ran: state, outcome and exit code of each

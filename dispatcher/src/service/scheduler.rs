@@ -335,7 +335,7 @@ impl Scheduler {
             Ok(read) => read.map_err(|source| SlotTargetsError::Fleet { selector: selector.clone(), source })?,
             Err(_) => return Err(SlotTargetsError::FleetLate { selector }),
         };
-        let matching = inventory.select_to_run(&selector, crate::inventory::now_ms(), trust);
+        let matching = inventory.select_to_run(&selector, edge::clock::now_ms(), trust);
         Ok(matching.iter().map(|agent| Route::agent(&agent.agent_id)).collect::<Result<_, _>>()?)
     }
 

@@ -128,7 +128,7 @@ async fn agents(rpc: &RpcConfig, pins: &Pins<'_>, args: AgentsArgs) -> ExitCode 
         Err(code) => return code,
     };
     warn_on_stderr(warnings(&inventory, pins.file, &|agent| Some(legacy_warning(agent))));
-    let now = inventory::now_ms();
+    let now = edge::clock::now_ms();
     let live = inventory.select(args.select.as_ref(), now);
     if args.json {
         for agent in &live {
@@ -186,7 +186,7 @@ pub(crate) async fn resolve(
     } else {
         warn_on_stderr(lines);
     }
-    let now = inventory::now_ms();
+    let now = edge::clock::now_ms();
     let matching = inventory.select_to_run(selector, now, trust);
     if matching.is_empty() {
         let live = inventory.live(now).count();

@@ -15,13 +15,10 @@ use crate::service::schedule_api::{view, ScheduleView};
 use crate::service::schedules::{ReplicaSeen, RunRequest, Schedules, StoredSchedule, RUNNING_WITHIN};
 use crate::trust::DispatcherTrust;
 use contracts::submission::outcome::exit;
+use edge::clock::now_ms;
 use serde_json::json;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
-
-fn now_ms() -> u64 {
-    contracts::time::unix_millis(SystemTime::now())
-}
+use std::time::Duration;
 
 /// Runs a `schedule` command; `trust` holds the key `add` signs with.
 pub(crate) async fn run(
