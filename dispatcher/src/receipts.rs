@@ -5,8 +5,7 @@
 
 use crate::rpc::{self, RpcConfig};
 use contracts::receipt::verify::Finding;
-use contracts::receipt::{Receipt, SignedReceipt, MAX_RECEIPT_BYTES};
-use contracts::trust::seal::Seal;
+use contracts::receipt::{Receipt, SignedReceipt};
 use contracts::wire::topology::{RECEIPTS_STREAM, RECEIPT_TYPE};
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
@@ -63,16 +62,10 @@ pub async fn read(
     let mut messages = 0u64;
     let reading = crate::stream::read(&connection, RECEIPTS_STREAM, RECEIPT_TYPE, from, |body, seal| {
         messages += 1;
-        match (body.len() <= MAX_RECEIPT_BYTES, seal) {
-            (true, Ok(Some(Seal::Signature { key, signature }))) => {
-                let signed = SignedReceipt { body, key, signature };
-                match signed.receipt() {
-                    Ok(receipt) if whose.matches(&receipt) => read.receipts.push(signed),
-                    Ok(_) => {}
-                    Err(_) => read.not_receipts += 1,
-                }
-            }
-            _ => read.not_receipts += 1,
+        match SignedReceipt::sealed(body, seal.ok().flatten()).map(|signed| (signed.receipt(), signed)) {
+            Some((Ok(receipt), signed)) if whose.matches(&receipt) => read.receipts.push(signed),
+            Some((Ok(_), _)) => {}
+            Some((Err(_), _)) | None => read.not_receipts += 1,
         }
         progress(messages, read.receipts.len());
     });

@@ -14,29 +14,28 @@ use std::time::Duration;
 use tests::proxy::{broker_addr, FaultProxy};
 use tests::*;
 
+/// The digest a receipt gives the output `lines` (JSON objects with `seq`, `stream` and `text`,
+/// as `submit --json` and the service's API show them).
+fn output_digest<'a>(lines: impl IntoIterator<Item = &'a Value>) -> String {
+    let mut digest = OutputDigest::default();
+    for line in lines {
+        let streams = [LogStream::Stdout, LogStream::Stderr, LogStream::Agent];
+        let stream = streams.into_iter().find(|s| line["stream"] == s.name()).expect("a stream");
+        let text = line["text"].as_str().expect("a text").to_owned();
+        digest.add(&LogLine { seq: line["seq"].as_u64().expect("a sequence number"), stream, text, at: 0 });
+    }
+    digest.finish().0
+}
+
 /// Runs a script on `agent_id` through `dispatcher submit --json`: its ticket, exit code, and
 /// the digest of the output it showed, as a receipt computes it.
 async fn submit_and_digest(agent_id: &str, script: &str) -> (String, Option<i32>, String) {
     let out = run_dispatcher(&["submit", "--json", "--target", agent_id, "--", script]).await;
-    let mut digest = OutputDigest::default();
-    let mut ticket = String::new();
-    for line in text(&out.stdout).lines() {
-        let event: Value = serde_json::from_str(line).expect("a JSON event");
-        match event["event"].as_str() {
-            Some("ticket") => ticket = event["ticket"].as_str().unwrap().to_owned(),
-            Some("log") => {
-                let stream = match event["stream"].as_str() {
-                    Some("stdout") => LogStream::Stdout,
-                    Some("stderr") => LogStream::Stderr,
-                    _ => LogStream::Agent,
-                };
-                let text = event["text"].as_str().unwrap().to_owned();
-                digest.add(&LogLine { seq: event["seq"].as_u64().unwrap(), stream, text, at: 0 });
-            }
-            _ => {}
-        }
-    }
-    (ticket, out.status.code(), digest.finish().0)
+    let events: Vec<Value> =
+        text(&out.stdout).lines().map(|line| serde_json::from_str(line).expect("a JSON event")).collect();
+    let ticket = events.iter().find(|e| e["event"] == "ticket").expect("a ticket event")["ticket"].as_str().unwrap();
+    let digest = output_digest(events.iter().filter(|e| e["event"] == "log"));
+    (ticket.to_owned(), out.status.code(), digest)
 }
 
 /// `dispatcher receipts --target agent_id --json`, once it lists `count` receipts: the lines.
@@ -173,8 +172,7 @@ async fn every_run_leaves_a_signed_receipt_and_verify_finds_any_tampering() {
 
     // Hand-made broker traffic: a receipt in the agent's name under another key, and junk.
     let stream = tests::presence::PresenceStream::connect().await;
-    let forged_seal = contracts::trust::seal::Seal::Signature { key: forged.key, signature: forged.signature };
-    stream.append_to(RECEIPTS_STREAM, RECEIPT_TYPE, &forged.body, Some(&forged_seal)).await;
+    stream.append_to(RECEIPTS_STREAM, RECEIPT_TYPE, &forged.body, Some(&forged.seal())).await;
     stream.append_to(RECEIPTS_STREAM, RECEIPT_TYPE, b"\xc1 not a receipt", None).await;
     stream.close().await;
     let out = run_dispatcher(&["receipts", "--target", &id, "--since", "10m"]).await;
@@ -335,8 +333,7 @@ async fn the_service_keeps_each_tickets_receipt_and_shows_it_verified_only_while
     }
     .sign(&other_key);
     let stream = tests::presence::PresenceStream::connect().await;
-    let seal = contracts::trust::seal::Seal::Signature { key: forged.key, signature: forged.signature };
-    stream.append_to(RECEIPTS_STREAM, RECEIPT_TYPE, &forged.body, Some(&seal)).await;
+    stream.append_to(RECEIPTS_STREAM, RECEIPT_TYPE, &forged.body, Some(&forged.seal())).await;
     stream.close().await;
     std::fs::write(&gate, "").unwrap();
     let record = service.finished(&ticket, Duration::from_secs(30)).await;
@@ -347,13 +344,8 @@ async fn the_service_keeps_each_tickets_receipt_and_shows_it_verified_only_while
     let receipt = &record["receipt"];
     assert_eq!(receipt["verified"], true, "{record}");
     assert_eq!((receipt["agent_id"].as_str(), receipt["exit_code"].as_i64()), (Some(agent.id()), Some(4)));
-    let mut digest = OutputDigest::default();
-    for line in record["output"].as_array().unwrap() {
-        let stream = if line["stream"] == "stdout" { LogStream::Stdout } else { LogStream::Agent };
-        let text = line["text"].as_str().unwrap().to_owned();
-        digest.add(&LogLine { seq: line["seq"].as_u64().unwrap(), stream, text, at: 0 });
-    }
-    assert_eq!(receipt["output_sha256"].as_str(), Some(digest.finish().0.as_str()), "the output the journal shows");
+    let digest = output_digest(record["output"].as_array().unwrap());
+    assert_eq!(receipt["output_sha256"].as_str(), Some(digest.as_str()), "the output the journal shows");
     let page = http().get(format!("{}/tickets/{ticket}", service.url)).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("verified</span>: signed by agent") && page.contains("exit code 4"), "{page}");
 

@@ -15,7 +15,6 @@ use contracts::backoff::Backoff;
 use contracts::receipt::{ChainHead, Receipt, SignedReceipt, RECEIPT_VERSION};
 use contracts::trust::amqp::with_seal;
 use contracts::trust::keys::KeyId;
-use contracts::trust::seal::Seal;
 use contracts::wire::topology::amqp::receipts_stream_arguments;
 use contracts::wire::topology::{CONTENT_TYPE, RECEIPTS_MAX_AGE, RECEIPTS_MAX_BYTES, RECEIPTS_STREAM, RECEIPT_TYPE};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
@@ -306,10 +305,9 @@ async fn publish_pending(ledger: &Ledger, channel: &Channel) -> Result<(), Publi
         let Some(&(through, _)) = batch.last() else { return Ok(()) };
         let mut confirms = Vec::with_capacity(batch.len());
         for (sequence, signed) in &batch {
-            let seal = Seal::Signature { key: signed.key, signature: signed.signature };
             let properties = with_seal(
                 BasicProperties::default().with_type(RECEIPT_TYPE.into()).with_content_type(CONTENT_TYPE.into()),
-                &seal,
+                &signed.seal(),
             );
             let publish = channel.basic_publish(
                 "".into(),

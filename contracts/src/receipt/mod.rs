@@ -16,6 +16,7 @@
 pub mod verify;
 
 use crate::trust::keys::{KeyId, PublicKey, SecretKey};
+use crate::trust::seal::Seal;
 use crate::wire::envelope::check_shape;
 use crate::wire::error::{CodecError, Invalid, Malformed};
 use crate::wire::status::{LogLine, LogStream};
@@ -135,6 +136,22 @@ pub enum ReceiptTextError {
 }
 
 impl SignedReceipt {
+    /// A receipt as it travels on the receipts stream: its body and the seal its AMQP headers
+    /// carry. `None` unless the seal is a signature and the body no larger than any receipt.
+    pub fn sealed(body: Vec<u8>, seal: Option<Seal>) -> Option<SignedReceipt> {
+        match seal {
+            Some(Seal::Signature { key, signature }) if body.len() <= MAX_RECEIPT_BYTES => {
+                Some(SignedReceipt { body, key, signature })
+            }
+            _ => None,
+        }
+    }
+
+    /// The seal that carries the signature in AMQP headers beside the body.
+    pub fn seal(&self) -> Seal {
+        Seal::Signature { key: self.key, signature: self.signature }
+    }
+
     /// One line: [`RECEIPT_TEXT_PREFIX`], the body in base64, the key id, the signature in
     /// base64, separated by spaces.
     pub fn to_text(&self) -> String {
@@ -268,6 +285,9 @@ pub(crate) mod tests {
         let signed = receipt("web-01", 1, None).sign(&key(1));
         let read = SignedReceipt::from_text(&signed.to_text()).unwrap();
         assert_eq!(read, signed);
+        assert_eq!(SignedReceipt::sealed(signed.body.clone(), Some(signed.seal())), Some(signed.clone()));
+        assert_eq!(SignedReceipt::sealed(signed.body.clone(), None), None, "unsigned");
+        assert_eq!(SignedReceipt::sealed(vec![0; MAX_RECEIPT_BYTES + 1], Some(signed.seal())), None, "too large");
         assert_eq!(read.receipt().unwrap(), receipt("web-01", 1, None));
         assert!(read.verified_by(key(1).public()));
         assert!(!read.verified_by(key(2).public()), "another key");

@@ -13,7 +13,6 @@ use contracts::receipt::verify::believe;
 use contracts::receipt::SignedReceipt;
 use contracts::trust::amqp::seal_of;
 use contracts::trust::files::KnownAgents;
-use contracts::trust::seal::Seal;
 use contracts::wire::ticket::Ticket;
 use contracts::wire::topology::{RECEIPTS_STREAM, RECEIPT_TYPE};
 use deadpool_redis::redis::{self, AsyncCommands};
@@ -186,13 +185,11 @@ async fn follow_once(
             offset = Some(at);
         }
         let kind = delivery.properties.kind().as_ref().map(ShortString::as_str);
-        if let (Some(RECEIPT_TYPE), Ok(Some(Seal::Signature { key, signature }))) =
-            (kind, seal_of(&delivery.properties))
-        {
+        let seal = seal_of(&delivery.properties).ok().flatten();
+        if let (Some(RECEIPT_TYPE), Some(signed)) = (kind, SignedReceipt::sealed(delivery.data, seal)) {
             if known_at.elapsed() > KNOWN_EVERY {
                 (known, known_at) = (trust.known_agents(), Instant::now());
             }
-            let signed = SignedReceipt { body: delivery.data, key, signature };
             // Only receipts that verify are kept: a forged one must not take a ticket's place.
             if let Ok(receipt) = believe(&signed, &known) {
                 if let Ok(ticket) = Ticket::parse(&receipt.ticket) {
