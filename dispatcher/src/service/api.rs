@@ -441,7 +441,7 @@ pub(super) async fn ticket(
         .collect();
     let mut view = TicketView::from_record(&record);
     view.output = Some(output);
-    view.receipt = receipt_of(&state, &record).await?;
+    view.receipt = receipt_of(&state, &record);
     Ok(Json(view))
 }
 

@@ -115,6 +115,8 @@ pub struct TicketRecord {
     pub cancel_requested: bool,
     pub finished: Option<Finished>,
     pub finished_ms: Option<u64>,
+    /// The run's receipt as its agent signed it, once the service kept it ([`super::receipts`]).
+    pub receipt: Option<String>,
 }
 
 /// What [`Journal::submit`] found.
@@ -641,6 +643,7 @@ fn record_from(mut fields: HashMap<String, String>) -> JournalResult<Option<Tick
         retries: number(&fields, "retries").unwrap_or(0),
         cancel_requested: fields.get("cancel_requested").map(String::as_str) == Some("1"),
         finished_ms: number(&fields, "finished_ms"),
+        receipt: fields.remove("receipt"),
         finished,
         submission,
     }))

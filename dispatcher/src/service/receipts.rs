@@ -6,7 +6,7 @@
 //! ([`ReceiptView`]) is checked again as it is read: whoever can write to the journal cannot
 //! make a ticket look verified.
 
-use super::journal::{Journal, JournalResult, TicketRecord};
+use super::journal::{Journal, TicketRecord};
 use crate::rpc::{self, RpcConfig};
 use contracts::backoff::Backoff;
 use contracts::receipt::verify::believe;
@@ -24,8 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
-/// The ticket hash's field holding its receipt, and the journal key of the stream's offset.
-const RECEIPT_FIELD: &str = "receipt";
+/// The journal key of the stream's offset (a ticket's receipt is its hash's field `receipt`).
 const OFFSET_KEY: &str = "receipts-offset";
 /// How far back a service that never read the stream starts.
 const FIRST_LOOKBACK: Duration = Duration::from_secs(60);
@@ -62,8 +61,9 @@ pub(crate) struct ReceiptView {
 }
 
 impl ReceiptView {
-    /// What `record`'s receipt (kept as `text`) says, checked against `known`.
-    pub(crate) fn of(text: &str, record: &TicketRecord, known: &KnownAgents) -> Option<ReceiptView> {
+    /// What `record`'s receipt says, checked against `known`; none before it came.
+    pub(crate) fn of(record: &TicketRecord, known: &KnownAgents) -> Option<ReceiptView> {
+        let text = record.receipt.as_deref()?;
         let signed = SignedReceipt::from_text(text).ok()?;
         let receipt = signed.receipt().ok()?;
         let submission = &record.submission;
@@ -95,17 +95,6 @@ fn made_by_target(receipt: &contracts::receipt::Receipt, route: &str, target: &s
         "pool" => receipt.pool.as_deref() == Some(target),
         _ => receipt.agent_id == target,
     }
-}
-
-/// `record`'s receipt as the journal keeps it, checked against `known`; none before it came.
-pub(crate) async fn view(
-    journal: &Journal,
-    record: &TicketRecord,
-    known: &KnownAgents,
-) -> JournalResult<Option<ReceiptView>> {
-    let mut con = journal.connection().await?;
-    let text: Option<String> = con.hget(journal.ticket_key(&record.submission.ticket), RECEIPT_FIELD).await?;
-    Ok(text.and_then(|text| ReceiptView::of(&text, record, known)))
 }
 
 /// Why following the stream stopped (it is started again).

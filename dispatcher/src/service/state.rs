@@ -89,10 +89,7 @@ pub(super) async fn record_of(state: &ApiState, ticket: &Ticket) -> Result<Ticke
 }
 
 /// A ticket's receipt as the journal keeps it, checked against the known agents as they are now.
-pub(super) async fn receipt_of(
-    state: &ApiState,
-    record: &TicketRecord,
-) -> Result<Option<super::receipts::ReceiptView>, ApiError> {
-    let Some(trust) = state.followers.orchestrator.rpc().config().trust.clone() else { return Ok(None) };
-    Ok(super::receipts::view(&state.followers.journal, record, &trust.known_agents()).await?)
+pub(super) fn receipt_of(state: &ApiState, record: &TicketRecord) -> Option<super::receipts::ReceiptView> {
+    let trust = state.followers.orchestrator.rpc().config().trust.clone()?;
+    super::receipts::ReceiptView::of(record, &trust.known_agents())
 }

@@ -348,7 +348,7 @@ async fn ticket_page(State(state): Shared, Path(raw): Path<String>) -> Response 
         let ticket = parse_ticket(&raw)?;
         let record = record_of(&state, &ticket).await?;
         let events = state.followers.journal.all_events(&ticket).await?;
-        let receipt = receipt_of(&state, &record).await?;
+        let receipt = receipt_of(&state, &record);
         Ok::<_, ApiError>((record, events, receipt))
     };
     match shown.await {
