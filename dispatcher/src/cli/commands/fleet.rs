@@ -8,7 +8,7 @@ use crate::event::{IgnoredAnnouncements, JsonEvent};
 use crate::inventory::{self, Ignored, Inventory};
 use crate::route::Route;
 use crate::rpc::RpcConfig;
-use crate::trust::{legacy_warning, DispatcherTrust, TrustFiles};
+use crate::trust::{legacy_warning, DispatcherTrust};
 use contracts::submission::outcome::exit;
 use contracts::trust::files::KnownAgents;
 use contracts::wire::labels::Selector;
@@ -109,13 +109,9 @@ pub(crate) async fn run(
     known_agents: Option<PathBuf>,
     args: AgentsArgs,
 ) -> ExitCode {
-    let file = match TrustFiles::resolve(key, known_agents) {
-        Ok(files) => files.known_agents,
-        Err(error) => return usage_error(error),
-    };
-    let known = match crate::trust::read_known(&file) {
-        Ok(known) => known,
-        Err(error) => return usage_error(format!("known agents: {error}")),
+    let (known, file) = match super::known_agents(key, known_agents) {
+        Ok(read) => read,
+        Err(code) => return code,
     };
     agents(rpc, &Pins { known: &known, file: &file }, args).await
 }

@@ -17,3 +17,15 @@ pub(super) mod serve;
 pub(super) mod status;
 pub(super) mod submit;
 pub(super) mod transfer;
+
+/// The known agents (`--known-agents`, else the default file) and that file, for the commands
+/// that only check agents' signatures (no dispatcher key needed); either unreadable is bad usage.
+fn known_agents(
+    key: Option<std::path::PathBuf>,
+    known_agents: Option<std::path::PathBuf>,
+) -> Result<(contracts::trust::files::KnownAgents, std::path::PathBuf), std::process::ExitCode> {
+    use crate::cli::output::printer::usage_error;
+    let file = crate::trust::TrustFiles::resolve(key, known_agents).map_err(usage_error)?.known_agents;
+    let known = crate::trust::read_known(&file).map_err(|error| usage_error(format!("known agents: {error}")))?;
+    Ok((known, file))
+}

@@ -7,22 +7,14 @@ use crate::cli::output::printer::usage_error;
 use crate::cli::output::terminal;
 use crate::receipts::{self, Whose};
 use crate::rpc::RpcConfig;
-use crate::trust::TrustFiles;
 use contracts::receipt::verify::{verify as check, Finding, Report};
 use contracts::receipt::{Receipt, SignedReceipt};
 use contracts::submission::outcome::exit;
-use contracts::trust::files::KnownAgents;
 use contracts::wire::topology::validate_name;
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// The known agents, from `--known-agents` or the default file.
-fn known_agents(key: Option<PathBuf>, known_agents: Option<PathBuf>) -> Result<KnownAgents, ExitCode> {
-    let file = TrustFiles::resolve(key, known_agents).map_err(usage_error)?.known_agents;
-    crate::trust::read_known(&file).map_err(|error| usage_error(format!("known agents: {error}")))
-}
 
 /// `dispatcher receipts`: `--target`'s or `--pool`'s receipts from `--since` ago, each checked.
 pub(crate) async fn list(
@@ -31,8 +23,8 @@ pub(crate) async fn list(
     known_agents_file: Option<PathBuf>,
     args: ReceiptsArgs,
 ) -> ExitCode {
-    let known = match known_agents(key, known_agents_file) {
-        Ok(known) => known,
+    let known = match super::known_agents(key, known_agents_file) {
+        Ok((known, _)) => known,
         Err(code) => return code,
     };
     let whose = match (args.target, args.pool) {
@@ -81,8 +73,8 @@ pub(crate) async fn list(
 
 /// `dispatcher verify FILE|-`: saved receipts checked offline.
 pub(crate) fn verify(key: Option<PathBuf>, known_agents_file: Option<PathBuf>, args: VerifyArgs) -> ExitCode {
-    let known = match known_agents(key, known_agents_file) {
-        Ok(known) => known,
+    let known = match super::known_agents(key, known_agents_file) {
+        Ok((known, _)) => known,
         Err(code) => return code,
     };
     let mut text = String::new();
