@@ -377,3 +377,35 @@ async fn the_service_keeps_each_tickets_receipt_and_shows_it_verified_only_while
     remove_journal(&prefix).await;
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_arguments_and_hostile_files_are_refused_with_the_reason() {
+    let dir = std::env::temp_dir().join(unique("receipts-hostile"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A 2 MiB line of base64, a line of JSON that is not an object, and a binary blob.
+    let huge = dir.join("huge.jsonl");
+    std::fs::write(&huge, format!("cuttle-receipt-v1 {} 0011223344556677 AA==\n[1,2]\n", "A".repeat(2 << 20))).unwrap();
+    let binary = dir.join("binary");
+    std::fs::write(&binary, [0xff, 0xfe, 0x00, 0x01]).unwrap();
+    let missing = dir.join("missing.jsonl");
+    let cases: [(&[&str], i32, &str); 9] = [
+        (&["verify", missing.to_str().unwrap()], 2, "cannot read"),
+        (&["verify", binary.to_str().unwrap()], 2, "cannot read"),
+        (&["verify", huge.to_str().unwrap()], 1, "line 1: not a receipt: the receipt is"),
+        (&["receipts", "--target", "web 01"], 2, "characters outside"),
+        (&["receipts", "--pool", "../p"], 2, "characters outside"),
+        (&["receipts"], 2, "--target"),
+        (&["receipts", "--target", "a", "--pool", "p"], 2, "cannot be used with"),
+        (&["receipts", "--target", "a", "--since", "soon"], 2, "--since"),
+        (&["setup-broker", "--receipts-max-age", "30X"], 2, "one of Y, M, D, h, m, s"),
+    ];
+    for (args, code, reason) in cases {
+        let out = run_dispatcher(args).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(reason), "{args:?}: expected {reason:?} in {stderr}");
+    }
+    let out = run_dispatcher(&["verify", huge.to_str().unwrap()]).await;
+    assert!(text(&out.stderr).contains("line 2: not a receipt"), "{}", text(&out.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
