@@ -88,6 +88,7 @@ fn config(policy: RetryPolicy) -> Config {
     Config {
         target: "a1".into(),
         shown: "agent a1".into(),
+        addressed: "a1".into(),
         capabilities_queue: "cuttle.agent.a1".into(),
         timing: Timing::default(),
         policies: policy.into(),
@@ -111,6 +112,7 @@ fn v2() -> Capabilities {
         ],
         agent_version: "x".into(),
         limits: None,
+        approvals: None,
     }
 }
 
@@ -507,7 +509,12 @@ fn a_start_whose_reply_was_lost_is_not_told_unstarted_by_later_refusals() {
 
 #[test]
 fn secrets_go_only_to_an_agent_that_masks_them() {
-    let old = Capabilities { services: vec![SERVICE_SCRIPT_V2.into()], agent_version: "x".into(), limits: None };
+    let old = Capabilities {
+        services: vec![SERVICE_SCRIPT_V2.into()],
+        agent_version: "x".into(),
+        limits: None,
+        approvals: None,
+    };
     let config = Config { known: Some(AgentKind::Current(old)), ..config(RetryPolicy::once()) };
     let spec =
         ScriptSpec { secret_env: Secrets::new([("TOKEN".to_owned(), "x".to_owned())].into()), ..ScriptSpec::default() };
@@ -523,6 +530,7 @@ fn secrets_go_only_to_an_agent_that_opens_them_sealed() {
         services: vec![SERVICE_SCRIPT_V2.into(), SERVICE_SECRET_MASKING.into()],
         agent_version: "x".into(),
         limits: None,
+        approvals: None,
     };
     let config = Config { known: Some(AgentKind::Current(masking)), ..config(RetryPolicy::once()) };
     let spec =
@@ -617,6 +625,7 @@ fn caps(services: &[&str]) -> AgentKind {
         services: services.iter().map(|s| s.to_string()).collect(),
         agent_version: "x".into(),
         limits: None,
+        approvals: None,
     })
 }
 

@@ -220,6 +220,7 @@ impl Orchestrator {
         Config {
             target: route.name().to_owned(),
             shown: route.to_string(),
+            addressed: route.target(),
             capabilities_queue: route.queue(Kind::GetCapabilities),
             timing: self.timing,
             policies,

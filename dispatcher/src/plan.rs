@@ -123,6 +123,9 @@ pub(crate) fn script_spec<E>(
         sealed_secret_env: Vec::new(),
         run_as: draft.run_as,
         limits: draft.limits,
+        purpose: None,
+        submitter: None,
+        approvals: Vec::new(),
     };
     spec.validate()?;
     spec.check_size()?;
@@ -244,13 +247,16 @@ fn digest_ticket(text: &str) -> Ticket {
 }
 
 impl Plan {
-    /// `spec` on every route, each under the policies `choice` resolves in `config`.
+    /// `spec` on every route, each under the policies `choice` resolves in `config`, signed with
+    /// the purpose the script's retries are chosen by (`--purpose`, deployment unless given), so
+    /// that the agents' approval rules select it by the same.
     pub(crate) fn new(
         routes: Vec<Route>,
-        spec: ScriptSpec,
+        mut spec: ScriptSpec,
         choice: &PolicyChoice,
         config: &PolicyConfig,
     ) -> Result<Plan, PolicyError> {
+        spec.purpose = Some(crate::policy::purpose_name(choice.purpose.unwrap_or(Purpose::Deployment)));
         let mut targets = Vec::with_capacity(routes.len());
         for route in routes {
             let (machine, policies) = choice.policies(config, &route)?;

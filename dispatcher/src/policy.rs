@@ -52,6 +52,13 @@ pub enum Purpose {
     HealthCheck,
 }
 
+/// The name of a purpose as a schedule keeps it and a command is signed with (`deployment`,
+/// `runbook`, `health-check`).
+pub(crate) fn purpose_name(purpose: Purpose) -> String {
+    use clap::ValueEnum;
+    purpose.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+}
+
 /// How requests to a machine are retried, for each purpose.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MachinePolicy {

@@ -159,6 +159,9 @@ mod tests {
             exit_code: 0,
             output_sha256: Some("cd".repeat(32)),
             lines: Some(1),
+            purpose: None,
+            submitter: None,
+            approved_by: Vec::new(),
         };
         let signed = receipt.sign(&key);
         (key, signed)

@@ -394,12 +394,6 @@ pub struct ScheduleSpec {
     pub created_ms: u64,
 }
 
-/// The name of a purpose as a schedule keeps it.
-pub fn purpose_name(purpose: Purpose) -> String {
-    use clap::ValueEnum;
-    purpose.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
-}
-
 /// Why a schedule cannot be added, or a slot of it planned: what to change. The messages are
 /// those `dispatcher schedule add` prints and `POST /v1/schedules` answers with (400).
 #[derive(Debug, thiserror::Error)]

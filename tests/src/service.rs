@@ -5,6 +5,22 @@ use crate::{dispatcher_command, eventually, redis_url, unique};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `dispatcher` on the journal under `prefix`, reading nothing from standard input.
+pub fn journal_command(prefix: &str) -> tokio::process::Command {
+    let mut command = dispatcher_command();
+    command
+        .env("CUTTLE_JOURNAL_URL", redis_url())
+        .env("CUTTLE_JOURNAL_PREFIX", prefix)
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+/// `dispatcher ARGS` on the journal under `prefix`, to its end (at most a minute).
+pub async fn journal_cli(args: &[&str], prefix: &str) -> std::process::Output {
+    let output = journal_command(prefix).args(args).output();
+    tokio::time::timeout(Duration::from_secs(60), output).await.expect("dispatcher finishes").expect("runs")
+}
+
 /// A journal key prefix of its own; its keys are removed by [`remove_journal`].
 pub fn journal_prefix(what: &str) -> String {
     format!("{}:journal:", unique(what))

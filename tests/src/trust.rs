@@ -350,7 +350,12 @@ fn forged_reply(request: &[u8]) -> Option<contracts::wire::envelope::Reply> {
     let (_, request) = Request::decode(request).ok()?;
     if let Request::GetCapabilities(_) = request {
         let services = vec![SERVICE_CAPABILITIES.into(), SERVICE_SCRIPT_V1.into(), SERVICE_SCRIPT_V2.into()];
-        return Some(Reply::Capabilities(Capabilities { services, agent_version: "impostor".into(), limits: None }));
+        return Some(Reply::Capabilities(Capabilities {
+            services,
+            agent_version: "impostor".into(),
+            limits: None,
+            approvals: None,
+        }));
     }
     let line = LogLine { seq: 1, stream: LogStream::Stdout, text: Impostor::OUTPUT.into(), at: 0 };
     Some(Reply::ScriptStatus(ScriptStatus {

@@ -161,6 +161,7 @@ async fn answer_capabilities_once(queue: String) {
         services: vec![SERVICE_CAPABILITIES.into(), SERVICE_SCRIPT_V1.into(), SERVICE_SCRIPT_V2.into()],
         agent_version: "fake".into(),
         limits: None,
+        approvals: None,
     });
     let correlation_id = delivery.properties.correlation_id().clone().expect("correlation id");
     let reply_to = delivery.properties.reply_to().clone().expect("reply-to");

@@ -330,6 +330,9 @@ async fn the_service_keeps_each_tickets_receipt_and_shows_it_verified_only_while
         exit_code: 0,
         output_sha256: None,
         lines: None,
+        purpose: None,
+        submitter: None,
+        approved_by: Vec::new(),
     }
     .sign(&other_key);
     let stream = tests::presence::PresenceStream::connect().await;

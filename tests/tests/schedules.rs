@@ -18,12 +18,7 @@ const EVERY_TWO_SECONDS: &str = "*/2 * * * * *";
 
 /// `dispatcher ARGS` on the journal under `prefix`.
 async fn cli(args: &[&str], prefix: &str) -> std::process::Output {
-    let output = dispatcher_command()
-        .args(args)
-        .env("CUTTLE_JOURNAL_URL", redis_url())
-        .env("CUTTLE_JOURNAL_PREFIX", prefix)
-        .output();
-    tokio::time::timeout(Duration::from_secs(60), output).await.expect("dispatcher finishes").expect("runs")
+    tests::service::journal_cli(args, prefix).await
 }
 
 fn stderr(output: &std::process::Output) -> String {
@@ -420,11 +415,9 @@ async fn a_schedule_changed_in_the_journal_without_the_services_key_never_runs()
     let out = run_dispatcher(&["keygen", "--out", other_key.to_str().unwrap()]).await;
     assert!(out.status.success());
     let other = unique("other-key");
-    let out = dispatcher_command()
+    let out = tests::service::journal_command(&prefix)
         .args(["schedule", "add", &other, "--cron", EVERY_TWO_SECONDS, "--target", agent.id(), "--"])
         .arg(slot_script(&tampered))
-        .env("CUTTLE_JOURNAL_URL", redis_url())
-        .env("CUTTLE_JOURNAL_PREFIX", &prefix)
         .env("CUTTLE_DISPATCHER_KEY", &other_key)
         .output()
         .await

@@ -23,12 +23,7 @@ fn output_texts(record: &Value) -> Vec<String> {
 }
 
 async fn run_cli(args: &[&str], prefix: &str) -> std::process::Output {
-    let output = dispatcher_command()
-        .args(args)
-        .env("CUTTLE_JOURNAL_URL", redis_url())
-        .env("CUTTLE_JOURNAL_PREFIX", prefix)
-        .output();
-    tokio::time::timeout(Duration::from_secs(60), output).await.expect("dispatcher finishes").expect("runs")
+    tests::service::journal_cli(args, prefix).await
 }
 
 /// A script that records its run, prints `first`, waits for the gate file, then prints `second`;

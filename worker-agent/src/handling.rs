@@ -53,7 +53,7 @@ pub(crate) async fn recover_lost_runs(agent: &Arc<Agent>) -> Result<usize, Store
         let ended = crate::receipts::Ended {
             ticket: ticket.clone(),
             command_digest: record.digest.clone(),
-            signed_by: None,
+            provenance: Default::default(),
             started_at: record.claimed_at,
             ended_at: edge::clock::now_ms(),
             exit_code: contracts::wire::exit_code::UNKNOWN_RESULT,

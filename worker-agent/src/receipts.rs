@@ -11,6 +11,7 @@
 use crate::broker_call::{call, BrokerError};
 use crate::store::AgentStore;
 use crate::trust::AgentTrust;
+use contracts::agent::flow::environment::Provenance;
 use contracts::backoff::Backoff;
 use contracts::receipt::{ChainHead, Receipt, SignedReceipt, RECEIPT_VERSION};
 use contracts::trust::amqp::with_seal;
@@ -39,7 +40,8 @@ const SWEEP: Duration = Duration::from_secs(5);
 pub(crate) struct Ended {
     pub ticket: String,
     pub command_digest: String,
-    pub signed_by: Option<KeyId>,
+    /// Where its start came from; the default for a lost run, whose start is not known.
+    pub provenance: Provenance,
     pub started_at: u64,
     pub ended_at: u64,
     pub exit_code: i32,
@@ -192,12 +194,15 @@ impl Ledger {
             previous,
             ticket: ended.ticket.clone(),
             command_digest: ended.command_digest.clone(),
-            signed_by: ended.signed_by.iter().map(KeyId::to_string).collect(),
+            signed_by: ended.provenance.signed_by.iter().map(KeyId::to_string).collect(),
             started_at: ended.started_at,
             ended_at: ended.ended_at,
             exit_code: ended.exit_code,
             output_sha256,
             lines,
+            purpose: ended.provenance.purpose.clone(),
+            submitter: ended.provenance.submitter.clone(),
+            approved_by: ended.provenance.approved_by.iter().map(KeyId::to_string).collect(),
         }
     }
 }

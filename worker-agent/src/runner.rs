@@ -67,7 +67,7 @@ pub(crate) struct Run {
     pub cgroups: Arc<crate::limits::Cgroups>,
     /// The chain the run's receipt joins, and the dispatcher key its start came under.
     pub ledger: Arc<crate::receipts::Ledger>,
-    pub signed_by: Option<contracts::trust::keys::KeyId>,
+    pub provenance: contracts::agent::flow::environment::Provenance,
 }
 
 /// Why a script stopped before its own end.
@@ -101,7 +101,7 @@ impl Run {
         let ended = crate::receipts::Ended {
             ticket: ticket.clone(),
             command_digest: self.record.digest.clone(),
-            signed_by: self.signed_by,
+            provenance: self.provenance.clone(),
             started_at,
             ended_at: edge::clock::now_ms(),
             exit_code: exit,

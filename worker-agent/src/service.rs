@@ -79,6 +79,7 @@ fn services(signs: bool, transfers: bool) -> Vec<String> {
         contracts::wire::messages::SERVICE_RUN_AS.into(),
         contracts::wire::messages::SERVICE_LIMITS.into(),
         contracts::wire::messages::SERVICE_COMPLETE_BATCH.into(),
+        contracts::wire::messages::SERVICE_APPROVALS.into(),
     ];
     if signs {
         services.push(contracts::wire::messages::SERVICE_SEALED_SECRETS.into());
@@ -115,6 +116,7 @@ impl Agent {
             tombstone_ttl: config.tombstone_ttl,
             run_as: config.run_as.clone(),
             limits: config.limits,
+            labels: config.labels.clone(),
         };
         let ledger = Ledger::new(store.clone(), trust.clone(), config.agent_id.clone(), config.pool.clone());
         Arc::new(Agent {
@@ -238,7 +240,7 @@ impl Agent {
 
     /// Runs the script of the ticket claimed as `record` in `slot`, as a task of this process.
     pub(crate) fn launch(self: &Arc<Self>, launch: Launch, slot: Option<Slot>) {
-        let Launch { keys, record, spec, signed_by } = launch;
+        let Launch { keys, record, spec, provenance } = launch;
         let ticket = keys.ticket.clone();
         let Some(workspace) = workspace::workspace_path(&self.config.work_dir, &ticket) else {
             // Decoding refuses such tickets: this is the last guard before the file system. The
@@ -278,7 +280,7 @@ impl Agent {
             memory_by_rlimit: self.settings.limits.in_force().memory == Enforcement::Rlimit,
             cgroups: self.config.cgroups.clone(),
             ledger: self.ledger.clone(),
-            signed_by,
+            provenance,
         };
         let agent = self.clone();
         let counted = self.metrics.common.scripts.start();

@@ -7,6 +7,7 @@
 
 use crate::entropy::Entropy;
 use crate::receipt::{Receipt, SignedReceipt};
+use crate::trust::approval::{check_approvals, Unapproved};
 use crate::trust::files::TrustedKeys;
 use crate::trust::keys::{KeyId, SecretKey};
 use crate::trust::seal::SessionId;
@@ -15,10 +16,12 @@ use crate::trust::sealed;
 use crate::trust::session::Session;
 use crate::trust::sessions::{offered, Declined, SessionTable};
 use crate::trust::verify::{check_command_header, check_command_seal, Identity, Origin, Refusal};
+use crate::wire::approvals::RequiredApprovals;
 use crate::wire::envelope::Envelope;
 use crate::wire::envelope::KeyShare;
 use crate::wire::error::{ErrorKind, ErrorReply};
-use crate::wire::messages::StartScriptV2;
+use crate::wire::labels::Selectable;
+use crate::wire::messages::{ScriptSpec, StartScriptV2};
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -162,6 +165,25 @@ impl AgentKeys {
     /// Seals a presence announcement; `None` for a legacy agent (which does not announce).
     pub fn seal_announcement(&self, body: &[u8]) -> Option<Seal> {
         self.key.as_ref().map(|key| key.seal_announcement(body))
+    }
+
+    /// The approval rules of the trusted-keys file in force on agent `me`, as its capabilities
+    /// reply reports them.
+    pub fn approvals_in_force(&self, me: Selectable<'_>) -> Vec<RequiredApprovals> {
+        self.trusted.read().expect("trusted keys poisoned").approvers().in_force(me)
+    }
+
+    /// Whether `spec`, addressed to `target`, has the approvals the rules in force require
+    /// ([`check_approvals`]); the keys whose approvals counted.
+    pub fn check_approvals(
+        &self,
+        spec: &ScriptSpec,
+        target: &str,
+        me: Selectable<'_>,
+        now_ms: u64,
+    ) -> Result<Vec<KeyId>, Unapproved> {
+        let trusted = self.trusted.read().expect("trusted keys poisoned").clone();
+        check_approvals(trusted.approvers(), spec, target, me, now_ms)
     }
 
     /// Signs a run's receipt; `None` for a legacy agent, which has no key (and makes none).

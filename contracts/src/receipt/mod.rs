@@ -17,6 +17,7 @@ pub mod verify;
 
 use crate::trust::keys::{KeyId, PublicKey, SecretKey};
 use crate::trust::seal::Seal;
+use crate::wire::approvals::{check_name, check_submitter, MAX_APPROVALS};
 use crate::wire::envelope::check_shape;
 use crate::wire::error::{CodecError, Invalid, Malformed};
 use crate::wire::status::{LogLine, LogStream};
@@ -68,6 +69,15 @@ pub struct Receipt {
     pub output_sha256: Option<String>,
     #[serde(default)]
     pub lines: Option<u64>,
+    /// The purpose and submitter the start was signed with (agents that list the approvals
+    /// service); none for a run found lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitter: Option<String>,
+    /// The ids of the keys whose approvals of the command counted (`crate::trust::approval`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<String>,
 }
 
 impl Receipt {
@@ -91,8 +101,13 @@ impl Receipt {
             && receipt.previous.as_deref().is_none_or(hex_digest)
             && receipt.output_sha256.as_deref().is_none_or(hex_digest);
         let ticket_ok = crate::wire::ticket::Ticket::parse(&receipt.ticket).is_ok();
-        let signers_ok = receipt.signed_by.len() <= 8 && receipt.signed_by.iter().all(|id| KeyId::parse(id).is_some());
-        if !digests_ok || !ticket_ok || !signers_ok || receipt.sequence == 0 {
+        let keys_ok =
+            |ids: &[String], most: usize| ids.len() <= most && ids.iter().all(|id| KeyId::parse(id).is_some());
+        let signers_ok = keys_ok(&receipt.signed_by, 8) && keys_ok(&receipt.approved_by, MAX_APPROVALS);
+        // Shown on terminals and pages: names, on one line.
+        let names_ok = receipt.purpose.as_deref().is_none_or(|p| check_name("purpose", p).is_ok())
+            && receipt.submitter.as_deref().is_none_or(|s| check_submitter(s).is_ok());
+        if !digests_ok || !ticket_ok || !signers_ok || !names_ok || receipt.sequence == 0 {
             return Err(Invalid::Oversized.into());
         }
         Ok(receipt)
@@ -277,6 +292,9 @@ pub(crate) mod tests {
             exit_code: 0,
             output_sha256: Some("cd".repeat(32)),
             lines: Some(2),
+            purpose: Some("deployment".into()),
+            submitter: Some("cli:ada".into()),
+            approved_by: vec![key(8).id().to_string()],
         }
     }
 
@@ -315,6 +333,9 @@ pub(crate) mod tests {
             Receipt { previous: Some("00".into()), ..good.clone() },
             Receipt { ticket: "t\u{1b}[2J".into(), ..good.clone() },
             Receipt { signed_by: vec!["not a key id".into()], ..good.clone() },
+            Receipt { approved_by: vec!["not a key id".into()], ..good.clone() },
+            Receipt { submitter: Some("ada\u{1b}[2J".into()), ..good.clone() },
+            Receipt { purpose: Some("deploy ment".into()), ..good.clone() },
         ] {
             assert!(Receipt::decode(&bad.encode()).is_err(), "{bad:?}");
         }

@@ -4,11 +4,13 @@
 use super::error::{CallError, Unexpected};
 use super::retry::{GaveUp, RetryPolicy, Timing};
 use crate::time::short;
+use crate::trust::approval::{check_approvals, Approvers, Unapproved};
 use crate::wire::envelope::Reply;
 use crate::wire::error::ErrorKind;
+use crate::wire::labels::{Labels, Selectable};
 use crate::wire::messages::{
-    Capabilities, SERVICE_COMPLETE_BATCH, SERVICE_LIMITS, SERVICE_RUN_AS, SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2,
-    SERVICE_SEALED_SECRETS, SERVICE_SECRET_MASKING,
+    Capabilities, ScriptSpec, SERVICE_APPROVALS, SERVICE_COMPLETE_BATCH, SERVICE_LIMITS, SERVICE_RUN_AS,
+    SERVICE_SCRIPT_V1, SERVICE_SCRIPT_V2, SERVICE_SEALED_SECRETS, SERVICE_SECRET_MASKING,
 };
 
 /// The script service to drive an agent with.
@@ -75,10 +77,54 @@ impl AgentKind {
         matches!(self, AgentKind::Current(caps) if caps.supports(SERVICE_LIMITS))
     }
 
+    /// The start `spec` for `target` as this agent takes it, or why it is not sent. An agent that
+    /// enforces approvals ([`SERVICE_APPROVALS`]) gets its purpose, submitter and approvals, and
+    /// the command must already have the approvals its reported rules require
+    /// ([`check_approvals`], as the agent will check them at `now_ms`): sent without, it would
+    /// only be refused. Any other agent has no rules: it gets the command without the three (it
+    /// would ignore them), unless approvals were collected for it, which it could not enforce.
+    pub fn fit_approvals(&self, spec: &mut ScriptSpec, target: &str, now_ms: u64) -> Result<(), NotSent> {
+        let rules = match self {
+            AgentKind::Current(caps) if caps.supports(SERVICE_APPROVALS) => caps.approvals.as_deref().unwrap_or(&[]),
+            _ if !spec.approvals.is_empty() => return Err(NotSent::CannotEnforce),
+            _ => {
+                (spec.purpose, spec.submitter) = (None, None);
+                return Ok(());
+            }
+        };
+        let approvers = Approvers::reported(rules).ok_or(NotSent::BadReport)?;
+        let anyone = Labels::new();
+        let me = Selectable { id: target, pool: None, labels: &anyone };
+        check_approvals(&approvers, spec, target, me, now_ms).map(drop).map_err(NotSent::Unapproved)
+    }
+
     /// Whether the agent completes every ticket a complete lists: an agent that does not would
     /// complete the first alone.
     pub fn completes_in_batches(&self) -> bool {
         matches!(self, AgentKind::Current(caps) if caps.supports(SERVICE_COMPLETE_BATCH))
+    }
+}
+
+/// Why a start is not sent to an agent ([`AgentKind::fit_approvals`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotSent {
+    #[error("it requires approvals: {0}")]
+    Unapproved(Unapproved),
+    #[error("it is too old to enforce approvals (it does not list {SERVICE_APPROVALS}) and would run the command unchecked: upgrade it")]
+    CannotEnforce,
+    #[error("its capabilities report approval rules no agent makes")]
+    BadReport,
+}
+
+impl NotSent {
+    /// What the user can do about it, after the message.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            NotSent::Unapproved(_) => {
+                ": record it with `dispatcher submit --detach` and have it approved with `dispatcher approve TICKET`"
+            }
+            _ => "",
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! dispatcher's `--known-agents` ([`KnownAgents`]), parsed from their text (read by
 //! `edge::keys`).
 
+use super::approval::{Approvers, Rule, RuleError};
 use super::keys::{KeyId, PublicKey, PublicKeyError};
+use crate::wire::approvals::check_name;
 use crate::wire::topology::{validate_name, NameError};
 use std::collections::BTreeMap;
 
@@ -19,6 +21,16 @@ pub enum LineError {
     KeysAndLegacy(String),
     #[error("a pool cannot be legacy: script v1 agents do not serve pools")]
     LegacyPool,
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error(transparent)]
+    ApproverName(#[from] crate::wire::approvals::NameError),
+    #[error("the name {0} is given to two keys")]
+    NameTwice(String),
+    #[error("key {0} is given two names")]
+    KeyNamedTwice(KeyId),
+    #[error("the rule names {0}, which no key line is named (`ed25519:<key> name={0}`)")]
+    UnknownName(String),
 }
 
 /// A public key file line: the key and what follows it (a comment, or an agent name).
@@ -29,26 +41,52 @@ fn parse_lines(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
     })
 }
 
-/// The dispatcher keys an agent trusts (`--trusted-keys`): one `ed25519:<base64> [comment]` per
-/// line, `#` comments and blank lines ignored. Several keys allow rotation; removing a line (and
-/// reloading, SIGHUP) revokes the key.
+/// The dispatcher keys an agent trusts (`--trusted-keys`): one `ed25519:<base64> [name=<name>]
+/// [comment]` per line, `#` comments and blank lines ignored. Several keys allow rotation;
+/// removing a line (and reloading, SIGHUP) revokes the key. A key may be named (a second word
+/// `name=<name>`; any other second word begins a comment, as it always has), and `require <N> of
+/// <name>... [for purpose=<P>] [on <selector>]` lines require approvals by named keys for the
+/// commands they select (`crate::trust::approval`).
 #[derive(Clone, Debug, Default)]
 pub struct TrustedKeys {
     keys: BTreeMap<KeyId, PublicKey>,
+    approvers: Approvers,
 }
 
 impl TrustedKeys {
     pub fn parse(text: &str) -> Result<TrustedKeys, (usize, LineError)> {
         let mut keys = BTreeMap::new();
+        let mut approvers = Approvers::default();
+        let mut rules = Vec::new();
         for (line, words) in parse_lines(text) {
-            let key = PublicKey::parse(words[0]).map_err(|reason| (line, reason.into()))?;
+            let at = |reason: LineError| (line, reason);
+            if words[0] == "require" {
+                rules.push((line, Rule::parse(&words).map_err(|e| at(e.into()))?));
+                continue;
+            }
+            let key = PublicKey::parse(words[0]).map_err(|reason| at(reason.into()))?;
+            if let Some(name) = words.get(1).and_then(|w| w.strip_prefix("name=")) {
+                check_name("key name", name).map_err(|e| at(e.into()))?;
+                if approvers.named.values().any(|k| k.id() == key.id()) {
+                    return Err(at(LineError::KeyNamedTwice(key.id())));
+                }
+                if approvers.named.insert(name.to_owned(), key).is_some() {
+                    return Err(at(LineError::NameTwice(name.to_owned())));
+                }
+            }
             keys.insert(key.id(), key);
         }
-        Ok(TrustedKeys { keys })
+        for (line, rule) in rules {
+            if let Some(unknown) = rule.names.iter().find(|name| !approvers.named.contains_key(*name)) {
+                return Err((line, LineError::UnknownName(unknown.clone())));
+            }
+            approvers.rules.push(rule);
+        }
+        Ok(TrustedKeys { keys, approvers })
     }
 
     pub fn of(keys: impl IntoIterator<Item = PublicKey>) -> TrustedKeys {
-        TrustedKeys { keys: keys.into_iter().map(|k| (k.id(), k)).collect() }
+        TrustedKeys { keys: keys.into_iter().map(|k| (k.id(), k)).collect(), approvers: Approvers::default() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -65,6 +103,11 @@ impl TrustedKeys {
 
     pub(crate) fn get(&self, id: KeyId) -> Option<&PublicKey> {
         self.keys.get(&id)
+    }
+
+    /// The named keys and the approval rules.
+    pub fn approvers(&self) -> &Approvers {
+        &self.approvers
     }
 }
 
@@ -146,6 +189,40 @@ mod tests {
         assert_eq!(trusted.len(), 2);
         assert!(trusted.get(a.id()).is_some() && trusted.get(b.id()).is_some());
         assert_eq!(TrustedKeys::parse("# x\nnot-a-key\n").unwrap_err().0, 2);
+        assert!(trusted.approvers().in_force(anyone()).is_empty(), "comments name nothing");
+    }
+
+    fn anyone() -> crate::wire::labels::Selectable<'static> {
+        static NONE: crate::wire::labels::Labels = crate::wire::labels::Labels::new();
+        crate::wire::labels::Selectable { id: "web-01", pool: None, labels: &NONE }
+    }
+
+    #[test]
+    fn trusted_keys_files_name_keys_and_require_approvals_by_them() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let text = format!(
+            "require 2 of release-manager oncall for purpose=deployment\n{} name=release-manager laptop\n{} name=oncall\n{} ci\n",
+            a.public(),
+            b.public(),
+            c.public()
+        );
+        let trusted = TrustedKeys::parse(&text).unwrap();
+        assert_eq!(trusted.len(), 3, "named keys are trusted keys");
+        let rules = trusted.approvers().in_force(anyone());
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].rule, "require 2 of release-manager oncall for purpose=deployment");
+        assert_eq!(rules[0].approvers[1].key, b.public().to_string());
+        let refused = |text: String| TrustedKeys::parse(&text).unwrap_err();
+        let (line, why) = refused(format!("{} name=ops\nrequire 1 of ops security\n", a.public()));
+        assert_eq!((line, why.to_string().contains("security")), (2, true), "{why}");
+        let (line, why) = refused(format!("{} name=ops\n{} name=ops\n", a.public(), b.public()));
+        assert_eq!((line, why.to_string()), (2, "the name ops is given to two keys".into()));
+        assert!(matches!(
+            refused(format!("{} name=a\n{} name=b\n", a.public(), a.public())).1,
+            LineError::KeyNamedTwice(_)
+        ));
+        assert!(matches!(refused(format!("{} name=a/b\n", a.public())).1, LineError::ApproverName(_)));
+        assert!(matches!(refused(format!("{} name=a\nrequire 2 of a\n", a.public())).1, LineError::Rule(_)));
     }
 
     #[test]

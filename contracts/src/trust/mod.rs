@@ -6,6 +6,7 @@
 //! - [`seal`]: what vouches for a message (a signature, or a session's MAC) and the AMQP headers
 //!   that carry it, and what each seal covers;
 //! - [`session`]: a key agreed under both signatures once, then a MAC per message;
+//! - [`approval`]: approvals of a command by named keys, and the rules that require them;
 //! - [`files`]: the trusted-keys and known-agents file formats;
 //! - [`verify`]: the agent's checks of commands, the dispatcher's of answers and announcements;
 //! - [`sessions`]: the sessions each side keeps (the agent's table, the dispatcher's cache);
@@ -14,6 +15,7 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+pub mod approval;
 pub mod files;
 pub mod keys;
 pub mod seal;

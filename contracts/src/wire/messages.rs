@@ -1,6 +1,7 @@
 //! Request and reply bodies. Every field added after the first version is `Option` or
 //! `#[serde(default)]`; no field is ever renamed or reused. Durations are milliseconds.
 
+use crate::wire::approvals::{check_name, check_submitter, Approval, NameError, RequiredApprovals};
 use crate::wire::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -30,6 +31,11 @@ pub const SERVICE_LIMITS: &str = "limits/v1";
 /// ([`CompleteScriptV2::more`]): a dispatcher sends them the completes of many scripts in one
 /// message, which spares the broker a durable message per script.
 pub const SERVICE_COMPLETE_BATCH: &str = "complete-batch/v1";
+/// Capability of agents that read a start's purpose, submitter and approvals
+/// ([`ScriptSpec::purpose`]) and refuse a command their approval rules do not let run; their
+/// capabilities reply reports the rules ([`Capabilities::approvals`]). An agent without it would
+/// ignore all three, its rules with them: a dispatcher sends them to no other.
+pub const SERVICE_APPROVALS: &str = "approvals/v1";
 
 /// What a secret value is replaced with in a script's output.
 pub const SECRET_MASK: &str = "********";
@@ -242,6 +248,8 @@ pub enum SpecError {
     RunAs(#[from] BadUserName),
     #[error("the {0} limit must be more than 0")]
     ZeroLimit(&'static str),
+    #[error(transparent)]
+    Name(#[from] NameError),
 }
 
 /// The most keys one start's secrets are sealed to (a pool pinned under keys being rotated).
@@ -307,6 +315,18 @@ pub struct ScriptSpec {
     /// [`SERVICE_LIMITS`]; part of the digest.
     #[serde(default, skip_serializing_if = "ScriptLimits::is_empty")]
     pub limits: ScriptLimits,
+    /// What the command is for (`deployment`, `runbook`): the agent's approval rules select
+    /// commands by it. Sent only to agents that list [`SERVICE_APPROVALS`]; part of the digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// Who asked for the command, as the dispatcher knows them; in the run's receipt. Sent only
+    /// to agents that list [`SERVICE_APPROVALS`]; part of the digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitter: Option<String>,
+    /// Approvals of the command by keys the agent's rules name (`crate::trust::approval`). Sent
+    /// only to agents that list [`SERVICE_APPROVALS`]; not part of the digest, which they sign.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Approval>,
 }
 
 /// Bounds on one script's resources; `None` leaves one to the agent's cap, if it has one.
@@ -401,7 +421,12 @@ impl ScriptSpec {
     /// the secrets: a digest kept in a store must not let anyone test guesses of a secret.
     pub fn digest(&self) -> String {
         use sha2::Digest;
-        let public = ScriptSpec { secret_env: Secrets::default(), sealed_secret_env: Vec::new(), ..self.clone() };
+        let public = ScriptSpec {
+            secret_env: Secrets::default(),
+            sealed_secret_env: Vec::new(),
+            approvals: Vec::new(),
+            ..self.clone()
+        };
         let bytes = rmp_serde::to_vec_named(&public).expect("a script spec always encodes");
         hex::encode(sha2::Sha256::digest(bytes))
     }
@@ -434,6 +459,12 @@ impl ScriptSpec {
             check_user_name(user)?;
         }
         self.limits.validate()?;
+        if let Some(purpose) = &self.purpose {
+            check_name("purpose", purpose)?;
+        }
+        if let Some(submitter) = &self.submitter {
+            check_submitter(submitter)?;
+        }
         if let Some(name) = self.secret_env.names().find(|name| self.env.contains_key(*name)) {
             return Err(SpecError::SecretAndVariable(name.to_owned()));
         }
@@ -481,9 +512,14 @@ pub struct GetCapabilities {}
 pub struct Capabilities {
     pub services: Vec<String>,
     pub agent_version: String,
-    /// The limits the agent enforces, and how (agents that list [`SERVICE_LIMITS`]).
+    /// The limits the agent enforces, and how (agents that list [`SERVICE_LIMITS`]). Boxed: every
+    /// reply is as large as its largest kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limits: Option<LimitsInForce>,
+    pub limits: Option<Box<LimitsInForce>>,
+    /// The approval rules in force on the agent (agents that list [`SERVICE_APPROVALS`]): those
+    /// of its trusted-keys file that select it by its id, pool or labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<Vec<RequiredApprovals>>,
 }
 
 impl Capabilities {

@@ -5,6 +5,7 @@
 //! - [`error`]: typed error replies (transient or permanent) and codec errors;
 //! - [`exit_code`]: the negative exit codes of outcomes that are not the script's own;
 //! - [`labels`]: agent labels and the selectors that pick agents by them;
+//! - [`approvals`]: approvals of a command as they travel, and the rules agents report;
 //! - [`endpoints`]: the broker URLs of a cluster and which one to try next;
 //! - [`topology`]: exchange, queue, stream and routing names, queue arguments, broker
 //!   permissions and protocol limits;
@@ -15,6 +16,7 @@
 //!   maps, so old and new readers tolerate each other's fields) and the answer binding;
 //! - [`presence`]: agents' announcements of themselves on the presence stream.
 
+pub mod approvals;
 pub mod endpoints;
 pub mod envelope;
 pub mod error;

@@ -69,6 +69,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Bench(args) => commands::bench::run(&orchestrator, args).await,
         Command::Serve(args) => commands::serve::run(&orchestrator, &journal, args).await,
         Command::History(args) => commands::history::run(&journal, args).await,
+        Command::Approve(args) => commands::approve::run(&journal, args).await,
         Command::Schedule(command) => commands::schedule::run(&journal, rpc_config.trust.as_deref(), command).await,
         Command::Agents(args) => commands::fleet::run(&rpc_config, cli.key, cli.known_agents, args).await,
         Command::Receipts(args) => commands::receipts::list(&rpc_config, cli.key, cli.known_agents, args).await,

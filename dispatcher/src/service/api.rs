@@ -150,8 +150,15 @@ pub(crate) struct TicketView {
     pub target: String,
     /// `agent` or `pool`.
     pub route: String,
-    /// `queued`, `running` or `finished`.
+    /// `queued`, `awaiting-approval` (not sent until the approvals its target's rules require
+    /// are in: `dispatcher approve`), `running` or `finished`.
     pub state: String,
+    /// The purpose the command is signed with (`deployment`, `runbook`, `health-check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The ids of the keys that approved it so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<String>,
     /// `completed`, `cancelled`, `unknown` or `failed`, once finished.
     pub outcome: Option<String>,
     pub exit_code: Option<i32>,
@@ -184,6 +191,8 @@ impl TicketView {
             target: s.target.clone(),
             route: s.route.clone(),
             state: record.state.clone(),
+            purpose: s.spec.purpose.clone(),
+            approvals: record.approvals.iter().map(|a| a.key.clone()).collect(),
             outcome: record.finished.as_ref().map(|f| f.outcome.name().to_owned()),
             exit_code: record.finished.as_ref().and_then(|f| f.exit_code),
             error: record.finished.as_ref().and_then(|f| f.error.clone()),

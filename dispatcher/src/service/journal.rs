@@ -22,6 +22,9 @@
 //! - a ticket's hash also gets `receipt`, its run's receipt as its agent signed it, and
 //!   `receipts-offset` is where the service last read the receipts stream (see
 //!   [`super::receipts`]).
+//! - a ticket waiting for approvals has `state` `awaiting-approval`, `awaiting_ms`, one field
+//!   `approval:<key id>` per approval given, and is in the set `awaiting` (see
+//!   [`super::approvals`]).
 //! - `session:<sha256 of the id>`: a browser's login (see [`super::sessions`]): the digest of the
 //!   token it logged in with, expiring with the session. Neither the id nor the token is stored.
 //!
@@ -117,6 +120,9 @@ pub struct TicketRecord {
     pub finished_ms: Option<u64>,
     /// The run's receipt as its agent signed it, once the service kept it ([`super::receipts`]).
     pub receipt: Option<String>,
+    /// Approvals given to it, and since when it waits for them ([`super::approvals`]).
+    pub approvals: Vec<contracts::wire::approvals::Approval>,
+    pub awaiting_ms: Option<u64>,
 }
 
 /// What [`Journal::submit`] found.
@@ -176,6 +182,7 @@ if redis.call('HGET', KEYS[1], 'state') == 'finished' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'finished', 'result', ARGV[1], 'finished_ms', ARGV[2])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
 redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('SREM', KEYS[8], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 local submitted = redis.call('ZSCORE', KEYS[5], ARGV[4]) or ARGV[2]
@@ -186,6 +193,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', ARGV[6])
 return 1
 "#;
+
+/// How an approval's field in a ticket's hash begins; the key id follows ([`super::approvals`]).
+pub(super) const APPROVAL_FIELD: &str = "approval:";
 
 /// The journal in Redis.
 #[derive(Clone)]
@@ -370,6 +380,7 @@ impl Journal {
             .key(self.key("history"))
             .key(self.key(&outcome_index(outcome.outcome, None)))
             .key(self.key(&outcome_index(outcome.outcome, Some(&outcome.target))))
+            .key(self.key("awaiting"))
             .arg(serde_json::to_string(&finished).map_err(Corrupt::Json)?)
             .arg(unix_millis(SystemTime::now()))
             .arg(event.to_line())
@@ -644,6 +655,13 @@ fn record_from(mut fields: HashMap<String, String>) -> JournalResult<Option<Tick
         cancel_requested: fields.get("cancel_requested").map(String::as_str) == Some("1"),
         finished_ms: number(&fields, "finished_ms"),
         receipt: fields.remove("receipt"),
+        // One field per key; one that does not read as an approval is the agent's to refuse.
+        approvals: (fields.iter().filter(|(name, _)| name.starts_with(APPROVAL_FIELD)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_values()
+            .filter_map(|value| serde_json::from_str(value).ok())
+            .collect(),
+        awaiting_ms: number(&fields, "awaiting_ms"),
         finished,
         submission,
     }))

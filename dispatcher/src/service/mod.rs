@@ -31,6 +31,7 @@
 
 mod agents;
 pub(crate) mod api;
+pub mod approvals;
 mod files;
 pub mod journal;
 mod lease;
@@ -70,6 +71,8 @@ pub struct ServiceConfig {
     /// This replica's name in leases.
     pub replica: String,
     pub lease_ttl: Duration,
+    /// How long a ticket waits for its approvals (`--approval-wait`).
+    pub approval_wait: Duration,
     pub policies: PolicyConfig,
     /// Names the service answers to besides its listen address (`--allowed-host`).
     pub allowed_hosts: Vec<Authority>,
@@ -113,7 +116,7 @@ impl Service {
             tokio::net::TcpListener::bind(config.listen).await.map_err(|e| ServiceError::Listen(config.listen, e))?;
         tokio::spawn(receipts::follow(config.journal.clone(), orchestrator.rpc().config().clone(), shutdown.clone()));
         let leases = Leases::new(config.journal.clone(), config.replica, config.lease_ttl);
-        let followers = Followers::new(orchestrator, config.journal, leases, shutdown);
+        let followers = Followers::new(orchestrator, config.journal, leases, config.approval_wait, shutdown);
         // The bound port, which `--listen` may have left to the system (port 0).
         let bound = listener.local_addr().map_err(|e| ServiceError::Listen(config.listen, e))?;
         let site = Site::new(bound, config.allowed_hosts, config.public_url);

@@ -9,6 +9,7 @@ use super::lease::Leases;
 use super::submission::Submission;
 use crate::orchestrator::{Event, Orchestrator};
 use contracts::backoff::Backoff;
+use contracts::submission::negotiate::AgentKind;
 use contracts::submission::outcome::Outcome;
 use contracts::wire::messages::Secrets;
 use contracts::wire::ticket::Ticket;
@@ -24,6 +25,8 @@ pub(super) struct Followers {
     pub orchestrator: Orchestrator,
     pub journal: Journal,
     pub leases: Leases,
+    /// How long a ticket waits for its approvals ([`super::approvals`]).
+    pub approval_wait: Duration,
     /// Tickets this replica follows now.
     following: Mutex<HashSet<Ticket>>,
     /// The secrets of submissions this replica took, until their outcome is recorded: never
@@ -39,12 +42,14 @@ impl Followers {
         orchestrator: Orchestrator,
         journal: Journal,
         leases: Leases,
+        approval_wait: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Followers {
             orchestrator,
             journal,
             leases,
+            approval_wait,
             following: Mutex::default(),
             secrets: Mutex::default(),
             shutdown,
@@ -158,7 +163,13 @@ impl Followers {
         let sink = |event: Event| {
             let _ = events.send(event);
         };
-        self.record_agent(submission, &route, &sink).await;
+        let kind = self.record_agent(submission, &route, &sink).await;
+        if record.planned.is_none() && !self.approved(&record, &route, kind.as_ref(), &sink).await? {
+            // What was said while deciding (why it waits) is recorded before the ticket is let go.
+            drop(events);
+            let _ = writer.await;
+            return Ok(());
+        }
         let mut plan = match &record.planned {
             Some(plan) => plan.clone(),
             None => {
@@ -169,6 +180,7 @@ impl Followers {
             }
         };
         let mut spec = submission.spec.clone();
+        spec.approvals = record.approvals.clone();
         if !submission.secret_names.is_empty() {
             match self.secrets.lock().expect("secrets").get(ticket) {
                 Some(secrets) => spec.secret_env = secrets.clone(),
@@ -201,7 +213,7 @@ impl Followers {
 
     /// The outcome, recorded with retries: giving up would leave the ticket to be resumed, which
     /// only costs a repeated status request.
-    async fn record_outcome(&self, outcome: &Outcome) -> Result<(), JournalError> {
+    pub(super) async fn record_outcome(&self, outcome: &Outcome) -> Result<(), JournalError> {
         let mut attempt = 0;
         loop {
             match edge::clock::observe(
@@ -226,13 +238,14 @@ impl Followers {
         submission: &Submission,
         route: &crate::route::Route,
         sink: &(dyn Fn(Event) + Sync + Send),
-    ) {
+    ) -> Option<AgentKind> {
         let seen_ms = contracts::time::unix_millis(std::time::SystemTime::now());
         let answer = self.orchestrator.agent_kind(route, submission.policies().health, sink).await;
         let seen = AgentSeen::new(route.name(), &submission.route, &answer, seen_ms);
         if let Err(error) = self.journal.agent_seen(&seen).await {
             tracing::debug!(%error, "cannot record the agent's capabilities");
         }
+        answer.ok()
     }
 
     /// A channel for a submission's events and the task that records them in order. The sink

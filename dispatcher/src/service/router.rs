@@ -248,7 +248,7 @@ mod tests {
         let journal = Journal::open("redis://127.0.0.1:1", "offline:", Duration::from_secs(60))
             .expect("a journal that connects lazily");
         let leases = Leases::new(journal.clone(), "offline".into(), Duration::from_secs(5));
-        let followers = Followers::new(orchestrator, journal, leases, Default::default());
+        let followers = Followers::new(orchestrator, journal, leases, Duration::from_secs(60), Default::default());
         let scheduler = crate::service::scheduler::Scheduler::new(followers.clone(), PolicyConfig::default());
         let site = Site::new("127.0.0.1:7480".parse().unwrap(), Vec::new(), None);
         Arc::new(ApiState { followers, scheduler, policies: PolicyConfig::default(), tokens: None, site })

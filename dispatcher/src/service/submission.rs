@@ -39,7 +39,17 @@ pub struct Submission {
 }
 
 impl Submission {
-    pub fn new(ticket: Ticket, route: &Route, spec: ScriptSpec, policy: &str, policies: Policies, who: &str) -> Self {
+    /// `spec` on `route`, as `who` asked, signed as submitted by them (a name that cannot be one,
+    /// none: the API's token names and the CLI's users are checked where they are given).
+    pub fn new(
+        ticket: Ticket,
+        route: &Route,
+        mut spec: ScriptSpec,
+        policy: &str,
+        policies: Policies,
+        who: &str,
+    ) -> Self {
+        spec.submitter = contracts::wire::approvals::check_submitter(who).is_ok().then(|| who.to_owned());
         Submission {
             ticket,
             target: route.name().to_owned(),
@@ -50,11 +60,11 @@ impl Submission {
             script_digest: spec.digest(),
             secret_names: spec.secret_env.names().map(str::to_owned).collect(),
             spec: ScriptSpec { secret_env: Default::default(), ..spec },
+            who: who.to_owned(),
             policy: policy.to_owned(),
             script_retry_ms: policies.script.duration.as_millis() as u64,
             health_retry_ms: policies.health.duration.as_millis() as u64,
             retries_enabled: policies.script.enabled,
-            who: who.to_owned(),
             submitted_ms: unix_millis(SystemTime::now()),
             schedule: None,
         }

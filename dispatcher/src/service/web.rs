@@ -156,7 +156,8 @@ async fn index(State(state): Shared, Query(params): Query<ListParams>) -> Respon
         Err(error) => return error_page(error),
     };
     let journal = &state.followers.journal;
-    let (records, agents) = match tokio::try_join!(journal.history(&query), journal.agents()) {
+    let awaiting = journal.awaiting_records(LIST_LIMIT);
+    let (records, agents, awaiting) = match tokio::try_join!(journal.history(&query), journal.agents(), awaiting) {
         Ok(found) => found,
         Err(error) => return error_page(error.into()),
     };
@@ -167,6 +168,16 @@ async fn index(State(state): Shared, Query(params): Query<ListParams>) -> Respon
     };
     let live_query = query_string(&[("target", target.as_deref()), ("outcome", outcome.as_deref())]);
     let body = html! {
+        @if !awaiting.is_empty() {
+            h2 #approvals { "Waiting for approval" }
+            p.hint { "Sent once the approvals their target's rules require are in: " code { "dispatcher approve TICKET" } " shows one and adds yours." }
+            div.scroll {
+                table.approvals {
+                    thead { tr { th { "Ticket" } th { "Target" } th { "Purpose" } th { "Submitter" } th { "Approvals" } th.wide { "Waiting since" } } }
+                    tbody { @for record in &awaiting { (awaiting_row(record)) } }
+                }
+            }
+        }
         h1 { "Tickets" }
         form.filters method="get" action="/" {
             label { "Target " input type="text" name="target" value=[target.as_deref()] placeholder="agent or pool"; }
@@ -232,6 +243,22 @@ async fn index(State(state): Shared, Query(params): Query<ListParams>) -> Respon
         }
     };
     page("Tickets", body).into_response()
+}
+
+/// A ticket waiting for approvals, as the index lists it.
+fn awaiting_row(record: &TicketRecord) -> Markup {
+    let submission = &record.submission;
+    let ticket = submission.ticket.to_string();
+    html! {
+        tr {
+            td.ticket data-label="Ticket" { a href=(format!("/tickets/{ticket}")) { code { (ticket) } } }
+            td data-label="Target" { (submission.target) }
+            td data-label="Purpose" { (submission.spec.purpose.as_deref().unwrap_or("-")) }
+            td data-label="Submitter" { (submission.spec.submitter.as_deref().unwrap_or("-")) }
+            td data-label="Approvals" { (record.approvals.len()) }
+            td.wide data-label="Waiting since" { (record.awaiting_ms.map(when).unwrap_or_default()) }
+        }
+    }
 }
 
 /// Runs of a schedule the index shows.

@@ -92,6 +92,7 @@ pub fn settings(id: &str, pool: Option<&str>, owner: String, claim_replicas: u32
         tombstone_ttl: Duration::from_millis(TOMBSTONE_TTL_MS),
         run_as: Default::default(),
         limits: Default::default(),
+        labels: Default::default(),
     }
 }
 

@@ -227,6 +227,7 @@ pub fn submit(world: &mut World, s: usize) {
     let config = Config {
         target: sub.target.clone(),
         shown: sub.target.clone(),
+        addressed: sub.target.clone(),
         capabilities_queue: sub.target.clone(),
         timing: timing(),
         policies: RetryPolicy::new(Duration::from_millis(sub.policy_ms)).into(),

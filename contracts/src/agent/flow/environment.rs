@@ -16,6 +16,7 @@ use crate::trust::sessions::Declined;
 use crate::trust::verify::Refusal;
 use crate::wire::envelope::{InReplyTo, KeyShare, Reply, Request};
 use crate::wire::error::CodecError;
+use crate::wire::labels::{Labels, Selectable};
 use crate::wire::messages::{Kind, ScriptSpec};
 use crate::wire::ticket::Ticket;
 use std::collections::{HashMap, HashSet};
@@ -45,6 +46,15 @@ pub struct Settings {
     pub run_as: RunAsPolicy,
     /// The limits scripts run within: the agent's caps and how it enforces them.
     pub limits: LimitPolicy,
+    /// Its labels (`--label`), by which approval rules may select it.
+    pub labels: Labels,
+}
+
+impl Settings {
+    /// What selectors (of approval rules) look at in this agent.
+    pub fn selectable(&self) -> Selectable<'_> {
+        Selectable { id: &self.agent_id, pool: self.pool.as_deref(), labels: &self.labels }
+    }
 }
 
 /// What the flow remembers between requests: one per agent process, lost with it.
@@ -255,14 +265,25 @@ pub enum Note<'a> {
     },
 }
 
-/// A script to run: its ticket's keys, the record its claim wrote, the script, and the
-/// dispatcher key that vouched for its start (for the run's receipt, [`crate::receipt`]).
+/// A script to run: its ticket's keys, the record its claim wrote, the script, and where its
+/// start came from (for the run's receipt, [`crate::receipt`]).
 #[derive(Clone, Debug)]
 pub struct Launch {
     pub keys: TicketKeys,
     pub record: TicketRecord,
     pub spec: ScriptSpec,
+    pub provenance: Provenance,
+}
+
+/// Where a start came from, as its run's receipt tells: the dispatcher key that vouched for it
+/// (none when unsigned), the keys whose approvals counted ([`crate::trust::approval`]), and the
+/// purpose and submitter it was signed with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provenance {
     pub signed_by: Option<KeyId>,
+    pub approved_by: Vec<KeyId>,
+    pub purpose: Option<String>,
+    pub submitter: Option<String>,
 }
 
 /// Everything the flow does not do itself. Methods that wait are the environment's, so that the

@@ -1,7 +1,7 @@
 //! The script requests of the flow: a start (claim, confirm, launch), a status and its long
 //! poll, a cancel, a complete; and the recovery of runs an earlier process left.
 
-use super::environment::{Environment, Launch, Note, Step};
+use super::environment::{Environment, Launch, Note, Provenance, Step};
 use crate::agent::{
     cancel_answer, cancel_awaits_replication, cancelled_status, check_issued_since, check_replicated,
     check_tombstone_replicated, decide_complete, decide_start, recover_run, status_from, status_without_logs,
@@ -10,7 +10,6 @@ use crate::agent::{
 use crate::store::record::{cancel_tombstone, claim_record, TicketRecord};
 use crate::store::SKIP_LOGS;
 use crate::store::{Cancel, Claim, ClaimReplication, Release, TicketKeys, TicketStore, TicketView};
-use crate::trust::keys::KeyId;
 use crate::wire::envelope::Reply;
 use crate::wire::error::{ErrorKind, ErrorReply};
 use crate::wire::messages::ScriptSpec;
@@ -41,15 +40,15 @@ pub(super) struct Start {
     pub wait: Option<u64>,
     /// When its first copy was issued (v2 only).
     pub first_issued_at: Option<u64>,
-    /// The dispatcher key that vouched for it (none when unsigned).
-    pub signed_by: Option<KeyId>,
+    /// Where it came from, for its receipt.
+    pub provenance: Provenance,
 }
 
 /// Claims the ticket and runs the script once; any copy after the first gets the ticket's
 /// status (or a conflict, for a different script under the same ticket). `None` if the
 /// environment stopped the flow after the claim.
 pub(super) async fn start<E: Environment>(env: &mut E, start: Start) -> Option<Reply> {
-    let Start { ticket, spec, not_after, wait, first_issued_at, signed_by } = start;
+    let Start { ticket, spec, not_after, wait, first_issued_at, provenance } = start;
     let keys = env.store().keys(&ticket.store_key());
     let digest = spec.digest();
     let settings = env.settings();
@@ -109,12 +108,12 @@ pub(super) async fn start<E: Environment>(env: &mut E, start: Start) -> Option<R
     match (decision, claim) {
         (StartDecision::Run, _) => {
             env.note(Note::Starting { ticket: &ticket, replicas: None });
-            env.launch(Launch { keys, record, spec, signed_by });
+            env.launch(Launch { keys, record, spec, provenance });
         }
         (StartDecision::Confirm, Claim::Existing { record: existing, raw, .. }) => {
             // The repeat of a start whose claim the replicas had not confirmed: confirm it now,
             // and start the script only then.
-            let launch = Launch { keys, record: existing, spec, signed_by };
+            let launch = Launch { keys, record: existing, spec, provenance };
             if let Err(refused) = confirm_and_launch(env, &ticket, &raw, launch).await {
                 return Some(refused);
             }
@@ -122,7 +121,8 @@ pub(super) async fn start<E: Environment>(env: &mut E, start: Start) -> Option<R
         (StartDecision::Confirm, _) => {
             env.memory().unconfirmed().insert(keys.ticket.clone());
             let raw = record.encode();
-            if let Err(refused) = confirm_and_launch(env, &ticket, &raw, Launch { keys, record, spec, signed_by }).await
+            if let Err(refused) =
+                confirm_and_launch(env, &ticket, &raw, Launch { keys, record, spec, provenance }).await
             {
                 return Some(refused);
             }

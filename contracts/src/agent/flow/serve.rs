@@ -1,7 +1,7 @@
 //! Serving one delivery: the trust checks first (size, seal, decoding, envelope, the session
 //! offered), then the request, handed to [`super::script`] for the script service.
 
-use super::environment::{Answer, Delivery, Environment, Note, Served, Settings, Settle};
+use super::environment::{Answer, Delivery, Environment, Note, Provenance, Served, Settings, Settle};
 use super::script::{self, Start};
 use crate::agent::check_fresh;
 use crate::agent::keys::Acceptance;
@@ -11,7 +11,7 @@ use crate::trust::seal::Seal;
 use crate::trust::verify::{Identity, Origin, Refusal};
 use crate::wire::envelope::{check_size, request_digest, Envelope, InReplyTo, Reply, Request};
 use crate::wire::error::{CodecError, ErrorKind, ErrorReply};
-use crate::wire::messages::{Capabilities, Kind, ScriptSpec, SERVICE_LIMITS};
+use crate::wire::messages::{Capabilities, Kind, ScriptSpec, SERVICE_APPROVALS, SERVICE_LIMITS};
 use crate::wire::ticket::Ticket;
 
 /// Whether an agent serves a kind at all; a legacy (v1) agent knows only script v1.
@@ -117,19 +117,22 @@ async fn handle<E: Environment>(
     let reply = match request {
         Request::GetCapabilities(_) => {
             let settings = env.settings();
+            let lists = |service: &str| settings.services.iter().any(|s| s == service);
             Reply::Capabilities(Capabilities {
                 services: settings.services.clone(),
                 agent_version: settings.version.clone(),
-                limits: settings.services.iter().any(|s| s == SERVICE_LIMITS).then(|| settings.limits.in_force()),
+                limits: lists(SERVICE_LIMITS).then(|| Box::new(settings.limits.in_force())),
+                approvals: lists(SERVICE_APPROVALS).then(|| env.keys().approvals_in_force(settings.selectable())),
             })
         }
         Request::StartScriptV2(mut start) => {
             if let Err(refused) = env.keys().open_secrets(&mut start) {
                 return Some(Reply::Error(refused));
             }
-            if let Err(refused) = check_start(env.settings(), &start.spec) {
-                return Some(Reply::Error(refused));
-            }
+            let provenance = match check_start(env, &header.target, &start.spec, signed_by) {
+                Ok(provenance) => provenance,
+                Err(refused) => return Some(Reply::Error(refused)),
+            };
             let first_issued_at = start.first_issued_at.unwrap_or(header.issued_at);
             let wait = start.wait_for_output;
             let start = Start {
@@ -138,17 +141,18 @@ async fn handle<E: Environment>(
                 not_after: header.not_after,
                 wait,
                 first_issued_at: Some(first_issued_at),
-                signed_by,
+                provenance,
             };
             return script::start(env, start).await;
         }
         Request::StartScriptV1(start) => {
-            if let Err(refused) = check_start(env.settings(), &start.spec) {
-                return Some(Reply::Error(refused));
-            }
+            let provenance = match check_start(env, &header.target, &start.spec, signed_by) {
+                Ok(provenance) => provenance,
+                Err(refused) => return Some(Reply::Error(refused)),
+            };
             let ticket = env.new_ticket();
             let start =
-                Start { ticket, spec: start.spec, not_after: None, wait: None, first_issued_at: None, signed_by };
+                Start { ticket, spec: start.spec, not_after: None, wait: None, first_issued_at: None, provenance };
             return script::start(env, start).await;
         }
         Request::GetStatusV2(s) => script::status(env, &s.ticket, s.last_log_sequence, s.wait).await,
@@ -169,12 +173,30 @@ async fn handle<E: Environment>(
 }
 
 /// Refuses, before any claim, a start whose script would run as a user this agent may not run
-/// it as ([`crate::agent::run_as`]), or within limits it cannot or may not give it
-/// ([`crate::agent::limits`]): nothing runs, nothing is stored.
-fn check_start(settings: &Settings, spec: &ScriptSpec) -> Result<(), ErrorReply> {
+/// it as ([`crate::agent::run_as`]), within limits it cannot or may not give it
+/// ([`crate::agent::limits`]), or without the approvals the rules of its trusted-keys file
+/// require ([`crate::trust::approval`]): nothing runs, nothing is stored. Else where the start
+/// came from, for its receipt.
+fn check_start<E: Environment>(
+    env: &E,
+    target: &str,
+    spec: &ScriptSpec,
+    signed_by: Option<KeyId>,
+) -> Result<Provenance, ErrorReply> {
+    let settings = env.settings();
     if let Err(refusal) = settings.run_as.resolve(spec.run_as.as_deref()) {
         return Err(ErrorReply::new(ErrorKind::NotAuthorized, format!("{refusal}; nothing ran")));
     }
+    check_limits(settings, spec)?;
+    let approved_by = env
+        .keys()
+        .check_approvals(spec, target, settings.selectable(), env.now_ms())
+        .map_err(|unapproved| ErrorReply::new(ErrorKind::NotAuthorized, format!("{unapproved}; nothing ran")))?;
+    let (purpose, submitter) = (spec.purpose.clone(), spec.submitter.clone());
+    Ok(Provenance { signed_by, approved_by, purpose, submitter })
+}
+
+fn check_limits(settings: &Settings, spec: &ScriptSpec) -> Result<(), ErrorReply> {
     match settings.limits.resolve(&spec.limits) {
         Ok(_) => Ok(()),
         Err(refusal @ LimitRefusal::AboveCap { .. }) => {

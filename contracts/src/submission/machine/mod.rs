@@ -116,6 +116,8 @@ pub struct Config {
     pub target: String,
     /// The target as messages name it (`agent x`, `pool p`).
     pub shown: String,
+    /// The target as commands address it (an agent id, or `pool:<name>`): what approvals approve.
+    pub addressed: String,
     /// The queue capabilities requests go to (for the notice when nobody consumes it).
     pub capabilities_queue: String,
     pub timing: Timing,

@@ -82,7 +82,15 @@ impl<E: CallError> Submission<E> {
             Ok(None) => (Some(false), Some(false)),
             Err(_) => (None, None),
         };
-        let refused_before_sending = |spec: &ScriptSpec| {
+        let addressed = self.config.addressed.clone();
+        let wall_ms = unix_millis(now.wall);
+        let refused_before_sending = |spec: &mut ScriptSpec| {
+            if let Ok(Some(kind)) = &kind {
+                if let Err(not_sent) = kind.fit_approvals(spec, &addressed, wall_ms) {
+                    let why = format!("{} {not_sent}; nothing was sent{}", self.config.shown, not_sent.hint());
+                    return Some(E::agent(target.clone(), ErrorReply::new(ErrorKind::NotAuthorized, why)));
+                }
+            }
             let why = match &spec.run_as {
                 Some(user) if runs_as == Some(false) => Some(format!("{} is too old to run a script as another user (it does not list {SERVICE_RUN_AS}) and would run it as itself, not as {user}: upgrade it, or submit without --run-as; nothing was sent", self.config.shown)),
                 _ if !spec.limits.is_empty() && limits == Some(false) => Some(format!("{} is too old to bound a script's resources (it does not list {SERVICE_LIMITS}) and would run it unbounded: upgrade it, or submit without limits; nothing was sent", self.config.shown)),
@@ -91,14 +99,14 @@ impl<E: CallError> Submission<E> {
             Some(E::agent(target.clone(), ErrorReply::new(ErrorKind::Unsupported, why)))
         };
         match self.mode.clone() {
-            Mode::Submit { spec, ticket } => {
+            Mode::Submit { mut spec, ticket } => {
                 let protocol = match protocol {
                     Ok(protocol) => protocol,
                     Err(g) => {
                         return self.finish(Outcome::from_error(None, &target, &g.error, g.to_string(), false), now)
                     }
                 };
-                if let Some(error) = refused_before_sending(&spec) {
+                if let Some(error) = refused_before_sending(&mut spec) {
                     return self.finish(Outcome::from_error(None, &target, &error, error.to_string(), false), now);
                 }
                 self.complete = true;
@@ -124,7 +132,7 @@ impl<E: CallError> Submission<E> {
                     }
                 }
             }
-            Mode::Planned { plan, spec, last_seen } => {
+            Mode::Planned { plan, mut spec, last_seen } => {
                 let ticket = Some(plan.ticket.clone());
                 if !spec.secret_env.is_empty() {
                     if let Err(g) = &kind {
@@ -132,7 +140,7 @@ impl<E: CallError> Submission<E> {
                         return self.finish(Outcome::from_error(ticket, &target, &g.error, message, false), now);
                     }
                 }
-                if let Some(error) = refused_before_sending(&spec) {
+                if let Some(error) = refused_before_sending(&mut spec) {
                     return self.finish(Outcome::from_error(ticket, &target, &error, error.to_string(), false), now);
                 }
                 match protocol {

@@ -18,9 +18,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod approvals;
 mod broker;
 mod receipts;
 mod script;
+pub(super) use approvals::ApproveArgs;
+use approvals::APPROVE_HELP;
 pub(super) use broker::{EnrolAgentArgs, EnrolPoolArgs, SetupBrokerArgs};
 pub(super) use receipts::{ReceiptsArgs, VerifyArgs, NOT_VERIFIED};
 use receipts::{RECEIPTS_HELP, VERIFY_HELP};
@@ -125,6 +128,7 @@ impl Command {
             | Command::Schedule(ScheduleCommand::Add(_)) => true,
             Command::Schedule(_) => false,
             Command::History(_)
+            | Command::Approve(_)
             | Command::Agents(_)
             | Command::Receipts(_)
             | Command::Verify(_)
@@ -162,6 +166,10 @@ pub(super) enum Command {
     Serve(ServeArgs),
     /// List tickets from the service's journal, newest first.
     History(HistoryArgs),
+    /// Show a command waiting for approvals in the journal and approve it with your key; the
+    /// service sends it once its target's rules are met (docs/guide.md, "Approvals").
+    #[command(after_help = APPROVE_HELP)]
+    Approve(ApproveArgs),
     /// Run a script on a schedule (a cron expression in a time zone), each slot once however many
     /// service replicas run: add, list, remove, pause, resume, run-now, through the journal
     /// (--journal); `dispatcher serve` on it runs them (docs/guide.md, "Schedules").
@@ -513,6 +521,10 @@ pub(super) struct ServeArgs {
     /// takes over the tickets of one that died.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
+    /// How long a ticket waits for the approvals its target's rules require (`dispatcher
+    /// approve`); past it, it fails, never sent.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub approval_wait: Duration,
     /// This replica's name in the journal's leases [default: host name and process id]. Restarted
     /// under the same name, a replica resumes its tickets at once rather than after --lease-ttl.
     #[arg(long)]

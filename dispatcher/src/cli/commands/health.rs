@@ -21,19 +21,21 @@ fn describe_agent(agent: &str, kind: &AgentKind) -> (String, serde_json::Value) 
         AgentKind::Legacy => ("v1", vec![contracts::wire::messages::SERVICE_SCRIPT_V1.to_owned()], None),
     };
     let retries = protocol == "v2";
-    let limits = match kind {
-        AgentKind::Current(caps) => caps.limits,
-        AgentKind::Legacy => None,
+    let (limits, approvals) = match kind {
+        AgentKind::Current(caps) => (caps.limits.as_deref().copied(), caps.approvals.clone()),
+        AgentKind::Legacy => (None, None),
     };
+    let rules: Vec<&str> = approvals.iter().flatten().map(|rule| rule.rule.as_str()).collect();
     let text = format!(
-        "{agent}: protocol {protocol}{}, version {}, services {}; retries {}{}",
+        "{agent}: protocol {protocol}{}, version {}, services {}; retries {}{}{}",
         if *kind == AgentKind::Legacy { " (legacy agent)" } else { "" },
         version.as_deref().unwrap_or("unknown"),
         services.join(", "),
         if retries { "on" } else { "off (upgrade the agent to turn them on)" },
         limits.map(|limits| format!("; limits: {}", describe_limits(&limits))).unwrap_or_default(),
+        if rules.is_empty() { String::new() } else { format!("; approvals: {}", rules.join("; ")) },
     );
-    let json = json!({"agent": agent, "protocol": protocol, "services": services, "agent_version": version, "retries": retries, "limits": limits});
+    let json = json!({"agent": agent, "protocol": protocol, "services": services, "agent_version": version, "retries": retries, "limits": limits, "approvals": approvals});
     (text, json)
 }
 

@@ -1,6 +1,7 @@
 //! What each `dispatcher` command does, given its parsed arguments; each gives the process's exit
 //! code.
 
+pub(super) mod approve;
 pub(super) mod bench;
 pub(super) mod broker;
 pub(super) mod cancel;

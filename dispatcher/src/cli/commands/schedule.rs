@@ -9,7 +9,8 @@ use crate::cli::args::{
 use crate::cli::output::printer::usage_error;
 use crate::cli::output::terminal;
 use crate::plan::{Plan, Tickets};
-use crate::schedule::{purpose_name, Cadence, ScheduleError, ScheduleSpec, ScheduleTargets};
+use crate::policy::purpose_name;
+use crate::schedule::{Cadence, ScheduleError, ScheduleSpec, ScheduleTargets};
 use crate::service::journal::{Journal, JournalError};
 use crate::service::schedule_api::{view, ScheduleView};
 use crate::service::schedules::{ReplicaSeen, RunRequest, Schedules, StoredSchedule, RUNNING_WITHIN};

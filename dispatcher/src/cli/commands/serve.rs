@@ -37,6 +37,7 @@ pub(crate) async fn run(orchestrator: &Orchestrator, journal: &JournalOptions, a
         journal,
         replica,
         lease_ttl: args.lease_ttl,
+        approval_wait: args.approval_wait,
         policies,
         allowed_hosts: args.allowed_hosts,
         public_url: args.public_url,

@@ -17,6 +17,7 @@ use crate::rpc::RpcConfig;
 use contracts::submission::negotiate::ScriptProtocol;
 use contracts::submission::outcome::{Outcome, OutcomeKind};
 use contracts::submission::retry::Policies;
+use contracts::wire::approvals::check_submitter;
 use contracts::wire::messages::{Isolation, ScriptSpec, Shell, MAX_SCRIPT_SPEC_BYTES};
 use contracts::wire::ticket::Ticket;
 use std::path::PathBuf;
@@ -60,7 +61,8 @@ pub(crate) async fn run(orchestrator: &Orchestrator, rpc_config: &RpcConfig, arg
         Ok(plan) => plan,
         Err(e) => return usage_error(e),
     };
-    let (spec, planned) = (plan.spec, plan.targets.into_iter().map(|t| (t.route, t.policies)).collect::<Vec<_>>());
+    let (mut spec, planned) = (plan.spec, plan.targets.into_iter().map(|t| (t.route, t.policies)).collect::<Vec<_>>());
+    spec.submitter = Some(super::journal::cli_user()).filter(|who| check_submitter(who).is_ok());
     if let [(route, policies)] = planned.as_slice() {
         let printer = Printer::new(args.json);
         let outcome = orchestrator.submit(route, spec, *policies, &|e| printer.event(e), &interrupt).await;

@@ -1,0 +1,317 @@
+//! Approvals the agent enforces, through the real binaries: an agent whose trusted-keys file says
+//! `require 2 of release-manager oncall security for purpose=deployment` runs such a command only
+//! with approvals by two distinct named keys over that very command, unexpired; forged,
+//! duplicated, foreign, expired and misdirected approvals sent by hand do not count, and nothing
+//! runs. `dispatcher submit` is told before anything is sent; `submit --detach` waits in the
+//! journal, `dispatcher approve` adds approvals, and the service sends the start once the last
+//! one needed is in: the script runs once, and its receipt names the approvers.
+
+use contracts::trust::approval::{approve, command_digest};
+use contracts::trust::keys::SecretKey;
+use contracts::wire::envelope::{Reply, Request};
+use contracts::wire::error::ErrorKind;
+use contracts::wire::messages::{ScriptSpec, StartScriptV2};
+use contracts::wire::ticket::Ticket;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+use tests::agent::{test_config, AgentProcess};
+use tests::raw::RawBroker;
+use tests::service::{http, journal_cli as run_cli, journal_command, journal_prefix, remove_journal, ServiceProcess};
+use tests::*;
+
+const RULE: &str = "require 2 of release-manager oncall security for purpose=deployment";
+
+fn now_ms() -> u64 {
+    contracts::time::unix_millis(SystemTime::now())
+}
+
+/// The three approvers' keys and key files: release-manager, oncall, security.
+struct Approvers {
+    keys: Vec<(SecretKey, PathBuf)>,
+}
+
+impl Approvers {
+    fn new() -> Approvers {
+        Approvers { keys: ["release-manager", "oncall", "security"].iter().map(|name| trust::keypair(name)).collect() }
+    }
+
+    fn key(&self, index: usize) -> &SecretKey {
+        &self.keys[index].0
+    }
+
+    fn file(&self, index: usize) -> &str {
+        self.keys[index].1.to_str().expect("a UTF-8 path")
+    }
+}
+
+/// An agent trusting the test dispatcher key and the three approvers, named, under `RULE`.
+async fn approving_agent(what: &str, approvers: &Approvers) -> AgentProcess {
+    let mut config = test_config(what);
+    let file = std::env::temp_dir().join(format!("{}.trusted", config.agent_id));
+    let text = format!(
+        "{} test dispatcher\n{} name=release-manager\n{} name=oncall\n{} name=security\n{RULE}\n",
+        trust::keys().dispatcher.public(),
+        approvers.key(0).public(),
+        approvers.key(1).public(),
+        approvers.key(2).public()
+    );
+    std::fs::write(&file, text).expect("trusted keys");
+    config.trusted_keys_file = Some(file);
+    AgentProcess::start(config).await
+}
+
+/// A signed start of `spec` under `ticket` for `target`, as a dispatcher encodes it.
+fn start(target: &str, ticket: &Ticket, spec: ScriptSpec) -> Vec<u8> {
+    let body = StartScriptV2 { ticket: ticket.clone(), spec, wait_for_output: None, first_issued_at: None };
+    let not_after = Some(now_ms() + 60_000);
+    Request::StartScriptV2(body).encode(target, now_ms(), not_after, &mut edge::entropy::OsEntropy).expect("encode").1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_runs_a_command_only_with_enough_distinct_valid_approvals() {
+    let approvers = Approvers::new();
+    let agent = approving_agent("approvals-raw", &approvers).await;
+    let id = agent.config.agent_id.clone();
+    let markers = Markers::new();
+    let spec = ScriptSpec {
+        script: markers.record("deploy"),
+        purpose: Some("deployment".into()),
+        submitter: Some("cli:ada".into()),
+        ..Default::default()
+    };
+    let digest = command_digest(&spec, &id);
+    let valid = |index: usize| approve(approvers.key(index), &digest, now_ms() + 3_600_000);
+    let mut forged = valid(0);
+    forged.expires_at += 3_600_000;
+    let foreign = approve(&SecretKey::generate(&mut edge::entropy::OsEntropy).unwrap(), &digest, now_ms() + 60_000);
+    let expired = approve(approvers.key(2), &digest, now_ms() - 600_000);
+    let elsewhere = approve(approvers.key(2), &command_digest(&spec, "another-agent"), now_ms() + 60_000);
+    let other_script = ScriptSpec { script: "echo other".into(), ..spec.clone() };
+    let for_another_script = approve(approvers.key(0), &command_digest(&other_script, &id), now_ms() + 60_000);
+    let mut raw = RawBroker::connect().await;
+    let cases = [
+        (vec![], "approvals none; 2 more needed of release-manager, oncall, security"),
+        (vec![valid(1), valid(1)], "approvals 1 by oncall; 1 more needed of release-manager, security"),
+        (vec![forged, valid(1)], "ignored: release-manager's signature does not verify"),
+        (vec![foreign, valid(1)], "is not one the rules name"),
+        (vec![expired, valid(1)], "ignored: security's approval expired"),
+        (vec![elsewhere, valid(1)], "approves another command"),
+        (vec![for_another_script, valid(1)], "approves another command"),
+    ];
+    for (approvals, why) in cases {
+        let count = approvals.len();
+        let body = start(&id, &edge::entropy::ticket(), ScriptSpec { approvals, ..spec.clone() });
+        let correlation = raw.publish(&id, "StartScriptV2", &body).await;
+        let Reply::Error(refused) = raw.reply(&correlation).await else { panic!("ran with {count} approvals: {why}") };
+        assert_eq!(refused.kind, ErrorKind::NotAuthorized);
+        assert!(refused.message.contains(&format!("not approved as `{RULE}` requires")), "{}", refused.message);
+        assert!(
+            refused.message.contains(why) && refused.message.ends_with("nothing ran"),
+            "{why}: {}",
+            refused.message
+        );
+    }
+    assert_eq!(markers.count("deploy"), 0, "nothing ran");
+
+    // Another purpose is not what the rule selects.
+    let runbook = ScriptSpec { script: markers.record("runbook"), purpose: Some("runbook".into()), ..spec.clone() };
+    let correlation = raw.publish(&id, "StartScriptV2", &start(&id, &edge::entropy::ticket(), runbook)).await;
+    assert!(matches!(raw.reply(&correlation).await, Reply::ScriptStatus(_)));
+
+    // Two distinct approvals, one of them given twice: it runs, once, however often it is sent.
+    let ticket = edge::entropy::ticket();
+    let approved = ScriptSpec { approvals: vec![valid(2), valid(0), valid(2)], ..spec.clone() };
+    for _ in 0..3 {
+        let correlation = raw.publish(&id, "StartScriptV2", &start(&id, &ticket, approved.clone())).await;
+        assert!(matches!(raw.reply(&correlation).await, Reply::ScriptStatus(_)), "approved");
+    }
+    eventually("both scripts ran", Duration::from_secs(20), || async {
+        (markers.count("deploy") == 1 && markers.count("runbook") == 1).then_some(())
+    })
+    .await;
+    // Its receipt names the approvers, the purpose and the submitter it was signed with.
+    let receipt = eventually("the receipt of the approved run", Duration::from_secs(30), || {
+        let (id, ticket) = (id.clone(), ticket.to_string());
+        async move {
+            let out = run_dispatcher(&["receipts", "--target", &id, "--json", "--since", "10m"]).await;
+            let lines: Vec<Value> = text(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            lines.into_iter().find(|r| r["ticket"] == ticket.as_str())
+        }
+    })
+    .await;
+    let mut expected = vec![approvers.key(0).id().to_string(), approvers.key(2).id().to_string()];
+    expected.sort();
+    let mut named: Vec<String> = receipt["approved_by"]
+        .as_array()
+        .expect("approved_by")
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    named.sort();
+    assert_eq!(named, expected, "{receipt}");
+    assert_eq!((receipt["purpose"].as_str(), receipt["submitter"].as_str()), (Some("deployment"), Some("cli:ada")));
+    raw.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_is_told_before_anything_is_sent_and_capabilities_show_the_rules() {
+    let approvers = Approvers::new();
+    let agent = approving_agent("approvals-cli", &approvers).await;
+    let id = agent.config.agent_id.clone();
+    let markers = Markers::new();
+    let out = run_dispatcher(&["capabilities", &id]).await;
+    assert!(text(&out.stdout).contains(&format!("approvals: {RULE}")), "{} {}", text(&out.stdout), text(&out.stderr));
+    let out = run_dispatcher(&["capabilities", &id, "--json"]).await;
+    let caps: Value = serde_json::from_str(text(&out.stdout).trim()).expect("JSON");
+    assert_eq!(caps["approvals"][0]["approvers"][1]["key"], approvers.key(1).public().to_string().as_str());
+
+    // A deployment (the default purpose) is refused before it is sent, saying what to do.
+    let out = run_dispatcher(&["submit", "--target", &id, "--", &markers.record("deploy")]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(103), "{stderr}");
+    assert!(stderr.contains("requires approvals: not approved as") && stderr.contains("nothing was sent"), "{stderr}");
+    assert!(stderr.contains("dispatcher submit --detach") && stderr.contains("dispatcher approve"), "{stderr}");
+    // A runbook is not.
+    let out =
+        run_dispatcher(&["submit", "--purpose", "runbook", "--target", &id, "--", &markers.record("runbook")]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!((markers.count("deploy"), markers.count("runbook")), (0, 1));
+}
+
+/// The ticket's record as the API shows it.
+async fn ticket_view(service: &ServiceProcess, ticket: &str) -> Value {
+    let response = http().get(format!("{}/v1/tickets/{ticket}", service.url)).send().await.expect("GET");
+    response.json().await.expect("JSON")
+}
+
+/// Waits until the service has followed `ticket` again after `after_ms`: it records what its
+/// target answered each time (`GET /v1/agents`).
+async fn followed_again(service: &ServiceProcess, agent: &str, after_ms: u64) {
+    eventually("the service to look at the ticket again", Duration::from_secs(20), || async {
+        let agents: Value = http().get(format!("{}/v1/agents", service.url)).send().await.ok()?.json().await.ok()?;
+        let agents = agents["agents"].as_array().cloned().unwrap_or_default();
+        let seen = agents.iter().find(|a| a["target"] == agent)?["seen_ms"].as_u64()?;
+        (seen > after_ms).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_command_waits_for_its_quorum_and_runs_once_when_the_last_approval_is_in() {
+    let approvers = Approvers::new();
+    let agent = approving_agent("approvals-svc", &approvers).await;
+    let id = agent.config.agent_id.clone();
+    let prefix = journal_prefix("approvals-svc");
+    let service = ServiceProcess::start(&prefix, &[]).await;
+    let markers = Markers::new();
+    let script = markers.record("deploy");
+    let out = run_cli(&["submit", "--detach", "--target", &id, "--arg", "v2", "--", &script], &prefix).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let ticket = text(&out.stdout).trim().to_owned();
+    eventually("the ticket to wait for approvals", Duration::from_secs(20), || async {
+        (ticket_view(&service, &ticket).await["state"] == "awaiting-approval").then_some(())
+    })
+    .await;
+    // Its events say what it waits for, and how to give it.
+    let said = eventually("the ticket to say why it waits", Duration::from_secs(20), || async {
+        let out = run_cli(&["status", &ticket], &prefix).await;
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        said.contains("awaiting approval: not approved as").then_some(said)
+    })
+    .await;
+    assert!(said.contains(&format!("dispatcher approve {ticket}")), "{said}");
+    let page = http().get(format!("{}/", service.url)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Waiting for approval") && page.contains(&ticket), "the web view lists it");
+
+    // The first approval: shown the command and the digest it signs.
+    let out = run_cli(&["approve", &ticket, "--approval-key", approvers.file(1), "--yes"], &prefix).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let spec = ScriptSpec {
+        script: script.clone(),
+        args: vec!["v2".into()],
+        purpose: Some("deployment".into()),
+        submitter: Some(format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))),
+        ..Default::default()
+    };
+    assert!(shown.contains(&format!("digest:     {}", command_digest(&spec, &id))), "{shown}");
+    assert!(shown.contains("purpose:    deployment") && shown.contains("arg:        \"v2\""), "{shown}");
+    // The same key again counts once: still one approval of two.
+    let approved_ms = now_ms();
+    let out = run_cli(&["approve", &ticket, "--approval-key", approvers.file(1), "--yes"], &prefix).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    followed_again(&service, &id, approved_ms).await;
+    let view = ticket_view(&service, &ticket).await;
+    assert_eq!(view["state"], "awaiting-approval");
+    assert_eq!(view["approvals"], serde_json::json!([approvers.key(1).id().to_string()]), "{view}");
+    assert_eq!(view["purpose"], "deployment");
+    assert_eq!(markers.count("deploy"), 0, "not sent with one approval");
+
+    // The second key's approval (its file given by the variable) reaches the quorum: sent, run once.
+    let out = journal_command(&prefix)
+        .args(["approve", &ticket, "--yes"])
+        .env("CUTTLE_APPROVAL_KEY", approvers.file(2))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let finished = service.finished(&ticket, Duration::from_secs(30)).await;
+    assert_eq!(finished["outcome"], "completed", "{finished}");
+    assert_eq!(markers.count("deploy"), 1);
+    let out = run_cli(&["approve", &ticket, "--approval-key", approvers.file(0), "--yes"], &prefix).await;
+    assert_eq!(out.status.code(), Some(1), "nothing left to approve");
+    assert!(text(&out.stderr).contains("no longer waits for approvals"), "{}", text(&out.stderr));
+    service.stop().await;
+    remove_journal(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_not_approved_in_time_fails_unsent_and_approve_refuses_bad_use() {
+    let approvers = Approvers::new();
+    let agent = approving_agent("approvals-wait", &approvers).await;
+    let id = agent.config.agent_id.clone();
+    let prefix = journal_prefix("approvals-wait");
+    let service = ServiceProcess::start(&prefix, &["--approval-wait", "2s"]).await;
+    let markers = Markers::new();
+    let out = run_cli(&["submit", "--detach", "--target", &id, "--", &markers.record("deploy")], &prefix).await;
+    let ticket = text(&out.stdout).trim().to_owned();
+    let key = approvers.file(0);
+    // Bad use, refused before anything is approved.
+    let out = run_cli(&["approve", &ticket, "--approval-key", key], &prefix).await;
+    assert_eq!(out.status.code(), Some(2), "no terminal, no --yes");
+    assert!(text(&out.stderr).contains("give --yes"), "{}", text(&out.stderr));
+    let out = run_cli(&["approve", &ticket, "--approval-key", key, "--yes", "--approval-ttl", "8d"], &prefix).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--approval-ttl must be"), "{}", text(&out.stderr));
+    let out = run_cli(&["approve", &ticket, "--approval-key", "/nonexistent/key", "--yes"], &prefix).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let unknown = edge::entropy::ticket().to_string();
+    let out = run_cli(&["approve", &unknown, "--approval-key", key, "--yes"], &prefix).await;
+    assert_eq!(out.status.code(), Some(104), "{}", text(&out.stderr));
+
+    // One approval of two, and the wait runs out: failed, never sent.
+    let out = run_cli(&["approve", &ticket, "--approval-key", key, "--yes"], &prefix).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let finished = service.finished(&ticket, Duration::from_secs(30)).await;
+    assert_eq!(finished["outcome"], "failed", "{finished}");
+    let error = finished["error"].as_str().unwrap_or_default();
+    assert!(error.contains("not approved within --approval-wait 2s") && error.contains("nothing was sent"), "{error}");
+    let out = run_cli(&["status", &ticket], &prefix).await;
+    assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
+    assert_eq!(markers.count("deploy"), 0);
+
+    // Secrets cannot wait for approvals in the journal: refused, never sent.
+    let body = serde_json::json!({"target": id, "script": markers.record("secret"), "secret_env": {"TOKEN": "s3cret"}});
+    let response = http().post(format!("{}/v1/scripts", service.url)).json(&body).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    let ticket = accepted["tickets"][0]["ticket"].as_str().unwrap().to_owned();
+    let finished = service.finished(&ticket, Duration::from_secs(30)).await;
+    let error = finished["error"].as_str().unwrap_or_default();
+    assert!(error.contains("cannot carry secrets") && error.contains("nothing was sent"), "{error}");
+    assert!(!error.contains("s3cret"));
+    assert_eq!(markers.count("secret"), 0);
+    service.stop().await;
+    remove_journal(&prefix).await;
+}
