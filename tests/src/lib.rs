@@ -237,14 +237,36 @@ fn agent_environment(mut command: tokio::process::Command) -> tokio::process::Co
 
 /// Runs `command` with its stdout and stderr on a terminal (a new pseudo-terminal), as a user
 /// at a shell would: its exit status and everything it wrote there (newlines as `\r\n`).
-pub async fn output_on_terminal(mut command: tokio::process::Command) -> (std::process::ExitStatus, Vec<u8>) {
+pub async fn output_on_terminal(command: tokio::process::Command) -> (std::process::ExitStatus, Vec<u8>) {
+    on_terminal(command, None).await
+}
+
+/// [`output_on_terminal`] with standard input on the terminal too, where the user types `typed`.
+pub async fn output_on_terminal_typing(
+    command: tokio::process::Command,
+    typed: &[u8],
+) -> (std::process::ExitStatus, Vec<u8>) {
+    on_terminal(command, Some(typed)).await
+}
+
+async fn on_terminal(
+    mut command: tokio::process::Command,
+    typed: Option<&[u8]>,
+) -> (std::process::ExitStatus, Vec<u8>) {
     let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
     let stderr = pty.slave.try_clone().expect("terminal fd");
+    if typed.is_some() {
+        command.stdin(std::process::Stdio::from(pty.slave.try_clone().expect("terminal fd")));
+    }
     command.stdout(std::process::Stdio::from(pty.slave)).stderr(std::process::Stdio::from(stderr));
     let mut child = command.spawn().expect("command starts");
     // The command holds the terminal's other copies: without them, reading ends with the child.
     drop(command);
     let mut master = std::fs::File::from(pty.master);
+    if let Some(typed) = typed {
+        // Held by the terminal's line discipline until the command reads its line.
+        std::io::Write::write_all(&mut master.try_clone().expect("terminal fd"), typed).expect("typed");
+    }
     let reader = tokio::task::spawn_blocking(move || {
         use std::io::Read;
         let mut out = Vec::new();

@@ -224,6 +224,19 @@ async fn a_detached_command_waits_for_its_quorum_and_runs_once_when_the_last_app
     let page = http().get(format!("{}/", service.url)).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("Waiting for approval") && page.contains(&ticket), "the web view lists it");
 
+    // On a terminal it shows the command and asks first: declined, nothing is approved.
+    let mut command = journal_command(&prefix);
+    command.args(["approve", &ticket, "--approval-key", approvers.file(0)]);
+    let (status, shown) = output_on_terminal_typing(command, b"n\n").await;
+    let shown = text(&shown);
+    assert_eq!(status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("digest:")
+            && shown.contains(&format!("approve this command as key {}? [y/N]", approvers.key(0).id())),
+        "{shown}"
+    );
+    assert!(shown.contains("not approved"), "{shown}");
+    assert!(ticket_view(&service, &ticket).await["approvals"].is_null(), "no approval recorded");
     // The first approval: shown the command and the digest it signs.
     let out = run_cli(&["approve", &ticket, "--approval-key", approvers.file(1), "--yes"], &prefix).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -290,9 +303,7 @@ async fn a_command_not_approved_in_time_fails_unsent_and_approve_refuses_bad_use
     let out = run_cli(&["approve", &unknown, "--approval-key", key, "--yes"], &prefix).await;
     assert_eq!(out.status.code(), Some(104), "{}", text(&out.stderr));
 
-    // One approval of two, and the wait runs out: failed, never sent.
-    let out = run_cli(&["approve", &ticket, "--approval-key", key, "--yes"], &prefix).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The wait runs out: failed, never sent, and nothing is left to approve.
     let finished = service.finished(&ticket, Duration::from_secs(30)).await;
     assert_eq!(finished["outcome"], "failed", "{finished}");
     let error = finished["error"].as_str().unwrap_or_default();
@@ -300,6 +311,8 @@ async fn a_command_not_approved_in_time_fails_unsent_and_approve_refuses_bad_use
     let out = run_cli(&["status", &ticket], &prefix).await;
     assert_eq!(out.status.code(), Some(103), "{}", text(&out.stderr));
     assert_eq!(markers.count("deploy"), 0);
+    let out = run_cli(&["approve", &ticket, "--approval-key", key, "--yes"], &prefix).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 
     // Secrets cannot wait for approvals in the journal: refused, never sent.
     let body = serde_json::json!({"target": id, "script": markers.record("secret"), "secret_env": {"TOKEN": "s3cret"}});
