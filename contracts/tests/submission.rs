@@ -544,6 +544,57 @@ fn secrets_go_only_to_an_agent_that_opens_them_sealed() {
     assert_eq!(kind, Kind::StartScriptV2, "without secrets it runs");
 }
 
+/// An agent requiring one approval by `ops` (the key of seed 1) for deployments.
+fn requiring_approval() -> AgentKind {
+    let key = contracts::trust::keys::SecretKey::generate(&mut contracts::entropy::Seeded::new(1)).unwrap();
+    let rule = contracts::wire::approvals::RequiredApprovals {
+        need: 1,
+        approvers: vec![contracts::wire::approvals::Approver { name: "ops".into(), key: key.public().to_string() }],
+        purpose: Some("deployment".into()),
+        rule: "require 1 of ops for purpose=deployment".into(),
+    };
+    let mut caps = v2();
+    caps.services.push(contracts::wire::messages::SERVICE_APPROVALS.into());
+    caps.approvals = Some(vec![rule]);
+    AgentKind::Current(caps)
+}
+
+#[test]
+fn a_command_short_of_approvals_is_not_sent_unless_its_start_was_planned_before() {
+    let deployment = ScriptSpec { purpose: Some("deployment".into()), ..ScriptSpec::default() };
+    let config = Config { known: Some(requiring_approval()), ..config(RetryPolicy::once()) };
+    let mut m = Machine::submit(config.clone(), deployment.clone(), ticket(), at(0));
+    let Action::Done(outcome) = until_input(&mut m, at(0), &mut Vec::new()) else { panic!("sent") };
+    assert_eq!(outcome.process_exit, exit::REJECTED);
+    let error = outcome.error.unwrap();
+    assert!(error.contains("requires approvals") && error.contains("nothing was sent"), "{error}");
+    let runbook = ScriptSpec { purpose: Some("runbook".into()), ..ScriptSpec::default() };
+    let mut m = Machine::submit(config.clone(), runbook, ticket(), at(0));
+    assert_eq!(call(&until_input(&mut m, at(0), &mut Vec::new())).1, Kind::StartScriptV2);
+    // A planned start may have reached the agent before: the agent judges (it answers a copy of a
+    // start it claimed with its status), the dispatcher does not record "nothing was sent".
+    let plan = PlannedStart::new(ticket(), RetryPolicy::once(), Timing::default(), at(0).wall);
+    let mut m = Machine::run_planned(config, plan, deployment.clone(), 0, at(0));
+    assert_eq!(call(&until_input(&mut m, at(0), &mut Vec::new())).1, Kind::StartScriptV2);
+}
+
+#[test]
+fn an_agent_without_approvals_gets_no_purpose_nor_submitter_and_no_approvals() {
+    let spec =
+        ScriptSpec { purpose: Some("deployment".into()), submitter: Some("cli:ada".into()), ..Default::default() };
+    let mut sent = spec.clone();
+    AgentKind::Current(v2()).fit_approvals(&mut sent, "a1", 0).unwrap();
+    assert_eq!((sent.purpose, sent.submitter), (None, None));
+    let key = contracts::trust::keys::SecretKey::generate(&mut contracts::entropy::Seeded::new(2)).unwrap();
+    let approval = contracts::trust::approval::approve(&key, &"ab".repeat(32), 1);
+    let mut approved = ScriptSpec { approvals: vec![approval], ..spec.clone() };
+    let refused = AgentKind::Legacy.fit_approvals(&mut approved, "a1", 0).unwrap_err();
+    assert!(refused.to_string().contains("too old to enforce approvals"), "{refused}");
+    let mut runbook = ScriptSpec { purpose: Some("runbook".into()), ..spec };
+    requiring_approval().fit_approvals(&mut runbook, "a1", 0).unwrap();
+    assert_eq!(runbook.submitter.as_deref(), Some("cli:ada"), "kept for an agent that enforces approvals");
+}
+
 #[test]
 fn a_planned_start_past_its_deadline_is_only_asked_for() {
     let policy = RetryPolicy::new(Duration::from_secs(30));

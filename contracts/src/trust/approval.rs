@@ -187,6 +187,15 @@ impl Approvers {
         Some(approvers)
     }
 
+    /// Keeps of `approvals` those a rule could count, once per key, at most [`MAX_APPROVALS`]:
+    /// the others would only be ignored by the agent, or, past the most a start may carry, make
+    /// it refuse the start.
+    pub fn keep_countable(&self, approvals: &mut Vec<Approval>) {
+        let mut seen = BTreeSet::new();
+        approvals.retain(|approval| self.name_of(&approval.key).is_some() && seen.insert(approval.key.clone()));
+        approvals.truncate(MAX_APPROVALS);
+    }
+
     /// Whether `rule` holds on the agent `me`.
     fn on(&self, rule: &Rule, me: Selectable<'_>) -> bool {
         self.selected || rule.on.as_ref().is_none_or(|s| s.matches(me))
@@ -248,7 +257,8 @@ impl fmt::Display for Unapproved {
 impl std::error::Error for Unapproved {}
 
 /// The agent's decision: whether `spec`, addressed to `target`, has the approvals every rule of
-/// `approvers` selecting it (by its purpose, and the agent `me`) requires, at `now_ms`. An
+/// `approvers` selecting it (by its purpose, and the agent `me`; a command without a purpose is
+/// selected by every rule) requires, at `now_ms`. An
 /// approval counts once per key, for the command it names alone, by a key a rule names, and
 /// until its expiry. `Ok` holds the ids of the keys whose approvals counted.
 pub fn check_approvals(
@@ -273,8 +283,11 @@ pub fn check_approvals(
             Err(why) => ignored.push(why),
         }
     }
+    // A command that names no purpose (a dispatcher from before purposes were signed) is
+    // selected by every rule: saying nothing must not escape one.
     let purpose = spec.purpose.as_deref();
-    let selected = |rule: &&Rule| rule.purpose.as_deref().is_none_or(|p| Some(p) == purpose) && approvers.on(rule, me);
+    let of_purpose = |rule: &Rule| rule.purpose.as_deref().is_none_or(|p| purpose.is_none_or(|q| q == p));
+    let selected = |rule: &&Rule| of_purpose(rule) && approvers.on(rule, me);
     for rule in approvers.rules.iter().filter(selected) {
         let approved: Vec<String> = rule.names.iter().filter(|n| valid.contains_key(n.as_str())).cloned().collect();
         if approved.len() < rule.need as usize {
@@ -362,6 +375,8 @@ mod tests {
         assert!(none.to_string().contains("approvals none; 2 more needed"), "{none}");
         let runbook = ScriptSpec { purpose: Some("runbook".into()), ..deployment() };
         assert!(check_approvals(&rules, &runbook, "web-01", me(&labels), NOW).is_ok(), "another purpose");
+        let unsaid = ScriptSpec { purpose: None, ..deployment() };
+        assert!(check_approvals(&rules, &unsaid, "web-01", me(&labels), NOW).is_err(), "no purpose: every rule");
     }
 
     #[test]
@@ -451,6 +466,17 @@ mod tests {
         ] {
             assert!(Rule::parse(&bad.split_whitespace().collect::<Vec<_>>()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn only_approvals_a_rule_could_count_are_kept_once_each() {
+        let rules = approvers(&[TWO_OF_THREE]);
+        let digest = command_digest(&deployment(), "web-01");
+        let mut approvals: Vec<Approval> =
+            [2, 9, 2, 3, 8].iter().map(|seed| approve(&key(*seed), &digest, NOW + HOUR)).collect();
+        rules.keep_countable(&mut approvals);
+        let kept: Vec<String> = approvals.iter().map(|a| a.key.clone()).collect();
+        assert_eq!(kept, [key(2).id().to_string(), key(3).id().to_string()]);
     }
 
     #[test]

@@ -88,8 +88,10 @@ impl Journal {
     pub async fn awaiting_records(&self, limit: usize) -> JournalResult<Vec<TicketRecord>> {
         let mut records = Vec::new();
         for ticket in self.awaiting().await? {
-            if let Some(record) = self.ticket(&ticket).await?.filter(|r| r.state == AWAITING_APPROVAL) {
-                records.push(record);
+            match self.ticket(&ticket).await?.filter(|r| r.state == AWAITING_APPROVAL) {
+                Some(record) => records.push(record),
+                // Its record gone (expired, deleted by hand): it waits no more.
+                None => self.stop_awaiting(&ticket).await?,
             }
         }
         records.sort_by_key(|r| r.awaiting_ms);
@@ -107,8 +109,9 @@ impl Journal {
 
 impl Followers {
     /// Whether a ticket not started yet may be now: true if its target requires no approval it
-    /// lacks (or what the target is could not be learnt: the start reports that). Else it waits
-    /// (marked so the first time, with a notice saying what it waits for), or, past
+    /// lacks (or, for a ticket not waiting yet, what the target is could not be learnt: the start
+    /// reports that). Else it waits (marked so the first time, with a notice saying what it waits
+    /// for; a waiting ticket whose target does not answer goes on waiting), or, past
     /// `--approval-wait`, cancelled by hand, or carrying secrets, it is finished, never sent.
     pub(super) async fn approved(
         &self,
@@ -117,22 +120,27 @@ impl Followers {
         kind: Option<&AgentKind>,
         sink: &(dyn Fn(Event) + Sync + Send),
     ) -> Result<bool, JournalError> {
-        let Some(kind) = kind else { return Ok(true) };
         let submission = &record.submission;
-        let mut spec = submission.spec.clone();
-        spec.approvals = record.approvals.clone();
-        // The secrets' names are approved with the command (their values only this replica holds).
-        for name in &submission.secret_names {
-            spec.secret_env.insert(name.clone(), "-".into());
-        }
         let now_ms = unix_millis(SystemTime::now());
-        let why = match kind.fit_approvals(&mut spec, &route.target(), now_ms) {
-            Err(NotSent::Unapproved(why)) => why,
-            _ => {
-                if record.awaiting_ms.is_some() {
-                    self.journal.stop_awaiting(&submission.ticket).await?;
+        let why = match kind {
+            None if record.awaiting_ms.is_none() => return Ok(true),
+            None => format!("{route} does not answer now, and its rules were not met when it last did"),
+            Some(kind) => {
+                let mut spec = submission.spec.clone();
+                spec.approvals = record.approvals.clone();
+                // The secrets' names are approved with the command (their values only this replica holds).
+                for name in &submission.secret_names {
+                    spec.secret_env.insert(name.clone(), "-".into());
                 }
-                return Ok(true);
+                match kind.fit_approvals(&mut spec, &route.target(), now_ms) {
+                    Err(NotSent::Unapproved(why)) => why.to_string(),
+                    _ => {
+                        if record.awaiting_ms.is_some() {
+                            self.journal.stop_awaiting(&submission.ticket).await?;
+                        }
+                        return Ok(true);
+                    }
+                }
             }
         };
         let ticket = &submission.ticket;

@@ -163,7 +163,11 @@ impl Followers {
         let sink = |event: Event| {
             let _ = events.send(event);
         };
-        let kind = self.record_agent(submission, &route, &sink).await;
+        // A ticket cancelled while it waits for approvals is not sent: its target need not answer.
+        let kind = match record.awaiting_ms.is_some() && record.cancel_requested {
+            true => None,
+            false => self.record_agent(submission, &route, &sink).await,
+        };
         if record.planned.is_none() && !self.approved(&record, &route, kind.as_ref(), &sink).await? {
             // What was said while deciding (why it waits) is recorded before the ticket is let go.
             drop(events);

@@ -6,6 +6,7 @@ use super::script::{self, Start};
 use crate::agent::check_fresh;
 use crate::agent::keys::Acceptance;
 use crate::agent::limits::LimitRefusal;
+use crate::store::TicketStore;
 use crate::trust::keys::KeyId;
 use crate::trust::seal::Seal;
 use crate::trust::verify::{Identity, Origin, Refusal};
@@ -129,9 +130,12 @@ async fn handle<E: Environment>(
             if let Err(refused) = env.keys().open_secrets(&mut start) {
                 return Some(Reply::Error(refused));
             }
-            let provenance = match check_start(env, &header.target, &start.spec, signed_by) {
+            if let Err(refused) = check_start(env.settings(), &start.spec) {
+                return Some(Reply::Error(refused));
+            }
+            let provenance = match check_approved(env, &header.target, &start.spec, signed_by) {
                 Ok(provenance) => provenance,
-                Err(refused) => return Some(Reply::Error(refused)),
+                Err(refused) => return Some(repeat_or(env, &start.ticket, &start.spec, refused).await),
             };
             let first_issued_at = start.first_issued_at.unwrap_or(header.issued_at);
             let wait = start.wait_for_output;
@@ -146,7 +150,10 @@ async fn handle<E: Environment>(
             return script::start(env, start).await;
         }
         Request::StartScriptV1(start) => {
-            let provenance = match check_start(env, &header.target, &start.spec, signed_by) {
+            if let Err(refused) = check_start(env.settings(), &start.spec) {
+                return Some(Reply::Error(refused));
+            }
+            let provenance = match check_approved(env, &header.target, &start.spec, signed_by) {
                 Ok(provenance) => provenance,
                 Err(refused) => return Some(Reply::Error(refused)),
             };
@@ -173,27 +180,53 @@ async fn handle<E: Environment>(
 }
 
 /// Refuses, before any claim, a start whose script would run as a user this agent may not run
-/// it as ([`crate::agent::run_as`]), within limits it cannot or may not give it
-/// ([`crate::agent::limits`]), or without the approvals the rules of its trusted-keys file
-/// require ([`crate::trust::approval`]): nothing runs, nothing is stored. Else where the start
-/// came from, for its receipt.
-fn check_start<E: Environment>(
+/// it as ([`crate::agent::run_as`]), or within limits it cannot or may not give it
+/// ([`crate::agent::limits`]): nothing runs, nothing is stored.
+fn check_start(settings: &Settings, spec: &ScriptSpec) -> Result<(), ErrorReply> {
+    if let Err(refusal) = settings.run_as.resolve(spec.run_as.as_deref()) {
+        return Err(ErrorReply::new(ErrorKind::NotAuthorized, format!("{refusal}; nothing ran")));
+    }
+    check_limits(settings, spec)
+}
+
+/// Refuses, before any claim, a start without the approvals the rules of the agent's
+/// trusted-keys file require ([`crate::trust::approval`]): nothing runs, nothing is stored.
+/// Else where the start came from, for its receipt.
+fn check_approved<E: Environment>(
     env: &E,
     target: &str,
     spec: &ScriptSpec,
     signed_by: Option<KeyId>,
 ) -> Result<Provenance, ErrorReply> {
     let settings = env.settings();
-    if let Err(refusal) = settings.run_as.resolve(spec.run_as.as_deref()) {
-        return Err(ErrorReply::new(ErrorKind::NotAuthorized, format!("{refusal}; nothing ran")));
-    }
-    check_limits(settings, spec)?;
+    // Approvals count for this agent's own address only: an unsigned command's target is not
+    // checked (`--insecure-allow-unsigned`), and another agent's approvals must not count here.
+    let ours = target == settings.agent_id
+        || settings.pool.as_deref().is_some_and(|pool| target.strip_prefix("pool:") == Some(pool));
+    let target = if ours { target } else { settings.agent_id.as_str() };
     let approved_by = env
         .keys()
         .check_approvals(spec, target, settings.selectable(), env.now_ms())
         .map_err(|unapproved| ErrorReply::new(ErrorKind::NotAuthorized, format!("{unapproved}; nothing ran")))?;
     let (purpose, submitter) = (spec.purpose.clone(), spec.submitter.clone());
     Ok(Provenance { signed_by, approved_by, purpose, submitter })
+}
+
+/// The answer to a start its approvals do not let run: the ticket's status if this very command
+/// was claimed under it before (a copy of a start whose approvals were checked then, and have
+/// expired since, or the rules changed: it is running or ran, and "nothing ran" would be false),
+/// else the refusal. A store that does not answer is said as such: the dispatcher asks again.
+async fn repeat_or<E: Environment>(env: &mut E, ticket: &Ticket, spec: &ScriptSpec, refused: ErrorReply) -> Reply {
+    let keys = env.store().keys(&ticket.store_key());
+    match env.store().read(&keys, 0).await {
+        Ok(view) if view.record.as_ref().is_some_and(|(record, _)| record.digest == spec.digest()) => {
+            Reply::ScriptStatus(crate::agent::status_from(ticket, 0, view))
+        }
+        Ok(_) => Reply::Error(refused),
+        Err(error) => {
+            Reply::Error(ErrorReply::new(ErrorKind::StoreUnavailable, format!("{error}; nothing was started")))
+        }
+    }
 }
 
 fn check_limits(settings: &Settings, spec: &ScriptSpec) -> Result<(), ErrorReply> {

@@ -4,7 +4,7 @@
 use super::{Action, AfterCount, AfterSend, Awaiting, Event, Mode, Now, Phase, Purpose, Submission};
 use crate::submission::error::{CallError, ErrorClass, Unexpected};
 use crate::submission::follow::LogFollower;
-use crate::submission::negotiate::{no_consumer_notice, AgentKind, ScriptProtocol};
+use crate::submission::negotiate::{no_consumer_notice, AgentKind, NotSent, ScriptProtocol};
 use crate::submission::outcome::{exit, Outcome};
 use crate::submission::requests::{expect_status, PlannedStart};
 use crate::submission::retry::{cancel_policy, GaveUp, RetryPolicy};
@@ -84,9 +84,17 @@ impl<E: CallError> Submission<E> {
         };
         let addressed = self.config.addressed.clone();
         let wall_ms = unix_millis(now.wall);
+        // A planned start may have been sent before (a resumed ticket): whether its approvals
+        // still hold is the agent's to say, which answers a copy of a start it claimed with its
+        // status. Before a planned start is first sent, its service checked them.
+        let planned = matches!(self.mode, Mode::Planned { .. });
         let refused_before_sending = |spec: &mut ScriptSpec| {
             if let Ok(Some(kind)) = &kind {
-                if let Err(not_sent) = kind.fit_approvals(spec, &addressed, wall_ms) {
+                let fitted = match kind.fit_approvals(spec, &addressed, wall_ms) {
+                    Err(NotSent::Unapproved(_)) if planned => Ok(()),
+                    fitted => fitted,
+                };
+                if let Err(not_sent) = fitted {
                     let why = format!("{} {not_sent}; nothing was sent{}", self.config.shown, not_sent.hint());
                     return Some(E::agent(target.clone(), ErrorReply::new(ErrorKind::NotAuthorized, why)));
                 }

@@ -94,7 +94,8 @@ fn approved_digest(record: &TicketRecord, route: &Route) -> String {
     command_digest(&spec, &route.target())
 }
 
-/// The command as an approver must see it before approving: everything the digest covers.
+/// The command as an approver must see it before approving: everything the digest covers,
+/// every text escaped ([`shown`]), text files whole.
 fn describe(record: &TicketRecord, route: &Route, digest: &str) -> String {
     let submission = &record.submission;
     let spec: &ScriptSpec = &submission.spec;
@@ -102,42 +103,56 @@ fn describe(record: &TicketRecord, route: &Route, digest: &str) -> String {
         format!("ticket:     {}", submission.ticket),
         format!("target:     {route}"),
         format!("purpose:    {}", spec.purpose.as_deref().unwrap_or("-")),
-        format!("submitter:  {}", spec.submitter.as_deref().unwrap_or("-")),
+        format!("submitter:  {}", shown(spec.submitter.as_deref().unwrap_or("-"))),
         format!("run as:     {}", spec.run_as.as_deref().unwrap_or("the agent's default")),
+        format!("limits:     {:?}", spec.limits),
+        format!("shell:      {:?}, isolation {:?}", spec.shell, spec.isolation),
     ];
-    if !spec.limits.is_empty() {
-        lines.push(format!("limits:     {:?}", spec.limits));
+    let millis = |ms: Option<u64>| ms.map_or("none".to_owned(), |ms| short(Duration::from_millis(ms)));
+    if let Some(mutex) = &spec.mutex_name {
+        lines.push(format!("mutex:      {} (wait {})", shown(mutex), millis(spec.mutex_timeout)));
     }
+    lines.push(format!("timeout:    {}", millis(spec.execution_timeout)));
     for (name, value) in &spec.env {
-        lines.push(format!("env:        {name}={value:?}"));
+        lines.push(format!("env:        {}={}", shown(name), shown(value)));
     }
     for name in &submission.secret_names {
-        lines.push(format!("secret:     {name} (value not shown)"));
+        lines.push(format!("secret:     {} (value not shown, not approved)", shown(name)));
     }
     for arg in &spec.args {
-        lines.push(format!("arg:        {arg:?}"));
+        lines.push(format!("arg:        {}", shown(arg)));
     }
-    for file in &spec.files {
-        use sha2::Digest;
-        let sha = hex::encode(sha2::Sha256::digest(&file.content));
-        lines.push(format!("file:       {:?} ({} bytes, sha256 {sha})", file.name, file.content.len()));
-    }
-    if let Some(timeout) = spec.execution_timeout {
-        lines.push(format!("timeout:    {}", short(Duration::from_millis(timeout))));
-    }
-    lines.push(format!("shell:      {:?}, isolation {:?}", spec.shell, spec.isolation));
     lines.push(format!("approvals:  {} so far", record.approvals.len()));
     lines.push(format!("digest:     {digest}"));
     lines.push("script:".into());
-    lines.extend(spec.script.lines().map(|line| format!("  | {}", shown(line))));
+    lines.extend(text_lines(&spec.script));
+    for file in &spec.files {
+        use sha2::Digest;
+        let sha = hex::encode(sha2::Sha256::digest(&file.content));
+        lines.push(format!("file {} ({} bytes, sha256 {sha}):", shown(&file.name), file.content.len()));
+        match std::str::from_utf8(&file.content) {
+            Ok(text) => lines.extend(text_lines(text)),
+            Err(_) => lines.push("  (binary: check it against its sha256)".into()),
+        }
+    }
     lines.join("\n")
 }
 
-/// A line of the script as a terminal can show it: control characters escaped, so a script
-/// cannot hide a line from its approver (a carriage return, an escape sequence).
-fn shown(line: &str) -> String {
-    line.chars()
-        .flat_map(|c| if c.is_control() && c != '\t' { c.escape_default().collect() } else { vec![c] })
+/// A script's or a file's lines, each shown; split at `\n` alone, so a carriage return before it
+/// is shown too (the shell would read it).
+fn text_lines(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.strip_suffix('\n').unwrap_or(text).split('\n').map(|line| format!("  | {}", shown(line)))
+}
+
+/// A text as a terminal shows it faithfully: printable ASCII as is, everything else escaped
+/// (`\u{1b}`), so that nothing in a command (an escape sequence, a carriage return, a
+/// right-to-left or invisible character) can hide or reorder what its approver reads.
+fn shown(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| match c {
+            ' '..='~' | '\t' => vec![c],
+            _ => c.escape_unicode().collect(),
+        })
         .collect()
 }
 
