@@ -16,6 +16,7 @@ use contracts::submission::outcome::Outcome;
 use contracts::time::{short, unix_millis};
 use contracts::wire::approvals::Approval;
 use contracts::wire::error::{ErrorKind, ErrorReply};
+use contracts::wire::messages::ScriptSpec;
 use contracts::wire::ticket::Ticket;
 use deadpool_redis::redis::{self, AsyncCommands};
 use std::time::{Duration, SystemTime};
@@ -107,6 +108,18 @@ impl Journal {
     }
 }
 
+/// The command a ticket's approvals sign, as its agent will check them: the journaled script
+/// with the approvals given so far, and its secrets' names (approved with it; their values only
+/// the replica that took the submission holds, and are not approved).
+pub fn approved_command(record: &TicketRecord) -> ScriptSpec {
+    let mut spec = record.submission.spec.clone();
+    spec.approvals = record.approvals.clone();
+    for name in &record.submission.secret_names {
+        spec.secret_env.insert(name.clone(), "-".into());
+    }
+    spec
+}
+
 impl Followers {
     /// Whether a ticket not started yet may be now: true if its target requires no approval it
     /// lacks (or, for a ticket not waiting yet, what the target is could not be learnt: the start
@@ -126,12 +139,7 @@ impl Followers {
             None if record.awaiting_ms.is_none() => return Ok(true),
             None => format!("{route} does not answer now, and its rules were not met when it last did"),
             Some(kind) => {
-                let mut spec = submission.spec.clone();
-                spec.approvals = record.approvals.clone();
-                // The secrets' names are approved with the command (their values only this replica holds).
-                for name in &submission.secret_names {
-                    spec.secret_env.insert(name.clone(), "-".into());
-                }
+                let mut spec = approved_command(record);
                 match kind.fit_approvals(&mut spec, &route.target(), now_ms) {
                     Err(NotSent::Unapproved(why)) => why.to_string(),
                     _ => {

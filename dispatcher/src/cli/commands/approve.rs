@@ -5,7 +5,7 @@ use super::journal::JournalOptions;
 use crate::cli::args::ApproveArgs;
 use crate::cli::output::printer::usage_error;
 use crate::route::Route;
-use crate::service::approvals::Added;
+use crate::service::approvals::{approved_command, Added};
 use crate::service::journal::TicketRecord;
 use contracts::submission::outcome::exit;
 use contracts::time::{short, unix_millis};
@@ -54,7 +54,8 @@ pub(crate) async fn run(journal: &JournalOptions, args: ApproveArgs) -> ExitCode
         Ok(route) => route,
         Err(e) => return usage_error(format!("ticket {ticket}: {e}")),
     };
-    let digest = approved_digest(&record, &route);
+    // The digest the agent will check, of the command the service will send to this target.
+    let digest = command_digest(&approved_command(&record), &route.target());
     outln!("{}", describe(&record, &route, &digest));
     if !args.yes && !confirmed(&format!("approve this command as key {}?", key.id())) {
         eprintln!("cuttle: not approved");
@@ -82,16 +83,6 @@ pub(crate) async fn run(journal: &JournalOptions, args: ApproveArgs) -> ExitCode
             ExitCode::from(exit::BROKER_UNREACHABLE)
         }
     }
-}
-
-/// The digest the agent will check: of the command as the journal holds it (its secrets' names
-/// included), addressed to its target.
-fn approved_digest(record: &TicketRecord, route: &Route) -> String {
-    let mut spec = record.submission.spec.clone();
-    for name in &record.submission.secret_names {
-        spec.secret_env.insert(name.clone(), "-".into());
-    }
-    command_digest(&spec, &route.target())
 }
 
 /// The command as an approver must see it before approving: everything the digest covers,
