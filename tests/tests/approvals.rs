@@ -325,8 +325,17 @@ async fn a_detached_command_waits_for_its_quorum_and_runs_once_when_the_last_app
     assert!(shown.contains("not approved"), "{shown}");
     assert!(ticket_view(&service, &ticket).await["approvals"].is_null(), "no approval recorded");
     // The first approval: shown the command and the digest it signs.
-    let out = run_cli(&["approve", &ticket, "--approval-key", approvers.file(1), "--yes"], &prefix).await;
+    let before_ms = now_ms();
+    let args = ["approve", &ticket, "--approval-key", approvers.file(1), "--yes", "--approval-ttl", "2h"];
+    let out = run_cli(&args, &prefix).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The approval lasts --approval-ttl.
+    let mut con = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let field = format!("approval:{}", approvers.key(1).id());
+    let stored: String =
+        redis::cmd("HGET").arg(format!("{prefix}t:{ticket}")).arg(field).query_async(&mut con).await.unwrap();
+    let expires_at = serde_json::from_str::<Value>(&stored).unwrap()["expires_at"].as_u64().unwrap();
+    assert!((before_ms + 7_200_000..=now_ms() + 7_200_000).contains(&expires_at), "{stored}");
     let shown = text(&out.stdout);
     let spec = ScriptSpec {
         script: script.clone(),
